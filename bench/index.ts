@@ -1,0 +1,27 @@
+/** `quiver bench <name>`: dispatch to the benchmark modules. */
+const USAGE = `usage: quiver bench <name> [options]
+
+  kernels   GB/s of a one-query L2 scan at each SIMD level next to the read bandwidth
+  exact     FlatIndex on Fashion-MNIST: single-query and batch QPS on 1 and 2 threads, recall
+  ann       HNSW (and --index ivfpq) against hnswlib-node and usearch: recall/QPS sweep, JSON + SVG
+  server    the standalone server: upsert throughput, gRPC search latency, restart time
+
+Each takes --help. Results go to bench/results/ (JSON, SVG) and to stdout.
+`;
+
+export async function bench(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  switch (name) {
+    case 'kernels':
+      return (await import('./kernels')).run(rest);
+    case 'exact':
+      return (await import('./exact')).run(rest);
+    case 'ann':
+      return (await import('./ann')).run(rest);
+    case 'server':
+      return (await import('./server')).run(rest);
+    default:
+      process.stdout.write(USAGE);
+      return name === undefined || name === '--help' ? 0 : 2;
+  }
+}

@@ -1,0 +1,51 @@
+// Distance kernels: f32 L2-squared, inner product and cosine distance; u8 and i8 L2/IP.
+// One serial reference plus one variant per ISA (distance_avx2.cpp, distance_avx512.cpp,
+// distance_neon.cpp), each compiled with target attributes, never a global -march. The table of
+// the best level the CPU has is chosen once, at load (QUIVER_SIMD=serial|avx2|avx512|neon forces
+// one; a level the CPU lacks is refused with an error, see dispatch_status()).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "common/status.h"
+
+namespace qv {
+
+enum class SimdLevel : int { Serial = 0, Avx2 = 1, Avx512 = 2, Neon = 3 };
+const char* simd_level_name(SimdLevel l);
+
+struct Kernels {
+  SimdLevel level;
+  float (*l2_f32)(const float* a, const float* b, size_t d);   // sum (a-b)^2
+  float (*ip_f32)(const float* a, const float* b, size_t d);   // sum a*b
+  float (*cos_f32)(const float* a, const float* b, size_t d);  // 1 - a.b/(|a||b|); 1 if either is 0
+  uint32_t (*l2_u8)(const uint8_t* a, const uint8_t* b, size_t d);
+  uint32_t (*ip_u8)(const uint8_t* a, const uint8_t* b, size_t d);
+  uint32_t (*l2_i8)(const int8_t* a, const int8_t* b, size_t d);
+  int32_t (*ip_i8)(const int8_t* a, const int8_t* b, size_t d);
+  // One query against n contiguous rows of dimension d: out[i] = l2(q, base + i*d).
+  void (*l2_f32_rows)(const float* q, const float* base, size_t n, size_t d, float* out);
+  // Four dot products at once: out[j] = q . rows[j] (register-blocked, shares the loads of q).
+  void (*ip_f32_x4)(const float* q, const float* const rows[4], size_t d, float out[4]);
+  // Dot products of a block of 4 queries against 4 rows (4x4 register tile): out[i*4+j] = q_i.r_j.
+  void (*ip_f32_4x4)(const float* const q[4], const float* const r[4], size_t d, float out[16]);
+  // Plain sum of n floats: the read-bandwidth reference of `quiver bench kernels`.
+  float (*sum_f32)(const float* a, size_t n);
+};
+
+bool cpu_has(SimdLevel l);
+// The kernels of one level, or nullptr where the CPU (or the build) lacks it.
+const Kernels* kernels_for(SimdLevel l);
+// The active table, chosen once at first use (best level, or QUIVER_SIMD).
+const Kernels& kernels();
+// Ok, or the reason QUIVER_SIMD could not be honoured (then kernels() falls back to the best level).
+const Status& dispatch_status();
+bool parse_simd_level(const char* s, SimdLevel* out);
+
+// Per-ISA tables (nullptr-safe: a variant that did not compile returns nullptr).
+const Kernels* serial_kernels();
+const Kernels* avx2_kernels();
+const Kernels* avx512_kernels();
+const Kernels* neon_kernels();
+
+}  // namespace qv

@@ -1,0 +1,47 @@
+// FlatIndex: exact k-NN over vectors stored densely (row-major), with per-row norms.
+// Concurrency: a reader-writer lock; searches share it, add/remove take it exclusively.
+#pragma once
+#include <memory>
+#include <shared_mutex>
+#include <unordered_map>
+#include <vector>
+
+#include "common/index.h"
+
+namespace qv {
+
+class FlatIndex final : public Index {
+ public:
+  FlatIndex(uint32_t dim, Metric metric) : dim_(dim), metric_(metric) {}
+  static Status create(const IndexOptions& opts, std::unique_ptr<Index>* out);
+  static Status deserialize(const EnvelopeInfo& info, std::unique_ptr<Index>* out);
+
+  IndexKind kind() const override { return IndexKind::Flat; }
+  uint32_t dim() const override { return dim_; }
+  Metric metric() const override { return metric_; }
+  size_t size() const override;
+  Status add(const uint32_t* labels, const float* vectors, size_t n, int threads) override;
+  Status remove(const uint32_t* labels, size_t n) override;
+  Status search(const float* queries, size_t nq, const SearchParams& params, uint32_t* out_labels,
+                float* out_distances) const override;
+  Status serialize(std::vector<uint8_t>* out) const override;
+  Status get_vectors(const uint32_t* labels, size_t n, float* out) const override;
+  size_t memory_bytes() const override;
+
+ private:
+  void search_one_scan(const float* q, const SearchParams& p, int threads, uint32_t* ol, float* od) const;
+  void search_subset(const float* q, const std::vector<uint32_t>& slots, uint32_t k, uint32_t* ol, float* od) const;
+  void search_blocked(const float* q, size_t nq, const SearchParams& p, int threads, uint32_t* ol, float* od) const;
+  float distance(const float* q, const float* v) const;
+  float to_distance_from_dot(float qn, size_t slot, float dot) const;
+
+  const uint32_t dim_;
+  const Metric metric_;
+  mutable std::shared_mutex mu_;
+  std::vector<float> data_;       // size() * dim_
+  std::vector<float> norms_;      // squared norm of each row (l2), unused otherwise
+  std::vector<uint32_t> labels_;  // label of each row
+  std::unordered_map<uint32_t, uint32_t> slot_of_;
+};
+
+}  // namespace qv

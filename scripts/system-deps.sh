@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Debian packages the tests and benchmarks use: etcd (cluster tests) and Fashion-MNIST (benchmarks).
+# Installs what is missing when run as root; otherwise says what to install.
+set -euo pipefail
+need=()
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server etcd-client)
+[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || need+=(dataset-fashion-mnist)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "== installing ${need[*]} =="
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "missing Debian packages: ${need[*]} (run: sudo apt-get install ${need[*]})" >&2
+    exit 1
+  fi
+fi

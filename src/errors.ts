@@ -1,0 +1,36 @@
+/**
+ * QuiverError: every error Quiver raises on purpose carries a `code`. Tests and clients branch on
+ * `code`, never on the message. The native addon receives this class at load and throws it too.
+ */
+export const ERROR_CODES = [
+  'INVALID_ARGUMENT',
+  'NOT_FOUND',
+  'ALREADY_EXISTS',
+  'FAILED_PRECONDITION',
+  'RESOURCE_EXHAUSTED',
+  'OUT_OF_RANGE',
+  'DATA_LOSS',
+  'UNAVAILABLE',
+  'DEADLINE_EXCEEDED',
+  'UNAUTHENTICATED',
+  'PERMISSION_DENIED',
+  'INTERNAL',
+] as const;
+export type ErrorCode = (typeof ERROR_CODES)[number];
+
+export class QuiverError extends Error {
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string) {
+    super(message);
+    this.name = 'QuiverError';
+    this.code = code;
+  }
+}
+
+export function isQuiverError(e: unknown): e is QuiverError {
+  return e instanceof QuiverError;
+}
+
+export function invalidArgument(message: string): QuiverError {
+  return new QuiverError('INVALID_ARGUMENT', message);
+}

@@ -1,0 +1,27 @@
+/** quiverdb: the package's main entry. */
+export { QuiverError, ERROR_CODES, isQuiverError } from './errors';
+export type { ErrorCode } from './errors';
+export {
+  FlatIndex,
+  HnswIndex,
+  IvfPqIndex,
+  VectorIndex,
+  deserializeIndex,
+  simdLevel,
+  simdLevels,
+  gpuInfo,
+  LABEL_NONE,
+} from './native';
+export type {
+  Metric,
+  IndexKind,
+  SearchResult,
+  SearchOptions,
+  AddOptions,
+  FlatIndexOptions,
+  HnswIndexOptions,
+  IvfPqIndexOptions,
+  TrainOptions,
+  GpuInfo,
+  AnyIndex,
+} from './native';

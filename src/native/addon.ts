@@ -1,0 +1,68 @@
+/**
+ * Loads the native addon once. The CUDA build (build-cuda/, from `npm run build:cuda`) is used when
+ * it is present and a GPU answers; otherwise the CPU build (build/, from node-gyp). QUIVER_DEVICE=cpu
+ * forces the CPU build.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { QuiverError } from '../errors';
+
+/* eslint-disable @typescript-eslint/no-explicit-any */
+export interface NativeAddon {
+  setErrorClass(cls: unknown): void;
+  simdLevel(): string;
+  simdLevels(): string[];
+  kernel(name: string, level: string, a: ArrayBufferView, b: ArrayBufferView): number;
+  scanBench(level: string, base: Float32Array, dim: number, query: Float32Array, repeats: number): number;
+  sumBench(level: string, base: Float32Array, repeats: number): number;
+  gpuInfo?(): { available: boolean; name?: string; memoryBytes?: number; reason?: string };
+  NativeIndex: any;
+}
+
+let cached: { addon: NativeAddon; build: 'cpu' | 'cuda'; path: string } | undefined;
+
+function candidates(): { file: string; build: 'cpu' | 'cuda' }[] {
+  // dist/src/native -> package root is three levels up; src/native (ts-node/vitest) two levels up.
+  const roots = [path.resolve(__dirname, '..', '..', '..'), path.resolve(__dirname, '..', '..')];
+  const out: { file: string; build: 'cpu' | 'cuda' }[] = [];
+  for (const root of roots) {
+    if (process.env.QUIVER_DEVICE !== 'cpu') out.push({ file: path.join(root, 'build-cuda', 'Release', 'quiver_cuda.node'), build: 'cuda' });
+    out.push({ file: path.join(root, 'build', 'Release', 'quiver.node'), build: 'cpu' });
+  }
+  return out;
+}
+
+export function loadAddon(): { addon: NativeAddon; build: 'cpu' | 'cuda'; path: string } {
+  if (cached) return cached;
+  const errors: string[] = [];
+  for (const c of candidates()) {
+    if (!fs.existsSync(c.file)) continue;
+    try {
+      // eslint-disable-next-line @typescript-eslint/no-var-requires
+      const addon = require(c.file) as NativeAddon;
+      addon.setErrorClass(QuiverError);
+      if (c.build === 'cuda') {
+        const info = addon.gpuInfo ? addon.gpuInfo() : { available: false };
+        if (!info.available) {
+          errors.push(`${c.file}: no GPU answered (${info.reason ?? 'unknown'})`);
+          continue;
+        }
+      }
+      // Throws QuiverError when QUIVER_SIMD names a level this CPU lacks.
+      addon.simdLevel();
+      cached = { addon, build: c.build, path: c.file };
+      return cached;
+    } catch (e) {
+      if (e instanceof QuiverError) throw e;
+      errors.push(`${c.file}: ${(e as Error).message}`);
+    }
+  }
+  throw new QuiverError(
+    'FAILED_PRECONDITION',
+    `the Quiver native addon is not built (run \`npm ci\` or \`npm run build:native\`)${errors.length ? ': ' + errors.join('; ') : ''}`,
+  );
+}
+
+export function addon(): NativeAddon {
+  return loadAddon().addon;
+}

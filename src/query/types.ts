@@ -1,0 +1,152 @@
+/**
+ * The contract between the database engine (src/query + src/shard + src/wal) and its users
+ * (src/server, src/cli, tests, benchmarks). Standalone mode is one node that leads every shard;
+ * the cluster issues will put replication behind the same interface.
+ */
+import type { Metric } from '../native';
+
+export type IndexSpec =
+  | { type: 'flat' }
+  | { type: 'hnsw'; m?: number; efConstruction?: number; efSearch?: number }
+  | { type: 'ivfpq'; nlist: number; m: number; refine?: number; nprobe?: number };
+
+export type WriteConcern = 'leader' | 'majority' | 'all';
+export type Consistency = 'linearizable' | 'session' | 'bounded' | 'eventual';
+
+/** What a user sends to create a collection; missing fields take defaults. */
+export interface CollectionSpecInput {
+  name: string;
+  dim: number;
+  metric?: Metric; // default 'l2'
+  index?: IndexSpec; // default { type: 'hnsw' }
+  shards?: number; // default 1
+  replicationFactor?: number; // default 1 (standalone accepts only 1)
+  writeConcern?: WriteConcern; // default 'majority'
+}
+
+export interface CollectionSpec {
+  name: string;
+  dim: number;
+  metric: Metric;
+  index: IndexSpec;
+  shards: number;
+  replicationFactor: number;
+  writeConcern: WriteConcern;
+}
+
+export interface CollectionInfo extends CollectionSpec {
+  count: number;
+  createdAt: string; // ISO-8601
+}
+
+/** A JSON object; top-level fields are what filters see. */
+export type Payload = { [field: string]: unknown };
+
+export interface PointInput {
+  id: string;
+  vector: Float32Array;
+  payload?: Payload;
+}
+
+export interface Point {
+  id: string;
+  vector?: Float32Array;
+  payload?: Payload;
+}
+
+/** Per-shard LSN a write reached: `{ "0": 17, "3": 5 }`. A read carrying it sees that write. */
+export type WriteToken = Record<string, number>;
+
+/**
+ * Payload filter on top-level fields (JSON). Values are JSON scalars (string, number, boolean).
+ *   { and: Filter[] } | { or: Filter[] } | { not: Filter }
+ *   { field: "color", eq: "red" }
+ *   { field: "color", in: ["red", "blue"] }
+ *   { field: "price", range: { gt?, gte?, lt?, lte? } }      (numbers)
+ *   { field: "color", exists: true }
+ */
+export type Filter =
+  | { and: Filter[] }
+  | { or: Filter[] }
+  | { not: Filter }
+  | { field: string; eq: string | number | boolean }
+  | { field: string; in: (string | number | boolean)[] }
+  | { field: string; range: { gt?: number; gte?: number; lt?: number; lte?: number } }
+  | { field: string; exists: boolean };
+
+export interface SearchRequest {
+  /** nq query vectors, row-major: Float32Array(nq * dim). */
+  vectors: Float32Array;
+  k: number;
+  filter?: Filter;
+  ef?: number;
+  nprobe?: number;
+  withPayload?: boolean;
+  withVectors?: boolean;
+  consistency?: Consistency;
+  token?: WriteToken;
+}
+
+export interface SearchHit {
+  id: string;
+  distance: number;
+  payload?: Payload;
+  vector?: Float32Array;
+}
+
+export interface ShardStatus {
+  collection: string;
+  shard: number;
+  leader: string; // node id ('local' standalone)
+  epoch: number;
+  lastLsn: number;
+  appliedLsn: number;
+  snapshotLsn: number;
+  points: number;
+  walBytes: number;
+}
+
+export interface ClusterStatus {
+  mode: 'standalone' | 'cluster';
+  nodeId: string;
+  nodes: { id: string; grpc?: string; http?: string; alive: boolean }[];
+  shards: ShardStatus[];
+}
+
+/** Hooks the server's metrics registry implements (prom-client); all optional. */
+export interface DatabaseObserver {
+  walAppend?(collection: string, shard: number, bytes: number): void;
+  fsync?(collection: string, shard: number, seconds: number): void;
+  snapshot?(collection: string, shard: number, seconds: number): void;
+}
+
+export interface Database {
+  createCollection(spec: CollectionSpecInput): Promise<CollectionInfo>;
+  dropCollection(name: string): Promise<void>;
+  listCollections(): CollectionInfo[];
+  describeCollection(name: string): CollectionInfo;
+  upsert(name: string, points: PointInput[], opts?: { idempotencyKey?: string }): Promise<{ upserted: number; token: WriteToken }>;
+  delete(name: string, ids: string[], opts?: { idempotencyKey?: string }): Promise<{ deleted: number; token: WriteToken }>;
+  /** Missing ids are absent from the answer. */
+  get(name: string, ids: string[], opts?: { withVectors?: boolean; withPayload?: boolean }): Promise<Point[]>;
+  count(name: string): Promise<number>;
+  /** One list of hits per query, nearest first. */
+  search(name: string, req: SearchRequest): Promise<SearchHit[][]>;
+  status(): ClusterStatus;
+  /** Snapshot every shard now (also runs on a schedule and at close). */
+  snapshot(): Promise<void>;
+  /** Finish in-flight writes, snapshot, close files. */
+  close(): Promise<void>;
+}
+
+export interface OpenOptions {
+  dataDir: string;
+  /** Snapshot a shard after this many ms if it changed (0 = only at close). Default 60000. */
+  snapshotIntervalMs?: number;
+  /** Snapshot a shard once its WAL since the last snapshot exceeds this many bytes. Default 256 MiB. */
+  snapshotWalBytes?: number;
+  /** WAL segment size before rolling to a new file. Default 64 MiB. */
+  segmentBytes?: number;
+  observer?: DatabaseObserver;
+  nodeId?: string;
+}
