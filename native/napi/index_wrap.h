@@ -1,0 +1,44 @@
+// NativeIndex: the one JS class over qv::Index (flat, hnsw, ivfpq). The index lives in a
+// shared_ptr so that a worker still running keeps it alive after the JS object is collected.
+#pragma once
+#include <napi.h>
+
+#include <memory>
+
+#include "common/index.h"
+
+namespace qv {
+namespace napi {
+
+class NativeIndex : public Napi::ObjectWrap<NativeIndex> {
+ public:
+  static Napi::Function Init(Napi::Env env);
+  explicit NativeIndex(const Napi::CallbackInfo& info);
+  std::shared_ptr<Index> index() const { return index_; }
+
+  // Wraps an index built in C++ (deserialize) in a new JS object.
+  static Napi::Object Wrap(Napi::Env env, std::shared_ptr<Index> index);
+
+ private:
+  Napi::Value Add(const Napi::CallbackInfo& info);
+  Napi::Value Remove(const Napi::CallbackInfo& info);
+  Napi::Value Search(const Napi::CallbackInfo& info);
+  Napi::Value Train(const Napi::CallbackInfo& info);
+  Napi::Value Serialize(const Napi::CallbackInfo& info);
+  Napi::Value GetVectors(const Napi::CallbackInfo& info);
+  static Napi::Value Deserialize(const Napi::CallbackInfo& info);
+  Napi::Value GetSize(const Napi::CallbackInfo& info);
+  Napi::Value GetDim(const Napi::CallbackInfo& info);
+  Napi::Value GetMetric(const Napi::CallbackInfo& info);
+  Napi::Value GetKind(const Napi::CallbackInfo& info);
+  Napi::Value GetTrained(const Napi::CallbackInfo& info);
+  Napi::Value GetMemoryBytes(const Napi::CallbackInfo& info);
+
+  std::shared_ptr<Index> index_;
+};
+
+// The index behind a NativeIndex JS object, or nullptr (with a JS error thrown) if it is not one.
+std::shared_ptr<Index> unwrap_index(Napi::Env env, Napi::Value v);
+
+}  // namespace napi
+}  // namespace qv
