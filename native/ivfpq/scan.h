@@ -1,0 +1,34 @@
+// IVF-PQ hot loops: look-up-table construction and the scan of PQ codes. One serial reference and
+// AVX2 / AVX-512 variants (target attributes, never a global -march), picked once with the level
+// of the distance kernels (kernels().level, so QUIVER_SIMD forces both).
+//
+// Code layout inside an inverted list: blocks of kScanBlock vectors, codes transposed per block,
+//   block b, sub-quantizer j, lane l  ->  codes[(b * m + j) * kScanBlock + l]
+// so the j-th codes of 16 vectors are one 16-byte row: a vector of indexes for one gather into
+// the j-th 256-entry table. The last block of a list is padded with code 0 (its lanes ignored).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace qv {
+namespace ivfpq {
+
+constexpr size_t kScanBlock = 16;
+constexpr size_t kCodebookSize = 256;  // 8-bit sub-quantizers
+
+struct ScanKernels {
+  const char* name;
+  // out[i] = base + a[i] + b[i], i < n
+  void (*lut_add)(const float* a, const float* b, float base, size_t n, float* out);
+  // out[j*256 + c] = sum_t q[j*dsub + t] * cbt[(j*dsub + t)*256 + c]   (cbt: codebooks transposed)
+  void (*ip_table)(const float* q, const float* cbt, size_t m, size_t dsub, float* out);
+  // out[l] = sum_j lut[j*256 + codes[j*16 + l]], l < 16: one block of 16 vectors
+  void (*scan_block)(const uint8_t* codes, size_t m, const float* lut, float* out);
+};
+
+const ScanKernels& scan_kernels();
+// The serial reference (tests and QUIVER_SIMD=serial).
+const ScanKernels& scan_kernels_serial();
+
+}  // namespace ivfpq
+}  // namespace qv
