@@ -458,7 +458,7 @@ Status IvfPqIndex::search(const float* queries, size_t nq, const SearchParams& p
   QV_RETURN_IF_ERROR(check_vectors(queries, nq, dim_, "queries"));
   uint32_t nprobe = params.nprobe != 0 ? params.nprobe : (p_.nprobe != 0 ? p_.nprobe : kDefaultNprobe);
   nprobe = std::min(nprobe, p_.nlist);
-  const uint32_t refine = params.refine != 0 ? params.refine : p_.refine;
+  const uint32_t refine = params.refine_set ? params.refine : p_.refine;
   if (refine > kRefineMax) return invalid_argument("refine must be in 0.." + std::to_string(kRefineMax));
   if (refine > 0 && p_.refine == 0)
     return failed_precondition("refine needs the raw vectors: create the ivfpq index with refine > 0");

@@ -44,7 +44,10 @@ void assign_nearest(const float* x, size_t n, size_t d, const float* c, const fl
                     int threads, uint32_t* out_idx, float* out_dist) {
   QV_ASSERT(k > 0);
   const Kernels& kern = kernels();
-  parallel_for(n, threads, kPointBlock, [&](size_t xb, size_t xe, int) {
+  // parallel_for runs the whole range in one call when it uses one thread: split it here.
+  parallel_for(n, threads, kPointBlock, [&](size_t rb, size_t re, int) {
+   for (size_t xb = rb; xb < re; xb += kPointBlock) {
+    const size_t xe = std::min(re, xb + kPointBlock);
     float best[kPointBlock];
     uint32_t arg[kPointBlock];
     for (size_t i = 0; i < xe - xb; ++i) {
@@ -71,6 +74,7 @@ void assign_nearest(const float* x, size_t n, size_t d, const float* c, const fl
       out_idx[i] = arg[i - xb];
       if (out_dist) out_dist[i] = std::max(0.0f, best[i - xb] + kern.ip_f32(x + i * d, x + i * d, d));
     }
+   }
   });
 }
 
