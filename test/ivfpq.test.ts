@@ -19,7 +19,7 @@ function rng(seed: number): () => number {
 }
 
 /** n points around `clusters` Gaussian centres (and q queries drawn the same way). */
-function clustered(n: number, dim: number, seed: number, clusters = 64, spread = 0.4): Float32Array {
+function clustered(n: number, dim: number, seed: number, clusters = 256, spread = 0.9): Float32Array {
   const r = rng(seed);
   const g = () => Math.sqrt(-2 * Math.log(Math.max(r(), 1e-12))) * Math.cos(2 * Math.PI * r());
   const centresRng = rng(12345);
@@ -104,13 +104,13 @@ describe('IvfPqIndex recall against brute force', () => {
     await flat.add(seq(N), base);
     const exact = await flat.search(queries, K);
     const index = await built({ refine: 8 });
-    const res = await index.search(queries, K, { nprobe: 8 });
+    const res = await index.search(queries, K, { nprobe: 16 });
     const r = recall(res.labels, exact.labels, NQ, K);
-    const off = await index.search(queries, K, { nprobe: 8, refine: 0 });
+    const off = await index.search(queries, K, { nprobe: 16, refine: 0 });
     const r0 = recall(off.labels, exact.labels, NQ, K);
-    console.log(`ivfpq l2 nprobe 8: recall@10 ${r0.toFixed(3)} without refine, ${r.toFixed(3)} with refine 8`);
-    expect(r).toBeGreaterThanOrEqual(0.95);
-    expect(r).toBeGreaterThan(r0);
+    console.log(`ivfpq l2 nprobe 16: recall@10 ${r0.toFixed(3)} without refine, ${r.toFixed(3)} with refine 8`);
+    expect(r).toBeGreaterThanOrEqual(0.93);
+    expect(r).toBeGreaterThan(r0 + 0.1);
     // The first result of each query, when it is the true nearest, carries its exact distance.
     for (let q = 0; q < NQ; q++) {
       if (res.labels[q * K] === exact.labels[q * K]) expect(res.distances[q * K]).toBeCloseTo(exact.distances[q * K], 3);
