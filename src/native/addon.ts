@@ -16,6 +16,12 @@ export interface NativeAddon {
   scanBench(level: string, base: Float32Array, dim: number, query: Float32Array, repeats: number): number;
   sumBench(level: string, base: Float32Array, repeats: number): number;
   gpuInfo?(): { available: boolean; name?: string; memoryBytes?: number; reason?: string };
+  // CUDA build only (native/napi/gpu_cuda.cpp; see src/native/gpu.ts).
+  gpuFlatCreate?(dim: number, metric: string, vectors: Float32Array, labels: Uint32Array | null): Promise<unknown>;
+  gpuFlatSearch?(handle: unknown, queries: Float32Array, k: number): Promise<unknown>;
+  gpuIvfPqCreate?(nativeIndex: unknown): Promise<unknown>;
+  gpuIvfPqSearch?(handle: unknown, queries: Float32Array, k: number, nprobe: number): Promise<unknown>;
+  gpuFree?(handle: unknown): void;
   NativeIndex: any;
 }
 
