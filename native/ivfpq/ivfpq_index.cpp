@@ -27,7 +27,6 @@ constexpr uint32_t kDefaultNprobe = 16;
 constexpr int kCoarseIterations = 10;
 constexpr int kPqIterations = 12;
 constexpr size_t kPqTrainPointsMax = 64 * kCodebookSize;  // residuals used to train the codebooks
-constexpr size_t kEncodeChunk = 8192;  // vectors encoded per step of add (bounds the residual buffer)
 constexpr size_t kQueryChunk = 32;     // queries sharing one pass over the coarse centroids
 constexpr double kCoarseShare = 0.8;   // share of the training progress bar for the coarse k-means
 
@@ -208,28 +207,33 @@ void IvfPqIndex::install_quantizers() {
 // list_of[i]: nearest coarse centroid of x_i (L2); codes[i*m + j]: nearest codeword of the j-th
 // slice of the residual x_i - c.
 void IvfPqIndex::encode(const float* x, size_t n, int threads, uint32_t* list_of, uint8_t* codes) const {
-  const size_t m = p_.m;
-  std::vector<float> resid, sub;
-  std::vector<uint32_t> idx;
-  for (size_t b = 0; b < n; b += kEncodeChunk) {
-    const size_t cn = std::min(kEncodeChunk, n - b);
-    const float* xb = x + b * dim_;
-    ivfpq::assign_nearest(xb, cn, dim_, centroids_.data(), centroid_norms_.data(), p_.nlist, threads, list_of + b,
-                          nullptr);
-    resid.assign(cn * dpad_, 0.0f);
-    for (size_t i = 0; i < cn; ++i) {
-      const float* c = &centroids_[static_cast<size_t>(list_of[b + i]) * dim_];
-      for (uint32_t t = 0; t < dim_; ++t) resid[i * dpad_ + t] = xb[i * dim_ + t] - c[t];
+  const size_t m = p_.m, ks = kCodebookSize;
+  ivfpq::assign_nearest(x, n, dim_, centroids_.data(), centroid_norms_.data(), p_.nlist, threads, list_of, nullptr);
+  // Nearest codeword by |r_j - p_jc|^2 = |r_j|^2 - 2 <r_j, p_jc> + |p_jc|^2: the m x 256 dot products
+  // of one residual come from the same table kernel as the search (vectorized across codewords).
+  const ivfpq::ScanKernels& sk = ivfpq::scan_kernels();
+  parallel_for(n, threads, 256, [&](size_t b, size_t e, int) {
+    std::vector<float> r(dpad_, 0.0f), dots(m * ks);
+    for (size_t i = b; i < e; ++i) {
+      const float* c = &centroids_[static_cast<size_t>(list_of[i]) * dim_];
+      for (uint32_t t = 0; t < dim_; ++t) r[t] = x[i * dim_ + t] - c[t];
+      sk.ip_table(r.data(), codebooks_t_.data(), m, dsub_, dots.data());
+      for (size_t j = 0; j < m; ++j) {
+        const float* dj = &dots[j * ks];
+        const float* nj = &codebook_norms_[j * ks];
+        float best = nj[0] - 2.0f * dj[0];
+        uint32_t arg = 0;
+        for (uint32_t k = 1; k < ks; ++k) {
+          const float v = nj[k] - 2.0f * dj[k];
+          if (v < best) {
+            best = v;
+            arg = k;
+          }
+        }
+        codes[i * m + j] = static_cast<uint8_t>(arg);
+      }
     }
-    sub.resize(cn * dsub_);
-    idx.resize(cn);
-    for (size_t j = 0; j < m; ++j) {
-      for (size_t i = 0; i < cn; ++i) std::memcpy(&sub[i * dsub_], &resid[i * dpad_ + j * dsub_], dsub_ * sizeof(float));
-      ivfpq::assign_nearest(sub.data(), cn, dsub_, &codebooks_[j * kCodebookSize * dsub_],
-                            &codebook_norms_[j * kCodebookSize], kCodebookSize, threads, idx.data(), nullptr);
-      for (size_t i = 0; i < cn; ++i) codes[(b + i) * m + j] = static_cast<uint8_t>(idx[i]);
-    }
-  }
+  });
 }
 
 void IvfPqIndex::append(uint32_t list, uint32_t label, const uint8_t* code, const float* raw) {
