@@ -202,6 +202,8 @@ describe('IvfPqIndex training and errors', () => {
     await expectCode(() => new IvfPqIndex({ dim: DIM, nlist: 8, m: 4, nprobe: 9 }), 'INVALID_ARGUMENT');
     await expectCode(() => new IvfPqIndex({ dim: DIM, nlist: 8, m: 4, bogus: 1 } as never), 'INVALID_ARGUMENT');
     await expectCode(() => new IvfPqIndex({ dim: DIM, m: 4 } as never), 'INVALID_ARGUMENT');
+    // nlist * m beyond the look-up-table budget
+    await expectCode(() => new IvfPqIndex({ dim: 784, nlist: 65536, m: 392 }), 'INVALID_ARGUMENT');
   });
 
   it('bad input to add and search is refused and changes nothing', async () => {

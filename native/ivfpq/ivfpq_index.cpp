@@ -29,6 +29,8 @@ constexpr int kPqIterations = 12;
 constexpr size_t kPqTrainPointsMax = 64 * kCodebookSize;  // residuals used to train the codebooks
 constexpr size_t kQueryChunk = 32;     // queries sharing one pass over the coarse centroids
 constexpr double kCoarseShare = 0.8;   // share of the training progress bar for the coarse k-means
+// The l2 table term2 holds nlist * m * 256 floats: at most 1 GiB (nlist * m <= 2^20).
+constexpr uint64_t kListsTimesSubquantizersMax = uint64_t{1} << 20;
 
 void normalize_rows(const float* in, size_t n, uint32_t dim, float* out) {
   const Kernels& kern = kernels();
@@ -64,6 +66,9 @@ Status IvfPqIndex::create(const IndexOptions& opts, std::unique_ptr<Index>* out)
   QV_RETURN_IF_ERROR(opts.integer("refine", 0, 0, kRefineMax, &refine));
   QV_RETURN_IF_ERROR(opts.integer("nprobe", 0, 0, static_cast<double>(nlist), &nprobe));
   QV_RETURN_IF_ERROR(opts.integer("seed", 1, 0, 9007199254740991.0, &seed));
+  if (nlist * m > kListsTimesSubquantizersMax)
+    return invalid_argument("nlist * m must be at most " + std::to_string(kListsTimesSubquantizersMax) +
+                            " (the per-list look-up tables would exceed 1 GiB)");
   Params p;
   p.nlist = static_cast<uint32_t>(nlist);
   p.m = static_cast<uint32_t>(m);
@@ -554,7 +559,7 @@ Status IvfPqIndex::deserialize(const EnvelopeInfo& info, std::unique_ptr<Index>*
   r.u32(&trained);
   QV_RETURN_IF_ERROR(r.status("ivfpq header"));
   if (p.nlist < 1 || p.nlist > kNlistMax || p.m < 1 || p.m > info.dim || p.refine > kRefineMax ||
-      p.nprobe > p.nlist || trained > 1)
+      p.nprobe > p.nlist || trained > 1 || uint64_t{p.nlist} * p.m > kListsTimesSubquantizersMax)
     return data_loss("ivfpq index file has invalid parameters");
   std::unique_ptr<IvfPqIndex> idx(new IvfPqIndex(info.dim, info.metric, p));
   if (trained) {
