@@ -295,6 +295,22 @@ Status IvfPqIndex::add(const uint32_t* labels, const float* vectors, size_t n, i
   encode(x, n, threads, list_of.data(), codes.data());
 
   std::unique_lock<std::shared_mutex> lock(mu_);
+  // Room for the batch in each list it touches: exact on a list's first batch, then 1.5x growth
+  // (the default doubling would leave up to half of the raw vectors' memory unused).
+  std::vector<uint32_t> incoming(p_.nlist, 0);
+  for (size_t i = 0; i < n; ++i) ++incoming[list_of[i]];
+  auto grow = [](auto& v, size_t need) {
+    if (need > v.capacity()) v.reserve(std::max(need, v.capacity() + v.capacity() / 2));
+  };
+  for (uint32_t c = 0; c < p_.nlist; ++c) {
+    if (incoming[c] == 0) continue;
+    List& l = lists_[c];
+    const size_t need = l.size() + incoming[c];
+    grow(l.labels, need);
+    grow(l.codes, (need + kScanBlock - 1) / kScanBlock * kScanBlock * p_.m);
+    if (p_.refine > 0) grow(l.raw, need * dim_);
+  }
+  where_.reserve(where_.size() + n);
   for (size_t i = 0; i < n; ++i) {
     auto it = where_.find(labels[i]);
     if (it != where_.end()) erase(static_cast<uint32_t>(it->second >> 32), static_cast<uint32_t>(it->second));
