@@ -362,7 +362,8 @@ Status IvfPqIndex::get_vectors(const uint32_t* labels, size_t n, float* out) con
 //                       - 2 sum_j <q_j, p_j(k_j)>                       term3: per (query, j, code)
 //   term1 comes from the coarse step (|q|^2 - 2 <q, y_C> + |y_C|^2, the dot products blocked over a
 //   chunk of queries). term3 is one m x 256 table per query, independent of the list. So probing a
-//   list costs one m x 256 addition (LUT = term2[C] + term3) and then m look-ups per vector.
+//   list costs one m x 256 multiply-add (LUT = term2[C] - 2 <q_j, p_jk>) and m look-ups per vector;
+//   term1 is added once per candidate.
 // ip: <q, x> ~ <q, y_C> + sum_j <q_j, p_j(k_j)>; the table -<q_j, p_j(k)> is the same for every list
 //   and the distance is 1 - <q, y_C> + sum_j LUT_j(k_j). Lists are probed by largest <q, y_C>.
 // A list is scanned 16 vectors at a time (ivfpq/scan.h); a candidate enters a bounded max-heap only
@@ -391,8 +392,8 @@ void IvfPqIndex::search_one(const float* q, const float* dots, const SearchParam
   for (size_t c = 0; c < nlist; ++c) s->keys[c] = l2 ? qn - 2.0f * dots[c] + centroid_norms_[c] : -dots[c];
   std::memcpy(s->qpad.data(), q, dim_ * sizeof(float));
   sk.ip_table(s->qpad.data(), codebooks_t_.data(), m, dsub_, s->ipt.data());
-  const float scale = l2 ? -2.0f : -1.0f;
-  for (size_t i = 0; i < m * ks; ++i) s->tab[i] = scale * s->ipt[i];
+  if (!l2)
+    for (size_t i = 0; i < m * ks; ++i) s->tab[i] = -s->ipt[i];
 
   auto& order = s->order;
   std::iota(order.begin(), order.end(), 0u);
@@ -410,7 +411,7 @@ void IvfPqIndex::search_one(const float* q, const float* dots, const SearchParam
     const float* table;
     float offset;
     if (l2) {
-      sk.lut_add(&term2_[static_cast<size_t>(c) * m * ks], s->tab.data(), 0.0f, m * ks, s->lut.data());
+      sk.lut_add(&term2_[static_cast<size_t>(c) * m * ks], s->ipt.data(), -2.0f, m * ks, s->lut.data());
       table = s->lut.data();
       offset = s->keys[c];
     } else {
@@ -455,7 +456,18 @@ void IvfPqIndex::search_one(const float* q, const float* dots, const SearchParam
   } else {
     auto& ex = s->exact;
     ex.clear();
-    for (const auto& h : heap) {
+    auto raw_of = [&](const std::pair<float, uint64_t>& h) {
+      return &lists_[h.second >> 32].raw[static_cast<size_t>(static_cast<uint32_t>(h.second)) * dim_];
+    };
+    // The candidates' raw vectors are scattered: fetch the next ones while this one is computed.
+    constexpr size_t kAhead = 2;
+    auto prefetch = [&](const float* v) {
+      for (size_t t = 0; t < dim_; t += 16) __builtin_prefetch(v + t);
+    };
+    for (size_t i = 0; i < std::min(kAhead, heap.size()); ++i) prefetch(raw_of(heap[i]));
+    for (size_t i = 0; i < heap.size(); ++i) {
+      if (i + kAhead < heap.size()) prefetch(raw_of(heap[i + kAhead]));
+      const auto& h = heap[i];
       const List& l = lists_[h.second >> 32];
       const size_t pos = static_cast<uint32_t>(h.second);
       const float* v = &l.raw[pos * dim_];

@@ -13,8 +13,8 @@ namespace ivfpq {
 // The two arithmetic loops are written once and compiled per ISA; the compiler vectorizes them
 // with the instruction set of the function's target attribute.
 #define QV_IVFPQ_SIMPLE_LOOPS(SUFFIX, ATTR)                                                         \
-  ATTR static void lut_add_##SUFFIX(const float* a, const float* b, float base, size_t n, float* out) { \
-    for (size_t i = 0; i < n; ++i) out[i] = base + a[i] + b[i];                                     \
+  ATTR static void lut_add_##SUFFIX(const float* a, const float* b, float scale, size_t n, float* out) { \
+    for (size_t i = 0; i < n; ++i) out[i] = a[i] + scale * b[i];                                    \
   }                                                                                                 \
   ATTR static void ip_table_##SUFFIX(const float* q, const float* cbt, size_t m, size_t dsub, float* out) { \
     for (size_t j = 0; j < m; ++j) {                                                                \

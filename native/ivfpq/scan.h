@@ -18,8 +18,8 @@ constexpr size_t kCodebookSize = 256;  // 8-bit sub-quantizers
 
 struct ScanKernels {
   const char* name;
-  // out[i] = base + a[i] + b[i], i < n
-  void (*lut_add)(const float* a, const float* b, float base, size_t n, float* out);
+  // out[i] = a[i] + scale * b[i], i < n
+  void (*lut_add)(const float* a, const float* b, float scale, size_t n, float* out);
   // out[j*256 + c] = sum_t q[j*dsub + t] * cbt[(j*dsub + t)*256 + c]   (cbt: codebooks transposed)
   void (*ip_table)(const float* q, const float* cbt, size_t m, size_t dsub, float* out);
   // out[l] = sum_j lut[j*256 + codes[j*16 + l]], l < 16: one block of 16 vectors
