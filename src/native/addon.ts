@@ -25,7 +25,8 @@ export interface NativeAddon {
   NativeIndex: any;
 }
 
-let cached: { addon: NativeAddon; build: 'cpu' | 'cuda'; path: string } | undefined;
+/** skipped: why a CUDA build that is present was not used (for gpuInfo's reason). */
+let cached: { addon: NativeAddon; build: 'cpu' | 'cuda'; path: string; skipped?: string } | undefined;
 
 function candidates(): { file: string; build: 'cpu' | 'cuda' }[] {
   // dist/src/native -> package root is three levels up; src/native (ts-node/vitest) two levels up.
@@ -38,7 +39,7 @@ function candidates(): { file: string; build: 'cpu' | 'cuda' }[] {
   return out;
 }
 
-export function loadAddon(): { addon: NativeAddon; build: 'cpu' | 'cuda'; path: string } {
+export function loadAddon(): { addon: NativeAddon; build: 'cpu' | 'cuda'; path: string; skipped?: string } {
   if (cached) return cached;
   const errors: string[] = [];
   for (const c of candidates()) {
@@ -56,7 +57,7 @@ export function loadAddon(): { addon: NativeAddon; build: 'cpu' | 'cuda'; path: 
       }
       // Throws QuiverError when QUIVER_SIMD names a level this CPU lacks.
       addon.simdLevel();
-      cached = { addon, build: c.build, path: c.file };
+      cached = { addon, build: c.build, path: c.file, skipped: errors.length ? errors.join('; ') : undefined };
       return cached;
     } catch (e) {
       if (e instanceof QuiverError) throw e;

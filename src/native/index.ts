@@ -312,9 +312,9 @@ export interface GpuInfo {
 
 /** Which build is loaded and whether a GPU serves it. */
 export function gpuInfo(): GpuInfo {
-  const { addon: a, build } = loadAddon();
+  const { addon: a, build, skipped } = loadAddon();
   if (build === 'cuda' && a.gpuInfo) return { build, ...a.gpuInfo() };
-  return { build, available: false, reason: 'CPU build loaded (no CUDA build present, or no GPU answered)' };
+  return { build, available: false, reason: `CPU build loaded (${skipped ?? 'no CUDA build present'})` };
 }
 
 export { labelNone as LABEL_NONE };
