@@ -254,6 +254,25 @@ describe('IvfPqIndex updates, filters, persistence', () => {
     expect(empty.distances[0]).toBe(Infinity);
   });
 
+  it('searches run concurrently with adds and removes', async () => {
+    const index = new IvfPqIndex({ dim: DIM, nlist: 16, m: 8, refine: 2 });
+    await index.train(base.subarray(0, 1000 * DIM));
+    await index.add(seq(1000), base.subarray(0, 1000 * DIM));
+    const work: Promise<unknown>[] = [];
+    for (let b = 1; b < 4; b++) {
+      work.push(index.add(seq(1000, b * 1000), base.subarray(b * 1000 * DIM, (b + 1) * 1000 * DIM), { threads: 1 }));
+      work.push(index.search(queries, K, { nprobe: 4, threads: 1 }));
+      work.push(index.remove(seq(100, (b - 1) * 1000)));
+      work.push(index.search(queries, K, { nprobe: 16, refine: 0, threads: 1 }));
+    }
+    const results = await Promise.all(work);
+    expect(index.size).toBe(4000 - 300);
+    for (let i = 1; i < results.length; i += 2) {
+      const r = results[i] as { labels: Uint32Array };
+      for (const l of r.labels) expect(l === LABEL_NONE || l < 4000).toBe(true);
+    }
+  });
+
   it('a filter returns allowed labels only, also when very selective', async () => {
     const index = await built();
     const allowed = new Uint32Array(Array.from({ length: 400 }, (_, i) => i * 10));
