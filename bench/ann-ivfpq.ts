@@ -9,7 +9,7 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { IvfPqIndex, gpuInfo } from '../src/native';
+import { FlatIndex, IvfPqIndex, gpuInfo } from '../src/native';
 import { fashionMnist, groundTruth, median, recallAtK, sequence, synthetic, Dataset } from './datasets';
 
 const USAGE = `usage: quiver bench ann --index ivfpq [options]
@@ -122,8 +122,21 @@ export async function runIvfPq(argv: string[]): Promise<number> {
   out(`bytes/vector: code ${codeBytes} (1/${(rawBytes / codeBytes).toFixed(0)} of ${rawBytes} raw) + label 4; ` +
       `index memory ${(index.memoryBytes / 1e6).toFixed(1)} MB = ${(index.memoryBytes / ds.nBase).toFixed(0)} B/vector with raw vectors kept for refine`);
 
+  // Reference measured in the same run (the machine is shared, absolute QPS drifts): exact search
+  // by FlatIndex on one thread, over the first 1,000 queries.
+  const flat = new FlatIndex({ dim: ds.dim, metric: ds.metric });
+  await flat.add(sequence(ds.nBase), ds.base);
+  const nRef = Math.min(1000, ds.nQueries);
+  const refQueries = ds.queries.subarray(0, nRef * ds.dim);
+  const flatQpsRuns: number[] = [];
+  const measureFlat = async () => {
+    const s = process.hrtime.bigint();
+    await flat.search(refQueries, k, { threads: 1 });
+    flatQpsRuns.push(nRef / (Number(process.hrtime.bigint() - s) / 1e9));
+  };
+  await measureFlat();
   const rows: Record<string, unknown>[] = [];
-  out('nprobe  refine  recall@10  QPS(1 thread, median)');
+  out('nprobe  refine  recall@10  QPS(1 thread, median)  x exact');
   for (const nprobe of a.nprobe) {
     for (const refine of [0, a.refine]) {
       const qps: number[] = [];
@@ -136,9 +149,13 @@ export async function runIvfPq(argv: string[]): Promise<number> {
       }
       const row = { nprobe, refine, recall, qps: median(qps), qpsRuns: qps };
       rows.push(row);
-      out(`${String(nprobe).padStart(6)}  ${String(refine).padStart(6)}  ${recall.toFixed(4).padStart(9)}  ${median(qps).toFixed(0).padStart(8)}`);
+      const ratio = median(qps) / median(flatQpsRuns);
+      out(`${String(nprobe).padStart(6)}  ${String(refine).padStart(6)}  ${recall.toFixed(4).padStart(9)}  ${median(qps).toFixed(0).padStart(21)}  ${ratio.toFixed(1).padStart(7)}`);
     }
   }
+  await measureFlat();
+  const flatQps = median(flatQpsRuns);
+  out(`exact search (FlatIndex, 1 thread, ${nRef} queries): ${flatQps.toFixed(0)} QPS (runs ${flatQpsRuns.map((q) => q.toFixed(0)).join(', ')})`);
   const best = rows.filter((r) => (r.recall as number) >= 0.95).sort((x, y) => (y.qps as number) - (x.qps as number))[0];
   if (best) out(`fastest point with recall@10 >= 0.95: nprobe ${best.nprobe}, refine ${best.refine}: ${(best.qps as number).toFixed(0)} QPS`);
   else out('no point reached recall@10 >= 0.95');
@@ -156,6 +173,8 @@ export async function runIvfPq(argv: string[]): Promise<number> {
     rawBytesPerVector: rawBytes,
     memoryBytes: index.memoryBytes,
     rows,
+    exactFlatQps1Thread: flatQps,
+    exactFlatQpsRuns: flatQpsRuns,
     machine: machine(),
     date: new Date().toISOString(),
   });

@@ -214,29 +214,17 @@ void IvfPqIndex::install_quantizers() {
 void IvfPqIndex::encode(const float* x, size_t n, int threads, uint32_t* list_of, uint8_t* codes) const {
   const size_t m = p_.m, ks = kCodebookSize;
   ivfpq::assign_nearest(x, n, dim_, centroids_.data(), centroid_norms_.data(), p_.nlist, threads, list_of, nullptr);
-  // Nearest codeword by |r_j - p_jc|^2 = |r_j|^2 - 2 <r_j, p_jc> + |p_jc|^2: the m x 256 dot products
-  // of one residual come from the same table kernel as the search (vectorized across codewords).
+  // Nearest codeword of each slice of the residual: argmin_c |p_jc|^2 - 2 <r_j, p_jc>.
   const ivfpq::ScanKernels& sk = ivfpq::scan_kernels();
   parallel_for(n, threads, 256, [&](size_t b, size_t e, int) {
-    std::vector<float> r(dpad_, 0.0f), dots(m * ks);
+    std::vector<float> r(dpad_, 0.0f);
+    float score;
     for (size_t i = b; i < e; ++i) {
       const float* c = &centroids_[static_cast<size_t>(list_of[i]) * dim_];
       for (uint32_t t = 0; t < dim_; ++t) r[t] = x[i * dim_ + t] - c[t];
-      sk.ip_table(r.data(), codebooks_t_.data(), m, dsub_, dots.data());
-      for (size_t j = 0; j < m; ++j) {
-        const float* dj = &dots[j * ks];
-        const float* nj = &codebook_norms_[j * ks];
-        float best = nj[0] - 2.0f * dj[0];
-        uint32_t arg = 0;
-        for (uint32_t k = 1; k < ks; ++k) {
-          const float v = nj[k] - 2.0f * dj[k];
-          if (v < best) {
-            best = v;
-            arg = k;
-          }
-        }
-        codes[i * m + j] = static_cast<uint8_t>(arg);
-      }
+      for (size_t j = 0; j < m; ++j)
+        codes[i * m + j] = static_cast<uint8_t>(sk.nearest_256(&r[j * dsub_], &codebooks_t_[j * dsub_ * ks],
+                                                               &codebook_norms_[j * ks], dsub_, &score));
     }
   });
 }

@@ -8,6 +8,7 @@
 #include "common/assert.h"
 #include "common/thread_pool.h"
 #include "distance/distance.h"
+#include "ivfpq/scan.h"
 
 namespace qv {
 namespace ivfpq {
@@ -40,9 +41,30 @@ void row_norms(const float* x, size_t n, size_t d, float* out) {
   for (size_t i = 0; i < n; ++i) out[i] = kern.ip_f32(x + i * d, x + i * d, d);
 }
 
+namespace {
+// Short rows against exactly 256 centroids (the PQ codebooks): one register-resident pass per row
+// (ScanKernels::nearest_256); a 4x4 tile of 16-float rows would spend more on horizontal sums.
+void assign_nearest_256(const float* x, size_t n, size_t d, const float* c, const float* c_norms, int threads,
+                        uint32_t* out_idx, float* out_dist) {
+  const ScanKernels& sk = scan_kernels();
+  std::vector<float> ct(d * kCodebookSize);
+  for (size_t j = 0; j < kCodebookSize; ++j)
+    for (size_t t = 0; t < d; ++t) ct[t * kCodebookSize + j] = c[j * d + t];
+  const Kernels& kern = kernels();
+  parallel_for(n, threads, 1024, [&](size_t b, size_t e, int) {
+    for (size_t i = b; i < e; ++i) {
+      float score;
+      out_idx[i] = sk.nearest_256(x + i * d, ct.data(), c_norms, d, &score);
+      if (out_dist) out_dist[i] = std::max(0.0f, score + kern.ip_f32(x + i * d, x + i * d, d));
+    }
+  });
+}
+}  // namespace
+
 void assign_nearest(const float* x, size_t n, size_t d, const float* c, const float* c_norms, size_t k,
                     int threads, uint32_t* out_idx, float* out_dist) {
   QV_ASSERT(k > 0);
+  if (k == kCodebookSize && d <= 64) return assign_nearest_256(x, n, d, c, c_norms, threads, out_idx, out_dist);
   const Kernels& kern = kernels();
   // parallel_for runs the whole range in one call when it uses one thread: split it here.
   parallel_for(n, threads, kPointBlock, [&](size_t rb, size_t re, int) {

@@ -24,6 +24,10 @@ struct ScanKernels {
   void (*ip_table)(const float* q, const float* cbt, size_t m, size_t dsub, float* out);
   // out[l] = sum_j lut[j*256 + codes[j*16 + l]], l < 16: one block of 16 vectors
   void (*scan_block)(const uint8_t* codes, size_t m, const float* lut, float* out);
+  // The nearest of 256 centroids to x (dimension d): argmin_c norms[c] - 2 <x, c>, lowest index on
+  // ties; ct holds the centroids transposed (d x 256). *score gets the minimum (|x - c|^2 - |x|^2).
+  // Encoding and the codebook k-means: the 256 running dot products stay in registers.
+  uint32_t (*nearest_256)(const float* x, const float* ct, const float* norms, size_t d, float* score);
 };
 
 const ScanKernels& scan_kernels();
