@@ -20,10 +20,14 @@ const CHILD = `
 const fs = require('fs');
 const { IvfPqIndex, simdLevel } = require(${JSON.stringify(DIST)});
 (async () => {
-  const [file, qfile, refine] = process.argv.slice(1);
+  const [file, qfile, refine, basefile] = process.argv.slice(1);
   const index = await IvfPqIndex.deserialize(fs.readFileSync(file));
-  const b = fs.readFileSync(qfile);
-  const q = new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.length));
+  const f32 = (name) => { const b = fs.readFileSync(name); return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.length)); };
+  const q = f32(qfile);
+  if (basefile) {  // encode at this level too
+    const base = f32(basefile);
+    await index.add(Uint32Array.from({ length: base.length / index.dim }, (_, i) => 100000 + i), base);
+  }
   const r = await index.search(q, 10, { nprobe: 8, refine: Number(refine) });
   process.stdout.write(JSON.stringify({ level: simdLevel(), labels: Array.from(r.labels), distances: Array.from(r.distances) }));
 })().catch((e) => { process.stderr.write(String(e)); process.exit(1); });
@@ -52,9 +56,11 @@ describe('IVF-PQ kernels at every SIMD level', () => {
     fs.writeFileSync(file, await index.serialize());
     const q = data(100, dim, 2);
     fs.writeFileSync(qfile, Buffer.from(q.buffer));
-    const run = (level: string, refine: number) =>
+    const bfile = path.join(dir, 'more.bin');
+    fs.writeFileSync(bfile, Buffer.from(data(1000, dim, 3).buffer));
+    const run = (level: string, refine: number, withBase = false) =>
       JSON.parse(
-        execFileSync(process.execPath, ['-e', CHILD, file, qfile, String(refine)], {
+        execFileSync(process.execPath, ['-e', CHILD, file, qfile, String(refine), ...(withBase ? [bfile] : [])], {
           env: { ...process.env, QUIVER_SIMD: level, QUIVER_DEVICE: 'cpu' },
           encoding: 'utf8',
         }),
@@ -73,6 +79,19 @@ describe('IVF-PQ kernels at every SIMD level', () => {
         // Summation order differs between levels: near-ties may swap, nothing more.
         expect(same / ref.labels.length).toBeGreaterThanOrEqual(0.98);
       }
+    }
+    // Encoding (nearest codeword per sub-space) at each level: codes may differ only on near-ties.
+    const ref = run('serial', 0, true);
+    for (const level of simdLevels().filter((l) => l !== 'serial')) {
+      const got = run(level, 0, true);
+      let same = 0;
+      let relDiff = 0;
+      for (let i = 0; i < ref.labels.length; i++) {
+        if (got.labels[i] === ref.labels[i]) same++;
+        relDiff += Math.abs(got.distances[i] - ref.distances[i]) / Math.max(1, Math.abs(ref.distances[i]));
+      }
+      expect(same / ref.labels.length).toBeGreaterThanOrEqual(0.97);
+      expect(relDiff / ref.labels.length).toBeLessThan(1e-3);
     }
   });
 });
