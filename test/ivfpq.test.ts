@@ -285,6 +285,24 @@ describe('IvfPqIndex updates, filters, persistence', () => {
     const sel = await index.search(queries.subarray(0, DIM), 7, { filter: five, nprobe: 1 });
     expect(Array.from(sel.labels.subarray(0, 5)).sort((a, b) => a - b)).toEqual([3, 1000, 2000, 3000, 3999]);
     expect(sel.labels[5]).toBe(LABEL_NONE);
+    // With refine: the allowed labels only, exact distances ascending.
+    const refined = await built({ refine: 4 });
+    const rr = await refined.search(queries, K, { filter: allowed, nprobe: 8 });
+    for (let q = 0; q < NQ; q++) {
+      for (let j = 0; j < K; j++) expect(set.has(rr.labels[q * K + j])).toBe(true);
+      for (let j = 1; j < K; j++) expect(rr.distances[q * K + j]).toBeGreaterThanOrEqual(rr.distances[q * K + j - 1]);
+    }
+  });
+
+  it('the nprobe given at creation is the search default', async () => {
+    const a = new IvfPqIndex({ dim: DIM, nlist: 32, m: 8, nprobe: 32, seed: 7 });
+    await a.train(base);
+    await a.add(seq(N), base);
+    const byDefault = await a.search(queries, K);
+    const explicit = await a.search(queries, K, { nprobe: 32 });
+    const one = await a.search(queries, K, { nprobe: 1 });
+    expect(Array.from(byDefault.labels)).toEqual(Array.from(explicit.labels));
+    expect(Array.from(byDefault.labels)).not.toEqual(Array.from(one.labels));
   });
 
   it('serialize round-trips; a corrupt or truncated file is DATA_LOSS', async () => {
