@@ -12,6 +12,7 @@ export {
   gpuInfo,
   LABEL_NONE,
 } from './native';
+export { GpuFlatIndex, GpuIvfPqIndex } from './native/gpu';
 export type {
   Metric,
   IndexKind,
