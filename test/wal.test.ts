@@ -206,6 +206,13 @@ describe('Wal', () => {
     expect(await codeOf(Wal.open({ dir }))).toBe('DATA_LOSS');
     // The refusal changed nothing on disk.
     expect((await fsp.readFile(file)).equals(b)).toBe(true);
+
+    // A middle entry's header damaged (its type byte), so its length cannot be trusted: still
+    // found to be followed by whole entries.
+    const c = Buffer.from(pristine);
+    c[SEGMENT_HEADER_BYTES + 2 * 88 + 4] = 0x7f;
+    await fsp.writeFile(file, c);
+    expect(await codeOf(Wal.open({ dir }))).toBe('DATA_LOSS');
   });
 
   it('damage in a segment that is not the last is DATA_LOSS', async () => {

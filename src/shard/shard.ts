@@ -202,13 +202,19 @@ export class Shard {
       onFsync: (sec) => this.opts.observer?.fsync?.(sec),
     });
     if (this.wal.firstLsn > snapLsn + 1 || this.wal.lastLsn < snapLsn) {
+      await this.wal.close();
       throw new QuiverError(
         'DATA_LOSS',
         `shard ${this.opts.walDir}: the WAL holds ${this.wal.firstLsn}..${this.wal.lastLsn}, the newest usable snapshot is at ${snapLsn}`,
       );
     }
-    for await (const e of this.wal.entries(snapLsn + 1)) {
-      await this.applyOp(e.lsn, e.epoch, e.key, this.decodeOp(e.type, e.body));
+    try {
+      for await (const e of this.wal.entries(snapLsn + 1)) {
+        await this.applyOp(e.lsn, e.epoch, e.key, this.decodeOp(e.type, e.body));
+      }
+    } catch (e) {
+      await this.wal.close().catch(() => undefined);
+      throw e;
     }
     this.walBytesAtSnapshot = this.wal.bytes;
   }

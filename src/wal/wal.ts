@@ -16,6 +16,7 @@ import type { FileHandle } from 'fs/promises';
 import * as path from 'path';
 import { QuiverError } from '../errors';
 import {
+  ENTRY_HEADER_BYTES,
   EntryInput,
   SEGMENT_HEADER_BYTES,
   WalEntry,
@@ -82,6 +83,19 @@ async function fsyncDir(dir: string): Promise<void> {
   } finally {
     await fh.close();
   }
+}
+
+/**
+ * Offset of a whole entry (valid CRC, LSN above `lsn`) anywhere after the damaged entry at `off`,
+ * or -1. Looks at every byte offset, since the damaged entry's own length may be wrong; only
+ * recovery runs it, and only when it met damage.
+ */
+function findWholeEntryAfter(buf: Buffer, off: number, lsn: number): number {
+  for (let p = off + 1; p + ENTRY_HEADER_BYTES <= buf.length; p++) {
+    const r = decodeEntry(buf, p);
+    if (r.ok && r.entry.lsn > lsn && r.entry.lsn < lsn + 1e9) return p;
+  }
+  return -1;
 }
 
 export class Wal {
@@ -209,13 +223,8 @@ export class Wal {
         const where = `WAL segment ${file} at offset ${off} (LSN ${want}): ${bad}`;
         if (!isLast) throw new QuiverError('DATA_LOSS', `${where}, in a segment that is not the last`);
         if (want <= commitBound) throw new QuiverError('DATA_LOSS', `${where}, at or below commit LSN ${commitBound}`);
-        const length = r.ok ? r.bytes : r.length;
-        if (length > 0 && off + length < buf.length) {
-          const next = decodeEntry(buf, off + length);
-          if (next.ok && next.entry.lsn === want + 1) {
-            throw new QuiverError('DATA_LOSS', `${where}, followed by a whole entry`);
-          }
-        }
+        const after = findWholeEntryAfter(buf, off, want);
+        if (after >= 0) throw new QuiverError('DATA_LOSS', `${where}, followed by a whole entry at offset ${after}`);
         await this.truncateFile(file, off);
         this.recovery = { truncatedBytes: buf.length - off, reason: where };
         seg.bytes = off;
