@@ -259,6 +259,31 @@ describe('Database', () => {
     expect(await db.count('v')).toBe(20);
   });
 
+  it('an fsync failure refuses the write, reports the fatal error once, and leaves the write invisible', async () => {
+    await db.close({ snapshot: false });
+    let fail = false;
+    const fatal: Error[] = [];
+    db = await openDatabase({
+      dataDir: dir,
+      snapshotIntervalMs: 0,
+      onFatal: (e) => fatal.push(e),
+      syncFn: async (fh) => {
+        if (fail) throw Object.assign(new Error('EIO: injected'), { code: 'EIO' });
+        await fh.datasync();
+      },
+    });
+    await db.createCollection({ name: 'e', dim: DIM, index: { type: 'flat' } });
+    await db.upsert('e', points(5));
+    fail = true;
+    expect(await codeOf(db.upsert('e', points(5, 100)))).toBe('UNAVAILABLE');
+    expect(fatal.length).toBe(1);
+    expect(await db.count('e')).toBe(5);
+    expect(await db.get('e', ['p100'])).toEqual([]);
+    // Every later write is refused too: the log never retries.
+    fail = false;
+    expect(await codeOf(db.upsert('e', points(1, 200)))).toBe('UNAVAILABLE');
+  });
+
   it('an idempotency key makes a retried upsert and delete apply once', async () => {
     await db.createCollection({ name: 'i', dim: DIM, index: { type: 'flat' }, shards: 3 });
     const a = await db.upsert('i', points(30), { idempotencyKey: 'req-1' });
