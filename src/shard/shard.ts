@@ -260,7 +260,7 @@ export class Shard {
     return this.write({ type: EntryType.Delete, ids }, encodeDelete(ids), key);
   }
 
-  private write(op: Op, body: Buffer, key: string): Promise<WriteResult> {
+  private write(op: Op, body: Buffer | Buffer[], key: string): Promise<WriteResult> {
     try {
       this.usable();
     } catch (e) {
@@ -278,7 +278,7 @@ export class Shard {
     } catch (e) {
       return Promise.reject(e);
     }
-    this.opts.observer?.walAppend?.(body.length);
+    this.opts.observer?.walAppend?.(Array.isArray(body) ? body.reduce((n, b) => n + b.length, 0) : body.length);
     const epoch = this.epoch;
     const done = this.enqueue(async () => {
       await appended.durable;

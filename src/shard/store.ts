@@ -10,18 +10,26 @@ import { createHash } from 'crypto';
 
 export type Payload = { [field: string]: unknown };
 
+/** Rows per chunk of the vector store. */
+const chunkLabels = 1024;
+
 export class PointStore {
   readonly dim: number;
   private readonly idToLabel = new Map<string, number>();
   private labelToId: (string | undefined)[] = [];
   private payloads: (Payload | undefined)[] = [];
-  private vectors: Float32Array;
+  /** Raw vectors in chunks of chunkLabels rows (growing never copies what is stored). */
+  private chunks: Float32Array[] = [];
   private freeLabels: number[] = [];
   private nextLabel = 0;
 
   constructor(dim: number) {
     this.dim = dim;
-    this.vectors = new Float32Array(dim * 16);
+  }
+
+  private row(label: number): Float32Array {
+    const off = (label % chunkLabels) * this.dim;
+    return this.chunks[Math.floor(label / chunkLabels)].subarray(off, off + this.dim);
   }
 
   get count(): number {
@@ -46,7 +54,7 @@ export class PointStore {
 
   /** A copy of the vector of `label`. */
   vectorOf(label: number): Float32Array {
-    return this.vectors.slice(label * this.dim, (label + 1) * this.dim);
+    return this.row(label).slice();
   }
 
   /**
@@ -76,7 +84,7 @@ export class PointStore {
       this.idToLabel.set(ids[i], label);
       this.labelToId[label] = ids[i];
       this.payloads[label] = payloads[i];
-      this.vectors.set(vectors.subarray(i * this.dim, (i + 1) * this.dim), label * this.dim);
+      this.row(label).set(vectors.subarray(i * this.dim, (i + 1) * this.dim));
     }
   }
 
@@ -89,7 +97,7 @@ export class PointStore {
       this.idToLabel.delete(id);
       this.labelToId[label] = undefined;
       this.payloads[label] = undefined;
-      this.vectors.fill(0, label * this.dim, (label + 1) * this.dim);
+      this.row(label).fill(0);
       this.freeLabels.push(label);
       n++;
     }
@@ -97,12 +105,7 @@ export class PointStore {
   }
 
   private ensureCapacity(labels: number): void {
-    if (labels * this.dim <= this.vectors.length) return;
-    let cap = this.vectors.length / this.dim;
-    while (cap < labels) cap *= 2;
-    const v = new Float32Array(cap * this.dim);
-    v.set(this.vectors);
-    this.vectors = v;
+    while (this.chunks.length * chunkLabels < labels) this.chunks.push(new Float32Array(chunkLabels * this.dim));
   }
 
   /** Live labels in increasing order. */
@@ -117,7 +120,7 @@ export class PointStore {
   gather(labels: Uint32Array): Float32Array {
     const out = new Float32Array(labels.length * this.dim);
     for (let i = 0; i < labels.length; i++) {
-      out.set(this.vectors.subarray(labels[i] * this.dim, (labels[i] + 1) * this.dim), i * this.dim);
+      out.set(this.row(labels[i]), i * this.dim);
     }
     return out;
   }
@@ -145,7 +148,8 @@ export class PointStore {
       len.writeUInt32LE(idb.length, 0);
       h.update(len);
       h.update(idb);
-      h.update(new Uint8Array(this.vectors.buffer, label * this.dim * 4, this.dim * 4));
+      const v = this.row(label);
+      h.update(new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
       const p = this.payloads[label] === undefined ? Buffer.alloc(0) : Buffer.from(JSON.stringify(this.payloads[label]), 'utf8');
       len.writeUInt32LE(p.length, 0);
       h.update(len);
@@ -226,7 +230,8 @@ export class PointStore {
     off += vbytes;
     this.nextLabel = nextLabel;
     this.freeLabels = free;
-    this.vectors = new Float32Array(Math.max(16, nextLabel) * this.dim);
+    this.chunks = [];
+    this.ensureCapacity(nextLabel);
     this.labelToId = [];
     this.payloads = [];
     this.idToLabel.clear();
@@ -234,7 +239,7 @@ export class PointStore {
       this.idToLabel.set(ids[i], labels[i]);
       this.labelToId[labels[i]] = ids[i];
       this.payloads[labels[i]] = payloads[i];
-      this.vectors.set(vectors.subarray(i * this.dim, (i + 1) * this.dim), labels[i] * this.dim);
+      this.row(labels[i]).set(vectors.subarray(i * this.dim, (i + 1) * this.dim));
     }
     return off;
   }

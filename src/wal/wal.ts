@@ -22,7 +22,7 @@ import {
   WalEntry,
   decodeEntry,
   decodeSegmentHeader,
-  encodeEntry,
+  encodeEntryParts,
   encodeSegmentHeader,
   parseSegmentFileName,
   segmentFileName,
@@ -64,7 +64,8 @@ interface Segment {
 
 interface Pending {
   lsn: number;
-  buf: Buffer;
+  parts: Uint8Array[];
+  length: number;
   resolve: () => void;
   reject: (e: Error) => void;
 }
@@ -279,7 +280,7 @@ export class Wal {
       throw new QuiverError('FAILED_PRECONDITION', `epoch ${input.epoch} is older than the log's epoch ${this.lastEpochValue}`);
     }
     const lsn = this.nextLsn;
-    const buf = encodeEntry({ ...input, lsn, commitLsn: Math.min(this.commit, lsn - 1) });
+    const { parts, length } = encodeEntryParts({ ...input, lsn, commitLsn: Math.min(this.commit, lsn - 1) });
     this.nextLsn++;
     this.lastEpochValue = input.epoch;
     let resolve!: () => void;
@@ -288,7 +289,7 @@ export class Wal {
       resolve = res;
       reject = rej;
     });
-    this.pending.push({ lsn, buf, resolve, reject });
+    this.pending.push({ lsn, parts, length, resolve, reject });
     if (!this.flushing) this.flushing = this.flushLoop();
     return { lsn, durable };
   }
@@ -305,11 +306,11 @@ export class Wal {
       try {
         const t0 = process.hrtime.bigint();
         let bytes = 0;
-        let run: Buffer[] = [];
+        let run: Uint8Array[] = [];
         let seg = this.segments[this.segments.length - 1];
         let runStart = seg.bytes;
         for (const p of group) {
-          if (seg.lastLsn >= seg.firstLsn && seg.bytes + p.buf.length > this.segmentBytes) {
+          if (seg.lastLsn >= seg.firstLsn && seg.bytes + p.length > this.segmentBytes) {
             await this.writeRun(run, runStart);
             await this.syncFn(this.fh);
             await this.fh.close();
@@ -318,11 +319,11 @@ export class Wal {
             run = [];
             runStart = seg.bytes;
           }
-          run.push(p.buf);
+          for (const b of p.parts) run.push(b);
           seg.offsets.push(seg.bytes);
-          seg.bytes += p.buf.length;
+          seg.bytes += p.length;
           seg.lastLsn = p.lsn;
-          bytes += p.buf.length;
+          bytes += p.length;
         }
         await this.writeRun(run, runStart);
         await this.syncFn(this.fh);
@@ -338,13 +339,13 @@ export class Wal {
     this.flushing = null;
   }
 
-  private async writeRun(run: Buffer[], position: number): Promise<void> {
+  private async writeRun(run: Uint8Array[], position: number): Promise<void> {
     let pos = position;
     let i = 0;
     while (i < run.length) {
       const chunk = run.slice(i, i + 512); // IOV_MAX is 1024 on Linux
       const want = chunk.reduce((n, b) => n + b.length, 0);
-      const { bytesWritten } = await this.fh.writev(chunk, pos);
+      const { bytesWritten } = await this.fh.writev(chunk as NodeJS.ArrayBufferView[], pos);
       if (bytesWritten !== want) throw new Error(`short write: ${bytesWritten} of ${want} bytes`);
       pos += want;
       i += chunk.length;
