@@ -169,16 +169,18 @@ describe('Shard', () => {
   });
 
   it('a damaged snapshot is skipped when the WAL still covers it, and DATA_LOSS when it does not', async () => {
-    let s = await Shard.open(opts());
+    // A retention floor of LSN 1 (as a follower that still needs everything) keeps the whole WAL.
+    const keepAll = { walRetainFromLsn: () => 1 };
+    let s = await Shard.open(opts(keepAll));
     for (let t = 0; t < 5; t++) await s.upsert(batch([`a${t}`], t));
     const digest = s.digest();
-    await s.close(); // snapshot; the WAL's only segment stays
+    await s.close(); // snapshot; the WAL keeps its segments
     const [snap] = await listSnapshots(path.join(dir, 'snap'));
     const state = path.join(snap.dir, 'state.bin');
     const buf = await fsp.readFile(state);
     buf[60] ^= 0xff;
     await fsp.writeFile(state, buf);
-    s = await Shard.open(opts());
+    s = await Shard.open(opts(keepAll));
     expect(s.digest()).toBe(digest);
     expect(s.count).toBe(5);
     await s.close({ snapshot: false });

@@ -524,6 +524,8 @@ export class Shard {
     for (const old of await listSnapshots(this.opts.snapshotDir)) {
       if (old.lsn < cap.lsn) await fsp.rm(old.dir, { recursive: true, force: true });
     }
+    // A fresh segment, so the one holding the snapshot's entries can go once it is wholly below.
+    await this.wal.roll();
     const retain = this.opts.walRetainFromLsn ? this.opts.walRetainFromLsn() : Infinity;
     await this.wal.truncateBelow(Math.min(cap.lsn + 1, retain));
     this.walBytesAtSnapshot = Math.min(this.wal.bytes, bytesBefore);

@@ -360,6 +360,29 @@ export class Wal {
     this.onFatal(err);
   }
 
+  /**
+   * Starts a new segment at the next LSN (nothing if the current one is empty), so that
+   * truncateBelow can later drop everything written so far. Appends made meanwhile wait.
+   */
+  async roll(): Promise<void> {
+    while (this.flushing) await this.flushing; // no await between this check and taking the flusher's place
+    const seg = this.segments[this.segments.length - 1];
+    if (this.failure || this.closed || seg.lastLsn < seg.firstLsn) return;
+    const first = this.nextLsn; // appends made while rolling take later LSNs and land in the new segment
+    let release!: () => void;
+    this.flushing = new Promise<void>((r) => (release = r));
+    try {
+      await this.fh.close();
+      await this.createSegment(first);
+    } catch (e) {
+      this.fail(e as Error, []);
+    } finally {
+      this.flushing = null;
+      release();
+      if (this.pending.length > 0 && !this.failure) this.flushing = this.flushLoop();
+    }
+  }
+
   // ---------------------------------------------------------------- reads
 
   private segmentOf(lsn: number): number {
