@@ -220,6 +220,47 @@ describe('Shard', () => {
     expect(await codeOf(Shard.open(opts()))).toBe('DATA_LOSS');
   });
 
+  it('a follower fed the leader\'s WAL bytes holds identical bytes and, once applied, the same digest', async () => {
+    const leader = await Shard.open(opts({ segmentBytes: 4096 }));
+    for (let t = 0; t < 12; t++) await leader.upsert(batch([`a${t}`, `b${t % 4}`], t), t % 3 === 0 ? `key-${t}` : '');
+    await leader.delete(['a3', 'b1']);
+    const fdir = path.join(dir, 'follower');
+    const fopts = { ...opts({ segmentBytes: 4096 }), walDir: path.join(fdir, 'wal'), snapshotDir: path.join(fdir, 'snap'), follower: true };
+    let follower = await Shard.open(fopts);
+    const last = leader.log.durableLsn;
+    // Shipped in two pieces; the second piece out of order is refused and changes nothing.
+    const head = await leader.log.readBytes(1, 5);
+    const rest = await leader.log.readBytes(6, last);
+    expect(await codeOf(follower.receive(rest))).toBe('FAILED_PRECONDITION');
+    expect(await follower.receive(head)).toBe(5);
+    const damaged = Buffer.from(rest);
+    damaged[damaged.length - 7] ^= 1;
+    expect(await codeOf(follower.receive(damaged))).toBe('DATA_LOSS');
+    expect(follower.status().lastLsn).toBe(5);
+    expect(await follower.receive(rest)).toBe(last);
+    expect(follower.count).toBe(0); // nothing applied before the commit point is known
+    expect((await follower.log.readBytes(1, last)).equals(await leader.log.readBytes(1, last))).toBe(true);
+    expect(await follower.applyCommitted(7)).toBe(7);
+    expect(await follower.applyCommitted(last)).toBe(last);
+    expect(follower.digest()).toBe(leader.digest());
+    // A restart applies what was committed and nothing more.
+    await follower.close({ snapshot: false });
+    follower = await Shard.open(fopts);
+    expect(follower.status().appliedLsn).toBeLessThanOrEqual(last);
+    expect(await follower.applyCommitted(last)).toBe(last);
+    expect(follower.digest()).toBe(leader.digest());
+    await follower.close();
+    await leader.close();
+  });
+
+  it('snapshots on the timer', async () => {
+    const s = await Shard.open(opts({ snapshotIntervalMs: 20 }));
+    await s.upsert(batch(['t1', 't2'], 1));
+    for (let i = 0; i < 300 && s.status().snapshotLsn === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(s.status().snapshotLsn).toBe(s.status().appliedLsn);
+    await s.close({ snapshot: false });
+  });
+
   it('works the same over an HNSW index', async (ctx) => {
     try {
       new HnswIndex({ dim: DIM });
@@ -245,5 +286,25 @@ describe('Shard', () => {
     s = await Shard.open(opts({ index: { type: 'hnsw', m: 8, efConstruction: 50 } }));
     expectMatches(s, m);
     await s.close({ snapshot: false });
+  });
+});
+
+describe('PointStore labels', () => {
+  it('reuses freed labels, most recently freed first, and round-trips through its encoding', async () => {
+    const { PointStore } = await import('../src/shard');
+    const st = new PointStore(2);
+    const put = (ids: string[]) => {
+      const plan = st.planLabels(ids);
+      st.assign(plan, ids, new Float32Array(ids.length * 2).fill(1), ids.map(() => undefined));
+      return Array.from(plan.labels);
+    };
+    expect(put(['a', 'b', 'c', 'd'])).toEqual([0, 1, 2, 3]);
+    expect(st.remove(['b', 'd', 'zz'])).toBe(2);
+    expect(put(['c', 'e', 'f', 'g'])).toEqual([2, 3, 1, 4]); // c keeps 2; then 3, 1 (stack), then new
+    const copy = new PointStore(2);
+    const bytes = Buffer.concat(st.encode());
+    expect(copy.decode(bytes, 0)).toBe(bytes.length);
+    expect(copy.digest()).toBe(st.digest());
+    expect(copy.planLabels(['h']).labels[0]).toBe(st.planLabels(['h']).labels[0]);
   });
 });

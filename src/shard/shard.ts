@@ -61,8 +61,11 @@ export interface ShardOptions {
    * lowest LSN a follower still needs). Segments wholly below min(snapshot LSN + 1, this) go.
    */
   walRetainFromLsn?: () => number;
-  /** Leader: append an epoch-start entry at open (default true). */
-  appendEpochStart?: boolean;
+  /**
+   * Follower: appends only what receive() is given, applies only up to applyCommitted()'s LSN, and
+   * appends no epoch-start entry at open. Default false (a leader, as standalone is).
+   */
+  follower?: boolean;
   observer?: ShardObserver;
   /** Passed to the WAL (fatal errors, fsync injection). */
   onFatal?: WalOptions['onFatal'];
@@ -151,7 +154,7 @@ export class Shard {
   static async open(opts: ShardOptions): Promise<Shard> {
     const s = new Shard(opts);
     await s.recover();
-    if (opts.appendEpochStart ?? true) {
+    if (!opts.follower) {
       s.epoch = Math.max(s.wal.lastEpoch, s.appliedEpoch) + 1;
       await s.write({ type: EntryType.EpochStart }, Buffer.alloc(0), '');
     } else {
@@ -202,6 +205,7 @@ export class Shard {
       segmentBytes: this.opts.segmentBytes,
       commitLsn: snapLsn,
       startLsn: snapLsn + 1,
+      commitOnDurable: !this.opts.follower,
       onFatal: this.opts.onFatal,
       syncFn: this.opts.syncFn,
       onFsync: (sec) => this.opts.observer?.fsync?.(sec),
@@ -214,7 +218,9 @@ export class Shard {
       );
     }
     try {
-      for await (const e of this.wal.entries(snapLsn + 1)) {
+      // A follower applies only what it knows to be committed; the rest waits for applyCommitted().
+      const to = this.opts.follower ? Math.max(snapLsn, this.wal.commitLsn) : this.wal.lastLsn;
+      for await (const e of this.wal.entries(snapLsn + 1, to)) {
         await this.applyOp(e.lsn, e.epoch, e.key, this.decodeOp(e.type, e.body));
       }
     } catch (e) {
@@ -292,6 +298,28 @@ export class Shard {
       done.then(clear, clear);
     }
     return done;
+  }
+
+  /** Follower: appends entries shipped by the leader (byte-identical); resolves with the last LSN once durable. */
+  async receive(bytes: Buffer): Promise<number> {
+    this.usable();
+    if (!this.opts.follower) throw new QuiverError('FAILED_PRECONDITION', 'a leader shard takes writes, not WAL bytes');
+    const r = this.wal.appendRaw(bytes);
+    await r.durable;
+    return r.lastLsn;
+  }
+
+  /** Follower: applies durable entries up to commitLsn, in LSN order; resolves with the applied LSN. */
+  applyCommitted(commitLsn: number): Promise<number> {
+    return this.enqueue(async () => {
+      const to = Math.min(commitLsn, this.wal.durableLsn);
+      this.wal.setCommitLsn(to);
+      if (to <= this.applied) return this.applied;
+      for await (const e of this.wal.entries(this.applied + 1, to)) {
+        await this.applyOp(e.lsn, e.epoch, e.key, this.decodeOp(e.type, e.body));
+      }
+      return this.applied;
+    });
   }
 
   private enqueue<T>(fn: () => Promise<T>): Promise<T> {

@@ -294,6 +294,47 @@ export class Wal {
     return { lsn, durable };
   }
 
+  /**
+   * Appends entries received as raw bytes (a follower writing what its leader shipped): each must be
+   * whole (DATA_LOSS otherwise), continue this log's LSNs and not lower its epoch
+   * (FAILED_PRECONDITION otherwise). Nothing is appended unless all pass. The bytes are written as
+   * they are, so the follower's log is byte-identical to the leader's.
+   */
+  appendRaw(bytes: Buffer): { firstLsn: number; lastLsn: number; durable: Promise<void> } {
+    if (this.failure) throw new QuiverError('UNAVAILABLE', `the WAL failed earlier: ${this.failure.message}`);
+    if (this.closed) throw new QuiverError('UNAVAILABLE', 'the WAL is closed');
+    const entries: { lsn: number; epoch: number; start: number; length: number }[] = [];
+    let want = this.nextLsn;
+    let epoch = this.lastEpochValue;
+    for (let off = 0; off < bytes.length; ) {
+      const r = decodeEntry(bytes, off);
+      if (!r.ok) throw new QuiverError('DATA_LOSS', `received WAL bytes at offset ${off}: ${r.reason}`);
+      if (r.entry.lsn !== want) throw new QuiverError('FAILED_PRECONDITION', `received LSN ${r.entry.lsn}, this log expects ${want}`);
+      if (r.entry.epoch < epoch) throw new QuiverError('FAILED_PRECONDITION', `received epoch ${r.entry.epoch} after epoch ${epoch}`);
+      entries.push({ lsn: want, epoch: r.entry.epoch, start: off, length: r.bytes });
+      epoch = r.entry.epoch;
+      want++;
+      off += r.bytes;
+    }
+    if (entries.length === 0) return { firstLsn: this.nextLsn, lastLsn: this.nextLsn - 1, durable: this.flush() };
+    let durable!: Promise<void>;
+    for (const e of entries) {
+      let resolve!: () => void;
+      let reject!: (e: Error) => void;
+      durable = new Promise<void>((res, rej) => {
+        resolve = res;
+        reject = rej;
+      });
+      durable.catch(() => undefined); // only the last one is handed out
+      this.pending.push({ lsn: e.lsn, parts: [bytes.subarray(e.start, e.start + e.length)], length: e.length, resolve, reject });
+    }
+    const firstLsn = this.nextLsn;
+    this.nextLsn = want;
+    this.lastEpochValue = epoch;
+    if (!this.flushing) this.flushing = this.flushLoop();
+    return { firstLsn, lastLsn: want - 1, durable };
+  }
+
   /** Resolves once everything appended so far is durable (or the log failed). */
   async flush(): Promise<void> {
     while (this.flushing) await this.flushing;
