@@ -97,6 +97,16 @@ describe('Database', () => {
     ]);
   });
 
+  it('a catalogued collection whose WAL vanished is DATA_LOSS, not an empty collection', async () => {
+    await db.createCollection({ name: 'w', dim: DIM, index: { type: 'flat' }, shards: 2 });
+    await db.upsert('w', points(10));
+    await db.close({ snapshot: false });
+    await fsp.rm(path.join(dir, 'wal', 'w', '1'), { recursive: true });
+    expect(await codeOf(openDatabase({ dataDir: dir }))).toBe('DATA_LOSS');
+    expect(await fsp.readFile(path.join(dir, 'LOCK'), 'utf8').catch(() => 'none')).toBe('none');
+    db = await openDatabase({ dataDir: path.join(dir, 'other') });
+  });
+
   it('refuses a second process-level open of the same directory', async () => {
     // Our own pid holds it: a second open in this process is allowed, another live pid is not.
     await fsp.writeFile(path.join(dir, 'LOCK'), `${process.ppid}\n`);

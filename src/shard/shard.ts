@@ -66,6 +66,8 @@ export interface ShardOptions {
    * appends no epoch-start entry at open. Default false (a leader, as standalone is).
    */
   follower?: boolean;
+  /** The shard existed before (its collection is in the catalog): a missing WAL is DATA_LOSS. */
+  existing?: boolean;
   observer?: ShardObserver;
   /** Passed to the WAL (fatal errors, fsync injection). */
   onFatal?: WalOptions['onFatal'];
@@ -206,6 +208,7 @@ export class Shard {
       commitLsn: snapLsn,
       startLsn: snapLsn + 1,
       commitOnDurable: !this.opts.follower,
+      mustExist: this.opts.existing ?? false,
       onFatal: this.opts.onFatal,
       syncFn: this.opts.syncFn,
       onFsync: (sec) => this.opts.observer?.fsync?.(sec),

@@ -37,6 +37,8 @@ export interface WalOptions {
   commitLsn?: number;
   /** First LSN of a brand-new log (default 1). */
   startLsn?: number;
+  /** The log is known to exist: finding no segment is DATA_LOSS rather than a new log. */
+  mustExist?: boolean;
   /** Standalone: every durable entry is committed (default true). Followers set it false. */
   commitOnDurable?: boolean;
   /** Called once when a write or fsync fails. Default: print to stderr and exit(70). */
@@ -132,7 +134,7 @@ export class Wal {
   static async open(opts: WalOptions): Promise<Wal> {
     const wal = new Wal(opts);
     await fsp.mkdir(wal.dir, { recursive: true });
-    await wal.recover(opts.commitLsn ?? 0, opts.startLsn ?? 1);
+    await wal.recover(opts.commitLsn ?? 0, opts.startLsn ?? 1, opts.mustExist ?? false);
     return wal;
   }
 
@@ -175,7 +177,7 @@ export class Wal {
 
   // ---------------------------------------------------------------- recovery
 
-  private async recover(commitHint: number, startLsn: number): Promise<void> {
+  private async recover(commitHint: number, startLsn: number, mustExist: boolean): Promise<void> {
     const names = (await fsp.readdir(this.dir))
       .map((name) => ({ name, lsn: parseSegmentFileName(name) }))
       .filter((x): x is { name: string; lsn: number } => x.lsn !== undefined)
@@ -235,6 +237,7 @@ export class Wal {
       expected = seg.lastLsn + 1;
     }
     if (this.segments.length === 0) {
+      if (mustExist) throw new QuiverError('DATA_LOSS', `WAL ${this.dir} has no segment`);
       await this.createSegment(startLsn);
     } else {
       const last = this.segments[this.segments.length - 1];
