@@ -544,13 +544,17 @@ export class Shard {
         lsn: this.applied,
         epoch: this.appliedEpoch,
         indexBytes: await this.index.serialize(),
-        parts: this.store.encode(),
+        parts: this.store.encode(48),
         keys: new Map(this.keys),
       };
     });
     if (!cap) return;
     const bytesBefore = this.wal.bytes;
-    await writeSnapshot(this.opts.snapshotDir, { lsn: cap.lsn, epoch: cap.epoch, dim: this.opts.dim }, cap.indexBytes, cap.parts, cap.keys);
+    try {
+      await writeSnapshot(this.opts.snapshotDir, { lsn: cap.lsn, epoch: cap.epoch, dim: this.opts.dim }, cap.indexBytes, cap.parts, cap.keys);
+    } finally {
+      this.store.release();
+    }
     this.snapshotLsnValue = cap.lsn;
     for (const old of await listSnapshots(this.opts.snapshotDir)) {
       if (old.lsn < cap.lsn) await fsp.rm(old.dir, { recursive: true, force: true });

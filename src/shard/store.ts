@@ -27,9 +27,21 @@ export class PointStore {
     this.dim = dim;
   }
 
+  /** Chunks handed to a snapshot being written: copied before their first change (copy on write). */
+  private shared = new Set<Float32Array>();
+
   private row(label: number): Float32Array {
     const off = (label % chunkLabels) * this.dim;
     return this.chunks[Math.floor(label / chunkLabels)].subarray(off, off + this.dim);
+  }
+
+  private writableRow(label: number): Float32Array {
+    const c = Math.floor(label / chunkLabels);
+    if (this.shared.has(this.chunks[c])) {
+      this.shared.delete(this.chunks[c]);
+      this.chunks[c] = this.chunks[c].slice();
+    }
+    return this.row(label);
   }
 
   get count(): number {
@@ -84,7 +96,7 @@ export class PointStore {
       this.idToLabel.set(ids[i], label);
       this.labelToId[label] = ids[i];
       this.payloads[label] = payloads[i];
-      this.row(label).set(vectors.subarray(i * this.dim, (i + 1) * this.dim));
+      this.writableRow(label).set(vectors.subarray(i * this.dim, (i + 1) * this.dim));
     }
   }
 
@@ -97,7 +109,7 @@ export class PointStore {
       this.idToLabel.delete(id);
       this.labelToId[label] = undefined;
       this.payloads[label] = undefined;
-      this.row(label).fill(0);
+      this.writableRow(label).fill(0);
       this.freeLabels.push(label);
       n++;
     }
@@ -161,21 +173,26 @@ export class PointStore {
   // ------------------------------------------------------------ snapshot encoding
 
   /**
-   * Layout (little-endian), the body of state.bin (see snapshot.ts):
+   * Layout (little-endian), part of state.bin (see snapshot.ts), starting at file offset `base`:
    *   u32 nextLabel | u32 count | u32 freeCount
    *   count x { u32 label | u16 idLen | id | u32 payloadLen | payload JSON (0 = none) }, labels increasing
    *   freeCount x u32 (the free stack, bottom first)
-   *   count x dim f32 vectors in the order of the records
+   *   0..3 zero bytes, so that the vectors start at a file offset that is a multiple of 4
+   *   nextLabel x dim f32: the vector of every label in order (rows of free labels are zero)
+   * The vector rows are handed out as views of the store's chunks, not copies: the chunks are
+   * copied on their next change instead, until release() says the snapshot is written.
    */
-  encode(): Buffer[] {
+  encode(base: number): Buffer[] {
     const head = Buffer.alloc(12);
     head.writeUInt32LE(this.nextLabel, 0);
     head.writeUInt32LE(this.count, 4);
     head.writeUInt32LE(this.freeLabels.length, 8);
     const recs: Buffer[] = [head];
-    const live = this.liveLabels();
-    for (const l of live) {
-      const idb = Buffer.from(this.labelToId[l]!, 'utf8');
+    let size = head.length;
+    for (let l = 0; l < this.nextLabel; l++) {
+      const id = this.labelToId[l];
+      if (id === undefined) continue;
+      const idb = Buffer.from(id, 'utf8');
       const p = this.payloads[l] === undefined ? Buffer.alloc(0) : Buffer.from(JSON.stringify(this.payloads[l]), 'utf8');
       const r = Buffer.allocUnsafe(4 + 2 + idb.length + 4 + p.length);
       r.writeUInt32LE(l, 0);
@@ -184,14 +201,30 @@ export class PointStore {
       r.writeUInt32LE(p.length, 6 + idb.length);
       p.copy(r, 10 + idb.length);
       recs.push(r);
+      size += r.length;
     }
-    recs.push(Buffer.from(Uint32Array.from(this.freeLabels).buffer));
-    const v = this.gather(live);
-    recs.push(Buffer.from(v.buffer, v.byteOffset, v.byteLength));
+    const free = Buffer.from(Uint32Array.from(this.freeLabels).buffer);
+    recs.push(free);
+    size += free.length;
+    recs.push(Buffer.alloc((4 - ((base + size) % 4)) % 4));
+    for (let c = 0; c * chunkLabels < this.nextLabel; c++) {
+      const rows = Math.min(chunkLabels, this.nextLabel - c * chunkLabels);
+      const chunk = this.chunks[c];
+      this.shared.add(chunk);
+      recs.push(Buffer.from(chunk.buffer, chunk.byteOffset, rows * this.dim * 4));
+    }
     return recs;
   }
 
-  /** Reads encode()'s layout from buf at off; returns the offset after it. Throws on malformed input. */
+  /** The snapshot that encode() fed is written: its chunks may change in place again. */
+  release(): void {
+    this.shared.clear();
+  }
+
+  /**
+   * Reads encode()'s layout from buf at off (buf's byte 0 is file offset 0); returns the offset
+   * after it. Vector rows become views of buf where aligned. Throws on malformed input.
+   */
   decode(buf: Buffer, off: number): number {
     const fail = (w: string): never => {
       throw new Error(`point store: ${w}`);
@@ -223,15 +256,26 @@ export class PointStore {
     const free: number[] = [];
     for (let i = 0; i < freeCount; i++) free.push(buf.readUInt32LE(off + i * 4));
     off += freeCount * 4;
-    const vbytes = count * this.dim * 4;
-    if (off + vbytes > buf.length) fail('short vectors');
-    const vectors = new Float32Array(count * this.dim);
-    new Uint8Array(vectors.buffer).set(buf.subarray(off, off + vbytes));
-    off += vbytes;
+    off += (4 - (off % 4)) % 4;
+    const rowBytes = this.dim * 4;
+    if (off + nextLabel * rowBytes > buf.length) fail('short vectors');
+    const chunks: Float32Array[] = [];
+    for (let c = 0; c * chunkLabels < nextLabel; c++) {
+      const rows = Math.min(chunkLabels, nextLabel - c * chunkLabels);
+      const at = buf.byteOffset + off + c * chunkLabels * rowBytes;
+      if (rows === chunkLabels && at % 4 === 0) {
+        chunks.push(new Float32Array(buf.buffer, at, chunkLabels * this.dim));
+      } else {
+        const chunk = new Float32Array(chunkLabels * this.dim);
+        new Uint8Array(chunk.buffer).set(buf.subarray(off + c * chunkLabels * rowBytes, off + c * chunkLabels * rowBytes + rows * rowBytes));
+        chunks.push(chunk);
+      }
+    }
+    off += nextLabel * rowBytes;
     this.nextLabel = nextLabel;
     this.freeLabels = free;
-    this.chunks = [];
-    this.ensureCapacity(nextLabel);
+    this.chunks = chunks;
+    this.shared.clear();
     this.labelToId = [];
     this.payloads = [];
     this.idToLabel.clear();
@@ -239,7 +283,6 @@ export class PointStore {
       this.idToLabel.set(ids[i], labels[i]);
       this.labelToId[labels[i]] = ids[i];
       this.payloads[labels[i]] = payloads[i];
-      this.row(labels[i]).set(vectors.subarray(i * this.dim, (i + 1) * this.dim));
     }
     return off;
   }
