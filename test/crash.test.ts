@@ -155,6 +155,21 @@ afterAll(async () => {
   if (dir) await fsp.rm(dir, { recursive: true, force: true });
 });
 
+describe('fsync failure', () => {
+  it('stops the process (status 70) before acknowledging, and never retries', async () => {
+    const walDir = path.join(dir, 'fsync-fail');
+    const child = spawn(process.execPath, [path.join(__dirname, 'fixtures', 'fsync-fail-child.js'), walDir], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+    child.stderr.on('data', (c: Buffer) => (err += c.toString()));
+    const code = await new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
+    expect(code, err).toBe(70);
+    expect(out).toBe('ACK 1\n');
+    expect(err).toContain('EIO: injected fsync failure');
+  });
+});
+
 describe('crash recovery', () => {
   it(`keeps every acknowledged write and no half batch across ${ROUNDS} SIGKILLs`, async () => {
     const expected: Expected = new Map();
