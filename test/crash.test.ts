@@ -15,6 +15,7 @@ import { promises as fsp } from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { HnswIndex } from '../src/native';
 import { LocalDatabase, openDatabase, shardOf } from '../src/query';
 import { PointStore, decodeDelete, decodeUpsert, listSnapshots, readSnapshot } from '../src/shard';
 import { EntryType } from '../src/wal';
@@ -61,9 +62,9 @@ interface Op {
 /** What each id must hold: the tag of its last acknowledged upsert, or null (absent). */
 type Expected = Map<string, number | null>;
 
-function runChild(dir: string, round: number, killAfterMs: number): Promise<{ acked: Op[]; inflight: Op[]; stderr: string; killed: boolean }> {
+function runChild(dir: string, round: number, killAfterMs: number, indexType: string): Promise<{ acked: Op[]; inflight: Op[]; stderr: string; killed: boolean }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CHILD, dir, String(round)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [CHILD, dir, String(round), indexType], { stdio: ['ignore', 'pipe', 'pipe'] });
     const started = new Map<number, Op>();
     const acked: Op[] = [];
     let buf = '';
@@ -170,8 +171,8 @@ describe('fsync failure', () => {
   });
 });
 
-describe('crash recovery', () => {
-  it(`keeps every acknowledged write and no half batch across ${ROUNDS} SIGKILLs`, async () => {
+async function crashRounds(dir: string, rounds: number, indexType: string): Promise<void> {
+  {
     const expected: Expected = new Map();
     let rngState = 12345;
     const rng = (): number => {
@@ -182,8 +183,8 @@ describe('crash recovery', () => {
     let roundsWithInflight = 0;
     let inflightApplied = 0;
     let inflightAbsent = 0;
-    for (let round = 0; round < ROUNDS; round++) {
-      const run = await runChild(dir, round, 40 + Math.floor(rng() * 400));
+    for (let round = 0; round < rounds; round++) {
+      const run = await runChild(dir, round, 40 + Math.floor(rng() * 400), indexType);
       expect(run.killed, `child exited on its own: ${run.stderr}`).toBe(true);
       for (const op of run.acked) for (const id of op.ids) expected.set(id, op.kind === 'u' ? op.tag : null);
       totalAcked += run.acked.length;
@@ -250,9 +251,24 @@ describe('crash recovery', () => {
     }
     // The test saw real work: acknowledged writes, and kills that landed mid-write.
     expect(totalAcked).toBeGreaterThan(100);
-    expect(roundsWithInflight).toBeGreaterThan(ROUNDS / 2);
+    expect(roundsWithInflight).toBeGreaterThan(rounds / 2);
     console.log(
-      `crash test: ${ROUNDS} rounds, ${totalAcked} acknowledged writes, in-flight shard-batches applied ${inflightApplied}, absent ${inflightAbsent}`,
+      `crash test (${indexType}): ${rounds} rounds, ${totalAcked} acknowledged writes, in-flight shard-batches applied ${inflightApplied}, absent ${inflightAbsent}`,
     );
+  }
+}
+
+describe('crash recovery', () => {
+  it(`keeps every acknowledged write and no half batch across ${ROUNDS} SIGKILLs (flat index)`, async () => {
+    await crashRounds(path.join(dir, 'flat'), ROUNDS, 'flat');
+  });
+
+  it('the same over an HNSW index (label reuse after deletes, graph snapshots), 6 rounds', async (ctx) => {
+    try {
+      new HnswIndex({ dim: DIM });
+    } catch (e) {
+      ctx.skip(`HNSW is not in this build yet: ${(e as Error).message}`);
+    }
+    await crashRounds(path.join(dir, 'hnsw'), 6, 'hnsw');
   });
 });
