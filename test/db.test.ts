@@ -314,6 +314,9 @@ describe('Database', () => {
     } catch (e) {
       ctx.skip(`IVF-PQ is not in this build yet: ${(e as Error).message}`);
     }
+    // Parameters the index refuses are refused at creation, not at training time.
+    expect(await codeOf(db.createCollection({ name: 'big', dim: 64, index: { type: 'ivfpq', nlist: 65536, m: 32 } }))).toBe('INVALID_ARGUMENT');
+    expect(db.listCollections()).toEqual([]);
     await db.createCollection({ name: 'q', dim: DIM, index: { type: 'ivfpq', nlist: 4, m: 4 }, shards: 1 });
     const threshold = ivfTrainThreshold(4);
     await db.upsert('q', points(threshold - 1));

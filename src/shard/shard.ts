@@ -108,7 +108,9 @@ export interface WriteResult {
  * IVF-PQ training rule: a shard of an ivfpq collection searches exactly (a flat index over its
  * points) until it holds max(39 * nlist, 256) points; the apply of the entry that reaches that count
  * trains k-means (seed 1) and the PQ codebooks on the live points (at most ivfTrainSampleMax, the
- * lowest labels), adds every point to the trained index and searches it from then on.
+ * lowest labels), adds every point to the trained index and searches it from then on. If training
+ * fails (the same way on every replica, as it sees the same points), the shard stays exact and
+ * tries again once it holds twice as many points.
  */
 export function ivfTrainThreshold(nlist: number): number {
   return Math.max(39 * nlist, 256);
@@ -119,11 +121,17 @@ function parsePayload(json: string): Payload | undefined {
   return json === '' ? undefined : (JSON.parse(json) as Payload);
 }
 
+function ivfIndex(spec: ShardIndexSpec & { type: 'ivfpq' }, dim: number, metric: Metric): IvfPqIndex {
+  return new IvfPqIndex({ dim, metric, nlist: spec.nlist, m: spec.m, refine: spec.refine, nprobe: spec.nprobe, seed: 1 });
+}
+
 function emptyIndex(spec: ShardIndexSpec, dim: number, metric: Metric): VectorIndex {
   switch (spec.type) {
     case 'flat':
-    case 'ivfpq': // exact until trained
       return new FlatIndex({ dim, metric });
+    case 'ivfpq':
+      ivfIndex(spec, dim, metric); // the parameters are checked now, not at training
+      return new FlatIndex({ dim, metric }); // exact until trained
     case 'hnsw':
       return new HnswIndex({ dim, metric, m: spec.m, efConstruction: spec.efConstruction, efSearch: spec.efSearch, seed: 1 });
   }
@@ -146,6 +154,7 @@ export class Shard {
   private snapshotting: Promise<void> | null = null;
   private timer: NodeJS.Timeout | null = null;
   private broken: Error | null = null;
+  private trainFailedAt = 0;
   private closing = false;
 
   private constructor(opts: ShardOptions) {
@@ -396,20 +405,19 @@ export class Shard {
   private async maybeTrain(): Promise<void> {
     const spec = this.opts.index;
     if (spec.type !== 'ivfpq' || this.index.kind === 'ivfpq') return;
-    if (this.store.count < ivfTrainThreshold(spec.nlist)) return;
+    if (this.store.count < Math.max(ivfTrainThreshold(spec.nlist), 2 * this.trainFailedAt)) return;
     const live = this.store.liveLabels();
     const sample = this.store.gather(live.subarray(0, ivfTrainSampleMax));
-    const ivf = new IvfPqIndex({
-      dim: this.opts.dim,
-      metric: this.opts.metric,
-      nlist: spec.nlist,
-      m: spec.m,
-      refine: spec.refine,
-      nprobe: spec.nprobe,
-      seed: 1,
-    });
-    await ivf.train(sample);
-    await ivf.add(live, this.store.gather(live));
+    const ivf = ivfIndex(spec, this.opts.dim, this.opts.metric);
+    try {
+      await ivf.train(sample);
+      await ivf.add(live, this.store.gather(live));
+    } catch (e) {
+      // The same data fails the same way on every replica: stay exact, try again at twice the count.
+      this.trainFailedAt = this.store.count;
+      process.stderr.write(`quiver: IVF-PQ training of ${this.opts.walDir} failed at ${this.store.count} points, searching exactly: ${(e as Error).message}\n`);
+      return;
+    }
     this.index = ivf;
   }
 
