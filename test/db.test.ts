@@ -294,6 +294,27 @@ describe('Database', () => {
     expect(await codeOf(db.upsert('e', points(1, 200)))).toBe('UNAVAILABLE');
   });
 
+  it('concurrent upserts share fsyncs (group commit) and every acknowledged one is visible', async () => {
+    await db.close({ snapshot: false });
+    let syncs = 0;
+    db = await openDatabase({
+      dataDir: dir,
+      snapshotIntervalMs: 0,
+      syncFn: async (fh) => {
+        syncs++;
+        await fh.datasync();
+      },
+    });
+    await db.createCollection({ name: 'g', dim: DIM, index: { type: 'flat' }, shards: 1 });
+    const before = syncs;
+    const acks = await Promise.all(Array.from({ length: 50 }, (_, i) => db.upsert('g', points(4, i * 4))));
+    expect(syncs - before).toBe(1); // 50 writes of one turn: one group, one fsync
+    expect(new Set(acks.map((a) => a.token['0'])).size).toBe(50);
+    expect(await db.count('g')).toBe(200);
+    const got = await db.get('g', ['p0', 'p199'], { withVectors: true });
+    expect(Array.from(got[1].vector!)).toEqual(Array.from(vec(199)));
+  });
+
   it('an idempotency key makes a retried upsert and delete apply once', async () => {
     await db.createCollection({ name: 'i', dim: DIM, index: { type: 'flat' }, shards: 3 });
     const a = await db.upsert('i', points(30), { idempotencyKey: 'req-1' });
