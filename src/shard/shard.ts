@@ -14,7 +14,8 @@
  *     v
  *   ack {answer, lsn}  ---> token {shard: lsn}
  *
- *   snapshot: lock -> capture (index bytes, store, keys) at appliedLsn -> unlock -> tmp dir, fsync,
+ *   snapshot: shared lock (searches go on, applies wait) -> capture index bytes, store (copy on
+ *             write), keys at appliedLsn -> unlock -> tmp dir, fsync,
  *             rename -> drop older snapshots and WAL segments wholly below it
  *   recovery: newest valid snapshot (older ones if it is damaged) -> WAL replay from its LSN + 1
  *             through the same apply code -> epoch-start entry (leader)
@@ -546,7 +547,8 @@ export class Shard {
 
   private async doSnapshot(): Promise<void> {
     const t0 = process.hrtime.bigint();
-    const cap = await this.lock.write(async () => {
+    // Shared with searches, exclusive of applies: the capture is the state at exactly `applied`.
+    const cap = await this.lock.read(async () => {
       if (this.applied === this.snapshotLsnValue || this.broken) return null;
       return {
         lsn: this.applied,
