@@ -17,7 +17,7 @@ import * as path from 'path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HnswIndex } from '../src/native';
 import { LocalDatabase, openDatabase, shardOf } from '../src/query';
-import { PointStore, decodeDelete, decodeUpsert, listSnapshots, readSnapshot } from '../src/shard';
+import { decodeDelete, decodeUpsert, listSnapshots, loadSnapshotPoints } from '../src/shard';
 import { EntryType } from '../src/wal';
 
 const ROOT = path.resolve(__dirname, '..');
@@ -129,8 +129,7 @@ async function replayDigest(db: LocalDatabase, dir: string, shard: number): Prom
     const snaps = await listSnapshots(path.join(dir, 'snapshots', 'c', String(shard)));
     const snap = snaps.find((x) => x.lsn === snapLsn);
     if (!snap) throw new Error(`snapshot ${snapLsn} not found`);
-    const store = new PointStore(DIM);
-    await readSnapshot(snap.dir, store);
+    const { store } = await loadSnapshotPoints(snap.dir, DIM);
     for (const label of store.liveLabels()) {
       const pl = store.payloadOf(label);
       model.set(store.idOf(label)!, { vector: store.vectorOf(label), payloadJson: pl === undefined ? '' : JSON.stringify(pl) });

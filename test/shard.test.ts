@@ -169,11 +169,31 @@ describe('Shard', () => {
     await Promise.all([snap, later]);
     expect(s.digest()).not.toBe(atCapture);
     const [meta] = await listSnapshots(path.join(dir, 'snap'));
-    const { PointStore, readSnapshot } = await import('../src/shard');
-    const st = new PointStore(DIM);
-    await readSnapshot(meta.dir, st);
-    expect(st.digest()).toBe(atCapture);
+    const { loadSnapshotPoints } = await import('../src/shard');
+    const { store } = await loadSnapshotPoints(meta.dir, DIM);
+    expect(store.digest()).toBe(atCapture);
     await s.close({ snapshot: false });
+  });
+
+  it('snapshots keep raw vectors under cosine (the index normalizes its copy) and l2 (the index holds them)', async () => {
+    for (const metric of ['cosine', 'l2'] as const) {
+      const sub = path.join(dir, metric);
+      const o = { ...opts({ metric }), walDir: path.join(sub, 'wal'), snapshotDir: path.join(sub, 'snap') };
+      let s = await Shard.open(o);
+      const m: Model = new Map();
+      const b = batch(['u', 'v', 'w'], 3);
+      await s.upsert(b);
+      applyModel(m, b);
+      await s.delete(['v']);
+      m.delete('v');
+      const digest = s.digest();
+      await s.close();
+      s = await Shard.open(o);
+      expect(s.status().snapshotLsn).toBeGreaterThan(0);
+      expect(s.digest(), metric).toBe(digest);
+      expectMatches(s, m);
+      await s.close({ snapshot: false });
+    }
   });
 
   it('snapshots on the WAL-size schedule', async () => {

@@ -195,6 +195,10 @@ export class Shard {
         if (!okKind || index.dim !== dim || index.metric !== metric || index.size !== this.store.count) {
           throw new QuiverError('DATA_LOSS', `snapshot ${meta.dir}: index does not match the collection or the id table`);
         }
+        if (r.vectorsInIndex) {
+          const live = this.store.liveLabels();
+          this.store.setRows(live, await index.getVectors(live));
+        }
         this.index = index;
         this.keys = r.keys;
         snapLsn = r.lsn;
@@ -554,14 +558,21 @@ export class Shard {
         lsn: this.applied,
         epoch: this.appliedEpoch,
         indexBytes: await this.index.serialize(),
-        parts: this.store.encode(48),
+        vectorsInIndex: this.vectorsInIndex(),
+        parts: this.store.encode(48, !this.vectorsInIndex()),
         keys: new Map(this.keys),
       };
     });
     if (!cap) return;
     const bytesBefore = this.wal.bytes;
     try {
-      await writeSnapshot(this.opts.snapshotDir, { lsn: cap.lsn, epoch: cap.epoch, dim: this.opts.dim }, cap.indexBytes, cap.parts, cap.keys);
+      await writeSnapshot(
+        this.opts.snapshotDir,
+        { lsn: cap.lsn, epoch: cap.epoch, dim: this.opts.dim, vectorsInIndex: cap.vectorsInIndex },
+        cap.indexBytes,
+        cap.parts,
+        cap.keys,
+      );
     } finally {
       this.store.release();
     }
@@ -575,6 +586,14 @@ export class Shard {
     await this.wal.truncateBelow(Math.min(cap.lsn + 1, retain));
     this.walBytesAtSnapshot = Math.min(this.wal.bytes, bytesBefore);
     this.opts.observer?.snapshot?.(Number(process.hrtime.bigint() - t0) / 1e9);
+  }
+
+  /**
+   * Whether the index holds the raw vectors exactly, so a snapshot need not store them twice:
+   * flat and HNSW keep them as given under l2 and ip (cosine normalizes them; IVF-PQ encodes them).
+   */
+  private vectorsInIndex(): boolean {
+    return this.opts.metric !== 'cosine' && (this.index.kind === 'flat' || this.index.kind === 'hnsw');
   }
 
   /** Finishes in-flight writes, snapshots (unless told not to), closes the WAL. */

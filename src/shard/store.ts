@@ -177,12 +177,13 @@ export class PointStore {
    *   u32 nextLabel | u32 count | u32 freeCount
    *   count x { u32 label | u16 idLen | id | u32 payloadLen | payload JSON (0 = none) }, labels increasing
    *   freeCount x u32 (the free stack, bottom first)
+   *   and, unless the vectors are left out (withVectors false: the index holds them exactly):
    *   0..3 zero bytes, so that the vectors start at a file offset that is a multiple of 4
    *   nextLabel x dim f32: the vector of every label in order (rows of free labels are zero)
    * The vector rows are handed out as views of the store's chunks, not copies: the chunks are
    * copied on their next change instead, until release() says the snapshot is written.
    */
-  encode(base: number): Buffer[] {
+  encode(base: number, withVectors = true): Buffer[] {
     const head = Buffer.alloc(12);
     head.writeUInt32LE(this.nextLabel, 0);
     head.writeUInt32LE(this.count, 4);
@@ -206,6 +207,7 @@ export class PointStore {
     const free = Buffer.from(Uint32Array.from(this.freeLabels).buffer);
     recs.push(free);
     size += free.length;
+    if (!withVectors) return recs;
     recs.push(Buffer.alloc((4 - ((base + size) % 4)) % 4));
     for (let c = 0; c * chunkLabels < this.nextLabel; c++) {
       const rows = Math.min(chunkLabels, this.nextLabel - c * chunkLabels);
@@ -214,6 +216,11 @@ export class PointStore {
       recs.push(Buffer.from(chunk.buffer, chunk.byteOffset, rows * this.dim * 4));
     }
     return recs;
+  }
+
+  /** Sets the vectors of `labels` (row-major), e.g. from the index after decode(..., false). */
+  setRows(labels: Uint32Array, vectors: Float32Array): void {
+    for (let i = 0; i < labels.length; i++) this.writableRow(labels[i]).set(vectors.subarray(i * this.dim, (i + 1) * this.dim));
   }
 
   /** The snapshot that encode() fed is written: its chunks may change in place again. */
@@ -225,7 +232,7 @@ export class PointStore {
    * Reads encode()'s layout from buf at off (buf's byte 0 is file offset 0); returns the offset
    * after it. Vector rows become views of buf where aligned. Throws on malformed input.
    */
-  decode(buf: Buffer, off: number): number {
+  decode(buf: Buffer, off: number, withVectors = true): number {
     const fail = (w: string): never => {
       throw new Error(`point store: ${w}`);
     };
@@ -256,11 +263,15 @@ export class PointStore {
     const free: number[] = [];
     for (let i = 0; i < freeCount; i++) free.push(buf.readUInt32LE(off + i * 4));
     off += freeCount * 4;
-    off += (4 - (off % 4)) % 4;
     const rowBytes = this.dim * 4;
-    if (off + nextLabel * rowBytes > buf.length) fail('short vectors');
     const chunks: Float32Array[] = [];
+    if (withVectors) off += (4 - (off % 4)) % 4;
+    if (withVectors && off + nextLabel * rowBytes > buf.length) fail('short vectors');
     for (let c = 0; c * chunkLabels < nextLabel; c++) {
+      if (!withVectors) {
+        chunks.push(new Float32Array(chunkLabels * this.dim)); // filled by setRows()
+        continue;
+      }
       const rows = Math.min(chunkLabels, nextLabel - c * chunkLabels);
       const at = buf.byteOffset + off + c * chunkLabels * rowBytes;
       if (rows === chunkLabels && at % 4 === 0) {
@@ -271,7 +282,7 @@ export class PointStore {
         chunks.push(chunk);
       }
     }
-    off += nextLabel * rowBytes;
+    if (withVectors) off += nextLabel * rowBytes;
     this.nextLabel = nextLabel;
     this.freeLabels = free;
     this.chunks = chunks;
