@@ -459,7 +459,14 @@ export class Wal {
       if (b < a) continue;
       const start = s.offsets[a - s.firstLsn];
       const end = b + 1 <= s.lastLsn ? s.offsets[b + 1 - s.firstLsn] : s.bytes;
-      const fh = await fsp.open(s.file, 'r');
+      let fh: FileHandle;
+      try {
+        fh = await fsp.open(s.file, 'r');
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+        // truncateBelow removed it meanwhile: the range now starts below the log.
+        throw new QuiverError('OUT_OF_RANGE', `LSN ${a} is no longer in the log (first LSN ${this.firstLsn})`);
+      }
       try {
         const buf = Buffer.allocUnsafe(end - start);
         const { bytesRead } = await fh.read(buf, 0, buf.length, start);
