@@ -196,6 +196,31 @@ describe('Shard', () => {
     }
   });
 
+  it('reopens a snapshot of several vector chunks and keeps changing it correctly', async () => {
+    let s = await Shard.open(opts());
+    const m: Model = new Map();
+    const ids = Array.from({ length: 2500 }, (_, i) => `n${i}`);
+    for (let i = 0; i < ids.length; i += 500) {
+      const b = batch(ids.slice(i, i + 500), i);
+      await s.upsert(b);
+      applyModel(m, b);
+    }
+    const digest = s.digest();
+    await s.close();
+    s = await Shard.open(opts());
+    expect(s.digest()).toBe(digest);
+    const b = batch(['n5', 'n1500', 'n2499', 'fresh'], 9999);
+    await s.upsert(b);
+    applyModel(m, b);
+    await s.delete(['n7', 'n2000']);
+    m.delete('n7');
+    m.delete('n2000');
+    expectMatches(s, m);
+    const [[hit]] = await s.search(m.get('n1500')!.vector, 1, {});
+    expect(hit.id).toBe('n1500');
+    await s.close({ snapshot: false });
+  });
+
   it('snapshots on the WAL-size schedule', async () => {
     const s = await Shard.open(opts({ snapshotWalBytes: 2000 }));
     for (let t = 0; t < 20; t++) await s.upsert(batch([`a${t}`, `b${t}`], t));

@@ -220,7 +220,17 @@ export class PointStore {
 
   /** Sets the vectors of `labels` (row-major), e.g. from the index after decode(..., false). */
   setRows(labels: Uint32Array, vectors: Float32Array): void {
-    for (let i = 0; i < labels.length; i++) this.writableRow(labels[i]).set(vectors.subarray(i * this.dim, (i + 1) * this.dim));
+    // Labels 0..n-1 in order (no free label, the common case after a load): the rows are taken as
+    // views of `vectors`, chunk by chunk, with no copy.
+    let dense = labels.length === this.nextLabel && this.shared.size === 0;
+    for (let i = 0; dense && i < labels.length; i++) dense = labels[i] === i;
+    if (dense) {
+      const per = chunkLabels * this.dim;
+      for (let c = 0; (c + 1) * chunkLabels <= labels.length; c++) this.chunks[c] = vectors.subarray(c * per, (c + 1) * per);
+    }
+    for (let i = dense ? labels.length - (labels.length % chunkLabels) : 0; i < labels.length; i++) {
+      this.writableRow(labels[i]).set(vectors.subarray(i * this.dim, (i + 1) * this.dim));
+    }
   }
 
   /** The snapshot that encode() fed is written: its chunks may change in place again. */
