@@ -607,9 +607,3 @@ export class Shard {
     await this.wal.close();
   }
 }
-
-/** Deletes a shard's files (a dropped collection). */
-export async function removeShardFiles(walDir: string, snapshotDir: string): Promise<void> {
-  await fsp.rm(walDir, { recursive: true, force: true });
-  await fsp.rm(snapshotDir, { recursive: true, force: true });
-}
