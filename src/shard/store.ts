@@ -1,0 +1,310 @@
+/**
+ * A shard's point store: the id table (string id <-> uint32 label), the raw vectors (as written,
+ * before any normalization the index applies) and the payloads. The store is what is visible:
+ * a label the index returns counts only if the store holds it.
+ *
+ * Labels: a new id takes the most recently freed label (a stack), else the next unused one, so the
+ * same entries applied in the same order give the same labels on every replica.
+ */
+import { createHash } from 'crypto';
+
+export type Payload = { [field: string]: unknown };
+
+/** Rows per chunk of the vector store. */
+const chunkLabels = 1024;
+
+export class PointStore {
+  readonly dim: number;
+  private readonly idToLabel = new Map<string, number>();
+  private labelToId: (string | undefined)[] = [];
+  private payloads: (Payload | undefined)[] = [];
+  /** Raw vectors in chunks of chunkLabels rows (growing never copies what is stored). */
+  private chunks: Float32Array[] = [];
+  private freeLabels: number[] = [];
+  private nextLabel = 0;
+
+  constructor(dim: number) {
+    this.dim = dim;
+  }
+
+  /** Chunks handed to a snapshot being written: copied before their first change (copy on write). */
+  private shared = new Set<Float32Array>();
+
+  private row(label: number): Float32Array {
+    const off = (label % chunkLabels) * this.dim;
+    return this.chunks[Math.floor(label / chunkLabels)].subarray(off, off + this.dim);
+  }
+
+  private writableRow(label: number): Float32Array {
+    const c = Math.floor(label / chunkLabels);
+    if (this.shared.has(this.chunks[c])) {
+      this.shared.delete(this.chunks[c]);
+      this.chunks[c] = this.chunks[c].slice();
+    }
+    return this.row(label);
+  }
+
+  get count(): number {
+    return this.idToLabel.size;
+  }
+
+  labelOf(id: string): number | undefined {
+    return this.idToLabel.get(id);
+  }
+
+  idOf(label: number): string | undefined {
+    return this.labelToId[label];
+  }
+
+  has(id: string): boolean {
+    return this.idToLabel.has(id);
+  }
+
+  payloadOf(label: number): Payload | undefined {
+    return this.payloads[label];
+  }
+
+  /** A copy of the vector of `label`. */
+  vectorOf(label: number): Float32Array {
+    return this.row(label).slice();
+  }
+
+  /**
+   * Labels for `ids` (existing ones kept, new ones allocated) without changing anything;
+   * commit with assign().
+   */
+  planLabels(ids: string[]): { labels: Uint32Array; freeUsed: number; next: number } {
+    const labels = new Uint32Array(ids.length);
+    let freeUsed = 0;
+    let next = this.nextLabel;
+    for (let i = 0; i < ids.length; i++) {
+      const have = this.idToLabel.get(ids[i]);
+      if (have !== undefined) labels[i] = have;
+      else if (freeUsed < this.freeLabels.length) labels[i] = this.freeLabels[this.freeLabels.length - 1 - freeUsed++];
+      else labels[i] = next++;
+    }
+    return { labels, freeUsed, next };
+  }
+
+  /** Writes a planned upsert: ids, vectors (n*dim) and payloads take their labels. */
+  assign(plan: { labels: Uint32Array; freeUsed: number; next: number }, ids: string[], vectors: Float32Array, payloads: (Payload | undefined)[]): void {
+    this.freeLabels.length -= plan.freeUsed;
+    this.nextLabel = plan.next;
+    this.ensureCapacity(this.nextLabel);
+    for (let i = 0; i < ids.length; i++) {
+      const label = plan.labels[i];
+      this.idToLabel.set(ids[i], label);
+      this.labelToId[label] = ids[i];
+      this.payloads[label] = payloads[i];
+      this.writableRow(label).set(vectors.subarray(i * this.dim, (i + 1) * this.dim));
+    }
+  }
+
+  /** Removes ids (absent ones ignored); their labels go on the free stack in the given order. */
+  remove(ids: string[]): number {
+    let n = 0;
+    for (const id of ids) {
+      const label = this.idToLabel.get(id);
+      if (label === undefined) continue;
+      this.idToLabel.delete(id);
+      this.labelToId[label] = undefined;
+      this.payloads[label] = undefined;
+      this.writableRow(label).fill(0);
+      this.freeLabels.push(label);
+      n++;
+    }
+    return n;
+  }
+
+  private ensureCapacity(labels: number): void {
+    while (this.chunks.length * chunkLabels < labels) this.chunks.push(new Float32Array(chunkLabels * this.dim));
+  }
+
+  /** Live labels in increasing order. */
+  liveLabels(): Uint32Array {
+    const out = new Uint32Array(this.count);
+    let j = 0;
+    for (let l = 0; l < this.nextLabel; l++) if (this.labelToId[l] !== undefined) out[j++] = l;
+    return out;
+  }
+
+  /** Vectors of `labels`, row-major. */
+  gather(labels: Uint32Array): Float32Array {
+    const out = new Float32Array(labels.length * this.dim);
+    for (let i = 0; i < labels.length; i++) {
+      out.set(this.row(labels[i]), i * this.dim);
+    }
+    return out;
+  }
+
+  /** Labels whose payload passes `pred`, increasing. */
+  select(pred: (payload: Payload | undefined) => boolean): Uint32Array {
+    const out: number[] = [];
+    for (let l = 0; l < this.nextLabel; l++) {
+      if (this.labelToId[l] !== undefined && pred(this.payloads[l])) out.push(l);
+    }
+    return Uint32Array.from(out);
+  }
+
+  /**
+   * sha256 over the points sorted by id: for each, u32 idLen | id | dim f32 vector | u32 len |
+   * payload JSON (empty when none). Independent of labels, indexes and history.
+   */
+  digest(): string {
+    const h = createHash('sha256');
+    const ids = [...this.idToLabel.keys()].sort();
+    const len = Buffer.alloc(4);
+    for (const id of ids) {
+      const label = this.idToLabel.get(id)!;
+      const idb = Buffer.from(id, 'utf8');
+      len.writeUInt32LE(idb.length, 0);
+      h.update(len);
+      h.update(idb);
+      const v = this.row(label);
+      h.update(new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
+      const p = this.payloads[label] === undefined ? Buffer.alloc(0) : Buffer.from(JSON.stringify(this.payloads[label]), 'utf8');
+      len.writeUInt32LE(p.length, 0);
+      h.update(len);
+      h.update(p);
+    }
+    return h.digest('hex');
+  }
+
+  // ------------------------------------------------------------ snapshot encoding
+
+  /**
+   * Layout (little-endian), part of state.bin (see snapshot.ts), starting at file offset `base`:
+   *   u32 nextLabel | u32 count | u32 freeCount
+   *   count x { u32 label | u16 idLen | id | u32 payloadLen | payload JSON (0 = none) }, labels increasing
+   *   freeCount x u32 (the free stack, bottom first)
+   *   and, unless the vectors are left out (withVectors false: the index holds them exactly):
+   *   0..3 zero bytes, so that the vectors start at a file offset that is a multiple of 4
+   *   nextLabel x dim f32: the vector of every label in order (rows of free labels are zero)
+   * The vector rows are handed out as views of the store's chunks, not copies: the chunks are
+   * copied on their next change instead, until release() says the snapshot is written.
+   */
+  encode(base: number, withVectors = true): Buffer[] {
+    const head = Buffer.alloc(12);
+    head.writeUInt32LE(this.nextLabel, 0);
+    head.writeUInt32LE(this.count, 4);
+    head.writeUInt32LE(this.freeLabels.length, 8);
+    const recs: Buffer[] = [head];
+    let size = head.length;
+    for (let l = 0; l < this.nextLabel; l++) {
+      const id = this.labelToId[l];
+      if (id === undefined) continue;
+      const idb = Buffer.from(id, 'utf8');
+      const p = this.payloads[l] === undefined ? Buffer.alloc(0) : Buffer.from(JSON.stringify(this.payloads[l]), 'utf8');
+      const r = Buffer.allocUnsafe(4 + 2 + idb.length + 4 + p.length);
+      r.writeUInt32LE(l, 0);
+      r.writeUInt16LE(idb.length, 4);
+      idb.copy(r, 6);
+      r.writeUInt32LE(p.length, 6 + idb.length);
+      p.copy(r, 10 + idb.length);
+      recs.push(r);
+      size += r.length;
+    }
+    const free = Buffer.from(Uint32Array.from(this.freeLabels).buffer);
+    recs.push(free);
+    size += free.length;
+    if (!withVectors) return recs;
+    recs.push(Buffer.alloc((4 - ((base + size) % 4)) % 4));
+    for (let c = 0; c * chunkLabels < this.nextLabel; c++) {
+      const rows = Math.min(chunkLabels, this.nextLabel - c * chunkLabels);
+      const chunk = this.chunks[c];
+      this.shared.add(chunk);
+      recs.push(Buffer.from(chunk.buffer, chunk.byteOffset, rows * this.dim * 4));
+    }
+    return recs;
+  }
+
+  /** Sets the vectors of `labels` (row-major), e.g. from the index after decode(..., false). */
+  setRows(labels: Uint32Array, vectors: Float32Array): void {
+    // Labels 0..n-1 in order (no free label, the common case after a load): the rows are taken as
+    // views of `vectors`, chunk by chunk, with no copy.
+    let dense = labels.length === this.nextLabel && this.shared.size === 0;
+    for (let i = 0; dense && i < labels.length; i++) dense = labels[i] === i;
+    if (dense) {
+      const per = chunkLabels * this.dim;
+      for (let c = 0; (c + 1) * chunkLabels <= labels.length; c++) this.chunks[c] = vectors.subarray(c * per, (c + 1) * per);
+    }
+    for (let i = dense ? labels.length - (labels.length % chunkLabels) : 0; i < labels.length; i++) {
+      this.writableRow(labels[i]).set(vectors.subarray(i * this.dim, (i + 1) * this.dim));
+    }
+  }
+
+  /** The snapshot that encode() fed is written: its chunks may change in place again. */
+  release(): void {
+    this.shared.clear();
+  }
+
+  /**
+   * Reads encode()'s layout from buf at off (buf's byte 0 is file offset 0); returns the offset
+   * after it. Vector rows become views of buf where aligned. Throws on malformed input.
+   */
+  decode(buf: Buffer, off: number, withVectors = true): number {
+    const fail = (w: string): never => {
+      throw new Error(`point store: ${w}`);
+    };
+    if (off + 12 > buf.length) fail('short header');
+    const nextLabel = buf.readUInt32LE(off);
+    const count = buf.readUInt32LE(off + 4);
+    const freeCount = buf.readUInt32LE(off + 8);
+    off += 12;
+    const labels = new Uint32Array(count);
+    const ids: string[] = [];
+    const payloads: (Payload | undefined)[] = [];
+    for (let i = 0; i < count; i++) {
+      if (off + 6 > buf.length) fail('short record');
+      labels[i] = buf.readUInt32LE(off);
+      const idLen = buf.readUInt16LE(off + 4);
+      off += 6;
+      if (off + idLen + 4 > buf.length) fail('short record');
+      ids.push(buf.toString('utf8', off, off + idLen));
+      off += idLen;
+      const pLen = buf.readUInt32LE(off);
+      off += 4;
+      if (off + pLen > buf.length) fail('short payload');
+      payloads.push(pLen === 0 ? undefined : (JSON.parse(buf.toString('utf8', off, off + pLen)) as Payload));
+      off += pLen;
+      if (labels[i] >= nextLabel || (i > 0 && labels[i] <= labels[i - 1])) fail('labels out of order');
+    }
+    if (off + freeCount * 4 > buf.length) fail('short free list');
+    const free: number[] = [];
+    for (let i = 0; i < freeCount; i++) free.push(buf.readUInt32LE(off + i * 4));
+    off += freeCount * 4;
+    const rowBytes = this.dim * 4;
+    const chunks: Float32Array[] = [];
+    if (withVectors) off += (4 - (off % 4)) % 4;
+    if (withVectors && off + nextLabel * rowBytes > buf.length) fail('short vectors');
+    for (let c = 0; c * chunkLabels < nextLabel; c++) {
+      if (!withVectors) {
+        chunks.push(new Float32Array(chunkLabels * this.dim)); // filled by setRows()
+        continue;
+      }
+      const rows = Math.min(chunkLabels, nextLabel - c * chunkLabels);
+      const at = buf.byteOffset + off + c * chunkLabels * rowBytes;
+      if (rows === chunkLabels && at % 4 === 0) {
+        chunks.push(new Float32Array(buf.buffer, at, chunkLabels * this.dim));
+      } else {
+        const chunk = new Float32Array(chunkLabels * this.dim);
+        new Uint8Array(chunk.buffer).set(buf.subarray(off + c * chunkLabels * rowBytes, off + c * chunkLabels * rowBytes + rows * rowBytes));
+        chunks.push(chunk);
+      }
+    }
+    if (withVectors) off += nextLabel * rowBytes;
+    this.nextLabel = nextLabel;
+    this.freeLabels = free;
+    this.chunks = chunks;
+    this.shared.clear();
+    this.labelToId = [];
+    this.payloads = [];
+    this.idToLabel.clear();
+    for (let i = 0; i < count; i++) {
+      this.idToLabel.set(ids[i], labels[i]);
+      this.labelToId[labels[i]] = ids[i];
+      this.payloads[labels[i]] = payloads[i];
+    }
+    return off;
+  }
+}

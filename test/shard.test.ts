@@ -1,0 +1,373 @@
+import { promises as fsp } from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { QuiverError } from '../src/errors';
+import { HnswIndex } from '../src/native';
+import { Shard, ShardOptions, listSnapshots } from '../src/shard';
+
+const DIM = 6;
+let dir: string;
+beforeEach(async () => {
+  dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'quiver-shard-'));
+});
+afterEach(async () => {
+  await fsp.rm(dir, { recursive: true, force: true });
+});
+
+function opts(extra: Partial<ShardOptions> = {}): ShardOptions {
+  return {
+    walDir: path.join(dir, 'wal'),
+    snapshotDir: path.join(dir, 'snap'),
+    dim: DIM,
+    metric: 'l2',
+    index: { type: 'flat' },
+    snapshotIntervalMs: 0,
+    snapshotWalBytes: 0,
+    ...extra,
+  };
+}
+
+function vec(seed: number): Float32Array {
+  const v = new Float32Array(DIM);
+  for (let j = 0; j < DIM; j++) v[j] = Math.fround(Math.sin(seed * 12.9898 + j * 78.233) * 10);
+  return v;
+}
+
+function batch(ids: string[], tag: number, withPayload = true) {
+  const vectors = new Float32Array(ids.length * DIM);
+  ids.forEach((id, i) => vectors.set(vec(tag * 1000 + i), i * DIM));
+  return { ids, vectors, payloadJson: ids.map((id) => (withPayload ? JSON.stringify({ id, tag }) : '')) };
+}
+
+/** A model of the shard: id -> {vector, payload}. */
+type Model = Map<string, { vector: Float32Array; payload: unknown }>;
+
+function applyModel(m: Model, b: ReturnType<typeof batch>): void {
+  b.ids.forEach((id, i) => m.set(id, { vector: b.vectors.slice(i * DIM, (i + 1) * DIM), payload: b.payloadJson[i] === '' ? {} : JSON.parse(b.payloadJson[i]) }));
+}
+
+function expectMatches(shard: Shard, m: Model): void {
+  expect(shard.count).toBe(m.size);
+  const got = shard.get([...m.keys()], true, true);
+  expect(got.length).toBe(m.size);
+  for (const p of got) {
+    const want = m.get(p.id)!;
+    expect(Array.from(p.vector!)).toEqual(Array.from(want.vector));
+    expect(p.payload).toEqual(want.payload);
+  }
+}
+
+async function codeOf(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+  } catch (e) {
+    return e instanceof QuiverError ? e.code : `not a QuiverError: ${String(e)}`;
+  }
+  return 'no error';
+}
+
+describe('Shard', () => {
+  it('applies upserts and deletes in order; get and exact search see them', async () => {
+    const s = await Shard.open(opts());
+    const m: Model = new Map();
+    const b1 = batch(['a', 'b', 'c', 'd'], 1);
+    const r1 = await s.upsert(b1);
+    applyModel(m, b1);
+    expect(r1.answer).toBe(4);
+    expect(r1.lsn).toBe(2); // LSN 1 is the epoch start
+    const b2 = batch(['b', 'e'], 2); // b replaced
+    await s.upsert(b2);
+    applyModel(m, b2);
+    const d = await s.delete(['a', 'zz']);
+    expect(d.answer).toBe(1);
+    m.delete('a');
+    expectMatches(s, m);
+    expect(s.status()).toMatchObject({ appliedLsn: 4, lastLsn: 4, points: 4 });
+    // Exact search: the nearest to e's vector is e.
+    const [hits] = await s.search(m.get('e')!.vector, 3, { withPayload: true });
+    expect(hits[0].id).toBe('e');
+    expect(hits[0].distance).toBe(0);
+    expect(hits[0].payload).toEqual({ id: 'e', tag: 2 });
+    expect(hits.length).toBe(3);
+    // A predicate restricts the search to matching payloads.
+    const [only] = await s.search(m.get('e')!.vector, 10, { predicate: (p) => (p as { tag: number }).tag === 1 });
+    expect(only.map((h) => h.id).sort()).toEqual(['c', 'd']);
+    // Labels are reused: a's label goes to the next new id, and searches stay right.
+    await s.upsert(batch(['f'], 3));
+    const [f] = await s.search(vec(3000), 1, {});
+    expect(f[0].id).toBe('f');
+    await s.close({ snapshot: false });
+  });
+
+  it('an idempotency key applies a write once and returns the same answer, also after a restart', async () => {
+    let s = await Shard.open(opts());
+    const [x, y] = await Promise.all([s.upsert(batch(['a', 'b'], 1), 'k1'), s.upsert(batch(['a', 'b'], 1), 'k1')]);
+    expect(x).toEqual(y);
+    const last = s.status().lastLsn;
+    const again = await s.upsert(batch(['a', 'b', 'c'], 9), 'k1');
+    expect(again).toEqual(x);
+    expect(s.status().lastLsn).toBe(last);
+    const del1 = await s.delete(['a'], 'k2');
+    const del2 = await s.delete(['a'], 'k2');
+    expect(del2).toEqual(del1);
+    expect(del1.answer).toBe(1);
+    await s.close({ snapshot: false });
+    // After WAL replay.
+    s = await Shard.open(opts());
+    expect(await s.upsert(batch(['q'], 5), 'k1')).toEqual(x);
+    expect(await s.delete(['a'], 'k2')).toEqual(del1);
+    expect(s.count).toBe(1);
+    await s.close();
+    // After recovery from the snapshot written at close.
+    s = await Shard.open(opts());
+    expect(s.status().snapshotLsn).toBeGreaterThan(0);
+    expect(await s.upsert(batch(['q'], 5), 'k1')).toEqual(x);
+    expect(s.count).toBe(1);
+    await s.close({ snapshot: false });
+  });
+
+  it('snapshot + WAL replay gives back the same state; segments below the snapshot go', async () => {
+    let s = await Shard.open(opts({ segmentBytes: 4096 }));
+    const m: Model = new Map();
+    for (let t = 0; t < 30; t++) {
+      const b = batch(Array.from({ length: 5 }, (_, i) => `id-${(t * 3 + i) % 40}`), t);
+      await s.upsert(b);
+      applyModel(m, b);
+    }
+    const segsBefore = s.log.segmentCount;
+    await s.snapshot();
+    const snapLsn = s.status().snapshotLsn;
+    expect(snapLsn).toBe(s.status().appliedLsn);
+    expect(s.log.segmentCount).toBeLessThan(segsBefore);
+    expect(s.log.firstLsn).toBeGreaterThan(1);
+    for (let t = 30; t < 40; t++) {
+      const b = batch([`id-${t}`, `new-${t}`], t);
+      await s.upsert(b);
+      applyModel(m, b);
+    }
+    await s.delete(['id-1', 'id-2', 'new-31']);
+    for (const id of ['id-1', 'id-2', 'new-31']) m.delete(id);
+    const digest = s.digest();
+    await s.close({ snapshot: false }); // as after a crash: the snapshot plus a WAL tail
+    s = await Shard.open(opts({ segmentBytes: 4096 }));
+    expect(s.status().snapshotLsn).toBe(snapLsn);
+    expect(s.digest()).toBe(digest);
+    expectMatches(s, m);
+    const [hits] = await s.search(vec(35 * 1000 + 1), 1, {});
+    expect(hits[0].id).toBe('new-35');
+    await s.close();
+    expect((await listSnapshots(path.join(dir, 'snap'))).length).toBe(1);
+  });
+
+  it('a snapshot holds the state at its LSN even while later writes change the same rows', async () => {
+    const s = await Shard.open(opts());
+    for (let t = 0; t < 10; t++) await s.upsert(batch([`r${t}`, `q${t}`], t));
+    const atCapture = s.digest();
+    const snap = s.snapshot();
+    const later = Promise.all([s.upsert(batch(['r1', 'r2', 'new'], 77)), s.delete(['q3'])]);
+    await Promise.all([snap, later]);
+    expect(s.digest()).not.toBe(atCapture);
+    const [meta] = await listSnapshots(path.join(dir, 'snap'));
+    const { loadSnapshotPoints } = await import('../src/shard');
+    const { store } = await loadSnapshotPoints(meta.dir, DIM);
+    expect(store.digest()).toBe(atCapture);
+    await s.close({ snapshot: false });
+  });
+
+  it('snapshots keep raw vectors under cosine (the index normalizes its copy) and l2 (the index holds them)', async () => {
+    for (const metric of ['cosine', 'l2'] as const) {
+      const sub = path.join(dir, metric);
+      const o = { ...opts({ metric }), walDir: path.join(sub, 'wal'), snapshotDir: path.join(sub, 'snap') };
+      let s = await Shard.open(o);
+      const m: Model = new Map();
+      const b = batch(['u', 'v', 'w'], 3);
+      await s.upsert(b);
+      applyModel(m, b);
+      await s.delete(['v']);
+      m.delete('v');
+      const digest = s.digest();
+      await s.close();
+      s = await Shard.open(o);
+      expect(s.status().snapshotLsn).toBeGreaterThan(0);
+      expect(s.digest(), metric).toBe(digest);
+      expectMatches(s, m);
+      await s.close({ snapshot: false });
+    }
+  });
+
+  it('reopens a snapshot of several vector chunks and keeps changing it correctly', async () => {
+    let s = await Shard.open(opts());
+    const m: Model = new Map();
+    const ids = Array.from({ length: 2500 }, (_, i) => `n${i}`);
+    for (let i = 0; i < ids.length; i += 500) {
+      const b = batch(ids.slice(i, i + 500), i);
+      await s.upsert(b);
+      applyModel(m, b);
+    }
+    const digest = s.digest();
+    await s.close();
+    s = await Shard.open(opts());
+    expect(s.digest()).toBe(digest);
+    const b = batch(['n5', 'n1500', 'n2499', 'fresh'], 9999);
+    await s.upsert(b);
+    applyModel(m, b);
+    await s.delete(['n7', 'n2000']);
+    m.delete('n7');
+    m.delete('n2000');
+    expectMatches(s, m);
+    const [[hit]] = await s.search(m.get('n1500')!.vector, 1, {});
+    expect(hit.id).toBe('n1500');
+    await s.close({ snapshot: false });
+  });
+
+  it('snapshots on the WAL-size schedule', async () => {
+    const s = await Shard.open(opts({ snapshotWalBytes: 2000 }));
+    for (let t = 0; t < 20; t++) await s.upsert(batch([`a${t}`, `b${t}`], t));
+    for (let i = 0; i < 200 && s.status().snapshotLsn === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(s.status().snapshotLsn).toBeGreaterThan(0);
+    await s.close({ snapshot: false });
+  });
+
+  it('a damaged snapshot is skipped when the WAL still covers it, and DATA_LOSS when it does not', async () => {
+    // A retention floor of LSN 1 (as a follower that still needs everything) keeps the whole WAL.
+    const keepAll = { walRetainFromLsn: () => 1 };
+    let s = await Shard.open(opts(keepAll));
+    for (let t = 0; t < 5; t++) await s.upsert(batch([`a${t}`], t));
+    const digest = s.digest();
+    await s.close(); // snapshot; the WAL keeps its segments
+    const [snap] = await listSnapshots(path.join(dir, 'snap'));
+    const state = path.join(snap.dir, 'state.bin');
+    const buf = await fsp.readFile(state);
+    buf[60] ^= 0xff;
+    await fsp.writeFile(state, buf);
+    s = await Shard.open(opts(keepAll));
+    expect(s.digest()).toBe(digest);
+    expect(s.count).toBe(5);
+    await s.close({ snapshot: false });
+
+    // Now with the WAL's early segments gone, the damaged snapshot cannot be replaced.
+    await fsp.rm(dir, { recursive: true, force: true });
+    await fsp.mkdir(dir);
+    s = await Shard.open(opts({ segmentBytes: 4096 }));
+    for (let t = 0; t < 40; t++) await s.upsert(batch([`a${t}`, `b${t}`, `c${t}`], t));
+    await s.close();
+    const [snap2] = await listSnapshots(path.join(dir, 'snap'));
+    const b2 = await fsp.readFile(path.join(snap2.dir, 'index.bin'));
+    b2[b2.length - 9] ^= 0x10;
+    await fsp.writeFile(path.join(snap2.dir, 'index.bin'), b2);
+    expect(await codeOf(Shard.open(opts({ segmentBytes: 4096 })))).toBe('DATA_LOSS');
+  });
+
+  it('a torn last entry loses its whole batch and nothing else; a damaged middle entry refuses to open', async () => {
+    let s = await Shard.open(opts());
+    const m: Model = new Map();
+    for (let t = 0; t < 6; t++) {
+      const b = batch([`x${t}`, `y${t}`, `z${t}`], t);
+      await s.upsert(b);
+      if (t < 5) applyModel(m, b);
+    }
+    await s.close({ snapshot: false });
+    const seg = path.join(dir, 'wal', (await fsp.readdir(path.join(dir, 'wal')))[0]);
+    const pristine = await fsp.readFile(seg);
+    await fsp.writeFile(seg, pristine.subarray(0, pristine.length - 30));
+    s = await Shard.open(opts());
+    expectMatches(s, m); // batch 5 entirely absent, 0..4 entirely present
+    await s.close({ snapshot: false });
+
+    const bad = Buffer.from(pristine);
+    bad[32 + 40] ^= 0x01; // inside the first entries, with whole entries after it
+    await fsp.writeFile(seg, bad);
+    expect(await codeOf(Shard.open(opts()))).toBe('DATA_LOSS');
+  });
+
+  it('a follower fed the leader\'s WAL bytes holds identical bytes and, once applied, the same digest', async () => {
+    const leader = await Shard.open(opts({ segmentBytes: 4096 }));
+    for (let t = 0; t < 12; t++) await leader.upsert(batch([`a${t}`, `b${t % 4}`], t), t % 3 === 0 ? `key-${t}` : '');
+    await leader.delete(['a3', 'b1']);
+    const fdir = path.join(dir, 'follower');
+    const fopts = { ...opts({ segmentBytes: 4096 }), walDir: path.join(fdir, 'wal'), snapshotDir: path.join(fdir, 'snap'), follower: true };
+    let follower = await Shard.open(fopts);
+    const last = leader.log.durableLsn;
+    // Shipped in two pieces; the second piece out of order is refused and changes nothing.
+    const head = await leader.log.readBytes(1, 5);
+    const rest = await leader.log.readBytes(6, last);
+    expect(await codeOf(follower.receive(rest))).toBe('FAILED_PRECONDITION');
+    expect(await follower.receive(head)).toBe(5);
+    const damaged = Buffer.from(rest);
+    damaged[damaged.length - 7] ^= 1;
+    expect(await codeOf(follower.receive(damaged))).toBe('DATA_LOSS');
+    expect(follower.status().lastLsn).toBe(5);
+    expect(await follower.receive(rest)).toBe(last);
+    expect(follower.count).toBe(0); // nothing applied before the commit point is known
+    expect((await follower.log.readBytes(1, last)).equals(await leader.log.readBytes(1, last))).toBe(true);
+    expect(await follower.applyCommitted(7)).toBe(7);
+    expect(await follower.applyCommitted(last)).toBe(last);
+    expect(follower.digest()).toBe(leader.digest());
+    // A restart applies what was committed and nothing more.
+    await follower.close({ snapshot: false });
+    follower = await Shard.open(fopts);
+    expect(follower.status().appliedLsn).toBeLessThanOrEqual(last);
+    expect(await follower.applyCommitted(last)).toBe(last);
+    expect(follower.digest()).toBe(leader.digest());
+    await follower.close();
+    await leader.close();
+  });
+
+  it('snapshots on the timer', async () => {
+    const s = await Shard.open(opts({ snapshotIntervalMs: 20 }));
+    await s.upsert(batch(['t1', 't2'], 1));
+    // The timer may first catch the epoch-start entry alone; it must reach the upsert's LSN.
+    for (let i = 0; i < 300 && s.status().snapshotLsn < s.status().appliedLsn; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(s.status().snapshotLsn).toBe(s.status().appliedLsn);
+    expect((await listSnapshots(path.join(dir, 'snap')))[0].lsn).toBe(s.status().appliedLsn);
+    await s.close({ snapshot: false });
+  });
+
+  it('works the same over an HNSW index', async (ctx) => {
+    try {
+      new HnswIndex({ dim: DIM });
+    } catch (e) {
+      ctx.skip(`HNSW is not in this build yet: ${(e as Error).message}`);
+    }
+    let s = await Shard.open(opts({ index: { type: 'hnsw', m: 8, efConstruction: 50 } }));
+    const m: Model = new Map();
+    for (let t = 0; t < 20; t++) {
+      const b = batch([`h${t}`, `g${t}`], t);
+      await s.upsert(b);
+      applyModel(m, b);
+    }
+    await s.delete(['h3', 'g4']);
+    m.delete('h3');
+    m.delete('g4');
+    await s.upsert(batch(['new'], 99)); // reuses a freed label
+    m.set('new', { vector: vec(99000), payload: { id: 'new', tag: 99 } });
+    expectMatches(s, m);
+    const [hits] = await s.search(vec(99000), 1, { ef: 32 });
+    expect(hits[0].id).toBe('new');
+    await s.close();
+    s = await Shard.open(opts({ index: { type: 'hnsw', m: 8, efConstruction: 50 } }));
+    expectMatches(s, m);
+    await s.close({ snapshot: false });
+  });
+});
+
+describe('PointStore labels', () => {
+  it('reuses freed labels, most recently freed first, and round-trips through its encoding', async () => {
+    const { PointStore } = await import('../src/shard');
+    const st = new PointStore(2);
+    const put = (ids: string[]) => {
+      const plan = st.planLabels(ids);
+      st.assign(plan, ids, new Float32Array(ids.length * 2).fill(1), ids.map(() => undefined));
+      return Array.from(plan.labels);
+    };
+    expect(put(['a', 'b', 'c', 'd'])).toEqual([0, 1, 2, 3]);
+    expect(st.remove(['b', 'd', 'zz'])).toBe(2);
+    expect(put(['c', 'e', 'f', 'g'])).toEqual([2, 3, 1, 4]); // c keeps 2; then 3, 1 (stack), then new
+    const copy = new PointStore(2);
+    const bytes = Buffer.concat(st.encode(0));
+    expect(copy.decode(bytes, 0)).toBe(bytes.length);
+    expect(copy.digest()).toBe(st.digest());
+    expect(copy.planLabels(['h']).labels[0]).toBe(st.planLabels(['h']).labels[0]);
+  });
+});
