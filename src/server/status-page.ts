@@ -1,0 +1,62 @@
+/** The status page at `/`: collections and shards (leader, epoch, LSNs, lag) as plain HTML. */
+import type { ClusterStatus, CollectionInfo } from '../query/types';
+
+function esc(v: unknown): string {
+  return String(v).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
+function table(headers: string[], rows: unknown[][]): string {
+  const head = headers.map((h) => `<th>${esc(h)}</th>`).join('');
+  const body = rows.length
+    ? rows.map((r) => `<tr>${r.map((c) => `<td>${esc(c)}</td>`).join('')}</tr>`).join('\n')
+    : `<tr><td colspan="${headers.length}">none</td></tr>`;
+  return `<table><thead><tr>${head}</tr></thead><tbody>\n${body}\n</tbody></table>`;
+}
+
+export function renderStatusPage(status: ClusterStatus, collections: CollectionInfo[]): string {
+  const nodes = table(
+    ['node', 'gRPC', 'HTTP', 'alive'],
+    status.nodes.map((n) => [n.id, n.grpc ?? '', n.http ?? '', n.alive ? 'yes' : 'NO']),
+  );
+  const colls = table(
+    ['collection', 'dim', 'metric', 'index', 'shards', 'replicas', 'points', 'created'],
+    collections.map((c) => [c.name, c.dim, c.metric, c.index.type, c.shards, c.replicationFactor, c.count, c.createdAt]),
+  );
+  const shards = table(
+    ['collection', 'shard', 'leader', 'epoch', 'last LSN', 'applied LSN', 'lag', 'snapshot LSN', 'points', 'WAL bytes'],
+    status.shards.map((s) => [
+      s.collection,
+      s.shard,
+      s.leader,
+      s.epoch,
+      s.lastLsn,
+      s.appliedLsn,
+      Math.max(0, s.lastLsn - s.appliedLsn),
+      s.snapshotLsn,
+      s.points,
+      s.walBytes,
+    ]),
+  );
+  return `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
+<title>Quiver: ${esc(status.nodeId)}</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse;margin-bottom:2em}
+th,td{border:1px solid #ccc;padding:.3em .7em;text-align:right}
+th{background:#f3f3f3}
+td:first-child,th:first-child{text-align:left}
+small{color:#666}
+</style></head><body>
+<h1>Quiver</h1>
+<p>mode <b>${esc(status.mode)}</b>, node <b>${esc(status.nodeId)}</b> <small>(refreshes every 5 s;
+JSON at <a href="/v1/cluster">/v1/cluster</a>, metrics at <a href="/metrics">/metrics</a>)</small></p>
+<h2>Nodes</h2>
+${nodes}
+<h2>Collections</h2>
+${colls}
+<h2>Shards</h2>
+${shards}
+</body></html>
+`;
+}
