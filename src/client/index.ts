@@ -114,18 +114,20 @@ export class QuiverClient {
     if (list.length === 0) throw new QuiverError('INVALID_ARGUMENT', 'connect needs at least one address');
     const c = new QuiverClient(list, opts);
     const deadline = Date.now() + (opts.connectTimeoutMs ?? 10_000);
-    const errors: string[] = [];
-    for (const stub of c.stubs) {
-      try {
-        await new Promise<void>((resolve, reject) => stub.waitForReady(deadline, (e) => (e ? reject(e) : resolve())));
-        c.current = c.stubs.indexOf(stub);
-        return c;
-      } catch (e) {
-        errors.push(e instanceof Error ? e.message : String(e));
-      }
+    const ready = c.stubs.map(
+      (stub, i) =>
+        new Promise<number>((resolve, reject) =>
+          stub.waitForReady(deadline, (e) => (e ? reject(new Error(`${list[i]}: ${e.message}`)) : resolve(i))),
+        ),
+    );
+    try {
+      c.current = await Promise.any(ready); // the first address that answers
+      return c;
+    } catch (e) {
+      c.close();
+      const errors = e instanceof AggregateError ? e.errors.map((x) => (x instanceof Error ? x.message : String(x))) : [String(e)];
+      throw new QuiverError('UNAVAILABLE', `no Quiver node answered at ${list.join(', ')}: ${errors.join('; ')}`);
     }
-    c.close();
-    throw new QuiverError('UNAVAILABLE', `no Quiver node answered at ${list.join(', ')}: ${errors.join('; ')}`);
   }
 
   close(): void {
