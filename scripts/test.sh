@@ -9,7 +9,7 @@ if [ ! -f node_modules/.package-lock.json ]; then
   npm ci
 fi
 # Incremental: rebuilds the addon and the TypeScript only where sources changed.
-npx node-gyp build >/dev/null 2>&1 || npx node-gyp rebuild
+node-gyp build >/dev/null 2>&1 || node-gyp rebuild
 npx tsc -p tsconfig.json
 
 # The optional CUDA build is compiled wherever nvcc exists (a GPU is not needed to compile it),

@@ -2,6 +2,7 @@
 // holds both the sorted unique labels (for the exact fallback over a small set) and a bitmap
 // (for O(1) membership during a scan or a graph walk).
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 

@@ -26,7 +26,8 @@ struct SearchParams {
   uint32_t k = 10;
   uint32_t ef = 0;       // hnsw: candidate list size (0 = index default, raised to k)
   uint32_t nprobe = 0;   // ivfpq: inverted lists probed (0 = index default)
-  uint32_t refine = 0;   // ivfpq: re-rank refine*k candidates exactly (0 = index default)
+  uint32_t refine = 0;   // ivfpq: re-rank refine*k candidates exactly
+  bool refine_set = false;  // false: use the index default for refine
   int threads = 0;       // 0 = all (QUIVER_THREADS or core count)
   const Filter* filter = nullptr;  // allow-set, or null for none
 };

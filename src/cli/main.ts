@@ -14,7 +14,8 @@ export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   switch (cmd) {
     case 'serve': {
-      const { serve } = await import('./serve');
+      const module = './serve';
+      const { serve } = (await import(module)) as { serve(argv: string[]): Promise<number> };
       return serve(rest);
     }
     case 'bench': {

@@ -1,0 +1,189 @@
+// Module entry: registers NativeIndex, the SIMD functions and (CUDA build only) the GPU ones.
+#include <napi.h>
+
+#include <chrono>
+#include <cstring>
+
+#include "distance/distance.h"
+#include "napi/errors.h"
+#include "napi/gpu.h"
+#include "napi/index_wrap.h"
+
+namespace qv {
+namespace napi {
+namespace {
+
+Napi::Value SetErrorClass(const Napi::CallbackInfo& info) {
+  if (!info[0].IsFunction()) throw Napi::TypeError::New(info.Env(), "setErrorClass(QuiverError)");
+  set_error_class(info.Env(), info[0].As<Napi::Function>());
+  return info.Env().Undefined();
+}
+
+// The active level; throws the QUIVER_SIMD problem (if any) so the loader refuses to start.
+Napi::Value SimdLevelFn(const Napi::CallbackInfo& info) {
+  if (!dispatch_status().is_ok()) throw_status(info.Env(), dispatch_status());
+  return Napi::String::New(info.Env(), simd_level_name(kernels().level));
+}
+
+Napi::Value SimdLevels(const Napi::CallbackInfo& info) {
+  Napi::Array out = Napi::Array::New(info.Env());
+  uint32_t i = 0;
+  for (SimdLevel l : {SimdLevel::Serial, SimdLevel::Neon, SimdLevel::Avx2, SimdLevel::Avx512})
+    if (kernels_for(l)) out.Set(i++, Napi::String::New(info.Env(), simd_level_name(l)));
+  return out;
+}
+
+const Kernels& level_arg(Napi::Env env, Napi::Value v) {
+  SimdLevel l;
+  if (!v.IsString() || !parse_simd_level(v.As<Napi::String>().Utf8Value().c_str(), &l))
+    throw_invalid(env, "level must be one of serial, avx2, avx512, neon");
+  const Kernels* k = kernels_for(l);
+  if (!k) throw_status(env, failed_precondition(std::string("this CPU does not support ") + simd_level_name(l)));
+  return *k;
+}
+
+template <typename T>
+const T* typed(Napi::Env env, Napi::Value v, napi_typedarray_type type, size_t* n) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != type) throw_invalid(env, "wrong typed array type");
+  auto ta = v.As<Napi::TypedArrayOf<T>>();
+  *n = ta.ElementLength();
+  return ta.Data();
+}
+
+// kernel(name, level, a, b): one kernel at one level, for tests. Synchronous (a and b are small).
+// Names: l2_f32 ip_f32 cos_f32 (Float32Array), l2_u8 ip_u8 (Uint8Array), l2_i8 ip_i8 (Int8Array).
+Napi::Value KernelFn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string name = info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
+  const Kernels& K = level_arg(env, info[1]);
+  size_t na = 0, nb = 0;
+  double r = 0;
+  if (name == "l2_f32" || name == "ip_f32" || name == "cos_f32") {
+    const float* a = typed<float>(env, info[2], napi_float32_array, &na);
+    const float* b = typed<float>(env, info[3], napi_float32_array, &nb);
+    if (na != nb) throw_invalid(env, "a and b differ in length");
+    r = name == "l2_f32" ? K.l2_f32(a, b, na) : name == "ip_f32" ? K.ip_f32(a, b, na) : K.cos_f32(a, b, na);
+  } else if (name == "l2_u8" || name == "ip_u8") {
+    const uint8_t* a = typed<uint8_t>(env, info[2], napi_uint8_array, &na);
+    const uint8_t* b = typed<uint8_t>(env, info[3], napi_uint8_array, &nb);
+    if (na != nb) throw_invalid(env, "a and b differ in length");
+    r = name == "l2_u8" ? K.l2_u8(a, b, na) : K.ip_u8(a, b, na);
+  } else if (name == "l2_i8" || name == "ip_i8") {
+    const int8_t* a = typed<int8_t>(env, info[2], napi_int8_array, &na);
+    const int8_t* b = typed<int8_t>(env, info[3], napi_int8_array, &nb);
+    if (na != nb) throw_invalid(env, "a and b differ in length");
+    r = name == "l2_i8" ? double(K.l2_i8(a, b, na)) : double(K.ip_i8(a, b, na));
+  } else if (name == "ip_f32_4x4" || name == "ip_f32_x4") {
+    // a: 4 rows of d (queries), b: 4 rows of d; returns the (0,0) entry only; the test calls the
+    // other entries through kernelMatrix below.
+    throw_invalid(env, "use kernelMatrix for blocked kernels");
+  } else {
+    throw_invalid(env, "unknown kernel '" + name + "'");
+  }
+  return Napi::Number::New(env, r);
+}
+
+// kernelMatrix(name, level, q (4*d), r (4*d), d): Float32Array of the 4x4 dots (ip_f32_4x4), the 4
+// dots of q row 0 against r (ip_f32_x4), or n L2 distances of q row 0 against n rows (l2_f32_rows).
+Napi::Value KernelMatrix(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string name = info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
+  const Kernels& K = level_arg(env, info[1]);
+  size_t nq = 0, nr = 0;
+  const float* q = typed<float>(env, info[2], napi_float32_array, &nq);
+  const float* r = typed<float>(env, info[3], napi_float32_array, &nr);
+  size_t d = info[4].As<Napi::Number>().Uint32Value();
+  if (d == 0) throw_invalid(env, "d must be positive");
+  if (name == "ip_f32_4x4") {
+    if (nq < 4 * d || nr < 4 * d) throw_invalid(env, "need 4 rows each");
+    const float* qp[4] = {q, q + d, q + 2 * d, q + 3 * d};
+    const float* rp[4] = {r, r + d, r + 2 * d, r + 3 * d};
+    auto out = Napi::Float32Array::New(env, 16);
+    K.ip_f32_4x4(qp, rp, d, out.Data());
+    return out;
+  }
+  if (name == "ip_f32_x4") {
+    if (nq < d || nr < 4 * d) throw_invalid(env, "need 1 query row and 4 rows");
+    const float* rp[4] = {r, r + d, r + 2 * d, r + 3 * d};
+    auto out = Napi::Float32Array::New(env, 4);
+    K.ip_f32_x4(q, rp, d, out.Data());
+    return out;
+  }
+  if (name == "l2_f32_rows") {
+    if (nq < d || nr % d != 0) throw_invalid(env, "rows length must be a multiple of d");
+    auto out = Napi::Float32Array::New(env, nr / d);
+    K.l2_f32_rows(q, r, nr / d, d, out.Data());
+    return out;
+  }
+  throw_invalid(env, "unknown blocked kernel '" + name + "'");
+  return env.Undefined();
+}
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// scanBench(level, base, dim, query, repeats): seconds of each one-query L2 scan over all rows
+// (Float64Array of `repeats`). A benchmark helper: it blocks the calling thread by design.
+Napi::Value ScanBench(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const Kernels& K = level_arg(env, info[0]);
+  size_t nb = 0, nq = 0;
+  const float* base = typed<float>(env, info[1], napi_float32_array, &nb);
+  size_t d = info[2].As<Napi::Number>().Uint32Value();
+  const float* q = typed<float>(env, info[3], napi_float32_array, &nq);
+  uint32_t reps = info[4].As<Napi::Number>().Uint32Value();
+  if (d == 0 || nb % d != 0 || nq < d) throw_invalid(env, "bad sizes");
+  size_t n = nb / d;
+  std::vector<float> out(1024);
+  auto times = Napi::Float64Array::New(env, reps);
+  volatile float sink = 0;
+  for (uint32_t rep = 0; rep < reps; ++rep) {
+    double t0 = now_s();
+    for (size_t i = 0; i < n; i += 1024) {
+      size_t m = std::min<size_t>(1024, n - i);
+      K.l2_f32_rows(q, base + i * d, m, d, out.data());
+      sink = sink + out[0];
+    }
+    times[rep] = now_s() - t0;
+  }
+  return times;
+}
+
+// sumBench(level, data, repeats): seconds of each plain sum over the buffer (Float64Array).
+Napi::Value SumBench(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const Kernels& K = level_arg(env, info[0]);
+  size_t n = 0;
+  const float* a = typed<float>(env, info[1], napi_float32_array, &n);
+  uint32_t reps = info[2].As<Napi::Number>().Uint32Value();
+  auto times = Napi::Float64Array::New(env, reps);
+  volatile float sink = 0;
+  for (uint32_t rep = 0; rep < reps; ++rep) {
+    double t0 = now_s();
+    sink = sink + K.sum_f32(a, n);
+    times[rep] = now_s() - t0;
+  }
+  return times;
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("setErrorClass", Napi::Function::New(env, SetErrorClass));
+  exports.Set("simdLevel", Napi::Function::New(env, SimdLevelFn));
+  exports.Set("simdLevels", Napi::Function::New(env, SimdLevels));
+  exports.Set("kernel", Napi::Function::New(env, KernelFn));
+  exports.Set("kernelMatrix", Napi::Function::New(env, KernelMatrix));
+  exports.Set("scanBench", Napi::Function::New(env, ScanBench));
+  exports.Set("sumBench", Napi::Function::New(env, SumBench));
+  exports.Set("NativeIndex", NativeIndex::Init(env));
+  init_gpu(env, exports);
+  return exports;
+}
+
+}  // namespace
+}  // namespace napi
+}  // namespace qv
+
+static Napi::Object InitQuiver(Napi::Env env, Napi::Object exports) { return qv::napi::Init(env, exports); }
+
+NODE_API_MODULE(quiver, InitQuiver)

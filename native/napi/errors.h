@@ -1,0 +1,52 @@
+// Errors crossing into JavaScript: a qv::Status becomes an instance of the QuiverError class that
+// the TypeScript loader hands to setErrorClass() at load, with `code` set from the status code.
+#pragma once
+#include <napi.h>
+
+#include "common/status.h"
+
+namespace qv {
+namespace napi {
+
+void set_error_class(Napi::Env env, Napi::Function cls);
+Napi::Value make_error(Napi::Env env, const Status& st);
+// Throws st as a QuiverError (C++ exception into N-API); st must not be ok.
+[[noreturn]] void throw_status(Napi::Env env, const Status& st);
+inline void throw_invalid(Napi::Env env, const std::string& message) {
+  throw_status(env, invalid_argument(message));
+}
+
+// Promise-returning worker: Run() happens off the event loop and touches no JS value;
+// Resolve() builds the result on the loop. A non-ok status rejects with a QuiverError.
+class PromiseWorker : public Napi::AsyncWorker {
+ public:
+  explicit PromiseWorker(Napi::Env env) : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)) {}
+  Napi::Promise promise() { return deferred_.Promise(); }
+
+ protected:
+  virtual Status Run() = 0;
+  virtual Napi::Value Resolve(Napi::Env env) { return env.Undefined(); }
+
+ private:
+  void Execute() override { status_ = Run(); }
+  void OnOK() override {
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    if (!status_.is_ok()) {
+      deferred_.Reject(make_error(env, status_));
+      return;
+    }
+    try {
+      deferred_.Resolve(Resolve(env));
+    } catch (const Napi::Error& e) {
+      deferred_.Reject(e.Value());
+    }
+  }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+  Napi::Promise::Deferred deferred_;
+  Status status_;
+};
+
+}  // namespace napi
+}  // namespace qv

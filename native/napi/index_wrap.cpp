@@ -1,0 +1,357 @@
+// NativeIndex: JS class over qv::Index. Inputs are copied out of the typed arrays on the event
+// loop (so JS may reuse its buffers at once), the work runs in a PromiseWorker, results come back
+// as typed arrays.
+#include "napi/index_wrap.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "common/limits.h"
+#include "napi/errors.h"
+
+namespace qv {
+namespace napi {
+
+namespace {
+
+template <typename T>
+std::vector<T> copy_typed(Napi::Env env, Napi::Value v, napi_typedarray_type type, const char* what) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != type)
+    throw_invalid(env, std::string(what) + " has the wrong type");
+  auto ta = v.As<Napi::TypedArrayOf<T>>();
+  return std::vector<T>(ta.Data(), ta.Data() + ta.ElementLength());
+}
+
+uint32_t to_u32(Napi::Env env, Napi::Value v, const char* what) {
+  if (!v.IsNumber()) throw_invalid(env, std::string(what) + " must be a number");
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (!(d >= 0) || d > 4294967295.0 || d != std::floor(d)) throw_invalid(env, std::string(what) + " must be a non-negative integer");
+  return static_cast<uint32_t>(d);
+}
+
+Napi::Function* constructor_ref = nullptr;  // per-process: one addon instance per Node process here
+Napi::FunctionReference* constructor_persist = nullptr;
+
+class AddWorker : public PromiseWorker {
+ public:
+  AddWorker(Napi::Env env, std::shared_ptr<Index> index, std::vector<uint32_t> labels, std::vector<float> vectors, int threads)
+      : PromiseWorker(env), index_(std::move(index)), labels_(std::move(labels)), vectors_(std::move(vectors)), threads_(threads) {}
+  Status Run() override {
+    if (vectors_.size() != labels_.size() * size_t(index_->dim()))
+      return invalid_argument("vectors length does not match labels * dim");
+    return index_->add(labels_.data(), vectors_.data(), labels_.size(), threads_);
+  }
+
+ private:
+  std::shared_ptr<Index> index_;
+  std::vector<uint32_t> labels_;
+  std::vector<float> vectors_;
+  int threads_;
+};
+
+class RemoveWorker : public PromiseWorker {
+ public:
+  RemoveWorker(Napi::Env env, std::shared_ptr<Index> index, std::vector<uint32_t> labels)
+      : PromiseWorker(env), index_(std::move(index)), labels_(std::move(labels)) {}
+  Status Run() override { return index_->remove(labels_.data(), labels_.size()); }
+
+ private:
+  std::shared_ptr<Index> index_;
+  std::vector<uint32_t> labels_;
+};
+
+class SearchWorker : public PromiseWorker {
+ public:
+  SearchWorker(Napi::Env env, std::shared_ptr<Index> index, std::vector<float> queries, SearchParams params,
+               bool has_filter, std::vector<uint32_t> filter_labels)
+      : PromiseWorker(env), index_(std::move(index)), queries_(std::move(queries)), params_(params),
+        has_filter_(has_filter), filter_labels_(std::move(filter_labels)) {}
+  Status Run() override {
+    const size_t dim = index_->dim();
+    if (queries_.empty() || queries_.size() % dim != 0) return invalid_argument("queries length is not a multiple of dim");
+    nq_ = queries_.size() / dim;
+    QV_RETURN_IF_ERROR(check_k(params_.k));
+    if (has_filter_) {
+      filter_ = Filter(filter_labels_.data(), filter_labels_.size());
+      params_.filter = &filter_;
+    }
+    labels_.resize(nq_ * params_.k);
+    distances_.resize(nq_ * params_.k);
+    return index_->search(queries_.data(), nq_, params_, labels_.data(), distances_.data());
+  }
+  Napi::Value Resolve(Napi::Env env) override {
+    auto labels = Napi::Uint32Array::New(env, labels_.size());
+    auto distances = Napi::Float32Array::New(env, distances_.size());
+    std::memcpy(labels.Data(), labels_.data(), labels_.size() * 4);
+    std::memcpy(distances.Data(), distances_.data(), distances_.size() * 4);
+    Napi::Object out = Napi::Object::New(env);
+    out.Set("labels", labels);
+    out.Set("distances", distances);
+    return out;
+  }
+
+ private:
+  std::shared_ptr<Index> index_;
+  std::vector<float> queries_;
+  SearchParams params_;
+  bool has_filter_;
+  std::vector<uint32_t> filter_labels_;
+  Filter filter_;
+  size_t nq_ = 0;
+  std::vector<uint32_t> labels_;
+  std::vector<float> distances_;
+};
+
+class GetVectorsWorker : public PromiseWorker {
+ public:
+  GetVectorsWorker(Napi::Env env, std::shared_ptr<Index> index, std::vector<uint32_t> labels)
+      : PromiseWorker(env), index_(std::move(index)), labels_(std::move(labels)) {}
+  Status Run() override {
+    out_.resize(labels_.size() * size_t(index_->dim()));
+    return index_->get_vectors(labels_.data(), labels_.size(), out_.data());
+  }
+  Napi::Value Resolve(Napi::Env env) override {
+    auto arr = Napi::Float32Array::New(env, out_.size());
+    std::memcpy(arr.Data(), out_.data(), out_.size() * 4);
+    return arr;
+  }
+
+ private:
+  std::shared_ptr<Index> index_;
+  std::vector<uint32_t> labels_;
+  std::vector<float> out_;
+};
+
+class SerializeWorker : public PromiseWorker {
+ public:
+  SerializeWorker(Napi::Env env, std::shared_ptr<Index> index) : PromiseWorker(env), index_(std::move(index)) {}
+  Status Run() override {
+    bytes_ = new std::vector<uint8_t>();
+    return index_->serialize(bytes_);
+  }
+  Napi::Value Resolve(Napi::Env env) override {
+    std::vector<uint8_t>* v = bytes_;
+    bytes_ = nullptr;
+    return Napi::Buffer<uint8_t>::New(env, v->data(), v->size(), [](Napi::Env, uint8_t*, std::vector<uint8_t>* p) { delete p; }, v);
+  }
+  ~SerializeWorker() override { delete bytes_; }
+
+ private:
+  std::shared_ptr<Index> index_;
+  std::vector<uint8_t>* bytes_ = nullptr;
+};
+
+class DeserializeWorker : public PromiseWorker {
+ public:
+  DeserializeWorker(Napi::Env env, Napi::Uint8Array bytes)
+      : PromiseWorker(env), ref_(Napi::Persistent(bytes)), data_(bytes.Data()), size_(bytes.ByteLength()) {}
+  Status Run() override {
+    std::unique_ptr<Index> index;
+    QV_RETURN_IF_ERROR(deserialize_index(data_, size_, &index));
+    index_ = std::shared_ptr<Index>(std::move(index));
+    return Status::ok();
+  }
+  Napi::Value Resolve(Napi::Env env) override { return NativeIndex::Wrap(env, index_); }
+
+ private:
+  Napi::Reference<Napi::Uint8Array> ref_;  // keeps the bytes alive while Run() reads them
+  const uint8_t* data_;
+  size_t size_;
+  std::shared_ptr<Index> index_;
+};
+
+class TrainWorker : public PromiseWorker {
+ public:
+  TrainWorker(Napi::Env env, std::shared_ptr<Index> index, std::vector<float> sample, int threads, Napi::Value progress)
+      : PromiseWorker(env), index_(std::move(index)), sample_(std::move(sample)), threads_(threads) {
+    if (progress.IsFunction()) {
+      tsfn_ = Napi::ThreadSafeFunction::New(env, progress.As<Napi::Function>(), "quiver-train-progress", 16, 1);
+      has_tsfn_ = true;
+    }
+  }
+  Status Run() override {
+    const size_t dim = index_->dim();
+    if (sample_.empty() || sample_.size() % dim != 0) return invalid_argument("sample length is not a multiple of dim");
+    ProgressFn fn;
+    if (has_tsfn_) {
+      fn = [this](double fraction, const char* phase) {
+        auto* msg = new std::pair<double, std::string>(fraction, phase);
+        if (tsfn_.NonBlockingCall(msg, [](Napi::Env env, Napi::Function cb, std::pair<double, std::string>* m) {
+              cb.Call({Napi::Number::New(env, m->first), Napi::String::New(env, m->second)});
+              delete m;
+            }) != napi_ok)
+          delete msg;  // queue full: progress is advisory, drop it
+      };
+    }
+    Status st = index_->train(sample_.data(), sample_.size() / dim, threads_, fn);
+    if (has_tsfn_) tsfn_.Release();
+    has_tsfn_ = false;
+    return st;
+  }
+  ~TrainWorker() override {
+    if (has_tsfn_) tsfn_.Release();
+  }
+
+ private:
+  std::shared_ptr<Index> index_;
+  std::vector<float> sample_;
+  int threads_;
+  Napi::ThreadSafeFunction tsfn_;
+  bool has_tsfn_ = false;
+};
+
+}  // namespace
+
+Napi::Function NativeIndex::Init(Napi::Env env) {
+  Napi::Function cls = DefineClass(
+      env, "NativeIndex",
+      {InstanceMethod("add", &NativeIndex::Add), InstanceMethod("remove", &NativeIndex::Remove),
+       InstanceMethod("search", &NativeIndex::Search), InstanceMethod("train", &NativeIndex::Train),
+       InstanceMethod("serialize", &NativeIndex::Serialize), InstanceMethod("getVectors", &NativeIndex::GetVectors),
+       StaticMethod("deserialize", &NativeIndex::Deserialize), InstanceAccessor("size", &NativeIndex::GetSize, nullptr),
+       InstanceAccessor("dim", &NativeIndex::GetDim, nullptr), InstanceAccessor("metric", &NativeIndex::GetMetric, nullptr),
+       InstanceAccessor("kind", &NativeIndex::GetKind, nullptr), InstanceAccessor("trained", &NativeIndex::GetTrained, nullptr),
+       InstanceAccessor("memoryBytes", &NativeIndex::GetMemoryBytes, nullptr)});
+  constructor_persist = new Napi::FunctionReference(Napi::Persistent(cls));
+  (void)constructor_ref;
+  return cls;
+}
+
+// new NativeIndex(kind: string, dim: number, metric: string, params: {[name]: number})
+// or, from C++ only, new NativeIndex(External<shared_ptr<Index>>).
+NativeIndex::NativeIndex(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeIndex>(info) {
+  Napi::Env env = info.Env();
+  if (info.Length() == 1 && info[0].IsExternal()) {
+    index_ = *info[0].As<Napi::External<std::shared_ptr<Index>>>().Data();
+    return;
+  }
+  if (info.Length() < 4 || !info[0].IsString() || !info[2].IsString() || !info[3].IsObject())
+    throw_invalid(env, "NativeIndex(kind, dim, metric, params)");
+  IndexOptions opts;
+  opts.dim = to_u32(env, info[1], "dim");
+  Status st = parse_metric(info[2].As<Napi::String>().Utf8Value(), &opts.metric);
+  if (!st.is_ok()) throw_status(env, st);
+  Napi::Object params = info[3].As<Napi::Object>();
+  Napi::Array keys = params.GetPropertyNames();
+  for (uint32_t i = 0; i < keys.Length(); ++i) {
+    std::string key = keys.Get(i).As<Napi::String>().Utf8Value();
+    Napi::Value v = params.Get(key);
+    if (!v.IsNumber()) throw_invalid(env, "index parameter " + key + " must be a number");
+    opts.num[key] = v.As<Napi::Number>().DoubleValue();
+  }
+  std::unique_ptr<Index> index;
+  st = create_index(info[0].As<Napi::String>().Utf8Value(), opts, &index);
+  if (!st.is_ok()) throw_status(env, st);
+  index_ = std::shared_ptr<Index>(std::move(index));
+}
+
+Napi::Object NativeIndex::Wrap(Napi::Env env, std::shared_ptr<Index> index) {
+  auto holder = Napi::External<std::shared_ptr<Index>>::New(env, new std::shared_ptr<Index>(std::move(index)),
+                                                            [](Napi::Env, std::shared_ptr<Index>* p) { delete p; });
+  return constructor_persist->New({holder});
+}
+
+std::shared_ptr<Index> unwrap_index(Napi::Env env, Napi::Value v) {
+  if (!v.IsObject() || !constructor_persist || !v.As<Napi::Object>().InstanceOf(constructor_persist->Value())) {
+    throw_invalid(env, "not a NativeIndex");
+  }
+  return NativeIndex::Unwrap(v.As<Napi::Object>())->index();
+}
+
+Napi::Value NativeIndex::Add(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto labels = copy_typed<uint32_t>(env, info[0], napi_uint32_array, "labels");
+  auto vectors = copy_typed<float>(env, info[1], napi_float32_array, "vectors");
+  int threads = info.Length() > 2 && info[2].IsNumber() ? info[2].As<Napi::Number>().Int32Value() : 0;
+  auto* w = new AddWorker(env, index_, std::move(labels), std::move(vectors), threads);
+  auto p = w->promise();
+  w->Queue();
+  return p;
+}
+
+Napi::Value NativeIndex::Remove(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto labels = copy_typed<uint32_t>(env, info[0], napi_uint32_array, "labels");
+  auto* w = new RemoveWorker(env, index_, std::move(labels));
+  auto p = w->promise();
+  w->Queue();
+  return p;
+}
+
+// search(queries, k, ef, nprobe, refine, threads, filter|null); 0 (refine: -1) = index default.
+Napi::Value NativeIndex::Search(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto queries = copy_typed<float>(env, info[0], napi_float32_array, "queries");
+  SearchParams p;
+  p.k = to_u32(env, info[1], "k");
+  p.ef = to_u32(env, info[2], "ef");
+  p.nprobe = to_u32(env, info[3], "nprobe");
+  double refine = info[4].IsNumber() ? info[4].As<Napi::Number>().DoubleValue() : -1;
+  p.refine = refine < 0 ? 0 : static_cast<uint32_t>(refine);
+  p.refine_set = refine >= 0;
+  p.threads = static_cast<int>(to_u32(env, info[5], "threads"));
+  bool has_filter = !info[6].IsNull() && !info[6].IsUndefined();
+  std::vector<uint32_t> filter;
+  if (has_filter) filter = copy_typed<uint32_t>(env, info[6], napi_uint32_array, "filter");
+  auto* w = new SearchWorker(env, index_, std::move(queries), p, has_filter, std::move(filter));
+  auto promise = w->promise();
+  w->Queue();
+  return promise;
+}
+
+Napi::Value NativeIndex::Train(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto sample = copy_typed<float>(env, info[0], napi_float32_array, "sample");
+  int threads = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Int32Value() : 0;
+  auto* w = new TrainWorker(env, index_, std::move(sample), threads, info.Length() > 2 ? info[2] : env.Undefined());
+  auto p = w->promise();
+  w->Queue();
+  return p;
+}
+
+Napi::Value NativeIndex::Serialize(const Napi::CallbackInfo& info) {
+  auto* w = new SerializeWorker(info.Env(), index_);
+  auto p = w->promise();
+  w->Queue();
+  return p;
+}
+
+Napi::Value NativeIndex::GetVectors(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto labels = copy_typed<uint32_t>(env, info[0], napi_uint32_array, "labels");
+  auto* w = new GetVectorsWorker(env, index_, std::move(labels));
+  auto p = w->promise();
+  w->Queue();
+  return p;
+}
+
+Napi::Value NativeIndex::Deserialize(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
+    throw_invalid(env, "deserialize needs a Buffer or Uint8Array");
+  auto* w = new DeserializeWorker(env, info[0].As<Napi::Uint8Array>());
+  auto p = w->promise();
+  w->Queue();
+  return p;
+}
+
+Napi::Value NativeIndex::GetSize(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), double(index_->size())); }
+Napi::Value NativeIndex::GetDim(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), index_->dim()); }
+Napi::Value NativeIndex::GetMetric(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), metric_name(index_->metric()));
+}
+Napi::Value NativeIndex::GetKind(const Napi::CallbackInfo& info) {
+  switch (index_->kind()) {
+    case IndexKind::Flat: return Napi::String::New(info.Env(), "flat");
+    case IndexKind::Hnsw: return Napi::String::New(info.Env(), "hnsw");
+    case IndexKind::IvfPq: return Napi::String::New(info.Env(), "ivfpq");
+  }
+  return info.Env().Undefined();
+}
+Napi::Value NativeIndex::GetTrained(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), index_->trained()); }
+Napi::Value NativeIndex::GetMemoryBytes(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), double(index_->memory_bytes()));
+}
+
+}  // namespace napi
+}  // namespace qv
