@@ -1,0 +1,303 @@
+/**
+ * `quiver bench server`: the standalone server against the raw index, in the same run.
+ *
+ *  (a) upsert throughput (vectors/s) of Fashion-MNIST in 1,000-vector batches through the client to
+ *      a `quiver serve` child process (WAL with fsync on), next to the in-process build rate of the
+ *      same index (same type and parameters, same batches);
+ *  (b) serial search latency (p50/p99) and QPS over gRPC from this process (the server is a separate
+ *      process), next to in-process search of the same index; recall@k against exact ground truth;
+ *      plus concurrent QPS over gRPC;
+ *  (c) restart time: SIGTERM (snapshot at shutdown), then the time until a restarted node answers,
+ *      and the time to open the same data directory in-process.
+ *
+ * Search passes alternate (in-process, gRPC, in-process, ...); the figures are medians over passes.
+ * Writes JSON to bench/results/server-<dataset>-<index>.json.
+ */
+import { ChildProcess, spawn } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { QuiverClient } from '../src/client';
+import { FlatIndex, HnswIndex, VectorIndex } from '../src/native';
+import { openDatabase } from '../src/query';
+import type { IndexSpec } from '../src/query/types';
+import { flagInt, flagString, parseArgs } from '../src/cli/args';
+import { Dataset, fashionMnist, groundTruth, median, recallAtK, sequence } from './datasets';
+
+const USAGE = `usage: quiver bench server [options]
+
+Standalone server vs the raw index on Fashion-MNIST (60,000 x 784, L2), in one run:
+upsert throughput, gRPC search latency/QPS/recall, restart time from a snapshot.
+
+options:
+  --n N                  base vectors (default 60000)
+  --queries N            query vectors (default 500)
+  --index flat|hnsw      index type of the collection and the in-process index (default flat)
+  --m N                  hnsw links per node (default 16)
+  --ef-construction N    hnsw build candidate list (default 200)
+  --ef N                 hnsw search candidate list (default 64)
+  --k N                  neighbours per query (default 10)
+  --batch N              vectors per upsert batch (default 1000)
+  --inflight N           upsert batches in flight at once (default 1)
+  --concurrency N        outstanding searches for the concurrent QPS figure (default 8)
+  --passes N             search passes per side (default 3)
+  --shards N             shards of the collection (default 1)
+  --out DIR              where the JSON goes (default bench/results)
+  --help                 this text
+`;
+
+interface LatencyStats {
+  p50Us: number;
+  p99Us: number;
+  qps: number;
+  recall: number;
+}
+
+function pct(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))];
+}
+
+function stats(latNs: number[], totalNs: number, recall: number): LatencyStats {
+  const s = [...latNs].sort((a, b) => a - b);
+  return { p50Us: pct(s, 0.5) / 1e3, p99Us: pct(s, 0.99) / 1e3, qps: latNs.length / (totalNs / 1e9), recall };
+}
+
+function medianStats(runs: LatencyStats[]): LatencyStats {
+  return {
+    p50Us: median(runs.map((r) => r.p50Us)),
+    p99Us: median(runs.map((r) => r.p99Us)),
+    qps: median(runs.map((r) => r.qps)),
+    recall: median(runs.map((r) => r.recall)),
+  };
+}
+
+const now = (): number => Number(process.hrtime.bigint());
+const log = (m: string): void => void process.stdout.write(`${m}\n`);
+const f1 = (x: number): string => x.toFixed(1);
+
+interface Node {
+  child: ChildProcess;
+  grpc: string;
+  exited: Promise<number | null>;
+  openMs: number;
+}
+
+function startNode(dataDir: string): Promise<Node> {
+  const bin = path.resolve(__dirname, '..', '..', 'bin', 'quiver.js');
+  const child = spawn(process.execPath, [bin, 'serve', '--data', dataDir, '--grpc', '127.0.0.1:0', '--http', '127.0.0.1:0', '--snapshot-interval-ms', '0'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+  return new Promise((resolve, reject) => {
+    child.stdout!.on('data', (b: Buffer) => {
+      out += b.toString();
+      const g = /grpc listening on (\S+)/.exec(out);
+      const o = /opened .* in (\d+) ms/.exec(out);
+      if (g && o && /quiver: ready/.test(out)) resolve({ child, grpc: g[1], exited, openMs: Number(o[1]) });
+    });
+    child.stderr!.on('data', (b: Buffer) => (out += b.toString()));
+    exited.then((code) => reject(new Error(`quiver serve exited with ${code}:\n${out}`)));
+  });
+}
+
+function rawIndex(spec: IndexSpec, ds: Dataset): VectorIndex {
+  switch (spec.type) {
+    case 'flat':
+      return new FlatIndex({ dim: ds.dim, metric: ds.metric });
+    case 'hnsw':
+      return new HnswIndex({ dim: ds.dim, metric: ds.metric, m: spec.m, efConstruction: spec.efConstruction, efSearch: spec.efSearch });
+    default:
+      throw new Error(`--index ${spec.type} is not supported by this benchmark (flat | hnsw)`);
+  }
+}
+
+export async function run(argv: string[]): Promise<number> {
+  const p = parseArgs(argv, ['help']);
+  if (p.flags.get('help')) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  const n = flagInt(p, 'n', 60_000);
+  const nq = flagInt(p, 'queries', 500);
+  const indexType = flagString(p, 'index', 'flat')!;
+  const k = flagInt(p, 'k', 10);
+  const ef = flagInt(p, 'ef', 64);
+  const batch = flagInt(p, 'batch', 1000);
+  const inflight = flagInt(p, 'inflight', 1);
+  const concurrency = flagInt(p, 'concurrency', 8);
+  const passes = flagInt(p, 'passes', 3);
+  const shards = flagInt(p, 'shards', 1);
+  const outDir = path.resolve(flagString(p, 'out', path.resolve(__dirname, '..', '..', 'bench', 'results'))!);
+  if (indexType !== 'flat' && indexType !== 'hnsw') {
+    process.stderr.write(`--index must be flat or hnsw\n${USAGE}`);
+    return 2;
+  }
+  const spec: IndexSpec =
+    indexType === 'hnsw'
+      ? { type: 'hnsw', m: flagInt(p, 'm', 16), efConstruction: flagInt(p, 'ef-construction', 200), efSearch: ef }
+      : { type: 'flat' };
+  const searchEf = indexType === 'hnsw' ? ef : undefined;
+
+  log(`loading Fashion-MNIST (${n} base, ${nq} queries) ...`);
+  const ds = fashionMnist(n, nq);
+  const gt = await groundTruth(ds, k);
+  const dim = ds.dim;
+  const ids = Array.from({ length: ds.nBase }, (_, i) => String(i));
+  const queryVec = (q: number): Float32Array => ds.queries.subarray(q * dim, (q + 1) * dim);
+
+  // ---- (a) raw build ----
+  log(`(a) in-process ${indexType} build, ${batch}-vector batches ...`);
+  const raw = rawIndex(spec, ds);
+  let t = now();
+  for (let off = 0; off < ds.nBase; off += batch) {
+    const end = Math.min(ds.nBase, off + batch);
+    await raw.add(sequence(end - off, off), ds.base.subarray(off * dim, end * dim));
+  }
+  const rawBuildS = (now() - t) / 1e9;
+  const rawRate = ds.nBase / rawBuildS;
+  log(`    ${Math.round(rawRate)} vectors/s (${rawBuildS.toFixed(2)} s)`);
+
+  // ---- (a) upsert through the server ----
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'quiver-bench-server-'));
+  let node = await startNode(dataDir);
+  const children = [node.child];
+  const cleanup = () => {
+    for (const c of children) if (c.exitCode === null && c.pid) process.kill(c.pid, 'SIGKILL');
+  };
+  process.once('exit', cleanup);
+  try {
+    const client = await QuiverClient.connect(node.grpc);
+    await client.createCollection({ name: 'bench', dim, metric: ds.metric, index: spec, shards });
+    log(`(a) upsert through gRPC to a server process (fsync on), ${batch}-vector batches, ${inflight} in flight ...`);
+    t = now();
+    let next = 0;
+    const worker = async () => {
+      while (next < ds.nBase) {
+        const off = next;
+        next = Math.min(ds.nBase, off + batch);
+        const points = [];
+        for (let i = off; i < next; i++) points.push({ id: ids[i], vector: ds.base.subarray(i * dim, (i + 1) * dim) });
+        await client.upsert('bench', points);
+        if (Math.floor(off / batch) % 10 === 0) process.stdout.write(`\r    ${next}/${ds.nBase}`);
+      }
+    };
+    await Promise.all(Array.from({ length: inflight }, worker));
+    const upsertS = (now() - t) / 1e9;
+    const serverRate = ds.nBase / upsertS;
+    process.stdout.write('\r');
+    log(`    ${Math.round(serverRate)} vectors/s (${upsertS.toFixed(2)} s) = ${(100 * serverRate / rawRate).toFixed(1)}% of the in-process build rate`);
+    const count = await client.count('bench');
+    if (count !== ds.nBase) throw new Error(`server holds ${count} points, expected ${ds.nBase}`);
+
+    // ---- (b) search: in-process vs gRPC, alternating passes ----
+    log(`(b) serial search, k=${k}${searchEf ? `, ef=${searchEf}` : ''}, ${passes} passes per side ...`);
+    const inproc: LatencyStats[] = [];
+    const overGrpc: LatencyStats[] = [];
+    const found = new Uint32Array(nq * k);
+    const foundDist = new Float32Array(nq * k);
+    for (let pass = 0; pass < passes; pass++) {
+      let lat: number[] = [];
+      let t0 = now();
+      for (let q = 0; q < nq; q++) {
+        const s = now();
+        const r = await raw.search(queryVec(q), k, { ef: searchEf, threads: 1 });
+        lat.push(now() - s);
+        found.set(r.labels, q * k);
+        foundDist.set(r.distances, q * k);
+      }
+      inproc.push(stats(lat, now() - t0, recallAtK(found, foundDist, gt.labels, gt.distances, nq, k)));
+      lat = [];
+      found.fill(0xffffffff);
+      t0 = now();
+      for (let q = 0; q < nq; q++) {
+        const s = now();
+        const hits = await client.search('bench', queryVec(q), { k, ef: searchEf });
+        lat.push(now() - s);
+        hits.forEach((h, j) => {
+          found[q * k + j] = Number(h.id);
+          foundDist[q * k + j] = h.distance;
+        });
+      }
+      overGrpc.push(stats(lat, now() - t0, recallAtK(found, foundDist, gt.labels, gt.distances, nq, k)));
+      log(`    pass ${pass + 1}: in-process p50 ${f1(inproc[pass].p50Us)} us, gRPC p50 ${f1(overGrpc[pass].p50Us)} us`);
+    }
+    const a = medianStats(inproc);
+    const b = medianStats(overGrpc);
+
+    log(`(b) concurrent gRPC search, ${concurrency} outstanding ...`);
+    let q = 0;
+    t = now();
+    await Promise.all(
+      Array.from({ length: concurrency }, async () => {
+        while (q < nq) {
+          const mine = q++;
+          await client.search('bench', queryVec(mine), { k, ef: searchEf });
+        }
+      }),
+    );
+    const concurrentQps = nq / ((now() - t) / 1e9);
+    client.close();
+
+    // ---- (c) restart ----
+    log('(c) SIGTERM (snapshot at shutdown), then restart ...');
+    t = now();
+    process.kill(node.child.pid!, 'SIGTERM');
+    const code = await node.exited;
+    const shutdownS = (now() - t) / 1e9;
+    if (code !== 0) throw new Error(`quiver serve exited with ${code} on SIGTERM`);
+    t = now();
+    node = await startNode(dataDir);
+    children.push(node.child);
+    const c2 = await QuiverClient.connect(node.grpc);
+    const after = await c2.count('bench');
+    const restartS = (now() - t) / 1e9;
+    c2.close();
+    if (after !== ds.nBase) throw new Error(`after restart the server holds ${after} points, expected ${ds.nBase}`);
+    process.kill(node.child.pid!, 'SIGTERM');
+    await node.exited;
+    t = now();
+    const db = await openDatabase({ dataDir, snapshotIntervalMs: 0 });
+    const openInProcS = (now() - t) / 1e9;
+    await db.close();
+
+    const overheadUs = b.p50Us - a.p50Us;
+    const result = {
+      bench: 'server',
+      date: new Date().toISOString(),
+      host: { cpus: os.cpus().length, model: os.cpus()[0]?.model },
+      dataset: ds.name,
+      n: ds.nBase,
+      queries: nq,
+      dim,
+      k,
+      index: spec,
+      shards,
+      upsert: {
+        batch,
+        inflight,
+        inProcessVectorsPerS: rawRate,
+        serverVectorsPerS: serverRate,
+        ratio: serverRate / rawRate,
+      },
+      search: { inProcess: a, grpc: b, p50OverheadUs: overheadUs, grpcConcurrentQps: concurrentQps, concurrency, passes },
+      restart: { shutdownS, restartToAnswerS: restartS, nodeOpenMs: node.openMs, openInProcessS: openInProcS, points: after },
+    };
+    fs.mkdirSync(outDir, { recursive: true });
+    const file = path.join(outDir, `server-${ds.name}-${indexType}.json`);
+    fs.writeFileSync(file, JSON.stringify(result, null, 2) + '\n');
+
+    log('');
+    log(`upsert      in-process ${Math.round(rawRate)} vec/s | server ${Math.round(serverRate)} vec/s | ratio ${(100 * result.upsert.ratio).toFixed(1)}% (goal >= 80%)`);
+    log(`search      in-process p50 ${f1(a.p50Us)} us p99 ${f1(a.p99Us)} us ${Math.round(a.qps)} QPS recall@${k} ${a.recall.toFixed(4)}`);
+    log(`            gRPC       p50 ${f1(b.p50Us)} us p99 ${f1(b.p99Us)} us ${Math.round(b.qps)} QPS recall@${k} ${b.recall.toFixed(4)}`);
+    log(`            p50 overhead ${f1(overheadUs)} us (goal < 150 us); gRPC with ${concurrency} outstanding: ${Math.round(concurrentQps)} QPS`);
+    log(`restart     shutdown (snapshot) ${shutdownS.toFixed(2)} s; restart until answering ${restartS.toFixed(2)} s (open ${node.openMs} ms); in-process open ${openInProcS.toFixed(2)} s`);
+    log(`wrote ${file}`);
+    return 0;
+  } finally {
+    cleanup();
+    process.off('exit', cleanup);
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  }
+}
