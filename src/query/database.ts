@@ -1,0 +1,407 @@
+/**
+ * The database of one standalone node: collections (catalog), shard placement by ranges of
+ * FNV-1a 64 of the id, validation of every request, writes split by shard, searches fanned out to
+ * every shard in parallel and merged (nearest first, ties by id).
+ *
+ * Files under dataDir:
+ *   catalog.json                               collections (catalog.ts)
+ *   LOCK                                       pid of the process that has the directory open
+ *   wal/<collection>/<shard>/<first-lsn>.seg   WAL segments (src/wal/format.ts)
+ *   snapshots/<collection>/<shard>/<lsn>/      snapshots (src/shard/snapshot.ts)
+ */
+import { promises as fsp } from 'fs';
+import * as path from 'path';
+import { QuiverError } from '../errors';
+import { efMax } from '../common/limits';
+import { Shard } from '../shard';
+import type { ShardHit, ShardOptions } from '../shard';
+import { CatalogEntry, readCatalog, writeCatalog } from './catalog';
+import { compileFilter } from './filter';
+import { shardOf } from './hash';
+import type {
+  ClusterStatus,
+  CollectionInfo,
+  CollectionSpec,
+  CollectionSpecInput,
+  Database,
+  OpenOptions,
+  Point,
+  PointInput,
+  SearchHit,
+  SearchRequest,
+  ShardStatus,
+  WriteToken,
+} from './types';
+import {
+  CONSISTENCIES,
+  checkIdempotencyKey,
+  checkIds,
+  checkK,
+  checkName,
+  checkOptInt,
+  checkPoints,
+  checkSearchShape,
+  checkSpec,
+  isPlainObject,
+} from './validate';
+
+interface Collection {
+  spec: CollectionSpec;
+  createdAt: string;
+  shards: Shard[];
+}
+
+export interface OpenInternals {
+  /** Passed to every shard's WAL (tests inject fsync failures; default stops the process). */
+  onFatal?: ShardOptions['onFatal'];
+  syncFn?: ShardOptions['syncFn'];
+}
+
+export class LocalDatabase implements Database {
+  private readonly dataDir: string;
+  private readonly opts: OpenOptions & OpenInternals;
+  private readonly collections = new Map<string, Collection>();
+  private catalogChain: Promise<unknown> = Promise.resolve();
+  private closed = false;
+
+  private constructor(opts: OpenOptions & OpenInternals) {
+    this.opts = opts;
+    this.dataDir = path.resolve(opts.dataDir);
+  }
+
+  static async open(opts: OpenOptions & OpenInternals): Promise<LocalDatabase> {
+    if (!isPlainObject(opts) || typeof opts.dataDir !== 'string' || opts.dataDir === '') {
+      throw new QuiverError('INVALID_ARGUMENT', 'dataDir must be a non-empty path');
+    }
+    const db = new LocalDatabase(opts);
+    await fsp.mkdir(db.dataDir, { recursive: true });
+    await db.takeLock();
+    try {
+      const entries = await readCatalog(db.dataDir);
+      await db.removeOrphans(new Set(entries.map((e) => e.spec.name)));
+      for (const e of entries) {
+        const shards = await Promise.all(Array.from({ length: e.spec.shards }, (_, s) => Shard.open(db.shardOptions(e.spec, s))));
+        db.collections.set(e.spec.name, { spec: e.spec, createdAt: e.createdAt, shards });
+      }
+    } catch (e) {
+      for (const c of db.collections.values()) for (const s of c.shards) await s.close({ snapshot: false }).catch(() => undefined);
+      await db.releaseLock();
+      throw e;
+    }
+    return db;
+  }
+
+  // ---------------------------------------------------------------- files
+
+  private walDir(name: string, shard?: number): string {
+    return shard === undefined ? path.join(this.dataDir, 'wal', name) : path.join(this.dataDir, 'wal', name, String(shard));
+  }
+
+  private snapDir(name: string, shard?: number): string {
+    return shard === undefined ? path.join(this.dataDir, 'snapshots', name) : path.join(this.dataDir, 'snapshots', name, String(shard));
+  }
+
+  private shardOptions(spec: CollectionSpec, shard: number): ShardOptions {
+    const obs = this.opts.observer;
+    return {
+      walDir: this.walDir(spec.name, shard),
+      snapshotDir: this.snapDir(spec.name, shard),
+      dim: spec.dim,
+      metric: spec.metric,
+      index: spec.index,
+      segmentBytes: this.opts.segmentBytes,
+      snapshotIntervalMs: this.opts.snapshotIntervalMs,
+      snapshotWalBytes: this.opts.snapshotWalBytes,
+      onFatal: this.opts.onFatal,
+      syncFn: this.opts.syncFn,
+      observer: obs && {
+        walAppend: (bytes) => obs.walAppend?.(spec.name, shard, bytes),
+        fsync: (sec) => obs.fsync?.(spec.name, shard, sec),
+        snapshot: (sec) => obs.snapshot?.(spec.name, shard, sec),
+      },
+    };
+  }
+
+  private async takeLock(): Promise<void> {
+    const file = path.join(this.dataDir, 'LOCK');
+    try {
+      const pid = Number((await fsp.readFile(file, 'utf8')).trim());
+      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid) {
+        let alive = true;
+        try {
+          process.kill(pid, 0);
+        } catch (e) {
+          alive = (e as NodeJS.ErrnoException).code === 'EPERM';
+        }
+        if (alive) throw new QuiverError('FAILED_PRECONDITION', `${this.dataDir} is in use by process ${pid}`);
+      }
+    } catch (e) {
+      if (e instanceof QuiverError) throw e;
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+    await fsp.writeFile(file, `${process.pid}\n`);
+  }
+
+  private async releaseLock(): Promise<void> {
+    await fsp.rm(path.join(this.dataDir, 'LOCK'), { force: true });
+  }
+
+  private async removeOrphans(keep: Set<string>): Promise<void> {
+    for (const root of [path.join(this.dataDir, 'wal'), path.join(this.dataDir, 'snapshots')]) {
+      let names: string[] = [];
+      try {
+        names = await fsp.readdir(root);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      }
+      for (const n of names) if (!keep.has(n)) await fsp.rm(path.join(root, n), { recursive: true, force: true });
+    }
+  }
+
+  private serialize<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.catalogChain.then(fn);
+    this.catalogChain = run.catch(() => undefined);
+    return run;
+  }
+
+  private catalogEntries(): CatalogEntry[] {
+    return [...this.collections.values()].map((c) => ({ spec: c.spec, createdAt: c.createdAt }));
+  }
+
+  private usable(): void {
+    if (this.closed) throw new QuiverError('UNAVAILABLE', 'the database is closed');
+  }
+
+  private coll(name: unknown): Collection {
+    this.usable();
+    const c = this.collections.get(checkName(name));
+    if (!c) throw new QuiverError('NOT_FOUND', `no collection named "${String(name)}"`);
+    return c;
+  }
+
+  private info(c: Collection): CollectionInfo {
+    let count = 0;
+    for (const s of c.shards) count += s.count;
+    return { ...structuredClone(c.spec), count, createdAt: c.createdAt };
+  }
+
+  // ---------------------------------------------------------------- collections
+
+  createCollection(input: CollectionSpecInput): Promise<CollectionInfo> {
+    let spec: CollectionSpec;
+    try {
+      this.usable();
+      spec = checkSpec(input);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return this.serialize(async () => {
+      this.usable();
+      if (this.collections.has(spec.name)) throw new QuiverError('ALREADY_EXISTS', `collection "${spec.name}" exists`);
+      await fsp.rm(this.walDir(spec.name), { recursive: true, force: true });
+      await fsp.rm(this.snapDir(spec.name), { recursive: true, force: true });
+      const shards: Shard[] = [];
+      try {
+        for (let s = 0; s < spec.shards; s++) shards.push(await Shard.open(this.shardOptions(spec, s)));
+        const c: Collection = { spec, createdAt: new Date().toISOString(), shards };
+        await writeCatalog(this.dataDir, [...this.catalogEntries(), { spec, createdAt: c.createdAt }]);
+        this.collections.set(spec.name, c);
+        return this.info(c);
+      } catch (e) {
+        for (const s of shards) await s.close({ snapshot: false }).catch(() => undefined);
+        await fsp.rm(this.walDir(spec.name), { recursive: true, force: true });
+        await fsp.rm(this.snapDir(spec.name), { recursive: true, force: true });
+        throw e;
+      }
+    });
+  }
+
+  dropCollection(name: string): Promise<void> {
+    try {
+      this.coll(name);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return this.serialize(async () => {
+      const c = this.coll(name);
+      const rest = this.catalogEntries().filter((e) => e.spec.name !== name);
+      await writeCatalog(this.dataDir, rest);
+      this.collections.delete(name);
+      await Promise.all(c.shards.map((s) => s.close({ snapshot: false })));
+      await fsp.rm(this.walDir(name), { recursive: true, force: true });
+      await fsp.rm(this.snapDir(name), { recursive: true, force: true });
+    });
+  }
+
+  listCollections(): CollectionInfo[] {
+    this.usable();
+    return [...this.collections.values()].sort((a, b) => (a.spec.name < b.spec.name ? -1 : 1)).map((c) => this.info(c));
+  }
+
+  describeCollection(name: string): CollectionInfo {
+    return this.info(this.coll(name));
+  }
+
+  // ---------------------------------------------------------------- writes
+
+  async upsert(name: string, points: PointInput[], opts: { idempotencyKey?: string } = {}): Promise<{ upserted: number; token: WriteToken }> {
+    const c = this.coll(name);
+    const { dim, shards } = c.spec;
+    const checked = checkPoints(points, dim);
+    const key = checkIdempotencyKey(isPlainObject(opts) ? opts.idempotencyKey : undefined);
+    const groups = new Map<number, number[]>();
+    checked.ids.forEach((id, i) => {
+      const s = shardOf(id, shards);
+      const g = groups.get(s);
+      if (g) g.push(i);
+      else groups.set(s, [i]);
+    });
+    const token: WriteToken = {};
+    let upserted = 0;
+    await Promise.all(
+      [...groups].map(async ([s, idx]) => {
+        const vectors = new Float32Array(idx.length * dim);
+        idx.forEach((i, j) => vectors.set(checked.vectors[i], j * dim));
+        const r = await c.shards[s].upsert(
+          { ids: idx.map((i) => checked.ids[i]), vectors, payloadJson: idx.map((i) => checked.payloadJson[i]) },
+          key,
+        );
+        token[String(s)] = r.lsn;
+        upserted += r.answer;
+      }),
+    );
+    return { upserted, token };
+  }
+
+  async delete(name: string, ids: string[], opts: { idempotencyKey?: string } = {}): Promise<{ deleted: number; token: WriteToken }> {
+    const c = this.coll(name);
+    checkIds(ids, true);
+    const key = checkIdempotencyKey(isPlainObject(opts) ? opts.idempotencyKey : undefined);
+    const groups = new Map<number, string[]>();
+    for (const id of ids) {
+      const s = shardOf(id, c.spec.shards);
+      const g = groups.get(s);
+      if (g) g.push(id);
+      else groups.set(s, [id]);
+    }
+    const token: WriteToken = {};
+    let deleted = 0;
+    await Promise.all(
+      [...groups].map(async ([s, g]) => {
+        const r = await c.shards[s].delete(g, key);
+        token[String(s)] = r.lsn;
+        deleted += r.answer;
+      }),
+    );
+    return { deleted, token };
+  }
+
+  // ---------------------------------------------------------------- reads
+
+  async get(name: string, ids: string[], opts: { withVectors?: boolean; withPayload?: boolean } = {}): Promise<Point[]> {
+    const c = this.coll(name);
+    checkIds(ids, false);
+    const o = isPlainObject(opts) ? opts : {};
+    const withVectors = o.withVectors === true;
+    const withPayload = o.withPayload !== false;
+    const out: Point[] = [];
+    for (const id of ids) {
+      const got = c.shards[shardOf(id, c.spec.shards)].get([id], withVectors, withPayload);
+      if (got.length > 0) out.push(got[0]);
+    }
+    return out;
+  }
+
+  async count(name: string): Promise<number> {
+    return this.info(this.coll(name)).count;
+  }
+
+  async search(name: string, req: SearchRequest): Promise<SearchHit[][]> {
+    const c = this.coll(name);
+    if (!isPlainObject(req)) throw new QuiverError('INVALID_ARGUMENT', 'search request must be an object');
+    const vectors = checkSearchShape(req.vectors, c.spec.dim);
+    const k = checkK(req.k);
+    const ef = checkOptInt(req.ef, 'ef', 1, efMax);
+    const nprobe = checkOptInt(req.nprobe, 'nprobe', 1, 1 << 20);
+    const predicate = req.filter === undefined ? undefined : compileFilter(req.filter);
+    if (req.consistency !== undefined && !CONSISTENCIES.includes(req.consistency)) {
+      throw new QuiverError('INVALID_ARGUMENT', `consistency must be one of ${CONSISTENCIES.join(', ')}`);
+    }
+    if (req.token !== undefined) this.checkToken(c, req.token);
+    const perShard = await Promise.all(
+      c.shards.map((s) =>
+        s.search(vectors, k, { ef, nprobe, predicate, withPayload: req.withPayload === true, withVectors: req.withVectors === true }),
+      ),
+    );
+    const nq = vectors.length / c.spec.dim;
+    const out: SearchHit[][] = [];
+    for (let q = 0; q < nq; q++) {
+      const all: ShardHit[] = [];
+      for (const r of perShard) all.push(...r[q]);
+      all.sort((a, b) => a.distance - b.distance || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+      out.push(all.slice(0, k));
+    }
+    return out;
+  }
+
+  /** Standalone acknowledges a write after applying it, so a valid token is never ahead of this node. */
+  private checkToken(c: Collection, token: unknown): void {
+    if (!isPlainObject(token)) throw new QuiverError('INVALID_ARGUMENT', 'token must be an object {shard: lsn}');
+    for (const [s, lsn] of Object.entries(token)) {
+      const shard = Number(s);
+      if (!/^\d+$/.test(s) || shard >= c.spec.shards) throw new QuiverError('INVALID_ARGUMENT', `token names shard ${s}, which the collection lacks`);
+      if (typeof lsn !== 'number' || !Number.isSafeInteger(lsn) || lsn < 0) throw new QuiverError('INVALID_ARGUMENT', `token LSN of shard ${s} must be a non-negative integer`);
+      if (lsn > c.shards[shard].status().appliedLsn) {
+        throw new QuiverError('FAILED_PRECONDITION', `token LSN ${lsn} of shard ${s} is ahead of this node's log`);
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------- status, snapshots, close
+
+  status(): ClusterStatus {
+    const shards: ShardStatus[] = [];
+    const node = this.opts.nodeId ?? 'local';
+    for (const c of this.collections.values()) {
+      c.shards.forEach((s, i) => {
+        const st = s.status();
+        shards.push({ collection: c.spec.name, shard: i, leader: node, ...st });
+      });
+    }
+    return { mode: 'standalone', nodeId: node, nodes: [{ id: node, alive: true }], shards };
+  }
+
+  /** State digest of one shard (tests and the chaos suite). */
+  digest(name: string, shard: number): string {
+    const c = this.coll(name);
+    if (!Number.isInteger(shard) || shard < 0 || shard >= c.shards.length) throw new QuiverError('INVALID_ARGUMENT', `no shard ${shard}`);
+    return c.shards[shard].digest();
+  }
+
+  /** The shard engine itself (the replication sidecar and tests). */
+  shard(name: string, shard: number): Shard {
+    const c = this.coll(name);
+    if (!Number.isInteger(shard) || shard < 0 || shard >= c.shards.length) throw new QuiverError('INVALID_ARGUMENT', `no shard ${shard}`);
+    return c.shards[shard];
+  }
+
+  async snapshot(): Promise<void> {
+    this.usable();
+    await Promise.all([...this.collections.values()].flatMap((c) => c.shards.map((s) => s.snapshot())));
+  }
+
+  /** Finishes in-flight writes, snapshots every shard (unless opts.snapshot is false), closes. */
+  async close(opts: { snapshot?: boolean } = {}): Promise<void> {
+    if (this.closed) return;
+    await this.catalogChain;
+    this.closed = true;
+    await Promise.all([...this.collections.values()].flatMap((c) => c.shards.map((s) => s.close(opts))));
+    this.collections.clear();
+    await this.releaseLock();
+  }
+}
+
+/** Opens (recovering) or creates the database in opts.dataDir. */
+export function openDatabase(opts: OpenOptions & OpenInternals): Promise<LocalDatabase> {
+  return LocalDatabase.open(opts);
+}

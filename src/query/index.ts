@@ -1,0 +1,8 @@
+/** The database: collections, validation, shard placement, fan-out search (DESIGN.md sections 5, 8). */
+export * from './types';
+export { openDatabase, LocalDatabase } from './database';
+export type { OpenInternals } from './database';
+export { compileFilter } from './filter';
+export type { Predicate } from './filter';
+export { fnv1a64, fnv1a64Big, shardOf } from './hash';
+export { idempotencyKeyBytesMax } from './validate';

@@ -1,0 +1,543 @@
+/**
+ * The shard engine: one shard's WAL, point store and index, and the order in which they change.
+ *
+ *   write(batch)                                   (leader; followers receive WAL bytes instead)
+ *     |  encode body, assign LSN = last + 1 (call order = LSN order)
+ *     v
+ *   Wal.append ---> group commit: writev + fdatasync shared by concurrent appends
+ *     |                    (an fsync error stops the process; it is never retried)
+ *     v  durable
+ *   apply chain (one at a time, LSN order; holds the shard lock exclusively)
+ *     |  idempotency key seen?  -> yes: change nothing, reuse the first answer
+ *     |  index.add / index.remove (native, async)  -> then point store (ids, vectors, payloads)
+ *     |  appliedLsn = LSN        (visibility = applied)
+ *     v
+ *   ack {answer, lsn}  ---> token {shard: lsn}
+ *
+ *   snapshot: lock -> capture (index bytes, store, keys) at appliedLsn -> unlock -> tmp dir, fsync,
+ *             rename -> drop older snapshots and WAL segments wholly below it
+ *   recovery: newest valid snapshot (older ones if it is damaged) -> WAL replay from its LSN + 1
+ *             through the same apply code -> epoch-start entry (leader)
+ *
+ * A batch is one entry: it is durable whole or not at all (CRC over the entry), and applied under
+ * the lock, so readers never see part of it.
+ */
+import { promises as fsp } from 'fs';
+import { QuiverError } from '../errors';
+import { FlatIndex, HnswIndex, IvfPqIndex, LABEL_NONE, Metric, VectorIndex, deserializeIndex } from '../native';
+import { EntryType, Wal } from '../wal';
+import type { WalOptions } from '../wal';
+import { UpsertOp, decodeDelete, decodeUpsert, encodeDelete, encodeUpsert } from './codec';
+import { RwLock } from './lock';
+import { KeyRecord, listSnapshots, readSnapshot, writeSnapshot } from './snapshot';
+import { Payload, PointStore } from './store';
+
+export type ShardIndexSpec =
+  | { type: 'flat' }
+  | { type: 'hnsw'; m?: number; efConstruction?: number; efSearch?: number }
+  | { type: 'ivfpq'; nlist: number; m: number; refine?: number; nprobe?: number };
+
+export interface ShardObserver {
+  walAppend?(bytes: number): void;
+  fsync?(seconds: number): void;
+  snapshot?(seconds: number): void;
+}
+
+export interface ShardOptions {
+  walDir: string;
+  snapshotDir: string;
+  dim: number;
+  metric: Metric;
+  index: ShardIndexSpec;
+  segmentBytes?: number;
+  /** Snapshot after this many ms if anything was applied since the last one (0 = never on a timer). */
+  snapshotIntervalMs?: number;
+  /** Snapshot once the WAL grew by this many bytes since the last snapshot (0 = never for size). */
+  snapshotWalBytes?: number;
+  /** Idempotency keys remembered (oldest forgotten first). Default 100,000. */
+  keysMax?: number;
+  /** Leader: append an epoch-start entry at open (default true). */
+  appendEpochStart?: boolean;
+  observer?: ShardObserver;
+  /** Passed to the WAL (fatal errors, fsync injection). */
+  onFatal?: WalOptions['onFatal'];
+  syncFn?: WalOptions['syncFn'];
+}
+
+export interface StoredPoint {
+  id: string;
+  vector?: Float32Array;
+  payload?: Payload;
+}
+
+export interface ShardHit extends StoredPoint {
+  distance: number;
+}
+
+export interface ShardStatusInfo {
+  epoch: number;
+  lastLsn: number;
+  appliedLsn: number;
+  snapshotLsn: number;
+  points: number;
+  walBytes: number;
+}
+
+type Op =
+  | { type: EntryType.Upsert; upsert: UpsertOp; payloads: (Payload | undefined)[] }
+  | { type: EntryType.Delete; ids: string[] }
+  | { type: EntryType.EpochStart }
+  | { type: EntryType.Config; config: string };
+
+export interface WriteResult {
+  lsn: number;
+  answer: number;
+}
+
+/**
+ * IVF-PQ training rule: a shard of an ivfpq collection searches exactly (a flat index over its
+ * points) until it holds max(39 * nlist, 256) points; the apply of the entry that reaches that count
+ * trains k-means (seed 1) and the PQ codebooks on the live points (at most ivfTrainSampleMax, the
+ * lowest labels), adds every point to the trained index and searches it from then on.
+ */
+export function ivfTrainThreshold(nlist: number): number {
+  return Math.max(39 * nlist, 256);
+}
+export const ivfTrainSampleMax = 50_000;
+
+function parsePayload(json: string): Payload | undefined {
+  return json === '' ? undefined : (JSON.parse(json) as Payload);
+}
+
+function emptyIndex(spec: ShardIndexSpec, dim: number, metric: Metric): VectorIndex {
+  switch (spec.type) {
+    case 'flat':
+    case 'ivfpq': // exact until trained
+      return new FlatIndex({ dim, metric });
+    case 'hnsw':
+      return new HnswIndex({ dim, metric, m: spec.m, efConstruction: spec.efConstruction, efSearch: spec.efSearch, seed: 1 });
+  }
+}
+
+export class Shard {
+  private readonly opts: ShardOptions;
+  private readonly store: PointStore;
+  private index!: VectorIndex;
+  private wal!: Wal;
+  private keys = new Map<string, KeyRecord>();
+  private readonly inflightKeys = new Map<string, Promise<WriteResult>>();
+  private readonly lock = new RwLock();
+  private applyChain: Promise<unknown> = Promise.resolve();
+  private applied = 0;
+  private appliedEpoch = 0;
+  private epoch = 0;
+  private snapshotLsnValue = 0;
+  private walBytesAtSnapshot = 0;
+  private snapshotting: Promise<void> | null = null;
+  private timer: NodeJS.Timeout | null = null;
+  private broken: Error | null = null;
+  private closing = false;
+
+  private constructor(opts: ShardOptions) {
+    this.opts = opts;
+    this.store = new PointStore(opts.dim);
+  }
+
+  static async open(opts: ShardOptions): Promise<Shard> {
+    const s = new Shard(opts);
+    await s.recover();
+    if (opts.appendEpochStart ?? true) {
+      s.epoch = Math.max(s.wal.lastEpoch, s.appliedEpoch) + 1;
+      await s.write({ type: EntryType.EpochStart }, Buffer.alloc(0), '');
+    } else {
+      s.epoch = Math.max(s.wal.lastEpoch, s.appliedEpoch);
+    }
+    const interval = opts.snapshotIntervalMs ?? 60_000;
+    if (interval > 0) {
+      s.timer = setInterval(() => {
+        if (s.applied > s.snapshotLsnValue && !s.closing) s.snapshotInBackground();
+      }, interval);
+      s.timer.unref();
+    }
+    return s;
+  }
+
+  // ------------------------------------------------------------------ recovery
+
+  private async recover(): Promise<void> {
+    const { dim, metric } = this.opts;
+    let snapLsn = 0;
+    for (const meta of await listSnapshots(this.opts.snapshotDir)) {
+      try {
+        const r = await readSnapshot(meta.dir, this.store);
+        const index = await deserializeIndex(r.indexBytes);
+        const okKind = index.kind === this.opts.index.type || (this.opts.index.type === 'ivfpq' && index.kind === 'flat');
+        if (!okKind || index.dim !== dim || index.metric !== metric || index.size !== this.store.count) {
+          throw new QuiverError('DATA_LOSS', `snapshot ${meta.dir}: index does not match the collection or the id table`);
+        }
+        this.index = index;
+        this.keys = r.keys;
+        snapLsn = r.lsn;
+        this.appliedEpoch = r.epoch;
+        break;
+      } catch (e) {
+        if (!(e instanceof QuiverError && e.code === 'DATA_LOSS')) throw e;
+        process.stderr.write(`quiver: skipping damaged snapshot: ${e.message}\n`);
+        this.keys = new Map();
+      }
+    }
+    if (!this.index) {
+      this.index = emptyIndex(this.opts.index, dim, metric);
+      this.store.decode(Buffer.alloc(12), 0); // reset after a damaged snapshot was half read
+    }
+    this.applied = snapLsn;
+    this.snapshotLsnValue = snapLsn;
+    this.wal = await Wal.open({
+      dir: this.opts.walDir,
+      segmentBytes: this.opts.segmentBytes,
+      commitLsn: snapLsn,
+      startLsn: snapLsn + 1,
+      onFatal: this.opts.onFatal,
+      syncFn: this.opts.syncFn,
+      onFsync: (sec) => this.opts.observer?.fsync?.(sec),
+    });
+    if (this.wal.firstLsn > snapLsn + 1 || this.wal.lastLsn < snapLsn) {
+      await this.wal.close();
+      throw new QuiverError(
+        'DATA_LOSS',
+        `shard ${this.opts.walDir}: the WAL holds ${this.wal.firstLsn}..${this.wal.lastLsn}, the newest usable snapshot is at ${snapLsn}`,
+      );
+    }
+    try {
+      for await (const e of this.wal.entries(snapLsn + 1)) {
+        await this.applyOp(e.lsn, e.epoch, e.key, this.decodeOp(e.type, e.body));
+      }
+    } catch (e) {
+      await this.wal.close().catch(() => undefined);
+      throw e;
+    }
+    this.walBytesAtSnapshot = this.wal.bytes;
+  }
+
+  private decodeOp(type: EntryType, body: Uint8Array): Op {
+    switch (type) {
+      case EntryType.Upsert: {
+        const upsert = decodeUpsert(body, this.opts.dim);
+        return { type, upsert, payloads: upsert.payloadJson.map(parsePayload) };
+      }
+      case EntryType.Delete:
+        return { type, ids: decodeDelete(body) };
+      case EntryType.EpochStart:
+        return { type };
+      case EntryType.Config:
+        return { type, config: Buffer.from(body).toString('utf8') };
+    }
+  }
+
+  // ------------------------------------------------------------------ writes
+
+  private usable(): void {
+    if (this.broken) throw new QuiverError('INTERNAL', `shard failed earlier: ${this.broken.message}`);
+    if (this.closing) throw new QuiverError('UNAVAILABLE', 'shard is closing');
+  }
+
+  /**
+   * Upserts a validated batch (unique ids, n*dim finite floats, payload JSON texts of objects).
+   * Resolves once durable and applied with the number upserted and the entry's LSN.
+   */
+  upsert(op: UpsertOp, key = ''): Promise<WriteResult> {
+    const payloads = op.payloadJson.map(parsePayload);
+    return this.write({ type: EntryType.Upsert, upsert: op, payloads }, encodeUpsert(op, this.opts.dim), key);
+  }
+
+  /** Deletes ids (absent ones are no-ops). Answer: how many existed. */
+  delete(ids: string[], key = ''): Promise<WriteResult> {
+    return this.write({ type: EntryType.Delete, ids }, encodeDelete(ids), key);
+  }
+
+  private write(op: Op, body: Buffer, key: string): Promise<WriteResult> {
+    try {
+      this.usable();
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    if (key !== '') {
+      const rec = this.keys.get(key);
+      if (rec) return Promise.resolve({ lsn: rec.lsn, answer: rec.answer });
+      const inflight = this.inflightKeys.get(key);
+      if (inflight) return inflight;
+    }
+    let appended: { lsn: number; durable: Promise<void> };
+    try {
+      appended = this.wal.append({ epoch: this.epoch, type: op.type, key, body });
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    this.opts.observer?.walAppend?.(body.length);
+    const epoch = this.epoch;
+    const done = this.enqueue(async () => {
+      await appended.durable;
+      return this.applyOp(appended.lsn, epoch, key, op);
+    });
+    if (key !== '') {
+      this.inflightKeys.set(key, done);
+      const clear = (): void => {
+        this.inflightKeys.delete(key);
+      };
+      done.then(clear, clear);
+    }
+    return done;
+  }
+
+  private enqueue<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.applyChain.then(fn);
+    this.applyChain = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Applies one committed entry (live or replayed). Any failure here breaks the shard. */
+  private applyOp(lsn: number, epoch: number, key: string, op: Op): Promise<WriteResult> {
+    return this.lock.write(async () => {
+      if (this.broken) throw new QuiverError('INTERNAL', `shard failed earlier: ${this.broken.message}`);
+      if (lsn !== this.applied + 1) {
+        throw this.breakWith(new Error(`apply of LSN ${lsn} after ${this.applied}`));
+      }
+      let result: WriteResult;
+      const seen = key !== '' ? this.keys.get(key) : undefined;
+      try {
+        if (seen) {
+          result = { lsn: seen.lsn, answer: seen.answer };
+        } else {
+          const answer = await this.applyChange(op);
+          result = { lsn, answer };
+          if (key !== '') this.remember(key, { lsn, answer });
+        }
+      } catch (e) {
+        throw this.breakWith(e as Error);
+      }
+      this.applied = lsn;
+      this.appliedEpoch = epoch;
+      return result;
+    }).then((r) => {
+      this.maybeSnapshotForSize();
+      return r;
+    });
+  }
+
+  private breakWith(e: Error): QuiverError {
+    this.broken = e;
+    process.stderr.write(`quiver: shard ${this.opts.walDir} stopped applying: ${e.stack ?? e.message}\n`);
+    return new QuiverError('INTERNAL', `shard failed: ${e.message}`);
+  }
+
+  private async applyChange(op: Op): Promise<number> {
+    switch (op.type) {
+      case EntryType.Upsert: {
+        const { ids, vectors } = op.upsert;
+        const plan = this.store.planLabels(ids);
+        if (ids.length > 0) await this.index.add(plan.labels, vectors);
+        this.store.assign(plan, ids, vectors, op.payloads);
+        await this.maybeTrain();
+        return ids.length;
+      }
+      case EntryType.Delete: {
+        const labels: number[] = [];
+        const seen = new Set<string>();
+        for (const id of op.ids) {
+          const l = this.store.labelOf(id);
+          if (l !== undefined && !seen.has(id)) labels.push(l);
+          seen.add(id);
+        }
+        if (labels.length > 0) await this.index.remove(Uint32Array.from(labels));
+        return this.store.remove(op.ids);
+      }
+      case EntryType.EpochStart:
+      case EntryType.Config:
+        return 0;
+    }
+  }
+
+  private async maybeTrain(): Promise<void> {
+    const spec = this.opts.index;
+    if (spec.type !== 'ivfpq' || this.index.kind === 'ivfpq') return;
+    if (this.store.count < ivfTrainThreshold(spec.nlist)) return;
+    const live = this.store.liveLabels();
+    const sample = this.store.gather(live.subarray(0, ivfTrainSampleMax));
+    const ivf = new IvfPqIndex({
+      dim: this.opts.dim,
+      metric: this.opts.metric,
+      nlist: spec.nlist,
+      m: spec.m,
+      refine: spec.refine,
+      nprobe: spec.nprobe,
+      seed: 1,
+    });
+    await ivf.train(sample);
+    await ivf.add(live, this.store.gather(live));
+    this.index = ivf;
+  }
+
+  private remember(key: string, rec: KeyRecord): void {
+    this.keys.set(key, rec);
+    const max = this.opts.keysMax ?? 100_000;
+    while (this.keys.size > max) this.keys.delete(this.keys.keys().next().value as string);
+  }
+
+  // ------------------------------------------------------------------ reads
+
+  get count(): number {
+    return this.store.count;
+  }
+
+  /** Points of `ids` present in the shard (absent ones skipped), copies. */
+  get(ids: string[], withVectors: boolean, withPayload: boolean): StoredPoint[] {
+    const out: StoredPoint[] = [];
+    for (const id of ids) {
+      const label = this.store.labelOf(id);
+      if (label === undefined) continue;
+      out.push(this.pointOf(label, withVectors, withPayload));
+    }
+    return out;
+  }
+
+  private pointOf(label: number, withVectors: boolean, withPayload: boolean): StoredPoint {
+    const p: StoredPoint = { id: this.store.idOf(label)! };
+    if (withVectors) p.vector = this.store.vectorOf(label);
+    if (withPayload) {
+      const pl = this.store.payloadOf(label);
+      p.payload = pl === undefined ? {} : structuredClone(pl);
+    }
+    return p;
+  }
+
+  /**
+   * k nearest for each of nq queries (row-major), nearest first, restricted to points whose payload
+   * passes `predicate` when given.
+   */
+  async search(
+    queries: Float32Array,
+    k: number,
+    opts: { ef?: number; nprobe?: number; predicate?: (p: Payload | undefined) => boolean; withPayload?: boolean; withVectors?: boolean },
+  ): Promise<ShardHit[][]> {
+    if (this.broken) throw new QuiverError('INTERNAL', `shard failed earlier: ${this.broken.message}`);
+    const nq = queries.length / this.opts.dim;
+    return this.lock.read(async () => {
+      const empty = (): ShardHit[][] => Array.from({ length: nq }, () => []);
+      if (this.store.count === 0) return empty();
+      let filter: Uint32Array | undefined;
+      if (opts.predicate) {
+        filter = this.store.select(opts.predicate);
+        if (filter.length === 0) return empty();
+      }
+      const kind = this.index.kind;
+      const res = await this.index.search(queries, k, {
+        filter,
+        ef: kind === 'hnsw' ? opts.ef : undefined,
+        nprobe: kind === 'ivfpq' ? opts.nprobe : undefined,
+      });
+      const out: ShardHit[][] = [];
+      for (let q = 0; q < nq; q++) {
+        const hits: ShardHit[] = [];
+        for (let j = 0; j < k; j++) {
+          const label = res.labels[q * k + j];
+          if (label === LABEL_NONE || this.store.idOf(label) === undefined) continue;
+          hits.push({ ...this.pointOf(label, opts.withVectors ?? false, opts.withPayload ?? false), distance: res.distances[q * k + j] });
+        }
+        out.push(hits);
+      }
+      return out;
+    });
+  }
+
+  /** sha256 of the points (see PointStore.digest). */
+  digest(): string {
+    return this.store.digest();
+  }
+
+  status(): ShardStatusInfo {
+    return {
+      epoch: this.epoch,
+      lastLsn: this.wal.lastLsn,
+      appliedLsn: this.applied,
+      snapshotLsn: this.snapshotLsnValue,
+      points: this.store.count,
+      walBytes: this.wal.bytes,
+    };
+  }
+
+  /** The shard's log (the replication sidecar reads raw bytes from it). */
+  get log(): Wal {
+    return this.wal;
+  }
+
+  /** 'flat' until an ivfpq shard trains, then 'ivfpq'. */
+  get indexKind(): string {
+    return this.index.kind;
+  }
+
+  // ------------------------------------------------------------------ snapshots
+
+  private maybeSnapshotForSize(): void {
+    const limit = this.opts.snapshotWalBytes ?? 256 * 1024 * 1024;
+    if (limit > 0 && !this.snapshotting && !this.closing && this.wal.bytes - this.walBytesAtSnapshot > limit) {
+      this.snapshotInBackground();
+    }
+  }
+
+  private snapshotInBackground(): void {
+    this.snapshot().catch((e: Error) => {
+      process.stderr.write(`quiver: snapshot of ${this.opts.snapshotDir} failed (the WAL still holds everything): ${e.message}\n`);
+    });
+  }
+
+  /** Writes a snapshot at the applied LSN (nothing if there is one already), then drops what it covers. */
+  snapshot(): Promise<void> {
+    if (!this.snapshotting) {
+      this.snapshotting = this.doSnapshot().finally(() => {
+        this.snapshotting = null;
+      });
+    }
+    return this.snapshotting;
+  }
+
+  private async doSnapshot(): Promise<void> {
+    const t0 = process.hrtime.bigint();
+    const cap = await this.lock.write(async () => {
+      if (this.applied === this.snapshotLsnValue || this.broken) return null;
+      return {
+        lsn: this.applied,
+        epoch: this.appliedEpoch,
+        indexBytes: await this.index.serialize(),
+        parts: this.store.encode(),
+        keys: new Map(this.keys),
+      };
+    });
+    if (!cap) return;
+    const bytesBefore = this.wal.bytes;
+    await writeSnapshot(this.opts.snapshotDir, { lsn: cap.lsn, epoch: cap.epoch, dim: this.opts.dim }, cap.indexBytes, cap.parts, cap.keys);
+    this.snapshotLsnValue = cap.lsn;
+    for (const old of await listSnapshots(this.opts.snapshotDir)) {
+      if (old.lsn < cap.lsn) await fsp.rm(old.dir, { recursive: true, force: true });
+    }
+    await this.wal.truncateBelow(cap.lsn + 1);
+    this.walBytesAtSnapshot = Math.min(this.wal.bytes, bytesBefore);
+    this.opts.observer?.snapshot?.(Number(process.hrtime.bigint() - t0) / 1e9);
+  }
+
+  /** Finishes in-flight writes, snapshots (unless told not to), closes the WAL. */
+  async close(opts: { snapshot?: boolean } = {}): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    this.closing = true;
+    await this.applyChain;
+    if (this.snapshotting) await this.snapshotting.catch(() => undefined);
+    if ((opts.snapshot ?? true) && !this.broken && !this.wal.failed) await this.doSnapshot();
+    await this.wal.close();
+  }
+}
+
+/** Deletes a shard's files (a dropped collection). */
+export async function removeShardFiles(walDir: string, snapshotDir: string): Promise<void> {
+  await fsp.rm(walDir, { recursive: true, force: true });
+  await fsp.rm(snapshotDir, { recursive: true, force: true });
+}

@@ -1,0 +1,190 @@
+/**
+ * Shard snapshots: <dataDir>/snapshots/<collection>/<shard>/<lsn, 20 digits>/ holding
+ *   index.bin   the index's own serialization (magic, version, kind, dim, metric, body, CRC-32C)
+ *   state.bin   (little-endian)
+ *     0   8  magic "QVSHSNAP"
+ *     8   4  format version (1)
+ *     12  4  dim
+ *     16  8  applied LSN the snapshot holds
+ *     24  8  epoch of that entry
+ *     32  4  CRC-32C of index.bin
+ *     36  4  reserved (0)
+ *     40  8  length of index.bin
+ *     48  .. point store (PointStore.encode: id table, payloads, free labels, vectors)
+ *     ..  u32 n | n x { u16 keyLen | key | u64 lsn | f64 answer }  (remembered idempotency keys, oldest first)
+ *     end 4  CRC-32C of every byte before it
+ * Written to tmp-<lsn>-<pid>/ in the same parent, each file fsynced, the directory fsynced, renamed
+ * into place, the parent fsynced: a crash leaves the old snapshot, the new one, or a tmp-* dir
+ * that the next open deletes.
+ */
+import { promises as fsp } from 'fs';
+import * as path from 'path';
+import { QuiverError } from '../errors';
+import { crc32c } from '../wal/crc32c';
+import type { PointStore } from './store';
+
+const MAGIC = Buffer.from('QVSHSNAP', 'latin1');
+const VERSION = 1;
+const TWO32 = 4294967296;
+
+export interface KeyRecord {
+  lsn: number;
+  answer: number;
+}
+
+export interface SnapshotMeta {
+  lsn: number;
+  epoch: number;
+  dir: string;
+}
+
+async function fsyncPath(p: string): Promise<void> {
+  const fh = await fsp.open(p, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+async function writeFileSynced(file: string, parts: Buffer[]): Promise<void> {
+  const fh = await fsp.open(file, 'w');
+  try {
+    let pos = 0;
+    for (let i = 0; i < parts.length; i += 512) {
+      const chunk = parts.slice(i, i + 512);
+      const { bytesWritten } = await fh.writev(chunk, pos);
+      const want = chunk.reduce((n, b) => n + b.length, 0);
+      if (bytesWritten !== want) throw new Error(`short write to ${file}`);
+      pos += want;
+    }
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+export function snapshotDirName(lsn: number): string {
+  return String(lsn).padStart(20, '0');
+}
+
+export async function writeSnapshot(
+  parent: string,
+  meta: { lsn: number; epoch: number; dim: number },
+  indexBytes: Buffer,
+  storeParts: Buffer[],
+  keys: Map<string, KeyRecord>,
+): Promise<string> {
+  await fsp.mkdir(parent, { recursive: true });
+  const tmp = path.join(parent, `tmp-${meta.lsn}-${process.pid}`);
+  await fsp.rm(tmp, { recursive: true, force: true });
+  await fsp.mkdir(tmp);
+  await writeFileSynced(path.join(tmp, 'index.bin'), [indexBytes]);
+
+  const head = Buffer.alloc(48);
+  MAGIC.copy(head, 0);
+  head.writeUInt32LE(VERSION, 8);
+  head.writeUInt32LE(meta.dim, 12);
+  head.writeUInt32LE(meta.lsn % TWO32, 16);
+  head.writeUInt32LE(Math.floor(meta.lsn / TWO32), 20);
+  head.writeUInt32LE(meta.epoch % TWO32, 24);
+  head.writeUInt32LE(Math.floor(meta.epoch / TWO32), 28);
+  head.writeUInt32LE(crc32c(indexBytes), 32);
+  head.writeUInt32LE(indexBytes.length % TWO32, 40);
+  head.writeUInt32LE(Math.floor(indexBytes.length / TWO32), 44);
+  const keyParts: Buffer[] = [];
+  const n = Buffer.alloc(4);
+  n.writeUInt32LE(keys.size, 0);
+  keyParts.push(n);
+  for (const [k, rec] of keys) {
+    const kb = Buffer.from(k, 'utf8');
+    const r = Buffer.alloc(2 + kb.length + 16);
+    r.writeUInt16LE(kb.length, 0);
+    kb.copy(r, 2);
+    r.writeUInt32LE(rec.lsn % TWO32, 2 + kb.length);
+    r.writeUInt32LE(Math.floor(rec.lsn / TWO32), 6 + kb.length);
+    r.writeDoubleLE(rec.answer, 10 + kb.length);
+    keyParts.push(r);
+  }
+  const parts = [head, ...storeParts, ...keyParts];
+  let crc = 0;
+  for (const p of parts) crc = crc32c(p, crc);
+  const tail = Buffer.alloc(4);
+  tail.writeUInt32LE(crc, 0);
+  parts.push(tail);
+  await writeFileSynced(path.join(tmp, 'state.bin'), parts);
+  await fsyncPath(tmp);
+  const final = path.join(parent, snapshotDirName(meta.lsn));
+  await fsp.rm(final, { recursive: true, force: true });
+  await fsp.rename(tmp, final);
+  await fsyncPath(parent);
+  return final;
+}
+
+/** Snapshots under `parent`, newest first; leftover tmp-* directories are deleted. */
+export async function listSnapshots(parent: string): Promise<SnapshotMeta[]> {
+  let names: string[];
+  try {
+    names = await fsp.readdir(parent);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw e;
+  }
+  const out: SnapshotMeta[] = [];
+  for (const name of names) {
+    if (name.startsWith('tmp-')) {
+      await fsp.rm(path.join(parent, name), { recursive: true, force: true });
+      continue;
+    }
+    if (/^\d{20}$/.test(name)) out.push({ lsn: Number(name), epoch: 0, dir: path.join(parent, name) });
+  }
+  return out.sort((a, b) => b.lsn - a.lsn);
+}
+
+/** Reads a snapshot into `store`; returns its LSN, epoch, index bytes and keys. DATA_LOSS if damaged. */
+export async function readSnapshot(
+  dir: string,
+  store: PointStore,
+): Promise<{ lsn: number; epoch: number; indexBytes: Buffer; keys: Map<string, KeyRecord> }> {
+  const bad = (why: string): never => {
+    throw new QuiverError('DATA_LOSS', `snapshot ${dir}: ${why}`);
+  };
+  let state: Buffer;
+  let indexBytes: Buffer;
+  try {
+    state = await fsp.readFile(path.join(dir, 'state.bin'));
+    indexBytes = await fsp.readFile(path.join(dir, 'index.bin'));
+  } catch (e) {
+    return bad((e as Error).message);
+  }
+  if (state.length < 52 || !state.subarray(0, 8).equals(MAGIC)) bad('bad magic');
+  if (crc32c(state, 0, 0, state.length - 4) !== state.readUInt32LE(state.length - 4)) bad('state checksum mismatch');
+  if (state.readUInt32LE(8) !== VERSION) bad(`unknown version ${state.readUInt32LE(8)}`);
+  if (state.readUInt32LE(12) !== store.dim) bad(`dimension ${state.readUInt32LE(12)}, expected ${store.dim}`);
+  const lsn = state.readUInt32LE(16) + state.readUInt32LE(20) * TWO32;
+  const epoch = state.readUInt32LE(24) + state.readUInt32LE(28) * TWO32;
+  const indexLen = state.readUInt32LE(40) + state.readUInt32LE(44) * TWO32;
+  if (indexBytes.length !== indexLen || crc32c(indexBytes) !== state.readUInt32LE(32)) bad('index.bin does not match state.bin');
+  const end = state.length - 4;
+  const body = state.subarray(0, end);
+  let off: number;
+  const keys = new Map<string, KeyRecord>();
+  try {
+    off = store.decode(body, 48);
+    const n = body.readUInt32LE(off);
+    off += 4;
+    for (let i = 0; i < n; i++) {
+      const kl = body.readUInt16LE(off);
+      const key = body.toString('utf8', off + 2, off + 2 + kl);
+      off += 2 + kl;
+      const klsn = body.readUInt32LE(off) + body.readUInt32LE(off + 4) * TWO32;
+      const answer = body.readDoubleLE(off + 8);
+      off += 16;
+      keys.set(key, { lsn: klsn, answer });
+    }
+  } catch (e) {
+    return bad((e as Error).message);
+  }
+  if (off !== end) bad('trailing bytes');
+  return { lsn, epoch, indexBytes, keys };
+}

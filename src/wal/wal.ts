@@ -1,0 +1,481 @@
+/**
+ * A shard's write-ahead log: append with group commit, recovery with torn-tail truncation,
+ * segment rolling, truncation below/after an LSN, entry and raw-byte reads. Format: ./format.ts.
+ *
+ * Group commit: append() assigns the next LSN at once (so LSN order = call order) and queues the
+ * encoded entry; one flusher writes every queued entry with one writev and one fdatasync, then
+ * resolves all their promises. Appends that arrive while an fsync runs form the next group.
+ * A resolved `durable` promise means the entry is on disk.
+ *
+ * A failed write or fsync is fatal: the page cache state after a failed fsync is unknown, so the
+ * log never retries; it calls onFatal (default: print and exit the process with status 70) and
+ * refuses every later append.
+ */
+import { promises as fsp } from 'fs';
+import type { FileHandle } from 'fs/promises';
+import * as path from 'path';
+import { QuiverError } from '../errors';
+import {
+  ENTRY_HEADER_BYTES,
+  EntryInput,
+  SEGMENT_HEADER_BYTES,
+  WalEntry,
+  decodeEntry,
+  decodeSegmentHeader,
+  encodeEntry,
+  encodeSegmentHeader,
+  parseSegmentFileName,
+  segmentFileName,
+} from './format';
+
+export interface WalOptions {
+  /** The directory of this log's segments (created if missing). */
+  dir: string;
+  /** Roll to a new segment once the current one would pass this many bytes. Default 64 MiB. */
+  segmentBytes?: number;
+  /** A known lower bound of the commit point (e.g. the LSN of the newest snapshot). */
+  commitLsn?: number;
+  /** First LSN of a brand-new log (default 1). */
+  startLsn?: number;
+  /** Standalone: every durable entry is committed (default true). Followers set it false. */
+  commitOnDurable?: boolean;
+  /** Called once when a write or fsync fails. Default: print to stderr and exit(70). */
+  onFatal?: (err: Error) => void;
+  /** Replaces fdatasync (tests inject failures through it). */
+  syncFn?: (fh: FileHandle) => Promise<void>;
+  /** Observes each group commit: seconds the fsync took and bytes written. */
+  onFsync?: (seconds: number, bytes: number) => void;
+}
+
+export interface RecoveryReport {
+  /** Bytes cut from a torn tail of the last segment (0 if none). */
+  truncatedBytes: number;
+  reason?: string;
+}
+
+interface Segment {
+  firstLsn: number;
+  lastLsn: number; // firstLsn - 1 when empty
+  file: string;
+  bytes: number;
+  /** offsets[i]: file offset of entry firstLsn + i. */
+  offsets: number[];
+}
+
+interface Pending {
+  lsn: number;
+  buf: Buffer;
+  resolve: () => void;
+  reject: (e: Error) => void;
+}
+
+export const defaultSegmentBytes = 64 * 1024 * 1024;
+
+function defaultFatal(err: Error): void {
+  process.stderr.write(`quiver: WAL write/fsync failed, stopping: ${err.stack ?? err.message}\n`);
+  process.exit(70);
+}
+
+async function fsyncDir(dir: string): Promise<void> {
+  const fh = await fsp.open(dir, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/**
+ * Offset of a whole entry (valid CRC, LSN above `lsn`) anywhere after the damaged entry at `off`,
+ * or -1. Looks at every byte offset, since the damaged entry's own length may be wrong; only
+ * recovery runs it, and only when it met damage.
+ */
+function findWholeEntryAfter(buf: Buffer, off: number, lsn: number): number {
+  for (let p = off + 1; p + ENTRY_HEADER_BYTES <= buf.length; p++) {
+    const r = decodeEntry(buf, p);
+    if (r.ok && r.entry.lsn > lsn && r.entry.lsn < lsn + 1e9) return p;
+  }
+  return -1;
+}
+
+export class Wal {
+  readonly dir: string;
+  private readonly segmentBytes: number;
+  private readonly commitOnDurable: boolean;
+  private readonly onFatal: (err: Error) => void;
+  private readonly syncFn: (fh: FileHandle) => Promise<void>;
+  private readonly onFsync?: (seconds: number, bytes: number) => void;
+  private segments: Segment[] = [];
+  private fh!: FileHandle; // last segment, opened for writing
+  private nextLsn = 1;
+  private lastEpochValue = 0;
+  private durable = 0;
+  private commit = 0;
+  private pending: Pending[] = [];
+  private flushing: Promise<void> | null = null;
+  private failure: Error | null = null;
+  private closed = false;
+  recovery: RecoveryReport = { truncatedBytes: 0 };
+
+  private constructor(opts: WalOptions) {
+    this.dir = opts.dir;
+    this.segmentBytes = opts.segmentBytes ?? defaultSegmentBytes;
+    if (!(this.segmentBytes >= 4096)) throw new QuiverError('INVALID_ARGUMENT', 'segmentBytes must be at least 4096');
+    this.commitOnDurable = opts.commitOnDurable ?? true;
+    this.onFatal = opts.onFatal ?? defaultFatal;
+    this.syncFn = opts.syncFn ?? ((fh) => fh.datasync());
+    this.onFsync = opts.onFsync;
+  }
+
+  /** Opens (recovering) or creates the log in opts.dir. Throws DATA_LOSS on damage it may not cut. */
+  static async open(opts: WalOptions): Promise<Wal> {
+    const wal = new Wal(opts);
+    await fsp.mkdir(wal.dir, { recursive: true });
+    await wal.recover(opts.commitLsn ?? 0, opts.startLsn ?? 1);
+    return wal;
+  }
+
+  /** LSN of the newest entry appended (durable or not); 0 if none. */
+  get lastLsn(): number {
+    return this.nextLsn - 1;
+  }
+  /** LSN of the newest entry on disk. */
+  get durableLsn(): number {
+    return this.durable;
+  }
+  /** The commit point as this log knows it. */
+  get commitLsn(): number {
+    return this.commit;
+  }
+  /** First LSN still held (after truncateBelow). */
+  get firstLsn(): number {
+    return this.segments[0].firstLsn;
+  }
+  get lastEpoch(): number {
+    return this.lastEpochValue;
+  }
+  /** Bytes of every segment file. */
+  get bytes(): number {
+    let n = 0;
+    for (const s of this.segments) n += s.bytes;
+    return n;
+  }
+  get segmentCount(): number {
+    return this.segments.length;
+  }
+  get failed(): Error | null {
+    return this.failure;
+  }
+
+  /** Raises the commit point (followers learn it from the leader). */
+  setCommitLsn(lsn: number): void {
+    if (lsn > this.commit) this.commit = Math.min(lsn, this.durable);
+  }
+
+  // ---------------------------------------------------------------- recovery
+
+  private async recover(commitHint: number, startLsn: number): Promise<void> {
+    const names = (await fsp.readdir(this.dir))
+      .map((name) => ({ name, lsn: parseSegmentFileName(name) }))
+      .filter((x): x is { name: string; lsn: number } => x.lsn !== undefined)
+      .sort((a, b) => a.lsn - b.lsn);
+    let commitBound = commitHint;
+    let expected = -1;
+    for (let i = 0; i < names.length; i++) {
+      const isLast = i === names.length - 1;
+      const file = path.join(this.dir, names[i].name);
+      const buf = await fsp.readFile(file);
+      const header = decodeSegmentHeader(buf);
+      if ('error' in header || header.firstLsn !== names[i].lsn) {
+        const why = 'error' in header ? header.error : 'first LSN differs from the file name';
+        // A crash while creating the newest segment can leave it without a whole header; it holds
+        // no entry, so it goes (unless its LSN is at or below the commit point).
+        if (isLast && buf.length <= SEGMENT_HEADER_BYTES && i > 0 && names[i].lsn > commitBound) {
+          await fsp.unlink(file);
+          await fsyncDir(this.dir);
+          this.recovery = { truncatedBytes: buf.length, reason: `removed segment with torn header (${why})` };
+          break;
+        }
+        throw new QuiverError('DATA_LOSS', `WAL segment ${file}: ${why}`);
+      }
+      if (expected !== -1 && header.firstLsn !== expected) {
+        throw new QuiverError('DATA_LOSS', `WAL segment ${file} starts at LSN ${header.firstLsn}, expected ${expected}`);
+      }
+      const seg: Segment = { firstLsn: header.firstLsn, lastLsn: header.firstLsn - 1, file, bytes: buf.length, offsets: [] };
+      let off = SEGMENT_HEADER_BYTES;
+      while (off < buf.length) {
+        const want = seg.lastLsn + 1;
+        const r = decodeEntry(buf, off);
+        let bad: string | null = null;
+        if (!r.ok) bad = r.reason;
+        else if (r.entry.lsn !== want) bad = `LSN ${r.entry.lsn} where ${want} was expected`;
+        else if (r.entry.epoch < this.lastEpochValue) bad = `epoch ${r.entry.epoch} after epoch ${this.lastEpochValue}`;
+        if (bad === null && r.ok) {
+          seg.offsets.push(off);
+          seg.lastLsn = want;
+          this.lastEpochValue = r.entry.epoch;
+          if (r.entry.commitLsn > commitBound) commitBound = r.entry.commitLsn;
+          off += r.bytes;
+          continue;
+        }
+        // Damage at `off`. Cut it only if it is a torn tail: the last segment, above the commit
+        // point, and no whole entry after it.
+        const where = `WAL segment ${file} at offset ${off} (LSN ${want}): ${bad}`;
+        if (!isLast) throw new QuiverError('DATA_LOSS', `${where}, in a segment that is not the last`);
+        if (want <= commitBound) throw new QuiverError('DATA_LOSS', `${where}, at or below commit LSN ${commitBound}`);
+        const after = findWholeEntryAfter(buf, off, want);
+        if (after >= 0) throw new QuiverError('DATA_LOSS', `${where}, followed by a whole entry at offset ${after}`);
+        await this.truncateFile(file, off);
+        this.recovery = { truncatedBytes: buf.length - off, reason: where };
+        seg.bytes = off;
+        break;
+      }
+      this.segments.push(seg);
+      expected = seg.lastLsn + 1;
+    }
+    if (this.segments.length === 0) {
+      await this.createSegment(startLsn);
+    } else {
+      const last = this.segments[this.segments.length - 1];
+      this.fh = await fsp.open(last.file, 'r+');
+    }
+    const last = this.segments[this.segments.length - 1];
+    this.nextLsn = last.lastLsn + 1;
+    this.durable = last.lastLsn;
+    this.commit = this.commitOnDurable ? this.durable : Math.min(commitBound, this.durable);
+  }
+
+  private async truncateFile(file: string, size: number): Promise<void> {
+    const fh = await fsp.open(file, 'r+');
+    try {
+      await fh.truncate(size);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+  }
+
+  private async createSegment(firstLsn: number): Promise<void> {
+    const file = path.join(this.dir, segmentFileName(firstLsn));
+    const fh = await fsp.open(file, 'w');
+    const header = encodeSegmentHeader(firstLsn);
+    await fh.write(header, 0, header.length, 0);
+    await fh.sync();
+    await fsyncDir(this.dir);
+    this.segments.push({ firstLsn, lastLsn: firstLsn - 1, file, bytes: header.length, offsets: [] });
+    this.fh = fh;
+  }
+
+  // ---------------------------------------------------------------- append
+
+  /**
+   * Appends one entry: the LSN is assigned now; `durable` resolves once it is on disk (group commit)
+   * and rejects if the log failed. Entry epochs never decrease (FAILED_PRECONDITION otherwise).
+   */
+  append(input: EntryInput): { lsn: number; durable: Promise<void> } {
+    if (this.failure) throw new QuiverError('UNAVAILABLE', `the WAL failed earlier: ${this.failure.message}`);
+    if (this.closed) throw new QuiverError('UNAVAILABLE', 'the WAL is closed');
+    if (!Number.isSafeInteger(input.epoch) || input.epoch < this.lastEpochValue) {
+      throw new QuiverError('FAILED_PRECONDITION', `epoch ${input.epoch} is older than the log's epoch ${this.lastEpochValue}`);
+    }
+    const lsn = this.nextLsn;
+    const buf = encodeEntry({ ...input, lsn, commitLsn: Math.min(this.commit, lsn - 1) });
+    this.nextLsn++;
+    this.lastEpochValue = input.epoch;
+    let resolve!: () => void;
+    let reject!: (e: Error) => void;
+    const durable = new Promise<void>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    this.pending.push({ lsn, buf, resolve, reject });
+    if (!this.flushing) this.flushing = this.flushLoop();
+    return { lsn, durable };
+  }
+
+  /** Resolves once everything appended so far is durable (or the log failed). */
+  async flush(): Promise<void> {
+    while (this.flushing) await this.flushing;
+  }
+
+  private async flushLoop(): Promise<void> {
+    await new Promise<void>((r) => setImmediate(r)); // let appends of this turn join the group
+    while (this.pending.length > 0 && !this.failure) {
+      const group = this.pending.splice(0);
+      try {
+        const t0 = process.hrtime.bigint();
+        let bytes = 0;
+        let run: Buffer[] = [];
+        let seg = this.segments[this.segments.length - 1];
+        let runStart = seg.bytes;
+        for (const p of group) {
+          if (seg.lastLsn >= seg.firstLsn && seg.bytes + p.buf.length > this.segmentBytes) {
+            await this.writeRun(run, runStart);
+            await this.syncFn(this.fh);
+            await this.fh.close();
+            await this.createSegment(p.lsn);
+            seg = this.segments[this.segments.length - 1];
+            run = [];
+            runStart = seg.bytes;
+          }
+          run.push(p.buf);
+          seg.offsets.push(seg.bytes);
+          seg.bytes += p.buf.length;
+          seg.lastLsn = p.lsn;
+          bytes += p.buf.length;
+        }
+        await this.writeRun(run, runStart);
+        await this.syncFn(this.fh);
+        this.onFsync?.(Number(process.hrtime.bigint() - t0) / 1e9, bytes);
+      } catch (e) {
+        this.fail(e as Error, group);
+        break;
+      }
+      this.durable = group[group.length - 1].lsn;
+      if (this.commitOnDurable) this.commit = this.durable;
+      for (const p of group) p.resolve();
+    }
+    this.flushing = null;
+  }
+
+  private async writeRun(run: Buffer[], position: number): Promise<void> {
+    let pos = position;
+    let i = 0;
+    while (i < run.length) {
+      const chunk = run.slice(i, i + 512); // IOV_MAX is 1024 on Linux
+      const want = chunk.reduce((n, b) => n + b.length, 0);
+      const { bytesWritten } = await this.fh.writev(chunk, pos);
+      if (bytesWritten !== want) throw new Error(`short write: ${bytesWritten} of ${want} bytes`);
+      pos += want;
+      i += chunk.length;
+    }
+  }
+
+  private fail(err: Error, group: Pending[]): void {
+    this.failure = err;
+    const e = new QuiverError('UNAVAILABLE', `WAL write or fsync failed: ${err.message}`);
+    for (const p of group) p.reject(e);
+    for (const p of this.pending.splice(0)) p.reject(e);
+    this.onFatal(err);
+  }
+
+  // ---------------------------------------------------------------- reads
+
+  private segmentOf(lsn: number): number {
+    let lo = 0;
+    let hi = this.segments.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      if (this.segments[mid].firstLsn <= lsn) lo = mid;
+      else hi = mid - 1;
+    }
+    return lo;
+  }
+
+  private checkRange(fromLsn: number, toLsn: number): void {
+    if (!Number.isSafeInteger(fromLsn) || !Number.isSafeInteger(toLsn) || fromLsn < this.firstLsn || toLsn > this.durable) {
+      throw new QuiverError('OUT_OF_RANGE', `LSN range ${fromLsn}..${toLsn} is outside the durable log ${this.firstLsn}..${this.durable}`);
+    }
+  }
+
+  /** Raw bytes of entries fromLsn..toLsn (inclusive, durable), as they lie in the segments. */
+  async readBytes(fromLsn: number, toLsn: number): Promise<Buffer> {
+    if (toLsn < fromLsn) return Buffer.alloc(0);
+    this.checkRange(fromLsn, toLsn);
+    const parts: Buffer[] = [];
+    for (let i = this.segmentOf(fromLsn); i < this.segments.length; i++) {
+      const s = this.segments[i];
+      if (s.firstLsn > toLsn) break;
+      const a = Math.max(fromLsn, s.firstLsn);
+      const b = Math.min(toLsn, s.lastLsn);
+      if (b < a) continue;
+      const start = s.offsets[a - s.firstLsn];
+      const end = b + 1 <= s.lastLsn ? s.offsets[b + 1 - s.firstLsn] : s.bytes;
+      const fh = await fsp.open(s.file, 'r');
+      try {
+        const buf = Buffer.allocUnsafe(end - start);
+        const { bytesRead } = await fh.read(buf, 0, buf.length, start);
+        if (bytesRead !== buf.length) throw new QuiverError('DATA_LOSS', `short read of ${s.file}`);
+        parts.push(buf);
+      } finally {
+        await fh.close();
+      }
+    }
+    return parts.length === 1 ? parts[0] : Buffer.concat(parts);
+  }
+
+  /** Entries fromLsn..toLsn (default: to the durable end), checked and decoded, one segment read at a time. */
+  async *entries(fromLsn: number, toLsn = this.durable): AsyncGenerator<WalEntry> {
+    if (toLsn < fromLsn) return;
+    this.checkRange(fromLsn, toLsn);
+    let lsn = fromLsn;
+    while (lsn <= toLsn) {
+      const s = this.segments[this.segmentOf(lsn)];
+      const b = Math.min(toLsn, s.lastLsn);
+      const buf = await this.readBytes(lsn, b);
+      let off = 0;
+      while (off < buf.length) {
+        const r = decodeEntry(buf, off);
+        if (!r.ok || r.entry.lsn !== lsn) {
+          throw new QuiverError('DATA_LOSS', `WAL ${this.dir}: entry ${lsn} unreadable (${r.ok ? 'wrong LSN' : r.reason})`);
+        }
+        yield r.entry;
+        off += r.bytes;
+        lsn++;
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------- truncation
+
+  /** Deletes segments wholly below `lsn` (never the last one). Returns how many went. */
+  async truncateBelow(lsn: number): Promise<number> {
+    let n = 0;
+    while (this.segments.length > 1 && this.segments[0].lastLsn < lsn) {
+      const s = this.segments.shift()!;
+      await fsp.unlink(s.file);
+      n++;
+    }
+    if (n > 0) await fsyncDir(this.dir);
+    return n;
+  }
+
+  /**
+   * Drops every entry above `lsn` (a follower whose tail differs from its new leader). Refuses to cut
+   * at or below the commit point or below the log's first LSN, and while appends are in flight.
+   */
+  async truncateAfter(lsn: number): Promise<void> {
+    if (this.flushing || this.pending.length > 0) throw new QuiverError('FAILED_PRECONDITION', 'appends are in flight');
+    if (lsn < this.commit) throw new QuiverError('FAILED_PRECONDITION', `cannot truncate below commit LSN ${this.commit}`);
+    if (lsn < this.firstLsn - 1) throw new QuiverError('OUT_OF_RANGE', `LSN ${lsn} is below the log's first LSN ${this.firstLsn}`);
+    if (lsn >= this.lastLsn) return;
+    await this.fh.close();
+    while (this.segments.length > 1 && this.segments[this.segments.length - 1].firstLsn > lsn) {
+      const s = this.segments.pop()!;
+      await fsp.unlink(s.file);
+    }
+    const s = this.segments[this.segments.length - 1];
+    const cut = lsn + 1 <= s.lastLsn ? s.offsets[lsn + 1 - s.firstLsn] : s.bytes;
+    await this.truncateFile(s.file, cut);
+    s.offsets.length = Math.max(0, lsn + 1 - s.firstLsn);
+    s.lastLsn = lsn;
+    s.bytes = cut;
+    await fsyncDir(this.dir);
+    this.fh = await fsp.open(s.file, 'r+');
+    this.nextLsn = lsn + 1;
+    this.durable = Math.min(this.durable, lsn);
+    // The epoch of the new tail.
+    this.lastEpochValue = 0;
+    if (lsn >= this.firstLsn) {
+      for await (const e of this.entries(lsn, lsn)) this.lastEpochValue = e.epoch;
+    }
+  }
+
+  /** Waits for in-flight appends, then closes the file. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    await this.flush();
+    this.closed = true;
+    await this.fh.close();
+  }
+}
