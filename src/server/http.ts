@@ -139,9 +139,10 @@ export class HttpApi {
             op: 'Get',
             handler: async (c) => {
               const b = await c.body();
+              // Both default to false here and over gRPC (where an unset bool is false).
               const points = await db.get(c.params[0], checkIds(b.ids), {
-                withVectors: optBool(b.withVectors, 'withVectors'),
-                withPayload: optBool(b.withPayload, 'withPayload'),
+                withVectors: optBool(b.withVectors, 'withVectors') === true,
+                withPayload: optBool(b.withPayload, 'withPayload') === true,
               });
               return { points: points.map(pointJson) };
             },
