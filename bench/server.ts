@@ -179,13 +179,13 @@ export async function run(argv: string[]): Promise<number> {
         const points = [];
         for (let i = off; i < next; i++) points.push({ id: ids[i], vector: ds.base.subarray(i * dim, (i + 1) * dim) });
         await client.upsert('bench', points);
-        if (Math.floor(off / batch) % 10 === 0) process.stdout.write(`\r    ${next}/${ds.nBase}`);
+        if (Math.floor(off / batch) % 10 === 0) process.stdout.write(`\r    ${next}/${ds.nBase} `);
       }
     };
     await Promise.all(Array.from({ length: inflight }, worker));
     const upsertS = (now() - t) / 1e9;
     const serverRate = ds.nBase / upsertS;
-    process.stdout.write('\r');
+    process.stdout.write('\r' + ' '.repeat(24) + '\r');
     log(`    ${Math.round(serverRate)} vectors/s (${upsertS.toFixed(2)} s) = ${(100 * serverRate / rawRate).toFixed(1)}% of the in-process build rate`);
     const count = await client.count('bench');
     if (count !== ds.nBase) throw new Error(`server holds ${count} points, expected ${ds.nBase}`);
