@@ -3,10 +3,11 @@
  *
  *  (a) upsert throughput (vectors/s) of Fashion-MNIST in 1,000-vector batches through the client to
  *      a `quiver serve` child process (WAL with fsync on), next to the in-process build rate of the
- *      same index (same type and parameters, same batches);
+ *      same index (same type and parameters, same batches) and to an in-process Database (the same
+ *      engine with its WAL, without the API);
  *  (b) serial search latency (p50/p99) and QPS over gRPC from this process (the server is a separate
- *      process), next to in-process search of the same index; recall@k against exact ground truth;
- *      plus concurrent QPS over gRPC;
+ *      process), next to in-process search of the same index and of the in-process Database;
+ *      recall@k against exact ground truth; plus concurrent QPS over gRPC;
  *  (c) restart time: SIGTERM (snapshot at shutdown), then the time until a restarted node answers,
  *      and the time to open the same data directory in-process.
  *
@@ -158,6 +159,23 @@ export async function run(argv: string[]): Promise<number> {
   const rawRate = ds.nBase / rawBuildS;
   log(`    ${Math.round(rawRate)} vectors/s (${rawBuildS.toFixed(2)} s)`);
 
+  const batchOf = (off: number, end: number) => {
+    const points = [];
+    for (let i = off; i < end; i++) points.push({ id: ids[i], vector: ds.base.subarray(i * dim, (i + 1) * dim) });
+    return points;
+  };
+
+  // ---- (a) the same batches into an in-process Database (WAL, fsync on; no API) ----
+  log(`(a) in-process Database upsert (WAL, fsync on), ${batch}-vector batches ...`);
+  const localDir = fs.mkdtempSync(path.join(os.tmpdir(), 'quiver-bench-local-'));
+  const local = await openDatabase({ dataDir: localDir, snapshotIntervalMs: 0 });
+  await local.createCollection({ name: 'bench', dim, metric: ds.metric, index: spec, shards });
+  t = now();
+  for (let off = 0; off < ds.nBase; off += batch) await local.upsert('bench', batchOf(off, Math.min(ds.nBase, off + batch)));
+  const localS = (now() - t) / 1e9;
+  const localRate = ds.nBase / localS;
+  log(`    ${Math.round(localRate)} vectors/s (${localS.toFixed(2)} s)`);
+
   // ---- (a) upsert through the server ----
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'quiver-bench-server-'));
   let node = await startNode(dataDir);
@@ -176,9 +194,7 @@ export async function run(argv: string[]): Promise<number> {
       while (next < ds.nBase) {
         const off = next;
         next = Math.min(ds.nBase, off + batch);
-        const points = [];
-        for (let i = off; i < next; i++) points.push({ id: ids[i], vector: ds.base.subarray(i * dim, (i + 1) * dim) });
-        await client.upsert('bench', points);
+        await client.upsert('bench', batchOf(off, next));
         if (Math.floor(off / batch) % 10 === 0) process.stdout.write(`\r    ${next}/${ds.nBase} `);
       }
     };
@@ -186,14 +202,20 @@ export async function run(argv: string[]): Promise<number> {
     const upsertS = (now() - t) / 1e9;
     const serverRate = ds.nBase / upsertS;
     process.stdout.write('\r' + ' '.repeat(24) + '\r');
-    log(`    ${Math.round(serverRate)} vectors/s (${upsertS.toFixed(2)} s) = ${(100 * serverRate / rawRate).toFixed(1)}% of the in-process build rate`);
+    log(`    ${Math.round(serverRate)} vectors/s (${upsertS.toFixed(2)} s) = ${(100 * serverRate / rawRate).toFixed(1)}% of the in-process build rate, ${(100 * serverRate / localRate).toFixed(1)}% of the in-process Database`);
     const count = await client.count('bench');
     if (count !== ds.nBase) throw new Error(`server holds ${count} points, expected ${ds.nBase}`);
 
     // ---- (b) search: in-process vs gRPC, alternating passes ----
     log(`(b) serial search, k=${k}${searchEf ? `, ef=${searchEf}` : ''}, ${passes} passes per side ...`);
     const inproc: LatencyStats[] = [];
+    const inDb: LatencyStats[] = [];
     const overGrpc: LatencyStats[] = [];
+    const collect = (hits: { id: string; distance: number }[], q: number) =>
+      hits.forEach((h, j) => {
+        found[q * k + j] = Number(h.id);
+        foundDist[q * k + j] = h.distance;
+      });
     const found = new Uint32Array(nq * k);
     const foundDist = new Float32Array(nq * k);
     for (let pass = 0; pass < passes; pass++) {
@@ -201,7 +223,7 @@ export async function run(argv: string[]): Promise<number> {
       let t0 = now();
       for (let q = 0; q < nq; q++) {
         const s = now();
-        const r = await raw.search(queryVec(q), k, { ef: searchEf, threads: 1 });
+        const r = await raw.search(queryVec(q), k, { ef: searchEf });
         lat.push(now() - s);
         found.set(r.labels, q * k);
         foundDist.set(r.distances, q * k);
@@ -212,17 +234,27 @@ export async function run(argv: string[]): Promise<number> {
       t0 = now();
       for (let q = 0; q < nq; q++) {
         const s = now();
+        const hits = await local.search('bench', { vectors: queryVec(q), k, ef: searchEf });
+        lat.push(now() - s);
+        collect(hits[0], q);
+      }
+      inDb.push(stats(lat, now() - t0, recallAtK(found, foundDist, gt.labels, gt.distances, nq, k)));
+      lat = [];
+      found.fill(0xffffffff);
+      t0 = now();
+      for (let q = 0; q < nq; q++) {
+        const s = now();
         const hits = await client.search('bench', queryVec(q), { k, ef: searchEf });
         lat.push(now() - s);
-        hits.forEach((h, j) => {
-          found[q * k + j] = Number(h.id);
-          foundDist[q * k + j] = h.distance;
-        });
+        collect(hits, q);
       }
       overGrpc.push(stats(lat, now() - t0, recallAtK(found, foundDist, gt.labels, gt.distances, nq, k)));
-      log(`    pass ${pass + 1}: in-process p50 ${f1(inproc[pass].p50Us)} us, gRPC p50 ${f1(overGrpc[pass].p50Us)} us`);
+      log(`    pass ${pass + 1}: p50 index ${f1(inproc[pass].p50Us)} us, Database ${f1(inDb[pass].p50Us)} us, gRPC ${f1(overGrpc[pass].p50Us)} us`);
     }
+    await local.close();
+    fs.rmSync(localDir, { recursive: true, force: true });
     const a = medianStats(inproc);
+    const d = medianStats(inDb);
     const b = medianStats(overGrpc);
 
     log(`(b) concurrent gRPC search, ${concurrency} outstanding ...`);
@@ -277,10 +309,21 @@ export async function run(argv: string[]): Promise<number> {
         batch,
         inflight,
         inProcessVectorsPerS: rawRate,
+        inProcessDatabaseVectorsPerS: localRate,
         serverVectorsPerS: serverRate,
         ratio: serverRate / rawRate,
+        ratioToDatabase: serverRate / localRate,
       },
-      search: { inProcess: a, grpc: b, p50OverheadUs: overheadUs, grpcConcurrentQps: concurrentQps, concurrency, passes },
+      search: {
+        inProcess: a,
+        inProcessDatabase: d,
+        grpc: b,
+        p50OverheadUs: overheadUs,
+        p50OverheadOverDatabaseUs: b.p50Us - d.p50Us,
+        grpcConcurrentQps: concurrentQps,
+        concurrency,
+        passes,
+      },
       restart: { shutdownS, restartToAnswerS: restartS, nodeOpenMs: node.openMs, openInProcessS: openInProcS, points: after },
     };
     fs.mkdirSync(outDir, { recursive: true });
@@ -288,10 +331,16 @@ export async function run(argv: string[]): Promise<number> {
     fs.writeFileSync(file, JSON.stringify(result, null, 2) + '\n');
 
     log('');
-    log(`upsert      in-process ${Math.round(rawRate)} vec/s | server ${Math.round(serverRate)} vec/s | ratio ${(100 * result.upsert.ratio).toFixed(1)}% (goal >= 80%)`);
-    log(`search      in-process p50 ${f1(a.p50Us)} us p99 ${f1(a.p99Us)} us ${Math.round(a.qps)} QPS recall@${k} ${a.recall.toFixed(4)}`);
-    log(`            gRPC       p50 ${f1(b.p50Us)} us p99 ${f1(b.p99Us)} us ${Math.round(b.qps)} QPS recall@${k} ${b.recall.toFixed(4)}`);
-    log(`            p50 overhead ${f1(overheadUs)} us (goal < 150 us); gRPC with ${concurrency} outstanding: ${Math.round(concurrentQps)} QPS`);
+    log(`upsert      in-process index ${Math.round(rawRate)} vec/s | in-process Database ${Math.round(localRate)} vec/s | server ${Math.round(serverRate)} vec/s`);
+    log(`            server / index ${(100 * result.upsert.ratio).toFixed(1)}% (goal >= 80%); server / Database ${(100 * result.upsert.ratioToDatabase).toFixed(1)}%`);
+    const row = (name: string, x: LatencyStats) =>
+      log(`            ${name.padEnd(19)} p50 ${f1(x.p50Us)} us p99 ${f1(x.p99Us)} us ${Math.round(x.qps)} QPS recall@${k} ${x.recall.toFixed(4)}`);
+    log('search');
+    row('in-process index', a);
+    row('in-process Database', d);
+    row('gRPC', b);
+    log(`            p50 overhead of gRPC: ${f1(overheadUs)} us over the index, ${f1(b.p50Us - d.p50Us)} us over the Database (goal < 150 us)`);
+    log(`            gRPC with ${concurrency} outstanding: ${Math.round(concurrentQps)} QPS`);
     log(`restart     shutdown (snapshot) ${shutdownS.toFixed(2)} s; restart until answering ${restartS.toFixed(2)} s (open ${node.openMs} ms); in-process open ${openInProcS.toFixed(2)} s`);
     log(`wrote ${file}`);
     return 0;
