@@ -1,6 +1,6 @@
 /**
- * Placement of ids on shards: FNV-1a 64 of the id's UTF-8 bytes, and the shard whose range of the
- * 64-bit hash space holds it. Shard s of S owns [s * 2^64 / S, (s + 1) * 2^64 / S), so a shard can
+ * Placement of ids on shards: a 64-bit hash of the id's UTF-8 bytes (placementHash), and the shard
+ * whose range of the 64-bit hash space holds it. Shard s of S owns [s * 2^64 / S, (s + 1) * 2^64 / S), so a shard can
  * later be split in two without moving points between other shards.
  */
 
@@ -26,11 +26,25 @@ export function fnv1a64Big(bytes: Uint8Array): bigint {
   return (BigInt(hi) << 32n) | BigInt(lo);
 }
 
-/** The shard (0..shards-1) of an id: floor(hash * shards / 2^64), computed exactly. */
+const MASK64 = (1n << 64n) - 1n;
+
+/**
+ * The placement hash of an id: FNV-1a 64 of its UTF-8 bytes, then the 64-bit finalizer of
+ * MurmurHash3 (fmix64). Shard ranges are read from the high bits, and FNV-1a alone barely mixes
+ * the last bytes of an id into them (ids "id-1", "id-2", ... would crowd into few shards).
+ */
+export function placementHash(id: string): bigint {
+  let h = fnv1a64Big(Buffer.from(id, 'utf8'));
+  h ^= h >> 33n;
+  h = (h * 0xff51afd7ed558ccdn) & MASK64;
+  h ^= h >> 33n;
+  h = (h * 0xc4ceb9fe1a85ec53n) & MASK64;
+  h ^= h >> 33n;
+  return h;
+}
+
+/** The shard (0..shards-1) of an id: floor(placementHash(id) * shards / 2^64). */
 export function shardOf(id: string, shards: number): number {
   if (shards === 1) return 0;
-  const [hi, lo] = fnv1a64(Buffer.from(id, 'utf8'));
-  // floor((hi * 2^32 + lo) * S / 2^64) = floor((hi * S + floor(lo * S / 2^32)) / 2^32)
-  const inner = hi * shards + Math.floor((lo * shards) / 4294967296);
-  return Math.floor(inner / 4294967296);
+  return Number((placementHash(id) * BigInt(shards)) >> 64n);
 }

@@ -56,6 +56,11 @@ export interface ShardOptions {
   snapshotWalBytes?: number;
   /** Idempotency keys remembered (oldest forgotten first). Default 100,000. */
   keysMax?: number;
+  /**
+   * The lowest LSN the WAL must keep besides what the newest snapshot covers (replication: the
+   * lowest LSN a follower still needs). Segments wholly below min(snapshot LSN + 1, this) go.
+   */
+  walRetainFromLsn?: () => number;
   /** Leader: append an epoch-start entry at open (default true). */
   appendEpochStart?: boolean;
   observer?: ShardObserver;
@@ -519,7 +524,8 @@ export class Shard {
     for (const old of await listSnapshots(this.opts.snapshotDir)) {
       if (old.lsn < cap.lsn) await fsp.rm(old.dir, { recursive: true, force: true });
     }
-    await this.wal.truncateBelow(cap.lsn + 1);
+    const retain = this.opts.walRetainFromLsn ? this.opts.walRetainFromLsn() : Infinity;
+    await this.wal.truncateBelow(Math.min(cap.lsn + 1, retain));
     this.walBytesAtSnapshot = Math.min(this.wal.bytes, bytesBefore);
     this.opts.observer?.snapshot?.(Number(process.hrtime.bigint() - t0) / 1e9);
   }
