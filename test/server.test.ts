@@ -136,6 +136,10 @@ describe('gRPC: every operation', () => {
     expect(JSON.parse(g.res.points[0].payloadJson)).toEqual({ a: 1 });
     const s = await rawCall(h.server.grpcAddress, 'Search', { collection: 'g2', vector: { values: [1, 2, 3, 4] }, options: { k: 1 } });
     expect(s.res.hits[0].id).toBe('f');
+    const st = await rawCall(h.server.grpcAddress, 'ClusterStatus', {});
+    const shard = st.res.shards.find((x: any) => x.collection === 'g2');
+    expect(shard.lastLsn).toBeGreaterThan(0);
+    expect(shard.lag).toBe(shard.lastLsn - shard.appliedLsn);
     await client.dropCollection('g2');
   });
 
@@ -345,6 +349,12 @@ describe('bad input through both transports: typed errors, state unchanged', () 
     expectHttpError(await httpUp([{ id: 'n1', vector: [0, 0, 0, 0], payload: [1, 2] }]), 400, 'INVALID_ARGUMENT');
     const raw = await rawCall(h.server.grpcAddress, 'Upsert', { collection: C, points: [{ id: 'n1', vector: { values: [0, 0, 0, 0] }, payloadJson: '{"a":' }] });
     expect(raw.quiverCode).toBe('INVALID_ARGUMENT');
+    // A gRPC message over requestBytesMax is refused by the transport.
+    const huge = await rawCall(h.server.grpcAddress, 'Upsert', {
+      collection: C,
+      points: [{ id: 'n1', vector: { values: [0, 0, 0, 0] }, payloadJson: JSON.stringify({ blob: 'x'.repeat(requestBytesMax) }) }],
+    });
+    expect(huge.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
     await expectUnchanged();
   });
 

@@ -10,7 +10,7 @@ import type { CollectionInfo, CollectionSpecInput, IndexSpec, Point, SearchHit, 
 import { GRPC_STATUS_OF, QUIVER_CODE_KEY, WireVector, bytesToVector, quiverService, vectorToBytes } from '../client/proto';
 import type { Op, Service } from './service';
 import { RawPoint, asQuiverError, buildSearch, checkBatchSize, checkIds, checkPoints, parseJsonField } from './validate';
-import { clusterJson } from './http';
+import { clusterJson } from './status-page';
 
 /* eslint-disable @typescript-eslint/no-explicit-any */
 type Msg = any;
@@ -172,10 +172,7 @@ export function grpcImplementation(svc: Service): grpc.UntypedServiceImplementat
       return { batches: hits.map((list) => ({ hits: list.map((h) => hitToWire(h, asFloats)) })) };
     }),
     Count: unary('Count', async (r) => ({ count: await db.count(r.collection) })),
-    ClusterStatus: unary('ClusterStatus', () => {
-      const s = clusterJson(db.status());
-      return s;
-    }),
+    ClusterStatus: unary('ClusterStatus', () => clusterJson(db.status())),
   };
 }
 

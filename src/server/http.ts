@@ -9,7 +9,7 @@ import { ErrorCode, QuiverError, invalidArgument } from '../errors';
 import { defaultDeadlineMs, requestBytesMax } from '../common/limits';
 import type { CollectionSpecInput, Point, SearchHit } from '../query/types';
 import type { Op, Service } from './service';
-import { renderStatusPage } from './status-page';
+import { clusterJson, renderStatusPage } from './status-page';
 import {
   RawPoint,
   asQuiverError,
@@ -337,15 +337,6 @@ function hitJson(h: SearchHit): Record<string, unknown> {
   if (h.payload) o.payload = h.payload;
   if (h.vector) o.vector = Array.from(h.vector);
   return o;
-}
-
-export function clusterJson(s: ReturnType<Service['db']['status']>): Record<string, unknown> {
-  return {
-    mode: s.mode,
-    nodeId: s.nodeId,
-    nodes: s.nodes,
-    shards: s.shards.map((sh) => ({ ...sh, lag: Math.max(0, sh.lastLsn - sh.appliedLsn) })),
-  };
 }
 
 function sendJson(res: http.ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {

@@ -1,5 +1,18 @@
-/** The status page at `/`: collections and shards (leader, epoch, LSNs, lag) as plain HTML. */
+/**
+ * Cluster status as people and programs see it: the HTML page at `/` (collections and shards with
+ * leader, epoch, LSNs, lag) and the JSON of GET /v1/cluster and ClusterStatus.
+ */
 import type { ClusterStatus, CollectionInfo } from '../query/types';
+
+/** db.status() plus each shard's lag (last LSN - applied LSN). */
+export function clusterJson(s: ClusterStatus): Record<string, unknown> {
+  return {
+    mode: s.mode,
+    nodeId: s.nodeId,
+    nodes: s.nodes,
+    shards: s.shards.map((sh) => ({ ...sh, lag: Math.max(0, sh.lastLsn - sh.appliedLsn) })),
+  };
+}
 
 function esc(v: unknown): string {
   return String(v).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
