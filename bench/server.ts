@@ -11,7 +11,8 @@
  *  (c) restart time: SIGTERM (snapshot at shutdown), then the time until a restarted node answers,
  *      and the time to open the same data directory in-process.
  *
- * Search passes alternate (in-process, gRPC, in-process, ...); the figures are medians over passes.
+ * Upsert rounds rotate their order and search passes alternate (index, Database, gRPC, ...); the
+ * figures are medians over rounds and passes.
  * Writes JSON to bench/results/server-<dataset>-<index>.json.
  */
 import { ChildProcess, spawn } from 'child_process';
@@ -42,6 +43,7 @@ options:
   --inflight N           upsert batches in flight at once (default 1)
   --concurrency N        outstanding searches for the concurrent QPS figure (default 8)
   --passes N             search passes per side (default 3)
+  --runs N               upsert rounds (index build, Database, server; order rotated) (default 3)
   --shards N             shards of the collection (default 1)
   --out DIR              where the JSON goes (default bench/results)
   --help                 this text
@@ -128,6 +130,7 @@ export async function run(argv: string[]): Promise<number> {
   const inflight = flagInt(p, 'inflight', 1);
   const concurrency = flagInt(p, 'concurrency', 8);
   const passes = flagInt(p, 'passes', 3);
+  const runs = flagInt(p, 'runs', 3);
   const shards = flagInt(p, 'shards', 1);
   const outDir = path.resolve(flagString(p, 'out', path.resolve(__dirname, '..', '..', 'bench', 'results'))!);
   if (indexType !== 'flat' && indexType !== 'hnsw') {
@@ -147,36 +150,15 @@ export async function run(argv: string[]): Promise<number> {
   const ids = Array.from({ length: ds.nBase }, (_, i) => String(i));
   const queryVec = (q: number): Float32Array => ds.queries.subarray(q * dim, (q + 1) * dim);
 
-  // ---- (a) raw build ----
-  log(`(a) in-process ${indexType} build, ${batch}-vector batches ...`);
-  const raw = rawIndex(spec, ds);
-  let t = now();
-  for (let off = 0; off < ds.nBase; off += batch) {
-    const end = Math.min(ds.nBase, off + batch);
-    await raw.add(sequence(end - off, off), ds.base.subarray(off * dim, end * dim));
-  }
-  const rawBuildS = (now() - t) / 1e9;
-  const rawRate = ds.nBase / rawBuildS;
-  log(`    ${Math.round(rawRate)} vectors/s (${rawBuildS.toFixed(2)} s)`);
-
   const batchOf = (off: number, end: number) => {
     const points = [];
     for (let i = off; i < end; i++) points.push({ id: ids[i], vector: ds.base.subarray(i * dim, (i + 1) * dim) });
     return points;
   };
 
-  // ---- (a) the same batches into an in-process Database (WAL, fsync on; no API) ----
-  log(`(a) in-process Database upsert (WAL, fsync on), ${batch}-vector batches ...`);
   const localDir = fs.mkdtempSync(path.join(os.tmpdir(), 'quiver-bench-local-'));
   const local = await openDatabase({ dataDir: localDir, snapshotIntervalMs: 0 });
-  await local.createCollection({ name: 'bench', dim, metric: ds.metric, index: spec, shards });
-  t = now();
-  for (let off = 0; off < ds.nBase; off += batch) await local.upsert('bench', batchOf(off, Math.min(ds.nBase, off + batch)));
-  const localS = (now() - t) / 1e9;
-  const localRate = ds.nBase / localS;
-  log(`    ${Math.round(localRate)} vectors/s (${localS.toFixed(2)} s)`);
-
-  // ---- (a) upsert through the server ----
+  let localClosed = false;
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'quiver-bench-server-'));
   let node = await startNode(dataDir);
   const children = [node.child];
@@ -186,25 +168,63 @@ export async function run(argv: string[]): Promise<number> {
   process.once('exit', cleanup);
   try {
     const client = await QuiverClient.connect(node.grpc);
-    await client.createCollection({ name: 'bench', dim, metric: ds.metric, index: spec, shards });
-    log(`(a) upsert through gRPC to a server process (fsync on), ${batch}-vector batches, ${inflight} in flight ...`);
-    t = now();
-    let next = 0;
-    const worker = async () => {
-      while (next < ds.nBase) {
-        const off = next;
-        next = Math.min(ds.nBase, off + batch);
-        await client.upsert('bench', batchOf(off, next));
-        if (Math.floor(off / batch) % 10 === 0) process.stdout.write(`\r    ${next}/${ds.nBase} `);
+    let t: number;
+
+    // ---- (a) upsert: the raw index, an in-process Database, the server; `runs` rounds, order rotated ----
+    let raw: VectorIndex | undefined;
+    const rates: Record<'index' | 'database' | 'server', number[]> = { index: [], database: [], server: [] };
+    const rawBuild = async (): Promise<number> => {
+      raw = rawIndex(spec, ds);
+      const t0 = now();
+      for (let off = 0; off < ds.nBase; off += batch) {
+        const end = Math.min(ds.nBase, off + batch);
+        await raw.add(sequence(end - off, off), ds.base.subarray(off * dim, end * dim));
       }
+      return ds.nBase / ((now() - t0) / 1e9);
     };
-    await Promise.all(Array.from({ length: inflight }, worker));
-    const upsertS = (now() - t) / 1e9;
-    const serverRate = ds.nBase / upsertS;
-    process.stdout.write('\r' + ' '.repeat(24) + '\r');
-    log(`    ${Math.round(serverRate)} vectors/s (${upsertS.toFixed(2)} s) = ${(100 * serverRate / rawRate).toFixed(1)}% of the in-process build rate, ${(100 * serverRate / localRate).toFixed(1)}% of the in-process Database`);
+    const localUpsert = async (): Promise<number> => {
+      if (local.listCollections().some((c) => c.name === 'bench')) await local.dropCollection('bench');
+      await local.createCollection({ name: 'bench', dim, metric: ds.metric, index: spec, shards });
+      const t0 = now();
+      for (let off = 0; off < ds.nBase; off += batch) await local.upsert('bench', batchOf(off, Math.min(ds.nBase, off + batch)));
+      return ds.nBase / ((now() - t0) / 1e9);
+    };
+    const serverUpsert = async (): Promise<number> => {
+      if ((await client.listCollections()).some((c) => c.name === 'bench')) await client.dropCollection('bench');
+      await client.createCollection({ name: 'bench', dim, metric: ds.metric, index: spec, shards });
+      const t0 = now();
+      let next = 0;
+      const worker = async () => {
+        while (next < ds.nBase) {
+          const off = next;
+          next = Math.min(ds.nBase, off + batch);
+          await client.upsert('bench', batchOf(off, next));
+        }
+      };
+      await Promise.all(Array.from({ length: inflight }, worker));
+      return ds.nBase / ((now() - t0) / 1e9);
+    };
+    const steps = [
+      { key: 'index' as const, what: `in-process ${indexType} index build`, fn: rawBuild },
+      { key: 'database' as const, what: 'in-process Database upsert (WAL, fsync on)', fn: localUpsert },
+      { key: 'server' as const, what: `upsert through gRPC to the server process (fsync on, ${inflight} batch(es) in flight)`, fn: serverUpsert },
+    ];
+    for (let r = 0; r < runs; r++) {
+      for (let i = 0; i < steps.length; i++) {
+        const step = steps[(i + r) % steps.length];
+        const rate = await step.fn();
+        rates[step.key].push(rate);
+        log(`(a) run ${r + 1}/${runs}: ${step.what}, ${batch}-vector batches: ${Math.round(rate)} vectors/s`);
+      }
+    }
+    if (!raw) throw new Error('no run');
+    const rawRate = median(rates.index);
+    const localRate = median(rates.database);
+    const serverRate = median(rates.server);
+    log(`    medians: index ${Math.round(rawRate)}, Database ${Math.round(localRate)}, server ${Math.round(serverRate)} vectors/s; server = ${(100 * serverRate / rawRate).toFixed(1)}% of the index build rate, ${(100 * serverRate / localRate).toFixed(1)}% of the in-process Database`);
     const count = await client.count('bench');
     if (count !== ds.nBase) throw new Error(`server holds ${count} points, expected ${ds.nBase}`);
+    const rawIdx: VectorIndex = raw;
 
     // ---- (b) search: in-process vs gRPC, alternating passes ----
     log(`(b) serial search, k=${k}${searchEf ? `, ef=${searchEf}` : ''}, ${passes} passes per side ...`);
@@ -223,7 +243,7 @@ export async function run(argv: string[]): Promise<number> {
       let t0 = now();
       for (let q = 0; q < nq; q++) {
         const s = now();
-        const r = await raw.search(queryVec(q), k, { ef: searchEf });
+        const r = await rawIdx.search(queryVec(q), k, { ef: searchEf });
         lat.push(now() - s);
         found.set(r.labels, q * k);
         foundDist.set(r.distances, q * k);
@@ -252,10 +272,24 @@ export async function run(argv: string[]): Promise<number> {
       log(`    pass ${pass + 1}: p50 index ${f1(inproc[pass].p50Us)} us, Database ${f1(inDb[pass].p50Us)} us, gRPC ${f1(overGrpc[pass].p50Us)} us`);
     }
     await local.close();
-    fs.rmSync(localDir, { recursive: true, force: true });
+    localClosed = true;
     const a = medianStats(inproc);
     const d = medianStats(inDb);
     const b = medianStats(overGrpc);
+
+    // The floor of any call: a Count round trip (no vectors, no search) over the same connection.
+    const floor: number[] = [];
+    for (let pass = 0; pass < passes; pass++) {
+      const lat: number[] = [];
+      for (let i = 0; i < nq; i++) {
+        const s = now();
+        await client.count('bench');
+        lat.push(now() - s);
+      }
+      floor.push(stats(lat, 1, 0).p50Us);
+    }
+    const roundTripP50Us = median(floor);
+    log(`(b) gRPC round trip (Count) p50 ${f1(roundTripP50Us)} us`);
 
     log(`(b) concurrent gRPC search, ${concurrency} outstanding ...`);
     let q = 0;
@@ -308,6 +342,8 @@ export async function run(argv: string[]): Promise<number> {
       upsert: {
         batch,
         inflight,
+        runs,
+        rates,
         inProcessVectorsPerS: rawRate,
         inProcessDatabaseVectorsPerS: localRate,
         serverVectorsPerS: serverRate,
@@ -320,6 +356,7 @@ export async function run(argv: string[]): Promise<number> {
         grpc: b,
         p50OverheadUs: overheadUs,
         p50OverheadOverDatabaseUs: b.p50Us - d.p50Us,
+        grpcRoundTripP50Us: roundTripP50Us,
         grpcConcurrentQps: concurrentQps,
         concurrency,
         passes,
@@ -340,11 +377,13 @@ export async function run(argv: string[]): Promise<number> {
     row('in-process Database', d);
     row('gRPC', b);
     log(`            p50 overhead of gRPC: ${f1(overheadUs)} us over the index, ${f1(b.p50Us - d.p50Us)} us over the Database (goal < 150 us)`);
-    log(`            gRPC with ${concurrency} outstanding: ${Math.round(concurrentQps)} QPS`);
+    log(`            a bare gRPC round trip (Count) p50 ${f1(roundTripP50Us)} us; gRPC with ${concurrency} outstanding: ${Math.round(concurrentQps)} QPS`);
     log(`restart     shutdown (snapshot) ${shutdownS.toFixed(2)} s; restart until answering ${restartS.toFixed(2)} s (open ${node.openMs} ms); in-process open ${openInProcS.toFixed(2)} s`);
     log(`wrote ${file}`);
     return 0;
   } finally {
+    if (!localClosed) await local.close().catch(() => undefined);
+    fs.rmSync(localDir, { recursive: true, force: true });
     cleanup();
     process.off('exit', cleanup);
     fs.rmSync(dataDir, { recursive: true, force: true });
