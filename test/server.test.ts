@@ -201,6 +201,8 @@ describe('HTTP: every operation', () => {
 
     a = await httpJson(b, 'GET', '/v1/cluster');
     expect(a.body.mode).toBe('standalone');
+    const self = a.body.nodes.find((n: any) => n.id === a.body.nodeId);
+    expect(self).toMatchObject({ grpc: h.server.grpcAddress, http: h.server.httpAddress, alive: true });
     const shards = a.body.shards.filter((s: any) => s.collection === 'h1');
     expect(shards.length).toBe(2);
     for (const s of shards) {
@@ -231,6 +233,7 @@ describe('HTTP: every operation', () => {
     const html = await page.text();
     expect(html).toContain('<table>');
     expect(html).toContain('<td>m1</td>');
+    expect(html).toContain(`<td>${h.server.grpcAddress}</td>`);
     await client.dropCollection('m1');
   });
 

@@ -172,7 +172,7 @@ export function grpcImplementation(svc: Service): grpc.UntypedServiceImplementat
       return { batches: hits.map((list) => ({ hits: list.map((h) => hitToWire(h, asFloats)) })) };
     }),
     Count: unary('Count', async (r) => ({ count: await db.count(r.collection) })),
-    ClusterStatus: unary('ClusterStatus', () => clusterJson(db.status())),
+    ClusterStatus: unary('ClusterStatus', () => clusterJson(db.status(), svc.addresses)),
   };
 }
 

@@ -181,7 +181,7 @@ export class HttpApi {
       },
       {
         pattern: /^\/v1\/cluster$/,
-        methods: { GET: { op: 'ClusterStatus', handler: async () => clusterJson(db.status()) } },
+        methods: { GET: { op: 'ClusterStatus', handler: async () => clusterJson(db.status(), svc.addresses) } },
       },
     ];
   }
@@ -211,7 +211,7 @@ export class HttpApi {
         return;
       }
       if (path === '/' || path === '/index.html') {
-        const html = renderStatusPage(this.svc.db.status(), this.svc.db.listCollections());
+        const html = renderStatusPage(this.svc.db.status(), this.svc.db.listCollections(), this.svc.addresses);
         res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'content-length': Buffer.byteLength(html) });
         res.end(html);
         return;

@@ -82,6 +82,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     throw e;
   }
   const httpPort = (httpServer.address() as { port: number }).port;
+  svc.addresses = { grpc: joinHostPort(g.host, grpcPort), http: joinHostPort(h.host, httpPort) };
 
   let closing: Promise<void> | undefined;
   const close = (): Promise<void> =>
@@ -102,8 +103,8 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     })());
 
   return {
-    grpcAddress: joinHostPort(g.host, grpcPort),
-    httpAddress: joinHostPort(h.host, httpPort),
+    grpcAddress: svc.addresses.grpc!,
+    httpAddress: svc.addresses.http!,
     metrics,
     close,
   };

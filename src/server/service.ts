@@ -29,6 +29,8 @@ export class Service {
   private inFlight = 0;
   private idleWaiters: (() => void)[] = [];
   private draining = false;
+  /** Where this node listens (host:port), once bound; shown in status answers. */
+  addresses: { grpc?: string; http?: string } = {};
 
   constructor(
     readonly db: Database,

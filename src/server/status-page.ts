@@ -2,14 +2,26 @@
  * Cluster status as people and programs see it: the HTML page at `/` (collections and shards with
  * leader, epoch, LSNs, lag) and the JSON of GET /v1/cluster and ClusterStatus.
  */
-import type { ClusterStatus, CollectionInfo } from '../query/types';
+import type { ClusterStatus, CollectionInfo, ShardStatus } from '../query/types';
 
-/** db.status() plus each shard's lag (last LSN - applied LSN). */
-export function clusterJson(s: ClusterStatus): Record<string, unknown> {
+export interface ListenAddresses {
+  grpc?: string;
+  http?: string;
+}
+
+/**
+ * db.status() with this node's listen addresses filled in where the database does not know them,
+ * and each shard's lag (last LSN - applied LSN).
+ */
+export interface ClusterStatusView extends Omit<ClusterStatus, 'shards'> {
+  shards: (ShardStatus & { lag: number })[];
+}
+
+export function clusterJson(s: ClusterStatus, self: ListenAddresses = {}): ClusterStatusView {
   return {
     mode: s.mode,
     nodeId: s.nodeId,
-    nodes: s.nodes,
+    nodes: s.nodes.map((n) => (n.id === s.nodeId ? { ...n, grpc: n.grpc ?? self.grpc, http: n.http ?? self.http } : n)),
     shards: s.shards.map((sh) => ({ ...sh, lag: Math.max(0, sh.lastLsn - sh.appliedLsn) })),
   };
 }
@@ -20,13 +32,15 @@ function esc(v: unknown): string {
 
 function table(headers: string[], rows: unknown[][]): string {
   const head = headers.map((h) => `<th>${esc(h)}</th>`).join('');
+  const cell = (c: unknown): string => (typeof c === 'number' ? `<td class="n">${esc(c)}</td>` : `<td>${esc(c)}</td>`);
   const body = rows.length
-    ? rows.map((r) => `<tr>${r.map((c) => `<td>${esc(c)}</td>`).join('')}</tr>`).join('\n')
+    ? rows.map((r) => `<tr>${r.map(cell).join('')}</tr>`).join('\n')
     : `<tr><td colspan="${headers.length}">none</td></tr>`;
   return `<table><thead><tr>${head}</tr></thead><tbody>\n${body}\n</tbody></table>`;
 }
 
-export function renderStatusPage(status: ClusterStatus, collections: CollectionInfo[]): string {
+export function renderStatusPage(raw: ClusterStatus, collections: CollectionInfo[], self: ListenAddresses = {}): string {
+  const status = clusterJson(raw, self);
   const nodes = table(
     ['node', 'gRPC', 'HTTP', 'alive'],
     status.nodes.map((n) => [n.id, n.grpc ?? '', n.http ?? '', n.alive ? 'yes' : 'NO']),
@@ -44,7 +58,7 @@ export function renderStatusPage(status: ClusterStatus, collections: CollectionI
       s.epoch,
       s.lastLsn,
       s.appliedLsn,
-      Math.max(0, s.lastLsn - s.appliedLsn),
+      s.lag,
       s.snapshotLsn,
       s.points,
       s.walBytes,
@@ -56,9 +70,9 @@ export function renderStatusPage(status: ClusterStatus, collections: CollectionI
 <style>
 body{font-family:system-ui,sans-serif;margin:2em;color:#222}
 table{border-collapse:collapse;margin-bottom:2em}
-th,td{border:1px solid #ccc;padding:.3em .7em;text-align:right}
+th,td{border:1px solid #ccc;padding:.3em .7em;text-align:left}
 th{background:#f3f3f3}
-td:first-child,th:first-child{text-align:left}
+td.n{text-align:right;font-variant-numeric:tabular-nums}
 small{color:#666}
 </style></head><body>
 <h1>Quiver</h1>
