@@ -97,6 +97,16 @@ describe('Database', () => {
     ]);
   });
 
+  it('a catalogued collection whose WAL vanished is DATA_LOSS, not an empty collection', async () => {
+    await db.createCollection({ name: 'w', dim: DIM, index: { type: 'flat' }, shards: 2 });
+    await db.upsert('w', points(10));
+    await db.close({ snapshot: false });
+    await fsp.rm(path.join(dir, 'wal', 'w', '1'), { recursive: true });
+    expect(await codeOf(openDatabase({ dataDir: dir }))).toBe('DATA_LOSS');
+    expect(await fsp.readFile(path.join(dir, 'LOCK'), 'utf8').catch(() => 'none')).toBe('none');
+    db = await openDatabase({ dataDir: path.join(dir, 'other') });
+  });
+
   it('refuses a second process-level open of the same directory', async () => {
     // Our own pid holds it: a second open in this process is allowed, another live pid is not.
     await fsp.writeFile(path.join(dir, 'LOCK'), `${process.ppid}\n`);
@@ -284,6 +294,27 @@ describe('Database', () => {
     expect(await codeOf(db.upsert('e', points(1, 200)))).toBe('UNAVAILABLE');
   });
 
+  it('concurrent upserts share fsyncs (group commit) and every acknowledged one is visible', async () => {
+    await db.close({ snapshot: false });
+    let syncs = 0;
+    db = await openDatabase({
+      dataDir: dir,
+      snapshotIntervalMs: 0,
+      syncFn: async (fh) => {
+        syncs++;
+        await fh.datasync();
+      },
+    });
+    await db.createCollection({ name: 'g', dim: DIM, index: { type: 'flat' }, shards: 1 });
+    const before = syncs;
+    const acks = await Promise.all(Array.from({ length: 50 }, (_, i) => db.upsert('g', points(4, i * 4))));
+    expect(syncs - before).toBe(1); // 50 writes of one turn: one group, one fsync
+    expect(new Set(acks.map((a) => a.token['0'])).size).toBe(50);
+    expect(await db.count('g')).toBe(200);
+    const got = await db.get('g', ['p0', 'p199'], { withVectors: true });
+    expect(Array.from(got[1].vector!)).toEqual(Array.from(vec(199)));
+  });
+
   it('an idempotency key makes a retried upsert and delete apply once', async () => {
     await db.createCollection({ name: 'i', dim: DIM, index: { type: 'flat' }, shards: 3 });
     const a = await db.upsert('i', points(30), { idempotencyKey: 'req-1' });
@@ -304,6 +335,9 @@ describe('Database', () => {
     } catch (e) {
       ctx.skip(`IVF-PQ is not in this build yet: ${(e as Error).message}`);
     }
+    // Parameters the index refuses are refused at creation, not at training time.
+    expect(await codeOf(db.createCollection({ name: 'big', dim: 64, index: { type: 'ivfpq', nlist: 65536, m: 32 } }))).toBe('INVALID_ARGUMENT');
+    expect(db.listCollections()).toEqual([]);
     await db.createCollection({ name: 'q', dim: DIM, index: { type: 'ivfpq', nlist: 4, m: 4 }, shards: 1 });
     const threshold = ivfTrainThreshold(4);
     await db.upsert('q', points(threshold - 1));

@@ -160,6 +160,42 @@ describe('Shard', () => {
     expect((await listSnapshots(path.join(dir, 'snap'))).length).toBe(1);
   });
 
+  it('a snapshot holds the state at its LSN even while later writes change the same rows', async () => {
+    const s = await Shard.open(opts());
+    for (let t = 0; t < 10; t++) await s.upsert(batch([`r${t}`, `q${t}`], t));
+    const atCapture = s.digest();
+    const snap = s.snapshot();
+    const later = Promise.all([s.upsert(batch(['r1', 'r2', 'new'], 77)), s.delete(['q3'])]);
+    await Promise.all([snap, later]);
+    expect(s.digest()).not.toBe(atCapture);
+    const [meta] = await listSnapshots(path.join(dir, 'snap'));
+    const { loadSnapshotPoints } = await import('../src/shard');
+    const { store } = await loadSnapshotPoints(meta.dir, DIM);
+    expect(store.digest()).toBe(atCapture);
+    await s.close({ snapshot: false });
+  });
+
+  it('snapshots keep raw vectors under cosine (the index normalizes its copy) and l2 (the index holds them)', async () => {
+    for (const metric of ['cosine', 'l2'] as const) {
+      const sub = path.join(dir, metric);
+      const o = { ...opts({ metric }), walDir: path.join(sub, 'wal'), snapshotDir: path.join(sub, 'snap') };
+      let s = await Shard.open(o);
+      const m: Model = new Map();
+      const b = batch(['u', 'v', 'w'], 3);
+      await s.upsert(b);
+      applyModel(m, b);
+      await s.delete(['v']);
+      m.delete('v');
+      const digest = s.digest();
+      await s.close();
+      s = await Shard.open(o);
+      expect(s.status().snapshotLsn).toBeGreaterThan(0);
+      expect(s.digest(), metric).toBe(digest);
+      expectMatches(s, m);
+      await s.close({ snapshot: false });
+    }
+  });
+
   it('snapshots on the WAL-size schedule', async () => {
     const s = await Shard.open(opts({ snapshotWalBytes: 2000 }));
     for (let t = 0; t < 20; t++) await s.upsert(batch([`a${t}`, `b${t}`], t));
@@ -169,16 +205,18 @@ describe('Shard', () => {
   });
 
   it('a damaged snapshot is skipped when the WAL still covers it, and DATA_LOSS when it does not', async () => {
-    let s = await Shard.open(opts());
+    // A retention floor of LSN 1 (as a follower that still needs everything) keeps the whole WAL.
+    const keepAll = { walRetainFromLsn: () => 1 };
+    let s = await Shard.open(opts(keepAll));
     for (let t = 0; t < 5; t++) await s.upsert(batch([`a${t}`], t));
     const digest = s.digest();
-    await s.close(); // snapshot; the WAL's only segment stays
+    await s.close(); // snapshot; the WAL keeps its segments
     const [snap] = await listSnapshots(path.join(dir, 'snap'));
     const state = path.join(snap.dir, 'state.bin');
     const buf = await fsp.readFile(state);
     buf[60] ^= 0xff;
     await fsp.writeFile(state, buf);
-    s = await Shard.open(opts());
+    s = await Shard.open(opts(keepAll));
     expect(s.digest()).toBe(digest);
     expect(s.count).toBe(5);
     await s.close({ snapshot: false });
@@ -218,6 +256,47 @@ describe('Shard', () => {
     expect(await codeOf(Shard.open(opts()))).toBe('DATA_LOSS');
   });
 
+  it('a follower fed the leader\'s WAL bytes holds identical bytes and, once applied, the same digest', async () => {
+    const leader = await Shard.open(opts({ segmentBytes: 4096 }));
+    for (let t = 0; t < 12; t++) await leader.upsert(batch([`a${t}`, `b${t % 4}`], t), t % 3 === 0 ? `key-${t}` : '');
+    await leader.delete(['a3', 'b1']);
+    const fdir = path.join(dir, 'follower');
+    const fopts = { ...opts({ segmentBytes: 4096 }), walDir: path.join(fdir, 'wal'), snapshotDir: path.join(fdir, 'snap'), follower: true };
+    let follower = await Shard.open(fopts);
+    const last = leader.log.durableLsn;
+    // Shipped in two pieces; the second piece out of order is refused and changes nothing.
+    const head = await leader.log.readBytes(1, 5);
+    const rest = await leader.log.readBytes(6, last);
+    expect(await codeOf(follower.receive(rest))).toBe('FAILED_PRECONDITION');
+    expect(await follower.receive(head)).toBe(5);
+    const damaged = Buffer.from(rest);
+    damaged[damaged.length - 7] ^= 1;
+    expect(await codeOf(follower.receive(damaged))).toBe('DATA_LOSS');
+    expect(follower.status().lastLsn).toBe(5);
+    expect(await follower.receive(rest)).toBe(last);
+    expect(follower.count).toBe(0); // nothing applied before the commit point is known
+    expect((await follower.log.readBytes(1, last)).equals(await leader.log.readBytes(1, last))).toBe(true);
+    expect(await follower.applyCommitted(7)).toBe(7);
+    expect(await follower.applyCommitted(last)).toBe(last);
+    expect(follower.digest()).toBe(leader.digest());
+    // A restart applies what was committed and nothing more.
+    await follower.close({ snapshot: false });
+    follower = await Shard.open(fopts);
+    expect(follower.status().appliedLsn).toBeLessThanOrEqual(last);
+    expect(await follower.applyCommitted(last)).toBe(last);
+    expect(follower.digest()).toBe(leader.digest());
+    await follower.close();
+    await leader.close();
+  });
+
+  it('snapshots on the timer', async () => {
+    const s = await Shard.open(opts({ snapshotIntervalMs: 20 }));
+    await s.upsert(batch(['t1', 't2'], 1));
+    for (let i = 0; i < 300 && s.status().snapshotLsn === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(s.status().snapshotLsn).toBe(s.status().appliedLsn);
+    await s.close({ snapshot: false });
+  });
+
   it('works the same over an HNSW index', async (ctx) => {
     try {
       new HnswIndex({ dim: DIM });
@@ -243,5 +322,25 @@ describe('Shard', () => {
     s = await Shard.open(opts({ index: { type: 'hnsw', m: 8, efConstruction: 50 } }));
     expectMatches(s, m);
     await s.close({ snapshot: false });
+  });
+});
+
+describe('PointStore labels', () => {
+  it('reuses freed labels, most recently freed first, and round-trips through its encoding', async () => {
+    const { PointStore } = await import('../src/shard');
+    const st = new PointStore(2);
+    const put = (ids: string[]) => {
+      const plan = st.planLabels(ids);
+      st.assign(plan, ids, new Float32Array(ids.length * 2).fill(1), ids.map(() => undefined));
+      return Array.from(plan.labels);
+    };
+    expect(put(['a', 'b', 'c', 'd'])).toEqual([0, 1, 2, 3]);
+    expect(st.remove(['b', 'd', 'zz'])).toBe(2);
+    expect(put(['c', 'e', 'f', 'g'])).toEqual([2, 3, 1, 4]); // c keeps 2; then 3, 1 (stack), then new
+    const copy = new PointStore(2);
+    const bytes = Buffer.concat(st.encode(0));
+    expect(copy.decode(bytes, 0)).toBe(bytes.length);
+    expect(copy.digest()).toBe(st.digest());
+    expect(copy.planLabels(['h']).labels[0]).toBe(st.planLabels(['h']).labels[0]);
   });
 });

@@ -148,6 +148,27 @@ describe('Wal', () => {
     await wal.close();
   });
 
+  it('roll() starts a new segment; appends made while it runs land after it', async () => {
+    let wal = await Wal.open({ dir });
+    await appendSeq(wal, 3);
+    const rolling = wal.roll();
+    const late = wal.append({ epoch: 1, type: EntryType.Upsert, key: '', body: body(9) });
+    await rolling;
+    await late.durable;
+    expect(late.lsn).toBe(4);
+    expect(await segFiles()).toEqual(['00000000000000000001.seg', '00000000000000000004.seg']);
+    await wal.roll();
+    await wal.roll(); // the new segment is empty: no third roll
+    expect((await segFiles()).length).toBe(3);
+    expect(await wal.truncateBelow(5)).toBe(2);
+    await wal.close();
+    wal = await Wal.open({ dir });
+    expect(wal.firstLsn).toBe(5);
+    expect(wal.lastLsn).toBe(4);
+    expect(wal.append({ epoch: 1, type: EntryType.Upsert, key: '', body: body(1) }).lsn).toBe(5);
+    await wal.close();
+  });
+
   it('cuts a torn tail (partial entry) back to the last whole entry', async () => {
     let wal = await Wal.open({ dir });
     await appendSeq(wal, 10);

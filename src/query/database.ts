@@ -80,8 +80,13 @@ export class LocalDatabase implements Database {
       const entries = await readCatalog(db.dataDir);
       await db.removeOrphans(new Set(entries.map((e) => e.spec.name)));
       for (const e of entries) {
-        const shards = await Promise.all(Array.from({ length: e.spec.shards }, (_, s) => Shard.open(db.shardOptions(e.spec, s))));
+        const opened = await Promise.allSettled(
+          Array.from({ length: e.spec.shards }, (_, s) => Shard.open({ ...db.shardOptions(e.spec, s), existing: true })),
+        );
+        const shards = opened.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
         db.collections.set(e.spec.name, { spec: e.spec, createdAt: e.createdAt, shards });
+        const failed = opened.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+        if (failed) throw failed.reason;
       }
     } catch (e) {
       for (const c of db.collections.values()) for (const s of c.shards) await s.close({ snapshot: false }).catch(() => undefined);

@@ -129,14 +129,22 @@ export function checkIds(ids: unknown, unique: boolean): string[] {
   return ids as string[];
 }
 
+/** True when no element is NaN or infinite: x * 0 is 0 for finite x and NaN otherwise. */
+function allFinite(v: Float32Array): boolean {
+  let acc = 0;
+  for (let i = 0; i < v.length; i++) acc += v[i] * 0;
+  return acc === 0;
+}
+
 export function checkVector(v: unknown, dim: number, where: string): Float32Array {
   let f: Float32Array;
   if (v instanceof Float32Array) f = v;
   else if (Array.isArray(v) && v.every((x) => typeof x === 'number')) f = Float32Array.from(v as number[]);
   else throw invalid(`${where}: vector must be a Float32Array or an array of numbers`);
   if (f.length !== dim) throw invalid(`${where}: vector has dimension ${f.length}, the collection has ${dim}`);
-  for (let i = 0; i < f.length; i++) {
-    if (!Number.isFinite(f[i])) throw invalid(`${where}: vector[${i}] is ${f[i]} (must be finite)`);
+  if (!allFinite(f)) {
+    const i = f.findIndex((x) => !Number.isFinite(x));
+    throw invalid(`${where}: vector[${i}] is ${f[i]} (must be finite)`);
   }
   return f;
 }
@@ -203,8 +211,9 @@ export function checkSearchShape(vectors: unknown, dim: number): Float32Array {
   }
   const nq = vectors.length / dim;
   if (nq > searchBatchMax) throw invalid(`at most ${searchBatchMax} queries in one search (got ${nq})`);
-  for (let i = 0; i < vectors.length; i++) {
-    if (!Number.isFinite(vectors[i])) throw invalid(`query value ${i} is ${vectors[i]} (must be finite)`);
+  if (!allFinite(vectors)) {
+    const i = vectors.findIndex((x) => !Number.isFinite(x));
+    throw invalid(`query value ${i} is ${vectors[i]} (must be finite)`);
   }
   return vectors;
 }

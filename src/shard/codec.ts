@@ -20,11 +20,12 @@ export interface UpsertOp {
   payloadJson: string[];
 }
 
-export function encodeUpsert(op: UpsertOp, dim: number): Buffer {
+/** The body as two parts: the records, then the vectors (a view of op.vectors, not a copy). */
+export function encodeUpsert(op: UpsertOp, dim: number): Buffer[] {
   const n = op.ids.length;
   const ids = op.ids.map((id) => Buffer.from(id, 'utf8'));
   const payloads = op.payloadJson.map((p) => Buffer.from(p, 'utf8'));
-  let size = 8 + n * dim * 4;
+  let size = 8;
   for (let i = 0; i < n; i++) size += 2 + ids[i].length + 4 + payloads[i].length;
   const buf = Buffer.allocUnsafe(size);
   buf.writeUInt32LE(n, 0);
@@ -39,8 +40,8 @@ export function encodeUpsert(op: UpsertOp, dim: number): Buffer {
     off += payloads[i].copy(buf, off);
   }
   const v = op.vectors;
-  Buffer.from(v.buffer, v.byteOffset, v.byteLength).copy(buf, off);
-  return buf;
+  if (v.length !== n * dim) throw new QuiverError('INVALID_ARGUMENT', `${v.length} floats for ${n} points of dimension ${dim}`);
+  return [buf, Buffer.from(v.buffer, v.byteOffset, v.byteLength)];
 }
 
 function corrupt(what: string): QuiverError {

@@ -24,4 +24,4 @@ export * from './shard';
 export { PointStore } from './store';
 export type { Payload } from './store';
 export * from './codec';
-export { listSnapshots, readSnapshot, snapshotDirName } from './snapshot';
+export { listSnapshots, loadSnapshotPoints, readSnapshot, snapshotDirName } from './snapshot';

@@ -14,7 +14,8 @@
  *     v
  *   ack {answer, lsn}  ---> token {shard: lsn}
  *
- *   snapshot: lock -> capture (index bytes, store, keys) at appliedLsn -> unlock -> tmp dir, fsync,
+ *   snapshot: shared lock (searches go on, applies wait) -> capture index bytes, store (copy on
+ *             write), keys at appliedLsn -> unlock -> tmp dir, fsync,
  *             rename -> drop older snapshots and WAL segments wholly below it
  *   recovery: newest valid snapshot (older ones if it is damaged) -> WAL replay from its LSN + 1
  *             through the same apply code -> epoch-start entry (leader)
@@ -61,8 +62,13 @@ export interface ShardOptions {
    * lowest LSN a follower still needs). Segments wholly below min(snapshot LSN + 1, this) go.
    */
   walRetainFromLsn?: () => number;
-  /** Leader: append an epoch-start entry at open (default true). */
-  appendEpochStart?: boolean;
+  /**
+   * Follower: appends only what receive() is given, applies only up to applyCommitted()'s LSN, and
+   * appends no epoch-start entry at open. Default false (a leader, as standalone is).
+   */
+  follower?: boolean;
+  /** The shard existed before (its collection is in the catalog): a missing WAL is DATA_LOSS. */
+  existing?: boolean;
   observer?: ShardObserver;
   /** Passed to the WAL (fatal errors, fsync injection). */
   onFatal?: WalOptions['onFatal'];
@@ -103,7 +109,9 @@ export interface WriteResult {
  * IVF-PQ training rule: a shard of an ivfpq collection searches exactly (a flat index over its
  * points) until it holds max(39 * nlist, 256) points; the apply of the entry that reaches that count
  * trains k-means (seed 1) and the PQ codebooks on the live points (at most ivfTrainSampleMax, the
- * lowest labels), adds every point to the trained index and searches it from then on.
+ * lowest labels), adds every point to the trained index and searches it from then on. If training
+ * fails (the same way on every replica, as it sees the same points), the shard stays exact and
+ * tries again once it holds twice as many points.
  */
 export function ivfTrainThreshold(nlist: number): number {
   return Math.max(39 * nlist, 256);
@@ -114,11 +122,17 @@ function parsePayload(json: string): Payload | undefined {
   return json === '' ? undefined : (JSON.parse(json) as Payload);
 }
 
+function ivfIndex(spec: ShardIndexSpec & { type: 'ivfpq' }, dim: number, metric: Metric): IvfPqIndex {
+  return new IvfPqIndex({ dim, metric, nlist: spec.nlist, m: spec.m, refine: spec.refine, nprobe: spec.nprobe, seed: 1 });
+}
+
 function emptyIndex(spec: ShardIndexSpec, dim: number, metric: Metric): VectorIndex {
   switch (spec.type) {
     case 'flat':
-    case 'ivfpq': // exact until trained
       return new FlatIndex({ dim, metric });
+    case 'ivfpq':
+      ivfIndex(spec, dim, metric); // the parameters are checked now, not at training
+      return new FlatIndex({ dim, metric }); // exact until trained
     case 'hnsw':
       return new HnswIndex({ dim, metric, m: spec.m, efConstruction: spec.efConstruction, efSearch: spec.efSearch, seed: 1 });
   }
@@ -141,6 +155,7 @@ export class Shard {
   private snapshotting: Promise<void> | null = null;
   private timer: NodeJS.Timeout | null = null;
   private broken: Error | null = null;
+  private trainFailedAt = 0;
   private closing = false;
 
   private constructor(opts: ShardOptions) {
@@ -151,7 +166,7 @@ export class Shard {
   static async open(opts: ShardOptions): Promise<Shard> {
     const s = new Shard(opts);
     await s.recover();
-    if (opts.appendEpochStart ?? true) {
+    if (!opts.follower) {
       s.epoch = Math.max(s.wal.lastEpoch, s.appliedEpoch) + 1;
       await s.write({ type: EntryType.EpochStart }, Buffer.alloc(0), '');
     } else {
@@ -180,6 +195,10 @@ export class Shard {
         if (!okKind || index.dim !== dim || index.metric !== metric || index.size !== this.store.count) {
           throw new QuiverError('DATA_LOSS', `snapshot ${meta.dir}: index does not match the collection or the id table`);
         }
+        if (r.vectorsInIndex) {
+          const live = this.store.liveLabels();
+          this.store.setRows(live, await index.getVectors(live));
+        }
         this.index = index;
         this.keys = r.keys;
         snapLsn = r.lsn;
@@ -202,6 +221,8 @@ export class Shard {
       segmentBytes: this.opts.segmentBytes,
       commitLsn: snapLsn,
       startLsn: snapLsn + 1,
+      commitOnDurable: !this.opts.follower,
+      mustExist: this.opts.existing ?? false,
       onFatal: this.opts.onFatal,
       syncFn: this.opts.syncFn,
       onFsync: (sec) => this.opts.observer?.fsync?.(sec),
@@ -214,7 +235,9 @@ export class Shard {
       );
     }
     try {
-      for await (const e of this.wal.entries(snapLsn + 1)) {
+      // A follower applies only what it knows to be committed; the rest waits for applyCommitted().
+      const to = this.opts.follower ? Math.max(snapLsn, this.wal.commitLsn) : this.wal.lastLsn;
+      for await (const e of this.wal.entries(snapLsn + 1, to)) {
         await this.applyOp(e.lsn, e.epoch, e.key, this.decodeOp(e.type, e.body));
       }
     } catch (e) {
@@ -260,7 +283,7 @@ export class Shard {
     return this.write({ type: EntryType.Delete, ids }, encodeDelete(ids), key);
   }
 
-  private write(op: Op, body: Buffer, key: string): Promise<WriteResult> {
+  private write(op: Op, body: Buffer | Buffer[], key: string): Promise<WriteResult> {
     try {
       this.usable();
     } catch (e) {
@@ -278,7 +301,7 @@ export class Shard {
     } catch (e) {
       return Promise.reject(e);
     }
-    this.opts.observer?.walAppend?.(body.length);
+    this.opts.observer?.walAppend?.(Array.isArray(body) ? body.reduce((n, b) => n + b.length, 0) : body.length);
     const epoch = this.epoch;
     const done = this.enqueue(async () => {
       await appended.durable;
@@ -292,6 +315,28 @@ export class Shard {
       done.then(clear, clear);
     }
     return done;
+  }
+
+  /** Follower: appends entries shipped by the leader (byte-identical); resolves with the last LSN once durable. */
+  async receive(bytes: Buffer): Promise<number> {
+    this.usable();
+    if (!this.opts.follower) throw new QuiverError('FAILED_PRECONDITION', 'a leader shard takes writes, not WAL bytes');
+    const r = this.wal.appendRaw(bytes);
+    await r.durable;
+    return r.lastLsn;
+  }
+
+  /** Follower: applies durable entries up to commitLsn, in LSN order; resolves with the applied LSN. */
+  applyCommitted(commitLsn: number): Promise<number> {
+    return this.enqueue(async () => {
+      const to = Math.min(commitLsn, this.wal.durableLsn);
+      this.wal.setCommitLsn(to);
+      if (to <= this.applied) return this.applied;
+      for await (const e of this.wal.entries(this.applied + 1, to)) {
+        await this.applyOp(e.lsn, e.epoch, e.key, this.decodeOp(e.type, e.body));
+      }
+      return this.applied;
+    });
   }
 
   private enqueue<T>(fn: () => Promise<T>): Promise<T> {
@@ -365,20 +410,19 @@ export class Shard {
   private async maybeTrain(): Promise<void> {
     const spec = this.opts.index;
     if (spec.type !== 'ivfpq' || this.index.kind === 'ivfpq') return;
-    if (this.store.count < ivfTrainThreshold(spec.nlist)) return;
+    if (this.store.count < Math.max(ivfTrainThreshold(spec.nlist), 2 * this.trainFailedAt)) return;
     const live = this.store.liveLabels();
     const sample = this.store.gather(live.subarray(0, ivfTrainSampleMax));
-    const ivf = new IvfPqIndex({
-      dim: this.opts.dim,
-      metric: this.opts.metric,
-      nlist: spec.nlist,
-      m: spec.m,
-      refine: spec.refine,
-      nprobe: spec.nprobe,
-      seed: 1,
-    });
-    await ivf.train(sample);
-    await ivf.add(live, this.store.gather(live));
+    const ivf = ivfIndex(spec, this.opts.dim, this.opts.metric);
+    try {
+      await ivf.train(sample);
+      await ivf.add(live, this.store.gather(live));
+    } catch (e) {
+      // The same data fails the same way on every replica: stay exact, try again at twice the count.
+      this.trainFailedAt = this.store.count;
+      process.stderr.write(`quiver: IVF-PQ training of ${this.opts.walDir} failed at ${this.store.count} points, searching exactly: ${(e as Error).message}\n`);
+      return;
+    }
     this.index = ivf;
   }
 
@@ -507,27 +551,49 @@ export class Shard {
 
   private async doSnapshot(): Promise<void> {
     const t0 = process.hrtime.bigint();
-    const cap = await this.lock.write(async () => {
+    // Shared with searches, exclusive of applies: the capture is the state at exactly `applied`.
+    const cap = await this.lock.read(async () => {
       if (this.applied === this.snapshotLsnValue || this.broken) return null;
       return {
         lsn: this.applied,
         epoch: this.appliedEpoch,
         indexBytes: await this.index.serialize(),
-        parts: this.store.encode(),
+        vectorsInIndex: this.vectorsInIndex(),
+        parts: this.store.encode(48, !this.vectorsInIndex()),
         keys: new Map(this.keys),
       };
     });
     if (!cap) return;
     const bytesBefore = this.wal.bytes;
-    await writeSnapshot(this.opts.snapshotDir, { lsn: cap.lsn, epoch: cap.epoch, dim: this.opts.dim }, cap.indexBytes, cap.parts, cap.keys);
+    try {
+      await writeSnapshot(
+        this.opts.snapshotDir,
+        { lsn: cap.lsn, epoch: cap.epoch, dim: this.opts.dim, vectorsInIndex: cap.vectorsInIndex },
+        cap.indexBytes,
+        cap.parts,
+        cap.keys,
+      );
+    } finally {
+      this.store.release();
+    }
     this.snapshotLsnValue = cap.lsn;
     for (const old of await listSnapshots(this.opts.snapshotDir)) {
       if (old.lsn < cap.lsn) await fsp.rm(old.dir, { recursive: true, force: true });
     }
+    // A fresh segment, so the one holding the snapshot's entries can go once it is wholly below.
+    await this.wal.roll();
     const retain = this.opts.walRetainFromLsn ? this.opts.walRetainFromLsn() : Infinity;
     await this.wal.truncateBelow(Math.min(cap.lsn + 1, retain));
     this.walBytesAtSnapshot = Math.min(this.wal.bytes, bytesBefore);
     this.opts.observer?.snapshot?.(Number(process.hrtime.bigint() - t0) / 1e9);
+  }
+
+  /**
+   * Whether the index holds the raw vectors exactly, so a snapshot need not store them twice:
+   * flat and HNSW keep them as given under l2 and ip (cosine normalizes them; IVF-PQ encodes them).
+   */
+  private vectorsInIndex(): boolean {
+    return this.opts.metric !== 'cosine' && (this.index.kind === 'flat' || this.index.kind === 'hnsw');
   }
 
   /** Finishes in-flight writes, snapshots (unless told not to), closes the WAL. */

@@ -7,10 +7,11 @@
  *     12  4  dim
  *     16  8  applied LSN the snapshot holds
  *     24  8  epoch of that entry
- *     32  4  CRC-32C of index.bin
- *     36  4  reserved (0)
+ *     32  4  the CRC-32C that ends index.bin (its envelope's own checksum; ties the two files)
+ *     36  4  flags: bit 0 = the vectors are not in state.bin but taken from the index (which keeps
+ *              them exactly: flat and HNSW with l2 or ip)
  *     40  8  length of index.bin
- *     48  .. point store (PointStore.encode: id table, payloads, free labels, vectors)
+ *     48  .. point store (PointStore.encode(48): id table, payloads, free labels, vectors by label)
  *     ..  u32 n | n x { u16 keyLen | key | u64 lsn | f64 answer }  (remembered idempotency keys, oldest first)
  *     end 4  CRC-32C of every byte before it
  * Written to tmp-<lsn>-<pid>/ in the same parent, each file fsynced, the directory fsynced, renamed
@@ -20,8 +21,9 @@
 import { promises as fsp } from 'fs';
 import * as path from 'path';
 import { QuiverError } from '../errors';
+import { deserializeIndex } from '../native';
 import { crc32c } from '../wal/crc32c';
-import type { PointStore } from './store';
+import { PointStore } from './store';
 
 const MAGIC = Buffer.from('QVSHSNAP', 'latin1');
 const VERSION = 1;
@@ -70,7 +72,7 @@ export function snapshotDirName(lsn: number): string {
 
 export async function writeSnapshot(
   parent: string,
-  meta: { lsn: number; epoch: number; dim: number },
+  meta: { lsn: number; epoch: number; dim: number; vectorsInIndex: boolean },
   indexBytes: Buffer,
   storeParts: Buffer[],
   keys: Map<string, KeyRecord>,
@@ -89,7 +91,8 @@ export async function writeSnapshot(
   head.writeUInt32LE(Math.floor(meta.lsn / TWO32), 20);
   head.writeUInt32LE(meta.epoch % TWO32, 24);
   head.writeUInt32LE(Math.floor(meta.epoch / TWO32), 28);
-  head.writeUInt32LE(crc32c(indexBytes), 32);
+  head.writeUInt32LE(indexBytes.length >= 4 ? indexBytes.readUInt32LE(indexBytes.length - 4) : 0, 32);
+  head.writeUInt32LE(meta.vectorsInIndex ? 1 : 0, 36);
   head.writeUInt32LE(indexBytes.length % TWO32, 40);
   head.writeUInt32LE(Math.floor(indexBytes.length / TWO32), 44);
   const keyParts: Buffer[] = [];
@@ -145,7 +148,7 @@ export async function listSnapshots(parent: string): Promise<SnapshotMeta[]> {
 export async function readSnapshot(
   dir: string,
   store: PointStore,
-): Promise<{ lsn: number; epoch: number; indexBytes: Buffer; keys: Map<string, KeyRecord> }> {
+): Promise<{ lsn: number; epoch: number; indexBytes: Buffer; keys: Map<string, KeyRecord>; vectorsInIndex: boolean }> {
   const bad = (why: string): never => {
     throw new QuiverError('DATA_LOSS', `snapshot ${dir}: ${why}`);
   };
@@ -164,13 +167,19 @@ export async function readSnapshot(
   const lsn = state.readUInt32LE(16) + state.readUInt32LE(20) * TWO32;
   const epoch = state.readUInt32LE(24) + state.readUInt32LE(28) * TWO32;
   const indexLen = state.readUInt32LE(40) + state.readUInt32LE(44) * TWO32;
-  if (indexBytes.length !== indexLen || crc32c(indexBytes) !== state.readUInt32LE(32)) bad('index.bin does not match state.bin');
+  const flags = state.readUInt32LE(36);
+  if (flags > 1) bad(`unknown flags ${flags}`);
+  const vectorsInIndex = flags === 1;
+  // The index checks its own CRC when deserialized; here only that it is the file written with this state.
+  if (indexBytes.length !== indexLen || indexLen < 4 || indexBytes.readUInt32LE(indexLen - 4) !== state.readUInt32LE(32)) {
+    bad('index.bin does not match state.bin');
+  }
   const end = state.length - 4;
   const body = state.subarray(0, end);
   let off: number;
   const keys = new Map<string, KeyRecord>();
   try {
-    off = store.decode(body, 48);
+    off = store.decode(body, 48, !vectorsInIndex);
     const n = body.readUInt32LE(off);
     off += 4;
     for (let i = 0; i < n; i++) {
@@ -186,5 +195,20 @@ export async function readSnapshot(
     return bad((e as Error).message);
   }
   if (off !== end) bad('trailing bytes');
-  return { lsn, epoch, indexBytes, keys };
+  return { lsn, epoch, indexBytes, keys, vectorsInIndex };
+}
+
+/**
+ * The points of a snapshot (ids, vectors, payloads) in a fresh PointStore, vectors taken from its
+ * index when the snapshot left them there (tools and tests: what a snapshot holds, without a shard).
+ */
+export async function loadSnapshotPoints(dir: string, dim: number): Promise<{ store: PointStore; lsn: number; epoch: number }> {
+  const store = new PointStore(dim);
+  const r = await readSnapshot(dir, store);
+  if (r.vectorsInIndex) {
+    const index = await deserializeIndex(r.indexBytes);
+    const live = store.liveLabels();
+    store.setRows(live, await index.getVectors(live));
+  }
+  return { store, lsn: r.lsn, epoch: r.epoch };
 }

@@ -10,18 +10,38 @@ import { createHash } from 'crypto';
 
 export type Payload = { [field: string]: unknown };
 
+/** Rows per chunk of the vector store. */
+const chunkLabels = 1024;
+
 export class PointStore {
   readonly dim: number;
   private readonly idToLabel = new Map<string, number>();
   private labelToId: (string | undefined)[] = [];
   private payloads: (Payload | undefined)[] = [];
-  private vectors: Float32Array;
+  /** Raw vectors in chunks of chunkLabels rows (growing never copies what is stored). */
+  private chunks: Float32Array[] = [];
   private freeLabels: number[] = [];
   private nextLabel = 0;
 
   constructor(dim: number) {
     this.dim = dim;
-    this.vectors = new Float32Array(dim * 16);
+  }
+
+  /** Chunks handed to a snapshot being written: copied before their first change (copy on write). */
+  private shared = new Set<Float32Array>();
+
+  private row(label: number): Float32Array {
+    const off = (label % chunkLabels) * this.dim;
+    return this.chunks[Math.floor(label / chunkLabels)].subarray(off, off + this.dim);
+  }
+
+  private writableRow(label: number): Float32Array {
+    const c = Math.floor(label / chunkLabels);
+    if (this.shared.has(this.chunks[c])) {
+      this.shared.delete(this.chunks[c]);
+      this.chunks[c] = this.chunks[c].slice();
+    }
+    return this.row(label);
   }
 
   get count(): number {
@@ -46,7 +66,7 @@ export class PointStore {
 
   /** A copy of the vector of `label`. */
   vectorOf(label: number): Float32Array {
-    return this.vectors.slice(label * this.dim, (label + 1) * this.dim);
+    return this.row(label).slice();
   }
 
   /**
@@ -76,7 +96,7 @@ export class PointStore {
       this.idToLabel.set(ids[i], label);
       this.labelToId[label] = ids[i];
       this.payloads[label] = payloads[i];
-      this.vectors.set(vectors.subarray(i * this.dim, (i + 1) * this.dim), label * this.dim);
+      this.writableRow(label).set(vectors.subarray(i * this.dim, (i + 1) * this.dim));
     }
   }
 
@@ -89,7 +109,7 @@ export class PointStore {
       this.idToLabel.delete(id);
       this.labelToId[label] = undefined;
       this.payloads[label] = undefined;
-      this.vectors.fill(0, label * this.dim, (label + 1) * this.dim);
+      this.writableRow(label).fill(0);
       this.freeLabels.push(label);
       n++;
     }
@@ -97,12 +117,7 @@ export class PointStore {
   }
 
   private ensureCapacity(labels: number): void {
-    if (labels * this.dim <= this.vectors.length) return;
-    let cap = this.vectors.length / this.dim;
-    while (cap < labels) cap *= 2;
-    const v = new Float32Array(cap * this.dim);
-    v.set(this.vectors);
-    this.vectors = v;
+    while (this.chunks.length * chunkLabels < labels) this.chunks.push(new Float32Array(chunkLabels * this.dim));
   }
 
   /** Live labels in increasing order. */
@@ -117,7 +132,7 @@ export class PointStore {
   gather(labels: Uint32Array): Float32Array {
     const out = new Float32Array(labels.length * this.dim);
     for (let i = 0; i < labels.length; i++) {
-      out.set(this.vectors.subarray(labels[i] * this.dim, (labels[i] + 1) * this.dim), i * this.dim);
+      out.set(this.row(labels[i]), i * this.dim);
     }
     return out;
   }
@@ -145,7 +160,8 @@ export class PointStore {
       len.writeUInt32LE(idb.length, 0);
       h.update(len);
       h.update(idb);
-      h.update(new Uint8Array(this.vectors.buffer, label * this.dim * 4, this.dim * 4));
+      const v = this.row(label);
+      h.update(new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
       const p = this.payloads[label] === undefined ? Buffer.alloc(0) : Buffer.from(JSON.stringify(this.payloads[label]), 'utf8');
       len.writeUInt32LE(p.length, 0);
       h.update(len);
@@ -157,21 +173,27 @@ export class PointStore {
   // ------------------------------------------------------------ snapshot encoding
 
   /**
-   * Layout (little-endian), the body of state.bin (see snapshot.ts):
+   * Layout (little-endian), part of state.bin (see snapshot.ts), starting at file offset `base`:
    *   u32 nextLabel | u32 count | u32 freeCount
    *   count x { u32 label | u16 idLen | id | u32 payloadLen | payload JSON (0 = none) }, labels increasing
    *   freeCount x u32 (the free stack, bottom first)
-   *   count x dim f32 vectors in the order of the records
+   *   and, unless the vectors are left out (withVectors false: the index holds them exactly):
+   *   0..3 zero bytes, so that the vectors start at a file offset that is a multiple of 4
+   *   nextLabel x dim f32: the vector of every label in order (rows of free labels are zero)
+   * The vector rows are handed out as views of the store's chunks, not copies: the chunks are
+   * copied on their next change instead, until release() says the snapshot is written.
    */
-  encode(): Buffer[] {
+  encode(base: number, withVectors = true): Buffer[] {
     const head = Buffer.alloc(12);
     head.writeUInt32LE(this.nextLabel, 0);
     head.writeUInt32LE(this.count, 4);
     head.writeUInt32LE(this.freeLabels.length, 8);
     const recs: Buffer[] = [head];
-    const live = this.liveLabels();
-    for (const l of live) {
-      const idb = Buffer.from(this.labelToId[l]!, 'utf8');
+    let size = head.length;
+    for (let l = 0; l < this.nextLabel; l++) {
+      const id = this.labelToId[l];
+      if (id === undefined) continue;
+      const idb = Buffer.from(id, 'utf8');
       const p = this.payloads[l] === undefined ? Buffer.alloc(0) : Buffer.from(JSON.stringify(this.payloads[l]), 'utf8');
       const r = Buffer.allocUnsafe(4 + 2 + idb.length + 4 + p.length);
       r.writeUInt32LE(l, 0);
@@ -180,15 +202,37 @@ export class PointStore {
       r.writeUInt32LE(p.length, 6 + idb.length);
       p.copy(r, 10 + idb.length);
       recs.push(r);
+      size += r.length;
     }
-    recs.push(Buffer.from(Uint32Array.from(this.freeLabels).buffer));
-    const v = this.gather(live);
-    recs.push(Buffer.from(v.buffer, v.byteOffset, v.byteLength));
+    const free = Buffer.from(Uint32Array.from(this.freeLabels).buffer);
+    recs.push(free);
+    size += free.length;
+    if (!withVectors) return recs;
+    recs.push(Buffer.alloc((4 - ((base + size) % 4)) % 4));
+    for (let c = 0; c * chunkLabels < this.nextLabel; c++) {
+      const rows = Math.min(chunkLabels, this.nextLabel - c * chunkLabels);
+      const chunk = this.chunks[c];
+      this.shared.add(chunk);
+      recs.push(Buffer.from(chunk.buffer, chunk.byteOffset, rows * this.dim * 4));
+    }
     return recs;
   }
 
-  /** Reads encode()'s layout from buf at off; returns the offset after it. Throws on malformed input. */
-  decode(buf: Buffer, off: number): number {
+  /** Sets the vectors of `labels` (row-major), e.g. from the index after decode(..., false). */
+  setRows(labels: Uint32Array, vectors: Float32Array): void {
+    for (let i = 0; i < labels.length; i++) this.writableRow(labels[i]).set(vectors.subarray(i * this.dim, (i + 1) * this.dim));
+  }
+
+  /** The snapshot that encode() fed is written: its chunks may change in place again. */
+  release(): void {
+    this.shared.clear();
+  }
+
+  /**
+   * Reads encode()'s layout from buf at off (buf's byte 0 is file offset 0); returns the offset
+   * after it. Vector rows become views of buf where aligned. Throws on malformed input.
+   */
+  decode(buf: Buffer, off: number, withVectors = true): number {
     const fail = (w: string): never => {
       throw new Error(`point store: ${w}`);
     };
@@ -219,14 +263,30 @@ export class PointStore {
     const free: number[] = [];
     for (let i = 0; i < freeCount; i++) free.push(buf.readUInt32LE(off + i * 4));
     off += freeCount * 4;
-    const vbytes = count * this.dim * 4;
-    if (off + vbytes > buf.length) fail('short vectors');
-    const vectors = new Float32Array(count * this.dim);
-    new Uint8Array(vectors.buffer).set(buf.subarray(off, off + vbytes));
-    off += vbytes;
+    const rowBytes = this.dim * 4;
+    const chunks: Float32Array[] = [];
+    if (withVectors) off += (4 - (off % 4)) % 4;
+    if (withVectors && off + nextLabel * rowBytes > buf.length) fail('short vectors');
+    for (let c = 0; c * chunkLabels < nextLabel; c++) {
+      if (!withVectors) {
+        chunks.push(new Float32Array(chunkLabels * this.dim)); // filled by setRows()
+        continue;
+      }
+      const rows = Math.min(chunkLabels, nextLabel - c * chunkLabels);
+      const at = buf.byteOffset + off + c * chunkLabels * rowBytes;
+      if (rows === chunkLabels && at % 4 === 0) {
+        chunks.push(new Float32Array(buf.buffer, at, chunkLabels * this.dim));
+      } else {
+        const chunk = new Float32Array(chunkLabels * this.dim);
+        new Uint8Array(chunk.buffer).set(buf.subarray(off + c * chunkLabels * rowBytes, off + c * chunkLabels * rowBytes + rows * rowBytes));
+        chunks.push(chunk);
+      }
+    }
+    if (withVectors) off += nextLabel * rowBytes;
     this.nextLabel = nextLabel;
     this.freeLabels = free;
-    this.vectors = new Float32Array(Math.max(16, nextLabel) * this.dim);
+    this.chunks = chunks;
+    this.shared.clear();
     this.labelToId = [];
     this.payloads = [];
     this.idToLabel.clear();
@@ -234,7 +294,6 @@ export class PointStore {
       this.idToLabel.set(ids[i], labels[i]);
       this.labelToId[labels[i]] = ids[i];
       this.payloads[labels[i]] = payloads[i];
-      this.vectors.set(vectors.subarray(i * this.dim, (i + 1) * this.dim), labels[i] * this.dim);
     }
     return off;
   }

@@ -58,12 +58,14 @@ export interface EntryInput {
   type: EntryType;
   /** Idempotency key ('' for none). */
   key: string;
-  body: Uint8Array;
+  /** The body, whole or in parts (written as they are, without being joined). */
+  body: Uint8Array | readonly Uint8Array[];
 }
 
 export interface WalEntry extends EntryInput {
   lsn: number;
   commitLsn: number;
+  body: Uint8Array;
 }
 
 const TWO32 = 4294967296;
@@ -100,24 +102,39 @@ export function decodeSegmentHeader(buf: Buffer): { firstLsn: number } | { error
   return { firstLsn: readU64(buf, 16) };
 }
 
-/** One entry as bytes, CRC included. */
-export function encodeEntry(e: WalEntry): Buffer {
+/**
+ * One entry as the buffers to write, in order (header + key, the body parts as given, CRC): no
+ * copy of a large body is made. The caller must not change the body until it is durable.
+ */
+export function encodeEntryParts(e: EntryInput & { lsn: number; commitLsn: number }): { parts: Uint8Array[]; length: number } {
   const key = Buffer.from(e.key, 'utf8');
   if (key.length > keyBytesMax) throw new QuiverError('INVALID_ARGUMENT', `idempotency key longer than ${keyBytesMax} bytes`);
-  if (e.body.length > entryBodyBytesMax) throw new QuiverError('RESOURCE_EXHAUSTED', `WAL entry body over ${entryBodyBytesMax} bytes`);
-  const n = ENTRY_HEADER_BYTES + key.length + e.body.length;
-  const buf = Buffer.allocUnsafe(n + ENTRY_TRAILER_BYTES);
-  buf.writeUInt32LE(e.body.length, 0);
-  buf.writeUInt8(e.type, 4);
-  buf.writeUInt8(0, 5);
-  buf.writeUInt16LE(key.length, 6);
-  writeU64(buf, 8, e.lsn);
-  writeU64(buf, 16, e.epoch);
-  writeU64(buf, 24, e.commitLsn);
-  key.copy(buf, ENTRY_HEADER_BYTES);
-  buf.set(e.body, ENTRY_HEADER_BYTES + key.length);
-  buf.writeUInt32LE(crc32c(buf, 0, 0, n), n);
-  return buf;
+  const body: readonly Uint8Array[] = e.body instanceof Uint8Array ? [e.body] : e.body;
+  let bodyLen = 0;
+  for (const b of body) bodyLen += b.length;
+  if (bodyLen > entryBodyBytesMax) throw new QuiverError('RESOURCE_EXHAUSTED', `WAL entry body over ${entryBodyBytesMax} bytes`);
+  const head = Buffer.allocUnsafe(ENTRY_HEADER_BYTES + key.length);
+  head.writeUInt32LE(bodyLen, 0);
+  head.writeUInt8(e.type, 4);
+  head.writeUInt8(0, 5);
+  head.writeUInt16LE(key.length, 6);
+  writeU64(head, 8, e.lsn);
+  writeU64(head, 16, e.epoch);
+  writeU64(head, 24, e.commitLsn);
+  key.copy(head, ENTRY_HEADER_BYTES);
+  let crc = crc32c(head);
+  for (const b of body) crc = crc32c(b, crc);
+  const tail = Buffer.allocUnsafe(ENTRY_TRAILER_BYTES);
+  tail.writeUInt32LE(crc, 0);
+  const parts: Uint8Array[] = [head];
+  for (const b of body) if (b.length > 0) parts.push(b);
+  parts.push(tail);
+  return { parts, length: head.length + bodyLen + ENTRY_TRAILER_BYTES };
+}
+
+/** One entry as one buffer, CRC included. */
+export function encodeEntry(e: EntryInput & { lsn: number; commitLsn: number }): Buffer {
+  return Buffer.concat(encodeEntryParts(e).parts);
 }
 
 export type DecodeResult =

@@ -22,7 +22,7 @@ import {
   WalEntry,
   decodeEntry,
   decodeSegmentHeader,
-  encodeEntry,
+  encodeEntryParts,
   encodeSegmentHeader,
   parseSegmentFileName,
   segmentFileName,
@@ -37,6 +37,8 @@ export interface WalOptions {
   commitLsn?: number;
   /** First LSN of a brand-new log (default 1). */
   startLsn?: number;
+  /** The log is known to exist: finding no segment is DATA_LOSS rather than a new log. */
+  mustExist?: boolean;
   /** Standalone: every durable entry is committed (default true). Followers set it false. */
   commitOnDurable?: boolean;
   /** Called once when a write or fsync fails. Default: print to stderr and exit(70). */
@@ -64,7 +66,8 @@ interface Segment {
 
 interface Pending {
   lsn: number;
-  buf: Buffer;
+  parts: Uint8Array[];
+  length: number;
   resolve: () => void;
   reject: (e: Error) => void;
 }
@@ -131,7 +134,7 @@ export class Wal {
   static async open(opts: WalOptions): Promise<Wal> {
     const wal = new Wal(opts);
     await fsp.mkdir(wal.dir, { recursive: true });
-    await wal.recover(opts.commitLsn ?? 0, opts.startLsn ?? 1);
+    await wal.recover(opts.commitLsn ?? 0, opts.startLsn ?? 1, opts.mustExist ?? false);
     return wal;
   }
 
@@ -174,7 +177,7 @@ export class Wal {
 
   // ---------------------------------------------------------------- recovery
 
-  private async recover(commitHint: number, startLsn: number): Promise<void> {
+  private async recover(commitHint: number, startLsn: number, mustExist: boolean): Promise<void> {
     const names = (await fsp.readdir(this.dir))
       .map((name) => ({ name, lsn: parseSegmentFileName(name) }))
       .filter((x): x is { name: string; lsn: number } => x.lsn !== undefined)
@@ -234,6 +237,7 @@ export class Wal {
       expected = seg.lastLsn + 1;
     }
     if (this.segments.length === 0) {
+      if (mustExist) throw new QuiverError('DATA_LOSS', `WAL ${this.dir} has no segment`);
       await this.createSegment(startLsn);
     } else {
       const last = this.segments[this.segments.length - 1];
@@ -279,7 +283,7 @@ export class Wal {
       throw new QuiverError('FAILED_PRECONDITION', `epoch ${input.epoch} is older than the log's epoch ${this.lastEpochValue}`);
     }
     const lsn = this.nextLsn;
-    const buf = encodeEntry({ ...input, lsn, commitLsn: Math.min(this.commit, lsn - 1) });
+    const { parts, length } = encodeEntryParts({ ...input, lsn, commitLsn: Math.min(this.commit, lsn - 1) });
     this.nextLsn++;
     this.lastEpochValue = input.epoch;
     let resolve!: () => void;
@@ -288,9 +292,50 @@ export class Wal {
       resolve = res;
       reject = rej;
     });
-    this.pending.push({ lsn, buf, resolve, reject });
+    this.pending.push({ lsn, parts, length, resolve, reject });
     if (!this.flushing) this.flushing = this.flushLoop();
     return { lsn, durable };
+  }
+
+  /**
+   * Appends entries received as raw bytes (a follower writing what its leader shipped): each must be
+   * whole (DATA_LOSS otherwise), continue this log's LSNs and not lower its epoch
+   * (FAILED_PRECONDITION otherwise). Nothing is appended unless all pass. The bytes are written as
+   * they are, so the follower's log is byte-identical to the leader's.
+   */
+  appendRaw(bytes: Buffer): { firstLsn: number; lastLsn: number; durable: Promise<void> } {
+    if (this.failure) throw new QuiverError('UNAVAILABLE', `the WAL failed earlier: ${this.failure.message}`);
+    if (this.closed) throw new QuiverError('UNAVAILABLE', 'the WAL is closed');
+    const entries: { lsn: number; epoch: number; start: number; length: number }[] = [];
+    let want = this.nextLsn;
+    let epoch = this.lastEpochValue;
+    for (let off = 0; off < bytes.length; ) {
+      const r = decodeEntry(bytes, off);
+      if (!r.ok) throw new QuiverError('DATA_LOSS', `received WAL bytes at offset ${off}: ${r.reason}`);
+      if (r.entry.lsn !== want) throw new QuiverError('FAILED_PRECONDITION', `received LSN ${r.entry.lsn}, this log expects ${want}`);
+      if (r.entry.epoch < epoch) throw new QuiverError('FAILED_PRECONDITION', `received epoch ${r.entry.epoch} after epoch ${epoch}`);
+      entries.push({ lsn: want, epoch: r.entry.epoch, start: off, length: r.bytes });
+      epoch = r.entry.epoch;
+      want++;
+      off += r.bytes;
+    }
+    if (entries.length === 0) return { firstLsn: this.nextLsn, lastLsn: this.nextLsn - 1, durable: this.flush() };
+    let durable!: Promise<void>;
+    for (const e of entries) {
+      let resolve!: () => void;
+      let reject!: (e: Error) => void;
+      durable = new Promise<void>((res, rej) => {
+        resolve = res;
+        reject = rej;
+      });
+      durable.catch(() => undefined); // only the last one is handed out
+      this.pending.push({ lsn: e.lsn, parts: [bytes.subarray(e.start, e.start + e.length)], length: e.length, resolve, reject });
+    }
+    const firstLsn = this.nextLsn;
+    this.nextLsn = want;
+    this.lastEpochValue = epoch;
+    if (!this.flushing) this.flushing = this.flushLoop();
+    return { firstLsn, lastLsn: want - 1, durable };
   }
 
   /** Resolves once everything appended so far is durable (or the log failed). */
@@ -305,11 +350,11 @@ export class Wal {
       try {
         const t0 = process.hrtime.bigint();
         let bytes = 0;
-        let run: Buffer[] = [];
+        let run: Uint8Array[] = [];
         let seg = this.segments[this.segments.length - 1];
         let runStart = seg.bytes;
         for (const p of group) {
-          if (seg.lastLsn >= seg.firstLsn && seg.bytes + p.buf.length > this.segmentBytes) {
+          if (seg.lastLsn >= seg.firstLsn && seg.bytes + p.length > this.segmentBytes) {
             await this.writeRun(run, runStart);
             await this.syncFn(this.fh);
             await this.fh.close();
@@ -318,11 +363,11 @@ export class Wal {
             run = [];
             runStart = seg.bytes;
           }
-          run.push(p.buf);
+          for (const b of p.parts) run.push(b);
           seg.offsets.push(seg.bytes);
-          seg.bytes += p.buf.length;
+          seg.bytes += p.length;
           seg.lastLsn = p.lsn;
-          bytes += p.buf.length;
+          bytes += p.length;
         }
         await this.writeRun(run, runStart);
         await this.syncFn(this.fh);
@@ -338,13 +383,13 @@ export class Wal {
     this.flushing = null;
   }
 
-  private async writeRun(run: Buffer[], position: number): Promise<void> {
+  private async writeRun(run: Uint8Array[], position: number): Promise<void> {
     let pos = position;
     let i = 0;
     while (i < run.length) {
       const chunk = run.slice(i, i + 512); // IOV_MAX is 1024 on Linux
       const want = chunk.reduce((n, b) => n + b.length, 0);
-      const { bytesWritten } = await this.fh.writev(chunk, pos);
+      const { bytesWritten } = await this.fh.writev(chunk as NodeJS.ArrayBufferView[], pos);
       if (bytesWritten !== want) throw new Error(`short write: ${bytesWritten} of ${want} bytes`);
       pos += want;
       i += chunk.length;
@@ -357,6 +402,29 @@ export class Wal {
     for (const p of group) p.reject(e);
     for (const p of this.pending.splice(0)) p.reject(e);
     this.onFatal(err);
+  }
+
+  /**
+   * Starts a new segment at the next LSN (nothing if the current one is empty), so that
+   * truncateBelow can later drop everything written so far. Appends made meanwhile wait.
+   */
+  async roll(): Promise<void> {
+    while (this.flushing) await this.flushing; // no await between this check and taking the flusher's place
+    const seg = this.segments[this.segments.length - 1];
+    if (this.failure || this.closed || seg.lastLsn < seg.firstLsn) return;
+    const first = this.nextLsn; // appends made while rolling take later LSNs and land in the new segment
+    let release!: () => void;
+    this.flushing = new Promise<void>((r) => (release = r));
+    try {
+      await this.fh.close();
+      await this.createSegment(first);
+    } catch (e) {
+      this.fail(e as Error, []);
+    } finally {
+      this.flushing = null;
+      release();
+      if (this.pending.length > 0 && !this.failure) this.flushing = this.flushLoop();
+    }
   }
 
   // ---------------------------------------------------------------- reads
