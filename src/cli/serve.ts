@@ -1,0 +1,170 @@
+/**
+ * `quiver serve`: one node. Without --etcd it is standalone: it leads every shard of every
+ * collection under --data. Prints where it listens; SIGTERM / SIGINT stop it gracefully (stop
+ * accepting, finish in-flight requests, snapshot and close the database, exit 0).
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { QuiverError } from '../errors';
+import { parseArgs, flagString } from './args';
+import { openDatabase } from '../query';
+import { Metrics, startServer, splitHostPort } from '../server';
+
+const USAGE = `usage: quiver serve [options]
+
+Runs a Quiver node. Without --etcd it is standalone: one node that leads every shard.
+
+options:
+  --data DIR                  data directory (WAL, snapshots, collection specs); default ./quiver-data
+  --grpc HOST:PORT            gRPC API address; default 127.0.0.1:7400 (port 0 picks a free port)
+  --http HOST:PORT            HTTP API, /metrics, /healthz, /readyz and the status page;
+                              default 127.0.0.1:7401 (port 0 picks a free port)
+  --config FILE               JSON file with the same keys ("data", "grpc", "http",
+                              "snapshot-interval-ms", "node-id"); flags given on the command
+                              line win over the file
+  --snapshot-interval-ms N    snapshot a changed shard every N ms (0 = only at shutdown);
+                              default 60000
+  --node-id ID                this node's name in status answers; default "local"
+  --etcd URL                  cluster mode (not available yet: it arrives with replication)
+  --help                      this text
+
+Both servers bind loopback by default; give a non-loopback host explicitly to listen elsewhere.
+SIGTERM or SIGINT: stop accepting requests, finish those in flight, snapshot, exit 0.
+`;
+
+const KEYS = ['data', 'grpc', 'http', 'config', 'snapshot-interval-ms', 'node-id', 'etcd', 'help'] as const;
+const CONFIG_KEYS = ['data', 'grpc', 'http', 'snapshot-interval-ms', 'node-id', 'etcd'];
+
+interface ServeConfig {
+  data: string;
+  grpc: string;
+  http: string;
+  snapshotIntervalMs: number;
+  nodeId: string;
+  etcd?: string;
+}
+
+function readConfig(file: string): Record<string, string> {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new QuiverError('NOT_FOUND', `cannot read config ${file}: ${(e as Error).message}`);
+  }
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch {
+    throw new QuiverError('INVALID_ARGUMENT', `config ${file} is not valid JSON`);
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new QuiverError('INVALID_ARGUMENT', `config ${file} must be a JSON object`);
+  const out: Record<string, string> = {};
+  for (const [k, val] of Object.entries(v)) {
+    // camelCase spellings of the flag names are accepted too.
+    const key = k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+    if (!CONFIG_KEYS.includes(key)) throw new QuiverError('INVALID_ARGUMENT', `config ${file}: unknown key '${k}' (known: ${CONFIG_KEYS.join(', ')})`);
+    if (typeof val !== 'string' && typeof val !== 'number') throw new QuiverError('INVALID_ARGUMENT', `config ${file}: '${k}' must be a string or number`);
+    out[key] = String(val);
+  }
+  return out;
+}
+
+export function resolveConfig(argv: string[]): ServeConfig | 'help' {
+  const p = parseArgs(argv, ['help']);
+  for (const k of p.flags.keys()) {
+    if (!(KEYS as readonly string[]).includes(k)) throw new QuiverError('INVALID_ARGUMENT', `unknown flag --${k} (see quiver serve --help)`);
+  }
+  if (p.positionals.length) throw new QuiverError('INVALID_ARGUMENT', `unexpected argument '${p.positionals[0]}'`);
+  if (p.flags.get('help')) return 'help';
+  const configFile = flagString(p, 'config');
+  const file = configFile ? readConfig(configFile) : {};
+  const get = (k: string, fallback: string): string => flagString(p, k) ?? file[k] ?? fallback;
+  const interval = Number(get('snapshot-interval-ms', '60000'));
+  if (!Number.isInteger(interval) || interval < 0) throw new QuiverError('INVALID_ARGUMENT', '--snapshot-interval-ms must be an integer >= 0');
+  const cfg: ServeConfig = {
+    data: path.resolve(get('data', './quiver-data')),
+    grpc: get('grpc', '127.0.0.1:7400'),
+    http: get('http', '127.0.0.1:7401'),
+    snapshotIntervalMs: interval,
+    nodeId: get('node-id', 'local'),
+    etcd: flagString(p, 'etcd') ?? file.etcd,
+  };
+  splitHostPort(cfg.grpc, '--grpc');
+  splitHostPort(cfg.http, '--http');
+  return cfg;
+}
+
+export async function serve(argv: string[]): Promise<number> {
+  let cfg: ServeConfig | 'help';
+  try {
+    cfg = resolveConfig(argv);
+  } catch (e) {
+    process.stderr.write(`quiver serve: ${e instanceof Error ? e.message : String(e)}\n`);
+    return 2;
+  }
+  if (cfg === 'help') {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  if (cfg.etcd !== undefined) {
+    process.stderr.write(
+      'quiver serve: cluster mode (--etcd) is not available yet: it arrives with replication. ' +
+        'Run without --etcd for a standalone node.\n',
+    );
+    return 2;
+  }
+
+  const log = (m: string): void => void process.stdout.write(`quiver: ${m}\n`);
+  const metrics = new Metrics();
+  const t0 = Date.now();
+  fs.mkdirSync(cfg.data, { recursive: true });
+  const db = await openDatabase({
+    dataDir: cfg.data,
+    snapshotIntervalMs: cfg.snapshotIntervalMs,
+    observer: metrics.observer,
+    nodeId: cfg.nodeId,
+  });
+  log(`opened ${cfg.data} in ${Date.now() - t0} ms (standalone, node ${cfg.nodeId}, ${db.listCollections().length} collections)`);
+  let server;
+  try {
+    server = await startServer({ db, grpc: cfg.grpc, http: cfg.http, metrics });
+  } catch (e) {
+    await db.close();
+    throw e;
+  }
+  log(`grpc listening on ${server.grpcAddress}`);
+  log(`http listening on http://${server.httpAddress}`);
+  log('ready');
+
+  const running = server;
+  return new Promise<number>((resolve) => {
+    let stopping = false;
+    const stop = (signal: NodeJS.Signals): void => {
+      if (stopping) {
+        log(`${signal} again: exiting without waiting`);
+        process.exit(1);
+      }
+      stopping = true;
+      log(`${signal}: stopping (finishing in-flight requests, then a snapshot)`);
+      (async () => {
+        await running.close();
+        const t = Date.now();
+        await db.close();
+        log(`database closed in ${Date.now() - t} ms; bye`);
+        return 0;
+      })().then(
+        (code) => {
+          process.off('SIGTERM', stop);
+          process.off('SIGINT', stop);
+          resolve(code);
+        },
+        (e) => {
+          process.stderr.write(`quiver: shutdown failed: ${e instanceof Error ? e.message : String(e)}\n`);
+          resolve(1);
+        },
+      );
+    };
+    process.on('SIGTERM', stop);
+    process.on('SIGINT', stop);
+  });
+}

@@ -1,0 +1,347 @@
+/**
+ * quiverdb/client: the TypeScript client over gRPC.
+ *
+ *   const client = await QuiverClient.connect('127.0.0.1:7400');
+ *   await client.createCollection({ name: 'docs', dim: 4, index: { type: 'flat' } });
+ *   await client.upsert('docs', [{ id: 'a', vector: new Float32Array([1, 0, 0, 0]), payload: { tag: 'x' } }]);
+ *   const hits = await client.search('docs', new Float32Array([1, 0, 0, 0]), { k: 10 });
+ *   client.close();
+ *
+ * Every call has a deadline (default defaultDeadlineMs, per call `deadlineMs`). Calls that fail
+ * with UNAVAILABLE or DEADLINE_EXCEEDED are retried with backoff, on the next address when several
+ * are given. A write gets one idempotency key per logical call (unless the caller passes one), sent
+ * with every attempt, so a retried upsert or delete applies once. Errors are QuiverError with the
+ * server's code.
+ */
+import { randomUUID } from 'crypto';
+import * as grpc from '@grpc/grpc-js';
+import { ERROR_CODES, ErrorCode, QuiverError } from '../errors';
+import { defaultDeadlineMs, requestBytesMax } from '../common/limits';
+import type {
+  ClusterStatus,
+  CollectionInfo,
+  CollectionSpecInput,
+  Consistency,
+  Filter,
+  IndexSpec,
+  Point,
+  PointInput,
+  SearchHit,
+  WriteToken,
+} from '../query/types';
+import { QUIVER_CODE_KEY, bytesToVector, codeOfGrpcStatus, quiverService, vectorToBytes } from './proto';
+
+export { QuiverError } from '../errors';
+export type { ErrorCode } from '../errors';
+export type {
+  ClusterStatus,
+  CollectionInfo,
+  CollectionSpecInput,
+  Consistency,
+  Filter,
+  IndexSpec,
+  Payload,
+  Point,
+  PointInput,
+  SearchHit,
+  WriteToken,
+} from '../query/types';
+
+export interface ClientOptions {
+  /** Deadline of each attempt of a call, in ms. Default defaultDeadlineMs (30 s). */
+  deadlineMs?: number;
+  /** Attempts after the first for UNAVAILABLE / DEADLINE_EXCEEDED. Default 4. */
+  retries?: number;
+  /** First backoff between attempts, doubled each time. Default 50 ms. */
+  backoffMs?: number;
+  /** How long connect() waits for the first address to answer. Default 10 s. */
+  connectTimeoutMs?: number;
+}
+
+export interface CallOptions {
+  deadlineMs?: number;
+}
+
+export interface WriteOptions extends CallOptions {
+  /** Sent with every attempt; generated once per call when absent. */
+  idempotencyKey?: string;
+}
+
+export interface GetOptions extends CallOptions {
+  withVectors?: boolean;
+  withPayload?: boolean;
+}
+
+export interface SearchOptions extends CallOptions {
+  k: number;
+  filter?: Filter;
+  ef?: number;
+  nprobe?: number;
+  withPayload?: boolean;
+  withVectors?: boolean;
+  consistency?: Consistency;
+  token?: WriteToken;
+}
+
+/* eslint-disable @typescript-eslint/no-explicit-any */
+type Msg = any;
+type Stub = grpc.Client & Record<string, (req: Msg, md: grpc.Metadata, opts: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r: Msg) => void) => void>;
+
+const RETRYABLE: readonly ErrorCode[] = ['UNAVAILABLE', 'DEADLINE_EXCEEDED'];
+
+export class QuiverClient {
+  private readonly stubs: Stub[];
+  private current = 0;
+  private readonly deadlineMs: number;
+  private readonly retries: number;
+  private readonly backoffMs: number;
+
+  private constructor(addresses: string[], private readonly opts: ClientOptions) {
+    const Ctor = quiverService();
+    const channelOptions = {
+      'grpc.max_receive_message_length': requestBytesMax,
+      'grpc.max_send_message_length': requestBytesMax,
+    };
+    this.stubs = addresses.map((a) => new Ctor(a, grpc.credentials.createInsecure(), channelOptions) as unknown as Stub);
+    this.deadlineMs = opts.deadlineMs ?? defaultDeadlineMs;
+    this.retries = opts.retries ?? 4;
+    this.backoffMs = opts.backoffMs ?? 50;
+  }
+
+  /** Connects to one or more node addresses (host:port of their gRPC servers). */
+  static async connect(addresses: string | string[], opts: ClientOptions = {}): Promise<QuiverClient> {
+    const list = typeof addresses === 'string' ? addresses.split(',').map((s) => s.trim()).filter(Boolean) : addresses;
+    if (list.length === 0) throw new QuiverError('INVALID_ARGUMENT', 'connect needs at least one address');
+    const c = new QuiverClient(list, opts);
+    const deadline = Date.now() + (opts.connectTimeoutMs ?? 10_000);
+    const ready = c.stubs.map(
+      (stub, i) =>
+        new Promise<number>((resolve, reject) =>
+          stub.waitForReady(deadline, (e) => (e ? reject(new Error(`${list[i]}: ${e.message}`)) : resolve(i))),
+        ),
+    );
+    try {
+      c.current = await Promise.any(ready); // the first address that answers
+      return c;
+    } catch (e) {
+      c.close();
+      const errors = e instanceof AggregateError ? e.errors.map((x) => (x instanceof Error ? x.message : String(x))) : [String(e)];
+      throw new QuiverError('UNAVAILABLE', `no Quiver node answered at ${list.join(', ')}: ${errors.join('; ')}`);
+    }
+  }
+
+  close(): void {
+    for (const s of this.stubs) s.close();
+  }
+
+  // ---- collections ----
+
+  async createCollection(spec: CollectionSpecInput, o: CallOptions = {}): Promise<CollectionInfo> {
+    const req = {
+      name: spec.name,
+      dim: spec.dim,
+      metric: spec.metric ?? '',
+      index: spec.index ? { ...spec.index } : null,
+      shards: spec.shards ?? 0,
+      replicationFactor: spec.replicationFactor ?? 0,
+      writeConcern: spec.writeConcern ?? '',
+    };
+    try {
+      return infoFromWire(await this.call('CreateCollection', req, o));
+    } catch (e) {
+      // A retried create whose first attempt was applied: the collection is there.
+      if (e instanceof QuiverError && e.code === 'ALREADY_EXISTS' && (e as RetriedError).afterAmbiguous) {
+        return this.describeCollection(spec.name, o);
+      }
+      throw e;
+    }
+  }
+
+  async dropCollection(name: string, o: CallOptions = {}): Promise<void> {
+    try {
+      await this.call('DropCollection', { name }, o);
+    } catch (e) {
+      if (e instanceof QuiverError && e.code === 'NOT_FOUND' && (e as RetriedError).afterAmbiguous) return;
+      throw e;
+    }
+  }
+
+  async listCollections(o: CallOptions = {}): Promise<CollectionInfo[]> {
+    const r = await this.call('ListCollections', {}, o);
+    return (r.collections ?? []).map(infoFromWire);
+  }
+
+  async describeCollection(name: string, o: CallOptions = {}): Promise<CollectionInfo> {
+    return infoFromWire(await this.call('DescribeCollection', { name }, o));
+  }
+
+  // ---- points ----
+
+  async upsert(collection: string, points: PointInput[], o: WriteOptions = {}): Promise<{ upserted: number; token: WriteToken }> {
+    const req = {
+      collection,
+      idempotencyKey: o.idempotencyKey ?? randomUUID(),
+      points: points.map((p) => {
+        if (!(p.vector instanceof Float32Array)) throw new QuiverError('INVALID_ARGUMENT', `point '${p.id}': vector must be a Float32Array`);
+        return { id: p.id, vector: { data: vectorToBytes(p.vector) }, payloadJson: p.payload === undefined ? '' : JSON.stringify(p.payload) };
+      }),
+    };
+    const r = await this.call('Upsert', req, o);
+    return { upserted: r.count, token: r.token ?? {} };
+  }
+
+  async delete(collection: string, ids: string[], o: WriteOptions = {}): Promise<{ deleted: number; token: WriteToken }> {
+    const r = await this.call('Delete', { collection, ids, idempotencyKey: o.idempotencyKey ?? randomUUID() }, o);
+    return { deleted: r.count, token: r.token ?? {} };
+  }
+
+  async get(collection: string, ids: string[], o: GetOptions = {}): Promise<Point[]> {
+    const r = await this.call('Get', { collection, ids, withVectors: !!o.withVectors, withPayload: !!o.withPayload }, o);
+    return (r.points ?? []).map((p: Msg) => {
+      const out: Point = { id: p.id };
+      if (p.vector) out.vector = vectorFromWire(p.vector);
+      if (p.payloadJson) out.payload = JSON.parse(p.payloadJson);
+      return out;
+    });
+  }
+
+  async count(collection: string, o: CallOptions = {}): Promise<number> {
+    return (await this.call('Count', { collection }, o)).count;
+  }
+
+  /** k nearest neighbours of one query vector, nearest first. */
+  async search(collection: string, vector: Float32Array, o: SearchOptions): Promise<SearchHit[]> {
+    const r = await this.call('Search', { collection, vector: { data: vectorToBytes(requireF32(vector)) }, options: searchOptions(o) }, o);
+    return (r.hits ?? []).map(hitFromWire);
+  }
+
+  /** One list of hits per query vector. */
+  async searchBatch(collection: string, vectors: Float32Array[], o: SearchOptions): Promise<SearchHit[][]> {
+    const r = await this.call(
+      'SearchBatch',
+      { collection, vectors: vectors.map((v) => ({ data: vectorToBytes(requireF32(v)) })), options: searchOptions(o) },
+      o,
+    );
+    return (r.batches ?? []).map((b: Msg) => (b.hits ?? []).map(hitFromWire));
+  }
+
+  async status(o: CallOptions = {}): Promise<ClusterStatus> {
+    const r = await this.call('ClusterStatus', {}, o);
+    return {
+      mode: r.mode,
+      nodeId: r.nodeId,
+      nodes: (r.nodes ?? []).map((n: Msg) => ({ id: n.id, grpc: n.grpc || undefined, http: n.http || undefined, alive: n.alive })),
+      shards: (r.shards ?? []).map((s: Msg) => ({
+        collection: s.collection,
+        shard: s.shard,
+        leader: s.leader,
+        epoch: s.epoch,
+        lastLsn: s.lastLsn,
+        appliedLsn: s.appliedLsn,
+        snapshotLsn: s.snapshotLsn,
+        points: s.points,
+        walBytes: s.walBytes,
+      })),
+    };
+  }
+
+  // ---- transport ----
+
+  private async call(method: string, req: Msg, o: CallOptions): Promise<Msg> {
+    let ambiguous = false;
+    for (let attempt = 0; ; attempt++) {
+      const stub = this.stubs[this.current];
+      try {
+        return await unaryCall(stub, method, req, Date.now() + (o.deadlineMs ?? this.deadlineMs));
+      } catch (e) {
+        const qe = e as RetriedError;
+        qe.afterAmbiguous = ambiguous;
+        if (!RETRYABLE.includes(qe.code) || attempt >= this.retries) throw qe;
+        ambiguous = true;
+        if (this.stubs.length > 1) this.current = (this.current + 1) % this.stubs.length;
+        await sleep(this.backoffMs * 2 ** attempt);
+      }
+    }
+  }
+}
+
+interface RetriedError extends QuiverError {
+  /** Set when an earlier attempt of the same call failed in a way that may have applied it. */
+  afterAmbiguous?: boolean;
+}
+
+function unaryCall(stub: Stub, method: string, req: Msg, deadline: number): Promise<Msg> {
+  return new Promise((resolve, reject) => {
+    stub[method](req, new grpc.Metadata(), { deadline }, (err, res) => {
+      if (err) reject(errorFromGrpc(err));
+      else resolve(res);
+    });
+  });
+}
+
+function errorFromGrpc(err: grpc.ServiceError): QuiverError {
+  const v = err.metadata?.get(QUIVER_CODE_KEY)?.[0];
+  const code = typeof v === 'string' && (ERROR_CODES as readonly string[]).includes(v) ? (v as ErrorCode) : codeOfGrpcStatus(err.code);
+  return new QuiverError(code, err.details || err.message);
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+function requireF32(v: unknown): Float32Array {
+  if (!(v instanceof Float32Array)) throw new QuiverError('INVALID_ARGUMENT', 'a query vector must be a Float32Array');
+  return v;
+}
+
+function vectorFromWire(v: Msg): Float32Array {
+  if (v.data && v.data.byteLength > 0) {
+    const f = bytesToVector(v.data);
+    if (!f) throw new QuiverError('INTERNAL', 'the server sent a vector whose byte length is not a multiple of 4');
+    return f;
+  }
+  return Float32Array.from(v.values ?? []);
+}
+
+function searchOptions(o: SearchOptions): Msg {
+  // uint32 on the wire would silently truncate a fraction or wrap a negative number.
+  if (!Number.isInteger(o.k) || o.k < 0) throw new QuiverError('INVALID_ARGUMENT', 'k must be a positive integer');
+  for (const [name, v] of [['ef', o.ef], ['nprobe', o.nprobe]] as const) {
+    if (v !== undefined && (!Number.isInteger(v) || v < 1)) throw new QuiverError('INVALID_ARGUMENT', `${name} must be a positive integer`);
+  }
+  return {
+    k: o.k,
+    filterJson: o.filter === undefined ? '' : JSON.stringify(o.filter),
+    ef: o.ef ?? 0,
+    nprobe: o.nprobe ?? 0,
+    withPayload: !!o.withPayload,
+    withVectors: !!o.withVectors,
+    consistency: o.consistency ?? '',
+    token: o.token ?? {},
+  };
+}
+
+function hitFromWire(h: Msg): SearchHit {
+  const out: SearchHit = { id: h.id, distance: h.distance };
+  if (h.payloadJson) out.payload = JSON.parse(h.payloadJson);
+  if (h.vector) out.vector = vectorFromWire(h.vector);
+  return out;
+}
+
+function infoFromWire(c: Msg): CollectionInfo {
+  const ix: Record<string, unknown> = { type: c.index?.type ?? 'flat' };
+  for (const k of ['m', 'efConstruction', 'efSearch', 'nlist', 'refine', 'nprobe']) {
+    if (c.index?.[k]) ix[k] = c.index[k];
+  }
+  return {
+    name: c.name,
+    dim: c.dim,
+    metric: c.metric,
+    index: ix as unknown as IndexSpec,
+    shards: c.shards,
+    replicationFactor: c.replicationFactor,
+    writeConcern: c.writeConcern,
+    count: c.count,
+    createdAt: c.createdAt,
+  };
+}

@@ -1,0 +1,181 @@
+/**
+ * gRPC front end (@grpc/grpc-js, proto/quiver.proto). Each call runs under its deadline (the
+ * client's, or defaultDeadlineMs when it set none); a failure answers the gRPC status of its
+ * QuiverError code with the code itself in the trailing metadata `quiver-code`.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { invalidArgument } from '../errors';
+import { defaultDeadlineMs } from '../common/limits';
+import type { CollectionInfo, CollectionSpecInput, IndexSpec, Point, SearchHit, WriteToken } from '../query/types';
+import { GRPC_STATUS_OF, QUIVER_CODE_KEY, WireVector, bytesToVector, quiverService, vectorToBytes } from '../client/proto';
+import type { Op, Service } from './service';
+import { RawPoint, asQuiverError, buildSearch, checkBatchSize, checkIds, checkPoints, parseJsonField } from './validate';
+import { clusterJson } from './status-page';
+
+/* eslint-disable @typescript-eslint/no-explicit-any */
+type Msg = any;
+
+export function decodeVector(v: WireVector | null | undefined, what: string): Float32Array {
+  const data = v?.data;
+  const values = v?.values;
+  const hasData = data !== undefined && data !== null && data.byteLength > 0;
+  const hasValues = Array.isArray(values) && values.length > 0;
+  if (hasData && hasValues) throw invalidArgument(`${what}: set values or data, not both`);
+  if (hasData) {
+    const f = bytesToVector(data);
+    if (!f) throw invalidArgument(`${what}: data is ${data.byteLength} bytes, not a multiple of 4`);
+    return f;
+  }
+  return Float32Array.from(values ?? []);
+}
+
+export function encodeVector(v: Float32Array, asFloats: boolean): WireVector {
+  return asFloats ? { values: Array.from(v) } : { data: vectorToBytes(v) };
+}
+
+function nz(n: number | undefined | null): number | undefined {
+  return n ? n : undefined;
+}
+
+function indexFromWire(ix: Msg): IndexSpec | undefined {
+  if (!ix || !ix.type) return undefined;
+  const out: Record<string, unknown> = { type: ix.type };
+  for (const k of ['m', 'efConstruction', 'efSearch', 'nlist', 'refine', 'nprobe']) {
+    if (ix[k]) out[k] = ix[k];
+  }
+  return out as unknown as IndexSpec;
+}
+
+function indexToWire(ix: IndexSpec): Msg {
+  return { ...ix };
+}
+
+function infoToWire(c: CollectionInfo): Msg {
+  return {
+    name: c.name,
+    dim: c.dim,
+    metric: c.metric,
+    index: indexToWire(c.index),
+    shards: c.shards,
+    replicationFactor: c.replicationFactor,
+    writeConcern: c.writeConcern,
+    count: c.count,
+    createdAt: c.createdAt,
+  };
+}
+
+function tokenFromWire(t: Msg): WriteToken | undefined {
+  if (!t || Object.keys(t).length === 0) return undefined;
+  return t as WriteToken;
+}
+
+function pointToWire(p: Point, asFloats: boolean): Msg {
+  return {
+    id: p.id,
+    vector: p.vector ? encodeVector(p.vector, asFloats) : null,
+    payloadJson: p.payload ? JSON.stringify(p.payload) : '',
+  };
+}
+
+function hitToWire(h: SearchHit, asFloats: boolean): Msg {
+  return {
+    id: h.id,
+    distance: h.distance,
+    payloadJson: h.payload ? JSON.stringify(h.payload) : '',
+    vector: h.vector ? encodeVector(h.vector, asFloats) : null,
+  };
+}
+
+function searchOptions(o: Msg): Record<string, unknown> {
+  o = o ?? {};
+  return {
+    k: o.k,
+    filter: parseJsonField(o.filterJson ?? '', 'filter_json'),
+    ef: nz(o.ef),
+    nprobe: nz(o.nprobe),
+    withPayload: o.withPayload,
+    withVectors: o.withVectors,
+    consistency: o.consistency || undefined,
+    token: tokenFromWire(o.token),
+  };
+}
+
+export function grpcImplementation(svc: Service): grpc.UntypedServiceImplementation {
+  const db = svc.db;
+  const unary =
+    (op: Op, fn: (req: Msg) => Promise<Msg> | Msg): grpc.handleUnaryCall<Msg, Msg> =>
+    (call, callback) => {
+      const d = call.getDeadline();
+      const at = d instanceof Date ? d.getTime() : Number.isFinite(d) ? d : Date.now() + defaultDeadlineMs;
+      svc.run(op, 'grpc', at, () => fn(call.request)).then(
+        (answer) => callback(null, answer),
+        (e) => {
+          const qe = asQuiverError(e);
+          const metadata = new grpc.Metadata();
+          metadata.set(QUIVER_CODE_KEY, qe.code);
+          callback({ code: GRPC_STATUS_OF[qe.code], details: qe.message, metadata });
+        },
+      );
+    };
+
+  return {
+    CreateCollection: unary('CreateCollection', async (r) => {
+      const spec: CollectionSpecInput = {
+        name: r.name,
+        dim: r.dim,
+        metric: r.metric || undefined,
+        index: indexFromWire(r.index),
+        shards: nz(r.shards),
+        replicationFactor: nz(r.replicationFactor),
+        writeConcern: r.writeConcern || undefined,
+      };
+      return infoToWire(await db.createCollection(spec));
+    }),
+    DropCollection: unary('DropCollection', async (r) => {
+      await db.dropCollection(r.name);
+      return {};
+    }),
+    ListCollections: unary('ListCollections', () => ({ collections: db.listCollections().map(infoToWire) })),
+    DescribeCollection: unary('DescribeCollection', (r) => infoToWire(db.describeCollection(r.name))),
+    Upsert: unary('Upsert', async (r) => {
+      const info = db.describeCollection(r.collection);
+      const list: Msg[] = r.points ?? [];
+      checkBatchSize(list.length, 'points');
+      const raw: RawPoint[] = list.map((p, i) => ({
+        id: p.id,
+        vector: decodeVector(p.vector, `points[${i}].vector`),
+        payload: parseJsonField(p.payloadJson ?? '', `points[${i}].payload_json`),
+      }));
+      const res = await db.upsert(r.collection, checkPoints(raw, info.dim), { idempotencyKey: r.idempotencyKey || undefined });
+      return { count: res.upserted, token: res.token };
+    }),
+    Delete: unary('Delete', async (r) => {
+      const res = await db.delete(r.collection, checkIds(r.ids ?? []), { idempotencyKey: r.idempotencyKey || undefined });
+      return { count: res.deleted, token: res.token };
+    }),
+    Get: unary('Get', async (r) => {
+      const pts = await db.get(r.collection, checkIds(r.ids ?? []), { withVectors: r.withVectors, withPayload: r.withPayload });
+      return { points: pts.map((p) => pointToWire(p, r.floatVectors)) };
+    }),
+    Search: unary('Search', async (r) => {
+      const info = db.describeCollection(r.collection);
+      const req = buildSearch([decodeVector(r.vector, 'vector')], info.dim, searchOptions(r.options));
+      const hits = await db.search(r.collection, req);
+      const asFloats = !!r.options?.floatVectors;
+      return { hits: (hits[0] ?? []).map((h) => hitToWire(h, asFloats)) };
+    }),
+    SearchBatch: unary('SearchBatch', async (r) => {
+      const info = db.describeCollection(r.collection);
+      const queries = (r.vectors ?? []).map((v: WireVector, i: number) => decodeVector(v, `vectors[${i}]`));
+      const hits = await db.search(r.collection, buildSearch(queries, info.dim, searchOptions(r.options)));
+      const asFloats = !!r.options?.floatVectors;
+      return { batches: hits.map((list) => ({ hits: list.map((h) => hitToWire(h, asFloats)) })) };
+    }),
+    Count: unary('Count', async (r) => ({ count: await db.count(r.collection) })),
+    ClusterStatus: unary('ClusterStatus', () => clusterJson(db.status(), svc.addresses)),
+  };
+}
+
+export function grpcServiceDefinition(): grpc.ServiceDefinition {
+  return quiverService().service;
+}

@@ -1,0 +1,111 @@
+/**
+ * The node's API servers: gRPC and HTTP over one Database. `startServer` binds both (port 0 picks a
+ * free port) and returns where they listen; `close()` stops accepting, lets in-flight requests
+ * finish, and closes the listeners (the caller closes the Database afterwards).
+ */
+import * as http from 'http';
+import * as grpc from '@grpc/grpc-js';
+import { QuiverError } from '../errors';
+import { requestBytesMax } from '../common/limits';
+import type { Database } from '../query/types';
+import { grpcImplementation, grpcServiceDefinition } from './grpc';
+import { HttpApi } from './http';
+import { Metrics } from './metrics';
+import { Service, Logger } from './service';
+
+export { Metrics } from './metrics';
+export { HttpApi, HTTP_STATUS_OF, TIMEOUT_HEADER } from './http';
+export { Service } from './service';
+
+export interface ServerOptions {
+  db: Database;
+  /** host:port for gRPC; port 0 picks a free one. Default 127.0.0.1:7400. */
+  grpc?: string;
+  /** host:port for HTTP; port 0 picks a free one. Default 127.0.0.1:7401. */
+  http?: string;
+  /** Reuse a registry whose observer the Database was opened with (WAL and fsync metrics). */
+  metrics?: Metrics;
+  log?: Logger;
+  /** How long close() waits for in-flight requests before cutting connections. Default 30 s. */
+  drainTimeoutMs?: number;
+}
+
+export interface RunningServer {
+  grpcAddress: string; // host:port actually bound
+  httpAddress: string;
+  metrics: Metrics;
+  close(): Promise<void>;
+}
+
+export function splitHostPort(addr: string, what: string): { host: string; port: number } {
+  const m = /^(\[[^\]]+\]|[^:]+):(\d+)$/.exec(addr);
+  if (!m) throw new QuiverError('INVALID_ARGUMENT', `${what} must be host:port (got '${addr}')`);
+  const port = Number(m[2]);
+  if (port > 65535) throw new QuiverError('INVALID_ARGUMENT', `${what}: port ${port} is out of range`);
+  return { host: m[1].replace(/^\[|\]$/g, ''), port };
+}
+
+function joinHostPort(host: string, port: number): string {
+  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+export async function startServer(opts: ServerOptions): Promise<RunningServer> {
+  const metrics = opts.metrics ?? new Metrics();
+  metrics.attach(opts.db);
+  const svc = new Service(opts.db, metrics, opts.log);
+  const drainTimeoutMs = opts.drainTimeoutMs ?? 30_000;
+
+  const g = splitHostPort(opts.grpc ?? '127.0.0.1:7400', 'grpc address');
+  const h = splitHostPort(opts.http ?? '127.0.0.1:7401', 'http address');
+
+  const grpcServer = new grpc.Server({
+    'grpc.max_receive_message_length': requestBytesMax,
+    'grpc.max_send_message_length': requestBytesMax,
+  });
+  grpcServer.addService(grpcServiceDefinition(), grpcImplementation(svc));
+  const grpcPort = await new Promise<number>((resolve, reject) => {
+    grpcServer.bindAsync(joinHostPort(g.host, g.port), grpc.ServerCredentials.createInsecure(), (err, port) => {
+      if (err) reject(new QuiverError('UNAVAILABLE', `cannot listen for gRPC on ${joinHostPort(g.host, g.port)}: ${err.message}`));
+      else resolve(port);
+    });
+  });
+
+  const api = new HttpApi(svc);
+  const httpServer = http.createServer({ requestTimeout: 0, keepAliveTimeout: 5000 }, api.listener);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      httpServer.once('error', (e) => reject(new QuiverError('UNAVAILABLE', `cannot listen for HTTP on ${joinHostPort(h.host, h.port)}: ${e.message}`)));
+      httpServer.listen(h.port, h.host, () => resolve());
+    });
+  } catch (e) {
+    grpcServer.forceShutdown();
+    throw e;
+  }
+  const httpPort = (httpServer.address() as { port: number }).port;
+  svc.addresses = { grpc: joinHostPort(g.host, grpcPort), http: joinHostPort(h.host, httpPort) };
+
+  let closing: Promise<void> | undefined;
+  const close = (): Promise<void> =>
+    (closing ??= (async () => {
+      // 1. Stop accepting: listeners close, new requests on open connections answer UNAVAILABLE.
+      const httpClosed = new Promise<void>((resolve) => httpServer.close(() => resolve()));
+      httpServer.closeIdleConnections();
+      const grpcClosed = new Promise<void>((resolve) => grpcServer.tryShutdown(() => resolve()));
+      // 2. Let in-flight requests finish (bounded).
+      let timer: NodeJS.Timeout | undefined;
+      const timedOut = new Promise<void>((resolve) => (timer = setTimeout(resolve, drainTimeoutMs)));
+      await Promise.race([svc.drain(), timedOut]);
+      // 3. Close what is left.
+      httpServer.closeAllConnections();
+      await Promise.race([Promise.all([httpClosed, grpcClosed]), timedOut]);
+      clearTimeout(timer);
+      grpcServer.forceShutdown();
+    })());
+
+  return {
+    grpcAddress: svc.addresses.grpc!,
+    httpAddress: svc.addresses.http!,
+    metrics,
+    close,
+  };
+}

@@ -1,0 +1,103 @@
+/**
+ * Prometheus metrics (prom-client), one registry per server so several servers can live in one
+ * process (tests). Request counts and latency per operation and transport; WAL bytes, fsync and
+ * snapshot latency through the DatabaseObserver hooks; points, LSNs and WAL size per shard read
+ * from db.status() when /metrics is scraped.
+ */
+import * as client from 'prom-client';
+import type { Database, DatabaseObserver } from '../query/types';
+
+export type Transport = 'grpc' | 'http';
+
+export class Metrics {
+  readonly registry = new client.Registry();
+  readonly observer: DatabaseObserver;
+  private db: Database | undefined;
+
+  private readonly requests = new client.Counter({
+    name: 'quiver_requests_total',
+    help: 'API requests by operation, transport and result code (OK or a Quiver error code)',
+    labelNames: ['op', 'transport', 'code'] as const,
+    registers: [this.registry],
+  });
+
+  private readonly latency = new client.Histogram({
+    name: 'quiver_request_duration_seconds',
+    help: 'API request latency by operation and transport',
+    labelNames: ['op', 'transport'] as const,
+    buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    registers: [this.registry],
+  });
+
+  private readonly walBytes = new client.Counter({
+    name: 'quiver_wal_bytes_written_total',
+    help: 'Bytes appended to the WAL',
+    labelNames: ['collection', 'shard'] as const,
+    registers: [this.registry],
+  });
+
+  private readonly fsyncSeconds = new client.Histogram({
+    name: 'quiver_wal_fsync_duration_seconds',
+    help: 'WAL fsync latency',
+    labelNames: ['collection', 'shard'] as const,
+    buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
+    registers: [this.registry],
+  });
+
+  private readonly snapshotSeconds = new client.Histogram({
+    name: 'quiver_snapshot_duration_seconds',
+    help: 'Time to write a shard snapshot',
+    labelNames: ['collection', 'shard'] as const,
+    buckets: [0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60],
+    registers: [this.registry],
+  });
+
+  constructor() {
+    client.collectDefaultMetrics({ register: this.registry, prefix: 'quiver_process_' });
+    this.observer = {
+      walAppend: (collection, shard, bytes) => this.walBytes.inc({ collection, shard: String(shard) }, bytes),
+      fsync: (collection, shard, seconds) => this.fsyncSeconds.observe({ collection, shard: String(shard) }, seconds),
+      snapshot: (collection, shard, seconds) => this.snapshotSeconds.observe({ collection, shard: String(shard) }, seconds),
+    };
+    // Per-shard gauges, read from db.status() at scrape time.
+    const metrics = this;
+    const shardGauge = (name: string, help: string, pick: (s: ReturnType<Database['status']>['shards'][number]) => number) =>
+      new client.Gauge({
+        name,
+        help,
+        labelNames: ['collection', 'shard', 'leader'] as const,
+        registers: [this.registry],
+        collect() {
+          this.reset();
+          if (!metrics.db) return;
+          for (const s of metrics.db.status().shards) {
+            this.set({ collection: s.collection, shard: String(s.shard), leader: s.leader }, pick(s));
+          }
+        },
+      });
+    shardGauge('quiver_shard_points', 'Points held by a shard', (s) => s.points);
+    shardGauge('quiver_shard_applied_lsn', 'Highest LSN applied to the index and payload store', (s) => s.appliedLsn);
+    shardGauge('quiver_shard_last_lsn', 'Highest LSN in the shard WAL', (s) => s.lastLsn);
+    shardGauge('quiver_shard_snapshot_lsn', 'LSN of the newest snapshot', (s) => s.snapshotLsn);
+    shardGauge('quiver_shard_wal_bytes', 'Bytes of WAL kept on disk for a shard', (s) => s.walBytes);
+    shardGauge('quiver_shard_epoch', 'Leader epoch of a shard', (s) => s.epoch);
+  }
+
+  /** Gauges read this database at scrape time. */
+  attach(db: Database): void {
+    this.db = db;
+  }
+
+  observeRequest(op: string, transport: Transport, code: string, seconds: number): void {
+    this.requests.inc({ op, transport, code });
+    this.latency.observe({ op, transport }, seconds);
+  }
+
+  async text(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+}

@@ -1,0 +1,97 @@
+/**
+ * What both front ends (gRPC, HTTP) call: every operation runs through `run`, which enforces the
+ * call's deadline, counts the request in the metrics and tracks it as in flight, so a shutdown can
+ * stop taking new requests and wait for those already running.
+ */
+import { QuiverError } from '../errors';
+import type { Database } from '../query/types';
+import type { Metrics, Transport } from './metrics';
+import { asQuiverError } from './validate';
+
+export type Op =
+  | 'CreateCollection'
+  | 'DropCollection'
+  | 'ListCollections'
+  | 'DescribeCollection'
+  | 'Upsert'
+  | 'Delete'
+  | 'Get'
+  | 'Search'
+  | 'SearchBatch'
+  | 'Count'
+  | 'ClusterStatus';
+
+export interface Logger {
+  error(msg: string): void;
+}
+
+export class Service {
+  private inFlight = 0;
+  private idleWaiters: (() => void)[] = [];
+  private draining = false;
+  /** Where this node listens (host:port), once bound; shown in status answers. */
+  addresses: { grpc?: string; http?: string } = {};
+
+  constructor(
+    readonly db: Database,
+    readonly metrics: Metrics,
+    private readonly log: Logger = { error: (m) => process.stderr.write(`${m}\n`) },
+  ) {}
+
+  get isDraining(): boolean {
+    return this.draining;
+  }
+
+  /**
+   * Runs one operation under a deadline (absolute, ms since the epoch). A request that arrives past
+   * its deadline is refused without touching the database; one whose deadline passes while it runs
+   * answers DEADLINE_EXCEEDED (a write may still complete: clients retry with the same idempotency
+   * key, which the engine applies once).
+   */
+  async run<T>(op: Op, transport: Transport, deadlineAtMs: number, fn: () => Promise<T> | T): Promise<T> {
+    const t0 = process.hrtime.bigint();
+    let code = 'OK';
+    this.inFlight++;
+    try {
+      if (this.draining) throw new QuiverError('UNAVAILABLE', 'the server is shutting down');
+      const left = deadlineAtMs - Date.now();
+      if (left <= 0) throw new QuiverError('DEADLINE_EXCEEDED', 'the deadline passed before the request started');
+      return await withDeadline(Promise.resolve().then(fn), left);
+    } catch (e) {
+      const qe = asQuiverError(e);
+      if (qe.code === 'INTERNAL') this.log.error(`quiver: ${op} failed: ${e instanceof Error ? e.stack ?? e.message : String(e)}`);
+      code = qe.code;
+      throw qe;
+    } finally {
+      this.metrics.observeRequest(op, transport, code, Number(process.hrtime.bigint() - t0) / 1e9);
+      if (--this.inFlight === 0) {
+        const w = this.idleWaiters;
+        this.idleWaiters = [];
+        for (const f of w) f();
+      }
+    }
+  }
+
+  /** Stop taking requests (they answer UNAVAILABLE) and resolve when those in flight are done. */
+  drain(): Promise<void> {
+    this.draining = true;
+    if (this.inFlight === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+}
+
+function withDeadline<T>(p: Promise<T>, ms: number): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new QuiverError('DEADLINE_EXCEEDED', `the deadline of ${ms} ms passed`)), ms);
+    p.then(
+      (v) => {
+        clearTimeout(timer);
+        resolve(v);
+      },
+      (e) => {
+        clearTimeout(timer);
+        reject(e);
+      },
+    );
+  });
+}

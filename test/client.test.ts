@@ -1,0 +1,180 @@
+/**
+ * The client SDK's retries: a TCP proxy on loopback between client and server swallows the server's
+ * answers, so the client's attempts fail (DEADLINE_EXCEEDED, or UNAVAILABLE when the proxy drops the
+ * connection) after the server has applied the write. The retried write carries the same
+ * idempotency key and applies once: the shard's LSN moves by exactly one.
+ */
+import * as net from 'net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { QuiverClient } from '../src/client';
+import { QuiverError } from '../src/errors';
+import { Harness, httpJson, startHarness, vec } from './server-harness';
+
+const DIM = 4;
+
+/** Forwards loopback TCP to `target`; while `swallow` is set, bytes from the server are dropped. */
+class Proxy {
+  swallow = false;
+  private readonly sockets = new Set<net.Socket>();
+  private server!: net.Server;
+  address = '';
+
+  constructor(private readonly target: { host: string; port: number }) {}
+
+  async start(): Promise<void> {
+    this.server = net.createServer((client) => {
+      const upstream = net.connect(this.target.port, this.target.host);
+      this.sockets.add(client).add(upstream);
+      client.on('data', (b) => upstream.write(b));
+      upstream.on('data', (b) => {
+        if (!this.swallow) client.write(b);
+      });
+      const done = () => {
+        client.destroy();
+        upstream.destroy();
+        this.sockets.delete(client);
+        this.sockets.delete(upstream);
+      };
+      client.on('close', done).on('error', done);
+      upstream.on('close', done).on('error', done);
+    });
+    await new Promise<void>((r) => this.server.listen(0, '127.0.0.1', r));
+    this.address = `127.0.0.1:${(this.server.address() as net.AddressInfo).port}`;
+  }
+
+  /** Cuts every open connection (the client sees the transport fail). */
+  cut(): void {
+    for (const s of this.sockets) s.destroy();
+    this.sockets.clear();
+  }
+
+  async stop(): Promise<void> {
+    this.cut();
+    await new Promise<void>((r) => this.server.close(() => r()));
+  }
+}
+
+let h: Harness;
+let proxy: Proxy;
+
+function lastLsn(collection: string): number {
+  return h.db.status().shards.filter((s) => s.collection === collection).reduce((a, s) => a + s.lastLsn, 0);
+}
+
+async function until(cond: () => boolean, ms = 10_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+beforeAll(async () => {
+  h = await startHarness();
+  const [host, port] = h.server.grpcAddress.split(':');
+  proxy = new Proxy({ host, port: Number(port) });
+  await proxy.start();
+  const admin = await QuiverClient.connect(h.server.grpcAddress);
+  await admin.createCollection({ name: 'r', dim: DIM, index: { type: 'flat' } });
+  admin.close();
+});
+
+afterAll(async () => {
+  await proxy?.stop();
+  await h?.stop();
+});
+
+describe('client retries with idempotency keys', () => {
+  it('the same key applied twice applies once (HTTP, explicit key)', async () => {
+    const body = { points: [{ id: 'k1', vector: Array.from(vec(1, DIM)) }], idempotencyKey: 'same-key' };
+    const lsn0 = lastLsn('r');
+    const a = await httpJson(h.httpBase, 'POST', '/v1/collections/r/upsert', body);
+    const b = await httpJson(h.httpBase, 'POST', '/v1/collections/r/upsert', body);
+    expect(a.status).toBe(200);
+    expect(b.body).toEqual(a.body); // the second answer is the first one's
+    expect(lastLsn('r')).toBe(lsn0 + 1);
+    // Without a key the same body is a second write.
+    await httpJson(h.httpBase, 'POST', '/v1/collections/r/upsert', { points: body.points });
+    expect(lastLsn('r')).toBe(lsn0 + 2);
+  });
+
+  it('a write whose answer was lost is retried after the connection drops and applies once', async () => {
+    const client = await QuiverClient.connect(proxy.address, { retries: 4, backoffMs: 20 });
+    try {
+      const lsn0 = lastLsn('r');
+      proxy.swallow = true;
+      const pending = client.upsert('r', [{ id: 'u1', vector: vec(5, DIM), payload: { v: 1 } }]);
+      await until(() => lastLsn('r') === lsn0 + 1); // applied on the server; the answer went nowhere
+      proxy.swallow = false;
+      proxy.cut(); // the client sees UNAVAILABLE and retries on a new connection
+      const res = await pending;
+      expect(res.upserted).toBe(1);
+      expect(lastLsn('r')).toBe(lsn0 + 1);
+      const got = await client.get('r', ['u1'], { withPayload: true });
+      expect(got).toEqual([{ id: 'u1', payload: { v: 1 } }]);
+    } finally {
+      proxy.swallow = false;
+      client.close();
+    }
+  });
+
+  it('attempts that time out are retried with the same key; after the last one the error is DEADLINE_EXCEEDED', async () => {
+    const client = await QuiverClient.connect(proxy.address, { retries: 2, backoffMs: 10, deadlineMs: 300 });
+    try {
+      const lsn0 = lastLsn('r');
+      proxy.swallow = true;
+      let err: unknown;
+      try {
+        await client.delete('r', ['k1']);
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(QuiverError);
+      expect((err as QuiverError).code).toBe('DEADLINE_EXCEEDED');
+      // Three attempts reached the server; one delete was applied.
+      expect(lastLsn('r')).toBe(lsn0 + 1);
+      proxy.swallow = false;
+      expect(await client.get('r', ['k1'])).toEqual([]);
+    } finally {
+      proxy.swallow = false;
+      client.close();
+    }
+  });
+
+  it('errors that are not transient are not retried', async () => {
+    const client = await QuiverClient.connect(proxy.address, { retries: 4 });
+    try {
+      const lsn0 = lastLsn('r');
+      let err: unknown;
+      try {
+        await client.upsert('r', [{ id: 'bad', vector: new Float32Array(DIM + 1) }]);
+      } catch (e) {
+        err = e;
+      }
+      expect((err as QuiverError).code).toBe('INVALID_ARGUMENT');
+      expect(lastLsn('r')).toBe(lsn0);
+    } finally {
+      client.close();
+    }
+  });
+
+  it('connect takes the first address that answers and refuses when none does', async () => {
+    const dead = await new Promise<string>((resolve) => {
+      const s = net.createServer();
+      s.listen(0, '127.0.0.1', () => {
+        const port = (s.address() as net.AddressInfo).port;
+        s.close(() => resolve(`127.0.0.1:${port}`));
+      });
+    });
+    const c = await QuiverClient.connect([dead, h.server.grpcAddress], { connectTimeoutMs: 5000 });
+    expect(await c.count('r')).toBeGreaterThanOrEqual(0);
+    c.close();
+    let err: unknown;
+    try {
+      await QuiverClient.connect([dead], { connectTimeoutMs: 300 });
+    } catch (e) {
+      err = e;
+    }
+    expect((err as QuiverError).code).toBe('UNAVAILABLE');
+  });
+});

@@ -1,0 +1,64 @@
+/** Shared by the server, client and CLI tests: a real Database in a temp dir behind real servers. */
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { openDatabase } from '../src/query';
+import type { Database } from '../src/query/types';
+import { Metrics, RunningServer, startServer } from '../src/server';
+
+export interface Harness {
+  dir: string;
+  db: Database;
+  server: RunningServer;
+  httpBase: string;
+  stop(): Promise<void>;
+}
+
+export function tempDir(prefix: string): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+export async function startHarness(dir = tempDir('quiver-server-')): Promise<Harness> {
+  const metrics = new Metrics();
+  const db = await openDatabase({ dataDir: dir, snapshotIntervalMs: 0, observer: metrics.observer });
+  const server = await startServer({ db, grpc: '127.0.0.1:0', http: '127.0.0.1:0', metrics, log: { error: () => {} } });
+  return {
+    dir,
+    db,
+    server,
+    httpBase: `http://${server.httpAddress}`,
+    async stop() {
+      await server.close();
+      await db.close();
+    },
+  };
+}
+
+export interface HttpAnswer {
+  status: number;
+  body: any; // eslint-disable-line @typescript-eslint/no-explicit-any
+}
+
+export async function httpJson(base: string, method: string, p: string, body?: unknown, headers: Record<string, string> = {}): Promise<HttpAnswer> {
+  const init: RequestInit = { method, headers: { ...headers } };
+  if (body !== undefined) {
+    init.body = typeof body === 'string' ? body : JSON.stringify(body);
+    (init.headers as Record<string, string>)['content-type'] = 'application/json';
+  }
+  const res = await fetch(base + p, init);
+  const text = await res.text();
+  let parsed: unknown = text;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    // not JSON: keep the text
+  }
+  return { status: res.status, body: parsed };
+}
+
+/** Deterministic vectors: point i of dimension dim. */
+export function vec(i: number, dim: number): Float32Array {
+  const v = new Float32Array(dim);
+  for (let j = 0; j < dim; j++) v[j] = ((i * 31 + j * 7) % 17) / 17 + i * 0.01;
+  return v;
+}
