@@ -26,3 +26,20 @@ export type {
   GpuInfo,
   AnyIndex,
 } from './native';
+export { openDatabase } from './query';
+export type {
+  Database,
+  OpenOptions,
+  CollectionSpec,
+  CollectionSpecInput,
+  CollectionInfo,
+  IndexSpec,
+  PointInput,
+  Point,
+  Payload,
+  Filter,
+  SearchRequest,
+  SearchHit,
+  WriteToken,
+} from './query/types';
+export { startServer } from './server';
