@@ -3,6 +3,7 @@
  * or no driver) the GPU tests skip and say why; the test of the refusal itself always runs.
  */
 import { describe, expect, it } from 'vitest';
+import { rng } from './helpers';
 import { FlatIndex, IvfPqIndex, Metric, gpuInfo } from '../src/native';
 import { GpuFlatIndex, GpuIvfPqIndex } from '../src/native/gpu';
 import { QuiverError } from '../src/errors';
@@ -11,17 +12,6 @@ const info = gpuInfo();
 const noGpu = !info.available;
 const why = noGpu ? ` [skipped: no GPU: ${info.reason ?? 'unknown'}]` : '';
 if (noGpu) console.log(`GPU tests skipped: ${info.reason ?? 'no GPU'} (build: ${info.build})`);
-
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function data(n: number, dim: number, seed: number): Float32Array {
   const r = rng(seed);

@@ -1,16 +1,8 @@
 /** Shared helpers for tests: seeded data and brute force in float64. */
 import { QuiverError } from '../src/errors';
+import { rng } from '../bench/datasets';
 
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { rng };
 
 export function randomVectors(n: number, dim: number, seed: number, scale = 1): Float32Array {
   const r = rng(seed);

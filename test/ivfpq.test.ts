@@ -4,19 +4,9 @@
  * (printed by each test), so a regression in the quantizers or the scan makes them fail.
  */
 import { describe, expect, it } from 'vitest';
+import { rng } from './helpers';
 import { FlatIndex, IvfPqIndex, LABEL_NONE, Metric } from '../src/native';
 import { QuiverError } from '../src/errors';
-
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** n points around `clusters` Gaussian centres (and q queries drawn the same way). */
 function clustered(n: number, dim: number, seed: number, clusters = 256, spread = 0.9): Float32Array {

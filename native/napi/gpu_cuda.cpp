@@ -16,6 +16,7 @@
 #include "common/limits.h"
 #include "cuda/gpu_search.h"
 #include "ivfpq/ivfpq_index.h"
+#include "napi/convert.h"
 #include "napi/errors.h"
 #include "napi/gpu.h"
 #include "napi/index_wrap.h"
@@ -51,31 +52,6 @@ std::shared_ptr<GpuHandle> unwrap_handle(Napi::Env env, Napi::Value v) {
   return box->h;
 }
 
-template <typename T>
-std::vector<T> copy_typed(Napi::Env env, Napi::Value v, napi_typedarray_type type, const char* what) {
-  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != type)
-    throw_invalid(env, std::string(what) + " has the wrong type");
-  auto ta = v.As<Napi::TypedArrayOf<T>>();
-  return std::vector<T>(ta.Data(), ta.Data() + ta.ElementLength());
-}
-
-uint32_t to_u32(Napi::Env env, Napi::Value v, const char* what) {
-  if (!v.IsNumber()) throw_invalid(env, std::string(what) + " must be a number");
-  double d = v.As<Napi::Number>().DoubleValue();
-  if (!(d >= 0) || d > 4294967295.0 || d != std::floor(d)) throw_invalid(env, std::string(what) + " must be a non-negative integer");
-  return static_cast<uint32_t>(d);
-}
-
-Napi::Value results(Napi::Env env, const std::vector<uint32_t>& labels, const std::vector<float>& distances) {
-  auto l = Napi::Uint32Array::New(env, labels.size());
-  auto d = Napi::Float32Array::New(env, distances.size());
-  std::copy(labels.begin(), labels.end(), l.Data());
-  std::copy(distances.begin(), distances.end(), d.Data());
-  Napi::Object o = Napi::Object::New(env);
-  o.Set("labels", l);
-  o.Set("distances", d);
-  return o;
-}
 
 class CreateWorker : public PromiseWorker {
  public:
@@ -124,7 +100,7 @@ class SearchWorker : public PromiseWorker {
     if (h_->flat) return h_->flat->search(queries_.data(), nq, k_, labels_.data(), distances_.data());
     return h_->ivf->search(queries_.data(), nq, k_, nprobe_, labels_.data(), distances_.data());
   }
-  Napi::Value Resolve(Napi::Env env) override { return results(env, labels_, distances_); }
+  Napi::Value Resolve(Napi::Env env) override { return search_results(env, labels_, distances_); }
 
  private:
   std::shared_ptr<GpuHandle> h_;

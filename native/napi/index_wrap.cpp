@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "common/limits.h"
+#include "napi/convert.h"
 #include "napi/errors.h"
 
 namespace qv {
@@ -14,22 +15,7 @@ namespace napi {
 
 namespace {
 
-template <typename T>
-std::vector<T> copy_typed(Napi::Env env, Napi::Value v, napi_typedarray_type type, const char* what) {
-  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != type)
-    throw_invalid(env, std::string(what) + " has the wrong type");
-  auto ta = v.As<Napi::TypedArrayOf<T>>();
-  return std::vector<T>(ta.Data(), ta.Data() + ta.ElementLength());
-}
-
-uint32_t to_u32(Napi::Env env, Napi::Value v, const char* what) {
-  if (!v.IsNumber()) throw_invalid(env, std::string(what) + " must be a number");
-  double d = v.As<Napi::Number>().DoubleValue();
-  if (!(d >= 0) || d > 4294967295.0 || d != std::floor(d)) throw_invalid(env, std::string(what) + " must be a non-negative integer");
-  return static_cast<uint32_t>(d);
-}
-
-Napi::Function* constructor_ref = nullptr;  // per-process: one addon instance per Node process here
+// One addon instance per process (tests run in forked processes, not worker threads).
 Napi::FunctionReference* constructor_persist = nullptr;
 
 class AddWorker : public PromiseWorker {
@@ -79,16 +65,7 @@ class SearchWorker : public PromiseWorker {
     distances_.resize(nq_ * params_.k);
     return index_->search(queries_.data(), nq_, params_, labels_.data(), distances_.data());
   }
-  Napi::Value Resolve(Napi::Env env) override {
-    auto labels = Napi::Uint32Array::New(env, labels_.size());
-    auto distances = Napi::Float32Array::New(env, distances_.size());
-    std::memcpy(labels.Data(), labels_.data(), labels_.size() * 4);
-    std::memcpy(distances.Data(), distances_.data(), distances_.size() * 4);
-    Napi::Object out = Napi::Object::New(env);
-    out.Set("labels", labels);
-    out.Set("distances", distances);
-    return out;
-  }
+  Napi::Value Resolve(Napi::Env env) override { return search_results(env, labels_, distances_); }
 
  private:
   std::shared_ptr<Index> index_;
@@ -213,7 +190,6 @@ Napi::Function NativeIndex::Init(Napi::Env env) {
        InstanceAccessor("kind", &NativeIndex::GetKind, nullptr), InstanceAccessor("trained", &NativeIndex::GetTrained, nullptr),
        InstanceAccessor("memoryBytes", &NativeIndex::GetMemoryBytes, nullptr)});
   constructor_persist = new Napi::FunctionReference(Napi::Persistent(cls));
-  (void)constructor_ref;
   return cls;
 }
 
