@@ -161,8 +161,9 @@ void HnswIndex::walk(const Space& sp, hnsw::SearchContext& ctx, uint32_t ep, typ
       if (ctx.visit(nb)) nbrs[n++] = nb;
     }
     if (n > 0) sp.prefetch(nbrs[0]);
+    if (n > 1) sp.prefetch(nbrs[1]);
     for (uint32_t j = 0; j < n; ++j) {
-      if (j + 1 < n) sp.prefetch(nbrs[j + 1]);
+      if (j + 2 < n) sp.prefetch(nbrs[j + 2]);
       const uint32_t nb = nbrs[j];
       const D d = sp.dist(nb);
       const C cd(d, nb);
