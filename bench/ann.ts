@@ -4,7 +4,8 @@
  *
  * For each system: build seconds (and threads), memory, then per ef: recall@10 against the exact
  * ground truth (FlatIndex, cached), single-thread QPS (one query per call, awaited in sequence,
- * median of --runs passes) and batch QPS on --threads cores (where the system has a batch call).
+ * median of --runs passes, the passes of all systems interleaved so that load changes on a shared
+ * machine hit every system alike) and batch QPS on --threads cores (where there is a batch call).
  * Ratios of our single-thread QPS to each peer's at equal or better recall are printed and
  * written, with the whole table, to <out>/ann-<dataset>.json and an SVG plot of recall vs QPS.
  *
@@ -75,23 +76,21 @@ function rss(): number {
   return process.memoryUsage().rss;
 }
 
-/** Runs the single-query loop `runs` times; returns the median QPS and the labels of the last pass. */
-async function singleThread(
-  ctx: Ctx,
-  searchOne: (i: number, out: Uint32Array, dist: Float32Array) => Promise<void> | void,
-): Promise<{ qps: number; labels: Uint32Array; distances: Float32Array }> {
-  const nq = ctx.ds.nQueries;
-  const labels = new Uint32Array(nq * K).fill(0xffffffff);
-  const distances = new Float32Array(nq * K).fill(Infinity);
-  const qpss: number[] = [];
-  for (let r = 0; r < ctx.runs; r++) {
-    const t0 = process.hrtime.bigint();
-    for (let i = 0; i < nq; i++) {
-      await searchOne(i, labels.subarray(i * K, i * K + K), distances.subarray(i * K, i * K + K));
-    }
-    qpss.push(nq / seconds(t0));
-  }
-  return { qps: median(qpss), labels, distances };
+/** One system under test: built once, then asked for passes at each ef. */
+interface Runner {
+  result: SystemResult;
+  /** Makes ef the search width for the calls that follow. */
+  prepare(ef: number): Promise<void> | void;
+  searchOne(i: number, out: Uint32Array, dist: Float32Array): Promise<void> | void;
+  /** All queries in one call on ctx.threads threads, or null where the API has no batch call. */
+  batch: ((ef: number) => Promise<void> | void) | null;
+  /** Whether searchOne fills distances comparable with the ground truth's (for tie handling). */
+  distances: boolean;
+  close(): void;
+}
+
+function emptyResult(name: string, buildSeconds: number, buildThreads: number, rssDeltaBytes: number): SystemResult {
+  return { name, buildSeconds, buildThreads, memoryBytes: null, rssDeltaBytes, points: [] };
 }
 
 function recallOf(ctx: Ctx, labels: Uint32Array, distances: Float32Array | undefined): number {
@@ -102,7 +101,7 @@ function query(ctx: Ctx, i: number): Float32Array {
   return ctx.ds.queries.subarray(i * ctx.ds.dim, (i + 1) * ctx.ds.dim);
 }
 
-async function benchOurs(ctx: Ctx): Promise<SystemResult> {
+async function buildOurs(ctx: Ctx): Promise<Runner> {
   const { ds } = ctx;
   const rss0 = rss();
   const index = new HnswIndex({ dim: ds.dim, metric: ds.metric, m: ctx.m, efConstruction: ctx.efc, seed: 1 });
@@ -110,23 +109,26 @@ async function benchOurs(ctx: Ctx): Promise<SystemResult> {
   const t0 = process.hrtime.bigint();
   await index.add(sequence(ds.nBase), ds.base, { threads: ctx.threads });
   const buildSeconds = seconds(t0);
+  const result = emptyResult('quiver-hnsw', buildSeconds, ctx.threads, rss() - rss0);
+  result.memoryBytes = index.memoryBytes;
   log(`quiver hnsw: built in ${buildSeconds.toFixed(2)} s, ${(index.memoryBytes / 1e6).toFixed(1)} MB`);
-  const rssDeltaBytes = rss() - rss0;
-  const points: Point[] = [];
-  for (const ef of ctx.efs) {
-    const one = await singleThread(ctx, async (i, out, dist) => {
+  let ef = 0;
+  return {
+    result,
+    distances: true,
+    prepare: (e) => {
+      ef = e;
+    },
+    searchOne: async (i, out, dist) => {
       const r = await index.search(query(ctx, i), K, { ef, threads: 1 });
       out.set(r.labels);
       dist.set(r.distances);
-    });
-    const t1 = process.hrtime.bigint();
-    await index.search(ds.queries, K, { ef, threads: ctx.threads });
-    const qpsBatch = ds.nQueries / seconds(t1);
-    const recall = recallOf(ctx, one.labels, one.distances);
-    points.push({ ef, recall, qps1: one.qps, qpsBatch });
-    log(`  quiver hnsw ef=${ef}: recall@10 ${recall.toFixed(4)}, ${one.qps.toFixed(0)} QPS (1 thread), ${qpsBatch.toFixed(0)} QPS (batch, ${ctx.threads} threads)`);
-  }
-  return { name: 'quiver-hnsw', buildSeconds, buildThreads: ctx.threads, memoryBytes: index.memoryBytes, rssDeltaBytes, points };
+    },
+    batch: async (e) => {
+      await index.search(ds.queries, K, { ef: e, threads: ctx.threads });
+    },
+    close: () => undefined,
+  };
 }
 
 /* eslint-disable @typescript-eslint/no-explicit-any, @typescript-eslint/no-var-requires */
@@ -139,7 +141,7 @@ function optional(name: string): any {
   }
 }
 
-async function benchHnswlib(ctx: Ctx): Promise<SystemResult | null> {
+async function buildHnswlib(ctx: Ctx): Promise<Runner | null> {
   const lib = optional('hnswlib-node');
   if (!lib) return null;
   const { ds } = ctx;
@@ -155,31 +157,23 @@ async function benchHnswlib(ctx: Ctx): Promise<SystemResult | null> {
     if ((i + 1) % step === 0) log(`  hnswlib-node: ${i + 1} / ${ds.nBase} (${seconds(t0).toFixed(1)} s)`);
   }
   const buildSeconds = seconds(t0);
-  const rssDeltaBytes = rss() - rss0;
-  log(`hnswlib-node: built in ${buildSeconds.toFixed(2)} s, RSS +${(rssDeltaBytes / 1e6).toFixed(1)} MB`);
-  const points: Point[] = [];
-  for (const ef of ctx.efs) {
-    index.setEf(ef);
-    const one = await singleThread(ctx, (i, out) => {
+  const result = emptyResult('hnswlib-node', buildSeconds, 1, rss() - rss0);
+  result.note = 'addPoint/searchKnn take number[]; no batch search in the Node API';
+  log(`hnswlib-node: built in ${buildSeconds.toFixed(2)} s, RSS +${(result.rssDeltaBytes / 1e6).toFixed(1)} MB`);
+  return {
+    result,
+    distances: false,
+    prepare: (ef) => index.setEf(ef),
+    searchOne: (i, out) => {
       const r = index.searchKnn(Array.from(query(ctx, i)), K);
       for (let j = 0; j < r.neighbors.length; j++) out[j] = r.neighbors[j];
-    });
-    const recall = recallOf(ctx, one.labels, undefined);
-    points.push({ ef, recall, qps1: one.qps, qpsBatch: null });
-    log(`  hnswlib-node ef=${ef}: recall@10 ${recall.toFixed(4)}, ${one.qps.toFixed(0)} QPS (1 thread)`);
-  }
-  return {
-    name: 'hnswlib-node',
-    buildSeconds,
-    buildThreads: 1,
-    memoryBytes: null,
-    rssDeltaBytes,
-    points,
-    note: 'addPoint/searchKnn take number[]; no batch search in the Node API',
+    },
+    batch: null,
+    close: () => undefined,
   };
 }
 
-async function benchUsearch(ctx: Ctx, quantization: 'f32' | 'f16', outDir: string): Promise<SystemResult | null> {
+async function buildUsearch(ctx: Ctx, quantization: 'f32' | 'f16', outDir: string): Promise<Runner | null> {
   const lib = optional('usearch');
   if (!lib) return null;
   const { ds } = ctx;
@@ -201,36 +195,72 @@ async function benchUsearch(ctx: Ctx, quantization: 'f32' | 'f16', outDir: strin
   const t0 = process.hrtime.bigint();
   built.add(keys, ds.base, ctx.threads);
   const buildSeconds = seconds(t0);
-  const rssDeltaBytes = rss() - rss0;
-  log(`${name}: built in ${buildSeconds.toFixed(2)} s, RSS +${(rssDeltaBytes / 1e6).toFixed(1)} MB`);
-  // The Node API fixes expansion_search at construction: save once, load into one index per ef.
-  const file = path.join(outDir, `.usearch-${process.pid}.bin`);
+  const result = emptyResult(name, buildSeconds, ctx.threads, rss() - rss0);
+  log(`${name}: built in ${buildSeconds.toFixed(2)} s, RSS +${(result.rssDeltaBytes / 1e6).toFixed(1)} MB`);
+  // The Node API fixes expansion_search at construction: save once, load one index per ef.
+  const file = path.join(outDir, `.${name}-${process.pid}.bin`);
   built.save(file);
-  const points: Point[] = [];
-  try {
-    for (const ef of ctx.efs) {
-      const index = new lib.Index(config(ef));
+  let index: any = built;
+  return {
+    result,
+    distances: false,
+    prepare: (ef) => {
+      index = new lib.Index(config(ef));
       index.load(file);
-      const one = await singleThread(ctx, (i, out, dist) => {
-        const r = index.search(query(ctx, i), K, 1);
-        for (let j = 0; j < r.keys.length; j++) {
-          out[j] = Number(r.keys[j]);
-          dist[j] = r.distances[j];
-        }
-      });
-      const t1 = process.hrtime.bigint();
+    },
+    searchOne: (i, out) => {
+      const r = index.search(query(ctx, i), K, 1);
+      for (let j = 0; j < r.keys.length; j++) out[j] = Number(r.keys[j]);
+    },
+    batch: () => {
       index.search(ds.queries, K, ctx.threads);
-      const qpsBatch = ds.nQueries / seconds(t1);
-      const recall = recallOf(ctx, one.labels, undefined);
-      points.push({ ef, recall, qps1: one.qps, qpsBatch });
-      log(`  ${name} ef=${ef}: recall@10 ${recall.toFixed(4)}, ${one.qps.toFixed(0)} QPS (1 thread), ${qpsBatch.toFixed(0)} QPS (batch, ${ctx.threads} threads)`);
-    }
-  } finally {
-    fs.rmSync(file, { force: true });
-  }
-  return { name, buildSeconds, buildThreads: ctx.threads, memoryBytes: null, rssDeltaBytes, points };
+    },
+    close: () => fs.rmSync(file, { force: true }),
+  };
 }
 /* eslint-enable @typescript-eslint/no-explicit-any, @typescript-eslint/no-var-requires */
+
+/**
+ * The sweep. For each ef, the single-thread passes of all systems are interleaved (pass r of
+ * every system, then pass r+1), so a change in the machine's load lands on all of them alike;
+ * each system's QPS is the median of its passes.
+ */
+async function sweep(ctx: Ctx, runners: Runner[]): Promise<void> {
+  const nq = ctx.ds.nQueries;
+  for (const ef of ctx.efs) {
+    const qps = runners.map(() => [] as number[]);
+    const found = runners.map(() => ({ labels: new Uint32Array(nq * K), distances: new Float32Array(nq * K) }));
+    for (const r of runners) await r.prepare(ef);
+    for (let pass = 0; pass < ctx.runs; pass++) {
+      for (let s = 0; s < runners.length; s++) {
+        const { labels, distances } = found[s];
+        labels.fill(0xffffffff);
+        distances.fill(Infinity);
+        const t0 = process.hrtime.bigint();
+        for (let i = 0; i < nq; i++) {
+          await runners[s].searchOne(i, labels.subarray(i * K, i * K + K), distances.subarray(i * K, i * K + K));
+        }
+        qps[s].push(nq / seconds(t0));
+      }
+    }
+    for (let s = 0; s < runners.length; s++) {
+      const r = runners[s];
+      let qpsBatch: number | null = null;
+      if (r.batch) {
+        const t1 = process.hrtime.bigint();
+        await r.batch(ef);
+        qpsBatch = nq / seconds(t1);
+      }
+      const recall = recallOf(ctx, found[s].labels, r.distances ? found[s].distances : undefined);
+      const point: Point = { ef, recall, qps1: median(qps[s]), qpsBatch };
+      r.result.points.push(point);
+      log(
+        `  ${r.result.name} ef=${ef}: recall@10 ${recall.toFixed(4)}, ${point.qps1.toFixed(0)} QPS (1 thread)` +
+          (qpsBatch === null ? '' : `, ${qpsBatch.toFixed(0)} QPS (batch, ${ctx.threads} threads)`),
+      );
+    }
+  }
+}
 
 /** Best single-thread QPS among a system's points with recall >= r (null if none reaches r). */
 export function qpsAtRecall(points: Point[], r: number): number | null {
@@ -305,20 +335,26 @@ export async function run(argv: string[]): Promise<number> {
   log('ground truth (FlatIndex, cached) ...');
   ctx.truth = await groundTruth(ds, K);
 
-  const systems: SystemResult[] = [];
-  systems.push(await benchOurs(ctx));
-  if (peers.includes('hnswlib')) {
-    const r = await benchHnswlib(ctx);
-    if (r) systems.push(r);
+  const runners: Runner[] = [await buildOurs(ctx)];
+  try {
+    if (peers.includes('hnswlib')) {
+      const r = await buildHnswlib(ctx);
+      if (r) runners.push(r);
+    }
+    if (peers.includes('usearch')) {
+      const r = await buildUsearch(ctx, 'f32', outDir);
+      if (r) runners.push(r);
+    }
+    if (peers.includes('usearch-f16')) {
+      const r = await buildUsearch(ctx, 'f16', outDir);
+      if (r) runners.push(r);
+    }
+    log(`sweep: ef ${ctx.efs.join(',')}, ${ctx.runs} interleaved passes of ${ds.nQueries} single queries per system, then one batch each ...`);
+    await sweep(ctx, runners);
+  } finally {
+    for (const r of runners) r.close();
   }
-  if (peers.includes('usearch')) {
-    const r = await benchUsearch(ctx, 'f32', outDir);
-    if (r) systems.push(r);
-  }
-  if (peers.includes('usearch-f16')) {
-    const r = await benchUsearch(ctx, 'f16', outDir);
-    if (r) systems.push(r);
-  }
+  const systems = runners.map((r) => r.result);
 
   // Ratios of our single-thread QPS at equal or better recall.
   const ours = systems[0];
