@@ -104,7 +104,8 @@ Status HnswIndex::deserialize(const EnvelopeInfo& info, std::unique_ptr<Index>* 
     QV_RETURN_IF_ERROR(rd.status("hnsw quantizer"));
     if (!ix->sq_.restore(std::move(lo), std::move(hi))) return data_loss("hnsw index file has a bad quantizer range");
   }
-  ix->ensure_slots(n);
+  // Storage is allocated as slots are read, so a short file cannot make us allocate for a
+  // large slot count it does not hold.
   ix->n_slots_.store(n);
   size_t live = 0;
   bool lossless = true;
@@ -112,6 +113,7 @@ Status HnswIndex::deserialize(const EnvelopeInfo& info, std::unique_ptr<Index>* 
   for (uint32_t s = 0; s < n; ++s) {
     uint8_t state = 0;
     if (!rd.u8(&state)) break;
+    ix->ensure_slots(s + 1);
     if (state == 0) {
       ix->free_.push_back(s);
       continue;
