@@ -1,19 +1,208 @@
-// PLACEHOLDER until the hnsw issue lands: create() and deserialize() refuse with FAILED_PRECONDITION.
+// HnswIndex: hierarchical navigable small-world graph (Malkov & Yashunin) with an 8-bit scalar
+// quantized walk, an exact f32 re-rank, deterministic parallel batch insertion, and tombstone
+// deletes repaired in place.
+//
+// Layout. Nodes live in slots. A slot's level-0 data is one contiguous block:
+//     [u32 count][u32 links[2m]][u8 code[dim]]   padded to 64 bytes
+// so the walk touches one run of cache lines per node. f32 vectors (kept for the re-rank,
+// get_vectors and serialize) and per-slot metadata (label, level, state, upper-level links) sit
+// in separate arrays. Storage is chunked (4096 slots per chunk, a directory of chunk pointers
+// that is replaced, never resized, when it fills), so capacity grows without moving a node
+// while searches read it: there is no max_elements.
+//
+// Concurrency. add() and remove() are serialized by one writer mutex. search() takes no lock on
+// the graph: a link list is updated in place (links first, then the count with a release
+// store), every id in it always names a node whose data was written before the id was
+// published, and readers load counts with acquire. A search that races with a writer sees the
+// old or the new list (never a torn id), so it stays safe and loses at most a little recall.
+// The label -> slot map is behind a reader-writer lock that only the filtered exact path,
+// get_vectors and writers take. Upper-level link arrays of reused slots are reused or retired
+// (freed with the index), never freed under a reader.
+//
+// Determinism. A node's level is a hash of (label, seed). add(batch) inserts in rounds (prefix
+// doubling, ParlayANN): within a round, each new point searches the graph as it stood before
+// the round (in parallel), then reverse links are applied grouped by target node in batch order
+// (in parallel over targets). Ties are broken by slot. Slots are handed out lowest-free-first.
+// So the same batches in the same order give the same graph, codes and bytes whatever the
+// thread count (on one kernel level: f32 sums may differ between AVX2 and AVX-512 hosts).
+//
+// Removal. remove() tombstones the slots (never returned from then on), then repairs every node
+// that links to them: its new list is its live links plus the live links of the removed
+// neighbours, pruned by the same heuristic as insertion (FreshDiskANN's delete consolidation).
+// The freed slots have no in-links left and are reused by later adds.
+//
+// Filters. An allow-set under ~2% of the live points is searched exactly (f32 over the allowed
+// slots); a broader one walks the graph and keeps only allowed results.
 #pragma once
+#include <atomic>
 #include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <unordered_map>
+#include <vector>
 
 #include "common/index.h"
+#include "hnsw/hnsw_quant.h"
 
 namespace qv {
 
-class HnswIndex {
+namespace hnsw {
+struct SearchContext;
+}
+
+class HnswIndex final : public Index {
  public:
-  static Status create(const IndexOptions& opts, std::unique_ptr<Index>* out) {
-    return failed_precondition("hnsw index is not available in this build yet");
+  struct Params {
+    uint32_t m = 16;
+    uint32_t ef_construction = 200;
+    uint32_t ef_search = 64;
+    uint64_t seed = 1;
+  };
+
+  HnswIndex(uint32_t dim, Metric metric, const Params& p);
+  ~HnswIndex() override;
+
+  static Status create(const IndexOptions& opts, std::unique_ptr<Index>* out);
+  static Status deserialize(const EnvelopeInfo& info, std::unique_ptr<Index>* out);
+
+  IndexKind kind() const override { return IndexKind::Hnsw; }
+  uint32_t dim() const override { return dim_; }
+  Metric metric() const override { return metric_; }
+  size_t size() const override { return live_.load(std::memory_order_relaxed); }
+
+  Status add(const uint32_t* labels, const float* vectors, size_t n, int threads) override;
+  Status remove(const uint32_t* labels, size_t n) override;
+  Status search(const float* queries, size_t nq, const SearchParams& params, uint32_t* out_labels,
+                float* out_distances) const override;
+  Status serialize(std::vector<uint8_t>* out) const override;
+  Status get_vectors(const uint32_t* labels, size_t n, float* out) const override;
+  size_t memory_bytes() const override;
+
+  // Level of a label under a seed (exposed for tests of the level distribution).
+  static int level_of(uint32_t label, uint64_t seed, uint32_t m);
+
+  static constexpr uint32_t kMMax = 128;
+  static constexpr int kLevelMax = 15;
+  // A filter allowing fewer than this share of the live points is searched exactly.
+  static constexpr double kExactFilterShare = 0.02;
+
+ private:
+  static constexpr uint32_t kChunkBits = 12;
+  static constexpr uint32_t kChunk = 1u << kChunkBits;
+  static constexpr uint32_t kNone = 0xFFFFFFFFu;
+
+  enum : uint8_t { kFree = 0, kLive = 1, kDead = 2 };
+
+  struct Meta {
+    uint32_t label;
+    uint8_t level;                   // written and read by the writer only
+    std::atomic<uint8_t> state;      // kFree, kLive, kDead
+    // [cap][level 1: count, links[m]][level 2: ...] for levels 1..cap (cap >= level). A reader
+    // checks l <= cap in the same array it reads, so a reused slot is never read out of bounds.
+    std::atomic<uint32_t*> upper;
+  };
+
+  struct Dir {
+    std::vector<char*> blocks;
+    std::vector<float*> vecs;
+    std::vector<Meta*> metas;
+  };
+
+  // Distance spaces of the walk (hnsw_walk.h): u8 codes (l2, cosine) or f32 (ip).
+  struct CodeSpace;
+  struct FloatSpace;
+  template <typename Space>
+  void greedy(const Space& sp, uint32_t* ep, typename Space::D* epd, int from, int to) const;
+  template <typename Space, bool kFiltered, bool kCheckLive>
+  void walk(const Space& sp, hnsw::SearchContext& ctx, uint32_t ep, typename Space::D epd, int level,
+            uint32_t ef, const Filter* f) const;
+  template <typename Space>
+  void prune(const Space& sp, std::vector<std::pair<typename Space::D, uint32_t>>& cand, uint32_t max,
+             std::vector<uint32_t>* out) const;
+  template <typename Space>
+  void insert_round(const std::vector<uint32_t>& slots, const std::vector<int>& levels, size_t b, size_t e,
+                    int threads);
+  template <typename Space>
+  void repair(const std::vector<char>& dead, int threads);
+  template <typename Space>
+  void search_one(const Space& sp, hnsw::SearchContext& ctx, const float* q, uint32_t k, uint32_t ef,
+                  const Filter* f, bool exact_codes, uint32_t* ol, float* od) const;
+  void search_filtered_exact(const float* q, uint32_t k, const Filter& f, uint32_t* ol, float* od) const;
+  float final_distance(const float* q, uint32_t s) const;
+
+  // --- storage ---
+  char* block(uint32_t s) const {
+    const Dir* d = dir_.load(std::memory_order_acquire);
+    return d->blocks[s >> kChunkBits] + static_cast<size_t>(s & (kChunk - 1)) * stride_;
   }
-  static Status deserialize(const EnvelopeInfo& info, std::unique_ptr<Index>* out) {
-    return failed_precondition("hnsw index is not available in this build yet");
+  float* vec(uint32_t s) const {
+    const Dir* d = dir_.load(std::memory_order_acquire);
+    return d->vecs[s >> kChunkBits] + static_cast<size_t>(s & (kChunk - 1)) * dim_;
   }
+  Meta& meta(uint32_t s) const {
+    const Dir* d = dir_.load(std::memory_order_acquire);
+    return d->metas[s >> kChunkBits][s & (kChunk - 1)];
+  }
+  uint8_t* code(uint32_t s) const { return reinterpret_cast<uint8_t*>(block(s) + code_off_); }
+  // [count, links...] of slot s at level l; an empty list if s has no such level.
+  uint32_t* links(uint32_t s, int l) const {
+    if (l == 0) return reinterpret_cast<uint32_t*>(block(s));
+    uint32_t* u = meta(s).upper.load(std::memory_order_acquire);
+    if (u == nullptr || static_cast<uint32_t>(l) > u[0]) return empty_links();
+    return u + 1 + static_cast<size_t>(l - 1) * (m_ + 1);
+  }
+  static uint32_t* empty_links() {
+    static uint32_t zero[1] = {0};
+    return zero;
+  }
+  uint32_t max_links(int l) const { return l == 0 ? m0_ : m_; }
+  void ensure_slots(uint32_t n);  // capacity for slots [0, n)
+  void init_slot(uint32_t s, uint32_t label, int level);
+
+  uint64_t entry_packed() const { return entry_.load(std::memory_order_acquire); }
+  static uint32_t entry_slot(uint64_t e) { return static_cast<uint32_t>(e); }
+  static int entry_level(uint64_t e) { return static_cast<int>(e >> 32); }
+  void set_entry(uint32_t slot, int level) {
+    entry_.store((static_cast<uint64_t>(level) << 32) | slot, std::memory_order_release);
+  }
+
+  bool use_codes() const { return metric_ != Metric::IP; }
+  void reencode_all();
+  void remove_slots(std::vector<uint32_t> slots, int threads);  // tombstone + repair + free
+
+  hnsw::SearchContext* acquire_context() const;
+  void release_context(hnsw::SearchContext* c) const;
+
+  const uint32_t dim_;
+  const Metric metric_;
+  const Params p_;
+  const uint32_t m_, m0_;
+  const double level_mult_;
+  const size_t code_off_, stride_;
+  hnsw::L2U8Fn l2u8_;
+
+  std::atomic<Dir*> dir_{nullptr};
+  std::vector<std::unique_ptr<Dir>> dirs_;   // every directory ever published (old ones retired)
+  std::vector<void*> chunks_;                // aligned allocations, freed with the index
+  std::vector<std::unique_ptr<Meta[]>> meta_chunks_;
+  std::vector<std::unique_ptr<uint32_t[]>> uppers_;  // upper link arrays (live and retired)
+  std::atomic<size_t> chunk_count_{0};
+  std::atomic<size_t> aux_bytes_{0};            // directories and upper link arrays
+  std::atomic<uint32_t> n_slots_{0};         // slots ever handed out
+  std::atomic<uint64_t> entry_;
+  std::atomic<size_t> live_{0};
+  std::atomic<size_t> dead_{0};              // tombstones not yet repaired
+  std::vector<uint32_t> free_;               // free slots, sorted descending (pop_back = lowest)
+
+  hnsw::ScalarQuantizer sq_;
+  std::atomic<bool> lossless_{true};         // every stored vector decodes exactly from its code
+
+  mutable std::mutex write_mu_;              // one add/remove/serialize at a time
+  mutable std::shared_mutex label_mu_;
+  std::unordered_map<uint32_t, uint32_t> slot_of_;
+
+  mutable std::mutex ctx_mu_;
+  mutable std::vector<std::unique_ptr<hnsw::SearchContext>> ctx_pool_;
 };
 
 }  // namespace qv

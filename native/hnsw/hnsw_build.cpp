@@ -1,0 +1,367 @@
+// HnswIndex: deterministic parallel batch insertion, upsert, removal with neighbour repair.
+//
+// add(batch), after validation:
+//   1. labels already present are removed first (upsert = remove + insert, see remove_slots);
+//   2. cosine vectors are normalized; the quantizer range is widened to cover the batch (and
+//      every stored code re-encoded if it changed);
+//   3. each point gets a slot (lowest free slot first, else a new one) and its level
+//      (hash of label and seed), its vector and code are written;
+//   4. the points are inserted in rounds of sizes 1, 2, 4, ... capped at 1/8 of the graph and at
+//      2% of the final size (prefix doubling). In a round:
+//        a. in parallel, each point searches the graph as it stood before the round (new points
+//           of the round are not linked yet, so they cannot be found) and writes its own links:
+//           the heuristic choice of m among the efConstruction nearest, per level;
+//        b. the reverse links (target q gets the new point p) are grouped by (level, q) and
+//           applied in batch order, in parallel over groups; a list that overflows is re-pruned
+//           by the same heuristic;
+//        c. the entry point moves to the first point of the round with the highest level, if
+//           that level is above the current top.
+//      Nothing in a or b depends on the thread count, so the graph is the same for any.
+//   5. the label map is updated.
+#include <algorithm>
+#include <cmath>
+#include <tuple>
+
+#include "common/assert.h"
+#include "common/limits.h"
+#include "common/thread_pool.h"
+#include "hnsw/hnsw_index.h"
+#include "hnsw/hnsw_walk.h"
+
+namespace qv {
+
+void HnswIndex::reencode_all() {
+  const uint32_t n = n_slots_.load(std::memory_order_relaxed);
+  bool lossless = true;
+  for (uint32_t s = 0; s < n; ++s) {
+    if (meta(s).state.load(std::memory_order_relaxed) != kLive) continue;
+    lossless = sq_.encode(vec(s), code(s)) && lossless;
+  }
+  lossless_.store(lossless, std::memory_order_release);
+}
+
+template <typename Space>
+void HnswIndex::insert_round(const std::vector<uint32_t>& slots, const std::vector<int>& levels, size_t b, size_t e,
+                             int threads) {
+  using D = typename Space::D;
+  const uint64_t entry = entry_packed();
+  const uint32_t ep0 = entry_slot(entry);
+  const int top = entry_level(entry);
+
+  auto space_of = [this](uint32_t s) -> Space {
+    if constexpr (std::is_same<Space, CodeSpace>::value) return CodeSpace{this, code(s)};
+    else return FloatSpace{this, vec(s), kernels().ip_f32};
+  };
+
+  // a. Own links, searched against the graph before the round.
+  if (ep0 != kNone) {
+    parallel_for(e - b, threads, 4, [&](size_t lo, size_t hi, int) {
+      hnsw::SearchContext* ctx = acquire_context();
+      std::vector<std::pair<D, uint32_t>> cand;
+      std::vector<uint32_t> chosen;
+      for (size_t i = b + lo; i < b + hi; ++i) {
+        const uint32_t s = slots[i];
+        const int L = levels[i];
+        const Space sp = space_of(s);
+        uint32_t ep = ep0;
+        D epd = sp.dist(ep);
+        if (L < top) greedy(sp, &ep, &epd, top, L);
+        for (int l = std::min(L, top); l >= 0; --l) {
+          walk<Space, false, false>(sp, *ctx, ep, epd, l, p_.ef_construction, nullptr);
+          cand = ctx->res<D>();
+          std::sort(cand.begin(), cand.end());
+          prune(sp, cand, m_, &chosen);
+          uint32_t* ll = links(s, l);
+          for (size_t j = 0; j < chosen.size(); ++j) hnsw::store_relaxed(ll + 1 + j, chosen[j]);
+          hnsw::store_release(ll, static_cast<uint32_t>(chosen.size()));
+          ep = cand[0].second;
+          epd = cand[0].first;
+        }
+      }
+      release_context(ctx);
+    });
+  }
+
+  // b. Reverse links, grouped by (level, target), in batch order within a group.
+  std::vector<std::tuple<int, uint32_t, uint32_t>> edges;  // (level, target, index in batch)
+  for (size_t i = b; i < e; ++i) {
+    const uint32_t s = slots[i];
+    for (int l = std::min(levels[i], top); l >= 0; --l) {
+      if (ep0 == kNone) break;
+      const uint32_t* ll = links(s, l);
+      for (uint32_t j = 0; j < ll[0]; ++j) edges.emplace_back(l, ll[1 + j], static_cast<uint32_t>(i));
+    }
+  }
+  std::sort(edges.begin(), edges.end());
+  std::vector<size_t> starts;
+  for (size_t i = 0; i < edges.size(); ++i)
+    if (i == 0 || std::get<0>(edges[i]) != std::get<0>(edges[i - 1]) || std::get<1>(edges[i]) != std::get<1>(edges[i - 1]))
+      starts.push_back(i);
+  starts.push_back(edges.size());
+  const size_t groups = starts.size() - 1;
+  parallel_for(groups, threads, 16, [&](size_t lo, size_t hi, int) {
+    std::vector<std::pair<D, uint32_t>> cand;
+    std::vector<uint32_t> merged, chosen;
+    for (size_t g = lo; g < hi; ++g) {
+      const int l = std::get<0>(edges[starts[g]]);
+      const uint32_t q = std::get<1>(edges[starts[g]]);
+      uint32_t* ll = links(q, l);
+      const uint32_t c = ll[0];
+      merged.assign(ll + 1, ll + 1 + c);
+      for (size_t x = starts[g]; x < starts[g + 1]; ++x) merged.push_back(slots[std::get<2>(edges[x])]);
+      const uint32_t maxl = max_links(l);
+      if (merged.size() <= maxl) {
+        for (size_t j = c; j < merged.size(); ++j) hnsw::store_relaxed(ll + 1 + j, merged[j]);
+        hnsw::store_release(ll, static_cast<uint32_t>(merged.size()));
+        continue;
+      }
+      const Space sp = space_of(q);
+      cand.clear();
+      for (uint32_t x : merged) cand.emplace_back(sp.dist(x), x);
+      std::sort(cand.begin(), cand.end());
+      prune(sp, cand, maxl, &chosen);
+      for (size_t j = 0; j < chosen.size(); ++j) hnsw::store_relaxed(ll + 1 + j, chosen[j]);
+      hnsw::store_release(ll, static_cast<uint32_t>(chosen.size()));
+    }
+  });
+
+  // c. Entry point.
+  int best = ep0 == kNone ? -1 : top;
+  uint32_t best_slot = ep0;
+  for (size_t i = b; i < e; ++i) {
+    if (levels[i] > best) {
+      best = levels[i];
+      best_slot = slots[i];
+    }
+  }
+  if (best_slot != ep0) set_entry(best_slot, best);
+}
+
+Status HnswIndex::add(const uint32_t* labels, const float* vectors, size_t n, int threads) {
+  QV_RETURN_IF_ERROR(check_vectors(vectors, n, dim_, "vectors"));
+  QV_RETURN_IF_ERROR(check_labels_for_add(labels, n));
+  if (n == 0) return Status::ok();
+  std::lock_guard<std::mutex> w(write_mu_);
+  threads = resolve_threads(threads);
+
+  // 1. Upsert: labels already present leave first.
+  std::vector<uint32_t> replaced;
+  {
+    std::shared_lock<std::shared_mutex> g(label_mu_);
+    for (size_t i = 0; i < n; ++i) {
+      auto it = slot_of_.find(labels[i]);
+      if (it != slot_of_.end()) replaced.push_back(it->second);
+    }
+  }
+  const size_t new_slots = n > replaced.size() + free_.size() ? n - replaced.size() - free_.size() : 0;
+  if (static_cast<uint64_t>(n_slots_.load()) + new_slots >= kNone)
+    return resource_exhausted("hnsw index is full (2^32 - 1 slots)");
+  if (!replaced.empty()) {
+    {
+      std::unique_lock<std::shared_mutex> g(label_mu_);
+      for (size_t i = 0; i < n; ++i) slot_of_.erase(labels[i]);
+    }
+    remove_slots(std::move(replaced), threads);
+  }
+
+  // 2. Normalize (cosine) and fit the quantizer.
+  std::vector<float> normed;
+  const float* v = vectors;
+  if (metric_ == Metric::Cosine) {
+    normed.assign(vectors, vectors + n * dim_);
+    parallel_for(n, threads, 256, [&](size_t lo, size_t hi, int) {
+      for (size_t i = lo; i < hi; ++i) {
+        float* x = normed.data() + i * dim_;
+        const float n2 = kernels().ip_f32(x, x, dim_);
+        const float inv = n2 > 0.0f ? 1.0f / std::sqrt(n2) : 0.0f;
+        for (uint32_t d = 0; d < dim_; ++d) x[d] *= inv;
+      }
+    });
+    v = normed.data();
+  }
+  if (use_codes() && sq_.fit(v, n, dim_)) reencode_all();
+
+  // 3. Slots, levels, vectors, codes.
+  std::vector<uint32_t> slots(n);
+  std::vector<int> levels(n);
+  uint32_t next = n_slots_.load(std::memory_order_relaxed);
+  for (size_t i = 0; i < n; ++i) {
+    if (!free_.empty()) {
+      slots[i] = free_.back();
+      free_.pop_back();
+    } else {
+      slots[i] = next++;
+    }
+    levels[i] = level_of(labels[i], p_.seed, m_);
+  }
+  ensure_slots(next);
+  std::atomic<bool> lossless{true};
+  parallel_for(n, threads, 256, [&](size_t lo, size_t hi, int) {
+    bool ok = true;
+    for (size_t i = lo; i < hi; ++i) {
+      const uint32_t s = slots[i];
+      std::memcpy(vec(s), v + i * dim_, dim_ * sizeof(float));
+      if (use_codes()) ok = sq_.encode(v + i * dim_, code(s)) && ok;
+    }
+    if (!ok) lossless.store(false);
+  });
+  for (size_t i = 0; i < n; ++i) {
+    init_slot(slots[i], labels[i], levels[i]);
+    meta(slots[i]).state.store(kLive, std::memory_order_release);
+  }
+  if (!lossless.load()) lossless_.store(false, std::memory_order_release);
+  n_slots_.store(next, std::memory_order_release);
+
+  // 4. Rounds.
+  const size_t final_size = live_.load() + n;
+  const size_t cap_final = std::max<size_t>(1, final_size / 50);
+  size_t done = 0, pow2 = 1;
+  while (done < n) {
+    const size_t graph = live_.load() + done;
+    size_t rs = std::min({pow2, std::max<size_t>(1, graph / 8), cap_final, n - done});
+    if (use_codes()) insert_round<CodeSpace>(slots, levels, done, done + rs, threads);
+    else insert_round<FloatSpace>(slots, levels, done, done + rs, threads);
+    done += rs;
+    pow2 = std::min(pow2 * 2, n);
+  }
+
+  // 5. Labels.
+  {
+    std::unique_lock<std::shared_mutex> g(label_mu_);
+    for (size_t i = 0; i < n; ++i) slot_of_[labels[i]] = slots[i];
+  }
+  live_.fetch_add(n);
+  return Status::ok();
+}
+
+Status HnswIndex::remove(const uint32_t* labels, size_t n) {
+  if (n > kBatchVectorsMax) return invalid_argument("remove: too many labels in one call");
+  std::lock_guard<std::mutex> w(write_mu_);
+  std::vector<uint32_t> slots;
+  {
+    std::unique_lock<std::shared_mutex> g(label_mu_);
+    for (size_t i = 0; i < n; ++i)
+      if (slot_of_.find(labels[i]) == slot_of_.end())
+        return not_found("label " + std::to_string(labels[i]) + " is not in the index");
+    for (size_t i = 0; i < n; ++i) {
+      auto it = slot_of_.find(labels[i]);
+      if (it == slot_of_.end()) continue;  // repeated in the list
+      slots.push_back(it->second);
+      slot_of_.erase(it);
+    }
+  }
+  remove_slots(std::move(slots), 0);
+  return Status::ok();
+}
+
+// Tombstones the slots (searches stop returning them at once), repairs every list that links to
+// them, moves the entry point off them, and frees them for reuse. Caller holds write_mu_ and has
+// already taken the labels out of the map.
+void HnswIndex::remove_slots(std::vector<uint32_t> slots, int threads) {
+  if (slots.empty()) return;
+  threads = resolve_threads(threads);
+  dead_.fetch_add(slots.size());
+  const uint32_t n = n_slots_.load(std::memory_order_relaxed);
+  std::vector<char> dead(n, 0);
+  for (uint32_t s : slots) {
+    meta(s).state.store(kDead, std::memory_order_release);
+    dead[s] = 1;
+  }
+  live_.fetch_sub(slots.size());
+  if (use_codes()) repair<CodeSpace>(dead, threads);
+  else repair<FloatSpace>(dead, threads);
+
+  // Entry point: the live node of the highest level (lowest slot among equals).
+  const uint32_t old_entry = entry_slot(entry_packed());
+  if (old_entry == kNone || dead[old_entry]) {
+    int best = -1;
+    uint32_t best_slot = kNone;
+    for (uint32_t s = 0; s < n; ++s) {
+      if (dead[s] || meta(s).state.load(std::memory_order_relaxed) != kLive) continue;
+      if (meta(s).level > best) {
+        best = meta(s).level;
+        best_slot = s;
+      }
+    }
+    set_entry(best_slot, best < 0 ? 0 : best);
+  }
+  for (uint32_t s : slots) {
+    hnsw::store_release(links(s, 0), 0);
+    meta(s).state.store(kFree, std::memory_order_release);
+    free_.push_back(s);
+  }
+  std::sort(free_.begin(), free_.end(), std::greater<uint32_t>());
+  dead_.fetch_sub(slots.size());
+}
+
+// FreshDiskANN-style consolidation, level by level: a live node p that links to removed nodes
+// gets as candidates its live links plus the live links of those removed neighbours, and keeps
+// all of them if they fit, else the heuristic choice. New lists are computed from the old graph
+// (in parallel), then written, so the result does not depend on the thread count.
+template <typename Space>
+void HnswIndex::repair(const std::vector<char>& dead, int threads) {
+  using D = typename Space::D;
+  const uint32_t n = static_cast<uint32_t>(dead.size());
+  int top = 0;
+  for (uint32_t s = 0; s < n; ++s)
+    if (meta(s).state.load(std::memory_order_relaxed) == kLive) top = std::max<int>(top, meta(s).level);
+  auto space_of = [this](uint32_t s) -> Space {
+    if constexpr (std::is_same<Space, CodeSpace>::value) return CodeSpace{this, code(s)};
+    else return FloatSpace{this, vec(s), kernels().ip_f32};
+  };
+  for (int l = 0; l <= top; ++l) {
+    std::vector<uint32_t> fix;
+    for (uint32_t s = 0; s < n; ++s) {
+      if (dead[s] || meta(s).state.load(std::memory_order_relaxed) != kLive || meta(s).level < l) continue;
+      const uint32_t* ll = links(s, l);
+      for (uint32_t j = 0; j < ll[0]; ++j) {
+        if (dead[ll[1 + j]]) {
+          fix.push_back(s);
+          break;
+        }
+      }
+    }
+    std::vector<std::vector<uint32_t>> lists(fix.size());
+    const uint32_t maxl = max_links(l);
+    parallel_for(fix.size(), threads, 16, [&](size_t lo, size_t hi, int) {
+      std::vector<std::pair<D, uint32_t>> cand;
+      std::vector<uint32_t> merged;
+      for (size_t i = lo; i < hi; ++i) {
+        const uint32_t p = fix[i];
+        const uint32_t* ll = links(p, l);
+        merged.clear();
+        for (uint32_t j = 0; j < ll[0]; ++j)
+          if (!dead[ll[1 + j]]) merged.push_back(ll[1 + j]);
+        for (uint32_t j = 0; j < ll[0]; ++j) {
+          const uint32_t d = ll[1 + j];
+          if (!dead[d]) continue;
+          const uint32_t* dl = links(d, l);
+          for (uint32_t t = 0; t < dl[0]; ++t) {
+            const uint32_t x = dl[1 + t];
+            if (x == p || dead[x] || meta(x).state.load(std::memory_order_relaxed) != kLive) continue;
+            if (std::find(merged.begin(), merged.end(), x) == merged.end()) merged.push_back(x);
+          }
+        }
+        if (merged.size() <= maxl) {
+          lists[i] = merged;
+          continue;
+        }
+        const Space sp = space_of(p);
+        cand.clear();
+        for (uint32_t x : merged) cand.emplace_back(sp.dist(x), x);
+        std::sort(cand.begin(), cand.end());
+        prune(sp, cand, maxl, &lists[i]);
+      }
+    });
+    parallel_for(fix.size(), threads, 64, [&](size_t lo, size_t hi, int) {
+      for (size_t i = lo; i < hi; ++i) {
+        uint32_t* ll = links(fix[i], l);
+        const auto& nl = lists[i];
+        for (size_t j = 0; j < nl.size(); ++j) hnsw::store_relaxed(ll + 1 + j, nl[j]);
+        hnsw::store_release(ll, static_cast<uint32_t>(nl.size()));
+      }
+    });
+  }
+}
+
+}  // namespace qv
