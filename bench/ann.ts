@@ -9,7 +9,7 @@
  * Ratios of our single-thread QPS to each peer's at equal or better recall are printed and
  * written, with the whole table, to <out>/ann-<dataset>.json and an SVG plot of recall vs QPS.
  *
- * `--index ivfpq` hands over to bench/ann-ivfpq.ts (runIvfPq), when that module is present.
+ * `--index ivfpq` hands over to bench/ann-ivfpq.ts (runIvfPq).
  */
 import * as fs from 'fs';
 import * as os from 'os';
@@ -18,6 +18,7 @@ import { HnswIndex, simdLevel } from '../src/native';
 import { flagBool, flagInt, flagList, flagString, parseArgs } from '../src/cli/args';
 import { Dataset, fashionMnist, groundTruth, median, recallAtK, sequence, synthetic } from './datasets';
 import { lineChart, Series } from './svg';
+import { runIvfPq } from './ann-ivfpq';
 
 const USAGE = `usage: quiver bench ann [options]
 
@@ -270,27 +271,11 @@ export function qpsAtRecall(points: Point[], r: number): number | null {
 
 export async function run(argv: string[]): Promise<number> {
   const args = parseArgs(argv, ['help']);
+  // IVF-PQ has its own benchmark (and its own --help).
+  if (flagString(args, 'index', 'hnsw') === 'ivfpq') return runIvfPq(argv);
   if (flagBool(args, 'help')) {
     process.stdout.write(USAGE);
     return 0;
-  }
-  if (flagString(args, 'index', 'hnsw') === 'ivfpq') {
-    const modName = './ann-ivfpq';
-    let mod: { runIvfPq?: (argv: string[]) => Promise<number> };
-    try {
-      mod = await import(modName);
-    } catch (e) {
-      const err = e as NodeJS.ErrnoException;
-      // Only the module itself being absent is reported here; an error inside it propagates.
-      if (err.code !== 'MODULE_NOT_FOUND' || !String(err.message).includes('ann-ivfpq')) throw e;
-      process.stderr.write('--index ivfpq needs bench/ann-ivfpq.ts (exporting runIvfPq), which is not in this build\n');
-      return 2;
-    }
-    if (typeof mod.runIvfPq !== 'function') {
-      process.stderr.write('bench/ann-ivfpq does not export runIvfPq(argv)\n');
-      return 2;
-    }
-    return mod.runIvfPq(argv);
   }
   if (flagString(args, 'index', 'hnsw') !== 'hnsw') {
     process.stderr.write(`--index must be hnsw or ivfpq\n${USAGE}`);
