@@ -77,24 +77,34 @@ float cos_f32(const float* a, const float* b, size_t d) {
 // 32 bytes at a time widened to 32 x i16, then vpmaddwd into 16 x i32 (see the AVX2 file for the
 // overflow bound). The tail is a byte-masked load.
 template <bool kSigned, bool kL2>
+static inline __m512i int8_step(__m512i acc, __m256i x8, __m256i y8) {
+  __m512i x = kSigned ? _mm512_cvtepi8_epi16(x8) : _mm512_cvtepu8_epi16(x8);
+  __m512i y = kSigned ? _mm512_cvtepi8_epi16(y8) : _mm512_cvtepu8_epi16(y8);
+  if (kL2) {
+    __m512i t = _mm512_sub_epi16(x, y);
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(t, t));
+  }
+  return _mm512_add_epi32(acc, _mm512_madd_epi16(x, y));
+}
+
+template <bool kSigned, bool kL2>
 static inline int32_t int8_kernel(const void* a, const void* b, size_t d) {
   const uint8_t* pa = static_cast<const uint8_t*>(a);
   const uint8_t* pb = static_cast<const uint8_t*>(b);
-  __m512i s = _mm512_setzero_si512();
-  for (size_t i = 0; i < d; i += 32) {
+  __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+  size_t i = 0;
+  for (; i + 64 <= d; i += 64) {  // two independent chains hide the madd latency
+    s0 = int8_step<kSigned, kL2>(s0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pa + i)),
+                                 _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pb + i)));
+    s1 = int8_step<kSigned, kL2>(s1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pa + i + 32)),
+                                 _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pb + i + 32)));
+  }
+  for (; i < d; i += 32) {
     size_t r = d - i;
     __mmask32 m = r >= 32 ? __mmask32(0xFFFFFFFFu) : static_cast<__mmask32>((1u << r) - 1u);
-    __m256i x8 = _mm256_maskz_loadu_epi8(m, pa + i), y8 = _mm256_maskz_loadu_epi8(m, pb + i);
-    __m512i x = kSigned ? _mm512_cvtepi8_epi16(x8) : _mm512_cvtepu8_epi16(x8);
-    __m512i y = kSigned ? _mm512_cvtepi8_epi16(y8) : _mm512_cvtepu8_epi16(y8);
-    if (kL2) {
-      __m512i t = _mm512_sub_epi16(x, y);
-      s = _mm512_add_epi32(s, _mm512_madd_epi16(t, t));
-    } else {
-      s = _mm512_add_epi32(s, _mm512_madd_epi16(x, y));
-    }
+    s0 = int8_step<kSigned, kL2>(s0, _mm256_maskz_loadu_epi8(m, pa + i), _mm256_maskz_loadu_epi8(m, pb + i));
   }
-  return _mm512_reduce_add_epi32(s);
+  return _mm512_reduce_add_epi32(_mm512_add_epi32(s0, s1));
 }
 
 uint32_t l2_u8(const uint8_t* a, const uint8_t* b, size_t d) { return uint32_t(int8_kernel<false, true>(a, b, d)); }

@@ -7,6 +7,7 @@
 
 #include "common/assert.h"
 #include "common/limits.h"
+#include "distance/distance.h"
 #include "common/thread_pool.h"
 #include "hnsw/hnsw_walk.h"
 
@@ -32,7 +33,7 @@ HnswIndex::HnswIndex(uint32_t dim, Metric metric, const Params& p)
       level_mult_(1.0 / std::log(static_cast<double>(std::max<uint32_t>(p.m, 2)))),
       code_off_(4 + 4 * static_cast<size_t>(2 * p.m)),
       stride_(round_up(4 + 4 * static_cast<size_t>(2 * p.m) + (metric == Metric::IP ? 0 : dim), 64)),
-      l2u8_(hnsw::l2_u8_kernel()),
+      l2u8_(kernels().l2_u8),
       entry_((static_cast<uint64_t>(0) << 32) | kNone) {
   auto d = std::make_unique<Dir>();
   d->blocks.assign(4, nullptr);

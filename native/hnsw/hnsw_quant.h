@@ -1,4 +1,4 @@
-// 8-bit scalar quantizer for the HNSW graph walk, and the u8 L2 kernels it needs.
+// 8-bit scalar quantizer for the HNSW graph walk.
 //
 // Codes: c_d = clamp(round((x_d - lo_d) / s), 0, 255) with a per-dimension offset lo_d and ONE
 // global step s (= max_d (hi_d - lo_d) / 255). One step for every dimension keeps the code
@@ -20,14 +20,9 @@
 namespace qv {
 namespace hnsw {
 
+// The walk's code distance is kernels().l2_u8 (native/distance): sum (a_d - b_d)^2 over d bytes,
+// exact for d <= 66,051 (255^2 * d < 2^32); dims are <= 65,536.
 using L2U8Fn = uint32_t (*)(const uint8_t* a, const uint8_t* b, size_t d);
-
-// sum (a_d - b_d)^2 over d bytes. Exact for d <= 66,051 (255^2 * d < 2^32); dims are <= 65,536.
-uint32_t l2_u8_serial(const uint8_t* a, const uint8_t* b, size_t d);
-uint32_t l2_u8_avx2(const uint8_t* a, const uint8_t* b, size_t d);
-uint32_t l2_u8_avx512(const uint8_t* a, const uint8_t* b, size_t d);
-// The variant matching the active kernel level (kernels().level, so QUIVER_SIMD applies here too).
-L2U8Fn l2_u8_kernel();
 
 class ScalarQuantizer {
  public:
