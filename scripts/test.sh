@@ -9,7 +9,7 @@ if [ ! -f node_modules/.package-lock.json ]; then
   npm ci
 fi
 # Incremental: rebuilds the addon and the TypeScript only where sources changed.
-node-gyp build >/dev/null 2>&1 || node-gyp rebuild
+npm run --silent build:addon >/dev/null
 npx tsc -p tsconfig.json
 
 # The optional CUDA build is compiled wherever nvcc exists (a GPU is not needed to compile it),
@@ -19,4 +19,13 @@ if command -v nvcc >/dev/null 2>&1 && [ -f native/CMakeLists.txt ]; then
   npm run build:cuda
 fi
 
-npx vitest run "$@"
+mkdir -p .cache
+rc=0
+npx vitest run --reporter=default --reporter=json --outputFile.json=.cache/vitest.json "$@" || rc=$?
+# One plain closing line for CI: "vitest: N passed, N failed, N skipped".
+node -e '
+const r = JSON.parse(require("fs").readFileSync(".cache/vitest.json", "utf8"));
+const skipped = r.numPendingTests + r.numTodoTests;
+console.log(`vitest: ${r.numPassedTests} passed, ${r.numFailedTests} failed, ${skipped} skipped`);
+' || true
+exit $rc
