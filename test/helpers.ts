@@ -1,4 +1,5 @@
 /** Shared helpers for tests: seeded data and brute force in float64. */
+import { expect } from 'vitest';
 import { QuiverError } from '../src/errors';
 import { rng } from '../bench/datasets';
 
@@ -80,4 +81,9 @@ export async function codeOf(p: Promise<unknown> | (() => unknown)): Promise<str
     throw e;
   }
   throw new Error('expected a QuiverError, but the call succeeded');
+}
+
+/** Asserts that p (or calling p) rejects with a QuiverError of the given code. */
+export async function expectCode(p: Promise<unknown> | (() => unknown), code: string): Promise<void> {
+  expect(await codeOf(p)).toBe(code);
 }

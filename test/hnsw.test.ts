@@ -5,24 +5,13 @@
  */
 import { describe, expect, it } from 'vitest';
 import { HnswIndex, LABEL_NONE, Metric } from '../src/native';
-import { QuiverError } from '../src/errors';
 import { bruteForce, build, clustered, labelsFrom, recall } from './hnsw-helpers';
+import { expectCode } from './helpers';
 
 const DIM = 24;
 const N = 4000;
 const NQ = 200;
 const K = 10;
-
-async function expectCode(p: Promise<unknown> | (() => unknown), code: string): Promise<void> {
-  try {
-    await (typeof p === 'function' ? p() : p);
-  } catch (e) {
-    expect(e).toBeInstanceOf(QuiverError);
-    expect((e as QuiverError).code).toBe(code);
-    return;
-  }
-  throw new Error(`expected a QuiverError ${code}, nothing was thrown`);
-}
 
 describe('HnswIndex recall against brute force', () => {
   const base = clustered(N, DIM, 11);

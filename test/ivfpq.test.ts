@@ -4,9 +4,8 @@
  * (printed by each test), so a regression in the quantizers or the scan makes them fail.
  */
 import { describe, expect, it } from 'vitest';
-import { rng } from './helpers';
+import { expectCode, rng } from './helpers';
 import { FlatIndex, IvfPqIndex, LABEL_NONE, Metric } from '../src/native';
-import { QuiverError } from '../src/errors';
 
 /** n points around `clusters` Gaussian centres (and q queries drawn the same way). */
 function clustered(n: number, dim: number, seed: number, clusters = 256, spread = 0.9): Float32Array {
@@ -37,17 +36,6 @@ function recall(found: Uint32Array, truth: Uint32Array, nq: number, k: number): 
     for (let j = 0; j < k; j++) if (s.has(found[q * k + j])) hits++;
   }
   return hits / (nq * k);
-}
-
-async function expectCode(p: Promise<unknown> | (() => unknown), code: string): Promise<void> {
-  try {
-    await (typeof p === 'function' ? p() : p);
-  } catch (e) {
-    expect(e).toBeInstanceOf(QuiverError);
-    expect((e as QuiverError).code).toBe(code);
-    return;
-  }
-  throw new Error(`expected a QuiverError ${code}, but nothing was thrown`);
 }
 
 const DIM = 32;

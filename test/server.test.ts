@@ -8,23 +8,12 @@ import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QuiverClient } from '../src/client';
 import { QUIVER_CODE_KEY, quiverService } from '../src/client/proto';
-import { QuiverError } from '../src/errors';
 import { batchPointsMax, idBytesMax, payloadBytesMax, requestBytesMax, topKMax } from '../src/common/limits';
 import { Metrics, Service } from '../src/server';
 import { Harness, httpJson, startHarness, vec } from './server-harness';
+import { expectCode } from './helpers';
 
 const DIM = 4;
-
-async function expectCode(p: Promise<unknown>, code: string): Promise<void> {
-  let err: unknown;
-  try {
-    await p;
-  } catch (e) {
-    err = e;
-  }
-  expect(err, `expected a ${code} error`).toBeInstanceOf(QuiverError);
-  expect((err as QuiverError).code).toBe(code);
-}
 
 function expectHttpError(a: { status: number; body: any }, status: number, code: string): void {
   expect(a.status).toBe(status);
