@@ -15,6 +15,14 @@ namespace napi {
 
 namespace {
 
+// Starts a worker and hands back its promise.
+template <typename W>
+Napi::Value queue(W* w) {
+  Napi::Promise p = w->promise();
+  w->Queue();
+  return p;
+}
+
 // One addon instance per process (tests run in forked processes, not worker threads).
 Napi::FunctionReference* constructor_persist = nullptr;
 
@@ -239,19 +247,13 @@ Napi::Value NativeIndex::Add(const Napi::CallbackInfo& info) {
   auto labels = copy_typed<uint32_t>(env, info[0], napi_uint32_array, "labels");
   auto vectors = copy_typed<float>(env, info[1], napi_float32_array, "vectors");
   int threads = info.Length() > 2 && info[2].IsNumber() ? info[2].As<Napi::Number>().Int32Value() : 0;
-  auto* w = new AddWorker(env, index_, std::move(labels), std::move(vectors), threads);
-  auto p = w->promise();
-  w->Queue();
-  return p;
+  return queue(new AddWorker(env, index_, std::move(labels), std::move(vectors), threads));
 }
 
 Napi::Value NativeIndex::Remove(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto labels = copy_typed<uint32_t>(env, info[0], napi_uint32_array, "labels");
-  auto* w = new RemoveWorker(env, index_, std::move(labels));
-  auto p = w->promise();
-  w->Queue();
-  return p;
+  return queue(new RemoveWorker(env, index_, std::move(labels)));
 }
 
 // search(queries, k, ef, nprobe, refine, threads, filter|null); 0 (refine: -1) = index default.
@@ -269,46 +271,31 @@ Napi::Value NativeIndex::Search(const Napi::CallbackInfo& info) {
   bool has_filter = !info[6].IsNull() && !info[6].IsUndefined();
   std::vector<uint32_t> filter;
   if (has_filter) filter = copy_typed<uint32_t>(env, info[6], napi_uint32_array, "filter");
-  auto* w = new SearchWorker(env, index_, std::move(queries), p, has_filter, std::move(filter));
-  auto promise = w->promise();
-  w->Queue();
-  return promise;
+  return queue(new SearchWorker(env, index_, std::move(queries), p, has_filter, std::move(filter)));
 }
 
 Napi::Value NativeIndex::Train(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto sample = copy_typed<float>(env, info[0], napi_float32_array, "sample");
   int threads = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Int32Value() : 0;
-  auto* w = new TrainWorker(env, index_, std::move(sample), threads, info.Length() > 2 ? info[2] : env.Undefined());
-  auto p = w->promise();
-  w->Queue();
-  return p;
+  return queue(new TrainWorker(env, index_, std::move(sample), threads, info.Length() > 2 ? info[2] : env.Undefined()));
 }
 
 Napi::Value NativeIndex::Serialize(const Napi::CallbackInfo& info) {
-  auto* w = new SerializeWorker(info.Env(), index_);
-  auto p = w->promise();
-  w->Queue();
-  return p;
+  return queue(new SerializeWorker(info.Env(), index_));
 }
 
 Napi::Value NativeIndex::GetVectors(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto labels = copy_typed<uint32_t>(env, info[0], napi_uint32_array, "labels");
-  auto* w = new GetVectorsWorker(env, index_, std::move(labels));
-  auto p = w->promise();
-  w->Queue();
-  return p;
+  return queue(new GetVectorsWorker(env, index_, std::move(labels)));
 }
 
 Napi::Value NativeIndex::Deserialize(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
     throw_invalid(env, "deserialize needs a Buffer or Uint8Array");
-  auto* w = new DeserializeWorker(env, info[0].As<Napi::Uint8Array>());
-  auto p = w->promise();
-  w->Queue();
-  return p;
+  return queue(new DeserializeWorker(env, info[0].As<Napi::Uint8Array>()));
 }
 
 Napi::Value NativeIndex::GetSize(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), double(index_->size())); }
