@@ -9,7 +9,7 @@ if [ ! -f node_modules/.package-lock.json ]; then
   npm ci
 fi
 # Incremental: rebuilds the addon and the TypeScript only where sources changed.
-npm run --silent build:addon >/dev/null
+npm run --silent install >/dev/null
 npx tsc -p tsconfig.json
 
 # The optional CUDA build is compiled wherever nvcc exists (a GPU is not needed to compile it),
