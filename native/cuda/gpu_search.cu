@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cuda/gpu_search.h"
+#include "distance/distance.h"
 #include "cuda/kernels.cuh"
 
 namespace qv {
@@ -59,13 +60,7 @@ Status launched(const char* what) {
 }
 
 void normalize_host(std::vector<float>* v, size_t n, uint32_t dim) {
-  for (size_t i = 0; i < n; ++i) {
-    float* r = v->data() + i * dim;
-    double s = 0;
-    for (uint32_t t = 0; t < dim; ++t) s += double(r[t]) * r[t];
-    float f = s > 0 ? float(1.0 / std::sqrt(s)) : 0.0f;
-    for (uint32_t t = 0; t < dim; ++t) r[t] *= f;
-  }
+  for (size_t i = 0; i < n; ++i) normalize_f32(v->data() + i * dim, v->data() + i * dim, dim);
 }
 
 std::vector<float> norms_host(const float* v, size_t n, uint32_t dim) {
@@ -76,6 +71,16 @@ std::vector<float> norms_host(const float* v, size_t n, uint32_t dim) {
     out[i] = float(s);
   }
   return out;
+}
+
+// Copies cnt query rows to the device (normalized for cosine) with their squared norms.
+Status upload_queries(const float* queries, size_t cnt, uint32_t dim, Metric metric, float* dq, float* dqn) {
+  std::vector<float> q(queries, queries + cnt * dim);
+  if (metric == Metric::Cosine) normalize_host(&q, cnt, dim);
+  std::vector<float> qn = norms_host(q.data(), cnt, dim);
+  QV_CUDA(cudaMemcpy(dq, q.data(), q.size() * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy queries");
+  QV_CUDA(cudaMemcpy(dqn, qn.data(), cnt * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy norms");
+  return Status::ok();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -284,11 +289,7 @@ Status FlatGpu::search(const float* queries, size_t nq, uint32_t k, uint32_t* ou
   const int l2 = metric_ == Metric::L2;
   for (size_t b = 0; b < nq; b += qb) {
     const size_t cnt = std::min(qb, nq - b);
-    std::vector<float> q(queries + b * dim_, queries + (b + cnt) * dim_);
-    if (metric_ == Metric::Cosine) normalize_host(&q, cnt, dim_);
-    std::vector<float> qn = norms_host(q.data(), cnt, dim_);
-    QV_CUDA(cudaMemcpy(dq.p, q.data(), q.size() * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy queries");
-    QV_CUDA(cudaMemcpy(dqn.p, qn.data(), cnt * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy norms");
+    QV_RETURN_IF_ERROR(upload_queries(queries + b * dim_, cnt, dim_, metric_, dq.p, dqn.p));
     dim3 grid(unsigned((n_ + kTile - 1) / kTile), unsigned((cnt + kTile - 1) / kTile));
     distance_tiles<<<grid, dim3(16, 16)>>>(dq.p, dqn.p, int(cnt), vectors_, norms_, int(n_), int(dim_), l2, dd.p);
     QV_RETURN_IF_ERROR(launched("distance kernel"));
@@ -362,11 +363,7 @@ Status IvfPqGpu::search(const float* queries, size_t nq, uint32_t k, uint32_t np
   QV_RETURN_IF_ERROR(od.alloc(qb * k));
   for (size_t b = 0; b < nq; b += qb) {
     const size_t cnt = std::min(qb, nq - b);
-    std::vector<float> q(queries + b * dim_, queries + (b + cnt) * dim_);
-    if (metric_ == Metric::Cosine) normalize_host(&q, cnt, dim_);
-    std::vector<float> qn = norms_host(q.data(), cnt, dim_);
-    QV_CUDA(cudaMemcpy(dq.p, q.data(), q.size() * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy queries");
-    QV_CUDA(cudaMemcpy(dqn.p, qn.data(), cnt * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy norms");
+    QV_RETURN_IF_ERROR(upload_queries(queries + b * dim_, cnt, dim_, metric_, dq.p, dqn.p));
     // 1. coarse distances and the nprobe nearest lists of each query
     dim3 grid(unsigned((nlist_ + kTile - 1) / kTile), unsigned((cnt + kTile - 1) / kTile));
     distance_tiles<<<grid, dim3(16, 16)>>>(dq.p, dqn.p, int(cnt), centroids_, cnorms_, int(nlist_), int(dim_), l2, dcoarse.p);

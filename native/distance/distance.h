@@ -42,6 +42,10 @@ const Kernels& kernels();
 const Status& dispatch_status();
 bool parse_simd_level(const char* s, SimdLevel* out);
 
+// out = in / |in| (out may be in); a zero vector stays zero. The one normalization that cosine
+// indexes (flat, hnsw, ivfpq, the GPU copies) apply to stored vectors and queries alike.
+void normalize_f32(const float* in, float* out, size_t d);
+
 // Per-ISA tables (nullptr-safe: a variant that did not compile returns nullptr).
 const Kernels* serial_kernels();
 const Kernels* avx2_kernels();

@@ -38,13 +38,6 @@ constexpr uint32_t kRerankExtra = 16;
 // Below this many rows per thread a single query is scanned on one thread.
 constexpr size_t kMinRowsPerThread = 4096;
 
-void normalize(float* v, uint32_t dim) {
-  double s = 0;
-  for (uint32_t i = 0; i < dim; ++i) s += double(v[i]) * v[i];
-  if (s == 0) return;
-  float inv = float(1.0 / std::sqrt(s));
-  for (uint32_t i = 0; i < dim; ++i) v[i] *= inv;
-}
 }  // namespace
 
 Status FlatIndex::create(const IndexOptions& opts, std::unique_ptr<Index>* out) {
@@ -83,7 +76,7 @@ Status FlatIndex::add(const uint32_t* labels, const float* vectors, size_t n, in
     }
     float* dst = data_.data() + row * dim_;
     std::memcpy(dst, vectors + i * dim_, dim_ * sizeof(float));
-    if (metric_ == Metric::Cosine) normalize(dst, dim_);
+    if (metric_ == Metric::Cosine) normalize_f32(dst, dst, dim_);
     norms_[row] = K.ip_f32(dst, dst, dim_);
   }
   return Status::ok();
@@ -237,7 +230,7 @@ Status FlatIndex::search(const float* queries, size_t nq, const SearchParams& p,
   std::vector<float> normalized;
   if (metric_ == Metric::Cosine) {
     normalized.assign(queries, queries + nq * dim_);
-    for (size_t i = 0; i < nq; ++i) normalize(normalized.data() + i * dim_, dim_);
+    for (size_t i = 0; i < nq; ++i) normalize_f32(normalized.data() + i * dim_, normalized.data() + i * dim_, dim_);
     queries = normalized.data();
   }
   const int threads = resolve_threads(p.threads);

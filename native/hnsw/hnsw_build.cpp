@@ -170,12 +170,7 @@ Status HnswIndex::add(const uint32_t* labels, const float* vectors, size_t n, in
   if (metric_ == Metric::Cosine) {
     normed.assign(vectors, vectors + n * dim_);
     parallel_for(n, threads, 256, [&](size_t lo, size_t hi, int) {
-      for (size_t i = lo; i < hi; ++i) {
-        float* x = normed.data() + i * dim_;
-        const float n2 = kernels().ip_f32(x, x, dim_);
-        const float inv = n2 > 0.0f ? 1.0f / std::sqrt(n2) : 0.0f;
-        for (uint32_t d = 0; d < dim_; ++d) x[d] *= inv;
-      }
+      for (size_t i = lo; i < hi; ++i) normalize_f32(normed.data() + i * dim_, normed.data() + i * dim_, dim_);
     });
     v = normed.data();
   }

@@ -226,9 +226,7 @@ Status HnswIndex::search(const float* queries, size_t nq, const SearchParams& pa
     for (size_t i = b; i < e; ++i) {
       const float* q = queries + i * dim_;
       if (metric_ == Metric::Cosine) {
-        float n2 = kernels().ip_f32(q, q, dim_);
-        float inv = n2 > 0.0f ? 1.0f / std::sqrt(n2) : 0.0f;
-        for (uint32_t d = 0; d < dim_; ++d) ctx->qbuf[d] = q[d] * inv;
+        normalize_f32(q, ctx->qbuf.data(), dim_);
         q = ctx->qbuf.data();
       }
       uint32_t* ol = out_labels + i * k;

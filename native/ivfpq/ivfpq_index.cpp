@@ -33,13 +33,7 @@ constexpr double kCoarseShare = 0.8;   // share of the training progress bar for
 constexpr uint64_t kListsTimesSubquantizersMax = uint64_t{1} << 20;
 
 void normalize_rows(const float* in, size_t n, uint32_t dim, float* out) {
-  const Kernels& kern = kernels();
-  for (size_t i = 0; i < n; ++i) {
-    const float* v = in + i * dim;
-    float nn = kern.ip_f32(v, v, dim);
-    float s = nn > 0 ? 1.0f / std::sqrt(nn) : 0.0f;
-    for (uint32_t t = 0; t < dim; ++t) out[i * dim + t] = v[t] * s;
-  }
+  for (size_t i = 0; i < n; ++i) normalize_f32(in + i * dim, out + i * dim, dim);
 }
 }  // namespace
 

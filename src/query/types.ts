@@ -4,6 +4,7 @@
  * the cluster issues will put replication behind the same interface.
  */
 import type { Metric } from '../native';
+import type { ShardStatusInfo } from '../shard/shard';
 
 export type IndexSpec =
   | { type: 'flat' }
@@ -94,16 +95,11 @@ export interface SearchHit {
   vector?: Float32Array;
 }
 
-export interface ShardStatus {
+/** A shard's own progress (src/shard) with where it lives. */
+export interface ShardStatus extends ShardStatusInfo {
   collection: string;
   shard: number;
   leader: string; // node id ('local' standalone)
-  epoch: number;
-  lastLsn: number;
-  appliedLsn: number;
-  snapshotLsn: number;
-  points: number;
-  walBytes: number;
 }
 
 export interface ClusterStatus {
