@@ -21,12 +21,11 @@ import type {
   ClusterStatus,
   CollectionInfo,
   CollectionSpecInput,
-  Consistency,
-  Filter,
   IndexSpec,
   Point,
   PointInput,
   SearchHit,
+  SearchRequest,
   WriteToken,
 } from '../query/types';
 import { QUIVER_CODE_KEY, bytesToVector, codeOfGrpcStatus, quiverService, vectorToBytes } from './proto';
@@ -72,16 +71,8 @@ export interface GetOptions extends CallOptions {
   withPayload?: boolean;
 }
 
-export interface SearchOptions extends CallOptions {
-  k: number;
-  filter?: Filter;
-  ef?: number;
-  nprobe?: number;
-  withPayload?: boolean;
-  withVectors?: boolean;
-  consistency?: Consistency;
-  token?: WriteToken;
-}
+/** The engine's search request (src/query/types.ts) less the vectors, plus call options. */
+export interface SearchOptions extends CallOptions, Omit<SearchRequest, 'vectors'> {}
 
 /* eslint-disable @typescript-eslint/no-explicit-any */
 type Msg = any;
