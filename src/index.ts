@@ -9,6 +9,7 @@ export {
   deserializeIndex,
   simdLevel,
   simdLevels,
+  searchLaneStats,
   gpuInfo,
   LABEL_NONE,
 } from './native';
@@ -25,6 +26,7 @@ export type {
   TrainOptions,
   GpuInfo,
   AnyIndex,
+  SearchLaneStats,
 } from './native';
 export { openDatabase } from './query';
 export type {

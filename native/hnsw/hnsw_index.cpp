@@ -31,8 +31,9 @@ HnswIndex::HnswIndex(uint32_t dim, Metric metric, const Params& p)
       m_(p.m),
       m0_(2 * p.m),
       level_mult_(1.0 / std::log(static_cast<double>(std::max<uint32_t>(p.m, 2)))),
-      code_off_(4 + 4 * static_cast<size_t>(2 * p.m)),
-      stride_(round_up(4 + 4 * static_cast<size_t>(2 * p.m) + (metric == Metric::IP ? 0 : dim), 64)),
+      code_bytes_(metric == Metric::IP ? 0 : dim),
+      links_off_(round_up(code_bytes_, 4)),
+      stride_(round_up(links_off_ + 4 + 4 * static_cast<size_t>(2 * p.m), 64)),
       l2u8_(kernels().l2_u8),
       entry_((static_cast<uint64_t>(0) << 32) | kNone) {
   auto d = std::make_unique<Dir>();
@@ -173,6 +174,14 @@ void HnswIndex::search_one(const Space& sp, hnsw::SearchContext& ctx, const floa
   auto& rr = ctx.rerank;
   rr.clear();
   const size_t take = exact_codes ? std::min<size_t>(k, res.size()) : res.size();
+  if (use_codes()) {
+    // The f32 rows are cold: request them all before the first distance.
+    const size_t row = static_cast<size_t>(dim_) * sizeof(float);
+    for (size_t i = 0; i < take; ++i) {
+      const char* v = reinterpret_cast<const char*>(vec(res[i].second));
+      for (size_t off = 0; off < row; off += 64) QV_PREFETCH(v + off);
+    }
+  }
   for (size_t i = 0; i < take; ++i) {
     const uint32_t s = res[i].second;
     rr.emplace_back(use_codes() ? final_distance(q, s) : static_cast<float>(res[i].first), s);

@@ -24,11 +24,15 @@ namespace hnsw {
 template <typename D>
 using Cand = std::pair<D, uint32_t>;  // (distance, slot); ties break on slot, so order is total
 
-// Preallocated per-thread state: visited tags (cleared by bumping the tag), the two heaps, and
-// query buffers. Pooled by the index; one search call takes one per worker thread.
+// Preallocated per-thread state: the visited set, the two heaps, and query buffers. Pooled by
+// the index; one search call takes one per worker thread.
+//
+// The visited set is a bitmap (one bit per slot: 25 KB for 200k points, so it stays in L1/L2
+// where a 16-bit tag array would not), with the list of slots set in this walk, so that
+// clearing costs one store per visit instead of a pass over the bitmap.
 struct SearchContext {
-  std::vector<uint16_t> tags;
-  uint16_t tag = 0;
+  std::vector<uint64_t> bits;
+  std::vector<uint32_t> touched;
   std::vector<Cand<uint32_t>> cand_u, res_u;
   std::vector<Cand<float>> cand_f, res_f, rerank;
   std::vector<uint32_t> nbrs;
@@ -36,17 +40,19 @@ struct SearchContext {
   std::vector<uint8_t> qcode;
 
   void new_visit(size_t n) {
-    if (tags.size() < n) tags.resize(n + n / 4 + 64, 0);
-    if (++tag == 0) {
-      std::fill(tags.begin(), tags.end(), 0);
-      tag = 1;
-    }
+    for (uint32_t s : touched) bits[s >> 6] = 0;
+    touched.clear();
+    const size_t words = (n + 63) / 64;
+    if (bits.size() < words) bits.resize(words + words / 4 + 1, 0);
   }
   // True the first time s is seen in this walk.
   bool visit(uint32_t s) {
-    if (s >= tags.size()) tags.resize(static_cast<size_t>(s) + s / 4 + 64, 0);
-    if (tags[s] == tag) return false;
-    tags[s] = tag;
+    const size_t w = s >> 6;
+    if (w >= bits.size()) bits.resize(w + w / 4 + 1, 0);
+    const uint64_t bit = uint64_t{1} << (s & 63);
+    if (bits[w] & bit) return false;
+    bits[w] |= bit;
+    touched.push_back(s);
     return true;
   }
   template <typename D>
@@ -77,9 +83,10 @@ struct HnswIndex::CodeSpace {
   const uint8_t* q;
   D dist(uint32_t s) const { return ix->l2u8_(q, ix->code(s), ix->dim_); }
   D pair(uint32_t a, uint32_t b) const { return ix->l2u8_(ix->code(a), ix->code(b), ix->dim_); }
+  // The code lines only: the links are read when (if) the node is expanded.
   void prefetch(uint32_t s) const {
     const char* p = ix->block(s);
-    for (size_t off = 0; off < ix->stride_; off += 64) QV_PREFETCH(p + off);
+    for (size_t off = 0; off < ix->code_bytes_; off += 64) QV_PREFETCH(p + off);
   }
 };
 
@@ -94,7 +101,6 @@ struct HnswIndex::FloatSpace {
   void prefetch(uint32_t s) const {
     const char* p = reinterpret_cast<const char*>(ix->vec(s));
     for (size_t off = 0; off < ix->dim_ * sizeof(float); off += 64) QV_PREFETCH(p + off);
-    QV_PREFETCH(ix->block(s));
   }
 };
 
@@ -153,6 +159,8 @@ void HnswIndex::walk(const Space& sp, hnsw::SearchContext& ctx, uint32_t ep, typ
     if (res.size() >= ef && res.front() < top) break;
     std::pop_heap(cand.begin(), cand.end(), std::greater<C>());
     cand.pop_back();
+    // The next candidate to expand is likely the new front: fetch its links while this one runs.
+    if (level == 0 && !cand.empty()) prefetch_links0(cand.front().second);
     const uint32_t* ll = links(top.second, level);
     const uint32_t c = std::min(hnsw::load_acquire(ll), maxl);
     uint32_t n = 0;
@@ -160,10 +168,10 @@ void HnswIndex::walk(const Space& sp, hnsw::SearchContext& ctx, uint32_t ep, typ
       const uint32_t nb = hnsw::load_relaxed(ll + 1 + j);
       if (ctx.visit(nb)) nbrs[n++] = nb;
     }
-    if (n > 0) sp.prefetch(nbrs[0]);
-    if (n > 1) sp.prefetch(nbrs[1]);
+    // Every new neighbour's code lines are requested at once, so their memory latencies overlap
+    // (a handful of distances at a time cannot hide a DRAM miss each).
+    for (uint32_t j = 0; j < n; ++j) sp.prefetch(nbrs[j]);
     for (uint32_t j = 0; j < n; ++j) {
-      if (j + 2 < n) sp.prefetch(nbrs[j + 2]);
       const uint32_t nb = nbrs[j];
       const D d = sp.dist(nb);
       const C cd(d, nb);

@@ -8,6 +8,7 @@
 #include "napi/errors.h"
 #include "napi/gpu.h"
 #include "napi/index_wrap.h"
+#include "napi/search_lane.h"
 
 namespace qv {
 namespace napi {
@@ -175,6 +176,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("kernelMatrix", Napi::Function::New(env, KernelMatrix));
   exports.Set("scanBench", Napi::Function::New(env, ScanBench));
   exports.Set("sumBench", Napi::Function::New(env, SumBench));
+  exports.Set("searchLaneStats", Napi::Function::New(env, lane_stats));
   exports.Set("NativeIndex", NativeIndex::Init(env));
   init_gpu(env, exports);
   return exports;

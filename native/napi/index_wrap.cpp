@@ -9,6 +9,7 @@
 #include "common/limits.h"
 #include "napi/convert.h"
 #include "napi/errors.h"
+#include "napi/search_lane.h"
 
 namespace qv {
 namespace napi {
@@ -54,13 +55,14 @@ class RemoveWorker : public PromiseWorker {
   std::vector<uint32_t> labels_;
 };
 
-class SearchWorker : public PromiseWorker {
+// One search call's inputs and outputs; runs on the search lane or in a PromiseWorker.
+class SearchTask : public LaneTask {
  public:
-  SearchWorker(Napi::Env env, std::shared_ptr<Index> index, std::vector<float> queries, SearchParams params,
-               bool has_filter, std::vector<uint32_t> filter_labels)
-      : PromiseWorker(env), index_(std::move(index)), queries_(std::move(queries)), params_(params),
-        has_filter_(has_filter), filter_labels_(std::move(filter_labels)) {}
-  Status Run() override {
+  SearchTask(std::shared_ptr<Index> index, std::vector<float> queries, SearchParams params, bool has_filter,
+             std::vector<uint32_t> filter_labels)
+      : index_(std::move(index)), queries_(std::move(queries)), params_(params), has_filter_(has_filter),
+        filter_labels_(std::move(filter_labels)) {}
+  Status run() override {
     const size_t dim = index_->dim();
     if (queries_.empty() || queries_.size() % dim != 0) return invalid_argument("queries length is not a multiple of dim");
     nq_ = queries_.size() / dim;
@@ -73,7 +75,7 @@ class SearchWorker : public PromiseWorker {
     distances_.resize(nq_ * params_.k);
     return index_->search(queries_.data(), nq_, params_, labels_.data(), distances_.data());
   }
-  Napi::Value Resolve(Napi::Env env) override { return search_results(env, labels_, distances_); }
+  Napi::Value resolve(Napi::Env env) override { return search_results(env, labels_, distances_); }
 
  private:
   std::shared_ptr<Index> index_;
@@ -86,6 +88,20 @@ class SearchWorker : public PromiseWorker {
   std::vector<uint32_t> labels_;
   std::vector<float> distances_;
 };
+
+// A LaneTask on the libuv thread pool.
+class TaskWorker : public PromiseWorker {
+ public:
+  TaskWorker(Napi::Env env, std::unique_ptr<LaneTask> task) : PromiseWorker(env), task_(std::move(task)) {}
+  Status Run() override { return task_->run(); }
+  Napi::Value Resolve(Napi::Env env) override { return task_->resolve(env); }
+
+ private:
+  std::unique_ptr<LaneTask> task_;
+};
+
+// Searches of up to this many query floats (a few queries) try the search lane first.
+constexpr size_t kLaneMaxQueryFloats = 4 * 1024;
 
 class GetVectorsWorker : public PromiseWorker {
  public:
@@ -271,7 +287,14 @@ Napi::Value NativeIndex::Search(const Napi::CallbackInfo& info) {
   bool has_filter = !info[6].IsNull() && !info[6].IsUndefined();
   std::vector<uint32_t> filter;
   if (has_filter) filter = copy_typed<uint32_t>(env, info[6], napi_uint32_array, "filter");
-  return queue(new SearchWorker(env, index_, std::move(queries), p, has_filter, std::move(filter)));
+  const size_t floats = queries.size();
+  std::unique_ptr<LaneTask> task(new SearchTask(index_, std::move(queries), p, has_filter, std::move(filter)));
+  if (floats <= kLaneMaxQueryFloats && !has_filter) {
+    napi_value promise;
+    if (lane_try_run(env, task, &promise)) return Napi::Value(env, promise);
+    lane_count_fallback();
+  }
+  return queue(new TaskWorker(env, std::move(task)));
 }
 
 Napi::Value NativeIndex::Train(const Napi::CallbackInfo& info) {

@@ -7,11 +7,24 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { QuiverError } from '../errors';
 
+/** The search lane (native/napi/search_lane.h): small searches on one hot thread. */
+export interface SearchLaneStats {
+  /** false when QUIVER_SEARCH_LANE=0 or the lane could not start. */
+  enabled: boolean;
+  /** How long the lane spins for the next task before it sleeps (QUIVER_SEARCH_SPIN_US). */
+  spinMicros: number;
+  /** Small searches the lane ran. */
+  laneTasks: number;
+  /** Small searches that went to the thread pool because the lane was busy (or off). */
+  poolTasks: number;
+}
+
 /* eslint-disable @typescript-eslint/no-explicit-any */
 export interface NativeAddon {
   setErrorClass(cls: unknown): void;
   simdLevel(): string;
   simdLevels(): string[];
+  searchLaneStats(): SearchLaneStats;
   kernel(name: string, level: string, a: ArrayBufferView, b: ArrayBufferView): number;
   scanBench(level: string, base: Float32Array, dim: number, query: Float32Array, repeats: number): number;
   sumBench(level: string, base: Float32Array, repeats: number): number;

@@ -5,7 +5,7 @@
  */
 import { promises as fsp } from 'fs';
 import { QuiverError } from '../errors';
-import { addon, loadAddon } from './addon';
+import { addon, loadAddon, SearchLaneStats } from './addon';
 import { labelNone, topKMax } from './limits';
 
 export * from './limits';
@@ -301,6 +301,11 @@ export function simdLevels(): string[] {
   return addon().simdLevels();
 }
 
+/** Counters of the search lane, the thread that runs one-query searches (see ARCHITECTURE.md). */
+export function searchLaneStats(): SearchLaneStats {
+  return addon().searchLaneStats();
+}
+
 export interface GpuInfo {
   /** Which addon build is loaded. */
   build: 'cpu' | 'cuda';
@@ -318,3 +323,4 @@ export function gpuInfo(): GpuInfo {
 }
 
 export { labelNone as LABEL_NONE };
+export type { SearchLaneStats };

@@ -1,0 +1,200 @@
+#include "napi/search_lane.h"
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <deque>
+#include <mutex>
+#include <thread>
+
+#include "napi/errors.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define QV_CPU_RELAX() _mm_pause()
+#else
+#define QV_CPU_RELAX() std::this_thread::yield()
+#endif
+
+namespace qv {
+namespace napi {
+
+namespace {
+
+long env_long(const char* name, long dflt) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return dflt;
+  char* end = nullptr;
+  long x = std::strtol(v, &end, 10);
+  return (end != nullptr && *end == '\0' && x >= 0) ? x : dflt;
+}
+
+struct Pending {
+  std::unique_ptr<LaneTask> task;
+  napi_deferred deferred;
+  Status status;
+};
+
+class Lane {
+ public:
+  Lane(napi_env env, long spin_us) : env_(env), spin_(std::chrono::microseconds(spin_us)) {}
+
+  bool start() {
+    napi_value name;
+    if (napi_create_string_utf8(env_, "quiver-search-lane", NAPI_AUTO_LENGTH, &name) != napi_ok) return false;
+    if (napi_create_threadsafe_function(env_, nullptr, nullptr, name, 0, 1, nullptr, nullptr, this, &Lane::deliver,
+                                        &tsfn_) != napi_ok)
+      return false;
+    napi_unref_threadsafe_function(env_, tsfn_);  // an idle lane does not keep the process alive
+    thread_ = std::thread([this] { loop(); });
+    napi_add_env_cleanup_hook(env_, &Lane::cleanup, this);
+    return true;
+  }
+
+  napi_env env() const { return env_; }
+
+  // Event loop only.
+  bool try_submit(std::unique_ptr<LaneTask>& task, napi_value* promise) {
+    if (busy_.exchange(true, std::memory_order_acq_rel)) return false;
+    napi_deferred deferred;
+    napi_value js_promise;
+    if (napi_create_promise(env_, &deferred, &js_promise) != napi_ok) {
+      busy_.store(false, std::memory_order_release);
+      return false;
+    }
+    *promise = js_promise;
+    auto* p = new Pending{std::move(task), deferred, Status::ok()};
+    if (in_flight_++ == 0) napi_ref_threadsafe_function(env_, tsfn_);
+    slot_.store(p, std::memory_order_seq_cst);
+    if (sleeping_.load(std::memory_order_seq_cst)) {
+      std::lock_guard<std::mutex> g(mu_);
+      cv_.notify_one();
+    }
+    return true;
+  }
+
+ private:
+  void loop() {
+    for (;;) {
+      Pending* p = slot_.exchange(nullptr, std::memory_order_acq_rel);
+      if (p == nullptr) {
+        const auto until = std::chrono::steady_clock::now() + spin_;
+        while (!stop_.load(std::memory_order_relaxed) && slot_.load(std::memory_order_acquire) == nullptr &&
+               std::chrono::steady_clock::now() < until) {
+          for (int i = 0; i < 16; ++i) QV_CPU_RELAX();
+        }
+        if (slot_.load(std::memory_order_acquire) == nullptr) {
+          std::unique_lock<std::mutex> l(mu_);
+          sleeping_.store(true, std::memory_order_seq_cst);
+          cv_.wait(l, [this] { return stop_.load() || slot_.load(std::memory_order_seq_cst) != nullptr; });
+          sleeping_.store(false, std::memory_order_relaxed);
+        }
+        if (stop_.load()) return;
+        continue;
+      }
+      p->status = p->task->run();
+      {
+        std::lock_guard<std::mutex> g(done_mu_);
+        done_.push_back(p);
+      }
+      busy_.store(false, std::memory_order_release);
+      napi_call_threadsafe_function(tsfn_, nullptr, napi_tsfn_nonblocking);
+    }
+  }
+
+  // On the event loop: settles every finished task's promise.
+  static void deliver(napi_env env, napi_value, void* context, void*) {
+    auto* self = static_cast<Lane*>(context);
+    std::deque<Pending*> done;
+    {
+      std::lock_guard<std::mutex> g(self->done_mu_);
+      done.swap(self->done_);
+    }
+    for (Pending* p : done) {
+      std::unique_ptr<Pending> owned(p);
+      if (env == nullptr) continue;  // shutting down
+      Napi::Env e(env);
+      Napi::HandleScope scope(e);
+      if (!p->status.is_ok()) {
+        napi_reject_deferred(env, p->deferred, make_error(e, p->status));
+      } else {
+        try {
+          napi_resolve_deferred(env, p->deferred, p->task->resolve(e));
+        } catch (const Napi::Error& err) {
+          napi_reject_deferred(env, p->deferred, err.Value());
+        }
+      }
+      if (--self->in_flight_ == 0) napi_unref_threadsafe_function(env, self->tsfn_);
+    }
+  }
+
+  static void cleanup(void* arg) {
+    auto* self = static_cast<Lane*>(arg);
+    self->stop_.store(true);
+    {
+      std::lock_guard<std::mutex> g(self->mu_);
+      self->cv_.notify_one();
+    }
+    if (self->thread_.joinable()) self->thread_.join();
+    // The thread-safe function is torn down with the environment; the lane itself stays
+    // allocated (a pointer to it may still sit in that function's queue).
+  }
+
+  napi_env env_;
+  std::chrono::microseconds spin_;
+  napi_threadsafe_function tsfn_ = nullptr;
+  std::thread thread_;
+  std::atomic<bool> busy_{false};
+  std::atomic<Pending*> slot_{nullptr};
+  std::atomic<bool> sleeping_{false};
+  std::atomic<bool> stop_{false};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::mutex done_mu_;
+  std::deque<Pending*> done_;
+  long in_flight_ = 0;  // event loop only
+};
+
+Lane* the_lane = nullptr;
+bool lane_failed = false;
+double lane_tasks = 0, pool_tasks = 0;  // event loop only
+long spin_micros() { return env_long("QUIVER_SEARCH_SPIN_US", 200); }
+
+}  // namespace
+
+bool lane_try_run(Napi::Env env, std::unique_ptr<LaneTask>& task, napi_value* promise) {
+  if (the_lane == nullptr) {
+    if (lane_failed) return false;
+    if (env_long("QUIVER_SEARCH_LANE", 1) == 0) {
+      lane_failed = true;
+      return false;
+    }
+    auto* lane = new Lane(env, spin_micros());
+    if (!lane->start()) {
+      delete lane;
+      lane_failed = true;
+      return false;
+    }
+    the_lane = lane;
+  }
+  if (the_lane->env() != static_cast<napi_env>(env)) return false;
+  if (!the_lane->try_submit(task, promise)) return false;
+  lane_tasks += 1;
+  return true;
+}
+
+void lane_count_fallback() { pool_tasks += 1; }
+
+Napi::Value lane_stats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("enabled", Napi::Boolean::New(env, !lane_failed && env_long("QUIVER_SEARCH_LANE", 1) != 0));
+  o.Set("spinMicros", Napi::Number::New(env, static_cast<double>(spin_micros())));
+  o.Set("laneTasks", Napi::Number::New(env, lane_tasks));
+  o.Set("poolTasks", Napi::Number::New(env, pool_tasks));
+  return o;
+}
+
+}  // namespace napi
+}  // namespace qv

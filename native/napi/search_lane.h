@@ -1,0 +1,43 @@
+// The search lane: one process-wide thread that runs small searches (a few queries) for the event
+// loop, so that one awaited query does not pay the libuv thread-pool hand-off twice.
+//
+// Why: an AsyncWorker goes through uv_queue_work (mutex, condition variable, a futex wake of a
+// sleeping pool thread, often on a core whose caches are cold) and back through uv_async_send. On
+// the virtual machines measured here that costs 30-50 us per call, as much as the search itself
+// for small vectors. The lane keeps one thread hot: after each task it spins for a short while
+// (QUIVER_SEARCH_SPIN_US, default 200 us) watching a one-task slot, so a caller that awaits one
+// search after another hands work over without a system call. The answer still comes back
+// through a thread-safe function (uv_async_send), and the event loop never waits on the search.
+//
+// The lane takes a task only when it is idle; a busy lane (concurrent searches) leaves the task
+// to the caller's AsyncWorker, so concurrent load still spreads over the thread pool.
+// QUIVER_SEARCH_LANE=0 turns the lane off.
+#pragma once
+#include <napi.h>
+
+#include <memory>
+
+#include "common/status.h"
+
+namespace qv {
+namespace napi {
+
+// Work for the lane (or for a PromiseWorker): run() off the loop, resolve() on it.
+class LaneTask {
+ public:
+  virtual ~LaneTask() = default;
+  virtual Status run() = 0;
+  virtual Napi::Value resolve(Napi::Env env) = 0;
+};
+
+// Starts `task` on the lane and sets *promise, or returns false (task untouched) when the lane is
+// busy, disabled, or belongs to another environment (worker thread).
+bool lane_try_run(Napi::Env env, std::unique_ptr<LaneTask>& task, napi_value* promise);
+
+// searchLaneStats(): { enabled, spinMicros, laneTasks, poolTasks } (poolTasks: small searches the lane
+// was too busy for).
+Napi::Value lane_stats(const Napi::CallbackInfo& info);
+void lane_count_fallback();
+
+}  // namespace napi
+}  // namespace qv

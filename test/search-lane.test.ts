@@ -1,0 +1,127 @@
+/**
+ * The search lane (native/napi/search_lane.cpp): small searches run on one hot thread instead of
+ * the libuv pool. Results must be the same as the pool's, whatever the concurrency; errors keep
+ * their codes; a lane left idle must not keep the process alive; QUIVER_SEARCH_LANE=0 turns it off.
+ */
+import { spawnSync } from 'child_process';
+import * as path from 'path';
+import { describe, expect, it } from 'vitest';
+import { FlatIndex, HnswIndex, searchLaneStats } from '../src/native';
+import { expectCode, randomVectors, seq } from './helpers';
+
+const DIM = 32;
+const N = 3000;
+const NQ = 64;
+const K = 10;
+
+async function hnsw(): Promise<HnswIndex> {
+  const index = new HnswIndex({ dim: DIM, metric: 'l2', m: 12, efConstruction: 80, seed: 3 });
+  await index.add(seq(N), randomVectors(N, DIM, 5));
+  return index;
+}
+
+function row(q: Float32Array, i: number): Float32Array {
+  return q.subarray(i * DIM, (i + 1) * DIM);
+}
+
+describe('search lane', () => {
+  it('one query at a time gives the batch answer (lane vs pool)', async () => {
+    const index = await hnsw();
+    const q = randomVectors(NQ, DIM, 6);
+    const batch = await index.search(q, K, { ef: 50 });
+    const before = searchLaneStats();
+    expect(before.enabled).toBe(true);
+    for (let i = 0; i < NQ; i++) {
+      const one = await index.search(row(q, i), K, { ef: 50 });
+      expect(Array.from(one.labels)).toEqual(Array.from(batch.labels.subarray(i * K, (i + 1) * K)));
+      expect(Array.from(one.distances)).toEqual(Array.from(batch.distances.subarray(i * K, (i + 1) * K)));
+    }
+    // Awaited one after another, every query found the lane idle.
+    const after = searchLaneStats();
+    expect(after.laneTasks - before.laneTasks).toBe(NQ);
+    expect(after.poolTasks - before.poolTasks).toBe(0);
+  });
+
+  it('many concurrent small searches (lane busy, the rest on the pool) all answer correctly', async () => {
+    const index = await hnsw();
+    const flat = new FlatIndex({ dim: DIM, metric: 'l2' });
+    await flat.add(seq(N), randomVectors(N, DIM, 5));
+    const q = randomVectors(NQ, DIM, 7);
+    const batch = await index.search(q, K, { ef: 50 });
+    const exact = await flat.search(q, K);
+    const rounds = 5;
+    const before = searchLaneStats();
+    const all = await Promise.all(
+      Array.from({ length: NQ * rounds }, (_, j) =>
+        j % 2 === 0 ? index.search(row(q, j % NQ), K, { ef: 50 }) : flat.search(row(q, j % NQ), K),
+      ),
+    );
+    all.forEach((r, j) => {
+      const i = j % NQ;
+      const want = j % 2 === 0 ? batch : exact;
+      expect(Array.from(r.labels)).toEqual(Array.from(want.labels.subarray(i * K, (i + 1) * K)));
+    });
+    // Both paths ran: the lane took some, the pool the ones that found it busy.
+    const after = searchLaneStats();
+    expect(after.laneTasks - before.laneTasks).toBeGreaterThan(0);
+    expect(after.poolTasks - before.poolTasks).toBeGreaterThan(0);
+    expect(after.laneTasks + after.poolTasks - before.laneTasks - before.poolTasks).toBe(NQ * 5);
+  });
+
+  it('searches during an add answer from the old or the new state, never fail', async () => {
+    const index = await hnsw();
+    const more = randomVectors(2000, DIM, 8);
+    const q = randomVectors(8, DIM, 9);
+    const adding = index.add(seq(2000, N), more);
+    let answered = 0;
+    for (let i = 0; i < 200; i++) {
+      const r = await index.search(row(q, i % 8), K, { ef: 40 });
+      for (const l of r.labels) expect(l).toBeLessThan(N + 2000);
+      answered++;
+    }
+    await adding;
+    expect(answered).toBe(200);
+    expect(index.size).toBe(N + 2000);
+  });
+
+  it('an error from a lane search is a QuiverError with its code, and the lane goes on', async () => {
+    const index = await hnsw();
+    // k = 0 straight into the native binding (the TypeScript face would refuse it first), so the
+    // core's refusal comes back through the lane.
+    const native = (index as unknown as { native: { search(...a: unknown[]): Promise<unknown> } }).native;
+    await expectCode(native.search(row(randomVectors(1, DIM, 1), 0), 0, 40, 0, -1, 1, null), 'INVALID_ARGUMENT');
+    const r = await index.search(row(randomVectors(1, DIM, 1), 0), K, { ef: 40 });
+    expect(r.labels.length).toBe(K);
+  });
+
+  const script = (extra: string) => `
+    const { HnswIndex } = require(${JSON.stringify(path.resolve(__dirname, '..', 'dist', 'src', 'native'))});
+    (async () => {
+      const ix = new HnswIndex({ dim: 4, metric: 'l2', m: 8, efConstruction: 20, seed: 1 });
+      await ix.add(Uint32Array.from([1, 2, 3]), Float32Array.from({ length: 12 }, (_, i) => i));
+      const r = await ix.search(Float32Array.from([0, 1, 2, 3]), 1);
+      ${extra}
+      process.stdout.write(String(r.labels[0]) + ' ' + JSON.stringify(require(${JSON.stringify(path.resolve(__dirname, '..', 'dist', 'src', 'native'))}).searchLaneStats()));
+    })();`;
+
+  it('an idle lane does not keep the process alive (exits on its own)', () => {
+    const r = spawnSync(process.execPath, ['-e', script('')], { timeout: 20_000, encoding: 'utf8' });
+    expect(r.error).toBeUndefined();
+    expect(r.status).toBe(0);
+    const [label, stats] = r.stdout.split(' ');
+    expect(label).toBe('1');
+    expect(JSON.parse(stats)).toMatchObject({ enabled: true, laneTasks: 1, poolTasks: 0 });
+  });
+
+  it('QUIVER_SEARCH_LANE=0 runs every search on the pool, same answer', () => {
+    const r = spawnSync(process.execPath, ['-e', script('')], {
+      timeout: 20_000,
+      encoding: 'utf8',
+      env: { ...process.env, QUIVER_SEARCH_LANE: '0', QUIVER_SEARCH_SPIN_US: '0' },
+    });
+    expect(r.status).toBe(0);
+    const [label, stats] = r.stdout.split(' ');
+    expect(label).toBe('1');
+    expect(JSON.parse(stats)).toMatchObject({ enabled: false, laneTasks: 0, poolTasks: 1 });
+  });
+});
