@@ -6,11 +6,12 @@
 //      every stored code re-encoded if it changed);
 //   3. each point gets a slot (lowest free slot first, else a new one) and its level
 //      (hash of label and seed), its vector and code are written;
-//   4. the points are inserted in rounds of sizes 1, 2, 4, ... capped at 1/8 of the graph and at
-//      2% of the final size (prefix doubling). In a round:
+//   4. the points are inserted in rounds of sizes 1, 2, 4, ... capped at 1/8 of the graph, at
+//      2% of the final size and at kRoundMax (prefix doubling). In a round:
 //        a. in parallel, each point searches the graph as it stood before the round (new points
-//           of the round are not linked yet, so they cannot be found) and writes its own links:
-//           the heuristic choice of m among the efConstruction nearest, per level;
+//           of the round are not linked yet, so they cannot be found), adds every other point
+//           of the round as a candidate (brute force), and writes its own links: the heuristic
+//           choice of m among those candidates, per level;
 //        b. the reverse links (target q gets the new point p) are grouped by (level, q) and
 //           applied in batch order, in parallel over groups; a list that overflows is re-pruned
 //           by the same heuristic;
@@ -53,29 +54,50 @@ void HnswIndex::insert_round(const std::vector<uint32_t>& slots, const std::vect
     else return FloatSpace{this, vec(s), kernels().ip_f32};
   };
 
-  // a. Own links, searched against the graph before the round.
-  if (ep0 != kNone) {
+  // a. Own links: candidates are the graph before the round (searched) plus the other points of
+  //    the round (every one, by brute force: a round is at most kRoundMax points). Without the
+  //    second part, points of one round could not link to each other, and input sorted by
+  //    cluster (a whole cluster in one round) built a graph with the cluster's points unlinked.
+  const bool have_graph = ep0 != kNone;
+  if (have_graph || e - b > 1) {
     parallel_for(e - b, threads, 4, [&](size_t lo, size_t hi, int) {
       hnsw::SearchContext* ctx = acquire_context();
-      std::vector<std::pair<D, uint32_t>> cand;
+      std::vector<std::pair<D, uint32_t>> cand, peers;
+      std::vector<int> peer_level;
       std::vector<uint32_t> chosen;
       for (size_t i = b + lo; i < b + hi; ++i) {
         const uint32_t s = slots[i];
         const int L = levels[i];
         const Space sp = space_of(s);
+        peers.clear();
+        peer_level.clear();
+        for (size_t j = b; j < e; ++j) {
+          if (j == i) continue;
+          peers.emplace_back(sp.dist(slots[j]), slots[j]);
+          peer_level.push_back(levels[j]);
+        }
         uint32_t ep = ep0;
-        D epd = sp.dist(ep);
-        if (L < top) greedy(sp, &ep, &epd, top, L);
-        for (int l = std::min(L, top); l >= 0; --l) {
-          walk<Space, false, false>(sp, *ctx, ep, epd, l, p_.ef_construction, nullptr);
-          cand = ctx->res<D>();
+        D epd{};
+        if (have_graph) {
+          epd = sp.dist(ep);
+          if (L < top) greedy(sp, &ep, &epd, top, L);
+        }
+        for (int l = L; l >= 0; --l) {
+          cand.clear();
+          if (have_graph && l <= top) {
+            walk<Space, false, false>(sp, *ctx, ep, epd, l, p_.ef_construction, nullptr);
+            cand = ctx->res<D>();
+            std::sort(cand.begin(), cand.end());
+            ep = cand[0].second;  // the next level starts from the graph, never from a peer
+            epd = cand[0].first;
+          }
+          for (size_t j = 0; j < peers.size(); ++j)
+            if (peer_level[j] >= l) cand.push_back(peers[j]);
           std::sort(cand.begin(), cand.end());
           prune(sp, cand, m_, &chosen);
           uint32_t* ll = links(s, l);
           for (size_t j = 0; j < chosen.size(); ++j) hnsw::store_relaxed(ll + 1 + j, chosen[j]);
           hnsw::store_release(ll, static_cast<uint32_t>(chosen.size()));
-          ep = cand[0].second;
-          epd = cand[0].first;
         }
       }
       release_context(ctx);
@@ -86,8 +108,7 @@ void HnswIndex::insert_round(const std::vector<uint32_t>& slots, const std::vect
   std::vector<std::tuple<int, uint32_t, uint32_t>> edges;  // (level, target, index in batch)
   for (size_t i = b; i < e; ++i) {
     const uint32_t s = slots[i];
-    for (int l = std::min(levels[i], top); l >= 0; --l) {
-      if (ep0 == kNone) break;
+    for (int l = levels[i]; l >= 0; --l) {
       const uint32_t* ll = links(s, l);
       for (uint32_t j = 0; j < ll[0]; ++j) edges.emplace_back(l, ll[1 + j], static_cast<uint32_t>(i));
     }
@@ -213,7 +234,7 @@ Status HnswIndex::add(const uint32_t* labels, const float* vectors, size_t n, in
   size_t done = 0, pow2 = 1;
   while (done < n) {
     const size_t graph = live_.load() + done;
-    size_t rs = std::min({pow2, std::max<size_t>(1, graph / 8), cap_final, n - done});
+    size_t rs = std::min({pow2, std::max<size_t>(1, graph / 8), cap_final, kRoundMax, n - done});
     if (use_codes()) insert_round<CodeSpace>(slots, levels, done, done + rs, threads);
     else insert_round<FloatSpace>(slots, levels, done, done + rs, threads);
     done += rs;

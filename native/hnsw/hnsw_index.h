@@ -84,6 +84,8 @@ class HnswIndex final : public Index {
 
   static constexpr uint32_t kMMax = 128;
   static constexpr int kLevelMax = 15;
+  // Points per insertion round at most; each compares itself with every other one of its round.
+  static constexpr size_t kRoundMax = 256;
   // A filter allowing fewer than this share of the live points is searched exactly.
   static constexpr double kExactFilterShare = 0.02;
 
