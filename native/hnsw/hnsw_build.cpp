@@ -62,7 +62,7 @@ void HnswIndex::insert_round(const std::vector<uint32_t>& slots, const std::vect
   if (have_graph || e - b > 1) {
     parallel_for(e - b, threads, 4, [&](size_t lo, size_t hi, int) {
       hnsw::SearchContext* ctx = acquire_context();
-      std::vector<std::pair<D, uint32_t>> cand, peers;
+      std::vector<std::pair<D, uint32_t>> cand, peers, near, merged;
       std::vector<int> peer_level;
       std::vector<uint32_t> chosen;
       for (size_t i = b + lo; i < b + hi; ++i) {
@@ -73,8 +73,12 @@ void HnswIndex::insert_round(const std::vector<uint32_t>& slots, const std::vect
         peer_level.clear();
         for (size_t j = b; j < e; ++j) {
           if (j == i) continue;
-          peers.emplace_back(sp.dist(slots[j]), slots[j]);
-          peer_level.push_back(levels[j]);
+          peers.emplace_back(sp.dist(slots[j]), j);
+        }
+        std::sort(peers.begin(), peers.end());
+        for (auto& pr : peers) {
+          peer_level.push_back(levels[pr.second]);
+          pr.second = slots[pr.second];
         }
         uint32_t ep = ep0;
         D epd{};
@@ -91,9 +95,13 @@ void HnswIndex::insert_round(const std::vector<uint32_t>& slots, const std::vect
             ep = cand[0].second;  // the next level starts from the graph, never from a peer
             epd = cand[0].first;
           }
-          for (size_t j = 0; j < peers.size(); ++j)
-            if (peer_level[j] >= l) cand.push_back(peers[j]);
-          std::sort(cand.begin(), cand.end());
+          // The nearest 2m peers on this level join the search's candidates (peers are sorted).
+          near.clear();
+          for (size_t j = 0; j < peers.size() && near.size() < m0_; ++j)
+            if (peer_level[j] >= l) near.push_back(peers[j]);
+          merged.resize(cand.size() + near.size());
+          std::merge(cand.begin(), cand.end(), near.begin(), near.end(), merged.begin());
+          cand.swap(merged);
           prune(sp, cand, m_, &chosen);
           uint32_t* ll = links(s, l);
           for (size_t j = 0; j < chosen.size(); ++j) hnsw::store_relaxed(ll + 1 + j, chosen[j]);
