@@ -86,6 +86,8 @@ class HnswIndex final : public Index {
   static constexpr int kLevelMax = 15;
   // Points per insertion round at most; each compares itself with every other one of its round.
   static constexpr size_t kRoundMax = 256;
+  // Search re-ranks (f32) the best max(2k, kRerankMin) walk results by code distance.
+  static constexpr size_t kRerankMin = 16;
   // A filter allowing fewer than this share of the live points is searched exactly.
   static constexpr double kExactFilterShare = 0.02;
 
