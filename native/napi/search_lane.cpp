@@ -6,6 +6,8 @@
 #include <cstdlib>
 #include <deque>
 #include <mutex>
+#include <new>
+#include <string>
 #include <thread>
 
 #include "napi/errors.h"
@@ -93,7 +95,13 @@ class Lane {
         if (stop_.load()) return;
         continue;
       }
-      p->status = p->task->run();
+      try {
+        p->status = p->task->run();
+      } catch (const std::bad_alloc&) {
+        p->status = resource_exhausted("out of memory in a search");
+      } catch (const std::exception& e) {
+        p->status = Status(Code::Internal, std::string("search failed: ") + e.what());
+      }
       {
         std::lock_guard<std::mutex> g(done_mu_);
         done_.push_back(p);
