@@ -167,7 +167,7 @@ class Lane {
 Lane* the_lane = nullptr;
 bool lane_failed = false;
 double lane_tasks = 0, pool_tasks = 0;  // event loop only
-long spin_micros() { return env_long("QUIVER_SEARCH_SPIN_US", 200); }
+long spin_micros() { return env_long("QUIVER_SEARCH_SPIN_US", 100); }
 
 }  // namespace
 

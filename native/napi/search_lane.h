@@ -5,7 +5,7 @@
 // sleeping pool thread, often on a core whose caches are cold) and back through uv_async_send. On
 // the virtual machines measured here that costs 30-50 us per call, as much as the search itself
 // for small vectors. The lane keeps one thread hot: after each task it spins for a short while
-// (QUIVER_SEARCH_SPIN_US, default 200 us) watching a one-task slot, so a caller that awaits one
+// (QUIVER_SEARCH_SPIN_US, default 100 us) watching a one-task slot, so a caller that awaits one
 // search after another hands work over without a system call. The answer still comes back
 // through a thread-safe function (uv_async_send), and the event loop never waits on the search.
 //
