@@ -14,7 +14,7 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { HnswIndex, simdLevel } from '../src/native';
+import { HnswIndex, searchLaneStats, simdLevel } from '../src/native';
 import { flagBool, flagInt, flagList, flagString, parseArgs } from '../src/cli/args';
 import { Dataset, fashionMnist, groundTruth, median, recallAtK, sequence, synthetic } from './datasets';
 import { lineChart, Series } from './svg';
@@ -361,6 +361,11 @@ export async function run(argv: string[]): Promise<number> {
   log(`\nbuild: ${systems.map((s) => `${s.name} ${s.buildSeconds.toFixed(1)} s (${s.buildThreads} thr)`).join(', ')}`);
   log(`memory: quiver ${(ours.memoryBytes! / 1e6).toFixed(1)} MB (index accounting); RSS deltas ${systems.map((s) => `${s.name} ${(s.rssDeltaBytes / 1e6).toFixed(0)} MB`).join(', ')}`);
   log(`quiver batch/single QPS ratio per ef: ${batchGain.map((g) => g.toFixed(2)).join(' ')} (best single ${best1.toFixed(0)})`);
+  const lane = searchLaneStats();
+  log(
+    `quiver one-query searches: ${lane.laneTasks} on the search lane, ${lane.poolTasks} on the thread pool` +
+      (lane.enabled ? ` (lane spin ${lane.spinMicros} us)` : ' (lane off: QUIVER_SEARCH_LANE=0)'),
+  );
 
   const load1 = os.loadavg();
   const result = {
@@ -375,6 +380,7 @@ export async function run(argv: string[]): Promise<number> {
     runs: ctx.runs,
     threads: ctx.threads,
     machine: { cores, cpu: os.cpus()[0]?.model, simd: simdLevel(), loadBefore: load0, loadAfter: load1, node: process.version },
+    searchLane: lane,
     date: new Date().toISOString(),
     command: `quiver bench ann ${argv.join(' ')}`.trim(),
     systems,
