@@ -7,6 +7,8 @@
  *   grpc    @grpc/grpc-js unary Echo (bytes in, the same bytes out, identity serializers)
  *   h2grpc  the same grpc-js server called by a bare node:http2 client speaking the gRPC framing
  *           (5-byte message prefix, grpc-timeout, status in the trailers): the client's share
+ *   h2bare  that client against a bare node:http2 server answering in the same framing: gRPC's
+ *           wire protocol with no grpc-js on either side (the floor of a leaner gRPC server)
  *
  * A child process serves all three; this process calls each one serially (one call outstanding),
  * alternating transports pass by pass, and prints p50/p99 per transport and payload size. The
@@ -70,13 +72,28 @@ async function serveChild(): Promise<void> {
     });
   });
   await new Promise<void>((res) => h.listen(0, '127.0.0.1', res));
+  const h2 = http2.createServer();
+  h2.on('stream', (stream, headers) => {
+    const chunks: Buffer[] = [];
+    stream.on('data', (c: Buffer) => chunks.push(c));
+    stream.on('end', () => {
+      if (headers[':path'] !== ECHO.Echo.path) {
+        stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': '12' }, { endStream: true });
+        return;
+      }
+      stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+      stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
+      stream.end(Buffer.concat(chunks)); // the request's prefix and message, echoed as they came
+    });
+  });
+  await new Promise<void>((res) => h2.listen(0, '127.0.0.1', res));
   const t = net.createServer((s) => {
     s.setNoDelay(true);
     s.on('data', (d) => s.write(d));
   });
   await new Promise<void>((res) => t.listen(0, '127.0.0.1', res));
   const port = (srv: net.Server | http.Server): number => (srv.address() as net.AddressInfo).port;
-  process.stdout.write(`${JSON.stringify({ grpc: grpcPort, http: port(h), tcp: port(t) })}\n`);
+  process.stdout.write(`${JSON.stringify({ grpc: grpcPort, http: port(h), tcp: port(t), h2: port(h2) })}\n`);
   // Lives until the parent closes stdin or kills it.
   process.stdin.on('end', () => process.exit(0));
   process.stdin.resume();
@@ -207,7 +224,7 @@ export async function run(argv: string[]): Promise<number> {
   };
   process.once('exit', cleanup);
   try {
-    const ports = await new Promise<{ grpc: number; http: number; tcp: number }>((resolve, reject) => {
+    const ports = await new Promise<{ grpc: number; http: number; tcp: number; h2: number }>((resolve, reject) => {
       let out = '';
       child.stdout!.on('data', (b: Buffer) => {
         out += b.toString();
@@ -221,6 +238,7 @@ export async function run(argv: string[]): Promise<number> {
       http1: httpCaller(ports.http),
       grpc: await grpcCaller(ports.grpc),
       h2grpc: await h2GrpcCaller(ports.grpc),
+      h2bare: await h2GrpcCaller(ports.h2),
     };
     const sizes = [16, big];
     const res: Record<string, { p50: number[]; p99: number[] }> = {};
