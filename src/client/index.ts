@@ -160,14 +160,33 @@ export class QuiverClient {
   // ---- points ----
 
   async upsert(collection: string, points: PointInput[], o: WriteOptions = {}): Promise<{ upserted: number; token: WriteToken }> {
-    const req = {
-      collection,
-      idempotencyKey: o.idempotencyKey ?? randomUUID(),
-      points: points.map((p) => {
-        if (!(p.vector instanceof Float32Array)) throw new QuiverError('INVALID_ARGUMENT', `point '${p.id}': vector must be a Float32Array`);
-        return { id: p.id, vector: { data: vectorToBytes(p.vector) }, payloadJson: p.payload === undefined ? '' : JSON.stringify(p.payload) };
-      }),
-    };
+    for (const p of points) {
+      if (!(p.vector instanceof Float32Array)) throw new QuiverError('INVALID_ARGUMENT', `point '${p.id}': vector must be a Float32Array`);
+    }
+    const idempotencyKey = o.idempotencyKey ?? randomUUID();
+    const dim = points.length > 0 ? points[0].vector.length : 0;
+    const uniform = points.length > 0 && points.every((p) => p.vector.length === dim);
+    // Columns (ids, one vectors blob, payloads) spare a message per point on both sides. A batch
+    // whose vectors differ in length goes as points, so the server names the point that is wrong.
+    const req = uniform
+      ? {
+          collection,
+          idempotencyKey,
+          ids: points.map((p) => p.id),
+          vectors: this.gather(points, dim),
+          payloadJsons: points.some((p) => p.payload !== undefined)
+            ? points.map((p) => (p.payload === undefined ? '' : JSON.stringify(p.payload)))
+            : [],
+        }
+      : {
+          collection,
+          idempotencyKey,
+          points: points.map((p) => ({
+            id: p.id,
+            vector: { data: vectorToBytes(p.vector) },
+            payloadJson: p.payload === undefined ? '' : JSON.stringify(p.payload),
+          })),
+        };
     const r = await this.call('Upsert', req, o);
     return { upserted: r.count, token: r.token ?? {} };
   }
@@ -225,6 +244,13 @@ export class QuiverClient {
         walBytes: s.walBytes,
       })),
     };
+  }
+
+  /** The vectors of a batch as one buffer (row-major little-endian float32). */
+  private gather(points: PointInput[], dim: number): Buffer {
+    const out = Buffer.allocUnsafe(points.length * dim * 4);
+    points.forEach((p, i) => out.set(vectorToBytes(p.vector), i * dim * 4));
+    return out;
   }
 
   // ---- transport ----

@@ -183,23 +183,42 @@ export function grpcImplementation(svc: Service): grpc.UntypedServiceImplementat
     Upsert: unary('Upsert', async (r) => {
       const dim = db.dimOf(r.collection);
       const list: Msg[] = r.points ?? [];
-      checkBatchSize(list.length, 'points');
-      if (list.length === 0) throw invalidArgument('points must not be empty');
+      const colIds: string[] = r.ids ?? [];
+      const colVectors: Buffer | undefined = r.vectors;
+      const columns = colIds.length > 0 || (colVectors !== undefined && colVectors.byteLength > 0);
+      if (columns && list.length > 0) throw invalidArgument('set points or ids and vectors, not both');
+      const n = columns ? colIds.length : list.length;
+      checkBatchSize(n, 'points');
+      if (n === 0) throw invalidArgument('points must not be empty');
+      const colPayloads: string[] = r.payloadJsons ?? [];
+      if (columns) {
+        const got = colVectors?.byteLength ?? 0;
+        if (got !== n * dim * 4) throw invalidArgument(`vectors holds ${got} bytes; ${n} points of dimension ${dim} take ${n * dim * 4}`);
+        if (colPayloads.length !== 0 && colPayloads.length !== n) throw invalidArgument(`${colPayloads.length} payload_jsons for ${n} ids`);
+      }
       // One row-major array for the whole batch, filled straight from the wire: the database keeps
-      // it (no per-point arrays, no second copy on the way to the WAL and the index).
-      // Every row is written below, so a reused array needs no clearing.
-      const vectors = batchArrays.take(list.length * dim);
+      // it (no per-point arrays, no second copy on the way to the WAL and the index). Every row is
+      // written below, so a reused array needs no clearing.
+      const vectors = batchArrays.take(n * dim);
       const bytes = new Uint8Array(vectors.buffer, vectors.byteOffset, vectors.byteLength);
-      const ids: unknown[] = new Array(list.length);
-      const payloads: unknown[] = new Array(list.length);
+      const ids: unknown[] = columns ? colIds : new Array(n);
+      const payloads: unknown[] = new Array(n);
+      const payloadOf = (json: string, what: string): unknown => {
+        const payload = parseJsonField(json, what);
+        return payload === null ? undefined : payload;
+      };
       let done: Promise<{ upserted: number; token: WriteToken }>;
       try {
-        for (let i = 0; i < list.length; i++) {
-          const p = list[i];
-          copyVector(p.vector, dim, `points[${i}].vector`, vectors, bytes, i);
-          ids[i] = p.id;
-          const payload = parseJsonField(p.payloadJson ?? '', `points[${i}].payload_json`);
-          payloads[i] = payload === null ? undefined : payload;
+        if (columns) {
+          bytes.set(colVectors!);
+          for (let i = 0; i < n; i++) payloads[i] = colPayloads.length === 0 ? undefined : payloadOf(colPayloads[i], `payload_jsons[${i}]`);
+        } else {
+          for (let i = 0; i < n; i++) {
+            const p = list[i];
+            copyVector(p.vector, dim, `points[${i}].vector`, vectors, bytes, i);
+            ids[i] = p.id;
+            payloads[i] = payloadOf(p.payloadJson ?? '', `points[${i}].payload_json`);
+          }
         }
         done = db.upsertColumns(r.collection, { ids, vectors, payloads }, { idempotencyKey: r.idempotencyKey || undefined });
       } catch (e) {
