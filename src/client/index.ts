@@ -29,6 +29,7 @@ import type {
 } from '../query/types';
 import { bytesToVector, quiverService, vectorToBytes } from './proto';
 import { GrpcChannel, UnaryMethod } from './transport';
+import { encodeUpsertColumns } from './upsert-codec';
 
 export { QuiverError } from '../errors';
 export type { ErrorCode } from '../errors';
@@ -165,28 +166,26 @@ export class QuiverClient {
     }
     const idempotencyKey = o.idempotencyKey ?? randomUUID();
     const dim = points.length > 0 ? points[0].vector.length : 0;
-    const uniform = points.length > 0 && points.every((p) => p.vector.length === dim);
-    // Columns (ids, one vectors blob, payloads) spare a message per point on both sides. A batch
-    // whose vectors differ in length goes as points, so the server names the point that is wrong.
-    const req = uniform
-      ? {
-          collection,
-          idempotencyKey,
-          ids: points.map((p) => p.id),
-          vectors: this.gather(points, dim),
-          payloadJsons: points.some((p) => p.payload !== undefined)
-            ? points.map((p) => (p.payload === undefined ? '' : JSON.stringify(p.payload)))
-            : [],
-        }
-      : {
-          collection,
-          idempotencyKey,
-          points: points.map((p) => ({
-            id: p.id,
-            vector: { data: vectorToBytes(p.vector) },
-            payloadJson: p.payload === undefined ? '' : JSON.stringify(p.payload),
-          })),
-        };
+    const uniform = points.length > 0 && points.every((p) => p.vector.length === dim && typeof p.id === 'string');
+    // Columns (ids, one vectors blob, payloads) spare a message per point on both sides, and are
+    // encoded here with one copy of the vectors. A batch whose vectors differ in length goes as
+    // points, so the server names the point that is wrong.
+    if (uniform) {
+      const payloadJsons = points.some((p) => p.payload !== undefined) ? points.map((p) => (p.payload === undefined ? '' : JSON.stringify(p.payload))) : [];
+      const ids = points.map((p) => p.id);
+      const encoded = encodeUpsertColumns({ collection, idempotencyKey, ids, vectors: points.map((p) => p.vector), dim, payloadJsons });
+      const r = await this.call('Upsert', { collection, idempotencyKey, ids, payloadJsons }, o, encoded);
+      return { upserted: r.count, token: r.token ?? {} };
+    }
+    const req = {
+      collection,
+      idempotencyKey,
+      points: points.map((p) => ({
+        id: p.id,
+        vector: { data: vectorToBytes(p.vector) },
+        payloadJson: p.payload === undefined ? '' : JSON.stringify(p.payload),
+      })),
+    };
     const r = await this.call('Upsert', req, o);
     return { upserted: r.count, token: r.token ?? {} };
   }
@@ -246,21 +245,15 @@ export class QuiverClient {
     };
   }
 
-  /** The vectors of a batch as one buffer (row-major little-endian float32). */
-  private gather(points: PointInput[], dim: number): Buffer {
-    const out = Buffer.allocUnsafe(points.length * dim * 4);
-    points.forEach((p, i) => out.set(vectorToBytes(p.vector), i * dim * 4));
-    return out;
-  }
-
   // ---- transport ----
 
-  private async call(method: string, req: Msg, o: CallOptions): Promise<Msg> {
+  /** `encoded`: req already serialized (sent as is by every attempt). */
+  private async call(method: string, req: Msg, o: CallOptions, encoded?: Buffer): Promise<Msg> {
     let ambiguous = false;
     for (let attempt = 0; ; attempt++) {
       const channel = this.channels[this.current];
       try {
-        return await channel.unary(this.methods[method], req, Date.now() + (o.deadlineMs ?? this.deadlineMs));
+        return await channel.unary(this.methods[method], req, Date.now() + (o.deadlineMs ?? this.deadlineMs), encoded);
       } catch (e) {
         const qe = e as RetriedError;
         qe.afterAmbiguous = ambiguous;

@@ -126,11 +126,14 @@ export class GrpcChannel {
     return p;
   }
 
-  /** One unary call; resolves with the decoded answer or rejects with a QuiverError. */
-  async unary(method: UnaryMethod, request: unknown, deadlineAt: number): Promise<unknown> {
+  /**
+   * One unary call; resolves with the decoded answer or rejects with a QuiverError. `encoded`,
+   * when given, is `request` already serialized (the client's hand-encoded upsert).
+   */
+  async unary(method: UnaryMethod, request: unknown, deadlineAt: number, encoded?: Buffer): Promise<unknown> {
     let message: Buffer;
     try {
-      message = method.requestSerialize(request);
+      message = encoded ?? method.requestSerialize(request);
     } catch (e) {
       throw new QuiverError('INTERNAL', `the request could not be encoded: ${(e as Error).message}`);
     }
