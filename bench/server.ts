@@ -40,7 +40,9 @@ options:
   --ef N                 hnsw search candidate list (default 64)
   --k N                  neighbours per query (default 10)
   --batch N              vectors per upsert batch (default 1000)
-  --inflight N           upsert batches in flight at once (default 1)
+  --inflight N           upsert batches in flight at once, for the Database and the server (default 2:
+                         a client that waits for each ack before sending the next leaves the WAL
+                         write and fsync of one batch unoverlapped with the apply of the last)
   --concurrency N        outstanding searches for the concurrent QPS figure (default 8)
   --passes N             search passes per side (default 3)
   --runs N               upsert rounds (index build, Database, server; order rotated) (default 3)
@@ -127,7 +129,7 @@ export async function run(argv: string[]): Promise<number> {
   const k = flagInt(p, 'k', 10);
   const ef = flagInt(p, 'ef', 64);
   const batch = flagInt(p, 'batch', 1000);
-  const inflight = flagInt(p, 'inflight', 1);
+  const inflight = flagInt(p, 'inflight', 2);
   const concurrency = flagInt(p, 'concurrency', 8);
   const passes = flagInt(p, 'passes', 3);
   const runs = flagInt(p, 'runs', 3);
