@@ -5,6 +5,7 @@ const USAGE = `usage: quiver bench <name> [options]
   exact     FlatIndex on Fashion-MNIST: single-query and batch QPS on 1 and 2 threads, recall
   ann       HNSW (and --index ivfpq) against hnswlib-node and usearch: recall/QPS sweep, JSON + SVG
   server    the standalone server: upsert throughput, gRPC search latency, restart time
+  rpc       round-trip floor between two processes: raw TCP, HTTP/1.1 and grpc-js echo
 
 Each takes --help. Results go to bench/results/ (JSON, SVG) and to stdout.
 `;
@@ -30,6 +31,8 @@ export async function bench(argv: string[]): Promise<number> {
       return (await load('ann')).run(rest);
     case 'server':
       return (await load('server')).run(rest);
+    case 'rpc':
+      return (await load('rpc')).run(rest);
     default:
       process.stdout.write(USAGE);
       return name === undefined || name === '--help' ? 0 : 2;

@@ -40,7 +40,9 @@ options:
   --ef N                 hnsw search candidate list (default 64)
   --k N                  neighbours per query (default 10)
   --batch N              vectors per upsert batch (default 1000)
-  --inflight N           upsert batches in flight at once (default 1)
+  --inflight N           upsert batches in flight at once, for the Database and the server (default 2:
+                         a client that waits for each ack before sending the next leaves the WAL
+                         write and fsync of one batch unoverlapped with the apply of the last)
   --concurrency N        outstanding searches for the concurrent QPS figure (default 8)
   --passes N             search passes per side (default 3)
   --runs N               upsert rounds (index build, Database, server; order rotated) (default 3)
@@ -127,7 +129,7 @@ export async function run(argv: string[]): Promise<number> {
   const k = flagInt(p, 'k', 10);
   const ef = flagInt(p, 'ef', 64);
   const batch = flagInt(p, 'batch', 1000);
-  const inflight = flagInt(p, 'inflight', 1);
+  const inflight = flagInt(p, 'inflight', 2);
   const concurrency = flagInt(p, 'concurrency', 8);
   const passes = flagInt(p, 'passes', 3);
   const runs = flagInt(p, 'runs', 3);
@@ -173,6 +175,18 @@ export async function run(argv: string[]): Promise<number> {
     // ---- (a) upsert: the raw index, an in-process Database, the server; `runs` rounds, order rotated ----
     let raw: VectorIndex | undefined;
     const rates: Record<'index' | 'database' | 'server', number[]> = { index: [], database: [], server: [] };
+    // The Database and the server are loaded the same way: `inflight` batches outstanding.
+    const inFlight = async (send: (b: ReturnType<typeof batchOf>) => Promise<unknown>): Promise<void> => {
+      let next = 0;
+      const worker = async () => {
+        while (next < ds.nBase) {
+          const off = next;
+          next = Math.min(ds.nBase, off + batch);
+          await send(batchOf(off, next));
+        }
+      };
+      await Promise.all(Array.from({ length: inflight }, worker));
+    };
     const rawBuild = async (): Promise<number> => {
       raw = rawIndex(spec, ds);
       const t0 = now();
@@ -186,27 +200,19 @@ export async function run(argv: string[]): Promise<number> {
       if (local.listCollections().some((c) => c.name === 'bench')) await local.dropCollection('bench');
       await local.createCollection({ name: 'bench', dim, metric: ds.metric, index: spec, shards });
       const t0 = now();
-      for (let off = 0; off < ds.nBase; off += batch) await local.upsert('bench', batchOf(off, Math.min(ds.nBase, off + batch)));
+      await inFlight((b) => local.upsert('bench', b));
       return ds.nBase / ((now() - t0) / 1e9);
     };
     const serverUpsert = async (): Promise<number> => {
       if ((await client.listCollections()).some((c) => c.name === 'bench')) await client.dropCollection('bench');
       await client.createCollection({ name: 'bench', dim, metric: ds.metric, index: spec, shards });
       const t0 = now();
-      let next = 0;
-      const worker = async () => {
-        while (next < ds.nBase) {
-          const off = next;
-          next = Math.min(ds.nBase, off + batch);
-          await client.upsert('bench', batchOf(off, next));
-        }
-      };
-      await Promise.all(Array.from({ length: inflight }, worker));
+      await inFlight((b) => client.upsert('bench', b));
       return ds.nBase / ((now() - t0) / 1e9);
     };
     const steps = [
       { key: 'index' as const, what: `in-process ${indexType} index build`, fn: rawBuild },
-      { key: 'database' as const, what: 'in-process Database upsert (WAL, fsync on)', fn: localUpsert },
+      { key: 'database' as const, what: `in-process Database upsert (WAL, fsync on, ${inflight} batch(es) in flight)`, fn: localUpsert },
       { key: 'server' as const, what: `upsert through gRPC to the server process (fsync on, ${inflight} batch(es) in flight)`, fn: serverUpsert },
     ];
     for (let r = 0; r < runs; r++) {

@@ -376,3 +376,63 @@ describe('Database', () => {
     expect(again.id).toBe('p42');
   });
 });
+
+describe('upsertColumns (the batch form the gRPC front end uses)', () => {
+  const columns = (pts: PointInput[]) => {
+    const vectors = new Float32Array(pts.length * DIM);
+    pts.forEach((p, i) => vectors.set(p.vector, i * DIM));
+    return { ids: pts.map((p) => p.id), vectors, payloads: pts.map((p) => p.payload) };
+  };
+
+  it('stores the same state as upsert, split across shards', async () => {
+    await db.createCollection({ name: 'a', dim: DIM, index: { type: 'flat' }, shards: 3 });
+    await db.createCollection({ name: 'b', dim: DIM, index: { type: 'flat' }, shards: 3 });
+    const pts = points(40);
+    const r = await db.upsertColumns('a', columns(pts));
+    await db.upsert('b', pts);
+    expect(r.upserted).toBe(40);
+    expect(Object.keys(r.token).length).toBe(3);
+    for (let s = 0; s < 3; s++) expect(db.digest('a', s)).toBe(db.digest('b', s));
+    const got = await db.get('a', ['p7'], { withVectors: true, withPayload: true });
+    expect(Array.from(got[0].vector!)).toEqual(Array.from(vec(7)));
+    expect(got[0].payload).toEqual(pts[7].payload);
+  });
+
+  it('one shard keeps the array given (no copy) and applies it whole', async () => {
+    await db.createCollection({ name: 'one', dim: DIM, index: { type: 'flat' }, shards: 1 });
+    const pts = points(10);
+    const cols = columns(pts);
+    await db.upsertColumns('one', cols);
+    expect(await db.count('one')).toBe(10);
+    const hits = await db.search('one', { vectors: vec(3), k: 1 });
+    expect(hits[0][0].id).toBe('p3');
+  });
+
+  it('bad batches are INVALID_ARGUMENT and change nothing', async () => {
+    await db.createCollection({ name: 'c', dim: DIM, index: { type: 'flat' }, shards: 2 });
+    await db.upsert('c', points(5));
+    const digests = [db.digest('c', 0), db.digest('c', 1)];
+    const good = columns(points(3, 100));
+    const nan = columns(points(3, 100));
+    nan.vectors[DIM + 2] = NaN;
+    const inf = columns(points(3, 100));
+    inf.vectors[3 * DIM - 1] = -Infinity;
+    const cases: unknown[] = [
+      nan,
+      inf,
+      { ...good, vectors: good.vectors.subarray(1) }, // not n x dim
+      { ...good, ids: ['p100', 'p100', 'p102'] }, // duplicate id
+      { ...good, ids: ['p100', '', 'p102'] }, // empty id
+      { ...good, ids: ['p100', 'x'.repeat(300), 'p102'] }, // id too long
+      { ...good, payloads: [{}, []] }, // length mismatch
+      { ...good, payloads: [{}, 'text', {}] }, // payload not an object
+      { ...good, payloads: [{}, { big: 'x'.repeat(payloadBytesMax) }, {}] },
+      { ...good, vectors: Array.from(good.vectors) }, // not a Float32Array
+      null,
+    ];
+    for (const c of cases) expect(await codeOf(db.upsertColumns('c', c as never))).toBe('INVALID_ARGUMENT');
+    expect(await codeOf(db.upsertColumns('nope', good))).toBe('NOT_FOUND');
+    expect([db.digest('c', 0), db.digest('c', 1)]).toEqual(digests);
+    expect(await db.count('c')).toBe(5);
+  });
+});

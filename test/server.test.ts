@@ -298,6 +298,27 @@ describe('bad input through both transports: typed errors, state unchanged', () 
     await expectUnchanged();
   });
 
+  it('upsert in columns (ids, vectors, payload_jsons): malformed batches are refused whole', async () => {
+    const f32 = (xs: number[]) => Buffer.from(new Float32Array(xs).buffer);
+    const cases: Record<string, unknown>[] = [
+      { ids: ['c1', 'c2'], vectors: f32([1, 2, 3, 4, 5, 6, 7]) }, // 7 floats for 2 x 4
+      { ids: ['c1'], vectors: f32([1, 2, 3, 4, 5, 6, 7, 8]) }, // two rows for one id
+      { ids: ['c1', 'c2'], vectors: f32([1, 2, 3, 4, 5, 6, 7, 8]), payloadJsons: ['{}'] }, // payloads for 1 of 2
+      { ids: ['c1', 'c2'], vectors: f32([1, 2, 3, 4, 5, 6, 7, NaN]) },
+      { ids: ['c1', 'c1'], vectors: f32([1, 2, 3, 4, 5, 6, 7, 8]) }, // duplicate id
+      { ids: ['c1', 'c2'], vectors: f32([1, 2, 3, 4, 5, 6, 7, 8]), payloadJsons: ['{}', '{"a":'] },
+      { ids: ['c1', 'c2'], vectors: f32([1, 2, 3, 4, 5, 6, 7, 8]), payloadJsons: ['{}', '[1]'] }, // not an object
+      { ids: ['c1'], vectors: f32([1, 2, 3, 4]), points: [{ id: 'c2', vector: { values: [1, 2, 3, 4] } }] }, // both forms
+      { vectors: f32([1, 2, 3, 4]) }, // no ids
+    ];
+    for (const c of cases) {
+      const raw = await rawCall(h.server.grpcAddress, 'Upsert', { collection: C, ...c });
+      expect(raw.code, JSON.stringify(Object.keys(c))).toBe(grpc.status.INVALID_ARGUMENT);
+      expect(raw.quiverCode).toBe('INVALID_ARGUMENT');
+    }
+    await expectUnchanged();
+  });
+
   it('NaN and non-numbers in a vector', async () => {
     await expectCode(up([good, { id: 'n1', vector: new Float32Array([1, NaN, 0, 0]) }]), 'INVALID_ARGUMENT');
     await expectCode(up([{ id: 'n1', vector: new Float32Array([1, Infinity, 0, 0]) }]), 'INVALID_ARGUMENT');

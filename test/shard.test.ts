@@ -4,7 +4,7 @@ import * as path from 'path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { QuiverError } from '../src/errors';
 import { HnswIndex } from '../src/native';
-import { Shard, ShardOptions, listSnapshots } from '../src/shard';
+import { PointStore, Shard, ShardOptions, listSnapshots } from '../src/shard';
 
 const DIM = 6;
 let dir: string;
@@ -369,5 +369,38 @@ describe('PointStore labels', () => {
     expect(copy.decode(bytes, 0)).toBe(bytes.length);
     expect(copy.digest()).toBe(st.digest());
     expect(copy.planLabels(['h']).labels[0]).toBe(st.planLabels(['h']).labels[0]);
+  });
+});
+
+describe('PointStore rows', () => {
+  it('keeps every row across chunk boundaries, reused labels and a snapshot in progress (copy on write)', () => {
+    const dim = 3;
+    const store = new PointStore(dim);
+    const rowOf = (id: string, gen: number) => Float32Array.from([Number(id.slice(1)), gen, -gen]);
+    const put = (ids: string[], gen: number) => {
+      const v = new Float32Array(ids.length * dim);
+      ids.forEach((id, i) => v.set(rowOf(id, gen), i * dim));
+      store.assign(store.planLabels(ids), ids, v, ids.map(() => undefined));
+    };
+    const want = new Map<string, number>();
+    const ids = (from: number, to: number) => Array.from({ length: to - from }, (_, i) => `p${from + i}`);
+    put(ids(0, 1000), 1); // labels 0..999
+    put(ids(1000, 2100), 1); // crosses the 1,024-row chunk boundary
+    for (const id of ids(0, 2100)) want.set(id, 1);
+    store.remove(ids(500, 520)); // frees 20 labels, reused in reverse by the next batch
+    for (const id of ids(500, 520)) want.delete(id);
+    const parts = store.encode(0, true); // a snapshot holds the chunks: the next writes copy them first
+    const before = Buffer.concat(parts);
+    const mixed = [...ids(3000, 3030), 'p10', 'p1500', ...ids(2100, 2110)];
+    put(mixed, 2);
+    expect(Buffer.concat(parts).equals(before)).toBe(true); // what the snapshot writes did not move
+    for (const id of mixed) want.set(id, 2);
+    store.release();
+    expect(store.count).toBe(want.size);
+    for (const [id, gen] of want) {
+      const label = store.labelOf(id);
+      expect(label, id).toBeDefined();
+      expect(Array.from(store.vectorOf(label!)), id).toEqual(Array.from(rowOf(id, gen)));
+    }
   });
 });

@@ -4,6 +4,8 @@ import * as path from 'path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { QuiverError } from '../src/errors';
 import { EntryType, SEGMENT_HEADER_BYTES, Wal, WalEntry, crc32c, decodeEntry } from '../src/wal';
+import { crc32cJs, crc32cNativeMinBytes } from '../src/wal/crc32c';
+import { loadAddon } from '../src/native/addon';
 
 let dir: string;
 beforeEach(async () => {
@@ -56,6 +58,27 @@ describe('crc32c', () => {
     expect(crc32c(Buffer.alloc(0))).toBe(0);
     // A known vector: 32 zero bytes.
     expect(crc32c(Buffer.alloc(32))).toBe(0x8a9136aa);
+  });
+
+  it('the native path (long ranges) equals the JS reference at odd lengths, offsets and seeds', () => {
+    expect(typeof loadAddon().addon.crc32c).toBe('function'); // so the ranges below really go native
+    const big = Buffer.alloc(3 * crc32cNativeMinBytes + 13);
+    let x = 12345;
+    for (let i = 0; i < big.length; i++) {
+      x = (x * 1103515245 + 12345) >>> 0;
+      big[i] = x >>> 24;
+    }
+    for (const [start, end] of [[0, big.length], [1, crc32cNativeMinBytes + 1], [7, big.length - 3], [3, 2 * crc32cNativeMinBytes + 5]]) {
+      expect(end - start).toBeGreaterThanOrEqual(crc32cNativeMinBytes);
+      for (const seed of [0, 0xdeadbeef]) {
+        expect(crc32c(big, seed, start, end)).toBe(crc32cJs(big, seed, start, end));
+        expect(crc32c(big.subarray(start, end), seed)).toBe(crc32cJs(big, seed, start, end));
+      }
+    }
+    // Long and short ranges chain into the same value as one pass.
+    const whole = crc32cJs(big);
+    expect(crc32c(big, crc32c(big, 0, 0, 100), 100)).toBe(whole);
+    expect(crc32c(big, crc32c(big, 0, 0, big.length - 100), big.length - 100)).toBe(whole);
   });
 });
 

@@ -2,6 +2,11 @@
 
 #include "common/limits.h"
 
+#include <cstring>
+#if defined(__x86_64__)
+#include <nmmintrin.h>
+#endif
+
 namespace qv {
 
 namespace {
@@ -24,10 +29,10 @@ const Crc32cTable& table() {
 const char kMagic[8] = {'Q', 'U', 'I', 'V', 'E', 'R', 'I', 'X'};
 }  // namespace
 
-// Slicing-by-8 CRC-32C: about 1-2 GB/s, enough for files written once per snapshot.
-uint32_t crc32c(const void* data, size_t n, uint32_t crc) {
+namespace {
+// Slicing-by-8 CRC-32C: about 1-2 GB/s; the reference, and the path of CPUs without SSE 4.2.
+uint32_t crc32c_serial(const uint8_t* p, size_t n, uint32_t crc) {
   const auto& t = table().t;
-  const uint8_t* p = static_cast<const uint8_t*>(data);
   crc = ~crc;
   while (n >= 8) {
     uint32_t lo, hi;
@@ -41,6 +46,34 @@ uint32_t crc32c(const void* data, size_t n, uint32_t crc) {
   }
   while (n--) crc = (crc >> 8) ^ t[0][(crc ^ *p++) & 0xFF];
   return ~crc;
+}
+
+#if defined(__x86_64__)
+// The SSE 4.2 crc32 instruction computes this same polynomial (reflected 0x82F63B78), 8 bytes per
+// step: several GB/s, so a WAL entry of a 1,000 x 784 batch (3.1 MB) costs well under a millisecond.
+__attribute__((target("sse4.2"))) uint32_t crc32c_sse42(const uint8_t* p, size_t n, uint32_t crc) {
+  uint64_t c = ~crc;
+  while (n >= 8) {
+    uint64_t v;
+    std::memcpy(&v, p, 8);
+    c = _mm_crc32_u64(c, v);
+    p += 8;
+    n -= 8;
+  }
+  uint32_t c32 = static_cast<uint32_t>(c);
+  while (n--) c32 = _mm_crc32_u8(c32, *p++);
+  return ~c32;
+}
+#endif
+}  // namespace
+
+uint32_t crc32c(const void* data, size_t n, uint32_t crc) {
+  const uint8_t* p = static_cast<const uint8_t*>(data);
+#if defined(__x86_64__)
+  static const bool hw = __builtin_cpu_supports("sse4.2");
+  if (hw) return crc32c_sse42(p, n, crc);
+#endif
+  return crc32c_serial(p, n, crc);
 }
 
 void begin_envelope(std::vector<uint8_t>* out, IndexKind kind, uint32_t dim, Metric metric) {

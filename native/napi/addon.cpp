@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstring>
 
+#include "common/format.h"
 #include "distance/distance.h"
 #include "napi/errors.h"
 #include "napi/gpu.h"
@@ -24,6 +25,17 @@ Napi::Value SetErrorClass(const Napi::CallbackInfo& info) {
 Napi::Value SimdLevelFn(const Napi::CallbackInfo& info) {
   if (!dispatch_status().is_ok()) throw_status(info.Env(), dispatch_status());
   return Napi::String::New(info.Env(), simd_level_name(kernels().level));
+}
+
+// crc32c(bytes: Uint8Array, crc = 0): CRC-32C of the bytes, continuing from crc (the WAL's
+// checksum; synchronous: several GB/s, so even a 3 MB entry is well under a millisecond).
+Napi::Value Crc32cFn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
+    throw_invalid(env, "crc32c(bytes: Uint8Array, crc?: number)");
+  auto bytes = info[0].As<Napi::Uint8Array>();
+  uint32_t crc = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Uint32Value() : 0;
+  return Napi::Number::New(env, crc32c(bytes.Data(), bytes.ByteLength(), crc));
 }
 
 Napi::Value SimdLevels(const Napi::CallbackInfo& info) {
@@ -172,6 +184,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setErrorClass", Napi::Function::New(env, SetErrorClass));
   exports.Set("simdLevel", Napi::Function::New(env, SimdLevelFn));
   exports.Set("simdLevels", Napi::Function::New(env, SimdLevels));
+  exports.Set("crc32c", Napi::Function::New(env, Crc32cFn));
   exports.Set("kernel", Napi::Function::New(env, KernelFn));
   exports.Set("kernelMatrix", Napi::Function::New(env, KernelMatrix));
   exports.Set("scanBench", Napi::Function::New(env, ScanBench));

@@ -14,8 +14,7 @@
  * server's code.
  */
 import { randomUUID } from 'crypto';
-import * as grpc from '@grpc/grpc-js';
-import { ERROR_CODES, ErrorCode, QuiverError } from '../errors';
+import { ErrorCode, QuiverError } from '../errors';
 import { defaultDeadlineMs, requestBytesMax } from '../common/limits';
 import type {
   ClusterStatus,
@@ -28,7 +27,9 @@ import type {
   SearchRequest,
   WriteToken,
 } from '../query/types';
-import { QUIVER_CODE_KEY, bytesToVector, codeOfGrpcStatus, quiverService, vectorToBytes } from './proto';
+import { bytesToVector, quiverService, vectorToBytes } from './proto';
+import { GrpcChannel, UnaryMethod } from './transport';
+import { encodeUpsertColumns } from './upsert-codec';
 
 export { QuiverError } from '../errors';
 export type { ErrorCode } from '../errors';
@@ -76,24 +77,20 @@ export interface SearchOptions extends CallOptions, Omit<SearchRequest, 'vectors
 
 /* eslint-disable @typescript-eslint/no-explicit-any */
 type Msg = any;
-type Stub = grpc.Client & Record<string, (req: Msg, md: grpc.Metadata, opts: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r: Msg) => void) => void>;
 
 const RETRYABLE: readonly ErrorCode[] = ['UNAVAILABLE', 'DEADLINE_EXCEEDED'];
 
 export class QuiverClient {
-  private readonly stubs: Stub[];
+  private readonly channels: GrpcChannel[];
+  private readonly methods: Record<string, UnaryMethod>;
   private current = 0;
   private readonly deadlineMs: number;
   private readonly retries: number;
   private readonly backoffMs: number;
 
   private constructor(addresses: string[], private readonly opts: ClientOptions) {
-    const Ctor = quiverService();
-    const channelOptions = {
-      'grpc.max_receive_message_length': requestBytesMax,
-      'grpc.max_send_message_length': requestBytesMax,
-    };
-    this.stubs = addresses.map((a) => new Ctor(a, grpc.credentials.createInsecure(), channelOptions) as unknown as Stub);
+    this.methods = quiverService().service as unknown as Record<string, UnaryMethod>;
+    this.channels = addresses.map((a) => new GrpcChannel(a, requestBytesMax));
     this.deadlineMs = opts.deadlineMs ?? defaultDeadlineMs;
     this.retries = opts.retries ?? 4;
     this.backoffMs = opts.backoffMs ?? 50;
@@ -105,12 +102,7 @@ export class QuiverClient {
     if (list.length === 0) throw new QuiverError('INVALID_ARGUMENT', 'connect needs at least one address');
     const c = new QuiverClient(list, opts);
     const deadline = Date.now() + (opts.connectTimeoutMs ?? 10_000);
-    const ready = c.stubs.map(
-      (stub, i) =>
-        new Promise<number>((resolve, reject) =>
-          stub.waitForReady(deadline, (e) => (e ? reject(new Error(`${list[i]}: ${e.message}`)) : resolve(i))),
-        ),
-    );
+    const ready = c.channels.map((ch, i) => ch.waitForReady(deadline).then(() => i));
     try {
       c.current = await Promise.any(ready); // the first address that answers
       return c;
@@ -122,7 +114,7 @@ export class QuiverClient {
   }
 
   close(): void {
-    for (const s of this.stubs) s.close();
+    for (const ch of this.channels) ch.close();
   }
 
   // ---- collections ----
@@ -169,13 +161,30 @@ export class QuiverClient {
   // ---- points ----
 
   async upsert(collection: string, points: PointInput[], o: WriteOptions = {}): Promise<{ upserted: number; token: WriteToken }> {
+    for (const p of points) {
+      if (!(p.vector instanceof Float32Array)) throw new QuiverError('INVALID_ARGUMENT', `point '${p.id}': vector must be a Float32Array`);
+    }
+    const idempotencyKey = o.idempotencyKey ?? randomUUID();
+    const dim = points.length > 0 ? points[0].vector.length : 0;
+    const uniform = points.length > 0 && points.every((p) => p.vector.length === dim && typeof p.id === 'string');
+    // Columns (ids, one vectors blob, payloads) spare a message per point on both sides, and are
+    // encoded here with one copy of the vectors. A batch whose vectors differ in length goes as
+    // points, so the server names the point that is wrong.
+    if (uniform) {
+      const payloadJsons = points.some((p) => p.payload !== undefined) ? points.map((p) => (p.payload === undefined ? '' : JSON.stringify(p.payload))) : [];
+      const ids = points.map((p) => p.id);
+      const encoded = encodeUpsertColumns({ collection, idempotencyKey, ids, vectors: points.map((p) => p.vector), dim, payloadJsons });
+      const r = await this.call('Upsert', { collection, idempotencyKey, ids, payloadJsons }, o, encoded);
+      return { upserted: r.count, token: r.token ?? {} };
+    }
     const req = {
       collection,
-      idempotencyKey: o.idempotencyKey ?? randomUUID(),
-      points: points.map((p) => {
-        if (!(p.vector instanceof Float32Array)) throw new QuiverError('INVALID_ARGUMENT', `point '${p.id}': vector must be a Float32Array`);
-        return { id: p.id, vector: { data: vectorToBytes(p.vector) }, payloadJson: p.payload === undefined ? '' : JSON.stringify(p.payload) };
-      }),
+      idempotencyKey,
+      points: points.map((p) => ({
+        id: p.id,
+        vector: { data: vectorToBytes(p.vector) },
+        payloadJson: p.payload === undefined ? '' : JSON.stringify(p.payload),
+      })),
     };
     const r = await this.call('Upsert', req, o);
     return { upserted: r.count, token: r.token ?? {} };
@@ -238,18 +247,19 @@ export class QuiverClient {
 
   // ---- transport ----
 
-  private async call(method: string, req: Msg, o: CallOptions): Promise<Msg> {
+  /** `encoded`: req already serialized (sent as is by every attempt). */
+  private async call(method: string, req: Msg, o: CallOptions, encoded?: Buffer): Promise<Msg> {
     let ambiguous = false;
     for (let attempt = 0; ; attempt++) {
-      const stub = this.stubs[this.current];
+      const channel = this.channels[this.current];
       try {
-        return await unaryCall(stub, method, req, Date.now() + (o.deadlineMs ?? this.deadlineMs));
+        return await channel.unary(this.methods[method], req, Date.now() + (o.deadlineMs ?? this.deadlineMs), encoded);
       } catch (e) {
         const qe = e as RetriedError;
         qe.afterAmbiguous = ambiguous;
         if (!RETRYABLE.includes(qe.code) || attempt >= this.retries) throw qe;
         ambiguous = true;
-        if (this.stubs.length > 1) this.current = (this.current + 1) % this.stubs.length;
+        if (this.channels.length > 1) this.current = (this.current + 1) % this.channels.length;
         await sleep(this.backoffMs * 2 ** attempt);
       }
     }
@@ -259,21 +269,6 @@ export class QuiverClient {
 interface RetriedError extends QuiverError {
   /** Set when an earlier attempt of the same call failed in a way that may have applied it. */
   afterAmbiguous?: boolean;
-}
-
-function unaryCall(stub: Stub, method: string, req: Msg, deadline: number): Promise<Msg> {
-  return new Promise((resolve, reject) => {
-    stub[method](req, new grpc.Metadata(), { deadline }, (err, res) => {
-      if (err) reject(errorFromGrpc(err));
-      else resolve(res);
-    });
-  });
-}
-
-function errorFromGrpc(err: grpc.ServiceError): QuiverError {
-  const v = err.metadata?.get(QUIVER_CODE_KEY)?.[0];
-  const code = typeof v === 'string' && (ERROR_CODES as readonly string[]).includes(v) ? (v as ErrorCode) : codeOfGrpcStatus(err.code);
-  return new QuiverError(code, err.details || err.message);
 }
 
 function sleep(ms: number): Promise<void> {

@@ -25,6 +25,8 @@ export interface NativeAddon {
   simdLevel(): string;
   simdLevels(): string[];
   searchLaneStats(): SearchLaneStats;
+  /** CRC-32C of bytes, continuing from crc (SSE 4.2 where the CPU has it). */
+  crc32c(bytes: Uint8Array, crc?: number): number;
   kernel(name: string, level: string, a: ArrayBufferView, b: ArrayBufferView): number;
   scanBench(level: string, base: Float32Array, dim: number, query: Float32Array, repeats: number): number;
   sumBench(level: string, base: Float32Array, repeats: number): number;

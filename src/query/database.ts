@@ -30,6 +30,7 @@ import type {
   SearchHit,
   SearchRequest,
   ShardStatus,
+  UpsertColumns,
   WriteToken,
 } from './types';
 import {
@@ -39,6 +40,7 @@ import {
   checkK,
   checkName,
   checkOptInt,
+  checkColumns,
   checkPoints,
   checkSearchShape,
   checkSpec,
@@ -187,7 +189,8 @@ export class LocalDatabase implements Database {
   private info(c: Collection): CollectionInfo {
     let count = 0;
     for (const s of c.shards) count += s.count;
-    return { ...structuredClone(c.spec), count, createdAt: c.createdAt };
+    // A copy, so callers cannot change the catalog; spec is flat but for the index parameters.
+    return { ...c.spec, index: { ...c.spec.index }, count, createdAt: c.createdAt };
   }
 
   // ---------------------------------------------------------------- collections
@@ -251,11 +254,37 @@ export class LocalDatabase implements Database {
 
   async upsert(name: string, points: PointInput[], opts: { idempotencyKey?: string } = {}): Promise<{ upserted: number; token: WriteToken }> {
     const c = this.coll(name);
-    const { dim, shards } = c.spec;
-    const checked = checkPoints(points, dim);
+    const checked = checkPoints(points, c.spec.dim);
     const key = checkIdempotencyKey(isPlainObject(opts) ? opts.idempotencyKey : undefined);
+    return this.upsertChecked(c, checked.ids, checked.payloadJson, key, (i) => checked.vectors[i]);
+  }
+
+  /**
+   * upsert() for a batch in columns (what the gRPC front end decodes): the same checks, and the
+   * database keeps `vectors` (a one-shard batch goes to the WAL and the index without a copy), so
+   * the caller must not change it afterwards.
+   */
+  async upsertColumns(name: string, batch: UpsertColumns, opts: { idempotencyKey?: string } = {}): Promise<{ upserted: number; token: WriteToken }> {
+    const c = this.coll(name);
+    const { dim } = c.spec;
+    const checked = checkColumns(batch, dim);
+    const key = checkIdempotencyKey(isPlainObject(opts) ? opts.idempotencyKey : undefined);
+    const v = checked.vectors;
+    return this.upsertChecked(c, checked.ids, checked.payloadJson, key, (i) => v.subarray(i * dim, (i + 1) * dim), v);
+  }
+
+  /** Splits a checked batch by shard; `whole` (all rows, in order, owned) spares the copy when one shard takes all. */
+  private async upsertChecked(
+    c: Collection,
+    ids: string[],
+    payloadJson: string[],
+    key: string,
+    row: (i: number) => Float32Array,
+    whole?: Float32Array,
+  ): Promise<{ upserted: number; token: WriteToken }> {
+    const { dim, shards } = c.spec;
     const groups = new Map<number, number[]>();
-    checked.ids.forEach((id, i) => {
+    ids.forEach((id, i) => {
       const s = shardOf(id, shards);
       const g = groups.get(s);
       if (g) g.push(i);
@@ -265,10 +294,15 @@ export class LocalDatabase implements Database {
     let upserted = 0;
     await Promise.all(
       [...groups].map(async ([s, idx]) => {
-        const vectors = new Float32Array(idx.length * dim);
-        idx.forEach((i, j) => vectors.set(checked.vectors[i], j * dim));
+        let vectors: Float32Array;
+        if (whole && idx.length === ids.length) {
+          vectors = whole; // every point, in order (indexes were pushed ascending)
+        } else {
+          vectors = new Float32Array(idx.length * dim);
+          idx.forEach((i, j) => vectors.set(row(i), j * dim));
+        }
         const r = await c.shards[s].upsert(
-          { ids: idx.map((i) => checked.ids[i]), vectors, payloadJson: idx.map((i) => checked.payloadJson[i]) },
+          { ids: groups.size === 1 ? ids : idx.map((i) => ids[i]), vectors, payloadJson: groups.size === 1 ? payloadJson : idx.map((i) => payloadJson[i]) },
           key,
         );
         token[String(s)] = r.lsn;
@@ -318,7 +352,14 @@ export class LocalDatabase implements Database {
   }
 
   async count(name: string): Promise<number> {
-    return this.info(this.coll(name)).count;
+    let count = 0;
+    for (const s of this.coll(name).shards) count += s.count;
+    return count;
+  }
+
+  /** The dimension of a collection (front ends size their decoding by it). */
+  dimOf(name: string): number {
+    return this.coll(name).spec.dim;
   }
 
   async search(name: string, req: SearchRequest): Promise<SearchHit[][]> {

@@ -116,16 +116,28 @@ export interface DatabaseObserver {
   snapshot?(collection: string, shard: number, seconds: number): void;
 }
 
+/** An upsert batch in columns: the vectors of all points as one row-major array of n x dim. */
+export interface UpsertColumns {
+  ids: unknown[];
+  vectors: Float32Array;
+  /** One per id; undefined = no payload. */
+  payloads: unknown[];
+}
+
 export interface Database {
   createCollection(spec: CollectionSpecInput): Promise<CollectionInfo>;
   dropCollection(name: string): Promise<void>;
   listCollections(): CollectionInfo[];
   describeCollection(name: string): CollectionInfo;
   upsert(name: string, points: PointInput[], opts?: { idempotencyKey?: string }): Promise<{ upserted: number; token: WriteToken }>;
+  /** upsert() of a batch in columns; the database keeps `vectors`: the caller must not change it afterwards. */
+  upsertColumns(name: string, batch: UpsertColumns, opts?: { idempotencyKey?: string }): Promise<{ upserted: number; token: WriteToken }>;
   delete(name: string, ids: string[], opts?: { idempotencyKey?: string }): Promise<{ deleted: number; token: WriteToken }>;
   /** Missing ids are absent from the answer. */
   get(name: string, ids: string[], opts?: { withVectors?: boolean; withPayload?: boolean }): Promise<Point[]>;
   count(name: string): Promise<number>;
+  /** The dimension of a collection (NOT_FOUND if there is none). */
+  dimOf(name: string): number;
   /** One list of hits per query, nearest first. */
   search(name: string, req: SearchRequest): Promise<SearchHit[][]>;
   status(): ClusterStatus;

@@ -17,6 +17,7 @@ import {
 } from '../common/limits';
 import { METRICS } from '../native';
 import type { CollectionSpec, IndexSpec, Payload, PointInput, WriteConcern } from './types';
+export type { UpsertColumns } from './types';
 
 export const WRITE_CONCERNS: readonly WriteConcern[] = ['leader', 'majority', 'all'];
 export const CONSISTENCIES = ['linearizable', 'session', 'bounded', 'eventual'] as const;
@@ -130,10 +131,22 @@ export function checkIds(ids: unknown, unique: boolean): string[] {
 }
 
 /** True when no element is NaN or infinite: x * 0 is 0 for finite x and NaN otherwise. */
-function allFinite(v: Float32Array): boolean {
-  let acc = 0;
-  for (let i = 0; i < v.length; i++) acc += v[i] * 0;
-  return acc === 0;
+/** x * 0 is 0 for every finite x and NaN for NaN and +-Infinity; four sums keep the adds independent. */
+export function allFinite(v: Float32Array): boolean {
+  let a = 0;
+  let b = 0;
+  let c = 0;
+  let d = 0;
+  const n4 = v.length & ~3;
+  let i = 0;
+  for (; i < n4; i += 4) {
+    a += v[i] * 0;
+    b += v[i + 1] * 0;
+    c += v[i + 2] * 0;
+    d += v[i + 3] * 0;
+  }
+  for (; i < v.length; i++) a += v[i] * 0;
+  return a + b + c + d === 0;
 }
 
 export function checkVector(v: unknown, dim: number, where: string): Float32Array {
@@ -194,6 +207,44 @@ export function checkPoints(points: unknown, dim: number): CheckedPoints {
   });
   if (bytes > requestBytesMax) throw invalid(`the batch holds ${bytes} bytes, more than ${requestBytesMax}`);
   return { ids, vectors, payloadJson };
+}
+
+export interface CheckedColumns {
+  ids: string[];
+  vectors: Float32Array;
+  payloadJson: string[];
+}
+
+/** The checks of checkPoints for a batch in columns; the finiteness check is one pass over all vectors. */
+export function checkColumns(b: unknown, dim: number): CheckedColumns {
+  if (!isPlainObject(b) || !Array.isArray(b.ids) || !Array.isArray(b.payloads) || !(b.vectors instanceof Float32Array)) {
+    throw invalid('an upsert batch is {ids: string[], vectors: Float32Array, payloads: unknown[]}');
+  }
+  const n = b.ids.length;
+  if (n > batchPointsMax) throw invalid(`at most ${batchPointsMax} points in one upsert (got ${n})`);
+  if (b.payloads.length !== n) throw invalid(`${b.payloads.length} payloads for ${n} ids`);
+  if (b.vectors.length !== n * dim) throw invalid(`${b.vectors.length} floats for ${n} points of dimension ${dim}`);
+  const ids: string[] = [];
+  const payloadJson: string[] = [];
+  const seen = new Set<string>();
+  let bytes = n * dim * 4;
+  for (let i = 0; i < n; i++) {
+    const where = `points[${i}]`;
+    const id = checkId(b.ids[i], where);
+    if (seen.has(id)) throw invalid(`${where}: duplicate id "${id}" in one batch`);
+    seen.add(id);
+    const json = checkPayload(b.payloads[i], where);
+    bytes += Buffer.byteLength(id) + json.length;
+    ids.push(id);
+    payloadJson.push(json);
+  }
+  if (bytes > requestBytesMax) throw invalid(`the batch holds ${bytes} bytes, more than ${requestBytesMax}`);
+  const v = b.vectors;
+  if (!allFinite(v)) {
+    const at = v.findIndex((x) => !Number.isFinite(x));
+    throw invalid(`points[${Math.floor(at / dim)}]: vector[${at % dim}] is ${v[at]} (must be finite)`);
+  }
+  return { ids, vectors: v, payloadJson };
 }
 
 export function checkIdempotencyKey(key: unknown): string {

@@ -14,6 +14,7 @@ import {
   searchBatchMax,
   topKMax,
 } from '../common/limits';
+import { allFinite } from '../query/validate';
 import type { Consistency, Filter, Payload, PointInput, SearchRequest, WriteToken } from '../query/types';
 
 export function isPlainObject(v: unknown): v is Record<string, unknown> {
@@ -79,10 +80,9 @@ export function jsonVector(v: unknown, what: string): Float32Array {
 
 /** A decoded vector must be finite (NaN or Infinity in a float on the wire is refused here too). */
 export function checkFinite(v: Float32Array, what: string): Float32Array {
-  for (let i = 0; i < v.length; i++) {
-    if (!Number.isFinite(v[i])) throw invalidArgument(`${what}[${i}] is not a finite number`);
-  }
-  return v;
+  if (allFinite(v)) return v;
+  const i = v.findIndex((x) => !Number.isFinite(x));
+  throw invalidArgument(`${what}[${i}] is not a finite number`);
 }
 
 export function checkDim(v: Float32Array, dim: number, what: string): Float32Array {

@@ -36,12 +36,16 @@ export class PointStore {
   }
 
   private writableRow(label: number): Float32Array {
-    const c = Math.floor(label / chunkLabels);
+    this.writableChunk(Math.floor(label / chunkLabels));
+    return this.row(label);
+  }
+
+  private writableChunk(c: number): Float32Array {
     if (this.shared.has(this.chunks[c])) {
       this.shared.delete(this.chunks[c]);
       this.chunks[c] = this.chunks[c].slice();
     }
-    return this.row(label);
+    return this.chunks[c];
   }
 
   get count(): number {
@@ -91,12 +95,23 @@ export class PointStore {
     this.freeLabels.length -= plan.freeUsed;
     this.nextLabel = plan.next;
     this.ensureCapacity(this.nextLabel);
+    const { labels } = plan;
+    const dim = this.dim;
     for (let i = 0; i < ids.length; i++) {
-      const label = plan.labels[i];
+      const label = labels[i];
       this.idToLabel.set(ids[i], label);
       this.labelToId[label] = ids[i];
       this.payloads[label] = payloads[i];
-      this.writableRow(label).set(vectors.subarray(i * this.dim, (i + 1) * this.dim));
+    }
+    // Rows with consecutive labels in one chunk (new points get consecutive labels) are one copy.
+    for (let i = 0; i < ids.length; ) {
+      const first = labels[i];
+      const c = Math.floor(first / chunkLabels);
+      const room = (c + 1) * chunkLabels - first;
+      let j = i + 1;
+      while (j < ids.length && j - i < room && labels[j] === first + (j - i)) j++;
+      this.writableChunk(c).set(vectors.subarray(i * dim, j * dim), (first % chunkLabels) * dim);
+      i = j;
     }
   }
 
