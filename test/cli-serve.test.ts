@@ -147,6 +147,27 @@ describe('quiver serve', () => {
     expect(await node.exited).toBe(0);
   });
 
+  it('a closed stdout does not crash the shutdown: SIGTERM still exits 0 with a snapshot', async () => {
+    const dir = tempDir('quiver-cli-');
+    const args = ['--data', dir, '--grpc', '127.0.0.1:0', '--http', '127.0.0.1:0', '--snapshot-interval-ms', '0'];
+    let node = await startNode(args);
+    const client = await QuiverClient.connect(node.grpc);
+    await client.createCollection({ name: 'c', dim: DIM, index: { type: 'flat' } });
+    await client.upsert('c', [{ id: 'a', vector: vec(1, DIM) }]);
+    client.close();
+    // The reader of its stdout goes away; the shutdown logs then write into a closed pipe.
+    node.child.stdout!.destroy();
+    node.child.stderr!.destroy();
+    process.kill(node.child.pid!, 'SIGTERM');
+    expect(await node.exited).toBe(0);
+    node = await startNode(args);
+    const c2 = await QuiverClient.connect(node.grpc);
+    expect(await c2.count('c')).toBe(1);
+    c2.close();
+    process.kill(node.child.pid!, 'SIGTERM');
+    expect(await node.exited).toBe(0);
+  });
+
   it('reads a JSON config file with the same keys; flags win over it', async () => {
     const dir = tempDir('quiver-cli-');
     const cfg = path.join(dir, 'quiver.json');

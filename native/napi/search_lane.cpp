@@ -4,6 +4,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
+#include <algorithm>
 #include <deque>
 #include <mutex>
 #include <new>
@@ -36,6 +37,7 @@ struct Pending {
   std::unique_ptr<LaneTask> task;
   napi_deferred deferred;
   Status status;
+  std::chrono::steady_clock::time_point submitted;
 };
 
 class Lane {
@@ -66,7 +68,7 @@ class Lane {
       return false;
     }
     *promise = js_promise;
-    auto* p = new Pending{std::move(task), deferred, Status::ok()};
+    auto* p = new Pending{std::move(task), deferred, Status::ok(), std::chrono::steady_clock::now()};
     if (in_flight_++ == 0) napi_ref_threadsafe_function(env_, tsfn_);
     slot_.store(p, std::memory_order_seq_cst);
     if (sleeping_.load(std::memory_order_seq_cst)) {
@@ -81,10 +83,16 @@ class Lane {
     for (;;) {
       Pending* p = slot_.exchange(nullptr, std::memory_order_acq_rel);
       if (p == nullptr) {
-        const auto until = std::chrono::steady_clock::now() + spin_;
-        while (!stop_.load(std::memory_order_relaxed) && slot_.load(std::memory_order_acquire) == nullptr &&
-               std::chrono::steady_clock::now() < until) {
-          for (int i = 0; i < 16; ++i) QV_CPU_RELAX();
+        // Spin only while tasks have been arriving within the spin window (a caller awaiting
+        // searches back to back). When they come further apart (a server, where every search
+        // waits for a network round trip) spinning would catch nothing and only take a core
+        // from the threads that do the work.
+        if (spin_.count() > 0 && gap_ema_us_ < static_cast<double>(spin_.count())) {
+          const auto until = std::chrono::steady_clock::now() + spin_;
+          while (!stop_.load(std::memory_order_relaxed) && slot_.load(std::memory_order_acquire) == nullptr &&
+                 std::chrono::steady_clock::now() < until) {
+            for (int i = 0; i < 16; ++i) QV_CPU_RELAX();
+          }
         }
         if (slot_.load(std::memory_order_acquire) == nullptr) {
           std::unique_lock<std::mutex> l(mu_);
@@ -94,6 +102,13 @@ class Lane {
         }
         if (stop_.load()) return;
         continue;
+      }
+      if (have_end_) {
+        // Time from the end of the previous task to this submission (not to this pick-up, so a
+        // sleeping lane's own wake-up does not count), capped so that the average recovers fast.
+        const double gap = std::chrono::duration<double, std::micro>(p->submitted - last_end_).count();
+        const double cap = 4.0 * static_cast<double>(spin_.count());
+        gap_ema_us_ = 0.75 * gap_ema_us_ + 0.25 * std::min(std::max(gap, 0.0), cap);
       }
       try {
         p->status = p->task->run();
@@ -106,6 +121,8 @@ class Lane {
         std::lock_guard<std::mutex> g(done_mu_);
         done_.push_back(p);
       }
+      last_end_ = std::chrono::steady_clock::now();
+      have_end_ = true;
       busy_.store(false, std::memory_order_release);
       napi_call_threadsafe_function(tsfn_, nullptr, napi_tsfn_nonblocking);
     }
@@ -162,6 +179,10 @@ class Lane {
   std::mutex done_mu_;
   std::deque<Pending*> done_;
   long in_flight_ = 0;  // event loop only
+  // Lane thread only: end of the last task, and the running average of the gap to the next one.
+  std::chrono::steady_clock::time_point last_end_{};
+  bool have_end_ = false;
+  double gap_ema_us_ = 0;
 };
 
 Lane* the_lane = nullptr;

@@ -114,6 +114,9 @@ export async function serve(argv: string[]): Promise<number> {
     return 2;
   }
 
+  // A closed stdout (the reader went away, e.g. a supervisor that exited) must not bring the
+  // server down mid-shutdown: write errors on the log streams are dropped.
+  for (const stream of [process.stdout, process.stderr]) stream.on('error', () => undefined);
   const log = (m: string): void => void process.stdout.write(`quiver: ${m}\n`);
   const metrics = new Metrics();
   const t0 = Date.now();
