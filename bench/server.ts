@@ -45,6 +45,8 @@ options:
                          write and fsync of one batch unoverlapped with the apply of the last)
   --concurrency N        outstanding searches for the concurrent QPS figure (default 8)
   --passes N             search passes per side (default 3)
+  --warmup N             unmeasured searches per side before the passes (default: --queries), so
+                         the figures are steady state, not the first calls' JIT and cold caches
   --runs N               upsert rounds (index build, Database, server; order rotated) (default 3)
   --shards N             shards of the collection (default 1)
   --out DIR              where the JSON goes (default bench/results)
@@ -132,6 +134,7 @@ export async function run(argv: string[]): Promise<number> {
   const inflight = flagInt(p, 'inflight', 2);
   const concurrency = flagInt(p, 'concurrency', 8);
   const passes = flagInt(p, 'passes', 3);
+  const warmup = flagInt(p, 'warmup', nq);
   const runs = flagInt(p, 'runs', 3);
   const shards = flagInt(p, 'shards', 1);
   const outDir = path.resolve(flagString(p, 'out', path.resolve(__dirname, '..', '..', 'bench', 'results'))!);
@@ -248,6 +251,12 @@ export async function run(argv: string[]): Promise<number> {
       });
     const found = new Uint32Array(nq * k);
     const foundDist = new Float32Array(nq * k);
+    for (let i = 0; i < warmup; i++) {
+      await rawIdx.search(queryVec(i % nq), k, { ef: searchEf });
+      await local.search('bench', { vectors: queryVec(i % nq), k, ef: searchEf });
+      await client.search('bench', queryVec(i % nq), { k, ef: searchEf });
+      await client.count('bench');
+    }
     for (let pass = 0; pass < passes; pass++) {
       let lat: number[] = [];
       let t0 = now();
@@ -372,6 +381,7 @@ export async function run(argv: string[]): Promise<number> {
         grpcConcurrentQps: concurrentQps,
         concurrency,
         passes,
+        warmup,
       },
       restart: { shutdownS, restartToAnswerS: restartS, nodeOpenMs: node.openMs, openInProcessS: openInProcS, points: after },
     };
