@@ -33,6 +33,14 @@ long env_long(const char* name, long dflt) {
   return (end != nullptr && *end == '\0' && x >= 0) ? x : dflt;
 }
 
+class Lane;
+// The process's lane, owned by the environment that started it (the main thread's, in practice;
+// a search from another environment uses the pool). Cleared when that environment is torn down.
+std::atomic<Lane*> the_lane{nullptr};
+std::mutex lane_create_mu;
+std::atomic<bool> lane_failed{false};
+std::atomic<uint64_t> lane_tasks{0}, pool_tasks{0};
+
 struct Pending {
   std::unique_ptr<LaneTask> task;
   napi_deferred deferred;
@@ -162,6 +170,8 @@ class Lane {
       self->cv_.notify_one();
     }
     if (self->thread_.joinable()) self->thread_.join();
+    Lane* expected = self;
+    the_lane.compare_exchange_strong(expected, nullptr);
     // The thread-safe function is torn down with the environment; the lane itself stays
     // allocated (a pointer to it may still sit in that function's queue).
   }
@@ -185,43 +195,45 @@ class Lane {
   double gap_ema_us_ = 0;
 };
 
-Lane* the_lane = nullptr;
-bool lane_failed = false;
-double lane_tasks = 0, pool_tasks = 0;  // event loop only
 long spin_micros() { return env_long("QUIVER_SEARCH_SPIN_US", 100); }
 
 }  // namespace
 
 bool lane_try_run(Napi::Env env, std::unique_ptr<LaneTask>& task, napi_value* promise) {
-  if (the_lane == nullptr) {
-    if (lane_failed) return false;
-    if (env_long("QUIVER_SEARCH_LANE", 1) == 0) {
-      lane_failed = true;
-      return false;
+  Lane* lane = the_lane.load(std::memory_order_acquire);
+  if (lane == nullptr) {
+    if (lane_failed.load()) return false;
+    std::lock_guard<std::mutex> g(lane_create_mu);
+    lane = the_lane.load();
+    if (lane == nullptr) {
+      if (env_long("QUIVER_SEARCH_LANE", 1) == 0) {
+        lane_failed.store(true);
+        return false;
+      }
+      lane = new Lane(env, spin_micros());
+      if (!lane->start()) {
+        delete lane;
+        lane_failed.store(true);
+        return false;
+      }
+      the_lane.store(lane, std::memory_order_release);
     }
-    auto* lane = new Lane(env, spin_micros());
-    if (!lane->start()) {
-      delete lane;
-      lane_failed = true;
-      return false;
-    }
-    the_lane = lane;
   }
-  if (the_lane->env() != static_cast<napi_env>(env)) return false;
-  if (!the_lane->try_submit(task, promise)) return false;
-  lane_tasks += 1;
+  if (lane->env() != static_cast<napi_env>(env)) return false;
+  if (!lane->try_submit(task, promise)) return false;
+  lane_tasks.fetch_add(1, std::memory_order_relaxed);
   return true;
 }
 
-void lane_count_fallback() { pool_tasks += 1; }
+void lane_count_fallback() { pool_tasks.fetch_add(1, std::memory_order_relaxed); }
 
 Napi::Value lane_stats(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
-  o.Set("enabled", Napi::Boolean::New(env, !lane_failed && env_long("QUIVER_SEARCH_LANE", 1) != 0));
+  o.Set("enabled", Napi::Boolean::New(env, !lane_failed.load() && env_long("QUIVER_SEARCH_LANE", 1) != 0));
   o.Set("spinMicros", Napi::Number::New(env, static_cast<double>(spin_micros())));
-  o.Set("laneTasks", Napi::Number::New(env, lane_tasks));
-  o.Set("poolTasks", Napi::Number::New(env, pool_tasks));
+  o.Set("laneTasks", Napi::Number::New(env, static_cast<double>(lane_tasks.load())));
+  o.Set("poolTasks", Napi::Number::New(env, static_cast<double>(pool_tasks.load())));
   return o;
 }
 
