@@ -333,18 +333,31 @@ void HnswIndex::repair(const std::vector<char>& dead, int threads) {
     if constexpr (std::is_same<Space, CodeSpace>::value) return CodeSpace{this, code(s)};
     else return FloatSpace{this, vec(s), kernels().ip_f32};
   };
+  // The nodes to fix are found by a scan of every list, split in fixed ranges of slots over the
+  // threads and joined in slot order, so the result does not depend on the thread count.
+  constexpr uint32_t kScanRange = 16384;
+  const size_t ranges = (static_cast<size_t>(n) + kScanRange - 1) / kScanRange;
+  std::vector<std::vector<uint32_t>> found(ranges);
   for (int l = 0; l <= top; ++l) {
-    std::vector<uint32_t> fix;
-    for (uint32_t s = 0; s < n; ++s) {
-      if (dead[s] || meta(s).state.load(std::memory_order_relaxed) != kLive || meta(s).level < l) continue;
-      const uint32_t* ll = links(s, l);
-      for (uint32_t j = 0; j < ll[0]; ++j) {
-        if (dead[ll[1 + j]]) {
-          fix.push_back(s);
-          break;
+    parallel_for(ranges, threads, 1, [&](size_t lo, size_t hi, int) {
+      for (size_t r = lo; r < hi; ++r) {
+        auto& out = found[r];
+        out.clear();
+        const uint32_t end = static_cast<uint32_t>(std::min<size_t>(n, (r + 1) * kScanRange));
+        for (uint32_t s = static_cast<uint32_t>(r * kScanRange); s < end; ++s) {
+          if (dead[s] || meta(s).state.load(std::memory_order_relaxed) != kLive || meta(s).level < l) continue;
+          const uint32_t* ll = links(s, l);
+          for (uint32_t j = 0; j < ll[0]; ++j) {
+            if (dead[ll[1 + j]]) {
+              out.push_back(s);
+              break;
+            }
+          }
         }
       }
-    }
+    });
+    std::vector<uint32_t> fix;
+    for (const auto& f : found) fix.insert(fix.end(), f.begin(), f.end());
     std::vector<std::vector<uint32_t>> lists(fix.size());
     const uint32_t maxl = max_links(l);
     parallel_for(fix.size(), threads, 16, [&](size_t lo, size_t hi, int) {
