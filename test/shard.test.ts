@@ -5,6 +5,8 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { QuiverError } from '../src/errors';
 import { HnswIndex } from '../src/native';
 import { PointStore, Shard, ShardOptions, listSnapshots } from '../src/shard';
+import { addon, allocRows } from '../src/native/addon';
+import { rowsPerChunk } from '../src/shard/store';
 
 const DIM = 6;
 let dir: string;
@@ -401,6 +403,51 @@ describe('PointStore rows', () => {
       const label = store.labelOf(id);
       expect(label, id).toBeDefined();
       expect(Array.from(store.vectorOf(label!)), id).toEqual(Array.from(rowOf(id, gen)));
+    }
+  });
+});
+
+describe('allocRows (vector chunk memory)', () => {
+  it('gives zeroed arrays of the asked length, small and huge-page sized, that keep their values', () => {
+    for (const floats of [0, 1, 1000, 1024 * 784, 1337 * 784]) {
+      const a = allocRows(floats);
+      expect(a).toBeInstanceOf(Float32Array);
+      expect(a.length).toBe(floats);
+      expect(a.every((x) => x === 0)).toBe(true);
+      a.fill(1.5);
+      expect(a[floats - 1] ?? 1.5).toBe(1.5);
+    }
+  });
+
+  it('refuses a length that is not a whole number of floats', () => {
+    const native = addon() as unknown as { allocRows(n: unknown): Float32Array };
+    expect(() => native.allocRows(-1)).toThrow(QuiverError);
+    expect(() => native.allocRows(1.5)).toThrow(QuiverError);
+    expect(() => native.allocRows('x')).toThrow(QuiverError);
+  });
+
+  it('rows per chunk fill whole 2 MB pages from 1 MB chunks up, 1,024 below', () => {
+    expect(rowsPerChunk(4)).toBe(1024);
+    expect(rowsPerChunk(96)).toBe(1024);
+    const r = rowsPerChunk(784);
+    expect(r * 784 * 4).toBeLessThanOrEqual(4 << 20);
+    expect((r + 1) * 784 * 4).toBeGreaterThan(4 << 20);
+  });
+
+  it('a store of 784-d rows across several chunks reads back what was written, through a snapshot', () => {
+    const dim = 784;
+    const store = new PointStore(dim);
+    const n = 3000;
+    const ids = Array.from({ length: n }, (_, i) => `p${i}`);
+    const vectors = new Float32Array(n * dim);
+    for (let i = 0; i < vectors.length; i++) vectors[i] = (i % 977) / 7;
+    const plan = store.planLabels(ids);
+    store.assign(plan, ids, vectors, ids.map(() => undefined));
+    const bytes = Buffer.concat(store.encode(0));
+    const back = new PointStore(dim);
+    back.decode(bytes, 0);
+    for (const i of [0, 1336, 1337, 2673, 2674, 2999]) {
+      expect(Array.from(back.vectorOf(back.labelOf(ids[i])!))).toEqual(Array.from(vectors.subarray(i * dim, (i + 1) * dim)));
     }
   });
 });

@@ -2,7 +2,10 @@
 #include <napi.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
+
+#include <sys/mman.h>
 
 #include "common/format.h"
 #include "distance/distance.h"
@@ -37,6 +40,43 @@ Napi::Value Crc32cFn(const Napi::CallbackInfo& info) {
   uint32_t crc = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Uint32Value() : 0;
   return Napi::Number::New(env, crc32c(bytes.Data(), bytes.ByteLength(), crc));
 }
+
+// allocRows(floats): a zeroed Float32Array for bulk row storage (the shard's vector chunks).
+// From 1 MB up it is 2 MB-aligned, a whole number of 2 MB pages, and advised for transparent huge
+// pages: filling a fresh 3 MB array then takes 2 page faults instead of ~800 (measured ~10 ms ->
+// well under 1 ms per 3.2 MB on the paravirtualized VMs here, where a fault costs ~12 us).
+constexpr size_t kHugePage = size_t{2} << 20;
+size_t alloc_rows_bytes(size_t floats) {
+  const size_t bytes = floats * sizeof(float);
+  return bytes < kHugePage / 2 ? bytes : (bytes + kHugePage - 1) / kHugePage * kHugePage;
+}
+Napi::Value AllocRows(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsNumber()) throw_invalid(env, "allocRows(floats: number)");
+  const double f = info[0].As<Napi::Number>().DoubleValue();
+  if (!(f >= 0) || f > 1e10 || f != static_cast<double>(static_cast<size_t>(f))) throw_invalid(env, "allocRows: floats must be a whole number");
+  const size_t floats = static_cast<size_t>(f);
+  const size_t bytes = floats * sizeof(float);
+  if (bytes < kHugePage / 2) return Napi::Float32Array::New(env, floats);
+  // Fresh anonymous memory (zeroed by the kernel on first touch), 2 MB-aligned inside a mapping
+  // one huge page larger; the finalizer unmaps the whole mapping.
+  const size_t size = alloc_rows_bytes(floats);
+  const size_t map = size + kHugePage;
+  void* m = mmap(nullptr, map, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED) throw_status(env, resource_exhausted("allocRows: out of memory"));
+  const uintptr_t base = reinterpret_cast<uintptr_t>(m);
+  void* p = reinterpret_cast<void*>((base + kHugePage - 1) & ~(uintptr_t{kHugePage} - 1));
+#ifdef MADV_HUGEPAGE
+  madvise(p, size, MADV_HUGEPAGE);
+#endif
+  Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(size));
+  auto ab = Napi::ArrayBuffer::New(env, p, bytes, [m, map, size](Napi::Env e, void*) {
+    munmap(m, map);
+    Napi::MemoryManagement::AdjustExternalMemory(e, -static_cast<int64_t>(size));
+  });
+  return Napi::Float32Array::New(env, floats, ab, 0);
+}
+
 
 Napi::Value SimdLevels(const Napi::CallbackInfo& info) {
   Napi::Array out = Napi::Array::New(info.Env());
@@ -185,6 +225,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("simdLevel", Napi::Function::New(env, SimdLevelFn));
   exports.Set("simdLevels", Napi::Function::New(env, SimdLevels));
   exports.Set("crc32c", Napi::Function::New(env, Crc32cFn));
+  exports.Set("allocRows", Napi::Function::New(env, AllocRows));
   exports.Set("kernel", Napi::Function::New(env, KernelFn));
   exports.Set("kernelMatrix", Napi::Function::New(env, KernelMatrix));
   exports.Set("scanBench", Napi::Function::New(env, ScanBench));

@@ -27,6 +27,8 @@ export interface NativeAddon {
   searchLaneStats(): SearchLaneStats;
   /** CRC-32C of bytes, continuing from crc (SSE 4.2 where the CPU has it). */
   crc32c(bytes: Uint8Array, crc?: number): number;
+  /** A zeroed Float32Array for bulk rows; from 1 MB up in whole 2 MB pages advised for huge pages. */
+  allocRows(floats: number): Float32Array;
   kernel(name: string, level: string, a: ArrayBufferView, b: ArrayBufferView): number;
   scanBench(level: string, base: Float32Array, dim: number, query: Float32Array, repeats: number): number;
   sumBench(level: string, base: Float32Array, repeats: number): number;
@@ -87,4 +89,15 @@ export function loadAddon(): { addon: NativeAddon; build: 'cpu' | 'cuda'; path: 
 
 export function addon(): NativeAddon {
   return loadAddon().addon;
+}
+
+/**
+ * A zeroed Float32Array of `floats` for bulk row storage (the shard's vector chunks). From 1 MB up
+ * the addon maps it in whole 2 MB pages advised for transparent huge pages, so filling it costs a
+ * few page faults instead of hundreds (about 10x faster on the VMs measured). Plain Float32Array
+ * where the addon is older than this function.
+ */
+export function allocRows(floats: number): Float32Array {
+  const a = addon();
+  return a.allocRows ? a.allocRows(floats) : new Float32Array(floats);
 }

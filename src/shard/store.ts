@@ -7,11 +7,24 @@
  * same entries applied in the same order give the same labels on every replica.
  */
 import { createHash } from 'crypto';
+import { allocRows } from '../native/addon';
 
 export type Payload = { [field: string]: unknown };
 
-/** Rows per chunk of the vector store. */
-const chunkLabels = 1024;
+/** Rows per chunk of the vector store, at least; see rowsPerChunk. */
+const chunkLabelsMin = 1024;
+const hugePage = 2 << 20;
+
+/**
+ * Rows per chunk for a dimension: 1,024, or, where that is 1 MB or more, as many as fill the
+ * whole 2 MB pages that allocRows() hands out (no page half used).
+ */
+export function rowsPerChunk(dim: number): number {
+  const rowBytes = dim * 4;
+  const bytes = chunkLabelsMin * rowBytes;
+  if (bytes < hugePage / 2) return chunkLabelsMin;
+  return Math.floor((Math.ceil(bytes / hugePage) * hugePage) / rowBytes);
+}
 
 export class PointStore {
   readonly dim: number;
@@ -23,27 +36,33 @@ export class PointStore {
   private freeLabels: number[] = [];
   private nextLabel = 0;
 
+  /** Rows per vector chunk (rowsPerChunk(dim)). */
+  private readonly chunkLabels: number;
+
   constructor(dim: number) {
     this.dim = dim;
+    this.chunkLabels = rowsPerChunk(dim);
   }
 
   /** Chunks handed to a snapshot being written: copied before their first change (copy on write). */
   private shared = new Set<Float32Array>();
 
   private row(label: number): Float32Array {
-    const off = (label % chunkLabels) * this.dim;
-    return this.chunks[Math.floor(label / chunkLabels)].subarray(off, off + this.dim);
+    const off = (label % this.chunkLabels) * this.dim;
+    return this.chunks[Math.floor(label / this.chunkLabels)].subarray(off, off + this.dim);
   }
 
   private writableRow(label: number): Float32Array {
-    this.writableChunk(Math.floor(label / chunkLabels));
+    this.writableChunk(Math.floor(label / this.chunkLabels));
     return this.row(label);
   }
 
   private writableChunk(c: number): Float32Array {
     if (this.shared.has(this.chunks[c])) {
       this.shared.delete(this.chunks[c]);
-      this.chunks[c] = this.chunks[c].slice();
+      const copy = allocRows(this.chunks[c].length);
+      copy.set(this.chunks[c]);
+      this.chunks[c] = copy;
     }
     return this.chunks[c];
   }
@@ -106,11 +125,11 @@ export class PointStore {
     // Rows with consecutive labels in one chunk (new points get consecutive labels) are one copy.
     for (let i = 0; i < ids.length; ) {
       const first = labels[i];
-      const c = Math.floor(first / chunkLabels);
-      const room = (c + 1) * chunkLabels - first;
+      const c = Math.floor(first / this.chunkLabels);
+      const room = (c + 1) * this.chunkLabels - first;
       let j = i + 1;
       while (j < ids.length && j - i < room && labels[j] === first + (j - i)) j++;
-      this.writableChunk(c).set(vectors.subarray(i * dim, j * dim), (first % chunkLabels) * dim);
+      this.writableChunk(c).set(vectors.subarray(i * dim, j * dim), (first % this.chunkLabels) * dim);
       i = j;
     }
   }
@@ -132,7 +151,7 @@ export class PointStore {
   }
 
   private ensureCapacity(labels: number): void {
-    while (this.chunks.length * chunkLabels < labels) this.chunks.push(new Float32Array(chunkLabels * this.dim));
+    while (this.chunks.length * this.chunkLabels < labels) this.chunks.push(allocRows(this.chunkLabels * this.dim));
   }
 
   /** Live labels in increasing order. */
@@ -224,8 +243,8 @@ export class PointStore {
     size += free.length;
     if (!withVectors) return recs;
     recs.push(Buffer.alloc((4 - ((base + size) % 4)) % 4));
-    for (let c = 0; c * chunkLabels < this.nextLabel; c++) {
-      const rows = Math.min(chunkLabels, this.nextLabel - c * chunkLabels);
+    for (let c = 0; c * this.chunkLabels < this.nextLabel; c++) {
+      const rows = Math.min(this.chunkLabels, this.nextLabel - c * this.chunkLabels);
       const chunk = this.chunks[c];
       this.shared.add(chunk);
       recs.push(Buffer.from(chunk.buffer, chunk.byteOffset, rows * this.dim * 4));
@@ -240,10 +259,10 @@ export class PointStore {
     let dense = labels.length === this.nextLabel && this.shared.size === 0;
     for (let i = 0; dense && i < labels.length; i++) dense = labels[i] === i;
     if (dense) {
-      const per = chunkLabels * this.dim;
-      for (let c = 0; (c + 1) * chunkLabels <= labels.length; c++) this.chunks[c] = vectors.subarray(c * per, (c + 1) * per);
+      const per = this.chunkLabels * this.dim;
+      for (let c = 0; (c + 1) * this.chunkLabels <= labels.length; c++) this.chunks[c] = vectors.subarray(c * per, (c + 1) * per);
     }
-    for (let i = dense ? labels.length - (labels.length % chunkLabels) : 0; i < labels.length; i++) {
+    for (let i = dense ? labels.length - (labels.length % this.chunkLabels) : 0; i < labels.length; i++) {
       this.writableRow(labels[i]).set(vectors.subarray(i * this.dim, (i + 1) * this.dim));
     }
   }
@@ -292,18 +311,18 @@ export class PointStore {
     const chunks: Float32Array[] = [];
     if (withVectors) off += (4 - (off % 4)) % 4;
     if (withVectors && off + nextLabel * rowBytes > buf.length) fail('short vectors');
-    for (let c = 0; c * chunkLabels < nextLabel; c++) {
+    for (let c = 0; c * this.chunkLabels < nextLabel; c++) {
       if (!withVectors) {
-        chunks.push(new Float32Array(chunkLabels * this.dim)); // filled by setRows()
+        chunks.push(allocRows(this.chunkLabels * this.dim)); // filled by setRows()
         continue;
       }
-      const rows = Math.min(chunkLabels, nextLabel - c * chunkLabels);
-      const at = buf.byteOffset + off + c * chunkLabels * rowBytes;
-      if (rows === chunkLabels && at % 4 === 0) {
-        chunks.push(new Float32Array(buf.buffer, at, chunkLabels * this.dim));
+      const rows = Math.min(this.chunkLabels, nextLabel - c * this.chunkLabels);
+      const at = buf.byteOffset + off + c * this.chunkLabels * rowBytes;
+      if (rows === this.chunkLabels && at % 4 === 0) {
+        chunks.push(new Float32Array(buf.buffer, at, this.chunkLabels * this.dim));
       } else {
-        const chunk = new Float32Array(chunkLabels * this.dim);
-        new Uint8Array(chunk.buffer).set(buf.subarray(off + c * chunkLabels * rowBytes, off + c * chunkLabels * rowBytes + rows * rowBytes));
+        const chunk = allocRows(this.chunkLabels * this.dim);
+        new Uint8Array(chunk.buffer).set(buf.subarray(off + c * this.chunkLabels * rowBytes, off + c * this.chunkLabels * rowBytes + rows * rowBytes));
         chunks.push(chunk);
       }
     }
