@@ -4,9 +4,14 @@
 
 namespace qv {
 
+// The norm is summed in double, in index order, in baseline code (not through the dispatched
+// kernels, whose f32 sums differ between AVX2, AVX-512 and serial in the last bits). So a
+// normalized vector, and everything built from it (HNSW codes and links for cosine), is the same
+// on every host whatever its SIMD level: replicas on mixed hardware build identical indexes.
 void normalize_f32(const float* in, float* out, size_t d) {
-  const float n2 = kernels().ip_f32(in, in, d);
-  const float inv = n2 > 0.0f ? 1.0f / std::sqrt(n2) : 0.0f;
+  double n2 = 0.0;
+  for (size_t i = 0; i < d; ++i) n2 += static_cast<double>(in[i]) * static_cast<double>(in[i]);
+  const float inv = n2 > 0.0 ? static_cast<float>(1.0 / std::sqrt(n2)) : 0.0f;
   for (size_t i = 0; i < d; ++i) out[i] = in[i] * inv;
 }
 
