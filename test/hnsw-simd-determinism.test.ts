@@ -1,8 +1,8 @@
 /**
- * Replicas may run on hosts with different SIMD levels. For l2 and cosine the HNSW build reads
- * only integer code distances and a normalization summed in a fixed order, so the same writes
- * must give the same serialized bytes at every kernel level this CPU can run (QUIVER_SIMD). ip
- * builds with f32 dot products and is not covered (ARCHITECTURE.md).
+ * Replicas may run on hosts with different SIMD levels. The HNSW build reads only integer code
+ * distances (l2, cosine), a normalization summed in a fixed order (cosine) and the fixed-lane dot
+ * product ip_f32_fixed (ip), so the same writes must give the same serialized bytes at every
+ * kernel level this CPU can run (QUIVER_SIMD).
  */
 import { spawnSync } from 'child_process';
 import * as path from 'path';
@@ -18,7 +18,7 @@ const SCRIPT = `
     const v = new Float32Array(n * dim);
     let x = 12345;
     for (let i = 0; i < v.length; i++) { x = (Math.imul(x, 1103515245) + 12345) >>> 0; v[i] = (x / 2 ** 32 - 0.5) * 3; }
-    for (const metric of ['l2', 'cosine']) {
+    for (const metric of ['l2', 'cosine', 'ip']) {
       const ix = new HnswIndex({ dim, metric, m: 12, efConstruction: 60, seed: 7 });
       await ix.add(Uint32Array.from({ length: n }, (_, i) => i), v, { threads: 2 });
       await ix.remove(Uint32Array.from({ length: 100 }, (_, i) => i * 7));
@@ -32,8 +32,8 @@ describe('HNSW bytes across SIMD levels', () => {
   const levels = simdLevels();
   const name =
     levels.length < 2
-      ? `l2 and cosine bytes across levels (skipped: this CPU runs one kernel level, ${levels.join(', ')})`
-      : `l2 and cosine: the same writes give the same bytes at every level this CPU has (${levels.join(', ')})`;
+      ? `l2, cosine and ip bytes across levels (skipped: this CPU runs one kernel level, ${levels.join(', ')})`
+      : `l2, cosine and ip: the same writes give the same bytes at every level this CPU has (${levels.join(', ')})`;
   it.skipIf(levels.length < 2)(
     name,
     () => {
@@ -44,12 +44,13 @@ describe('HNSW bytes across SIMD levels', () => {
           env: { ...process.env, QUIVER_SIMD: level },
         });
         expect(r.status, r.stderr).toBe(0);
-        return JSON.parse(r.stdout) as { level: string; l2: string; cosine: string };
+        return JSON.parse(r.stdout) as { level: string; l2: string; cosine: string; ip: string };
       });
       expect(runs.map((r) => r.level)).toEqual(levels);
       for (const r of runs.slice(1)) {
         expect(r.l2).toBe(runs[0].l2);
         expect(r.cosine).toBe(runs[0].cosine);
+        expect(r.ip).toBe(runs[0].ip);
       }
     },
   );

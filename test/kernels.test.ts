@@ -29,7 +29,7 @@ function refF32(name: string, a: Float32Array, b: Float32Array): number {
     l2 += (a[i] - b[i]) ** 2;
   }
   if (name === 'l2_f32') return l2;
-  if (name === 'ip_f32') return dot;
+  if (name === 'ip_f32' || name === 'ip_f32_fixed') return dot;
   return aa === 0 || bb === 0 ? 1 : 1 - dot / Math.sqrt(aa * bb);
 }
 
@@ -96,6 +96,23 @@ describe.each(levels)('f32 kernels at %s', (level) => {
         }
         const wantL2 = refF32('l2_f32', q.subarray(0, d), r.subarray(i * d, (i + 1) * d));
         expect(Math.abs(rows[i] - wantL2)).toBeLessThanOrEqual(1e-5 * Math.max(1, wantL2));
+      }
+    }
+  });
+});
+
+describe('ip_f32_fixed: the same bits at every level', () => {
+  it('equals the serial result bit for bit on every dimension and offset, and the float64 reference', () => {
+    for (const d of DIMS) {
+      for (const off of OFFSETS) {
+        const a = f32(d, off, 31 + d);
+        const b = f32(d, off, 32 + d, 3);
+        const want = addon.kernel('ip_f32_fixed', 'serial', a, b);
+        for (const level of levels) {
+          expect(addon.kernel('ip_f32_fixed', level, a, b), `${level} d=${d} off=${off}`).toBe(want);
+        }
+        const ref = refF32('ip_f32', a, b);
+        expect(Math.abs(want - ref)).toBeLessThanOrEqual(1e-5 * Math.max(1, Math.sqrt(d)) * 3);
       }
     }
   });

@@ -4,6 +4,7 @@
 // the best level the CPU has is chosen once, at load (QUIVER_SIMD=serial|avx2|avx512|neon forces
 // one; a level the CPU lacks is refused with an error, see dispatch_status()).
 #pragma once
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 
@@ -31,7 +32,21 @@ struct Kernels {
   void (*ip_f32_4x4)(const float* const q[4], const float* const r[4], size_t d, float out[16]);
   // Plain sum of n floats: the read-bandwidth reference of `quiver bench kernels`.
   float (*sum_f32)(const float* a, size_t n);
+  // sum a*b with the same bits at every level: 16 lanes (lane j takes the elements i = j mod 16
+  // of the whole 16-blocks, in order, each by a fused multiply-add), then the tail and a fixed
+  // reduction (fixed_lanes_finish). Slower than ip_f32 (one chain per lane group); it is what
+  // builds that replicas must agree on use (the HNSW ip graph).
+  float (*ip_f32_fixed)(const float* a, const float* b, size_t d);
 };
+
+// The end of every ip_f32_fixed: the r < 16 tail elements into lanes 0..r-1 (fused, in order),
+// then lanes summed pairwise 8, 4, 2, 1 apart. std::fma is correctly rounded wherever it runs.
+inline float fixed_lanes_finish(float acc[16], const float* a, const float* b, size_t r) {
+  for (size_t j = 0; j < r; ++j) acc[j] = std::fma(a[j], b[j], acc[j]);
+  for (int w = 8; w >= 1; w /= 2)
+    for (int j = 0; j < w; ++j) acc[j] = acc[j] + acc[j + w];
+  return acc[0];
+}
 
 bool cpu_has(SimdLevel l);
 // The kernels of one level, or nullptr where the CPU (or the build) lacks it.

@@ -220,8 +220,21 @@ float sum_f32(const float* a, size_t n) {
   return hsum(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
 }
 
+float ip_f32_fixed(const float* a, const float* b, size_t d) {
+  __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();  // lanes 0..7 and 8..15
+  size_t i = 0;
+  for (; i + 16 <= d; i += 16) {
+    lo = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), lo);
+    hi = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), hi);
+  }
+  alignas(32) float acc[16];
+  _mm256_store_ps(acc, lo);
+  _mm256_store_ps(acc + 8, hi);
+  return fixed_lanes_finish(acc, a + i, b + i, d - i);
+}
+
 const Kernels kTable = {SimdLevel::Avx2, l2_f32, ip_f32, cos_f32, l2_u8, ip_u8, l2_i8, ip_i8,
-                        l2_f32_rows, ip_f32_x4, ip_f32_4x4, sum_f32};
+                        l2_f32_rows, ip_f32_x4, ip_f32_4x4, sum_f32, ip_f32_fixed};
 
 }  // namespace
 

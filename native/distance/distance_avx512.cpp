@@ -186,8 +186,17 @@ float sum_f32(const float* a, size_t n) {
   return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
 }
 
+float ip_f32_fixed(const float* a, const float* b, size_t d) {
+  __m512 acc16 = _mm512_setzero_ps();  // lanes 0..15
+  size_t i = 0;
+  for (; i + 16 <= d; i += 16) acc16 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc16);
+  alignas(64) float acc[16];
+  _mm512_store_ps(acc, acc16);
+  return fixed_lanes_finish(acc, a + i, b + i, d - i);
+}
+
 const Kernels kTable = {SimdLevel::Avx512, l2_f32, ip_f32, cos_f32, l2_u8, ip_u8, l2_i8, ip_i8,
-                        l2_f32_rows, ip_f32_x4, ip_f32_4x4, sum_f32};
+                        l2_f32_rows, ip_f32_x4, ip_f32_4x4, sum_f32, ip_f32_fixed};
 
 }  // namespace
 

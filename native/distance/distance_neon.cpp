@@ -58,6 +58,23 @@ void ip_f32_4x4(const float* const q[4], const float* const r[4], size_t d, floa
     for (int j = 0; j < 4; ++j) out[i * 4 + j] = ip_f32(q[i], r[j], d);
 }
 
+float ip_f32_fixed(const float* a, const float* b, size_t d) {
+  float32x4_t l0 = vdupq_n_f32(0), l1 = vdupq_n_f32(0), l2 = vdupq_n_f32(0), l3 = vdupq_n_f32(0);
+  size_t i = 0;
+  for (; i + 16 <= d; i += 16) {
+    l0 = vfmaq_f32(l0, vld1q_f32(a + i), vld1q_f32(b + i));
+    l1 = vfmaq_f32(l1, vld1q_f32(a + i + 4), vld1q_f32(b + i + 4));
+    l2 = vfmaq_f32(l2, vld1q_f32(a + i + 8), vld1q_f32(b + i + 8));
+    l3 = vfmaq_f32(l3, vld1q_f32(a + i + 12), vld1q_f32(b + i + 12));
+  }
+  float acc[16];
+  vst1q_f32(acc, l0);
+  vst1q_f32(acc + 4, l1);
+  vst1q_f32(acc + 8, l2);
+  vst1q_f32(acc + 12, l3);
+  return fixed_lanes_finish(acc, a + i, b + i, d - i);
+}
+
 Kernels make_table() {
   Kernels k = *serial_kernels();
   k.level = SimdLevel::Neon;
@@ -67,6 +84,7 @@ Kernels make_table() {
   k.l2_f32_rows = l2_f32_rows;
   k.ip_f32_x4 = ip_f32_x4;
   k.ip_f32_4x4 = ip_f32_4x4;
+  k.ip_f32_fixed = ip_f32_fixed;
   return k;
 }
 

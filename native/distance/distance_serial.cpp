@@ -89,8 +89,16 @@ float sum_f32(const float* a, size_t n) {
   return (s0 + s1) + (s2 + s3);
 }
 
+float ip_f32_fixed(const float* a, const float* b, size_t d) {
+  float acc[16] = {0};
+  size_t i = 0;
+  for (; i + 16 <= d; i += 16)
+    for (size_t j = 0; j < 16; ++j) acc[j] = std::fma(a[i + j], b[i + j], acc[j]);
+  return fixed_lanes_finish(acc, a + i, b + i, d - i);
+}
+
 const Kernels kTable = {SimdLevel::Serial, l2_f32, ip_f32, cos_f32, l2_u8, ip_u8, l2_i8, ip_i8,
-                        l2_f32_rows, ip_f32_x4, ip_f32_4x4, sum_f32};
+                        l2_f32_rows, ip_f32_x4, ip_f32_4x4, sum_f32, ip_f32_fixed};
 
 }  // namespace
 

@@ -10,7 +10,7 @@ namespace qv {
 // on every host whatever its SIMD level: replicas on mixed hardware build identical indexes.
 void normalize_f32(const float* in, float* out, size_t d) {
   double n2 = 0.0;
-  for (size_t i = 0; i < d; ++i) n2 += static_cast<double>(in[i]) * static_cast<double>(in[i]);
+  for (size_t i = 0; i < d; ++i) n2 = std::fma(static_cast<double>(in[i]), static_cast<double>(in[i]), n2);
   const float inv = n2 > 0.0 ? static_cast<float>(1.0 / std::sqrt(n2)) : 0.0f;
   for (size_t i = 0; i < d; ++i) out[i] = in[i] * inv;
 }

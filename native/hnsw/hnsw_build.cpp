@@ -51,7 +51,7 @@ void HnswIndex::insert_round(const std::vector<uint32_t>& slots, const std::vect
 
   auto space_of = [this](uint32_t s) -> Space {
     if constexpr (std::is_same<Space, CodeSpace>::value) return CodeSpace{this, code(s)};
-    else return FloatSpace{this, vec(s), kernels().ip_f32};
+    else return FloatSpace{this, vec(s), kernels().ip_f32_fixed};  // same bits on every host
   };
 
   // a. Own links: candidates are the graph before the round (searched) plus the other points of
@@ -331,7 +331,7 @@ void HnswIndex::repair(const std::vector<char>& dead, int threads) {
     if (meta(s).state.load(std::memory_order_relaxed) == kLive) top = std::max<int>(top, meta(s).level);
   auto space_of = [this](uint32_t s) -> Space {
     if constexpr (std::is_same<Space, CodeSpace>::value) return CodeSpace{this, code(s)};
-    else return FloatSpace{this, vec(s), kernels().ip_f32};
+    else return FloatSpace{this, vec(s), kernels().ip_f32_fixed};  // same bits on every host
   };
   // The nodes to fix are found by a scan of every list, split in fixed ranges of slots over the
   // threads and joined in slot order, so the result does not depend on the thread count.

@@ -25,8 +25,8 @@
 // the round (in parallel), then reverse links are applied grouped by target node in batch order
 // (in parallel over targets). Ties are broken by slot. Slots are handed out lowest-free-first.
 // So the same batches in the same order give the same graph, codes and bytes whatever the
-// thread count; for l2 and cosine also whatever the SIMD level (the build reads only u8 code
-// distances and a fixed-order normalization); ip walks f32 and agrees per kernel level only.
+// thread count and whatever the SIMD level: the build reads only u8 code distances (l2, cosine),
+// a fixed-order normalization (cosine) and the fixed-lane dot product ip_f32_fixed (ip).
 //
 // Removal. remove() tombstones the slots (never returned from then on), then repairs every node
 // that links to them: its new list is its live links plus the live links of the removed

@@ -104,18 +104,21 @@ const T* typed(Napi::Env env, Napi::Value v, napi_typedarray_type type, size_t* 
 }
 
 // kernel(name, level, a, b): one kernel at one level, for tests. Synchronous (a and b are small).
-// Names: l2_f32 ip_f32 cos_f32 (Float32Array), l2_u8 ip_u8 (Uint8Array), l2_i8 ip_i8 (Int8Array).
+// Names: l2_f32 ip_f32 ip_f32_fixed cos_f32 (Float32Array), l2_u8 ip_u8 (Uint8Array), l2_i8 ip_i8 (Int8Array).
 Napi::Value KernelFn(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string name = info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
   const Kernels& K = level_arg(env, info[1]);
   size_t na = 0, nb = 0;
   double r = 0;
-  if (name == "l2_f32" || name == "ip_f32" || name == "cos_f32") {
+  if (name == "l2_f32" || name == "ip_f32" || name == "cos_f32" || name == "ip_f32_fixed") {
     const float* a = typed<float>(env, info[2], napi_float32_array, &na);
     const float* b = typed<float>(env, info[3], napi_float32_array, &nb);
     if (na != nb) throw_invalid(env, "a and b differ in length");
-    r = name == "l2_f32" ? K.l2_f32(a, b, na) : name == "ip_f32" ? K.ip_f32(a, b, na) : K.cos_f32(a, b, na);
+    r = name == "l2_f32"         ? K.l2_f32(a, b, na)
+        : name == "ip_f32"       ? K.ip_f32(a, b, na)
+        : name == "ip_f32_fixed" ? K.ip_f32_fixed(a, b, na)
+                                 : K.cos_f32(a, b, na);
   } else if (name == "l2_u8" || name == "ip_u8") {
     const uint8_t* a = typed<uint8_t>(env, info[2], napi_uint8_array, &na);
     const uint8_t* b = typed<uint8_t>(env, info[3], napi_uint8_array, &nb);
