@@ -5,7 +5,7 @@ const USAGE = `usage: quiver bench <name> [options]
   exact     FlatIndex on Fashion-MNIST: single-query and batch QPS on 1 and 2 threads, recall
   ann       HNSW (and --index ivfpq) against hnswlib-node and usearch: recall/QPS sweep, JSON + SVG
   server    the standalone server: upsert throughput, gRPC search latency, restart time
-  rpc       round-trip floor between two processes: raw TCP, HTTP/1.1 and grpc-js echo
+  rpc       round-trip floor between two processes: raw TCP, HTTP/1.1, bare HTTP/2 and grpc-js
 
 Each takes --help. Results go to bench/results/ (JSON, SVG) and to stdout.
 `;
