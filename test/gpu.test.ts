@@ -49,7 +49,7 @@ const NQ = 300;
 const K = 10;
 
 describe('GPU search', () => {
-  it.skipIf(!noGpu)('without a GPU, creating a GPU index is FAILED_PRECONDITION', async () => {
+  it.skipIf(!noGpu)(`without a GPU, creating a GPU index is FAILED_PRECONDITION${noGpu ? '' : ' [skipped: a GPU is present]'}`, async () => {
     expect(await code(GpuFlatIndex.create(4, 'l2', new Float32Array(8)))).toBe('FAILED_PRECONDITION');
   });
 

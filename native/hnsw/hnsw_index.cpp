@@ -179,11 +179,7 @@ void HnswIndex::search_one(const Space& sp, hnsw::SearchContext& ctx, const floa
   const size_t take = std::min<size_t>(res.size(), exact_codes ? k : std::max<size_t>(2 * size_t{k}, kRerankMin));
   if (use_codes()) {
     // The f32 rows are cold: request them all before the first distance.
-    const size_t row = static_cast<size_t>(dim_) * sizeof(float);
-    for (size_t i = 0; i < take; ++i) {
-      const char* v = reinterpret_cast<const char*>(vec(res[i].second));
-      for (size_t off = 0; off < row; off += 64) QV_PREFETCH(v + off);
-    }
+    for (size_t i = 0; i < take; ++i) hnsw::prefetch_lines(vec(res[i].second), static_cast<size_t>(dim_) * sizeof(float));
   }
   for (size_t i = 0; i < take; ++i) {
     const uint32_t s = res[i].second;

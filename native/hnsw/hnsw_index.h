@@ -50,7 +50,15 @@ namespace qv {
 
 namespace hnsw {
 struct SearchContext;
+
+// Requests every 64-byte line of [p, p + bytes) into L1 (prefetcht0 on x86).
+inline void prefetch_lines(const void* p, size_t bytes) {
+  if (bytes == 0) return;
+  const uintptr_t end = reinterpret_cast<uintptr_t>(p) + bytes;
+  for (uintptr_t a = reinterpret_cast<uintptr_t>(p) & ~uintptr_t{63}; a < end; a += 64)
+    __builtin_prefetch(reinterpret_cast<const void*>(a));
 }
+}  // namespace hnsw
 
 class HnswIndex final : public Index {
  public:
@@ -157,12 +165,7 @@ class HnswIndex final : public Index {
     if (u == nullptr || static_cast<uint32_t>(l) > u[0]) return empty_links();
     return u + 1 + static_cast<size_t>(l - 1) * (m_ + 1);
   }
-  void prefetch_links0(uint32_t s) const {
-    const char* p = block(s) + links_off_;
-    const char* end = p + 4 + 4 * static_cast<size_t>(m0_);
-    for (uintptr_t a = reinterpret_cast<uintptr_t>(p) & ~uintptr_t{63}; a < reinterpret_cast<uintptr_t>(end); a += 64)
-      __builtin_prefetch(reinterpret_cast<const char*>(a));
-  }
+  void prefetch_links0(uint32_t s) const { hnsw::prefetch_lines(block(s) + links_off_, 4 + 4 * static_cast<size_t>(m0_)); }
   static uint32_t* empty_links() {
     static uint32_t zero[1] = {0};
     return zero;

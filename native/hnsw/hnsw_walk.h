@@ -11,13 +11,6 @@
 #include "distance/distance.h"
 #include "hnsw/hnsw_index.h"
 
-#if defined(__x86_64__) || defined(_M_X64)
-#include <xmmintrin.h>
-#define QV_PREFETCH(p) _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0)
-#else
-#define QV_PREFETCH(p) __builtin_prefetch(p)
-#endif
-
 namespace qv {
 namespace hnsw {
 
@@ -85,8 +78,7 @@ struct HnswIndex::CodeSpace {
   D pair(uint32_t a, uint32_t b) const { return ix->l2u8_(ix->code(a), ix->code(b), ix->dim_); }
   // The code lines only: the links are read when (if) the node is expanded.
   void prefetch(uint32_t s) const {
-    const char* p = ix->block(s);
-    for (size_t off = 0; off < ix->code_bytes_; off += 64) QV_PREFETCH(p + off);
+    hnsw::prefetch_lines(ix->block(s), ix->code_bytes_);
   }
 };
 
@@ -99,8 +91,7 @@ struct HnswIndex::FloatSpace {
   D dist(uint32_t s) const { return 1.0f - ip(q, ix->vec(s), ix->dim_); }
   D pair(uint32_t a, uint32_t b) const { return 1.0f - ip(ix->vec(a), ix->vec(b), ix->dim_); }
   void prefetch(uint32_t s) const {
-    const char* p = reinterpret_cast<const char*>(ix->vec(s));
-    for (size_t off = 0; off < ix->dim_ * sizeof(float); off += 64) QV_PREFETCH(p + off);
+    hnsw::prefetch_lines(ix->vec(s), ix->dim_ * sizeof(float));
   }
 };
 

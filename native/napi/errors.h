@@ -3,6 +3,8 @@
 #pragma once
 #include <napi.h>
 
+#include <utility>
+
 #include "common/status.h"
 
 namespace qv {
@@ -14,6 +16,19 @@ Napi::Value make_error(Napi::Env env, const Status& st);
 [[noreturn]] void throw_status(Napi::Env env, const Status& st);
 inline void throw_invalid(Napi::Env env, const std::string& message) {
   throw_status(env, invalid_argument(message));
+}
+
+// What a finished task settles its promise with: {true, resolve()} to resolve, or {false, error}
+// to reject, where the error is st as a QuiverError, or the Napi::Error that resolve() threw.
+// Shared by PromiseWorker and the search lane.
+template <typename Resolve>
+std::pair<bool, Napi::Value> outcome(Napi::Env env, const Status& st, Resolve&& resolve) {
+  if (!st.is_ok()) return {false, make_error(env, st)};
+  try {
+    return {true, resolve()};
+  } catch (const Napi::Error& e) {
+    return {false, e.Value()};
+  }
 }
 
 // Promise-returning worker: Run() happens off the event loop and touches no JS value;
@@ -32,15 +47,9 @@ class PromiseWorker : public Napi::AsyncWorker {
   void OnOK() override {
     Napi::Env env = Env();
     Napi::HandleScope scope(env);
-    if (!status_.is_ok()) {
-      deferred_.Reject(make_error(env, status_));
-      return;
-    }
-    try {
-      deferred_.Resolve(Resolve(env));
-    } catch (const Napi::Error& e) {
-      deferred_.Reject(e.Value());
-    }
+    auto [ok, value] = outcome(env, status_, [&] { return Resolve(env); });
+    if (ok) deferred_.Resolve(value);
+    else deferred_.Reject(value);
   }
   void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
 

@@ -149,15 +149,9 @@ class Lane {
       if (env == nullptr) continue;  // shutting down
       Napi::Env e(env);
       Napi::HandleScope scope(e);
-      if (!p->status.is_ok()) {
-        napi_reject_deferred(env, p->deferred, make_error(e, p->status));
-      } else {
-        try {
-          napi_resolve_deferred(env, p->deferred, p->task->resolve(e));
-        } catch (const Napi::Error& err) {
-          napi_reject_deferred(env, p->deferred, err.Value());
-        }
-      }
+      auto [ok, value] = outcome(e, p->status, [&] { return p->task->resolve(e); });
+      if (ok) napi_resolve_deferred(env, p->deferred, value);
+      else napi_reject_deferred(env, p->deferred, value);
       if (--self->in_flight_ == 0) napi_unref_threadsafe_function(env, self->tsfn_);
     }
   }
