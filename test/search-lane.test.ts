@@ -2,8 +2,11 @@
  * The search lane (native/napi/search_lane.cpp): small searches run on one hot thread instead of
  * the libuv pool. Results must be the same as the pool's, whatever the concurrency; errors keep
  * their codes; a lane left idle must not keep the process alive; QUIVER_SEARCH_LANE=0 turns it off.
+ * Where the process may use two CPUs, the event loop polls for the lane's answers (no wake-up);
+ * QUIVER_SEARCH_POLL=0 turns that off, and the answers are the same either way.
  */
 import { spawnSync } from 'child_process';
+import * as os from 'os';
 import * as path from 'path';
 import { describe, expect, it } from 'vitest';
 import { FlatIndex, HnswIndex, searchLaneStats } from '../src/native';
@@ -36,10 +39,67 @@ describe('search lane', () => {
       expect(Array.from(one.labels)).toEqual(Array.from(batch.labels.subarray(i * K, (i + 1) * K)));
       expect(Array.from(one.distances)).toEqual(Array.from(batch.distances.subarray(i * K, (i + 1) * K)));
     }
-    // Awaited one after another, every query found the lane idle.
+    // Awaited one after another, every query found the lane idle, and (nothing else of ours on
+    // the pool) the loop polled for every answer where it has a second CPU.
     const after = searchLaneStats();
     expect(after.laneTasks - before.laneTasks).toBe(NQ);
     expect(after.poolTasks - before.poolTasks).toBe(0);
+    expect(after.poll).toBe(os.availableParallelism() >= 2);
+    expect(after.polledTasks - before.polledTasks).toBe(after.poll ? NQ : 0);
+  });
+
+  it('while the loop polls for a long lane search, timers and I/O still run', async () => {
+    // One query over 400k x 16 floats: milliseconds on the lane, and the loop must not stall.
+    const n = 400_000;
+    const flat = new FlatIndex({ dim: 16, metric: 'l2' });
+    await flat.add(seq(n), randomVectors(n, 16, 11));
+    const q = randomVectors(1, 16, 12);
+    const want = await flat.search(q, K, { threads: 1 });
+    let ticks = 0;
+    const stops0 = searchLaneStats().pollStops;
+    const timer = setInterval(() => ticks++, 0);
+    const fsp = await import('fs/promises');
+    let read = false;
+    const t0 = process.hrtime.bigint();
+    const [r] = await Promise.all([
+      flat.search(q, K),
+      fsp.readFile(__filename).then(() => (read = true)),
+    ]);
+    const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+    clearInterval(timer);
+    expect(Array.from(r.labels)).toEqual(Array.from(want.labels));
+    expect(read).toBe(true);
+    // A 0 ms interval fires about once a millisecond; a stalled loop would fire it once at most.
+    expect(ms).toBeGreaterThan(2);
+    expect(ticks).toBeGreaterThanOrEqual(2);
+    // It outlived the 1 ms poll: the loop gave up polling and the wake-up delivered it.
+    if (os.availableParallelism() >= 2) expect(searchLaneStats().pollStops - stops0).toBe(1);
+  });
+
+  it('answers are delivered once each when polling gives up mid-search (QUIVER_SEARCH_POLL_US=1)', () => {
+    // With a 1 us bound nearly every task outlives the poll: the loop lowers its flag while the
+    // lane finishes, and the answer must still arrive exactly once (no hang, no double settle).
+    const body = `
+      const q = Float32Array.from({ length: 4 * 64 }, (_, i) => (i * 7919) % 13);
+      let n = 0;
+      for (let round = 0; round < 400; round++) {
+        const r = await ix.search(q.subarray((round % 64) * 4, (round % 64) * 4 + 4), 1);
+        if (r.labels.length === 1) n++;
+        if (round % 50 === 0) await Promise.all([ix.search(q.subarray(0, 4), 1), ix.search(q.subarray(4, 8), 1)]).then(() => n += 0);
+      }
+      if (n !== 400) throw new Error('answers: ' + n);`;
+    const r = spawnSync(process.execPath, ['-e', script(body)], {
+      timeout: 30_000,
+      encoding: 'utf8',
+      env: { ...process.env, QUIVER_SEARCH_POLL_US: '1' },
+    });
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    const [label, stats] = r.stdout.split(' ');
+    expect(label).toBe('1');
+    const st = JSON.parse(stats);
+    expect(st.laneTasks + st.poolTasks).toBe(1 + 400 + 8 * 2);
+    if (os.availableParallelism() >= 2) expect(st.pollStops).toBeGreaterThan(0);
   });
 
   it('many concurrent small searches (lane busy, the rest on the pool) all answer correctly', async () => {
@@ -111,6 +171,28 @@ describe('search lane', () => {
     const [label, stats] = r.stdout.split(' ');
     expect(label).toBe('1');
     expect(JSON.parse(stats)).toMatchObject({ enabled: true, laneTasks: 1, poolTasks: 0 });
+  });
+
+  it('QUIVER_SEARCH_POLL=0 answers through the wake-up, same answer, and exits on its own', () => {
+    const r = spawnSync(process.execPath, ['-e', script('')], {
+      timeout: 20_000,
+      encoding: 'utf8',
+      env: { ...process.env, QUIVER_SEARCH_POLL: '0' },
+    });
+    expect(r.status).toBe(0);
+    const [label, stats] = r.stdout.split(' ');
+    expect(label).toBe('1');
+    expect(JSON.parse(stats)).toMatchObject({ enabled: true, poll: false, laneTasks: 1, polledTasks: 0 });
+  });
+
+  // taskset (util-linux) is on every Debian system; where it is missing the test says so and skips.
+  const hasTaskset = spawnSync('taskset', ['--version']).error === undefined;
+  it.skipIf(!hasTaskset)(`a process confined to one CPU does not poll (the loop would take the lane its core)${hasTaskset ? '' : ' [skipped: no taskset]'}`, () => {
+    const r = spawnSync('taskset', ['-c', '0', process.execPath, '-e', script('')], { timeout: 20_000, encoding: 'utf8' });
+    expect(r.status).toBe(0);
+    const [label, stats] = r.stdout.split(' ');
+    expect(label).toBe('1');
+    expect(JSON.parse(stats)).toMatchObject({ enabled: true, poll: false, laneTasks: 1, polledTasks: 0 });
   });
 
   it('QUIVER_SEARCH_LANE=0 runs every search on the pool, same answer', () => {

@@ -3,6 +3,7 @@
 #pragma once
 #include <napi.h>
 
+#include <atomic>
 #include <utility>
 
 #include "common/status.h"
@@ -31,11 +32,21 @@ std::pair<bool, Napi::Value> outcome(Napi::Env env, const Status& st, Resolve&& 
   }
 }
 
+// pool_work_in_flight() counts the workers queued or running (the search lane polls for its answer
+// only while none is, so that it never takes a core from them).
+inline std::atomic<long>& pool_work_in_flight() {
+  static std::atomic<long> n{0};
+  return n;
+}
+
 // Promise-returning worker: Run() happens off the event loop and touches no JS value;
 // Resolve() builds the result on the loop. A non-ok status rejects with a QuiverError.
 class PromiseWorker : public Napi::AsyncWorker {
  public:
-  explicit PromiseWorker(Napi::Env env) : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)) {}
+  explicit PromiseWorker(Napi::Env env) : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)) {
+    pool_work_in_flight().fetch_add(1, std::memory_order_relaxed);
+  }
+  ~PromiseWorker() override { pool_work_in_flight().fetch_sub(1, std::memory_order_relaxed); }
   Napi::Promise promise() { return deferred_.Promise(); }
 
  protected:

@@ -11,6 +11,9 @@
 #include <string>
 #include <thread>
 
+#include <sched.h>
+#include <uv.h>
+
 #include "napi/errors.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -39,7 +42,15 @@ class Lane;
 std::atomic<Lane*> the_lane{nullptr};
 std::mutex lane_create_mu;
 std::atomic<bool> lane_failed{false};
-std::atomic<uint64_t> lane_tasks{0}, pool_tasks{0};
+std::atomic<uint64_t> lane_tasks{0}, pool_tasks{0}, polled_tasks{0}, poll_stops{0};
+
+// CPUs this process may run on: polling needs one for the loop and one for the lane.
+int usable_cpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) != 0) return 1;
+  return CPU_COUNT(&set);
+}
 
 struct Pending {
   std::unique_ptr<LaneTask> task;
@@ -50,7 +61,8 @@ struct Pending {
 
 class Lane {
  public:
-  Lane(napi_env env, long spin_us) : env_(env), spin_(std::chrono::microseconds(spin_us)) {}
+  Lane(napi_env env, long spin_us, bool poll, long poll_us)
+      : env_(env), spin_(std::chrono::microseconds(spin_us)), poll_(poll), poll_max_(std::chrono::microseconds(poll_us)) {}
 
   bool start() {
     napi_value name;
@@ -59,6 +71,18 @@ class Lane {
                                         &tsfn_) != napi_ok)
       return false;
     napi_unref_threadsafe_function(env_, tsfn_);  // an idle lane does not keep the process alive
+    if (poll_) {
+      // The idle handle that polls for answers, and the async context its callback scope needs
+      // (so that the awaiting code's microtasks run when the promise settles, as they do after a
+      // thread-safe function's call). Without them the lane answers through the function only.
+      uv_loop_t* loop = nullptr;
+      napi_value res, rname;
+      poll_ = napi_get_uv_event_loop(env_, &loop) == napi_ok && napi_create_object(env_, &res) == napi_ok &&
+              napi_create_reference(env_, res, 1, &resource_) == napi_ok &&
+              napi_create_string_utf8(env_, "quiver-search-lane", NAPI_AUTO_LENGTH, &rname) == napi_ok &&
+              napi_async_init(env_, res, rname, &actx_) == napi_ok && uv_idle_init(loop, &idle_) == 0;
+      idle_.data = this;
+    }
     thread_ = std::thread([this] { loop(); });
     napi_add_env_cleanup_hook(env_, &Lane::cleanup, this);
     return true;
@@ -78,6 +102,18 @@ class Lane {
     *promise = js_promise;
     auto* p = new Pending{std::move(task), deferred, Status::ok(), std::chrono::steady_clock::now()};
     if (in_flight_++ == 0) napi_ref_threadsafe_function(env_, tsfn_);
+    // Poll for the answer when nothing else of ours runs on the pool (the loop's core would be
+    // taken from that work). Decided per task before the lane can see it; the lane reads it once
+    // the task is done, and the handle stays on until every task is delivered.
+    if (poll_ && !idle_on_ && pool_work_in_flight().load(std::memory_order_relaxed) == 0) {
+      polling_.store(true, std::memory_order_seq_cst);
+      uv_idle_start(&idle_, &Lane::on_idle);
+      idle_on_ = true;
+    }
+    if (idle_on_) {
+      poll_since_ = p->submitted;
+      polled_tasks.fetch_add(1, std::memory_order_relaxed);
+    }
     slot_.store(p, std::memory_order_seq_cst);
     if (sleeping_.load(std::memory_order_seq_cst)) {
       std::lock_guard<std::mutex> g(mu_);
@@ -132,7 +168,15 @@ class Lane {
       last_end_ = std::chrono::steady_clock::now();
       have_end_ = true;
       busy_.store(false, std::memory_order_release);
-      napi_call_threadsafe_function(tsfn_, nullptr, napi_tsfn_nonblocking);
+      // For a polling loop, raise the flag; if the loop gave up polling meanwhile (it then takes
+      // what the flag announced itself, or finds it lowered), the function call makes sure the
+      // answer is delivered. A delivery that finds nothing done is harmless.
+      bool wake = true;
+      if (polling_.load(std::memory_order_seq_cst)) {
+        ready_.store(true, std::memory_order_seq_cst);
+        wake = !polling_.load(std::memory_order_seq_cst);
+      }
+      if (wake) napi_call_threadsafe_function(tsfn_, nullptr, napi_tsfn_nonblocking);
     }
   }
 
@@ -156,8 +200,48 @@ class Lane {
     }
   }
 
+  // On the event loop, once per loop iteration while tasks are out in poll mode: an active idle
+  // handle makes the loop poll for I/O without sleeping, so timers and I/O still run; an answer
+  // is settled here without the lane's uv_async_send (an eventfd write) and the loop's wake-up.
+  //
+  // Polling stops when every task is delivered, and also when a task has been out for
+  // QUIVER_SEARCH_POLL_US (default 1,000) or work of ours is queued on the pool meanwhile: the
+  // loop then sleeps and the lane's thread-safe function call wakes it, as without polling.
+  static void on_idle(uv_idle_t* h) {
+    auto* self = static_cast<Lane*>(h->data);
+    bool stop = false;
+    if (!self->ready_.load(std::memory_order_seq_cst) && self->in_flight_ > 0 &&
+        (pool_work_in_flight().load(std::memory_order_relaxed) > 0 ||
+         std::chrono::steady_clock::now() - self->poll_since_ > self->poll_max_)) {
+      self->polling_.store(false, std::memory_order_seq_cst);
+      poll_stops.fetch_add(1, std::memory_order_relaxed);
+      stop = true;
+    }
+    if (self->ready_.exchange(false, std::memory_order_seq_cst)) {
+      napi_env env = self->env_;
+      napi_handle_scope hs;
+      napi_open_handle_scope(env, &hs);
+      napi_value res;
+      napi_get_reference_value(env, self->resource_, &res);
+      napi_callback_scope cs;
+      napi_open_callback_scope(env, res, self->actx_, &cs);
+      deliver(env, nullptr, self, nullptr);
+      napi_close_callback_scope(env, cs);
+      napi_close_handle_scope(env, hs);
+    }
+    if ((stop || self->in_flight_ == 0) && self->idle_on_) {
+      uv_idle_stop(&self->idle_);
+      self->idle_on_ = false;
+      self->polling_.store(false, std::memory_order_seq_cst);
+    }
+  }
+
   static void cleanup(void* arg) {
     auto* self = static_cast<Lane*>(arg);
+    if (self->poll_) {
+      uv_idle_stop(&self->idle_);
+      uv_close(reinterpret_cast<uv_handle_t*>(&self->idle_), nullptr);
+    }
     self->stop_.store(true);
     {
       std::lock_guard<std::mutex> g(self->mu_);
@@ -183,6 +267,15 @@ class Lane {
   std::mutex done_mu_;
   std::deque<Pending*> done_;
   long in_flight_ = 0;  // event loop only
+  bool poll_;  // fixed once start() returns
+  const std::chrono::microseconds poll_max_;
+  std::chrono::steady_clock::time_point poll_since_{};  // event loop only: the polled task's submission
+  uv_idle_t idle_{};
+  bool idle_on_ = false;
+  napi_ref resource_ = nullptr;
+  napi_async_context actx_ = nullptr;
+  std::atomic<bool> polling_{false};  // set by the loop while its idle handle polls
+  std::atomic<bool> ready_{false};    // set by the lane: done_ holds answers for the poller
   // Lane thread only: end of the last task, and the running average of the gap to the next one.
   std::chrono::steady_clock::time_point last_end_{};
   bool have_end_ = false;
@@ -190,6 +283,8 @@ class Lane {
 };
 
 long spin_micros() { return env_long("QUIVER_SEARCH_SPIN_US", 100); }
+bool poll_enabled() { return env_long("QUIVER_SEARCH_POLL", 1) != 0 && usable_cpus() >= 2; }
+long poll_micros() { return env_long("QUIVER_SEARCH_POLL_US", 1000); }
 
 }  // namespace
 
@@ -204,7 +299,7 @@ bool lane_try_run(Napi::Env env, std::unique_ptr<LaneTask>& task, napi_value* pr
         lane_failed.store(true);
         return false;
       }
-      lane = new Lane(env, spin_micros());
+      lane = new Lane(env, spin_micros(), poll_enabled(), poll_micros());
       if (!lane->start()) {
         delete lane;
         lane_failed.store(true);
@@ -228,6 +323,9 @@ Napi::Value lane_stats(const Napi::CallbackInfo& info) {
   o.Set("spinMicros", Napi::Number::New(env, static_cast<double>(spin_micros())));
   o.Set("laneTasks", Napi::Number::New(env, static_cast<double>(lane_tasks.load())));
   o.Set("poolTasks", Napi::Number::New(env, static_cast<double>(pool_tasks.load())));
+  o.Set("poll", Napi::Boolean::New(env, poll_enabled()));
+  o.Set("polledTasks", Napi::Number::New(env, static_cast<double>(polled_tasks.load())));
+  o.Set("pollStops", Napi::Number::New(env, static_cast<double>(poll_stops.load())));
   return o;
 }
 

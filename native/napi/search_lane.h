@@ -6,8 +6,12 @@
 // the virtual machines measured here that costs 30-50 us per call, as much as the search itself
 // for small vectors. The lane keeps one thread hot: after each task it spins for a short while
 // (QUIVER_SEARCH_SPIN_US, default 100 us) watching a one-task slot, so a caller that awaits one
-// search after another hands work over without a system call. The answer still comes back
-// through a thread-safe function (uv_async_send), and the event loop never waits on the search.
+// search after another hands work over without a system call. The event loop never waits on the
+// search: while a task is out it keeps polling (an active idle handle; it still runs timers and
+// I/O) and settles the promise once the lane raises a flag, which saves the lane's uv_async_send
+// and the loop's wake-up. Polling is bounded (QUIVER_SEARCH_POLL_US, default 1 ms per task), never
+// runs while addon work is queued on the pool or with one usable CPU, and QUIVER_SEARCH_POLL=0
+// turns it off; the answer then comes back through a thread-safe function (uv_async_send).
 //
 // The lane takes a task only when it is idle; a busy lane (concurrent searches) leaves the task
 // to the caller's AsyncWorker, so concurrent load still spreads over the thread pool.

@@ -17,6 +17,18 @@ export interface SearchLaneStats {
   laneTasks: number;
   /** Small searches that went to the thread pool because the lane was busy (or off). */
   poolTasks: number;
+  /**
+   * Whether the event loop polls for lane answers (QUIVER_SEARCH_POLL, default on; off where the
+   * process may use only one CPU).
+   */
+  poll: boolean;
+  /** Lane searches whose answer the event loop polled for instead of being woken. */
+  polledTasks: number;
+  /**
+   * Polls that gave up before the answer came (past QUIVER_SEARCH_POLL_US, or addon work queued on
+   * the pool meanwhile); those answers came through the wake-up.
+   */
+  pollStops: number;
 }
 
 /* eslint-disable @typescript-eslint/no-explicit-any */

@@ -75,20 +75,19 @@ export abstract class VectorIndex {
   /** @internal */
   protected readonly native: any; // eslint-disable-line @typescript-eslint/no-explicit-any
 
+  /** Fixed at creation; read once here, so that a call does not cross into the addon for them. */
+  readonly kind: IndexKind;
+  readonly dim: number;
+  readonly metric: Metric;
+
   /** @internal */
   protected constructor(native: unknown) {
     this.native = native;
+    this.kind = this.native.kind as IndexKind;
+    this.dim = this.native.dim as number;
+    this.metric = this.native.metric as Metric;
   }
 
-  get kind(): IndexKind {
-    return this.native.kind as IndexKind;
-  }
-  get dim(): number {
-    return this.native.dim as number;
-  }
-  get metric(): Metric {
-    return this.native.metric as Metric;
-  }
   /** Live points (removed ones excluded). */
   get size(): number {
     return this.native.size as number;
@@ -119,21 +118,28 @@ export abstract class VectorIndex {
   }
 
   /** k-NN for q queries (Float32Array(q*dim)): labels and distances of q*k, nearest first. */
-  async search(queries: Float32Array, k: number, opts: SearchOptions = {}): Promise<SearchResult> {
-    requireF32(queries, 'queries');
-    requireInt(k, 'k', 1, topKMax);
-    if (queries.length === 0 || queries.length % this.dim !== 0) {
-      throw new QuiverError(
-        'INVALID_ARGUMENT',
-        `queries has ${queries.length} floats, not a positive multiple of dimension ${this.dim}`,
-      );
+  search(queries: Float32Array, k: number, opts: SearchOptions = {}): Promise<SearchResult> {
+    // Not an async function: the addon's promise is handed back as is (an async wrapper costs
+    // a promise and several microtask turns per call, ~10% of a one-query HNSW search). A bad
+    // argument still rejects, as it would from an async function.
+    try {
+      requireF32(queries, 'queries');
+      requireInt(k, 'k', 1, topKMax);
+      if (queries.length === 0 || queries.length % this.dim !== 0) {
+        throw new QuiverError(
+          'INVALID_ARGUMENT',
+          `queries has ${queries.length} floats, not a positive multiple of dimension ${this.dim}`,
+        );
+      }
+      const filter = opts.filter === undefined ? null : requireU32(opts.filter, 'filter');
+      const ef = optInt(opts.ef, 'ef', 1, 65536);
+      const nprobe = optInt(opts.nprobe, 'nprobe', 1, 1 << 20);
+      const refine = opts.refine === undefined ? -1 : requireInt(opts.refine, 'refine', 0, 1024);
+      const threads = optInt(opts.threads, 'threads', 1, 1024);
+      return this.native.search(queries, k, ef, nprobe, refine, threads, filter) as Promise<SearchResult>;
+    } catch (e) {
+      return Promise.reject(e);
     }
-    const filter = opts.filter === undefined ? null : requireU32(opts.filter, 'filter');
-    const ef = optInt(opts.ef, 'ef', 1, 65536);
-    const nprobe = optInt(opts.nprobe, 'nprobe', 1, 1 << 20);
-    const refine = opts.refine === undefined ? -1 : requireInt(opts.refine, 'refine', 0, 1024);
-    const threads = optInt(opts.threads, 'threads', 1, 1024);
-    return (await this.native.search(queries, k, ef, nprobe, refine, threads, filter)) as SearchResult;
   }
 
   /** Stored vectors of the given labels, row-major; NOT_FOUND if one is absent. */
