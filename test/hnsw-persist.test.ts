@@ -10,6 +10,7 @@ import { describe, expect, it } from 'vitest';
 import { HnswIndex, Metric, deserializeIndex } from '../src/native';
 import { QuiverError } from '../src/errors';
 import { clustered, labelsFrom } from './hnsw-helpers';
+import { rng } from './helpers';
 
 const DIM = 16;
 
@@ -144,5 +145,48 @@ describe('HnswIndex persistence', () => {
     await expectDataLoss(resealed(longer));
     // The same body with a valid checksum is still accepted (the checks above are not spurious).
     expect((await HnswIndex.deserialize(resealed(Buffer.from(bytes)))).size).toBe(300);
+  });
+});
+
+describe('quantizer refits (batches that widen the range)', () => {
+  // A later batch outside the fitted range re-encodes only what changed: every code when the step
+  // changed, the dimensions whose low end moved otherwise, nothing when only a narrow dimension's
+  // high end grew. deserialize() encodes every code afresh from the final range, so an index whose
+  // codes were kept up to date batch by batch must answer every query exactly as its copy does.
+  async function sameAnswers(batches: Float32Array[], dim: number, metric: Metric): Promise<void> {
+    const a = new HnswIndex({ dim, metric, m: 8, efConstruction: 40, seed: 5 });
+    let next = 0;
+    for (const b of batches) {
+      const n = b.length / dim;
+      await a.add(labelsFrom(next, n), b);
+      next += n;
+    }
+    const b = await HnswIndex.deserialize(await a.serialize());
+    const q = clustered(200, dim, 77);
+    for (const ef of [10, 40]) {
+      const ra = await a.search(q, 5, { ef });
+      const rb = await b.search(q, 5, { ef });
+      expect(Array.from(ra.labels)).toEqual(Array.from(rb.labels));
+      expect(Array.from(ra.distances)).toEqual(Array.from(rb.distances));
+    }
+  }
+
+  it('float data whose scale and offset grow batch by batch (step and low ends change)', async () => {
+    const dim = 12;
+    const batches = [0, 1, 2, 3].map((i) => clustered(600, dim, 90 + i).map((x, j) => x * (1 + 0.4 * i) + (j % dim === i ? -3 * i : 0)));
+    await sameAnswers(batches, dim, 'l2');
+  });
+
+  it('0..255 integers where later batches raise narrow dimensions or lower one (partial re-encodes)', async () => {
+    const dim = 10;
+    const r = rng(31);
+    const batch = (n: number, f: (d: number) => number) => Float32Array.from({ length: n * dim }, (_, i) => f(i % dim));
+    // Dimension 0 spans 0..255 from the start (the step stays 1); the others start narrow.
+    const first = batch(500, (d) => (d === 0 ? Math.floor(r() * 256) : Math.floor(r() * 40)));
+    first[0] = 0;
+    first[dim] = 255;
+    const raised = batch(500, (d) => (d === 0 ? Math.floor(r() * 256) : Math.floor(r() * (d < 5 ? 200 : 40))));
+    const lowered = batch(500, (d) => (d === 7 ? Math.floor(r() * 40) - 20 : Math.floor(r() * 40)));
+    await sameAnswers([first, raised, lowered], dim, 'l2');
   });
 });

@@ -31,14 +31,25 @@
 
 namespace qv {
 
-void HnswIndex::reencode_all() {
+// After a refit: re-encodes what it says changed, over the live slots, in parallel. Every code
+// is recomputed from its f32 vector, so the result does not depend on the thread count.
+// lossless_ (every stored code decodes exactly) is recomputed when every code is; after a
+// partial re-encode it can only stay or turn false (codes of the other dimensions are unchanged).
+void HnswIndex::reencode(const hnsw::ScalarQuantizer::Refit& r, int threads) {
+  if (!r.all && r.dims.empty()) return;
   const uint32_t n = n_slots_.load(std::memory_order_relaxed);
-  bool lossless = true;
-  for (uint32_t s = 0; s < n; ++s) {
-    if (meta(s).state.load(std::memory_order_relaxed) != kLive) continue;
-    lossless = sq_.encode(vec(s), code(s)) && lossless;
-  }
-  lossless_.store(lossless, std::memory_order_release);
+  std::atomic<bool> lossless{true};
+  parallel_for(n, threads, 1024, [&](size_t b, size_t e, int) {
+    bool ok = true;
+    for (size_t s = b; s < e; ++s) {
+      if (meta(static_cast<uint32_t>(s)).state.load(std::memory_order_relaxed) != kLive) continue;
+      const uint32_t slot = static_cast<uint32_t>(s);
+      ok = (r.all ? sq_.encode(vec(slot), code(slot)) : sq_.encode_dims(vec(slot), code(slot), r.dims)) && ok;
+    }
+    if (!ok) lossless.store(false);
+  });
+  if (r.all) lossless_.store(lossless.load(), std::memory_order_release);
+  else if (!lossless.load()) lossless_.store(false, std::memory_order_release);
 }
 
 template <typename Space>
@@ -203,7 +214,7 @@ Status HnswIndex::add(const uint32_t* labels, const float* vectors, size_t n, in
     });
     v = normed.data();
   }
-  if (use_codes() && sq_.fit(v, n, dim_)) reencode_all();
+  if (use_codes()) reencode(sq_.fit(v, n, dim_), threads);
 
   // 3. Slots, levels, vectors, codes.
   std::vector<uint32_t> slots(n);

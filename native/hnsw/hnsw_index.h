@@ -182,7 +182,7 @@ class HnswIndex final : public Index {
   }
 
   bool use_codes() const { return metric_ != Metric::IP; }
-  void reencode_all();
+  void reencode(const hnsw::ScalarQuantizer::Refit& r, int threads);
   void remove_slots(std::vector<uint32_t> slots, int threads);  // tombstone + repair + free
 
   hnsw::SearchContext* acquire_context() const;

@@ -15,8 +15,9 @@ void ScalarQuantizer::set_step() {
   inv_step_ = 1.0f / step_;
 }
 
-bool ScalarQuantizer::fit(const float* v, size_t n, uint32_t dim) {
-  if (n == 0) return false;
+ScalarQuantizer::Refit ScalarQuantizer::fit(const float* v, size_t n, uint32_t dim) {
+  Refit out;
+  if (n == 0) return out;
   std::vector<float> mn(v, v + dim), mx(v, v + dim);
   for (size_t i = 1; i < n; ++i) {
     const float* x = v + i * dim;
@@ -30,31 +31,41 @@ bool ScalarQuantizer::fit(const float* v, size_t n, uint32_t dim) {
     hi_ = std::move(mx);
     trained_ = true;
     set_step();
-    return true;
+    out.all = true;
+    return out;
   }
   bool grew = false;
   for (uint32_t d = 0; d < dim; ++d) grew = grew || mn[d] < lo_[d] || mx[d] > hi_[d];
-  if (!grew) return false;
+  if (!grew) return out;
   float width = 0.0f;
   for (uint32_t d = 0; d < dim; ++d) width = std::max(width, std::max(hi_[d], mx[d]) - std::min(lo_[d], mn[d]));
   const float margin = width / 8.0f;
   for (uint32_t d = 0; d < dim; ++d) {
-    if (mn[d] < lo_[d]) lo_[d] = mn[d] - margin;
+    if (mn[d] < lo_[d]) {
+      lo_[d] = mn[d] - margin;
+      out.dims.push_back(d);
+    }
     if (mx[d] > hi_[d]) hi_[d] = mx[d] + margin;
   }
+  const float old_step = step_;
   set_step();
-  return true;
+  if (step_ != old_step) {
+    out.all = true;
+    out.dims.clear();
+  }
+  return out;
 }
 
 bool ScalarQuantizer::encode(const float* v, uint8_t* code) const {
   bool exact = true;
   const size_t dim = lo_.size();
-  for (size_t d = 0; d < dim; ++d) {
-    float t = std::nearbyint((v[d] - lo_[d]) * inv_step_);
-    t = std::min(255.0f, std::max(0.0f, t));
-    code[d] = static_cast<uint8_t>(t);
-    exact = exact && (lo_[d] + t * step_ == v[d]);
-  }
+  for (size_t d = 0; d < dim; ++d) exact = encode_one(v[d], d, code + d) && exact;
+  return exact;
+}
+
+bool ScalarQuantizer::encode_dims(const float* v, uint8_t* code, const std::vector<uint32_t>& dims) const {
+  bool exact = true;
+  for (uint32_t d : dims) exact = encode_one(v[d], d, code + d) && exact;
   return exact;
 }
 

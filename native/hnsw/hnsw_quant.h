@@ -10,9 +10,14 @@
 //
 // The range is fitted to the data: the first batch sets it; a later batch that falls outside
 // it widens it (with a margin of 1/8 of the widest dimension on each side so that slow drift
-// does not re-fit every time) and the stored codes are re-encoded. Everything is a function of
-// the data added, in order, so replicas that add the same batches hold the same codes.
+// does not re-fit every time). A code depends only on lo_d and the step, so only what changed
+// is re-encoded: every stored code when the step changed, the codes of the dimensions whose lo_d
+// moved otherwise, nothing when only some hi_d grew under the widest range (the common case:
+// a rare large value in a narrow dimension). Everything is a function of the data added, in
+// order, so replicas that add the same batches hold the same codes.
 #pragma once
+#include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -31,16 +36,28 @@ class ScalarQuantizer {
   const std::vector<float>& lo() const { return lo_; }
   const std::vector<float>& hi() const { return hi_; }
 
-  // Widens the range to cover n vectors; true if the range changed (stored codes must then be
-  // re-encoded).
-  bool fit(const float* v, size_t n, uint32_t dim);
+  // What a fit changed for the stored codes.
+  struct Refit {
+    bool all = false;             // the step changed (or first fit): every code
+    std::vector<uint32_t> dims;   // otherwise: the dimensions whose lo_d moved
+  };
+  // Widens the range to cover n vectors and says which stored codes must be re-encoded.
+  Refit fit(const float* v, size_t n, uint32_t dim);
   // Writes dim bytes; returns true if the code decodes back to v exactly.
   bool encode(const float* v, uint8_t* code) const;
+  // Re-encodes only code[d] for d in dims; true if those decode back exactly.
+  bool encode_dims(const float* v, uint8_t* code, const std::vector<uint32_t>& dims) const;
   // Restores a fitted state (deserialize). False if the values are not a valid state.
   bool restore(std::vector<float> lo, std::vector<float> hi);
 
  private:
   void set_step();
+  bool encode_one(float x, size_t d, uint8_t* c) const {
+    float t = std::nearbyint((x - lo_[d]) * inv_step_);
+    t = std::min(255.0f, std::max(0.0f, t));
+    *c = static_cast<uint8_t>(t);
+    return lo_[d] + t * step_ == x;
+  }
   bool trained_ = false;
   float step_ = 1.0f, inv_step_ = 1.0f;
   std::vector<float> lo_, hi_;
