@@ -48,6 +48,9 @@ options:
   --warmup N             unmeasured searches per side before the passes (default: --queries), so
                          the figures are steady state, not the first calls' JIT and cold caches
   --runs N               upsert rounds (index build, Database, server; order rotated) (default 3)
+  --upsert-warmup N      vectors each side upserts once, unmeasured, before the rounds (default 10000;
+                         0: none), so that no side's figure carries first-call costs (JIT, the
+                         server's first allocations) that the others paid elsewhere
   --shards N             shards of the collection (default 1)
   --out DIR              where the JSON goes (default bench/results)
   --help                 this text
@@ -136,6 +139,7 @@ export async function run(argv: string[]): Promise<number> {
   const passes = flagInt(p, 'passes', 3);
   const warmup = flagInt(p, 'warmup', nq);
   const runs = flagInt(p, 'runs', 3);
+  const upsertWarmup = Math.min(flagInt(p, 'upsert-warmup', 10_000), n);
   const shards = flagInt(p, 'shards', 1);
   const outDir = path.resolve(flagString(p, 'out', path.resolve(__dirname, '..', '..', 'bench', 'results'))!);
   if (indexType !== 'flat' && indexType !== 'hnsw') {
@@ -179,45 +183,53 @@ export async function run(argv: string[]): Promise<number> {
     let raw: VectorIndex | undefined;
     const rates: Record<'index' | 'database' | 'server', number[]> = { index: [], database: [], server: [] };
     // The Database and the server are loaded the same way: `inflight` batches outstanding.
-    const inFlight = async (send: (b: ReturnType<typeof batchOf>) => Promise<unknown>): Promise<void> => {
+    // Each step loads the first `count` vectors (all of them in a measured round).
+    const inFlight = async (count: number, send: (b: ReturnType<typeof batchOf>) => Promise<unknown>): Promise<void> => {
       let next = 0;
       const worker = async () => {
-        while (next < ds.nBase) {
+        while (next < count) {
           const off = next;
-          next = Math.min(ds.nBase, off + batch);
+          next = Math.min(count, off + batch);
           await send(batchOf(off, next));
         }
       };
       await Promise.all(Array.from({ length: inflight }, worker));
     };
-    const rawBuild = async (): Promise<number> => {
-      raw = rawIndex(spec, ds);
+    const rawBuild = async (count = ds.nBase): Promise<number> => {
+      const idx = rawIndex(spec, ds);
       const t0 = now();
-      for (let off = 0; off < ds.nBase; off += batch) {
-        const end = Math.min(ds.nBase, off + batch);
-        await raw.add(sequence(end - off, off), ds.base.subarray(off * dim, end * dim));
+      for (let off = 0; off < count; off += batch) {
+        const end = Math.min(count, off + batch);
+        await idx.add(sequence(end - off, off), ds.base.subarray(off * dim, end * dim));
       }
-      return ds.nBase / ((now() - t0) / 1e9);
+      const rate = count / ((now() - t0) / 1e9);
+      if (count === ds.nBase) raw = idx;
+      return rate;
     };
-    const localUpsert = async (): Promise<number> => {
+    const localUpsert = async (count = ds.nBase): Promise<number> => {
       if (local.listCollections().some((c) => c.name === 'bench')) await local.dropCollection('bench');
       await local.createCollection({ name: 'bench', dim, metric: ds.metric, index: spec, shards });
       const t0 = now();
-      await inFlight((b) => local.upsert('bench', b));
-      return ds.nBase / ((now() - t0) / 1e9);
+      await inFlight(count, (b) => local.upsert('bench', b));
+      return count / ((now() - t0) / 1e9);
     };
-    const serverUpsert = async (): Promise<number> => {
+    const serverUpsert = async (count = ds.nBase): Promise<number> => {
       if ((await client.listCollections()).some((c) => c.name === 'bench')) await client.dropCollection('bench');
       await client.createCollection({ name: 'bench', dim, metric: ds.metric, index: spec, shards });
       const t0 = now();
-      await inFlight((b) => client.upsert('bench', b));
-      return ds.nBase / ((now() - t0) / 1e9);
+      await inFlight(count, (b) => client.upsert('bench', b));
+      return count / ((now() - t0) / 1e9);
     };
     const steps = [
       { key: 'index' as const, what: `in-process ${indexType} index build`, fn: rawBuild },
       { key: 'database' as const, what: `in-process Database upsert (WAL, fsync on, ${inflight} batch(es) in flight)`, fn: localUpsert },
       { key: 'server' as const, what: `upsert through gRPC to the server process (fsync on, ${inflight} batch(es) in flight)`, fn: serverUpsert },
     ];
+    if (upsertWarmup > 0) {
+      const warm: string[] = [];
+      for (const st of steps) warm.push(`${st.key} ${Math.round(await st.fn(upsertWarmup))}`);
+      log(`(a) warm-up (unmeasured), ${upsertWarmup} vectors each: ${warm.join(', ')} vectors/s`);
+    }
     for (let r = 0; r < runs; r++) {
       for (let i = 0; i < steps.length; i++) {
         const step = steps[(i + r) % steps.length];
@@ -362,6 +374,7 @@ export async function run(argv: string[]): Promise<number> {
         batch,
         inflight,
         runs,
+        upsertWarmup,
         rates,
         inProcessVectorsPerS: rawRate,
         inProcessDatabaseVectorsPerS: localRate,
