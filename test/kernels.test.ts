@@ -8,6 +8,7 @@ import { rng } from './helpers';
 const addon = loadAddon().addon as unknown as {
   kernel(name: string, level: string, a: ArrayBufferView, b: ArrayBufferView): number;
   kernelMatrix(name: string, level: string, q: Float32Array, r: Float32Array, d: number): Float32Array;
+  kernelMatrix(name: 'l2_u8_many', level: string, q: Uint8Array, r: Uint8Array, d: number): Uint32Array;
 };
 const DIMS = [1, 2, 3, 7, 8, 15, 16, 17, 31, 100, 128, 777, 784, 1536, 4096];
 const OFFSETS = [0, 1, 3, 5]; // elements: makes the data start off any 16/32/64-byte boundary
@@ -148,6 +149,25 @@ describe.each(levels)('integer kernels at %s', (level) => {
         expect(addon.kernel('l2_i8', level, ia, ib), `l2_i8 d=${d}`).toBe(l2i);
         expect(addon.kernel('ip_i8', level, ia, ib), `ip_i8 d=${d}`).toBe(ipi);
       }
+    }
+  });
+
+  it('l2_u8_many gives l2_u8 of every row it is pointed at', () => {
+    let seed = 91;
+    for (const d of DIMS) {
+      const r = rng(seed++);
+      const n = 7;
+      const q = Uint8Array.from({ length: d }, () => Math.floor(r() * 256));
+      const rows = Uint8Array.from({ length: n * d }, () => Math.floor(r() * 256));
+      const got = addon.kernelMatrix('l2_u8_many', level, q, rows, d);
+      // The addon points the kernel at the rows in reverse order.
+      const want = Array.from({ length: n }, (_, i) => {
+        const row = rows.subarray((n - 1 - i) * d, (n - i) * d);
+        let s = 0;
+        for (let j = 0; j < d; j++) s += (q[j] - row[j]) ** 2;
+        return s;
+      });
+      expect(Array.from(got), `l2_u8_many d=${d}`).toEqual(want);
     }
   });
 });

@@ -37,6 +37,10 @@ struct Kernels {
   // reduction (fixed_lanes_finish). Slower than ip_f32 (one chain per lane group); it is what
   // builds that replicas must agree on use (the HNSW ip graph).
   float (*ip_f32_fixed)(const float* a, const float* b, size_t d);
+  // l2_u8 of one query against n rows anywhere in memory: out[i] = l2_u8(q, rows[i], d). One call
+  // per graph expansion instead of one per neighbour (the HNSW walk); exact integers, so the same
+  // at every level.
+  void (*l2_u8_many)(const uint8_t* q, const uint8_t* const* rows, size_t n, size_t d, uint32_t* out);
 };
 
 // The end of every ip_f32_fixed: the r < 16 tail elements into lanes 0..r-1 (fused, in order),

@@ -97,8 +97,13 @@ float ip_f32_fixed(const float* a, const float* b, size_t d) {
   return fixed_lanes_finish(acc, a + i, b + i, d - i);
 }
 
+// The loop sits in this file so that l2_u8 is inlined into it (no call per row).
+void l2_u8_many(const uint8_t* q, const uint8_t* const* rows, size_t n, size_t d, uint32_t* out) {
+  for (size_t i = 0; i < n; ++i) out[i] = l2_u8(q, rows[i], d);
+}
+
 const Kernels kTable = {SimdLevel::Serial, l2_f32, ip_f32, cos_f32, l2_u8, ip_u8, l2_i8, ip_i8,
-                        l2_f32_rows, ip_f32_x4, ip_f32_4x4, sum_f32, ip_f32_fixed};
+                        l2_f32_rows, ip_f32_x4, ip_f32_4x4, sum_f32, ip_f32_fixed, l2_u8_many};
 
 }  // namespace
 

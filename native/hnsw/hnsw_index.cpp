@@ -35,6 +35,7 @@ HnswIndex::HnswIndex(uint32_t dim, Metric metric, const Params& p)
       links_off_(round_up(code_bytes_, 4)),
       stride_(round_up(links_off_ + 4 + 4 * static_cast<size_t>(2 * p.m), 64)),
       l2u8_(kernels().l2_u8),
+      l2u8many_(kernels().l2_u8_many),
       entry_((static_cast<uint64_t>(0) << 32) | kNone) {
   auto d = std::make_unique<Dir>();
   d->blocks.assign(4, nullptr);

@@ -29,6 +29,8 @@ struct SearchContext {
   std::vector<Cand<uint32_t>> cand_u, res_u;
   std::vector<Cand<float>> cand_f, res_f, rerank;
   std::vector<uint32_t> nbrs;
+  std::vector<const uint8_t*> rows;
+  std::vector<uint32_t> dists;
   std::vector<float> qbuf;
   std::vector<uint8_t> qcode;
 
@@ -72,8 +74,14 @@ inline void store_release(uint32_t* p, uint32_t v) { __atomic_store_n(p, v, __AT
 // The walk over u8 codes (l2; cosine on normalized vectors, where l2 ranks as cosine does).
 struct HnswIndex::CodeSpace {
   using D = uint32_t;
+  static constexpr bool kMany = true;
   const HnswIndex* ix;
   const uint8_t* q;
+  // out[j] = dist(s[j]) for j < n, in one kernel call.
+  void dist_many(const uint32_t* s, uint32_t n, const uint8_t** rows, D* out) const {
+    for (uint32_t j = 0; j < n; ++j) rows[j] = ix->code(s[j]);
+    ix->l2u8many_(q, rows, n, ix->dim_, out);
+  }
   D dist(uint32_t s) const { return ix->l2u8_(q, ix->code(s), ix->dim_); }
   D pair(uint32_t a, uint32_t b) const { return ix->l2u8_(ix->code(a), ix->code(b), ix->dim_); }
   // The code lines only: the links are read when (if) the node is expanded.
@@ -85,6 +93,8 @@ struct HnswIndex::CodeSpace {
 // The walk over f32 vectors (ip: distance 1 - dot).
 struct HnswIndex::FloatSpace {
   using D = float;
+  static constexpr bool kMany = false;
+  void dist_many(const uint32_t*, uint32_t, const uint8_t**, D*) const {}
   const HnswIndex* ix;
   const float* q;
   float (*ip)(const float*, const float*, size_t);
@@ -162,9 +172,20 @@ void HnswIndex::walk(const Space& sp, hnsw::SearchContext& ctx, uint32_t ep, typ
     // Every new neighbour's code lines are requested at once, so their memory latencies overlap
     // (a handful of distances at a time cannot hide a DRAM miss each).
     for (uint32_t j = 0; j < n; ++j) sp.prefetch(nbrs[j]);
+    [[maybe_unused]] uint32_t* many = nullptr;
+    if constexpr (Space::kMany) {
+      if (ctx.dists.size() < maxl) {
+        ctx.dists.resize(maxl);
+        ctx.rows.resize(maxl);
+      }
+      many = ctx.dists.data();
+      sp.dist_many(nbrs, n, ctx.rows.data(), many);
+    }
     for (uint32_t j = 0; j < n; ++j) {
       const uint32_t nb = nbrs[j];
-      const D d = sp.dist(nb);
+      D d;
+      if constexpr (Space::kMany) d = many[j];
+      else d = sp.dist(nb);
       const C cd(d, nb);
       if (res.size() < ef || cd < res.front()) {
         cand.push_back(cd);

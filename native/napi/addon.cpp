@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include <sys/mman.h>
 
@@ -141,10 +142,26 @@ Napi::Value KernelFn(const Napi::CallbackInfo& info) {
 
 // kernelMatrix(name, level, q (4*d), r (4*d), d): Float32Array of the 4x4 dots (ip_f32_4x4), the 4
 // dots of q row 0 against r (ip_f32_x4), or n L2 distances of q row 0 against n rows (l2_f32_rows).
+// l2_u8_many takes Uint8Arrays (q: d bytes, r: n rows of d) and returns the Uint32Array of
+// l2_u8(q, row) for the rows in reverse order (so that the rows' addresses, not their order in
+// memory, are what the kernel follows).
 Napi::Value KernelMatrix(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string name = info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
   const Kernels& K = level_arg(env, info[1]);
+  if (name == "l2_u8_many") {
+    size_t nq8 = 0, nr8 = 0;
+    const uint8_t* q8 = typed<uint8_t>(env, info[2], napi_uint8_array, &nq8);
+    const uint8_t* r8 = typed<uint8_t>(env, info[3], napi_uint8_array, &nr8);
+    const size_t d8 = info[4].As<Napi::Number>().Uint32Value();
+    if (d8 == 0 || nq8 < d8 || nr8 % d8 != 0) throw_invalid(env, "q needs d bytes and r whole rows of d");
+    const size_t n = nr8 / d8;
+    std::vector<const uint8_t*> rows(n);
+    for (size_t i = 0; i < n; ++i) rows[i] = r8 + (n - 1 - i) * d8;
+    auto out = Napi::Uint32Array::New(env, n);
+    K.l2_u8_many(q8, rows.data(), n, d8, out.Data());
+    return out;
+  }
   size_t nq = 0, nr = 0;
   const float* q = typed<float>(env, info[2], napi_float32_array, &nq);
   const float* r = typed<float>(env, info[3], napi_float32_array, &nr);
