@@ -110,7 +110,9 @@ class Lane {
       uv_idle_start(&idle_, &Lane::on_idle);
       idle_on_ = true;
     }
-    if (idle_on_) {
+    // (A task submitted from the microtasks of a delivery that just gave up polling finds the
+    // handle still on but polling_ lowered: it is answered through the wake-up, not counted here.)
+    if (idle_on_ && polling_.load(std::memory_order_relaxed)) {
       poll_since_ = p->submitted;
       polled_tasks.fetch_add(1, std::memory_order_relaxed);
     }
