@@ -5,8 +5,8 @@
  *   tcp     a raw TCP echo (net): one write each way, the least any protocol can cost
  *   http1   node:http keep-alive, POST /echo answered with the body
  *   grpc    @grpc/grpc-js unary Echo (bytes in, the same bytes out, identity serializers)
- *   h2grpc  the same grpc-js server called by a bare node:http2 client speaking the gRPC framing
- *           (5-byte message prefix, grpc-timeout, status in the trailers): the client's share
+ *   h2grpc  the same grpc-js server called by the Quiver client's transport (gRPC framing by hand
+ *           on node:http2: 5-byte message prefix, grpc-timeout, status in the trailers)
  *   h2bare  that client against a bare node:http2 server answering in the same framing: gRPC's
  *           wire protocol with no grpc-js on either side (the floor of a leaner gRPC server)
  *
@@ -21,12 +21,13 @@ import * as http2 from 'http2';
 import * as net from 'net';
 import * as grpc from '@grpc/grpc-js';
 import { flagInt, flagString, parseArgs } from '../src/cli/args';
-import { median } from './datasets';
+import { GrpcChannel, UnaryMethod } from '../src/client/transport';
+import { median, pct } from './datasets';
 
 const USAGE = `usage: quiver bench rpc [options]
 
 The round-trip floor between two processes: raw TCP echo, HTTP/1.1 keep-alive echo, grpc-js unary
-echo, and the grpc-js server called by a bare node:http2 gRPC client; one call outstanding; p50/p99
+echo, and the grpc-js server called by the Quiver client's HTTP/2 transport; one call outstanding; p50/p99
 per transport and payload size.
 
 options:
@@ -159,40 +160,20 @@ async function grpcCaller(port: number): Promise<{ call: Call; close: () => void
   return { call, close: () => c.close() };
 }
 
-/** The gRPC wire protocol by hand over node:http2 (no grpc-js on this side). */
-function h2GrpcCaller(port: number): Promise<{ call: Call; close: () => void }> {
-  return new Promise((resolve, reject) => {
-    const session = http2.connect(`http://127.0.0.1:${port}`);
-    session.once('error', reject);
-    session.once('connect', () => {
-      const call: Call = (p) =>
-        new Promise<void>((res, rej) => {
-          const frame = Buffer.allocUnsafe(5 + p.length);
-          frame[0] = 0;
-          frame.writeUInt32BE(p.length, 1);
-          p.copy(frame, 5);
-          const s = session.request({
-            ':method': 'POST',
-            ':path': ECHO.Echo.path,
-            'content-type': 'application/grpc',
-            te: 'trailers',
-            'grpc-timeout': '30S',
-          });
-          let status: string | undefined;
-          s.on('response', (h) => (status = h['grpc-status'] as string | undefined));
-          s.on('trailers', (t) => (status = t['grpc-status'] as string | undefined));
-          s.on('data', () => undefined);
-          s.on('end', () => (status === '0' ? res() : rej(new Error(`grpc-status ${status}`))));
-          s.on('error', rej);
-          s.end(frame);
-        });
-      resolve({ call, close: () => session.close() });
-    });
-  });
-}
+/** The Quiver client's own transport (src/client/transport.ts: gRPC framing on node:http2, no grpc-js). */
+const ECHO_METHOD: UnaryMethod = {
+  path: ECHO.Echo.path,
+  requestSerialize: (b) => b as Buffer,
+  responseDeserialize: (b) => b,
+};
 
-function pct(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))];
+async function h2GrpcCaller(port: number, bytesMax: number): Promise<{ call: Call; close: () => void }> {
+  const ch = new GrpcChannel(`127.0.0.1:${port}`, bytesMax);
+  await ch.waitForReady(Date.now() + 10_000);
+  const call: Call = async (p) => {
+    await ch.unary(ECHO_METHOD, p, Date.now() + 30_000);
+  };
+  return { call, close: () => ch.close() };
 }
 
 async function timeCalls(call: () => Promise<unknown>, n: number): Promise<{ p50: number; p99: number }> {
@@ -237,8 +218,8 @@ export async function run(argv: string[]): Promise<number> {
       tcp: await tcpCaller(ports.tcp),
       http1: httpCaller(ports.http),
       grpc: await grpcCaller(ports.grpc),
-      h2grpc: await h2GrpcCaller(ports.grpc),
-      h2bare: await h2GrpcCaller(ports.h2),
+      h2grpc: await h2GrpcCaller(ports.grpc, big + 1024),
+      h2bare: await h2GrpcCaller(ports.h2, big + 1024),
     };
     const sizes = [16, big];
     const res: Record<string, { p50: number[]; p99: number[] }> = {};

@@ -24,7 +24,7 @@ import { FlatIndex, HnswIndex, VectorIndex } from '../src/native';
 import { openDatabase } from '../src/query';
 import type { IndexSpec } from '../src/query/types';
 import { flagInt, flagString, parseArgs } from '../src/cli/args';
-import { Dataset, fashionMnist, groundTruth, median, recallAtK, sequence } from './datasets';
+import { Dataset, fashionMnist, groundTruth, median, pct, recallAtK, sequence } from './datasets';
 
 const USAGE = `usage: quiver bench server [options]
 
@@ -61,10 +61,6 @@ interface LatencyStats {
   p99Us: number;
   qps: number;
   recall: number;
-}
-
-function pct(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))];
 }
 
 function stats(latNs: number[], totalNs: number, recall: number): LatencyStats {

@@ -18,6 +18,10 @@ export const ERROR_CODES = [
 ] as const;
 export type ErrorCode = (typeof ERROR_CODES)[number];
 
+export function isErrorCode(s: unknown): s is ErrorCode {
+  return typeof s === 'string' && (ERROR_CODES as readonly string[]).includes(s);
+}
+
 export class QuiverError extends Error {
   readonly code: ErrorCode;
   constructor(code: ErrorCode, message: string) {

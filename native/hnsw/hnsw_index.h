@@ -195,7 +195,7 @@ class HnswIndex final : public Index {
   const double level_mult_;
   const size_t code_bytes_, links_off_, stride_;  // level-0 block: codes, then links
   hnsw::L2U8Fn l2u8_;
-  void (*l2u8many_)(const uint8_t* q, const uint8_t* const* rows, size_t n, size_t d, uint32_t* out);
+  hnsw::L2U8ManyFn l2u8many_;
 
   std::atomic<Dir*> dir_{nullptr};
   std::vector<std::unique_ptr<Dir>> dirs_;   // every directory ever published (old ones retired)

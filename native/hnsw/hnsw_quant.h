@@ -28,6 +28,8 @@ namespace hnsw {
 // The walk's code distance is kernels().l2_u8 (native/distance): sum (a_d - b_d)^2 over d bytes,
 // exact for d <= 66,051 (255^2 * d < 2^32); dims are <= 65,536.
 using L2U8Fn = uint32_t (*)(const uint8_t* a, const uint8_t* b, size_t d);
+// kernels().l2_u8_many: the same distance of one query against n rows.
+using L2U8ManyFn = void (*)(const uint8_t* q, const uint8_t* const* rows, size_t n, size_t d, uint32_t* out);
 
 class ScalarQuantizer {
  public:

@@ -29,8 +29,9 @@ struct SearchContext {
   std::vector<Cand<uint32_t>> cand_u, res_u;
   std::vector<Cand<float>> cand_f, res_f, rerank;
   std::vector<uint32_t> nbrs;
-  std::vector<const uint8_t*> rows;
-  std::vector<uint32_t> dists;
+  std::vector<const uint8_t*> rows;  // code rows of one l2_u8_many call
+  std::vector<uint32_t> dist_u;
+  std::vector<float> dist_f;
   std::vector<float> qbuf;
   std::vector<uint8_t> qcode;
 
@@ -54,6 +55,15 @@ struct SearchContext {
   std::vector<Cand<D>>& cand();
   template <typename D>
   std::vector<Cand<D>>& res();
+  // A distance buffer of at least n.
+  template <typename D>
+  D* dists(size_t n) {
+    std::vector<D>& v = dist_vec<D>();
+    if (v.size() < n) v.resize(n);
+    return v.data();
+  }
+  template <typename D>
+  std::vector<D>& dist_vec();
 };
 template <>
 inline std::vector<Cand<uint32_t>>& SearchContext::cand<uint32_t>() { return cand_u; }
@@ -63,6 +73,10 @@ template <>
 inline std::vector<Cand<float>>& SearchContext::cand<float>() { return cand_f; }
 template <>
 inline std::vector<Cand<float>>& SearchContext::res<float>() { return res_f; }
+template <>
+inline std::vector<uint32_t>& SearchContext::dist_vec<uint32_t>() { return dist_u; }
+template <>
+inline std::vector<float>& SearchContext::dist_vec<float>() { return dist_f; }
 
 inline uint32_t load_relaxed(const uint32_t* p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 inline uint32_t load_acquire(const uint32_t* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
@@ -74,13 +88,13 @@ inline void store_release(uint32_t* p, uint32_t v) { __atomic_store_n(p, v, __AT
 // The walk over u8 codes (l2; cosine on normalized vectors, where l2 ranks as cosine does).
 struct HnswIndex::CodeSpace {
   using D = uint32_t;
-  static constexpr bool kMany = true;
   const HnswIndex* ix;
   const uint8_t* q;
   // out[j] = dist(s[j]) for j < n, in one kernel call.
-  void dist_many(const uint32_t* s, uint32_t n, const uint8_t** rows, D* out) const {
-    for (uint32_t j = 0; j < n; ++j) rows[j] = ix->code(s[j]);
-    ix->l2u8many_(q, rows, n, ix->dim_, out);
+  void dist_many(const uint32_t* s, uint32_t n, hnsw::SearchContext& ctx, D* out) const {
+    if (ctx.rows.size() < n) ctx.rows.resize(n);
+    for (uint32_t j = 0; j < n; ++j) ctx.rows[j] = ix->code(s[j]);
+    ix->l2u8many_(q, ctx.rows.data(), n, ix->dim_, out);
   }
   D dist(uint32_t s) const { return ix->l2u8_(q, ix->code(s), ix->dim_); }
   D pair(uint32_t a, uint32_t b) const { return ix->l2u8_(ix->code(a), ix->code(b), ix->dim_); }
@@ -93,12 +107,13 @@ struct HnswIndex::CodeSpace {
 // The walk over f32 vectors (ip: distance 1 - dot).
 struct HnswIndex::FloatSpace {
   using D = float;
-  static constexpr bool kMany = false;
-  void dist_many(const uint32_t*, uint32_t, const uint8_t**, D*) const {}
   const HnswIndex* ix;
   const float* q;
   float (*ip)(const float*, const float*, size_t);
   D dist(uint32_t s) const { return 1.0f - ip(q, ix->vec(s), ix->dim_); }
+  void dist_many(const uint32_t* s, uint32_t n, hnsw::SearchContext&, D* out) const {
+    for (uint32_t j = 0; j < n; ++j) out[j] = dist(s[j]);
+  }
   D pair(uint32_t a, uint32_t b) const { return 1.0f - ip(ix->vec(a), ix->vec(b), ix->dim_); }
   void prefetch(uint32_t s) const {
     hnsw::prefetch_lines(ix->vec(s), ix->dim_ * sizeof(float));
@@ -172,21 +187,11 @@ void HnswIndex::walk(const Space& sp, hnsw::SearchContext& ctx, uint32_t ep, typ
     // Every new neighbour's code lines are requested at once, so their memory latencies overlap
     // (a handful of distances at a time cannot hide a DRAM miss each).
     for (uint32_t j = 0; j < n; ++j) sp.prefetch(nbrs[j]);
-    [[maybe_unused]] uint32_t* many = nullptr;
-    if constexpr (Space::kMany) {
-      if (ctx.dists.size() < maxl) {
-        ctx.dists.resize(maxl);
-        ctx.rows.resize(maxl);
-      }
-      many = ctx.dists.data();
-      sp.dist_many(nbrs, n, ctx.rows.data(), many);
-    }
+    D* dists = ctx.dists<D>(maxl);
+    sp.dist_many(nbrs, n, ctx, dists);
     for (uint32_t j = 0; j < n; ++j) {
       const uint32_t nb = nbrs[j];
-      D d;
-      if constexpr (Space::kMany) d = many[j];
-      else d = sp.dist(nb);
-      const C cd(d, nb);
+      const C cd(dists[j], nb);
       if (res.size() < ef || cd < res.front()) {
         cand.push_back(cd);
         std::push_heap(cand.begin(), cand.end(), std::greater<C>());

@@ -78,7 +78,6 @@ Napi::Value AllocRows(const Napi::CallbackInfo& info) {
   return Napi::Float32Array::New(env, floats, ab, 0);
 }
 
-
 Napi::Value SimdLevels(const Napi::CallbackInfo& info) {
   Napi::Array out = Napi::Array::New(info.Env());
   uint32_t i = 0;

@@ -20,7 +20,7 @@
  * as streams. The socket keeps the process alive only while calls are in flight.
  */
 import * as http2 from 'http2';
-import { ERROR_CODES, ErrorCode, QuiverError } from '../errors';
+import { ErrorCode, QuiverError, isErrorCode } from '../errors';
 import { codeOfGrpcStatus, QUIVER_CODE_KEY } from './proto';
 
 export interface UnaryMethod {
@@ -251,8 +251,4 @@ export class GrpcChannel {
     this.session?.close();
     this.session = null;
   }
-}
-
-function isErrorCode(s: string): s is ErrorCode {
-  return (ERROR_CODES as readonly string[]).includes(s);
 }

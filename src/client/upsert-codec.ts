@@ -40,31 +40,37 @@ export interface UpsertColumnsRequest {
 }
 
 export function encodeUpsertColumns(r: UpsertColumnsRequest): Buffer {
-  const strings: [number, string][] = [];
-  if (r.collection !== '') strings.push([1, r.collection]);
-  if (r.idempotencyKey !== '') strings.push([3, r.idempotencyKey]);
-  const tail: [number, string][] = r.payloadJsons.map((p) => [6, p]);
-  const ids: [number, string][] = r.ids.map((id) => [4, id]);
+  // Fields in number order, as protobufjs writes them; proto3 leaves out an empty singular string.
+  const head: [number, string[]][] = [
+    [1, r.collection === '' ? [] : [r.collection]],
+    [3, r.idempotencyKey === '' ? [] : [r.idempotencyKey]],
+    [4, r.ids],
+  ];
+  const tail: [number, string[]][] = [[6, r.payloadJsons]];
   const vecBytes = r.vectors.length * r.dim * 4;
-  const fieldLen = (s: string) => {
-    const n = Buffer.byteLength(s, 'utf8');
-    return 1 + varintBytes(n) + n;
+  const stringBytes = (groups: [number, string[]][]): number => {
+    let n = 0;
+    for (const [, list] of groups) {
+      for (const s of list) {
+        const len = Buffer.byteLength(s, 'utf8');
+        n += 1 + varintBytes(len) + len;
+      }
+    }
+    return n;
   };
-  let size = 0;
-  for (const [, s] of strings) size += fieldLen(s);
-  for (const [, s] of ids) size += fieldLen(s);
-  if (vecBytes > 0) size += 1 + varintBytes(vecBytes) + vecBytes;
-  for (const [, s] of tail) size += fieldLen(s);
+  const size = stringBytes(head) + (vecBytes > 0 ? 1 + varintBytes(vecBytes) + vecBytes : 0) + stringBytes(tail);
   const buf = Buffer.allocUnsafe(size);
   let off = 0;
-  const putString = (field: number, s: string): void => {
-    buf[off++] = (field << 3) | WIRE_LEN;
-    const n = Buffer.byteLength(s, 'utf8');
-    off = putVarint(buf, off, n);
-    off += buf.write(s, off, 'utf8');
+  const putStrings = (groups: [number, string[]][]): void => {
+    for (const [field, list] of groups) {
+      for (const s of list) {
+        buf[off++] = (field << 3) | WIRE_LEN;
+        off = putVarint(buf, off, Buffer.byteLength(s, 'utf8'));
+        off += buf.write(s, off, 'utf8');
+      }
+    }
   };
-  for (const [f, s] of strings) putString(f, s);
-  for (const [f, s] of ids) putString(f, s);
+  putStrings(head);
   if (vecBytes > 0) {
     buf[off++] = (5 << 3) | WIRE_LEN;
     off = putVarint(buf, off, vecBytes);
@@ -73,7 +79,7 @@ export function encodeUpsertColumns(r: UpsertColumnsRequest): Buffer {
       off += v.byteLength;
     }
   }
-  for (const [f, s] of tail) putString(f, s);
+  putStrings(tail);
   if (off !== size) throw new Error(`UpsertRequest encoding: wrote ${off} of ${size} bytes`);
   return buf;
 }

@@ -186,11 +186,15 @@ export class LocalDatabase implements Database {
     return c;
   }
 
-  private info(c: Collection): CollectionInfo {
+  private static pointCount(c: Collection): number {
     let count = 0;
     for (const s of c.shards) count += s.count;
+    return count;
+  }
+
+  private info(c: Collection): CollectionInfo {
     // A copy, so callers cannot change the catalog; spec is flat but for the index parameters.
-    return { ...c.spec, index: { ...c.spec.index }, count, createdAt: c.createdAt };
+    return { ...c.spec, index: { ...c.spec.index }, count: LocalDatabase.pointCount(c), createdAt: c.createdAt };
   }
 
   // ---------------------------------------------------------------- collections
@@ -352,9 +356,7 @@ export class LocalDatabase implements Database {
   }
 
   async count(name: string): Promise<number> {
-    let count = 0;
-    for (const s of this.coll(name).shards) count += s.count;
-    return count;
+    return LocalDatabase.pointCount(this.coll(name));
   }
 
   /** The dimension of a collection (front ends size their decoding by it). */

@@ -130,9 +130,8 @@ export function checkIds(ids: unknown, unique: boolean): string[] {
   return ids as string[];
 }
 
-/** True when no element is NaN or infinite: x * 0 is 0 for finite x and NaN otherwise. */
-/** x * 0 is 0 for every finite x and NaN for NaN and +-Infinity; four sums keep the adds independent. */
-export function allFinite(v: Float32Array): boolean {
+/** True when no element is NaN or infinite. x * 0 is 0 for every finite x and NaN for NaN and +-Infinity; four sums keep the adds independent. */
+function allFinite(v: Float32Array): boolean {
   let a = 0;
   let b = 0;
   let c = 0;
@@ -149,14 +148,19 @@ export function allFinite(v: Float32Array): boolean {
   return a + b + c + d === 0;
 }
 
+/** The index of the first NaN or infinite element, or -1 (one fast pass when there is none). */
+export function firstNonFinite(v: Float32Array): number {
+  return allFinite(v) ? -1 : v.findIndex((x) => !Number.isFinite(x));
+}
+
 export function checkVector(v: unknown, dim: number, where: string): Float32Array {
   let f: Float32Array;
   if (v instanceof Float32Array) f = v;
   else if (Array.isArray(v) && v.every((x) => typeof x === 'number')) f = Float32Array.from(v as number[]);
   else throw invalid(`${where}: vector must be a Float32Array or an array of numbers`);
   if (f.length !== dim) throw invalid(`${where}: vector has dimension ${f.length}, the collection has ${dim}`);
-  if (!allFinite(f)) {
-    const i = f.findIndex((x) => !Number.isFinite(x));
+  const i = firstNonFinite(f);
+  if (i >= 0) {
     throw invalid(`${where}: vector[${i}] is ${f[i]} (must be finite)`);
   }
   return f;
@@ -183,9 +187,23 @@ export interface CheckedPoints {
   payloadJson: string[];
 }
 
+// The checks an upsert batch gets in either form (points or columns).
+function checkBatchCount(n: number): void {
+  if (n > batchPointsMax) throw invalid(`at most ${batchPointsMax} points in one upsert (got ${n})`);
+}
+function checkBatchId(id: unknown, where: string, seen: Set<string>): string {
+  const checked = checkId(id, where);
+  if (seen.has(checked)) throw invalid(`${where}: duplicate id "${checked}" in one batch`);
+  seen.add(checked);
+  return checked;
+}
+function checkBatchBytes(bytes: number): void {
+  if (bytes > requestBytesMax) throw invalid(`the batch holds ${bytes} bytes, more than ${requestBytesMax}`);
+}
+
 export function checkPoints(points: unknown, dim: number): CheckedPoints {
   if (!Array.isArray(points)) throw invalid('points must be an array');
-  if (points.length > batchPointsMax) throw invalid(`at most ${batchPointsMax} points in one upsert (got ${points.length})`);
+  checkBatchCount(points.length);
   const ids: string[] = [];
   const vectors: Float32Array[] = [];
   const payloadJson: string[] = [];
@@ -195,9 +213,7 @@ export function checkPoints(points: unknown, dim: number): CheckedPoints {
     const where = `points[${i}]`;
     if (!isPlainObject(pt)) throw invalid(`${where} must be an object {id, vector, payload?}`);
     onlyKeys(pt, ['id', 'vector', 'payload'], where);
-    const id = checkId(pt.id, where);
-    if (seen.has(id)) throw invalid(`${where}: duplicate id "${id}" in one batch`);
-    seen.add(id);
+    const id = checkBatchId(pt.id, where, seen);
     const v = checkVector(pt.vector, dim, where);
     const json = checkPayload((pt as unknown as PointInput).payload as Payload | undefined, where);
     bytes += dim * 4 + Buffer.byteLength(id) + json.length;
@@ -205,7 +221,7 @@ export function checkPoints(points: unknown, dim: number): CheckedPoints {
     vectors.push(v);
     payloadJson.push(json);
   });
-  if (bytes > requestBytesMax) throw invalid(`the batch holds ${bytes} bytes, more than ${requestBytesMax}`);
+  checkBatchBytes(bytes);
   return { ids, vectors, payloadJson };
 }
 
@@ -221,7 +237,7 @@ export function checkColumns(b: unknown, dim: number): CheckedColumns {
     throw invalid('an upsert batch is {ids: string[], vectors: Float32Array, payloads: unknown[]}');
   }
   const n = b.ids.length;
-  if (n > batchPointsMax) throw invalid(`at most ${batchPointsMax} points in one upsert (got ${n})`);
+  checkBatchCount(n);
   if (b.payloads.length !== n) throw invalid(`${b.payloads.length} payloads for ${n} ids`);
   if (b.vectors.length !== n * dim) throw invalid(`${b.vectors.length} floats for ${n} points of dimension ${dim}`);
   const ids: string[] = [];
@@ -230,18 +246,16 @@ export function checkColumns(b: unknown, dim: number): CheckedColumns {
   let bytes = n * dim * 4;
   for (let i = 0; i < n; i++) {
     const where = `points[${i}]`;
-    const id = checkId(b.ids[i], where);
-    if (seen.has(id)) throw invalid(`${where}: duplicate id "${id}" in one batch`);
-    seen.add(id);
+    const id = checkBatchId(b.ids[i], where, seen);
     const json = checkPayload(b.payloads[i], where);
     bytes += Buffer.byteLength(id) + json.length;
     ids.push(id);
     payloadJson.push(json);
   }
-  if (bytes > requestBytesMax) throw invalid(`the batch holds ${bytes} bytes, more than ${requestBytesMax}`);
+  checkBatchBytes(bytes);
   const v = b.vectors;
-  if (!allFinite(v)) {
-    const at = v.findIndex((x) => !Number.isFinite(x));
+  const at = firstNonFinite(v);
+  if (at >= 0) {
     throw invalid(`points[${Math.floor(at / dim)}]: vector[${at % dim}] is ${v[at]} (must be finite)`);
   }
   return { ids, vectors: v, payloadJson };
@@ -262,8 +276,8 @@ export function checkSearchShape(vectors: unknown, dim: number): Float32Array {
   }
   const nq = vectors.length / dim;
   if (nq > searchBatchMax) throw invalid(`at most ${searchBatchMax} queries in one search (got ${nq})`);
-  if (!allFinite(vectors)) {
-    const i = vectors.findIndex((x) => !Number.isFinite(x));
+  const i = firstNonFinite(vectors);
+  if (i >= 0) {
     throw invalid(`query value ${i} is ${vectors[i]} (must be finite)`);
   }
   return vectors;

@@ -15,18 +15,22 @@ import { clusterJson } from './status-page';
 /* eslint-disable @typescript-eslint/no-explicit-any */
 type Msg = any;
 
-export function decodeVector(v: WireVector | null | undefined, what: string): Float32Array {
+/** Which of values or data a wire vector sets (both is refused; neither reads as no values). */
+function wireForm(v: WireVector | null | undefined, what: string): { data: Uint8Array } | { values: number[] } {
   const data = v?.data;
   const values = v?.values;
   const hasData = data !== undefined && data !== null && data.byteLength > 0;
   const hasValues = Array.isArray(values) && values.length > 0;
   if (hasData && hasValues) throw invalidArgument(`${what}: set values or data, not both`);
-  if (hasData) {
-    const f = bytesToVector(data);
-    if (!f) throw invalidArgument(`${what}: data is ${data.byteLength} bytes, not a multiple of 4`);
-    return f;
-  }
-  return Float32Array.from(values ?? []);
+  return hasData ? { data } : { values: hasValues ? values : [] };
+}
+
+export function decodeVector(v: WireVector | null | undefined, what: string): Float32Array {
+  const w = wireForm(v, what);
+  if ('values' in w) return Float32Array.from(w.values);
+  const f = bytesToVector(w.data);
+  if (!f) throw invalidArgument(`${what}: data is ${w.data.byteLength} bytes, not a multiple of 4`);
+  return f;
 }
 
 /**
@@ -35,20 +39,16 @@ export function decodeVector(v: WireVector | null | undefined, what: string): Fl
  * database's check (one pass over the batch).
  */
 export function copyVector(v: WireVector | null | undefined, dim: number, what: string, out: Float32Array, bytes: Uint8Array, i: number): void {
-  const data = v?.data;
-  const values = v?.values;
-  const hasData = data !== undefined && data !== null && data.byteLength > 0;
-  const hasValues = Array.isArray(values) && values.length > 0;
-  if (hasData && hasValues) throw invalidArgument(`${what}: set values or data, not both`);
-  if (hasData) {
-    if (data.byteLength % 4 !== 0) throw invalidArgument(`${what}: data is ${data.byteLength} bytes, not a multiple of 4`);
-    if (data.byteLength !== dim * 4) throw invalidArgument(`${what} has ${data.byteLength / 4} components; the collection's dimension is ${dim}`);
-    bytes.set(data, i * dim * 4);
+  const w = wireForm(v, what);
+  if ('data' in w) {
+    const n = w.data.byteLength;
+    if (n % 4 !== 0) throw invalidArgument(`${what}: data is ${n} bytes, not a multiple of 4`);
+    if (n !== dim * 4) throw invalidArgument(`${what} has ${n / 4} components; the collection's dimension is ${dim}`);
+    bytes.set(w.data, i * dim * 4);
     return;
   }
-  const n = hasValues ? values.length : 0;
-  if (n !== dim) throw invalidArgument(`${what} has ${n} components; the collection's dimension is ${dim}`);
-  out.set(values!, i * dim);
+  if (w.values.length !== dim) throw invalidArgument(`${what} has ${w.values.length} components; the collection's dimension is ${dim}`);
+  out.set(w.values, i * dim);
 }
 
 export function encodeVector(v: Float32Array, asFloats: boolean): WireVector {

@@ -3,7 +3,7 @@
  * src/common/limits.ts, vectors to Float32Array. The Database checks the semantics again; these
  * checks make a malformed request fail before it reaches it, with INVALID_ARGUMENT.
  */
-import { ERROR_CODES, ErrorCode, QuiverError, invalidArgument } from '../errors';
+import { QuiverError, invalidArgument, isErrorCode } from '../errors';
 import {
   batchPointsMax,
   efMax,
@@ -14,7 +14,7 @@ import {
   searchBatchMax,
   topKMax,
 } from '../common/limits';
-import { allFinite } from '../query/validate';
+import { firstNonFinite } from '../query/validate';
 import type { Consistency, Filter, Payload, PointInput, SearchRequest, WriteToken } from '../query/types';
 
 export function isPlainObject(v: unknown): v is Record<string, unknown> {
@@ -80,8 +80,8 @@ export function jsonVector(v: unknown, what: string): Float32Array {
 
 /** A decoded vector must be finite (NaN or Infinity in a float on the wire is refused here too). */
 export function checkFinite(v: Float32Array, what: string): Float32Array {
-  if (allFinite(v)) return v;
-  const i = v.findIndex((x) => !Number.isFinite(x));
+  const i = firstNonFinite(v);
+  if (i < 0) return v;
   throw invalidArgument(`${what}[${i}] is not a finite number`);
 }
 
@@ -206,8 +206,8 @@ export function asQuiverError(e: unknown): QuiverError {
   if (e instanceof QuiverError) return e;
   // A QuiverError from another copy of the module (or the native addon) is recognised by its code.
   const code = (e as { code?: unknown } | null)?.code;
-  if (typeof code === 'string' && (ERROR_CODES as readonly string[]).includes(code)) {
-    return new QuiverError(code as ErrorCode, e instanceof Error ? e.message : String(e));
+  if (isErrorCode(code)) {
+    return new QuiverError(code, e instanceof Error ? e.message : String(e));
   }
   return new QuiverError('INTERNAL', e instanceof Error ? e.message : String(e));
 }
