@@ -95,7 +95,7 @@ void HnswIndex::insert_round(const std::vector<uint32_t>& slots, const std::vect
         D epd{};
         if (have_graph) {
           epd = sp.dist(ep);
-          if (L < top) greedy(sp, &ep, &epd, top, L);
+          if (L < top) greedy(sp, *ctx, &ep, &epd, top, L);
         }
         for (int l = L; l >= 0; --l) {
           cand.clear();

@@ -165,13 +165,13 @@ void HnswIndex::search_one(const Space& sp, hnsw::SearchContext& ctx, const floa
   uint32_t ep = entry_slot(e);
   if (ep == kNone) return;
   D epd = sp.dist(ep);
-  greedy(sp, &ep, &epd, entry_level(e), 0);
+  greedy(sp, ctx, &ep, &epd, entry_level(e), 0);
   const bool check_live = dead_.load(std::memory_order_acquire) > 0;
   if (f != nullptr) walk<Space, true, true>(sp, ctx, ep, epd, 0, ef, f);
   else if (check_live) walk<Space, false, true>(sp, ctx, ep, epd, 0, ef, nullptr);
   else walk<Space, false, false>(sp, ctx, ep, epd, 0, ef, nullptr);
   auto& res = ctx.res<D>();
-  std::sort(res.begin(), res.end());
+  if (f != nullptr || check_live) std::sort(res.begin(), res.end());  // the plain walk's is sorted
   auto& rr = ctx.rerank;
   rr.clear();
   // The 8-bit code order is close to the f32 order, so only the best 2k by code (at least 16) are

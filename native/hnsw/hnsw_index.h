@@ -126,10 +126,15 @@ class HnswIndex final : public Index {
   struct CodeSpace;
   struct FloatSpace;
   template <typename Space>
-  void greedy(const Space& sp, uint32_t* ep, typename Space::D* epd, int from, int to) const;
+  void greedy(const Space& sp, hnsw::SearchContext& ctx, uint32_t* ep, typename Space::D* epd, int from,
+              int to) const;
   template <typename Space, bool kFiltered, bool kCheckLive>
   void walk(const Space& sp, hnsw::SearchContext& ctx, uint32_t ep, typename Space::D epd, int level,
             uint32_t ef, const Filter* f) const;
+  template <typename Space>
+  void walk_sorted(const Space& sp, hnsw::SearchContext& ctx, uint32_t ep, typename Space::D epd, int level,
+                   uint32_t ef) const;
+  uint32_t new_neighbours(hnsw::SearchContext& ctx, uint32_t s, int level, uint32_t* nbrs) const;
   template <typename Space>
   void prune(const Space& sp, std::vector<std::pair<typename Space::D, uint32_t>>& cand, uint32_t max,
              std::vector<uint32_t>* out) const;

@@ -14,6 +14,10 @@ export type Metric = 'l2' | 'ip' | 'cosine';
 export type IndexKind = 'flat' | 'hnsw' | 'ivfpq';
 export const METRICS: readonly Metric[] = ['l2', 'ip', 'cosine'];
 
+/**
+ * Both arrays view one ArrayBuffer (the labels, then the distances), so read them through the
+ * views, or with their byteOffset and byteLength, not as `labels.buffer` whole.
+ */
 export interface SearchResult {
   /** q*k labels, nearest first per query; 0xFFFFFFFF where fewer than k exist. */
   labels: Uint32Array;
