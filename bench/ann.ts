@@ -222,14 +222,16 @@ async function buildUsearch(ctx: Ctx, quantization: 'f32' | 'f16', outDir: strin
 /* eslint-enable @typescript-eslint/no-explicit-any, @typescript-eslint/no-var-requires */
 
 /**
- * The sweep. For each ef, the single-thread passes of all systems are interleaved (pass r of
- * every system, then pass r+1), so a change in the machine's load lands on all of them alike;
- * each system's QPS is the median of its passes.
+ * The sweep. For each ef, the passes of all systems are interleaved (pass r of every system, then
+ * pass r+1), so a change in the machine's load lands on all of them alike. A pass is the single
+ * queries, one at a time, then (where there is a batch call) all queries in one batch; each QPS
+ * reported is the median of the system's passes.
  */
 async function sweep(ctx: Ctx, runners: Runner[]): Promise<void> {
   const nq = ctx.ds.nQueries;
   for (const ef of ctx.efs) {
     const qps = runners.map(() => [] as number[]);
+    const qpsBatches = runners.map(() => [] as number[]);
     const found = runners.map(() => ({ labels: new Uint32Array(nq * K), distances: new Float32Array(nq * K) }));
     for (const r of runners) await r.prepare(ef);
     for (let pass = 0; pass < ctx.runs; pass++) {
@@ -243,15 +245,17 @@ async function sweep(ctx: Ctx, runners: Runner[]): Promise<void> {
         }
         qps[s].push(nq / seconds(t0));
       }
+      for (let s = 0; s < runners.length; s++) {
+        const batch = runners[s].batch;
+        if (!batch) continue;
+        const t1 = process.hrtime.bigint();
+        await batch(ef);
+        qpsBatches[s].push(nq / seconds(t1));
+      }
     }
     for (let s = 0; s < runners.length; s++) {
       const r = runners[s];
-      let qpsBatch: number | null = null;
-      if (r.batch) {
-        const t1 = process.hrtime.bigint();
-        await r.batch(ef);
-        qpsBatch = nq / seconds(t1);
-      }
+      const qpsBatch = qpsBatches[s].length ? median(qpsBatches[s]) : null;
       const recall = recallOf(ctx, found[s].labels, r.distances ? found[s].distances : undefined);
       const point: Point = { ef, recall, qps1: median(qps[s]), qpsBatch };
       r.result.points.push(point);
@@ -334,7 +338,7 @@ export async function run(argv: string[]): Promise<number> {
       const r = await buildUsearch(ctx, 'f16', outDir);
       if (r) runners.push(r);
     }
-    log(`sweep: ef ${ctx.efs.join(',')}, ${ctx.runs} interleaved passes of ${ds.nQueries} single queries per system, then one batch each ...`);
+    log(`sweep: ef ${ctx.efs.join(',')}, ${ctx.runs} interleaved passes of ${ds.nQueries} single queries then one batch per system ...`);
     await sweep(ctx, runners);
   } finally {
     for (const r of runners) r.close();
