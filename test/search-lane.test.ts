@@ -6,6 +6,7 @@
  * QUIVER_SEARCH_POLL=0 turns that off, and the answers are the same either way.
  */
 import { spawnSync } from 'child_process';
+import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { describe, expect, it } from 'vitest';
@@ -49,11 +50,13 @@ describe('search lane', () => {
   });
 
   it('while the loop polls for a long lane search, timers and I/O still run', async () => {
-    // One query over 400k x 16 floats: milliseconds on the lane, and the loop must not stall.
+    // One query over 400k x 48 floats: 3-6 ms on the lane here, well past the 1 ms poll bound (at
+    // 16 floats a warm scan came close to the bound, and the count of given-up polls below was
+    // 0 in one run of four), and the loop must not stall.
     const n = 400_000;
-    const flat = new FlatIndex({ dim: 16, metric: 'l2' });
-    await flat.add(seq(n), randomVectors(n, 16, 11));
-    const q = randomVectors(1, 16, 12);
+    const flat = new FlatIndex({ dim: 48, metric: 'l2' });
+    await flat.add(seq(n), randomVectors(n, 48, 11));
+    const q = randomVectors(1, 48, 12);
     const want = await flat.search(q, K, { threads: 1 });
     let ticks = 0;
     const stops0 = searchLaneStats().pollStops;
@@ -193,6 +196,56 @@ describe('search lane', () => {
     const [label, stats] = r.stdout.split(' ');
     expect(label).toBe('1');
     expect(JSON.parse(stats)).toMatchObject({ enabled: true, poll: false, laneTasks: 1, polledTasks: 0 });
+  });
+
+  // A cgroup CPU quota caps what the affinity mask offers (a container run with --cpus=1 still
+  // sees every CPU in its mask). The test makes a cgroup of its own with a quota of 1 CPU, then of
+  // 2, runs a child in it, and removes it. Creating one needs root and a cgroup `cpu` controller
+  // (v1 at /sys/fs/cgroup/cpu, or v2 with cpu enabled); where neither works the test says so and
+  // skips.
+  const cgroup = ((): { dir: string; setQuota(cpus: number): void } | string => {
+    const tries = [
+      { root: '/sys/fs/cgroup/cpu', file: 'cpu.cfs_quota_us', write: (d: string, c: number) => { fs.writeFileSync(`${d}/cpu.cfs_period_us`, '100000'); fs.writeFileSync(`${d}/cpu.cfs_quota_us`, String(c * 100000)); } },
+      { root: '/sys/fs/cgroup', file: 'cpu.max', write: (d: string, c: number) => fs.writeFileSync(`${d}/cpu.max`, `${c * 100000} 100000`) },
+    ];
+    const why: string[] = [];
+    for (const t of tries) {
+      const dir = `${t.root}/quiver-test-${process.pid}`;
+      try {
+        fs.mkdirSync(dir);
+      } catch (e) {
+        why.push(`${t.root}: ${(e as NodeJS.ErrnoException).code}`);
+        continue;
+      }
+      if (fs.existsSync(`${dir}/${t.file}`)) return { dir, setQuota: (c: number) => t.write(dir, c) };
+      fs.rmdirSync(dir);
+      why.push(`${t.root}: no ${t.file}`);
+    }
+    return why.join(', ');
+  })();
+  const cgroupNote = typeof cgroup === 'string' ? ` [skipped: cannot make a cgroup with a CPU quota (${cgroup})]` : '';
+  it.skipIf(typeof cgroup === 'string')(`a cgroup CPU quota of 1 CPU turns polling off; a quota of 2 does not${cgroupNote}`, () => {
+    if (typeof cgroup === 'string') return;
+    const run = (): { label: string; stats: { poll: boolean; laneTasks: number; polledTasks: number } } => {
+      const sh = `echo $$ > ${cgroup.dir}/cgroup.procs && exec "$0" -e "$1"`;
+      const r = spawnSync('sh', ['-c', sh, process.execPath, script('')], { timeout: 20_000, encoding: 'utf8' });
+      expect(r.status, r.stderr).toBe(0);
+      const [label, stats] = r.stdout.split(' ');
+      return { label, stats: JSON.parse(stats) };
+    };
+    try {
+      cgroup.setQuota(1);
+      const one = run();
+      expect(one.label).toBe('1');
+      expect(one.stats).toMatchObject({ poll: false, laneTasks: 1, polledTasks: 0 });
+      cgroup.setQuota(2);
+      const two = run();
+      expect(two.label).toBe('1');
+      // Two CPUs of quota poll wherever the mask offers two.
+      expect(two.stats.poll).toBe(os.availableParallelism() >= 2);
+    } finally {
+      fs.rmdirSync(cgroup.dir);
+    }
   });
 
   it('QUIVER_SEARCH_LANE=0 runs every search on the pool, same answer', () => {

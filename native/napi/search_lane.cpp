@@ -6,6 +6,8 @@
 #include <cstdlib>
 #include <algorithm>
 #include <deque>
+#include <fstream>
+#include <functional>
 #include <mutex>
 #include <new>
 #include <string>
@@ -44,12 +46,83 @@ std::mutex lane_create_mu;
 std::atomic<bool> lane_failed{false};
 std::atomic<uint64_t> lane_tasks{0}, pool_tasks{0}, polled_tasks{0}, poll_stops{0};
 
-// CPUs this process may run on: polling needs one for the loop and one for the lane.
+// The first line of a file, or "" where it cannot be read.
+std::string first_line(const std::string& file) {
+  std::ifstream f(file);
+  std::string line;
+  if (!f || !std::getline(f, line)) return "";
+  return line;
+}
+
+// CPUs that a CPU quota of this process's cgroup, or of any cgroup above it, allows: the
+// smallest quota / period found (cgroup v2 cpu.max "QUOTA PERIOD", v1 cpu.cfs_quota_us and
+// cpu.cfs_period_us), or 0 where no quota is set or none can be read. A container given
+// `--cpus=1` keeps every CPU in its affinity mask, so the mask alone would overstate it.
+double cgroup_cpu_limit() {
+  std::ifstream f("/proc/self/cgroup");
+  std::string line, v1path, v2path;
+  bool have_v1 = false, have_v2 = false;
+  while (std::getline(f, line)) {  // "hierarchy-id:controllers:path"
+    const size_t a = line.find(':');
+    const size_t b = a == std::string::npos ? a : line.find(':', a + 1);
+    if (b == std::string::npos) continue;
+    const std::string ctrls = line.substr(a + 1, b - a - 1), path = line.substr(b + 1);
+    if (line.compare(0, a, "0") == 0 && ctrls.empty()) {
+      v2path = path;
+      have_v2 = true;
+    }
+    for (size_t i = 0; i <= ctrls.size();) {
+      const size_t j = std::min(ctrls.find(',', i), ctrls.size());
+      if (ctrls.compare(i, j - i, "cpu") == 0) {
+        v1path = path;
+        have_v1 = true;
+      }
+      i = j + 1;
+    }
+  }
+  double best = 0;
+  auto consider = [&best](double quota, double period) {
+    if (quota > 0 && period > 0 && (best == 0 || quota / period < best)) best = quota / period;
+  };
+  // Every cgroup from this one up to the root of the mount.
+  auto each_level = [](std::string path, const std::function<void(const std::string&)>& fn) {
+    for (;;) {
+      fn(path == "/" ? std::string() : path);
+      if (path.empty() || path == "/") return;
+      const size_t cut = path.rfind('/');
+      path = cut == 0 || cut == std::string::npos ? "/" : path.substr(0, cut);
+    }
+  };
+  if (have_v1) {
+    for (const char* mount : {"/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpuacct,cpu"}) {
+      each_level(v1path, [&](const std::string& p) {
+        const std::string dir = std::string(mount) + p;
+        consider(std::atof(first_line(dir + "/cpu.cfs_quota_us").c_str()),
+                 std::atof(first_line(dir + "/cpu.cfs_period_us").c_str()));
+      });
+    }
+  }
+  if (have_v2) {
+    each_level(v2path, [&](const std::string& p) {
+      const std::string max = first_line("/sys/fs/cgroup" + p + "/cpu.max");  // "max 100000" = none
+      const size_t sp = max.find(' ');
+      if (sp != std::string::npos && max.compare(0, sp, "max") != 0)
+        consider(std::atof(max.substr(0, sp).c_str()), std::atof(max.substr(sp + 1).c_str()));
+    });
+  }
+  return best;
+}
+
+// CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (whole CPUs).
+// Polling needs one for the loop and one for the lane.
 int usable_cpus() {
   cpu_set_t set;
   CPU_ZERO(&set);
   if (sched_getaffinity(0, sizeof(set), &set) != 0) return 1;
-  return CPU_COUNT(&set);
+  int n = CPU_COUNT(&set);
+  const double limit = cgroup_cpu_limit();
+  if (limit > 0) n = std::min(n, std::max(1, static_cast<int>(limit)));
+  return n;
 }
 
 struct Pending {
