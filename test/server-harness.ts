@@ -2,6 +2,7 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
+import { afterAll } from 'vitest';
 import { openDatabase } from '../src/query';
 import type { Database } from '../src/query/types';
 import { Metrics, RunningServer, startServer } from '../src/server';
@@ -14,8 +15,18 @@ export interface Harness {
   stop(): Promise<void>;
 }
 
+// Every temp dir made here is removed after the test file's other afterAll hooks (those that stop
+// servers and child processes run first: vitest runs after-hooks in reverse order of
+// registration, and this one is registered when the file imports the harness).
+const made: string[] = [];
+afterAll(() => {
+  for (const d of made.splice(0)) fs.rmSync(d, { recursive: true, force: true });
+});
+
 export function tempDir(prefix: string): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  made.push(d);
+  return d;
 }
 
 export async function startHarness(dir = tempDir('quiver-server-')): Promise<Harness> {
