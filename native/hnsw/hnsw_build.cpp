@@ -101,8 +101,7 @@ void HnswIndex::insert_round(const std::vector<uint32_t>& slots, const std::vect
           cand.clear();
           if (have_graph && l <= top) {
             walk<Space, false, false>(sp, *ctx, ep, epd, l, p_.ef_construction, nullptr);
-            cand = ctx->res<D>();
-            std::sort(cand.begin(), cand.end());
+            cand = ctx->res<D>();  // sorted
             ep = cand[0].second;  // the next level starts from the graph, never from a peer
             epd = cand[0].first;
           }

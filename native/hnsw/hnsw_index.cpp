@@ -170,8 +170,7 @@ void HnswIndex::search_one(const Space& sp, hnsw::SearchContext& ctx, const floa
   if (f != nullptr) walk<Space, true, true>(sp, ctx, ep, epd, 0, ef, f);
   else if (check_live) walk<Space, false, true>(sp, ctx, ep, epd, 0, ef, nullptr);
   else walk<Space, false, false>(sp, ctx, ep, epd, 0, ef, nullptr);
-  auto& res = ctx.res<D>();
-  if (f != nullptr || check_live) std::sort(res.begin(), res.end());  // the plain walk's is sorted
+  const auto& res = ctx.res<D>();  // sorted
   auto& rr = ctx.rerank;
   rr.clear();
   // The 8-bit code order is close to the f32 order, so only the best 2k by code (at least 16) are

@@ -107,10 +107,6 @@ struct HnswIndex::CodeSpace {
   }
   D dist(uint32_t s) const { return ix->l2u8_(q, ix->code(s), ix->dim_); }
   D pair(uint32_t a, uint32_t b) const { return ix->l2u8_(ix->code(a), ix->code(b), ix->dim_); }
-  // The code lines only: the links are read when (if) the node is expanded.
-  void prefetch(uint32_t s) const {
-    hnsw::prefetch_lines(ix->block(s), ix->code_bytes_);
-  }
 };
 
 // The walk over f32 vectors (ip: distance 1 - dot).
@@ -176,8 +172,7 @@ inline uint32_t HnswIndex::new_neighbours(hnsw::SearchContext& ctx, uint32_t s, 
 }
 
 // Beam search of width ef on one level from ep. Leaves ctx.res<D>() holding at most ef
-// (distance, slot) pairs: sorted ascending after the plain walk, a max-heap after the others.
-// kFiltered: only live slots whose label the filter allows enter the results (the walk still
+// (distance, slot) pairs, sorted ascending. kFiltered: only live slots whose label the filter allows enter the results (the walk still
 // passes through the others). kCheckLive: tombstones may be reachable.
 template <typename Space, bool kFiltered, bool kCheckLive>
 void HnswIndex::walk(const Space& sp, hnsw::SearchContext& ctx, uint32_t ep, typename Space::D epd, int level,
@@ -229,6 +224,7 @@ void HnswIndex::walk(const Space& sp, hnsw::SearchContext& ctx, uint32_t ep, typ
         }
       }
     }
+    std::sort_heap(res.begin(), res.end());
   }
 }
 

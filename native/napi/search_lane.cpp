@@ -358,7 +358,12 @@ class Lane {
 };
 
 long spin_micros() { return env_long("QUIVER_SEARCH_SPIN_US", 100); }
-bool poll_enabled() { return env_long("QUIVER_SEARCH_POLL", 1) != 0 && usable_cpus() >= 2; }
+// Read once: the lane decides at its start, and searchLaneStats() reports that same answer without
+// re-reading the affinity mask and the cgroup files on every call.
+bool poll_enabled() {
+  static const bool on = env_long("QUIVER_SEARCH_POLL", 1) != 0 && usable_cpus() >= 2;
+  return on;
+}
 long poll_micros() { return env_long("QUIVER_SEARCH_POLL_US", 1000); }
 
 }  // namespace
