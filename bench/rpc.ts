@@ -5,12 +5,13 @@
  *   tcp     a raw TCP echo (net): one write each way, the least any protocol can cost
  *   http1   node:http keep-alive, POST /echo answered with the body
  *   grpc    @grpc/grpc-js unary Echo (bytes in, the same bytes out, identity serializers)
- *   h2grpc  the same grpc-js server called by the Quiver client's transport (gRPC framing by hand
- *           on node:http2: 5-byte message prefix, grpc-timeout, status in the trailers)
- *   h2bare  that client against a bare node:http2 server answering in the same framing: gRPC's
- *           wire protocol with no grpc-js on either side (the floor of a leaner gRPC server)
+ *   h2grpc  the same grpc-js server called by the Quiver client's transport (gRPC on Quiver's own
+ *           HTTP/2 framing over a net socket, src/common/h2.ts)
+ *   h2bare  that client against a bare node:http2 server answering in the same framing
+ *   quiver  that client against Quiver's own gRPC server (src/server/grpc-h2.ts): what `quiver
+ *           serve` runs by default, with no handler work
  *
- * A child process serves all three; this process calls each one serially (one call outstanding),
+ * A child process serves them all; this process calls each one serially (one call outstanding),
  * alternating transports pass by pass, and prints p50/p99 per transport and payload size. The
  * payloads: 16 bytes (a Count-sized call) and dim x 4 bytes (one Fashion-MNIST query vector).
  * With --quiver HOST:PORT it also times Count and Search round trips against a running server.
@@ -22,13 +23,14 @@ import * as net from 'net';
 import * as grpc from '@grpc/grpc-js';
 import { flagInt, flagString, parseArgs } from '../src/cli/args';
 import { GrpcChannel, UnaryMethod } from '../src/client/transport';
+import { H2GrpcServer } from '../src/server/grpc-h2';
 import { median, pct } from './datasets';
 
 const USAGE = `usage: quiver bench rpc [options]
 
 The round-trip floor between two processes: raw TCP echo, HTTP/1.1 keep-alive echo, grpc-js unary
-echo, and the grpc-js server called by the Quiver client's HTTP/2 transport; one call outstanding; p50/p99
-per transport and payload size.
+echo, the Quiver client's transport against the grpc-js server, a bare node:http2 server and Quiver's
+own gRPC server; one call outstanding; p50/p99 per transport and payload size.
 
 options:
   --calls N        calls per pass and transport (default 2000)
@@ -88,13 +90,18 @@ async function serveChild(): Promise<void> {
     });
   });
   await new Promise<void>((res) => h2.listen(0, '127.0.0.1', res));
+  const q = new H2GrpcServer(
+    new Map([[ECHO.Echo.path, { decode: (b: Buffer) => b, encode: (v: unknown) => v as Buffer, handle: (req: unknown) => Promise.resolve(req) }]]),
+    { receiveBytesMax: 64 << 20 },
+  );
+  const quiverPort = await q.listen('127.0.0.1', 0);
   const t = net.createServer((s) => {
     s.setNoDelay(true);
     s.on('data', (d) => s.write(d));
   });
   await new Promise<void>((res) => t.listen(0, '127.0.0.1', res));
   const port = (srv: net.Server | http.Server): number => (srv.address() as net.AddressInfo).port;
-  process.stdout.write(`${JSON.stringify({ grpc: grpcPort, http: port(h), tcp: port(t), h2: port(h2) })}\n`);
+  process.stdout.write(`${JSON.stringify({ grpc: grpcPort, http: port(h), tcp: port(t), h2: port(h2), quiver: quiverPort })}\n`);
   // Lives until the parent closes stdin or kills it.
   process.stdin.on('end', () => process.exit(0));
   process.stdin.resume();
@@ -160,7 +167,7 @@ async function grpcCaller(port: number): Promise<{ call: Call; close: () => void
   return { call, close: () => c.close() };
 }
 
-/** The Quiver client's own transport (src/client/transport.ts: gRPC framing on node:http2, no grpc-js). */
+/** The Quiver client's own transport (src/client/transport.ts: gRPC on its own HTTP/2 framing, no grpc-js). */
 const ECHO_METHOD: UnaryMethod = {
   path: ECHO.Echo.path,
   requestSerialize: (b) => b as Buffer,
@@ -205,7 +212,7 @@ export async function run(argv: string[]): Promise<number> {
   };
   process.once('exit', cleanup);
   try {
-    const ports = await new Promise<{ grpc: number; http: number; tcp: number; h2: number }>((resolve, reject) => {
+    const ports = await new Promise<{ grpc: number; http: number; tcp: number; h2: number; quiver: number }>((resolve, reject) => {
       let out = '';
       child.stdout!.on('data', (b: Buffer) => {
         out += b.toString();
@@ -220,12 +227,13 @@ export async function run(argv: string[]): Promise<number> {
       grpc: await grpcCaller(ports.grpc),
       h2grpc: await h2GrpcCaller(ports.grpc, big + 1024),
       h2bare: await h2GrpcCaller(ports.h2, big + 1024),
+      quiver: await h2GrpcCaller(ports.quiver, big + 1024),
     };
     const sizes = [16, big];
     const res: Record<string, { p50: number[]; p99: number[] }> = {};
     const names = Object.keys(callers);
     for (const name of names) for (const size of sizes) res[`${name} ${size}`] = { p50: [], p99: [] };
-    for (const name of names) await timeCalls(() => callers[name].call(Buffer.alloc(16)), 200); // warm up
+    for (const name of names) await timeCalls(() => callers[name].call(Buffer.alloc(16)), 3000); // warm up: the JIT settles after a few thousand calls
     for (let pass = 0; pass < passes; pass++) {
       for (let i = 0; i < names.length; i++) {
         const name = names[(i + pass) % names.length];

@@ -8,6 +8,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QuiverClient } from '../src/client';
+import { QuiverError } from '../src/errors';
 import { httpJson, tempDir, vec } from './server-harness';
 
 const ROOT = path.resolve(__dirname, '..');
@@ -94,7 +95,7 @@ describe('quiver serve', () => {
   it('--help documents every flag; --etcd is refused with a clear error; a bad flag is refused', () => {
     const help = run(['--help']);
     expect(help.code).toBe(0);
-    for (const flag of ['--data', '--grpc', '--http', '--config', '--snapshot-interval-ms', '--node-id', '--etcd', '--help']) {
+    for (const flag of ['--data', '--grpc', '--http', '--grpc-impl', '--config', '--snapshot-interval-ms', '--node-id', '--etcd', '--help']) {
       expect(help.out).toContain(flag);
     }
     const etcd = run(['--etcd', 'http://127.0.0.1:2379', '--data', tempDir('quiver-cli-')]);
@@ -102,6 +103,9 @@ describe('quiver serve', () => {
     expect(etcd.out).toMatch(/cluster mode/);
     expect(run(['--bogus', '1']).code).toBe(2);
     expect(run(['--grpc', 'nowhere']).code).toBe(2);
+    const impl = run(['--grpc-impl', 'grpc-c', '--data', tempDir('quiver-cli-')]);
+    expect(impl.code).toBe(2);
+    expect(impl.out).toMatch(/--grpc-impl must be one of quiver, grpc-js/);
   });
 
   it('serves, stops on SIGTERM with exit 0, and has the data back after a restart', async () => {
@@ -171,10 +175,18 @@ describe('quiver serve', () => {
   it('reads a JSON config file with the same keys; flags win over it', async () => {
     const dir = tempDir('quiver-cli-');
     const cfg = path.join(dir, 'quiver.json');
-    fs.writeFileSync(cfg, JSON.stringify({ data: path.join(dir, 'data'), grpc: '127.0.0.1:0', http: '127.0.0.1:1', 'snapshot-interval-ms': 1000, nodeId: 'n7' }));
+    fs.writeFileSync(cfg, JSON.stringify({ data: path.join(dir, 'data'), grpc: '127.0.0.1:0', http: '127.0.0.1:1', 'snapshot-interval-ms': 1000, nodeId: 'n7', grpcImpl: 'grpc-js' }));
     const node = await startNode(['--config', cfg, '--http', '127.0.0.1:0']);
     const st = await httpJson(node.http, 'GET', '/v1/cluster');
     expect(st.body.nodeId).toBe('n7');
+    // The @grpc/grpc-js server answers the Quiver client as the default one does.
+    expect(node.output()).toMatch(/grpc listening on \S+ \(grpc-js\)/);
+    const c = await QuiverClient.connect(node.grpc);
+    await c.createCollection({ name: 'viajs', dim: DIM });
+    await c.upsert('viajs', [{ id: 'a', vector: new Float32Array(DIM).fill(1) }]);
+    expect((await c.search('viajs', new Float32Array(DIM).fill(1), { k: 1 }))[0].id).toBe('a');
+    expect(((await c.count('nope').catch((e) => e)) as QuiverError).code).toBe('NOT_FOUND');
+    c.close();
     expect(fs.existsSync(path.join(dir, 'data'))).toBe(true);
     process.kill(node.child.pid!, 'SIGTERM');
     expect(await node.exited).toBe(0);

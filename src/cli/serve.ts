@@ -8,7 +8,7 @@ import * as path from 'path';
 import { QuiverError } from '../errors';
 import { parseArgs, flagString } from './args';
 import { openDatabase } from '../query';
-import { Metrics, startServer, splitHostPort } from '../server';
+import { GRPC_IMPLS, GrpcImpl, Metrics, startServer, splitHostPort } from '../server';
 
 const USAGE = `usage: quiver serve [options]
 
@@ -19,7 +19,10 @@ options:
   --grpc HOST:PORT            gRPC API address; default 127.0.0.1:7400 (port 0 picks a free port)
   --http HOST:PORT            HTTP API, /metrics, /healthz, /readyz and the status page;
                               default 127.0.0.1:7401 (port 0 picks a free port)
-  --config FILE               JSON file with the same keys ("data", "grpc", "http",
+  --grpc-impl quiver|grpc-js  which gRPC server answers on --grpc: Quiver's own HTTP/2
+                              framing (default; the lower latency) or @grpc/grpc-js's server;
+                              the same API and wire protocol either way
+  --config FILE               JSON file with the same keys ("data", "grpc", "http", "grpc-impl",
                               "snapshot-interval-ms", "node-id"); flags given on the command
                               line win over the file
   --snapshot-interval-ms N    snapshot a changed shard every N ms (0 = only at shutdown);
@@ -32,13 +35,14 @@ Both servers bind loopback by default; give a non-loopback host explicitly to li
 SIGTERM or SIGINT: stop accepting requests, finish those in flight, snapshot, exit 0.
 `;
 
-const KEYS = ['data', 'grpc', 'http', 'config', 'snapshot-interval-ms', 'node-id', 'etcd', 'help'] as const;
-const CONFIG_KEYS = ['data', 'grpc', 'http', 'snapshot-interval-ms', 'node-id', 'etcd'];
+const KEYS = ['data', 'grpc', 'http', 'grpc-impl', 'config', 'snapshot-interval-ms', 'node-id', 'etcd', 'help'] as const;
+const CONFIG_KEYS = ['data', 'grpc', 'http', 'grpc-impl', 'snapshot-interval-ms', 'node-id', 'etcd'];
 
 interface ServeConfig {
   data: string;
   grpc: string;
   http: string;
+  grpcImpl: GrpcImpl;
   snapshotIntervalMs: number;
   nodeId: string;
   etcd?: string;
@@ -81,10 +85,13 @@ export function resolveConfig(argv: string[]): ServeConfig | 'help' {
   const get = (k: string, fallback: string): string => flagString(p, k) ?? file[k] ?? fallback;
   const interval = Number(get('snapshot-interval-ms', '60000'));
   if (!Number.isInteger(interval) || interval < 0) throw new QuiverError('INVALID_ARGUMENT', '--snapshot-interval-ms must be an integer >= 0');
+  const impl = get('grpc-impl', 'quiver');
+  if (!(GRPC_IMPLS as readonly string[]).includes(impl)) throw new QuiverError('INVALID_ARGUMENT', `--grpc-impl must be one of ${GRPC_IMPLS.join(', ')} (got '${impl}')`);
   const cfg: ServeConfig = {
     data: path.resolve(get('data', './quiver-data')),
     grpc: get('grpc', '127.0.0.1:7400'),
     http: get('http', '127.0.0.1:7401'),
+    grpcImpl: impl as GrpcImpl,
     snapshotIntervalMs: interval,
     nodeId: get('node-id', 'local'),
     etcd: flagString(p, 'etcd') ?? file.etcd,
@@ -130,12 +137,12 @@ export async function serve(argv: string[]): Promise<number> {
   log(`opened ${cfg.data} in ${Date.now() - t0} ms (standalone, node ${cfg.nodeId}, ${db.listCollections().length} collections)`);
   let server;
   try {
-    server = await startServer({ db, grpc: cfg.grpc, http: cfg.http, metrics });
+    server = await startServer({ db, grpc: cfg.grpc, http: cfg.http, grpcImpl: cfg.grpcImpl, metrics });
   } catch (e) {
     await db.close();
     throw e;
   }
-  log(`grpc listening on ${server.grpcAddress}`);
+  log(`grpc listening on ${server.grpcAddress} (${cfg.grpcImpl})`);
   log(`http listening on http://${server.httpAddress}`);
   log('ready');
 

@@ -1,26 +1,32 @@
 /**
- * The client's gRPC transport: unary calls in the gRPC wire protocol (gRPC over HTTP/2) written
- * directly on node:http2, in place of @grpc/grpc-js's client channel.
+ * The client's gRPC transport: unary calls in the gRPC wire protocol (gRPC over HTTP/2) on
+ * Quiver's own HTTP/2 framing over a `net` socket (src/common/h2.ts), in place of @grpc/grpc-js's
+ * client channel and of node:http2.
  *
  * Why: a unary call through grpc-js's client stack (resolver, load balancer, interceptors, filters,
- * per-call metadata and status objects) cost about 150 us of CPU more per call than this on the
- * reference VM (`quiver bench rpc`: grpc vs h2grpc), and it copies every request once more to
- * prefix it. The server is still @grpc/grpc-js, and any gRPC client can still talk to it.
+ * per-call metadata and status objects) cost about 150 us of CPU more per call than node:http2 on
+ * the reference VM, and node:http2 itself (a duplex stream and several events per call on each
+ * side) about 100 us more per round trip than a raw TCP echo (`quiver bench rpc`). Any gRPC server
+ * can still be called: the tests call @grpc/grpc-js's server with it too.
  *
  * Protocol (https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md), the part used here:
- *   request   HEADERS  :method POST, :path /quiver.v1.Quiver/<Method>, content-type application/grpc,
- *                      te trailers, grpc-timeout <n>m (the deadline)
- *             DATA     u8 compressed (0) | u32 big-endian length | message   (then END_STREAM)
+ *   request   HEADERS  :method POST, :scheme http, :path /quiver.v1.Quiver/<Method>, :authority,
+ *                      content-type application/grpc, te trailers, grpc-timeout <n>m (the deadline)
+ *             DATA     u8 compressed (0) | u32 big-endian length | message   (END_STREAM)
  *   answer    HEADERS  :status 200 (grpc-status here too when there is no message: trailers-only)
  *             DATA     the same 5-byte prefix | message
  *             HEADERS  grpc-status, grpc-message (percent-encoded), quiver-code  (END_STREAM)
  * No compression is asked for (no grpc-accept-encoding), so a compressed answer is INTERNAL.
  *
- * One HTTP/2 connection per address, opened on first use and again after it fails; calls share it
- * as streams. The socket keeps the process alive only while calls are in flight.
+ * One HTTP/2 connection per address, opened on first use and again after it fails or the server
+ * sends GOAWAY; calls share it as streams. The socket keeps the process alive only while calls
+ * are in flight. A call on a stream the server will not take (above its GOAWAY) fails UNAVAILABLE,
+ * which the client retries.
  */
-import * as http2 from 'http2';
+import * as net from 'net';
 import { ErrorCode, QuiverError, isErrorCode } from '../errors';
+import { H2Session, H2Stream, H2_ERROR } from '../common/h2';
+import type { HeaderList } from '../common/hpack';
 import { codeOfGrpcStatus, QUIVER_CODE_KEY } from './proto';
 
 export interface UnaryMethod {
@@ -28,8 +34,6 @@ export interface UnaryMethod {
   requestSerialize(value: unknown): Buffer;
   responseDeserialize(bytes: Buffer): unknown;
 }
-
-const { HTTP2_HEADER_STATUS, NGHTTP2_CANCEL } = http2.constants;
 
 /** grpc-timeout allows at most 8 digits; milliseconds cover 27 hours, seconds the rest. */
 function grpcTimeout(ms: number): string {
@@ -41,11 +45,6 @@ function unavailable(msg: string): QuiverError {
   return new QuiverError('UNAVAILABLE', msg);
 }
 
-function header(h: http2.IncomingHttpHeaders, key: string): string | undefined {
-  const v = h[key];
-  return Array.isArray(v) ? v[0] : v;
-}
-
 function decodeMessage(text: string | undefined): string {
   if (!text) return '';
   try {
@@ -55,16 +54,35 @@ function decodeMessage(text: string | undefined): string {
   }
 }
 
+/** One call's state on its stream. */
+interface Pending {
+  headers: HeaderList | null;
+  trailers: HeaderList | null;
+  chunks: Buffer[];
+  received: number;
+  finish: ((err: QuiverError | null, value?: Buffer) => void) | null;
+}
+
+function field(h: HeaderList | null, key: string): string | undefined {
+  if (h) for (const [k, v] of h) if (k === key) return v;
+  return undefined;
+}
+
 export class GrpcChannel {
-  private session: http2.ClientHttp2Session | null = null;
-  private connecting: Promise<http2.ClientHttp2Session> | null = null;
-  private inFlight = 0;
+  private session: H2Session<Pending> | null = null;
+  private connecting: Promise<H2Session<Pending>> | null = null;
   private closed = false;
+  private readonly host: string;
+  private readonly port: number;
 
   constructor(
     readonly address: string,
     private readonly receiveBytesMax: number,
-  ) {}
+  ) {
+    const m = /^(\[[^\]]+\]|[^:]+):(\d+)$/.exec(address);
+    this.host = m ? m[1].replace(/^\[|\]$/g, '') : address;
+    this.port = m ? Number(m[2]) : 0;
+  }
 
   /** Resolves once a connection is open (HTTP/2 settings exchanged); tries again until deadlineAt. */
   async waitForReady(deadlineAt: number): Promise<void> {
@@ -72,7 +90,7 @@ export class GrpcChannel {
     for (;;) {
       try {
         const s = await this.open(deadlineAt);
-        if (this.inFlight === 0) s.unref();
+        if (!this.calls.get(s)?.size) s.socket.unref();
         return;
       } catch (e) {
         last = e as Error;
@@ -83,40 +101,56 @@ export class GrpcChannel {
     }
   }
 
-  private open(deadlineAt: number): Promise<http2.ClientHttp2Session> {
+  private open(deadlineAt: number): Promise<H2Session<Pending>> {
     if (this.closed) return Promise.reject(unavailable('the client is closed'));
-    if (this.session && !this.session.closed && !this.session.destroyed) return Promise.resolve(this.session);
+    if (this.session && this.session.canOpen()) return Promise.resolve(this.session);
     if (this.connecting) return this.connecting;
-    const p = new Promise<http2.ClientHttp2Session>((resolve, reject) => {
-      const s = http2.connect(`http://${this.address}`, {
-        // The answers of Get with vectors and SearchBatch can be large: a wider window than
-        // HTTP/2's 64 KiB default lets them come without waiting for WINDOW_UPDATE round trips.
-        settings: { initialWindowSize: 4 << 20, enablePush: false },
-      });
+    const p = new Promise<H2Session<Pending>>((resolve, reject) => {
+      const socket = net.connect({ host: this.host, port: this.port });
       const left = Math.max(1, deadlineAt - Date.now());
+      let ready = false;
       const timer = setTimeout(() => {
-        s.destroy();
+        session.destroy(null);
         reject(unavailable(`${this.address}: no HTTP/2 connection within ${left} ms`));
       }, left);
-      const fail = (e: Error): void => {
-        clearTimeout(timer);
-        if (this.session === s) this.session = null;
-        reject(unavailable(`${this.address}: ${e.message}`));
-      };
-      s.on('error', fail);
-      s.once('connect', () => {
-        clearTimeout(timer);
-        s.off('error', fail);
-        s.setLocalWindowSize(16 << 20);
-        this.session = s;
-        const forget = (): void => {
-          if (this.session === s) this.session = null;
-        };
-        s.on('error', forget); // calls on it see their own stream errors
-        s.on('close', forget);
-        s.on('goaway', forget); // streams already open finish; new calls open a new connection
-        resolve(s);
-      });
+      const session: H2Session<Pending> = new H2Session<Pending>(
+        socket,
+        'client',
+        {
+          maxConcurrentStreams: 0, // the server opens none (push is off)
+          // Answers of Get with vectors and SearchBatch can be large: wide windows let them come
+          // without waiting for WINDOW_UPDATE round trips.
+          streamWindowBytes: Math.min(2 ** 31 - 1, this.receiveBytesMax + 1024),
+          connectionWindowBytes: Math.min(2 ** 31 - 1, 2 * this.receiveBytesMax),
+          maxFrameBytes: (1 << 24) - 1,
+          maxHeaderListBytes: 64 * 1024,
+        },
+        {
+          newUser: () => ({ headers: null, trailers: null, chunks: [], received: 0, finish: null }),
+          onReady: () => {
+            ready = true;
+            clearTimeout(timer);
+            this.session = session;
+            resolve(session);
+          },
+          onHeaders: (s, headers, end) => this.onHeaders(s, headers, end),
+          onData: (s, data, end) => this.onData(s, data, end),
+          onReset: (s, code) => s.user.finish?.(unavailable(`${this.address}: the server reset the call (HTTP/2 error ${code})`)),
+          onGoaway: (last) => {
+            // Calls the server will not take fail now (the client retries them); the rest finish.
+            for (const s of this.streamsAbove(session, last)) s.user.finish?.(unavailable(`${this.address}: the server is going away`));
+            if (this.session === session) this.session = null;
+          },
+          onClose: (err) => {
+            if (this.session === session) this.session = null;
+            for (const f of this.takeCalls(session)) f(unavailable(`${this.address}: ${err ? err.message : 'the connection closed'}`));
+            if (!ready) {
+              clearTimeout(timer);
+              reject(unavailable(`${this.address}: ${err ? err.message : 'the connection closed before HTTP/2 settings'}`));
+            }
+          },
+        },
+      );
     });
     this.connecting = p;
     const clear = (): void => {
@@ -124,6 +158,61 @@ export class GrpcChannel {
     };
     p.then(clear, clear);
     return p;
+  }
+
+  private readonly calls = new Map<H2Session<Pending>, Set<H2Stream<Pending>>>();
+
+  private streamsAbove(session: H2Session<Pending>, last: number): H2Stream<Pending>[] {
+    return [...(this.calls.get(session) ?? [])].filter((s) => s.id > last);
+  }
+
+  private takeCalls(session: H2Session<Pending>): Array<(e: QuiverError) => void> {
+    const set = this.calls.get(session);
+    this.calls.delete(session);
+    return [...(set ?? [])].map((s) => (e: QuiverError) => s.user.finish?.(e));
+  }
+
+  private onHeaders(s: H2Stream<Pending>, headers: HeaderList | null, end: boolean): void {
+    const u = s.user;
+    if (!headers) return u.finish?.(new QuiverError('INTERNAL', `${this.address}: the answer's headers are over 64 KiB`));
+    if (u.headers === null) u.headers = headers;
+    else u.trailers = headers;
+    if (end) this.complete(s);
+  }
+
+  private onData(s: H2Stream<Pending>, data: Buffer, end: boolean): void {
+    const u = s.user;
+    if (!u.finish) return;
+    u.received += data.length;
+    if (u.received > this.receiveBytesMax + 5) return u.finish(new QuiverError('RESOURCE_EXHAUSTED', `the answer is over ${this.receiveBytesMax} bytes`));
+    if (data.length > 0) u.chunks.push(data);
+    if (end) this.complete(s);
+  }
+
+  /** The server ended the stream: the status from the trailers, or from a trailers-only answer. */
+  private complete(s: H2Stream<Pending>): void {
+    const u = s.user;
+    const finish = u.finish;
+    if (!finish) return;
+    const st = u.trailers ?? u.headers;
+    const status = field(st, 'grpc-status');
+    if (status === undefined) {
+      const httpStatus = Number(field(u.headers, ':status') ?? 0);
+      const why = httpStatus === 0 ? 'the stream closed without an answer' : `HTTP status ${httpStatus} without a gRPC status`;
+      const code: ErrorCode = httpStatus === 0 || httpStatus >= 500 ? 'UNAVAILABLE' : 'INTERNAL';
+      return finish(new QuiverError(code, `${this.address}: ${why}`));
+    }
+    if (status !== '0') {
+      const q = field(st, QUIVER_CODE_KEY);
+      const code = q !== undefined && isErrorCode(q) ? q : codeOfGrpcStatus(Number(status));
+      return finish(new QuiverError(code, decodeMessage(field(st, 'grpc-message')) || `gRPC status ${status}`));
+    }
+    const body = u.chunks.length === 1 ? u.chunks[0] : Buffer.concat(u.chunks, u.received);
+    if (body.length < 5) return finish(new QuiverError('INTERNAL', `${this.address}: an OK answer without a message`));
+    if (body[0] !== 0) return finish(new QuiverError('INTERNAL', `${this.address}: a compressed answer, which was not asked for`));
+    const len = body.readUInt32BE(1);
+    if (len !== body.length - 5) return finish(new QuiverError('INTERNAL', `${this.address}: the answer holds ${body.length - 5} bytes, its prefix says ${len}`));
+    finish(null, body.subarray(5));
   }
 
   /**
@@ -139,116 +228,76 @@ export class GrpcChannel {
     }
     if (Date.now() >= deadlineAt) throw new QuiverError('DEADLINE_EXCEEDED', 'the deadline passed before the call started');
     const session = await this.open(deadlineAt);
-    if (this.inFlight++ === 0) session.ref();
+    const answer = await this.exchange(session, method.path, message, deadlineAt);
     try {
-      const answer = await this.exchange(session, method.path, message, deadlineAt);
-      try {
-        return method.responseDeserialize(answer);
-      } catch (e) {
-        throw new QuiverError('INTERNAL', `the answer could not be decoded: ${(e as Error).message}`);
-      }
-    } finally {
-      if (--this.inFlight === 0 && !session.destroyed) session.unref();
+      return method.responseDeserialize(answer);
+    } catch (e) {
+      throw new QuiverError('INTERNAL', `the answer could not be decoded: ${(e as Error).message}`);
     }
   }
 
-  private exchange(session: http2.ClientHttp2Session, path: string, message: Buffer, deadlineAt: number): Promise<Buffer> {
+  private exchange(session: H2Session<Pending>, path: string, message: Buffer, deadlineAt: number): Promise<Buffer> {
     return new Promise<Buffer>((resolve, reject) => {
-      let stream: http2.ClientHttp2Stream;
-      try {
-        stream = session.request({
-          ':method': 'POST',
-          ':path': path,
-          'content-type': 'application/grpc',
-          te: 'trailers',
-          'grpc-timeout': grpcTimeout(deadlineAt - Date.now()),
-          'user-agent': 'quiver-client',
-        });
-      } catch (e) {
-        reject(unavailable(`${this.address}: ${(e as Error).message}`));
+      if (!session.canOpen()) {
+        reject(unavailable(`${this.address}: the connection is closing`));
         return;
       }
-      let settled = false;
-      const finish = (err: QuiverError | null, value?: Buffer): void => {
-        if (settled) return;
-        settled = true;
+      const s = session.open();
+      let set = this.calls.get(session);
+      if (!set) this.calls.set(session, (set = new Set()));
+      // The socket keeps the process alive only while calls are in flight on it.
+      if (set.size === 0) session.socket.ref();
+      set.add(s);
+      const timer = setTimeout(
+        () => s.user.finish?.(new QuiverError('DEADLINE_EXCEEDED', `no answer from ${this.address} before the deadline`)),
+        Math.max(1, deadlineAt - Date.now()),
+      );
+      s.user.finish = (err, value) => {
+        s.user.finish = null;
         clearTimeout(timer);
+        set!.delete(s);
+        if (set!.size === 0) {
+          session.socket.unref();
+          // A connection replaced (GOAWAY, stream limit) or closed by close() ends with its last call.
+          if (this.closed || session !== this.session) session.end();
+        }
         if (err) {
-          if (!stream.closed) stream.close(NGHTTP2_CANCEL);
+          session.reset(s, H2_ERROR.CANCEL);
           reject(err);
         } else resolve(value!);
       };
-      const timer = setTimeout(
-        () => finish(new QuiverError('DEADLINE_EXCEEDED', `no answer from ${this.address} before the deadline`)),
-        Math.max(1, deadlineAt - Date.now()),
-      );
-
-      let httpStatus = 0;
-      let headers: http2.IncomingHttpHeaders = {};
-      let trailers: http2.IncomingHttpHeaders | undefined;
-      const chunks: Buffer[] = [];
-      let received = 0;
-      stream.on('response', (h) => {
-        headers = h;
-        httpStatus = Number(h[HTTP2_HEADER_STATUS]);
-      });
-      stream.on('trailers', (t) => (trailers = t));
-      stream.on('data', (c: Buffer) => {
-        received += c.length;
-        if (received > this.receiveBytesMax + 5) {
-          finish(new QuiverError('RESOURCE_EXHAUSTED', `the answer is over ${this.receiveBytesMax} bytes`));
-          return;
-        }
-        chunks.push(c);
-      });
-      stream.on('error', (e: Error) => finish(unavailable(`${this.address}: ${e.message}`)));
-      stream.on('close', () => {
-        if (settled) return;
-        // Status from the trailers, or from the headers of a trailers-only answer.
-        const st = trailers ?? headers;
-        const status = header(st, 'grpc-status');
-        if (status === undefined) {
-          const why = httpStatus === 0 ? 'the stream closed without an answer' : `HTTP status ${httpStatus} without a gRPC status`;
-          const code: ErrorCode = httpStatus === 0 || httpStatus >= 500 ? 'UNAVAILABLE' : 'INTERNAL';
-          finish(new QuiverError(code, `${this.address}: ${why}`));
-          return;
-        }
-        if (status !== '0') {
-          const q = header(st, QUIVER_CODE_KEY);
-          const code = q !== undefined && isErrorCode(q) ? q : codeOfGrpcStatus(Number(status));
-          finish(new QuiverError(code, decodeMessage(header(st, 'grpc-message')) || `gRPC status ${status}`));
-          return;
-        }
-        const body = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, received);
-        if (body.length < 5) {
-          finish(new QuiverError('INTERNAL', `${this.address}: an OK answer without a message`));
-          return;
-        }
-        if (body[0] !== 0) {
-          finish(new QuiverError('INTERNAL', `${this.address}: a compressed answer, which was not asked for`));
-          return;
-        }
-        const len = body.readUInt32BE(1);
-        if (len !== body.length - 5) {
-          finish(new QuiverError('INTERNAL', `${this.address}: the answer holds ${body.length - 5} bytes, its prefix says ${len}`));
-          return;
-        }
-        finish(null, body.subarray(5));
-      });
-
-      // The 5-byte prefix and the message go as two chunks of the same DATA stream: no copy of
-      // the message (a 1,000 x 784 upsert is 3.2 MB).
+      // The 5-byte prefix and the message go as two buffers of one DATA run: no copy of the
+      // message (a 1,000 x 784 upsert is 3.2 MB).
       const prefix = Buffer.allocUnsafe(5);
       prefix[0] = 0;
       prefix.writeUInt32BE(message.length, 1);
-      stream.write(prefix);
-      stream.end(message);
+      session.send(
+        s,
+        [
+          [':method', 'POST'],
+          [':scheme', 'http'],
+          [':path', path],
+          [':authority', this.address],
+          ['content-type', 'application/grpc'],
+          ['te', 'trailers'],
+          ['grpc-timeout', grpcTimeout(deadlineAt - Date.now())],
+          ['user-agent', 'quiver-client'],
+        ],
+        [prefix, message],
+        null,
+        true,
+      );
     });
   }
 
   close(): void {
     this.closed = true;
-    this.session?.close();
+    const s = this.session;
     this.session = null;
+    if (s) {
+      s.goaway(H2_ERROR.NO_ERROR);
+      if (s.size === 0) s.end();
+      else s.socket.unref();
+    }
   }
 }

@@ -11,6 +11,7 @@ import { GRPC_STATUS_OF, QUIVER_CODE_KEY, WireVector, bytesToVector, quiverServi
 import type { Op, Service } from './service';
 import { asQuiverError, buildSearch, checkBatchSize, checkIds, parseJsonField } from './validate';
 import { clusterJson } from './status-page';
+import type { GrpcMethod } from './grpc-h2';
 
 /* eslint-disable @typescript-eslint/no-explicit-any */
 type Msg = any;
@@ -142,24 +143,17 @@ class BatchArrays {
   }
 }
 
-export function grpcImplementation(svc: Service): grpc.UntypedServiceImplementation {
+/** A unary handler: the request message in, the answer out; rejects with a QuiverError. */
+export type GrpcHandler = (request: Msg, deadlineAt: number) => Promise<Msg>;
+
+/** The service's handlers by method name (CreateCollection, Search, ...), for either gRPC server. */
+export function grpcHandlers(svc: Service): Record<string, GrpcHandler> {
   const db = svc.db;
   const batchArrays = new BatchArrays();
   const unary =
-    (op: Op, fn: (req: Msg) => Promise<Msg> | Msg): grpc.handleUnaryCall<Msg, Msg> =>
-    (call, callback) => {
-      const d = call.getDeadline();
-      const at = d instanceof Date ? d.getTime() : Number.isFinite(d) ? d : Date.now() + defaultDeadlineMs;
-      svc.run(op, 'grpc', at, () => fn(call.request)).then(
-        (answer) => callback(null, answer),
-        (e) => {
-          const qe = asQuiverError(e);
-          const metadata = new grpc.Metadata();
-          metadata.set(QUIVER_CODE_KEY, qe.code);
-          callback({ code: GRPC_STATUS_OF[qe.code], details: qe.message, metadata });
-        },
-      );
-    };
+    (op: Op, fn: (req: Msg) => Promise<Msg> | Msg): GrpcHandler =>
+    (request, deadlineAt) =>
+      svc.run(op, 'grpc', deadlineAt, () => fn(request));
 
   return {
     CreateCollection: unary('CreateCollection', async (r) => {
@@ -263,4 +257,38 @@ export function grpcImplementation(svc: Service): grpc.UntypedServiceImplementat
 
 export function grpcServiceDefinition(): grpc.ServiceDefinition {
   return quiverService().service;
+}
+
+/** The handlers in @grpc/grpc-js's form (`--grpc-impl grpc-js`). */
+export function grpcJsImplementation(handlers: Record<string, GrpcHandler>): grpc.UntypedServiceImplementation {
+  const out: grpc.UntypedServiceImplementation = {};
+  for (const [name, handle] of Object.entries(handlers)) {
+    const h: grpc.handleUnaryCall<Msg, Msg> = (call, callback) => {
+      const d = call.getDeadline();
+      const at = d instanceof Date ? d.getTime() : Number.isFinite(d) ? d : Date.now() + defaultDeadlineMs;
+      handle(call.request, at).then(
+        (answer) => callback(null, answer),
+        (e) => {
+          const qe = asQuiverError(e);
+          const metadata = new grpc.Metadata();
+          metadata.set(QUIVER_CODE_KEY, qe.code);
+          callback({ code: GRPC_STATUS_OF[qe.code], details: qe.message, metadata });
+        },
+      );
+    };
+    out[name] = h;
+  }
+  return out;
+}
+
+/** The handlers by path with their protobuf codecs, for Quiver's own gRPC server (grpc-h2.ts). */
+export function grpcMethods(handlers: Record<string, GrpcHandler>): Map<string, GrpcMethod> {
+  const def = grpcServiceDefinition();
+  const out = new Map<string, GrpcMethod>();
+  for (const [name, handle] of Object.entries(handlers)) {
+    const d = def[name];
+    if (!d) throw new Error(`no method ${name} in proto/quiver.proto`);
+    out.set(d.path, { decode: (b) => d.requestDeserialize(b), encode: (v) => d.responseSerialize(v), handle });
+  }
+  return out;
 }

@@ -8,7 +8,8 @@ import * as grpc from '@grpc/grpc-js';
 import { QuiverError } from '../errors';
 import { requestBytesMax } from '../common/limits';
 import type { Database } from '../query/types';
-import { grpcImplementation, grpcServiceDefinition } from './grpc';
+import { grpcHandlers, grpcJsImplementation, grpcMethods, grpcServiceDefinition } from './grpc';
+import { H2GrpcServer } from './grpc-h2';
 import { HttpApi } from './http';
 import { Metrics } from './metrics';
 import { Service, Logger } from './service';
@@ -28,6 +29,42 @@ export interface ServerOptions {
   log?: Logger;
   /** How long close() waits for in-flight requests before cutting connections. Default 30 s. */
   drainTimeoutMs?: number;
+  /**
+   * Which gRPC server: 'quiver' (default), Quiver's own HTTP/2 framing (src/common/h2.ts), or
+   * 'grpc-js', @grpc/grpc-js's server. Both serve the same handlers and wire protocol.
+   */
+  grpcImpl?: GrpcImpl;
+}
+
+export type GrpcImpl = 'quiver' | 'grpc-js';
+export const GRPC_IMPLS: readonly GrpcImpl[] = ['quiver', 'grpc-js'];
+
+/** The two gRPC servers behind one face: bind, drain, cut. */
+interface GrpcFrontEnd {
+  bind(host: string, port: number): Promise<number>;
+  tryShutdown(): Promise<void>;
+  forceShutdown(): void;
+}
+
+function grpcFrontEnd(impl: GrpcImpl, svc: Service): GrpcFrontEnd {
+  const handlers = grpcHandlers(svc);
+  if (impl === 'quiver') {
+    const server = new H2GrpcServer(grpcMethods(handlers), { receiveBytesMax: requestBytesMax });
+    return { bind: (host, port) => server.listen(host, port), tryShutdown: () => server.tryShutdown(), forceShutdown: () => server.forceShutdown() };
+  }
+  const server = new grpc.Server({
+    'grpc.max_receive_message_length': requestBytesMax,
+    'grpc.max_send_message_length': requestBytesMax,
+  });
+  server.addService(grpcServiceDefinition(), grpcJsImplementation(handlers));
+  return {
+    bind: (host, port) =>
+      new Promise<number>((resolve, reject) =>
+        server.bindAsync(joinHostPort(host, port), grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+      ),
+    tryShutdown: () => new Promise<void>((resolve) => server.tryShutdown(() => resolve())),
+    forceShutdown: () => server.forceShutdown(),
+  };
 }
 
 export interface RunningServer {
@@ -58,16 +95,11 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const g = splitHostPort(opts.grpc ?? '127.0.0.1:7400', 'grpc address');
   const h = splitHostPort(opts.http ?? '127.0.0.1:7401', 'http address');
 
-  const grpcServer = new grpc.Server({
-    'grpc.max_receive_message_length': requestBytesMax,
-    'grpc.max_send_message_length': requestBytesMax,
-  });
-  grpcServer.addService(grpcServiceDefinition(), grpcImplementation(svc));
-  const grpcPort = await new Promise<number>((resolve, reject) => {
-    grpcServer.bindAsync(joinHostPort(g.host, g.port), grpc.ServerCredentials.createInsecure(), (err, port) => {
-      if (err) reject(new QuiverError('UNAVAILABLE', `cannot listen for gRPC on ${joinHostPort(g.host, g.port)}: ${err.message}`));
-      else resolve(port);
-    });
+  const impl = opts.grpcImpl ?? 'quiver';
+  if (!GRPC_IMPLS.includes(impl)) throw new QuiverError('INVALID_ARGUMENT', `grpc implementation must be one of ${GRPC_IMPLS.join(', ')} (got '${impl}')`);
+  const grpcServer = grpcFrontEnd(impl, svc);
+  const grpcPort = await grpcServer.bind(g.host, g.port).catch((err: Error) => {
+    throw new QuiverError('UNAVAILABLE', `cannot listen for gRPC on ${joinHostPort(g.host, g.port)}: ${err.message}`);
   });
 
   const api = new HttpApi(svc);
@@ -90,7 +122,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       // 1. Stop accepting: listeners close, new requests on open connections answer UNAVAILABLE.
       const httpClosed = new Promise<void>((resolve) => httpServer.close(() => resolve()));
       httpServer.closeIdleConnections();
-      const grpcClosed = new Promise<void>((resolve) => grpcServer.tryShutdown(() => resolve()));
+      const grpcClosed = grpcServer.tryShutdown();
       // 2. Let in-flight requests finish (bounded).
       let timer: NodeJS.Timeout | undefined;
       const timedOut = new Promise<void>((resolve) => (timer = setTimeout(resolve, drainTimeoutMs)));

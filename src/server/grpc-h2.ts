@@ -1,0 +1,299 @@
+/**
+ * The gRPC server on Quiver's own HTTP/2 framing (src/common/h2.ts): unary calls only, which is all
+ * proto/quiver.proto has. Any gRPC client talks to it (the tests call it with @grpc/grpc-js's
+ * client as well as Quiver's); `quiver serve --grpc-impl grpc-js` serves the same handlers through
+ * @grpc/grpc-js's server instead.
+ *
+ * A call (https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md):
+ *   request  HEADERS :method POST, :path /quiver.v1.Quiver/<Method>, content-type application/grpc[+proto],
+ *                    grpc-timeout (optional; the deadline, else defaultDeadlineMs)
+ *            DATA    u8 compressed | u32 big-endian length | message, then END_STREAM (on the last
+ *                    DATA, or on trailing HEADERS)
+ *   answer   HEADERS :status 200, content-type application/grpc
+ *            DATA    the same 5-byte prefix | message
+ *            HEADERS grpc-status 0  (END_STREAM)
+ *   failure  one HEADERS (trailers-only): :status 200, content-type, grpc-status, grpc-message
+ *            (percent-encoded), quiver-code  (END_STREAM)
+ * Compressed messages are refused (UNIMPLEMENTED): we never advertise an encoding. A request is
+ * one message of at most receiveBytesMax bytes; a larger one is RESOURCE_EXHAUSTED and the stream
+ * is reset, so the client stops sending.
+ */
+import * as net from 'net';
+import { defaultDeadlineMs } from '../common/limits';
+import { H2Session, H2Stream, H2_ERROR } from '../common/h2';
+import type { HeaderList } from '../common/hpack';
+import { GRPC_STATUS_OF, QUIVER_CODE_KEY } from '../client/proto';
+import { asQuiverError } from './validate';
+
+/** One unary method: its wire codec and the handler (rejects with a QuiverError). */
+export interface GrpcMethod {
+  decode(bytes: Buffer): unknown;
+  encode(value: unknown): Buffer;
+  handle(request: unknown, deadlineAt: number): Promise<unknown>;
+}
+
+const STATUS = { INVALID_ARGUMENT: 3, RESOURCE_EXHAUSTED: 8, UNIMPLEMENTED: 12 } as const;
+
+interface Call {
+  method: GrpcMethod | null;
+  deadlineAt: number;
+  chunks: Buffer[];
+  bytes: number;
+  /** Answered (or refused) already: further DATA is dropped. */
+  done: boolean;
+}
+
+const RESPONSE_HEADERS: HeaderList = [
+  [':status', '200'],
+  ['content-type', 'application/grpc'],
+];
+const OK_TRAILERS: HeaderList = [['grpc-status', '0']];
+
+/** grpc-timeout: at most 8 digits and a unit (H M S m u n). Returns ms, or undefined if malformed. */
+export function parseGrpcTimeout(v: string): number | undefined {
+  const m = /^(\d{1,8})([HMSmun])$/.exec(v);
+  if (!m) return undefined;
+  const n = Number(m[1]);
+  switch (m[2]) {
+    case 'H':
+      return n * 3_600_000;
+    case 'M':
+      return n * 60_000;
+    case 'S':
+      return n * 1000;
+    case 'm':
+      return n;
+    case 'u':
+      return n / 1000;
+    default:
+      return n / 1e6;
+  }
+}
+
+/** gRPC's percent-encoding of grpc-message: UTF-8 bytes outside 0x20-0x7e, and '%', as %XX. */
+export function percentEncode(s: string): string {
+  // eslint-disable-next-line no-control-regex
+  if (/^[\x20-\x24\x26-\x7e]*$/.test(s)) return s;
+  let out = '';
+  for (const byte of Buffer.from(s, 'utf8')) {
+    out += byte >= 0x20 && byte <= 0x7e && byte !== 0x25 ? String.fromCharCode(byte) : `%${byte.toString(16).toUpperCase().padStart(2, '0')}`;
+  }
+  return out;
+}
+
+export interface H2GrpcServerOptions {
+  /** Largest request message in bytes. */
+  receiveBytesMax: number;
+  /** Streams one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS). */
+  maxConcurrentStreams?: number;
+}
+
+export class H2GrpcServer {
+  private readonly server: net.Server;
+  private readonly sessions = new Set<H2Session<Call>>();
+  private draining = false;
+  private drained: (() => void) | null = null;
+
+  constructor(
+    private readonly methods: ReadonlyMap<string, GrpcMethod>,
+    private readonly opts: H2GrpcServerOptions,
+  ) {
+    this.server = net.createServer((socket) => this.accept(socket));
+  }
+
+  listen(host: string, port: number): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(port, host, () => {
+        this.server.off('error', reject);
+        resolve((this.server.address() as net.AddressInfo).port);
+      });
+    });
+  }
+
+  private accept(socket: net.Socket): void {
+    if (this.draining) {
+      socket.destroy();
+      return;
+    }
+    const session: H2Session<Call> = new H2Session<Call>(
+      socket,
+      'server',
+      {
+        maxConcurrentStreams: this.opts.maxConcurrentStreams ?? 1000,
+        // A whole request fits one stream's window, so an upsert never waits for credit.
+        streamWindowBytes: Math.min(2 ** 31 - 1, this.opts.receiveBytesMax + 1024),
+        connectionWindowBytes: Math.min(2 ** 31 - 1, 2 * this.opts.receiveBytesMax),
+        maxFrameBytes: (1 << 24) - 1,
+        maxHeaderListBytes: 64 * 1024,
+      },
+      {
+        newUser: () => ({ method: null, deadlineAt: 0, chunks: [], bytes: 0, done: false }),
+        onHeaders: (s, headers, end, opened) => this.onHeaders(session, s, headers, end, opened),
+        onData: (s, data, end) => this.onData(session, s, data, end),
+        onReset: (s) => {
+          s.user.done = true;
+          this.settle(session);
+        },
+        onClose: () => {
+          this.sessions.delete(session);
+          this.checkDrained();
+        },
+      },
+    );
+    this.sessions.add(session);
+  }
+
+  private onHeaders(session: H2Session<Call>, s: H2Stream<Call>, headers: HeaderList | null, end: boolean, opened: boolean): void {
+    const call = s.user;
+    if (!opened) {
+      // Trailing HEADERS from the client: they only end the request.
+      if (end) this.dispatch(session, s);
+      return;
+    }
+    if (!headers) return this.fail(session, s, STATUS.RESOURCE_EXHAUSTED, 'the request headers are over 64 KiB', 'RESOURCE_EXHAUSTED');
+    let method = '';
+    let path = '';
+    let contentType = '';
+    let timeout: string | undefined;
+    let encoding = '';
+    for (const [k, v] of headers) {
+      switch (k) {
+        case ':method':
+          method = v;
+          break;
+        case ':path':
+          path = v;
+          break;
+        case 'content-type':
+          contentType = v;
+          break;
+        case 'grpc-timeout':
+          timeout = v;
+          break;
+        case 'grpc-encoding':
+          encoding = v;
+          break;
+      }
+    }
+    if (method !== 'POST' || !(contentType === 'application/grpc' || contentType.startsWith('application/grpc+') || contentType.startsWith('application/grpc;'))) {
+      call.done = true;
+      session.send(s, [[':status', method !== 'POST' ? '405' : '415']], null, null, true);
+      if (!s.remoteClosed) session.reset(s, H2_ERROR.NO_ERROR);
+      return this.settle(session);
+    }
+    const m = this.methods.get(path);
+    if (!m) return this.fail(session, s, STATUS.UNIMPLEMENTED, `unknown method ${path}`);
+    if (encoding !== '' && encoding !== 'identity') return this.fail(session, s, STATUS.UNIMPLEMENTED, `grpc-encoding ${encoding} is not supported`);
+    let ms: number | undefined = defaultDeadlineMs;
+    if (timeout !== undefined) {
+      ms = parseGrpcTimeout(timeout);
+      if (ms === undefined) return this.fail(session, s, STATUS.INVALID_ARGUMENT, `malformed grpc-timeout '${timeout}'`, 'INVALID_ARGUMENT');
+    }
+    call.method = m;
+    call.deadlineAt = Date.now() + ms;
+    if (end) this.dispatch(session, s);
+  }
+
+  private onData(session: H2Session<Call>, s: H2Stream<Call>, data: Buffer, end: boolean): void {
+    const call = s.user;
+    if (call.done) return;
+    call.bytes += data.length;
+    if (call.bytes > this.opts.receiveBytesMax + 5) {
+      return this.fail(session, s, STATUS.RESOURCE_EXHAUSTED, `the request is over ${this.opts.receiveBytesMax} bytes`, 'RESOURCE_EXHAUSTED');
+    }
+    if (data.length > 0) call.chunks.push(data);
+    if (end) this.dispatch(session, s);
+  }
+
+  private dispatch(session: H2Session<Call>, s: H2Stream<Call>): void {
+    const call = s.user;
+    if (call.done || !call.method) return;
+    const body = call.chunks.length === 1 ? call.chunks[0] : Buffer.concat(call.chunks, call.bytes);
+    call.chunks = [];
+    if (body.length < 5 || body.readUInt32BE(1) !== body.length - 5) {
+      return this.fail(session, s, STATUS.INVALID_ARGUMENT, 'the request is not one length-prefixed gRPC message', 'INVALID_ARGUMENT');
+    }
+    if (body[0] !== 0) return this.fail(session, s, STATUS.UNIMPLEMENTED, 'compressed messages are not supported');
+    const m = call.method;
+    let request: unknown;
+    try {
+      request = m.decode(body.subarray(5));
+    } catch (e) {
+      return this.fail(session, s, STATUS.INVALID_ARGUMENT, `the request could not be decoded: ${(e as Error).message}`, 'INVALID_ARGUMENT');
+    }
+    call.done = true;
+    m.handle(request, call.deadlineAt).then(
+      (answer) => {
+        let msg: Buffer;
+        try {
+          msg = m.encode(answer);
+        } catch (e) {
+          return this.fail(session, s, GRPC_STATUS_OF.INTERNAL, `the answer could not be encoded: ${(e as Error).message}`, 'INTERNAL');
+        }
+        const prefix = Buffer.allocUnsafe(5);
+        prefix[0] = 0;
+        prefix.writeUInt32BE(msg.length, 1);
+        session.send(s, RESPONSE_HEADERS, [prefix, msg], OK_TRAILERS, true);
+        this.settle(session);
+      },
+      (e) => {
+        const qe = asQuiverError(e);
+        this.fail(session, s, GRPC_STATUS_OF[qe.code], qe.message, qe.code);
+      },
+    );
+  }
+
+  /** A trailers-only answer; a request still arriving is cut off with RST_STREAM(NO_ERROR). */
+  private fail(session: H2Session<Call>, s: H2Stream<Call>, status: number, message: string, quiverCode?: string): void {
+    s.user.done = true;
+    s.user.chunks = [];
+    const h: HeaderList = [
+      [':status', '200'],
+      ['content-type', 'application/grpc'],
+      ['grpc-status', String(status)],
+      ['grpc-message', percentEncode(message.length > 4096 ? `${message.slice(0, 4093)}...` : message)],
+    ];
+    if (quiverCode) h.push([QUIVER_CODE_KEY, quiverCode]);
+    session.send(s, h, null, null, true);
+    if (!s.remoteClosed) session.reset(s, H2_ERROR.NO_ERROR);
+    this.settle(session);
+  }
+
+  /** While draining, a connection with no stream left is closed. */
+  private settle(session: H2Session<Call>): void {
+    if (this.draining && session.size === 0) session.end();
+  }
+
+  private checkDrained(): void {
+    if (this.draining && this.sessions.size === 0 && this.drained) {
+      this.drained();
+      this.drained = null;
+    }
+  }
+
+  /**
+   * Stops accepting connections, tells every client (GOAWAY) that no new stream will be taken,
+   * lets the calls already taken finish, and resolves once every connection has closed.
+   */
+  tryShutdown(): Promise<void> {
+    this.draining = true;
+    const all = new Promise<void>((resolve) => (this.drained = resolve));
+    const listening = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    for (const s of this.sessions) {
+      s.goaway(H2_ERROR.NO_ERROR, 'server shutting down');
+      this.settle(s);
+    }
+    this.checkDrained();
+    return Promise.all([all, listening]).then(() => undefined);
+  }
+
+  /** Closes every connection at once; calls in flight are lost to their clients (UNAVAILABLE). */
+  forceShutdown(): void {
+    this.draining = true;
+    this.server.close();
+    for (const s of this.sessions) s.destroy(null);
+    this.sessions.clear();
+    this.checkDrained();
+  }
+}

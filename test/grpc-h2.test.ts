@@ -1,0 +1,288 @@
+/**
+ * Quiver's own HTTP/2 gRPC server (src/server/grpc-h2.ts) and client transport
+ * (src/client/transport.ts), each against the other and against @grpc/grpc-js (nghttp2 through
+ * node:http2) on the other side, over real loopback sockets: framing split at every byte,
+ * flow control with small windows, many streams at once, errors, deadlines, GOAWAY.
+ */
+import * as net from 'net';
+import * as grpc from '@grpc/grpc-js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { QuiverError } from '../src/errors';
+import { GrpcChannel, UnaryMethod } from '../src/client/transport';
+import { GrpcMethod, H2GrpcServer, parseGrpcTimeout, percentEncode } from '../src/server/grpc-h2';
+import { HpackDecoder, HpackEncoder } from '../src/common/hpack';
+import { PREFACE } from '../src/common/h2';
+
+const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Echo (the bytes back), Slow (waits the ms in the first 4 bytes, then echoes), Fail (a typed error). */
+function methods(seen: { calls: number }): Map<string, GrpcMethod> {
+  const raw = { decode: (b: Buffer) => Buffer.from(b), encode: (v: unknown) => v as Buffer };
+  return new Map<string, GrpcMethod>([
+    ['/t.T/Echo', { ...raw, handle: async (r) => (seen.calls++, r) }],
+    ['/t.T/Slow', { ...raw, handle: async (r) => (await delay((r as Buffer).readUInt32BE(0)), r) }],
+    ['/t.T/Fail', { ...raw, handle: async () => Promise.reject(new QuiverError('NOT_FOUND', 'no such thing: 100% gone, ünïcode')) }],
+  ]);
+}
+
+const m = (path: string): UnaryMethod => ({ path, requestSerialize: (b) => b as Buffer, responseDeserialize: (b) => Buffer.from(b) });
+const ECHO = m('/t.T/Echo');
+
+const SERVICE: grpc.ServiceDefinition = Object.fromEntries(
+  ['Echo', 'Slow', 'Fail', 'Nope'].map((n) => [
+    n,
+    { path: `/t.T/${n}`, requestStream: false, responseStream: false, requestSerialize: (b: Buffer) => b, requestDeserialize: (b: Buffer) => b, responseSerialize: (b: Buffer) => b, responseDeserialize: (b: Buffer) => b },
+  ]),
+);
+
+function grpcJsClient(port: number): grpc.Client & Record<string, (req: Buffer, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r: Buffer) => void) => void> {
+  const Ctor = grpc.makeGenericClientConstructor(SERVICE, 'T');
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  return new Ctor(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), { 'grpc.max_receive_message_length': 64 << 20, 'grpc.max_send_message_length': 64 << 20 }) as any;
+}
+
+function callJs(c: ReturnType<typeof grpcJsClient>, name: string, req: Buffer, deadlineMs = 10_000): Promise<{ err: grpc.ServiceError | null; res?: Buffer }> {
+  return new Promise((resolve) => c[name](req, { deadline: Date.now() + deadlineMs }, (err, res) => resolve({ err, res })));
+}
+
+function payload(n: number, seed: number): Buffer {
+  const b = Buffer.allocUnsafe(n);
+  for (let i = 0; i < n; i++) b[i] = (i * 31 + seed * 7) & 0xff;
+  return b;
+}
+
+/** Frames of a raw exchange, parsed from the socket. */
+function frameHead(len: number, type: number, flags: number, stream: number): Buffer {
+  const b = Buffer.alloc(9);
+  b.writeUIntBE(len, 0, 3);
+  b[3] = type;
+  b[4] = flags;
+  b.writeUInt32BE(stream, 5);
+  return b;
+}
+
+function rawRequest(path: string, message: Buffer, extra: Array<[string, string]> = [], compressed = false): Buffer {
+  const block = new HpackEncoder().encode([
+    [':method', 'POST'],
+    [':scheme', 'http'],
+    [':path', path],
+    [':authority', 'x'],
+    ['content-type', 'application/grpc'],
+    ...extra,
+  ]);
+  const body = Buffer.alloc(5 + message.length);
+  body[0] = compressed ? 1 : 0;
+  body.writeUInt32BE(message.length, 1);
+  message.copy(body, 5);
+  return Buffer.concat([PREFACE, frameHead(0, 4, 0, 0), frameHead(block.length, 1, 4, 1), block, frameHead(body.length, 0, 1, 1), body]);
+}
+
+/**
+ * Sends `bytes` (in pieces of `step`), collects the answer on stream 1: header lists and data.
+ * Writes nothing else (no SETTINGS ACK), so the pieces reach the server exactly as cut.
+ */
+async function rawExchange(port: number, bytes: Buffer, step: number): Promise<{ blocks: Array<Array<[string, string]>>; data: Buffer; closed: boolean }> {
+  const s = net.connect(port, '127.0.0.1');
+  s.setNoDelay(true);
+  await new Promise((r) => s.once('connect', r));
+  const dec = new HpackDecoder();
+  const blocks: Array<Array<[string, string]>> = [];
+  const data: Buffer[] = [];
+  let buf = Buffer.alloc(0);
+  let closed = false;
+  const done = new Promise<void>((resolve) => {
+    s.on('data', (c: Buffer) => {
+      buf = Buffer.concat([buf, c]);
+      while (buf.length >= 9) {
+        const len = buf.readUIntBE(0, 3);
+        if (buf.length < 9 + len) break;
+        const type = buf[3];
+        const flags = buf[4];
+        const stream = buf.readUInt32BE(5) & 0x7fffffff;
+        const p = buf.subarray(9, 9 + len);
+        buf = buf.subarray(9 + len);
+        if (stream !== 1) continue;
+        if (type === 1) blocks.push(dec.decode(p));
+        if (type === 0) data.push(Buffer.from(p));
+        if (type === 3 || ((type === 0 || type === 1) && flags & 1)) resolve();
+      }
+    });
+    s.on('close', () => {
+      closed = true;
+      resolve();
+    });
+  });
+  for (let i = 0; i < bytes.length; i += step) {
+    s.write(bytes.subarray(i, i + step));
+    if (step < bytes.length) await delay(0);
+  }
+  await Promise.race([done, delay(5000)]);
+  s.destroy();
+  return { blocks, data: Buffer.concat(data), closed };
+}
+
+const field = (blocks: Array<Array<[string, string]>>, k: string) => blocks.flat().find(([n]) => n === k)?.[1];
+
+describe('Quiver gRPC server and client transport', () => {
+  const seen = { calls: 0 };
+  let server: H2GrpcServer;
+  let port: number;
+  let ch: GrpcChannel;
+  let js: ReturnType<typeof grpcJsClient>;
+
+  beforeAll(async () => {
+    server = new H2GrpcServer(methods(seen), { receiveBytesMax: 16 << 20 });
+    port = await server.listen('127.0.0.1', 0);
+    ch = new GrpcChannel(`127.0.0.1:${port}`, 32 << 20);
+    js = grpcJsClient(port);
+  });
+  afterAll(async () => {
+    ch?.close();
+    js?.close();
+    server?.forceShutdown();
+  });
+
+  it('parses grpc-timeout and percent-encodes grpc-message as gRPC does', () => {
+    expect(parseGrpcTimeout('250m')).toBe(250);
+    expect(parseGrpcTimeout('3S')).toBe(3000);
+    expect(parseGrpcTimeout('2H')).toBe(7_200_000);
+    expect(parseGrpcTimeout('1500u')).toBe(1.5);
+    expect(parseGrpcTimeout('123456789m')).toBeUndefined();
+    expect(parseGrpcTimeout('5x')).toBeUndefined();
+    expect(percentEncode('plain, text: ok')).toBe('plain, text: ok');
+    expect(percentEncode('100% ü\n')).toBe('100%25 %C3%BC%0A');
+  });
+
+  it('answers the Quiver client and a grpc-js client, small and large (past windows and frame sizes)', async () => {
+    for (const n of [0, 1, 3136, 70_000, 5 << 20]) {
+      const p = payload(n, n);
+      expect(((await ch.unary(ECHO, p, Date.now() + 10_000)) as Buffer).equals(p)).toBe(true);
+      const r = await callJs(js, 'Echo', p);
+      expect(r.err).toBeNull();
+      expect(r.res!.equals(p)).toBe(true);
+    }
+  });
+
+  it('serves many calls at once on one connection, each answer to its own call', async () => {
+    const ps = Array.from({ length: 300 }, (_, i) => payload(1 + ((i * 977) % 20_000), i));
+    const got = await Promise.all(ps.map((p) => ch.unary(ECHO, p, Date.now() + 20_000)));
+    got.forEach((g, i) => expect((g as Buffer).equals(ps[i])).toBe(true));
+    const viaJs = await Promise.all(ps.slice(0, 100).map((p) => callJs(js, 'Echo', p)));
+    viaJs.forEach((r, i) => expect(r.res!.equals(ps[i])).toBe(true));
+  });
+
+  it('reassembles a request written one byte at a time, and one written whole', async () => {
+    const msg = payload(300, 9);
+    for (const step of [1, 7, 1 << 20]) {
+      const r = await rawExchange(port, rawRequest('/t.T/Echo', msg), step);
+      expect(field(r.blocks, ':status')).toBe('200');
+      expect(field(r.blocks, 'grpc-status')).toBe('0');
+      expect(r.data.subarray(5).equals(msg)).toBe(true);
+    }
+  });
+
+  it('errors: typed codes through both clients; unknown method, compression, bad timeout, oversize', async () => {
+    const e = (await ch.unary(m('/t.T/Fail'), Buffer.alloc(1), Date.now() + 5000).catch((x) => x)) as QuiverError;
+    expect(e.code).toBe('NOT_FOUND');
+    expect(e.message).toBe('no such thing: 100% gone, ünïcode');
+    const f = await callJs(js, 'Fail', Buffer.alloc(1));
+    expect(f.err!.code).toBe(grpc.status.NOT_FOUND);
+    expect(f.err!.details).toBe('no such thing: 100% gone, ünïcode');
+    expect(f.err!.metadata.get('quiver-code')).toEqual(['NOT_FOUND']);
+
+    expect((await callJs(js, 'Nope', Buffer.alloc(1))).err!.code).toBe(grpc.status.UNIMPLEMENTED);
+    const big = await callJs(js, 'Echo', Buffer.alloc((16 << 20) + 1));
+    expect(big.err!.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+    const ours = (await ch.unary(ECHO, Buffer.alloc((16 << 20) + 1), Date.now() + 10_000).catch((x) => x)) as QuiverError;
+    expect(ours.code).toBe('RESOURCE_EXHAUSTED');
+
+    const z = await rawExchange(port, rawRequest('/t.T/Echo', Buffer.alloc(4), [], true), 1 << 20);
+    expect(field(z.blocks, 'grpc-status')).toBe(String(grpc.status.UNIMPLEMENTED));
+    const t = await rawExchange(port, rawRequest('/t.T/Echo', Buffer.alloc(4), [['grpc-timeout', 'soon']]), 1 << 20);
+    expect(field(t.blocks, 'grpc-status')).toBe(String(grpc.status.INVALID_ARGUMENT));
+    expect(field(t.blocks, 'quiver-code')).toBe('INVALID_ARGUMENT');
+
+    // The connections are still good.
+    expect(((await ch.unary(ECHO, Buffer.from('ok'), Date.now() + 5000)) as Buffer).toString()).toBe('ok');
+    expect((await callJs(js, 'Echo', Buffer.from('ok'))).res!.toString()).toBe('ok');
+  });
+
+  it('a call past its deadline fails DEADLINE_EXCEEDED on both clients, and the connection stays usable', async () => {
+    const slow = Buffer.alloc(4);
+    slow.writeUInt32BE(400);
+    const t0 = Date.now();
+    const e = (await ch.unary(m('/t.T/Slow'), slow, Date.now() + 100).catch((x) => x)) as QuiverError;
+    expect(e.code).toBe('DEADLINE_EXCEEDED');
+    expect(Date.now() - t0).toBeLessThan(390);
+    expect((await callJs(js, 'Slow', slow, 100)).err!.code).toBe(grpc.status.DEADLINE_EXCEEDED);
+    await delay(450); // the slow handlers finish; their answers go nowhere
+    expect(((await ch.unary(ECHO, Buffer.from('after'), Date.now() + 5000)) as Buffer).toString()).toBe('after');
+  });
+
+  it('garbage and HTTP/1.1 on the port close that connection only', async () => {
+    for (const junk of [Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'), Buffer.alloc(64, 0xff)]) {
+      const r = await rawExchange(port, junk, 1 << 20);
+      expect(r.closed).toBe(true);
+      expect(r.blocks).toEqual([]);
+    }
+    // Protocol errors are fatal to their connection (GOAWAY), not to the server: a 70,000-byte
+    // PING (a control frame over 64 KiB), DATA on a stream never opened, HEADERS on stream 0.
+    for (const bad of [frameHead(70_000, 6, 0, 0), frameHead(4, 0, 0, 5), frameHead(1, 1, 4, 0)]) {
+      const r = await rawExchange(port, Buffer.concat([PREFACE, frameHead(0, 4, 0, 0), bad, Buffer.alloc(16)]), 1 << 20);
+      expect(r.closed).toBe(true);
+    }
+    expect(((await ch.unary(ECHO, Buffer.from('still'), Date.now() + 5000)) as Buffer).toString()).toBe('still');
+  });
+});
+
+describe('shutdown and the grpc-js server', () => {
+  it('tryShutdown lets calls in flight finish, refuses new connections, then resolves', async () => {
+    const server = new H2GrpcServer(methods({ calls: 0 }), { receiveBytesMax: 1 << 20 });
+    const port = await server.listen('127.0.0.1', 0);
+    const ch = new GrpcChannel(`127.0.0.1:${port}`, 1 << 20);
+    try {
+      const slow = Buffer.alloc(4);
+      slow.writeUInt32BE(300);
+      const inFlight = ch.unary(m('/t.T/Slow'), slow, Date.now() + 5000);
+      await delay(50);
+      const stopped = server.tryShutdown();
+      expect(((await inFlight) as Buffer).equals(slow)).toBe(true);
+      await stopped;
+      const after = (await ch.unary(ECHO, Buffer.from('x'), Date.now() + 2000).catch((x) => x)) as QuiverError;
+      expect(after.code).toBe('UNAVAILABLE');
+    } finally {
+      ch.close();
+      server.forceShutdown();
+    }
+  });
+
+  it('the Quiver client calls a grpc-js server (nghttp2 on the other side), small and large', async () => {
+    const g = new grpc.Server({ 'grpc.max_receive_message_length': 64 << 20, 'grpc.max_send_message_length': 64 << 20 });
+    g.addService(SERVICE, {
+      Echo: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => cb(null, call.request),
+      Fail: (_call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => {
+        const md = new grpc.Metadata();
+        md.set('quiver-code', 'ALREADY_EXISTS');
+        cb({ code: grpc.status.ALREADY_EXISTS, details: 'there: 50%, ü', metadata: md });
+      },
+    });
+    const port = await new Promise<number>((res, rej) => g.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? rej(e) : res(p))));
+    const ch = new GrpcChannel(`127.0.0.1:${port}`, 64 << 20);
+    try {
+      for (const n of [0, 10, 100_000, 3 << 20]) {
+        const p = payload(n, 3);
+        expect(((await ch.unary(ECHO, p, Date.now() + 10_000)) as Buffer).equals(p)).toBe(true);
+      }
+      const all = await Promise.all(Array.from({ length: 50 }, (_, i) => ch.unary(ECHO, payload(1000 + i, i), Date.now() + 10_000)));
+      all.forEach((a, i) => expect((a as Buffer).equals(payload(1000 + i, i))).toBe(true));
+      const e = (await ch.unary(m('/t.T/Fail'), Buffer.alloc(1), Date.now() + 5000).catch((x) => x)) as QuiverError;
+      expect(e.code).toBe('ALREADY_EXISTS');
+      expect(e.message).toBe('there: 50%, ü');
+      const u = (await ch.unary(m('/t.T/Nope'), Buffer.alloc(1), Date.now() + 5000).catch((x) => x)) as QuiverError;
+      expect(u.code).toBe('INTERNAL'); // UNIMPLEMENTED has no Quiver code of its own
+    } finally {
+      ch.close();
+      g.forceShutdown();
+    }
+  });
+});
