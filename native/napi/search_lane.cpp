@@ -9,6 +9,7 @@
 #include <fstream>
 #include <functional>
 #include <mutex>
+#include <sched.h>
 #include <new>
 #include <string>
 #include <thread>
@@ -202,15 +203,26 @@ class Lane {
     for (;;) {
       Pending* p = slot_.exchange(nullptr, std::memory_order_acq_rel);
       if (p == nullptr) {
-        // Spin only while tasks have been arriving within the spin window (a caller awaiting
-        // searches back to back). When they come further apart (a server, where every search
-        // waits for a network round trip) spinning would catch nothing and only take a core
-        // from the threads that do the work.
+        // Spin only while tasks have been arriving within the spin cap (a caller awaiting
+        // searches back to back, or a server answering one client after another), for about
+        // twice the recent gap between tasks: long enough to catch the next task of a steady
+        // caller, short once the tasks stop. A sleeping lane costs the next task a futex wake on
+        // a halted vCPU (tens of us here); spinning costs a core, so it also stops as soon as
+        // addon work is on the libuv pool (concurrent searches, builds), whose threads need the
+        // cores, and it never starts when tasks come further apart than the cap.
         if (spin_.count() > 0 && gap_ema_us_ < static_cast<double>(spin_.count())) {
-          const auto until = std::chrono::steady_clock::now() + spin_;
-          while (!stop_.load(std::memory_order_relaxed) && slot_.load(std::memory_order_acquire) == nullptr &&
-                 std::chrono::steady_clock::now() < until) {
+          const double want_us = std::min(static_cast<double>(spin_.count()), std::max(kSpinMinUs, 2.0 * gap_ema_us_));
+          const auto start = std::chrono::steady_clock::now();
+          const auto until = start + std::chrono::microseconds(static_cast<long>(want_us));
+          const auto polite = start + std::chrono::microseconds(kSpinSoloUs);
+          for (auto t = start; !stop_.load(std::memory_order_relaxed) && slot_.load(std::memory_order_acquire) == nullptr &&
+                               pool_work_in_flight().load(std::memory_order_relaxed) == 0 && t < until;
+               t = std::chrono::steady_clock::now()) {
             for (int i = 0; i < 16; ++i) QV_CPU_RELAX();
+            // Past the first stretch, give the core to any thread waiting for it: on a machine
+            // with few cores the process that sends the next task (a client) may be queued
+            // behind this spin. A caller searching back to back is caught before (no syscall).
+            if (t > polite) sched_yield();
           }
         }
         if (slot_.load(std::memory_order_acquire) == nullptr) {
@@ -330,7 +342,9 @@ class Lane {
   }
 
   napi_env env_;
-  std::chrono::microseconds spin_;
+  std::chrono::microseconds spin_;  // the most the lane spins after a task
+  static constexpr double kSpinMinUs = 100.0;
+  static constexpr long kSpinSoloUs = 50;  // spin without yielding this long first
   napi_threadsafe_function tsfn_ = nullptr;
   std::thread thread_;
   std::atomic<bool> busy_{false};
@@ -357,7 +371,7 @@ class Lane {
   double gap_ema_us_ = 0;
 };
 
-long spin_micros() { return env_long("QUIVER_SEARCH_SPIN_US", 100); }
+long spin_micros() { return env_long("QUIVER_SEARCH_SPIN_US", 1000); }
 // Read once: the lane decides at its start, and searchLaneStats() reports that same answer without
 // re-reading the affinity mask and the cgroup files on every call.
 bool poll_enabled() {
