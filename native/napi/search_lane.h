@@ -4,9 +4,10 @@
 // Why: an AsyncWorker goes through uv_queue_work (mutex, condition variable, a futex wake of a
 // sleeping pool thread, often on a core whose caches are cold) and back through uv_async_send. On
 // the virtual machines measured here that costs 30-50 us per call, as much as the search itself
-// for small vectors. The lane keeps one thread hot: after each task it spins for a short while
-// (QUIVER_SEARCH_SPIN_US, default 100 us) watching a one-task slot, so a caller that awaits one
-// search after another hands work over without a system call. The event loop never waits on the
+// for small vectors. The lane keeps one thread hot: after each task it spins for about twice the
+// recent gap between tasks (at most QUIVER_SEARCH_SPIN_US, default 1,000 us; not while addon work
+// is on the pool) watching a one-task slot, so a caller that awaits one search after another, or a
+// server answering a client search after search, hands work over without a system call. The event loop never waits on the
 // search: while a task is out it keeps polling (an active idle handle; it still runs timers and
 // I/O) and settles the promise once the lane raises a flag, which saves the lane's uv_async_send
 // and the loop's wake-up. Polling is bounded (QUIVER_SEARCH_POLL_US, default 1 ms per task), never
