@@ -56,7 +56,8 @@ export class Service {
       if (this.draining) throw new QuiverError('UNAVAILABLE', 'the server is shutting down');
       const left = deadlineAtMs - Date.now();
       if (left <= 0) throw new QuiverError('DEADLINE_EXCEEDED', 'the deadline passed before the request started');
-      return await withDeadline(Promise.resolve().then(fn), left);
+      // fn runs now (a synchronous throw is caught below), not a promise turn later.
+      return await withDeadline(Promise.resolve(fn()), left);
     } catch (e) {
       const qe = asQuiverError(e);
       if (qe.code === 'INTERNAL') this.log.error(`quiver: ${op} failed: ${e instanceof Error ? e.stack ?? e.message : String(e)}`);

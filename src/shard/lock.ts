@@ -7,6 +7,21 @@ export class RwLock {
   private writer = false;
   private readonly queue: { write: boolean; grant: () => void }[] = [];
 
+  /**
+   * Takes a read share at once if nobody holds or waits for the lock (a search's usual case), so the
+   * caller skips read()'s promise turns; it must call releaseRead() exactly once afterwards.
+   */
+  tryRead(): boolean {
+    if (this.writer || this.queue.length > 0) return false;
+    this.readers++;
+    return true;
+  }
+
+  releaseRead(): void {
+    this.readers--;
+    this.pump();
+  }
+
   async read<T>(fn: () => Promise<T> | T): Promise<T> {
     await this.acquire(false);
     try {
