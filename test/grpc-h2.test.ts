@@ -22,6 +22,12 @@ function methods(seen: { calls: number }): Map<string, GrpcMethod> {
     ['/t.T/Echo', { ...raw, handle: async (r) => (seen.calls++, r) }],
     ['/t.T/Slow', { ...raw, handle: async (r) => (await delay((r as Buffer).readUInt32BE(0)), r) }],
     ['/t.T/Fail', { ...raw, handle: async () => Promise.reject(new QuiverError('NOT_FOUND', 'no such thing: 100% gone, ünïcode')) }],
+    // Copies the request before its first await, as Upsert does, so the server may gather large
+    // requests in reused buffers; answers the copy later.
+    ['/t.T/Keep', { decode: (b: Buffer) => b, encode: (v: unknown) => v as Buffer, reusesRequest: true, handle: (r) => {
+      const copy = Buffer.from(r as Buffer);
+      return delay(5).then(() => copy);
+    } }],
   ]);
 }
 
@@ -62,6 +68,15 @@ function frameHead(len: number, type: number, flags: number, stream: number): Bu
 }
 
 function rawRequest(path: string, message: Buffer, extra: Array<[string, string]> = [], compressed = false): Buffer {
+  const body = Buffer.alloc(5 + message.length);
+  body[0] = compressed ? 1 : 0;
+  body.writeUInt32BE(message.length, 1);
+  message.copy(body, 5);
+  return rawRequestRaw(path, body, extra);
+}
+
+/** A request whose DATA is `body` as given (its own 5-byte prefix, right or wrong). */
+function rawRequestRaw(path: string, body: Buffer, extra: Array<[string, string]> = []): Buffer {
   const block = new HpackEncoder().encode([
     [':method', 'POST'],
     [':scheme', 'http'],
@@ -70,10 +85,6 @@ function rawRequest(path: string, message: Buffer, extra: Array<[string, string]
     ['content-type', 'application/grpc'],
     ...extra,
   ]);
-  const body = Buffer.alloc(5 + message.length);
-  body[0] = compressed ? 1 : 0;
-  body.writeUInt32BE(message.length, 1);
-  message.copy(body, 5);
   return Buffer.concat([PREFACE, frameHead(0, 4, 0, 0), frameHead(block.length, 1, 4, 1), block, frameHead(body.length, 0, 1, 1), body]);
 }
 
@@ -169,6 +180,27 @@ describe('Quiver gRPC server and client transport', () => {
     got.forEach((g, i) => expect((g as Buffer).equals(ps[i])).toBe(true));
     const viaJs = await Promise.all(ps.slice(0, 100).map((p) => callJs(js, 'Echo', p)));
     viaJs.forEach((r, i) => expect(r.res!.equals(ps[i])).toBe(true));
+  });
+
+  it('large requests gathered in reused buffers stay each their own, in parallel and in turn', async () => {
+    const keep = m('/t.T/Keep');
+    for (let round = 0; round < 3; round++) {
+      const ps = [1, 2, 3, 4, 5].map((i) => payload((2 << 20) + i * 1000 + round, i * 10 + round));
+      const got = await Promise.all(ps.map((p) => ch.unary(keep, p, Date.now() + 20_000)));
+      got.forEach((g, i) => expect((g as Buffer).equals(ps[i])).toBe(true));
+    }
+    for (let i = 0; i < 4; i++) {
+      const p = payload((1 << 20) + 17 * i, 100 + i);
+      expect(((await ch.unary(keep, p, Date.now() + 20_000)) as Buffer).equals(p)).toBe(true);
+    }
+    // A length prefix that does not match the DATA that follows: refused, nothing kept.
+    const body = Buffer.alloc(5 + (2 << 20));
+    body.writeUInt32BE(3 << 20, 1); // announces more than comes
+    const r = await rawExchange(port, rawRequestRaw('/t.T/Keep', body), 1 << 20);
+    expect(field(r.blocks, 'grpc-status')).toBe(String(grpc.status.INVALID_ARGUMENT));
+    body.writeUInt32BE(1 << 20, 1); // announces less than comes
+    const r2 = await rawExchange(port, rawRequestRaw('/t.T/Keep', body), 1 << 20);
+    expect(field(r2.blocks, 'grpc-status')).toBe(String(grpc.status.INVALID_ARGUMENT));
   });
 
   it('reassembles a request written one byte at a time, and one written whole', async () => {

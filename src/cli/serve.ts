@@ -9,6 +9,7 @@ import { QuiverError } from '../errors';
 import { parseArgs, flagString } from './args';
 import { openDatabase } from '../query';
 import { GRPC_IMPLS, GrpcImpl, Metrics, startServer, splitHostPort } from '../server';
+import { tuneAllocatorForServer } from '../native/addon';
 
 const USAGE = `usage: quiver serve [options]
 
@@ -125,6 +126,8 @@ export async function serve(argv: string[]): Promise<number> {
   // server down mid-shutdown: write errors on the log streams are dropped.
   for (const stream of [process.stdout, process.stderr]) stream.on('error', () => undefined);
   const log = (m: string): void => void process.stdout.write(`quiver: ${m}\n`);
+  // Before the first large allocation: the server's batches should reuse heap memory, not remap it.
+  tuneAllocatorForServer();
   const metrics = new Metrics();
   const t0 = Date.now();
   fs.mkdirSync(cfg.data, { recursive: true });

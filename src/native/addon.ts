@@ -41,6 +41,8 @@ export interface NativeAddon {
   crc32c(bytes: Uint8Array, crc?: number): number;
   /** A zeroed Float32Array for bulk rows; from 1 MB up in whole 2 MB pages advised for huge pages. */
   allocRows(floats: number): Float32Array;
+  /** glibc malloc: keep freed heap tops up to trimBytes, heap-allocate blocks under mmapBytes. */
+  tuneAllocator?(trimBytes: number, mmapBytes: number): boolean;
   kernel(name: string, level: string, a: ArrayBufferView, b: ArrayBufferView): number;
   scanBench(level: string, base: Float32Array, dim: number, query: Float32Array, repeats: number): number;
   sumBench(level: string, base: Float32Array, repeats: number): number;
@@ -101,6 +103,18 @@ export function loadAddon(): { addon: NativeAddon; build: 'cpu' | 'cuda'; path: 
 
 export function addon(): NativeAddon {
   return loadAddon().addon;
+}
+
+/**
+ * For a long-running server: glibc malloc keeps up to 256 MiB of freed memory at the top of its
+ * heaps and serves blocks under 32 MiB from them, instead of unmapping and re-mapping the same
+ * memory for every large batch (page faults are expensive on the VMs measured). Off with
+ * QUIVER_MALLOC_TUNE=0; false where it did not apply (not glibc, an older addon).
+ */
+export function tuneAllocatorForServer(): boolean {
+  if (process.env.QUIVER_MALLOC_TUNE === '0') return false;
+  const a = addon();
+  return a.tuneAllocator ? a.tuneAllocator(256 << 20, 32 << 20) : false;
 }
 
 /**

@@ -30,6 +30,11 @@ export interface GrpcMethod {
   decode(bytes: Buffer): unknown;
   encode(value: unknown): Buffer;
   handle(request: unknown, deadlineAt: number): Promise<unknown>;
+  /**
+   * The handler copies out all it keeps of the request before its promise settles (Upsert), so a
+   * large request may be gathered in a reused buffer that goes back to the pool then.
+   */
+  reusesRequest?: boolean;
 }
 
 const STATUS = { INVALID_ARGUMENT: 3, RESOURCE_EXHAUSTED: 8, UNIMPLEMENTED: 12 } as const;
@@ -39,8 +44,38 @@ interface Call {
   deadlineAt: number;
   chunks: Buffer[];
   bytes: number;
+  /** A pooled buffer the request is gathered in (large requests of reusesRequest methods). */
+  buf: Buffer | null;
+  /** The length prefix was read (by gather): chunks or buf is decided. */
+  sized: boolean;
   /** Answered (or refused) already: further DATA is dropped. */
   done: boolean;
+}
+
+/**
+ * Reused buffers for large requests. A fresh 3 MB buffer per upsert costs hundreds of page faults
+ * (about 12 us each on the VMs measured here) and pushes V8 into full collections for external
+ * memory; the pool keeps a few, at most poolBytesMax in all.
+ */
+class RequestBuffers {
+  private readonly free: Buffer[] = [];
+  private held = 0;
+  static readonly bytesMin = 1 << 20;
+  static readonly poolBytesMax = 32 << 20;
+
+  take(bytes: number): Buffer {
+    const i = this.free.findIndex((b) => b.length >= bytes && b.length <= 2 * bytes);
+    if (i < 0) return Buffer.allocUnsafeSlow(bytes);
+    const b = this.free.splice(i, 1)[0];
+    this.held -= b.length;
+    return b;
+  }
+
+  give(b: Buffer): void {
+    if (this.held + b.length > RequestBuffers.poolBytesMax) return;
+    this.free.push(b);
+    this.held += b.length;
+  }
 }
 
 const RESPONSE_HEADERS: HeaderList = [
@@ -91,6 +126,7 @@ export interface H2GrpcServerOptions {
 export class H2GrpcServer {
   private readonly server: net.Server;
   private readonly sessions = new Set<H2Session<Call>>();
+  private readonly buffers = new RequestBuffers();
   private draining = false;
   private drained: (() => void) | null = null;
 
@@ -128,10 +164,11 @@ export class H2GrpcServer {
         maxHeaderListBytes: 64 * 1024,
       },
       {
-        newUser: () => ({ method: null, deadlineAt: 0, chunks: [], bytes: 0, done: false }),
+        newUser: () => ({ method: null, deadlineAt: 0, chunks: [], bytes: 0, buf: null, sized: false, done: false }),
         onHeaders: (s, headers, end, opened) => this.onHeaders(session, s, headers, end, opened),
         onData: (s, data, end) => this.onData(session, s, data, end),
         onReset: (s) => {
+          if (!s.user.done) this.release(s.user);
           s.user.done = true;
           this.settle(session);
         },
@@ -198,18 +235,51 @@ export class H2GrpcServer {
   private onData(session: H2Session<Call>, s: H2Stream<Call>, data: Buffer, end: boolean): void {
     const call = s.user;
     if (call.done) return;
-    call.bytes += data.length;
-    if (call.bytes > this.opts.receiveBytesMax + 5) {
+    if (call.buf) {
+      if (call.bytes + data.length > call.buf.length) {
+        return this.fail(session, s, STATUS.INVALID_ARGUMENT, 'the request is longer than its length prefix', 'INVALID_ARGUMENT');
+      }
+      data.copy(call.buf, call.bytes);
+      call.bytes += data.length;
+    } else {
+      call.bytes += data.length;
+      if (call.bytes > this.opts.receiveBytesMax + 5) {
+        return this.fail(session, s, STATUS.RESOURCE_EXHAUSTED, `the request is over ${this.opts.receiveBytesMax} bytes`, 'RESOURCE_EXHAUSTED');
+      }
+      if (data.length > 0) call.chunks.push(data);
+      if (call.method?.reusesRequest && !call.sized && call.bytes >= 5 && !end) this.gather(session, s);
+    }
+    if (end) this.dispatch(session, s);
+  }
+
+  /** Moves a large request of a reusesRequest method into a pooled buffer of its announced size. */
+  private gather(session: H2Session<Call>, s: H2Stream<Call>): void {
+    const call = s.user;
+    call.sized = true;
+    const head = call.chunks[0].length >= 5 ? call.chunks[0] : Buffer.concat(call.chunks);
+    const total = 5 + head.readUInt32BE(1);
+    if (total < RequestBuffers.bytesMin) return; // small: gathered as chunks
+    if (total > this.opts.receiveBytesMax + 5) {
       return this.fail(session, s, STATUS.RESOURCE_EXHAUSTED, `the request is over ${this.opts.receiveBytesMax} bytes`, 'RESOURCE_EXHAUSTED');
     }
-    if (data.length > 0) call.chunks.push(data);
-    if (end) this.dispatch(session, s);
+    if (call.bytes > total) return this.fail(session, s, STATUS.INVALID_ARGUMENT, 'the request is longer than its length prefix', 'INVALID_ARGUMENT');
+    const buf = this.buffers.take(total);
+    let at = 0;
+    for (const c of call.chunks) at += c.copy(buf, at);
+    call.chunks = [];
+    call.buf = buf;
+  }
+
+  /** A pooled request buffer goes back once nothing reads it. */
+  private release(call: Call): void {
+    if (call.buf) this.buffers.give(call.buf);
+    call.buf = null;
   }
 
   private dispatch(session: H2Session<Call>, s: H2Stream<Call>): void {
     const call = s.user;
     if (call.done || !call.method) return;
-    const body = call.chunks.length === 1 ? call.chunks[0] : Buffer.concat(call.chunks, call.bytes);
+    const body = call.buf ? call.buf.subarray(0, call.bytes) : call.chunks.length === 1 ? call.chunks[0] : Buffer.concat(call.chunks, call.bytes);
     call.chunks = [];
     if (body.length < 5 || body.readUInt32BE(1) !== body.length - 5) {
       return this.fail(session, s, STATUS.INVALID_ARGUMENT, 'the request is not one length-prefixed gRPC message', 'INVALID_ARGUMENT');
@@ -223,7 +293,12 @@ export class H2GrpcServer {
       return this.fail(session, s, STATUS.INVALID_ARGUMENT, `the request could not be decoded: ${(e as Error).message}`, 'INVALID_ARGUMENT');
     }
     call.done = true;
-    m.handle(request, call.deadlineAt).then(
+    const settled = m.handle(request, call.deadlineAt);
+    settled.then(
+      () => this.release(call),
+      () => this.release(call),
+    );
+    settled.then(
       (answer) => {
         let msg: Buffer;
         try {
@@ -246,6 +321,7 @@ export class H2GrpcServer {
 
   /** A trailers-only answer; a request still arriving is cut off with RST_STREAM(NO_ERROR). */
   private fail(session: H2Session<Call>, s: H2Stream<Call>, status: number, message: string, quiverCode?: string): void {
+    if (!s.user.done) this.release(s.user);
     s.user.done = true;
     s.user.chunks = [];
     const h: HeaderList = [

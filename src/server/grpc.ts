@@ -288,7 +288,9 @@ export function grpcMethods(handlers: Record<string, GrpcHandler>): Map<string, 
   for (const [name, handle] of Object.entries(handlers)) {
     const d = def[name];
     if (!d) throw new Error(`no method ${name} in proto/quiver.proto`);
-    out.set(d.path, { decode: (b) => d.requestDeserialize(b), encode: (v) => d.responseSerialize(v), handle });
+    // Upsert copies the vectors, ids and payloads out of the request before its first await (into
+    // its batch array and strings), so its request buffer can be reused once it settles.
+    out.set(d.path, { decode: (b) => d.requestDeserialize(b), encode: (v) => d.responseSerialize(v), handle, reusesRequest: name === 'Upsert' });
   }
   return out;
 }
