@@ -5,7 +5,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { QuiverError } from '../src/errors';
 import { HnswIndex } from '../src/native';
 import { PointStore, Shard, ShardOptions, listSnapshots } from '../src/shard';
-import { addon, allocRows } from '../src/native/addon';
+import { addon, allocRows, tuneAllocatorForServer } from '../src/native/addon';
 import { rowsPerChunk } from '../src/shard/store';
 
 const DIM = 6;
@@ -404,6 +404,24 @@ describe('PointStore rows', () => {
       expect(label, id).toBeDefined();
       expect(Array.from(store.vectorOf(label!)), id).toEqual(Array.from(rowOf(id, gen)));
     }
+  });
+});
+
+describe('tuneAllocator (quiver serve)', () => {
+  it('applies on glibc, can be turned off, and refuses sizes that are not byte counts', () => {
+    const native = addon() as unknown as { tuneAllocator(a: unknown, b: unknown): boolean };
+    expect(native.tuneAllocator(256 << 20, 32 << 20)).toBe(process.report.getReport().header.glibcVersionRuntime !== undefined);
+    const before = process.env.QUIVER_MALLOC_TUNE;
+    process.env.QUIVER_MALLOC_TUNE = '0';
+    try {
+      expect(tuneAllocatorForServer()).toBe(false);
+    } finally {
+      if (before === undefined) delete process.env.QUIVER_MALLOC_TUNE;
+      else process.env.QUIVER_MALLOC_TUNE = before;
+    }
+    expect(() => native.tuneAllocator(-1, 0)).toThrow(QuiverError);
+    expect(() => native.tuneAllocator(0, 2 ** 31)).toThrow(QuiverError);
+    expect(() => native.tuneAllocator('x', 0)).toThrow(QuiverError);
   });
 });
 

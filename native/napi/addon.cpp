@@ -60,11 +60,10 @@ size_t alloc_rows_bytes(size_t floats) {
 // fault is ~12 us on the VMs measured) and unmaps the same memory batch after batch. Returns
 // whether both settings took (false off glibc).
 Napi::Value TuneAllocator(const Napi::CallbackInfo& info) {
-  const double trim = info[0].ToNumber().DoubleValue();
-  const double map = info[1].ToNumber().DoubleValue();
-  if (!(trim >= 0 && trim <= 1 << 30) || !(map >= 0 && map <= 1 << 30)) {
-    throw Napi::RangeError::New(info.Env(), "tuneAllocator: sizes in bytes, at most 1 GiB");
-  }
+  if (!info[0].IsNumber() || !info[1].IsNumber()) throw_invalid(info.Env(), "tuneAllocator(trimBytes: number, mmapBytes: number)");
+  const double trim = info[0].As<Napi::Number>().DoubleValue();
+  const double map = info[1].As<Napi::Number>().DoubleValue();
+  if (!(trim >= 0 && trim <= 1 << 30) || !(map >= 0 && map <= 1 << 30)) throw_invalid(info.Env(), "tuneAllocator: sizes in bytes, at most 1 GiB");
 #if defined(__GLIBC__)
   const bool ok = mallopt(M_TRIM_THRESHOLD, static_cast<int>(trim)) == 1 && mallopt(M_MMAP_THRESHOLD, static_cast<int>(map)) == 1;
   return Napi::Boolean::New(info.Env(), ok);
