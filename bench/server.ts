@@ -53,6 +53,7 @@ options:
                          0: none), so that no side's figure carries first-call costs (JIT, the
                          server's first allocations) that the others paid elsewhere
   --shards N             shards of the collection (default 1)
+  --grpc-impl quiver|grpc-js  the server's gRPC implementation (quiver serve --grpc-impl; default quiver)
   --out DIR              where the JSON goes (default bench/results)
   --help                 this text
 `;
@@ -89,9 +90,9 @@ interface Node {
   openMs: number;
 }
 
-function startNode(dataDir: string): Promise<Node> {
+function startNode(dataDir: string, grpcImpl: string): Promise<Node> {
   const bin = path.resolve(__dirname, '..', '..', 'bin', 'quiver.js');
-  const child = spawn(process.execPath, [bin, 'serve', '--data', dataDir, '--grpc', '127.0.0.1:0', '--http', '127.0.0.1:0', '--snapshot-interval-ms', '0'], {
+  const child = spawn(process.execPath, [bin, 'serve', '--data', dataDir, '--grpc', '127.0.0.1:0', '--http', '127.0.0.1:0', '--snapshot-interval-ms', '0', '--grpc-impl', grpcImpl], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';
@@ -128,6 +129,7 @@ export async function run(argv: string[]): Promise<number> {
   const n = flagInt(p, 'n', 60_000);
   const nq = flagInt(p, 'queries', 2000);
   const indexType = flagString(p, 'index', 'flat')!;
+  const grpcImpl = flagString(p, 'grpc-impl', 'quiver')!;
   const k = flagInt(p, 'k', 10);
   const ef = flagInt(p, 'ef', 64);
   const batch = flagInt(p, 'batch', 1000);
@@ -167,7 +169,7 @@ export async function run(argv: string[]): Promise<number> {
   const local = await openDatabase({ dataDir: localDir, snapshotIntervalMs: 0 });
   let localClosed = false;
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'quiver-bench-server-'));
-  let node = await startNode(dataDir);
+  let node = await startNode(dataDir, grpcImpl);
   const children = [node.child];
   const cleanup = () => {
     for (const c of children) if (c.exitCode === null && c.pid) process.kill(c.pid, 'SIGKILL');
@@ -348,7 +350,7 @@ export async function run(argv: string[]): Promise<number> {
     const shutdownS = (now() - t) / 1e9;
     if (code !== 0) throw new Error(`quiver serve exited with ${code} on SIGTERM`);
     t = now();
-    node = await startNode(dataDir);
+    node = await startNode(dataDir, grpcImpl);
     children.push(node.child);
     const c2 = await QuiverClient.connect(node.grpc);
     const after = await c2.count('bench');
@@ -377,6 +379,7 @@ export async function run(argv: string[]): Promise<number> {
       k,
       index: spec,
       shards,
+      grpcImpl,
       upsert: {
         batch,
         inflight,
