@@ -29,6 +29,22 @@ function row(q: Float32Array, i: number): Float32Array {
 }
 
 describe('search lane', () => {
+  it('spins while searches come closer than its cap, and sleeps after a longer pause', async () => {
+    const index = await hnsw();
+    const q = randomVectors(NQ, DIM, 8);
+    for (let i = 0; i < NQ; i++) await index.search(row(q, i), K, { ef: 50 }); // settle the gap average
+    const before = searchLaneStats();
+    expect(before.spinMicros).toBe(1000);
+    for (let i = 0; i < NQ; i++) await index.search(row(q, i), K, { ef: 50 });
+    const mid = searchLaneStats();
+    // Back to back (gaps of a few us): nearly every task finds the lane spinning. Not all: the
+    // scheduler may take the lane's core for a while on a busy machine.
+    expect(mid.wokenTasks - before.wokenTasks).toBeLessThan(NQ / 4);
+    await new Promise((r) => setTimeout(r, 20)); // far past the 1 ms cap: the lane sleeps
+    await index.search(row(q, 0), K, { ef: 50 });
+    expect(searchLaneStats().wokenTasks - mid.wokenTasks).toBeGreaterThanOrEqual(1);
+  });
+
   it('one query at a time gives the batch answer (lane vs pool)', async () => {
     const index = await hnsw();
     const q = randomVectors(NQ, DIM, 6);

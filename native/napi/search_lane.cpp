@@ -45,7 +45,7 @@ class Lane;
 std::atomic<Lane*> the_lane{nullptr};
 std::mutex lane_create_mu;
 std::atomic<bool> lane_failed{false};
-std::atomic<uint64_t> lane_tasks{0}, pool_tasks{0}, polled_tasks{0}, poll_stops{0};
+std::atomic<uint64_t> lane_tasks{0}, pool_tasks{0}, polled_tasks{0}, poll_stops{0}, woken_tasks{0};
 
 // The first line of a file, or "" where it cannot be read.
 std::string first_line(const std::string& file) {
@@ -230,6 +230,7 @@ class Lane {
           sleeping_.store(true, std::memory_order_seq_cst);
           cv_.wait(l, [this] { return stop_.load() || slot_.load(std::memory_order_seq_cst) != nullptr; });
           sleeping_.store(false, std::memory_order_relaxed);
+          woken_tasks.fetch_add(1, std::memory_order_relaxed);
         }
         if (stop_.load()) return;
         continue;
@@ -420,6 +421,7 @@ Napi::Value lane_stats(const Napi::CallbackInfo& info) {
   o.Set("poll", Napi::Boolean::New(env, poll_enabled()));
   o.Set("polledTasks", Napi::Number::New(env, static_cast<double>(polled_tasks.load())));
   o.Set("pollStops", Napi::Number::New(env, static_cast<double>(poll_stops.load())));
+  o.Set("wokenTasks", Napi::Number::New(env, static_cast<double>(woken_tasks.load())));
   return o;
 }
 

@@ -39,8 +39,9 @@ class LaneTask {
 // busy, disabled, or belongs to another environment (worker thread).
 bool lane_try_run(Napi::Env env, std::unique_ptr<LaneTask>& task, napi_value* promise);
 
-// searchLaneStats(): { enabled, spinMicros, laneTasks, poolTasks } (poolTasks: small searches the lane
-// was too busy for).
+// searchLaneStats(): { enabled, spinMicros, laneTasks, poolTasks, poll, polledTasks, pollStops,
+// wokenTasks } (poolTasks: small searches the lane was too busy for; wokenTasks: times the lane
+// slept and was woken for a task).
 Napi::Value lane_stats(const Napi::CallbackInfo& info);
 void lane_count_fallback();
 

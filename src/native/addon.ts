@@ -11,7 +11,7 @@ import { QuiverError } from '../errors';
 export interface SearchLaneStats {
   /** false when QUIVER_SEARCH_LANE=0 or the lane could not start. */
   enabled: boolean;
-  /** How long the lane spins for the next task before it sleeps (QUIVER_SEARCH_SPIN_US). */
+  /** The most the lane spins for the next task before it sleeps (QUIVER_SEARCH_SPIN_US). */
   spinMicros: number;
   /** Small searches the lane ran. */
   laneTasks: number;
@@ -29,6 +29,8 @@ export interface SearchLaneStats {
    * the pool meanwhile); those answers came through the wake-up.
    */
   pollStops: number;
+  /** Times the lane slept and was woken for a task (the rest found it spinning, or busy). */
+  wokenTasks: number;
 }
 
 /* eslint-disable @typescript-eslint/no-explicit-any */
