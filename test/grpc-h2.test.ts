@@ -267,6 +267,50 @@ describe('Quiver gRPC server and client transport', () => {
   });
 });
 
+describe('rapid reset', () => {
+  it('a client that resets streams whose handlers still run is refused new ones past the limit', async () => {
+    const server = new H2GrpcServer(methods({ calls: 0 }), { receiveBytesMax: 1 << 20, maxConcurrentStreams: 4 });
+    const port = await server.listen('127.0.0.1', 0);
+    const sock = net.connect(port, '127.0.0.1');
+    try {
+      await new Promise((r) => sock.once('connect', r));
+      const slow = Buffer.alloc(4);
+      slow.writeUInt32BE(300);
+      const one = rawRequestRaw('/t.T/Slow', Buffer.concat([Buffer.from([0, 0, 0, 0, 4]), slow])).subarray(PREFACE.length + 9);
+      // Stream ids 1, 3, ..., 19: each a whole request, then RST_STREAM(CANCEL) at once.
+      const frames: Buffer[] = [PREFACE, frameHead(0, 4, 0, 0)];
+      for (let id = 1; id <= 19; id += 2) {
+        const f = Buffer.from(one);
+        f.writeUInt32BE(id, 5); // HEADERS stream id
+        f.writeUInt32BE(id, 9 + f.readUIntBE(0, 3) + 5); // DATA stream id
+        const rst = Buffer.concat([frameHead(4, 3, 0, id), Buffer.from([0, 0, 0, 8])]);
+        frames.push(f, rst);
+      }
+      const refused: number[] = [];
+      let buf = Buffer.alloc(0);
+      sock.on('data', (c: Buffer) => {
+        buf = Buffer.concat([buf, c]);
+        while (buf.length >= 9 && buf.length >= 9 + buf.readUIntBE(0, 3)) {
+          const len = buf.readUIntBE(0, 3);
+          if (buf[3] === 3 && buf.readUInt32BE(9) === 7) refused.push(buf.readUInt32BE(5) & 0x7fffffff);
+          buf = buf.subarray(9 + len);
+        }
+      });
+      sock.write(Buffer.concat(frames));
+      await delay(150);
+      // Four handlers run (their streams reset); the six streams after them are refused.
+      expect(refused).toEqual([9, 11, 13, 15, 17, 19]);
+      await delay(300); // the handlers finish; the server answers as before
+      const ch = new GrpcChannel(`127.0.0.1:${port}`, 1 << 20);
+      expect(((await ch.unary(ECHO, Buffer.from('again'), Date.now() + 5000)) as Buffer).toString()).toBe('again');
+      ch.close();
+    } finally {
+      sock.destroy();
+      server.forceShutdown();
+    }
+  });
+});
+
 describe('shutdown and the grpc-js server', () => {
   it('tryShutdown lets calls in flight finish, refuses new connections, then resolves', async () => {
     const server = new H2GrpcServer(methods({ calls: 0 }), { receiveBytesMax: 1 << 20 });

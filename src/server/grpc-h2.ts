@@ -127,13 +127,22 @@ export class H2GrpcServer {
   private readonly server: net.Server;
   private readonly sessions = new Set<H2Session<Call>>();
   private readonly buffers = new RequestBuffers();
+  /**
+   * Handlers running per connection. A stream the client resets is gone from the connection's
+   * stream count but its handler still runs: without this bound a client could open, finish and
+   * reset streams without end (HTTP/2 "rapid reset") and pile up work.
+   */
+  private readonly running = new Map<H2Session<Call>, number>();
   private draining = false;
   private drained: (() => void) | null = null;
+
+  private readonly maxStreams: number;
 
   constructor(
     private readonly methods: ReadonlyMap<string, GrpcMethod>,
     private readonly opts: H2GrpcServerOptions,
   ) {
+    this.maxStreams = opts.maxConcurrentStreams ?? 1000;
     this.server = net.createServer((socket) => this.accept(socket));
   }
 
@@ -156,7 +165,7 @@ export class H2GrpcServer {
       socket,
       'server',
       {
-        maxConcurrentStreams: this.opts.maxConcurrentStreams ?? 1000,
+        maxConcurrentStreams: this.maxStreams,
         // A whole request fits one stream's window, so an upsert never waits for credit.
         streamWindowBytes: Math.min(2 ** 31 - 1, this.opts.receiveBytesMax + 1024),
         connectionWindowBytes: Math.min(2 ** 31 - 1, 2 * this.opts.receiveBytesMax),
@@ -174,6 +183,7 @@ export class H2GrpcServer {
         },
         onClose: () => {
           this.sessions.delete(session);
+          this.running.delete(session);
           this.checkDrained();
         },
       },
@@ -187,6 +197,10 @@ export class H2GrpcServer {
       // Trailing HEADERS from the client: they only end the request.
       if (end) this.dispatch(session, s);
       return;
+    }
+    if ((this.running.get(session) ?? 0) >= this.maxStreams) {
+      call.done = true;
+      return session.reset(s, H2_ERROR.REFUSED_STREAM);
     }
     if (!headers) return this.fail(session, s, STATUS.RESOURCE_EXHAUSTED, 'the request headers are over 64 KiB', 'RESOURCE_EXHAUSTED');
     let method = '';
@@ -293,11 +307,15 @@ export class H2GrpcServer {
       return this.fail(session, s, STATUS.INVALID_ARGUMENT, `the request could not be decoded: ${(e as Error).message}`, 'INVALID_ARGUMENT');
     }
     call.done = true;
+    this.running.set(session, (this.running.get(session) ?? 0) + 1);
     const settled = m.handle(request, call.deadlineAt);
-    settled.then(
-      () => this.release(call),
-      () => this.release(call),
-    );
+    const finished = (): void => {
+      this.release(call);
+      const n = (this.running.get(session) ?? 1) - 1;
+      if (n > 0) this.running.set(session, n);
+      else this.running.delete(session);
+    };
+    settled.then(finished, finished);
     settled.then(
       (answer) => {
         let msg: Buffer;
