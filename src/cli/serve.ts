@@ -8,7 +8,7 @@ import * as path from 'path';
 import { QuiverError } from '../errors';
 import { parseArgs, flagString } from './args';
 import { openDatabase } from '../query';
-import { GRPC_IMPLS, GrpcImpl, Metrics, startServer, splitHostPort } from '../server';
+import { GrpcImpl, Metrics, checkGrpcImpl, startServer, splitHostPort } from '../server';
 import { tuneAllocatorForServer } from '../native/addon';
 
 const USAGE = `usage: quiver serve [options]
@@ -86,13 +86,11 @@ export function resolveConfig(argv: string[]): ServeConfig | 'help' {
   const get = (k: string, fallback: string): string => flagString(p, k) ?? file[k] ?? fallback;
   const interval = Number(get('snapshot-interval-ms', '60000'));
   if (!Number.isInteger(interval) || interval < 0) throw new QuiverError('INVALID_ARGUMENT', '--snapshot-interval-ms must be an integer >= 0');
-  const impl = get('grpc-impl', 'quiver');
-  if (!(GRPC_IMPLS as readonly string[]).includes(impl)) throw new QuiverError('INVALID_ARGUMENT', `--grpc-impl must be one of ${GRPC_IMPLS.join(', ')} (got '${impl}')`);
   const cfg: ServeConfig = {
     data: path.resolve(get('data', './quiver-data')),
     grpc: get('grpc', '127.0.0.1:7400'),
     http: get('http', '127.0.0.1:7401'),
-    grpcImpl: impl as GrpcImpl,
+    grpcImpl: checkGrpcImpl(get('grpc-impl', 'quiver'), '--grpc-impl'),
     snapshotIntervalMs: interval,
     nodeId: get('node-id', 'local'),
     etcd: flagString(p, 'etcd') ?? file.etcd,

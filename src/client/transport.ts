@@ -27,6 +27,7 @@ import * as net from 'net';
 import { ErrorCode, QuiverError, isErrorCode } from '../errors';
 import { H2Session, H2Stream, H2_ERROR } from '../common/h2';
 import type { HeaderList } from '../common/hpack';
+import { splitHostPort } from '../common/address';
 import { codeOfGrpcStatus, QUIVER_CODE_KEY } from './proto';
 
 export interface UnaryMethod {
@@ -75,13 +76,12 @@ export class GrpcChannel {
   private readonly host: string;
   private readonly port: number;
 
+  /** A malformed address is INVALID_ARGUMENT here, before any connection is tried. */
   constructor(
     readonly address: string,
     private readonly receiveBytesMax: number,
   ) {
-    const m = /^(\[[^\]]+\]|[^:]+):(\d+)$/.exec(address);
-    this.host = m ? m[1].replace(/^\[|\]$/g, '') : address;
-    this.port = m ? Number(m[2]) : 0;
+    ({ host: this.host, port: this.port } = splitHostPort(address, 'a node address'));
   }
 
   /** Resolves once a connection is open (HTTP/2 settings exchanged); tries again until deadlineAt. */
@@ -90,7 +90,7 @@ export class GrpcChannel {
     for (;;) {
       try {
         const s = await this.open(deadlineAt);
-        if (!this.calls.get(s)?.size) s.socket.unref();
+        if (s.size === 0) s.socket.unref();
         return;
       } catch (e) {
         last = e as Error;
@@ -138,12 +138,12 @@ export class GrpcChannel {
           onReset: (s, code) => s.user.finish?.(unavailable(`${this.address}: the server reset the call (HTTP/2 error ${code})`)),
           onGoaway: (last) => {
             // Calls the server will not take fail now (the client retries them); the rest finish.
-            for (const s of this.streamsAbove(session, last)) s.user.finish?.(unavailable(`${this.address}: the server is going away`));
+            for (const s of session.openStreams()) if (s.id > last) s.user.finish?.(unavailable(`${this.address}: the server is going away`));
             if (this.session === session) this.session = null;
           },
           onClose: (err) => {
             if (this.session === session) this.session = null;
-            for (const f of this.takeCalls(session)) f(unavailable(`${this.address}: ${err ? err.message : 'the connection closed'}`));
+            for (const s of session.openStreams()) s.user.finish?.(unavailable(`${this.address}: ${err ? err.message : 'the connection closed'}`));
             if (!ready) {
               clearTimeout(timer);
               reject(unavailable(`${this.address}: ${err ? err.message : 'the connection closed before HTTP/2 settings'}`));
@@ -158,18 +158,6 @@ export class GrpcChannel {
     };
     p.then(clear, clear);
     return p;
-  }
-
-  private readonly calls = new Map<H2Session<Pending>, Set<H2Stream<Pending>>>();
-
-  private streamsAbove(session: H2Session<Pending>, last: number): H2Stream<Pending>[] {
-    return [...(this.calls.get(session) ?? [])].filter((s) => s.id > last);
-  }
-
-  private takeCalls(session: H2Session<Pending>): Array<(e: QuiverError) => void> {
-    const set = this.calls.get(session);
-    this.calls.delete(session);
-    return [...(set ?? [])].map((s) => (e: QuiverError) => s.user.finish?.(e));
   }
 
   private onHeaders(s: H2Stream<Pending>, headers: HeaderList | null, end: boolean): void {
@@ -242,12 +230,9 @@ export class GrpcChannel {
         reject(unavailable(`${this.address}: the connection is closing`));
         return;
       }
-      const s = session.open();
-      let set = this.calls.get(session);
-      if (!set) this.calls.set(session, (set = new Set()));
       // The socket keeps the process alive only while calls are in flight on it.
-      if (set.size === 0) session.socket.ref();
-      set.add(s);
+      if (session.size === 0) session.socket.ref();
+      const s = session.open();
       const timer = setTimeout(
         () => s.user.finish?.(new QuiverError('DEADLINE_EXCEEDED', `no answer from ${this.address} before the deadline`)),
         Math.max(1, deadlineAt - Date.now()),
@@ -255,16 +240,15 @@ export class GrpcChannel {
       s.user.finish = (err, value) => {
         s.user.finish = null;
         clearTimeout(timer);
-        set!.delete(s);
-        if (set!.size === 0) {
+        // Whatever the server still sends for it is dropped (a no-op once it ended both ways).
+        session.reset(s, err ? H2_ERROR.CANCEL : H2_ERROR.NO_ERROR);
+        if (session.size === 0) {
           session.socket.unref();
           // A connection replaced (GOAWAY, stream limit) or closed by close() ends with its last call.
           if (this.closed || session !== this.session) session.end();
         }
-        if (err) {
-          session.reset(s, H2_ERROR.CANCEL);
-          reject(err);
-        } else resolve(value!);
+        if (err) reject(err);
+        else resolve(value!);
       };
       // The 5-byte prefix and the message go as two buffers of one DATA run: no copy of the
       // message (a 1,000 x 784 upsert is 3.2 MB).

@@ -136,7 +136,7 @@ export interface H2Handlers<U> {
   onReset(stream: H2Stream<U>, code: number): void;
   /** The peer will take no stream above lastStreamId. */
   onGoaway?(lastStreamId: number, code: number, debug: string): void;
-  /** The socket closed; every stream still open is gone. */
+  /** The socket closed; the streams still open are gone once this returns (openStreams() lists them). */
   onClose(err: Error | null): void;
   /** The role's initial state of a new stream. */
   newUser(): U;
@@ -238,6 +238,11 @@ export class H2Session<U> {
     return this.streams.size;
   }
 
+  /** The streams open now (one may be reset while iterating). */
+  openStreams(): IterableIterator<H2Stream<U>> {
+    return this.streams.values();
+  }
+
   /** Whether a new local stream may open (client): not closed, no GOAWAY, ids and peer limit left. */
   canOpen(): boolean {
     return this.ready && this.goawayLastStream < 0 && !this.goawaySent && this.nextLocalStream < WINDOW_MAX && this.streams.size < this.peerMaxStreams;
@@ -275,15 +280,8 @@ export class H2Session<U> {
 
   /** Header block frames (HEADERS, then CONTINUATION if the block passes the peer's frame size). */
   private headerFrames(stream: number, headers: HeaderList, endStream: boolean, out: Buffer[]): void {
-    const block = this.encoder.encode(headers);
+    const block = this.encoder.encode(headers); // never empty: it opens with a table size update
     const max = this.peerMaxFrame;
-    if (block.length <= max) {
-      const b = Buffer.allocUnsafe(9 + block.length);
-      writeHead(b, 0, block.length, FRAME.HEADERS, END_HEADERS | (endStream ? END_STREAM : 0), stream);
-      block.copy(b, 9);
-      out.push(b);
-      return;
-    }
     for (let at = 0; at < block.length; at += max) {
       const part = block.subarray(at, at + max);
       const last = at + max >= block.length;
@@ -327,21 +325,28 @@ export class H2Session<U> {
     this.socket.uncork();
   }
 
-  /** Moves queued DATA (then trailers) of a stream into `out` as far as the windows allow. */
+  /**
+   * Moves queued DATA (then trailers) of a stream into `out` as far as the windows allow. Queued
+   * buffers share DATA frames up to the peer's frame size (a gRPC prefix and its message go as
+   * one frame, which the peer then takes as one piece).
+   */
   private flushStream(s: H2Stream<U>, out: Buffer[]): void {
     while (s.queued.length > 0) {
-      const room = Math.min(s.sendWindow, this.connSendWindow);
-      const head = s.queued[0];
-      if (head.length > 0 && room <= 0) return;
-      const n = Math.min(head.length, room, this.peerMaxFrame);
-      const piece = n === head.length ? head : head.subarray(0, n);
-      if (n === head.length) s.queued.shift();
-      else s.queued[0] = head.subarray(n);
-      const last = s.queued.length === 0 && s.queuedEnd;
+      const room = Math.min(s.sendWindow, this.connSendWindow, this.peerMaxFrame);
+      if (room <= 0 && s.queued[0].length > 0) return;
       const hb = Buffer.allocUnsafe(9);
-      writeHead(hb, 0, n, FRAME.DATA, last ? END_STREAM : 0, s.id);
       out.push(hb);
-      if (n > 0) out.push(piece);
+      let n = 0;
+      while (s.queued.length > 0 && (n < room || s.queued[0].length === 0)) {
+        const head = s.queued[0];
+        const take = Math.min(head.length, Math.max(0, room - n));
+        if (take === head.length) s.queued.shift();
+        else s.queued[0] = head.subarray(take);
+        if (take > 0) out.push(take === head.length ? head : head.subarray(0, take));
+        n += take;
+      }
+      const last = s.queued.length === 0 && s.queuedEnd;
+      writeHead(hb, 0, n, FRAME.DATA, last ? END_STREAM : 0, s.id);
       s.sendWindow -= n;
       this.connSendWindow -= n;
       if (last) this.closeLocal(s);
@@ -369,13 +374,18 @@ export class H2Session<U> {
     if (s.localClosed) this.streams.delete(s.id);
   }
 
-  /** RST_STREAM: both directions end; nothing more is sent or delivered for it. */
-  reset(s: H2Stream<U>, code: number): void {
-    if (!this.streams.has(s.id)) return;
+  /** Ends both directions of a stream and forgets what it had queued (a reset, either side's). */
+  private drop(s: H2Stream<U>): void {
     s.localClosed = s.remoteClosed = true;
     s.queued = [];
     s.queuedTrailers = null;
     this.streams.delete(s.id);
+  }
+
+  /** RST_STREAM: both directions end; nothing more is sent or delivered for it. */
+  reset(s: H2Stream<U>, code: number): void {
+    if (!this.streams.has(s.id)) return;
+    this.drop(s);
     const b = Buffer.allocUnsafe(13);
     writeHead(b, 0, 4, FRAME.RST_STREAM, 0, s.id);
     b.writeUInt32BE(code, 9);
@@ -402,9 +412,9 @@ export class H2Session<U> {
   destroy(err: Error | null): void {
     if (this.closed) return;
     this.closed = true;
-    this.streams.clear();
     this.socket.destroy();
-    this.h.onClose(err);
+    this.h.onClose(err); // it may still walk openStreams()
+    this.streams.clear();
   }
 
   private connectionError(code: number, why: string): void {
@@ -565,10 +575,7 @@ export class H2Session<U> {
         if (stream === 0 || p.length !== 4) throw new H2ConnectionError(H2_ERROR.PROTOCOL_ERROR, 'bad RST_STREAM');
         const s = this.streams.get(stream);
         if (!s) return;
-        this.streams.delete(stream);
-        s.localClosed = s.remoteClosed = true;
-        s.queued = [];
-        s.queuedTrailers = null;
+        this.drop(s);
         this.h.onReset(s, p.readUInt32BE(0));
         return;
       }

@@ -46,8 +46,6 @@ interface Call {
   bytes: number;
   /** A pooled buffer the request is gathered in (large requests of reusesRequest methods). */
   buf: Buffer | null;
-  /** The length prefix was read (by gather): chunks or buf is decided. */
-  sized: boolean;
   /** Answered (or refused) already: further DATA is dropped. */
   done: boolean;
 }
@@ -125,14 +123,13 @@ export interface H2GrpcServerOptions {
 
 export class H2GrpcServer {
   private readonly server: net.Server;
-  private readonly sessions = new Set<H2Session<Call>>();
-  private readonly buffers = new RequestBuffers();
   /**
-   * Handlers running per connection. A stream the client resets is gone from the connection's
-   * stream count but its handler still runs: without this bound a client could open, finish and
-   * reset streams without end (HTTP/2 "rapid reset") and pile up work.
+   * Open connections, each with the handlers running for it. A stream the client resets is gone
+   * from the connection's stream count but its handler still runs: without this bound a client
+   * could open, finish and reset streams without end (HTTP/2 "rapid reset") and pile up work.
    */
-  private readonly running = new Map<H2Session<Call>, number>();
+  private readonly sessions = new Map<H2Session<Call>, { running: number }>();
+  private readonly buffers = new RequestBuffers();
   private draining = false;
   private drained: (() => void) | null = null;
 
@@ -173,7 +170,7 @@ export class H2GrpcServer {
         maxHeaderListBytes: 64 * 1024,
       },
       {
-        newUser: () => ({ method: null, deadlineAt: 0, chunks: [], bytes: 0, buf: null, sized: false, done: false }),
+        newUser: () => ({ method: null, deadlineAt: 0, chunks: [], bytes: 0, buf: null, done: false }),
         onHeaders: (s, headers, end, opened) => this.onHeaders(session, s, headers, end, opened),
         onData: (s, data, end) => this.onData(session, s, data, end),
         onReset: (s) => {
@@ -183,12 +180,11 @@ export class H2GrpcServer {
         },
         onClose: () => {
           this.sessions.delete(session);
-          this.running.delete(session);
           this.checkDrained();
         },
       },
     );
-    this.sessions.add(session);
+    this.sessions.set(session, { running: 0 });
   }
 
   private onHeaders(session: H2Session<Call>, s: H2Stream<Call>, headers: HeaderList | null, end: boolean, opened: boolean): void {
@@ -198,7 +194,7 @@ export class H2GrpcServer {
       if (end) this.dispatch(session, s);
       return;
     }
-    if ((this.running.get(session) ?? 0) >= this.maxStreams) {
+    if ((this.sessions.get(session)?.running ?? 0) >= this.maxStreams) {
       call.done = true;
       return session.reset(s, H2_ERROR.REFUSED_STREAM);
     }
@@ -228,10 +224,7 @@ export class H2GrpcServer {
       }
     }
     if (method !== 'POST' || !(contentType === 'application/grpc' || contentType.startsWith('application/grpc+') || contentType.startsWith('application/grpc;'))) {
-      call.done = true;
-      session.send(s, [[':status', method !== 'POST' ? '405' : '415']], null, null, true);
-      if (!s.remoteClosed) session.reset(s, H2_ERROR.NO_ERROR);
-      return this.settle(session);
+      return this.answerOnly(session, s, [[':status', method !== 'POST' ? '405' : '415']]);
     }
     const m = this.methods.get(path);
     if (!m) return this.fail(session, s, STATUS.UNIMPLEMENTED, `unknown method ${path}`);
@@ -250,18 +243,15 @@ export class H2GrpcServer {
     const call = s.user;
     if (call.done) return;
     if (call.buf) {
-      if (call.bytes + data.length > call.buf.length) {
-        return this.fail(session, s, STATUS.INVALID_ARGUMENT, 'the request is longer than its length prefix', 'INVALID_ARGUMENT');
-      }
+      if (call.bytes + data.length > call.buf.length) return this.failOverPrefix(session, s);
       data.copy(call.buf, call.bytes);
       call.bytes += data.length;
     } else {
       call.bytes += data.length;
-      if (call.bytes > this.opts.receiveBytesMax + 5) {
-        return this.fail(session, s, STATUS.RESOURCE_EXHAUSTED, `the request is over ${this.opts.receiveBytesMax} bytes`, 'RESOURCE_EXHAUSTED');
-      }
+      if (call.bytes > this.opts.receiveBytesMax + 5) return this.failTooLarge(session, s);
       if (data.length > 0) call.chunks.push(data);
-      if (call.method?.reusesRequest && !call.sized && call.bytes >= 5 && !end) this.gather(session, s);
+      // The length prefix is whole for the first time: a large request moves to a pooled buffer.
+      if (call.method?.reusesRequest && call.bytes >= 5 && call.bytes - data.length < 5 && !end) this.gather(session, s);
     }
     if (end) this.dispatch(session, s);
   }
@@ -269,14 +259,11 @@ export class H2GrpcServer {
   /** Moves a large request of a reusesRequest method into a pooled buffer of its announced size. */
   private gather(session: H2Session<Call>, s: H2Stream<Call>): void {
     const call = s.user;
-    call.sized = true;
     const head = call.chunks[0].length >= 5 ? call.chunks[0] : Buffer.concat(call.chunks);
     const total = 5 + head.readUInt32BE(1);
     if (total < RequestBuffers.bytesMin) return; // small: gathered as chunks
-    if (total > this.opts.receiveBytesMax + 5) {
-      return this.fail(session, s, STATUS.RESOURCE_EXHAUSTED, `the request is over ${this.opts.receiveBytesMax} bytes`, 'RESOURCE_EXHAUSTED');
-    }
-    if (call.bytes > total) return this.fail(session, s, STATUS.INVALID_ARGUMENT, 'the request is longer than its length prefix', 'INVALID_ARGUMENT');
+    if (total > this.opts.receiveBytesMax + 5) return this.failTooLarge(session, s);
+    if (call.bytes > total) return this.failOverPrefix(session, s);
     const buf = this.buffers.take(total);
     let at = 0;
     for (const c of call.chunks) at += c.copy(buf, at);
@@ -307,17 +294,15 @@ export class H2GrpcServer {
       return this.fail(session, s, STATUS.INVALID_ARGUMENT, `the request could not be decoded: ${(e as Error).message}`, 'INVALID_ARGUMENT');
     }
     call.done = true;
-    this.running.set(session, (this.running.get(session) ?? 0) + 1);
-    const settled = m.handle(request, call.deadlineAt);
+    const conn = this.sessions.get(session);
+    if (conn) conn.running++;
     const finished = (): void => {
       this.release(call);
-      const n = (this.running.get(session) ?? 1) - 1;
-      if (n > 0) this.running.set(session, n);
-      else this.running.delete(session);
+      if (conn) conn.running--;
     };
-    settled.then(finished, finished);
-    settled.then(
+    m.handle(request, call.deadlineAt).then(
       (answer) => {
+        finished();
         let msg: Buffer;
         try {
           msg = m.encode(answer);
@@ -331,17 +316,15 @@ export class H2GrpcServer {
         this.settle(session);
       },
       (e) => {
+        finished();
         const qe = asQuiverError(e);
         this.fail(session, s, GRPC_STATUS_OF[qe.code], qe.message, qe.code);
       },
     );
   }
 
-  /** A trailers-only answer; a request still arriving is cut off with RST_STREAM(NO_ERROR). */
+  /** A trailers-only gRPC failure. */
   private fail(session: H2Session<Call>, s: H2Stream<Call>, status: number, message: string, quiverCode?: string): void {
-    if (!s.user.done) this.release(s.user);
-    s.user.done = true;
-    s.user.chunks = [];
     const h: HeaderList = [
       [':status', '200'],
       ['content-type', 'application/grpc'],
@@ -349,7 +332,23 @@ export class H2GrpcServer {
       ['grpc-message', percentEncode(message.length > 4096 ? `${message.slice(0, 4093)}...` : message)],
     ];
     if (quiverCode) h.push([QUIVER_CODE_KEY, quiverCode]);
-    session.send(s, h, null, null, true);
+    this.answerOnly(session, s, h);
+  }
+
+  private failTooLarge(session: H2Session<Call>, s: H2Stream<Call>): void {
+    this.fail(session, s, STATUS.RESOURCE_EXHAUSTED, `the request is over ${this.opts.receiveBytesMax} bytes`, 'RESOURCE_EXHAUSTED');
+  }
+
+  private failOverPrefix(session: H2Session<Call>, s: H2Stream<Call>): void {
+    this.fail(session, s, STATUS.INVALID_ARGUMENT, 'the request is longer than its length prefix', 'INVALID_ARGUMENT');
+  }
+
+  /** Answers with one HEADERS (END_STREAM); what the client still sends is cut off with RST_STREAM(NO_ERROR). */
+  private answerOnly(session: H2Session<Call>, s: H2Stream<Call>, headers: HeaderList): void {
+    if (!s.user.done) this.release(s.user);
+    s.user.done = true;
+    s.user.chunks = [];
+    session.send(s, headers, null, null, true);
     if (!s.remoteClosed) session.reset(s, H2_ERROR.NO_ERROR);
     this.settle(session);
   }
@@ -374,7 +373,7 @@ export class H2GrpcServer {
     this.draining = true;
     const all = new Promise<void>((resolve) => (this.drained = resolve));
     const listening = new Promise<void>((resolve) => this.server.close(() => resolve()));
-    for (const s of this.sessions) {
+    for (const s of this.sessions.keys()) {
       s.goaway(H2_ERROR.NO_ERROR, 'server shutting down');
       this.settle(s);
     }
@@ -386,7 +385,7 @@ export class H2GrpcServer {
   forceShutdown(): void {
     this.draining = true;
     this.server.close();
-    for (const s of this.sessions) s.destroy(null);
+    for (const s of this.sessions.keys()) s.destroy(null);
     this.sessions.clear();
     this.checkDrained();
   }

@@ -143,8 +143,12 @@ class BatchArrays {
   }
 }
 
-/** A unary handler: the request message in, the answer out; rejects with a QuiverError. */
-export type GrpcHandler = (request: Msg, deadlineAt: number) => Promise<Msg>;
+/**
+ * A unary handler: the request message in, the answer out; rejects with a QuiverError.
+ * reusesRequest: it copies out all it keeps of the request before its first await, so the server
+ * may gather a large request in a buffer it reuses once the call settles.
+ */
+export type GrpcHandler = ((request: Msg, deadlineAt: number) => Promise<Msg>) & { reusesRequest?: boolean };
 
 /** The service's handlers by method name (CreateCollection, Search, ...), for either gRPC server. */
 export function grpcHandlers(svc: Service): Record<string, GrpcHandler> {
@@ -174,7 +178,8 @@ export function grpcHandlers(svc: Service): Record<string, GrpcHandler> {
     }),
     ListCollections: unary('ListCollections', () => ({ collections: db.listCollections().map(infoToWire) })),
     DescribeCollection: unary('DescribeCollection', (r) => infoToWire(db.describeCollection(r.name))),
-    Upsert: unary('Upsert', async (r) => {
+    // Copies the vectors (into its batch array), ids and payloads (strings) before its first await.
+    Upsert: Object.assign(unary('Upsert', async (r) => {
       const dim = db.dimOf(r.collection);
       const list: Msg[] = r.points ?? [];
       const colIds: string[] = r.ids ?? [];
@@ -228,7 +233,7 @@ export function grpcHandlers(svc: Service): Record<string, GrpcHandler> {
       );
       const res = await done;
       return { count: res.upserted, token: res.token };
-    }),
+    }), { reusesRequest: true }),
     Delete: unary('Delete', async (r) => {
       const res = await db.delete(r.collection, checkIds(r.ids ?? []), { idempotencyKey: r.idempotencyKey || undefined });
       return { count: res.deleted, token: res.token };
@@ -288,9 +293,7 @@ export function grpcMethods(handlers: Record<string, GrpcHandler>): Map<string, 
   for (const [name, handle] of Object.entries(handlers)) {
     const d = def[name];
     if (!d) throw new Error(`no method ${name} in proto/quiver.proto`);
-    // Upsert copies the vectors, ids and payloads out of the request before its first await (into
-    // its batch array and strings), so its request buffer can be reused once it settles.
-    out.set(d.path, { decode: (b) => d.requestDeserialize(b), encode: (v) => d.responseSerialize(v), handle, reusesRequest: name === 'Upsert' });
+    out.set(d.path, { decode: (b) => d.requestDeserialize(b), encode: (v) => d.responseSerialize(v), handle, reusesRequest: handle.reusesRequest });
   }
   return out;
 }

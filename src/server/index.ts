@@ -7,6 +7,7 @@ import * as http from 'http';
 import * as grpc from '@grpc/grpc-js';
 import { QuiverError } from '../errors';
 import { requestBytesMax } from '../common/limits';
+import { joinHostPort, splitHostPort } from '../common/address';
 import type { Database } from '../query/types';
 import { grpcHandlers, grpcJsImplementation, grpcMethods, grpcServiceDefinition } from './grpc';
 import { H2GrpcServer } from './grpc-h2';
@@ -17,6 +18,7 @@ import { Service, Logger } from './service';
 export { Metrics } from './metrics';
 export { HttpApi, HTTP_STATUS_OF, TIMEOUT_HEADER } from './http';
 export { Service } from './service';
+export { splitHostPort } from '../common/address';
 
 export interface ServerOptions {
   db: Database;
@@ -38,6 +40,12 @@ export interface ServerOptions {
 
 export type GrpcImpl = 'quiver' | 'grpc-js';
 export const GRPC_IMPLS: readonly GrpcImpl[] = ['quiver', 'grpc-js'];
+
+/** A gRPC implementation's name, or INVALID_ARGUMENT naming `what` (the flag or option). */
+export function checkGrpcImpl(v: string, what: string): GrpcImpl {
+  if (!(GRPC_IMPLS as readonly string[]).includes(v)) throw new QuiverError('INVALID_ARGUMENT', `${what} must be one of ${GRPC_IMPLS.join(', ')} (got '${v}')`);
+  return v as GrpcImpl;
+}
 
 /** The two gRPC servers behind one face: bind, drain, cut. */
 interface GrpcFrontEnd {
@@ -74,18 +82,6 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
-export function splitHostPort(addr: string, what: string): { host: string; port: number } {
-  const m = /^(\[[^\]]+\]|[^:]+):(\d+)$/.exec(addr);
-  if (!m) throw new QuiverError('INVALID_ARGUMENT', `${what} must be host:port (got '${addr}')`);
-  const port = Number(m[2]);
-  if (port > 65535) throw new QuiverError('INVALID_ARGUMENT', `${what}: port ${port} is out of range`);
-  return { host: m[1].replace(/^\[|\]$/g, ''), port };
-}
-
-function joinHostPort(host: string, port: number): string {
-  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
-}
-
 export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const metrics = opts.metrics ?? new Metrics();
   metrics.attach(opts.db);
@@ -95,8 +91,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const g = splitHostPort(opts.grpc ?? '127.0.0.1:7400', 'grpc address');
   const h = splitHostPort(opts.http ?? '127.0.0.1:7401', 'http address');
 
-  const impl = opts.grpcImpl ?? 'quiver';
-  if (!GRPC_IMPLS.includes(impl)) throw new QuiverError('INVALID_ARGUMENT', `grpc implementation must be one of ${GRPC_IMPLS.join(', ')} (got '${impl}')`);
+  const impl = checkGrpcImpl(opts.grpcImpl ?? 'quiver', 'grpcImpl');
   const grpcServer = grpcFrontEnd(impl, svc);
   const grpcPort = await grpcServer.bind(g.host, g.port).catch((err: Error) => {
     throw new QuiverError('UNAVAILABLE', `cannot listen for gRPC on ${joinHostPort(g.host, g.port)}: ${err.message}`);

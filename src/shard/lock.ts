@@ -8,8 +8,8 @@ export class RwLock {
   private readonly queue: { write: boolean; grant: () => void }[] = [];
 
   /**
-   * Takes a read share at once if nobody holds or waits for the lock (a search's usual case), so the
-   * caller skips read()'s promise turns; it must call releaseRead() exactly once afterwards.
+   * Takes a read share at once if nobody holds or waits for the lock; the caller must call
+   * releaseRead() exactly once afterwards.
    */
   tryRead(): boolean {
     if (this.writer || this.queue.length > 0) return false;
@@ -22,18 +22,22 @@ export class RwLock {
     this.pump();
   }
 
+  /**
+   * Runs fn under a read share. Uncontended (a search's usual case) fn starts in the same turn:
+   * a one-query search is tens of microseconds, so a promise turn before it shows.
+   */
   async read<T>(fn: () => Promise<T> | T): Promise<T> {
-    await this.acquire(false);
+    if (!this.tryRead()) await this.enqueue(false);
     try {
       return await fn();
     } finally {
-      this.readers--;
-      this.pump();
+      this.releaseRead();
     }
   }
 
   async write<T>(fn: () => Promise<T> | T): Promise<T> {
-    await this.acquire(true);
+    if (this.writer || this.readers > 0 || this.queue.length > 0) await this.enqueue(true);
+    else this.writer = true;
     try {
       return await fn();
     } finally {
@@ -42,12 +46,8 @@ export class RwLock {
     }
   }
 
-  private acquire(write: boolean): Promise<void> {
-    if (this.queue.length === 0 && !this.writer && (write ? this.readers === 0 : true)) {
-      if (write) this.writer = true;
-      else this.readers++;
-      return Promise.resolve();
-    }
+  /** Waits in line; pump() grants the share (readers++ or writer) before resolving. */
+  private enqueue(write: boolean): Promise<void> {
     return new Promise<void>((grant) => this.queue.push({ write, grant }));
   }
 

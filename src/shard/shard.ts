@@ -469,50 +469,37 @@ export class Shard {
     opts: { ef?: number; nprobe?: number; predicate?: (p: Payload | undefined) => boolean; withPayload?: boolean; withVectors?: boolean },
   ): Promise<ShardHit[][]> {
     if (this.broken) throw new QuiverError('INTERNAL', `shard failed earlier: ${this.broken.message}`);
-    // Uncontended (no apply holding or waiting for the lock), the read share is taken without
-    // read()'s promise turns: a one-query search is tens of microseconds, so they show.
-    if (!this.lock.tryRead()) return this.lock.read(() => this.searchLocked(queries, k, opts));
-    try {
-      return await this.searchLocked(queries, k, opts);
-    } finally {
-      this.lock.releaseRead();
-    }
-  }
-
-  private async searchLocked(
-    queries: Float32Array,
-    k: number,
-    opts: { ef?: number; nprobe?: number; predicate?: (p: Payload | undefined) => boolean; withPayload?: boolean; withVectors?: boolean },
-  ): Promise<ShardHit[][]> {
     const nq = queries.length / this.opts.dim;
-    const empty = (): ShardHit[][] => Array.from({ length: nq }, () => []);
-    if (this.store.count === 0) return empty();
-    let filter: Uint32Array | undefined;
-    if (opts.predicate) {
-      filter = this.store.select(opts.predicate);
-      if (filter.length === 0) return empty();
-    }
-    const kind = this.index.kind;
-    const res = await this.index.search(queries, k, {
-      filter,
-      ef: kind === 'hnsw' ? opts.ef : undefined,
-      nprobe: kind === 'ivfpq' ? opts.nprobe : undefined,
-    });
-    const withVectors = opts.withVectors ?? false;
-    const withPayload = opts.withPayload ?? false;
-    const out: ShardHit[][] = [];
-    for (let q = 0; q < nq; q++) {
-      const hits: ShardHit[] = [];
-      for (let j = 0; j < k; j++) {
-        const label = res.labels[q * k + j];
-        if (label === LABEL_NONE || this.store.idOf(label) === undefined) continue;
-        const hit = this.pointOf(label, withVectors, withPayload) as ShardHit;
-        hit.distance = res.distances[q * k + j];
-        hits.push(hit);
+    return this.lock.read(async () => {
+      const empty = (): ShardHit[][] => Array.from({ length: nq }, () => []);
+      if (this.store.count === 0) return empty();
+      let filter: Uint32Array | undefined;
+      if (opts.predicate) {
+        filter = this.store.select(opts.predicate);
+        if (filter.length === 0) return empty();
       }
-      out.push(hits);
-    }
-    return out;
+      const kind = this.index.kind;
+      const res = await this.index.search(queries, k, {
+        filter,
+        ef: kind === 'hnsw' ? opts.ef : undefined,
+        nprobe: kind === 'ivfpq' ? opts.nprobe : undefined,
+      });
+      const withVectors = opts.withVectors ?? false;
+      const withPayload = opts.withPayload ?? false;
+      const out: ShardHit[][] = [];
+      for (let q = 0; q < nq; q++) {
+        const hits: ShardHit[] = [];
+        for (let j = 0; j < k; j++) {
+          const label = res.labels[q * k + j];
+          if (label === LABEL_NONE || this.store.idOf(label) === undefined) continue;
+          const hit = this.pointOf(label, withVectors, withPayload) as ShardHit;
+          hit.distance = res.distances[q * k + j];
+          hits.push(hit);
+        }
+        out.push(hits);
+      }
+      return out;
+    });
   }
 
   /** sha256 of the points (see PointStore.digest). */
