@@ -51,6 +51,7 @@ describe('search lane', () => {
     const batch = await index.search(q, K, { ef: 50 });
     const before = searchLaneStats();
     expect(before.enabled).toBe(true);
+    const t0 = process.hrtime.bigint();
     for (let i = 0; i < NQ; i++) {
       const one = await index.search(row(q, i), K, { ef: 50 });
       expect(Array.from(one.labels)).toEqual(Array.from(batch.labels.subarray(i * K, (i + 1) * K)));
@@ -63,6 +64,13 @@ describe('search lane', () => {
     expect(after.poolTasks - before.poolTasks).toBe(0);
     expect(after.poll).toBe(os.availableParallelism() >= 2);
     expect(after.polledTasks - before.polledTasks).toBe(after.poll ? NQ : 0);
+    // Phase times: each is counted, and the three add up to at most the wall time of the loop.
+    const wall = Number(process.hrtime.bigint() - t0);
+    const run = after.runNanos - before.runNanos;
+    expect(run).toBeGreaterThan(0);
+    expect(run + (after.waitNanos - before.waitNanos) + (after.deliverNanos - before.deliverNanos)).toBeLessThan(wall);
+    expect(after.waitNanos - before.waitNanos).toBeGreaterThanOrEqual(0);
+    expect(after.deliverNanos - before.deliverNanos).toBeGreaterThan(0);
   });
 
   it('while the loop polls for a long lane search, timers and I/O still run', async () => {

@@ -208,6 +208,7 @@ describe('HTTP: every operation', () => {
   it('serves /healthz, /readyz, /metrics and the status page', async () => {
     await client.createCollection({ name: 'm1', dim: DIM, index: { type: 'flat' } });
     await client.upsert('m1', [{ id: 'x', vector: vec(1, DIM) }]);
+    await client.search('m1', vec(1, DIM), { k: 1 });
     expect((await fetch(`${h.httpBase}/healthz`)).status).toBe(200);
     expect((await fetch(`${h.httpBase}/readyz`)).status).toBe(200);
     const m = await (await fetch(`${h.httpBase}/metrics`)).text();
@@ -217,6 +218,11 @@ describe('HTTP: every operation', () => {
     expect(m).toMatch(/quiver_shard_applied_lsn\{collection="m1"/);
     expect(m).toMatch(/quiver_wal_bytes_written_total\{collection="m1",shard="0"\} [1-9]/);
     expect(m).toMatch(/quiver_wal_fsync_duration_seconds_count\{collection="m1",shard="0"\} [1-9]/);
+    // the search lane (process-wide): the search above ran there, and its run time is counted
+    expect(m).toMatch(/quiver_search_tasks_total\{runner="lane"\} [1-9]/);
+    expect(m).toMatch(/quiver_search_tasks_total\{runner="pool"\} \d+/);
+    for (const phase of ['wait', 'run', 'deliver']) expect(m).toMatch(new RegExp(`quiver_search_lane_seconds_total\\{phase="${phase}"\\} \\d`));
+    expect(Number(/quiver_search_lane_seconds_total\{phase="run"\} (\S+)/.exec(m)![1])).toBeGreaterThan(0);
     const page = await fetch(`${h.httpBase}/`);
     expect(page.headers.get('content-type')).toMatch(/text\/html/);
     const html = await page.text();

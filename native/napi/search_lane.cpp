@@ -46,6 +46,8 @@ std::atomic<Lane*> the_lane{nullptr};
 std::mutex lane_create_mu;
 std::atomic<bool> lane_failed{false};
 std::atomic<uint64_t> lane_tasks{0}, pool_tasks{0}, polled_tasks{0}, poll_stops{0}, woken_tasks{0};
+// Nanoseconds summed over the lane's tasks: submission to start, the run, end to settled promise.
+std::atomic<uint64_t> wait_ns{0}, run_ns{0}, deliver_ns{0};
 
 // The first line of a file, or "" where it cannot be read.
 std::string first_line(const std::string& file) {
@@ -131,6 +133,7 @@ struct Pending {
   napi_deferred deferred;
   Status status;
   std::chrono::steady_clock::time_point submitted;
+  std::chrono::steady_clock::time_point ended{};
 };
 
 class Lane {
@@ -242,6 +245,9 @@ class Lane {
         const double cap = 4.0 * static_cast<double>(spin_.count());
         gap_ema_us_ = 0.75 * gap_ema_us_ + 0.25 * std::min(std::max(gap, 0.0), cap);
       }
+      const auto started = std::chrono::steady_clock::now();
+      wait_ns.fetch_add(static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(started - p->submitted).count()),
+                        std::memory_order_relaxed);
       try {
         p->status = p->task->run();
       } catch (const std::bad_alloc&) {
@@ -249,11 +255,14 @@ class Lane {
       } catch (const std::exception& e) {
         p->status = Status(Code::Internal, std::string("search failed: ") + e.what());
       }
+      last_end_ = std::chrono::steady_clock::now();
+      p->ended = last_end_;
+      run_ns.fetch_add(static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(last_end_ - started).count()),
+                       std::memory_order_relaxed);
       {
         std::lock_guard<std::mutex> g(done_mu_);
         done_.push_back(p);
       }
-      last_end_ = std::chrono::steady_clock::now();
       have_end_ = true;
       busy_.store(false, std::memory_order_release);
       // For a polling loop, raise the flag; if the loop gave up polling meanwhile (it then takes
@@ -282,6 +291,9 @@ class Lane {
       Napi::Env e(env);
       Napi::HandleScope scope(e);
       auto [ok, value] = outcome(e, p->status, [&] { return p->task->resolve(e); });
+      deliver_ns.fetch_add(static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                               std::chrono::steady_clock::now() - p->ended).count()),
+                           std::memory_order_relaxed);
       if (ok) napi_resolve_deferred(env, p->deferred, value);
       else napi_reject_deferred(env, p->deferred, value);
       if (--self->in_flight_ == 0) napi_unref_threadsafe_function(env, self->tsfn_);
@@ -422,6 +434,9 @@ Napi::Value lane_stats(const Napi::CallbackInfo& info) {
   o.Set("polledTasks", Napi::Number::New(env, static_cast<double>(polled_tasks.load())));
   o.Set("pollStops", Napi::Number::New(env, static_cast<double>(poll_stops.load())));
   o.Set("wokenTasks", Napi::Number::New(env, static_cast<double>(woken_tasks.load())));
+  o.Set("waitNanos", Napi::Number::New(env, static_cast<double>(wait_ns.load())));
+  o.Set("runNanos", Napi::Number::New(env, static_cast<double>(run_ns.load())));
+  o.Set("deliverNanos", Napi::Number::New(env, static_cast<double>(deliver_ns.load())));
   return o;
 }
 

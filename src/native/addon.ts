@@ -31,6 +31,12 @@ export interface SearchLaneStats {
   pollStops: number;
   /** Times the lane slept and was woken for a task (the rest found it spinning, or busy). */
   wokenTasks: number;
+  /** Nanoseconds summed over lane searches from submission to the lane's start on them. */
+  waitNanos: number;
+  /** Nanoseconds summed over lane searches running. */
+  runNanos: number;
+  /** Nanoseconds summed over lane searches from their end to their promise being settled. */
+  deliverNanos: number;
 }
 
 /* eslint-disable @typescript-eslint/no-explicit-any */

@@ -6,6 +6,7 @@
  */
 import * as client from 'prom-client';
 import type { Database, DatabaseObserver } from '../query/types';
+import { searchLaneStats } from '../native';
 
 export type Transport = 'grpc' | 'http';
 
@@ -81,6 +82,28 @@ export class Metrics {
     shardGauge('quiver_shard_snapshot_lsn', 'LSN of the newest snapshot', (s) => s.snapshotLsn);
     shardGauge('quiver_shard_wal_bytes', 'Bytes of WAL kept on disk for a shard', (s) => s.walBytes);
     shardGauge('quiver_shard_epoch', 'Leader epoch of a shard', (s) => s.epoch);
+    // The search lane (process-wide, native): where single searches ran, and where their time went.
+    const laneCounter = (name: string, help: string, label: string, pick: Record<string, (s: ReturnType<typeof searchLaneStats>) => number>) =>
+      new client.Counter({
+        name,
+        help,
+        labelNames: [label],
+        registers: [this.registry],
+        collect() {
+          const s = searchLaneStats();
+          this.reset();
+          for (const [value, fn] of Object.entries(pick)) this.inc({ [label]: value }, fn(s));
+        },
+      });
+    laneCounter('quiver_search_tasks_total', 'Single searches by where they ran: the search lane, or the thread pool when the lane was busy', 'runner', {
+      lane: (s) => s.laneTasks,
+      pool: (s) => s.poolTasks,
+    });
+    laneCounter('quiver_search_lane_seconds_total', 'Time of lane searches by phase: waiting for the lane, running, waiting for the event loop to settle them', 'phase', {
+      wait: (s) => s.waitNanos / 1e9,
+      run: (s) => s.runNanos / 1e9,
+      deliver: (s) => s.deliverNanos / 1e9,
+    });
   }
 
   /** Gauges read this database at scrape time. */
