@@ -27,7 +27,7 @@ import type {
   SearchRequest,
   WriteToken,
 } from '../query/types';
-import { bytesToVector, quiverService, vectorToBytes } from './proto';
+import { bytesToVector, quiverMethods, vectorToBytes } from './proto';
 import { GrpcChannel, UnaryMethod } from './transport';
 import { encodeUpsertColumns } from './upsert-codec';
 
@@ -89,7 +89,7 @@ export class QuiverClient {
   private readonly backoffMs: number;
 
   private constructor(addresses: string[], private readonly opts: ClientOptions) {
-    this.methods = quiverService().service as unknown as Record<string, UnaryMethod>;
+    this.methods = quiverMethods() as unknown as Record<string, UnaryMethod>;
     this.channels = addresses.map((a) => new GrpcChannel(a, requestBytesMax));
     this.deadlineMs = opts.deadlineMs ?? defaultDeadlineMs;
     this.retries = opts.retries ?? 4;

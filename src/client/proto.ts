@@ -6,6 +6,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
+import { searchCodecs } from './search-codec';
 
 export const PROTO_FILE = 'quiver.proto';
 
@@ -34,6 +35,20 @@ export function quiverService(): grpc.ServiceClientConstructor {
   const pkg = grpc.loadPackageDefinition(def) as unknown as { quiver: { v1: { Quiver: grpc.ServiceClientConstructor } } };
   cached = pkg.quiver.v1.Quiver;
   return cached;
+}
+
+let methods: grpc.ServiceDefinition | undefined;
+
+/**
+ * The service's methods with the hand-written search codecs (search-codec.ts) in place of the
+ * generated ones; the client and both servers use these.
+ */
+export function quiverMethods(): grpc.ServiceDefinition {
+  if (methods) return methods;
+  const def: Record<string, grpc.MethodDefinition<unknown, unknown>> = { ...quiverService().service };
+  for (const [name, codecs] of Object.entries(searchCodecs)) def[name] = { ...def[name], ...codecs };
+  methods = def;
+  return methods;
 }
 
 /** Quiver error code travels in this trailing metadata key. */

@@ -7,7 +7,7 @@ import * as grpc from '@grpc/grpc-js';
 import { invalidArgument } from '../errors';
 import { defaultDeadlineMs } from '../common/limits';
 import type { CollectionInfo, CollectionSpecInput, IndexSpec, Point, SearchHit, WriteToken } from '../query/types';
-import { GRPC_STATUS_OF, QUIVER_CODE_KEY, WireVector, bytesToVector, quiverService, vectorToBytes } from '../client/proto';
+import { GRPC_STATUS_OF, QUIVER_CODE_KEY, WireVector, bytesToVector, quiverMethods, vectorToBytes } from '../client/proto';
 import type { Op, Service } from './service';
 import { asQuiverError, buildSearch, checkBatchSize, checkIds, parseJsonField } from './validate';
 import { clusterJson } from './status-page';
@@ -261,7 +261,7 @@ export function grpcHandlers(svc: Service): Record<string, GrpcHandler> {
 }
 
 export function grpcServiceDefinition(): grpc.ServiceDefinition {
-  return quiverService().service;
+  return quiverMethods();
 }
 
 /** The handlers in @grpc/grpc-js's form (`--grpc-impl grpc-js`). */

@@ -1,0 +1,481 @@
+/**
+ * Search messages (proto/quiver.proto) encoded and decoded by hand, for both the client and the
+ * server: they are on every search's path, and protobufjs's generated code goes through
+ * fromObject / toObject for each hit (about 10 us a search between the two processes). The output
+ * objects have the shape protobufjs gives with the loader options of proto.ts (camelCase fields,
+ * defaults filled in, a missing message field null, bytes as Buffer, uint64 as Number); what is
+ * encoded decodes with protobufjs to the same object (test/search-codec.test.ts checks both ways).
+ *
+ *   Vector         1 values (repeated float, packed or not) | 2 data (bytes)
+ *   SearchOptions  1 k (uint32) | 2 filter_json | 3 ef (uint32) | 4 nprobe (uint32)
+ *                  5 with_payload (bool) | 6 with_vectors (bool) | 7 consistency (string)
+ *                  8 token (map<string, uint64>: entries 1 key, 2 value) | 9 float_vectors (bool)
+ *   SearchRequest  1 collection | 2 vector (Vector) | 3 options (SearchOptions)
+ *   SearchHit      1 id | 2 distance (float) | 3 payload_json | 4 vector (Vector)
+ *   SearchResponse 1 hits (repeated SearchHit)
+ *   SearchBatchResponse 1 batches (repeated SearchResponse)
+ *
+ * The encoder writes proto3's canonical form (a field equal to its default is left out); the
+ * decoder takes any valid encoding (fields in any order, unknown fields skipped) and throws on a
+ * truncated or malformed message.
+ */
+import type { WireVector } from './proto';
+
+/* eslint-disable @typescript-eslint/no-explicit-any */
+type Msg = any;
+
+const VARINT = 0;
+const I64 = 1;
+const LEN = 2;
+const I32 = 5;
+
+// ---------------------------------------------------------------- writing
+
+function varintLength(v: number): number {
+  let n = 1;
+  while (v >= 0x80) {
+    v = Math.floor(v / 128);
+    n++;
+  }
+  return n;
+}
+
+/** Writes into a buffer sized beforehand (every part's byte length is known before it is written). */
+class Writer {
+  off = 0;
+  constructor(readonly buf: Buffer) {}
+  varint(v: number): void {
+    while (v >= 0x80) {
+      this.buf[this.off++] = (v & 0x7f) | 0x80;
+      v = Math.floor(v / 128);
+    }
+    this.buf[this.off++] = v;
+  }
+  tag(field: number, wire: number): void {
+    this.buf[this.off++] = (field << 3) | wire; // fields here are below 16: one byte
+  }
+  string(field: number, s: string, bytes: number): void {
+    this.tag(field, LEN);
+    this.varint(bytes);
+    if (bytes === s.length && bytes <= SHORT) {
+      // ASCII (its byte length equals its length): byte by byte, cheaper than a call into C++
+      for (let i = 0; i < bytes; i++) this.buf[this.off + i] = s.charCodeAt(i);
+      this.off += bytes;
+    } else this.off += this.buf.write(s, this.off, bytes, 'utf8');
+  }
+  /** A varint field (uint32, uint64, bool), left out when 0. */
+  uint(field: number, v: number): void {
+    if (v === 0) return;
+    this.tag(field, VARINT);
+    this.varint(v);
+  }
+  bytes(field: number, b: Uint8Array): void {
+    this.tag(field, LEN);
+    this.varint(b.byteLength);
+    this.buf.set(b, this.off);
+    this.off += b.byteLength;
+  }
+  float(field: number, v: number): void {
+    this.tag(field, I32);
+    this.off = this.buf.writeFloatLE(v, this.off);
+  }
+}
+
+/** Strings up to this length are measured and copied in JS when they are ASCII. */
+const SHORT = 64;
+
+/** UTF-8 byte length. */
+function utf8Length(s: string): number {
+  if (s.length <= SHORT) {
+    let i = 0;
+    while (i < s.length && s.charCodeAt(i) < 0x80) i++;
+    if (i === s.length) return i;
+  }
+  return Buffer.byteLength(s, 'utf8');
+}
+
+/** A string field's total size (tag, length, bytes), or 0 when it is empty. */
+function stringFieldSize(bytes: number): number {
+  return bytes === 0 ? 0 : 1 + varintLength(bytes) + bytes;
+}
+
+function messageFieldSize(bytes: number): number {
+  return 1 + varintLength(bytes) + bytes;
+}
+
+/** The body size of a Vector message (0 when it holds nothing). */
+function vectorSize(v: WireVector): number {
+  const data = v.data;
+  if (data && data.byteLength > 0) return 1 + varintLength(data.byteLength) + data.byteLength;
+  const n = v.values?.length ?? 0;
+  return n === 0 ? 0 : 1 + varintLength(4 * n) + 4 * n;
+}
+
+function writeVector(w: Writer, v: WireVector, size: number): void {
+  const data = v.data;
+  if (data && data.byteLength > 0) {
+    w.bytes(2, data);
+    return;
+  }
+  if (size === 0) return;
+  const values = v.values!;
+  w.tag(1, LEN);
+  w.varint(4 * values.length);
+  for (const x of values) w.off = w.buf.writeFloatLE(x, w.off);
+}
+
+/** proto3 leaves out a float equal to 0 (NaN is written). */
+function hasDistance(h: Msg): boolean {
+  return typeof h.distance === 'number' && h.distance !== 0;
+}
+
+interface HitPlan {
+  id: number;
+  payload: number;
+  vector: number; // body size of the vector message, -1 when there is none
+  body: number;
+}
+
+function planHit(h: Msg): HitPlan {
+  const id = utf8Length(h.id ?? '');
+  const payload = h.payloadJson ? utf8Length(h.payloadJson) : 0;
+  const vector = h.vector ? vectorSize(h.vector) : -1;
+  const body = stringFieldSize(id) + (hasDistance(h) ? 5 : 0) + stringFieldSize(payload) + (vector >= 0 ? messageFieldSize(vector) : 0);
+  return { id, payload, vector, body };
+}
+
+function writeHit(w: Writer, h: Msg, p: HitPlan): void {
+  if (p.id > 0) w.string(1, h.id, p.id);
+  if (hasDistance(h)) w.float(2, h.distance);
+  if (p.payload > 0) w.string(3, h.payloadJson, p.payload);
+  if (p.vector >= 0) {
+    w.tag(4, LEN);
+    w.varint(p.vector);
+    writeVector(w, h.vector, p.vector);
+  }
+}
+
+function planHits(hits: Msg[]): { plans: HitPlan[]; size: number } {
+  const plans = new Array<HitPlan>(hits.length);
+  let size = 0;
+  for (let i = 0; i < hits.length; i++) {
+    plans[i] = planHit(hits[i]);
+    size += messageFieldSize(plans[i].body);
+  }
+  return { plans, size };
+}
+
+function writeHits(w: Writer, hits: Msg[], plans: HitPlan[]): void {
+  for (let i = 0; i < hits.length; i++) {
+    w.tag(1, LEN);
+    w.varint(plans[i].body);
+    writeHit(w, hits[i], plans[i]);
+  }
+}
+
+/** SearchResponse `{ hits: [{ id, distance, payloadJson, vector }] }`. */
+export function encodeSearchResponse(m: Msg): Buffer {
+  const hits: Msg[] = m?.hits ?? [];
+  const { plans, size } = planHits(hits);
+  const w = new Writer(Buffer.allocUnsafe(size));
+  writeHits(w, hits, plans);
+  return w.buf;
+}
+
+/** SearchBatchResponse `{ batches: [{ hits }] }`. */
+export function encodeSearchBatchResponse(m: Msg): Buffer {
+  const batches: Msg[] = m?.batches ?? [];
+  const planned = batches.map((b) => planHits(b?.hits ?? []));
+  let size = 0;
+  for (const p of planned) size += messageFieldSize(p.size);
+  const w = new Writer(Buffer.allocUnsafe(size));
+  for (let i = 0; i < batches.length; i++) {
+    w.tag(1, LEN);
+    w.varint(planned[i].size);
+    writeHits(w, batches[i]?.hits ?? [], planned[i].plans);
+  }
+  return w.buf;
+}
+
+function checkUint32(v: number, name: string): number {
+  if (!Number.isInteger(v) || v < 0 || v > 0xffffffff) throw new TypeError(`${name}: not a uint32 (${v})`);
+  return v;
+}
+
+/** SearchRequest `{ collection, vector: { data } | { values }, options }` (options as in SearchOptions). */
+export function encodeSearchRequest(m: Msg): Buffer {
+  const collection: string = m.collection ?? '';
+  const cBytes = utf8Length(collection);
+  const vector: WireVector | null = m.vector ?? null;
+  const vSize = vector ? vectorSize(vector) : -1;
+  const o: Msg = m.options ?? null;
+  let oSize = -1;
+  let filter = 0;
+  let consistency = 0;
+  let entries: Array<[string, number, number, number]> = []; // key, value, key bytes, entry size
+  if (o) {
+    const k = checkUint32(o.k ?? 0, 'k');
+    const ef = checkUint32(o.ef ?? 0, 'ef');
+    const nprobe = checkUint32(o.nprobe ?? 0, 'nprobe');
+    filter = o.filterJson ? utf8Length(o.filterJson) : 0;
+    consistency = o.consistency ? utf8Length(o.consistency) : 0;
+    const token = (o.token ?? {}) as Record<string, number>;
+    for (const key of Object.keys(token)) {
+      const value = token[key];
+      if (!Number.isSafeInteger(value) || value < 0) throw new TypeError(`token: not a uint64 (${value})`);
+      const kb = utf8Length(key);
+      entries.push([key, value, kb, stringFieldSize(kb) + (value ? 1 + varintLength(value) : 0)]);
+    }
+    oSize =
+      (k ? 1 + varintLength(k) : 0) +
+      stringFieldSize(filter) +
+      (ef ? 1 + varintLength(ef) : 0) +
+      (nprobe ? 1 + varintLength(nprobe) : 0) +
+      (o.withPayload ? 2 : 0) +
+      (o.withVectors ? 2 : 0) +
+      stringFieldSize(consistency) +
+      (o.floatVectors ? 2 : 0);
+    for (const e of entries) oSize += messageFieldSize(e[3]);
+  }
+  const size = stringFieldSize(cBytes) + (vSize >= 0 ? messageFieldSize(vSize) : 0) + (oSize >= 0 ? messageFieldSize(oSize) : 0);
+  const w = new Writer(Buffer.allocUnsafe(size));
+  if (cBytes > 0) w.string(1, collection, cBytes);
+  if (vSize >= 0) {
+    w.tag(2, LEN);
+    w.varint(vSize);
+    writeVector(w, vector!, vSize);
+  }
+  if (oSize >= 0) {
+    w.tag(3, LEN);
+    w.varint(oSize);
+    w.uint(1, o.k ?? 0);
+    if (filter > 0) w.string(2, o.filterJson, filter);
+    w.uint(3, o.ef ?? 0);
+    w.uint(4, o.nprobe ?? 0);
+    w.uint(5, o.withPayload ? 1 : 0);
+    w.uint(6, o.withVectors ? 1 : 0);
+    if (consistency > 0) w.string(7, o.consistency, consistency);
+    // protobufjs writes map entries in the object's key order; so does this.
+    for (const [key, value, kb, entry] of entries) {
+      w.tag(8, LEN);
+      w.varint(entry);
+      if (kb > 0) w.string(1, key, kb);
+      w.uint(2, value);
+    }
+    w.uint(9, o.floatVectors ? 1 : 0);
+  }
+  return w.buf;
+}
+
+// ---------------------------------------------------------------- reading
+
+class Reader {
+  pos: number;
+  constructor(
+    readonly buf: Buffer,
+    start: number,
+    readonly end: number,
+  ) {
+    this.pos = start;
+  }
+  more(): boolean {
+    return this.pos < this.end;
+  }
+  varint(): number {
+    let v = 0;
+    let scale = 1;
+    for (let i = 0; i < 10; i++) {
+      if (this.pos >= this.end) throw new RangeError('truncated varint');
+      const b = this.buf[this.pos++];
+      v += (b & 0x7f) * scale;
+      if (b < 0x80) return v;
+      scale *= 128;
+    }
+    throw new RangeError('varint longer than 10 bytes');
+  }
+  /** The end of a length-delimited field that starts here (its length read). */
+  span(): number {
+    const n = this.varint();
+    const end = this.pos + n;
+    if (end > this.end) throw new RangeError('length past the end of the message');
+    return end;
+  }
+  string(): string {
+    const end = this.span();
+    let s: string;
+    if (end - this.pos <= 16) {
+      // Short ASCII (ids, mostly): from char codes, cheaper than a call into C++
+      s = '';
+      let i = this.pos;
+      for (; i < end && this.buf[i] < 0x80; i++) s += String.fromCharCode(this.buf[i]);
+      if (i < end) s = this.buf.toString('utf8', this.pos, end);
+    } else s = this.buf.toString('utf8', this.pos, end);
+    this.pos = end;
+    return s;
+  }
+  float(): number {
+    if (this.pos + 4 > this.end) throw new RangeError('truncated float');
+    const v = this.buf.readFloatLE(this.pos);
+    this.pos += 4;
+    return v;
+  }
+  skip(wire: number): void {
+    switch (wire) {
+      case VARINT:
+        this.varint();
+        return;
+      case I64:
+        this.pos += 8;
+        break;
+      case LEN:
+        this.pos = this.span();
+        return;
+      case I32:
+        this.pos += 4;
+        break;
+      default:
+        throw new RangeError(`wire type ${wire} is not supported`);
+    }
+    if (this.pos > this.end) throw new RangeError('field past the end of the message');
+  }
+}
+
+/** uint32 fields read as protobufjs reads them: the low 32 bits, unsigned. */
+function uint32(v: number): number {
+  return v % 4294967296;
+}
+
+function readVector(r: Reader, end: number): WireVector {
+  const out: { values: number[]; data: Buffer } = { values: [], data: EMPTY };
+  while (r.pos < end) {
+    const tag = r.varint();
+    const field = tag >>> 3;
+    const wire = tag & 7;
+    if (field === 1 && wire === LEN) {
+      const e = r.span();
+      if ((e - r.pos) % 4 !== 0) throw new RangeError('packed floats: length not a multiple of 4');
+      for (; r.pos < e; r.pos += 4) out.values.push(r.buf.readFloatLE(r.pos));
+    } else if (field === 1 && wire === I32) {
+      out.values.push(r.float());
+    } else if (field === 2 && wire === LEN) {
+      const e = r.span();
+      out.data = r.buf.subarray(r.pos, e);
+      r.pos = e;
+    } else r.skip(wire);
+  }
+  return out;
+}
+
+const EMPTY = Buffer.alloc(0);
+
+function sub(r: Reader): Reader {
+  const end = r.span();
+  const s = new Reader(r.buf, r.pos, end);
+  r.pos = end;
+  return s;
+}
+
+function readHit(r: Reader): Msg {
+  const h: Msg = { id: '', distance: 0, payloadJson: '', vector: null };
+  while (r.more()) {
+    const tag = r.varint();
+    const field = tag >>> 3;
+    const wire = tag & 7;
+    if (field === 1 && wire === LEN) h.id = r.string();
+    else if (field === 2 && wire === I32) h.distance = r.float();
+    else if (field === 3 && wire === LEN) h.payloadJson = r.string();
+    else if (field === 4 && wire === LEN) {
+      const s = sub(r);
+      h.vector = readVector(s, s.end);
+    } else r.skip(wire);
+  }
+  return h;
+}
+
+function readHits(r: Reader): Msg[] {
+  const hits: Msg[] = [];
+  while (r.more()) {
+    const tag = r.varint();
+    if (tag === ((1 << 3) | LEN)) hits.push(readHit(sub(r)));
+    else r.skip(tag & 7);
+  }
+  return hits;
+}
+
+export function decodeSearchResponse(b: Buffer): Msg {
+  return { hits: readHits(new Reader(b, 0, b.length)) };
+}
+
+export function decodeSearchBatchResponse(b: Buffer): Msg {
+  const r = new Reader(b, 0, b.length);
+  const batches: Msg[] = [];
+  while (r.more()) {
+    const tag = r.varint();
+    if (tag === ((1 << 3) | LEN)) batches.push({ hits: readHits(sub(r)) });
+    else r.skip(tag & 7);
+  }
+  return { batches };
+}
+
+function readOptions(r: Reader): Msg {
+  const o: Msg = { k: 0, filterJson: '', ef: 0, nprobe: 0, withPayload: false, withVectors: false, consistency: '', token: {}, floatVectors: false };
+  while (r.more()) {
+    const tag = r.varint();
+    const field = tag >>> 3;
+    const wire = tag & 7;
+    if (wire === VARINT && field !== 8) {
+      const v = r.varint();
+      if (field === 1) o.k = uint32(v);
+      else if (field === 3) o.ef = uint32(v);
+      else if (field === 4) o.nprobe = uint32(v);
+      else if (field === 5) o.withPayload = v !== 0;
+      else if (field === 6) o.withVectors = v !== 0;
+      else if (field === 9) o.floatVectors = v !== 0;
+    } else if (field === 2 && wire === LEN) o.filterJson = r.string();
+    else if (field === 7 && wire === LEN) o.consistency = r.string();
+    else if (field === 8 && wire === LEN) {
+      const e = sub(r);
+      let key = '';
+      let value = 0;
+      while (e.more()) {
+        const t = e.varint();
+        if (t === ((1 << 3) | LEN)) key = e.string();
+        else if (t === ((2 << 3) | VARINT)) value = e.varint();
+        else e.skip(t & 7);
+      }
+      o.token[key] = value;
+    } else r.skip(wire);
+  }
+  return o;
+}
+
+export function decodeSearchRequest(b: Buffer): Msg {
+  const r = new Reader(b, 0, b.length);
+  const m: Msg = { collection: '', vector: null, options: null };
+  while (r.more()) {
+    const tag = r.varint();
+    const field = tag >>> 3;
+    const wire = tag & 7;
+    if (field === 1 && wire === LEN) m.collection = r.string();
+    else if (field === 2 && wire === LEN) {
+      const s = sub(r);
+      m.vector = readVector(s, s.end);
+    } else if (field === 3 && wire === LEN) m.options = readOptions(sub(r));
+    else r.skip(wire);
+  }
+  return m;
+}
+
+/** The hand-written codecs by method, over the generated ones (client and both servers). */
+export const searchCodecs: Record<string, Partial<Record<'requestSerialize' | 'requestDeserialize' | 'responseSerialize' | 'responseDeserialize', (v: any) => any>>> = {
+  Search: {
+    requestSerialize: encodeSearchRequest,
+    requestDeserialize: decodeSearchRequest,
+    responseSerialize: encodeSearchResponse,
+    responseDeserialize: decodeSearchResponse,
+  },
+  SearchBatch: {
+    responseSerialize: encodeSearchBatchResponse,
+    responseDeserialize: decodeSearchBatchResponse,
+  },
+};

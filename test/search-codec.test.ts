@@ -1,0 +1,180 @@
+/**
+ * The hand-written search codecs (src/client/search-codec.ts) against protobufjs's generated ones
+ * for the same messages, both ways: what one encodes, the other decodes to the same object. Then
+ * encodings the hand-written encoder never writes (default values present, unpacked floats,
+ * unknown fields, fields out of order), and malformed input.
+ */
+import { describe, expect, it } from 'vitest';
+import { quiverMethods, quiverService } from '../src/client/proto';
+import {
+  decodeSearchBatchResponse,
+  decodeSearchRequest,
+  decodeSearchResponse,
+  encodeSearchBatchResponse,
+  encodeSearchRequest,
+  encodeSearchResponse,
+} from '../src/client/search-codec';
+
+/* eslint-disable @typescript-eslint/no-explicit-any */
+const gen = quiverService().service as any;
+
+/** Buffers as plain byte arrays, so that views of different memory compare by content. */
+function plain(v: any): any {
+  if (Buffer.isBuffer(v) || v instanceof Uint8Array) return { bytes: Array.from(v) };
+  if (Array.isArray(v)) return v.map(plain);
+  if (v && typeof v === 'object') return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, plain(x)]));
+  return v;
+}
+
+/** A deterministic generator (xorshift32). */
+function rng(seed: number): () => number {
+  let s = seed >>> 0 || 1;
+  return () => {
+    s ^= s << 13;
+    s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
+    return s / 4294967296;
+  };
+}
+
+const STRINGS = ['', 'a', '12345', 'ü-ñ-漢字', '😀 emoji', 'x'.repeat(63), 'y'.repeat(64), 'z'.repeat(65), 'é'.repeat(40), '{"a":1,"b":[1,2]}'];
+
+function randomVector(r: () => number): any {
+  const n = Math.floor(r() * 5);
+  const vals = Array.from({ length: n }, () => Math.fround((r() - 0.5) * 1000));
+  const k = r();
+  if (k < 0.3) return null;
+  if (k < 0.6) return { values: vals };
+  return { data: Buffer.from(new Float32Array(vals).buffer) };
+}
+
+function randomHit(r: () => number): any {
+  const d = r();
+  return {
+    id: STRINGS[Math.floor(r() * STRINGS.length)] || 'id',
+    distance: d < 0.1 ? 0 : d < 0.2 ? -Math.fround(r() * 5) : Math.fround(r() * 1e6),
+    payloadJson: r() < 0.5 ? '' : STRINGS[Math.floor(r() * STRINGS.length)],
+    vector: randomVector(r),
+  };
+}
+
+function randomRequest(r: () => number): any {
+  const token: Record<string, number> = {};
+  if (r() < 0.5) for (let i = 0; i < 3; i++) token[`${i}`] = Math.floor(r() * 2 ** 40);
+  if (r() < 0.2) token['zero'] = 0;
+  return {
+    collection: STRINGS[Math.floor(r() * STRINGS.length)],
+    vector: randomVector(r),
+    options:
+      r() < 0.2
+        ? null
+        : {
+            k: Math.floor(r() * 1000),
+            filterJson: r() < 0.5 ? '' : '{"eq":{"field":"c","value":"ü"}}',
+            ef: r() < 0.5 ? 0 : Math.floor(r() * 4000),
+            nprobe: r() < 0.5 ? 0 : 2 ** 32 - 1,
+            withPayload: r() < 0.5,
+            withVectors: r() < 0.5,
+            consistency: r() < 0.5 ? '' : 'session',
+            token,
+            floatVectors: r() < 0.5,
+          },
+  };
+}
+
+describe('search codecs', () => {
+  it('SearchResponse: protobufjs decodes what ours encodes, and ours decodes what protobufjs encodes', () => {
+    const r = rng(7);
+    for (let i = 0; i < 300; i++) {
+      const msg = { hits: Array.from({ length: Math.floor(r() * 12) }, () => randomHit(r)) };
+      const want = plain(gen.Search.responseDeserialize(gen.Search.responseSerialize(msg)));
+      expect(plain(gen.Search.responseDeserialize(encodeSearchResponse(msg)))).toEqual(want);
+      expect(plain(decodeSearchResponse(gen.Search.responseSerialize(msg)))).toEqual(want);
+      expect(plain(decodeSearchResponse(encodeSearchResponse(msg)))).toEqual(want);
+    }
+  });
+
+  it('SearchBatchResponse both ways', () => {
+    const r = rng(11);
+    for (let i = 0; i < 100; i++) {
+      const msg = { batches: Array.from({ length: Math.floor(r() * 5) }, () => ({ hits: Array.from({ length: Math.floor(r() * 6) }, () => randomHit(r)) })) };
+      const want = plain(gen.SearchBatch.responseDeserialize(gen.SearchBatch.responseSerialize(msg)));
+      expect(plain(gen.SearchBatch.responseDeserialize(encodeSearchBatchResponse(msg)))).toEqual(want);
+      expect(plain(decodeSearchBatchResponse(gen.SearchBatch.responseSerialize(msg)))).toEqual(want);
+    }
+  });
+
+  it('SearchRequest both ways, the token map included', () => {
+    const r = rng(13);
+    for (let i = 0; i < 300; i++) {
+      const msg = randomRequest(r);
+      const want = plain(gen.Search.requestDeserialize(gen.Search.requestSerialize(msg)));
+      expect(plain(gen.Search.requestDeserialize(encodeSearchRequest(msg)))).toEqual(want);
+      expect(plain(decodeSearchRequest(gen.Search.requestSerialize(msg)))).toEqual(want);
+    }
+  });
+
+  it('the encoder writes the canonical form: no field at its default', () => {
+    expect(encodeSearchResponse({ hits: [] }).length).toBe(0);
+    // a hit with an empty id, distance 0, no payload and no vector is an empty message
+    expect(Array.from(encodeSearchResponse({ hits: [{ id: '', distance: 0, payloadJson: '', vector: null }] }))).toEqual([0x0a, 0x00]);
+    expect(Array.from(encodeSearchRequest({ collection: '', vector: null, options: null }))).toEqual([]);
+    // generated and hand-written agree on a typical request byte for byte
+    const req = { collection: 'c', vector: { data: Buffer.from(new Float32Array([1, 2]).buffer) }, options: { k: 10, ef: 64, token: { '0': 5 } } };
+    expect(Buffer.compare(encodeSearchRequest(req), gen.Search.requestSerialize(req))).toBe(0);
+  });
+
+  it('reads encodings that the encoder does not write: unpacked floats, defaults present, unknown fields, any order', () => {
+    // SearchHit: unknown varint field 9, vector with values unpacked (field 1, wire type 5) twice,
+    // payload before id, an explicit distance 0, an unknown fixed64 and an unknown length field.
+    const hit = Buffer.from([
+      0x48, 0x96, 0x01, // field 9 varint 150 (unknown)
+      0x1a, 0x02, 0x7b, 0x7d, // payload_json "{}"
+      0x0a, 0x01, 0x41, // id "A"
+      0x15, 0, 0, 0, 0, // distance 0
+      0x22, 0x0a, 0x0d, 0, 0, 0x80, 0x3f, 0x0d, 0, 0, 0, 0x40, // vector values [1, 2] unpacked
+      0x51, 1, 2, 3, 4, 5, 6, 7, 8, // field 10 fixed64 (unknown)
+      0x5a, 0x01, 0x00, // field 11 bytes (unknown)
+    ]);
+    const msg = Buffer.concat([Buffer.from([0x0a, hit.length]), hit]);
+    const want = plain(gen.Search.responseDeserialize(msg));
+    expect(plain(decodeSearchResponse(msg))).toEqual(want);
+    expect(want.hits[0]).toMatchObject({ id: 'A', payloadJson: '{}', distance: 0, vector: { values: [1, 2] } });
+    // SearchRequest with options first and the collection repeated (the last one wins)
+    const req = Buffer.concat([
+      Buffer.from([0x1a, 0x02, 0x08, 0x05]), // options { k: 5 }
+      Buffer.from([0x0a, 0x01, 0x61]), // collection "a"
+      Buffer.from([0x0a, 0x01, 0x62]), // collection "b"
+    ]);
+    expect(plain(decodeSearchRequest(req))).toEqual(plain(gen.Search.requestDeserialize(req)));
+    expect(decodeSearchRequest(req).collection).toBe('b');
+  });
+
+  it('refuses malformed input', () => {
+    const good = encodeSearchResponse({ hits: [{ id: 'abc', distance: 1.5, payloadJson: '{}', vector: { values: [1, 2, 3] } }] });
+    // cut inside the hit (not at a field boundary of the outer message): the length runs past the end
+    for (let cut = 1; cut < good.length; cut++) expect(() => decodeSearchResponse(good.subarray(0, cut))).toThrow();
+    expect(() => decodeSearchResponse(Buffer.from([0x0a, 0x05, 0x0a]))).toThrow(/past the end/);
+    expect(() => decodeSearchResponse(Buffer.from([0x08, 0x80]))).toThrow(/truncated varint/);
+    expect(() => decodeSearchResponse(Buffer.from([0x0b]))).toThrow(/wire type 3/);
+    expect(() => decodeSearchResponse(Buffer.from([0x08, ...new Array(10).fill(0xff), 0x01]))).toThrow(/longer than 10/);
+    // packed floats whose length is not a multiple of 4
+    expect(() => decodeSearchRequest(Buffer.from([0x12, 0x05, 0x0a, 0x03, 0, 0, 0]))).toThrow(/multiple of 4/);
+    // a float cut short
+    expect(() => decodeSearchResponse(Buffer.from([0x0a, 0x03, 0x15, 0, 0]))).toThrow(/truncated float/);
+    // a request the encoder refuses rather than wrap
+    expect(() => encodeSearchRequest({ collection: 'c', options: { k: -1 } })).toThrow(/uint32/);
+    expect(() => encodeSearchRequest({ collection: 'c', options: { k: 1, token: { a: -5 } } })).toThrow(/uint64/);
+  });
+
+  it('the service definition carries them for Search and SearchBatch, the generated codecs elsewhere', () => {
+    const m = quiverMethods() as any;
+    expect(m.Search.responseSerialize).toBe(encodeSearchResponse);
+    expect(m.Search.requestDeserialize).toBe(decodeSearchRequest);
+    expect(m.SearchBatch.responseDeserialize).toBe(decodeSearchBatchResponse);
+    expect(m.Count.responseSerialize).toBe(gen.Count.responseSerialize);
+    expect(m.Search.path).toBe(gen.Search.path);
+  });
+});
