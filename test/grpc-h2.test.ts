@@ -11,7 +11,7 @@ import { QuiverError } from '../src/errors';
 import { GrpcChannel, UnaryMethod } from '../src/client/transport';
 import { GrpcMethod, H2GrpcServer, parseGrpcTimeout, percentEncode } from '../src/server/grpc-h2';
 import { HpackDecoder, HpackEncoder } from '../src/common/hpack';
-import { PREFACE } from '../src/common/h2';
+import { FLOOD_BURST, PREFACE } from '../src/common/h2';
 
 const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -306,6 +306,133 @@ describe('rapid reset', () => {
       ch.close();
     } finally {
       sock.destroy();
+      server.forceShutdown();
+    }
+  });
+});
+
+/** A raw connection that records the frames it receives (type, flags, stream, payload). */
+async function rawConn(port: number): Promise<{ sock: net.Socket; frames: Array<{ type: number; flags: number; stream: number; p: Buffer }>; closed: Promise<void> }> {
+  const sock = net.connect(port, '127.0.0.1');
+  await new Promise((r) => sock.once('connect', r));
+  const frames: Array<{ type: number; flags: number; stream: number; p: Buffer }> = [];
+  let buf = Buffer.alloc(0);
+  sock.on('data', (c: Buffer) => {
+    buf = Buffer.concat([buf, c]);
+    while (buf.length >= 9 && buf.length >= 9 + buf.readUIntBE(0, 3)) {
+      const len = buf.readUIntBE(0, 3);
+      frames.push({ type: buf[3], flags: buf[4], stream: buf.readUInt32BE(5) & 0x7fffffff, p: Buffer.from(buf.subarray(9, 9 + len)) });
+      buf = buf.subarray(9 + len);
+    }
+  });
+  sock.on('error', () => undefined);
+  const closed = new Promise<void>((r) => sock.once('close', () => r()));
+  return { sock, frames, closed };
+}
+
+const GOAWAY = 7;
+const goawayCode = (frames: Array<{ type: number; p: Buffer }>) => {
+  const g = frames.find((f) => f.type === GOAWAY);
+  return g ? g.p.readUInt32BE(4) : undefined;
+};
+
+describe('floods and idle connections', () => {
+  const ping = (i: number) => Buffer.concat([frameHead(8, 6, 0, 0), Buffer.alloc(8, i & 0xff)]);
+
+  it('a flood of PING, SETTINGS, PRIORITY or empty DATA frames ends the connection with ENHANCE_YOUR_CALM', async () => {
+    const server = new H2GrpcServer(methods({ calls: 0 }), { receiveBytesMax: 1 << 20 });
+    const port = await server.listen('127.0.0.1', 0);
+    try {
+      const floods: Record<string, (i: number) => Buffer> = {
+        PING: ping,
+        SETTINGS: () => frameHead(0, 4, 0, 0),
+        PRIORITY: () => Buffer.concat([frameHead(5, 2, 0, 1), Buffer.from([0, 0, 0, 0, 16])]),
+        'empty DATA': () => frameHead(0, 0, 0, 1),
+        unknown: () => frameHead(0, 0x42, 0, 0),
+      };
+      for (const [what, make] of Object.entries(floods)) {
+        const c = await rawConn(port);
+        const head = [PREFACE, frameHead(0, 4, 0, 0)];
+        // empty DATA needs an open stream: a request on stream 1 whose body never ends
+        if (what === 'empty DATA') head.push(rawRequestRaw('/t.T/Echo', Buffer.alloc(0)).subarray(PREFACE.length + 9, -9));
+        const n = FLOOD_BURST + 500;
+        c.sock.write(Buffer.concat([...head, ...Array.from({ length: n }, (_, i) => make(i))]));
+        await Promise.race([c.closed, delay(5000)]);
+        expect(goawayCode(c.frames), what).toBe(11); // ENHANCE_YOUR_CALM
+        expect(c.sock.destroyed || c.sock.readableEnded, what).toBe(true);
+        // every PING before the budget ran out was answered
+        if (what === 'PING') expect(c.frames.filter((f) => f.type === 6 && f.flags & 1).length).toBeGreaterThanOrEqual(FLOOD_BURST - 1);
+        c.sock.destroy();
+      }
+      // a client that pings within the budget keeps its connection, and the server still answers
+      const c = await rawConn(port);
+      c.sock.write(Buffer.concat([PREFACE, frameHead(0, 4, 0, 0), ...Array.from({ length: 100 }, (_, i) => ping(i))]));
+      await delay(200);
+      expect(goawayCode(c.frames)).toBeUndefined();
+      expect(c.frames.filter((f) => f.type === 6 && f.flags & 1).length).toBe(100);
+      c.sock.destroy();
+      const ch = new GrpcChannel(`127.0.0.1:${port}`, 1 << 20);
+      expect(((await ch.unary(ECHO, Buffer.from('still'), Date.now() + 5000)) as Buffer).toString()).toBe('still');
+      ch.close();
+    } finally {
+      server.forceShutdown();
+    }
+  });
+
+  it('a peer that does not read our answers and keeps pinging is cut off', async () => {
+    // A 48 MB answer the peer does not read backs up in the socket buffers and then in the
+    // server's socket; the peer's next PING finds our replies backed up past 1 MiB and ends the
+    // connection, dropping the rest of the answer. Without the PING the whole answer would come.
+    const big = Buffer.alloc(48 << 20, 7);
+    const server = new H2GrpcServer(
+      new Map<string, GrpcMethod>([['/t.T/Big', { decode: (b: Buffer) => b, encode: () => big, handle: async () => big }]]),
+      { receiveBytesMax: 1 << 20 },
+    );
+    const port = await server.listen('127.0.0.1', 0);
+    const c = await rawConn(port);
+    try {
+      c.sock.pause();
+      // Windows wide open (SETTINGS_INITIAL_WINDOW_SIZE and the connection's), then the call.
+      const settings = Buffer.concat([frameHead(6, 4, 0, 0), Buffer.from([0, 4, 0x7f, 0xff, 0xff, 0xff])]);
+      const wu = Buffer.concat([frameHead(4, 8, 0, 0), Buffer.from([0x7f, 0xff, 0, 0])]);
+      c.sock.write(Buffer.concat([PREFACE, settings, wu, rawRequest('/t.T/Big', Buffer.alloc(1)).subarray(PREFACE.length + 9)]));
+      await delay(400);
+      c.sock.write(Buffer.concat([ping(1), ping(2)]));
+      await delay(200);
+      c.sock.resume();
+      await Promise.race([c.closed, delay(10_000)]);
+      expect(c.sock.destroyed || c.sock.readableEnded).toBe(true);
+      const got = c.frames.filter((f) => f.type === 0 && f.stream === 1).reduce((n, f) => n + f.p.length, 0);
+      expect(got).toBeGreaterThan(0);
+      expect(got).toBeLessThan(big.length);
+    } finally {
+      c.sock.destroy();
+      server.forceShutdown();
+    }
+  });
+
+  it('a connection idle past idleTimeoutMs gets GOAWAY and is closed; the client opens a new one; a long call keeps it', async () => {
+    const server = new H2GrpcServer(methods({ calls: 0 }), { receiveBytesMax: 1 << 20, idleTimeoutMs: 200 });
+    const port = await server.listen('127.0.0.1', 0);
+    const ch = new GrpcChannel(`127.0.0.1:${port}`, 1 << 20);
+    try {
+      // a raw connection that never opens a stream is closed too
+      const c = await rawConn(port);
+      c.sock.write(Buffer.concat([PREFACE, frameHead(0, 4, 0, 0)]));
+      const t0 = Date.now();
+      await Promise.race([c.closed, delay(3000)]);
+      expect(goawayCode(c.frames)).toBe(0); // NO_ERROR
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(150);
+      expect(Date.now() - t0).toBeLessThan(2000);
+      // a call that runs 700 ms (past the timeout) keeps its connection: it is answered
+      const slow = Buffer.alloc(4);
+      slow.writeUInt32BE(700);
+      expect(((await ch.unary(m('/t.T/Slow'), slow, Date.now() + 5000)) as Buffer).readUInt32BE(0)).toBe(700);
+      // idle afterwards: closed by the server; the next call opens a new connection
+      await delay(600);
+      expect(((await ch.unary(ECHO, Buffer.from('after idle'), Date.now() + 5000)) as Buffer).toString()).toBe('after idle');
+    } finally {
+      ch.close();
       server.forceShutdown();
     }
   });

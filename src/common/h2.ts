@@ -23,6 +23,13 @@
  *     padded frames, which are gathered first.
  *   - errors: a connection error sends GOAWAY with its code and destroys the socket; a stream error
  *     sends RST_STREAM.
+ *   - floods (the HTTP/2 denial-of-service patterns of CVE-2019-9512/9515/9518): frames that cost
+ *     work but carry no request (PING, SETTINGS, PRIORITY, DATA that is empty and does not end
+ *     its stream, empty CONTINUATION, unknown types) draw from a budget of FLOOD_BURST that refills
+ *     at FLOOD_PER_SECOND; a peer past it gets GOAWAY(ENHANCE_YOUR_CALM). A peer that does not
+ *     read what we answer to its PING and SETTINGS (more than REPLY_BACKLOG_BYTES unsent) gets the
+ *     same, so our replies cannot pile up in memory. A reset flood is the server's to bound (it
+ *     counts the handlers still running).
  * Not done (not needed by gRPC unary calls): server push, priorities, upgrade from HTTP/1.1, TLS.
  */
 import * as net from 'net';
@@ -80,6 +87,11 @@ const WINDOW_MAX = 2 ** 31 - 1;
 const HEADER_BLOCK_BYTES_MAX = 256 * 1024;
 /** A control frame (anything but DATA) larger than this is a FRAME_SIZE_ERROR. */
 const CONTROL_FRAME_BYTES_MAX = 64 * 1024;
+/** Frames without a request in them that a peer may send at once, and per second after that. */
+export const FLOOD_BURST = 2000;
+export const FLOOD_PER_SECOND = 1000;
+/** Unsent bytes on the socket past which a PING or SETTINGS that needs a reply closes the connection. */
+export const REPLY_BACKLOG_BYTES = 1 << 20;
 
 export class H2ConnectionError extends Error {
   constructor(
@@ -201,6 +213,11 @@ export class H2Session<U> {
   /** The peer's GOAWAY: it takes no stream above this id. */
   goawayLastStream = -1;
   closed = false;
+  /** Streams opened so far, by either side (a caller can tell an idle connection from a busy one). */
+  streamsOpened = 0;
+  /** What is left of the flood budget, and when it was last refilled (ms). */
+  private floodBudget = FLOOD_BURST;
+  private floodAt = Date.now();
 
   constructor(
     readonly socket: net.Socket,
@@ -269,6 +286,7 @@ export class H2Session<U> {
       user: this.h.newUser(),
     };
     this.streams.set(id, s);
+    this.streamsOpened++;
     return s;
   }
 
@@ -501,6 +519,7 @@ export class H2Session<U> {
 
   private beginData(stream: number, flags: number, len: number): void {
     if (stream === 0) throw new H2ConnectionError(H2_ERROR.PROTOCOL_ERROR, 'DATA on stream 0');
+    if (len === 0 && !(flags & END_STREAM)) this.idleFrame('empty DATA');
     this.dataStream = stream;
     this.dataFlags = flags;
     this.credit(len);
@@ -535,6 +554,23 @@ export class H2Session<U> {
     return Math.max(this.lastPeerStream, this.nextLocalStream - 2);
   }
 
+  /** One frame that costs work but carries no request: draws on the flood budget. */
+  private idleFrame(what: string): void {
+    if (--this.floodBudget >= 0) return;
+    const now = Date.now();
+    this.floodBudget = Math.min(FLOOD_BURST, this.floodBudget + Math.floor(((now - this.floodAt) * FLOOD_PER_SECOND) / 1000));
+    this.floodAt = now;
+    if (this.floodBudget < 0) throw new H2ConnectionError(H2_ERROR.ENHANCE_YOUR_CALM, `too many ${what} frames`);
+  }
+
+  /** A reply the peer's frame asks for (PING and SETTINGS ACKs); refused when the peer does not read. */
+  private reply(b: Buffer): void {
+    if (this.socket.writableLength > REPLY_BACKLOG_BYTES) {
+      throw new H2ConnectionError(H2_ERROR.ENHANCE_YOUR_CALM, 'the peer does not read our replies');
+    }
+    this.write(b);
+  }
+
   private frame(type: number, flags: number, stream: number, p: Buffer): void {
     switch (type) {
       case FRAME.DATA: {
@@ -563,6 +599,7 @@ export class H2Session<U> {
       case FRAME.CONTINUATION: {
         const b = this.block;
         if (!b || b.stream !== stream) throw new H2ConnectionError(H2_ERROR.PROTOCOL_ERROR, 'CONTINUATION without its HEADERS');
+        if (p.length === 0 && !(flags & END_HEADERS)) this.idleFrame('empty CONTINUATION');
         b.parts.push(p);
         b.bytes += p.length;
         if (b.bytes > HEADER_BLOCK_BYTES_MAX) throw new H2ConnectionError(H2_ERROR.ENHANCE_YOUR_CALM, 'a header block over 256 KiB');
@@ -570,6 +607,7 @@ export class H2Session<U> {
         return;
       }
       case FRAME.PRIORITY:
+        this.idleFrame('PRIORITY');
         return;
       case FRAME.RST_STREAM: {
         if (stream === 0 || p.length !== 4) throw new H2ConnectionError(H2_ERROR.PROTOCOL_ERROR, 'bad RST_STREAM');
@@ -581,10 +619,11 @@ export class H2Session<U> {
       }
       case FRAME.SETTINGS:
         if (stream !== 0) throw new H2ConnectionError(H2_ERROR.PROTOCOL_ERROR, 'SETTINGS on a stream');
+        this.idleFrame('SETTINGS');
         if (flags & ACK) return;
         if (p.length % 6 !== 0) throw new H2ConnectionError(H2_ERROR.FRAME_SIZE_ERROR, 'bad SETTINGS length');
         for (let i = 0; i < p.length; i += 6) this.setting(p.readUInt16BE(i), p.readUInt32BE(i + 2));
-        this.write(frame(FRAME.SETTINGS, ACK, 0));
+        this.reply(frame(FRAME.SETTINGS, ACK, 0));
         if (!this.peerReady) {
           this.peerReady = true;
           this.h.onReady?.();
@@ -595,7 +634,8 @@ export class H2Session<U> {
         throw new H2ConnectionError(H2_ERROR.PROTOCOL_ERROR, 'PUSH_PROMISE, though push is disabled');
       case FRAME.PING:
         if (stream !== 0 || p.length !== 8) throw new H2ConnectionError(H2_ERROR.FRAME_SIZE_ERROR, 'bad PING');
-        if (!(flags & ACK)) this.write(frame(FRAME.PING, ACK, 0, p));
+        this.idleFrame('PING');
+        if (!(flags & ACK)) this.reply(frame(FRAME.PING, ACK, 0, p));
         return;
       case FRAME.GOAWAY: {
         if (stream !== 0 || p.length < 8) throw new H2ConnectionError(H2_ERROR.PROTOCOL_ERROR, 'bad GOAWAY');
@@ -628,6 +668,7 @@ export class H2Session<U> {
         return;
       }
       default:
+        this.idleFrame('unknown');
         return; // unknown frame types are ignored
     }
   }

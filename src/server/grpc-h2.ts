@@ -119,6 +119,20 @@ export interface H2GrpcServerOptions {
   receiveBytesMax: number;
   /** Streams one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS). */
   maxConcurrentStreams?: number;
+  /**
+   * A connection that has had no stream open for this long (ms) is sent GOAWAY and closed; it
+   * goes between 1x and 1.5x this after its last stream (0: never). Clients open a new one for
+   * their next call. Default 300,000 (5 minutes).
+   */
+  idleTimeoutMs?: number;
+}
+
+interface Conn {
+  /** Handlers running for the connection, those of reset streams included. */
+  running: number;
+  /** The session's streamsOpened at the last idle sweep, and the sweeps since that found it idle. */
+  opened: number;
+  idleSweeps: number;
 }
 
 export class H2GrpcServer {
@@ -128,7 +142,8 @@ export class H2GrpcServer {
    * from the connection's stream count but its handler still runs: without this bound a client
    * could open, finish and reset streams without end (HTTP/2 "rapid reset") and pile up work.
    */
-  private readonly sessions = new Map<H2Session<Call>, { running: number }>();
+  private readonly sessions = new Map<H2Session<Call>, Conn>();
+  private sweeper: NodeJS.Timeout | null = null;
   private readonly buffers = new RequestBuffers();
   private draining = false;
   private drained: (() => void) | null = null;
@@ -141,6 +156,29 @@ export class H2GrpcServer {
   ) {
     this.maxStreams = opts.maxConcurrentStreams ?? 1000;
     this.server = net.createServer((socket) => this.accept(socket));
+    const idleMs = opts.idleTimeoutMs ?? 300_000;
+    if (idleMs > 0) {
+      this.sweeper = setInterval(() => this.sweepIdle(), Math.max(10, idleMs / 2));
+      this.sweeper.unref();
+    }
+  }
+
+  /** Every idleTimeoutMs / 2: closes the connections found idle, with no stream opened, twice in a row. */
+  private sweepIdle(): void {
+    for (const [session, conn] of this.sessions) {
+      if (session.size > 0 || session.streamsOpened !== conn.opened) {
+        conn.opened = session.streamsOpened;
+        conn.idleSweeps = 0;
+      } else if (++conn.idleSweeps >= 2) {
+        session.goaway(H2_ERROR.NO_ERROR, 'idle connection');
+        session.end();
+      }
+    }
+  }
+
+  private stopSweeper(): void {
+    if (this.sweeper) clearInterval(this.sweeper);
+    this.sweeper = null;
   }
 
   listen(host: string, port: number): Promise<number> {
@@ -184,7 +222,7 @@ export class H2GrpcServer {
         },
       },
     );
-    this.sessions.set(session, { running: 0 });
+    this.sessions.set(session, { running: 0, opened: 0, idleSweeps: 0 });
   }
 
   private onHeaders(session: H2Session<Call>, s: H2Stream<Call>, headers: HeaderList | null, end: boolean, opened: boolean): void {
@@ -371,6 +409,7 @@ export class H2GrpcServer {
    */
   tryShutdown(): Promise<void> {
     this.draining = true;
+    this.stopSweeper();
     const all = new Promise<void>((resolve) => (this.drained = resolve));
     const listening = new Promise<void>((resolve) => this.server.close(() => resolve()));
     for (const s of this.sessions.keys()) {
@@ -384,6 +423,7 @@ export class H2GrpcServer {
   /** Closes every connection at once; calls in flight are lost to their clients (UNAVAILABLE). */
   forceShutdown(): void {
     this.draining = true;
+    this.stopSweeper();
     this.server.close();
     for (const s of this.sessions.keys()) s.destroy(null);
     this.sessions.clear();
