@@ -418,6 +418,11 @@ describe('bad input through both transports: typed errors, state unchanged', () 
     }
     expectHttpError(await httpJson(h.httpBase, 'POST', `/v1/collections/${C}/search`, { vector: goodJson.vector }), 400, 'INVALID_ARGUMENT');
     expectHttpError(await httpJson(h.httpBase, 'POST', `/v1/collections/${C}/search`, { vector: goodJson.vector, k: 1, ef: 0 }), 400, 'INVALID_ARGUMENT');
+    // a read token whose LSN is not a whole number >= 0 is the caller's error, not an encoding failure
+    for (const lsn of [-1, 1.5, Number.MAX_SAFE_INTEGER + 2]) {
+      await expectCode(client.search(C, vec(0, DIM), { k: 1, token: { '0': lsn } }), 'INVALID_ARGUMENT');
+      await expectCode(client.searchBatch(C, [vec(0, DIM)], { k: 1, token: { '0': lsn } }), 'INVALID_ARGUMENT');
+    }
     await expectUnchanged();
   });
 });

@@ -295,6 +295,10 @@ function searchOptions(o: SearchOptions): Msg {
   for (const [name, v] of [['ef', o.ef], ['nprobe', o.nprobe]] as const) {
     if (v !== undefined && (!Number.isInteger(v) || v < 1)) throw new QuiverError('INVALID_ARGUMENT', `${name} must be a positive integer`);
   }
+  // uint64 LSNs on the wire: a negative or fractional one would not survive the encoding.
+  for (const [shard, lsn] of Object.entries(o.token ?? {})) {
+    if (!Number.isSafeInteger(lsn) || lsn < 0) throw new QuiverError('INVALID_ARGUMENT', `token: shard ${shard} has LSN ${lsn}, not a whole number >= 0`);
+  }
   return {
     k: o.k,
     filterJson: o.filter === undefined ? '' : JSON.stringify(o.filter),
