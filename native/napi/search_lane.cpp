@@ -49,6 +49,10 @@ std::atomic<uint64_t> lane_tasks{0}, pool_tasks{0}, polled_tasks{0}, poll_stops{
 // Nanoseconds summed over the lane's tasks: submission to start, the run, end to settled promise.
 std::atomic<uint64_t> wait_ns{0}, run_ns{0}, deliver_ns{0};
 
+void add_ns(std::atomic<uint64_t>& sum, std::chrono::steady_clock::time_point from, std::chrono::steady_clock::time_point to) {
+  sum.fetch_add(static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(to - from).count()), std::memory_order_relaxed);
+}
+
 // The first line of a file, or "" where it cannot be read.
 std::string first_line(const std::string& file) {
   std::ifstream f(file);
@@ -246,8 +250,7 @@ class Lane {
         gap_ema_us_ = 0.75 * gap_ema_us_ + 0.25 * std::min(std::max(gap, 0.0), cap);
       }
       const auto started = std::chrono::steady_clock::now();
-      wait_ns.fetch_add(static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(started - p->submitted).count()),
-                        std::memory_order_relaxed);
+      add_ns(wait_ns, p->submitted, started);
       try {
         p->status = p->task->run();
       } catch (const std::bad_alloc&) {
@@ -257,8 +260,7 @@ class Lane {
       }
       last_end_ = std::chrono::steady_clock::now();
       p->ended = last_end_;
-      run_ns.fetch_add(static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(last_end_ - started).count()),
-                       std::memory_order_relaxed);
+      add_ns(run_ns, started, last_end_);
       {
         std::lock_guard<std::mutex> g(done_mu_);
         done_.push_back(p);
@@ -291,9 +293,7 @@ class Lane {
       Napi::Env e(env);
       Napi::HandleScope scope(e);
       auto [ok, value] = outcome(e, p->status, [&] { return p->task->resolve(e); });
-      deliver_ns.fetch_add(static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                               std::chrono::steady_clock::now() - p->ended).count()),
-                           std::memory_order_relaxed);
+      add_ns(deliver_ns, p->ended, std::chrono::steady_clock::now());
       if (ok) napi_resolve_deferred(env, p->deferred, value);
       else napi_reject_deferred(env, p->deferred, value);
       if (--self->in_flight_ == 0) napi_unref_threadsafe_function(env, self->tsfn_);

@@ -20,36 +20,21 @@
  * truncated or malformed message.
  */
 import type { WireVector } from './proto';
+import { WIRE, putVarint, varintLength } from './wire';
 
 /* eslint-disable @typescript-eslint/no-explicit-any */
 type Msg = any;
 
-const VARINT = 0;
-const I64 = 1;
-const LEN = 2;
-const I32 = 5;
+const { VARINT, I64, LEN, I32 } = WIRE;
 
 // ---------------------------------------------------------------- writing
-
-function varintLength(v: number): number {
-  let n = 1;
-  while (v >= 0x80) {
-    v = Math.floor(v / 128);
-    n++;
-  }
-  return n;
-}
 
 /** Writes into a buffer sized beforehand (every part's byte length is known before it is written). */
 class Writer {
   off = 0;
   constructor(readonly buf: Buffer) {}
   varint(v: number): void {
-    while (v >= 0x80) {
-      this.buf[this.off++] = (v & 0x7f) | 0x80;
-      v = Math.floor(v / 128);
-    }
-    this.buf[this.off++] = v;
+    this.off = putVarint(this.buf, this.off, v);
   }
   tag(field: number, wire: number): void {
     this.buf[this.off++] = (field << 3) | wire; // fields here are below 16: one byte
@@ -423,7 +408,7 @@ function readOptions(r: Reader): Msg {
     const tag = r.varint();
     const field = tag >>> 3;
     const wire = tag & 7;
-    if (wire === VARINT && field !== 8) {
+    if (wire === VARINT) {
       const v = r.varint();
       if (field === 1) o.k = uint32(v);
       else if (field === 3) o.ef = uint32(v);

@@ -8,25 +8,7 @@
  *   1 collection (string) | 3 idempotency_key (string) | 4 ids (repeated string)
  *   5 vectors (bytes: n x dim little-endian float32) | 6 payload_jsons (repeated string)
  */
-const WIRE_LEN = 2; // length-delimited
-
-function varintBytes(n: number): number {
-  let b = 1;
-  while (n >= 0x80) {
-    n = Math.floor(n / 128);
-    b++;
-  }
-  return b;
-}
-
-function putVarint(buf: Buffer, off: number, n: number): number {
-  while (n >= 0x80) {
-    buf[off++] = (n & 0x7f) | 0x80;
-    n = Math.floor(n / 128);
-  }
-  buf[off++] = n;
-  return off;
-}
+import { WIRE, putVarint, varintLength } from './wire';
 
 export interface UpsertColumnsRequest {
   collection: string;
@@ -53,18 +35,18 @@ export function encodeUpsertColumns(r: UpsertColumnsRequest): Buffer {
     for (const [, list] of groups) {
       for (const s of list) {
         const len = Buffer.byteLength(s, 'utf8');
-        n += 1 + varintBytes(len) + len;
+        n += 1 + varintLength(len) + len;
       }
     }
     return n;
   };
-  const size = stringBytes(head) + (vecBytes > 0 ? 1 + varintBytes(vecBytes) + vecBytes : 0) + stringBytes(tail);
+  const size = stringBytes(head) + (vecBytes > 0 ? 1 + varintLength(vecBytes) + vecBytes : 0) + stringBytes(tail);
   const buf = Buffer.allocUnsafe(size);
   let off = 0;
   const putStrings = (groups: [number, string[]][]): void => {
     for (const [field, list] of groups) {
       for (const s of list) {
-        buf[off++] = (field << 3) | WIRE_LEN;
+        buf[off++] = (field << 3) | WIRE.LEN;
         off = putVarint(buf, off, Buffer.byteLength(s, 'utf8'));
         off += buf.write(s, off, 'utf8');
       }
@@ -72,7 +54,7 @@ export function encodeUpsertColumns(r: UpsertColumnsRequest): Buffer {
   };
   putStrings(head);
   if (vecBytes > 0) {
-    buf[off++] = (5 << 3) | WIRE_LEN;
+    buf[off++] = (5 << 3) | WIRE.LEN;
     off = putVarint(buf, off, vecBytes);
     for (const v of r.vectors) {
       buf.set(new Uint8Array(v.buffer, v.byteOffset, v.byteLength), off);
