@@ -6,9 +6,9 @@
  *   http1   node:http keep-alive, POST /echo answered with the body
  *   grpc    @grpc/grpc-js unary Echo (bytes in, the same bytes out, identity serializers)
  *   h2grpc  the same grpc-js server called by the Quiver client's transport (gRPC on Quiver's own
- *           HTTP/2 framing over a net socket, src/common/h2.ts)
+ *           HTTP/2 framing over a net socket, src/rpc/h2.ts)
  *   h2bare  that client against a bare node:http2 server answering in the same framing
- *   quiver  that client against Quiver's own gRPC server (src/server/grpc-h2.ts): what `quiver
+ *   quiver  that client against Quiver's own gRPC server (src/rpc/grpc-server.ts): what `quiver
  *           serve` runs by default, with no handler work
  *
  * A child process serves them all; this process calls each one serially (one call outstanding),
@@ -22,8 +22,8 @@ import * as http2 from 'http2';
 import * as net from 'net';
 import * as grpc from '@grpc/grpc-js';
 import { flagInt, flagString, parseArgs } from '../src/cli/args';
-import { GrpcChannel, UnaryMethod } from '../src/client/transport';
-import { H2GrpcServer } from '../src/server/grpc-h2';
+import { GrpcChannel, UnaryMethod } from '../src/rpc/grpc-client';
+import { H2GrpcServer } from '../src/rpc/grpc-server';
 import { median, pct } from './datasets';
 
 const USAGE = `usage: quiver bench rpc [options]
@@ -167,7 +167,7 @@ async function grpcCaller(port: number): Promise<{ call: Call; close: () => void
   return { call, close: () => c.close() };
 }
 
-/** The Quiver client's own transport (src/client/transport.ts: gRPC on its own HTTP/2 framing, no grpc-js). */
+/** The Quiver client's own transport (src/rpc/grpc-client.ts: gRPC on its own HTTP/2 framing, no grpc-js). */
 const ECHO_METHOD: UnaryMethod = {
   path: ECHO.Echo.path,
   requestSerialize: (b) => b as Buffer,

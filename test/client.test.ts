@@ -7,8 +7,8 @@
 import * as net from 'net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QuiverClient } from '../src/client';
-import { quiverService } from '../src/client/proto';
-import { encodeUpsertColumns } from '../src/client/upsert-codec';
+import { quiverService } from '../src/rpc/proto';
+import { encodeUpsertColumns } from '../src/rpc/upsert-codec';
 import { QuiverError } from '../src/errors';
 import { Harness, httpJson, startHarness, vec } from './server-harness';
 

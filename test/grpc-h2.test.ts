@@ -1,6 +1,6 @@
 /**
- * Quiver's own HTTP/2 gRPC server (src/server/grpc-h2.ts) and client transport
- * (src/client/transport.ts), each against the other and against @grpc/grpc-js (nghttp2 through
+ * Quiver's own HTTP/2 gRPC server (src/rpc/grpc-server.ts) and client transport
+ * (src/rpc/grpc-client.ts), each against the other and against @grpc/grpc-js (nghttp2 through
  * node:http2) on the other side, over real loopback sockets: framing split at every byte,
  * flow control with small windows, many streams at once, errors, deadlines, GOAWAY.
  */
@@ -8,10 +8,10 @@ import * as net from 'net';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QuiverError } from '../src/errors';
-import { GrpcChannel, UnaryMethod } from '../src/client/transport';
-import { GrpcMethod, H2GrpcServer, parseGrpcTimeout, percentEncode } from '../src/server/grpc-h2';
-import { HpackDecoder, HpackEncoder } from '../src/common/hpack';
-import { FLOOD_BURST, PREFACE } from '../src/common/h2';
+import { GrpcChannel, UnaryMethod } from '../src/rpc/grpc-client';
+import { GrpcMethod, H2GrpcServer, parseGrpcTimeout, percentEncode } from '../src/rpc/grpc-server';
+import { HpackDecoder, HpackEncoder } from '../src/rpc/hpack';
+import { FLOOD_BURST, PREFACE } from '../src/rpc/h2';
 
 const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

@@ -1,5 +1,5 @@
 /**
- * HPACK (src/common/hpack.ts): the RFC 7541 Appendix C examples, the Huffman code, malformed
+ * HPACK (src/rpc/hpack.ts): the RFC 7541 Appendix C examples, the Huffman code, malformed
  * blocks, and both directions against the real nghttp2 in node:http2 (its encoder uses Huffman
  * coding and the dynamic table freely; its decoder checks what ours sends), over a plain `net`
  * socket that speaks just enough HTTP/2 framing.
@@ -17,7 +17,7 @@ import {
   STATIC_TABLE,
   huffmanDecode,
   huffmanEncode,
-} from '../src/common/hpack';
+} from '../src/rpc/hpack';
 
 function hex(s: string): Buffer {
   return Buffer.from(s.replace(/\s+/g, ''), 'hex');

@@ -1,11 +1,11 @@
 /**
- * The hand-written search codecs (src/client/search-codec.ts) against protobufjs's generated ones
+ * The hand-written search codecs (src/rpc/search-codec.ts) against protobufjs's generated ones
  * for the same messages, both ways: what one encodes, the other decodes to the same object. Then
  * encodings the hand-written encoder never writes (default values present, unpacked floats,
  * unknown fields, fields out of order), and malformed input.
  */
 import { describe, expect, it } from 'vitest';
-import { quiverMethods, quiverService } from '../src/client/proto';
+import { quiverMethods, quiverService } from '../src/rpc/proto';
 import {
   decodeSearchBatchResponse,
   decodeSearchRequest,
@@ -13,7 +13,7 @@ import {
   encodeSearchBatchResponse,
   encodeSearchRequest,
   encodeSearchResponse,
-} from '../src/client/search-codec';
+} from '../src/rpc/search-codec';
 
 /* eslint-disable @typescript-eslint/no-explicit-any */
 const gen = quiverService().service as any;

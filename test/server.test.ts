@@ -7,7 +7,7 @@ import * as http from 'http';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QuiverClient } from '../src/client';
-import { QUIVER_CODE_KEY, quiverService } from '../src/client/proto';
+import { QUIVER_CODE_KEY, quiverService } from '../src/rpc/proto';
 import { batchPointsMax, idBytesMax, payloadBytesMax, requestBytesMax, topKMax } from '../src/common/limits';
 import { Metrics, Service } from '../src/server';
 import { Harness, httpJson, startHarness, vec } from './server-harness';

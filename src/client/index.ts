@@ -27,9 +27,9 @@ import type {
   SearchRequest,
   WriteToken,
 } from '../query/types';
-import { bytesToVector, quiverMethods, vectorToBytes } from './proto';
-import { GrpcChannel, UnaryMethod } from './transport';
-import { encodeUpsertColumns } from './upsert-codec';
+import { bytesToVector, quiverMethods, vectorToBytes } from '../rpc/proto';
+import { GrpcChannel, UnaryMethod } from '../rpc/grpc-client';
+import { encodeUpsertColumns } from '../rpc/upsert-codec';
 
 export { QuiverError } from '../errors';
 export type { ErrorCode } from '../errors';

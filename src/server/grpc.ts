@@ -7,11 +7,11 @@ import * as grpc from '@grpc/grpc-js';
 import { invalidArgument } from '../errors';
 import { defaultDeadlineMs } from '../common/limits';
 import type { CollectionInfo, CollectionSpecInput, IndexSpec, Point, SearchHit, WriteToken } from '../query/types';
-import { GRPC_STATUS_OF, QUIVER_CODE_KEY, WireVector, bytesToVector, quiverMethods, vectorToBytes } from '../client/proto';
+import { GRPC_STATUS_OF, QUIVER_CODE_KEY, WireVector, bytesToVector, quiverMethods, vectorToBytes } from '../rpc/proto';
 import type { Op, Service } from './service';
 import { asQuiverError, buildSearch, checkBatchSize, checkIds, parseJsonField } from './validate';
 import { clusterJson } from './status-page';
-import type { GrpcMethod } from './grpc-h2';
+import type { GrpcMethod } from '../rpc/grpc-server';
 
 /* eslint-disable @typescript-eslint/no-explicit-any */
 type Msg = any;

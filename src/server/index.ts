@@ -10,7 +10,7 @@ import { requestBytesMax } from '../common/limits';
 import { joinHostPort, splitHostPort } from '../common/address';
 import type { Database } from '../query/types';
 import { grpcHandlers, grpcJsImplementation, grpcMethods, grpcServiceDefinition } from './grpc';
-import { H2GrpcServer } from './grpc-h2';
+import { H2GrpcServer } from '../rpc/grpc-server';
 import { HttpApi } from './http';
 import { Metrics } from './metrics';
 import { Service, Logger } from './service';
@@ -32,7 +32,7 @@ export interface ServerOptions {
   /** How long close() waits for in-flight requests before cutting connections. Default 30 s. */
   drainTimeoutMs?: number;
   /**
-   * Which gRPC server: 'quiver' (default), Quiver's own HTTP/2 framing (src/common/h2.ts), or
+   * Which gRPC server: 'quiver' (default), Quiver's own HTTP/2 framing (src/rpc/h2.ts), or
    * 'grpc-js', @grpc/grpc-js's server. Both serve the same handlers and wire protocol.
    */
   grpcImpl?: GrpcImpl;

@@ -1,5 +1,5 @@
 /**
- * The gRPC server on Quiver's own HTTP/2 framing (src/common/h2.ts): unary calls only, which is all
+ * The gRPC server on Quiver's own HTTP/2 framing (src/rpc/h2.ts): unary calls only, which is all
  * proto/quiver.proto has. Any gRPC client talks to it (the tests call it with @grpc/grpc-js's
  * client as well as Quiver's); `quiver serve --grpc-impl grpc-js` serves the same handlers through
  * @grpc/grpc-js's server instead.
@@ -20,10 +20,10 @@
  */
 import * as net from 'net';
 import { defaultDeadlineMs } from '../common/limits';
-import { H2Session, H2Stream, H2_ERROR } from '../common/h2';
-import type { HeaderList } from '../common/hpack';
-import { GRPC_STATUS_OF, QUIVER_CODE_KEY } from '../client/proto';
-import { asQuiverError } from './validate';
+import { H2Session, H2Stream, H2_ERROR } from './h2';
+import type { HeaderList } from './hpack';
+import { GRPC_STATUS_OF, QUIVER_CODE_KEY } from './proto';
+import { asQuiverError } from '../server/validate';
 
 /** One unary method: its wire codec and the handler (rejects with a QuiverError). */
 export interface GrpcMethod {

@@ -1,6 +1,6 @@
 /**
  * The client's gRPC transport: unary calls in the gRPC wire protocol (gRPC over HTTP/2) on
- * Quiver's own HTTP/2 framing over a `net` socket (src/common/h2.ts), in place of @grpc/grpc-js's
+ * Quiver's own HTTP/2 framing over a `net` socket (src/rpc/h2.ts), in place of @grpc/grpc-js's
  * client channel and of node:http2.
  *
  * Why: a unary call through grpc-js's client stack (resolver, load balancer, interceptors, filters,
@@ -25,8 +25,8 @@
  */
 import * as net from 'net';
 import { ErrorCode, QuiverError, isErrorCode } from '../errors';
-import { H2Session, H2Stream, H2_ERROR } from '../common/h2';
-import type { HeaderList } from '../common/hpack';
+import { H2Session, H2Stream, H2_ERROR } from './h2';
+import type { HeaderList } from './hpack';
 import { splitHostPort } from '../common/address';
 import { codeOfGrpcStatus, QUIVER_CODE_KEY } from './proto';
 

@@ -1,7 +1,7 @@
 /**
  * A small HTTP/2 (RFC 9113, cleartext "prior knowledge" h2c) connection over a `net` socket: the
  * framing, settings, flow control, PING and GOAWAY that gRPC's unary calls need, shared by the
- * gRPC server (`src/server/grpc-h2.ts`) and the client transport (`src/client/transport.ts`).
+ * gRPC server (`src/rpc/grpc-server.ts`) and the client transport (`src/rpc/grpc-client.ts`).
  *
  * Why not node:http2: each call through it creates Http2Stream duplex streams, header objects and
  * several events per side; on the reference VM a round trip of node:http2 on both sides cost about
@@ -12,7 +12,7 @@
  *   - frames: 9-byte header | payload. DATA, HEADERS (+ CONTINUATION), RST_STREAM, SETTINGS, PING,
  *     GOAWAY and WINDOW_UPDATE are handled; PRIORITY is ignored; PUSH_PROMISE is a protocol error
  *     (we never enable push); unknown types are ignored, as the RFC requires.
- *   - header blocks: HPACK (src/common/hpack.ts). Every block is decoded, even for a stream that
+ *   - header blocks: HPACK (src/rpc/hpack.ts). Every block is decoded, even for a stream that
  *     is refused, so the decoder's dynamic table stays in step with the peer's encoder.
  *   - flow control, receiving: we advertise wide windows (streams: a whole request; the
  *     connection: connectionWindowBytes) and give the credit back as soon as bytes arrive, since
