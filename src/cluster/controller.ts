@@ -372,8 +372,10 @@ function evaluate(c: Ctx, k: ShardKey): void {
     }
     case 'draining': {
       if (!alive(m.leader) || asksNewEpoch(m.leader)) return elect();
+      // The leader's final log ends in its own epoch (its epoch start at least); a progress of E
+      // whose last entry is older is one it published while fenced, before it led E.
       const final = fresh(m.leader, E);
-      if (final) {
+      if (final && final.lastEntryEpoch === E) {
         const caughtUp = m.replicas.filter((n) => {
           const p = n !== m.leader && alive(n) ? fresh(n, E) : null;
           return p !== null && p.lastEntryEpoch === final.lastEntryEpoch && p.lastLsn >= final.lastLsn;

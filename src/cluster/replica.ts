@@ -88,7 +88,11 @@ export interface ReplicaConfig {
   retransmitMs: number;
   /** A snapshot sent and no ack for this long: send it again. */
   snapshotRetryMs: number;
-  /** Client writes appended and not yet answered, at most (RESOURCE_EXHAUSTED beyond). */
+  /**
+   * Client writes appended and not yet answered, and entries appended and not yet committed, each
+   * at most this many: beyond, writes get RESOURCE_EXHAUSTED (under `leader` concern, this is what
+   * keeps followers from falling ever further behind).
+   */
   pendingWritesMax: number;
 }
 
@@ -639,7 +643,7 @@ function onClientWrite<W, R>(c: Ctx<W, R>, id: string, write: W): void {
       c.fx.push({ type: 'refuseWrite', id, refusal: { code: 'UNAVAILABLE' } });
       return;
     case 'leader': {
-      if (r.pending.length >= s.config.pendingWritesMax) {
+      if (r.pending.length >= s.config.pendingWritesMax || s.log.lastLsn - s.log.commitLsn >= s.config.pendingWritesMax) {
         c.fx.push({ type: 'refuseWrite', id, refusal: { code: 'RESOURCE_EXHAUSTED' } });
         return;
       }

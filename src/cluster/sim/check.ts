@@ -37,9 +37,12 @@ export class Checker implements Observer {
   readonly violations: string[] = [];
   /** Called on the first violation (the simulator stops there). */
   onViolation: (what: string) => void = () => undefined;
+  /** Called when a leader appends its epoch start (the simulator may aim a fault at it). */
+  onEpochStarted: (shard: ShardKey, node: NodeId) => void = () => undefined;
   private readonly writers = new Map<string, NodeId>();
   private readonly entries = new Map<string, string | null>();
-  private readonly committedLog = new Map<ShardKey, Map<number, SimEntry>>();
+  /** Committed entries by LSN, with the lowest epoch of a leader that committed each. */
+  private readonly committedLog = new Map<ShardKey, Map<number, { entry: SimEntry; epoch: number }>>();
   private readonly leaders = new Map<ShardKey, LeaderLog[]>();
   private readonly digests = new Map<string, string>();
   /** Writes answered under majority or all: id -> shard and LSN. */
@@ -51,7 +54,7 @@ export class Checker implements Observer {
     if (this.violations.length === 1) this.onViolation(what);
   }
 
-  committedOf(shard: ShardKey): Map<number, SimEntry> {
+  private committedOf(shard: ShardKey): Map<number, { entry: SimEntry; epoch: number }> {
     let m = this.committedLog.get(shard);
     if (!m) this.committedLog.set(shard, (m = new Map()));
     return m;
@@ -74,10 +77,13 @@ export class Checker implements Observer {
     const entries = new Map<number, SimEntry>();
     for (const e of disk.log) entries.set(e.lsn, e);
     const log: LeaderLog = { epoch, node, firstLsn: disk.firstLsn, entries };
-    for (const c of this.committedOf(shard).values()) this.holds(shard, log, c, 'when it started');
+    // Only entries committed in older epochs: a leader of an older epoch may start late (it saw
+    // its map late); it cannot commit, since a majority has moved past its epoch.
+    for (const c of this.committedOf(shard).values()) if (c.epoch < epoch) this.holds(shard, log, c.entry, 'when it started');
     let list = this.leaders.get(shard);
     if (!list) this.leaders.set(shard, (list = []));
     list.push(log);
+    this.onEpochStarted(shard, node);
   }
 
   private holds(shard: ShardKey, log: LeaderLog, c: SimEntry, when: string): void {
@@ -92,14 +98,14 @@ export class Checker implements Observer {
     const log = this.committedOf(shard);
     for (const e of entries) {
       const c = log.get(e.lsn);
-      if (c && !same(c, e)) this.fail(`I3: ${node} (epoch ${epoch}) commits ${show(e)} of ${shard}, where ${show(c)} was committed`);
-      if (!c) log.set(e.lsn, { ...e });
+      if (c && !same(c.entry, e)) this.fail(`I3: ${node} (epoch ${epoch}) commits ${show(e)} of ${shard}, where ${show(c.entry)} was committed`);
+      if (!c || c.epoch > epoch) log.set(e.lsn, { entry: { ...e }, epoch });
       for (const l of this.leaders.get(shard) ?? []) if (l.epoch > epoch) this.holds(shard, l, e, `though ${node} of epoch ${epoch} committed it later`);
     }
   }
 
   applied(shard: ShardKey, node: NodeId, e: SimEntry, digest: string): void {
-    const c = this.committedOf(shard).get(e.lsn);
+    const c = this.committedOf(shard).get(e.lsn)?.entry;
     if (!c || !same(c, e)) this.fail(`I2: ${node} applies ${show(e)} of ${shard}, which is not the committed entry (${c ? show(c) : 'none'})`);
     this.digestAt(shard, node, e.lsn, digest);
   }
@@ -119,7 +125,7 @@ export class Checker implements Observer {
     const log = this.committedOf(shard);
     for (const e of removed) {
       if (e.lsn <= appliedLsn) this.fail(`I2: ${node} truncates ${show(e)} of ${shard}, applied (up to ${appliedLsn})`);
-      const c = log.get(e.lsn);
+      const c = log.get(e.lsn)?.entry;
       if (c && same(c, e)) this.fail(`I1: ${node} truncates committed ${show(e)} of ${shard}`);
     }
   }
@@ -127,7 +133,7 @@ export class Checker implements Observer {
   answered(shard: ShardKey, node: NodeId, id: string, lsn: number, concern: WriteConcern): void {
     this.answeredCount++;
     if (concern === 'leader') return;
-    const c = this.committedOf(shard).get(lsn);
+    const c = this.committedOf(shard).get(lsn)?.entry;
     if (!c || c.write !== id) this.fail(`I1: ${node} answers ${id} at ${shard} LSN ${lsn} under ${concern}, not committed there (${c ? show(c) : 'nothing'})`);
     this.acked.set(id, { shard, lsn });
   }

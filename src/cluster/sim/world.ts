@@ -37,6 +37,8 @@ export interface Faults {
   partitionEveryMs: number;
   controllerCrashEveryMs: number;
   drainEveryMs: number;
+  /** Probability that a node which just began leading an epoch crashes within 50 ms. */
+  crashNewLeader: number;
   /** A crash keeps a random prefix of the unsynced tail. */
   tornTails: boolean;
   /** Nodes snapshot and drop log below min(snapshot, what followers need) this often (0: never). */
@@ -54,6 +56,7 @@ export const noFaults: Faults = {
   partitionEveryMs: 0,
   controllerCrashEveryMs: 0,
   drainEveryMs: 0,
+  crashNewLeader: 0,
   tornTails: false,
   compactEveryMs: 0,
   compactPastFollowers: false,
@@ -170,6 +173,8 @@ class SimNode {
   leaseId = 0;
   maps = new Map<ShardKey, ShardMap>();
   progress = new Map<ShardKey, Progress>();
+  /** etcd puts in flight by key, with the value to put next. */
+  puts = new Map<string, { value: unknown }>();
   draining = false;
   constructor(
     readonly id: NodeId,
@@ -214,6 +219,9 @@ class World implements Env {
     this.rng = new Prng(opts.seed);
     this.faults = opts.faults;
     this.etcd = new SimEtcd(Math.min(500, opts.lease.ttlMs));
+    this.checker.onEpochStarted = (_shard, node) => {
+      if (this.t < this.opts.faultMs && this.rng.chance(this.faults.crashNewLeader)) this.at(this.rng.int(0, 50), () => this.crashFor(node, 'new leader'));
+    };
     this.checker.onViolation = (what) => {
       this.log(() => `VIOLATION ${what}`);
       this.stopped = true;
@@ -377,12 +385,34 @@ class World implements Env {
     });
   }
 
-  /** A put under the node's lease (given up once the lease is gone: the node puts again under its next one). */
+  /**
+   * Puts `value` at `key` under the node's lease, as a driver must: one put in flight per key, the
+   * newest value next, so puts of a key never arrive out of order (given up once the lease is gone:
+   * the node puts again under its next one).
+   */
   private putUnderLease(n: SimNode, key: string, value: unknown): void {
     const lease = n.leaseId;
-    const inc = n.incarnation;
     if (lease === 0) return;
-    this.etcdCall(n.id, true, () => (n.incarnation === inc && n.leaseId === lease ? this.etcd.put(this.t, key, value, lease) : false), () => undefined);
+    const p = n.puts.get(key);
+    if (p) {
+      p.value = value;
+      return;
+    }
+    const inc = n.incarnation;
+    const put = { value };
+    n.puts.set(key, put);
+    const send = (v: unknown): void =>
+      this.etcdCall(
+        n.id,
+        true,
+        () => n.incarnation === inc && n.leaseId === lease && this.etcd.put(this.t, key, v, lease),
+        () => {
+          if (n.incarnation !== inc) return;
+          n.puts.delete(key);
+          if (put.value !== v || n.leaseId !== lease) this.putUnderLease(n, key, put.value);
+        },
+      );
+    send(value);
   }
 
   /**
@@ -423,6 +453,7 @@ class World implements Env {
     n.hosts = new Map();
     n.maps = new Map();
     n.progress = new Map();
+    n.puts = new Map();
     n.leaseId = 0;
     n.lease = initLease(this.opts.lease);
     const inc = n.incarnation;
@@ -661,12 +692,9 @@ class World implements Env {
     const f = this.faults;
     const ids = [...this.nodes.keys()];
     this.every(f.crashEveryMs, () => {
-      const n = this.nodes.get(this.rng.pick(ids))!;
-      if (!n.up) return;
-      this.crash(n);
-      this.at(this.rng.int(100, 2000), () => {
-        if (!n.up) this.boot(n.id);
-      });
+      // Leaders half the time: their unreplicated tails are what failover must get right.
+      const leaders = ids.filter((id) => [...this.nodes.get(id)!.hosts.values()].some((h) => isLeading(h.state.role)));
+      this.crashFor(this.rng.pick(leaders.length > 0 && this.rng.chance(0.5) ? leaders : ids), 'fault');
     });
     this.every(f.pauseEveryMs, () => {
       const n = this.nodes.get(this.rng.pick(ids))!;
@@ -712,6 +740,17 @@ class World implements Env {
     n.draining = draining;
     this.log(() => `${n.id}: ${draining ? 'drain' : 'undrain'}`);
     if (n.up) this.putUnderLease(n, `nodes/${n.id}`, { zone: n.zone, draining } satisfies NodeInfo);
+  }
+
+  /** Crashes node `id` (if up and still in the fault phase); it boots again 100 ms to 2 s later. */
+  private crashFor(id: NodeId, why: string): void {
+    const n = this.nodes.get(id)!;
+    if (!n.up || this.t >= this.opts.faultMs) return;
+    this.log(() => `${id}: crash (${why})`);
+    this.crash(n);
+    this.at(this.rng.int(100, 2000), () => {
+      if (!n.up) this.boot(n.id);
+    });
   }
 
   private crash(n: SimNode): void {
