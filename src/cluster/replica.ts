@@ -173,6 +173,11 @@ export interface ReplicaState {
   leaseDeadline: number;
   /** The epoch whose start this process appended (not persisted: a restarted leader waits for a new epoch). */
   ledEpoch: number;
+  /**
+   * The newest epoch the persisted history has named, even if a crash took its entries: a node
+   * never appends twice at one (lsn, epoch), so it leads only epochs newer than this one.
+   */
+  historyEpoch: number;
   /** The progress last published, to publish only changes. */
   published: Progress | null;
 }
@@ -258,6 +263,7 @@ export function initReplica(self: NodeId, config: ReplicaConfig, r: ReplicaRecov
     map: null,
     leaseDeadline: 0,
     ledEpoch: 0,
+    historyEpoch: lastEpoch(hard.history),
     published: null,
   };
 }
@@ -350,6 +356,7 @@ export function stepReplica<W, R>(state: ReplicaState, event: ReplicaEvent<W, R>
 
 function persist<W, R>(c: Ctx<W, R>): void {
   c.fx.push({ type: 'persist', hard: { epoch: c.s.role.epoch, history: c.s.log.history } });
+  c.s.historyEpoch = Math.max(c.s.historyEpoch, lastEpoch(c.s.log.history));
 }
 
 /** Leaves leading: every write not yet answered gets UNAVAILABLE (its outcome is unknown). */
@@ -411,11 +418,11 @@ function onMap<W, R>(c: Ctx<W, R>, map: ShardMap): void {
         if (isLeading(r) && r.epoch === E) {
           const peers = syncPeers(c, r.peers, map.replicas, c.s.log.lastLsn + 1);
           c.s.role = { ...r, kind: map.phase === 'draining' ? 'draining' : 'leader', peers };
-        } else if (lastEpoch(s.log.history) < E || s.ledEpoch === E) {
+        } else if (s.historyEpoch < E || s.ledEpoch === E) {
           lead(c, E);
         } else {
-          // This node led E before a restart: its unsynced entries of E may be gone, so it may not
-          // append in E again. It fences itself to E + 1; its progress asks the controller for it.
+          // This node began E before a restart, and a new start of E could put a second entry at
+          // an (lsn, E) it wrote then. It fences itself to E + 1; its progress asks for that epoch.
           fence(c, E + 1);
         }
       } else {
