@@ -697,12 +697,16 @@ function pump<W, R>(c: Ctx<W, R>, id: NodeId, timers: boolean): void {
       break;
     case 'stream': {
       if (p.next - 1 === p.match) p.ackAt = c.now;
-      const room = cfg.windowEntries - (p.next - 1 - p.match);
-      const to = Math.min(log.durableLsn, p.next - 1 + Math.min(room, cfg.sendEntriesMax));
-      if (to >= p.next) {
+      let sent = false;
+      for (;;) {
+        const room = cfg.windowEntries - (p.next - 1 - p.match);
+        const to = Math.min(log.durableLsn, p.next - 1 + Math.min(room, cfg.sendEntriesMax));
+        if (to < p.next) break;
         send(p.next, to);
         p.next = to + 1;
-      } else if (p.next - 1 === p.match && (log.commitLsn > p.commitSent || (timers && c.now - p.sentAt >= cfg.heartbeatMs))) {
+        sent = true;
+      }
+      if (!sent && p.next - 1 === p.match && (log.commitLsn > p.commitSent || (timers && c.now - p.sentAt >= cfg.heartbeatMs))) {
         send(p.next, p.next - 1);
       }
       break;
