@@ -7,6 +7,8 @@ import { readFileSync, readdirSync, writeFileSync } from 'fs';
 import * as path from 'path';
 import { describe, expect, it } from 'vitest';
 import { parseFile, rewriteFile } from './cluster/datadriven';
+import { ControllerScript } from './cluster/controller-script';
+import { LeaseScript } from './cluster/lease-script';
 import { ReplicaScript } from './cluster/replica-script';
 
 const dir = path.join(__dirname, 'cluster', 'testdata');
@@ -14,6 +16,8 @@ const rewrite = process.env.QUIVER_REWRITE === '1';
 
 function runner(file: string): { run(command: string): string } {
   if (file.startsWith('replica-')) return new ReplicaScript();
+  if (file.startsWith('controller-')) return new ControllerScript();
+  if (file.startsWith('lease-')) return new LeaseScript();
   throw new Error(`no runner for ${file}`);
 }
 

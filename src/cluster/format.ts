@@ -2,7 +2,7 @@
  * One-line texts of the machines' states, events and effects, for traces (the simulator's, a
  * node's debug log) and the scripted scenario tests. Stable: the scripted tests compare them.
  */
-import { ControllerEffect, ShardStatus } from './controller';
+import { ControllerEffect, ControllerEvent, ShardStatus } from './controller';
 import { formatHistory } from './epochs';
 import { LeaseEffect, LeaseState } from './lease';
 import { ReplicaEffect, ReplicaEvent, ReplicaState, Role } from './replica';
@@ -132,6 +132,31 @@ export function formatLeaseEffect(e: LeaseEffect): string {
 
 export function formatShardStatus(s: ShardStatus): string {
   return s.kind === 'unplaced' ? 'unplaced' : `${s.kind}(${s.epoch})`;
+}
+
+export function formatControllerEvent(e: ControllerEvent): string {
+  switch (e.type) {
+    case 'started':
+      return `started with ${Object.keys(e.nodes).length} nodes, ${Object.keys(e.maps).length} shard maps, ${e.progress.length} progress`;
+    case 'nodeJoined':
+      return `node joined ${e.node}${e.info.zone ? ` zone ${e.info.zone}` : ''}${e.info.draining ? ' draining' : ''}`;
+    case 'nodeExpired':
+      return `node expired ${e.node}`;
+    case 'drainAsked':
+      return `drain asked ${e.node}`;
+    case 'collectionAdded':
+      return `collection ${e.name} shards ${e.placement.shards} replication ${e.placement.replicationFactor}`;
+    case 'mapChanged':
+      return `map ${e.shard} ${formatMap(e.map)} revision ${e.revision}`;
+    case 'progressChanged':
+      return `progress ${e.shard} ${e.node} ${e.progress ? formatProgress(e.progress) : 'gone'} revision ${e.revision}`;
+    case 'txnDone':
+      return `txn done ${e.shard} ${e.map ? formatMap(e.map) : 'none'} revision ${e.revision}`;
+    case 'tick':
+      return 'tick';
+    default:
+      return assertNever(e);
+  }
 }
 
 export function formatControllerEffect(e: ControllerEffect): string {

@@ -62,6 +62,12 @@ export class SimEtcd {
     return { ok: true, value, modRevision: this.revision };
   }
 
+  /** Deletes `key` if it exists. */
+  delete(now: number, key: string): void {
+    this.expire(now);
+    if (this.kv.has(key)) this.del(key);
+  }
+
   get(key: string): { value: unknown; modRevision: number } | undefined {
     const kv = this.kv.get(key);
     return kv && { value: kv.value, modRevision: kv.modRevision };
