@@ -2,26 +2,37 @@
  * The shard replica: one per shard per node, a pure state machine
  * `stepReplica(state, event, now) -> { state, effects }` (no I/O, no clock, no randomness).
  *
- *                 map (E, leader L != self)              map (E, leader self),
- *                 or entries of epoch E from L           log has no entry of E yet
- *   +----------+ -------------------------------> +----------------+ ------------------+
- *   | follower |                                  |    follower    |                   v
- *   |   (E)    | <----+ map (E', electing), E' > E | (E, leader L)  |          +-----------------+
- *   +----------+      |  or a newer epoch         +----------------+          | leader(E, until |
- *        |            |  in a reply                    |      ^               |    deadline)    |
- *        |            |                                |      |               +-----------------+
- *        v            |                                v      |                  |    ^      |
- *   +---------+ <-----+---------------------------------------+------------------+    |      |
- *   | fenced  |   (persists E', publishes progress, refuses epochs < E')    map phase  | map  |
- *   |  (E')   | -------------------------------------------------------->  draining    |active|
- *   +---------+   map (E', active, leader self): append epoch start          |         |      |
- *                                                                            v         |      |
- *                                                                     +-----------+----+      |
- *                                                                     | draining  |           |
- *                                                                     | (E, ...)  |           |
- *                                                                     +-----------+           |
- *   leader or draining, now >= lease deadline: follower(E, no leader); a lease renewed later  |
- *   while the map still names this node resumes leader(E) without a new epoch  <--------------+
+ *                      map (E, active|draining, leader L), or a send of epoch E from L
+ *    +--------------+ ------------------------------------------------------> +---------------+
+ *    |   follower   |                                                         |   follower    |
+ *    |  (E, none)   | <--+                                                    | (E, leader L) |
+ *    +--------------+    |                                                    +---------------+
+ *       |     ^          |  map (E', electing), E' > E; or a reply or send          |
+ *       |     |          |  of a newer epoch (from any state but fenced)            |
+ *       |     |          +--------------------------+-------------------------------+
+ *       |     |                                     v
+ *       |     |  lease deadline           +--------------------+  map (E', active, leader L):
+ *       |     |  passed                   |     fenced(E')     |  follows L
+ *       |     |                           | E' persisted, old  | ----------------------------->
+ *       |     |                           | epochs refused,    |
+ *       |     |                           | progress published |
+ *       |     |                           +--------------------+
+ *       |     |                                     |  map (E', active, leader self):
+ *       |     |                                     v  persists, appends E' epoch start
+ *       |     |                           +--------------------+
+ *       |     +-------------------------- | leader(E', until   |
+ *       +-------------------------------> |   lease deadline)  |
+ *         lease renewed, the map still    +--------------------+
+ *         names it in E (no new start)        map    |    ^  map phase active
+ *                                        phase draining v    |  (same epoch)
+ *                                         +--------------------+
+ *                                         | draining(E', until)| refuses writes, finishes what
+ *                                         +--------------------+ it has, publishes its final log
+ *
+ * Restart: follower(E, none) with E from the state file. Named leader of an epoch it began before
+ * the restart (the persisted history says so), it may not begin it again (a second entry could
+ * take an (lsn, epoch) it wrote then): it fences itself to E + 1, and that progress asks the
+ * controller for an election. A replica fenced to an epoch the map has not reached publishes again.
  *
  * The log. Entries {lsn, epoch} with contiguous LSNs; the epoch history (./epochs.ts) says each
  * entry's epoch. A follower appends entries of epoch E only from E's leader, and only after the
@@ -64,11 +75,16 @@
  * * ack / refuse  Answer the leader `to` (it feeds `ack` / `refused`).
  * * apply         Apply committed entries up to `toLsn` in LSN order (Shard.applyCommitted), then
  *                 feed `applied {lsn}`.
- * * publishProgress Put progress/<collection>/<shard>/<node> under the node's lease.
+ * * publishProgress Put progress/<collection>/<shard>/<node> under the node's lease, one put in
+ *                 flight per key and the newest value next (puts of a key must not overtake each
+ *                 other); put the newest again under a new lease.
  * * answerWrite   Answer the client write `id` with success at `lsn` (its token).
  * * refuseWrite   Answer the client write `id` with the typed refusal; for a write accepted earlier
  *                 (UNAVAILABLE after a step-down) the outcome is unknown: the client retries with
  *                 the same idempotency key.
+ * * Feed shard maps in etcd revision order (the initial read, then the watch); a map older than
+ *   one already fed (lower epoch, or an earlier phase of the same epoch) is ignored. Feed `tick`
+ *   at least every heartbeatMs / 2, and `lease` whenever the node's lease machine says `deadline`.
  * * Restart: build the state with initReplica from the state file and the recovered log, then feed
  *   `lease` and the shard map read from etcd. The log's unsynced tail may be gone; the history is
  *   clipped to what the log holds.

@@ -30,13 +30,13 @@ function swarm(seed: number): SimOptions {
     zones: r.pick([0, 2, 3]),
     collections: [{ name: 'c', shards: r.int(1, 3), replicationFactor: r.chance(0.3) ? nodes : 3, writeConcern: concern }],
     controllers: r.chance(0.2) ? 2 : 1,
-    writeEveryMs: r.pick([5, 10, 20, 40]),
+    writeEveryMs: r.pick([10, 20, 40]),
     replica: {
       ...defaultSimOptions.replica,
       windowEntries: r.pick([1, 2, 8, 32]),
       sendEntriesMax: r.pick([1, 2, 4, 16]),
-      heartbeatMs: r.pick([20, 50, 100]),
-      retransmitMs: r.pick([60, 150, 400]),
+      heartbeatMs: r.pick([50, 100, 200]),
+      retransmitMs: r.pick([100, 200, 400]),
     },
     faults: {
       drop: r.pick([0, 0.02, 0.1]),

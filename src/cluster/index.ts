@@ -1,0 +1,6 @@
+export * from './types';
+export * from './epochs';
+export * from './replica';
+export * from './lease';
+export * from './controller';
+export * from './format';
