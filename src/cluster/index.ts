@@ -4,3 +4,4 @@ export * from './replica';
 export * from './lease';
 export * from './controller';
 export * from './format';
+export * from './keys';

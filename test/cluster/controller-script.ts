@@ -19,6 +19,7 @@
  *   time T / tick / maps
  */
 import { ControllerEffect, ControllerEvent, ControllerState, NodeInfo, defaultControllerConfig, initController, shardStatus, stepController } from '../../src/cluster/controller';
+import { controllerEventOf, etcdKeys, shardOfKey, startedEventOf } from '../../src/cluster/keys';
 import { formatControllerEffect, formatControllerEvent, formatMap, formatShardStatus } from '../../src/cluster/format';
 import { SimEtcd } from '../../src/cluster/sim/etcd';
 import { Progress, ShardMap, ShardPhase } from '../../src/cluster/types';
@@ -55,34 +56,16 @@ export class ControllerScript {
     }
   }
 
-  /** etcd changes, as the controller's watch delivers them. */
-  private watch(): void {
-    this.cancelWatch?.();
-    this.cancelWatch = this.etcd.watch('', (e) => {
-      const [kind, ...rest] = e.key.split('/');
-      if (kind === 'nodes') this.step(e.value === null ? { type: 'nodeExpired', node: rest[0] } : { type: 'nodeJoined', node: rest[0], info: e.value as NodeInfo });
-      else if (kind === 'collections' && e.value !== null) this.step({ type: 'collectionAdded', name: rest[0], placement: e.value as { shards: number; replicationFactor: number } });
-      else if (kind === 'shards' && e.value !== null) this.step({ type: 'mapChanged', shard: rest.join('/'), map: e.value as ShardMap, revision: e.modRevision });
-      else if (kind === 'progress') this.step({ type: 'progressChanged', shard: `${rest[0]}/${rest[1]}`, node: rest[2], progress: e.value as Progress | null, revision: e.modRevision });
-    });
-  }
-
+  /** (Re)starts the controller from a read of etcd, then follows etcd's changes as its watch would. */
   private start(): void {
-    const nodes: Record<string, NodeInfo> = {};
-    const collections: Record<string, { shards: number; replicationFactor: number }> = {};
-    const maps: Record<string, { map: ShardMap; revision: number }> = {};
-    const progress: { shard: string; node: string; progress: Progress; revision: number }[] = [];
-    for (const kv of this.etcd.range(this.t, '')) {
-      const [kind, ...rest] = kv.key.split('/');
-      if (kind === 'nodes') nodes[rest[0]] = kv.value as NodeInfo;
-      else if (kind === 'collections') collections[rest[0]] = kv.value as { shards: number; replicationFactor: number };
-      else if (kind === 'shards') maps[rest.join('/')] = { map: kv.value as ShardMap, revision: kv.modRevision };
-      else if (kind === 'progress') progress.push({ shard: `${rest[0]}/${rest[1]}`, node: rest[2], progress: kv.value as Progress, revision: kv.modRevision });
-    }
     this.state = initController(defaultControllerConfig);
     this.writes = [];
-    this.step({ type: 'started', nodes, collections, maps, progress });
-    this.watch();
+    this.step(startedEventOf(this.etcd.range(this.t, '')));
+    this.cancelWatch?.();
+    this.cancelWatch = this.etcd.watch('', (e) => {
+      const event = controllerEventOf(e);
+      if (event) this.step(event);
+    });
   }
 
   run(command: string): string {
@@ -91,11 +74,11 @@ export class ControllerScript {
     switch (name) {
       case 'nodes': {
         const zones = kv.zones?.split(',');
-        args.forEach((n, i) => this.etcd.put(this.t, `nodes/${n}`, { zone: zones?.[i] ?? null, draining: false } satisfies NodeInfo));
+        args.forEach((n, i) => this.etcd.put(this.t, etcdKeys.node(n), { zone: zones?.[i] ?? null, draining: false } satisfies NodeInfo));
         break;
       }
       case 'collection':
-        this.etcd.put(this.t, `collections/${args[0]}`, { shards: Number(kv.shards), replicationFactor: Number(kv.rf) });
+        this.etcd.put(this.t, etcdKeys.collection(args[0]), { shards: Number(kv.shards), replicationFactor: Number(kv.rf) });
         break;
       case 'start':
         this.start();
@@ -103,7 +86,7 @@ export class ControllerScript {
       case 'commit':
         for (const w of this.writes.splice(0)) {
           this.held = [];
-          const r = this.etcd.putIfRevision(this.t, `shards/${w.shard}`, w.expectRevision, w.map);
+          const r = this.etcd.putIfRevision(this.t, etcdKeys.shard(w.shard), w.expectRevision, w.map);
           this.out.push(`etcd: ${w.shard} ${r.ok ? `written, revision ${r.modRevision}` : `not written: revision is ${r.modRevision}, not ${w.expectRevision}`}`);
           this.step({ type: 'txnDone', shard: w.shard, map: r.value as ShardMap | null, revision: r.modRevision });
           const echo = this.held;
@@ -114,25 +97,25 @@ export class ControllerScript {
       case 'progress': {
         const [lastLsn, lastEntryEpoch] = kv.last.split('/').map(Number);
         const p: Progress = { epoch: Number(kv.epoch), lastLsn, lastEntryEpoch, appliedLsn: Number(kv.applied ?? 0) };
-        this.etcd.put(this.t, `progress/${args[0]}/${args[1]}`, p);
+        this.etcd.put(this.t, etcdKeys.progress(args[0], args[1]), p);
         break;
       }
       case 'expire':
         for (const n of args) {
           for (const k of this.etcd.range(this.t, 'progress/')) if (k.key.endsWith(`/${n}`)) this.etcd.delete(this.t, k.key);
-          this.etcd.delete(this.t, `nodes/${n}`);
+          this.etcd.delete(this.t, etcdKeys.node(n));
         }
         break;
       case 'drain':
       case 'undrain': {
-        const info = this.etcd.get(`nodes/${args[0]}`)!.value as NodeInfo;
-        this.etcd.put(this.t, `nodes/${args[0]}`, { ...info, draining: name === 'drain' } satisfies NodeInfo);
+        const info = this.etcd.get(etcdKeys.node(args[0]))!.value as NodeInfo;
+        this.etcd.put(this.t, etcdKeys.node(args[0]), { ...info, draining: name === 'drain' } satisfies NodeInfo);
         break;
       }
       case 'put': {
-        const cur = this.etcd.get(`shards/${args[0]}`)!.value as ShardMap;
+        const cur = this.etcd.get(etcdKeys.shard(args[0]))!.value as ShardMap;
         const map: ShardMap = { ...cur, epoch: Number(kv.epoch), leader: kv.leader === '-' ? null : kv.leader, phase: kv.phase as ShardPhase };
-        this.etcd.put(this.t, `shards/${args[0]}`, map);
+        this.etcd.put(this.t, etcdKeys.shard(args[0]), map);
         break;
       }
       case 'time':
@@ -142,7 +125,7 @@ export class ControllerScript {
         this.step({ type: 'tick' });
         break;
       case 'maps':
-        for (const m of this.etcd.range(this.t, 'shards/')) this.out.push(`${m.key.slice('shards/'.length)}: ${formatMap(m.value as ShardMap)} revision ${m.modRevision}`);
+        for (const m of this.etcd.range(this.t, etcdKeys.shards)) this.out.push(`${shardOfKey(m.key)}: ${formatMap(m.value as ShardMap)} revision ${m.modRevision}`);
         break;
       default:
         throw new Error(`unknown command ${name}`);

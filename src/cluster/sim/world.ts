@@ -16,6 +16,7 @@
  * The same seed and options give the same run: replay a failure from the seed it prints.
  */
 import { ControllerEvent, ControllerState, NodeInfo, defaultControllerConfig, initController, stepController } from '../controller';
+import { controllerEventOf, etcdKeys, shardOfKey, startedEventOf } from '../keys';
 import { formatControllerEffect, formatLease, formatLeaseEffect, formatMap } from '../format';
 import { LeaseConfig, LeaseEffect, LeaseEvent, LeaseState, initLease, stepLease } from '../lease';
 import { ReplicaConfig, defaultReplicaConfig, isLeading, retainFromLsn } from '../replica';
@@ -259,7 +260,7 @@ class World implements Env {
       this.at(10, expire);
     };
     this.at(0, expire);
-    for (const c of o.collections) this.etcd.put(0, `collections/${c.name}`, { shards: c.shards, replicationFactor: c.replicationFactor });
+    for (const c of o.collections) this.etcd.put(0, etcdKeys.collection(c.name), { shards: c.shards, replicationFactor: c.replicationFactor });
     for (let i = 1; i <= o.nodes; i++) {
       const id = `n${i}`;
       this.nodes.set(id, new SimNode(id, o.zones > 0 ? `z${((i - 1) % o.zones) + 1}` : null));
@@ -270,8 +271,8 @@ class World implements Env {
       this.controllers.push(c);
       this.at(this.rng.int(50, 100), () => this.bootController(c));
     }
-    this.watchFrom(CLIENT, () => 0, 'shards/', (e) => {
-      if (e.value !== null) this.clientMaps.set(e.key.slice('shards/'.length), e.value as ShardMap);
+    this.watchFrom(CLIENT, () => 0, etcdKeys.shards, (e) => {
+      if (e.value !== null) this.clientMaps.set(shardOfKey(e.key), e.value as ShardMap);
     });
     this.scheduleFaults();
     this.scheduleWrites();
@@ -366,7 +367,7 @@ class World implements Env {
   publish(node: NodeId, shard: ShardKey, progress: Progress): void {
     const n = this.nodes.get(node)!;
     n.progress.set(shard, progress);
-    this.putUnderLease(n, `progress/${shard}/${node}`, progress);
+    this.putUnderLease(n, etcdKeys.progress(shard, node), progress);
   }
 
   answer(node: NodeId, _shard: ShardKey, id: string, result: { lsn: number } | { refused: string }): void {
@@ -478,9 +479,9 @@ class World implements Env {
       id,
       true,
       () => {
-        if (!watching) this.watchFrom(id, () => n.incarnation, 'shards/', (e) => this.onNode(id, inc, () => this.nodeMap(n, e)), gate);
+        if (!watching) this.watchFrom(id, () => n.incarnation, etcdKeys.shards, (e) => this.onNode(id, inc, () => this.nodeMap(n, e)), gate);
         watching = true;
-        return this.etcd.range(this.t, 'shards/');
+        return this.etcd.range(this.t, etcdKeys.shards);
       },
       (maps) =>
         this.onNode(id, inc, () => {
@@ -510,7 +511,7 @@ class World implements Env {
 
   private nodeMap(n: SimNode, e: KvEvent): void {
     if (e.value === null) return;
-    const shard = e.key.slice('shards/'.length);
+    const shard = shardOfKey(e.key);
     const map = e.value as ShardMap;
     n.maps.set(shard, map);
     if (map.replicas.includes(n.id) || n.hosts.has(shard)) this.ensureHost(n, shard).step({ type: 'mapChanged', map });
@@ -552,8 +553,8 @@ class World implements Env {
             this.onNode(n.id, inc, () => {
               n.leaseId = g.id;
               this.leaseStep(n, { type: 'granted', sentAt: e.sentAt, ttlMs: g.ttlMs });
-              this.putUnderLease(n, `nodes/${n.id}`, { zone: n.zone, draining: n.draining } satisfies NodeInfo);
-              for (const [shard, p] of n.progress) this.putUnderLease(n, `progress/${shard}/${n.id}`, p);
+              this.putUnderLease(n, etcdKeys.node(n.id), { zone: n.zone, draining: n.draining } satisfies NodeInfo);
+              for (const [shard, p] of n.progress) this.putUnderLease(n, etcdKeys.progress(shard, n.id), p);
             }),
         );
         break;
@@ -590,31 +591,11 @@ class World implements Env {
     c.incarnation++;
     const inc = c.incarnation;
     this.log(() => `${c.id}: boot`);
-    const nodes: Record<NodeId, NodeInfo> = {};
-    const collections: Record<string, { shards: number; replicationFactor: number }> = {};
-    const maps: Record<ShardKey, { map: ShardMap; revision: number }> = {};
-    const progress: { shard: ShardKey; node: NodeId; progress: Progress; revision: number }[] = [];
-    for (const kv of this.etcd.range(this.t, '')) {
-      const [kind, ...rest] = kv.key.split('/');
-      if (kind === 'nodes') nodes[rest[0]] = kv.value as NodeInfo;
-      else if (kind === 'collections') collections[rest[0]] = kv.value as { shards: number; replicationFactor: number };
-      else if (kind === 'shards') maps[rest.join('/')] = { map: kv.value as ShardMap, revision: kv.modRevision };
-      else if (kind === 'progress') progress.push({ shard: `${rest[0]}/${rest[1]}`, node: rest[2], progress: kv.value as Progress, revision: kv.modRevision });
-    }
     c.state = initController(defaultControllerConfig);
-    this.controllerStep(c, { type: 'started', nodes, collections, maps, progress });
+    this.controllerStep(c, startedEventOf(this.etcd.range(this.t, '')));
     this.watchFrom(c.id, () => c.incarnation, '', (e) => {
-      if (c.incarnation !== inc) return;
-      const [kind, ...rest] = e.key.split('/');
-      if (kind === 'nodes') {
-        this.controllerStep(c, e.value === null ? { type: 'nodeExpired', node: rest[0] } : { type: 'nodeJoined', node: rest[0], info: e.value as NodeInfo });
-      } else if (kind === 'collections' && e.value !== null) {
-        this.controllerStep(c, { type: 'collectionAdded', name: rest[0], placement: e.value as { shards: number; replicationFactor: number } });
-      } else if (kind === 'shards' && e.value !== null) {
-        this.controllerStep(c, { type: 'mapChanged', shard: rest.join('/'), map: e.value as ShardMap, revision: e.modRevision });
-      } else if (kind === 'progress') {
-        this.controllerStep(c, { type: 'progressChanged', shard: `${rest[0]}/${rest[1]}`, node: rest[2], progress: e.value as Progress | null, revision: e.modRevision });
-      }
+      const event = controllerEventOf(e);
+      if (event && c.incarnation === inc) this.controllerStep(c, event);
     });
     const tick = (): void => {
       if (c.incarnation !== inc || !c.up) return;
@@ -633,7 +614,7 @@ class World implements Env {
       this.log(() => `${c.id}: ${event.type} -> ${formatControllerEffect(e)}`);
       if (e.type !== 'writeMap') continue;
       this.at(this.delay(), () => {
-        const r = this.etcd.putIfRevision(this.t, `shards/${e.shard}`, e.expectRevision, e.map);
+        const r = this.etcd.putIfRevision(this.t, etcdKeys.shard(e.shard), e.expectRevision, e.map);
         if (r.ok && e.map.phase === 'active') this.stats.epochs++;
         this.at(this.delay(), () => {
           if (c.incarnation === inc && c.up) this.controllerStep(c, { type: 'txnDone', shard: e.shard, map: r.value as ShardMap | null, revision: r.modRevision });
@@ -748,7 +729,7 @@ class World implements Env {
   private setDraining(n: SimNode, draining: boolean): void {
     n.draining = draining;
     this.log(() => `${n.id}: ${draining ? 'drain' : 'undrain'}`);
-    if (n.up) this.putUnderLease(n, `nodes/${n.id}`, { zone: n.zone, draining } satisfies NodeInfo);
+    if (n.up) this.putUnderLease(n, etcdKeys.node(n.id), { zone: n.zone, draining } satisfies NodeInfo);
   }
 
   /** Crashes node `id` (if up and still in the fault phase); it boots again 100 ms to 2 s later. */
@@ -800,7 +781,7 @@ class World implements Env {
     for (const c of this.opts.collections) {
       for (let i = 0; i < c.shards; i++) {
         const shard = shardKey(c.name, i);
-        const map = this.etcd.get(`shards/${shard}`)?.value as ShardMap | undefined;
+        const map = this.etcd.get(etcdKeys.shard(shard))?.value as ShardMap | undefined;
         if (!this.probed.has(shard)) out.push(`availability: ${shard} took no write after healing (map ${map ? formatMap(map) : 'none'})`);
         if (!map || map.leader === null) continue;
         const leader = this.nodes.get(map.leader)!.hosts.get(shard);
@@ -816,7 +797,7 @@ class World implements Env {
       }
     }
     for (const [id, a] of this.checker.acked) {
-      const map = this.etcd.get(`shards/${a.shard}`)?.value as ShardMap | undefined;
+      const map = this.etcd.get(etcdKeys.shard(a.shard))?.value as ShardMap | undefined;
       for (const r of map?.replicas ?? []) {
         const h = this.nodes.get(r)!.hosts.get(a.shard);
         if (!h || h.appliedLsn < a.lsn) out.push(`I1: acknowledged ${id} (${a.shard} LSN ${a.lsn}) not applied on ${r}`);
