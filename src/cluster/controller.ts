@@ -35,7 +35,8 @@
  * Contract for drivers:
  * * Feed `started` first, with one consistent read (etcd Range at one revision) of the nodes,
  *   collection specs, shard maps and progress; then the watch events from the next revision on,
- *   in revision order.
+ *   in revision order (./keys.ts turns keys into events). A drain is asked by setting `draining`
+ *   in the node's key, so a new controller knows of it too.
  * * writeMap       etcd Txn: if mod_revision(shards/<shard>) == expectRevision (0: the key must not
  *                  exist) then put `map`, else get it; feed `txnDone` with the map and mod revision
  *                  the key has after the Txn. At most one is in flight per shard.
@@ -114,7 +115,6 @@ export type ControllerEvent =
     }
   | { type: 'nodeJoined'; node: NodeId; info: NodeInfo }
   | { type: 'nodeExpired'; node: NodeId }
-  | { type: 'drainAsked'; node: NodeId }
   | { type: 'collectionAdded'; name: string; placement: CollectionPlacement }
   | { type: 'mapChanged'; shard: ShardKey; map: ShardMap; revision: number }
   | { type: 'progressChanged'; shard: ShardKey; node: NodeId; progress: Progress | null; revision: number }
@@ -248,9 +248,6 @@ export function stepController(state: ControllerState, event: ControllerEvent, n
       c.s.shards = shards;
       break;
     }
-    case 'drainAsked':
-      if (c.s.nodes[event.node]) c.s.nodes = { ...c.s.nodes, [event.node]: { ...c.s.nodes[event.node], draining: true } };
-      break;
     case 'collectionAdded':
       c.s.collections = { ...c.s.collections, [event.name]: event.placement };
       break;

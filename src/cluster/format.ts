@@ -25,8 +25,7 @@ export function formatRole(role: Role, leaseDeadline: number): string {
 /** Role and log positions: `leader(3, until 900) log 1..7 durable 7 commit 6 applied 6 [1@1 3@5]`. */
 export function formatReplica(s: ReplicaState): string {
   const l = s.log;
-  const first = l.firstLsn > 1 ? `${l.firstLsn}` : '1';
-  return `${formatRole(s.role, s.leaseDeadline)} log ${first}..${l.lastLsn} durable ${l.durableLsn} commit ${l.commitLsn} applied ${l.appliedLsn} ${formatHistory(l.history)}`;
+  return `${formatRole(s.role, s.leaseDeadline)} log ${l.firstLsn}..${l.lastLsn} durable ${l.durableLsn} commit ${l.commitLsn} applied ${l.appliedLsn} ${formatHistory(l.history)}`;
 }
 
 export function formatMap(m: ShardMap): string {
@@ -142,8 +141,6 @@ export function formatControllerEvent(e: ControllerEvent): string {
       return `node joined ${e.node}${e.info.zone ? ` zone ${e.info.zone}` : ''}${e.info.draining ? ' draining' : ''}`;
     case 'nodeExpired':
       return `node expired ${e.node}`;
-    case 'drainAsked':
-      return `drain asked ${e.node}`;
     case 'collectionAdded':
       return `collection ${e.name} shards ${e.placement.shards} replication ${e.placement.replicationFactor}`;
     case 'mapChanged':

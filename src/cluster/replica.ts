@@ -122,6 +122,11 @@ export const defaultReplicaConfig: ReplicaConfig = {
   pendingWritesMax: 10_000,
 };
 
+export function checkReplicaConfig(c: ReplicaConfig): void {
+  invariant(c.windowEntries >= 1 && c.sendEntriesMax >= 1 && c.pendingWritesMax >= 1, 'replica limits of at least 1');
+  invariant(c.heartbeatMs > 0 && c.retransmitMs > 0 && c.snapshotRetryMs > 0, 'replica timers above 0');
+}
+
 /** What `persist` writes and initReplica reads back. */
 export interface HardState {
   /** The newest epoch this replica has seen; it refuses entries of older epochs. */
@@ -259,6 +264,7 @@ export interface ReplicaRecovery {
 }
 
 export function initReplica(self: NodeId, config: ReplicaConfig, r: ReplicaRecovery): ReplicaState {
+  checkReplicaConfig(config);
   invariant(r.firstLsn >= 1 && r.firstLsn <= r.lastLsn + 1, 'log bounds');
   invariant(r.appliedLsn <= r.commitLsn && r.commitLsn <= r.lastLsn, 'applied <= commit <= last');
   const hard = r.hard ?? { epoch: 0, history: [] };
