@@ -34,10 +34,12 @@ if (replay === undefined) {
   describe('cluster simulation', () => {
     for (const s of scenarios) {
       const seeds = seedsOverride ?? defaultSeeds[s.name] ?? 150;
-      it(`${s.name}: ${s.about} (${seeds} seeds)`, () => {
+      it(`${s.name}: ${s.about} (${seeds} seeds)`, async () => {
         let answered = 0;
         let epochs = 0;
         for (let seed = 1; seed <= seeds; seed++) {
+          // Each run is synchronous: let the worker answer the test runner between runs.
+          await new Promise((resolve) => setImmediate(resolve));
           const r = simulate(s.options(seed));
           if (r.violations.length > 0) expect.fail(report(s.name, r));
           answered += r.stats.answered;
