@@ -1,0 +1,7 @@
+export * from './types';
+export * from './epochs';
+export * from './replica';
+export * from './lease';
+export * from './controller';
+export * from './format';
+export * from './keys';

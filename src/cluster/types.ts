@@ -1,0 +1,63 @@
+/**
+ * Values the cluster's state machines share with each other and with their drivers: the shard map
+ * and progress records kept in etcd (DESIGN.md section 6), and small helpers.
+ *
+ * etcd keys under /quiver/<cluster>/:
+ *   shards/<collection>/<shard>            ShardMap, written only by the controller (Txn on mod revision)
+ *   progress/<collection>/<shard>/<node>   Progress, under the publishing node's lease
+ */
+
+/** A node's id, as in `quiver serve --node-id`. */
+export type NodeId = string;
+
+/** A shard's name in the cluster: `<collection>/<shard index>`. */
+export type ShardKey = string;
+
+export function shardKey(collection: string, shard: number): ShardKey {
+  return `${collection}/${shard}`;
+}
+
+/** When a write is answered: durable on the leader, on a majority of replicas, or on all. */
+export type WriteConcern = 'leader' | 'majority' | 'all';
+
+/**
+ * `electing`: epoch `epoch` has begun and has no leader yet; replicas fence and publish progress.
+ * `active`: `leader` takes writes in `epoch`.
+ * `draining`: `leader` stops taking writes; the controller hands `epoch + 1` to a caught-up follower.
+ */
+export type ShardPhase = 'electing' | 'active' | 'draining';
+
+export interface ShardMap {
+  epoch: number;
+  /** null while electing. */
+  leader: NodeId | null;
+  /** Every replica, the leader included; each on a distinct node. */
+  replicas: readonly NodeId[];
+  phase: ShardPhase;
+}
+
+/** What a replica publishes while an election or a drain needs it. */
+export interface Progress {
+  /** The epoch the replica is fenced to (it refuses entries of older epochs). */
+  epoch: number;
+  /** The replica's last durable LSN. */
+  lastLsn: number;
+  /** The epoch of the entry at lastLsn (0 for an empty log). */
+  lastEntryEpoch: number;
+  appliedLsn: number;
+}
+
+/** How many replicas of n make a majority. */
+export function majority(n: number): number {
+  return Math.floor(n / 2) + 1;
+}
+
+/** For exhaustive switches: a value the types say cannot exist. */
+export function assertNever(x: never): never {
+  throw new Error(`unexpected value ${JSON.stringify(x)}`);
+}
+
+/** A broken invariant of a state machine (a bug, never bad input): stops the caller. */
+export function invariant(cond: boolean, what: string): asserts cond {
+  if (!cond) throw new Error(`cluster invariant broken: ${what}`);
+}
