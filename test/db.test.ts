@@ -4,7 +4,6 @@ import * as path from 'path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { QuiverError } from '../src/errors';
 import { batchPointsMax, payloadBytesMax } from '../src/common/limits';
-import { HnswIndex, IvfPqIndex } from '../src/native';
 import { LocalDatabase, fnv1a64Big, openDatabase, placementHash, shardOf } from '../src/query';
 import type { Filter, PointInput } from '../src/query';
 import { ivfTrainThreshold } from '../src/shard';
@@ -329,12 +328,7 @@ describe('Database', () => {
     expect(await db.count('i')).toBe(30);
   });
 
-  it('an IVF-PQ collection searches exactly before training and trains at the documented count', async (ctx) => {
-    try {
-      new IvfPqIndex({ dim: DIM, nlist: 2, m: 2 });
-    } catch (e) {
-      ctx.skip(`IVF-PQ is not in this build yet: ${(e as Error).message}`);
-    }
+  it('an IVF-PQ collection searches exactly before training and trains at the documented count', async () => {
     // Parameters the index refuses are refused at creation, not at training time.
     expect(await codeOf(db.createCollection({ name: 'big', dim: 64, index: { type: 'ivfpq', nlist: 65536, m: 32 } }))).toBe('INVALID_ARGUMENT');
     expect(db.listCollections()).toEqual([]);
@@ -355,12 +349,7 @@ describe('Database', () => {
     expect(db.digest('q', 0)).toBe(digest);
   });
 
-  it('an HNSW collection (the default index) finds its points and survives a reopen', async (ctx) => {
-    try {
-      new HnswIndex({ dim: DIM });
-    } catch (e) {
-      ctx.skip(`HNSW is not in this build yet: ${(e as Error).message}`);
-    }
+  it('an HNSW collection (the default index) finds its points and survives a reopen', async () => {
     await db.createCollection({ name: 'h', dim: DIM, shards: 2 });
     await db.upsert('h', points(300));
     await db.delete('h', ['p10']);

@@ -3,7 +3,6 @@ import * as os from 'os';
 import * as path from 'path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { QuiverError } from '../src/errors';
-import { HnswIndex } from '../src/native';
 import { PointStore, Shard, ShardOptions, listSnapshots } from '../src/shard';
 import { addon, allocRows, tuneAllocatorForServer } from '../src/native/addon';
 import { rowsPerChunk } from '../src/shard/store';
@@ -326,12 +325,7 @@ describe('Shard', () => {
     await s.close({ snapshot: false });
   });
 
-  it('works the same over an HNSW index', async (ctx) => {
-    try {
-      new HnswIndex({ dim: DIM });
-    } catch (e) {
-      ctx.skip(`HNSW is not in this build yet: ${(e as Error).message}`);
-    }
+  it('works the same over an HNSW index', async () => {
     let s = await Shard.open(opts({ index: { type: 'hnsw', m: 8, efConstruction: 50 } }));
     const m: Model = new Map();
     for (let t = 0; t < 20; t++) {
