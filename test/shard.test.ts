@@ -404,7 +404,9 @@ describe('PointStore rows', () => {
 describe('tuneAllocator (quiver serve)', () => {
   it('applies on glibc, can be turned off, and refuses sizes that are not byte counts', () => {
     const native = addon() as unknown as { tuneAllocator(a: unknown, b: unknown): boolean };
-    expect(native.tuneAllocator(256 << 20, 32 << 20)).toBe(process.report.getReport().header.glibcVersionRuntime !== undefined);
+    // @types/node types the report as `object`; its header names the glibc the process runs on.
+    const report = process.report.getReport() as { header: { glibcVersionRuntime?: string } };
+    expect(native.tuneAllocator(256 << 20, 32 << 20)).toBe(report.header.glibcVersionRuntime !== undefined);
     const before = process.env.QUIVER_MALLOC_TUNE;
     process.env.QUIVER_MALLOC_TUNE = '0';
     try {
