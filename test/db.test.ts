@@ -148,7 +148,7 @@ describe('Database', () => {
         .slice(0, 10);
       expect(res[i].map((h) => h.id)).toEqual(want.map((w) => w.id));
       res[i].forEach((h, j) => expect(h.distance).toBeCloseTo(want[j].d, 2));
-      expect(res[i][0].payload).toBeDefined();
+      expect(res[i][0].payload).toEqual(live.find((p) => p.id === res[i][0].id)!.payload);
     });
     // Upsert replaces vector and payload.
     await db.upsert('c', [{ id: 'p5', vector: vec(1000), payload: { color: 'pink' } }]);

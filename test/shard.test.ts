@@ -223,9 +223,11 @@ describe('Shard', () => {
   });
 
   it('snapshots on the WAL-size schedule', async () => {
-    const s = await Shard.open(opts({ snapshotWalBytes: 2000 }));
+    let snapshotted!: () => void;
+    const snapshot = new Promise<void>((r) => (snapshotted = r));
+    const s = await Shard.open(opts({ snapshotWalBytes: 2000, observer: { snapshot: () => snapshotted() } }));
     for (let t = 0; t < 20; t++) await s.upsert(batch([`a${t}`, `b${t}`], t));
-    for (let i = 0; i < 200 && s.status().snapshotLsn === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    await snapshot;
     expect(s.status().snapshotLsn).toBeGreaterThan(0);
     await s.close({ snapshot: false });
   });
@@ -316,10 +318,14 @@ describe('Shard', () => {
   });
 
   it('snapshots on the timer', async () => {
-    const s = await Shard.open(opts({ snapshotIntervalMs: 20 }));
-    await s.upsert(batch(['t1', 't2'], 1));
     // The timer may first catch the epoch-start entry alone; it must reach the upsert's LSN.
-    for (let i = 0; i < 300 && s.status().snapshotLsn < s.status().appliedLsn; i++) await new Promise((r) => setTimeout(r, 10));
+    let upsertLsn = Infinity;
+    let reached!: () => void;
+    const snapshotOfUpsert = new Promise<void>((r) => (reached = r));
+    const s: Shard = await Shard.open(opts({ snapshotIntervalMs: 20, observer: { snapshot: () => upsertLsn !== Infinity && s.status().snapshotLsn >= upsertLsn && reached() } }));
+    await s.upsert(batch(['t1', 't2'], 1));
+    upsertLsn = s.status().appliedLsn;
+    if (s.status().snapshotLsn < upsertLsn) await snapshotOfUpsert;
     expect(s.status().snapshotLsn).toBe(s.status().appliedLsn);
     expect((await listSnapshots(path.join(dir, 'snap')))[0].lsn).toBe(s.status().appliedLsn);
     await s.close({ snapshot: false });
