@@ -10,7 +10,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { describe, expect, it } from 'vitest';
-import { FlatIndex, HnswIndex, searchLaneStats } from '../src/native';
+import { FlatIndex, HnswIndex, SearchLaneStats, searchLaneStats } from '../src/native';
 import { addon } from '../src/native/addon';
 import { expectCode, pollUntil, randomVectors, seq } from './helpers';
 
@@ -129,16 +129,7 @@ describe('search lane', () => {
       if (settled || mid.pollStops !== before.pollStops || mid.polledTasks !== before.polledTasks + 1) throw new Error('not polling: ' + JSON.stringify(mid));
       hooks.searchLaneHold(false);
       if ((await held).labels[0] !== 3) throw new Error('wrong answer');`;
-    const r = spawnSync(process.execPath, ['-e', script(body)], {
-      timeout: 30_000,
-      encoding: 'utf8',
-      env: { ...process.env, QUIVER_SEARCH_POLL_US: '60000000' },
-    });
-    expect(r.stderr).toBe('');
-    expect(r.status).toBe(0);
-    const [label, stats] = r.stdout.split(' ');
-    expect(label).toBe('1');
-    expect(JSON.parse(stats)).toMatchObject({ poll: true, laneTasks: 2, polledTasks: 2, pollStops: 0 });
+    expect(runScript(body, { QUIVER_SEARCH_POLL_US: '60000000' })).toMatchObject({ poll: true, laneTasks: 2, polledTasks: 2, pollStops: 0 });
   });
 
   it('answers are delivered once each when polling gives up mid-search (QUIVER_SEARCH_POLL_US=1)', () => {
@@ -153,16 +144,7 @@ describe('search lane', () => {
         if (round % 50 === 0) await Promise.all([ix.search(q.subarray(0, 4), 1), ix.search(q.subarray(4, 8), 1)]).then(() => n += 0);
       }
       if (n !== 400) throw new Error('answers: ' + n);`;
-    const r = spawnSync(process.execPath, ['-e', script(body)], {
-      timeout: 30_000,
-      encoding: 'utf8',
-      env: { ...process.env, QUIVER_SEARCH_POLL_US: '1' },
-    });
-    expect(r.stderr).toBe('');
-    expect(r.status).toBe(0);
-    const [label, stats] = r.stdout.split(' ');
-    expect(label).toBe('1');
-    const st = JSON.parse(stats);
+    const st = runScript(body, { QUIVER_SEARCH_POLL_US: '1' });
     expect(st.laneTasks + st.poolTasks).toBe(1 + 400 + 8 * 2);
     if (os.availableParallelism() >= 2) expect(st.pollStops).toBeGreaterThan(0);
   });
@@ -228,6 +210,16 @@ describe('search lane', () => {
       ${extra}
       process.stdout.write(String(r.labels[0]) + ' ' + JSON.stringify(require(${JSON.stringify(path.resolve(__dirname, '..', 'dist', 'src', 'native'))}).searchLaneStats()));
     })();`;
+
+  /** Runs script(body) in a child with env added; it must succeed and answer label 1. Its lane stats. */
+  const runScript = (body: string, env: Record<string, string>) => {
+    const r = spawnSync(process.execPath, ['-e', script(body)], { timeout: 30_000, encoding: 'utf8', env: { ...process.env, ...env } });
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    const [label, stats] = r.stdout.split(' ');
+    expect(label).toBe('1');
+    return JSON.parse(stats) as SearchLaneStats;
+  };
 
   it('an idle lane does not keep the process alive (exits on its own)', () => {
     const r = spawnSync(process.execPath, ['-e', script('')], { timeout: 20_000, encoding: 'utf8' });
