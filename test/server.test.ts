@@ -26,7 +26,8 @@ function rawCall(address: string, method: string, req: unknown): Promise<{ code:
   const Ctor = quiverService();
   const stub = new Ctor(address, grpc.credentials.createInsecure()) as any;
   return new Promise((resolve) => {
-    stub[method](req, { deadline: Date.now() + 10_000 }, (err: grpc.ServiceError | null, res: unknown) => {
+    // No deadline: the answer is the event waited for (a fixed one failed a 64 MiB call on a busy machine).
+    stub[method](req, (err: grpc.ServiceError | null, res: unknown) => {
       stub.close();
       if (err) resolve({ code: err.code, quiverCode: err.metadata.get(QUIVER_CODE_KEY)[0] as string });
       else resolve({ code: 0, res });
