@@ -11,6 +11,8 @@ fi
 # Incremental: rebuilds the addon and the TypeScript only where sources changed.
 npm run --silent install >/dev/null
 npx tsc -p tsconfig.json
+# The tests are type-checked too (tsconfig.test.json: everything above plus test/, no output).
+npx tsc -p tsconfig.test.json
 
 # The optional CUDA build is compiled wherever nvcc exists (a GPU is not needed to compile it),
 # so a break in native/cuda is caught even on machines without a GPU.

@@ -1,12 +1,12 @@
 /**
- * `quiver serve` as a child process (bin/quiver.js over dist/, compiled first when stale): it
+ * `quiver serve` as a child process (bin/quiver.js over dist/, which test/global-setup.ts compiles): it
  * starts, prints where it listens, serves both transports, stops on SIGTERM / SIGINT with exit
  * code 0 after finishing in-flight requests, and the data is back after a restart.
  */
 import { ChildProcess, execFileSync, spawn } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { QuiverClient } from '../src/client';
 import { QuiverError } from '../src/errors';
 import { httpJson, tempDir, vec } from './server-harness';
@@ -14,26 +14,6 @@ import { httpJson, tempDir, vec } from './server-harness';
 const ROOT = path.resolve(__dirname, '..');
 const BIN = path.join(ROOT, 'bin', 'quiver.js');
 const children = new Set<ChildProcess>();
-
-function newestMtime(dir: string): number {
-  let t = 0;
-  for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
-    const p = path.join(dir, e.name);
-    t = Math.max(t, e.isDirectory() ? newestMtime(p) : fs.statSync(p).mtimeMs);
-  }
-  return t;
-}
-
-/** Compiles the TypeScript when dist/ is missing or older than src/. */
-function ensureBuilt(): void {
-  const out = path.join(ROOT, 'dist', 'src', 'cli', 'serve.js');
-  if (fs.existsSync(out) && fs.statSync(out).mtimeMs >= newestMtime(path.join(ROOT, 'src'))) return;
-  try {
-    execFileSync(process.execPath, [path.join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', ROOT], { stdio: 'pipe' });
-  } catch {
-    // tsc reports errors elsewhere in the tree but still emits; the spawn below fails if ours did not.
-  }
-}
 
 interface Node {
   child: ChildProcess;
@@ -84,8 +64,6 @@ function run(args: string[]): { code: number | null; out: string } {
 }
 
 const DIM = 8;
-
-beforeAll(() => ensureBuilt());
 
 afterAll(() => {
   for (const c of children) if (c.pid) process.kill(c.pid, 'SIGKILL');

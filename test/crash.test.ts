@@ -1,26 +1,23 @@
 /**
- * The crash test: a real child process (test/fixtures/crash-child.js over the compiled dist/ files)
- * writes under concurrent load and is SIGKILLed at random moments, 20 rounds. After each kill the
- * database is opened again here (recovery) and checked:
+ * The crash test: a real child process (test/fixtures/crash-child.js over dist/, which
+ * test/global-setup.ts compiles) writes under concurrent load and is SIGKILLed at random moments,
+ * 20 rounds. After each kill the database is opened again here (recovery) and checked:
  *   - every acknowledged write is there with its last acknowledged value (vector and payload);
  *   - a write that was in flight is, within each shard, entirely there or entirely absent;
  *   - nothing else is there;
  *   - each shard's state digest equals the digest of its newest snapshot's points plus a replay
  *     of its WAL by an independent model (a Map, no index).
  */
-import { execFileSync, spawn } from 'child_process';
+import { spawn } from 'child_process';
 import { createHash } from 'crypto';
-import * as fs from 'fs';
 import { promises as fsp } from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { HnswIndex } from '../src/native';
 import { LocalDatabase, openDatabase, shardOf } from '../src/query';
 import { decodeDelete, decodeUpsert, listSnapshots, loadSnapshotPoints } from '../src/shard';
 import { EntryType } from '../src/wal';
 
-const ROOT = path.resolve(__dirname, '..');
 const CHILD = path.join(__dirname, 'fixtures', 'crash-child.js');
 const DIM = 8;
 const SHARDS = 2;
@@ -31,26 +28,6 @@ function vecFor(tag: number, id: string): Float32Array {
   const v = new Float32Array(DIM);
   for (let j = 0; j < DIM; j++) v[j] = ((tag % 9973) * 0.37 + n * 1.3 + j * 0.11) % 17;
   return v;
-}
-
-/** Rebuilds dist/ when a source the child loads is newer than its compiled file. */
-function ensureCompiled(): void {
-  const stale = ['wal', 'shard', 'query', 'native', 'common'].some((d) => {
-    const srcDir = path.join(ROOT, 'src', d);
-    return fs.readdirSync(srcDir).some((f) => {
-      if (!f.endsWith('.ts')) return false;
-      const out = path.join(ROOT, 'dist', 'src', d, f.replace(/\.ts$/, '.js'));
-      return !fs.existsSync(out) || fs.statSync(out).mtimeMs < fs.statSync(path.join(srcDir, f)).mtimeMs;
-    });
-  });
-  if (stale) {
-    try {
-      execFileSync(process.execPath, [path.join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', ROOT], { stdio: 'pipe' });
-    } catch {
-      // tsc exits non-zero on type errors elsewhere in the tree but still emits; the check below decides.
-    }
-  }
-  if (!fs.existsSync(path.join(ROOT, 'dist', 'src', 'query', 'index.js'))) throw new Error('dist/ missing: run npx tsc -p .');
 }
 
 interface Op {
@@ -148,7 +125,6 @@ async function replayDigest(db: LocalDatabase, dir: string, shard: number): Prom
 
 let dir: string;
 beforeAll(async () => {
-  ensureCompiled();
   dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'quiver-crash-'));
 });
 afterAll(async () => {
@@ -262,12 +238,7 @@ describe('crash recovery', () => {
     await crashRounds(path.join(dir, 'flat'), ROUNDS, 'flat');
   });
 
-  it('the same over an HNSW index (label reuse after deletes, graph snapshots), 6 rounds', async (ctx) => {
-    try {
-      new HnswIndex({ dim: DIM });
-    } catch (e) {
-      ctx.skip(`HNSW is not in this build yet: ${(e as Error).message}`);
-    }
+  it('the same over an HNSW index (label reuse after deletes, graph snapshots), 6 rounds', async () => {
     await crashRounds(path.join(dir, 'hnsw'), 6, 'hnsw');
   });
 });

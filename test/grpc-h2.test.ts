@@ -13,20 +13,55 @@ import { GrpcMethod, H2GrpcServer, parseGrpcTimeout, percentEncode } from '../sr
 import { HpackDecoder, HpackEncoder } from '../src/rpc/hpack';
 import { FLOOD_BURST, PREFACE } from '../src/rpc/h2';
 
-const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/**
+ * Holds calls in their handlers until the test lets them go, so that "a handler is still running"
+ * is a fact the test arranged rather than a race between a sleep and the clock.
+ */
+class Gate {
+  private held: Array<() => void> = [];
+  private waiters: Array<{ n: number; resolve: () => void }> = [];
+  /** Handlers that have reached the gate since the last release. */
+  get entered(): number {
+    return this.held.length;
+  }
 
-/** Echo (the bytes back), Slow (waits the ms in the first 4 bytes, then echoes), Fail (a typed error). */
-function methods(seen: { calls: number }): Map<string, GrpcMethod> {
+  /** Called by a handler: resolves on release(). */
+  pass(): Promise<void> {
+    const p = new Promise<void>((r) => this.held.push(r));
+    this.waiters = this.waiters.filter((w) => (w.n <= this.held.length ? (w.resolve(), false) : true));
+    return p;
+  }
+
+  /** Resolves once n handlers wait at the gate. */
+  reached(n: number): Promise<void> {
+    return this.held.length >= n ? Promise.resolve() : new Promise((resolve) => this.waiters.push({ n, resolve }));
+  }
+
+  /** Lets every waiting handler go on. */
+  release(): void {
+    for (const r of this.held.splice(0)) r();
+  }
+}
+
+/**
+ * Echo (the bytes back), Slow (echoes once `slow` lets it go), Fail (a typed error), Keep (see
+ * below; answers a round of `keepRound` calls only once all of them have arrived).
+ */
+function methods(slow = new Gate(), keepRound = { size: 1 }): Map<string, GrpcMethod> {
   const raw = { decode: (b: Buffer) => Buffer.from(b), encode: (v: unknown) => v as Buffer };
+  const keep = new Gate();
   return new Map<string, GrpcMethod>([
-    ['/t.T/Echo', { ...raw, handle: async (r) => (seen.calls++, r) }],
-    ['/t.T/Slow', { ...raw, handle: async (r) => (await delay((r as Buffer).readUInt32BE(0)), r) }],
+    ['/t.T/Echo', { ...raw, handle: async (r) => r }],
+    ['/t.T/Slow', { ...raw, handle: async (r) => (await slow.pass(), r) }],
     ['/t.T/Fail', { ...raw, handle: async () => Promise.reject(new QuiverError('NOT_FOUND', 'no such thing: 100% gone, ünïcode')) }],
     // Copies the request before its first await, as Upsert does, so the server may gather large
-    // requests in reused buffers; answers the copy later.
+    // requests in reused buffers; answers the copy once the whole round is in, so every request
+    // of the round is held at once.
     ['/t.T/Keep', { decode: (b: Buffer) => b, encode: (v: unknown) => v as Buffer, reusesRequest: true, handle: (r) => {
       const copy = Buffer.from(r as Buffer);
-      return delay(5).then(() => copy);
+      const answered = keep.pass().then(() => copy);
+      if (keep.entered >= keepRound.size) keep.release();
+      return answered;
     } }],
   ]);
 }
@@ -123,11 +158,9 @@ async function rawExchange(port: number, bytes: Buffer, step: number): Promise<{
       resolve();
     });
   });
-  for (let i = 0; i < bytes.length; i += step) {
-    s.write(bytes.subarray(i, i + step));
-    if (step < bytes.length) await delay(0);
-  }
-  await Promise.race([done, delay(5000)]);
+  // Each piece is handed to the socket only once the one before it was written.
+  for (let i = 0; i < bytes.length; i += step) await new Promise((r) => s.write(bytes.subarray(i, i + step), r));
+  await done;
   s.destroy();
   return { blocks, data: Buffer.concat(data), closed };
 }
@@ -135,14 +168,15 @@ async function rawExchange(port: number, bytes: Buffer, step: number): Promise<{
 const field = (blocks: Array<Array<[string, string]>>, k: string) => blocks.flat().find(([n]) => n === k)?.[1];
 
 describe('Quiver gRPC server and client transport', () => {
-  const seen = { calls: 0 };
+  const slow = new Gate();
+  const keepRound = { size: 1 };
   let server: H2GrpcServer;
   let port: number;
   let ch: GrpcChannel;
   let js: ReturnType<typeof grpcJsClient>;
 
   beforeAll(async () => {
-    server = new H2GrpcServer(methods(seen), { receiveBytesMax: 16 << 20 });
+    server = new H2GrpcServer(methods(slow, keepRound), { receiveBytesMax: 16 << 20 });
     port = await server.listen('127.0.0.1', 0);
     ch = new GrpcChannel(`127.0.0.1:${port}`, 32 << 20);
     js = grpcJsClient(port);
@@ -184,11 +218,13 @@ describe('Quiver gRPC server and client transport', () => {
 
   it('large requests gathered in reused buffers stay each their own, in parallel and in turn', async () => {
     const keep = m('/t.T/Keep');
+    keepRound.size = 5;
     for (let round = 0; round < 3; round++) {
       const ps = [1, 2, 3, 4, 5].map((i) => payload((2 << 20) + i * 1000 + round, i * 10 + round));
       const got = await Promise.all(ps.map((p) => ch.unary(keep, p, Date.now() + 20_000)));
       got.forEach((g, i) => expect((g as Buffer).equals(ps[i])).toBe(true));
     }
+    keepRound.size = 1;
     for (let i = 0; i < 4; i++) {
       const p = payload((1 << 20) + 17 * i, 100 + i);
       expect(((await ch.unary(keep, p, Date.now() + 20_000)) as Buffer).equals(p)).toBe(true);
@@ -240,14 +276,11 @@ describe('Quiver gRPC server and client transport', () => {
   });
 
   it('a call past its deadline fails DEADLINE_EXCEEDED on both clients, and the connection stays usable', async () => {
-    const slow = Buffer.alloc(4);
-    slow.writeUInt32BE(400);
-    const t0 = Date.now();
-    const e = (await ch.unary(m('/t.T/Slow'), slow, Date.now() + 100).catch((x) => x)) as QuiverError;
+    // The handlers wait at the gate until both calls have failed.
+    const e = (await ch.unary(m('/t.T/Slow'), Buffer.from('a'), Date.now() + 100).catch((x) => x)) as QuiverError;
     expect(e.code).toBe('DEADLINE_EXCEEDED');
-    expect(Date.now() - t0).toBeLessThan(390);
-    expect((await callJs(js, 'Slow', slow, 100)).err!.code).toBe(grpc.status.DEADLINE_EXCEEDED);
-    await delay(450); // the slow handlers finish; their answers go nowhere
+    expect((await callJs(js, 'Slow', Buffer.from('b'), 100)).err!.code).toBe(grpc.status.DEADLINE_EXCEEDED);
+    slow.release(); // the slow handlers finish; their answers go nowhere
     expect(((await ch.unary(ECHO, Buffer.from('after'), Date.now() + 5000)) as Buffer).toString()).toBe('after');
   });
 
@@ -269,14 +302,12 @@ describe('Quiver gRPC server and client transport', () => {
 
 describe('rapid reset', () => {
   it('a client that resets streams whose handlers still run is refused new ones past the limit', async () => {
-    const server = new H2GrpcServer(methods({ calls: 0 }), { receiveBytesMax: 1 << 20, maxConcurrentStreams: 4 });
+    const slow = new Gate();
+    const server = new H2GrpcServer(methods(slow), { receiveBytesMax: 1 << 20, maxConcurrentStreams: 4 });
     const port = await server.listen('127.0.0.1', 0);
-    const sock = net.connect(port, '127.0.0.1');
+    const c = await rawConn(port);
     try {
-      await new Promise((r) => sock.once('connect', r));
-      const slow = Buffer.alloc(4);
-      slow.writeUInt32BE(300);
-      const one = rawRequestRaw('/t.T/Slow', Buffer.concat([Buffer.from([0, 0, 0, 0, 4]), slow])).subarray(PREFACE.length + 9);
+      const one = rawRequest('/t.T/Slow', Buffer.from('slow')).subarray(PREFACE.length + 9);
       // Stream ids 1, 3, ..., 19: each a whole request, then RST_STREAM(CANCEL) at once.
       const frames: Buffer[] = [PREFACE, frameHead(0, 4, 0, 0)];
       for (let id = 1; id <= 19; id += 2) {
@@ -286,37 +317,39 @@ describe('rapid reset', () => {
         const rst = Buffer.concat([frameHead(4, 3, 0, id), Buffer.from([0, 0, 0, 8])]);
         frames.push(f, rst);
       }
-      const refused: number[] = [];
-      let buf = Buffer.alloc(0);
-      sock.on('data', (c: Buffer) => {
-        buf = Buffer.concat([buf, c]);
-        while (buf.length >= 9 && buf.length >= 9 + buf.readUIntBE(0, 3)) {
-          const len = buf.readUIntBE(0, 3);
-          if (buf[3] === 3 && buf.readUInt32BE(9) === 7) refused.push(buf.readUInt32BE(5) & 0x7fffffff);
-          buf = buf.subarray(9 + len);
-        }
-      });
-      sock.write(Buffer.concat(frames));
-      await delay(150);
-      // Four handlers run (their streams reset); the six streams after them are refused.
-      expect(refused).toEqual([9, 11, 13, 15, 17, 19]);
-      await delay(300); // the handlers finish; the server answers as before
+      const refused = () => c.frames.filter((f) => f.type === 3 && f.p.readUInt32BE(0) === 7).map((f) => f.stream);
+      c.sock.write(Buffer.concat(frames));
+      await c.until(() => refused().length >= 6);
+      // Four handlers run, held at the gate (their streams reset); the six streams after them are refused.
+      expect(refused()).toEqual([9, 11, 13, 15, 17, 19]);
+      expect(slow.entered).toBe(4);
+      slow.release(); // the handlers finish; the server answers as before
       const ch = new GrpcChannel(`127.0.0.1:${port}`, 1 << 20);
       expect(((await ch.unary(ECHO, Buffer.from('again'), Date.now() + 5000)) as Buffer).toString()).toBe('again');
       ch.close();
     } finally {
-      sock.destroy();
+      c.sock.destroy();
       server.forceShutdown();
     }
   });
 });
 
+interface RawConn {
+  sock: net.Socket;
+  frames: Array<{ type: number; flags: number; stream: number; p: Buffer }>;
+  closed: Promise<void>;
+  /** Resolves once cond() holds (checked as frames arrive), or once the connection has closed. */
+  until(cond: () => boolean): Promise<void>;
+}
+
 /** A raw connection that records the frames it receives (type, flags, stream, payload). */
-async function rawConn(port: number): Promise<{ sock: net.Socket; frames: Array<{ type: number; flags: number; stream: number; p: Buffer }>; closed: Promise<void> }> {
+async function rawConn(port: number): Promise<RawConn> {
   const sock = net.connect(port, '127.0.0.1');
   await new Promise((r) => sock.once('connect', r));
-  const frames: Array<{ type: number; flags: number; stream: number; p: Buffer }> = [];
+  const frames: RawConn['frames'] = [];
   let buf = Buffer.alloc(0);
+  let isClosed = false;
+  let wake = (): void => undefined;
   sock.on('data', (c: Buffer) => {
     buf = Buffer.concat([buf, c]);
     while (buf.length >= 9 && buf.length >= 9 + buf.readUIntBE(0, 3)) {
@@ -324,10 +357,20 @@ async function rawConn(port: number): Promise<{ sock: net.Socket; frames: Array<
       frames.push({ type: buf[3], flags: buf[4], stream: buf.readUInt32BE(5) & 0x7fffffff, p: Buffer.from(buf.subarray(9, 9 + len)) });
       buf = buf.subarray(9 + len);
     }
+    wake();
   });
   sock.on('error', () => undefined);
-  const closed = new Promise<void>((r) => sock.once('close', () => r()));
-  return { sock, frames, closed };
+  const closed = new Promise<void>((r) =>
+    sock.once('close', () => {
+      isClosed = true;
+      wake();
+      r();
+    }),
+  );
+  const until = async (cond: () => boolean): Promise<void> => {
+    while (!cond() && !isClosed) await new Promise<void>((r) => (wake = r));
+  };
+  return { sock, frames, closed, until };
 }
 
 const GOAWAY = 7;
@@ -340,7 +383,7 @@ describe('floods and idle connections', () => {
   const ping = (i: number) => Buffer.concat([frameHead(8, 6, 0, 0), Buffer.alloc(8, i & 0xff)]);
 
   it('a flood of PING, SETTINGS, PRIORITY or empty DATA frames ends the connection with ENHANCE_YOUR_CALM', async () => {
-    const server = new H2GrpcServer(methods({ calls: 0 }), { receiveBytesMax: 1 << 20 });
+    const server = new H2GrpcServer(methods(), { receiveBytesMax: 1 << 20 });
     const port = await server.listen('127.0.0.1', 0);
     try {
       const floods: Record<string, (i: number) => Buffer> = {
@@ -357,7 +400,7 @@ describe('floods and idle connections', () => {
         if (what === 'empty DATA') head.push(rawRequestRaw('/t.T/Echo', Buffer.alloc(0)).subarray(PREFACE.length + 9, -9));
         const n = FLOOD_BURST + 500;
         c.sock.write(Buffer.concat([...head, ...Array.from({ length: n }, (_, i) => make(i))]));
-        await Promise.race([c.closed, delay(5000)]);
+        await c.closed;
         expect(goawayCode(c.frames), what).toBe(11); // ENHANCE_YOUR_CALM
         expect(c.sock.destroyed || c.sock.readableEnded, what).toBe(true);
         // every PING before the budget ran out was answered
@@ -367,9 +410,10 @@ describe('floods and idle connections', () => {
       // a client that pings within the budget keeps its connection, and the server still answers
       const c = await rawConn(port);
       c.sock.write(Buffer.concat([PREFACE, frameHead(0, 4, 0, 0), ...Array.from({ length: 100 }, (_, i) => ping(i))]));
-      await delay(200);
+      const acks = () => c.frames.filter((f) => f.type === 6 && f.flags & 1).length;
+      await c.until(() => acks() === 100 || goawayCode(c.frames) !== undefined);
       expect(goawayCode(c.frames)).toBeUndefined();
-      expect(c.frames.filter((f) => f.type === 6 && f.flags & 1).length).toBe(100);
+      expect(acks()).toBe(100);
       c.sock.destroy();
       const ch = new GrpcChannel(`127.0.0.1:${port}`, 1 << 20);
       expect(((await ch.unary(ECHO, Buffer.from('still'), Date.now() + 5000)) as Buffer).toString()).toBe('still');
@@ -384,8 +428,10 @@ describe('floods and idle connections', () => {
     // server's socket; the peer's next PING finds our replies backed up past 1 MiB and ends the
     // connection, dropping the rest of the answer. Without the PING the whole answer would come.
     const big = Buffer.alloc(48 << 20, 7);
+    let answering!: () => void;
+    const answered = new Promise<void>((r) => (answering = r));
     const server = new H2GrpcServer(
-      new Map<string, GrpcMethod>([['/t.T/Big', { decode: (b: Buffer) => b, encode: () => big, handle: async () => big }]]),
+      new Map<string, GrpcMethod>([['/t.T/Big', { decode: (b: Buffer) => b, encode: () => big, handle: async () => (answering(), big) }]]),
       { receiveBytesMax: 1 << 20 },
     );
     const port = await server.listen('127.0.0.1', 0);
@@ -396,11 +442,12 @@ describe('floods and idle connections', () => {
       const settings = Buffer.concat([frameHead(6, 4, 0, 0), Buffer.from([0, 4, 0x7f, 0xff, 0xff, 0xff])]);
       const wu = Buffer.concat([frameHead(4, 8, 0, 0), Buffer.from([0x7f, 0xff, 0, 0])]);
       c.sock.write(Buffer.concat([PREFACE, settings, wu, rawRequest('/t.T/Big', Buffer.alloc(1)).subarray(PREFACE.length + 9)]));
-      await delay(400);
-      c.sock.write(Buffer.concat([ping(1), ping(2)]));
-      await delay(200);
+      // The server writes the answer as the handler returns, before it reads from the socket again:
+      // the PINGs sent after this find the answer backed up.
+      await answered;
+      await new Promise((r) => c.sock.write(Buffer.concat([ping(1), ping(2)]), r));
       c.sock.resume();
-      await Promise.race([c.closed, delay(10_000)]);
+      await c.closed;
       expect(c.sock.destroyed || c.sock.readableEnded).toBe(true);
       const got = c.frames.filter((f) => f.type === 0 && f.stream === 1).reduce((n, f) => n + f.p.length, 0);
       expect(got).toBeGreaterThan(0);
@@ -412,24 +459,32 @@ describe('floods and idle connections', () => {
   });
 
   it('a connection idle past idleTimeoutMs gets GOAWAY and is closed; the client opens a new one; a long call keeps it', async () => {
-    const server = new H2GrpcServer(methods({ calls: 0 }), { receiveBytesMax: 1 << 20, idleTimeoutMs: 200 });
+    const slow = new Gate();
+    const server = new H2GrpcServer(methods(slow), { receiveBytesMax: 1 << 20, idleTimeoutMs: 200 });
     const port = await server.listen('127.0.0.1', 0);
     const ch = new GrpcChannel(`127.0.0.1:${port}`, 1 << 20);
-    try {
-      // a raw connection that never opens a stream is closed too
+    /** A raw connection that never opens a stream: resolves with its GOAWAY code once the server closed it as idle. */
+    const idleClosed = async (): Promise<number | undefined> => {
       const c = await rawConn(port);
       c.sock.write(Buffer.concat([PREFACE, frameHead(0, 4, 0, 0)]));
-      const t0 = Date.now();
-      await Promise.race([c.closed, delay(3000)]);
-      expect(goawayCode(c.frames)).toBe(0); // NO_ERROR
-      expect(Date.now() - t0).toBeGreaterThanOrEqual(150);
-      expect(Date.now() - t0).toBeLessThan(2000);
-      // a call that runs 700 ms (past the timeout) keeps its connection: it is answered
-      const slow = Buffer.alloc(4);
-      slow.writeUInt32BE(700);
-      expect(((await ch.unary(m('/t.T/Slow'), slow, Date.now() + 5000)) as Buffer).readUInt32BE(0)).toBe(700);
-      // idle afterwards: closed by the server; the next call opens a new connection
-      await delay(600);
+      await c.closed;
+      return goawayCode(c.frames);
+    };
+    try {
+      // a raw connection that never opens a stream is closed too
+      expect(await idleClosed()).toBe(0); // NO_ERROR
+      // a call held open keeps its connection: it is answered. It is held while two idle
+      // connections in turn are opened and closed: four sweeps or more, past the three after
+      // which a connection that opened a stream and then went idle would be closed.
+      const held = ch.unary(m('/t.T/Slow'), Buffer.from('long'), Date.now() + 60_000);
+      await slow.reached(1);
+      expect(await idleClosed()).toBe(0);
+      expect(await idleClosed()).toBe(0);
+      slow.release();
+      expect(((await held) as Buffer).toString()).toBe('long');
+      // idle afterwards: the server closes it no later than a connection opened after the answer
+      // (the same sweep finds both idle, this one first); the next call opens a new connection
+      expect(await idleClosed()).toBe(0);
       expect(((await ch.unary(ECHO, Buffer.from('after idle'), Date.now() + 5000)) as Buffer).toString()).toBe('after idle');
     } finally {
       ch.close();
@@ -440,21 +495,27 @@ describe('floods and idle connections', () => {
 
 describe('shutdown and the grpc-js server', () => {
   it('tryShutdown lets calls in flight finish, refuses new connections, then resolves', async () => {
-    const server = new H2GrpcServer(methods({ calls: 0 }), { receiveBytesMax: 1 << 20 });
+    const slow = new Gate();
+    const server = new H2GrpcServer(methods(slow), { receiveBytesMax: 1 << 20 });
     const port = await server.listen('127.0.0.1', 0);
     const ch = new GrpcChannel(`127.0.0.1:${port}`, 1 << 20);
+    const other = new GrpcChannel(`127.0.0.1:${port}`, 1 << 20);
     try {
-      const slow = Buffer.alloc(4);
-      slow.writeUInt32BE(300);
-      const inFlight = ch.unary(m('/t.T/Slow'), slow, Date.now() + 5000);
-      await delay(50);
-      const stopped = server.tryShutdown();
-      expect(((await inFlight) as Buffer).equals(slow)).toBe(true);
-      await stopped;
+      const inFlight = ch.unary(m('/t.T/Slow'), Buffer.from('in flight'), Date.now() + 60_000);
+      await slow.reached(1);
+      let stopped = false;
+      const stopping = server.tryShutdown().then(() => (stopped = true));
+      const refused = (await other.unary(ECHO, Buffer.from('x'), Date.now() + 5000).catch((x) => x)) as QuiverError;
+      expect(refused.code).toBe('UNAVAILABLE');
+      expect(stopped).toBe(false); // the call is still held
+      slow.release();
+      expect(((await inFlight) as Buffer).toString()).toBe('in flight');
+      await stopping;
       const after = (await ch.unary(ECHO, Buffer.from('x'), Date.now() + 2000).catch((x) => x)) as QuiverError;
       expect(after.code).toBe('UNAVAILABLE');
     } finally {
       ch.close();
+      other.close();
       server.forceShutdown();
     }
   });

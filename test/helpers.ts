@@ -87,3 +87,15 @@ export async function codeOf(p: Promise<unknown> | (() => unknown)): Promise<str
 export async function expectCode(p: Promise<unknown> | (() => unknown), code: string): Promise<void> {
   expect(await codeOf(p)).toBe(code);
 }
+
+/**
+ * Polls cond every few ms until it holds, failing after ms with `what` in the message. Only for a
+ * condition that no event announces (say why where it is used); otherwise wait on the event.
+ */
+export async function pollUntil(cond: () => boolean, what: string, ms = 10_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 2));
+  }
+}

@@ -144,10 +144,17 @@ describe('IvfPqIndex training and errors', () => {
     await expectCode(index.add(seq(10), base.subarray(0, 10 * DIM)), 'FAILED_PRECONDITION');
     await expectCode(index.search(queries.subarray(0, DIM), 5), 'FAILED_PRECONDITION');
     const seen: [number, string][] = [];
-    await index.train(base.subarray(0, 500 * DIM), { onProgress: (f, phase) => seen.push([f, phase]) });
+    let finished!: () => void;
+    const reportedDone = new Promise<void>((r) => (finished = r));
+    await index.train(base.subarray(0, 500 * DIM), {
+      onProgress: (f, phase) => {
+        seen.push([f, phase]);
+        if (f === 1) finished();
+      },
+    });
     expect(index.trained).toBe(true);
-    // Progress is delivered through the event loop: let the queued callbacks run.
-    await new Promise((r) => setTimeout(r, 50));
+    // Progress is delivered through the event loop, and may come after train() resolved.
+    await reportedDone;
     expect(seen.length).toBeGreaterThan(2);
     for (let i = 1; i < seen.length; i++) expect(seen[i][0]).toBeGreaterThanOrEqual(seen[i - 1][0]);
     expect(seen[seen.length - 1][0]).toBe(1);

@@ -11,16 +11,18 @@ import type { Database } from '../src/query/types';
 import { startServer } from '../src/server';
 import { tempDir } from './server-harness';
 
-function gated(db: Database): { db: Database; entered: Promise<void>; open: () => void } {
+/** `entered` resolves once `count` has been called `calls` times; every call waits for open(). */
+function gated(db: Database, calls: number): { db: Database; entered: Promise<void>; open: () => void } {
   let open!: () => void;
   let entered!: () => void;
+  let seen = 0;
   const gate = new Promise<void>((r) => (open = r));
   const enteredP = new Promise<void>((r) => (entered = r));
   const wrapped = new Proxy(db, {
     get(target, prop, receiver) {
       if (prop === 'count') {
         return async (name: string) => {
-          entered();
+          if (++seen === calls) entered();
           await gate;
           return target.count(name);
         };
@@ -42,23 +44,19 @@ describe('graceful stop', () => {
     const real = await openDatabase({ dataDir: tempDir('quiver-stop-'), snapshotIntervalMs: 0 });
     dbs.push(real);
     await real.createCollection({ name: 'c', dim: 2, index: { type: 'flat' } });
-    const g = gated(real);
+    const g = gated(real, 2);
     const server = await startServer({ db: g.db, grpc: '127.0.0.1:0', http: '127.0.0.1:0', log: { error: () => {} } });
     const client = await QuiverClient.connect(server.grpcAddress, { retries: 0 });
     const base = `http://${server.httpAddress}`;
 
     const httpPending = fetch(`${base}/v1/collections/c/count`).then(async (r) => ({ status: r.status, body: await r.json() }));
     const grpcPending = client.count('c');
-    await g.entered;
-    // Let the second request reach the gate too (both are in flight once each has been sent).
-    await new Promise((r) => setTimeout(r, 100));
+    await g.entered; // both requests wait at the gate
 
     let closed = false;
     const closing = server.close().then(() => (closed = true));
-    await new Promise((r) => setTimeout(r, 200));
-    expect(closed).toBe(false);
 
-    // New work is refused while draining.
+    // New work is refused while draining, and close() has not resolved: the gate is shut.
     let err: unknown;
     try {
       await client.listCollections({ deadlineMs: 2000 });
@@ -67,6 +65,7 @@ describe('graceful stop', () => {
     }
     expect(err).toBeInstanceOf(QuiverError);
     expect(['UNAVAILABLE', 'DEADLINE_EXCEEDED']).toContain((err as QuiverError).code);
+    expect(closed).toBe(false);
 
     g.open();
     expect(await httpPending).toEqual({ status: 200, body: { count: 0 } });

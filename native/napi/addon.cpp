@@ -272,6 +272,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("scanBench", Napi::Function::New(env, ScanBench));
   exports.Set("sumBench", Napi::Function::New(env, SumBench));
   exports.Set("searchLaneStats", Napi::Function::New(env, lane_stats));
+  exports.Set("searchLaneHold", Napi::Function::New(env, lane_hold));
   exports.Set("NativeIndex", NativeIndex::Init(env));
   init_gpu(env, exports);
   return exports;

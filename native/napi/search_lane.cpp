@@ -48,6 +48,8 @@ std::atomic<bool> lane_failed{false};
 std::atomic<uint64_t> lane_tasks{0}, pool_tasks{0}, polled_tasks{0}, poll_stops{0}, woken_tasks{0};
 // Nanoseconds summed over the lane's tasks: submission to start, the run, end to settled promise.
 std::atomic<uint64_t> wait_ns{0}, run_ns{0}, deliver_ns{0};
+// Test hook (searchLaneHold): while set, the lane keeps the task it took without running it.
+std::atomic<bool> lane_held{false};
 
 void add_ns(std::atomic<uint64_t>& sum, std::chrono::steady_clock::time_point from, std::chrono::steady_clock::time_point to) {
   sum.fetch_add(static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(to - from).count()), std::memory_order_relaxed);
@@ -170,6 +172,7 @@ class Lane {
   }
 
   napi_env env() const { return env_; }
+  bool asleep() const { return sleeping_.load(std::memory_order_relaxed); }
 
   // Event loop only.
   bool try_submit(std::unique_ptr<LaneTask>& task, napi_value* promise) {
@@ -249,6 +252,7 @@ class Lane {
         const double cap = 4.0 * static_cast<double>(spin_.count());
         gap_ema_us_ = 0.75 * gap_ema_us_ + 0.25 * std::min(std::max(gap, 0.0), cap);
       }
+      while (lane_held.load(std::memory_order_acquire) && !stop_.load()) std::this_thread::sleep_for(std::chrono::microseconds(100));
       const auto started = std::chrono::steady_clock::now();
       add_ns(wait_ns, p->submitted, started);
       try {
@@ -423,6 +427,12 @@ bool lane_try_run(Napi::Env env, std::unique_ptr<LaneTask>& task, napi_value* pr
 
 void lane_count_fallback() { pool_tasks.fetch_add(1, std::memory_order_relaxed); }
 
+Napi::Value lane_hold(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsBoolean()) throw_invalid(info.Env(), "searchLaneHold(on: boolean)");
+  lane_held.store(info[0].As<Napi::Boolean>().Value(), std::memory_order_release);
+  return info.Env().Undefined();
+}
+
 Napi::Value lane_stats(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
@@ -434,6 +444,8 @@ Napi::Value lane_stats(const Napi::CallbackInfo& info) {
   o.Set("polledTasks", Napi::Number::New(env, static_cast<double>(polled_tasks.load())));
   o.Set("pollStops", Napi::Number::New(env, static_cast<double>(poll_stops.load())));
   o.Set("wokenTasks", Napi::Number::New(env, static_cast<double>(woken_tasks.load())));
+  const Lane* lane = the_lane.load(std::memory_order_acquire);
+  o.Set("sleeping", Napi::Boolean::New(env, lane != nullptr && lane->asleep()));
   o.Set("waitNanos", Napi::Number::New(env, static_cast<double>(wait_ns.load())));
   o.Set("runNanos", Napi::Number::New(env, static_cast<double>(run_ns.load())));
   o.Set("deliverNanos", Napi::Number::New(env, static_cast<double>(deliver_ns.load())));

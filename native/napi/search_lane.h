@@ -40,10 +40,14 @@ class LaneTask {
 bool lane_try_run(Napi::Env env, std::unique_ptr<LaneTask>& task, napi_value* promise);
 
 // searchLaneStats(): { enabled, spinMicros, laneTasks, poolTasks, poll, polledTasks, pollStops,
-// wokenTasks } (poolTasks: small searches the lane was too busy for; wokenTasks: times the lane
-// slept and was woken for a task).
+// wokenTasks, sleeping, ... } (poolTasks: small searches the lane was too busy for; wokenTasks:
+// times the lane slept and was woken for a task; sleeping: the lane waits asleep for its next task).
 Napi::Value lane_stats(const Napi::CallbackInfo& info);
 void lane_count_fallback();
+// searchLaneHold(on): a test hook. While on, the lane holds the task it takes without running it,
+// so a test can keep a lane search in flight for as long as it needs (past the poll bound, while
+// timers and I/O run) and then let it finish; the answer is the same as unheld.
+Napi::Value lane_hold(const Napi::CallbackInfo& info);
 
 }  // namespace napi
 }  // namespace qv

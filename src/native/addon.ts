@@ -31,6 +31,8 @@ export interface SearchLaneStats {
   pollStops: number;
   /** Times the lane slept and was woken for a task (the rest found it spinning, or busy). */
   wokenTasks: number;
+  /** Whether the lane waits asleep for its next task now (neither spinning nor running one). */
+  sleeping: boolean;
   /** Nanoseconds summed over lane searches from submission to the lane's start on them. */
   waitNanos: number;
   /** Nanoseconds summed over lane searches running. */
@@ -45,6 +47,11 @@ export interface NativeAddon {
   simdLevel(): string;
   simdLevels(): string[];
   searchLaneStats(): SearchLaneStats;
+  /**
+   * Test hook: while on, the search lane holds the task it takes without running it, so a test can
+   * keep a lane search in flight as long as it needs; off lets it run (native/napi/search_lane.h).
+   */
+  searchLaneHold(on: boolean): void;
   /** CRC-32C of bytes, continuing from crc (SSE 4.2 where the CPU has it). */
   crc32c(bytes: Uint8Array, crc?: number): number;
   /** A zeroed Float32Array for bulk rows; from 1 MB up in whole 2 MB pages advised for huge pages. */
