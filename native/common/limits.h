@@ -22,7 +22,7 @@ constexpr size_t kBatchVectorsMax = 1u << 24;  // vectors in one add or search c
 //          points) x dim, or, under 2% (searched exactly), its points x dim
 //   ivfpq  nlist x dim + 256 x dim + nprobe x (256 + points / nlist) x m + refine x k x dim (a
 //          filter allowing a share s scans until refine x k / s entries are found)
-// The budget is about 2 ms of one core of the machines measured (docs/API.md).
+// The budget is about 1 to 2 ms of one core of the machines measured (docs/API.md).
 constexpr uint64_t kSearchSyncTermsMax = uint64_t{1} << 23;
 
 }  // namespace qv

@@ -201,6 +201,19 @@ class TrainWorker : public PromiseWorker {
   bool has_tsfn_ = false;
 };
 
+// k, ef, nprobe, refine of a search call (info[1..4]); 0 (refine: -1) = index default.
+SearchParams search_params(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  SearchParams p;
+  p.k = to_u32(env, info[1], "k");
+  p.ef = to_u32(env, info[2], "ef");
+  p.nprobe = to_u32(env, info[3], "nprobe");
+  double refine = info[4].IsNumber() ? info[4].As<Napi::Number>().DoubleValue() : -1;
+  p.refine = refine < 0 ? 0 : static_cast<uint32_t>(refine);
+  p.refine_set = refine >= 0;
+  return p;
+}
+
 }  // namespace
 
 Napi::Function NativeIndex::Init(Napi::Env env) {
@@ -272,21 +285,6 @@ Napi::Value NativeIndex::Remove(const Napi::CallbackInfo& info) {
   auto labels = copy_typed<uint32_t>(env, info[0], napi_uint32_array, "labels");
   return queue(new RemoveWorker(env, index_, std::move(labels)));
 }
-
-namespace {
-// k, ef, nprobe, refine of a search call (info[1..4]); 0 (refine: -1) = index default.
-SearchParams search_params(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  SearchParams p;
-  p.k = to_u32(env, info[1], "k");
-  p.ef = to_u32(env, info[2], "ef");
-  p.nprobe = to_u32(env, info[3], "nprobe");
-  double refine = info[4].IsNumber() ? info[4].As<Napi::Number>().DoubleValue() : -1;
-  p.refine = refine < 0 ? 0 : static_cast<uint32_t>(refine);
-  p.refine_set = refine >= 0;
-  return p;
-}
-}  // namespace
 
 // search(queries, k, ef, nprobe, refine, threads, filter|null)
 Napi::Value NativeIndex::Search(const Napi::CallbackInfo& info) {
