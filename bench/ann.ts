@@ -6,8 +6,10 @@
  * ground truth (FlatIndex, cached), single-thread QPS (one query per call, awaited in sequence,
  * median of --runs passes, the passes of all systems interleaved so that load changes on a shared
  * machine hit every system alike) and batch QPS on --threads cores (where there is a batch call).
- * Ratios of our single-thread QPS to each peer's at equal or better recall are printed and
- * written, with the whole table, to <out>/ann-<dataset>.json and an SVG plot of recall vs QPS.
+ * For quiver also sync QPS: one query per searchSync call, on the event loop's thread, as the
+ * peers' Node APIs answer. Ratios of our single-thread QPS to each peer's at equal or better
+ * recall, and of our sync QPS to each peer's at every ef, are printed and written, with the whole
+ * table, to <out>/ann-<dataset>.json and an SVG plot of recall vs QPS.
  *
  * `--index ivfpq` hands over to bench/ann-ivfpq.ts (runIvfPq).
  */
@@ -41,6 +43,8 @@ export interface Point {
   recall: number;
   qps1: number;
   qpsBatch: number | null;
+  /** One query per searchSync call (quiver only). */
+  qpsSync?: number;
 }
 
 export interface SystemResult {
@@ -83,6 +87,8 @@ interface Runner {
   /** Makes ef the search width for the calls that follow. */
   prepare(ef: number): Promise<void> | void;
   searchOne(i: number, out: Uint32Array, dist: Float32Array): Promise<void> | void;
+  /** One query answered synchronously (searchSync), where searchOne is the awaited call. */
+  searchSync?: (i: number, out: Uint32Array, dist: Float32Array) => void;
   /** All queries in one call on ctx.threads threads, or null where the API has no batch call. */
   batch: ((ef: number) => Promise<void> | void) | null;
   /** Whether searchOne fills distances comparable with the ground truth's (for tie handling). */
@@ -122,6 +128,11 @@ async function buildOurs(ctx: Ctx): Promise<Runner> {
     },
     searchOne: async (i, out, dist) => {
       const r = await index.search(query(ctx, i), K, { ef, threads: 1 });
+      out.set(r.labels);
+      dist.set(r.distances);
+    },
+    searchSync: (i, out, dist) => {
+      const r = index.searchSync(query(ctx, i), K, { ef });
       out.set(r.labels);
       dist.set(r.distances);
     },
@@ -224,15 +235,18 @@ async function buildUsearch(ctx: Ctx, quantization: 'f32' | 'f16', outDir: strin
 /**
  * The sweep. For each ef, the passes of all systems are interleaved (pass r of every system, then
  * pass r+1), so a change in the machine's load lands on all of them alike. A pass is the single
- * queries, one at a time, then (where there is a batch call) all queries in one batch; each QPS
- * reported is the median of the system's passes.
+ * queries, one at a time, then (where there is a sync call) the same synchronously, then (where
+ * there is a batch call) all queries in one batch; each QPS reported is the median of the
+ * system's passes. The sync answers must be the awaited ones, label for label.
  */
 async function sweep(ctx: Ctx, runners: Runner[]): Promise<void> {
   const nq = ctx.ds.nQueries;
   for (const ef of ctx.efs) {
     const qps = runners.map(() => [] as number[]);
     const qpsBatches = runners.map(() => [] as number[]);
+    const qpsSyncs = runners.map(() => [] as number[]);
     const found = runners.map(() => ({ labels: new Uint32Array(nq * K), distances: new Float32Array(nq * K) }));
+    const foundSync = { labels: new Uint32Array(nq * K), distances: new Float32Array(nq * K) };
     for (const r of runners) await r.prepare(ef);
     for (let pass = 0; pass < ctx.runs; pass++) {
       for (let s = 0; s < runners.length; s++) {
@@ -244,6 +258,16 @@ async function sweep(ctx: Ctx, runners: Runner[]): Promise<void> {
           await runners[s].searchOne(i, labels.subarray(i * K, i * K + K), distances.subarray(i * K, i * K + K));
         }
         qps[s].push(nq / seconds(t0));
+      }
+      for (let s = 0; s < runners.length; s++) {
+        const searchSync = runners[s].searchSync;
+        if (!searchSync) continue;
+        const t0 = process.hrtime.bigint();
+        for (let i = 0; i < nq; i++) {
+          searchSync(i, foundSync.labels.subarray(i * K, i * K + K), foundSync.distances.subarray(i * K, i * K + K));
+        }
+        qpsSyncs[s].push(nq / seconds(t0));
+        if (!sameAnswers(foundSync, found[s])) throw new Error(`${runners[s].result.name} ef=${ef}: searchSync answered otherwise than search`);
       }
       for (let s = 0; s < runners.length; s++) {
         const batch = runners[s].batch;
@@ -258,13 +282,20 @@ async function sweep(ctx: Ctx, runners: Runner[]): Promise<void> {
       const qpsBatch = qpsBatches[s].length ? median(qpsBatches[s]) : null;
       const recall = recallOf(ctx, found[s].labels, r.distances ? found[s].distances : undefined);
       const point: Point = { ef, recall, qps1: median(qps[s]), qpsBatch };
+      if (qpsSyncs[s].length) point.qpsSync = median(qpsSyncs[s]);
       r.result.points.push(point);
       log(
         `  ${r.result.name} ef=${ef}: recall@10 ${recall.toFixed(4)}, ${point.qps1.toFixed(0)} QPS (1 thread)` +
+          (point.qpsSync === undefined ? '' : `, ${point.qpsSync.toFixed(0)} QPS (sync)`) +
           (qpsBatch === null ? '' : `, ${qpsBatch.toFixed(0)} QPS (batch, ${ctx.threads} threads)`),
       );
     }
   }
+}
+
+function sameAnswers(a: { labels: Uint32Array; distances: Float32Array }, b: { labels: Uint32Array; distances: Float32Array }): boolean {
+  const bytes = (v: ArrayBufferView) => Buffer.from(v.buffer, v.byteOffset, v.byteLength);
+  return bytes(a.labels).equals(bytes(b.labels)) && bytes(a.distances).equals(bytes(b.distances));
 }
 
 /** Best single-thread QPS among a system's points with recall >= r (null if none reaches r). */
@@ -360,6 +391,17 @@ export async function run(argv: string[]): Promise<number> {
       log(`  r >= ${r}: quiver ${a === null ? '-' : a.toFixed(0)} vs ${s.name} ${b === null ? '-' : b.toFixed(0)}: ${ratio === null ? 'n/a' : `${ratio.toFixed(2)}x`}`);
     }
   }
+  // Our sync calls against the peers' (which answer synchronously) at the same ef.
+  const syncRatios: Record<string, { ef: number; ratio: number }[]> = {};
+  log('\nsingle-thread QPS per ef, quiver sync (searchSync) and awaited (search) against each peer (ratio = quiver sync / peer):');
+  for (const p of ours.points) {
+    const cells = systems.slice(1).map((s) => {
+      const q = s.points.find((x) => x.ef === p.ef)!;
+      (syncRatios[s.name] ??= []).push({ ef: p.ef, ratio: p.qpsSync! / q.qps1 });
+      return `${s.name} ${q.qps1.toFixed(0)} (${(p.qpsSync! / q.qps1).toFixed(2)}x)`;
+    });
+    log(`  ef ${p.ef}: quiver sync ${p.qpsSync!.toFixed(0)}, awaited ${p.qps1.toFixed(0)}${cells.length ? '; ' + cells.join(', ') : ''}`);
+  }
   const best1 = Math.max(...ours.points.map((p) => p.qps1));
   const batchGain = ours.points.map((p) => (p.qpsBatch ?? 0) / p.qps1);
   log(`\nbuild: ${systems.map((s) => `${s.name} ${s.buildSeconds.toFixed(1)} s (${s.buildThreads} thr)`).join(', ')}`);
@@ -389,6 +431,7 @@ export async function run(argv: string[]): Promise<number> {
     command: `quiver bench ann ${argv.join(' ')}`.trim(),
     systems,
     ratios,
+    syncRatios,
   };
   const base = path.join(outDir, `ann-${ds.name}`);
   fs.writeFileSync(`${base}.json`, JSON.stringify(result, null, 2) + '\n');
@@ -397,6 +440,7 @@ export async function run(argv: string[]): Promise<number> {
     points: s.points.map((p) => [p.recall, p.qps1] as [number, number]),
     dashed: s.name === 'usearch-f16',
   }));
+  series.push({ name: `${ours.name} sync`, points: ours.points.map((p) => [p.recall, p.qpsSync!] as [number, number]) });
   const batch = systems.filter((s) => s.points.some((p) => p.qpsBatch !== null));
   for (const s of batch) {
     series.push({ name: `${s.name} batch`, points: s.points.map((p) => [p.recall, p.qpsBatch ?? NaN] as [number, number]), dashed: true });

@@ -12,6 +12,7 @@ export {
   searchLaneStats,
   gpuInfo,
   LABEL_NONE,
+  searchSyncTermsMax,
 } from './native';
 export { GpuFlatIndex, GpuIvfPqIndex } from './native/gpu';
 export type {
@@ -19,6 +20,7 @@ export type {
   IndexKind,
   SearchResult,
   SearchOptions,
+  SearchSyncOptions,
   AddOptions,
   FlatIndexOptions,
   HnswIndexOptions,

@@ -47,6 +47,13 @@ Status check_k(uint32_t k) {
   return Status::ok();
 }
 
+Status check_terms(const SearchParams& params, uint64_t terms) {
+  if (params.terms_max == 0 || terms <= params.terms_max) return Status::ok();
+  return resource_exhausted("this search is estimated at " + std::to_string(terms) +
+                            " terms of work (vector components compared), over the bound of " +
+                            std::to_string(params.terms_max) + " for a synchronous search; use search()");
+}
+
 Status parse_metric(const std::string& name, Metric* out) {
   if (name == "l2") *out = Metric::L2;
   else if (name == "ip") *out = Metric::IP;

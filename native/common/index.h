@@ -30,6 +30,9 @@ struct SearchParams {
   bool refine_set = false;  // false: use the index default for refine
   int threads = 0;       // 0 = all (QUIVER_THREADS or core count)
   const Filter* filter = nullptr;  // allow-set, or null for none
+  // Bound on one query's estimated work, in terms (common/limits.h, kSearchSyncTermsMax); 0 = none.
+  // A search over it is refused with RESOURCE_EXHAUSTED before any work.
+  uint64_t terms_max = 0;
 };
 
 // Progress of long work (training, builds): fraction in [0,1] and a short phase name.
@@ -68,6 +71,8 @@ Status check_dim(uint32_t dim);
 Status check_vectors(const float* v, size_t n, uint32_t dim, const char* what);
 Status check_labels_for_add(const uint32_t* labels, size_t n);
 Status check_k(uint32_t k);
+// RESOURCE_EXHAUSTED when params.terms_max is set and `terms`, a query's estimated work, exceeds it.
+Status check_terms(const SearchParams& params, uint64_t terms);
 Status parse_metric(const std::string& name, Metric* out);
 const char* metric_name(Metric m);
 

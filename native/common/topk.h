@@ -1,5 +1,7 @@
 // TopK: the k smallest (distance, label) pairs seen, as a bounded max-heap. worst() is the
 // admission threshold, so the common case (a candidate that does not qualify) is one compare.
+// Pairs compare by distance, then label, so the k kept are the same whatever the order they came
+// in (a scan split across threads keeps what one thread would).
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -26,7 +28,7 @@ class TopK {
     if (heap_.size() < k_) {
       heap_.emplace_back(d, label);
       std::push_heap(heap_.begin(), heap_.end());
-    } else if (d < heap_.front().first) {
+    } else if (std::make_pair(d, label) < heap_.front()) {
       std::pop_heap(heap_.begin(), heap_.end());
       heap_.back() = {d, label};
       std::push_heap(heap_.begin(), heap_.end());
@@ -34,8 +36,7 @@ class TopK {
   }
   size_t size() const { return heap_.size(); }
   const std::vector<std::pair<float, uint32_t>>& items() const { return heap_; }
-  // Writes k results nearest first, padding with kLabelNone / +inf. Ties break on the label, so
-  // the output does not depend on insertion order (deterministic across thread counts).
+  // Writes k results nearest first, padding with kLabelNone / +inf; equal distances in label order.
   void write_sorted(uint32_t* labels, float* distances) {
     std::sort(heap_.begin(), heap_.end());
     for (uint32_t i = 0; i < k_; ++i) {

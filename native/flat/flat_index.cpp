@@ -150,7 +150,7 @@ void FlatIndex::search_one_scan(const float* q, const SearchParams& p, int threa
       }
       float worst = top.worst();
       for (size_t i = 0; i < m; ++i) {
-        if (dist[i] < worst) {
+        if (dist[i] <= worst) {  // a tie may still enter on its label
           top.push(dist[i], labels_[r + i]);
           worst = top.worst();
         }
@@ -235,6 +235,8 @@ Status FlatIndex::search(const float* queries, size_t nq, const SearchParams& p,
   }
   const int threads = resolve_threads(p.threads);
   std::shared_lock<std::shared_mutex> lock(mu_);
+  const size_t rows = p.filter ? std::min(p.filter->count(), labels_.size()) : labels_.size();
+  QV_RETURN_IF_ERROR(check_terms(p, uint64_t{rows} * dim_));
   if (p.filter) {
     std::vector<uint32_t> slots;
     slots.reserve(p.filter->count());

@@ -225,8 +225,16 @@ Status HnswIndex::search(const float* queries, size_t nq, const SearchParams& pa
   if (nq == 0 || entry_slot(entry_packed()) == kNone) return Status::ok();
   const Filter* f = params.filter;
   if (f != nullptr && f->count() == 0) return Status::ok();
-  const bool exact_filter =
-      f != nullptr && static_cast<double>(f->count()) < kExactFilterShare * static_cast<double>(size());
+  const size_t live = size();
+  const bool exact_filter = f != nullptr && static_cast<double>(f->count()) < kExactFilterShare * static_cast<double>(live);
+  if (params.terms_max != 0) {
+    // Nodes measured: about ef expansions of up to 2m links each, stretched by 1 / (the filter's
+    // share of the points) while the walk looks for allowed ones, and never more than every point.
+    const uint64_t walk = uint64_t{ef} * m0_;
+    const uint64_t allowed = f == nullptr ? live : std::min<uint64_t>(f->count(), live);
+    const uint64_t nodes = exact_filter ? allowed : std::min<uint64_t>(live, allowed == 0 ? live : walk * live / allowed);
+    QV_RETURN_IF_ERROR(check_terms(params, nodes * dim_));
+  }
   const int threads = resolve_threads(params.threads);
   const size_t grain = std::max<size_t>(1, nq / (static_cast<size_t>(threads) * 8));
   parallel_for(nq, threads, grain, [&](size_t b, size_t e, int) {

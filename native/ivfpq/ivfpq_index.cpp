@@ -493,6 +493,21 @@ Status IvfPqIndex::search(const float* queries, size_t nq, const SearchParams& p
   const int threads = resolve_threads(params.threads);
   const size_t k = params.k;
   std::shared_lock<std::shared_mutex> lock(mu_);
+  if (params.terms_max != 0) {
+    // Per query: the coarse distances, the inner-product table, then per list scanned its table
+    // (l2, cosine) and a look-up per code byte, then the exact re-rank. The scan takes nprobe lists
+    // of the average length, or more until refine x k candidates (all allowed ones, at the filter's
+    // share of the points) are found.
+    const uint64_t live = where_.size(), nlist = p_.nlist, m = p_.m;
+    const uint64_t avg = std::max<uint64_t>(1, (live + nlist - 1) / nlist);
+    const uint64_t want = uint64_t{std::max<uint32_t>(refine, 1)} * k;
+    const uint64_t allowed = params.filter == nullptr ? live : std::min<uint64_t>(params.filter->count(), live);
+    const uint64_t entries = std::min(live, std::max(uint64_t{nprobe} * avg, allowed == 0 ? live : want * live / allowed));
+    const uint64_t lists = std::min(nlist, std::max<uint64_t>(nprobe, (entries + avg - 1) / avg));
+    const uint64_t terms = nlist * dim_ + kCodebookSize * dpad_ + (metric_ != Metric::IP ? lists * kCodebookSize * m : 0) +
+                           entries * m + (refine > 0 ? std::min(want, entries) * dim_ : 0);
+    QV_RETURN_IF_ERROR(check_terms(params, terms));
+  }
   parallel_for(nq, threads, kQueryChunk, [&](size_t b, size_t e, int) {
     QueryScratch s;
     const size_t m = p_.m;

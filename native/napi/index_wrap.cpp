@@ -201,13 +201,27 @@ class TrainWorker : public PromiseWorker {
   bool has_tsfn_ = false;
 };
 
+// k, ef, nprobe, refine of a search call (info[1..4]); 0 (refine: -1) = index default.
+SearchParams search_params(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  SearchParams p;
+  p.k = to_u32(env, info[1], "k");
+  p.ef = to_u32(env, info[2], "ef");
+  p.nprobe = to_u32(env, info[3], "nprobe");
+  double refine = info[4].IsNumber() ? info[4].As<Napi::Number>().DoubleValue() : -1;
+  p.refine = refine < 0 ? 0 : static_cast<uint32_t>(refine);
+  p.refine_set = refine >= 0;
+  return p;
+}
+
 }  // namespace
 
 Napi::Function NativeIndex::Init(Napi::Env env) {
   Napi::Function cls = DefineClass(
       env, "NativeIndex",
       {InstanceMethod("add", &NativeIndex::Add), InstanceMethod("remove", &NativeIndex::Remove),
-       InstanceMethod("search", &NativeIndex::Search), InstanceMethod("train", &NativeIndex::Train),
+       InstanceMethod("search", &NativeIndex::Search), InstanceMethod("searchSync", &NativeIndex::SearchSync),
+       InstanceMethod("train", &NativeIndex::Train),
        InstanceMethod("serialize", &NativeIndex::Serialize), InstanceMethod("getVectors", &NativeIndex::GetVectors),
        StaticMethod("deserialize", &NativeIndex::Deserialize), InstanceAccessor("size", &NativeIndex::GetSize, nullptr),
        InstanceAccessor("dim", &NativeIndex::GetDim, nullptr), InstanceAccessor("metric", &NativeIndex::GetMetric, nullptr),
@@ -272,17 +286,11 @@ Napi::Value NativeIndex::Remove(const Napi::CallbackInfo& info) {
   return queue(new RemoveWorker(env, index_, std::move(labels)));
 }
 
-// search(queries, k, ef, nprobe, refine, threads, filter|null); 0 (refine: -1) = index default.
+// search(queries, k, ef, nprobe, refine, threads, filter|null)
 Napi::Value NativeIndex::Search(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto queries = copy_typed<float>(env, info[0], napi_float32_array, "queries");
-  SearchParams p;
-  p.k = to_u32(env, info[1], "k");
-  p.ef = to_u32(env, info[2], "ef");
-  p.nprobe = to_u32(env, info[3], "nprobe");
-  double refine = info[4].IsNumber() ? info[4].As<Napi::Number>().DoubleValue() : -1;
-  p.refine = refine < 0 ? 0 : static_cast<uint32_t>(refine);
-  p.refine_set = refine >= 0;
+  SearchParams p = search_params(info);
   p.threads = static_cast<int>(to_u32(env, info[5], "threads"));
   bool has_filter = !info[6].IsNull() && !info[6].IsUndefined();
   std::vector<uint32_t> filter;
@@ -295,6 +303,42 @@ Napi::Value NativeIndex::Search(const Napi::CallbackInfo& info) {
     lane_count_fallback();
   }
   return queue(new TaskWorker(env, std::move(task)));
+}
+
+// searchSync(query, k, ef, nprobe, refine, filter|null): one query, run here on the calling thread
+// (the event loop) by the same Index::search as search(), on one thread, and refused
+// (RESOURCE_EXHAUSTED) before any work when the index estimates it above kSearchSyncTermsMax. The
+// typed arrays are read in place: no JavaScript runs until this returns.
+Napi::Value NativeIndex::SearchSync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+    throw_invalid(env, "query has the wrong type");
+  auto query = info[0].As<Napi::Float32Array>();
+  if (query.ElementLength() != index_->dim())
+    throw_invalid(env, "searchSync takes one query of " + std::to_string(index_->dim()) + " floats, got " +
+                           std::to_string(query.ElementLength()));
+  SearchParams p = search_params(info);
+  p.threads = 1;
+  p.terms_max = kSearchSyncTermsMax;
+  Status st = check_k(p.k);
+  if (!st.is_ok()) throw_status(env, st);
+  Filter filter;
+  if (!info[5].IsNull() && !info[5].IsUndefined()) {
+    if (!info[5].IsTypedArray() || info[5].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array)
+      throw_invalid(env, "filter has the wrong type");
+    auto f = info[5].As<Napi::Uint32Array>();
+    filter = Filter(f.Data(), f.ElementLength());
+    p.filter = &filter;
+  }
+  std::vector<uint32_t> labels(p.k);
+  std::vector<float> distances(p.k);
+  try {
+    st = index_->search(query.Data(), 1, p, labels.data(), distances.data());
+  } catch (const std::bad_alloc&) {
+    st = resource_exhausted("out of memory in a search");
+  }
+  if (!st.is_ok()) throw_status(env, st);
+  return search_results(env, labels, distances);
 }
 
 Napi::Value NativeIndex::Train(const Napi::CallbackInfo& info) {

@@ -23,6 +23,7 @@ class NativeIndex : public Napi::ObjectWrap<NativeIndex> {
   Napi::Value Add(const Napi::CallbackInfo& info);
   Napi::Value Remove(const Napi::CallbackInfo& info);
   Napi::Value Search(const Napi::CallbackInfo& info);
+  Napi::Value SearchSync(const Napi::CallbackInfo& info);
   Napi::Value Train(const Napi::CallbackInfo& info);
   Napi::Value Serialize(const Napi::CallbackInfo& info);
   Napi::Value GetVectors(const Napi::CallbackInfo& info);

@@ -38,6 +38,9 @@ export interface SearchOptions {
   threads?: number;
 }
 
+/** searchSync() runs on the calling thread: it takes no `threads`. */
+export type SearchSyncOptions = Omit<SearchOptions, 'threads'>;
+
 export interface AddOptions {
   threads?: number;
 }
@@ -72,6 +75,17 @@ function requireInt(v: unknown, what: string, lo: number, hi: number): number {
 
 function optInt(v: unknown, what: string, lo: number, hi: number): number {
   return v === undefined ? 0 : requireInt(v, what, lo, hi);
+}
+
+/** k and the options search and searchSync share, checked, as the addon takes them (0, refine -1: the index's default). */
+function searchOptions(k: number, opts: SearchSyncOptions): { ef: number; nprobe: number; refine: number; filter: Uint32Array | null } {
+  requireInt(k, 'k', 1, topKMax);
+  return {
+    filter: opts.filter === undefined ? null : requireU32(opts.filter, 'filter'),
+    ef: optInt(opts.ef, 'ef', 1, 65536),
+    nprobe: optInt(opts.nprobe, 'nprobe', 1, 1 << 20),
+    refine: opts.refine === undefined ? -1 : requireInt(opts.refine, 'refine', 0, 1024),
+  };
 }
 
 /** The common face of FlatIndex, HnswIndex and IvfPqIndex. */
@@ -128,22 +142,33 @@ export abstract class VectorIndex {
     // argument still rejects, as it would from an async function.
     try {
       requireF32(queries, 'queries');
-      requireInt(k, 'k', 1, topKMax);
+      const { ef, nprobe, refine, filter } = searchOptions(k, opts);
       if (queries.length === 0 || queries.length % this.dim !== 0) {
         throw new QuiverError(
           'INVALID_ARGUMENT',
           `queries has ${queries.length} floats, not a positive multiple of dimension ${this.dim}`,
         );
       }
-      const filter = opts.filter === undefined ? null : requireU32(opts.filter, 'filter');
-      const ef = optInt(opts.ef, 'ef', 1, 65536);
-      const nprobe = optInt(opts.nprobe, 'nprobe', 1, 1 << 20);
-      const refine = opts.refine === undefined ? -1 : requireInt(opts.refine, 'refine', 0, 1024);
       const threads = optInt(opts.threads, 'threads', 1, 1024);
       return this.native.search(queries, k, ef, nprobe, refine, threads, filter) as Promise<SearchResult>;
     } catch (e) {
       return Promise.reject(e);
     }
+  }
+
+  /**
+   * k-NN for one query (Float32Array(dim)), answered synchronously on the calling thread: the same
+   * answer as `search` (labels and distances bit for bit) without the hop off the event loop,
+   * which costs more than a small search itself. Bounded: an index estimating the query's work
+   * above searchSyncTermsMax refuses it with RESOURCE_EXHAUSTED (use `search`); see docs/API.md.
+   */
+  searchSync(query: Float32Array, k: number, opts: SearchSyncOptions = {}): SearchResult {
+    requireF32(query, 'query');
+    const { ef, nprobe, refine, filter } = searchOptions(k, opts);
+    if (query.length !== this.dim) {
+      throw new QuiverError('INVALID_ARGUMENT', `query has ${query.length} floats; searchSync takes one query of dimension ${this.dim}`);
+    }
+    return this.native.searchSync(query, k, ef, nprobe, refine, filter) as SearchResult;
   }
 
   /** Stored vectors of the given labels, row-major; NOT_FOUND if one is absent. */
