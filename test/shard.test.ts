@@ -7,6 +7,7 @@ import { HnswIndex } from '../src/native';
 import { PointStore, Shard, ShardOptions, listSnapshots } from '../src/shard';
 import { addon, allocRows, tuneAllocatorForServer } from '../src/native/addon';
 import { rowsPerChunk } from '../src/shard/store';
+import { expectCode } from './helpers';
 
 const DIM = 6;
 let dir: string;
@@ -107,24 +108,30 @@ describe('Shard', () => {
     const [x, y] = await Promise.all([s.upsert(batch(['a', 'b'], 1), 'k1'), s.upsert(batch(['a', 'b'], 1), 'k1')]);
     expect(x).toEqual(y);
     const last = s.status().lastLsn;
-    const again = await s.upsert(batch(['a', 'b', 'c'], 9), 'k1');
-    expect(again).toEqual(x);
+    expect(await s.upsert(batch(['a', 'b'], 1), 'k1')).toEqual(x);
     expect(s.status().lastLsn).toBe(last);
     const del1 = await s.delete(['a'], 'k2');
     const del2 = await s.delete(['a'], 'k2');
     expect(del2).toEqual(del1);
     expect(del1.answer).toBe(1);
+    // A key stands for one request: another one under it is refused and writes nothing.
+    await expectCode(s.upsert(batch(['a', 'b', 'c'], 9), 'k1'), 'FAILED_PRECONDITION');
+    await expectCode(s.delete(['a'], 'k1'), 'FAILED_PRECONDITION');
+    await expectCode(s.upsert(batch(['a'], 1), 'k2'), 'FAILED_PRECONDITION');
+    expect(s.status().lastLsn).toBe(last + 1);
     await s.close({ snapshot: false });
     // After WAL replay.
     s = await Shard.open(opts());
-    expect(await s.upsert(batch(['q'], 5), 'k1')).toEqual(x);
+    expect(await s.upsert(batch(['a', 'b'], 1), 'k1')).toEqual(x);
+    await expectCode(s.upsert(batch(['q'], 5), 'k1'), 'FAILED_PRECONDITION');
     expect(await s.delete(['a'], 'k2')).toEqual(del1);
     expect(s.count).toBe(1);
     await s.close();
     // After recovery from the snapshot written at close.
     s = await Shard.open(opts());
     expect(s.status().snapshotLsn).toBeGreaterThan(0);
-    expect(await s.upsert(batch(['q'], 5), 'k1')).toEqual(x);
+    expect(await s.upsert(batch(['a', 'b'], 1), 'k1')).toEqual(x);
+    await expectCode(s.upsert(batch(['q'], 5), 'k1'), 'FAILED_PRECONDITION');
     expect(s.count).toBe(1);
     await s.close({ snapshot: false });
   });
