@@ -436,7 +436,10 @@ export class LocalDatabase implements Database {
       if (!/^\d+$/.test(s) || shard >= c.spec.shards) throw new QuiverError('INVALID_ARGUMENT', `token names shard "${s}"; the collection has shards 0..${c.spec.shards - 1}`);
       if (typeof lsn !== 'number' || !Number.isSafeInteger(lsn) || lsn < 0) throw new QuiverError('INVALID_ARGUMENT', `token["${s}"] must be a whole number >= 0`);
       if (lsn > c.shards[shard].status().appliedLsn) {
-        throw new QuiverError('FAILED_PRECONDITION', `token LSN ${lsn} of shard ${s} is ahead of this node's log`);
+        throw new QuiverError(
+          'FAILED_PRECONDITION',
+          `token["${s}"] is ${lsn}, past the last write this node has applied to shard ${s} (${c.shards[shard].status().appliedLsn}): the token comes from another node or data directory`,
+        );
       }
     }
   }

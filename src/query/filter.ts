@@ -33,8 +33,8 @@ function fieldOf(payload: Payload | undefined, field: string): unknown {
 export function compileFilter(filter: unknown): Predicate {
   let nodes = 0;
   const walk = (f: unknown, depth: number, path: string): Predicate => {
-    if (++nodes > filterNodesMax) throw bad(path, `more than ${filterNodesMax} nodes`);
-    if (depth > filterDepthMax) throw bad(path, `deeper than ${filterDepthMax}`);
+    if (++nodes > filterNodesMax) throw bad(path, `more than ${filterNodesMax} conditions in all (filterNodesMax)`);
+    if (depth > filterDepthMax) throw bad(path, `nests deeper than ${filterDepthMax} (filterDepthMax)`);
     if (f === null || typeof f !== 'object' || Array.isArray(f)) throw bad(path, 'must be an object');
     const o = f as Record<string, unknown>;
     const only = (allowed: string[]): void => checkFields(o, allowed, `filter${path}`);
@@ -69,7 +69,7 @@ export function compileFilter(filter: unknown): Predicate {
       const list = o.in;
       if (!Array.isArray(list)) throw bad(`${path}.in`, 'must be an array');
       nodes += list.length;
-      if (nodes > filterNodesMax) throw bad(path, `more than ${filterNodesMax} nodes`);
+      if (nodes > filterNodesMax) throw bad(path, `more than ${filterNodesMax} conditions in all (filterNodesMax)`);
       for (const v of list) if (!isScalar(v)) throw bad(`${path}.in`, 'values must be strings, finite numbers or booleans');
       const set = new Set<unknown>(list);
       return (p) => {

@@ -262,7 +262,7 @@ export class HttpApi {
         return { route, params };
       }
     }
-    throw new QuiverError('NOT_FOUND', `no route ${path}`);
+    throw new QuiverError('NOT_FOUND', `nothing is served at ${path} (the API is under /v1: see docs/API.md)`);
   }
 }
 
