@@ -9,7 +9,10 @@
 import * as net from 'net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QuiverClient } from '../src/client';
-import { answerBytesMax, payloadBytesMax, payloadDepthMax, searchBatchMax } from '../src/common/limits';
+import { answerBytesMax, payloadBytesMax, payloadDepthMax, requestBytesMax, searchBatchMax } from '../src/common/limits';
+import type { QuiverError } from '../src/errors';
+import { GrpcChannel, UnaryMethod } from '../src/rpc/grpc-client';
+import { quiverMethods } from '../src/rpc/proto';
 import { LocalDatabase, openDatabase, shardOf } from '../src/query';
 import { Metrics, RunningServer, Service, startServer } from '../src/server';
 import type { RwLock } from '../src/shard/lock';
@@ -109,6 +112,40 @@ describe('search batches', () => {
     const body = `{"k":1,"vectors":[${Array.from({ length: 300_000 }, () => '[]').join(',')}]}`;
     const [hostile] = await Promise.all([httpJson(base, 'POST', '/v1/collections/ok/search', body), wellBehaved(), wellBehaved()]);
     expectHttpError(hostile, 400, 'INVALID_ARGUMENT');
+    await wellBehaved();
+  });
+
+  it('over gRPC the vectors are counted before the message is decoded (2,000,000 empty ones, 4 MB), under either server', async () => {
+    const n = 2_000_000;
+    const msg = Buffer.alloc(4 + 2 * n + 4);
+    msg.set([0x0a, 2, 0x6f, 0x6b]); // collection "ok"
+    for (let i = 0; i < n; i++) msg[4 + 2 * i] = 0x12; // vectors: an empty Vector
+    msg.set([0x1a, 2, 0x08, 1], 4 + 2 * n); // options: k 1
+    const channel = new GrpcChannel(server.grpcAddress, requestBytesMax);
+    const method = quiverMethods().SearchBatch as unknown as UnaryMethod;
+    try {
+      const [hostile] = await Promise.allSettled([channel.unary(method, {}, Date.now() + 60_000, msg), wellBehaved()]);
+      expect(hostile.status).toBe('rejected');
+      const e = (hostile as PromiseRejectedResult).reason as QuiverError;
+      expect(e.code).toBe('INVALID_ARGUMENT');
+      expect(e.message).toContain('searchBatchMax');
+    } finally {
+      channel.close();
+    }
+    const viaGrpcJs = await startServer({ db, grpc: '127.0.0.1:0', http: '127.0.0.1:0', grpcImpl: 'grpc-js', log: { error: () => {} } });
+    try {
+      const raw = await rawCall(viaGrpcJs.grpcAddress, 'SearchBatch', {
+        collection: 'ok',
+        vectors: Array.from({ length: searchBatchMax + 1 }, () => ({ values: [1, 2, 3, 4] })),
+        options: { k: 1 },
+      });
+      expect(raw.quiverCode).toBe('INVALID_ARGUMENT');
+      expect(raw.details).toContain('searchBatchMax');
+      const ok = await rawCall(viaGrpcJs.grpcAddress, 'SearchBatch', { collection: 'ok', vectors: [{ values: Array.from(vec(2, DIM)) }], options: { k: 1 } });
+      expect(ok.res.batches[0].hits[0].id).toBe('p2');
+    } finally {
+      await viaGrpcJs.close();
+    }
     await wellBehaved();
   });
 });

@@ -405,10 +405,10 @@ export function checkIdempotencyKey(key: unknown): string {
   return key;
 }
 
-/** Queries in one search, checked before any of them is looked at. */
-export function checkQueryCount(n: number): void {
+/** Queries in one search, checked before any of them is looked at (`atLeast`: counting stopped at n). */
+export function checkQueryCount(n: number, atLeast = false): void {
   if (n < 1) throw invalid('a search needs at least one query vector');
-  if (n > searchBatchMax) throw invalid(`${n} query vectors; the limit is ${searchBatchMax} per search (searchBatchMax)`);
+  if (n > searchBatchMax) throw invalid(`${atLeast ? 'at least ' : ''}${n} query vectors; the limit is ${searchBatchMax} per search (searchBatchMax)`);
 }
 
 /** nq query vectors, row-major: the count, the dimension and (once per request) finiteness. */

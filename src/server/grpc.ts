@@ -5,11 +5,13 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { invalidArgument } from '../errors';
-import { defaultDeadlineMs } from '../common/limits';
+import { defaultDeadlineMs, searchBatchMax } from '../common/limits';
 import { stringifyJson } from '../common/json';
-import { checkColumnFloats, checkPointCount } from '../query/validate';
+import { checkColumnFloats, checkPointCount, checkQueryCount } from '../query/validate';
 import type { CollectionInfo, CollectionSpecInput, IndexSpec, Point, SearchHit, SearchRequest, WriteToken } from '../query/types';
 import { GRPC_STATUS_OF, QUIVER_CODE_KEY, WireVector, quiverMethods, vectorToBytes } from '../rpc/proto';
+import { Reader } from '../rpc/search-codec';
+import { WIRE } from '../rpc/wire';
 import type { Op, Service } from './service';
 import { asQuiverError, gatherQueries, parseJsonField } from './validate';
 import { clusterJson } from './status-page';
@@ -246,6 +248,7 @@ export function grpcHandlers(svc: Service): Record<string, GrpcHandler> {
       return { hits: (hits[0] ?? []).map((h) => hitToWire(h, asFloats)) };
     }),
     SearchBatch: unary('SearchBatch', async (r) => {
+      if (r.vectorsOverLimit) checkQueryCount(searchBatchMax + 1, true);
       const hits = await db.search(r.collection, searchRequest(wireQueries(r.vectors ?? [], db.dimOf(r.collection), false), r.options));
       const asFloats = !!r.options?.floatVectors;
       return { batches: hits.map((list) => ({ hits: list.map((h) => hitToWire(h, asFloats)) })) };
@@ -255,8 +258,36 @@ export function grpcHandlers(svc: Service): Record<string, GrpcHandler> {
   };
 }
 
+/** SearchBatchRequest's field of query vectors (proto/quiver.proto), as its tag: field 2, length-delimited. */
+const SEARCH_BATCH_VECTORS_TAG = (2 << 3) | WIRE.LEN;
+
+/**
+ * SearchBatch's query vectors are counted in the message before it is decoded: decoding builds an
+ * object per vector, so a message of millions of empty ones (2 bytes each) would take gigabytes.
+ * Past searchBatchMax the request is not decoded; the handler refuses it (INVALID_ARGUMENT, over
+ * either gRPC server: a decoder that throws is INTERNAL under grpc-js).
+ */
+function countingQueries(decode: (b: Buffer) => Msg): (b: Buffer) => Msg {
+  return (b) => {
+    const r = new Reader(b, 0, b.length);
+    let n = 0;
+    while (r.more()) {
+      const tag = r.varint();
+      if (tag === SEARCH_BATCH_VECTORS_TAG && ++n > searchBatchMax) return { vectorsOverLimit: true };
+      r.skip(tag % 8);
+    }
+    return decode(b);
+  };
+}
+
+let serverMethods: grpc.ServiceDefinition | undefined;
+
+/** The service's methods as the servers decode them (SearchBatch counts its queries first). */
 export function grpcServiceDefinition(): grpc.ServiceDefinition {
-  return quiverMethods();
+  if (serverMethods) return serverMethods;
+  const def = quiverMethods();
+  serverMethods = { ...def, SearchBatch: { ...def.SearchBatch, requestDeserialize: countingQueries(def.SearchBatch.requestDeserialize) } };
+  return serverMethods;
 }
 
 /** The handlers in @grpc/grpc-js's form (`--grpc-impl grpc-js`). */
