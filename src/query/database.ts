@@ -14,7 +14,7 @@ import * as path from 'path';
 import { QuiverError } from '../errors';
 import { efMax } from '../common/limits';
 import { Shard, requestHash } from '../shard';
-import type { ShardHit, ShardOptions } from '../shard';
+import type { ShardHit, ShardOptions, UpsertOp } from '../shard';
 import { CatalogEntry, readCatalog, writeCatalog } from './catalog';
 import { compileFilter } from './filter';
 import { shardOf } from './hash';
@@ -275,10 +275,12 @@ export class LocalDatabase implements Database {
 
   async upsert(name: string, points: PointInput[], opts: WriteOptions = {}): Promise<{ upserted: number; token: WriteToken }> {
     const c = this.coll(name);
-    const checked = checkPoints(points, c.spec.dim);
-    const key = checkIdempotencyKey(isPlainObject(opts) ? opts.idempotencyKey : undefined);
-    const hash = key === '' ? undefined : requestHash('upsert', c.spec.name, checked.ids, checked.payloadJson, checked.vectors);
-    return this.upsertChecked(c, checked.ids, checked.payloadJson, key, hash, opts.signal, (i) => checked.vectors[i]);
+    const { dim } = c.spec;
+    const checked = checkPoints(points, dim);
+    // One row-major array, as upsertColumns takes (a one-shard batch then needs no other copy).
+    const vectors = new Float32Array(checked.ids.length * dim);
+    checked.vectors.forEach((v, i) => vectors.set(v, i * dim));
+    return this.upsertChecked(c, { ids: checked.ids, vectors, payloadJson: checked.payloadJson }, opts);
   }
 
   /**
@@ -288,12 +290,7 @@ export class LocalDatabase implements Database {
    */
   async upsertColumns(name: string, batch: UpsertColumns, opts: WriteOptions = {}): Promise<{ upserted: number; token: WriteToken }> {
     const c = this.coll(name);
-    const { dim } = c.spec;
-    const checked = checkColumns(batch, dim);
-    const key = checkIdempotencyKey(isPlainObject(opts) ? opts.idempotencyKey : undefined);
-    const v = checked.vectors;
-    const hash = key === '' ? undefined : requestHash('upsert', c.spec.name, checked.ids, checked.payloadJson, v);
-    return this.upsertChecked(c, checked.ids, checked.payloadJson, key, hash, opts.signal, (i) => v.subarray(i * dim, (i + 1) * dim), v);
+    return this.upsertChecked(c, checkColumns(batch, c.spec.dim), opts);
   }
 
   /**
@@ -307,18 +304,12 @@ export class LocalDatabase implements Database {
     signal?.throwIfAborted();
   }
 
-  /** Splits a checked batch by shard; `whole` (all rows, in order, owned) spares the copy when one shard takes all. */
-  private async upsertChecked(
-    c: Collection,
-    ids: string[],
-    payloadJson: string[],
-    key: string,
-    hash: Buffer | undefined,
-    signal: AbortSignal | undefined,
-    row: (i: number) => Float32Array,
-    whole?: Float32Array,
-  ): Promise<{ upserted: number; token: WriteToken }> {
-    LocalDatabase.admit(c, key, hash, signal);
+  /** Splits a checked batch by shard; one shard taking every point gets `vectors` itself, without a copy. */
+  private async upsertChecked(c: Collection, batch: UpsertOp, opts: WriteOptions): Promise<{ upserted: number; token: WriteToken }> {
+    const { ids, vectors: whole, payloadJson } = batch;
+    const key = checkIdempotencyKey(isPlainObject(opts) ? opts.idempotencyKey : undefined);
+    const hash = key === '' ? undefined : requestHash('upsert', c.spec.name, ids, payloadJson, whole);
+    LocalDatabase.admit(c, key, hash, opts.signal);
     const { dim, shards } = c.spec;
     const groups = new Map<number, number[]>();
     ids.forEach((id, i) => {
@@ -332,11 +323,11 @@ export class LocalDatabase implements Database {
     await Promise.all(
       [...groups].map(async ([s, idx]) => {
         let vectors: Float32Array;
-        if (whole && idx.length === ids.length) {
+        if (idx.length === ids.length) {
           vectors = whole; // every point, in order (indexes were pushed ascending)
         } else {
           vectors = new Float32Array(idx.length * dim);
-          idx.forEach((i, j) => vectors.set(row(i), j * dim));
+          idx.forEach((i, j) => vectors.set(whole.subarray(i * dim, (i + 1) * dim), j * dim));
         }
         const r = await c.shards[s].upsert(
           { ids: groups.size === 1 ? ids : idx.map((i) => ids[i]), vectors, payloadJson: groups.size === 1 ? payloadJson : idx.map((i) => payloadJson[i]) },
@@ -435,10 +426,11 @@ export class LocalDatabase implements Database {
       const shard = Number(s);
       if (!/^\d+$/.test(s) || shard >= c.spec.shards) throw new QuiverError('INVALID_ARGUMENT', `token names shard "${s}"; the collection has shards 0..${c.spec.shards - 1}`);
       if (typeof lsn !== 'number' || !Number.isSafeInteger(lsn) || lsn < 0) throw new QuiverError('INVALID_ARGUMENT', `token["${s}"] must be a whole number >= 0`);
-      if (lsn > c.shards[shard].status().appliedLsn) {
+      const applied = c.shards[shard].status().appliedLsn;
+      if (lsn > applied) {
         throw new QuiverError(
           'FAILED_PRECONDITION',
-          `token["${s}"] is ${lsn}, past the last write this node has applied to shard ${s} (${c.shards[shard].status().appliedLsn}): the token comes from another node or data directory`,
+          `token["${s}"] is ${lsn}, past the last write this node has applied to shard ${s} (${applied}): the token comes from another node or data directory`,
         );
       }
     }

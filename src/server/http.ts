@@ -322,8 +322,8 @@ function readJsonBody(req: http.IncomingMessage, signal?: AbortSignal): Promise<
 
 /**
  * The JSON of a get or search answer, piece by piece: `{"<key>": [..]}`, or with `batched`
- * `{"<key>": [[..], ..]}`; a point is `{id, distance?, vector?, payload?}` in that order of
- * get answers (id, vector, payload) and search answers (id, distance, payload, vector).
+ * `{"<key>": [[..], ..]}`. A point reads as get answers it (id, vector, payload), a hit as search
+ * answers it (id, distance, payload, vector).
  */
 function* answerPieces(key: string, lists: (Point | SearchHit)[][], batched: boolean): Generator<string> {
   yield `{"${key}":`;

