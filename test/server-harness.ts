@@ -2,10 +2,12 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
+import * as grpc from '@grpc/grpc-js';
 import { afterAll } from 'vitest';
 import { openDatabase } from '../src/query';
 import type { Database } from '../src/query/types';
 import { Metrics, RunningServer, startServer } from '../src/server';
+import { QUIVER_CODE_KEY, quiverService } from '../src/rpc/proto';
 
 export interface Harness {
   dir: string;
@@ -72,4 +74,23 @@ export function vec(i: number, dim: number): Float32Array {
   const v = new Float32Array(dim);
   for (let j = 0; j < dim; j++) v[j] = ((i * 31 + j * 7) % 17) / 17 + i * 0.01;
   return v;
+}
+
+/** A bare generated stub, for requests the typed client would never send (raw floats, bad JSON). */
+export function rawCall(
+  address: string,
+  method: string,
+  req: unknown,
+  // No deadline by default: the answer is the event waited for (a fixed one failed a 64 MiB call on a busy machine).
+  deadline?: number,
+): Promise<{ code: number; quiverCode?: string; details?: string; res?: any }> {
+  const Ctor = quiverService();
+  const stub = new Ctor(address, grpc.credentials.createInsecure()) as any;
+  return new Promise((resolve) => {
+    stub[method](req, deadline === undefined ? {} : { deadline }, (err: grpc.ServiceError | null, res: unknown) => {
+      stub.close();
+      if (err) resolve({ code: err.code, quiverCode: err.metadata.get(QUIVER_CODE_KEY)[0] as string, details: err.details });
+      else resolve({ code: 0, res });
+    });
+  });
 }

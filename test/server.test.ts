@@ -7,10 +7,9 @@ import * as http from 'http';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QuiverClient } from '../src/client';
-import { QUIVER_CODE_KEY, quiverService } from '../src/rpc/proto';
 import { batchPointsMax, idBytesMax, payloadBytesMax, requestBytesMax, topKMax } from '../src/common/limits';
 import { Metrics, Service } from '../src/server';
-import { Harness, httpJson, startHarness, vec } from './server-harness';
+import { Harness, httpJson, rawCall, startHarness, vec } from './server-harness';
 import { expectCode } from './helpers';
 
 const DIM = 4;
@@ -19,20 +18,6 @@ function expectHttpError(a: { status: number; body: any }, status: number, code:
   expect(a.status).toBe(status);
   expect(a.body?.error?.code).toBe(code);
   expect(typeof a.body?.error?.message).toBe('string');
-}
-
-/** A bare generated stub, for requests the typed client would never send (raw floats, bad JSON). */
-function rawCall(address: string, method: string, req: unknown): Promise<{ code: number; quiverCode?: string; res?: any }> {
-  const Ctor = quiverService();
-  const stub = new Ctor(address, grpc.credentials.createInsecure()) as any;
-  return new Promise((resolve) => {
-    // No deadline: the answer is the event waited for (a fixed one failed a 64 MiB call on a busy machine).
-    stub[method](req, (err: grpc.ServiceError | null, res: unknown) => {
-      stub.close();
-      if (err) resolve({ code: err.code, quiverCode: err.metadata.get(QUIVER_CODE_KEY)[0] as string });
-      else resolve({ code: 0, res });
-    });
-  });
 }
 
 let h: Harness;

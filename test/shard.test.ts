@@ -3,9 +3,13 @@ import * as os from 'os';
 import * as path from 'path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { QuiverError } from '../src/errors';
-import { PointStore, Shard, ShardOptions, listSnapshots } from '../src/shard';
+import { HnswIndex } from '../src/native';
+import { PointStore, Shard, ShardOptions, encodeUpsert, listSnapshots } from '../src/shard';
+import { EntryType } from '../src/wal';
+import { crc32c } from '../src/wal/crc32c';
 import { addon, allocRows, tuneAllocatorForServer } from '../src/native/addon';
 import { rowsPerChunk } from '../src/shard/store';
+import { expectCode } from './helpers';
 
 const DIM = 6;
 let dir: string;
@@ -106,25 +110,64 @@ describe('Shard', () => {
     const [x, y] = await Promise.all([s.upsert(batch(['a', 'b'], 1), 'k1'), s.upsert(batch(['a', 'b'], 1), 'k1')]);
     expect(x).toEqual(y);
     const last = s.status().lastLsn;
-    const again = await s.upsert(batch(['a', 'b', 'c'], 9), 'k1');
-    expect(again).toEqual(x);
+    expect(await s.upsert(batch(['a', 'b'], 1), 'k1')).toEqual(x);
     expect(s.status().lastLsn).toBe(last);
     const del1 = await s.delete(['a'], 'k2');
     const del2 = await s.delete(['a'], 'k2');
     expect(del2).toEqual(del1);
     expect(del1.answer).toBe(1);
+    // A key stands for one request: another one under it is refused and writes nothing.
+    await expectCode(s.upsert(batch(['a', 'b', 'c'], 9), 'k1'), 'FAILED_PRECONDITION');
+    await expectCode(s.delete(['a'], 'k1'), 'FAILED_PRECONDITION');
+    await expectCode(s.upsert(batch(['a'], 1), 'k2'), 'FAILED_PRECONDITION');
+    expect(s.status().lastLsn).toBe(last + 1);
     await s.close({ snapshot: false });
     // After WAL replay.
     s = await Shard.open(opts());
-    expect(await s.upsert(batch(['q'], 5), 'k1')).toEqual(x);
+    expect(await s.upsert(batch(['a', 'b'], 1), 'k1')).toEqual(x);
+    await expectCode(s.upsert(batch(['q'], 5), 'k1'), 'FAILED_PRECONDITION');
     expect(await s.delete(['a'], 'k2')).toEqual(del1);
     expect(s.count).toBe(1);
     await s.close();
     // After recovery from the snapshot written at close.
     s = await Shard.open(opts());
     expect(s.status().snapshotLsn).toBeGreaterThan(0);
-    expect(await s.upsert(batch(['q'], 5), 'k1')).toEqual(x);
+    expect(await s.upsert(batch(['a', 'b'], 1), 'k1')).toEqual(x);
+    await expectCode(s.upsert(batch(['q'], 5), 'k1'), 'FAILED_PRECONDITION');
     expect(s.count).toBe(1);
+    await s.close({ snapshot: false });
+  });
+
+  it('keys in WAL entries and snapshots written before request hashes were kept answer as they did', async () => {
+    let s = await Shard.open(opts());
+    // An entry as the earlier format wrote it: the key in the envelope, a body without a request header.
+    const old = batch(['a', 'b'], 1);
+    const { lsn } = s.log.append({ epoch: s.status().epoch, type: EntryType.Upsert, key: 'old', body: encodeUpsert(old, DIM) });
+    await s.close({ snapshot: false });
+    s = await Shard.open(opts());
+    expect(s.count).toBe(2);
+    const first = { lsn, answer: 2 };
+    // Any request under such a key gets the first answer, as before; nothing is written.
+    const last = s.status().lastLsn;
+    expect(await s.upsert(batch(['q'], 5), 'old')).toEqual(first);
+    expect(s.status().lastLsn).toBe(last);
+    await s.close();
+    // The snapshot in the earlier layout: no flag bit 1, key records without a hash length.
+    const [snap] = await listSnapshots(opts().snapshotDir);
+    const file = path.join(snap.dir, 'state.bin');
+    const state = await fsp.readFile(file);
+    expect(state.readUInt32LE(36) & 2).toBe(2);
+    // The one key record ('old', no hash) ends the body: its hash length byte is the last before the CRC.
+    expect(state[state.length - 5]).toBe(0);
+    const body = Buffer.from(state.subarray(0, state.length - 5));
+    body.writeUInt32LE(body.readUInt32LE(36) & ~2, 36);
+    const crc = Buffer.alloc(4);
+    crc.writeUInt32LE(crc32c(body), 0);
+    await fsp.writeFile(file, Buffer.concat([body, crc]));
+    s = await Shard.open(opts());
+    expect(s.status().snapshotLsn).toBe(snap.lsn);
+    expect(await s.upsert(batch(['q'], 5), 'old')).toEqual(first);
+    expect(s.count).toBe(2);
     await s.close({ snapshot: false });
   });
 

@@ -1,6 +1,6 @@
 /**
  * Limits of the database layer, checked at the edge (server) and again by the database itself.
- * Every number is documented in README.md ("Limits"); units are in the names.
+ * Every number is documented in docs/API.md ("Limits"); units are in the names.
  */
 export { dimMax, topKMax, efMax } from '../native/limits';
 /** Collection names: 1..64 of [A-Za-z0-9_-], starting with a letter or digit. */
@@ -9,10 +9,20 @@ export const collectionNamePattern = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
 export const idBytesMax = 256;
 /** A payload is a JSON object of at most this many bytes when serialized. */
 export const payloadBytesMax = 64 * 1024;
+/** Nesting of a payload: the object itself is depth 1, a value inside it depth 2, and so on. */
+export const payloadDepthMax = 32;
 /** Points in one upsert, ids in one delete or get. */
 export const batchPointsMax = 10_000;
 /** Bytes of one request body (HTTP) or message (gRPC). */
 export const requestBytesMax = 64 * 1024 * 1024;
+/**
+ * Bytes of one search or get answer, estimated from the request before it runs: for every hit it
+ * can return (queries x min(k, points), or the ids of a get), answerHitBytes plus the longest id
+ * stored, plus dim x 4 with vectors, plus the longest payload stored with payloads.
+ */
+export const answerBytesMax = 64 * 1024 * 1024;
+/** What one hit costs an answer besides its id, vector and payload (distance, framing, its object). */
+export const answerHitBytes = 64;
 /** Queries in one search-batch. */
 export const searchBatchMax = 1024;
 /** Shards per collection (fixed at creation). */
@@ -22,3 +32,7 @@ export const filterDepthMax = 16;
 export const filterNodesMax = 256;
 /** Default deadline of a call when the client gives none. */
 export const defaultDeadlineMs = 30_000;
+/** A longer deadline is taken as this one (a timer holds at most 2^31 - 1 ms). */
+export const deadlineMsMax = 60 * 60 * 1000;
+/** Bytes of an idempotency key. */
+export const idempotencyKeyBytesMax = 128;

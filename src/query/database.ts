@@ -13,12 +13,13 @@ import { promises as fsp } from 'fs';
 import * as path from 'path';
 import { QuiverError } from '../errors';
 import { efMax } from '../common/limits';
-import { Shard } from '../shard';
-import type { ShardHit, ShardOptions } from '../shard';
+import { Shard, requestHash } from '../shard';
+import type { ShardHit, ShardOptions, UpsertOp } from '../shard';
 import { CatalogEntry, readCatalog, writeCatalog } from './catalog';
 import { compileFilter } from './filter';
 import { shardOf } from './hash';
 import type {
+  ChangeOptions,
   ClusterStatus,
   CollectionInfo,
   CollectionSpec,
@@ -31,16 +32,19 @@ import type {
   SearchRequest,
   ShardStatus,
   UpsertColumns,
+  WriteOptions,
   WriteToken,
 } from './types';
 import {
-  CONSISTENCIES,
+  checkAnswerBytes,
+  checkColumns,
+  checkConsistency,
   checkIdempotencyKey,
   checkIds,
   checkK,
   checkName,
+  checkOptBool,
   checkOptInt,
-  checkColumns,
   checkPoints,
   checkSearchShape,
   checkSpec,
@@ -192,6 +196,17 @@ export class LocalDatabase implements Database {
     return count;
   }
 
+  /** The most bytes one point of an answer can take: its id, vector and payload as asked (checkAnswerBytes). */
+  private static pointBytes(c: Collection, withVectors: boolean, withPayload: boolean): number {
+    let id = 0;
+    let payload = 0;
+    for (const s of c.shards) {
+      id = Math.max(id, s.largestIdBytes);
+      payload = Math.max(payload, s.largestPayloadBytes);
+    }
+    return id + (withVectors ? c.spec.dim * 4 : 0) + (withPayload ? payload : 0);
+  }
+
   private info(c: Collection): CollectionInfo {
     // A copy, so callers cannot change the catalog; spec is flat but for the index parameters.
     return { ...c.spec, index: { ...c.spec.index }, count: LocalDatabase.pointCount(c), createdAt: c.createdAt };
@@ -199,7 +214,7 @@ export class LocalDatabase implements Database {
 
   // ---------------------------------------------------------------- collections
 
-  createCollection(input: CollectionSpecInput): Promise<CollectionInfo> {
+  createCollection(input: CollectionSpecInput, opts: ChangeOptions = {}): Promise<CollectionInfo> {
     let spec: CollectionSpec;
     try {
       this.usable();
@@ -210,6 +225,7 @@ export class LocalDatabase implements Database {
     return this.serialize(async () => {
       this.usable();
       if (this.collections.has(spec.name)) throw new QuiverError('ALREADY_EXISTS', `collection "${spec.name}" exists`);
+      opts.signal?.throwIfAborted();
       await fsp.rm(this.walDir(spec.name), { recursive: true, force: true });
       await fsp.rm(this.snapDir(spec.name), { recursive: true, force: true });
       const shards: Shard[] = [];
@@ -228,7 +244,7 @@ export class LocalDatabase implements Database {
     });
   }
 
-  dropCollection(name: string): Promise<void> {
+  dropCollection(name: string, opts: ChangeOptions = {}): Promise<void> {
     try {
       this.coll(name);
     } catch (e) {
@@ -236,6 +252,7 @@ export class LocalDatabase implements Database {
     }
     return this.serialize(async () => {
       const c = this.coll(name);
+      opts.signal?.throwIfAborted();
       const rest = this.catalogEntries().filter((e) => e.spec.name !== name);
       await writeCatalog(this.dataDir, rest);
       this.collections.delete(name);
@@ -256,11 +273,14 @@ export class LocalDatabase implements Database {
 
   // ---------------------------------------------------------------- writes
 
-  async upsert(name: string, points: PointInput[], opts: { idempotencyKey?: string } = {}): Promise<{ upserted: number; token: WriteToken }> {
+  async upsert(name: string, points: PointInput[], opts: WriteOptions = {}): Promise<{ upserted: number; token: WriteToken }> {
     const c = this.coll(name);
-    const checked = checkPoints(points, c.spec.dim);
-    const key = checkIdempotencyKey(isPlainObject(opts) ? opts.idempotencyKey : undefined);
-    return this.upsertChecked(c, checked.ids, checked.payloadJson, key, (i) => checked.vectors[i]);
+    const { dim } = c.spec;
+    const checked = checkPoints(points, dim);
+    // One row-major array, as upsertColumns takes (a one-shard batch then needs no other copy).
+    const vectors = new Float32Array(checked.ids.length * dim);
+    checked.vectors.forEach((v, i) => vectors.set(v, i * dim));
+    return this.upsertChecked(c, { ids: checked.ids, vectors, payloadJson: checked.payloadJson }, opts);
   }
 
   /**
@@ -268,24 +288,28 @@ export class LocalDatabase implements Database {
    * database keeps `vectors` (a one-shard batch goes to the WAL and the index without a copy), so
    * the caller must not change it afterwards.
    */
-  async upsertColumns(name: string, batch: UpsertColumns, opts: { idempotencyKey?: string } = {}): Promise<{ upserted: number; token: WriteToken }> {
+  async upsertColumns(name: string, batch: UpsertColumns, opts: WriteOptions = {}): Promise<{ upserted: number; token: WriteToken }> {
     const c = this.coll(name);
-    const { dim } = c.spec;
-    const checked = checkColumns(batch, dim);
-    const key = checkIdempotencyKey(isPlainObject(opts) ? opts.idempotencyKey : undefined);
-    const v = checked.vectors;
-    return this.upsertChecked(c, checked.ids, checked.payloadJson, key, (i) => v.subarray(i * dim, (i + 1) * dim), v);
+    return this.upsertChecked(c, checkColumns(batch, c.spec.dim), opts);
   }
 
-  /** Splits a checked batch by shard; `whole` (all rows, in order, owned) spares the copy when one shard takes all. */
-  private async upsertChecked(
-    c: Collection,
-    ids: string[],
-    payloadJson: string[],
-    key: string,
-    row: (i: number) => Float32Array,
-    whole?: Float32Array,
-  ): Promise<{ upserted: number; token: WriteToken }> {
+  /**
+   * The last step before a change reaches the shards' logs, run in the same turn as their appends:
+   * the key must not stand for another request on any shard (so a batch split across shards is
+   * refused whole), and the caller's deadline must not have passed. After it the change is written
+   * and its outcome awaited, whatever the deadline.
+   */
+  private static admit(c: Collection, key: string, hash: Buffer | undefined, signal: AbortSignal | undefined): void {
+    if (hash) for (const s of c.shards) s.checkKey(key, hash);
+    signal?.throwIfAborted();
+  }
+
+  /** Splits a checked batch by shard; one shard taking every point gets `vectors` itself, without a copy. */
+  private async upsertChecked(c: Collection, batch: UpsertOp, opts: WriteOptions): Promise<{ upserted: number; token: WriteToken }> {
+    const { ids, vectors: whole, payloadJson } = batch;
+    const key = checkIdempotencyKey(isPlainObject(opts) ? opts.idempotencyKey : undefined);
+    const hash = key === '' ? undefined : requestHash('upsert', c.spec.name, ids, payloadJson, whole);
+    LocalDatabase.admit(c, key, hash, opts.signal);
     const { dim, shards } = c.spec;
     const groups = new Map<number, number[]>();
     ids.forEach((id, i) => {
@@ -299,15 +323,16 @@ export class LocalDatabase implements Database {
     await Promise.all(
       [...groups].map(async ([s, idx]) => {
         let vectors: Float32Array;
-        if (whole && idx.length === ids.length) {
+        if (idx.length === ids.length) {
           vectors = whole; // every point, in order (indexes were pushed ascending)
         } else {
           vectors = new Float32Array(idx.length * dim);
-          idx.forEach((i, j) => vectors.set(row(i), j * dim));
+          idx.forEach((i, j) => vectors.set(whole.subarray(i * dim, (i + 1) * dim), j * dim));
         }
         const r = await c.shards[s].upsert(
           { ids: groups.size === 1 ? ids : idx.map((i) => ids[i]), vectors, payloadJson: groups.size === 1 ? payloadJson : idx.map((i) => payloadJson[i]) },
           key,
+          hash,
         );
         token[String(s)] = r.lsn;
         upserted += r.answer;
@@ -316,10 +341,12 @@ export class LocalDatabase implements Database {
     return { upserted, token };
   }
 
-  async delete(name: string, ids: string[], opts: { idempotencyKey?: string } = {}): Promise<{ deleted: number; token: WriteToken }> {
+  async delete(name: string, ids: string[], opts: WriteOptions = {}): Promise<{ deleted: number; token: WriteToken }> {
     const c = this.coll(name);
     checkIds(ids, true);
     const key = checkIdempotencyKey(isPlainObject(opts) ? opts.idempotencyKey : undefined);
+    const hash = key === '' ? undefined : requestHash('delete', c.spec.name, ids);
+    LocalDatabase.admit(c, key, hash, opts.signal);
     const groups = new Map<number, string[]>();
     for (const id of ids) {
       const s = shardOf(id, c.spec.shards);
@@ -331,7 +358,7 @@ export class LocalDatabase implements Database {
     let deleted = 0;
     await Promise.all(
       [...groups].map(async ([s, g]) => {
-        const r = await c.shards[s].delete(g, key);
+        const r = await c.shards[s].delete(g, key, hash);
         token[String(s)] = r.lsn;
         deleted += r.answer;
       }),
@@ -345,8 +372,9 @@ export class LocalDatabase implements Database {
     const c = this.coll(name);
     checkIds(ids, false);
     const o = isPlainObject(opts) ? opts : {};
-    const withVectors = o.withVectors === true;
-    const withPayload = o.withPayload !== false;
+    const withVectors = checkOptBool(o.withVectors, 'withVectors') ?? false;
+    const withPayload = checkOptBool(o.withPayload, 'withPayload') ?? true;
+    checkAnswerBytes(ids.length, LocalDatabase.pointBytes(c, withVectors, withPayload), 'the answer');
     const out: Point[] = [];
     for (const id of ids) {
       const got = c.shards[shardOf(id, c.spec.shards)].get([id], withVectors, withPayload);
@@ -371,15 +399,16 @@ export class LocalDatabase implements Database {
     const k = checkK(req.k);
     const ef = checkOptInt(req.ef, 'ef', 1, efMax);
     const nprobe = checkOptInt(req.nprobe, 'nprobe', 1, 1 << 20);
-    const predicate = req.filter === undefined ? undefined : compileFilter(req.filter);
-    if (req.consistency !== undefined && !CONSISTENCIES.includes(req.consistency)) {
-      throw new QuiverError('INVALID_ARGUMENT', `consistency must be one of ${CONSISTENCIES.join(', ')}`);
-    }
-    if (req.token !== undefined) this.checkToken(c, req.token);
-    const opts = { ef, nprobe, predicate, withPayload: req.withPayload === true, withVectors: req.withVectors === true };
+    const predicate = req.filter === undefined || req.filter === null ? undefined : compileFilter(req.filter);
+    checkConsistency(req.consistency);
+    if (req.token !== undefined && req.token !== null) this.checkToken(c, req.token);
+    const withPayload = checkOptBool(req.withPayload, 'withPayload') ?? false;
+    const withVectors = checkOptBool(req.withVectors, 'withVectors') ?? false;
+    const nq = vectors.length / c.spec.dim;
+    checkAnswerBytes(nq * Math.min(k, LocalDatabase.pointCount(c)), LocalDatabase.pointBytes(c, withVectors, withPayload), 'the answer');
+    const opts = { ef, nprobe, predicate, withPayload, withVectors };
     // One shard (the default) needs no Promise.all: a one-query search is tens of microseconds.
     const perShard = c.shards.length === 1 ? [await c.shards[0].search(vectors, k, opts)] : await Promise.all(c.shards.map((s) => s.search(vectors, k, opts)));
-    const nq = vectors.length / c.spec.dim;
     const out: SearchHit[][] = [];
     for (let q = 0; q < nq; q++) {
       const all: ShardHit[] = [];
@@ -392,13 +421,17 @@ export class LocalDatabase implements Database {
 
   /** Standalone acknowledges a write after applying it, so a valid token is never ahead of this node. */
   private checkToken(c: Collection, token: unknown): void {
-    if (!isPlainObject(token)) throw new QuiverError('INVALID_ARGUMENT', 'token must be an object {shard: lsn}');
+    if (!isPlainObject(token)) throw new QuiverError('INVALID_ARGUMENT', 'token must be an object {shard: lsn}, as a write answered it');
     for (const [s, lsn] of Object.entries(token)) {
       const shard = Number(s);
-      if (!/^\d+$/.test(s) || shard >= c.spec.shards) throw new QuiverError('INVALID_ARGUMENT', `token names shard ${s}, which the collection lacks`);
-      if (typeof lsn !== 'number' || !Number.isSafeInteger(lsn) || lsn < 0) throw new QuiverError('INVALID_ARGUMENT', `token LSN of shard ${s} must be a non-negative integer`);
-      if (lsn > c.shards[shard].status().appliedLsn) {
-        throw new QuiverError('FAILED_PRECONDITION', `token LSN ${lsn} of shard ${s} is ahead of this node's log`);
+      if (!/^\d+$/.test(s) || shard >= c.spec.shards) throw new QuiverError('INVALID_ARGUMENT', `token names shard "${s}"; the collection has shards 0..${c.spec.shards - 1}`);
+      if (typeof lsn !== 'number' || !Number.isSafeInteger(lsn) || lsn < 0) throw new QuiverError('INVALID_ARGUMENT', `token["${s}"] must be a whole number >= 0`);
+      const applied = c.shards[shard].status().appliedLsn;
+      if (lsn > applied) {
+        throw new QuiverError(
+          'FAILED_PRECONDITION',
+          `token["${s}"] is ${lsn}, past the last write this node has applied to shard ${s} (${applied}): the token comes from another node or data directory`,
+        );
       }
     }
   }

@@ -5,11 +5,12 @@
  *
  * Semantics on top-level fields: eq and in compare JSON scalars strictly (1 and "1" differ); range
  * holds only for numbers; exists: true holds when the field is present and not null. A point
- * without a payload has no fields. { and: [] } holds, { or: [] } does not.
+ * without a payload has no fields. An empty and / or is refused (it is most likely a mistake).
  */
 import { QuiverError } from '../errors';
 import { filterDepthMax, filterNodesMax } from '../common/limits';
 import type { Filter, Payload } from './types';
+import { checkFields } from './validate';
 
 export type Predicate = (payload: Payload | undefined) => boolean;
 
@@ -32,19 +33,16 @@ function fieldOf(payload: Payload | undefined, field: string): unknown {
 export function compileFilter(filter: unknown): Predicate {
   let nodes = 0;
   const walk = (f: unknown, depth: number, path: string): Predicate => {
-    if (++nodes > filterNodesMax) throw bad(path, `more than ${filterNodesMax} nodes`);
-    if (depth > filterDepthMax) throw bad(path, `deeper than ${filterDepthMax}`);
+    if (++nodes > filterNodesMax) throw bad(path, `more than ${filterNodesMax} conditions in all (filterNodesMax)`);
+    if (depth > filterDepthMax) throw bad(path, `nests deeper than ${filterDepthMax} (filterDepthMax)`);
     if (f === null || typeof f !== 'object' || Array.isArray(f)) throw bad(path, 'must be an object');
     const o = f as Record<string, unknown>;
-    const keys = Object.keys(o);
-    const only = (allowed: string[]): void => {
-      for (const k of keys) if (!allowed.includes(k)) throw bad(path, `unexpected key "${k}"`);
-    };
+    const only = (allowed: string[]): void => checkFields(o, allowed, `filter${path}`);
     if ('and' in o || 'or' in o) {
       const op = 'and' in o ? 'and' : 'or';
       only([op]);
       const list = o[op];
-      if (!Array.isArray(list)) throw bad(`${path}.${op}`, 'must be an array');
+      if (!Array.isArray(list) || list.length === 0) throw bad(`${path}.${op}`, 'must be a non-empty array of filters');
       const parts = list.map((g, i) => walk(g, depth + 1, `${path}.${op}[${i}]`));
       return op === 'and' ? (p) => parts.every((q) => q(p)) : (p) => parts.some((q) => q(p));
     }
@@ -53,7 +51,11 @@ export function compileFilter(filter: unknown): Predicate {
       const inner = walk(o.not, depth + 1, `${path}.not`);
       return (p) => !inner(p);
     }
-    if (!('field' in o)) throw bad(path, 'needs one of and, or, not, field');
+    if (!('field' in o)) {
+      checkFields(o, ['and', 'or', 'not', 'field'], `filter${path}`);
+      throw bad(path, 'needs one of and, or, not, field');
+    }
+    only(['field', 'eq', 'in', 'range', 'exists']);
     const field = o.field;
     if (typeof field !== 'string' || field.length === 0 || field.length > 256) throw bad(`${path}.field`, 'must be a non-empty string of at most 256 characters');
     if ('eq' in o) {
@@ -67,7 +69,7 @@ export function compileFilter(filter: unknown): Predicate {
       const list = o.in;
       if (!Array.isArray(list)) throw bad(`${path}.in`, 'must be an array');
       nodes += list.length;
-      if (nodes > filterNodesMax) throw bad(path, `more than ${filterNodesMax} nodes`);
+      if (nodes > filterNodesMax) throw bad(path, `more than ${filterNodesMax} conditions in all (filterNodesMax)`);
       for (const v of list) if (!isScalar(v)) throw bad(`${path}.in`, 'values must be strings, finite numbers or booleans');
       const set = new Set<unknown>(list);
       return (p) => {
@@ -82,8 +84,8 @@ export function compileFilter(filter: unknown): Predicate {
       const rr = r as Record<string, unknown>;
       const rk = Object.keys(rr);
       if (rk.length === 0) throw bad(`${path}.range`, 'needs at least one of gt, gte, lt, lte');
+      checkFields(rr, ['gt', 'gte', 'lt', 'lte'], `filter${path}.range`);
       for (const k of rk) {
-        if (!['gt', 'gte', 'lt', 'lte'].includes(k)) throw bad(`${path}.range`, `unexpected key "${k}"`);
         if (typeof rr[k] !== 'number' || !Number.isFinite(rr[k])) throw bad(`${path}.range.${k}`, 'must be a finite number');
       }
       const { gt, gte, lt, lte } = rr as { gt?: number; gte?: number; lt?: number; lte?: number };

@@ -5,4 +5,4 @@ export type { OpenInternals } from './database';
 export { compileFilter } from './filter';
 export type { Predicate } from './filter';
 export { fnv1a64, fnv1a64Big, placementHash, shardOf } from './hash';
-export { idempotencyKeyBytesMax } from './validate';
+export { idempotencyKeyBytesMax } from '../common/limits';

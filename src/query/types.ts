@@ -124,15 +124,29 @@ export interface UpsertColumns {
   payloads: unknown[];
 }
 
+/**
+ * Options of a change. `signal`: once aborted (the caller's deadline passed), the change is refused
+ * with the signal's reason if it has not reached the log yet; a change that has goes on and its
+ * promise settles with its outcome, so a caller never reports as failed a change that is applied.
+ */
+export interface ChangeOptions {
+  signal?: AbortSignal;
+}
+
+/** `idempotencyKey`: names the request; the same request again applies once and gets the first answer. */
+export interface WriteOptions extends ChangeOptions {
+  idempotencyKey?: string;
+}
+
 export interface Database {
-  createCollection(spec: CollectionSpecInput): Promise<CollectionInfo>;
-  dropCollection(name: string): Promise<void>;
+  createCollection(spec: CollectionSpecInput, opts?: ChangeOptions): Promise<CollectionInfo>;
+  dropCollection(name: string, opts?: ChangeOptions): Promise<void>;
   listCollections(): CollectionInfo[];
   describeCollection(name: string): CollectionInfo;
-  upsert(name: string, points: PointInput[], opts?: { idempotencyKey?: string }): Promise<{ upserted: number; token: WriteToken }>;
+  upsert(name: string, points: PointInput[], opts?: WriteOptions): Promise<{ upserted: number; token: WriteToken }>;
   /** upsert() of a batch in columns; the database keeps `vectors`: the caller must not change it afterwards. */
-  upsertColumns(name: string, batch: UpsertColumns, opts?: { idempotencyKey?: string }): Promise<{ upserted: number; token: WriteToken }>;
-  delete(name: string, ids: string[], opts?: { idempotencyKey?: string }): Promise<{ deleted: number; token: WriteToken }>;
+  upsertColumns(name: string, batch: UpsertColumns, opts?: WriteOptions): Promise<{ upserted: number; token: WriteToken }>;
+  delete(name: string, ids: string[], opts?: WriteOptions): Promise<{ deleted: number; token: WriteToken }>;
   /** Missing ids are absent from the answer. */
   get(name: string, ids: string[], opts?: { withVectors?: boolean; withPayload?: boolean }): Promise<Point[]>;
   count(name: string): Promise<number>;

@@ -1,130 +1,216 @@
 /**
- * Input checks of the database edge. Every function throws a QuiverError (INVALID_ARGUMENT unless
- * noted) before anything changes; the server runs the same checks through the Database.
+ * Input checks of the database edge: the one home of every check on what a request may ask (shapes,
+ * types, unknown fields, the limits of src/common/limits.ts). Every function throws a QuiverError
+ * (INVALID_ARGUMENT unless noted) before anything changes. The front ends (src/server) only turn
+ * their wire forms into these inputs and call the Database, which runs these checks once.
+ * Messages speak of the request as the user wrote it (field names, point and query numbers).
  */
-import { QuiverError } from '../errors';
+import { QuiverError, invalidArgument as invalid } from '../errors';
 import {
+  answerBytesMax,
+  answerHitBytes,
   batchPointsMax,
   collectionNamePattern,
   dimMax,
   efMax,
   idBytesMax,
+  idempotencyKeyBytesMax,
   payloadBytesMax,
+  payloadDepthMax,
   requestBytesMax,
   searchBatchMax,
   shardsMax,
   topKMax,
 } from '../common/limits';
 import { METRICS } from '../native';
-import type { CollectionSpec, IndexSpec, Payload, PointInput, WriteConcern } from './types';
+import type { CollectionSpec, Consistency, IndexSpec, WriteConcern } from './types';
 export type { UpsertColumns } from './types';
 
 export const WRITE_CONCERNS: readonly WriteConcern[] = ['leader', 'majority', 'all'];
-export const CONSISTENCIES = ['linearizable', 'session', 'bounded', 'eventual'] as const;
-/** Bytes of an idempotency key. */
-export const idempotencyKeyBytesMax = 128;
+export const CONSISTENCIES: readonly Consistency[] = ['linearizable', 'session', 'bounded', 'eventual'];
 
-function invalid(msg: string): QuiverError {
-  return new QuiverError('INVALID_ARGUMENT', msg);
-}
-
-function isPlainObject(v: unknown): v is Record<string, unknown> {
+export function isPlainObject(v: unknown): v is Record<string, unknown> {
   return v !== null && typeof v === 'object' && !Array.isArray(v) && !ArrayBuffer.isView(v);
 }
 
-function int(v: unknown, what: string, lo: number, hi: number): number {
+/** `where.field` for messages (`field` alone at the top of a request). */
+export function fieldPath(where: string, field: string): string {
+  return where === '' ? field : `${where}.${field}`;
+}
+
+// Names other vector databases and JSON styles use for fields Quiver calls otherwise.
+const ALIASES: Record<string, string> = {
+  distance: 'metric',
+  space: 'metric',
+  limit: 'k',
+  topk: 'k',
+  dimension: 'dim',
+  size: 'dim',
+  payloads: 'payload',
+  withpayloads: 'withPayload',
+  withvector: 'withVectors',
+  query: 'vector',
+  queries: 'vectors',
+  key: 'idempotencyKey',
+  idempotency: 'idempotencyKey',
+};
+
+const norm = (s: string): string => s.toLowerCase().replace(/[_-]/g, '');
+
+function editDistance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i];
+    for (let j = 1; j <= b.length; j++) cur[j] = Math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+    prev = cur;
+  }
+  return prev[b.length];
+}
+
+/** The known field an unknown one most resembles (case, `_` and `-` aside; a common alias; a typo), if any. */
+export function resembling(field: string, known: readonly string[]): string | undefined {
+  const n = norm(field);
+  const alias = ALIASES[n];
+  if (alias !== undefined && known.includes(alias)) return alias;
+  let best: string | undefined;
+  let bestD = Math.max(1, Math.floor(n.length / 3)) + 1;
+  for (const k of known) {
+    const d = editDistance(n, norm(k));
+    if (d < bestD) [best, bestD] = [k, d];
+  }
+  return best;
+}
+
+/** Refuses a field of `o` that is not in `known`, naming it and the known one it most resembles. */
+export function checkFields(o: Record<string, unknown>, known: readonly string[], where: string, what = 'field'): void {
+  for (const k in o) {
+    if (known.includes(k)) continue;
+    const like = resembling(k, known);
+    const hint = like !== undefined ? `did you mean ${like}?` : known.length === 0 ? 'none is taken here' : `known: ${known.join(', ')}`;
+    throw invalid(`${fieldPath(where, k)}: unknown ${what}; ${hint}`);
+  }
+}
+
+function show(v: unknown): string {
+  const s = typeof v === 'string' ? JSON.stringify(v) : Array.isArray(v) ? 'an array' : isPlainObject(v) ? 'an object' : String(v);
+  return s.length > 40 ? `${s.slice(0, 40)}...` : s;
+}
+
+export function checkInt(v: unknown, what: string, lo: number, hi: number): number {
   if (typeof v !== 'number' || !Number.isInteger(v) || v < lo || v > hi) {
-    throw invalid(`${what} must be an integer in ${lo}..${hi} (got ${JSON.stringify(v) ?? String(v)})`);
+    throw invalid(`${what} must be an integer in ${lo}..${hi} (got ${show(v)})`);
   }
   return v;
 }
 
-function optInt(v: unknown, what: string, lo: number, hi: number): number | undefined {
-  return v === undefined ? undefined : int(v, what, lo, hi);
+/** Optional fields: undefined and JSON null are "not given". */
+export function checkOptInt(v: unknown, what: string, lo: number, hi: number): number | undefined {
+  return v === undefined || v === null ? undefined : checkInt(v, what, lo, hi);
 }
 
-function onlyKeys(o: Record<string, unknown>, allowed: string[], what: string): void {
-  for (const k of Object.keys(o)) if (!allowed.includes(k)) throw invalid(`${what}: unknown field "${k}"`);
+export function checkOptBool(v: unknown, what: string): boolean | undefined {
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'boolean') throw invalid(`${what} must be true or false (got ${show(v)})`);
+  return v;
+}
+
+function checkOptString(v: unknown, what: string): string | undefined {
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'string') throw invalid(`${what} must be a string (got ${show(v)})`);
+  return v;
+}
+
+function checkOneOf<T extends string>(v: unknown, what: string, allowed: readonly T[], dflt: T): T {
+  const s = checkOptString(v, what) ?? dflt;
+  if (!(allowed as readonly string[]).includes(s)) throw invalid(`${what} must be one of ${allowed.join(', ')} (got ${show(s)})`);
+  return s as T;
 }
 
 export function checkName(name: unknown): string {
   if (typeof name !== 'string' || !collectionNamePattern.test(name)) {
-    throw invalid('collection name must be 1..64 of [A-Za-z0-9_-], starting with a letter or digit');
+    throw invalid(`collection name must be 1..64 of [A-Za-z0-9_-], starting with a letter or digit (got ${show(name)})`);
   }
   return name;
 }
 
+const INDEX_FIELDS = {
+  flat: ['type'],
+  hnsw: ['type', 'm', 'efConstruction', 'efSearch'],
+  ivfpq: ['type', 'nlist', 'm', 'refine', 'nprobe'],
+} as const;
+
 function checkIndexSpec(v: unknown, dim: number): IndexSpec {
-  if (v === undefined) return { type: 'hnsw' };
-  if (!isPlainObject(v)) throw invalid('index must be an object');
+  if (v === undefined || v === null) return { type: 'hnsw' };
+  if (!isPlainObject(v)) throw invalid('index must be an object {type, ...}');
   switch (v.type) {
     case 'flat':
-      onlyKeys(v, ['type'], 'index');
+      checkFields(v, INDEX_FIELDS.flat, 'index');
       return { type: 'flat' };
     case 'hnsw': {
-      onlyKeys(v, ['type', 'm', 'efConstruction', 'efSearch'], 'index');
+      checkFields(v, INDEX_FIELDS.hnsw, 'index');
       const spec: IndexSpec = { type: 'hnsw' };
-      const m = optInt(v.m, 'index.m', 2, 256);
-      const efc = optInt(v.efConstruction, 'index.efConstruction', 1, efMax);
-      const efs = optInt(v.efSearch, 'index.efSearch', 1, efMax);
+      const m = checkOptInt(v.m, 'index.m', 2, 256);
+      const efc = checkOptInt(v.efConstruction, 'index.efConstruction', 1, efMax);
+      const efs = checkOptInt(v.efSearch, 'index.efSearch', 1, efMax);
       if (m !== undefined) spec.m = m;
       if (efc !== undefined) spec.efConstruction = efc;
       if (efs !== undefined) spec.efSearch = efs;
       return spec;
     }
     case 'ivfpq': {
-      onlyKeys(v, ['type', 'nlist', 'm', 'refine', 'nprobe'], 'index');
-      const nlist = int(v.nlist, 'index.nlist', 1, 65536);
-      const m = int(v.m, 'index.m', 1, dim);
+      checkFields(v, INDEX_FIELDS.ivfpq, 'index');
+      const nlist = checkInt(v.nlist, 'index.nlist', 1, 65536);
+      const m = checkInt(v.m, 'index.m', 1, dim);
       if (dim % m !== 0) throw invalid(`index.m (${m}) must divide the dimension ${dim}`);
       const spec: IndexSpec = { type: 'ivfpq', nlist, m };
-      const refine = optInt(v.refine, 'index.refine', 0, 1024);
-      const nprobe = optInt(v.nprobe, 'index.nprobe', 1, nlist);
+      const refine = checkOptInt(v.refine, 'index.refine', 0, 1024);
+      const nprobe = checkOptInt(v.nprobe, 'index.nprobe', 1, nlist);
       if (refine !== undefined) spec.refine = refine;
       if (nprobe !== undefined) spec.nprobe = nprobe;
       return spec;
     }
     default:
-      throw invalid('index.type must be one of flat, hnsw, ivfpq');
+      throw invalid(`index.type must be one of flat, hnsw, ivfpq (got ${show(v.type)})`);
   }
 }
+
+const SPEC_FIELDS = ['name', 'dim', 'metric', 'index', 'shards', 'replicationFactor', 'writeConcern'];
 
 /** A full spec from user input, defaults filled. Standalone refuses replicationFactor > 1. */
 export function checkSpec(input: unknown): CollectionSpec {
-  if (!isPlainObject(input)) throw invalid('collection spec must be an object');
-  onlyKeys(input, ['name', 'dim', 'metric', 'index', 'shards', 'replicationFactor', 'writeConcern'], 'collection spec');
+  if (!isPlainObject(input)) throw invalid('the collection spec must be an object {name, dim, ...}');
+  checkFields(input, SPEC_FIELDS, '');
   const name = checkName(input.name);
-  const dim = int(input.dim, 'dim', 1, dimMax);
-  const metric = input.metric ?? 'l2';
-  if (!METRICS.includes(metric as never)) throw invalid(`metric must be one of ${METRICS.join(', ')}`);
+  if (input.dim === undefined || input.dim === null) throw invalid('dim is required');
+  const dim = checkInt(input.dim, 'dim', 1, dimMax);
+  const metric = checkOneOf(input.metric, 'metric', METRICS, 'l2');
   const index = checkIndexSpec(input.index, dim);
-  const shards = input.shards === undefined ? 1 : int(input.shards, 'shards', 1, shardsMax);
-  const replicationFactor = input.replicationFactor === undefined ? 1 : int(input.replicationFactor, 'replicationFactor', 1, 7);
+  const shards = checkOptInt(input.shards, 'shards', 1, shardsMax) ?? 1;
+  const replicationFactor = checkOptInt(input.replicationFactor, 'replicationFactor', 1, 7) ?? 1;
   if (replicationFactor !== 1) {
     throw new QuiverError('FAILED_PRECONDITION', 'a standalone node holds one replica of each shard (replicationFactor 1)');
   }
-  const writeConcern = input.writeConcern ?? 'majority';
-  if (!WRITE_CONCERNS.includes(writeConcern as WriteConcern)) throw invalid(`writeConcern must be one of ${WRITE_CONCERNS.join(', ')}`);
-  return { name, dim, metric: metric as CollectionSpec['metric'], index, shards, replicationFactor, writeConcern: writeConcern as WriteConcern };
+  const writeConcern = checkOneOf(input.writeConcern, 'writeConcern', WRITE_CONCERNS, 'majority');
+  return { name, dim, metric, index, shards, replicationFactor, writeConcern };
 }
 
 export function checkId(id: unknown, where: string): string {
-  if (typeof id !== 'string') throw invalid(`${where}: id must be a string`);
+  if (typeof id !== 'string') throw invalid(`${where} must be a string (got ${show(id)})`);
   const n = Buffer.byteLength(id, 'utf8');
-  if (n < 1 || n > idBytesMax) throw invalid(`${where}: id must be 1..${idBytesMax} UTF-8 bytes (got ${n})`);
+  if (n < 1 || n > idBytesMax) throw invalid(`${where} must be 1..${idBytesMax} bytes of UTF-8 (got ${n})`);
   // A lone surrogate does not survive UTF-8: refuse it rather than store a different id.
-  if (Buffer.from(id, 'utf8').toString('utf8') !== id) throw invalid(`${where}: id is not valid Unicode text`);
+  if (Buffer.from(id, 'utf8').toString('utf8') !== id) throw invalid(`${where} is not valid Unicode text`);
   return id;
 }
 
 /** Ids of a delete or get: an array of 1..batchPointsMax valid ids; `unique` refuses repeats. */
 export function checkIds(ids: unknown, unique: boolean): string[] {
   if (!Array.isArray(ids)) throw invalid('ids must be an array of strings');
-  if (ids.length > batchPointsMax) throw invalid(`at most ${batchPointsMax} ids in one request (got ${ids.length})`);
+  checkBatchCount(ids.length, 'ids');
   const seen = new Set<string>();
   ids.forEach((id, i) => {
     checkId(id, `ids[${i}]`);
-    if (unique && seen.has(id)) throw invalid(`ids[${i}]: duplicate id "${id}" in one batch`);
+    if (unique && seen.has(id)) throw invalid(`ids[${i}]: "${id}" is already in this request`);
     seen.add(id);
   });
   return ids as string[];
@@ -153,31 +239,64 @@ export function firstNonFinite(v: Float32Array): number {
   return allFinite(v) ? -1 : v.findIndex((x) => !Number.isFinite(x));
 }
 
+/** What a non-finite float32 came from: NaN, or a number outside float32's range. */
+function nonFinite(x: number): string {
+  return Number.isNaN(x) ? 'NaN' : `${x} (outside float32's range, or infinite)`;
+}
+
+/**
+ * Copies an array of numbers (JSON) of the collection's dimension into `out` from `at`; the length
+ * is checked before anything is copied. Finiteness is for the caller to check, once over `out`.
+ */
+export function copyNumbers(v: unknown, dim: number, where: string, out: Float32Array, at: number): void {
+  if (!Array.isArray(v)) throw invalid(`${where} must be an array of numbers`);
+  if (v.length !== dim) throw invalid(`${where} has ${v.length} components; the collection's dimension is ${dim}`);
+  for (let j = 0; j < dim; j++) {
+    const x: unknown = v[j];
+    if (typeof x !== 'number') throw invalid(`${where}[${j}] must be a number (got ${show(x)})`);
+    out[at + j] = x;
+  }
+}
+
+/** A point's vector: a Float32Array or an array of numbers, of the collection's dimension, finite. */
 export function checkVector(v: unknown, dim: number, where: string): Float32Array {
   let f: Float32Array;
-  if (v instanceof Float32Array) f = v;
-  else if (Array.isArray(v) && v.every((x) => typeof x === 'number')) f = Float32Array.from(v as number[]);
-  else throw invalid(`${where}: vector must be a Float32Array or an array of numbers`);
-  if (f.length !== dim) throw invalid(`${where}: vector has dimension ${f.length}, the collection has ${dim}`);
-  const i = firstNonFinite(f);
-  if (i >= 0) {
-    throw invalid(`${where}: vector[${i}] is ${f[i]} (must be finite)`);
+  if (v instanceof Float32Array) {
+    if (v.length !== dim) throw invalid(`${where} has ${v.length} components; the collection's dimension is ${dim}`);
+    f = v;
+  } else {
+    f = new Float32Array(dim);
+    copyNumbers(v, dim, where, f, 0);
   }
+  const i = firstNonFinite(f);
+  if (i >= 0) throw invalid(`${where}[${i}] is ${nonFinite(Array.isArray(v) ? (v[i] as number) : f[i])}`);
   return f;
 }
 
-/** The JSON text of a payload ('' when absent), after checking it is an object within the size limit. */
+/** Whether a JSON value nests more than `max` objects and arrays inside each other (walked without recursion). */
+function nestsDeeperThan(root: unknown, max: number): boolean {
+  const stack: [unknown, number][] = [[root, 1]];
+  while (stack.length > 0) {
+    const [v, depth] = stack.pop()!;
+    if (depth > max) return true;
+    for (const x of Array.isArray(v) ? v : Object.values(v as object)) if (x !== null && typeof x === 'object') stack.push([x, depth + 1]);
+  }
+  return false;
+}
+
+/** The JSON text of a payload ('' when absent or null), after checking its shape, depth and size. */
 export function checkPayload(p: unknown, where: string): string {
-  if (p === undefined) return '';
-  if (!isPlainObject(p)) throw invalid(`${where}: payload must be a JSON object`);
+  if (p === undefined || p === null) return '';
+  if (!isPlainObject(p)) throw invalid(`${where} must be a JSON object`);
+  if (nestsDeeperThan(p, payloadDepthMax)) throw invalid(`${where} nests more than ${payloadDepthMax} levels deep; the limit is ${payloadDepthMax} (payloadDepthMax)`);
   let json: string;
   try {
     json = JSON.stringify(p);
   } catch (e) {
-    throw invalid(`${where}: payload is not JSON (${(e as Error).message})`);
+    throw invalid(`${where} is not JSON (${(e as Error).message})`);
   }
   const n = Buffer.byteLength(json, 'utf8');
-  if (n > payloadBytesMax) throw invalid(`${where}: payload is ${n} bytes, more than ${payloadBytesMax}`);
+  if (n > payloadBytesMax) throw invalid(`${where} is ${n} bytes of JSON; the limit is ${payloadBytesMax} (payloadBytesMax)`);
   return json;
 }
 
@@ -187,23 +306,33 @@ export interface CheckedPoints {
   payloadJson: string[];
 }
 
-// The checks an upsert batch gets in either form (points or columns).
-function checkBatchCount(n: number): void {
-  if (n > batchPointsMax) throw invalid(`at most ${batchPointsMax} points in one upsert (got ${n})`);
+/** Count of a batch (points of an upsert, ids of a delete or get), checked before any element is looked at. */
+function checkBatchCount(n: number, what: string): void {
+  if (n > batchPointsMax) throw invalid(`${what} holds ${n} entries; the limit is ${batchPointsMax} per request (batchPointsMax)`);
 }
+
+/** Points of an upsert: 1..batchPointsMax, checked before any point is looked at. */
+export function checkPointCount(n: number): void {
+  checkBatchCount(n, 'points');
+  if (n === 0) throw invalid('points must not be empty');
+}
+
 function checkBatchId(id: unknown, where: string, seen: Set<string>): string {
   const checked = checkId(id, where);
-  if (seen.has(checked)) throw invalid(`${where}: duplicate id "${checked}" in one batch`);
+  if (seen.has(checked)) throw invalid(`${where}: "${checked}" is already in this batch`);
   seen.add(checked);
   return checked;
 }
+
 function checkBatchBytes(bytes: number): void {
-  if (bytes > requestBytesMax) throw invalid(`the batch holds ${bytes} bytes, more than ${requestBytesMax}`);
+  if (bytes > requestBytesMax) throw invalid(`the batch holds ${bytes} bytes; the limit is ${requestBytesMax} (requestBytesMax)`);
 }
 
+const POINT_FIELDS = ['id', 'vector', 'payload'];
+
 export function checkPoints(points: unknown, dim: number): CheckedPoints {
-  if (!Array.isArray(points)) throw invalid('points must be an array');
-  checkBatchCount(points.length);
+  if (!Array.isArray(points)) throw invalid('points must be an array of {id, vector, payload?}');
+  checkPointCount(points.length);
   const ids: string[] = [];
   const vectors: Float32Array[] = [];
   const payloadJson: string[] = [];
@@ -212,10 +341,10 @@ export function checkPoints(points: unknown, dim: number): CheckedPoints {
   points.forEach((pt: unknown, i) => {
     const where = `points[${i}]`;
     if (!isPlainObject(pt)) throw invalid(`${where} must be an object {id, vector, payload?}`);
-    onlyKeys(pt, ['id', 'vector', 'payload'], where);
-    const id = checkBatchId(pt.id, where, seen);
-    const v = checkVector(pt.vector, dim, where);
-    const json = checkPayload((pt as unknown as PointInput).payload as Payload | undefined, where);
+    checkFields(pt, POINT_FIELDS, where);
+    const id = checkBatchId(pt.id, `${where}.id`, seen);
+    const v = checkVector(pt.vector, dim, `${where}.vector`);
+    const json = checkPayload(pt.payload, `${where}.payload`);
     bytes += dim * 4 + Buffer.byteLength(id) + json.length;
     ids.push(id);
     vectors.push(v);
@@ -223,6 +352,16 @@ export function checkPoints(points: unknown, dim: number): CheckedPoints {
   });
   checkBatchBytes(bytes);
   return { ids, vectors, payloadJson };
+}
+
+/** The vectors of a batch in columns: `floats` of them for n points of dimension dim. */
+export function checkColumnFloats(floats: number, n: number, dim: number): void {
+  if (floats === n * dim) return;
+  throw invalid(
+    floats % n === 0
+      ? `the vectors hold ${floats / n} floats per point; the collection's dimension is ${dim}`
+      : `the vectors hold ${floats} floats for ${n} points; the collection's dimension is ${dim}, so ${n * dim} are needed`,
+  );
 }
 
 export interface CheckedColumns {
@@ -237,17 +376,16 @@ export function checkColumns(b: unknown, dim: number): CheckedColumns {
     throw invalid('an upsert batch is {ids: string[], vectors: Float32Array, payloads: unknown[]}');
   }
   const n = b.ids.length;
-  checkBatchCount(n);
+  checkPointCount(n);
   if (b.payloads.length !== n) throw invalid(`${b.payloads.length} payloads for ${n} ids`);
-  if (b.vectors.length !== n * dim) throw invalid(`${b.vectors.length} floats for ${n} points of dimension ${dim}`);
+  checkColumnFloats(b.vectors.length, n, dim);
   const ids: string[] = [];
   const payloadJson: string[] = [];
   const seen = new Set<string>();
   let bytes = n * dim * 4;
   for (let i = 0; i < n; i++) {
-    const where = `points[${i}]`;
-    const id = checkBatchId(b.ids[i], where, seen);
-    const json = checkPayload(b.payloads[i], where);
+    const id = checkBatchId(b.ids[i], `points[${i}].id`, seen);
+    const json = checkPayload(b.payloads[i], `points[${i}].payload`);
     bytes += Buffer.byteLength(id) + json.length;
     ids.push(id);
     payloadJson.push(json);
@@ -255,36 +393,54 @@ export function checkColumns(b: unknown, dim: number): CheckedColumns {
   checkBatchBytes(bytes);
   const v = b.vectors;
   const at = firstNonFinite(v);
-  if (at >= 0) {
-    throw invalid(`points[${Math.floor(at / dim)}]: vector[${at % dim}] is ${v[at]} (must be finite)`);
-  }
+  if (at >= 0) throw invalid(`points[${Math.floor(at / dim)}].vector[${at % dim}] is ${nonFinite(v[at])}`);
   return { ids, vectors: v, payloadJson };
 }
 
 export function checkIdempotencyKey(key: unknown): string {
-  if (key === undefined) return '';
-  if (typeof key !== 'string' || key.length === 0 || Buffer.byteLength(key, 'utf8') > idempotencyKeyBytesMax) {
-    throw invalid(`idempotencyKey must be a string of 1..${idempotencyKeyBytesMax} bytes`);
+  if (key === undefined || key === null) return '';
+  if (typeof key !== 'string' || key === '' || Buffer.byteLength(key, 'utf8') > idempotencyKeyBytesMax) {
+    throw invalid(`idempotencyKey must be a string of 1..${idempotencyKeyBytesMax} bytes (idempotencyKeyBytesMax)`);
   }
   return key;
 }
 
+/** Queries in one search, checked before any of them is looked at (`atLeast`: counting stopped at n). */
+export function checkQueryCount(n: number, atLeast = false): void {
+  if (n < 1) throw invalid('a search needs at least one query vector');
+  if (n > searchBatchMax) throw invalid(`${atLeast ? 'at least ' : ''}${n} query vectors; the limit is ${searchBatchMax} per search (searchBatchMax)`);
+}
+
+/** nq query vectors, row-major: the count, the dimension and (once per request) finiteness. */
 export function checkSearchShape(vectors: unknown, dim: number): Float32Array {
   if (!(vectors instanceof Float32Array)) throw invalid('vectors must be a Float32Array of nq * dim');
-  if (vectors.length === 0 || vectors.length % dim !== 0) {
-    throw invalid(`vectors has ${vectors.length} floats, not a positive multiple of the dimension ${dim}`);
+  if (vectors.length % dim !== 0) {
+    throw invalid(`the query vectors hold ${vectors.length} floats, not a whole number of vectors of the collection's dimension ${dim}`);
   }
-  const nq = vectors.length / dim;
-  if (nq > searchBatchMax) throw invalid(`at most ${searchBatchMax} queries in one search (got ${nq})`);
+  checkQueryCount(vectors.length / dim);
   const i = firstNonFinite(vectors);
-  if (i >= 0) {
-    throw invalid(`query value ${i} is ${vectors[i]} (must be finite)`);
-  }
+  if (i >= 0) throw invalid(`query vector ${Math.floor(i / dim)}, component ${i % dim}, is ${nonFinite(vectors[i])}`);
   return vectors;
 }
 
 export function checkK(k: unknown): number {
-  return int(k, 'k', 1, topKMax);
+  return checkInt(k, 'k', 1, topKMax);
 }
 
-export { int as checkInt, optInt as checkOptInt, isPlainObject };
+export function checkConsistency(v: unknown): Consistency | undefined {
+  return v === undefined || v === null || v === '' ? undefined : checkOneOf(v, 'consistency', CONSISTENCIES, 'session');
+}
+
+/**
+ * RESOURCE_EXHAUSTED when an answer of `hits` hits of at most `hitBytes` each (id, vector, payload;
+ * answerHitBytes is added here) could pass answerBytesMax.
+ */
+export function checkAnswerBytes(hits: number, hitBytes: number, what: string): void {
+  const bytes = hits * (answerHitBytes + hitBytes);
+  if (bytes <= answerBytesMax) return;
+  throw new QuiverError(
+    'RESOURCE_EXHAUSTED',
+    `${what} could hold ${hits} hits of up to ${answerHitBytes + hitBytes} bytes, ${bytes} bytes in all; ` +
+      `the limit is ${answerBytesMax} (answerBytesMax): ask for fewer queries or ids, a smaller k, or leave out vectors or payloads`,
+  );
+}

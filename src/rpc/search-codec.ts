@@ -254,7 +254,7 @@ export function encodeSearchRequest(m: Msg): Buffer {
 
 // ---------------------------------------------------------------- reading
 
-class Reader {
+export class Reader {
   pos: number;
   constructor(
     readonly buf: Buffer,

@@ -5,11 +5,15 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { invalidArgument } from '../errors';
-import { defaultDeadlineMs } from '../common/limits';
-import type { CollectionInfo, CollectionSpecInput, IndexSpec, Point, SearchHit, WriteToken } from '../query/types';
-import { GRPC_STATUS_OF, QUIVER_CODE_KEY, WireVector, bytesToVector, quiverMethods, vectorToBytes } from '../rpc/proto';
+import { defaultDeadlineMs, searchBatchMax } from '../common/limits';
+import { stringifyJson } from '../common/json';
+import { checkColumnFloats, checkPointCount, checkQueryCount } from '../query/validate';
+import type { CollectionInfo, CollectionSpecInput, IndexSpec, Point, SearchHit, SearchRequest, WriteToken } from '../query/types';
+import { GRPC_STATUS_OF, QUIVER_CODE_KEY, WireVector, quiverMethods, vectorToBytes } from '../rpc/proto';
+import { Reader } from '../rpc/search-codec';
+import { WIRE } from '../rpc/wire';
 import type { Op, Service } from './service';
-import { asQuiverError, buildSearch, checkBatchSize, checkIds, parseJsonField } from './validate';
+import { asQuiverError, gatherQueries, parseJsonField } from './validate';
 import { clusterJson } from './status-page';
 import type { GrpcMethod } from '../rpc/grpc-server';
 
@@ -26,14 +30,6 @@ function wireForm(v: WireVector | null | undefined, what: string): { data: Uint8
   return hasData ? { data } : { values: hasValues ? values : [] };
 }
 
-export function decodeVector(v: WireVector | null | undefined, what: string): Float32Array {
-  const w = wireForm(v, what);
-  if ('values' in w) return Float32Array.from(w.values);
-  const f = bytesToVector(w.data);
-  if (!f) throw invalidArgument(`${what}: data is ${w.data.byteLength} bytes, not a multiple of 4`);
-  return f;
-}
-
 /**
  * Copies point i's wire vector into row i of `out` (n x dim; `bytes` views the same memory),
  * checking that it sets one of values or data and has `dim` components. Finiteness is the
@@ -43,7 +39,7 @@ export function copyVector(v: WireVector | null | undefined, dim: number, what: 
   const w = wireForm(v, what);
   if ('data' in w) {
     const n = w.data.byteLength;
-    if (n % 4 !== 0) throw invalidArgument(`${what}: data is ${n} bytes, not a multiple of 4`);
+    if (n % 4 !== 0) throw invalidArgument(`${what}.data is ${n} bytes, not a whole number of float32 values`);
     if (n !== dim * 4) throw invalidArgument(`${what} has ${n / 4} components; the collection's dimension is ${dim}`);
     bytes.set(w.data, i * dim * 4);
     return;
@@ -96,7 +92,7 @@ function pointToWire(p: Point, asFloats: boolean): Msg {
   return {
     id: p.id,
     vector: p.vector ? encodeVector(p.vector, asFloats) : null,
-    payloadJson: p.payload ? JSON.stringify(p.payload) : '',
+    payloadJson: p.payload ? stringifyJson(p.payload) : '',
   };
 }
 
@@ -104,16 +100,23 @@ function hitToWire(h: SearchHit, asFloats: boolean): Msg {
   return {
     id: h.id,
     distance: h.distance,
-    payloadJson: h.payload ? JSON.stringify(h.payload) : '',
+    payloadJson: h.payload ? stringifyJson(h.payload) : '',
     vector: h.vector ? encodeVector(h.vector, asFloats) : null,
   };
 }
 
-function searchOptions(o: Msg): Record<string, unknown> {
+/** Query vectors of Search (one, `vector`) or SearchBatch (`vectors[i]`) as one nq x dim array. */
+function wireQueries(list: (WireVector | null | undefined)[], dim: number, single: boolean): Float32Array {
+  let bytes: Uint8Array | undefined;
+  return gatherQueries(list, dim, single, (v, where, out, i) => copyVector(v, dim, where, out, (bytes ??= new Uint8Array(out.buffer, out.byteOffset, out.byteLength)), i));
+}
+
+function searchRequest(vectors: Float32Array, o: Msg): SearchRequest {
   o = o ?? {};
   return {
+    vectors,
     k: o.k,
-    filter: parseJsonField(o.filterJson ?? '', 'filter_json'),
+    filter: parseJsonField(o.filterJson ?? '', 'options.filter_json') as SearchRequest['filter'],
     ef: nz(o.ef),
     nprobe: nz(o.nprobe),
     withPayload: o.withPayload,
@@ -155,12 +158,12 @@ export function grpcHandlers(svc: Service): Record<string, GrpcHandler> {
   const db = svc.db;
   const batchArrays = new BatchArrays();
   const unary =
-    (op: Op, fn: (req: Msg) => Promise<Msg> | Msg): GrpcHandler =>
+    (op: Op, fn: (req: Msg, signal?: AbortSignal) => Promise<Msg> | Msg): GrpcHandler =>
     (request, deadlineAt) =>
-      svc.run(op, 'grpc', deadlineAt, () => fn(request));
+      svc.run(op, 'grpc', deadlineAt, (signal) => fn(request, signal));
 
   return {
-    CreateCollection: unary('CreateCollection', async (r) => {
+    CreateCollection: unary('CreateCollection', async (r, signal) => {
       const spec: CollectionSpecInput = {
         name: r.name,
         dim: r.dim,
@@ -170,16 +173,16 @@ export function grpcHandlers(svc: Service): Record<string, GrpcHandler> {
         replicationFactor: nz(r.replicationFactor),
         writeConcern: r.writeConcern || undefined,
       };
-      return infoToWire(await db.createCollection(spec));
+      return infoToWire(await db.createCollection(spec, { signal }));
     }),
-    DropCollection: unary('DropCollection', async (r) => {
-      await db.dropCollection(r.name);
+    DropCollection: unary('DropCollection', async (r, signal) => {
+      await db.dropCollection(r.name, { signal });
       return {};
     }),
     ListCollections: unary('ListCollections', () => ({ collections: db.listCollections().map(infoToWire) })),
     DescribeCollection: unary('DescribeCollection', (r) => infoToWire(db.describeCollection(r.name))),
     // Copies the vectors (into its batch array), ids and payloads (strings) before its first await.
-    Upsert: Object.assign(unary('Upsert', async (r) => {
+    Upsert: Object.assign(unary('Upsert', async (r, signal) => {
       const dim = db.dimOf(r.collection);
       const list: Msg[] = r.points ?? [];
       const colIds: string[] = r.ids ?? [];
@@ -187,13 +190,13 @@ export function grpcHandlers(svc: Service): Record<string, GrpcHandler> {
       const columns = colIds.length > 0 || (colVectors !== undefined && colVectors.byteLength > 0);
       if (columns && list.length > 0) throw invalidArgument('set points or ids and vectors, not both');
       const n = columns ? colIds.length : list.length;
-      checkBatchSize(n, 'points');
-      if (n === 0) throw invalidArgument('points must not be empty');
+      checkPointCount(n);
       const colPayloads: string[] = r.payloadJsons ?? [];
       if (columns) {
         const got = colVectors?.byteLength ?? 0;
-        if (got !== n * dim * 4) throw invalidArgument(`vectors holds ${got} bytes; ${n} points of dimension ${dim} take ${n * dim * 4}`);
-        if (colPayloads.length !== 0 && colPayloads.length !== n) throw invalidArgument(`${colPayloads.length} payload_jsons for ${n} ids`);
+        if (got % 4 !== 0) throw invalidArgument(`vectors is ${got} bytes, not a whole number of float32 values`);
+        checkColumnFloats(got / 4, n, dim);
+        if (colPayloads.length !== 0 && colPayloads.length !== n) throw invalidArgument(`${colPayloads.length} payload_jsons for ${n} ids: give none, or one per id`);
       }
       // One row-major array for the whole batch, filled straight from the wire: the database keeps
       // it (no per-point arrays, no second copy on the way to the WAL and the index). Every row is
@@ -202,24 +205,21 @@ export function grpcHandlers(svc: Service): Record<string, GrpcHandler> {
       const bytes = new Uint8Array(vectors.buffer, vectors.byteOffset, vectors.byteLength);
       const ids: unknown[] = columns ? colIds : new Array(n);
       const payloads: unknown[] = new Array(n);
-      const payloadOf = (json: string, what: string): unknown => {
-        const payload = parseJsonField(json, what);
-        return payload === null ? undefined : payload;
-      };
+
       let done: Promise<{ upserted: number; token: WriteToken }>;
       try {
         if (columns) {
           bytes.set(colVectors!);
-          for (let i = 0; i < n; i++) payloads[i] = colPayloads.length === 0 ? undefined : payloadOf(colPayloads[i], `payload_jsons[${i}]`);
+          for (let i = 0; i < n; i++) payloads[i] = colPayloads.length === 0 ? undefined : parseJsonField(colPayloads[i], `payload_jsons[${i}]`);
         } else {
           for (let i = 0; i < n; i++) {
             const p = list[i];
             copyVector(p.vector, dim, `points[${i}].vector`, vectors, bytes, i);
             ids[i] = p.id;
-            payloads[i] = payloadOf(p.payloadJson ?? '', `points[${i}].payload_json`);
+            payloads[i] = parseJsonField(p.payloadJson ?? '', `points[${i}].payload_json`);
           }
         }
-        done = db.upsertColumns(r.collection, { ids, vectors, payloads }, { idempotencyKey: r.idempotencyKey || undefined });
+        done = db.upsertColumns(r.collection, { ids, vectors, payloads }, { idempotencyKey: r.idempotencyKey || undefined, signal });
       } catch (e) {
         batchArrays.give(vectors);
         throw e;
@@ -234,24 +234,22 @@ export function grpcHandlers(svc: Service): Record<string, GrpcHandler> {
       const res = await done;
       return { count: res.upserted, token: res.token };
     }), { reusesRequest: true }),
-    Delete: unary('Delete', async (r) => {
-      const res = await db.delete(r.collection, checkIds(r.ids ?? []), { idempotencyKey: r.idempotencyKey || undefined });
+    Delete: unary('Delete', async (r, signal) => {
+      const res = await db.delete(r.collection, r.ids ?? [], { idempotencyKey: r.idempotencyKey || undefined, signal });
       return { count: res.deleted, token: res.token };
     }),
     Get: unary('Get', async (r) => {
-      const pts = await db.get(r.collection, checkIds(r.ids ?? []), { withVectors: r.withVectors, withPayload: r.withPayload });
+      const pts = await db.get(r.collection, r.ids ?? [], { withVectors: r.withVectors, withPayload: r.withPayload });
       return { points: pts.map((p) => pointToWire(p, r.floatVectors)) };
     }),
     Search: unary('Search', async (r) => {
-      const req = buildSearch([decodeVector(r.vector, 'vector')], db.dimOf(r.collection), searchOptions(r.options));
-      const hits = await db.search(r.collection, req);
+      const hits = await db.search(r.collection, searchRequest(wireQueries([r.vector], db.dimOf(r.collection), true), r.options));
       const asFloats = !!r.options?.floatVectors;
       return { hits: (hits[0] ?? []).map((h) => hitToWire(h, asFloats)) };
     }),
     SearchBatch: unary('SearchBatch', async (r) => {
-      const dim = db.dimOf(r.collection);
-      const queries = (r.vectors ?? []).map((v: WireVector, i: number) => decodeVector(v, `vectors[${i}]`));
-      const hits = await db.search(r.collection, buildSearch(queries, dim, searchOptions(r.options)));
+      if (r.vectorsOverLimit) checkQueryCount(searchBatchMax + 1, true);
+      const hits = await db.search(r.collection, searchRequest(wireQueries(r.vectors ?? [], db.dimOf(r.collection), false), r.options));
       const asFloats = !!r.options?.floatVectors;
       return { batches: hits.map((list) => ({ hits: list.map((h) => hitToWire(h, asFloats)) })) };
     }),
@@ -260,8 +258,36 @@ export function grpcHandlers(svc: Service): Record<string, GrpcHandler> {
   };
 }
 
+/** SearchBatchRequest's field of query vectors (proto/quiver.proto), as its tag: field 2, length-delimited. */
+const SEARCH_BATCH_VECTORS_TAG = (2 << 3) | WIRE.LEN;
+
+/**
+ * SearchBatch's query vectors are counted in the message before it is decoded: decoding builds an
+ * object per vector, so a message of millions of empty ones (2 bytes each) would take gigabytes.
+ * Past searchBatchMax the request is not decoded; the handler refuses it (INVALID_ARGUMENT, over
+ * either gRPC server: a decoder that throws is INTERNAL under grpc-js).
+ */
+function countingQueries(decode: (b: Buffer) => Msg): (b: Buffer) => Msg {
+  return (b) => {
+    const r = new Reader(b, 0, b.length);
+    let n = 0;
+    while (r.more()) {
+      const tag = r.varint();
+      if (tag === SEARCH_BATCH_VECTORS_TAG && ++n > searchBatchMax) return { vectorsOverLimit: true };
+      r.skip(tag % 8);
+    }
+    return decode(b);
+  };
+}
+
+let serverMethods: grpc.ServiceDefinition | undefined;
+
+/** The service's methods as the servers decode them (SearchBatch counts its queries first). */
 export function grpcServiceDefinition(): grpc.ServiceDefinition {
-  return quiverMethods();
+  if (serverMethods) return serverMethods;
+  const def = quiverMethods();
+  serverMethods = { ...def, SearchBatch: { ...def.SearchBatch, requestDeserialize: countingQueries(def.SearchBatch.requestDeserialize) } };
+  return serverMethods;
 }
 
 /** The handlers in @grpc/grpc-js's form (`--grpc-impl grpc-js`). */

@@ -7,23 +7,12 @@
 import * as http from 'http';
 import { ErrorCode, QuiverError, invalidArgument } from '../errors';
 import { defaultDeadlineMs, requestBytesMax } from '../common/limits';
-import type { CollectionSpecInput, Point, SearchHit } from '../query/types';
+import { stringifyJson } from '../common/json';
+import { checkFields, copyNumbers, isPlainObject } from '../query/validate';
+import type { CollectionSpecInput, Point, PointInput, SearchHit, SearchRequest } from '../query/types';
 import type { Op, Service } from './service';
 import { clusterJson, renderStatusPage } from './status-page';
-import {
-  RawPoint,
-  asQuiverError,
-  buildSearch,
-  checkIds,
-  isPlainObject,
-  jsonVector,
-  optBool,
-  optString,
-  requireObject,
-  requireString,
-  checkPoints,
-  checkBatchSize,
-} from './validate';
+import { asQuiverError, gatherQueries } from './validate';
 
 export const HTTP_STATUS_OF: Record<ErrorCode, number> = {
   INVALID_ARGUMENT: 400,
@@ -59,9 +48,27 @@ type Handler = (ctx: Ctx) => Promise<unknown>;
 interface Ctx {
   req: http.IncomingMessage;
   params: string[];
-  deadlineAtMs: number;
-  body(): Promise<Record<string, unknown>>;
+  /** Aborted when the deadline of a change passes (Service.run); reading the body gives up then. */
+  signal?: AbortSignal;
+  /** The JSON body, its top-level fields checked against `fields` (the Database checks them when absent). */
+  body(fields?: readonly string[]): Promise<Record<string, unknown>>;
 }
+
+/** The idempotency key of a write body; an empty one is none, as over gRPC (where unset is empty). */
+function keyOf(b: Record<string, unknown>): string | undefined {
+  return b.idempotencyKey === '' ? undefined : (b.idempotencyKey as string);
+}
+
+/** An answer written in pieces as it is built (search and get answers can be large), never as one string. */
+class Pieces {
+  constructor(readonly parts: Iterable<string>) {}
+}
+
+// The fields of each request body (docs/API.md); the collection spec is the Database's to check.
+const UPSERT_FIELDS = ['points', 'idempotencyKey'];
+const DELETE_FIELDS = ['ids', 'idempotencyKey'];
+const GET_FIELDS = ['ids', 'withVectors', 'withPayload'];
+const SEARCH_FIELDS = ['vector', 'vectors', 'k', 'filter', 'ef', 'nprobe', 'consistency', 'token', 'withPayload', 'withVectors'];
 
 interface Route {
   pattern: RegExp;
@@ -79,7 +86,10 @@ export class HttpApi {
       {
         pattern: /^\/v1\/collections$/,
         methods: {
-          POST: { op: 'CreateCollection', handler: async (c) => db.createCollection(collectionSpec(await c.body())) },
+          POST: {
+            op: 'CreateCollection',
+            handler: async (c) => db.createCollection((await c.body()) as unknown as CollectionSpecInput, { signal: c.signal }),
+          },
           GET: { op: 'ListCollections', handler: async () => ({ collections: db.listCollections() }) },
         },
       },
@@ -90,7 +100,7 @@ export class HttpApi {
           DELETE: {
             op: 'DropCollection',
             handler: async (c) => {
-              await db.dropCollection(c.params[0]);
+              await db.dropCollection(c.params[0], { signal: c.signal });
               return {};
             },
           },
@@ -102,18 +112,8 @@ export class HttpApi {
           POST: {
             op: 'Upsert',
             handler: async (c) => {
-              const name = c.params[0];
-              const b = await c.body();
-              const info = db.describeCollection(name);
-              if (!Array.isArray(b.points)) throw invalidArgument('points must be an array');
-              checkBatchSize(b.points.length, 'points');
-              const raw: RawPoint[] = b.points.map((p: unknown, i: number) => {
-                const o = requireObject(p, `points[${i}]`);
-                return { id: o.id, vector: jsonVector(o.vector, `points[${i}].vector`), payload: o.payload };
-              });
-              const points = checkPoints(raw, info.dim);
-              const idempotencyKey = optString(b.idempotencyKey, 'idempotencyKey');
-              return db.upsert(name, points, { idempotencyKey });
+              const b = await c.body(UPSERT_FIELDS);
+              return db.upsert(c.params[0], b.points as PointInput[], { idempotencyKey: keyOf(b), signal: c.signal });
             },
           },
         },
@@ -124,10 +124,8 @@ export class HttpApi {
           POST: {
             op: 'Delete',
             handler: async (c) => {
-              const b = await c.body();
-              const ids = checkIds(b.ids);
-              const idempotencyKey = optString(b.idempotencyKey, 'idempotencyKey');
-              return db.delete(c.params[0], ids, { idempotencyKey });
+              const b = await c.body(DELETE_FIELDS);
+              return db.delete(c.params[0], b.ids as string[], { idempotencyKey: keyOf(b), signal: c.signal });
             },
           },
         },
@@ -138,13 +136,13 @@ export class HttpApi {
           POST: {
             op: 'Get',
             handler: async (c) => {
-              const b = await c.body();
+              const b = await c.body(GET_FIELDS);
               // Both default to false here and over gRPC (where an unset bool is false).
-              const points = await db.get(c.params[0], checkIds(b.ids), {
-                withVectors: optBool(b.withVectors, 'withVectors') === true,
-                withPayload: optBool(b.withPayload, 'withPayload') === true,
+              const points = await db.get(c.params[0], b.ids as string[], {
+                withVectors: (b.withVectors ?? false) as boolean,
+                withPayload: (b.withPayload ?? false) as boolean,
               });
-              return { points: points.map(pointJson) };
+              return new Pieces(answerPieces('points', [points], false));
             },
           },
         },
@@ -156,19 +154,17 @@ export class HttpApi {
             op: 'Search',
             handler: async (c) => {
               const name = c.params[0];
-              const b = await c.body();
-              const info = db.describeCollection(name);
+              const b = await c.body(SEARCH_FIELDS);
+              const dim = db.dimOf(name);
               if (b.vector !== undefined && b.vectors !== undefined) throw invalidArgument('give vector or vectors, not both');
-              let queries: Float32Array[];
-              if (b.vectors !== undefined) {
-                if (!Array.isArray(b.vectors)) throw invalidArgument('vectors must be an array of number arrays');
-                queries = b.vectors.map((v: unknown, i: number) => jsonVector(v, `vectors[${i}]`));
-              } else {
-                queries = [jsonVector(b.vector, 'vector')];
-              }
-              const hits = await db.search(name, buildSearch(queries, info.dim, b));
-              if (b.vectors !== undefined) return { batches: hits.map((h) => h.map(hitJson)) };
-              return { results: (hits[0] ?? []).map(hitJson) };
+              const batched = b.vectors !== undefined;
+              const list = batched ? b.vectors : [b.vector];
+              if (!Array.isArray(list)) throw invalidArgument('vectors must be an array of number arrays');
+              const vectors = gatherQueries(list, dim, !batched, (q, where, out, i) => copyNumbers(q, dim, where, out, i * dim));
+              const { k, filter, ef, nprobe, consistency, token, withPayload, withVectors } = b;
+              const req = { vectors, k, filter, ef, nprobe, consistency, token, withPayload, withVectors } as SearchRequest;
+              const hits = await db.search(name, req);
+              return new Pieces(batched ? answerPieces('batches', hits, true) : answerPieces('results', hits, false));
             },
           },
         },
@@ -200,6 +196,8 @@ export class HttpApi {
     const path = url.pathname;
     const method = req.method ?? 'GET';
     try {
+      // No route takes a query string: a parameter (a filter on count, say) is refused, not ignored.
+      if (path.startsWith('/v1/')) checkFields(Object.fromEntries(url.searchParams), [], '', 'query parameter');
       if (path === '/healthz') return sendText(res, 200, 'ok\n');
       if (path === '/readyz') {
         return this.svc.isDraining ? sendText(res, 503, 'shutting down\n') : sendText(res, 200, 'ready\n');
@@ -223,11 +221,26 @@ export class HttpApi {
         throw new HttpError('INVALID_ARGUMENT', `${method} is not allowed on ${path} (allowed: ${allow})`, 405, { allow });
       }
       const deadlineAtMs = Date.now() + timeoutOf(req);
-      let bodyPromise: Promise<Record<string, unknown>> | undefined;
-      const ctx: Ctx = { req, params, deadlineAtMs, body: () => (bodyPromise ??= readJsonBody(req)) };
-      const answer = await this.svc.run(entry.op, 'http', deadlineAtMs, () => entry.handler(ctx));
-      sendJson(res, 200, answer);
+      const answer = await this.svc.run(entry.op, 'http', deadlineAtMs, (signal) =>
+        entry.handler({
+          req,
+          params,
+          signal,
+          body: async (fields) => {
+            const b = await readJsonBody(req, signal);
+            if (fields) checkFields(b, fields, '');
+            return b;
+          },
+        }),
+      );
+      if (answer instanceof Pieces) await sendPieces(res, answer.parts);
+      else sendJson(res, 200, answer);
     } catch (e) {
+      if (res.headersSent) {
+        // Failed while writing a streamed answer: the status is gone, only the connection can tell.
+        res.destroy();
+        return;
+      }
       const qe = asQuiverError(e);
       const status = e instanceof HttpError ? e.status : HTTP_STATUS_OF[qe.code];
       const headers = e instanceof HttpError ? e.headers : {};
@@ -249,7 +262,7 @@ export class HttpApi {
         return { route, params };
       }
     }
-    throw new QuiverError('NOT_FOUND', `no route ${path}`);
+    throw new QuiverError('NOT_FOUND', `nothing is served at ${path} (the API is under /v1: see docs/API.md)`);
   }
 }
 
@@ -261,34 +274,38 @@ function timeoutOf(req: http.IncomingMessage): number {
   return n;
 }
 
-function readJsonBody(req: http.IncomingMessage): Promise<Record<string, unknown>> {
+/** The JSON object of the request body; gives up with the signal's reason when it is aborted first. */
+function readJsonBody(req: http.IncomingMessage, signal?: AbortSignal): Promise<Record<string, unknown>> {
   return new Promise((resolve, reject) => {
     const declared = Number(req.headers['content-length'] ?? '0');
     if (declared > requestBytesMax) {
       req.resume();
-      reject(new HttpError('RESOURCE_EXHAUSTED', `request body of ${declared} bytes exceeds ${requestBytesMax}`, 413));
+      reject(new HttpError('RESOURCE_EXHAUSTED', `the request body is ${declared} bytes; the limit is ${requestBytesMax} (requestBytesMax)`, 413));
       return;
     }
     const chunks: Buffer[] = [];
     let size = 0;
     let failed = false;
+    const fail = (e: unknown): void => {
+      if (failed) return;
+      failed = true;
+      chunks.length = 0;
+      signal?.removeEventListener('abort', onAbort);
+      reject(e);
+    };
+    const onAbort = (): void => fail(signal!.reason);
+    if (signal?.aborted) return onAbort();
+    signal?.addEventListener('abort', onAbort, { once: true });
     req.on('data', (chunk: Buffer) => {
       if (failed) return;
       size += chunk.length;
-      if (size > requestBytesMax) {
-        failed = true;
-        chunks.length = 0;
-        reject(new HttpError('RESOURCE_EXHAUSTED', `request body exceeds ${requestBytesMax} bytes`, 413));
-        return;
-      }
+      if (size > requestBytesMax) return fail(new HttpError('RESOURCE_EXHAUSTED', `the request body is over ${requestBytesMax} bytes (requestBytesMax)`, 413));
       chunks.push(chunk);
     });
-    req.on('error', (e) => {
-      if (!failed) reject(new QuiverError('UNAVAILABLE', `reading the request failed: ${e.message}`));
-      failed = true;
-    });
+    req.on('error', (e) => fail(new QuiverError('UNAVAILABLE', `reading the request failed: ${e.message}`)));
     req.on('end', () => {
       if (failed) return;
+      signal?.removeEventListener('abort', onAbort);
       const text = Buffer.concat(chunks).toString('utf8');
       if (text.trim() === '') return resolve({});
       let v: unknown;
@@ -303,40 +320,61 @@ function readJsonBody(req: http.IncomingMessage): Promise<Record<string, unknown
   });
 }
 
-function collectionSpec(b: Record<string, unknown>): CollectionSpecInput {
-  // Types are checked here; values (dim range, metric names, index parameters) by the Database.
-  const spec: Record<string, unknown> = { name: requireString(b.name, 'name') };
-  for (const k of ['dim', 'shards', 'replicationFactor'] as const) {
-    if (b[k] !== undefined && typeof b[k] !== 'number') throw invalidArgument(`${k} must be a number`);
-    if (b[k] !== undefined) spec[k] = b[k];
+/**
+ * The JSON of a get or search answer, piece by piece: `{"<key>": [..]}`, or with `batched`
+ * `{"<key>": [[..], ..]}`. A point reads as get answers it (id, vector, payload), a hit as search
+ * answers it (id, distance, payload, vector).
+ */
+function* answerPieces(key: string, lists: (Point | SearchHit)[][], batched: boolean): Generator<string> {
+  yield `{"${key}":`;
+  if (batched) yield '[';
+  for (let q = 0; q < lists.length; q++) {
+    yield q === 0 ? '[' : ',[';
+    const list = lists[q];
+    for (let i = 0; i < list.length; i++) yield (i === 0 ? '' : ',') + pointText(list[i]);
+    yield ']';
   }
-  if (b.dim === undefined) throw invalidArgument('dim is required');
-  for (const k of ['metric', 'writeConcern'] as const) {
-    if (b[k] !== undefined) spec[k] = requireString(b[k], k);
-  }
-  if (b.index !== undefined) {
-    const idx = requireObject(b.index, 'index');
-    requireString(idx.type, 'index.type');
-    for (const [k, v] of Object.entries(idx)) {
-      if (k !== 'type' && typeof v !== 'number') throw invalidArgument(`index.${k} must be a number`);
-    }
-    spec.index = idx;
-  }
-  return spec as unknown as CollectionSpecInput;
+  yield batched ? ']}' : '}';
 }
 
-function pointJson(p: Point): Record<string, unknown> {
-  const o: Record<string, unknown> = { id: p.id };
-  if (p.vector) o.vector = Array.from(p.vector);
-  if (p.payload) o.payload = p.payload;
-  return o;
+function pointText(p: Point | SearchHit): string {
+  let s = `{"id":${JSON.stringify(p.id)}`;
+  const vector = p.vector ? `,"vector":${JSON.stringify(Array.from(p.vector))}` : '';
+  const payload = p.payload ? `,"payload":${stringifyJson(p.payload)}` : '';
+  if ('distance' in p) s += `,"distance":${JSON.stringify(p.distance)}${payload}${vector}`;
+  else s += vector + payload;
+  return s + '}';
 }
 
-function hitJson(h: SearchHit): Record<string, unknown> {
-  const o: Record<string, unknown> = { id: h.id, distance: h.distance };
-  if (h.payload) o.payload = h.payload;
-  if (h.vector) o.vector = Array.from(h.vector);
-  return o;
+/** Characters gathered before a piece is written (smaller answers go out whole, with a content-length). */
+const pieceChars = 64 * 1024;
+
+/** Writes an answer's pieces as they come, waiting for the socket to drain between them. */
+async function sendPieces(res: http.ServerResponse, parts: Iterable<string>): Promise<void> {
+  let text = '';
+  for (const part of parts) {
+    text += part;
+    if (text.length < pieceChars) continue;
+    if (!res.headersSent) res.writeHead(200, { 'content-type': 'application/json' }); // chunked
+    const flowing = res.write(text);
+    text = '';
+    if (!flowing) await drained(res);
+    if (res.destroyed) return;
+  }
+  if (res.headersSent) res.end(text);
+  else sendText(res, 200, text, 'application/json');
+}
+
+function drained(res: http.ServerResponse): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      res.off('drain', done);
+      res.off('close', done);
+      resolve();
+    };
+    res.on('drain', done);
+    res.on('close', done);
+  });
 }
 
 function sendJson(res: http.ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
@@ -345,7 +383,7 @@ function sendJson(res: http.ServerResponse, status: number, body: unknown, heade
   res.end(text);
 }
 
-function sendText(res: http.ServerResponse, status: number, text: string): void {
-  res.writeHead(status, { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(text) });
+function sendText(res: http.ServerResponse, status: number, text: string, contentType = 'text/plain; charset=utf-8'): void {
+  res.writeHead(status, { 'content-type': contentType, 'content-length': Buffer.byteLength(text) });
   res.end(text);
 }

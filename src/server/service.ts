@@ -4,6 +4,7 @@
  * stop taking new requests and wait for those already running.
  */
 import { QuiverError } from '../errors';
+import { deadlineMsMax } from '../common/limits';
 import type { Database } from '../query/types';
 import type { Metrics, Transport } from './metrics';
 import { asQuiverError } from './validate';
@@ -20,6 +21,9 @@ export type Op =
   | 'SearchBatch'
   | 'Count'
   | 'ClusterStatus';
+
+/** Operations that change state: their deadline stops them only before they reach the log (see run). */
+const CHANGES: ReadonlySet<Op> = new Set<Op>(['CreateCollection', 'DropCollection', 'Upsert', 'Delete']);
 
 export interface Logger {
   error(msg: string): void;
@@ -43,19 +47,23 @@ export class Service {
   }
 
   /**
-   * Runs one operation under a deadline (absolute, ms since the epoch). A request that arrives past
-   * its deadline is refused without touching the database; one whose deadline passes while it runs
-   * answers DEADLINE_EXCEEDED (a write may still complete: clients retry with the same idempotency
-   * key, which the engine applies once).
+   * Runs one operation under a deadline (absolute, ms since the epoch; one further away than
+   * deadlineMsMax counts as deadlineMsMax). A request that arrives past its deadline is refused
+   * without touching the database. A read whose deadline passes while it runs answers
+   * DEADLINE_EXCEEDED. A change (CHANGES) gets `signal`, aborted when the deadline passes: what it
+   * waits for before its write reaches the log (the request body, its turn) gives up then with
+   * DEADLINE_EXCEEDED, and a write already in the log is awaited and answered, so no caller is told
+   * that a change failed which is then applied.
    */
-  async run<T>(op: Op, transport: Transport, deadlineAtMs: number, fn: () => Promise<T> | T): Promise<T> {
+  async run<T>(op: Op, transport: Transport, deadlineAtMs: number, fn: (signal?: AbortSignal) => Promise<T> | T): Promise<T> {
     const t0 = process.hrtime.bigint();
     let code = 'OK';
     this.inFlight++;
     try {
       if (this.draining) throw new QuiverError('UNAVAILABLE', 'the server is shutting down');
-      const left = deadlineAtMs - Date.now();
-      if (left <= 0) throw new QuiverError('DEADLINE_EXCEEDED', 'the deadline passed before the request started');
+      const left = Math.min(deadlineAtMs - Date.now(), deadlineMsMax);
+      if (!(left > 0)) throw new QuiverError('DEADLINE_EXCEEDED', 'the deadline passed before the request started');
+      if (CHANGES.has(op)) return await withSignal(fn, left);
       // fn runs now (a synchronous throw is caught below), not a promise turn later.
       return await withDeadline(Promise.resolve(fn()), left);
     } catch (e) {
@@ -81,9 +89,23 @@ export class Service {
   }
 }
 
+function deadlinePassed(ms: number): QuiverError {
+  return new QuiverError('DEADLINE_EXCEEDED', `the deadline of ${Math.round(ms)} ms passed`);
+}
+
+async function withSignal<T>(fn: (signal: AbortSignal) => Promise<T> | T, ms: number): Promise<T> {
+  const ac = new AbortController();
+  const timer = setTimeout(() => ac.abort(deadlinePassed(ms)), ms);
+  try {
+    return await fn(ac.signal);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 function withDeadline<T>(p: Promise<T>, ms: number): Promise<T> {
   return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new QuiverError('DEADLINE_EXCEEDED', `the deadline of ${ms} ms passed`)), ms);
+    const timer = setTimeout(() => reject(deadlinePassed(ms)), ms);
     p.then(
       (v) => {
         clearTimeout(timer);

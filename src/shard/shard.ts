@@ -9,6 +9,8 @@
  *     v  durable
  *   apply chain (one at a time, LSN order; holds the shard lock exclusively)
  *     |  idempotency key seen?  -> yes: change nothing, reuse the first answer
+ *     |  (a key stands for one request, by its hash: checkKey refuses the key with another request
+ *     |   before anything is written, so a key's second entry is always a retry of its first)
  *     |  index.add / index.remove (native, async)  -> then point store (ids, vectors, payloads)
  *     |  appliedLsn = LSN        (visibility = applied)
  *     v
@@ -28,7 +30,8 @@ import { QuiverError } from '../errors';
 import { FlatIndex, HnswIndex, IvfPqIndex, LABEL_NONE, Metric, VectorIndex, deserializeIndex } from '../native';
 import { EntryType, Wal } from '../wal';
 import type { WalOptions } from '../wal';
-import { UpsertOp, decodeDelete, decodeUpsert, encodeDelete, encodeUpsert } from './codec';
+import { cloneJson } from '../common/json';
+import { UpsertOp, decodeDelete, decodeUpsert, encodeDelete, encodeUpsert, requestHash, requestHashOf } from './codec';
 import { RwLock } from './lock';
 import { KeyRecord, listSnapshots, readSnapshot, writeSnapshot } from './snapshot';
 import { Payload, PointStore } from './store';
@@ -94,11 +97,16 @@ export interface ShardStatusInfo {
   walBytes: number;
 }
 
+/** `hash`: of the request an idempotency key stands for (absent without a key, or in entries written before hashes were kept). */
 type Op =
-  | { type: EntryType.Upsert; upsert: UpsertOp; payloads: (Payload | undefined)[] }
-  | { type: EntryType.Delete; ids: string[] }
+  | { type: EntryType.Upsert; upsert: UpsertOp; payloads: (Payload | undefined)[]; hash?: Buffer }
+  | { type: EntryType.Delete; ids: string[]; hash?: Buffer }
   | { type: EntryType.EpochStart }
   | { type: EntryType.Config; config: string };
+
+function hashOf(op: Op): Buffer | undefined {
+  return op.type === EntryType.Upsert || op.type === EntryType.Delete ? op.hash : undefined;
+}
 
 export interface WriteResult {
   lsn: number;
@@ -144,7 +152,7 @@ export class Shard {
   private index!: VectorIndex;
   private wal!: Wal;
   private keys = new Map<string, KeyRecord>();
-  private readonly inflightKeys = new Map<string, Promise<WriteResult>>();
+  private readonly inflightKeys = new Map<string, { hash: Buffer; done: Promise<WriteResult> }>();
   private readonly lock = new RwLock();
   private applyChain: Promise<unknown> = Promise.resolve();
   private applied = 0;
@@ -251,10 +259,10 @@ export class Shard {
     switch (type) {
       case EntryType.Upsert: {
         const upsert = decodeUpsert(body, this.opts.dim);
-        return { type, upsert, payloads: upsert.payloadJson.map(parsePayload) };
+        return { type, upsert, payloads: upsert.payloadJson.map(parsePayload), hash: requestHashOf(body) };
       }
       case EntryType.Delete:
-        return { type, ids: decodeDelete(body) };
+        return { type, ids: decodeDelete(body), hash: requestHashOf(body) };
       case EntryType.EpochStart:
         return { type };
       case EntryType.Config:
@@ -271,29 +279,44 @@ export class Shard {
 
   /**
    * Upserts a validated batch (unique ids, n*dim finite floats, payload JSON texts of objects).
-   * Resolves once durable and applied with the number upserted and the entry's LSN.
+   * Resolves once durable and applied with the number upserted and the entry's LSN. With an
+   * idempotency key, `hash` names the request it stands for (default: this batch, requestHash).
    */
-  upsert(op: UpsertOp, key = ''): Promise<WriteResult> {
+  upsert(op: UpsertOp, key = '', hash = key === '' ? undefined : requestHash('upsert', '', op.ids, op.payloadJson, op.vectors)): Promise<WriteResult> {
     const payloads = op.payloadJson.map(parsePayload);
-    return this.write({ type: EntryType.Upsert, upsert: op, payloads }, encodeUpsert(op, this.opts.dim), key);
+    return this.write({ type: EntryType.Upsert, upsert: op, payloads, hash }, encodeUpsert(op, this.opts.dim, hash), key);
   }
 
-  /** Deletes ids (absent ones are no-ops). Answer: how many existed. */
-  delete(ids: string[], key = ''): Promise<WriteResult> {
-    return this.write({ type: EntryType.Delete, ids }, encodeDelete(ids), key);
+  /** Deletes ids (absent ones are no-ops). Answer: how many existed. `key` and `hash` as for upsert. */
+  delete(ids: string[], key = '', hash = key === '' ? undefined : requestHash('delete', '', ids)): Promise<WriteResult> {
+    return this.write({ type: EntryType.Delete, ids, hash }, encodeDelete(ids, hash), key);
+  }
+
+  /**
+   * Refuses (FAILED_PRECONDITION) an idempotency key that stands for another request than `hash`
+   * here, remembered or being written. A key remembered without a hash (written before hashes were
+   * kept) stands for whatever request reuses it, as it did then.
+   */
+  checkKey(key: string, hash: Buffer): void {
+    const known = this.keys.get(key)?.hash ?? this.inflightKeys.get(key)?.hash;
+    if (known !== undefined && known.length > 0 && !known.equals(hash)) {
+      throw new QuiverError('FAILED_PRECONDITION', `idempotency key "${key}" was already used for a different request; a new request needs a new key`);
+    }
   }
 
   private write(op: Op, body: Buffer | Buffer[], key: string): Promise<WriteResult> {
+    const hash = hashOf(op);
     try {
       this.usable();
+      if (hash) this.checkKey(key, hash);
     } catch (e) {
       return Promise.reject(e);
     }
-    if (key !== '') {
+    if (hash) {
       const rec = this.keys.get(key);
       if (rec) return Promise.resolve({ lsn: rec.lsn, answer: rec.answer });
       const inflight = this.inflightKeys.get(key);
-      if (inflight) return inflight;
+      if (inflight) return inflight.done;
     }
     let appended: { lsn: number; durable: Promise<void> };
     try {
@@ -307,8 +330,8 @@ export class Shard {
       await appended.durable;
       return this.applyOp(appended.lsn, epoch, key, op);
     });
-    if (key !== '') {
-      this.inflightKeys.set(key, done);
+    if (hash) {
+      this.inflightKeys.set(key, { hash, done });
       const clear = (): void => {
         this.inflightKeys.delete(key);
       };
@@ -360,7 +383,7 @@ export class Shard {
         } else {
           const answer = await this.applyChange(op);
           result = { lsn, answer };
-          if (key !== '') this.remember(key, { lsn, answer });
+          if (key !== '') this.remember(key, { lsn, answer, hash: hashOf(op) ?? Buffer.alloc(0) });
         }
       } catch (e) {
         throw this.breakWith(e as Error);
@@ -383,10 +406,11 @@ export class Shard {
   private async applyChange(op: Op): Promise<number> {
     switch (op.type) {
       case EntryType.Upsert: {
-        const { ids, vectors } = op.upsert;
+        const { ids, vectors, payloadJson } = op.upsert;
         const plan = this.store.planLabels(ids);
         if (ids.length > 0) await this.index.add(plan.labels, vectors);
         this.store.assign(plan, ids, vectors, op.payloads);
+        this.store.noteSizes(ids, payloadJson);
         await this.maybeTrain();
         return ids.length;
       }
@@ -438,6 +462,15 @@ export class Shard {
     return this.store.count;
   }
 
+  /** The longest id and payload JSON (UTF-8 bytes) the shard has held: bounds of what an answer carries per point. */
+  get largestIdBytes(): number {
+    return this.store.largestIdBytes;
+  }
+
+  get largestPayloadBytes(): number {
+    return this.store.largestPayloadBytes;
+  }
+
   /** Points of `ids` present in the shard (absent ones skipped), copies. */
   get(ids: string[], withVectors: boolean, withPayload: boolean): StoredPoint[] {
     const out: StoredPoint[] = [];
@@ -454,7 +487,7 @@ export class Shard {
     if (withVectors) p.vector = this.store.vectorOf(label);
     if (withPayload) {
       const pl = this.store.payloadOf(label);
-      p.payload = pl === undefined ? {} : structuredClone(pl);
+      p.payload = pl === undefined ? {} : cloneJson(pl);
     }
     return p;
   }

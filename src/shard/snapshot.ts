@@ -9,10 +9,12 @@
  *     24  8  epoch of that entry
  *     32  4  the CRC-32C that ends index.bin (its envelope's own checksum; ties the two files)
  *     36  4  flags: bit 0 = the vectors are not in state.bin but taken from the index (which keeps
- *              them exactly: flat and HNSW with l2 or ip)
+ *              them exactly: flat and HNSW with l2 or ip); bit 1 = each key record ends with the
+ *              hash of its request (always set when written now; older snapshots lack it)
  *     40  8  length of index.bin
  *     48  .. point store (PointStore.encode(48): id table, payloads, free labels, vectors by label)
- *     ..  u32 n | n x { u16 keyLen | key | u64 lsn | f64 answer }  (remembered idempotency keys, oldest first)
+ *     ..  u32 n | n x { u16 keyLen | key | u64 lsn | f64 answer | [u8 hashLen | hash] }
+ *              (remembered idempotency keys, oldest first; hashLen 0: the request is not known)
  *     end 4  CRC-32C of every byte before it
  * Written to tmp-<lsn>-<pid>/ in the same parent, each file fsynced, the directory fsynced, renamed
  * into place, the parent fsynced: a crash leaves the old snapshot, the new one, or a tmp-* dir
@@ -32,7 +34,12 @@ const TWO32 = 4294967296;
 export interface KeyRecord {
   lsn: number;
   answer: number;
+  /** The hash of the request the key was first used for (codec.ts); empty when not known (written before hashes were kept). */
+  hash: Buffer;
 }
+
+const FLAG_VECTORS_IN_INDEX = 1;
+const FLAG_KEY_HASHES = 2;
 
 export interface SnapshotMeta {
   lsn: number;
@@ -92,7 +99,7 @@ export async function writeSnapshot(
   head.writeUInt32LE(meta.epoch % TWO32, 24);
   head.writeUInt32LE(Math.floor(meta.epoch / TWO32), 28);
   head.writeUInt32LE(indexBytes.length >= 4 ? indexBytes.readUInt32LE(indexBytes.length - 4) : 0, 32);
-  head.writeUInt32LE(meta.vectorsInIndex ? 1 : 0, 36);
+  head.writeUInt32LE((meta.vectorsInIndex ? FLAG_VECTORS_IN_INDEX : 0) | FLAG_KEY_HASHES, 36);
   head.writeUInt32LE(indexBytes.length % TWO32, 40);
   head.writeUInt32LE(Math.floor(indexBytes.length / TWO32), 44);
   const keyParts: Buffer[] = [];
@@ -101,12 +108,14 @@ export async function writeSnapshot(
   keyParts.push(n);
   for (const [k, rec] of keys) {
     const kb = Buffer.from(k, 'utf8');
-    const r = Buffer.alloc(2 + kb.length + 16);
+    const r = Buffer.alloc(2 + kb.length + 17 + rec.hash.length);
     r.writeUInt16LE(kb.length, 0);
     kb.copy(r, 2);
     r.writeUInt32LE(rec.lsn % TWO32, 2 + kb.length);
     r.writeUInt32LE(Math.floor(rec.lsn / TWO32), 6 + kb.length);
     r.writeDoubleLE(rec.answer, 10 + kb.length);
+    r.writeUInt8(rec.hash.length, 18 + kb.length);
+    rec.hash.copy(r, 19 + kb.length);
     keyParts.push(r);
   }
   const parts = [head, ...storeParts, ...keyParts];
@@ -168,8 +177,9 @@ export async function readSnapshot(
   const epoch = state.readUInt32LE(24) + state.readUInt32LE(28) * TWO32;
   const indexLen = state.readUInt32LE(40) + state.readUInt32LE(44) * TWO32;
   const flags = state.readUInt32LE(36);
-  if (flags > 1) bad(`unknown flags ${flags}`);
-  const vectorsInIndex = flags === 1;
+  if (flags & ~(FLAG_VECTORS_IN_INDEX | FLAG_KEY_HASHES)) bad(`unknown flags ${flags}`);
+  const vectorsInIndex = (flags & FLAG_VECTORS_IN_INDEX) !== 0;
+  const keyHashes = (flags & FLAG_KEY_HASHES) !== 0;
   // The index checks its own CRC when deserialized; here only that it is the file written with this state.
   if (indexBytes.length !== indexLen || indexLen < 4 || indexBytes.readUInt32LE(indexLen - 4) !== state.readUInt32LE(32)) {
     bad('index.bin does not match state.bin');
@@ -189,7 +199,14 @@ export async function readSnapshot(
       const klsn = body.readUInt32LE(off) + body.readUInt32LE(off + 4) * TWO32;
       const answer = body.readDoubleLE(off + 8);
       off += 16;
-      keys.set(key, { lsn: klsn, answer });
+      let hash = Buffer.alloc(0);
+      if (keyHashes) {
+        const hl = body.readUInt8(off);
+        if (off + 1 + hl > end) throw new Error('short key record');
+        hash = Buffer.from(body.subarray(off + 1, off + 1 + hl));
+        off += 1 + hl;
+      }
+      keys.set(key, { lsn: klsn, answer, hash });
     }
   } catch (e) {
     return bad((e as Error).message);

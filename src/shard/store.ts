@@ -7,6 +7,7 @@
  * same entries applied in the same order give the same labels on every replica.
  */
 import { createHash } from 'crypto';
+import { stringifyJson } from '../common/json';
 import { allocRows } from '../native/addon';
 
 export type Payload = { [field: string]: unknown };
@@ -38,6 +39,10 @@ export class PointStore {
 
   /** Rows per vector chunk (rowsPerChunk(dim)). */
   private readonly chunkLabels: number;
+
+  /** The longest id and payload JSON (UTF-8 bytes) assigned since creation or decode; deletes leave them. */
+  largestIdBytes = 0;
+  largestPayloadBytes = 0;
 
   constructor(dim: number) {
     this.dim = dim;
@@ -134,6 +139,14 @@ export class PointStore {
     }
   }
 
+  /** Raises largestIdBytes and largestPayloadBytes to cover a batch just assigned. */
+  noteSizes(ids: string[], payloadJson: string[]): void {
+    for (let i = 0; i < ids.length; i++) {
+      this.largestIdBytes = Math.max(this.largestIdBytes, Buffer.byteLength(ids[i]));
+      this.largestPayloadBytes = Math.max(this.largestPayloadBytes, Buffer.byteLength(payloadJson[i]));
+    }
+  }
+
   /** Removes ids (absent ones ignored); their labels go on the free stack in the given order. */
   remove(ids: string[]): number {
     let n = 0;
@@ -196,7 +209,7 @@ export class PointStore {
       h.update(idb);
       const v = this.row(label);
       h.update(new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
-      const p = this.payloads[label] === undefined ? Buffer.alloc(0) : Buffer.from(JSON.stringify(this.payloads[label]), 'utf8');
+      const p = this.payloads[label] === undefined ? Buffer.alloc(0) : Buffer.from(stringifyJson(this.payloads[label]), 'utf8');
       len.writeUInt32LE(p.length, 0);
       h.update(len);
       h.update(p);
@@ -228,7 +241,7 @@ export class PointStore {
       const id = this.labelToId[l];
       if (id === undefined) continue;
       const idb = Buffer.from(id, 'utf8');
-      const p = this.payloads[l] === undefined ? Buffer.alloc(0) : Buffer.from(JSON.stringify(this.payloads[l]), 'utf8');
+      const p = this.payloads[l] === undefined ? Buffer.alloc(0) : Buffer.from(stringifyJson(this.payloads[l]), 'utf8');
       const r = Buffer.allocUnsafe(4 + 2 + idb.length + 4 + p.length);
       r.writeUInt32LE(l, 0);
       r.writeUInt16LE(idb.length, 4);
@@ -288,6 +301,8 @@ export class PointStore {
     const labels = new Uint32Array(count);
     const ids: string[] = [];
     const payloads: (Payload | undefined)[] = [];
+    let largestIdBytes = 0;
+    let largestPayloadBytes = 0;
     for (let i = 0; i < count; i++) {
       if (off + 6 > buf.length) fail('short record');
       labels[i] = buf.readUInt32LE(off);
@@ -301,6 +316,8 @@ export class PointStore {
       if (off + pLen > buf.length) fail('short payload');
       payloads.push(pLen === 0 ? undefined : (JSON.parse(buf.toString('utf8', off, off + pLen)) as Payload));
       off += pLen;
+      largestIdBytes = Math.max(largestIdBytes, idLen);
+      largestPayloadBytes = Math.max(largestPayloadBytes, pLen);
       if (labels[i] >= nextLabel || (i > 0 && labels[i] <= labels[i - 1])) fail('labels out of order');
     }
     if (off + freeCount * 4 > buf.length) fail('short free list');
@@ -328,6 +345,8 @@ export class PointStore {
     }
     if (withVectors) off += nextLabel * rowBytes;
     this.nextLabel = nextLabel;
+    this.largestIdBytes = largestIdBytes;
+    this.largestPayloadBytes = largestPayloadBytes;
     this.freeLabels = free;
     this.chunks = chunks;
     this.shared.clear();
