@@ -19,6 +19,10 @@ if command -v nvcc >/dev/null 2>&1 && [ -f native/CMakeLists.txt ]; then
   npm run build:cuda
 fi
 
+# Sanitizer builds of the native core (ThreadSanitizer; AddressSanitizer + UBSan); each is skipped,
+# with a message saying so, where gcc's runtime for it is missing.
+bash scripts/sanitize.sh
+
 mkdir -p .cache
 rc=0
 npx vitest run --reporter=default --reporter=json --outputFile.json=.cache/vitest.json "$@" || rc=$?

@@ -286,6 +286,8 @@ Status FlatIndex::deserialize(const EnvelopeInfo& info, std::unique_ptr<Index>* 
   r.array(&index->data_, n * info.dim);
   QV_RETURN_IF_ERROR(r.status("flat index body"));
   if (r.remaining() != 0) return data_loss("flat index: trailing bytes in body");
+  for (float v : index->data_)
+    if (!std::isfinite(v)) return data_loss("flat index: a non-finite vector value");
   const auto& K = kernels();
   index->norms_.resize(n);
   index->slot_of_.reserve(n);

@@ -142,10 +142,10 @@ hnsw::SearchContext* HnswIndex::acquire_context() const {
       return c;
     }
   }
-  auto* c = new hnsw::SearchContext();
+  auto c = std::make_unique<hnsw::SearchContext>();
   c->qbuf.resize(dim_);
   c->qcode.resize(dim_);
-  return c;
+  return c.release();
 }
 
 void HnswIndex::release_context(hnsw::SearchContext* c) const noexcept {

@@ -597,6 +597,9 @@ Status IvfPqIndex::deserialize(const EnvelopeInfo& info, std::unique_ptr<Index>*
       r.array(&codes, static_cast<uint64_t>(count) * p.m);
       if (p.refine > 0) r.array(&raw, static_cast<uint64_t>(count) * info.dim);
       QV_RETURN_IF_ERROR(r.status("ivfpq list"));
+      if (p.refine > 0)
+        for (float v : raw)
+          if (!std::isfinite(v)) return data_loss("ivfpq index file has a non-finite vector value");
       for (uint32_t i = 0; i < count; ++i) {
         if (labels[i] == kLabelNone || idx->where_.count(labels[i]))
           return data_loss("ivfpq index file has a reserved or duplicate label");
