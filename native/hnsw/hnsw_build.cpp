@@ -202,7 +202,7 @@ Status HnswIndex::add(const uint32_t* labels, const float* vectors, size_t n, in
     staged.reserve(slot_of_);
   }
   // Slots: the lowest free ones first (the replaced ones are free by then), then new ones.
-  std::vector<uint32_t> slots(free_.rbegin(), free_.rend());
+  std::vector<uint32_t> slots(free_.rbegin(), free_.rbegin() + std::min(n, free_.size()));
   slots.insert(slots.end(), replaced.begin(), replaced.end());
   std::sort(slots.begin(), slots.end());
   const size_t reused = std::min(slots.size(), n);
@@ -242,6 +242,7 @@ Status HnswIndex::add(const uint32_t* labels, const float* vectors, size_t n, in
   }
 
   // 2. The quantizer covers the batch: a wider one and the codes it changes, with no search running.
+  //    (Never wait for the gate holding label_mu_: a query in the gate may be waiting for it.)
   if (refit.widened) {
     ReadGate::Exclusive no_search(gate_);
     sq_ = std::move(wider);

@@ -17,68 +17,18 @@
 #include <vector>
 
 #include "common/format.h"
-#include "common/index.h"
-#include "common/limits.h"
 #include "distance/distance.h"
+#include "driver.h"
 
 namespace {
 
 using qv::Index;
 using qv::Metric;
 using qv::Status;
-
-int failures = 0;
-#define CHECK(cond, ...)                                                      \
-  do {                                                                        \
-    if (!(cond)) {                                                            \
-      std::fprintf(stderr, "index_test:%d: %s: ", __LINE__, #cond);          \
-      std::fprintf(stderr, __VA_ARGS__);                                      \
-      std::fprintf(stderr, "\n");                                             \
-      ++failures;                                                             \
-    }                                                                         \
-  } while (0)
-
-struct Rng {
-  uint64_t s;
-  explicit Rng(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 7) {}
-  float uniform() {
-    s ^= s << 13;
-    s ^= s >> 7;
-    s ^= s << 17;
-    return static_cast<float>((s >> 40) & 0xFFFFFF) / 16777216.0f;
-  }
-};
-
-std::vector<float> vectors(size_t n, uint32_t dim, uint64_t seed, float scale) {
-  Rng r(seed);
-  std::vector<float> v(n * dim);
-  for (float& x : v) x = scale * (2.0f * r.uniform() - 1.0f);
-  return v;
-}
-
-std::vector<uint32_t> labels_from(uint32_t start, size_t n) {
-  std::vector<uint32_t> l(n);
-  for (size_t i = 0; i < n; ++i) l[i] = start + static_cast<uint32_t>(i);
-  return l;
-}
-
-std::unique_ptr<Index> make(const std::string& kind, uint32_t dim, Metric metric, std::map<std::string, double> num) {
-  qv::IndexOptions o;
-  o.dim = dim;
-  o.metric = metric;
-  o.num = std::move(num);
-  std::unique_ptr<Index> ix;
-  const Status st = qv::create_index(kind, o, &ix);
-  CHECK(st.is_ok(), "create %s: %s", kind.c_str(), st.message().c_str());
-  return ix;
-}
-
-std::vector<uint8_t> bytes_of(const Index& ix) {
-  std::vector<uint8_t> b;
-  const Status st = ix.serialize(&b);
-  CHECK(st.is_ok(), "serialize: %s", st.message().c_str());
-  return b;
-}
+using qvtest::bytes_of;
+using qvtest::labels_from;
+using qvtest::make;
+using qvtest::vectors;
 
 struct Answer {
   std::vector<uint32_t> labels;
@@ -279,9 +229,5 @@ int main() {
   }
   auto untrained = make("ivfpq", dim, Metric::L2, {{"nlist", 2}, {"m", 1}});
   corrupt("ivfpq-untrained", bytes_of(*untrained));
-  if (failures != 0) {
-    std::fprintf(stderr, "index_test: %d failures\n", failures);
-    return 1;
-  }
-  return 0;
+  return qvtest::finish("index_test");
 }

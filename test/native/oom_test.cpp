@@ -25,7 +25,7 @@
 #include <string>
 #include <vector>
 
-#include "common/index.h"
+#include "driver.h"
 
 namespace {
 
@@ -91,44 +91,12 @@ namespace {
 using qv::Index;
 using qv::Metric;
 using qv::Status;
-
-int failures = 0;
-#define CHECK(cond, ...)                                                      \
-  do {                                                                        \
-    if (!(cond)) {                                                            \
-      std::fprintf(stderr, "oom_test:%d: %s: ", __LINE__, #cond);            \
-      std::fprintf(stderr, __VA_ARGS__);                                      \
-      std::fprintf(stderr, "\n");                                             \
-      ++failures;                                                             \
-    }                                                                         \
-  } while (0)
+using qvtest::bytes_of;
+using qvtest::labels_from;
 
 constexpr uint32_t kDim = 6;
 
-std::vector<float> vectors(size_t n, uint64_t seed, float scale) {
-  std::vector<float> v(n * kDim);
-  uint64_t s = seed * 0x9E3779B97F4A7C15ull + 3;
-  for (float& x : v) {
-    s ^= s << 13;
-    s ^= s >> 7;
-    s ^= s << 17;
-    x = scale * (static_cast<float>((s >> 40) & 0xFFFF) / 32768.0f - 1.0f);
-  }
-  return v;
-}
-
-std::vector<uint32_t> labels_from(uint32_t start, size_t n) {
-  std::vector<uint32_t> l(n);
-  for (size_t i = 0; i < n; ++i) l[i] = start + static_cast<uint32_t>(i);
-  return l;
-}
-
-std::vector<uint8_t> bytes_of(const Index& ix) {
-  std::vector<uint8_t> b;
-  const Status st = ix.serialize(&b);
-  CHECK(st.is_ok(), "serialize: %s", st.message().c_str());
-  return b;
-}
+std::vector<float> vectors(size_t n, uint64_t seed, float scale) { return qvtest::vectors(n, kDim, seed, scale); }
 
 std::unique_ptr<Index> load(const std::vector<uint8_t>& b) {
   std::unique_ptr<Index> ix;
@@ -231,14 +199,7 @@ void sweep(const std::string& name, const std::vector<uint8_t>& base, uint32_t m
 }
 
 std::unique_ptr<Index> make(const std::string& kind, Metric metric, std::map<std::string, double> num) {
-  qv::IndexOptions o;
-  o.dim = kDim;
-  o.metric = metric;
-  o.num = std::move(num);
-  std::unique_ptr<Index> ix;
-  const Status st = qv::create_index(kind, o, &ix);
-  CHECK(st.is_ok(), "create %s: %s", kind.c_str(), st.message().c_str());
-  return ix;
+  return qvtest::make(kind, kDim, metric, std::move(num));
 }
 
 void sweep_kind(const std::string& name, std::unique_ptr<Index> ix) {
@@ -283,9 +244,5 @@ int main() {
   auto untrained = make("ivfpq", Metric::L2, {{"nlist", 4}, {"m", 3}, {"refine", 2}});
   sweep("ivfpq train", bytes_of(*untrained), 0, true, false,
         [&](Index& x) { return x.train(sample.data(), 300, 2, nullptr); });
-  if (failures != 0) {
-    std::fprintf(stderr, "oom_test: %d failures\n", failures);
-    return 1;
-  }
-  return 0;
+  return qvtest::finish("oom_test");
 }

@@ -11,37 +11,23 @@
 #include <atomic>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
-#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include "common/index.h"
 #include "common/limits.h"
+#include "driver.h"
 
 namespace {
 
 using qv::Index;
 using qv::Status;
+using qvtest::Rng;
 
 constexpr uint32_t kDim = 16;
 constexpr uint32_t kBatch = 150;
 constexpr uint32_t kBatches = 10;
 constexpr uint32_t kLabels = kBatch * kBatches;
-
-struct Rng {
-  uint64_t s;
-  explicit Rng(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
-  uint32_t next() {
-    s ^= s << 13;
-    s ^= s >> 7;
-    s ^= s << 17;
-    return static_cast<uint32_t>(s >> 11);
-  }
-  float uniform() { return static_cast<float>(next() & 0xFFFFFF) / 16777216.0f; }  // [0, 1)
-  uint32_t below(uint32_t n) { return next() % n; }
-};
 
 // Vectors of batch b: values in [-(1 + b/2), 1 + b/2] around an offset that moves with b, so that
 // each batch falls partly outside the range fitted to the ones before.
@@ -51,15 +37,6 @@ std::vector<float> batch_vectors(Rng& rng, size_t n, uint32_t b) {
   const float shift = b % 2 == 0 ? 0.25f * static_cast<float>(b) : -0.25f * static_cast<float>(b);
   for (float& x : v) x = shift + scale * (2.0f * rng.uniform() - 1.0f);
   return v;
-}
-
-int failures = 0;
-void fail(const std::string& what) {
-  std::fprintf(stderr, "stress: %s\n", what.c_str());
-  ++failures;
-}
-void expect_ok(const Status& st, const char* what) {
-  if (!st.is_ok()) fail(std::string(what) + ": " + st.message());
 }
 
 void stress(const char* name, Index* ix) {
@@ -73,13 +50,15 @@ void stress(const char* name, Index* ix) {
       std::vector<uint32_t> labels(kBatch);
       for (uint32_t i = 0; i < kBatch; ++i) labels[i] = b * kBatch + i;
       std::vector<float> v = batch_vectors(rng, kBatch, b);
-      expect_ok(ix->add(labels.data(), v.data(), kBatch, 2), "add");
+      const Status st = ix->add(labels.data(), v.data(), kBatch, 2);
+      CHECK(st.is_ok(), "%s add: %s", name, st.message().c_str());
       added.store((b + 1) * kBatch, std::memory_order_release);
       if (b > 0 && b % 3 == 0) {  // replace part of the previous batch
         std::vector<uint32_t> again(kBatch / 4);
         for (uint32_t i = 0; i < again.size(); ++i) again[i] = (b - 1) * kBatch + 2 * i;
         std::vector<float> w = batch_vectors(rng, again.size(), b + 1);
-        expect_ok(ix->add(again.data(), w.data(), again.size(), 2), "upsert");
+        const Status up = ix->add(again.data(), w.data(), again.size(), 2);
+        CHECK(up.is_ok(), "%s upsert: %s", name, up.message().c_str());
       }
     }
     done.store(true, std::memory_order_release);
@@ -102,10 +81,11 @@ void stress(const char* name, Index* ix) {
       }
       for (uint32_t l : labels) {
         const Status st = ix->remove(&l, 1);
-        if (!st.is_ok() && st.code() != qv::Code::NotFound) fail(std::string("remove: ") + st.message());
+        CHECK(st.is_ok() || st.code() == qv::Code::NotFound, "%s remove: %s", name, st.message().c_str());
       }
       std::vector<float> v = batch_vectors(rng, labels.size(), hi / kBatch);
-      expect_ok(ix->add(labels.data(), v.data(), labels.size(), 2), "re-add");
+      const Status st = ix->add(labels.data(), v.data(), labels.size(), 2);
+      CHECK(st.is_ok(), "%s re-add: %s", name, st.message().c_str());
     }
   });
 
@@ -130,12 +110,12 @@ void stress(const char* name, Index* ix) {
       p.threads = 1 + static_cast<int>(rng.below(2));
       if (kind != 0) p.filter = &filter;
       const Status st = ix->search(q.data(), nq, p, labels.data(), dists.data());
-      if (!st.is_ok() && st.code() != qv::Code::FailedPrecondition) fail(std::string("search: ") + st.message());
+      CHECK(st.is_ok(), "%s search: %s", name, st.message().c_str());
       for (size_t i = 0; i < labels.size(); ++i) {
         if (labels[i] == qv::kLabelNone) continue;
-        if (labels[i] >= kLabels) fail("search returned label " + std::to_string(labels[i]));
-        if (kind != 0 && !filter.allows(labels[i])) fail("filtered search returned label " + std::to_string(labels[i]));
-        if (!std::isfinite(dists[i])) fail("search returned a non-finite distance");
+        CHECK(labels[i] < kLabels, "%s search returned label %u", name, labels[i]);
+        CHECK(kind == 0 || filter.allows(labels[i]), "%s filtered search returned label %u", name, labels[i]);
+        CHECK(std::isfinite(dists[i]), "%s search returned a non-finite distance", name);
       }
       searches.fetch_add(1, std::memory_order_relaxed);
     }
@@ -153,10 +133,10 @@ void stress(const char* name, Index* ix) {
       if (hi > 0) {
         const uint32_t l = rng.below(hi);
         const Status st = ix->get_vectors(&l, 1, out.data());
-        if (!st.is_ok() && st.code() != qv::Code::NotFound && st.code() != qv::Code::FailedPrecondition)
-          fail(std::string("get_vectors: ") + st.message());
+        CHECK(st.is_ok() || st.code() == qv::Code::NotFound || st.code() == qv::Code::FailedPrecondition,
+              "%s get_vectors: %s", name, st.message().c_str());
       }
-      if (round % 16 == 0) expect_ok(ix->serialize(&bytes), "serialize");
+      if (round % 16 == 0) CHECK(ix->serialize(&bytes).is_ok(), "%s serialize", name);
       std::this_thread::yield();
     }
   });
@@ -171,43 +151,19 @@ void stress(const char* name, Index* ix) {
               static_cast<unsigned long long>(searches.load()));
 }
 
-std::unique_ptr<Index> make(const char* kind, qv::Metric metric, std::map<std::string, double> num) {
-  qv::IndexOptions o;
-  o.dim = kDim;
-  o.metric = metric;
-  o.num = std::move(num);
-  std::unique_ptr<Index> ix;
-  const Status st = qv::create_index(kind, o, &ix);
-  if (!st.is_ok()) {
-    std::fprintf(stderr, "stress: create %s: %s\n", kind, st.message().c_str());
-    std::exit(1);
-  }
-  return ix;
-}
-
 }  // namespace
 
 int main() {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
-  const qv::Metric metrics[] = {qv::Metric::L2, qv::Metric::Cosine, qv::Metric::IP};
-  for (qv::Metric m : metrics) {
-    auto ix = make("hnsw", m, {{"m", 8}, {"efConstruction", 32}});
+  for (qv::Metric m : {qv::Metric::L2, qv::Metric::Cosine, qv::Metric::IP}) {
+    auto ix = qvtest::make("hnsw", kDim, m, {{"m", 8}, {"efConstruction", 32}});
     stress((std::string("hnsw-") + qv::metric_name(m)).c_str(), ix.get());
   }
-  {
-    auto ix = make("flat", qv::Metric::L2, {});
-    stress("flat-l2", ix.get());
-  }
-  {
-    auto ix = make("ivfpq", qv::Metric::L2, {{"nlist", 8}, {"m", 4}, {"refine", 2}});
-    Rng rng(3);
-    std::vector<float> sample = batch_vectors(rng, 512, 2);
-    expect_ok(ix->train(sample.data(), 512, 2, nullptr), "train");
-    stress("ivfpq-l2", ix.get());
-  }
-  if (failures != 0) {
-    std::fprintf(stderr, "stress: %d failures\n", failures);
-    return 1;
-  }
-  return 0;
+  stress("flat-l2", qvtest::make("flat", kDim, qv::Metric::L2, {}).get());
+  auto ivf = qvtest::make("ivfpq", kDim, qv::Metric::L2, {{"nlist", 8}, {"m", 4}, {"refine", 2}});
+  Rng rng(3);
+  const std::vector<float> sample = batch_vectors(rng, 512, 2);
+  CHECK(ivf->train(sample.data(), 512, 2, nullptr).is_ok(), "ivfpq train");
+  stress("ivfpq-l2", ivf.get());
+  return qvtest::finish("stress");
 }
