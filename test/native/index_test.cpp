@@ -22,13 +22,8 @@
 
 namespace {
 
-using qv::Index;
-using qv::Metric;
-using qv::Status;
-using qvtest::bytes_of;
-using qvtest::labels_from;
-using qvtest::make;
-using qvtest::vectors;
+using qv::Index, qv::Metric, qv::Status;
+using qvtest::bytes_of, qvtest::labels_from, qvtest::make, qvtest::vectors;
 
 struct Answer {
   std::vector<uint32_t> labels;

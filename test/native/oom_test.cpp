@@ -88,11 +88,8 @@ void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcep
 
 namespace {
 
-using qv::Index;
-using qv::Metric;
-using qv::Status;
-using qvtest::bytes_of;
-using qvtest::labels_from;
+using qv::Index, qv::Metric, qv::Status;
+using qvtest::bytes_of, qvtest::labels_from;
 
 constexpr uint32_t kDim = 6;
 
