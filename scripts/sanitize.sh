@@ -27,21 +27,21 @@ export UBSAN_OPTIONS="print_stacktrace=1 ${UBSAN_OPTIONS:-}"
 
 ran=0
 if runtime_ok -fsanitize=thread; then
-  echo "== ThreadSanitizer: building (build/sanitize/tsan) =="
+  echo "== ThreadSanitizer: building (.cache/sanitize/tsan) =="
   make -s -j"$JOBS" -f test/native/Makefile SAN=tsan CXX="$CXX"
   echo "== ThreadSanitizer: stress =="
-  build/sanitize/tsan/bin/stress
+  .cache/sanitize/tsan/bin/stress
   ran=$((ran + 1))
 else
   echo "== ThreadSanitizer: SKIPPED: $CXX cannot build and run with -fsanitize=thread here (libtsan missing?) =="
 fi
 if runtime_ok -fsanitize=address,undefined; then
-  echo "== AddressSanitizer + UBSan: building (build/sanitize/asan) =="
+  echo "== AddressSanitizer + UBSan: building (.cache/sanitize/asan) =="
   make -s -j"$JOBS" -f test/native/Makefile SAN=asan CXX="$CXX"
   echo "== AddressSanitizer + UBSan: index_test =="
-  build/sanitize/asan/bin/index_test
+  .cache/sanitize/asan/bin/index_test
   echo "== AddressSanitizer + UBSan: oom_test =="
-  build/sanitize/asan/bin/oom_test
+  .cache/sanitize/asan/bin/oom_test
   ran=$((ran + 1))
 else
   echo "== AddressSanitizer + UBSan: SKIPPED: $CXX cannot build and run with -fsanitize=address,undefined here (libasan/libubsan missing?) =="
