@@ -242,7 +242,6 @@ Status HnswIndex::add(const uint32_t* labels, const float* vectors, size_t n, in
   }
 
   // 2. The quantizer covers the batch: a wider one and the codes it changes, with no search running.
-  //    (Never wait for the gate holding label_mu_: a query in the gate may be waiting for it.)
   if (refit.widened) {
     ReadGate::Exclusive no_search(gate_);
     sq_ = std::move(wider);

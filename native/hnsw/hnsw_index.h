@@ -18,17 +18,20 @@
 //    id in it names a node whose data was written before the id was published, and readers load
 //    counts with acquire. A search that races with a writer sees the old or the new list (never a
 //    torn id), so it stays safe and loses at most a little recall; it may or may not return the
-//    points of a batch being added, and never returns a point once remove() has returned.
-//  * Each query holds the search gate (common/read_gate.h: one atomic increment and decrement, no lock)
-//    while it runs. A removed slot is reused only after a grace period of the gate, so no query
-//    still holding its id sees its code, vector or label rewritten; and when a batch widens the
-//    quantizer's range, the writer closes the gate (new queries wait, running ones finish), installs
-//    the new quantizer and re-encodes the codes, then opens it: a query sees either the old
+//    points of a batch being added, and one that starts after remove() returned never returns
+//    the removed points.
+//  * Each query holds the search gate (common/read_gate.h: an atomic increment and decrement, no
+//    lock) while it runs. A removed slot is reused only after a grace period of the gate, so no
+//    query still holding its id sees its code, vector or label rewritten; and when a batch widens
+//    the quantizer's range, the writer closes the gate (new queries wait, running ones finish),
+//    installs the new quantizer and re-encodes the codes, then opens it: a query sees the old
 //    quantizer and codes or the new ones, never a mix. Refits are rare (the range grows with a
 //    margin) and cost the waiting queries the re-encoding time (~n * dim byte encodes).
 //  * The label -> slot map is behind a reader-writer lock that only the filtered exact path,
-//    get_vectors and writers take. Upper-level link arrays of reused slots are reused or retired
-//    (freed with the index), never freed under a reader; so are replaced chunk directories.
+//    get_vectors and writers take; the writer never waits for the gate while it holds that lock
+//    (a query in the gate may be waiting for it). Upper-level link arrays of reused slots are
+//    reused or retired (freed with the index), never freed under a reader; so are replaced chunk
+//    directories.
 //
 // Out of memory. add() allocates what it keeps (chunks, upper link arrays, label-map entries, the
 // new quantizer, the scratch of the removal of replaced labels) before it changes anything: when
@@ -38,6 +41,7 @@
 // walk (exact filtered search and get_vectors find them) until they are added again. remove()
 // allocates before it changes anything too; if the repair's scratch then fails, the links to the
 // removed nodes are dropped in place instead (a little recall lost around them) and it succeeds.
+//
 // Determinism. A node's level is a hash of (label, seed). add(batch) inserts in rounds (prefix
 // doubling, ParlayANN): within a round, each new point searches the graph as it stood before
 // the round (in parallel), then reverse links are applied grouped by target node in batch order
