@@ -48,7 +48,14 @@ class StagedLabels {
     nodes_.reserve(n);
     for (size_t i = 0; i < n; ++i) nodes_.emplace(labels[i], V{});
   }
-  void reserve(Map& map) { map.reserve(map.size() + nodes_.size()); }
+  void reserve(Map& map) {
+    // Grows as inserting one by one would (doubling) and never shrinks: reserving the exact size
+    // every batch would rehash the whole map every few batches. (At size == buckets * load factor
+    // an insert already rehashes, hence >=.)
+    const size_t need = map.size() + nodes_.size();
+    if (static_cast<double>(need) >= static_cast<double>(map.bucket_count()) * map.max_load_factor())
+      map.reserve(std::max(need, 2 * map.size()));
+  }
   // label must be one of the staged labels, each put at most once after it left the map.
   void put(Map& map, uint32_t label, V v) noexcept {
     auto it = map.find(label);
