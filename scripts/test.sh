@@ -21,6 +21,12 @@ if command -v nvcc >/dev/null 2>&1 && [ -f native/CMakeLists.txt ]; then
   npm run build:cuda
 fi
 
+# Sanitizer builds of the native core (ThreadSanitizer; AddressSanitizer + UBSan); each is skipped,
+# with a message saying so, where gcc's runtime for it is missing. A report fails the run (after
+# vitest, so that both results show).
+sanitize_rc=0
+bash scripts/sanitize.sh || sanitize_rc=$?
+
 mkdir -p .cache
 rc=0
 npx vitest run --reporter=default --reporter=json --outputFile.json=.cache/vitest.json "$@" || rc=$?
@@ -30,4 +36,8 @@ const r = JSON.parse(require("fs").readFileSync(".cache/vitest.json", "utf8"));
 const skipped = r.numPendingTests + r.numTodoTests;
 console.log(`vitest: ${r.numPassedTests} passed, ${r.numFailedTests} failed, ${skipped} skipped`);
 ' || true
+if [ "$sanitize_rc" -ne 0 ]; then
+  echo "sanitizers: FAILED (scripts/sanitize.sh exited $sanitize_rc)"
+  [ "$rc" -ne 0 ] || rc=$sanitize_rc
+fi
 exit $rc

@@ -56,7 +56,7 @@ class Reader {
   Reader(const uint8_t* p, size_t n) : p_(p), n_(n) {}
   bool bytes(void* dst, size_t n) {
     if (n > n_ - pos_) return fail();
-    std::memcpy(dst, p_ + pos_, n);
+    if (n != 0) std::memcpy(dst, p_ + pos_, n);  // an empty vector has no data(): memcpy(nullptr, .., 0) is UB
     pos_ += n;
     return true;
   }

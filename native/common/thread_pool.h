@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstddef>
+#include <exception>
 #include <thread>
 #include <vector>
 
@@ -17,7 +18,12 @@ inline int resolve_threads(int requested) {
   return std::max(1, t);
 }
 
-// fn(begin, end, thread_index). Chunks of `grain` items.
+// fn(begin, end, thread_index). Chunks of `grain` items. Thread 0 is the caller.
+//
+// An exception thrown by fn (std::bad_alloc: out of memory) stops the handing out of chunks, and
+// the first one is rethrown on the caller once every thread has finished; chunks not yet started
+// are not run. A thread that cannot be started (no memory, a thread limit) leaves its share to the
+// others, so the work is done all the same.
 template <typename Fn>
 void parallel_for(size_t n, int threads, size_t grain, Fn&& fn) {
   if (n == 0) return;
@@ -29,19 +35,31 @@ void parallel_for(size_t n, int threads, size_t grain, Fn&& fn) {
     return;
   }
   std::atomic<size_t> next{0};
+  std::atomic<bool> failed{false};
+  std::exception_ptr error;  // the first exception, written once under failed
   auto worker = [&](int tid) {
-    for (;;) {
-      size_t c = next.fetch_add(1, std::memory_order_relaxed);
-      if (c >= chunks) break;
-      size_t b = c * grain, e = std::min(n, b + grain);
-      fn(b, e, tid);
+    try {
+      for (;;) {
+        size_t c = next.fetch_add(1, std::memory_order_relaxed);
+        if (c >= chunks) break;
+        size_t b = c * grain, e = std::min(n, b + grain);
+        fn(b, e, tid);
+      }
+    } catch (...) {
+      next.store(chunks, std::memory_order_relaxed);
+      if (!failed.exchange(true, std::memory_order_acq_rel)) error = std::current_exception();
     }
   };
   std::vector<std::thread> pool;
-  pool.reserve(t - 1);
-  for (int i = 1; i < t; ++i) pool.emplace_back(worker, i);
+  try {
+    pool.reserve(t - 1);
+    for (int i = 1; i < t; ++i) pool.emplace_back(worker, i);
+  } catch (const std::exception&) {
+    // Fewer threads than asked: the ones running (and the caller) take every chunk.
+  }
   worker(0);
   for (auto& th : pool) th.join();
+  if (error) std::rethrow_exception(error);
 }
 
 }  // namespace qv

@@ -23,6 +23,7 @@
 #include <cstring>
 #include <mutex>
 
+#include "common/alloc.h"
 #include "common/assert.h"
 #include "common/limits.h"
 #include "common/thread_pool.h"
@@ -46,21 +47,24 @@ Status FlatIndex::create(const IndexOptions& opts, std::unique_ptr<Index>* out) 
   return Status::ok();
 }
 
-size_t FlatIndex::size() const {
-  std::shared_lock<std::shared_mutex> lock(mu_);
-  return labels_.size();
-}
-
 size_t FlatIndex::memory_bytes() const {
-  std::shared_lock<std::shared_mutex> lock(mu_);
+  ReadGate::Shared reading(gate_);
   return data_.capacity() * 4 + norms_.capacity() * 4 + labels_.capacity() * 4 + slot_of_.size() * 32;
 }
 
 Status FlatIndex::add(const uint32_t* labels, const float* vectors, size_t n, int threads) {
   QV_RETURN_IF_ERROR(check_labels_for_add(labels, n));
   QV_RETURN_IF_ERROR(check_vectors(vectors, n, dim_, "add"));
-  std::unique_lock<std::shared_mutex> lock(mu_);
+  StagedLabels<uint32_t> staged(labels, n);
+  ReadGate::Exclusive writing(gate_);
   if (labels_.size() + n > kLabelNone) return resource_exhausted("flat index is full");
+  // Room for the new rows first (all this add allocates); the writes below cannot fail.
+  size_t rows = labels_.size();
+  for (size_t i = 0; i < n; ++i) rows += slot_of_.count(labels[i]) == 0;
+  reserve_growing(labels_, rows);
+  reserve_growing(norms_, rows);
+  reserve_growing(data_, rows * dim_);
+  staged.reserve(slot_of_);
   const auto& K = kernels();
   for (size_t i = 0; i < n; ++i) {
     auto it = slot_of_.find(labels[i]);
@@ -70,7 +74,7 @@ Status FlatIndex::add(const uint32_t* labels, const float* vectors, size_t n, in
     } else {
       row = labels_.size();
       labels_.push_back(labels[i]);
-      slot_of_.emplace(labels[i], static_cast<uint32_t>(row));
+      staged.put(slot_of_, labels[i], static_cast<uint32_t>(row));
       data_.resize(data_.size() + dim_);
       norms_.push_back(0);
     }
@@ -79,11 +83,12 @@ Status FlatIndex::add(const uint32_t* labels, const float* vectors, size_t n, in
     if (metric_ == Metric::Cosine) normalize_f32(dst, dst, dim_);
     norms_[row] = K.ip_f32(dst, dst, dim_);
   }
+  size_.store(labels_.size(), std::memory_order_relaxed);
   return Status::ok();
 }
 
 Status FlatIndex::remove(const uint32_t* labels, size_t n) {
-  std::unique_lock<std::shared_mutex> lock(mu_);
+  ReadGate::Exclusive writing(gate_);
   for (size_t i = 0; i < n; ++i) {
     if (!slot_of_.count(labels[i])) return not_found("label " + std::to_string(labels[i]) + " is not in the index");
   }
@@ -107,6 +112,7 @@ Status FlatIndex::remove(const uint32_t* labels, size_t n) {
     norms_.pop_back();
     data_.resize(data_.size() - dim_);
   }
+  size_.store(labels_.size(), std::memory_order_relaxed);
   return Status::ok();
 }
 
@@ -121,7 +127,7 @@ float FlatIndex::distance(const float* q, const float* v) const {
 }
 
 Status FlatIndex::get_vectors(const uint32_t* labels, size_t n, float* out) const {
-  std::shared_lock<std::shared_mutex> lock(mu_);
+  ReadGate::Shared reading(gate_);
   for (size_t i = 0; i < n; ++i) {
     auto it = slot_of_.find(labels[i]);
     if (it == slot_of_.end()) return not_found("label " + std::to_string(labels[i]) + " is not in the index");
@@ -234,7 +240,7 @@ Status FlatIndex::search(const float* queries, size_t nq, const SearchParams& p,
     queries = normalized.data();
   }
   const int threads = resolve_threads(p.threads);
-  std::shared_lock<std::shared_mutex> lock(mu_);
+  ReadGate::Shared reading(gate_);
   const size_t rows = p.filter ? std::min(p.filter->count(), labels_.size()) : labels_.size();
   QV_RETURN_IF_ERROR(check_terms(p, uint64_t{rows} * dim_));
   if (p.filter) {
@@ -260,7 +266,7 @@ Status FlatIndex::search(const float* queries, size_t nq, const SearchParams& p,
 
 // Body: u64 n | u32 labels[n] | f32 rows[n * dim] (cosine rows are stored normalized).
 Status FlatIndex::serialize(std::vector<uint8_t>* out) const {
-  std::shared_lock<std::shared_mutex> lock(mu_);
+  ReadGate::Shared reading(gate_);
   out->clear();
   out->reserve(kEnvelopeHeader + 8 + labels_.size() * (4 + dim_ * 4) + 4);
   begin_envelope(out, IndexKind::Flat, dim_, metric_);
@@ -282,6 +288,8 @@ Status FlatIndex::deserialize(const EnvelopeInfo& info, std::unique_ptr<Index>* 
   r.array(&index->data_, n * info.dim);
   QV_RETURN_IF_ERROR(r.status("flat index body"));
   if (r.remaining() != 0) return data_loss("flat index: trailing bytes in body");
+  for (float v : index->data_)
+    if (!std::isfinite(v)) return data_loss("flat index: a non-finite vector value");
   const auto& K = kernels();
   index->norms_.resize(n);
   index->slot_of_.reserve(n);
@@ -291,6 +299,7 @@ Status FlatIndex::deserialize(const EnvelopeInfo& info, std::unique_ptr<Index>* 
     const float* row = index->data_.data() + i * info.dim;
     index->norms_[i] = K.ip_f32(row, row, info.dim);
   }
+  index->size_.store(n, std::memory_order_relaxed);
   *out = std::move(index);
   return Status::ok();
 }

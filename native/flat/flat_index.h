@@ -1,12 +1,22 @@
 // FlatIndex: exact k-NN over vectors stored densely (row-major), with per-row norms.
-// Concurrency: a reader-writer lock; searches share it, add/remove take it exclusively.
+//
+// Threading contract: every method may be called from any thread, concurrently with any other.
+// A reader-writer gate (common/read_gate.h: readers take no lock, a writer is never starved):
+// search(), get_vectors(), serialize() and memory_bytes() hold it shared; add() and remove() hold
+// it exclusively, so a search sees the index before or after a whole batch, never part of one.
+// size() reads a counter the writers keep, and never waits.
+//
+// Out of memory: add() reserves its rows and label-map entries before it writes any, so when
+// memory runs out it throws std::bad_alloc and the index is unchanged; remove() allocates nothing
+// once it starts changing the index.
 #pragma once
+#include <atomic>
 #include <memory>
-#include <shared_mutex>
 #include <unordered_map>
 #include <vector>
 
 #include "common/index.h"
+#include "common/read_gate.h"
 
 namespace qv {
 
@@ -19,7 +29,7 @@ class FlatIndex final : public Index {
   IndexKind kind() const override { return IndexKind::Flat; }
   uint32_t dim() const override { return dim_; }
   Metric metric() const override { return metric_; }
-  size_t size() const override;
+  size_t size() const override { return size_.load(std::memory_order_relaxed); }
   Status add(const uint32_t* labels, const float* vectors, size_t n, int threads) override;
   Status remove(const uint32_t* labels, size_t n) override;
   Status search(const float* queries, size_t nq, const SearchParams& params, uint32_t* out_labels,
@@ -37,7 +47,8 @@ class FlatIndex final : public Index {
 
   const uint32_t dim_;
   const Metric metric_;
-  mutable std::shared_mutex mu_;
+  mutable ReadGate gate_;
+  std::atomic<size_t> size_{0};   // labels_.size(), for size() without the gate
   std::vector<float> data_;       // size() * dim_
   std::vector<float> norms_;      // squared norm of each row (l2), unused otherwise
   std::vector<uint32_t> labels_;  // label of each row

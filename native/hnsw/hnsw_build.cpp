@@ -19,6 +19,8 @@
 //           that level is above the current top.
 //      Nothing in a or b depends on the thread count, so the graph is the same for any.
 //   5. the label map is updated.
+// Everything the batch keeps is allocated before step 1 (see "Out of memory" in hnsw_index.h), so
+// steps 1-3 and 5 cannot fail; only the rounds' scratch is allocated as they go.
 #include <algorithm>
 #include <cmath>
 #include <tuple>
@@ -72,7 +74,7 @@ void HnswIndex::insert_round(const std::vector<uint32_t>& slots, const std::vect
   const bool have_graph = ep0 != kNone;
   if (have_graph || e - b > 1) {
     parallel_for(e - b, threads, 4, [&](size_t lo, size_t hi, int) {
-      hnsw::SearchContext* ctx = acquire_context();
+      ContextLease ctx(this);
       std::vector<std::pair<D, uint32_t>> cand, peers, near, merged;
       std::vector<int> peer_level;
       std::vector<uint32_t> chosen;
@@ -118,7 +120,6 @@ void HnswIndex::insert_round(const std::vector<uint32_t>& slots, const std::vect
           hnsw::store_release(ll, static_cast<uint32_t>(chosen.size()));
         }
       }
-      release_context(ctx);
     });
   }
 
@@ -183,7 +184,7 @@ Status HnswIndex::add(const uint32_t* labels, const float* vectors, size_t n, in
   std::lock_guard<std::mutex> w(write_mu_);
   threads = resolve_threads(threads);
 
-  // 1. Upsert: labels already present leave first.
+  // Allocation, before anything changes. Labels already present are replaced (step 1).
   std::vector<uint32_t> replaced;
   {
     std::shared_lock<std::shared_mutex> g(label_mu_);
@@ -195,15 +196,30 @@ Status HnswIndex::add(const uint32_t* labels, const float* vectors, size_t n, in
   const size_t new_slots = n > replaced.size() + free_.size() ? n - replaced.size() - free_.size() : 0;
   if (static_cast<uint64_t>(n_slots_.load()) + new_slots >= kNone)
     return resource_exhausted("hnsw index is full (2^32 - 1 slots)");
-  if (!replaced.empty()) {
-    {
-      std::unique_lock<std::shared_mutex> g(label_mu_);
-      for (size_t i = 0; i < n; ++i) slot_of_.erase(labels[i]);
-    }
-    remove_slots(std::move(replaced), threads);
+  StagedLabels<uint32_t> staged(labels, n);
+  {
+    std::unique_lock<std::shared_mutex> g(label_mu_);
+    staged.reserve(slot_of_);
   }
-
-  // 2. Normalize (cosine) and fit the quantizer.
+  // Slots: the lowest free ones first (the replaced ones are free by then), then new ones.
+  std::vector<uint32_t> slots(free_.rbegin(), free_.rbegin() + std::min(n, free_.size()));
+  slots.insert(slots.end(), replaced.begin(), replaced.end());
+  std::sort(slots.begin(), slots.end());
+  const size_t reused = std::min(slots.size(), n);
+  slots.resize(n);
+  uint32_t next = n_slots_.load(std::memory_order_relaxed);
+  for (size_t i = reused; i < n; ++i) slots[i] = next++;
+  Removal removal = prepare_removal(std::move(replaced));
+  std::vector<int> levels(n);
+  std::vector<std::unique_ptr<uint32_t[]>> uppers(n);
+  for (size_t i = 0; i < n; ++i) levels[i] = level_of(labels[i], p_.seed, m_);
+  ensure_slots(next);
+  size_t fresh = 0;
+  for (size_t i = 0; i < n; ++i) {
+    uppers[i] = upper_for(slots[i], levels[i]);
+    fresh += uppers[i] != nullptr;
+  }
+  uppers_.reserve(uppers_.size() + fresh);
   std::vector<float> normed;
   const float* v = vectors;
   if (metric_ == Metric::Cosine) {
@@ -213,22 +229,30 @@ Status HnswIndex::add(const uint32_t* labels, const float* vectors, size_t n, in
     });
     v = normed.data();
   }
-  if (use_codes()) reencode(sq_.fit(v, n, dim_), threads);
+  hnsw::ScalarQuantizer wider;
+  const hnsw::ScalarQuantizer::Refit refit = use_codes() ? sq_.fit(v, n, dim_, &wider) : hnsw::ScalarQuantizer::Refit{};
 
-  // 3. Slots, levels, vectors, codes.
-  std::vector<uint32_t> slots(n);
-  std::vector<int> levels(n);
-  uint32_t next = n_slots_.load(std::memory_order_relaxed);
-  for (size_t i = 0; i < n; ++i) {
-    if (!free_.empty()) {
-      slots[i] = free_.back();
-      free_.pop_back();
-    } else {
-      slots[i] = next++;
+  // 1. Upsert: labels already present leave first.
+  if (!removal.slots.empty()) {
+    {
+      std::unique_lock<std::shared_mutex> g(label_mu_);
+      for (size_t i = 0; i < n; ++i) slot_of_.erase(labels[i]);
     }
-    levels[i] = level_of(labels[i], p_.seed, m_);
+    remove_slots(removal, threads);
   }
-  ensure_slots(next);
+
+  // 2. The quantizer covers the batch: a wider one and the codes it changes, with no search running.
+  if (refit.widened) {
+    ReadGate::Exclusive no_search(gate_);
+    sq_ = std::move(wider);
+    reencode(refit, threads);
+  }
+
+  // 3. Slots, vectors, codes.
+  for (size_t i = 0; i < reused; ++i) {
+    QV_ASSERT(free_.back() == slots[i]);
+    free_.pop_back();
+  }
   std::atomic<bool> lossless{true};
   parallel_for(n, threads, 256, [&](size_t lo, size_t hi, int) {
     bool ok = true;
@@ -240,31 +264,46 @@ Status HnswIndex::add(const uint32_t* labels, const float* vectors, size_t n, in
     if (!ok) lossless.store(false);
   });
   for (size_t i = 0; i < n; ++i) {
-    init_slot(slots[i], labels[i], levels[i]);
+    init_slot(slots[i], labels[i], levels[i], std::move(uppers[i]));
     meta(slots[i]).state.store(kLive, std::memory_order_release);
   }
   if (!lossless.load()) lossless_.store(false, std::memory_order_release);
   n_slots_.store(next, std::memory_order_release);
 
+  // 5 (also after a failed round). Labels.
+  auto publish = [&] {
+    std::unique_lock<std::shared_mutex> g(label_mu_);
+    for (size_t i = 0; i < n; ++i) staged.put(slot_of_, labels[i], slots[i]);
+    live_.fetch_add(n);
+  };
+
   // 4. Rounds.
   const size_t final_size = live_.load() + n;
   const size_t cap_final = std::max<size_t>(1, final_size / 50);
   size_t done = 0, pow2 = 1;
-  while (done < n) {
-    const size_t graph = live_.load() + done;
-    size_t rs = std::min({pow2, std::max<size_t>(1, graph / 8), cap_final, kRoundMax, n - done});
-    if (use_codes()) insert_round<CodeSpace>(slots, levels, done, done + rs, threads);
-    else insert_round<FloatSpace>(slots, levels, done, done + rs, threads);
-    done += rs;
-    pow2 = std::min(pow2 * 2, n);
+  try {
+    while (done < n) {
+      const size_t graph = live_.load() + done;
+      size_t rs = std::min({pow2, std::max<size_t>(1, graph / 8), cap_final, kRoundMax, n - done});
+      if (use_codes()) insert_round<CodeSpace>(slots, levels, done, done + rs, threads);
+      else insert_round<FloatSpace>(slots, levels, done, done + rs, threads);
+      done += rs;
+      pow2 = std::min(pow2 * 2, n);
+    }
+  } catch (const std::bad_alloc&) {
+    // Out of memory in a round's scratch. Every link written so far names a live node, so the graph
+    // is sound; the points not yet linked stay stored and labeled (a later upsert links them), and
+    // an empty graph gets an entry point among them, as the first round would have chosen.
+    if (entry_slot(entry_packed()) == kNone) {
+      size_t top = 0;
+      for (size_t i = 1; i < n; ++i)
+        if (levels[i] > levels[top]) top = i;
+      set_entry(slots[top], levels[top]);
+    }
+    publish();
+    throw;
   }
-
-  // 5. Labels.
-  {
-    std::unique_lock<std::shared_mutex> g(label_mu_);
-    for (size_t i = 0; i < n; ++i) slot_of_[labels[i]] = slots[i];
-  }
-  live_.fetch_add(n);
+  publish();
   return Status::ok();
 }
 
@@ -272,38 +311,54 @@ Status HnswIndex::remove(const uint32_t* labels, size_t n) {
   if (n > kBatchVectorsMax) return invalid_argument("remove: too many labels in one call");
   std::lock_guard<std::mutex> w(write_mu_);
   std::vector<uint32_t> slots;
+  slots.reserve(n);
   {
-    std::unique_lock<std::shared_mutex> g(label_mu_);
-    for (size_t i = 0; i < n; ++i)
-      if (slot_of_.find(labels[i]) == slot_of_.end())
-        return not_found("label " + std::to_string(labels[i]) + " is not in the index");
+    std::shared_lock<std::shared_mutex> g(label_mu_);
     for (size_t i = 0; i < n; ++i) {
       auto it = slot_of_.find(labels[i]);
-      if (it == slot_of_.end()) continue;  // repeated in the list
+      if (it == slot_of_.end()) return not_found("label " + std::to_string(labels[i]) + " is not in the index");
       slots.push_back(it->second);
-      slot_of_.erase(it);
     }
   }
-  remove_slots(std::move(slots), 0);
+  std::sort(slots.begin(), slots.end());
+  slots.erase(std::unique(slots.begin(), slots.end()), slots.end());  // a label repeated in the list
+  Removal removal = prepare_removal(std::move(slots));
+  {
+    std::unique_lock<std::shared_mutex> g(label_mu_);
+    for (size_t i = 0; i < n; ++i) slot_of_.erase(labels[i]);
+  }
+  remove_slots(removal, 0);
   return Status::ok();
 }
 
+HnswIndex::Removal HnswIndex::prepare_removal(std::vector<uint32_t> slots) {
+  Removal r;
+  r.dead.assign(n_slots_.load(std::memory_order_relaxed), 0);
+  free_.reserve(free_.size() + slots.size());
+  r.slots = std::move(slots);
+  return r;
+}
+
 // Tombstones the slots (searches stop returning them at once), repairs every list that links to
-// them, moves the entry point off them, and frees them for reuse. Caller holds write_mu_ and has
-// already taken the labels out of the map.
-void HnswIndex::remove_slots(std::vector<uint32_t> slots, int threads) {
-  if (slots.empty()) return;
+// them, moves the entry point off them, waits out the searches that may still hold their ids, and
+// frees them for reuse. Caller holds write_mu_ and has already taken the labels out of the map.
+void HnswIndex::remove_slots(Removal& r, int threads) {
+  if (r.slots.empty()) return;
   threads = resolve_threads(threads);
-  dead_.fetch_add(slots.size());
-  const uint32_t n = n_slots_.load(std::memory_order_relaxed);
-  std::vector<char> dead(n, 0);
-  for (uint32_t s : slots) {
+  const std::vector<char>& dead = r.dead;
+  const uint32_t n = static_cast<uint32_t>(dead.size());
+  dead_.fetch_add(r.slots.size());
+  for (uint32_t s : r.slots) {
     meta(s).state.store(kDead, std::memory_order_release);
-    dead[s] = 1;
+    r.dead[s] = 1;
   }
-  live_.fetch_sub(slots.size());
-  if (use_codes()) repair<CodeSpace>(dead, threads);
-  else repair<FloatSpace>(dead, threads);
+  live_.fetch_sub(r.slots.size());
+  try {
+    if (use_codes()) repair<CodeSpace>(dead, threads);
+    else repair<FloatSpace>(dead, threads);
+  } catch (const std::bad_alloc&) {
+    drop_links_to(dead);
+  }
 
   // Entry point: the live node of the highest level (lowest slot among equals).
   const uint32_t old_entry = entry_slot(entry_packed());
@@ -319,13 +374,34 @@ void HnswIndex::remove_slots(std::vector<uint32_t> slots, int threads) {
     }
     set_entry(best_slot, best < 0 ? 0 : best);
   }
-  for (uint32_t s : slots) {
+  // No list links to the slots any more; a search that read one before the repair may still be
+  // running. Once those are done, nothing can reach the slots until they are handed out again.
+  gate_.grace();
+  for (uint32_t s : r.slots) {
     hnsw::store_release(links(s, 0), 0);
     meta(s).state.store(kFree, std::memory_order_release);
     free_.push_back(s);
   }
   std::sort(free_.begin(), free_.end(), std::greater<uint32_t>());
-  dead_.fetch_sub(slots.size());
+  dead_.fetch_sub(r.slots.size());
+}
+
+// The repair without scratch, for when its allocation fails: every live list drops its links to
+// removed nodes in place. The graph stays sound; the removed nodes' neighbours lose the detours
+// the repair would have added.
+void HnswIndex::drop_links_to(const std::vector<char>& dead) {
+  const uint32_t n = static_cast<uint32_t>(dead.size());
+  for (uint32_t s = 0; s < n; ++s) {
+    if (dead[s] || meta(s).state.load(std::memory_order_relaxed) != kLive) continue;
+    for (int l = 0; l <= meta(s).level; ++l) {
+      uint32_t* ll = links(s, l);
+      const uint32_t c = ll[0];
+      uint32_t kept = 0;
+      for (uint32_t j = 0; j < c; ++j)
+        if (!dead[ll[1 + j]]) hnsw::store_relaxed(ll + 1 + kept++, ll[1 + j]);
+      if (kept != c) hnsw::store_release(ll, kept);
+    }
+  }
 }
 
 // FreshDiskANN-style consolidation, level by level: a live node p that links to removed nodes

@@ -3,9 +3,8 @@
 #include "hnsw/hnsw_index.h"
 
 #include <cmath>
-#include <cstdlib>
+#include <cstring>
 
-#include "common/assert.h"
 #include "common/limits.h"
 #include "distance/distance.h"
 #include "common/thread_pool.h"
@@ -46,7 +45,7 @@ HnswIndex::HnswIndex(uint32_t dim, Metric metric, const Params& p)
 }
 
 HnswIndex::~HnswIndex() {
-  for (void* c : chunks_) std::free(c);
+  for (void* c : chunks_) free_aligned64(c);
 }
 
 Status HnswIndex::create(const IndexOptions& opts, std::unique_ptr<Index>* out) {
@@ -86,42 +85,51 @@ void HnswIndex::ensure_slots(uint32_t n) {
       nd->vecs.resize(cap, nullptr);
       nd->metas.resize(cap, nullptr);
       d = nd.get();
-      aux_bytes_ += cap * 3 * sizeof(void*);
       dirs_.push_back(std::move(nd));
+      aux_bytes_ += cap * 3 * sizeof(void*);
       dir_.store(d, std::memory_order_release);
     }
+    // Every allocation of the chunk first; then nothing below can fail.
+    chunks_.reserve(chunks_.size() + 2);
+    meta_chunks_.reserve(meta_chunks_.size() + 1);
+    std::unique_ptr<Meta[]> metas(new Meta[kChunk]());
     const size_t block_bytes = static_cast<size_t>(kChunk) * stride_;
-    char* b = static_cast<char*>(std::aligned_alloc(64, block_bytes));
-    float* v = static_cast<float*>(std::aligned_alloc(64, round_up(static_cast<size_t>(kChunk) * dim_ * 4, 64)));
-    QV_ASSERT(b != nullptr && v != nullptr);
-    std::memset(b, 0, block_bytes);
-    chunks_.push_back(b);
-    chunks_.push_back(v);
-    meta_chunks_.emplace_back(new Meta[kChunk]());
-    d->blocks[chunk_count_] = b;
-    d->vecs[chunk_count_] = v;
-    d->metas[chunk_count_] = meta_chunks_.back().get();
+    std::unique_ptr<void, void (*)(void*)> b(alloc_aligned64(block_bytes), free_aligned64);
+    std::unique_ptr<void, void (*)(void*)> v(alloc_aligned64(round_up(static_cast<size_t>(kChunk) * dim_ * 4, 64)),
+                                             free_aligned64);
+    std::memset(b.get(), 0, block_bytes);
+    d->blocks[chunk_count_] = static_cast<char*>(b.get());
+    d->vecs[chunk_count_] = static_cast<float*>(v.get());
+    d->metas[chunk_count_] = metas.get();
+    chunks_.push_back(b.release());
+    chunks_.push_back(v.release());
+    meta_chunks_.push_back(std::move(metas));
     ++chunk_count_;
   }
 }
 
-void HnswIndex::init_slot(uint32_t s, uint32_t label, int level) {
+std::unique_ptr<uint32_t[]> HnswIndex::upper_for(uint32_t s, int level) const {
+  if (level == 0) return nullptr;
+  const uint32_t* u = meta(s).upper.load(std::memory_order_relaxed);
+  if (u != nullptr && u[0] >= static_cast<uint32_t>(level)) return nullptr;
+  std::unique_ptr<uint32_t[]> fresh(new uint32_t[1 + static_cast<size_t>(level) * (m_ + 1)]());
+  fresh[0] = static_cast<uint32_t>(level);
+  return fresh;
+}
+
+void HnswIndex::init_slot(uint32_t s, uint32_t label, int level, std::unique_ptr<uint32_t[]> upper) {
   Meta& mt = meta(s);
-  mt.label = label;
+  mt.label.store(label, std::memory_order_relaxed);
   mt.level = static_cast<uint8_t>(level);
   hnsw::store_release(links(s, 0), 0);
-  if (level > 0) {
+  if (upper) {
+    aux_bytes_ += (1 + static_cast<size_t>(level) * (m_ + 1)) * sizeof(uint32_t);
+    uint32_t* u = upper.get();
+    uppers_.push_back(std::move(upper));
+    mt.upper.store(u, std::memory_order_release);
+  } else if (level > 0) {
     uint32_t* u = mt.upper.load(std::memory_order_relaxed);
-    if (u == nullptr || u[0] < static_cast<uint32_t>(level)) {
-      const size_t len = 1 + static_cast<size_t>(level) * (m_ + 1);
-      uppers_.emplace_back(new uint32_t[len]());
-      aux_bytes_ += len * sizeof(uint32_t);
-      u = uppers_.back().get();
-      u[0] = static_cast<uint32_t>(level);
-      mt.upper.store(u, std::memory_order_release);
-    } else {
-      for (int l = 1; l <= level; ++l) hnsw::store_release(u + 1 + static_cast<size_t>(l - 1) * (m_ + 1), 0);
-    }
+    for (int l = 1; l <= level; ++l) hnsw::store_release(u + 1 + static_cast<size_t>(l - 1) * (m_ + 1), 0);
   }
 }
 
@@ -134,15 +142,19 @@ hnsw::SearchContext* HnswIndex::acquire_context() const {
       return c;
     }
   }
-  auto* c = new hnsw::SearchContext();
+  auto c = std::make_unique<hnsw::SearchContext>();
   c->qbuf.resize(dim_);
   c->qcode.resize(dim_);
-  return c;
+  return c.release();
 }
 
-void HnswIndex::release_context(hnsw::SearchContext* c) const {
+void HnswIndex::release_context(hnsw::SearchContext* c) const noexcept {
   std::lock_guard<std::mutex> g(ctx_mu_);
-  ctx_pool_.emplace_back(c);
+  try {
+    ctx_pool_.emplace_back(c);
+  } catch (const std::bad_alloc&) {
+    delete c;  // no room in the pool: the next search makes a new one
+  }
 }
 
 float HnswIndex::final_distance(const float* q, uint32_t s) const {
@@ -171,6 +183,8 @@ void HnswIndex::search_one(const Space& sp, hnsw::SearchContext& ctx, const floa
   else if (check_live) walk<Space, false, true>(sp, ctx, ep, epd, 0, ef, nullptr);
   else walk<Space, false, false>(sp, ctx, ep, epd, 0, ef, nullptr);
   const auto& res = ctx.res<D>();  // sorted
+  // Read after the walk: a node it reached that was added since carries its batch's flag with it.
+  exact_codes = exact_codes && lossless_.load(std::memory_order_acquire);
   auto& rr = ctx.rerank;
   rr.clear();
   // The 8-bit code order is close to the f32 order, so only the best 2k by code (at least 16) are
@@ -188,7 +202,7 @@ void HnswIndex::search_one(const Space& sp, hnsw::SearchContext& ctx, const floa
   std::sort(rr.begin(), rr.end());
   const size_t out = std::min<size_t>(k, rr.size());
   for (size_t i = 0; i < out; ++i) {
-    ol[i] = meta(rr[i].second).label;
+    ol[i] = meta(rr[i].second).label.load(std::memory_order_relaxed);
     od[i] = rr[i].first;
   }
 }
@@ -238,7 +252,7 @@ Status HnswIndex::search(const float* queries, size_t nq, const SearchParams& pa
   const int threads = resolve_threads(params.threads);
   const size_t grain = std::max<size_t>(1, nq / (static_cast<size_t>(threads) * 8));
   parallel_for(nq, threads, grain, [&](size_t b, size_t e, int) {
-    hnsw::SearchContext* ctx = acquire_context();
+    ContextLease ctx(this);
     for (size_t i = b; i < e; ++i) {
       const float* q = queries + i * dim_;
       if (metric_ == Metric::Cosine) {
@@ -247,18 +261,18 @@ Status HnswIndex::search(const float* queries, size_t nq, const SearchParams& pa
       }
       uint32_t* ol = out_labels + i * k;
       float* od = out_distances + i * k;
+      ReadGate::Shared reading(gate_);
       if (exact_filter) {
         search_filtered_exact(q, k, *f, ol, od);
       } else if (use_codes()) {
         const bool qexact = sq_.encode(q, ctx->qcode.data());
         CodeSpace sp{this, ctx->qcode.data()};
-        search_one(sp, *ctx, q, k, ef, f, qexact && lossless_.load(std::memory_order_acquire), ol, od);
+        search_one(sp, *ctx, q, k, ef, f, qexact, ol, od);
       } else {
         FloatSpace sp{this, q, kernels().ip_f32};
         search_one(sp, *ctx, q, k, ef, f, false, ol, od);
       }
     }
-    release_context(ctx);
   });
   return Status::ok();
 }

@@ -11,14 +11,36 @@
 // that is replaced, never resized, when it fills), so capacity grows without moving a node
 // while searches read it: there is no max_elements.
 //
-// Concurrency. add() and remove() are serialized by one writer mutex. search() takes no lock on
-// the graph: a link list is updated in place (links first, then the count with a release
-// store), every id in it always names a node whose data was written before the id was
-// published, and readers load counts with acquire. A search that races with a writer sees the
-// old or the new list (never a torn id), so it stays safe and loses at most a little recall.
-// The label -> slot map is behind a reader-writer lock that only the filtered exact path,
-// get_vectors and writers take. Upper-level link arrays of reused slots are reused or retired
-// (freed with the index), never freed under a reader.
+// Threading contract. add() and remove() (and serialize()) run one at a time (a writer mutex);
+// search(), get_vectors(), size() and memory_bytes() may run at any time, from any number of
+// threads, concurrently with them and with each other. search() takes no lock on the graph:
+//  * A link list is updated in place (links first, then the count with a release store); every
+//    id in it names a node whose data was written before the id was published, and readers load
+//    counts with acquire. A search that races with a writer sees the old or the new list (never a
+//    torn id), so it stays safe and loses at most a little recall; it may or may not return the
+//    points of a batch being added, and one that starts after remove() returned never returns
+//    the removed points.
+//  * Each query holds the search gate (common/read_gate.h: an atomic increment and decrement, no
+//    lock) while it runs. A removed slot is reused only after a grace period of the gate, so no
+//    query still holding its id sees its code, vector or label rewritten; and when a batch widens
+//    the quantizer's range, the writer closes the gate (new queries wait, running ones finish),
+//    installs the new quantizer and re-encodes the codes, then opens it: a query sees the old
+//    quantizer and codes or the new ones, never a mix. Refits are rare (the range grows with a
+//    margin) and cost the waiting queries the re-encoding time (~n * dim byte encodes).
+//  * The label -> slot map is behind a reader-writer lock that only the filtered exact path,
+//    get_vectors and writers take; the writer never waits for the gate while it holds that lock
+//    (a query in the gate may be waiting for it). Upper-level link arrays of reused slots are
+//    reused or retired (freed with the index), never freed under a reader; so are replaced chunk
+//    directories.
+//
+// Out of memory. add() allocates what it keeps (chunks, upper link arrays, label-map entries, the
+// new quantizer, the scratch of the removal of replaced labels) before it changes anything: when
+// one of those fails it throws std::bad_alloc and the index is unchanged. The build's own scratch
+// (kilobytes per thread per round) is allocated as it goes; should that fail, add() still throws,
+// and the batch is stored and labeled but some of its points may be left unreachable by the graph
+// walk (exact filtered search and get_vectors find them) until they are added again. remove()
+// allocates before it changes anything too; if the repair's scratch then fails, the links to the
+// removed nodes are dropped in place instead (a little recall lost around them) and it succeeds.
 //
 // Determinism. A node's level is a hash of (label, seed). add(batch) inserts in rounds (prefix
 // doubling, ParlayANN): within a round, each new point searches the graph as it stood before
@@ -43,7 +65,9 @@
 #include <unordered_map>
 #include <vector>
 
+#include "common/alloc.h"
 #include "common/index.h"
+#include "common/read_gate.h"
 #include "hnsw/hnsw_quant.h"
 
 namespace qv {
@@ -108,7 +132,11 @@ class HnswIndex final : public Index {
   enum : uint8_t { kFree = 0, kLive = 1, kDead = 2 };
 
   struct Meta {
-    uint32_t label;
+    // Read by searches (results, filters), written by the writer when it hands the slot out.
+    // Relaxed is enough: the slot becomes reachable only through a link published (release) after
+    // the write, and a reused slot is rewritten only after a grace period of the search gate, so
+    // no reader loads it while it changes; atomic, so that even so no load of it is a data race.
+    std::atomic<uint32_t> label;
     uint8_t level;                   // written and read by the writer only
     std::atomic<uint8_t> state;      // kFree, kLive, kDead
     // [cap][level 1: count, links[m]][level 2: ...] for levels 1..cap (cap >= level). A reader
@@ -176,8 +204,11 @@ class HnswIndex final : public Index {
     return zero;
   }
   uint32_t max_links(int l) const { return l == 0 ? m0_ : m_; }
-  void ensure_slots(uint32_t n);  // capacity for slots [0, n)
-  void init_slot(uint32_t s, uint32_t label, int level);
+  void ensure_slots(uint32_t n);  // capacity for slots [0, n); throws std::bad_alloc, changing nothing
+  // An upper link array for `level` if slot s has none large enough, else null.
+  std::unique_ptr<uint32_t[]> upper_for(uint32_t s, int level) const;
+  // Hands slot s out; `upper` comes from upper_for() (room in uppers_ reserved where it must not throw).
+  void init_slot(uint32_t s, uint32_t label, int level, std::unique_ptr<uint32_t[]> upper);
 
   uint64_t entry_packed() const { return entry_.load(std::memory_order_acquire); }
   static uint32_t entry_slot(uint64_t e) { return static_cast<uint32_t>(e); }
@@ -188,10 +219,32 @@ class HnswIndex final : public Index {
 
   bool use_codes() const { return metric_ != Metric::IP; }
   void reencode(const hnsw::ScalarQuantizer::Refit& r, int threads);
-  void remove_slots(std::vector<uint32_t> slots, int threads);  // tombstone + repair + free
+  // Removal of slots in two steps: prepare_removal() allocates (and may throw, changing nothing),
+  // remove_slots() tombstones, repairs and frees them without throwing.
+  struct Removal {
+    std::vector<uint32_t> slots;
+    std::vector<char> dead;  // per slot: being removed
+  };
+  Removal prepare_removal(std::vector<uint32_t> slots);
+  void remove_slots(Removal& r, int threads);
+  void drop_links_to(const std::vector<char>& dead);  // the repair without scratch
 
   hnsw::SearchContext* acquire_context() const;
-  void release_context(hnsw::SearchContext* c) const;
+  void release_context(hnsw::SearchContext* c) const noexcept;
+  // A pooled context for the scope (given back also when a search throws).
+  class ContextLease {
+   public:
+    explicit ContextLease(const HnswIndex* ix) : ix_(ix), c_(ix->acquire_context()) {}
+    ~ContextLease() { ix_->release_context(c_); }
+    ContextLease(const ContextLease&) = delete;
+    ContextLease& operator=(const ContextLease&) = delete;
+    hnsw::SearchContext* operator->() const { return c_; }
+    hnsw::SearchContext& operator*() const { return *c_; }
+
+   private:
+    const HnswIndex* ix_;
+    hnsw::SearchContext* c_;
+  };
 
   const uint32_t dim_;
   const Metric metric_;
@@ -204,7 +257,7 @@ class HnswIndex final : public Index {
 
   std::atomic<Dir*> dir_{nullptr};
   std::vector<std::unique_ptr<Dir>> dirs_;   // every directory ever published (old ones retired)
-  std::vector<void*> chunks_;                // aligned allocations, freed with the index
+  std::vector<void*> chunks_;                // alloc_aligned64 blocks, freed with the index
   std::vector<std::unique_ptr<Meta[]>> meta_chunks_;
   std::vector<std::unique_ptr<uint32_t[]>> uppers_;  // upper link arrays (live and retired)
   std::atomic<size_t> chunk_count_{0};
@@ -215,8 +268,10 @@ class HnswIndex final : public Index {
   std::atomic<size_t> dead_{0};              // tombstones not yet repaired
   std::vector<uint32_t> free_;               // free slots, sorted descending (pop_back = lowest)
 
-  hnsw::ScalarQuantizer sq_;
+  hnsw::ScalarQuantizer sq_;                 // replaced, and codes re-encoded, with gate_ closed
   std::atomic<bool> lossless_{true};         // every stored vector decodes exactly from its code
+
+  mutable ReadGate gate_;              // held by each query; see "Threading contract"
 
   mutable std::mutex write_mu_;              // one add/remove/serialize at a time
   mutable std::shared_mutex label_mu_;

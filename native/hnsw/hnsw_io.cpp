@@ -58,7 +58,7 @@ Status HnswIndex::serialize(std::vector<uint8_t>* out) const {
       continue;
     }
     wr.u8(1);
-    wr.u32(mt.label);
+    wr.u32(mt.label.load(std::memory_order_relaxed));
     wr.u8(mt.level);
     for (int l = 0; l <= mt.level; ++l) {
       const uint32_t* ll = links(s, l);
@@ -126,7 +126,7 @@ Status HnswIndex::deserialize(const EnvelopeInfo& info, std::unique_ptr<Index>* 
     if (!rd.ok()) break;
     if (label == kLabelNone || level > kLevelMax) return data_loss("hnsw index file has a bad label or level");
     if (!ix->slot_of_.emplace(label, s).second) return data_loss("hnsw index file repeats a label");
-    ix->init_slot(s, label, level);
+    ix->init_slot(s, label, level, ix->upper_for(s, level));
     for (int l = 0; l <= level; ++l) {
       uint32_t c = 0;
       if (!rd.u32(&c)) break;

@@ -15,7 +15,7 @@ void ScalarQuantizer::set_step() {
   inv_step_ = 1.0f / step_;
 }
 
-ScalarQuantizer::Refit ScalarQuantizer::fit(const float* v, size_t n, uint32_t dim) {
+ScalarQuantizer::Refit ScalarQuantizer::fit(const float* v, size_t n, uint32_t dim, ScalarQuantizer* next) const {
   Refit out;
   if (n == 0) return out;
   std::vector<float> mn(v, v + dim), mx(v, v + dim);
@@ -27,10 +27,11 @@ ScalarQuantizer::Refit ScalarQuantizer::fit(const float* v, size_t n, uint32_t d
     }
   }
   if (!trained_) {
-    lo_ = std::move(mn);
-    hi_ = std::move(mx);
-    trained_ = true;
-    set_step();
+    next->lo_ = std::move(mn);
+    next->hi_ = std::move(mx);
+    next->trained_ = true;
+    next->set_step();
+    out.widened = true;
     out.all = true;
     return out;
   }
@@ -40,16 +41,17 @@ ScalarQuantizer::Refit ScalarQuantizer::fit(const float* v, size_t n, uint32_t d
   float width = 0.0f;
   for (uint32_t d = 0; d < dim; ++d) width = std::max(width, std::max(hi_[d], mx[d]) - std::min(lo_[d], mn[d]));
   const float margin = width / 8.0f;
+  *next = *this;
   for (uint32_t d = 0; d < dim; ++d) {
     if (mn[d] < lo_[d]) {
-      lo_[d] = mn[d] - margin;
+      next->lo_[d] = mn[d] - margin;
       out.dims.push_back(d);
     }
-    if (mx[d] > hi_[d]) hi_[d] = mx[d] + margin;
+    if (mx[d] > hi_[d]) next->hi_[d] = mx[d] + margin;
   }
-  const float old_step = step_;
-  set_step();
-  if (step_ != old_step) {
+  next->set_step();
+  out.widened = true;
+  if (next->step_ != step_) {
     out.all = true;
     out.dims.clear();
   }

@@ -15,6 +15,10 @@
 // moved otherwise, nothing when only some hi_d grew under the widest range (the common case:
 // a rare large value in a narrow dimension). Everything is a function of the data added, in
 // order, so replicas that add the same batches hold the same codes.
+//
+// A quantizer is read by searches (each encodes its query) while the index's writer may fit a wider
+// one: HnswIndex installs the new one and re-encodes the codes with its search gate closed
+// (common/read_gate.h), so a search sees the old quantizer with the old codes or the new one with the new.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -40,11 +44,14 @@ class ScalarQuantizer {
 
   // What a fit changed for the stored codes.
   struct Refit {
+    bool widened = false;         // the range grew: *next holds the new quantizer
     bool all = false;             // the step changed (or first fit): every code
     std::vector<uint32_t> dims;   // otherwise: the dimensions whose lo_d moved
   };
-  // Widens the range to cover n vectors and says which stored codes must be re-encoded.
-  Refit fit(const float* v, size_t n, uint32_t dim);
+  // The range widened to cover n more vectors, into *next (only when it grows), and which stored
+  // codes that changes. Allocates what it needs but changes nothing here: the caller installs
+  // *next (a move, which cannot fail) where no search can see it half-done.
+  Refit fit(const float* v, size_t n, uint32_t dim, ScalarQuantizer* next) const;
   // Writes dim bytes; returns true if the code decodes back to v exactly.
   bool encode(const float* v, uint8_t* code) const;
   // Re-encodes only code[d] for d in dims; true if those decode back exactly.

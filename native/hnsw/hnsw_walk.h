@@ -189,7 +189,7 @@ void HnswIndex::walk(const Space& sp, hnsw::SearchContext& ctx, uint32_t ep, typ
     auto accept = [&](uint32_t s) -> bool {
       const Meta& mt = meta(s);
       if (mt.state.load(std::memory_order_acquire) != kLive) return false;
-      return !kFiltered || f->allows(mt.label);
+      return !kFiltered || f->allows(mt.label.load(std::memory_order_relaxed));
     };
     ctx.new_visit(n_slots_.load(std::memory_order_acquire));
     ctx.visit(ep);

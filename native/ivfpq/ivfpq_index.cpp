@@ -8,6 +8,7 @@
 #include <string>
 #include <utility>
 
+#include "common/alloc.h"
 #include "common/assert.h"
 #include "common/limits.h"
 #include "common/thread_pool.h"
@@ -73,13 +74,8 @@ Status IvfPqIndex::create(const IndexOptions& opts, std::unique_ptr<Index>* out)
   return Status::ok();
 }
 
-size_t IvfPqIndex::size() const {
-  std::shared_lock<std::shared_mutex> lock(mu_);
-  return where_.size();
-}
-
 size_t IvfPqIndex::memory_bytes() const {
-  std::shared_lock<std::shared_mutex> lock(mu_);
+  ReadGate::Shared reading(gate_);
   size_t b = (centroids_.size() + centroid_norms_.size() + codebooks_.size() + codebook_norms_.size() +
               codebooks_t_.size() + term2_.size()) * sizeof(float);
   for (const List& l : lists_)
@@ -162,7 +158,7 @@ Status IvfPqIndex::train(const float* data, size_t n, int threads, const Progres
   });
 
   {
-    std::unique_lock<std::shared_mutex> lock(mu_);
+    ReadGate::Exclusive writing(gate_);
     centroids_ = std::move(centroids);
     codebooks_ = std::move(codebooks);
     install_quantizers();
@@ -223,7 +219,7 @@ void IvfPqIndex::encode(const float* x, size_t n, int threads, uint32_t* list_of
   });
 }
 
-void IvfPqIndex::append(uint32_t list, uint32_t label, const uint8_t* code, const float* raw) {
+uint32_t IvfPqIndex::append(uint32_t list, uint32_t label, const uint8_t* code, const float* raw) {
   List& l = lists_[list];
   const size_t pos = l.size(), m = p_.m;
   if (pos % kScanBlock == 0) l.codes.resize(l.codes.size() + m * kScanBlock, 0);
@@ -231,7 +227,7 @@ void IvfPqIndex::append(uint32_t list, uint32_t label, const uint8_t* code, cons
   for (size_t j = 0; j < m; ++j) blk[j * kScanBlock + pos % kScanBlock] = code[j];
   l.labels.push_back(label);
   if (p_.refine > 0) l.raw.insert(l.raw.end(), raw, raw + dim_);
-  where_[label] = (static_cast<uint64_t>(list) << 32) | pos;
+  return static_cast<uint32_t>(pos);
 }
 
 void IvfPqIndex::code_of(const List& l, size_t pos, uint8_t* code) const {
@@ -276,33 +272,34 @@ Status IvfPqIndex::add(const uint32_t* labels, const float* vectors, size_t n, i
   std::vector<uint8_t> codes(n * p_.m);
   encode(x, n, threads, list_of.data(), codes.data());
 
-  std::unique_lock<std::shared_mutex> lock(mu_);
-  // Room for the batch in each list it touches: exact on a list's first batch, then 1.5x growth
-  // (the default doubling would leave up to half of the raw vectors' memory unused).
+  StagedLabels<uint64_t> staged(labels, n);
   std::vector<uint32_t> incoming(p_.nlist, 0);
   for (size_t i = 0; i < n; ++i) ++incoming[list_of[i]];
-  auto grow = [](auto& v, size_t need) {
-    if (need > v.capacity()) v.reserve(std::max(need, v.capacity() + v.capacity() / 2));
-  };
+
+  ReadGate::Exclusive writing(gate_);
+  // Room for the batch in each list it touches (exact on a list's first batch, then growing by
+  // half) and in the label map: all this add allocates. The inserts below cannot fail.
   for (uint32_t c = 0; c < p_.nlist; ++c) {
     if (incoming[c] == 0) continue;
     List& l = lists_[c];
     const size_t need = l.size() + incoming[c];
-    grow(l.labels, need);
-    grow(l.codes, (need + kScanBlock - 1) / kScanBlock * kScanBlock * p_.m);
-    if (p_.refine > 0) grow(l.raw, need * dim_);
+    reserve_growing(l.labels, need);
+    reserve_growing(l.codes, (need + kScanBlock - 1) / kScanBlock * kScanBlock * p_.m);
+    if (p_.refine > 0) reserve_growing(l.raw, need * dim_);
   }
-  where_.reserve(where_.size() + n);
+  staged.reserve(where_);
   for (size_t i = 0; i < n; ++i) {
     auto it = where_.find(labels[i]);
     if (it != where_.end()) erase(static_cast<uint32_t>(it->second >> 32), static_cast<uint32_t>(it->second));
-    append(list_of[i], labels[i], &codes[i * p_.m], x + i * dim_);
+    const uint32_t pos = append(list_of[i], labels[i], &codes[i * p_.m], x + i * dim_);
+    staged.put(where_, labels[i], (static_cast<uint64_t>(list_of[i]) << 32) | pos);
   }
+  size_.store(where_.size(), std::memory_order_relaxed);
   return Status::ok();
 }
 
 Status IvfPqIndex::remove(const uint32_t* labels, size_t n) {
-  std::unique_lock<std::shared_mutex> lock(mu_);
+  ReadGate::Exclusive writing(gate_);
   std::vector<uint32_t> sorted(labels, labels + n);
   std::sort(sorted.begin(), sorted.end());
   for (size_t i = 0; i < n; ++i) {
@@ -314,13 +311,14 @@ Status IvfPqIndex::remove(const uint32_t* labels, size_t n) {
     uint64_t w = where_.at(labels[i]);
     erase(static_cast<uint32_t>(w >> 32), static_cast<uint32_t>(w));
   }
+  size_.store(where_.size(), std::memory_order_relaxed);
   return Status::ok();
 }
 
 Status IvfPqIndex::get_vectors(const uint32_t* labels, size_t n, float* out) const {
   if (p_.refine == 0)
     return failed_precondition("this ivfpq index keeps no raw vectors (create it with refine > 0)");
-  std::shared_lock<std::shared_mutex> lock(mu_);
+  ReadGate::Shared reading(gate_);
   for (size_t i = 0; i < n; ++i)
     if (where_.find(labels[i]) == where_.end()) return not_found("label " + std::to_string(labels[i]) + " is not in the index");
   for (size_t i = 0; i < n; ++i) {
@@ -492,7 +490,7 @@ Status IvfPqIndex::search(const float* queries, size_t nq, const SearchParams& p
   }
   const int threads = resolve_threads(params.threads);
   const size_t k = params.k;
-  std::shared_lock<std::shared_mutex> lock(mu_);
+  ReadGate::Shared reading(gate_);
   if (params.terms_max != 0) {
     // Per query: the coarse distances, the inner-product table, then per list scanned its table
     // (l2, cosine) and a look-up per code byte, then the exact re-rank. The scan takes nprobe lists
@@ -543,7 +541,7 @@ Status IvfPqIndex::search(const float* queries, size_t nq, const SearchParams& p
 // any inconsistency (sizes, duplicate or reserved labels, trailing bytes) with DATA_LOSS.
 
 Status IvfPqIndex::serialize(std::vector<uint8_t>* out) const {
-  std::shared_lock<std::shared_mutex> lock(mu_);
+  ReadGate::Shared reading(gate_);
   out->clear();
   begin_envelope(out, IndexKind::IvfPq, dim_, metric_);
   Writer w(out);
@@ -614,11 +612,15 @@ Status IvfPqIndex::deserialize(const EnvelopeInfo& info, std::unique_ptr<Index>*
       r.array(&codes, static_cast<uint64_t>(count) * p.m);
       if (p.refine > 0) r.array(&raw, static_cast<uint64_t>(count) * info.dim);
       QV_RETURN_IF_ERROR(r.status("ivfpq list"));
+      if (p.refine > 0)
+        for (float v : raw)
+          if (!std::isfinite(v)) return data_loss("ivfpq index file has a non-finite vector value");
       for (uint32_t i = 0; i < count; ++i) {
         if (labels[i] == kLabelNone || idx->where_.count(labels[i]))
           return data_loss("ivfpq index file has a reserved or duplicate label");
-        idx->append(c, labels[i], &codes[static_cast<size_t>(i) * p.m],
-                    p.refine > 0 ? &raw[static_cast<size_t>(i) * info.dim] : nullptr);
+        const uint32_t pos = idx->append(c, labels[i], &codes[static_cast<size_t>(i) * p.m],
+                                         p.refine > 0 ? &raw[static_cast<size_t>(i) * info.dim] : nullptr);
+        idx->where_[labels[i]] = (static_cast<uint64_t>(c) << 32) | pos;
       }
       seen += count;
     }
@@ -626,13 +628,14 @@ Status IvfPqIndex::deserialize(const EnvelopeInfo& info, std::unique_ptr<Index>*
     if (seen != entries) return data_loss("ivfpq index file: entry count does not match its lists");
   }
   if (r.remaining() != 0) return data_loss("ivfpq index file has trailing bytes");
+  idx->size_.store(idx->where_.size(), std::memory_order_relaxed);
   *out = std::move(idx);
   return Status::ok();
 }
 
 Status IvfPqIndex::snapshot(IvfPqSnapshot* out) const {
   if (!trained()) return failed_precondition("ivfpq index is not trained");
-  std::shared_lock<std::shared_mutex> lock(mu_);
+  ReadGate::Shared reading(gate_);
   out->dim = dim_;
   out->nlist = p_.nlist;
   out->m = p_.m;

@@ -10,18 +10,26 @@
 // and 1 - cos = |x - y|^2 / 2 for unit vectors); ip assigns points by L2 (smallest residuals, best
 // codes) but probes the lists of largest q.c and scores q.x ~ q.c + q.r.
 //
-// Concurrency: a reader-writer lock. search() shares it; add() encodes outside the lock (the
-// quantizers never change once trained) and takes it exclusively only to insert; remove() and the
-// end of train() take it exclusively.
+// Threading contract: every method may be called from any thread, concurrently with any other.
+// A reader-writer gate (common/read_gate.h: readers take no lock, a writer is never starved):
+// search(), get_vectors(), serialize(), snapshot() and memory_bytes() hold it shared; add()
+// encodes outside it (the quantizers never change once trained_ is set, which is published with
+// release after them) and holds it exclusively only to insert; remove() and the end of train()
+// hold it exclusively. So a search sees the index before or after a whole batch, never part of
+// one. size() reads a counter the writers keep, and never waits.
+//
+// Out of memory: add() reserves room in every list it touches and the label-map entries before it
+// inserts anything, so when memory runs out it throws std::bad_alloc and the index is unchanged;
+// train() that runs out leaves the index untrained (it may be trained again).
 #pragma once
 #include <atomic>
 #include <memory>
 #include <mutex>
-#include <shared_mutex>
 #include <unordered_map>
 #include <vector>
 
 #include "common/index.h"
+#include "common/read_gate.h"
 
 namespace qv {
 
@@ -53,7 +61,7 @@ class IvfPqIndex final : public Index {
   IndexKind kind() const override { return IndexKind::IvfPq; }
   uint32_t dim() const override { return dim_; }
   Metric metric() const override { return metric_; }
-  size_t size() const override;
+  size_t size() const override { return size_.load(std::memory_order_relaxed); }
   bool trained() const override { return trained_.load(std::memory_order_acquire); }
   Status train(const float* data, size_t n, int threads, const ProgressFn& progress) override;
   Status add(const uint32_t* labels, const float* vectors, size_t n, int threads) override;
@@ -80,7 +88,9 @@ class IvfPqIndex final : public Index {
 
   void install_quantizers();  // derived tables from centroids_ and codebooks_
   void encode(const float* x, size_t n, int threads, uint32_t* list_of, uint8_t* codes) const;
-  void append(uint32_t list, uint32_t label, const uint8_t* code, const float* raw);
+  // Appends an entry to a list (room reserved by the caller) and returns its position; the caller
+  // records it in where_.
+  uint32_t append(uint32_t list, uint32_t label, const uint8_t* code, const float* raw);
   void erase(uint32_t list, uint32_t pos);
   void code_of(const List& l, size_t pos, uint8_t* code) const;
   void search_one(const float* q, const float* coarse_dots, const SearchParams& p, uint32_t nprobe, uint32_t refine,
@@ -101,7 +111,8 @@ class IvfPqIndex final : public Index {
   std::vector<float> codebooks_t_;     // m x dsub x 256 (transposed, for the per-query table)
   std::vector<float> term2_;           // l2/cosine: nlist x m x 256 (see search_one)
 
-  mutable std::shared_mutex mu_;
+  mutable ReadGate gate_;
+  std::atomic<size_t> size_{0};  // where_.size(), for size() without the gate
   std::vector<List> lists_;
   std::unordered_map<uint32_t, uint64_t> where_;  // label -> list << 32 | position
 };

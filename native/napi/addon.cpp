@@ -11,6 +11,7 @@
 #include <malloc.h>
 #endif
 
+#include "common/alloc.h"
 #include "common/format.h"
 #include "distance/distance.h"
 #include "napi/errors.h"
@@ -79,6 +80,7 @@ Napi::Value AllocRows(const Napi::CallbackInfo& info) {
   if (!(f >= 0) || f > 1e10 || f != static_cast<double>(static_cast<size_t>(f))) throw_invalid(env, "allocRows: floats must be a whole number");
   const size_t floats = static_cast<size_t>(f);
   const size_t bytes = floats * sizeof(float);
+  allocation_point();
   if (bytes < kHugePage / 2) return Napi::Float32Array::New(env, floats);
   // Fresh anonymous memory (zeroed by the kernel on first touch), 2 MB-aligned inside a mapping
   // one huge page larger; the finalizer unmaps the whole mapping.
@@ -97,6 +99,14 @@ Napi::Value AllocRows(const Napi::CallbackInfo& info) {
     Napi::MemoryManagement::AdjustExternalMemory(e, -static_cast<int64_t>(size));
   });
   return Napi::Float32Array::New(env, floats, ab, 0);
+}
+
+// failNextAllocations(n): test hook; the next n reservations of memory (an index write's, a
+// search's results, allocRows) fail as if memory had run out (common/alloc.h). 0 turns it off.
+Napi::Value FailNextAllocations(const Napi::CallbackInfo& info) {
+  if (!info[0].IsNumber()) throw_invalid(info.Env(), "failNextAllocations(n: number)");
+  fail_next_allocations(info[0].As<Napi::Number>().Uint32Value());
+  return info.Env().Undefined();
 }
 
 Napi::Value SimdLevels(const Napi::CallbackInfo& info) {
@@ -265,7 +275,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("simdLevel", Napi::Function::New(env, SimdLevelFn));
   exports.Set("simdLevels", Napi::Function::New(env, SimdLevels));
   exports.Set("crc32c", Napi::Function::New(env, Crc32cFn));
-  exports.Set("allocRows", Napi::Function::New(env, AllocRows));
+  exports.Set("allocRows", Napi::Function::New(env, guarded<AllocRows>));
+  exports.Set("failNextAllocations", Napi::Function::New(env, FailNextAllocations));
   exports.Set("tuneAllocator", Napi::Function::New(env, TuneAllocator));
   exports.Set("kernel", Napi::Function::New(env, KernelFn));
   exports.Set("kernelMatrix", Napi::Function::New(env, KernelMatrix));

@@ -4,6 +4,8 @@
 #include <napi.h>
 
 #include <atomic>
+#include <exception>
+#include <new>
 #include <utility>
 
 #include "common/status.h"
@@ -17,6 +19,41 @@ Napi::Value make_error(Napi::Env env, const Status& st);
 [[noreturn]] void throw_status(Napi::Env env, const Status& st);
 inline void throw_invalid(Napi::Env env, const std::string& message) {
   throw_status(env, invalid_argument(message));
+}
+
+// Running out of memory reaches JavaScript as RESOURCE_EXHAUSTED wherever it happens: off the loop
+// (run_reporting, in every PromiseWorker and the search lane) and on it (on_loop, around every
+// NativeIndex method and the addon's allocating functions). node-addon-api alone would turn a
+// std::bad_alloc into a plain Error off the loop and let it escape N-API (std::terminate) on it.
+// The message fits the small-string buffer: building it allocates nothing.
+inline Status out_of_memory() { return resource_exhausted("out of memory"); }
+
+// The status of work off the event loop, with what it throws reported as a status: std::bad_alloc
+// (also from a parallel_for thread) as RESOURCE_EXHAUSTED, another std::exception as INTERNAL.
+template <typename Fn>
+Status run_reporting(Fn&& fn) {
+  try {
+    return fn();
+  } catch (const std::bad_alloc&) {
+    return out_of_memory();
+  } catch (const std::exception& e) {
+    return Status(Code::Internal, e.what());
+  }
+}
+
+// fn() on the event loop, with a std::bad_alloc thrown as a RESOURCE_EXHAUSTED QuiverError.
+template <typename Fn>
+auto on_loop(Napi::Env env, Fn&& fn) -> decltype(fn()) {
+  try {
+    return fn();
+  } catch (const std::bad_alloc&) {
+    throw_status(env, out_of_memory());
+  }
+}
+// A function for Napi::Function::New or StaticMethod, run through on_loop.
+template <Napi::Value (*F)(const Napi::CallbackInfo&)>
+Napi::Value guarded(const Napi::CallbackInfo& info) {
+  return on_loop(info.Env(), [&] { return F(info); });
 }
 
 // What a finished task settles its promise with: {true, resolve()} to resolve, or {false, error}
@@ -54,7 +91,7 @@ class PromiseWorker : public Napi::AsyncWorker {
   virtual Napi::Value Resolve(Napi::Env env) { return env.Undefined(); }
 
  private:
-  void Execute() override { status_ = Run(); }
+  void Execute() override { status_ = run_reporting([this] { return Run(); }); }
   void OnOK() override {
     Napi::Env env = Env();
     Napi::HandleScope scope(env);

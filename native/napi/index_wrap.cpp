@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "common/alloc.h"
 #include "common/limits.h"
 #include "napi/convert.h"
 #include "napi/errors.h"
@@ -71,6 +72,7 @@ class SearchTask : public LaneTask {
       filter_ = Filter(filter_labels_.data(), filter_labels_.size());
       params_.filter = &filter_;
     }
+    allocation_point();
     labels_.resize(nq_ * params_.k);
     distances_.resize(nq_ * params_.k);
     return index_->search(queries_.data(), nq_, params_, labels_.data(), distances_.data());
@@ -219,11 +221,14 @@ SearchParams search_params(const Napi::CallbackInfo& info) {
 Napi::Function NativeIndex::Init(Napi::Env env) {
   Napi::Function cls = DefineClass(
       env, "NativeIndex",
-      {InstanceMethod("add", &NativeIndex::Add), InstanceMethod("remove", &NativeIndex::Remove),
-       InstanceMethod("search", &NativeIndex::Search), InstanceMethod("searchSync", &NativeIndex::SearchSync),
-       InstanceMethod("train", &NativeIndex::Train),
-       InstanceMethod("serialize", &NativeIndex::Serialize), InstanceMethod("getVectors", &NativeIndex::GetVectors),
-       StaticMethod("deserialize", &NativeIndex::Deserialize), InstanceAccessor("size", &NativeIndex::GetSize, nullptr),
+      {InstanceMethod("add", &NativeIndex::Guarded<&NativeIndex::Add>),
+       InstanceMethod("remove", &NativeIndex::Guarded<&NativeIndex::Remove>),
+       InstanceMethod("search", &NativeIndex::Guarded<&NativeIndex::Search>),
+       InstanceMethod("searchSync", &NativeIndex::Guarded<&NativeIndex::SearchSync>),
+       InstanceMethod("train", &NativeIndex::Guarded<&NativeIndex::Train>),
+       InstanceMethod("serialize", &NativeIndex::Guarded<&NativeIndex::Serialize>),
+       InstanceMethod("getVectors", &NativeIndex::Guarded<&NativeIndex::GetVectors>),
+       StaticMethod("deserialize", &guarded<&NativeIndex::Deserialize>), InstanceAccessor("size", &NativeIndex::GetSize, nullptr),
        InstanceAccessor("dim", &NativeIndex::GetDim, nullptr), InstanceAccessor("metric", &NativeIndex::GetMetric, nullptr),
        InstanceAccessor("kind", &NativeIndex::GetKind, nullptr), InstanceAccessor("trained", &NativeIndex::GetTrained, nullptr),
        InstanceAccessor("memoryBytes", &NativeIndex::GetMemoryBytes, nullptr)});
@@ -254,7 +259,7 @@ NativeIndex::NativeIndex(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Nati
     opts.num[key] = v.As<Napi::Number>().DoubleValue();
   }
   std::unique_ptr<Index> index;
-  st = create_index(info[0].As<Napi::String>().Utf8Value(), opts, &index);
+  st = on_loop(env, [&] { return create_index(info[0].As<Napi::String>().Utf8Value(), opts, &index); });
   if (!st.is_ok()) throw_status(env, st);
   index_ = std::shared_ptr<Index>(std::move(index));
 }
@@ -330,13 +335,11 @@ Napi::Value NativeIndex::SearchSync(const Napi::CallbackInfo& info) {
     filter = Filter(f.Data(), f.ElementLength());
     p.filter = &filter;
   }
+  // Out of memory (the results, the index's scratch) is RESOURCE_EXHAUSTED through Guarded.
+  allocation_point();
   std::vector<uint32_t> labels(p.k);
   std::vector<float> distances(p.k);
-  try {
-    st = index_->search(query.Data(), 1, p, labels.data(), distances.data());
-  } catch (const std::bad_alloc&) {
-    st = resource_exhausted("out of memory in a search");
-  }
+  st = index_->search(query.Data(), 1, p, labels.data(), distances.data());
   if (!st.is_ok()) throw_status(env, st);
   return search_results(env, labels, distances);
 }

@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "common/index.h"
+#include "napi/errors.h"
 
 namespace qv {
 namespace napi {
@@ -20,6 +21,11 @@ class NativeIndex : public Napi::ObjectWrap<NativeIndex> {
   static Napi::Object Wrap(Napi::Env env, std::shared_ptr<Index> index);
 
  private:
+  // Method M with a std::bad_alloc on the loop (copying a large input) thrown as RESOURCE_EXHAUSTED.
+  template <Napi::Value (NativeIndex::*M)(const Napi::CallbackInfo&)>
+  Napi::Value Guarded(const Napi::CallbackInfo& info) {
+    return on_loop(info.Env(), [&] { return (this->*M)(info); });
+  }
   Napi::Value Add(const Napi::CallbackInfo& info);
   Napi::Value Remove(const Napi::CallbackInfo& info);
   Napi::Value Search(const Napi::CallbackInfo& info);

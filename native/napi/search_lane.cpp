@@ -10,7 +10,6 @@
 #include <functional>
 #include <mutex>
 #include <sched.h>
-#include <new>
 #include <string>
 #include <thread>
 
@@ -255,13 +254,7 @@ class Lane {
       while (lane_held.load(std::memory_order_acquire) && !stop_.load()) std::this_thread::sleep_for(std::chrono::microseconds(100));
       const auto started = std::chrono::steady_clock::now();
       add_ns(wait_ns, p->submitted, started);
-      try {
-        p->status = p->task->run();
-      } catch (const std::bad_alloc&) {
-        p->status = resource_exhausted("out of memory in a search");
-      } catch (const std::exception& e) {
-        p->status = Status(Code::Internal, std::string("search failed: ") + e.what());
-      }
+      p->status = run_reporting([p] { return p->task->run(); });
       last_end_ = std::chrono::steady_clock::now();
       p->ended = last_end_;
       add_ns(run_ns, started, last_end_);
