@@ -2,8 +2,9 @@
 //
 // add(batch), after validation:
 //   1. labels already present are removed first (upsert = remove + insert, see remove_slots);
-//   2. cosine vectors are normalized; the quantizer range is widened to cover the batch (and
-//      every stored code re-encoded if it changed);
+//   2. cosine vectors are normalized (for the codes; the vectors are kept as given, with their
+//      inverse norm); the quantizer range is widened to cover the batch (and the stored codes it
+//      changes are re-encoded);
 //   3. each point gets a slot (lowest free slot first, else a new one) and its level
 //      (hash of label and seed), its vector and code are written;
 //   4. the points are inserted in rounds of sizes 1, 2, 4, ... capped at 1/8 of the graph, at
@@ -41,10 +42,12 @@ void HnswIndex::reencode(const hnsw::ScalarQuantizer::Refit& r, int threads) {
   std::atomic<bool> lossless{true};
   parallel_for(n, threads, 1024, [&](size_t b, size_t e, int) {
     bool ok = true;
+    std::vector<float> buf(dim_);
     for (size_t s = b; s < e; ++s) {
       if (meta(static_cast<uint32_t>(s)).state.load(std::memory_order_relaxed) != kLive) continue;
       const uint32_t slot = static_cast<uint32_t>(s);
-      ok = (r.all ? sq_.encode(vec(slot), code(slot)) : sq_.encode_dims(vec(slot), code(slot), r.dims)) && ok;
+      const float* v = coded_vector(slot, buf.data());
+      ok = (r.all ? sq_.encode(v, code(slot)) : sq_.encode_dims(v, code(slot), r.dims)) && ok;
     }
     if (!ok) lossless.store(false);
   });
@@ -203,13 +206,17 @@ Status HnswIndex::add(const uint32_t* labels, const float* vectors, size_t n, in
     remove_slots(std::move(replaced), threads);
   }
 
-  // 2. Normalize (cosine) and fit the quantizer.
-  std::vector<float> normed;
+  // 2. Normalize (cosine: the copy the codes encode, x * 1/|x| as normalize_f32 computes it) and
+  //    fit the quantizer.
+  std::vector<float> normed, inv(metric_ == Metric::Cosine ? n : 0);
   const float* v = vectors;
   if (metric_ == Metric::Cosine) {
-    normed.assign(vectors, vectors + n * dim_);
+    normed.resize(n * dim_);
     parallel_for(n, threads, 256, [&](size_t lo, size_t hi, int) {
-      for (size_t i = lo; i < hi; ++i) normalize_f32(normed.data() + i * dim_, normed.data() + i * dim_, dim_);
+      for (size_t i = lo; i < hi; ++i) {
+        inv[i] = inv_norm_f32(vectors + i * dim_, dim_);
+        for (size_t d = 0; d < dim_; ++d) normed[i * dim_ + d] = vectors[i * dim_ + d] * inv[i];
+      }
     });
     v = normed.data();
   }
@@ -234,7 +241,8 @@ Status HnswIndex::add(const uint32_t* labels, const float* vectors, size_t n, in
     bool ok = true;
     for (size_t i = lo; i < hi; ++i) {
       const uint32_t s = slots[i];
-      std::memcpy(vec(s), v + i * dim_, dim_ * sizeof(float));
+      std::memcpy(vec(s), vectors + i * dim_, dim_ * sizeof(float));
+      if (metric_ == Metric::Cosine) inv_norm(s) = inv[i];
       if (use_codes()) ok = sq_.encode(v + i * dim_, code(s)) && ok;
     }
     if (!ok) lossless.store(false);

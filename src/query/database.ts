@@ -347,10 +347,24 @@ export class LocalDatabase implements Database {
     const o = isPlainObject(opts) ? opts : {};
     const withVectors = o.withVectors === true;
     const withPayload = o.withPayload !== false;
+    // One call per shard; the answer keeps the order asked.
+    const groups = new Map<number, string[]>();
+    for (const id of ids) {
+      const s = shardOf(id, c.spec.shards);
+      const g = groups.get(s);
+      if (g) g.push(id);
+      else groups.set(s, [id]);
+    }
+    const found = new Map<string, Point>();
+    await Promise.all(
+      [...groups].map(async ([s, g]) => {
+        for (const p of await c.shards[s].get(g, withVectors, withPayload)) found.set(p.id, p);
+      }),
+    );
     const out: Point[] = [];
     for (const id of ids) {
-      const got = c.shards[shardOf(id, c.spec.shards)].get([id], withVectors, withPayload);
-      if (got.length > 0) out.push(got[0]);
+      const p = found.get(id);
+      if (p) out.push(p);
     }
     return out;
   }
@@ -418,7 +432,7 @@ export class LocalDatabase implements Database {
   }
 
   /** State digest of one shard (tests and the chaos suite). */
-  digest(name: string, shard: number): string {
+  async digest(name: string, shard: number): Promise<string> {
     const c = this.coll(name);
     if (!Number.isInteger(shard) || shard < 0 || shard >= c.shards.length) throw new QuiverError('INVALID_ARGUMENT', `no shard ${shard}`);
     return c.shards[shard].digest();
