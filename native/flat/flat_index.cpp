@@ -179,10 +179,19 @@ void FlatIndex::search_subset(const float* q, const std::vector<uint32_t>& slots
   top.write_sorted(ol, od);
 }
 
+// The distance from a tile's dot product q.x, with qn = |q|^2 and rn = norms_[row] (l2); cosine's
+// dots come already scaled by 1/|x|. The metric is a template argument: no branch in the tile loop.
+template <Metric M>
+inline float tile_distance(float qn, float rn, float dot) {
+  if constexpr (M == Metric::L2) return qn + rn - 2.0f * dot;
+  else return 1.0f - dot;
+}
+
+template <Metric M>
 void FlatIndex::search_blocked(const float* queries, size_t nq, const SearchParams& p, int threads, uint32_t* ol,
                                float* od) const {
   const size_t n = labels_.size();
-  const bool l2 = metric_ == Metric::L2, cosine = metric_ == Metric::Cosine;
+  constexpr bool l2 = M == Metric::L2;
   const uint32_t keep = l2 ? std::min<uint32_t>(p.k + kRerankExtra, static_cast<uint32_t>(std::max<size_t>(n, 1))) : p.k;
   const size_t row_tile = std::max<size_t>(4, (kRowTileBytes / (dim_ * sizeof(float))) & ~size_t(3));
   const size_t chunks = (nq + kQueryChunk - 1) / kQueryChunk;
@@ -205,13 +214,17 @@ void FlatIndex::search_blocked(const float* queries, size_t nq, const SearchPara
             for (int b = 0; b < 4; ++b) rp[b] = data_.data() + std::min(r + b, r1 - 1) * dim_;
             float dots[16];
             K.ip_f32_4x4(qp, rp, dim_, dots);
+            if constexpr (M == Metric::Cosine) {
+              float rn[4];
+              for (int b = 0; b < 4; ++b) rn[b] = norms_[std::min(r + b, r1 - 1)];
+              for (int i = 0; i < 16; ++i) dots[i] *= rn[i & 3];
+            }
             const size_t na = std::min<size_t>(4, qn - qi), nb = std::min<size_t>(4, r1 - r);
             for (size_t a = 0; a < na; ++a) {
               TopK& top = tops[qi + a];
               float worst = top.worst();
               for (size_t b = 0; b < nb; ++b) {
-                const float dot = dots[a * 4 + b];
-                float d = l2 ? qnorm[qi + a] + norms_[r + b] - 2.0f * dot : 1.0f - (cosine ? dot * norms_[r + b] : dot);
+                const float d = tile_distance<M>(qnorm[qi + a], norms_[r + b], dots[a * 4 + b]);
                 if (d < worst) {
                   top.push(d, static_cast<uint32_t>(r + b));  // row for now; label after re-rank
                   worst = top.worst();
@@ -259,7 +272,11 @@ Status FlatIndex::search(const float* queries, size_t nq, const SearchParams& p,
     return Status::ok();
   }
   if (nq >= 4) {
-    search_blocked(queries, nq, p, threads, ol, od);
+    switch (metric_) {
+      case Metric::L2: search_blocked<Metric::L2>(queries, nq, p, threads, ol, od); break;
+      case Metric::IP: search_blocked<Metric::IP>(queries, nq, p, threads, ol, od); break;
+      case Metric::Cosine: search_blocked<Metric::Cosine>(queries, nq, p, threads, ol, od); break;
+    }
   } else {
     for (size_t i = 0; i < nq; ++i) search_one_scan(queries + i * dim_, p, threads, ol + i * p.k, od + i * p.k);
   }

@@ -31,6 +31,7 @@ class FlatIndex final : public Index {
  private:
   void search_one_scan(const float* q, const SearchParams& p, int threads, uint32_t* ol, float* od) const;
   void search_subset(const float* q, const std::vector<uint32_t>& slots, uint32_t k, uint32_t* ol, float* od) const;
+  template <Metric M>
   void search_blocked(const float* q, size_t nq, const SearchParams& p, int threads, uint32_t* ol, float* od) const;
   float distance(const float* q, size_t row) const;
   void set_norm(size_t row);

@@ -53,6 +53,18 @@ interface Collection {
   shards: Shard[];
 }
 
+/** ids grouped by the shard that holds them, in the order given. */
+function idsByShard(ids: string[], shards: number): Map<number, string[]> {
+  const groups = new Map<number, string[]>();
+  for (const id of ids) {
+    const s = shardOf(id, shards);
+    const g = groups.get(s);
+    if (g) g.push(id);
+    else groups.set(s, [id]);
+  }
+  return groups;
+}
+
 export interface OpenInternals {
   /** Passed to every shard's WAL (tests inject fsync failures; default stops the process). */
   onFatal?: ShardOptions['onFatal'];
@@ -320,13 +332,7 @@ export class LocalDatabase implements Database {
     const c = this.coll(name);
     checkIds(ids, true);
     const key = checkIdempotencyKey(isPlainObject(opts) ? opts.idempotencyKey : undefined);
-    const groups = new Map<number, string[]>();
-    for (const id of ids) {
-      const s = shardOf(id, c.spec.shards);
-      const g = groups.get(s);
-      if (g) g.push(id);
-      else groups.set(s, [id]);
-    }
+    const groups = idsByShard(ids, c.spec.shards);
     const token: WriteToken = {};
     let deleted = 0;
     await Promise.all(
@@ -348,16 +354,9 @@ export class LocalDatabase implements Database {
     const withVectors = o.withVectors === true;
     const withPayload = o.withPayload !== false;
     // One call per shard; the answer keeps the order asked.
-    const groups = new Map<number, string[]>();
-    for (const id of ids) {
-      const s = shardOf(id, c.spec.shards);
-      const g = groups.get(s);
-      if (g) g.push(id);
-      else groups.set(s, [id]);
-    }
     const found = new Map<string, Point>();
     await Promise.all(
-      [...groups].map(async ([s, g]) => {
+      [...idsByShard(ids, c.spec.shards)].map(async ([s, g]) => {
         for (const p of await c.shards[s].get(g, withVectors, withPayload)) found.set(p.id, p);
       }),
     );

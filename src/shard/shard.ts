@@ -460,9 +460,13 @@ export class Shard {
     return this.store.count;
   }
 
-  /** Points of `ids` present in the shard (absent ones skipped), copies, all at one applied LSN. */
+  /**
+   * Points of `ids` present in the shard (absent ones skipped), copies, all at one applied LSN. The
+   * store's ids and payloads change in one turn at the end of an apply, so they are read at once;
+   * vectors in the index change while an apply runs, so a get with vectors waits for the lock.
+   */
   get(ids: string[], withVectors: boolean, withPayload: boolean): Promise<StoredPoint[]> {
-    return this.lock.read(async () => {
+    const read = async (): Promise<StoredPoint[]> => {
       const labels: number[] = [];
       for (const id of ids) {
         const label = this.store.labelOf(id);
@@ -471,7 +475,8 @@ export class Shard {
       const out = labels.map((l) => this.pointOf(l, withPayload));
       if (withVectors) await this.attachVectors(out, labels);
       return out;
-    });
+    };
+    return withVectors ? this.lock.read(read) : read();
   }
 
   private pointOf(label: number, withPayload: boolean): StoredPoint {
