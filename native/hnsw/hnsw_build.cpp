@@ -208,17 +208,18 @@ Status HnswIndex::add(const uint32_t* labels, const float* vectors, size_t n, in
 
   // 2. Normalize (cosine: the copy the codes encode, x * 1/|x| as normalize_f32 computes it) and
   //    fit the quantizer.
-  std::vector<float> normed, inv(metric_ == Metric::Cosine ? n : 0);
+  std::vector<float> inv(metric_ == Metric::Cosine ? n : 0);
   const float* v = vectors;
   if (metric_ == Metric::Cosine) {
-    normed.resize(n * dim_);
+    normed_.resize(n * dim_);
+    float* normed = normed_.data();
     parallel_for(n, threads, 256, [&](size_t lo, size_t hi, int) {
       for (size_t i = lo; i < hi; ++i) {
         inv[i] = inv_norm_f32(vectors + i * dim_, dim_);
         for (size_t d = 0; d < dim_; ++d) normed[i * dim_ + d] = vectors[i * dim_ + d] * inv[i];
       }
     });
-    v = normed.data();
+    v = normed;
   }
   if (use_codes()) reencode(sq_.fit(v, n, dim_), threads);
 

@@ -227,6 +227,10 @@ class HnswIndex final : public Index {
   std::atomic<bool> lossless_{true};         // every stored vector decodes exactly from its code
 
   mutable std::mutex write_mu_;              // one add/remove/serialize at a time
+  // add()'s normalized copy of a cosine batch (for the codes), kept for the next batch: allocated
+  // afresh on whichever pool thread runs the add, each batch's copy stayed cached in that thread's
+  // malloc arena (on Fashion-MNIST in 1,000-vector batches, ~50 MiB of RSS over 16 threads).
+  std::vector<float> normed_;
   mutable std::shared_mutex label_mu_;
   std::unordered_map<uint32_t, uint32_t> slot_of_;
 
