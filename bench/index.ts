@@ -6,6 +6,7 @@ const USAGE = `usage: quiver bench <name> [options]
   ann       HNSW (and --index ivfpq) against hnswlib-node and usearch: recall/QPS sweep, JSON + SVG
   server    the standalone server: upsert throughput, gRPC search latency, restart time
   rpc       round-trip floor between two processes: raw TCP, HTTP/1.1, bare HTTP/2 and grpc-js
+  memory    RSS of quiver serve holding Fashion-MNIST in HNSW against hnswlib-node in a plain Node
 
 Each takes --help. Results go to bench/results/ (JSON, SVG) and to stdout.
 `;
@@ -33,6 +34,8 @@ export async function bench(argv: string[]): Promise<number> {
       return (await load('server')).run(rest);
     case 'rpc':
       return (await load('rpc')).run(rest);
+    case 'memory':
+      return (await load('memory')).run(rest);
     default:
       process.stdout.write(USAGE);
       return name === undefined || name === '--help' ? 0 : 2;

@@ -218,7 +218,7 @@ async function crashRounds(dir: string, rounds: number, indexType: string): Prom
         for (let s = 0; s < SHARDS; s++) {
           const st = db.shard('c', s).status();
           expect(st.appliedLsn).toBe(st.lastLsn);
-          expect(db.digest('c', s), `round ${round}: digest of shard ${s}`).toBe(await replayDigest(db, dir, s));
+          expect(await db.digest('c', s), `round ${round}: digest of shard ${s}`).toBe(await replayDigest(db, dir, s));
         }
       } finally {
         await db.close({ snapshot: round % 2 === 0 });

@@ -187,8 +187,8 @@ describe('Database', () => {
   it('refuses every bad input with a typed code and changes nothing', async () => {
     await db.createCollection({ name: 'v', dim: DIM, index: { type: 'flat' }, shards: 2 });
     await db.upsert('v', points(20));
-    const digests = (): string[] => [db.digest('v', 0), db.digest('v', 1)];
-    const before = digests();
+    const digests = (): Promise<string[]> => Promise.all([db.digest('v', 0), db.digest('v', 1)]);
+    const before = await digests();
     const lsns = db.status().shards.map((s) => s.lastLsn);
     const nan = vec(1);
     nan[3] = NaN;
@@ -263,7 +263,7 @@ describe('Database', () => {
       expect(await codeOf(db.createCollection(spec as never)), what).toBe(code);
     }
     expect(db.listCollections().map((c) => c.name)).toEqual(['v']);
-    expect(digests()).toEqual(before);
+    expect(await digests()).toEqual(before);
     expect(db.status().shards.map((s) => s.lastLsn)).toEqual(lsns);
     expect(await db.count('v')).toBe(20);
   });
@@ -342,11 +342,11 @@ describe('Database', () => {
     expect(db.shard('q', 0).indexKind).toBe('ivfpq');
     const [hits] = await db.search('q', { vectors: vec(17), k: 5, nprobe: 4 });
     expect(hits.map((h) => h.id)).toContain('p17');
-    const digest = db.digest('q', 0);
+    const digest = await db.digest('q', 0);
     await db.close();
     db = await openDatabase({ dataDir: dir, snapshotIntervalMs: 0 });
     expect(db.shard('q', 0).indexKind).toBe('ivfpq');
-    expect(db.digest('q', 0)).toBe(digest);
+    expect(await db.digest('q', 0)).toBe(digest);
   });
 
   it('an HNSW collection (the default index) finds its points and survives a reopen', async () => {
@@ -357,10 +357,10 @@ describe('Database', () => {
     expect(top).toMatchObject({ id: 'p42', distance: 0 });
     const [hits] = await db.search('h', { vectors: vec(10), k: 10, ef: 64 });
     expect(hits.map((h) => h.id)).not.toContain('p10');
-    const digests = [db.digest('h', 0), db.digest('h', 1)];
+    const digests = [await db.digest('h', 0), await db.digest('h', 1)];
     await db.close();
     db = await openDatabase({ dataDir: dir, snapshotIntervalMs: 0 });
-    expect([db.digest('h', 0), db.digest('h', 1)]).toEqual(digests);
+    expect([await db.digest('h', 0), await db.digest('h', 1)]).toEqual(digests);
     const [[again]] = await db.search('h', { vectors: vec(42), k: 1 });
     expect(again.id).toBe('p42');
   });
@@ -381,7 +381,7 @@ describe('upsertColumns (the batch form the gRPC front end uses)', () => {
     await db.upsert('b', pts);
     expect(r.upserted).toBe(40);
     expect(Object.keys(r.token).length).toBe(3);
-    for (let s = 0; s < 3; s++) expect(db.digest('a', s)).toBe(db.digest('b', s));
+    for (let s = 0; s < 3; s++) expect(await db.digest('a', s)).toBe(await db.digest('b', s));
     const got = await db.get('a', ['p7'], { withVectors: true, withPayload: true });
     expect(Array.from(got[0].vector!)).toEqual(Array.from(vec(7)));
     expect(got[0].payload).toEqual(pts[7].payload);
@@ -400,7 +400,7 @@ describe('upsertColumns (the batch form the gRPC front end uses)', () => {
   it('bad batches are INVALID_ARGUMENT and change nothing', async () => {
     await db.createCollection({ name: 'c', dim: DIM, index: { type: 'flat' }, shards: 2 });
     await db.upsert('c', points(5));
-    const digests = [db.digest('c', 0), db.digest('c', 1)];
+    const digests = [await db.digest('c', 0), await db.digest('c', 1)];
     const good = columns(points(3, 100));
     const nan = columns(points(3, 100));
     nan.vectors[DIM + 2] = NaN;
@@ -421,7 +421,7 @@ describe('upsertColumns (the batch form the gRPC front end uses)', () => {
     ];
     for (const c of cases) expect(await codeOf(db.upsertColumns('c', c as never))).toBe('INVALID_ARGUMENT');
     expect(await codeOf(db.upsertColumns('nope', good))).toBe('NOT_FOUND');
-    expect([db.digest('c', 0), db.digest('c', 1)]).toEqual(digests);
+    expect([await db.digest('c', 0), await db.digest('c', 1)]).toEqual(digests);
     expect(await db.count('c')).toBe(5);
   });
 });

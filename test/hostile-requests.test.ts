@@ -184,7 +184,7 @@ describe('payload depth', () => {
       expect(g.res.points[0].payloadJson).toBe(deep);
       const s = await rawCall(server.grpcAddress, 'Search', { collection: 'legacy', vector: { values: Array.from(vec(1, DIM)) }, options: { k: 1, withPayload: true } });
       expect(s.res.hits[0].payloadJson).toBe(deep);
-      expect(db.digest('legacy', 0)).toMatch(/^[0-9a-f]{64}$/);
+      expect(await db.digest('legacy', 0)).toMatch(/^[0-9a-f]{64}$/);
     };
     await check();
     await stop(false); // WAL replay on the next open

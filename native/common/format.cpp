@@ -103,7 +103,7 @@ Status open_envelope(const uint8_t* p, size_t n, EnvelopeInfo* info) {
   std::memcpy(&dim, p + 16, 4);
   std::memcpy(&metric, p + 20, 4);
   std::memcpy(&body, p + 24, 8);
-  if (version != kFormatVersion)
+  if (version < 1 || version > kFormatVersion)
     return data_loss("unsupported index format version " + std::to_string(version));
   if (body != n - kEnvelopeHeader - 4)
     return data_loss("index file is truncated or has trailing bytes (length mismatch)");

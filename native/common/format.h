@@ -4,7 +4,7 @@
 // Envelope (all integers little-endian):
 //   offset  size  field
 //   0       8     magic "QUIVERIX"
-//   8       4     format version (kFormatVersion)
+//   8       4     format version (kFormatVersion; 1 is read too)
 //   12      4     index kind (IndexKind: 1 flat, 2 hnsw, 3 ivfpq)
 //   16      4     dim
 //   20      4     metric (0 l2, 1 ip, 2 cosine)
@@ -13,6 +13,10 @@
 //   32+B    4     CRC-32C (Castagnoli) of bytes [0, 32+B)
 // A reader refuses a wrong magic, an unknown version or kind, a length that does not match the
 // buffer, or a checksum mismatch, with Code::DataLoss, before it builds anything.
+// Versions: 2 = flat and HNSW keep cosine vectors as given (1: normalized). The bodies are laid
+// out alike, so a version 1 file loads (its cosine indexes then hold, and return, normalized
+// vectors); a reader of version 1 only refuses a version 2 file instead of taking the vectors
+// it holds for normalized ones.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -28,7 +32,7 @@ uint32_t crc32c(const void* data, size_t n, uint32_t crc = 0);
 enum class Metric : uint32_t { L2 = 0, IP = 1, Cosine = 2 };
 enum class IndexKind : uint32_t { Flat = 1, Hnsw = 2, IvfPq = 3 };
 
-constexpr uint32_t kFormatVersion = 1;
+constexpr uint32_t kFormatVersion = 2;
 constexpr size_t kEnvelopeHeader = 32;
 
 class Writer {

@@ -15,7 +15,9 @@
 // the two are close (cancellation), so each query keeps its best k + kRerankExtra candidates by
 // that estimate and re-ranks them with the direct sum of squared differences; results are the
 // exact distances of the direct form.
-// For ip (distance 1 - q.x) and cosine (rows and query normalized, 1 - q.x) the dot is the answer.
+// For ip (distance 1 - q.x) the dot is the answer. Cosine keeps each row as given (get_vectors
+// returns it bit for bit) with its inverse norm r = 1/|x| (inv_norm_f32); the query is normalized,
+// and 1 - cos(q, x) = 1 - (q/|q|).x * r.
 #include "flat/flat_index.h"
 
 #include <algorithm>
@@ -65,7 +67,6 @@ Status FlatIndex::add(const uint32_t* labels, const float* vectors, size_t n, in
   reserve_growing(norms_, rows);
   reserve_growing(data_, rows * dim_);
   staged.reserve(slot_of_);
-  const auto& K = kernels();
   for (size_t i = 0; i < n; ++i) {
     auto it = slot_of_.find(labels[i]);
     size_t row;
@@ -78,13 +79,16 @@ Status FlatIndex::add(const uint32_t* labels, const float* vectors, size_t n, in
       data_.resize(data_.size() + dim_);
       norms_.push_back(0);
     }
-    float* dst = data_.data() + row * dim_;
-    std::memcpy(dst, vectors + i * dim_, dim_ * sizeof(float));
-    if (metric_ == Metric::Cosine) normalize_f32(dst, dst, dim_);
-    norms_[row] = K.ip_f32(dst, dst, dim_);
+    std::memcpy(data_.data() + row * dim_, vectors + i * dim_, dim_ * sizeof(float));
+    set_norm(row);
   }
   size_.store(labels_.size(), std::memory_order_relaxed);
   return Status::ok();
+}
+
+void FlatIndex::set_norm(size_t row) {
+  const float* x = data_.data() + row * dim_;
+  norms_[row] = metric_ == Metric::Cosine ? inv_norm_f32(x, dim_) : kernels().ip_f32(x, x, dim_);
 }
 
 Status FlatIndex::remove(const uint32_t* labels, size_t n) {
@@ -116,12 +120,13 @@ Status FlatIndex::remove(const uint32_t* labels, size_t n) {
   return Status::ok();
 }
 
-float FlatIndex::distance(const float* q, const float* v) const {
+float FlatIndex::distance(const float* q, size_t row) const {
   const auto& K = kernels();
+  const float* v = data_.data() + row * dim_;
   switch (metric_) {
     case Metric::L2: return K.l2_f32(q, v, dim_);
-    case Metric::IP:
-    case Metric::Cosine: return 1.0f - K.ip_f32(q, v, dim_);
+    case Metric::IP: return 1.0f - K.ip_f32(q, v, dim_);
+    case Metric::Cosine: return 1.0f - K.ip_f32(q, v, dim_) * norms_[row];
   }
   return 0;
 }
@@ -152,7 +157,11 @@ void FlatIndex::search_one_scan(const float* q, const SearchParams& p, int threa
       if (metric_ == Metric::L2) {
         kernels().l2_f32_rows(q, data_.data() + r * dim_, m, dim_, dist);
       } else {
-        for (size_t i = 0; i < m; ++i) dist[i] = 1.0f - kernels().ip_f32(q, data_.data() + (r + i) * dim_, dim_);
+        const float* rn = metric_ == Metric::Cosine ? norms_.data() + r : nullptr;
+        for (size_t i = 0; i < m; ++i) {
+          const float dot = kernels().ip_f32(q, data_.data() + (r + i) * dim_, dim_);
+          dist[i] = 1.0f - (rn ? dot * rn[i] : dot);
+        }
       }
       float worst = top.worst();
       for (size_t i = 0; i < m; ++i) {
@@ -172,14 +181,23 @@ void FlatIndex::search_one_scan(const float* q, const SearchParams& p, int threa
 void FlatIndex::search_subset(const float* q, const std::vector<uint32_t>& slots, uint32_t k, uint32_t* ol,
                               float* od) const {
   TopK top(k);
-  for (uint32_t s : slots) top.push(distance(q, data_.data() + size_t(s) * dim_), labels_[s]);
+  for (uint32_t s : slots) top.push(distance(q, s), labels_[s]);
   top.write_sorted(ol, od);
 }
 
+// The distance from a tile's dot product q.x, with qn = |q|^2 and rn = norms_[row] (l2); cosine's
+// dots come already scaled by 1/|x|. The metric is a template argument: no branch in the tile loop.
+template <Metric M>
+inline float tile_distance(float qn, float rn, float dot) {
+  if constexpr (M == Metric::L2) return qn + rn - 2.0f * dot;
+  else return 1.0f - dot;
+}
+
+template <Metric M>
 void FlatIndex::search_blocked(const float* queries, size_t nq, const SearchParams& p, int threads, uint32_t* ol,
                                float* od) const {
   const size_t n = labels_.size();
-  const bool l2 = metric_ == Metric::L2;
+  constexpr bool l2 = M == Metric::L2;
   const uint32_t keep = l2 ? std::min<uint32_t>(p.k + kRerankExtra, static_cast<uint32_t>(std::max<size_t>(n, 1))) : p.k;
   const size_t row_tile = std::max<size_t>(4, (kRowTileBytes / (dim_ * sizeof(float))) & ~size_t(3));
   const size_t chunks = (nq + kQueryChunk - 1) / kQueryChunk;
@@ -202,12 +220,17 @@ void FlatIndex::search_blocked(const float* queries, size_t nq, const SearchPara
             for (int b = 0; b < 4; ++b) rp[b] = data_.data() + std::min(r + b, r1 - 1) * dim_;
             float dots[16];
             K.ip_f32_4x4(qp, rp, dim_, dots);
+            if constexpr (M == Metric::Cosine) {
+              float rn[4];
+              for (int b = 0; b < 4; ++b) rn[b] = norms_[std::min(r + b, r1 - 1)];
+              for (int i = 0; i < 16; ++i) dots[i] *= rn[i & 3];
+            }
             const size_t na = std::min<size_t>(4, qn - qi), nb = std::min<size_t>(4, r1 - r);
             for (size_t a = 0; a < na; ++a) {
               TopK& top = tops[qi + a];
               float worst = top.worst();
               for (size_t b = 0; b < nb; ++b) {
-                float d = l2 ? qnorm[qi + a] + norms_[r + b] - 2.0f * dots[a * 4 + b] : 1.0f - dots[a * 4 + b];
+                const float d = tile_distance<M>(qnorm[qi + a], norms_[r + b], dots[a * 4 + b]);
                 if (d < worst) {
                   top.push(d, static_cast<uint32_t>(r + b));  // row for now; label after re-rank
                   worst = top.worst();
@@ -257,14 +280,19 @@ Status FlatIndex::search(const float* queries, size_t nq, const SearchParams& p,
     return Status::ok();
   }
   if (nq >= 4) {
-    search_blocked(queries, nq, p, threads, ol, od);
+    switch (metric_) {
+      case Metric::L2: search_blocked<Metric::L2>(queries, nq, p, threads, ol, od); break;
+      case Metric::IP: search_blocked<Metric::IP>(queries, nq, p, threads, ol, od); break;
+      case Metric::Cosine: search_blocked<Metric::Cosine>(queries, nq, p, threads, ol, od); break;
+    }
   } else {
     for (size_t i = 0; i < nq; ++i) search_one_scan(queries + i * dim_, p, threads, ol + i * p.k, od + i * p.k);
   }
   return Status::ok();
 }
 
-// Body: u64 n | u32 labels[n] | f32 rows[n * dim] (cosine rows are stored normalized).
+// Body: u64 n | u32 labels[n] | f32 rows[n * dim], as added (envelope format 1 stored cosine rows
+// normalized; such a file loads, and get_vectors returns the normalized rows it holds).
 Status FlatIndex::serialize(std::vector<uint8_t>* out) const {
   ReadGate::Shared reading(gate_);
   out->clear();
@@ -290,14 +318,12 @@ Status FlatIndex::deserialize(const EnvelopeInfo& info, std::unique_ptr<Index>* 
   if (r.remaining() != 0) return data_loss("flat index: trailing bytes in body");
   for (float v : index->data_)
     if (!std::isfinite(v)) return data_loss("flat index: a non-finite vector value");
-  const auto& K = kernels();
   index->norms_.resize(n);
   index->slot_of_.reserve(n);
   for (size_t i = 0; i < n; ++i) {
     if (index->labels_[i] == kLabelNone || !index->slot_of_.emplace(index->labels_[i], uint32_t(i)).second)
       return data_loss("flat index: duplicate or reserved label");
-    const float* row = index->data_.data() + i * info.dim;
-    index->norms_[i] = K.ip_f32(row, row, info.dim);
+    index->set_norm(i);
   }
   index->size_.store(n, std::memory_order_relaxed);
   *out = std::move(index);

@@ -1,4 +1,4 @@
-// FlatIndex: exact k-NN over vectors stored densely (row-major), with per-row norms.
+// FlatIndex: exact k-NN over vectors stored densely (row-major) as given, with a per-row norm term.
 //
 // Threading contract: every method may be called from any thread, concurrently with any other.
 // A reader-writer gate (common/read_gate.h: readers take no lock, a writer is never starved):
@@ -41,16 +41,17 @@ class FlatIndex final : public Index {
  private:
   void search_one_scan(const float* q, const SearchParams& p, int threads, uint32_t* ol, float* od) const;
   void search_subset(const float* q, const std::vector<uint32_t>& slots, uint32_t k, uint32_t* ol, float* od) const;
+  template <Metric M>
   void search_blocked(const float* q, size_t nq, const SearchParams& p, int threads, uint32_t* ol, float* od) const;
-  float distance(const float* q, const float* v) const;
-  float to_distance_from_dot(float qn, size_t slot, float dot) const;
+  float distance(const float* q, size_t row) const;
+  void set_norm(size_t row);
 
   const uint32_t dim_;
   const Metric metric_;
   mutable ReadGate gate_;
   std::atomic<size_t> size_{0};   // labels_.size(), for size() without the gate
-  std::vector<float> data_;       // size() * dim_
-  std::vector<float> norms_;      // squared norm of each row (l2), unused otherwise
+  std::vector<float> data_;       // size() * dim_, as added
+  std::vector<float> norms_;      // per row: l2 |x|^2, cosine 1/|x| (inv_norm_f32), ip unused
   std::vector<uint32_t> labels_;  // label of each row
   std::unordered_map<uint32_t, uint32_t> slot_of_;
 };

@@ -2,8 +2,9 @@
 //
 // add(batch), after validation:
 //   1. labels already present are removed first (upsert = remove + insert, see remove_slots);
-//   2. cosine vectors are normalized; the quantizer range is widened to cover the batch (and
-//      every stored code re-encoded if it changed);
+//   2. cosine vectors are normalized (for the codes; the vectors are kept as given, with their
+//      inverse norm); the quantizer range is widened to cover the batch (and the stored codes it
+//      changes are re-encoded);
 //   3. each point gets a slot (lowest free slot first, else a new one) and its level
 //      (hash of label and seed), its vector and code are written;
 //   4. the points are inserted in rounds of sizes 1, 2, 4, ... capped at 1/8 of the graph, at
@@ -37,16 +38,20 @@ namespace qv {
 // is recomputed from its f32 vector, so the result does not depend on the thread count.
 // lossless_ (every stored code decodes exactly) is recomputed when every code is; after a
 // partial re-encode it can only stay or turn false (codes of the other dimensions are unchanged).
-void HnswIndex::reencode(const hnsw::ScalarQuantizer::Refit& r, int threads) {
+// Allocates nothing (it runs after the write has changed the index): under cosine, scratch holds
+// dim floats per thread (threads x dim), where each slot's normalized vector is computed.
+void HnswIndex::reencode(const hnsw::ScalarQuantizer::Refit& r, int threads, float* scratch) {
   if (!r.all && r.dims.empty()) return;
   const uint32_t n = n_slots_.load(std::memory_order_relaxed);
   std::atomic<bool> lossless{true};
-  parallel_for(n, threads, 1024, [&](size_t b, size_t e, int) {
+  parallel_for(n, threads, 1024, [&](size_t b, size_t e, int tid) {
     bool ok = true;
+    float* buf = scratch == nullptr ? nullptr : scratch + static_cast<size_t>(tid) * dim_;
     for (size_t s = b; s < e; ++s) {
       if (meta(static_cast<uint32_t>(s)).state.load(std::memory_order_relaxed) != kLive) continue;
       const uint32_t slot = static_cast<uint32_t>(s);
-      ok = (r.all ? sq_.encode(vec(slot), code(slot)) : sq_.encode_dims(vec(slot), code(slot), r.dims)) && ok;
+      const float* v = coded_vector(slot, buf);
+      ok = (r.all ? sq_.encode(v, code(slot)) : sq_.encode_dims(v, code(slot), r.dims)) && ok;
     }
     if (!ok) lossless.store(false);
   });
@@ -220,14 +225,21 @@ Status HnswIndex::add(const uint32_t* labels, const float* vectors, size_t n, in
     fresh += uppers[i] != nullptr;
   }
   uppers_.reserve(uppers_.size() + fresh);
-  std::vector<float> normed;
+  // Cosine: the normalized copy the codes encode (x * 1/|x|, as normalize_f32 computes it) in the
+  // index's scratch buffer, and 1/|x| of each vector, kept beside the vector as given.
+  std::vector<float> inv(metric_ == Metric::Cosine ? n : 0);
+  std::vector<float> reencode_scratch(metric_ == Metric::Cosine ? static_cast<size_t>(std::max(1, threads)) * dim_ : 0);
   const float* v = vectors;
   if (metric_ == Metric::Cosine) {
-    normed.assign(vectors, vectors + n * dim_);
+    normed_.resize(n * dim_);
+    float* normed = normed_.data();
     parallel_for(n, threads, 256, [&](size_t lo, size_t hi, int) {
-      for (size_t i = lo; i < hi; ++i) normalize_f32(normed.data() + i * dim_, normed.data() + i * dim_, dim_);
+      for (size_t i = lo; i < hi; ++i) {
+        inv[i] = inv_norm_f32(vectors + i * dim_, dim_);
+        for (size_t d = 0; d < dim_; ++d) normed[i * dim_ + d] = vectors[i * dim_ + d] * inv[i];
+      }
     });
-    v = normed.data();
+    v = normed;
   }
   hnsw::ScalarQuantizer wider;
   const hnsw::ScalarQuantizer::Refit refit = use_codes() ? sq_.fit(v, n, dim_, &wider) : hnsw::ScalarQuantizer::Refit{};
@@ -245,7 +257,7 @@ Status HnswIndex::add(const uint32_t* labels, const float* vectors, size_t n, in
   if (refit.widened) {
     ReadGate::Exclusive no_search(gate_);
     sq_ = std::move(wider);
-    reencode(refit, threads);
+    reencode(refit, threads, reencode_scratch.empty() ? nullptr : reencode_scratch.data());
   }
 
   // 3. Slots, vectors, codes.
@@ -258,7 +270,8 @@ Status HnswIndex::add(const uint32_t* labels, const float* vectors, size_t n, in
     bool ok = true;
     for (size_t i = lo; i < hi; ++i) {
       const uint32_t s = slots[i];
-      std::memcpy(vec(s), v + i * dim_, dim_ * sizeof(float));
+      std::memcpy(vec(s), vectors + i * dim_, dim_ * sizeof(float));
+      if (metric_ == Metric::Cosine) inv_norm(s) = inv[i];
       if (use_codes()) ok = sq_.encode(v + i * dim_, code(s)) && ok;
     }
     if (!ok) lossless.store(false);

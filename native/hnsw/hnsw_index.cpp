@@ -31,7 +31,8 @@ HnswIndex::HnswIndex(uint32_t dim, Metric metric, const Params& p)
       m0_(2 * p.m),
       level_mult_(1.0 / std::log(static_cast<double>(std::max<uint32_t>(p.m, 2)))),
       code_bytes_(metric == Metric::IP ? 0 : dim),
-      links_off_(round_up(code_bytes_, 4)),
+      inv_norm_off_(round_up(code_bytes_, 4)),
+      links_off_(inv_norm_off_ + (metric == Metric::Cosine ? sizeof(float) : 0)),
       stride_(round_up(links_off_ + 4 + 4 * static_cast<size_t>(2 * p.m), 64)),
       l2u8_(kernels().l2_u8),
       l2u8many_(kernels().l2_u8_many),
@@ -157,11 +158,20 @@ void HnswIndex::release_context(hnsw::SearchContext* c) const noexcept {
   }
 }
 
+const float* HnswIndex::coded_vector(uint32_t s, float* buf) const {
+  if (metric_ != Metric::Cosine) return vec(s);
+  const float* x = vec(s);
+  const float r = inv_norm(s);
+  for (uint32_t d = 0; d < dim_; ++d) buf[d] = x[d] * r;
+  return buf;
+}
+
+// q is normalized under cosine.
 float HnswIndex::final_distance(const float* q, uint32_t s) const {
   switch (metric_) {
     case Metric::L2: return kernels().l2_f32(q, vec(s), dim_);
-    case Metric::IP:
-    case Metric::Cosine: return 1.0f - kernels().ip_f32(q, vec(s), dim_);
+    case Metric::IP: return 1.0f - kernels().ip_f32(q, vec(s), dim_);
+    case Metric::Cosine: return 1.0f - kernels().ip_f32(q, vec(s), dim_) * inv_norm(s);
   }
   return 0.0f;
 }

@@ -17,9 +17,10 @@
 //       u32  label
 //       u8   level            0..15
 //       for l in 0..level:    u32 count (<= 2m on level 0, <= m above), u32 links[count] (slots)
-//       f32  vector[dim]      as stored (cosine: normalized)
-// Codes are not stored: they are re-encoded from the vectors and the range on load, which gives
-// the same bytes. A reader refuses any count, slot, level, label or state out of range, a link
+//       f32  vector[dim]      as added (envelope format 1 stored cosine vectors normalized; such
+//                             a file loads, and get_vectors returns the normalized vectors it holds)
+// Codes (and cosine's inverse norms) are not stored: they are recomputed from the vectors and the
+// range on load, which gives the same bytes. A reader refuses any count, slot, level, label or state out of range, a link
 // to a free slot or to a node without that level, a repeated label, or trailing bytes, with
 // DATA_LOSS, before the index is handed out.
 #include <cmath>
@@ -142,7 +143,8 @@ Status HnswIndex::deserialize(const EnvelopeInfo& info, std::unique_ptr<Index>* 
     const float* v = ix->vec(s);
     for (uint32_t d = 0; d < dim; ++d)
       if (!std::isfinite(v[d])) return data_loss("hnsw index file has a non-finite vector value");
-    if (quant == 1) lossless = ix->sq_.encode(v, ix->code(s)) && lossless;
+    if (info.metric == Metric::Cosine) ix->inv_norm(s) = inv_norm_f32(v, dim);
+    if (quant == 1) lossless = ix->sq_.encode(ix->coded_vector(s, buf.data()), ix->code(s)) && lossless;
     ix->meta(s).state.store(kLive);
     ++live;
   }

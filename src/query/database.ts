@@ -57,6 +57,18 @@ interface Collection {
   shards: Shard[];
 }
 
+/** ids grouped by the shard that holds them, in the order given. */
+function idsByShard(ids: string[], shards: number): Map<number, string[]> {
+  const groups = new Map<number, string[]>();
+  for (const id of ids) {
+    const s = shardOf(id, shards);
+    const g = groups.get(s);
+    if (g) g.push(id);
+    else groups.set(s, [id]);
+  }
+  return groups;
+}
+
 export interface OpenInternals {
   /** Passed to every shard's WAL (tests inject fsync failures; default stops the process). */
   onFatal?: ShardOptions['onFatal'];
@@ -347,13 +359,7 @@ export class LocalDatabase implements Database {
     const key = checkIdempotencyKey(isPlainObject(opts) ? opts.idempotencyKey : undefined);
     const hash = key === '' ? undefined : requestHash('delete', c.spec.name, ids);
     LocalDatabase.admit(c, key, hash, opts.signal);
-    const groups = new Map<number, string[]>();
-    for (const id of ids) {
-      const s = shardOf(id, c.spec.shards);
-      const g = groups.get(s);
-      if (g) g.push(id);
-      else groups.set(s, [id]);
-    }
+    const groups = idsByShard(ids, c.spec.shards);
     const token: WriteToken = {};
     let deleted = 0;
     await Promise.all(
@@ -375,10 +381,17 @@ export class LocalDatabase implements Database {
     const withVectors = checkOptBool(o.withVectors, 'withVectors') ?? false;
     const withPayload = checkOptBool(o.withPayload, 'withPayload') ?? true;
     checkAnswerBytes(ids.length, LocalDatabase.pointBytes(c, withVectors, withPayload), 'the answer');
+    // One call per shard; the answer keeps the order asked.
+    const found = new Map<string, Point>();
+    await Promise.all(
+      [...idsByShard(ids, c.spec.shards)].map(async ([s, g]) => {
+        for (const p of await c.shards[s].get(g, withVectors, withPayload)) found.set(p.id, p);
+      }),
+    );
     const out: Point[] = [];
     for (const id of ids) {
-      const got = c.shards[shardOf(id, c.spec.shards)].get([id], withVectors, withPayload);
-      if (got.length > 0) out.push(got[0]);
+      const p = found.get(id);
+      if (p) out.push(p);
     }
     return out;
   }
@@ -451,7 +464,7 @@ export class LocalDatabase implements Database {
   }
 
   /** State digest of one shard (tests and the chaos suite). */
-  digest(name: string, shard: number): string {
+  async digest(name: string, shard: number): Promise<string> {
     const c = this.coll(name);
     if (!Number.isInteger(shard) || shard < 0 || shard >= c.shards.length) throw new QuiverError('INVALID_ARGUMENT', `no shard ${shard}`);
     return c.shards[shard].digest();

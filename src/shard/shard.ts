@@ -11,7 +11,8 @@
  *     |  idempotency key seen?  -> yes: change nothing, reuse the first answer
  *     |  (a key stands for one request, by its hash: checkKey refuses the key with another request
  *     |   before anything is written, so a key's second entry is always a retry of its first)
- *     |  index.add / index.remove (native, async)  -> then point store (ids, vectors, payloads)
+ *     |  index.add / index.remove (native, async)  -> then point store (ids, payloads; vectors
+ *     |  only where the index does not keep them: indexKeepsVectors, one copy either way)
  *     |  appliedLsn = LSN        (visibility = applied)
  *     v
  *   ack {answer, lsn}  ---> token {shard: lsn}
@@ -27,7 +28,7 @@
  */
 import { promises as fsp } from 'fs';
 import { QuiverError } from '../errors';
-import { FlatIndex, HnswIndex, IvfPqIndex, LABEL_NONE, Metric, VectorIndex, deserializeIndex } from '../native';
+import { FlatIndex, HnswIndex, IndexKind, IvfPqIndex, LABEL_NONE, Metric, VectorIndex, deserializeIndex } from '../native';
 import { EntryType, Wal } from '../wal';
 import type { WalOptions } from '../wal';
 import { cloneJson } from '../common/json';
@@ -134,6 +135,17 @@ function ivfIndex(spec: ShardIndexSpec & { type: 'ivfpq' }, dim: number, metric:
   return new IvfPqIndex({ dim, metric, nlist: spec.nlist, m: spec.m, refine: spec.refine, nprobe: spec.nprobe, seed: 1 });
 }
 
+/**
+ * Who keeps a shard's vectors as written (bit for bit), the one copy that get, the state digest and
+ * snapshots read: the index where it returns them so (flat and HNSW under every metric; IVF-PQ
+ * with refine under l2 and ip), else the point store (IVF-PQ without refine keeps only codes;
+ * with refine under cosine it keeps the vectors normalized).
+ */
+export function indexKeepsVectors(kind: IndexKind, metric: Metric, spec: ShardIndexSpec): boolean {
+  if (kind !== 'ivfpq') return true;
+  return spec.type === 'ivfpq' && (spec.refine ?? 0) > 0 && metric !== 'cosine';
+}
+
 function emptyIndex(spec: ShardIndexSpec, dim: number, metric: Metric): VectorIndex {
   switch (spec.type) {
     case 'flat':
@@ -168,7 +180,7 @@ export class Shard {
 
   private constructor(opts: ShardOptions) {
     this.opts = opts;
-    this.store = new PointStore(opts.dim);
+    this.store = new PointStore(opts.dim, false); // an empty index (flat or HNSW) keeps the vectors
   }
 
   static async open(opts: ShardOptions): Promise<Shard> {
@@ -198,14 +210,23 @@ export class Shard {
     for (const meta of await listSnapshots(this.opts.snapshotDir)) {
       try {
         const r = await readSnapshot(meta.dir, this.store);
-        const index = await deserializeIndex(r.indexBytes);
+        let index = await deserializeIndex(r.indexBytes);
         const okKind = index.kind === this.opts.index.type || (this.opts.index.type === 'ivfpq' && index.kind === 'flat');
         if (!okKind || index.dim !== dim || index.metric !== metric || index.size !== this.store.count) {
           throw new QuiverError('DATA_LOSS', `snapshot ${meta.dir}: index does not match the collection or the id table`);
         }
-        if (r.vectorsInIndex) {
-          const live = this.store.liveLabels();
-          this.store.setRows(live, await index.getVectors(live));
+        const keeps = indexKeepsVectors(index.kind, metric, this.opts.index);
+        if (r.vectorsInIndex && !keeps) throw new QuiverError('DATA_LOSS', `snapshot ${meta.dir}: the vectors are neither in state.bin nor in the index`);
+        if (!r.vectorsInIndex && keeps) {
+          // Written while the store kept these vectors: before flat and HNSW kept cosine vectors as
+          // given (their index holds them normalized, so it is built again from state.bin's), or
+          // before IVF-PQ with refine was their keeper (it holds them as given).
+          if (index.kind !== 'ivfpq') {
+            index = emptyIndex(this.opts.index, dim, metric);
+            const live = this.store.liveLabels();
+            await index.add(live, this.store.gather(live));
+          }
+          this.store.dropVectors();
         }
         this.index = index;
         this.keys = r.keys;
@@ -220,7 +241,7 @@ export class Shard {
     }
     if (!this.index) {
       this.index = emptyIndex(this.opts.index, dim, metric);
-      this.store.decode(Buffer.alloc(12), 0); // reset after a damaged snapshot was half read
+      this.store.decode(Buffer.alloc(12), 0, false); // reset after a damaged snapshot was half read
     }
     this.applied = snapLsn;
     this.snapshotLsnValue = snapLsn;
@@ -436,11 +457,11 @@ export class Shard {
     if (spec.type !== 'ivfpq' || this.index.kind === 'ivfpq') return;
     if (this.store.count < Math.max(ivfTrainThreshold(spec.nlist), 2 * this.trainFailedAt)) return;
     const live = this.store.liveLabels();
-    const sample = this.store.gather(live.subarray(0, ivfTrainSampleMax));
+    const vectors = await this.vectorsOf(live);
     const ivf = ivfIndex(spec, this.opts.dim, this.opts.metric);
     try {
-      await ivf.train(sample);
-      await ivf.add(live, this.store.gather(live));
+      await ivf.train(vectors.subarray(0, Math.min(live.length, ivfTrainSampleMax) * this.opts.dim));
+      await ivf.add(live, vectors);
     } catch (e) {
       // The same data fails the same way on every replica: stay exact, try again at twice the count.
       this.trainFailedAt = this.store.count;
@@ -448,6 +469,7 @@ export class Shard {
       return;
     }
     this.index = ivf;
+    if (!indexKeepsVectors(ivf.kind, this.opts.metric, spec)) this.store.keepVectors(live, vectors);
   }
 
   private remember(key: string, rec: KeyRecord): void {
@@ -471,25 +493,46 @@ export class Shard {
     return this.store.largestPayloadBytes;
   }
 
-  /** Points of `ids` present in the shard (absent ones skipped), copies. */
-  get(ids: string[], withVectors: boolean, withPayload: boolean): StoredPoint[] {
-    const out: StoredPoint[] = [];
-    for (const id of ids) {
-      const label = this.store.labelOf(id);
-      if (label === undefined) continue;
-      out.push(this.pointOf(label, withVectors, withPayload));
-    }
-    return out;
+
+  /**
+   * Points of `ids` present in the shard (absent ones skipped), copies, all at one applied LSN. The
+   * store's ids and payloads change in one turn at the end of an apply, so they are read at once;
+   * vectors in the index change while an apply runs, so a get with vectors waits for the lock.
+   */
+  get(ids: string[], withVectors: boolean, withPayload: boolean): Promise<StoredPoint[]> {
+    const read = async (): Promise<StoredPoint[]> => {
+      const labels: number[] = [];
+      for (const id of ids) {
+        const label = this.store.labelOf(id);
+        if (label !== undefined) labels.push(label);
+      }
+      const out = labels.map((l) => this.pointOf(l, withPayload));
+      if (withVectors) await this.attachVectors(out, labels);
+      return out;
+    };
+    return withVectors ? this.lock.read(read) : read();
   }
 
-  private pointOf(label: number, withVectors: boolean, withPayload: boolean): StoredPoint {
+  private pointOf(label: number, withPayload: boolean): StoredPoint {
     const p: StoredPoint = { id: this.store.idOf(label)! };
-    if (withVectors) p.vector = this.store.vectorOf(label);
     if (withPayload) {
       const pl = this.store.payloadOf(label);
       p.payload = pl === undefined ? {} : cloneJson(pl);
     }
     return p;
+  }
+
+  /** Sets points[i].vector to the vector of labels[i], from their keeper in one call. Caller holds the lock. */
+  private async attachVectors(points: StoredPoint[], labels: number[]): Promise<void> {
+    if (points.length === 0) return;
+    const all = await this.vectorsOf(Uint32Array.from(labels));
+    const dim = this.opts.dim;
+    points.forEach((p, i) => (p.vector = all.slice(i * dim, (i + 1) * dim)));
+  }
+
+  /** The vectors of live `labels` (row-major, a copy) from whichever keeps them. Caller holds the lock. */
+  private vectorsOf(labels: Uint32Array): Promise<Float32Array> | Float32Array {
+    return this.store.keepsVectors ? this.store.gather(labels) : this.index.getVectors(labels);
   }
 
   /**
@@ -517,27 +560,31 @@ export class Shard {
         ef: kind === 'hnsw' ? opts.ef : undefined,
         nprobe: kind === 'ivfpq' ? opts.nprobe : undefined,
       });
-      const withVectors = opts.withVectors ?? false;
       const withPayload = opts.withPayload ?? false;
       const out: ShardHit[][] = [];
+      const all: ShardHit[] = [];
+      const labels: number[] = [];
       for (let q = 0; q < nq; q++) {
         const hits: ShardHit[] = [];
         for (let j = 0; j < k; j++) {
           const label = res.labels[q * k + j];
           if (label === LABEL_NONE || this.store.idOf(label) === undefined) continue;
-          const hit = this.pointOf(label, withVectors, withPayload) as ShardHit;
+          const hit = this.pointOf(label, withPayload) as ShardHit;
           hit.distance = res.distances[q * k + j];
           hits.push(hit);
+          all.push(hit);
+          labels.push(label);
         }
         out.push(hits);
       }
+      if (opts.withVectors) await this.attachVectors(all, labels);
       return out;
     });
   }
 
-  /** sha256 of the points (see PointStore.digest). */
-  digest(): string {
-    return this.store.digest();
+  /** sha256 of the points (see PointStore.digest), at one applied LSN. */
+  digest(): Promise<string> {
+    return this.lock.read(() => this.store.digest((labels) => this.vectorsOf(labels)));
   }
 
   status(): ShardStatusInfo {
@@ -595,8 +642,8 @@ export class Shard {
         lsn: this.applied,
         epoch: this.appliedEpoch,
         indexBytes: await this.index.serialize(),
-        vectorsInIndex: this.vectorsInIndex(),
-        parts: this.store.encode(48, !this.vectorsInIndex()),
+        vectorsInIndex: !this.store.keepsVectors,
+        parts: this.store.encode(48),
         keys: new Map(this.keys),
       };
     });
@@ -623,14 +670,6 @@ export class Shard {
     await this.wal.truncateBelow(Math.min(cap.lsn + 1, retain));
     this.walBytesAtSnapshot = Math.min(this.wal.bytes, bytesBefore);
     this.opts.observer?.snapshot?.(Number(process.hrtime.bigint() - t0) / 1e9);
-  }
-
-  /**
-   * Whether the index holds the raw vectors exactly, so a snapshot need not store them twice:
-   * flat and HNSW keep them as given under l2 and ip (cosine normalizes them; IVF-PQ encodes them).
-   */
-  private vectorsInIndex(): boolean {
-    return this.opts.metric !== 'cosine' && (this.index.kind === 'flat' || this.index.kind === 'hnsw');
   }
 
   /** Finishes in-flight writes, snapshots (unless told not to), closes the WAL. */

@@ -8,11 +8,13 @@
  *     16  8  applied LSN the snapshot holds
  *     24  8  epoch of that entry
  *     32  4  the CRC-32C that ends index.bin (its envelope's own checksum; ties the two files)
- *     36  4  flags: bit 0 = the vectors are not in state.bin but taken from the index (which keeps
- *              them exactly: flat and HNSW with l2 or ip); bit 1 = each key record ends with the
- *              hash of its request (always set when written now; older snapshots lack it)
+ *     36  4  flags: bit 0 = the vectors are not in state.bin but in the index, which keeps them as
+ *              written (indexKeepsVectors in shard.ts); clear: the point store kept them;
+ *              bit 1 = each key record ends with the hash of its request (always set when written
+ *              now; older snapshots lack it)
  *     40  8  length of index.bin
- *     48  .. point store (PointStore.encode(48): id table, payloads, free labels, vectors by label)
+ *     48  .. point store (PointStore.encode(48): id table, payloads, free labels, vectors by label
+ *              unless flag bit 0)
  *     ..  u32 n | n x { u16 keyLen | key | u64 lsn | f64 answer | [u8 hashLen | hash] }
  *              (remembered idempotency keys, oldest first; hashLen 0: the request is not known)
  *     end 4  CRC-32C of every byte before it
@@ -225,7 +227,7 @@ export async function loadSnapshotPoints(dir: string, dim: number): Promise<{ st
   if (r.vectorsInIndex) {
     const index = await deserializeIndex(r.indexBytes);
     const live = store.liveLabels();
-    store.setRows(live, await index.getVectors(live));
+    store.keepVectors(live, await index.getVectors(live));
   }
   return { store, lsn: r.lsn, epoch: r.epoch };
 }

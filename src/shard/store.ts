@@ -1,7 +1,8 @@
 /**
- * A shard's point store: the id table (string id <-> uint32 label), the raw vectors (as written,
- * before any normalization the index applies) and the payloads. The store is what is visible:
- * a label the index returns counts only if the store holds it.
+ * A shard's point store: the id table (string id <-> uint32 label), the payloads and, where the
+ * shard's index does not keep them as written (see indexKeepsVectors in shard.ts), the raw
+ * vectors: one copy of each vector in the shard, here or in the index. The store is what is
+ * visible: a label the index returns counts only if the store holds it.
  *
  * Labels: a new id takes the most recently freed label (a stack), else the next unused one, so the
  * same entries applied in the same order give the same labels on every replica.
@@ -32,8 +33,9 @@ export class PointStore {
   private readonly idToLabel = new Map<string, number>();
   private labelToId: (string | undefined)[] = [];
   private payloads: (Payload | undefined)[] = [];
-  /** Raw vectors in chunks of chunkLabels rows (growing never copies what is stored). */
+  /** Raw vectors in chunks of chunkLabels rows (growing never copies what is stored); see keepsVectors. */
   private chunks: Float32Array[] = [];
+  private vectorsKept: boolean;
   private freeLabels: number[] = [];
   private nextLabel = 0;
 
@@ -44,9 +46,40 @@ export class PointStore {
   largestIdBytes = 0;
   largestPayloadBytes = 0;
 
-  constructor(dim: number) {
+  /** keepsVectors: whether the store holds the vectors (else they are the index's, and assign() ignores them). */
+  constructor(dim: number, keepsVectors = true) {
     this.dim = dim;
     this.chunkLabels = rowsPerChunk(dim);
+    this.vectorsKept = keepsVectors;
+  }
+
+  get keepsVectors(): boolean {
+    return this.vectorsKept;
+  }
+
+  /**
+   * Starts keeping the vectors: `vectors` (row-major) are those of the live `labels`, e.g. from the
+   * index that kept them until now. Labels 0..n-1 in order (no free label, the common case): whole
+   * chunks are taken as views of `vectors`, with no copy.
+   */
+  keepVectors(labels: Uint32Array, vectors: Float32Array): void {
+    this.vectorsKept = true;
+    this.chunks = [];
+    this.shared.clear();
+    let dense = labels.length === this.nextLabel;
+    for (let i = 0; dense && i < labels.length; i++) dense = labels[i] === i;
+    const per = this.chunkLabels * this.dim;
+    for (let c = 0; dense && (c + 1) * this.chunkLabels <= labels.length; c++) this.chunks.push(vectors.subarray(c * per, (c + 1) * per));
+    const from = this.chunks.length * this.chunkLabels;
+    this.ensureCapacity(this.nextLabel);
+    for (let i = dense ? from : 0; i < labels.length; i++) this.row(labels[i]).set(vectors.subarray(i * this.dim, (i + 1) * this.dim));
+  }
+
+  /** Stops keeping the vectors (the index keeps them from now on). */
+  dropVectors(): void {
+    this.vectorsKept = false;
+    this.chunks = [];
+    this.shared.clear();
   }
 
   /** Chunks handed to a snapshot being written: copied before their first change (copy on write). */
@@ -114,11 +147,10 @@ export class PointStore {
     return { labels, freeUsed, next };
   }
 
-  /** Writes a planned upsert: ids, vectors (n*dim) and payloads take their labels. */
+  /** Writes a planned upsert: ids, payloads and (if the store keeps them) vectors (n*dim) take their labels. */
   assign(plan: { labels: Uint32Array; freeUsed: number; next: number }, ids: string[], vectors: Float32Array, payloads: (Payload | undefined)[]): void {
     this.freeLabels.length -= plan.freeUsed;
     this.nextLabel = plan.next;
-    this.ensureCapacity(this.nextLabel);
     const { labels } = plan;
     const dim = this.dim;
     for (let i = 0; i < ids.length; i++) {
@@ -127,6 +159,8 @@ export class PointStore {
       this.labelToId[label] = ids[i];
       this.payloads[label] = payloads[i];
     }
+    if (!this.vectorsKept) return;
+    this.ensureCapacity(this.nextLabel);
     // Rows with consecutive labels in one chunk (new points get consecutive labels) are one copy.
     for (let i = 0; i < ids.length; ) {
       const first = labels[i];
@@ -156,7 +190,7 @@ export class PointStore {
       this.idToLabel.delete(id);
       this.labelToId[label] = undefined;
       this.payloads[label] = undefined;
-      this.writableRow(label).fill(0);
+      if (this.vectorsKept) this.writableRow(label).fill(0);
       this.freeLabels.push(label);
       n++;
     }
@@ -175,7 +209,7 @@ export class PointStore {
     return out;
   }
 
-  /** Vectors of `labels`, row-major. */
+  /** Vectors of `labels`, row-major (the store keeps the vectors). */
   gather(labels: Uint32Array): Float32Array {
     const out = new Float32Array(labels.length * this.dim);
     for (let i = 0; i < labels.length; i++) {
@@ -195,24 +229,30 @@ export class PointStore {
 
   /**
    * sha256 over the points sorted by id: for each, u32 idLen | id | dim f32 vector | u32 len |
-   * payload JSON (empty when none). Independent of labels, indexes and history.
+   * payload JSON (empty when none). Independent of labels, indexes and history. The vectors come
+   * from `vectorsOf` (the owner's, in runs of digestRows), the store's own by default.
    */
-  digest(): string {
+  async digest(vectorsOf: (labels: Uint32Array) => Float32Array | Promise<Float32Array> = (l) => this.gather(l)): Promise<string> {
     const h = createHash('sha256');
     const ids = [...this.idToLabel.keys()].sort();
     const len = Buffer.alloc(4);
-    for (const id of ids) {
-      const label = this.idToLabel.get(id)!;
-      const idb = Buffer.from(id, 'utf8');
-      len.writeUInt32LE(idb.length, 0);
-      h.update(len);
-      h.update(idb);
-      const v = this.row(label);
-      h.update(new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
-      const p = this.payloads[label] === undefined ? Buffer.alloc(0) : Buffer.from(stringifyJson(this.payloads[label]), 'utf8');
-      len.writeUInt32LE(p.length, 0);
-      h.update(len);
-      h.update(p);
+    const digestRows = 4096;
+    for (let from = 0; from < ids.length; from += digestRows) {
+      const run = ids.slice(from, from + digestRows);
+      const labels = Uint32Array.from(run, (id) => this.idToLabel.get(id)!);
+      const vectors = await vectorsOf(labels);
+      run.forEach((id, i) => {
+        const idb = Buffer.from(id, 'utf8');
+        len.writeUInt32LE(idb.length, 0);
+        h.update(len);
+        h.update(idb);
+        h.update(new Uint8Array(vectors.buffer, vectors.byteOffset + i * this.dim * 4, this.dim * 4));
+        const pl = this.payloads[labels[i]];
+        const p = pl === undefined ? Buffer.alloc(0) : Buffer.from(stringifyJson(pl), 'utf8');
+        len.writeUInt32LE(p.length, 0);
+        h.update(len);
+        h.update(p);
+      });
     }
     return h.digest('hex');
   }
@@ -224,13 +264,13 @@ export class PointStore {
    *   u32 nextLabel | u32 count | u32 freeCount
    *   count x { u32 label | u16 idLen | id | u32 payloadLen | payload JSON (0 = none) }, labels increasing
    *   freeCount x u32 (the free stack, bottom first)
-   *   and, unless the vectors are left out (withVectors false: the index holds them exactly):
+   *   and, if the store keeps the vectors (else the index does):
    *   0..3 zero bytes, so that the vectors start at a file offset that is a multiple of 4
    *   nextLabel x dim f32: the vector of every label in order (rows of free labels are zero)
    * The vector rows are handed out as views of the store's chunks, not copies: the chunks are
    * copied on their next change instead, until release() says the snapshot is written.
    */
-  encode(base: number, withVectors = true): Buffer[] {
+  encode(base: number): Buffer[] {
     const head = Buffer.alloc(12);
     head.writeUInt32LE(this.nextLabel, 0);
     head.writeUInt32LE(this.count, 4);
@@ -254,7 +294,7 @@ export class PointStore {
     const free = Buffer.from(Uint32Array.from(this.freeLabels).buffer);
     recs.push(free);
     size += free.length;
-    if (!withVectors) return recs;
+    if (!this.vectorsKept) return recs;
     recs.push(Buffer.alloc((4 - ((base + size) % 4)) % 4));
     for (let c = 0; c * this.chunkLabels < this.nextLabel; c++) {
       const rows = Math.min(this.chunkLabels, this.nextLabel - c * this.chunkLabels);
@@ -265,31 +305,17 @@ export class PointStore {
     return recs;
   }
 
-  /** Sets the vectors of `labels` (row-major), e.g. from the index after decode(..., false). */
-  setRows(labels: Uint32Array, vectors: Float32Array): void {
-    // Labels 0..n-1 in order (no free label, the common case after a load): the rows are taken as
-    // views of `vectors`, chunk by chunk, with no copy.
-    let dense = labels.length === this.nextLabel && this.shared.size === 0;
-    for (let i = 0; dense && i < labels.length; i++) dense = labels[i] === i;
-    if (dense) {
-      const per = this.chunkLabels * this.dim;
-      for (let c = 0; (c + 1) * this.chunkLabels <= labels.length; c++) this.chunks[c] = vectors.subarray(c * per, (c + 1) * per);
-    }
-    for (let i = dense ? labels.length - (labels.length % this.chunkLabels) : 0; i < labels.length; i++) {
-      this.writableRow(labels[i]).set(vectors.subarray(i * this.dim, (i + 1) * this.dim));
-    }
-  }
-
   /** The snapshot that encode() fed is written: its chunks may change in place again. */
   release(): void {
     this.shared.clear();
   }
 
   /**
-   * Reads encode()'s layout from buf at off (buf's byte 0 is file offset 0); returns the offset
-   * after it. Vector rows become views of buf where aligned. Throws on malformed input.
+   * Reads encode()'s layout from buf at off (buf's byte 0 is file offset 0), with the vectors or
+   * without (then the store does not keep them); returns the offset after it. Vector rows become
+   * views of buf where aligned. Throws on malformed input.
    */
-  decode(buf: Buffer, off: number, withVectors = true): number {
+  decode(buf: Buffer, off: number, withVectors: boolean): number {
     const fail = (w: string): never => {
       throw new Error(`point store: ${w}`);
     };
@@ -328,11 +354,7 @@ export class PointStore {
     const chunks: Float32Array[] = [];
     if (withVectors) off += (4 - (off % 4)) % 4;
     if (withVectors && off + nextLabel * rowBytes > buf.length) fail('short vectors');
-    for (let c = 0; c * this.chunkLabels < nextLabel; c++) {
-      if (!withVectors) {
-        chunks.push(allocRows(this.chunkLabels * this.dim)); // filled by setRows()
-        continue;
-      }
+    for (let c = 0; withVectors && c * this.chunkLabels < nextLabel; c++) {
       const rows = Math.min(this.chunkLabels, nextLabel - c * this.chunkLabels);
       const at = buf.byteOffset + off + c * this.chunkLabels * rowBytes;
       if (rows === this.chunkLabels && at % 4 === 0) {
@@ -349,6 +371,7 @@ export class PointStore {
     this.largestPayloadBytes = largestPayloadBytes;
     this.freeLabels = free;
     this.chunks = chunks;
+    this.vectorsKept = withVectors;
     this.shared.clear();
     this.labelToId = [];
     this.payloads = [];
