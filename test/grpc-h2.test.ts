@@ -13,6 +13,7 @@ import { GrpcChannel, UnaryMethod } from '../src/rpc/grpc-client';
 import { GrpcMethod, H2GrpcServer, parseGrpcTimeout, percentEncode } from '../src/rpc/grpc-server';
 import { HpackDecoder, HpackEncoder } from '../src/rpc/hpack';
 import { FLOOD_BURST, PREFACE } from '../src/rpc/h2';
+import { RawFrame, WIDE, dataFrame, frameHead, grpcMessage, headersFrame, pushUnended, rawConn } from './h2-raw';
 
 const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -58,21 +59,9 @@ function payload(n: number, seed: number): Buffer {
   return b;
 }
 
-/** Frames of a raw exchange, parsed from the socket. */
-function frameHead(len: number, type: number, flags: number, stream: number): Buffer {
-  const b = Buffer.alloc(9);
-  b.writeUIntBE(len, 0, 3);
-  b[3] = type;
-  b[4] = flags;
-  b.writeUInt32BE(stream, 5);
-  return b;
-}
-
 function rawRequest(path: string, message: Buffer, extra: Array<[string, string]> = [], compressed = false): Buffer {
-  const body = Buffer.alloc(5 + message.length);
+  const body = grpcMessage(message);
   body[0] = compressed ? 1 : 0;
-  body.writeUInt32BE(message.length, 1);
-  message.copy(body, 5);
   return rawRequestRaw(path, body, extra);
 }
 
@@ -312,25 +301,6 @@ describe('rapid reset', () => {
   });
 });
 
-/** A raw connection that records the frames it receives (type, flags, stream, payload). */
-async function rawConn(port: number): Promise<{ sock: net.Socket; frames: Array<{ type: number; flags: number; stream: number; p: Buffer }>; closed: Promise<void> }> {
-  const sock = net.connect(port, '127.0.0.1');
-  await new Promise((r) => sock.once('connect', r));
-  const frames: Array<{ type: number; flags: number; stream: number; p: Buffer }> = [];
-  let buf = Buffer.alloc(0);
-  sock.on('data', (c: Buffer) => {
-    buf = Buffer.concat([buf, c]);
-    while (buf.length >= 9 && buf.length >= 9 + buf.readUIntBE(0, 3)) {
-      const len = buf.readUIntBE(0, 3);
-      frames.push({ type: buf[3], flags: buf[4], stream: buf.readUInt32BE(5) & 0x7fffffff, p: Buffer.from(buf.subarray(9, 9 + len)) });
-      buf = buf.subarray(9 + len);
-    }
-  });
-  sock.on('error', () => undefined);
-  const closed = new Promise<void>((r) => sock.once('close', () => r()));
-  return { sock, frames, closed };
-}
-
 const GOAWAY = 7;
 const goawayCode = (frames: Array<{ type: number; p: Buffer }>) => {
   const g = frames.find((f) => f.type === GOAWAY);
@@ -491,33 +461,8 @@ describe('shutdown and the grpc-js server', () => {
   });
 });
 
-/** A HEADERS frame (END_HEADERS) opening a call of `path` on stream `id`; the block holds no table state, so it can be reused. */
-function headersFrame(id: number, path: string, endStream = false): Buffer {
-  const block = new HpackEncoder().encode([
-    [':method', 'POST'],
-    [':scheme', 'http'],
-    [':path', path],
-    [':authority', 'x'],
-    ['content-type', 'application/grpc'],
-  ]);
-  return Buffer.concat([frameHead(block.length, 1, 4 | (endStream ? 1 : 0), id), block]);
-}
-
-/** A DATA frame on `id` carrying `data`, END_STREAM when `end`. */
-function dataFrame(id: number, data: Buffer, end = false): Buffer {
-  return Buffer.concat([frameHead(data.length, 0, end ? 1 : 0, id), data]);
-}
-
-/** The gRPC message framing: a 5-byte prefix, then the message. */
-function grpcMessage(message: Buffer): Buffer {
-  const b = Buffer.alloc(5 + message.length);
-  b.writeUInt32BE(message.length, 1);
-  message.copy(b, 5);
-  return b;
-}
-
 /** Resolves with the raw connection's first frame matching `pred`; undefined once it closed without one, or after ms. */
-async function frameWhere(c: { frames: Array<{ type: number; flags: number; stream: number; p: Buffer }>; sock: net.Socket }, pred: (f: { type: number; flags: number; stream: number; p: Buffer }) => boolean, ms = 5000) {
+async function frameWhere(c: { frames: RawFrame[]; sock: net.Socket }, pred: (f: RawFrame) => boolean, ms = 5000) {
   const t0 = Date.now();
   for (;;) {
     const f = c.frames.find(pred);
@@ -532,17 +477,8 @@ async function until(cond: () => boolean, ms = 10_000): Promise<void> {
   while (!cond() && Date.now() - t0 < ms) await delay(10);
 }
 
-/** A client's first SETTINGS with the widest windows for our answers (stream and connection). */
-const WIDE = Buffer.concat([
-  frameHead(6, 4, 0, 0),
-  Buffer.from([0, 4, 0x7f, 0xff, 0xff, 0xff]), // SETTINGS_INITIAL_WINDOW_SIZE 2^31-1
-  frameHead(4, 8, 0, 0),
-  Buffer.from([0x7f, 0xff, 0, 0]), // WINDOW_UPDATE of the connection
-]);
-
 const PING_ACK = (f: { type: number; flags: number }) => f.type === 6 && (f.flags & 1) === 1;
 const GOAWAY_FRAME = (f: { type: number }) => f.type === GOAWAY;
-const grpcStatusOf = (f: { p: Buffer }) => field([new HpackDecoder().decode(f.p)], 'grpc-status');
 
 describe('what one client can make the server hold', () => {
   it('a length prefix is not trusted: 1,000 streams each announcing 64 MiB in 6 bytes allocate nothing for it', async () => {
@@ -590,74 +526,18 @@ describe('what one client can make the server hold', () => {
     }
   });
 
-  /**
-   * A peer that honours flow control opens `streams` calls and sends each `perStream` bytes
-   * without ending them, as long as the server gives it credit. Returns the most bytes it ever
-   * had on streams the server had not yet answered or reset, and the grpc-status of each answer.
-   */
-  async function pushUnended(port: number, streams: number, perStream: number): Promise<{ sock: net.Socket; mostOpen: () => number; statuses: Map<number, string>; done: Promise<void> }> {
-    const c = await rawConn(port);
-    const sent = new Map<number, number>();
-    const statuses = new Map<number, string>();
-    const ended = new Set<number>();
-    let credit = 65_535;
-    let mostOpen = 0;
-    let seen = 0;
-    let streamCredit = 0;
-    const frameBytes = 16 * 1024;
-    const ids = Array.from({ length: streams }, (_, i) => 2 * i + 1);
-    const wire: Buffer[] = [PREFACE, frameHead(0, 4, 0, 0)];
-    for (const id of ids) {
-      wire.push(headersFrame(id, '/t.T/Echo'));
-      sent.set(id, 0);
-    }
-    c.sock.write(Buffer.concat(wire));
-    const done = (async () => {
-      let idle = 0;
-      while (idle < 30) {
-        for (; seen < c.frames.length; seen++) {
-          const f = c.frames[seen];
-          if (f.type === 8 && f.stream === 0) credit += f.p.readUInt32BE(0);
-          if (f.type === 4 && !(f.flags & 1) && f.p.length > 0) for (let i = 0; i < f.p.length; i += 6) if (f.p.readUInt16BE(i) === 4) streamCredit = f.p.readUInt32BE(i + 2);
-          if (f.type === 3) ended.add(f.stream);
-          if (f.type === 1 && f.flags & 1) {
-            ended.add(f.stream);
-            statuses.set(f.stream, grpcStatusOf(f) ?? '');
-          }
-        }
-        const open = ids.filter((id) => !ended.has(id));
-        mostOpen = Math.max(mostOpen, open.reduce((n, id) => n + sent.get(id)!, 0));
-        const next = open.find((id) => sent.get(id)! + frameBytes <= Math.min(perStream, streamCredit || 65_535));
-        if (next === undefined || credit < frameBytes) {
-          idle++;
-          await delay(10);
-          continue;
-        }
-        idle = 0;
-        const first = sent.get(next) === 0;
-        const body = Buffer.alloc(frameBytes, 7);
-        if (first) grpcMessage(Buffer.alloc(0)).copy(body), body.writeUInt32BE(perStream, 1); // announces more than comes
-        c.sock.write(dataFrame(next, body));
-        sent.set(next, sent.get(next)! + frameBytes);
-        credit -= frameBytes;
-        if (c.sock.writableLength > 1 << 20) await delay(1);
-      }
-    })();
-    return { sock: c.sock, mostOpen: () => mostOpen, statuses, done };
-  }
-
   it('request bodies: credit comes back only when a request is done with, so requests that never end hold at most the window', async () => {
     const server = new H2GrpcServer(methods({ calls: 0 }), { receiveBytesMax: 1 << 20 });
     const port = await server.listen('127.0.0.1', 0);
     const ch = new GrpcChannel(`127.0.0.1:${port}`, 1 << 20);
     try {
       // 12 streams of almost 1 MiB each that never end; the connection's window is 2 MiB.
-      const p = await pushUnended(port, 12, (1 << 20) - 16 * 1024);
+      const c = await rawConn(port);
+      const pushed = pushUnended(c, '/t.T/Echo', 12, (1 << 20) - 16 * 1024);
       const served = await ch.unary(ECHO, Buffer.from('during'), Date.now() + 5000);
-      await p.done;
-      expect(p.mostOpen()).toBeLessThanOrEqual((2 << 20) + 64 * 1024);
+      expect((await pushed).mostOpen).toBeLessThanOrEqual((2 << 20) + 64 * 1024);
       expect((served as Buffer).toString()).toBe('during');
-      p.sock.destroy();
+      c.sock.destroy();
       expect(((await ch.unary(ECHO, payload(3 << 18, 1), Date.now() + 5000)) as Buffer).equals(payload(3 << 18, 1))).toBe(true);
     } finally {
       ch.close();
@@ -671,14 +551,12 @@ describe('what one client can make the server hold', () => {
     const port = await server.listen('127.0.0.1', 0);
     const ch = new GrpcChannel(`127.0.0.1:${port}`, 1 << 20);
     try {
-      const a = await pushUnended(port, 4, (1 << 20) - 16 * 1024);
-      const b = await pushUnended(port, 4, (1 << 20) - 16 * 1024);
-      await Promise.all([a.done, b.done]);
+      const conns = [await rawConn(port), await rawConn(port)];
+      const pushed = await Promise.all(conns.map((c) => pushUnended(c, '/t.T/Echo', 4, (1 << 20) - 16 * 1024)));
       expect(events).toContain('buffer_full');
-      expect([...a.statuses.values(), ...b.statuses.values()]).toContain(String(grpc.status.RESOURCE_EXHAUSTED));
+      expect(pushed.flatMap((p) => [...p.statuses.values()])).toContain(String(grpc.status.RESOURCE_EXHAUSTED));
       expect(((await ch.unary(ECHO, Buffer.from('still'), Date.now() + 5000)) as Buffer).toString()).toBe('still');
-      a.sock.destroy();
-      b.sock.destroy();
+      for (const c of conns) c.sock.destroy();
     } finally {
       ch.close();
       server.forceShutdown();

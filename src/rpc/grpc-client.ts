@@ -259,7 +259,7 @@ export class GrpcChannel {
   private exchange(session: H2Session<Pending>, path: string, message: Buffer, deadlineAt: number): Promise<Buffer> {
     return new Promise<Buffer>((resolve, reject) => {
       if (!session.canOpen()) {
-        reject(unavailable(`${this.address}: the connection is closing`));
+        reject(unavailable(session.goawayDebug ? closeReason(this.address, session, null) : `${this.address}: the connection is closing`));
         return;
       }
       // The socket keeps the process alive only while calls are in flight on it.

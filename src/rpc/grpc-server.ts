@@ -31,6 +31,9 @@
  *     requestReceiveTimeoutMs (DEADLINE_EXCEEDED). Should a connection's window fill with requests
  *     none of which can finish (large ones interleaved) while nothing runs, the oldest is reset
  *     with REFUSED_STREAM, which clients retry.
+ *   - calls: one connection has at most callsRunningMax handlers running; its next whole
+ *     requests wait their turn (oldest first), so one client's burst takes the server's time in
+ *     slices, not all of it.
  *   - answers: a connection whose unsent answers pass unsentBytesHigh (the peer reads slowly or
  *     not at all) has its next requests wait until they drain; past connectionUnsentBytesMax it is
  *     closed, and so is the connection with the most unsent once all of them pass unsentBytesMax.
@@ -148,6 +151,7 @@ export function percentEncode(s: string): string {
 /** The bounds on what clients can make the server hold; see the top of this file. */
 export interface GrpcTransportLimits {
   connectionsMax: number;
+  callsRunningMax: number;
   handshakeTimeoutMs: number;
   requestReceiveTimeoutMs: number;
   bufferedBytesMax: number;
@@ -158,6 +162,7 @@ export interface GrpcTransportLimits {
 
 export const GRPC_TRANSPORT_LIMITS: GrpcTransportLimits = {
   connectionsMax: limits.grpcConnectionsMax,
+  callsRunningMax: limits.connectionCallsRunningMax,
   handshakeTimeoutMs: limits.handshakeTimeoutMs,
   requestReceiveTimeoutMs: limits.requestReceiveTimeoutMs,
   bufferedBytesMax: limits.requestBufferBytesMax,
@@ -546,11 +551,11 @@ export class H2GrpcServer {
     call.buf = buf;
   }
 
-  /** The request is whole: it runs now, or waits while the connection's answers are unread. */
+  /** The request is whole: it runs now, or waits its turn. */
   private complete(session: H2Session<Call>, s: H2Stream<Call>): void {
     this.receiving.delete(s);
     const conn = this.sessions.get(session)!;
-    if (session.unsentBytes > this.limits.unsentBytesHigh) {
+    if (conn.waiting.length > 0 || this.mustWait(session, conn)) {
       s.user.state = 'waiting';
       conn.waiting.push(s);
       return;
@@ -558,12 +563,22 @@ export class H2GrpcServer {
     this.run(session, conn, s);
   }
 
-  /** The connection's unsent answers went down: waiting requests run while they stay under unsentBytesHigh. */
+  /** The connection's unsent answers went down: waiting requests may run. */
   private writable(session: H2Session<Call>): void {
     const conn = this.sessions.get(session);
     if (!conn) return;
     this.countUnsent(session, conn);
-    while (conn.waiting.length > 0 && session.unsentBytes <= this.limits.unsentBytesHigh) this.run(session, conn, conn.waiting.shift()!);
+    this.next(session, conn);
+  }
+
+  /** Whether a whole request of the connection must wait: callsRunningMax run, or its answers are unread. */
+  private mustWait(session: H2Session<Call>, conn: Conn): boolean {
+    return conn.running >= this.limits.callsRunningMax || session.unsentBytes > this.limits.unsentBytesHigh;
+  }
+
+  /** Runs waiting requests of the connection, oldest first, while they need not wait. */
+  private next(session: H2Session<Call>, conn: Conn): void {
+    while (conn.waiting.length > 0 && !session.closed && !this.mustWait(session, conn)) this.run(session, conn, conn.waiting.shift()!);
   }
 
   private run(session: H2Session<Call>, conn: Conn, s: H2Stream<Call>): void {
@@ -602,18 +617,8 @@ export class H2GrpcServer {
         try {
           finished();
           if (session.closed || s.localClosed) return this.settle(session); // nobody to answer
-          let msg: Buffer;
-          try {
-            msg = m.encode(answer);
-          } catch (e) {
-            return this.fail(session, s, GRPC_STATUS_OF.INTERNAL, `the answer could not be encoded: ${(e as Error).message}`, 'INTERNAL');
-          }
-          const prefix = Buffer.allocUnsafe(5);
-          prefix[0] = 0;
-          prefix.writeUInt32BE(msg.length, 1);
-          session.send(s, RESPONSE_HEADERS, [prefix, msg], OK_TRAILERS, true);
-          this.sent(session, conn);
-          this.settle(session);
+          this.answer(session, conn, s, m, answer);
+          this.next(session, conn);
         } catch (e) {
           this.crash(session, e);
         }
@@ -623,11 +628,27 @@ export class H2GrpcServer {
           finished();
           const qe = asQuiverError(e);
           this.fail(session, s, GRPC_STATUS_OF[qe.code], qe.message, qe.code);
+          this.next(session, conn);
         } catch (e2) {
           this.crash(session, e2);
         }
       },
     );
+  }
+
+  private answer(session: H2Session<Call>, conn: Conn, s: H2Stream<Call>, m: GrpcMethod, answer: unknown): void {
+    let msg: Buffer;
+    try {
+      msg = m.encode(answer);
+    } catch (e) {
+      return this.fail(session, s, GRPC_STATUS_OF.INTERNAL, `the answer could not be encoded: ${(e as Error).message}`, 'INTERNAL');
+    }
+    const prefix = Buffer.allocUnsafe(5);
+    prefix[0] = 0;
+    prefix.writeUInt32BE(msg.length, 1);
+    session.send(s, RESPONSE_HEADERS, [prefix, msg], OK_TRAILERS, true);
+    this.sent(session, conn);
+    this.settle(session);
   }
 
   private countUnsent(session: H2Session<Call>, conn: Conn): number {

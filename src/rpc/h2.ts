@@ -257,7 +257,7 @@ export class H2Session<U> {
   /** The pieces of a non-DATA frame's payload so far. */
   private parts: Buffer[] = [];
   private partsBytes = 0;
-  /** A header block under assembly (HEADERS then CONTINUATION until END_HEADERS), and since when (ms). */
+  /** A header block under assembly (HEADERS then CONTINUATION until END_HEADERS); since when its first byte came (ms, 0: none). */
   private block: { stream: number; flags: number; parts: Buffer[]; bytes: number } | null = null;
   blockSince = 0;
   /** The peer's first frame (SETTINGS) came. */
@@ -546,10 +546,10 @@ export class H2Session<U> {
     this.streams.clear();
   }
 
-  private connectionError(code: number, why: string, err?: H2ConnectionError): void {
-    this.goaway(code, why);
+  private connectionError(err: H2ConnectionError): void {
+    this.goaway(err.h2Code, err.message);
     this.socket.end();
-    this.destroy(err ?? new H2ConnectionError(code, why));
+    this.destroy(err);
   }
 
   // ------------------------------------------------------------------ receiving
@@ -560,10 +560,9 @@ export class H2Session<U> {
       fn();
     } catch (e) {
       if (this.closed) return;
-      if (e instanceof H2InternalError) this.connectionError(e.h2Code, e.message, e);
-      else if (e instanceof H2ConnectionError) this.connectionError(e.h2Code, e.message);
-      else if (e instanceof HpackError) this.connectionError(H2_ERROR.COMPRESSION_ERROR, e.message);
-      else this.connectionError(H2_ERROR.INTERNAL_ERROR, 'internal error', new H2InternalError(e));
+      if (e instanceof H2ConnectionError) this.connectionError(e);
+      else if (e instanceof HpackError) this.connectionError(new H2ConnectionError(H2_ERROR.COMPRESSION_ERROR, e.message));
+      else this.connectionError(new H2InternalError(e));
     }
   }
 
@@ -618,6 +617,7 @@ export class H2Session<U> {
     this.fFlags = flags;
     this.fStream = stream;
     this.fLeft = len;
+    if (type === FRAME.HEADERS) this.blockSince = Date.now(); // until END_HEADERS
     if (type === FRAME.DATA) {
       this.beginData(stream, flags, len);
       if (len === 0) {
@@ -757,7 +757,6 @@ export class H2Session<U> {
         if (start > stop) throw new H2ConnectionError(H2_ERROR.PROTOCOL_ERROR, 'bad HEADERS padding');
         this.block = { stream, flags, parts: [p.subarray(start, stop)], bytes: stop - start };
         if (flags & END_HEADERS) this.endBlock();
-        else this.blockSince = Date.now();
         return;
       }
       case FRAME.CONTINUATION: {
