@@ -31,7 +31,7 @@ export const grpcConnectionsMax = 1024;
 export const httpConnectionsMax = 1024;
 export const httpReserveConnections = 32;
 /** Handlers one gRPC connection has running at once; its further requests wait their turn. */
-export const connectionCallsRunningMax = 64;
+export const connectionCallsRunningMax = 16;
 /** A new connection's HTTP/2 preface and first SETTINGS, an HTTP request's headers, a header block. */
 export const handshakeTimeoutMs = 10_000;
 /** A request must have arrived whole (headers and body) this long after it began. */
