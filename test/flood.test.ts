@@ -251,6 +251,7 @@ describe.skipIf(process.platform !== 'linux')('a node under a hostile client (RS
     stop.abort();
     await Promise.all([...attacks, searching, checking]);
     clearInterval(sampler);
+    process.stdout.write(`flood: node RSS at most ${(rssMax / 2 ** 20).toFixed(0)} MiB; ${good.searches} searches, ${good.health} health checks\n`);
 
     expect(node.child.exitCode).toBeNull();
     expect(good.wrong).toEqual([]);
@@ -260,7 +261,6 @@ describe.skipIf(process.platform !== 'linux')('a node under a hostile client (RS
     expect(good.health).toBeGreaterThan(2);
     expect(rssMax).toBeLessThan(RSS_BOUND_BYTES);
     expect(node.output()).not.toMatch(/internal_error|accept_failed/);
-    process.stdout.write(`flood: node RSS at most ${(rssMax / 2 ** 20).toFixed(0)} MiB; ${good.searches} searches, ${good.health} health checks\n`);
     // After: served as before, and it still stops cleanly.
     expect(check(vec(7, GOOD_DIM), await client.search('good', vec(7, GOOD_DIM), { k: 3 }), 3)).toBe('');
     expect(await healthz(target.host, target.httpPort)).toBe(200);
