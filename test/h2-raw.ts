@@ -23,14 +23,18 @@ export function frameHead(len: number, type: number, flags: number, stream: numb
   return b;
 }
 
-/** A HEADERS frame (END_HEADERS) opening a call of `path` on stream `id`; the block holds no table state, so it can be reused. */
-export function headersFrame(id: number, path: string, endStream = false): Buffer {
+/**
+ * A HEADERS frame (END_HEADERS) opening a call of `path` on stream `id`, with `extra` headers;
+ * the block holds no table state, so it can be sent again.
+ */
+export function headersFrame(id: number, path: string, endStream = false, extra: Array<[string, string]> = []): Buffer {
   const block = new HpackEncoder().encode([
     [':method', 'POST'],
     [':scheme', 'http'],
     [':path', path],
     [':authority', 'x'],
     ['content-type', 'application/grpc'],
+    ...extra,
   ]);
   return Buffer.concat([frameHead(block.length, 1, 4 | (endStream ? 1 : 0), id), block]);
 }
