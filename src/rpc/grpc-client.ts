@@ -25,7 +25,7 @@
  */
 import * as net from 'net';
 import { ErrorCode, QuiverError, isErrorCode } from '../errors';
-import { H2ConnectionError, H2Session, H2Stream, H2_ERROR, NotHttp2Error } from './h2';
+import { H2ConnectionError, H2InternalError, H2Session, H2Stream, H2_ERROR, NotHttp2Error } from './h2';
 import type { HeaderList } from './hpack';
 import { splitHostPort } from '../common/address';
 import { codeOfGrpcStatus, QUIVER_CODE_KEY } from './proto';
@@ -60,6 +60,7 @@ const SOCKET_ERRORS: Record<string, string> = {
 /** Why a connection ended, in a user's words: what the server said (GOAWAY), a socket error, or a protocol error. */
 function closeReason(address: string, session: H2Session<Pending>, err: Error | null): string {
   if (err instanceof NotHttp2Error) return `${address} does not speak gRPC (is it the HTTP port?)`;
+  if (err instanceof H2InternalError) return `${address}: the connection ended on an internal error of the client (${String(err.error)})`;
   if (session.goawayDebug) return `${address}: the server closed the connection: ${session.goawayDebug}`;
   if (err instanceof H2ConnectionError) return `${address}: the server broke the HTTP/2 protocol (${err.message})`;
   const code = (err as NodeJS.ErrnoException | null)?.code;
