@@ -69,10 +69,15 @@ type CallState = 'new' | 'receiving' | 'waiting' | 'running' | 'done';
 
 interface Call {
   state: CallState;
+  session: H2Session<Call>;
+  conn: Conn;
   method: GrpcMethod | null;
   deadlineAt: number;
-  /** When the request must have arrived whole (ms). */
-  receiveBy: number;
+  /** When its HEADERS came (ms). */
+  startedAt: number;
+  /** Neighbours in the server's list of calls still receiving, oldest first. */
+  prev: H2Stream<Call> | null;
+  next: H2Stream<Call> | null;
   chunks: Buffer[];
   bytes: number;
   /** A buffer the request is gathered in, pooled again when the handler is done (large reusesRequest requests). */
@@ -204,7 +209,7 @@ export interface H2GrpcServerOptions {
 
 interface Conn {
   acceptedAt: number;
-  /** When a request of it last started to run (0: never). */
+  /** When the last request of it that ran began (0: none yet). */
   activeAt: number;
   /** Handlers running for the connection, those of reset streams included. */
   running: number;
@@ -230,8 +235,12 @@ export class H2GrpcServer {
   private readonly sessions = new Map<H2Session<Call>, Conn>();
   /** Connections no request of which has run yet, oldest first: the first displaced at the cap. */
   private readonly fresh = new Set<H2Session<Call>>();
-  /** Calls whose request is still arriving, oldest first, with their connections. */
-  private readonly receiving = new Map<H2Stream<Call>, H2Session<Call>>();
+  /**
+   * Calls whose request is still arriving, oldest first: a list through Call.prev and Call.next
+   * (a Map would cost a hash insert and delete per call).
+   */
+  private oldest: H2Stream<Call> | null = null;
+  private newest: H2Stream<Call> | null = null;
   /** Bytes charged by all calls (Call.charged), and unsent answer bytes of all connections (Conn.unsent). */
   private heldBytes = 0;
   private unsentTotal = 0;
@@ -296,9 +305,10 @@ export class H2GrpcServer {
         this.crash(session, e);
       }
     }
-    for (const [s, session] of this.receiving) {
-      if (now >= s.user.deadlineAt) this.failLate(session, s, 'the deadline passed before the request arrived whole');
-      else if (now >= s.user.receiveBy) this.failLate(session, s, `the request did not arrive whole within ${this.limits.requestReceiveTimeoutMs} ms`);
+    for (let s = this.oldest, next; s; s = next) {
+      next = s.user.next;
+      if (now >= s.user.deadlineAt) this.failLate(s.user.session, s, 'the deadline passed before the request arrived whole');
+      else if (now - s.user.startedAt >= this.limits.requestReceiveTimeoutMs) this.failLate(s.user.session, s, `the request did not arrive whole within ${this.limits.requestReceiveTimeoutMs} ms`);
     }
   }
 
@@ -332,6 +342,8 @@ export class H2GrpcServer {
       socket.destroySoon();
       return;
     }
+    const now = Date.now();
+    const conn: Conn = { acceptedAt: now, activeAt: 0, running: 0, waiting: [], unsent: 0, opened: 0, idleSince: now };
     const session: H2Session<Call> = new H2Session<Call>(
       socket,
       'server',
@@ -344,19 +356,18 @@ export class H2GrpcServer {
         maxHeaderListBytes: 64 * 1024,
       },
       {
-        newUser: () => ({ state: 'new', method: null, deadlineAt: 0, receiveBy: 0, chunks: [], bytes: 0, buf: null, charged: 0 }),
+        newUser: () => ({ state: 'new', session, conn, method: null, deadlineAt: 0, startedAt: 0, prev: null, next: null, chunks: [], bytes: 0, buf: null, charged: 0 }),
         onHeaders: (s, headers, end, opened) => this.onHeaders(session, s, headers, end, opened),
         onData: (s, data, end) => this.onData(session, s, data, end),
         onReset: (s) => {
           this.drop(session, s);
           this.settle(session);
         },
-        onWritable: () => this.writable(session),
+        onWritable: () => this.writable(session, conn),
         onClose: (err) => this.closed(session, err),
       },
     );
-    const now = Date.now();
-    this.sessions.set(session, { acceptedAt: now, activeAt: 0, running: 0, waiting: [], unsent: 0, opened: 0, idleSince: now });
+    this.sessions.set(session, conn);
     this.fresh.add(session);
   }
 
@@ -400,18 +411,18 @@ export class H2GrpcServer {
   private drop(session: H2Session<Call>, s: H2Stream<Call>): void {
     const call = s.user;
     if (call.state === 'receiving' || call.state === 'waiting') {
-      this.stopWaiting(session, s);
+      this.stopWaiting(s);
       this.release(session, s);
       call.state = 'done';
     }
   }
 
-  private stopWaiting(session: H2Session<Call>, s: H2Stream<Call>): void {
-    if (s.user.state === 'receiving') this.receiving.delete(s);
+  private stopWaiting(s: H2Stream<Call>): void {
+    if (s.user.state === 'receiving') this.unlink(s);
     else if (s.user.state === 'waiting') {
-      const w = this.sessions.get(session)?.waiting;
-      const i = w ? w.indexOf(s) : -1;
-      if (i >= 0) w!.splice(i, 1);
+      const w = s.user.conn.waiting;
+      const i = w.indexOf(s);
+      if (i >= 0) w.splice(i, 1);
     }
   }
 
@@ -430,12 +441,27 @@ export class H2GrpcServer {
   private hold(s: H2Stream<Call>, n: number): void {
     s.user.charged += n;
     this.heldBytes += n;
-    if (this.heldBytes <= this.limits.bufferedBytesMax) return;
-    for (const [r, session] of this.receiving) {
-      if (this.heldBytes <= this.limits.bufferedBytesMax) break;
+    while (this.heldBytes > this.limits.bufferedBytesMax && this.oldest) {
       this.event('buffer_full');
-      this.fail(session, r, STATUS.RESOURCE_EXHAUSTED, `the server holds ${this.limits.bufferedBytesMax} bytes of requests at once; retry later`, 'RESOURCE_EXHAUSTED');
+      const r = this.oldest;
+      this.fail(r.user.session, r, STATUS.RESOURCE_EXHAUSTED, `the server holds ${this.limits.bufferedBytesMax} bytes of requests at once; retry later`, 'RESOURCE_EXHAUSTED');
     }
+  }
+
+  private link(s: H2Stream<Call>): void {
+    s.user.prev = this.newest;
+    if (this.newest) this.newest.user.next = s;
+    else this.oldest = s;
+    this.newest = s;
+  }
+
+  private unlink(s: H2Stream<Call>): void {
+    const { prev, next } = s.user;
+    if (prev) prev.user.next = next;
+    else this.oldest = next;
+    if (next) next.user.prev = prev;
+    else this.newest = prev;
+    s.user.prev = s.user.next = null;
   }
 
   private onHeaders(session: H2Session<Call>, s: H2Stream<Call>, headers: HeaderList | null, end: boolean, opened: boolean): void {
@@ -445,8 +471,7 @@ export class H2GrpcServer {
       if (end && call.state === 'receiving') this.complete(session, s);
       return;
     }
-    const conn = this.sessions.get(session)!;
-    if (conn.running >= this.maxStreams) {
+    if (call.conn.running >= this.maxStreams) {
       call.state = 'done';
       return session.reset(s, H2_ERROR.REFUSED_STREAM);
     }
@@ -489,9 +514,9 @@ export class H2GrpcServer {
     const now = Date.now();
     call.method = m;
     call.deadlineAt = now + ms;
-    call.receiveBy = now + this.limits.requestReceiveTimeoutMs;
+    call.startedAt = now;
     call.state = 'receiving';
-    this.receiving.set(s, session);
+    this.link(s);
     this.hold(s, limits.streamChargeBytes);
     if (end && call.state === 'receiving') this.complete(session, s);
   }
@@ -514,8 +539,7 @@ export class H2GrpcServer {
     this.hold(s, data.length);
     if (call.state !== 'receiving') return;
     if (end) return this.complete(session, s);
-    const conn = this.sessions.get(session)!;
-    if (session.recvWindow < STALLED_WINDOW_BYTES && conn.running === 0 && conn.waiting.length === 0) this.unstall(session);
+    if (session.recvWindow < STALLED_WINDOW_BYTES && call.conn.running === 0 && call.conn.waiting.length === 0) this.unstall(session);
   }
 
   /**
@@ -524,10 +548,10 @@ export class H2GrpcServer {
    * retry it) so that the others can finish.
    */
   private unstall(session: H2Session<Call>): void {
-    for (const [s, owner] of this.receiving) {
-      if (owner !== session) continue;
+    for (let s = this.oldest; s; s = s.user.next) {
+      if (s.user.session !== session) continue;
       this.event('stream_refused');
-      this.stopWaiting(session, s);
+      this.stopWaiting(s);
       this.release(session, s);
       s.user.state = 'done';
       session.reset(s, H2_ERROR.REFUSED_STREAM);
@@ -553,8 +577,8 @@ export class H2GrpcServer {
 
   /** The request is whole: it runs now, or waits its turn. */
   private complete(session: H2Session<Call>, s: H2Stream<Call>): void {
-    this.receiving.delete(s);
-    const conn = this.sessions.get(session)!;
+    this.unlink(s);
+    const conn = s.user.conn;
     if (conn.waiting.length > 0 || this.mustWait(session, conn)) {
       s.user.state = 'waiting';
       conn.waiting.push(s);
@@ -564,9 +588,8 @@ export class H2GrpcServer {
   }
 
   /** The connection's unsent answers went down: waiting requests may run. */
-  private writable(session: H2Session<Call>): void {
-    const conn = this.sessions.get(session);
-    if (!conn) return;
+  private writable(session: H2Session<Call>, conn: Conn): void {
+    if (session.closed) return;
     this.countUnsent(session, conn);
     this.next(session, conn);
   }
@@ -606,7 +629,7 @@ export class H2GrpcServer {
     call.state = 'running';
     conn.running++;
     if (conn.activeAt === 0) this.fresh.delete(session);
-    conn.activeAt = Date.now();
+    conn.activeAt = call.startedAt;
     const finished = (): void => {
       this.release(session, s);
       call.state = 'done';

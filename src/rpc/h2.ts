@@ -297,8 +297,21 @@ export class H2Session<U> {
     this.prefaceLeft = role === 'server' ? PREFACE.length : 0;
     this.nextLocalStream = role === 'client' ? 1 : 2;
     socket.setNoDelay(true);
-    socket.on('data', (c: Buffer) => this.guard(() => this.receiveChunk(c)));
-    socket.on('drain', () => this.guard(() => this.h.onWritable?.()));
+    // Whatever the handlers throw ends this connection only, never the process.
+    socket.on('data', (c: Buffer) => {
+      try {
+        this.receiveChunk(c);
+      } catch (e) {
+        this.thrown(e);
+      }
+    });
+    socket.on('drain', () => {
+      try {
+        this.h.onWritable?.();
+      } catch (e) {
+        this.thrown(e);
+      }
+    });
     socket.on('error', (e) => this.destroy(e));
     socket.on('close', () => this.destroy(null));
     this.connRecvWindow = Math.max(DEFAULT_WINDOW, settings.connectionWindowBytes);
@@ -554,16 +567,12 @@ export class H2Session<U> {
 
   // ------------------------------------------------------------------ receiving
 
-  /** Runs fn; whatever it throws ends this connection only (a bug: INTERNAL_ERROR), never the process. */
-  private guard(fn: () => void): void {
-    try {
-      fn();
-    } catch (e) {
-      if (this.closed) return;
-      if (e instanceof H2ConnectionError) this.connectionError(e);
-      else if (e instanceof HpackError) this.connectionError(new H2ConnectionError(H2_ERROR.COMPRESSION_ERROR, e.message));
-      else this.connectionError(new H2InternalError(e));
-    }
+  /** An exception from the socket's handlers: a connection error; one that is no HTTP/2 error is a bug (INTERNAL_ERROR). */
+  private thrown(e: unknown): void {
+    if (this.closed) return;
+    if (e instanceof H2ConnectionError) this.connectionError(e);
+    else if (e instanceof HpackError) this.connectionError(new H2ConnectionError(H2_ERROR.COMPRESSION_ERROR, e.message));
+    else this.connectionError(new H2InternalError(e));
   }
 
   private receiveChunk(chunk: Buffer): void {
@@ -582,8 +591,8 @@ export class H2Session<U> {
         continue;
       }
       if (this.headHave === 0 && chunk.length - off >= 9) {
-        this.beginFrame(chunk, off);
         off += 9;
+        this.beginFrame(chunk, off - 9, chunk.length - off);
         continue;
       }
       // A frame header split between chunks: its 9 bytes are gathered first.
@@ -593,12 +602,12 @@ export class H2Session<U> {
       off += n;
       if (this.headHave < 9) return;
       this.headHave = 0;
-      this.beginFrame(this.head, 0);
+      this.beginFrame(this.head, 0, chunk.length - off);
     }
   }
 
-  /** A frame header (9 bytes at h[at]): checks it and starts reading its payload. */
-  private beginFrame(h: Buffer, at: number): void {
+  /** A frame header (9 bytes at h[at]; `rest` bytes of the chunk follow): checks it and starts reading its payload. */
+  private beginFrame(h: Buffer, at: number, rest: number): void {
     const len = (h[at] << 16) | (h[at + 1] << 8) | h[at + 2];
     const type = h[at + 3];
     const flags = h[at + 4];
@@ -617,7 +626,8 @@ export class H2Session<U> {
     this.fFlags = flags;
     this.fStream = stream;
     this.fLeft = len;
-    if (type === FRAME.HEADERS) this.blockSince = Date.now(); // until END_HEADERS
+    // A header block that does not end within this chunk: its deadline runs from now.
+    if (type === FRAME.HEADERS && (!(flags & END_HEADERS) || rest < len)) this.blockSince = Date.now();
     if (type === FRAME.DATA) {
       this.beginData(stream, flags, len);
       if (len === 0) {
