@@ -527,19 +527,27 @@ describe('what one client can make the server hold', () => {
     }
   });
 
-  it('request bodies: past the server-wide budget the oldest requests still arriving are refused RESOURCE_EXHAUSTED', async () => {
+  it('request bodies: past the server-wide budget the connection holding the most gives way (RESOURCE_EXHAUSTED), not a small request older than its', async () => {
     const events: string[] = [];
     const server = new H2GrpcServer(methods({ calls: 0 }), { receiveBytesMax: 1 << 20, limits: { bufferedBytesMax: 3 << 19 }, onEvent: (e) => events.push(e) });
     const port = await server.listen('127.0.0.1', 0);
     const ch = new GrpcChannel(`127.0.0.1:${port}`, 1 << 20);
+    const small = await rawConn(port);
     try {
+      // A small request begun first (its body comes later) is the oldest still arriving.
+      small.sock.write(Buffer.concat([PREFACE, frameHead(0, 4, 0, 0), headersFrame(1, '/t.T/Echo')]));
+      await frameWhere(small, (f) => f.type === 4 && (f.flags & 1) === 1); // our SETTINGS acknowledged: the HEADERS were read
       const conns = [await rawConn(port), await rawConn(port)];
       const pushed = await Promise.all(conns.map((c) => pushUnended(c, '/t.T/Echo', 4, (1 << 20) - 16 * 1024)));
       expect(events).toContain('buffer_full');
       expect(pushed.flatMap((p) => [...p.statuses.values()])).toContain(String(grpc.status.RESOURCE_EXHAUSTED));
+      small.sock.write(dataFrame(1, grpcMessage(Buffer.from('small')), true));
+      const answer = await frameWhere(small, (f) => f.type === 1 && (f.flags & 1) === 1);
+      expect(answer && new HpackDecoder().decode(answer.p).find(([k]) => k === 'grpc-status')?.[1]).toBe('0');
       expect(((await ch.unary(ECHO, Buffer.from('still'), Date.now() + 5000)) as Buffer).toString()).toBe('still');
       for (const c of conns) c.sock.destroy();
     } finally {
+      small.sock.destroy();
       ch.close();
       server.forceShutdown();
     }

@@ -26,8 +26,9 @@
  *   - request bytes: a call's bytes (and streamChargeBytes for its stream) count from its HEADERS
  *     until its handler is done; the connection's flow-control credit comes back only then (see
  *     h2.ts), so one connection holds at most its window. All connections together hold at most
- *     bufferedBytesMax: past it, the oldest requests still arriving are refused
- *     (RESOURCE_EXHAUSTED). A request must arrive whole by its deadline and within
+ *     bufferedBytesMax: past it, the connection holding the most gives way first: its oldest
+ *     request still arriving is refused (RESOURCE_EXHAUSTED), so a client that sends small
+ *     requests is not refused for the bytes another one holds. A request must arrive whole by its deadline and within
  *     requestReceiveTimeoutMs (DEADLINE_EXCEEDED). Should a connection's window fill with requests
  *     none of which can finish (large ones interleaved) while nothing runs, the oldest is reset
  *     with REFUSED_STREAM, which clients retry.
@@ -75,7 +76,7 @@ interface Call {
   deadlineAt: number;
   /** When its HEADERS came (ms). */
   startedAt: number;
-  /** Neighbours in the server's list of calls still receiving, oldest first. */
+  /** Neighbours in its connection's list of calls still receiving, oldest first. */
   prev: H2Stream<Call> | null;
   next: H2Stream<Call> | null;
   chunks: Buffer[];
@@ -220,6 +221,14 @@ interface Conn {
   /** The session's streamsOpened at the last sweep, and since when it has had no stream. */
   opened: number;
   idleSince: number;
+  /** Bytes its calls hold (Call.charged). */
+  held: number;
+  /**
+   * Its calls whose request is still arriving, oldest first: a list through Call.prev and
+   * Call.next (a Map would cost a hash insert and delete per call).
+   */
+  oldest: H2Stream<Call> | null;
+  newest: H2Stream<Call> | null;
 }
 
 /** A connection whose window is down to this while nothing of it runs is stuck on requests that cannot finish. */
@@ -235,12 +244,6 @@ export class H2GrpcServer {
   private readonly sessions = new Map<H2Session<Call>, Conn>();
   /** Connections no request of which has run yet, oldest first: the first displaced at the cap. */
   private readonly fresh = new Set<H2Session<Call>>();
-  /**
-   * Calls whose request is still arriving, oldest first: a list through Call.prev and Call.next
-   * (a Map would cost a hash insert and delete per call).
-   */
-  private oldest: H2Stream<Call> | null = null;
-  private newest: H2Stream<Call> | null = null;
   /** Bytes charged by all calls (Call.charged), and unsent answer bytes of all connections (Conn.unsent). */
   private heldBytes = 0;
   private unsentTotal = 0;
@@ -301,14 +304,14 @@ export class H2GrpcServer {
           session.end();
         }
         for (const s of conn.waiting) if (now >= s.user.deadlineAt) this.failLate(session, s, 'the deadline passed while the answers before it were unread');
+        for (let s = conn.oldest, next; s; s = next) {
+          next = s.user.next;
+          if (now >= s.user.deadlineAt) this.failLate(session, s, 'the deadline passed before the request arrived whole');
+          else if (now - s.user.startedAt >= this.limits.requestReceiveTimeoutMs) this.failLate(session, s, `the request did not arrive whole within ${this.limits.requestReceiveTimeoutMs} ms`);
+        }
       } catch (e) {
         this.crash(session, e);
       }
-    }
-    for (let s = this.oldest, next; s; s = next) {
-      next = s.user.next;
-      if (now >= s.user.deadlineAt) this.failLate(s.user.session, s, 'the deadline passed before the request arrived whole');
-      else if (now - s.user.startedAt >= this.limits.requestReceiveTimeoutMs) this.failLate(s.user.session, s, `the request did not arrive whole within ${this.limits.requestReceiveTimeoutMs} ms`);
     }
   }
 
@@ -343,7 +346,7 @@ export class H2GrpcServer {
       return;
     }
     const now = Date.now();
-    const conn: Conn = { acceptedAt: now, activeAt: 0, running: 0, waiting: [], unsent: 0, opened: 0, idleSince: now };
+    const conn: Conn = { acceptedAt: now, activeAt: 0, running: 0, waiting: [], unsent: 0, opened: 0, idleSince: now, held: 0, oldest: null, newest: null };
     const session: H2Session<Call> = new H2Session<Call>(
       socket,
       'server',
@@ -430,6 +433,7 @@ export class H2GrpcServer {
   private release(session: H2Session<Call>, s: H2Stream<Call>): void {
     const call = s.user;
     this.heldBytes -= call.charged;
+    call.conn.held -= call.charged;
     call.charged = 0;
     session.release(s);
     if (call.buf) this.buffers.give(call.buf);
@@ -437,30 +441,38 @@ export class H2GrpcServer {
     call.chunks = [];
   }
 
-  /** Counts n more bytes held for a call; past bufferedBytesMax the oldest requests still arriving are refused. */
+  /**
+   * Counts n more bytes held for a call. Past bufferedBytesMax, the connection holding the most
+   * that has a request still arriving gives way: its oldest such request is refused.
+   */
   private hold(s: H2Stream<Call>, n: number): void {
     s.user.charged += n;
+    s.user.conn.held += n;
     this.heldBytes += n;
-    while (this.heldBytes > this.limits.bufferedBytesMax && this.oldest) {
+    while (this.heldBytes > this.limits.bufferedBytesMax) {
+      let most: Conn | null = null;
+      for (const c of this.sessions.values()) if (c.oldest && (!most || c.held > most.held)) most = c;
+      if (!most) return;
       this.event('buffer_full');
-      const r = this.oldest;
+      const r = most.oldest!;
       this.fail(r.user.session, r, STATUS.RESOURCE_EXHAUSTED, `the server holds ${this.limits.bufferedBytesMax} bytes of requests at once; retry later`, 'RESOURCE_EXHAUSTED');
     }
   }
 
   private link(s: H2Stream<Call>): void {
-    s.user.prev = this.newest;
-    if (this.newest) this.newest.user.next = s;
-    else this.oldest = s;
-    this.newest = s;
+    const conn = s.user.conn;
+    s.user.prev = conn.newest;
+    if (conn.newest) conn.newest.user.next = s;
+    else conn.oldest = s;
+    conn.newest = s;
   }
 
   private unlink(s: H2Stream<Call>): void {
-    const { prev, next } = s.user;
+    const { prev, next, conn } = s.user;
     if (prev) prev.user.next = next;
-    else this.oldest = next;
+    else conn.oldest = next;
     if (next) next.user.prev = prev;
-    else this.newest = prev;
+    else conn.newest = prev;
     s.user.prev = s.user.next = null;
   }
 
@@ -539,7 +551,7 @@ export class H2GrpcServer {
     this.hold(s, data.length);
     if (call.state !== 'receiving') return;
     if (end) return this.complete(session, s);
-    if (session.recvWindow < STALLED_WINDOW_BYTES && call.conn.running === 0 && call.conn.waiting.length === 0) this.unstall(session);
+    if (session.recvWindow < STALLED_WINDOW_BYTES && call.conn.running === 0 && call.conn.waiting.length === 0) this.unstall(session, call.conn);
   }
 
   /**
@@ -547,16 +559,14 @@ export class H2GrpcServer {
    * runs that would give credit back: the oldest of them is reset with REFUSED_STREAM (clients
    * retry it) so that the others can finish.
    */
-  private unstall(session: H2Session<Call>): void {
-    for (let s = this.oldest; s; s = s.user.next) {
-      if (s.user.session !== session) continue;
-      this.event('stream_refused');
-      this.stopWaiting(s);
-      this.release(session, s);
-      s.user.state = 'done';
-      session.reset(s, H2_ERROR.REFUSED_STREAM);
-      return;
-    }
+  private unstall(session: H2Session<Call>, conn: Conn): void {
+    const s = conn.oldest;
+    if (!s) return;
+    this.event('stream_refused');
+    this.stopWaiting(s);
+    this.release(session, s);
+    s.user.state = 'done';
+    session.reset(s, H2_ERROR.REFUSED_STREAM);
   }
 
   /** Moves a large request of a reusesRequest method into a pooled buffer, if one of its announced size is free. */
