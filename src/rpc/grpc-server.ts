@@ -303,7 +303,7 @@ export class H2GrpcServer {
           session.goaway(H2_ERROR.NO_ERROR, 'idle connection');
           session.end();
         }
-        for (const s of conn.waiting) if (now >= s.user.deadlineAt) this.failLate(session, s, 'the deadline passed while the answers before it were unread');
+        for (const s of conn.waiting.filter((w) => now >= w.user.deadlineAt)) this.failLate(session, s, 'the deadline passed while the request waited its turn');
         for (let s = conn.oldest, next; s; s = next) {
           next = s.user.next;
           if (now >= s.user.deadlineAt) this.failLate(session, s, 'the deadline passed before the request arrived whole');
