@@ -3,55 +3,17 @@
  * starts, prints where it listens, serves both transports, stops on SIGTERM / SIGINT with exit
  * code 0 after finishing in-flight requests, and the data is back after a restart.
  */
-import { ChildProcess, execFileSync, spawn } from 'child_process';
+import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { QuiverClient } from '../src/client';
 import { QuiverError } from '../src/errors';
+import { startServe } from './serve-child';
 import { httpJson, tempDir, vec } from './server-harness';
 
 const ROOT = path.resolve(__dirname, '..');
 const BIN = path.join(ROOT, 'bin', 'quiver.js');
-const children = new Set<ChildProcess>();
-
-interface Node {
-  child: ChildProcess;
-  grpc: string;
-  http: string;
-  output: () => string;
-  exited: Promise<number | null>;
-}
-
-function startNode(args: string[]): Promise<Node> {
-  const child = spawn(process.execPath, [BIN, 'serve', ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-  children.add(child);
-  let out = '';
-  const exited = new Promise<number | null>((resolve) =>
-    child.on('exit', (code) => {
-      children.delete(child);
-      resolve(code);
-    }),
-  );
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`quiver serve did not become ready:\n${out}`)), 60_000);
-    const onData = (b: Buffer) => {
-      out += b.toString();
-      const g = /grpc listening on (\S+)/.exec(out);
-      const h = /http listening on http:\/\/(\S+)/.exec(out);
-      if (g && h && /quiver: ready/.test(out)) {
-        clearTimeout(timer);
-        resolve({ child, grpc: g[1], http: `http://${h[1]}`, output: () => out, exited });
-      }
-    };
-    child.stdout!.on('data', onData);
-    child.stderr!.on('data', (b: Buffer) => (out += b.toString()));
-    exited.then((code) => {
-      clearTimeout(timer);
-      reject(new Error(`quiver serve exited with ${code} before ready:\n${out}`));
-    });
-  });
-}
 
 function run(args: string[]): { code: number | null; out: string } {
   try {
@@ -64,10 +26,6 @@ function run(args: string[]): { code: number | null; out: string } {
 }
 
 const DIM = 8;
-
-afterAll(() => {
-  for (const c of children) if (c.pid) process.kill(c.pid, 'SIGKILL');
-});
 
 describe('quiver serve', () => {
   it('--help documents every flag; --etcd is refused with a clear error; a bad flag is refused', () => {
@@ -89,7 +47,7 @@ describe('quiver serve', () => {
   it('serves, stops on SIGTERM with exit 0, and has the data back after a restart', async () => {
     const dir = tempDir('quiver-cli-');
     const args = ['--data', dir, '--grpc', '127.0.0.1:0', '--http', '127.0.0.1:0', '--snapshot-interval-ms', '0'];
-    let node = await startNode(args);
+    let node = await startServe(args);
     expect(node.grpc).toMatch(/^127\.0\.0\.1:\d+$/);
     expect((await fetch(`${node.http}/healthz`)).status).toBe(200);
 
@@ -109,7 +67,7 @@ describe('quiver serve', () => {
     expect(node.output()).toMatch(/SIGTERM/);
     client.close();
 
-    node = await startNode(args);
+    node = await startServe(args);
     client = await QuiverClient.connect(node.grpc);
     const count = await client.count('keep');
     if (lateResult === 'ok') expect(count).toBe(50);
@@ -132,7 +90,7 @@ describe('quiver serve', () => {
   it('a closed stdout does not crash the shutdown: SIGTERM still exits 0 with a snapshot', async () => {
     const dir = tempDir('quiver-cli-');
     const args = ['--data', dir, '--grpc', '127.0.0.1:0', '--http', '127.0.0.1:0', '--snapshot-interval-ms', '0'];
-    let node = await startNode(args);
+    let node = await startServe(args);
     const client = await QuiverClient.connect(node.grpc);
     await client.createCollection({ name: 'c', dim: DIM, index: { type: 'flat' } });
     await client.upsert('c', [{ id: 'a', vector: vec(1, DIM) }]);
@@ -142,7 +100,7 @@ describe('quiver serve', () => {
     node.child.stderr!.destroy();
     process.kill(node.child.pid!, 'SIGTERM');
     expect(await node.exited).toBe(0);
-    node = await startNode(args);
+    node = await startServe(args);
     const c2 = await QuiverClient.connect(node.grpc);
     expect(await c2.count('c')).toBe(1);
     c2.close();
@@ -154,7 +112,7 @@ describe('quiver serve', () => {
     const dir = tempDir('quiver-cli-');
     const cfg = path.join(dir, 'quiver.json');
     fs.writeFileSync(cfg, JSON.stringify({ data: path.join(dir, 'data'), grpc: '127.0.0.1:0', http: '127.0.0.1:1', 'snapshot-interval-ms': 1000, nodeId: 'n7', grpcImpl: 'grpc-js' }));
-    const node = await startNode(['--config', cfg, '--http', '127.0.0.1:0']);
+    const node = await startServe(['--config', cfg, '--http', '127.0.0.1:0']);
     const st = await httpJson(node.http, 'GET', '/v1/cluster');
     expect(st.body.nodeId).toBe('n7');
     // The @grpc/grpc-js server answers the Quiver client as the default one does.

@@ -4,14 +4,16 @@
  * node:http2) on the other side, over real loopback sockets: framing split at every byte,
  * flow control with small windows, many streams at once, errors, deadlines, GOAWAY.
  */
+import * as http from 'http';
 import * as net from 'net';
 import * as grpc from '@grpc/grpc-js';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { QuiverError } from '../src/errors';
 import { GrpcChannel, UnaryMethod } from '../src/rpc/grpc-client';
 import { GrpcMethod, H2GrpcServer, parseGrpcTimeout, percentEncode } from '../src/rpc/grpc-server';
 import { HpackDecoder, HpackEncoder } from '../src/rpc/hpack';
 import { FLOOD_BURST, PREFACE } from '../src/rpc/h2';
+import { RawFrame, WIDE, dataFrame, frameHead, grpcMessage, headersFrame, pushUnended, rawConn } from './h2-raw';
 
 /**
  * Holds calls in their handlers until the test lets them go, so that "a handler is still running"
@@ -92,35 +94,15 @@ function payload(n: number, seed: number): Buffer {
   return b;
 }
 
-/** Frames of a raw exchange, parsed from the socket. */
-function frameHead(len: number, type: number, flags: number, stream: number): Buffer {
-  const b = Buffer.alloc(9);
-  b.writeUIntBE(len, 0, 3);
-  b[3] = type;
-  b[4] = flags;
-  b.writeUInt32BE(stream, 5);
-  return b;
-}
-
 function rawRequest(path: string, message: Buffer, extra: Array<[string, string]> = [], compressed = false): Buffer {
-  const body = Buffer.alloc(5 + message.length);
+  const body = grpcMessage(message);
   body[0] = compressed ? 1 : 0;
-  body.writeUInt32BE(message.length, 1);
-  message.copy(body, 5);
   return rawRequestRaw(path, body, extra);
 }
 
 /** A request whose DATA is `body` as given (its own 5-byte prefix, right or wrong). */
 function rawRequestRaw(path: string, body: Buffer, extra: Array<[string, string]> = []): Buffer {
-  const block = new HpackEncoder().encode([
-    [':method', 'POST'],
-    [':scheme', 'http'],
-    [':path', path],
-    [':authority', 'x'],
-    ['content-type', 'application/grpc'],
-    ...extra,
-  ]);
-  return Buffer.concat([PREFACE, frameHead(0, 4, 0, 0), frameHead(block.length, 1, 4, 1), block, frameHead(body.length, 0, 1, 1), body]);
+  return Buffer.concat([PREFACE, frameHead(0, 4, 0, 0), headersFrame(1, path, false, extra), dataFrame(1, body, true)]);
 }
 
 /**
@@ -334,45 +316,6 @@ describe('rapid reset', () => {
   });
 });
 
-interface RawConn {
-  sock: net.Socket;
-  frames: Array<{ type: number; flags: number; stream: number; p: Buffer }>;
-  closed: Promise<void>;
-  /** Resolves once cond() holds (checked as frames arrive), or once the connection has closed. */
-  until(cond: () => boolean): Promise<void>;
-}
-
-/** A raw connection that records the frames it receives (type, flags, stream, payload). */
-async function rawConn(port: number): Promise<RawConn> {
-  const sock = net.connect(port, '127.0.0.1');
-  await new Promise((r) => sock.once('connect', r));
-  const frames: RawConn['frames'] = [];
-  let buf = Buffer.alloc(0);
-  let isClosed = false;
-  let wake = (): void => undefined;
-  sock.on('data', (c: Buffer) => {
-    buf = Buffer.concat([buf, c]);
-    while (buf.length >= 9 && buf.length >= 9 + buf.readUIntBE(0, 3)) {
-      const len = buf.readUIntBE(0, 3);
-      frames.push({ type: buf[3], flags: buf[4], stream: buf.readUInt32BE(5) & 0x7fffffff, p: Buffer.from(buf.subarray(9, 9 + len)) });
-      buf = buf.subarray(9 + len);
-    }
-    wake();
-  });
-  sock.on('error', () => undefined);
-  const closed = new Promise<void>((r) =>
-    sock.once('close', () => {
-      isClosed = true;
-      wake();
-      r();
-    }),
-  );
-  const until = async (cond: () => boolean): Promise<void> => {
-    while (!cond() && !isClosed) await new Promise<void>((r) => (wake = r));
-  };
-  return { sock, frames, closed, until };
-}
-
 const GOAWAY = 7;
 const goawayCode = (frames: Array<{ type: number; p: Buffer }>) => {
   const g = frames.find((f) => f.type === GOAWAY);
@@ -548,5 +491,403 @@ describe('shutdown and the grpc-js server', () => {
       ch.close();
       g.forceShutdown();
     }
+  });
+});
+
+const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Resolves with the raw connection's first frame matching `pred`; undefined once it closed without one, or after ms. */
+async function frameWhere(c: { frames: RawFrame[]; sock: net.Socket }, pred: (f: RawFrame) => boolean, ms = 5000) {
+  const t0 = Date.now();
+  for (;;) {
+    const f = c.frames.find(pred);
+    if (f || c.sock.destroyed || Date.now() - t0 > ms) return f;
+    await delay(10);
+  }
+}
+
+/** Waits (polling) until cond() holds, at most ms. */
+async function until(cond: () => boolean, ms = 10_000): Promise<void> {
+  const t0 = Date.now();
+  while (!cond() && Date.now() - t0 < ms) await delay(10);
+}
+
+const PING_ACK = (f: { type: number; flags: number }) => f.type === 6 && (f.flags & 1) === 1;
+const GOAWAY_FRAME = (f: { type: number }) => f.type === GOAWAY;
+
+describe('what one client can make the server hold', () => {
+  it('a length prefix is not trusted: 1,000 streams each announcing 64 MiB in 6 bytes allocate nothing for it', async () => {
+    const server = new H2GrpcServer(methods(), { receiveBytesMax: 64 << 20 });
+    const port = await server.listen('127.0.0.1', 0);
+    const c = await rawConn(port);
+    const ch = new GrpcChannel(`127.0.0.1:${port}`, 1 << 20);
+    try {
+      const before = process.memoryUsage().arrayBuffers;
+      const frames: Buffer[] = [PREFACE, frameHead(0, 4, 0, 0)];
+      for (let i = 0; i < 1000; i++) {
+        const id = 2 * i + 1;
+        frames.push(headersFrame(id, '/t.T/Keep'), dataFrame(id, Buffer.from([0, 4, 0, 0, 0, 10])));
+      }
+      frames.push(frameHead(8, 6, 0, 0), Buffer.alloc(8, 1)); // a PING: answered once all the above was read
+      c.sock.write(Buffer.concat(frames));
+      expect(await frameWhere(c, PING_ACK)).toBeDefined();
+      expect(process.memoryUsage().arrayBuffers - before).toBeLessThan(64 << 20);
+      expect(((await ch.unary(ECHO, Buffer.from('served'), Date.now() + 5000)) as Buffer).toString()).toBe('served');
+    } finally {
+      ch.close();
+      c.sock.destroy();
+      server.forceShutdown();
+    }
+  });
+
+  it("an exception in the server's own code ends that connection (INTERNAL_ERROR), is reported, and the server goes on", async () => {
+    const events: Array<[string, unknown]> = [];
+    const bug = new TypeError('a bug');
+    const ms = methods();
+    ms.set('/t.T/Bug', { decode: (b: Buffer) => b, encode: (v: unknown) => v as Buffer, handle: () => { throw bug; } });
+    const server = new H2GrpcServer(ms, { receiveBytesMax: 1 << 20, onEvent: (e, err) => events.push([e, err]) });
+    const port = await server.listen('127.0.0.1', 0);
+    const ch = new GrpcChannel(`127.0.0.1:${port}`, 1 << 20);
+    try {
+      const c = await rawConn(port);
+      c.sock.write(rawRequest('/t.T/Bug', Buffer.from('x')));
+      await Promise.race([c.closed, delay(5000)]);
+      expect(goawayCode(c.frames)).toBe(2); // INTERNAL_ERROR
+      expect(events).toContainEqual(['internal_error', bug]);
+      expect(((await ch.unary(ECHO, Buffer.from('alive'), Date.now() + 5000)) as Buffer).toString()).toBe('alive');
+    } finally {
+      ch.close();
+      server.forceShutdown();
+    }
+  });
+
+  it('request bodies: credit comes back only when a request is done with, so requests that never end hold at most the window', async () => {
+    const server = new H2GrpcServer(methods(), { receiveBytesMax: 1 << 20 });
+    const port = await server.listen('127.0.0.1', 0);
+    const ch = new GrpcChannel(`127.0.0.1:${port}`, 1 << 20);
+    try {
+      // 12 streams of almost 1 MiB each that never end; the connection's window is 2 MiB.
+      const c = await rawConn(port);
+      const pushed = pushUnended(c, '/t.T/Echo', 12, (1 << 20) - 16 * 1024);
+      const served = await ch.unary(ECHO, Buffer.from('during'), Date.now() + 5000);
+      expect((await pushed).mostOpen).toBeLessThanOrEqual((2 << 20) + 64 * 1024);
+      expect((served as Buffer).toString()).toBe('during');
+      c.sock.destroy();
+      expect(((await ch.unary(ECHO, payload(3 << 18, 1), Date.now() + 5000)) as Buffer).equals(payload(3 << 18, 1))).toBe(true);
+    } finally {
+      ch.close();
+      server.forceShutdown();
+    }
+  });
+
+  it('request bodies: past the server-wide budget the connection holding the most gives way (RESOURCE_EXHAUSTED), not a small request older than its', async () => {
+    const events: string[] = [];
+    const server = new H2GrpcServer(methods(), { receiveBytesMax: 1 << 20, limits: { bufferedBytesMax: 3 << 19 }, onEvent: (e) => events.push(e) });
+    const port = await server.listen('127.0.0.1', 0);
+    const ch = new GrpcChannel(`127.0.0.1:${port}`, 1 << 20);
+    const small = await rawConn(port);
+    try {
+      // A small request begun first (its body comes later) is the oldest still arriving.
+      small.sock.write(Buffer.concat([PREFACE, frameHead(0, 4, 0, 0), headersFrame(1, '/t.T/Echo')]));
+      await frameWhere(small, (f) => f.type === 4 && (f.flags & 1) === 1); // our SETTINGS acknowledged: the HEADERS were read
+      const conns = [await rawConn(port), await rawConn(port)];
+      const pushed = await Promise.all(conns.map((c) => pushUnended(c, '/t.T/Echo', 4, (1 << 20) - 16 * 1024)));
+      expect(events).toContain('buffer_full');
+      expect(pushed.flatMap((p) => [...p.statuses.values()])).toContain(String(grpc.status.RESOURCE_EXHAUSTED));
+      small.sock.write(dataFrame(1, grpcMessage(Buffer.from('small')), true));
+      const answer = await frameWhere(small, (f) => f.type === 1 && (f.flags & 1) === 1);
+      expect(answer && new HpackDecoder().decode(answer.p).find(([k]) => k === 'grpc-status')?.[1]).toBe('0');
+      expect(((await ch.unary(ECHO, Buffer.from('still'), Date.now() + 5000)) as Buffer).toString()).toBe('still');
+      for (const c of conns) c.sock.destroy();
+    } finally {
+      small.sock.destroy();
+      ch.close();
+      server.forceShutdown();
+    }
+  });
+});
+
+describe('a client that does not read its answers', () => {
+  // Loopback sockets absorb a few MiB unread (send and receive buffers): answers of 8 MiB pass that.
+  const big = payload(8 << 20, 5);
+  const bigMethods = (ran: { n: number }) => {
+    const ms = methods();
+    ms.set('/t.T/Big', { decode: (b: Buffer) => b, encode: () => big, handle: async () => (ran.n++, big) });
+    return ms;
+  };
+  const calls = (ids: number[]) => Buffer.concat(ids.flatMap((id) => [headersFrame(id, '/t.T/Big'), dataFrame(id, grpcMessage(Buffer.alloc(1)), true)]));
+
+  it('has its next requests wait while its answers are unsent; they run, whole and in order, once it reads', async () => {
+    const ran = { n: 0 };
+    const server = new H2GrpcServer(bigMethods(ran), { receiveBytesMax: 1 << 20, limits: { unsentBytesHigh: 1 << 20 } });
+    const port = await server.listen('127.0.0.1', 0);
+    const c = await rawConn(port);
+    try {
+      c.sock.pause();
+      c.sock.write(Buffer.concat([PREFACE, WIDE, calls([1])]));
+      await until(() => ran.n === 1); // its answer is written as the handler settles: most of it stays unsent
+      c.sock.write(calls([3, 5, 7, 9]));
+      await delay(300); // time enough for the four to run, were they let
+      expect(ran.n).toBe(1);
+      c.sock.resume();
+      await until(() => c.frames.filter((f) => f.type === 1 && f.flags & 1).length === 5);
+      expect(ran.n).toBe(5);
+      for (const id of [1, 3, 5, 7, 9]) {
+        const data = Buffer.concat(c.frames.filter((f) => f.type === 0 && f.stream === id).map((f) => f.p));
+        expect(data.subarray(5).equals(big), `stream ${id}`).toBe(true);
+      }
+    } finally {
+      c.sock.destroy();
+      server.forceShutdown();
+    }
+  });
+
+  it('is closed once its unsent answers pass the bound; the connection with the most goes once all together pass theirs', async () => {
+    const events: string[] = [];
+    const ran = { n: 0 };
+    const server = new H2GrpcServer(bigMethods(ran), {
+      receiveBytesMax: 1 << 20,
+      limits: { connectionUnsentBytesMax: 20 << 20, unsentBytesMax: 30 << 20 },
+      onEvent: (e) => events.push(e),
+    });
+    const port = await server.listen('127.0.0.1', 0);
+    const ch = new GrpcChannel(`127.0.0.1:${port}`, 1 << 20);
+    const conns: Array<Awaited<ReturnType<typeof rawConn>>> = [];
+    try {
+      // One connection asks for 40 answers of 8 MiB at once and reads none: closed past 20 MiB.
+      const a = await rawConn(port);
+      conns.push(a);
+      a.sock.pause();
+      a.sock.write(Buffer.concat([PREFACE, WIDE, calls(Array.from({ length: 40 }, (_, i) => 2 * i + 1))]));
+      await until(() => events.length > 0);
+      expect(events).toEqual(['unread_answers']);
+      // Three connections with two answers each (16 MiB, under the bound of one): 48 MiB in all
+      // pass the 30 MiB of all; connections are closed until under it.
+      const before = events.length;
+      for (let i = 0; i < 3; i++) {
+        const c = await rawConn(port);
+        conns.push(c);
+        c.sock.pause();
+        c.sock.write(Buffer.concat([PREFACE, WIDE, calls([1, 3])]));
+      }
+      await until(() => events.length > before);
+      expect(events.slice(before)).toContain('unread_answers');
+      expect(((await ch.unary(ECHO, Buffer.from('served'), Date.now() + 5000)) as Buffer).toString()).toBe('served');
+    } finally {
+      for (const c of conns) c.sock.destroy();
+      ch.close();
+      server.forceShutdown();
+    }
+  });
+});
+
+describe('frames in small pieces', () => {
+  /** Writes `bytes` in pieces of `step`, each its own socket write and turn of the event loop. */
+  async function trickle(sock: net.Socket, bytes: Buffer, step: number): Promise<void> {
+    for (let i = 0; i < bytes.length; i += step) {
+      sock.write(bytes.subarray(i, i + step));
+      await new Promise((r) => setImmediate(r));
+    }
+  }
+
+  it('are read in linear time: a padded 1 MiB DATA frame and a 16 KiB header block in small pieces are joined once at most', async () => {
+    const server = new H2GrpcServer(methods(), { receiveBytesMax: 4 << 20 });
+    const port = await server.listen('127.0.0.1', 0);
+    const c = await rawConn(port);
+    const concat = vi.spyOn(Buffer, 'concat');
+    try {
+      const msg = payload(1 << 20, 3);
+      const body = grpcMessage(msg);
+      const pad = 200;
+      const padded = Buffer.concat([frameHead(1 + body.length + pad, 0, 0x8 | 0x1, 1), Buffer.from([pad]), body, Buffer.alloc(pad)]);
+      const bigHeader = new HpackEncoder().encode([
+        [':method', 'POST'],
+        [':scheme', 'http'],
+        [':path', '/t.T/Echo'],
+        [':authority', 'x'],
+        ['content-type', 'application/grpc'],
+        ['x-filler', 'f'.repeat(16_000)],
+      ]);
+      const wire = Buffer.concat([PREFACE, WIDE, frameHead(bigHeader.length, 1, 4, 1), bigHeader]);
+      concat.mockClear();
+      await trickle(c.sock, wire, 64);
+      await trickle(c.sock, padded, 1024);
+      await frameWhere(c, (f) => f.type === 1 && (f.flags & 1) === 1 && f.stream === 1);
+      const joined = concat.mock.results.reduce((n, r) => n + ((r.value as Buffer | undefined)?.length ?? 0), 0);
+      // The message once (the server joins a request's pieces), the header block once, the test's own reading.
+      expect(joined).toBeLessThan(4 * msg.length);
+      const data = Buffer.concat(c.frames.filter((f) => f.type === 0 && f.stream === 1).map((f) => f.p));
+      expect(data.subarray(5).equals(msg)).toBe(true);
+    } finally {
+      concat.mockRestore();
+      c.sock.destroy();
+      server.forceShutdown();
+    }
+  });
+
+  it('padded DATA split anywhere, even inside its padding, gives the same request', async () => {
+    const server = new H2GrpcServer(methods(), { receiveBytesMax: 1 << 20 });
+    const port = await server.listen('127.0.0.1', 0);
+    try {
+      const msg = payload(60, 4);
+      for (const pad of [0, 1, 40]) {
+        const body = grpcMessage(msg);
+        const wire = Buffer.concat([PREFACE, frameHead(0, 4, 0, 0), headersFrame(1, '/t.T/Echo'), frameHead(1 + body.length + pad, 0, 0x8 | 0x1, 1), Buffer.from([pad]), body, Buffer.alloc(pad)]);
+        for (const step of [1, 5, 1 << 20]) {
+          const r = await rawExchange(port, wire, step);
+          expect(field(r.blocks, 'grpc-status'), `pad ${pad} step ${step}`).toBe('0');
+          expect(r.data.subarray(5).equals(msg)).toBe(true);
+        }
+      }
+      // Padding as long as the frame, or longer: a connection error.
+      const bad = await rawExchange(port, Buffer.concat([PREFACE, frameHead(0, 4, 0, 0), headersFrame(1, '/t.T/Echo'), frameHead(4, 0, 0x8, 1), Buffer.from([4, 0, 0, 0])]), 1 << 20);
+      expect(bad.closed).toBe(true);
+    } finally {
+      server.forceShutdown();
+    }
+  });
+});
+
+describe('connections', () => {
+  it('one that does not complete its handshake (preface and SETTINGS) or a header block within the deadline is closed', async () => {
+    const events: string[] = [];
+    const server = new H2GrpcServer(methods(), { receiveBytesMax: 1 << 20, limits: { handshakeTimeoutMs: 300 }, onEvent: (e) => events.push(e) });
+    const port = await server.listen('127.0.0.1', 0);
+    try {
+      const oneByte = await rawConn(port);
+      oneByte.sock.write(PREFACE.subarray(0, 1));
+      const noSettings = await rawConn(port);
+      noSettings.sock.write(PREFACE);
+      const halfBlock = await rawConn(port);
+      halfBlock.sock.write(Buffer.concat([PREFACE, frameHead(0, 4, 0, 0), headersFrame(1, '/t.T/Echo').subarray(0, 9 + 4)]));
+      halfBlock.sock.write(Buffer.from([0]));
+      // HEADERS without END_HEADERS, then nothing
+      const open = await rawConn(port);
+      const block = headersFrame(1, '/t.T/Echo');
+      block[4] = 0; // END_HEADERS cleared
+      open.sock.write(Buffer.concat([PREFACE, frameHead(0, 4, 0, 0), block]));
+      const t0 = Date.now();
+      await Promise.all([oneByte.closed, noSettings.closed, halfBlock.closed, open.closed].map((p) => Promise.race([p, delay(5000)])));
+      expect(Date.now() - t0).toBeLessThan(3000);
+      expect(events.filter((e) => e === 'handshake_timeout').length).toBe(4);
+    } finally {
+      server.forceShutdown();
+    }
+  });
+
+  it('at the cap a new connection displaces a silent one, else the idlest; when all are busy it is refused with a GOAWAY that says why', async () => {
+    const events: string[] = [];
+    const slow = new Gate();
+    const server = new H2GrpcServer(methods(slow), { receiveBytesMax: 1 << 20, limits: { connectionsMax: 4 }, onEvent: (e) => events.push(e) });
+    const port = await server.listen('127.0.0.1', 0);
+    const chans: GrpcChannel[] = [];
+    const silent: Array<Awaited<ReturnType<typeof rawConn>>> = [];
+    try {
+      // 10 connections that send one byte: only the 4 newest stay.
+      for (let i = 0; i < 10; i++) {
+        const c = await rawConn(port);
+        c.sock.write(PREFACE.subarray(0, 1));
+        silent.push(c);
+      }
+      await Promise.all(silent.slice(0, 6).map((c) => Promise.race([c.closed, delay(5000)])));
+      expect(silent.slice(0, 6).every((c) => c.sock.destroyed || c.sock.readableEnded)).toBe(true);
+      // A client that calls is served: a silent connection makes room.
+      for (let i = 0; i < 4; i++) {
+        const ch = new GrpcChannel(`127.0.0.1:${port}`, 1 << 20);
+        chans.push(ch);
+        expect(((await ch.unary(ECHO, Buffer.from(`c${i}`), Date.now() + 5000)) as Buffer).toString()).toBe(`c${i}`);
+      }
+      expect(events.filter((e) => e === 'connection_displaced').length).toBe(10);
+      // Four clients with a call running each: the server is full of busy connections.
+      const running = chans.map((ch) => ch.unary(m('/t.T/Slow'), Buffer.from('s'), Date.now() + 10_000));
+      await slow.reached(4);
+      const late = new GrpcChannel(`127.0.0.1:${port}`, 1 << 20);
+      chans.push(late);
+      const e = (await late.unary(ECHO, Buffer.from('late'), Date.now() + 5000).catch((x) => x)) as QuiverError;
+      expect(e.code).toBe('UNAVAILABLE');
+      expect(e.message).toMatch(/limit of 4 connections/);
+      expect(events).toContain('connection_refused');
+      slow.release();
+      await Promise.all(running);
+      // Idle again: the newcomer displaces the idlest.
+      expect(((await late.unary(ECHO, Buffer.from('now'), Date.now() + 5000)) as Buffer).toString()).toBe('now');
+    } finally {
+      for (const c of silent) c.sock.destroy();
+      for (const ch of chans) ch.close();
+      server.forceShutdown();
+    }
+  });
+});
+
+describe('RFC 9113 stream rules', () => {
+  let server: H2GrpcServer;
+  let port: number;
+  beforeAll(async () => {
+    server = new H2GrpcServer(methods(), { receiveBytesMax: 1 << 20 });
+    port = await server.listen('127.0.0.1', 0);
+  });
+  afterAll(() => server.forceShutdown());
+
+  const hello = Buffer.concat([PREFACE, frameHead(0, 4, 0, 0)]);
+  const call = (id: number) => Buffer.concat([headersFrame(id, '/t.T/Echo'), dataFrame(id, grpcMessage(Buffer.from('hi')), true)]);
+
+  async function exchange(bytes: Buffer) {
+    const c = await rawConn(port);
+    c.sock.write(bytes);
+    await frameWhere(c, PING_ACK);
+    c.sock.destroy();
+    return c.frames;
+  }
+  const ping = Buffer.concat([frameHead(8, 6, 0, 0), Buffer.alloc(8)]);
+
+  it('HEADERS on a stream id below one already opened is a connection error (PROTOCOL_ERROR), not a call that hangs', async () => {
+    const frames = await exchange(Buffer.concat([hello, call(5), call(3), ping]));
+    expect(goawayCode(frames)).toBe(1);
+  });
+
+  it('HEADERS on a stream we reset are dropped (the peer may have sent them before it saw the reset)', async () => {
+    // Stream 1 is refused at once (unknown method) while its body has not ended: reset with NO_ERROR.
+    const trailers = new HpackEncoder().encode([['x-trailer', '1']]);
+    const frames = await exchange(Buffer.concat([hello, headersFrame(1, '/t.T/Nope'), frameHead(trailers.length, 1, 4 | 1, 1), trailers, call(3), ping]));
+    expect(goawayCode(frames)).toBeUndefined();
+    expect(frames.some((f) => f.type === 1 && f.stream === 3 && f.flags & 1)).toBe(true);
+  });
+
+  it('PRIORITY of other than 5 bytes: a stream error (FRAME_SIZE_ERROR) on an open stream, a connection error otherwise; on stream 0, PROTOCOL_ERROR', async () => {
+    const bad = (id: number) => Buffer.concat([frameHead(4, 2, 0, id), Buffer.alloc(4)]);
+    const onOpen = await exchange(Buffer.concat([hello, headersFrame(1, '/t.T/Echo'), bad(1), call(3), ping]));
+    expect(onOpen.find((f) => f.type === 3 && f.stream === 1)?.p.readUInt32BE(0)).toBe(6);
+    expect(goawayCode(onOpen)).toBeUndefined();
+    expect(onOpen.some((f) => f.type === 1 && f.stream === 3 && f.flags & 1)).toBe(true);
+    expect(goawayCode(await exchange(Buffer.concat([hello, bad(7), ping])))).toBe(6);
+    expect(goawayCode(await exchange(Buffer.concat([hello, frameHead(5, 2, 0, 0), Buffer.alloc(5), ping])))).toBe(1);
+  });
+
+  it('RST_STREAM or WINDOW_UPDATE on an idle stream is a connection error (PROTOCOL_ERROR); the first frame must be SETTINGS', async () => {
+    expect(goawayCode(await exchange(Buffer.concat([hello, frameHead(4, 3, 0, 9), Buffer.alloc(4), ping])))).toBe(1);
+    expect(goawayCode(await exchange(Buffer.concat([hello, frameHead(4, 8, 0, 9), Buffer.from([0, 0, 1, 0]), ping])))).toBe(1);
+    expect(goawayCode(await exchange(Buffer.concat([PREFACE, ping, frameHead(0, 4, 0, 0)])))).toBe(1);
+  });
+});
+
+describe('client errors in words', () => {
+  it('an address that answers HTTP/1.1 "does not speak gRPC"; a closed port is "connection refused"; both UNAVAILABLE', async () => {
+    const web = http.createServer((_req, res) => res.end('hello'));
+    await new Promise<void>((r) => web.listen(0, '127.0.0.1', () => r()));
+    const webPort = (web.address() as net.AddressInfo).port;
+    try {
+      const ch = new GrpcChannel(`127.0.0.1:${webPort}`, 1 << 20);
+      const e = (await ch.unary(ECHO, Buffer.from('x'), Date.now() + 5000).catch((x) => x)) as QuiverError;
+      expect(e.code).toBe('UNAVAILABLE');
+      expect(e.message).toBe(`127.0.0.1:${webPort} does not speak gRPC (is it the HTTP port?)`);
+      ch.close();
+    } finally {
+      await new Promise((r) => web.close(r));
+    }
+    const ch = new GrpcChannel(`127.0.0.1:${webPort}`, 1 << 20);
+    const e = (await ch.unary(ECHO, Buffer.from('x'), Date.now() + 5000).catch((x) => x)) as QuiverError;
+    expect(e.code).toBe('UNAVAILABLE');
+    expect(e.message).toBe(`127.0.0.1:${webPort}: connection refused (is a Quiver node listening there?)`);
+    ch.close();
   });
 });

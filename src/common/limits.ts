@@ -36,3 +36,25 @@ export const defaultDeadlineMs = 30_000;
 export const deadlineMsMax = 60 * 60 * 1000;
 /** Bytes of an idempotency key. */
 export const idempotencyKeyBytesMax = 128;
+
+// Transport: connections, buffered bytes and handshake deadlines of the node's gRPC and HTTP
+// servers (src/rpc/grpc-server.ts, src/server/index.ts).
+/** gRPC connections at once. At the cap a new one displaces an idle connection, or is refused. */
+export const grpcConnectionsMax = 1024;
+/** HTTP connections at once, and the few more kept for /healthz, /readyz, /metrics and the status page. */
+export const httpConnectionsMax = 1024;
+export const httpReserveConnections = 32;
+/** Handlers one gRPC connection has running at once; its further requests wait their turn. */
+export const connectionCallsRunningMax = 16;
+/** A new connection's HTTP/2 preface and first SETTINGS, an HTTP request's headers, a header block. */
+export const handshakeTimeoutMs = 10_000;
+/** A request must have arrived whole (headers and body) this long after it began. */
+export const requestReceiveTimeoutMs = 300_000;
+/** Bytes of gRPC requests the server holds at once, all connections together (each open stream counts streamChargeBytes too). */
+export const requestBufferBytesMax = 2 * requestBytesMax;
+export const streamChargeBytes = 1024;
+/** Unsent answer bytes of one gRPC connection past which its next requests wait for the peer to read. */
+export const connectionUnsentBytesHigh = 4 * 1024 * 1024;
+/** ... past which it is closed (room for one answer of the largest size), and the same for all connections together (the one with the most goes). */
+export const connectionUnsentBytesMax = requestBytesMax + connectionUnsentBytesHigh;
+export const unsentBytesMax = 2 * requestBytesMax;

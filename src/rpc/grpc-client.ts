@@ -25,7 +25,7 @@
  */
 import * as net from 'net';
 import { ErrorCode, QuiverError, isErrorCode } from '../errors';
-import { H2Session, H2Stream, H2_ERROR } from './h2';
+import { H2ConnectionError, H2InternalError, H2Session, H2Stream, H2_ERROR, NotHttp2Error } from './h2';
 import type { HeaderList } from './hpack';
 import { splitHostPort } from '../common/address';
 import { codeOfGrpcStatus, QUIVER_CODE_KEY } from './proto';
@@ -44,6 +44,36 @@ function grpcTimeout(ms: number): string {
 
 function unavailable(msg: string): QuiverError {
   return new QuiverError('UNAVAILABLE', msg);
+}
+
+const SOCKET_ERRORS: Record<string, string> = {
+  ECONNREFUSED: 'connection refused (is a Quiver node listening there?)',
+  ECONNRESET: 'the connection was reset',
+  EPIPE: 'the connection was reset',
+  ENOTFOUND: 'the host name does not resolve',
+  EAI_AGAIN: 'the host name does not resolve (for now)',
+  ETIMEDOUT: 'the host does not answer',
+  EHOSTUNREACH: 'the host is unreachable',
+  ENETUNREACH: 'the network is unreachable',
+};
+
+/** Why a connection ended, in a user's words: what the server said (GOAWAY), a socket error, or a protocol error. */
+function closeReason(address: string, session: H2Session<Pending>, err: Error | null): string {
+  if (err instanceof NotHttp2Error) return `${address} does not speak gRPC (is it the HTTP port?)`;
+  if (err instanceof H2InternalError) return `${address}: the connection ended on an internal error of the client (${String(err.error)})`;
+  if (session.goawayDebug) return `${address}: the server closed the connection: ${session.goawayDebug}`;
+  if (err instanceof H2ConnectionError) return `${address}: the server broke the HTTP/2 protocol (${err.message})`;
+  const code = (err as NodeJS.ErrnoException | null)?.code;
+  if (code && SOCKET_ERRORS[code]) return `${address}: ${SOCKET_ERRORS[code]}`;
+  if (err) return `${address}: ${err.message}`;
+  return `${address}: the server closed the connection`;
+}
+
+/** A stream the server reset, in a user's words. */
+function resetReason(address: string, code: number): string {
+  if (code === H2_ERROR.REFUSED_STREAM) return `${address}: the server did not take the call (too busy); retry`;
+  const name = Object.entries(H2_ERROR).find(([, v]) => v === code)?.[0] ?? `code ${code}`;
+  return `${address}: the server reset the call (HTTP/2 ${name})`;
 }
 
 function decodeMessage(text: string | undefined): string {
@@ -111,7 +141,7 @@ export class GrpcChannel {
       let ready = false;
       const timer = setTimeout(() => {
         session.destroy(null);
-        reject(unavailable(`${this.address}: no HTTP/2 connection within ${left} ms`));
+        reject(unavailable(`${this.address}: could not connect within ${left} ms`));
       }, left);
       const session: H2Session<Pending> = new H2Session<Pending>(
         socket,
@@ -134,8 +164,8 @@ export class GrpcChannel {
             resolve(session);
           },
           onHeaders: (s, headers, end) => this.onHeaders(s, headers, end),
-          onData: (s, data, end) => this.onData(s, data, end),
-          onReset: (s, code) => s.user.finish?.(unavailable(`${this.address}: the server reset the call (HTTP/2 error ${code})`)),
+          onData: (s, data, end) => this.onData(session, s, data, end),
+          onReset: (s, code) => s.user.finish?.(unavailable(resetReason(this.address, code))),
           onGoaway: (last) => {
             // Calls the server will not take fail now (the client retries them); the rest finish.
             for (const s of session.openStreams()) if (s.id > last) s.user.finish?.(unavailable(`${this.address}: the server is going away`));
@@ -143,10 +173,11 @@ export class GrpcChannel {
           },
           onClose: (err) => {
             if (this.session === session) this.session = null;
-            for (const s of session.openStreams()) s.user.finish?.(unavailable(`${this.address}: ${err ? err.message : 'the connection closed'}`));
+            const why = closeReason(this.address, session, err);
+            for (const s of session.openStreams()) s.user.finish?.(unavailable(why));
             if (!ready) {
               clearTimeout(timer);
-              reject(unavailable(`${this.address}: ${err ? err.message : 'the connection closed before HTTP/2 settings'}`));
+              reject(unavailable(why));
             }
           },
         },
@@ -168,7 +199,9 @@ export class GrpcChannel {
     if (end) this.complete(s);
   }
 
-  private onData(s: H2Stream<Pending>, data: Buffer, end: boolean): void {
+  private onData(session: H2Session<Pending>, s: H2Stream<Pending>, data: Buffer, end: boolean): void {
+    // The answer's size is bounded here (receiveBytesMax): the connection's credit goes back at once.
+    session.release(s);
     const u = s.user;
     if (!u.finish) return;
     u.received += data.length;
@@ -227,7 +260,7 @@ export class GrpcChannel {
   private exchange(session: H2Session<Pending>, path: string, message: Buffer, deadlineAt: number): Promise<Buffer> {
     return new Promise<Buffer>((resolve, reject) => {
       if (!session.canOpen()) {
-        reject(unavailable(`${this.address}: the connection is closing`));
+        reject(unavailable(session.goawayDebug ? closeReason(this.address, session, null) : `${this.address}: the connection is closing`));
         return;
       }
       // The socket keeps the process alive only while calls are in flight on it.

@@ -10,19 +10,32 @@
  *
  * What it does:
  *   - frames: 9-byte header | payload. DATA, HEADERS (+ CONTINUATION), RST_STREAM, SETTINGS, PING,
- *     GOAWAY and WINDOW_UPDATE are handled; PRIORITY is ignored; PUSH_PROMISE is a protocol error
- *     (we never enable push); unknown types are ignored, as the RFC requires.
+ *     GOAWAY and WINDOW_UPDATE are handled; PRIORITY is checked and ignored; PUSH_PROMISE is a
+ *     protocol error (we never enable push); unknown types are ignored, as the RFC requires. The
+ *     peer's first frame must be SETTINGS (after the client preface, on a server).
+ *   - reading: one pass over each socket chunk. DATA payloads (padded or not) reach the caller as
+ *     sub-views of the chunks as they arrive, never gathered; any other frame (64 KiB at most) is
+ *     gathered from its pieces once, when its last piece comes. No byte is copied twice, whatever
+ *     the chunking.
  *   - header blocks: HPACK (src/rpc/hpack.ts). Every block is decoded, even for a stream that
  *     is refused, so the decoder's dynamic table stays in step with the peer's encoder.
- *   - flow control, receiving: we advertise wide windows (streams: a whole request; the
- *     connection: connectionWindowBytes) and give the credit back as soon as bytes arrive, since
- *     the caller bounds what it keeps (the message size limit). Sending: DATA waits for the peer's
- *     stream and connection windows and its SETTINGS_MAX_FRAME_SIZE; what cannot go yet queues on
- *     the stream until a WINDOW_UPDATE.
- *   - DATA payloads reach the caller as sub-views of the socket's chunks (no copy), except for
- *     padded frames, which are gathered first.
+ *   - flow control, receiving: we advertise a stream window of a whole message (streamWindowBytes)
+ *     and never replenish it: a unary call carries one message each way. The connection's window
+ *     (connectionWindowBytes) is enforced: DATA past it is a FLOW_CONTROL_ERROR. Its credit goes
+ *     back when the caller calls release() for the stream whose DATA it was (the server: once
+ *     the call's handler is done with the request), so the bytes a peer can make us hold on one
+ *     connection are bounded by the window. Padding and DATA for closed streams are credited at
+ *     once. Sending: DATA waits for the peer's stream and connection windows and its
+ *     SETTINGS_MAX_FRAME_SIZE; what cannot go yet queues on the stream until a WINDOW_UPDATE.
+ *     unsentBytes is what we hold that the peer has not taken (queued DATA and the socket's
+ *     buffer); onWritable tells the caller when it went down.
  *   - errors: a connection error sends GOAWAY with its code and destroys the socket; a stream error
- *     sends RST_STREAM.
+ *     sends RST_STREAM and reports it to the caller as a reset (onReset). RFC 9113's choices:
+ *     HEADERS for a closed stream id we did not just reset, and any frame but HEADERS or PRIORITY
+ *     on an idle stream, are connection errors (PROTOCOL_ERROR); a PRIORITY frame of other than 5
+ *     bytes is a stream error (FRAME_SIZE_ERROR) on an open stream, a connection error otherwise.
+ *     An exception that is not an HTTP/2 error (a bug) ends the connection with INTERNAL_ERROR and
+ *     reaches the caller's onClose as an H2InternalError; it never leaves the socket's handlers.
  *   - floods (the HTTP/2 denial-of-service patterns of CVE-2019-9512/9515/9518): frames that cost
  *     work but carry no request (PING, SETTINGS, PRIORITY, DATA that is empty and does not end
  *     its stream, empty CONTINUATION, unknown types) draw from a budget of FLOOD_BURST that refills
@@ -92,6 +105,8 @@ export const FLOOD_BURST = 2000;
 export const FLOOD_PER_SECOND = 1000;
 /** Unsent bytes on the socket past which a PING or SETTINGS that needs a reply closes the connection. */
 export const REPLY_BACKLOG_BYTES = 1 << 20;
+/** Stream ids we reset that are remembered, so that HEADERS the peer sent on them meanwhile are dropped. */
+const RESET_IDS_KEPT = 1024;
 
 export class H2ConnectionError extends Error {
   constructor(
@@ -99,6 +114,20 @@ export class H2ConnectionError extends Error {
     message: string,
   ) {
     super(message);
+  }
+}
+
+/** The peer does not speak HTTP/2: its first bytes are not the preface (client) or a SETTINGS frame. */
+export class NotHttp2Error extends H2ConnectionError {
+  constructor(message: string) {
+    super(H2_ERROR.PROTOCOL_ERROR, message);
+  }
+}
+
+/** An exception that was no HTTP/2 error (a bug) ended the connection; `error` is that exception. */
+export class H2InternalError extends H2ConnectionError {
+  constructor(readonly error: unknown) {
+    super(H2_ERROR.INTERNAL_ERROR, 'internal error');
   }
 }
 
@@ -116,17 +145,19 @@ export interface H2Stream<U = unknown> {
   localClosed: boolean;
   /** The peer sent END_STREAM (or reset it). */
   remoteClosed: boolean;
-  /** Bytes received since we last gave stream credit back. */
-  recvUnacked: number;
+  /** Bytes the peer may still send on this stream (never replenished: one message per stream). */
+  recvWindow: number;
+  /** DATA bytes handed to the caller that it has not release()d: their connection credit waits. */
+  held: number;
   user: U;
 }
 
 export interface H2Settings {
   /** SETTINGS_MAX_CONCURRENT_STREAMS we advertise (peer-opened streams). */
   maxConcurrentStreams: number;
-  /** SETTINGS_INITIAL_WINDOW_SIZE we advertise: what the peer may send on one stream unasked. */
+  /** SETTINGS_INITIAL_WINDOW_SIZE we advertise: what the peer may send on one stream, in all. */
   streamWindowBytes: number;
-  /** The connection's receive window we open with a WINDOW_UPDATE at start. */
+  /** The connection's receive window we open with a WINDOW_UPDATE at start: received bytes not yet released. */
   connectionWindowBytes: number;
   /** SETTINGS_MAX_FRAME_SIZE we advertise. */
   maxFrameBytes: number;
@@ -142,12 +173,17 @@ export interface H2Handlers<U> {
    * first (`opened` true). headers is null when the list was over maxHeaderListBytes.
    */
   onHeaders(stream: H2Stream<U>, headers: HeaderList | null, endStream: boolean, opened: boolean): void;
-  /** DATA for a stream; `data` may be a view of the socket's buffer: copy it to keep it past the call. */
+  /**
+   * DATA for a stream; `data` may be a view of the socket's buffer: copy it to keep it past the
+   * call. Its bytes count against the connection's window until release(stream).
+   */
   onData(stream: H2Stream<U>, data: Buffer, endStream: boolean): void;
-  /** The peer reset the stream. */
+  /** The stream was reset: by the peer, or by us for a stream error in what the peer sent. */
   onReset(stream: H2Stream<U>, code: number): void;
   /** The peer will take no stream above lastStreamId. */
   onGoaway?(lastStreamId: number, code: number, debug: string): void;
+  /** unsentBytes went down: the socket drained, or the peer's window let queued DATA go. */
+  onWritable?(): void;
   /** The socket closed; the streams still open are gone once this returns (openStreams() lists them). */
   onClose(err: Error | null): void;
   /** The role's initial state of a new stream. */
@@ -181,6 +217,20 @@ function frame(type: number, flags: number, stream: number, payload?: Buffer): B
   return b;
 }
 
+/** A SETTINGS frame (none changed) and GOAWAY: all a refused connection is told before it is closed. */
+export function refusal(code: number, debug: string): Buffer {
+  return Buffer.concat([settingsFrame([]), goawayFrame(0, code, debug)]);
+}
+
+function goawayFrame(lastStream: number, code: number, debug: string): Buffer {
+  const d = Buffer.from(debug.slice(0, 256), 'latin1');
+  const p = Buffer.allocUnsafe(8 + d.length);
+  p.writeUInt32BE(lastStream, 0);
+  p.writeUInt32BE(code, 4);
+  d.copy(p, 8);
+  return frame(FRAME.GOAWAY, 0, 0, p);
+}
+
 function windowUpdate(stream: number, increment: number): Buffer {
   const b = Buffer.allocUnsafe(13);
   writeHead(b, 0, 4, FRAME.WINDOW_UPDATE, 0, stream);
@@ -192,26 +242,45 @@ export class H2Session<U> {
   private readonly streams = new Map<number, H2Stream<U>>();
   private readonly decoder = new HpackDecoder();
   private readonly encoder = new HpackEncoder();
-  /** Bytes not yet parsed: part of a frame header, or a whole non-streamed frame being gathered. */
-  private pending: Buffer | null = null;
   private prefaceLeft: number;
-  /** Inside an unpadded DATA frame whose payload is being passed on as it arrives. */
-  private dataLeft = 0;
-  private dataStream = 0;
-  private dataFlags = 0;
-  /** A header block under assembly (HEADERS then CONTINUATION until END_HEADERS). */
+  /** A frame header split between chunks: its first headHave bytes. */
+  private readonly head = Buffer.allocUnsafe(9);
+  private headHave = 0;
+  /** The frame whose payload is being read (fType -1: between frames) and its payload bytes to come. */
+  private fType = -1;
+  private fFlags = 0;
+  private fStream = 0;
+  private fLeft = 0;
+  /** DATA being read: the padding at its end (-1 until its pad-length byte came) and data bytes to come. */
+  private fPad = 0;
+  private fData = 0;
+  /** The pieces of a non-DATA frame's payload so far. */
+  private parts: Buffer[] = [];
+  private partsBytes = 0;
+  /** A header block under assembly (HEADERS then CONTINUATION until END_HEADERS); since when its first byte came (ms, 0: none). */
   private block: { stream: number; flags: number; parts: Buffer[]; bytes: number } | null = null;
+  blockSince = 0;
+  /** The peer's first frame (SETTINGS) came. */
+  private greeted = false;
   private peerReady = false;
   private peerMaxFrame = DEFAULT_FRAME_BYTES;
   private peerInitialWindow = DEFAULT_WINDOW;
   private peerMaxStreams = Infinity;
   private connSendWindow = DEFAULT_WINDOW;
+  /** What the peer may still send on the connection, and released credit not yet sent back. */
+  private connRecvWindow: number;
   private connRecvUnacked = 0;
+  /** DATA bytes queued on streams for want of window. */
+  private queuedBytes = 0;
+  /** Streams we reset lately: the peer may still send HEADERS on them, which are dropped. */
+  private readonly resetIds = new Set<number>();
   private lastPeerStream = 0;
   private nextLocalStream: number;
   private goawaySent = false;
-  /** The peer's GOAWAY: it takes no stream above this id. */
+  /** The peer's GOAWAY: it takes no stream above this id; its code and debug text. */
   goawayLastStream = -1;
+  goawayCode = 0;
+  goawayDebug = '';
   closed = false;
   /** Streams opened so far, by either side (a caller can tell an idle connection from a busy one). */
   streamsOpened = 0;
@@ -228,9 +297,24 @@ export class H2Session<U> {
     this.prefaceLeft = role === 'server' ? PREFACE.length : 0;
     this.nextLocalStream = role === 'client' ? 1 : 2;
     socket.setNoDelay(true);
-    socket.on('data', (c: Buffer) => this.receive(c));
+    // Whatever the handlers throw ends this connection only, never the process.
+    socket.on('data', (c: Buffer) => {
+      try {
+        this.receiveChunk(c);
+      } catch (e) {
+        this.thrown(e);
+      }
+    });
+    socket.on('drain', () => {
+      try {
+        this.h.onWritable?.();
+      } catch (e) {
+        this.thrown(e);
+      }
+    });
     socket.on('error', (e) => this.destroy(e));
     socket.on('close', () => this.destroy(null));
+    this.connRecvWindow = Math.max(DEFAULT_WINDOW, settings.connectionWindowBytes);
     const start: Buffer[] = [];
     if (role === 'client') start.push(PREFACE);
     start.push(
@@ -253,6 +337,16 @@ export class H2Session<U> {
   /** Streams open now. */
   get size(): number {
     return this.streams.size;
+  }
+
+  /** Bytes we hold that the peer has not taken yet: DATA queued for window, and the socket's buffer. */
+  get unsentBytes(): number {
+    return this.queuedBytes + this.socket.writableLength;
+  }
+
+  /** What the peer may still send on the connection before we release() more. */
+  get recvWindow(): number {
+    return this.connRecvWindow;
   }
 
   /** The streams open now (one may be reset while iterating). */
@@ -282,7 +376,8 @@ export class H2Session<U> {
       queuedTrailers: null,
       localClosed: false,
       remoteClosed: false,
-      recvUnacked: 0,
+      recvWindow: Math.max(DEFAULT_WINDOW, this.settings.streamWindowBytes),
+      held: 0,
       user: this.h.newUser(),
     };
     this.streams.set(id, s);
@@ -322,6 +417,7 @@ export class H2Session<U> {
     if (data) {
       if (dataLen === 0) s.queued.push(EMPTY);
       else for (const b of data) if (b.length > 0) s.queued.push(b);
+      this.queuedBytes += dataLen;
       s.queuedEnd = end && !trailers;
     }
     s.queuedTrailers = trailers;
@@ -367,6 +463,7 @@ export class H2Session<U> {
       writeHead(hb, 0, n, FRAME.DATA, last ? END_STREAM : 0, s.id);
       s.sendWindow -= n;
       this.connSendWindow -= n;
+      this.queuedBytes -= n;
       if (last) this.closeLocal(s);
     }
     if (s.queuedTrailers) {
@@ -380,6 +477,7 @@ export class H2Session<U> {
     const out: Buffer[] = [];
     for (const s of this.streams.values()) if (s.queued.length > 0 || s.queuedTrailers) this.flushStream(s, out);
     this.writeAll(out);
+    if (out.length > 0) this.h.onWritable?.();
   }
 
   private closeLocal(s: H2Stream<U>): void {
@@ -395,6 +493,7 @@ export class H2Session<U> {
   /** Ends both directions of a stream and forgets what it had queued (a reset, either side's). */
   private drop(s: H2Stream<U>): void {
     s.localClosed = s.remoteClosed = true;
+    for (const b of s.queued) this.queuedBytes -= b.length;
     s.queued = [];
     s.queuedTrailers = null;
     this.streams.delete(s.id);
@@ -404,27 +503,52 @@ export class H2Session<U> {
   reset(s: H2Stream<U>, code: number): void {
     if (!this.streams.has(s.id)) return;
     this.drop(s);
+    // Remembered for a while: HEADERS the peer sent before it saw the reset are dropped, not an error.
+    this.resetIds.add(s.id);
+    if (this.resetIds.size > RESET_IDS_KEPT) this.resetIds.delete(this.resetIds.values().next().value as number);
     const b = Buffer.allocUnsafe(13);
     writeHead(b, 0, 4, FRAME.RST_STREAM, 0, s.id);
     b.writeUInt32BE(code, 9);
     this.write(b);
   }
 
+  /** A stream error in what the peer sent: RST_STREAM, reported to the caller as a reset. */
+  private streamError(s: H2Stream<U>, code: number): void {
+    if (!this.streams.has(s.id)) return;
+    this.reset(s, code);
+    this.h.onReset(s, code);
+  }
+
+  /** The peer's DATA on s is done with: its bytes go back to the connection's credit. */
+  release(s: H2Stream<U>): void {
+    if (s.held === 0) return;
+    this.connRecvUnacked += s.held;
+    s.held = 0;
+    this.returnCredit();
+  }
+
+  /**
+   * Sends WINDOW_UPDATE for released credit: in bulk once half the window is owed, and at once
+   * while the peer has less than half of it left (so it never waits on credit we hold).
+   */
+  private returnCredit(): void {
+    const half = this.settings.connectionWindowBytes / 2;
+    if (this.closed || this.connRecvUnacked === 0 || (this.connRecvUnacked < half && this.connRecvWindow >= half)) return;
+    this.write(windowUpdate(0, this.connRecvUnacked));
+    this.connRecvWindow += this.connRecvUnacked;
+    this.connRecvUnacked = 0;
+  }
+
   /** GOAWAY: no stream above the last one the peer opened will be taken. */
   goaway(code: number = H2_ERROR.NO_ERROR, debug = ''): void {
     if (this.closed) return;
     this.goawaySent = true;
-    const d = Buffer.from(debug.slice(0, 256), 'latin1');
-    const p = Buffer.allocUnsafe(8 + d.length);
-    p.writeUInt32BE(this.lastPeerStream, 0);
-    p.writeUInt32BE(code, 4);
-    d.copy(p, 8);
-    this.write(frame(FRAME.GOAWAY, 0, 0, p));
+    this.write(goawayFrame(this.lastPeerStream, code, debug));
   }
 
-  /** Closes the socket once written (end), or at once (destroy). */
+  /** Closes the socket once what was written has gone (end), or at once (destroy). */
   end(): void {
-    if (!this.closed) this.socket.end();
+    if (!this.closed) this.socket.destroySoon();
   }
 
   destroy(err: Error | null): void {
@@ -435,123 +559,180 @@ export class H2Session<U> {
     this.streams.clear();
   }
 
-  private connectionError(code: number, why: string): void {
-    this.goaway(code, why);
+  private connectionError(err: H2ConnectionError): void {
+    this.goaway(err.h2Code, err.message);
     this.socket.end();
-    this.destroy(new H2ConnectionError(code, why));
+    this.destroy(err);
   }
 
   // ------------------------------------------------------------------ receiving
 
-  private receive(chunk: Buffer): void {
-    try {
-      this.receiveChunk(chunk);
-    } catch (e) {
-      if (e instanceof H2ConnectionError) this.connectionError(e.h2Code, e.message);
-      else if (e instanceof HpackError) this.connectionError(H2_ERROR.COMPRESSION_ERROR, e.message);
-      else throw e;
-    }
+  /** An exception from the socket's handlers: a connection error; one that is no HTTP/2 error is a bug (INTERNAL_ERROR). */
+  private thrown(e: unknown): void {
+    if (this.closed) return;
+    if (e instanceof H2ConnectionError) this.connectionError(e);
+    else if (e instanceof HpackError) this.connectionError(new H2ConnectionError(H2_ERROR.COMPRESSION_ERROR, e.message));
+    else this.connectionError(new H2InternalError(e));
   }
 
   private receiveChunk(chunk: Buffer): void {
     if (this.closed) return;
-    let buf = chunk;
     let off = 0;
     if (this.prefaceLeft > 0) {
       const n = Math.min(this.prefaceLeft, chunk.length);
       const at = PREFACE.length - this.prefaceLeft;
-      if (chunk.compare(PREFACE, at, at + n, 0, n) !== 0) throw new H2ConnectionError(H2_ERROR.PROTOCOL_ERROR, 'not an HTTP/2 connection preface');
+      if (chunk.compare(PREFACE, at, at + n, 0, n) !== 0) throw new NotHttp2Error('not an HTTP/2 connection preface');
       this.prefaceLeft -= n;
       off = n;
     }
-    if (this.pending) {
-      // A frame header or control frame straddled the last chunk: join it with this one.
-      buf = Buffer.concat([this.pending, chunk.subarray(off)]);
-      this.pending = null;
-      off = 0;
-    }
-    while (off < buf.length && !this.closed) {
-      if (this.dataLeft > 0) {
-        const n = Math.min(this.dataLeft, buf.length - off);
-        this.dataLeft -= n;
-        this.onDataPiece(this.dataStream, buf.subarray(off, off + n), this.dataLeft === 0 && (this.dataFlags & END_STREAM) !== 0, n);
-        off += n;
+    while (off < chunk.length && !this.closed) {
+      if (this.fType >= 0) {
+        off = this.payload(chunk, off);
         continue;
       }
-      off = this.frames(buf, off);
-      if (this.dataLeft === 0 && off < buf.length) {
-        // An incomplete frame: keep a copy (not a view that would pin the whole chunk).
-        this.pending = Buffer.from(buf.subarray(off));
-        return;
+      if (this.headHave === 0 && chunk.length - off >= 9) {
+        off += 9;
+        this.beginFrame(chunk, off - 9, chunk.length - off);
+        continue;
       }
+      // A frame header split between chunks: its 9 bytes are gathered first.
+      const n = Math.min(9 - this.headHave, chunk.length - off);
+      chunk.copy(this.head, this.headHave, off, off + n);
+      this.headHave += n;
+      off += n;
+      if (this.headHave < 9) return;
+      this.headHave = 0;
+      this.beginFrame(this.head, 0, chunk.length - off);
     }
   }
 
-  /**
-   * Parses whole frames from buf[at..]; returns where parsing stopped: at an incomplete frame, or
-   * just past the header of an unpadded DATA frame whose payload is then streamed (dataLeft set).
-   */
-  private frames(buf: Buffer, at: number): number {
-    while (buf.length - at >= 9 && !this.closed) {
-      const len = (buf[at] << 16) | (buf[at + 1] << 8) | buf[at + 2];
-      const type = buf[at + 3];
-      const flags = buf[at + 4];
-      const stream = buf.readUInt32BE(at + 5) & 0x7fffffff;
-      if (len > this.settings.maxFrameBytes) throw new H2ConnectionError(H2_ERROR.FRAME_SIZE_ERROR, `a ${len}-byte frame is over SETTINGS_MAX_FRAME_SIZE`);
-      if (this.block && type !== FRAME.CONTINUATION) throw new H2ConnectionError(H2_ERROR.PROTOCOL_ERROR, 'a header block was interrupted');
-      if (type === FRAME.DATA && (flags & PADDED) === 0) {
-        this.beginData(stream, flags, len);
-        at += 9;
-        const n = Math.min(len, buf.length - at);
-        this.dataLeft = len - n;
-        if (n > 0 || len === 0) this.onDataPiece(stream, buf.subarray(at, at + n), this.dataLeft === 0 && (flags & END_STREAM) !== 0, n);
-        at += n;
-        if (this.dataLeft > 0) return at;
-        continue;
+  /** A frame header (9 bytes at h[at]; `rest` bytes of the chunk follow): checks it and starts reading its payload. */
+  private beginFrame(h: Buffer, at: number, rest: number): void {
+    const len = (h[at] << 16) | (h[at + 1] << 8) | h[at + 2];
+    const type = h[at + 3];
+    const flags = h[at + 4];
+    const stream = h.readUInt32BE(at + 5) & 0x7fffffff;
+    if (!this.greeted) {
+      if (type !== FRAME.SETTINGS || flags & ACK) {
+        const http1 = h.toString('latin1', at, at + 5) === 'HTTP/';
+        throw new NotHttp2Error(http1 ? 'the peer answered in HTTP/1.x, not HTTP/2' : 'the peer does not speak HTTP/2 (its first frame is not SETTINGS)');
       }
-      if (type !== FRAME.DATA && len > CONTROL_FRAME_BYTES_MAX) throw new H2ConnectionError(H2_ERROR.FRAME_SIZE_ERROR, `a ${len}-byte control frame`);
-      if (buf.length - at < 9 + len) return at;
-      this.frame(type, flags, stream, buf.subarray(at + 9, at + 9 + len));
-      at += 9 + len;
+      this.greeted = true;
     }
-    return at;
+    if (len > this.settings.maxFrameBytes) throw new H2ConnectionError(H2_ERROR.FRAME_SIZE_ERROR, `a ${len}-byte frame is over SETTINGS_MAX_FRAME_SIZE`);
+    if (this.block && type !== FRAME.CONTINUATION) throw new H2ConnectionError(H2_ERROR.PROTOCOL_ERROR, 'a header block was interrupted');
+    if (type !== FRAME.DATA && len > CONTROL_FRAME_BYTES_MAX) throw new H2ConnectionError(H2_ERROR.FRAME_SIZE_ERROR, `a ${len}-byte control frame`);
+    this.fType = type;
+    this.fFlags = flags;
+    this.fStream = stream;
+    this.fLeft = len;
+    // A header block that does not end within this chunk: its deadline runs from now.
+    if (type === FRAME.HEADERS && (!(flags & END_HEADERS) || rest < len)) this.blockSince = Date.now();
+    if (type === FRAME.DATA) {
+      this.beginData(stream, flags, len);
+      if (len === 0) {
+        this.fType = -1;
+        this.deliver(EMPTY, (flags & END_STREAM) !== 0);
+      }
+    } else if (len === 0) {
+      this.fType = -1;
+      this.frame(type, flags, stream, EMPTY);
+    }
   }
 
+  /** Payload bytes of the current frame from chunk[off..]; returns where they stopped. */
+  private payload(chunk: Buffer, off: number): number {
+    const n = Math.min(this.fLeft, chunk.length - off);
+    if (this.fType === FRAME.DATA) {
+      this.dataPayload(chunk, off, off + n);
+      return off + n;
+    }
+    this.fLeft -= n;
+    let p = chunk.subarray(off, off + n);
+    if (this.fLeft > 0 || this.partsBytes > 0) {
+      this.parts.push(p);
+      this.partsBytes += n;
+      if (this.fLeft > 0) return off + n;
+      p = Buffer.concat(this.parts, this.partsBytes);
+      this.parts = [];
+      this.partsBytes = 0;
+    }
+    const type = this.fType;
+    this.fType = -1;
+    this.frame(type, this.fFlags, this.fStream, p);
+    return off + n;
+  }
+
+  /** A DATA frame's header: flow control is charged for the whole frame, padding included. */
   private beginData(stream: number, flags: number, len: number): void {
     if (stream === 0) throw new H2ConnectionError(H2_ERROR.PROTOCOL_ERROR, 'DATA on stream 0');
-    if (len === 0 && !(flags & END_STREAM)) this.idleFrame('empty DATA');
-    this.dataStream = stream;
-    this.dataFlags = flags;
-    this.credit(len);
-  }
-
-  /** Counts received DATA against the connection window and gives the credit back in bulk. */
-  private credit(len: number): void {
-    this.connRecvUnacked += len;
-    if (this.connRecvUnacked >= this.settings.connectionWindowBytes / 2) {
-      this.write(windowUpdate(0, this.connRecvUnacked));
-      this.connRecvUnacked = 0;
+    if (len > this.connRecvWindow) throw new H2ConnectionError(H2_ERROR.FLOW_CONTROL_ERROR, 'DATA past the connection window');
+    this.connRecvWindow -= len;
+    if (flags & PADDED) {
+      if (len === 0) throw new H2ConnectionError(H2_ERROR.PROTOCOL_ERROR, 'bad DATA padding');
+      this.fPad = -1;
+    } else {
+      this.fPad = 0;
+      this.fData = len;
+      if (len === 0 && !(flags & END_STREAM)) this.idleFrame('empty DATA');
+    }
+    const s = this.streams.get(stream);
+    if (!s) {
+      if (stream > this.highestStream()) throw new H2ConnectionError(H2_ERROR.PROTOCOL_ERROR, `DATA on idle stream ${stream}`);
+    } else if (!s.remoteClosed) {
+      if (len > s.recvWindow) this.streamError(s, H2_ERROR.FLOW_CONTROL_ERROR);
+      else s.recvWindow -= len;
     }
   }
 
-  private onDataPiece(id: number, data: Buffer, endStream: boolean, n: number): void {
-    const s = this.streams.get(id);
+  /** DATA payload bytes chunk[at..stop): the pad length, data passed on as it comes, padding skipped. */
+  private dataPayload(chunk: Buffer, at: number, stop: number): void {
+    const end = (this.fFlags & END_STREAM) !== 0;
+    if (this.fPad < 0) {
+      const pad = chunk[at++];
+      this.fLeft--;
+      if (pad > this.fLeft) throw new H2ConnectionError(H2_ERROR.PROTOCOL_ERROR, 'bad DATA padding');
+      this.fPad = pad;
+      this.fData = this.fLeft - pad;
+      this.credit(1 + pad);
+      if (this.fData === 0) {
+        if (!end) this.idleFrame('empty DATA');
+        this.deliver(EMPTY, end);
+      }
+    }
+    const take = Math.min(stop - at, this.fData);
+    if (take > 0) {
+      this.fData -= take;
+      this.deliver(chunk.subarray(at, at + take), end && this.fData === 0);
+    }
+    this.fLeft -= stop - at; // the data taken and any padding after it
+    if (this.fLeft === 0) this.fType = -1;
+  }
+
+  /** Received bytes that nobody holds (padding, DATA for closed streams): credit back at once. */
+  private credit(n: number): void {
+    this.connRecvUnacked += n;
+    this.returnCredit();
+  }
+
+  /** A piece of the current DATA frame's data for its stream (dropped if the stream is gone). */
+  private deliver(data: Buffer, endStream: boolean): void {
+    const s = this.streams.get(this.fStream);
     if (!s || s.remoteClosed) {
-      // DATA for a stream we reset or finished: dropped (its bytes still count for the connection).
-      if (!s && id > this.highestStream()) throw new H2ConnectionError(H2_ERROR.PROTOCOL_ERROR, `DATA on idle stream ${id}`);
+      this.credit(data.length);
       return;
     }
-    s.recvUnacked += n;
-    if (!endStream && s.recvUnacked >= this.settings.streamWindowBytes / 2) {
-      this.write(windowUpdate(id, s.recvUnacked));
-      s.recvUnacked = 0;
-    }
+    s.held += data.length;
     if (endStream) this.closeRemote(s);
     this.h.onData(s, data, endStream);
   }
-
   private highestStream(): number {
     return Math.max(this.lastPeerStream, this.nextLocalStream - 2);
+  }
+
+  /** A frame for a stream not open: fine if the stream was (it closed), a connection error if idle. */
+  private notIdle(stream: number, what: string): void {
+    if (stream > this.highestStream()) throw new H2ConnectionError(H2_ERROR.PROTOCOL_ERROR, `${what} on idle stream ${stream}`);
   }
 
   /** One frame that costs work but carries no request: draws on the flood budget. */
@@ -573,14 +754,6 @@ export class H2Session<U> {
 
   private frame(type: number, flags: number, stream: number, p: Buffer): void {
     switch (type) {
-      case FRAME.DATA: {
-        // Padded (unpadded DATA is streamed in frames()).
-        const pad = p.length > 0 ? p[0] : 0;
-        if (p.length === 0 || pad >= p.length) throw new H2ConnectionError(H2_ERROR.PROTOCOL_ERROR, 'bad DATA padding');
-        this.beginData(stream, flags, p.length);
-        this.onDataPiece(stream, p.subarray(1, p.length - pad), (flags & END_STREAM) !== 0, p.length);
-        return;
-      }
       case FRAME.HEADERS: {
         if (stream === 0) throw new H2ConnectionError(H2_ERROR.PROTOCOL_ERROR, 'HEADERS on stream 0');
         let start = 0;
@@ -606,13 +779,21 @@ export class H2Session<U> {
         if (flags & END_HEADERS) this.endBlock();
         return;
       }
-      case FRAME.PRIORITY:
+      case FRAME.PRIORITY: {
+        if (stream === 0) throw new H2ConnectionError(H2_ERROR.PROTOCOL_ERROR, 'PRIORITY on stream 0');
+        if (p.length !== 5) {
+          // A stream error (RFC 9113 6.3), but RST_STREAM may not go on an idle or closed stream.
+          const s = this.streams.get(stream);
+          if (s) return this.streamError(s, H2_ERROR.FRAME_SIZE_ERROR);
+          throw new H2ConnectionError(H2_ERROR.FRAME_SIZE_ERROR, `a ${p.length}-byte PRIORITY frame`);
+        }
         this.idleFrame('PRIORITY');
         return;
+      }
       case FRAME.RST_STREAM: {
         if (stream === 0 || p.length !== 4) throw new H2ConnectionError(H2_ERROR.PROTOCOL_ERROR, 'bad RST_STREAM');
         const s = this.streams.get(stream);
-        if (!s) return;
+        if (!s) return this.notIdle(stream, 'RST_STREAM');
         this.drop(s);
         this.h.onReset(s, p.readUInt32BE(0));
         return;
@@ -641,8 +822,9 @@ export class H2Session<U> {
         if (stream !== 0 || p.length < 8) throw new H2ConnectionError(H2_ERROR.PROTOCOL_ERROR, 'bad GOAWAY');
         const last = p.readUInt32BE(0) & 0x7fffffff;
         this.goawayLastStream = last;
-        const code = p.readUInt32BE(4);
-        this.h.onGoaway?.(last, code, p.subarray(8).toString('latin1'));
+        this.goawayCode = p.readUInt32BE(4);
+        this.goawayDebug = p.toString('latin1', 8, Math.min(p.length, 8 + 256));
+        this.h.onGoaway?.(last, this.goawayCode, this.goawayDebug);
         return;
       }
       case FRAME.WINDOW_UPDATE: {
@@ -656,14 +838,15 @@ export class H2Session<U> {
           return;
         }
         const s = this.streams.get(stream);
-        if (!s) return;
-        if (inc === 0) return this.reset(s, H2_ERROR.PROTOCOL_ERROR);
+        if (!s) return this.notIdle(stream, 'WINDOW_UPDATE');
+        if (inc === 0) return this.streamError(s, H2_ERROR.PROTOCOL_ERROR);
         s.sendWindow += inc;
-        if (s.sendWindow > WINDOW_MAX) return this.reset(s, H2_ERROR.FLOW_CONTROL_ERROR);
+        if (s.sendWindow > WINDOW_MAX) return this.streamError(s, H2_ERROR.FLOW_CONTROL_ERROR);
         if (s.queued.length > 0 || s.queuedTrailers) {
           const out: Buffer[] = [];
           this.flushStream(s, out);
           this.writeAll(out);
+          this.h.onWritable?.();
         }
         return;
       }
@@ -700,6 +883,7 @@ export class H2Session<U> {
   private endBlock(): void {
     const b = this.block!;
     this.block = null;
+    this.blockSince = 0;
     const bytes = b.parts.length === 1 ? b.parts[0] : Buffer.concat(b.parts, b.bytes);
     let headers: HeaderList | null;
     try {
@@ -714,9 +898,12 @@ export class H2Session<U> {
     if (!s) {
       const peerOpens = this.role === 'server' ? b.stream % 2 === 1 : false;
       if (!peerOpens || b.stream <= this.lastPeerStream) {
-        // A closed stream (e.g. trailers after we reset it): the block was decoded, that is all.
         if (b.stream > this.highestStream()) throw new H2ConnectionError(H2_ERROR.PROTOCOL_ERROR, `HEADERS on stream ${b.stream}, which we never opened`);
-        return;
+        // Trailers on a stream we reset lately: the block was decoded, that is all.
+        if (this.resetIds.has(b.stream)) return;
+        // A stream id below one already used that was never opened, or one that closed: the peer
+        // can expect no answer on it (RFC 9113 5.1.1: a connection error).
+        throw new H2ConnectionError(H2_ERROR.PROTOCOL_ERROR, `HEADERS on stream ${b.stream}, below stream ${this.lastPeerStream} already opened`);
       }
       this.lastPeerStream = b.stream;
       if (this.goawaySent) return; // past our GOAWAY: ignored, the peer retries elsewhere
@@ -727,7 +914,7 @@ export class H2Session<U> {
         return;
       }
     } else if (s.remoteClosed) {
-      return this.reset(s, H2_ERROR.STREAM_CLOSED);
+      return this.streamError(s, H2_ERROR.STREAM_CLOSED);
     }
     if (endStream) this.closeRemote(s);
     this.h.onHeaders(s, headers, endStream, opened);

@@ -6,12 +6,13 @@
 import * as http from 'http';
 import * as grpc from '@grpc/grpc-js';
 import { QuiverError } from '../errors';
-import { requestBytesMax } from '../common/limits';
+import { handshakeTimeoutMs, httpConnectionsMax, httpReserveConnections, requestBytesMax, requestReceiveTimeoutMs } from '../common/limits';
 import { joinHostPort, splitHostPort } from '../common/address';
 import type { Database } from '../query/types';
 import { grpcHandlers, grpcJsImplementation, grpcMethods, grpcServiceDefinition } from './grpc';
-import { H2GrpcServer } from '../rpc/grpc-server';
+import { GrpcTransportLimits, H2GrpcServer } from '../rpc/grpc-server';
 import { HttpApi } from './http';
+import { HttpConnections } from './http-connections';
 import { Metrics } from './metrics';
 import { Service, Logger } from './service';
 
@@ -36,6 +37,13 @@ export interface ServerOptions {
    * 'grpc-js', @grpc/grpc-js's server. Both serve the same handlers and wire protocol.
    */
   grpcImpl?: GrpcImpl;
+  /** Bounds on connections and buffered bytes; defaults in src/common/limits.ts. */
+  limits?: Partial<TransportLimits>;
+}
+
+export interface TransportLimits extends GrpcTransportLimits {
+  httpConnectionsMax: number;
+  httpReserveConnections: number;
 }
 
 export type GrpcImpl = 'quiver' | 'grpc-js';
@@ -54,10 +62,17 @@ interface GrpcFrontEnd {
   forceShutdown(): void;
 }
 
-function grpcFrontEnd(impl: GrpcImpl, svc: Service): GrpcFrontEnd {
+function grpcFrontEnd(impl: GrpcImpl, svc: Service, limits: Partial<GrpcTransportLimits> | undefined): GrpcFrontEnd {
   const handlers = grpcHandlers(svc);
   if (impl === 'quiver') {
-    const server = new H2GrpcServer(grpcMethods(handlers), { receiveBytesMax: requestBytesMax });
+    const server = new H2GrpcServer(grpcMethods(handlers), {
+      receiveBytesMax: requestBytesMax,
+      limits,
+      onEvent: (event, error) => {
+        svc.metrics.observeTransport('grpc', event);
+        if (error !== undefined) svc.log.error(`quiver: grpc ${event}: ${error instanceof Error ? error.stack ?? error.message : String(error)}`);
+      },
+    });
     return { bind: (host, port) => server.listen(host, port), tryShutdown: () => server.tryShutdown(), forceShutdown: () => server.forceShutdown() };
   }
   const server = new grpc.Server({
@@ -92,13 +107,29 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const h = splitHostPort(opts.http ?? '127.0.0.1:7401', 'http address');
 
   const impl = checkGrpcImpl(opts.grpcImpl ?? 'quiver', 'grpcImpl');
-  const grpcServer = grpcFrontEnd(impl, svc);
+  const grpcServer = grpcFrontEnd(impl, svc, opts.limits);
   const grpcPort = await grpcServer.bind(g.host, g.port).catch((err: Error) => {
     throw new QuiverError('UNAVAILABLE', `cannot listen for gRPC on ${joinHostPort(g.host, g.port)}: ${err.message}`);
   });
 
   const api = new HttpApi(svc);
-  const httpServer = http.createServer({ requestTimeout: 0, keepAliveTimeout: 5000 }, api.listener);
+  const conns = new HttpConnections(
+    opts.limits?.httpConnectionsMax ?? httpConnectionsMax,
+    opts.limits?.httpReserveConnections ?? httpReserveConnections,
+    (event) => metrics.observeTransport('http', event),
+  );
+  const httpServer = http.createServer(
+    {
+      // The headers of a request within the handshake deadline, the whole request within the
+      // receive deadline (node checks both every connectionsCheckingInterval).
+      headersTimeout: opts.limits?.handshakeTimeoutMs ?? handshakeTimeoutMs,
+      requestTimeout: opts.limits?.requestReceiveTimeoutMs ?? requestReceiveTimeoutMs,
+      connectionsCheckingInterval: 1000,
+      keepAliveTimeout: 5000,
+    },
+    conns.wrap(api.listener),
+  );
+  httpServer.on('connection', conns.accept);
   try {
     await new Promise<void>((resolve, reject) => {
       httpServer.once('error', (e) => reject(new QuiverError('UNAVAILABLE', `cannot listen for HTTP on ${joinHostPort(h.host, h.port)}: ${e.message}`)));
@@ -108,6 +139,11 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     grpcServer.forceShutdown();
     throw e;
   }
+  // Past listen, an error is one accept() that failed (e.g. out of file descriptors): logged, the listener goes on.
+  httpServer.on('error', (e) => {
+    metrics.observeTransport('http', 'accept_failed');
+    svc.log.error(`quiver: http accept_failed: ${e.message}`);
+  });
   const httpPort = (httpServer.address() as { port: number }).port;
   svc.addresses = { grpc: joinHostPort(g.host, grpcPort), http: joinHostPort(h.host, httpPort) };
 

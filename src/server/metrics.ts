@@ -30,6 +30,13 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  private readonly transportEvents = new client.Counter({
+    name: 'quiver_transport_events_total',
+    help: 'What a server did on its own to a connection or a call (connection refused or displaced at the cap, timeouts, requests refused for the buffer limit, connections closed for unread answers, protocol errors, floods, internal errors)',
+    labelNames: ['transport', 'event'] as const,
+    registers: [this.registry],
+  });
+
   private readonly walBytes = new client.Counter({
     name: 'quiver_wal_bytes_written_total',
     help: 'Bytes appended to the WAL',
@@ -114,6 +121,10 @@ export class Metrics {
   observeRequest(op: string, transport: Transport, code: string, seconds: number): void {
     this.requests.inc({ op, transport, code });
     this.latency.observe({ op, transport }, seconds);
+  }
+
+  observeTransport(transport: Transport, event: string): void {
+    this.transportEvents.inc({ transport, event });
   }
 
   async text(): Promise<string> {

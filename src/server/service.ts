@@ -39,7 +39,7 @@ export class Service {
   constructor(
     readonly db: Database,
     readonly metrics: Metrics,
-    private readonly log: Logger = { error: (m) => process.stderr.write(`${m}\n`) },
+    readonly log: Logger = { error: (m) => process.stderr.write(`${m}\n`) },
   ) {}
 
   get isDraining(): boolean {

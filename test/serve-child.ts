@@ -1,0 +1,55 @@
+/**
+ * `quiver serve` as a child process (bin/quiver.js over the compiled dist/): started with the
+ * given flags, ready once it printed where it listens. Every child still running when the test
+ * file ends is killed.
+ */
+import { ChildProcess, spawn } from 'child_process';
+import * as path from 'path';
+import { afterAll } from 'vitest';
+
+const ROOT = path.resolve(__dirname, '..');
+const BIN = path.join(ROOT, 'bin', 'quiver.js');
+const children = new Set<ChildProcess>();
+
+afterAll(() => {
+  for (const c of children) if (c.pid) process.kill(c.pid, 'SIGKILL');
+});
+
+export interface ServeChild {
+  child: ChildProcess;
+  /** host:port of gRPC; http://host:port of HTTP. */
+  grpc: string;
+  http: string;
+  output: () => string;
+  exited: Promise<number | null>;
+}
+
+export function startServe(args: string[]): Promise<ServeChild> {
+  const child = spawn(process.execPath, [BIN, 'serve', ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  children.add(child);
+  let out = '';
+  const exited = new Promise<number | null>((resolve) =>
+    child.on('exit', (code) => {
+      children.delete(child);
+      resolve(code);
+    }),
+  );
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`quiver serve did not become ready:\n${out}`)), 60_000);
+    const onData = (b: Buffer) => {
+      out += b.toString();
+      const g = /grpc listening on (\S+)/.exec(out);
+      const h = /http listening on http:\/\/(\S+)/.exec(out);
+      if (g && h && /quiver: ready/.test(out)) {
+        clearTimeout(timer);
+        resolve({ child, grpc: g[1], http: `http://${h[1]}`, output: () => out, exited });
+      }
+    };
+    child.stdout!.on('data', onData);
+    child.stderr!.on('data', (b: Buffer) => (out += b.toString()));
+    exited.then((code) => {
+      clearTimeout(timer);
+      reject(new Error(`quiver serve exited with ${code} before ready:\n${out}`));
+    });
+  });
+}
