@@ -7,7 +7,8 @@ import * as http from 'http';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QuiverClient } from '../src/client';
-import { QUIVER_CODE_KEY, quiverService } from '../src/rpc/proto';
+import { QUIVER_CODE_KEY, generatedMethods } from '../src/rpc/proto';
+import { grpcJsDefinition } from '../src/server/grpc';
 import { batchPointsMax, idBytesMax, payloadBytesMax, requestBytesMax, topKMax } from '../src/common/limits';
 import { Metrics, Service } from '../src/server';
 import { Harness, httpJson, startHarness, vec } from './server-harness';
@@ -21,9 +22,12 @@ function expectHttpError(a: { status: number; body: any }, status: number, code:
   expect(typeof a.body?.error?.message).toBe('string');
 }
 
-/** A bare generated stub, for requests the typed client would never send (raw floats, bad JSON). */
+/**
+ * A grpc-js stub with the generated codecs only, for requests the typed client would never send
+ * (raw floats, bad JSON).
+ */
 function rawCall(address: string, method: string, req: unknown): Promise<{ code: number; quiverCode?: string; res?: any }> {
-  const Ctor = quiverService();
+  const Ctor = grpc.makeGenericClientConstructor(grpcJsDefinition(generatedMethods), 'Quiver');
   const stub = new Ctor(address, grpc.credentials.createInsecure()) as any;
   return new Promise((resolve) => {
     stub[method](req, { deadline: Date.now() + 10_000 }, (err: grpc.ServiceError | null, res: unknown) => {
@@ -119,7 +123,7 @@ describe('gRPC: every operation', () => {
       points: [{ id: 'f', vector: { values: [1, 2, 3, 4] }, payloadJson: '{"a":1}' }],
     });
     expect(r.code).toBe(0);
-    expect(r.res.count).toBe(1);
+    expect(r.res.count).toBe(1n);
     const g = await rawCall(h.server.grpcAddress, 'Get', { collection: 'g2', ids: ['f'], withVectors: true, withPayload: true, floatVectors: true });
     expect(g.res.points[0].vector.values).toEqual([1, 2, 3, 4]);
     expect(JSON.parse(g.res.points[0].payloadJson)).toEqual({ a: 1 });
@@ -127,7 +131,7 @@ describe('gRPC: every operation', () => {
     expect(s.res.hits[0].id).toBe('f');
     const st = await rawCall(h.server.grpcAddress, 'ClusterStatus', {});
     const shard = st.res.shards.find((x: any) => x.collection === 'g2');
-    expect(shard.lastLsn).toBeGreaterThan(0);
+    expect(shard.lastLsn).toBeGreaterThan(0n);
     expect(shard.lag).toBe(shard.lastLsn - shard.appliedLsn);
     await client.dropCollection('g2');
   });

@@ -22,7 +22,7 @@ import * as net from 'net';
 import { defaultDeadlineMs } from '../common/limits';
 import { H2Session, H2Stream, H2_ERROR } from './h2';
 import type { HeaderList } from './hpack';
-import { GRPC_STATUS_OF, QUIVER_CODE_KEY } from './proto';
+import { GRPC_STATUS, QUIVER_CODE_KEY, grpcStatusOf } from './proto';
 import { asQuiverError } from '../server/validate';
 
 /** One unary method: its wire codec and the handler (rejects with a QuiverError). */
@@ -36,8 +36,6 @@ export interface GrpcMethod {
    */
   reusesRequest?: boolean;
 }
-
-const STATUS = { INVALID_ARGUMENT: 3, RESOURCE_EXHAUSTED: 8, UNIMPLEMENTED: 12 } as const;
 
 interface Call {
   method: GrpcMethod | null;
@@ -236,7 +234,7 @@ export class H2GrpcServer {
       call.done = true;
       return session.reset(s, H2_ERROR.REFUSED_STREAM);
     }
-    if (!headers) return this.fail(session, s, STATUS.RESOURCE_EXHAUSTED, 'the request headers are over 64 KiB', 'RESOURCE_EXHAUSTED');
+    if (!headers) return this.fail(session, s, GRPC_STATUS.RESOURCE_EXHAUSTED, 'the request headers are over 64 KiB', 'RESOURCE_EXHAUSTED');
     let method = '';
     let path = '';
     let contentType = '';
@@ -265,12 +263,12 @@ export class H2GrpcServer {
       return this.answerOnly(session, s, [[':status', method !== 'POST' ? '405' : '415']]);
     }
     const m = this.methods.get(path);
-    if (!m) return this.fail(session, s, STATUS.UNIMPLEMENTED, `unknown method ${path}`);
-    if (encoding !== '' && encoding !== 'identity') return this.fail(session, s, STATUS.UNIMPLEMENTED, `grpc-encoding ${encoding} is not supported`);
+    if (!m) return this.fail(session, s, GRPC_STATUS.UNIMPLEMENTED, `unknown method ${path}`);
+    if (encoding !== '' && encoding !== 'identity') return this.fail(session, s, GRPC_STATUS.UNIMPLEMENTED, `grpc-encoding ${encoding} is not supported`);
     let ms: number | undefined = defaultDeadlineMs;
     if (timeout !== undefined) {
       ms = parseGrpcTimeout(timeout);
-      if (ms === undefined) return this.fail(session, s, STATUS.INVALID_ARGUMENT, `malformed grpc-timeout '${timeout}'`, 'INVALID_ARGUMENT');
+      if (ms === undefined) return this.fail(session, s, GRPC_STATUS.INVALID_ARGUMENT, `malformed grpc-timeout '${timeout}'`, 'INVALID_ARGUMENT');
     }
     call.method = m;
     call.deadlineAt = Date.now() + ms;
@@ -321,15 +319,15 @@ export class H2GrpcServer {
     const body = call.buf ? call.buf.subarray(0, call.bytes) : call.chunks.length === 1 ? call.chunks[0] : Buffer.concat(call.chunks, call.bytes);
     call.chunks = [];
     if (body.length < 5 || body.readUInt32BE(1) !== body.length - 5) {
-      return this.fail(session, s, STATUS.INVALID_ARGUMENT, 'the request is not one length-prefixed gRPC message', 'INVALID_ARGUMENT');
+      return this.fail(session, s, GRPC_STATUS.INVALID_ARGUMENT, 'the request is not one length-prefixed gRPC message', 'INVALID_ARGUMENT');
     }
-    if (body[0] !== 0) return this.fail(session, s, STATUS.UNIMPLEMENTED, 'compressed messages are not supported');
+    if (body[0] !== 0) return this.fail(session, s, GRPC_STATUS.UNIMPLEMENTED, 'compressed messages are not supported');
     const m = call.method;
     let request: unknown;
     try {
       request = m.decode(body.subarray(5));
     } catch (e) {
-      return this.fail(session, s, STATUS.INVALID_ARGUMENT, `the request could not be decoded: ${(e as Error).message}`, 'INVALID_ARGUMENT');
+      return this.fail(session, s, GRPC_STATUS.INVALID_ARGUMENT, `the request could not be decoded: ${(e as Error).message}`, 'INVALID_ARGUMENT');
     }
     call.done = true;
     const conn = this.sessions.get(session);
@@ -345,7 +343,7 @@ export class H2GrpcServer {
         try {
           msg = m.encode(answer);
         } catch (e) {
-          return this.fail(session, s, GRPC_STATUS_OF.INTERNAL, `the answer could not be encoded: ${(e as Error).message}`, 'INTERNAL');
+          return this.fail(session, s, GRPC_STATUS.INTERNAL, `the answer could not be encoded: ${(e as Error).message}`, 'INTERNAL');
         }
         const prefix = Buffer.allocUnsafe(5);
         prefix[0] = 0;
@@ -356,7 +354,7 @@ export class H2GrpcServer {
       (e) => {
         finished();
         const qe = asQuiverError(e);
-        this.fail(session, s, GRPC_STATUS_OF[qe.code], qe.message, qe.code);
+        this.fail(session, s, grpcStatusOf(qe.code), qe.message, qe.code);
       },
     );
   }
@@ -374,11 +372,11 @@ export class H2GrpcServer {
   }
 
   private failTooLarge(session: H2Session<Call>, s: H2Stream<Call>): void {
-    this.fail(session, s, STATUS.RESOURCE_EXHAUSTED, `the request is over ${this.opts.receiveBytesMax} bytes`, 'RESOURCE_EXHAUSTED');
+    this.fail(session, s, GRPC_STATUS.RESOURCE_EXHAUSTED, `the request is over ${this.opts.receiveBytesMax} bytes`, 'RESOURCE_EXHAUSTED');
   }
 
   private failOverPrefix(session: H2Session<Call>, s: H2Stream<Call>): void {
-    this.fail(session, s, STATUS.INVALID_ARGUMENT, 'the request is longer than its length prefix', 'INVALID_ARGUMENT');
+    this.fail(session, s, GRPC_STATUS.INVALID_ARGUMENT, 'the request is longer than its length prefix', 'INVALID_ARGUMENT');
   }
 
   /** Answers with one HEADERS (END_STREAM); what the client still sends is cut off with RST_STREAM(NO_ERROR). */
