@@ -3,37 +3,16 @@
  * starts, prints where it listens, serves both transports, stops on SIGTERM / SIGINT with exit
  * code 0 after finishing in-flight requests, and the data is back after a restart.
  */
-import { ChildProcess, execFileSync, spawn } from 'child_process';
+import { ChildProcess, spawn } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QuiverClient } from '../src/client';
 import { QuiverError } from '../src/errors';
 import { httpJson, tempDir, vec } from './server-harness';
+import { BIN, ROOT, ensureBuilt, runQuiver } from './cli-helpers';
 
-const ROOT = path.resolve(__dirname, '..');
-const BIN = path.join(ROOT, 'bin', 'quiver.js');
 const children = new Set<ChildProcess>();
-
-function newestMtime(dir: string): number {
-  let t = 0;
-  for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
-    const p = path.join(dir, e.name);
-    t = Math.max(t, e.isDirectory() ? newestMtime(p) : fs.statSync(p).mtimeMs);
-  }
-  return t;
-}
-
-/** Compiles the TypeScript when dist/ is missing or older than src/. */
-function ensureBuilt(): void {
-  const out = path.join(ROOT, 'dist', 'src', 'cli', 'serve.js');
-  if (fs.existsSync(out) && fs.statSync(out).mtimeMs >= newestMtime(path.join(ROOT, 'src'))) return;
-  try {
-    execFileSync(process.execPath, [path.join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', ROOT], { stdio: 'pipe' });
-  } catch {
-    // tsc reports errors elsewhere in the tree but still emits; the spawn below fails if ours did not.
-  }
-}
 
 interface Node {
   child: ChildProcess;
@@ -74,13 +53,8 @@ function startNode(args: string[]): Promise<Node> {
 }
 
 function run(args: string[]): { code: number | null; out: string } {
-  try {
-    const out = execFileSync(process.execPath, [BIN, 'serve', ...args], { cwd: ROOT, stdio: 'pipe', timeout: 30_000 }).toString();
-    return { code: 0, out };
-  } catch (e) {
-    const err = e as { status: number | null; stdout: Buffer; stderr: Buffer };
-    return { code: err.status, out: `${err.stdout}${err.stderr}` };
-  }
+  const r = runQuiver(['serve', ...args]);
+  return { code: r.code, out: r.stdout + r.stderr };
 }
 
 const DIM = 8;
