@@ -3,7 +3,8 @@
  * texts (every benchmark listed, every flag of every command documented), strict flags (an
  * unknown flag or a missing value exits 2 naming the flag), unknown benchmarks, the benchmarks
  * loaded by path from the built package (and a clear error where they are absent), and the
- * package's `quiverdb/client` entry type-checking for a consumer on `moduleResolution: node`.
+ * package's `quiverdb/client` entry: light (no native addon) and type-checking for a consumer on
+ * `moduleResolution: node`.
  */
 import { execFileSync } from 'child_process';
 import * as fs from 'fs';
@@ -117,7 +118,17 @@ describe('quiver', () => {
   });
 });
 
-describe('the package for TypeScript consumers', () => {
+describe('the package for consumers', () => {
+  it('quiverdb/client loads neither the native addon nor the server', () => {
+    const probe = [
+      `require(${JSON.stringify(path.join(ROOT, 'dist', 'src', 'client', 'index.js'))});`,
+      "const loaded = Object.keys(require.cache);",
+      "console.log(JSON.stringify(loaded.filter((p) => p.endsWith('.node') || /[\\/](native|server|query)[\\/]/.test(p))));",
+    ].join('\n');
+    const out = execFileSync(process.execPath, ['-e', probe], { stdio: 'pipe' }).toString();
+    expect(JSON.parse(out)).toEqual([]);
+  });
+
   // A consumer project whose node_modules/quiverdb is this repository (as npm links a local
   // package), compiled with tsc against the built declarations.
   function typeCheck(moduleResolution: string, module: string): { code: number; out: string } {

@@ -3,18 +3,8 @@
  * noted) before anything changes; the server runs the same checks through the Database.
  */
 import { QuiverError } from '../errors';
-import {
-  batchPointsMax,
-  collectionNamePattern,
-  dimMax,
-  efMax,
-  idBytesMax,
-  payloadBytesMax,
-  requestBytesMax,
-  searchBatchMax,
-  shardsMax,
-  topKMax,
-} from '../common/limits';
+import { batchPointsMax, collectionNamePattern, idBytesMax, payloadBytesMax, requestBytesMax, searchBatchMax, shardsMax } from '../common/limits';
+import { dimMax, efMax, topKMax } from '../native/limits';
 import { METRICS } from '../native';
 import type { CollectionSpec, IndexSpec, Payload, PointInput, WriteConcern } from './types';
 export type { UpsertColumns } from './types';

@@ -4,16 +4,8 @@
  * checks make a malformed request fail before it reaches it, with INVALID_ARGUMENT.
  */
 import { QuiverError, invalidArgument, isErrorCode } from '../errors';
-import {
-  batchPointsMax,
-  efMax,
-  filterDepthMax,
-  filterNodesMax,
-  idBytesMax,
-  payloadBytesMax,
-  searchBatchMax,
-  topKMax,
-} from '../common/limits';
+import { batchPointsMax, filterDepthMax, filterNodesMax, idBytesMax, payloadBytesMax, searchBatchMax } from '../common/limits';
+import { efMax, topKMax } from '../native/limits';
 import { firstNonFinite } from '../query/validate';
 import type { Consistency, Filter, Payload, PointInput, SearchRequest, WriteToken } from '../query/types';
 

@@ -132,11 +132,6 @@ export function encodeEntryParts(e: EntryInput & { lsn: number; commitLsn: numbe
   return { parts, length: head.length + bodyLen + ENTRY_TRAILER_BYTES };
 }
 
-/** One entry as one buffer, CRC included. */
-export function encodeEntry(e: EntryInput & { lsn: number; commitLsn: number }): Buffer {
-  return Buffer.concat(encodeEntryParts(e).parts);
-}
-
 export type DecodeResult =
   | { ok: true; entry: WalEntry; bytes: number }
   /** `length`: the whole entry's size when its header is plausible (to look past it), else -1. */
