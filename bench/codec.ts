@@ -96,7 +96,6 @@ function rows(dim: number, points: number): Row[] {
   const batch = { batches: Array.from({ length: 10 }, () => ({ hits: hits(10) })) };
   const reqBytes = Buffer.from(genEncode(SearchRequestSchema, req));
   const resBytes = Buffer.from(genEncode(SearchResponseSchema, res));
-  const batchBytes = Buffer.from(genEncode(SearchBatchResponseSchema, batch));
 
   const vectors = Array.from({ length: points }, () => Float32Array.from({ length: dim }, () => r()));
   const ids = vectors.map((_, i) => `id-${i}`);

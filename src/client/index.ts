@@ -86,7 +86,7 @@ export class QuiverClient {
   private readonly retries: number;
   private readonly backoffMs: number;
 
-  private constructor(addresses: string[], private readonly opts: ClientOptions) {
+  private constructor(addresses: string[], opts: ClientOptions) {
     this.channels = addresses.map((a) => new GrpcChannel(a, requestBytesMax));
     this.deadlineMs = opts.deadlineMs ?? defaultDeadlineMs;
     this.retries = opts.retries ?? 4;

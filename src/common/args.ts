@@ -84,7 +84,3 @@ export function choiceFlag<T extends string>(f: Flags, name: string, choices: re
   if (!(choices as readonly string[]).includes(v)) throw new UsageError(`--${name} must be one of ${choices.join(', ')}, got '${v}'`);
   return v as T;
 }
-
-export function boolFlag(f: Flags, name: string): boolean {
-  return f.values[name] === true;
-}
