@@ -119,11 +119,11 @@ describe('quiver', () => {
 });
 
 describe('the package for consumers', () => {
-  it('quiverdb/client loads neither the native addon nor the server', () => {
+  it('quiverdb/client loads neither the native addon, nor the server, nor grpc-js or protobufjs', () => {
     const probe = [
       `require(${JSON.stringify(path.join(ROOT, 'dist', 'src', 'client', 'index.js'))});`,
       "const loaded = Object.keys(require.cache);",
-      "console.log(JSON.stringify(loaded.filter((p) => p.endsWith('.node') || /[\\/](native|server|query)[\\/]/.test(p))));",
+      "console.log(JSON.stringify(loaded.filter((p) => p.endsWith('.node') || /[\\/](native|server|query|@grpc|protobufjs)[\\/]/.test(p))));",
     ].join('\n');
     const out = execFileSync(process.execPath, ['-e', probe], { stdio: 'pipe' }).toString();
     expect(JSON.parse(out)).toEqual([]);

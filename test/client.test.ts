@@ -184,6 +184,19 @@ describe('client retries with idempotency keys', () => {
   });
 });
 
+describe('input the wire types cannot carry', () => {
+  it('is INVALID_ARGUMENT before anything is sent (a fractional or negative dimension is not rounded or wrapped)', async () => {
+    const c = await QuiverClient.connect(h.server.grpcAddress, { retries: 0 });
+    try {
+      const before = await c.listCollections();
+      for (const dim of [1.5, -4, 2 ** 32, NaN]) await expectCode(c.createCollection({ name: 'frac', dim }), 'INVALID_ARGUMENT');
+      expect(await c.listCollections()).toEqual(before);
+    } finally {
+      c.close();
+    }
+  });
+});
+
 describe('the client against the @grpc/grpc-js server (--grpc-impl grpc-js)', () => {
   it('every operation: the generated and hand-written codecs on both sides of grpc-js', async () => {
     const db = await openDatabase({ dataDir: tempDir('quiver-grpcjs-'), snapshotIntervalMs: 0 });

@@ -171,7 +171,7 @@ export class QuiverClient {
       const payloadJsons = points.some((p) => p.payload !== undefined) ? points.map((p) => (p.payload === undefined ? '' : JSON.stringify(p.payload))) : [];
       const ids = points.map((p) => p.id);
       const encoded = encodeUpsertColumns({ collection, idempotencyKey, ids, vectors: points.map((p) => p.vector), dim, payloadJsons });
-      const r = await this.call('upsert', { collection, idempotencyKey, ids, payloadJsons }, o, encoded);
+      const r = await this.call('upsert', encoded, o);
       return { upserted: Number(r.count), token: tokenFromWire(r.token) };
     }
     const req: RequestInit<'upsert'> = {
@@ -244,14 +244,24 @@ export class QuiverClient {
 
   // ---- transport ----
 
-  /** `encoded`: req already serialized (sent as is by every attempt). */
-  private async call<M extends MethodName>(method: M, req: RequestInit<M>, o: CallOptions, encoded?: Buffer): Promise<ResponseOf<M>> {
+  /**
+   * One call, retried as the options say. The request is encoded once, before the first attempt
+   * (a Buffer is taken as already encoded: the column upsert); a request the codec cannot encode
+   * (a value outside its field's type) is INVALID_ARGUMENT.
+   */
+  private async call<M extends MethodName>(method: M, request: RequestInit<M> | Buffer, o: CallOptions): Promise<ResponseOf<M>> {
     const codec = quiverMethods[method];
+    let encoded: Buffer;
+    try {
+      encoded = Buffer.isBuffer(request) ? request : codec.requestSerialize(request);
+    } catch (e) {
+      throw new QuiverError('INVALID_ARGUMENT', `the ${codec.name} request could not be encoded: ${(e as Error).message}`);
+    }
     let ambiguous = false;
     for (let attempt = 0; ; attempt++) {
       const channel = this.channels[this.current];
       try {
-        return await channel.unary(codec, req, Date.now() + (o.deadlineMs ?? this.deadlineMs), encoded);
+        return await channel.unary(codec, request as RequestInit<M>, Date.now() + (o.deadlineMs ?? this.deadlineMs), encoded);
       } catch (e) {
         const qe = e as RetriedError;
         qe.afterAmbiguous = ambiguous;
