@@ -13,6 +13,8 @@
  *                the hand-written one copies each vector once, straight into the message), and
  *                decode (generated only: what the server runs)
  *   memcpy       one copy of those vectors (3.1 MB): the floor of an encoder that copies them once
+ *   count        the four steps of a Count call (generated only): what every call without a
+ *                hand-written codec pays at least
  *
  * Each figure is the median over --rounds rounds of the time per call over --ms milliseconds;
  * within a round the two sides alternate, so load on a shared machine hits both alike.
@@ -21,6 +23,8 @@ import { create, fromBinary, toBinary } from '@bufbuild/protobuf';
 import type { DescMessage, MessageInitShape } from '@bufbuild/protobuf';
 import { CommandSpec, intFlag, parseCommandLine } from '../src/common/args';
 import {
+  CountRequestSchema,
+  CountResponseSchema,
   SearchBatchResponseSchema,
   SearchRequestSchema,
   SearchResponseSchema,
@@ -42,7 +46,8 @@ import { machine, table, writeJson } from './report';
 const USAGE = `usage: quiver bench codec [options]
 
 The wire codecs in a tight loop: the generated code (protoc-gen-es) against the hand-written
-codecs of src/rpc (search request and answer, search-batch answer, column upsert); per call.
+codecs of src/rpc (search request and answer, search-batch answer, column upsert), and Count's
+generated codec alone; per call.
 
 options:
   --rounds N   rounds, each timing every codec on both sides in turn; medians reported (default 7)
@@ -133,6 +138,13 @@ function rows(dim: number, points: number): Row[] {
       hand: () => encodeUpsertColumns(upsert).length,
     },
     { name: `upsert decode (${points} x ${dim})`, generated: () => fromBinary(UpsertRequestSchema, upsertBytes).ids.length, hand: null },
+    {
+      name: 'count: 4 steps',
+      generated: () =>
+        fromBinary(CountRequestSchema, genEncode(CountRequestSchema, { collection: 'bench' })).collection.length +
+        Number(fromBinary(CountResponseSchema, genEncode(CountResponseSchema, { count: 60_000n })).count),
+      hand: null,
+    },
     {
       name: `memcpy of the vectors (${((points * dim * 4) / 1e6).toFixed(1)} MB)`,
       generated: () => {
