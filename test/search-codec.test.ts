@@ -6,7 +6,9 @@
  * input.
  */
 import { describe, expect, it } from 'vitest';
-import { generatedMethods, quiverMethods } from '../src/rpc/proto';
+import type { MessageInitShape } from '@bufbuild/protobuf';
+import type { SearchHitSchema, VectorSchema } from '../src/rpc/gen/quiver_pb';
+import { RequestInit, generatedMethods, quiverMethods } from '../src/rpc/proto';
 import {
   decodeSearchBatchResponse,
   decodeSearchRequest,
@@ -16,17 +18,13 @@ import {
   encodeSearchResponse,
 } from '../src/rpc/search-codec';
 
-/* eslint-disable @typescript-eslint/no-explicit-any */
-const gen = {
-  Search: generatedMethods.search as any,
-  SearchBatch: generatedMethods.searchBatch as any,
-};
+const gen = { Search: generatedMethods.search, SearchBatch: generatedMethods.searchBatch };
 
 /**
  * Byte arrays as plain arrays, so that views of different memory compare by content; `$unknown`
  * (where the generated decoder keeps unknown fields, which ours skips) left out.
  */
-function plain(v: any): any {
+function plain(v: unknown): unknown {
   if (v instanceof Uint8Array) return { bytes: Array.from(v) };
   if (Array.isArray(v)) return v.map(plain);
   if (v && typeof v === 'object') return Object.fromEntries(Object.entries(v).filter(([k]) => k !== '$unknown').map(([k, x]) => [k, plain(x)]));
@@ -48,7 +46,7 @@ function rng(seed: number): () => number {
 
 const STRINGS = ['', 'a', '12345', 'ü-ñ-漢字', '😀 emoji', 'x'.repeat(63), 'y'.repeat(64), 'z'.repeat(65), 'é'.repeat(40), '{"a":1,"b":[1,2]}'];
 
-function randomVector(r: () => number): any {
+function randomVector(r: () => number): MessageInitShape<typeof VectorSchema> | undefined {
   const n = Math.floor(r() * 5);
   const vals = Array.from({ length: n }, () => Math.fround((r() - 0.5) * 1000));
   const k = r();
@@ -57,7 +55,7 @@ function randomVector(r: () => number): any {
   return { data: Buffer.from(new Float32Array(vals).buffer) };
 }
 
-function randomHit(r: () => number): any {
+function randomHit(r: () => number): MessageInitShape<typeof SearchHitSchema> {
   const d = r();
   return {
     id: STRINGS[Math.floor(r() * STRINGS.length)] || 'id',
@@ -67,7 +65,7 @@ function randomHit(r: () => number): any {
   };
 }
 
-function randomRequest(r: () => number): any {
+function randomRequest(r: () => number): RequestInit<'search'> {
   const token: Record<string, bigint> = {};
   if (r() < 0.5) for (let i = 0; i < 3; i++) token[`${i}`] = BigInt(Math.floor(r() * 2 ** 40));
   if (r() < 0.2) token['zero'] = 0n;
@@ -153,8 +151,8 @@ describe('search codecs', () => {
       0x5a, 0x01, 0x00, // field 11 bytes (unknown)
     ]);
     const msg = Buffer.concat([Buffer.from([0x0a, hit.length]), hit]);
-    const want = plain(gen.Search.responseDeserialize(msg));
-    expect(plain(decodeSearchResponse(msg))).toEqual(want);
+    const want = gen.Search.responseDeserialize(msg);
+    expect(plain(decodeSearchResponse(msg))).toEqual(plain(want));
     expect(want.hits[0]).toMatchObject({ id: 'A', payloadJson: '{}', distance: 0, vector: { values: [1, 2] } });
     // a token entry without its key or value, and one whose value comes first
     const opts = Buffer.from([
