@@ -10,6 +10,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { FlatIndex, IvfPqIndex, gpuInfo } from '../src/native';
+import { CommandSpec, UsageError, choiceFlag, intFlag, listFlag, parseCommandLine } from '../src/common/args';
 import { fashionMnist, groundTruth, median, recallAtK, sequence, synthetic, Dataset } from './datasets';
 
 const USAGE = `usage: quiver bench ann --index ivfpq [options]
@@ -38,44 +39,31 @@ interface Args {
   device: string;
 }
 
-function parse(argv: string[]): Args | string {
-  const a: Args = { dataset: 'fashion-mnist', nlist: 1024, m: 49, refine: 10, nprobe: [4, 8, 12, 16, 24, 32], threads: 2, runs: 3, device: 'cpu' };
-  for (let i = 0; i < argv.length; i++) {
-    const key = argv[i];
-    const val = argv[i + 1];
-    const num = (): number => {
-      const v = Number(val);
-      if (!Number.isInteger(v) || v < 0) throw new Error(`${key} needs a non-negative integer`);
-      i++;
-      return v;
-    };
-    switch (key) {
-      case '--index':
-        if (val !== 'ivfpq') return `this benchmark is --index ivfpq, not ${val}`;
-        i++;
-        break;
-      case '--dataset': a.dataset = val; i++; break;
-      case '--base': a.base = num(); break;
-      case '--queries': a.queries = num(); break;
-      case '--nlist': a.nlist = num(); break;
-      case '--m': a.m = num(); break;
-      case '--refine': a.refine = num(); break;
-      case '--threads': a.threads = num(); break;
-      case '--runs': a.runs = Math.max(1, num()); break;
-      case '--device': a.device = val; i++; break;
-      case '--nprobe':
-        a.nprobe = String(val).split(',').map(Number);
-        if (a.nprobe.some((v) => !Number.isInteger(v) || v < 1)) return '--nprobe needs a list of positive integers';
-        i++;
-        break;
-      case '--help':
-        return '';
-      default:
-        return `unknown option ${key}`;
-    }
-  }
-  if (a.device !== 'cpu' && a.device !== 'cuda') return '--device is cpu or cuda';
-  return a;
+export const IVFPQ_SPEC: CommandSpec = {
+  usage: USAGE,
+  flags: Object.fromEntries(['index', 'dataset', 'base', 'queries', 'nlist', 'm', 'refine', 'nprobe', 'threads', 'runs', 'device'].map((k) => [k, { type: 'string' }])),
+};
+
+function parse(argv: string[]): Args | null {
+  const f = parseCommandLine(argv, IVFPQ_SPEC);
+  if (!f) return null;
+  choiceFlag(f, 'index', ['ivfpq'], 'ivfpq');
+  const base = intFlag(f, 'base', 0, 0);
+  const queries = intFlag(f, 'queries', 0, 0);
+  const nprobe = listFlag(f, 'nprobe', [4, 8, 12, 16, 24, 32]);
+  if (nprobe.some((v) => !Number.isInteger(v) || v < 1)) throw new UsageError('--nprobe needs a list of positive integers');
+  return {
+    dataset: choiceFlag(f, 'dataset', ['fashion-mnist', 'synthetic'], 'fashion-mnist'),
+    base: base || undefined,
+    queries: queries || undefined,
+    nlist: intFlag(f, 'nlist', 1024, 0),
+    m: intFlag(f, 'm', 49, 0),
+    refine: intFlag(f, 'refine', 10, 0),
+    nprobe,
+    threads: intFlag(f, 'threads', 2, 0),
+    runs: Math.max(1, intFlag(f, 'runs', 3, 0)),
+    device: choiceFlag(f, 'device', ['cpu', 'cuda'], 'cpu'),
+  };
 }
 
 function load(a: Args): Dataset {
@@ -97,11 +85,7 @@ function machine(): Record<string, unknown> {
 
 export async function runIvfPq(argv: string[]): Promise<number> {
   const a = parse(argv);
-  if (typeof a === 'string') {
-    if (a) process.stderr.write(`${a}\n`);
-    process.stdout.write(USAGE);
-    return a ? 2 : 0;
-  }
+  if (!a) return 0;
   if (a.device === 'cuda') return runCuda(a);
   const k = 10;
   const ds = load(a);

@@ -17,7 +17,8 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { HnswIndex, searchLaneStats, simdLevel } from '../src/native';
-import { flagBool, flagInt, flagList, flagString, parseArgs } from '../src/cli/args';
+import { parseArgs } from 'node:util';
+import { CommandSpec, choiceFlag, intFlag, listFlag, parseCommandLine, stringFlag } from '../src/common/args';
 import { Dataset, fashionMnist, groundTruth, median, recallAtK, sequence, synthetic } from './datasets';
 import { lineChart, Series } from './svg';
 import { runIvfPq } from './ann-ivfpq';
@@ -33,8 +34,14 @@ const USAGE = `usage: quiver bench ann [options]
   --runs R                      passes of the single-thread loop per point, median taken (default 3)
   --m M --efc E                 graph parameters for every system (default 16, 200)
   --out DIR                     results directory (default bench/results)
-  --index ivfpq                 run the IVF-PQ benchmark instead (bench/ann-ivfpq.ts)
+  --index hnsw|ivfpq            ivfpq: run the IVF-PQ benchmark instead, with its own flags
+                                (quiver bench ann --index ivfpq --help)
 `;
+
+export const SPEC: CommandSpec = {
+  usage: USAGE,
+  flags: Object.fromEntries(['dataset', 'n', 'queries', 'ef', 'peers', 'threads', 'runs', 'm', 'efc', 'out', 'index'].map((k) => [k, { type: 'string' }])),
+};
 
 const K = 10;
 
@@ -305,41 +312,33 @@ export function qpsAtRecall(points: Point[], r: number): number | null {
 }
 
 export async function run(argv: string[]): Promise<number> {
-  const args = parseArgs(argv, ['help']);
-  // IVF-PQ has its own benchmark (and its own --help).
-  if (flagString(args, 'index', 'hnsw') === 'ivfpq') return runIvfPq(argv);
-  if (flagBool(args, 'help')) {
-    process.stdout.write(USAGE);
-    return 0;
-  }
-  if (flagString(args, 'index', 'hnsw') !== 'hnsw') {
-    process.stderr.write(`--index must be hnsw or ivfpq\n${USAGE}`);
-    return 2;
-  }
+  // IVF-PQ has its own benchmark, flags and --help: only --index is read here before handing over.
+  const index = parseArgs({ args: argv, options: { index: { type: 'string' } }, strict: false }).values.index;
+  if (index === 'ivfpq') return runIvfPq(argv);
+  const args = parseCommandLine(argv, SPEC);
+  if (!args) return 0;
+  choiceFlag(args, 'index', ['hnsw', 'ivfpq'], 'hnsw');
 
-  const dataset = flagString(args, 'dataset', 'fashion')!;
-  const nArg = flagInt(args, 'n', 0);
-  const qArg = flagInt(args, 'queries', 0);
+  const dataset = choiceFlag(args, 'dataset', ['fashion', 'synthetic'], 'fashion');
+  const nArg = intFlag(args, 'n', 0, 0);
+  const qArg = intFlag(args, 'queries', 0, 0);
   let ds: Dataset;
   if (dataset === 'fashion') {
     ds = fashionMnist(nArg || undefined, qArg || undefined);
-  } else if (dataset === 'synthetic') {
-    ds = synthetic({ nBase: nArg || 200_000, nQueries: qArg || 10_000, dim: 96, metric: 'cosine', clusters: 256, seed: 42 });
   } else {
-    process.stderr.write(`--dataset must be fashion or synthetic\n${USAGE}`);
-    return 2;
+    ds = synthetic({ nBase: nArg || 200_000, nQueries: qArg || 10_000, dim: 96, metric: 'cosine', clusters: 256, seed: 42 });
   }
   const cores = os.cpus().length;
   const ctx: Ctx = {
     ds,
     truth: { labels: new Uint32Array(0), distances: new Float32Array(0) },
-    efs: flagList(args, 'ef', [10, 20, 40, 80, 120, 200, 400]),
-    runs: Math.max(1, flagInt(args, 'runs', 3)),
-    threads: Math.max(1, flagInt(args, 'threads', cores)),
-    m: flagInt(args, 'm', 16),
-    efc: flagInt(args, 'efc', 200),
+    efs: listFlag(args, 'ef', [10, 20, 40, 80, 120, 200, 400]),
+    runs: Math.max(1, intFlag(args, 'runs', 3)),
+    threads: Math.max(1, intFlag(args, 'threads', cores)),
+    m: intFlag(args, 'm', 16),
+    efc: intFlag(args, 'efc', 200),
   };
-  const peersArg = flagString(args, 'peers', 'hnswlib,usearch,usearch-f16')!;
+  const peersArg = stringFlag(args, 'peers', 'hnswlib,usearch,usearch-f16');
   const peers = peersArg === 'none' ? [] : peersArg.split(',');
   for (const p of peers) {
     if (!['hnswlib', 'usearch', 'usearch-f16'].includes(p)) {
@@ -347,7 +346,7 @@ export async function run(argv: string[]): Promise<number> {
       return 2;
     }
   }
-  const outDir = path.resolve(flagString(args, 'out', path.join(__dirname, '..', '..', 'bench', 'results'))!);
+  const outDir = path.resolve(stringFlag(args, 'out', path.join(__dirname, '..', '..', 'bench', 'results')));
   fs.mkdirSync(outDir, { recursive: true });
 
   const load0 = os.loadavg();

@@ -8,7 +8,7 @@
  * Figures are medians of --runs runs.
  */
 import { FlatIndex } from '../src/native';
-import { parseArgs, flagInt } from '../src/cli/args';
+import { CommandSpec, intFlag, parseCommandLine } from '../src/common/args';
 import { fashionMnist, median, recallAtK, sequence } from './datasets';
 import { machine, progress, table, writeJson } from './report';
 
@@ -26,16 +26,18 @@ async function timeIt(fn: () => Promise<void>): Promise<number> {
   return Number(process.hrtime.bigint() - t0) / 1e9;
 }
 
+export const SPEC: CommandSpec = {
+  usage: HELP,
+  flags: { queries: { type: 'string' }, single: { type: 'string' }, runs: { type: 'string' }, check: { type: 'string' } },
+};
+
 export async function run(argv: string[]): Promise<number> {
-  const args = parseArgs(argv, ['help']);
-  if (args.flags.has('help')) {
-    process.stdout.write(HELP);
-    return 0;
-  }
-  const nq = flagInt(args, 'queries', 10000);
-  const nSingle = flagInt(args, 'single', 300);
-  const runs = flagInt(args, 'runs', 3);
-  const nCheck = flagInt(args, 'check', 20);
+  const args = parseCommandLine(argv, SPEC);
+  if (!args) return 0;
+  const nq = intFlag(args, 'queries', 10000, 1);
+  const nSingle = intFlag(args, 'single', 300, 1);
+  const runs = intFlag(args, 'runs', 3, 1);
+  const nCheck = intFlag(args, 'check', 20, 0);
   const k = 10;
   const ds = fashionMnist(undefined, nq);
   const dim = ds.dim;

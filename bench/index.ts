@@ -1,13 +1,13 @@
-/** `quiver bench <name>`: dispatch to the benchmark modules. */
+/**
+ * `quiver bench <name>`: the benchmarks' entry. The CLI (src/cli/main.ts) loads it by path, so
+ * the product's code never imports bench/; each benchmark's module is read only when asked for.
+ */
+import { UsageError } from '../src/common/args';
+import { BENCHES, BenchName, benchList } from '../src/cli/benches';
+
 const USAGE = `usage: quiver bench <name> [options]
 
-  kernels   GB/s of a one-query L2 scan at each SIMD level next to the read bandwidth
-  exact     FlatIndex on Fashion-MNIST: single-query and batch QPS on 1 and 2 threads, recall
-  ann       HNSW (and --index ivfpq) against hnswlib-node and usearch: recall/QPS sweep, JSON + SVG
-  server    the standalone server: upsert throughput, gRPC search latency, restart time
-  rpc       round-trip floor between two processes: raw TCP, HTTP/1.1, bare HTTP/2 and grpc-js
-  memory    RSS of quiver serve holding Fashion-MNIST in HNSW against hnswlib-node in a plain Node
-
+${benchList('  ')}
 Each takes --help. Results go to bench/results/ (JSON, SVG) and to stdout.
 `;
 
@@ -15,29 +15,35 @@ interface BenchModule {
   run(argv: string[]): Promise<number>;
 }
 
-// Loaded by name at run time, so a benchmark's module is only read when it is asked for.
-async function load(name: string): Promise<BenchModule> {
-  const file = `./${name}`;
-  return (await import(file)) as BenchModule;
+const MODULES: Record<BenchName, () => Promise<BenchModule>> = {
+  kernels: () => import('./kernels'),
+  exact: () => import('./exact'),
+  ann: () => import('./ann'),
+  server: () => import('./server'),
+  rpc: () => import('./rpc'),
+  codec: () => import('./codec'),
+  memory: () => import('./memory'),
+};
+
+function isBench(name: string): name is BenchName {
+  return BENCHES.some((b) => b.name === name);
 }
 
 export async function bench(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
-  switch (name) {
-    case 'kernels':
-      return (await load('kernels')).run(rest);
-    case 'exact':
-      return (await load('exact')).run(rest);
-    case 'ann':
-      return (await load('ann')).run(rest);
-    case 'server':
-      return (await load('server')).run(rest);
-    case 'rpc':
-      return (await load('rpc')).run(rest);
-    case 'memory':
-      return (await load('memory')).run(rest);
-    default:
-      process.stdout.write(USAGE);
-      return name === undefined || name === '--help' ? 0 : 2;
+  if (name === undefined || name === '--help' || name === 'help') {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  if (!isBench(name)) {
+    process.stderr.write(`quiver bench: unknown benchmark '${name}' (known: ${BENCHES.map((b) => b.name).join(', ')})\n`);
+    return 2;
+  }
+  try {
+    return await (await MODULES[name]()).run(rest);
+  } catch (e) {
+    if (!(e instanceof UsageError)) throw e;
+    process.stderr.write(`quiver bench ${name}: ${e.message} (see quiver bench ${name} --help)\n`);
+    return 2;
   }
 }

@@ -4,7 +4,7 @@
  * by a plain sum over the same buffer. Medians of --repeats runs; single thread.
  */
 import { loadAddon } from '../src/native/addon';
-import { parseArgs, flagInt, flagString } from '../src/cli/args';
+import { CommandSpec, choiceFlag, intFlag, parseCommandLine } from '../src/common/args';
 import { fashionMnist, median, synthetic } from './datasets';
 import { machine, progress, table, writeJson } from './report';
 
@@ -14,14 +14,13 @@ const HELP = `usage: quiver bench kernels [--repeats N] [--dataset fashion|synth
   --dataset NAME  fashion (default; Debian package dataset-fashion-mnist) or synthetic (same size)
 `;
 
+export const SPEC: CommandSpec = { usage: HELP, flags: { repeats: { type: 'string' }, dataset: { type: 'string' } } };
+
 export async function run(argv: string[]): Promise<number> {
-  const args = parseArgs(argv, ['help']);
-  if (args.flags.has('help')) {
-    process.stdout.write(HELP);
-    return 0;
-  }
-  const repeats = flagInt(args, 'repeats', 9);
-  const which = flagString(args, 'dataset', 'fashion');
+  const args = parseCommandLine(argv, SPEC);
+  if (!args) return 0;
+  const repeats = intFlag(args, 'repeats', 9, 1);
+  const which = choiceFlag(args, 'dataset', ['fashion', 'synthetic'], 'fashion');
   const ds = which === 'fashion' ? fashionMnist() : synthetic({ nBase: 60000, nQueries: 1, dim: 784, metric: 'l2' });
   const addon = loadAddon().addon;
   const bytes = ds.base.byteLength;

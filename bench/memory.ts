@@ -18,7 +18,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { QuiverClient } from '../src/client';
-import { flagInt, flagString, parseArgs } from '../src/cli/args';
+import { CommandSpec, choiceFlag, intFlag, parseCommandLine } from '../src/common/args';
 import { fashionMnist } from './datasets';
 import { machine, writeJson } from './report';
 
@@ -146,21 +146,19 @@ async function rssAfterGc(c: Child, done: RegExp): Promise<{ rss: number; anon: 
   return rssOf(c.proc.pid!);
 }
 
+export const SPEC: CommandSpec = {
+  usage: USAGE,
+  flags: Object.fromEntries(['n', 'metric', 'm', 'ef-construction', 'batch'].map((k) => [k, { type: 'string' }])),
+};
+
 export async function run(argv: string[]): Promise<number> {
-  const p = parseArgs(argv, ['help']);
-  if (p.flags.has('help')) {
-    process.stdout.write(USAGE);
-    return 0;
-  }
-  const n = flagInt(p, 'n', 60_000);
-  const metric = flagString(p, 'metric', 'l2')!;
-  const m = flagInt(p, 'm', 16);
-  const efConstruction = flagInt(p, 'ef-construction', 200);
-  const batch = flagInt(p, 'batch', 1000);
-  if (metric !== 'l2' && metric !== 'cosine') {
-    process.stderr.write(`--metric must be l2 or cosine\n${USAGE}`);
-    return 2;
-  }
+  const p = parseCommandLine(argv, SPEC);
+  if (!p) return 0;
+  const n = intFlag(p, 'n', 60_000, 1);
+  const metric = choiceFlag(p, 'metric', ['l2', 'cosine'] as const, 'l2');
+  const m = intFlag(p, 'm', 16, 2);
+  const efConstruction = intFlag(p, 'ef-construction', 200, 1);
+  const batch = intFlag(p, 'batch', 1000, 1);
   const ds = fashionMnist(n, 0);
   const dim = ds.dim;
   log(`${ds.name}: ${ds.nBase} x ${dim}, ${metric}, HNSW M ${m}, efConstruction ${efConstruction}`);

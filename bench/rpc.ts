@@ -21,7 +21,7 @@ import * as http from 'http';
 import * as http2 from 'http2';
 import * as net from 'net';
 import * as grpc from '@grpc/grpc-js';
-import { flagInt, flagString, parseArgs } from '../src/cli/args';
+import { CommandSpec, intFlag, parseCommandLine, stringFlag } from '../src/common/args';
 import { GrpcChannel, UnaryMethod } from '../src/rpc/grpc-client';
 import { H2GrpcServer } from '../src/rpc/grpc-server';
 import { median, pct } from './datasets';
@@ -40,6 +40,11 @@ options:
   --collection C   collection for --quiver (default bench)
   --help           this text
 `;
+
+export const SPEC: CommandSpec = {
+  usage: USAGE,
+  flags: Object.fromEntries(['calls', 'passes', 'bytes', 'quiver', 'collection'].map((k) => [k, { type: 'string' }])),
+};
 
 const now = (): number => Number(process.hrtime.bigint());
 const log = (m: string): void => void process.stdout.write(`${m}\n`);
@@ -195,16 +200,13 @@ async function timeCalls(call: () => Promise<unknown>, n: number): Promise<{ p50
 }
 
 export async function run(argv: string[]): Promise<number> {
-  const p = parseArgs(argv, ['help']);
-  if (p.flags.get('help')) {
-    process.stdout.write(USAGE);
-    return 0;
-  }
-  const calls = flagInt(p, 'calls', 2000);
-  const passes = flagInt(p, 'passes', 5);
-  const big = flagInt(p, 'bytes', 3136);
-  const quiver = flagString(p, 'quiver');
-  const collection = flagString(p, 'collection', 'bench')!;
+  const p = parseCommandLine(argv, SPEC);
+  if (!p) return 0;
+  const calls = intFlag(p, 'calls', 2000, 1);
+  const passes = intFlag(p, 'passes', 5, 1);
+  const big = intFlag(p, 'bytes', 3136, 1);
+  const quiver = stringFlag(p, 'quiver');
+  const collection = stringFlag(p, 'collection', 'bench');
 
   const child: ChildProcess = spawn(process.execPath, [__filename, '--rpc-child'], { stdio: ['pipe', 'pipe', 'inherit'] });
   const cleanup = (): void => {

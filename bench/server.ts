@@ -23,7 +23,7 @@ import { QuiverClient } from '../src/client';
 import { FlatIndex, HnswIndex, VectorIndex } from '../src/native';
 import { openDatabase } from '../src/query';
 import type { IndexSpec } from '../src/query/types';
-import { flagInt, flagString, parseArgs } from '../src/cli/args';
+import { CommandSpec, choiceFlag, intFlag, parseCommandLine, stringFlag } from '../src/common/args';
 import { Dataset, fashionMnist, groundTruth, median, pct, recallAtK, sequence } from './datasets';
 
 const USAGE = `usage: quiver bench server [options]
@@ -57,6 +57,15 @@ options:
   --out DIR              where the JSON goes (default bench/results)
   --help                 this text
 `;
+
+export const SPEC: CommandSpec = {
+  usage: USAGE,
+  flags: Object.fromEntries(
+    ['n', 'queries', 'index', 'm', 'ef-construction', 'ef', 'k', 'batch', 'inflight', 'concurrency', 'passes', 'warmup', 'warmup-ms', 'runs', 'upsert-warmup', 'shards', 'grpc-impl', 'out'].map(
+      (k) => [k, { type: 'string' }],
+    ),
+  ),
+};
 
 interface LatencyStats {
   p50Us: number;
@@ -121,34 +130,27 @@ function rawIndex(spec: IndexSpec, ds: Dataset): VectorIndex {
 }
 
 export async function run(argv: string[]): Promise<number> {
-  const p = parseArgs(argv, ['help']);
-  if (p.flags.get('help')) {
-    process.stdout.write(USAGE);
-    return 0;
-  }
-  const n = flagInt(p, 'n', 60_000);
-  const nq = flagInt(p, 'queries', 2000);
-  const indexType = flagString(p, 'index', 'flat')!;
-  const grpcImpl = flagString(p, 'grpc-impl', 'quiver')!;
-  const k = flagInt(p, 'k', 10);
-  const ef = flagInt(p, 'ef', 64);
-  const batch = flagInt(p, 'batch', 1000);
-  const inflight = flagInt(p, 'inflight', 2);
-  const concurrency = flagInt(p, 'concurrency', 8);
-  const passes = flagInt(p, 'passes', 3);
-  const warmup = flagInt(p, 'warmup', nq);
-  const warmupMs = flagInt(p, 'warmup-ms', 4000);
-  const runs = flagInt(p, 'runs', 3);
-  const upsertWarmup = Math.min(flagInt(p, 'upsert-warmup', 10_000), n);
-  const shards = flagInt(p, 'shards', 1);
-  const outDir = path.resolve(flagString(p, 'out', path.resolve(__dirname, '..', '..', 'bench', 'results'))!);
-  if (indexType !== 'flat' && indexType !== 'hnsw') {
-    process.stderr.write(`--index must be flat or hnsw\n${USAGE}`);
-    return 2;
-  }
+  const p = parseCommandLine(argv, SPEC);
+  if (!p) return 0;
+  const n = intFlag(p, 'n', 60_000, 1);
+  const nq = intFlag(p, 'queries', 2000, 1);
+  const indexType = choiceFlag(p, 'index', ['flat', 'hnsw'], 'flat');
+  const grpcImpl = choiceFlag(p, 'grpc-impl', ['quiver', 'grpc-js'], 'quiver');
+  const k = intFlag(p, 'k', 10, 1);
+  const ef = intFlag(p, 'ef', 64, 1);
+  const batch = intFlag(p, 'batch', 1000, 1);
+  const inflight = intFlag(p, 'inflight', 2, 1);
+  const concurrency = intFlag(p, 'concurrency', 8, 1);
+  const passes = intFlag(p, 'passes', 3, 1);
+  const warmup = intFlag(p, 'warmup', nq, 0);
+  const warmupMs = intFlag(p, 'warmup-ms', 4000, 0);
+  const runs = intFlag(p, 'runs', 3, 1);
+  const upsertWarmup = Math.min(intFlag(p, 'upsert-warmup', 10_000, 0), n);
+  const shards = intFlag(p, 'shards', 1, 1);
+  const outDir = path.resolve(stringFlag(p, 'out', path.resolve(__dirname, '..', '..', 'bench', 'results')));
   const spec: IndexSpec =
     indexType === 'hnsw'
-      ? { type: 'hnsw', m: flagInt(p, 'm', 16), efConstruction: flagInt(p, 'ef-construction', 200), efSearch: ef }
+      ? { type: 'hnsw', m: intFlag(p, 'm', 16, 1), efConstruction: intFlag(p, 'ef-construction', 200, 1), efSearch: ef }
       : { type: 'flat' };
   const searchEf = indexType === 'hnsw' ? ef : undefined;
 

@@ -8,8 +8,10 @@ bash scripts/system-deps.sh
 if [ ! -f node_modules/.package-lock.json ]; then
   npm ci
 fi
-# Incremental: rebuilds the addon and the TypeScript only where sources changed.
+# Incremental: rebuilds the addon and the TypeScript only where sources changed; the wire code is
+# generated from proto/ first (src/rpc/gen/, not committed), since the tests run the sources.
 npm run --silent install >/dev/null
+npm run --silent gen:proto
 npx tsc -p tsconfig.json
 # The tests are type-checked too (tsconfig.test.json: everything above plus test/, no output).
 npx tsc -p tsconfig.test.json

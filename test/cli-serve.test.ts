@@ -3,7 +3,6 @@
  * starts, prints where it listens, serves both transports, stops on SIGTERM / SIGINT with exit
  * code 0 after finishing in-flight requests, and the data is back after a restart.
  */
-import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { describe, expect, it } from 'vitest';
@@ -11,18 +10,11 @@ import { QuiverClient } from '../src/client';
 import { QuiverError } from '../src/errors';
 import { startServe } from './serve-child';
 import { httpJson, tempDir, vec } from './server-harness';
-
-const ROOT = path.resolve(__dirname, '..');
-const BIN = path.join(ROOT, 'bin', 'quiver.js');
+import { runQuiver } from './cli-helpers';
 
 function run(args: string[]): { code: number | null; out: string } {
-  try {
-    const out = execFileSync(process.execPath, [BIN, 'serve', ...args], { cwd: ROOT, stdio: 'pipe', timeout: 30_000 }).toString();
-    return { code: 0, out };
-  } catch (e) {
-    const err = e as { status: number | null; stdout: Buffer; stderr: Buffer };
-    return { code: err.status, out: `${err.stdout}${err.stderr}` };
-  }
+  const r = runQuiver(['serve', ...args]);
+  return { code: r.code, out: r.stdout + r.stderr };
 }
 
 const DIM = 8;

@@ -101,7 +101,7 @@ export const PATTERNS: Pattern[] = [
   {
     name: 'answers never read: 600 searches (k 300, with vectors, dim 1024) at once',
     run: (t, stop) => {
-      const request = quiverMethods().Search.requestSerialize({
+      const request = quiverMethods.search.requestSerialize({
         collection: 'big',
         vector: { data: Buffer.from(vec(3, BIG_DIM).buffer) },
         options: { k: 300, withVectors: true },

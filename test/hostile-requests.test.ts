@@ -98,7 +98,7 @@ describe('search batches', () => {
     const vectors: unknown[] = ['not a vector', ...Array.from({ length: searchBatchMax }, () => [])];
     const msg = expectHttpError(await httpJson(base, 'POST', '/v1/collections/ok/search', { vectors, k: 1 }), 400, 'INVALID_ARGUMENT');
     expect(msg).toContain('searchBatchMax');
-    const raw = await rawCall(server.grpcAddress, 'SearchBatch', {
+    const raw = await rawCall(server.grpcAddress, 'searchBatch', {
       collection: 'ok',
       vectors: [{ values: [1, 2, 3] }, ...Array.from({ length: searchBatchMax }, () => ({ values: [] }))],
       options: { k: 1 },
@@ -122,7 +122,7 @@ describe('search batches', () => {
     for (let i = 0; i < n; i++) msg[4 + 2 * i] = 0x12; // vectors: an empty Vector
     msg.set([0x1a, 2, 0x08, 1], 4 + 2 * n); // options: k 1
     const channel = new GrpcChannel(server.grpcAddress, requestBytesMax);
-    const method = quiverMethods().SearchBatch as unknown as UnaryMethod;
+    const method = quiverMethods.searchBatch as unknown as UnaryMethod;
     try {
       const [hostile] = await Promise.allSettled([channel.unary(method, {}, Date.now() + 60_000, msg), wellBehaved()]);
       expect(hostile.status).toBe('rejected');
@@ -134,15 +134,15 @@ describe('search batches', () => {
     }
     const viaGrpcJs = await startServer({ db, grpc: '127.0.0.1:0', http: '127.0.0.1:0', grpcImpl: 'grpc-js', log: { error: () => {} } });
     try {
-      const raw = await rawCall(viaGrpcJs.grpcAddress, 'SearchBatch', {
+      const raw = await rawCall(viaGrpcJs.grpcAddress, 'searchBatch', {
         collection: 'ok',
         vectors: Array.from({ length: searchBatchMax + 1 }, () => ({ values: [1, 2, 3, 4] })),
         options: { k: 1 },
       });
       expect(raw.quiverCode).toBe('INVALID_ARGUMENT');
       expect(raw.details).toContain('searchBatchMax');
-      const ok = await rawCall(viaGrpcJs.grpcAddress, 'SearchBatch', { collection: 'ok', vectors: [{ values: Array.from(vec(2, DIM)) }], options: { k: 1 } });
-      expect(ok.res.batches[0].hits[0].id).toBe('p2');
+      const ok = await rawCall(viaGrpcJs.grpcAddress, 'searchBatch', { collection: 'ok', vectors: [{ values: Array.from(vec(2, DIM)) }], options: { k: 1 } });
+      expect(ok.res!.batches[0].hits[0].id).toBe('p2');
     } finally {
       await viaGrpcJs.close();
     }
@@ -157,7 +157,7 @@ describe('payload depth', () => {
     const body = `{"points":[{"id":"d","vector":[1,2,3,4],"payload":${deep}}]}`;
     const msg = expectHttpError(await httpJson(base, 'POST', '/v1/collections/deep/upsert', body), 400, 'INVALID_ARGUMENT');
     expect(msg).toContain('payloadDepthMax');
-    const raw = await rawCall(server.grpcAddress, 'Upsert', { collection: 'deep', points: [{ id: 'd', vector: { values: [1, 2, 3, 4] }, payloadJson: deep }] });
+    const raw = await rawCall(server.grpcAddress, 'upsert', { collection: 'deep', points: [{ id: 'd', vector: { values: [1, 2, 3, 4] }, payloadJson: deep }] });
     expect(raw.quiverCode).toBe('INVALID_ARGUMENT');
     await expectCode(client.upsert('deep', [{ id: 'd', vector: vec(1, DIM), payload: JSON.parse(nested(payloadDepthMax)) }]), 'INVALID_ARGUMENT');
     expect(await client.count('deep')).toBe(0);
@@ -180,10 +180,10 @@ describe('payload depth', () => {
         expect(res.status).toBe(200);
         expect(await res.text()).toContain(`"payload":${deep}`);
       }
-      const g = await rawCall(server.grpcAddress, 'Get', { collection: 'legacy', ids: ['old'], withPayload: true });
-      expect(g.res.points[0].payloadJson).toBe(deep);
-      const s = await rawCall(server.grpcAddress, 'Search', { collection: 'legacy', vector: { values: Array.from(vec(1, DIM)) }, options: { k: 1, withPayload: true } });
-      expect(s.res.hits[0].payloadJson).toBe(deep);
+      const g = await rawCall(server.grpcAddress, 'get', { collection: 'legacy', ids: ['old'], withPayload: true });
+      expect(g.res!.points[0].payloadJson).toBe(deep);
+      const s = await rawCall(server.grpcAddress, 'search', { collection: 'legacy', vector: { values: Array.from(vec(1, DIM)) }, options: { k: 1, withPayload: true } });
+      expect(s.res!.hits[0].payloadJson).toBe(deep);
       expect(await db.digest('legacy', 0)).toMatch(/^[0-9a-f]{64}$/);
     };
     await check();
@@ -263,7 +263,7 @@ describe('deadlines', () => {
     await appended;
     await after(1);
     const appended2 = nextAppend();
-    const grpc = rawCall(server.grpcAddress, 'Upsert', { collection: 'dl', points: [{ id: 'far2', vector: { values: [1, 2, 3, 4] } }] }, Date.now() + 3e9);
+    const grpc = rawCall(server.grpcAddress, 'upsert', { collection: 'dl', points: [{ id: 'far2', vector: { values: [1, 2, 3, 4] } }] }, Date.now() + 3e9);
     await appended2;
     await after(1);
     release();
@@ -364,7 +364,7 @@ describe('unknown fields', () => {
     expectHttpError(await post('/v1/collections/ok/search', { ...search, filter: { field: 'i', eq: 1, boost: 2 } }), 400, 'INVALID_ARGUMENT');
     msg = expectHttpError(await post('/v1/collections/ok/search', { ...search, filter: { and: [{ feild: 'i', eq: 1 }] } }), 400, 'INVALID_ARGUMENT');
     expect(msg).toContain('filter.and[0].feild');
-    const raw = await rawCall(server.grpcAddress, 'Search', { collection: 'ok', vector: { values: [1, 2, 3, 4] }, options: { k: 1, filterJson: '{"field":"i","eq":1,"boost":2}' } });
+    const raw = await rawCall(server.grpcAddress, 'search', { collection: 'ok', vector: { values: [1, 2, 3, 4] }, options: { k: 1, filterJson: '{"field":"i","eq":1,"boost":2}' } });
     expect(raw.quiverCode).toBe('INVALID_ARGUMENT');
     expectHttpError(await post('/v1/collections/ok/delete', { ids: ['p1'], filter: { field: 'i', eq: 1 } }), 400, 'INVALID_ARGUMENT');
     expectHttpError(await post('/v1/collections/ok/get', { ids: ['p1'], with_vectors: true }), 400, 'INVALID_ARGUMENT');
@@ -380,10 +380,10 @@ describe('unknown fields', () => {
 
 describe('messages in the request\'s terms', () => {
   it('a vectors blob of the wrong size says how many floats each point got and what the collection takes', async () => {
-    const raw = await rawCall(server.grpcAddress, 'Upsert', { collection: 'ok', ids: ['a'], vectors: Buffer.alloc(12) });
+    const raw = await rawCall(server.grpcAddress, 'upsert', { collection: 'ok', ids: ['a'], vectors: Buffer.alloc(12) });
     expect(raw.quiverCode).toBe('INVALID_ARGUMENT');
     expect(raw.details).toContain("3 floats per point; the collection's dimension is 4");
-    const pts = await rawCall(server.grpcAddress, 'Upsert', { collection: 'ok', points: [{ id: 'a', vector: { values: [1, 2, 3] } }] });
+    const pts = await rawCall(server.grpcAddress, 'upsert', { collection: 'ok', points: [{ id: 'a', vector: { values: [1, 2, 3] } }] });
     expect(pts.details).toContain("points[0].vector has 3 components; the collection's dimension is 4");
     expect(await client.count('ok')).toBe(10);
   });

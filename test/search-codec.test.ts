@@ -1,11 +1,14 @@
 /**
- * The hand-written search codecs (src/rpc/search-codec.ts) against protobufjs's generated ones
- * for the same messages, both ways: what one encodes, the other decodes to the same object. Then
- * encodings the hand-written encoder never writes (default values present, unpacked floats,
- * unknown fields, fields out of order), and malformed input.
+ * The hand-written search codecs (src/rpc/search-codec.ts) against the generated ones
+ * (protoc-gen-es) for the same messages, both ways: what one encodes, the other decodes to the
+ * same message, and the bytes are the same. Then encodings the hand-written encoder never writes
+ * (default values present, unpacked floats, unknown fields, fields out of order), and malformed
+ * input.
  */
 import { describe, expect, it } from 'vitest';
-import { quiverMethods, quiverService } from '../src/rpc/proto';
+import type { MessageInitShape } from '@bufbuild/protobuf';
+import type { SearchHitSchema, VectorSchema } from '../src/rpc/gen/quiver_pb';
+import { RequestInit, generatedMethods, quiverMethods } from '../src/rpc/proto';
 import {
   decodeSearchBatchResponse,
   decodeSearchRequest,
@@ -15,14 +18,16 @@ import {
   encodeSearchResponse,
 } from '../src/rpc/search-codec';
 
-/* eslint-disable @typescript-eslint/no-explicit-any */
-const gen = quiverService().service as any;
+const gen = { Search: generatedMethods.search, SearchBatch: generatedMethods.searchBatch };
 
-/** Buffers as plain byte arrays, so that views of different memory compare by content. */
-function plain(v: any): any {
-  if (Buffer.isBuffer(v) || v instanceof Uint8Array) return { bytes: Array.from(v) };
+/**
+ * Byte arrays as plain arrays, so that views of different memory compare by content; `$unknown`
+ * (where the generated decoder keeps unknown fields, which ours skips) left out.
+ */
+function plain(v: unknown): unknown {
+  if (v instanceof Uint8Array) return { bytes: Array.from(v) };
   if (Array.isArray(v)) return v.map(plain);
-  if (v && typeof v === 'object') return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, plain(x)]));
+  if (v && typeof v === 'object') return Object.fromEntries(Object.entries(v).filter(([k]) => k !== '$unknown').map(([k, x]) => [k, plain(x)]));
   return v;
 }
 
@@ -41,35 +46,36 @@ function rng(seed: number): () => number {
 
 const STRINGS = ['', 'a', '12345', 'ü-ñ-漢字', '😀 emoji', 'x'.repeat(63), 'y'.repeat(64), 'z'.repeat(65), 'é'.repeat(40), '{"a":1,"b":[1,2]}'];
 
-function randomVector(r: () => number): any {
+function randomVector(r: () => number): MessageInitShape<typeof VectorSchema> | undefined {
   const n = Math.floor(r() * 5);
   const vals = Array.from({ length: n }, () => Math.fround((r() - 0.5) * 1000));
   const k = r();
-  if (k < 0.3) return null;
+  if (k < 0.3) return undefined;
   if (k < 0.6) return { values: vals };
   return { data: Buffer.from(new Float32Array(vals).buffer) };
 }
 
-function randomHit(r: () => number): any {
+function randomHit(r: () => number): MessageInitShape<typeof SearchHitSchema> {
   const d = r();
   return {
     id: STRINGS[Math.floor(r() * STRINGS.length)] || 'id',
-    distance: d < 0.1 ? 0 : d < 0.2 ? -Math.fround(r() * 5) : Math.fround(r() * 1e6),
+    distance: d < 0.1 ? 0 : d < 0.13 ? -0 : d < 0.2 ? -Math.fround(r() * 5) : Math.fround(r() * 1e6),
     payloadJson: r() < 0.5 ? '' : STRINGS[Math.floor(r() * STRINGS.length)],
     vector: randomVector(r),
   };
 }
 
-function randomRequest(r: () => number): any {
-  const token: Record<string, number> = {};
-  if (r() < 0.5) for (let i = 0; i < 3; i++) token[`${i}`] = Math.floor(r() * 2 ** 40);
-  if (r() < 0.2) token['zero'] = 0;
+function randomRequest(r: () => number): RequestInit<'search'> {
+  const token: Record<string, bigint> = {};
+  if (r() < 0.5) for (let i = 0; i < 3; i++) token[`${i}`] = BigInt(Math.floor(r() * 2 ** 40));
+  if (r() < 0.2) token['zero'] = 0n;
+  if (r() < 0.2) token[''] = 2n ** 64n - 1n - BigInt(Math.floor(r() * 1000));
   return {
     collection: STRINGS[Math.floor(r() * STRINGS.length)],
     vector: randomVector(r),
     options:
       r() < 0.2
-        ? null
+        ? undefined
         : {
             k: Math.floor(r() * 1000),
             filterJson: r() < 0.5 ? '' : '{"eq":{"field":"c","value":"ü"}}',
@@ -85,13 +91,15 @@ function randomRequest(r: () => number): any {
 }
 
 describe('search codecs', () => {
-  it('SearchResponse: protobufjs decodes what ours encodes, and ours decodes what protobufjs encodes', () => {
+  it('SearchResponse: the generated code decodes what ours encodes, byte for byte the same, and ours decodes what it encodes', () => {
     const r = rng(7);
     for (let i = 0; i < 300; i++) {
       const msg = { hits: Array.from({ length: Math.floor(r() * 12) }, () => randomHit(r)) };
-      const want = plain(gen.Search.responseDeserialize(gen.Search.responseSerialize(msg)));
+      const bytes = gen.Search.responseSerialize(msg);
+      const want = plain(gen.Search.responseDeserialize(bytes));
+      expect(encodeSearchResponse(msg).equals(bytes)).toBe(true);
       expect(plain(gen.Search.responseDeserialize(encodeSearchResponse(msg)))).toEqual(want);
-      expect(plain(decodeSearchResponse(gen.Search.responseSerialize(msg)))).toEqual(want);
+      expect(plain(decodeSearchResponse(bytes))).toEqual(want);
       expect(plain(decodeSearchResponse(encodeSearchResponse(msg)))).toEqual(want);
     }
   });
@@ -100,29 +108,33 @@ describe('search codecs', () => {
     const r = rng(11);
     for (let i = 0; i < 100; i++) {
       const msg = { batches: Array.from({ length: Math.floor(r() * 5) }, () => ({ hits: Array.from({ length: Math.floor(r() * 6) }, () => randomHit(r)) })) };
-      const want = plain(gen.SearchBatch.responseDeserialize(gen.SearchBatch.responseSerialize(msg)));
+      const bytes = gen.SearchBatch.responseSerialize(msg);
+      const want = plain(gen.SearchBatch.responseDeserialize(bytes));
+      expect(encodeSearchBatchResponse(msg).equals(bytes)).toBe(true);
       expect(plain(gen.SearchBatch.responseDeserialize(encodeSearchBatchResponse(msg)))).toEqual(want);
-      expect(plain(decodeSearchBatchResponse(gen.SearchBatch.responseSerialize(msg)))).toEqual(want);
+      expect(plain(decodeSearchBatchResponse(bytes))).toEqual(want);
     }
   });
 
-  it('SearchRequest both ways, the token map included', () => {
+  it('SearchRequest both ways, the token map included (uint64 values above 2^53 too)', () => {
     const r = rng(13);
     for (let i = 0; i < 300; i++) {
       const msg = randomRequest(r);
-      const want = plain(gen.Search.requestDeserialize(gen.Search.requestSerialize(msg)));
+      const bytes = gen.Search.requestSerialize(msg);
+      const want = plain(gen.Search.requestDeserialize(bytes));
+      expect(encodeSearchRequest(msg).equals(bytes)).toBe(true);
       expect(plain(gen.Search.requestDeserialize(encodeSearchRequest(msg)))).toEqual(want);
-      expect(plain(decodeSearchRequest(gen.Search.requestSerialize(msg)))).toEqual(want);
+      expect(plain(decodeSearchRequest(bytes))).toEqual(want);
     }
   });
 
   it('the encoder writes the canonical form: no field at its default', () => {
     expect(encodeSearchResponse({ hits: [] }).length).toBe(0);
     // a hit with an empty id, distance 0, no payload and no vector is an empty message
-    expect(Array.from(encodeSearchResponse({ hits: [{ id: '', distance: 0, payloadJson: '', vector: null }] }))).toEqual([0x0a, 0x00]);
-    expect(Array.from(encodeSearchRequest({ collection: '', vector: null, options: null }))).toEqual([]);
+    expect(Array.from(encodeSearchResponse({ hits: [{ id: '', distance: 0, payloadJson: '', vector: undefined }] }))).toEqual([0x0a, 0x00]);
+    expect(Array.from(encodeSearchRequest({ collection: '', vector: undefined, options: undefined }))).toEqual([]);
     // generated and hand-written agree on a typical request byte for byte
-    const req = { collection: 'c', vector: { data: Buffer.from(new Float32Array([1, 2]).buffer) }, options: { k: 10, ef: 64, token: { '0': 5 } } };
+    const req = { collection: 'c', vector: { data: Buffer.from(new Float32Array([1, 2]).buffer) }, options: { k: 10, ef: 64, token: { '0': 5n } } };
     expect(Buffer.compare(encodeSearchRequest(req), gen.Search.requestSerialize(req))).toBe(0);
   });
 
@@ -139,9 +151,18 @@ describe('search codecs', () => {
       0x5a, 0x01, 0x00, // field 11 bytes (unknown)
     ]);
     const msg = Buffer.concat([Buffer.from([0x0a, hit.length]), hit]);
-    const want = plain(gen.Search.responseDeserialize(msg));
-    expect(plain(decodeSearchResponse(msg))).toEqual(want);
+    const want = gen.Search.responseDeserialize(msg);
+    expect(plain(decodeSearchResponse(msg))).toEqual(plain(want));
     expect(want.hits[0]).toMatchObject({ id: 'A', payloadJson: '{}', distance: 0, vector: { values: [1, 2] } });
+    // a token entry without its key or value, and one whose value comes first
+    const opts = Buffer.from([
+      0x42, 0x02, 0x10, 0x07, // token { '': 7 }
+      0x42, 0x03, 0x0a, 0x01, 0x61, // token { a: 0 }
+      0x42, 0x05, 0x10, 0x09, 0x0a, 0x01, 0x62, // token { b: 9 }, value first
+    ]);
+    const withToken = Buffer.concat([Buffer.from([0x1a, opts.length]), opts]);
+    expect(plain(decodeSearchRequest(withToken))).toEqual(plain(gen.Search.requestDeserialize(withToken)));
+    expect(decodeSearchRequest(withToken).options?.token).toEqual({ '': 7n, a: 0n, b: 9n });
     // SearchRequest with options first and the collection repeated (the last one wins)
     const req = Buffer.concat([
       Buffer.from([0x1a, 0x02, 0x08, 0x05]), // options { k: 5 }
@@ -166,15 +187,17 @@ describe('search codecs', () => {
     expect(() => decodeSearchResponse(Buffer.from([0x0a, 0x03, 0x15, 0, 0]))).toThrow(/truncated float/);
     // a request the encoder refuses rather than wrap
     expect(() => encodeSearchRequest({ collection: 'c', options: { k: -1 } })).toThrow(/uint32/);
-    expect(() => encodeSearchRequest({ collection: 'c', options: { k: 1, token: { a: -5 } } })).toThrow(/uint64/);
+    expect(() => encodeSearchRequest({ collection: 'c', options: { k: 1, token: { a: -5n } } })).toThrow(/uint64/);
+    expect(() => encodeSearchRequest({ collection: 'c', options: { k: 1, token: { a: 2n ** 64n } } })).toThrow(/uint64/);
   });
 
-  it('the service definition carries them for Search and SearchBatch, the generated codecs elsewhere', () => {
-    const m = quiverMethods() as any;
-    expect(m.Search.responseSerialize).toBe(encodeSearchResponse);
-    expect(m.Search.requestDeserialize).toBe(decodeSearchRequest);
-    expect(m.SearchBatch.responseDeserialize).toBe(decodeSearchBatchResponse);
-    expect(m.Count.responseSerialize).toBe(gen.Count.responseSerialize);
-    expect(m.Search.path).toBe(gen.Search.path);
+  it('the method table carries them for Search and SearchBatch, the generated codecs elsewhere', () => {
+    const m = quiverMethods;
+    expect(m.search.responseSerialize).toBe(encodeSearchResponse);
+    expect(m.search.requestDeserialize).toBe(decodeSearchRequest);
+    expect(m.searchBatch.responseDeserialize).toBe(decodeSearchBatchResponse);
+    expect(m.searchBatch.requestSerialize).toBe(generatedMethods.searchBatch.requestSerialize);
+    expect(m.count.responseSerialize).toBe(generatedMethods.count.responseSerialize);
+    expect(m.search.path).toBe('/quiver.v1.Quiver/Search');
   });
 });

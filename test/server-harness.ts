@@ -7,7 +7,8 @@ import { afterAll } from 'vitest';
 import { openDatabase } from '../src/query';
 import type { Database } from '../src/query/types';
 import { Metrics, RunningServer, startServer } from '../src/server';
-import { QUIVER_CODE_KEY, quiverService } from '../src/rpc/proto';
+import { MethodName, QUIVER_CODE_KEY, RequestInit as WireRequest, ResponseOf, generatedMethods } from '../src/rpc/proto';
+import { grpcJsDefinition } from '../src/server/grpc';
 
 export interface Harness {
   dir: string;
@@ -76,18 +77,22 @@ export function vec(i: number, dim: number): Float32Array {
   return v;
 }
 
-/** A bare generated stub, for requests the typed client would never send (raw floats, bad JSON). */
-export function rawCall(
+/**
+ * A grpc-js stub with the generated codecs only, for requests the typed client would never send
+ * (raw floats, bad JSON). No deadline by default: the answer is the event waited for (a fixed one
+ * failed a 64 MiB call on a busy machine).
+ */
+export function rawCall<M extends MethodName>(
   address: string,
-  method: string,
-  req: unknown,
-  // No deadline by default: the answer is the event waited for (a fixed one failed a 64 MiB call on a busy machine).
+  method: M,
+  req: WireRequest<M>,
   deadline?: number,
-): Promise<{ code: number; quiverCode?: string; details?: string; res?: any }> {
-  const Ctor = quiverService();
-  const stub = new Ctor(address, grpc.credentials.createInsecure()) as any;
+): Promise<{ code: number; quiverCode?: string; details?: string; res?: ResponseOf<M> }> {
+  const Ctor = grpc.makeGenericClientConstructor(grpcJsDefinition(generatedMethods), 'Quiver');
+  const stub = new Ctor(address, grpc.credentials.createInsecure());
+  const call = stub[generatedMethods[method].name] as (req: WireRequest<M>, o: grpc.CallOptions, cb: grpc.requestCallback<ResponseOf<M>>) => void;
   return new Promise((resolve) => {
-    stub[method](req, deadline === undefined ? {} : { deadline }, (err: grpc.ServiceError | null, res: unknown) => {
+    call.call(stub, req, deadline === undefined ? {} : { deadline }, (err, res) => {
       stub.close();
       if (err) resolve({ code: err.code, quiverCode: err.metadata.get(QUIVER_CODE_KEY)[0] as string, details: err.details });
       else resolve({ code: 0, res });

@@ -7,7 +7,9 @@ import * as http from 'http';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QuiverClient } from '../src/client';
-import { batchPointsMax, idBytesMax, payloadBytesMax, requestBytesMax, topKMax } from '../src/common/limits';
+import { batchPointsMax, idBytesMax, payloadBytesMax, requestBytesMax } from '../src/common/limits';
+import { topKMax } from '../src/native/limits';
+import type { RequestInit } from '../src/rpc/proto';
 import { Metrics, Service } from '../src/server';
 import { Harness, httpJson, rawCall, startHarness, vec } from './server-harness';
 import { expectCode } from './helpers';
@@ -100,20 +102,20 @@ describe('gRPC: every operation', () => {
 
   it('accepts vectors as packed floats and answers with floats when asked', async () => {
     await client.createCollection({ name: 'g2', dim: DIM, index: { type: 'flat' } });
-    const r = await rawCall(h.server.grpcAddress, 'Upsert', {
+    const r = await rawCall(h.server.grpcAddress, 'upsert', {
       collection: 'g2',
       points: [{ id: 'f', vector: { values: [1, 2, 3, 4] }, payloadJson: '{"a":1}' }],
     });
     expect(r.code).toBe(0);
-    expect(r.res.count).toBe(1);
-    const g = await rawCall(h.server.grpcAddress, 'Get', { collection: 'g2', ids: ['f'], withVectors: true, withPayload: true, floatVectors: true });
-    expect(g.res.points[0].vector.values).toEqual([1, 2, 3, 4]);
-    expect(JSON.parse(g.res.points[0].payloadJson)).toEqual({ a: 1 });
-    const s = await rawCall(h.server.grpcAddress, 'Search', { collection: 'g2', vector: { values: [1, 2, 3, 4] }, options: { k: 1 } });
-    expect(s.res.hits[0].id).toBe('f');
-    const st = await rawCall(h.server.grpcAddress, 'ClusterStatus', {});
-    const shard = st.res.shards.find((x: any) => x.collection === 'g2');
-    expect(shard.lastLsn).toBeGreaterThan(0);
+    expect(r.res!.count).toBe(1n);
+    const g = await rawCall(h.server.grpcAddress, 'get', { collection: 'g2', ids: ['f'], withVectors: true, withPayload: true, floatVectors: true });
+    expect(g.res!.points[0].vector!.values).toEqual([1, 2, 3, 4]);
+    expect(JSON.parse(g.res!.points[0].payloadJson)).toEqual({ a: 1 });
+    const s = await rawCall(h.server.grpcAddress, 'search', { collection: 'g2', vector: { values: [1, 2, 3, 4] }, options: { k: 1 } });
+    expect(s.res!.hits[0].id).toBe('f');
+    const st = await rawCall(h.server.grpcAddress, 'clusterStatus', {});
+    const shard = st.res!.shards.find((x) => x.collection === 'g2')!;
+    expect(shard.lastLsn).toBeGreaterThan(0n);
     expect(shard.lag).toBe(shard.lastLsn - shard.appliedLsn);
     await client.dropCollection('g2');
   });
@@ -294,7 +296,7 @@ describe('bad input through both transports: typed errors, state unchanged', () 
 
   it('upsert in columns (ids, vectors, payload_jsons): malformed batches are refused whole', async () => {
     const f32 = (xs: number[]) => Buffer.from(new Float32Array(xs).buffer);
-    const cases: Record<string, unknown>[] = [
+    const cases: RequestInit<'upsert'>[] = [
       { ids: ['c1', 'c2'], vectors: f32([1, 2, 3, 4, 5, 6, 7]) }, // 7 floats for 2 x 4
       { ids: ['c1'], vectors: f32([1, 2, 3, 4, 5, 6, 7, 8]) }, // two rows for one id
       { ids: ['c1', 'c2'], vectors: f32([1, 2, 3, 4, 5, 6, 7, 8]), payloadJsons: ['{}'] }, // payloads for 1 of 2
@@ -306,7 +308,7 @@ describe('bad input through both transports: typed errors, state unchanged', () 
       { vectors: f32([1, 2, 3, 4]) }, // no ids
     ];
     for (const c of cases) {
-      const raw = await rawCall(h.server.grpcAddress, 'Upsert', { collection: C, ...c });
+      const raw = await rawCall(h.server.grpcAddress, 'upsert', { collection: C, ...c });
       expect(raw.code, JSON.stringify(Object.keys(c))).toBe(grpc.status.INVALID_ARGUMENT);
       expect(raw.quiverCode).toBe('INVALID_ARGUMENT');
     }
@@ -316,7 +318,7 @@ describe('bad input through both transports: typed errors, state unchanged', () 
   it('NaN and non-numbers in a vector', async () => {
     await expectCode(up([good, { id: 'n1', vector: new Float32Array([1, NaN, 0, 0]) }]), 'INVALID_ARGUMENT');
     await expectCode(up([{ id: 'n1', vector: new Float32Array([1, Infinity, 0, 0]) }]), 'INVALID_ARGUMENT');
-    const raw = await rawCall(h.server.grpcAddress, 'Upsert', { collection: C, points: [{ id: 'n1', vector: { values: [NaN, 1, 2, 3] } }] });
+    const raw = await rawCall(h.server.grpcAddress, 'upsert', { collection: C, points: [{ id: 'n1', vector: { values: [NaN, 1, 2, 3] } }] });
     expect(raw.code).toBe(grpc.status.INVALID_ARGUMENT);
     expect(raw.quiverCode).toBe('INVALID_ARGUMENT');
     expectHttpError(await httpUp([goodJson, { id: 'n1', vector: [1, null, 2, 3] }]), 400, 'INVALID_ARGUMENT');
@@ -354,10 +356,10 @@ describe('bad input through both transports: typed errors, state unchanged', () 
     expectHttpError(await httpUp([goodJson, { id: 'n1', vector: [0, 0, 0, 0], payload: big }]), 400, 'INVALID_ARGUMENT');
     // A payload must be an object.
     expectHttpError(await httpUp([{ id: 'n1', vector: [0, 0, 0, 0], payload: [1, 2] }]), 400, 'INVALID_ARGUMENT');
-    const raw = await rawCall(h.server.grpcAddress, 'Upsert', { collection: C, points: [{ id: 'n1', vector: { values: [0, 0, 0, 0] }, payloadJson: '{"a":' }] });
+    const raw = await rawCall(h.server.grpcAddress, 'upsert', { collection: C, points: [{ id: 'n1', vector: { values: [0, 0, 0, 0] }, payloadJson: '{"a":' }] });
     expect(raw.quiverCode).toBe('INVALID_ARGUMENT');
     // A gRPC message over requestBytesMax is refused by the transport.
-    const huge = await rawCall(h.server.grpcAddress, 'Upsert', {
+    const huge = await rawCall(h.server.grpcAddress, 'upsert', {
       collection: C,
       points: [{ id: 'n1', vector: { values: [0, 0, 0, 0] }, payloadJson: JSON.stringify({ blob: 'x'.repeat(requestBytesMax) }) }],
     });
@@ -392,7 +394,7 @@ describe('bad input through both transports: typed errors, state unchanged', () 
       await expectCode(client.search(C, vec(0, DIM), { k: 1, filter: filter as any }), 'INVALID_ARGUMENT');
       expectHttpError(await httpJson(h.httpBase, 'POST', `/v1/collections/${C}/search`, { vector: goodJson.vector, k: 1, filter }), 400, 'INVALID_ARGUMENT');
     }
-    const raw = await rawCall(h.server.grpcAddress, 'Search', { collection: C, vector: { values: [0, 0, 0, 0] }, options: { k: 1, filterJson: '{"field": ' } });
+    const raw = await rawCall(h.server.grpcAddress, 'search', { collection: C, vector: { values: [0, 0, 0, 0] }, options: { k: 1, filterJson: '{"field": ' } });
     expect(raw.code).toBe(grpc.status.INVALID_ARGUMENT);
     expect(raw.quiverCode).toBe('INVALID_ARGUMENT');
     await expectUnchanged();

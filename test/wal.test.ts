@@ -3,7 +3,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { QuiverError } from '../src/errors';
-import { EntryType, SEGMENT_HEADER_BYTES, Wal, WalEntry, crc32c, decodeEntry } from '../src/wal';
+import { EntryType, SEGMENT_HEADER_BYTES, Wal, WalEntry, crc32c, decodeEntry, encodeEntryParts, entryBodyBytesMax, keyBytesMax } from '../src/wal';
 import { crc32cJs, crc32cNativeMinBytes } from '../src/wal/crc32c';
 import { loadAddon } from '../src/native/addon';
 
@@ -79,6 +79,35 @@ describe('crc32c', () => {
     const whole = crc32cJs(big);
     expect(crc32c(big, crc32c(big, 0, 0, 100), 100)).toBe(whole);
     expect(crc32c(big, crc32c(big, 0, 0, big.length - 100), big.length - 100)).toBe(whole);
+  });
+});
+
+describe('entry format', () => {
+  it('encodeEntryParts: the body parts as given (no copy), and their concatenation decodes to the entry', () => {
+    const parts = [body(1, 7), Buffer.alloc(0), body(2, 300)];
+    const e = { lsn: 2 ** 40 + 3, epoch: 5, commitLsn: 2 ** 33, type: EntryType.Upsert, key: 'k-ü', body: parts };
+    const enc = encodeEntryParts(e);
+    expect(enc.parts[1]).toBe(parts[0]); // the same buffers, not copies; the empty one left out
+    expect(enc.parts[2]).toBe(parts[2]);
+    expect(enc.parts).toHaveLength(4);
+    const bytes = Buffer.concat(enc.parts);
+    expect(bytes.length).toBe(enc.length);
+    const r = decodeEntry(bytes, 0);
+    expect(r.ok && r.bytes).toBe(bytes.length);
+    if (!r.ok) return;
+    expect(r.entry).toMatchObject({ lsn: e.lsn, epoch: 5, commitLsn: e.commitLsn, type: EntryType.Upsert, key: 'k-ü' });
+    expect(Buffer.from(r.entry.body).equals(Buffer.concat(parts))).toBe(true);
+    // One flipped bit anywhere is a checksum mismatch.
+    bytes[bytes.length - 10] ^= 1;
+    expect(decodeEntry(bytes, 0)).toMatchObject({ ok: false, reason: 'entry checksum mismatch' });
+  });
+
+  it('encodeEntryParts refuses a key or a body over its limit', () => {
+    const e = { lsn: 1, epoch: 1, commitLsn: 0, type: EntryType.Delete, key: '', body: body(1) };
+    expect(() => encodeEntryParts({ ...e, key: 'k'.repeat(keyBytesMax + 1) })).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
+    const mb = Buffer.alloc(1 << 20);
+    const tooBig = new Array<Buffer>(entryBodyBytesMax / mb.length + 1).fill(mb);
+    expect(() => encodeEntryParts({ ...e, body: tooBig })).toThrow(expect.objectContaining({ code: 'RESOURCE_EXHAUSTED' }));
   });
 });
 

@@ -1,5 +1,5 @@
 // Limits of the native core, checked at the boundary (native/napi and each index's entry points).
-// The TypeScript layer documents the same numbers (src/native/limits.ts); keep them in step.
+// The addon exports them to TypeScript (`limits`, native/napi/addon.cpp; read by src/native/limits.ts).
 #pragma once
 #include <cstddef>
 #include <cstdint>

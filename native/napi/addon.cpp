@@ -13,6 +13,7 @@
 
 #include "common/alloc.h"
 #include "common/format.h"
+#include "common/limits.h"
 #include "distance/distance.h"
 #include "napi/errors.h"
 #include "napi/gpu.h"
@@ -270,6 +271,19 @@ Napi::Value SumBench(const Napi::CallbackInfo& info) {
   return times;
 }
 
+// limits: the core's limits (common/limits.h), frozen; src/native/limits.ts reads them from here.
+Napi::Object LimitsObject(Napi::Env env) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("dimMax", Napi::Number::New(env, kDimMax));
+  o.Set("topKMax", Napi::Number::New(env, kTopKMax));
+  o.Set("efMax", Napi::Number::New(env, kEfMax));
+  o.Set("labelNone", Napi::Number::New(env, kLabelNone));
+  o.Set("batchVectorsMax", Napi::Number::New(env, static_cast<double>(kBatchVectorsMax)));
+  o.Set("searchSyncTermsMax", Napi::Number::New(env, static_cast<double>(kSearchSyncTermsMax)));
+  o.Freeze();
+  return o;
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setErrorClass", Napi::Function::New(env, SetErrorClass));
   exports.Set("simdLevel", Napi::Function::New(env, SimdLevelFn));
@@ -284,6 +298,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("sumBench", Napi::Function::New(env, SumBench));
   exports.Set("searchLaneStats", Napi::Function::New(env, lane_stats));
   exports.Set("searchLaneHold", Napi::Function::New(env, lane_hold));
+  exports.Set("limits", LimitsObject(env));
   exports.Set("NativeIndex", NativeIndex::Init(env));
   init_gpu(env, exports);
   return exports;

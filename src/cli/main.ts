@@ -1,27 +1,52 @@
 /**
- * `quiver <command>`: serve (src/cli/serve.ts), bench (bench/index.ts), help.
- * Each command module parses its own flags and documents them in its --help.
+ * `quiver <command>`: serve (src/cli/serve.ts), bench (the benchmarks' own entry, bench/index.ts,
+ * loaded by path from the built package), help, --version. Each command parses its own flags
+ * (src/common/args.ts) and documents them in its --help; bad flags exit with code 2.
  */
+import * as fs from 'fs';
+import * as path from 'path';
+import { QuiverError } from '../errors';
+import { benchList } from './benches';
+
 const USAGE = `usage: quiver <command> [options]
 
 commands:
-  serve     run a node (standalone without --etcd); see quiver serve --help
-  bench     benchmarks: kernels | exact | ann | server; see quiver bench --help
-  help      this text
+  serve          run a node (standalone without --etcd); see quiver serve --help
+  bench <name>   run a benchmark; see quiver bench <name> --help:
+${benchList('                   ')}  help           this text
+
+  --version      print the version
 `;
+
+// dist/src/cli -> the package root.
+const ROOT = path.resolve(__dirname, '..', '..', '..');
+
+function version(): string {
+  return (JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { version: string }).version;
+}
+
+/** The benchmarks' entry, dist/bench/index.js of this package. */
+function loadBench(): { bench(argv: string[]): Promise<number> } {
+  const entry = path.join(ROOT, 'dist', 'bench', 'index.js');
+  if (!fs.existsSync(entry)) {
+    throw new QuiverError('FAILED_PRECONDITION', `the benchmarks are not in this installation (${entry} is missing; \`npm run build\` makes it)`);
+  }
+  // eslint-disable-next-line @typescript-eslint/no-var-requires
+  return require(entry);
+}
 
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   switch (cmd) {
     case 'serve': {
-      const module = './serve';
-      const { serve } = (await import(module)) as { serve(argv: string[]): Promise<number> };
+      const { serve } = await import('./serve');
       return serve(rest);
     }
-    case 'bench': {
-      const { bench } = await import('../../bench/index');
-      return bench(rest);
-    }
+    case 'bench':
+      return loadBench().bench(rest);
+    case '--version':
+      process.stdout.write(`${version()}\n`);
+      return 0;
     case undefined:
     case 'help':
     case '--help':

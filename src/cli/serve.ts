@@ -6,7 +6,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { QuiverError } from '../errors';
-import { parseArgs, flagString } from './args';
+import { CommandSpec, UsageError, parseCommandLine, stringFlag } from '../common/args';
 import { openDatabase } from '../query';
 import { GrpcImpl, Metrics, checkGrpcImpl, startServer, splitHostPort } from '../server';
 import { tuneAllocatorForServer } from '../native/addon';
@@ -36,8 +36,12 @@ Both servers bind loopback by default; give a non-loopback host explicitly to li
 SIGTERM or SIGINT: stop accepting requests, finish those in flight, snapshot, exit 0.
 `;
 
-const KEYS = ['data', 'grpc', 'http', 'grpc-impl', 'config', 'snapshot-interval-ms', 'node-id', 'etcd', 'help'] as const;
 const CONFIG_KEYS = ['data', 'grpc', 'http', 'grpc-impl', 'snapshot-interval-ms', 'node-id', 'etcd'];
+
+export const SERVE: CommandSpec = {
+  usage: USAGE,
+  flags: Object.fromEntries([...CONFIG_KEYS, 'config'].map((k) => [k, { type: 'string' }])),
+};
 
 interface ServeConfig {
   data: string;
@@ -74,18 +78,15 @@ function readConfig(file: string): Record<string, string> {
   return out;
 }
 
-export function resolveConfig(argv: string[]): ServeConfig | 'help' {
-  const p = parseArgs(argv, ['help']);
-  for (const k of p.flags.keys()) {
-    if (!(KEYS as readonly string[]).includes(k)) throw new QuiverError('INVALID_ARGUMENT', `unknown flag --${k} (see quiver serve --help)`);
-  }
-  if (p.positionals.length) throw new QuiverError('INVALID_ARGUMENT', `unexpected argument '${p.positionals[0]}'`);
-  if (p.flags.get('help')) return 'help';
-  const configFile = flagString(p, 'config');
+/** The configuration from the flags and --config, or null when --help was printed. */
+export function resolveConfig(argv: string[]): ServeConfig | null {
+  const p = parseCommandLine(argv, SERVE);
+  if (!p) return null;
+  const configFile = stringFlag(p, 'config');
   const file = configFile ? readConfig(configFile) : {};
-  const get = (k: string, fallback: string): string => flagString(p, k) ?? file[k] ?? fallback;
+  const get = (k: string, fallback: string): string => stringFlag(p, k) ?? file[k] ?? fallback;
   const interval = Number(get('snapshot-interval-ms', '60000'));
-  if (!Number.isInteger(interval) || interval < 0) throw new QuiverError('INVALID_ARGUMENT', '--snapshot-interval-ms must be an integer >= 0');
+  if (!Number.isInteger(interval) || interval < 0) throw new UsageError('--snapshot-interval-ms must be an integer >= 0');
   const cfg: ServeConfig = {
     data: path.resolve(get('data', './quiver-data')),
     grpc: get('grpc', '127.0.0.1:7400'),
@@ -93,7 +94,7 @@ export function resolveConfig(argv: string[]): ServeConfig | 'help' {
     grpcImpl: checkGrpcImpl(get('grpc-impl', 'quiver'), '--grpc-impl'),
     snapshotIntervalMs: interval,
     nodeId: get('node-id', 'local'),
-    etcd: flagString(p, 'etcd') ?? file.etcd,
+    etcd: stringFlag(p, 'etcd') ?? file.etcd,
   };
   splitHostPort(cfg.grpc, '--grpc');
   splitHostPort(cfg.http, '--http');
@@ -101,17 +102,14 @@ export function resolveConfig(argv: string[]): ServeConfig | 'help' {
 }
 
 export async function serve(argv: string[]): Promise<number> {
-  let cfg: ServeConfig | 'help';
+  let cfg: ServeConfig | null;
   try {
     cfg = resolveConfig(argv);
   } catch (e) {
-    process.stderr.write(`quiver serve: ${e instanceof Error ? e.message : String(e)}\n`);
+    process.stderr.write(`quiver serve: ${e instanceof Error ? e.message : String(e)} (see quiver serve --help)\n`);
     return 2;
   }
-  if (cfg === 'help') {
-    process.stdout.write(USAGE);
-    return 0;
-  }
+  if (!cfg) return 0;
   if (cfg.etcd !== undefined) {
     process.stderr.write(
       'quiver serve: cluster mode (--etcd) is not available yet: it arrives with replication. ' +

@@ -27,8 +27,10 @@ import type {
   SearchRequest,
   WriteToken,
 } from '../query/types';
-import { bytesToVector, quiverMethods, vectorToBytes } from '../rpc/proto';
-import { GrpcChannel, UnaryMethod } from '../rpc/grpc-client';
+import type { MessageInitShape } from '@bufbuild/protobuf';
+import type { CollectionInfo as WireCollectionInfo, SearchHit as WireSearchHit, SearchOptionsSchema, Vector } from '../rpc/gen/quiver_pb';
+import { MethodName, RequestInit, ResponseOf, bytesToVector, quiverMethods, tokenFromWire, tokenToWire, vectorToBytes } from '../rpc/proto';
+import { GrpcChannel } from '../rpc/grpc-client';
 import { encodeUpsertColumns } from '../rpc/upsert-codec';
 
 export { QuiverError } from '../errors';
@@ -75,21 +77,16 @@ export interface GetOptions extends CallOptions {
 /** The engine's search request (src/query/types.ts) less the vectors, plus call options. */
 export interface SearchOptions extends CallOptions, Omit<SearchRequest, 'vectors'> {}
 
-/* eslint-disable @typescript-eslint/no-explicit-any */
-type Msg = any;
-
 const RETRYABLE: readonly ErrorCode[] = ['UNAVAILABLE', 'DEADLINE_EXCEEDED'];
 
 export class QuiverClient {
   private readonly channels: GrpcChannel[];
-  private readonly methods: Record<string, UnaryMethod>;
   private current = 0;
   private readonly deadlineMs: number;
   private readonly retries: number;
   private readonly backoffMs: number;
 
-  private constructor(addresses: string[], private readonly opts: ClientOptions) {
-    this.methods = quiverMethods() as unknown as Record<string, UnaryMethod>;
+  private constructor(addresses: string[], opts: ClientOptions) {
     this.channels = addresses.map((a) => new GrpcChannel(a, requestBytesMax));
     this.deadlineMs = opts.deadlineMs ?? defaultDeadlineMs;
     this.retries = opts.retries ?? 4;
@@ -120,17 +117,17 @@ export class QuiverClient {
   // ---- collections ----
 
   async createCollection(spec: CollectionSpecInput, o: CallOptions = {}): Promise<CollectionInfo> {
-    const req = {
+    const req: RequestInit<'createCollection'> = {
       name: spec.name,
       dim: spec.dim,
       metric: spec.metric ?? '',
-      index: spec.index ? { ...spec.index } : null,
+      index: spec.index ? { ...spec.index } : undefined,
       shards: spec.shards ?? 0,
       replicationFactor: spec.replicationFactor ?? 0,
       writeConcern: spec.writeConcern ?? '',
     };
     try {
-      return infoFromWire(await this.call('CreateCollection', req, o));
+      return infoFromWire(await this.call('createCollection', req, o));
     } catch (e) {
       // A retried create whose first attempt was applied: the collection is there.
       if (e instanceof QuiverError && e.code === 'ALREADY_EXISTS' && (e as RetriedError).afterAmbiguous) {
@@ -142,7 +139,7 @@ export class QuiverClient {
 
   async dropCollection(name: string, o: CallOptions = {}): Promise<void> {
     try {
-      await this.call('DropCollection', { name }, o);
+      await this.call('dropCollection', { name }, o);
     } catch (e) {
       if (e instanceof QuiverError && e.code === 'NOT_FOUND' && (e as RetriedError).afterAmbiguous) return;
       throw e;
@@ -150,12 +147,12 @@ export class QuiverClient {
   }
 
   async listCollections(o: CallOptions = {}): Promise<CollectionInfo[]> {
-    const r = await this.call('ListCollections', {}, o);
-    return (r.collections ?? []).map(infoFromWire);
+    const r = await this.call('listCollections', {}, o);
+    return r.collections.map(infoFromWire);
   }
 
   async describeCollection(name: string, o: CallOptions = {}): Promise<CollectionInfo> {
-    return infoFromWire(await this.call('DescribeCollection', { name }, o));
+    return infoFromWire(await this.call('describeCollection', { name }, o));
   }
 
   // ---- points ----
@@ -174,10 +171,10 @@ export class QuiverClient {
       const payloadJsons = points.some((p) => p.payload !== undefined) ? points.map((p) => (p.payload === undefined ? '' : JSON.stringify(p.payload))) : [];
       const ids = points.map((p) => p.id);
       const encoded = encodeUpsertColumns({ collection, idempotencyKey, ids, vectors: points.map((p) => p.vector), dim, payloadJsons });
-      const r = await this.call('Upsert', { collection, idempotencyKey, ids, payloadJsons }, o, encoded);
-      return { upserted: r.count, token: r.token ?? {} };
+      const r = await this.call('upsert', encoded, o);
+      return { upserted: Number(r.count), token: tokenFromWire(r.token) };
     }
-    const req = {
+    const req: RequestInit<'upsert'> = {
       collection,
       idempotencyKey,
       points: points.map((p) => ({
@@ -186,18 +183,18 @@ export class QuiverClient {
         payloadJson: p.payload === undefined ? '' : JSON.stringify(p.payload),
       })),
     };
-    const r = await this.call('Upsert', req, o);
-    return { upserted: r.count, token: r.token ?? {} };
+    const r = await this.call('upsert', req, o);
+    return { upserted: Number(r.count), token: tokenFromWire(r.token) };
   }
 
   async delete(collection: string, ids: string[], o: WriteOptions = {}): Promise<{ deleted: number; token: WriteToken }> {
-    const r = await this.call('Delete', { collection, ids, idempotencyKey: o.idempotencyKey ?? randomUUID() }, o);
-    return { deleted: r.count, token: r.token ?? {} };
+    const r = await this.call('delete', { collection, ids, idempotencyKey: o.idempotencyKey ?? randomUUID() }, o);
+    return { deleted: Number(r.count), token: tokenFromWire(r.token) };
   }
 
   async get(collection: string, ids: string[], o: GetOptions = {}): Promise<Point[]> {
-    const r = await this.call('Get', { collection, ids, withVectors: !!o.withVectors, withPayload: !!o.withPayload }, o);
-    return (r.points ?? []).map((p: Msg) => {
+    const r = await this.call('get', { collection, ids, withVectors: !!o.withVectors, withPayload: !!o.withPayload }, o);
+    return r.points.map((p) => {
       const out: Point = { id: p.id };
       if (p.vector) out.vector = vectorFromWire(p.vector);
       if (p.payloadJson) out.payload = JSON.parse(p.payloadJson);
@@ -206,54 +203,65 @@ export class QuiverClient {
   }
 
   async count(collection: string, o: CallOptions = {}): Promise<number> {
-    return (await this.call('Count', { collection }, o)).count;
+    return Number((await this.call('count', { collection }, o)).count);
   }
 
   /** k nearest neighbours of one query vector, nearest first. */
   async search(collection: string, vector: Float32Array, o: SearchOptions): Promise<SearchHit[]> {
-    const r = await this.call('Search', { collection, vector: { data: vectorToBytes(requireF32(vector)) }, options: searchOptions(o) }, o);
-    return (r.hits ?? []).map(hitFromWire);
+    const r = await this.call('search', { collection, vector: { data: vectorToBytes(requireF32(vector)) }, options: searchOptions(o) }, o);
+    return r.hits.map(hitFromWire);
   }
 
   /** One list of hits per query vector. */
   async searchBatch(collection: string, vectors: Float32Array[], o: SearchOptions): Promise<SearchHit[][]> {
     const r = await this.call(
-      'SearchBatch',
+      'searchBatch',
       { collection, vectors: vectors.map((v) => ({ data: vectorToBytes(requireF32(v)) })), options: searchOptions(o) },
       o,
     );
-    return (r.batches ?? []).map((b: Msg) => (b.hits ?? []).map(hitFromWire));
+    return r.batches.map((b) => b.hits.map(hitFromWire));
   }
 
   async status(o: CallOptions = {}): Promise<ClusterStatus> {
-    const r = await this.call('ClusterStatus', {}, o);
+    const r = await this.call('clusterStatus', {}, o);
     return {
-      mode: r.mode,
+      mode: r.mode as ClusterStatus['mode'],
       nodeId: r.nodeId,
-      nodes: (r.nodes ?? []).map((n: Msg) => ({ id: n.id, grpc: n.grpc || undefined, http: n.http || undefined, alive: n.alive })),
-      shards: (r.shards ?? []).map((s: Msg) => ({
+      nodes: r.nodes.map((n) => ({ id: n.id, grpc: n.grpc || undefined, http: n.http || undefined, alive: n.alive })),
+      shards: r.shards.map((s) => ({
         collection: s.collection,
         shard: s.shard,
         leader: s.leader,
-        epoch: s.epoch,
-        lastLsn: s.lastLsn,
-        appliedLsn: s.appliedLsn,
-        snapshotLsn: s.snapshotLsn,
-        points: s.points,
-        walBytes: s.walBytes,
+        epoch: Number(s.epoch),
+        lastLsn: Number(s.lastLsn),
+        appliedLsn: Number(s.appliedLsn),
+        snapshotLsn: Number(s.snapshotLsn),
+        points: Number(s.points),
+        walBytes: Number(s.walBytes),
       })),
     };
   }
 
   // ---- transport ----
 
-  /** `encoded`: req already serialized (sent as is by every attempt). */
-  private async call(method: string, req: Msg, o: CallOptions, encoded?: Buffer): Promise<Msg> {
+  /**
+   * One call, retried as the options say. The request is encoded once, before the first attempt
+   * (a Buffer is taken as already encoded: the column upsert); a request the codec cannot encode
+   * (a value outside its field's type) is INVALID_ARGUMENT.
+   */
+  private async call<M extends MethodName>(method: M, request: RequestInit<M> | Buffer, o: CallOptions): Promise<ResponseOf<M>> {
+    const codec = quiverMethods[method];
+    let encoded: Buffer;
+    try {
+      encoded = Buffer.isBuffer(request) ? request : codec.requestSerialize(request);
+    } catch (e) {
+      throw new QuiverError('INVALID_ARGUMENT', `the ${codec.name} request could not be encoded: ${(e as Error).message}`);
+    }
     let ambiguous = false;
     for (let attempt = 0; ; attempt++) {
       const channel = this.channels[this.current];
       try {
-        return await channel.unary(this.methods[method], req, Date.now() + (o.deadlineMs ?? this.deadlineMs), encoded);
+        return await channel.unary(codec, request as RequestInit<M>, Date.now() + (o.deadlineMs ?? this.deadlineMs), encoded);
       } catch (e) {
         const qe = e as RetriedError;
         qe.afterAmbiguous = ambiguous;
@@ -280,16 +288,16 @@ function requireF32(v: unknown): Float32Array {
   return v;
 }
 
-function vectorFromWire(v: Msg): Float32Array {
-  if (v.data && v.data.byteLength > 0) {
+function vectorFromWire(v: Vector): Float32Array {
+  if (v.data.byteLength > 0) {
     const f = bytesToVector(v.data);
     if (!f) throw new QuiverError('INTERNAL', 'the server sent a vector whose byte length is not a multiple of 4');
     return f;
   }
-  return Float32Array.from(v.values ?? []);
+  return Float32Array.from(v.values);
 }
 
-function searchOptions(o: SearchOptions): Msg {
+function searchOptions(o: SearchOptions): MessageInitShape<typeof SearchOptionsSchema> {
   // uint32 on the wire would silently truncate a fraction or wrap a negative number.
   if (!Number.isInteger(o.k) || o.k < 0) throw new QuiverError('INVALID_ARGUMENT', 'k must be a positive integer');
   for (const [name, v] of [['ef', o.ef], ['nprobe', o.nprobe]] as const) {
@@ -307,31 +315,33 @@ function searchOptions(o: SearchOptions): Msg {
     withPayload: !!o.withPayload,
     withVectors: !!o.withVectors,
     consistency: o.consistency ?? '',
-    token: o.token ?? {},
+    token: tokenToWire(o.token ?? {}),
   };
 }
 
-function hitFromWire(h: Msg): SearchHit {
+function hitFromWire(h: WireSearchHit): SearchHit {
   const out: SearchHit = { id: h.id, distance: h.distance };
   if (h.payloadJson) out.payload = JSON.parse(h.payloadJson);
   if (h.vector) out.vector = vectorFromWire(h.vector);
   return out;
 }
 
-function infoFromWire(c: Msg): CollectionInfo {
+function infoFromWire(c: WireCollectionInfo): CollectionInfo {
   const ix: Record<string, unknown> = { type: c.index?.type ?? 'flat' };
-  for (const k of ['m', 'efConstruction', 'efSearch', 'nlist', 'refine', 'nprobe']) {
-    if (c.index?.[k]) ix[k] = c.index[k];
+  if (c.index) {
+    for (const k of ['m', 'efConstruction', 'efSearch', 'nlist', 'refine', 'nprobe'] as const) {
+      if (c.index[k]) ix[k] = c.index[k];
+    }
   }
   return {
     name: c.name,
     dim: c.dim,
-    metric: c.metric,
+    metric: c.metric as CollectionInfo['metric'],
     index: ix as unknown as IndexSpec,
     shards: c.shards,
     replicationFactor: c.replicationFactor,
-    writeConcern: c.writeConcern,
-    count: c.count,
+    writeConcern: c.writeConcern as CollectionInfo['writeConcern'],
+    count: Number(c.count),
     createdAt: c.createdAt,
   };
 }

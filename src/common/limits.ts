@@ -1,8 +1,9 @@
 /**
  * Limits of the database layer, checked at the edge (server) and again by the database itself.
- * Every number is documented in docs/API.md ("Limits"); units are in the names.
+ * Every number is documented in docs/API.md ("Limits"); units are in the names. The native core's
+ * own limits (dimMax, topKMax, efMax, ...) come from the addon: src/native/limits.ts (kept apart so
+ * that the client, which imports this file, does not load the addon).
  */
-export { dimMax, topKMax, efMax } from '../native/limits';
 /** Collection names: 1..64 of [A-Za-z0-9_-], starting with a letter or digit. */
 export const collectionNamePattern = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
 /** Ids are UTF-8 strings of 1..256 bytes. */

@@ -52,17 +52,19 @@ export interface NativeAddon {
    * keep a lane search in flight as long as it needs; off lets it run (native/napi/search_lane.h).
    */
   searchLaneHold(on: boolean): void;
+  /** The core's limits (native/common/limits.h). */
+  limits: { dimMax: number; topKMax: number; efMax: number; labelNone: number; batchVectorsMax: number; searchSyncTermsMax: number };
   /** CRC-32C of bytes, continuing from crc (SSE 4.2 where the CPU has it). */
   crc32c(bytes: Uint8Array, crc?: number): number;
   /** A zeroed Float32Array for bulk rows; from 1 MB up in whole 2 MB pages advised for huge pages. */
   allocRows(floats: number): Float32Array;
   /** glibc malloc: keep freed heap tops up to trimBytes, heap-allocate blocks under mmapBytes. */
-  tuneAllocator?(trimBytes: number, mmapBytes: number): boolean;
+  tuneAllocator(trimBytes: number, mmapBytes: number): boolean;
   kernel(name: string, level: string, a: ArrayBufferView, b: ArrayBufferView): number;
   scanBench(level: string, base: Float32Array, dim: number, query: Float32Array, repeats: number): number;
   sumBench(level: string, base: Float32Array, repeats: number): number;
-  gpuInfo?(): { available: boolean; name?: string; memoryBytes?: number; reason?: string };
   // CUDA build only (native/napi/gpu_cuda.cpp; see src/native/gpu.ts).
+  gpuInfo?(): { available: boolean; name?: string; memoryBytes?: number; reason?: string };
   gpuFlatCreate?(dim: number, metric: string, vectors: Float32Array, labels: Uint32Array | null): Promise<unknown>;
   gpuFlatSearch?(handle: unknown, queries: Float32Array, k: number): Promise<unknown>;
   gpuIvfPqCreate?(nativeIndex: unknown): Promise<unknown>;
@@ -95,7 +97,7 @@ export function loadAddon(): { addon: NativeAddon; build: 'cpu' | 'cuda'; path: 
       const addon = require(c.file) as NativeAddon;
       addon.setErrorClass(QuiverError);
       if (c.build === 'cuda') {
-        const info = addon.gpuInfo ? addon.gpuInfo() : { available: false };
+        const info = addon.gpuInfo!(); // every CUDA build has it
         if (!info.available) {
           errors.push(`${c.file}: no GPU answered (${info.reason ?? 'unknown'})`);
           continue;
@@ -124,21 +126,18 @@ export function addon(): NativeAddon {
  * For a long-running server: glibc malloc keeps up to 256 MiB of freed memory at the top of its
  * heaps and serves blocks under 32 MiB from them, instead of unmapping and re-mapping the same
  * memory for every large batch (page faults are expensive on the VMs measured). Off with
- * QUIVER_MALLOC_TUNE=0; false where it did not apply (not glibc, an older addon).
+ * QUIVER_MALLOC_TUNE=0; false where it did not apply (not glibc).
  */
 export function tuneAllocatorForServer(): boolean {
   if (process.env.QUIVER_MALLOC_TUNE === '0') return false;
-  const a = addon();
-  return a.tuneAllocator ? a.tuneAllocator(256 << 20, 32 << 20) : false;
+  return addon().tuneAllocator(256 << 20, 32 << 20);
 }
 
 /**
  * A zeroed Float32Array of `floats` for bulk row storage (the shard's vector chunks). From 1 MB up
  * the addon maps it in whole 2 MB pages advised for transparent huge pages, so filling it costs a
- * few page faults instead of hundreds (about 10x faster on the VMs measured). Plain Float32Array
- * where the addon is older than this function.
+ * few page faults instead of hundreds (about 10x faster on the VMs measured).
  */
 export function allocRows(floats: number): Float32Array {
-  const a = addon();
-  return a.allocRows ? a.allocRows(floats) : new Float32Array(floats);
+  return addon().allocRows(floats);
 }

@@ -9,7 +9,7 @@
 import { QuiverError } from '../errors';
 import { loadAddon } from './addon';
 import { IvfPqIndex, Metric, METRICS, SearchResult, gpuInfo } from './index';
-import { topKMax } from './limits';
+import { dimMax, topKMax } from './limits';
 
 /* eslint-disable @typescript-eslint/no-explicit-any */
 function gpuAddon(): any {
@@ -49,7 +49,7 @@ export class GpuFlatIndex extends GpuIndexBase {
   /** Copies n vectors (Float32Array(n*dim)) to the device; labels default to 0..n-1. */
   static async create(dim: number, metric: Metric, vectors: Float32Array, labels?: Uint32Array): Promise<GpuFlatIndex> {
     const a = gpuAddon();
-    if (!Number.isInteger(dim) || dim < 1 || dim > 65536) throw new QuiverError('INVALID_ARGUMENT', 'dim must be in 1..65536');
+    if (!Number.isInteger(dim) || dim < 1 || dim > dimMax) throw new QuiverError('INVALID_ARGUMENT', `dim must be in 1..${dimMax}`);
     if (!METRICS.includes(metric)) throw new QuiverError('INVALID_ARGUMENT', `metric must be one of ${METRICS.join(', ')}`);
     if (!(vectors instanceof Float32Array) || vectors.length === 0 || vectors.length % dim !== 0) {
       throw new QuiverError('INVALID_ARGUMENT', 'vectors must be a non-empty Float32Array of n*dim floats');

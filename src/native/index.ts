@@ -6,7 +6,7 @@
 import { promises as fsp } from 'fs';
 import { QuiverError } from '../errors';
 import { addon, loadAddon, SearchLaneStats } from './addon';
-import { labelNone, topKMax } from './limits';
+import { dimMax, efMax, labelNone, topKMax } from './limits';
 
 export * from './limits';
 
@@ -242,7 +242,7 @@ function numericParams(o: object, skip: string[]): Record<string, number> {
 
 function makeNative(kind: IndexKind, opts: { dim: number; metric?: Metric }): unknown {
   if (opts === null || typeof opts !== 'object') throw new QuiverError('INVALID_ARGUMENT', 'index options must be an object');
-  requireInt(opts.dim, 'dim', 1, 65536);
+  requireInt(opts.dim, 'dim', 1, dimMax);
   const metric = opts.metric ?? 'l2';
   if (!METRICS.includes(metric)) throw new QuiverError('INVALID_ARGUMENT', `metric must be one of ${METRICS.join(', ')}`);
   return new (addon().NativeIndex)(kind, opts.dim, metric, numericParams(opts, ['dim', 'metric']));
@@ -353,7 +353,7 @@ export interface GpuInfo {
 /** Which build is loaded and whether a GPU serves it. */
 export function gpuInfo(): GpuInfo {
   const { addon: a, build, skipped } = loadAddon();
-  if (build === 'cuda' && a.gpuInfo) return { build, ...a.gpuInfo() };
+  if (build === 'cuda') return { build, ...a.gpuInfo!() }; // every CUDA build has it
   return { build, available: false, reason: `CPU build loaded (${skipped ?? 'no CUDA build present'})` };
 }
 

@@ -10,6 +10,7 @@
 import { promises as fsp } from 'fs';
 import * as path from 'path';
 import { QuiverError } from '../errors';
+import { fsyncDir } from '../common/fs';
 import type { CollectionSpec } from './types';
 
 export interface CatalogEntry {
@@ -52,10 +53,5 @@ export async function writeCatalog(dataDir: string, entries: CatalogEntry[]): Pr
     await fh.close();
   }
   await fsp.rename(tmp, file);
-  const dir = await fsp.open(dataDir, 'r');
-  try {
-    await dir.sync();
-  } finally {
-    await dir.close();
-  }
+  await fsyncDir(dataDir);
 }

@@ -12,7 +12,7 @@
 import { promises as fsp } from 'fs';
 import * as path from 'path';
 import { QuiverError } from '../errors';
-import { efMax } from '../common/limits';
+import { efMax } from '../native/limits';
 import { Shard, requestHash } from '../shard';
 import type { ShardHit, ShardOptions, UpsertOp } from '../shard';
 import { CatalogEntry, readCatalog, writeCatalog } from './catalog';

@@ -11,8 +11,6 @@ import {
   answerHitBytes,
   batchPointsMax,
   collectionNamePattern,
-  dimMax,
-  efMax,
   idBytesMax,
   idempotencyKeyBytesMax,
   payloadBytesMax,
@@ -20,8 +18,8 @@ import {
   requestBytesMax,
   searchBatchMax,
   shardsMax,
-  topKMax,
 } from '../common/limits';
+import { dimMax, efMax, topKMax } from '../native/limits';
 import { METRICS } from '../native';
 import type { CollectionSpec, Consistency, IndexSpec, WriteConcern } from './types';
 export type { UpsertColumns } from './types';

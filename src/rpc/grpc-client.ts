@@ -30,10 +30,10 @@ import type { HeaderList } from './hpack';
 import { splitHostPort } from '../common/address';
 import { codeOfGrpcStatus, QUIVER_CODE_KEY } from './proto';
 
-export interface UnaryMethod {
+export interface UnaryMethod<Req = unknown, Res = unknown> {
   path: string;
-  requestSerialize(value: unknown): Buffer;
-  responseDeserialize(bytes: Buffer): unknown;
+  requestSerialize(value: Req): Buffer;
+  responseDeserialize(bytes: Buffer): Res;
 }
 
 /** grpc-timeout allows at most 8 digits; milliseconds cover 27 hours, seconds the rest. */
@@ -240,7 +240,7 @@ export class GrpcChannel {
    * One unary call; resolves with the decoded answer or rejects with a QuiverError. `encoded`,
    * when given, is `request` already serialized (the client's hand-encoded upsert).
    */
-  async unary(method: UnaryMethod, request: unknown, deadlineAt: number, encoded?: Buffer): Promise<unknown> {
+  async unary<Req, Res>(method: UnaryMethod<Req, Res>, request: Req, deadlineAt: number, encoded?: Buffer): Promise<Res> {
     let message: Buffer;
     try {
       message = encoded ?? method.requestSerialize(request);

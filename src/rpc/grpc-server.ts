@@ -45,7 +45,7 @@ import * as net from 'net';
 import * as limits from '../common/limits';
 import { H2ConnectionError, H2InternalError, H2Session, H2Stream, H2_ERROR, refusal } from './h2';
 import type { HeaderList } from './hpack';
-import { GRPC_STATUS_OF, QUIVER_CODE_KEY } from './proto';
+import { GRPC_STATUS, QUIVER_CODE_KEY, grpcStatusOf } from './proto';
 import { asQuiverError } from '../server/validate';
 
 /** One unary method: its wire codec and the handler (rejects with a QuiverError). */
@@ -59,8 +59,6 @@ export interface GrpcMethod {
    */
   reusesRequest?: boolean;
 }
-
-const STATUS = { INVALID_ARGUMENT: 3, RESOURCE_EXHAUSTED: 8, UNIMPLEMENTED: 12 } as const;
 
 /**
  * new: no request taken yet; receiving: its body is arriving; waiting: whole, for the connection's
@@ -317,7 +315,7 @@ export class H2GrpcServer {
 
   private failLate(session: H2Session<Call>, s: H2Stream<Call>, why: string): void {
     this.event('receive_timeout');
-    this.fail(session, s, GRPC_STATUS_OF.DEADLINE_EXCEEDED, why, 'DEADLINE_EXCEEDED');
+    this.fail(session, s, grpcStatusOf('DEADLINE_EXCEEDED'), why, 'DEADLINE_EXCEEDED');
   }
 
   listen(host: string, port: number): Promise<number> {
@@ -455,7 +453,7 @@ export class H2GrpcServer {
       if (!most) return;
       this.event('buffer_full');
       const r = most.oldest!;
-      this.fail(r.user.session, r, STATUS.RESOURCE_EXHAUSTED, `the server holds ${this.limits.bufferedBytesMax} bytes of requests at once; retry later`, 'RESOURCE_EXHAUSTED');
+      this.fail(r.user.session, r, GRPC_STATUS.RESOURCE_EXHAUSTED, `the server holds ${this.limits.bufferedBytesMax} bytes of requests at once; retry later`, 'RESOURCE_EXHAUSTED');
     }
   }
 
@@ -487,7 +485,7 @@ export class H2GrpcServer {
       call.state = 'done';
       return session.reset(s, H2_ERROR.REFUSED_STREAM);
     }
-    if (!headers) return this.fail(session, s, STATUS.RESOURCE_EXHAUSTED, 'the request headers are over 64 KiB', 'RESOURCE_EXHAUSTED');
+    if (!headers) return this.fail(session, s, GRPC_STATUS.RESOURCE_EXHAUSTED, 'the request headers are over 64 KiB', 'RESOURCE_EXHAUSTED');
     let method = '';
     let path = '';
     let contentType = '';
@@ -516,12 +514,12 @@ export class H2GrpcServer {
       return this.answerOnly(session, s, [[':status', method !== 'POST' ? '405' : '415']]);
     }
     const m = this.methods.get(path);
-    if (!m) return this.fail(session, s, STATUS.UNIMPLEMENTED, `unknown method ${path}`);
-    if (encoding !== '' && encoding !== 'identity') return this.fail(session, s, STATUS.UNIMPLEMENTED, `grpc-encoding ${encoding} is not supported`);
+    if (!m) return this.fail(session, s, GRPC_STATUS.UNIMPLEMENTED, `unknown method ${path}`);
+    if (encoding !== '' && encoding !== 'identity') return this.fail(session, s, GRPC_STATUS.UNIMPLEMENTED, `grpc-encoding ${encoding} is not supported`);
     let ms: number | undefined = limits.defaultDeadlineMs;
     if (timeout !== undefined) {
       ms = parseGrpcTimeout(timeout);
-      if (ms === undefined) return this.fail(session, s, STATUS.INVALID_ARGUMENT, `malformed grpc-timeout '${timeout}'`, 'INVALID_ARGUMENT');
+      if (ms === undefined) return this.fail(session, s, GRPC_STATUS.INVALID_ARGUMENT, `malformed grpc-timeout '${timeout}'`, 'INVALID_ARGUMENT');
     }
     const now = Date.now();
     call.method = m;
@@ -627,14 +625,14 @@ export class H2GrpcServer {
     }
     call.chunks = [];
     if (body.length < 5 || body.readUInt32BE(1) !== body.length - 5) {
-      return this.fail(session, s, STATUS.INVALID_ARGUMENT, 'the request is not one length-prefixed gRPC message', 'INVALID_ARGUMENT');
+      return this.fail(session, s, GRPC_STATUS.INVALID_ARGUMENT, 'the request is not one length-prefixed gRPC message', 'INVALID_ARGUMENT');
     }
-    if (body[0] !== 0) return this.fail(session, s, STATUS.UNIMPLEMENTED, 'compressed messages are not supported');
+    if (body[0] !== 0) return this.fail(session, s, GRPC_STATUS.UNIMPLEMENTED, 'compressed messages are not supported');
     let request: unknown;
     try {
       request = m.decode(body.subarray(5));
     } catch (e) {
-      return this.fail(session, s, STATUS.INVALID_ARGUMENT, `the request could not be decoded: ${(e as Error).message}`, 'INVALID_ARGUMENT');
+      return this.fail(session, s, GRPC_STATUS.INVALID_ARGUMENT, `the request could not be decoded: ${(e as Error).message}`, 'INVALID_ARGUMENT');
     }
     call.state = 'running';
     conn.running++;
@@ -660,7 +658,7 @@ export class H2GrpcServer {
         try {
           finished();
           const qe = asQuiverError(e);
-          this.fail(session, s, GRPC_STATUS_OF[qe.code], qe.message, qe.code);
+          this.fail(session, s, grpcStatusOf(qe.code), qe.message, qe.code);
           this.next(session, conn);
         } catch (e2) {
           this.crash(session, e2);
@@ -674,7 +672,7 @@ export class H2GrpcServer {
     try {
       msg = m.encode(answer);
     } catch (e) {
-      return this.fail(session, s, GRPC_STATUS_OF.INTERNAL, `the answer could not be encoded: ${(e as Error).message}`, 'INTERNAL');
+      return this.fail(session, s, grpcStatusOf('INTERNAL'), `the answer could not be encoded: ${(e as Error).message}`, 'INTERNAL');
     }
     const prefix = Buffer.allocUnsafe(5);
     prefix[0] = 0;
@@ -737,11 +735,11 @@ export class H2GrpcServer {
   }
 
   private failTooLarge(session: H2Session<Call>, s: H2Stream<Call>): void {
-    this.fail(session, s, STATUS.RESOURCE_EXHAUSTED, `the request is over ${this.opts.receiveBytesMax} bytes`, 'RESOURCE_EXHAUSTED');
+    this.fail(session, s, GRPC_STATUS.RESOURCE_EXHAUSTED, `the request is over ${this.opts.receiveBytesMax} bytes`, 'RESOURCE_EXHAUSTED');
   }
 
   private failOverPrefix(session: H2Session<Call>, s: H2Stream<Call>): void {
-    this.fail(session, s, STATUS.INVALID_ARGUMENT, 'the request is longer than its length prefix', 'INVALID_ARGUMENT');
+    this.fail(session, s, GRPC_STATUS.INVALID_ARGUMENT, 'the request is longer than its length prefix', 'INVALID_ARGUMENT');
   }
 
   /** Answers with one HEADERS (END_STREAM); what the client still sends is cut off with RST_STREAM(NO_ERROR). */

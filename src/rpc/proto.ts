@@ -1,100 +1,102 @@
 /**
- * The wire protocol shared by the client and the server. Loads proto/quiver.proto at run time (from the package root, found by walking up from this file,
- * so it works from src/ under the test runner and from dist/src/ once compiled).
+ * The wire protocol shared by the client and the servers: the Quiver service of
+ * proto/quiver.proto, whose message types and descriptors protoc-gen-es generates into
+ * src/rpc/gen/ at build time (`npm run gen:proto`, run by prepare, build and scripts/test.sh).
+ *
+ * `quiverMethods` holds each method's four codec steps (request and answer, each way) under the
+ * names @grpc/grpc-js uses: the generated code (@bufbuild/protobuf's toBinary / fromBinary), and
+ * the hand-written codecs of search-codec.ts for Search and SearchBatch, where the generated ones
+ * cost more than 5 us per call more (`quiver bench codec`). The client's column upsert is encoded
+ * by hand too (upsert-codec.ts), so that the vectors are copied once.
  */
-import * as fs from 'fs';
-import * as path from 'path';
-import * as grpc from '@grpc/grpc-js';
-import * as protoLoader from '@grpc/proto-loader';
-import { searchCodecs } from './search-codec';
+import { create, fromBinary, toBinary } from '@bufbuild/protobuf';
+import type { DescMessage, MessageInitShape, MessageShape } from '@bufbuild/protobuf';
+import { ERROR_CODES, ErrorCode } from '../errors';
+import type { WriteToken } from '../query/types';
+import { Quiver } from './gen/quiver_pb';
+import { decodeSearchBatchResponse, decodeSearchRequest, decodeSearchResponse, encodeSearchBatchResponse, encodeSearchRequest, encodeSearchResponse } from './search-codec';
 
-export const PROTO_FILE = 'quiver.proto';
+type Methods = (typeof Quiver)['method'];
+/** A method by its generated name: createCollection, upsert, search, ... */
+export type MethodName = keyof Methods;
+export type RequestOf<M extends MethodName> = MessageShape<Methods[M]['input']>;
+export type RequestInit<M extends MethodName> = MessageInitShape<Methods[M]['input']>;
+export type ResponseOf<M extends MethodName> = MessageShape<Methods[M]['output']>;
+export type ResponseInit<M extends MethodName> = MessageInitShape<Methods[M]['output']>;
 
-export function protoPath(): string {
-  let dir = __dirname;
-  for (let i = 0; i < 6; i++) {
-    const candidate = path.join(dir, 'proto', PROTO_FILE);
-    if (fs.existsSync(candidate)) return candidate;
-    dir = path.dirname(dir);
-  }
-  throw new Error(`proto/${PROTO_FILE} not found above ${__dirname}`);
+/** One unary method: its gRPC path and codecs. Encoders take what `create()` takes. */
+export interface MethodCodec<M extends MethodName> {
+  /** The method's name in the .proto file (Search). */
+  name: string;
+  /** Its gRPC path (/quiver.v1.Quiver/Search). */
+  path: string;
+  requestSerialize(m: RequestInit<M>): Buffer;
+  requestDeserialize(bytes: Buffer): RequestOf<M>;
+  responseSerialize(m: ResponseInit<M>): Buffer;
+  responseDeserialize(bytes: Buffer): ResponseOf<M>;
 }
 
-let cached: grpc.ServiceClientConstructor | undefined;
+export type MethodTable = { [M in MethodName]: MethodCodec<M> };
 
-/** The generated service constructor (also carries `.service`, the definition a server adds). */
-export function quiverService(): grpc.ServiceClientConstructor {
-  if (cached) return cached;
-  const def = protoLoader.loadSync(protoPath(), {
-    keepCase: false, // snake_case fields become camelCase in JS
-    longs: Number,
-    enums: String,
-    defaults: true,
-    oneofs: false,
-  });
-  const pkg = grpc.loadPackageDefinition(def) as unknown as { quiver: { v1: { Quiver: grpc.ServiceClientConstructor } } };
-  cached = pkg.quiver.v1.Quiver;
-  return cached;
+export const METHOD_NAMES = Object.keys(Quiver.method) as MethodName[];
+
+/** The generated encoder of a message: `create` fills in what `init` leaves out. */
+function encoder<D extends DescMessage>(schema: D): (init: MessageInitShape<D>) => Buffer {
+  return (init) => {
+    const bytes = toBinary(schema, create(schema, init));
+    return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  };
 }
 
-let methods: grpc.ServiceDefinition | undefined;
-
-/**
- * The service's methods with the hand-written search codecs (search-codec.ts) in place of the
- * generated ones; the client and both servers use these.
- */
-export function quiverMethods(): grpc.ServiceDefinition {
-  if (methods) return methods;
-  const def: Record<string, grpc.MethodDefinition<unknown, unknown>> = { ...quiverService().service };
-  for (const [name, codecs] of Object.entries(searchCodecs)) def[name] = { ...def[name], ...codecs };
-  methods = def;
-  return methods;
+function decoder<D extends DescMessage>(schema: D): (bytes: Buffer) => MessageShape<D> {
+  return (bytes) => fromBinary(schema, bytes);
 }
 
-/** Quiver error code travels in this trailing metadata key. */
-export const QUIVER_CODE_KEY = 'quiver-code';
+function generated<M extends MethodName>(m: M): MethodCodec<M> {
+  const d: Methods[M] = Quiver.method[m];
+  const input: Methods[M]['input'] = d.input;
+  const output: Methods[M]['output'] = d.output;
+  return {
+    name: d.name,
+    path: `/${Quiver.typeName}/${d.name}`,
+    requestSerialize: encoder(input),
+    requestDeserialize: decoder(input),
+    responseSerialize: encoder(output),
+    responseDeserialize: decoder(output),
+  };
+}
 
-import type { ErrorCode } from '../errors';
+/** Every method with the generated codecs only (tests use it as the reference). */
+export const generatedMethods = Object.fromEntries(METHOD_NAMES.map((m) => [m, generated(m)])) as MethodTable;
 
-/** gRPC status codes (the numbers of grpc.status) for each Quiver error code. */
-export const GRPC_STATUS_OF: Record<ErrorCode, grpc.status> = {
-  INVALID_ARGUMENT: grpc.status.INVALID_ARGUMENT,
-  NOT_FOUND: grpc.status.NOT_FOUND,
-  ALREADY_EXISTS: grpc.status.ALREADY_EXISTS,
-  FAILED_PRECONDITION: grpc.status.FAILED_PRECONDITION,
-  RESOURCE_EXHAUSTED: grpc.status.RESOURCE_EXHAUSTED,
-  OUT_OF_RANGE: grpc.status.OUT_OF_RANGE,
-  DATA_LOSS: grpc.status.DATA_LOSS,
-  UNAVAILABLE: grpc.status.UNAVAILABLE,
-  DEADLINE_EXCEEDED: grpc.status.DEADLINE_EXCEEDED,
-  UNAUTHENTICATED: grpc.status.UNAUTHENTICATED,
-  PERMISSION_DENIED: grpc.status.PERMISSION_DENIED,
-  INTERNAL: grpc.status.INTERNAL,
+/** What the client and both servers use: the generated codecs, the hand-written ones for searches. */
+export const quiverMethods: MethodTable = {
+  ...generatedMethods,
+  search: {
+    ...generatedMethods.search,
+    requestSerialize: encodeSearchRequest,
+    requestDeserialize: decodeSearchRequest,
+    responseSerialize: encodeSearchResponse,
+    responseDeserialize: decodeSearchResponse,
+  },
+  searchBatch: {
+    ...generatedMethods.searchBatch,
+    responseSerialize: encodeSearchBatchResponse,
+    responseDeserialize: decodeSearchBatchResponse,
+  },
 };
 
-/** The Quiver code for a gRPC status that carried no `quiver-code` (transport errors). */
-export function codeOfGrpcStatus(s: number): ErrorCode {
-  switch (s) {
-    case grpc.status.INVALID_ARGUMENT: return 'INVALID_ARGUMENT';
-    case grpc.status.NOT_FOUND: return 'NOT_FOUND';
-    case grpc.status.ALREADY_EXISTS: return 'ALREADY_EXISTS';
-    case grpc.status.FAILED_PRECONDITION: return 'FAILED_PRECONDITION';
-    case grpc.status.RESOURCE_EXHAUSTED: return 'RESOURCE_EXHAUSTED';
-    case grpc.status.OUT_OF_RANGE: return 'OUT_OF_RANGE';
-    case grpc.status.DATA_LOSS: return 'DATA_LOSS';
-    case grpc.status.UNAVAILABLE: return 'UNAVAILABLE';
-    case grpc.status.CANCELLED: return 'UNAVAILABLE';
-    case grpc.status.DEADLINE_EXCEEDED: return 'DEADLINE_EXCEEDED';
-    case grpc.status.UNAUTHENTICATED: return 'UNAUTHENTICATED';
-    case grpc.status.PERMISSION_DENIED: return 'PERMISSION_DENIED';
-    default: return 'INTERNAL';
-  }
+/** Read tokens on the wire: shard -> LSN as uint64 (bigint in the generated types). */
+export function tokenToWire(t: WriteToken): { [shard: string]: bigint } {
+  const out: { [shard: string]: bigint } = {};
+  for (const shard of Object.keys(t)) out[shard] = BigInt(t[shard]);
+  return out;
 }
 
-/** Vectors on the wire: little-endian float32 bytes (`data`) or packed floats (`values`). */
-export interface WireVector {
-  values?: number[];
-  data?: Buffer | Uint8Array;
+export function tokenFromWire(t: { [shard: string]: bigint }): WriteToken {
+  const out: WriteToken = {};
+  for (const shard of Object.keys(t)) out[shard] = Number(t[shard]);
+  return out;
 }
 
 /** Float32Array -> bytes without copying (the buffer views the same memory). */
@@ -113,4 +115,44 @@ export function bytesToVector(b: Uint8Array): Float32Array | undefined {
   const copy = new Uint8Array(b.byteLength);
   copy.set(b);
   return new Float32Array(copy.buffer);
+}
+
+/** Quiver error code travels in this trailing metadata key. */
+export const QUIVER_CODE_KEY = 'quiver-code';
+
+/**
+ * gRPC status codes (https://grpc.github.io/grpc/core/md_doc_statuscodes.html; the numbers of
+ * @grpc/grpc-js's `status`). Every Quiver error code is one of these names.
+ */
+export const GRPC_STATUS = {
+  OK: 0,
+  CANCELLED: 1,
+  UNKNOWN: 2,
+  INVALID_ARGUMENT: 3,
+  DEADLINE_EXCEEDED: 4,
+  NOT_FOUND: 5,
+  ALREADY_EXISTS: 6,
+  PERMISSION_DENIED: 7,
+  RESOURCE_EXHAUSTED: 8,
+  FAILED_PRECONDITION: 9,
+  ABORTED: 10,
+  OUT_OF_RANGE: 11,
+  UNIMPLEMENTED: 12,
+  INTERNAL: 13,
+  UNAVAILABLE: 14,
+  DATA_LOSS: 15,
+  UNAUTHENTICATED: 16,
+} as const;
+
+/** The gRPC status that carries a Quiver error code: the one of the same name. */
+export function grpcStatusOf(code: ErrorCode): number {
+  return GRPC_STATUS[code];
+}
+
+const CODE_OF_STATUS = new Map<number, ErrorCode>(ERROR_CODES.map((c) => [GRPC_STATUS[c], c]));
+
+/** The Quiver code for a gRPC status that carried no `quiver-code` (transport errors). */
+export function codeOfGrpcStatus(s: number): ErrorCode {
+  if (s === GRPC_STATUS.CANCELLED) return 'UNAVAILABLE';
+  return CODE_OF_STATUS.get(s) ?? 'INTERNAL';
 }

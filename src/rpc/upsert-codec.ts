@@ -1,9 +1,9 @@
 /**
  * UpsertRequest in columns, encoded by hand (proto/quiver.proto, field numbers below), so the
  * vectors of a batch are copied once, from each point's Float32Array straight into the message.
- * Through protobufjs they were gathered into one buffer and copied again into the message (two
- * fresh 3 MB buffers per 1,000 x 784 batch). The output equals protobufjs's encoding of the same
- * request object (test/client.test.ts decodes it with the generated code).
+ * The generated encoder needs them gathered into one `vectors` array first, then copies them into
+ * its growing buffer and once more into its result (`quiver bench codec`). The output equals the
+ * generated encoding of the same request (test/client.test.ts).
  *
  *   1 collection (string) | 3 idempotency_key (string) | 4 ids (repeated string)
  *   5 vectors (bytes: n x dim little-endian float32) | 6 payload_jsons (repeated string)
@@ -22,7 +22,7 @@ export interface UpsertColumnsRequest {
 }
 
 export function encodeUpsertColumns(r: UpsertColumnsRequest): Buffer {
-  // Fields in number order, as protobufjs writes them; proto3 leaves out an empty singular string.
+  // Fields in number order, as the generated code writes them; proto3 leaves out an empty string.
   const head: [number, string[]][] = [
     [1, r.collection === '' ? [] : [r.collection]],
     [3, r.idempotencyKey === '' ? [] : [r.idempotencyKey]],

@@ -4,12 +4,29 @@
  * QuiverError code with the code itself in the trailing metadata `quiver-code`.
  */
 import * as grpc from '@grpc/grpc-js';
+import { create } from '@bufbuild/protobuf';
+import type { MessageInitShape } from '@bufbuild/protobuf';
 import { invalidArgument } from '../errors';
 import { defaultDeadlineMs, searchBatchMax } from '../common/limits';
 import { stringifyJson } from '../common/json';
 import { checkColumnFloats, checkPointCount, checkQueryCount } from '../query/validate';
 import type { CollectionInfo, CollectionSpecInput, IndexSpec, Point, SearchHit, SearchRequest, WriteToken } from '../query/types';
-import { GRPC_STATUS_OF, QUIVER_CODE_KEY, WireVector, quiverMethods, vectorToBytes } from '../rpc/proto';
+import * as wire from '../rpc/gen/quiver_pb';
+import {
+  METHOD_NAMES,
+  MethodCodec,
+  MethodName,
+  MethodTable,
+  QUIVER_CODE_KEY,
+  RequestInit,
+  RequestOf,
+  ResponseInit,
+  grpcStatusOf,
+  quiverMethods,
+  tokenFromWire,
+  tokenToWire,
+  vectorToBytes,
+} from '../rpc/proto';
 import { Reader } from '../rpc/search-codec';
 import { WIRE } from '../rpc/wire';
 import type { Op, Service } from './service';
@@ -17,17 +34,12 @@ import { asQuiverError, gatherQueries, parseJsonField } from './validate';
 import { clusterJson } from './status-page';
 import type { GrpcMethod } from '../rpc/grpc-server';
 
-/* eslint-disable @typescript-eslint/no-explicit-any */
-type Msg = any;
-
 /** Which of values or data a wire vector sets (both is refused; neither reads as no values). */
-function wireForm(v: WireVector | null | undefined, what: string): { data: Uint8Array } | { values: number[] } {
-  const data = v?.data;
-  const values = v?.values;
-  const hasData = data !== undefined && data !== null && data.byteLength > 0;
-  const hasValues = Array.isArray(values) && values.length > 0;
+function wireForm(v: wire.Vector | undefined, what: string): { data: Uint8Array } | { values: number[] } {
+  const hasData = v !== undefined && v.data.byteLength > 0;
+  const hasValues = v !== undefined && v.values.length > 0;
   if (hasData && hasValues) throw invalidArgument(`${what}: set values or data, not both`);
-  return hasData ? { data } : { values: hasValues ? values : [] };
+  return hasData ? { data: v.data } : { values: hasValues ? v.values : [] };
 }
 
 /**
@@ -35,7 +47,7 @@ function wireForm(v: WireVector | null | undefined, what: string): { data: Uint8
  * checking that it sets one of values or data and has `dim` components. Finiteness is the
  * database's check (one pass over the batch).
  */
-export function copyVector(v: WireVector | null | undefined, dim: number, what: string, out: Float32Array, bytes: Uint8Array, i: number): void {
+export function copyVector(v: wire.Vector | undefined, dim: number, what: string, out: Float32Array, bytes: Uint8Array, i: number): void {
   const w = wireForm(v, what);
   if ('data' in w) {
     const n = w.data.byteLength;
@@ -48,7 +60,7 @@ export function copyVector(v: WireVector | null | undefined, dim: number, what: 
   out.set(w.values, i * dim);
 }
 
-export function encodeVector(v: Float32Array, asFloats: boolean): WireVector {
+export function encodeVector(v: Float32Array, asFloats: boolean): MessageInitShape<typeof wire.VectorSchema> {
   return asFloats ? { values: Array.from(v) } : { data: vectorToBytes(v) };
 }
 
@@ -56,73 +68,68 @@ function nz(n: number | undefined | null): number | undefined {
   return n ? n : undefined;
 }
 
-function indexFromWire(ix: Msg): IndexSpec | undefined {
+function indexFromWire(ix: wire.IndexSpec | undefined): IndexSpec | undefined {
   if (!ix || !ix.type) return undefined;
   const out: Record<string, unknown> = { type: ix.type };
-  for (const k of ['m', 'efConstruction', 'efSearch', 'nlist', 'refine', 'nprobe']) {
+  for (const k of ['m', 'efConstruction', 'efSearch', 'nlist', 'refine', 'nprobe'] as const) {
     if (ix[k]) out[k] = ix[k];
   }
   return out as unknown as IndexSpec;
 }
 
-function indexToWire(ix: IndexSpec): Msg {
-  return { ...ix };
-}
-
-function infoToWire(c: CollectionInfo): Msg {
+function infoToWire(c: CollectionInfo): MessageInitShape<typeof wire.CollectionInfoSchema> {
   return {
     name: c.name,
     dim: c.dim,
     metric: c.metric,
-    index: indexToWire(c.index),
+    index: { ...c.index },
     shards: c.shards,
     replicationFactor: c.replicationFactor,
     writeConcern: c.writeConcern,
-    count: c.count,
+    count: BigInt(c.count),
     createdAt: c.createdAt,
   };
 }
 
-function tokenFromWire(t: Msg): WriteToken | undefined {
-  if (!t || Object.keys(t).length === 0) return undefined;
-  return t as WriteToken;
+function writeToWire(count: number, token: WriteToken): MessageInitShape<typeof wire.WriteResponseSchema> {
+  return { count: BigInt(count), token: tokenToWire(token) };
 }
 
-function pointToWire(p: Point, asFloats: boolean): Msg {
+function pointToWire(p: Point, asFloats: boolean): MessageInitShape<typeof wire.PointSchema> {
   return {
     id: p.id,
-    vector: p.vector ? encodeVector(p.vector, asFloats) : null,
+    vector: p.vector ? encodeVector(p.vector, asFloats) : undefined,
     payloadJson: p.payload ? stringifyJson(p.payload) : '',
   };
 }
 
-function hitToWire(h: SearchHit, asFloats: boolean): Msg {
+function hitToWire(h: SearchHit, asFloats: boolean): MessageInitShape<typeof wire.SearchHitSchema> {
   return {
     id: h.id,
     distance: h.distance,
     payloadJson: h.payload ? stringifyJson(h.payload) : '',
-    vector: h.vector ? encodeVector(h.vector, asFloats) : null,
+    vector: h.vector ? encodeVector(h.vector, asFloats) : undefined,
   };
 }
 
 /** Query vectors of Search (one, `vector`) or SearchBatch (`vectors[i]`) as one nq x dim array. */
-function wireQueries(list: (WireVector | null | undefined)[], dim: number, single: boolean): Float32Array {
+function wireQueries(list: readonly (wire.Vector | undefined)[], dim: number, single: boolean): Float32Array {
   let bytes: Uint8Array | undefined;
   return gatherQueries(list, dim, single, (v, where, out, i) => copyVector(v, dim, where, out, (bytes ??= new Uint8Array(out.buffer, out.byteOffset, out.byteLength)), i));
 }
 
-function searchRequest(vectors: Float32Array, o: Msg): SearchRequest {
-  o = o ?? {};
+function searchRequest(vectors: Float32Array, o: wire.SearchOptions | undefined): SearchRequest {
+  if (!o) return { vectors } as SearchRequest;
   return {
     vectors,
     k: o.k,
-    filter: parseJsonField(o.filterJson ?? '', 'options.filter_json') as SearchRequest['filter'],
+    filter: parseJsonField(o.filterJson, 'options.filter_json') as SearchRequest['filter'],
     ef: nz(o.ef),
     nprobe: nz(o.nprobe),
     withPayload: o.withPayload,
     withVectors: o.withVectors,
-    consistency: o.consistency || undefined,
-    token: tokenFromWire(o.token),
+    consistency: (o.consistency || undefined) as SearchRequest['consistency'],
+    token: Object.keys(o.token).length === 0 ? undefined : tokenFromWire(o.token),
   };
 }
 
@@ -151,115 +158,137 @@ class BatchArrays {
  * reusesRequest: it copies out all it keeps of the request before its first await, so the server
  * may gather a large request in a buffer it reuses once the call settles.
  */
-export type GrpcHandler = ((request: Msg, deadlineAt: number) => Promise<Msg>) & { reusesRequest?: boolean };
+export type GrpcHandler<M extends MethodName> = ((request: RequestOf<M>, deadlineAt: number) => Promise<ResponseInit<M>>) & { reusesRequest?: boolean };
 
-/** The service's handlers by method name (CreateCollection, Search, ...), for either gRPC server. */
-export function grpcHandlers(svc: Service): Record<string, GrpcHandler> {
+export type GrpcHandlers = { [M in MethodName]: GrpcHandler<M> };
+
+/** The service's handlers by method, for either gRPC server. */
+export function grpcHandlers(svc: Service): GrpcHandlers {
   const db = svc.db;
   const batchArrays = new BatchArrays();
   const unary =
-    (op: Op, fn: (req: Msg, signal?: AbortSignal) => Promise<Msg> | Msg): GrpcHandler =>
+    <M extends MethodName>(op: Op, fn: (req: RequestOf<M>, signal?: AbortSignal) => Promise<ResponseInit<M>> | ResponseInit<M>): GrpcHandler<M> =>
     (request, deadlineAt) =>
       svc.run(op, 'grpc', deadlineAt, (signal) => fn(request, signal));
 
   return {
-    CreateCollection: unary('CreateCollection', async (r, signal) => {
+    createCollection: unary('CreateCollection', async (r, signal) => {
       const spec: CollectionSpecInput = {
         name: r.name,
         dim: r.dim,
-        metric: r.metric || undefined,
+        metric: (r.metric || undefined) as CollectionSpecInput['metric'],
         index: indexFromWire(r.index),
         shards: nz(r.shards),
         replicationFactor: nz(r.replicationFactor),
-        writeConcern: r.writeConcern || undefined,
+        writeConcern: (r.writeConcern || undefined) as CollectionSpecInput['writeConcern'],
       };
       return infoToWire(await db.createCollection(spec, { signal }));
     }),
-    DropCollection: unary('DropCollection', async (r, signal) => {
+    dropCollection: unary('DropCollection', async (r, signal) => {
       await db.dropCollection(r.name, { signal });
       return {};
     }),
-    ListCollections: unary('ListCollections', () => ({ collections: db.listCollections().map(infoToWire) })),
-    DescribeCollection: unary('DescribeCollection', (r) => infoToWire(db.describeCollection(r.name))),
+    listCollections: unary('ListCollections', () => ({ collections: db.listCollections().map(infoToWire) })),
+    describeCollection: unary('DescribeCollection', (r) => infoToWire(db.describeCollection(r.name))),
     // Copies the vectors (into its batch array), ids and payloads (strings) before its first await.
-    Upsert: Object.assign(unary('Upsert', async (r, signal) => {
-      const dim = db.dimOf(r.collection);
-      const list: Msg[] = r.points ?? [];
-      const colIds: string[] = r.ids ?? [];
-      const colVectors: Buffer | undefined = r.vectors;
-      const columns = colIds.length > 0 || (colVectors !== undefined && colVectors.byteLength > 0);
-      if (columns && list.length > 0) throw invalidArgument('set points or ids and vectors, not both');
-      const n = columns ? colIds.length : list.length;
-      checkPointCount(n);
-      const colPayloads: string[] = r.payloadJsons ?? [];
-      if (columns) {
-        const got = colVectors?.byteLength ?? 0;
-        if (got % 4 !== 0) throw invalidArgument(`vectors is ${got} bytes, not a whole number of float32 values`);
-        checkColumnFloats(got / 4, n, dim);
-        if (colPayloads.length !== 0 && colPayloads.length !== n) throw invalidArgument(`${colPayloads.length} payload_jsons for ${n} ids: give none, or one per id`);
-      }
-      // One row-major array for the whole batch, filled straight from the wire: the database keeps
-      // it (no per-point arrays, no second copy on the way to the WAL and the index). Every row is
-      // written below, so a reused array needs no clearing.
-      const vectors = batchArrays.take(n * dim);
-      const bytes = new Uint8Array(vectors.buffer, vectors.byteOffset, vectors.byteLength);
-      const ids: unknown[] = columns ? colIds : new Array(n);
-      const payloads: unknown[] = new Array(n);
-
-      let done: Promise<{ upserted: number; token: WriteToken }>;
-      try {
+    upsert: Object.assign(
+      unary<'upsert'>('Upsert', async (r, signal) => {
+        const dim = db.dimOf(r.collection);
+        const list = r.points;
+        const colIds = r.ids;
+        const colVectors = r.vectors;
+        const columns = colIds.length > 0 || colVectors.byteLength > 0;
+        if (columns && list.length > 0) throw invalidArgument('set points or ids and vectors, not both');
+        const n = columns ? colIds.length : list.length;
+        checkPointCount(n);
+        const colPayloads = r.payloadJsons;
         if (columns) {
-          bytes.set(colVectors!);
-          for (let i = 0; i < n; i++) payloads[i] = colPayloads.length === 0 ? undefined : parseJsonField(colPayloads[i], `payload_jsons[${i}]`);
-        } else {
-          for (let i = 0; i < n; i++) {
-            const p = list[i];
-            copyVector(p.vector, dim, `points[${i}].vector`, vectors, bytes, i);
-            ids[i] = p.id;
-            payloads[i] = parseJsonField(p.payloadJson ?? '', `points[${i}].payload_json`);
-          }
+          const got = colVectors.byteLength;
+          if (got % 4 !== 0) throw invalidArgument(`vectors is ${got} bytes, not a whole number of float32 values`);
+          checkColumnFloats(got / 4, n, dim);
+          if (colPayloads.length !== 0 && colPayloads.length !== n) throw invalidArgument(`${colPayloads.length} payload_jsons for ${n} ids: give none, or one per id`);
         }
-        done = db.upsertColumns(r.collection, { ids, vectors, payloads }, { idempotencyKey: r.idempotencyKey || undefined, signal });
-      } catch (e) {
-        batchArrays.give(vectors);
-        throw e;
-      }
-      // Settles once the batch is applied (or refused): the WAL has written it and the index and
-      // the point store have copied it, so the array is free again. Not tied to this call's
-      // deadline, which can answer before the database is done.
-      done.then(
-        () => batchArrays.give(vectors),
-        () => batchArrays.give(vectors),
-      );
-      const res = await done;
-      return { count: res.upserted, token: res.token };
-    }), { reusesRequest: true }),
-    Delete: unary('Delete', async (r, signal) => {
-      const res = await db.delete(r.collection, r.ids ?? [], { idempotencyKey: r.idempotencyKey || undefined, signal });
-      return { count: res.deleted, token: res.token };
+        // One row-major array for the whole batch, filled straight from the wire: the database keeps
+        // it (no per-point arrays, no second copy on the way to the WAL and the index). Every row is
+        // written below, so a reused array needs no clearing.
+        const vectors = batchArrays.take(n * dim);
+        const bytes = new Uint8Array(vectors.buffer, vectors.byteOffset, vectors.byteLength);
+        const ids: unknown[] = columns ? colIds : new Array(n);
+        const payloads: unknown[] = new Array(n);
+        let done: Promise<{ upserted: number; token: WriteToken }>;
+        try {
+          if (columns) {
+            bytes.set(colVectors);
+            for (let i = 0; i < n; i++) payloads[i] = colPayloads.length === 0 ? undefined : parseJsonField(colPayloads[i], `payload_jsons[${i}]`);
+          } else {
+            for (let i = 0; i < n; i++) {
+              const p = list[i];
+              copyVector(p.vector, dim, `points[${i}].vector`, vectors, bytes, i);
+              ids[i] = p.id;
+              payloads[i] = parseJsonField(p.payloadJson, `points[${i}].payload_json`);
+            }
+          }
+          done = db.upsertColumns(r.collection, { ids, vectors, payloads }, { idempotencyKey: r.idempotencyKey || undefined, signal });
+        } catch (e) {
+          batchArrays.give(vectors);
+          throw e;
+        }
+        // Settles once the batch is applied (or refused): the WAL has written it and the index and
+        // the point store have copied it, so the array is free again. Not tied to this call's
+        // deadline, which can answer before the database is done.
+        done.then(
+          () => batchArrays.give(vectors),
+          () => batchArrays.give(vectors),
+        );
+        const res = await done;
+        return writeToWire(res.upserted, res.token);
+      }),
+      { reusesRequest: true },
+    ),
+    delete: unary('Delete', async (r, signal) => {
+      const res = await db.delete(r.collection, r.ids, { idempotencyKey: r.idempotencyKey || undefined, signal });
+      return writeToWire(res.deleted, res.token);
     }),
-    Get: unary('Get', async (r) => {
-      const pts = await db.get(r.collection, r.ids ?? [], { withVectors: r.withVectors, withPayload: r.withPayload });
+    get: unary('Get', async (r) => {
+      const pts = await db.get(r.collection, r.ids, { withVectors: r.withVectors, withPayload: r.withPayload });
       return { points: pts.map((p) => pointToWire(p, r.floatVectors)) };
     }),
-    Search: unary('Search', async (r) => {
+    search: unary('Search', async (r) => {
       const hits = await db.search(r.collection, searchRequest(wireQueries([r.vector], db.dimOf(r.collection), true), r.options));
       const asFloats = !!r.options?.floatVectors;
       return { hits: (hits[0] ?? []).map((h) => hitToWire(h, asFloats)) };
     }),
-    SearchBatch: unary('SearchBatch', async (r) => {
-      if (r.vectorsOverLimit) checkQueryCount(searchBatchMax + 1, true);
-      const hits = await db.search(r.collection, searchRequest(wireQueries(r.vectors ?? [], db.dimOf(r.collection), false), r.options));
+    searchBatch: unary('SearchBatch', async (r) => {
+      if (overLimit.has(r)) checkQueryCount(searchBatchMax + 1, true);
+      const hits = await db.search(r.collection, searchRequest(wireQueries(r.vectors, db.dimOf(r.collection), false), r.options));
       const asFloats = !!r.options?.floatVectors;
       return { batches: hits.map((list) => ({ hits: list.map((h) => hitToWire(h, asFloats)) })) };
     }),
-    Count: unary('Count', async (r) => ({ count: await db.count(r.collection) })),
-    ClusterStatus: unary('ClusterStatus', () => clusterJson(db.status(), svc.addresses)),
+    count: unary('Count', async (r) => ({ count: BigInt(await db.count(r.collection)) })),
+    clusterStatus: unary('ClusterStatus', () => {
+      const st = clusterJson(db.status(), svc.addresses);
+      return {
+        ...st,
+        shards: st.shards.map((sh) => ({
+          ...sh,
+          epoch: BigInt(sh.epoch),
+          lastLsn: BigInt(sh.lastLsn),
+          appliedLsn: BigInt(sh.appliedLsn),
+          snapshotLsn: BigInt(sh.snapshotLsn),
+          points: BigInt(sh.points),
+          walBytes: BigInt(sh.walBytes),
+          lag: BigInt(sh.lag),
+        })),
+      };
+    }),
   };
 }
 
 /** SearchBatchRequest's field of query vectors (proto/quiver.proto), as its tag: field 2, length-delimited. */
 const SEARCH_BATCH_VECTORS_TAG = (2 << 3) | WIRE.LEN;
+
+/** SearchBatch requests with more than searchBatchMax query vectors, left undecoded (empty). */
+const overLimit = new WeakSet<object>();
 
 /**
  * SearchBatch's query vectors are counted in the message before it is decoded: decoding builds an
@@ -267,34 +296,50 @@ const SEARCH_BATCH_VECTORS_TAG = (2 << 3) | WIRE.LEN;
  * Past searchBatchMax the request is not decoded; the handler refuses it (INVALID_ARGUMENT, over
  * either gRPC server: a decoder that throws is INTERNAL under grpc-js).
  */
-function countingQueries(decode: (b: Buffer) => Msg): (b: Buffer) => Msg {
+function countingQueries(decode: (b: Buffer) => RequestOf<'searchBatch'>): (b: Buffer) => RequestOf<'searchBatch'> {
   return (b) => {
     const r = new Reader(b, 0, b.length);
     let n = 0;
     while (r.more()) {
       const tag = r.varint();
-      if (tag === SEARCH_BATCH_VECTORS_TAG && ++n > searchBatchMax) return { vectorsOverLimit: true };
+      if (tag === SEARCH_BATCH_VECTORS_TAG && ++n > searchBatchMax) {
+        const empty = create(wire.SearchBatchRequestSchema);
+        overLimit.add(empty);
+        return empty;
+      }
       r.skip(tag % 8);
     }
     return decode(b);
   };
 }
 
-let serverMethods: grpc.ServiceDefinition | undefined;
+/** The methods as the servers decode them: SearchBatch counts its queries first. */
+export const serverMethods: MethodTable = {
+  ...quiverMethods,
+  searchBatch: { ...quiverMethods.searchBatch, requestDeserialize: countingQueries(quiverMethods.searchBatch.requestDeserialize) },
+};
 
-/** The service's methods as the servers decode them (SearchBatch counts its queries first). */
-export function grpcServiceDefinition(): grpc.ServiceDefinition {
-  if (serverMethods) return serverMethods;
-  const def = quiverMethods();
-  serverMethods = { ...def, SearchBatch: { ...def.SearchBatch, requestDeserialize: countingQueries(def.SearchBatch.requestDeserialize) } };
-  return serverMethods;
+/** The service in @grpc/grpc-js's form: each method's path and codecs (`--grpc-impl grpc-js`, tests). */
+export function grpcJsDefinition(table: MethodTable = serverMethods): grpc.ServiceDefinition {
+  const method = <M extends MethodName>(c: MethodCodec<M>, originalName: M): grpc.MethodDefinition<RequestInit<M>, ResponseInit<M>> => ({
+    path: c.path,
+    requestStream: false,
+    responseStream: false,
+    requestSerialize: c.requestSerialize,
+    requestDeserialize: c.requestDeserialize,
+    responseSerialize: c.responseSerialize,
+    responseDeserialize: c.responseDeserialize,
+    originalName,
+  });
+  return Object.fromEntries(METHOD_NAMES.map((m) => [table[m].name, method<MethodName>(table[m], m)]));
 }
 
 /** The handlers in @grpc/grpc-js's form (`--grpc-impl grpc-js`). */
-export function grpcJsImplementation(handlers: Record<string, GrpcHandler>): grpc.UntypedServiceImplementation {
+export function grpcJsImplementation(handlers: GrpcHandlers): grpc.UntypedServiceImplementation {
   const out: grpc.UntypedServiceImplementation = {};
-  for (const [name, handle] of Object.entries(handlers)) {
-    const h: grpc.handleUnaryCall<Msg, Msg> = (call, callback) => {
+  for (const m of METHOD_NAMES) {
+    const handle = handlers[m] as GrpcHandler<MethodName>;
+    const h: grpc.handleUnaryCall<RequestOf<MethodName>, ResponseInit<MethodName>> = (call, callback) => {
       const d = call.getDeadline();
       const at = d instanceof Date ? d.getTime() : Number.isFinite(d) ? d : Date.now() + defaultDeadlineMs;
       handle(call.request, at).then(
@@ -303,23 +348,28 @@ export function grpcJsImplementation(handlers: Record<string, GrpcHandler>): grp
           const qe = asQuiverError(e);
           const metadata = new grpc.Metadata();
           metadata.set(QUIVER_CODE_KEY, qe.code);
-          callback({ code: GRPC_STATUS_OF[qe.code], details: qe.message, metadata });
+          callback({ code: grpcStatusOf(qe.code), details: qe.message, metadata });
         },
       );
     };
-    out[name] = h;
+    out[serverMethods[m].name] = h;
   }
   return out;
 }
 
-/** The handlers by path with their protobuf codecs, for Quiver's own gRPC server (grpc-h2.ts). */
-export function grpcMethods(handlers: Record<string, GrpcHandler>): Map<string, GrpcMethod> {
-  const def = grpcServiceDefinition();
+/** One method of Quiver's own gRPC server (grpc-server.ts): its codecs around its handler. */
+function h2Method<M extends MethodName>(codec: MethodCodec<M>, handle: GrpcHandler<M>): GrpcMethod {
+  return {
+    decode: (b) => codec.requestDeserialize(b),
+    encode: (v) => codec.responseSerialize(v as ResponseInit<M>),
+    handle: (request, deadlineAt) => handle(request as RequestOf<M>, deadlineAt),
+    reusesRequest: handle.reusesRequest,
+  };
+}
+
+/** The handlers by path with their codecs, for Quiver's own gRPC server (grpc-server.ts). */
+export function grpcMethods(handlers: GrpcHandlers): Map<string, GrpcMethod> {
   const out = new Map<string, GrpcMethod>();
-  for (const [name, handle] of Object.entries(handlers)) {
-    const d = def[name];
-    if (!d) throw new Error(`no method ${name} in proto/quiver.proto`);
-    out.set(d.path, { decode: (b) => d.requestDeserialize(b), encode: (v) => d.responseSerialize(v), handle, reusesRequest: handle.reusesRequest });
-  }
+  for (const m of METHOD_NAMES) out.set(serverMethods[m].path, h2Method<MethodName>(serverMethods[m], handlers[m] as GrpcHandler<MethodName>));
   return out;
 }

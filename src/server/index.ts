@@ -9,7 +9,7 @@ import { QuiverError } from '../errors';
 import { handshakeTimeoutMs, httpConnectionsMax, httpReserveConnections, requestBytesMax, requestReceiveTimeoutMs } from '../common/limits';
 import { joinHostPort, splitHostPort } from '../common/address';
 import type { Database } from '../query/types';
-import { grpcHandlers, grpcJsImplementation, grpcMethods, grpcServiceDefinition } from './grpc';
+import { grpcHandlers, grpcJsDefinition, grpcJsImplementation, grpcMethods } from './grpc';
 import { GrpcTransportLimits, H2GrpcServer } from '../rpc/grpc-server';
 import { HttpApi } from './http';
 import { HttpConnections } from './http-connections';
@@ -79,7 +79,7 @@ function grpcFrontEnd(impl: GrpcImpl, svc: Service, limits: Partial<GrpcTranspor
     'grpc.max_receive_message_length': requestBytesMax,
     'grpc.max_send_message_length': requestBytesMax,
   });
-  server.addService(grpcServiceDefinition(), grpcJsImplementation(handlers));
+  server.addService(grpcJsDefinition(), grpcJsImplementation(handlers));
   return {
     bind: (host, port) =>
       new Promise<number>((resolve, reject) =>

@@ -25,6 +25,7 @@
 import { promises as fsp } from 'fs';
 import * as path from 'path';
 import { QuiverError } from '../errors';
+import { fsyncDir } from '../common/fs';
 import { deserializeIndex } from '../native';
 import { crc32c } from '../wal/crc32c';
 import { PointStore } from './store';
@@ -47,15 +48,6 @@ export interface SnapshotMeta {
   lsn: number;
   epoch: number;
   dir: string;
-}
-
-async function fsyncPath(p: string): Promise<void> {
-  const fh = await fsp.open(p, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
 }
 
 async function writeFileSynced(file: string, parts: Buffer[]): Promise<void> {
@@ -127,11 +119,11 @@ export async function writeSnapshot(
   tail.writeUInt32LE(crc, 0);
   parts.push(tail);
   await writeFileSynced(path.join(tmp, 'state.bin'), parts);
-  await fsyncPath(tmp);
+  await fsyncDir(tmp);
   const final = path.join(parent, snapshotDirName(meta.lsn));
   await fsp.rm(final, { recursive: true, force: true });
   await fsp.rename(tmp, final);
-  await fsyncPath(parent);
+  await fsyncDir(parent);
   return final;
 }
 

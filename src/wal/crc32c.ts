@@ -37,7 +37,7 @@ function native(): NativeCrc | null {
   if (nativeCrc === undefined) {
     try {
       const a = loadAddon().addon;
-      nativeCrc = typeof a.crc32c === 'function' ? a.crc32c.bind(a) : null;
+      nativeCrc = a.crc32c.bind(a);
     } catch {
       nativeCrc = null; // no addon (a tool that only reads the WAL): the JS version is the same function
     }

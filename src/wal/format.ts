@@ -40,7 +40,6 @@ export const SEGMENT_VERSION = 1;
 export const SEGMENT_HEADER_BYTES = 32;
 export const ENTRY_HEADER_BYTES = 32;
 export const ENTRY_TRAILER_BYTES = 4;
-export const ENTRY_OVERHEAD_BYTES = ENTRY_HEADER_BYTES + ENTRY_TRAILER_BYTES;
 /** Largest entry body: a full request (64 MiB) plus encoding overhead. */
 export const entryBodyBytesMax = 80 * 1024 * 1024;
 /** Largest idempotency key in bytes. */
@@ -130,11 +129,6 @@ export function encodeEntryParts(e: EntryInput & { lsn: number; commitLsn: numbe
   for (const b of body) if (b.length > 0) parts.push(b);
   parts.push(tail);
   return { parts, length: head.length + bodyLen + ENTRY_TRAILER_BYTES };
-}
-
-/** One entry as one buffer, CRC included. */
-export function encodeEntry(e: EntryInput & { lsn: number; commitLsn: number }): Buffer {
-  return Buffer.concat(encodeEntryParts(e).parts);
 }
 
 export type DecodeResult =

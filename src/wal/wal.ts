@@ -15,6 +15,7 @@ import { promises as fsp } from 'fs';
 import type { FileHandle } from 'fs/promises';
 import * as path from 'path';
 import { QuiverError } from '../errors';
+import { fsyncDir } from '../common/fs';
 import {
   ENTRY_HEADER_BYTES,
   EntryInput,
@@ -77,15 +78,6 @@ export const defaultSegmentBytes = 64 * 1024 * 1024;
 function defaultFatal(err: Error): void {
   process.stderr.write(`quiver: WAL write/fsync failed, stopping: ${err.stack ?? err.message}\n`);
   process.exit(70);
-}
-
-async function fsyncDir(dir: string): Promise<void> {
-  const fh = await fsp.open(dir, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
 }
 
 /**
