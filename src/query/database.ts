@@ -26,6 +26,7 @@ import type {
   CollectionSpecInput,
   Database,
   OpenOptions,
+  Payload,
   Point,
   PointInput,
   SearchHit,
@@ -58,7 +59,7 @@ interface Collection {
 }
 
 /** ids grouped by the shard that holds them, in the order given. */
-function idsByShard(ids: string[], shards: number): Map<number, string[]> {
+export function idsByShard(ids: string[], shards: number): Map<number, string[]> {
   const groups = new Map<number, string[]>();
   for (const id of ids) {
     const s = shardOf(id, shards);
@@ -67,6 +68,65 @@ function idsByShard(ids: string[], shards: number): Map<number, string[]> {
     else groups.set(s, [id]);
   }
   return groups;
+}
+
+/**
+ * A checked upsert batch split by shard, in the order of first appearance: one shard taking every
+ * point gets the batch itself (no copy), else each part gets its rows copied.
+ */
+export function splitBatch(batch: UpsertOp, dim: number, shards: number): Map<number, UpsertOp> {
+  const { ids, vectors: whole, payloadJson } = batch;
+  const groups = new Map<number, number[]>();
+  ids.forEach((id, i) => {
+    const s = shardOf(id, shards);
+    const g = groups.get(s);
+    if (g) g.push(i);
+    else groups.set(s, [i]);
+  });
+  const out = new Map<number, UpsertOp>();
+  for (const [s, idx] of groups) {
+    if (idx.length === ids.length) {
+      out.set(s, batch); // every point, in order (indexes were pushed ascending)
+      continue;
+    }
+    const vectors = new Float32Array(idx.length * dim);
+    idx.forEach((i, j) => vectors.set(whole.subarray(i * dim, (i + 1) * dim), j * dim));
+    out.set(s, { ids: idx.map((i) => ids[i]), vectors, payloadJson: idx.map((i) => payloadJson[i]) });
+  }
+  return out;
+}
+
+/** What a shard's search takes, checked from a request: the queries as one array, k and the options. */
+export interface PreparedSearch {
+  vectors: Float32Array;
+  k: number;
+  nq: number;
+  opts: { ef?: number; nprobe?: number; predicate?: (p: Payload | undefined) => boolean; withPayload: boolean; withVectors: boolean };
+}
+
+export function prepareSearch(spec: CollectionSpec, req: SearchRequest): PreparedSearch {
+  if (!isPlainObject(req)) throw new QuiverError('INVALID_ARGUMENT', 'search request must be an object');
+  const vectors = checkSearchShape(req.vectors, spec.dim);
+  const k = checkK(req.k);
+  const ef = checkOptInt(req.ef, 'ef', 1, efMax);
+  const nprobe = checkOptInt(req.nprobe, 'nprobe', 1, 1 << 20);
+  const predicate = req.filter === undefined || req.filter === null ? undefined : compileFilter(req.filter);
+  checkConsistency(req.consistency);
+  const withPayload = checkOptBool(req.withPayload, 'withPayload') ?? false;
+  const withVectors = checkOptBool(req.withVectors, 'withVectors') ?? false;
+  return { vectors, k, nq: vectors.length / spec.dim, opts: { ef, nprobe, predicate, withPayload, withVectors } };
+}
+
+/** The k nearest of each query over every shard's hits (nearest first, ties by id). */
+export function mergeHits(perShard: readonly ShardHit[][][], nq: number, k: number): SearchHit[][] {
+  const out: SearchHit[][] = [];
+  for (let q = 0; q < nq; q++) {
+    const all: ShardHit[] = [];
+    for (const r of perShard) all.push(...r[q]);
+    all.sort((a, b) => a.distance - b.distance || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    out.push(all.slice(0, k));
+  }
+  return out;
 }
 
 export interface OpenInternals {
@@ -322,30 +382,11 @@ export class LocalDatabase implements Database {
     const key = checkIdempotencyKey(isPlainObject(opts) ? opts.idempotencyKey : undefined);
     const hash = key === '' ? undefined : requestHash('upsert', c.spec.name, ids, payloadJson, whole);
     LocalDatabase.admit(c, key, hash, opts.signal);
-    const { dim, shards } = c.spec;
-    const groups = new Map<number, number[]>();
-    ids.forEach((id, i) => {
-      const s = shardOf(id, shards);
-      const g = groups.get(s);
-      if (g) g.push(i);
-      else groups.set(s, [i]);
-    });
     const token: WriteToken = {};
     let upserted = 0;
     await Promise.all(
-      [...groups].map(async ([s, idx]) => {
-        let vectors: Float32Array;
-        if (idx.length === ids.length) {
-          vectors = whole; // every point, in order (indexes were pushed ascending)
-        } else {
-          vectors = new Float32Array(idx.length * dim);
-          idx.forEach((i, j) => vectors.set(whole.subarray(i * dim, (i + 1) * dim), j * dim));
-        }
-        const r = await c.shards[s].upsert(
-          { ids: groups.size === 1 ? ids : idx.map((i) => ids[i]), vectors, payloadJson: groups.size === 1 ? payloadJson : idx.map((i) => payloadJson[i]) },
-          key,
-          hash,
-        );
+      [...splitBatch(batch, c.spec.dim, c.spec.shards)].map(async ([s, part]) => {
+        const r = await c.shards[s].upsert(part, key, hash);
         token[String(s)] = r.lsn;
         upserted += r.answer;
       }),
@@ -407,29 +448,12 @@ export class LocalDatabase implements Database {
 
   async search(name: string, req: SearchRequest): Promise<SearchHit[][]> {
     const c = this.coll(name);
-    if (!isPlainObject(req)) throw new QuiverError('INVALID_ARGUMENT', 'search request must be an object');
-    const vectors = checkSearchShape(req.vectors, c.spec.dim);
-    const k = checkK(req.k);
-    const ef = checkOptInt(req.ef, 'ef', 1, efMax);
-    const nprobe = checkOptInt(req.nprobe, 'nprobe', 1, 1 << 20);
-    const predicate = req.filter === undefined || req.filter === null ? undefined : compileFilter(req.filter);
-    checkConsistency(req.consistency);
+    const { vectors, k, nq, opts } = prepareSearch(c.spec, req);
     if (req.token !== undefined && req.token !== null) this.checkToken(c, req.token);
-    const withPayload = checkOptBool(req.withPayload, 'withPayload') ?? false;
-    const withVectors = checkOptBool(req.withVectors, 'withVectors') ?? false;
-    const nq = vectors.length / c.spec.dim;
-    checkAnswerBytes(nq * Math.min(k, LocalDatabase.pointCount(c)), LocalDatabase.pointBytes(c, withVectors, withPayload), 'the answer');
-    const opts = { ef, nprobe, predicate, withPayload, withVectors };
+    checkAnswerBytes(nq * Math.min(k, LocalDatabase.pointCount(c)), LocalDatabase.pointBytes(c, opts.withVectors, opts.withPayload), 'the answer');
     // One shard (the default) needs no Promise.all: a one-query search is tens of microseconds.
     const perShard = c.shards.length === 1 ? [await c.shards[0].search(vectors, k, opts)] : await Promise.all(c.shards.map((s) => s.search(vectors, k, opts)));
-    const out: SearchHit[][] = [];
-    for (let q = 0; q < nq; q++) {
-      const all: ShardHit[] = [];
-      for (const r of perShard) all.push(...r[q]);
-      all.sort((a, b) => a.distance - b.distance || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
-      out.push(all.slice(0, k));
-    }
-    return out;
+    return mergeHits(perShard, nq, k);
   }
 
   /** Standalone acknowledges a write after applying it, so a valid token is never ahead of this node. */
