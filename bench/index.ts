@@ -23,6 +23,7 @@ const MODULES: Record<BenchName, () => Promise<BenchModule>> = {
   rpc: () => import('./rpc'),
   codec: () => import('./codec'),
   memory: () => import('./memory'),
+  cluster: () => import('./cluster'),
 };
 
 function isBench(name: string): name is BenchName {

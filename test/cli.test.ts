@@ -15,6 +15,7 @@ import { BENCHES } from '../src/cli/benches';
 import { SERVE } from '../src/cli/serve';
 import { SPEC as ANN } from '../bench/ann';
 import { IVFPQ_SPEC } from '../bench/ann-ivfpq';
+import { SPEC as CLUSTER } from '../bench/cluster';
 import { SPEC as CODEC } from '../bench/codec';
 import { SPEC as EXACT } from '../bench/exact';
 import { SPEC as KERNELS } from '../bench/kernels';
@@ -35,6 +36,7 @@ const COMMANDS: [string[], CommandSpec][] = [
   [['bench', 'rpc'], RPC],
   [['bench', 'codec'], CODEC],
   [['bench', 'memory'], MEMORY],
+  [['bench', 'cluster'], CLUSTER],
 ];
 
 describe('quiver', () => {

@@ -7,6 +7,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { QuiverError } from '../errors';
 import { benchList } from './benches';
+import { ROOT, VERSION } from './version';
 
 const USAGE = `usage: quiver <command> [options]
 
@@ -18,12 +19,6 @@ ${benchList('                   ')}  help           this text
   --version      print the version
 `;
 
-// dist/src/cli -> the package root.
-const ROOT = path.resolve(__dirname, '..', '..', '..');
-
-function version(): string {
-  return (JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { version: string }).version;
-}
 
 /** The benchmarks' entry, dist/bench/index.js of this package. */
 function loadBench(): { bench(argv: string[]): Promise<number> } {
@@ -45,7 +40,7 @@ export async function main(argv: string[]): Promise<number> {
     case 'bench':
       return loadBench().bench(rest);
     case '--version':
-      process.stdout.write(`${version()}\n`);
+      process.stdout.write(`${VERSION}\n`);
       return 0;
     case undefined:
     case 'help':

@@ -31,6 +31,7 @@ import type {
   PointInput,
   SearchHit,
   SearchRequest,
+  ShardReplicas,
   ShardStatus,
   UpsertColumns,
   WriteOptions,
@@ -129,6 +130,28 @@ export function mergeHits(perShard: readonly ShardHit[][][], nq: number, k: numb
   return out;
 }
 
+/** A shard's files and settings under dataDir: wal/<collection>/<shard>, snapshots/<collection>/<shard>. */
+export function shardOptionsOf(dataDir: string, opts: OpenOptions & OpenInternals, spec: CollectionSpec, shard: number): ShardOptions {
+  const obs = opts.observer;
+  return {
+    walDir: path.join(dataDir, 'wal', spec.name, String(shard)),
+    snapshotDir: path.join(dataDir, 'snapshots', spec.name, String(shard)),
+    dim: spec.dim,
+    metric: spec.metric,
+    index: spec.index,
+    segmentBytes: opts.segmentBytes,
+    snapshotIntervalMs: opts.snapshotIntervalMs,
+    snapshotWalBytes: opts.snapshotWalBytes,
+    onFatal: opts.onFatal,
+    syncFn: opts.syncFn,
+    observer: obs && {
+      walAppend: (bytes) => obs.walAppend?.(spec.name, shard, bytes),
+      fsync: (sec) => obs.fsync?.(spec.name, shard, sec),
+      snapshot: (sec) => obs.snapshot?.(spec.name, shard, sec),
+    },
+  };
+}
+
 export interface OpenInternals {
   /** Passed to every shard's WAL (tests inject fsync failures; default stops the process). */
   onFatal?: ShardOptions['onFatal'];
@@ -185,24 +208,7 @@ export class LocalDatabase implements Database {
   }
 
   private shardOptions(spec: CollectionSpec, shard: number): ShardOptions {
-    const obs = this.opts.observer;
-    return {
-      walDir: this.walDir(spec.name, shard),
-      snapshotDir: this.snapDir(spec.name, shard),
-      dim: spec.dim,
-      metric: spec.metric,
-      index: spec.index,
-      segmentBytes: this.opts.segmentBytes,
-      snapshotIntervalMs: this.opts.snapshotIntervalMs,
-      snapshotWalBytes: this.opts.snapshotWalBytes,
-      onFatal: this.opts.onFatal,
-      syncFn: this.opts.syncFn,
-      observer: obs && {
-        walAppend: (bytes) => obs.walAppend?.(spec.name, shard, bytes),
-        fsync: (sec) => obs.fsync?.(spec.name, shard, sec),
-        snapshot: (sec) => obs.snapshot?.(spec.name, shard, sec),
-      },
-    };
+    return shardOptionsOf(this.dataDir, this.opts, spec, shard);
   }
 
   private async takeLock(): Promise<void> {
@@ -485,6 +491,18 @@ export class LocalDatabase implements Database {
       });
     }
     return { mode: 'standalone', nodeId: node, nodes: [{ id: node, alive: true }], shards };
+  }
+
+  async shards(name: string): Promise<ShardReplicas[]> {
+    const c = this.coll(name);
+    const node = this.opts.nodeId ?? 'local';
+    return Promise.all(
+      c.shards.map(async (sh, i) => {
+        const st = sh.status();
+        const replica = { node, role: 'leader', epoch: st.epoch, durableLsn: st.lastLsn, commitLsn: st.lastLsn, appliedLsn: st.appliedLsn, lagEntries: 0, digest: await sh.digest() };
+        return { shard: i, epoch: st.epoch, leader: node, replicas: [replica] };
+      }),
+    );
   }
 
   /** State digest of one shard (tests and the chaos suite). */

@@ -138,6 +138,27 @@ export interface WriteOptions extends ChangeOptions {
   idempotencyKey?: string;
 }
 
+/** One replica of a shard as its node reports it (GET /v1/collections/{name}/shards). */
+export interface ReplicaInfo {
+  node: string;
+  role: string;
+  epoch: number;
+  durableLsn: number;
+  commitLsn: number;
+  appliedLsn: number;
+  /** The leader's durable LSN minus this replica's (0 for the leader). */
+  lagEntries: number;
+  /** Hash of the applied state: ids, vectors, payloads and the index bytes. */
+  digest: string;
+}
+
+export interface ShardReplicas {
+  shard: number;
+  epoch: number;
+  leader: string | null;
+  replicas: ReplicaInfo[];
+}
+
 export interface Database {
   createCollection(spec: CollectionSpecInput, opts?: ChangeOptions): Promise<CollectionInfo>;
   dropCollection(name: string, opts?: ChangeOptions): Promise<void>;
@@ -155,6 +176,8 @@ export interface Database {
   /** One list of hits per query, nearest first. */
   search(name: string, req: SearchRequest): Promise<SearchHit[][]>;
   status(): ClusterStatus;
+  /** Every shard of a collection with each replica's log positions and state digest. */
+  shards(name: string): Promise<ShardReplicas[]>;
   /** Snapshot every shard now (also runs on a schedule and at close). */
   snapshot(): Promise<void>;
   /** Finish in-flight writes, snapshot, close files. */

@@ -174,8 +174,11 @@ function checkIndexSpec(v: unknown, dim: number): IndexSpec {
 
 const SPEC_FIELDS = ['name', 'dim', 'metric', 'index', 'shards', 'replicationFactor', 'writeConcern'];
 
-/** A full spec from user input, defaults filled. Standalone refuses replicationFactor > 1. */
-export function checkSpec(input: unknown): CollectionSpec {
+/**
+ * A full spec from user input, defaults filled. Standalone refuses replicationFactor > 1; in a
+ * cluster (`liveNodes` given) it defaults to 3 and may not exceed the live nodes.
+ */
+export function checkSpec(input: unknown, cluster?: { liveNodes: number }): CollectionSpec {
   if (!isPlainObject(input)) throw invalid('the collection spec must be an object {name, dim, ...}');
   checkFields(input, SPEC_FIELDS, '');
   const name = checkName(input.name);
@@ -184,9 +187,12 @@ export function checkSpec(input: unknown): CollectionSpec {
   const metric = checkOneOf(input.metric, 'metric', METRICS, 'l2');
   const index = checkIndexSpec(input.index, dim);
   const shards = checkOptInt(input.shards, 'shards', 1, shardsMax) ?? 1;
-  const replicationFactor = checkOptInt(input.replicationFactor, 'replicationFactor', 1, 7) ?? 1;
-  if (replicationFactor !== 1) {
+  const replicationFactor = checkOptInt(input.replicationFactor, 'replicationFactor', 1, 7) ?? (cluster ? 3 : 1);
+  if (!cluster && replicationFactor !== 1) {
     throw new QuiverError('FAILED_PRECONDITION', 'a standalone node holds one replica of each shard (replicationFactor 1)');
+  }
+  if (cluster && replicationFactor > cluster.liveNodes) {
+    throw new QuiverError('FAILED_PRECONDITION', `replicationFactor ${replicationFactor} needs as many live nodes; the cluster has ${cluster.liveNodes}`);
   }
   const writeConcern = checkOneOf(input.writeConcern, 'writeConcern', WRITE_CONCERNS, 'majority');
   return { name, dim, metric, index, shards, replicationFactor, writeConcern };

@@ -41,14 +41,14 @@ export type MethodTable = { [M in MethodName]: MethodCodec<M> };
 export const METHOD_NAMES = Object.keys(Quiver.method) as MethodName[];
 
 /** The generated encoder of a message: `create` fills in what `init` leaves out. */
-function encoder<D extends DescMessage>(schema: D): (init: MessageInitShape<D>) => Buffer {
+export function encoder<D extends DescMessage>(schema: D): (init: MessageInitShape<D>) => Buffer {
   return (init) => {
     const bytes = toBinary(schema, create(schema, init));
     return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   };
 }
 
-function decoder<D extends DescMessage>(schema: D): (bytes: Buffer) => MessageShape<D> {
+export function decoder<D extends DescMessage>(schema: D): (bytes: Buffer) => MessageShape<D> {
   return (bytes) => fromBinary(schema, bytes);
 }
 

@@ -176,6 +176,12 @@ export class HttpApi {
         },
       },
       {
+        pattern: new RegExp(`^/v1/collections/${NAME}/shards$`),
+        methods: {
+          GET: { op: 'Shards', handler: async (c) => ({ shards: await db.shards(c.params[0]) }) },
+        },
+      },
+      {
         pattern: /^\/v1\/cluster$/,
         methods: { GET: { op: 'ClusterStatus', handler: async () => clusterJson(db.status(), svc.addresses) } },
       },

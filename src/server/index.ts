@@ -10,7 +10,7 @@ import { handshakeTimeoutMs, httpConnectionsMax, httpReserveConnections, request
 import { joinHostPort, splitHostPort } from '../common/address';
 import type { Database } from '../query/types';
 import { grpcHandlers, grpcJsDefinition, grpcJsImplementation, grpcMethods } from './grpc';
-import { GrpcTransportLimits, H2GrpcServer } from '../rpc/grpc-server';
+import { GrpcMethod, GrpcTransportLimits, H2GrpcServer } from '../rpc/grpc-server';
 import { HttpApi } from './http';
 import { HttpConnections } from './http-connections';
 import { Metrics } from './metrics';
@@ -39,6 +39,8 @@ export interface ServerOptions {
   grpcImpl?: GrpcImpl;
   /** Bounds on connections and buffered bytes; defaults in src/common/limits.ts. */
   limits?: Partial<TransportLimits>;
+  /** More gRPC methods served beside the client API (a cluster node's node service), by path; Quiver's own gRPC server only. */
+  moreMethods?: (svc: Service) => Map<string, GrpcMethod>;
 }
 
 export interface TransportLimits extends GrpcTransportLimits {
@@ -62,10 +64,10 @@ interface GrpcFrontEnd {
   forceShutdown(): void;
 }
 
-function grpcFrontEnd(impl: GrpcImpl, svc: Service, limits: Partial<GrpcTransportLimits> | undefined): GrpcFrontEnd {
+function grpcFrontEnd(impl: GrpcImpl, svc: Service, limits: Partial<GrpcTransportLimits> | undefined, more: Map<string, GrpcMethod> | undefined): GrpcFrontEnd {
   const handlers = grpcHandlers(svc);
   if (impl === 'quiver') {
-    const server = new H2GrpcServer(grpcMethods(handlers), {
+    const server = new H2GrpcServer(new Map([...grpcMethods(handlers), ...(more ?? [])]), {
       receiveBytesMax: requestBytesMax,
       limits,
       onEvent: (event, error) => {
@@ -107,7 +109,8 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const h = splitHostPort(opts.http ?? '127.0.0.1:7401', 'http address');
 
   const impl = checkGrpcImpl(opts.grpcImpl ?? 'quiver', 'grpcImpl');
-  const grpcServer = grpcFrontEnd(impl, svc, opts.limits);
+  if (opts.moreMethods && impl !== 'quiver') throw new QuiverError('INVALID_ARGUMENT', 'a cluster node serves its node service on Quiver\'s own gRPC server (grpcImpl quiver)');
+  const grpcServer = grpcFrontEnd(impl, svc, opts.limits, opts.moreMethods?.(svc));
   const grpcPort = await grpcServer.bind(g.host, g.port).catch((err: Error) => {
     throw new QuiverError('UNAVAILABLE', `cannot listen for gRPC on ${joinHostPort(g.host, g.port)}: ${err.message}`);
   });

@@ -20,10 +20,17 @@ export type Op =
   | 'Search'
   | 'SearchBatch'
   | 'Count'
-  | 'ClusterStatus';
+  | 'ClusterStatus'
+  | 'ShardUpsert'
+  | 'ShardDelete'
+  | 'ShardSearch'
+  | 'ShardGet'
+  | 'ShardCount'
+  | 'ReplicaStatus'
+  | 'Shards';
 
 /** Operations that change state: their deadline stops them only before they reach the log (see run). */
-const CHANGES: ReadonlySet<Op> = new Set<Op>(['CreateCollection', 'DropCollection', 'Upsert', 'Delete']);
+const CHANGES: ReadonlySet<Op> = new Set<Op>(['CreateCollection', 'DropCollection', 'Upsert', 'Delete', 'ShardUpsert', 'ShardDelete']);
 
 export interface Logger {
   error(msg: string): void;

@@ -1,0 +1,271 @@
+/**
+ * `quiver bench cluster`: a cluster on loopback against a standalone node, in one run. It starts
+ * etcd and the nodes itself (each node spawns its sidecar) and stops every process by pid.
+ *
+ *   upsert    batches of --batch points into flat and HNSW collections: standalone, then 3 nodes
+ *             with RF 3 and majority (fsync on every node); points/s, ack latency p50/p99, and the
+ *             CPU seconds of every process (nodes and sidecars) per acknowledged vector, per replica
+ *   lag       under that load: for sampled writes, the time from the leader's ack until each
+ *             follower has applied it (sampled every 10 ms, so +-10 ms)
+ *   search    Fashion-MNIST in HNSW (RF 1, 2 shards, both on other nodes than the one asked, so
+ *             every shard's part crosses the network) against the standalone node: p50/p99
+ */
+import { ChildProcess, spawn } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { QuiverClient } from '../src/client';
+import { CommandSpec, intFlag, parseCommandLine } from '../src/common/args';
+import { fashionMnist } from './datasets';
+import { EtcdProcess, startEtcd } from './etcd-process';
+import { machine, progress, table, writeJson } from './report';
+
+const USAGE = `usage: quiver bench cluster [options]
+
+A 3-node cluster (RF 3, majority, fsync on every node) on loopback next to a standalone node, in
+one run: upsert throughput, CPU per vector per replica, ack latency and replication lag for flat
+and HNSW collections; search latency when every shard's part crosses the network (Fashion-MNIST,
+HNSW). Starts etcd (/usr/bin/etcd) and the nodes itself and stops them by pid.
+
+options:
+  --points N        points upserted per collection and mode (default 20000)
+  --batch N         points per upsert (default 100)
+  --dim N           dimension of the upsert vectors (default 128)
+  --search-n N      Fashion-MNIST points for the search part (default 60000)
+  --queries N       searches timed per mode (default 2000)
+  --help            this text
+`;
+
+export const SPEC: CommandSpec = {
+  usage: USAGE,
+  flags: Object.fromEntries(['points', 'batch', 'dim', 'search-n', 'queries'].map((k) => [k, { type: 'string' }])),
+};
+
+const BIN = path.resolve(__dirname, '..', '..', 'bin', 'quiver.js');
+const log = (m: string): void => void process.stdout.write(`${m}\n`);
+
+interface Node {
+  id: string;
+  proc: ChildProcess;
+  grpc: string;
+  http: string;
+  /** The sidecar's pid, as the node printed it. */
+  sidecar: number;
+}
+
+/** Starts `quiver serve` with args; resolves once it printed where it listens and that it is ready. */
+function serve(id: string, args: string[]): Promise<Node> {
+  const proc = spawn(process.execPath, [BIN, 'serve', '--node-id', id, '--grpc', '127.0.0.1:0', '--http', '127.0.0.1:0', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  return new Promise((resolve, reject) => {
+    proc.stdout!.on('data', (b: Buffer) => {
+      out += b.toString();
+      const g = /grpc listening on (\S+)/.exec(out);
+      const h = /http listening on http:\/\/(\S+)/.exec(out);
+      const sc = /sidecar pid (\d+)/.exec(out);
+      if (g && h && /quiver: ready/.test(out)) resolve({ id, proc, grpc: g[1], http: h[1], sidecar: sc ? Number(sc[1]) : 0 });
+    });
+    proc.stderr!.on('data', (b: Buffer) => (out += b.toString()));
+    proc.on('exit', (code) => reject(new Error(`node ${id} exited (${code}) before ready:\n${out}`)));
+  });
+}
+
+/** utime + stime of a process, in seconds (/proc/<pid>/stat). */
+function cpuSeconds(pid: number): number {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return 0;
+  }
+}
+
+function cpuOf(nodes: Node[]): number {
+  return nodes.reduce((s, n) => s + cpuSeconds(n.proc.pid!) + (n.sidecar ? cpuSeconds(n.sidecar) : 0), 0);
+}
+
+function quantile(xs: number[], q: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length === 0 ? NaN : s[Math.min(s.length - 1, Math.floor(q * s.length))];
+}
+
+async function httpJson(base: string, method: string, p: string, body?: unknown): Promise<{ status: number; body: any }> {
+  const r = await fetch(`http://${base}${p}`, { method, headers: body ? { 'content-type': 'application/json' } : {}, body: body ? JSON.stringify(body) : undefined });
+  return { status: r.status, body: await r.json() };
+}
+
+async function stop(nodes: Node[]): Promise<void> {
+  await Promise.all(
+    nodes.map(
+      (n) =>
+        new Promise<void>((resolve) => {
+          if (n.proc.exitCode !== null) return resolve();
+          n.proc.once('exit', () => resolve());
+          n.proc.kill('SIGTERM');
+        }),
+    ),
+  );
+}
+
+interface UpsertFigures {
+  mode: string;
+  index: string;
+  pointsPerSec: number;
+  ackP50Ms: number;
+  ackP99Ms: number;
+  cpuUsPerVector: number;
+  cpuUsPerVectorPerReplica: number;
+  lagP50Ms?: number;
+  lagP99Ms?: number;
+}
+
+async function upsertLoad(mode: string, nodes: Node[], index: 'flat' | 'hnsw', points: number, batch: number, dim: number, replicas: number): Promise<UpsertFigures> {
+  const name = `load_${index}`;
+  const created = await httpJson(nodes[0].http, 'POST', '/v1/collections', { name, dim, shards: 2, replicationFactor: replicas, index: { type: index } });
+  if (created.status !== 200) throw new Error(`create ${name}: ${JSON.stringify(created.body)}`);
+  const clients = await Promise.all(nodes.map((n) => QuiverClient.connect(n.grpc)));
+  const acks: number[] = [];
+  // Lag: a sample of acknowledged writes, {shard, lsn, ackedAt}; a poller notes when each follower applied it.
+  const pending: { shard: string; lsn: number; at: number; seen: Set<string> }[] = [];
+  const lags: number[] = [];
+  let polling = replicas > 1;
+  const poller = (async () => {
+    while (polling) {
+      const r = await httpJson(nodes[0].http, 'GET', `/v1/collections/${name}/shards`).catch(() => null);
+      const now = performance.now();
+      for (const s of r?.body?.shards ?? []) {
+        for (const rep of s.replicas) {
+          if (rep.node === s.leader) continue;
+          for (const p of pending) {
+            if (p.shard === String(s.shard) && !p.seen.has(rep.node) && rep.appliedLsn >= p.lsn) {
+              p.seen.add(rep.node);
+              lags.push(now - p.at);
+            }
+          }
+        }
+      }
+      for (let i = pending.length - 1; i >= 0; i--) if (pending[i].seen.size >= replicas - 1) pending.splice(i, 1);
+      await new Promise((res) => setTimeout(res, 10));
+    }
+  })();
+  const vec = new Float32Array(dim);
+  const cpu0 = cpuOf(nodes);
+  const t0 = performance.now();
+  for (let b = 0; b * batch < points; b++) {
+    const pts = Array.from({ length: Math.min(batch, points - b * batch) }, (_, j) => {
+      const i = b * batch + j;
+      for (let d = 0; d < dim; d++) vec[d] = Math.sin(i * 0.7 + d * 1.3);
+      return { id: `p${i}`, vector: vec.slice() };
+    });
+    const s = performance.now();
+    const r = await clients[b % clients.length].upsert(name, pts);
+    const at = performance.now();
+    acks.push(at - s);
+    if (polling && b % 10 === 0) for (const [shard, lsn] of Object.entries(r.token)) pending.push({ shard, lsn, at, seen: new Set() });
+    if (b % 50 === 0) progress(`${mode} ${index}: ${b * batch} points`);
+  }
+  const secs = (performance.now() - t0) / 1000;
+  const cpu = cpuOf(nodes) - cpu0;
+  polling = false;
+  await poller;
+  for (const c of clients) c.close();
+  const perVector = (cpu / points) * 1e6;
+  return {
+    mode,
+    index,
+    pointsPerSec: Math.round(points / secs),
+    ackP50Ms: quantile(acks, 0.5),
+    ackP99Ms: quantile(acks, 0.99),
+    cpuUsPerVector: perVector,
+    cpuUsPerVectorPerReplica: perVector / replicas,
+    lagP50Ms: replicas > 1 ? quantile(lags, 0.5) : undefined,
+    lagP99Ms: replicas > 1 ? quantile(lags, 0.99) : undefined,
+  };
+}
+
+async function searchLatency(client: QuiverClient, name: string, queries: Float32Array[], k: number): Promise<{ p50: number; p99: number }> {
+  for (let i = 0; i < 200; i++) await client.search(name, queries[i % queries.length], { k });
+  const t: number[] = [];
+  for (const q of queries) {
+    const s = performance.now();
+    await client.search(name, q, { k });
+    t.push(performance.now() - s);
+  }
+  return { p50: quantile(t, 0.5), p99: quantile(t, 0.99) };
+}
+
+export async function run(argv: string[]): Promise<number> {
+  const p = parseCommandLine(argv, SPEC);
+  if (!p) return 0;
+  const points = intFlag(p, 'points', 20_000, 1);
+  const batch = intFlag(p, 'batch', 100, 1);
+  const dim = intFlag(p, 'dim', 128, 1);
+  const searchN = intFlag(p, 'search-n', 60_000, 1);
+  const nQueries = intFlag(p, 'queries', 2000, 1);
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'quiver-bench-cluster-'));
+  const all: Node[] = [];
+  let etcd: EtcdProcess | undefined;
+  const results: { upsert: UpsertFigures[]; search: Record<string, number>[] } = { upsert: [], search: [] };
+  try {
+    // Standalone.
+    const alone = await serve('alone', ['--data', path.join(tmp, 'alone')]);
+    all.push(alone);
+    for (const index of ['flat', 'hnsw'] as const) results.upsert.push(await upsertLoad('standalone', [alone], index, points, batch, dim, 1));
+
+    // Three nodes, RF 3, majority; a fourth holds no replica of the search collection.
+    etcd = await startEtcd(path.join(tmp, 'etcd'));
+    const nodes: Node[] = [];
+    for (const id of ['n1', 'n2', 'n3']) {
+      const n = await serve(id, ['--etcd', etcd.endpoint, '--data', path.join(tmp, id), '--replication', '127.0.0.1:0', '--cluster', 'bench']);
+      nodes.push(n);
+      all.push(n);
+    }
+    while ((await httpJson(nodes[0].http, 'GET', '/v1/cluster')).body.nodes.length < 3) await new Promise((r) => setTimeout(r, 50));
+    for (const index of ['flat', 'hnsw'] as const) results.upsert.push(await upsertLoad('cluster RF 3', nodes, index, points, batch, dim, 3));
+    log('');
+    log(table(results.upsert.map((r) => ({ mode: r.mode, index: r.index, 'points/s': r.pointsPerSec, 'ack p50 ms': r.ackP50Ms.toFixed(2), 'ack p99 ms': r.ackP99Ms.toFixed(2), 'CPU us/vector': r.cpuUsPerVector.toFixed(1), 'CPU us/vector/replica': r.cpuUsPerVectorPerReplica.toFixed(1), 'lag p50 ms': r.lagP50Ms?.toFixed(1) ?? '-', 'lag p99 ms': r.lagP99Ms?.toFixed(1) ?? '-' }))));
+    for (const index of ['flat', 'hnsw']) {
+      const a = results.upsert.find((r) => r.mode === 'standalone' && r.index === index)!;
+      const c = results.upsert.find((r) => r.mode !== 'standalone' && r.index === index)!;
+      log(`${index}: CPU per vector per replica, cluster / standalone = ${(c.cpuUsPerVectorPerReplica / a.cpuUsPerVector).toFixed(2)} (goal <= 1.25)`);
+    }
+
+    // Search across the network: RF 1, 2 shards placed on two nodes; the query goes to a node holding neither.
+    const ds = fashionMnist(searchN, nQueries);
+    const n4 = await serve('n4', ['--etcd', etcd.endpoint, '--data', path.join(tmp, 'n4'), '--replication', '127.0.0.1:0', '--cluster', 'bench']);
+    all.push(n4);
+    const spec = { name: 'fashion', dim: ds.dim, shards: 2, replicationFactor: 1, index: { type: 'hnsw' } };
+    for (const base of [alone, n4]) {
+      const r = await httpJson(base.http, 'POST', '/v1/collections', spec);
+      if (r.status !== 200) throw new Error(`create fashion: ${JSON.stringify(r.body)}`);
+    }
+    const load = async (client: QuiverClient): Promise<void> => {
+      for (let i = 0; i < ds.nBase; i += 1000) {
+        const pts = [];
+        for (let j = i; j < Math.min(ds.nBase, i + 1000); j++) pts.push({ id: `f${j}`, vector: ds.base.subarray(j * ds.dim, (j + 1) * ds.dim) });
+        await client.upsert('fashion', pts);
+      }
+    };
+    const aloneClient = await QuiverClient.connect(alone.grpc);
+    const n4Client = await QuiverClient.connect(n4.grpc);
+    progress('loading Fashion-MNIST into both');
+    await load(aloneClient);
+    await load(n4Client);
+    const shards = (await httpJson(n4.http, 'GET', '/v1/collections/fashion/shards')).body.shards as { leader: string }[];
+    const asker = [n4, ...nodes].find((n) => !shards.some((s) => s.leader === n.id))!;
+    const askerClient = await QuiverClient.connect(asker.grpc);
+    const queries = Array.from({ length: ds.nQueries }, (_, i) => ds.queries.subarray(i * ds.dim, (i + 1) * ds.dim));
+    const a = await searchLatency(aloneClient, 'fashion', queries, 10);
+    const c = await searchLatency(askerClient, 'fashion', queries, 10);
+    results.search.push({ standaloneP50Ms: a.p50, standaloneP99Ms: a.p99, crossNetworkP50Ms: c.p50, crossNetworkP99Ms: c.p99 });
+    log(`search k 10, ${ds.nBase} x ${ds.dim} HNSW, 2 shards: standalone p50 ${a.p50.toFixed(3)} ms p99 ${a.p99.toFixed(3)} ms; asked of ${asker.id} (holds neither shard) p50 ${c.p50.toFixed(3)} ms p99 ${c.p99.toFixed(3)} ms (goal p50 < 1, p99 < 5)`);
+    for (const cl of [aloneClient, n4Client, askerClient]) cl.close();
+    log(`wrote ${writeJson('cluster', { machine: machine(), points, batch, dim, ...results })}`);
+    return 0;
+  } finally {
+    await stop(all);
+    await etcd?.stop();
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,582 @@
+/**
+ * The database of a node in a cluster: the same API as the standalone node (Database), over shards
+ * whose replicas live on several nodes.
+ *
+ *   collections   from etcd (collections/<name>, written once by createCollection); the
+ *                 controller places each shard's replicas and writes its map
+ *   replicas      this node opens a ReplicaHost for every shard whose map names it, feeds it the
+ *                 maps, the lease deadline and the peer messages, and closes it with the node
+ *   writes        split by shard (as standalone); each part goes to its shard's leader: this node's
+ *                 replica when it leads, else the leader node over the node service (PeerShards)
+ *   reads         each shard's part from its leader (local or remote), merged as standalone
+ *
+ * A write whose leader is unknown, moving or unreachable waits for the next map of its shard and
+ * tries again until the caller's deadline (a retried upsert or delete is the same change). A
+ * write the leader took but could not commit before the deadline is UNAVAILABLE: its outcome is
+ * unknown, and a retry with the same idempotency key applies it at most once.
+ */
+import * as path from 'path';
+import { QuiverError } from '../errors';
+import { requestHash } from '../shard';
+import type { Shard, ShardOptions, StoredPoint, UpsertOp, WriteResult } from '../shard';
+import type { NodeId, Progress, ShardKey, ShardMap } from '../cluster/types';
+import { shardKey } from '../cluster/types';
+import { OpenInternals, idsByShard, mergeHits, prepareSearch, shardOptionsOf, splitBatch } from './database';
+import type {
+  ChangeOptions,
+  ClusterStatus,
+  CollectionInfo,
+  CollectionSpec,
+  CollectionSpecInput,
+  Database,
+  OpenOptions,
+  Point,
+  PointInput,
+  ReplicaInfo,
+  SearchHit,
+  SearchRequest,
+  ShardReplicas,
+  ShardStatus,
+  UpsertColumns,
+  WriteOptions,
+  WriteToken,
+} from './types';
+import { checkAnswerBytes, checkColumns, checkIdempotencyKey, checkIds, checkName, checkOptBool, checkPoints, checkSpec, isPlainObject } from './validate';
+import { defaultDeadlineMs } from '../common/limits';
+
+/** What collections/<name> holds: the spec and when it was made. */
+export interface CollectionRecord extends CollectionSpec {
+  createdAt: string;
+}
+
+/** A live node as etcd lists it. */
+export interface ClusterNodeRecord {
+  zone: string | null;
+  draining: boolean;
+  grpc: string;
+  http: string;
+  replication: string;
+  version: string;
+}
+
+/** One shard's replica on this node (src/cluster/replica-host.ts). */
+export interface ReplicaPort {
+  onMap(map: ShardMap): void;
+  onLease(deadline: number): void;
+  onPeerMessage(from: NodeId, payload: Buffer): void;
+  upsert(op: UpsertOp, key?: string, hash?: Buffer): Promise<WriteResult>;
+  delete(ids: string[], key?: string, hash?: Buffer): Promise<WriteResult>;
+  readonly shard: Shard;
+  status(): { role: string; epoch: number; leader: NodeId | null; durableLsn: number; commitLsn: number; appliedLsn: number };
+  digest(): Promise<string>;
+  close(): Promise<void>;
+}
+
+export type OpenReplica = (a: {
+  shard: ShardKey;
+  shardOptions: ShardOptions;
+  send: (to: NodeId, payload: Buffer) => void;
+  publish: (p: Progress) => void;
+}) => Promise<ReplicaPort>;
+
+/** etcd as the cluster database sees it (src/cluster/etcd.ts). */
+export interface CoordinatorPort {
+  on(event: 'map', fn: (shard: ShardKey, map: ShardMap) => void): unknown;
+  on(event: 'nodes', fn: (nodes: Record<NodeId, ClusterNodeRecord>) => void): unknown;
+  on(event: 'collection', fn: (name: string, record: CollectionRecord) => void): unknown;
+  on(event: 'lease', fn: (deadline: number) => void): unknown;
+  createCollection(name: string, record: CollectionRecord): Promise<void>;
+  publishProgress(shard: ShardKey, p: Progress): void;
+}
+
+/** The node service of other nodes (src/server/node-service.ts): each call serves shards that node holds. */
+export interface PeerShards {
+  upsert(node: NodeId, collection: string, shard: number, op: UpsertOp, key: string, hash: Buffer | undefined, signal?: AbortSignal): Promise<WriteResult>;
+  delete(node: NodeId, collection: string, shard: number, ids: string[], key: string, hash: Buffer | undefined, signal?: AbortSignal): Promise<WriteResult>;
+  search(node: NodeId, collection: string, shards: number[], req: SearchRequest & { vectors: Float32Array }): Promise<SearchHit[][]>;
+  get(node: NodeId, collection: string, shards: number[], ids: string[], withVectors: boolean, withPayload: boolean): Promise<Point[]>;
+  count(node: NodeId, collection: string, shards: number[]): Promise<number>;
+  replicaStatus(node: NodeId, collection: string, withDigest: boolean): Promise<(Omit<ReplicaInfo, 'lagEntries'> & { shard: number })[]>;
+}
+
+export interface ClusterOptions extends OpenOptions, OpenInternals {
+  nodeId: NodeId;
+  coordinator: CoordinatorPort;
+  peers: PeerShards;
+  openReplica: OpenReplica;
+  /** Sends a replica's message to its peer on another node (the sidecar link). */
+  sendToPeer: (to: NodeId, shard: ShardKey, payload: Buffer) => void;
+  log?: (line: string) => void;
+}
+
+interface ClusterCollection {
+  spec: CollectionSpec;
+  createdAt: string;
+  maps: (ShardMap | null)[];
+  replicas: Map<number, ReplicaSlot>;
+}
+
+/** A replica being opened, and once open, the replica. */
+interface ReplicaSlot {
+  opening: Promise<ReplicaPort>;
+  port?: ReplicaPort;
+}
+
+/** How long a write waits for its shard to have a leader when the caller gave no deadline. */
+const leaderWaitMs = defaultDeadlineMs;
+
+function isRouting(e: unknown): boolean {
+  const code = (e as { code?: unknown } | null)?.code;
+  return code === 'NOT_LEADER' || code === 'UNAVAILABLE';
+}
+
+export class ClusterDatabase implements Database {
+  private readonly self: NodeId;
+  private readonly dataDir: string;
+  private readonly collections = new Map<string, ClusterCollection>();
+  private nodes: Record<NodeId, ClusterNodeRecord> = {};
+  private lease = 0;
+  /** Woken at every map change of a shard (and at close). */
+  private readonly mapWaiters = new Map<ShardKey, Array<() => void>>();
+  private readonly collectionWaiters = new Map<string, Array<() => void>>();
+  private closed = false;
+
+  constructor(private readonly opts: ClusterOptions) {
+    this.self = opts.nodeId;
+    this.dataDir = path.resolve(opts.dataDir);
+    const c = opts.coordinator;
+    c.on('nodes', (nodes) => (this.nodes = nodes));
+    c.on('collection', (name, record) => this.onCollection(name, record));
+    c.on('map', (shard, map) => this.onMap(shard, map));
+    c.on('lease', (deadline) => {
+      this.lease = deadline;
+      for (const col of this.collections.values()) for (const r of col.replicas.values()) r.port?.onLease(deadline);
+    });
+  }
+
+  /** A message from a peer's replica (through the sidecar). Dropped when the shard is not open here: the sender retransmits. */
+  onPeerMessage(from: NodeId, shard: ShardKey, payload: Buffer): void {
+    const { col, s } = this.parseShardKey(shard);
+    col?.replicas.get(s)?.port?.onPeerMessage(from, payload);
+  }
+
+  liveNodes(): Record<NodeId, ClusterNodeRecord> {
+    return this.nodes;
+  }
+
+  // ---------------------------------------------------------------- etcd events
+
+  private parseShardKey(key: ShardKey): { col: ClusterCollection | undefined; s: number } {
+    const i = key.lastIndexOf('/');
+    return { col: this.collections.get(key.slice(0, i)), s: Number(key.slice(i + 1)) };
+  }
+
+  private onCollection(name: string, record: CollectionRecord): void {
+    if (this.collections.has(name)) return;
+    const { createdAt, ...spec } = record;
+    this.collections.set(name, { spec, createdAt, maps: new Array<ShardMap | null>(spec.shards).fill(null), replicas: new Map() });
+    for (const wake of this.collectionWaiters.get(name) ?? []) wake();
+    this.collectionWaiters.delete(name);
+  }
+
+  private onMap(key: ShardKey, map: ShardMap): void {
+    const { col, s } = this.parseShardKey(key);
+    if (!col || !(s >= 0 && s < col.spec.shards)) return;
+    col.maps[s] = map;
+    const slot = col.replicas.get(s);
+    if (slot?.port) slot.port.onMap(map);
+    else if (!slot && map.replicas.includes(this.self) && !this.closed) {
+      const opening: ReplicaSlot = {
+        opening: this.opts.openReplica({
+          shard: key,
+          shardOptions: shardOptionsOf(this.dataDir, this.opts, col.spec, s),
+          send: (to, payload) => this.opts.sendToPeer(to, key, payload),
+          publish: (p) => this.opts.coordinator.publishProgress(key, p),
+        }),
+      };
+      col.replicas.set(s, opening);
+      // Once open it gets the newest map and lease (a map that came while it opened included).
+      opening.opening.then(
+        (r) => {
+          opening.port = r;
+          if (this.lease > 0) r.onLease(this.lease);
+          r.onMap(col.maps[s]!);
+          if (this.closed) void r.close();
+        },
+        (e: unknown) => {
+          col.replicas.delete(s);
+          this.opts.log?.(`cannot open the replica of ${key}: ${(e as Error).message}`);
+        },
+      );
+    }
+    for (const wake of this.mapWaiters.get(key) ?? []) wake();
+    this.mapWaiters.delete(key);
+  }
+
+  /** Resolves at the next map change of `key`, at most after ms. */
+  private nextMap(key: ShardKey, ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, Math.max(1, ms));
+      const list = this.mapWaiters.get(key) ?? [];
+      list.push(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+      this.mapWaiters.set(key, list);
+    });
+  }
+
+  // ---------------------------------------------------------------- collections
+
+  private usable(): void {
+    if (this.closed) throw new QuiverError('UNAVAILABLE', 'the node is shutting down');
+  }
+
+  private coll(name: unknown): ClusterCollection {
+    this.usable();
+    const c = this.collections.get(checkName(name));
+    if (!c) throw new QuiverError('NOT_FOUND', `no collection named "${String(name)}"`);
+    return c;
+  }
+
+  /** This node's view of the count: the shards it holds a replica of (count() asks every leader). */
+  private info(c: ClusterCollection): CollectionInfo {
+    let count = 0;
+    for (const [, r] of this.open(c)) count += r.shard.count;
+    return { ...c.spec, index: { ...c.spec.index }, count, createdAt: c.createdAt };
+  }
+
+  /** The replicas of c open on this node, by shard. */
+  private open(c: ClusterCollection): [number, ReplicaPort][] {
+    const out: [number, ReplicaPort][] = [];
+    for (const [s, slot] of c.replicas) if (slot.port) out.push([s, slot.port]);
+    return out;
+  }
+
+  async createCollection(input: CollectionSpecInput, opts: ChangeOptions = {}): Promise<CollectionInfo> {
+    this.usable();
+    const spec = checkSpec(input, { liveNodes: Object.values(this.nodes).filter((n) => !n.draining).length });
+    opts.signal?.throwIfAborted();
+    const createdAt = new Date().toISOString();
+    await this.opts.coordinator.createCollection(spec.name, { ...spec, createdAt });
+    if (!this.collections.has(spec.name)) {
+      await new Promise<void>((resolve) => {
+        const list = this.collectionWaiters.get(spec.name) ?? [];
+        list.push(resolve);
+        this.collectionWaiters.set(spec.name, list);
+      });
+    }
+    return this.info(this.coll(spec.name));
+  }
+
+  dropCollection(): Promise<void> {
+    return Promise.reject(new QuiverError('FAILED_PRECONDITION', 'dropping a collection is not supported in a cluster yet'));
+  }
+
+  listCollections(): CollectionInfo[] {
+    this.usable();
+    return [...this.collections.values()].sort((a, b) => (a.spec.name < b.spec.name ? -1 : 1)).map((c) => this.info(c));
+  }
+
+  describeCollection(name: string): CollectionInfo {
+    return this.info(this.coll(name));
+  }
+
+  dimOf(name: string): number {
+    return this.coll(name).spec.dim;
+  }
+
+  // ---------------------------------------------------------------- routing
+
+  /**
+   * Runs `local` on this node's replica when it leads shard s, else `remote` on the leader node;
+   * while the shard has no reachable leader, waits for its next map and tries again until the
+   * deadline (the caller's signal, else leaderWaitMs).
+   */
+  private async onLeader<T>(c: ClusterCollection, s: number, signal: AbortSignal | undefined, local: (r: ReplicaPort) => Promise<T>, remote: (node: NodeId) => Promise<T>): Promise<T> {
+    const key = shardKey(c.spec.name, s);
+    const deadline = Date.now() + leaderWaitMs;
+    for (;;) {
+      signal?.throwIfAborted();
+      const map = c.maps[s];
+      const leader = map && map.phase === 'active' ? map.leader : null;
+      try {
+        if (leader === this.self) {
+          const r = await c.replicas.get(s)?.opening;
+          if (r) return await local(r);
+        } else if (leader) {
+          return await remote(leader);
+        }
+      } catch (e) {
+        if (!isRouting(e) || Date.now() >= deadline) throw e;
+      }
+      const left = deadline - Date.now();
+      if (left <= 0) throw new QuiverError('UNAVAILABLE', `shard ${key} has no leader that answers`);
+      await this.nextMap(key, Math.min(left, 250));
+    }
+  }
+
+  /** A leader's write that cannot wait past the caller's deadline: after it, the outcome is unknown. */
+  private static bounded<T>(p: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+    if (!signal) return p;
+    return new Promise<T>((resolve, reject) => {
+      const onAbort = (): void =>
+        reject(new QuiverError('UNAVAILABLE', 'the write was not committed before the deadline; its outcome is unknown: retry it with the same idempotency key'));
+      if (signal.aborted) return onAbort();
+      signal.addEventListener('abort', onAbort, { once: true });
+      p.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+    });
+  }
+
+  // ---------------------------------------------------------------- writes
+
+  async upsert(name: string, points: PointInput[], opts: WriteOptions = {}): Promise<{ upserted: number; token: WriteToken }> {
+    const c = this.coll(name);
+    const { dim } = c.spec;
+    const checked = checkPoints(points, dim);
+    const vectors = new Float32Array(checked.ids.length * dim);
+    checked.vectors.forEach((v, i) => vectors.set(v, i * dim));
+    return this.upsertChecked(c, { ids: checked.ids, vectors, payloadJson: checked.payloadJson }, opts);
+  }
+
+  async upsertColumns(name: string, batch: UpsertColumns, opts: WriteOptions = {}): Promise<{ upserted: number; token: WriteToken }> {
+    const c = this.coll(name);
+    return this.upsertChecked(c, checkColumns(batch, c.spec.dim), opts);
+  }
+
+  private async upsertChecked(c: ClusterCollection, batch: UpsertOp, opts: WriteOptions): Promise<{ upserted: number; token: WriteToken }> {
+    const key = checkIdempotencyKey(isPlainObject(opts) ? opts.idempotencyKey : undefined);
+    const hash = key === '' ? undefined : requestHash('upsert', c.spec.name, batch.ids, batch.payloadJson, batch.vectors);
+    const token: WriteToken = {};
+    let upserted = 0;
+    await Promise.all(
+      [...splitBatch(batch, c.spec.dim, c.spec.shards)].map(async ([s, part]) => {
+        const r = await this.onLeader(
+          c,
+          s,
+          opts.signal,
+          (rep) => ClusterDatabase.bounded(rep.upsert(part, key, hash), opts.signal),
+          (node) => this.opts.peers.upsert(node, c.spec.name, s, part, key, hash, opts.signal),
+        );
+        token[String(s)] = r.lsn;
+        upserted += r.answer;
+      }),
+    );
+    return { upserted, token };
+  }
+
+  async delete(name: string, ids: string[], opts: WriteOptions = {}): Promise<{ deleted: number; token: WriteToken }> {
+    const c = this.coll(name);
+    checkIds(ids, true);
+    const key = checkIdempotencyKey(isPlainObject(opts) ? opts.idempotencyKey : undefined);
+    const hash = key === '' ? undefined : requestHash('delete', c.spec.name, ids);
+    const token: WriteToken = {};
+    let deleted = 0;
+    await Promise.all(
+      [...idsByShard(ids, c.spec.shards)].map(async ([s, g]) => {
+        const r = await this.onLeader(
+          c,
+          s,
+          opts.signal,
+          (rep) => ClusterDatabase.bounded(rep.delete(g, key, hash), opts.signal),
+          (node) => this.opts.peers.delete(node, c.spec.name, s, g, key, hash, opts.signal),
+        );
+        token[String(s)] = r.lsn;
+        deleted += r.answer;
+      }),
+    );
+    return { deleted, token };
+  }
+
+  // ---------------------------------------------------------------- the node service (a peer asks for shards held here)
+
+  private ledReplica(name: string, s: number): Promise<ReplicaPort> {
+    const c = this.coll(name);
+    if (!Number.isInteger(s) || s < 0 || s >= c.spec.shards) throw new QuiverError('INVALID_ARGUMENT', `collection "${name}" has shards 0..${c.spec.shards - 1}`);
+    const r = c.replicas.get(s);
+    if (!r) throw new QuiverError('UNAVAILABLE', `this node holds no replica of shard ${name}/${s}`);
+    return r.opening;
+  }
+
+  /** A forwarded write: the replica here takes it if it leads (it refuses with NOT_LEADER if not). */
+  async shardUpsert(name: string, s: number, op: UpsertOp, key: string, hash: Buffer | undefined, signal?: AbortSignal): Promise<WriteResult> {
+    const c = this.coll(name);
+    const part = checkColumns({ ids: op.ids, vectors: op.vectors, payloads: op.payloadJson.map((p) => (p === '' ? undefined : JSON.parse(p))) }, c.spec.dim);
+    return ClusterDatabase.bounded((await this.ledReplica(name, s)).upsert(part, key, hash), signal);
+  }
+
+  async shardDelete(name: string, s: number, ids: string[], key: string, hash: Buffer | undefined, signal?: AbortSignal): Promise<WriteResult> {
+    checkIds(ids, true);
+    return ClusterDatabase.bounded((await this.ledReplica(name, s)).delete(ids, key, hash), signal);
+  }
+
+  /** A part of a search: the shards asked, from their replicas here. */
+  async shardSearch(name: string, shards: number[], req: SearchRequest): Promise<SearchHit[][]> {
+    const c = this.coll(name);
+    const { vectors, k, nq, opts } = prepareSearch(c.spec, req);
+    const held = await Promise.all(shards.map((s) => this.ledReplica(name, s)));
+    let points = 0;
+    let idBytes = 0;
+    let payloadBytes = 0;
+    for (const r of held) {
+      points += r.shard.count;
+      idBytes = Math.max(idBytes, r.shard.largestIdBytes);
+      payloadBytes = Math.max(payloadBytes, r.shard.largestPayloadBytes);
+    }
+    checkAnswerBytes(nq * Math.min(k, points), idBytes + (opts.withVectors ? c.spec.dim * 4 : 0) + (opts.withPayload ? payloadBytes : 0), 'the answer');
+    return mergeHits(await Promise.all(held.map((r) => r.shard.search(vectors, k, opts))), nq, k);
+  }
+
+  async shardGet(name: string, shards: number[], ids: string[], withVectors: boolean, withPayload: boolean): Promise<StoredPoint[]> {
+    const c = this.coll(name);
+    const held = new Map<number, ReplicaPort>();
+    for (const s of shards) held.set(s, await this.ledReplica(name, s));
+    const out: StoredPoint[] = [];
+    for (const [s, g] of idsByShard(ids, c.spec.shards)) {
+      const r = held.get(s);
+      if (r) out.push(...(await r.shard.get(g, withVectors, withPayload)));
+    }
+    return out;
+  }
+
+  async shardCount(name: string, shards: number[]): Promise<number> {
+    let n = 0;
+    for (const s of shards) n += (await this.ledReplica(name, s)).shard.count;
+    return n;
+  }
+
+  // ---------------------------------------------------------------- reads
+
+  /** Shards grouped by the node that leads them (reads go to leaders until read levels exist). */
+  private async byLeader(c: ClusterCollection, shards: Iterable<number>): Promise<Map<NodeId, number[]>> {
+    const out = new Map<NodeId, number[]>();
+    for (const s of shards) {
+      let leader = c.maps[s]?.phase === 'active' ? c.maps[s]!.leader : null;
+      const deadline = Date.now() + leaderWaitMs;
+      while (!leader) {
+        const left = deadline - Date.now();
+        if (left <= 0) throw new QuiverError('UNAVAILABLE', `shard ${c.spec.name}/${s} has no leader`);
+        await this.nextMap(shardKey(c.spec.name, s), Math.min(left, 250));
+        leader = c.maps[s]?.phase === 'active' ? c.maps[s]!.leader : null;
+      }
+      const g = out.get(leader);
+      if (g) g.push(s);
+      else out.set(leader, [s]);
+    }
+    return out;
+  }
+
+  async get(name: string, ids: string[], opts: { withVectors?: boolean; withPayload?: boolean } = {}): Promise<Point[]> {
+    const c = this.coll(name);
+    checkIds(ids, false);
+    const o = isPlainObject(opts) ? opts : {};
+    const withVectors = checkOptBool(o.withVectors, 'withVectors') ?? false;
+    const withPayload = checkOptBool(o.withPayload, 'withPayload') ?? true;
+    const groups = idsByShard(ids, c.spec.shards);
+    const found = new Map<string, Point>();
+    await Promise.all(
+      [...(await this.byLeader(c, groups.keys()))].map(async ([node, shards]) => {
+        const asked = shards.flatMap((s) => groups.get(s)!);
+        const got = node === this.self ? await this.shardGet(name, shards, asked, withVectors, withPayload) : await this.opts.peers.get(node, name, shards, asked, withVectors, withPayload);
+        for (const p of got) found.set(p.id, p);
+      }),
+    );
+    const out: Point[] = [];
+    for (const id of ids) {
+      const p = found.get(id);
+      if (p) out.push(p);
+    }
+    return out;
+  }
+
+  async count(name: string): Promise<number> {
+    const c = this.coll(name);
+    const all = Array.from({ length: c.spec.shards }, (_, s) => s);
+    const parts = await Promise.all(
+      [...(await this.byLeader(c, all))].map(([node, shards]) => (node === this.self ? this.shardCount(name, shards) : this.opts.peers.count(node, name, shards))),
+    );
+    return parts.reduce((a, b) => a + b, 0);
+  }
+
+  async search(name: string, req: SearchRequest): Promise<SearchHit[][]> {
+    const c = this.coll(name);
+    const { vectors, k, nq } = prepareSearch(c.spec, req);
+    const all = Array.from({ length: c.spec.shards }, (_, s) => s);
+    const parts = await Promise.all(
+      [...(await this.byLeader(c, all))].map(([node, shards]) =>
+        node === this.self ? this.shardSearch(name, shards, req) : this.opts.peers.search(node, name, shards, { ...req, vectors }),
+      ),
+    );
+    return mergeHits(parts, nq, k);
+  }
+
+  // ---------------------------------------------------------------- status
+
+  status(): ClusterStatus {
+    const shards: ShardStatus[] = [];
+    for (const c of this.collections.values()) {
+      for (const [s, r] of this.open(c)) {
+        const st = r.shard.status();
+        shards.push({ collection: c.spec.name, shard: s, leader: c.maps[s]?.leader ?? '', ...st, epoch: c.maps[s]?.epoch ?? st.epoch });
+      }
+    }
+    const nodes = Object.entries(this.nodes).map(([id, n]) => ({ id, grpc: n.grpc, http: n.http, alive: true }));
+    return { mode: 'cluster', nodeId: this.self, nodes, shards };
+  }
+
+  /** The replicas of a collection held by this node: role, log positions and (if asked) digest. */
+  async localReplicas(name: string, withDigest: boolean): Promise<(Omit<ReplicaInfo, 'lagEntries'> & { shard: number })[]> {
+    const c = this.coll(name);
+    return Promise.all(
+      this.open(c).map(async ([s, r]) => {
+        const st = r.status();
+        return { shard: s, node: this.self, role: st.role, epoch: st.epoch, durableLsn: st.durableLsn, commitLsn: st.commitLsn, appliedLsn: st.appliedLsn, digest: withDigest ? await r.digest() : '' };
+      }),
+    );
+  }
+
+  async shards(name: string): Promise<ShardReplicas[]> {
+    const c = this.coll(name);
+    const holders = new Set<NodeId>();
+    for (const m of c.maps) for (const n of m?.replicas ?? []) holders.add(n);
+    const reports = await Promise.all(
+      [...holders].map((node) =>
+        (node === this.self ? this.localReplicas(name, true) : this.opts.peers.replicaStatus(node, name, true)).catch(() => []),
+      ),
+    );
+    const all = reports.flat();
+    return c.maps.map((map, s) => {
+      const here = all.filter((r) => r.shard === s);
+      const leaderDurable = here.find((r) => r.node === map?.leader)?.durableLsn ?? 0;
+      return {
+        shard: s,
+        epoch: map?.epoch ?? 0,
+        leader: map?.leader ?? null,
+        replicas: (map?.replicas ?? []).map((node) => {
+          const r = here.find((x) => x.node === node);
+          if (!r) return { node, role: 'unreachable', epoch: 0, durableLsn: 0, commitLsn: 0, appliedLsn: 0, lagEntries: leaderDurable, digest: '' };
+          return { node, role: r.role, epoch: r.epoch, durableLsn: r.durableLsn, commitLsn: r.commitLsn, appliedLsn: r.appliedLsn, lagEntries: Math.max(0, leaderDurable - r.durableLsn), digest: r.digest };
+        }),
+      };
+    });
+  }
+
+  /** State digest of this node's replica of a shard. */
+  async digest(name: string, s: number): Promise<string> {
+    return (await this.ledReplica(name, s)).digest();
+  }
+
+  async snapshot(): Promise<void> {
+    this.usable();
+    await Promise.all([...this.collections.values()].flatMap((c) => this.open(c).map(([, r]) => r.shard.snapshot())));
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const list of this.mapWaiters.values()) for (const wake of list) wake();
+    this.mapWaiters.clear();
+    const all = [...this.collections.values()].flatMap((c) => [...c.replicas.values()]);
+    await Promise.all(all.map(async (slot) => (await slot.opening.catch(() => null))?.close()));
+  }
+}

@@ -1,0 +1,216 @@
+/**
+ * The node service (proto/node.proto) between the nodes of a cluster: a write forwarded to its
+ * shard's leader, the per-shard parts of a search, get or count. `nodeMethods` serves it next to
+ * the client API on the node's gRPC port (Quiver's own gRPC server); `NodePeers` calls it on the
+ * other nodes, at the gRPC address each registered in etcd. Both ends use the generated codecs.
+ */
+import type { DescMessage, DescMethodUnary, MessageInitShape, MessageShape } from '@bufbuild/protobuf';
+import { defaultDeadlineMs, requestBytesMax } from '../common/limits';
+import { stringifyJson } from '../common/json';
+import { QuiverError } from '../errors';
+import type { NodeId } from '../cluster/types';
+import type { ClusterDatabase, PeerShards } from '../query/cluster';
+import type { Point, SearchHit, SearchRequest } from '../query/types';
+import type { UpsertOp, WriteResult } from '../shard';
+import { QuiverNode } from '../rpc/gen/node_pb';
+import type * as wire from '../rpc/gen/quiver_pb';
+import { GrpcChannel, UnaryMethod } from '../rpc/grpc-client';
+import type { GrpcMethod } from '../rpc/grpc-server';
+import { bytesToVector, decoder, encoder, tokenFromWire, tokenToWire, vectorToBytes } from '../rpc/proto';
+import type { Op, Service } from './service';
+import { parseJsonField } from './validate';
+
+type NodeMethods = (typeof QuiverNode)['method'];
+type NodeMethodName = keyof NodeMethods;
+type In<M extends NodeMethodName> = MessageShape<NodeMethods[M]['input']>;
+type InInit<M extends NodeMethodName> = MessageInitShape<NodeMethods[M]['input']>;
+type Out<M extends NodeMethodName> = MessageShape<NodeMethods[M]['output']>;
+type OutInit<M extends NodeMethodName> = MessageInitShape<NodeMethods[M]['output']>;
+
+function pathOf(m: DescMethodUnary): string {
+  return `/${QuiverNode.typeName}/${m.name}`;
+}
+
+function client<M extends NodeMethodName>(m: M): UnaryMethod<InInit<M>, Out<M>> {
+  const d = QuiverNode.method[m] as DescMethodUnary;
+  return { path: pathOf(d), requestSerialize: encoder(d.input as DescMessage), responseDeserialize: decoder(d.output as DescMessage) } as unknown as UnaryMethod<InInit<M>, Out<M>>;
+}
+
+function vectorsOf(bytes: Uint8Array, what: string): Float32Array {
+  const v = bytesToVector(bytes);
+  if (!v) throw new QuiverError('INVALID_ARGUMENT', `${what} is ${bytes.byteLength} bytes, not a whole number of float32 values`);
+  return v;
+}
+
+function hitsToWire(lists: SearchHit[][]): OutInit<'shardSearch'> {
+  return {
+    batches: lists.map((hits) => ({
+      hits: hits.map((h) => ({ id: h.id, distance: h.distance, payloadJson: h.payload ? stringifyJson(h.payload) : '', vector: h.vector ? { data: vectorToBytes(h.vector) } : undefined })),
+    })),
+  };
+}
+
+function hitsFromWire(r: Out<'shardSearch'>, withPayload: boolean): SearchHit[][] {
+  return r.batches.map((b) =>
+    b.hits.map((h) => {
+      const hit: SearchHit = { id: h.id, distance: h.distance };
+      if (withPayload) hit.payload = h.payloadJson === '' ? {} : (JSON.parse(h.payloadJson) as SearchHit['payload']);
+      if (h.vector) hit.vector = vectorsOf(h.vector.data, 'a hit vector').slice();
+      return hit;
+    }),
+  );
+}
+
+function searchOptionsToWire(req: SearchRequest): MessageInitShape<typeof wire.SearchOptionsSchema> {
+  return {
+    k: req.k as number,
+    filterJson: req.filter === undefined || req.filter === null ? '' : JSON.stringify(req.filter),
+    ef: req.ef ?? 0,
+    nprobe: req.nprobe ?? 0,
+    withPayload: req.withPayload ?? false,
+    withVectors: req.withVectors ?? false,
+    consistency: req.consistency ?? '',
+    token: req.token ? tokenToWire(req.token) : {},
+  };
+}
+
+function searchFromWire(vectors: Float32Array, o: wire.SearchOptions | undefined): SearchRequest {
+  if (!o) return { vectors } as SearchRequest;
+  return {
+    vectors,
+    k: o.k,
+    filter: parseJsonField(o.filterJson, 'options.filter_json') as SearchRequest['filter'],
+    ef: o.ef || undefined,
+    nprobe: o.nprobe || undefined,
+    withPayload: o.withPayload,
+    withVectors: o.withVectors,
+    consistency: (o.consistency || undefined) as SearchRequest['consistency'],
+    token: Object.keys(o.token).length === 0 ? undefined : tokenFromWire(o.token),
+  };
+}
+
+function pointsFromWire(r: MessageShape<typeof wire.GetResponseSchema>): Point[] {
+  return r.points.map((p) => {
+    const out: Point = { id: p.id };
+    if (p.vector) out.vector = vectorsOf(p.vector.data, 'a point vector').slice();
+    if (p.payloadJson !== '') out.payload = JSON.parse(p.payloadJson) as Point['payload'];
+    return out;
+  });
+}
+
+/** The node service's handlers, by path, for Quiver's own gRPC server. */
+export function nodeMethods(svc: Service, db: ClusterDatabase): Map<string, GrpcMethod> {
+  const out = new Map<string, GrpcMethod>();
+  const add = <M extends NodeMethodName>(m: M, fn: (req: In<M>, signal?: AbortSignal) => Promise<OutInit<M>>): void => {
+    const d = QuiverNode.method[m] as DescMethodUnary;
+    const op = d.name as Op;
+    const encode = encoder(d.output as DescMessage);
+    out.set(pathOf(d), {
+      decode: decoder(d.input as DescMessage),
+      encode: (v) => encode(v as never),
+      handle: (request, deadlineAt) => svc.run(op, 'grpc', deadlineAt, (signal) => fn(request as In<M>, signal)),
+    });
+  };
+  add('shardUpsert', async (r, signal) => {
+    const op: UpsertOp = { ids: r.ids, vectors: vectorsOf(r.vectors, 'vectors').slice(), payloadJson: r.payloadJsons.length === 0 ? r.ids.map(() => '') : r.payloadJsons };
+    const w = await db.shardUpsert(r.collection, r.shard, op, r.idempotencyKey, r.requestHash.byteLength > 0 ? Buffer.from(r.requestHash) : undefined, signal);
+    return { count: BigInt(w.answer), token: { [String(r.shard)]: BigInt(w.lsn) } };
+  });
+  add('shardDelete', async (r, signal) => {
+    const w = await db.shardDelete(r.collection, r.shard, r.ids, r.idempotencyKey, r.requestHash.byteLength > 0 ? Buffer.from(r.requestHash) : undefined, signal);
+    return { count: BigInt(w.answer), token: { [String(r.shard)]: BigInt(w.lsn) } };
+  });
+  add('shardSearch', async (r) => hitsToWire(await db.shardSearch(r.collection, r.shards, searchFromWire(vectorsOf(r.vectors, 'vectors'), r.options))));
+  add('shardGet', async (r) => {
+    const points = await db.shardGet(r.collection, r.shards, r.ids, r.withVectors, r.withPayload);
+    return { points: points.map((p) => ({ id: p.id, vector: p.vector ? { data: vectorToBytes(p.vector) } : undefined, payloadJson: p.payload ? stringifyJson(p.payload) : '' })) };
+  });
+  add('shardCount', async (r) => ({ count: BigInt(await db.shardCount(r.collection, r.shards)) }));
+  add('replicaStatus', async (r) => ({
+    replicas: (await db.localReplicas(r.collection, r.withDigest)).map((x) => ({
+      ...x,
+      epoch: BigInt(x.epoch),
+      durableLsn: BigInt(x.durableLsn),
+      commitLsn: BigInt(x.commitLsn),
+      appliedLsn: BigInt(x.appliedLsn),
+    })),
+  }));
+  return out;
+}
+
+const METHODS = {
+  shardUpsert: client('shardUpsert'),
+  shardDelete: client('shardDelete'),
+  shardSearch: client('shardSearch'),
+  shardGet: client('shardGet'),
+  shardCount: client('shardCount'),
+  replicaStatus: client('replicaStatus'),
+};
+
+/** Calls the node service of other nodes; `addressOf` gives a node's gRPC address (from etcd). */
+export class NodePeers implements PeerShards {
+  private readonly channels = new Map<string, GrpcChannel>();
+
+  constructor(private readonly addressOf: (node: NodeId) => string | undefined) {}
+
+  private channel(node: NodeId): GrpcChannel {
+    const address = this.addressOf(node);
+    if (!address) throw new QuiverError('UNAVAILABLE', `node ${node} is not live`);
+    let ch = this.channels.get(address);
+    if (!ch) {
+      ch = new GrpcChannel(address, requestBytesMax);
+      this.channels.set(address, ch);
+    }
+    return ch;
+  }
+
+  private static deadline(): number {
+    return Date.now() + defaultDeadlineMs;
+  }
+
+  async upsert(node: NodeId, collection: string, shard: number, op: UpsertOp, key: string, hash: Buffer | undefined): Promise<WriteResult> {
+    const r = await this.channel(node).unary(
+      METHODS.shardUpsert,
+      { collection, shard, ids: op.ids, vectors: vectorToBytes(op.vectors), payloadJsons: op.payloadJson, idempotencyKey: key, requestHash: hash ?? new Uint8Array(0) },
+      NodePeers.deadline(),
+    );
+    return { answer: Number(r.count), lsn: Number(r.token[String(shard)] ?? 0n) };
+  }
+
+  async delete(node: NodeId, collection: string, shard: number, ids: string[], key: string, hash: Buffer | undefined): Promise<WriteResult> {
+    const r = await this.channel(node).unary(METHODS.shardDelete, { collection, shard, ids, idempotencyKey: key, requestHash: hash ?? new Uint8Array(0) }, NodePeers.deadline());
+    return { answer: Number(r.count), lsn: Number(r.token[String(shard)] ?? 0n) };
+  }
+
+  async search(node: NodeId, collection: string, shards: number[], req: SearchRequest & { vectors: Float32Array }): Promise<SearchHit[][]> {
+    const r = await this.channel(node).unary(METHODS.shardSearch, { collection, shards, vectors: vectorToBytes(req.vectors), options: searchOptionsToWire(req) }, NodePeers.deadline());
+    return hitsFromWire(r, req.withPayload === true);
+  }
+
+  async get(node: NodeId, collection: string, shards: number[], ids: string[], withVectors: boolean, withPayload: boolean): Promise<Point[]> {
+    return pointsFromWire(await this.channel(node).unary(METHODS.shardGet, { collection, shards, ids, withVectors, withPayload }, NodePeers.deadline()));
+  }
+
+  async count(node: NodeId, collection: string, shards: number[]): Promise<number> {
+    return Number((await this.channel(node).unary(METHODS.shardCount, { collection, shards }, NodePeers.deadline())).count);
+  }
+
+  async replicaStatus(node: NodeId, collection: string, withDigest: boolean): ReturnType<PeerShards['replicaStatus']> {
+    const r = await this.channel(node).unary(METHODS.replicaStatus, { collection, withDigest }, NodePeers.deadline());
+    return r.replicas.map((x) => ({
+      shard: x.shard,
+      node: x.node,
+      role: x.role,
+      epoch: Number(x.epoch),
+      durableLsn: Number(x.durableLsn),
+      commitLsn: Number(x.commitLsn),
+      appliedLsn: Number(x.appliedLsn),
+      digest: x.digest,
+    }));
+  }
+
+  close(): void {
+    for (const ch of this.channels.values()) ch.close();
+    this.channels.clear();
+  }
+}
