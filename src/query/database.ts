@@ -287,8 +287,8 @@ export class LocalDatabase implements Database {
 
   async upsert(name: string, points: PointInput[], opts: WriteOptions = {}): Promise<{ upserted: number; token: WriteToken }> {
     const c = this.coll(name);
-    const { dim } = c.spec;
-    const checked = checkPoints(points, dim);
+    const { dim, metric } = c.spec;
+    const checked = checkPoints(points, dim, metric);
     // One row-major array, as upsertColumns takes (a one-shard batch then needs no other copy).
     const vectors = new Float32Array(checked.ids.length * dim);
     checked.vectors.forEach((v, i) => vectors.set(v, i * dim));
@@ -302,7 +302,7 @@ export class LocalDatabase implements Database {
    */
   async upsertColumns(name: string, batch: UpsertColumns, opts: WriteOptions = {}): Promise<{ upserted: number; token: WriteToken }> {
     const c = this.coll(name);
-    return this.upsertChecked(c, checkColumns(batch, c.spec.dim), opts);
+    return this.upsertChecked(c, checkColumns(batch, c.spec.dim, c.spec.metric), opts);
   }
 
   /**
@@ -408,7 +408,7 @@ export class LocalDatabase implements Database {
   async search(name: string, req: SearchRequest): Promise<SearchHit[][]> {
     const c = this.coll(name);
     if (!isPlainObject(req)) throw new QuiverError('INVALID_ARGUMENT', 'search request must be an object');
-    const vectors = checkSearchShape(req.vectors, c.spec.dim);
+    const vectors = checkSearchShape(req.vectors, c.spec.dim, c.spec.metric);
     const k = checkK(req.k);
     const ef = checkOptInt(req.ef, 'ef', 1, efMax);
     const nprobe = checkOptInt(req.nprobe, 'nprobe', 1, 1 << 20);

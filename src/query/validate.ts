@@ -20,7 +20,7 @@ import {
   shardsMax,
 } from '../common/limits';
 import { dimMax, efMax, topKMax } from '../native/limits';
-import { METRICS } from '../native';
+import { METRICS, type Metric } from '../native';
 import type { CollectionSpec, Consistency, IndexSpec, WriteConcern } from './types';
 export type { UpsertColumns } from './types';
 
@@ -271,6 +271,22 @@ export function checkVector(v: unknown, dim: number, where: string): Float32Arra
   return f;
 }
 
+/**
+ * Under cosine a vector of zeros has no direction, so no distance to it means anything: the
+ * number of the first all-zero vector among the rows of `v` (`dim` floats each), or -1.
+ */
+function firstZeroRow(v: Float32Array, dim: number, metric: Metric): number {
+  if (metric !== 'cosine') return -1;
+  for (let row = 0, at = 0; at < v.length; row++, at += dim) {
+    let j = 0;
+    while (j < dim && v[at + j] === 0) j++;
+    if (j === dim) return row;
+  }
+  return -1;
+}
+
+const ZERO_UNDER_COSINE = 'is all zeros, which has no direction under the cosine metric';
+
 /** Whether a JSON value nests more than `max` objects and arrays inside each other (walked without recursion). */
 function nestsDeeperThan(root: unknown, max: number): boolean {
   const stack: [unknown, number][] = [[root, 1]];
@@ -328,7 +344,7 @@ function checkBatchBytes(bytes: number): void {
 
 const POINT_FIELDS = ['id', 'vector', 'payload'];
 
-export function checkPoints(points: unknown, dim: number): CheckedPoints {
+export function checkPoints(points: unknown, dim: number, metric: Metric): CheckedPoints {
   if (!Array.isArray(points)) throw invalid('points must be an array of {id, vector, payload?}');
   checkPointCount(points.length);
   const ids: string[] = [];
@@ -342,6 +358,7 @@ export function checkPoints(points: unknown, dim: number): CheckedPoints {
     checkFields(pt, POINT_FIELDS, where);
     const id = checkBatchId(pt.id, `${where}.id`, seen);
     const v = checkVector(pt.vector, dim, `${where}.vector`);
+    if (firstZeroRow(v, dim, metric) >= 0) throw invalid(`${where}.vector ${ZERO_UNDER_COSINE}`);
     const json = checkPayload(pt.payload, `${where}.payload`);
     bytes += dim * 4 + Buffer.byteLength(id) + json.length;
     ids.push(id);
@@ -369,7 +386,7 @@ export interface CheckedColumns {
 }
 
 /** The checks of checkPoints for a batch in columns; the finiteness check is one pass over all vectors. */
-export function checkColumns(b: unknown, dim: number): CheckedColumns {
+export function checkColumns(b: unknown, dim: number, metric: Metric): CheckedColumns {
   if (!isPlainObject(b) || !Array.isArray(b.ids) || !Array.isArray(b.payloads) || !(b.vectors instanceof Float32Array)) {
     throw invalid('an upsert batch is {ids: string[], vectors: Float32Array, payloads: unknown[]}');
   }
@@ -392,6 +409,8 @@ export function checkColumns(b: unknown, dim: number): CheckedColumns {
   const v = b.vectors;
   const at = firstNonFinite(v);
   if (at >= 0) throw invalid(`points[${Math.floor(at / dim)}].vector[${at % dim}] is ${nonFinite(v[at])}`);
+  const zero = firstZeroRow(v, dim, metric);
+  if (zero >= 0) throw invalid(`points[${zero}].vector ${ZERO_UNDER_COSINE}`);
   return { ids, vectors: v, payloadJson };
 }
 
@@ -409,8 +428,8 @@ export function checkQueryCount(n: number, atLeast = false): void {
   if (n > searchBatchMax) throw invalid(`${atLeast ? 'at least ' : ''}${n} query vectors; the limit is ${searchBatchMax} per search (searchBatchMax)`);
 }
 
-/** nq query vectors, row-major: the count, the dimension and (once per request) finiteness. */
-export function checkSearchShape(vectors: unknown, dim: number): Float32Array {
+/** nq query vectors, row-major: the count, the dimension, (once per request) finiteness, and no zero query under cosine. */
+export function checkSearchShape(vectors: unknown, dim: number, metric: Metric): Float32Array {
   if (!(vectors instanceof Float32Array)) throw invalid('vectors must be a Float32Array of nq * dim');
   if (vectors.length % dim !== 0) {
     throw invalid(`the query vectors hold ${vectors.length} floats, not a whole number of vectors of the collection's dimension ${dim}`);
@@ -418,6 +437,8 @@ export function checkSearchShape(vectors: unknown, dim: number): Float32Array {
   checkQueryCount(vectors.length / dim);
   const i = firstNonFinite(vectors);
   if (i >= 0) throw invalid(`query vector ${Math.floor(i / dim)}, component ${i % dim}, is ${nonFinite(vectors[i])}`);
+  const zero = firstZeroRow(vectors, dim, metric);
+  if (zero >= 0) throw invalid(`query vector ${zero} ${ZERO_UNDER_COSINE}`);
   return vectors;
 }
 
