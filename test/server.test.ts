@@ -417,7 +417,7 @@ describe('bad input through both transports: typed errors, state unchanged', () 
   });
 });
 
-describe('a zero vector under cosine is refused, as a point and as a query, over both transports', () => {
+describe('a vector without direction (zeros, or shorter than 1/FLT_MAX) under cosine is refused, as a point and as a query, over both transports', () => {
   const zero = new Float32Array(DIM);
   const kinds = [
     { type: 'flat' },
@@ -436,6 +436,7 @@ describe('a zero vector under cosine is refused, as a point and as a query, over
 
       // Points: the client's columns, gRPC points, HTTP; a zero row after a good one refuses the batch.
       await expectCode(client.upsert(C, [{ id: 'n0', vector: vec(1, DIM) }, { id: 'n1', vector: zero }]), 'INVALID_ARGUMENT');
+      await expectCode(client.upsert(C, [{ id: 'n1', vector: new Float32Array([0, 1e-40, 0, 1e-45]) }]), 'INVALID_ARGUMENT'); // |x| < 1/FLT_MAX
       const raw = await rawCall(h.server.grpcAddress, 'upsert', { collection: C, points: [{ id: 'n1', vector: { values: [0, 0, -0, 0] } }] });
       expect(raw.code).toBe(grpc.status.INVALID_ARGUMENT);
       expect(raw.quiverCode).toBe('INVALID_ARGUMENT');
@@ -448,6 +449,7 @@ describe('a zero vector under cosine is refused, as a point and as a query, over
       await expectCode(client.search(C, zero, { k: 1 }), 'INVALID_ARGUMENT');
       await expectCode(client.searchBatch(C, [vec(1, DIM), zero], { k: 1 }), 'INVALID_ARGUMENT');
       expectHttpError(await search({ vector: [0, 0, 0, 0], k: 1 }), 400, 'INVALID_ARGUMENT');
+      expectHttpError(await search({ vector: [1e-40, 0, 0, 0], k: 1 }), 400, 'INVALID_ARGUMENT');
       expectHttpError(await search({ vectors: [Array.from(vec(1, DIM)), [0, 0, 0, 0]], k: 1 }), 400, 'INVALID_ARGUMENT');
 
       expect(lsn()).toBe(before);

@@ -271,21 +271,26 @@ export function checkVector(v: unknown, dim: number, where: string): Float32Arra
   return f;
 }
 
+const FLOAT32_MAX = 3.4028234663852886e38;
+
 /**
- * Under cosine a vector of zeros has no direction, so no distance to it means anything: the
- * number of the first all-zero vector among the rows of `v` (`dim` floats each), or -1.
+ * Under cosine a vector needs a direction: the number of the first row of `v` (`dim` floats each)
+ * whose 1/|x| is no float32 (all zeros, or a length under 1/FLT_MAX, about 2.9e-39: the core would
+ * take it as the zero vector, inv_norm_f32 in native/distance/normalize.cpp), or -1. The squared
+ * length is summed in double, in index order, as the core does; a row stops at its first
+ * components once they are far past the bound.
  */
-function firstZeroRow(v: Float32Array, dim: number, metric: Metric): number {
+function firstRowWithoutDirection(v: Float32Array, dim: number, metric: Metric): number {
   if (metric !== 'cosine') return -1;
   for (let row = 0, at = 0; at < v.length; row++, at += dim) {
-    let j = 0;
-    while (j < dim && v[at + j] === 0) j++;
-    if (j === dim) return row;
+    let n2 = 0;
+    for (let j = 0; j < dim && n2 < 1e-60; j++) n2 += v[at + j] * v[at + j];
+    if (!(1 / Math.sqrt(n2) <= FLOAT32_MAX)) return row;
   }
   return -1;
 }
 
-const ZERO_UNDER_COSINE = 'is all zeros, which has no direction under the cosine metric';
+const NO_DIRECTION = 'has no direction under the cosine metric (all zeros, or a length under 2.9e-39)';
 
 /** Whether a JSON value nests more than `max` objects and arrays inside each other (walked without recursion). */
 function nestsDeeperThan(root: unknown, max: number): boolean {
@@ -358,7 +363,7 @@ export function checkPoints(points: unknown, dim: number, metric: Metric): Check
     checkFields(pt, POINT_FIELDS, where);
     const id = checkBatchId(pt.id, `${where}.id`, seen);
     const v = checkVector(pt.vector, dim, `${where}.vector`);
-    if (firstZeroRow(v, dim, metric) >= 0) throw invalid(`${where}.vector ${ZERO_UNDER_COSINE}`);
+    if (firstRowWithoutDirection(v, dim, metric) >= 0) throw invalid(`${where}.vector ${NO_DIRECTION}`);
     const json = checkPayload(pt.payload, `${where}.payload`);
     bytes += dim * 4 + Buffer.byteLength(id) + json.length;
     ids.push(id);
@@ -409,8 +414,8 @@ export function checkColumns(b: unknown, dim: number, metric: Metric): CheckedCo
   const v = b.vectors;
   const at = firstNonFinite(v);
   if (at >= 0) throw invalid(`points[${Math.floor(at / dim)}].vector[${at % dim}] is ${nonFinite(v[at])}`);
-  const zero = firstZeroRow(v, dim, metric);
-  if (zero >= 0) throw invalid(`points[${zero}].vector ${ZERO_UNDER_COSINE}`);
+  const flat = firstRowWithoutDirection(v, dim, metric);
+  if (flat >= 0) throw invalid(`points[${flat}].vector ${NO_DIRECTION}`);
   return { ids, vectors: v, payloadJson };
 }
 
@@ -428,7 +433,7 @@ export function checkQueryCount(n: number, atLeast = false): void {
   if (n > searchBatchMax) throw invalid(`${atLeast ? 'at least ' : ''}${n} query vectors; the limit is ${searchBatchMax} per search (searchBatchMax)`);
 }
 
-/** nq query vectors, row-major: the count, the dimension, (once per request) finiteness, and no zero query under cosine. */
+/** nq query vectors, row-major: the count, the dimension, (once per request) finiteness, and under cosine a direction. */
 export function checkSearchShape(vectors: unknown, dim: number, metric: Metric): Float32Array {
   if (!(vectors instanceof Float32Array)) throw invalid('vectors must be a Float32Array of nq * dim');
   if (vectors.length % dim !== 0) {
@@ -437,8 +442,8 @@ export function checkSearchShape(vectors: unknown, dim: number, metric: Metric):
   checkQueryCount(vectors.length / dim);
   const i = firstNonFinite(vectors);
   if (i >= 0) throw invalid(`query vector ${Math.floor(i / dim)}, component ${i % dim}, is ${nonFinite(vectors[i])}`);
-  const zero = firstZeroRow(vectors, dim, metric);
-  if (zero >= 0) throw invalid(`query vector ${zero} ${ZERO_UNDER_COSINE}`);
+  const flat = firstRowWithoutDirection(vectors, dim, metric);
+  if (flat >= 0) throw invalid(`query vector ${flat} ${NO_DIRECTION}`);
   return vectors;
 }
 
