@@ -9,6 +9,7 @@
  * the same strings and booleans; numbers and timestamps may differ). `ts` / `js` blocks run as a
  * script in a child Node process (top-level await allowed, `quiverdb` resolved from this
  * package) that must exit 0; `console.log(x); // json` checks x against the json the same way.
+ * The `ts` blocks are also type-checked (strict) as modules of a project that installed the package.
  * The docs' default addresses (localhost:7401, 127.0.0.1:7400) stand for the child's ports.
  */
 import { execFile } from 'child_process';
@@ -200,6 +201,28 @@ describe('the examples of README.md and docs/API.md, in order, against one fresh
     expect(blocks.filter((b) => b.doc === 'docs/API.md').length).toBeGreaterThan(0);
     const unknown = blocks.filter((b) => !b.notRun && !/^(sh|ts|js)$/.test(b.lang));
     expect(unknown.map((b) => `${b.doc}:${b.line} \`\`\`${b.lang}`), 'a block of no runnable language needs a not-run marker').toEqual([]);
+  });
+
+  it('the TypeScript blocks type-check as modules of a project that installed this package (strict, node16)', async () => {
+    const project = path.join(dir, 'types');
+    fs.mkdirSync(path.join(project, 'node_modules'), { recursive: true });
+    fs.symlinkSync(ROOT, path.join(project, 'node_modules', 'quiverdb'), 'dir');
+    const files = blocks
+      .filter((b) => !b.notRun && b.lang === 'ts')
+      .map((b) => {
+        const file = `${path.basename(b.doc, '.md')}-${b.line}.mts`; // a module: top-level await
+        fs.writeFileSync(path.join(project, file), b.text);
+        return file;
+      });
+    expect(files.length).toBeGreaterThan(0);
+    const compilerOptions = { module: 'node16', moduleResolution: 'node16', target: 'ES2022', strict: true, noEmit: true, types: ['node'] };
+    fs.writeFileSync(path.join(project, 'tsconfig.json'), JSON.stringify({ compilerOptions: { ...compilerOptions, typeRoots: [path.join(ROOT, 'node_modules', '@types')] }, files }));
+    const tsc = path.join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc');
+    const out = await new Promise<{ code: number; stdout: string }>((resolve) =>
+      execFile(process.execPath, [tsc, '-p', project], (err, stdout) => resolve({ code: err ? Number(err.code) : 0, stdout })),
+    );
+    expect(out.stdout, 'tsc').toBe('');
+    expect(out.code).toBe(0);
   });
 
   for (const b of blocks) {
