@@ -13,7 +13,7 @@ namespace qv {
 // A vector whose 1/|x| is not a float (|x| under 1/FLT_MAX, about 2.9e-39: all zeros, or nothing
 // but the smallest denormals) has no direction float32 can carry: its inverse norm is 0, so it
 // normalizes to the zero vector (cosine distance 1 from everything in flat and HNSW), never to an
-// infinite scale (which made distances infinite or NaN and IVF-PQ's k-means read out of bounds).
+// infinite scale (which made distances infinite or NaN, and crashed IVF-PQ).
 float inv_norm_f32(const float* v, size_t d) {
   double n2 = 0.0;
   for (size_t i = 0; i < d; ++i) n2 = std::fma(static_cast<double>(v[i]), static_cast<double>(v[i]), n2);
