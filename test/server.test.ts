@@ -416,3 +416,50 @@ describe('bad input through both transports: typed errors, state unchanged', () 
     await expectUnchanged();
   });
 });
+
+describe('a vector without direction (zeros, or shorter than 1/FLT_MAX) under cosine is refused, as a point and as a query, over both transports', () => {
+  const zero = new Float32Array(DIM);
+  const kinds = [
+    { type: 'flat' },
+    { type: 'hnsw' },
+    { type: 'ivfpq', nlist: 2, m: 2 },
+  ] as const;
+
+  for (const index of kinds) {
+    it(`${index.type}: INVALID_ARGUMENT, nothing written; the same vectors under l2 are taken`, async () => {
+      const C = `zero-${index.type}`;
+      await client.createCollection({ name: C, dim: DIM, metric: 'cosine', index });
+      await client.upsert(C, [{ id: 'p0', vector: vec(0, DIM) }]);
+      const lsn = () => h.db.status().shards.filter((s) => s.collection === C).reduce((a, s) => a + s.lastLsn, 0);
+      const before = lsn();
+      const search = (body: unknown) => httpJson(h.httpBase, 'POST', `/v1/collections/${C}/search`, body);
+
+      // Points: the client's columns, gRPC points, HTTP; a zero row after a good one refuses the batch.
+      await expectCode(client.upsert(C, [{ id: 'n0', vector: vec(1, DIM) }, { id: 'n1', vector: zero }]), 'INVALID_ARGUMENT');
+      await expectCode(client.upsert(C, [{ id: 'n1', vector: new Float32Array([0, 1e-40, 0, 1e-45]) }]), 'INVALID_ARGUMENT'); // |x| < 1/FLT_MAX
+      const raw = await rawCall(h.server.grpcAddress, 'upsert', { collection: C, points: [{ id: 'n1', vector: { values: [0, 0, -0, 0] } }] });
+      expect(raw.code).toBe(grpc.status.INVALID_ARGUMENT);
+      expect(raw.quiverCode).toBe('INVALID_ARGUMENT');
+      expectHttpError(
+        await httpJson(h.httpBase, 'POST', `/v1/collections/${C}/upsert`, { points: [{ id: 'n0', vector: Array.from(vec(1, DIM)) }, { id: 'n1', vector: [0, 0, 0, 0] }] }),
+        400,
+        'INVALID_ARGUMENT',
+      );
+      // Queries: gRPC Search and SearchBatch, HTTP one query and a batch.
+      await expectCode(client.search(C, zero, { k: 1 }), 'INVALID_ARGUMENT');
+      await expectCode(client.searchBatch(C, [vec(1, DIM), zero], { k: 1 }), 'INVALID_ARGUMENT');
+      expectHttpError(await search({ vector: [0, 0, 0, 0], k: 1 }), 400, 'INVALID_ARGUMENT');
+      expectHttpError(await search({ vector: [1e-40, 0, 0, 0], k: 1 }), 400, 'INVALID_ARGUMENT');
+      expectHttpError(await search({ vectors: [Array.from(vec(1, DIM)), [0, 0, 0, 0]], k: 1 }), 400, 'INVALID_ARGUMENT');
+
+      expect(lsn()).toBe(before);
+      expect((await client.get(C, ['p0', 'n0', 'n1'])).map((p) => p.id)).toEqual(['p0']);
+      // A vector with some zeros has a direction; under l2 a zero vector is an ordinary point.
+      expect((await client.search(C, new Float32Array([0, 0, 0, 1e-30]), { k: 1 })).length).toBe(1);
+      const L = `zero-l2-${index.type}`;
+      await client.createCollection({ name: L, dim: DIM, metric: 'l2', index });
+      await client.upsert(L, [{ id: 'z', vector: zero }]);
+      expect((await client.search(L, zero, { k: 1 }))[0]).toMatchObject({ id: 'z', distance: 0 });
+    });
+  }
+});

@@ -61,10 +61,10 @@ const Kernels& kernels();
 const Status& dispatch_status();
 bool parse_simd_level(const char* s, SimdLevel* out);
 
-// out = in / |in| (out may be in); a zero vector stays zero. The one normalization that cosine
+// out = in / |in| (out may be in); a zero vector stays zero, and so does one shorter than 1/FLT_MAX. The one normalization that cosine
 // indexes (flat, hnsw, ivfpq, the GPU copies) apply to stored vectors and queries alike.
 void normalize_f32(const float* in, float* out, size_t d);
-// 1 / |v| as normalize_f32 computes it (0 for a zero vector), so that out[i] = in[i] * inv_norm_f32(in)
+// 1 / |v| as normalize_f32 computes it (0 where it is no float: a zero vector, |v| < 1/FLT_MAX), so that out[i] = in[i] * inv_norm_f32(in)
 // is bit for bit normalize_f32's output: indexes that keep a cosine vector as given keep this beside it.
 float inv_norm_f32(const float* v, size_t d);
 

@@ -332,8 +332,8 @@ export class ClusterDatabase implements Database {
 
   async upsert(name: string, points: PointInput[], opts: WriteOptions = {}): Promise<{ upserted: number; token: WriteToken }> {
     const c = this.coll(name);
-    const { dim } = c.spec;
-    const checked = checkPoints(points, dim);
+    const { dim, metric } = c.spec;
+    const checked = checkPoints(points, dim, metric);
     const vectors = new Float32Array(checked.ids.length * dim);
     checked.vectors.forEach((v, i) => vectors.set(v, i * dim));
     return this.upsertChecked(c, { ids: checked.ids, vectors, payloadJson: checked.payloadJson }, opts);
@@ -341,7 +341,7 @@ export class ClusterDatabase implements Database {
 
   async upsertColumns(name: string, batch: UpsertColumns, opts: WriteOptions = {}): Promise<{ upserted: number; token: WriteToken }> {
     const c = this.coll(name);
-    return this.upsertChecked(c, checkColumns(batch, c.spec.dim), opts);
+    return this.upsertChecked(c, checkColumns(batch, c.spec.dim, c.spec.metric), opts);
   }
 
   private async upsertChecked(c: ClusterCollection, batch: UpsertOp, opts: WriteOptions): Promise<{ upserted: number; token: WriteToken }> {
@@ -401,7 +401,7 @@ export class ClusterDatabase implements Database {
   /** A forwarded write: the replica here takes it if it leads (it refuses with NOT_LEADER if not). */
   async shardUpsert(name: string, s: number, op: UpsertOp, key: string, hash: Buffer | undefined, signal?: AbortSignal): Promise<WriteResult> {
     const c = this.coll(name);
-    const part = checkColumns({ ids: op.ids, vectors: op.vectors, payloads: op.payloadJson.map((p) => (p === '' ? undefined : JSON.parse(p))) }, c.spec.dim);
+    const part = checkColumns({ ids: op.ids, vectors: op.vectors, payloads: op.payloadJson.map((p) => (p === '' ? undefined : JSON.parse(p))) }, c.spec.dim, c.spec.metric);
     return ClusterDatabase.bounded((await this.ledReplica(name, s)).upsert(part, key, hash), signal);
   }
 

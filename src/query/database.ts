@@ -107,7 +107,7 @@ export interface PreparedSearch {
 
 export function prepareSearch(spec: CollectionSpec, req: SearchRequest): PreparedSearch {
   if (!isPlainObject(req)) throw new QuiverError('INVALID_ARGUMENT', 'search request must be an object');
-  const vectors = checkSearchShape(req.vectors, spec.dim);
+  const vectors = checkSearchShape(req.vectors, spec.dim, spec.metric);
   const k = checkK(req.k);
   const ef = checkOptInt(req.ef, 'ef', 1, efMax);
   const nprobe = checkOptInt(req.nprobe, 'nprobe', 1, 1 << 20);
@@ -353,8 +353,8 @@ export class LocalDatabase implements Database {
 
   async upsert(name: string, points: PointInput[], opts: WriteOptions = {}): Promise<{ upserted: number; token: WriteToken }> {
     const c = this.coll(name);
-    const { dim } = c.spec;
-    const checked = checkPoints(points, dim);
+    const { dim, metric } = c.spec;
+    const checked = checkPoints(points, dim, metric);
     // One row-major array, as upsertColumns takes (a one-shard batch then needs no other copy).
     const vectors = new Float32Array(checked.ids.length * dim);
     checked.vectors.forEach((v, i) => vectors.set(v, i * dim));
@@ -368,7 +368,7 @@ export class LocalDatabase implements Database {
    */
   async upsertColumns(name: string, batch: UpsertColumns, opts: WriteOptions = {}): Promise<{ upserted: number; token: WriteToken }> {
     const c = this.coll(name);
-    return this.upsertChecked(c, checkColumns(batch, c.spec.dim), opts);
+    return this.upsertChecked(c, checkColumns(batch, c.spec.dim, c.spec.metric), opts);
   }
 
   /**

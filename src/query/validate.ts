@@ -20,7 +20,7 @@ import {
   shardsMax,
 } from '../common/limits';
 import { dimMax, efMax, topKMax } from '../native/limits';
-import { METRICS } from '../native';
+import { METRICS, type Metric } from '../native';
 import type { CollectionSpec, Consistency, IndexSpec, WriteConcern } from './types';
 export type { UpsertColumns } from './types';
 
@@ -277,6 +277,27 @@ export function checkVector(v: unknown, dim: number, where: string): Float32Arra
   return f;
 }
 
+const FLOAT32_MAX = 3.4028234663852886e38;
+
+/**
+ * Under cosine a vector needs a direction: the number of the first row of `v` (`dim` floats each)
+ * whose 1/|x| is no float32 (all zeros, or a length under 1/FLT_MAX, about 2.9e-39: the core would
+ * take it as the zero vector, inv_norm_f32 in native/distance/normalize.cpp), or -1. The squared
+ * length is summed in double, in index order, as the core does; a row stops at its first
+ * components once they are far past the bound.
+ */
+function firstRowWithoutDirection(v: Float32Array, dim: number, metric: Metric): number {
+  if (metric !== 'cosine') return -1;
+  for (let row = 0, at = 0; at < v.length; row++, at += dim) {
+    let n2 = 0;
+    for (let j = 0; j < dim && n2 < 1e-60; j++) n2 += v[at + j] * v[at + j];
+    if (!(1 / Math.sqrt(n2) <= FLOAT32_MAX)) return row;
+  }
+  return -1;
+}
+
+const NO_DIRECTION = 'has no direction under the cosine metric (all zeros, or a length under 2.9e-39)';
+
 /** Whether a JSON value nests more than `max` objects and arrays inside each other (walked without recursion). */
 function nestsDeeperThan(root: unknown, max: number): boolean {
   const stack: [unknown, number][] = [[root, 1]];
@@ -334,7 +355,7 @@ function checkBatchBytes(bytes: number): void {
 
 const POINT_FIELDS = ['id', 'vector', 'payload'];
 
-export function checkPoints(points: unknown, dim: number): CheckedPoints {
+export function checkPoints(points: unknown, dim: number, metric: Metric): CheckedPoints {
   if (!Array.isArray(points)) throw invalid('points must be an array of {id, vector, payload?}');
   checkPointCount(points.length);
   const ids: string[] = [];
@@ -348,6 +369,7 @@ export function checkPoints(points: unknown, dim: number): CheckedPoints {
     checkFields(pt, POINT_FIELDS, where);
     const id = checkBatchId(pt.id, `${where}.id`, seen);
     const v = checkVector(pt.vector, dim, `${where}.vector`);
+    if (firstRowWithoutDirection(v, dim, metric) >= 0) throw invalid(`${where}.vector ${NO_DIRECTION}`);
     const json = checkPayload(pt.payload, `${where}.payload`);
     bytes += dim * 4 + Buffer.byteLength(id) + json.length;
     ids.push(id);
@@ -375,7 +397,7 @@ export interface CheckedColumns {
 }
 
 /** The checks of checkPoints for a batch in columns; the finiteness check is one pass over all vectors. */
-export function checkColumns(b: unknown, dim: number): CheckedColumns {
+export function checkColumns(b: unknown, dim: number, metric: Metric): CheckedColumns {
   if (!isPlainObject(b) || !Array.isArray(b.ids) || !Array.isArray(b.payloads) || !(b.vectors instanceof Float32Array)) {
     throw invalid('an upsert batch is {ids: string[], vectors: Float32Array, payloads: unknown[]}');
   }
@@ -398,6 +420,8 @@ export function checkColumns(b: unknown, dim: number): CheckedColumns {
   const v = b.vectors;
   const at = firstNonFinite(v);
   if (at >= 0) throw invalid(`points[${Math.floor(at / dim)}].vector[${at % dim}] is ${nonFinite(v[at])}`);
+  const flat = firstRowWithoutDirection(v, dim, metric);
+  if (flat >= 0) throw invalid(`points[${flat}].vector ${NO_DIRECTION}`);
   return { ids, vectors: v, payloadJson };
 }
 
@@ -415,8 +439,8 @@ export function checkQueryCount(n: number, atLeast = false): void {
   if (n > searchBatchMax) throw invalid(`${atLeast ? 'at least ' : ''}${n} query vectors; the limit is ${searchBatchMax} per search (searchBatchMax)`);
 }
 
-/** nq query vectors, row-major: the count, the dimension and (once per request) finiteness. */
-export function checkSearchShape(vectors: unknown, dim: number): Float32Array {
+/** nq query vectors, row-major: the count, the dimension, (once per request) finiteness, and under cosine a direction. */
+export function checkSearchShape(vectors: unknown, dim: number, metric: Metric): Float32Array {
   if (!(vectors instanceof Float32Array)) throw invalid('vectors must be a Float32Array of nq * dim');
   if (vectors.length % dim !== 0) {
     throw invalid(`the query vectors hold ${vectors.length} floats, not a whole number of vectors of the collection's dimension ${dim}`);
@@ -424,6 +448,8 @@ export function checkSearchShape(vectors: unknown, dim: number): Float32Array {
   checkQueryCount(vectors.length / dim);
   const i = firstNonFinite(vectors);
   if (i >= 0) throw invalid(`query vector ${Math.floor(i / dim)}, component ${i % dim}, is ${nonFinite(vectors[i])}`);
+  const flat = firstRowWithoutDirection(vectors, dim, metric);
+  if (flat >= 0) throw invalid(`query vector ${flat} ${NO_DIRECTION}`);
   return vectors;
 }
 
