@@ -58,6 +58,7 @@ export interface EtcdCoordinatorOptions {
 }
 
 const now = (): number => performance.now();
+const warnEveryMs = 10_000;
 
 /** The coordinator's view of a watched value; null for a value that is not JSON. */
 function changeOf(kv: IKeyValue, deleted: boolean): KeyChange | null {
@@ -173,7 +174,7 @@ export class EtcdCoordinator extends EventEmitter {
   private campaign: Campaign | null = null;
   private controller: ControllerRun | null = null;
   private closed = false;
-  private lastWarning = '';
+  private readonly warned = new Map<string, number>();
   /** The node's view: live nodes, collections seen, the newest map emitted per shard. */
   private nodes: Record<NodeId, NodeRecord> = {};
   private readonly collections = new Set<string>();
@@ -283,7 +284,7 @@ export class EtcdCoordinator extends EventEmitter {
     if (this.ticker) clearInterval(this.ticker);
     for (const w of this.waiters) w.reject(new QuiverError('UNAVAILABLE', 'the coordinator closed'));
     const bounded = (p: Promise<unknown> | undefined): Promise<unknown> =>
-      p ? Promise.race([p.catch(() => undefined), sleep(this.leaseConfig.ttlMs)]) : Promise.resolve();
+      p ? Promise.race([p.catch(() => undefined), sleep(this.leaseConfig.ttlMs, undefined, { ref: false })]) : Promise.resolve();
     const stopController = this.stopController();
     await Promise.all([
       bounded(this.view?.stop()),
@@ -544,12 +545,11 @@ export class EtcdCoordinator extends EventEmitter {
     }
   }
 
-  /** Logs a failed etcd call once per distinct message (etcd being away repeats them every tick). */
+  /** Logs a failed etcd call, each kind at most once per warnEveryMs (etcd being away repeats them every tick). */
   private warn(what: string, e: unknown): void {
-    if (this.closed) return;
-    const msg = `etcd coordinator ${this.opts.node}: ${what}: ${e instanceof Error ? e.message : String(e)}`;
-    if (msg === this.lastWarning) return;
-    this.lastWarning = msg;
-    this.log.error(msg);
+    const t = now();
+    if (this.closed || t - (this.warned.get(what) ?? -Infinity) < warnEveryMs) return;
+    this.warned.set(what, t);
+    this.log.error(`etcd coordinator ${this.opts.node}: ${what}: ${e instanceof Error ? e.message : String(e)}`);
   }
 }
