@@ -75,6 +75,10 @@ describe.skipIf(!etcdInstalled)('etcd coordinator against a real etcd (skipped w
     try {
       const key = `/quiver/${name}/nodes/a`;
       const first = (await probe.get(key).exec()).kvs[0];
+      const progressKey = `/quiver/${name}/progress/docs/0/a`;
+      const newest = { epoch: 2, lastLsn: 7, lastEntryEpoch: 2, appliedLsn: 7 };
+      a.publishProgress('docs/0', { epoch: 2, lastLsn: 5, lastEntryEpoch: 1, appliedLsn: 5 });
+      a.publishProgress('docs/0', newest);
       const stopped = next(a, 'stopLeading');
       await probe.leaseClient.leaseRevoke({ ID: first.lease });
       await stopped;
@@ -86,6 +90,12 @@ describe.skipIf(!etcdInstalled)('etcd coordinator against a real etcd (skipped w
       await w.cancel();
       expect(again.lease).not.toBe(first.lease);
       expect(JSON.parse((await probe.get(key).string()) ?? 'null')).toEqual(info('a'));
+      // The newest progress is put again under the new lease (the revoke deleted it).
+      const pw = await probe.watch().key(progressKey).create();
+      const progress = (await probe.get(progressKey).exec()).kvs[0] ?? (await new Promise<{ lease: string; value: Buffer }>((r) => pw.once('put', r)));
+      await pw.cancel();
+      expect(progress.lease).toBe(again.lease);
+      expect(JSON.parse(progress.value.toString())).toEqual(newest);
     } finally {
       probe.close();
     }
@@ -123,6 +133,11 @@ describe.skipIf(!etcdInstalled)('etcd coordinator against a real etcd (skipped w
       }
       expect(placed[0].leader).not.toBe(placed[1].leader);
     }
+    // A node that joins later gets the maps from its first read.
+    const late = await connect(name, 'd');
+    const lateMaps = mapsOf(late);
+    await next(late, 'map', () => lateMaps.size === 2);
+    expect(lateMaps).toEqual(maps[0]);
     await expect(cs[0].createCollection('wide', { shards: 1, replicationFactor: 4 })).rejects.toMatchObject({ code: 'FAILED_PRECONDITION' });
     await expect(cs[2].createCollection('docs', { shards: 2, replicationFactor: 3 })).rejects.toMatchObject({ code: 'ALREADY_EXISTS' });
   });
