@@ -5,7 +5,7 @@
  */
 import { EventEmitter } from 'events';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { Etcd3 } from 'etcd3';
+import { Etcd3, IKeyValue } from 'etcd3';
 import { EtcdCoordinator, NodeRecord, ShardMap } from '../src/cluster';
 import { EtcdServer, etcdInstalled } from './etcd-harness';
 
@@ -33,6 +33,18 @@ function next<T extends unknown[]>(em: EventEmitter, event: string, pred: (...a:
     };
     em.on(event, f);
   });
+}
+
+/** The key once it satisfies `pred`: read, else watched from the read's revision on. */
+async function keyWhen(probe: Etcd3, key: string, pred: (kv: IKeyValue) => boolean): Promise<IKeyValue> {
+  const res = await probe.get(key).exec();
+  if (res.kvs[0] && pred(res.kvs[0])) return res.kvs[0];
+  const w = await probe.watch().key(key).startRevision(String(Number(res.header.revision) + 1)).create();
+  try {
+    return await new Promise((resolve) => w.on('put', (kv: IKeyValue) => pred(kv) && resolve(kv)));
+  } finally {
+    await w.cancel();
+  }
 }
 
 /** Every shard's newest map as a coordinator emitted them. */
@@ -74,7 +86,7 @@ describe.skipIf(!etcdInstalled)('etcd coordinator against a real etcd (skipped w
     const probe = new Etcd3({ hosts: etcd.endpoint });
     try {
       const key = `/quiver/${name}/nodes/a`;
-      const first = (await probe.get(key).exec()).kvs[0];
+      const first = await keyWhen(probe, key, () => true);
       const progressKey = `/quiver/${name}/progress/docs/0/a`;
       const newest = { epoch: 2, lastLsn: 7, lastEntryEpoch: 2, appliedLsn: 7 };
       a.publishProgress('docs/0', { epoch: 2, lastLsn: 5, lastEntryEpoch: 1, appliedLsn: 5 });
@@ -82,19 +94,12 @@ describe.skipIf(!etcdInstalled)('etcd coordinator against a real etcd (skipped w
       const stopped = next(a, 'stopLeading');
       await probe.leaseClient.leaseRevoke({ ID: first.lease });
       await stopped;
-      // After the stop, a deadline ahead again: a new lease.
+      // After the stop, a deadline ahead again: a new lease, with the node's key under it.
       await next(a, 'lease', (d: number) => d > performance.now());
-      // The key is back under a lease of its own (watch it rather than poll).
-      const w = await probe.watch().key(key).create();
-      const again = (await probe.get(key).exec()).kvs[0] ?? (await new Promise<{ lease: string }>((r) => w.once('put', r)));
-      await w.cancel();
-      expect(again.lease).not.toBe(first.lease);
-      expect(JSON.parse((await probe.get(key).string()) ?? 'null')).toEqual(info('a'));
+      const again = await keyWhen(probe, key, (kv) => kv.lease !== first.lease);
+      expect(JSON.parse(again.value.toString())).toEqual(info('a'));
       // The newest progress is put again under the new lease (the revoke deleted it).
-      const pw = await probe.watch().key(progressKey).create();
-      const progress = (await probe.get(progressKey).exec()).kvs[0] ?? (await new Promise<{ lease: string; value: Buffer }>((r) => pw.once('put', r)));
-      await pw.cancel();
-      expect(progress.lease).toBe(again.lease);
+      const progress = await keyWhen(probe, progressKey, (kv) => kv.lease === again.lease);
       expect(JSON.parse(progress.value.toString())).toEqual(newest);
     } finally {
       probe.close();
@@ -133,13 +138,13 @@ describe.skipIf(!etcdInstalled)('etcd coordinator against a real etcd (skipped w
       }
       expect(placed[0].leader).not.toBe(placed[1].leader);
     }
+    await expect(cs[0].createCollection('wide', { shards: 1, replicationFactor: 4 })).rejects.toMatchObject({ code: 'FAILED_PRECONDITION' });
+    await expect(cs[2].createCollection('docs', { shards: 2, replicationFactor: 3 })).rejects.toMatchObject({ code: 'ALREADY_EXISTS' });
     // A node that joins later gets the maps from its first read.
     const late = await connect(name, 'd');
     const lateMaps = mapsOf(late);
     await next(late, 'map', () => lateMaps.size === 2);
     expect(lateMaps).toEqual(maps[0]);
-    await expect(cs[0].createCollection('wide', { shards: 1, replicationFactor: 4 })).rejects.toMatchObject({ code: 'FAILED_PRECONDITION' });
-    await expect(cs[2].createCollection('docs', { shards: 2, replicationFactor: 3 })).rejects.toMatchObject({ code: 'ALREADY_EXISTS' });
   });
 
   it('survives etcd paused and restarted under the controller: no unhandled error, and work goes on after', { timeout: 90_000 }, async () => {
@@ -172,6 +177,12 @@ describe.skipIf(!etcdInstalled)('etcd coordinator against a real etcd (skipped w
       await etcd.restart();
       await next(a, 'lease', (d: number) => d > performance.now());
 
+      const probe = new Etcd3({ hosts: etcd.endpoint });
+      try {
+        for (const n of ['a', 'b']) await keyWhen(probe, `/quiver/${name}/nodes/${n}`, () => true);
+      } finally {
+        probe.close();
+      }
       const placed = mapsOf(b);
       await a.createCollection('after', { shards: 1, replicationFactor: 2 });
       if (!placed.has('after/0')) await next(b, 'map', (s: string) => s === 'after/0');
