@@ -7,7 +7,7 @@ import { EventEmitter } from 'events';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Etcd3, IKeyValue } from 'etcd3';
 import { EtcdCoordinator, NodeRecord, ShardMap } from '../src/cluster';
-import { EtcdServer, etcdInstalled } from './etcd-harness';
+import { EtcdServer, etcdInstalled, freePort } from './etcd-harness';
 
 let etcd: EtcdServer;
 const open: EtcdCoordinator[] = [];
@@ -66,6 +66,14 @@ describe.skipIf(!etcdInstalled)('etcd coordinator against a real etcd (skipped w
   });
 
   const cluster = (): string => `t${++clusterSeq}`;
+
+  it('refuses bad options and an etcd that does not answer with typed errors', { timeout: 30_000 }, async () => {
+    const opts = { cluster: cluster(), node: 'a', info: info('a') };
+    await expect(EtcdCoordinator.connect({ ...opts, endpoints: [] })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    await expect(EtcdCoordinator.connect({ ...opts, endpoints: [etcd.endpoint], leaseTtlMs: 10 })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    const err = await EtcdCoordinator.connect({ ...opts, endpoints: [`127.0.0.1:${await freePort()}`] }).catch((e: unknown) => e);
+    expect(['UNAVAILABLE', 'DEADLINE_EXCEEDED']).toContain((err as { code?: string }).code);
+  });
 
   it('registers a node that another coordinator sees, and removes it on close', { timeout: 30_000 }, async () => {
     const name = cluster();

@@ -16,7 +16,7 @@ import { Etcd3 } from 'etcd3';
 export const ETCD_BIN = '/usr/bin/etcd';
 export const etcdInstalled = fs.existsSync(ETCD_BIN);
 
-async function freePort(): Promise<number> {
+export async function freePort(): Promise<number> {
   const srv = net.createServer();
   await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
   const port = (srv.address() as net.AddressInfo).port;

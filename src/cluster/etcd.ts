@@ -49,7 +49,7 @@ export interface EtcdCoordinatorOptions {
   cluster: string;
   node: NodeId;
   info: NodeRecord;
-  /** The lease TTL asked of etcd (default 2000; etcd raises TTLs below its minimum, about 2 s). */
+  /** The lease TTL asked of etcd (default 2000, at least 1000; etcd raises TTLs below its minimum, about 2 s). */
   leaseTtlMs?: number;
   /** Deadline of every unary etcd call (default: a quarter of the lease TTL). */
   callTimeoutMs?: number;
@@ -192,7 +192,6 @@ export class EtcdCoordinator extends EventEmitter {
     this.log = opts.log ?? { error: (m) => process.stderr.write(`${m}\n`) };
     this.client = new Etcd3({
       hosts: opts.endpoints,
-      dialTimeout: callTimeoutMs,
       // Streams (watch, keepalive) carry their own deadlines; every unary call gets this one.
       defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + callTimeoutMs }),
       faultHandling: {
@@ -209,6 +208,10 @@ export class EtcdCoordinator extends EventEmitter {
 
   /** Connects (one call must succeed: UNAVAILABLE otherwise), then keeps the lease, registers and follows. */
   static async connect(opts: EtcdCoordinatorOptions): Promise<EtcdCoordinator> {
+    if (opts.endpoints.length === 0) throw new QuiverError('INVALID_ARGUMENT', 'no etcd endpoints');
+    if (!Number.isInteger(opts.leaseTtlMs ?? 2000) || (opts.leaseTtlMs ?? 2000) < 1000) {
+      throw new QuiverError('INVALID_ARGUMENT', 'leaseTtlMs must be an integer of at least 1000');
+    }
     const c = new EtcdCoordinator(opts);
     try {
       await c.client.maintenance.status({});
