@@ -11,6 +11,7 @@ import * as net from 'net';
 import * as os from 'os';
 import * as path from 'path';
 import { setTimeout as sleep } from 'timers/promises';
+import { noop } from 'cockatiel';
 import { Etcd3 } from 'etcd3';
 
 export const ETCD_BIN = '/usr/bin/etcd';
@@ -82,7 +83,8 @@ export class EtcdServer {
 
   /** Retries one call until it succeeds (bounded). */
   private async waitReady(): Promise<void> {
-    const c = new Etcd3({ hosts: this.endpoint, defaultCallOptions: () => ({ deadline: Date.now() + 500 }) });
+    // No circuit breaker: etcd3's default one would hold off the first call after etcd is up.
+    const c = new Etcd3({ hosts: this.endpoint, defaultCallOptions: () => ({ deadline: Date.now() + 500 }), faultHandling: { host: () => noop, global: noop } });
     try {
       const until = Date.now() + 20_000;
       for (;;) {
