@@ -17,7 +17,7 @@ import * as path from 'path';
 import { QuiverClient } from '../src/client';
 import { CommandSpec, intFlag, parseCommandLine } from '../src/common/args';
 import { fashionMnist } from './datasets';
-import { EtcdProcess, startEtcd } from './etcd-process';
+import { EtcdServer } from './etcd-process';
 import { machine, progress, table, writeJson } from './report';
 
 const USAGE = `usage: quiver bench cluster [options]
@@ -205,7 +205,7 @@ export async function run(argv: string[]): Promise<number> {
   const nQueries = intFlag(p, 'queries', 2000, 1);
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'quiver-bench-cluster-'));
   const all: Node[] = [];
-  let etcd: EtcdProcess | undefined;
+  let etcd: EtcdServer | undefined;
   const results: { upsert: UpsertFigures[]; search: Record<string, number>[] } = { upsert: [], search: [] };
   try {
     // Standalone.
@@ -214,10 +214,10 @@ export async function run(argv: string[]): Promise<number> {
     for (const index of ['flat', 'hnsw'] as const) results.upsert.push(await upsertLoad('standalone', [alone], index, points, batch, dim, 1));
 
     // Three nodes, RF 3, majority; a fourth holds no replica of the search collection.
-    etcd = await startEtcd(path.join(tmp, 'etcd'));
+    etcd = await EtcdServer.start();
     const nodes: Node[] = [];
     for (const id of ['n1', 'n2', 'n3']) {
-      const n = await serve(id, ['--etcd', etcd.endpoint, '--data', path.join(tmp, id), '--replication', '127.0.0.1:0', '--cluster', 'bench']);
+      const n = await serve(id, ['--etcd', `http://${etcd.endpoint}`, '--data', path.join(tmp, id), '--replication', '127.0.0.1:0', '--cluster', 'bench']);
       nodes.push(n);
       all.push(n);
     }
@@ -233,7 +233,7 @@ export async function run(argv: string[]): Promise<number> {
 
     // Search across the network: RF 1, 2 shards placed on two nodes; the query goes to a node holding neither.
     const ds = fashionMnist(searchN, nQueries);
-    const n4 = await serve('n4', ['--etcd', etcd.endpoint, '--data', path.join(tmp, 'n4'), '--replication', '127.0.0.1:0', '--cluster', 'bench']);
+    const n4 = await serve('n4', ['--etcd', `http://${etcd.endpoint}`, '--data', path.join(tmp, 'n4'), '--replication', '127.0.0.1:0', '--cluster', 'bench']);
     all.push(n4);
     const spec = { name: 'fashion', dim: ds.dim, shards: 2, replicationFactor: 1, index: { type: 'hnsw' } };
     for (const base of [alone, n4]) {

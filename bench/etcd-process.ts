@@ -1,74 +1,131 @@
 /**
- * A single-member etcd (Debian etcd-server, /usr/bin/etcd) on free loopback ports with its own
- * data directory and cluster token, for the cluster benchmark and tests; stopped by pid.
+ * A real etcd (/usr/bin/etcd) for tests and the cluster benchmark: a single member on free 127.0.0.1 ports with a temp data
+ * dir and a unique cluster token. `start` waits until a call succeeds; `stop` kills it by pid and
+ * removes the dir. Fault helpers: `pause`/`resume` (SIGSTOP/SIGCONT), `kill` and `restart` (same
+ * data dir and ports).
  */
 import { ChildProcess, spawn } from 'child_process';
+import { randomUUID } from 'crypto';
 import * as fs from 'fs';
 import * as net from 'net';
 import * as os from 'os';
 import * as path from 'path';
+import { setTimeout as sleep } from 'timers/promises';
+import { noop } from 'cockatiel';
+import { Etcd3 } from 'etcd3';
 
-export interface EtcdProcess {
-  /** http://127.0.0.1:<client port> */
-  endpoint: string;
-  proc: ChildProcess;
-  dataDir: string;
-  /** SIGKILL, wait for the exit, remove the data directory (unless it was given). */
-  stop(): Promise<void>;
+export const ETCD_BIN = '/usr/bin/etcd';
+export const etcdInstalled = fs.existsSync(ETCD_BIN);
+
+export async function freePort(): Promise<number> {
+  const srv = net.createServer();
+  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
+  const port = (srv.address() as net.AddressInfo).port;
+  await new Promise<void>((resolve) => srv.close(() => resolve()));
+  return port;
 }
 
-/** A port free now on 127.0.0.1 (the kernel's pick for port 0). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
+export class EtcdServer {
+  private proc: ChildProcess | null = null;
+  private exited: Promise<void> = Promise.resolve();
 
-export async function startEtcd(dataDir?: string): Promise<EtcdProcess> {
-  const dir = dataDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'quiver-etcd-'));
-  fs.mkdirSync(dir, { recursive: true });
-  const client = await freePort();
-  const peer = await freePort();
-  const name = `e${process.pid}`;
-  const endpoint = `http://127.0.0.1:${client}`;
-  const proc = spawn(
-    '/usr/bin/etcd',
-    [
-      '--name', name,
-      '--data-dir', dir,
-      '--listen-client-urls', endpoint,
-      '--advertise-client-urls', endpoint,
-      '--listen-peer-urls', `http://127.0.0.1:${peer}`,
-      '--initial-advertise-peer-urls', `http://127.0.0.1:${peer}`,
-      '--initial-cluster', `${name}=http://127.0.0.1:${peer}`,
-      '--initial-cluster-token', `quiver-${process.pid}-${Date.now()}`,
-      '--initial-cluster-state', 'new',
-    ],
-    { stdio: ['ignore', 'ignore', 'pipe'] },
-  );
-  let err = '';
-  const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
-  // Ready once it says it serves client requests (etcd logs to stderr).
-  await new Promise<void>((resolve, reject) => {
-    proc.stderr!.on('data', (b: Buffer) => {
-      err += b.toString();
-      if (/ready to serve client requests|serving insecure client requests/.test(err)) resolve();
-    });
-    void exited.then(() => reject(new Error(`etcd exited before it was ready:\n${err.slice(-4000)}`)));
-  });
-  return {
-    endpoint,
-    proc,
-    dataDir: dir,
-    async stop() {
-      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
-      await exited;
-      if (!dataDir) fs.rmSync(dir, { recursive: true, force: true });
-    },
-  };
+  private constructor(
+    readonly dir: string,
+    readonly clientPort: number,
+    readonly peerPort: number,
+    private readonly token: string,
+  ) {}
+
+  get endpoint(): string {
+    return `127.0.0.1:${this.clientPort}`;
+  }
+
+  get pid(): number | undefined {
+    return this.proc?.pid;
+  }
+
+  static async start(): Promise<EtcdServer> {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'quiver-etcd-'));
+    const s = new EtcdServer(dir, await freePort(), await freePort(), `quiver-test-${randomUUID()}`);
+    try {
+      await s.launch();
+    } catch (e) {
+      await s.stop();
+      throw e;
+    }
+    return s;
+  }
+
+  private async launch(): Promise<void> {
+    const client = `http://127.0.0.1:${this.clientPort}`;
+    const peer = `http://127.0.0.1:${this.peerPort}`;
+    const log = fs.openSync(path.join(this.dir, 'etcd.log'), 'a');
+    const proc = spawn(
+      ETCD_BIN,
+      [
+        '--name', 'quiver-test',
+        '--data-dir', path.join(this.dir, 'data'),
+        '--listen-client-urls', client,
+        '--advertise-client-urls', client,
+        '--listen-peer-urls', peer,
+        '--initial-advertise-peer-urls', peer,
+        '--initial-cluster', `quiver-test=${peer}`,
+        '--initial-cluster-token', this.token,
+        '--initial-cluster-state', 'new',
+      ],
+      { stdio: ['ignore', log, log] },
+    );
+    fs.closeSync(log);
+    this.proc = proc;
+    this.exited = new Promise((resolve) => proc.once('exit', () => resolve()));
+    await this.waitReady();
+  }
+
+  /** Retries one call until it succeeds (bounded). */
+  private async waitReady(): Promise<void> {
+    // No circuit breaker: etcd3's default one would hold off the first call after etcd is up.
+    const c = new Etcd3({ hosts: this.endpoint, defaultCallOptions: () => ({ deadline: Date.now() + 500 }), faultHandling: { host: () => noop, global: noop } });
+    try {
+      const until = Date.now() + 20_000;
+      for (;;) {
+        if (this.proc?.exitCode !== null) throw new Error(`etcd exited: see ${this.dir}/etcd.log`);
+        try {
+          await c.maintenance.status({});
+          return;
+        } catch (e) {
+          if (Date.now() > until) throw e;
+          await sleep(50);
+        }
+      }
+    } finally {
+      c.close();
+    }
+  }
+
+  pause(): void {
+    this.proc?.kill('SIGSTOP');
+  }
+
+  resume(): void {
+    this.proc?.kill('SIGCONT');
+  }
+
+  /** SIGKILL, waiting for the exit; the data dir stays (see restart). */
+  async kill(): Promise<void> {
+    if (this.proc && this.proc.exitCode === null && this.proc.signalCode === null) this.proc.kill('SIGKILL');
+    await this.exited;
+    this.proc = null;
+  }
+
+  /** Starts etcd again on the same data dir and ports. */
+  async restart(): Promise<void> {
+    await this.kill();
+    await this.launch();
+  }
+
+  /** Kills it and removes its temp dir. */
+  async stop(): Promise<void> {
+    await this.kill();
+    fs.rmSync(this.dir, { recursive: true, force: true });
+  }
 }

@@ -15,6 +15,7 @@
  * write the leader took but could not commit before the deadline is UNAVAILABLE: its outcome is
  * unknown, and a retry with the same idempotency key applies it at most once.
  */
+import * as fs from 'fs';
 import * as path from 'path';
 import { QuiverError } from '../errors';
 import { requestHash } from '../shard';
@@ -74,7 +75,10 @@ export interface ReplicaPort {
 
 export type OpenReplica = (a: {
   shard: ShardKey;
-  shardOptions: ShardOptions;
+  /** The replica's directory: dataDir/shards/<collection>/<shard> (its WAL, snapshots and state file). */
+  dir: string;
+  /** The shard's settings (its files are the replica's to place under dir). */
+  shardOptions: Omit<ShardOptions, 'walDir' | 'snapshotDir'>;
   send: (to: NodeId, payload: Buffer) => void;
   publish: (p: Progress) => void;
 }) => Promise<ReplicaPort>;
@@ -189,7 +193,8 @@ export class ClusterDatabase implements Database {
       const opening: ReplicaSlot = {
         opening: this.opts.openReplica({
           shard: key,
-          shardOptions: shardOptionsOf(this.dataDir, this.opts, col.spec, s),
+          dir: path.join(this.dataDir, 'shards', col.spec.name, String(s)),
+          shardOptions: this.shardOptions(col.spec, s),
           send: (to, payload) => this.opts.sendToPeer(to, key, payload),
           publish: (p) => this.opts.coordinator.publishProgress(key, p),
         }),
@@ -211,6 +216,12 @@ export class ClusterDatabase implements Database {
     }
     for (const wake of this.mapWaiters.get(key) ?? []) wake();
     this.mapWaiters.delete(key);
+  }
+
+  /** A replica's shard settings; `existing` once its WAL is there (a restart: a missing WAL is then DATA_LOSS). */
+  private shardOptions(spec: CollectionSpec, s: number): Omit<ShardOptions, 'walDir' | 'snapshotDir'> {
+    const { walDir: _w, snapshotDir: _s, ...rest } = shardOptionsOf(this.dataDir, this.opts, spec, s);
+    return { ...rest, existing: fs.existsSync(path.join(this.dataDir, 'shards', spec.name, String(s), 'wal')) };
   }
 
   /** Resolves at the next map change of `key`, at most after ms. */
