@@ -39,7 +39,7 @@ class Net {
   /** Each message waits up to this many ms (random: messages reorder). 0: next turn, in order. */
   jitterMs = 0;
   stopped = false;
-  /** Drops messages for which this says true (after cuts). */
+  /** Drops messages for which this says true when they arrive (after cuts). */
   filter: ((from: NodeId, to: NodeId, m: PeerMessage) => boolean) | null = null;
   private readonly rand = rng(7);
 
@@ -47,9 +47,9 @@ class Net {
     return {
       send: (to, payload) => {
         if (this.cut.has(from) || this.cut.has(to)) return;
-        if (this.filter && this.filter(from, to, decodePeerMessage(payload))) return;
         const deliver = (): void => {
           if (this.stopped || this.cut.has(from) || this.cut.has(to)) return;
+          if (this.filter && this.filter(from, to, decodePeerMessage(payload))) return;
           hosts.get(to)?.onPeerMessage(from, payload);
         };
         if (this.jitterMs > 0) setTimeout(deliver, Math.floor(this.rand() * this.jitterMs));
@@ -61,7 +61,7 @@ class Net {
 
 const progress = new Map<NodeId, Progress[]>();
 
-async function open(node: NodeId, extra: { retainBytesMax?: number; segmentBytes?: number; index?: 'flat' | 'hnsw'; dim?: number } = {}): Promise<ReplicaHost> {
+async function open(node: NodeId, extra: { retainBytesMax?: number; segmentBytes?: number; snapshotChunkBytes?: number; index?: 'flat' | 'hnsw'; dim?: number } = {}): Promise<ReplicaHost> {
   const h = await ReplicaHost.open({
     dir: path.join(root, node),
     self: node,
@@ -76,6 +76,7 @@ async function open(node: NodeId, extra: { retainBytesMax?: number; segmentBytes
     },
     config: { heartbeatMs: 20, retransmitMs: 100, snapshotRetryMs: 300 },
     retainBytesMax: extra.retainBytesMax,
+    snapshotChunkBytes: extra.snapshotChunkBytes,
     transport: net.transport(node),
     coordination: { publishProgress: (p) => progress.set(node, [...(progress.get(node) ?? []), p]) },
   });
@@ -115,7 +116,7 @@ function batch(from: number, n: number, dim = DIM): { ids: string[]; vectors: Fl
 
 /** Waits until every host in `nodes` applied `lsn`. */
 async function allApplied(lsn: number, nodes = NODES): Promise<void> {
-  await pollUntil(() => nodes.every((n) => hosts.get(n)!.status().appliedLsn >= lsn), `apply of LSN ${lsn} on ${nodes.join(',')}`, 30_000);
+  await pollUntil(() => nodes.every((n) => hosts.get(n)!.status().appliedLsn >= lsn && hosts.get(n)!.shard.status().appliedLsn >= lsn), `apply of LSN ${lsn} on ${nodes.join(',')}`, 30_000);
 }
 
 async function expectSame(lsn: number, nodes = NODES): Promise<void> {
@@ -191,23 +192,7 @@ describe('replication', () => {
     await expectSame(last);
   });
 
-  it('a follower applies only committed entries', async () => {
-    const a = await cluster();
-    const r0 = await a.upsert(batch(0, 5));
-    await allApplied(r0.lsn);
-    // c hears only entries, never a commit beyond r0: b's acks are lost, so nothing new commits.
-    net.filter = (from, to, m) => from === 'b' && m.kind === 'ack';
-    const pending = a.upsert(batch(5, 5));
-    const c = hosts.get('c')!;
-    await pollUntil(() => c.status().durableLsn > r0.lsn, 'c holds the new entry durable');
-    // c's ack commits it: the next send tells c the commit LSN.
-    await pending;
-    net.filter = null;
-    await allApplied(a.status().commitLsn);
-    expect(c.shard.count).toBe(10);
-  });
-
-  it('a follower holding uncommitted entries does not apply them', async () => {
+  it('a follower applies only committed entries: durable but uncommitted ones wait', async () => {
     const a = await cluster();
     const r0 = await a.upsert(batch(0, 5));
     await allApplied(r0.lsn);
@@ -254,7 +239,7 @@ describe('restart', () => {
 
 describe('snapshot transfer', () => {
   it('a wiped follower catches up by snapshot, a broken transfer resumes', async () => {
-    const small = { retainBytesMax: 1, segmentBytes: 4096 };
+    const small = { retainBytesMax: 1, segmentBytes: 4096, snapshotChunkBytes: 1024 };
     const a = await cluster(small);
     await a.upsert(batch(0, 100));
     await hosts.get('c')!.close();
@@ -264,13 +249,15 @@ describe('snapshot transfer', () => {
     for (let i = 100; i < 400; i += 20) r = await a.upsert(batch(i, 20));
     await a.shard.snapshot(); // drops the segments c lacks (the retention cap is 1 byte)
     expect(a.shard.log.firstLsn).toBeGreaterThan(1);
-    // Break the transfer once: every chunk after the first two is lost until the first retry.
-    let chunks = 0;
+    // Break the transfer once, after c acknowledged two chunks: c is cut off for a while.
+    let heldAtBreak = -1;
     let broke = false;
-    net.filter = (_f, _t, m) => {
+    const resumedAt: number[] = [];
+    net.filter = (from, _t, m) => {
+      if (from === 'c' && m.kind === 'snapshotAck' && m.offset >= 2048 && heldAtBreak < 0) heldAtBreak = m.offset;
       if (m.kind !== 'snapshotChunk') return false;
-      chunks++;
-      if (chunks > 2 && !broke) {
+      if (broke && !net.cut.has('c')) resumedAt.push(m.offset);
+      if (heldAtBreak >= 0 && !broke) {
         broke = true;
         net.cut.add('c');
         setTimeout(() => net.cut.delete('c'), 150);
@@ -283,6 +270,8 @@ describe('snapshot transfer', () => {
     c.onMap(MAP);
     await allApplied(r!.lsn);
     expect(broke).toBe(true);
+    expect(Math.min(...resumedAt)).toBeGreaterThanOrEqual(heldAtBreak); // went on from what c held, not from the start
+    expect(c.shard.log.firstLsn).toBeGreaterThan(1); // its log starts after the installed snapshot
     expect(c.shard.count).toBe(400);
     expect(await c.digest()).toBe(await a.digest());
     const r2 = await a.upsert(batch(400, 10));
@@ -319,7 +308,7 @@ describe('the stream refuses', () => {
   it('an older epoch', async () => {
     const { b, got } = await follower();
     got.length = 0;
-    b.onPeerMessage('a', encodePeerMessage({ kind: 'entries', epoch: 1, prevLsn: 3, prevEpoch: 2, commitLsn: 0, raw: rawEntries(4, 1, 1) }));
+    b.onPeerMessage('a', encodePeerMessage({ kind: 'entries', epoch: 1, prevLsn: 3, prevEpoch: 1, commitLsn: 0, raw: rawEntries(4, 1, 1) }));
     await pollUntil(() => got.length > 0, 'an answer');
     expect(got[0]).toMatchObject({ kind: 'refused', epoch: 2 });
     expect(b.shard.log.lastLsn).toBe(3);

@@ -677,6 +677,7 @@ export class ReplicaHost extends EventEmitter {
       const t = this.transfers.get(from);
       if (!t || t.src.lsn !== m.lsn || m.offset <= t.acked) return;
       t.acked = Math.min(m.offset, t.src.total);
+      t.sent = Math.max(t.sent, t.acked);
       t.progressAt = this.now();
       if (t.acked >= t.src.total) this.transfers.delete(from);
       else await this.pumpTransfer(from);
