@@ -527,8 +527,16 @@ export class ReplicaHost extends EventEmitter {
         else this.startFsync();
         break;
       case 'send': {
-        // Read here, in the queue: the log cannot change under the read.
-        const raw = await wal.readBytes(e.fromLsn, e.toLsn);
+        // Read here, in the queue: no append or truncation changes the log under the read. A
+        // snapshot may have dropped the segments meanwhile: the machine learns it and sends a snapshot.
+        let raw: Buffer;
+        try {
+          raw = await wal.readBytes(e.fromLsn, e.toLsn);
+        } catch (err) {
+          if (!(err instanceof QuiverError && err.code === 'OUT_OF_RANGE')) throw err;
+          this.feed({ type: 'logCompacted', firstLsn: wal.firstLsn });
+          break;
+        }
         this.sendTo(e.to, { kind: 'entries', epoch: e.epoch, prevLsn: e.prevLsn, prevEpoch: e.prevEpoch, commitLsn: e.commitLsn, raw });
         break;
       }
@@ -699,6 +707,12 @@ export class ReplicaHost extends EventEmitter {
     const rdir = path.join(this.opts.dir, 'received');
     const data = path.join(rdir, 'data');
     const total = m.files.reduce((n, f) => n + f.size, 0);
+    if (m.lsn <= this.state.log.commitLsn) {
+      // Held already (installed, or a newer state): the transfer ends, the machine acks its leader.
+      this.sendTo(from, { kind: 'snapshotAck', epoch: m.epoch, lsn: m.lsn, offset: total });
+      await this.step({ type: 'snapshotReceived', from, epoch: m.epoch, lsn: m.lsn, lsnEpoch: m.lsnEpoch });
+      return;
+    }
     let r = this.receiving;
     if (!r || r.lsn !== m.lsn) {
       await fsp.rm(rdir, { recursive: true, force: true });
