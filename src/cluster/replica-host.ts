@@ -21,7 +21,7 @@ import { QuiverError } from '../errors';
 import { fsyncDir } from '../common/fs';
 import { Shard, ShardOptions, ShardWrite, WriteResult } from '../shard/shard';
 import { UpsertOp, requestHash } from '../shard/codec';
-import { listSnapshots, snapshotDirName } from '../shard/snapshot';
+import { listSnapshots, snapshotDirName, writeFileSynced } from '../shard/snapshot';
 import { decodeEntry } from '../wal/format';
 import { crc32c } from '../wal/crc32c';
 import { ReplicaMessage, ReplicaMessageSchema } from '../rpc/gen/replica_pb';
@@ -112,7 +112,7 @@ export async function writeHardState(dir: string, hard: HardState): Promise<void
   json.copy(buf, 12);
   buf.writeUInt32LE(crc32c(buf, 0, 0, 12 + json.length), 12 + json.length);
   const tmp = path.join(dir, `${STATE_FILE}.tmp`);
-  await writeFileSynced(tmp, buf);
+  await writeFileSynced(tmp, [buf]);
   await fsp.rename(tmp, path.join(dir, STATE_FILE));
   await fsyncDir(dir);
 }
@@ -737,13 +737,7 @@ export class ReplicaHost extends EventEmitter {
     const all = await fsp.readFile(data);
     let off = 0;
     for (const f of r.files) {
-      const fh = await fsp.open(path.join(tmp, f.name), 'w');
-      try {
-        await fh.writeFile(all.subarray(off, off + f.size));
-        await fh.sync();
-      } finally {
-        await fh.close();
-      }
+      await writeFileSynced(path.join(tmp, f.name), [all.subarray(off, off + f.size)]);
       off += f.size;
     }
     await fsyncDir(tmp);
@@ -759,20 +753,10 @@ export class ReplicaHost extends EventEmitter {
    */
   private async install(lsn: number): Promise<void> {
     await this.shardValue.close({ snapshot: false });
-    await writeFileSynced(path.join(this.opts.dir, INSTALL_FILE), Buffer.from(String(lsn)));
+    await writeFileSynced(path.join(this.opts.dir, INSTALL_FILE), [Buffer.from(String(lsn))]);
     await fsyncDir(this.opts.dir);
     await finishInstall(this.opts.dir, lsn);
     this.shardValue = await this.openShard(false);
-  }
-}
-
-async function writeFileSynced(file: string, buf: Buffer): Promise<void> {
-  const fh = await fsp.open(file, 'w');
-  try {
-    await fh.writeFile(buf);
-    await fh.sync();
-  } finally {
-    await fh.close();
   }
 }
 
