@@ -39,6 +39,9 @@ class Net {
   /** Each message waits up to this many ms (random: messages reorder). 0: next turn, in order. */
   jitterMs = 0;
   stopped = false;
+  /** Messages sent (cut ones included), and delivered. */
+  sent = 0;
+  delivered = 0;
   /** Drops messages for which this says true when they arrive (after cuts). */
   filter: ((from: NodeId, to: NodeId, m: PeerMessage) => boolean) | null = null;
   private readonly rand = rng(7);
@@ -46,10 +49,12 @@ class Net {
   transport(from: NodeId): { send(to: NodeId, payload: Buffer): void } {
     return {
       send: (to, payload) => {
+        this.sent++;
         if (this.cut.has(from) || this.cut.has(to)) return;
         const deliver = (): void => {
           if (this.stopped || this.cut.has(from) || this.cut.has(to)) return;
           if (this.filter && this.filter(from, to, decodePeerMessage(payload))) return;
+          this.delivered++;
           hosts.get(to)?.onPeerMessage(from, payload);
         };
         if (this.jitterMs > 0) setTimeout(deliver, Math.floor(this.rand() * this.jitterMs));
@@ -170,7 +175,8 @@ describe('replication', () => {
     // The leader keeps sending (heartbeats, retransmits) meanwhile; the write cannot commit.
     await pollUntil(() => hosts.get('a')!.status().durableLsn > r1.lsn, 'the second write durable on the leader');
     const commitBefore = a.status().commitLsn;
-    await new Promise((r) => setTimeout(r, 300)); // several retransmit periods: nothing may commit
+    const sent = net.sent;
+    await pollUntil(() => net.sent >= sent + 20, 'the leader resending (retransmits, heartbeats)');
     expect(settled).toBe(false);
     expect(a.status().commitLsn).toBe(commitBefore);
     expect(hosts.get('b')!.status().appliedLsn).toBeLessThanOrEqual(r1.lsn);
@@ -200,7 +206,8 @@ describe('replication', () => {
     net.filter = (_from, _to, m) => m.kind === 'ack';
     void a.upsert(batch(5, 5)).catch(() => undefined);
     await pollUntil(() => ['b', 'c'].every((n) => hosts.get(n)!.status().durableLsn > r0.lsn), 'b and c hold the entry');
-    await new Promise((r) => setTimeout(r, 200)); // heartbeats carry the commit LSN meanwhile
+    const delivered = net.delivered;
+    await pollUntil(() => net.delivered >= delivered + 20, 'heartbeats (with the commit LSN) delivered');
     for (const n of ['b', 'c']) {
       const h = hosts.get(n)!;
       expect(h.status().appliedLsn).toBe(r0.lsn);
