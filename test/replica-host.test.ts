@@ -227,6 +227,29 @@ describe('replication', () => {
   });
 });
 
+describe('failover', () => {
+  it('a new leader in epoch 2; the old leader truncates its uncommitted tail and follows', async () => {
+    const a = await cluster();
+    const r1 = await a.upsert(batch(0, 10));
+    await allApplied(r1.lsn);
+    net.cut.add('a');
+    const lost = a.upsert(batch(10, 10)).catch((e: QuiverError) => e.code); // durable on a only
+    await pollUntil(() => a.status().durableLsn > r1.lsn, 'the cut write durable on a');
+    for (const n of ['b', 'c']) hosts.get(n)!.onMap({ epoch: 2, leader: null, replicas: NODES, phase: 'electing' });
+    for (const n of ['b', 'c']) hosts.get(n)!.onMap({ epoch: 2, leader: 'b', replicas: NODES, phase: 'active' });
+    const b = hosts.get('b')!;
+    await pollUntil(() => b.status().role === 'leader', 'b to lead epoch 2');
+    const r2 = await b.upsert(batch(100, 10));
+    net.cut.delete('a');
+    a.onMap({ epoch: 2, leader: 'b', replicas: NODES, phase: 'active' });
+    expect(await lost).toBe('UNAVAILABLE');
+    await allApplied(r2.lsn);
+    await expectSame(r2.lsn, ['b', 'a', 'c']);
+    expect(a.shard.count).toBe(20);
+    expect(await a.shard.get(['p10'], false, false)).toEqual([]);
+  });
+});
+
 describe('restart', () => {
   it('a follower closed and reopened from its dir catches up', async () => {
     const a = await cluster();
