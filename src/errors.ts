@@ -15,6 +15,8 @@ export const ERROR_CODES = [
   'UNAUTHENTICATED',
   'PERMISSION_DENIED',
   'INTERNAL',
+  /** A write reached a replica that does not lead its shard; `details.leader` names the leader's node. */
+  'NOT_LEADER',
 ] as const;
 export type ErrorCode = (typeof ERROR_CODES)[number];
 
@@ -24,10 +26,13 @@ export function isErrorCode(s: unknown): s is ErrorCode {
 
 export class QuiverError extends Error {
   readonly code: ErrorCode;
-  constructor(code: ErrorCode, message: string) {
+  /** What a client acts on besides the code (NOT_LEADER: `leader`, the leading node's id). */
+  readonly details?: Readonly<Record<string, string>>;
+  constructor(code: ErrorCode, message: string, details?: Record<string, string>) {
     super(message);
     this.name = 'QuiverError';
     this.code = code;
+    if (details) this.details = details;
   }
 }
 

@@ -144,12 +144,15 @@ export const GRPC_STATUS = {
   UNAUTHENTICATED: 16,
 } as const;
 
-/** The gRPC status that carries a Quiver error code: the one of the same name. */
+/**
+ * The gRPC status that carries a Quiver error code: the one of the same name; NOT_LEADER (no gRPC
+ * status of its own) rides on FAILED_PRECONDITION, its own code in `quiver-code`.
+ */
 export function grpcStatusOf(code: ErrorCode): number {
-  return GRPC_STATUS[code];
+  return code === 'NOT_LEADER' ? GRPC_STATUS.FAILED_PRECONDITION : GRPC_STATUS[code];
 }
 
-const CODE_OF_STATUS = new Map<number, ErrorCode>(ERROR_CODES.map((c) => [GRPC_STATUS[c], c]));
+const CODE_OF_STATUS = new Map<number, ErrorCode>(ERROR_CODES.filter((c) => c !== 'NOT_LEADER').map((c) => [GRPC_STATUS[c], c]));
 
 /** The Quiver code for a gRPC status that carried no `quiver-code` (transport errors). */
 export function codeOfGrpcStatus(s: number): ErrorCode {

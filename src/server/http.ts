@@ -17,6 +17,7 @@ import { asQuiverError, gatherQueries } from './validate';
 export const HTTP_STATUS_OF: Record<ErrorCode, number> = {
   INVALID_ARGUMENT: 400,
   FAILED_PRECONDITION: 400,
+  NOT_LEADER: 421,
   OUT_OF_RANGE: 400,
   UNAUTHENTICATED: 401,
   PERMISSION_DENIED: 403,

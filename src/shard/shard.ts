@@ -67,8 +67,9 @@ export interface ShardOptions {
    */
   walRetainFromLsn?: () => number;
   /**
-   * Follower: appends only what receive() is given, applies only up to applyCommitted()'s LSN, and
-   * appends no epoch-start entry at open. Default false (a leader, as standalone is).
+   * A replica (src/cluster/replica-host.ts), leading or following: appends only what receive() and
+   * appendEntry() are given, applies only up to applyCommitted()'s LSN, and appends no epoch-start
+   * entry at open. Default false (standalone: each write is applied once durable).
    */
   follower?: boolean;
   /** The shard existed before (its collection is in the catalog): a missing WAL is DATA_LOSS. */
@@ -113,6 +114,11 @@ export interface WriteResult {
   lsn: number;
   answer: number;
 }
+
+/** A client write as a replica's leader appends it: one WAL entry. */
+export type ShardWrite =
+  | { type: 'upsert'; op: UpsertOp; key: string; hash?: Buffer }
+  | { type: 'delete'; ids: string[]; key: string; hash?: Buffer };
 
 /**
  * IVF-PQ training rule: a shard of an ivfpq collection searches exactly (a flat index over its
@@ -370,14 +376,37 @@ export class Shard {
     return r.lastLsn;
   }
 
-  /** Follower: applies durable entries up to commitLsn, in LSN order; resolves with the applied LSN. */
-  applyCommitted(commitLsn: number): Promise<number> {
+  /**
+   * Follower mode, leading: appends `write` (null: the epoch start) as one entry of `epoch`, not
+   * applied until applyCommitted reaches it. Returns its LSN; flush the log to make it durable.
+   */
+  appendEntry(epoch: number, write: ShardWrite | null): number {
+    this.usable();
+    if (!this.opts.follower) throw new QuiverError('FAILED_PRECONDITION', 'a standalone shard appends through upsert and delete');
+    const entry =
+      write === null
+        ? { epoch, type: EntryType.EpochStart, key: '', body: Buffer.alloc(0) }
+        : write.type === 'upsert'
+          ? { epoch, type: EntryType.Upsert, key: write.key, body: encodeUpsert(write.op, this.opts.dim, write.hash) }
+          : { epoch, type: EntryType.Delete, key: write.key, body: encodeDelete(write.ids, write.hash) };
+    const { lsn, durable } = this.wal.append(entry);
+    durable.catch(() => undefined); // the log's failure reaches the replica through flush
+    this.epoch = epoch;
+    return lsn;
+  }
+
+  /**
+   * Follower mode: applies durable entries up to commitLsn, in LSN order, telling `onApplied` each
+   * entry's LSN and answer; resolves with the applied LSN.
+   */
+  applyCommitted(commitLsn: number, onApplied?: (lsn: number, r: WriteResult) => void): Promise<number> {
     return this.enqueue(async () => {
       const to = Math.min(commitLsn, this.wal.durableLsn);
       this.wal.setCommitLsn(to);
       if (to <= this.applied) return this.applied;
       for await (const e of this.wal.entries(this.applied + 1, to)) {
-        await this.applyOp(e.lsn, e.epoch, e.key, this.decodeOp(e.type, e.body));
+        const r = await this.applyOp(e.lsn, e.epoch, e.key, this.decodeOp(e.type, e.body));
+        onApplied?.(e.lsn, r);
       }
       return this.applied;
     });

@@ -50,7 +50,8 @@ export interface SnapshotMeta {
   dir: string;
 }
 
-async function writeFileSynced(file: string, parts: Buffer[]): Promise<void> {
+/** Writes `parts` to a new `file` and fsyncs it (not its directory). */
+export async function writeFileSynced(file: string, parts: Buffer[]): Promise<void> {
   const fh = await fsp.open(file, 'w');
   try {
     let pos = 0;
