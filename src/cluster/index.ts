@@ -5,3 +5,4 @@ export * from './lease';
 export * from './controller';
 export * from './format';
 export * from './keys';
+export * from './sidecar-link';
