@@ -177,6 +177,7 @@ export class LocalFrameParser {
   /** The next n buffered bytes (n <= bufferedBytes). */
   private read(n: number): Buffer {
     let out: Buffer;
+    if (n === 0) return Buffer.alloc(0);
     if (this.chunks[0].length >= n) {
       out = this.chunks[0].subarray(0, n);
     } else {
