@@ -13,7 +13,7 @@ import * as fs from 'fs';
 import * as net from 'net';
 import * as grpc from '@grpc/grpc-js';
 import { QuiverError } from '../src/errors';
-import { CommandSpec, parseCommandLine, stringFlag, UsageError } from '../src/common/args';
+import { CommandSpec, Flags, parseCommandLine, stringFlag, UsageError } from '../src/common/args';
 import { joinHostPort, splitHostPort } from '../src/common/address';
 import { LocalFrameParser, encodeLocalFrame } from '../src/cluster/sidecar-link';
 import type { Logger } from '../src/cluster/sidecar-link';
@@ -39,7 +39,7 @@ const acceptTimeoutMs = 10_000;
 /** Dropped messages are reported at most this often. */
 const dropReportMs = 5000;
 
-function required(f: ReturnType<typeof parseCommandLine> & object, name: string): string {
+function required(f: Flags, name: string): string {
   const v = stringFlag(f, name);
   if (v === undefined || v === '') throw new UsageError(`--${name} is required`);
   return v;
