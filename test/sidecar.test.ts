@@ -340,6 +340,7 @@ describe('sidecar processes', () => {
   it('start fails with UNAVAILABLE when the address is taken', async () => {
     const err = await startNode('c', 'test', a.sup.address).catch((e: { code?: string }) => e);
     expect(err).toMatchObject({ code: 'UNAVAILABLE' });
+    console.log(`sidecar: start on a taken address: ${(err as Error).message}`);
   });
 
   it('refuses a peer of another cluster or one that dialled another node, and answers a right hello', async () => {

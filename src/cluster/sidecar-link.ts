@@ -378,7 +378,7 @@ export class SidecarSupervisor {
       if (stderr.length > 20) stderr.shift();
       this.log.error(`sidecar ${o.nodeId}: ${l}`);
     });
-    this.exited = new Promise((resolve) => child.once('exit', () => resolve()));
+    this.exited = new Promise((resolve) => child.once('close', () => resolve()));
     return new Promise<void>((resolve, reject) => {
       let settled = false;
       const fail = (why: string): void => {
@@ -420,7 +420,8 @@ export class SidecarSupervisor {
           resolve();
         });
       });
-      child.once('exit', (code, signal) => {
+      // 'close' rather than 'exit': its stderr has been read whole by then.
+      child.once('close', (code, signal) => {
         clearTimeout(ready);
         lines.close();
         fail(stderr.join(' / ') || `exit ${code ?? signal}`);
