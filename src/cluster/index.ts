@@ -6,3 +6,4 @@ export * from './controller';
 export * from './format';
 export * from './keys';
 export * from './etcd';
+export * from './sidecar-link';
