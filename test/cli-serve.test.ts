@@ -20,15 +20,25 @@ function run(args: string[]): { code: number | null; out: string } {
 const DIM = 8;
 
 describe('quiver serve', () => {
-  it('--help documents every flag; --etcd is refused with a clear error; a bad flag is refused', () => {
+  it('--help documents every flag; bad cluster flags and a bad flag are refused with a clear error', () => {
     const help = run(['--help']);
     expect(help.code).toBe(0);
-    for (const flag of ['--data', '--grpc', '--http', '--grpc-impl', '--config', '--snapshot-interval-ms', '--node-id', '--etcd', '--help']) {
+    for (const flag of ['--data', '--grpc', '--http', '--grpc-impl', '--config', '--snapshot-interval-ms', '--node-id', '--etcd', '--replication', '--zone', '--cluster', '--lease-ttl-ms', '--help']) {
       expect(help.out).toContain(flag);
     }
-    const etcd = run(['--etcd', 'http://127.0.0.1:2379', '--data', tempDir('quiver-cli-')]);
-    expect(etcd.code).toBe(2);
-    expect(etcd.out).toMatch(/cluster mode/);
+    const cases: [string[], RegExp][] = [
+      [['--zone', 'a'], /--zone is a cluster flag: it needs --etcd/],
+      [['--etcd', '127.0.0.1:2379'], /--etcd takes URLs like http:\/\/127.0.0.1:2379/],
+      [['--etcd', 'http://127.0.0.1:2379', '--lease-ttl-ms', '10'], /--lease-ttl-ms must be an integer in 1000..60000/],
+      [['--etcd', 'http://127.0.0.1:2379', '--grpc-impl', 'grpc-js'], /--grpc-impl quiver/],
+      [['--etcd', 'http://127.0.0.1:2379', '--node-id', 'a/b'], /--node-id must be/],
+      [['--etcd', 'http://127.0.0.1:2379', '--replication', 'nowhere'], /--replication/],
+    ];
+    for (const [args, message] of cases) {
+      const r = run([...args, '--data', tempDir('quiver-cli-')]);
+      expect(r.code, args.join(' ')).toBe(2);
+      expect(r.out).toMatch(message);
+    }
     expect(run(['--bogus', '1']).code).toBe(2);
     expect(run(['--grpc', 'nowhere']).code).toBe(2);
     const impl = run(['--grpc-impl', 'grpc-c', '--data', tempDir('quiver-cli-')]);

@@ -1,7 +1,8 @@
 /**
  * `quiver serve`: one node. Without --etcd it is standalone: it leads every shard of every
- * collection under --data. Prints where it listens; SIGTERM / SIGINT stop it gracefully (stop
- * accepting, finish in-flight requests, snapshot and close the database, exit 0).
+ * collection under --data. With --etcd it is a node of a cluster (serve-cluster.ts). Prints where
+ * it listens; SIGTERM / SIGINT stop it gracefully (stop accepting, finish in-flight requests,
+ * snapshot and close the database, exit 0).
  */
 import * as fs from 'fs';
 import * as path from 'path';
@@ -10,10 +11,15 @@ import { CommandSpec, UsageError, parseCommandLine, stringFlag } from '../common
 import { openDatabase } from '../query';
 import { GrpcImpl, Metrics, checkGrpcImpl, startServer, splitHostPort } from '../server';
 import { tuneAllocatorForServer } from '../native/addon';
+import { ClusterConfig, serveCluster } from './serve-cluster';
+import { VERSION } from './version';
+import { defaultSegmentBytes } from '../wal';
 
 const USAGE = `usage: quiver serve [options]
 
-Runs a Quiver node. Without --etcd it is standalone: one node that leads every shard.
+Runs a Quiver node. Without --etcd it is standalone: one node that leads every shard. With
+--etcd it joins a cluster: etcd holds membership and shard maps, and a replication sidecar
+(spawned and supervised by the node) ships the write-ahead log to the other replicas.
 
 options:
   --data DIR                  data directory (WAL, snapshots, collection specs); default ./quiver-data
@@ -28,15 +34,23 @@ options:
                               line win over the file
   --snapshot-interval-ms N    snapshot a changed shard every N ms (0 = only at shutdown);
                               default 60000
-  --node-id ID                this node's name in status answers; default "local"
-  --etcd URL                  cluster mode (not available yet: it arrives with replication)
+  --wal-segment-bytes N       roll a shard's WAL to a new segment file past N bytes (segments
+                              wholly below a snapshot are removed); default 67108864 (64 MiB)
+  --node-id ID                this node's name (unique in a cluster); default "local"
+  --etcd URL[,URL...]         cluster mode: the etcd endpoints (http://127.0.0.1:2379)
+  --replication HOST:PORT     cluster: the sidecar's replication address; default 127.0.0.1:7402
+  --zone Z                    cluster: this node's failure domain (replicas of a shard go to
+                              distinct zones where there are enough); default none
+  --cluster NAME              cluster: its name (the etcd prefix /quiver/NAME/); default quiver
+  --lease-ttl-ms N            cluster: the node's etcd lease TTL; default 2000 (etcd grants at
+                              least 2000 with its default timings)
   --help                      this text
 
 Both servers bind loopback by default; give a non-loopback host explicitly to listen elsewhere.
 SIGTERM or SIGINT: stop accepting requests, finish those in flight, snapshot, exit 0.
 `;
 
-const CONFIG_KEYS = ['data', 'grpc', 'http', 'grpc-impl', 'snapshot-interval-ms', 'node-id', 'etcd'];
+const CONFIG_KEYS = ['data', 'grpc', 'http', 'grpc-impl', 'snapshot-interval-ms', 'wal-segment-bytes', 'node-id', 'etcd', 'replication', 'zone', 'cluster', 'lease-ttl-ms'];
 
 export const SERVE: CommandSpec = {
   usage: USAGE,
@@ -49,8 +63,10 @@ interface ServeConfig {
   http: string;
   grpcImpl: GrpcImpl;
   snapshotIntervalMs: number;
+  segmentBytes: number;
   nodeId: string;
-  etcd?: string;
+  /** Cluster mode when set. */
+  cluster?: Omit<ClusterConfig, 'data' | 'grpc' | 'http' | 'snapshotIntervalMs' | 'segmentBytes' | 'nodeId'>;
 }
 
 function readConfig(file: string): Record<string, string> {
@@ -87,17 +103,34 @@ export function resolveConfig(argv: string[]): ServeConfig | null {
   const get = (k: string, fallback: string): string => stringFlag(p, k) ?? file[k] ?? fallback;
   const interval = Number(get('snapshot-interval-ms', '60000'));
   if (!Number.isInteger(interval) || interval < 0) throw new UsageError('--snapshot-interval-ms must be an integer >= 0');
+  const segmentBytes = Number(get('wal-segment-bytes', String(defaultSegmentBytes)));
+  if (!Number.isInteger(segmentBytes) || segmentBytes < 4096 || segmentBytes > 2 ** 31) throw new UsageError('--wal-segment-bytes must be an integer in 4096..2147483648');
+  const etcd = stringFlag(p, 'etcd') ?? file.etcd;
   const cfg: ServeConfig = {
     data: path.resolve(get('data', './quiver-data')),
     grpc: get('grpc', '127.0.0.1:7400'),
     http: get('http', '127.0.0.1:7401'),
     grpcImpl: checkGrpcImpl(get('grpc-impl', 'quiver'), '--grpc-impl'),
     snapshotIntervalMs: interval,
+    segmentBytes,
     nodeId: get('node-id', 'local'),
-    etcd: stringFlag(p, 'etcd') ?? file.etcd,
   };
   splitHostPort(cfg.grpc, '--grpc');
   splitHostPort(cfg.http, '--http');
+  if (etcd === undefined) {
+    for (const k of ['replication', 'zone', 'cluster', 'lease-ttl-ms']) if (stringFlag(p, k) ?? file[k]) throw new UsageError(`--${k} is a cluster flag: it needs --etcd`);
+    return cfg;
+  }
+  const endpoints = etcd.split(',').map((u) => u.trim());
+  for (const u of endpoints) if (!/^https?:\/\/[^/\s]+$/.test(u)) throw new UsageError(`--etcd takes URLs like http://127.0.0.1:2379 (got '${u}')`);
+  if (cfg.grpcImpl !== 'quiver') throw new UsageError('a cluster node serves gRPC with --grpc-impl quiver (the node service runs on it)');
+  const ttl = Number(get('lease-ttl-ms', '2000'));
+  if (!Number.isInteger(ttl) || ttl < 1000 || ttl > 60_000) throw new UsageError('--lease-ttl-ms must be an integer in 1000..60000');
+  if (!/^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/.test(cfg.nodeId)) throw new UsageError(`--node-id must be 1..64 of [A-Za-z0-9_-] (got '${cfg.nodeId}')`);
+  const name = get('cluster', 'quiver');
+  if (!/^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/.test(name)) throw new UsageError(`--cluster must be 1..64 of [A-Za-z0-9_-] (got '${name}')`);
+  cfg.cluster = { etcd: endpoints, replication: get('replication', '127.0.0.1:7402'), zone: get('zone', '') || null, cluster: name, leaseTtlMs: ttl, version: VERSION };
+  splitHostPort(cfg.cluster.replication, '--replication');
   return cfg;
 }
 
@@ -110,13 +143,6 @@ export async function serve(argv: string[]): Promise<number> {
     return 2;
   }
   if (!cfg) return 0;
-  if (cfg.etcd !== undefined) {
-    process.stderr.write(
-      'quiver serve: cluster mode (--etcd) is not available yet: it arrives with replication. ' +
-        'Run without --etcd for a standalone node.\n',
-    );
-    return 2;
-  }
 
   // A closed stdout (the reader went away, e.g. a supervisor that exited) must not bring the
   // server down mid-shutdown: write errors on the log streams are dropped.
@@ -124,12 +150,18 @@ export async function serve(argv: string[]): Promise<number> {
   const log = (m: string): void => void process.stdout.write(`quiver: ${m}\n`);
   // Before the first large allocation: the server's batches should reuse heap memory, not remap it.
   tuneAllocatorForServer();
+  if (cfg.cluster) {
+    const node = await serveCluster({ ...cfg, ...cfg.cluster }, log);
+    log('ready');
+    return untilSignal(log, () => node.close());
+  }
   const metrics = new Metrics();
   const t0 = Date.now();
   fs.mkdirSync(cfg.data, { recursive: true });
   const db = await openDatabase({
     dataDir: cfg.data,
     snapshotIntervalMs: cfg.snapshotIntervalMs,
+    segmentBytes: cfg.segmentBytes,
     observer: metrics.observer,
     nodeId: cfg.nodeId,
   });
@@ -146,26 +178,30 @@ export async function serve(argv: string[]): Promise<number> {
   log('ready');
 
   const running = server;
+  return untilSignal(log, async () => {
+    await running.close();
+    const t = Date.now();
+    await db.close();
+    log(`database closed in ${Date.now() - t} ms; bye`);
+  });
+}
+
+/** Resolves with the exit code once SIGTERM or SIGINT has stopped the node (`stop`); a second signal exits at once. */
+function untilSignal(log: (m: string) => void, stop: () => Promise<void>): Promise<number> {
   return new Promise<number>((resolve) => {
     let stopping = false;
-    const stop = (signal: NodeJS.Signals): void => {
+    const onSignal = (signal: NodeJS.Signals): void => {
       if (stopping) {
         log(`${signal} again: exiting without waiting`);
         process.exit(1);
       }
       stopping = true;
       log(`${signal}: stopping (finishing in-flight requests, then a snapshot)`);
-      (async () => {
-        await running.close();
-        const t = Date.now();
-        await db.close();
-        log(`database closed in ${Date.now() - t} ms; bye`);
-        return 0;
-      })().then(
-        (code) => {
-          process.off('SIGTERM', stop);
-          process.off('SIGINT', stop);
-          resolve(code);
+      stop().then(
+        () => {
+          process.off('SIGTERM', onSignal);
+          process.off('SIGINT', onSignal);
+          resolve(0);
         },
         (e) => {
           process.stderr.write(`quiver: shutdown failed: ${e instanceof Error ? e.message : String(e)}\n`);
@@ -173,7 +209,7 @@ export async function serve(argv: string[]): Promise<number> {
         },
       );
     };
-    process.on('SIGTERM', stop);
-    process.on('SIGINT', stop);
+    process.on('SIGTERM', onSignal);
+    process.on('SIGINT', onSignal);
   });
 }

@@ -771,7 +771,10 @@ function onRefused<W, R>(c: Ctx<W, R>, m: Extract<ReplicaEvent<W, R>, { type: 'r
   const end = endOfEpoch(log.history, m.lsnEpoch, log.lastLsn);
   const agree = end.epoch === m.lsnEpoch ? Math.min(m.lsn, end.endLsn) : Math.min(m.epochStartLsn - 1, end.endLsn);
   const old = r.peers[m.from];
-  const p: Peer = { ...old, mode: 'probe', next: Math.max(agree, old.match) + 1, sentAt: -Infinity };
+  // A follower holding less than it acknowledged lost its log (a wiped or replaced disk): it is
+  // counted from what it holds now, and gets a snapshot when that lies below this log's first entry.
+  const match = Math.min(old.match, Math.max(0, agree));
+  const p: Peer = { ...old, mode: 'probe', match, next: Math.max(agree, match) + 1, sentAt: -Infinity };
   c.s.role = { ...r, peers: { ...r.peers, [m.from]: p } };
   pump(c, m.from, false);
 }

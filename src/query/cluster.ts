@@ -95,8 +95,8 @@ export interface CoordinatorPort {
 
 /** The node service of other nodes (src/server/node-service.ts): each call serves shards that node holds. */
 export interface PeerShards {
-  upsert(node: NodeId, collection: string, shard: number, op: UpsertOp, key: string, hash: Buffer | undefined, signal?: AbortSignal): Promise<WriteResult>;
-  delete(node: NodeId, collection: string, shard: number, ids: string[], key: string, hash: Buffer | undefined, signal?: AbortSignal): Promise<WriteResult>;
+  upsert(node: NodeId, collection: string, shard: number, op: UpsertOp, key: string, hash: Buffer | undefined): Promise<WriteResult>;
+  delete(node: NodeId, collection: string, shard: number, ids: string[], key: string, hash: Buffer | undefined): Promise<WriteResult>;
   search(node: NodeId, collection: string, shards: number[], req: SearchRequest & { vectors: Float32Array }): Promise<SearchHit[][]>;
   get(node: NodeId, collection: string, shards: number[], ids: string[], withVectors: boolean, withPayload: boolean): Promise<Point[]>;
   count(node: NodeId, collection: string, shards: number[]): Promise<number>;
@@ -224,15 +224,18 @@ export class ClusterDatabase implements Database {
     return { ...rest, existing: fs.existsSync(path.join(this.dataDir, 'shards', spec.name, String(s), 'wal')) };
   }
 
-  /** Resolves at the next map change of `key`, at most after ms. */
-  private nextMap(key: ShardKey, ms: number): Promise<void> {
+  /** Resolves at the next map change of `key`, after ms, or when `signal` aborts, whichever is first. */
+  private nextMap(key: ShardKey, ms: number, signal?: AbortSignal): Promise<void> {
     return new Promise((resolve) => {
-      const timer = setTimeout(resolve, Math.max(1, ms));
-      const list = this.mapWaiters.get(key) ?? [];
-      list.push(() => {
+      const done = (): void => {
         clearTimeout(timer);
+        signal?.removeEventListener('abort', done);
         resolve();
-      });
+      };
+      const timer = setTimeout(done, Math.max(1, ms));
+      signal?.addEventListener('abort', done, { once: true });
+      const list = this.mapWaiters.get(key) ?? [];
+      list.push(done);
       this.mapWaiters.set(key, list);
     });
   }
@@ -307,23 +310,25 @@ export class ClusterDatabase implements Database {
   private async onLeader<T>(c: ClusterCollection, s: number, signal: AbortSignal | undefined, local: (r: ReplicaPort) => Promise<T>, remote: (node: NodeId) => Promise<T>): Promise<T> {
     const key = shardKey(c.spec.name, s);
     const deadline = Date.now() + leaderWaitMs;
+    let last = 'no leader is known';
     for (;;) {
-      signal?.throwIfAborted();
+      // Past the caller's deadline with no leader that took the write: nothing was written.
+      if (signal?.aborted || Date.now() >= deadline) throw new QuiverError('UNAVAILABLE', `shard ${key} has no leader that answers (${last}); nothing was written`);
       const map = c.maps[s];
       const leader = map && map.phase === 'active' ? map.leader : null;
       try {
         if (leader === this.self) {
           const r = await c.replicas.get(s)?.opening;
           if (r) return await local(r);
+          last = 'its replica here is not open';
         } else if (leader) {
           return await remote(leader);
         }
       } catch (e) {
-        if (!isRouting(e) || Date.now() >= deadline) throw e;
+        if (!isRouting(e) || (e as { outcomeUnknown?: boolean }).outcomeUnknown) throw e;
+        last = `${leader}: ${(e as Error).message}`;
       }
-      const left = deadline - Date.now();
-      if (left <= 0) throw new QuiverError('UNAVAILABLE', `shard ${key} has no leader that answers`);
-      await this.nextMap(key, Math.min(left, 250));
+      await this.nextMap(key, Math.min(Math.max(1, deadline - Date.now()), 250), signal);
     }
   }
 
@@ -332,7 +337,11 @@ export class ClusterDatabase implements Database {
     if (!signal) return p;
     return new Promise<T>((resolve, reject) => {
       const onAbort = (): void =>
-        reject(new QuiverError('UNAVAILABLE', 'the write was not committed before the deadline; its outcome is unknown: retry it with the same idempotency key'));
+        reject(
+          Object.assign(new QuiverError('UNAVAILABLE', 'the write was not committed before the deadline; its outcome is unknown: retry it with the same idempotency key'), {
+            outcomeUnknown: true,
+          }),
+        );
       if (signal.aborted) return onAbort();
       signal.addEventListener('abort', onAbort, { once: true });
       p.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
@@ -367,7 +376,7 @@ export class ClusterDatabase implements Database {
           s,
           opts.signal,
           (rep) => ClusterDatabase.bounded(rep.upsert(part, key, hash), opts.signal),
-          (node) => this.opts.peers.upsert(node, c.spec.name, s, part, key, hash, opts.signal),
+          (node) => ClusterDatabase.bounded(this.opts.peers.upsert(node, c.spec.name, s, part, key, hash), opts.signal),
         );
         token[String(s)] = r.lsn;
         upserted += r.answer;
@@ -390,7 +399,7 @@ export class ClusterDatabase implements Database {
           s,
           opts.signal,
           (rep) => ClusterDatabase.bounded(rep.delete(g, key, hash), opts.signal),
-          (node) => this.opts.peers.delete(node, c.spec.name, s, g, key, hash, opts.signal),
+          (node) => ClusterDatabase.bounded(this.opts.peers.delete(node, c.spec.name, s, g, key, hash), opts.signal),
         );
         token[String(s)] = r.lsn;
         deleted += r.answer;

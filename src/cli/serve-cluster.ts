@@ -1,0 +1,117 @@
+/**
+ * `quiver serve --etcd ...`: a node of a cluster. Starts, in order:
+ *   1. the replication sidecar (spawned by path, supervised: restarted with backoff if it dies);
+ *   2. the cluster database (replicas open as the shard maps name this node);
+ *   3. the gRPC and HTTP servers (the client API, and the node service other nodes call);
+ *   4. the etcd coordinator: the node's lease and key (with the addresses bound above), the
+ *      controller election, the watch that feeds maps, nodes and collections to the database.
+ * Stops in the reverse order on SIGTERM / SIGINT.
+ */
+import { EventEmitter } from 'events';
+import * as fs from 'fs';
+import { performance } from 'perf_hooks';
+import { QuiverError } from '../errors';
+import { EtcdCoordinator } from '../cluster/etcd';
+import { ReplicaHost } from '../cluster/replica-host';
+import { SidecarSupervisor } from '../cluster/sidecar-link';
+import type { NodeId, Progress, ShardKey } from '../cluster/types';
+import { ClusterDatabase, ClusterNodeRecord, CollectionRecord, CoordinatorPort } from '../query/cluster';
+import { Metrics, startServer } from '../server';
+import { NodePeers, nodeMethods } from '../server/node-service';
+
+export interface ClusterConfig {
+  data: string;
+  grpc: string;
+  http: string;
+  snapshotIntervalMs: number;
+  segmentBytes: number;
+  nodeId: string;
+  etcd: string[];
+  replication: string;
+  zone: string | null;
+  cluster: string;
+  leaseTtlMs: number;
+  version: string;
+}
+
+/**
+ * The coordinator as the database sees it before etcd is connected: its events are relayed once
+ * it is, and the calls that need etcd wait for it (the servers bind first, so the node's key can
+ * carry the addresses they bound).
+ */
+class CoordinatorRelay extends EventEmitter implements CoordinatorPort {
+  private target: EtcdCoordinator | null = null;
+
+  attach(c: EtcdCoordinator): void {
+    this.target = c;
+    for (const event of ['map', 'nodes', 'collection', 'lease']) c.on(event, (...args: unknown[]) => this.emit(event, ...args));
+  }
+
+  createCollection(name: string, record: CollectionRecord): Promise<void> {
+    if (!this.target) return Promise.reject(new QuiverError('UNAVAILABLE', 'the node is not connected to etcd yet'));
+    return this.target.createCollection(name, { ...record });
+  }
+
+  publishProgress(shard: ShardKey, p: Progress): void {
+    this.target?.publishProgress(shard, p);
+  }
+}
+
+export async function serveCluster(cfg: ClusterConfig, log: (m: string) => void): Promise<{ close(): Promise<void> }> {
+  const metrics = new Metrics();
+  fs.mkdirSync(cfg.data, { recursive: true });
+
+  const sidecar = await SidecarSupervisor.start({ dataDir: cfg.data, nodeId: cfg.nodeId, listen: cfg.replication, cluster: cfg.cluster, log: { error: (m: string) => log(m) } });
+  log(`sidecar pid ${sidecar.pid()} replicating on ${sidecar.address}`);
+
+  const relay = new CoordinatorRelay();
+  let nodes: Record<NodeId, ClusterNodeRecord> = {};
+  relay.on('nodes', (n: Record<NodeId, ClusterNodeRecord>) => {
+    nodes = n;
+    sidecar.link.setPeers(Object.fromEntries(Object.entries(n).filter(([id]) => id !== cfg.nodeId).map(([id, r]) => [id, r.replication])));
+  });
+  const peers = new NodePeers((node) => nodes[node]?.grpc);
+  const db = new ClusterDatabase({
+    dataDir: cfg.data,
+    snapshotIntervalMs: cfg.snapshotIntervalMs,
+    segmentBytes: cfg.segmentBytes,
+    observer: metrics.observer,
+    nodeId: cfg.nodeId,
+    coordinator: relay,
+    peers,
+    openReplica: async ({ shard, dir, shardOptions, send, publish }) => {
+      // Lease deadlines come from the coordinator on the performance.now() clock.
+      const host = await ReplicaHost.open({ dir, self: cfg.nodeId, shard, shardOptions, transport: { send }, coordination: { publishProgress: publish }, now: () => performance.now() });
+      host.on('rejected', (e: Error, from: NodeId) => log(`replica of ${shard}: refused a message from ${from}: ${e.message}`));
+      return host;
+    },
+    sendToPeer: (to, shard, payload) => sidecar.link.send({ shard, from: cfg.nodeId, to, payload }),
+    log,
+  });
+  sidecar.link.on('message', (m: { shard: string; from: NodeId; payload: Buffer }) => db.onPeerMessage(m.from, m.shard, m.payload));
+
+  const server = await startServer({ db, grpc: cfg.grpc, http: cfg.http, metrics, moreMethods: (svc) => nodeMethods(svc, db) });
+  log(`grpc listening on ${server.grpcAddress} (quiver)`);
+  log(`http listening on http://${server.httpAddress}`);
+
+  const coordinator = await EtcdCoordinator.connect({
+    endpoints: cfg.etcd,
+    cluster: cfg.cluster,
+    node: cfg.nodeId,
+    leaseTtlMs: cfg.leaseTtlMs,
+    info: { zone: cfg.zone, draining: false, version: cfg.version, grpc: server.grpcAddress, http: server.httpAddress, replication: sidecar.address },
+    log: { error: (m: string) => log(m) },
+  });
+  relay.attach(coordinator);
+  log(`joined cluster "${cfg.cluster}" through etcd ${cfg.etcd.join(',')} as node ${cfg.nodeId}`);
+
+  return {
+    async close() {
+      await server.close();
+      await coordinator.close();
+      await db.close();
+      peers.close();
+      await sidecar.close();
+    },
+  };
+}
