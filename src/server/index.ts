@@ -4,17 +4,17 @@
  * finish, and closes the listeners (the caller closes the Database afterwards).
  */
 import * as http from 'http';
-import * as grpc from '@grpc/grpc-js';
 import { QuiverError } from '../errors';
 import { handshakeTimeoutMs, httpConnectionsMax, httpReserveConnections, requestBytesMax, requestReceiveTimeoutMs } from '../common/limits';
 import { joinHostPort, splitHostPort } from '../common/address';
 import type { Database } from '../query/types';
-import { grpcHandlers, grpcJsDefinition, grpcJsImplementation, grpcMethods } from './grpc';
+import { grpcHandlers, grpcMethods } from './grpc';
 import { GrpcTransportLimits, H2GrpcServer } from '../rpc/grpc-server';
 import { HttpApi } from './http';
 import { HttpConnections } from './http-connections';
 import { Metrics } from './metrics';
 import { Service, Logger } from './service';
+import { trimAllocator } from '../native/addon';
 
 export { Metrics } from './metrics';
 export { HttpApi, HTTP_STATUS_OF, TIMEOUT_HEADER } from './http';
@@ -56,38 +56,29 @@ export function checkGrpcImpl(v: string, what: string): GrpcImpl {
 }
 
 /** The two gRPC servers behind one face: bind, drain, cut. */
-interface GrpcFrontEnd {
+export interface GrpcFrontEnd {
   bind(host: string, port: number): Promise<number>;
   tryShutdown(): Promise<void>;
   forceShutdown(): void;
 }
 
-function grpcFrontEnd(impl: GrpcImpl, svc: Service, limits: Partial<GrpcTransportLimits> | undefined): GrpcFrontEnd {
+async function grpcFrontEnd(impl: GrpcImpl, svc: Service, limits: Partial<GrpcTransportLimits> | undefined): Promise<GrpcFrontEnd> {
   const handlers = grpcHandlers(svc);
-  if (impl === 'quiver') {
-    const server = new H2GrpcServer(grpcMethods(handlers), {
-      receiveBytesMax: requestBytesMax,
-      limits,
-      onEvent: (event, error) => {
-        svc.metrics.observeTransport('grpc', event);
-        if (error !== undefined) svc.log.error(`quiver: grpc ${event}: ${error instanceof Error ? error.stack ?? error.message : String(error)}`);
-      },
-    });
-    return { bind: (host, port) => server.listen(host, port), tryShutdown: () => server.tryShutdown(), forceShutdown: () => server.forceShutdown() };
+  if (impl === 'grpc-js') {
+    // grpc-js (~13 MiB resident once loaded) only when asked for.
+    const { grpcJsFrontEnd } = await import('./grpc-js');
+    return grpcJsFrontEnd(handlers);
   }
-  const server = new grpc.Server({
-    'grpc.max_receive_message_length': requestBytesMax,
-    'grpc.max_send_message_length': requestBytesMax,
+  const server = new H2GrpcServer(grpcMethods(handlers), {
+    receiveBytesMax: requestBytesMax,
+    limits,
+    onEvent: (event, error) => {
+      svc.metrics.observeTransport('grpc', event);
+      if (error !== undefined) svc.log.error(`quiver: grpc ${event}: ${error instanceof Error ? error.stack ?? error.message : String(error)}`);
+    },
   });
-  server.addService(grpcJsDefinition(), grpcJsImplementation(handlers));
-  return {
-    bind: (host, port) =>
-      new Promise<number>((resolve, reject) =>
-        server.bindAsync(joinHostPort(host, port), grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
-      ),
-    tryShutdown: () => new Promise<void>((resolve) => server.tryShutdown(() => resolve())),
-    forceShutdown: () => server.forceShutdown(),
-  };
+  svc.whenQuiet(() => server.releaseBuffers());
+  return { bind: (host, port) => server.listen(host, port), tryShutdown: () => server.tryShutdown(), forceShutdown: () => server.forceShutdown() };
 }
 
 export interface RunningServer {
@@ -107,7 +98,9 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const h = splitHostPort(opts.http ?? '127.0.0.1:7401', 'http address');
 
   const impl = checkGrpcImpl(opts.grpcImpl ?? 'quiver', 'grpcImpl');
-  const grpcServer = grpcFrontEnd(impl, svc, opts.limits);
+  const grpcServer = await grpcFrontEnd(impl, svc, opts.limits);
+  // After the front end's pools are dropped: malloc's free memory back to the system.
+  svc.whenQuiet(() => void trimAllocator());
   const grpcPort = await grpcServer.bind(g.host, g.port).catch((err: Error) => {
     throw new QuiverError('UNAVAILABLE', `cannot listen for gRPC on ${joinHostPort(g.host, g.port)}: ${err.message}`);
   });
