@@ -155,11 +155,14 @@ describe('a quiet server', () => {
       await svc.run('Count', 'grpc', far, () => 0);
       await vi.advanceTimersByTimeAsync(QUIET_MS - 1);
       expect(calls).toBe(0);
+      expect(svc.isQuiet).toBe(false);
       await vi.advanceTimersByTimeAsync(1);
       expect(calls).toBe(1);
+      expect(svc.isQuiet).toBe(true);
       await vi.advanceTimersByTimeAsync(10 * QUIET_MS);
       expect(calls).toBe(1); // once per quiet spell
       await svc.run('Count', 'grpc', far, () => 0);
+      expect(svc.isQuiet).toBe(false);
       await svc.drain();
       await vi.advanceTimersByTimeAsync(10 * QUIET_MS);
       expect(calls).toBe(1); // shutting down

@@ -4,6 +4,7 @@
  * finish, and closes the listeners (the caller closes the Database afterwards).
  */
 import * as http from 'http';
+import { PerformanceEntry, PerformanceObserver, constants } from 'perf_hooks';
 import { QuiverError } from '../errors';
 import { handshakeTimeoutMs, httpConnectionsMax, httpReserveConnections, requestBytesMax, requestReceiveTimeoutMs } from '../common/limits';
 import { joinHostPort, splitHostPort } from '../common/address';
@@ -81,6 +82,26 @@ async function grpcFrontEnd(impl: GrpcImpl, svc: Service, limits: Partial<GrpcTr
   return { bind: (host, port) => server.listen(host, port), tryShutdown: () => server.tryShutdown(), forceShutdown: () => server.forceShutdown() };
 }
 
+const isFullCollection = (e: PerformanceEntry): boolean => (e as { detail?: { kind?: number } }).detail?.kind === constants.NODE_PERFORMANCE_GC_MAJOR;
+
+/**
+ * Returns malloc's free memory to the system once the server is quiet (after the front end has
+ * dropped its pools), then after each full collection while it stays quiet: the collection that
+ * finds the dropped buffers frees them into malloc's heaps. Returns the stop, for close().
+ */
+function trimWhenQuiet(svc: Service): () => void {
+  const collections = new PerformanceObserver((list) => {
+    // Leaves at the first collection after the quiet spell ended.
+    if (!svc.isQuiet) collections.disconnect();
+    else if (list.getEntries().some(isFullCollection)) trimAllocator();
+  });
+  svc.whenQuiet(() => {
+    trimAllocator();
+    collections.observe({ entryTypes: ['gc'] });
+  });
+  return () => collections.disconnect();
+}
+
 export interface RunningServer {
   grpcAddress: string; // host:port actually bound
   httpAddress: string;
@@ -99,8 +120,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
 
   const impl = checkGrpcImpl(opts.grpcImpl ?? 'quiver', 'grpcImpl');
   const grpcServer = await grpcFrontEnd(impl, svc, opts.limits);
-  // After the front end's pools are dropped: malloc's free memory back to the system.
-  svc.whenQuiet(() => void trimAllocator());
+  const stopTrimming = trimWhenQuiet(svc);
   const grpcPort = await grpcServer.bind(g.host, g.port).catch((err: Error) => {
     throw new QuiverError('UNAVAILABLE', `cannot listen for gRPC on ${joinHostPort(g.host, g.port)}: ${err.message}`);
   });
@@ -156,6 +176,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       await Promise.race([Promise.all([httpClosed, grpcClosed]), timedOut]);
       clearTimeout(timer);
       grpcServer.forceShutdown();
+      stopTrimming();
     })());
 
   return {

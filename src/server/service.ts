@@ -42,6 +42,7 @@ export class Service {
   private draining = false;
   private readonly quietCallbacks: (() => void)[] = [];
   private quietTimer: NodeJS.Timeout | undefined;
+  private quietNow = false;
   /** Where this node listens (host:port), once bound; shown in status answers. */
   addresses: { grpc?: string; http?: string } = {};
 
@@ -69,6 +70,7 @@ export class Service {
     let code = 'OK';
     this.inFlight++;
     clearTimeout(this.quietTimer);
+    this.quietNow = false;
     try {
       if (this.draining) throw new QuiverError('UNAVAILABLE', 'the server is shutting down');
       const left = Math.min(deadlineAtMs - Date.now(), deadlineMsMax);
@@ -100,7 +102,13 @@ export class Service {
     this.quietCallbacks.push(fn);
   }
 
+  /** Whether the whenQuiet callbacks ran and no request came since. */
+  get isQuiet(): boolean {
+    return this.quietNow;
+  }
+
   private quiet(): void {
+    this.quietNow = true;
     for (const f of this.quietCallbacks) f();
   }
 
