@@ -1,7 +1,8 @@
 /**
- * gRPC front end (@grpc/grpc-js, proto/quiver.proto). Each call runs under its deadline (the
- * client's, or defaultDeadlineMs when it set none); a failure answers the gRPC status of its
- * QuiverError code with the code itself in the trailing metadata `quiver-code`.
+ * gRPC handlers of both servers (proto/quiver.proto; @grpc/grpc-js's form in ./grpc-js.ts). Each
+ * call runs under its deadline (the client's, or defaultDeadlineMs when it set none); a failure
+ * answers the gRPC status of its QuiverError code with the code itself in the trailing metadata
+ * `quiver-code`.
  */
 import { create } from '@bufbuild/protobuf';
 import type { MessageInitShape } from '@bufbuild/protobuf';
