@@ -4,8 +4,9 @@
  * side by side in one run.
  *
  *   server   `quiver serve` on loopback over a temp data directory (snapshots only at shutdown);
- *            the points arrive through the client in batches; then the server collects garbage
- *            (SIGUSR2, see SERVE) and its VmRSS is read from /proc/<pid>/status.
+ *            the points arrive through the client in batches; once it is quiet (no request for
+ *            QUIET_MS, src/server/service.ts) the server collects garbage (SIGUSR2, see SERVE) and
+ *            its VmRSS is read from /proc/<pid>/status.
  *   peer     a child Node process builds hnswlib-node's HierarchicalNSW (same M, efConstruction,
  *            space) from the same vectors, drops the dataset, collects garbage, and its VmRSS is
  *            read the same way.
@@ -18,6 +19,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { QuiverClient } from '../src/client';
+import { QUIET_MS } from '../src/server/service';
 import { CommandSpec, choiceFlag, intFlag, parseCommandLine } from '../src/common/args';
 import { fashionMnist } from './datasets';
 import { machine, writeJson } from './report';
@@ -194,11 +196,15 @@ export async function run(argv: string[]): Promise<number> {
     }
     const count = await client.count('bench');
     client.close();
+    const lastRequest = Date.now();
     if (count !== ds.nBase) throw new Error(`the server holds ${count} points, expected ${ds.nBase}`);
     log(`quiver serve loaded in ${((Date.now() - t0) / 1000).toFixed(1)} s; waiting for hnswlib-node ...`);
     const built = Number((await peerBuilt)[1]);
     if (built !== ds.nBase) throw new Error(`hnswlib-node holds ${built} points, expected ${ds.nBase}`);
     log(`both loaded in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+    // Measured quiet: once the server has released what it keeps for the next request (QUIET_MS).
+    const quietAt = lastRequest + 2 * QUIET_MS;
+    if (Date.now() < quietAt) await new Promise((resolve) => setTimeout(resolve, quietAt - Date.now()));
     const serverFull = await rssAfterGc(server, /gc done/);
     const peerFull = rssOf(peer.proc.pid!);
     const ratio = serverFull.rss / peerFull.rss;

@@ -3,6 +3,7 @@
  * starts, prints where it listens, serves both transports, stops on SIGTERM / SIGINT with exit
  * code 0 after finishing in-flight requests, and the data is back after a restart.
  */
+import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { describe, expect, it } from 'vitest';
@@ -108,6 +109,25 @@ describe('quiver serve', () => {
     c2.close();
     process.kill(node.child.pid!, 'SIGTERM');
     expect(await node.exited).toBe(0);
+  });
+
+  it('loads @grpc/grpc-js only when --grpc-impl grpc-js asks for it', () => {
+    const root = path.resolve(__dirname, '..');
+    // A server over dist/ in a child process: which modules it has loaded once it listens.
+    const script = `
+      const { openDatabase } = require(${JSON.stringify(path.join(root, 'dist/src/query'))});
+      const { startServer } = require(${JSON.stringify(path.join(root, 'dist/src/server'))});
+      (async () => {
+        const db = await openDatabase({ dataDir: process.argv[1] });
+        const s = await startServer({ db, grpc: '127.0.0.1:0', http: '127.0.0.1:0', grpcImpl: process.argv[2] });
+        const loaded = Object.keys(require.cache).some((f) => f.includes('@grpc/grpc-js'));
+        await s.close();
+        await db.close();
+        process.stdout.write(String(loaded));
+      })();`;
+    const loaded = (impl: string): string => execFileSync(process.execPath, ['-e', script, tempDir('quiver-cli-'), impl], { encoding: 'utf8' });
+    expect(loaded('quiver')).toBe('false');
+    expect(loaded('grpc-js')).toBe('true');
   });
 
   it('reads a JSON config file with the same keys; flags win over it', async () => {

@@ -8,7 +8,7 @@ import { openDatabase } from '../src/query';
 import type { Database } from '../src/query/types';
 import { Metrics, RunningServer, startServer } from '../src/server';
 import { MethodName, QUIVER_CODE_KEY, RequestInit as WireRequest, ResponseOf, generatedMethods } from '../src/rpc/proto';
-import { grpcJsDefinition } from '../src/server/grpc';
+import { grpcJsDefinition } from '../src/server/grpc-js';
 
 export interface Harness {
   dir: string;

@@ -5,12 +5,13 @@
  */
 import * as http from 'http';
 import * as grpc from '@grpc/grpc-js';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { QuiverClient } from '../src/client';
 import { batchPointsMax, idBytesMax, payloadBytesMax, requestBytesMax } from '../src/common/limits';
 import { topKMax } from '../src/native/limits';
 import type { RequestInit } from '../src/rpc/proto';
 import { Metrics, Service } from '../src/server';
+import { QUIET_MS } from '../src/server/service';
 import { Harness, httpJson, rawCall, startHarness, vec } from './server-harness';
 import { expectCode } from './helpers';
 
@@ -131,6 +132,43 @@ describe('gRPC: every operation', () => {
     finish?.(); // the operation ends only after its deadline was answered
     await expectCode(svc.run('Count', 'grpc', Date.now() - 1, async () => (ran = true)), 'DEADLINE_EXCEEDED');
     expect(ran).toBe(false);
+  });
+});
+
+describe('a quiet server', () => {
+  it('runs the whenQuiet callbacks once QUIET_MS passed with no request in flight, not while one runs or after drain', async () => {
+    vi.useFakeTimers();
+    try {
+      const svc = new Service(h.db, new Metrics());
+      let calls = 0;
+      svc.whenQuiet(() => calls++);
+      let finish!: () => void;
+      const far = Date.now() + 60_000;
+      const running = svc.run('Upsert', 'grpc', far, () => new Promise<void>((r) => (finish = r)));
+      await vi.advanceTimersByTimeAsync(2 * QUIET_MS);
+      expect(calls).toBe(0); // in flight
+      finish();
+      await running;
+      await vi.advanceTimersByTimeAsync(QUIET_MS - 1);
+      expect(calls).toBe(0);
+      // A request within QUIET_MS starts the wait again from its end.
+      await svc.run('Count', 'grpc', far, () => 0);
+      await vi.advanceTimersByTimeAsync(QUIET_MS - 1);
+      expect(calls).toBe(0);
+      expect(svc.isQuiet).toBe(false);
+      await vi.advanceTimersByTimeAsync(1);
+      expect(calls).toBe(1);
+      expect(svc.isQuiet).toBe(true);
+      await vi.advanceTimersByTimeAsync(10 * QUIET_MS);
+      expect(calls).toBe(1); // once per quiet spell
+      await svc.run('Count', 'grpc', far, () => 0);
+      expect(svc.isQuiet).toBe(false);
+      await svc.drain();
+      await vi.advanceTimersByTimeAsync(10 * QUIET_MS);
+      expect(calls).toBe(1); // shutting down
+    } finally {
+      vi.useRealTimers();
+    }
   });
 });
 

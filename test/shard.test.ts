@@ -7,7 +7,7 @@ import { HnswIndex } from '../src/native';
 import { PointStore, Shard, ShardOptions, encodeUpsert, listSnapshots } from '../src/shard';
 import { EntryType } from '../src/wal';
 import { crc32c } from '../src/wal/crc32c';
-import { addon, allocRows, tuneAllocatorForServer } from '../src/native/addon';
+import { addon, allocRows, trimAllocator, tuneAllocatorForServer } from '../src/native/addon';
 import { rowsPerChunk } from '../src/shard/store';
 import { expectCode } from './helpers';
 
@@ -467,6 +467,15 @@ describe('tuneAllocator (quiver serve)', () => {
     expect(() => native.tuneAllocator(-1, 0)).toThrow(QuiverError);
     expect(() => native.tuneAllocator(0, 2 ** 31)).toThrow(QuiverError);
     expect(() => native.tuneAllocator('x', 0)).toThrow(QuiverError);
+  });
+});
+
+describe('trimAllocator (a quiet quiver serve)', () => {
+  it('is callable at any time; off glibc it does nothing and says so', () => {
+    const report = process.report.getReport() as { header: { glibcVersionRuntime?: string } };
+    const trimmed = trimAllocator();
+    expect(typeof trimmed).toBe('boolean');
+    if (report.header.glibcVersionRuntime === undefined) expect(trimmed).toBe(false);
   });
 });
 

@@ -60,6 +60,8 @@ export interface NativeAddon {
   allocRows(floats: number): Float32Array;
   /** glibc malloc: keep freed heap tops up to trimBytes, heap-allocate blocks under mmapBytes. */
   tuneAllocator(trimBytes: number, mmapBytes: number): boolean;
+  /** glibc malloc_trim(0): return the free memory of every arena to the system. */
+  trimAllocator(): boolean;
   kernel(name: string, level: string, a: ArrayBufferView, b: ArrayBufferView): number;
   scanBench(level: string, base: Float32Array, dim: number, query: Float32Array, repeats: number): number;
   sumBench(level: string, base: Float32Array, repeats: number): number;
@@ -131,6 +133,15 @@ export function addon(): NativeAddon {
 export function tuneAllocatorForServer(): boolean {
   if (process.env.QUIVER_MALLOC_TUNE === '0') return false;
   return addon().tuneAllocator(256 << 20, 32 << 20);
+}
+
+/**
+ * Returns the memory malloc holds free (every thread's arena) to the system; for a server gone
+ * quiet (tuneAllocatorForServer keeps freed memory for the next batch while it is busy). False
+ * where nothing was returned or it did not apply (not glibc).
+ */
+export function trimAllocator(): boolean {
+  return addon().trimAllocator();
 }
 
 /**

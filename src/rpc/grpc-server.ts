@@ -112,6 +112,11 @@ class RequestBuffers {
     this.free.push(b);
     this.held += b.length;
   }
+
+  clear(): void {
+    this.free.length = 0;
+    this.held = 0;
+  }
 }
 
 const RESPONSE_HEADERS: HeaderList = [
@@ -762,6 +767,11 @@ export class H2GrpcServer {
       this.drained();
       this.drained = null;
     }
+  }
+
+  /** Drops the pooled request buffers (they are gathered afresh when large requests come again). */
+  releaseBuffers(): void {
+    this.buffers.clear();
   }
 
   /**

@@ -1,13 +1,13 @@
 /**
- * gRPC front end (@grpc/grpc-js, proto/quiver.proto). Each call runs under its deadline (the
- * client's, or defaultDeadlineMs when it set none); a failure answers the gRPC status of its
- * QuiverError code with the code itself in the trailing metadata `quiver-code`.
+ * gRPC handlers of both servers (proto/quiver.proto; @grpc/grpc-js's form in ./grpc-js.ts). Each
+ * call runs under its deadline (the client's, or defaultDeadlineMs when it set none); a failure
+ * answers the gRPC status of its QuiverError code with the code itself in the trailing metadata
+ * `quiver-code`.
  */
-import * as grpc from '@grpc/grpc-js';
 import { create } from '@bufbuild/protobuf';
 import type { MessageInitShape } from '@bufbuild/protobuf';
 import { invalidArgument } from '../errors';
-import { defaultDeadlineMs, searchBatchMax } from '../common/limits';
+import { searchBatchMax } from '../common/limits';
 import { stringifyJson } from '../common/json';
 import { checkColumnFloats, checkPointCount, checkQueryCount } from '../query/validate';
 import type { CollectionInfo, CollectionSpecInput, IndexSpec, Point, SearchHit, SearchRequest, WriteToken } from '../query/types';
@@ -17,11 +17,8 @@ import {
   MethodCodec,
   MethodName,
   MethodTable,
-  QUIVER_CODE_KEY,
-  RequestInit,
   RequestOf,
   ResponseInit,
-  grpcStatusOf,
   quiverMethods,
   tokenFromWire,
   tokenToWire,
@@ -30,7 +27,7 @@ import {
 import { Reader } from '../rpc/search-codec';
 import { WIRE } from '../rpc/wire';
 import type { Op, Service } from './service';
-import { asQuiverError, gatherQueries, parseJsonField } from './validate';
+import { gatherQueries, parseJsonField } from './validate';
 import { clusterJson } from './status-page';
 import type { GrpcMethod } from '../rpc/grpc-server';
 
@@ -151,6 +148,10 @@ class BatchArrays {
   give(a: Float32Array): void {
     if (a.length >= BatchArrays.floatsMin && this.free.length < BatchArrays.keepMax) this.free.push(a);
   }
+
+  clear(): void {
+    this.free.length = 0;
+  }
 }
 
 /**
@@ -166,6 +167,7 @@ export type GrpcHandlers = { [M in MethodName]: GrpcHandler<M> };
 export function grpcHandlers(svc: Service): GrpcHandlers {
   const db = svc.db;
   const batchArrays = new BatchArrays();
+  svc.whenQuiet(() => batchArrays.clear());
   const unary =
     <M extends MethodName>(op: Op, fn: (req: RequestOf<M>, signal?: AbortSignal) => Promise<ResponseInit<M>> | ResponseInit<M>): GrpcHandler<M> =>
     (request, deadlineAt) =>
@@ -318,44 +320,6 @@ export const serverMethods: MethodTable = {
   ...quiverMethods,
   searchBatch: { ...quiverMethods.searchBatch, requestDeserialize: countingQueries(quiverMethods.searchBatch.requestDeserialize) },
 };
-
-/** The service in @grpc/grpc-js's form: each method's path and codecs (`--grpc-impl grpc-js`, tests). */
-export function grpcJsDefinition(table: MethodTable = serverMethods): grpc.ServiceDefinition {
-  const method = <M extends MethodName>(c: MethodCodec<M>, originalName: M): grpc.MethodDefinition<RequestInit<M>, ResponseInit<M>> => ({
-    path: c.path,
-    requestStream: false,
-    responseStream: false,
-    requestSerialize: c.requestSerialize,
-    requestDeserialize: c.requestDeserialize,
-    responseSerialize: c.responseSerialize,
-    responseDeserialize: c.responseDeserialize,
-    originalName,
-  });
-  return Object.fromEntries(METHOD_NAMES.map((m) => [table[m].name, method<MethodName>(table[m], m)]));
-}
-
-/** The handlers in @grpc/grpc-js's form (`--grpc-impl grpc-js`). */
-export function grpcJsImplementation(handlers: GrpcHandlers): grpc.UntypedServiceImplementation {
-  const out: grpc.UntypedServiceImplementation = {};
-  for (const m of METHOD_NAMES) {
-    const handle = handlers[m] as GrpcHandler<MethodName>;
-    const h: grpc.handleUnaryCall<RequestOf<MethodName>, ResponseInit<MethodName>> = (call, callback) => {
-      const d = call.getDeadline();
-      const at = d instanceof Date ? d.getTime() : Number.isFinite(d) ? d : Date.now() + defaultDeadlineMs;
-      handle(call.request, at).then(
-        (answer) => callback(null, answer),
-        (e) => {
-          const qe = asQuiverError(e);
-          const metadata = new grpc.Metadata();
-          metadata.set(QUIVER_CODE_KEY, qe.code);
-          callback({ code: grpcStatusOf(qe.code), details: qe.message, metadata });
-        },
-      );
-    };
-    out[serverMethods[m].name] = h;
-  }
-  return out;
-}
 
 /** One method of Quiver's own gRPC server (grpc-server.ts): its codecs around its handler. */
 function h2Method<M extends MethodName>(codec: MethodCodec<M>, handle: GrpcHandler<M>): GrpcMethod {

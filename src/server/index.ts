@@ -4,17 +4,18 @@
  * finish, and closes the listeners (the caller closes the Database afterwards).
  */
 import * as http from 'http';
-import * as grpc from '@grpc/grpc-js';
+import { PerformanceEntry, PerformanceObserver, constants } from 'perf_hooks';
 import { QuiverError } from '../errors';
 import { handshakeTimeoutMs, httpConnectionsMax, httpReserveConnections, requestBytesMax, requestReceiveTimeoutMs } from '../common/limits';
 import { joinHostPort, splitHostPort } from '../common/address';
 import type { Database } from '../query/types';
-import { grpcHandlers, grpcJsDefinition, grpcJsImplementation, grpcMethods } from './grpc';
+import { grpcHandlers, grpcMethods } from './grpc';
 import { GrpcMethod, GrpcTransportLimits, H2GrpcServer } from '../rpc/grpc-server';
 import { HttpApi } from './http';
 import { HttpConnections } from './http-connections';
 import { Metrics } from './metrics';
 import { Service, Logger } from './service';
+import { trimAllocator } from '../native/addon';
 
 export { Metrics } from './metrics';
 export { HttpApi, HTTP_STATUS_OF, TIMEOUT_HEADER } from './http';
@@ -58,38 +59,49 @@ export function checkGrpcImpl(v: string, what: string): GrpcImpl {
 }
 
 /** The two gRPC servers behind one face: bind, drain, cut. */
-interface GrpcFrontEnd {
+export interface GrpcFrontEnd {
   bind(host: string, port: number): Promise<number>;
   tryShutdown(): Promise<void>;
   forceShutdown(): void;
 }
 
-function grpcFrontEnd(impl: GrpcImpl, svc: Service, limits: Partial<GrpcTransportLimits> | undefined, more: Map<string, GrpcMethod> | undefined): GrpcFrontEnd {
+async function grpcFrontEnd(impl: GrpcImpl, svc: Service, limits: Partial<GrpcTransportLimits> | undefined, more: Map<string, GrpcMethod> | undefined): Promise<GrpcFrontEnd> {
   const handlers = grpcHandlers(svc);
-  if (impl === 'quiver') {
-    const server = new H2GrpcServer(new Map([...grpcMethods(handlers), ...(more ?? [])]), {
-      receiveBytesMax: requestBytesMax,
-      limits,
-      onEvent: (event, error) => {
-        svc.metrics.observeTransport('grpc', event);
-        if (error !== undefined) svc.log.error(`quiver: grpc ${event}: ${error instanceof Error ? error.stack ?? error.message : String(error)}`);
-      },
-    });
-    return { bind: (host, port) => server.listen(host, port), tryShutdown: () => server.tryShutdown(), forceShutdown: () => server.forceShutdown() };
+  if (impl === 'grpc-js') {
+    // grpc-js (~13 MiB resident once loaded) only when asked for.
+    const { grpcJsFrontEnd } = await import('./grpc-js');
+    return grpcJsFrontEnd(handlers);
   }
-  const server = new grpc.Server({
-    'grpc.max_receive_message_length': requestBytesMax,
-    'grpc.max_send_message_length': requestBytesMax,
+  const server = new H2GrpcServer(new Map([...grpcMethods(handlers), ...(more ?? [])]), {
+    receiveBytesMax: requestBytesMax,
+    limits,
+    onEvent: (event, error) => {
+      svc.metrics.observeTransport('grpc', event);
+      if (error !== undefined) svc.log.error(`quiver: grpc ${event}: ${error instanceof Error ? error.stack ?? error.message : String(error)}`);
+    },
   });
-  server.addService(grpcJsDefinition(), grpcJsImplementation(handlers));
-  return {
-    bind: (host, port) =>
-      new Promise<number>((resolve, reject) =>
-        server.bindAsync(joinHostPort(host, port), grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
-      ),
-    tryShutdown: () => new Promise<void>((resolve) => server.tryShutdown(() => resolve())),
-    forceShutdown: () => server.forceShutdown(),
-  };
+  svc.whenQuiet(() => server.releaseBuffers());
+  return { bind: (host, port) => server.listen(host, port), tryShutdown: () => server.tryShutdown(), forceShutdown: () => server.forceShutdown() };
+}
+
+const isFullCollection = (e: PerformanceEntry): boolean => (e as { detail?: { kind?: number } }).detail?.kind === constants.NODE_PERFORMANCE_GC_MAJOR;
+
+/**
+ * Returns malloc's free memory to the system once the server is quiet (after the front end has
+ * dropped its pools), then after each full collection while it stays quiet: the collection that
+ * finds the dropped buffers frees them into malloc's heaps. Returns the stop, for close().
+ */
+function trimWhenQuiet(svc: Service): () => void {
+  const collections = new PerformanceObserver((list) => {
+    // Leaves at the first collection after the quiet spell ended.
+    if (!svc.isQuiet) collections.disconnect();
+    else if (list.getEntries().some(isFullCollection)) trimAllocator();
+  });
+  svc.whenQuiet(() => {
+    trimAllocator();
+    collections.observe({ entryTypes: ['gc'] });
+  });
+  return () => collections.disconnect();
 }
 
 export interface RunningServer {
@@ -110,7 +122,8 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
 
   const impl = checkGrpcImpl(opts.grpcImpl ?? 'quiver', 'grpcImpl');
   if (opts.moreMethods && impl !== 'quiver') throw new QuiverError('INVALID_ARGUMENT', 'a cluster node serves its node service on Quiver\'s own gRPC server (grpcImpl quiver)');
-  const grpcServer = grpcFrontEnd(impl, svc, opts.limits, opts.moreMethods?.(svc));
+  const grpcServer = await grpcFrontEnd(impl, svc, opts.limits, opts.moreMethods?.(svc));
+  const stopTrimming = trimWhenQuiet(svc);
   const grpcPort = await grpcServer.bind(g.host, g.port).catch((err: Error) => {
     throw new QuiverError('UNAVAILABLE', `cannot listen for gRPC on ${joinHostPort(g.host, g.port)}: ${err.message}`);
   });
@@ -166,6 +179,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       await Promise.race([Promise.all([httpClosed, grpcClosed]), timedOut]);
       clearTimeout(timer);
       grpcServer.forceShutdown();
+      stopTrimming();
     })());
 
   return {

@@ -1,7 +1,8 @@
 /**
  * What both front ends (gRPC, HTTP) call: every operation runs through `run`, which enforces the
  * call's deadline, counts the request in the metrics and tracks it as in flight, so a shutdown can
- * stop taking new requests and wait for those already running.
+ * stop taking new requests and wait for those already running. Once no request has been in flight
+ * for QUIET_MS, the callbacks given to `whenQuiet` drop what was kept for the next request.
  */
 import { QuiverError } from '../errors';
 import { deadlineMsMax } from '../common/limits';
@@ -32,6 +33,12 @@ export type Op =
 /** Operations that change state: their deadline stops them only before they reach the log (see run). */
 const CHANGES: ReadonlySet<Op> = new Set<Op>(['CreateCollection', 'DropCollection', 'Upsert', 'Delete', 'ShardUpsert', 'ShardDelete']);
 
+/**
+ * How long the server has no request in flight before the `whenQuiet` callbacks run: long enough
+ * that a client's next batch of a bulk load finds the pools and malloc's cache still there.
+ */
+export const QUIET_MS = 1000;
+
 export interface Logger {
   error(msg: string): void;
 }
@@ -40,6 +47,9 @@ export class Service {
   private inFlight = 0;
   private idleWaiters: (() => void)[] = [];
   private draining = false;
+  private readonly quietCallbacks: (() => void)[] = [];
+  private quietTimer: NodeJS.Timeout | undefined;
+  private quietNow = false;
   /** Where this node listens (host:port), once bound; shown in status answers. */
   addresses: { grpc?: string; http?: string } = {};
 
@@ -66,6 +76,8 @@ export class Service {
     const t0 = process.hrtime.bigint();
     let code = 'OK';
     this.inFlight++;
+    clearTimeout(this.quietTimer);
+    this.quietNow = false;
     try {
       if (this.draining) throw new QuiverError('UNAVAILABLE', 'the server is shutting down');
       const left = Math.min(deadlineAtMs - Date.now(), deadlineMsMax);
@@ -84,13 +96,33 @@ export class Service {
         const w = this.idleWaiters;
         this.idleWaiters = [];
         for (const f of w) f();
+        if (!this.draining && this.quietCallbacks.length > 0) this.quietTimer = setTimeout(() => this.quiet(), QUIET_MS).unref();
       }
     }
+  }
+
+  /**
+   * Calls fn each time the server has gone QUIET_MS without a request in flight after one: to
+   * drop buffers kept for the next request and return malloc's free memory to the system.
+   */
+  whenQuiet(fn: () => void): void {
+    this.quietCallbacks.push(fn);
+  }
+
+  /** Whether the whenQuiet callbacks ran and no request came since. */
+  get isQuiet(): boolean {
+    return this.quietNow;
+  }
+
+  private quiet(): void {
+    this.quietNow = true;
+    for (const f of this.quietCallbacks) f();
   }
 
   /** Stop taking requests (they answer UNAVAILABLE) and resolve when those in flight are done. */
   drain(): Promise<void> {
     this.draining = true;
+    clearTimeout(this.quietTimer);
     if (this.inFlight === 0) return Promise.resolve();
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }

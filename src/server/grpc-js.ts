@@ -1,0 +1,67 @@
+/**
+ * The gRPC front end on @grpc/grpc-js's server (`quiver serve --grpc-impl grpc-js`): the same
+ * handlers and codecs as Quiver's own server (./grpc.ts). Loaded only when that server is asked
+ * for, so that a node on the default transport does not carry grpc-js.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { defaultDeadlineMs, requestBytesMax } from '../common/limits';
+import { joinHostPort } from '../common/address';
+import { METHOD_NAMES, MethodCodec, MethodName, MethodTable, QUIVER_CODE_KEY, RequestInit, RequestOf, ResponseInit, grpcStatusOf } from '../rpc/proto';
+import { GrpcHandler, GrpcHandlers, serverMethods } from './grpc';
+import { asQuiverError } from './validate';
+import type { GrpcFrontEnd } from './index';
+
+/** The service in @grpc/grpc-js's form: each method's path and codecs (`--grpc-impl grpc-js`, tests). */
+export function grpcJsDefinition(table: MethodTable = serverMethods): grpc.ServiceDefinition {
+  const method = <M extends MethodName>(c: MethodCodec<M>, originalName: M): grpc.MethodDefinition<RequestInit<M>, ResponseInit<M>> => ({
+    path: c.path,
+    requestStream: false,
+    responseStream: false,
+    requestSerialize: c.requestSerialize,
+    requestDeserialize: c.requestDeserialize,
+    responseSerialize: c.responseSerialize,
+    responseDeserialize: c.responseDeserialize,
+    originalName,
+  });
+  return Object.fromEntries(METHOD_NAMES.map((m) => [table[m].name, method<MethodName>(table[m], m)]));
+}
+
+/** The handlers in @grpc/grpc-js's form (`--grpc-impl grpc-js`). */
+export function grpcJsImplementation(handlers: GrpcHandlers): grpc.UntypedServiceImplementation {
+  const out: grpc.UntypedServiceImplementation = {};
+  for (const m of METHOD_NAMES) {
+    const handle = handlers[m] as GrpcHandler<MethodName>;
+    const h: grpc.handleUnaryCall<RequestOf<MethodName>, ResponseInit<MethodName>> = (call, callback) => {
+      const d = call.getDeadline();
+      const at = d instanceof Date ? d.getTime() : Number.isFinite(d) ? d : Date.now() + defaultDeadlineMs;
+      handle(call.request, at).then(
+        (answer) => callback(null, answer),
+        (e) => {
+          const qe = asQuiverError(e);
+          const metadata = new grpc.Metadata();
+          metadata.set(QUIVER_CODE_KEY, qe.code);
+          callback({ code: grpcStatusOf(qe.code), details: qe.message, metadata });
+        },
+      );
+    };
+    out[serverMethods[m].name] = h;
+  }
+  return out;
+}
+
+/** @grpc/grpc-js's server answering `handlers`. */
+export function grpcJsFrontEnd(handlers: GrpcHandlers): GrpcFrontEnd {
+  const server = new grpc.Server({
+    'grpc.max_receive_message_length': requestBytesMax,
+    'grpc.max_send_message_length': requestBytesMax,
+  });
+  server.addService(grpcJsDefinition(), grpcJsImplementation(handlers));
+  return {
+    bind: (host, port) =>
+      new Promise<number>((resolve, reject) =>
+        server.bindAsync(joinHostPort(host, port), grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+      ),
+    tryShutdown: () => new Promise<void>((resolve) => server.tryShutdown(() => resolve())),
+    forceShutdown: () => server.forceShutdown(),
+  };
+}
