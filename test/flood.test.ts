@@ -43,20 +43,25 @@ interface Pattern {
   name: string;
   /** Rounds it must finish before the flood stops. */
   rounds: number;
-  /** Attacks until stop aborts, calling done() after each round; cleans up what it opened. */
-  run(t: Target, stop: AbortSignal, done: () => void): Promise<void>;
+  /**
+   * Attacks until stop aborts, calling done() after each round and starting the next once it
+   * resolves (the well-behaved client's next answer: the flood goes at the pace the node serves,
+   * so a slow machine gets a slower flood, not a starved test); cleans up what it opened.
+   */
+  run(t: Target, stop: AbortSignal, done: () => Promise<void>): Promise<void>;
 }
 
 /**
  * Runs `round` over and over, `parallel` at a time, until stop aborts, calling done() after each
- * round that ends with the flood still on (a failed round counts too: the node refused it).
+ * round that ends with the flood still on (a failed round counts too: the node refused it) and
+ * starting the next once it resolves.
  */
-async function repeat(stop: AbortSignal, parallel: number, done: () => void, round: () => Promise<void>): Promise<void> {
+async function repeat(stop: AbortSignal, parallel: number, done: () => Promise<void>, round: () => Promise<void>): Promise<void> {
   await Promise.all(
     Array.from({ length: parallel }, async () => {
       while (!stop.aborted) {
         await round().catch(() => undefined);
-        if (!stop.aborted) done();
+        if (!stop.aborted) await done();
       }
     }),
   );
@@ -119,7 +124,7 @@ export const PATTERNS: Pattern[] = [
         c.sock.pause(); // reads nothing
         await new Promise((r) => c.sock.write(Buffer.concat([PREFACE, WIDE, ...searches(600)]), r));
         // A paused socket does not see the node close it: held until the flood stops.
-        if (!stop.aborted) done();
+        if (!stop.aborted) void done();
         await c.closed;
       }),
   },
@@ -275,13 +280,26 @@ describe.skipIf(process.platform !== 'linux')('a node under a hostile client (RS
       const enough = PATTERNS.every((p, i) => rounds[i] >= p.rounds) && good.searches >= GOOD_SEARCHES && good.health + good.unhealthy.length >= GOOD_HEALTH_CHECKS;
       if (enough && !stop.signal.aborted) stop.abort();
     };
-    const attacks = PATTERNS.map((p, i) => p.run(target, stop.signal, () => (rounds[i]++, step())));
+    /** Resolves on the well-behaved client's next answer, or once the flood stops. */
+    let answered = (): void => undefined;
+    let nextAnswer = new Promise<void>((r) => (answered = r));
+    stop.signal.addEventListener('abort', () => answered());
+    const attacks = PATTERNS.map((p, i) =>
+      p.run(target, stop.signal, () => {
+        rounds[i]++;
+        step();
+        return stop.signal.aborted ? Promise.resolve() : nextAnswer;
+      }),
+    );
     const searching = (async () => {
       for (let i = 0; !stop.signal.aborted; i++) {
         const q = vec(i % 200, GOOD_DIM);
         const wrong = await client.search('good', q, { k: 3 }).then((hits) => check(q, hits, 3), (e: Error) => `failed: ${e.message}`);
         if (wrong) good.wrong.push(wrong);
         good.searches++;
+        const was = answered;
+        nextAnswer = new Promise<void>((r) => (answered = r));
+        was();
         step();
       }
     })();
