@@ -12,26 +12,26 @@ import { startServe } from './serve-child';
 import { httpJson, tempDir, vec } from './server-harness';
 import { runQuiver } from './cli-helpers';
 
-function run(args: string[]): { code: number | null; out: string } {
-  const r = runQuiver(['serve', ...args]);
+async function run(args: string[]): Promise<{ code: number | null; out: string }> {
+  const r = await runQuiver(['serve', ...args]);
   return { code: r.code, out: r.stdout + r.stderr };
 }
 
 const DIM = 8;
 
 describe('quiver serve', () => {
-  it('--help documents every flag; --etcd is refused with a clear error; a bad flag is refused', () => {
-    const help = run(['--help']);
+  it('--help documents every flag; --etcd is refused with a clear error; a bad flag is refused', async () => {
+    const help = await run(['--help']);
     expect(help.code).toBe(0);
     for (const flag of ['--data', '--grpc', '--http', '--grpc-impl', '--config', '--snapshot-interval-ms', '--node-id', '--etcd', '--help']) {
       expect(help.out).toContain(flag);
     }
-    const etcd = run(['--etcd', 'http://127.0.0.1:2379', '--data', tempDir('quiver-cli-')]);
+    const etcd = await run(['--etcd', 'http://127.0.0.1:2379', '--data', tempDir('quiver-cli-')]);
     expect(etcd.code).toBe(2);
     expect(etcd.out).toMatch(/cluster mode/);
-    expect(run(['--bogus', '1']).code).toBe(2);
-    expect(run(['--grpc', 'nowhere']).code).toBe(2);
-    const impl = run(['--grpc-impl', 'grpc-c', '--data', tempDir('quiver-cli-')]);
+    expect((await run(['--bogus', '1'])).code).toBe(2);
+    expect((await run(['--grpc', 'nowhere'])).code).toBe(2);
+    const impl = await run(['--grpc-impl', 'grpc-c', '--data', tempDir('quiver-cli-')]);
     expect(impl.code).toBe(2);
     expect(impl.out).toMatch(/--grpc-impl must be one of quiver, grpc-js/);
   });
@@ -120,6 +120,6 @@ describe('quiver serve', () => {
     expect(await node.exited).toBe(0);
 
     fs.writeFileSync(cfg, JSON.stringify({ data: dir, colour: 'blue' }));
-    expect(run(['--config', cfg]).code).toBe(2);
+    expect((await run(['--config', cfg])).code).toBe(2);
   });
 });
