@@ -13,16 +13,16 @@ import { startServe } from './serve-child';
 import { httpJson, tempDir, vec } from './server-harness';
 import { runQuiver } from './cli-helpers';
 
-function run(args: string[]): { code: number | null; out: string } {
-  const r = runQuiver(['serve', ...args]);
+async function run(args: string[]): Promise<{ code: number | null; out: string }> {
+  const r = await runQuiver(['serve', ...args]);
   return { code: r.code, out: r.stdout + r.stderr };
 }
 
 const DIM = 8;
 
 describe('quiver serve', () => {
-  it('--help documents every flag; bad cluster flags and a bad flag are refused with a clear error', () => {
-    const help = run(['--help']);
+  it('--help documents every flag; bad cluster flags and a bad flag are refused with a clear error', async () => {
+    const help = await run(['--help']);
     expect(help.code).toBe(0);
     for (const flag of ['--data', '--grpc', '--http', '--grpc-impl', '--config', '--snapshot-interval-ms', '--node-id', '--etcd', '--replication', '--zone', '--cluster', '--lease-ttl-ms', '--help']) {
       expect(help.out).toContain(flag);
@@ -36,13 +36,13 @@ describe('quiver serve', () => {
       [['--etcd', 'http://127.0.0.1:2379', '--replication', 'nowhere'], /--replication/],
     ];
     for (const [args, message] of cases) {
-      const r = run([...args, '--data', tempDir('quiver-cli-')]);
+      const r = await run([...args, '--data', tempDir('quiver-cli-')]);
       expect(r.code, args.join(' ')).toBe(2);
       expect(r.out).toMatch(message);
     }
-    expect(run(['--bogus', '1']).code).toBe(2);
-    expect(run(['--grpc', 'nowhere']).code).toBe(2);
-    const impl = run(['--grpc-impl', 'grpc-c', '--data', tempDir('quiver-cli-')]);
+    expect((await run(['--bogus', '1'])).code).toBe(2);
+    expect((await run(['--grpc', 'nowhere'])).code).toBe(2);
+    const impl = await run(['--grpc-impl', 'grpc-c', '--data', tempDir('quiver-cli-')]);
     expect(impl.code).toBe(2);
     expect(impl.out).toMatch(/--grpc-impl must be one of quiver, grpc-js/);
   });
@@ -150,6 +150,6 @@ describe('quiver serve', () => {
     expect(await node.exited).toBe(0);
 
     fs.writeFileSync(cfg, JSON.stringify({ data: dir, colour: 'blue' }));
-    expect(run(['--config', cfg]).code).toBe(2);
+    expect((await run(['--config', cfg])).code).toBe(2);
   });
 });

@@ -6,7 +6,6 @@
  * package's `quiverdb/client` entry: light (no native addon) and type-checking for a consumer on
  * `moduleResolution: node`.
  */
-import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { describe, expect, it } from 'vitest';
@@ -23,7 +22,7 @@ import { SPEC as MEMORY } from '../bench/memory';
 import { SPEC as RPC } from '../bench/rpc';
 import { SPEC as SERVER } from '../bench/server';
 import { tempDir } from './server-harness';
-import { ROOT, runQuiver } from './cli-helpers';
+import { ROOT, runChild, runQuiver } from './cli-helpers';
 
 /** Each command's flags and the arguments that print its help. */
 const COMMANDS: [string[], CommandSpec][] = [
@@ -40,100 +39,101 @@ const COMMANDS: [string[], CommandSpec][] = [
 ];
 
 describe('quiver', () => {
-  it('--version prints the package version', () => {
-    const r = runQuiver(['--version']);
+  it('--version prints the package version', async () => {
+    const r = await runQuiver(['--version']);
     expect(r.code).toBe(0);
     expect(r.stdout.trim()).toBe(JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')).version);
   });
 
-  it('the top-level help lists every command and every benchmark', () => {
-    const r = runQuiver(['--help']);
+  it('the top-level help lists every command and every benchmark', async () => {
+    const r = await runQuiver(['--help']);
     expect(r.code).toBe(0);
     for (const word of ['serve', 'bench', 'help', '--version', ...BENCHES.map((b) => b.name)]) expect(r.stdout).toContain(word);
-    expect(runQuiver([]).code).toBe(2);
-    const bad = runQuiver(['frobnicate']);
+    expect((await runQuiver([])).code).toBe(2);
+    const bad = await runQuiver(['frobnicate']);
     expect(bad.code).toBe(2);
     expect(bad.stderr).toMatch(/unknown command 'frobnicate'/);
   });
 
-  it('every command documents every flag it takes in its --help, which exits 0', () => {
+  it('every command documents every flag it takes in its --help, which exits 0', async () => {
     for (const [args, spec] of COMMANDS) {
-      const r = runQuiver([...args, '--help']);
+      const r = await runQuiver([...args, '--help']);
       expect(r.code, args.join(' ')).toBe(0);
       expect(r.stdout).toBe(spec.usage);
       for (const flag of Object.keys(spec.flags)) expect(spec.usage, `${args.join(' ')} --${flag}`).toMatch(new RegExp(`--${flag}\\b`));
     }
   });
 
-  it('an unknown flag, a flag without its value or a malformed number exits 2 and names the flag', () => {
+  it('an unknown flag, a flag without its value or a malformed number exits 2 and names the flag', async () => {
     for (const [args] of COMMANDS) {
-      const unknown = runQuiver([...args, '--no-such-flag', '1']);
+      const unknown = await runQuiver([...args, '--no-such-flag', '1']);
       expect(unknown.code, args.join(' ')).toBe(2);
       expect(unknown.stderr).toMatch(/unknown flag --no-such-flag/);
     }
-    const missing = runQuiver(['bench', 'codec', '--rounds']);
+    const missing = await runQuiver(['bench', 'codec', '--rounds']);
     expect(missing.code).toBe(2);
     expect(missing.stderr).toMatch(/--rounds/);
-    const missingServe = runQuiver(['serve', '--data']);
+    const missingServe = await runQuiver(['serve', '--data']);
     expect(missingServe.code).toBe(2);
     expect(missingServe.stderr).toMatch(/--data/);
-    const notNumber = runQuiver(['bench', 'server', '--passes', 'three']);
+    const notNumber = await runQuiver(['bench', 'server', '--passes', 'three']);
     expect(notNumber.code).toBe(2);
     expect(notNumber.stderr).toMatch(/--passes must be a whole number/);
-    const notChoice = runQuiver(['bench', 'server', '--index', 'ivfpq']);
+    const notChoice = await runQuiver(['bench', 'server', '--index', 'ivfpq']);
     expect(notChoice.code).toBe(2);
     expect(notChoice.stderr).toMatch(/--index must be one of flat, hnsw/);
-    const switchWithValue = runQuiver(['bench', 'rpc', '--help=yes']);
+    const switchWithValue = await runQuiver(['bench', 'rpc', '--help=yes']);
     expect(switchWithValue.code).toBe(2);
     expect(switchWithValue.stderr).toMatch(/--help/);
   });
 
-  it('bench: an unknown name exits 2 and lists the known ones; no name prints the list', () => {
-    const r = runQuiver(['bench', 'nope']);
+  it('bench: an unknown name exits 2 and lists the known ones; no name prints the list', async () => {
+    const r = await runQuiver(['bench', 'nope']);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/unknown benchmark 'nope'/);
     for (const b of BENCHES) expect(r.stderr).toContain(b.name);
-    const list = runQuiver(['bench']);
+    const list = await runQuiver(['bench']);
     expect(list.code).toBe(0);
     for (const b of BENCHES) expect(list.stdout).toContain(b.name);
   });
 
-  it('bench runs a benchmark from the built package (its own entry, loaded by path)', () => {
+  it('bench runs a benchmark from the built package (its own entry, loaded by path)', async () => {
     const out = tempDir('quiver-cli-bench-');
-    const r = runQuiver(['bench', 'codec', '--rounds', '1', '--ms', '1', '--dim', '8', '--points', '10'], { env: { QUIVER_BENCH_OUT: out } });
+    const r = await runQuiver(['bench', 'codec', '--rounds', '1', '--ms', '1', '--dim', '8', '--points', '10'], { env: { QUIVER_BENCH_OUT: out } });
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/search: 4 steps/);
     const json = JSON.parse(fs.readFileSync(path.join(out, 'codec.json'), 'utf8'));
     expect(json.results.map((x: { codec: string }) => x.codec)).toContain('search: 4 steps');
   });
 
-  it('bench where the benchmarks are not installed: a clear error, not a stack trace', () => {
+  it('bench where the benchmarks are not installed: a clear error, not a stack trace', async () => {
     // An installation of the CLI alone: bin/ and dist/src/, no dist/bench/.
     const pkg = tempDir('quiver-cli-nobench-');
     fs.cpSync(path.join(ROOT, 'bin'), path.join(pkg, 'bin'), { recursive: true });
     fs.cpSync(path.join(ROOT, 'dist', 'src'), path.join(pkg, 'dist', 'src'), { recursive: true });
     fs.copyFileSync(path.join(ROOT, 'package.json'), path.join(pkg, 'package.json'));
-    const r = runQuiver(['bench', 'codec'], { bin: path.join(pkg, 'bin', 'quiver.js') });
+    const r = await runQuiver(['bench', 'codec'], { bin: path.join(pkg, 'bin', 'quiver.js') });
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/FAILED_PRECONDITION: the benchmarks are not in this installation/);
-    expect(runQuiver(['--version'], { bin: path.join(pkg, 'bin', 'quiver.js') }).code).toBe(0);
+    expect((await runQuiver(['--version'], { bin: path.join(pkg, 'bin', 'quiver.js') })).code).toBe(0);
   });
 });
 
 describe('the package for consumers', () => {
-  it('quiverdb/client loads neither the native addon, nor the server, nor grpc-js or protobufjs', () => {
+  it('quiverdb/client loads neither the native addon, nor the server, nor grpc-js or protobufjs', async () => {
     const probe = [
       `require(${JSON.stringify(path.join(ROOT, 'dist', 'src', 'client', 'index.js'))});`,
       "const loaded = Object.keys(require.cache);",
       "console.log(JSON.stringify(loaded.filter((p) => p.endsWith('.node') || /[\\/](native|server|query|@grpc|protobufjs)[\\/]/.test(p))));",
     ].join('\n');
-    const out = execFileSync(process.execPath, ['-e', probe], { stdio: 'pipe' }).toString();
-    expect(JSON.parse(out)).toEqual([]);
+    const r = await runChild(process.execPath, ['-e', probe]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toEqual([]);
   });
 
   // A consumer project whose node_modules/quiverdb is this repository (as npm links a local
   // package), compiled with tsc against the built declarations.
-  function typeCheck(moduleResolution: string, module: string): { code: number; out: string } {
+  async function typeCheck(moduleResolution: string, module: string): Promise<{ code: number | null; out: string }> {
     const dir = tempDir('quiver-consumer-');
     fs.mkdirSync(path.join(dir, 'node_modules'));
     fs.symlinkSync(ROOT, path.join(dir, 'node_modules', 'quiverdb'), 'dir');
@@ -167,23 +167,18 @@ describe('the package for consumers', () => {
         '',
       ].join('\n'),
     );
-    try {
-      const out = execFileSync(process.execPath, [path.join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', dir], { stdio: 'pipe' }).toString();
-      return { code: 0, out };
-    } catch (e) {
-      const err = e as { status: number; stdout: Buffer };
-      return { code: err.status, out: String(err.stdout) };
-    }
+    const r = await runChild(process.execPath, [path.join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', dir]);
+    return { code: r.code, out: r.stdout };
   }
 
-  it("`import ... from 'quiverdb/client'` type-checks with moduleResolution node (typesVersions)", () => {
-    const r = typeCheck('node', 'commonjs');
+  it("`import ... from 'quiverdb/client'` type-checks with moduleResolution node (typesVersions)", async () => {
+    const r = await typeCheck('node', 'commonjs');
     expect(r.out).toBe('');
     expect(r.code).toBe(0);
   });
 
-  it('and with moduleResolution node16 (the exports map)', () => {
-    const r = typeCheck('node16', 'node16');
+  it('and with moduleResolution node16 (the exports map)', async () => {
+    const r = await typeCheck('node16', 'node16');
     expect(r.out).toBe('');
     expect(r.code).toBe(0);
   });

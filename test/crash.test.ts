@@ -1,6 +1,7 @@
 /**
  * The crash test: a real child process (test/fixtures/crash-child.js over dist/, which
- * test/global-setup.ts compiles) writes under concurrent load and is SIGKILLed at random moments,
+ * test/global-setup.ts compiles) writes under concurrent load and is SIGKILLed once it has
+ * acknowledged a random number of writes (20-79; more are under way then),
  * 20 rounds. After each kill the database is opened again here (recovery) and checked:
  *   - every acknowledged write is there with its last acknowledged value (vector and payload);
  *   - a write that was in flight is, within each shard, entirely there or entirely absent;
@@ -39,15 +40,14 @@ interface Op {
 /** What each id must hold: the tag of its last acknowledged upsert, or null (absent). */
 type Expected = Map<string, number | null>;
 
-function runChild(dir: string, round: number, killAfterMs: number, indexType: string): Promise<{ acked: Op[]; inflight: Op[]; stderr: string; killed: boolean }> {
+/** Runs the writer child and kills it (SIGKILL) once it has acknowledged killAfterAcks writes, with more under way. */
+function runChild(dir: string, round: number, killAfterAcks: number, indexType: string): Promise<{ acked: Op[]; inflight: Op[]; stderr: string; killed: boolean }> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [CHILD, dir, String(round), indexType], { stdio: ['ignore', 'pipe', 'pipe'] });
     const started = new Map<number, Op>();
     const acked: Op[] = [];
     let buf = '';
     let stderr = '';
-    let timer: NodeJS.Timeout | undefined;
-    const guard = setTimeout(() => child.kill('SIGKILL'), 15_000);
     child.stdout.on('data', (chunk: Buffer) => {
       buf += chunk.toString('utf8');
       let nl: number;
@@ -55,15 +55,14 @@ function runChild(dir: string, round: number, killAfterMs: number, indexType: st
         const line = buf.slice(0, nl);
         buf = buf.slice(nl + 1);
         const parts = line.split(' ');
-        if (parts[0] === 'READY') {
-          timer = setTimeout(() => child.kill('SIGKILL'), killAfterMs);
-        } else if (parts[0] === 'S') {
+        if (parts[0] === 'S') {
           started.set(Number(parts[1]), { tag: Number(parts[1]), kind: parts[2] as 'u' | 'd', ids: parts[3].split(',') });
         } else if (parts[0] === 'A') {
           const op = started.get(Number(parts[1]));
           if (!op) return reject(new Error(`ack of unknown write ${line}`));
           started.delete(op.tag);
           acked.push(op);
+          if (acked.length === killAfterAcks) child.kill('SIGKILL');
         }
       }
       // A partial last line (cut by the kill) stays in buf and is ignored.
@@ -71,8 +70,6 @@ function runChild(dir: string, round: number, killAfterMs: number, indexType: st
     child.stderr.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
     child.on('error', reject);
     child.on('exit', (code, signal) => {
-      clearTimeout(guard);
-      if (timer) clearTimeout(timer);
       resolve({ acked, inflight: [...started.values()], stderr, killed: signal === 'SIGKILL' && code === null });
     });
   });
@@ -159,7 +156,7 @@ async function crashRounds(dir: string, rounds: number, indexType: string): Prom
     let inflightApplied = 0;
     let inflightAbsent = 0;
     for (let round = 0; round < rounds; round++) {
-      const run = await runChild(dir, round, 40 + Math.floor(rng() * 400), indexType);
+      const run = await runChild(dir, round, 20 + Math.floor(rng() * 60), indexType);
       expect(run.killed, `child exited on its own: ${run.stderr}`).toBe(true);
       for (const op of run.acked) for (const id of op.ids) expected.set(id, op.kind === 'u' ? op.tag : null);
       totalAcked += run.acked.length;

@@ -64,7 +64,7 @@ export interface RawConn {
   sock: net.Socket;
   frames: RawFrame[];
   closed: Promise<void>;
-  /** Resolves once cond() holds (checked as frames arrive), or once the connection has closed. */
+  /** Resolves once cond() holds (checked as frames arrive), or once the connection has closed; any number may wait at once. */
   until(cond: () => boolean): Promise<void>;
 }
 
@@ -76,7 +76,11 @@ export async function rawConn(port: number, host = '127.0.0.1'): Promise<RawConn
   await new Promise((r) => sock.once('connect', r));
   const frames: RawFrame[] = [];
   let buf = Buffer.alloc(0);
-  let wake = (): void => undefined;
+  const waiters = new Set<() => void>();
+  const wake = (): void => {
+    for (const w of waiters) w();
+    waiters.clear();
+  };
   sock.on('data', (c: Buffer) => {
     buf = Buffer.concat([buf, c]);
     while (buf.length >= 9 && buf.length >= 9 + buf.readUIntBE(0, 3)) {
@@ -92,7 +96,7 @@ export async function rawConn(port: number, host = '127.0.0.1'): Promise<RawConn
     wake();
   });
   const until = async (cond: () => boolean): Promise<void> => {
-    while (!cond() && !isClosed) await new Promise<void>((r) => (wake = r));
+    while (!cond() && !isClosed) await new Promise<void>((r) => waiters.add(r));
   };
   return { sock, frames, closed, until };
 }
@@ -100,16 +104,18 @@ export async function rawConn(port: number, host = '127.0.0.1'): Promise<RawConn
 /**
  * A peer that honours flow control: opens `streams` calls of `path` on `c` and sends each
  * `perStream` bytes in 16 KiB DATA frames (the first announcing perStream bytes in its gRPC
- * prefix), never ending them, as long as the server gives it credit. Resolves once no frame could
- * go for idleMs, the connection closed or `stop` was aborted: with the most bytes it ever had on
- * streams the server had not yet answered or reset, and the grpc-status of each answered stream.
+ * prefix), never ending them, as long as the server gives it credit. When no frame can go it
+ * sends a PING: the server handles a connection's frames in order, so an ACK that comes with no
+ * credit before it means the server holds all it will. Resolves then, or once the connection
+ * closed or `stop` was aborted: with the most bytes it ever had on streams the server had not yet
+ * answered or reset, and the grpc-status of each answered stream.
  */
 export async function pushUnended(
   c: RawConn,
   path: string,
   streams: number,
   perStream: number,
-  opts: { idleMs?: number; stop?: AbortSignal } = {},
+  opts: { stop?: AbortSignal } = {},
 ): Promise<{ mostOpen: number; statuses: Map<number, string> }> {
   const frameBytes = 16 * 1024;
   const ids = Array.from({ length: streams }, (_, i) => 2 * i + 1);
@@ -120,14 +126,18 @@ export async function pushUnended(
   let streamCredit = 65_535;
   let mostOpen = 0;
   let seen = 0;
+  /** The PING sent since the last DATA frame (0: none), and whether its ACK came. */
+  let ping = 0;
+  let pings = 0;
+  let acked = false;
+  const stopped = new Promise<void>((r) => opts.stop?.addEventListener('abort', () => r(), { once: true }));
   c.sock.write(Buffer.concat([PREFACE, frameHead(0, 4, 0, 0), ...ids.map((id) => headersFrame(id, path))]));
-  const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
-  let idleSince = Date.now();
-  while (Date.now() - idleSince < (opts.idleMs ?? 300) && !c.sock.destroyed && !opts.stop?.aborted) {
+  while (!c.sock.destroyed && !opts.stop?.aborted) {
     for (; seen < c.frames.length; seen++) {
       const f = c.frames[seen];
       if (f.type === 8 && f.stream === 0) credit += f.p.readUInt32BE(0);
       if (f.type === 4 && !(f.flags & 1)) for (let i = 0; i < f.p.length; i += 6) if (f.p.readUInt16BE(i) === 4) streamCredit = f.p.readUInt32BE(i + 2);
+      if (f.type === 6 && f.flags & 1 && ping !== 0 && f.p.readUInt32BE(4) === ping) acked = true;
       if (f.type === 3) ended.add(f.stream);
       if (f.type === 1 && f.flags & 1) {
         ended.add(f.stream);
@@ -138,10 +148,19 @@ export async function pushUnended(
     mostOpen = Math.max(mostOpen, open.reduce((n, id) => n + sent.get(id)!, 0));
     const next = open.find((id) => sent.get(id)! + frameBytes <= Math.min(perStream, streamCredit));
     if (next === undefined || credit < frameBytes) {
-      await pause(10);
+      if (acked) break; // all frames before the PING handled, and no credit came
+      if (ping === 0) {
+        ping = ++pings;
+        const payload = Buffer.alloc(8);
+        payload.writeUInt32BE(ping, 4);
+        c.sock.write(Buffer.concat([frameHead(8, 6, 0, 0), payload]));
+      }
+      const had = c.frames.length;
+      await Promise.race([c.until(() => c.frames.length > had), stopped]);
       continue;
     }
-    idleSince = Date.now();
+    ping = 0;
+    acked = false;
     const body = Buffer.alloc(frameBytes, 7);
     if (sent.get(next) === 0) {
       body[0] = 0;
@@ -150,7 +169,7 @@ export async function pushUnended(
     c.sock.write(dataFrame(next, body));
     sent.set(next, sent.get(next)! + frameBytes);
     credit -= frameBytes;
-    if (c.sock.writableLength > 1 << 20) await pause(1);
+    if (c.sock.writableLength > 1 << 20) await Promise.race([new Promise((r) => c.sock.once('drain', r)), c.closed, stopped]);
   }
   return { mostOpen, statuses };
 }
