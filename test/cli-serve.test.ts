@@ -3,7 +3,6 @@
  * starts, prints where it listens, serves both transports, stops on SIGTERM / SIGINT with exit
  * code 0 after finishing in-flight requests, and the data is back after a restart.
  */
-import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { describe, expect, it } from 'vitest';
@@ -11,7 +10,7 @@ import { QuiverClient } from '../src/client';
 import { QuiverError } from '../src/errors';
 import { startServe } from './serve-child';
 import { httpJson, tempDir, vec } from './server-harness';
-import { runQuiver } from './cli-helpers';
+import { runChild, runQuiver } from './cli-helpers';
 
 async function run(args: string[]): Promise<{ code: number | null; out: string }> {
   const r = await runQuiver(['serve', ...args]);
@@ -125,9 +124,9 @@ describe('quiver serve', () => {
         await db.close();
         process.stdout.write(String(loaded));
       })();`;
-    const loaded = (impl: string): string => execFileSync(process.execPath, ['-e', script, tempDir('quiver-cli-'), impl], { encoding: 'utf8' });
-    expect(loaded('quiver')).toBe('false');
-    expect(loaded('grpc-js')).toBe('true');
+    const loaded = async (impl: string): Promise<string> => (await runChild(process.execPath, ['-e', script, tempDir('quiver-cli-'), impl])).stdout;
+    expect(await loaded('quiver')).toBe('false');
+    expect(await loaded('grpc-js')).toBe('true');
   });
 
   it('reads a JSON config file with the same keys; flags win over it', async () => {
