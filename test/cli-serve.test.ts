@@ -110,7 +110,7 @@ describe('quiver serve', () => {
     expect(await node.exited).toBe(0);
   });
 
-  it('loads @grpc/grpc-js only when --grpc-impl grpc-js asks for it', () => {
+  it('loads @grpc/grpc-js only when --grpc-impl grpc-js asks for it', async () => {
     const root = path.resolve(__dirname, '..');
     // A server over dist/ in a child process: which modules it has loaded once it listens.
     const script = `
