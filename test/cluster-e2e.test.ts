@@ -160,6 +160,12 @@ describe('a cluster of three nodes (real etcd, nodes and sidecars)', () => {
     expect(new Set(shards.map((s) => s.leader)).size).toBe(2);
     const hits = await (await client(nodes[2])).search('r3', Float32Array.from(vectorOf(1234)), { k: 1 });
     expect(hits[0].id).toBe('p1234');
+    // The leaders' metrics: bytes shipped, each follower's lag (0 once caught up).
+    const leader = nodes.find((n) => n.id === shards[0].leader)!;
+    const metrics = await (await fetch(`${leader.child.http}/metrics`)).text();
+    expect(metrics).toMatch(/quiver_replication_sent_bytes_total\{collection="r3",shard="0"\} [1-9]/);
+    expect(metrics).toMatch(/quiver_replication_lag_entries\{collection="r3",shard="0",follower="n\d"\} 0/);
+    expect(metrics).toMatch(/quiver_replica_commit_lsn\{collection="r3",shard="0",role="leader"\} [1-9]/);
   }, 300_000);
 
   it('a follower SIGKILLed during the load (majority writes go on) and restarted afterwards catches up', async () => {

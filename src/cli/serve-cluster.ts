@@ -85,9 +85,14 @@ export async function serveCluster(cfg: ClusterConfig, log: (m: string) => void)
       host.on('rejected', (e: Error, from: NodeId) => log(`replica of ${shard}: refused a message from ${from}: ${e.message}`));
       return host;
     },
-    sendToPeer: (to, shard, payload) => sidecar.link.send({ shard, from: cfg.nodeId, to, payload }),
+    sendToPeer: (to, shard, payload) => {
+      const i = shard.lastIndexOf('/');
+      metrics.replicationBytes.inc({ collection: shard.slice(0, i), shard: shard.slice(i + 1) }, payload.length);
+      sidecar.link.send({ shard, from: cfg.nodeId, to, payload });
+    },
     log,
   });
+  metrics.attachReplication(() => db.replication());
   sidecar.link.on('message', (m: { shard: string; from: NodeId; payload: Buffer }) => db.onPeerMessage(m.from, m.shard, m.payload));
 
   const server = await startServer({ db, grpc: cfg.grpc, http: cfg.http, metrics, moreMethods: (svc) => nodeMethods(svc, db) });

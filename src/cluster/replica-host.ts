@@ -429,11 +429,15 @@ export class ReplicaHost extends EventEmitter {
     });
   }
 
-  status(): { role: string; epoch: number; leader: NodeId | null; durableLsn: number; commitLsn: number; appliedLsn: number; peers: Record<NodeId, { match: number }> } {
+  /**
+   * Role and log positions; a leader also gives each follower's acknowledged LSN and how long ago it
+   * last advanced (ms on this host's clock), from which its lag in seconds is read while it is behind.
+   */
+  status(): { role: string; epoch: number; leader: NodeId | null; durableLsn: number; commitLsn: number; appliedLsn: number; peers: Record<NodeId, { match: number; sinceAckMs: number }> } {
     const s = this.state;
     const r = s.role;
-    const peers: Record<NodeId, { match: number }> = {};
-    if (isLeading(r)) for (const [id, p] of Object.entries(r.peers)) peers[id] = { match: p.match };
+    const peers: Record<NodeId, { match: number; sinceAckMs: number }> = {};
+    if (isLeading(r)) for (const [id, p] of Object.entries(r.peers)) peers[id] = { match: p.match, sinceAckMs: Number.isFinite(p.ackAt) ? Math.max(0, this.now() - p.ackAt) : 0 };
     return {
       role: r.kind,
       epoch: r.epoch,

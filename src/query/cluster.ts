@@ -68,7 +68,7 @@ export interface ReplicaPort {
   upsert(op: UpsertOp, key?: string, hash?: Buffer): Promise<WriteResult>;
   delete(ids: string[], key?: string, hash?: Buffer): Promise<WriteResult>;
   readonly shard: Shard;
-  status(): { role: string; epoch: number; leader: NodeId | null; durableLsn: number; commitLsn: number; appliedLsn: number };
+  status(): { role: string; epoch: number; leader: NodeId | null; durableLsn: number; commitLsn: number; appliedLsn: number; peers: Record<NodeId, { match: number; sinceAckMs: number }> };
   digest(): Promise<string>;
   close(): Promise<void>;
 }
@@ -579,6 +579,22 @@ export class ClusterDatabase implements Database {
         }),
       };
     });
+  }
+
+  /** Each replica held here, for the metrics: its log positions and, on a leader, each follower's lag. */
+  replication(): { collection: string; shard: number; role: string; commitLsn: number; appliedLsn: number; followers: { node: NodeId; lagEntries: number; lagSeconds: number }[] }[] {
+    const out = [];
+    for (const c of this.collections.values()) {
+      for (const [s, r] of this.open(c)) {
+        const st = r.status();
+        const followers = Object.entries(st.peers).map(([node, p]) => {
+          const lagEntries = Math.max(0, st.durableLsn - p.match);
+          return { node, lagEntries, lagSeconds: lagEntries > 0 ? p.sinceAckMs / 1000 : 0 };
+        });
+        out.push({ collection: c.spec.name, shard: s, role: st.role, commitLsn: st.commitLsn, appliedLsn: st.appliedLsn, followers });
+      }
+    }
+    return out;
   }
 
   /** State digest of this node's replica of a shard. */

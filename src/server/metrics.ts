@@ -5,6 +5,7 @@
  * from db.status() when /metrics is scraped.
  */
 import * as client from 'prom-client';
+import type { ClusterDatabase } from '../query/cluster';
 import type { Database, DatabaseObserver } from '../query/types';
 import { searchLaneStats } from '../native';
 
@@ -116,6 +117,41 @@ export class Metrics {
   /** Gauges read this database at scrape time. */
   attach(db: Database): void {
     this.db = db;
+  }
+
+  /** Bytes of replication messages a node sent to its peers, by shard (cluster nodes count them). */
+  readonly replicationBytes = new client.Counter({
+    name: 'quiver_replication_sent_bytes_total',
+    help: 'Bytes of replication messages (WAL entries, acknowledgements, snapshot chunks) sent to peer replicas',
+    labelNames: ['collection', 'shard'] as const,
+    registers: [this.registry],
+  });
+
+  /**
+   * Replication gauges of a cluster node, read at scrape time: each replica's commit and applied
+   * LSN, and on leaders each follower's lag in entries and in seconds (how long it has been behind
+   * since it last advanced).
+   */
+  attachReplication(read: () => ReturnType<ClusterDatabase['replication']>): void {
+    const gauge = (name: string, help: string, labels: string[], fill: (g: client.Gauge<string>, r: ReturnType<ClusterDatabase['replication']>[number]) => void) =>
+      new client.Gauge({
+        name,
+        help,
+        labelNames: labels,
+        registers: [this.registry],
+        collect() {
+          this.reset();
+          for (const r of read()) fill(this, r);
+        },
+      });
+    gauge('quiver_replica_commit_lsn', 'Highest LSN a replica knows committed', ['collection', 'shard', 'role'], (g, r) => g.set({ collection: r.collection, shard: String(r.shard), role: r.role }, r.commitLsn));
+    gauge('quiver_replica_applied_lsn', 'Highest LSN a replica applied', ['collection', 'shard', 'role'], (g, r) => g.set({ collection: r.collection, shard: String(r.shard), role: r.role }, r.appliedLsn));
+    gauge('quiver_replication_lag_entries', 'Entries a follower lacks of its leader\'s durable log (on the leader)', ['collection', 'shard', 'follower'], (g, r) => {
+      for (const f of r.followers) g.set({ collection: r.collection, shard: String(r.shard), follower: f.node }, f.lagEntries);
+    });
+    gauge('quiver_replication_lag_seconds', 'How long a lagging follower has not advanced (0 when caught up; on the leader)', ['collection', 'shard', 'follower'], (g, r) => {
+      for (const f of r.followers) g.set({ collection: r.collection, shard: String(r.shard), follower: f.node }, f.lagSeconds);
+    });
   }
 
   observeRequest(op: string, transport: Transport, code: string, seconds: number): void {
