@@ -132,7 +132,7 @@ async function upsertLoad(mode: string, nodes: Node[], index: 'flat' | 'hnsw', p
   let polling = replicas > 1;
   const poller = (async () => {
     while (polling) {
-      const r = await httpJson(nodes[0].http, 'GET', `/v1/collections/${name}/shards`).catch(() => null);
+      const r = await httpJson(nodes[0].http, 'GET', `/v1/collections/${name}/shards?digest=false`).catch(() => null);
       const now = performance.now();
       for (const s of r?.body?.shards ?? []) {
         for (const rep of s.replicas) {

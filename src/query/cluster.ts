@@ -555,13 +555,14 @@ export class ClusterDatabase implements Database {
     );
   }
 
-  async shards(name: string): Promise<ShardReplicas[]> {
+  async shards(name: string, opts: { withDigest?: boolean } = {}): Promise<ShardReplicas[]> {
+    const withDigest = opts.withDigest !== false;
     const c = this.coll(name);
     const holders = new Set<NodeId>();
     for (const m of c.maps) for (const n of m?.replicas ?? []) holders.add(n);
     const reports = await Promise.all(
       [...holders].map((node) =>
-        (node === this.self ? this.localReplicas(name, true) : this.opts.peers.replicaStatus(node, name, true)).catch(() => []),
+        (node === this.self ? this.localReplicas(name, withDigest) : this.opts.peers.replicaStatus(node, name, withDigest)).catch(() => []),
       ),
     );
     const all = reports.flat();

@@ -493,13 +493,13 @@ export class LocalDatabase implements Database {
     return { mode: 'standalone', nodeId: node, nodes: [{ id: node, alive: true }], shards };
   }
 
-  async shards(name: string): Promise<ShardReplicas[]> {
+  async shards(name: string, opts: { withDigest?: boolean } = {}): Promise<ShardReplicas[]> {
     const c = this.coll(name);
     const node = this.opts.nodeId ?? 'local';
     return Promise.all(
       c.shards.map(async (sh, i) => {
         const st = sh.status();
-        const replica = { node, role: 'leader', epoch: st.epoch, durableLsn: st.lastLsn, commitLsn: st.lastLsn, appliedLsn: st.appliedLsn, lagEntries: 0, digest: await sh.digest() };
+        const replica = { node, role: 'leader', epoch: st.epoch, durableLsn: st.lastLsn, commitLsn: st.lastLsn, appliedLsn: st.appliedLsn, lagEntries: 0, digest: opts.withDigest === false ? '' : await sh.digest() };
         return { shard: i, epoch: st.epoch, leader: node, replicas: [replica] };
       }),
     );

@@ -176,8 +176,8 @@ export interface Database {
   /** One list of hits per query, nearest first. */
   search(name: string, req: SearchRequest): Promise<SearchHit[][]>;
   status(): ClusterStatus;
-  /** Every shard of a collection with each replica's log positions and state digest. */
-  shards(name: string): Promise<ShardReplicas[]>;
+  /** Every shard of a collection with each replica's log positions and (unless withDigest is false) state digest. */
+  shards(name: string, opts?: { withDigest?: boolean }): Promise<ShardReplicas[]>;
   /** Snapshot every shard now (also runs on a schedule and at close). */
   snapshot(): Promise<void>;
   /** Finish in-flight writes, snapshot, close files. */

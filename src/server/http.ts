@@ -179,7 +179,15 @@ export class HttpApi {
       {
         pattern: new RegExp(`^/v1/collections/${NAME}/shards$`),
         methods: {
-          GET: { op: 'Shards', handler: async (c) => ({ shards: await db.shards(c.params[0]) }) },
+          GET: {
+            op: 'Shards',
+            handler: async (c) => {
+              // ?digest=false leaves out the digests (each hashes the whole replica).
+              const digest = new URL(c.req.url ?? '/', 'http://localhost').searchParams.get('digest');
+              if (digest !== null && digest !== 'true' && digest !== 'false') throw invalidArgument('digest must be true or false');
+              return { shards: await db.shards(c.params[0], { withDigest: digest !== 'false' }) };
+            },
+          },
         },
       },
       {
@@ -203,8 +211,8 @@ export class HttpApi {
     const path = url.pathname;
     const method = req.method ?? 'GET';
     try {
-      // No route takes a query string: a parameter (a filter on count, say) is refused, not ignored.
-      if (path.startsWith('/v1/')) checkFields(Object.fromEntries(url.searchParams), [], '', 'query parameter');
+      // A query parameter no route takes (a filter on count, say) is refused, not ignored.
+      if (path.startsWith('/v1/')) checkFields(Object.fromEntries(url.searchParams), path.endsWith('/shards') ? ['digest'] : [], '', 'query parameter');
       if (path === '/healthz') return sendText(res, 200, 'ok\n');
       if (path === '/readyz') {
         return this.svc.isDraining ? sendText(res, 503, 'shutting down\n') : sendText(res, 200, 'ready\n');
