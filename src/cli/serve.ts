@@ -11,7 +11,7 @@ import { CommandSpec, UsageError, parseCommandLine, stringFlag } from '../common
 import { openDatabase } from '../query';
 import { GrpcImpl, Metrics, checkGrpcImpl, startServer, splitHostPort } from '../server';
 import { tuneAllocatorForServer } from '../native/addon';
-import { ClusterConfig, serveCluster } from './serve-cluster';
+import type { ClusterConfig } from './serve-cluster';
 import { VERSION } from './version';
 import { defaultSegmentBytes } from '../wal';
 
@@ -151,6 +151,8 @@ export async function serve(argv: string[]): Promise<number> {
   // Before the first large allocation: the server's batches should reuse heap memory, not remap it.
   tuneAllocatorForServer();
   if (cfg.cluster) {
+    // The cluster's code (etcd client, sidecar supervisor, replica hosts) loads only in cluster mode.
+    const { serveCluster } = await import('./serve-cluster');
     const node = await serveCluster({ ...cfg, ...cfg.cluster }, log);
     log('ready');
     return untilSignal(log, () => node.close());
