@@ -22,7 +22,7 @@ import { requestHash } from '../shard';
 import type { Shard, ShardOptions, StoredPoint, UpsertOp, WriteResult } from '../shard';
 import type { NodeId, Progress, ShardKey, ShardMap } from '../cluster/types';
 import { shardKey } from '../cluster/types';
-import { OpenInternals, idsByShard, mergeHits, prepareSearch, shardOptionsOf, splitBatch } from './database';
+import { OpenInternals, checkedBatch, idsByShard, writeByShard, mergeHits, prepareSearch, shardOptionsOf, splitBatch } from './database';
 import type {
   ChangeOptions,
   ClusterStatus,
@@ -42,7 +42,7 @@ import type {
   WriteOptions,
   WriteToken,
 } from './types';
-import { checkAnswerBytes, checkColumns, checkIdempotencyKey, checkIds, checkName, checkOptBool, checkPoints, checkSpec, isPlainObject } from './validate';
+import { checkAnswerBytes, checkColumns, checkIdempotencyKey, checkIds, checkName, checkOptBool, checkSpec, isPlainObject } from './validate';
 import { defaultDeadlineMs } from '../common/limits';
 
 /** What collections/<name> holds: the spec and when it was made. */
@@ -352,11 +352,7 @@ export class ClusterDatabase implements Database {
 
   async upsert(name: string, points: PointInput[], opts: WriteOptions = {}): Promise<{ upserted: number; token: WriteToken }> {
     const c = this.coll(name);
-    const { dim, metric } = c.spec;
-    const checked = checkPoints(points, dim, metric);
-    const vectors = new Float32Array(checked.ids.length * dim);
-    checked.vectors.forEach((v, i) => vectors.set(v, i * dim));
-    return this.upsertChecked(c, { ids: checked.ids, vectors, payloadJson: checked.payloadJson }, opts);
+    return this.upsertChecked(c, checkedBatch(points, c.spec), opts);
   }
 
   async upsertColumns(name: string, batch: UpsertColumns, opts: WriteOptions = {}): Promise<{ upserted: number; token: WriteToken }> {
@@ -367,22 +363,16 @@ export class ClusterDatabase implements Database {
   private async upsertChecked(c: ClusterCollection, batch: UpsertOp, opts: WriteOptions): Promise<{ upserted: number; token: WriteToken }> {
     const key = checkIdempotencyKey(isPlainObject(opts) ? opts.idempotencyKey : undefined);
     const hash = key === '' ? undefined : requestHash('upsert', c.spec.name, batch.ids, batch.payloadJson, batch.vectors);
-    const token: WriteToken = {};
-    let upserted = 0;
-    await Promise.all(
-      [...splitBatch(batch, c.spec.dim, c.spec.shards)].map(async ([s, part]) => {
-        const r = await this.onLeader(
-          c,
-          s,
-          opts.signal,
-          (rep) => ClusterDatabase.bounded(rep.upsert(part, key, hash), opts.signal),
-          (node) => ClusterDatabase.bounded(this.opts.peers.upsert(node, c.spec.name, s, part, key, hash), opts.signal),
-        );
-        token[String(s)] = r.lsn;
-        upserted += r.answer;
-      }),
+    const { count, token } = await writeByShard(splitBatch(batch, c.spec.dim, c.spec.shards), (s, part) =>
+      this.onLeader(
+        c,
+        s,
+        opts.signal,
+        (rep) => ClusterDatabase.bounded(rep.upsert(part, key, hash), opts.signal),
+        (node) => ClusterDatabase.bounded(this.opts.peers.upsert(node, c.spec.name, s, part, key, hash), opts.signal),
+      ),
     );
-    return { upserted, token };
+    return { upserted: count, token };
   }
 
   async delete(name: string, ids: string[], opts: WriteOptions = {}): Promise<{ deleted: number; token: WriteToken }> {
@@ -390,22 +380,16 @@ export class ClusterDatabase implements Database {
     checkIds(ids, true);
     const key = checkIdempotencyKey(isPlainObject(opts) ? opts.idempotencyKey : undefined);
     const hash = key === '' ? undefined : requestHash('delete', c.spec.name, ids);
-    const token: WriteToken = {};
-    let deleted = 0;
-    await Promise.all(
-      [...idsByShard(ids, c.spec.shards)].map(async ([s, g]) => {
-        const r = await this.onLeader(
-          c,
-          s,
-          opts.signal,
-          (rep) => ClusterDatabase.bounded(rep.delete(g, key, hash), opts.signal),
-          (node) => ClusterDatabase.bounded(this.opts.peers.delete(node, c.spec.name, s, g, key, hash), opts.signal),
-        );
-        token[String(s)] = r.lsn;
-        deleted += r.answer;
-      }),
+    const { count, token } = await writeByShard(idsByShard(ids, c.spec.shards), (s, g) =>
+      this.onLeader(
+        c,
+        s,
+        opts.signal,
+        (rep) => ClusterDatabase.bounded(rep.delete(g, key, hash), opts.signal),
+        (node) => ClusterDatabase.bounded(this.opts.peers.delete(node, c.spec.name, s, g, key, hash), opts.signal),
+      ),
     );
-    return { deleted, token };
+    return { deleted: count, token };
   }
 
   // ---------------------------------------------------------------- the node service (a peer asks for shards held here)

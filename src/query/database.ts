@@ -14,7 +14,7 @@ import * as path from 'path';
 import { QuiverError } from '../errors';
 import { efMax } from '../native/limits';
 import { Shard, requestHash } from '../shard';
-import type { ShardHit, ShardOptions, UpsertOp } from '../shard';
+import type { ShardHit, ShardOptions, UpsertOp, WriteResult } from '../shard';
 import { CatalogEntry, readCatalog, writeCatalog } from './catalog';
 import { compileFilter } from './filter';
 import { shardOf } from './hash';
@@ -95,6 +95,28 @@ export function splitBatch(batch: UpsertOp, dim: number, shards: number): Map<nu
     out.set(s, { ids: idx.map((i) => ids[i]), vectors, payloadJson: idx.map((i) => payloadJson[i]) });
   }
   return out;
+}
+
+/** Runs each shard's part of a write, in parallel: the count answered in all and the token {shard: lsn}. */
+export async function writeByShard<P>(parts: Iterable<[number, P]>, write: (shard: number, part: P) => Promise<WriteResult>): Promise<{ count: number; token: WriteToken }> {
+  const token: WriteToken = {};
+  let count = 0;
+  await Promise.all(
+    [...parts].map(async ([s, part]) => {
+      const r = await write(s, part);
+      token[String(s)] = r.lsn;
+      count += r.answer;
+    }),
+  );
+  return { count, token };
+}
+
+/** Points checked against a collection's spec, as one batch with one row-major array (as upsertColumns takes: a one-shard batch then needs no other copy). */
+export function checkedBatch(points: PointInput[], spec: CollectionSpec): UpsertOp {
+  const checked = checkPoints(points, spec.dim, spec.metric);
+  const vectors = new Float32Array(checked.ids.length * spec.dim);
+  checked.vectors.forEach((v, i) => vectors.set(v, i * spec.dim));
+  return { ids: checked.ids, vectors, payloadJson: checked.payloadJson };
 }
 
 /** What a shard's search takes, checked from a request: the queries as one array, k and the options. */
@@ -353,12 +375,7 @@ export class LocalDatabase implements Database {
 
   async upsert(name: string, points: PointInput[], opts: WriteOptions = {}): Promise<{ upserted: number; token: WriteToken }> {
     const c = this.coll(name);
-    const { dim, metric } = c.spec;
-    const checked = checkPoints(points, dim, metric);
-    // One row-major array, as upsertColumns takes (a one-shard batch then needs no other copy).
-    const vectors = new Float32Array(checked.ids.length * dim);
-    checked.vectors.forEach((v, i) => vectors.set(v, i * dim));
-    return this.upsertChecked(c, { ids: checked.ids, vectors, payloadJson: checked.payloadJson }, opts);
+    return this.upsertChecked(c, checkedBatch(points, c.spec), opts);
   }
 
   /**
@@ -388,16 +405,8 @@ export class LocalDatabase implements Database {
     const key = checkIdempotencyKey(isPlainObject(opts) ? opts.idempotencyKey : undefined);
     const hash = key === '' ? undefined : requestHash('upsert', c.spec.name, ids, payloadJson, whole);
     LocalDatabase.admit(c, key, hash, opts.signal);
-    const token: WriteToken = {};
-    let upserted = 0;
-    await Promise.all(
-      [...splitBatch(batch, c.spec.dim, c.spec.shards)].map(async ([s, part]) => {
-        const r = await c.shards[s].upsert(part, key, hash);
-        token[String(s)] = r.lsn;
-        upserted += r.answer;
-      }),
-    );
-    return { upserted, token };
+    const { count, token } = await writeByShard(splitBatch(batch, c.spec.dim, c.spec.shards), (s, part) => c.shards[s].upsert(part, key, hash));
+    return { upserted: count, token };
   }
 
   async delete(name: string, ids: string[], opts: WriteOptions = {}): Promise<{ deleted: number; token: WriteToken }> {
@@ -406,17 +415,8 @@ export class LocalDatabase implements Database {
     const key = checkIdempotencyKey(isPlainObject(opts) ? opts.idempotencyKey : undefined);
     const hash = key === '' ? undefined : requestHash('delete', c.spec.name, ids);
     LocalDatabase.admit(c, key, hash, opts.signal);
-    const groups = idsByShard(ids, c.spec.shards);
-    const token: WriteToken = {};
-    let deleted = 0;
-    await Promise.all(
-      [...groups].map(async ([s, g]) => {
-        const r = await c.shards[s].delete(g, key, hash);
-        token[String(s)] = r.lsn;
-        deleted += r.answer;
-      }),
-    );
-    return { deleted, token };
+    const { count, token } = await writeByShard(idsByShard(ids, c.spec.shards), (s, g) => c.shards[s].delete(g, key, hash));
+    return { deleted: count, token };
   }
 
   // ---------------------------------------------------------------- reads

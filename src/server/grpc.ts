@@ -115,7 +115,8 @@ function wireQueries(list: readonly (wire.Vector | undefined)[], dim: number, si
   return gatherQueries(list, dim, single, (v, where, out, i) => copyVector(v, dim, where, out, (bytes ??= new Uint8Array(out.buffer, out.byteOffset, out.byteLength)), i));
 }
 
-function searchRequest(vectors: Float32Array, o: wire.SearchOptions | undefined): SearchRequest {
+/** A search from its wire options (also the node service's per-shard search). */
+export function searchRequest(vectors: Float32Array, o: wire.SearchOptions | undefined): SearchRequest {
   if (!o) return { vectors } as SearchRequest;
   return {
     vectors,

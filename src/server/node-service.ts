@@ -16,9 +16,9 @@ import { QuiverNode } from '../rpc/gen/node_pb';
 import type * as wire from '../rpc/gen/quiver_pb';
 import { GrpcChannel, UnaryMethod } from '../rpc/grpc-client';
 import type { GrpcMethod } from '../rpc/grpc-server';
-import { bytesToVector, decoder, encoder, tokenFromWire, tokenToWire, vectorToBytes } from '../rpc/proto';
+import { bytesToVector, decoder, encoder, tokenToWire, vectorToBytes } from '../rpc/proto';
 import type { Op, Service } from './service';
-import { parseJsonField } from './validate';
+import { searchRequest } from './grpc';
 
 type NodeMethods = (typeof QuiverNode)['method'];
 type NodeMethodName = keyof NodeMethods;
@@ -74,21 +74,6 @@ function searchOptionsToWire(req: SearchRequest): MessageInitShape<typeof wire.S
   };
 }
 
-function searchFromWire(vectors: Float32Array, o: wire.SearchOptions | undefined): SearchRequest {
-  if (!o) return { vectors } as SearchRequest;
-  return {
-    vectors,
-    k: o.k,
-    filter: parseJsonField(o.filterJson, 'options.filter_json') as SearchRequest['filter'],
-    ef: o.ef || undefined,
-    nprobe: o.nprobe || undefined,
-    withPayload: o.withPayload,
-    withVectors: o.withVectors,
-    consistency: (o.consistency || undefined) as SearchRequest['consistency'],
-    token: Object.keys(o.token).length === 0 ? undefined : tokenFromWire(o.token),
-  };
-}
-
 function pointsFromWire(r: MessageShape<typeof wire.GetResponseSchema>): Point[] {
   return r.points.map((p) => {
     const out: Point = { id: p.id };
@@ -120,7 +105,7 @@ export function nodeMethods(svc: Service, db: ClusterDatabase): Map<string, Grpc
     const w = await db.shardDelete(r.collection, r.shard, r.ids, r.idempotencyKey, r.requestHash.byteLength > 0 ? Buffer.from(r.requestHash) : undefined, signal);
     return { count: BigInt(w.answer), token: { [String(r.shard)]: BigInt(w.lsn) } };
   });
-  add('shardSearch', async (r) => hitsToWire(await db.shardSearch(r.collection, r.shards, searchFromWire(vectorsOf(r.vectors, 'vectors'), r.options))));
+  add('shardSearch', async (r) => hitsToWire(await db.shardSearch(r.collection, r.shards, searchRequest(vectorsOf(r.vectors, 'vectors'), r.options))));
   add('shardGet', async (r) => {
     const points = await db.shardGet(r.collection, r.shards, r.ids, r.withVectors, r.withPayload);
     return { points: points.map((p) => ({ id: p.id, vector: p.vector ? { data: vectorToBytes(p.vector) } : undefined, payloadJson: p.payload ? stringifyJson(p.payload) : '' })) };
