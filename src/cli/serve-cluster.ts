@@ -47,9 +47,9 @@ class CoordinatorRelay extends EventEmitter implements CoordinatorPort {
     for (const event of ['map', 'nodes', 'collection', 'lease']) c.on(event, (...args: unknown[]) => this.emit(event, ...args));
   }
 
-  createCollection(name: string, record: CollectionRecord): Promise<void> {
+  createCollection(name: string, record: CollectionRecord, signal?: AbortSignal): Promise<void> {
     if (!this.target) return Promise.reject(new QuiverError('UNAVAILABLE', 'the node is not connected to etcd yet'));
-    return this.target.createCollection(name, { ...record });
+    return this.target.createCollection(name, { ...record }, signal);
   }
 
   publishProgress(shard: ShardKey, p: Progress): void {

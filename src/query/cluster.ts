@@ -89,7 +89,7 @@ export interface CoordinatorPort {
   on(event: 'nodes', fn: (nodes: Record<NodeId, ClusterNodeRecord>) => void): unknown;
   on(event: 'collection', fn: (name: string, record: CollectionRecord) => void): unknown;
   on(event: 'lease', fn: (deadline: number) => void): unknown;
-  createCollection(name: string, record: CollectionRecord): Promise<void>;
+  createCollection(name: string, record: CollectionRecord, signal?: AbortSignal): Promise<void>;
   publishProgress(shard: ShardKey, p: Progress): void;
 }
 
@@ -272,11 +272,18 @@ export class ClusterDatabase implements Database {
     const spec = checkSpec(input, { liveNodes: Object.values(this.nodes).filter((n) => !n.draining).length });
     opts.signal?.throwIfAborted();
     const createdAt = new Date().toISOString();
-    await this.opts.coordinator.createCollection(spec.name, { ...spec, createdAt });
+    await this.opts.coordinator.createCollection(spec.name, { ...spec, createdAt }, opts.signal);
     if (!this.collections.has(spec.name)) {
-      await new Promise<void>((resolve) => {
+      // Its maps exist: the collection's own event is on its way (etcd's watch delivers in revision order).
+      await new Promise<void>((resolve, reject) => {
+        const onAbort = (): void => reject(new QuiverError('UNAVAILABLE', `collection "${spec.name}" is created; this node has not heard of it yet`));
+        if (opts.signal?.aborted) return onAbort();
+        opts.signal?.addEventListener('abort', onAbort, { once: true });
         const list = this.collectionWaiters.get(spec.name) ?? [];
-        list.push(resolve);
+        list.push(() => {
+          opts.signal?.removeEventListener('abort', onAbort);
+          resolve();
+        });
         this.collectionWaiters.set(spec.name, list);
       });
     }
