@@ -65,13 +65,12 @@ export async function serveCluster(cfg: ClusterConfig, log: (m: string) => void)
   log(`sidecar pid ${sidecar.pid()} replicating on ${sidecar.address}`);
 
   const relay = new CoordinatorRelay();
-  let nodes: Record<NodeId, ClusterNodeRecord> = {};
   relay.on('nodes', (n: Record<NodeId, ClusterNodeRecord>) => {
-    nodes = n;
     sidecar.link.setPeers(Object.fromEntries(Object.entries(n).filter(([id]) => id !== cfg.nodeId).map(([id, r]) => [id, r.replication])));
   });
-  const peers = new NodePeers((node) => nodes[node]?.grpc);
-  const db = new ClusterDatabase({
+  // Other nodes' gRPC addresses, as the database last heard of them from etcd (called after db is set).
+  const peers = new NodePeers((node): string | undefined => db.liveNodes()[node]?.grpc);
+  const db: ClusterDatabase = new ClusterDatabase({
     dataDir: cfg.data,
     snapshotIntervalMs: cfg.snapshotIntervalMs,
     segmentBytes: cfg.segmentBytes,
