@@ -12,6 +12,7 @@ import { describe, expect, it } from 'vitest';
 import type { CommandSpec } from '../src/common/args';
 import { BENCHES } from '../src/cli/benches';
 import { SERVE } from '../src/cli/serve';
+import { ADMIN } from '../src/cli/admin';
 import { SPEC as ANN } from '../bench/ann';
 import { IVFPQ_SPEC } from '../bench/ann-ivfpq';
 import { SPEC as CLUSTER } from '../bench/cluster';
@@ -21,12 +22,13 @@ import { SPEC as KERNELS } from '../bench/kernels';
 import { SPEC as MEMORY } from '../bench/memory';
 import { SPEC as RPC } from '../bench/rpc';
 import { SPEC as SERVER } from '../bench/server';
-import { tempDir } from './server-harness';
+import { startHarness, tempDir } from './server-harness';
 import { ROOT, runChild, runQuiver } from './cli-helpers';
 
 /** Each command's flags and the arguments that print its help. */
 const COMMANDS: [string[], CommandSpec][] = [
   [['serve'], SERVE],
+  [['admin'], ADMIN],
   [['bench', 'kernels'], KERNELS],
   [['bench', 'exact'], EXACT],
   [['bench', 'ann'], ANN],
@@ -85,6 +87,28 @@ describe('quiver', () => {
     const switchWithValue = await runQuiver(['bench', 'rpc', '--help=yes']);
     expect(switchWithValue.code).toBe(2);
     expect(switchWithValue.stderr).toMatch(/--help/);
+  });
+
+  it('admin: bad usage exits 2; a node that does not answer, or a standalone node asked to drain, exits 3 with the code', async () => {
+    for (const args of [['admin'], ['admin', 'frob'], ['admin', 'drain'], ['admin', 'health', 'extra'], ['admin', 'nodes', '--server', 'localhost:1'], ['admin', 'drain', 'n1', '--timeout-ms', '-5']]) {
+      const r = await runQuiver(args);
+      expect(r.code, args.join(' ')).toBe(2);
+      expect(r.stderr).toMatch(/quiver admin: /);
+    }
+    const closed = await runQuiver(['admin', 'nodes', '--server', 'http://127.0.0.1:1']);
+    expect(closed.code).toBe(3);
+    expect(closed.stderr).toMatch(/UNAVAILABLE/);
+    const h = await startHarness();
+    try {
+      const drain = await runQuiver(['admin', 'drain', 'local', '--server', h.httpBase]);
+      expect(drain.code, drain.stdout + drain.stderr).toBe(3);
+      expect(drain.stderr).toMatch(/FAILED_PRECONDITION/);
+      const health = await runQuiver(['admin', 'health', '--server', h.httpBase]);
+      expect(health.code, health.stdout + health.stderr).toBe(0);
+      expect(health.stdout).toMatch(/healthy/);
+    } finally {
+      await h.stop();
+    }
   });
 
   it('bench: an unknown name exits 2 and lists the known ones; no name prints the list', async () => {

@@ -1,5 +1,5 @@
 /**
- * `quiver <command>`: serve (src/cli/serve.ts), bench (the benchmarks' own entry, bench/index.ts,
+ * `quiver <command>`: serve (src/cli/serve.ts), admin (src/cli/admin.ts), bench (the benchmarks' own entry, bench/index.ts,
  * loaded by path from the built package), help, --version. Each command parses its own flags
  * (src/common/args.ts) and documents them in its --help; bad flags exit with code 2.
  */
@@ -13,6 +13,7 @@ const USAGE = `usage: quiver <command> [options]
 
 commands:
   serve          run a node (standalone without --etcd); see quiver serve --help
+  admin <cmd>    operate a cluster (nodes, shards, health, drain); see quiver admin --help
   bench <name>   run a benchmark; see quiver bench <name> --help:
 ${benchList('                   ')}  help           this text
 
@@ -36,6 +37,10 @@ export async function main(argv: string[]): Promise<number> {
     case 'serve': {
       const { serve } = await import('./serve');
       return serve(rest);
+    }
+    case 'admin': {
+      const { admin } = await import('./admin');
+      return admin(rest);
     }
     case 'bench':
       return loadBench().bench(rest);

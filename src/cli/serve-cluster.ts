@@ -31,6 +31,8 @@ export interface ClusterConfig {
   zone: string | null;
   cluster: string;
   leaseTtlMs: number;
+  /** How long SIGTERM waits for the node's leaderships to move before it stops anyway. */
+  drainTimeoutMs: number;
   version: string;
 }
 
@@ -54,6 +56,11 @@ class CoordinatorRelay extends EventEmitter implements CoordinatorPort {
 
   publishProgress(shard: ShardKey, p: Progress): void {
     this.target?.publishProgress(shard, p);
+  }
+
+  setDraining(on: boolean): void {
+    if (!this.target) throw new QuiverError('UNAVAILABLE', 'the node is not connected to etcd yet');
+    this.target.setDraining(on);
   }
 }
 
@@ -111,11 +118,27 @@ export async function serveCluster(cfg: ClusterConfig, log: (m: string) => void)
 
   return {
     async close() {
+      // Leaderships go to followers that have the whole log first (no lease wait for the cluster),
+      // while this node still serves and forwards; bounded, as the controller falls back to an
+      // election after its own drain timeout.
+      const t = Date.now();
+      let last = -1;
+      const left = await db.drain({
+        signal: AbortSignal.timeout(cfg.drainTimeoutMs),
+        onProgress: (l) => {
+          if (l.length !== last) log(`draining: ${l.length} leaderships to hand over${l.length ? ` (${l.join(', ')})` : ''}`);
+          last = l.length;
+        },
+      });
+      log(left.length ? `drain timed out after ${Date.now() - t} ms; still leading ${left.join(', ')}` : `drained in ${Date.now() - t} ms`);
       await server.close();
+      log('servers closed');
       await coordinator.close();
+      log('left the cluster (lease revoked)');
       await db.close();
       peers.close();
       await sidecar.close();
+      log('replicas and sidecar closed; bye');
     },
   };
 }

@@ -44,13 +44,16 @@ options:
   --cluster NAME              cluster: its name (the etcd prefix /quiver/NAME/); default quiver
   --lease-ttl-ms N            cluster: the node's etcd lease TTL; default 2000 (etcd grants at
                               least 2000 with its default timings)
+  --drain-timeout-ms N        cluster: how long SIGTERM waits for the node's leaderships to move
+                              to followers before it stops anyway; default 15000
   --help                      this text
 
 Both servers bind loopback by default; give a non-loopback host explicitly to listen elsewhere.
-SIGTERM or SIGINT: stop accepting requests, finish those in flight, snapshot, exit 0.
+SIGTERM or SIGINT: stop accepting requests, finish those in flight, snapshot, exit 0 (in a
+cluster, first hand the node's leaderships over to followers, as quiver admin drain does).
 `;
 
-const CONFIG_KEYS = ['data', 'grpc', 'http', 'grpc-impl', 'snapshot-interval-ms', 'wal-segment-bytes', 'node-id', 'etcd', 'replication', 'zone', 'cluster', 'lease-ttl-ms'];
+const CONFIG_KEYS = ['data', 'grpc', 'http', 'grpc-impl', 'snapshot-interval-ms', 'wal-segment-bytes', 'node-id', 'etcd', 'replication', 'zone', 'cluster', 'lease-ttl-ms', 'drain-timeout-ms'];
 
 export const SERVE: CommandSpec = {
   usage: USAGE,
@@ -118,7 +121,7 @@ export function resolveConfig(argv: string[]): ServeConfig | null {
   splitHostPort(cfg.grpc, '--grpc');
   splitHostPort(cfg.http, '--http');
   if (etcd === undefined) {
-    for (const k of ['replication', 'zone', 'cluster', 'lease-ttl-ms']) if (stringFlag(p, k) ?? file[k]) throw new UsageError(`--${k} is a cluster flag: it needs --etcd`);
+    for (const k of ['replication', 'zone', 'cluster', 'lease-ttl-ms', 'drain-timeout-ms']) if (stringFlag(p, k) ?? file[k]) throw new UsageError(`--${k} is a cluster flag: it needs --etcd`);
     return cfg;
   }
   const endpoints = etcd.split(',').map((u) => u.trim());
@@ -126,10 +129,12 @@ export function resolveConfig(argv: string[]): ServeConfig | null {
   if (cfg.grpcImpl !== 'quiver') throw new UsageError('a cluster node serves gRPC with --grpc-impl quiver (the node service runs on it)');
   const ttl = Number(get('lease-ttl-ms', '2000'));
   if (!Number.isInteger(ttl) || ttl < 1000 || ttl > 60_000) throw new UsageError('--lease-ttl-ms must be an integer in 1000..60000');
+  const drainTimeoutMs = Number(get('drain-timeout-ms', '15000'));
+  if (!Number.isInteger(drainTimeoutMs) || drainTimeoutMs < 0 || drainTimeoutMs > 600_000) throw new UsageError('--drain-timeout-ms must be an integer in 0..600000');
   if (!/^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/.test(cfg.nodeId)) throw new UsageError(`--node-id must be 1..64 of [A-Za-z0-9_-] (got '${cfg.nodeId}')`);
   const name = get('cluster', 'quiver');
   if (!/^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/.test(name)) throw new UsageError(`--cluster must be 1..64 of [A-Za-z0-9_-] (got '${name}')`);
-  cfg.cluster = { etcd: endpoints, replication: get('replication', '127.0.0.1:7402'), zone: get('zone', '') || null, cluster: name, leaseTtlMs: ttl, version: VERSION };
+  cfg.cluster = { etcd: endpoints, replication: get('replication', '127.0.0.1:7402'), zone: get('zone', '') || null, cluster: name, leaseTtlMs: ttl, drainTimeoutMs, version: VERSION };
   splitHostPort(cfg.cluster.replication, '--replication');
   return cfg;
 }
@@ -188,6 +193,8 @@ export async function serve(argv: string[]): Promise<number> {
   });
 }
 
+const lingerMs = 5000;
+
 /** Resolves with the exit code once SIGTERM or SIGINT has stopped the node (`stop`); a second signal exits at once. */
 function untilSignal(log: (m: string) => void, stop: () => Promise<void>): Promise<number> {
   return new Promise<number>((resolve) => {
@@ -203,6 +210,12 @@ function untilSignal(log: (m: string) => void, stop: () => Promise<void>): Promi
         () => {
           process.off('SIGTERM', onSignal);
           process.off('SIGINT', onSignal);
+          // Everything is closed: the process ends once its event loop is empty. Should a handle
+          // outlive its owner, say which and exit anyway (the data is safe on disk by now).
+          setTimeout(() => {
+            log(`still running ${lingerMs} ms after shutdown (${process.getActiveResourcesInfo().join(', ')}): exiting`);
+            process.exit(0);
+          }, lingerMs).unref();
           resolve(0);
         },
         (e) => {

@@ -230,6 +230,16 @@ export class EtcdCoordinator extends EventEmitter {
     return this.controller !== null;
   }
 
+  /**
+   * Asks the controller to move this node's leaderships to followers that have its whole log (the
+   * `draining` flag of nodes/<node>); off again when `on` is false. A restarted node registers not
+   * draining.
+   */
+  setDraining(on: boolean): void {
+    this.opts.info = { ...this.opts.info, draining: on };
+    this.putLeased(etcdKeys.node(this.opts.node), this.opts.info);
+  }
+
   /** Puts progress/<shard>/<node> under the lease: one put in flight per key, the newest value next, again under a new lease. */
   publishProgress(shard: ShardKey, p: Progress): void {
     this.putLeased(etcdKeys.progress(shard, this.opts.node), p);

@@ -38,6 +38,7 @@ import type {
   SearchRequest,
   ShardReplicas,
   ShardStatus,
+  DrainOptions,
   UpsertColumns,
   WriteOptions,
   WriteToken,
@@ -91,6 +92,8 @@ export interface CoordinatorPort {
   on(event: 'lease', fn: (deadline: number) => void): unknown;
   createCollection(name: string, record: CollectionRecord, signal?: AbortSignal): Promise<void>;
   publishProgress(shard: ShardKey, p: Progress): void;
+  /** Sets the `draining` flag of this node's key (the controller moves its leaderships away). */
+  setDraining(on: boolean): void;
 }
 
 /** The node service of other nodes (src/server/node-service.ts): each call serves shards that node holds. */
@@ -597,6 +600,36 @@ export class ClusterDatabase implements Database {
   async snapshot(): Promise<void> {
     this.usable();
     await Promise.all([...this.collections.values()].flatMap((c) => this.open(c).map(([, r]) => r.shard.snapshot())));
+  }
+
+  /**
+   * The shards this node leads that another live replica could take over: what a drain waits for.
+   * A shard whose other replicas are all down has no one to hand over to.
+   */
+  leadershipsToHandOver(): ShardKey[] {
+    const out: ShardKey[] = [];
+    for (const c of this.collections.values()) {
+      c.maps.forEach((m, s) => {
+        if (m && m.leader === this.self && m.phase !== 'electing' && m.replicas.some((n) => n !== this.self && n in this.nodes)) out.push(shardKey(c.spec.name, s));
+      });
+    }
+    return out;
+  }
+
+  async drain(opts: DrainOptions = {}): Promise<ShardKey[]> {
+    this.usable();
+    if (opts.undo) {
+      this.opts.coordinator.setDraining(false);
+      return [];
+    }
+    this.opts.coordinator.setDraining(true);
+    for (;;) {
+      const left = this.leadershipsToHandOver();
+      opts.onProgress?.(left);
+      if (left.length === 0 || opts.signal?.aborted) return left;
+      // A map change of any of them; a live-node change shows at the next look (bounded wait).
+      await Promise.race(left.map((k) => this.nextMap(k, 250, opts.signal)));
+    }
   }
 
   async close(): Promise<void> {

@@ -519,6 +519,10 @@ export class LocalDatabase implements Database {
     return c.shards[shard];
   }
 
+  drain(): Promise<string[]> {
+    return Promise.reject(new QuiverError('FAILED_PRECONDITION', 'a standalone node leads every shard: there is no one to hand them to'));
+  }
+
   async snapshot(): Promise<void> {
     this.usable();
     await Promise.all([...this.collections.values()].flatMap((c) => c.shards.map((s) => s.snapshot())));

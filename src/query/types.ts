@@ -159,6 +159,14 @@ export interface ShardReplicas {
   replicas: ReplicaInfo[];
 }
 
+export interface DrainOptions {
+  signal?: AbortSignal;
+  /** Called with the shards still to hand over, at the start and at every change. */
+  onProgress?: (left: string[]) => void;
+  /** Take leaderships again (clears the drain). */
+  undo?: boolean;
+}
+
 export interface Database {
   createCollection(spec: CollectionSpecInput, opts?: ChangeOptions): Promise<CollectionInfo>;
   dropCollection(name: string, opts?: ChangeOptions): Promise<void>;
@@ -178,6 +186,12 @@ export interface Database {
   status(): ClusterStatus;
   /** Every shard of a collection with each replica's log positions and (unless withDigest is false) state digest. */
   shards(name: string, opts?: { withDigest?: boolean }): Promise<ShardReplicas[]>;
+  /**
+   * A cluster node hands the shards it leads to followers that have its whole log and takes no
+   * leadership until it restarts or is asked again with `undo` (FAILED_PRECONDITION standalone).
+   * Resolves with the shards still led here when `signal` aborted first (empty: all handed over).
+   */
+  drain(opts?: DrainOptions): Promise<string[]>;
   /** Snapshot every shard now (also runs on a schedule and at close). */
   snapshot(): Promise<void>;
   /** Finish in-flight writes, snapshot, close files. */

@@ -191,6 +191,23 @@ export class HttpApi {
         },
       },
       {
+        pattern: /^\/v1\/admin\/drain$/,
+        methods: {
+          POST: {
+            op: 'Drain',
+            handler: async (c) => {
+              const b = await c.body(['timeoutMs', 'undo']);
+              if (b.undo !== undefined && typeof b.undo !== 'boolean') throw invalidArgument('undo must be a boolean');
+              const timeoutMs = b.timeoutMs ?? drainTimeoutMs;
+              if (!Number.isInteger(timeoutMs) || (timeoutMs as number) < 0 || (timeoutMs as number) > 600_000) throw invalidArgument('timeoutMs must be an integer in 0..600000');
+              const signal = AbortSignal.any([AbortSignal.timeout(timeoutMs as number), ...(c.signal ? [c.signal] : [])]);
+              const leading = await db.drain({ signal, undo: b.undo === true });
+              return { node: db.status().nodeId, draining: b.undo !== true, leading };
+            },
+          },
+        },
+      },
+      {
         pattern: /^\/v1\/cluster$/,
         methods: { GET: { op: 'ClusterStatus', handler: async () => clusterJson(db.status(), svc.addresses) } },
       },
@@ -280,6 +297,9 @@ export class HttpApi {
     throw new QuiverError('NOT_FOUND', `nothing is served at ${path} (the API is under /v1: see docs/API.md)`);
   }
 }
+
+/** How long POST /v1/admin/drain waits for the node's leaderships to move when the body does not say. */
+const drainTimeoutMs = 30_000;
 
 function timeoutOf(req: http.IncomingMessage): number {
   const h = req.headers[TIMEOUT_HEADER];

@@ -22,6 +22,7 @@ export type Op =
   | 'SearchBatch'
   | 'Count'
   | 'ClusterStatus'
+  | 'Drain'
   | 'ShardUpsert'
   | 'ShardDelete'
   | 'ShardSearch'
