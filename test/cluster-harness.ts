@@ -3,6 +3,7 @@
  * `quiver serve --etcd` nodes, each with its replication sidecar. Every process is killed by pid
  * when the test file ends (serve-child.ts and close()).
  */
+import { execFileSync } from 'child_process';
 import { expect } from 'vitest';
 import { QuiverClient } from '../src/client';
 import { EtcdServer } from './etcd-harness';
@@ -13,6 +14,8 @@ export interface TestNode {
   id: string;
   dir: string;
   child: ServeChild;
+  /** The user the node runs as (its own, for network faults by uid), or undefined: this process's. */
+  uid?: number;
 }
 
 export interface ReplicaReport {
@@ -46,22 +49,29 @@ export class TestCluster {
     private readonly extra: string[],
   ) {}
 
-  /** etcd and nodes n1..nN, ready once every node sees all N alive. */
-  static async start(opts: { nodes?: number; cluster?: string; args?: string[] } = {}): Promise<TestCluster> {
+  /**
+   * etcd and nodes n1..nN, ready once every node sees all N alive. `uids`: node i runs as user
+   * uids[i-1] (its data dir made theirs), so that network faults can pick its connections.
+   */
+  static async start(opts: { nodes?: number; cluster?: string; args?: string[]; uids?: number[] } = {}): Promise<TestCluster> {
     const c = new TestCluster(await EtcdServer.start(), opts.cluster ?? 'test', opts.args ?? []);
     const n = opts.nodes ?? 3;
-    for (let i = 1; i <= n; i++) c.nodes.push(await c.startNode(`n${i}`, tempDir(`quiver-n${i}-`)));
+    for (let i = 1; i <= n; i++) c.nodes.push(await c.startNode(`n${i}`, tempDir(`quiver-n${i}-`), [], opts.uids?.[i - 1]));
     await waitFor(async () => (await httpJson(c.nodes[0].child.http, 'GET', '/v1/cluster')).body.nodes.length === n, `${n} live nodes`);
     return c;
   }
 
-  async startNode(id: string, dir: string, args: string[] = []): Promise<TestNode> {
-    const child = await startServe([
-      '--etcd', `http://${this.etcd.endpoint}`, '--node-id', id, '--data', dir,
-      '--grpc', '127.0.0.1:0', '--http', '127.0.0.1:0', '--replication', '127.0.0.1:0', '--cluster', this.name,
-      ...this.extra, ...args,
-    ]);
-    return { id, dir, child };
+  async startNode(id: string, dir: string, args: string[] = [], uid?: number): Promise<TestNode> {
+    if (uid !== undefined) execFileSync('chown', ['-R', `${uid}:${uid}`, dir]);
+    const child = await startServe(
+      [
+        '--etcd', `http://${this.etcd.endpoint}`, '--node-id', id, '--data', dir,
+        '--grpc', '127.0.0.1:0', '--http', '127.0.0.1:0', '--replication', '127.0.0.1:0', '--cluster', this.name,
+        ...this.extra, ...args,
+      ],
+      { uid },
+    );
+    return { id, dir, child, uid };
   }
 
   node(id: string): TestNode {
@@ -94,7 +104,7 @@ export class TestCluster {
   }
 
   async restart(n: TestNode, args: string[] = []): Promise<void> {
-    n.child = (await this.startNode(n.id, n.dir, args)).child;
+    n.child = (await this.startNode(n.id, n.dir, args, n.uid)).child;
   }
 
   async shards(via: TestNode, collection: string): Promise<ShardsReport> {

@@ -24,8 +24,10 @@ export interface ServeChild {
   exited: Promise<number | null>;
 }
 
-export function startServe(args: string[]): Promise<ServeChild> {
-  const child = spawn(process.execPath, [BIN, 'serve', ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+/** `uid`: run as that user (and group of the same number); the caller makes its data dir theirs. */
+export function startServe(args: string[], opts: { uid?: number } = {}): Promise<ServeChild> {
+  const ids = opts.uid === undefined ? {} : { uid: opts.uid, gid: opts.uid };
+  const child = spawn(process.execPath, [BIN, 'serve', ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], ...ids });
   children.add(child);
   let out = '';
   const exited = new Promise<number | null>((resolve) =>

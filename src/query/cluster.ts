@@ -17,6 +17,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
+import { performance } from 'perf_hooks';
 import { QuiverError } from '../errors';
 import { requestHash } from '../shard';
 import type { Shard, ShardOptions, StoredPoint, UpsertOp, WriteResult } from '../shard';
@@ -146,6 +147,10 @@ export class ClusterDatabase implements Database {
   /** Woken at every map change of a shard (and at close). */
   private readonly mapWaiters = new Map<ShardKey, Array<() => void>>();
   private readonly collectionWaiters = new Map<string, Array<() => void>>();
+  /** When this node last had a message from each shard's leader (performance.now), for the failover metric. */
+  private readonly heardFromLeader = new Map<ShardKey, number>();
+  /** The last leader each shard had (maps while electing name none). */
+  private readonly lastLeader = new Map<ShardKey, NodeId>();
   private closed = false;
 
   constructor(private readonly opts: ClusterOptions) {
@@ -164,7 +169,10 @@ export class ClusterDatabase implements Database {
   /** A message from a peer's replica (through the sidecar). Dropped when the shard is not open here: the sender retransmits. */
   onPeerMessage(from: NodeId, shard: ShardKey, payload: Buffer): void {
     const { col, s } = this.parseShardKey(shard);
-    col?.replicas.get(s)?.port?.onPeerMessage(from, payload);
+    const port = col?.replicas.get(s)?.port;
+    if (!port) return;
+    if (from === col!.maps[s]?.leader) this.heardFromLeader.set(shard, performance.now());
+    port.onPeerMessage(from, payload);
   }
 
   liveNodes(): Record<NodeId, ClusterNodeRecord> {
@@ -190,6 +198,14 @@ export class ClusterDatabase implements Database {
     const { col, s } = this.parseShardKey(key);
     if (!col || !(s >= 0 && s < col.spec.shards)) return;
     col.maps[s] = map;
+    if (map.leader !== null && map.phase === 'active') {
+      const before = this.lastLeader.get(key);
+      if (map.leader === this.self && before !== undefined && before !== this.self) {
+        const heard = this.heardFromLeader.get(key);
+        this.opts.observer?.leadership?.(col.spec.name, s, heard === undefined ? null : (performance.now() - heard) / 1000);
+      }
+      this.lastLeader.set(key, map.leader);
+    }
     const slot = col.replicas.get(s);
     if (slot?.port) slot.port.onMap(map);
     else if (!slot && map.replicas.includes(this.self) && !this.closed) {

@@ -114,6 +114,12 @@ export interface DatabaseObserver {
   walAppend?(collection: string, shard: number, bytes: number): void;
   fsync?(collection: string, shard: number, seconds: number): void;
   snapshot?(collection: string, shard: number, seconds: number): void;
+  /**
+   * This node became the leader of a shard another node led before (an election or a hand-over).
+   * `withoutLeaderSeconds`: from the last message this node had from the previous leader until it
+   * could take writes itself (null when it never heard from that leader since it started).
+   */
+  leadership?(collection: string, shard: number, withoutLeaderSeconds: number | null): void;
 }
 
 /** An upsert batch in columns: the vectors of all points as one row-major array of n x dim. */

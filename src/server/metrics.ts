@@ -61,12 +61,30 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  private readonly leaderChanges = new client.Counter({
+    name: 'quiver_leader_changes_total',
+    help: 'Leaderships this node took over from another node (elections and hand-overs; first placements not counted)',
+    labelNames: ['collection', 'shard'] as const,
+    registers: [this.registry],
+  });
+
+  private readonly failoverSeconds = new client.Histogram({
+    name: 'quiver_failover_seconds',
+    help: 'On the new leader: from the last message it had from the previous leader until it could take writes',
+    buckets: [0.05, 0.1, 0.25, 0.5, 1, 1.5, 2, 2.5, 3, 4, 5, 7.5, 10, 30],
+    registers: [this.registry],
+  });
+
   constructor() {
     client.collectDefaultMetrics({ register: this.registry, prefix: 'quiver_process_' });
     this.observer = {
       walAppend: (collection, shard, bytes) => this.walBytes.inc({ collection, shard: String(shard) }, bytes),
       fsync: (collection, shard, seconds) => this.fsyncSeconds.observe({ collection, shard: String(shard) }, seconds),
       snapshot: (collection, shard, seconds) => this.snapshotSeconds.observe({ collection, shard: String(shard) }, seconds),
+      leadership: (collection, shard, seconds) => {
+        this.leaderChanges.inc({ collection, shard: String(shard) });
+        if (seconds !== null) this.failoverSeconds.observe(seconds);
+      },
     };
     // Per-shard gauges, read from db.status() at scrape time.
     const metrics = this;
