@@ -15,7 +15,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { QuiverClient } from '../src/client';
-import { CommandSpec, intFlag, parseCommandLine } from '../src/common/args';
+import { CommandSpec, UsageError, intFlag, parseCommandLine, stringFlag } from '../src/common/args';
 import { fashionMnist } from './datasets';
 import { EtcdServer } from './etcd-process';
 import { machine, progress, table, writeJson } from './report';
@@ -33,29 +33,40 @@ options:
   --dim N           dimension of the upsert vectors (default 128)
   --search-n N      Fashion-MNIST points for the search part (default 60000)
   --queries N       searches timed per mode (default 2000)
+  --fault F         instead: failover under a write load, F one of kill-leader, pause-leader,
+                    partition-leader (iptables, as root); time from each fault to the first
+                    acknowledged write, p50/p99, and acknowledged writes lost (must be 0)
+  --faults N        faults injected with --fault (default 20)
+  --lease-ttl-ms N  the nodes' lease TTL with --fault (default 2000)
   --help            this text
 `;
 
 export const SPEC: CommandSpec = {
   usage: USAGE,
-  flags: Object.fromEntries(['points', 'batch', 'dim', 'search-n', 'queries'].map((k) => [k, { type: 'string' }])),
+  flags: Object.fromEntries(['points', 'batch', 'dim', 'search-n', 'queries', 'fault', 'faults', 'lease-ttl-ms'].map((k) => [k, { type: 'string' }])),
 };
 
 const BIN = path.resolve(__dirname, '..', '..', 'bin', 'quiver.js');
 const log = (m: string): void => void process.stdout.write(`${m}\n`);
 
-interface Node {
+export interface Node {
   id: string;
   proc: ChildProcess;
   grpc: string;
   http: string;
   /** The sidecar's pid, as the node printed it. */
   sidecar: number;
+  /** host:port of the sidecar (cluster nodes). */
+  replication: string;
 }
 
-/** Starts `quiver serve` with args; resolves once it printed where it listens and that it is ready. */
-function serve(id: string, args: string[]): Promise<Node> {
-  const proc = spawn(process.execPath, [BIN, 'serve', '--node-id', id, '--grpc', '127.0.0.1:0', '--http', '127.0.0.1:0', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+/**
+ * Starts `quiver serve` with args (as user and group `uid` when given); resolves once it printed
+ * where it listens and that it is ready.
+ */
+export function serve(id: string, args: string[], uid?: number): Promise<Node> {
+  const ids = uid === undefined ? {} : { uid, gid: uid };
+  const proc = spawn(process.execPath, [BIN, 'serve', '--node-id', id, '--grpc', '127.0.0.1:0', '--http', '127.0.0.1:0', ...args], { stdio: ['ignore', 'pipe', 'pipe'], ...ids });
   let out = '';
   return new Promise((resolve, reject) => {
     proc.stdout!.on('data', (b: Buffer) => {
@@ -63,7 +74,8 @@ function serve(id: string, args: string[]): Promise<Node> {
       const g = /grpc listening on (\S+)/.exec(out);
       const h = /http listening on http:\/\/(\S+)/.exec(out);
       const sc = /sidecar pid (\d+)/.exec(out);
-      if (g && h && /quiver: ready/.test(out)) resolve({ id, proc, grpc: g[1], http: h[1], sidecar: sc ? Number(sc[1]) : 0 });
+      const r = /replicating on (\S+)/.exec(out);
+      if (g && h && /quiver: ready/.test(out)) resolve({ id, proc, grpc: g[1], http: h[1], sidecar: sc ? Number(sc[1]) : 0, replication: r?.[1] ?? '' });
     });
     proc.stderr!.on('data', (b: Buffer) => (out += b.toString()));
     proc.on('exit', (code) => reject(new Error(`node ${id} exited (${code}) before ready:\n${out}`)));
@@ -85,17 +97,17 @@ function cpuOf(nodes: Node[]): number {
   return nodes.reduce((s, n) => s + cpuSeconds(n.proc.pid!) + (n.sidecar ? cpuSeconds(n.sidecar) : 0), 0);
 }
 
-function quantile(xs: number[], q: number): number {
+export function quantile(xs: number[], q: number): number {
   const s = [...xs].sort((a, b) => a - b);
   return s.length === 0 ? NaN : s[Math.min(s.length - 1, Math.floor(q * s.length))];
 }
 
-async function httpJson(base: string, method: string, p: string, body?: unknown): Promise<{ status: number; body: any }> {
+export async function httpJson(base: string, method: string, p: string, body?: unknown): Promise<{ status: number; body: any }> {
   const r = await fetch(`http://${base}${p}`, { method, headers: body ? { 'content-type': 'application/json' } : {}, body: body ? JSON.stringify(body) : undefined });
   return { status: r.status, body: await r.json() };
 }
 
-async function stop(nodes: Node[]): Promise<void> {
+export async function stop(nodes: Node[]): Promise<void> {
   await Promise.all(
     nodes.map(
       (n) =>
@@ -106,6 +118,16 @@ async function stop(nodes: Node[]): Promise<void> {
         }),
     ),
   );
+}
+
+/** Leaderships taken over from another node, summed over the nodes' /metrics. */
+async function leaderChangesOf(nodes: Node[]): Promise<number> {
+  let n = 0;
+  for (const node of nodes) {
+    const text = await (await fetch(`http://${node.http}/metrics`)).text();
+    for (const m of text.matchAll(/^quiver_leader_changes_total\{[^}]*\} (\S+)$/gm)) n += Number(m[1]);
+  }
+  return n;
 }
 
 interface UpsertFigures {
@@ -198,6 +220,12 @@ async function searchLatency(client: QuiverClient, name: string, queries: Float3
 export async function run(argv: string[]): Promise<number> {
   const p = parseCommandLine(argv, SPEC);
   if (!p) return 0;
+  const fault = stringFlag(p, 'fault');
+  if (fault !== undefined) {
+    const { FAULTS, runFaults } = await import('./cluster-faults');
+    if (!(FAULTS as readonly string[]).includes(fault)) throw new UsageError(`--fault must be one of ${FAULTS.join(', ')}`);
+    return runFaults(fault as (typeof FAULTS)[number], intFlag(p, 'faults', 20, 1), intFlag(p, 'lease-ttl-ms', 2000, 1000));
+  }
   const points = intFlag(p, 'points', 20_000, 1);
   const batch = intFlag(p, 'batch', 100, 1);
   const dim = intFlag(p, 'dim', 128, 1);
@@ -223,7 +251,9 @@ export async function run(argv: string[]): Promise<number> {
     }
     while ((await httpJson(nodes[0].http, 'GET', '/v1/cluster')).body.nodes.length < 3) await new Promise((r) => setTimeout(r, 50));
     for (const index of ['flat', 'hnsw'] as const) results.upsert.push(await upsertLoad('cluster RF 3', nodes, index, points, batch, dim, 3));
+    const leaderChanges = await leaderChangesOf(nodes);
     log('');
+    log(`leader changes under that load, no fault injected: ${leaderChanges} (goal 0)`);
     log(table(results.upsert.map((r) => ({ mode: r.mode, index: r.index, 'points/s': r.pointsPerSec, 'ack p50 ms': r.ackP50Ms.toFixed(2), 'ack p99 ms': r.ackP99Ms.toFixed(2), 'CPU us/vector': r.cpuUsPerVector.toFixed(1), 'CPU us/vector/replica': r.cpuUsPerVectorPerReplica.toFixed(1), 'lag p50 ms': r.lagP50Ms?.toFixed(1) ?? '-', 'lag p99 ms': r.lagP99Ms?.toFixed(1) ?? '-' }))));
     for (const index of ['flat', 'hnsw']) {
       const a = results.upsert.find((r) => r.mode === 'standalone' && r.index === index)!;
@@ -261,7 +291,7 @@ export async function run(argv: string[]): Promise<number> {
     results.search.push({ standaloneP50Ms: a.p50, standaloneP99Ms: a.p99, crossNetworkP50Ms: c.p50, crossNetworkP99Ms: c.p99 });
     log(`search k 10, ${ds.nBase} x ${ds.dim} HNSW, 2 shards: standalone p50 ${a.p50.toFixed(3)} ms p99 ${a.p99.toFixed(3)} ms; asked of ${asker.id} (holds neither shard) p50 ${c.p50.toFixed(3)} ms p99 ${c.p99.toFixed(3)} ms (goal p50 < 1, p99 < 5)`);
     for (const cl of [aloneClient, n4Client, askerClient]) cl.close();
-    log(`wrote ${writeJson('cluster', { machine: machine(), points, batch, dim, ...results })}`);
+    log(`wrote ${writeJson('cluster', { machine: machine(), points, batch, dim, leaderChanges, ...results })}`);
     return 0;
   } finally {
     await stop(all);

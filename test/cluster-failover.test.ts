@@ -121,6 +121,11 @@ describe('failover (real etcd, nodes and sidecars)', () => {
     }
     await cluster.waitConverged(n1, 'f', 'every replica of f to apply the commit point', 3);
     expect(await cluster.present(n1, 'f', w.acked)).toBe(w.acked.length);
+    // The leader now took the shard over from a killed one: its metrics say so.
+    const leader = cluster.node((await cluster.shards(n1, 'f'))[0].leader);
+    const metrics = await (await fetch(`${leader.child.http}/metrics`)).text();
+    expect(metrics).toMatch(/quiver_leader_changes_total\{collection="f",shard="0"\} [1-9]/);
+    expect(metrics).toMatch(/quiver_failover_seconds_count [1-9]/);
     const healthy = await admin(['health', '--server', n1.child.http]);
     expect(healthy.code, healthy.out).toBe(0);
   }, 300_000);

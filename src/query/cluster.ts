@@ -149,6 +149,8 @@ export class ClusterDatabase implements Database {
   private readonly collectionWaiters = new Map<string, Array<() => void>>();
   /** When this node last had a message from each shard's leader (performance.now), for the failover metric. */
   private readonly heardFromLeader = new Map<ShardKey, number>();
+  /** Writes in flight to another node's leader, told of each map change of their shard. */
+  private readonly movedWatchers = new Map<ShardKey, Set<() => void>>();
   /** The last leader each shard had (maps while electing name none). */
   private readonly lastLeader = new Map<ShardKey, NodeId>();
   private closed = false;
@@ -235,12 +237,34 @@ export class ClusterDatabase implements Database {
     }
     for (const wake of this.mapWaiters.get(key) ?? []) wake();
     this.mapWaiters.delete(key);
+    for (const check of this.movedWatchers.get(key) ?? []) check();
   }
 
   /** A replica's shard settings; `existing` once its WAL is there (a restart: a missing WAL is then DATA_LOSS). */
   private shardOptions(spec: CollectionSpec, s: number): Omit<ShardOptions, 'walDir' | 'snapshotDir'> {
     const { walDir: _w, snapshotDir: _s, ...rest } = shardOptionsOf(this.dataDir, this.opts, spec, s);
     return { ...rest, existing: fs.existsSync(path.join(this.dataDir, 'shards', spec.name, String(s), 'wal')) };
+  }
+
+  /** Resolves (with null) once the map of `key` has an epoch above `epoch`; cancel() forgets it. */
+  private mapMoved(key: ShardKey, epoch: number): { promise: Promise<null>; cancel(): void } {
+    let check = (): void => undefined;
+    const promise = new Promise<null>((resolve) => {
+      check = () => {
+        const { col, s } = this.parseShardKey(key);
+        if (this.closed || (col?.maps[s]?.epoch ?? 0) > epoch) resolve(null);
+      };
+    });
+    let set = this.movedWatchers.get(key);
+    if (!set) this.movedWatchers.set(key, (set = new Set()));
+    set.add(check);
+    return {
+      promise,
+      cancel: () => {
+        set!.delete(check);
+        if (set!.size === 0 && this.movedWatchers.get(key) === set) this.movedWatchers.delete(key);
+      },
+    };
   }
 
   /** Resolves at the next map change of `key`, after ms, or when `signal` aborts, whichever is first. */
@@ -348,7 +372,21 @@ export class ClusterDatabase implements Database {
           if (r) return await local(r);
           last = 'its replica here is not open';
         } else if (leader) {
-          return await remote(leader);
+          // A leader that stops leading while the write is in flight (paused, cut off, handing
+          // over) may never answer: on a newer map the write goes to the new leader, which holds
+          // every entry the old one committed (the idempotency key then answers a repeat once;
+          // without one, an upsert or delete by id applied twice leaves the same state).
+          const answer = remote(leader);
+          const moved = this.mapMoved(key, map!.epoch);
+          try {
+            const r = await Promise.race([answer.then((v) => ({ v })), moved.promise]);
+            if (r) return r.v;
+            answer.catch(() => undefined);
+            last = `${leader} stopped leading while the write was in flight`;
+            continue;
+          } finally {
+            moved.cancel();
+          }
         }
       } catch (e) {
         if (!isRouting(e) || (e as { outcomeUnknown?: boolean }).outcomeUnknown) throw e;
