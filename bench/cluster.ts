@@ -120,14 +120,24 @@ export async function stop(nodes: Node[]): Promise<void> {
   );
 }
 
-/** Leaderships taken over from another node, summed over the nodes' /metrics. */
-async function leaderChangesOf(nodes: Node[]): Promise<number> {
-  let n = 0;
+/**
+ * From the nodes' /metrics: leaderships taken over from another node, and the bucket bound under
+ * which 99% of etcd keepalives were answered (all nodes together).
+ */
+async function leaseHealthOf(nodes: Node[]): Promise<{ leaderChanges: number; keepaliveP99Ms: number }> {
+  let leaderChanges = 0;
+  const buckets = new Map<number, number>();
   for (const node of nodes) {
     const text = await (await fetch(`http://${node.http}/metrics`)).text();
-    for (const m of text.matchAll(/^quiver_leader_changes_total\{[^}]*\} (\S+)$/gm)) n += Number(m[1]);
+    for (const m of text.matchAll(/^quiver_leader_changes_total\{[^}]*\} (\S+)$/gm)) leaderChanges += Number(m[1]);
+    for (const m of text.matchAll(/^quiver_etcd_keepalive_seconds_bucket\{le="([^"]+)"\} (\S+)$/gm)) {
+      const le = m[1] === '+Inf' ? Infinity : Number(m[1]);
+      buckets.set(le, (buckets.get(le) ?? 0) + Number(m[2]));
+    }
   }
-  return n;
+  const total = buckets.get(Infinity) ?? 0;
+  const p99 = [...buckets.entries()].sort((a, b) => a[0] - b[0]).find(([, c]) => c >= 0.99 * total)?.[0] ?? NaN;
+  return { leaderChanges, keepaliveP99Ms: p99 * 1000 };
 }
 
 interface UpsertFigures {
@@ -251,9 +261,9 @@ export async function run(argv: string[]): Promise<number> {
     }
     while ((await httpJson(nodes[0].http, 'GET', '/v1/cluster')).body.nodes.length < 3) await new Promise((r) => setTimeout(r, 50));
     for (const index of ['flat', 'hnsw'] as const) results.upsert.push(await upsertLoad('cluster RF 3', nodes, index, points, batch, dim, 3));
-    const leaderChanges = await leaderChangesOf(nodes);
+    const lease = await leaseHealthOf(nodes);
     log('');
-    log(`leader changes under that load, no fault injected: ${leaderChanges} (goal 0)`);
+    log(`leases under that load, no fault injected: leader changes ${lease.leaderChanges} (goal 0); 99% of etcd keepalives answered within ${lease.keepaliveP99Ms} ms`);
     log(table(results.upsert.map((r) => ({ mode: r.mode, index: r.index, 'points/s': r.pointsPerSec, 'ack p50 ms': r.ackP50Ms.toFixed(2), 'ack p99 ms': r.ackP99Ms.toFixed(2), 'CPU us/vector': r.cpuUsPerVector.toFixed(1), 'CPU us/vector/replica': r.cpuUsPerVectorPerReplica.toFixed(1), 'lag p50 ms': r.lagP50Ms?.toFixed(1) ?? '-', 'lag p99 ms': r.lagP99Ms?.toFixed(1) ?? '-' }))));
     for (const index of ['flat', 'hnsw']) {
       const a = results.upsert.find((r) => r.mode === 'standalone' && r.index === index)!;
@@ -291,7 +301,7 @@ export async function run(argv: string[]): Promise<number> {
     results.search.push({ standaloneP50Ms: a.p50, standaloneP99Ms: a.p99, crossNetworkP50Ms: c.p50, crossNetworkP99Ms: c.p99 });
     log(`search k 10, ${ds.nBase} x ${ds.dim} HNSW, 2 shards: standalone p50 ${a.p50.toFixed(3)} ms p99 ${a.p99.toFixed(3)} ms; asked of ${asker.id} (holds neither shard) p50 ${c.p50.toFixed(3)} ms p99 ${c.p99.toFixed(3)} ms (goal p50 < 1, p99 < 5)`);
     for (const cl of [aloneClient, n4Client, askerClient]) cl.close();
-    log(`wrote ${writeJson('cluster', { machine: machine(), points, batch, dim, leaderChanges, ...results })}`);
+    log(`wrote ${writeJson('cluster', { machine: machine(), points, batch, dim, ...lease, ...results })}`);
     return 0;
   } finally {
     await stop(all);

@@ -114,6 +114,7 @@ export async function serveCluster(cfg: ClusterConfig, log: (m: string) => void)
     log: { error: (m: string) => log(m) },
   });
   relay.attach(coordinator);
+  coordinator.on('keepalive', (seconds: number) => metrics.observeKeepalive(seconds));
   log(`joined cluster "${cfg.cluster}" through etcd ${cfg.etcd.join(',')} as node ${cfg.nodeId}`);
 
   return {

@@ -16,6 +16,7 @@
  * * 'controller' (isController)  this node started or stopped running the controller
  * * 'placementFailed' (collection, QuiverError)  the controller (in this process) could not place it
  * * 'drained' (node)          the controller saw every leadership of a draining node handed over
+ * * 'keepalive' (seconds)     a lease keepalive was answered this long after it was sent
  * No 'error' event: a failed etcd call is retried (the lease machine asks again, keyed puts are put
  * again on the next tick, the watch reconnects), so losing etcd never throws out of the coordinator.
  */
@@ -378,6 +379,7 @@ export class EtcdCoordinator extends EventEmitter {
       this.warn('keepalive', e); // no answer: the node's own deadline runs out
       return;
     }
+    this.emit('keepalive', (now() - sentAt) / 1000);
     if (id !== this.leaseId) return;
     if (ttl <= 0) this.leaseId = null;
     this.stepLease(ttl > 0 ? { type: 'keepaliveAnswered', sentAt } : { type: 'lost' });

@@ -75,6 +75,17 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  private readonly keepaliveSeconds = new client.Histogram({
+    name: 'quiver_etcd_keepalive_seconds',
+    help: 'Time from sending a lease keepalive to etcd until its answer was handled (a busy event loop shows here before a lease is lost)',
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2],
+    registers: [this.registry],
+  });
+
+  observeKeepalive(seconds: number): void {
+    this.keepaliveSeconds.observe(seconds);
+  }
+
   constructor() {
     client.collectDefaultMetrics({ register: this.registry, prefix: 'quiver_process_' });
     this.observer = {
