@@ -10,7 +10,7 @@ import * as path from 'path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QuiverClient } from '../src/client';
 import { QuiverError } from '../src/errors';
-import { shardOf } from '../src/query/hash';
+import { shardOf } from '../src/common/placement';
 import { Wal } from '../src/wal';
 import { EtcdServer } from './etcd-harness';
 import { ServeChild, startServe } from './serve-child';

@@ -22,7 +22,8 @@ import { requestHash } from '../shard';
 import type { Shard, ShardOptions, StoredPoint, UpsertOp, WriteResult } from '../shard';
 import type { NodeId, Progress, ShardKey, ShardMap } from '../cluster/types';
 import { shardKey } from '../cluster/types';
-import { OpenInternals, checkedBatch, idsByShard, writeByShard, mergeHits, prepareSearch, shardOptionsOf, splitBatch } from './database';
+import { idsByShard, splitBatch, writeByShard } from '../common/placement';
+import { OpenInternals, checkedBatch, mergeHits, prepareSearch, shardOptionsOf } from './database';
 import type {
   ChangeOptions,
   ClusterStatus,

@@ -14,10 +14,10 @@ import * as path from 'path';
 import { QuiverError } from '../errors';
 import { efMax } from '../native/limits';
 import { Shard, requestHash } from '../shard';
-import type { ShardHit, ShardOptions, UpsertOp, WriteResult } from '../shard';
+import type { ShardHit, ShardOptions, UpsertOp } from '../shard';
 import { CatalogEntry, readCatalog, writeCatalog } from './catalog';
 import { compileFilter } from './filter';
-import { shardOf } from './hash';
+import { idsByShard, splitBatch, writeByShard } from '../common/placement';
 import type {
   ChangeOptions,
   ClusterStatus,
@@ -57,58 +57,6 @@ interface Collection {
   spec: CollectionSpec;
   createdAt: string;
   shards: Shard[];
-}
-
-/** ids grouped by the shard that holds them, in the order given. */
-export function idsByShard(ids: string[], shards: number): Map<number, string[]> {
-  const groups = new Map<number, string[]>();
-  for (const id of ids) {
-    const s = shardOf(id, shards);
-    const g = groups.get(s);
-    if (g) g.push(id);
-    else groups.set(s, [id]);
-  }
-  return groups;
-}
-
-/**
- * A checked upsert batch split by shard, in the order of first appearance: one shard taking every
- * point gets the batch itself (no copy), else each part gets its rows copied.
- */
-export function splitBatch(batch: UpsertOp, dim: number, shards: number): Map<number, UpsertOp> {
-  const { ids, vectors: whole, payloadJson } = batch;
-  const groups = new Map<number, number[]>();
-  ids.forEach((id, i) => {
-    const s = shardOf(id, shards);
-    const g = groups.get(s);
-    if (g) g.push(i);
-    else groups.set(s, [i]);
-  });
-  const out = new Map<number, UpsertOp>();
-  for (const [s, idx] of groups) {
-    if (idx.length === ids.length) {
-      out.set(s, batch); // every point, in order (indexes were pushed ascending)
-      continue;
-    }
-    const vectors = new Float32Array(idx.length * dim);
-    idx.forEach((i, j) => vectors.set(whole.subarray(i * dim, (i + 1) * dim), j * dim));
-    out.set(s, { ids: idx.map((i) => ids[i]), vectors, payloadJson: idx.map((i) => payloadJson[i]) });
-  }
-  return out;
-}
-
-/** Runs each shard's part of a write, in parallel: the count answered in all and the token {shard: lsn}. */
-export async function writeByShard<P>(parts: Iterable<[number, P]>, write: (shard: number, part: P) => Promise<WriteResult>): Promise<{ count: number; token: WriteToken }> {
-  const token: WriteToken = {};
-  let count = 0;
-  await Promise.all(
-    [...parts].map(async ([s, part]) => {
-      const r = await write(s, part);
-      token[String(s)] = r.lsn;
-      count += r.answer;
-    }),
-  );
-  return { count, token };
 }
 
 /** Points checked against a collection's spec, as one batch with one row-major array (as upsertColumns takes: a one-shard batch then needs no other copy). */
