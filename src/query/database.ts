@@ -48,6 +48,7 @@ import {
   checkOptBool,
   checkOptInt,
   checkPoints,
+  checkRequestHash,
   checkSearchShape,
   checkSpec,
   isPlainObject,
@@ -57,6 +58,19 @@ interface Collection {
   spec: CollectionSpec;
   createdAt: string;
   shards: Shard[];
+}
+
+/**
+ * A write's options, checked: its idempotency key ('' = none), the hash the key stands for (the
+ * caller's when a client split the request by shard, else `own()`, this request's) and whether the
+ * caller expects this node to lead every shard of the write.
+ */
+export function checkWrite(opts: WriteOptions, own: () => Buffer): { key: string; hash: Buffer | undefined; expectLeader: boolean } {
+  const o: WriteOptions = isPlainObject(opts) ? opts : {};
+  const key = checkIdempotencyKey(o.idempotencyKey);
+  const given = checkRequestHash(o.requestHash, key);
+  const expectLeader = checkOptBool(o.expectLeader, 'expectLeader') ?? false;
+  return { key, hash: key === '' ? undefined : given ?? own(), expectLeader };
 }
 
 /** Points checked against a collection's spec, as one batch with one row-major array (as upsertColumns takes: a one-shard batch then needs no other copy). */
@@ -350,8 +364,7 @@ export class LocalDatabase implements Database {
   /** Splits a checked batch by shard; one shard taking every point gets `vectors` itself, without a copy. */
   private async upsertChecked(c: Collection, batch: UpsertOp, opts: WriteOptions): Promise<{ upserted: number; token: WriteToken }> {
     const { ids, vectors: whole, payloadJson } = batch;
-    const key = checkIdempotencyKey(isPlainObject(opts) ? opts.idempotencyKey : undefined);
-    const hash = key === '' ? undefined : requestHash('upsert', c.spec.name, ids, payloadJson, whole);
+    const { key, hash } = checkWrite(opts, () => requestHash('upsert', c.spec.name, ids, payloadJson, whole));
     LocalDatabase.admit(c, key, hash, opts.signal);
     const { count, token } = await writeByShard(splitBatch(batch, c.spec.dim, c.spec.shards), (s, part) => c.shards[s].upsert(part, key, hash));
     return { upserted: count, token };
@@ -360,8 +373,7 @@ export class LocalDatabase implements Database {
   async delete(name: string, ids: string[], opts: WriteOptions = {}): Promise<{ deleted: number; token: WriteToken }> {
     const c = this.coll(name);
     checkIds(ids, true);
-    const key = checkIdempotencyKey(isPlainObject(opts) ? opts.idempotencyKey : undefined);
-    const hash = key === '' ? undefined : requestHash('delete', c.spec.name, ids);
+    const { key, hash } = checkWrite(opts, () => requestHash('delete', c.spec.name, ids));
     LocalDatabase.admit(c, key, hash, opts.signal);
     const { count, token } = await writeByShard(idsByShard(ids, c.spec.shards), (s, g) => c.shards[s].delete(g, key, hash));
     return { deleted: count, token };
@@ -432,13 +444,19 @@ export class LocalDatabase implements Database {
   status(): ClusterStatus {
     const shards: ShardStatus[] = [];
     const node = this.opts.nodeId ?? 'local';
-    for (const c of this.collections.values()) {
+    for (const c of [...this.collections.values()].sort((a, b) => (a.spec.name < b.spec.name ? -1 : 1))) {
       c.shards.forEach((s, i) => {
         const st = s.status();
-        shards.push({ collection: c.spec.name, shard: i, leader: node, ...st });
+        const replica = { node, role: 'leader', durableLsn: st.lastLsn, commitLsn: st.lastLsn, appliedLsn: st.appliedLsn, lagEntries: 0, lagMs: 0 };
+        shards.push({ collection: c.spec.name, shard: i, leader: node, phase: 'active', ...st, replicas: [replica] });
       });
     }
     return { mode: 'standalone', nodeId: node, nodes: [{ id: node, alive: true }], shards };
+  }
+
+  /** One node: its own status is the whole cluster's. */
+  async clusterStatus(): Promise<ClusterStatus> {
+    return this.status();
   }
 
   async shards(name: string, opts: { withDigest?: boolean } = {}): Promise<ShardReplicas[]> {

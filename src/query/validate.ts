@@ -12,6 +12,7 @@ import {
   answerHitBytes,
   collectionNamePattern,
   idempotencyKeyBytesMax,
+  requestHashBytes,
   searchBatchMax,
   shardsMax,
 } from '../common/limits';
@@ -266,6 +267,18 @@ export function checkIdempotencyKey(key: unknown): string {
     throw invalid(`idempotencyKey must be a string of 1..${idempotencyKeyBytesMax} bytes (idempotencyKeyBytesMax)`);
   }
   return key;
+}
+
+/**
+ * The hash a client's idempotency key stands for when it split the request by shard:
+ * requestHashBytes bytes, only with a key. A copy: the bytes may view a request buffer the server
+ * reuses.
+ */
+export function checkRequestHash(v: unknown, key: string): Buffer | undefined {
+  if (v === undefined || v === null || (v instanceof Uint8Array && v.byteLength === 0)) return undefined;
+  if (!(v instanceof Uint8Array) || v.byteLength !== requestHashBytes) throw invalid(`requestHash must be ${requestHashBytes} bytes`);
+  if (key === '') throw invalid('requestHash is what an idempotencyKey stands for: give the key too');
+  return Buffer.from(v);
 }
 
 /** Queries in one search, checked before any of them is looked at (`atLeast`: counting stopped at n). */

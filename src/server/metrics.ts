@@ -61,12 +61,20 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  private readonly forwardedWrites = new client.Counter({
+    name: 'quiver_forwarded_writes_total',
+    help: "Shard parts of writes this node sent on to their shard's leader on another node (a write that reached a node not leading its shards)",
+    labelNames: ['collection', 'shard'] as const,
+    registers: [this.registry],
+  });
+
   constructor() {
     client.collectDefaultMetrics({ register: this.registry, prefix: 'quiver_process_' });
     this.observer = {
       walAppend: (collection, shard, bytes) => this.walBytes.inc({ collection, shard: String(shard) }, bytes),
       fsync: (collection, shard, seconds) => this.fsyncSeconds.observe({ collection, shard: String(shard) }, seconds),
       snapshot: (collection, shard, seconds) => this.snapshotSeconds.observe({ collection, shard: String(shard) }, seconds),
+      forwardedWrite: (collection, shard) => this.forwardedWrites.inc({ collection, shard: String(shard) }),
     };
     // Per-shard gauges, read from db.status() at scrape time.
     const metrics = this;
