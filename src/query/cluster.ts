@@ -576,7 +576,7 @@ export class ClusterDatabase implements Database {
   private static followers(st: ReturnType<ReplicaPort['status']>): FollowerLag[] {
     return Object.entries(st.peers).map(([node, p]) => {
       const lagEntries = Math.max(0, st.durableLsn - p.match);
-      return { node, lagEntries, lagMs: lagEntries > 0 ? p.sinceAckMs : 0 };
+      return { node, lagEntries, lagMs: lagEntries > 0 ? Math.round(p.sinceAckMs) : 0 };
     });
   }
 
