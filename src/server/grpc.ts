@@ -2,7 +2,7 @@
  * gRPC handlers of both servers (proto/quiver.proto; @grpc/grpc-js's form in ./grpc-js.ts). Each
  * call runs under its deadline (the client's, or defaultDeadlineMs when it set none); a failure
  * answers the gRPC status of its QuiverError code with the code itself in the trailing metadata
- * `quiver-code`.
+ * `quiver-code`, and its details in keys of their own (detailKey in src/rpc/proto.ts).
  */
 import { create } from '@bufbuild/protobuf';
 import type { MessageInitShape } from '@bufbuild/protobuf';
