@@ -229,7 +229,8 @@ describe('hand-encoded UpsertRequest (columns)', () => {
   it('equals the generated encoding of the same request, byte for byte, and decodes with the generated code', () => {
     const dim = 3;
     const vectors = [new Float32Array([1, 2, 3]), new Float32Array([-0.5, 1e-30, 3.4e38]), new Float32Array(8).subarray(2, 5).fill(7)];
-    const req = { collection: 'c-ü', idempotencyKey: 'k'.repeat(130), ids: ['a', 'β'.repeat(100), 'x'], vectors, dim, payloadJsons: ['{"a":1}', '', '{"s":"ü"}'] };
+    const requestHash = Buffer.from('0123456789abcdef');
+    const req = { collection: 'c-ü', idempotencyKey: 'k'.repeat(130), ids: ['a', 'β'.repeat(100), 'x'], vectors, payloadJsons: ['{"a":1}', '', '{"s":"ü"}'], expectLeader: true, requestHash };
     const bytes = encodeUpsertColumns(req);
     const method = generatedMethods.upsert;
     const decoded = method.requestDeserialize(bytes);
@@ -238,15 +239,23 @@ describe('hand-encoded UpsertRequest (columns)', () => {
     expect(decoded.ids).toEqual(req.ids);
     expect(decoded.payloadJsons).toEqual(req.payloadJsons);
     expect(decoded.points).toEqual([]);
+    expect(decoded.expectLeader).toBe(true);
+    expect(Buffer.from(decoded.requestHash).equals(requestHash)).toBe(true);
     const v = decoded.vectors;
     const floats = new Float32Array(v.buffer.slice(v.byteOffset, v.byteOffset + v.byteLength));
     expect(Array.from(floats)).toEqual(vectors.flatMap((x) => Array.from(x)));
     const all = Buffer.concat(vectors.map((x) => Buffer.from(x.buffer, x.byteOffset, x.byteLength)));
-    const reference = method.requestSerialize({ collection: req.collection, idempotencyKey: req.idempotencyKey, ids: req.ids, vectors: all, payloadJsons: req.payloadJsons });
+    const reference = method.requestSerialize({ collection: req.collection, idempotencyKey: req.idempotencyKey, ids: req.ids, vectors: all, payloadJsons: req.payloadJsons, expectLeader: true, requestHash });
     expect(bytes.equals(reference)).toBe(true);
-    // No payloads and no collection name: those fields are left out and decode as empty.
-    const plain = method.requestDeserialize(encodeUpsertColumns({ ...req, collection: '', payloadJsons: [] }));
+    // The rows may come in arrays of several rows each (a part of a batch the client split).
+    expect(encodeUpsertColumns({ ...req, vectors: [Float32Array.from(vectors.flatMap((x) => Array.from(x)))] }).equals(reference)).toBe(true);
+    // No payloads, no collection name, no routing: those fields are left out and decode as empty.
+    const plainBytes = encodeUpsertColumns({ ...req, collection: '', payloadJsons: [], expectLeader: false, requestHash: undefined });
+    const plain = method.requestDeserialize(plainBytes);
     expect(plain.collection).toBe('');
     expect(plain.payloadJsons).toEqual([]);
+    expect(plain.expectLeader).toBe(false);
+    expect(plain.requestHash.byteLength).toBe(0);
+    expect(plainBytes.equals(method.requestSerialize({ idempotencyKey: req.idempotencyKey, ids: req.ids, vectors: all }))).toBe(true);
   });
 });

@@ -10,10 +10,11 @@ import * as path from 'path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QuiverClient } from '../src/client';
 import { QuiverError } from '../src/errors';
-import { shardOf } from '../src/query/hash';
+import { shardOf } from '../src/common/placement';
 import { Wal } from '../src/wal';
 import { EtcdServer } from './etcd-harness';
-import { ServeChild, startServe } from './serve-child';
+import type { ServeChild } from './serve-child';
+import { startClusterNode, waitFor as waitUntil } from './cluster-harness';
 import { httpJson, tempDir } from './server-harness';
 
 const DIM = 16;
@@ -54,12 +55,8 @@ async function converged(node: Node, collection: string): Promise<boolean> {
   });
 }
 
-async function waitFor(cond: () => Promise<boolean>, what: string, ms = 60_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}; last seen: ${lastSeen}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
+function waitFor(cond: () => Promise<boolean>, what: string, ms = 60_000): Promise<void> {
+  return waitUntil(cond, what, ms, () => lastSeen);
 }
 
 /** Points i in [from, to) as an upsert batch. */
@@ -75,12 +72,8 @@ describe('a cluster of three nodes (real etcd, nodes and sidecars)', () => {
   const acked = new Set<string>();
 
   const start = async (id: string, dir: string): Promise<Node> => {
-    const child = await startServe([
-      '--etcd', `http://${etcd.endpoint}`, '--node-id', id, '--data', dir,
-      '--grpc', '127.0.0.1:0', '--http', '127.0.0.1:0', '--replication', '127.0.0.1:0', '--cluster', 'e2e',
-      // Small WAL segments and frequent snapshots, so that a leader drops the segments its followers have.
-      '--wal-segment-bytes', String(64 * 1024), '--snapshot-interval-ms', '300',
-    ]);
+    // Small WAL segments and frequent snapshots, so that a leader drops the segments its followers have.
+    const child = await startClusterNode(etcd, id, dir, 'e2e', ['--wal-segment-bytes', String(64 * 1024), '--snapshot-interval-ms', '300']);
     return { id, dir, child };
   };
 
@@ -239,7 +232,7 @@ describe('a cluster of three nodes (real etcd, nodes and sidecars)', () => {
     for (const c of clients.values()) c.close();
     clients.clear();
     // Default segments and snapshot interval now, so that no segment of the new collection is dropped.
-    for (const n of nodes) n.child = await startServe(['--etcd', `http://${etcd.endpoint}`, '--node-id', n.id, '--data', n.dir, '--grpc', '127.0.0.1:0', '--http', '127.0.0.1:0', '--replication', '127.0.0.1:0', '--cluster', 'e2e']);
+    for (const n of nodes) n.child = await startClusterNode(etcd, n.id, n.dir, 'e2e');
     await waitFor(() => converged(nodes[0], 'r3'), 'the restarted cluster to serve r3 again');
     await allAckedPresent(nodes[1]);
     const created = await httpJson(nodes[1].child.http, 'POST', '/v1/collections', { name: 'w', dim: DIM, shards: 2, replicationFactor: 3, index: { type: 'flat' } });

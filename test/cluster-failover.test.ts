@@ -7,7 +7,7 @@ import { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QuiverClient } from '../src/client';
 import { QuiverError } from '../src/errors';
-import { shardOf } from '../src/query/hash';
+import { shardOf } from '../src/common/placement';
 import { TestCluster, TestNode, waitFor } from './cluster-harness';
 import { httpJson, tempDir } from './server-harness';
 

@@ -1,6 +1,8 @@
 /**
- * A cluster of real processes on loopback for the tests: etcd (Debian etcd-server) and
- * `quiver serve --etcd` nodes, each with its replication sidecar. Every process is killed by pid
+ * Nodes of a real cluster for the cluster tests: `quiver serve --etcd` children (each with its
+ * replication sidecar) on free loopback ports, against a real etcd (./etcd-harness.ts); a whole
+ * cluster of them (TestCluster); and a bounded wait for conditions no single event announces
+ * (replicas converging, a map reaching every node), which polls. Every process is killed by pid
  * when the test file ends (serve-child.ts and close()).
  */
 import { execFileSync } from 'child_process';
@@ -28,7 +30,23 @@ export interface ReplicaReport {
 }
 export type ShardsReport = { shard: number; epoch: number; leader: string; replicas: ReplicaReport[] }[];
 
-/** Polls cond every 100 ms until it holds; fails after ms with what it last saw. */
+/**
+ * A node of cluster `cluster` named `id` with its data in `dir`; `extra` flags after the rest.
+ * `uid`: run as that user (the data dir made theirs), so that network faults can pick its connections.
+ */
+export function startClusterNode(etcd: EtcdServer, id: string, dir: string, cluster: string, extra: string[] = [], uid?: number): Promise<ServeChild> {
+  if (uid !== undefined) execFileSync('chown', ['-R', `${uid}:${uid}`, dir]);
+  return startServe(
+    [
+      '--etcd', `http://${etcd.endpoint}`, '--node-id', id, '--data', dir,
+      '--grpc', '127.0.0.1:0', '--http', '127.0.0.1:0', '--replication', '127.0.0.1:0', '--cluster', cluster,
+      ...extra,
+    ],
+    { uid },
+  );
+}
+
+/** Resolves once `cond` holds, asking again every 100 ms; fails after ms, with `seen()` (what was last seen) in the message. */
 export async function waitFor(cond: () => Promise<boolean>, what: string, ms = 60_000, seen: () => string = () => ''): Promise<void> {
   const end = Date.now() + ms;
   while (!(await cond())) {
@@ -62,16 +80,7 @@ export class TestCluster {
   }
 
   async startNode(id: string, dir: string, args: string[] = [], uid?: number): Promise<TestNode> {
-    if (uid !== undefined) execFileSync('chown', ['-R', `${uid}:${uid}`, dir]);
-    const child = await startServe(
-      [
-        '--etcd', `http://${this.etcd.endpoint}`, '--node-id', id, '--data', dir,
-        '--grpc', '127.0.0.1:0', '--http', '127.0.0.1:0', '--replication', '127.0.0.1:0', '--cluster', this.name,
-        ...this.extra, ...args,
-      ],
-      { uid },
-    );
-    return { id, dir, child, uid };
+    return { id, dir, child: await startClusterNode(this.etcd, id, dir, this.name, [...this.extra, ...args], uid), uid };
   }
 
   node(id: string): TestNode {

@@ -87,14 +87,14 @@ export function rawCall<M extends MethodName>(
   method: M,
   req: WireRequest<M>,
   deadline?: number,
-): Promise<{ code: number; quiverCode?: string; details?: string; res?: ResponseOf<M> }> {
+): Promise<{ code: number; quiverCode?: string; details?: string; trailers?: Record<string, unknown>; res?: ResponseOf<M> }> {
   const Ctor = grpc.makeGenericClientConstructor(grpcJsDefinition(generatedMethods), 'Quiver');
   const stub = new Ctor(address, grpc.credentials.createInsecure());
   const call = stub[generatedMethods[method].name] as (req: WireRequest<M>, o: grpc.CallOptions, cb: grpc.requestCallback<ResponseOf<M>>) => void;
   return new Promise((resolve) => {
     call.call(stub, req, deadline === undefined ? {} : { deadline }, (err, res) => {
       stub.close();
-      if (err) resolve({ code: err.code, quiverCode: err.metadata.get(QUIVER_CODE_KEY)[0] as string, details: err.details });
+      if (err) resolve({ code: err.code, quiverCode: err.metadata.get(QUIVER_CODE_KEY)[0] as string, details: err.details, trailers: err.metadata.getMap() });
       else resolve({ code: 0, res });
     });
   });

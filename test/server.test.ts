@@ -226,6 +226,9 @@ describe('HTTP: every operation', () => {
       expect(typeof s.leader).toBe('string');
       expect(typeof s.epoch).toBe('number');
       expect(s.lag).toBe(s.lastLsn - s.appliedLsn);
+      // The node is each shard's one replica, its leader.
+      expect(s).toMatchObject({ leader: a.body.nodeId, phase: 'active' });
+      expect(s.replicas).toEqual([{ node: a.body.nodeId, role: 'leader', durableLsn: s.lastLsn, commitLsn: s.lastLsn, appliedLsn: s.appliedLsn, lagEntries: 0, lagMs: 0 }]);
     }
 
     a = await httpJson(b, 'DELETE', '/v1/collections/h1');
@@ -257,6 +260,9 @@ describe('HTTP: every operation', () => {
     expect(html).toContain('<table>');
     expect(html).toContain('<td>m1</td>');
     expect(html).toContain(`<td>${h.server.grpcAddress}</td>`);
+    // Units a person reads: the replica's lag in entries, the WAL in bytes.
+    expect(html).toMatch(/<td>0 entries<\/td>/);
+    expect(html).toMatch(/<td>\d+(\.\d)? (B|KiB|MiB)<\/td>/);
     await client.dropCollection('m1');
   });
 

@@ -12,6 +12,18 @@
  * are given. A write gets one idempotency key per logical call (unless the caller passes one), sent
  * with every attempt, so a retried upsert or delete applies once. Errors are QuiverError with the
  * server's code.
+ *
+ * Shard-aware writes (option `routing`, on by default): in a cluster, the client learns from
+ * ClusterStatus which node leads each shard, computes each id's shard as the nodes do
+ * (src/common/placement.ts), and sends each shard's part of an upsert or delete straight to its
+ * leader (one connection per node, reused), marked `expect_leader`, so that no node forwards it.
+ * A batch that spans shards is checked first as a node checks it (src/common/points.ts): a bad
+ * point refuses it whole and nothing is sent. Its parts carry the same idempotency key and the
+ * hash of the whole batch, so the key stands for the whole batch on every shard, as when a node
+ * splits it. A node that does not lead the part's shard answers NOT_LEADER naming the leader: the
+ * client takes that leader (or, with none named, a fresh ClusterStatus) and sends the part again.
+ * Against a standalone node, and for searches, gets and counts (which any node fans out), the
+ * client calls the node it is connected to.
  */
 import { randomUUID } from 'crypto';
 import { ErrorCode, QuiverError } from '../errors';
@@ -29,14 +41,22 @@ import type {
 } from '../query/types';
 import type { MessageInitShape } from '@bufbuild/protobuf';
 import type { CollectionInfo as WireCollectionInfo, SearchHit as WireSearchHit, SearchOptionsSchema, Vector } from '../rpc/gen/quiver_pb';
-import { MethodName, RequestInit, ResponseOf, bytesToVector, quiverMethods, tokenFromWire, tokenToWire, vectorToBytes } from '../rpc/proto';
+import { MethodCodec, MethodName, RequestInit, ResponseOf, bytesToVector, quiverMethods, tokenFromWire, tokenToWire, vectorToBytes } from '../rpc/proto';
 import { GrpcChannel } from '../rpc/grpc-client';
 import { encodeUpsertColumns } from '../rpc/upsert-codec';
+import { byShard, idsByShard, splitBatch, writeByShard } from '../common/placement';
+import { checkColumns, checkIds } from '../common/points';
+import type { Metric } from '../native';
+import type { WriteResult } from '../shard/shard';
+import { Routes, splitRequestHash } from './routes';
 
 export { QuiverError } from '../errors';
 export type { ErrorCode } from '../errors';
 export type {
   ClusterStatus,
+  NodeStatus,
+  ReplicaStatus,
+  ShardStatus,
   CollectionInfo,
   CollectionSpecInput,
   Consistency,
@@ -58,6 +78,16 @@ export interface ClientOptions {
   backoffMs?: number;
   /** How long connect() waits for the first address to answer. Default 10 s. */
   connectTimeoutMs?: number;
+  /**
+   * Shard-aware writes in a cluster (see the top of this file). Default true; false sends every
+   * call to the connected node, which forwards each write's parts to their leaders.
+   */
+  routing?: boolean;
+  /**
+   * The routes to start from, in place of asking the cluster on the first write: a ClusterStatus
+   * (from status() of this or another client). The client corrects them as nodes answer NOT_LEADER.
+   */
+  routes?: ClusterStatus;
 }
 
 export interface CallOptions {
@@ -67,6 +97,11 @@ export interface CallOptions {
 export interface WriteOptions extends CallOptions {
   /** Sent with every attempt; generated once per call when absent. */
   idempotencyKey?: string;
+}
+
+export interface StatusOptions extends CallOptions {
+  /** Only the nodes and each shard's epoch, leader, phase and replica nodes, as the node asked knows them (no log positions or lag from the other nodes). */
+  leadersOnly?: boolean;
 }
 
 export interface GetOptions extends CallOptions {
@@ -79,18 +114,39 @@ export interface SearchOptions extends CallOptions, Omit<SearchRequest, 'vectors
 
 const RETRYABLE: readonly ErrorCode[] = ['UNAVAILABLE', 'DEADLINE_EXCEEDED'];
 
+/** NOT_LEADER answers one part of a write may follow to the leader they name, besides `retries`. */
+const leaderRedirectsMax = 3;
+
 export class QuiverClient {
   private readonly channels: GrpcChannel[];
+  /** Every connection by address: the given ones, and the leaders' the client routes writes to. */
+  private readonly byAddress = new Map<string, GrpcChannel>();
   private current = 0;
   private readonly deadlineMs: number;
   private readonly retries: number;
   private readonly backoffMs: number;
+  private readonly routing: boolean;
+  private routes: Routes | undefined;
+  private refreshing: Promise<Routes> | undefined;
+  /** Dimension and metric of the collections whose batches the client has split (the checks need them). */
+  private readonly specs = new Map<string, { dim: number; metric: Metric }>();
+  private closed = false;
 
   private constructor(addresses: string[], opts: ClientOptions) {
-    this.channels = addresses.map((a) => new GrpcChannel(a, requestBytesMax));
+    this.channels = addresses.map((a) => this.channelTo(a));
     this.deadlineMs = opts.deadlineMs ?? defaultDeadlineMs;
     this.retries = opts.retries ?? 4;
     this.backoffMs = opts.backoffMs ?? 50;
+    this.routing = opts.routing ?? true;
+    if (opts.routes) this.routes = Routes.of(opts.routes);
+  }
+
+  /** The connection to an address, opened on first use. */
+  private channelTo(address: string): GrpcChannel {
+    if (this.closed) throw new QuiverError('UNAVAILABLE', 'the client is closed');
+    let ch = this.byAddress.get(address);
+    if (!ch) this.byAddress.set(address, (ch = new GrpcChannel(address, requestBytesMax)));
+    return ch;
   }
 
   /** Connects to one or more node addresses (host:port of their gRPC servers). */
@@ -102,16 +158,19 @@ export class QuiverClient {
     const ready = c.channels.map((ch, i) => ch.waitForReady(deadline).then(() => i));
     try {
       c.current = await Promise.any(ready); // the first address that answers
-      return c;
     } catch (e) {
       c.close();
       const errors = e instanceof AggregateError ? e.errors.map((x) => (x instanceof Error ? x.message : String(x))) : [String(e)];
       throw new QuiverError('UNAVAILABLE', `no Quiver node answered at ${list.join(', ')}: ${errors.join('; ')}`);
     }
+    // The routes of writes, learned now (else at the first write that needs them).
+    if (c.routing && !c.routes) await c.refreshRoutes({ deadlineMs: Math.max(1, deadline - Date.now()) }).catch(() => undefined);
+    return c;
   }
 
   close(): void {
-    for (const ch of this.channels) ch.close();
+    this.closed = true;
+    for (const ch of this.byAddress.values()) ch.close();
   }
 
   // ---- collections ----
@@ -138,6 +197,7 @@ export class QuiverClient {
   }
 
   async dropCollection(name: string, o: CallOptions = {}): Promise<void> {
+    this.specs.delete(name);
     try {
       await this.call('dropCollection', { name }, o);
     } catch (e) {
@@ -164,14 +224,22 @@ export class QuiverClient {
     const idempotencyKey = o.idempotencyKey ?? randomUUID();
     const dim = points.length > 0 ? points[0].vector.length : 0;
     const uniform = points.length > 0 && points.every((p) => p.vector.length === dim && typeof p.id === 'string');
+    // A batch whose vectors differ in length, or with an id that is no string, goes to the
+    // connected node as points, which names the point that is wrong.
+    const routes = uniform ? await this.routesFor(collection, o) : null;
+    if (routes) {
+      const groups = byShard(points, routes.shards(collection)!, (p) => p.id);
+      if (groups.size > 1) return this.upsertSplit(routes, collection, points, idempotencyKey, o);
+      // One shard's batch: its leader checks it whole, as any node would.
+      const [s] = groups.keys();
+      const encoded = encodeUpsertColumns({ ...upsertColumns(collection, idempotencyKey, points), expectLeader: true });
+      const r = await this.sendPart(collection, s, 'upsert', encoded, o);
+      return { upserted: r.answer, token: { [String(s)]: r.lsn } };
+    }
     // Columns (ids, one vectors blob, payloads) spare a message per point on both sides, and are
-    // encoded here with one copy of the vectors. A batch whose vectors differ in length goes as
-    // points, so the server names the point that is wrong.
+    // encoded here with one copy of the vectors.
     if (uniform) {
-      const payloadJsons = points.some((p) => p.payload !== undefined) ? points.map((p) => (p.payload === undefined ? '' : JSON.stringify(p.payload))) : [];
-      const ids = points.map((p) => p.id);
-      const encoded = encodeUpsertColumns({ collection, idempotencyKey, ids, vectors: points.map((p) => p.vector), dim, payloadJsons });
-      const r = await this.call('upsert', encoded, o);
+      const r = await this.call('upsert', encodeUpsertColumns(upsertColumns(collection, idempotencyKey, points)), o);
       return { upserted: Number(r.count), token: tokenFromWire(r.token) };
     }
     const req: RequestInit<'upsert'> = {
@@ -187,9 +255,43 @@ export class QuiverClient {
     return { upserted: Number(r.count), token: tokenFromWire(r.token) };
   }
 
+  /**
+   * A batch across shards: checked as a node checks a batch (nothing is sent if a point is bad),
+   * then each shard's part to its leader, with the key and the hash of the whole batch.
+   */
+  private async upsertSplit(routes: Routes, collection: string, points: PointInput[], idempotencyKey: string, o: WriteOptions): Promise<{ upserted: number; token: WriteToken }> {
+    const { dim, metric } = await this.specOf(collection, o);
+    const vectors = new Float32Array(points.length * points[0].vector.length);
+    points.forEach((p, i) => vectors.set(p.vector, i * p.vector.length));
+    const batch = checkColumns({ ids: points.map((p) => p.id), vectors, payloads: points.map((p) => p.payload) }, dim, metric);
+    const requestHash = splitRequestHash('upsert', collection, batch.ids, batch.payloadJson, batch.vectors);
+    const payloadsGiven = batch.payloadJson.some((j) => j !== '');
+    const { count, token } = await writeByShard(splitBatch(batch, dim, routes.shards(collection)!), (s, part) =>
+      this.sendPart(
+        collection,
+        s,
+        'upsert',
+        encodeUpsertColumns({ collection, idempotencyKey, ids: part.ids, vectors: [part.vectors], payloadJsons: payloadsGiven ? part.payloadJson : [], expectLeader: true, requestHash }),
+        o,
+      ),
+    );
+    return { upserted: count, token };
+  }
+
   async delete(collection: string, ids: string[], o: WriteOptions = {}): Promise<{ deleted: number; token: WriteToken }> {
-    const r = await this.call('delete', { collection, ids, idempotencyKey: o.idempotencyKey ?? randomUUID() }, o);
-    return { deleted: Number(r.count), token: tokenFromWire(r.token) };
+    const idempotencyKey = o.idempotencyKey ?? randomUUID();
+    const routes = Array.isArray(ids) && ids.length > 0 && ids.every((id) => typeof id === 'string') ? await this.routesFor(collection, o) : null;
+    if (!routes) {
+      const r = await this.call('delete', { collection, ids, idempotencyKey }, o);
+      return { deleted: Number(r.count), token: tokenFromWire(r.token) };
+    }
+    const groups = idsByShard(ids, routes.shards(collection)!);
+    // Checked as a node checks a delete before its parts go (one shard's: its leader checks it).
+    const requestHash = groups.size > 1 ? splitRequestHash('delete', collection, checkIds(ids, true)) : undefined;
+    const { count, token } = await writeByShard(groups, (s, part) =>
+      this.sendPart(collection, s, 'delete', quiverMethods.delete.requestSerialize({ collection, ids: part, idempotencyKey, expectLeader: true, requestHash }), o),
+    );
+    return { deleted: count, token };
   }
 
   async get(collection: string, ids: string[], o: GetOptions = {}): Promise<Point[]> {
@@ -222,24 +324,74 @@ export class QuiverClient {
     return r.batches.map((b) => b.hits.map(hitFromWire));
   }
 
-  async status(o: CallOptions = {}): Promise<ClusterStatus> {
-    const r = await this.call('clusterStatus', {}, o);
-    return {
-      mode: r.mode as ClusterStatus['mode'],
-      nodeId: r.nodeId,
-      nodes: r.nodes.map((n) => ({ id: n.id, grpc: n.grpc || undefined, http: n.http || undefined, alive: n.alive })),
-      shards: r.shards.map((s) => ({
-        collection: s.collection,
-        shard: s.shard,
-        leader: s.leader,
-        epoch: Number(s.epoch),
-        lastLsn: Number(s.lastLsn),
-        appliedLsn: Number(s.appliedLsn),
-        snapshotLsn: Number(s.snapshotLsn),
-        points: Number(s.points),
-        walBytes: Number(s.walBytes),
-      })),
-    };
+  /** Every node and every shard of every collection, as the connected node learns them. */
+  async status(o: StatusOptions = {}): Promise<ClusterStatus> {
+    return statusFromWire(await this.call('clusterStatus', { leadersOnly: !!o.leadersOnly }, o));
+  }
+
+  // ---- routing ----
+
+  /**
+   * The routes of writes to `collection`, or null to call the connected node: routing off, a
+   * standalone node, a collection the cluster does not list (asked again first: it may be new),
+   * or routes the client could not learn.
+   */
+  private async routesFor(collection: string, o: CallOptions): Promise<Routes | null> {
+    if (!this.routing) return null;
+    try {
+      let routes = this.routes ?? (await this.refreshRoutes(o));
+      if (routes.mode === 'cluster' && routes.shards(collection) === undefined) routes = await this.refreshRoutes(o);
+      return routes.mode === 'cluster' && routes.shards(collection) !== undefined ? routes : null;
+    } catch {
+      return null; // the connected node's own answer (with its retries) tells what is wrong
+    }
+  }
+
+  /** Fresh routes from the connected node's ClusterStatus (one request at a time, shared). */
+  private refreshRoutes(o: CallOptions): Promise<Routes> {
+    this.refreshing ??= this.status({ deadlineMs: o.deadlineMs, leadersOnly: true })
+      .then((st) => (this.routes = Routes.of(st)))
+      .finally(() => (this.refreshing = undefined));
+    return this.refreshing;
+  }
+
+  private async specOf(collection: string, o: CallOptions): Promise<{ dim: number; metric: Metric }> {
+    let spec = this.specs.get(collection);
+    if (!spec) {
+      const info = await this.describeCollection(collection, o);
+      this.specs.set(collection, (spec = { dim: info.dim, metric: info.metric }));
+    }
+    return spec;
+  }
+
+  /**
+   * One shard's part of a write (encoded with expect_leader) to the shard's leader, or to the
+   * connected node while no leader is known (it names the leader, or waits for one). NOT_LEADER:
+   * the leader it names (with none named, fresh routes) gets the part at once, at most
+   * leaderRedirectsMax times; UNAVAILABLE and DEADLINE_EXCEEDED: fresh routes and a backoff, as
+   * many times as `retries` says.
+   */
+  private async sendPart(collection: string, shard: number, method: 'upsert' | 'delete', encoded: Buffer, o: CallOptions): Promise<WriteResult> {
+    // Upsert and Delete both answer a WriteResponse; the request goes as encoded.
+    const codec = quiverMethods[method] as MethodCodec<'upsert'>;
+    let redirects = 0;
+    for (let attempt = 0; ; ) {
+      const leader = this.routes?.leader(collection, shard);
+      const channel = leader ? this.channelTo(leader.address) : this.channels[this.current];
+      try {
+        const r = await channel.unary(codec, undefined as never, Date.now() + (o.deadlineMs ?? this.deadlineMs), encoded);
+        return { answer: Number(r.count), lsn: Number(r.token[String(shard)] ?? 0n) };
+      } catch (e) {
+        const qe = e as QuiverError;
+        if (qe.code === 'NOT_LEADER' && redirects++ < leaderRedirectsMax) {
+          if (!this.routes?.learn(collection, shard, qe.details)) await this.refreshRoutes(o).catch(() => undefined);
+          continue;
+        }
+        if (!RETRYABLE.includes(qe.code) || attempt >= this.retries) throw qe;
+        await sleep(this.backoffMs * 2 ** attempt++);
+        await this.refreshRoutes(o).catch(() => undefined);
+      }
+    }
   }
 
   // ---- transport ----
@@ -343,5 +495,41 @@ function infoFromWire(c: WireCollectionInfo): CollectionInfo {
     writeConcern: c.writeConcern as CollectionInfo['writeConcern'],
     count: Number(c.count),
     createdAt: c.createdAt,
+  };
+}
+
+/** A uniform batch (every vector of one length, every id a string) as UpsertRequest columns. */
+function upsertColumns(collection: string, idempotencyKey: string, points: PointInput[]): Parameters<typeof encodeUpsertColumns>[0] {
+  const payloadJsons = points.some((p) => p.payload !== undefined) ? points.map((p) => (p.payload === undefined ? '' : JSON.stringify(p.payload))) : [];
+  return { collection, idempotencyKey, ids: points.map((p) => p.id), vectors: points.map((p) => p.vector), payloadJsons };
+}
+
+function statusFromWire(r: ResponseOf<'clusterStatus'>): ClusterStatus {
+  const num = (n: bigint | undefined): number | undefined => (n === undefined ? undefined : Number(n));
+  return {
+    mode: r.mode as ClusterStatus['mode'],
+    nodeId: r.nodeId,
+    nodes: r.nodes.map((n) => ({ id: n.id, grpc: n.grpc || undefined, http: n.http || undefined, zone: n.zone || undefined, alive: n.alive })),
+    shards: r.shards.map((s) => ({
+      collection: s.collection,
+      shard: s.shard,
+      leader: s.leader,
+      epoch: Number(s.epoch),
+      phase: s.phase,
+      lastLsn: Number(s.lastLsn),
+      appliedLsn: Number(s.appliedLsn),
+      snapshotLsn: Number(s.snapshotLsn),
+      points: Number(s.points),
+      walBytes: Number(s.walBytes),
+      replicas: s.replicas.map((x) => ({
+        node: x.node,
+        role: x.role,
+        durableLsn: num(x.durableLsn),
+        commitLsn: num(x.commitLsn),
+        appliedLsn: num(x.appliedLsn),
+        lagEntries: num(x.lagEntries),
+        lagMs: num(x.lagMs),
+      })),
+    })),
   };
 }

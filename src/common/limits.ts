@@ -37,6 +37,8 @@ export const defaultDeadlineMs = 30_000;
 export const deadlineMsMax = 60 * 60 * 1000;
 /** Bytes of an idempotency key. */
 export const idempotencyKeyBytesMax = 128;
+/** Bytes of the hash of the request an idempotency key stands for (in WAL entries, and from a client that split a request by shard). */
+export const requestHashBytes = 16;
 
 // Transport: connections, buffered bytes and handshake deadlines of the node's gRPC and HTTP
 // servers (src/rpc/grpc-server.ts, src/server/index.ts).

@@ -23,7 +23,8 @@ import { requestHash } from '../shard';
 import type { Shard, ShardOptions, StoredPoint, UpsertOp, WriteResult } from '../shard';
 import type { NodeId, Progress, ShardKey, ShardMap } from '../cluster/types';
 import { shardKey } from '../cluster/types';
-import { OpenInternals, checkedBatch, idsByShard, writeByShard, mergeHits, prepareSearch, shardOptionsOf, splitBatch } from './database';
+import { idsByShard, splitBatch, writeByShard } from '../common/placement';
+import { OpenInternals, checkWrite, checkedBatch, mergeHits, prepareSearch, shardOptionsOf } from './database';
 import type {
   ChangeOptions,
   ClusterStatus,
@@ -35,6 +36,7 @@ import type {
   Point,
   PointInput,
   ReplicaInfo,
+  ReplicaStatus,
   SearchHit,
   SearchRequest,
   ShardReplicas,
@@ -44,7 +46,7 @@ import type {
   WriteOptions,
   WriteToken,
 } from './types';
-import { checkAnswerBytes, checkColumns, checkIdempotencyKey, checkIds, checkName, checkOptBool, checkSpec, isPlainObject } from './validate';
+import { checkAnswerBytes, checkColumns, checkIds, checkName, checkOptBool, checkSpec, isPlainObject } from './validate';
 import { defaultDeadlineMs } from '../common/limits';
 
 /** What collections/<name> holds: the spec and when it was made. */
@@ -97,6 +99,23 @@ export interface CoordinatorPort {
   setDraining(on: boolean): void;
 }
 
+/** A follower of a shard its node leads, as the leader sees it. */
+export interface FollowerLag {
+  node: NodeId;
+  /** Entries of the leader's durable log it has not acknowledged. */
+  lagEntries: number;
+  /** How long it has not advanced while behind, in ms (0 when caught up). */
+  lagMs: number;
+}
+
+/** A replica as the node holding it reports it (the node service's ReplicaStatus). */
+export interface ReplicaReport extends Omit<ReplicaInfo, 'lagEntries'> {
+  collection: string;
+  shard: number;
+  /** On a leader: its followers. */
+  followers: FollowerLag[];
+}
+
 /** The node service of other nodes (src/server/node-service.ts): each call serves shards that node holds. */
 export interface PeerShards {
   upsert(node: NodeId, collection: string, shard: number, op: UpsertOp, key: string, hash: Buffer | undefined): Promise<WriteResult>;
@@ -104,7 +123,8 @@ export interface PeerShards {
   search(node: NodeId, collection: string, shards: number[], req: SearchRequest & { vectors: Float32Array }): Promise<SearchHit[][]>;
   get(node: NodeId, collection: string, shards: number[], ids: string[], withVectors: boolean, withPayload: boolean): Promise<Point[]>;
   count(node: NodeId, collection: string, shards: number[]): Promise<number>;
-  replicaStatus(node: NodeId, collection: string, withDigest: boolean): Promise<(Omit<ReplicaInfo, 'lagEntries'> & { shard: number })[]>;
+  /** The replicas `node` holds of a collection's shards ('' = of every collection). */
+  replicaStatus(node: NodeId, collection: string, withDigest: boolean): Promise<ReplicaReport[]>;
 }
 
 export interface ClusterOptions extends OpenOptions, OpenInternals {
@@ -355,9 +375,16 @@ export class ClusterDatabase implements Database {
   /**
    * Runs `local` on this node's replica when it leads shard s, else `remote` on the leader node;
    * while the shard has no reachable leader, waits for its next map and tries again until the
-   * deadline (the caller's signal, else leaderWaitMs).
+   * deadline (the caller's signal, else leaderWaitMs). Without `remote` (the caller routed the
+   * write here, expecting this node to lead), a shard led by another node is NOT_LEADER naming it.
    */
-  private async onLeader<T>(c: ClusterCollection, s: number, signal: AbortSignal | undefined, local: (r: ReplicaPort) => Promise<T>, remote: (node: NodeId) => Promise<T>): Promise<T> {
+  private async onLeader<T>(
+    c: ClusterCollection,
+    s: number,
+    signal: AbortSignal | undefined,
+    local: (r: ReplicaPort) => Promise<T>,
+    remote: ((node: NodeId) => Promise<T>) | null,
+  ): Promise<T> {
     const key = shardKey(c.spec.name, s);
     const deadline = Date.now() + leaderWaitMs;
     let last = 'no leader is known';
@@ -366,12 +393,14 @@ export class ClusterDatabase implements Database {
       if (signal?.aborted || Date.now() >= deadline) throw new QuiverError('UNAVAILABLE', `shard ${key} has no leader that answers (${last}); nothing was written`);
       const map = c.maps[s];
       const leader = map && map.phase === 'active' ? map.leader : null;
+      if (leader && leader !== this.self && !remote) throw this.notLeader(c.spec.name, s, leader);
       try {
         if (leader === this.self) {
           const r = await c.replicas.get(s)?.opening;
           if (r) return await local(r);
           last = 'its replica here is not open';
-        } else if (leader) {
+        } else if (leader && remote) {
+          this.opts.observer?.forwardedWrite?.(c.spec.name, s);
           // A leader that stops leading while the write is in flight (paused, cut off, handing
           // over) may never answer: on a newer map the write goes to the new leader, which holds
           // every entry the old one committed (the idempotency key then answers a repeat once;
@@ -389,10 +418,28 @@ export class ClusterDatabase implements Database {
           }
         }
       } catch (e) {
+        // The replica knows another leader before this node's map does.
+        const named = (e as QuiverError).code === 'NOT_LEADER' ? (e as QuiverError).details?.leader : undefined;
+        if (!remote && named) throw this.notLeader(c.spec.name, s, named);
         if (!isRouting(e) || (e as { outcomeUnknown?: boolean }).outcomeUnknown) throw e;
         last = `${leader}: ${(e as Error).message}`;
       }
       await this.nextMap(key, Math.min(Math.max(1, deadline - Date.now()), 250), signal);
+    }
+  }
+
+  /** NOT_LEADER for shard s, naming its leader and, when it is live, the leader's addresses (what a client routes by). */
+  private notLeader(name: string, s: number, leader: NodeId): QuiverError {
+    const n = this.nodes[leader];
+    const details: Record<string, string> = n ? { leader, leaderGrpc: n.grpc, leaderHttp: n.http } : { leader };
+    return new QuiverError('NOT_LEADER', `shard ${shardKey(name, s)} is led by node ${leader}`, details);
+  }
+
+  /** A write routed here expecting this node to lead: NOT_LEADER before any part is written when a map names another leader of one of its shards. */
+  private checkLeads(c: ClusterCollection, shards: Iterable<number>): void {
+    for (const s of shards) {
+      const m = c.maps[s];
+      if (m?.phase === 'active' && m.leader !== null && m.leader !== this.self) throw this.notLeader(c.spec.name, s, m.leader);
     }
   }
 
@@ -425,15 +472,16 @@ export class ClusterDatabase implements Database {
   }
 
   private async upsertChecked(c: ClusterCollection, batch: UpsertOp, opts: WriteOptions): Promise<{ upserted: number; token: WriteToken }> {
-    const key = checkIdempotencyKey(isPlainObject(opts) ? opts.idempotencyKey : undefined);
-    const hash = key === '' ? undefined : requestHash('upsert', c.spec.name, batch.ids, batch.payloadJson, batch.vectors);
-    const { count, token } = await writeByShard(splitBatch(batch, c.spec.dim, c.spec.shards), (s, part) =>
+    const { key, hash, expectLeader } = checkWrite(opts, () => requestHash('upsert', c.spec.name, batch.ids, batch.payloadJson, batch.vectors));
+    const parts = splitBatch(batch, c.spec.dim, c.spec.shards);
+    if (expectLeader) this.checkLeads(c, parts.keys());
+    const { count, token } = await writeByShard(parts, (s, part) =>
       this.onLeader(
         c,
         s,
         opts.signal,
         (rep) => ClusterDatabase.bounded(rep.upsert(part, key, hash), opts.signal),
-        (node) => ClusterDatabase.bounded(this.opts.peers.upsert(node, c.spec.name, s, part, key, hash), opts.signal),
+        expectLeader ? null : (node) => ClusterDatabase.bounded(this.opts.peers.upsert(node, c.spec.name, s, part, key, hash), opts.signal),
       ),
     );
     return { upserted: count, token };
@@ -442,15 +490,16 @@ export class ClusterDatabase implements Database {
   async delete(name: string, ids: string[], opts: WriteOptions = {}): Promise<{ deleted: number; token: WriteToken }> {
     const c = this.coll(name);
     checkIds(ids, true);
-    const key = checkIdempotencyKey(isPlainObject(opts) ? opts.idempotencyKey : undefined);
-    const hash = key === '' ? undefined : requestHash('delete', c.spec.name, ids);
-    const { count, token } = await writeByShard(idsByShard(ids, c.spec.shards), (s, g) =>
+    const { key, hash, expectLeader } = checkWrite(opts, () => requestHash('delete', c.spec.name, ids));
+    const parts = idsByShard(ids, c.spec.shards);
+    if (expectLeader) this.checkLeads(c, parts.keys());
+    const { count, token } = await writeByShard(parts, (s, g) =>
       this.onLeader(
         c,
         s,
         opts.signal,
         (rep) => ClusterDatabase.bounded(rep.delete(g, key, hash), opts.signal),
-        (node) => ClusterDatabase.bounded(this.opts.peers.delete(node, c.spec.name, s, g, key, hash), opts.signal),
+        expectLeader ? null : (node) => ClusterDatabase.bounded(this.opts.peers.delete(node, c.spec.name, s, g, key, hash), opts.signal),
       ),
     );
     return { deleted: count, token };
@@ -580,40 +629,93 @@ export class ClusterDatabase implements Database {
 
   // ---------------------------------------------------------------- status
 
-  status(): ClusterStatus {
-    const shards: ShardStatus[] = [];
-    for (const c of this.collections.values()) {
-      for (const [s, r] of this.open(c)) {
-        const st = r.shard.status();
-        shards.push({ collection: c.spec.name, shard: s, leader: c.maps[s]?.leader ?? '', ...st, epoch: c.maps[s]?.epoch ?? st.epoch });
-      }
+  /** Each follower of a replica that leads, as it sees them. */
+  private static followers(st: ReturnType<ReplicaPort['status']>): FollowerLag[] {
+    return Object.entries(st.peers).map(([node, p]) => {
+      const lagEntries = Math.max(0, st.durableLsn - p.match);
+      return { node, lagEntries, lagMs: lagEntries > 0 ? Math.round(p.sinceAckMs) : 0 };
+    });
+  }
+
+  /** This node's replica of shard s of c, as it reports it to the others (without a digest). */
+  private report(c: ClusterCollection, s: number, r: ReplicaPort): ReplicaReport {
+    const st = r.status();
+    const { role, epoch, durableLsn, commitLsn, appliedLsn } = st;
+    return { collection: c.spec.name, shard: s, node: this.self, role, epoch, durableLsn, commitLsn, appliedLsn, digest: '', followers: ClusterDatabase.followers(st) };
+  }
+
+  /**
+   * The nodes, and the shards `include` picks (by collection, then shard) with their replicas from
+   * the maps: each replica's role and log positions from its node's report, its lag from the
+   * leader's. `asked`: the replicas' nodes were asked, so one without a report is "unreachable";
+   * else a replica without one has the role its map gives it.
+   */
+  private view(reports: ReplicaReport[], asked: boolean, include: (c: ClusterCollection, s: number) => boolean): ClusterStatus {
+    const reported = new Map<ShardKey, Map<NodeId, ReplicaReport>>();
+    for (const r of reports) {
+      const key = shardKey(r.collection, r.shard);
+      reported.set(key, (reported.get(key) ?? new Map<NodeId, ReplicaReport>()).set(r.node, r));
     }
-    const nodes = Object.entries(this.nodes).map(([id, n]) => ({ id, grpc: n.grpc, http: n.http, alive: true }));
+    const shards: ShardStatus[] = [];
+    const named = new Set<NodeId>();
+    for (const c of [...this.collections.values()].sort((a, b) => (a.spec.name < b.spec.name ? -1 : 1))) {
+      c.maps.forEach((map, s) => {
+        if (!include(c, s)) return;
+        const here = reported.get(shardKey(c.spec.name, s));
+        const leader = map?.leader ?? null;
+        const lags = new Map((leader !== null ? here?.get(leader)?.followers ?? [] : []).map((f) => [f.node, f]));
+        const replicas = (map?.replicas ?? []).map((node): ReplicaStatus => {
+          named.add(node);
+          const r = here?.get(node);
+          const lag = node === leader && r ? { lagEntries: 0, lagMs: 0 } : lags.get(node);
+          const role = r?.role ?? (asked ? 'unreachable' : node === leader ? 'leader' : 'follower');
+          return { node, role, durableLsn: r?.durableLsn, commitLsn: r?.commitLsn, appliedLsn: r?.appliedLsn, lagEntries: lag?.lagEntries, lagMs: lag?.lagMs };
+        });
+        const own = c.replicas.get(s)?.port?.shard.status() ?? { epoch: 0, lastLsn: 0, appliedLsn: 0, snapshotLsn: 0, points: 0, walBytes: 0 };
+        shards.push({ collection: c.spec.name, shard: s, ...own, leader: leader ?? '', epoch: map?.epoch ?? own.epoch, phase: map?.phase ?? '', replicas });
+      });
+    }
+    // Live nodes, and the nodes the maps name that are not live now.
+    const nodes = [...new Set([...Object.keys(this.nodes), ...named])].sort().map((id) => {
+      const n = this.nodes[id];
+      return n ? { id, grpc: n.grpc, http: n.http, zone: n.zone ?? undefined, alive: true } : { id, alive: false };
+    });
     return { mode: 'cluster', nodeId: this.self, nodes, shards };
   }
 
-  /** The replicas of a collection held by this node: role, log positions and (if asked) digest. */
-  async localReplicas(name: string, withDigest: boolean): Promise<(Omit<ReplicaInfo, 'lagEntries'> & { shard: number })[]> {
-    const c = this.coll(name);
-    return Promise.all(
-      this.open(c).map(async ([s, r]) => {
-        const st = r.status();
-        return { shard: s, node: this.self, role: st.role, epoch: st.epoch, durableLsn: st.durableLsn, commitLsn: st.commitLsn, appliedLsn: st.appliedLsn, digest: withDigest ? await r.digest() : '' };
-      }),
+  /** This node and the shards it holds a replica of, as it knows them without asking the others. */
+  status(): ClusterStatus {
+    const local = [...this.collections.values()].flatMap((c) => this.open(c).map(([s, r]) => this.report(c, s, r)));
+    return this.view(local, false, (c, s) => c.replicas.get(s)?.port !== undefined);
+  }
+
+  /** Every node and every shard of every collection; unless leadersOnly, each replica's log positions and lag from the nodes holding them. */
+  async clusterStatus(opts: { leadersOnly?: boolean } = {}): Promise<ClusterStatus> {
+    this.usable();
+    const leadersOnly = checkOptBool(isPlainObject(opts) ? opts.leadersOnly : undefined, 'leadersOnly') ?? false;
+    return this.view(leadersOnly ? [] : await this.gather(undefined, false), !leadersOnly, () => true);
+  }
+
+  /** The replicas of a collection's shards ('' or undefined: of every collection) held by this node. */
+  async localReplicas(name: string | undefined, withDigest: boolean): Promise<ReplicaReport[]> {
+    this.usable();
+    const cols = name ? [this.coll(name)] : [...this.collections.values()];
+    return Promise.all(cols.flatMap((c) => this.open(c).map(async ([s, r]) => ({ ...this.report(c, s, r), digest: withDigest ? await r.digest() : '' }))));
+  }
+
+  /** The reports of the replicas of a collection's shards (undefined: of every collection), from every node holding one; a node that does not answer sends none. */
+  private async gather(name: string | undefined, withDigest: boolean): Promise<ReplicaReport[]> {
+    const holders = new Set<NodeId>();
+    for (const c of name === undefined ? this.collections.values() : [this.coll(name)]) for (const m of c.maps) for (const n of m?.replicas ?? []) holders.add(n);
+    const reports = await Promise.all(
+      [...holders].map((node) => (node === this.self ? this.localReplicas(name, withDigest) : this.opts.peers.replicaStatus(node, name ?? '', withDigest)).catch(() => [])),
     );
+    return reports.flat();
   }
 
   async shards(name: string, opts: { withDigest?: boolean } = {}): Promise<ShardReplicas[]> {
-    const withDigest = opts.withDigest !== false;
     const c = this.coll(name);
-    const holders = new Set<NodeId>();
-    for (const m of c.maps) for (const n of m?.replicas ?? []) holders.add(n);
-    const reports = await Promise.all(
-      [...holders].map((node) =>
-        (node === this.self ? this.localReplicas(name, withDigest) : this.opts.peers.replicaStatus(node, name, withDigest)).catch(() => []),
-      ),
-    );
-    const all = reports.flat();
+    const all = await this.gather(name, opts.withDigest !== false);
     return c.maps.map((map, s) => {
       const here = all.filter((r) => r.shard === s);
       const leaderDurable = here.find((r) => r.node === map?.leader)?.durableLsn ?? 0;
@@ -636,10 +738,7 @@ export class ClusterDatabase implements Database {
     for (const c of this.collections.values()) {
       for (const [s, r] of this.open(c)) {
         const st = r.status();
-        const followers = Object.entries(st.peers).map(([node, p]) => {
-          const lagEntries = Math.max(0, st.durableLsn - p.match);
-          return { node, lagEntries, lagSeconds: lagEntries > 0 ? p.sinceAckMs / 1000 : 0 };
-        });
+        const followers = ClusterDatabase.followers(st).map((f) => ({ node: f.node, lagEntries: f.lagEntries, lagSeconds: f.lagMs / 1000 }));
         out.push({ collection: c.spec.name, shard: s, role: st.role, commitLsn: st.commitLsn, appliedLsn: st.appliedLsn, followers });
       }
     }

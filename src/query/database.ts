@@ -14,10 +14,10 @@ import * as path from 'path';
 import { QuiverError } from '../errors';
 import { efMax } from '../native/limits';
 import { Shard, requestHash } from '../shard';
-import type { ShardHit, ShardOptions, UpsertOp, WriteResult } from '../shard';
+import type { ShardHit, ShardOptions, UpsertOp } from '../shard';
 import { CatalogEntry, readCatalog, writeCatalog } from './catalog';
 import { compileFilter } from './filter';
-import { shardOf } from './hash';
+import { idsByShard, splitBatch, writeByShard } from '../common/placement';
 import type {
   ChangeOptions,
   ClusterStatus,
@@ -48,6 +48,7 @@ import {
   checkOptBool,
   checkOptInt,
   checkPoints,
+  checkRequestHash,
   checkSearchShape,
   checkSpec,
   isPlainObject,
@@ -59,56 +60,17 @@ interface Collection {
   shards: Shard[];
 }
 
-/** ids grouped by the shard that holds them, in the order given. */
-export function idsByShard(ids: string[], shards: number): Map<number, string[]> {
-  const groups = new Map<number, string[]>();
-  for (const id of ids) {
-    const s = shardOf(id, shards);
-    const g = groups.get(s);
-    if (g) g.push(id);
-    else groups.set(s, [id]);
-  }
-  return groups;
-}
-
 /**
- * A checked upsert batch split by shard, in the order of first appearance: one shard taking every
- * point gets the batch itself (no copy), else each part gets its rows copied.
+ * A write's options, checked: its idempotency key ('' = none), the hash the key stands for (the
+ * caller's when a client split the request by shard, else `own()`, this request's) and whether the
+ * caller expects this node to lead every shard of the write.
  */
-export function splitBatch(batch: UpsertOp, dim: number, shards: number): Map<number, UpsertOp> {
-  const { ids, vectors: whole, payloadJson } = batch;
-  const groups = new Map<number, number[]>();
-  ids.forEach((id, i) => {
-    const s = shardOf(id, shards);
-    const g = groups.get(s);
-    if (g) g.push(i);
-    else groups.set(s, [i]);
-  });
-  const out = new Map<number, UpsertOp>();
-  for (const [s, idx] of groups) {
-    if (idx.length === ids.length) {
-      out.set(s, batch); // every point, in order (indexes were pushed ascending)
-      continue;
-    }
-    const vectors = new Float32Array(idx.length * dim);
-    idx.forEach((i, j) => vectors.set(whole.subarray(i * dim, (i + 1) * dim), j * dim));
-    out.set(s, { ids: idx.map((i) => ids[i]), vectors, payloadJson: idx.map((i) => payloadJson[i]) });
-  }
-  return out;
-}
-
-/** Runs each shard's part of a write, in parallel: the count answered in all and the token {shard: lsn}. */
-export async function writeByShard<P>(parts: Iterable<[number, P]>, write: (shard: number, part: P) => Promise<WriteResult>): Promise<{ count: number; token: WriteToken }> {
-  const token: WriteToken = {};
-  let count = 0;
-  await Promise.all(
-    [...parts].map(async ([s, part]) => {
-      const r = await write(s, part);
-      token[String(s)] = r.lsn;
-      count += r.answer;
-    }),
-  );
-  return { count, token };
+export function checkWrite(opts: WriteOptions, own: () => Buffer): { key: string; hash: Buffer | undefined; expectLeader: boolean } {
+  const o: WriteOptions = isPlainObject(opts) ? opts : {};
+  const key = checkIdempotencyKey(o.idempotencyKey);
+  const given = checkRequestHash(o.requestHash, key);
+  const expectLeader = checkOptBool(o.expectLeader, 'expectLeader') ?? false;
+  return { key, hash: key === '' ? undefined : given ?? own(), expectLeader };
 }
 
 /** Points checked against a collection's spec, as one batch with one row-major array (as upsertColumns takes: a one-shard batch then needs no other copy). */
@@ -402,8 +364,7 @@ export class LocalDatabase implements Database {
   /** Splits a checked batch by shard; one shard taking every point gets `vectors` itself, without a copy. */
   private async upsertChecked(c: Collection, batch: UpsertOp, opts: WriteOptions): Promise<{ upserted: number; token: WriteToken }> {
     const { ids, vectors: whole, payloadJson } = batch;
-    const key = checkIdempotencyKey(isPlainObject(opts) ? opts.idempotencyKey : undefined);
-    const hash = key === '' ? undefined : requestHash('upsert', c.spec.name, ids, payloadJson, whole);
+    const { key, hash } = checkWrite(opts, () => requestHash('upsert', c.spec.name, ids, payloadJson, whole));
     LocalDatabase.admit(c, key, hash, opts.signal);
     const { count, token } = await writeByShard(splitBatch(batch, c.spec.dim, c.spec.shards), (s, part) => c.shards[s].upsert(part, key, hash));
     return { upserted: count, token };
@@ -412,8 +373,7 @@ export class LocalDatabase implements Database {
   async delete(name: string, ids: string[], opts: WriteOptions = {}): Promise<{ deleted: number; token: WriteToken }> {
     const c = this.coll(name);
     checkIds(ids, true);
-    const key = checkIdempotencyKey(isPlainObject(opts) ? opts.idempotencyKey : undefined);
-    const hash = key === '' ? undefined : requestHash('delete', c.spec.name, ids);
+    const { key, hash } = checkWrite(opts, () => requestHash('delete', c.spec.name, ids));
     LocalDatabase.admit(c, key, hash, opts.signal);
     const { count, token } = await writeByShard(idsByShard(ids, c.spec.shards), (s, g) => c.shards[s].delete(g, key, hash));
     return { deleted: count, token };
@@ -484,13 +444,19 @@ export class LocalDatabase implements Database {
   status(): ClusterStatus {
     const shards: ShardStatus[] = [];
     const node = this.opts.nodeId ?? 'local';
-    for (const c of this.collections.values()) {
+    for (const c of [...this.collections.values()].sort((a, b) => (a.spec.name < b.spec.name ? -1 : 1))) {
       c.shards.forEach((s, i) => {
         const st = s.status();
-        shards.push({ collection: c.spec.name, shard: i, leader: node, ...st });
+        const replica = { node, role: 'leader', durableLsn: st.lastLsn, commitLsn: st.lastLsn, appliedLsn: st.appliedLsn, lagEntries: 0, lagMs: 0 };
+        shards.push({ collection: c.spec.name, shard: i, leader: node, phase: 'active', ...st, replicas: [replica] });
       });
     }
     return { mode: 'standalone', nodeId: node, nodes: [{ id: node, alive: true }], shards };
+  }
+
+  /** One node: its own status is the whole cluster's. */
+  async clusterStatus(): Promise<ClusterStatus> {
+    return this.status();
   }
 
   async shards(name: string, opts: { withDigest?: boolean } = {}): Promise<ShardReplicas[]> {

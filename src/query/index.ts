@@ -4,5 +4,5 @@ export { openDatabase, LocalDatabase } from './database';
 export type { OpenInternals } from './database';
 export { compileFilter } from './filter';
 export type { Predicate } from './filter';
-export { fnv1a64, fnv1a64Big, placementHash, shardOf } from './hash';
+export { fnv1a64, fnv1a64Big, placementHash, shardOf } from '../common/placement';
 export { idempotencyKeyBytesMax } from '../common/limits';

@@ -95,17 +95,51 @@ export interface SearchHit {
   vector?: Float32Array;
 }
 
-/** A shard's own progress (src/shard) with where it lives. */
+/**
+ * One replica of a shard in a ClusterStatus: its log positions as its node reports them, its lag
+ * as the shard's leader sees it; a value the answering node could not learn is absent.
+ */
+export interface ReplicaStatus {
+  node: string;
+  /** leader | follower | fenced | draining; "unreachable" when its node sent no report. */
+  role: string;
+  durableLsn?: number;
+  commitLsn?: number;
+  appliedLsn?: number;
+  /** Entries of the leader's durable log the replica has not acknowledged (0 on the leader). */
+  lagEntries?: number;
+  /** How long a lagging replica has not advanced, in ms (0 when caught up). */
+  lagMs?: number;
+}
+
+/**
+ * A shard: where it lives (leader, epoch, phase, replicas) and, in the fields of ShardStatusInfo,
+ * this node's replica of it (0 when it holds none).
+ */
 export interface ShardStatus extends ShardStatusInfo {
   collection: string;
   shard: number;
-  leader: string; // node id ('local' standalone)
+  leader: string; // node id ('local' standalone; '' while it has none)
+  /** active | electing | draining ('' while the node has no map of the shard). */
+  phase: string;
+  replicas: ReplicaStatus[];
+}
+
+export interface NodeStatus {
+  id: string;
+  grpc?: string;
+  http?: string;
+  zone?: string;
+  /** Registered in etcd now (a node the shard maps name may not be). */
+  alive: boolean;
 }
 
 export interface ClusterStatus {
   mode: 'standalone' | 'cluster';
   nodeId: string;
-  nodes: { id: string; grpc?: string; http?: string; alive: boolean }[];
+  /** By id. */
+  nodes: NodeStatus[];
+  /** By collection, then shard. */
   shards: ShardStatus[];
 }
 
@@ -120,6 +154,8 @@ export interface DatabaseObserver {
    * could take writes itself (null when it never heard from that leader since it started).
    */
   leadership?(collection: string, shard: number, withoutLeaderSeconds: number | null): void;
+  /** A shard's part of a write sent on to its leader on another node (cluster). */
+  forwardedWrite?(collection: string, shard: number): void;
 }
 
 /** An upsert batch in columns: the vectors of all points as one row-major array of n x dim. */
@@ -142,6 +178,17 @@ export interface ChangeOptions {
 /** `idempotencyKey`: names the request; the same request again applies once and gets the first answer. */
 export interface WriteOptions extends ChangeOptions {
   idempotencyKey?: string;
+  /**
+   * What idempotencyKey stands for when a client split the request by shard (requestHashBytes
+   * bytes hashed from the whole request, the same in every part); by default the node hashes the
+   * request it got.
+   */
+  requestHash?: Uint8Array;
+  /**
+   * The caller routed the write to this node expecting it to lead every shard of it: a node that
+   * does not refuses it with NOT_LEADER naming the leader, instead of forwarding it.
+   */
+  expectLeader?: boolean;
 }
 
 /** One replica of a shard as its node reports it (GET /v1/collections/{name}/shards). */
@@ -189,7 +236,13 @@ export interface Database {
   dimOf(name: string): number;
   /** One list of hits per query, nearest first. */
   search(name: string, req: SearchRequest): Promise<SearchHit[][]>;
+  /** This node and the shards it holds (cheap: the metrics read it at every scrape). */
   status(): ClusterStatus;
+  /**
+   * Every node and every shard of every collection, as this node can learn them: in a cluster the
+   * replicas' log positions and lag come from their nodes (unless leadersOnly); standalone, status().
+   */
+  clusterStatus(opts?: { leadersOnly?: boolean }): Promise<ClusterStatus>;
   /** Every shard of a collection with each replica's log positions and (unless withDigest is false) state digest. */
   shards(name: string, opts?: { withDigest?: boolean }): Promise<ShardReplicas[]>;
   /**

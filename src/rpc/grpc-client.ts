@@ -15,7 +15,8 @@
  *             DATA     u8 compressed (0) | u32 big-endian length | message   (END_STREAM)
  *   answer    HEADERS  :status 200 (grpc-status here too when there is no message: trailers-only)
  *             DATA     the same 5-byte prefix | message
- *             HEADERS  grpc-status, grpc-message (percent-encoded), quiver-code  (END_STREAM)
+ *             HEADERS  grpc-status, grpc-message (percent-encoded), quiver-code, the error's
+ *                      details (quiver-leader, ...)  (END_STREAM)
  * No compression is asked for (no grpc-accept-encoding), so a compressed answer is INTERNAL.
  *
  * One HTTP/2 connection per address, opened on first use and again after it fails or the server
@@ -28,7 +29,7 @@ import { ErrorCode, QuiverError, isErrorCode } from '../errors';
 import { H2ConnectionError, H2InternalError, H2Session, H2Stream, H2_ERROR, NotHttp2Error } from './h2';
 import type { HeaderList } from './hpack';
 import { splitHostPort } from '../common/address';
-import { codeOfGrpcStatus, QUIVER_CODE_KEY } from './proto';
+import { codeOfGrpcStatus, detailName, QUIVER_CODE_KEY } from './proto';
 
 export interface UnaryMethod<Req = unknown, Res = unknown> {
   path: string;
@@ -97,6 +98,16 @@ interface Pending {
 function field(h: HeaderList | null, key: string): string | undefined {
   if (h) for (const [k, v] of h) if (k === key) return v;
   return undefined;
+}
+
+/** The error's details in the trailers (detailKey), if any. */
+function details(h: HeaderList | null): Record<string, string> | undefined {
+  let out: Record<string, string> | undefined;
+  for (const [k, v] of h ?? []) {
+    const name = detailName(k);
+    if (name !== undefined) (out ??= {})[name] = decodeMessage(v);
+  }
+  return out;
 }
 
 export class GrpcChannel {
@@ -226,7 +237,7 @@ export class GrpcChannel {
     if (status !== '0') {
       const q = field(st, QUIVER_CODE_KEY);
       const code = q !== undefined && isErrorCode(q) ? q : codeOfGrpcStatus(Number(status));
-      return finish(new QuiverError(code, decodeMessage(field(st, 'grpc-message')) || `gRPC status ${status}`));
+      return finish(new QuiverError(code, decodeMessage(field(st, 'grpc-message')) || `gRPC status ${status}`, details(st)));
     }
     const body = u.chunks.length === 1 ? u.chunks[0] : Buffer.concat(u.chunks, u.received);
     if (body.length < 5) return finish(new QuiverError('INTERNAL', `${this.address}: an OK answer without a message`));

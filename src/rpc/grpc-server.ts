@@ -13,7 +13,7 @@
  *            DATA    the same 5-byte prefix | message
  *            HEADERS grpc-status 0  (END_STREAM)
  *   failure  one HEADERS (trailers-only): :status 200, content-type, grpc-status, grpc-message
- *            (percent-encoded), quiver-code  (END_STREAM)
+ *            (percent-encoded), quiver-code, the error's details (quiver-leader, ...)  (END_STREAM)
  * Compressed messages are refused (UNIMPLEMENTED): we never advertise an encoding. A request is
  * one message of at most receiveBytesMax bytes; a larger one is RESOURCE_EXHAUSTED and the stream
  * is reset, so the client stops sending.
@@ -45,7 +45,7 @@ import * as net from 'net';
 import * as limits from '../common/limits';
 import { H2ConnectionError, H2InternalError, H2Session, H2Stream, H2_ERROR, refusal } from './h2';
 import type { HeaderList } from './hpack';
-import { GRPC_STATUS, QUIVER_CODE_KEY, grpcStatusOf } from './proto';
+import { GRPC_STATUS, QUIVER_CODE_KEY, detailKey, grpcStatusOf } from './proto';
 import { asQuiverError } from '../server/validate';
 
 /** One unary method: its wire codec and the handler (rejects with a QuiverError). */
@@ -147,6 +147,11 @@ export function parseGrpcTimeout(v: string): number | undefined {
 }
 
 /** gRPC's percent-encoding of grpc-message: UTF-8 bytes outside 0x20-0x7e, and '%', as %XX. */
+/** An error's details as trailing metadata (see detailKey). */
+export function detailHeaders(details: Readonly<Record<string, string>> | undefined): HeaderList {
+  return details ? Object.entries(details).map(([name, v]) => [detailKey(name), percentEncode(v)]) : [];
+}
+
 export function percentEncode(s: string): string {
   // eslint-disable-next-line no-control-regex
   if (/^[\x20-\x24\x26-\x7e]*$/.test(s)) return s;
@@ -663,7 +668,7 @@ export class H2GrpcServer {
         try {
           finished();
           const qe = asQuiverError(e);
-          this.fail(session, s, grpcStatusOf(qe.code), qe.message, qe.code);
+          this.fail(session, s, grpcStatusOf(qe.code), qe.message, qe.code, qe.details);
           this.next(session, conn);
         } catch (e2) {
           this.crash(session, e2);
@@ -728,14 +733,14 @@ export class H2GrpcServer {
   }
 
   /** A trailers-only gRPC failure. */
-  private fail(session: H2Session<Call>, s: H2Stream<Call>, status: number, message: string, quiverCode?: string): void {
+  private fail(session: H2Session<Call>, s: H2Stream<Call>, status: number, message: string, quiverCode?: string, details?: Readonly<Record<string, string>>): void {
     const h: HeaderList = [
       [':status', '200'],
       ['content-type', 'application/grpc'],
       ['grpc-status', String(status)],
       ['grpc-message', percentEncode(message.length > 4096 ? `${message.slice(0, 4093)}...` : message)],
     ];
-    if (quiverCode) h.push([QUIVER_CODE_KEY, quiverCode]);
+    if (quiverCode) h.push([QUIVER_CODE_KEY, quiverCode], ...detailHeaders(details));
     this.answerOnly(session, s, h);
   }
 

@@ -121,6 +121,21 @@ export function bytesToVector(b: Uint8Array): Float32Array | undefined {
 export const QUIVER_CODE_KEY = 'quiver-code';
 
 /**
+ * An error's details (QuiverError.details) travel beside the code, each in a trailing metadata key
+ * of its own: `quiver-` and the detail's name in kebab case (NOT_LEADER: quiver-leader,
+ * quiver-leader-grpc, quiver-leader-http), the value percent-encoded as grpc-message is.
+ */
+export function detailKey(name: string): string {
+  return `quiver-${name.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+}
+
+/** The detail a trailing metadata key carries (undefined: none, or the code). */
+export function detailName(key: string): string | undefined {
+  if (!key.startsWith('quiver-') || key === QUIVER_CODE_KEY) return undefined;
+  return key.slice('quiver-'.length).replace(/-([a-z0-9])/g, (_, c: string) => c.toUpperCase());
+}
+
+/**
  * gRPC status codes (https://grpc.github.io/grpc/core/md_doc_statuscodes.html; the numbers of
  * @grpc/grpc-js's `status`). Every Quiver error code is one of these names.
  */

@@ -1,12 +1,13 @@
 /**
  * UpsertRequest in columns, encoded by hand (proto/quiver.proto, field numbers below), so the
- * vectors of a batch are copied once, from each point's Float32Array straight into the message.
+ * vectors of a batch are copied once, from the caller's Float32Arrays straight into the message.
  * The generated encoder needs them gathered into one `vectors` array first, then copies them into
  * its growing buffer and once more into its result (`quiver bench codec`). The output equals the
  * generated encoding of the same request (test/client.test.ts).
  *
  *   1 collection (string) | 3 idempotency_key (string) | 4 ids (repeated string)
  *   5 vectors (bytes: n x dim little-endian float32) | 6 payload_jsons (repeated string)
+ *   7 expect_leader (bool) | 8 request_hash (bytes)
  */
 import { WIRE, putVarint, varintLength } from './wire';
 
@@ -14,22 +15,27 @@ export interface UpsertColumnsRequest {
   collection: string;
   idempotencyKey: string;
   ids: string[];
-  /** Each of length dim. */
+  /** The rows of the n x dim vectors in order: one array per point, or any run of whole rows per array. */
   vectors: Float32Array[];
-  dim: number;
   /** Empty, or one per id ('' = none). */
   payloadJsons: string[];
+  expectLeader?: boolean;
+  /** Empty or absent: none. */
+  requestHash?: Uint8Array;
 }
 
 export function encodeUpsertColumns(r: UpsertColumnsRequest): Buffer {
-  // Fields in number order, as the generated code writes them; proto3 leaves out an empty string.
+  // Fields in number order, as the generated code writes them; proto3 leaves out an empty string,
+  // bytes field and a false bool.
   const head: [number, string[]][] = [
     [1, r.collection === '' ? [] : [r.collection]],
     [3, r.idempotencyKey === '' ? [] : [r.idempotencyKey]],
     [4, r.ids],
   ];
   const tail: [number, string[]][] = [[6, r.payloadJsons]];
-  const vecBytes = r.vectors.length * r.dim * 4;
+  let vecBytes = 0;
+  for (const v of r.vectors) vecBytes += v.byteLength;
+  const hash = r.requestHash ?? new Uint8Array(0);
   const stringBytes = (groups: [number, string[]][]): number => {
     let n = 0;
     for (const [, list] of groups) {
@@ -40,7 +46,8 @@ export function encodeUpsertColumns(r: UpsertColumnsRequest): Buffer {
     }
     return n;
   };
-  const size = stringBytes(head) + (vecBytes > 0 ? 1 + varintLength(vecBytes) + vecBytes : 0) + stringBytes(tail);
+  const bytesField = (len: number): number => (len > 0 ? 1 + varintLength(len) + len : 0);
+  const size = stringBytes(head) + bytesField(vecBytes) + stringBytes(tail) + (r.expectLeader ? 2 : 0) + bytesField(hash.byteLength);
   const buf = Buffer.allocUnsafe(size);
   let off = 0;
   const putStrings = (groups: [number, string[]][]): void => {
@@ -62,6 +69,16 @@ export function encodeUpsertColumns(r: UpsertColumnsRequest): Buffer {
     }
   }
   putStrings(tail);
+  if (r.expectLeader) {
+    buf[off++] = (7 << 3) | WIRE.VARINT;
+    buf[off++] = 1;
+  }
+  if (hash.byteLength > 0) {
+    buf[off++] = (8 << 3) | WIRE.LEN;
+    off = putVarint(buf, off, hash.byteLength);
+    buf.set(hash, off);
+    off += hash.byteLength;
+  }
   if (off !== size) throw new Error(`UpsertRequest encoding: wrote ${off} of ${size} bytes`);
   return buf;
 }

@@ -7,6 +7,7 @@ import * as grpc from '@grpc/grpc-js';
 import { defaultDeadlineMs, requestBytesMax } from '../common/limits';
 import { joinHostPort } from '../common/address';
 import { METHOD_NAMES, MethodCodec, MethodName, MethodTable, QUIVER_CODE_KEY, RequestInit, RequestOf, ResponseInit, grpcStatusOf } from '../rpc/proto';
+import { detailHeaders } from '../rpc/grpc-server';
 import { GrpcHandler, GrpcHandlers, serverMethods } from './grpc';
 import { asQuiverError } from './validate';
 import type { GrpcFrontEnd } from './index';
@@ -40,6 +41,7 @@ export function grpcJsImplementation(handlers: GrpcHandlers): grpc.UntypedServic
           const qe = asQuiverError(e);
           const metadata = new grpc.Metadata();
           metadata.set(QUIVER_CODE_KEY, qe.code);
+          for (const [k, v] of detailHeaders(qe.details)) metadata.set(k, v);
           callback({ code: grpcStatusOf(qe.code), details: qe.message, metadata });
         },
       );

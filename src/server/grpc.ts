@@ -2,7 +2,7 @@
  * gRPC handlers of both servers (proto/quiver.proto; @grpc/grpc-js's form in ./grpc-js.ts). Each
  * call runs under its deadline (the client's, or defaultDeadlineMs when it set none); a failure
  * answers the gRPC status of its QuiverError code with the code itself in the trailing metadata
- * `quiver-code`.
+ * `quiver-code`, and its details in keys of their own (detailKey in src/rpc/proto.ts).
  */
 import { create } from '@bufbuild/protobuf';
 import type { MessageInitShape } from '@bufbuild/protobuf';
@@ -10,7 +10,7 @@ import { invalidArgument } from '../errors';
 import { searchBatchMax } from '../common/limits';
 import { stringifyJson } from '../common/json';
 import { checkColumnFloats, checkPointCount, checkQueryCount } from '../query/validate';
-import type { CollectionInfo, CollectionSpecInput, IndexSpec, Point, SearchHit, SearchRequest, WriteToken } from '../query/types';
+import type { CollectionInfo, CollectionSpecInput, IndexSpec, Point, SearchHit, SearchRequest, WriteOptions, WriteToken } from '../query/types';
 import * as wire from '../rpc/gen/quiver_pb';
 import {
   METHOD_NAMES,
@@ -113,6 +113,11 @@ function hitToWire(h: SearchHit, asFloats: boolean): MessageInitShape<typeof wir
 function wireQueries(list: readonly (wire.Vector | undefined)[], dim: number, single: boolean): Float32Array {
   let bytes: Uint8Array | undefined;
   return gatherQueries(list, dim, single, (v, where, out, i) => copyVector(v, dim, where, out, (bytes ??= new Uint8Array(out.buffer, out.byteOffset, out.byteLength)), i));
+}
+
+/** A write's key and routing fields as the database takes them (an unset field is empty on the wire). */
+function routing(r: { idempotencyKey: string; expectLeader: boolean; requestHash: Uint8Array }): WriteOptions {
+  return { idempotencyKey: r.idempotencyKey || undefined, expectLeader: r.expectLeader, requestHash: r.requestHash.byteLength > 0 ? r.requestHash : undefined };
 }
 
 /** A search from its wire options (also the node service's per-shard search). */
@@ -231,7 +236,7 @@ export function grpcHandlers(svc: Service): GrpcHandlers {
               payloads[i] = parseJsonField(p.payloadJson, `points[${i}].payload_json`);
             }
           }
-          done = db.upsertColumns(r.collection, { ids, vectors, payloads }, { idempotencyKey: r.idempotencyKey || undefined, signal });
+          done = db.upsertColumns(r.collection, { ids, vectors, payloads }, { ...routing(r), signal });
         } catch (e) {
           batchArrays.give(vectors);
           throw e;
@@ -249,7 +254,7 @@ export function grpcHandlers(svc: Service): GrpcHandlers {
       { reusesRequest: true },
     ),
     delete: unary('Delete', async (r, signal) => {
-      const res = await db.delete(r.collection, r.ids, { idempotencyKey: r.idempotencyKey || undefined, signal });
+      const res = await db.delete(r.collection, r.ids, { ...routing(r), signal });
       return writeToWire(res.deleted, res.token);
     }),
     get: unary('Get', async (r) => {
@@ -268,8 +273,9 @@ export function grpcHandlers(svc: Service): GrpcHandlers {
       return { batches: hits.map((list) => ({ hits: list.map((h) => hitToWire(h, asFloats)) })) };
     }),
     count: unary('Count', async (r) => ({ count: BigInt(await db.count(r.collection)) })),
-    clusterStatus: unary('ClusterStatus', () => {
-      const st = clusterJson(db.status(), svc.addresses);
+    clusterStatus: unary('ClusterStatus', async (r) => {
+      const st = clusterJson(await db.clusterStatus({ leadersOnly: r.leadersOnly }), svc.addresses);
+      const big = (n: number | undefined): bigint | undefined => (n === undefined ? undefined : BigInt(n));
       return {
         ...st,
         shards: st.shards.map((sh) => ({
@@ -281,6 +287,15 @@ export function grpcHandlers(svc: Service): GrpcHandlers {
           points: BigInt(sh.points),
           walBytes: BigInt(sh.walBytes),
           lag: BigInt(sh.lag),
+          replicas: sh.replicas.map((x) => ({
+            node: x.node,
+            role: x.role,
+            durableLsn: big(x.durableLsn),
+            commitLsn: big(x.commitLsn),
+            appliedLsn: big(x.appliedLsn),
+            lagEntries: big(x.lagEntries),
+            lagMs: big(x.lagMs),
+          })),
         })),
       };
     }),

@@ -66,8 +66,8 @@ class Pieces {
 }
 
 // The fields of each request body (docs/API.md); the collection spec is the Database's to check.
-const UPSERT_FIELDS = ['points', 'idempotencyKey'];
-const DELETE_FIELDS = ['ids', 'idempotencyKey'];
+const UPSERT_FIELDS = ['points', 'idempotencyKey', 'expectLeader'];
+const DELETE_FIELDS = ['ids', 'idempotencyKey', 'expectLeader'];
 const GET_FIELDS = ['ids', 'withVectors', 'withPayload'];
 const SEARCH_FIELDS = ['vector', 'vectors', 'k', 'filter', 'ef', 'nprobe', 'consistency', 'token', 'withPayload', 'withVectors'];
 
@@ -114,7 +114,7 @@ export class HttpApi {
             op: 'Upsert',
             handler: async (c) => {
               const b = await c.body(UPSERT_FIELDS);
-              return db.upsert(c.params[0], b.points as PointInput[], { idempotencyKey: keyOf(b), signal: c.signal });
+              return db.upsert(c.params[0], b.points as PointInput[], { idempotencyKey: keyOf(b), expectLeader: b.expectLeader as boolean | undefined, signal: c.signal });
             },
           },
         },
@@ -126,7 +126,7 @@ export class HttpApi {
             op: 'Delete',
             handler: async (c) => {
               const b = await c.body(DELETE_FIELDS);
-              return db.delete(c.params[0], b.ids as string[], { idempotencyKey: keyOf(b), signal: c.signal });
+              return db.delete(c.params[0], b.ids as string[], { idempotencyKey: keyOf(b), expectLeader: b.expectLeader as boolean | undefined, signal: c.signal });
             },
           },
         },
@@ -209,7 +209,7 @@ export class HttpApi {
       },
       {
         pattern: /^\/v1\/cluster$/,
-        methods: { GET: { op: 'ClusterStatus', handler: async () => clusterJson(db.status(), svc.addresses) } },
+        methods: { GET: { op: 'ClusterStatus', handler: async () => clusterJson(await db.clusterStatus(), svc.addresses) } },
       },
     ];
   }
@@ -241,7 +241,7 @@ export class HttpApi {
         return;
       }
       if (path === '/' || path === '/index.html') {
-        const html = renderStatusPage(this.svc.db.status(), this.svc.db.listCollections(), this.svc.addresses);
+        const html = renderStatusPage(await this.svc.db.clusterStatus(), this.svc.db.listCollections(), this.svc.addresses);
         res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'content-length': Buffer.byteLength(html) });
         res.end(html);
         return;
@@ -277,7 +277,7 @@ export class HttpApi {
       const status = e instanceof HttpError ? e.status : HTTP_STATUS_OF[qe.code];
       const headers = e instanceof HttpError ? e.headers : {};
       if (!req.complete) headers.connection = 'close'; // the body was not read whole: don't reuse the socket
-      sendJson(res, status, { error: { code: qe.code, message: qe.message } }, headers);
+      sendJson(res, status, { error: { code: qe.code, message: qe.message, ...(qe.details && { details: qe.details }) } }, headers);
     }
   }
 

@@ -68,6 +68,13 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  private readonly forwardedWrites = new client.Counter({
+    name: 'quiver_forwarded_writes_total',
+    help: "Shard parts of writes this node sent on to their shard's leader on another node (a write that reached a node not leading its shards)",
+    labelNames: ['collection', 'shard'] as const,
+    registers: [this.registry],
+  });
+
   private readonly failoverSeconds = new client.Histogram({
     name: 'quiver_failover_seconds',
     help: 'On the new leader: from the last message it had from the previous leader until it could take writes',
@@ -96,6 +103,7 @@ export class Metrics {
         this.leaderChanges.inc({ collection, shard: String(shard) });
         if (seconds !== null) this.failoverSeconds.observe(seconds);
       },
+      forwardedWrite: (collection, shard) => this.forwardedWrites.inc({ collection, shard: String(shard) }),
     };
     // Per-shard gauges, read from db.status() at scrape time.
     const metrics = this;

@@ -118,6 +118,7 @@ export function nodeMethods(svc: Service, db: ClusterDatabase): Map<string, Grpc
       durableLsn: BigInt(x.durableLsn),
       commitLsn: BigInt(x.commitLsn),
       appliedLsn: BigInt(x.appliedLsn),
+      followers: x.followers.map((f) => ({ node: f.node, lagEntries: BigInt(f.lagEntries), lagMs: BigInt(f.lagMs) })),
     })),
   }));
   return out;
@@ -191,6 +192,8 @@ export class NodePeers implements PeerShards {
       commitLsn: Number(x.commitLsn),
       appliedLsn: Number(x.appliedLsn),
       digest: x.digest,
+      collection: x.collection,
+      followers: x.followers.map((f) => ({ node: f.node, lagEntries: Number(f.lagEntries), lagMs: Number(f.lagMs) })),
     }));
   }
 

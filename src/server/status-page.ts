@@ -1,8 +1,9 @@
 /**
- * Cluster status as people and programs see it: the HTML page at `/` (collections and shards with
- * leader, epoch, LSNs, lag) and the JSON of GET /v1/cluster and ClusterStatus.
+ * Cluster status as people and programs see it: the HTML page at `/` (nodes, collections, every
+ * shard with its leader, epoch, phase and replicas' log positions and lag, this node's replicas)
+ * and the JSON of GET /v1/cluster and ClusterStatus.
  */
-import type { ClusterStatus, CollectionInfo, ShardStatus } from '../query/types';
+import type { ClusterStatus, CollectionInfo, ReplicaStatus, ShardStatus } from '../query/types';
 
 export interface ListenAddresses {
   grpc?: string;
@@ -39,30 +40,56 @@ function table(headers: string[], rows: unknown[][]): string {
   return `<table><thead><tr>${head}</tr></thead><tbody>\n${body}\n</tbody></table>`;
 }
 
+/** Bytes in the largest binary unit that keeps the number at 1 or more (512 B, 1.5 KiB, 3.2 MiB). */
+function formatBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  let v = n;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return i === 0 ? `${n} B` : `${v.toFixed(1)} ${units[i]}`;
+}
+
+/** A duration: ms under a second, else seconds with a tenth (850 ms, 2.5 s). */
+function formatMs(ms: number): string {
+  return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`;
+}
+
+/** A replica's lag: entries, and how long it has been behind; "?" where the leader's view is unknown. */
+function lagText(r: ReplicaStatus): string {
+  if (r.lagEntries === undefined) return '?';
+  if (r.lagEntries === 0) return '0 entries';
+  return `${r.lagEntries} ${r.lagEntries === 1 ? 'entry' : 'entries'}${r.lagMs !== undefined ? `, ${formatMs(r.lagMs)}` : ''}`;
+}
+
 export function renderStatusPage(raw: ClusterStatus, collections: CollectionInfo[], self: ListenAddresses = {}): string {
   const status = clusterJson(raw, self);
+  const known = (n: number | undefined): number | string => n ?? '?';
   const nodes = table(
-    ['node', 'gRPC', 'HTTP', 'alive'],
-    status.nodes.map((n) => [n.id, n.grpc ?? '', n.http ?? '', n.alive ? 'yes' : 'NO']),
+    ['node', 'zone', 'gRPC', 'HTTP', 'alive'],
+    status.nodes.map((n) => [n.id, n.zone ?? '', n.grpc ?? '', n.http ?? '', n.alive ? 'yes' : 'NO']),
   );
   const colls = table(
     ['collection', 'dim', 'metric', 'index', 'shards', 'replicas', 'points', 'created'],
     collections.map((c) => [c.name, c.dim, c.metric, c.index.type, c.shards, c.replicationFactor, c.count, c.createdAt]),
   );
-  const shards = table(
-    ['collection', 'shard', 'leader', 'epoch', 'last LSN', 'applied LSN', 'lag', 'snapshot LSN', 'points', 'WAL bytes'],
-    status.shards.map((s) => [
-      s.collection,
-      s.shard,
-      s.leader,
-      s.epoch,
-      s.lastLsn,
-      s.appliedLsn,
-      s.lag,
-      s.snapshotLsn,
-      s.points,
-      s.walBytes,
-    ]),
+  // One row per replica, the shard's columns on its first.
+  const replicas = table(
+    ['collection', 'shard', 'epoch', 'phase', 'leader', 'replica', 'role', 'durable LSN', 'commit LSN', 'applied LSN', 'lag'],
+    status.shards.flatMap((s) =>
+      (s.replicas.length > 0 ? s.replicas : [undefined]).map((r, i) => [
+        ...(i === 0 ? [s.collection, s.shard, s.epoch, s.phase || '?', s.leader || 'none'] : ['', '', '', '', '']),
+        ...(r ? [r.node, r.role, known(r.durableLsn), known(r.commitLsn), known(r.appliedLsn), lagText(r)] : ['', '', '', '', '', '']),
+      ]),
+    ),
+  );
+  const here = table(
+    ['collection', 'shard', 'last LSN', 'applied LSN', 'not applied', 'snapshot LSN', 'points', 'WAL'],
+    status.shards
+      .filter((s) => s.replicas.some((r) => r.node === status.nodeId))
+      .map((s) => [s.collection, s.shard, s.lastLsn, s.appliedLsn, `${s.lag} ${s.lag === 1 ? 'entry' : 'entries'}`, s.snapshotLsn, s.points, formatBytes(s.walBytes)]),
   );
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
@@ -83,7 +110,10 @@ ${nodes}
 <h2>Collections</h2>
 ${colls}
 <h2>Shards</h2>
-${shards}
+<p><small>every shard of every collection; log positions as each replica's node reports them, lag as its leader sees it (entries not yet acknowledged, and for how long)</small></p>
+${replicas}
+<h2>Replicas on this node</h2>
+${here}
 </body></html>
 `;
 }

@@ -41,7 +41,7 @@ export function asQuiverError(e: unknown): QuiverError {
   // A QuiverError from another copy of the module (or the native addon) is recognised by its code.
   const code = (e as { code?: unknown } | null)?.code;
   if (isErrorCode(code)) {
-    return new QuiverError(code, e instanceof Error ? e.message : String(e));
+    return new QuiverError(code, e instanceof Error ? e.message : String(e), (e as { details?: Record<string, string> }).details);
   }
   return new QuiverError('INTERNAL', e instanceof Error ? e.message : String(e));
 }

@@ -17,12 +17,11 @@
  *   u32 0xFFFFFFFF (never a count: batches hold at most batchPointsMax) | u32 layout (1)
  *   16 bytes: the request's hash (requestHashBytes), which the key stands for
  */
-import { createHash } from 'crypto';
 import { QuiverError } from '../errors';
 import { crc32c } from '../wal/crc32c';
+import { requestHashBytes } from '../common/limits';
+import { hashRequest } from '../common/request-hash';
 
-/** Bytes of a request hash (the first bytes of a SHA-256). */
-export const requestHashBytes = 16;
 const HEADER_MARK = 0xffffffff;
 const HEADER_LAYOUT = 1;
 const HEADER_BYTES = 8 + requestHashBytes;
@@ -54,26 +53,13 @@ function splitHeader(body: Uint8Array): { hash: Buffer | undefined; rest: Buffer
  * A retry of the same request hashes the same.
  */
 export function requestHash(kind: 'upsert' | 'delete', scope: string, ids: string[], payloadJson?: string[], vectors?: Float32Array): Buffer {
-  const h = createHash('sha256');
-  const u32 = Buffer.alloc(4);
-  const field = (s: string): void => {
-    u32.writeUInt32LE(Buffer.byteLength(s), 0);
-    h.update(u32);
-    h.update(s, 'utf8');
-  };
-  field(kind);
-  field(scope);
-  for (let i = 0; i < ids.length; i++) {
-    field(ids[i]);
-    if (payloadJson) field(payloadJson[i]);
-  }
+  let tail: Buffer | undefined;
   if (vectors) {
-    const tail = Buffer.alloc(8);
+    tail = Buffer.alloc(8);
     tail.writeUInt32LE(vectors.length, 0);
     tail.writeUInt32LE(crc32c(new Uint8Array(vectors.buffer, vectors.byteOffset, vectors.byteLength)), 4);
-    h.update(tail);
   }
-  return h.digest().subarray(0, requestHashBytes);
+  return hashRequest(kind, scope, ids, payloadJson, tail);
 }
 
 /** The request hash an upsert or delete body holds (undefined when it has no request header). */
