@@ -242,7 +242,7 @@ describe('failover (real etcd, nodes and sidecars)', () => {
     try {
       const ns = etcd.namespace('/quiver/failover/');
       const controller = cluster.node((await ns.election('controller').leader())!);
-      const created = await httpJson(n1.child.http, 'POST', '/v1/collections', { name: 'e', dim: DIM, shards: 4, replicationFactor: 3, index: { type: 'flat' } });
+      const created = await httpJson(n1.child.http, 'POST', '/v1/collections', { name: 'e', dim: DIM, shards: 8, replicationFactor: 3, index: { type: 'flat' } });
       expect(created.status, JSON.stringify(created.body)).toBe(200);
       const shards = await cluster.shards(n1, 'e');
       const target = shards.find((s) => !s.replicas.some((r) => r.node === controller.id));
@@ -250,7 +250,7 @@ describe('failover (real etcd, nodes and sidecars)', () => {
       const leader = cluster.node(target!.leader);
       const [follower, survivor] = target!.replicas.map((r) => cluster.node(r.node)).filter((n) => n !== leader);
       // Points of that shard only: the other shards may lose their majority below.
-      const ofTarget = Array.from({ length: 2000 }, (_, i) => point(3_000_000 + i)).filter((p) => shardOf(p.id, 4) === target!.shard);
+      const ofTarget = Array.from({ length: 2000 }, (_, i) => point(3_000_000 + i)).filter((p) => shardOf(p.id, 8) === target!.shard);
       const pts = ofTarget.slice(0, 100);
       await (await cluster.client(survivor)).upsert('e', pts);
       // Two of the shard's three replicas down: the controller can begin an election, not finish it.

@@ -387,7 +387,12 @@ export class QuiverClient {
           if (!this.routes?.learn(collection, shard, qe.details)) await this.refreshRoutes(o).catch(() => undefined);
           continue;
         }
-        if (!RETRYABLE.includes(qe.code) || attempt >= this.retries) throw qe;
+        if (!RETRYABLE.includes(qe.code)) throw qe;
+        if (attempt >= this.retries) {
+          // The leader may have failed: the next call goes by fresh routes.
+          void this.refreshRoutes(o).catch(() => undefined);
+          throw qe;
+        }
         await sleep(this.backoffMs * 2 ** attempt++);
         await this.refreshRoutes(o).catch(() => undefined);
       }

@@ -433,7 +433,8 @@ export class ReplicaHost extends EventEmitter {
    * Role and log positions; a leader also gives each follower's acknowledged LSN and how long ago it
    * last advanced (ms on this host's clock), from which its lag in seconds is read while it is behind.
    */
-  status(): { role: string; epoch: number; leader: NodeId | null; durableLsn: number; commitLsn: number; appliedLsn: number; peers: Record<NodeId, { match: number; sinceAckMs: number }> } {
+  /** `epochStartLsn`: on a leader, the LSN of its epoch's first entry (0 otherwise). */
+  status(): { role: string; epoch: number; leader: NodeId | null; durableLsn: number; commitLsn: number; appliedLsn: number; epochStartLsn: number; peers: Record<NodeId, { match: number; sinceAckMs: number }> } {
     const s = this.state;
     const r = s.role;
     const peers: Record<NodeId, { match: number; sinceAckMs: number }> = {};
@@ -445,6 +446,7 @@ export class ReplicaHost extends EventEmitter {
       durableLsn: s.log.durableLsn,
       commitLsn: s.log.commitLsn,
       appliedLsn: s.log.appliedLsn,
+      epochStartLsn: isLeading(r) ? r.epochStartLsn : 0,
       peers,
     };
   }

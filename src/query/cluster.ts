@@ -72,7 +72,7 @@ export interface ReplicaPort {
   upsert(op: UpsertOp, key?: string, hash?: Buffer): Promise<WriteResult>;
   delete(ids: string[], key?: string, hash?: Buffer): Promise<WriteResult>;
   readonly shard: Shard;
-  status(): { role: string; epoch: number; leader: NodeId | null; durableLsn: number; commitLsn: number; appliedLsn: number; peers: Record<NodeId, { match: number; sinceAckMs: number }> };
+  status(): { role: string; epoch: number; leader: NodeId | null; durableLsn: number; commitLsn: number; appliedLsn: number; epochStartLsn: number; peers: Record<NodeId, { match: number; sinceAckMs: number }> };
   digest(): Promise<string>;
   close(): Promise<void>;
 }
@@ -515,6 +515,28 @@ export class ClusterDatabase implements Database {
     return r.opening;
   }
 
+  /**
+   * This node's replica of shard s, once it may answer a read as the shard's leader: it leads
+   * within its lease, it has committed an entry of its own epoch (so it knows every entry committed
+   * before it), and it has applied up to the commit point it knew when the read arrived. A new
+   * leader may hold committed entries it cannot know committed until then: a read answered earlier
+   * could miss an acknowledged write. UNAVAILABLE past the wait (leaderWaitMs).
+   */
+  private async readReplica(name: string, s: number): Promise<ReplicaPort> {
+    const r = await this.ledReplica(name, s);
+    const deadline = Date.now() + leaderWaitMs;
+    let target = -1;
+    for (;;) {
+      const st = r.status();
+      const leading = (st.role === 'leader' || st.role === 'draining') && performance.now() < this.lease;
+      if (leading && target < 0 && st.commitLsn >= st.epochStartLsn) target = st.commitLsn;
+      if (leading && target >= 0 && st.appliedLsn >= target) return r;
+      if (Date.now() >= deadline) throw new QuiverError('UNAVAILABLE', `shard ${name}/${s}: the replica here is not a leader ready to answer reads (${st.role}, epoch ${st.epoch})`);
+      // Rare (just after an election, or while the map is ahead of the replica): a short wait.
+      await new Promise((res) => setTimeout(res, 2));
+    }
+  }
+
   /** A forwarded write: the replica here takes it if it leads (it refuses with NOT_LEADER if not). */
   async shardUpsert(name: string, s: number, op: UpsertOp, key: string, hash: Buffer | undefined, signal?: AbortSignal): Promise<WriteResult> {
     const c = this.coll(name);
@@ -531,7 +553,7 @@ export class ClusterDatabase implements Database {
   async shardSearch(name: string, shards: number[], req: SearchRequest): Promise<SearchHit[][]> {
     const c = this.coll(name);
     const { vectors, k, nq, opts } = prepareSearch(c.spec, req);
-    const held = await Promise.all(shards.map((s) => this.ledReplica(name, s)));
+    const held = await Promise.all(shards.map((s) => this.readReplica(name, s)));
     let points = 0;
     let idBytes = 0;
     let payloadBytes = 0;
@@ -547,7 +569,7 @@ export class ClusterDatabase implements Database {
   async shardGet(name: string, shards: number[], ids: string[], withVectors: boolean, withPayload: boolean): Promise<StoredPoint[]> {
     const c = this.coll(name);
     const held = new Map<number, ReplicaPort>();
-    for (const s of shards) held.set(s, await this.ledReplica(name, s));
+    for (const s of shards) held.set(s, await this.readReplica(name, s));
     const out: StoredPoint[] = [];
     for (const [s, g] of idsByShard(ids, c.spec.shards)) {
       const r = held.get(s);
@@ -558,7 +580,7 @@ export class ClusterDatabase implements Database {
 
   async shardCount(name: string, shards: number[]): Promise<number> {
     let n = 0;
-    for (const s of shards) n += (await this.ledReplica(name, s)).shard.count;
+    for (const s of shards) n += (await this.readReplica(name, s)).shard.count;
     return n;
   }
 
