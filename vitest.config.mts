@@ -1,8 +1,14 @@
 import { defineConfig } from 'vitest/config';
 
+/**
+ * The tests that run whole clusters of real processes (etcd, nodes, sidecars) with 2 s leases:
+ * one file at a time, after the rest, so that two of them never share the two cores (a starved
+ * keepalive would end a lease no fault ended).
+ */
+const CLUSTERS = ['test/cluster-e2e.test.ts', 'test/cluster-failover.test.ts', 'test/cluster-partition.test.ts', 'test/cluster-routing.test.ts', 'test/cluster-rereplicate.test.ts'];
+
 export default defineConfig({
   test: {
-    include: ['test/**/*.test.ts'],
     // Compiles dist/ (the child processes of several tests run it); a compile error stops the run.
     globalSetup: ['test/global-setup.ts'],
     testTimeout: 120_000,
@@ -11,5 +17,9 @@ export default defineConfig({
     // Two cores: run files two at a time; native tests use all cores inside one file.
     poolOptions: { forks: { maxForks: 2, minForks: 1 } },
     reporters: ['default'],
+    projects: [
+      { extends: true, test: { name: 'unit', include: ['test/**/*.test.ts'], exclude: CLUSTERS, sequence: { groupOrder: 0 } } },
+      { extends: true, test: { name: 'cluster', include: CLUSTERS, fileParallelism: false, sequence: { groupOrder: 1 } } },
+    ],
   },
 });
