@@ -79,6 +79,11 @@ const INSTALL_FILE = 'replica.install';
 const STATE_MAGIC = Buffer.from('QVREPST1', 'latin1');
 /** Snapshot chunks sent ahead of the follower's acknowledgement, at most. */
 const SNAPSHOT_WINDOW = 4;
+/**
+ * Bytes of the newest WAL entries held in memory, at most: the leader ships them and every replica
+ * applies them without reading a segment file. What no follower or apply needs goes on each tick.
+ */
+const WAL_TAIL_BYTES = 4 * 1024 * 1024;
 
 // ------------------------------------------------------------------------------ state file
 
@@ -335,7 +340,10 @@ export class ReplicaHost extends EventEmitter {
     });
     h.timer = setInterval(() => {
       h.feed({ type: 'tick' });
-      h.enqueue(() => h.resumeStalled());
+      h.enqueue(() => {
+        h.shardValue.log.releaseTailBelow(retainFromLsn(h.state));
+        return h.resumeStalled();
+      });
     }, Math.max(1, h.config.heartbeatMs / 2));
     h.timer.unref();
     return h;
@@ -351,6 +359,7 @@ export class ReplicaHost extends EventEmitter {
       snapshotDir: path.join(dir, 'snapshots'),
       follower: true,
       existing,
+      walTailBytes: WAL_TAIL_BYTES,
       // Keep what followers have not acknowledged, up to the cap; beyond it they get a snapshot.
       walRetainFromLsn: () => (this.shardValue.log.bytes > cap ? Infinity : retainFromLsn(this.state)),
       observer: {
