@@ -17,6 +17,7 @@ import { EventEmitter } from 'events';
 import { promises as fsp } from 'fs';
 import * as path from 'path';
 import { MessageInitShape, create, fromBinary, toBinary } from '@bufbuild/protobuf';
+import { BinaryWriter, WireType } from '@bufbuild/protobuf/wire';
 import { QuiverError } from '../errors';
 import { fsyncDir } from '../common/fs';
 import { Shard, ShardOptions, ShardWrite, WriteResult } from '../shard/shard';
@@ -24,7 +25,7 @@ import { UpsertOp, requestHash } from '../shard/codec';
 import { listSnapshots, snapshotDirName, writeFileSynced } from '../shard/snapshot';
 import { decodeEntry } from '../wal/format';
 import { crc32c } from '../wal/crc32c';
-import { ReplicaMessage, ReplicaMessageSchema } from '../rpc/gen/replica_pb';
+import { EntriesSchema, ReplicaMessage, ReplicaMessageSchema } from '../rpc/gen/replica_pb';
 import { epochAt } from './epochs';
 import {
   HardState,
@@ -137,8 +138,22 @@ function u64(v: bigint, what: string): number {
   return Number(v);
 }
 
+/** Field numbers of ReplicaMessage.entries and of Entries.raw (proto/replica.proto). */
+const ENTRIES_FIELD = 1;
+const RAW_FIELD = 5;
+
 export function encodePeerMessage(m: PeerMessage): Buffer {
-  return Buffer.from(toBinary(ReplicaMessageSchema, create(ReplicaMessageSchema, { kind: initOf(m) })));
+  if (m.kind === 'entries' && m.raw.length > 0) {
+    // The entries' bytes are copied once, behind the other fields, not through the encoder's growing buffer.
+    const LEN = WireType.LengthDelimited;
+    const b = BigInt;
+    const fields = toBinary(EntriesSchema, create(EntriesSchema, { epoch: b(m.epoch), prevLsn: b(m.prevLsn), prevEpoch: b(m.prevEpoch), commitLsn: b(m.commitLsn) }));
+    const rawHead = new BinaryWriter().tag(RAW_FIELD, LEN).uint32(m.raw.length).finish();
+    const head = new BinaryWriter().tag(ENTRIES_FIELD, LEN).uint32(fields.length + rawHead.length + m.raw.length).finish();
+    return Buffer.concat([head, fields, rawHead, m.raw]);
+  }
+  const out = toBinary(ReplicaMessageSchema, create(ReplicaMessageSchema, { kind: initOf(m) }));
+  return Buffer.from(out.buffer, out.byteOffset, out.byteLength);
 }
 
 /** The oneof of `m`, as create() takes it. */
@@ -176,7 +191,8 @@ export function decodePeerMessage(payload: Uint8Array): PeerMessage {
   switch (k.case) {
     case 'entries': {
       const v = k.value;
-      return { kind: 'entries', epoch: u64(v.epoch, 'epoch'), prevLsn: u64(v.prevLsn, 'prevLsn'), prevEpoch: u64(v.prevEpoch, 'prevEpoch'), commitLsn: u64(v.commitLsn, 'commitLsn'), raw: Buffer.from(v.raw) };
+      const raw = Buffer.from(v.raw.buffer, v.raw.byteOffset, v.raw.byteLength); // a view: appendRaw copies what it keeps
+      return { kind: 'entries', epoch: u64(v.epoch, 'epoch'), prevLsn: u64(v.prevLsn, 'prevLsn'), prevEpoch: u64(v.prevEpoch, 'prevEpoch'), commitLsn: u64(v.commitLsn, 'commitLsn'), raw };
     }
     case 'ack':
       return { kind: 'ack', epoch: u64(k.value.epoch, 'epoch'), lsn: u64(k.value.lsn, 'lsn') };
