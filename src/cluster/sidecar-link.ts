@@ -402,12 +402,14 @@ export class SidecarLink extends EventEmitter {
     this.emit('up');
   }
 
-  /** Writes what is pending, one frame per peer (the sidecar passes each on as it is). */
+  /** Writes what is pending, one frame per peer (the sidecar passes each on as it is), in one write. */
   private flush(): void {
     this.flushing = false;
     const s = this.socket;
     while (s !== null && this.pending.length > 0 && !s.writableNeedDrain) {
-      for (const group of byDestination(this.pending.take()).values()) writeParts(s, batchFrame(group.flatMap(messageRecord), true));
+      const parts: Uint8Array[] = [];
+      for (const group of byDestination(this.pending.take()).values()) parts.push(...batchFrame(group.flatMap(messageRecord), true));
+      writeParts(s, parts);
     }
   }
 }
