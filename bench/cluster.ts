@@ -2,7 +2,8 @@
  * `quiver bench cluster`: a cluster on loopback against a standalone node, in one run. It starts
  * etcd and the nodes itself (each node spawns its sidecar) and stops every process by pid.
  *
- *   upsert    batches of --batch points into flat and HNSW collections: standalone, then 3 nodes
+ *   upsert    batches of --batch points into flat and HNSW collections (each after a warm-up load
+ *             of --warmup points into another collection, not measured): standalone, then 3 nodes
  *             with RF 3 and majority (fsync on every node), each batch sent whole to the next node
  *             (which forwards the parts it does not lead), then each shard's part sent to its
  *             leader; points/s, ack latency p50/p99, and the CPU seconds of every process of the
@@ -37,6 +38,9 @@ options:
   --points N        points upserted per collection and mode (default 20000)
   --batch N         points per upsert (default 100)
   --dim N           dimension of the upsert vectors (default 128)
+  --warmup N        points written before each measured load, into a collection of their own and
+                    not measured, so that the processes' code is compiled (default: --points; 0:
+                    measure fresh processes, whose figures include the compilation)
   --search-n N      Fashion-MNIST points for the search part (default 60000)
   --queries N       searches timed per mode (default 2000)
   --help            this text
@@ -44,7 +48,7 @@ options:
 
 export const SPEC: CommandSpec = {
   usage: USAGE,
-  flags: Object.fromEntries(['points', 'batch', 'dim', 'search-n', 'queries'].map((k) => [k, { type: 'string' }])),
+  flags: Object.fromEntries(['points', 'batch', 'dim', 'warmup', 'search-n', 'queries'].map((k) => [k, { type: 'string' }])),
 };
 
 const CLUSTER_ANY = 'cluster RF 3, any node';
@@ -148,8 +152,18 @@ async function allApplied(node: Node, name: string, token: Record<string, number
   }
 }
 
-async function upsertLoad(mode: string, nodes: Node[], index: 'flat' | 'hnsw', points: number, batch: number, dim: number, replicas: number, route: Route, etcdPid?: number): Promise<UpsertFigures> {
-  const name = `load_${index}_${route}`;
+interface LoadShape {
+  points: number;
+  batch: number;
+  dim: number;
+  /** Points written into a collection of their own first, not measured (the processes' code is compiled by then). */
+  warmup: number;
+}
+
+type Points = { id: string; vector: Float32Array }[];
+
+/** A collection made for a load, and how its batches are sent (`route`); `upsert` resolves with the write's token. */
+async function loadTarget(nodes: Node[], name: string, index: 'flat' | 'hnsw', dim: number, replicas: number, route: Route): Promise<{ upsert: (b: number, pts: Points) => Promise<Record<string, number>>; close: () => void }> {
   const shards = 2;
   const created = await httpJson(nodes[0].http, 'POST', '/v1/collections', { name, dim, shards, replicationFactor: replicas, index: { type: index } });
   if (created.status !== 200) throw new Error(`create ${name}: ${JSON.stringify(created.body)}`);
@@ -166,9 +180,9 @@ async function upsertLoad(mode: string, nodes: Node[], index: 'flat' | 'hnsw', p
       await pause(50);
     }
   }
-  const upsert = async (b: number, pts: { id: string; vector: Float32Array }[]): Promise<Record<string, number>> => {
+  const upsert = async (b: number, pts: Points): Promise<Record<string, number>> => {
     if (route === 'any') return (await clients[b % clients.length].upsert(name, pts)).token;
-    const parts = new Map<number, typeof pts>();
+    const parts = new Map<number, Points>();
     for (const p of pts) {
       const s = shardOf(p.id, shards);
       parts.set(s, [...(parts.get(s) ?? []), p]);
@@ -176,13 +190,25 @@ async function upsertLoad(mode: string, nodes: Node[], index: 'flat' | 'hnsw', p
     const tokens = await Promise.all([...parts].map(async ([s, part]) => (await leaderOf[s].upsert(name, part)).token));
     return Object.assign({}, ...tokens) as Record<string, number>;
   };
+  return { upsert, close: () => clients.forEach((c) => c.close()) };
+}
+
+async function upsertLoad(mode: string, nodes: Node[], index: 'flat' | 'hnsw', shape: LoadShape, replicas: number, route: Route, etcdPid?: number): Promise<UpsertFigures> {
+  const { points, batch, dim, warmup } = shape;
   const vec = new Float32Array(dim);
-  const batchOf = (b: number, first: number, end: number): { id: string; vector: Float32Array }[] =>
+  const batchOf = (b: number, first: number, end: number): Points =>
     Array.from({ length: Math.min(batch, end - (first + b * batch)) }, (_, j) => {
       const i = first + b * batch + j;
       for (let d = 0; d < dim; d++) vec[d] = Math.sin(i * 0.7 + d * 1.3);
       return { id: `p${i}`, vector: vec.slice() };
     });
+  if (warmup > 0) {
+    const warm = await loadTarget(nodes, `warmup_${index}_${route}`, index, dim, replicas, route);
+    for (let b = 0; b * batch < warmup; b++) await warm.upsert(b, batchOf(b, 0, warmup));
+    warm.close();
+  }
+  const name = `load_${index}_${route}`;
+  const { upsert, close } = await loadTarget(nodes, name, index, dim, replicas, route);
 
   // The load: throughput, ack latency and CPU (from the first write until every replica applied the last).
   const acks: number[] = [];
@@ -236,7 +262,7 @@ async function upsertLoad(mode: string, nodes: Node[], index: 'flat' | 'hnsw', p
     polling = false;
     await poller;
   }
-  for (const c of clients) c.close();
+  close();
   const perVector = (cpu / points) * 1e6;
   return {
     mode,
@@ -269,6 +295,7 @@ export async function run(argv: string[]): Promise<number> {
   const points = intFlag(p, 'points', 20_000, 1);
   const batch = intFlag(p, 'batch', 100, 1);
   const dim = intFlag(p, 'dim', 128, 1);
+  const shape: LoadShape = { points, batch, dim, warmup: intFlag(p, 'warmup', points, 0) };
   const searchN = intFlag(p, 'search-n', 60_000, 1);
   const nQueries = intFlag(p, 'queries', 2000, 1);
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'quiver-bench-cluster-'));
@@ -279,7 +306,7 @@ export async function run(argv: string[]): Promise<number> {
     // Standalone.
     const alone = await serve('alone', ['--data', path.join(tmp, 'alone')]);
     all.push(alone);
-    for (const index of ['flat', 'hnsw'] as const) results.upsert.push(await upsertLoad('standalone', [alone], index, points, batch, dim, 1, 'any'));
+    for (const index of ['flat', 'hnsw'] as const) results.upsert.push(await upsertLoad('standalone', [alone], index, shape, 1, 'any'));
 
     // Three nodes, RF 3, majority; a fourth holds no replica of the search collection.
     etcd = await EtcdServer.start();
@@ -291,9 +318,10 @@ export async function run(argv: string[]): Promise<number> {
     }
     while ((await httpJson(nodes[0].http, 'GET', '/v1/cluster')).body.nodes.length < 3) await new Promise((r) => setTimeout(r, 50));
     for (const [route, mode] of [['any', CLUSTER_ANY], ['leaders', CLUSTER_LEADERS]] as const) {
-      for (const index of ['flat', 'hnsw'] as const) results.upsert.push(await upsertLoad(mode, nodes, index, points, batch, dim, 3, route, etcd.pid));
+      for (const index of ['flat', 'hnsw'] as const) results.upsert.push(await upsertLoad(mode, nodes, index, shape, 3, route, etcd.pid));
     }
     log('');
+    log(`upserts of ${points} points in batches of ${batch}, dim ${dim}, each load after a warm-up of ${shape.warmup} points (not measured):`);
     log(
       table(
         results.upsert.map((r) => ({
@@ -348,7 +376,7 @@ export async function run(argv: string[]): Promise<number> {
     results.search.push({ standaloneP50Ms: a.p50, standaloneP99Ms: a.p99, crossNetworkP50Ms: c.p50, crossNetworkP99Ms: c.p99 });
     log(`search k 10, ${ds.nBase} x ${ds.dim} HNSW, 2 shards: standalone p50 ${a.p50.toFixed(3)} ms p99 ${a.p99.toFixed(3)} ms; asked of ${asker.id} (holds neither shard) p50 ${c.p50.toFixed(3)} ms p99 ${c.p99.toFixed(3)} ms (goal p50 < 1, p99 < 5)`);
     for (const cl of [aloneClient, n4Client, askerClient]) cl.close();
-    log(`wrote ${writeJson('cluster', { machine: machine(), points, batch, dim, ...results })}`);
+    log(`wrote ${writeJson('cluster', { machine: machine(), ...shape, ...results })}`);
     return 0;
   } finally {
     await stop(all);
