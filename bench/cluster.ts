@@ -2,8 +2,8 @@
  * `quiver bench cluster`: a cluster on loopback against a standalone node, in one run. It starts
  * etcd and the nodes itself (each node spawns its sidecar) and stops every process by pid.
  *
- *   upsert    batches of --batch points into flat and HNSW collections (each after a warm-up load
- *             of --warmup points into another collection, not measured): standalone, then 3 nodes
+ *   upsert    batches of --batch points into flat and HNSW collections (each mode after a warm-up
+ *             load of --warmup points into another collection, not measured): standalone, then 3 nodes
  *             with RF 3 and majority (fsync on every node), each batch sent whole to the next node
  *             (which forwards the parts it does not lead), then each shard's part sent to its
  *             leader; points/s, ack latency p50/p99, and the CPU seconds of every process of the
@@ -38,9 +38,10 @@ options:
   --points N        points upserted per collection and mode (default 20000)
   --batch N         points per upsert (default 100)
   --dim N           dimension of the upsert vectors (default 128)
-  --warmup N        points written before each measured load, into a collection of their own and
-                    not measured, so that the processes' code is compiled (default: --points; 0:
-                    measure fresh processes, whose figures include the compilation)
+  --warmup N        points written (in batches of 100) through every node of a mode before its
+                    measured loads, into a collection of their own and not measured, so that the
+                    processes' code is compiled (default 30000; 0: measure fresh processes, whose
+                    figures then include the compilation of their code)
   --search-n N      Fashion-MNIST points for the search part (default 60000)
   --queries N       searches timed per mode (default 2000)
   --help            this text
@@ -156,8 +157,6 @@ interface LoadShape {
   points: number;
   batch: number;
   dim: number;
-  /** Points written into a collection of their own first, not measured (the processes' code is compiled by then). */
-  warmup: number;
 }
 
 type Points = { id: string; vector: Float32Array }[];
@@ -193,22 +192,35 @@ async function loadTarget(nodes: Node[], name: string, index: 'flat' | 'hnsw', d
   return { upsert, close: () => clients.forEach((c) => c.close()) };
 }
 
-async function upsertLoad(mode: string, nodes: Node[], index: 'flat' | 'hnsw', shape: LoadShape, replicas: number, route: Route, etcdPid?: number): Promise<UpsertFigures> {
-  const { points, batch, dim, warmup } = shape;
-  const vec = new Float32Array(dim);
-  const batchOf = (b: number, first: number, end: number): Points =>
-    Array.from({ length: Math.min(batch, end - (first + b * batch)) }, (_, j) => {
-      const i = first + b * batch + j;
-      for (let d = 0; d < dim; d++) vec[d] = Math.sin(i * 0.7 + d * 1.3);
-      return { id: `p${i}`, vector: vec.slice() };
-    });
-  if (warmup > 0) {
-    const warm = await loadTarget(nodes, `warmup_${index}_${route}`, index, dim, replicas, route);
-    for (let b = 0; b * batch < warmup; b++) await warm.upsert(b, batchOf(b, 0, warmup));
-    warm.close();
+/** Batch b of the points first..end-1 of a load (seeded by the point's number). */
+function batchOf(shape: LoadShape, b: number, first: number, end: number): Points {
+  const vec = new Float32Array(shape.dim);
+  return Array.from({ length: Math.min(shape.batch, end - (first + b * shape.batch)) }, (_, j) => {
+    const i = first + b * shape.batch + j;
+    for (let d = 0; d < shape.dim; d++) vec[d] = Math.sin(i * 0.7 + d * 1.3);
+    return { id: `p${i}`, vector: vec.slice() };
+  });
+}
+
+/** Points per batch of a warm-up: what compiles the code is the number of requests, not their size. */
+const WARMUP_BATCH = 100;
+
+/** Writes `points` points through every node into a collection of its own, not measured: the processes' code is compiled by then. */
+async function warmUp(nodes: Node[], shape: LoadShape, points: number, replicas: number): Promise<void> {
+  if (points === 0) return;
+  const warm = { ...shape, batch: WARMUP_BATCH };
+  const target = await loadTarget(nodes, 'warmup', 'flat', shape.dim, replicas, 'any');
+  for (let b = 0; b * warm.batch < points; b++) {
+    await target.upsert(b, batchOf(warm, b, 0, points));
+    if (b % 50 === 0) progress(`warm-up: ${b * warm.batch} points`);
   }
+  target.close();
+}
+
+async function upsertLoad(mode: string, nodes: Node[], index: 'flat' | 'hnsw', shape: LoadShape, replicas: number, route: Route, etcdPid?: number): Promise<UpsertFigures> {
+  const { points, batch } = shape;
   const name = `load_${index}_${route}`;
-  const { upsert, close } = await loadTarget(nodes, name, index, dim, replicas, route);
+  const { upsert, close } = await loadTarget(nodes, name, index, shape.dim, replicas, route);
 
   // The load: throughput, ack latency and CPU (from the first write until every replica applied the last).
   const acks: number[] = [];
@@ -217,7 +229,7 @@ async function upsertLoad(mode: string, nodes: Node[], index: 'flat' | 'hnsw', s
   const etcd0 = etcdPid ? cpuSeconds(etcdPid) : 0;
   const t0 = performance.now();
   for (let b = 0; b * batch < points; b++) {
-    const pts = batchOf(b, 0, points);
+    const pts = batchOf(shape, b, 0, points);
     const s = performance.now();
     Object.assign(last, await upsert(b, pts));
     acks.push(performance.now() - s);
@@ -255,7 +267,7 @@ async function upsertLoad(mode: string, nodes: Node[], index: 'flat' | 'hnsw', s
     })();
     const lagPoints = Math.max(10 * batch, Math.floor(points / 5));
     for (let b = 0; b * batch < lagPoints; b++) {
-      const token = await upsert(b, batchOf(b, points, points + lagPoints));
+      const token = await upsert(b, batchOf(shape, b, points, points + lagPoints));
       const at = performance.now();
       if (b % 5 === 0) for (const [shard, lsn] of Object.entries(token)) pending.push({ shard, lsn, at, seen: new Set() });
     }
@@ -295,7 +307,8 @@ export async function run(argv: string[]): Promise<number> {
   const points = intFlag(p, 'points', 20_000, 1);
   const batch = intFlag(p, 'batch', 100, 1);
   const dim = intFlag(p, 'dim', 128, 1);
-  const shape: LoadShape = { points, batch, dim, warmup: intFlag(p, 'warmup', points, 0) };
+  const shape: LoadShape = { points, batch, dim };
+  const warmup = intFlag(p, 'warmup', 30_000, 0);
   const searchN = intFlag(p, 'search-n', 60_000, 1);
   const nQueries = intFlag(p, 'queries', 2000, 1);
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'quiver-bench-cluster-'));
@@ -306,6 +319,7 @@ export async function run(argv: string[]): Promise<number> {
     // Standalone.
     const alone = await serve('alone', ['--data', path.join(tmp, 'alone')]);
     all.push(alone);
+    await warmUp([alone], shape, warmup, 1);
     for (const index of ['flat', 'hnsw'] as const) results.upsert.push(await upsertLoad('standalone', [alone], index, shape, 1, 'any'));
 
     // Three nodes, RF 3, majority; a fourth holds no replica of the search collection.
@@ -317,11 +331,12 @@ export async function run(argv: string[]): Promise<number> {
       all.push(n);
     }
     while ((await httpJson(nodes[0].http, 'GET', '/v1/cluster')).body.nodes.length < 3) await new Promise((r) => setTimeout(r, 50));
+    await warmUp(nodes, shape, warmup, 3);
     for (const [route, mode] of [['any', CLUSTER_ANY], ['leaders', CLUSTER_LEADERS]] as const) {
       for (const index of ['flat', 'hnsw'] as const) results.upsert.push(await upsertLoad(mode, nodes, index, shape, 3, route, etcd.pid));
     }
     log('');
-    log(`upserts of ${points} points in batches of ${batch}, dim ${dim}, each load after a warm-up of ${shape.warmup} points (not measured):`);
+    log(`upserts of ${points} points in batches of ${batch}, dim ${dim}; each mode measured after a warm-up of ${warmup} points (not measured):`);
     log(
       table(
         results.upsert.map((r) => ({
@@ -376,7 +391,7 @@ export async function run(argv: string[]): Promise<number> {
     results.search.push({ standaloneP50Ms: a.p50, standaloneP99Ms: a.p99, crossNetworkP50Ms: c.p50, crossNetworkP99Ms: c.p99 });
     log(`search k 10, ${ds.nBase} x ${ds.dim} HNSW, 2 shards: standalone p50 ${a.p50.toFixed(3)} ms p99 ${a.p99.toFixed(3)} ms; asked of ${asker.id} (holds neither shard) p50 ${c.p50.toFixed(3)} ms p99 ${c.p99.toFixed(3)} ms (goal p50 < 1, p99 < 5)`);
     for (const cl of [aloneClient, n4Client, askerClient]) cl.close();
-    log(`wrote ${writeJson('cluster', { machine: machine(), ...shape, ...results })}`);
+    log(`wrote ${writeJson('cluster', { machine: machine(), ...shape, warmup, ...results })}`);
     return 0;
   } finally {
     await stop(all);
