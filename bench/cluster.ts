@@ -2,8 +2,8 @@
  * `quiver bench cluster`: a cluster on loopback against a standalone node, in one run. It starts
  * etcd and the nodes itself (each node spawns its sidecar) and stops every process by pid.
  *
- *   upsert    batches of --batch points into flat and HNSW collections (each mode after a warm-up
- *             load of --warmup points into another collection, not measured): standalone, then 3 nodes
+ *   upsert    batches of --batch points into flat and HNSW collections (each after --warmup points
+ *             into it, not measured): standalone, then 3 nodes (a new cluster for each load)
  *             with RF 3 and majority (fsync on every node), each batch sent whole to the next node
  *             (which forwards the parts it does not lead), then each shard's part sent to its
  *             leader; points/s, ack latency p50/p99, and the CPU seconds of every process of the
@@ -38,10 +38,9 @@ options:
   --points N        points upserted per collection and mode (default 20000)
   --batch N         points per upsert (default 100)
   --dim N           dimension of the upsert vectors (default 128)
-  --warmup N        points written (in batches of 100) through every node of a mode before its
-                    measured loads, into a collection of their own and not measured, so that the
-                    processes' code is compiled (default 30000; 0: measure fresh processes, whose
-                    figures then include the compilation of their code)
+  --warmup N        points written (in batches of 100) into each load's collection before the
+                    measured ones, so that the processes' code is compiled (default 30000; 0:
+                    measure fresh processes, whose figures then include compiling their code)
   --search-n N      Fashion-MNIST points for the search part (default 60000)
   --queries N       searches timed per mode (default 2000)
   --help            this text
@@ -205,22 +204,19 @@ function batchOf(shape: LoadShape, b: number, first: number, end: number): Point
 /** Points per batch of a warm-up: what compiles the code is the number of requests, not their size. */
 const WARMUP_BATCH = 100;
 
-/** Writes `points` points through every node into a collection of its own, not measured: the processes' code is compiled by then. */
-async function warmUp(nodes: Node[], shape: LoadShape, points: number, replicas: number): Promise<void> {
-  if (points === 0) return;
-  const warm = { ...shape, batch: WARMUP_BATCH };
-  const target = await loadTarget(nodes, 'warmup', 'flat', shape.dim, replicas, 'any');
-  for (let b = 0; b * warm.batch < points; b++) {
-    await target.upsert(b, batchOf(warm, b, 0, points));
-    if (b % 50 === 0) progress(`warm-up: ${b * warm.batch} points`);
-  }
-  target.close();
-}
-
-async function upsertLoad(mode: string, nodes: Node[], index: 'flat' | 'hnsw', shape: LoadShape, replicas: number, route: Route, etcdPid?: number): Promise<UpsertFigures> {
+/**
+ * One load into a new collection: `warmup` points first (in batches of WARMUP_BATCH, not measured:
+ * the processes' code is compiled by then), then `points` measured, then the lag pass.
+ */
+async function upsertLoad(mode: string, nodes: Node[], index: 'flat' | 'hnsw', shape: LoadShape, warmup: number, replicas: number, route: Route, etcdPid?: number): Promise<UpsertFigures> {
   const { points, batch } = shape;
   const name = `load_${index}_${route}`;
   const { upsert, close } = await loadTarget(nodes, name, index, shape.dim, replicas, route);
+  const warm = { ...shape, batch: WARMUP_BATCH };
+  for (let b = 0; b * warm.batch < warmup; b++) {
+    await upsert(b, batchOf(warm, b, 0, warmup));
+    if (b % 50 === 0) progress(`${mode} ${index}: warm-up, ${b * warm.batch} points`);
+  }
 
   // The load: throughput, ack latency and CPU (from the first write until every replica applied the last).
   const acks: number[] = [];
@@ -229,7 +225,7 @@ async function upsertLoad(mode: string, nodes: Node[], index: 'flat' | 'hnsw', s
   const etcd0 = etcdPid ? cpuSeconds(etcdPid) : 0;
   const t0 = performance.now();
   for (let b = 0; b * batch < points; b++) {
-    const pts = batchOf(shape, b, 0, points);
+    const pts = batchOf(shape, b, warmup, warmup + points);
     const s = performance.now();
     Object.assign(last, await upsert(b, pts));
     acks.push(performance.now() - s);
@@ -267,7 +263,7 @@ async function upsertLoad(mode: string, nodes: Node[], index: 'flat' | 'hnsw', s
     })();
     const lagPoints = Math.max(10 * batch, Math.floor(points / 5));
     for (let b = 0; b * batch < lagPoints; b++) {
-      const token = await upsert(b, batchOf(shape, b, points, points + lagPoints));
+      const token = await upsert(b, batchOf(shape, b, warmup + points, warmup + points + lagPoints));
       const at = performance.now();
       if (b % 5 === 0) for (const [shard, lsn] of Object.entries(token)) pending.push({ shard, lsn, at, seen: new Set() });
     }
@@ -319,24 +315,30 @@ export async function run(argv: string[]): Promise<number> {
     // Standalone.
     const alone = await serve('alone', ['--data', path.join(tmp, 'alone')]);
     all.push(alone);
-    await warmUp([alone], shape, warmup, 1);
-    for (const index of ['flat', 'hnsw'] as const) results.upsert.push(await upsertLoad('standalone', [alone], index, shape, 1, 'any'));
+    for (const index of ['flat', 'hnsw'] as const) results.upsert.push(await upsertLoad('standalone', [alone], index, shape, warmup, 1, 'any'));
 
-    // Three nodes, RF 3, majority; a fourth holds no replica of the search collection.
+    // Three nodes, RF 3, majority, a cluster of their own for each load (an idle collection's
+    // replicas tick and heartbeat: that is no cost of the load measured); a fourth node joins the
+    // last one for the search part and holds no replica of its collection.
     etcd = await EtcdServer.start();
-    const nodes: Node[] = [];
-    for (const id of ['n1', 'n2', 'n3']) {
-      const n = await serve(id, ['--etcd', `http://${etcd.endpoint}`, '--data', path.join(tmp, id), '--replication', '127.0.0.1:0', '--cluster', 'bench']);
-      nodes.push(n);
-      all.push(n);
-    }
-    while ((await httpJson(nodes[0].http, 'GET', '/v1/cluster')).body.nodes.length < 3) await new Promise((r) => setTimeout(r, 50));
-    await warmUp(nodes, shape, warmup, 3);
+    let nodes: Node[] = [];
+    let cluster = '';
     for (const [route, mode] of [['any', CLUSTER_ANY], ['leaders', CLUSTER_LEADERS]] as const) {
-      for (const index of ['flat', 'hnsw'] as const) results.upsert.push(await upsertLoad(mode, nodes, index, shape, 3, route, etcd.pid));
+      for (const index of ['flat', 'hnsw'] as const) {
+        await stop(nodes);
+        cluster = `bench-${route}-${index}`;
+        nodes = [];
+        for (const id of ['n1', 'n2', 'n3']) {
+          const n = await serve(id, ['--etcd', `http://${etcd.endpoint}`, '--data', path.join(tmp, cluster, id), '--replication', '127.0.0.1:0', '--cluster', cluster]);
+          nodes.push(n);
+          all.push(n);
+        }
+        while ((await httpJson(nodes[0].http, 'GET', '/v1/cluster')).body.nodes.length < 3) await new Promise((r) => setTimeout(r, 50));
+        results.upsert.push(await upsertLoad(mode, nodes, index, shape, warmup, 3, route, etcd.pid));
+      }
     }
     log('');
-    log(`upserts of ${points} points in batches of ${batch}, dim ${dim}; each mode measured after a warm-up of ${warmup} points (not measured):`);
+    log(`upserts of ${points} points in batches of ${batch}, dim ${dim}, each into a new collection after ${warmup} points not measured:`);
     log(
       table(
         results.upsert.map((r) => ({
@@ -363,7 +365,7 @@ export async function run(argv: string[]): Promise<number> {
 
     // Search across the network: RF 1, 2 shards placed on two nodes; the query goes to a node holding neither.
     const ds = fashionMnist(searchN, nQueries);
-    const n4 = await serve('n4', ['--etcd', `http://${etcd.endpoint}`, '--data', path.join(tmp, 'n4'), '--replication', '127.0.0.1:0', '--cluster', 'bench']);
+    const n4 = await serve('n4', ['--etcd', `http://${etcd.endpoint}`, '--data', path.join(tmp, cluster, 'n4'), '--replication', '127.0.0.1:0', '--cluster', cluster]);
     all.push(n4);
     const spec = { name: 'fashion', dim: ds.dim, shards: 2, replicationFactor: 1, index: { type: 'hnsw' } };
     for (const base of [alone, n4]) {
