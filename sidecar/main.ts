@@ -15,12 +15,12 @@ import * as grpc from '@grpc/grpc-js';
 import { QuiverError } from '../src/errors';
 import { CommandSpec, Flags, parseCommandLine, stringFlag, UsageError } from '../src/common/args';
 import { joinHostPort, splitHostPort } from '../src/common/address';
-import { LocalFrameParser, encodeLocalFrame } from '../src/cluster/sidecar-link';
-import type { Logger } from '../src/cluster/sidecar-link';
-import type { Batch, Frame, LocalFrame } from '../src/rpc/gen/replication_pb';
+import { LocalFrameParser, batchFrame, byDestination, scanBatch, writeParts } from '../src/cluster/sidecar-link';
+import type { LocalFrameIn, Logger, ScannedMessage } from '../src/cluster/sidecar-link';
+import type { Frame } from '../src/rpc/gen/replication_pb';
 import { QUIVER_CODE_KEY, grpcStatusOf } from '../src/rpc/proto';
 import { Peers } from './peers';
-import { channelOptions, encodeFrame, replicationService } from './wire';
+import { channelOptions, decodeFrame, replicationService } from './wire';
 import type { FrameInit } from './wire';
 
 const spec: CommandSpec = {
@@ -45,28 +45,35 @@ function required(f: Flags, name: string): string {
   return v;
 }
 
-type ServerCall = grpc.ServerDuplexStream<Frame, FrameInit>;
+type ServerCall = grpc.ServerDuplexStream<Buffer, FrameInit>;
+
+/** A frame's bytes on the local socket: its length, then the bytes (a Frame's batch is a LocalFrame's). */
+function localParts(frame: Buffer): Uint8Array[] {
+  const length = Buffer.allocUnsafe(4);
+  length.writeUInt32BE(frame.length, 0);
+  return [length, frame];
+}
 
 /** The node's connection: frames to it, and the peers' calls paused while it cannot take more. */
 class NodeSide {
   socket: net.Socket | null = null;
   private paused = new Set<ServerCall>();
-  private waiting: Batch[] = [];
+  private waiting: Buffer[] = [];
 
-  /** Writes a batch to the node; pauses `call` when the node is not there or its socket is full. */
-  forward(batch: Batch, call: ServerCall): void {
+  /** Writes a frame of a batch to the node; pauses `call` when the node is not there or its socket is full. */
+  forward(frame: Buffer, call: ServerCall): void {
     if (this.socket === null) {
-      this.waiting.push(batch);
+      this.waiting.push(frame);
       this.pause(call);
       return;
     }
-    if (!this.socket.write(encodeLocalFrame({ body: { case: 'batch', value: batch } }))) this.pause(call);
+    if (!writeParts(this.socket, localParts(frame))) this.pause(call);
   }
 
   connected(socket: net.Socket): void {
     this.socket = socket;
     socket.on('drain', () => this.resume());
-    for (const b of this.waiting) socket.write(encodeLocalFrame({ body: { case: 'batch', value: b } }));
+    for (const f of this.waiting) writeParts(socket, localParts(f));
     this.waiting = [];
     if (!socket.writableNeedDrain) this.resume();
   }
@@ -89,7 +96,7 @@ function refuse(call: ServerCall, code: 'FAILED_PRECONDITION' | 'INVALID_ARGUMEN
 }
 
 /** The Exchange handler: a hello of this cluster addressed to this node first, then batches from that node. */
-function exchange(self: { cluster: string; nodeId: string; log: Logger }, node: NodeSide): grpc.handleBidiStreamingCall<Frame, FrameInit> {
+function exchange(self: { cluster: string; nodeId: string; log: Logger }, node: NodeSide): grpc.handleBidiStreamingCall<Buffer, FrameInit> {
   return (call) => {
     let peer: string | null = null;
     let done = false;
@@ -98,9 +105,22 @@ function exchange(self: { cluster: string; nodeId: string; log: Logger }, node: 
       self.log.error(`refused a stream from ${call.getPeer()}: ${code}: ${details}`);
       refuse(call, code, details);
     };
-    call.on('data', (f: Frame) => {
+    call.on('data', (bytes: Buffer) => {
       if (done) return;
+      let batch: ScannedMessage[] | null;
+      try {
+        batch = scanBatch(bytes, 'frame');
+      } catch (e) {
+        return stop('INVALID_ARGUMENT', (e as Error).message);
+      }
       if (peer === null) {
+        if (batch !== null) return stop('INVALID_ARGUMENT', 'the first frame must be a hello');
+        let f: Frame;
+        try {
+          f = decodeFrame(bytes);
+        } catch (e) {
+          return stop('INVALID_ARGUMENT', (e as Error).message);
+        }
         if (f.body.case !== 'hello') return stop('INVALID_ARGUMENT', 'the first frame must be a hello');
         const h = f.body.value;
         if (h.cluster !== self.cluster) return stop('FAILED_PRECONDITION', `node '${h.nodeId}' is of cluster '${h.cluster}'; this is '${self.cluster}'`);
@@ -110,11 +130,11 @@ function exchange(self: { cluster: string; nodeId: string; log: Logger }, node: 
         call.write({ body: { case: 'hello', value: { cluster: self.cluster, nodeId: self.nodeId } } });
         return;
       }
-      if (f.body.case !== 'batch') return stop('INVALID_ARGUMENT', 'a second hello');
-      for (const m of f.body.value.messages) {
+      if (batch === null) return stop('INVALID_ARGUMENT', 'a second hello');
+      for (const m of batch) {
         if (m.from !== peer || m.to !== self.nodeId) return stop('INVALID_ARGUMENT', `a message from '${m.from}' to '${m.to}' on the stream of '${peer}'`);
       }
-      node.forward(f.body.value, call);
+      node.forward(bytes, call);
     });
     call.on('end', () => call.end());
     call.on('error', () => {}); // cancelled by the peer or refused: nothing to keep
@@ -155,31 +175,31 @@ export async function main(argv: string[]): Promise<void> {
     process.exit(code);
   };
 
-  const handle = (lf: LocalFrame): void => {
-    switch (lf.body.case) {
-      case 'setPeers': {
-        const ok: Record<string, string> = {};
-        for (const [id, a] of Object.entries(lf.body.value.peers)) {
-          try {
-            splitHostPort(a, `peer ${id}`);
-            ok[id] = a;
-          } catch (e) {
-            log.error((e as Error).message);
-          }
-        }
-        peers.set(ok);
-        break;
-      }
-      case 'batch':
-        for (const m of lf.body.value.messages) {
-          if (m.from === nodeId) peers.send(m);
-          else log.error(`the node sent a message from '${m.from}'; this is '${nodeId}'`);
-        }
-        if (reportTimer === null && peers.dropped() > reported) reportTimer = setTimeout(reportDrops, dropReportMs);
-        break;
-      case undefined:
-        break;
+  /** The node's messages go to their peers: a frame to one peer as it is, another split by peer. */
+  const route = (bytes: Buffer, batch: ScannedMessage[]): void => {
+    const mine = batch.filter((m) => m.from === nodeId);
+    if (mine.length < batch.length) log.error(`the node sent a message from '${batch.find((m) => m.from !== nodeId)!.from}'; this is '${nodeId}'`);
+    const groups = byDestination(mine);
+    for (const [to, group] of groups) {
+      const whole = groups.size === 1 && group.length === batch.length;
+      peers.send(to, whole ? bytes : Buffer.concat(batchFrame(group.map((m) => m.record), false)), group.length);
     }
+    if (reportTimer === null && peers.dropped() > reported) reportTimer = setTimeout(reportDrops, dropReportMs);
+  };
+
+  const handle = (f: LocalFrameIn): void => {
+    if (f.batch !== null) return route(f.bytes, f.batch);
+    if (f.frame.body.case !== 'setPeers') return;
+    const ok: Record<string, string> = {};
+    for (const [id, a] of Object.entries(f.frame.body.value.peers)) {
+      try {
+        splitHostPort(a, `peer ${id}`);
+        ok[id] = a;
+      } catch (e) {
+        log.error((e as Error).message);
+      }
+    }
+    peers.set(ok);
   };
 
   const local = net.createServer((socket) => {

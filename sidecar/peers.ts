@@ -1,15 +1,21 @@
 /**
  * The outgoing side: one Exchange stream per peer, dialled when there is something to send, dialled
- * again with backoff after it fails. Each peer has a bounded queue (queueBytesMax): past it the
- * oldest messages are dropped and counted. Messages written to a stream that then fails are lost;
+ * again with backoff after it fails. Each peer has a bounded queue (queueBytesMax) of frames as the
+ * node wrote them: past it the oldest frames are dropped and their messages counted. Frames queued
+ * while a write waits are joined into one. Messages written to a stream that then fails are lost;
  * the replica machines retransmit.
  */
 import * as grpc from '@grpc/grpc-js';
-import { MessageQueue, retryDelayMaxMs, retryDelayMinMs } from '../src/cluster/sidecar-link';
+import { MessageQueue, batchFrame, retryDelayMaxMs, retryDelayMinMs, scanBatch } from '../src/cluster/sidecar-link';
 import type { Logger } from '../src/cluster/sidecar-link';
-import type { Frame, PeerMessage } from '../src/rpc/gen/replication_pb';
-import { EXCHANGE_PATH, channelOptions, decodeFrame, encodeFrame } from './wire';
-import type { FrameInit } from './wire';
+import type { Frame } from '../src/rpc/gen/replication_pb';
+import { EXCHANGE_PATH, channelOptions, decodeFrame, encodeFrame, frameBytes } from './wire';
+
+/** A frame of messages to one peer: its bytes (the `payload` the queue counts) and how many messages it holds. */
+interface QueuedFrame {
+  payload: Buffer;
+  messages: number;
+}
 
 export interface Self {
   cluster: string;
@@ -18,10 +24,10 @@ export interface Self {
 }
 
 class PeerChannel {
-  readonly queue = new MessageQueue<PeerMessage>();
+  readonly queue = new MessageQueue<QueuedFrame>();
   dropped = 0;
   private client: grpc.Client | null = null;
-  private call: grpc.ClientDuplexStream<FrameInit, Frame> | null = null;
+  private call: grpc.ClientDuplexStream<Buffer, Frame> | null = null;
   private open = false;
   private timer: NodeJS.Timeout | null = null;
   private delayMs = retryDelayMinMs;
@@ -33,8 +39,8 @@ class PeerChannel {
     readonly address: string,
   ) {}
 
-  send(m: PeerMessage): void {
-    this.dropped += this.queue.push(m);
+  send(f: QueuedFrame): void {
+    for (const d of this.queue.push(f)) this.dropped += d.messages;
     if (this.open) this.flush();
     else if (this.call === null && this.timer === null) this.connect();
   }
@@ -49,7 +55,7 @@ class PeerChannel {
 
   private connect(): void {
     const client = new grpc.Client(this.address, grpc.credentials.createInsecure(), channelOptions);
-    const call = client.makeBidiStreamRequest<FrameInit, Frame>(EXCHANGE_PATH, encodeFrame, decodeFrame);
+    const call = client.makeBidiStreamRequest<Buffer, Frame>(EXCHANGE_PATH, frameBytes, decodeFrame);
     this.client = client;
     this.call = call;
     call.on('data', (f: Frame) => {
@@ -71,11 +77,11 @@ class PeerChannel {
       this.ended(call);
     });
     call.on('end', () => this.ended(call));
-    call.write({ body: { case: 'hello', value: { cluster: this.self.cluster, nodeId: this.self.nodeId, to: this.to } } });
+    call.write(encodeFrame({ body: { case: 'hello', value: { cluster: this.self.cluster, nodeId: this.self.nodeId, to: this.to } } }));
   }
 
   /** The stream is gone: dial again after the delay if there is something to send. */
-  private ended(call: grpc.ClientDuplexStream<FrameInit, Frame>): void {
+  private ended(call: grpc.ClientDuplexStream<Buffer, Frame>): void {
     if (this.call !== call) return;
     this.call = null;
     this.open = false;
@@ -92,7 +98,10 @@ class PeerChannel {
   private flush(): void {
     const call = this.call;
     while (call !== null && this.open && this.queue.length > 0) {
-      if (!call.write({ body: { case: 'batch', value: { messages: this.queue.take() } } })) return;
+      const frames = this.queue.take();
+      // Frames passed their scan when they came in: joined, their message records make one batch.
+      const bytes = frames.length === 1 ? frames[0].payload : Buffer.concat(batchFrame(frames.flatMap((f) => scanBatch(f.payload, 'frame')!.map((m) => m.record)), false));
+      if (!call.write(bytes)) return;
     }
   }
 }
@@ -118,10 +127,12 @@ export class Peers {
     }
   }
 
-  send(m: PeerMessage): void {
-    const c = this.channels.get(m.to);
-    if (c) c.send(m);
-    else this.unknownDropped++;
+  /** Queues the bytes of a frame of `messages` messages to peer `to`. */
+  send(to: string, frame: Buffer, messages: number): void {
+    const c = this.channels.get(to);
+    // A frame read from the node's socket is a view of what one read returned: queued alone it is copied.
+    if (c) c.send({ payload: frame.buffer.byteLength > 2 * frame.length ? Buffer.from(frame) : frame, messages });
+    else this.unknownDropped += messages;
   }
 
   /** Messages dropped so far, all peers together. */

@@ -1,6 +1,7 @@
 /**
  * The Exchange stream between sidecars (proto/replication.proto) in @grpc/grpc-js's form: its path,
- * the generated codecs, and the channel options both ends use.
+ * the codecs, and the channel options both ends use. Frames of batches travel as the bytes the node
+ * wrote (src/cluster/sidecar-link.ts: scanBatch reads them); a hello is encoded and decoded whole.
  */
 import * as grpc from '@grpc/grpc-js';
 import { create, fromBinary, toBinary } from '@bufbuild/protobuf';
@@ -23,13 +24,19 @@ export function decodeFrame(bytes: Uint8Array): Frame {
   return checkedFrame(() => fromBinary(FrameSchema, bytes), 'frame');
 }
 
+/** A frame's bytes, as they are. */
+export function frameBytes(bytes: Buffer): Buffer {
+  return bytes;
+}
+
+/** The dialler writes frames' bytes and reads the answer's hello; the answering side reads bytes and writes its hello. */
 export const replicationService: grpc.ServiceDefinition = {
   Exchange: {
     path: EXCHANGE_PATH,
     requestStream: true,
     responseStream: true,
-    requestSerialize: encodeFrame,
-    requestDeserialize: decodeFrame,
+    requestSerialize: frameBytes,
+    requestDeserialize: frameBytes,
     responseSerialize: encodeFrame,
     responseDeserialize: decodeFrame,
     originalName: 'exchange',

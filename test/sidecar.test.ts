@@ -12,12 +12,12 @@ import * as path from 'path';
 import * as readline from 'readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as grpc from '@grpc/grpc-js';
-import { toBinary, create } from '@bufbuild/protobuf';
-import { LocalFrameParser, encodeLocalFrame } from '../src/cluster/sidecar-link';
+import { toBinary, create, fromBinary } from '@bufbuild/protobuf';
+import { LocalFrameParser, batchFrame, encodeLocalFrame, messageRecord, scanBatch } from '../src/cluster/sidecar-link';
 import type * as LinkModule from '../src/cluster/sidecar-link';
 import { Prng } from '../src/cluster/sim/prng';
 import { FrameSchema, LocalFrameSchema } from '../src/rpc/gen/replication_pb';
-import type { Frame, LocalFrame } from '../src/rpc/gen/replication_pb';
+import type { Frame, LocalFrame, PeerMessage as WireMessage } from '../src/rpc/gen/replication_pb';
 import { EXCHANGE_PATH, decodeFrame, encodeFrame } from '../sidecar/wire';
 import type { FrameInit } from '../sidecar/wire';
 
@@ -75,9 +75,9 @@ function mutate(r: Prng, b: Buffer): Buffer {
 }
 
 /** Feeds a parser `bytes` in random chunks; returns the frames or the error that ended it. */
-function parseInChunks(r: Prng, bytes: Buffer, cap: number): { frames: LocalFrame[]; error?: { code?: string }; heldMax: number } {
+function parseInChunks(r: Prng, bytes: Buffer, cap: number): { frames: LinkModule.LocalFrameIn[]; error?: { code?: string }; heldMax: number } {
   const p = new LocalFrameParser(cap);
-  const frames: LocalFrame[] = [];
+  const frames: LinkModule.LocalFrameIn[] = [];
   let heldMax = 0;
   for (let at = 0; at < bytes.length; ) {
     const n = r.int(1, 64);
@@ -90,6 +90,11 @@ function parseInChunks(r: Prng, bytes: Buffer, cap: number): { frames: LocalFram
     heldMax = Math.max(heldMax, p.bufferedBytes);
   }
   return { frames, heldMax };
+}
+
+/** Messages as plain values, to compare what different readers made of the same bytes. */
+function plain(ms: { shard: string; from: string; to: string; payload: Uint8Array }[]): { shard: string; from: string; to: string; payload: string }[] {
+  return ms.map((m) => ({ shard: m.shard, from: m.from, to: m.to, payload: Buffer.from(m.payload).toString('hex') }));
 }
 
 /** Lets the test runner's worker answer its own messages during a long synchronous loop. */
@@ -113,7 +118,13 @@ describe('sidecar frames under random and mutated input', () => {
         expect(whole.error?.code).toBe('INVALID_ARGUMENT');
       } else {
         expect(whole.error).toBeUndefined();
-        expect(Buffer.concat(whole.frames.map((f) => encodeLocalFrame(f))).equals(bytes)).toBe(true);
+
+        for (const [i, f] of whole.frames.entries()) {
+          // A batch is read as it was written; another body is decoded whole.
+          expect(f.bytes.equals(encodeLocalFrame(frames[i]).subarray(4))).toBe(true);
+          if (f.batch !== null) expect(plain(f.batch)).toEqual(plain((frames[i].body.value as { messages: WireMessage[] }).messages));
+          else expect(f.frame.body.case).toBe(frames[i].body.case);
+        }
       }
 
       const damaged = parseInChunks(r, mutate(r, bytes), cap);
@@ -142,6 +153,62 @@ describe('sidecar frames under random and mutated input', () => {
     expect(() => p.push(encodeLocalFrame({}))).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
     const noShard = encodeLocalFrame({ body: { case: 'batch', value: { messages: [{ from: 'a', to: 'b', payload: Buffer.alloc(1) }] } } });
     expect(() => new LocalFrameParser(cap).push(noShard)).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
+  });
+
+  it('scanBatch reads a batch as the protobuf decoder does, or refuses it with INVALID_ARGUMENT, for any bytes', async () => {
+    const r = new Prng(4242);
+    let scanned = 0;
+    let refused = 0;
+    for (let round = 0; round < 5000; round++) {
+      if (round % 200 === 0) await yieldToRunner();
+      const lf = randomLocalFrame(r);
+      const good = encodeLocalFrame(lf).subarray(4);
+      const bytes = r.chance(0.2) ? good : mutate(r, good);
+      let batch: LinkModule.ScannedMessage[] | null;
+      try {
+        batch = scanBatch(bytes, 'frame');
+      } catch (e) {
+        expect((e as { code?: string }).code).toBe('INVALID_ARGUMENT');
+        refused++;
+        continue;
+      }
+      if (batch === null) {
+        // Another body: its reader decodes it whole (and may refuse it, with the same code).
+        try {
+          expect(decodeFrame(bytes).body.case).not.toBe('batch');
+        } catch (e) {
+          expect((e as { code?: string }).code).toBe('INVALID_ARGUMENT');
+        }
+      } else {
+        // A batch: both frame types decode these bytes to the same messages.
+        for (const schema of [LocalFrameSchema, FrameSchema]) {
+          const f = fromBinary(schema, bytes);
+          expect(f.body.case).toBe('batch');
+          expect(plain(batch)).toEqual(plain((f.body.value as { messages: WireMessage[] }).messages));
+        }
+        scanned++;
+        // Each message's record is the message: joined, the records make the same batch again.
+        const again = scanBatch(Buffer.concat(batchFrame(batch.map((m) => m.record), false)), 'frame');
+        expect(plain(again!)).toEqual(plain(batch));
+      }
+    }
+    expect(scanned).toBeGreaterThan(500);
+    expect(refused).toBeGreaterThan(500);
+  });
+
+  it('the frame the node writes (batchFrame of messageRecords) decodes as the batch it was made of', () => {
+    const r = new Prng(77);
+    for (let round = 0; round < 500; round++) {
+      const messages = Array.from({ length: r.int(1, 6) }, () => ({ shard: randomName(r), from: randomName(r), to: randomName(r), payload: randomBytes(r, r.int(0, 3000)) }));
+      const local = Buffer.concat(batchFrame(messages.flatMap(messageRecord), true));
+      expect(local.readUInt32BE(0)).toBe(local.length - 4);
+      const f = fromBinary(LocalFrameSchema, local.subarray(4));
+      expect(f.body.case).toBe('batch');
+      expect(plain((f.body.value as { messages: WireMessage[] }).messages)).toEqual(plain(messages));
+      const parsed = new LocalFrameParser(cap * 8).push(local);
+      expect(parsed).toHaveLength(1);
+      expect(plain(parsed[0].batch!)).toEqual(plain(messages));
+    }
   });
 
   it('Frame decoding (between sidecars) ends every random or damaged input in a typed error or a decode', async () => {

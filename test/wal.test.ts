@@ -350,6 +350,53 @@ describe('Wal', () => {
     await wal.close();
   });
 
+  it('memory tail: the newest entries read from memory, older, released and cut ones from the files', async () => {
+    // Where a read came from shows once the file's entry bytes are zeroed behind the log's back.
+    const zeroFile = async (): Promise<void> => {
+      const file = path.join(dir, (await segFiles())[0]);
+      const size = (await fsp.stat(file)).size;
+      const fh = await fsp.open(file, 'r+');
+      await fh.write(Buffer.alloc(size - SEGMENT_HEADER_BYTES), 0, size - SEGMENT_HEADER_BYTES, SEGMENT_HEADER_BYTES);
+      await fh.close();
+    };
+    const entryBytes = 32 + 3 + 50 + 4; // header, key "k..", body, CRC
+    const wal = await Wal.open({ dir, commitOnDurable: false, tailBytes: 10 * entryBytes });
+    await appendSeq(wal, 30, 10); // LSNs 1..30, keys k10..k39
+    const want = await Promise.all(Array.from({ length: 30 }, (_, i) => wal.readBytes(i + 1, i + 1).then((b) => Buffer.from(b))));
+    expect(want[0].length).toBe(entryBytes);
+    await zeroFile();
+    for (let lsn = 21; lsn <= 30; lsn++) expect((await wal.readBytes(lsn, lsn)).equals(want[lsn - 1])).toBe(true);
+    expect((await wal.readBytes(21, 30)).equals(Buffer.concat(want.slice(20)))).toBe(true);
+    expect((await all(wal, 21)).map((e) => e.key)).toEqual(Array.from({ length: 10 }, (_, i) => `k${30 + i}`));
+    expect((await wal.readBytes(20, 20)).equals(want[19])).toBe(false); // beyond the tail: the (zeroed) file
+    expect(await codeOf(all(wal, 20))).toBe('DATA_LOSS');
+    wal.releaseTailBelow(25);
+    expect((await wal.readBytes(24, 24)).equals(want[23])).toBe(false);
+    expect((await wal.readBytes(25, 25)).equals(want[24])).toBe(true);
+    // A cut tail is gone from memory too: what follows it is read as written after the cut.
+    wal.setCommitLsn(26);
+    await wal.truncateAfter(27);
+    await appendSeq(wal, 3, 100); // LSNs 28..30, keys k100..k102
+    expect((await all(wal, 25)).map((e) => e.key)).toEqual(['k34', 'k35', 'k36', 'k100', 'k101', 'k102']);
+    await wal.close();
+  });
+
+  it('memory tail: shipped bytes appended raw are held as received, and a larger entry than the tail goes to the file', async () => {
+    const leaderDir = path.join(dir, 'leader');
+    const leader = await Wal.open({ dir: leaderDir });
+    for (let i = 0; i < 5; i++) await leader.append({ epoch: 1, type: EntryType.Upsert, key: '', body: body(i, i === 4 ? 5000 : 100) }).durable;
+    const shipped = await leader.readBytes(1, 5);
+    await leader.close();
+    const follower = await Wal.open({ dir: path.join(dir, 'follower'), commitOnDurable: false, tailBytes: 4096 });
+    // As a frame parser hands them over: a view into a larger buffer that is then reused.
+    const frame = Buffer.concat([Buffer.alloc(7, 9), shipped, Buffer.alloc(100000, 9)]);
+    await follower.appendRaw(frame.subarray(7, 7 + shipped.length)).durable;
+    frame.fill(0);
+    expect((await follower.readBytes(1, 5)).equals(shipped)).toBe(true);
+    expect((await all(follower)).map((e) => e.body.length)).toEqual([100, 100, 100, 100, 5000]);
+    await follower.close();
+  });
+
   it('refuses an entry whose epoch is older than the log', async () => {
     const wal = await Wal.open({ dir });
     await wal.append({ epoch: 5, type: EntryType.EpochStart, key: '', body: Buffer.alloc(0) }).durable;

@@ -17,6 +17,7 @@ import { EventEmitter } from 'events';
 import { promises as fsp } from 'fs';
 import * as path from 'path';
 import { MessageInitShape, create, fromBinary, toBinary } from '@bufbuild/protobuf';
+import { BinaryWriter, WireType } from '@bufbuild/protobuf/wire';
 import { QuiverError } from '../errors';
 import { fsyncDir } from '../common/fs';
 import { Shard, ShardOptions, ShardWrite, WriteResult } from '../shard/shard';
@@ -24,7 +25,7 @@ import { UpsertOp, requestHash } from '../shard/codec';
 import { listSnapshots, snapshotDirName, writeFileSynced } from '../shard/snapshot';
 import { decodeEntry } from '../wal/format';
 import { crc32c } from '../wal/crc32c';
-import { ReplicaMessage, ReplicaMessageSchema } from '../rpc/gen/replica_pb';
+import { EntriesSchema, ReplicaMessage, ReplicaMessageSchema } from '../rpc/gen/replica_pb';
 import { epochAt } from './epochs';
 import {
   HardState,
@@ -79,6 +80,21 @@ const INSTALL_FILE = 'replica.install';
 const STATE_MAGIC = Buffer.from('QVREPST1', 'latin1');
 /** Snapshot chunks sent ahead of the follower's acknowledgement, at most. */
 const SNAPSHOT_WINDOW = 4;
+/**
+ * Bytes of the newest WAL entries held in memory, at most: the leader ships them and every replica
+ * applies them without reading a segment file. What no follower or apply needs goes on each tick.
+ */
+const WAL_TAIL_BYTES = 4 * 1024 * 1024;
+/**
+ * The machine's timers as a node runs them: its defaults, but an idle follower gets a heartbeat
+ * every 500 ms, not 100. Each heartbeat is a message each way through two sidecars (about half a
+ * millisecond of CPU over four processes), and at 10 a second per follower per shard they were most
+ * of an idle cluster's CPU. Writes do not wait for heartbeats (a new commit LSN goes out at once);
+ * a follower that restarted without its log's tail is found by the next one.
+ */
+const hostReplicaConfig: ReplicaConfig = { ...defaultReplicaConfig, heartbeatMs: 500 };
+/** Ticks come at least this often whatever heartbeatMs is: a lapsed lease or a stalled send is noticed within it. */
+const TICK_MS_MAX = 50;
 
 // ------------------------------------------------------------------------------ state file
 
@@ -132,8 +148,22 @@ function u64(v: bigint, what: string): number {
   return Number(v);
 }
 
+/** Field numbers of ReplicaMessage.entries and of Entries.raw (proto/replica.proto). */
+const ENTRIES_FIELD = 1;
+const RAW_FIELD = 5;
+
 export function encodePeerMessage(m: PeerMessage): Buffer {
-  return Buffer.from(toBinary(ReplicaMessageSchema, create(ReplicaMessageSchema, { kind: initOf(m) })));
+  if (m.kind === 'entries' && m.raw.length > 0) {
+    // The entries' bytes are copied once, behind the other fields, not through the encoder's growing buffer.
+    const LEN = WireType.LengthDelimited;
+    const b = BigInt;
+    const fields = toBinary(EntriesSchema, create(EntriesSchema, { epoch: b(m.epoch), prevLsn: b(m.prevLsn), prevEpoch: b(m.prevEpoch), commitLsn: b(m.commitLsn) }));
+    const rawHead = new BinaryWriter().tag(RAW_FIELD, LEN).uint32(m.raw.length).finish();
+    const head = new BinaryWriter().tag(ENTRIES_FIELD, LEN).uint32(fields.length + rawHead.length + m.raw.length).finish();
+    return Buffer.concat([head, fields, rawHead, m.raw]);
+  }
+  const out = toBinary(ReplicaMessageSchema, create(ReplicaMessageSchema, { kind: initOf(m) }));
+  return Buffer.from(out.buffer, out.byteOffset, out.byteLength);
 }
 
 /** The oneof of `m`, as create() takes it. */
@@ -171,7 +201,8 @@ export function decodePeerMessage(payload: Uint8Array): PeerMessage {
   switch (k.case) {
     case 'entries': {
       const v = k.value;
-      return { kind: 'entries', epoch: u64(v.epoch, 'epoch'), prevLsn: u64(v.prevLsn, 'prevLsn'), prevEpoch: u64(v.prevEpoch, 'prevEpoch'), commitLsn: u64(v.commitLsn, 'commitLsn'), raw: Buffer.from(v.raw) };
+      const raw = Buffer.from(v.raw.buffer, v.raw.byteOffset, v.raw.byteLength); // a view: appendRaw copies what it keeps
+      return { kind: 'entries', epoch: u64(v.epoch, 'epoch'), prevLsn: u64(v.prevLsn, 'prevLsn'), prevEpoch: u64(v.prevEpoch, 'prevEpoch'), commitLsn: u64(v.commitLsn, 'commitLsn'), raw };
     }
     case 'ack':
       return { kind: 'ack', epoch: u64(k.value.epoch, 'epoch'), lsn: u64(k.value.lsn, 'lsn') };
@@ -314,7 +345,7 @@ export class ReplicaHost extends EventEmitter {
   private constructor(private readonly opts: ReplicaHostOptions) {
     super();
     this.now = opts.now ?? Date.now;
-    this.config = { ...defaultReplicaConfig, ...opts.config };
+    this.config = { ...hostReplicaConfig, ...opts.config };
   }
 
   static async open(opts: ReplicaHostOptions): Promise<ReplicaHost> {
@@ -335,8 +366,11 @@ export class ReplicaHost extends EventEmitter {
     });
     h.timer = setInterval(() => {
       h.feed({ type: 'tick' });
-      h.enqueue(() => h.resumeStalled());
-    }, Math.max(1, h.config.heartbeatMs / 2));
+      h.enqueue(() => {
+        h.shardValue.log.releaseTailBelow(retainFromLsn(h.state));
+        return h.resumeStalled();
+      });
+    }, Math.max(1, Math.min(h.config.heartbeatMs / 2, TICK_MS_MAX)));
     h.timer.unref();
     return h;
   }
@@ -351,6 +385,7 @@ export class ReplicaHost extends EventEmitter {
       snapshotDir: path.join(dir, 'snapshots'),
       follower: true,
       existing,
+      walTailBytes: WAL_TAIL_BYTES,
       // Keep what followers have not acknowledged, up to the cap; beyond it they get a snapshot.
       walRetainFromLsn: () => (this.shardValue.log.bytes > cap ? Infinity : retainFromLsn(this.state)),
       observer: {

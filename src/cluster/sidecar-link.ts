@@ -10,6 +10,11 @@
  * The local socket carries LocalFrames, each preceded by its length (4 bytes, big-endian) of at
  * most localFrameBytesMax. The framing and the limits live here and the sidecar imports them
  * (the node never imports sidecar/).
+ *
+ * Batches travel as bytes. LocalFrame and Frame hold their batch at the same field, so a frame of
+ * messages to one peer is the same bytes on the node's socket and between sidecars: the node writes
+ * one such frame per peer (messageRecord, batchFrame), the sidecars read the names of its messages
+ * (scanBatch, which never copies a payload) and pass the frame's bytes on as they are.
  */
 import { spawn, type ChildProcess } from 'child_process';
 import { EventEmitter } from 'events';
@@ -18,6 +23,7 @@ import * as path from 'path';
 import * as readline from 'readline';
 import { create, fromBinary, toBinary } from '@bufbuild/protobuf';
 import type { MessageInitShape } from '@bufbuild/protobuf';
+import { BinaryReader, BinaryWriter, WireType } from '@bufbuild/protobuf/wire';
 import { QuiverError } from '../errors';
 import { LocalFrameSchema } from '../rpc/gen/replication_pb';
 import type { LocalFrame, PeerMessage as WireMessage } from '../rpc/gen/replication_pb';
@@ -69,15 +75,12 @@ export class MessageQueue<M extends { payload: Uint8Array }> {
     return this.items.length - this.head;
   }
 
-  /** Adds m; returns how many older messages were dropped to make room. */
-  push(m: M): number {
-    let dropped = 0;
+  /** Adds m; returns the older items dropped to make room. */
+  push(m: M): M[] {
+    const dropped: M[] = [];
     this.items.push(m);
     this.bytes += messageBytes(m);
-    while (this.bytes > this.bytesMax && this.length > 1) {
-      this.shift();
-      dropped++;
-    }
+    while (this.bytes > this.bytesMax && this.length > 1) dropped.push(this.shift());
     return dropped;
   }
 
@@ -144,6 +147,128 @@ export function decodeLocalFrame(bytes: Uint8Array): LocalFrame {
   return checkedFrame(() => fromBinary(LocalFrameSchema, bytes), 'local frame');
 }
 
+const LEN = WireType.LengthDelimited;
+/** Where a frame's batch is (LocalFrame.batch and Frame.batch), the batch's messages and a message's fields. */
+const BATCH_FIELD = 2;
+const MESSAGES_FIELD = 1;
+
+/** A message of a batch as read from a frame's bytes: its payload is a view, `record` the message's tag, length and fields as they lie in the frame. */
+export interface ScannedMessage extends PeerMessage {
+  record: Buffer;
+}
+
+function view(b: Uint8Array): Buffer {
+  return Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+}
+
+/** One PeerMessage's fields (proto3: a field given twice counts once, the last; unknown ones are skipped). */
+function readMessage(bytes: Uint8Array, record: Buffer): ScannedMessage {
+  const r = new BinaryReader(bytes);
+  const m: ScannedMessage = { shard: '', from: '', to: '', payload: Buffer.alloc(0), record };
+  while (r.pos < r.len) {
+    const [no, type] = r.tag();
+    if (no > 4) {
+      r.skip(type, no);
+      continue;
+    }
+    if (type !== LEN) throw new Error(`message field ${no} of wire type ${type}`);
+    if (no === 1) m.shard = r.string(true);
+    else if (no === 2) m.from = r.string(true);
+    else if (no === 3) m.to = r.string(true);
+    else m.payload = view(r.bytes());
+  }
+  return m;
+}
+
+/**
+ * The messages of a frame (LocalFrame or Frame) holding a batch, read without copying a payload;
+ * null for a frame holding another body (decode that whole). INVALID_ARGUMENT for bytes that are
+ * not a frame, a frame with no body or more than one, or a message that cannot travel.
+ */
+export function scanBatch(bytes: Buffer, what: string): ScannedMessage[] | null {
+  const out: ScannedMessage[] = [];
+  let bodies = 0;
+  let batch: Uint8Array | null = null;
+  try {
+    const r = new BinaryReader(bytes);
+    while (r.pos < r.len) {
+      const [no, type] = r.tag();
+      if (no > 2) {
+        r.skip(type, no);
+        continue;
+      }
+      if (type !== LEN) throw new Error(`frame field ${no} of wire type ${type}`);
+      bodies++;
+      const b = r.bytes();
+      if (no === BATCH_FIELD) batch = b;
+    }
+    if (bodies !== 1) throw new QuiverError('INVALID_ARGUMENT', `${what} ${bodies === 0 ? 'without a body' : 'with more than one body'}`);
+    if (batch === null) return null;
+    const r2 = new BinaryReader(batch);
+    while (r2.pos < r2.len) {
+      const start = r2.pos;
+      const [no, type] = r2.tag();
+      if (no !== MESSAGES_FIELD) {
+        r2.skip(type, no);
+        continue;
+      }
+      if (type !== LEN) throw new Error(`batch field ${no} of wire type ${type}`);
+      const m = r2.bytes();
+      out.push(readMessage(m, view(batch.subarray(start, r2.pos))));
+    }
+  } catch (e) {
+    if (e instanceof QuiverError) throw e;
+    throw new QuiverError('INVALID_ARGUMENT', `${what}: ${(e as Error).message}`);
+  }
+  for (const m of out) {
+    const p = messageProblem(m);
+    if (p) throw new QuiverError('INVALID_ARGUMENT', `${what}: ${p}`);
+  }
+  return out;
+}
+
+/** A message's record in a batch: tag and length, then its fields; the payload is the last part, not copied. */
+export function messageRecord(m: PeerMessage): Uint8Array[] {
+  const fields = new BinaryWriter().tag(1, LEN).string(m.shard).tag(2, LEN).string(m.from).tag(3, LEN).string(m.to).tag(4, LEN).uint32(m.payload.byteLength).finish();
+  return [new BinaryWriter().tag(MESSAGES_FIELD, LEN).uint32(fields.byteLength + m.payload.byteLength).finish(), fields, m.payload];
+}
+
+/**
+ * The bytes of a frame (a LocalFrame and a Frame alike) whose batch holds `records`, as parts to
+ * write in order; with the local socket's 4-byte length in front when `local`.
+ */
+export function batchFrame(records: Uint8Array[], local: boolean): Uint8Array[] {
+  let n = 0;
+  for (const r of records) n += r.byteLength;
+  const head = new BinaryWriter().tag(BATCH_FIELD, LEN).uint32(n).finish();
+  if (!local) return [head, ...records];
+  const length = Buffer.allocUnsafe(4);
+  length.writeUInt32BE(head.byteLength + n, 0);
+  return [length, head, ...records];
+}
+
+/** Writes `parts` in one go (one writev); false when the socket asks to wait for 'drain'. */
+export function writeParts(socket: net.Socket, parts: Uint8Array[]): boolean {
+  socket.cork();
+  for (const p of parts) socket.write(p);
+  socket.uncork();
+  return !socket.writableNeedDrain;
+}
+
+/** Messages by the node they go to, each group in the order given. */
+export function byDestination<M extends { to: string }>(messages: M[]): Map<string, M[]> {
+  const out = new Map<string, M[]>();
+  for (const m of messages) {
+    const g = out.get(m.to);
+    if (g) g.push(m);
+    else out.set(m.to, [m]);
+  }
+  return out;
+}
+
+/** A frame as read from the local socket: a batch's messages, or another body decoded whole. */
+export type LocalFrameIn = { bytes: Buffer; batch: ScannedMessage[] } | { bytes: Buffer; batch: null; frame: LocalFrame };
+
 /**
  * Splits the bytes of a local socket into frames. A length over the bound is RESOURCE_EXHAUSTED as
  * soon as its 4 bytes arrive (nothing is allocated for it); a frame that does not decode is
@@ -156,10 +281,10 @@ export class LocalFrameParser {
   private need = -1;
   constructor(private readonly bytesMax = frameBytesMax) {}
 
-  push(chunk: Buffer): LocalFrame[] {
+  push(chunk: Buffer): LocalFrameIn[] {
     this.chunks.push(chunk);
     this.bufferedBytes += chunk.length;
-    const out: LocalFrame[] = [];
+    const out: LocalFrameIn[] = [];
     for (;;) {
       if (this.need < 0) {
         if (this.bufferedBytes < 4) return out;
@@ -168,9 +293,10 @@ export class LocalFrameParser {
         this.need = n;
       }
       if (this.bufferedBytes < this.need) return out;
-      const body = this.read(this.need);
+      const bytes = this.read(this.need);
       this.need = -1;
-      out.push(decodeLocalFrame(body));
+      const batch = scanBatch(bytes, 'local frame');
+      out.push(batch !== null ? { bytes, batch } : { bytes, batch, frame: decodeLocalFrame(bytes) });
     }
   }
 
@@ -232,7 +358,7 @@ export class SidecarLink extends EventEmitter {
       this.log.error(`sidecar link: dropped a message to ${m.to}: ${p}`);
       return;
     }
-    this.dropped += this.pending.push(m);
+    this.dropped += this.pending.push(m).length;
     if (!this.flushing) {
       this.flushing = true;
       setImmediate(() => this.flush());
@@ -253,7 +379,7 @@ export class SidecarLink extends EventEmitter {
     this.socket = socket;
     socket.on('drain', () => this.flush());
     socket.on('data', (chunk: Buffer) => {
-      let frames: LocalFrame[];
+      let frames: LocalFrameIn[];
       try {
         frames = parser.push(chunk);
       } catch (e) {
@@ -262,11 +388,7 @@ export class SidecarLink extends EventEmitter {
         return;
       }
       for (const f of frames) {
-        if (f.body.case !== 'batch') continue;
-        for (const m of f.body.value.messages) {
-          const p = m.payload;
-          this.emit('message', { shard: m.shard, from: m.from, to: m.to, payload: Buffer.from(p.buffer, p.byteOffset, p.byteLength) } satisfies PeerMessage);
-        }
+        for (const m of f.batch ?? []) this.emit('message', { shard: m.shard, from: m.from, to: m.to, payload: m.payload } satisfies PeerMessage);
       }
     });
     socket.on('close', () => {
@@ -280,11 +402,14 @@ export class SidecarLink extends EventEmitter {
     this.emit('up');
   }
 
+  /** Writes what is pending, one frame per peer (the sidecar passes each on as it is), in one write. */
   private flush(): void {
     this.flushing = false;
     const s = this.socket;
     while (s !== null && this.pending.length > 0 && !s.writableNeedDrain) {
-      s.write(encodeLocalFrame({ body: { case: 'batch', value: { messages: this.pending.take() } } }));
+      const parts: Uint8Array[] = [];
+      for (const group of byDestination(this.pending.take()).values()) parts.push(...batchFrame(group.flatMap(messageRecord), true));
+      writeParts(s, parts);
     }
   }
 }

@@ -55,6 +55,8 @@ export interface ShardOptions {
   metric: Metric;
   index: ShardIndexSpec;
   segmentBytes?: number;
+  /** Bytes of the newest WAL entries kept in memory for reads (Wal's tailBytes). Default 0: none. */
+  walTailBytes?: number;
   /** Snapshot after this many ms if anything was applied since the last one (0 = never on a timer). */
   snapshotIntervalMs?: number;
   /** Snapshot once the WAL grew by this many bytes since the last snapshot (0 = never for size). */
@@ -254,6 +256,7 @@ export class Shard {
     this.wal = await Wal.open({
       dir: this.opts.walDir,
       segmentBytes: this.opts.segmentBytes,
+      tailBytes: this.opts.walTailBytes,
       commitLsn: snapLsn,
       startLsn: snapLsn + 1,
       commitOnDurable: !this.opts.follower,

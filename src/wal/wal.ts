@@ -10,6 +10,11 @@
  * A failed write or fsync is fatal: the page cache state after a failed fsync is unknown, so the
  * log never retries; it calls onFatal (default: print and exit the process with status 70) and
  * refuses every later append.
+ *
+ * Memory tail (opt-in, tailBytes): the bytes of the newest entries stay in memory, oldest first, up
+ * to tailBytes, and reads of them (readBytes, entries) touch no file: a replica ships its newest
+ * durable entries to followers and applies them from there. Reads of older entries go to the
+ * segment files as before; releaseTailBelow gives back what no reader needs any more.
  */
 import { promises as fsp } from 'fs';
 import type { FileHandle } from 'fs/promises';
@@ -48,6 +53,8 @@ export interface WalOptions {
   syncFn?: (fh: FileHandle) => Promise<void>;
   /** Observes each group commit: seconds the fsync took and bytes written. */
   onFsync?: (seconds: number, bytes: number) => void;
+  /** Bytes of the newest entries kept in memory for reads (see the top of this file). Default 0: none. */
+  tailBytes?: number;
 }
 
 export interface RecoveryReport {
@@ -110,6 +117,12 @@ export class Wal {
   private flushing: Promise<void> | null = null;
   private failure: Error | null = null;
   private closed = false;
+  private readonly tailBytesMax: number;
+  /** The newest entries' bytes, one buffer each: tail[i] is entry tailFirstLsn + i; the last is entry nextLsn - 1. */
+  private tail: Buffer[] = [];
+  private tailHead = 0;
+  private tailFirstLsn = 1;
+  private tailBytes = 0;
   recovery: RecoveryReport = { truncatedBytes: 0 };
 
   private constructor(opts: WalOptions) {
@@ -120,6 +133,7 @@ export class Wal {
     this.onFatal = opts.onFatal ?? defaultFatal;
     this.syncFn = opts.syncFn ?? ((fh) => fh.datasync());
     this.onFsync = opts.onFsync;
+    this.tailBytesMax = opts.tailBytes ?? 0;
   }
 
   /** Opens (recovering) or creates the log in opts.dir. Throws DATA_LOSS on damage it may not cut. */
@@ -237,6 +251,7 @@ export class Wal {
     }
     const last = this.segments[this.segments.length - 1];
     this.nextLsn = last.lastLsn + 1;
+    this.tailFirstLsn = this.nextLsn;
     this.durable = last.lastLsn;
     this.commit = this.commitOnDurable ? this.durable : Math.min(commitBound, this.durable);
   }
@@ -275,7 +290,13 @@ export class Wal {
       throw new QuiverError('FAILED_PRECONDITION', `epoch ${input.epoch} is older than the log's epoch ${this.lastEpochValue}`);
     }
     const lsn = this.nextLsn;
-    const { parts, length } = encodeEntryParts({ ...input, lsn, commitLsn: Math.min(this.commit, lsn - 1) });
+    let { parts, length } = encodeEntryParts({ ...input, lsn, commitLsn: Math.min(this.commit, lsn - 1) });
+    if (this.tailBytesMax > 0) {
+      // One buffer of the entry's own size: the tail holds no view of a larger one (a request's).
+      const whole = Buffer.concat(parts, length);
+      parts = [whole];
+      this.tailPush(lsn, whole);
+    }
     this.nextLsn++;
     this.lastEpochValue = input.epoch;
     let resolve!: () => void;
@@ -312,6 +333,8 @@ export class Wal {
       off += r.bytes;
     }
     if (entries.length === 0) return { firstLsn: this.nextLsn, lastLsn: this.nextLsn - 1, durable: this.flush() };
+    // The tail keeps views of these bytes: of a copy when they are a small part of a larger buffer.
+    const held = this.tailBytesMax > 0 && bytes.buffer.byteLength > 2 * bytes.length ? Buffer.from(bytes) : bytes;
     let durable!: Promise<void>;
     for (const e of entries) {
       let resolve!: () => void;
@@ -321,7 +344,9 @@ export class Wal {
         reject = rej;
       });
       durable.catch(() => undefined); // only the last one is handed out
-      this.pending.push({ lsn: e.lsn, parts: [bytes.subarray(e.start, e.start + e.length)], length: e.length, resolve, reject });
+      const entry = held.subarray(e.start, e.start + e.length);
+      this.pending.push({ lsn: e.lsn, parts: [entry], length: e.length, resolve, reject });
+      if (this.tailBytesMax > 0) this.tailPush(e.lsn, entry);
     }
     const firstLsn = this.nextLsn;
     this.nextLsn = want;
@@ -419,6 +444,35 @@ export class Wal {
     }
   }
 
+  // ---------------------------------------------------------------- memory tail
+
+  /** Adds the bytes of entry `lsn`, the one after the tail's last; the oldest go past tailBytesMax. */
+  private tailPush(lsn: number, entry: Buffer): void {
+    if (this.tailLength() === 0) this.tailFirstLsn = lsn;
+    this.tail.push(entry);
+    this.tailBytes += entry.length;
+    while (this.tailBytes > this.tailBytesMax && this.tailLength() > 0) this.tailShift();
+  }
+
+  private tailLength(): number {
+    return this.tail.length - this.tailHead;
+  }
+
+  private tailShift(): void {
+    this.tailBytes -= this.tail[this.tailHead].length;
+    this.tailHead++;
+    this.tailFirstLsn++;
+    if (this.tailHead * 2 >= this.tail.length) {
+      this.tail = this.tail.slice(this.tailHead);
+      this.tailHead = 0;
+    }
+  }
+
+  /** Lets the memory tail drop entries below `lsn` (readers go to the files for them). */
+  releaseTailBelow(lsn: number): void {
+    while (this.tailLength() > 0 && this.tailFirstLsn < lsn) this.tailShift();
+  }
+
   // ---------------------------------------------------------------- reads
 
   private segmentOf(lsn: number): number {
@@ -442,6 +496,11 @@ export class Wal {
   async readBytes(fromLsn: number, toLsn: number): Promise<Buffer> {
     if (toLsn < fromLsn) return Buffer.alloc(0);
     this.checkRange(fromLsn, toLsn);
+    if (fromLsn >= this.tailFirstLsn && this.tailLength() > 0) {
+      // In memory (every durable entry from tailFirstLsn on is in the tail). The caller must not change the bytes.
+      const a = this.tailHead + fromLsn - this.tailFirstLsn;
+      return fromLsn === toLsn ? this.tail[a] : Buffer.concat(this.tail.slice(a, a + toLsn - fromLsn + 1));
+    }
     const parts: Buffer[] = [];
     for (let i = this.segmentOf(fromLsn); i < this.segments.length; i++) {
       const s = this.segments[i];
@@ -478,7 +537,8 @@ export class Wal {
     let lsn = fromLsn;
     while (lsn <= toLsn) {
       const s = this.segments[this.segmentOf(lsn)];
-      const b = Math.min(toLsn, s.lastLsn);
+      // One segment's range from the files, or one entry at a time from the memory tail (no copy).
+      const b = lsn >= this.tailFirstLsn && this.tailLength() > 0 ? lsn : Math.min(toLsn, s.lastLsn);
       const buf = await this.readBytes(lsn, b);
       let off = 0;
       while (off < buf.length) {
@@ -531,6 +591,8 @@ export class Wal {
     this.fh = await fsp.open(s.file, 'r+');
     this.nextLsn = lsn + 1;
     this.durable = Math.min(this.durable, lsn);
+    while (this.tailLength() > 0 && this.tailFirstLsn + this.tailLength() - 1 > lsn) this.tailBytes -= this.tail.pop()!.length;
+    if (this.tailLength() === 0) this.tailFirstLsn = this.nextLsn;
     // The epoch of the new tail.
     this.lastEpochValue = 0;
     if (lsn >= this.firstLsn) {
