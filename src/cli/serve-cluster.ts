@@ -31,6 +31,8 @@ export interface ClusterConfig {
   zone: string | null;
   cluster: string;
   leaseTtlMs: number;
+  /** A node gone this long has its replicas rebuilt on other nodes (read by the controller, wherever it runs). */
+  reReplicateAfterMs: number;
   version: string;
 }
 
@@ -103,6 +105,7 @@ export async function serveCluster(cfg: ClusterConfig, log: (m: string) => void)
     cluster: cfg.cluster,
     node: cfg.nodeId,
     leaseTtlMs: cfg.leaseTtlMs,
+    controller: { reReplicateAfterMs: cfg.reReplicateAfterMs },
     info: { zone: cfg.zone, draining: false, version: cfg.version, grpc: server.grpcAddress, http: server.httpAddress, replication: sidecar.address },
     log: { error: (m: string) => log(m) },
   });

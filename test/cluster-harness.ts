@@ -1,0 +1,176 @@
+/**
+ * Nodes of a real cluster for the cluster tests: `quiver serve --etcd` children (each with its
+ * replication sidecar) on free loopback ports, against a real etcd (./etcd-harness.ts); a whole
+ * cluster of them (TestCluster); and a bounded wait for conditions no single event announces
+ * (replicas converging, a map reaching every node), which polls. Every process is killed by pid
+ * when the test file ends (serve-child.ts and close()).
+ */
+import { execFileSync } from 'child_process';
+import { expect } from 'vitest';
+import { QuiverClient } from '../src/client';
+import { EtcdServer } from './etcd-harness';
+import { ServeChild, startServe } from './serve-child';
+import { httpJson, tempDir } from './server-harness';
+
+export interface TestNode {
+  id: string;
+  dir: string;
+  child: ServeChild;
+  /** The user the node runs as (its own, for network faults by uid), or undefined: this process's. */
+  uid?: number;
+}
+
+export interface ReplicaReport {
+  node: string;
+  role: string;
+  durableLsn: number;
+  commitLsn: number;
+  appliedLsn: number;
+  digest: string;
+}
+export type ShardsReport = { shard: number; epoch: number; leader: string; replicas: ReplicaReport[] }[];
+
+/**
+ * A node of cluster `cluster` named `id` with its data in `dir`; `extra` flags after the rest.
+ * `uid`: run as that user (the data dir made theirs), so that network faults can pick its connections.
+ */
+export function startClusterNode(etcd: EtcdServer, id: string, dir: string, cluster: string, extra: string[] = [], uid?: number): Promise<ServeChild> {
+  if (uid !== undefined) execFileSync('chown', ['-R', `${uid}:${uid}`, dir]);
+  return startServe(
+    [
+      '--etcd', `http://${etcd.endpoint}`, '--node-id', id, '--data', dir,
+      '--grpc', '127.0.0.1:0', '--http', '127.0.0.1:0', '--replication', '127.0.0.1:0', '--cluster', cluster,
+      ...extra,
+    ],
+    { uid },
+  );
+}
+
+/** Resolves once `cond` holds, asking again every 100 ms; fails after ms, with `seen()` (what was last seen) in the message. */
+export async function waitFor(cond: () => Promise<boolean>, what: string, ms = 60_000, seen: () => string = () => ''): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}; last seen: ${seen()}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+export class TestCluster {
+  readonly nodes: TestNode[] = [];
+  private readonly clients = new Map<string, QuiverClient>();
+  /** The last shard report seen while waiting (printed when a wait times out). */
+  lastSeen = '';
+
+  private constructor(
+    readonly etcd: EtcdServer,
+    private readonly name: string,
+    private readonly extra: string[],
+  ) {}
+
+  /**
+   * etcd and nodes n1..nN, ready once every node sees all N alive. `uids`: node i runs as user
+   * uids[i-1] (its data dir made theirs), so that network faults can pick its connections.
+   */
+  static async start(opts: { nodes?: number; cluster?: string; args?: string[]; uids?: number[] } = {}): Promise<TestCluster> {
+    const c = new TestCluster(await EtcdServer.start(), opts.cluster ?? 'test', opts.args ?? []);
+    const n = opts.nodes ?? 3;
+    for (let i = 1; i <= n; i++) c.nodes.push(await c.startNode(`n${i}`, tempDir(`quiver-n${i}-`), [], opts.uids?.[i - 1]));
+    await waitFor(async () => (await httpJson(c.nodes[0].child.http, 'GET', '/v1/cluster')).body.nodes.length === n, `${n} live nodes`);
+    return c;
+  }
+
+  async startNode(id: string, dir: string, args: string[] = [], uid?: number): Promise<TestNode> {
+    return { id, dir, child: await startClusterNode(this.etcd, id, dir, this.name, [...this.extra, ...args], uid), uid };
+  }
+
+  node(id: string): TestNode {
+    return this.nodes.find((n) => n.id === id)!;
+  }
+
+  running(n: TestNode): boolean {
+    return n.child.child.exitCode === null && n.child.child.signalCode === null;
+  }
+
+  /** A client of one node (cached), no retries unless asked. */
+  async client(n: TestNode, opts: { retries?: number } = {}): Promise<QuiverClient> {
+    const key = `${n.child.grpc}/${opts.retries ?? 0}`;
+    let c = this.clients.get(key);
+    if (!c) {
+      c = await QuiverClient.connect(n.child.grpc, { retries: opts.retries ?? 0 });
+      this.clients.set(key, c);
+    }
+    return c;
+  }
+
+  dropClients(): void {
+    for (const c of this.clients.values()) c.close();
+    this.clients.clear();
+  }
+
+  async kill(n: TestNode, signal: NodeJS.Signals = 'SIGKILL'): Promise<number | null> {
+    process.kill(n.child.child.pid!, signal);
+    return n.child.exited;
+  }
+
+  async restart(n: TestNode, args: string[] = []): Promise<void> {
+    n.child = (await this.startNode(n.id, n.dir, args, n.uid)).child;
+  }
+
+  async shards(via: TestNode, collection: string): Promise<ShardsReport> {
+    const r = await httpJson(via.child.http, 'GET', `/v1/collections/${collection}/shards`);
+    expect(r.status, JSON.stringify(r.body)).toBe(200);
+    return r.body.shards;
+  }
+
+  /** Every replica of every shard at the leader's commit point with the leader's digest. */
+  async converged(via: TestNode, collection: string, replicas?: number): Promise<boolean> {
+    const r = await httpJson(via.child.http, 'GET', `/v1/collections/${collection}/shards`).catch((e: Error) => ({ status: 0, body: e.message }));
+    this.lastSeen = JSON.stringify(r.body);
+    if (r.status !== 200) return false;
+    const shards: ShardsReport = r.body.shards;
+    return shards.every((s) => {
+      const leader = s.replicas.find((x) => x.node === s.leader);
+      return (
+        !!leader &&
+        leader.digest !== '' &&
+        (replicas === undefined || s.replicas.length === replicas) &&
+        s.replicas.every((x) => x.appliedLsn === leader.commitLsn && x.digest === leader.digest)
+      );
+    });
+  }
+
+  /** Every replica `node` holds of the collection has applied at least the leader's commit point as it is now. */
+  async waitCaughtUp(node: TestNode, collection: string, what: string): Promise<void> {
+    const target = new Map((await this.shards(this.nodes.find((n) => n !== node && this.running(n)) ?? node, collection)).map((s) => [s.shard, s.replicas.find((r) => r.node === s.leader)?.commitLsn ?? 0]));
+    await waitFor(
+      async () => {
+        const r = await httpJson(node.child.http, 'GET', `/v1/collections/${collection}/shards?digest=false`).catch((e: Error) => ({ status: 0, body: e.message }));
+        this.lastSeen = JSON.stringify(r.body);
+        if (r.status !== 200) return false;
+        return (r.body.shards as ShardsReport).every((s) => s.replicas.every((x) => x.node !== node.id || x.appliedLsn >= (target.get(s.shard) ?? 0)));
+      },
+      what,
+      60_000,
+      () => this.lastSeen,
+    );
+  }
+
+  /** How many of ids a get through `via` finds (in requests of 1000). */
+  async present(via: TestNode, collection: string, ids: string[]): Promise<number> {
+    const c = await this.client(via);
+    let n = 0;
+    for (let i = 0; i < ids.length; i += 1000) n += (await c.get(collection, ids.slice(i, i + 1000))).length;
+    return n;
+  }
+
+  waitConverged(via: TestNode, collection: string, what: string, replicas?: number): Promise<void> {
+    return waitFor(() => this.converged(via, collection, replicas), what, 60_000, () => this.lastSeen);
+  }
+
+  async close(): Promise<void> {
+    this.dropClients();
+    for (const n of this.nodes) if (this.running(n)) process.kill(n.child.child.pid!, 'SIGKILL');
+    await Promise.all(this.nodes.map((n) => n.child.exited));
+    await this.etcd.stop();
+  }
+}
