@@ -30,7 +30,7 @@ describe('quiver serve', () => {
       [['--zone', 'a'], /--zone is a cluster flag: it needs --etcd/],
       [['--etcd', '127.0.0.1:2379'], /--etcd takes URLs like http:\/\/127.0.0.1:2379/],
       [['--etcd', 'http://127.0.0.1:2379', '--lease-ttl-ms', '10'], /--lease-ttl-ms must be an integer in 1000..60000/],
-      [['--etcd', 'http://127.0.0.1:2379', '--rereplicate-after-ms', '-1'], /--rereplicate-after-ms must be an integer/],
+      [['--etcd', 'http://127.0.0.1:2379', '--rereplicate-after-ms', 'soon'], /--rereplicate-after-ms must be an integer/],
       [['--rereplicate-after-ms', '5000'], /--rereplicate-after-ms is a cluster flag: it needs --etcd/],
       [['--etcd', 'http://127.0.0.1:2379', '--grpc-impl', 'grpc-js'], /--grpc-impl quiver/],
       [['--etcd', 'http://127.0.0.1:2379', '--node-id', 'a/b'], /--node-id must be/],
