@@ -96,16 +96,12 @@ describe('replica sets that change (real etcd, nodes and sidecars)', () => {
       const via = cluster.nodes.find((n) => n !== victim)!;
       await cluster.kill(victim);
 
+      /** Every shard with 3 replicas at one digest, and `cond` of the shards' report holds. */
+      const settled = (cond: (shards: ShardsReport) => boolean, what: string): Promise<void> =>
+        waitFor(async () => (await cluster.converged(via, 'm', 3)) && cond(await cluster.shards(via, 'm')), what, 90_000, () => cluster.lastSeen);
+
       // Replication factor 3 again, on the three live nodes, converged, under the write load.
-      await waitFor(
-        async () => {
-          if (!(await cluster.converged(via, 'm', 3))) return false;
-          return (await cluster.shards(via, 'm')).every((s) => s.replicas.every((r) => r.node !== victim.id));
-        },
-        `every shard rebuilt without ${victim.id}`,
-        90_000,
-        () => cluster.lastSeen,
-      );
+      await settled((shards) => shards.every((s) => s.replicas.every((r) => r.node !== victim.id)), `every shard rebuilt without ${victim.id}`);
       await load.more(3);
       acked.push(...(await load.stop()));
       await cluster.waitConverged(via, 'm', 'converged after re-replication', 3);
@@ -115,16 +111,10 @@ describe('replica sets that change (real etcd, nodes and sidecars)', () => {
       load = new Load(sdk, 'b');
       const n5 = await cluster.startNode('n5', tempDir('quiver-n5-'));
       cluster.nodes.push(n5);
-      await waitFor(
-        async () => {
-          if (!(await cluster.converged(via, 'm', 3))) return false;
-          const h = holders(await cluster.shards(via, 'm'));
-          return h.get('n5')?.replicas === SHARDS * 3 - 3 * 3 && h.get('n5')?.leads === 1;
-        },
-        'n5 to hold 3 replicas and lead a shard',
-        90_000,
-        () => cluster.lastSeen,
-      );
+      await settled((shards) => {
+        const n = holders(shards).get('n5');
+        return n?.replicas === 3 && n.leads === 1;
+      }, 'n5 to hold 3 replicas and lead a shard');
       await load.more(3);
       acked.push(...(await load.stop()));
       await cluster.waitConverged(via, 'm', 'converged after the moves to n5', 3);

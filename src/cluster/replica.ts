@@ -7,7 +7,9 @@
  *    |   follower   |                                                         |   follower    |
  *    |  (E, none)   | <--+                                                    | (E, leader L) |
  *    +--------------+    |                                                    +---------------+
- *       |     ^          |  map (E', electing), E' > E; or a reply or send          |
+ *       |     ^          |                       the map's learner: publishes once   |
+ *       |     |          |                       caught up (learnerCaughtUp)         |
+ *       |     |          |  map (E', electing), E' > E; or a reply or send          |
  *       |     |          |  of a newer epoch (from any state but fenced)            |
  *       |     |          +--------------------------+-------------------------------+
  *       |     |                                     v
@@ -19,12 +21,12 @@
  *       |     |                           +--------------------+
  *       |     |                                     |  map (E', active, leader self):
  *       |     |                                     v  persists, appends E' epoch start
- *       |     |                           +--------------------+
- *       |     +-------------------------- | leader(E', until   |
- *       +-------------------------------> |   lease deadline)  |
- *         lease renewed, the map still    +--------------------+
- *         names it in E (no new start)        map    |    ^  map phase active
- *                                        phase draining v    |  (same epoch)
+ *       |     |                           +--------------------+  map (E'' > E', leader self):
+ *       |     +-------------------------- | leader(E', until   | --+ appends E'' epoch start,
+ *       +-------------------------------> |   lease deadline)  | <-+ keeps its unanswered writes
+ *         lease renewed, the map still    +--------------------+     (a learner named, or a
+ *         names it in E (no new start)        map    |    ^          drain given back)
+ *                                        phase draining v    |  map phase active (same epoch)
  *                                         +--------------------+
  *                                         | draining(E', until)| refuses writes, finishes what
  *                                         +--------------------+ it has, publishes its final log
@@ -667,7 +669,7 @@ function onCompacted<W, R>(c: Ctx<W, R>, firstLsn: number): void {
  * than this epoch: below that LSN. Swapped in, the learner holds those; a majority of the new set
  * holds the rest. (A send of an older epoch, delivered late, is refused: it cannot set the goal.)
  */
-export function learnerCaughtUp(s: ReplicaState): boolean {
+function learnerCaughtUp(s: ReplicaState): boolean {
   const r = s.role;
   const m = s.map;
   if (!m || m.learner?.node !== s.self || m.phase !== 'active' || r.kind !== 'follower' || r.epoch !== m.epoch || r.leader !== m.leader) return false;
