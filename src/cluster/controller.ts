@@ -445,10 +445,10 @@ function evaluate(c: Ctx, k: ShardKey): void {
     }
     case 'draining': {
       if (!alive(m.leader) || asksNewEpoch(m.leader)) return elect();
-      // The leader's final log ends in its own epoch (its epoch start at least); a progress of E
-      // whose last entry is older is one it published while fenced, before it led E.
       // Drained for balance (its node is not draining): only to a node that then leads clearly fewer.
       const counts = c.s.nodes[m.leader].draining ? null : leaderCountsOf(c, collectionOf(k));
+      // The leader's final log ends in its own epoch (its epoch start at least); a progress of E
+      // whose last entry is older is one it published while fenced, before it led E.
       const final = fresh(m.leader, E);
       if (final && final.lastEntryEpoch === E) {
         const caughtUp = m.replicas.filter((n) => {
@@ -503,9 +503,10 @@ function evens(counts: ReadonlyMap<NodeId, number>, from: NodeId, to: NodeId): b
  * flight, no drain), the first of
  *   1. re-replication: a replica whose node has been gone reReplicateAfterMs gets a learner on a
  *      live node (placement's rules: distinct nodes, then zones, then load);
- *   2. replica balance: a replica moves from the node holding the most of the collection's
- *      replicas to one holding at least two fewer, where the zones stay as spread;
- *   3. leader balance: a leadership moves (drain) to a follower leading at least two fewer.
+ *   2. replica balance: a replica (not the leader's) moves to a node holding at least two fewer
+ *      of the collection's replicas, the largest gap first, where the zones stay as spread;
+ *   3. leader balance: a leadership moves (drain) to a follower leading at least two fewer of the
+ *      collection's shards.
  * A move is made only when it lowers the spread by a whole step, so moves end and never undo each
  * other. Learners come in a map of a new epoch with the same leader (replica.ts learnerCaughtUp
  * says why); 2 and 3 wait until every replica of the collection is on a live node.

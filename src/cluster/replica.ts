@@ -680,7 +680,7 @@ function learnerCaughtUp(s: ReplicaState): boolean {
 function maybePublish<W, R>(c: Ctx<W, R>): void {
   const s = c.s;
   const r = s.role;
-  // A learner says once per map that it has caught up; the controller then swaps it in.
+  // A learner says once (per epoch and phase of its map) that it has caught up; the controller then swaps it in.
   if (s.published === null && learnerCaughtUp(s)) {
     s.published = progressOf(s);
     c.fx.push({ type: 'publishProgress', progress: s.published });
