@@ -23,13 +23,15 @@ describe('quiver serve', () => {
   it('--help documents every flag; bad cluster flags and a bad flag are refused with a clear error', async () => {
     const help = await run(['--help']);
     expect(help.code).toBe(0);
-    for (const flag of ['--data', '--grpc', '--http', '--grpc-impl', '--config', '--snapshot-interval-ms', '--node-id', '--etcd', '--replication', '--zone', '--cluster', '--lease-ttl-ms', '--help']) {
+    for (const flag of ['--data', '--grpc', '--http', '--grpc-impl', '--config', '--snapshot-interval-ms', '--node-id', '--etcd', '--replication', '--zone', '--cluster', '--lease-ttl-ms', '--rereplicate-after-ms', '--help']) {
       expect(help.out).toContain(flag);
     }
     const cases: [string[], RegExp][] = [
       [['--zone', 'a'], /--zone is a cluster flag: it needs --etcd/],
       [['--etcd', '127.0.0.1:2379'], /--etcd takes URLs like http:\/\/127.0.0.1:2379/],
       [['--etcd', 'http://127.0.0.1:2379', '--lease-ttl-ms', '10'], /--lease-ttl-ms must be an integer in 1000..60000/],
+      [['--etcd', 'http://127.0.0.1:2379', '--rereplicate-after-ms', 'soon'], /--rereplicate-after-ms must be an integer/],
+      [['--rereplicate-after-ms', '5000'], /--rereplicate-after-ms is a cluster flag: it needs --etcd/],
       [['--etcd', 'http://127.0.0.1:2379', '--grpc-impl', 'grpc-js'], /--grpc-impl quiver/],
       [['--etcd', 'http://127.0.0.1:2379', '--node-id', 'a/b'], /--node-id must be/],
       [['--etcd', 'http://127.0.0.1:2379', '--replication', 'nowhere'], /--replication/],

@@ -1,8 +1,8 @@
 /**
  * The cluster's state machines under the deterministic simulator (src/cluster/sim): for each
  * scenario, many seeds; each run drives replicas, leases and controllers through faults and checks
- * I1-I3 on the history, then heals everything and requires every shard to take writes again and
- * its replicas to converge.
+ * I1-I3 on the history, then heals everything and requires every shard to take writes again, its
+ * replicas to be on live nodes (rebuilt elsewhere for a node lost for good) and to converge.
  *
  *   QUIVER_SIM_SEEDS=1000 npx vitest run test/cluster-sim.test.ts   more seeds per scenario
  *   QUIVER_SIM=crash:123 npx vitest run test/cluster-sim.test.ts    replay one run, printing its trace
@@ -37,6 +37,7 @@ if (replay === undefined) {
       it(`${s.name}: ${s.about} (${seeds} seeds)`, async () => {
         let answered = 0;
         let epochs = 0;
+        let swaps = 0;
         for (let seed = 1; seed <= seeds; seed++) {
           // Each run is synchronous: let the worker answer the test runner between runs.
           await new Promise((resolve) => setImmediate(resolve));
@@ -44,10 +45,14 @@ if (replay === undefined) {
           if (r.violations.length > 0) expect.fail(report(s.name, r));
           answered += r.stats.answered;
           epochs += r.stats.epochs;
+          swaps += r.stats.swaps;
         }
-        // The runs did something: writes were answered and, with faults, leadership moved.
+        // The runs did something: writes were answered and, with faults, leadership moved; with
+        // nodes lost or joining, replicas moved.
         expect(answered).toBeGreaterThan(seeds);
         if (s.name !== 'steady') expect(epochs).toBeGreaterThan(seeds * 2);
+        const shape = s.options(1);
+        if (shape.faults.lostNodes > 0 || shape.lateNodes > 0) expect(swaps).toBeGreaterThan(seeds / 2);
       });
     }
   });

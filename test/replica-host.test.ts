@@ -310,6 +310,64 @@ describe('snapshot transfer', () => {
   });
 });
 
+describe('learners', () => {
+  it('a learner gets a snapshot and the WAL without voting, says when it has caught up, and votes once swapped in; a transfer to a learner dropped from the map ends', async () => {
+    const small = { retainBytesMax: 1, segmentBytes: 4096, snapshotChunkBytes: 1024 };
+    const a = await cluster(small);
+    let r: WriteResult | null = null;
+    for (let i = 0; i < 200; i += 20) r = await a.upsert(batch(i, 20));
+    await a.shard.snapshot(); // drops the segments below it: a new replica starts from the snapshot
+    expect(a.shard.log.firstLsn).toBeGreaterThan(1);
+    const far = Date.now() + 600_000;
+    const feed = (map: ShardMap): void => {
+      for (const h of hosts.values()) {
+        h.onLease(far);
+        h.onMap(map);
+      }
+    };
+
+    // d is to take c's place (c is down); the map that names it begins epoch 2, same leader.
+    net.cut.add('c');
+    const d = await open('d', small);
+    feed({ epoch: 2, leader: 'a', replicas: NODES, phase: 'active', learner: { node: 'd', replaces: 'c' } });
+    await pollUntil(() => (progress.get('d') ?? []).some((p) => p.epoch === 2 && p.lastEntryEpoch === 2), 'd to publish that it caught up');
+    await allApplied(r!.lsn, ['a', 'b', 'd']);
+    expect(d.shard.log.firstLsn).toBeGreaterThan(1); // its state came as a snapshot
+    expect(await d.digest()).toBe(await a.digest());
+
+    // Swapped in, d votes: with b cut too, a and d commit a write.
+    feed({ epoch: 2, leader: 'a', replicas: ['a', 'b', 'd'], phase: 'active' });
+    net.cut.add('b');
+    const r2 = await a.upsert(batch(200, 10));
+    await allApplied(r2.lsn, ['a', 'd']);
+    expect(await d.digest()).toBe(await a.digest());
+    net.cut.delete('b');
+
+    // e, to replace b, never acknowledges a snapshot chunk: the leader sends them again and again,
+    // until a map drops e; after that, no more (counted over spans longer than retransmitMs).
+    let chunksToE = 0;
+    let toB = 0;
+    net.filter = (_from, to, m) => {
+      if (to === 'b') toB++;
+      if (to !== 'e' || m.kind !== 'snapshotChunk') return false;
+      chunksToE++;
+      return true;
+    };
+    await open('e', small);
+    feed({ epoch: 3, leader: 'a', replicas: ['a', 'b', 'd'], phase: 'active', learner: { node: 'e', replaces: 'b' } });
+    await pollUntil(() => chunksToE > 8, 'chunks to e sent again');
+    feed({ epoch: 3, leader: 'a', replicas: ['a', 'b', 'd'], phase: 'active' });
+    const messagesToB = async (n: number): Promise<void> => {
+      const want = toB + n;
+      await pollUntil(() => toB >= want, `${n} more messages to b`);
+    };
+    await messagesToB(20);
+    const after = chunksToE;
+    await messagesToB(20);
+    expect(chunksToE).toBe(after);
+  });
+});
+
 // ------------------------------------------------------------------ refusals of the stream
 
 /** The bytes of entries lsn..lsn+n-1 of `epoch`, as a leader's WAL holds them. */

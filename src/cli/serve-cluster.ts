@@ -33,6 +33,8 @@ export interface ClusterConfig {
   leaseTtlMs: number;
   /** How long SIGTERM waits for the node's leaderships to move before it stops anyway. */
   drainTimeoutMs: number;
+  /** A node gone this long has its replicas rebuilt on other nodes (read by the controller, wherever it runs). */
+  reReplicateAfterMs: number;
   version: string;
 }
 
@@ -110,6 +112,7 @@ export async function serveCluster(cfg: ClusterConfig, log: (m: string) => void)
     cluster: cfg.cluster,
     node: cfg.nodeId,
     leaseTtlMs: cfg.leaseTtlMs,
+    controller: { reReplicateAfterMs: cfg.reReplicateAfterMs },
     info: { zone: cfg.zone, draining: false, version: cfg.version, grpc: server.grpcAddress, http: server.httpAddress, replication: sidecar.address },
     log: { error: (m: string) => log(m) },
   });

@@ -46,6 +46,8 @@ options:
                               least 2000 with its default timings)
   --drain-timeout-ms N        cluster: how long SIGTERM waits for the node's leaderships to move
                               to followers before it stops anyway; default 15000
+  --rereplicate-after-ms N    cluster: a node gone this long has its replicas rebuilt on other
+                              nodes (when this node runs the controller); default 60000
   --help                      this text
 
 Both servers bind loopback by default; give a non-loopback host explicitly to listen elsewhere.
@@ -53,7 +55,7 @@ SIGTERM or SIGINT: stop accepting requests, finish those in flight, snapshot, ex
 cluster, first hand the node's leaderships over to followers, as quiver admin drain does).
 `;
 
-const CONFIG_KEYS = ['data', 'grpc', 'http', 'grpc-impl', 'snapshot-interval-ms', 'wal-segment-bytes', 'node-id', 'etcd', 'replication', 'zone', 'cluster', 'lease-ttl-ms', 'drain-timeout-ms'];
+const CONFIG_KEYS = ['data', 'grpc', 'http', 'grpc-impl', 'snapshot-interval-ms', 'wal-segment-bytes', 'node-id', 'etcd', 'replication', 'zone', 'cluster', 'lease-ttl-ms', 'drain-timeout-ms', 'rereplicate-after-ms'];
 
 export const SERVE: CommandSpec = {
   usage: USAGE,
@@ -121,7 +123,7 @@ export function resolveConfig(argv: string[]): ServeConfig | null {
   splitHostPort(cfg.grpc, '--grpc');
   splitHostPort(cfg.http, '--http');
   if (etcd === undefined) {
-    for (const k of ['replication', 'zone', 'cluster', 'lease-ttl-ms', 'drain-timeout-ms']) if (stringFlag(p, k) ?? file[k]) throw new UsageError(`--${k} is a cluster flag: it needs --etcd`);
+    for (const k of ['replication', 'zone', 'cluster', 'lease-ttl-ms', 'drain-timeout-ms', 'rereplicate-after-ms']) if (stringFlag(p, k) ?? file[k]) throw new UsageError(`--${k} is a cluster flag: it needs --etcd`);
     return cfg;
   }
   const endpoints = etcd.split(',').map((u) => u.trim());
@@ -129,12 +131,14 @@ export function resolveConfig(argv: string[]): ServeConfig | null {
   if (cfg.grpcImpl !== 'quiver') throw new UsageError('a cluster node serves gRPC with --grpc-impl quiver (the node service runs on it)');
   const ttl = Number(get('lease-ttl-ms', '2000'));
   if (!Number.isInteger(ttl) || ttl < 1000 || ttl > 60_000) throw new UsageError('--lease-ttl-ms must be an integer in 1000..60000');
+  const reReplicateAfterMs = Number(get('rereplicate-after-ms', '60000'));
+  if (!Number.isInteger(reReplicateAfterMs) || reReplicateAfterMs < 0 || reReplicateAfterMs > 86_400_000) throw new UsageError('--rereplicate-after-ms must be an integer in 0..86400000');
   const drainTimeoutMs = Number(get('drain-timeout-ms', '15000'));
   if (!Number.isInteger(drainTimeoutMs) || drainTimeoutMs < 0 || drainTimeoutMs > 600_000) throw new UsageError('--drain-timeout-ms must be an integer in 0..600000');
   if (!/^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/.test(cfg.nodeId)) throw new UsageError(`--node-id must be 1..64 of [A-Za-z0-9_-] (got '${cfg.nodeId}')`);
   const name = get('cluster', 'quiver');
   if (!/^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/.test(name)) throw new UsageError(`--cluster must be 1..64 of [A-Za-z0-9_-] (got '${name}')`);
-  cfg.cluster = { etcd: endpoints, replication: get('replication', '127.0.0.1:7402'), zone: get('zone', '') || null, cluster: name, leaseTtlMs: ttl, drainTimeoutMs, version: VERSION };
+  cfg.cluster = { etcd: endpoints, replication: get('replication', '127.0.0.1:7402'), zone: get('zone', '') || null, cluster: name, leaseTtlMs: ttl, drainTimeoutMs, reReplicateAfterMs, version: VERSION };
   splitHostPort(cfg.cluster.replication, '--replication');
   return cfg;
 }

@@ -29,7 +29,8 @@ export function formatReplica(s: ReplicaState): string {
 }
 
 export function formatMap(m: ShardMap): string {
-  return `{epoch ${m.epoch}, leader ${m.leader ?? '-'}, replicas ${m.replicas.join(',')}, ${m.phase}}`;
+  const learner = m.learner ? `, learner ${m.learner.node} for ${m.learner.replaces}` : '';
+  return `{epoch ${m.epoch}, leader ${m.leader ?? '-'}, replicas ${m.replicas.join(',')}${learner}, ${m.phase}}`;
 }
 
 export function formatProgress(p: Progress): string {
@@ -130,7 +131,14 @@ export function formatLeaseEffect(e: LeaseEffect): string {
 }
 
 export function formatShardStatus(s: ShardStatus): string {
-  return s.kind === 'unplaced' ? 'unplaced' : `${s.kind}(${s.epoch})`;
+  switch (s.kind) {
+    case 'unplaced':
+      return 'unplaced';
+    case 'moving':
+      return `moving(${s.epoch}, ${s.replaces} to ${s.learner})`;
+    default:
+      return `${s.kind}(${s.epoch})`;
+  }
 }
 
 export function formatControllerEvent(e: ControllerEvent): string {

@@ -733,9 +733,17 @@ export class ReplicaHost extends EventEmitter {
     });
   }
 
-  /** Leader, on tick: a transfer with no progress for retransmitMs goes on from what the follower acknowledged. */
+  /**
+   * Leader, on tick: a transfer with no progress for retransmitMs goes on from what the follower
+   * acknowledged; one to a node the leader no longer ships to (moved out of the set) ends.
+   */
   private async resumeStalled(): Promise<void> {
+    const r = this.state.role;
     for (const [to, t] of this.transfers) {
+      if (isLeading(r) && !(to in r.peers)) {
+        this.transfers.delete(to);
+        continue;
+      }
       if (this.now() - t.progressAt < this.config.retransmitMs) continue;
       t.sent = t.acked;
       t.progressAt = this.now();

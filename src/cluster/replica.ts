@@ -7,7 +7,9 @@
  *    |   follower   |                                                         |   follower    |
  *    |  (E, none)   | <--+                                                    | (E, leader L) |
  *    +--------------+    |                                                    +---------------+
- *       |     ^          |  map (E', electing), E' > E; or a reply or send          |
+ *       |     ^          |                       the map's learner: publishes once   |
+ *       |     |          |                       caught up (learnerCaughtUp)         |
+ *       |     |          |  map (E', electing), E' > E; or a reply or send          |
  *       |     |          |  of a newer epoch (from any state but fenced)            |
  *       |     |          +--------------------------+-------------------------------+
  *       |     |                                     v
@@ -19,12 +21,12 @@
  *       |     |                           +--------------------+
  *       |     |                                     |  map (E', active, leader self):
  *       |     |                                     v  persists, appends E' epoch start
- *       |     |                           +--------------------+
- *       |     +-------------------------- | leader(E', until   |
- *       +-------------------------------> |   lease deadline)  |
- *         lease renewed, the map still    +--------------------+
- *         names it in E (no new start)        map    |    ^  map phase active
- *                                        phase draining v    |  (same epoch)
+ *       |     |                           +--------------------+  map (E'' > E', leader self):
+ *       |     +-------------------------- | leader(E', until   | --+ appends E'' epoch start,
+ *       +-------------------------------> |   lease deadline)  | <-+ keeps its unanswered writes
+ *         lease renewed, the map still    +--------------------+     (a learner named, or a
+ *         names it in E (no new start)        map    |    ^          drain given back)
+ *                                        phase draining v    |  map phase active (same epoch)
  *                                         +--------------------+
  *                                         | draining(E', until)| refuses writes, finishes what
  *                                         +--------------------+ it has, publishes its final log
@@ -44,6 +46,14 @@
  * Commit (leader): the highest LSN held durable by a majority of the map's replicas (the leader's
  * own durable LSN counts), provided that entry is of the leader's epoch; older entries commit only
  * through it (Raft section 5.4.2). Every replica applies committed entries only, in LSN order.
+ *
+ * Learners. A map may list a learner: a replica on a new node that is to take the place of one of
+ * the replicas. The leader ships to it like to any follower, but it does not vote; while it is
+ * listed, the leader commits an LSN only once a majority of the replicas AND a majority of the set
+ * after the swap hold it (joint consensus; with the replaced node dead, both are met by the same
+ * live replicas). The learner publishes its progress once it holds a commit point of its leader's
+ * epoch (learnerCaughtUp); the controller then writes the swap. Maps within an epoch may so change
+ * their replica set; the leader follows each (new peers probed, commit counted on the new sets).
  * Write concerns decide when the client is answered, never what is applied:
  *   majority  committed and applied on the leader;
  *   all       that, and durable on every replica of the map;
@@ -90,7 +100,7 @@
  *   clipped to what the log holds.
  */
 import { EpochHistory, endOfEpoch, epochAt, lastEpoch, trimmedBelow, truncatedAfter, withEntry } from './epochs';
-import { NodeId, Progress, ShardMap, WriteConcern, assertNever, invariant, majority } from './types';
+import { NodeId, Progress, ShardMap, WriteConcern, assertNever, invariant, majority, members, swapped } from './types';
 
 export interface ReplicaConfig {
   writeConcern: WriteConcern;
@@ -178,7 +188,8 @@ interface Leading {
 }
 
 export type Role =
-  | { kind: 'follower'; epoch: number; leader: NodeId | null; matchedLsn: number; ackedLsn: number }
+  /** leaderCommitLsn: the highest commit LSN its leader sent in this role (a learner's catch-up goal). */
+  | { kind: 'follower'; epoch: number; leader: NodeId | null; matchedLsn: number; ackedLsn: number; leaderCommitLsn: number }
   | { kind: 'fenced'; epoch: number }
   | ({ kind: 'leader' } & Leading)
   | ({ kind: 'draining' } & Leading);
@@ -271,7 +282,7 @@ export function initReplica(self: NodeId, config: ReplicaConfig, r: ReplicaRecov
   return {
     self,
     config,
-    role: { kind: 'follower', epoch: hard.epoch, leader: null, matchedLsn: r.commitLsn, ackedLsn: 0 },
+    role: { kind: 'follower', epoch: hard.epoch, leader: null, matchedLsn: r.commitLsn, ackedLsn: 0, leaderCommitLsn: 0 },
     log: {
       firstLsn: r.firstLsn,
       lastLsn: r.lastLsn,
@@ -381,16 +392,19 @@ function persist<W, R>(c: Ctx<W, R>): void {
   c.s.historyEpoch = Math.max(c.s.historyEpoch, lastEpoch(c.s.log.history));
 }
 
-/** Leaves leading: every write not yet answered gets UNAVAILABLE (its outcome is unknown). */
-function stopLeading<W, R>(c: Ctx<W, R>): void {
+/**
+ * Leaves leading: every write not yet answered gets UNAVAILABLE (its outcome is unknown), unless
+ * `next` leads on with them (a newer epoch given to this same leader: they commit through it).
+ */
+function stopLeading<W, R>(c: Ctx<W, R>, next: Role): void {
   const r = c.s.role;
-  if (!isLeading(r)) return;
+  if (!isLeading(r) || (isLeading(next) && next.pending === r.pending)) return;
   for (const w of r.pending) c.fx.push({ type: 'refuseWrite', id: w.id, refusal: { code: 'UNAVAILABLE' } });
 }
 
 /** Takes role `next`, persisting first when its epoch is newer. */
 function become<W, R>(c: Ctx<W, R>, next: Role): void {
-  stopLeading(c);
+  stopLeading(c, next);
   const newer = next.epoch > c.s.role.epoch;
   invariant(next.epoch >= c.s.role.epoch, 'epochs never go back');
   c.s.role = next;
@@ -400,7 +414,7 @@ function become<W, R>(c: Ctx<W, R>, next: Role): void {
 function follow<W, R>(c: Ctx<W, R>, epoch: number, leader: NodeId | null): void {
   const r = c.s.role;
   if (r.kind === 'follower' && r.epoch === epoch && r.leader === leader) return;
-  become(c, { kind: 'follower', epoch, leader, matchedLsn: c.s.log.commitLsn, ackedLsn: 0 });
+  become(c, { kind: 'follower', epoch, leader, matchedLsn: c.s.log.commitLsn, ackedLsn: 0, leaderCommitLsn: 0 });
 }
 
 function fence<W, R>(c: Ctx<W, R>, epoch: number): void {
@@ -438,8 +452,11 @@ function onMap<W, R>(c: Ctx<W, R>, map: ShardMap): void {
     case 'draining':
       if (map.leader === s.self) {
         if (isLeading(r) && r.epoch === E) {
-          const peers = syncPeers(c, r.peers, map.replicas, c.s.log.lastLsn + 1);
+          // The replica set may have changed (a learner added, swapped in or dropped).
+          const peers = syncPeers(c, r.peers, members(map), c.s.log.lastLsn + 1);
           c.s.role = { ...r, kind: map.phase === 'draining' ? 'draining' : 'leader', peers };
+          advanceCommit(c);
+          for (const id of Object.keys(peers)) if (!(id in r.peers)) pump(c, id, false);
         } else if (s.historyEpoch < E || s.ledEpoch === E) {
           lead(c, E);
         } else {
@@ -466,8 +483,10 @@ function lead<W, R>(c: Ctx<W, R>, E: number): void {
   const newer = E > s.role.epoch;
   if (!resume) s.log.history = withEntry(s.log.history, E, epochStartLsn);
   // Followers are probed at the log's end before the epoch start (the leader's log is theirs to match).
-  const peers = syncPeers(c, {}, map.replicas, s.log.lastLsn + 1);
-  become(c, { kind: map.phase === 'draining' ? 'draining' : 'leader', epoch: E, epochStartLsn, peers, pending: [] });
+  const peers = syncPeers(c, {}, members(map), s.log.lastLsn + 1);
+  // Leading an older epoch until now, its writes not yet answered commit through this one.
+  const pending = isLeading(s.role) ? s.role.pending : [];
+  become(c, { kind: map.phase === 'draining' ? 'draining' : 'leader', epoch: E, epochStartLsn, peers, pending });
   if (!resume) {
     if (!newer) persist(c);
     c.fx.push({ type: 'append', entries: [{ lsn: epochStartLsn, epoch: E, write: null }] }, { type: 'fsync' });
@@ -571,7 +590,7 @@ function onEntries<W, R>(c: Ctx<W, R>, m: Extract<ReplicaEvent<W, R>, { type: 'e
   }
   const r = c.s.role as Extract<Role, { kind: 'follower' }>;
   const matched = Math.max(r.matchedLsn, m.prevLsn + m.entries.length);
-  c.s.role = { ...r, matchedLsn: matched };
+  c.s.role = { ...r, matchedLsn: matched, leaderCommitLsn: Math.max(r.leaderCommitLsn, m.commitLsn) };
   const commit = Math.min(m.commitLsn, matched);
   if (commit > log.commitLsn) log.commitLsn = commit;
   applyCommitted(c);
@@ -642,9 +661,31 @@ function onCompacted<W, R>(c: Ctx<W, R>, firstLsn: number): void {
   log.history = trimmedBelow(log.history, firstLsn);
 }
 
+/**
+ * A learner has caught up once it holds, durable and matching, a commit LSN its leader sent that
+ * lies in the leader's epoch. The controller names a learner only in a map that begins a new epoch,
+ * and keeps it in every map after until it swaps or drops it; so every leader since counted each
+ * commit on both sets (advanceCommit), and the entries committed on the old set alone are older
+ * than this epoch: below that LSN. Swapped in, the learner holds those; a majority of the new set
+ * holds the rest. (A send of an older epoch, delivered late, is refused: it cannot set the goal.)
+ */
+function learnerCaughtUp(s: ReplicaState): boolean {
+  const r = s.role;
+  const m = s.map;
+  if (!m || m.learner?.node !== s.self || m.phase !== 'active' || r.kind !== 'follower' || r.epoch !== m.epoch || r.leader !== m.leader) return false;
+  const goal = r.leaderCommitLsn;
+  return goal > 0 && Math.min(s.log.durableLsn, r.matchedLsn) >= goal && epochAt(s.log.history, goal) === r.epoch;
+}
+
 function maybePublish<W, R>(c: Ctx<W, R>): void {
   const s = c.s;
   const r = s.role;
+  // A learner says once (per epoch and phase of its map) that it has caught up; the controller then swaps it in.
+  if (s.published === null && learnerCaughtUp(s)) {
+    s.published = progressOf(s);
+    c.fx.push({ type: 'publishProgress', progress: s.published });
+    return;
+  }
   const draining = s.map !== null && s.map.phase === 'draining' && s.map.epoch === r.epoch;
   if (!(r.kind === 'fenced' || (draining && (r.kind === 'follower' || r.kind === 'draining')))) return;
   // A draining leader publishes once all it appended is durable: that is its final log.
@@ -779,12 +820,21 @@ function onRefused<W, R>(c: Ctx<W, R>, m: Extract<ReplicaEvent<W, R>, { type: 'r
   pump(c, m.from, false);
 }
 
+/** The highest LSN durable on a majority of `voters` (this node's durable LSN where it is one). */
+function majorityHeld(s: ReplicaState, r: Leading, voters: readonly NodeId[]): number {
+  const held = voters.map((n) => (n === s.self ? s.log.durableLsn : (r.peers[n]?.match ?? 0))).sort((a, b) => b - a);
+  return held[majority(held.length) - 1];
+}
+
 function advanceCommit<W, R>(c: Ctx<W, R>): void {
   const r = c.s.role;
   if (!isLeading(r)) return;
   const log = c.s.log;
-  const held = [log.durableLsn, ...Object.values(r.peers).map((p) => p.match)].sort((a, b) => b - a);
-  const lsn = held[majority(held.length) - 1];
+  const map = c.s.map!;
+  // With a learner listed, a majority of the replicas and a majority of the set after the swap
+  // (joint consensus): whichever set the controller writes next, a majority of it holds the entry.
+  let lsn = majorityHeld(c.s, r, map.replicas);
+  if (map.learner) lsn = Math.min(lsn, majorityHeld(c.s, r, swapped(map)));
   if (lsn > log.commitLsn && lsn >= r.epochStartLsn) {
     log.commitLsn = lsn;
     applyCommitted(c);
@@ -805,7 +855,8 @@ function answerWrites<W, R>(c: Ctx<W, R>): void {
       ok = Math.min(log.commitLsn, log.appliedLsn);
       break;
     case 'all':
-      ok = Math.min(log.commitLsn, log.appliedLsn, log.durableLsn, ...Object.values(r.peers).map((p) => p.match));
+      // Every voting replica (a learner is not one yet).
+      ok = Math.min(log.commitLsn, log.appliedLsn, log.durableLsn, ...(c.s.map?.replicas ?? []).map((n) => r.peers[n]?.match ?? Infinity));
       break;
     default:
       assertNever(c.s.config.writeConcern);

@@ -31,9 +31,32 @@ export interface ShardMap {
   epoch: number;
   /** null while electing. */
   leader: NodeId | null;
-  /** Every replica, the leader included; each on a distinct node. */
+  /** Every replica that votes (counts toward commit and elections), the leader included; each on a distinct node. */
   replicas: readonly NodeId[];
   phase: ShardPhase;
+  /**
+   * A replica being built on `node` (on no node of `replicas`) to take the place of `replaces` (one
+   * of `replicas`, never the leader). The leader ships to it; it does not vote, but while it is
+   * listed the leader commits only what a majority of `replicas` and a majority of the set after
+   * the swap hold. Absent when no replica moves.
+   */
+  learner?: Learner;
+}
+
+export interface Learner {
+  node: NodeId;
+  replaces: NodeId;
+}
+
+/** Every node that holds a replica of the shard: the voters and the learner. */
+export function members(m: ShardMap): NodeId[] {
+  return m.learner ? [...m.replicas, m.learner.node] : [...m.replicas];
+}
+
+/** The replicas once the learner has taken its place. */
+export function swapped(m: ShardMap): NodeId[] {
+  const l = m.learner;
+  return l ? m.replicas.map((n) => (n === l.replaces ? l.node : n)) : [...m.replicas];
 }
 
 /** What a replica publishes while an election or a drain needs it. */

@@ -4,8 +4,10 @@
  *
  *   collections   from etcd (collections/<name>, written once by createCollection); the
  *                 controller places each shard's replicas and writes its map
- *   replicas      this node opens a ReplicaHost for every shard whose map names it, feeds it the
- *                 maps, the lease deadline and the peer messages, and closes it with the node
+ *   replicas      this node opens a ReplicaHost for every shard whose map names it (a replica or
+ *                 the learner), feeds it the maps, the lease deadline and the peer messages, and
+ *                 closes it with the node; once a map no longer names it (the controller moved the
+ *                 replica elsewhere), it closes the replica and removes its files
  *   writes        split by shard (as standalone); each part goes to its shard's leader: this node's
  *                 replica when it leads, else the leader node over the node service (PeerShards)
  *   reads         each shard's part from its leader (local or remote), merged as standalone
@@ -16,13 +18,14 @@
  * unknown, and a retry with the same idempotency key applies it at most once.
  */
 import * as fs from 'fs';
+import { promises as fsp } from 'fs';
 import * as path from 'path';
 import { performance } from 'perf_hooks';
 import { QuiverError } from '../errors';
 import { requestHash } from '../shard';
 import type { Shard, ShardOptions, StoredPoint, UpsertOp, WriteResult } from '../shard';
 import type { NodeId, Progress, ShardKey, ShardMap } from '../cluster/types';
-import { shardKey } from '../cluster/types';
+import { members, shardKey } from '../cluster/types';
 import { idsByShard, splitBatch, writeByShard } from '../common/placement';
 import { OpenInternals, checkWrite, checkedBatch, mergeHits, prepareSearch, shardOptionsOf } from './database';
 import type {
@@ -173,6 +176,8 @@ export class ClusterDatabase implements Database {
   private readonly movedWatchers = new Map<ShardKey, Set<() => void>>();
   /** The last leader each shard had (maps while electing name none). */
   private readonly lastLeader = new Map<ShardKey, NodeId>();
+  /** Replicas being closed and removed (a replica of the same shard opens only after). */
+  private readonly removing = new Map<ShardKey, Promise<void>>();
   private closed = false;
 
   constructor(private readonly opts: ClusterOptions) {
@@ -229,16 +234,23 @@ export class ClusterDatabase implements Database {
       this.lastLeader.set(key, map.leader);
     }
     const slot = col.replicas.get(s);
-    if (slot?.port) slot.port.onMap(map);
-    else if (!slot && map.replicas.includes(this.self) && !this.closed) {
+    const dir = path.join(this.dataDir, 'shards', col.spec.name, String(s));
+    if (!members(map).includes(this.self)) {
+      if (!this.closed && (slot || fs.existsSync(dir))) this.remove(key, dir, slot);
+      if (slot) col.replicas.delete(s);
+    } else if (slot?.port) slot.port.onMap(map);
+    else if (!slot && !this.closed) {
+      const removed = this.removing.get(key) ?? Promise.resolve();
       const opening: ReplicaSlot = {
-        opening: this.opts.openReplica({
-          shard: key,
-          dir: path.join(this.dataDir, 'shards', col.spec.name, String(s)),
-          shardOptions: this.shardOptions(col.spec, s),
-          send: (to, payload) => this.opts.sendToPeer(to, key, payload),
-          publish: (p) => this.opts.coordinator.publishProgress(key, p),
-        }),
+        opening: removed.then(() =>
+          this.opts.openReplica({
+            shard: key,
+            dir,
+            shardOptions: this.shardOptions(col.spec, s),
+            send: (to, payload) => this.opts.sendToPeer(to, key, payload),
+            publish: (p) => this.opts.coordinator.publishProgress(key, p),
+          }),
+        ),
       };
       col.replicas.set(s, opening);
       // Once open it gets the newest map and lease (a map that came while it opened included).
@@ -250,7 +262,7 @@ export class ClusterDatabase implements Database {
           if (this.closed) void r.close();
         },
         (e: unknown) => {
-          col.replicas.delete(s);
+          if (col.replicas.get(s) === opening) col.replicas.delete(s);
           this.opts.log?.(`cannot open the replica of ${key}: ${(e as Error).message}`);
         },
       );
@@ -258,6 +270,26 @@ export class ClusterDatabase implements Database {
     for (const wake of this.mapWaiters.get(key) ?? []) wake();
     this.mapWaiters.delete(key);
     for (const check of this.movedWatchers.get(key) ?? []) check();
+  }
+
+  /**
+   * Closes this node's replica of `key` (once open) and removes its directory: the shard's map no
+   * longer names this node, so every entry it holds is held where the map says. Also for files
+   * left from before a restart.
+   */
+  private remove(key: ShardKey, dir: string, slot: ReplicaSlot | undefined): void {
+    const before = this.removing.get(key) ?? Promise.resolve();
+    const done = before
+      .then(async () => {
+        await (await slot?.opening.catch(() => null))?.close();
+        await fsp.rm(dir, { recursive: true, force: true });
+        this.opts.log?.(`removed the replica of ${key}: its map no longer names this node`);
+      })
+      .catch((e: Error) => this.opts.log?.(`cannot remove the replica of ${key}: ${e.message}`))
+      .finally(() => {
+        if (this.removing.get(key) === done) this.removing.delete(key);
+      });
+    this.removing.set(key, done);
   }
 
   /** A replica's shard settings; `existing` once its WAL is there (a restart: a missing WAL is then DATA_LOSS). */
@@ -813,6 +845,6 @@ export class ClusterDatabase implements Database {
     for (const list of this.mapWaiters.values()) for (const wake of list) wake();
     this.mapWaiters.clear();
     const all = [...this.collections.values()].flatMap((c) => [...c.replicas.values()]);
-    await Promise.all(all.map(async (slot) => (await slot.opening.catch(() => null))?.close()));
+    await Promise.all([...all.map(async (slot) => (await slot.opening.catch(() => null))?.close()), ...this.removing.values()]);
   }
 }

@@ -11,7 +11,8 @@
  *   nodes n1 n2 n3 [concern=majority] [window=N] [batch=N] [check=off]
  *                                       replicas with empty logs; the invariant checker prints
  *                                       what it finds (off where sends are injected by hand)
- *   map epoch=E leader=n1|- replicas=n1,n2 phase=P [to=n1,n2] the shard map, to all nodes or `to`
+ *   map epoch=E leader=n1|- replicas=n1,n2 phase=P [learner=n4/n3] [to=n1,n2]
+ *                                       the shard map (learner n4 to replace n3), to all nodes or `to`
  *   lease n1,n2 until=T                 the nodes' lease deadline
  *   time T                              the clock
  *   write n1 w1 [w2 ...]                client writes
@@ -123,6 +124,10 @@ export class ReplicaScript implements Env {
           replicas: kv.replicas.split(','),
           phase: kv.phase as ShardPhase,
         };
+        if (kv.learner) {
+          const [node, replaces] = kv.learner.split('/');
+          map.learner = { node, replaces };
+        }
         for (const n of kv.to ? kv.to.split(',') : this.hosts.keys()) this.host(n).step({ type: 'mapChanged', map });
         break;
       }

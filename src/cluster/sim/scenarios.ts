@@ -5,6 +5,7 @@
  */
 import { WriteConcern } from '../types';
 import { Prng } from './prng';
+import { defaultControllerConfig } from '../controller';
 import { Faults, SimOptions, defaultSimOptions, noFaults } from './world';
 
 export interface Scenario {
@@ -23,7 +24,7 @@ function swarm(seed: number): SimOptions {
   const nodes = r.pick([3, 3, 4, 5]);
   const concern = r.pick<WriteConcern>(['majority', 'majority', 'all', 'leader']);
   const often = (ms: number): number => (r.chance(0.7) ? r.int(ms / 2, ms * 2) : 0);
-  return {
+  const o: SimOptions = {
     ...defaultSimOptions,
     seed,
     nodes,
@@ -48,12 +49,23 @@ function swarm(seed: number): SimOptions {
       controllerCrashEveryMs: often(1500),
       drainEveryMs: often(1500),
       crashNewLeader: r.pick([0, 0.1, 0.3]),
+      lostNodes: 0,
       tornTails: r.chance(0.7),
       compactEveryMs: r.chance(0.5) ? r.pick([100, 300, 1000]) : 0,
       compactPastFollowers: r.chance(0.5),
     },
   };
+  // Membership: a node lost for good (if the rest can hold the replication factor), one joining late,
+  // and a grace period short enough that crashed nodes get replaced too.
+  const rf = o.collections[0].replicationFactor;
+  o.faults.lostNodes = nodes - 1 >= rf && r.chance(0.3) ? 1 : 0;
+  o.lateNodes = nodes - 1 >= rf && r.chance(0.3) ? 1 : 0;
+  o.controller = { ...o.controller, reReplicateAfterMs: r.pick(o.faults.lostNodes > 0 ? [300, 1000] : [300, 1000, 60_000]), balanceRetryMs: 1000 };
+  return o;
 }
+
+/** Controller timings for the membership scenarios: grace periods of a few hundred ms. */
+const quickMoves = { ...defaultControllerConfig, reReplicateAfterMs: 400, balanceRetryMs: 1000 };
 
 export const scenarios: readonly Scenario[] = [
   scenario('steady', 'no faults but delays: every write is answered', {}),
@@ -63,6 +75,9 @@ export const scenarios: readonly Scenario[] = [
   scenario('controller', 'controller crashes mid-election, two controllers at once', { controllerCrashEveryMs: 300, crashEveryMs: 700, crashNewLeader: 0.2 }, { controllers: 2 }),
   scenario('drain', 'nodes drained and undrained under load, some crashes and losses', { drainEveryMs: 400, crashEveryMs: 2000, drop: 0.02 }),
   scenario('compaction', 'logs compacted past lagging followers (snapshot transfer), crashes, losses', { compactEveryMs: 200, compactPastFollowers: true, crashEveryMs: 700, drop: 0.05, tornTails: true }),
+  scenario('lost', 'a node lost for good: its replicas rebuilt on the others (learner, snapshot, swap), losses, crashes', { lostNodes: 1, drop: 0.02, crashEveryMs: 1500, compactEveryMs: 300, tornTails: true }, { nodes: 4, controller: quickMoves }),
+  scenario('join', 'a node joins a placed cluster: replicas and leaderships move to it, losses, crashes', { drop: 0.02, crashEveryMs: 1500, tornTails: true }, { nodes: 4, lateNodes: 1, collections: [{ name: 'c', shards: 3, replicationFactor: 3, writeConcern: 'majority' }], controller: quickMoves }),
+  scenario('membership', 'a node lost, one joining, controllers crashing mid-move, two at once', { lostNodes: 1, controllerCrashEveryMs: 300, crashEveryMs: 1000, drop: 0.02 }, { nodes: 5, lateNodes: 1, controllers: 2, controller: quickMoves }),
   { name: 'swarm', about: 'all faults, rates and cluster shape drawn from the seed', options: swarm },
 ];
 

@@ -8,19 +8,22 @@
  *     with torn tails, keeps a prefix of it: written, never synced);
  *   * an etcd (./etcd.ts) with leases, guarded puts and watches delivered late but in order;
  *   * node crashes and restarts, pauses (SIGSTOP: the node runs nothing, then its clock has jumped),
- *     controller crashes and restarts (or two controllers at once), drains, log compaction.
+ *     controller crashes and restarts (or two controllers at once), drains, log compaction;
+ *   * nodes lost for good (the controller rebuilds their replicas elsewhere) and nodes that join
+ *     late (replicas and leaderships move to them); a node removes a replica no map names.
  * A client writes to the leaders it learns from etcd. The checkers (./check.ts) watch every step.
- * After the faults the simulator heals everything and requires that, within settleMs, each shard
- * takes a write again and every replica applies all of its leader's log.
+ * After the faults the simulator heals everything (but the lost nodes) and requires that, within
+ * settleMs, each shard takes a write again, has its replicas on live nodes with no move under way,
+ * and every replica applies all of its leader's log.
  *
  * The same seed and options give the same run: replay a failure from the seed it prints.
  */
-import { ControllerEvent, ControllerState, NodeInfo, defaultControllerConfig, initController, stepController } from '../controller';
+import { ControllerConfig, ControllerEvent, ControllerState, NodeInfo, defaultControllerConfig, initController, stepController } from '../controller';
 import { controllerEventOf, etcdKeys, shardOfKey, startedEventOf } from '../keys';
 import { formatControllerEffect, formatLease, formatLeaseEffect, formatMap } from '../format';
 import { LeaseConfig, LeaseEffect, LeaseEvent, LeaseState, initLease, stepLease } from '../lease';
 import { ReplicaConfig, defaultReplicaConfig, isLeading, retainFromLsn } from '../replica';
-import { NodeId, Progress, ShardKey, ShardMap, WriteConcern, shardKey } from '../types';
+import { NodeId, Progress, ShardKey, ShardMap, WriteConcern, members, shardKey } from '../types';
 import { Checker } from './check';
 import { KvEvent, SimEtcd } from './etcd';
 import { Prng } from './prng';
@@ -40,6 +43,8 @@ export interface Faults {
   drainEveryMs: number;
   /** Probability that a node which just began leading an epoch crashes within 50 ms. */
   crashNewLeader: number;
+  /** How many nodes crash once during the faults and never come back. */
+  lostNodes: number;
   /** A crash keeps a random prefix of the unsynced tail. */
   tornTails: boolean;
   /** Nodes snapshot and drop log below min(snapshot, what followers need) this often (0: never). */
@@ -58,6 +63,7 @@ export const noFaults: Faults = {
   controllerCrashEveryMs: 0,
   drainEveryMs: 0,
   crashNewLeader: 0,
+  lostNodes: 0,
   tornTails: false,
   compactEveryMs: 0,
   compactPastFollowers: false,
@@ -76,8 +82,11 @@ export interface SimOptions {
   /** Zones the nodes are spread over (0: none). */
   zones: number;
   collections: CollectionSpec[];
+  /** Of `nodes`, how many start only during the faults (they join a placed cluster). */
+  lateNodes: number;
   /** 2: two controllers act at once (their guarded writes must keep them apart). */
   controllers: 1 | 2;
+  controller: ControllerConfig;
   faultMs: number;
   /** After the faults, how long the healed cluster may take to settle (the run ends once it has). */
   settleMs: number;
@@ -95,7 +104,9 @@ export const defaultSimOptions: Omit<SimOptions, 'seed'> = {
   nodes: 3,
   zones: 0,
   collections: [{ name: 'c', shards: 2, replicationFactor: 3, writeConcern: 'majority' }],
+  lateNodes: 0,
   controllers: 1,
+  controller: defaultControllerConfig,
   faultMs: 3000,
   settleMs: 20_000,
   writeEveryMs: 20,
@@ -110,7 +121,8 @@ export interface SimResult {
   violations: string[];
   /** The last trace lines before the first violation (or the end). */
   trace: string[];
-  stats: { writes: number; answered: number; acked: number; epochs: number; crashes: number; pauses: number; partitions: number; events: number };
+  /** swaps: learners swapped in for a replica. */
+  stats: { writes: number; answered: number; acked: number; epochs: number; swaps: number; crashes: number; pauses: number; partitions: number; events: number };
 }
 
 interface QueuedEvent {
@@ -178,6 +190,8 @@ class SimNode {
   /** etcd puts in flight by key, with the value to put next. */
   puts = new Map<string, { value: unknown }>();
   draining = false;
+  /** Crashed for good. */
+  lost = false;
   constructor(
     readonly id: NodeId,
     readonly zone: string | null,
@@ -215,7 +229,7 @@ class World implements Env {
   /** Writes the client got a success answer for. */
   private readonly clientAnswered = new Set<string>();
   private readonly specs = new Map<string, CollectionSpec>();
-  private readonly stats = { writes: 0, answered: 0, acked: 0, epochs: 0, crashes: 0, pauses: 0, partitions: 0, events: 0 };
+  private readonly stats = { writes: 0, answered: 0, acked: 0, epochs: 0, swaps: 0, crashes: 0, pauses: 0, partitions: 0, events: 0 };
 
   constructor(private readonly opts: SimOptions) {
     this.rng = new Prng(opts.seed);
@@ -263,8 +277,13 @@ class World implements Env {
     for (const c of o.collections) this.etcd.put(0, etcdKeys.collection(c.name), { shards: c.shards, replicationFactor: c.replicationFactor });
     for (let i = 1; i <= o.nodes; i++) {
       const id = `n${i}`;
-      this.nodes.set(id, new SimNode(id, o.zones > 0 ? `z${((i - 1) % o.zones) + 1}` : null));
-      this.at(this.rng.int(0, 20), () => this.boot(id));
+      const n = new SimNode(id, o.zones > 0 ? `z${((i - 1) % o.zones) + 1}` : null);
+      this.nodes.set(id, n);
+      const late = i > o.nodes - o.lateNodes;
+      n.up = !late;
+      this.at(late ? this.rng.int(o.faultMs / 5, (o.faultMs * 2) / 3) : this.rng.int(0, 20), () => {
+        if (!n.up || !late) this.boot(id);
+      });
     }
     for (let i = 1; i <= o.controllers; i++) {
       const c = new SimController(`ctl${i}`);
@@ -346,8 +365,14 @@ class World implements Env {
     if (this.rng.chance(this.faults.duplicate)) this.at(this.delay(), deliver);
   }
 
+  /** A message for a shard that has no replica open on `to` (and no map there naming it) is dropped: the sender sends again. */
   send(from: NodeId, to: NodeId, msg: ReplicaMessage): void {
-    this.net(from, to, () => this.onNode(to, null, (n) => this.ensureHost(n, msg.shard).receive(msg)));
+    this.net(from, to, () =>
+      this.onNode(to, null, (n) => {
+        const map = n.maps.get(msg.shard);
+        if (n.hosts.has(msg.shard) || (map && members(map).includes(n.id))) this.ensureHost(n, msg.shard).receive(msg);
+      }),
+    );
   }
 
   later(host: ReplicaHost, kind: 'fsync' | 'apply', done: () => void): void {
@@ -509,12 +534,19 @@ class World implements Env {
     }
   }
 
+  /** A map names the node (replica or learner): its replica opens and follows it; else the node removes its replica, files and all. */
   private nodeMap(n: SimNode, e: KvEvent): void {
     if (e.value === null) return;
     const shard = shardOfKey(e.key);
     const map = e.value as ShardMap;
     n.maps.set(shard, map);
-    if (map.replicas.includes(n.id) || n.hosts.has(shard)) this.ensureHost(n, shard).step({ type: 'mapChanged', map });
+    if (members(map).includes(n.id)) this.ensureHost(n, shard).step({ type: 'mapChanged', map });
+    else if (n.disks.has(shard)) {
+      this.log(() => `${n.id}: removes its replica of ${shard} (not in ${formatMap(map)})`);
+      n.hosts.delete(shard);
+      n.disks.delete(shard);
+      n.progress.delete(shard);
+    }
   }
 
   private ensureHost(n: SimNode, shard: ShardKey): ReplicaHost {
@@ -591,7 +623,7 @@ class World implements Env {
     c.incarnation++;
     const inc = c.incarnation;
     this.log(() => `${c.id}: boot`);
-    c.state = initController(defaultControllerConfig);
+    c.state = initController(this.opts.controller);
     this.controllerStep(c, startedEventOf(this.etcd.range(this.t, '')));
     this.watchFrom(c.id, () => c.incarnation, '', (e) => {
       const event = controllerEventOf(e);
@@ -614,8 +646,10 @@ class World implements Env {
       this.log(() => `${c.id}: ${event.type} -> ${formatControllerEffect(e)}`);
       if (e.type !== 'writeMap') continue;
       this.at(this.delay(), () => {
+        const before = this.etcd.get(etcdKeys.shard(e.shard))?.value as ShardMap | undefined;
         const r = this.etcd.putIfRevision(this.t, etcdKeys.shard(e.shard), e.expectRevision, e.map);
         if (r.ok && e.map.phase === 'active') this.stats.epochs++;
+        if (r.ok && before?.learner && e.map.replicas.includes(before.learner.node)) this.stats.swaps++;
         this.at(this.delay(), () => {
           if (c.incarnation === inc && c.up) this.controllerStep(c, { type: 'txnDone', shard: e.shard, map: r.value as ShardMap | null, revision: r.modRevision });
         });
@@ -718,6 +752,17 @@ class World implements Env {
         if (!c.up) this.bootController(c);
       });
     });
+    // Lost nodes: each crashes once, during the first half of the faults, and stays down.
+    for (let i = 0; i < f.lostNodes; i++) {
+      this.at(this.rng.int(this.opts.faultMs / 10, this.opts.faultMs / 2), () => {
+        const alive = ids.filter((id) => this.nodes.get(id)!.up);
+        if (alive.length === 0) return;
+        const n = this.nodes.get(this.rng.pick(alive))!;
+        this.log(() => `${n.id}: lost for good`);
+        n.lost = true;
+        this.crash(n);
+      });
+    }
     this.every(f.drainEveryMs, () => {
       const n = this.nodes.get(this.rng.pick(ids))!;
       if (!n.up || n.draining) return;
@@ -739,7 +784,7 @@ class World implements Env {
     this.log(() => `${id}: crash (${why})`);
     this.crash(n);
     this.at(this.rng.int(100, 2000), () => {
-      if (!n.up) this.boot(n.id);
+      if (!n.up && !n.lost) this.boot(n.id);
     });
   }
 
@@ -764,7 +809,7 @@ class World implements Env {
     this.faults = { ...this.faults, drop: 0, duplicate: 0 };
     this.cut.clear();
     for (const n of this.nodes.values()) {
-      if (!n.up) this.boot(n.id);
+      if (!n.up && !n.lost) this.boot(n.id);
       else if (n.pausedUntil > this.t) n.pausedUntil = this.t;
       if (n.draining) this.setDraining(n, false);
     }
@@ -784,6 +829,9 @@ class World implements Env {
         const map = this.etcd.get(etcdKeys.shard(shard))?.value as ShardMap | undefined;
         if (!this.probed.has(shard)) out.push(`availability: ${shard} took no write after healing (map ${map ? formatMap(map) : 'none'})`);
         if (!map || map.leader === null) continue;
+        const lost = map.replicas.filter((r) => this.nodes.get(r)!.lost);
+        if (lost.length > 0) out.push(`replicas: ${shard} keeps replicas on lost nodes ${lost.join(',')} (map ${formatMap(map)})`);
+        if (map.learner) out.push(`replicas: ${shard} is still moving (map ${formatMap(map)})`);
         const leader = this.nodes.get(map.leader)!.hosts.get(shard);
         if (!leader || !isLeading(leader.state.role)) {
           out.push(`availability: ${map.leader} does not lead ${shard}`);
@@ -795,6 +843,13 @@ class World implements Env {
           if (applied !== last) out.push(`convergence: ${r} applied ${applied} of ${shard}, its leader ${map.leader} holds ${last}`);
         }
       }
+    }
+    // A node that joined gets replicas: with no zones and at least one replica per live node, each holds one.
+    const live = [...this.nodes.values()].filter((n) => !n.lost).map((n) => n.id);
+    const slots = this.opts.collections.reduce((k, c) => k + c.shards * c.replicationFactor, 0);
+    if (this.opts.zones === 0 && slots >= live.length) {
+      const held = new Set(this.etcd.range(this.t, etcdKeys.shards).flatMap((m) => (m.value as ShardMap).replicas));
+      for (const id of live) if (!held.has(id)) out.push(`balance: ${id} holds no replica`);
     }
     for (const [id, a] of this.checker.acked) {
       const map = this.etcd.get(etcdKeys.shard(a.shard))?.value as ShardMap | undefined;
