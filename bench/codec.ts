@@ -8,6 +8,9 @@
  *   search       the four steps of one search: SearchRequest encode + decode (a 784-d query as
  *                bytes, k 10, ef 64) and SearchResponse encode + decode (10 hits: id, distance)
  *   search-batch SearchBatchResponse encode + decode (10 queries x 10 hits)
+ *   shard search the node service's part of a search (proto/node.proto): ShardSearchRequest
+ *                encode (one shard, the same query), and the answer (1 query x 10 hits) encoded
+ *                and decoded, which has SearchBatchResponse's layout and codec
  *   upsert       UpsertRequest in columns, 1,000 x 784: encode from the client's per-point
  *                Float32Arrays (the generated encoder needs them gathered into one array first;
  *                the hand-written one copies each vector once, straight into the message), and
@@ -37,7 +40,9 @@ import {
   encodeSearchBatchResponse,
   encodeSearchRequest,
   encodeSearchResponse,
+  encodeShardSearchRequest,
 } from '../src/rpc/search-codec';
+import { ShardSearchRequestSchema, ShardSearchResponseSchema } from '../src/rpc/gen/node_pb';
 import { encodeUpsertColumns } from '../src/rpc/upsert-codec';
 import { vectorToBytes } from '../src/rpc/proto';
 import { median } from './datasets';
@@ -46,7 +51,8 @@ import { machine, table, writeJson } from './report';
 const USAGE = `usage: quiver bench codec [options]
 
 The wire codecs in a tight loop: the generated code (protoc-gen-es) against the hand-written
-codecs of src/rpc (search request and answer, search-batch answer, column upsert), and Count's
+codecs of src/rpc (search request and answer, search-batch answer, the node service's shard
+search, column upsert), and Count's
 generated codec alone; per call.
 
 options:
@@ -101,6 +107,8 @@ function rows(dim: number, points: number): Row[] {
   const batch = { batches: Array.from({ length: 10 }, () => ({ hits: hits(10) })) };
   const reqBytes = Buffer.from(genEncode(SearchRequestSchema, req));
   const resBytes = Buffer.from(genEncode(SearchResponseSchema, res));
+  const shardReq = { collection: 'bench', shards: [0], vectors: vectorToBytes(query), options: { k: 10, ef: 64 } };
+  const shardRes = { batches: [res] };
 
   const vectors = Array.from({ length: points }, () => Float32Array.from({ length: dim }, () => r()));
   const ids = vectors.map((_, i) => `id-${i}`);
@@ -127,6 +135,12 @@ function rows(dim: number, points: number): Row[] {
       name: 'search-batch answer (10 x 10)',
       generated: () => fromBinary(SearchBatchResponseSchema, genEncode(SearchBatchResponseSchema, batch)).batches.length,
       hand: () => decodeSearchBatchResponse(encodeSearchBatchResponse(batch)).batches.length,
+    },
+    { name: 'shard search: request encode', generated: () => genEncode(ShardSearchRequestSchema, shardReq).length, hand: () => encodeShardSearchRequest(shardReq).length },
+    {
+      name: 'shard search: answer (1 x 10)',
+      generated: () => fromBinary(ShardSearchResponseSchema, genEncode(ShardSearchResponseSchema, shardRes)).batches.length,
+      hand: () => decodeSearchBatchResponse(encodeSearchBatchResponse(shardRes)).batches.length,
     },
     {
       name: `upsert encode (${points} x ${dim})`,

@@ -159,6 +159,9 @@ describe('a cluster of three nodes (real etcd, nodes and sidecars)', () => {
     expect(metrics).toMatch(/quiver_replication_sent_bytes_total\{collection="r3",shard="0"\} [1-9]/);
     expect(metrics).toMatch(/quiver_replication_lag_entries\{collection="r3",shard="0",follower="n\d"\} 0/);
     expect(metrics).toMatch(/quiver_replica_commit_lsn\{collection="r3",shard="0",role="leader"\} [1-9]/);
+    // A cluster node's search lane neither spins nor has the event loop poll (it shares the cores).
+    expect(metrics).toMatch(/quiver_search_lane_poll 0\n/);
+    expect(metrics).toMatch(/quiver_search_lane_spin_max_seconds 0\n/);
   }, 300_000);
 
   it('a follower SIGKILLed during the load (majority writes go on) and restarted afterwards catches up', async () => {

@@ -10,7 +10,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { describe, expect, it } from 'vitest';
-import { FlatIndex, HnswIndex, SearchLaneStats, searchLaneStats } from '../src/native';
+import { FlatIndex, HnswIndex, SearchLaneStats, searchLaneStats, setSearchLaneDefaults } from '../src/native';
 import { addon } from '../src/native/addon';
 import { expectCode, pollUntil, randomVectors, seq } from './helpers';
 
@@ -300,6 +300,42 @@ describe('search lane', () => {
     } finally {
       fs.rmdirSync(cgroup.dir);
     }
+  });
+
+  const NATIVE = JSON.stringify(path.resolve(__dirname, '..', 'dist', 'src', 'native'));
+
+  it('setSearchLaneDefaults({poll: false, spinMicros: 0}) applies to the running lane: no polling, and it sleeps after every search', () => {
+    const stats = runScript(
+      `const n = require(${NATIVE});
+      n.setSearchLaneDefaults({ poll: false, spinMicros: 0 });
+      const before = n.searchLaneStats();
+      for (let i = 0; i < 8; i++) if ((await ix.search(Float32Array.from([0, 1, 2, 3]), 1)).labels[0] !== 1) throw new Error('wrong answer');
+      const after = n.searchLaneStats();
+      if (after.polledTasks !== before.polledTasks) throw new Error('polled after the defaults said not to');
+      // Searches awaited one after another: a lane that does not spin is asleep when the next comes.
+      if (after.wokenTasks - before.wokenTasks < 4) throw new Error('the lane was not woken for most searches: ' + JSON.stringify([before, after]));`,
+      {},
+    );
+    expect(stats).toMatchObject({ enabled: true, poll: false, spinMicros: 0, laneTasks: 9 });
+  });
+
+  it('QUIVER_SEARCH_POLL and QUIVER_SEARCH_SPIN_US override the defaults set by the program', () => {
+    const stats = runScript(
+      `const n = require(${NATIVE});
+      const possible = n.searchLaneStats().poll;
+      n.setSearchLaneDefaults({ poll: false, spinMicros: 0 });
+      if (n.searchLaneStats().poll !== possible) throw new Error('QUIVER_SEARCH_POLL=1 did not win');`,
+      { QUIVER_SEARCH_POLL: '1', QUIVER_SEARCH_SPIN_US: '500' },
+    );
+    expect(stats.spinMicros).toBe(500);
+  });
+
+  it('setSearchLaneDefaults refuses a spin cap that is not a whole number of microseconds from 0 to 1,000,000, and changes nothing', () => {
+    const before = searchLaneStats();
+    for (const spinMicros of [-1, 1.5, 1_000_001, NaN]) expectCode(() => setSearchLaneDefaults({ poll: false, spinMicros }), 'INVALID_ARGUMENT');
+    expectCode(() => setSearchLaneDefaults({ poll: 'no' as unknown as boolean, spinMicros: 0 }), 'INVALID_ARGUMENT');
+    const after = searchLaneStats();
+    expect([after.poll, after.spinMicros]).toEqual([before.poll, before.spinMicros]);
   });
 
   it('QUIVER_SEARCH_LANE=0 runs every search on the pool, same answer', () => {

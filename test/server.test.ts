@@ -8,6 +8,7 @@ import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { QuiverClient } from '../src/client';
 import { batchPointsMax, idBytesMax, payloadBytesMax, requestBytesMax } from '../src/common/limits';
+import { searchLaneStats } from '../src/native';
 import { topKMax } from '../src/native/limits';
 import type { RequestInit } from '../src/rpc/proto';
 import { Metrics, Service } from '../src/server';
@@ -254,6 +255,9 @@ describe('HTTP: every operation', () => {
     expect(m).toMatch(/quiver_search_tasks_total\{runner="pool"\} \d+/);
     for (const phase of ['wait', 'run', 'deliver']) expect(m).toMatch(new RegExp(`quiver_search_lane_seconds_total\\{phase="${phase}"\\} \\d`));
     expect(Number(/quiver_search_lane_seconds_total\{phase="run"\} (\S+)/.exec(m)![1])).toBeGreaterThan(0);
+    // its settings: the standalone defaults (spin up to 1 ms; polling where the process has 2 CPUs)
+    expect(m).toMatch(/quiver_search_lane_spin_max_seconds 0\.001\n/);
+    expect(m).toMatch(new RegExp(`quiver_search_lane_poll ${searchLaneStats().poll ? 1 : 0}\n`));
     const page = await fetch(`${h.httpBase}/`);
     expect(page.headers.get('content-type')).toMatch(/text\/html/);
     const html = await page.text();

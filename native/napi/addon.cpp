@@ -311,6 +311,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("sumBench", Napi::Function::New(env, SumBench));
   exports.Set("searchLaneStats", Napi::Function::New(env, lane_stats));
   exports.Set("searchLaneHold", Napi::Function::New(env, lane_hold));
+  exports.Set("setSearchLaneDefaults", Napi::Function::New(env, lane_defaults));
   exports.Set("limits", LimitsObject(env));
   exports.Set("NativeIndex", NativeIndex::Init(env));
   init_gpu(env, exports);

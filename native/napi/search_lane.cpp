@@ -49,6 +49,10 @@ std::atomic<uint64_t> lane_tasks{0}, pool_tasks{0}, polled_tasks{0}, poll_stops{
 std::atomic<uint64_t> wait_ns{0}, run_ns{0}, deliver_ns{0};
 // Test hook (searchLaneHold): while set, the lane keeps the task it took without running it.
 std::atomic<bool> lane_held{false};
+// Defaults of the spin cap and of polling (setSearchLaneDefaults); QUIVER_SEARCH_SPIN_US and
+// QUIVER_SEARCH_POLL override them. Read by the running lane too, so a change applies at once.
+std::atomic<long> spin_default_us{1000};
+std::atomic<bool> poll_default{true};
 
 void add_ns(std::atomic<uint64_t>& sum, std::chrono::steady_clock::time_point from, std::chrono::steady_clock::time_point to) {
   sum.fetch_add(static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(to - from).count()), std::memory_order_relaxed);
@@ -133,6 +137,26 @@ int usable_cpus() {
   return n;
 }
 
+// The most the lane spins after a task: QUIVER_SEARCH_SPIN_US, else the default.
+long spin_micros() {
+  static const long from_env = env_long("QUIVER_SEARCH_SPIN_US", -1);
+  return from_env >= 0 ? from_env : spin_default_us.load(std::memory_order_relaxed);
+}
+// Whether the loop may poll at all: read once (the lane decides at its start whether it can, and
+// searchLaneStats() reports the same answer without re-reading the affinity mask and the cgroup
+// files on every call).
+bool poll_possible() {
+  static const bool on = env_long("QUIVER_SEARCH_POLL", 1) != 0 && usable_cpus() >= 2;
+  return on;
+}
+// Whether the loop polls for the next task's answer: possible, and QUIVER_SEARCH_POLL=1 or, where
+// the variable is not set, the default.
+bool poll_enabled() {
+  static const bool from_env = env_long("QUIVER_SEARCH_POLL", 0) != 0;
+  return poll_possible() && (from_env || poll_default.load(std::memory_order_relaxed));
+}
+long poll_micros() { return env_long("QUIVER_SEARCH_POLL_US", 1000); }
+
 struct Pending {
   std::unique_ptr<LaneTask> task;
   napi_deferred deferred;
@@ -143,8 +167,7 @@ struct Pending {
 
 class Lane {
  public:
-  Lane(napi_env env, long spin_us, bool poll, long poll_us)
-      : env_(env), spin_(std::chrono::microseconds(spin_us)), poll_(poll), poll_max_(std::chrono::microseconds(poll_us)) {}
+  Lane(napi_env env, bool poll, long poll_us) : env_(env), poll_(poll), poll_max_(std::chrono::microseconds(poll_us)) {}
 
   bool start() {
     napi_value name;
@@ -188,7 +211,8 @@ class Lane {
     // Poll for the answer when nothing else of ours runs on the pool (the loop's core would be
     // taken from that work). Decided per task before the lane can see it; the lane reads it once
     // the task is done, and the handle stays on until every task is delivered.
-    if (poll_ && !idle_on_ && pool_work_in_flight().load(std::memory_order_relaxed) == 0) {
+    const bool poll = poll_ && poll_enabled();
+    if (poll && !idle_on_ && pool_work_in_flight().load(std::memory_order_relaxed) == 0) {
       polling_.store(true, std::memory_order_seq_cst);
       uv_idle_start(&idle_, &Lane::on_idle);
       idle_on_ = true;
@@ -196,8 +220,14 @@ class Lane {
     // (A task submitted from the microtasks of a delivery that just gave up polling finds the
     // handle still on but polling_ lowered: it is answered through the wake-up, not counted here.)
     if (idle_on_ && polling_.load(std::memory_order_relaxed)) {
-      poll_since_ = p->submitted;
-      polled_tasks.fetch_add(1, std::memory_order_relaxed);
+      if (poll) {
+        poll_since_ = p->submitted;
+        polled_tasks.fetch_add(1, std::memory_order_relaxed);
+      } else {
+        // Polling was turned off meanwhile: as when the loop gives up (the same handshake), this
+        // answer comes through the wake-up, and the handle stops at its next run.
+        polling_.store(false, std::memory_order_seq_cst);
+      }
     }
     slot_.store(p, std::memory_order_seq_cst);
     if (sleeping_.load(std::memory_order_seq_cst)) {
@@ -219,8 +249,9 @@ class Lane {
         // a halted vCPU (tens of us here); spinning costs a core, so it also stops as soon as
         // addon work is on the libuv pool (concurrent searches, builds), whose threads need the
         // cores, and it never starts when tasks come further apart than the cap.
-        if (spin_.count() > 0 && gap_ema_us_ < static_cast<double>(spin_.count())) {
-          const double want_us = std::min(static_cast<double>(spin_.count()), std::max(kSpinMinUs, 2.0 * gap_ema_us_));
+        const double spin_us = static_cast<double>(spin_micros());
+        if (spin_us > 0 && gap_ema_us_ < spin_us) {
+          const double want_us = std::min(spin_us, std::max(kSpinMinUs, 2.0 * gap_ema_us_));
           const auto start = std::chrono::steady_clock::now();
           const auto until = start + std::chrono::microseconds(static_cast<long>(want_us));
           const auto polite = start + std::chrono::microseconds(kSpinSoloUs);
@@ -248,7 +279,7 @@ class Lane {
         // Time from the end of the previous task to this submission (not to this pick-up, so a
         // sleeping lane's own wake-up does not count), capped so that the average recovers fast.
         const double gap = std::chrono::duration<double, std::micro>(p->submitted - last_end_).count();
-        const double cap = 4.0 * static_cast<double>(spin_.count());
+        const double cap = 4.0 * static_cast<double>(spin_micros());
         gap_ema_us_ = 0.75 * gap_ema_us_ + 0.25 * std::min(std::max(gap, 0.0), cap);
       }
       while (lane_held.load(std::memory_order_acquire) && !stop_.load()) std::this_thread::sleep_for(std::chrono::microseconds(100));
@@ -326,7 +357,7 @@ class Lane {
       napi_close_callback_scope(env, cs);
       napi_close_handle_scope(env, hs);
     }
-    if ((stop || self->in_flight_ == 0) && self->idle_on_) {
+    if ((stop || self->in_flight_ == 0 || !self->polling_.load(std::memory_order_seq_cst)) && self->idle_on_) {
       uv_idle_stop(&self->idle_);
       self->idle_on_ = false;
       self->polling_.store(false, std::memory_order_seq_cst);
@@ -352,7 +383,6 @@ class Lane {
   }
 
   napi_env env_;
-  std::chrono::microseconds spin_;  // the most the lane spins after a task
   static constexpr double kSpinMinUs = 100.0;
   static constexpr long kSpinSoloUs = 50;  // spin without yielding this long first
   napi_threadsafe_function tsfn_ = nullptr;
@@ -381,15 +411,6 @@ class Lane {
   double gap_ema_us_ = 0;
 };
 
-long spin_micros() { return env_long("QUIVER_SEARCH_SPIN_US", 1000); }
-// Read once: the lane decides at its start, and searchLaneStats() reports that same answer without
-// re-reading the affinity mask and the cgroup files on every call.
-bool poll_enabled() {
-  static const bool on = env_long("QUIVER_SEARCH_POLL", 1) != 0 && usable_cpus() >= 2;
-  return on;
-}
-long poll_micros() { return env_long("QUIVER_SEARCH_POLL_US", 1000); }
-
 }  // namespace
 
 bool lane_try_run(Napi::Env env, std::unique_ptr<LaneTask>& task, napi_value* promise) {
@@ -403,7 +424,7 @@ bool lane_try_run(Napi::Env env, std::unique_ptr<LaneTask>& task, napi_value* pr
         lane_failed.store(true);
         return false;
       }
-      lane = new Lane(env, spin_micros(), poll_enabled(), poll_micros());
+      lane = new Lane(env, poll_possible(), poll_micros());
       if (!lane->start()) {
         delete lane;
         lane_failed.store(true);
@@ -424,6 +445,18 @@ Napi::Value lane_hold(const Napi::CallbackInfo& info) {
   if (info.Length() < 1 || !info[0].IsBoolean()) throw_invalid(info.Env(), "searchLaneHold(on: boolean)");
   lane_held.store(info[0].As<Napi::Boolean>().Value(), std::memory_order_release);
   return info.Env().Undefined();
+}
+
+Napi::Value lane_defaults(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsBoolean() || !info[1].IsNumber())
+    throw_invalid(env, "setSearchLaneDefaults(poll: boolean, spinMicros: number)");
+  const double spin = info[1].As<Napi::Number>().DoubleValue();
+  if (!(spin >= 0 && spin <= kSpinMicrosMax) || spin != static_cast<double>(static_cast<long>(spin)))
+    throw_invalid(env, "spinMicros must be a whole number from 0 to " + std::to_string(kSpinMicrosMax));
+  poll_default.store(info[0].As<Napi::Boolean>().Value(), std::memory_order_relaxed);
+  spin_default_us.store(static_cast<long>(spin), std::memory_order_relaxed);
+  return env.Undefined();
 }
 
 Napi::Value lane_stats(const Napi::CallbackInfo& info) {

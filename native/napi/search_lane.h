@@ -17,6 +17,10 @@
 // The lane takes a task only when it is idle; a busy lane (concurrent searches) leaves the task
 // to the caller's AsyncWorker, so concurrent load still spreads over the thread pool.
 // QUIVER_SEARCH_LANE=0 turns the lane off.
+//
+// Spinning and polling bet on a core being free. The program may change their defaults
+// (setSearchLaneDefaults: a cluster node turns both off, sharing its cores with its sidecar and
+// often with other nodes); QUIVER_SEARCH_SPIN_US and QUIVER_SEARCH_POLL still override them.
 #pragma once
 #include <napi.h>
 
@@ -43,6 +47,11 @@ bool lane_try_run(Napi::Env env, std::unique_ptr<LaneTask>& task, napi_value* pr
 // wokenTasks, sleeping, ... } (poolTasks: small searches the lane was too busy for; wokenTasks:
 // times the lane slept and was woken for a task; sleeping: the lane waits asleep for its next task).
 Napi::Value lane_stats(const Napi::CallbackInfo& info);
+// setSearchLaneDefaults(poll, spinMicros): whether the event loop polls for lane answers and the
+// most the lane spins after a task (0 to kSpinMicrosMax), where QUIVER_SEARCH_POLL and
+// QUIVER_SEARCH_SPIN_US do not say; the running lane follows them from its next task.
+constexpr long kSpinMicrosMax = 1000000;
+Napi::Value lane_defaults(const Napi::CallbackInfo& info);
 void lane_count_fallback();
 // searchLaneHold(on): a test hook. While on, the lane holds the task it takes without running it,
 // so a test can keep a lane search in flight for as long as it needs (past the poll bound, while

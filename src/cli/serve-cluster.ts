@@ -16,6 +16,7 @@ import { ReplicaHost } from '../cluster/replica-host';
 import { SidecarSupervisor } from '../cluster/sidecar-link';
 import type { NodeId, Progress, ShardKey } from '../cluster/types';
 import { ClusterDatabase, ClusterNodeRecord, CollectionRecord, CoordinatorPort } from '../query/cluster';
+import { setSearchLaneDefaults } from '../native';
 import { Metrics, startServer } from '../server';
 import { NodePeers, nodeMethods } from '../server/node-service';
 
@@ -67,6 +68,9 @@ class CoordinatorRelay extends EventEmitter implements CoordinatorPort {
 }
 
 export async function serveCluster(cfg: ClusterConfig, log: (m: string) => void): Promise<{ close(): Promise<void> }> {
+  // A node shares its cores with its sidecar (and, on a test or benchmark host, with other nodes):
+  // the search lane neither spins for the next search nor has the event loop poll for its answer.
+  setSearchLaneDefaults({ poll: false, spinMicros: 0 });
   const metrics = new Metrics();
   fs.mkdirSync(cfg.data, { recursive: true });
 

@@ -11,15 +11,15 @@ import { QuiverError } from '../errors';
 export interface SearchLaneStats {
   /** false when QUIVER_SEARCH_LANE=0 or the lane could not start. */
   enabled: boolean;
-  /** The most the lane spins for the next task before it sleeps (QUIVER_SEARCH_SPIN_US). */
+  /** The most the lane spins for the next task before it sleeps (QUIVER_SEARCH_SPIN_US, else the default: 1000, 0 on a cluster node). */
   spinMicros: number;
   /** Small searches the lane ran. */
   laneTasks: number;
   /** Small searches that went to the thread pool because the lane was busy (or off). */
   poolTasks: number;
   /**
-   * Whether the event loop polls for lane answers (QUIVER_SEARCH_POLL, default on; off where the
-   * process may use only one CPU).
+   * Whether the event loop polls for lane answers (QUIVER_SEARCH_POLL, else the default: on, off on
+   * a cluster node; off where the process may use only one CPU).
    */
   poll: boolean;
   /** Lane searches whose answer the event loop polled for instead of being woken. */
@@ -52,6 +52,8 @@ export interface NativeAddon {
    * keep a lane search in flight as long as it needs; off lets it run (native/napi/search_lane.h).
    */
   searchLaneHold(on: boolean): void;
+  /** The search lane's defaults for polling and its spin cap (native/napi/search_lane.h). */
+  setSearchLaneDefaults(poll: boolean, spinMicros: number): void;
   /** The core's limits (native/common/limits.h). */
   limits: { dimMax: number; topKMax: number; efMax: number; labelNone: number; batchVectorsMax: number; searchSyncTermsMax: number };
   /** CRC-32C of bytes, continuing from crc (SSE 4.2 where the CPU has it). */

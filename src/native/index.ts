@@ -341,6 +341,15 @@ export function searchLaneStats(): SearchLaneStats {
   return addon().searchLaneStats();
 }
 
+/**
+ * The search lane's defaults where QUIVER_SEARCH_POLL and QUIVER_SEARCH_SPIN_US do not say: whether
+ * the event loop polls for lane answers, and the most the lane spins after a task (0 to 1,000,000
+ * us). The running lane follows them from its next task. INVALID_ARGUMENT otherwise.
+ */
+export function setSearchLaneDefaults(d: { poll: boolean; spinMicros: number }): void {
+  addon().setSearchLaneDefaults(d.poll, d.spinMicros);
+}
+
 export interface GpuInfo {
   /** Which addon build is loaded. */
   build: 'cpu' | 'cuda';

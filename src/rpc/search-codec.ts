@@ -15,6 +15,10 @@
  *   SearchHit      1 id | 2 distance (float) | 3 payload_json | 4 vector (Vector)
  *   SearchResponse 1 hits (repeated SearchHit)
  *   SearchBatchResponse 1 batches (repeated SearchResponse)
+ *   ShardSearchRequest  1 collection | 2 shards (repeated uint32, packed) | 3 vectors (bytes)
+ *                       4 options (SearchOptions)         (proto/node.proto; encoder only)
+ *   ShardSearchResponse 1 batches (repeated SearchResponse): SearchBatchResponse's layout, so
+ *                       the node service reads and writes it with that codec
  *
  * The encoder writes what the generated one writes (a field equal to its default is left out,
  * map entries carry key and value); the decoder takes any valid encoding (fields in any order,
@@ -27,6 +31,7 @@ import type {
   SearchHit,
   SearchHitSchema,
   SearchOptions,
+  SearchOptionsSchema,
   SearchRequest,
   SearchRequestSchema,
   SearchResponse,
@@ -34,6 +39,7 @@ import type {
   Vector,
   VectorSchema,
 } from './gen/quiver_pb';
+import type { ShardSearchRequestSchema } from './gen/node_pb';
 import { WIRE, putVarint, varintLength } from './wire';
 
 type VectorInit = MessageInitShape<typeof VectorSchema>;
@@ -216,40 +222,71 @@ function writeUint64(w: Writer, v: bigint): void {
   w.buf[w.off++] = Number(v);
 }
 
+type OptionsInit = MessageInitShape<typeof SearchOptionsSchema>;
+
+/** What writeOptions needs, measured: the body size and the strings' and token entries' sizes. */
+interface OptionsPlan {
+  size: number;
+  filter: number;
+  consistency: number;
+  entries: Array<[string, bigint, number, number]>; // key, value, key bytes, entry size
+}
+
+function planOptions(o: OptionsInit): OptionsPlan {
+  const k = checkUint32(o.k ?? 0, 'k');
+  const ef = checkUint32(o.ef ?? 0, 'ef');
+  const nprobe = checkUint32(o.nprobe ?? 0, 'nprobe');
+  const filter = o.filterJson ? utf8Length(o.filterJson) : 0;
+  const consistency = o.consistency ? utf8Length(o.consistency) : 0;
+  const entries: OptionsPlan['entries'] = [];
+  const token = o.token ?? {};
+  for (const key of Object.keys(token)) {
+    const value = token[key];
+    const kb = utf8Length(key);
+    entries.push([key, value, kb, 1 + varintLength(kb) + kb + 1 + uint64Length(value)]);
+  }
+  let size =
+    (k ? 1 + varintLength(k) : 0) +
+    stringFieldSize(filter) +
+    (ef ? 1 + varintLength(ef) : 0) +
+    (nprobe ? 1 + varintLength(nprobe) : 0) +
+    (o.withPayload ? 2 : 0) +
+    (o.withVectors ? 2 : 0) +
+    stringFieldSize(consistency) +
+    (o.floatVectors ? 2 : 0);
+  for (const e of entries) size += messageFieldSize(e[3]);
+  return { size, filter, consistency, entries };
+}
+
+/** The options as message field `field`. */
+function writeOptions(w: Writer, field: number, o: OptionsInit, p: OptionsPlan): void {
+  w.tag(field, LEN);
+  w.varint(p.size);
+  w.uint(1, o.k ?? 0);
+  if (p.filter > 0) w.string(2, o.filterJson!, p.filter);
+  w.uint(3, o.ef ?? 0);
+  w.uint(4, o.nprobe ?? 0);
+  w.uint(5, o.withPayload ? 1 : 0);
+  w.uint(6, o.withVectors ? 1 : 0);
+  if (p.consistency > 0) w.string(7, o.consistency!, p.consistency);
+  // Map entries in the object's key order, key and value always written (as the generated code).
+  for (const [key, value, kb, entry] of p.entries) {
+    w.tag(8, LEN);
+    w.varint(entry);
+    w.string(1, key, kb);
+    w.tag(2, VARINT);
+    writeUint64(w, value);
+  }
+  w.uint(9, o.floatVectors ? 1 : 0);
+}
+
 export function encodeSearchRequest(m: MessageInitShape<typeof SearchRequestSchema>): Buffer {
   const collection = m.collection ?? '';
   const cBytes = utf8Length(collection);
   const vector = m.vector;
   const vSize = vector ? vectorSize(vector) : -1;
-  const o = m.options;
-  let oSize = -1;
-  let filter = 0;
-  let consistency = 0;
-  const entries: Array<[string, bigint, number, number]> = []; // key, value, key bytes, entry size
-  if (o) {
-    const k = checkUint32(o.k ?? 0, 'k');
-    const ef = checkUint32(o.ef ?? 0, 'ef');
-    const nprobe = checkUint32(o.nprobe ?? 0, 'nprobe');
-    filter = o.filterJson ? utf8Length(o.filterJson) : 0;
-    consistency = o.consistency ? utf8Length(o.consistency) : 0;
-    const token = o.token ?? {};
-    for (const key of Object.keys(token)) {
-      const value = token[key];
-      const kb = utf8Length(key);
-      entries.push([key, value, kb, 1 + varintLength(kb) + kb + 1 + uint64Length(value)]);
-    }
-    oSize =
-      (k ? 1 + varintLength(k) : 0) +
-      stringFieldSize(filter) +
-      (ef ? 1 + varintLength(ef) : 0) +
-      (nprobe ? 1 + varintLength(nprobe) : 0) +
-      (o.withPayload ? 2 : 0) +
-      (o.withVectors ? 2 : 0) +
-      stringFieldSize(consistency) +
-      (o.floatVectors ? 2 : 0);
-    for (const e of entries) oSize += messageFieldSize(e[3]);
-  }
-  const size = stringFieldSize(cBytes) + (vSize >= 0 ? messageFieldSize(vSize) : 0) + (oSize >= 0 ? messageFieldSize(oSize) : 0);
+  const o = m.options ? planOptions(m.options) : null;
+  const size = stringFieldSize(cBytes) + (vSize >= 0 ? messageFieldSize(vSize) : 0) + (o ? messageFieldSize(o.size) : 0);
   const w = new Writer(Buffer.allocUnsafe(size));
   if (cBytes > 0) w.string(1, collection, cBytes);
   if (vSize >= 0) {
@@ -257,26 +294,34 @@ export function encodeSearchRequest(m: MessageInitShape<typeof SearchRequestSche
     w.varint(vSize);
     writeVector(w, vector!, vSize);
   }
-  if (o) {
-    w.tag(3, LEN);
-    w.varint(oSize);
-    w.uint(1, o.k ?? 0);
-    if (filter > 0) w.string(2, o.filterJson!, filter);
-    w.uint(3, o.ef ?? 0);
-    w.uint(4, o.nprobe ?? 0);
-    w.uint(5, o.withPayload ? 1 : 0);
-    w.uint(6, o.withVectors ? 1 : 0);
-    if (consistency > 0) w.string(7, o.consistency!, consistency);
-    // Map entries in the object's key order, key and value always written (as the generated code).
-    for (const [key, value, kb, entry] of entries) {
-      w.tag(8, LEN);
-      w.varint(entry);
-      w.string(1, key, kb);
-      w.tag(2, VARINT);
-      writeUint64(w, value);
-    }
-    w.uint(9, o.floatVectors ? 1 : 0);
+  if (o) writeOptions(w, 3, m.options!, o);
+  return w.buf;
+}
+
+/** The node service's ShardSearchRequest (proto/node.proto). */
+export function encodeShardSearchRequest(m: MessageInitShape<typeof ShardSearchRequestSchema>): Buffer {
+  const collection = m.collection ?? '';
+  const cBytes = utf8Length(collection);
+  const shards = m.shards ?? [];
+  let shardBytes = 0;
+  for (const s of shards) shardBytes += varintLength(checkUint32(s, 'shard'));
+  const vectors = m.vectors ?? EMPTY;
+  const o = m.options ? planOptions(m.options) : null;
+  const size =
+    stringFieldSize(cBytes) +
+    (shards.length > 0 ? messageFieldSize(shardBytes) : 0) +
+    (vectors.byteLength > 0 ? messageFieldSize(vectors.byteLength) : 0) +
+    (o ? messageFieldSize(o.size) : 0);
+  const w = new Writer(Buffer.allocUnsafe(size));
+  if (cBytes > 0) w.string(1, collection, cBytes);
+  if (shards.length > 0) {
+    // packed, as proto3 writes repeated scalars
+    w.tag(2, LEN);
+    w.varint(shardBytes);
+    for (const s of shards) w.varint(s);
   }
+  if (vectors.byteLength > 0) w.bytes(3, vectors);
+  if (o) writeOptions(w, 4, m.options!, o);
   return w.buf;
 }
 

@@ -149,6 +149,18 @@ export class Metrics {
       run: (s) => s.runNanos / 1e9,
       deliver: (s) => s.deliverNanos / 1e9,
     });
+    // Its settings (a cluster node turns spinning and polling off).
+    const laneGauge = (name: string, help: string, pick: (s: ReturnType<typeof searchLaneStats>) => number) =>
+      new client.Gauge({
+        name,
+        help,
+        registers: [this.registry],
+        collect() {
+          this.set(pick(searchLaneStats()));
+        },
+      });
+    laneGauge('quiver_search_lane_poll', 'Whether the event loop polls for search lane answers (1) or sleeps until woken (0)', (s) => (s.poll ? 1 : 0));
+    laneGauge('quiver_search_lane_spin_max_seconds', 'The most the search lane spins for the next search before it sleeps', (s) => s.spinMicros / 1e6);
   }
 
   /** Gauges read this database at scrape time. */

@@ -17,6 +17,7 @@ import type * as wire from '../rpc/gen/quiver_pb';
 import { GrpcChannel, UnaryMethod } from '../rpc/grpc-client';
 import type { GrpcMethod } from '../rpc/grpc-server';
 import { bytesToVector, decoder, encoder, tokenToWire, vectorToBytes } from '../rpc/proto';
+import { decodeSearchBatchResponse, encodeSearchBatchResponse, encodeShardSearchRequest } from '../rpc/search-codec';
 import type { Op, Service } from './service';
 import { searchRequest } from './grpc';
 
@@ -42,7 +43,8 @@ function vectorsOf(bytes: Uint8Array, what: string): Float32Array {
   return v;
 }
 
-function hitsToWire(lists: SearchHit[][]): OutInit<'shardSearch'> {
+/** A ShardSearchResponse, written and read with SearchBatchResponse's codec (the same layout). */
+function hitsToWire(lists: SearchHit[][]): MessageInitShape<typeof wire.SearchBatchResponseSchema> {
   return {
     batches: lists.map((hits) => ({
       hits: hits.map((h) => ({ id: h.id, distance: h.distance, payloadJson: h.payload ? stringifyJson(h.payload) : '', vector: h.vector ? { data: vectorToBytes(h.vector) } : undefined })),
@@ -50,7 +52,7 @@ function hitsToWire(lists: SearchHit[][]): OutInit<'shardSearch'> {
   };
 }
 
-function hitsFromWire(r: Out<'shardSearch'>, withPayload: boolean): SearchHit[][] {
+function hitsFromWire(r: wire.SearchBatchResponse, withPayload: boolean): SearchHit[][] {
   return r.batches.map((b) =>
     b.hits.map((h) => {
       const hit: SearchHit = { id: h.id, distance: h.distance };
@@ -86,13 +88,12 @@ function pointsFromWire(r: MessageShape<typeof wire.GetResponseSchema>): Point[]
 /** The node service's handlers, by path, for Quiver's own gRPC server. */
 export function nodeMethods(svc: Service, db: ClusterDatabase): Map<string, GrpcMethod> {
   const out = new Map<string, GrpcMethod>();
-  const add = <M extends NodeMethodName>(m: M, fn: (req: In<M>, signal?: AbortSignal) => Promise<OutInit<M>>): void => {
+  const add = <M extends NodeMethodName, O = OutInit<M>>(m: M, fn: (req: In<M>, signal?: AbortSignal) => Promise<O>, encode = encoder(QuiverNode.method[m].output as DescMessage) as (v: O) => Buffer): void => {
     const d = QuiverNode.method[m] as DescMethodUnary;
     const op = d.name as Op;
-    const encode = encoder(d.output as DescMessage);
     out.set(pathOf(d), {
       decode: decoder(d.input as DescMessage),
-      encode: (v) => encode(v as never),
+      encode: (v) => encode(v as O),
       handle: (request, deadlineAt) => svc.run(op, 'grpc', deadlineAt, (signal) => fn(request as In<M>, signal)),
     });
   };
@@ -105,7 +106,7 @@ export function nodeMethods(svc: Service, db: ClusterDatabase): Map<string, Grpc
     const w = await db.shardDelete(r.collection, r.shard, r.ids, r.idempotencyKey, r.requestHash.byteLength > 0 ? Buffer.from(r.requestHash) : undefined, signal);
     return { count: BigInt(w.answer), token: { [String(r.shard)]: BigInt(w.lsn) } };
   });
-  add('shardSearch', async (r) => hitsToWire(await db.shardSearch(r.collection, r.shards, searchRequest(vectorsOf(r.vectors, 'vectors'), r.options))));
+  add('shardSearch', async (r) => hitsToWire(await db.shardSearch(r.collection, r.shards, searchRequest(vectorsOf(r.vectors, 'vectors'), r.options))), encodeSearchBatchResponse);
   add('shardGet', async (r) => {
     const points = await db.shardGet(r.collection, r.shards, r.ids, r.withVectors, r.withPayload);
     return { points: points.map((p) => ({ id: p.id, vector: p.vector ? { data: vectorToBytes(p.vector) } : undefined, payloadJson: p.payload ? stringifyJson(p.payload) : '' })) };
@@ -127,7 +128,8 @@ export function nodeMethods(svc: Service, db: ClusterDatabase): Map<string, Grpc
 const METHODS = {
   shardUpsert: client('shardUpsert'),
   shardDelete: client('shardDelete'),
-  shardSearch: client('shardSearch'),
+  // On every search's path: the hand-written codecs (src/rpc/search-codec.ts).
+  shardSearch: { path: pathOf(QuiverNode.method.shardSearch as DescMethodUnary), requestSerialize: encodeShardSearchRequest, responseDeserialize: decodeSearchBatchResponse },
   shardGet: client('shardGet'),
   shardCount: client('shardCount'),
   replicaStatus: client('replicaStatus'),
