@@ -24,6 +24,7 @@ const MODULES: Record<BenchName, () => Promise<BenchModule>> = {
   codec: () => import('./codec'),
   memory: () => import('./memory'),
   cluster: () => import('./cluster'),
+  snapshot: () => import('./snapshot'),
 };
 
 function isBench(name: string): name is BenchName {

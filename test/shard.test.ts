@@ -4,7 +4,7 @@ import * as path from 'path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { QuiverError } from '../src/errors';
 import { HnswIndex } from '../src/native';
-import { PointStore, Shard, ShardOptions, encodeUpsert, listSnapshots } from '../src/shard';
+import { PointStore, Shard, ShardIndexSpec, ShardOptions, WriteResult, encodeUpsert, listSnapshots, loadSnapshotPoints } from '../src/shard';
 import { EntryType } from '../src/wal';
 import { crc32c } from '../src/wal/crc32c';
 import { addon, allocRows, trimAllocator, tuneAllocatorForServer } from '../src/native/addon';
@@ -397,6 +397,114 @@ describe('Shard', () => {
   });
 });
 
+/** The index kinds a shard may hold: the IVF-PQ one trains once the shard holds 256 points. */
+const SNAPSHOT_SPECS: Record<string, ShardIndexSpec> = {
+  flat: { type: 'flat' },
+  hnsw: { type: 'hnsw', m: 8, efConstruction: 40 },
+  ivfpq: { type: 'ivfpq', nlist: 2, m: 2, refine: 4 },
+};
+
+/** A hook for ShardOptions.snapshotHold: `held` resolves once a snapshot waits in it, release() lets it go on. */
+function snapshotHold(): { hook: () => Promise<void>; held: Promise<void>; release: () => void } {
+  let entered!: () => void;
+  let release!: () => void;
+  const held = new Promise<void>((r) => (entered = r));
+  const gate = new Promise<void>((r) => (release = r));
+  return {
+    hook: () => {
+      entered();
+      return gate;
+    },
+    held,
+    release,
+  };
+}
+
+describe('Snapshots beside writes and searches', () => {
+  it.each(Object.keys(SNAPSHOT_SPECS))('%s: a write and a search complete while a snapshot, captured, waits to be written', async (kind) => {
+    const hold = snapshotHold();
+    let s = await Shard.open(opts({ index: SNAPSHOT_SPECS[kind], snapshotHold: hold.hook }));
+    for (let t = 0; t < 3; t++) await s.upsert(batch(Array.from({ length: 100 }, (_, i) => `p${t * 100 + i}`), t), `load-${t}`);
+    expect(s.indexKind).toBe(kind);
+    const atCapture = await s.digest();
+    const lsn = s.status().appliedLsn;
+    const snap = s.snapshot();
+    await hold.held;
+    const w = await s.upsert(batch(['late', 'p7'], 77), 'late');
+    expect(w.lsn).toBe(lsn + 1);
+    const [hits] = await s.search(vec(77000), 10, {});
+    expect(hits.map((h) => h.id)).toContain('late');
+    expect((await s.get(['late'], true, false))[0].vector).toEqual(vec(77000));
+    expect(s.status().snapshotLsn).toBeLessThan(lsn);
+    hold.release();
+    await snap;
+    expect(s.status().snapshotLsn).toBe(lsn);
+    // The snapshot holds the points as they were at its LSN; the WAL holds the write beside it.
+    const [meta] = await listSnapshots(path.join(dir, 'snap'));
+    expect(meta.lsn).toBe(lsn);
+    expect(await (await loadSnapshotPoints(meta.dir, DIM)).store.digest()).toBe(atCapture);
+    const now = await s.digest();
+    await s.close({ snapshot: false });
+    s = await Shard.open(opts({ index: SNAPSHOT_SPECS[kind] }));
+    expect(s.status().snapshotLsn).toBe(lsn);
+    expect(await s.digest()).toBe(now);
+    await s.close({ snapshot: false });
+  });
+
+  it.each(Object.keys(SNAPSHOT_SPECS))(
+    '%s: a snapshot taken among writes restores to exactly the state at its LSN: the files of a replica that applied up to it, byte for byte',
+    async (kind) => {
+      const spec = SNAPSHOT_SPECS[kind];
+      // 40 writes: new points, replaced ones and deletes, with idempotency keys.
+      type Write = { upsert: ReturnType<typeof batch> } | { delete: string[] };
+      const writes: Write[] = Array.from({ length: 40 }, (_, t) =>
+        t % 9 === 8 ? { delete: [`w${t - 3}-0`, `w${t - 5}-3`, 'absent'] } : { upsert: batch(Array.from({ length: 12 }, (_, i) => `w${t % 3 === 2 ? t - 2 : t}-${i}`), t) },
+      );
+      const send = (shard: Shard, t: number): Promise<WriteResult> => {
+        const w = writes[t];
+        return 'upsert' in w ? shard.upsert(w.upsert, `key-${t}`) : shard.delete(w.delete, `key-${t}`);
+      };
+      const hold = snapshotHold();
+      const s = await Shard.open(opts({ index: spec, snapshotHold: hold.hook }));
+      const sent: Promise<WriteResult>[] = [];
+      for (let t = 0; t < 25; t++) await send(s, t);
+      for (let t = 25; t < 32; t++) sent.push(send(s, t));
+      const snap = s.snapshot(); // captured between two of the writes in flight, or after the last
+      for (let t = 32; t < 40; t++) sent.push(send(s, t));
+      await hold.held;
+      // Writes asked for after the snapshot are applied while it waits to be written.
+      const results = await Promise.all(sent);
+      hold.release();
+      await snap;
+      const lsn = s.status().snapshotLsn;
+      expect(lsn).toBeGreaterThanOrEqual(26); // the epoch start and the first 25 writes
+      expect(lsn).toBeLessThan(results[results.length - 1].lsn);
+      const [meta] = await listSnapshots(path.join(dir, 'snap'));
+      expect(meta.lsn).toBe(lsn);
+
+      // A replica of its own that applies the same writes, up to that LSN, then snapshots.
+      const ref = { ...opts({ index: spec }), walDir: path.join(dir, 'ref', 'wal'), snapshotDir: path.join(dir, 'ref', 'snap') };
+      const replica = await Shard.open(ref);
+      for (let t = 0; replica.status().appliedLsn < lsn; t++) await send(replica, t);
+      expect(replica.status().appliedLsn).toBe(lsn);
+      await replica.snapshot();
+      const [refMeta] = await listSnapshots(ref.snapshotDir);
+      for (const f of ['index.bin', 'state.bin']) {
+        expect((await fsp.readFile(path.join(meta.dir, f))).equals(await fsp.readFile(path.join(refMeta.dir, f))), f).toBe(true);
+      }
+      // Restored from that snapshot alone, a shard holds the replica's state at the LSN.
+      const restored = { ...opts({ index: spec, follower: true }), walDir: path.join(dir, 'restored', 'wal'), snapshotDir: path.join(dir, 'restored', 'snap') };
+      await fsp.mkdir(restored.snapshotDir, { recursive: true });
+      await fsp.cp(meta.dir, path.join(restored.snapshotDir, path.basename(meta.dir)), { recursive: true });
+      const back = await Shard.open(restored);
+      expect(back.status().appliedLsn).toBe(lsn);
+      expect(back.indexKind).toBe(replica.indexKind);
+      expect(await back.digest()).toBe(await replica.digest());
+      await Promise.all([back.close({ snapshot: false }), replica.close({ snapshot: false }), s.close({ snapshot: false })]);
+    },
+  );
+});
+
 describe('PointStore labels', () => {
   it('reuses freed labels, most recently freed first, and round-trips through its encoding', async () => {
     const { PointStore } = await import('../src/shard');
@@ -410,7 +518,7 @@ describe('PointStore labels', () => {
     expect(st.remove(['b', 'd', 'zz'])).toBe(2);
     expect(put(['c', 'e', 'f', 'g'])).toEqual([2, 3, 1, 4]); // c keeps 2; then 3, 1 (stack), then new
     const copy = new PointStore(2);
-    const bytes = Buffer.concat(st.encode(0));
+    const bytes = Buffer.concat(await st.encode(st.capture(), 0));
     expect(copy.decode(bytes, 0, true)).toBe(bytes.length);
     expect(await copy.digest()).toBe(await st.digest());
     expect(copy.planLabels(['h']).labels[0]).toBe(st.planLabels(['h']).labels[0]);
@@ -418,7 +526,7 @@ describe('PointStore labels', () => {
 });
 
 describe('PointStore rows', () => {
-  it('keeps every row across chunk boundaries, reused labels and a snapshot in progress (copy on write)', () => {
+  it('keeps every row across chunk boundaries, reused labels and a snapshot in progress (copy on write)', async () => {
     const dim = 3;
     const store = new PointStore(dim);
     const rowOf = (id: string, gen: number) => Float32Array.from([Number(id.slice(1)), gen, -gen]);
@@ -434,11 +542,13 @@ describe('PointStore rows', () => {
     for (const id of ids(0, 2100)) want.set(id, 1);
     store.remove(ids(500, 520)); // frees 20 labels, reused in reverse by the next batch
     for (const id of ids(500, 520)) want.delete(id);
-    const parts = store.encode(0); // a snapshot holds the chunks: the next writes copy them first
+    const image = store.capture(); // a snapshot holds the chunks: the next writes copy them first
+    const parts = await store.encode(image, 0);
     const before = Buffer.concat(parts);
     const mixed = [...ids(3000, 3030), 'p10', 'p1500', ...ids(2100, 2110)];
     put(mixed, 2);
     expect(Buffer.concat(parts).equals(before)).toBe(true); // what the snapshot writes did not move
+    expect(Buffer.concat(await store.encode(image, 0)).equals(before)).toBe(true); // nor what it encodes later
     for (const id of mixed) want.set(id, 2);
     store.release();
     expect(store.count).toBe(want.size);
@@ -506,7 +616,7 @@ describe('allocRows (vector chunk memory)', () => {
     expect((r + 1) * 784 * 4).toBeGreaterThan(4 << 20);
   });
 
-  it('a store of 784-d rows across several chunks reads back what was written, through a snapshot', () => {
+  it('a store of 784-d rows across several chunks reads back what was written, through a snapshot', async () => {
     const dim = 784;
     const store = new PointStore(dim);
     const n = 3000;
@@ -515,7 +625,7 @@ describe('allocRows (vector chunk memory)', () => {
     for (let i = 0; i < vectors.length; i++) vectors[i] = (i % 977) / 7;
     const plan = store.planLabels(ids);
     store.assign(plan, ids, vectors, ids.map(() => undefined));
-    const bytes = Buffer.concat(store.encode(0));
+    const bytes = Buffer.concat(await store.encode(store.capture(), 0));
     const back = new PointStore(dim);
     back.decode(bytes, 0, true);
     for (const i of [0, 1336, 1337, 2673, 2674, 2999]) {

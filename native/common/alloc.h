@@ -25,6 +25,40 @@ void allocation_point();
 inline void* alloc_aligned64(size_t bytes) { return ::operator new(bytes, std::align_val_t{64}); }
 inline void free_aligned64(void* p) { ::operator delete(p, std::align_val_t{64}); }
 
+// Fresh anonymous memory in whole 2 MB pages, 2 MB-aligned and advised for transparent huge pages,
+// zeroed by the kernel on first touch. Filling it takes one page fault per 2 MB instead of one per
+// 4 KB: on the paravirtualized VMs measured a fault costs ~12 us, and writing a fresh 18 MB buffer
+// took ~60 ms of CPU in 4 KB pages against ~2.5 ms in huge pages.
+constexpr size_t kHugePage = size_t{2} << 20;
+// `bytes` rounded up to whole huge pages: what map_huge_pages() maps for it.
+inline size_t huge_pages_bytes(size_t bytes) { return (bytes + kHugePage - 1) / kHugePage * kHugePage; }
+// Maps huge_pages_bytes(bytes); throws std::bad_alloc. Give it back with unmap_huge_pages(p, bytes).
+void* map_huge_pages(size_t bytes);
+void unmap_huge_pages(void* p, size_t bytes) noexcept;
+
+// A std::allocator for large buffers: from half a huge page up, map_huge_pages; below, operator new.
+template <typename T>
+struct LargeAllocator {
+  using value_type = T;
+  LargeAllocator() = default;
+  template <typename U>
+  LargeAllocator(const LargeAllocator<U>&) noexcept {}
+  T* allocate(size_t n) {
+    if (n > (SIZE_MAX - kHugePage) / sizeof(T)) throw std::bad_alloc();
+    const size_t bytes = n * sizeof(T);
+    return static_cast<T*>(bytes < kHugePage / 2 ? ::operator new(bytes) : map_huge_pages(bytes));
+  }
+  void deallocate(T* p, size_t n) noexcept {
+    const size_t bytes = n * sizeof(T);
+    if (bytes < kHugePage / 2) ::operator delete(p);
+    else unmap_huge_pages(p, bytes);
+  }
+  template <typename U>
+  bool operator==(const LargeAllocator<U>&) const noexcept { return true; }
+  template <typename U>
+  bool operator!=(const LargeAllocator<U>&) const noexcept { return false; }
+};
+
 // Room in v for `need` elements, growing by half at least: appends stay amortized O(1) and at most
 // a third of the capacity goes unused (doubling would leave up to half of a large buffer unused).
 template <typename V>

@@ -76,7 +76,9 @@ uint32_t crc32c(const void* data, size_t n, uint32_t crc) {
   return crc32c_serial(p, n, crc);
 }
 
-void begin_envelope(std::vector<uint8_t>* out, IndexKind kind, uint32_t dim, Metric metric) {
+void begin_envelope(Bytes* out, IndexKind kind, uint32_t dim, Metric metric, size_t body_bytes) {
+  out->clear();
+  out->reserve(kEnvelopeHeader + body_bytes + 4);
   Writer w(out);
   w.bytes(kMagic, 8);
   w.u32(kFormatVersion);
@@ -86,7 +88,7 @@ void begin_envelope(std::vector<uint8_t>* out, IndexKind kind, uint32_t dim, Met
   w.u64(0);
 }
 
-void finish_envelope(std::vector<uint8_t>* out) {
+void finish_envelope(Bytes* out) {
   uint64_t body = out->size() - kEnvelopeHeader;
   std::memcpy(out->data() + 24, &body, 8);
   uint32_t crc = crc32c(out->data(), out->size());

@@ -56,8 +56,9 @@ class Index {
   virtual Status remove(const uint32_t* labels, size_t n) = 0;
   virtual Status search(const float* queries, size_t nq, const SearchParams& params,
                         uint32_t* out_labels, float* out_distances) const = 0;
-  // Whole index in the envelope of common/format.h.
-  virtual Status serialize(std::vector<uint8_t>* out) const = 0;
+  // Whole index in the envelope of common/format.h: a point-in-time copy, written once into a
+  // buffer of its exact size (Bytes), while writers wait; the checksum comes after they may go on.
+  virtual Status serialize(Bytes* out) const = 0;
   // Copies of the stored vectors of `labels` (for get-with-vectors); NOT_FOUND for an absent one.
   virtual Status get_vectors(const uint32_t* labels, size_t n, float* out) const {
     return failed_precondition("this index kind does not keep raw vectors");

@@ -293,15 +293,15 @@ Status FlatIndex::search(const float* queries, size_t nq, const SearchParams& p,
 
 // Body: u64 n | u32 labels[n] | f32 rows[n * dim], as added (envelope format 1 stored cosine rows
 // normalized; such a file loads, and get_vectors returns the normalized rows it holds).
-Status FlatIndex::serialize(std::vector<uint8_t>* out) const {
-  ReadGate::Shared reading(gate_);
-  out->clear();
-  out->reserve(kEnvelopeHeader + 8 + labels_.size() * (4 + dim_ * 4) + 4);
-  begin_envelope(out, IndexKind::Flat, dim_, metric_);
-  Writer w(out);
-  w.u64(labels_.size());
-  w.array(labels_.data(), labels_.size());
-  w.array(data_.data(), data_.size());
+Status FlatIndex::serialize(Bytes* out) const {
+  {
+    ReadGate::Shared reading(gate_);
+    begin_envelope(out, IndexKind::Flat, dim_, metric_, 8 + labels_.size() * (4 + size_t{dim_} * 4));
+    Writer w(out);
+    w.u64(labels_.size());
+    w.array(labels_.data(), labels_.size());
+    w.array(data_.data(), data_.size());
+  }
   finish_envelope(out);
   return Status::ok();
 }

@@ -111,7 +111,7 @@ class HnswIndex final : public Index {
   Status remove(const uint32_t* labels, size_t n) override;
   Status search(const float* queries, size_t nq, const SearchParams& params, uint32_t* out_labels,
                 float* out_distances) const override;
-  Status serialize(std::vector<uint8_t>* out) const override;
+  Status serialize(Bytes* out) const override;
   Status get_vectors(const uint32_t* labels, size_t n, float* out) const override;
   size_t memory_bytes() const override;
 

@@ -25,48 +25,61 @@
 // DATA_LOSS, before the index is handed out.
 #include <cmath>
 
+#include "common/assert.h"
 #include "common/limits.h"
 #include "hnsw/hnsw_index.h"
 #include "hnsw/hnsw_walk.h"
 
 namespace qv {
 
-Status HnswIndex::serialize(std::vector<uint8_t>* out) const {
-  std::lock_guard<std::mutex> w(write_mu_);
-  out->clear();
-  begin_envelope(out, IndexKind::Hnsw, dim_, metric_);
-  Writer wr(out);
-  wr.u32(p_.m);
-  wr.u32(p_.ef_construction);
-  wr.u32(p_.ef_search);
-  wr.u64(p_.seed);
-  const uint32_t n = n_slots_.load();
-  wr.u32(n);
-  const uint64_t e = entry_packed();
-  wr.u32(entry_slot(e));
-  wr.u32(static_cast<uint32_t>(entry_level(e)));
-  if (use_codes() && sq_.trained()) {
-    wr.u8(1);
-    wr.array(sq_.lo().data(), dim_);
-    wr.array(sq_.hi().data(), dim_);
-  } else {
-    wr.u8(0);
-  }
-  for (uint32_t s = 0; s < n; ++s) {
-    const Meta& mt = meta(s);
-    if (mt.state.load() != kLive) {
+Status HnswIndex::serialize(Bytes* out) const {
+  {
+    std::lock_guard<std::mutex> w(write_mu_);
+    const uint32_t n = n_slots_.load();
+    const bool quant = use_codes() && sq_.trained();
+    // The exact size first (a pass over the counts), so the bytes are written once (Bytes).
+    size_t body = 4 + 4 + 4 + 8 + 4 + 4 + 4 + 1 + (quant ? 8 * size_t{dim_} : 0);
+    for (uint32_t s = 0; s < n; ++s) {
+      const Meta& mt = meta(s);
+      body += 1;
+      if (mt.state.load() != kLive) continue;
+      body += 4 + 1 + 4 * size_t{dim_};
+      for (int l = 0; l <= mt.level; ++l) body += 4 + 4 * size_t{links(s, l)[0]};
+    }
+    begin_envelope(out, IndexKind::Hnsw, dim_, metric_, body);
+    Writer wr(out);
+    wr.u32(p_.m);
+    wr.u32(p_.ef_construction);
+    wr.u32(p_.ef_search);
+    wr.u64(p_.seed);
+    wr.u32(n);
+    const uint64_t e = entry_packed();
+    wr.u32(entry_slot(e));
+    wr.u32(static_cast<uint32_t>(entry_level(e)));
+    if (quant) {
+      wr.u8(1);
+      wr.array(sq_.lo().data(), dim_);
+      wr.array(sq_.hi().data(), dim_);
+    } else {
       wr.u8(0);
-      continue;
     }
-    wr.u8(1);
-    wr.u32(mt.label.load(std::memory_order_relaxed));
-    wr.u8(mt.level);
-    for (int l = 0; l <= mt.level; ++l) {
-      const uint32_t* ll = links(s, l);
-      wr.u32(ll[0]);
-      wr.array(ll + 1, ll[0]);
+    for (uint32_t s = 0; s < n; ++s) {
+      const Meta& mt = meta(s);
+      if (mt.state.load() != kLive) {
+        wr.u8(0);
+        continue;
+      }
+      wr.u8(1);
+      wr.u32(mt.label.load(std::memory_order_relaxed));
+      wr.u8(mt.level);
+      for (int l = 0; l <= mt.level; ++l) {
+        const uint32_t* ll = links(s, l);
+        wr.u32(ll[0]);
+        wr.array(ll + 1, ll[0]);
+      }
+      wr.array(vec(s), dim_);
     }
-    wr.array(vec(s), dim_);
+    QV_ASSERT(out->size() == kEnvelopeHeader + body);
   }
   finish_envelope(out);
   return Status::ok();

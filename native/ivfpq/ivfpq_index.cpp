@@ -540,31 +540,39 @@ Status IvfPqIndex::search(const float* queries, size_t nq, const SearchParams& p
 // The derived tables (norms, transposed codebooks, term2) are rebuilt on load. A reader refuses
 // any inconsistency (sizes, duplicate or reserved labels, trailing bytes) with DATA_LOSS.
 
-Status IvfPqIndex::serialize(std::vector<uint8_t>* out) const {
-  ReadGate::Shared reading(gate_);
-  out->clear();
-  begin_envelope(out, IndexKind::IvfPq, dim_, metric_);
-  Writer w(out);
-  w.u32(p_.nlist);
-  w.u32(p_.m);
-  w.u32(p_.refine);
-  w.u32(p_.nprobe);
-  w.u64(p_.seed);
-  w.u32(trained() ? 1 : 0);
-  if (trained()) {
-    w.array(centroids_.data(), centroids_.size());
-    w.array(codebooks_.data(), codebooks_.size());
-    w.u64(where_.size());
-    std::vector<uint8_t> code(p_.m);
-    for (const List& l : lists_) {
-      w.u32(static_cast<uint32_t>(l.size()));
-      w.array(l.labels.data(), l.size());
-      for (size_t pos = 0; pos < l.size(); ++pos) {
-        code_of(l, pos, code.data());
-        w.array(code.data(), p_.m);
-      }
-      if (p_.refine > 0) w.array(l.raw.data(), l.raw.size());
+Status IvfPqIndex::serialize(Bytes* out) const {
+  {
+    ReadGate::Shared reading(gate_);
+    const bool is_trained = trained();
+    size_t body = 4 * 4 + 8 + 4;
+    if (is_trained) {
+      body += 4 * (centroids_.size() + codebooks_.size()) + 8;
+      for (const List& l : lists_) body += 4 + l.size() * (4 + p_.m) + 4 * l.raw.size();
     }
+    begin_envelope(out, IndexKind::IvfPq, dim_, metric_, body);
+    Writer w(out);
+    w.u32(p_.nlist);
+    w.u32(p_.m);
+    w.u32(p_.refine);
+    w.u32(p_.nprobe);
+    w.u64(p_.seed);
+    w.u32(is_trained ? 1 : 0);
+    if (is_trained) {
+      w.array(centroids_.data(), centroids_.size());
+      w.array(codebooks_.data(), codebooks_.size());
+      w.u64(where_.size());
+      std::vector<uint8_t> code(p_.m);
+      for (const List& l : lists_) {
+        w.u32(static_cast<uint32_t>(l.size()));
+        w.array(l.labels.data(), l.size());
+        for (size_t pos = 0; pos < l.size(); ++pos) {
+          code_of(l, pos, code.data());
+          w.array(code.data(), p_.m);
+        }
+        if (p_.refine > 0) w.array(l.raw.data(), l.raw.size());
+      }
+    }
+    QV_ASSERT(out->size() == kEnvelopeHeader + body);
   }
   finish_envelope(out);
   return Status::ok();

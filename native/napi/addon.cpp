@@ -6,7 +6,6 @@
 #include <cstring>
 #include <vector>
 
-#include <sys/mman.h>
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif
@@ -48,14 +47,9 @@ Napi::Value Crc32cFn(const Napi::CallbackInfo& info) {
 }
 
 // allocRows(floats): a zeroed Float32Array for bulk row storage (the shard's vector chunks).
-// From 1 MB up it is 2 MB-aligned, a whole number of 2 MB pages, and advised for transparent huge
-// pages: filling a fresh 3 MB array then takes 2 page faults instead of ~800 (measured ~10 ms ->
-// well under 1 ms per 3.2 MB on the paravirtualized VMs here, where a fault costs ~12 us).
-constexpr size_t kHugePage = size_t{2} << 20;
-size_t alloc_rows_bytes(size_t floats) {
-  const size_t bytes = floats * sizeof(float);
-  return bytes < kHugePage / 2 ? bytes : (bytes + kHugePage - 1) / kHugePage * kHugePage;
-}
+// From 1 MB up it is whole huge pages (map_huge_pages, common/alloc.h): filling a fresh 3 MB array
+// then takes 2 page faults instead of ~800 (measured ~10 ms -> well under 1 ms per 3.2 MB on the
+// paravirtualized VMs here, where a fault costs ~12 us).
 // tuneAllocator(trimBytes, mmapBytes): glibc malloc keeps up to trimBytes of freed memory at the top
 // of a heap instead of returning it to the system, and serves blocks under mmapBytes from its heaps
 // instead of fresh mappings. A server that takes 3 MB batches otherwise maps, faults in (a page
@@ -95,20 +89,11 @@ Napi::Value AllocRows(const Napi::CallbackInfo& info) {
   const size_t bytes = floats * sizeof(float);
   allocation_point();
   if (bytes < kHugePage / 2) return Napi::Float32Array::New(env, floats);
-  // Fresh anonymous memory (zeroed by the kernel on first touch), 2 MB-aligned inside a mapping
-  // one huge page larger; the finalizer unmaps the whole mapping.
-  const size_t size = alloc_rows_bytes(floats);
-  const size_t map = size + kHugePage;
-  void* m = mmap(nullptr, map, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (m == MAP_FAILED) throw_status(env, resource_exhausted("allocRows: out of memory"));
-  const uintptr_t base = reinterpret_cast<uintptr_t>(m);
-  void* p = reinterpret_cast<void*>((base + kHugePage - 1) & ~(uintptr_t{kHugePage} - 1));
-#ifdef MADV_HUGEPAGE
-  madvise(p, size, MADV_HUGEPAGE);
-#endif
+  void* p = map_huge_pages(bytes);  // std::bad_alloc: RESOURCE_EXHAUSTED through guarded
+  const size_t size = huge_pages_bytes(bytes);
   Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(size));
-  auto ab = Napi::ArrayBuffer::New(env, p, bytes, [m, map, size](Napi::Env e, void*) {
-    munmap(m, map);
+  auto ab = Napi::ArrayBuffer::New(env, p, bytes, [bytes, size](Napi::Env e, void* data) {
+    unmap_huge_pages(data, bytes);
     Napi::MemoryManagement::AdjustExternalMemory(e, -static_cast<int64_t>(size));
   });
   return Napi::Float32Array::New(env, floats, ab, 0);

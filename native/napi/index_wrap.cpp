@@ -129,19 +129,19 @@ class SerializeWorker : public PromiseWorker {
  public:
   SerializeWorker(Napi::Env env, std::shared_ptr<Index> index) : PromiseWorker(env), index_(std::move(index)) {}
   Status Run() override {
-    bytes_ = new std::vector<uint8_t>();
+    bytes_ = new Bytes();
     return index_->serialize(bytes_);
   }
   Napi::Value Resolve(Napi::Env env) override {
-    std::vector<uint8_t>* v = bytes_;
+    Bytes* v = bytes_;
     bytes_ = nullptr;
-    return Napi::Buffer<uint8_t>::New(env, v->data(), v->size(), [](Napi::Env, uint8_t*, std::vector<uint8_t>* p) { delete p; }, v);
+    return Napi::Buffer<uint8_t>::New(env, v->data(), v->size(), [](Napi::Env, uint8_t*, Bytes* p) { delete p; }, v);
   }
   ~SerializeWorker() override { delete bytes_; }
 
  private:
   std::shared_ptr<Index> index_;
-  std::vector<uint8_t>* bytes_ = nullptr;
+  Bytes* bytes_ = nullptr;
 };
 
 class DeserializeWorker : public PromiseWorker {

@@ -11,6 +11,7 @@ export const BENCHES = [
   { name: 'memory', summary: 'RSS of quiver serve holding Fashion-MNIST in HNSW against hnswlib-node in a plain Node' },
   { name: 'cluster', summary: 'a 3-node cluster against standalone: replicated upsert CPU, lag, ack and cross-node search latency' },
   { name: 'codec', summary: 'wire codecs in a tight loop: generated against hand-written (search, upsert)' },
+  { name: 'snapshot', summary: 'write and search latency while a collection is snapshotted, against without' },
 ] as const;
 
 export type BenchName = (typeof BENCHES)[number]['name'];

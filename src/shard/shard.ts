@@ -17,9 +17,11 @@
  *     v
  *   ack {answer, lsn}  ---> token {shard: lsn}
  *
- *   snapshot: shared lock (searches go on, applies wait) -> capture index bytes, store (copy on
- *             write), keys at appliedLsn -> unlock -> tmp dir, fsync,
- *             rename -> drop older snapshots and WAL segments wholly below it
+ *   snapshot: shared lock (searches go on, applies wait) -> capture at appliedLsn: the index's
+ *             bytes (serialize: a copy at memory speed), the store's tables (vector chunks copy
+ *             on write), the keys -> unlock -> encode in slices, tmp dir, fsync, rename -> drop
+ *             older snapshots and WAL segments wholly below it. Applies and searches wait only
+ *             for the capture (a few ms for 20,000 x 128 HNSW points; `quiver bench snapshot`).
  *   recovery: newest valid snapshot (older ones if it is damaged) -> WAL replay from its LSN + 1
  *             through the same apply code -> epoch-start entry (leader)
  *
@@ -80,6 +82,8 @@ export interface ShardOptions {
   /** Passed to the WAL (fatal errors, fsync injection). */
   onFatal?: WalOptions['onFatal'];
   syncFn?: WalOptions['syncFn'];
+  /** Test hook: awaited by a snapshot once it has captured the shard and given back the lock, before it writes anything. */
+  snapshotHold?: () => Promise<void>;
 }
 
 export interface StoredPoint {
@@ -675,18 +679,19 @@ export class Shard {
         epoch: this.appliedEpoch,
         indexBytes: await this.index.serialize(),
         vectorsInIndex: !this.store.keepsVectors,
-        parts: this.store.encode(48),
-        keys: new Map(this.keys),
+        store: this.store.capture(),
+        keys: { ids: [...this.keys.keys()], records: [...this.keys.values()] },
       };
     });
     if (!cap) return;
     const bytesBefore = this.wal.bytes;
     try {
+      await this.opts.snapshotHold?.();
       await writeSnapshot(
         this.opts.snapshotDir,
         { lsn: cap.lsn, epoch: cap.epoch, dim: this.opts.dim, vectorsInIndex: cap.vectorsInIndex },
         cap.indexBytes,
-        cap.parts,
+        await this.store.encode(cap.store, 48),
         cap.keys,
       );
     } finally {

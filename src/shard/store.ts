@@ -8,10 +8,27 @@
  * same entries applied in the same order give the same labels on every replica.
  */
 import { createHash } from 'crypto';
+import { setImmediate as nextTurn } from 'timers/promises';
 import { stringifyJson } from '../common/json';
 import { allocRows } from '../native/addon';
 
 export type Payload = { [field: string]: unknown };
+
+/** What a snapshot holds of a PointStore, taken by capture() and written by encode(). */
+export interface StoreImage {
+  nextLabel: number;
+  count: number;
+  /** Id and payload of each label below nextLabel (undefined: free). */
+  ids: (string | undefined)[];
+  payloads: (Payload | undefined)[];
+  /** The free-label stack, bottom first. */
+  free: number[];
+  /** The vector chunks (rows of labels in order), or null where the index keeps the vectors. */
+  chunks: Float32Array[] | null;
+}
+
+/** Labels per slice of a snapshot's encoding (encode), between which the event loop takes a turn. */
+const encodeSliceLabels = 2048;
 
 /** Rows per chunk of the vector store, at least; see rowsPerChunk. */
 const chunkLabelsMin = 1024;
@@ -82,7 +99,7 @@ export class PointStore {
     this.shared.clear();
   }
 
-  /** Chunks handed to a snapshot being written: copied before their first change (copy on write). */
+  /** Chunks held by a snapshot being written (capture): copied before their first change (copy on write). */
   private shared = new Set<Float32Array>();
 
   private row(label: number): Float32Array {
@@ -260,52 +277,88 @@ export class PointStore {
   // ------------------------------------------------------------ snapshot encoding
 
   /**
+   * The store as it is now, for a snapshot to encode() while the store goes on changing: copies
+   * of the id, payload and free-label tables (references: a payload is replaced, never changed in
+   * place), and the vector chunks themselves, which are copied on their next change instead, until
+   * release() says the snapshot is written. Costs a copy of three arrays of references.
+   */
+  capture(): StoreImage {
+    let chunks: Float32Array[] | null = null;
+    if (this.vectorsKept) {
+      chunks = this.chunks.slice(0, Math.ceil(this.nextLabel / this.chunkLabels));
+      for (const c of chunks) this.shared.add(c);
+    }
+    return {
+      nextLabel: this.nextLabel,
+      count: this.count,
+      ids: this.labelToId.slice(0, this.nextLabel),
+      payloads: this.payloads.slice(0, this.nextLabel),
+      free: this.freeLabels.slice(),
+      chunks,
+    };
+  }
+
+  /**
    * Layout (little-endian), part of state.bin (see snapshot.ts), starting at file offset `base`:
    *   u32 nextLabel | u32 count | u32 freeCount
    *   count x { u32 label | u16 idLen | id | u32 payloadLen | payload JSON (0 = none) }, labels increasing
    *   freeCount x u32 (the free stack, bottom first)
-   *   and, if the store keeps the vectors (else the index does):
+   *   and, if the store kept the vectors (else the index does):
    *   0..3 zero bytes, so that the vectors start at a file offset that is a multiple of 4
    *   nextLabel x dim f32: the vector of every label in order (rows of free labels are zero)
-   * The vector rows are handed out as views of the store's chunks, not copies: the chunks are
-   * copied on their next change instead, until release() says the snapshot is written.
+   * The records are encoded encodeSliceLabels labels at a time, with a turn of the event loop
+   * between slices (a snapshot of 20,000 points is tens of milliseconds of JSON); the vector rows
+   * are views of the captured chunks, not copies.
    */
-  encode(base: number): Buffer[] {
+  async encode(image: StoreImage, base: number): Promise<Buffer[]> {
     const head = Buffer.alloc(12);
-    head.writeUInt32LE(this.nextLabel, 0);
-    head.writeUInt32LE(this.count, 4);
-    head.writeUInt32LE(this.freeLabels.length, 8);
-    const recs: Buffer[] = [head];
+    head.writeUInt32LE(image.nextLabel, 0);
+    head.writeUInt32LE(image.count, 4);
+    head.writeUInt32LE(image.free.length, 8);
+    const parts: Buffer[] = [head];
     let size = head.length;
-    for (let l = 0; l < this.nextLabel; l++) {
-      const id = this.labelToId[l];
-      if (id === undefined) continue;
-      const idb = Buffer.from(id, 'utf8');
-      const p = this.payloads[l] === undefined ? Buffer.alloc(0) : Buffer.from(stringifyJson(this.payloads[l]), 'utf8');
-      const r = Buffer.allocUnsafe(4 + 2 + idb.length + 4 + p.length);
-      r.writeUInt32LE(l, 0);
-      r.writeUInt16LE(idb.length, 4);
-      idb.copy(r, 6);
-      r.writeUInt32LE(p.length, 6 + idb.length);
-      p.copy(r, 10 + idb.length);
-      recs.push(r);
+    for (let from = 0; from < image.nextLabel; from += encodeSliceLabels) {
+      if (from > 0) await nextTurn();
+      const to = Math.min(image.nextLabel, from + encodeSliceLabels);
+      const labels: number[] = [];
+      const texts: string[] = [];
+      let bytes = 0;
+      for (let l = from; l < to; l++) {
+        const id = image.ids[l];
+        if (id === undefined) continue;
+        const payload = image.payloads[l];
+        const json = payload === undefined ? '' : stringifyJson(payload);
+        labels.push(l);
+        texts.push(id, json);
+        bytes += 10 + Buffer.byteLength(id) + Buffer.byteLength(json);
+      }
+      const r = Buffer.allocUnsafe(bytes);
+      let off = 0;
+      labels.forEach((l, i) => {
+        r.writeUInt32LE(l, off);
+        const idLen = r.write(texts[2 * i], off + 6);
+        r.writeUInt16LE(idLen, off + 4);
+        off += 6 + idLen;
+        const pLen = r.write(texts[2 * i + 1], off + 4);
+        r.writeUInt32LE(pLen, off);
+        off += 4 + pLen;
+      });
+      parts.push(r);
       size += r.length;
     }
-    const free = Buffer.from(Uint32Array.from(this.freeLabels).buffer);
-    recs.push(free);
+    const free = Buffer.from(Uint32Array.from(image.free).buffer);
+    parts.push(free);
     size += free.length;
-    if (!this.vectorsKept) return recs;
-    recs.push(Buffer.alloc((4 - ((base + size) % 4)) % 4));
-    for (let c = 0; c * this.chunkLabels < this.nextLabel; c++) {
-      const rows = Math.min(this.chunkLabels, this.nextLabel - c * this.chunkLabels);
-      const chunk = this.chunks[c];
-      this.shared.add(chunk);
-      recs.push(Buffer.from(chunk.buffer, chunk.byteOffset, rows * this.dim * 4));
-    }
-    return recs;
+    if (!image.chunks) return parts;
+    parts.push(Buffer.alloc((4 - ((base + size) % 4)) % 4));
+    image.chunks.forEach((chunk, c) => {
+      const rows = Math.min(this.chunkLabels, image.nextLabel - c * this.chunkLabels);
+      parts.push(Buffer.from(chunk.buffer, chunk.byteOffset, rows * this.dim * 4));
+    });
+    return parts;
   }
 
-  /** The snapshot that encode() fed is written: its chunks may change in place again. */
+  /** The snapshot that capture() fed is written: its chunks may change in place again. */
   release(): void {
     this.shared.clear();
   }

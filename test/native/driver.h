@@ -74,8 +74,8 @@ inline std::unique_ptr<qv::Index> make(const std::string& kind, uint32_t dim, qv
   return ix;
 }
 
-inline std::vector<uint8_t> bytes_of(const qv::Index& ix) {
-  std::vector<uint8_t> b;
+inline qv::Bytes bytes_of(const qv::Index& ix) {
+  qv::Bytes b;
   const qv::Status st = ix.serialize(&b);
   CHECK(st.is_ok(), "serialize: %s", st.message().c_str());
   return b;

@@ -116,7 +116,7 @@ void round_trip(const std::string& kind, Metric metric, std::map<std::string, do
 }
 
 // Recomputes the envelope's body length and checksum after the body was changed.
-void reseal(std::vector<uint8_t>* f) {
+void reseal(qv::Bytes* f) {
   const uint64_t body = f->size() - qv::kEnvelopeHeader - 4;
   std::memcpy(f->data() + 24, &body, 8);
   const uint32_t crc = qv::crc32c(f->data(), f->size() - 4);
@@ -143,12 +143,12 @@ void exercise(Index& ix) {
   const auto nl = labels_from(1u << 30, 4);
   CHECK(ix.add(nl.data(), w.data(), 4, 1).is_ok(), "add to a deserialized index");
   CHECK(ix.remove(nl.data(), 2).is_ok(), "remove from a deserialized index");
-  std::vector<uint8_t> again;
+  qv::Bytes again;
   CHECK(ix.serialize(&again).is_ok(), "serialize a deserialized index");
 }
 
 // Deserializes f; returns whether it was accepted. A refusal must be DATA_LOSS.
-bool feed(const std::vector<uint8_t>& f, size_t len, const char* what, size_t at) {
+bool feed(const qv::Bytes& f, size_t len, const char* what, size_t at) {
   std::unique_ptr<Index> ix;
   const Status st = qv::deserialize_index(f.data(), len, &ix);
   if (!st.is_ok()) {
@@ -159,11 +159,11 @@ bool feed(const std::vector<uint8_t>& f, size_t len, const char* what, size_t at
   return true;
 }
 
-void corrupt(const std::string& name, const std::vector<uint8_t>& good) {
+void corrupt(const std::string& name, const qv::Bytes& good) {
   size_t accepted = 0, tried = 0;
   for (size_t len = 0; len < good.size(); ++len, ++tried) CHECK(!feed(good, len, "truncated file", len), "%s", name.c_str());
   for (size_t at = 0; at < qv::kEnvelopeHeader; ++at) {
-    std::vector<uint8_t> f = good;
+    qv::Bytes f = good;
     f[at] ^= 0x01;
     ++tried;
     CHECK(!feed(f, f.size(), "changed envelope", at), "%s: a changed envelope byte was accepted", name.c_str());
@@ -171,7 +171,7 @@ void corrupt(const std::string& name, const std::vector<uint8_t>& good) {
   const size_t body_end = good.size() - 4;
   for (size_t at = qv::kEnvelopeHeader; at < body_end; ++at) {
     for (int variant = 0; variant < 3; ++variant) {
-      std::vector<uint8_t> f = good;
+      qv::Bytes f = good;
       const uint8_t was = f[at];
       f[at] = variant == 0 ? 0x00 : variant == 1 ? 0xFF : static_cast<uint8_t>(was + 1);
       if (f[at] == was) continue;
@@ -179,7 +179,7 @@ void corrupt(const std::string& name, const std::vector<uint8_t>& good) {
       ++tried;
       accepted += feed(f, f.size(), "changed body byte", at);
     }
-    std::vector<uint8_t> cut(good.begin(), good.begin() + at);
+    qv::Bytes cut(good.begin(), good.begin() + at);
     cut.resize(at + 4);
     reseal(&cut);
     ++tried;

@@ -95,7 +95,7 @@ constexpr uint32_t kDim = 6;
 
 std::vector<float> vectors(size_t n, uint64_t seed, float scale) { return qvtest::vectors(n, kDim, seed, scale); }
 
-std::unique_ptr<Index> load(const std::vector<uint8_t>& b) {
+std::unique_ptr<Index> load(const qv::Bytes& b) {
   std::unique_ptr<Index> ix;
   const Status st = qv::deserialize_index(b.data(), b.size(), &ix);
   CHECK(st.is_ok(), "deserialize: %s", st.message().c_str());
@@ -140,7 +140,7 @@ bool armed(long k, bool persist, const std::function<void()>& fn) {
 
 // The sweep of one operation over copies of `base`. `op` runs on a copy and returns its status
 // (or throws std::bad_alloc); `partial_ok`: an HNSW add, which may keep its batch when it throws.
-void sweep(const std::string& name, const std::vector<uint8_t>& base, uint32_t max_label, bool write,
+void sweep(const std::string& name, const qv::Bytes& base, uint32_t max_label, bool write,
            bool partial_ok, const std::function<Status(Index&)>& op) {
   // What the operation gives without a failure.
   auto clean = load(base);
@@ -215,7 +215,7 @@ void sweep_kind(const std::string& name, std::unique_ptr<Index> ix) {
   sweep(name + " remove", base, max_label, true, false, [&](Index& x) { return x.remove(rl.data(), rl.size()); });
   sweep(name + " search", base, max_label, false, false, [](Index& x) { return search(x).st; });
   sweep(name + " serialize", base, max_label, false, false, [](Index& x) {
-    std::vector<uint8_t> b;
+    qv::Bytes b;
     return x.serialize(&b);
   });
   sweep(name + " deserialize", base, max_label, false, false, [&](Index&) {

@@ -125,7 +125,7 @@ void stress(const char* name, Index* ix) {
   std::thread observer([&] {
     Rng rng(20);
     std::vector<float> out(kDim);
-    std::vector<uint8_t> bytes;
+    qv::Bytes bytes;
     for (uint32_t round = 0; !done.load(std::memory_order_acquire); ++round) {
       (void)ix->size();
       (void)ix->memory_bytes();

@@ -1,0 +1,189 @@
+/**
+ * `quiver bench snapshot`: what a snapshot costs the writes and searches that run beside it.
+ *
+ * For each index type: an in-process Database holds one collection of --n points (synthetic,
+ * clustered, with small payloads). Then, concurrently,
+ *   a writer   upserts --batch points at a time, back to back, each with an idempotency key (as
+ *              the client SDK sends them): new vectors for the loaded ids in turn, so the
+ *              collection keeps its --n points;
+ *   a searcher runs one k=10 query at a time, --search-gap-ms apart;
+ *   the main   loop waits --gap-ms, snapshots the collection (Database.snapshot, awaited), and
+ *              again, --snapshots times.
+ * A write or a search counts as "during" when its interval overlaps a snapshot's, else "outside".
+ * Printed: p50/p99/max latency of each side and the ratios during/outside; the goal is a write
+ * p99 ratio of at most 2. Writes JSON to bench/results/snapshot-<index>.json.
+ */
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { openDatabase } from '../src/query';
+import type { IndexSpec } from '../src/query/types';
+import { CommandSpec, intFlag, parseCommandLine, stringFlag } from '../src/common/args';
+import { pct, synthetic } from './datasets';
+import { machine, progress, table, writeJson } from './report';
+
+const USAGE = `usage: quiver bench snapshot [options]
+
+Write and search latency while a collection is snapshotted, against the same without a snapshot.
+The writer replaces the loaded points in turn with new vectors (the collection keeps --n points).
+
+options:
+  --index LIST           index types, comma-separated: hnsw, flat (default hnsw,flat)
+  --n N                  points loaded before the measured phase (default 20000)
+  --dim N                dimension (default 128)
+  --batch N              points per measured upsert (default 100)
+  --snapshots N          snapshots taken in the measured phase (default 6)
+  --gap-ms N             time between snapshots, and before the first (default 1500)
+  --search-gap-ms N      pause between searches (default 5)
+  --m N                  hnsw links per node (default 16)
+  --ef-construction N    hnsw build candidate list (default 200)
+  --help                 this text
+`;
+
+export const SPEC: CommandSpec = {
+  usage: USAGE,
+  flags: Object.fromEntries(['index', 'n', 'dim', 'batch', 'snapshots', 'gap-ms', 'search-gap-ms', 'm', 'ef-construction'].map((k) => [k, { type: 'string' }])),
+};
+
+interface Span {
+  start: number;
+  end: number;
+}
+
+interface Latency {
+  n: number;
+  p50Ms: number;
+  p99Ms: number;
+  maxMs: number;
+}
+
+const now = (): number => Number(process.hrtime.bigint()) / 1e6;
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+function latency(spans: Span[]): Latency {
+  const ms = spans.map((s) => s.end - s.start).sort((a, b) => a - b);
+  if (ms.length === 0) return { n: 0, p50Ms: NaN, p99Ms: NaN, maxMs: NaN };
+  return { n: ms.length, p50Ms: pct(ms, 0.5), p99Ms: pct(ms, 0.99), maxMs: ms[ms.length - 1] };
+}
+
+/** Spans split by whether they overlap one of `snaps`. */
+function split(spans: Span[], snaps: Span[]): { during: Span[]; outside: Span[] } {
+  const during: Span[] = [];
+  const outside: Span[] = [];
+  for (const s of spans) (snaps.some((x) => s.start < x.end && x.start < s.end) ? during : outside).push(s);
+  return { during, outside };
+}
+
+async function measure(spec: IndexSpec, o: { n: number; dim: number; batch: number; snapshots: number; gapMs: number; searchGapMs: number }) {
+  const ds = synthetic({ nBase: 2 * o.n, nQueries: 1000, dim: o.dim, metric: 'l2' });
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'quiver-bench-snapshot-'));
+  const db = await openDatabase({ dataDir, snapshotIntervalMs: 0, snapshotWalBytes: 0 });
+  const name = 'snap';
+  // Points first..first+count-1 (ids modulo n) with the vectors of rows first+n.. of the base.
+  const columns = (first: number, count: number) => {
+    const vectors = new Float32Array(count * o.dim);
+    const ids: string[] = [];
+    const payloads: { i: number; tag: string }[] = [];
+    for (let j = 0; j < count; j++) {
+      const i = (first + j) % o.n;
+      const row = (first + j) % ds.nBase;
+      vectors.set(ds.base.subarray(row * o.dim, (row + 1) * o.dim), j * o.dim);
+      ids.push(`p${i}`);
+      payloads.push({ i, tag: `t${(first + j) % 16}` });
+    }
+    return { ids, vectors, payloads };
+  };
+  try {
+    await db.createCollection({ name, dim: o.dim, metric: 'l2', index: spec, shards: 1 });
+    progress(`${spec.type}: loading ${o.n} x ${o.dim}`);
+    for (let i = 0; i < o.n; i += 1000) await db.upsertColumns(name, columns(i, Math.min(1000, o.n - i)));
+    await db.snapshot(); // the first snapshot's one-time costs stay out of the figures
+
+    progress(`${spec.type}: ${o.snapshots} snapshots, ${o.gapMs} ms apart, under writes of ${o.batch} and searches`);
+    let stop = false;
+    const writes: Span[] = [];
+    const searches: Span[] = [];
+    const snaps: Span[] = [];
+    const writer = (async () => {
+      for (let next = o.n; !stop; next += o.batch) {
+        const cols = columns(next, o.batch);
+        const start = now();
+        await db.upsertColumns(name, cols, { idempotencyKey: `w${next}` });
+        writes.push({ start, end: now() });
+      }
+    })();
+    const searcher = (async () => {
+      for (let q = 0; !stop; q = (q + 1) % ds.nQueries) {
+        const vectors = ds.queries.subarray(q * o.dim, (q + 1) * o.dim);
+        const start = now();
+        await db.search(name, { vectors, k: 10 });
+        searches.push({ start, end: now() });
+        await sleep(o.searchGapMs);
+      }
+    })();
+    for (let s = 0; s < o.snapshots; s++) {
+      await sleep(o.gapMs);
+      const start = now();
+      await db.snapshot();
+      snaps.push({ start, end: now() });
+    }
+    await sleep(o.gapMs);
+    stop = true;
+    await Promise.all([writer, searcher]);
+    const points = await db.count(name);
+    const w = split(writes, snaps);
+    const q = split(searches, snaps);
+    return {
+      index: spec,
+      points,
+      snapshotMs: latency(snaps),
+      writes: { outside: latency(w.outside), during: latency(w.during) },
+      searches: { outside: latency(q.outside), during: latency(q.during) },
+    };
+  } finally {
+    await db.close({ snapshot: false });
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  }
+}
+
+export async function run(argv: string[]): Promise<number> {
+  const p = parseCommandLine(argv, SPEC);
+  if (!p) return 0;
+  const types = stringFlag(p, 'index', 'hnsw,flat').split(',');
+  for (const t of types) if (t !== 'hnsw' && t !== 'flat') throw new Error(`--index: unknown index type '${t}' (hnsw, flat)`);
+  const o = {
+    n: intFlag(p, 'n', 20_000, 1),
+    dim: intFlag(p, 'dim', 128, 1),
+    batch: intFlag(p, 'batch', 100, 1),
+    snapshots: intFlag(p, 'snapshots', 6, 1),
+    gapMs: intFlag(p, 'gap-ms', 1500, 1),
+    searchGapMs: intFlag(p, 'search-gap-ms', 5, 0),
+  };
+  const rows: Record<string, string | number>[] = [];
+  for (const t of types) {
+    const spec: IndexSpec = t === 'hnsw' ? { type: 'hnsw', m: intFlag(p, 'm', 16, 2), efConstruction: intFlag(p, 'ef-construction', 200, 1) } : { type: 'flat' };
+    const r = await measure(spec, o);
+    for (const [what, side] of [['write', r.writes], ['search', r.searches]] as const) {
+      rows.push({
+        index: t,
+        op: what,
+        'n out/in': `${side.outside.n}/${side.during.n}`,
+        'p50 out': side.outside.p50Ms,
+        'p50 in': side.during.p50Ms,
+        'p99 out': side.outside.p99Ms,
+        'p99 in': side.during.p99Ms,
+        'max out': side.outside.maxMs,
+        'max in': side.during.maxMs,
+        'p50 x': side.during.p50Ms / side.outside.p50Ms,
+        'p99 x': side.during.p99Ms / side.outside.p99Ms,
+        'max x': side.during.maxMs / side.outside.maxMs,
+      });
+    }
+    console.log(`${t}: ${r.points} points at the end; snapshot p50 ${r.snapshotMs.p50Ms.toFixed(0)} ms, max ${r.snapshotMs.maxMs.toFixed(0)} ms`);
+    const file = writeJson(`snapshot-${t}`, { machine: machine(), options: o, ...r });
+    console.log(`written ${file}`);
+  }
+  console.log(`\nlatency in ms, outside snapshots (out) and during them (in); x = in / out (goal: write p99 x <= 2)\n`);
+  console.log(table(rows));
+  return 0;
+}
