@@ -123,7 +123,7 @@ export async function runFaults(fault: Fault, rounds: number, ttlMs: number): Pr
     await until(async () => (await httpJson(nodes[0].http, 'GET', '/v1/cluster')).body.nodes.length === 3, 'three live nodes');
     const created = await httpJson(nodes[0].http, 'POST', '/v1/collections', { name: 'fo', dim: DIM, shards: 1, replicationFactor: 3, index: { type: 'flat' } });
     if (created.status !== 200) throw new Error(`create: ${JSON.stringify(created.body)}`);
-    for (const n of nodes) clients.push(await QuiverClient.connect(n.grpc, { retries: 0 }));
+    for (const n of nodes) clients.push(await QuiverClient.connect(n.grpc, { retries: 0, consistency: 'linearizable' }));
     writers = new Writers(clients, 'fo');
     progress('writers running; injecting faults');
     const times: number[] = [];

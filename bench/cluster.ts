@@ -12,6 +12,11 @@
  *   lag       then, in a pass of --points / 5 more (its poller's requests are not in the CPU
  *             figure): for sampled writes, the time from the ack until each follower applied it
  *             (sampled every 10 ms, so +-10 ms)
+ *   reads     search throughput on a 3-node cluster, one shard with RF 3 (Fashion-MNIST, HNSW):
+ *             three clients (one per node, 4 searches in flight each) at
+ *             `linearizable` (every shard part on the leader) against `eventual` (spread over the
+ *             three replicas), in alternating rounds; QPS medians, their ratio, and the shard
+ *             parts each node answered
  *   search    Fashion-MNIST in HNSW (RF 1, 2 shards, both on other nodes than the one asked, so
  *             every shard's part crosses the network) against the standalone node: p50/p99, the
  *             medians over --search-rounds rounds that alternate the two, timed once every node
@@ -22,7 +27,7 @@ import { ChildProcess, spawn } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { QuiverClient } from '../src/client';
+import { QuiverClient, WriteToken } from '../src/client';
 import { shardOf } from '../src/query';
 import { CommandSpec, UsageError, intFlag, parseCommandLine, stringFlag } from '../src/common/args';
 import { fashionMnist, median } from './datasets';
@@ -47,6 +52,10 @@ options:
   --search-n N      Fashion-MNIST points for the search part (default 60000)
   --queries N       searches timed per mode and round (default 2000)
   --search-rounds N rounds of those, alternating standalone and cluster; medians (default 3)
+  --parts LIST      which parts to run, of upsert, search, reads (default all three)
+  --read-seconds N  reads: seconds of searches per level and round (default 5)
+  --read-rounds N   reads: rounds, each linearizable then eventual; medians (default 3)
+  --read-n N        reads: Fashion-MNIST points in the collection (default 20000)
   --fault F         instead: failover under a write load, F one of kill-leader, pause-leader,
                     partition-leader (iptables, as root); time from each fault to the first
                     acknowledged write, p50/p99, and acknowledged writes lost (must be 0)
@@ -57,7 +66,7 @@ options:
 
 export const SPEC: CommandSpec = {
   usage: USAGE,
-  flags: Object.fromEntries(['points', 'batch', 'dim', 'warmup', 'search-n', 'queries', 'search-rounds', 'fault', 'faults', 'lease-ttl-ms'].map((k) => [k, { type: 'string' }])),
+  flags: Object.fromEntries(['points', 'batch', 'dim', 'warmup', 'search-n', 'queries', 'search-rounds', 'parts', 'read-seconds', 'read-rounds', 'read-n', 'fault', 'faults', 'lease-ttl-ms'].map((k) => [k, { type: 'string' }])),
 };
 
 const CLUSTER_ANY = 'cluster RF 3, any node';
@@ -197,11 +206,17 @@ interface LoadShape {
 type Points = { id: string; vector: Float32Array }[];
 
 /** A collection made for a load, and how its batches are sent (`route`); `upsert` resolves with the write's token. */
+/** A write token's LSNs by shard. */
+function lsns(t: WriteToken): Record<string, number> {
+  return Object.fromEntries(Object.entries(t).map(([s, p]) => [s, p.lsn]));
+}
+
 async function loadTarget(nodes: Node[], name: string, index: 'flat' | 'hnsw', dim: number, replicas: number, route: Route): Promise<{ upsert: (b: number, pts: Points) => Promise<Record<string, number>>; close: () => void }> {
   const shards = 2;
   const created = await httpJson(nodes[0].http, 'POST', '/v1/collections', { name, dim, shards, replicationFactor: replicas, index: { type: index } });
   if (created.status !== 200) throw new Error(`create ${name}: ${JSON.stringify(created.body)}`);
-  const clients = await Promise.all(nodes.map((n) => QuiverClient.connect(n.grpc)));
+  // routing off: 'any' measures the node's forwarding, 'leaders' splits by shard here.
+  const clients = await Promise.all(nodes.map((n) => QuiverClient.connect(n.grpc, { routing: false })));
   // The leaders' clients by shard (leadership stays put in this benchmark).
   const leaderOf: QuiverClient[] = [];
   if (route === 'leaders') {
@@ -215,13 +230,13 @@ async function loadTarget(nodes: Node[], name: string, index: 'flat' | 'hnsw', d
     }
   }
   const upsert = async (b: number, pts: Points): Promise<Record<string, number>> => {
-    if (route === 'any') return (await clients[b % clients.length].upsert(name, pts)).token;
+    if (route === 'any') return lsns((await clients[b % clients.length].upsert(name, pts)).token);
     const parts = new Map<number, Points>();
     for (const p of pts) {
       const s = shardOf(p.id, shards);
       parts.set(s, [...(parts.get(s) ?? []), p]);
     }
-    const tokens = await Promise.all([...parts].map(async ([s, part]) => (await leaderOf[s].upsert(name, part)).token));
+    const tokens = await Promise.all([...parts].map(async ([s, part]) => lsns((await leaderOf[s].upsert(name, part)).token)));
     return Object.assign({}, ...tokens) as Record<string, number>;
   };
   return { upsert, close: () => clients.forEach((c) => c.close()) };
@@ -364,11 +379,54 @@ export async function run(argv: string[]): Promise<number> {
   const searchN = intFlag(p, 'search-n', 60_000, 1);
   const nQueries = intFlag(p, 'queries', 2000, 1);
   const searchRounds = intFlag(p, 'search-rounds', 3, 1);
+  const parts = new Set((stringFlag(p, 'parts') ?? 'upsert,search,reads').split(',').map((x) => x.trim()));
+  for (const part of parts) if (!['upsert', 'search', 'reads'].includes(part)) throw new UsageError(`--parts takes upsert, search and reads (got "${part}")`);
+  const readSeconds = intFlag(p, 'read-seconds', 5, 1);
+  const readRounds = intFlag(p, 'read-rounds', 3, 1);
+  const readN = intFlag(p, 'read-n', 20_000, 1);
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'quiver-bench-cluster-'));
   const all: Node[] = [];
   let etcd: EtcdServer | undefined;
-  const results: { upsert: UpsertFigures[]; search: Record<string, number>[] } = { upsert: [], search: [] };
+  const results: { upsert: UpsertFigures[]; search: Record<string, number>[]; reads: Record<string, unknown>[] } = { upsert: [], search: [], reads: [] };
+  const lease = { leaderChanges: 0, keepaliveP99Ms: 0 };
   try {
+    etcd = await EtcdServer.start();
+    if (parts.has('upsert')) await upsertPart(all, etcd, tmp, shape, warmup, lease, results.upsert);
+    if (parts.has('search')) results.search.push(await searchPart(all, etcd, tmp, searchN, nQueries, searchRounds));
+    if (parts.has('reads')) results.reads.push(await readsPart(all, etcd, tmp, readN, readSeconds, readRounds));
+    log(`wrote ${writeJson('cluster', { machine: machine(), ...shape, warmup, ...lease, ...results })}`);
+    return 0;
+  } finally {
+    await stop(all);
+    await etcd?.stop();
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
+/** Three new nodes of cluster `name` (data under tmp/name), once each sees all three. */
+async function threeNodes(all: Node[], etcd: EtcdServer, tmp: string, name: string): Promise<Node[]> {
+  const nodes: Node[] = [];
+  for (const id of ['n1', 'n2', 'n3']) {
+    const n = await serve(id, ['--etcd', `http://${etcd.endpoint}`, '--data', path.join(tmp, name, id), '--replication', '127.0.0.1:0', '--cluster', name]);
+    nodes.push(n);
+    all.push(n);
+  }
+  while ((await httpJson(nodes[0].http, 'GET', '/v1/cluster')).body.nodes.length < 3) await new Promise((r) => setTimeout(r, 50));
+  return nodes;
+}
+
+async function upsertPart(
+  all: Node[],
+  etcd: EtcdServer,
+  tmp: string,
+  shape: LoadShape,
+  warmup: number,
+  lease: { leaderChanges: number; keepaliveP99Ms: number },
+  out: UpsertFigures[],
+): Promise<void> {
+  const { points, batch, dim } = shape;
+  const results = { upsert: out };
+  {
     // Standalone.
     const alone = await serve('alone', ['--data', path.join(tmp, 'alone')]);
     all.push(alone);
@@ -377,21 +435,11 @@ export async function run(argv: string[]): Promise<number> {
     // Three nodes, RF 3, majority, a cluster of their own for each load (an idle collection's
     // replicas tick and heartbeat: that is no cost of the load measured); a fourth node joins the
     // last one for the search part and holds no replica of its collection.
-    etcd = await EtcdServer.start();
     let nodes: Node[] = [];
-    let cluster = '';
-    const lease = { leaderChanges: 0, keepaliveP99Ms: 0 };
     for (const [route, mode] of [['any', CLUSTER_ANY], ['leaders', CLUSTER_LEADERS]] as const) {
       for (const index of ['flat', 'hnsw'] as const) {
         await stop(nodes);
-        cluster = `bench-${route}-${index}`;
-        nodes = [];
-        for (const id of ['n1', 'n2', 'n3']) {
-          const n = await serve(id, ['--etcd', `http://${etcd.endpoint}`, '--data', path.join(tmp, cluster, id), '--replication', '127.0.0.1:0', '--cluster', cluster]);
-          nodes.push(n);
-          all.push(n);
-        }
-        while ((await httpJson(nodes[0].http, 'GET', '/v1/cluster')).body.nodes.length < 3) await new Promise((r) => setTimeout(r, 50));
+        nodes = await threeNodes(all, etcd, tmp, `bench-${route}-${index}`);
         results.upsert.push(await upsertLoad(mode, nodes, index, shape, warmup, 3, route, etcd.pid));
         const l = await leaseHealthOf(nodes);
         lease.leaderChanges += l.leaderChanges;
@@ -424,6 +472,16 @@ export async function run(argv: string[]): Promise<number> {
         log(`${index}, ${mode}: CPU per vector per replica, cluster / standalone = ${(c.cpuUsPerVectorPerReplica / a.cpuUsPerVector).toFixed(2)} (goal <= 1.25)`);
       }
     }
+    await stop(nodes);
+  }
+}
+
+async function searchPart(all: Node[], etcd: EtcdServer, tmp: string, searchN: number, nQueries: number, searchRounds: number): Promise<Record<string, number>> {
+  {
+    const alone = await serve('alone-search', ['--data', path.join(tmp, 'alone-search')]);
+    all.push(alone);
+    const cluster = 'bench-search';
+    const nodes = await threeNodes(all, etcd, tmp, cluster);
 
     // Search across the network: RF 1, 2 shards placed on two nodes; the query goes to a node holding neither.
     const ds = fashionMnist(searchN, nQueries);
@@ -451,7 +509,7 @@ export async function run(argv: string[]): Promise<number> {
     const askerClient = await QuiverClient.connect(asker.grpc);
     const queries = Array.from({ length: ds.nQueries }, (_, i) => ds.queries.subarray(i * ds.dim, (i + 1) * ds.dim));
     progress('waiting for every node to be at rest (its shards snapshotted)');
-    const rested = await atRest(all, 180_000);
+    const rested = await atRest([alone, n4, ...nodes], 180_000);
     const rounds: { a: { p50: number; p99: number }; c: { p50: number; p99: number } }[] = [];
     for (let r = 0; r < searchRounds; r++) {
       rounds.push({ a: await searchLatency(aloneClient, 'fashion', queries, 10), c: await searchLatency(askerClient, 'fashion', queries, 10) });
@@ -459,16 +517,86 @@ export async function run(argv: string[]): Promise<number> {
     }
     const a = { p50: median(rounds.map((x) => x.a.p50)), p99: median(rounds.map((x) => x.a.p99)) };
     const c = { p50: median(rounds.map((x) => x.c.p50)), p99: median(rounds.map((x) => x.c.p99)) };
-    results.search.push({ standaloneP50Ms: a.p50, standaloneP99Ms: a.p99, crossNetworkP50Ms: c.p50, crossNetworkP99Ms: c.p99, rounds: searchRounds, atRest: rested ? 1 : 0 });
+    const figures = { standaloneP50Ms: a.p50, standaloneP99Ms: a.p99, crossNetworkP50Ms: c.p50, crossNetworkP99Ms: c.p99, rounds: searchRounds, atRest: rested ? 1 : 0 };
     log(
       `search k 10, ${ds.nBase} x ${ds.dim} HNSW, 2 shards, medians of ${searchRounds} rounds${rested ? '' : ' (some node was still snapshotting after 180 s)'}: standalone p50 ${a.p50.toFixed(3)} ms p99 ${a.p99.toFixed(3)} ms; asked of ${asker.id} (holds neither shard) p50 ${c.p50.toFixed(3)} ms p99 ${c.p99.toFixed(3)} ms (goal p50 < 1, p99 < 5)`,
     );
     for (const cl of [aloneClient, n4Client, askerClient]) cl.close();
-    log(`wrote ${writeJson('cluster', { machine: machine(), ...shape, warmup, ...lease, ...results })}`);
-    return 0;
-  } finally {
-    await stop(all);
-    await etcd?.stop();
-    fs.rmSync(tmp, { recursive: true, force: true });
+    await stop([alone, n4, ...nodes]);
+    return figures;
   }
+}
+
+/**
+ * Search throughput at `linearizable` (each search's shard part on the leader) against `eventual`
+ * (spread over the replicas): a 3-node cluster, one shard with RF 3, three clients (one per node)
+ * with 4 searches in flight each, in alternating rounds of `seconds` per level.
+ */
+async function readsPart(all: Node[], etcd: EtcdServer, tmp: string, n: number, seconds: number, rounds: number): Promise<Record<string, unknown>> {
+  const ds = fashionMnist(n, 1000);
+  const nodes = await threeNodes(all, etcd, tmp, 'bench-reads');
+  const r = await httpJson(nodes[0].http, 'POST', '/v1/collections', { name: 'reads', dim: ds.dim, shards: 1, replicationFactor: 3, index: { type: 'hnsw' } });
+  if (r.status !== 200) throw new Error(`create reads: ${JSON.stringify(r.body)}`);
+  const clients = await Promise.all(nodes.map((x) => QuiverClient.connect(x.grpc)));
+  progress(`reads: loading ${ds.nBase} Fashion-MNIST points`);
+  let token: WriteToken = {};
+  for (let i = 0; i < ds.nBase; i += 1000) {
+    const pts = [];
+    for (let j = i; j < Math.min(ds.nBase, i + 1000); j++) pts.push({ id: `f${j}`, vector: ds.base.subarray(j * ds.dim, (j + 1) * ds.dim) });
+    token = (await clients[0].upsert('reads', pts)).token;
+  }
+  await allApplied(nodes[0], 'reads', lsns(token));
+  progress('reads: waiting for every node to be at rest (its shards snapshotted)');
+  const rested = await atRest(nodes, 180_000);
+  const queries = Array.from({ length: ds.nQueries }, (_, i) => ds.queries.subarray(i * ds.dim, (i + 1) * ds.dim));
+  const served = async (): Promise<number[]> => Promise.all(nodes.map(async (x) => {
+    const text = await (await fetch(`http://${x.http}/metrics`)).text();
+    let sum = 0;
+    for (const line of text.split('\n')) if (line.startsWith('quiver_shard_reads_total{') && line.includes('collection="reads"')) sum += Number(line.split(' ').pop());
+    return sum;
+  }));
+  const qps = async (level: 'linearizable' | 'eventual'): Promise<{ qps: number; parts: number[]; cpu: number[] }> => {
+    const before = await served();
+    const cpu0 = nodes.map((x) => cpuOf([x]));
+    const end = performance.now() + seconds * 1000;
+    let done = 0;
+    const t0 = performance.now();
+    await Promise.all(
+      clients.flatMap((c, ci) =>
+        Array.from({ length: 4 }, async (_, w) => {
+          for (let i = ci * 4 + w; performance.now() < end; i += 12) {
+            await c.search('reads', queries[i % queries.length], { k: 10, consistency: level });
+            done++;
+          }
+        }),
+      ),
+    );
+    const secs = (performance.now() - t0) / 1000;
+    const cpu = nodes.map((x, i) => (cpuOf([x]) - cpu0[i]) / secs);
+    const after = await served();
+    return { qps: done / secs, parts: after.map((x, i) => x - before[i]), cpu };
+  };
+  await qps('eventual'); // warm-up: every node's code compiled
+  await qps('linearizable');
+  const lin: { qps: number; parts: number[]; cpu: number[] }[] = [];
+  const ev: { qps: number; parts: number[]; cpu: number[] }[] = [];
+  for (let i = 0; i < rounds; i++) {
+    lin.push(await qps('linearizable'));
+    ev.push(await qps('eventual'));
+    const show = (x: { parts: number[]; cpu: number[] }): string => `parts by node ${x.parts.join('/')}, cores by node ${x.cpu.map((c) => c.toFixed(2)).join('/')}`;
+    progress(`reads round ${i + 1}: linearizable ${lin[i].qps.toFixed(0)} QPS (${show(lin[i])}), eventual ${ev[i].qps.toFixed(0)} QPS (${show(ev[i])})`);
+  }
+  const linQps = median(lin.map((x) => x.qps));
+  const evQps = median(ev.map((x) => x.qps));
+  const leader = ((await httpJson(nodes[0].http, 'GET', '/v1/collections/reads/shards?digest=false')).body.shards as { leader: string }[])[0].leader;
+  log(
+    `reads: search k 10 over ${ds.nBase} x ${ds.dim} HNSW, 1 shard, RF 3 (leader ${leader}), 3 clients x 4 in flight, medians of ${rounds} rounds of ${seconds} s${rested ? '' : ' (some node was still snapshotting)'}: ` +
+      `linearizable ${linQps.toFixed(0)} QPS, eventual ${evQps.toFixed(0)} QPS, eventual / linearizable = ${(evQps / linQps).toFixed(2)}; ` +
+      `shard parts answered by ${nodes.map((x) => x.id).join('/')}: linearizable ${lin[lin.length - 1].parts.join('/')}, eventual ${ev[ev.length - 1].parts.join('/')}; ` +
+      `cores used by ${nodes.map((x) => x.id).join('/')} (node + sidecar, medians): linearizable ${nodes.map((_, i) => median(lin.map((x) => x.cpu[i])).toFixed(2)).join('/')}, eventual ${nodes.map((_, i) => median(ev.map((x) => x.cpu[i])).toFixed(2)).join('/')} ` +
+      `(the ${os.cpus().length} cores of this machine are shared by the three nodes and the clients: spreading moves work off the leader, it adds no cores)`,
+  );
+  for (const c of clients) c.close();
+  await stop(nodes);
+  return { linearizableQps: linQps, eventualQps: evQps, ratio: evQps / linQps, rounds, seconds, points: ds.nBase, leader, linearizableRounds: lin, eventualRounds: ev };
 }

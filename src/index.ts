@@ -45,5 +45,8 @@ export type {
   SearchRequest,
   SearchHit,
   WriteToken,
+  ShardPosition,
+  ReadOptions,
+  Consistency,
 } from './query/types';
 export { startServer } from './server';

@@ -202,7 +202,7 @@ describe('the client against the @grpc/grpc-js server (--grpc-impl grpc-js)', ()
       const points = Array.from({ length: 10 }, (_, i) => ({ id: `p${i}`, vector: vec(i, DIM), payload: { i } }));
       const w = await c.upsert('j', points);
       expect(w.upserted).toBe(10);
-      expect(Object.values(w.token)).toEqual([2]); // LSN 1 is the epoch start, 2 this batch
+      expect(Object.values(w.token)).toEqual([{ epoch: 0, lsn: 2 }]); // LSN 1 is the epoch start, 2 this batch
       expect(await c.count('j')).toBe(10);
       const hits = await c.search('j', vec(3, DIM), { k: 2, withPayload: true, token: w.token, consistency: 'session' });
       expect(hits[0]).toMatchObject({ id: 'p3', distance: 0, payload: { i: 3 } });

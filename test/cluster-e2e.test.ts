@@ -83,7 +83,7 @@ describe('a cluster of three nodes (real etcd, nodes and sidecars)', () => {
     const key = n.child.grpc;
     let c = clients.get(key);
     if (!c) {
-      c = await QuiverClient.connect(key, { retries: 0 });
+      c = await QuiverClient.connect(key, { retries: 0, consistency: 'linearizable' });
       clients.set(key, c);
     }
     return c;

@@ -91,12 +91,12 @@ export class TestCluster {
     return n.child.child.exitCode === null && n.child.child.signalCode === null;
   }
 
-  /** A client of one node (cached), no retries unless asked. */
+  /** A client of one node (cached), no retries unless asked; it reads linearizable (what the tests check with). */
   async client(n: TestNode, opts: { retries?: number } = {}): Promise<QuiverClient> {
     const key = `${n.child.grpc}/${opts.retries ?? 0}`;
     let c = this.clients.get(key);
     if (!c) {
-      c = await QuiverClient.connect(n.child.grpc, { retries: opts.retries ?? 0 });
+      c = await QuiverClient.connect(n.child.grpc, { retries: opts.retries ?? 0, consistency: 'linearizable' });
       this.clients.set(key, c);
     }
     return c;

@@ -73,7 +73,7 @@ describe('a cluster of three nodes: status and routing', () => {
   };
   const byId = (id: string): Node => nodes.find((n) => n.id === id)!;
   const connect = async (n: Node, opts: Parameters<typeof QuiverClient.connect>[1] = {}): Promise<QuiverClient> => {
-    const c = await QuiverClient.connect(n.child.grpc, opts);
+    const c = await QuiverClient.connect(n.child.grpc, { consistency: 'linearizable', ...opts });
     clients.push(c);
     return c;
   };

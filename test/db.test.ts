@@ -123,7 +123,7 @@ describe('Database', () => {
     const st = db.status();
     expect(st.mode).toBe('standalone');
     expect(st.shards.reduce((n, s) => n + s.points, 0)).toBe(200);
-    for (const s of st.shards) expect(s.appliedLsn).toBe(r.token[String(s.shard)]);
+    for (const s of st.shards) expect(r.token[String(s.shard)]).toEqual({ epoch: 0, lsn: s.appliedLsn });
 
     const got = await db.get('c', ['p3', 'nope', 'p150'], { withVectors: true });
     expect(got.map((p) => p.id)).toEqual(['p3', 'p150']);
@@ -242,6 +242,10 @@ describe('Database', () => {
       ['ef = 0', { vectors: q, k: 1, ef: 0 }],
       ['bad consistency', { vectors: q, k: 1, consistency: 'strong' }],
       ['token for a missing shard', { vectors: q, k: 1, token: { '5': 1 } }],
+      ['token entry with an unknown field', { vectors: q, k: 1, token: { '0': { lsn: 1, term: 2 } } }],
+      ['token entry without a whole LSN', { vectors: q, k: 1, token: { '0': { epoch: 1, lsn: 1.5 } } }],
+      ['token not an object', { vectors: q, k: 1, token: 'abc' }],
+      ['maxLagMs negative', { vectors: q, k: 1, consistency: 'bounded', maxLagMs: -1 }],
     ];
     for (const [what, req] of badSearches) {
       expect(await codeOf(db.search('v', req as never)), what).toBe('INVALID_ARGUMENT');
@@ -308,7 +312,7 @@ describe('Database', () => {
     const before = syncs;
     const acks = await Promise.all(Array.from({ length: 50 }, (_, i) => db.upsert('g', points(4, i * 4))));
     expect(syncs - before).toBe(1); // 50 writes of one turn: one group, one fsync
-    expect(new Set(acks.map((a) => a.token['0'])).size).toBe(50);
+    expect(new Set(acks.map((a) => a.token['0'].lsn)).size).toBe(50);
     expect(await db.count('g')).toBe(200);
     const got = await db.get('g', ['p0', 'p199'], { withVectors: true });
     expect(Array.from(got[1].vector!)).toEqual(Array.from(vec(199)));

@@ -69,10 +69,11 @@ function randomHit(r: () => number): MessageInitShape<typeof SearchHitSchema> {
 }
 
 function randomRequest(r: () => number): RequestInit<'search'> {
-  const token: Record<string, bigint> = {};
-  if (r() < 0.5) for (let i = 0; i < 3; i++) token[`${i}`] = BigInt(Math.floor(r() * 2 ** 40));
-  if (r() < 0.2) token['zero'] = 0n;
-  if (r() < 0.2) token[''] = 2n ** 64n - 1n - BigInt(Math.floor(r() * 1000));
+  const token: Record<string, { epoch?: bigint; lsn?: bigint }> = {};
+  if (r() < 0.5) for (let i = 0; i < 3; i++) token[`${i}`] = { epoch: BigInt(Math.floor(r() * 100)), lsn: BigInt(Math.floor(r() * 2 ** 40)) };
+  if (r() < 0.2) token['zero'] = { epoch: 0n, lsn: 0n };
+  if (r() < 0.2) token['lsn-only'] = { lsn: 7n };
+  if (r() < 0.2) token[''] = { epoch: 2n ** 64n - 1n, lsn: 2n ** 64n - 1n - BigInt(Math.floor(r() * 1000)) };
   return {
     collection: STRINGS[Math.floor(r() * STRINGS.length)],
     vector: randomVector(r),
@@ -89,6 +90,7 @@ function randomRequest(r: () => number): RequestInit<'search'> {
             consistency: r() < 0.5 ? '' : 'session',
             token,
             floatVectors: r() < 0.5,
+            maxLagMs: r() < 0.5 ? 0 : Math.floor(r() * 2 ** 32),
           },
   };
 }
@@ -206,7 +208,7 @@ describe('search codecs', () => {
     expect(Array.from(encodeSearchResponse({ hits: [{ id: '', distance: 0, payloadJson: '', vector: undefined }] }))).toEqual([0x0a, 0x00]);
     expect(Array.from(encodeSearchRequest({ collection: '', vector: undefined, options: undefined }))).toEqual([]);
     // generated and hand-written agree on a typical request byte for byte
-    const req = { collection: 'c', vector: { data: Buffer.from(new Float32Array([1, 2]).buffer) }, options: { k: 10, ef: 64, token: { '0': 5n } } };
+    const req = { collection: 'c', vector: { data: Buffer.from(new Float32Array([1, 2]).buffer) }, options: { k: 10, ef: 64, consistency: 'session', token: { '0': { epoch: 2n, lsn: 5n }, '1': { lsn: 9n } }, maxLagMs: 250 } };
     expect(Buffer.compare(encodeSearchRequest(req), gen.Search.requestSerialize(req))).toBe(0);
   });
 
@@ -226,15 +228,23 @@ describe('search codecs', () => {
     const want = gen.Search.responseDeserialize(msg);
     expect(plain(decodeSearchResponse(msg))).toEqual(plain(want));
     expect(want.hits[0]).toMatchObject({ id: 'A', payloadJson: '{}', distance: 0, vector: { values: [1, 2] } });
-    // a token entry without its key or value, and one whose value comes first
+    // token entries: without a key; without a value; value first; a value in two parts (merged)
     const opts = Buffer.from([
-      0x42, 0x02, 0x10, 0x07, // token { '': 7 }
-      0x42, 0x03, 0x0a, 0x01, 0x61, // token { a: 0 }
-      0x42, 0x05, 0x10, 0x09, 0x0a, 0x01, 0x62, // token { b: 9 }, value first
+      0x42, 0x04, 0x12, 0x02, 0x10, 0x07, // token { '': {lsn 7} }
+      0x42, 0x03, 0x0a, 0x01, 0x61, // token { a: {} }
+      0x42, 0x09, 0x12, 0x04, 0x08, 0x09, 0x10, 0x03, 0x0a, 0x01, 0x62, // token { b: {epoch 9, lsn 3} }, value first
+      0x42, 0x0b, 0x12, 0x02, 0x08, 0x01, 0x12, 0x02, 0x10, 0x04, 0x0a, 0x01, 0x63, // token { c: {epoch 1} + {lsn 4} }
+      0x50, 0xe8, 0x07, // max_lag_ms 1000
     ]);
     const withToken = Buffer.concat([Buffer.from([0x1a, opts.length]), opts]);
     expect(plain(decodeSearchRequest(withToken))).toEqual(plain(gen.Search.requestDeserialize(withToken)));
-    expect(decodeSearchRequest(withToken).options?.token).toEqual({ '': 7n, a: 0n, b: 9n });
+    expect(Object.fromEntries(Object.entries(decodeSearchRequest(withToken).options!.token).map(([k, v]) => [k, { epoch: v.epoch, lsn: v.lsn }]))).toEqual({
+      '': { epoch: 0n, lsn: 7n },
+      a: { epoch: 0n, lsn: 0n },
+      b: { epoch: 9n, lsn: 3n },
+      c: { epoch: 1n, lsn: 4n },
+    });
+    expect(decodeSearchRequest(withToken).options?.maxLagMs).toBe(1000);
     // SearchRequest with options first and the collection repeated (the last one wins)
     const req = Buffer.concat([
       Buffer.from([0x1a, 0x02, 0x08, 0x05]), // options { k: 5 }
@@ -259,8 +269,9 @@ describe('search codecs', () => {
     expect(() => decodeSearchResponse(Buffer.from([0x0a, 0x03, 0x15, 0, 0]))).toThrow(/truncated float/);
     // a request the encoder refuses rather than wrap
     expect(() => encodeSearchRequest({ collection: 'c', options: { k: -1 } })).toThrow(/uint32/);
-    expect(() => encodeSearchRequest({ collection: 'c', options: { k: 1, token: { a: -5n } } })).toThrow(/uint64/);
-    expect(() => encodeSearchRequest({ collection: 'c', options: { k: 1, token: { a: 2n ** 64n } } })).toThrow(/uint64/);
+    expect(() => encodeSearchRequest({ collection: 'c', options: { k: 1, token: { a: { lsn: -5n } } } })).toThrow(/uint64/);
+    expect(() => encodeSearchRequest({ collection: 'c', options: { k: 1, token: { a: { epoch: 2n ** 64n, lsn: 1n } } } })).toThrow(/uint64/);
+    expect(() => encodeSearchRequest({ collection: 'c', options: { k: 1, maxLagMs: -1 } })).toThrow(/uint32/);
   });
 
   it('the method table carries them for Search and SearchBatch, the generated codecs elsewhere', () => {

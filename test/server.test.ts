@@ -456,11 +456,20 @@ describe('bad input through both transports: typed errors, state unchanged', () 
     }
     expectHttpError(await httpJson(h.httpBase, 'POST', `/v1/collections/${C}/search`, { vector: goodJson.vector }), 400, 'INVALID_ARGUMENT');
     expectHttpError(await httpJson(h.httpBase, 'POST', `/v1/collections/${C}/search`, { vector: goodJson.vector, k: 1, ef: 0 }), 400, 'INVALID_ARGUMENT');
-    // a read token whose LSN is not a whole number >= 0 is the caller's error, not an encoding failure
+    // a read token whose LSN or epoch is not a whole number >= 0 is the caller's error, not an encoding failure
     for (const lsn of [-1, 1.5, Number.MAX_SAFE_INTEGER + 2]) {
-      await expectCode(client.search(C, vec(0, DIM), { k: 1, token: { '0': lsn } }), 'INVALID_ARGUMENT');
-      await expectCode(client.searchBatch(C, [vec(0, DIM)], { k: 1, token: { '0': lsn } }), 'INVALID_ARGUMENT');
+      await expectCode(client.search(C, vec(0, DIM), { k: 1, token: { '0': { epoch: 1, lsn } } }), 'INVALID_ARGUMENT');
+      await expectCode(client.searchBatch(C, [vec(0, DIM)], { k: 1, token: { '0': { epoch: lsn, lsn: 1 } } }), 'INVALID_ARGUMENT');
+      expectHttpError(await httpJson(h.httpBase, 'POST', `/v1/collections/${C}/search`, { vector: goodJson.vector, k: 1, token: { '0': { epoch: 1, lsn } } }), 400, 'INVALID_ARGUMENT');
     }
+    for (const bad of [{ consistency: 'strong' }, { consistency: 'bounded', maxLagMs: -5 }, { token: { '0': { lsn: 1, term: 2 } } }, { token: { '9': { lsn: 1 } } }, { token: [1] }]) {
+      expectHttpError(await httpJson(h.httpBase, 'POST', `/v1/collections/${C}/search`, { vector: goodJson.vector, k: 1, ...bad }), 400, 'INVALID_ARGUMENT');
+      expectHttpError(await httpJson(h.httpBase, 'POST', `/v1/collections/${C}/get`, { ids: ['a'], ...bad }), 400, 'INVALID_ARGUMENT');
+    }
+    expectHttpError(await httpJson(h.httpBase, 'GET', `/v1/collections/${C}/count?consistency=sometimes`), 400, 'INVALID_ARGUMENT');
+    expectHttpError(await httpJson(h.httpBase, 'GET', `/v1/collections/${C}/count?token=%7B`), 400, 'INVALID_ARGUMENT');
+    await expectCode(client.count(C, { consistency: 'strong' as never }), 'INVALID_ARGUMENT');
+    await expectCode(client.get(C, ['a'], { maxLagMs: -1 }), 'INVALID_ARGUMENT');
     await expectUnchanged();
   });
 });

@@ -24,6 +24,12 @@
  * client takes that leader (or, with none named, a fresh ClusterStatus) and sends the part again.
  * Against a standalone node, and for searches, gets and counts (which any node fans out), the
  * client calls the node it is connected to.
+ *
+ * Reads are `session` by default (option `consistency`): the client keeps, per collection, the
+ * token of every write it made (the latest position of each shard) and sends it with each search,
+ * get and count, so it reads its own writes from any replica, also after a failover. A call may
+ * ask for another level (`linearizable`, `bounded` with `maxLagMs`, `eventual`) or pass a token of
+ * its own (another client's, from sessionToken()).
  */
 import { randomUUID } from 'crypto';
 import { ErrorCode, QuiverError } from '../errors';
@@ -36,12 +42,16 @@ import type {
   Point,
   PointInput,
   SearchHit,
+  Consistency,
+  ReadOptions,
   SearchRequest,
+  ShardPosition,
   WriteToken,
 } from '../query/types';
 import type { MessageInitShape } from '@bufbuild/protobuf';
 import type { CollectionInfo as WireCollectionInfo, SearchHit as WireSearchHit, SearchOptionsSchema, Vector } from '../rpc/gen/quiver_pb';
-import { MethodCodec, MethodName, RequestInit, ResponseOf, bytesToVector, quiverMethods, tokenFromWire, tokenToWire, vectorToBytes } from '../rpc/proto';
+import { MethodCodec, MethodName, RequestInit, ResponseOf, bytesToVector, quiverMethods, readToWire, tokenFromWire, vectorToBytes } from '../rpc/proto';
+import { CONSISTENCIES, checkPosition, maxLagMsMax, mergeToken } from '../common/read-options';
 import { GrpcChannel } from '../rpc/grpc-client';
 import { encodeUpsertColumns } from '../rpc/upsert-codec';
 import { byShard, idsByShard, splitBatch, writeByShard } from '../common/placement';
@@ -65,7 +75,9 @@ export type {
   Payload,
   Point,
   PointInput,
+  ReadOptions,
   SearchHit,
+  ShardPosition,
   WriteToken,
 } from '../query/types';
 
@@ -88,6 +100,8 @@ export interface ClientOptions {
    * (from status() of this or another client). The client corrects them as nodes answer NOT_LEADER.
    */
   routes?: ClusterStatus;
+  /** The read level of searches, gets and counts that do not name one. Default 'session'. */
+  consistency?: Consistency;
 }
 
 export interface CallOptions {
@@ -104,7 +118,7 @@ export interface StatusOptions extends CallOptions {
   leadersOnly?: boolean;
 }
 
-export interface GetOptions extends CallOptions {
+export interface GetOptions extends CallOptions, ReadOptions {
   withVectors?: boolean;
   withPayload?: boolean;
 }
@@ -131,6 +145,9 @@ export class QuiverClient {
   /** Dimension and metric of the collections whose batches the client has split (the checks need them). */
   private readonly specs = new Map<string, { dim: number; metric: Metric }>();
   private closed = false;
+  private readonly consistency: Consistency;
+  /** The session: per collection, where this client's writes left each shard. */
+  private readonly session = new Map<string, WriteToken>();
 
   private constructor(addresses: string[], opts: ClientOptions) {
     this.channels = addresses.map((a) => this.channelTo(a));
@@ -139,6 +156,8 @@ export class QuiverClient {
     this.backoffMs = opts.backoffMs ?? 50;
     this.routing = opts.routing ?? true;
     if (opts.routes) this.routes = Routes.of(opts.routes);
+    this.consistency = opts.consistency ?? 'session';
+    if (!CONSISTENCIES.includes(this.consistency)) throw new QuiverError('INVALID_ARGUMENT', `consistency must be one of ${CONSISTENCIES.join(', ')}`);
   }
 
   /** The connection to an address, opened on first use. */
@@ -185,6 +204,7 @@ export class QuiverClient {
       replicationFactor: spec.replicationFactor ?? 0,
       writeConcern: spec.writeConcern ?? '',
     };
+    this.session.delete(spec.name); // a token of a collection dropped since means nothing to the new one
     try {
       return infoFromWire(await this.call('createCollection', req, o));
     } catch (e) {
@@ -198,6 +218,7 @@ export class QuiverClient {
 
   async dropCollection(name: string, o: CallOptions = {}): Promise<void> {
     this.specs.delete(name);
+    this.session.delete(name);
     try {
       await this.call('dropCollection', { name }, o);
     } catch (e) {
@@ -218,6 +239,37 @@ export class QuiverClient {
   // ---- points ----
 
   async upsert(collection: string, points: PointInput[], o: WriteOptions = {}): Promise<{ upserted: number; token: WriteToken }> {
+    return this.remember(collection, await this.upsertOnce(collection, points, o));
+  }
+
+  async delete(collection: string, ids: string[], o: WriteOptions = {}): Promise<{ deleted: number; token: WriteToken }> {
+    return this.remember(collection, await this.deleteOnce(collection, ids, o));
+  }
+
+  /** A write's token joins the session's. */
+  private remember<T extends { token: WriteToken }>(collection: string, r: T): T {
+    let t = this.session.get(collection);
+    if (!t) this.session.set(collection, (t = {}));
+    mergeToken(t, r.token);
+    return r;
+  }
+
+  /**
+   * Where this client's writes left each shard of a collection ({} before any): another client may
+   * pass it as `token` to read those writes.
+   */
+  sessionToken(collection: string): WriteToken {
+    return { ...(this.session.get(collection) ?? {}) };
+  }
+
+  /** The read level of a call: its own, else the client's; a session read carries the session's token unless it brings one. */
+  private readOf(collection: string, o: ReadOptions): ReadOptions {
+    const consistency = o.consistency ?? this.consistency;
+    const token = o.token ?? (consistency === 'session' ? this.session.get(collection) : undefined);
+    return { consistency, token, maxLagMs: o.maxLagMs };
+  }
+
+  private async upsertOnce(collection: string, points: PointInput[], o: WriteOptions): Promise<{ upserted: number; token: WriteToken }> {
     for (const p of points) {
       if (!(p.vector instanceof Float32Array)) throw new QuiverError('INVALID_ARGUMENT', `point '${p.id}': vector must be a Float32Array`);
     }
@@ -234,7 +286,7 @@ export class QuiverClient {
       const [s] = groups.keys();
       const encoded = encodeUpsertColumns({ ...upsertColumns(collection, idempotencyKey, points), expectLeader: true });
       const r = await this.sendPart(collection, s, 'upsert', encoded, o);
-      return { upserted: r.answer, token: { [String(s)]: r.lsn } };
+      return { upserted: r.answer, token: { [String(s)]: { epoch: r.epoch ?? 0, lsn: r.lsn } } };
     }
     // Columns (ids, one vectors blob, payloads) spare a message per point on both sides, and are
     // encoded here with one copy of the vectors.
@@ -278,7 +330,7 @@ export class QuiverClient {
     return { upserted: count, token };
   }
 
-  async delete(collection: string, ids: string[], o: WriteOptions = {}): Promise<{ deleted: number; token: WriteToken }> {
+  private async deleteOnce(collection: string, ids: string[], o: WriteOptions): Promise<{ deleted: number; token: WriteToken }> {
     const idempotencyKey = o.idempotencyKey ?? randomUUID();
     const routes = Array.isArray(ids) && ids.length > 0 && ids.every((id) => typeof id === 'string') ? await this.routesFor(collection, o) : null;
     if (!routes) {
@@ -295,7 +347,7 @@ export class QuiverClient {
   }
 
   async get(collection: string, ids: string[], o: GetOptions = {}): Promise<Point[]> {
-    const r = await this.call('get', { collection, ids, withVectors: !!o.withVectors, withPayload: !!o.withPayload }, o);
+    const r = await this.call('get', { collection, ids, withVectors: !!o.withVectors, withPayload: !!o.withPayload, ...readToWire(checkRead(this.readOf(collection, o))) }, o);
     return r.points.map((p) => {
       const out: Point = { id: p.id };
       if (p.vector) out.vector = vectorFromWire(p.vector);
@@ -304,13 +356,13 @@ export class QuiverClient {
     });
   }
 
-  async count(collection: string, o: CallOptions = {}): Promise<number> {
-    return Number((await this.call('count', { collection }, o)).count);
+  async count(collection: string, o: CallOptions & ReadOptions = {}): Promise<number> {
+    return Number((await this.call('count', { collection, ...readToWire(checkRead(this.readOf(collection, o))) }, o)).count);
   }
 
   /** k nearest neighbours of one query vector, nearest first. */
   async search(collection: string, vector: Float32Array, o: SearchOptions): Promise<SearchHit[]> {
-    const r = await this.call('search', { collection, vector: { data: vectorToBytes(requireF32(vector)) }, options: searchOptions(o) }, o);
+    const r = await this.call('search', { collection, vector: { data: vectorToBytes(requireF32(vector)) }, options: searchOptions({ ...o, ...this.readOf(collection, o) }) }, o);
     return r.hits.map(hitFromWire);
   }
 
@@ -318,7 +370,7 @@ export class QuiverClient {
   async searchBatch(collection: string, vectors: Float32Array[], o: SearchOptions): Promise<SearchHit[][]> {
     const r = await this.call(
       'searchBatch',
-      { collection, vectors: vectors.map((v) => ({ data: vectorToBytes(requireF32(v)) })), options: searchOptions(o) },
+      { collection, vectors: vectors.map((v) => ({ data: vectorToBytes(requireF32(v)) })), options: searchOptions({ ...o, ...this.readOf(collection, o) }) },
       o,
     );
     return r.batches.map((b) => b.hits.map(hitFromWire));
@@ -380,7 +432,8 @@ export class QuiverClient {
       const channel = leader ? this.channelTo(leader.address) : this.channels[this.current];
       try {
         const r = await channel.unary(codec, undefined as never, Date.now() + (o.deadlineMs ?? this.deadlineMs), encoded);
-        return { answer: Number(r.count), lsn: Number(r.token[String(shard)] ?? 0n) };
+        const p = r.token[String(shard)];
+        return { answer: Number(r.count), lsn: Number(p?.lsn ?? 0n), epoch: Number(p?.epoch ?? 0n) };
       } catch (e) {
         const qe = e as QuiverError;
         if (qe.code === 'NOT_LEADER' && redirects++ < leaderRedirectsMax) {
@@ -460,10 +513,7 @@ function searchOptions(o: SearchOptions): MessageInitShape<typeof SearchOptionsS
   for (const [name, v] of [['ef', o.ef], ['nprobe', o.nprobe]] as const) {
     if (v !== undefined && (!Number.isInteger(v) || v < 1)) throw new QuiverError('INVALID_ARGUMENT', `${name} must be a positive integer`);
   }
-  // uint64 LSNs on the wire: a negative or fractional one would not survive the encoding.
-  for (const [shard, lsn] of Object.entries(o.token ?? {})) {
-    if (!Number.isSafeInteger(lsn) || lsn < 0) throw new QuiverError('INVALID_ARGUMENT', `token: shard ${shard} has LSN ${lsn}, not a whole number >= 0`);
-  }
+  const read = checkRead(o);
   return {
     k: o.k,
     filterJson: o.filter === undefined ? '' : JSON.stringify(o.filter),
@@ -471,9 +521,25 @@ function searchOptions(o: SearchOptions): MessageInitShape<typeof SearchOptionsS
     nprobe: o.nprobe ?? 0,
     withPayload: !!o.withPayload,
     withVectors: !!o.withVectors,
-    consistency: o.consistency ?? '',
-    token: tokenToWire(o.token ?? {}),
+    ...readToWire(read),
   };
+}
+
+/**
+ * A read level as it goes on the wire: uint64s and uint32s there would silently wrap a negative
+ * or fractional number, so the token and maxLagMs are checked here (the node checks the rest).
+ */
+function checkRead(o: ReadOptions): ReadOptions {
+  let token: WriteToken | undefined;
+  if (o.token !== undefined) {
+    if (o.token === null || typeof o.token !== 'object') throw new QuiverError('INVALID_ARGUMENT', 'token must be an object {shard: {epoch, lsn}}, as a write answered it');
+    token = {};
+    for (const [shard, v] of Object.entries(o.token)) token[shard] = checkPosition(v as ShardPosition | number, `token["${shard}"]`);
+  }
+  if (o.maxLagMs !== undefined && (!Number.isInteger(o.maxLagMs) || o.maxLagMs < 0 || o.maxLagMs > maxLagMsMax)) {
+    throw new QuiverError('INVALID_ARGUMENT', `maxLagMs must be a whole number of ms, 0..${maxLagMsMax}`);
+  }
+  return { consistency: o.consistency, token, maxLagMs: o.maxLagMs };
 }
 
 function hitFromWire(h: WireSearchHit): SearchHit {

@@ -27,6 +27,7 @@ import { decodeEntry } from '../wal/format';
 import { crc32c } from '../wal/crc32c';
 import { EntriesSchema, ReplicaMessage, ReplicaMessageSchema } from '../rpc/gen/replica_pb';
 import { epochAt } from './epochs';
+import type { ReplicaReadState } from './read-level';
 import {
   HardState,
   ReceivedEntry,
@@ -340,6 +341,8 @@ export class ReplicaHost extends EventEmitter {
   private readonly transfers = new Map<NodeId, Transfer>();
   private receiving: Receiving | null = null;
   private readonly now: () => number;
+  /** When an entries message (or heartbeat) from the leader this replica follows last arrived, in which epoch. */
+  private leaderHeardAt: { epoch: number; at: number } | null = null;
   private readonly config: ReplicaConfig;
 
   private constructor(private readonly opts: ReplicaHostOptions) {
@@ -423,9 +426,17 @@ export class ReplicaHost extends EventEmitter {
       return;
     }
     switch (m.kind) {
-      case 'entries':
-        this.feed({ type: 'entries', from, epoch: m.epoch, prevLsn: m.prevLsn, prevEpoch: m.prevEpoch, entries, commitLsn: m.commitLsn });
+      case 'entries': {
+        const at = this.now();
+        const ev: Event = { type: 'entries', from, epoch: m.epoch, prevLsn: m.prevLsn, prevEpoch: m.prevEpoch, entries, commitLsn: m.commitLsn };
+        this.enqueue(async () => {
+          await this.step(ev);
+          // Heard from the leader it follows (bounded reads: how stale it may be).
+          const r = this.state.role;
+          if (r.kind === 'follower' && r.leader === from && r.epoch === ev.epoch) this.leaderHeardAt = { epoch: r.epoch, at };
+        });
         break;
+      }
       case 'ack':
         this.feed({ type: 'ack', from, epoch: m.epoch, lsn: m.lsn });
         break;
@@ -483,6 +494,27 @@ export class ReplicaHost extends EventEmitter {
       appliedLsn: s.log.appliedLsn,
       epochStartLsn: isLeading(r) ? r.epochStartLsn : 0,
       peers,
+    };
+  }
+
+  /** What a read's level is judged by (./read-level.ts); `leaseDeadline` is the node's, on performance.now()'s clock. */
+  readState(leaseDeadline: number): ReplicaReadState {
+    const s = this.state;
+    const r = s.role;
+    const leaseHeld = performance.now() < leaseDeadline;
+    const heard = r.kind === 'follower' && this.leaderHeardAt && this.leaderHeardAt.epoch === r.epoch ? this.leaderHeardAt.at : -Infinity;
+    return {
+      role: r.kind,
+      epoch: r.epoch,
+      leading: isLeading(r) && leaseHeld,
+      leaseHeld,
+      lastLsn: s.log.lastLsn,
+      commitLsn: s.log.commitLsn,
+      appliedLsn: s.log.appliedLsn,
+      epochStartLsn: isLeading(r) ? r.epochStartLsn : 0,
+      history: s.log.history,
+      leaderCommitLsn: r.kind === 'follower' ? r.leaderCommitLsn : 0,
+      leaderHeardMs: Math.max(0, this.now() - heard),
     };
   }
 
@@ -652,7 +684,8 @@ export class ReplicaHost extends EventEmitter {
     const w = this.writes.get(id);
     if (!w) return;
     this.writes.delete(id);
-    w.resolve(r);
+    // The token's epoch: the entry's, from the history (0 below what it still knows).
+    w.resolve({ ...r, epoch: epochAt(this.state.log.history, r.lsn) });
   }
 
   private startFsync(): void {

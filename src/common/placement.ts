@@ -9,6 +9,7 @@
  */
 import type { UpsertOp } from '../shard/codec';
 import type { WriteResult } from '../shard/shard';
+import type { WriteToken } from '../query/types';
 
 /** FNV-1a 64 of `bytes` as [hi, lo] 32-bit halves (offset basis 0xcbf29ce484222325, prime 2^40 + 0x1b3). */
 export function fnv1a64(bytes: Uint8Array): [number, number] {
@@ -96,13 +97,13 @@ export function splitBatch(batch: UpsertOp, dim: number, shards: number): Map<nu
  * {shard: lsn}. Every part carries the whole request's idempotency key and hash (the caller's
  * `write` sends them), so a key stands for the whole request on each shard it reached.
  */
-export async function writeByShard<P>(parts: Iterable<[number, P]>, write: (shard: number, part: P) => Promise<WriteResult>): Promise<{ count: number; token: Record<string, number> }> {
-  const token: Record<string, number> = {};
+export async function writeByShard<P>(parts: Iterable<[number, P]>, write: (shard: number, part: P) => Promise<WriteResult>): Promise<{ count: number; token: WriteToken }> {
+  const token: WriteToken = {};
   let count = 0;
   await Promise.all(
     [...parts].map(async ([s, part]) => {
       const r = await write(s, part);
-      token[String(s)] = r.lsn;
+      token[String(s)] = { epoch: r.epoch ?? 0, lsn: r.lsn };
       count += r.answer;
     }),
   );

@@ -22,6 +22,8 @@ import { promises as fsp } from 'fs';
 import * as path from 'path';
 import { performance } from 'perf_hooks';
 import { QuiverError } from '../errors';
+import { ReadLevel, checkReadLevel, readOptionsOf } from '../common/read-options';
+import { ReplicaReadState, linearizableTarget, readVerdict } from '../cluster/read-level';
 import { requestHash } from '../shard';
 import type { Shard, ShardOptions, StoredPoint, UpsertOp, WriteResult } from '../shard';
 import type { NodeId, Progress, ShardKey, ShardMap } from '../cluster/types';
@@ -48,6 +50,7 @@ import type {
   UpsertColumns,
   WriteOptions,
   WriteToken,
+  ReadOptions,
 } from './types';
 import { checkAnswerBytes, checkColumns, checkIds, checkName, checkOptBool, checkSpec, isPlainObject } from './validate';
 import { defaultDeadlineMs } from '../common/limits';
@@ -76,6 +79,8 @@ export interface ReplicaPort {
   delete(ids: string[], key?: string, hash?: Buffer): Promise<WriteResult>;
   readonly shard: Shard;
   status(): { role: string; epoch: number; leader: NodeId | null; durableLsn: number; commitLsn: number; appliedLsn: number; epochStartLsn: number; peers: Record<NodeId, { match: number; sinceAckMs: number }> };
+  /** What a read's level is judged by; `leaseDeadline` on performance.now()'s clock. */
+  readState(leaseDeadline: number): ReplicaReadState;
   digest(): Promise<string>;
   close(): Promise<void>;
 }
@@ -124,8 +129,8 @@ export interface PeerShards {
   upsert(node: NodeId, collection: string, shard: number, op: UpsertOp, key: string, hash: Buffer | undefined): Promise<WriteResult>;
   delete(node: NodeId, collection: string, shard: number, ids: string[], key: string, hash: Buffer | undefined): Promise<WriteResult>;
   search(node: NodeId, collection: string, shards: number[], req: SearchRequest & { vectors: Float32Array }): Promise<SearchHit[][]>;
-  get(node: NodeId, collection: string, shards: number[], ids: string[], withVectors: boolean, withPayload: boolean): Promise<Point[]>;
-  count(node: NodeId, collection: string, shards: number[]): Promise<number>;
+  get(node: NodeId, collection: string, shards: number[], ids: string[], withVectors: boolean, withPayload: boolean, read: ReadOptions): Promise<Point[]>;
+  count(node: NodeId, collection: string, shards: number[], read: ReadOptions): Promise<number>;
   /** The replicas `node` holds of a collection's shards ('' = of every collection). */
   replicaStatus(node: NodeId, collection: string, withDigest: boolean): Promise<ReplicaReport[]>;
 }
@@ -155,6 +160,8 @@ interface ReplicaSlot {
 
 /** How long a write waits for its shard to have a leader when the caller gave no deadline. */
 const leaderWaitMs = defaultDeadlineMs;
+/** How long a follower waits to apply a session token's entry before the read goes to the leader. */
+const sessionWaitMs = 200;
 
 function isRouting(e: unknown): boolean {
   const code = (e as { code?: unknown } | null)?.code;
@@ -548,23 +555,32 @@ export class ClusterDatabase implements Database {
   }
 
   /**
-   * This node's replica of shard s, once it may answer a read as the shard's leader: it leads
-   * within its lease, it has committed an entry of its own epoch (so it knows every entry committed
-   * before it), and it has applied up to the commit point it knew when the read arrived. A new
-   * leader may hold committed entries it cannot know committed until then: a read answered earlier
-   * could miss an acknowledged write. UNAVAILABLE past the wait (leaderWaitMs).
+   * This node's replica of shard s, once it may answer a read at the level asked
+   * (src/cluster/read-level.ts). A linearizable read waits for this replica to lead and be ready
+   * (leaderWaitMs); a session read waits for the token's entry (sessionWaitMs on a follower,
+   * leaderWaitMs on a leader); a read this replica cannot serve at its level (a follower too stale
+   * for `bounded`, or still behind the token) is UNAVAILABLE, and the asking node goes to the
+   * leader. A token whose entry was lost is FAILED_PRECONDITION.
    */
-  private async readReplica(name: string, s: number): Promise<ReplicaPort> {
+  private async readReplica(name: string, s: number, read: ReadLevel): Promise<ReplicaPort> {
     const r = await this.ledReplica(name, s);
-    const deadline = Date.now() + leaderWaitMs;
+    const position = read.consistency === 'session' ? read.token.get(s) : undefined;
+    const arrived = Date.now();
     let target = -1;
     for (;;) {
-      const st = r.status();
-      const leading = (st.role === 'leader' || st.role === 'draining') && performance.now() < this.lease;
-      if (leading && target < 0 && st.commitLsn >= st.epochStartLsn) target = st.commitLsn;
-      if (leading && target >= 0 && st.appliedLsn >= target) return r;
-      if (Date.now() >= deadline) throw new QuiverError('UNAVAILABLE', `shard ${name}/${s}: the replica here is not a leader ready to answer reads (${st.role}, epoch ${st.epoch})`);
-      // Rare (just after an election, or while the map is ahead of the replica): a short wait.
+      const st = r.readState(this.lease);
+      if (target < 0) target = linearizableTarget(st);
+      const v = readVerdict(read.consistency, st, { position, maxLagMs: read.maxLagMs, target });
+      if (v.kind === 'serve') {
+        this.opts.observer?.shardRead?.(name, s, read.consistency, st.role);
+        return r;
+      }
+      if (v.kind === 'lost') throw new QuiverError('FAILED_PRECONDITION', `shard ${name}/${s}: ${v.why}`);
+      const waitMs = v.kind === 'elsewhere' ? 0 : read.consistency === 'linearizable' || st.leading ? leaderWaitMs : sessionWaitMs;
+      if (Date.now() - arrived >= waitMs) {
+        throw new QuiverError('UNAVAILABLE', `shard ${name}/${s}: the replica on ${this.self} cannot answer a ${read.consistency} read: ${v.why}`);
+      }
+      // Rare (just after an election, or a follower a few ms behind a token): a short wait.
       await new Promise((res) => setTimeout(res, 2));
     }
   }
@@ -584,8 +600,8 @@ export class ClusterDatabase implements Database {
   /** A part of a search: the shards asked, from their replicas here. */
   async shardSearch(name: string, shards: number[], req: SearchRequest): Promise<SearchHit[][]> {
     const c = this.coll(name);
-    const { vectors, k, nq, opts } = prepareSearch(c.spec, req);
-    const held = await Promise.all(shards.map((s) => this.readReplica(name, s)));
+    const { vectors, k, nq, opts, read } = prepareSearch(c.spec, req);
+    const held = await Promise.all(shards.map((s) => this.readReplica(name, s, read)));
     let points = 0;
     let idBytes = 0;
     let payloadBytes = 0;
@@ -598,10 +614,11 @@ export class ClusterDatabase implements Database {
     return mergeHits(await Promise.all(held.map((r) => r.shard.search(vectors, k, opts))), nq, k);
   }
 
-  async shardGet(name: string, shards: number[], ids: string[], withVectors: boolean, withPayload: boolean): Promise<StoredPoint[]> {
+  async shardGet(name: string, shards: number[], ids: string[], withVectors: boolean, withPayload: boolean, readOpts: ReadOptions): Promise<StoredPoint[]> {
     const c = this.coll(name);
+    const read = checkReadLevel(readOpts, c.spec.shards);
     const held = new Map<number, ReplicaPort>();
-    for (const s of shards) held.set(s, await this.readReplica(name, s));
+    for (const s of shards) held.set(s, await this.readReplica(name, s, read));
     const out: StoredPoint[] = [];
     for (const [s, g] of idsByShard(ids, c.spec.shards)) {
       const r = held.get(s);
@@ -610,15 +627,16 @@ export class ClusterDatabase implements Database {
     return out;
   }
 
-  async shardCount(name: string, shards: number[]): Promise<number> {
+  async shardCount(name: string, shards: number[], readOpts: ReadOptions): Promise<number> {
+    const read = checkReadLevel(readOpts, this.coll(name).spec.shards);
     let n = 0;
-    for (const s of shards) n += (await this.readReplica(name, s)).shard.count;
+    for (const s of shards) n += (await this.readReplica(name, s, read)).shard.count;
     return n;
   }
 
   // ---------------------------------------------------------------- reads
 
-  /** Shards grouped by the node that leads them (reads go to leaders until read levels exist). */
+  /** Shards grouped by the node that leads them (waits for a leader, up to leaderWaitMs). */
   private async byLeader(c: ClusterCollection, shards: Iterable<number>): Promise<Map<NodeId, number[]>> {
     const out = new Map<NodeId, number[]>();
     for (const s of shards) {
@@ -637,21 +655,67 @@ export class ClusterDatabase implements Database {
     return out;
   }
 
-  async get(name: string, ids: string[], opts: { withVectors?: boolean; withPayload?: boolean } = {}): Promise<Point[]> {
+  /**
+   * Shards grouped by the node to read each from: its leader for a linearizable read; otherwise
+   * one of its replicas (voters on live nodes) drawn at random, so that reads spread over the
+   * replicas; its leader when the map names none live.
+   */
+  private async readPlan(c: ClusterCollection, shards: Iterable<number>, read: ReadLevel): Promise<Map<NodeId, number[]>> {
+    if (read.consistency === 'linearizable') return this.byLeader(c, shards);
+    const out = new Map<NodeId, number[]>();
+    const toLeader: number[] = [];
+    for (const s of shards) {
+      const live = (c.maps[s]?.replicas ?? []).filter((n) => this.nodes[n] !== undefined);
+      if (live.length === 0) {
+        toLeader.push(s);
+        continue;
+      }
+      const node = live[Math.floor(Math.random() * live.length)];
+      const g = out.get(node);
+      if (g) g.push(s);
+      else out.set(node, [s]);
+    }
+    for (const [node, ss] of await this.byLeader(c, toLeader)) out.set(node, [...(out.get(node) ?? []), ...ss]);
+    return out;
+  }
+
+  /**
+   * A read's parts, one per node of the plan. A part a replica could not answer at the level asked
+   * (UNAVAILABLE: too stale, behind the token, or its node did not answer) is asked again of the
+   * shards' leaders, unless it was asked of a leader already.
+   */
+  private async readParts<T>(c: ClusterCollection, shards: number[], read: ReadLevel, ask: (node: NodeId, shards: number[]) => Promise<T>): Promise<T[]> {
+    const parts = await Promise.all(
+      [...(await this.readPlan(c, shards, read))].map(async ([node, ss]): Promise<T[]> => {
+        try {
+          return [await ask(node, ss)];
+        } catch (e) {
+          const code = (e as { code?: unknown } | null)?.code;
+          if (read.consistency === 'linearizable' || (e instanceof QuiverError && code !== 'UNAVAILABLE' && code !== 'DEADLINE_EXCEEDED')) throw e;
+          const again = await this.byLeader(c, ss);
+          if (again.has(node)) throw e;
+          return Promise.all([...again].map(([n, s2]) => ask(n, s2)));
+        }
+      }),
+    );
+    return parts.flat();
+  }
+
+  async get(name: string, ids: string[], opts: { withVectors?: boolean; withPayload?: boolean } & ReadOptions = {}): Promise<Point[]> {
     const c = this.coll(name);
     checkIds(ids, false);
     const o = isPlainObject(opts) ? opts : {};
     const withVectors = checkOptBool(o.withVectors, 'withVectors') ?? false;
     const withPayload = checkOptBool(o.withPayload, 'withPayload') ?? true;
+    const read = checkReadLevel(o, c.spec.shards);
+    const wireRead = readOptionsOf(read);
     const groups = idsByShard(ids, c.spec.shards);
     const found = new Map<string, Point>();
-    await Promise.all(
-      [...(await this.byLeader(c, groups.keys()))].map(async ([node, shards]) => {
-        const asked = shards.flatMap((s) => groups.get(s)!);
-        const got = node === this.self ? await this.shardGet(name, shards, asked, withVectors, withPayload) : await this.opts.peers.get(node, name, shards, asked, withVectors, withPayload);
-        for (const p of got) found.set(p.id, p);
-      }),
-    );
+    const parts = await this.readParts(c, [...groups.keys()], read, (node, shards) => {
+      const asked = shards.flatMap((s) => groups.get(s)!);
+      return node === this.self ? this.shardGet(name, shards, asked, withVectors, withPayload, wireRead) : this.opts.peers.get(node, name, shards, asked, withVectors, withPayload, wireRead);
+    });
+    for (const got of parts) for (const p of got) found.set(p.id, p);
     const out: Point[] = [];
     for (const id of ids) {
       const p = found.get(id);
@@ -660,23 +724,22 @@ export class ClusterDatabase implements Database {
     return out;
   }
 
-  async count(name: string): Promise<number> {
+  async count(name: string, opts: ReadOptions = {}): Promise<number> {
     const c = this.coll(name);
+    const o = isPlainObject(opts) ? opts : {};
+    const read = checkReadLevel(o, c.spec.shards);
+    const wireRead = readOptionsOf(read);
     const all = Array.from({ length: c.spec.shards }, (_, s) => s);
-    const parts = await Promise.all(
-      [...(await this.byLeader(c, all))].map(([node, shards]) => (node === this.self ? this.shardCount(name, shards) : this.opts.peers.count(node, name, shards))),
-    );
+    const parts = await this.readParts(c, all, read, (node, shards) => (node === this.self ? this.shardCount(name, shards, wireRead) : this.opts.peers.count(node, name, shards, wireRead)));
     return parts.reduce((a, b) => a + b, 0);
   }
 
   async search(name: string, req: SearchRequest): Promise<SearchHit[][]> {
     const c = this.coll(name);
-    const { vectors, k, nq } = prepareSearch(c.spec, req);
+    const { vectors, k, nq, read } = prepareSearch(c.spec, req);
     const all = Array.from({ length: c.spec.shards }, (_, s) => s);
-    const parts = await Promise.all(
-      [...(await this.byLeader(c, all))].map(([node, shards]) =>
-        node === this.self ? this.shardSearch(name, shards, req) : this.opts.peers.search(node, name, shards, { ...req, vectors }),
-      ),
+    const parts = await this.readParts(c, all, read, (node, shards) =>
+      node === this.self ? this.shardSearch(name, shards, req) : this.opts.peers.search(node, name, shards, { ...req, vectors, ...readOptionsOf(read) }),
     );
     return mergeHits(parts, nq, k);
   }

@@ -18,6 +18,7 @@ import type { ShardHit, ShardOptions, UpsertOp } from '../shard';
 import { CatalogEntry, readCatalog, writeCatalog } from './catalog';
 import { compileFilter } from './filter';
 import { idsByShard, splitBatch, writeByShard } from '../common/placement';
+import { ReadLevel, checkReadLevel } from '../common/read-options';
 import type {
   ChangeOptions,
   ClusterStatus,
@@ -36,11 +37,11 @@ import type {
   UpsertColumns,
   WriteOptions,
   WriteToken,
+  ReadOptions,
 } from './types';
 import {
   checkAnswerBytes,
   checkColumns,
-  checkConsistency,
   checkIdempotencyKey,
   checkIds,
   checkK,
@@ -87,6 +88,7 @@ export interface PreparedSearch {
   k: number;
   nq: number;
   opts: { ef?: number; nprobe?: number; predicate?: (p: Payload | undefined) => boolean; withPayload: boolean; withVectors: boolean };
+  read: ReadLevel;
 }
 
 export function prepareSearch(spec: CollectionSpec, req: SearchRequest): PreparedSearch {
@@ -96,10 +98,10 @@ export function prepareSearch(spec: CollectionSpec, req: SearchRequest): Prepare
   const ef = checkOptInt(req.ef, 'ef', 1, efMax);
   const nprobe = checkOptInt(req.nprobe, 'nprobe', 1, 1 << 20);
   const predicate = req.filter === undefined || req.filter === null ? undefined : compileFilter(req.filter);
-  checkConsistency(req.consistency);
+  const read = checkReadLevel(req, spec.shards);
   const withPayload = checkOptBool(req.withPayload, 'withPayload') ?? false;
   const withVectors = checkOptBool(req.withVectors, 'withVectors') ?? false;
-  return { vectors, k, nq: vectors.length / spec.dim, opts: { ef, nprobe, predicate, withPayload, withVectors } };
+  return { vectors, k, nq: vectors.length / spec.dim, opts: { ef, nprobe, predicate, withPayload, withVectors }, read };
 }
 
 /** The k nearest of each query over every shard's hits (nearest first, ties by id). */
@@ -381,10 +383,11 @@ export class LocalDatabase implements Database {
 
   // ---------------------------------------------------------------- reads
 
-  async get(name: string, ids: string[], opts: { withVectors?: boolean; withPayload?: boolean } = {}): Promise<Point[]> {
+  async get(name: string, ids: string[], opts: { withVectors?: boolean; withPayload?: boolean } & ReadOptions = {}): Promise<Point[]> {
     const c = this.coll(name);
     checkIds(ids, false);
     const o = isPlainObject(opts) ? opts : {};
+    this.checkToken(c, checkReadLevel(o, c.spec.shards));
     const withVectors = checkOptBool(o.withVectors, 'withVectors') ?? false;
     const withPayload = checkOptBool(o.withPayload, 'withPayload') ?? true;
     checkAnswerBytes(ids.length, LocalDatabase.pointBytes(c, withVectors, withPayload), 'the answer');
@@ -403,8 +406,10 @@ export class LocalDatabase implements Database {
     return out;
   }
 
-  async count(name: string): Promise<number> {
-    return LocalDatabase.pointCount(this.coll(name));
+  async count(name: string, opts: ReadOptions = {}): Promise<number> {
+    const c = this.coll(name);
+    this.checkToken(c, checkReadLevel(isPlainObject(opts) ? opts : {}, c.spec.shards));
+    return LocalDatabase.pointCount(c);
   }
 
   /** The dimension of a collection (front ends size their decoding by it). */
@@ -414,26 +419,25 @@ export class LocalDatabase implements Database {
 
   async search(name: string, req: SearchRequest): Promise<SearchHit[][]> {
     const c = this.coll(name);
-    const { vectors, k, nq, opts } = prepareSearch(c.spec, req);
-    if (req.token !== undefined && req.token !== null) this.checkToken(c, req.token);
+    const { vectors, k, nq, opts, read } = prepareSearch(c.spec, req);
+    this.checkToken(c, read);
     checkAnswerBytes(nq * Math.min(k, LocalDatabase.pointCount(c)), LocalDatabase.pointBytes(c, opts.withVectors, opts.withPayload), 'the answer');
     // One shard (the default) needs no Promise.all: a one-query search is tens of microseconds.
     const perShard = c.shards.length === 1 ? [await c.shards[0].search(vectors, k, opts)] : await Promise.all(c.shards.map((s) => s.search(vectors, k, opts)));
     return mergeHits(perShard, nq, k);
   }
 
-  /** Standalone acknowledges a write after applying it, so a valid token is never ahead of this node. */
-  private checkToken(c: Collection, token: unknown): void {
-    if (!isPlainObject(token)) throw new QuiverError('INVALID_ARGUMENT', 'token must be an object {shard: lsn}, as a write answered it');
-    for (const [s, lsn] of Object.entries(token)) {
-      const shard = Number(s);
-      if (!/^\d+$/.test(s) || shard >= c.spec.shards) throw new QuiverError('INVALID_ARGUMENT', `token names shard "${s}"; the collection has shards 0..${c.spec.shards - 1}`);
-      if (typeof lsn !== 'number' || !Number.isSafeInteger(lsn) || lsn < 0) throw new QuiverError('INVALID_ARGUMENT', `token["${s}"] must be a whole number >= 0`);
+  /**
+   * Every level reads the same here: a standalone node applies a write before it acknowledges it,
+   * so a token is never ahead of it unless it comes from another node or data directory.
+   */
+  private checkToken(c: Collection, read: ReadLevel): void {
+    for (const [shard, { lsn }] of read.token) {
       const applied = c.shards[shard].status().appliedLsn;
       if (lsn > applied) {
         throw new QuiverError(
           'FAILED_PRECONDITION',
-          `token["${s}"] is ${lsn}, past the last write this node has applied to shard ${s} (${applied}): the token comes from another node or data directory`,
+          `token["${shard}"] is at LSN ${lsn}, past the last write this node has applied to shard ${shard} (${applied}): the token comes from another node or data directory`,
         );
       }
     }

@@ -55,8 +55,39 @@ export interface Point {
   payload?: Payload;
 }
 
-/** Per-shard LSN a write reached: `{ "0": 17, "3": 5 }`. A read carrying it sees that write. */
-export type WriteToken = Record<string, number>;
+/**
+ * Where a write left a shard's log: the LSN of its entry and the epoch (leader term) that wrote it.
+ * Epoch 0: not known (standalone, or a replay of a write older than the log's epoch history).
+ */
+export interface ShardPosition {
+  epoch: number;
+  lsn: number;
+}
+
+/**
+ * Per-shard position a write reached: `{ "0": {epoch: 3, lsn: 17} }`. A `session` read carrying it
+ * sees that write, on any replica (I5); an entry its epoch no longer holds (lost in a failover)
+ * is FAILED_PRECONDITION.
+ */
+export type WriteToken = Record<string, ShardPosition>;
+
+/**
+ * How fresh a read must be (search, get, count):
+ *   linearizable  the shard's leader, within its lease, after applying what was committed when the
+ *                 read arrived: sees every write acknowledged before the read began
+ *   session       any replica that has applied the `token`'s positions (waits, bounded, or goes to
+ *                 the leader); shards the token does not name read as `eventual`
+ *   bounded       a replica that heard from its leader within `maxLagMs` and had applied what that
+ *                 leader had committed; else the leader
+ *   eventual      any replica
+ * The default is linearizable (the SDK sends `session` with its own writes' token).
+ */
+export interface ReadOptions {
+  consistency?: Consistency;
+  token?: WriteToken;
+  /** For `bounded`: the staleness allowed, in ms (default 1000). */
+  maxLagMs?: number;
+}
 
 /**
  * Payload filter on top-level fields (JSON). Values are JSON scalars (string, number, boolean).
@@ -86,6 +117,7 @@ export interface SearchRequest {
   withVectors?: boolean;
   consistency?: Consistency;
   token?: WriteToken;
+  maxLagMs?: number;
 }
 
 export interface SearchHit {
@@ -156,6 +188,8 @@ export interface DatabaseObserver {
   leadership?(collection: string, shard: number, withoutLeaderSeconds: number | null): void;
   /** A shard's part of a write sent on to its leader on another node (cluster). */
   forwardedWrite?(collection: string, shard: number): void;
+  /** A replica here answered a shard's part of a read (cluster): the level asked, the replica's role. */
+  shardRead?(collection: string, shard: number, consistency: Consistency, role: string): void;
 }
 
 /** An upsert batch in columns: the vectors of all points as one row-major array of n x dim. */
@@ -230,8 +264,8 @@ export interface Database {
   upsertColumns(name: string, batch: UpsertColumns, opts?: WriteOptions): Promise<{ upserted: number; token: WriteToken }>;
   delete(name: string, ids: string[], opts?: WriteOptions): Promise<{ deleted: number; token: WriteToken }>;
   /** Missing ids are absent from the answer. */
-  get(name: string, ids: string[], opts?: { withVectors?: boolean; withPayload?: boolean }): Promise<Point[]>;
-  count(name: string): Promise<number>;
+  get(name: string, ids: string[], opts?: { withVectors?: boolean; withPayload?: boolean } & ReadOptions): Promise<Point[]>;
+  count(name: string, opts?: ReadOptions): Promise<number>;
   /** The dimension of a collection (NOT_FOUND if there is none). */
   dimOf(name: string): number;
   /** One list of hits per query, nearest first. */

@@ -18,7 +18,7 @@ import {
 } from '../common/limits';
 import { dimMax, efMax, topKMax } from '../native/limits';
 import { METRICS, type Metric } from '../native';
-import type { CollectionSpec, Consistency, IndexSpec, WriteConcern } from './types';
+import type { CollectionSpec, IndexSpec, WriteConcern } from './types';
 import {
   NO_DIRECTION,
   checkBatchBytes,
@@ -35,7 +35,7 @@ export { checkColumnFloats, checkColumns, checkIds, checkPointCount, isPlainObje
 export type { UpsertColumns } from './types';
 
 export const WRITE_CONCERNS: readonly WriteConcern[] = ['leader', 'majority', 'all'];
-export const CONSISTENCIES: readonly Consistency[] = ['linearizable', 'session', 'bounded', 'eventual'];
+export { CONSISTENCIES } from '../common/read-options';
 
 /** `where.field` for messages (`field` alone at the top of a request). */
 export function fieldPath(where: string, field: string): string {
@@ -303,10 +303,6 @@ export function checkSearchShape(vectors: unknown, dim: number, metric: Metric):
 
 export function checkK(k: unknown): number {
   return checkInt(k, 'k', 1, topKMax);
-}
-
-export function checkConsistency(v: unknown): Consistency | undefined {
-  return v === undefined || v === null || v === '' ? undefined : checkOneOf(v, 'consistency', CONSISTENCIES, 'session');
 }
 
 /**

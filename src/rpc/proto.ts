@@ -12,7 +12,7 @@
 import { create, fromBinary, toBinary } from '@bufbuild/protobuf';
 import type { DescMessage, MessageInitShape, MessageShape } from '@bufbuild/protobuf';
 import { ERROR_CODES, ErrorCode } from '../errors';
-import type { WriteToken } from '../query/types';
+import type { ReadOptions, WriteToken } from '../query/types';
 import { Quiver } from './gen/quiver_pb';
 import { decodeSearchBatchResponse, decodeSearchRequest, decodeSearchResponse, encodeSearchBatchResponse, encodeSearchRequest, encodeSearchResponse } from './search-codec';
 
@@ -86,17 +86,30 @@ export const quiverMethods: MethodTable = {
   },
 };
 
-/** Read tokens on the wire: shard -> LSN as uint64 (bigint in the generated types). */
-export function tokenToWire(t: WriteToken): { [shard: string]: bigint } {
-  const out: { [shard: string]: bigint } = {};
-  for (const shard of Object.keys(t)) out[shard] = BigInt(t[shard]);
+/** Read tokens on the wire: shard -> {epoch, lsn} as uint64s (bigint in the generated types). */
+export function tokenToWire(t: WriteToken): { [shard: string]: { epoch: bigint; lsn: bigint } } {
+  const out: { [shard: string]: { epoch: bigint; lsn: bigint } } = {};
+  for (const shard of Object.keys(t)) out[shard] = { epoch: BigInt(t[shard].epoch), lsn: BigInt(t[shard].lsn) };
   return out;
 }
 
-export function tokenFromWire(t: { [shard: string]: bigint }): WriteToken {
+export function tokenFromWire(t: { [shard: string]: { epoch: bigint; lsn: bigint } }): WriteToken {
   const out: WriteToken = {};
-  for (const shard of Object.keys(t)) out[shard] = Number(t[shard]);
+  for (const shard of Object.keys(t)) out[shard] = { epoch: Number(t[shard].epoch), lsn: Number(t[shard].lsn) };
   return out;
+}
+
+/** A read's level on the wire (SearchOptions, GetRequest, CountRequest and the node service's parts): unset fields empty. */
+export function readToWire(o: ReadOptions): { consistency: string; token: { [shard: string]: { epoch: bigint; lsn: bigint } }; maxLagMs: number } {
+  return { consistency: o.consistency ?? '', token: o.token ? tokenToWire(o.token) : {}, maxLagMs: o.maxLagMs ?? 0 };
+}
+
+export function readFromWire(m: { consistency: string; token: { [shard: string]: { epoch: bigint; lsn: bigint } }; maxLagMs: number }): ReadOptions {
+  return {
+    consistency: (m.consistency || undefined) as ReadOptions['consistency'],
+    token: Object.keys(m.token).length === 0 ? undefined : tokenFromWire(m.token),
+    maxLagMs: m.maxLagMs || undefined,
+  };
 }
 
 /** Float32Array -> bytes without copying (the buffer views the same memory). */

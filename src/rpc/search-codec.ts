@@ -10,7 +10,9 @@
  *   Vector         1 values (repeated float, packed or not) | 2 data (bytes)
  *   SearchOptions  1 k (uint32) | 2 filter_json | 3 ef (uint32) | 4 nprobe (uint32)
  *                  5 with_payload (bool) | 6 with_vectors (bool) | 7 consistency (string)
- *                  8 token (map<string, uint64>: entries 1 key, 2 value) | 9 float_vectors (bool)
+ *                  8 token (map<string, ShardPosition>: entries 1 key, 2 value) | 9 float_vectors (bool)
+ *                  10 max_lag_ms (uint32)
+ *   ShardPosition  1 epoch (uint64) | 2 lsn (uint64)
  *   SearchRequest  1 collection | 2 vector (Vector) | 3 options (SearchOptions)
  *   SearchHit      1 id | 2 distance (float) | 3 payload_json | 4 vector (Vector)
  *   SearchResponse 1 hits (repeated SearchHit)
@@ -36,6 +38,7 @@ import type {
   SearchRequestSchema,
   SearchResponse,
   SearchResponseSchema,
+  ShardPosition,
   Vector,
   VectorSchema,
 } from './gen/quiver_pb';
@@ -229,7 +232,7 @@ interface OptionsPlan {
   size: number;
   filter: number;
   consistency: number;
-  entries: Array<[string, bigint, number, number]>; // key, value, key bytes, entry size
+  entries: Array<[string, bigint, bigint, number, number, number]>; // key, epoch, lsn, key bytes, value size, entry size
 }
 
 function planOptions(o: OptionsInit): OptionsPlan {
@@ -241,10 +244,13 @@ function planOptions(o: OptionsInit): OptionsPlan {
   const entries: OptionsPlan['entries'] = [];
   const token = o.token ?? {};
   for (const key of Object.keys(token)) {
-    const value = token[key];
+    const epoch = token[key].epoch ?? 0n;
+    const lsn = token[key].lsn ?? 0n;
     const kb = utf8Length(key);
-    entries.push([key, value, kb, 1 + varintLength(kb) + kb + 1 + uint64Length(value)]);
+    const vs = (epoch ? 1 + uint64Length(epoch) : 0) + (lsn ? 1 + uint64Length(lsn) : 0);
+    entries.push([key, epoch, lsn, kb, vs, 1 + varintLength(kb) + kb + 1 + varintLength(vs) + vs]);
   }
+  const maxLagMs = checkUint32(o.maxLagMs ?? 0, 'max_lag_ms');
   let size =
     (k ? 1 + varintLength(k) : 0) +
     stringFieldSize(filter) +
@@ -253,8 +259,9 @@ function planOptions(o: OptionsInit): OptionsPlan {
     (o.withPayload ? 2 : 0) +
     (o.withVectors ? 2 : 0) +
     stringFieldSize(consistency) +
-    (o.floatVectors ? 2 : 0);
-  for (const e of entries) size += messageFieldSize(e[3]);
+    (o.floatVectors ? 2 : 0) +
+    (maxLagMs ? 1 + varintLength(maxLagMs) : 0);
+  for (const e of entries) size += messageFieldSize(e[5]);
   return { size, filter, consistency, entries };
 }
 
@@ -270,14 +277,23 @@ function writeOptions(w: Writer, field: number, o: OptionsInit, p: OptionsPlan):
   w.uint(6, o.withVectors ? 1 : 0);
   if (p.consistency > 0) w.string(7, o.consistency!, p.consistency);
   // Map entries in the object's key order, key and value always written (as the generated code).
-  for (const [key, value, kb, entry] of p.entries) {
+  for (const [key, epoch, lsn, kb, vs, entry] of p.entries) {
     w.tag(8, LEN);
     w.varint(entry);
     w.string(1, key, kb);
-    w.tag(2, VARINT);
-    writeUint64(w, value);
+    w.tag(2, LEN);
+    w.varint(vs);
+    if (epoch) {
+      w.tag(1, VARINT);
+      writeUint64(w, epoch);
+    }
+    if (lsn) {
+      w.tag(2, VARINT);
+      writeUint64(w, lsn);
+    }
   }
   w.uint(9, o.floatVectors ? 1 : 0);
+  w.uint(10, o.maxLagMs ?? 0);
 }
 
 export function encodeSearchRequest(m: MessageInitShape<typeof SearchRequestSchema>): Buffer {
@@ -496,6 +512,7 @@ function readOptions(r: Reader): SearchOptions {
     consistency: '',
     token: {},
     floatVectors: false,
+    maxLagMs: 0,
   };
   while (r.more()) {
     const tag = r.varint();
@@ -509,17 +526,26 @@ function readOptions(r: Reader): SearchOptions {
       else if (field === 5) o.withPayload = v !== 0;
       else if (field === 6) o.withVectors = v !== 0;
       else if (field === 9) o.floatVectors = v !== 0;
+      else if (field === 10) o.maxLagMs = uint32(v);
     } else if (field === 2 && wire === LEN) o.filterJson = r.string();
     else if (field === 7 && wire === LEN) o.consistency = r.string();
     else if (field === 8 && wire === LEN) {
       const e = sub(r);
       let key = '';
-      let value = 0n;
+      const value: ShardPosition = { $typeName: 'quiver.v1.ShardPosition', epoch: 0n, lsn: 0n };
       while (e.more()) {
         const t = e.varint();
         if (t === ((1 << 3) | LEN)) key = e.string();
-        else if (t === ((2 << 3) | VARINT)) value = e.uint64();
-        else e.skip(t & 7);
+        else if (t === ((2 << 3) | LEN)) {
+          // A message field met twice merges (its later scalars win), as the generated decoder does.
+          const v = sub(e);
+          while (v.more()) {
+            const vt = v.varint();
+            if (vt === ((1 << 3) | VARINT)) value.epoch = v.uint64();
+            else if (vt === ((2 << 3) | VARINT)) value.lsn = v.uint64();
+            else v.skip(vt & 7);
+          }
+        } else e.skip(t & 7);
       }
       o.token[key] = value;
     } else r.skip(wire);

@@ -20,7 +20,7 @@ import {
   RequestOf,
   ResponseInit,
   quiverMethods,
-  tokenFromWire,
+  readFromWire,
   tokenToWire,
   vectorToBytes,
 } from '../rpc/proto';
@@ -131,8 +131,7 @@ export function searchRequest(vectors: Float32Array, o: wire.SearchOptions | und
     nprobe: nz(o.nprobe),
     withPayload: o.withPayload,
     withVectors: o.withVectors,
-    consistency: (o.consistency || undefined) as SearchRequest['consistency'],
-    token: Object.keys(o.token).length === 0 ? undefined : tokenFromWire(o.token),
+    ...readFromWire(o),
   };
 }
 
@@ -258,7 +257,7 @@ export function grpcHandlers(svc: Service): GrpcHandlers {
       return writeToWire(res.deleted, res.token);
     }),
     get: unary('Get', async (r) => {
-      const pts = await db.get(r.collection, r.ids, { withVectors: r.withVectors, withPayload: r.withPayload });
+      const pts = await db.get(r.collection, r.ids, { withVectors: r.withVectors, withPayload: r.withPayload, ...readFromWire(r) });
       return { points: pts.map((p) => pointToWire(p, r.floatVectors)) };
     }),
     search: unary('Search', async (r) => {
@@ -272,7 +271,7 @@ export function grpcHandlers(svc: Service): GrpcHandlers {
       const asFloats = !!r.options?.floatVectors;
       return { batches: hits.map((list) => ({ hits: list.map((h) => hitToWire(h, asFloats)) })) };
     }),
-    count: unary('Count', async (r) => ({ count: BigInt(await db.count(r.collection)) })),
+    count: unary('Count', async (r) => ({ count: BigInt(await db.count(r.collection, readFromWire(r))) })),
     clusterStatus: unary('ClusterStatus', async (r) => {
       const st = clusterJson(await db.clusterStatus({ leadersOnly: r.leadersOnly }), svc.addresses);
       const big = (n: number | undefined): bigint | undefined => (n === undefined ? undefined : BigInt(n));

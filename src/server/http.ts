@@ -9,7 +9,7 @@ import { ErrorCode, QuiverError, invalidArgument } from '../errors';
 import { defaultDeadlineMs, requestBytesMax } from '../common/limits';
 import { stringifyJson } from '../common/json';
 import { checkFields, copyNumbers, isPlainObject } from '../query/validate';
-import type { CollectionSpecInput, Point, PointInput, SearchHit, SearchRequest } from '../query/types';
+import type { CollectionSpecInput, Consistency, Point, PointInput, ReadOptions, SearchHit, SearchRequest, WriteToken } from '../query/types';
 import type { Op, Service } from './service';
 import { clusterJson, renderStatusPage } from './status-page';
 import { asQuiverError, gatherQueries } from './validate';
@@ -68,8 +68,10 @@ class Pieces {
 // The fields of each request body (docs/API.md); the collection spec is the Database's to check.
 const UPSERT_FIELDS = ['points', 'idempotencyKey', 'expectLeader'];
 const DELETE_FIELDS = ['ids', 'idempotencyKey', 'expectLeader'];
-const GET_FIELDS = ['ids', 'withVectors', 'withPayload'];
-const SEARCH_FIELDS = ['vector', 'vectors', 'k', 'filter', 'ef', 'nprobe', 'consistency', 'token', 'withPayload', 'withVectors'];
+const GET_FIELDS = ['ids', 'withVectors', 'withPayload', 'consistency', 'token', 'maxLagMs'];
+const SEARCH_FIELDS = ['vector', 'vectors', 'k', 'filter', 'ef', 'nprobe', 'consistency', 'token', 'maxLagMs', 'withPayload', 'withVectors'];
+/** GET .../count's query parameters: the read level (token as JSON). */
+const COUNT_PARAMS = ['consistency', 'token', 'maxLagMs'];
 
 interface Route {
   pattern: RegExp;
@@ -142,6 +144,9 @@ export class HttpApi {
               const points = await db.get(c.params[0], b.ids as string[], {
                 withVectors: (b.withVectors ?? false) as boolean,
                 withPayload: (b.withPayload ?? false) as boolean,
+                consistency: b.consistency as Consistency | undefined,
+                token: b.token as WriteToken | undefined,
+                maxLagMs: b.maxLagMs as number | undefined,
               });
               return new Pieces(answerPieces('points', [points], false));
             },
@@ -162,8 +167,8 @@ export class HttpApi {
               const list = batched ? b.vectors : [b.vector];
               if (!Array.isArray(list)) throw invalidArgument('vectors must be an array of number arrays');
               const vectors = gatherQueries(list, dim, !batched, (q, where, out, i) => copyNumbers(q, dim, where, out, i * dim));
-              const { k, filter, ef, nprobe, consistency, token, withPayload, withVectors } = b;
-              const req = { vectors, k, filter, ef, nprobe, consistency, token, withPayload, withVectors } as SearchRequest;
+              const { k, filter, ef, nprobe, consistency, token, maxLagMs, withPayload, withVectors } = b;
+              const req = { vectors, k, filter, ef, nprobe, consistency, token, maxLagMs, withPayload, withVectors } as SearchRequest;
               const hits = await db.search(name, req);
               return new Pieces(batched ? answerPieces('batches', hits, true) : answerPieces('results', hits, false));
             },
@@ -173,7 +178,7 @@ export class HttpApi {
       {
         pattern: new RegExp(`^/v1/collections/${NAME}/count$`),
         methods: {
-          GET: { op: 'Count', handler: async (c) => ({ count: await db.count(c.params[0]) }) },
+          GET: { op: 'Count', handler: async (c) => ({ count: await db.count(c.params[0], countParams(c.req)) }) },
         },
       },
       {
@@ -229,7 +234,7 @@ export class HttpApi {
     const method = req.method ?? 'GET';
     try {
       // A query parameter no route takes (a filter on count, say) is refused, not ignored.
-      if (path.startsWith('/v1/')) checkFields(Object.fromEntries(url.searchParams), path.endsWith('/shards') ? ['digest'] : [], '', 'query parameter');
+      if (path.startsWith('/v1/')) checkFields(Object.fromEntries(url.searchParams), path.endsWith('/shards') ? ['digest'] : path.endsWith('/count') ? COUNT_PARAMS : [], '', 'query parameter');
       if (path === '/healthz') return sendText(res, 200, 'ok\n');
       if (path === '/readyz') {
         return this.svc.isDraining ? sendText(res, 503, 'shutting down\n') : sendText(res, 200, 'ready\n');
@@ -385,6 +390,28 @@ function pointText(p: Point | SearchHit): string {
 const pieceChars = 64 * 1024;
 
 /** Writes an answer's pieces as they come, waiting for the socket to drain between them. */
+/** GET .../count?consistency=&maxLagMs=&token=<JSON>: the read level from the query string. */
+function countParams(req: http.IncomingMessage): ReadOptions {
+  const q = new URL(req.url ?? '/', 'http://localhost').searchParams;
+  const out: ReadOptions = {};
+  const consistency = q.get('consistency');
+  if (consistency !== null) out.consistency = consistency as Consistency;
+  const lag = q.get('maxLagMs');
+  if (lag !== null) {
+    if (!/^\d+$/.test(lag)) throw invalidArgument(`maxLagMs must be a whole number of ms (got ${JSON.stringify(lag)})`);
+    out.maxLagMs = Number(lag);
+  }
+  const token = q.get('token');
+  if (token !== null) {
+    try {
+      out.token = JSON.parse(token) as WriteToken;
+    } catch {
+      throw invalidArgument('token must be JSON: {"shard": {"epoch": E, "lsn": L}}, as a write answered it');
+    }
+  }
+  return out;
+}
+
 async function sendPieces(res: http.ServerResponse, parts: Iterable<string>): Promise<void> {
   let text = '';
   for (const part of parts) {

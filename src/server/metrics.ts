@@ -75,6 +75,13 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  private readonly shardReads = new client.Counter({
+    name: 'quiver_shard_reads_total',
+    help: "Shard parts of searches, gets and counts this node's replicas answered, by read level and the replica's role then (cluster)",
+    labelNames: ['collection', 'shard', 'consistency', 'role'] as const,
+    registers: [this.registry],
+  });
+
   private readonly failoverSeconds = new client.Histogram({
     name: 'quiver_failover_seconds',
     help: 'On the new leader: from the last message it had from the previous leader until it could take writes',
@@ -104,6 +111,7 @@ export class Metrics {
         if (seconds !== null) this.failoverSeconds.observe(seconds);
       },
       forwardedWrite: (collection, shard) => this.forwardedWrites.inc({ collection, shard: String(shard) }),
+      shardRead: (collection, shard, consistency, role) => this.shardReads.inc({ collection, shard: String(shard), consistency, role }),
     };
     // Per-shard gauges, read from db.status() at scrape time.
     const metrics = this;

@@ -10,13 +10,13 @@ import { stringifyJson } from '../common/json';
 import { QuiverError } from '../errors';
 import type { NodeId } from '../cluster/types';
 import type { ClusterDatabase, PeerShards } from '../query/cluster';
-import type { Point, SearchHit, SearchRequest } from '../query/types';
+import type { Point, ReadOptions, SearchHit, SearchRequest } from '../query/types';
 import type { UpsertOp, WriteResult } from '../shard';
 import { QuiverNode } from '../rpc/gen/node_pb';
 import type * as wire from '../rpc/gen/quiver_pb';
 import { GrpcChannel, UnaryMethod } from '../rpc/grpc-client';
 import type { GrpcMethod } from '../rpc/grpc-server';
-import { bytesToVector, decoder, encoder, tokenToWire, vectorToBytes } from '../rpc/proto';
+import { bytesToVector, decoder, encoder, readFromWire, readToWire, vectorToBytes } from '../rpc/proto';
 import { decodeSearchBatchResponse, encodeSearchBatchResponse, encodeShardSearchRequest } from '../rpc/search-codec';
 import type { Op, Service } from './service';
 import { searchRequest } from './grpc';
@@ -71,9 +71,18 @@ function searchOptionsToWire(req: SearchRequest): MessageInitShape<typeof wire.S
     nprobe: req.nprobe ?? 0,
     withPayload: req.withPayload ?? false,
     withVectors: req.withVectors ?? false,
-    consistency: req.consistency ?? '',
-    token: req.token ? tokenToWire(req.token) : {},
+    ...readToWire(req),
   };
+}
+
+/** A shard's part of a write answered: its position as WriteResponse.token's one entry. */
+function positionToWire(shard: number, w: WriteResult): { [shard: string]: { epoch: bigint; lsn: bigint } } {
+  return { [String(shard)]: { epoch: BigInt(w.epoch ?? 0), lsn: BigInt(w.lsn) } };
+}
+
+function writeResultFromWire(shard: number, r: MessageShape<typeof wire.WriteResponseSchema>): WriteResult {
+  const p = r.token[String(shard)];
+  return { answer: Number(r.count), lsn: Number(p?.lsn ?? 0n), epoch: Number(p?.epoch ?? 0n) };
 }
 
 function pointsFromWire(r: MessageShape<typeof wire.GetResponseSchema>): Point[] {
@@ -100,18 +109,18 @@ export function nodeMethods(svc: Service, db: ClusterDatabase): Map<string, Grpc
   add('shardUpsert', async (r, signal) => {
     const op: UpsertOp = { ids: r.ids, vectors: vectorsOf(r.vectors, 'vectors').slice(), payloadJson: r.payloadJsons.length === 0 ? r.ids.map(() => '') : r.payloadJsons };
     const w = await db.shardUpsert(r.collection, r.shard, op, r.idempotencyKey, r.requestHash.byteLength > 0 ? Buffer.from(r.requestHash) : undefined, signal);
-    return { count: BigInt(w.answer), token: { [String(r.shard)]: BigInt(w.lsn) } };
+    return { count: BigInt(w.answer), token: positionToWire(r.shard, w) };
   });
   add('shardDelete', async (r, signal) => {
     const w = await db.shardDelete(r.collection, r.shard, r.ids, r.idempotencyKey, r.requestHash.byteLength > 0 ? Buffer.from(r.requestHash) : undefined, signal);
-    return { count: BigInt(w.answer), token: { [String(r.shard)]: BigInt(w.lsn) } };
+    return { count: BigInt(w.answer), token: positionToWire(r.shard, w) };
   });
   add('shardSearch', async (r) => hitsToWire(await db.shardSearch(r.collection, r.shards, searchRequest(vectorsOf(r.vectors, 'vectors'), r.options))), encodeSearchBatchResponse);
   add('shardGet', async (r) => {
-    const points = await db.shardGet(r.collection, r.shards, r.ids, r.withVectors, r.withPayload);
+    const points = await db.shardGet(r.collection, r.shards, r.ids, r.withVectors, r.withPayload, readFromWire(r));
     return { points: points.map((p) => ({ id: p.id, vector: p.vector ? { data: vectorToBytes(p.vector) } : undefined, payloadJson: p.payload ? stringifyJson(p.payload) : '' })) };
   });
-  add('shardCount', async (r) => ({ count: BigInt(await db.shardCount(r.collection, r.shards)) }));
+  add('shardCount', async (r) => ({ count: BigInt(await db.shardCount(r.collection, r.shards, readFromWire(r))) }));
   add('replicaStatus', async (r) => ({
     replicas: (await db.localReplicas(r.collection, r.withDigest)).map((x) => ({
       ...x,
@@ -162,12 +171,12 @@ export class NodePeers implements PeerShards {
       { collection, shard, ids: op.ids, vectors: vectorToBytes(op.vectors), payloadJsons: op.payloadJson, idempotencyKey: key, requestHash: hash ?? new Uint8Array(0) },
       NodePeers.deadline(),
     );
-    return { answer: Number(r.count), lsn: Number(r.token[String(shard)] ?? 0n) };
+    return writeResultFromWire(shard, r);
   }
 
   async delete(node: NodeId, collection: string, shard: number, ids: string[], key: string, hash: Buffer | undefined): Promise<WriteResult> {
     const r = await this.channel(node).unary(METHODS.shardDelete, { collection, shard, ids, idempotencyKey: key, requestHash: hash ?? new Uint8Array(0) }, NodePeers.deadline());
-    return { answer: Number(r.count), lsn: Number(r.token[String(shard)] ?? 0n) };
+    return writeResultFromWire(shard, r);
   }
 
   async search(node: NodeId, collection: string, shards: number[], req: SearchRequest & { vectors: Float32Array }): Promise<SearchHit[][]> {
@@ -175,12 +184,12 @@ export class NodePeers implements PeerShards {
     return hitsFromWire(r, req.withPayload === true);
   }
 
-  async get(node: NodeId, collection: string, shards: number[], ids: string[], withVectors: boolean, withPayload: boolean): Promise<Point[]> {
-    return pointsFromWire(await this.channel(node).unary(METHODS.shardGet, { collection, shards, ids, withVectors, withPayload }, NodePeers.deadline()));
+  async get(node: NodeId, collection: string, shards: number[], ids: string[], withVectors: boolean, withPayload: boolean, read: ReadOptions): Promise<Point[]> {
+    return pointsFromWire(await this.channel(node).unary(METHODS.shardGet, { collection, shards, ids, withVectors, withPayload, ...readToWire(read) }, NodePeers.deadline()));
   }
 
-  async count(node: NodeId, collection: string, shards: number[]): Promise<number> {
-    return Number((await this.channel(node).unary(METHODS.shardCount, { collection, shards }, NodePeers.deadline())).count);
+  async count(node: NodeId, collection: string, shards: number[], read: ReadOptions): Promise<number> {
+    return Number((await this.channel(node).unary(METHODS.shardCount, { collection, shards, ...readToWire(read) }, NodePeers.deadline())).count);
   }
 
   async replicaStatus(node: NodeId, collection: string, withDigest: boolean): ReturnType<PeerShards['replicaStatus']> {

@@ -119,6 +119,8 @@ function hashOf(op: Op): Buffer | undefined {
 export interface WriteResult {
   lsn: number;
   answer: number;
+  /** The epoch of the entry at `lsn` where the shard is a cluster replica (unset: standalone, 0). */
+  epoch?: number;
 }
 
 /** A client write as a replica's leader appends it: one WAL entry. */
