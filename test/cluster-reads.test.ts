@@ -156,7 +156,7 @@ describe('read levels (real etcd, nodes and sidecars)', () => {
     await waitFor(async () => {
       const s = (await cluster.shards(survivors[0], 'lost'))[0];
       const lead = s.replicas.find((r) => r.node === s.leader);
-      if (s.leader === leader.id || s.epoch <= before.epoch || !lead) return false;
+      if (s.leader === leader.id || s.epoch <= before.epoch || !lead || lead.role !== 'leader' || lead.durableLsn <= kept['0'].lsn) return false;
       start = lead.durableLsn;
       return s.replicas.filter((r) => r.node !== leader.id).every((r) => r.appliedLsn === start && r.commitLsn === start);
     }, 'a new leader with its epoch start applied on both survivors', 60_000, () => cluster.lastSeen);
