@@ -128,11 +128,17 @@ export interface SearchOptions extends CallOptions, Omit<SearchRequest, 'vectors
 
 const RETRYABLE: readonly ErrorCode[] = ['UNAVAILABLE', 'DEADLINE_EXCEEDED'];
 
+/** How long a leader that failed a call with UNAVAILABLE or DEADLINE_EXCEEDED is avoided (ms). */
+const suspectMs = 10_000;
+
 /** NOT_LEADER answers one part of a write may follow to the leader they name, besides `retries`. */
 const leaderRedirectsMax = 3;
 
 export class QuiverClient {
   private readonly channels: GrpcChannel[];
+  private readonly addresses: string[];
+  /** Leaders whose last call failed with UNAVAILABLE or DEADLINE_EXCEEDED, by address: until when (ms) they are avoided. */
+  private readonly suspects = new Map<string, number>();
   /** Every connection by address: the given ones, and the leaders' the client routes writes to. */
   private readonly byAddress = new Map<string, GrpcChannel>();
   private current = 0;
@@ -150,6 +156,7 @@ export class QuiverClient {
   private readonly session = new Map<string, WriteToken>();
 
   private constructor(addresses: string[], opts: ClientOptions) {
+    this.addresses = addresses;
     this.channels = addresses.map((a) => this.channelTo(a));
     this.deadlineMs = opts.deadlineMs ?? defaultDeadlineMs;
     this.retries = opts.retries ?? 4;
@@ -284,8 +291,8 @@ export class QuiverClient {
       if (groups.size > 1) return this.upsertSplit(routes, collection, points, idempotencyKey, o);
       // One shard's batch: its leader checks it whole, as any node would.
       const [s] = groups.keys();
-      const encoded = encodeUpsertColumns({ ...upsertColumns(collection, idempotencyKey, points), expectLeader: true });
-      const r = await this.sendPart(collection, s, 'upsert', encoded, o);
+      const columns = upsertColumns(collection, idempotencyKey, points);
+      const r = await this.sendPart(collection, s, 'upsert', (expectLeader) => encodeUpsertColumns({ ...columns, expectLeader }), o);
       return { upserted: r.answer, token: { [String(s)]: { epoch: r.epoch ?? 0, lsn: r.lsn } } };
     }
     // Columns (ids, one vectors blob, payloads) spare a message per point on both sides, and are
@@ -323,7 +330,7 @@ export class QuiverClient {
         collection,
         s,
         'upsert',
-        encodeUpsertColumns({ collection, idempotencyKey, ids: part.ids, vectors: [part.vectors], payloadJsons: payloadsGiven ? part.payloadJson : [], expectLeader: true, requestHash }),
+        (expectLeader) => encodeUpsertColumns({ collection, idempotencyKey, ids: part.ids, vectors: [part.vectors], payloadJsons: payloadsGiven ? part.payloadJson : [], expectLeader, requestHash }),
         o,
       ),
     );
@@ -341,7 +348,7 @@ export class QuiverClient {
     // Checked as a node checks a delete before its parts go (one shard's: its leader checks it).
     const requestHash = groups.size > 1 ? splitRequestHash('delete', collection, checkIds(ids, true)) : undefined;
     const { count, token } = await writeByShard(groups, (s, part) =>
-      this.sendPart(collection, s, 'delete', quiverMethods.delete.requestSerialize({ collection, ids: part, idempotencyKey, expectLeader: true, requestHash }), o),
+      this.sendPart(collection, s, 'delete', (expectLeader) => quiverMethods.delete.requestSerialize({ collection, ids: part, idempotencyKey, expectLeader, requestHash }), o),
     );
     return { deleted: count, token };
   }
@@ -421,17 +428,27 @@ export class QuiverClient {
    * connected node while no leader is known (it names the leader, or waits for one). NOT_LEADER:
    * the leader it names (with none named, fresh routes) gets the part at once, at most
    * leaderRedirectsMax times; UNAVAILABLE and DEADLINE_EXCEEDED: fresh routes and a backoff, as
-   * many times as `retries` says.
+   * many times as `retries` says. A leader that failed a call that way is suspect for suspectMs:
+   * while it is, the part goes without expect_leader to a connected node that is not suspect,
+   * which forwards it to the leader its map names and follows the map to a new leader as soon as
+   * one is elected (the client's routes may name the old one until then, and a paused leader
+   * would hold the part to its deadline).
    */
-  private async sendPart(collection: string, shard: number, method: 'upsert' | 'delete', encoded: Buffer, o: CallOptions): Promise<WriteResult> {
+  private async sendPart(collection: string, shard: number, method: 'upsert' | 'delete', encode: (expectLeader: boolean) => Buffer, o: CallOptions): Promise<WriteResult> {
     // Upsert and Delete both answer a WriteResponse; the request goes as encoded.
     const codec = quiverMethods[method] as MethodCodec<'upsert'>;
+    const bodies = new Map<boolean, Buffer>();
+    const body = (expectLeader: boolean): Buffer => bodies.get(expectLeader) ?? bodies.set(expectLeader, encode(expectLeader)).get(expectLeader)!;
     let redirects = 0;
     for (let attempt = 0; ; ) {
       const leader = this.routes?.leader(collection, shard);
-      const channel = leader ? this.channelTo(leader.address) : this.channels[this.current];
+      const direct = leader && !this.isSuspect(leader.address) ? leader : null;
+      const channel = direct ? this.channelTo(direct.address) : this.entryChannel();
       try {
-        const r = await channel.unary(codec, undefined as never, Date.now() + (o.deadlineMs ?? this.deadlineMs), encoded);
+        const r = await channel.unary(codec, undefined as never, Date.now() + (o.deadlineMs ?? this.deadlineMs), body(direct !== null || !leader));
+        if (direct) this.suspects.delete(direct.address);
+        // Taken by way of a connected node around a suspect leader: the routes name the old one.
+        else if (leader) void this.refreshRoutes(o).catch(() => undefined);
         const p = r.token[String(shard)];
         return { answer: Number(r.count), lsn: Number(p?.lsn ?? 0n), epoch: Number(p?.epoch ?? 0n) };
       } catch (e) {
@@ -441,6 +458,8 @@ export class QuiverClient {
           continue;
         }
         if (!RETRYABLE.includes(qe.code)) throw qe;
+        // The leader failed it, or the node that forwarded it there could not get it committed.
+        if (leader) this.suspects.set(leader.address, Date.now() + suspectMs);
         if (attempt >= this.retries) {
           // The leader may have failed: the next call goes by fresh routes.
           void this.refreshRoutes(o).catch(() => undefined);
@@ -450,6 +469,23 @@ export class QuiverClient {
         await this.refreshRoutes(o).catch(() => undefined);
       }
     }
+  }
+
+  private isSuspect(address: string): boolean {
+    const until = this.suspects.get(address);
+    if (until === undefined) return false;
+    if (Date.now() < until) return true;
+    this.suspects.delete(address);
+    return false;
+  }
+
+  /** The connected node, or the next given address that is not suspect. */
+  private entryChannel(): GrpcChannel {
+    for (let i = 0; i < this.addresses.length; i++) {
+      const k = (this.current + i) % this.addresses.length;
+      if (!this.isSuspect(this.addresses[k])) return this.channels[k];
+    }
+    return this.channels[this.current];
   }
 
   // ---- transport ----
