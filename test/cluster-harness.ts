@@ -46,6 +46,18 @@ export function startClusterNode(etcd: EtcdServer, id: string, dir: string, clus
   );
 }
 
+/** The sum of a metric's samples on the node at `http` (its /metrics) whose labels include all of `labels`. */
+export async function metricSum(http: string, name: string, labels: Record<string, string> = {}): Promise<number> {
+  const text = await (await fetch(`${http}/metrics`)).text();
+  let sum = 0;
+  for (const line of text.split('\n')) {
+    const m = /^(\w+)(\{[^}]*\})? (\S+)$/.exec(line);
+    if (!m || m[1] !== name) continue;
+    if (Object.entries(labels).every(([k, v]) => (m[2] ?? '').includes(`${k}="${v}"`))) sum += Number(m[3]);
+  }
+  return sum;
+}
+
 /** Resolves once `cond` holds, asking again every 100 ms; fails after ms, with `seen()` (what was last seen) in the message. */
 export async function waitFor(cond: () => Promise<boolean>, what: string, ms = 60_000, seen: () => string = () => ''): Promise<void> {
   const end = Date.now() + ms;

@@ -75,14 +75,36 @@ describe.skipIf(why !== null)(`a leader cut off by the network${why ? ` (skipped
     return { leader, others: cluster.nodes.filter((n) => n !== leader), epoch: s.epoch };
   };
 
-  it('from etcd only: it stops leading by its own deadline, a follower is elected; when it returns it follows, and no acknowledged write is lost', async () => {
-    const { leader, others, epoch } = await setup('x');
+  /**
+   * An SDK writer (through the nodes other than the leader) runs across a cut: 20 batches before
+   * it, `during` while `cut()`'s rules hold, 20 more after the heal. What was acknowledged.
+   */
+  const acrossCut = async (collection: string, others: TestNode[], cut: () => () => void, during: (w: Writer) => Promise<void>): Promise<string[]> => {
     const sdk = await QuiverClient.connect(others.map((n) => n.child.grpc), { retries: 0 });
-    const w = new Writer(sdk, 'x', 0);
+    const w = new Writer(sdk, collection, 0);
     try {
       await w.more(20);
-      const heal = ipt.cut(leader.uid!, [portOf(cluster.etcd.endpoint)], []);
+      const heal = cut();
       try {
+        await during(w);
+      } finally {
+        heal();
+      }
+      await w.more(20);
+    } finally {
+      await w.stop();
+      sdk.close();
+    }
+    return w.acked;
+  };
+
+  it('from etcd only: it stops leading by its own deadline, a follower is elected; when it returns it follows, and no acknowledged write is lost', async () => {
+    const { leader, others, epoch } = await setup('x');
+    const acked = await acrossCut(
+      'x',
+      others,
+      () => ipt.cut(leader.uid!, [portOf(cluster.etcd.endpoint)], []),
+      async (w) => {
         await waitFor(
           async () => {
             const s = (await cluster.shards(others[0], 'x'))[0];
@@ -97,44 +119,30 @@ describe.skipIf(why !== null)(`a leader cut off by the network${why ? ` (skipped
         const direct = await httpJson(leader.child.http, 'POST', '/v1/collections/x/upsert', { points: [{ id: 'direct', vector: Array.from(point(0).vector) }] }, { 'x-quiver-timeout-ms': '2000' });
         if (direct.status === 200) w.acked.push('direct');
         else expect(['UNAVAILABLE', 'DEADLINE_EXCEEDED', 'NOT_LEADER'], JSON.stringify(direct.body)).toContain(direct.body.error.code);
-      } finally {
-        heal();
-      }
-      await w.more(20);
-    } finally {
-      await w.stop();
-      sdk.close();
-    }
+      },
+    );
     await cluster.waitConverged(others[0], 'x', 'the old leader to rejoin as a follower', 3);
     const s = (await cluster.shards(others[0], 'x'))[0];
     expect(s.leader).not.toBe(leader.id);
-    expect(await cluster.present(others[0], 'x', w.acked)).toBe(w.acked.length);
+    expect(await cluster.present(others[0], 'x', acked)).toBe(acked.length);
   }, 120_000);
 
   it('from its followers only: nothing commits while the cut lasts (the leader cannot reach a majority); afterwards the shard takes writes again, and no acknowledged write is lost', async () => {
     const { leader, others } = await setup('y');
-    const sdk = await QuiverClient.connect(others.map((n) => n.child.grpc), { retries: 0 });
-    const w = new Writer(sdk, 'y', 0);
-    let during: { status: number; body: any };
-    try {
-      await w.more(20);
-      const followerPorts = others.flatMap((n) => [replicationPort(n), portOf(n.child.grpc)]);
-      const heal = ipt.cut(leader.uid!, followerPorts, [replicationPort(leader), portOf(leader.child.grpc)]);
-      try {
+    const followerPorts = others.flatMap((n) => [replicationPort(n), portOf(n.child.grpc)]);
+    const acked = await acrossCut(
+      'y',
+      others,
+      () => ipt.cut(leader.uid!, followerPorts, [replicationPort(leader), portOf(leader.child.grpc)]),
+      async () => {
         // Sent to the leader itself (its HTTP port is not cut): it cannot commit without a follower.
-        during = await httpJson(leader.child.http, 'POST', '/v1/collections/y/upsert', { points: [{ id: 'during', vector: Array.from(point(0).vector) }] }, { 'x-quiver-timeout-ms': '2000' });
+        const during = await httpJson(leader.child.http, 'POST', '/v1/collections/y/upsert', { points: [{ id: 'during', vector: Array.from(point(0).vector) }] }, { 'x-quiver-timeout-ms': '2000' });
         expect(during.status, JSON.stringify(during.body)).not.toBe(200);
         expect(['UNAVAILABLE', 'DEADLINE_EXCEEDED']).toContain(during.body.error.code);
-      } finally {
-        heal();
-      }
-      await w.more(20);
-    } finally {
-      await w.stop();
-      sdk.close();
-    }
+      },
+    );
     await cluster.waitConverged(others[0], 'y', 'every replica to converge after the cut', 3);
-    expect(await cluster.present(others[0], 'y', w.acked)).toBe(w.acked.length);
+    expect(await cluster.present(others[0], 'y', acked)).toBe(acked.length);
     // The write the leader could not commit: on every replica or on none (equal digests above).
     expect([0, 1]).toContain(await cluster.present(others[0], 'y', ['during']));
   }, 120_000);

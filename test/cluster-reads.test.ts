@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QuiverClient } from '../src/client';
 import type { Consistency, WriteToken } from '../src/client';
 import { QuiverError } from '../src/errors';
-import { TestCluster, TestNode, waitFor } from './cluster-harness';
+import { TestCluster, TestNode, metricSum, waitFor } from './cluster-harness';
 import { httpJson } from './server-harness';
 
 const DIM = 8;
@@ -18,17 +18,7 @@ function point(i: number): { id: string; vector: Float32Array; payload: { i: num
   return { id: `p${i}`, vector: Float32Array.from({ length: DIM }, (_, d) => Math.sin(i * 0.37 + d)), payload: { i } };
 }
 
-/** The sum of a metric's samples on a node whose labels include all of `labels`. */
-async function metric(n: TestNode, name: string, labels: Record<string, string>): Promise<number> {
-  const text = await (await fetch(`${n.child.http}/metrics`)).text();
-  let sum = 0;
-  for (const line of text.split('\n')) {
-    const m = /^(\w+)(\{[^}]*\})? (\S+)$/.exec(line);
-    if (!m || m[1] !== name) continue;
-    if (Object.entries(labels).every(([k, v]) => (m[2] ?? '').includes(`${k}="${v}"`))) sum += Number(m[3]);
-  }
-  return sum;
-}
+const metric = (n: TestNode, name: string, labels: Record<string, string> = {}): Promise<number> => metricSum(n.child.http, name, labels);
 
 async function codeOf(p: Promise<unknown>): Promise<string> {
   try {

@@ -15,7 +15,7 @@ import { openDatabase } from '../src/query';
 import { startServer } from '../src/server';
 import { EtcdServer } from './etcd-harness';
 import type { ServeChild } from './serve-child';
-import { startClusterNode, waitFor } from './cluster-harness';
+import { metricSum, startClusterNode, waitFor } from './cluster-harness';
 import { httpJson, rawCall, tempDir } from './server-harness';
 import { expectCode } from './helpers';
 
@@ -44,17 +44,7 @@ function inShard(s: number, n: number, from = 0): ReturnType<typeof batchOf> {
   return out;
 }
 
-/** The sum of a metric's samples on a node whose labels include all of `labels`. */
-async function metric(n: Node, name: string, labels: Record<string, string> = {}): Promise<number> {
-  const text = await (await fetch(`${n.child.http}/metrics`)).text();
-  let sum = 0;
-  for (const line of text.split('\n')) {
-    const m = /^(\w+)(\{[^}]*\})? (\S+)$/.exec(line);
-    if (!m || m[1] !== name) continue;
-    if (Object.entries(labels).every(([k, v]) => (m[2] ?? '').includes(`${k}="${v}"`))) sum += Number(m[3]);
-  }
-  return sum;
-}
+const metric = (n: Node, name: string, labels: Record<string, string> = {}): Promise<number> => metricSum(n.child.http, name, labels);
 
 type ClusterJson = Omit<ClusterStatus, 'shards'> & { shards: (ClusterStatus['shards'][number] & { lag: number })[] };
 
