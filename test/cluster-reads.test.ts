@@ -91,6 +91,29 @@ describe('read levels (real etcd, nodes and sidecars)', () => {
     reader.close();
   }, 120_000);
 
+  it('eventual reads whose part went to a paused follower (still registered) are answered by the leader after the part deadline', async () => {
+    await create('paused');
+    const [n1] = cluster.nodes;
+    const writer = await QuiverClient.connect(n1.child.grpc);
+    const pts = Array.from({ length: 20 }, (_, i) => point(i));
+    await writer.upsert('paused', pts);
+    await cluster.waitConverged(n1, 'paused', 'every replica of paused to apply the points', 3);
+    const leaderId = (await cluster.shards(n1, 'paused'))[0].leader;
+    const [follower, asked] = [...cluster.nodes.filter((n) => n.id !== leaderId), cluster.node(leaderId)];
+    const reader = await QuiverClient.connect(asked.child.grpc, { retries: 0, consistency: 'eventual' });
+    process.kill(follower.child.child.pid!, 'SIGSTOP');
+    try {
+      // 20 at once: some parts are drawn for the paused follower (all missing it: p < 0.001).
+      const got = await Promise.all(Array.from({ length: 20 }, () => reader.search('paused', pts[3].vector, { k: 1, deadlineMs: 10_000 })));
+      for (const hits of got) expect(hits[0].id).toBe('p3');
+    } finally {
+      process.kill(follower.child.child.pid!, 'SIGCONT');
+    }
+    await cluster.waitConverged(n1, 'paused', 'the paused follower to rejoin', 3);
+    writer.close();
+    reader.close();
+  }, 120_000);
+
   it('a session read carrying a token sees the write that produced it, through another client and node, after the leader that took it was killed', async () => {
     await create('sess');
     const [n1] = cluster.nodes;

@@ -128,9 +128,10 @@ export interface ReplicaReport extends Omit<ReplicaInfo, 'lagEntries'> {
 export interface PeerShards {
   upsert(node: NodeId, collection: string, shard: number, op: UpsertOp, key: string, hash: Buffer | undefined): Promise<WriteResult>;
   delete(node: NodeId, collection: string, shard: number, ids: string[], key: string, hash: Buffer | undefined): Promise<WriteResult>;
-  search(node: NodeId, collection: string, shards: number[], req: SearchRequest & { vectors: Float32Array }): Promise<SearchHit[][]>;
-  get(node: NodeId, collection: string, shards: number[], ids: string[], withVectors: boolean, withPayload: boolean, read: ReadOptions): Promise<Point[]>;
-  count(node: NodeId, collection: string, shards: number[], read: ReadOptions): Promise<number>;
+  /** Reads: `deadlineMs` (default the node service's) bounds a part asked of a replica that may not be the leader. */
+  search(node: NodeId, collection: string, shards: number[], req: SearchRequest & { vectors: Float32Array }, deadlineMs?: number): Promise<SearchHit[][]>;
+  get(node: NodeId, collection: string, shards: number[], ids: string[], withVectors: boolean, withPayload: boolean, read: ReadOptions, deadlineMs?: number): Promise<Point[]>;
+  count(node: NodeId, collection: string, shards: number[], read: ReadOptions, deadlineMs?: number): Promise<number>;
   /** The replicas `node` holds of a collection's shards ('' = of every collection). */
   replicaStatus(node: NodeId, collection: string, withDigest: boolean): Promise<ReplicaReport[]>;
 }
@@ -162,6 +163,12 @@ interface ReplicaSlot {
 const leaderWaitMs = defaultDeadlineMs;
 /** How long a follower waits to apply a session token's entry before the read goes to the leader. */
 const sessionWaitMs = 200;
+/**
+ * The deadline of a read's part asked of a replica that may not lead its shards, past which the
+ * leader is asked: a paused or cut-off node stays registered for up to a lease TTL. A search that
+ * takes longer than this on a follower is asked again of the leader.
+ */
+const replicaPartDeadlineMs = 2000;
 
 function isRouting(e: unknown): boolean {
   const code = (e as { code?: unknown } | null)?.code;
@@ -681,14 +688,16 @@ export class ClusterDatabase implements Database {
 
   /**
    * A read's parts, one per node of the plan. A part a replica could not answer at the level asked
-   * (UNAVAILABLE: too stale, behind the token, or its node did not answer) is asked again of the
-   * shards' leaders, unless it was asked of a leader already.
+   * (UNAVAILABLE: too stale, behind the token, or its node did not answer within
+   * replicaPartDeadlineMs: paused, or cut off, and still registered) is asked again of the shards'
+   * leaders, unless it was asked of a leader already.
    */
-  private async readParts<T>(c: ClusterCollection, shards: number[], read: ReadLevel, ask: (node: NodeId, shards: number[]) => Promise<T>): Promise<T[]> {
+  private async readParts<T>(c: ClusterCollection, shards: number[], read: ReadLevel, ask: (node: NodeId, shards: number[], deadlineMs?: number) => Promise<T>): Promise<T[]> {
     const parts = await Promise.all(
       [...(await this.readPlan(c, shards, read))].map(async ([node, ss]): Promise<T[]> => {
         try {
-          return [await ask(node, ss)];
+          const leads = ss.every((s) => c.maps[s]?.leader === node);
+          return [await ask(node, ss, read.consistency === 'linearizable' || leads ? undefined : replicaPartDeadlineMs)];
         } catch (e) {
           const code = (e as { code?: unknown } | null)?.code;
           if (read.consistency === 'linearizable' || (e instanceof QuiverError && code !== 'UNAVAILABLE' && code !== 'DEADLINE_EXCEEDED')) throw e;
@@ -711,9 +720,9 @@ export class ClusterDatabase implements Database {
     const wireRead = readOptionsOf(read);
     const groups = idsByShard(ids, c.spec.shards);
     const found = new Map<string, Point>();
-    const parts = await this.readParts(c, [...groups.keys()], read, (node, shards) => {
+    const parts = await this.readParts(c, [...groups.keys()], read, (node, shards, deadlineMs) => {
       const asked = shards.flatMap((s) => groups.get(s)!);
-      return node === this.self ? this.shardGet(name, shards, asked, withVectors, withPayload, wireRead) : this.opts.peers.get(node, name, shards, asked, withVectors, withPayload, wireRead);
+      return node === this.self ? this.shardGet(name, shards, asked, withVectors, withPayload, wireRead) : this.opts.peers.get(node, name, shards, asked, withVectors, withPayload, wireRead, deadlineMs);
     });
     for (const got of parts) for (const p of got) found.set(p.id, p);
     const out: Point[] = [];
@@ -730,7 +739,9 @@ export class ClusterDatabase implements Database {
     const read = checkReadLevel(o, c.spec.shards);
     const wireRead = readOptionsOf(read);
     const all = Array.from({ length: c.spec.shards }, (_, s) => s);
-    const parts = await this.readParts(c, all, read, (node, shards) => (node === this.self ? this.shardCount(name, shards, wireRead) : this.opts.peers.count(node, name, shards, wireRead)));
+    const parts = await this.readParts(c, all, read, (node, shards, deadlineMs) =>
+      node === this.self ? this.shardCount(name, shards, wireRead) : this.opts.peers.count(node, name, shards, wireRead, deadlineMs),
+    );
     return parts.reduce((a, b) => a + b, 0);
   }
 
@@ -738,8 +749,8 @@ export class ClusterDatabase implements Database {
     const c = this.coll(name);
     const { vectors, k, nq, read } = prepareSearch(c.spec, req);
     const all = Array.from({ length: c.spec.shards }, (_, s) => s);
-    const parts = await this.readParts(c, all, read, (node, shards) =>
-      node === this.self ? this.shardSearch(name, shards, req) : this.opts.peers.search(node, name, shards, { ...req, vectors, ...readOptionsOf(read) }),
+    const parts = await this.readParts(c, all, read, (node, shards, deadlineMs) =>
+      node === this.self ? this.shardSearch(name, shards, req) : this.opts.peers.search(node, name, shards, { ...req, vectors, ...readOptionsOf(read) }, deadlineMs),
     );
     return mergeHits(parts, nq, k);
   }

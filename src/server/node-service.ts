@@ -161,8 +161,8 @@ export class NodePeers implements PeerShards {
     return ch;
   }
 
-  private static deadline(): number {
-    return Date.now() + defaultDeadlineMs;
+  private static deadline(ms = defaultDeadlineMs): number {
+    return Date.now() + ms;
   }
 
   async upsert(node: NodeId, collection: string, shard: number, op: UpsertOp, key: string, hash: Buffer | undefined): Promise<WriteResult> {
@@ -179,17 +179,17 @@ export class NodePeers implements PeerShards {
     return writeResultFromWire(shard, r);
   }
 
-  async search(node: NodeId, collection: string, shards: number[], req: SearchRequest & { vectors: Float32Array }): Promise<SearchHit[][]> {
-    const r = await this.channel(node).unary(METHODS.shardSearch, { collection, shards, vectors: vectorToBytes(req.vectors), options: searchOptionsToWire(req) }, NodePeers.deadline());
+  async search(node: NodeId, collection: string, shards: number[], req: SearchRequest & { vectors: Float32Array }, deadlineMs?: number): Promise<SearchHit[][]> {
+    const r = await this.channel(node).unary(METHODS.shardSearch, { collection, shards, vectors: vectorToBytes(req.vectors), options: searchOptionsToWire(req) }, NodePeers.deadline(deadlineMs));
     return hitsFromWire(r, req.withPayload === true);
   }
 
-  async get(node: NodeId, collection: string, shards: number[], ids: string[], withVectors: boolean, withPayload: boolean, read: ReadOptions): Promise<Point[]> {
-    return pointsFromWire(await this.channel(node).unary(METHODS.shardGet, { collection, shards, ids, withVectors, withPayload, ...readToWire(read) }, NodePeers.deadline()));
+  async get(node: NodeId, collection: string, shards: number[], ids: string[], withVectors: boolean, withPayload: boolean, read: ReadOptions, deadlineMs?: number): Promise<Point[]> {
+    return pointsFromWire(await this.channel(node).unary(METHODS.shardGet, { collection, shards, ids, withVectors, withPayload, ...readToWire(read) }, NodePeers.deadline(deadlineMs)));
   }
 
-  async count(node: NodeId, collection: string, shards: number[], read: ReadOptions): Promise<number> {
-    return Number((await this.channel(node).unary(METHODS.shardCount, { collection, shards, ...readToWire(read) }, NodePeers.deadline())).count);
+  async count(node: NodeId, collection: string, shards: number[], read: ReadOptions, deadlineMs?: number): Promise<number> {
+    return Number((await this.channel(node).unary(METHODS.shardCount, { collection, shards, ...readToWire(read) }, NodePeers.deadline(deadlineMs))).count);
   }
 
   async replicaStatus(node: NodeId, collection: string, withDigest: boolean): ReturnType<PeerShards['replicaStatus']> {
