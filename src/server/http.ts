@@ -286,6 +286,11 @@ export class HttpApi {
     }
   }
 
+  /** The /v1 routes: each path's pattern and methods (what docs/openapi.yaml must describe). */
+  routeTable(): { pattern: RegExp; methods: string[] }[] {
+    return this.routes.map((r) => ({ pattern: r.pattern, methods: Object.keys(r.methods) }));
+  }
+
   private match(path: string): { route: Route; params: string[] } {
     for (const route of this.routes) {
       const m = route.pattern.exec(path);
