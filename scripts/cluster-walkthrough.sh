@@ -42,6 +42,7 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+trap 'exit 1' TERM INT
 
 step() { echo "step: $*"; }
 ok() { echo "ok: $*"; }
