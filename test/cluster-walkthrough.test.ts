@@ -1,10 +1,14 @@
 /**
  * scripts/cluster-walkthrough.sh, the loopback run of README.md's "Run a cluster": it must exit 0
- * having printed each step's check, and exit 1 naming the step that failed.
+ * having printed each step's check, and exit 1 naming the step that failed. And deploy/'s examples:
+ * their node configurations and flags are ones `quiver serve` takes, and a supervisor waits longer
+ * than a node's drain before it kills it.
  */
 import { execFile } from 'child_process';
+import * as fs from 'fs';
 import * as path from 'path';
 import { describe, expect, it } from 'vitest';
+import { resolveConfig } from '../src/cli/serve';
 import { etcdInstalled } from './etcd-harness';
 
 const SCRIPT = path.resolve(__dirname, '..', 'scripts', 'cluster-walkthrough.sh');
@@ -61,5 +65,41 @@ describe('cluster walkthrough script', () => {
     expect(code, out).toBe(1);
     expect(out).toMatch(/^FAILED: no etcd at \/nonexistent\/etcd/m);
     expect(out).not.toMatch(/walkthrough passed/);
+  });
+});
+
+describe('deploy/ examples', () => {
+  const DEPLOY = path.resolve(__dirname, '..', 'deploy');
+  const read = (f: string): string => fs.readFileSync(path.join(DEPLOY, f), 'utf8');
+
+  it('each node configuration of example-3-nodes is one `quiver serve --config` takes, with all three etcd members', () => {
+    for (const i of [1, 2, 3]) {
+      const cfg = resolveConfig(['--config', path.join(DEPLOY, 'example-3-nodes', `quiver-n${i}.json`)])!;
+      expect(cfg.nodeId).toBe(`n${i}`);
+      expect([cfg.grpc, cfg.http, cfg.cluster?.replication]).toEqual([`10.0.0.${i}:7400`, `10.0.0.${i}:7401`, `10.0.0.${i}:7402`]);
+      expect(cfg.cluster?.etcd).toEqual(['http://10.0.0.1:2379', 'http://10.0.0.2:2379', 'http://10.0.0.3:2379']);
+      expect(read(`example-3-nodes/etcd-m${i}.env`)).toContain('ETCD_INITIAL_CLUSTER=m1=http://10.0.0.1:2380,m2=http://10.0.0.2:2380,m3=http://10.0.0.3:2380\n');
+    }
+  });
+
+  it('the systemd unit runs `quiver serve --config` and waits longer than the node drains', () => {
+    const unit = read('systemd/quiver.service');
+    const exec = /^ExecStart=\/usr\/bin\/node \/opt\/quiver\/bin\/quiver\.js serve (.*)$/m.exec(unit);
+    expect(exec?.[1]).toBe('--config /etc/quiver/quiver.json');
+    const cfg = resolveConfig(['--config', path.join(DEPLOY, 'example-3-nodes', 'quiver-n1.json')])!;
+    expect(cfg.data).toBe('/var/lib/quiver');
+    expect(unit).toMatch(/^StateDirectory=quiver$/m);
+    expect(Number(/^TimeoutStopSec=(\d+)s$/m.exec(unit)?.[1]) * 1000).toBeGreaterThan(cfg.cluster!.drainTimeoutMs);
+  });
+
+  it('the StatefulSet passes flags `quiver serve` takes and a grace period above its drain timeout', () => {
+    const yaml = read('kubernetes/quiver-statefulset.yaml');
+    const args = [...yaml.matchAll(/^ {12}- (--\S+)$/gm)].map((m) => m[1].replace('$(POD_NAME)', 'quiver-0').replace(/\$\(POD_IP\)/g, '10.1.2.3').replace('$(QUIVER_ETCD)', 'http://etcd.etcd.svc.cluster.local:2379'));
+    expect(args.length).toBe(7);
+    const cfg = resolveConfig(args)!;
+    expect([cfg.nodeId, cfg.grpc, cfg.http, cfg.cluster?.replication]).toEqual(['quiver-0', '10.1.2.3:7400', '10.1.2.3:7401', '10.1.2.3:7402']);
+    expect(Number(/terminationGracePeriodSeconds: (\d+)/.exec(yaml)?.[1]) * 1000).toBeGreaterThan(cfg.cluster!.drainTimeoutMs);
+    expect(yaml).toMatch(/readinessProbe:\n\s+httpGet: \{ path: \/readyz, port: http \}/);
+    expect(yaml).toMatch(/livenessProbe:\n\s+httpGet: \{ path: \/healthz, port: http \}/);
   });
 });
