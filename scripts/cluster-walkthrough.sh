@@ -7,7 +7,8 @@
 # "FAILED: ..." with the logs' tails and exits 1. On exit, every process the script started is
 # stopped by its pid and the temp dir is removed.
 #
-# usage: bash scripts/cluster-walkthrough.sh     (etcd from $ETCD, default /usr/bin/etcd)
+# usage: bash scripts/cluster-walkthrough.sh     (etcd from $ETCD, default /usr/bin/etcd; quiver
+# from bin/quiver.js over the compiled dist/, as `npm ci` or `npx tsc -p tsconfig.json` leave it)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -79,9 +80,10 @@ Promise.all(servers.map((s) => new Promise((r) => s.listen(0, "127.0.0.1", r))))
   console.log(servers.map((s) => s.address().port).join(" "));
   servers.forEach((s) => s.close());
 });')"
+[ "${#PORTS[@]}" = 6 ] || fail "could not pick 6 free ports"
 
 step "start a 3-member etcd cluster"
-TOKEN="quiver-walkthrough-$$-$RANDOM"
+TOKEN=$(basename "$WORK") # unique: a member of another cluster is refused
 INITIAL=""
 ENDPOINTS=""
 for i in 1 2 3; do
