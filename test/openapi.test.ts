@@ -18,6 +18,7 @@ import { requestBytesMax } from '../src/common/limits';
 import { HttpApi } from '../src/server/http';
 import type { Service } from '../src/server/service';
 import { Harness, startHarness } from './server-harness';
+import { VERSION } from '../src/cli/version';
 
 const DOC_PATH = path.resolve(__dirname, '../docs/openapi.yaml');
 const doc = parse(fs.readFileSync(DOC_PATH, 'utf8'));
@@ -276,6 +277,14 @@ describe('every route answers as the document says', () => {
     expectError(await call('GET', '/v1/cluster', { query: { node: 'n1' } }), 400, 'INVALID_ARGUMENT');
   });
 
+  it('GET /v1/node', async () => {
+    const n = await call('GET', '/v1/node');
+    expect(n.body).toMatchObject({ id: h.db.status().nodeId, version: VERSION });
+    expect(n.body.rssBytes).toBeGreaterThan(0);
+    expect(n.body.diskFreeBytes).toBeGreaterThan(0);
+    expectError(await call('GET', '/v1/node', { query: { node: 'n1' } }), 400, 'INVALID_ARGUMENT');
+  });
+
   it('POST /v1/admin/drain (a cluster node drains; a standalone one answers FAILED_PRECONDITION)', async () => {
     expectError(await call('POST', '/v1/admin/drain', { body: { timeoutMs: 1000 } }), 400, 'FAILED_PRECONDITION');
     expectError(await call('POST', '/v1/admin/drain', { body: { undo: 'yes' }, schemaRefuses: true }), 400, 'INVALID_ARGUMENT');
@@ -291,7 +300,7 @@ describe('every route answers as the document says', () => {
     expect((await call('GET', '/healthz')).status).toBe(200);
     expect((await call('GET', '/readyz')).status).toBe(200);
     expect((await call('GET', '/metrics')).body).toContain('quiver_');
-    expect((await call('GET', '/')).body).toContain('<table>');
+    expect((await call('GET', '/')).body).toContain('<table id="nodes">');
   });
 
   it('a method a path does not serve answers 405 with the methods the document lists', async () => {

@@ -35,7 +35,7 @@ export function tempDir(prefix: string): string {
 export async function startHarness(dir = tempDir('quiver-server-')): Promise<Harness> {
   const metrics = new Metrics();
   const db = await openDatabase({ dataDir: dir, snapshotIntervalMs: 0, observer: metrics.observer });
-  const server = await startServer({ db, grpc: '127.0.0.1:0', http: '127.0.0.1:0', metrics, log: { error: () => {} } });
+  const server = await startServer({ db, dataDir: dir, grpc: '127.0.0.1:0', http: '127.0.0.1:0', metrics, log: { error: () => {} } });
   return {
     dir,
     db,

@@ -14,6 +14,7 @@ import type { RequestInit } from '../src/rpc/proto';
 import { Metrics, Service } from '../src/server';
 import { QUIET_MS } from '../src/server/service';
 import { Harness, httpJson, rawCall, startHarness, vec } from './server-harness';
+import { VERSION } from '../src/cli/version';
 import { expectCode } from './helpers';
 
 const DIM = 4;
@@ -261,8 +262,12 @@ describe('HTTP: every operation', () => {
     const page = await fetch(`${h.httpBase}/`);
     expect(page.headers.get('content-type')).toMatch(/text\/html/);
     const html = await page.text();
-    expect(html).toContain('<table>');
+    expect(html).toContain('<table id="nodes">');
     expect(html).toContain('<td>m1</td>');
+    // This node's process: up, the package's version, a resident size and the disk free under its data directory.
+    const self = new RegExp(`<tr><td>${h.db.status().nodeId}</td>.*?</tr>`).exec(html)?.[0] ?? '';
+    expect(self).toMatch(new RegExp(`<td>up</td><td>${VERSION.replace(/\./g, '\\.')}</td><td>\\d+ s</td><td>[\\d.]+ MiB</td><td>[\\d.]+ [KMGT]iB</td><td>[\\d.]+/s</td><td>[\\d.]+/s</td>`));
+    expect(html).toContain('<table id="failovers">');
     expect(html).toContain(`<td>${h.server.grpcAddress}</td>`);
     // Units a person reads: the replica's lag in entries, the WAL in bytes.
     expect(html).toMatch(/<td>0 entries<\/td>/);

@@ -107,7 +107,7 @@ export async function serveCluster(cfg: ClusterConfig, log: (m: string) => void)
   metrics.attachReplication(() => db.replication());
   sidecar.link.on('message', (m: { shard: string; from: NodeId; payload: Buffer }) => db.onPeerMessage(m.from, m.shard, m.payload));
 
-  const server = await startServer({ db, grpc: cfg.grpc, http: cfg.http, metrics, moreMethods: (svc) => nodeMethods(svc, db) });
+  const server = await startServer({ db, dataDir: cfg.data, grpc: cfg.grpc, http: cfg.http, metrics, moreMethods: (svc) => nodeMethods(svc, db) });
   log(`grpc listening on ${server.grpcAddress} (quiver)`);
   log(`http listening on http://${server.httpAddress}`);
 

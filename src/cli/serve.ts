@@ -179,7 +179,7 @@ export async function serve(argv: string[]): Promise<number> {
   log(`opened ${cfg.data} in ${Date.now() - t0} ms (standalone, node ${cfg.nodeId}, ${db.listCollections().length} collections)`);
   let server;
   try {
-    server = await startServer({ db, grpc: cfg.grpc, http: cfg.http, grpcImpl: cfg.grpcImpl, metrics });
+    server = await startServer({ db, dataDir: cfg.data, grpc: cfg.grpc, http: cfg.http, grpcImpl: cfg.grpcImpl, metrics });
   } catch (e) {
     await db.close();
     throw e;

@@ -10,7 +10,7 @@ import type * as http from 'http';
 import type * as net from 'net';
 
 /** What a reserve connection may ask for: liveness, readiness, metrics and the status page. */
-const RESERVE_PATHS = new Set(['/healthz', '/readyz', '/metrics', '/', '/index.html', '/v1/cluster']);
+const RESERVE_PATHS = new Set(['/healthz', '/readyz', '/metrics', '/', '/index.html', '/v1/cluster', '/v1/node']);
 
 interface Conn {
   /** Requests in progress (headers received, answer not done). */

@@ -11,7 +11,7 @@ import { stringifyJson } from '../common/json';
 import { checkFields, copyNumbers, isPlainObject } from '../query/validate';
 import type { CollectionSpecInput, Consistency, Point, PointInput, ReadOptions, SearchHit, SearchRequest, WriteToken } from '../query/types';
 import type { Op, Service } from './service';
-import { clusterJson, renderStatusPage } from './status-page';
+import { StatusSource, clusterJson, renderStatusPage } from './status-page';
 import { asQuiverError, gatherQueries } from './validate';
 
 export const HTTP_STATUS_OF: Record<ErrorCode, number> = {
@@ -82,9 +82,16 @@ const NAME = '([^/]+)';
 
 export class HttpApi {
   private readonly routes: Route[];
+  private readonly statusSource: StatusSource;
 
-  constructor(private readonly svc: Service) {
+  /** dataDir: where the database keeps its files (the status page shows the space free there). */
+  constructor(
+    private readonly svc: Service,
+    dataDir?: string,
+  ) {
     const db = svc.db;
+    const source = new StatusSource(() => db.status().nodeId, svc.metrics, dataDir);
+    this.statusSource = source;
     this.routes = [
       {
         pattern: /^\/v1\/collections$/,
@@ -216,6 +223,10 @@ export class HttpApi {
         pattern: /^\/v1\/cluster$/,
         methods: { GET: { op: 'ClusterStatus', handler: async () => clusterJson(await db.clusterStatus(), svc.addresses) } },
       },
+      {
+        pattern: /^\/v1\/node$/,
+        methods: { GET: { op: 'NodeStatus', handler: () => source.vitals() } },
+      },
     ];
   }
 
@@ -246,7 +257,10 @@ export class HttpApi {
         return;
       }
       if (path === '/' || path === '/index.html') {
-        const html = renderStatusPage(await this.svc.db.clusterStatus(), this.svc.db.listCollections(), this.svc.addresses);
+        const status = await this.svc.db.clusterStatus();
+        this.statusSource.observe(status.shards);
+        const nodes = await this.statusSource.nodes(status);
+        const html = renderStatusPage(status, this.svc.db.listCollections(), this.svc.addresses, { nodes, failovers: this.statusSource.failovers });
         res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'content-length': Buffer.byteLength(html) });
         res.end(html);
         return;

@@ -28,6 +28,8 @@ export interface ServerOptions {
   grpc?: string;
   /** host:port for HTTP; port 0 picks a free one. Default 127.0.0.1:7401. */
   http?: string;
+  /** Where the database keeps its files: the status page shows the space free there. */
+  dataDir?: string;
   /** Reuse a registry whose observer the Database was opened with (WAL and fsync metrics). */
   metrics?: Metrics;
   log?: Logger;
@@ -128,7 +130,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     throw new QuiverError('UNAVAILABLE', `cannot listen for gRPC on ${joinHostPort(g.host, g.port)}: ${err.message}`);
   });
 
-  const api = new HttpApi(svc);
+  const api = new HttpApi(svc, opts.dataDir);
   const conns = new HttpConnections(
     opts.limits?.httpConnectionsMax ?? httpConnectionsMax,
     opts.limits?.httpReserveConnections ?? httpReserveConnections,

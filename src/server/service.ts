@@ -22,6 +22,7 @@ export type Op =
   | 'SearchBatch'
   | 'Count'
   | 'ClusterStatus'
+  | 'NodeStatus'
   | 'Drain'
   | 'ShardUpsert'
   | 'ShardDelete'
