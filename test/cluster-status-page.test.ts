@@ -1,0 +1,97 @@
+/**
+ * The status page at `/` in a real browser (headless Chromium through playwright-core) against a
+ * three-node cluster (etcd, nodes and sidecars): it names every shard's leader, and after one
+ * node is killed with SIGKILL the page, refreshing by itself, marks that node down and shows the
+ * shard's new leader among its recent failovers. A screenshot goes to bench/results/status-page.png.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { chromium, BrowserContext, Page } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TestCluster, TestNode, waitFor } from './cluster-harness';
+import { httpJson, tempDir } from './server-harness';
+
+const CHROMIUM = '/usr/bin/chromium';
+const missing = fs.existsSync(CHROMIUM) ? null : `no ${CHROMIUM} (apt-get install chromium)`;
+const TTL = 2000;
+const SCREENSHOT = path.join(__dirname, '..', 'bench', 'results', 'status-page.png');
+
+/** The cells' text of each row of one of the page's tables (by its id). */
+function rows(page: Page, table: string): Promise<string[][]> {
+  return page.$$eval(`#${table} tbody tr`, (trs) => trs.map((tr) => [...(tr as HTMLTableRowElement).cells].map((td) => td.textContent ?? '')));
+}
+
+describe.skipIf(missing !== null)(`the status page in a browser${missing ? ` (skipped: ${missing})` : ''}`, () => {
+  let cluster: TestCluster;
+  let browser: BrowserContext;
+  let page: Page;
+  /** The leader of shard 0, killed in the second test; the page is served by another node. */
+  let victim: TestNode;
+  let viewer: TestNode;
+
+  beforeAll(async () => {
+    cluster = await TestCluster.start({ cluster: 'page', args: ['--lease-ttl-ms', String(TTL)] });
+    const r = await httpJson(cluster.nodes[0].child.http, 'POST', '/v1/collections', { name: 'docs', dim: 4, shards: 3, replicationFactor: 3, index: { type: 'hnsw', m: 8 } });
+    expect(r.status, JSON.stringify(r.body)).toBe(200);
+    await cluster.waitConverged(cluster.nodes[0], 'docs', 'every shard of docs with a leader and three replicas', 3);
+    victim = cluster.node((await cluster.shards(cluster.nodes[0], 'docs'))[0].leader);
+    viewer = cluster.nodes.find((n) => n !== victim)!;
+    browser = await chromium.launchPersistentContext(tempDir('quiver-chromium-'), { executablePath: CHROMIUM, headless: true, args: ['--no-sandbox'] });
+    page = await browser.newPage();
+    await page.goto(`${viewer.child.http}/`);
+  });
+
+  afterAll(async () => {
+    await browser?.close(); // ends the browser's processes
+    await cluster?.close();
+  });
+
+  /** "collection/shard" -> leader, as the shards table shows them (the shard's columns are on its first row). */
+  async function leadersShown(): Promise<Record<string, string>> {
+    const shown: Record<string, string> = {};
+    for (const [collection, shard, , , leader] of await rows(page, 'shards')) if (collection) shown[`${collection}/${shard}`] = leader;
+    return shown;
+  }
+
+  async function leadersNow(): Promise<Record<string, string>> {
+    return Object.fromEntries((await cluster.shards(viewer, 'docs')).map((s) => [`docs/${s.shard}`, s.leader]));
+  }
+
+  it("shows every node up, the collection's index parameters and every shard's leader", async () => {
+    const nodes = await rows(page, 'nodes');
+    expect(nodes.map((r) => [r[0], r[4]])).toEqual(cluster.nodes.map((n) => [n.id, 'up']));
+    for (const r of nodes) expect(r[6], JSON.stringify(r)).toMatch(/^\d+(\.\d)? (s|min)$/); // uptime
+    expect((await rows(page, 'collections'))[0].slice(0, 4)).toEqual(['docs', '4', 'l2', 'hnsw m=8']);
+    const want = await leadersNow();
+    expect(Object.keys(want)).toEqual(['docs/0', 'docs/1', 'docs/2']);
+    let shown: Record<string, string> = {};
+    await waitFor(async () => JSON.stringify((shown = await leadersShown())) === JSON.stringify(want), 'the page to show the leaders of /v1/collections/docs/shards', 10_000, () => JSON.stringify(shown));
+  });
+
+  it('marks a node killed with SIGKILL down, and shows its shard under a new leader and among the failovers, by refreshing itself', async () => {
+    const t0 = Date.now();
+    await cluster.kill(victim);
+    let seen: string[][] = [];
+    await waitFor(async () => (seen = await rows(page, 'nodes')).some((r) => r[0] === victim.id && r[4].startsWith('DOWN')), `the page to mark ${victim.id} down`, 10_000, () => JSON.stringify(seen));
+    console.log(`status page: ${victim.id} shown down ${Date.now() - t0} ms after SIGKILL`);
+    expect(seen.filter((r) => r[0] !== victim.id).map((r) => r[4])).toEqual(['up', 'up']);
+
+    // Shard 0 moves once the victim's lease ends; the page shows the change.
+    let failovers: string[][] = [];
+    await waitFor(
+      async () => (failovers = await rows(page, 'failovers')).some(([, collection, shard, from]) => collection === 'docs' && shard === '0' && from === victim.id),
+      `a failover of docs/0 away from ${victim.id}`,
+      30_000,
+      () => JSON.stringify(failovers),
+    );
+    const moved = failovers.find(([, collection, shard]) => collection === 'docs' && shard === '0')!;
+    expect(moved[4]).not.toBe(victim.id);
+    let shown: Record<string, string> = {};
+    await waitFor(async () => {
+      const want = await leadersNow();
+      return JSON.stringify((shown = await leadersShown())) === JSON.stringify(want) && !Object.values(want).includes(victim.id);
+    }, 'the page to show the new leaders', 30_000, () => JSON.stringify(shown));
+    fs.mkdirSync(path.dirname(SCREENSHOT), { recursive: true });
+    await page.screenshot({ path: SCREENSHOT, fullPage: true });
+  });
+});
