@@ -57,7 +57,7 @@ export interface Failover {
 const RATE_WINDOW_MS = 1000;
 const FAILOVERS_KEPT = 20;
 /** How long the page waits for another node's GET /v1/node: a node slower than this shows as down. */
-export const PEER_TIMEOUT_MS = 1000;
+const PEER_TIMEOUT_MS = 1000;
 
 /**
  * What the status page knows beyond db.clusterStatus(): this node's process figures, the other
