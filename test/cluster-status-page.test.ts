@@ -18,7 +18,7 @@ const SCREENSHOT = path.join(__dirname, '..', 'bench', 'results', 'status-page.p
 
 /** The cells' text of each row of one of the page's tables (by its id). */
 function rows(page: Page, table: string): Promise<string[][]> {
-  return page.$$eval(`#${table} tbody tr`, (trs) => trs.map((tr) => [...(tr as HTMLTableRowElement).cells].map((td) => td.textContent ?? '')));
+  return page.$$eval(`#${table} tbody tr`, (trs) => trs.map((tr) => Array.from((tr as unknown as { cells: ArrayLike<{ textContent: string | null }> }).cells, (td) => td.textContent ?? '')));
 }
 
 describe.skipIf(missing !== null)(`the status page in a browser${missing ? ` (skipped: ${missing})` : ''}`, () => {
