@@ -2,12 +2,15 @@
  * Prometheus metrics (prom-client), one registry per server so several servers can live in one
  * process (tests). Request counts and latency per operation and transport; WAL bytes, fsync and
  * snapshot latency through the DatabaseObserver hooks; points, LSNs and WAL size per shard read
- * from db.status() when /metrics is scraped.
+ * from db.status() when /metrics is scraped. prom-client's process and Node.js metrics carry the
+ * prefix `quiver_` (quiver_process_cpu_seconds_total, quiver_nodejs_eventloop_lag_seconds, ...).
  */
 import * as client from 'prom-client';
+import { VERSION } from '../cli/version';
+import { isQuiverError } from '../errors';
 import type { ClusterDatabase } from '../query/cluster';
 import type { Database, DatabaseObserver } from '../query/types';
-import { searchLaneStats } from '../native';
+import { gpuInfo, searchLaneStats, simdLevel } from '../native';
 
 export type Transport = 'grpc' | 'http';
 
@@ -100,8 +103,23 @@ export class Metrics {
     this.keepaliveSeconds.observe(seconds);
   }
 
+  /** Series labelled by collection, removed at the next scrape once their collection is dropped. */
+  private readonly perCollection: (client.Counter<string> | client.Histogram<string>)[];
+
   constructor() {
-    client.collectDefaultMetrics({ register: this.registry, prefix: 'quiver_process_' });
+    client.collectDefaultMetrics({ register: this.registry, prefix: 'quiver_' });
+    // prom-client also counts active handles, requests and resources as gauges named *_total; the
+    // same figures by type stay (quiver_nodejs_active_handles etc.: sum() them for the total).
+    for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) {
+      this.registry.removeSingleMetric(`quiver_${name}`);
+    }
+    new client.Gauge({
+      name: 'quiver_build_info',
+      help: 'Always 1: the package version, the commit (QUIVER_COMMIT, else unknown), the SIMD level the kernels run at and whether a GPU is usable',
+      labelNames: ['version', 'commit', 'simd', 'gpu'] as const,
+      registers: [this.registry],
+    }).set({ version: VERSION, commit: process.env.QUIVER_COMMIT || 'unknown', simd: simdLevel(), gpu: String(gpuInfo().available) }, 1);
+    this.perCollection = [this.walBytes, this.fsyncSeconds, this.snapshotSeconds, this.leaderChanges, this.forwardedWrites, this.shardReads, this.replicationBytes];
     this.observer = {
       walAppend: (collection, shard, bytes) => this.walBytes.inc({ collection, shard: String(shard) }, bytes),
       fsync: (collection, shard, seconds) => this.fsyncSeconds.observe({ collection, shard: String(shard) }, seconds),
@@ -171,7 +189,7 @@ export class Metrics {
     laneGauge('quiver_search_lane_spin_max_seconds', 'The most the search lane spins for the next search before it sleeps', (s) => s.spinMicros / 1e6);
   }
 
-  /** Gauges read this database at scrape time. */
+  /** Gauges read this database at scrape time; series of collections it no longer has are removed then. */
   attach(db: Database): void {
     this.db = db;
   }
@@ -221,7 +239,34 @@ export class Metrics {
   }
 
   async text(): Promise<string> {
+    await this.removeDropped();
     return this.registry.metrics();
+  }
+
+  private async removeDropped(): Promise<void> {
+    const db = this.db;
+    if (!db) return;
+    const gone = new Map<string, boolean>();
+    const isGone = (collection: string): boolean => {
+      let g = gone.get(collection);
+      if (g === undefined) {
+        try {
+          db.dimOf(collection);
+          g = false;
+        } catch (e) {
+          if (!isQuiverError(e) || e.code !== 'NOT_FOUND') throw e;
+          g = true;
+        }
+        gone.set(collection, g);
+      }
+      return g;
+    };
+    for (const m of this.perCollection) {
+      for (const { labels } of (await m.get()).values) {
+        // A histogram's buckets carry `le` besides the labels the series was made with.
+        if (labels.le === undefined && isGone(String(labels.collection))) m.remove(labels);
+      }
+    }
   }
 
   get contentType(): string {
