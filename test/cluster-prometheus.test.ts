@@ -2,7 +2,8 @@
  * A real Prometheus (/usr/bin/prometheus, its own temp config and storage, a free loopback port)
  * scrapes the three nodes of a cluster every 500 ms: every target is up, each exports the build
  * info, the event-loop lag and its replicas' commit LSNs, and the request counter Prometheus
- * stores grows after writes. Checked through Prometheus's HTTP API, polled until it holds.
+ * stores grows after writes; the Grafana dashboard's expressions run against it. Checked through
+ * Prometheus's HTTP API, polled until it holds.
  */
 import { ChildProcess, spawn } from 'child_process';
 import * as fs from 'fs';
@@ -108,5 +109,22 @@ describe.skipIf(why !== null)(`a cluster scraped by Prometheus${why ? ` (skipped
     const before = await total(upserts);
     for (let i = 1; i <= 3; i++) await c.upsert('prom', batch(i * 20));
     await waitFor(async () => (await total(upserts)) >= before + 3, 'three more upserts in Prometheus', 30_000, () => lastSeen);
+  });
+
+  it("the Grafana dashboard's expressions run, and the request panels have data", async () => {
+    const dashboard = JSON.parse(fs.readFileSync(path.join(__dirname, '..', 'deploy', 'grafana', 'quiver-dashboard.json'), 'utf8')) as { panels: { title: string; targets: { expr: string }[] }[] };
+    // Grafana's variables as Grafana fills them: every node, a rate window of a few scrapes.
+    const fill = (expr: string): string => expr.replaceAll('$instance', '.*').replaceAll('$__rate_interval', '5s').replaceAll('$__range', '5m');
+    for (const p of dashboard.panels) {
+      for (const [i, t] of p.targets.entries()) {
+        const q = fill(t.expr);
+        // The first query of these panels (requests by operation, leaders by node) has data by now.
+        if (i === 0 && (p.title === 'Requests per second' || p.title === 'Leaders per node')) {
+          await waitFor(async () => (await query(q)).length > 0, `data for ${q}`, 30_000, () => lastSeen);
+        } else {
+          await query(q); // a parse or type error fails here
+        }
+      }
+    }
   });
 });
