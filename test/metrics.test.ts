@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QuiverClient } from '../src/client';
 import { gpuInfo, simdLevel } from '../src/native';
-import { VERSION } from '../src/cli/version';
+import { VERSION } from '../src/common/version';
 import { Harness, startHarness, vec } from './server-harness';
 
 const DIM = 4;

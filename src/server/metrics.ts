@@ -6,7 +6,7 @@
  * prefix `quiver_` (quiver_process_cpu_seconds_total, quiver_nodejs_eventloop_lag_seconds, ...).
  */
 import * as client from 'prom-client';
-import { VERSION } from '../cli/version';
+import { VERSION } from '../common/version';
 import { isQuiverError } from '../errors';
 import type { ClusterDatabase } from '../query/cluster';
 import type { Database, DatabaseObserver } from '../query/types';
