@@ -254,8 +254,9 @@ export class Metrics {
           db.dimOf(collection);
           g = false;
         } catch (e) {
-          if (!isQuiverError(e) || e.code !== 'NOT_FOUND') throw e;
-          g = true;
+          if (!isQuiverError(e)) throw e;
+          // Only NOT_FOUND says it is gone (a node shutting down answers UNAVAILABLE and keeps them).
+          g = e.code === 'NOT_FOUND';
         }
         gone.set(collection, g);
       }
