@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Debian packages the tests and benchmarks use: etcd (cluster tests), iptables (network partitions
-# in the failover tests and benchmark), Chromium (the status page test) and Fashion-MNIST (benchmarks).
+# in the failover tests and benchmark), Chromium (the status page test), prometheus (a cluster
+# scraped by a real Prometheus) and Fashion-MNIST (benchmarks).
 # Installs what is missing when run as root; otherwise says what to install.
 set -euo pipefail
 need=()
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server etcd-client)
 [ -x /usr/sbin/iptables ] || need+=(iptables)
 [ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/prometheus ] || need+=(prometheus)
 [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || need+=(dataset-fashion-mnist)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then

@@ -18,7 +18,7 @@ import { requestBytesMax } from '../src/common/limits';
 import { HttpApi } from '../src/server/http';
 import type { Service } from '../src/server/service';
 import { Harness, startHarness } from './server-harness';
-import { VERSION } from '../src/cli/version';
+import { VERSION } from '../src/common/version';
 
 const DOC_PATH = path.resolve(__dirname, '../docs/openapi.yaml');
 const doc = parse(fs.readFileSync(DOC_PATH, 'utf8'));

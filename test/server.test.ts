@@ -14,7 +14,7 @@ import type { RequestInit } from '../src/rpc/proto';
 import { Metrics, Service } from '../src/server';
 import { QUIET_MS } from '../src/server/service';
 import { Harness, httpJson, rawCall, startHarness, vec } from './server-harness';
-import { VERSION } from '../src/cli/version';
+import { VERSION } from '../src/common/version';
 import { expectCode } from './helpers';
 
 const DIM = 4;

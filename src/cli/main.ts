@@ -7,7 +7,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { QuiverError } from '../errors';
 import { benchList } from './benches';
-import { ROOT, VERSION } from './version';
+import { ROOT, VERSION } from '../common/version';
 
 const USAGE = `usage: quiver <command> [options]
 

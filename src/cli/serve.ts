@@ -12,7 +12,7 @@ import { openDatabase } from '../query';
 import { GrpcImpl, Metrics, checkGrpcImpl, startServer, splitHostPort } from '../server';
 import { tuneAllocatorForServer } from '../native/addon';
 import type { ClusterConfig } from './serve-cluster';
-import { VERSION } from './version';
+import { VERSION } from '../common/version';
 import { defaultSegmentBytes } from '../wal';
 
 const USAGE = `usage: quiver serve [options]

@@ -2,12 +2,15 @@
  * Prometheus metrics (prom-client), one registry per server so several servers can live in one
  * process (tests). Request counts and latency per operation and transport; WAL bytes, fsync and
  * snapshot latency through the DatabaseObserver hooks; points, LSNs and WAL size per shard read
- * from db.status() when /metrics is scraped.
+ * from db.status() when /metrics is scraped. prom-client's process and Node.js metrics carry the
+ * prefix `quiver_` (quiver_process_cpu_seconds_total, quiver_nodejs_eventloop_lag_seconds, ...).
  */
 import * as client from 'prom-client';
+import { VERSION } from '../common/version';
+import { isQuiverError } from '../errors';
 import type { ClusterDatabase } from '../query/cluster';
 import type { Database, DatabaseObserver } from '../query/types';
-import { searchLaneStats } from '../native';
+import { gpuInfo, searchLaneStats, simdLevel } from '../native';
 
 export type Transport = 'grpc' | 'http';
 
@@ -100,18 +103,40 @@ export class Metrics {
     this.keepaliveSeconds.observe(seconds);
   }
 
+  /** Series labelled by collection, removed at the next scrape once their collection is dropped. */
+  private readonly perCollection: (client.Counter<string> | client.Histogram<string>)[];
+  /** The collections these series may name: those observed, and those db.status() listed at a scrape. */
+  private readonly collections = new Set<string>();
+
+  private seen(collection: string): string {
+    this.collections.add(collection);
+    return collection;
+  }
+
   constructor() {
-    client.collectDefaultMetrics({ register: this.registry, prefix: 'quiver_process_' });
+    client.collectDefaultMetrics({ register: this.registry, prefix: 'quiver_' });
+    // prom-client also counts active handles, requests and resources as gauges named *_total; the
+    // same figures by type stay (quiver_nodejs_active_handles etc.: sum() them for the total).
+    for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) {
+      this.registry.removeSingleMetric(`quiver_${name}`);
+    }
+    new client.Gauge({
+      name: 'quiver_build_info',
+      help: 'Always 1: the package version, the commit (QUIVER_COMMIT, else unknown), the SIMD level the kernels run at and whether a GPU is usable',
+      labelNames: ['version', 'commit', 'simd', 'gpu'] as const,
+      registers: [this.registry],
+    }).set({ version: VERSION, commit: process.env.QUIVER_COMMIT || 'unknown', simd: simdLevel(), gpu: String(gpuInfo().available) }, 1);
+    this.perCollection = [this.walBytes, this.fsyncSeconds, this.snapshotSeconds, this.leaderChanges, this.forwardedWrites, this.shardReads, this.replicationBytes];
     this.observer = {
-      walAppend: (collection, shard, bytes) => this.walBytes.inc({ collection, shard: String(shard) }, bytes),
-      fsync: (collection, shard, seconds) => this.fsyncSeconds.observe({ collection, shard: String(shard) }, seconds),
-      snapshot: (collection, shard, seconds) => this.snapshotSeconds.observe({ collection, shard: String(shard) }, seconds),
+      walAppend: (collection, shard, bytes) => this.walBytes.inc({ collection: this.seen(collection), shard: String(shard) }, bytes),
+      fsync: (collection, shard, seconds) => this.fsyncSeconds.observe({ collection: this.seen(collection), shard: String(shard) }, seconds),
+      snapshot: (collection, shard, seconds) => this.snapshotSeconds.observe({ collection: this.seen(collection), shard: String(shard) }, seconds),
       leadership: (collection, shard, seconds) => {
-        this.leaderChanges.inc({ collection, shard: String(shard) });
+        this.leaderChanges.inc({ collection: this.seen(collection), shard: String(shard) });
         if (seconds !== null) this.failoverSeconds.observe(seconds);
       },
-      forwardedWrite: (collection, shard) => this.forwardedWrites.inc({ collection, shard: String(shard) }),
-      shardRead: (collection, shard, consistency, role) => this.shardReads.inc({ collection, shard: String(shard), consistency, role }),
+      forwardedWrite: (collection, shard) => this.forwardedWrites.inc({ collection: this.seen(collection), shard: String(shard) }),
+      shardRead: (collection, shard, consistency, role) => this.shardReads.inc({ collection: this.seen(collection), shard: String(shard), consistency, role }),
     };
     // Per-shard gauges, read from db.status() at scrape time.
     const metrics = this;
@@ -171,7 +196,7 @@ export class Metrics {
     laneGauge('quiver_search_lane_spin_max_seconds', 'The most the search lane spins for the next search before it sleeps', (s) => s.spinMicros / 1e6);
   }
 
-  /** Gauges read this database at scrape time. */
+  /** Gauges read this database at scrape time; series of collections it no longer has are removed then. */
   attach(db: Database): void {
     this.db = db;
   }
@@ -221,7 +246,37 @@ export class Metrics {
   }
 
   async text(): Promise<string> {
+    await this.removeDropped();
     return this.registry.metrics();
+  }
+
+  /**
+   * Removes the series of collections the database no longer has. The series are walked (a cost
+   * that grows with them) only when one of the collections they may name is gone.
+   */
+  private async removeDropped(): Promise<void> {
+    const db = this.db;
+    if (!db) return;
+    // Replication bytes are counted from outside the observer, for shards status() lists.
+    for (const s of db.status().shards) this.collections.add(s.collection);
+    const gone = new Set<string>();
+    for (const collection of this.collections) {
+      try {
+        db.dimOf(collection);
+      } catch (e) {
+        if (!isQuiverError(e)) throw e;
+        // Only NOT_FOUND says it is gone (a node shutting down answers UNAVAILABLE and keeps them).
+        if (e.code === 'NOT_FOUND') gone.add(collection);
+      }
+    }
+    if (gone.size === 0) return;
+    for (const m of this.perCollection) {
+      for (const { labels } of (await m.get()).values) {
+        // A histogram's buckets carry `le` besides the labels the series was made with.
+        if (labels.le === undefined && gone.has(String(labels.collection))) m.remove(labels);
+      }
+    }
+    for (const collection of gone) this.collections.delete(collection);
   }
 
   get contentType(): string {

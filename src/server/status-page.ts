@@ -6,7 +6,7 @@
  */
 import * as fs from 'fs';
 import type { ClusterStatus, CollectionInfo, IndexSpec, ReplicaStatus, ShardStatus } from '../query/types';
-import { VERSION } from '../cli/version';
+import { VERSION } from '../common/version';
 import type { Metrics } from './metrics';
 
 export interface ListenAddresses {
