@@ -9,6 +9,7 @@ import { deadlineMsMax } from '../common/limits';
 import type { Database } from '../query/types';
 import type { Metrics, Transport } from './metrics';
 import { asQuiverError } from './validate';
+import { Log, log as rootLog } from '../common/log';
 
 export type Op =
   | 'CreateCollection'
@@ -40,9 +41,7 @@ const CHANGES: ReadonlySet<Op> = new Set<Op>(['CreateCollection', 'DropCollectio
  */
 export const QUIET_MS = 1000;
 
-export interface Logger {
-  error(msg: string): void;
-}
+export type Logger = Pick<Log, 'error'>;
 
 export class Service {
   private inFlight = 0;
@@ -57,7 +56,7 @@ export class Service {
   constructor(
     readonly db: Database,
     readonly metrics: Metrics,
-    readonly log: Logger = { error: (m) => process.stderr.write(`${m}\n`) },
+    readonly log: Logger = rootLog,
   ) {}
 
   get isDraining(): boolean {
