@@ -176,8 +176,9 @@ export async function serve(argv: string[]): Promise<number> {
     // The cluster's code (etcd client, sidecar supervisor, replica hosts) loads only in cluster mode.
     const { serveCluster } = await import('./serve-cluster');
     const node = await serveCluster({ ...cfg, ...cfg.cluster }, say);
+    const stopped = untilSignal(() => node.close());
     say('ready');
-    return untilSignal(() => node.close());
+    return stopped;
   }
   const metrics = new Metrics();
   const t0 = Date.now();
@@ -199,20 +200,25 @@ export async function serve(argv: string[]): Promise<number> {
   }
   say(`grpc listening on ${server.grpcAddress} (${cfg.grpcImpl})`);
   say(`http listening on http://${server.httpAddress}`);
-  say('ready');
 
   const running = server;
-  return untilSignal(async () => {
+  const stopped = untilSignal(async () => {
     await running.close();
     const t = Date.now();
     await db.close();
     log.info(`database closed in ${Date.now() - t} ms; bye`);
   });
+  say('ready');
+  return stopped;
 }
 
 const lingerMs = 5000;
 
-/** Resolves with the exit code once SIGTERM or SIGINT has stopped the node (`stop`); a second signal exits at once. */
+/**
+ * Resolves with the exit code once SIGTERM or SIGINT has stopped the node (`stop`); a second signal
+ * exits at once. The handlers are in place when it returns: call it before printing "ready", as a
+ * supervisor may send SIGTERM as soon as it reads that line.
+ */
 function untilSignal(stop: () => Promise<void>): Promise<number> {
   return new Promise<number>((resolve) => {
     let stopping = false;
