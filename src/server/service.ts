@@ -87,7 +87,7 @@ export class Service {
       return await withDeadline(Promise.resolve(fn()), left);
     } catch (e) {
       const qe = asQuiverError(e);
-      if (qe.code === 'INTERNAL') this.log.error(`quiver: ${op} failed: ${e instanceof Error ? e.stack ?? e.message : String(e)}`);
+      if (qe.code === 'INTERNAL') this.log.error(`${op} failed`, { code: 'INTERNAL', err: e });
       code = qe.code;
       throw qe;
     } finally {
