@@ -23,7 +23,7 @@ describe('quiver serve', () => {
   it('--help documents every flag; bad cluster flags and a bad flag are refused with a clear error', async () => {
     const help = await run(['--help']);
     expect(help.code).toBe(0);
-    for (const flag of ['--data', '--grpc', '--http', '--grpc-impl', '--config', '--snapshot-interval-ms', '--node-id', '--etcd', '--replication', '--zone', '--cluster', '--lease-ttl-ms', '--rereplicate-after-ms', '--help']) {
+    for (const flag of ['--data', '--grpc', '--http', '--grpc-impl', '--config', '--snapshot-interval-ms', '--node-id', '--log-level', '--etcd', '--replication', '--zone', '--cluster', '--lease-ttl-ms', '--rereplicate-after-ms', '--help']) {
       expect(help.out).toContain(flag);
     }
     const cases: [string[], RegExp][] = [
@@ -35,6 +35,7 @@ describe('quiver serve', () => {
       [['--etcd', 'http://127.0.0.1:2379', '--grpc-impl', 'grpc-js'], /--grpc-impl quiver/],
       [['--etcd', 'http://127.0.0.1:2379', '--node-id', 'a/b'], /--node-id must be/],
       [['--etcd', 'http://127.0.0.1:2379', '--replication', 'nowhere'], /--replication/],
+      [['--log-level', 'verbose'], /--log-level must be one of error, warn, info, debug/],
     ];
     for (const [args, message] of cases) {
       const r = await run([...args, '--data', tempDir('quiver-cli-')]);

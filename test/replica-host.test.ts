@@ -15,6 +15,10 @@ import type { WriteResult } from '../src/shard';
 import { EntryType, encodeEntryParts } from '../src/wal/format';
 import { crc32c } from '../src/wal/crc32c';
 import { pollUntil, rng } from './helpers';
+import { configureLog } from '../src/common/log';
+
+// Every role change and snapshot transfer logs a line at info: warnings and errors only here.
+configureLog({ level: 'warn' });
 
 const DIM = 4;
 const NODES = ['a', 'b', 'c'];

@@ -20,7 +20,9 @@ export interface ServeChild {
   /** host:port of gRPC; http://host:port of HTTP. */
   grpc: string;
   http: string;
+  /** stdout and stderr as they came; stderr alone (the log). */
   output: () => string;
+  stderr: () => string;
   exited: Promise<number | null>;
 }
 
@@ -30,6 +32,7 @@ export function startServe(args: string[], opts: { uid?: number } = {}): Promise
   const child = spawn(process.execPath, [BIN, 'serve', ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], ...ids });
   children.add(child);
   let out = '';
+  let err = '';
   const exited = new Promise<number | null>((resolve) =>
     child.on('exit', (code) => {
       children.delete(child);
@@ -42,11 +45,14 @@ export function startServe(args: string[], opts: { uid?: number } = {}): Promise
       const g = /grpc listening on (\S+)/.exec(out);
       const h = /http listening on http:\/\/(\S+)/.exec(out);
       if (g && h && /quiver: ready/.test(out)) {
-        resolve({ child, grpc: g[1], http: `http://${h[1]}`, output: () => out, exited });
+        resolve({ child, grpc: g[1], http: `http://${h[1]}`, output: () => out, stderr: () => err, exited });
       }
     };
     child.stdout!.on('data', onData);
-    child.stderr!.on('data', (b: Buffer) => (out += b.toString()));
+    child.stderr!.on('data', (b: Buffer) => {
+      out += b.toString();
+      err += b.toString();
+    });
     // Ready or exited first: whichever comes (the test's own timeout bounds the wait).
     exited.then((code) => {
       reject(new Error(`quiver serve exited with ${code} before ready:\n${out}`));

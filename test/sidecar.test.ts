@@ -252,7 +252,7 @@ async function startNode(id: string, cluster = 'test', listen = '127.0.0.1:0'): 
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'quiver-sidecar-'));
   const log: string[] = [];
   try {
-    const sup = await SidecarSupervisor.start({ dataDir: dir, nodeId: id, listen, cluster, log: { error: (m) => log.push(m) } });
+    const sup = await SidecarSupervisor.start({ dataDir: dir, nodeId: id, listen, cluster, log: { error: (m) => log.push(m), warn: (m) => log.push(m) } });
     const n = { sup, dir, log, pids: new Set([sup.pid()!]) };
     sup.link.on('up', () => n.pids.add(sup.pid()!));
     nodes.push(n);

@@ -14,7 +14,8 @@ import { QuiverError } from '../errors';
 import { EtcdCoordinator } from '../cluster/etcd';
 import { ReplicaHost } from '../cluster/replica-host';
 import { SidecarSupervisor } from '../cluster/sidecar-link';
-import type { NodeId, Progress, ShardKey } from '../cluster/types';
+import type { NodeId, Progress, ShardKey, ShardMap } from '../cluster/types';
+import { log as rootLog } from '../common/log';
 import { ClusterDatabase, ClusterNodeRecord, CollectionRecord, CoordinatorPort } from '../query/cluster';
 import { setSearchLaneDefaults } from '../native';
 import { Metrics, startServer } from '../server';
@@ -67,15 +68,17 @@ class CoordinatorRelay extends EventEmitter implements CoordinatorPort {
   }
 }
 
-export async function serveCluster(cfg: ClusterConfig, log: (m: string) => void): Promise<{ close(): Promise<void> }> {
+/** `say`: the start-up lines on stdout (where the node listens); the rest goes to the log, each line with the node's id. */
+export async function serveCluster(cfg: ClusterConfig, say: (m: string) => void): Promise<{ close(): Promise<void> }> {
+  const log = rootLog.child({ node: cfg.nodeId });
   // A node shares its cores with its sidecar (and, on a test or benchmark host, with other nodes):
   // the search lane neither spins for the next search nor has the event loop poll for its answer.
   setSearchLaneDefaults({ poll: false, spinMicros: 0 });
   const metrics = new Metrics();
   fs.mkdirSync(cfg.data, { recursive: true });
 
-  const sidecar = await SidecarSupervisor.start({ dataDir: cfg.data, nodeId: cfg.nodeId, listen: cfg.replication, cluster: cfg.cluster, log: { error: (m: string) => log(m) } });
-  log(`sidecar pid ${sidecar.pid()} replicating on ${sidecar.address}`);
+  const sidecar = await SidecarSupervisor.start({ dataDir: cfg.data, nodeId: cfg.nodeId, listen: cfg.replication, cluster: cfg.cluster, log });
+  say(`sidecar pid ${sidecar.pid()} replicating on ${sidecar.address}`);
 
   const relay = new CoordinatorRelay();
   relay.on('nodes', (n: Record<NodeId, ClusterNodeRecord>) => {
@@ -93,8 +96,8 @@ export async function serveCluster(cfg: ClusterConfig, log: (m: string) => void)
     peers,
     openReplica: async ({ shard, dir, shardOptions, send, publish }) => {
       // Lease deadlines come from the coordinator on the performance.now() clock.
-      const host = await ReplicaHost.open({ dir, self: cfg.nodeId, shard, shardOptions, transport: { send }, coordination: { publishProgress: publish }, now: () => performance.now() });
-      host.on('rejected', (e: Error, from: NodeId) => log(`replica of ${shard}: refused a message from ${from}: ${e.message}`));
+      const host = await ReplicaHost.open({ dir, self: cfg.nodeId, shard, shardOptions, transport: { send }, coordination: { publishProgress: publish }, now: () => performance.now(), log });
+      host.on('rejected', (e: Error, from: NodeId) => log.warn('replica refused a message', { shard, epoch: host.status().epoch, from, err: e.message }));
       return host;
     },
     sendToPeer: (to, shard, payload) => {
@@ -108,8 +111,8 @@ export async function serveCluster(cfg: ClusterConfig, log: (m: string) => void)
   sidecar.link.on('message', (m: { shard: string; from: NodeId; payload: Buffer }) => db.onPeerMessage(m.from, m.shard, m.payload));
 
   const server = await startServer({ db, dataDir: cfg.data, grpc: cfg.grpc, http: cfg.http, metrics, moreMethods: (svc) => nodeMethods(svc, db) });
-  log(`grpc listening on ${server.grpcAddress} (quiver)`);
-  log(`http listening on http://${server.httpAddress}`);
+  say(`grpc listening on ${server.grpcAddress} (quiver)`);
+  say(`http listening on http://${server.httpAddress}`);
 
   const coordinator = await EtcdCoordinator.connect({
     endpoints: cfg.etcd,
@@ -118,11 +121,15 @@ export async function serveCluster(cfg: ClusterConfig, log: (m: string) => void)
     leaseTtlMs: cfg.leaseTtlMs,
     controller: { reReplicateAfterMs: cfg.reReplicateAfterMs },
     info: { zone: cfg.zone, draining: false, version: cfg.version, grpc: server.grpcAddress, http: server.httpAddress, replication: sidecar.address },
-    log: { error: (m: string) => log(m) },
+    log,
   });
   relay.attach(coordinator);
+  coordinator.on('map', (shard: ShardKey, m: ShardMap) => log.info('shard map', { shard, epoch: m.epoch, leader: m.leader, phase: m.phase, replicas: m.replicas }));
+  coordinator.on('stopLeading', () => log.warn('etcd lease deadline passed without a renewal: leaderships here stop taking writes'));
+  coordinator.on('controller', (on: boolean) => log.info(on ? 'this node runs the controller' : 'this node stopped running the controller'));
+  coordinator.on('drained', (node: NodeId) => log.info('controller: node drained', { drained: node }));
   coordinator.on('keepalive', (seconds: number) => metrics.observeKeepalive(seconds));
-  log(`joined cluster "${cfg.cluster}" through etcd ${cfg.etcd.join(',')} as node ${cfg.nodeId}`);
+  say(`joined cluster "${cfg.cluster}" through etcd ${cfg.etcd.join(',')} as node ${cfg.nodeId}`);
 
   return {
     async close() {
@@ -134,19 +141,20 @@ export async function serveCluster(cfg: ClusterConfig, log: (m: string) => void)
       const left = await db.drain({
         signal: AbortSignal.timeout(cfg.drainTimeoutMs),
         onProgress: (l) => {
-          if (l.length !== last) log(`draining: ${l.length} leaderships to hand over${l.length ? ` (${l.join(', ')})` : ''}`);
+          if (l.length !== last) log.info(`draining: ${l.length} leaderships to hand over`, { shards: l });
           last = l.length;
         },
       });
-      log(left.length ? `drain timed out after ${Date.now() - t} ms; still leading ${left.join(', ')}` : `drained in ${Date.now() - t} ms`);
+      if (left.length) log.warn(`drain timed out after ${Date.now() - t} ms`, { shards: left });
+      else log.info(`drained in ${Date.now() - t} ms`);
       await server.close();
-      log('servers closed');
+      log.info('servers closed');
       await coordinator.close();
-      log('left the cluster (lease revoked)');
+      log.info('left the cluster (lease revoked)');
       await db.close();
       peers.close();
       await sidecar.close();
-      log('replicas and sidecar closed; bye');
+      log.info('replicas and sidecar closed; bye');
     },
   };
 }

@@ -14,6 +14,7 @@ import { tuneAllocatorForServer } from '../native/addon';
 import type { ClusterConfig } from './serve-cluster';
 import { VERSION } from '../common/version';
 import { defaultSegmentBytes } from '../wal';
+import { LOG_LEVELS, LogLevel, configureLog, log } from '../common/log';
 
 const USAGE = `usage: quiver serve [options]
 
@@ -30,8 +31,12 @@ options:
                               framing (default; the lower latency) or @grpc/grpc-js's server;
                               the same API and wire protocol either way
   --config FILE               JSON file with the same keys ("data", "grpc", "http", "grpc-impl",
-                              "snapshot-interval-ms", "node-id"); flags given on the command
-                              line win over the file
+                              "snapshot-interval-ms", "node-id", "log-level", ...); flags given
+                              on the command line win over the file
+  --log-level LEVEL           error, warn, info or debug: the least severe log line written;
+                              default info. Logs go to stderr, one JSON object per line
+                              (time, level, msg, fields), or as plain text when stderr is a
+                              terminal; where the node listens and "ready" go to stdout
   --snapshot-interval-ms N    snapshot a changed shard every N ms (0 = only at shutdown);
                               default 60000
   --wal-segment-bytes N       roll a shard's WAL to a new segment file past N bytes (segments
@@ -55,7 +60,7 @@ SIGTERM or SIGINT: stop accepting requests, finish those in flight, snapshot, ex
 cluster, first hand the node's leaderships over to followers, as quiver admin drain does).
 `;
 
-const CONFIG_KEYS = ['data', 'grpc', 'http', 'grpc-impl', 'snapshot-interval-ms', 'wal-segment-bytes', 'node-id', 'etcd', 'replication', 'zone', 'cluster', 'lease-ttl-ms', 'drain-timeout-ms', 'rereplicate-after-ms'];
+const CONFIG_KEYS = ['data', 'grpc', 'http', 'grpc-impl', 'snapshot-interval-ms', 'wal-segment-bytes', 'node-id', 'log-level', 'etcd', 'replication', 'zone', 'cluster', 'lease-ttl-ms', 'drain-timeout-ms', 'rereplicate-after-ms'];
 
 export const SERVE: CommandSpec = {
   usage: USAGE,
@@ -70,6 +75,7 @@ interface ServeConfig {
   snapshotIntervalMs: number;
   segmentBytes: number;
   nodeId: string;
+  logLevel: LogLevel;
   /** Cluster mode when set. */
   cluster?: Omit<ClusterConfig, 'data' | 'grpc' | 'http' | 'snapshotIntervalMs' | 'segmentBytes' | 'nodeId'>;
 }
@@ -110,6 +116,8 @@ export function resolveConfig(argv: string[]): ServeConfig | null {
   if (!Number.isInteger(interval) || interval < 0) throw new UsageError('--snapshot-interval-ms must be an integer >= 0');
   const segmentBytes = Number(get('wal-segment-bytes', String(defaultSegmentBytes)));
   if (!Number.isInteger(segmentBytes) || segmentBytes < 4096 || segmentBytes > 2 ** 31) throw new UsageError('--wal-segment-bytes must be an integer in 4096..2147483648');
+  const logLevel = get('log-level', 'info');
+  if (!(LOG_LEVELS as string[]).includes(logLevel)) throw new UsageError(`--log-level must be one of ${LOG_LEVELS.join(', ')} (got '${logLevel}')`);
   const etcd = stringFlag(p, 'etcd') ?? file.etcd;
   const cfg: ServeConfig = {
     data: path.resolve(get('data', './quiver-data')),
@@ -119,6 +127,7 @@ export function resolveConfig(argv: string[]): ServeConfig | null {
     snapshotIntervalMs: interval,
     segmentBytes,
     nodeId: get('node-id', 'local'),
+    logLevel: logLevel as LogLevel,
   };
   splitHostPort(cfg.grpc, '--grpc');
   splitHostPort(cfg.http, '--http');
@@ -154,17 +163,22 @@ export async function serve(argv: string[]): Promise<number> {
   if (!cfg) return 0;
 
   // A closed stdout (the reader went away, e.g. a supervisor that exited) must not bring the
-  // server down mid-shutdown: write errors on the log streams are dropped.
+  // server down mid-shutdown: write errors on the output streams are dropped.
   for (const stream of [process.stdout, process.stderr]) stream.on('error', () => undefined);
-  const log = (m: string): void => void process.stdout.write(`quiver: ${m}\n`);
+  configureLog({ level: cfg.logLevel });
+  log.debug('configuration', { ...cfg });
+  // Start-up lines on stdout, a stable format that scripts and supervisors read (where the node
+  // listens, then "ready"); everything after them is the log on stderr.
+  const say = (m: string): void => void process.stdout.write(`quiver: ${m}\n`);
   // Before the first large allocation: the server's batches should reuse heap memory, not remap it.
   tuneAllocatorForServer();
   if (cfg.cluster) {
     // The cluster's code (etcd client, sidecar supervisor, replica hosts) loads only in cluster mode.
     const { serveCluster } = await import('./serve-cluster');
-    const node = await serveCluster({ ...cfg, ...cfg.cluster }, log);
-    log('ready');
-    return untilSignal(log, () => node.close());
+    const node = await serveCluster({ ...cfg, ...cfg.cluster }, say);
+    const stopped = untilSignal(() => node.close());
+    say('ready');
+    return stopped;
   }
   const metrics = new Metrics();
   const t0 = Date.now();
@@ -176,7 +190,7 @@ export async function serve(argv: string[]): Promise<number> {
     observer: metrics.observer,
     nodeId: cfg.nodeId,
   });
-  log(`opened ${cfg.data} in ${Date.now() - t0} ms (standalone, node ${cfg.nodeId}, ${db.listCollections().length} collections)`);
+  say(`opened ${cfg.data} in ${Date.now() - t0} ms (standalone, node ${cfg.nodeId}, ${db.listCollections().length} collections)`);
   let server;
   try {
     server = await startServer({ db, dataDir: cfg.data, grpc: cfg.grpc, http: cfg.http, grpcImpl: cfg.grpcImpl, metrics });
@@ -184,32 +198,37 @@ export async function serve(argv: string[]): Promise<number> {
     await db.close();
     throw e;
   }
-  log(`grpc listening on ${server.grpcAddress} (${cfg.grpcImpl})`);
-  log(`http listening on http://${server.httpAddress}`);
-  log('ready');
+  say(`grpc listening on ${server.grpcAddress} (${cfg.grpcImpl})`);
+  say(`http listening on http://${server.httpAddress}`);
 
   const running = server;
-  return untilSignal(log, async () => {
+  const stopped = untilSignal(async () => {
     await running.close();
     const t = Date.now();
     await db.close();
-    log(`database closed in ${Date.now() - t} ms; bye`);
+    log.info(`database closed in ${Date.now() - t} ms; bye`);
   });
+  say('ready');
+  return stopped;
 }
 
 const lingerMs = 5000;
 
-/** Resolves with the exit code once SIGTERM or SIGINT has stopped the node (`stop`); a second signal exits at once. */
-function untilSignal(log: (m: string) => void, stop: () => Promise<void>): Promise<number> {
+/**
+ * Resolves with the exit code once SIGTERM or SIGINT has stopped the node (`stop`); a second signal
+ * exits at once. The handlers are in place when it returns: call it before printing "ready", as a
+ * supervisor may send SIGTERM as soon as it reads that line.
+ */
+function untilSignal(stop: () => Promise<void>): Promise<number> {
   return new Promise<number>((resolve) => {
     let stopping = false;
     const onSignal = (signal: NodeJS.Signals): void => {
       if (stopping) {
-        log(`${signal} again: exiting without waiting`);
+        log.warn(`${signal} again: exiting without waiting`);
         process.exit(1);
       }
       stopping = true;
-      log(`${signal}: stopping (finishing in-flight requests, then a snapshot)`);
+      log.info(`${signal}: stopping (finishing in-flight requests, then a snapshot)`);
       stop().then(
         () => {
           process.off('SIGTERM', onSignal);
@@ -217,13 +236,13 @@ function untilSignal(log: (m: string) => void, stop: () => Promise<void>): Promi
           // Everything is closed: the process ends once its event loop is empty. Should a handle
           // outlive its owner, say which and exit anyway (the data is safe on disk by now).
           setTimeout(() => {
-            log(`still running ${lingerMs} ms after shutdown (${process.getActiveResourcesInfo().join(', ')}): exiting`);
+            log.warn(`still running ${lingerMs} ms after shutdown: exiting`, { resources: process.getActiveResourcesInfo() });
             process.exit(0);
           }, lingerMs).unref();
           resolve(0);
         },
         (e) => {
-          process.stderr.write(`quiver: shutdown failed: ${e instanceof Error ? e.message : String(e)}\n`);
+          log.error('shutdown failed', { err: e });
           resolve(1);
         },
       );

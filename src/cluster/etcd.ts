@@ -30,6 +30,7 @@ import { CollectionPlacement, ControllerConfig, ControllerEffect, ControllerEven
 import { KeyChange, controllerEventOf, etcdKeys, startedEventOf } from './keys';
 import { LeaseConfig, LeaseEvent, LeaseState, initLease, stepLease } from './lease';
 import { NodeId, Progress, ShardKey, ShardMap, shardKey } from './types';
+import { Log, log as rootLog } from '../common/log';
 
 /** What `nodes/<node>` holds: the controller's NodeInfo plus where the node answers. */
 export interface NodeRecord extends NodeInfo {
@@ -55,7 +56,7 @@ export interface EtcdCoordinatorOptions {
   /** Deadline of every unary etcd call (default: a quarter of the lease TTL). */
   callTimeoutMs?: number;
   controller?: Partial<ControllerConfig>;
-  log?: { error(msg: string): void };
+  log?: Pick<Log, 'error'>;
 }
 
 const now = (): number => performance.now();
@@ -165,7 +166,7 @@ export class EtcdCoordinator extends EventEmitter {
   private readonly leaseConfig: LeaseConfig;
   private readonly controllerConfig: ControllerConfig;
   private readonly tickMs: number;
-  private readonly log: { error(msg: string): void };
+  private readonly log: Pick<Log, 'error'>;
   private readonly abort = new AbortController();
   private lease: LeaseState;
   private leaseId: string | null = null;
@@ -190,7 +191,7 @@ export class EtcdCoordinator extends EventEmitter {
     this.lease = initLease(this.leaseConfig);
     this.tickMs = Math.floor(this.leaseConfig.keepaliveEveryMs / 2);
     this.controllerConfig = { ...defaultControllerConfig, ...opts.controller };
-    this.log = opts.log ?? { error: (m) => process.stderr.write(`${m}\n`) };
+    this.log = opts.log ?? rootLog;
     this.client = new Etcd3({
       hosts: opts.endpoints,
       // Streams (watch, keepalive) carry their own deadlines; every unary call gets this one.

@@ -43,6 +43,7 @@ import {
   stepReplica,
 } from './replica';
 import { NodeId, Progress, ShardKey, ShardMap } from './types';
+import { Log, log as rootLog } from '../common/log';
 
 export interface ReplicaTransport {
   /** Fire and forget: a message may be lost, delayed or reordered. */
@@ -69,6 +70,8 @@ export interface ReplicaHostOptions {
   snapshotChunkBytes?: number;
   /** The clock of lease deadlines (ms). Default Date.now. */
   now?: () => number;
+  /** Where role changes, truncations and snapshot transfers are logged (each line gets node, shard and epoch). Default the process's log. */
+  log?: Log;
 }
 
 type Write = ShardWrite;
@@ -344,10 +347,12 @@ export class ReplicaHost extends EventEmitter {
   /** When an entries message (or heartbeat) from the leader this replica follows last arrived, in which epoch. */
   private leaderHeardAt: { epoch: number; at: number } | null = null;
   private readonly config: ReplicaConfig;
+  private readonly log: Log;
 
   private constructor(private readonly opts: ReplicaHostOptions) {
     super();
     this.now = opts.now ?? Date.now;
+    this.log = (opts.log ?? rootLog).child({ node: opts.self, shard: opts.shard });
     this.config = { ...hostReplicaConfig, ...opts.config };
   }
 
@@ -558,7 +563,7 @@ export class ReplicaHost extends EventEmitter {
 
   private fail(e: Error): void {
     this.failure = e;
-    process.stderr.write(`quiver: replica of ${this.opts.shard} on ${this.opts.self} stopped: ${e.stack ?? e.message}\n`);
+    this.log.error('replica stopped', { epoch: this.state.role.epoch, err: e });
     const err = new QuiverError('INTERNAL', `replica of ${this.opts.shard} failed: ${e.message}`);
     for (const w of this.writes.values()) w.reject(err);
     this.writes.clear();
@@ -566,7 +571,10 @@ export class ReplicaHost extends EventEmitter {
 
   private async step(ev: Event): Promise<void> {
     const { state, effects } = stepReplica<Write, Buffer>(this.state, ev, this.now());
+    const was = this.state.role;
     this.state = state;
+    const r = state.role;
+    if (r.kind !== was.kind || r.epoch !== was.epoch) this.log.info(`replica ${was.kind} -> ${r.kind}`, { epoch: r.epoch, leader: r.kind === 'follower' ? r.leader : isLeading(r) ? this.opts.self : null, commitLsn: state.log.commitLsn });
     for (const e of effects) await this.perform(e);
   }
 
@@ -577,6 +585,7 @@ export class ReplicaHost extends EventEmitter {
         await writeHardState(this.opts.dir, e.hard);
         break;
       case 'truncate':
+        this.log.warn('truncating a divergent log tail', { epoch: this.state.role.epoch, afterLsn: e.afterLsn, lastLsn: wal.lastLsn });
         await wal.flush();
         await wal.truncateAfter(e.afterLsn);
         break;
@@ -730,6 +739,7 @@ export class ReplicaHost extends EventEmitter {
     const src: SnapshotSource = { lsn: snaps[0].lsn, lsnEpoch: epochAt(this.state.log.history, snaps[0].lsn), dir, files, total: files.reduce((n, f) => n + f.size, 0) };
     const old = this.transfers.get(to);
     const acked = old && old.src.lsn === src.lsn ? old.acked : 0;
+    this.log.info('sending a snapshot', { epoch, to, lsn: src.lsn, bytes: src.total, fromByte: acked });
     this.transfers.set(to, { src, epoch, acked, sent: acked, progressAt: this.now() });
     await this.pumpTransfer(to);
   }
@@ -834,6 +844,7 @@ export class ReplicaHost extends EventEmitter {
    * marker file names the install until it is done, so that open() finishes one a crash cut short.
    */
   private async install(lsn: number): Promise<void> {
+    this.log.info('installing a snapshot', { epoch: this.state.role.epoch, lsn });
     await this.shardValue.close({ snapshot: false });
     await writeFileSynced(path.join(this.opts.dir, INSTALL_FILE), [Buffer.from(String(lsn))]);
     await fsyncDir(this.opts.dir);

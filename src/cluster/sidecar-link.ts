@@ -28,6 +28,7 @@ import { QuiverError } from '../errors';
 import { LocalFrameSchema } from '../rpc/gen/replication_pb';
 import type { LocalFrame, PeerMessage as WireMessage } from '../rpc/gen/replication_pb';
 import type { NodeId } from './types';
+import { Log, log as rootLog } from '../common/log';
 
 export interface PeerMessage {
   shard: string;
@@ -323,11 +324,8 @@ export class LocalFrameParser {
   }
 }
 
-export interface Logger {
-  error(msg: string): void;
-}
-
-const defaultLog: Logger = { error: (m) => process.stderr.write(`${m}\n`) };
+/** Where the link and the sidecar process report what goes wrong. */
+export type Logger = Pick<Log, 'error'>;
 
 /** The node's end of the local socket. */
 export class SidecarLink extends EventEmitter {
@@ -338,7 +336,7 @@ export class SidecarLink extends EventEmitter {
   /** Messages dropped: sent while down, past the queue bound, or that cannot travel. */
   dropped = 0;
 
-  constructor(private readonly log: Logger = defaultLog) {
+  constructor(private readonly log: Logger = rootLog) {
     super();
   }
 
@@ -436,7 +434,8 @@ export interface SidecarOptions {
   listen: string;
   /** The cluster's name: sidecars of another cluster are refused. */
   cluster: string;
-  log?: Logger;
+  /** Default the process's log. */
+  log?: Pick<Log, 'error' | 'warn'>;
 }
 
 export class SidecarSupervisor {
@@ -448,11 +447,11 @@ export class SidecarSupervisor {
   private closing = false;
   private delayMs = retryDelayMinMs;
   private timer: NodeJS.Timeout | null = null;
-  private readonly log: Logger;
+  private readonly log: Pick<Log, 'error' | 'warn'>;
   private readonly socketPath: string;
 
   private constructor(private readonly opts: SidecarOptions) {
-    this.log = opts.log ?? defaultLog;
+    this.log = opts.log ?? rootLog;
     this.link = new SidecarLink(this.log);
     this.socketPath = path.resolve(opts.dataDir, 'sidecar.sock');
     if (Buffer.byteLength(this.socketPath) > socketPathBytesMax) {
@@ -553,7 +552,7 @@ export class SidecarSupervisor {
         if (this.child === child) this.child = null;
         if (this.closing) return;
         if (Date.now() - startedAt >= restartResetMs) this.delayMs = retryDelayMinMs;
-        this.log.error(`sidecar ${o.nodeId}: exited (${code ?? signal}); restarting in ${this.delayMs} ms`);
+        this.log.warn(`sidecar exited (${code ?? signal}); restarting in ${this.delayMs} ms`, { pid: child.pid });
         this.timer = setTimeout(() => {
           this.timer = null;
           this.launch(this.address || o.listen).catch((e: Error) => this.log.error(`sidecar ${o.nodeId}: ${e.message}`));

@@ -54,6 +54,7 @@ import type {
 } from './types';
 import { checkAnswerBytes, checkColumns, checkIds, checkName, checkOptBool, checkSpec, isPlainObject } from './validate';
 import { defaultDeadlineMs } from '../common/limits';
+import { Log, log as rootLog } from '../common/log';
 
 /** What collections/<name> holds: the spec and when it was made. */
 export interface CollectionRecord extends CollectionSpec {
@@ -143,7 +144,8 @@ export interface ClusterOptions extends OpenOptions, OpenInternals {
   openReplica: OpenReplica;
   /** Sends a replica's message to its peer on another node (the sidecar link). */
   sendToPeer: (to: NodeId, shard: ShardKey, payload: Buffer) => void;
-  log?: (line: string) => void;
+  /** Where replicas opened and removed are logged. Default the process's log. */
+  log?: Log;
 }
 
 interface ClusterCollection {
@@ -193,9 +195,11 @@ export class ClusterDatabase implements Database {
   /** Replicas being closed and removed (a replica of the same shard opens only after). */
   private readonly removing = new Map<ShardKey, Promise<void>>();
   private closed = false;
+  private readonly log: Log;
 
   constructor(private readonly opts: ClusterOptions) {
     this.self = opts.nodeId;
+    this.log = opts.log ?? rootLog.child({ node: opts.nodeId });
     this.dataDir = path.resolve(opts.dataDir);
     const c = opts.coordinator;
     c.on('nodes', (nodes) => (this.nodes = nodes));
@@ -277,7 +281,7 @@ export class ClusterDatabase implements Database {
         },
         (e: unknown) => {
           if (col.replicas.get(s) === opening) col.replicas.delete(s);
-          this.opts.log?.(`cannot open the replica of ${key}: ${(e as Error).message}`);
+          this.log.error('cannot open the replica', { shard: key, epoch: col.maps[s]?.epoch, err: (e as Error).message });
         },
       );
     }
@@ -297,9 +301,9 @@ export class ClusterDatabase implements Database {
       .then(async () => {
         await (await slot?.opening.catch(() => null))?.close();
         await fsp.rm(dir, { recursive: true, force: true });
-        this.opts.log?.(`removed the replica of ${key}: its map no longer names this node`);
+        this.log.info('removed the replica: its map no longer names this node', { shard: key });
       })
-      .catch((e: Error) => this.opts.log?.(`cannot remove the replica of ${key}: ${e.message}`))
+      .catch((e: Error) => this.log.error('cannot remove the replica', { shard: key, err: e.message }))
       .finally(() => {
         if (this.removing.get(key) === done) this.removing.delete(key);
       });

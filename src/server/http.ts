@@ -8,6 +8,7 @@ import * as http from 'http';
 import { ErrorCode, QuiverError, invalidArgument } from '../errors';
 import { defaultDeadlineMs, requestBytesMax } from '../common/limits';
 import { stringifyJson } from '../common/json';
+import { log } from '../common/log';
 import { checkFields, copyNumbers, isPlainObject } from '../query/validate';
 import type { CollectionSpecInput, Consistency, Point, PointInput, ReadOptions, SearchHit, SearchRequest, WriteToken } from '../query/types';
 import type { Op, Service } from './service';
@@ -234,7 +235,7 @@ export class HttpApi {
   readonly listener = (req: http.IncomingMessage, res: http.ServerResponse): void => {
     this.handle(req, res).catch((e) => {
       // Only reachable if writing the answer itself failed.
-      process.stderr.write(`quiver: http: ${e instanceof Error ? e.message : String(e)}\n`);
+      log.error('http: writing an answer failed', { err: e instanceof Error ? e.message : String(e) });
       res.destroy();
     });
   };

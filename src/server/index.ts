@@ -79,7 +79,7 @@ async function grpcFrontEnd(impl: GrpcImpl, svc: Service, limits: Partial<GrpcTr
     limits,
     onEvent: (event, error) => {
       svc.metrics.observeTransport('grpc', event);
-      if (error !== undefined) svc.log.error(`quiver: grpc ${event}: ${error instanceof Error ? error.stack ?? error.message : String(error)}`);
+      if (error !== undefined) svc.log.error(`grpc ${event}`, { err: error });
     },
   });
   svc.whenQuiet(() => server.releaseBuffers());
@@ -160,7 +160,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   // Past listen, an error is one accept() that failed (e.g. out of file descriptors): logged, the listener goes on.
   httpServer.on('error', (e) => {
     metrics.observeTransport('http', 'accept_failed');
-    svc.log.error(`quiver: http accept_failed: ${e.message}`);
+    svc.log.error('http accept_failed', { err: e.message });
   });
   const httpPort = (httpServer.address() as { port: number }).port;
   svc.addresses = { grpc: joinHostPort(g.host, grpcPort), http: joinHostPort(h.host, httpPort) };

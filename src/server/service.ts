@@ -9,6 +9,7 @@ import { deadlineMsMax } from '../common/limits';
 import type { Database } from '../query/types';
 import type { Metrics, Transport } from './metrics';
 import { asQuiverError } from './validate';
+import { Log, log as rootLog } from '../common/log';
 
 export type Op =
   | 'CreateCollection'
@@ -41,9 +42,7 @@ const CHANGES: ReadonlySet<Op> = new Set<Op>(['CreateCollection', 'DropCollectio
  */
 export const QUIET_MS = 1000;
 
-export interface Logger {
-  error(msg: string): void;
-}
+export type Logger = Pick<Log, 'error'>;
 
 export class Service {
   private inFlight = 0;
@@ -58,7 +57,7 @@ export class Service {
   constructor(
     readonly db: Database,
     readonly metrics: Metrics,
-    readonly log: Logger = { error: (m) => process.stderr.write(`${m}\n`) },
+    readonly log: Logger = rootLog,
   ) {}
 
   get isDraining(): boolean {
@@ -89,7 +88,7 @@ export class Service {
       return await withDeadline(Promise.resolve(fn()), left);
     } catch (e) {
       const qe = asQuiverError(e);
-      if (qe.code === 'INTERNAL') this.log.error(`quiver: ${op} failed: ${e instanceof Error ? e.stack ?? e.message : String(e)}`);
+      if (qe.code === 'INTERNAL') this.log.error(`${op} failed`, { code: 'INTERNAL', err: e });
       code = qe.code;
       throw qe;
     } finally {

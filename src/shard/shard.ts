@@ -34,6 +34,7 @@ import { FlatIndex, HnswIndex, IndexKind, IvfPqIndex, LABEL_NONE, Metric, Vector
 import { EntryType, Wal } from '../wal';
 import type { WalOptions } from '../wal';
 import { cloneJson } from '../common/json';
+import { log } from '../common/log';
 import { UpsertOp, decodeDelete, decodeUpsert, encodeDelete, encodeUpsert, requestHash, requestHashOf } from './codec';
 import { RwLock } from './lock';
 import { KeyRecord, listSnapshots, readSnapshot, writeSnapshot } from './snapshot';
@@ -249,7 +250,7 @@ export class Shard {
         break;
       } catch (e) {
         if (!(e instanceof QuiverError && e.code === 'DATA_LOSS')) throw e;
-        process.stderr.write(`quiver: skipping damaged snapshot: ${e.message}\n`);
+        log.warn('skipping a damaged snapshot', { dir: this.opts.snapshotDir, err: e.message });
         this.keys = new Map();
       }
     }
@@ -458,7 +459,7 @@ export class Shard {
 
   private breakWith(e: Error): QuiverError {
     this.broken = e;
-    process.stderr.write(`quiver: shard ${this.opts.walDir} stopped applying: ${e.stack ?? e.message}\n`);
+    log.error('shard stopped applying', { dir: this.opts.walDir, err: e });
     return new QuiverError('INTERNAL', `shard failed: ${e.message}`);
   }
 
@@ -503,7 +504,7 @@ export class Shard {
     } catch (e) {
       // The same data fails the same way on every replica: stay exact, try again at twice the count.
       this.trainFailedAt = this.store.count;
-      process.stderr.write(`quiver: IVF-PQ training of ${this.opts.walDir} failed at ${this.store.count} points, searching exactly: ${(e as Error).message}\n`);
+      log.warn('IVF-PQ training failed, searching exactly', { dir: this.opts.walDir, points: this.store.count, err: (e as Error).message });
       return;
     }
     this.index = ivf;
@@ -657,7 +658,7 @@ export class Shard {
 
   private snapshotInBackground(): void {
     this.snapshot().catch((e: Error) => {
-      process.stderr.write(`quiver: snapshot of ${this.opts.snapshotDir} failed (the WAL still holds everything): ${e.message}\n`);
+      log.error('snapshot failed (the WAL still holds everything)', { dir: this.opts.snapshotDir, err: e.message });
     });
   }
 

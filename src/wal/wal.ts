@@ -21,6 +21,7 @@ import type { FileHandle } from 'fs/promises';
 import * as path from 'path';
 import { QuiverError } from '../errors';
 import { fsyncDir } from '../common/fs';
+import { log } from '../common/log';
 import {
   ENTRY_HEADER_BYTES,
   EntryInput,
@@ -83,7 +84,7 @@ interface Pending {
 export const defaultSegmentBytes = 64 * 1024 * 1024;
 
 function defaultFatal(err: Error): void {
-  process.stderr.write(`quiver: WAL write/fsync failed, stopping: ${err.stack ?? err.message}\n`);
+  log.error('WAL write/fsync failed, stopping', { err });
   process.exit(70);
 }
 
