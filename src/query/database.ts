@@ -323,6 +323,7 @@ export class LocalDatabase implements Database {
       await Promise.all(c.shards.map((s) => s.close({ snapshot: false })));
       await fsp.rm(this.walDir(name), { recursive: true, force: true });
       await fsp.rm(this.snapDir(name), { recursive: true, force: true });
+      this.opts.observer?.collectionDropped?.(name);
     });
   }
 

@@ -190,6 +190,8 @@ export interface DatabaseObserver {
   forwardedWrite?(collection: string, shard: number): void;
   /** A replica here answered a shard's part of a read (cluster): the level asked, the replica's role. */
   shardRead?(collection: string, shard: number, consistency: Consistency, role: string): void;
+  /** A collection was dropped: its series go. */
+  collectionDropped?(collection: string): void;
 }
 
 /** An upsert batch in columns: the vectors of all points as one row-major array of n x dim. */

@@ -7,7 +7,6 @@
  */
 import * as client from 'prom-client';
 import { VERSION } from '../common/version';
-import { isQuiverError } from '../errors';
 import type { ClusterDatabase } from '../query/cluster';
 import type { Database, DatabaseObserver } from '../query/types';
 import { gpuInfo, searchLaneStats, simdLevel } from '../native';
@@ -105,13 +104,8 @@ export class Metrics {
 
   /** Series labelled by collection, removed at the next scrape once their collection is dropped. */
   private readonly perCollection: (client.Counter<string> | client.Histogram<string>)[];
-  /** The collections these series may name: those observed, and those db.status() listed at a scrape. */
-  private readonly collections = new Set<string>();
-
-  private seen(collection: string): string {
-    this.collections.add(collection);
-    return collection;
-  }
+  /** Collections dropped since the last scrape (their series are removed then). */
+  private readonly dropped = new Set<string>();
 
   constructor() {
     client.collectDefaultMetrics({ register: this.registry, prefix: 'quiver_' });
@@ -128,15 +122,16 @@ export class Metrics {
     }).set({ version: VERSION, commit: process.env.QUIVER_COMMIT || 'unknown', simd: simdLevel(), gpu: String(gpuInfo().available) }, 1);
     this.perCollection = [this.walBytes, this.fsyncSeconds, this.snapshotSeconds, this.leaderChanges, this.forwardedWrites, this.shardReads, this.replicationBytes];
     this.observer = {
-      walAppend: (collection, shard, bytes) => this.walBytes.inc({ collection: this.seen(collection), shard: String(shard) }, bytes),
-      fsync: (collection, shard, seconds) => this.fsyncSeconds.observe({ collection: this.seen(collection), shard: String(shard) }, seconds),
-      snapshot: (collection, shard, seconds) => this.snapshotSeconds.observe({ collection: this.seen(collection), shard: String(shard) }, seconds),
+      walAppend: (collection, shard, bytes) => this.walBytes.inc({ collection, shard: String(shard) }, bytes),
+      fsync: (collection, shard, seconds) => this.fsyncSeconds.observe({ collection, shard: String(shard) }, seconds),
+      snapshot: (collection, shard, seconds) => this.snapshotSeconds.observe({ collection, shard: String(shard) }, seconds),
       leadership: (collection, shard, seconds) => {
-        this.leaderChanges.inc({ collection: this.seen(collection), shard: String(shard) });
+        this.leaderChanges.inc({ collection, shard: String(shard) });
         if (seconds !== null) this.failoverSeconds.observe(seconds);
       },
-      forwardedWrite: (collection, shard) => this.forwardedWrites.inc({ collection: this.seen(collection), shard: String(shard) }),
-      shardRead: (collection, shard, consistency, role) => this.shardReads.inc({ collection: this.seen(collection), shard: String(shard), consistency, role }),
+      forwardedWrite: (collection, shard) => this.forwardedWrites.inc({ collection, shard: String(shard) }),
+      shardRead: (collection, shard, consistency, role) => this.shardReads.inc({ collection, shard: String(shard), consistency, role }),
+      collectionDropped: (collection) => void this.dropped.add(collection),
     };
     // Per-shard gauges, read from db.status() at scrape time.
     const metrics = this;
@@ -196,7 +191,7 @@ export class Metrics {
     laneGauge('quiver_search_lane_spin_max_seconds', 'The most the search lane spins for the next search before it sleeps', (s) => s.spinMicros / 1e6);
   }
 
-  /** Gauges read this database at scrape time; series of collections it no longer has are removed then. */
+  /** Gauges read this database at scrape time. */
   attach(db: Database): void {
     this.db = db;
   }
@@ -250,33 +245,16 @@ export class Metrics {
     return this.registry.metrics();
   }
 
-  /**
-   * Removes the series of collections the database no longer has. The series are walked (a cost
-   * that grows with them) only when one of the collections they may name is gone.
-   */
+  /** Removes the series of the collections dropped since the last scrape. */
   private async removeDropped(): Promise<void> {
-    const db = this.db;
-    if (!db) return;
-    // Replication bytes are counted from outside the observer, for shards status() lists.
-    for (const s of db.status().shards) this.collections.add(s.collection);
-    const gone = new Set<string>();
-    for (const collection of this.collections) {
-      try {
-        db.dimOf(collection);
-      } catch (e) {
-        if (!isQuiverError(e)) throw e;
-        // Only NOT_FOUND says it is gone (a node shutting down answers UNAVAILABLE and keeps them).
-        if (e.code === 'NOT_FOUND') gone.add(collection);
-      }
-    }
-    if (gone.size === 0) return;
+    if (this.dropped.size === 0) return;
     for (const m of this.perCollection) {
       for (const { labels } of (await m.get()).values) {
         // A histogram's buckets carry `le` besides the labels the series was made with.
-        if (labels.le === undefined && gone.has(String(labels.collection))) m.remove(labels);
+        if (labels.le === undefined && this.dropped.has(String(labels.collection))) m.remove(labels);
       }
     }
-    for (const collection of gone) this.collections.delete(collection);
+    this.dropped.clear();
   }
 
   get contentType(): string {
