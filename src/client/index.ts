@@ -43,13 +43,17 @@ import type {
   PointInput,
   SearchHit,
   Consistency,
+  CountOptions as EngineCountOptions,
   ReadOptions,
+  RecommendRequest,
+  ScrollPage,
+  ScrollRequest,
   SearchRequest,
   ShardPosition,
   WriteToken,
 } from '../query/types';
 import type { MessageInitShape } from '@bufbuild/protobuf';
-import type { CollectionInfo as WireCollectionInfo, SearchHit as WireSearchHit, SearchOptionsSchema, Vector } from '../rpc/gen/quiver_pb';
+import type { CollectionInfo as WireCollectionInfo, Point as WirePoint, SearchHit as WireSearchHit, SearchOptionsSchema, Vector } from '../rpc/gen/quiver_pb';
 import { MethodCodec, MethodName, RequestInit, ResponseOf, bytesToVector, quiverMethods, readToWire, tokenFromWire, vectorToBytes } from '../rpc/proto';
 import { CONSISTENCIES, checkPosition, maxLagMsMax, mergeToken } from '../common/read-options';
 import { GrpcChannel } from '../rpc/grpc-client';
@@ -76,6 +80,7 @@ export type {
   Point,
   PointInput,
   ReadOptions,
+  ScrollPage,
   SearchHit,
   ShardPosition,
   WriteToken,
@@ -125,6 +130,13 @@ export interface GetOptions extends CallOptions, ReadOptions {
 
 /** The engine's search request (src/query/types.ts) less the vectors, plus call options. */
 export interface SearchOptions extends CallOptions, Omit<SearchRequest, 'vectors'> {}
+
+/** A recommend: the example ids and the search's options. */
+export interface RecommendOptions extends CallOptions, RecommendRequest {}
+
+export interface CountOptions extends CallOptions, EngineCountOptions {}
+
+export interface ScrollOptions extends CallOptions, ScrollRequest {}
 
 const RETRYABLE: readonly ErrorCode[] = ['UNAVAILABLE', 'DEADLINE_EXCEEDED'];
 
@@ -355,16 +367,41 @@ export class QuiverClient {
 
   async get(collection: string, ids: string[], o: GetOptions = {}): Promise<Point[]> {
     const r = await this.call('get', { collection, ids, withVectors: !!o.withVectors, withPayload: !!o.withPayload, ...readToWire(checkRead(this.readOf(collection, o))) }, o);
-    return r.points.map((p) => {
-      const out: Point = { id: p.id };
-      if (p.vector) out.vector = vectorFromWire(p.vector);
-      if (p.payloadJson) out.payload = JSON.parse(p.payloadJson);
-      return out;
-    });
+    return r.points.map(pointFromWire);
   }
 
-  async count(collection: string, o: CallOptions & ReadOptions = {}): Promise<number> {
-    return Number((await this.call('count', { collection, ...readToWire(checkRead(this.readOf(collection, o))) }, o)).count);
+  /** Points in the collection, or those whose payload passes `filter`. */
+  async count(collection: string, o: CountOptions = {}): Promise<number> {
+    return Number((await this.call('count', { collection, filterJson: filterJson(o.filter), exact: !!o.exact, ...readToWire(checkRead(this.readOf(collection, o))) }, o)).count);
+  }
+
+  /**
+   * A page of points in id order: the first `limit` after `cursor` (from the start when absent)
+   * whose payload passes `filter`; pass `nextCursor` back for the next page (null: none follows).
+   */
+  async scroll(collection: string, o: ScrollOptions): Promise<ScrollPage> {
+    if (!Number.isInteger(o.limit) || o.limit < 1) throw new QuiverError('INVALID_ARGUMENT', 'limit must be a positive integer');
+    if (o.cursor !== undefined && o.cursor !== null && typeof o.cursor !== 'string') throw new QuiverError('INVALID_ARGUMENT', 'cursor must be a string (a nextCursor)');
+    const r = await this.call(
+      'scroll',
+      {
+        collection,
+        limit: o.limit,
+        cursor: o.cursor ?? '',
+        filterJson: filterJson(o.filter),
+        withPayload: !!o.withPayload,
+        withVectors: !!o.withVectors,
+        ...readToWire(checkRead(this.readOf(collection, o))),
+      },
+      o,
+    );
+    return { points: r.points.map(pointFromWire), nextCursor: r.nextCursor === '' ? null : r.nextCursor };
+  }
+
+  /** The k nearest of the positive examples (ids), away from the negative ones; the examples are never hits. */
+  async recommend(collection: string, o: RecommendOptions): Promise<SearchHit[]> {
+    const r = await this.call('recommend', { collection, positive: o.positive, negative: o.negative ?? [], options: searchOptions({ ...o, ...this.readOf(collection, o) }) }, o);
+    return r.hits.map(hitFromWire);
   }
 
   /** k nearest neighbours of one query vector, nearest first. */
@@ -543,20 +580,35 @@ function vectorFromWire(v: Vector): Float32Array {
   return Float32Array.from(v.values);
 }
 
+function filterJson(filter: unknown): string {
+  return filter === undefined || filter === null ? '' : JSON.stringify(filter);
+}
+
+function pointFromWire(p: WirePoint): Point {
+  const out: Point = { id: p.id };
+  if (p.vector) out.vector = vectorFromWire(p.vector);
+  if (p.payloadJson) out.payload = JSON.parse(p.payloadJson);
+  return out;
+}
+
 function searchOptions(o: SearchOptions): MessageInitShape<typeof SearchOptionsSchema> {
   // uint32 on the wire would silently truncate a fraction or wrap a negative number.
   if (!Number.isInteger(o.k) || o.k < 0) throw new QuiverError('INVALID_ARGUMENT', 'k must be a positive integer');
   for (const [name, v] of [['ef', o.ef], ['nprobe', o.nprobe]] as const) {
     if (v !== undefined && (!Number.isInteger(v) || v < 1)) throw new QuiverError('INVALID_ARGUMENT', `${name} must be a positive integer`);
   }
+  if (o.offset !== undefined && (!Number.isInteger(o.offset) || o.offset < 0)) throw new QuiverError('INVALID_ARGUMENT', 'offset must be a whole number');
+  if (o.maxDistance !== undefined && typeof o.maxDistance !== 'number') throw new QuiverError('INVALID_ARGUMENT', 'maxDistance must be a number');
   const read = checkRead(o);
   return {
     k: o.k,
-    filterJson: o.filter === undefined ? '' : JSON.stringify(o.filter),
+    filterJson: filterJson(o.filter),
     ef: o.ef ?? 0,
     nprobe: o.nprobe ?? 0,
     withPayload: !!o.withPayload,
     withVectors: !!o.withVectors,
+    offset: o.offset ?? 0,
+    maxDistance: o.maxDistance,
     ...readToWire(read),
   };
 }

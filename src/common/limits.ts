@@ -12,7 +12,7 @@ export const idBytesMax = 256;
 export const payloadBytesMax = 64 * 1024;
 /** Nesting of a payload: the object itself is depth 1, a value inside it depth 2, and so on. */
 export const payloadDepthMax = 32;
-/** Points in one upsert, ids in one delete or get. */
+/** Points in one upsert, ids in one delete or get, points in one scroll page. */
 export const batchPointsMax = 10_000;
 /** Bytes of one request body (HTTP) or message (gRPC). */
 export const requestBytesMax = 64 * 1024 * 1024;
@@ -26,6 +26,8 @@ export const answerBytesMax = 64 * 1024 * 1024;
 export const answerHitBytes = 64;
 /** Queries in one search-batch. */
 export const searchBatchMax = 1024;
+/** Example ids (positive and negative together) of one recommend. */
+export const recommendExamplesMax = 256;
 /** Shards per collection (fixed at creation). */
 export const shardsMax = 256;
 /** Depth of a payload filter expression and number of its nodes. */

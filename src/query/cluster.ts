@@ -30,9 +30,11 @@ import type { NodeId, Progress, ShardKey, ShardMap } from '../cluster/types';
 import { members, shardKey } from '../cluster/types';
 import { idsByShard, splitBatch, writeByShard } from '../common/placement';
 import { OpenInternals, checkWrite, checkedBatch, mergeHits, prepareSearch, shardOptionsOf } from './database';
+import { mergeScroll, prepareCount, prepareScroll, recommend } from './reads';
 import type {
   ChangeOptions,
   ClusterStatus,
+  CountOptions,
   CollectionInfo,
   CollectionSpec,
   CollectionSpecInput,
@@ -42,6 +44,9 @@ import type {
   PointInput,
   ReplicaInfo,
   ReplicaStatus,
+  RecommendRequest,
+  ScrollPage,
+  ScrollRequest,
   SearchHit,
   SearchRequest,
   ShardReplicas,
@@ -132,7 +137,9 @@ export interface PeerShards {
   /** Reads: `deadlineMs` (default the node service's) bounds a part asked of a replica that may not be the leader. */
   search(node: NodeId, collection: string, shards: number[], req: SearchRequest & { vectors: Float32Array }, deadlineMs?: number): Promise<SearchHit[][]>;
   get(node: NodeId, collection: string, shards: number[], ids: string[], withVectors: boolean, withPayload: boolean, read: ReadOptions, deadlineMs?: number): Promise<Point[]>;
-  count(node: NodeId, collection: string, shards: number[], read: ReadOptions, deadlineMs?: number): Promise<number>;
+  count(node: NodeId, collection: string, shards: number[], opts: CountOptions, deadlineMs?: number): Promise<number>;
+  /** The first limit + 1 points of the shards asked after the cursor, in id order. */
+  scroll(node: NodeId, collection: string, shards: number[], req: ScrollRequest, deadlineMs?: number): Promise<Point[]>;
   /** The replicas `node` holds of a collection's shards ('' = of every collection). */
   replicaStatus(node: NodeId, collection: string, withDigest: boolean): Promise<ReplicaReport[]>;
 }
@@ -611,7 +618,7 @@ export class ClusterDatabase implements Database {
   /** A part of a search: the shards asked, from their replicas here. */
   async shardSearch(name: string, shards: number[], req: SearchRequest): Promise<SearchHit[][]> {
     const c = this.coll(name);
-    const { vectors, k, nq, opts, read } = prepareSearch(c.spec, req);
+    const { vectors, fetch, nq, opts, read } = prepareSearch(c.spec, req);
     const held = await Promise.all(shards.map((s) => this.readReplica(name, s, read)));
     let points = 0;
     let idBytes = 0;
@@ -621,8 +628,9 @@ export class ClusterDatabase implements Database {
       idBytes = Math.max(idBytes, r.shard.largestIdBytes);
       payloadBytes = Math.max(payloadBytes, r.shard.largestPayloadBytes);
     }
-    checkAnswerBytes(nq * Math.min(k, points), idBytes + (opts.withVectors ? c.spec.dim * 4 : 0) + (opts.withPayload ? payloadBytes : 0), 'the answer');
-    return mergeHits(await Promise.all(held.map((r) => r.shard.search(vectors, k, opts))), nq, k);
+    checkAnswerBytes(nq * Math.min(fetch, points), idBytes + (opts.withVectors ? c.spec.dim * 4 : 0) + (opts.withPayload ? payloadBytes : 0), 'the answer');
+    // The asking node cuts the page (offset, k) from every part's `fetch` nearest.
+    return mergeHits(await Promise.all(held.map((r) => r.shard.search(vectors, fetch, opts))), nq, fetch, 0, opts.maxDistance);
   }
 
   async shardGet(name: string, shards: number[], ids: string[], withVectors: boolean, withPayload: boolean, readOpts: ReadOptions): Promise<StoredPoint[]> {
@@ -638,11 +646,30 @@ export class ClusterDatabase implements Database {
     return out;
   }
 
-  async shardCount(name: string, shards: number[], readOpts: ReadOptions): Promise<number> {
-    const read = checkReadLevel(readOpts, this.coll(name).spec.shards);
+  async shardCount(name: string, shards: number[], opts: CountOptions): Promise<number> {
+    const { predicate, read } = prepareCount(this.coll(name).spec, opts);
     let n = 0;
-    for (const s of shards) n += (await this.readReplica(name, s, read)).shard.count;
+    for (const s of shards) {
+      const shard = (await this.readReplica(name, s, read)).shard;
+      n += predicate ? shard.countWhere(predicate) : shard.count;
+    }
     return n;
+  }
+
+  /** A part of a scroll: the first limit + 1 points of the shards asked, from their replicas here. */
+  async shardScroll(name: string, shards: number[], req: ScrollRequest): Promise<StoredPoint[]> {
+    const c = this.coll(name);
+    const p = prepareScroll(c.spec, req);
+    const held = await Promise.all(shards.map((s) => this.readReplica(name, s, p.read)));
+    let idBytes = 0;
+    let payloadBytes = 0;
+    for (const r of held) {
+      idBytes = Math.max(idBytes, r.shard.largestIdBytes);
+      payloadBytes = Math.max(payloadBytes, r.shard.largestPayloadBytes);
+    }
+    checkAnswerBytes(p.limit, idBytes + (p.withVectors ? c.spec.dim * 4 : 0) + (p.withPayload ? payloadBytes : 0), 'the page');
+    const parts = await Promise.all(held.map((r) => r.shard.scroll(p.after, p.limit + 1, p.predicate, p.withVectors, p.withPayload)));
+    return mergeScroll(parts, p.limit + 1).points;
   }
 
   // ---------------------------------------------------------------- reads
@@ -737,26 +764,42 @@ export class ClusterDatabase implements Database {
     return out;
   }
 
-  async count(name: string, opts: ReadOptions = {}): Promise<number> {
+  async count(name: string, opts: CountOptions = {}): Promise<number> {
     const c = this.coll(name);
-    const o = isPlainObject(opts) ? opts : {};
-    const read = checkReadLevel(o, c.spec.shards);
-    const wireRead = readOptionsOf(read);
-    const all = Array.from({ length: c.spec.shards }, (_, s) => s);
-    const parts = await this.readParts(c, all, read, (node, shards, deadlineMs) =>
-      node === this.self ? this.shardCount(name, shards, wireRead) : this.opts.peers.count(node, name, shards, wireRead, deadlineMs),
+    const { filter, read } = prepareCount(c.spec, opts);
+    const part: CountOptions = { ...readOptionsOf(read), filter };
+    const parts = await this.readParts(c, this.allShards(c), read, (node, shards, deadlineMs) =>
+      node === this.self ? this.shardCount(name, shards, part) : this.opts.peers.count(node, name, shards, part, deadlineMs),
     );
     return parts.reduce((a, b) => a + b, 0);
   }
 
+  /** A page in id order: every shard's part (its first limit + 1 after the cursor) merged. */
+  async scroll(name: string, req: ScrollRequest): Promise<ScrollPage> {
+    const c = this.coll(name);
+    const p = prepareScroll(c.spec, req);
+    const part: ScrollRequest = { ...req, ...readOptionsOf(p.read) };
+    const parts = await this.readParts(c, this.allShards(c), p.read, (node, shards, deadlineMs) =>
+      node === this.self ? this.shardScroll(name, shards, part) : this.opts.peers.scroll(node, name, shards, part, deadlineMs),
+    );
+    return mergeScroll(parts, p.limit);
+  }
+
+  recommend(name: string, req: RecommendRequest): Promise<SearchHit[]> {
+    return recommend(this, this.coll(name).spec, req);
+  }
+
+  private allShards(c: ClusterCollection): number[] {
+    return Array.from({ length: c.spec.shards }, (_, s) => s);
+  }
+
   async search(name: string, req: SearchRequest): Promise<SearchHit[][]> {
     const c = this.coll(name);
-    const { vectors, k, nq, read } = prepareSearch(c.spec, req);
-    const all = Array.from({ length: c.spec.shards }, (_, s) => s);
-    const parts = await this.readParts(c, all, read, (node, shards, deadlineMs) =>
+    const { vectors, k, offset, nq, opts, read } = prepareSearch(c.spec, req);
+    const parts = await this.readParts(c, this.allShards(c), read, (node, shards, deadlineMs) =>
       node === this.self ? this.shardSearch(name, shards, req) : this.opts.peers.search(node, name, shards, { ...req, vectors, ...readOptionsOf(read) }, deadlineMs),
     );
-    return mergeHits(parts, nq, k);
+    return mergeHits(parts, nq, k, offset, opts.maxDistance);
   }
 
   // ---------------------------------------------------------------- status

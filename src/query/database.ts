@@ -17,11 +17,13 @@ import { Shard, requestHash } from '../shard';
 import type { ShardHit, ShardOptions, UpsertOp } from '../shard';
 import { CatalogEntry, readCatalog, writeCatalog } from './catalog';
 import { compileFilter } from './filter';
+import { checkMaxDistance, checkPage, mergeScroll, prepareCount, prepareScroll, recommend } from './reads';
 import { idsByShard, splitBatch, writeByShard } from '../common/placement';
 import { ReadLevel, checkReadLevel } from '../common/read-options';
 import type {
   ChangeOptions,
   ClusterStatus,
+  CountOptions,
   CollectionInfo,
   CollectionSpec,
   CollectionSpecInput,
@@ -30,6 +32,9 @@ import type {
   Payload,
   Point,
   PointInput,
+  RecommendRequest,
+  ScrollPage,
+  ScrollRequest,
   SearchHit,
   SearchRequest,
   ShardReplicas,
@@ -82,36 +87,47 @@ export function checkedBatch(points: PointInput[], spec: CollectionSpec): Upsert
   return { ids: checked.ids, vectors, payloadJson: checked.payloadJson };
 }
 
-/** What a shard's search takes, checked from a request: the queries as one array, k and the options. */
+/**
+ * What a shard's search takes, checked from a request: the queries as one array, k and the
+ * options. Each shard returns its `fetch` nearest (k + offset, within maxDistance); the page
+ * (`offset`, `k`) is cut from the merged hits.
+ */
 export interface PreparedSearch {
   vectors: Float32Array;
   k: number;
+  offset: number;
+  fetch: number;
   nq: number;
-  opts: { ef?: number; nprobe?: number; predicate?: (p: Payload | undefined) => boolean; withPayload: boolean; withVectors: boolean };
+  opts: { ef?: number; nprobe?: number; predicate?: (p: Payload | undefined) => boolean; withPayload: boolean; withVectors: boolean; maxDistance?: number };
   read: ReadLevel;
 }
 
 export function prepareSearch(spec: CollectionSpec, req: SearchRequest): PreparedSearch {
   if (!isPlainObject(req)) throw new QuiverError('INVALID_ARGUMENT', 'search request must be an object');
   const vectors = checkSearchShape(req.vectors, spec.dim, spec.metric);
-  const k = checkK(req.k);
+  const { k, offset } = checkPage(req.k, req.offset);
   const ef = checkOptInt(req.ef, 'ef', 1, efMax);
   const nprobe = checkOptInt(req.nprobe, 'nprobe', 1, 1 << 20);
+  const maxDistance = checkMaxDistance(req.maxDistance);
   const predicate = req.filter === undefined || req.filter === null ? undefined : compileFilter(req.filter);
   const read = checkReadLevel(req, spec.shards);
   const withPayload = checkOptBool(req.withPayload, 'withPayload') ?? false;
   const withVectors = checkOptBool(req.withVectors, 'withVectors') ?? false;
-  return { vectors, k, nq: vectors.length / spec.dim, opts: { ef, nprobe, predicate, withPayload, withVectors }, read };
+  return { vectors, k, offset, fetch: k + offset, nq: vectors.length / spec.dim, opts: { ef, nprobe, predicate, withPayload, withVectors, maxDistance }, read };
 }
 
-/** The k nearest of each query over every shard's hits (nearest first, ties by id). */
-export function mergeHits(perShard: readonly ShardHit[][][], nq: number, k: number): SearchHit[][] {
+/**
+ * The hits offset .. offset + k - 1 of each query over every shard's hits (nearest first, ties by
+ * id), those past maxDistance left out.
+ */
+export function mergeHits(perShard: readonly ShardHit[][][], nq: number, k: number, offset = 0, maxDistance?: number): SearchHit[][] {
   const out: SearchHit[][] = [];
   for (let q = 0; q < nq; q++) {
-    const all: ShardHit[] = [];
+    let all: ShardHit[] = [];
     for (const r of perShard) all.push(...r[q]);
+    if (maxDistance !== undefined) all = all.filter((h) => h.distance <= maxDistance);
     all.sort((a, b) => a.distance - b.distance || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
-    out.push(all.slice(0, k));
+    out.push(all.slice(offset, offset + k));
   }
   return out;
 }
@@ -407,10 +423,12 @@ export class LocalDatabase implements Database {
     return out;
   }
 
-  async count(name: string, opts: ReadOptions = {}): Promise<number> {
+  async count(name: string, opts: CountOptions = {}): Promise<number> {
     const c = this.coll(name);
-    this.checkToken(c, checkReadLevel(isPlainObject(opts) ? opts : {}, c.spec.shards));
-    return LocalDatabase.pointCount(c);
+    const { predicate, read } = prepareCount(c.spec, opts);
+    this.checkToken(c, read);
+    if (!predicate) return LocalDatabase.pointCount(c);
+    return c.shards.reduce((n, s) => n + s.countWhere(predicate), 0);
   }
 
   /** The dimension of a collection (front ends size their decoding by it). */
@@ -420,12 +438,24 @@ export class LocalDatabase implements Database {
 
   async search(name: string, req: SearchRequest): Promise<SearchHit[][]> {
     const c = this.coll(name);
-    const { vectors, k, nq, opts, read } = prepareSearch(c.spec, req);
+    const { vectors, k, offset, fetch, nq, opts, read } = prepareSearch(c.spec, req);
     this.checkToken(c, read);
-    checkAnswerBytes(nq * Math.min(k, LocalDatabase.pointCount(c)), LocalDatabase.pointBytes(c, opts.withVectors, opts.withPayload), 'the answer');
+    checkAnswerBytes(nq * Math.min(fetch, LocalDatabase.pointCount(c)), LocalDatabase.pointBytes(c, opts.withVectors, opts.withPayload), 'the answer');
     // One shard (the default) needs no Promise.all: a one-query search is tens of microseconds.
-    const perShard = c.shards.length === 1 ? [await c.shards[0].search(vectors, k, opts)] : await Promise.all(c.shards.map((s) => s.search(vectors, k, opts)));
-    return mergeHits(perShard, nq, k);
+    const perShard = c.shards.length === 1 ? [await c.shards[0].search(vectors, fetch, opts)] : await Promise.all(c.shards.map((s) => s.search(vectors, fetch, opts)));
+    return mergeHits(perShard, nq, k, offset, opts.maxDistance);
+  }
+
+  async scroll(name: string, req: ScrollRequest): Promise<ScrollPage> {
+    const c = this.coll(name);
+    const p = prepareScroll(c.spec, req);
+    this.checkToken(c, p.read);
+    checkAnswerBytes(p.limit, LocalDatabase.pointBytes(c, p.withVectors, p.withPayload), 'the page');
+    return mergeScroll(await Promise.all(c.shards.map((s) => s.scroll(p.after, p.limit + 1, p.predicate, p.withVectors, p.withPayload))), p.limit);
+  }
+
+  recommend(name: string, req: RecommendRequest): Promise<SearchHit[]> {
+    return recommend(this, this.coll(name).spec, req);
   }
 
   /**

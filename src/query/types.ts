@@ -118,6 +118,44 @@ export interface SearchRequest {
   consistency?: Consistency;
   token?: WriteToken;
   maxLagMs?: number;
+  /** Hits to skip before the k returned (pages of results: offset 0, k, 2k, ...). */
+  offset?: number;
+  /** Only hits at this distance or nearer (distances as search answers them: smaller is nearer). */
+  maxDistance?: number;
+}
+
+/**
+ * Search by example points (ids) instead of a vector: the query is the mean of the positive
+ * examples' vectors moved away from the mean of the negative ones (2 x mean(positive) -
+ * mean(negative); under cosine the examples are normalized first). The examples are never hits.
+ */
+export interface RecommendRequest extends Omit<SearchRequest, 'vectors'> {
+  positive: string[];
+  negative?: string[];
+}
+
+/** Count, all points or those passing `filter`. Counts are exact whether or not `exact` is set. */
+export interface CountOptions extends ReadOptions {
+  filter?: Filter;
+  exact?: boolean;
+}
+
+/**
+ * A page of points in id order: the first `limit` ids after `cursor` (from the start when absent)
+ * whose payload passes `filter`.
+ */
+export interface ScrollRequest extends ReadOptions {
+  limit: number;
+  cursor?: string | null;
+  filter?: Filter;
+  withPayload?: boolean;
+  withVectors?: boolean;
+}
+
+/** `nextCursor`: the cursor of the next page (the last id of this one), null when no point follows. */
+export interface ScrollPage {
+  points: Point[];
+  nextCursor: string | null;
 }
 
 export interface SearchHit {
@@ -267,7 +305,11 @@ export interface Database {
   delete(name: string, ids: string[], opts?: WriteOptions): Promise<{ deleted: number; token: WriteToken }>;
   /** Missing ids are absent from the answer. */
   get(name: string, ids: string[], opts?: { withVectors?: boolean; withPayload?: boolean } & ReadOptions): Promise<Point[]>;
-  count(name: string, opts?: ReadOptions): Promise<number>;
+  count(name: string, opts?: CountOptions): Promise<number>;
+  /** A page of points in id order (every point present throughout a scroll is on exactly one page). */
+  scroll(name: string, req: ScrollRequest): Promise<ScrollPage>;
+  /** The k nearest of the positive examples, away from the negative ones (NOT_FOUND for an example that is absent). */
+  recommend(name: string, req: RecommendRequest): Promise<SearchHit[]>;
   /** The dimension of a collection (NOT_FOUND if there is none). */
   dimOf(name: string): number;
   /** One list of hits per query, nearest first. */

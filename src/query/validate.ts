@@ -57,6 +57,8 @@ const ALIASES: Record<string, string> = {
   queries: 'vectors',
   key: 'idempotencyKey',
   idempotency: 'idempotencyKey',
+  offset: 'cursor',
+  scorethreshold: 'maxDistance',
 };
 
 const norm = (s: string): string => s.toLowerCase().replace(/[_-]/g, '');

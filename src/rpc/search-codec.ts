@@ -11,7 +11,7 @@
  *   SearchOptions  1 k (uint32) | 2 filter_json | 3 ef (uint32) | 4 nprobe (uint32)
  *                  5 with_payload (bool) | 6 with_vectors (bool) | 7 consistency (string)
  *                  8 token (map<string, ShardPosition>: entries 1 key, 2 value) | 9 float_vectors (bool)
- *                  10 max_lag_ms (uint32)
+ *                  10 max_lag_ms (uint32) | 30 offset (uint32) | 31 max_distance (optional float)
  *   ShardPosition  1 epoch (uint64) | 2 lsn (uint64)
  *   SearchRequest  1 collection | 2 vector (Vector) | 3 options (SearchOptions)
  *   SearchHit      1 id | 2 distance (float) | 3 payload_json | 4 vector (Vector)
@@ -60,7 +60,8 @@ class Writer {
     this.off = putVarint(this.buf, this.off, v);
   }
   tag(field: number, wire: number): void {
-    this.buf[this.off++] = (field << 3) | wire; // fields here are below 16: one byte
+    if (field < 16) this.buf[this.off++] = (field << 3) | wire;
+    else this.varint((field << 3) | wire);
   }
   string(field: number, s: string, bytes: number): void {
     this.tag(field, LEN);
@@ -251,6 +252,7 @@ function planOptions(o: OptionsInit): OptionsPlan {
     entries.push([key, epoch, lsn, kb, vs, 1 + varintLength(kb) + kb + 1 + varintLength(vs) + vs]);
   }
   const maxLagMs = checkUint32(o.maxLagMs ?? 0, 'max_lag_ms');
+  const offset = checkUint32(o.offset ?? 0, 'offset');
   let size =
     (k ? 1 + varintLength(k) : 0) +
     stringFieldSize(filter) +
@@ -260,7 +262,9 @@ function planOptions(o: OptionsInit): OptionsPlan {
     (o.withVectors ? 2 : 0) +
     stringFieldSize(consistency) +
     (o.floatVectors ? 2 : 0) +
-    (maxLagMs ? 1 + varintLength(maxLagMs) : 0);
+    (maxLagMs ? 1 + varintLength(maxLagMs) : 0) +
+    (offset ? 2 + varintLength(offset) : 0) +
+    (o.maxDistance !== undefined ? 2 + 4 : 0);
   for (const e of entries) size += messageFieldSize(e[5]);
   return { size, filter, consistency, entries };
 }
@@ -294,6 +298,8 @@ function writeOptions(w: Writer, field: number, o: OptionsInit, p: OptionsPlan):
   }
   w.uint(9, o.floatVectors ? 1 : 0);
   w.uint(10, o.maxLagMs ?? 0);
+  w.uint(30, o.offset ?? 0);
+  if (o.maxDistance !== undefined) w.float(31, o.maxDistance);
 }
 
 export function encodeSearchRequest(m: MessageInitShape<typeof SearchRequestSchema>): Buffer {
@@ -513,6 +519,7 @@ function readOptions(r: Reader): SearchOptions {
     token: {},
     floatVectors: false,
     maxLagMs: 0,
+    offset: 0,
   };
   while (r.more()) {
     const tag = r.varint();
@@ -527,7 +534,9 @@ function readOptions(r: Reader): SearchOptions {
       else if (field === 6) o.withVectors = v !== 0;
       else if (field === 9) o.floatVectors = v !== 0;
       else if (field === 10) o.maxLagMs = uint32(v);
-    } else if (field === 2 && wire === LEN) o.filterJson = r.string();
+      else if (field === 30) o.offset = uint32(v);
+    } else if (field === 31 && wire === I32) o.maxDistance = r.float();
+    else if (field === 2 && wire === LEN) o.filterJson = r.string();
     else if (field === 7 && wire === LEN) o.consistency = r.string();
     else if (field === 8 && wire === LEN) {
       const e = sub(r);

@@ -10,7 +10,7 @@ import { invalidArgument } from '../errors';
 import { searchBatchMax } from '../common/limits';
 import { stringifyJson } from '../common/json';
 import { checkColumnFloats, checkPointCount, checkQueryCount } from '../query/validate';
-import type { CollectionInfo, CollectionSpecInput, IndexSpec, Point, SearchHit, SearchRequest, WriteOptions, WriteToken } from '../query/types';
+import type { CollectionInfo, CollectionSpecInput, Filter, IndexSpec, Point, SearchHit, SearchRequest, WriteOptions, WriteToken } from '../query/types';
 import * as wire from '../rpc/gen/quiver_pb';
 import {
   METHOD_NAMES,
@@ -131,6 +131,8 @@ export function searchRequest(vectors: Float32Array, o: wire.SearchOptions | und
     nprobe: nz(o.nprobe),
     withPayload: o.withPayload,
     withVectors: o.withVectors,
+    offset: o.offset,
+    maxDistance: o.maxDistance,
     ...readFromWire(o),
   };
 }
@@ -271,7 +273,26 @@ export function grpcHandlers(svc: Service): GrpcHandlers {
       const asFloats = !!r.options?.floatVectors;
       return { batches: hits.map((list) => ({ hits: list.map((h) => hitToWire(h, asFloats)) })) };
     }),
-    count: unary('Count', async (r) => ({ count: BigInt(await db.count(r.collection, readFromWire(r))) })),
+    count: unary('Count', async (r) => ({
+      count: BigInt(await db.count(r.collection, { ...readFromWire(r), filter: parseJsonField(r.filterJson, 'filter_json') as Filter | undefined, exact: r.exact })),
+    })),
+    scroll: unary('Scroll', async (r) => {
+      const page = await db.scroll(r.collection, {
+        limit: r.limit,
+        cursor: r.cursor,
+        filter: parseJsonField(r.filterJson, 'filter_json') as Filter | undefined,
+        withPayload: r.withPayload,
+        withVectors: r.withVectors,
+        ...readFromWire(r),
+      });
+      return { points: page.points.map((p) => pointToWire(p, r.floatVectors)), nextCursor: page.nextCursor ?? '' };
+    }),
+    recommend: unary('Recommend', async (r) => {
+      const { vectors: _, ...opts } = searchRequest(new Float32Array(0), r.options);
+      const hits = await db.recommend(r.collection, { ...opts, positive: r.positive, negative: r.negative });
+      const asFloats = !!r.options?.floatVectors;
+      return { hits: hits.map((h) => hitToWire(h, asFloats)) };
+    }),
     clusterStatus: unary('ClusterStatus', async (r) => {
       const st = clusterJson(await db.clusterStatus({ leadersOnly: r.leadersOnly }), svc.addresses);
       const big = (n: number | undefined): bigint | undefined => (n === undefined ? undefined : BigInt(n));

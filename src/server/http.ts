@@ -10,7 +10,7 @@ import { defaultDeadlineMs, requestBytesMax } from '../common/limits';
 import { stringifyJson } from '../common/json';
 import { log } from '../common/log';
 import { checkFields, copyNumbers, isPlainObject } from '../query/validate';
-import type { CollectionSpecInput, Consistency, Point, PointInput, ReadOptions, SearchHit, SearchRequest, WriteToken } from '../query/types';
+import type { CollectionSpecInput, Consistency, CountOptions, Point, PointInput, ReadOptions, RecommendRequest, ScrollRequest, SearchHit, SearchRequest, WriteToken } from '../query/types';
 import type { Op, Service } from './service';
 import { StatusSource, clusterJson, renderStatusPage } from './status-page';
 import { asQuiverError, gatherQueries } from './validate';
@@ -70,7 +70,7 @@ class Pieces {
 const UPSERT_FIELDS = ['points', 'idempotencyKey', 'expectLeader'];
 const DELETE_FIELDS = ['ids', 'idempotencyKey', 'expectLeader'];
 const GET_FIELDS = ['ids', 'withVectors', 'withPayload', 'consistency', 'token', 'maxLagMs'];
-const SEARCH_FIELDS = ['vector', 'vectors', 'k', 'filter', 'ef', 'nprobe', 'consistency', 'token', 'maxLagMs', 'withPayload', 'withVectors'];
+const SEARCH_FIELDS = ['vector', 'vectors', 'k', 'offset', 'maxDistance', 'filter', 'ef', 'nprobe', 'consistency', 'token', 'maxLagMs', 'withPayload', 'withVectors'];
 /** GET .../count's query parameters: the read level (token as JSON). */
 const COUNT_PARAMS = ['consistency', 'token', 'maxLagMs'];
 
@@ -175,8 +175,8 @@ export class HttpApi {
               const list = batched ? b.vectors : [b.vector];
               if (!Array.isArray(list)) throw invalidArgument('vectors must be an array of number arrays');
               const vectors = gatherQueries(list, dim, !batched, (q, where, out, i) => copyNumbers(q, dim, where, out, i * dim));
-              const { k, filter, ef, nprobe, consistency, token, maxLagMs, withPayload, withVectors } = b;
-              const req = { vectors, k, filter, ef, nprobe, consistency, token, maxLagMs, withPayload, withVectors } as SearchRequest;
+              const { vector: _v, vectors: _vs, ...opts } = b;
+              const req = { ...opts, vectors } as unknown as SearchRequest;
               const hits = await db.search(name, req);
               return new Pieces(batched ? answerPieces('batches', hits, true) : answerPieces('results', hits, false));
             },
@@ -187,6 +187,32 @@ export class HttpApi {
         pattern: new RegExp(`^/v1/collections/${NAME}/count$`),
         methods: {
           GET: { op: 'Count', handler: async (c) => ({ count: await db.count(c.params[0], countParams(c.req)) }) },
+          // With a filter in the body; the Database checks its fields.
+          POST: { op: 'Count', handler: async (c) => ({ count: await db.count(c.params[0], (await c.body()) as CountOptions) }) },
+        },
+      },
+      {
+        pattern: new RegExp(`^/v1/collections/${NAME}/scroll$`),
+        methods: {
+          POST: {
+            op: 'Scroll',
+            handler: async (c) => {
+              const page = await db.scroll(c.params[0], (await c.body()) as unknown as ScrollRequest);
+              return new Pieces(answerPieces('points', [page.points], false, `,"nextCursor":${JSON.stringify(page.nextCursor)}`));
+            },
+          },
+        },
+      },
+      {
+        pattern: new RegExp(`^/v1/collections/${NAME}/recommend$`),
+        methods: {
+          POST: {
+            op: 'Recommend',
+            handler: async (c) => {
+              const hits = await db.recommend(c.params[0], (await c.body()) as unknown as RecommendRequest);
+              return new Pieces(answerPieces('results', [hits], false));
+            },
+          },
         },
       },
       {
@@ -245,8 +271,11 @@ export class HttpApi {
     const path = url.pathname;
     const method = req.method ?? 'GET';
     try {
-      // A query parameter no route takes (a filter on count, say) is refused, not ignored.
-      if (path.startsWith('/v1/')) checkFields(Object.fromEntries(url.searchParams), path.endsWith('/shards') ? ['digest'] : path.endsWith('/count') ? COUNT_PARAMS : [], '', 'query parameter');
+      // A query parameter no route takes is refused, not ignored (POST .../count takes its options in the body).
+      if (path.startsWith('/v1/')) {
+        const params = path.endsWith('/shards') ? ['digest'] : path.endsWith('/count') && method === 'GET' ? COUNT_PARAMS : [];
+        checkFields(Object.fromEntries(url.searchParams), params, '', 'query parameter');
+      }
       if (path === '/healthz') return sendText(res, 200, 'ok\n');
       if (path === '/readyz') {
         return this.svc.isDraining ? sendText(res, 503, 'shutting down\n') : sendText(res, 200, 'ready\n');
@@ -381,11 +410,11 @@ function readJsonBody(req: http.IncomingMessage, signal?: AbortSignal): Promise<
 }
 
 /**
- * The JSON of a get or search answer, piece by piece: `{"<key>": [..]}`, or with `batched`
- * `{"<key>": [[..], ..]}`. A point reads as get answers it (id, vector, payload), a hit as search
+ * The JSON of a get, scroll or search answer, piece by piece: `{"<key>": [..]<more>}`, or with
+ * `batched` `{"<key>": [[..], ..]<more>}` (`more`: further fields, each led by a comma). A point reads as get answers it (id, vector, payload), a hit as search
  * answers it (id, distance, payload, vector).
  */
-function* answerPieces(key: string, lists: (Point | SearchHit)[][], batched: boolean): Generator<string> {
+function* answerPieces(key: string, lists: (Point | SearchHit)[][], batched: boolean, more = ''): Generator<string> {
   yield `{"${key}":`;
   if (batched) yield '[';
   for (let q = 0; q < lists.length; q++) {
@@ -394,7 +423,7 @@ function* answerPieces(key: string, lists: (Point | SearchHit)[][], batched: boo
     for (let i = 0; i < list.length; i++) yield (i === 0 ? '' : ',') + pointText(list[i]);
     yield ']';
   }
-  yield batched ? ']}' : '}';
+  yield `${batched ? ']' : ''}${more}}`;
 }
 
 function pointText(p: Point | SearchHit): string {

@@ -10,7 +10,7 @@ import { stringifyJson } from '../common/json';
 import { QuiverError } from '../errors';
 import type { NodeId } from '../cluster/types';
 import type { ClusterDatabase, PeerShards } from '../query/cluster';
-import type { Point, ReadOptions, SearchHit, SearchRequest } from '../query/types';
+import type { CountOptions, Filter, Point, ReadOptions, ScrollRequest, SearchHit, SearchRequest } from '../query/types';
 import type { UpsertOp, WriteResult } from '../shard';
 import { QuiverNode } from '../rpc/gen/node_pb';
 import type * as wire from '../rpc/gen/quiver_pb';
@@ -20,6 +20,7 @@ import { bytesToVector, decoder, encoder, readFromWire, readToWire, vectorToByte
 import { decodeSearchBatchResponse, encodeSearchBatchResponse, encodeShardSearchRequest } from '../rpc/search-codec';
 import type { Op, Service } from './service';
 import { searchRequest } from './grpc';
+import { parseJsonField } from './validate';
 
 type NodeMethods = (typeof QuiverNode)['method'];
 type NodeMethodName = keyof NodeMethods;
@@ -71,8 +72,14 @@ function searchOptionsToWire(req: SearchRequest): MessageInitShape<typeof wire.S
     nprobe: req.nprobe ?? 0,
     withPayload: req.withPayload ?? false,
     withVectors: req.withVectors ?? false,
+    offset: req.offset ?? 0,
+    maxDistance: req.maxDistance ?? undefined,
     ...readToWire(req),
   };
+}
+
+function filterToWire(filter: unknown): string {
+  return filter === undefined || filter === null ? '' : JSON.stringify(filter);
 }
 
 /** A shard's part of a write answered: its position as WriteResponse.token's one entry. */
@@ -83,6 +90,10 @@ function positionToWire(shard: number, w: WriteResult): { [shard: string]: { epo
 function writeResultFromWire(shard: number, r: MessageShape<typeof wire.WriteResponseSchema>): WriteResult {
   const p = r.token[String(shard)];
   return { answer: Number(r.count), lsn: Number(p?.lsn ?? 0n), epoch: Number(p?.epoch ?? 0n) };
+}
+
+function pointToWire(p: Point): MessageInitShape<typeof wire.PointSchema> {
+  return { id: p.id, vector: p.vector ? { data: vectorToBytes(p.vector) } : undefined, payloadJson: p.payload ? stringifyJson(p.payload) : '' };
 }
 
 function pointsFromWire(r: MessageShape<typeof wire.GetResponseSchema>): Point[] {
@@ -118,9 +129,20 @@ export function nodeMethods(svc: Service, db: ClusterDatabase): Map<string, Grpc
   add('shardSearch', async (r) => hitsToWire(await db.shardSearch(r.collection, r.shards, searchRequest(vectorsOf(r.vectors, 'vectors'), r.options))), encodeSearchBatchResponse);
   add('shardGet', async (r) => {
     const points = await db.shardGet(r.collection, r.shards, r.ids, r.withVectors, r.withPayload, readFromWire(r));
-    return { points: points.map((p) => ({ id: p.id, vector: p.vector ? { data: vectorToBytes(p.vector) } : undefined, payloadJson: p.payload ? stringifyJson(p.payload) : '' })) };
+    return { points: points.map(pointToWire) };
   });
-  add('shardCount', async (r) => ({ count: BigInt(await db.shardCount(r.collection, r.shards, readFromWire(r))) }));
+  add('shardCount', async (r) => ({ count: BigInt(await db.shardCount(r.collection, r.shards, { ...readFromWire(r), filter: parseJsonField(r.filterJson, 'filter_json') as Filter | undefined })) }));
+  add('shardScroll', async (r) => {
+    const points = await db.shardScroll(r.collection, r.shards, {
+      limit: r.limit,
+      cursor: r.cursor,
+      filter: parseJsonField(r.filterJson, 'filter_json') as Filter | undefined,
+      withPayload: r.withPayload,
+      withVectors: r.withVectors,
+      ...readFromWire(r),
+    });
+    return { points: points.map(pointToWire) };
+  });
   add('replicaStatus', async (r) => ({
     replicas: (await db.localReplicas(r.collection, r.withDigest)).map((x) => ({
       ...x,
@@ -141,6 +163,7 @@ const METHODS = {
   shardSearch: { path: pathOf(QuiverNode.method.shardSearch as DescMethodUnary), requestSerialize: encodeShardSearchRequest, responseDeserialize: decodeSearchBatchResponse },
   shardGet: client('shardGet'),
   shardCount: client('shardCount'),
+  shardScroll: client('shardScroll'),
   replicaStatus: client('replicaStatus'),
 };
 
@@ -188,8 +211,17 @@ export class NodePeers implements PeerShards {
     return pointsFromWire(await this.channel(node).unary(METHODS.shardGet, { collection, shards, ids, withVectors, withPayload, ...readToWire(read) }, NodePeers.deadline(deadlineMs)));
   }
 
-  async count(node: NodeId, collection: string, shards: number[], read: ReadOptions, deadlineMs?: number): Promise<number> {
-    return Number((await this.channel(node).unary(METHODS.shardCount, { collection, shards, ...readToWire(read) }, NodePeers.deadline(deadlineMs))).count);
+  async count(node: NodeId, collection: string, shards: number[], opts: CountOptions, deadlineMs?: number): Promise<number> {
+    return Number((await this.channel(node).unary(METHODS.shardCount, { collection, shards, filterJson: filterToWire(opts.filter), ...readToWire(opts) }, NodePeers.deadline(deadlineMs))).count);
+  }
+
+  async scroll(node: NodeId, collection: string, shards: number[], req: ScrollRequest, deadlineMs?: number): Promise<Point[]> {
+    const r = await this.channel(node).unary(
+      METHODS.shardScroll,
+      { collection, shards, limit: req.limit, cursor: req.cursor ?? '', filterJson: filterToWire(req.filter), withPayload: !!req.withPayload, withVectors: !!req.withVectors, ...readToWire(req) },
+      NodePeers.deadline(deadlineMs),
+    );
+    return pointsFromWire(r);
   }
 
   async replicaStatus(node: NodeId, collection: string, withDigest: boolean): ReturnType<PeerShards['replicaStatus']> {

@@ -22,6 +22,8 @@ export type Op =
   | 'Search'
   | 'SearchBatch'
   | 'Count'
+  | 'Scroll'
+  | 'Recommend'
   | 'ClusterStatus'
   | 'NodeStatus'
   | 'Drain'
@@ -30,6 +32,7 @@ export type Op =
   | 'ShardSearch'
   | 'ShardGet'
   | 'ShardCount'
+  | 'ShardScroll'
   | 'ReplicaStatus'
   | 'Shards';
 

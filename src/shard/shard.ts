@@ -552,6 +552,25 @@ export class Shard {
     return withVectors ? this.lock.read(read) : read();
   }
 
+  /**
+   * The first `limit` points after id `after` whose payload passes `predicate`, in id order, at
+   * one applied LSN (as get: with vectors under the lock, else read at once).
+   */
+  scroll(after: string | undefined, limit: number, predicate: ((p: Payload | undefined) => boolean) | undefined, withVectors: boolean, withPayload: boolean): Promise<StoredPoint[]> {
+    const read = async (): Promise<StoredPoint[]> => {
+      const labels = this.store.labelsAfter(after, limit, predicate);
+      const out = labels.map((l) => this.pointOf(l, withPayload));
+      if (withVectors) await this.attachVectors(out, labels);
+      return out;
+    };
+    return withVectors ? this.lock.read(read) : read();
+  }
+
+  /** Points whose payload passes `predicate`. */
+  countWhere(predicate: (p: Payload | undefined) => boolean): number {
+    return this.store.select(predicate).length;
+  }
+
   private pointOf(label: number, withPayload: boolean): StoredPoint {
     const p: StoredPoint = { id: this.store.idOf(label)! };
     if (withPayload) {

@@ -235,6 +235,32 @@ export class PointStore {
     return out;
   }
 
+  /**
+   * Labels of the first `limit` ids after `after` (from the first id when undefined) whose
+   * payload passes `pred`, in id order (JavaScript string order). One pass over the labels; the
+   * candidates are cut back to `limit` whenever they reach twice that, and ids past the last one
+   * kept are skipped from then on: O(n + n log limit).
+   */
+  labelsAfter(after: string | undefined, limit: number, pred?: (payload: Payload | undefined) => boolean): number[] {
+    let found: number[] = [];
+    let bound: string | undefined;
+    const byId = (a: number, b: number): number => (this.labelToId[a]! < this.labelToId[b]! ? -1 : 1);
+    const cut = (): void => {
+      found.sort(byId);
+      found = found.slice(0, limit);
+      if (found.length === limit) bound = this.labelToId[found[limit - 1]];
+    };
+    for (let l = 0; l < this.nextLabel; l++) {
+      const id = this.labelToId[l];
+      if (id === undefined || (after !== undefined && id <= after) || (bound !== undefined && id >= bound)) continue;
+      if (pred && !pred(this.payloads[l])) continue;
+      found.push(l);
+      if (found.length >= 2 * limit) cut();
+    }
+    cut();
+    return found;
+  }
+
   /** Labels whose payload passes `pred`, increasing. */
   select(pred: (payload: Payload | undefined) => boolean): Uint32Array {
     const out: number[] = [];
