@@ -252,6 +252,35 @@ describe('every route answers as the document says', () => {
     expectError(await call('GET', '/v1/collections/{name}/count', { params: { name: 'nope' } }), 404, 'NOT_FOUND');
   });
 
+  it('POST /v1/collections/{name}/count', async () => {
+    expect((await call('POST', '/v1/collections/{name}/count', { params: { name: C } })).body).toEqual({ count: 3 });
+    const filtered = await call('POST', '/v1/collections/{name}/count', { params: { name: C }, body: { filter: { field: 'year', range: { gte: 2020 } }, exact: true, consistency: 'session', token } });
+    expect(filtered.body.count).toBeLessThan(3);
+    expectError(await call('POST', '/v1/collections/{name}/count', { params: { name: C }, body: { filter: { field: 'year', gt: 1 } }, schemaRefuses: true }), 400, 'INVALID_ARGUMENT');
+    expectError(await call('POST', '/v1/collections/{name}/count', { params: { name: C }, body: { where: {} }, schemaRefuses: true }), 400, 'INVALID_ARGUMENT');
+    expectError(await call('POST', '/v1/collections/{name}/count', { params: { name: 'nope' } }), 404, 'NOT_FOUND');
+  });
+
+  it('POST /v1/collections/{name}/scroll', async () => {
+    const first = await call('POST', '/v1/collections/{name}/scroll', { params: { name: C }, body: { limit: 2, withPayload: true, withVectors: true, consistency: 'eventual' } });
+    expect(first.body.points.map((p: { id: string }) => p.id)).toEqual(['a', 'b']);
+    const rest = await call('POST', '/v1/collections/{name}/scroll', { params: { name: C }, body: { limit: 2, cursor: first.body.nextCursor, filter: { field: 'year', exists: true } } });
+    expect(rest.body.nextCursor).toBeNull();
+    expectError(await call('POST', '/v1/collections/{name}/scroll', { params: { name: C }, body: { limit: 0 }, schemaRefuses: true }), 400, 'INVALID_ARGUMENT');
+    expectError(await call('POST', '/v1/collections/{name}/scroll', { params: { name: C }, body: { cursor: 'a' }, schemaRefuses: true }), 400, 'INVALID_ARGUMENT');
+    expectError(await call('POST', '/v1/collections/{name}/scroll', { params: { name: C }, body: { limit: 1, cursor: 3 }, schemaRefuses: true }), 400, 'INVALID_ARGUMENT');
+    expectError(await call('POST', '/v1/collections/{name}/scroll', { params: { name: 'nope' }, body: { limit: 1 } }), 404, 'NOT_FOUND');
+  });
+
+  it('POST /v1/collections/{name}/recommend', async () => {
+    const hits = await call('POST', '/v1/collections/{name}/recommend', { params: { name: C }, body: { positive: ['a'], negative: ['b'], k: 5, offset: 0, maxDistance: 100, withPayload: true, withVectors: true } });
+    expect(hits.body.results.map((r: { id: string }) => r.id)).toEqual(['c']);
+    expectError(await call('POST', '/v1/collections/{name}/recommend', { params: { name: C }, body: { positive: [], k: 1 }, schemaRefuses: true }), 400, 'INVALID_ARGUMENT');
+    expectError(await call('POST', '/v1/collections/{name}/recommend', { params: { name: C }, body: { positive: ['a'], k: 1, offset: -1 }, schemaRefuses: true }), 400, 'INVALID_ARGUMENT');
+    expectError(await call('POST', '/v1/collections/{name}/recommend', { params: { name: C }, body: { positive: ['zz'], k: 1 } }), 404, 'NOT_FOUND');
+    expectError(await call('POST', '/v1/collections/{name}/recommend', { params: { name: 'nope' }, body: { positive: ['a'], k: 1 } }), 404, 'NOT_FOUND');
+  });
+
   it('GET /v1/collections/{name}/shards', async () => {
     const withDigest = await call('GET', '/v1/collections/{name}/shards', { params: { name: C } });
     expect(withDigest.body.shards).toHaveLength(2);

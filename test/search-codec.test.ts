@@ -91,6 +91,9 @@ function randomRequest(r: () => number): RequestInit<'search'> {
             token,
             floatVectors: r() < 0.5,
             maxLagMs: r() < 0.5 ? 0 : Math.floor(r() * 2 ** 32),
+            offset: r() < 0.5 ? 0 : Math.floor(r() * 5000),
+            // optional: left out, 0 (present all the same) or any float
+            ...(r() < 0.4 ? {} : { maxDistance: r() < 0.3 ? 0 : Math.fround((r() - 0.3) * 10) }),
           },
   };
 }
