@@ -356,7 +356,7 @@ describe('unknown fields', () => {
     msg = expectHttpError(await post('/v1/collections', { name: 'w2', dim: 4, index: { type: 'hnsw', M: 8 } }), 400, 'INVALID_ARGUMENT');
     expect(msg).toMatch(/index\.M.*\bm\b/);
     const search = { vector: [1, 2, 3, 4], k: 1 };
-    for (const [field, like] of [['with_payload', 'withPayload'], ['offset', undefined], ['scoreThreshold', undefined], ['vectr', 'vector']] as const) {
+    for (const [field, like] of [['with_payload', 'withPayload'], ['page', undefined], ['scoreThreshold', 'maxDistance'], ['vectr', 'vector']] as const) {
       msg = expectHttpError(await post('/v1/collections/ok/search', { ...search, [field]: 1 }), 400, 'INVALID_ARGUMENT');
       expect(msg).toContain(field);
       if (like) expect(msg).toContain(`did you mean ${like}?`);

@@ -265,6 +265,35 @@ describe.each(Object.keys(FACES))('point reads through %s', (faceName) => {
   });
 });
 
+describe('scroll order kept across writes', () => {
+  it('ids deleted, written back and added past the merge point read in order, each once', async () => {
+    const name = 'order';
+    await h.db.createCollection({ name, dim: DIM, index: { type: 'flat' }, shards: 1 });
+    const id = (i: number): string => `k${i}`; // k0, k1, k10, k100, ...: string order is not number order
+    const live = new Set<string>();
+    const write = async (ids: string[]): Promise<void> => {
+      for (let i = 0; i < ids.length; i += 1000) await h.db.upsert(name, ids.slice(i, i + 1000).map((x, j) => ({ id: x, vector: vectorOf(i + j) })));
+      for (const x of ids) live.add(x);
+    };
+    const check = async (limit: number): Promise<void> => {
+      const got = (await allPages(FACES.database(), name, { limit })).flatMap((p) => p.points.map((x) => x.id));
+      expect(got).toEqual([...live].sort());
+    };
+    await write(Array.from({ length: 3000 }, (_, i) => id(i)));
+    await check(500); // builds the order
+    const gone = Array.from({ length: 600 }, (_, i) => id(i * 5));
+    await h.db.delete(name, gone);
+    for (const x of gone) live.delete(x);
+    await check(333);
+    await write(gone.slice(0, 200)); // back again: in the order twice until a merge
+    await check(97);
+    await write(Array.from({ length: 2500 }, (_, i) => id(10_000 + i))); // past the merge point (a sixteenth, at least 1024)
+    await check(1000);
+    await write(gone.slice(200, 210));
+    await check(7);
+  });
+});
+
 describe('point reads, the wire forms', () => {
   it('HTTP: POST count takes no query parameters; GET count stays', async () => {
     const r = await httpJson(h.httpBase, 'POST', '/v1/collections/pr/count?consistency=eventual', {});

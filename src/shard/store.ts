@@ -45,6 +45,76 @@ export function rowsPerChunk(dim: number): number {
   return Math.floor((Math.ceil(bytes / hugePage) * hugePage) / rowBytes);
 }
 
+/**
+ * A store's ids in JavaScript string order (UTF-16 code units), for scrolls: `sorted` as of the
+ * last merge, which may still hold ids removed since (the reader looks each id up and skips those),
+ * and `added`, the ids new since, sorted when a walk needs them and merged into `sorted` once they
+ * pass a sixteenth of it. A walk merges the two on the fly, so a page costs O(log n + p log p + the
+ * ids walked) for p added ids; each id added costs one push, and O(16) amortized at the merges.
+ */
+class IdOrder {
+  private sorted: string[];
+  private added: string[] = [];
+  private addedSorted = true;
+
+  constructor(ids: Iterable<string>) {
+    this.sorted = [...ids].sort();
+  }
+
+  add(id: string): void {
+    this.added.push(id);
+    this.addedSorted = false;
+  }
+
+  /** The first index of `a` (sorted) whose id is past `after`. */
+  private static past(a: string[], after: string | undefined): number {
+    if (after === undefined) return 0;
+    let lo = 0;
+    let hi = a.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (a[mid] <= after) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
+  /**
+   * Calls `visit` with each id past `after` in order, each once (ids `live` says are gone
+   * included: the caller skips them), until it returns false.
+   */
+  walk(after: string | undefined, visit: (id: string) => boolean, live: (id: string) => boolean): void {
+    if (!this.addedSorted) {
+      this.added.sort();
+      this.addedSorted = true;
+      if (this.added.length > Math.max(1024, this.sorted.length / 16)) this.merge(live);
+    }
+    const a = this.sorted;
+    const b = this.added;
+    let i = IdOrder.past(a, after);
+    let j = IdOrder.past(b, after);
+    let prev: string | undefined;
+    while (i < a.length || j < b.length) {
+      const id = j >= b.length || (i < a.length && a[i] <= b[j]) ? a[i++] : b[j++];
+      // An id removed and added back is in both lists, or twice in `added`.
+      if (id === prev) continue;
+      prev = id;
+      if (!visit(id)) return;
+    }
+  }
+
+  /** `added` (sorted) into `sorted`, leaving out the ids gone and repeats. */
+  private merge(live: (id: string) => boolean): void {
+    const out: string[] = [];
+    this.walk(undefined, (id) => {
+      if (live(id)) out.push(id);
+      return true;
+    }, live);
+    this.sorted = out;
+    this.added = [];
+  }
+}
+
 export class PointStore {
   readonly dim: number;
   private readonly idToLabel = new Map<string, number>();
@@ -55,6 +125,8 @@ export class PointStore {
   private vectorsKept: boolean;
   private freeLabels: number[] = [];
   private nextLabel = 0;
+  /** The ids in order, once a scroll has asked for it (writes then add new ids to it). */
+  private order: IdOrder | undefined;
 
   /** Rows per vector chunk (rowsPerChunk(dim)). */
   private readonly chunkLabels: number;
@@ -172,6 +244,7 @@ export class PointStore {
     const dim = this.dim;
     for (let i = 0; i < ids.length; i++) {
       const label = labels[i];
+      if (this.order && !this.idToLabel.has(ids[i])) this.order.add(ids[i]);
       this.idToLabel.set(ids[i], label);
       this.labelToId[label] = ids[i];
       this.payloads[label] = payloads[i];
@@ -237,28 +310,18 @@ export class PointStore {
 
   /**
    * Labels of the first `limit` ids after `after` (from the first id when undefined) whose
-   * payload passes `pred`, in id order (JavaScript string order). One pass over the labels; the
-   * candidates are cut back to `limit` whenever they reach twice that, and ids past the last one
-   * kept are skipped from then on: O(n + n log limit).
+   * payload passes `pred`, in id order (JavaScript string order), from the id order (IdOrder,
+   * built at the first call): O(log n + the ids walked), besides keeping the order up to date.
    */
   labelsAfter(after: string | undefined, limit: number, pred?: (payload: Payload | undefined) => boolean): number[] {
-    let found: number[] = [];
-    let bound: string | undefined;
-    const byId = (a: number, b: number): number => (this.labelToId[a]! < this.labelToId[b]! ? -1 : 1);
-    const cut = (): void => {
-      found.sort(byId);
-      found = found.slice(0, limit);
-      if (found.length === limit) bound = this.labelToId[found[limit - 1]];
-    };
-    for (let l = 0; l < this.nextLabel; l++) {
-      const id = this.labelToId[l];
-      if (id === undefined || (after !== undefined && id <= after) || (bound !== undefined && id >= bound)) continue;
-      if (pred && !pred(this.payloads[l])) continue;
-      found.push(l);
-      if (found.length >= 2 * limit) cut();
-    }
-    cut();
-    return found;
+    this.order ??= new IdOrder(this.idToLabel.keys());
+    const out: number[] = [];
+    this.order.walk(after, (id) => {
+      const label = this.idToLabel.get(id);
+      if (label !== undefined && (!pred || pred(this.payloads[label]))) out.push(label);
+      return out.length < limit;
+    }, (id) => this.idToLabel.has(id));
+    return out;
   }
 
   /** Labels whose payload passes `pred`, increasing. */
@@ -455,6 +518,7 @@ export class PointStore {
     this.labelToId = [];
     this.payloads = [];
     this.idToLabel.clear();
+    this.order = undefined;
     for (let i = 0; i < count; i++) {
       this.idToLabel.set(ids[i], labels[i]);
       this.labelToId[labels[i]] = ids[i];
