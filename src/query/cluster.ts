@@ -623,7 +623,7 @@ export class ClusterDatabase implements Database {
    * then is resolved to ids and appended in one turn.
    */
   private async leaderChange(name: string, s: number, rep: ReplicaPort, part: ShardChange, key: string, hash: Buffer | undefined): Promise<WriteResult> {
-    if (byFilter(part)) await this.readReplica(name, s, checkReadLevel({ consistency: 'linearizable' }, s + 1));
+    if (byFilter(part)) await this.readReplica(name, s, checkReadLevel({ consistency: 'linearizable' }, s + 1), false);
     return rep.write(resolveChange(rep.shard, part, key, hash));
   }
 
@@ -643,9 +643,10 @@ export class ClusterDatabase implements Database {
    * (leaderWaitMs); a session read waits for the token's entry (sessionWaitMs on a follower,
    * leaderWaitMs on a leader); a read this replica cannot serve at its level (a follower too stale
    * for `bounded`, or still behind the token) is UNAVAILABLE, and the asking node goes to the
-   * leader. A token whose entry was lost is FAILED_PRECONDITION.
+   * leader. A token whose entry was lost is FAILED_PRECONDITION. `asRead`: counted as a read in
+   * the metrics (a filtered write waits here too, and is no read).
    */
-  private async readReplica(name: string, s: number, read: ReadLevel): Promise<ReplicaPort> {
+  private async readReplica(name: string, s: number, read: ReadLevel, asRead = true): Promise<ReplicaPort> {
     const r = await this.ledReplica(name, s);
     const position = read.consistency === 'session' ? read.token.get(s) : undefined;
     const arrived = Date.now();
@@ -655,7 +656,7 @@ export class ClusterDatabase implements Database {
       if (target < 0) target = linearizableTarget(st);
       const v = readVerdict(read.consistency, st, { position, maxLagMs: read.maxLagMs, target });
       if (v.kind === 'serve') {
-        this.opts.observer?.shardRead?.(name, s, read.consistency, st.role);
+        if (asRead) this.opts.observer?.shardRead?.(name, s, read.consistency, st.role);
         return r;
       }
       if (v.kind === 'lost') throw new QuiverError('FAILED_PRECONDITION', `shard ${name}/${s}: ${v.why}`);
