@@ -41,6 +41,8 @@ export type {
   PointInput,
   Point,
   Payload,
+  PayloadUpdate,
+  VectorInput,
   Filter,
   SearchRequest,
   SearchHit,

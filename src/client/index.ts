@@ -38,9 +38,12 @@ import type {
   ClusterStatus,
   CollectionInfo,
   CollectionSpecInput,
+  Filter,
   IndexSpec,
+  PayloadUpdate,
   Point,
   PointInput,
+  VectorInput,
   SearchHit,
   Consistency,
   CountOptions as EngineCountOptions,
@@ -77,12 +80,14 @@ export type {
   Filter,
   IndexSpec,
   Payload,
+  PayloadUpdate,
   Point,
   PointInput,
   ReadOptions,
   ScrollPage,
   SearchHit,
   ShardPosition,
+  VectorInput,
   WriteToken,
 } from '../query/types';
 
@@ -263,6 +268,44 @@ export class QuiverClient {
 
   async delete(collection: string, ids: string[], o: WriteOptions = {}): Promise<{ deleted: number; token: WriteToken }> {
     return this.remember(collection, await this.deleteOnce(collection, ids, o));
+  }
+
+  /** Deletes the points whose payload passes `filter` (every shard's leader resolves it to ids). */
+  async deleteWhere(collection: string, filter: Filter, o: WriteOptions = {}): Promise<{ deleted: number; token: WriteToken }> {
+    const r = await this.call('delete', { collection, filterJson: JSON.stringify(filter ?? null), idempotencyKey: o.idempotencyKey ?? randomUUID() }, o);
+    return this.remember(collection, { deleted: Number(r.count), token: tokenFromWire(r.token) });
+  }
+
+  /**
+   * Changes payloads without the vectors: the points by `ids` or `filter`, and one of `set` (keys
+   * merged in), `overwrite` (the whole payload) or `deleteKeys`. Ids the collection lacks are skipped.
+   */
+  async updatePayload(collection: string, update: PayloadUpdate, o: WriteOptions = {}): Promise<{ updated: number; token: WriteToken }> {
+    const json = (v: unknown): string => (v === undefined ? '' : JSON.stringify(v));
+    const r = await this.call(
+      'updatePayload',
+      {
+        collection,
+        ids: update.ids,
+        filterJson: json(update.filter),
+        setJson: json(update.set),
+        overwriteJson: json(update.overwrite),
+        deleteKeys: update.deleteKeys,
+        idempotencyKey: o.idempotencyKey ?? randomUUID(),
+      },
+      o,
+    );
+    return this.remember(collection, { updated: Number(r.count), token: tokenFromWire(r.token) });
+  }
+
+  /** Replaces vectors without the payloads; ids the collection lacks are skipped. */
+  async updateVectors(collection: string, points: VectorInput[], o: WriteOptions = {}): Promise<{ updated: number; token: WriteToken }> {
+    for (const p of points) {
+      if (!(p.vector instanceof Float32Array)) throw new QuiverError('INVALID_ARGUMENT', `point '${p.id}': vector must be a Float32Array`);
+    }
+    const wirePoints = points.map((p) => ({ id: p.id, vector: { data: vectorToBytes(p.vector) } }));
+    const r = await this.call('updateVectors', { collection, points: wirePoints, idempotencyKey: o.idempotencyKey ?? randomUUID() }, o);
+    return this.remember(collection, { updated: Number(r.count), token: tokenFromWire(r.token) });
   }
 
   /** A write's token joins the session's. */

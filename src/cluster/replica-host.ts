@@ -458,14 +458,15 @@ export class ReplicaHost extends EventEmitter {
   }
 
   upsert(op: UpsertOp, key = '', hash = key === '' ? undefined : requestHash('upsert', '', op.ids, op.payloadJson, op.vectors)): Promise<WriteResult> {
-    return this.clientWrite({ type: 'upsert', op, key, hash });
+    return this.write({ type: 'upsert', op, key, hash });
   }
 
   delete(ids: string[], key = '', hash = key === '' ? undefined : requestHash('delete', '', ids)): Promise<WriteResult> {
-    return this.clientWrite({ type: 'delete', ids, key, hash });
+    return this.write({ type: 'delete', ids, key, hash });
   }
 
-  private clientWrite(w: Write): Promise<WriteResult> {
+  /** A client write (this replica must lead): one entry, answered once the write concern is met. */
+  write(w: Write): Promise<WriteResult> {
     if (this.failure) return Promise.reject(new QuiverError('INTERNAL', `replica of ${this.opts.shard} failed: ${this.failure.message}`));
     if (this.closed) return Promise.reject(new QuiverError('UNAVAILABLE', `replica of ${this.opts.shard} is closing`));
     try {

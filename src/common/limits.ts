@@ -12,6 +12,8 @@ export const idBytesMax = 256;
 export const payloadBytesMax = 64 * 1024;
 /** Nesting of a payload: the object itself is depth 1, a value inside it depth 2, and so on. */
 export const payloadDepthMax = 32;
+/** Keys one payload update may delete (deleteKeys), each 1..256 characters. */
+export const deleteKeysMax = 1024;
 /** Points in one upsert, ids in one delete or get, points in one scroll page. */
 export const batchPointsMax = 10_000;
 /** Bytes of one request body (HTTP) or message (gRPC). */

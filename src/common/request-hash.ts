@@ -9,7 +9,10 @@
 import { createHash } from 'crypto';
 import { requestHashBytes } from './limits';
 
-export function hashRequest(kind: 'upsert' | 'delete', scope: string, ids: readonly string[], payloadJson: readonly string[] | undefined, tail: Uint8Array | undefined): Buffer {
+/** What a write does: its kind is hashed first, so two kinds of request never hash alike. */
+export type RequestKind = 'upsert' | 'delete' | 'deleteWhere' | 'payload' | 'vectors';
+
+export function hashRequest(kind: RequestKind, scope: string, ids: readonly string[], payloadJson: readonly string[] | undefined, tail: Uint8Array | undefined): Buffer {
   const h = createHash('sha256');
   const u32 = Buffer.alloc(4);
   const field = (s: string): void => {

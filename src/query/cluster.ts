@@ -25,12 +25,27 @@ import { QuiverError } from '../errors';
 import { ReadLevel, checkReadLevel, readOptionsOf } from '../common/read-options';
 import { ReplicaReadState, linearizableTarget, readVerdict } from '../cluster/read-level';
 import { requestHash } from '../shard';
-import type { Shard, ShardOptions, StoredPoint, UpsertOp, WriteResult } from '../shard';
+import type { Shard, ShardOptions, ShardWrite, StoredPoint, UpsertOp, WriteResult } from '../shard';
 import type { NodeId, Progress, ShardKey, ShardMap } from '../cluster/types';
 import { members, shardKey } from '../cluster/types';
 import { idsByShard, splitBatch, writeByShard } from '../common/placement';
-import { OpenInternals, checkWrite, checkedBatch, mergeHits, prepareSearch, shardOptionsOf } from './database';
 import { mergeScroll, prepareCount, prepareScroll, recommend } from './reads';
+import {
+  OpenInternals,
+  ShardChange,
+  byFilter,
+  changeHash,
+  changeParts,
+  checkPayloadUpdate,
+  checkVectorUpdate,
+  checkWrite,
+  checkedBatch,
+  mergeHits,
+  prepareSearch,
+  resolveChange,
+  shardOptionsOf,
+} from './database';
+import { compileFilter } from './filter';
 import type {
   ChangeOptions,
   ClusterStatus,
@@ -39,7 +54,10 @@ import type {
   CollectionSpec,
   CollectionSpecInput,
   Database,
+  Filter,
   OpenOptions,
+  PayloadUpdate,
+  VectorInput,
   Point,
   PointInput,
   ReplicaInfo,
@@ -83,6 +101,8 @@ export interface ReplicaPort {
   onPeerMessage(from: NodeId, payload: Buffer): void;
   upsert(op: UpsertOp, key?: string, hash?: Buffer): Promise<WriteResult>;
   delete(ids: string[], key?: string, hash?: Buffer): Promise<WriteResult>;
+  /** Any client write, as one entry. */
+  write(w: ShardWrite): Promise<WriteResult>;
   readonly shard: Shard;
   status(): { role: string; epoch: number; leader: NodeId | null; durableLsn: number; commitLsn: number; appliedLsn: number; epochStartLsn: number; peers: Record<NodeId, { match: number; sinceAckMs: number }> };
   /** What a read's level is judged by; `leaseDeadline` on performance.now()'s clock. */
@@ -134,6 +154,8 @@ export interface ReplicaReport extends Omit<ReplicaInfo, 'lagEntries'> {
 export interface PeerShards {
   upsert(node: NodeId, collection: string, shard: number, op: UpsertOp, key: string, hash: Buffer | undefined): Promise<WriteResult>;
   delete(node: NodeId, collection: string, shard: number, ids: string[], key: string, hash: Buffer | undefined): Promise<WriteResult>;
+  /** A shard's part of a write of the point API (ShardChange), which that node resolves and logs as the shard's leader. */
+  change(node: NodeId, collection: string, shard: number, part: ShardChange, key: string, hash: Buffer | undefined): Promise<WriteResult>;
   /** Reads: `deadlineMs` (default the node service's) bounds a part asked of a replica that may not be the leader. */
   search(node: NodeId, collection: string, shards: number[], req: SearchRequest & { vectors: Float32Array }, deadlineMs?: number): Promise<SearchHit[][]>;
   get(node: NodeId, collection: string, shards: number[], ids: string[], withVectors: boolean, withPayload: boolean, read: ReadOptions, deadlineMs?: number): Promise<Point[]>;
@@ -562,6 +584,56 @@ export class ClusterDatabase implements Database {
     return { deleted: count, token };
   }
 
+  async deleteWhere(name: string, filter: Filter, opts: WriteOptions = {}): Promise<{ deleted: number; token: WriteToken }> {
+    const c = this.coll(name);
+    compileFilter(filter);
+    const { count, token } = await this.changeChecked(c, { type: 'deleteWhere', filter }, opts);
+    return { deleted: count, token };
+  }
+
+  async updatePayload(name: string, update: PayloadUpdate, opts: WriteOptions = {}): Promise<{ updated: number; token: WriteToken }> {
+    const c = this.coll(name);
+    const { count, token } = await this.changeChecked(c, checkPayloadUpdate(update), opts);
+    return { updated: count, token };
+  }
+
+  async updateVectors(name: string, points: VectorInput[], opts: WriteOptions = {}): Promise<{ updated: number; token: WriteToken }> {
+    const c = this.coll(name);
+    const { count, token } = await this.changeChecked(c, { type: 'vectors', op: checkVectorUpdate(points, c.spec) }, opts);
+    return { updated: count, token };
+  }
+
+  /**
+   * Each shard's part goes to its leader, which resolves and checks it (resolveChange) as it logs
+   * it. Parts on different leaders are checked each by its own: one can be refused (a payload
+   * over payloadBytesMax after the merge) while another is applied, as any part of a write split
+   * across shards can fail alone.
+   */
+  private async changeChecked(c: ClusterCollection, ch: ShardChange, opts: WriteOptions): Promise<{ count: number; token: WriteToken }> {
+    const { key, hash, expectLeader } = checkWrite(opts, () => changeHash(ch, c.spec.name));
+    const parts = changeParts(ch, c.spec);
+    if (expectLeader) this.checkLeads(c, parts.keys());
+    return writeByShard(parts, (s, part) =>
+      this.onLeader(
+        c,
+        s,
+        opts.signal,
+        (rep) => ClusterDatabase.bounded(this.leaderChange(c.spec.name, s, rep, part, key, hash), opts.signal),
+        expectLeader ? null : (node) => ClusterDatabase.bounded(this.opts.peers.change(node, c.spec.name, s, part, key, hash), opts.signal),
+      ),
+    );
+  }
+
+  /**
+   * On the shard's leader: a part by filter waits until the replica has applied everything
+   * committed when it arrived (as a linearizable read: it sees every write acknowledged before),
+   * then is resolved to ids and appended in one turn.
+   */
+  private async leaderChange(name: string, s: number, rep: ReplicaPort, part: ShardChange, key: string, hash: Buffer | undefined): Promise<WriteResult> {
+    if (byFilter(part)) await this.readReplica(name, s, checkReadLevel({ consistency: 'linearizable' }, s + 1), false);
+    return rep.write(resolveChange(rep.shard, part, key, hash));
+  }
+
   // ---------------------------------------------------------------- the node service (a peer asks for shards held here)
 
   private ledReplica(name: string, s: number): Promise<ReplicaPort> {
@@ -578,9 +650,10 @@ export class ClusterDatabase implements Database {
    * (leaderWaitMs); a session read waits for the token's entry (sessionWaitMs on a follower,
    * leaderWaitMs on a leader); a read this replica cannot serve at its level (a follower too stale
    * for `bounded`, or still behind the token) is UNAVAILABLE, and the asking node goes to the
-   * leader. A token whose entry was lost is FAILED_PRECONDITION.
+   * leader. A token whose entry was lost is FAILED_PRECONDITION. `asRead`: counted as a read in
+   * the metrics (a filtered write waits here too, and is no read).
    */
-  private async readReplica(name: string, s: number, read: ReadLevel): Promise<ReplicaPort> {
+  private async readReplica(name: string, s: number, read: ReadLevel, asRead = true): Promise<ReplicaPort> {
     const r = await this.ledReplica(name, s);
     const position = read.consistency === 'session' ? read.token.get(s) : undefined;
     const arrived = Date.now();
@@ -590,7 +663,7 @@ export class ClusterDatabase implements Database {
       if (target < 0) target = linearizableTarget(st);
       const v = readVerdict(read.consistency, st, { position, maxLagMs: read.maxLagMs, target });
       if (v.kind === 'serve') {
-        this.opts.observer?.shardRead?.(name, s, read.consistency, st.role);
+        if (asRead) this.opts.observer?.shardRead?.(name, s, read.consistency, st.role);
         return r;
       }
       if (v.kind === 'lost') throw new QuiverError('FAILED_PRECONDITION', `shard ${name}/${s}: ${v.why}`);
@@ -613,6 +686,18 @@ export class ClusterDatabase implements Database {
   async shardDelete(name: string, s: number, ids: string[], key: string, hash: Buffer | undefined, signal?: AbortSignal): Promise<WriteResult> {
     checkIds(ids, true);
     return ClusterDatabase.bounded((await this.ledReplica(name, s)).delete(ids, key, hash), signal);
+  }
+
+  /** A forwarded part of a write of the point API, checked as it was where the client sent it. */
+  async shardChange(name: string, s: number, part: ShardChange, key: string, hash: Buffer | undefined, signal?: AbortSignal): Promise<WriteResult> {
+    const c = this.coll(name);
+    const checked: ShardChange =
+      part.type === 'deleteWhere'
+        ? (compileFilter(part.filter), part)
+        : part.type === 'payload'
+          ? checkPayloadUpdate({ ids: part.ids, filter: part.filter, ...part.change })
+          : { type: 'vectors', op: checkColumns({ ids: part.op.ids, vectors: part.op.vectors, payloads: part.op.ids.map(() => undefined) }, c.spec.dim, c.spec.metric) };
+    return ClusterDatabase.bounded(this.leaderChange(name, s, await this.ledReplica(name, s), checked, key, hash), signal);
   }
 
   /** A part of a search: the shards asked, from their replicas here. */

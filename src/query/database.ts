@@ -13,8 +13,10 @@ import { promises as fsp } from 'fs';
 import * as path from 'path';
 import { QuiverError } from '../errors';
 import { efMax } from '../native/limits';
-import { Shard, requestHash } from '../shard';
-import type { ShardHit, ShardOptions, UpsertOp } from '../shard';
+import { Shard, requestHash, requestHashOf } from '../shard';
+import type { PayloadChange, ShardHit, ShardOptions, ShardWrite, UpsertOp, WriteResult } from '../shard';
+import { deleteKeysMax } from '../common/limits';
+import { checkPayload } from '../common/points';
 import { CatalogEntry, readCatalog, writeCatalog } from './catalog';
 import { compileFilter } from './filter';
 import { checkMaxDistance, checkPage, mergeScroll, prepareCount, prepareScroll, recommend } from './reads';
@@ -28,6 +30,9 @@ import type {
   CollectionSpec,
   CollectionSpecInput,
   Database,
+  Filter,
+  PayloadUpdate,
+  VectorInput,
   OpenOptions,
   Payload,
   Point,
@@ -47,6 +52,7 @@ import type {
 import {
   checkAnswerBytes,
   checkColumns,
+  checkFields,
   checkIdempotencyKey,
   checkIds,
   checkK,
@@ -85,6 +91,104 @@ export function checkedBatch(points: PointInput[], spec: CollectionSpec): Upsert
   const vectors = new Float32Array(checked.ids.length * spec.dim);
   checked.vectors.forEach((v, i) => vectors.set(v, i * spec.dim));
   return { ids: checked.ids, vectors, payloadJson: checked.payloadJson };
+}
+
+/**
+ * A write of the point API as it goes to a shard's leader, which turns it into one ShardWrite
+ * (resolveChange): a filter is resolved to ids there, against what that shard has applied, so
+ * the log holds ids and every replica applies the same change.
+ */
+export type ShardChange =
+  | { type: 'deleteWhere'; filter: unknown }
+  | { type: 'payload'; ids?: string[]; filter?: unknown; change: PayloadChange }
+  | { type: 'vectors'; op: UpsertOp };
+
+const PAYLOAD_UPDATE_FIELDS = ['ids', 'filter', 'set', 'overwrite', 'deleteKeys'];
+
+/** The one of `fields` that `o` sets (INVALID_ARGUMENT when it sets none or several). */
+function oneOf(o: Record<string, unknown>, fields: string[]): string {
+  const given = fields.filter((f) => o[f] !== undefined && o[f] !== null);
+  if (given.length !== 1) throw new QuiverError('INVALID_ARGUMENT', `give exactly one of ${fields.join(', ')} (got ${given.length === 0 ? 'none' : given.join(' and ')})`);
+  return given[0];
+}
+
+/** A payload update checked: its points (ids, or a filter) and its change. */
+export function checkPayloadUpdate(u: unknown): Extract<ShardChange, { type: 'payload' }> {
+  if (!isPlainObject(u)) throw new QuiverError('INVALID_ARGUMENT', 'a payload update must be an object {ids | filter, set | overwrite | deleteKeys}');
+  checkFields(u, PAYLOAD_UPDATE_FIELDS, 'the payload update');
+  const by = oneOf(u, ['ids', 'filter']);
+  const how = oneOf(u, ['set', 'overwrite', 'deleteKeys']);
+  let change: PayloadChange;
+  if (how === 'deleteKeys') {
+    const keys = u.deleteKeys;
+    if (!Array.isArray(keys) || keys.length === 0 || keys.length > deleteKeysMax) {
+      throw new QuiverError('INVALID_ARGUMENT', `deleteKeys must be an array of 1..${deleteKeysMax} field names (deleteKeysMax)`);
+    }
+    keys.forEach((k, i) => {
+      if (typeof k !== 'string' || k.length === 0 || k.length > 256) throw new QuiverError('INVALID_ARGUMENT', `deleteKeys[${i}] must be a string of 1..256 characters`);
+    });
+    change = { deleteKeys: [...(keys as string[])] };
+  } else {
+    // A copy of the caller's object, checked as an upsert's payload is.
+    const json = checkPayload(u[how], how);
+    change = (how === 'set' ? { set: JSON.parse(json) } : { overwrite: JSON.parse(json) }) as PayloadChange;
+  }
+  if (by === 'ids') return { type: 'payload', ids: checkIds(u.ids, false), change };
+  compileFilter(u.filter);
+  return { type: 'payload', filter: u.filter, change };
+}
+
+/** New vectors checked as an upsert's points without payloads. */
+export function checkVectorUpdate(points: unknown, spec: CollectionSpec): UpsertOp {
+  if (Array.isArray(points)) {
+    points.forEach((p: unknown, i) => {
+      if (isPlainObject(p)) checkFields(p, ['id', 'vector'], `points[${i}]`);
+    });
+  }
+  return checkedBatch(points as PointInput[], spec);
+}
+
+/** The request hash of a checked change (what its idempotency key stands for). */
+export function changeHash(ch: ShardChange, scope: string): Buffer {
+  switch (ch.type) {
+    case 'deleteWhere':
+      return requestHashOf('deleteWhere', scope, [], ch.filter);
+    case 'payload':
+      return requestHashOf('payload', scope, ch.ids ?? [], { filter: ch.filter, change: ch.change });
+    case 'vectors':
+      return requestHash('vectors', scope, ch.op.ids, undefined, ch.op.vectors);
+  }
+}
+
+/** A checked change by shard: one by ids split by the shard of each id, one by filter to every shard. */
+export function changeParts(ch: ShardChange, spec: CollectionSpec): Map<number, ShardChange> {
+  if (ch.type === 'vectors') return new Map([...splitBatch(ch.op, spec.dim, spec.shards)].map(([s, op]) => [s, { type: 'vectors', op }]));
+  if (ch.type === 'payload' && ch.ids) return new Map([...idsByShard(ch.ids, spec.shards)].map(([s, ids]) => [s, { ...ch, ids }]));
+  return new Map(Array.from({ length: spec.shards }, (_, s) => [s, ch]));
+}
+
+/** Whether a part must be resolved against everything its shard committed (it names points by filter). */
+export function byFilter(ch: ShardChange): boolean {
+  return ch.type === 'deleteWhere' || (ch.type === 'payload' && ch.ids === undefined);
+}
+
+/**
+ * On a shard's leader: a part as the one entry it logs, in the turn it is appended. A filter is
+ * resolved to the ids of the points that pass it now; a payload update is refused
+ * (INVALID_ARGUMENT) if it would leave a payload here over payloadBytesMax.
+ */
+export function resolveChange(shard: Shard, ch: ShardChange, key: string, hash: Buffer | undefined): ShardWrite {
+  switch (ch.type) {
+    case 'deleteWhere':
+      return { type: 'delete', ids: shard.idsWhere(compileFilter(ch.filter)), key, hash };
+    case 'payload': {
+      const op = { ids: ch.ids ?? shard.idsWhere(compileFilter(ch.filter)), change: ch.change };
+      shard.checkPayloadChange(op);
+      return { type: 'payload', op, key, hash };
+    }
+    case 'vectors':
+      return { type: 'vectors', op: ch.op, key, hash };
+  }
 }
 
 /**
@@ -396,6 +500,33 @@ export class LocalDatabase implements Database {
     LocalDatabase.admit(c, key, hash, opts.signal);
     const { count, token } = await writeByShard(idsByShard(ids, c.spec.shards), (s, g) => c.shards[s].delete(g, key, hash));
     return { deleted: count, token };
+  }
+
+  async deleteWhere(name: string, filter: Filter, opts: WriteOptions = {}): Promise<{ deleted: number; token: WriteToken }> {
+    const c = this.coll(name);
+    compileFilter(filter);
+    const { count, token } = await this.changeChecked(c, { type: 'deleteWhere', filter }, opts);
+    return { deleted: count, token };
+  }
+
+  async updatePayload(name: string, update: PayloadUpdate, opts: WriteOptions = {}): Promise<{ updated: number; token: WriteToken }> {
+    const c = this.coll(name);
+    const { count, token } = await this.changeChecked(c, checkPayloadUpdate(update), opts);
+    return { updated: count, token };
+  }
+
+  async updateVectors(name: string, points: VectorInput[], opts: WriteOptions = {}): Promise<{ updated: number; token: WriteToken }> {
+    const c = this.coll(name);
+    const { count, token } = await this.changeChecked(c, { type: 'vectors', op: checkVectorUpdate(points, c.spec) }, opts);
+    return { updated: count, token };
+  }
+
+  /** Every part is resolved and checked before any is logged (in one turn with the appends): a refused part changes nothing anywhere. */
+  private async changeChecked(c: Collection, ch: ShardChange, opts: WriteOptions): Promise<{ count: number; token: WriteToken }> {
+    const { key, hash } = checkWrite(opts, () => changeHash(ch, c.spec.name));
+    LocalDatabase.admit(c, key, hash, opts.signal);
+    const writes = new Map([...changeParts(ch, c.spec)].map(([s, part]) => [s, resolveChange(c.shards[s], part, key, hash)]));
+    return writeByShard(writes, (s, w): Promise<WriteResult> => c.shards[s].change(w));
   }
 
   // ---------------------------------------------------------------- reads

@@ -49,6 +49,25 @@ export interface PointInput {
   payload?: Payload;
 }
 
+/** A point's new vector (updateVectors): its payload stays. */
+export interface VectorInput {
+  id: string;
+  vector: Float32Array;
+}
+
+/**
+ * A payload update: the points, by `ids` or those whose payload passes `filter` (one of the two),
+ * and one change: `set` merges its keys into each payload (others kept), `overwrite` replaces the
+ * payload, `deleteKeys` removes those keys.
+ */
+export interface PayloadUpdate {
+  ids?: string[];
+  filter?: Filter;
+  set?: Payload;
+  overwrite?: Payload;
+  deleteKeys?: string[];
+}
+
 export interface Point {
   id: string;
   vector?: Float32Array;
@@ -303,6 +322,12 @@ export interface Database {
   /** upsert() of a batch in columns; the database keeps `vectors`: the caller must not change it afterwards. */
   upsertColumns(name: string, batch: UpsertColumns, opts?: WriteOptions): Promise<{ upserted: number; token: WriteToken }>;
   delete(name: string, ids: string[], opts?: WriteOptions): Promise<{ deleted: number; token: WriteToken }>;
+  /** Deletes the points whose payload passes `filter` (each shard's leader resolves it to ids before it logs the delete). */
+  deleteWhere(name: string, filter: Filter, opts?: WriteOptions): Promise<{ deleted: number; token: WriteToken }>;
+  /** Changes payloads without the vectors; ids the collection does not hold are skipped (not counted). */
+  updatePayload(name: string, update: PayloadUpdate, opts?: WriteOptions): Promise<{ updated: number; token: WriteToken }>;
+  /** Replaces vectors without the payloads; ids the collection does not hold are skipped (not counted). */
+  updateVectors(name: string, points: VectorInput[], opts?: WriteOptions): Promise<{ updated: number; token: WriteToken }>;
   /** Missing ids are absent from the answer. */
   get(name: string, ids: string[], opts?: { withVectors?: boolean; withPayload?: boolean } & ReadOptions): Promise<Point[]>;
   count(name: string, opts?: CountOptions): Promise<number>;

@@ -10,7 +10,7 @@ import { invalidArgument } from '../errors';
 import { searchBatchMax } from '../common/limits';
 import { stringifyJson } from '../common/json';
 import { checkColumnFloats, checkPointCount, checkQueryCount } from '../query/validate';
-import type { CollectionInfo, CollectionSpecInput, Filter, IndexSpec, Point, SearchHit, SearchRequest, WriteOptions, WriteToken } from '../query/types';
+import type { CollectionInfo, CollectionSpecInput, Filter, IndexSpec, Payload, PayloadUpdate, Point, SearchHit, SearchRequest, VectorInput, WriteOptions, WriteToken } from '../query/types';
 import * as wire from '../rpc/gen/quiver_pb';
 import {
   METHOD_NAMES,
@@ -255,8 +255,33 @@ export function grpcHandlers(svc: Service): GrpcHandlers {
       { reusesRequest: true },
     ),
     delete: unary('Delete', async (r, signal) => {
-      const res = await db.delete(r.collection, r.ids, { ...routing(r), signal });
+      const filter = parseJsonField(r.filterJson, 'filter_json');
+      if (filter !== undefined && r.ids.length > 0) throw invalidArgument('give ids or filter_json, not both');
+      const res = filter === undefined ? await db.delete(r.collection, r.ids, { ...routing(r), signal }) : await db.deleteWhere(r.collection, filter as Filter, { ...routing(r), signal });
       return writeToWire(res.deleted, res.token);
+    }),
+    updatePayload: unary('UpdatePayload', async (r, signal) => {
+      const update: PayloadUpdate = {
+        ids: r.ids.length > 0 ? r.ids : undefined,
+        filter: parseJsonField(r.filterJson, 'filter_json') as Filter | undefined,
+        set: parseJsonField(r.setJson, 'set_json') as Payload | undefined,
+        overwrite: parseJsonField(r.overwriteJson, 'overwrite_json') as Payload | undefined,
+        deleteKeys: r.deleteKeys.length > 0 ? r.deleteKeys : undefined,
+      };
+      const res = await db.updatePayload(r.collection, update, { idempotencyKey: r.idempotencyKey || undefined, signal });
+      return writeToWire(res.updated, res.token);
+    }),
+    updateVectors: unary('UpdateVectors', async (r, signal) => {
+      const dim = db.dimOf(r.collection);
+      checkPointCount(r.points.length);
+      const points: VectorInput[] = r.points.map((p, i) => {
+        if (p.payloadJson !== '') throw invalidArgument(`points[${i}].payload_json: a vector update keeps the payload; use UpdatePayload`);
+        const vector = new Float32Array(dim);
+        copyVector(p.vector, dim, `points[${i}].vector`, vector, new Uint8Array(vector.buffer), 0);
+        return { id: p.id, vector };
+      });
+      const res = await db.updateVectors(r.collection, points, { idempotencyKey: r.idempotencyKey || undefined, signal });
+      return writeToWire(res.updated, res.token);
     }),
     get: unary('Get', async (r) => {
       const pts = await db.get(r.collection, r.ids, { withVectors: r.withVectors, withPayload: r.withPayload, ...readFromWire(r) });

@@ -10,7 +10,7 @@ import { defaultDeadlineMs, requestBytesMax } from '../common/limits';
 import { stringifyJson } from '../common/json';
 import { log } from '../common/log';
 import { checkFields, copyNumbers, isPlainObject } from '../query/validate';
-import type { CollectionSpecInput, Consistency, CountOptions, Point, PointInput, ReadOptions, RecommendRequest, ScrollRequest, SearchHit, SearchRequest, WriteToken } from '../query/types';
+import type { CollectionSpecInput, Consistency, CountOptions, Filter, PayloadUpdate, Point, PointInput, ReadOptions, RecommendRequest, ScrollRequest, SearchHit, SearchRequest, VectorInput, WriteToken } from '../query/types';
 import type { Op, Service } from './service';
 import { StatusSource, clusterJson, renderStatusPage } from './status-page';
 import { asQuiverError, gatherQueries } from './validate';
@@ -68,7 +68,9 @@ class Pieces {
 
 // The fields of each request body (docs/API.md); the collection spec is the Database's to check.
 const UPSERT_FIELDS = ['points', 'idempotencyKey', 'expectLeader'];
-const DELETE_FIELDS = ['ids', 'idempotencyKey', 'expectLeader'];
+const DELETE_FIELDS = ['ids', 'filter', 'idempotencyKey', 'expectLeader'];
+const PAYLOAD_FIELDS = ['ids', 'filter', 'set', 'overwrite', 'deleteKeys', 'idempotencyKey'];
+const VECTORS_FIELDS = ['points', 'idempotencyKey'];
 const GET_FIELDS = ['ids', 'withVectors', 'withPayload', 'consistency', 'token', 'maxLagMs'];
 const SEARCH_FIELDS = ['vector', 'vectors', 'k', 'offset', 'maxDistance', 'filter', 'ef', 'nprobe', 'consistency', 'token', 'maxLagMs', 'withPayload', 'withVectors'];
 /** GET .../count's query parameters: the read level (token as JSON). */
@@ -136,7 +138,34 @@ export class HttpApi {
             op: 'Delete',
             handler: async (c) => {
               const b = await c.body(DELETE_FIELDS);
-              return db.delete(c.params[0], b.ids as string[], { idempotencyKey: keyOf(b), expectLeader: b.expectLeader as boolean | undefined, signal: c.signal });
+              const opts = { idempotencyKey: keyOf(b), expectLeader: b.expectLeader as boolean | undefined, signal: c.signal };
+              if (b.filter === undefined) return db.delete(c.params[0], b.ids as string[], opts);
+              if (b.ids !== undefined) throw invalidArgument('give ids or filter, not both');
+              return db.deleteWhere(c.params[0], b.filter as Filter, opts);
+            },
+          },
+        },
+      },
+      {
+        pattern: new RegExp(`^/v1/collections/${NAME}/payload$`),
+        methods: {
+          POST: {
+            op: 'UpdatePayload',
+            handler: async (c) => {
+              const { idempotencyKey, ...update } = await c.body(PAYLOAD_FIELDS);
+              return db.updatePayload(c.params[0], update as PayloadUpdate, { idempotencyKey: keyOf({ idempotencyKey }), signal: c.signal });
+            },
+          },
+        },
+      },
+      {
+        pattern: new RegExp(`^/v1/collections/${NAME}/vectors$`),
+        methods: {
+          POST: {
+            op: 'UpdateVectors',
+            handler: async (c) => {
+              const b = await c.body(VECTORS_FIELDS);
+              return db.updateVectors(c.params[0], b.points as VectorInput[], { idempotencyKey: keyOf(b), signal: c.signal });
             },
           },
         },

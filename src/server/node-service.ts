@@ -10,6 +10,7 @@ import { stringifyJson } from '../common/json';
 import { QuiverError } from '../errors';
 import type { NodeId } from '../cluster/types';
 import type { ClusterDatabase, PeerShards } from '../query/cluster';
+import type { ShardChange } from '../query/database';
 import type { CountOptions, Filter, Point, ReadOptions, ScrollRequest, SearchHit, SearchRequest } from '../query/types';
 import type { UpsertOp, WriteResult } from '../shard';
 import { QuiverNode } from '../rpc/gen/node_pb';
@@ -126,6 +127,10 @@ export function nodeMethods(svc: Service, db: ClusterDatabase): Map<string, Grpc
     const w = await db.shardDelete(r.collection, r.shard, r.ids, r.idempotencyKey, r.requestHash.byteLength > 0 ? Buffer.from(r.requestHash) : undefined, signal);
     return { count: BigInt(w.answer), token: positionToWire(r.shard, w) };
   });
+  add('shardChange', async (r, signal) => {
+    const w = await db.shardChange(r.collection, r.shard, changeFromWire(r), r.idempotencyKey, r.requestHash.byteLength > 0 ? Buffer.from(r.requestHash) : undefined, signal);
+    return { count: BigInt(w.answer), token: positionToWire(r.shard, w) };
+  });
   add('shardSearch', async (r) => hitsToWire(await db.shardSearch(r.collection, r.shards, searchRequest(vectorsOf(r.vectors, 'vectors'), r.options))), encodeSearchBatchResponse);
   add('shardGet', async (r) => {
     const points = await db.shardGet(r.collection, r.shards, r.ids, r.withVectors, r.withPayload, readFromWire(r));
@@ -156,9 +161,40 @@ export function nodeMethods(svc: Service, db: ClusterDatabase): Map<string, Grpc
   return out;
 }
 
+/** A ShardChangeRequest as the part it carries (checked again by ClusterDatabase.shardChange). */
+function changeFromWire(r: In<'shardChange'>): ShardChange {
+  switch (r.kind) {
+    case 'deleteWhere':
+      return { type: 'deleteWhere', filter: parseJsonField(r.filterJson, 'filter_json') };
+    case 'payload':
+      return {
+        type: 'payload',
+        ids: r.filterJson === '' ? r.ids : undefined,
+        filter: r.filterJson === '' ? undefined : parseJsonField(r.filterJson, 'filter_json'),
+        change: parseJsonField(r.changeJson, 'change_json') as Extract<ShardChange, { type: 'payload' }>['change'],
+      };
+    case 'vectors':
+      return { type: 'vectors', op: { ids: r.ids, vectors: vectorsOf(r.vectors, 'vectors').slice(), payloadJson: r.ids.map(() => '') } };
+    default:
+      throw new QuiverError('INVALID_ARGUMENT', `unknown change kind "${r.kind}"`);
+  }
+}
+
+function changeToWire(part: ShardChange): { kind: string; ids?: string[]; filterJson?: string; changeJson?: string; vectors?: Uint8Array } {
+  switch (part.type) {
+    case 'deleteWhere':
+      return { kind: part.type, filterJson: stringifyJson(part.filter) };
+    case 'payload':
+      return { kind: part.type, ids: part.ids ?? [], filterJson: part.filter === undefined ? '' : stringifyJson(part.filter), changeJson: stringifyJson(part.change) };
+    case 'vectors':
+      return { kind: part.type, ids: part.op.ids, vectors: vectorToBytes(part.op.vectors) };
+  }
+}
+
 const METHODS = {
   shardUpsert: client('shardUpsert'),
   shardDelete: client('shardDelete'),
+  shardChange: client('shardChange'),
   // On every search's path: the hand-written codecs (src/rpc/search-codec.ts).
   shardSearch: { path: pathOf(QuiverNode.method.shardSearch as DescMethodUnary), requestSerialize: encodeShardSearchRequest, responseDeserialize: decodeSearchBatchResponse },
   shardGet: client('shardGet'),
@@ -199,6 +235,11 @@ export class NodePeers implements PeerShards {
 
   async delete(node: NodeId, collection: string, shard: number, ids: string[], key: string, hash: Buffer | undefined): Promise<WriteResult> {
     const r = await this.channel(node).unary(METHODS.shardDelete, { collection, shard, ids, idempotencyKey: key, requestHash: hash ?? new Uint8Array(0) }, NodePeers.deadline());
+    return writeResultFromWire(shard, r);
+  }
+
+  async change(node: NodeId, collection: string, shard: number, part: ShardChange, key: string, hash: Buffer | undefined): Promise<WriteResult> {
+    const r = await this.channel(node).unary(METHODS.shardChange, { collection, shard, ...changeToWire(part), idempotencyKey: key, requestHash: hash ?? new Uint8Array(0) }, NodePeers.deadline());
     return writeResultFromWire(shard, r);
   }
 

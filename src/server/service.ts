@@ -34,10 +34,13 @@ export type Op =
   | 'ShardCount'
   | 'ShardScroll'
   | 'ReplicaStatus'
-  | 'Shards';
+  | 'Shards'
+  | 'UpdatePayload'
+  | 'UpdateVectors'
+  | 'ShardChange';
 
 /** Operations that change state: their deadline stops them only before they reach the log (see run). */
-const CHANGES: ReadonlySet<Op> = new Set<Op>(['CreateCollection', 'DropCollection', 'Upsert', 'Delete', 'ShardUpsert', 'ShardDelete']);
+const CHANGES: ReadonlySet<Op> = new Set<Op>(['CreateCollection', 'DropCollection', 'Upsert', 'Delete', 'ShardUpsert', 'ShardDelete', 'UpdatePayload', 'UpdateVectors', 'ShardChange']);
 
 /**
  * How long the server has no request in flight before the `whenQuiet` callbacks run: long enough

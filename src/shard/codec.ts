@@ -11,6 +11,12 @@
  *   u32 n | n x { u16 idLen | id (UTF-8) }
  * Epoch start (type 3): empty.
  * Config (type 4): UTF-8 JSON object.
+ * Payload update (type 7): the ids its leader resolved (a filter never reaches the log):
+ *   [request header]
+ *   u8 mode (1 set: merge the object's keys, 2 overwrite: the object replaces the payload,
+ *            3 deleteKeys: remove the keys of the array) | u32 len | UTF-8 JSON (object or array)
+ *   u32 n | n x { u16 idLen | id (UTF-8) }
+ * Vector update (type 8): the layout of an upsert batch, every payload length 0 (payloads are kept).
  *
  * Request header, present in the bodies of entries with an idempotency key (layout 1; bodies
  * written before it have none, and an entry without a key never has one):
@@ -20,7 +26,9 @@
 import { QuiverError } from '../errors';
 import { crc32c } from '../wal/crc32c';
 import { requestHashBytes } from '../common/limits';
-import { hashRequest } from '../common/request-hash';
+import { RequestKind, hashRequest } from '../common/request-hash';
+import { stringifyJson } from '../common/json';
+import type { Payload } from './store';
 
 const HEADER_MARK = 0xffffffff;
 const HEADER_LAYOUT = 1;
@@ -52,7 +60,7 @@ function splitHeader(body: Uint8Array): { hash: Buffer | undefined; rest: Buffer
  * vectors passes for it with odds of 2^-32 (and is then answered as the first, writing nothing).
  * A retry of the same request hashes the same.
  */
-export function requestHash(kind: 'upsert' | 'delete', scope: string, ids: string[], payloadJson?: string[], vectors?: Float32Array): Buffer {
+export function requestHash(kind: RequestKind, scope: string, ids: string[], payloadJson?: string[], vectors?: Float32Array): Buffer {
   let tail: Buffer | undefined;
   if (vectors) {
     tail = Buffer.alloc(8);
@@ -62,8 +70,16 @@ export function requestHash(kind: 'upsert' | 'delete', scope: string, ids: strin
   return hashRequest(kind, scope, ids, payloadJson, tail);
 }
 
+/**
+ * The hash of a request whose meaning is more than its ids (a filter, a payload change): its kind,
+ * scope and ids, then `args` as JSON text (stringifyJson), hashed as a requestHash tail.
+ */
+export function requestHashOf(kind: RequestKind, scope: string, ids: string[], args: unknown): Buffer {
+  return hashRequest(kind, scope, ids, undefined, Buffer.from(stringifyJson(args), 'utf8'));
+}
+
 /** The request hash an upsert or delete body holds (undefined when it has no request header). */
-export function requestHashOf(body: Uint8Array): Buffer | undefined {
+export function hashInBody(body: Uint8Array): Buffer | undefined {
   return splitHeader(body).hash;
 }
 
@@ -135,6 +151,12 @@ export function decodeUpsert(body: Uint8Array, dim: number): UpsertOp {
 }
 
 export function encodeDelete(ids: string[], requestHash?: Buffer): Buffer[] {
+  const buf = encodeIds(ids);
+  return requestHash ? [requestHeader(requestHash), buf] : [buf];
+}
+
+/** u32 n | n x { u16 idLen | id }. */
+function encodeIds(ids: string[]): Buffer {
   const bufs = ids.map((id) => Buffer.from(id, 'utf8'));
   let size = 4;
   for (const b of bufs) size += 2 + b.length;
@@ -146,12 +168,15 @@ export function encodeDelete(ids: string[], requestHash?: Buffer): Buffer[] {
     off += 2;
     off += b.copy(buf, off);
   }
-  return requestHash ? [requestHeader(requestHash), buf] : [buf];
+  return buf;
 }
 
 export function decodeDelete(body: Uint8Array): string[] {
-  const buf = splitHeader(body).rest;
-  if (buf.length < 4) throw corrupt('short delete');
+  return decodeIds(splitHeader(body).rest);
+}
+
+function decodeIds(buf: Buffer): string[] {
+  if (buf.length < 4) throw corrupt('short id list');
   const n = buf.readUInt32LE(0);
   const ids: string[] = [];
   let off = 4;
@@ -165,4 +190,55 @@ export function decodeDelete(body: Uint8Array): string[] {
   }
   if (off !== buf.length) throw corrupt('trailing bytes');
   return ids;
+}
+
+/** What a payload update does to each point's payload (a point without one has no keys). */
+export type PayloadChange = { set: Payload } | { overwrite: Payload } | { deleteKeys: string[] };
+
+export interface PayloadOp {
+  ids: string[];
+  change: PayloadChange;
+}
+
+const PAYLOAD_MODES = ['set', 'overwrite', 'deleteKeys'] as const;
+
+function modeOf(change: PayloadChange): { mode: number; arg: unknown } {
+  if ('set' in change) return { mode: 1, arg: change.set };
+  if ('overwrite' in change) return { mode: 2, arg: change.overwrite };
+  return { mode: 3, arg: change.deleteKeys };
+}
+
+export function encodePayload(op: PayloadOp, requestHash?: Buffer): Buffer[] {
+  const { mode, arg } = modeOf(op.change);
+  const json = Buffer.from(stringifyJson(arg), 'utf8');
+  const head = Buffer.allocUnsafe(5);
+  head.writeUInt8(mode, 0);
+  head.writeUInt32LE(json.length, 1);
+  const parts = [head, json, encodeIds(op.ids)];
+  return requestHash ? [requestHeader(requestHash), ...parts] : parts;
+}
+
+export function decodePayload(body: Uint8Array): PayloadOp {
+  const buf = splitHeader(body).rest;
+  if (buf.length < 5) throw corrupt('short payload update');
+  const mode = buf.readUInt8(0);
+  const len = buf.readUInt32LE(1);
+  if (mode < 1 || mode > PAYLOAD_MODES.length) throw corrupt(`unknown payload update mode ${mode}`);
+  if (5 + len > buf.length) throw corrupt('truncated payload update');
+  const arg = JSON.parse(buf.toString('utf8', 5, 5 + len)) as unknown;
+  const change = { [PAYLOAD_MODES[mode - 1]]: arg } as PayloadChange;
+  return { ids: decodeIds(buf.subarray(5 + len)), change };
+}
+
+/**
+ * The payload a change leaves: a new object (a stored payload is replaced, never changed in place),
+ * or undefined for none.
+ */
+export function changedPayload(old: Payload | undefined, change: PayloadChange): Payload | undefined {
+  if ('set' in change) return { ...old, ...change.set };
+  if ('overwrite' in change) return { ...change.overwrite };
+  if (old === undefined) return undefined;
+  const out = { ...old };
+  for (const k of change.deleteKeys) delete out[k];
+  return out;
 }

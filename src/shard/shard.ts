@@ -35,7 +35,9 @@ import { EntryType, Wal } from '../wal';
 import type { WalOptions } from '../wal';
 import { cloneJson } from '../common/json';
 import { log } from '../common/log';
-import { UpsertOp, decodeDelete, decodeUpsert, encodeDelete, encodeUpsert, requestHash, requestHashOf } from './codec';
+import { payloadBytesMax } from '../common/limits';
+import { stringifyJson } from '../common/json';
+import { PayloadOp, UpsertOp, changedPayload, decodeDelete, decodePayload, decodeUpsert, encodeDelete, encodePayload, encodeUpsert, hashInBody, requestHash } from './codec';
 import { RwLock } from './lock';
 import { KeyRecord, listSnapshots, readSnapshot, writeSnapshot } from './snapshot';
 import { Payload, PointStore } from './store';
@@ -110,11 +112,13 @@ export interface ShardStatusInfo {
 type Op =
   | { type: EntryType.Upsert; upsert: UpsertOp; payloads: (Payload | undefined)[]; hash?: Buffer }
   | { type: EntryType.Delete; ids: string[]; hash?: Buffer }
+  | { type: EntryType.Payload; payload: PayloadOp; hash?: Buffer }
+  | { type: EntryType.Vectors; upsert: UpsertOp; hash?: Buffer }
   | { type: EntryType.EpochStart }
   | { type: EntryType.Config; config: string };
 
 function hashOf(op: Op): Buffer | undefined {
-  return op.type === EntryType.Upsert || op.type === EntryType.Delete ? op.hash : undefined;
+  return op.type === EntryType.EpochStart || op.type === EntryType.Config ? undefined : op.hash;
 }
 
 export interface WriteResult {
@@ -124,10 +128,16 @@ export interface WriteResult {
   epoch?: number;
 }
 
-/** A client write as a replica's leader appends it: one WAL entry. */
+/**
+ * A client write as a shard's leader logs it: one WAL entry. `payload` and `vectors` name their
+ * points by id (a filter is resolved to ids before the write is made); ids the shard does not
+ * hold when the entry is applied are skipped.
+ */
 export type ShardWrite =
   | { type: 'upsert'; op: UpsertOp; key: string; hash?: Buffer }
-  | { type: 'delete'; ids: string[]; key: string; hash?: Buffer };
+  | { type: 'delete'; ids: string[]; key: string; hash?: Buffer }
+  | { type: 'payload'; op: PayloadOp; key: string; hash?: Buffer }
+  | { type: 'vectors'; op: UpsertOp; key: string; hash?: Buffer };
 
 /**
  * IVF-PQ training rule: a shard of an ivfpq collection searches exactly (a flat index over its
@@ -296,10 +306,14 @@ export class Shard {
     switch (type) {
       case EntryType.Upsert: {
         const upsert = decodeUpsert(body, this.opts.dim);
-        return { type, upsert, payloads: upsert.payloadJson.map(parsePayload), hash: requestHashOf(body) };
+        return { type, upsert, payloads: upsert.payloadJson.map(parsePayload), hash: hashInBody(body) };
       }
       case EntryType.Delete:
-        return { type, ids: decodeDelete(body), hash: requestHashOf(body) };
+        return { type, ids: decodeDelete(body), hash: hashInBody(body) };
+      case EntryType.Payload:
+        return { type, payload: decodePayload(body), hash: hashInBody(body) };
+      case EntryType.Vectors:
+        return { type, upsert: decodeUpsert(body, this.opts.dim), hash: hashInBody(body) };
       case EntryType.EpochStart:
         return { type };
       case EntryType.Config:
@@ -327,6 +341,44 @@ export class Shard {
   /** Deletes ids (absent ones are no-ops). Answer: how many existed. `key` and `hash` as for upsert. */
   delete(ids: string[], key = '', hash = key === '' ? undefined : requestHash('delete', '', ids)): Promise<WriteResult> {
     return this.write({ type: EntryType.Delete, ids, hash }, encodeDelete(ids, hash), key);
+  }
+
+  /** Any client write (ShardWrite) as one entry; resolves once durable and applied, as upsert. */
+  change(w: ShardWrite): Promise<WriteResult> {
+    const { op, body } = this.entryOf(w);
+    return this.write(op, body, w.key);
+  }
+
+  private entryOf(w: ShardWrite): { op: Op; body: Buffer[] } {
+    switch (w.type) {
+      case 'upsert':
+        return { op: { type: EntryType.Upsert, upsert: w.op, payloads: w.op.payloadJson.map(parsePayload), hash: w.hash }, body: encodeUpsert(w.op, this.opts.dim, w.hash) };
+      case 'delete':
+        return { op: { type: EntryType.Delete, ids: w.ids, hash: w.hash }, body: encodeDelete(w.ids, w.hash) };
+      case 'payload':
+        return { op: { type: EntryType.Payload, payload: w.op, hash: w.hash }, body: encodePayload(w.op, w.hash) };
+      case 'vectors':
+        return { op: { type: EntryType.Vectors, upsert: w.op, hash: w.hash }, body: encodeUpsert(w.op, this.opts.dim, w.hash) };
+    }
+  }
+
+  /** Ids of the points whose payload passes `predicate` now (what a filtered write is resolved to), in label order. */
+  idsWhere(predicate: (p: Payload | undefined) => boolean): string[] {
+    return Array.from(this.store.select(predicate), (l) => this.store.idOf(l)!);
+  }
+
+  /**
+   * Refuses (INVALID_ARGUMENT) a payload update that would leave a point here with a payload over
+   * payloadBytesMax, judged on the payloads applied now.
+   */
+  checkPayloadChange(op: PayloadOp): void {
+    for (const id of op.ids) {
+      const label = this.store.labelOf(id);
+      if (label === undefined) continue;
+      const p = changedPayload(this.store.payloadOf(label), op.change);
+      const bytes = p === undefined ? 0 : Buffer.byteLength(stringifyJson(p));
+      if (bytes > payloadBytesMax) throw new QuiverError('INVALID_ARGUMENT', `the payload of "${id}" would be ${bytes} bytes after the update, over ${payloadBytesMax} (payloadBytesMax)`);
+    }
   }
 
   /**
@@ -393,12 +445,11 @@ export class Shard {
   appendEntry(epoch: number, write: ShardWrite | null): number {
     this.usable();
     if (!this.opts.follower) throw new QuiverError('FAILED_PRECONDITION', 'a standalone shard appends through upsert and delete');
-    const entry =
-      write === null
-        ? { epoch, type: EntryType.EpochStart, key: '', body: Buffer.alloc(0) }
-        : write.type === 'upsert'
-          ? { epoch, type: EntryType.Upsert, key: write.key, body: encodeUpsert(write.op, this.opts.dim, write.hash) }
-          : { epoch, type: EntryType.Delete, key: write.key, body: encodeDelete(write.ids, write.hash) };
+    let entry: { epoch: number; type: EntryType; key: string; body: Buffer | Buffer[] } = { epoch, type: EntryType.EpochStart, key: '', body: Buffer.alloc(0) };
+    if (write !== null) {
+      const { op, body } = this.entryOf(write);
+      entry = { epoch, type: op.type, key: write.key, body };
+    }
     const { lsn, durable } = this.wal.append(entry);
     durable.catch(() => undefined); // the log's failure reaches the replica through flush
     this.epoch = epoch;
@@ -484,6 +535,33 @@ export class Shard {
         }
         if (labels.length > 0) await this.index.remove(Uint32Array.from(labels));
         return this.store.remove(op.ids);
+      }
+      case EntryType.Payload: {
+        let n = 0;
+        for (const id of new Set(op.payload.ids)) {
+          const label = this.store.labelOf(id);
+          if (label === undefined) continue;
+          const p = changedPayload(this.store.payloadOf(label), op.payload.change);
+          this.store.setPayload(label, p);
+          this.store.noteSizes([id], [p === undefined ? '' : stringifyJson(p)]);
+          n++;
+        }
+        return n;
+      }
+      case EntryType.Vectors: {
+        // As an upsert of the points held here (the index replaces a present label's vector),
+        // each keeping its payload.
+        const { ids, vectors } = op.upsert;
+        const dim = this.opts.dim;
+        const rows = ids.flatMap((id, i) => (this.store.has(id) ? [i] : []));
+        if (rows.length === 0) return 0;
+        const kept = rows.map((i) => ids[i]);
+        const part = rows.length === ids.length ? vectors : new Float32Array(rows.length * dim);
+        if (part !== vectors) rows.forEach((i, j) => part.set(vectors.subarray(i * dim, (i + 1) * dim), j * dim));
+        const plan = this.store.planLabels(kept);
+        await this.index.add(plan.labels, part);
+        this.store.assign(plan, kept, part, Array.from(plan.labels, (l) => this.store.payloadOf(l)));
+        return kept.length;
       }
       case EntryType.EpochStart:
       case EntryType.Config:

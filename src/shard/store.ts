@@ -263,6 +263,11 @@ export class PointStore {
     }
   }
 
+  /** Replaces the payload of a live label (with a new object: a captured one is never changed). */
+  setPayload(label: number, payload: Payload | undefined): void {
+    this.payloads[label] = payload;
+  }
+
   /** Raises largestIdBytes and largestPayloadBytes to cover a batch just assigned. */
   noteSizes(ids: string[], payloadJson: string[]): void {
     for (let i = 0; i < ids.length; i++) {
