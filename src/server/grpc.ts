@@ -10,8 +10,9 @@ import { invalidArgument } from '../errors';
 import { searchBatchMax } from '../common/limits';
 import { stringifyJson } from '../common/json';
 import { checkColumnFloats, checkPointCount, checkQueryCount } from '../query/validate';
-import type { CollectionInfo, CollectionSpecInput, Filter, IndexSpec, Payload, PayloadUpdate, Point, SearchHit, SearchRequest, VectorInput, WriteOptions, WriteToken } from '../query/types';
+import type { CollectionInfo, CollectionSpecInput, Filter, IndexSpec, Payload, PayloadUpdate, Point, ScrollRequest, SearchHit, SearchRequest, VectorInput, WriteOptions, WriteToken } from '../query/types';
 import * as wire from '../rpc/gen/quiver_pb';
+import type { ShardScrollRequest } from '../rpc/gen/node_pb';
 import {
   METHOD_NAMES,
   MethodCodec,
@@ -135,6 +136,15 @@ export function searchRequest(vectors: Float32Array, o: wire.SearchOptions | und
     maxDistance: o.maxDistance,
     ...readFromWire(o),
   };
+}
+
+export function filterFromWire(json: string): Filter | undefined {
+  return parseJsonField(json, 'filter_json') as Filter | undefined;
+}
+
+/** A scroll from its wire form (also the node service's per-shard scroll). */
+export function scrollRequest(r: wire.ScrollRequest | ShardScrollRequest): ScrollRequest {
+  return { limit: r.limit, cursor: r.cursor, filter: filterFromWire(r.filterJson), withPayload: r.withPayload, withVectors: r.withVectors, ...readFromWire(r) };
 }
 
 /**
@@ -298,18 +308,9 @@ export function grpcHandlers(svc: Service): GrpcHandlers {
       const asFloats = !!r.options?.floatVectors;
       return { batches: hits.map((list) => ({ hits: list.map((h) => hitToWire(h, asFloats)) })) };
     }),
-    count: unary('Count', async (r) => ({
-      count: BigInt(await db.count(r.collection, { ...readFromWire(r), filter: parseJsonField(r.filterJson, 'filter_json') as Filter | undefined, exact: r.exact })),
-    })),
+    count: unary('Count', async (r) => ({ count: BigInt(await db.count(r.collection, { ...readFromWire(r), filter: filterFromWire(r.filterJson), exact: r.exact })) })),
     scroll: unary('Scroll', async (r) => {
-      const page = await db.scroll(r.collection, {
-        limit: r.limit,
-        cursor: r.cursor,
-        filter: parseJsonField(r.filterJson, 'filter_json') as Filter | undefined,
-        withPayload: r.withPayload,
-        withVectors: r.withVectors,
-        ...readFromWire(r),
-      });
+      const page = await db.scroll(r.collection, scrollRequest(r));
       return { points: page.points.map((p) => pointToWire(p, r.floatVectors)), nextCursor: page.nextCursor ?? '' };
     }),
     recommend: unary('Recommend', async (r) => {

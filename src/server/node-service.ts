@@ -20,7 +20,7 @@ import type { GrpcMethod } from '../rpc/grpc-server';
 import { bytesToVector, decoder, encoder, readFromWire, readToWire, vectorToBytes } from '../rpc/proto';
 import { decodeSearchBatchResponse, encodeSearchBatchResponse, encodeShardSearchRequest } from '../rpc/search-codec';
 import type { Op, Service } from './service';
-import { searchRequest } from './grpc';
+import { filterFromWire, scrollRequest, searchRequest } from './grpc';
 import { parseJsonField } from './validate';
 
 type NodeMethods = (typeof QuiverNode)['method'];
@@ -136,18 +136,8 @@ export function nodeMethods(svc: Service, db: ClusterDatabase): Map<string, Grpc
     const points = await db.shardGet(r.collection, r.shards, r.ids, r.withVectors, r.withPayload, readFromWire(r));
     return { points: points.map(pointToWire) };
   });
-  add('shardCount', async (r) => ({ count: BigInt(await db.shardCount(r.collection, r.shards, { ...readFromWire(r), filter: parseJsonField(r.filterJson, 'filter_json') as Filter | undefined })) }));
-  add('shardScroll', async (r) => {
-    const points = await db.shardScroll(r.collection, r.shards, {
-      limit: r.limit,
-      cursor: r.cursor,
-      filter: parseJsonField(r.filterJson, 'filter_json') as Filter | undefined,
-      withPayload: r.withPayload,
-      withVectors: r.withVectors,
-      ...readFromWire(r),
-    });
-    return { points: points.map(pointToWire) };
-  });
+  add('shardCount', async (r) => ({ count: BigInt(await db.shardCount(r.collection, r.shards, { ...readFromWire(r), filter: filterFromWire(r.filterJson) })) }));
+  add('shardScroll', async (r) => ({ points: (await db.shardScroll(r.collection, r.shards, scrollRequest(r))).map(pointToWire) }));
   add('replicaStatus', async (r) => ({
     replicas: (await db.localReplicas(r.collection, r.withDigest)).map((x) => ({
       ...x,
