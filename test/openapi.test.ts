@@ -299,6 +299,31 @@ describe('every route answers as the document says', () => {
     expectError(await call('POST', '/v1/collections/{name}/delete', { params: { name: 'nope' }, body: { ids: ['a'] } }), 404, 'NOT_FOUND');
   });
 
+  it('POST /v1/collections/{name}/delete with a filter', async () => {
+    const del = await call('POST', '/v1/collections/{name}/delete', { params: { name: C }, body: { filter: { field: 'color', eq: 'none' } } });
+    expect(del.body.deleted).toBe(0);
+    expectError(await call('POST', '/v1/collections/{name}/delete', { params: { name: C }, body: { ids: ['a'], filter: { field: 'color', eq: 'red' } }, schemaRefuses: true }), 400, 'INVALID_ARGUMENT');
+    expectError(await call('POST', '/v1/collections/{name}/delete', { params: { name: C }, body: { filter: { field: 'color' } }, schemaRefuses: true }), 400, 'INVALID_ARGUMENT');
+  });
+
+  it('POST /v1/collections/{name}/payload', async () => {
+    const set = await call('POST', '/v1/collections/{name}/payload', { params: { name: C }, body: { ids: ['a', 'x'], set: { seen: true }, idempotencyKey: 'k-pl' } });
+    expect(set.body.updated).toBe(1);
+    await call('POST', '/v1/collections/{name}/payload', { params: { name: C }, body: { filter: { field: 'seen', eq: true }, deleteKeys: ['seen'] } });
+    expectError(await call('POST', '/v1/collections/{name}/payload', { params: { name: C }, body: { ids: ['a'] }, schemaRefuses: true }), 400, 'INVALID_ARGUMENT');
+    expectError(await call('POST', '/v1/collections/{name}/payload', { params: { name: C }, body: { ids: ['a'], set: {}, overwrite: {} }, schemaRefuses: true }), 400, 'INVALID_ARGUMENT');
+    expectError(await call('POST', '/v1/collections/{name}/payload', { params: { name: C }, body: { ids: ['a'], filter: { field: 'seen', eq: true }, set: {} }, schemaRefuses: true }), 400, 'INVALID_ARGUMENT');
+    expectError(await call('POST', '/v1/collections/{name}/payload', { params: { name: 'nope' }, body: { ids: ['a'], set: {} } }), 404, 'NOT_FOUND');
+  });
+
+  it('POST /v1/collections/{name}/vectors', async () => {
+    const up = await call('POST', '/v1/collections/{name}/vectors', { params: { name: C }, body: { points: [{ id: 'x-absent', vector: [1, 2, 3] }], idempotencyKey: 'k-vec' } });
+    expect(up.body.updated).toBe(0);
+    expectError(await call('POST', '/v1/collections/{name}/vectors', { params: { name: C }, body: { points: [{ id: 'a', vector: [1, 2, 3], payload: {} }] }, schemaRefuses: true }), 400, 'INVALID_ARGUMENT');
+    expectError(await call('POST', '/v1/collections/{name}/vectors', { params: { name: C }, body: { points: [{ id: 'a', vector: [1, 2] }] } }), 400, 'INVALID_ARGUMENT');
+    expectError(await call('POST', '/v1/collections/{name}/vectors', { params: { name: 'nope' }, body: { points: [] } }), 404, 'NOT_FOUND');
+  });
+
   it('GET /v1/cluster', async () => {
     const st = await call('GET', '/v1/cluster');
     expect(st.body.mode).toBe('standalone');

@@ -32,12 +32,12 @@ import { idsByShard, splitBatch, writeByShard } from '../common/placement';
 import { mergeScroll, prepareCount, prepareScroll, recommend } from './reads';
 import {
   OpenInternals,
+  PointWrites,
   ShardChange,
   byFilter,
   changeHash,
   changeParts,
   checkPayloadUpdate,
-  checkVectorUpdate,
   checkWrite,
   checkedBatch,
   mergeHits,
@@ -54,10 +54,7 @@ import type {
   CollectionSpec,
   CollectionSpecInput,
   Database,
-  Filter,
   OpenOptions,
-  PayloadUpdate,
-  VectorInput,
   Point,
   PointInput,
   ReplicaInfo,
@@ -206,7 +203,7 @@ function isRouting(e: unknown): boolean {
   return code === 'NOT_LEADER' || code === 'UNAVAILABLE';
 }
 
-export class ClusterDatabase implements Database {
+export class ClusterDatabase extends PointWrites implements Database {
   private readonly self: NodeId;
   private readonly dataDir: string;
   private readonly collections = new Map<string, ClusterCollection>();
@@ -227,6 +224,7 @@ export class ClusterDatabase implements Database {
   private readonly log: Log;
 
   constructor(private readonly opts: ClusterOptions) {
+    super();
     this.self = opts.nodeId;
     this.log = opts.log ?? rootLog.child({ node: opts.nodeId });
     this.dataDir = path.resolve(opts.dataDir);
@@ -584,23 +582,8 @@ export class ClusterDatabase implements Database {
     return { deleted: count, token };
   }
 
-  async deleteWhere(name: string, filter: Filter, opts: WriteOptions = {}): Promise<{ deleted: number; token: WriteToken }> {
-    const c = this.coll(name);
-    compileFilter(filter);
-    const { count, token } = await this.changeChecked(c, { type: 'deleteWhere', filter }, opts);
-    return { deleted: count, token };
-  }
-
-  async updatePayload(name: string, update: PayloadUpdate, opts: WriteOptions = {}): Promise<{ updated: number; token: WriteToken }> {
-    const c = this.coll(name);
-    const { count, token } = await this.changeChecked(c, checkPayloadUpdate(update), opts);
-    return { updated: count, token };
-  }
-
-  async updateVectors(name: string, points: VectorInput[], opts: WriteOptions = {}): Promise<{ updated: number; token: WriteToken }> {
-    const c = this.coll(name);
-    const { count, token } = await this.changeChecked(c, { type: 'vectors', op: checkVectorUpdate(points, c.spec) }, opts);
-    return { updated: count, token };
+  protected specOf(name: string): CollectionSpec {
+    return this.coll(name).spec;
   }
 
   /**
@@ -609,7 +592,8 @@ export class ClusterDatabase implements Database {
    * over payloadBytesMax after the merge) while another is applied, as any part of a write split
    * across shards can fail alone.
    */
-  private async changeChecked(c: ClusterCollection, ch: ShardChange, opts: WriteOptions): Promise<{ count: number; token: WriteToken }> {
+  protected async changeChecked(name: string, ch: ShardChange, opts: WriteOptions): Promise<{ count: number; token: WriteToken }> {
+    const c = this.coll(name);
     const { key, hash, expectLeader } = checkWrite(opts, () => changeHash(ch, c.spec.name));
     const parts = changeParts(ch, c.spec);
     if (expectLeader) this.checkLeads(c, parts.keys());

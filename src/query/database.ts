@@ -264,7 +264,35 @@ export interface OpenInternals {
   syncFn?: ShardOptions['syncFn'];
 }
 
-export class LocalDatabase implements Database {
+/**
+ * The point API's writes (delete by filter, payload and vector updates) as both databases take
+ * them: checked here, then written by the database's own changeChecked (standalone: by every
+ * shard here; in a cluster: by each shard's leader).
+ */
+export abstract class PointWrites {
+  protected abstract specOf(name: string): CollectionSpec;
+  protected abstract changeChecked(name: string, ch: ShardChange, opts: WriteOptions): Promise<{ count: number; token: WriteToken }>;
+
+  async deleteWhere(name: string, filter: Filter, opts: WriteOptions = {}): Promise<{ deleted: number; token: WriteToken }> {
+    this.specOf(name);
+    compileFilter(filter);
+    const { count, token } = await this.changeChecked(name, { type: 'deleteWhere', filter }, opts);
+    return { deleted: count, token };
+  }
+
+  async updatePayload(name: string, update: PayloadUpdate, opts: WriteOptions = {}): Promise<{ updated: number; token: WriteToken }> {
+    this.specOf(name);
+    const { count, token } = await this.changeChecked(name, checkPayloadUpdate(update), opts);
+    return { updated: count, token };
+  }
+
+  async updateVectors(name: string, points: VectorInput[], opts: WriteOptions = {}): Promise<{ updated: number; token: WriteToken }> {
+    const { count, token } = await this.changeChecked(name, { type: 'vectors', op: checkVectorUpdate(points, this.specOf(name)) }, opts);
+    return { updated: count, token };
+  }
+}
+
+export class LocalDatabase extends PointWrites implements Database {
   private readonly dataDir: string;
   private readonly opts: OpenOptions & OpenInternals;
   private readonly collections = new Map<string, Collection>();
@@ -272,6 +300,7 @@ export class LocalDatabase implements Database {
   private closed = false;
 
   private constructor(opts: OpenOptions & OpenInternals) {
+    super();
     this.opts = opts;
     this.dataDir = path.resolve(opts.dataDir);
   }
@@ -502,27 +531,13 @@ export class LocalDatabase implements Database {
     return { deleted: count, token };
   }
 
-  async deleteWhere(name: string, filter: Filter, opts: WriteOptions = {}): Promise<{ deleted: number; token: WriteToken }> {
-    const c = this.coll(name);
-    compileFilter(filter);
-    const { count, token } = await this.changeChecked(c, { type: 'deleteWhere', filter }, opts);
-    return { deleted: count, token };
-  }
-
-  async updatePayload(name: string, update: PayloadUpdate, opts: WriteOptions = {}): Promise<{ updated: number; token: WriteToken }> {
-    const c = this.coll(name);
-    const { count, token } = await this.changeChecked(c, checkPayloadUpdate(update), opts);
-    return { updated: count, token };
-  }
-
-  async updateVectors(name: string, points: VectorInput[], opts: WriteOptions = {}): Promise<{ updated: number; token: WriteToken }> {
-    const c = this.coll(name);
-    const { count, token } = await this.changeChecked(c, { type: 'vectors', op: checkVectorUpdate(points, c.spec) }, opts);
-    return { updated: count, token };
+  protected specOf(name: string): CollectionSpec {
+    return this.coll(name).spec;
   }
 
   /** Every part is resolved and checked before any is logged (in one turn with the appends): a refused part changes nothing anywhere. */
-  private async changeChecked(c: Collection, ch: ShardChange, opts: WriteOptions): Promise<{ count: number; token: WriteToken }> {
+  protected async changeChecked(name: string, ch: ShardChange, opts: WriteOptions): Promise<{ count: number; token: WriteToken }> {
+    const c = this.coll(name);
     const { key, hash } = checkWrite(opts, () => changeHash(ch, c.spec.name));
     LocalDatabase.admit(c, key, hash, opts.signal);
     const writes = new Map([...changeParts(ch, c.spec)].map(([s, part]) => [s, resolveChange(c.shards[s], part, key, hash)]));
