@@ -10,12 +10,10 @@ import * as path from 'path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QuiverClient } from '../src/client';
 import { QuiverError } from '../src/errors';
-import { openDatabase } from '../src/query';
-import type { Database } from '../src/query/types';
-import { Access, Metrics, RunningServer, startServer } from '../src/server';
+import { Access, Metrics } from '../src/server';
 import { credentialOf, parseRateLimits, readKeyFile } from '../src/server/access';
 import { codeOf, expectCode } from './helpers';
-import { httpJson, rawCall, tempDir, vec } from './server-harness';
+import { Harness, httpJson, rawCall, startHarness, tempDir, vec } from './server-harness';
 import { startServe } from './serve-child';
 import { runQuiver } from './cli-helpers';
 
@@ -140,22 +138,11 @@ describe('Access: roles and token buckets', () => {
 });
 
 /** A standalone node with keys (and a read rate limit) behind one gRPC implementation. */
-async function keyedServer(grpcImpl: 'quiver' | 'grpc-js', rateLimit = 'read=1000'): Promise<{ db: Database; server: RunningServer; http: string; stop(): Promise<void> }> {
-  const dir = tempDir('quiver-access-');
-  const metrics = new Metrics();
+async function keyedServer(grpcImpl: 'quiver' | 'grpc-js', rateLimit = 'read=1000'): Promise<Harness> {
   const access = new Access({ keyFile: keyFile(KEYS), rateLimits: parseRateLimits(rateLimit) });
-  access.attach(metrics);
-  const db = await openDatabase({ dataDir: dir, snapshotIntervalMs: 0, observer: metrics.observer });
-  const server = await startServer({ db, dataDir: dir, grpc: '127.0.0.1:0', http: '127.0.0.1:0', grpcImpl, metrics, access, log: { error: () => {} } });
-  return {
-    db,
-    server,
-    http: `http://${server.httpAddress}`,
-    async stop() {
-      await server.close();
-      await db.close();
-    },
-  };
+  const h = await startHarness(undefined, { grpcImpl, access });
+  access.attach(h.server.metrics);
+  return h;
 }
 
 async function refusals(http: string, transport: string, reason: string): Promise<number> {
@@ -166,7 +153,7 @@ async function refusals(http: string, transport: string, reason: string): Promis
 
 for (const impl of ['quiver', 'grpc-js'] as const) {
   describe(`a node with API keys: gRPC (${impl}) and HTTP`, () => {
-    let node: Awaited<ReturnType<typeof keyedServer>>;
+    let node: Harness;
     const clients: QuiverClient[] = [];
     const connect = async (apiKey?: string): Promise<QuiverClient> => {
       // No routes asked for at connect (a call that would be refused, or take a token, too).
@@ -187,16 +174,16 @@ for (const impl of ['quiver', 'grpc-js'] as const) {
       const admin = await connect(ADMIN_KEY);
       await admin.createCollection({ name: 'c', dim: 4, index: { type: 'flat' } });
       await admin.upsert('c', [{ id: 'a', vector: vec(1, 4) }]);
-      const before = await refusals(node.http, 'grpc', 'unauthenticated');
+      const before = await refusals(node.httpBase, 'grpc', 'unauthenticated');
       await expectCode((await connect()).count('c'), 'UNAUTHENTICATED');
       await expectCode((await connect('wrong-key-0123456789abc')).search('c', vec(1, 4), { k: 1 }), 'UNAUTHENTICATED');
-      expect(await refusals(node.http, 'grpc', 'unauthenticated')).toBe(before + 2);
+      expect(await refusals(node.httpBase, 'grpc', 'unauthenticated')).toBe(before + 2);
       const reader = await connect(READ_KEY);
       expect(await reader.count('c')).toBe(1);
       expect((await reader.search('c', vec(1, 4), { k: 1 }))[0].id).toBe('a');
       await expectCode(reader.upsert('c', [{ id: 'b', vector: vec(2, 4) }]), 'PERMISSION_DENIED');
       await expectCode(reader.dropCollection('c'), 'PERMISSION_DENIED');
-      expect(await refusals(node.http, 'grpc', 'permission_denied')).toBe(2);
+      expect(await refusals(node.httpBase, 'grpc', 'permission_denied')).toBe(2);
       expect(await admin.count('c')).toBe(1);
       // x-api-key works as well as authorization (metadata sent by a grpc-js client).
       const raw = await rawCall(node.server.grpcAddress, 'count', { collection: 'c' });
@@ -213,7 +200,7 @@ for (const impl of ['quiver', 'grpc-js'] as const) {
     });
 
     it('HTTP: 401 without a valid key, 403 for a read key writing, /healthz and /readyz open, /metrics and the status page behind a key', async () => {
-      const h = node.http;
+      const h = node.httpBase;
       for (const headers of [{}, bearer('wrong-key-0123456789abc'), { authorization: 'Basic x' }]) {
         const r = await httpJson(h, 'GET', '/v1/collections', undefined, headers);
         expect(r.status).toBe(401);
@@ -241,7 +228,7 @@ for (const impl of ['quiver', 'grpc-js'] as const) {
 }
 
 describe('a rate limit per key', () => {
-  let node: Awaited<ReturnType<typeof keyedServer>>;
+  let node: Harness;
   let reader: QuiverClient;
   beforeAll(async () => {
     // 4 a second, 2 at once: the third call in a row is refused, the next one 250 ms later is not.
@@ -266,7 +253,7 @@ describe('a rate limit per key', () => {
     expect(retryAfterMs).toBeGreaterThan(0);
     expect(retryAfterMs).toBeLessThanOrEqual(250);
     // Over HTTP (the same key, the same bucket): 429 with Retry-After in whole seconds.
-    const res = await fetch(`${node.http}/v1/collections/r/count`, { headers: bearer(READ_KEY) });
+    const res = await fetch(`${node.httpBase}/v1/collections/r/count`, { headers: bearer(READ_KEY) });
     expect(res.status).toBe(429);
     expect(res.headers.get('retry-after')).toBe('1');
     const body = (await res.json()) as { error: { code: string; details: { retryAfterMs: string } } };
