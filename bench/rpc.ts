@@ -38,12 +38,14 @@ options:
   --bytes N        the larger payload in bytes (default 3136, one 784-d float32 vector)
   --quiver ADDR    also time Count and Search against a running quiver serve (gRPC host:port)
   --collection C   collection for --quiver (default bench)
+  --api-key KEY    the API key for --quiver, for a server started with --api-keys (default the
+                   environment variable QUIVER_API_KEY)
   --help           this text
 `;
 
 export const SPEC: CommandSpec = {
   usage: USAGE,
-  flags: Object.fromEntries(['calls', 'passes', 'bytes', 'quiver', 'collection'].map((k) => [k, { type: 'string' }])),
+  flags: Object.fromEntries(['calls', 'passes', 'bytes', 'quiver', 'collection', 'api-key'].map((k) => [k, { type: 'string' }])),
 };
 
 const now = (): number => Number(process.hrtime.bigint());
@@ -207,6 +209,7 @@ export async function run(argv: string[]): Promise<number> {
   const big = intFlag(p, 'bytes', 3136, 1);
   const quiver = stringFlag(p, 'quiver');
   const collection = stringFlag(p, 'collection', 'bench');
+  const apiKey = stringFlag(p, 'api-key');
 
   const child: ChildProcess = spawn(process.execPath, [__filename, '--rpc-child'], { stdio: ['pipe', 'pipe', 'inherit'] });
   const cleanup = (): void => {
@@ -253,7 +256,7 @@ export async function run(argv: string[]): Promise<number> {
     if (quiver) {
       // Loaded here so the bare echo never pulls in the Quiver client.
       const { QuiverClient } = await import('../src/client');
-      const client = await QuiverClient.connect(quiver);
+      const client = await QuiverClient.connect(quiver, { apiKey });
       const info = await client.describeCollection(collection);
       const q = new Float32Array(info.dim).fill(0.5);
       const count: number[][] = [[], []];

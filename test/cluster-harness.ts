@@ -73,21 +73,28 @@ export class TestCluster {
   /** The last shard report seen while waiting (printed when a wait times out). */
   lastSeen = '';
 
+  /** What the harness's own HTTP calls send: the API key, for a cluster started with --api-keys. */
+  private readonly headers: Record<string, string>;
+
   private constructor(
     readonly etcd: EtcdServer,
     private readonly name: string,
     private readonly extra: string[],
-  ) {}
+    private readonly apiKey?: string,
+  ) {
+    this.headers = apiKey ? { authorization: `Bearer ${apiKey}` } : {};
+  }
 
   /**
    * etcd and nodes n1..nN, ready once every node sees all N alive. `uids`: node i runs as user
    * uids[i-1] (its data dir made theirs), so that network faults can pick its connections.
+   * `apiKey`: the key the harness's clients and HTTP calls send (the nodes' --api-keys in `args`).
    */
-  static async start(opts: { nodes?: number; cluster?: string; args?: string[]; uids?: number[] } = {}): Promise<TestCluster> {
-    const c = new TestCluster(await EtcdServer.start(), opts.cluster ?? 'test', opts.args ?? []);
+  static async start(opts: { nodes?: number; cluster?: string; args?: string[]; uids?: number[]; apiKey?: string } = {}): Promise<TestCluster> {
+    const c = new TestCluster(await EtcdServer.start(), opts.cluster ?? 'test', opts.args ?? [], opts.apiKey);
     const n = opts.nodes ?? 3;
     for (let i = 1; i <= n; i++) c.nodes.push(await c.startNode(`n${i}`, tempDir(`quiver-n${i}-`), [], opts.uids?.[i - 1]));
-    await waitFor(async () => (await httpJson(c.nodes[0].child.http, 'GET', '/v1/cluster')).body.nodes.length === n, `${n} live nodes`);
+    await waitFor(async () => (await httpJson(c.nodes[0].child.http, 'GET', '/v1/cluster', undefined, c.headers)).body.nodes.length === n, `${n} live nodes`);
     return c;
   }
 
@@ -108,7 +115,7 @@ export class TestCluster {
     const key = `${n.child.grpc}/${opts.retries ?? 0}`;
     let c = this.clients.get(key);
     if (!c) {
-      c = await QuiverClient.connect(n.child.grpc, { retries: opts.retries ?? 0, consistency: 'linearizable' });
+      c = await QuiverClient.connect(n.child.grpc, { retries: opts.retries ?? 0, consistency: 'linearizable', apiKey: this.apiKey });
       this.clients.set(key, c);
     }
     return c;
@@ -129,14 +136,14 @@ export class TestCluster {
   }
 
   async shards(via: TestNode, collection: string): Promise<ShardsReport> {
-    const r = await httpJson(via.child.http, 'GET', `/v1/collections/${collection}/shards`);
+    const r = await httpJson(via.child.http, 'GET', `/v1/collections/${collection}/shards`, undefined, this.headers);
     expect(r.status, JSON.stringify(r.body)).toBe(200);
     return r.body.shards;
   }
 
   /** Every replica of every shard at the leader's commit point with the leader's digest. */
   async converged(via: TestNode, collection: string, replicas?: number): Promise<boolean> {
-    const r = await httpJson(via.child.http, 'GET', `/v1/collections/${collection}/shards`).catch((e: Error) => ({ status: 0, body: e.message }));
+    const r = await httpJson(via.child.http, 'GET', `/v1/collections/${collection}/shards`, undefined, this.headers).catch((e: Error) => ({ status: 0, body: e.message }));
     this.lastSeen = JSON.stringify(r.body);
     if (r.status !== 200) return false;
     const shards: ShardsReport = r.body.shards;
@@ -156,7 +163,7 @@ export class TestCluster {
     const target = new Map((await this.shards(this.nodes.find((n) => n !== node && this.running(n)) ?? node, collection)).map((s) => [s.shard, s.replicas.find((r) => r.node === s.leader)?.commitLsn ?? 0]));
     await waitFor(
       async () => {
-        const r = await httpJson(node.child.http, 'GET', `/v1/collections/${collection}/shards?digest=false`).catch((e: Error) => ({ status: 0, body: e.message }));
+        const r = await httpJson(node.child.http, 'GET', `/v1/collections/${collection}/shards?digest=false`, undefined, this.headers).catch((e: Error) => ({ status: 0, body: e.message }));
         this.lastSeen = JSON.stringify(r.body);
         if (r.status !== 200) return false;
         return (r.body.shards as ShardsReport).every((s) => s.replicas.every((x) => x.node !== node.id || x.appliedLsn >= (target.get(s.shard) ?? 0)));

@@ -6,7 +6,7 @@ import * as grpc from '@grpc/grpc-js';
 import { afterAll } from 'vitest';
 import { openDatabase } from '../src/query';
 import type { Database } from '../src/query/types';
-import { Metrics, RunningServer, startServer } from '../src/server';
+import { Metrics, RunningServer, ServerOptions, startServer } from '../src/server';
 import { MethodName, QUIVER_CODE_KEY, RequestInit as WireRequest, ResponseOf, generatedMethods } from '../src/rpc/proto';
 import { grpcJsDefinition } from '../src/server/grpc-js';
 
@@ -32,10 +32,11 @@ export function tempDir(prefix: string): string {
   return d;
 }
 
-export async function startHarness(dir = tempDir('quiver-server-')): Promise<Harness> {
+/** `more`: more server options (the gRPC implementation, API keys). */
+export async function startHarness(dir = tempDir('quiver-server-'), more: Partial<ServerOptions> = {}): Promise<Harness> {
   const metrics = new Metrics();
   const db = await openDatabase({ dataDir: dir, snapshotIntervalMs: 0, observer: metrics.observer });
-  const server = await startServer({ db, dataDir: dir, grpc: '127.0.0.1:0', http: '127.0.0.1:0', metrics, log: { error: () => {} } });
+  const server = await startServer({ db, dataDir: dir, grpc: '127.0.0.1:0', http: '127.0.0.1:0', metrics, log: { error: () => {} }, ...more });
   return {
     dir,
     db,

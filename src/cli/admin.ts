@@ -25,6 +25,8 @@ commands:
 options:
   --server URL      any node's HTTP address; default http://127.0.0.1:7401
   --timeout-ms N    drain: how long to wait for the leaderships to move; default 30000
+  --api-key KEY     the API key for a cluster started with --api-keys (drain and undrain need
+                    an admin key); default the environment variable QUIVER_API_KEY
   --help            this text
 
 Exit codes: 0 done (healthy), 1 unhealthy or the drain did not finish, 2 bad usage,
@@ -33,7 +35,7 @@ Exit codes: 0 done (healthy), 1 unhealthy or the drain did not finish, 2 bad usa
 
 export const ADMIN: CommandSpec = {
   usage: USAGE,
-  flags: { server: { type: 'string' }, 'timeout-ms': { type: 'string' } },
+  flags: { server: { type: 'string' }, 'timeout-ms': { type: 'string' }, 'api-key': { type: 'string' } },
   positionals: true,
 };
 
@@ -54,13 +56,19 @@ interface Shard {
   replicas: { node: string; role: string; durableLsn: number; appliedLsn: number; lagEntries: number }[];
 }
 
+/** A node's HTTP API: its URL, and the API key sent to it. */
+interface Node {
+  base: string;
+  apiKey?: string;
+}
+
 /** A JSON call to a node; its typed error as a QuiverError, an unreachable node as UNAVAILABLE. */
-async function call<T>(base: string, method: string, path: string, body?: unknown, timeoutMs = 10_000): Promise<T> {
+async function call<T>({ base, apiKey }: Node, method: string, path: string, body?: unknown, timeoutMs = 10_000): Promise<T> {
   let res: Response;
   try {
     res = await fetch(base + path, {
       method,
-      headers: { 'content-type': 'application/json', 'x-quiver-timeout-ms': String(timeoutMs) },
+      headers: { 'content-type': 'application/json', 'x-quiver-timeout-ms': String(timeoutMs), ...(apiKey && { authorization: `Bearer ${apiKey}` }) },
       body: body === undefined ? undefined : JSON.stringify(body),
       signal: AbortSignal.timeout(timeoutMs + 5000),
     });
@@ -80,7 +88,7 @@ async function call<T>(base: string, method: string, path: string, body?: unknow
 
 const out = (line: string): void => void process.stdout.write(`${line}\n`);
 
-async function shardsOf(server: string): Promise<{ collection: Collection; shards: Shard[] }[]> {
+async function shardsOf(server: Node): Promise<{ collection: Collection; shards: Shard[] }[]> {
   const { collections } = await call<{ collections: Collection[] }>(server, 'GET', '/v1/collections');
   return Promise.all(
     collections.map(async (collection) => ({
@@ -108,15 +116,15 @@ function problems(all: { collection: Collection; shards: Shard[] }[]): string[] 
   return found;
 }
 
-async function nodeAddress(server: string, node: string): Promise<string> {
+async function nodeAddress(server: Node, node: string): Promise<Node> {
   const view = await call<ClusterView>(server, 'GET', '/v1/cluster');
   const n = view.nodes.find((x) => x.id === node);
   if (!n) throw new QuiverError('NOT_FOUND', `no live node named "${node}" (live: ${view.nodes.map((x) => x.id).join(', ')})`);
-  return n.http.startsWith('http') ? n.http : `http://${n.http}`;
+  return { ...server, base: n.http.startsWith('http') ? n.http : `http://${n.http}` };
 }
 
 export async function admin(argv: string[]): Promise<number> {
-  let server: string;
+  let server: Node;
   let timeoutMs: number;
   let cmd: string | undefined;
   let args: string[];
@@ -124,8 +132,9 @@ export async function admin(argv: string[]): Promise<number> {
     const p = parseCommandLine(argv, ADMIN);
     if (!p) return 0;
     [cmd, ...args] = p.positionals;
-    server = stringFlag(p, 'server', 'http://127.0.0.1:7401').replace(/\/+$/, '');
-    if (!/^https?:\/\/[^/\s]+$/.test(server)) throw new UsageError(`--server takes a URL like http://127.0.0.1:7401 (got '${server}')`);
+    const base = stringFlag(p, 'server', 'http://127.0.0.1:7401').replace(/\/+$/, '');
+    if (!/^https?:\/\/[^/\s]+$/.test(base)) throw new UsageError(`--server takes a URL like http://127.0.0.1:7401 (got '${base}')`);
+    server = { base, apiKey: stringFlag(p, 'api-key') ?? (process.env.QUIVER_API_KEY || undefined) };
     timeoutMs = Number(stringFlag(p, 'timeout-ms', '30000'));
     if (!Number.isInteger(timeoutMs) || timeoutMs < 0 || timeoutMs > 600_000) throw new UsageError('--timeout-ms must be an integer in 0..600000');
     const want = cmd === 'drain' || cmd === 'undrain' ? 1 : 0;

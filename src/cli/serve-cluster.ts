@@ -18,7 +18,7 @@ import type { NodeId, Progress, ShardKey, ShardMap } from '../cluster/types';
 import { log as rootLog } from '../common/log';
 import { ClusterDatabase, ClusterNodeRecord, CollectionRecord, CoordinatorPort } from '../query/cluster';
 import { setSearchLaneDefaults } from '../native';
-import { Metrics, startServer } from '../server';
+import { Access, Metrics, startServer } from '../server';
 import { NodePeers, nodeMethods } from '../server/node-service';
 
 export interface ClusterConfig {
@@ -38,6 +38,8 @@ export interface ClusterConfig {
   /** A node gone this long has its replicas rebuilt on other nodes (read by the controller, wherever it runs). */
   reReplicateAfterMs: number;
   version: string;
+  /** API keys and rate limits; the node calls the others with its internal key. */
+  access: Access;
 }
 
 /**
@@ -75,6 +77,7 @@ export async function serveCluster(cfg: ClusterConfig, say: (m: string) => void)
   // the search lane neither spins for the next search nor has the event loop poll for its answer.
   setSearchLaneDefaults({ poll: false, spinMicros: 0 });
   const metrics = new Metrics();
+  cfg.access.attach(metrics);
   fs.mkdirSync(cfg.data, { recursive: true });
 
   const sidecar = await SidecarSupervisor.start({ dataDir: cfg.data, nodeId: cfg.nodeId, listen: cfg.replication, cluster: cfg.cluster, log });
@@ -85,7 +88,7 @@ export async function serveCluster(cfg: ClusterConfig, say: (m: string) => void)
     sidecar.link.setPeers(Object.fromEntries(Object.entries(n).filter(([id]) => id !== cfg.nodeId).map(([id, r]) => [id, r.replication])));
   });
   // Other nodes' gRPC addresses, as the database last heard of them from etcd (called after db is set).
-  const peers = new NodePeers((node): string | undefined => db.liveNodes()[node]?.grpc);
+  const peers = new NodePeers((node): string | undefined => db.liveNodes()[node]?.grpc, () => cfg.access.internalKey);
   const db: ClusterDatabase = new ClusterDatabase({
     dataDir: cfg.data,
     snapshotIntervalMs: cfg.snapshotIntervalMs,
@@ -110,7 +113,7 @@ export async function serveCluster(cfg: ClusterConfig, say: (m: string) => void)
   metrics.attachReplication(() => db.replication());
   sidecar.link.on('message', (m: { shard: string; from: NodeId; payload: Buffer }) => db.onPeerMessage(m.from, m.shard, m.payload));
 
-  const server = await startServer({ db, dataDir: cfg.data, grpc: cfg.grpc, http: cfg.http, metrics, moreMethods: (svc) => nodeMethods(svc, db) });
+  const server = await startServer({ db, dataDir: cfg.data, grpc: cfg.grpc, http: cfg.http, metrics, access: cfg.access, moreMethods: (svc) => nodeMethods(svc, db) });
   say(`grpc listening on ${server.grpcAddress} (quiver)`);
   say(`http listening on http://${server.httpAddress}`);
 

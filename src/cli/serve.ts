@@ -9,7 +9,8 @@ import * as path from 'path';
 import { QuiverError } from '../errors';
 import { CommandSpec, UsageError, parseCommandLine, stringFlag } from '../common/args';
 import { openDatabase } from '../query';
-import { GrpcImpl, Metrics, checkGrpcImpl, startServer, splitHostPort } from '../server';
+import { Access, GrpcImpl, Metrics, checkGrpcImpl, parseRateLimits, startServer, splitHostPort } from '../server';
+import type { RateLimits } from '../server/access';
 import { tuneAllocatorForServer } from '../native/addon';
 import type { ClusterConfig } from './serve-cluster';
 import { VERSION } from '../common/version';
@@ -42,6 +43,14 @@ options:
   --wal-segment-bytes N       roll a shard's WAL to a new segment file past N bytes (segments
                               wholly below a snapshot are removed); default 67108864 (64 MiB)
   --node-id ID                this node's name (unique in a cluster); default "local"
+  --api-keys FILE             every call but /healthz and /readyz needs an API key from FILE
+                              (JSON: {"keys": [{"name", "role": "admin"|"read", "key"}]}),
+                              sent as "authorization: Bearer KEY" or "x-api-key: KEY"; read
+                              keys may not write or administer; SIGHUP re-reads FILE. Default:
+                              no keys (anyone who reaches the ports may do anything)
+  --rate-limit ROLE=N[:B],... with --api-keys: each key of ROLE (admin, read) may make N
+                              requests a second, B at once (default N); over it, calls answer
+                              RESOURCE_EXHAUSTED with a retry-after hint. Default: no limit
   --etcd URL[,URL...]         cluster mode: the etcd endpoints (http://127.0.0.1:2379)
   --replication HOST:PORT     cluster: the sidecar's replication address; default 127.0.0.1:7402
   --zone Z                    cluster: this node's failure domain (replicas of a shard go to
@@ -58,9 +67,10 @@ options:
 Both servers bind loopback by default; give a non-loopback host explicitly to listen elsewhere.
 SIGTERM or SIGINT: stop accepting requests, finish those in flight, snapshot, exit 0 (in a
 cluster, first hand the node's leaderships over to followers, as quiver admin drain does).
+SIGHUP: re-read the --api-keys file (a file that does not load leaves the keys as they were).
 `;
 
-const CONFIG_KEYS = ['data', 'grpc', 'http', 'grpc-impl', 'snapshot-interval-ms', 'wal-segment-bytes', 'node-id', 'log-level', 'etcd', 'replication', 'zone', 'cluster', 'lease-ttl-ms', 'drain-timeout-ms', 'rereplicate-after-ms'];
+const CONFIG_KEYS = ['data', 'grpc', 'http', 'grpc-impl', 'snapshot-interval-ms', 'wal-segment-bytes', 'node-id', 'log-level', 'api-keys', 'rate-limit', 'etcd', 'replication', 'zone', 'cluster', 'lease-ttl-ms', 'drain-timeout-ms', 'rereplicate-after-ms'];
 
 export const SERVE: CommandSpec = {
   usage: USAGE,
@@ -76,8 +86,11 @@ interface ServeConfig {
   segmentBytes: number;
   nodeId: string;
   logLevel: LogLevel;
+  /** The key file (--api-keys), resolved. */
+  apiKeys?: string;
+  rateLimits?: RateLimits;
   /** Cluster mode when set. */
-  cluster?: Omit<ClusterConfig, 'data' | 'grpc' | 'http' | 'snapshotIntervalMs' | 'segmentBytes' | 'nodeId'>;
+  cluster?: Omit<ClusterConfig, 'data' | 'grpc' | 'http' | 'snapshotIntervalMs' | 'segmentBytes' | 'nodeId' | 'access'>;
 }
 
 function readConfig(file: string): Record<string, string> {
@@ -131,6 +144,13 @@ export function resolveConfig(argv: string[]): ServeConfig | null {
   };
   splitHostPort(cfg.grpc, '--grpc');
   splitHostPort(cfg.http, '--http');
+  const keyFile = get('api-keys', '');
+  if (keyFile) cfg.apiKeys = path.resolve(keyFile);
+  const rate = get('rate-limit', '');
+  if (rate) {
+    if (!keyFile) throw new UsageError('--rate-limit needs --api-keys (a bucket is kept per key)');
+    cfg.rateLimits = parseRateLimits(rate);
+  }
   if (etcd === undefined) {
     for (const k of ['replication', 'zone', 'cluster', 'lease-ttl-ms', 'drain-timeout-ms', 'rereplicate-after-ms']) if (stringFlag(p, k) ?? file[k]) throw new UsageError(`--${k} is a cluster flag: it needs --etcd`);
     return cfg;
@@ -167,6 +187,17 @@ export async function serve(argv: string[]): Promise<number> {
   for (const stream of [process.stdout, process.stderr]) stream.on('error', () => undefined);
   configureLog({ level: cfg.logLevel });
   log.debug('configuration', { ...cfg });
+  let access: Access;
+  try {
+    access = new Access({ keyFile: cfg.apiKeys, rateLimits: cfg.rateLimits, log });
+  } catch (e) {
+    process.stderr.write(`quiver serve: ${(e as Error).message}\n`);
+    return 2;
+  }
+  // What SIGHUP reloads, in order; a reload that fails is logged and leaves what it had.
+  const reloads: { what: string; reload: () => void }[] = [];
+  if (cfg.apiKeys) reloads.push({ what: 'API keys', reload: () => access.reload() });
+  onHangUp(reloads);
   // Start-up lines on stdout, a stable format that scripts and supervisors read (where the node
   // listens, then "ready"); everything after them is the log on stderr.
   const say = (m: string): void => void process.stdout.write(`quiver: ${m}\n`);
@@ -175,12 +206,13 @@ export async function serve(argv: string[]): Promise<number> {
   if (cfg.cluster) {
     // The cluster's code (etcd client, sidecar supervisor, replica hosts) loads only in cluster mode.
     const { serveCluster } = await import('./serve-cluster');
-    const node = await serveCluster({ ...cfg, ...cfg.cluster }, say);
+    const node = await serveCluster({ ...cfg, ...cfg.cluster, access }, say);
     const stopped = untilSignal(() => node.close());
     say('ready');
     return stopped;
   }
   const metrics = new Metrics();
+  access.attach(metrics);
   const t0 = Date.now();
   fs.mkdirSync(cfg.data, { recursive: true });
   const db = await openDatabase({
@@ -193,7 +225,7 @@ export async function serve(argv: string[]): Promise<number> {
   say(`opened ${cfg.data} in ${Date.now() - t0} ms (standalone, node ${cfg.nodeId}, ${db.listCollections().length} collections)`);
   let server;
   try {
-    server = await startServer({ db, dataDir: cfg.data, grpc: cfg.grpc, http: cfg.http, grpcImpl: cfg.grpcImpl, metrics });
+    server = await startServer({ db, dataDir: cfg.data, grpc: cfg.grpc, http: cfg.http, grpcImpl: cfg.grpcImpl, metrics, access });
   } catch (e) {
     await db.close();
     throw e;
@@ -213,6 +245,21 @@ export async function serve(argv: string[]): Promise<number> {
 }
 
 const lingerMs = 5000;
+
+/** SIGHUP runs each reload in turn (none: it is logged and ignored, rather than ending the node). */
+function onHangUp(reloads: readonly { what: string; reload: () => void }[]): void {
+  process.on('SIGHUP', () => {
+    if (reloads.length === 0) log.info('SIGHUP: nothing to reload');
+    for (const r of reloads) {
+      try {
+        r.reload();
+        log.info(`SIGHUP: ${r.what} reloaded`);
+      } catch (e) {
+        log.error(`SIGHUP: reloading ${r.what} failed; keeping the old`, { err: (e as Error).message });
+      }
+    }
+  });
+}
 
 /**
  * Resolves with the exit code once SIGTERM or SIGINT has stopped the node (`stop`); a second signal

@@ -112,6 +112,11 @@ export interface ClientOptions {
   routes?: ClusterStatus;
   /** The read level of searches, gets and counts that do not name one. Default 'session'. */
   consistency?: Consistency;
+  /**
+   * The API key sent with every call (`authorization: Bearer <key>`), for a server started with
+   * `--api-keys`. Default: the environment variable QUIVER_API_KEY, else none.
+   */
+  apiKey?: string;
 }
 
 export interface CallOptions {
@@ -171,8 +176,11 @@ export class QuiverClient {
   private readonly consistency: Consistency;
   /** The session: per collection, where this client's writes left each shard. */
   private readonly session = new Map<string, WriteToken>();
+  private readonly apiKey: () => string | undefined;
 
   private constructor(addresses: string[], opts: ClientOptions) {
+    const key = opts.apiKey ?? (process.env.QUIVER_API_KEY || undefined);
+    this.apiKey = () => key;
     this.addresses = addresses;
     this.channels = addresses.map((a) => this.channelTo(a));
     this.deadlineMs = opts.deadlineMs ?? defaultDeadlineMs;
@@ -188,7 +196,7 @@ export class QuiverClient {
   private channelTo(address: string): GrpcChannel {
     if (this.closed) throw new QuiverError('UNAVAILABLE', 'the client is closed');
     let ch = this.byAddress.get(address);
-    if (!ch) this.byAddress.set(address, (ch = new GrpcChannel(address, requestBytesMax)));
+    if (!ch) this.byAddress.set(address, (ch = new GrpcChannel(address, requestBytesMax, this.apiKey)));
     return ch;
   }
 

@@ -11,7 +11,8 @@
  *
  * Protocol (https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md), the part used here:
  *   request   HEADERS  :method POST, :scheme http, :path /quiver.v1.Quiver/<Method>, :authority,
- *                      content-type application/grpc, te trailers, grpc-timeout <n>m (the deadline)
+ *                      content-type application/grpc, te trailers, grpc-timeout <n>m (the deadline),
+ *                      authorization Bearer <key> (with an API key)
  *             DATA     u8 compressed (0) | u32 big-endian length | message   (END_STREAM)
  *   answer    HEADERS  :status 200 (grpc-status here too when there is no message: trailers-only)
  *             DATA     the same 5-byte prefix | message
@@ -117,10 +118,11 @@ export class GrpcChannel {
   private readonly host: string;
   private readonly port: number;
 
-  /** A malformed address is INVALID_ARGUMENT here, before any connection is tried. */
+  /** A malformed address is INVALID_ARGUMENT here, before any connection is tried. apiKey: read at each call, sent as `authorization: Bearer <key>`. */
   constructor(
     readonly address: string,
     private readonly receiveBytesMax: number,
+    private readonly apiKey?: () => string | undefined,
   ) {
     ({ host: this.host, port: this.port } = splitHostPort(address, 'a node address'));
   }
@@ -299,18 +301,21 @@ export class GrpcChannel {
       const prefix = Buffer.allocUnsafe(5);
       prefix[0] = 0;
       prefix.writeUInt32BE(message.length, 1);
+      const headers: HeaderList = [
+        [':method', 'POST'],
+        [':scheme', 'http'],
+        [':path', path],
+        [':authority', this.address],
+        ['content-type', 'application/grpc'],
+        ['te', 'trailers'],
+        ['grpc-timeout', grpcTimeout(deadlineAt - Date.now())],
+        ['user-agent', 'quiver-client'],
+      ];
+      const key = this.apiKey?.();
+      if (key) headers.push(['authorization', `Bearer ${key}`]);
       session.send(
         s,
-        [
-          [':method', 'POST'],
-          [':scheme', 'http'],
-          [':path', path],
-          [':authority', this.address],
-          ['content-type', 'application/grpc'],
-          ['te', 'trailers'],
-          ['grpc-timeout', grpcTimeout(deadlineAt - Date.now())],
-          ['user-agent', 'quiver-client'],
-        ],
+        headers,
         [prefix, message],
         null,
         true,

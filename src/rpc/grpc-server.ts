@@ -6,7 +6,8 @@
  *
  * A call (https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md):
  *   request  HEADERS :method POST, :path /quiver.v1.Quiver/<Method>, content-type application/grpc[+proto],
- *                    grpc-timeout (optional; the deadline, else defaultDeadlineMs)
+ *                    grpc-timeout (optional; the deadline, else defaultDeadlineMs), authorization
+ *                    or x-api-key (the API key, checked by `authorize` before the message comes)
  *            DATA    u8 compressed | u32 big-endian length | message, then END_STREAM (on the last
  *                    DATA, or on trailing HEADERS)
  *   answer   HEADERS :status 200, content-type application/grpc
@@ -47,6 +48,7 @@ import { H2ConnectionError, H2InternalError, H2Session, H2Stream, H2_ERROR, refu
 import type { HeaderList } from './hpack';
 import { GRPC_STATUS, QUIVER_CODE_KEY, detailKey, grpcStatusOf } from './proto';
 import { asQuiverError } from '../server/validate';
+import type { QuiverError } from '../errors';
 
 /** One unary method: its wire codec and the handler (rejects with a QuiverError). */
 export interface GrpcMethod {
@@ -214,6 +216,11 @@ export interface H2GrpcServerOptions {
   limits?: Partial<GrpcTransportLimits>;
   /** Counts and logs what the server did on its own (connections closed, calls refused). */
   onEvent?(event: TransportEvent, error?: unknown): void;
+  /**
+   * Whether a call to `path` with these request headers may run (its API key): undefined if so,
+   * else the error it is answered with, before its message is received.
+   */
+  authorize?(path: string, headers: HeaderList): QuiverError | undefined;
 }
 
 interface Conn {
@@ -526,6 +533,8 @@ export class H2GrpcServer {
     const m = this.methods.get(path);
     if (!m) return this.fail(session, s, GRPC_STATUS.UNIMPLEMENTED, `unknown method ${path}`);
     if (encoding !== '' && encoding !== 'identity') return this.fail(session, s, GRPC_STATUS.UNIMPLEMENTED, `grpc-encoding ${encoding} is not supported`);
+    const refused = this.opts.authorize?.(path, headers);
+    if (refused) return this.fail(session, s, grpcStatusOf(refused.code), refused.message, refused.code, refused.details);
     let ms: number | undefined = limits.defaultDeadlineMs;
     if (timeout !== undefined) {
       ms = parseGrpcTimeout(timeout);

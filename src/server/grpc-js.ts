@@ -11,6 +11,7 @@ import { detailHeaders } from '../rpc/grpc-server';
 import { GrpcHandler, GrpcHandlers, serverMethods } from './grpc';
 import { asQuiverError } from './validate';
 import type { GrpcFrontEnd } from './index';
+import type { Access } from './access';
 
 /** The service in @grpc/grpc-js's form: each method's path and codecs (`--grpc-impl grpc-js`, tests). */
 export function grpcJsDefinition(table: MethodTable = serverMethods): grpc.ServiceDefinition {
@@ -27,23 +28,32 @@ export function grpcJsDefinition(table: MethodTable = serverMethods): grpc.Servi
   return Object.fromEntries(METHOD_NAMES.map((m) => [table[m].name, method<MethodName>(table[m], m)]));
 }
 
-/** The handlers in @grpc/grpc-js's form (`--grpc-impl grpc-js`). */
-export function grpcJsImplementation(handlers: GrpcHandlers): grpc.UntypedServiceImplementation {
+/** An error as grpc-js answers it: the gRPC status, with the Quiver code and details in the trailing metadata. */
+function serviceError(e: unknown): Partial<grpc.StatusObject> {
+  const qe = asQuiverError(e);
+  const metadata = new grpc.Metadata();
+  metadata.set(QUIVER_CODE_KEY, qe.code);
+  for (const [k, v] of detailHeaders(qe.details)) metadata.set(k, v);
+  return { code: grpcStatusOf(qe.code), details: qe.message, metadata };
+}
+
+/** The handlers in @grpc/grpc-js's form (`--grpc-impl grpc-js`); `access` checks each call's API key first. */
+export function grpcJsImplementation(handlers: GrpcHandlers, access?: Access): grpc.UntypedServiceImplementation {
   const out: grpc.UntypedServiceImplementation = {};
   for (const m of METHOD_NAMES) {
     const handle = handlers[m] as GrpcHandler<MethodName>;
+    const path = serverMethods[m].path;
     const h: grpc.handleUnaryCall<RequestOf<MethodName>, ResponseInit<MethodName>> = (call, callback) => {
+      const refused = access?.checkGrpc(path, (name) => {
+        const v = call.metadata.get(name)[0];
+        return typeof v === 'string' ? v : undefined;
+      });
+      if (refused) return callback(serviceError(refused));
       const d = call.getDeadline();
       const at = d instanceof Date ? d.getTime() : Number.isFinite(d) ? d : Date.now() + defaultDeadlineMs;
       handle(call.request, at).then(
         (answer) => callback(null, answer),
-        (e) => {
-          const qe = asQuiverError(e);
-          const metadata = new grpc.Metadata();
-          metadata.set(QUIVER_CODE_KEY, qe.code);
-          for (const [k, v] of detailHeaders(qe.details)) metadata.set(k, v);
-          callback({ code: grpcStatusOf(qe.code), details: qe.message, metadata });
-        },
+        (e) => callback(serviceError(e)),
       );
     };
     out[serverMethods[m].name] = h;
@@ -52,12 +62,12 @@ export function grpcJsImplementation(handlers: GrpcHandlers): grpc.UntypedServic
 }
 
 /** @grpc/grpc-js's server answering `handlers`. */
-export function grpcJsFrontEnd(handlers: GrpcHandlers): GrpcFrontEnd {
+export function grpcJsFrontEnd(handlers: GrpcHandlers, access?: Access): GrpcFrontEnd {
   const server = new grpc.Server({
     'grpc.max_receive_message_length': requestBytesMax,
     'grpc.max_send_message_length': requestBytesMax,
   });
-  server.addService(grpcJsDefinition(), grpcJsImplementation(handlers));
+  server.addService(grpcJsDefinition(), grpcJsImplementation(handlers, access));
   return {
     bind: (host, port) =>
       new Promise<number>((resolve, reject) =>

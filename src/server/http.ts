@@ -14,6 +14,7 @@ import type { CollectionSpecInput, Consistency, CountOptions, Filter, PayloadUpd
 import type { Op, Service } from './service';
 import { StatusSource, clusterJson, renderStatusPage } from './status-page';
 import { asQuiverError, gatherQueries } from './validate';
+import { Access, credentialOf } from './access';
 
 export const HTTP_STATUS_OF: Record<ErrorCode, number> = {
   INVALID_ARGUMENT: 400,
@@ -87,13 +88,14 @@ export class HttpApi {
   private readonly routes: Route[];
   private readonly statusSource: StatusSource;
 
-  /** dataDir: where the database keeps its files (the status page shows the space free there). */
+  /** dataDir: where the database keeps its files (the status page shows the space free there); access: API keys, when requests need them. */
   constructor(
     private readonly svc: Service,
     dataDir?: string,
+    private readonly access?: Access,
   ) {
     const db = svc.db;
-    const source = new StatusSource(() => db.status().nodeId, svc.metrics, dataDir);
+    const source = new StatusSource(() => db.status().nodeId, svc.metrics, dataDir, () => access?.internalKey);
     this.statusSource = source;
     this.routes = [
       {
@@ -310,12 +312,14 @@ export class HttpApi {
         return this.svc.isDraining ? sendText(res, 503, 'shutting down\n') : sendText(res, 200, 'ready\n');
       }
       if (path === '/metrics') {
+        this.authorize('Metrics', req);
         const text = await this.svc.metrics.text();
         res.writeHead(200, { 'content-type': this.svc.metrics.contentType, 'content-length': Buffer.byteLength(text) });
         res.end(text);
         return;
       }
       if (path === '/' || path === '/index.html') {
+        this.authorize('StatusPage', req);
         const status = await this.svc.db.clusterStatus();
         this.statusSource.observe(status.shards);
         const nodes = await this.statusSource.nodes(status);
@@ -330,6 +334,7 @@ export class HttpApi {
         const allow = Object.keys(route.methods).join(', ');
         throw new HttpError('INVALID_ARGUMENT', `${method} is not allowed on ${path} (allowed: ${allow})`, 405, { allow });
       }
+      this.authorize(entry.op, req);
       const deadlineAtMs = Date.now() + timeoutOf(req);
       const answer = await this.svc.run(entry.op, 'http', deadlineAtMs, (signal) =>
         entry.handler({
@@ -354,9 +359,19 @@ export class HttpApi {
       const qe = asQuiverError(e);
       const status = e instanceof HttpError ? e.status : HTTP_STATUS_OF[qe.code];
       const headers = e instanceof HttpError ? e.headers : {};
+      if (qe.code === 'UNAUTHENTICATED') headers['www-authenticate'] = 'Bearer';
+      if (qe.details?.retryAfterMs) headers['retry-after'] = String(Math.ceil(Number(qe.details.retryAfterMs) / 1000));
       if (!req.complete) headers.connection = 'close'; // the body was not read whole: don't reuse the socket
       sendJson(res, status, { error: { code: qe.code, message: qe.message, ...(qe.details && { details: qe.details }) } }, headers);
     }
+  }
+
+  /** Throws the refusal when the request's API key may not run `op` now (before its body is read). */
+  private authorize(op: string, req: http.IncomingMessage): void {
+    if (!this.access?.enabled) return;
+    const one = (h: string | string[] | undefined): string | undefined => (Array.isArray(h) ? h[0] : h);
+    const refused = this.access.check(op, 'http', credentialOf(req.headers.authorization, one(req.headers['x-api-key'])));
+    if (refused) throw refused;
   }
 
   /** The /v1 routes: each path's pattern and methods (what docs/openapi.yaml must describe). */

@@ -14,12 +14,14 @@ import { GrpcMethod, GrpcTransportLimits, H2GrpcServer } from '../rpc/grpc-serve
 import { HttpApi } from './http';
 import { HttpConnections } from './http-connections';
 import { Metrics } from './metrics';
+import type { Access } from './access';
 import { Service, Logger } from './service';
 import { trimAllocator } from '../native/addon';
 
 export { Metrics } from './metrics';
 export { HttpApi, HTTP_STATUS_OF, TIMEOUT_HEADER } from './http';
 export { Service } from './service';
+export { Access, parseRateLimits } from './access';
 export { splitHostPort } from '../common/address';
 
 export interface ServerOptions {
@@ -44,6 +46,8 @@ export interface ServerOptions {
   limits?: Partial<TransportLimits>;
   /** More gRPC methods served beside the client API (a cluster node's node service), by path; Quiver's own gRPC server only. */
   moreMethods?: (svc: Service) => Map<string, GrpcMethod>;
+  /** API keys and rate limits (src/server/access.ts); none: every request is let through. */
+  access?: Access;
 }
 
 export interface TransportLimits extends GrpcTransportLimits {
@@ -67,16 +71,18 @@ export interface GrpcFrontEnd {
   forceShutdown(): void;
 }
 
-async function grpcFrontEnd(impl: GrpcImpl, svc: Service, limits: Partial<GrpcTransportLimits> | undefined, more: Map<string, GrpcMethod> | undefined): Promise<GrpcFrontEnd> {
+async function grpcFrontEnd(impl: GrpcImpl, svc: Service, limits: Partial<GrpcTransportLimits> | undefined, more: Map<string, GrpcMethod> | undefined, access: Access | undefined): Promise<GrpcFrontEnd> {
   const handlers = grpcHandlers(svc);
+  const checked = access?.enabled ? access : undefined;
   if (impl === 'grpc-js') {
     // grpc-js (~13 MiB resident once loaded) only when asked for.
     const { grpcJsFrontEnd } = await import('./grpc-js');
-    return grpcJsFrontEnd(handlers);
+    return grpcJsFrontEnd(handlers, checked);
   }
   const server = new H2GrpcServer(new Map([...grpcMethods(handlers), ...(more ?? [])]), {
     receiveBytesMax: requestBytesMax,
     limits,
+    authorize: checked && ((path, headers) => checked.checkGrpc(path, (name) => headers.find(([k]) => k === name)?.[1])),
     onEvent: (event, error) => {
       svc.metrics.observeTransport('grpc', event);
       if (error !== undefined) svc.log.error(`grpc ${event}`, { err: error });
@@ -124,13 +130,13 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
 
   const impl = checkGrpcImpl(opts.grpcImpl ?? 'quiver', 'grpcImpl');
   if (opts.moreMethods && impl !== 'quiver') throw new QuiverError('INVALID_ARGUMENT', 'a cluster node serves its node service on Quiver\'s own gRPC server (grpcImpl quiver)');
-  const grpcServer = await grpcFrontEnd(impl, svc, opts.limits, opts.moreMethods?.(svc));
+  const grpcServer = await grpcFrontEnd(impl, svc, opts.limits, opts.moreMethods?.(svc), opts.access);
   const stopTrimming = trimWhenQuiet(svc);
   const grpcPort = await grpcServer.bind(g.host, g.port).catch((err: Error) => {
     throw new QuiverError('UNAVAILABLE', `cannot listen for gRPC on ${joinHostPort(g.host, g.port)}: ${err.message}`);
   });
 
-  const api = new HttpApi(svc, opts.dataDir);
+  const api = new HttpApi(svc, opts.dataDir, opts.access);
   const conns = new HttpConnections(
     opts.limits?.httpConnectionsMax ?? httpConnectionsMax,
     opts.limits?.httpReserveConnections ?? httpReserveConnections,

@@ -13,6 +13,9 @@ import { gpuInfo, searchLaneStats, simdLevel } from '../native';
 
 export type Transport = 'grpc' | 'http';
 
+/** Why a request was refused for its API key (src/server/access.ts). */
+export type Refusal = 'unauthenticated' | 'permission_denied' | 'rate_limited';
+
 export class Metrics {
   readonly registry = new client.Registry();
   readonly observer: DatabaseObserver;
@@ -37,6 +40,13 @@ export class Metrics {
     name: 'quiver_transport_events_total',
     help: 'What a server did on its own to a connection or a call (connection refused or displaced at the cap, timeouts, requests refused for the buffer limit, connections closed for unread answers, protocol errors, floods, internal errors)',
     labelNames: ['transport', 'event'] as const,
+    registers: [this.registry],
+  });
+
+  private readonly refused = new client.Counter({
+    name: 'quiver_access_refused_total',
+    help: 'Requests refused for their API key: unauthenticated (no key or an unknown one), permission_denied (a read key asking to write or administer), rate_limited (the key is over its rate)',
+    labelNames: ['transport', 'reason'] as const,
     registers: [this.registry],
   });
 
@@ -238,6 +248,10 @@ export class Metrics {
 
   observeTransport(transport: Transport, event: string): void {
     this.transportEvents.inc({ transport, event });
+  }
+
+  observeRefusal(transport: Transport, reason: Refusal): void {
+    this.refused.inc({ transport, reason });
   }
 
   async text(): Promise<string> {

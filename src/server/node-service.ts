@@ -193,18 +193,24 @@ const METHODS = {
   replicaStatus: client('replicaStatus'),
 };
 
-/** Calls the node service of other nodes; `addressOf` gives a node's gRPC address (from etcd). */
+/**
+ * Calls the node service of other nodes; `addressOf` gives a node's gRPC address (from etcd),
+ * `apiKey` the key this node calls them with (read at each call: SIGHUP may change it).
+ */
 export class NodePeers implements PeerShards {
   private readonly channels = new Map<string, GrpcChannel>();
 
-  constructor(private readonly addressOf: (node: NodeId) => string | undefined) {}
+  constructor(
+    private readonly addressOf: (node: NodeId) => string | undefined,
+    private readonly apiKey?: () => string | undefined,
+  ) {}
 
   private channel(node: NodeId): GrpcChannel {
     const address = this.addressOf(node);
     if (!address) throw new QuiverError('UNAVAILABLE', `node ${node} is not live`);
     let ch = this.channels.get(address);
     if (!ch) {
-      ch = new GrpcChannel(address, requestBytesMax);
+      ch = new GrpcChannel(address, requestBytesMax, this.apiKey);
       this.channels.set(address, ch);
     }
     return ch;

@@ -75,6 +75,8 @@ export class StatusSource {
     private readonly nodeId: () => string,
     private readonly metrics: Metrics,
     private readonly dataDir?: string,
+    /** The API key this node calls the others with, when they need one. */
+    private readonly peerKey: () => string | undefined = () => undefined,
   ) {}
 
   async vitals(): Promise<NodeVitals> {
@@ -107,7 +109,8 @@ export class StatusSource {
     const ask = async (http: string | undefined): Promise<NodeVitals | null> => {
       if (!http) return null;
       try {
-        const res = await fetch(`http://${http}/v1/node`, { signal: AbortSignal.timeout(PEER_TIMEOUT_MS) });
+        const key = this.peerKey();
+        const res = await fetch(`http://${http}/v1/node`, { headers: key ? { authorization: `Bearer ${key}` } : {}, signal: AbortSignal.timeout(PEER_TIMEOUT_MS) });
         return res.ok ? ((await res.json()) as NodeVitals) : null;
       } catch {
         return null; // refused, reset or too slow: the node is shown as down
