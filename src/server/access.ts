@@ -25,27 +25,52 @@ import { QuiverError } from '../errors';
 import { isPlainObject } from '../query/validate';
 import type { Log } from '../common/log';
 import type { Metrics, Refusal, Transport } from './metrics';
+import type { Op } from './service';
 
 export const ROLES = ['admin', 'read'] as const;
 export type Role = (typeof ROLES)[number];
 
-/** What a `read` key may ask for: Service ops, plus the HTTP pages /metrics and the status page. */
-const READ_OPS: ReadonlySet<string> = new Set([
-  'ListCollections',
-  'DescribeCollection',
-  'Get',
-  'Search',
-  'SearchBatch',
-  'Count',
-  'ClusterStatus',
-  'NodeStatus',
-  'Shards',
-  'Metrics',
-  'StatusPage',
-]);
+/**
+ * Who may call each op (a Service op, or the HTTP pages /metrics and the status page): `read` ops
+ * any key, `admin` ops an admin key; `internal` ops are the node service's (calls between nodes,
+ * made with an admin key) and are not rate limited. A Record over every op, so that an op added to
+ * the Service does not compile until it is placed here.
+ */
+const ACCESS: Record<Op | 'Metrics' | 'StatusPage', 'read' | 'admin' | 'internal'> = {
+  ListCollections: 'read',
+  DescribeCollection: 'read',
+  Get: 'read',
+  Search: 'read',
+  SearchBatch: 'read',
+  Count: 'read',
+  Scroll: 'read',
+  Recommend: 'read',
+  ClusterStatus: 'read',
+  NodeStatus: 'read',
+  Shards: 'read',
+  Metrics: 'read',
+  StatusPage: 'read',
+  CreateCollection: 'admin',
+  DropCollection: 'admin',
+  Upsert: 'admin',
+  Delete: 'admin',
+  UpdatePayload: 'admin',
+  UpdateVectors: 'admin',
+  Drain: 'admin',
+  ShardUpsert: 'internal',
+  ShardDelete: 'internal',
+  ShardSearch: 'internal',
+  ShardGet: 'internal',
+  ShardCount: 'internal',
+  ShardScroll: 'internal',
+  ShardChange: 'internal',
+  ReplicaStatus: 'internal',
+};
 
-/** The client API's admin operations; any other op (the node service's) is cluster-internal. */
-const ADMIN_OPS: ReadonlySet<string> = new Set(['CreateCollection', 'DropCollection', 'Upsert', 'Delete', 'Drain']);
+/** An op's access class; a name that is no op (a gRPC method path) is internal. */
+function accessOf(op: string): 'read' | 'admin' | 'internal' {
+  return Object.prototype.hasOwnProperty.call(ACCESS, op) ? ACCESS[op as keyof typeof ACCESS] : 'internal';
+}
 
 export const apiKeyCharsMin = 16;
 export const apiKeyCharsMax = 256;
@@ -194,9 +219,10 @@ export class Access {
     if (!this.enabled) return undefined;
     const entry = credential ? this.find(credential) : undefined;
     if (!entry) return this.refuse('unauthenticated', transport, op, undefined, new QuiverError('UNAUTHENTICATED', credential ? 'the API key is not valid' : 'this server needs an API key (authorization: Bearer <key>, or x-api-key)'));
-    if (entry.role !== 'admin' && !READ_OPS.has(op)) return this.refuse('permission_denied', transport, op, entry.name, new QuiverError('PERMISSION_DENIED', `a ${entry.role} key may not call ${op}`));
+    const access = accessOf(op);
+    if (entry.role !== 'admin' && access !== 'read') return this.refuse('permission_denied', transport, op, entry.name, new QuiverError('PERMISSION_DENIED', `a ${entry.role} key may not call ${op}`));
     const limit = this.opts.rateLimits?.[entry.role];
-    if (!limit || !(READ_OPS.has(op) || ADMIN_OPS.has(op))) return undefined;
+    if (!limit || access === 'internal') return undefined;
     const now = this.now();
     let b = this.buckets.get(entry.name);
     if (!b) this.buckets.set(entry.name, (b = { tokens: limit.burst, at: now }));
