@@ -94,6 +94,12 @@ describe('Access: roles and token buckets', () => {
       expect(access.check(op, 'http', ADMIN_KEY), op).toBeUndefined();
     }
     expect(access.internalKey).toBe(ADMIN_KEY);
+    // A gRPC call's op is its method's name; the key comes from authorization, else x-api-key.
+    const header = (h: Record<string, string>) => (name: string) => h[name];
+    expect(access.checkGrpc('/quiver.v1.Quiver/Upsert', header({ 'x-api-key': READ_KEY }))?.code).toBe('PERMISSION_DENIED');
+    expect(access.checkGrpc('/quiver.v1.Quiver/Search', header({ 'x-api-key': READ_KEY }))).toBeUndefined();
+    expect(access.checkGrpc('/quiver.node.v1.QuiverNode/ShardSearch', header({ authorization: `Bearer ${READ_KEY}` }))?.code).toBe('PERMISSION_DENIED');
+    expect(access.checkGrpc('/quiver.node.v1.QuiverNode/ShardSearch', header({ authorization: `Bearer ${ADMIN_KEY}`, 'x-api-key': READ_KEY }))).toBeUndefined();
     // Without a key file everything is let through.
     expect(new Access().check('Upsert', 'grpc', undefined)).toBeUndefined();
   });
@@ -185,7 +191,7 @@ for (const impl of ['quiver', 'grpc-js'] as const) {
       await expectCode(reader.dropCollection('c'), 'PERMISSION_DENIED');
       expect(await refusals(node.httpBase, 'grpc', 'permission_denied')).toBe(2);
       expect(await admin.count('c')).toBe(1);
-      // x-api-key works as well as authorization (metadata sent by a grpc-js client).
+      // A grpc-js client's call without a key.
       const raw = await rawCall(node.server.grpcAddress, 'count', { collection: 'c' });
       expect([raw.code, raw.quiverCode]).toEqual([16, 'UNAUTHENTICATED']);
     });
