@@ -40,7 +40,7 @@ export interface CollectionInfo extends CollectionSpec {
   createdAt: string; // ISO-8601
 }
 
-/** A JSON object; top-level fields are what filters see. */
+/** A JSON object; filters see its fields, nested ones by dotted paths. */
 export type Payload = { [field: string]: unknown };
 
 export interface PointInput {
@@ -90,12 +90,14 @@ export interface ReadOptions {
 }
 
 /**
- * Payload filter on top-level fields (JSON). Values are JSON scalars (string, number, boolean).
+ * Payload filter (src/query/filter.ts has the rules). `field` is a top-level key or a dotted path
+ * into nested objects ("meta.brand"); arrays stand for their elements. Values are JSON scalars.
  *   { and: Filter[] } | { or: Filter[] } | { not: Filter }
  *   { field: "color", eq: "red" }
  *   { field: "color", in: ["red", "blue"] }
- *   { field: "price", range: { gt?, gte?, lt?, lte? } }      (numbers)
- *   { field: "color", exists: true }
+ *   { field: "price", range: { gt?, gte?, lt?, lte? } }      (numbers, or ISO-8601 date strings)
+ *   { field: "title", contains: "blue" }                      (text within a string)
+ *   { field: "color", exists: true } | { field: "color", isNull: true } | { field: "tags", isEmpty: true }
  */
 export type Filter =
   | { and: Filter[] }
@@ -103,8 +105,11 @@ export type Filter =
   | { not: Filter }
   | { field: string; eq: string | number | boolean }
   | { field: string; in: (string | number | boolean)[] }
-  | { field: string; range: { gt?: number; gte?: number; lt?: number; lte?: number } }
-  | { field: string; exists: boolean };
+  | { field: string; range: { gt?: number | string; gte?: number | string; lt?: number | string; lte?: number | string } }
+  | { field: string; contains: string }
+  | { field: string; exists: boolean }
+  | { field: string; isNull: boolean }
+  | { field: string; isEmpty: boolean };
 
 export interface SearchRequest {
   /** nq query vectors, row-major: Float32Array(nq * dim). */
