@@ -39,6 +39,8 @@ import type {
   CollectionInfo,
   CollectionSpecInput,
   IndexSpec,
+  PayloadIndexSpec,
+  PayloadIndexType,
   Point,
   PointInput,
   SearchHit,
@@ -73,6 +75,8 @@ export type {
   Filter,
   IndexSpec,
   Payload,
+  PayloadIndexSpec,
+  PayloadIndexType,
   Point,
   PointInput,
   ReadOptions,
@@ -241,6 +245,16 @@ export class QuiverClient {
 
   async describeCollection(name: string, o: CallOptions = {}): Promise<CollectionInfo> {
     return infoFromWire(await this.call('describeCollection', { name }, o));
+  }
+
+  /** Indexes a payload field for filtered search (a field indexed already takes the new type); answers the collection. */
+  async createPayloadIndex(collection: string, index: PayloadIndexSpec, o: CallOptions = {}): Promise<CollectionInfo> {
+    return infoFromWire(await this.call('createPayloadIndex', { collection, index: { ...index } }, o));
+  }
+
+  /** Drops the payload index of `field` (NOT_FOUND when there is none); answers the collection. */
+  async dropPayloadIndex(collection: string, field: string, o: CallOptions = {}): Promise<CollectionInfo> {
+    return infoFromWire(await this.call('dropPayloadIndex', { collection, field }, o));
   }
 
   // ---- points ----
@@ -602,6 +616,7 @@ function infoFromWire(c: WireCollectionInfo): CollectionInfo {
     writeConcern: c.writeConcern as CollectionInfo['writeConcern'],
     count: Number(c.count),
     createdAt: c.createdAt,
+    payloadIndexes: c.payloadIndexes.map((p) => ({ field: p.field, type: p.type as PayloadIndexType })),
   };
 }
 

@@ -14,10 +14,11 @@ import * as path from 'path';
 import { QuiverError } from '../errors';
 import { efMax } from '../native/limits';
 import { Shard, requestHash } from '../shard';
-import type { ShardHit, ShardOptions, UpsertOp } from '../shard';
+import type { IndexQuery, ShardHit, ShardOptions, UpsertOp } from '../shard';
 import { CatalogEntry, readCatalog, writeCatalog } from './catalog';
 import { compileFilter } from './filter';
 import { idsByShard, splitBatch, writeByShard } from '../common/placement';
+import { payloadIndexesMax } from '../common/limits';
 import { ReadLevel, checkReadLevel } from '../common/read-options';
 import type {
   ChangeOptions,
@@ -28,6 +29,7 @@ import type {
   Database,
   OpenOptions,
   Payload,
+  PayloadIndexSpec,
   Point,
   PointInput,
   SearchHit,
@@ -45,8 +47,10 @@ import {
   checkIdempotencyKey,
   checkIds,
   checkK,
+  checkFieldName,
   checkName,
   checkOptBool,
+  checkPayloadIndex,
   checkOptInt,
   checkPoints,
   checkRequestHash,
@@ -87,7 +91,7 @@ export interface PreparedSearch {
   vectors: Float32Array;
   k: number;
   nq: number;
-  opts: { ef?: number; nprobe?: number; predicate?: (p: Payload | undefined) => boolean; withPayload: boolean; withVectors: boolean };
+  opts: { ef?: number; nprobe?: number; predicate?: (p: Payload | undefined) => boolean; indexQuery?: IndexQuery | null; withPayload: boolean; withVectors: boolean };
   read: ReadLevel;
 }
 
@@ -97,11 +101,30 @@ export function prepareSearch(spec: CollectionSpec, req: SearchRequest): Prepare
   const k = checkK(req.k);
   const ef = checkOptInt(req.ef, 'ef', 1, efMax);
   const nprobe = checkOptInt(req.nprobe, 'nprobe', 1, 1 << 20);
-  const predicate = req.filter === undefined || req.filter === null ? undefined : compileFilter(req.filter);
+  const filter = req.filter === undefined || req.filter === null ? undefined : compileFilter(req.filter);
   const read = checkReadLevel(req, spec.shards);
   const withPayload = checkOptBool(req.withPayload, 'withPayload') ?? false;
   const withVectors = checkOptBool(req.withVectors, 'withVectors') ?? false;
-  return { vectors, k, nq: vectors.length / spec.dim, opts: { ef, nprobe, predicate, withPayload, withVectors }, read };
+  return { vectors, k, nq: vectors.length / spec.dim, opts: { ef, nprobe, predicate: filter?.predicate, indexQuery: filter?.query, withPayload, withVectors }, read };
+}
+
+/** A collection's payload indexes, copied (none: []). */
+export function copyPayloadIndexes(spec: CollectionSpec): PayloadIndexSpec[] {
+  return (spec.payloadIndexes ?? []).map((p) => ({ ...p }));
+}
+
+/** `list` with `index` in it (in place of an index of the same field); at most payloadIndexesMax. */
+export function withPayloadIndex(list: readonly PayloadIndexSpec[], index: PayloadIndexSpec): PayloadIndexSpec[] {
+  const out = list.filter((p) => p.field !== index.field);
+  if (out.length >= payloadIndexesMax) throw new QuiverError('RESOURCE_EXHAUSTED', `a collection holds at most ${payloadIndexesMax} payload indexes (payloadIndexesMax)`);
+  return [...out, index];
+}
+
+/** `list` without the index of `field` (NOT_FOUND when it has none). */
+export function withoutPayloadIndex(name: string, list: readonly PayloadIndexSpec[], field: string): PayloadIndexSpec[] {
+  const out = list.filter((p) => p.field !== field);
+  if (out.length === list.length) throw new QuiverError('NOT_FOUND', `collection "${name}" has no payload index on "${field}"`);
+  return out;
 }
 
 /** The k nearest of each query over every shard's hits (nearest first, ties by id). */
@@ -125,6 +148,7 @@ export function shardOptionsOf(dataDir: string, opts: OpenOptions & OpenInternal
     dim: spec.dim,
     metric: spec.metric,
     index: spec.index,
+    payloadIndexes: () => spec.payloadIndexes ?? [],
     segmentBytes: opts.segmentBytes,
     snapshotIntervalMs: opts.snapshotIntervalMs,
     snapshotWalBytes: opts.snapshotWalBytes,
@@ -134,6 +158,7 @@ export function shardOptionsOf(dataDir: string, opts: OpenOptions & OpenInternal
       walAppend: (bytes) => obs.walAppend?.(spec.name, shard, bytes),
       fsync: (sec) => obs.fsync?.(spec.name, shard, sec),
       snapshot: (sec) => obs.snapshot?.(spec.name, shard, sec),
+      filterPlan: (plan) => obs.filterPlan?.(spec.name, shard, plan),
     },
   };
 }
@@ -273,7 +298,7 @@ export class LocalDatabase implements Database {
 
   private info(c: Collection): CollectionInfo {
     // A copy, so callers cannot change the catalog; spec is flat but for the index parameters.
-    return { ...c.spec, index: { ...c.spec.index }, count: LocalDatabase.pointCount(c), createdAt: c.createdAt };
+    return { ...c.spec, index: { ...c.spec.index }, payloadIndexes: copyPayloadIndexes(c.spec), count: LocalDatabase.pointCount(c), createdAt: c.createdAt };
   }
 
   // ---------------------------------------------------------------- collections
@@ -324,6 +349,40 @@ export class LocalDatabase implements Database {
       await fsp.rm(this.walDir(name), { recursive: true, force: true });
       await fsp.rm(this.snapDir(name), { recursive: true, force: true });
       this.opts.observer?.collectionDropped?.(name);
+    });
+  }
+
+  createPayloadIndex(name: string, index: PayloadIndexSpec, opts: ChangeOptions = {}): Promise<CollectionInfo> {
+    try {
+      this.coll(name);
+      const spec = checkPayloadIndex(index);
+      return this.setPayloadIndexes(name, (list) => withPayloadIndex(list, spec), opts);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  dropPayloadIndex(name: string, field: string, opts: ChangeOptions = {}): Promise<CollectionInfo> {
+    try {
+      this.coll(name);
+      checkFieldName(field, 'field');
+      return this.setPayloadIndexes(name, (list) => withoutPayloadIndex(name, list, field), opts);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  /** Writes the collection's payload indexes as `change` makes them into the catalog, then has every shard build them. */
+  private setPayloadIndexes(name: string, change: (list: PayloadIndexSpec[]) => PayloadIndexSpec[], opts: ChangeOptions): Promise<CollectionInfo> {
+    return this.serialize(async () => {
+      const c = this.coll(name);
+      const list = change(c.spec.payloadIndexes ?? []);
+      opts.signal?.throwIfAborted();
+      const spec = { ...c.spec, payloadIndexes: list };
+      await writeCatalog(this.dataDir, this.catalogEntries().map((e) => (e.spec.name === name ? { spec, createdAt: e.createdAt } : e)));
+      c.spec = spec;
+      await Promise.all(c.shards.map((s) => s.setPayloadIndexes(list)));
+      return this.info(c);
     });
   }
 

@@ -3,11 +3,8 @@
  * a predicate over a point's payload. A shard turns the predicate into an allow-set of labels that
  * the index searches within.
  *
- * Fields: `field` names a top-level key of the payload, or a path into nested objects with dots
- * ("meta.brand"). A payload that has the whole name as a top-level key ("meta.brand": ...) is read
- * at that key (what such a filter always meant); otherwise the name is split at its dots and
- * followed through objects. An array met on the way is walked element by element, and an array at
- * the end stands for its elements: a field's values are the scalars found there.
+ * Fields: a top-level key or a dotted path into nested objects, arrays standing for their
+ * elements (src/common/payload-path.ts): a field's values are the scalars found there.
  *
  * Conditions hold when any of the field's values passes:
  *   eq, in     JSON scalars compared strictly (1 and "1" differ)
@@ -24,9 +21,17 @@
 import { QuiverError } from '../errors';
 import { filterDepthMax, filterNodesMax } from '../common/limits';
 import type { Filter, Payload } from './types';
-import { checkFields } from './validate';
+import { IndexQuery, RangeQuery, inRange } from '../shard';
+import { checkFieldName, checkFields } from './validate';
+import { fieldReader, parseIsoDate } from '../common/payload-path';
 
 export type Predicate = (payload: Payload | undefined) => boolean;
+
+/** A filter compiled: its predicate, and what of it a payload index could answer (src/shard/payload-index.ts). */
+export interface CompiledFilter {
+  predicate: Predicate;
+  query: IndexQuery | null;
+}
 
 type Scalar = string | number | boolean;
 
@@ -41,55 +46,10 @@ function isScalar(v: unknown): v is Scalar {
   return typeof v === 'string' || typeof v === 'boolean' || (typeof v === 'number' && Number.isFinite(v));
 }
 
-const hasOwn = (o: object, k: string): boolean => Object.prototype.hasOwnProperty.call(o, k);
-
-const ISO_DATE = /^\d{4}-\d{2}-\d{2}(?:[Tt ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?([Zz]|[+-]\d{2}:\d{2})?)?$/;
-
-/** Milliseconds since the epoch of an ISO-8601 date or date-time (UTC when it names no offset); undefined if `s` is none. */
-export function parseIsoDate(s: string): number | undefined {
-  const m = ISO_DATE.exec(s);
-  if (!m) return undefined;
-  const t = Date.parse(s.length > 10 && m[1] === undefined ? `${s}Z` : s);
-  return Number.isNaN(t) ? undefined : t;
-}
-
-/**
- * Reads a field of a payload into `out` (the scalars and nulls found there, arrays walked into);
- * true when the path leads somewhere (null included).
- */
-export type FieldReader = (payload: Payload | undefined, out: unknown[]) => boolean;
-
-/** The reader of `field` (see the file's comment for how a dotted name is addressed). */
-export function fieldReader(field: string): FieldReader {
-  const parts = field.split('.');
-  const collect = (v: unknown, i: number, out: unknown[]): boolean => {
-    if (Array.isArray(v)) {
-      if (i === parts.length) {
-        for (const e of v) if (!Array.isArray(e)) out.push(e);
-        return true;
-      }
-      let found = false;
-      for (const e of v) if (collect(e, i, out)) found = true;
-      return found;
-    }
-    if (i === parts.length) {
-      out.push(v);
-      return true;
-    }
-    if (v === null || typeof v !== 'object' || !hasOwn(v, parts[i])) return false;
-    return collect((v as Record<string, unknown>)[parts[i]], i + 1, out);
-  };
-  return (payload, out) => {
-    if (payload === undefined) return false;
-    if (hasOwn(payload, field)) return collect(payload[field], parts.length, out);
-    return parts.length > 1 && collect(payload, 0, out);
-  };
-}
-
-/** Validates `filter` (throws INVALID_ARGUMENT) and returns its predicate. */
-export function compileFilter(filter: unknown): Predicate {
+/** Validates `filter` (throws INVALID_ARGUMENT) and compiles it. */
+export function compileFilter(filter: unknown): CompiledFilter {
   let nodes = 0;
-  const walk = (f: unknown, depth: number, path: string): Predicate => {
+  const walk = (f: unknown, depth: number, path: string): CompiledFilter => {
     if (++nodes > filterNodesMax) throw bad(path, `more than ${filterNodesMax} conditions in all (filterNodesMax)`);
     if (depth > filterDepthMax) throw bad(path, `nests deeper than ${filterDepthMax} (filterDepthMax)`);
     if (f === null || typeof f !== 'object' || Array.isArray(f)) throw bad(path, 'must be an object');
@@ -101,30 +61,34 @@ export function compileFilter(filter: unknown): Predicate {
       const list = o[op];
       if (!Array.isArray(list) || list.length === 0) throw bad(`${path}.${op}`, 'must be a non-empty array of filters');
       const parts = list.map((g, i) => walk(g, depth + 1, `${path}.${op}[${i}]`));
-      return op === 'and' ? (p) => parts.every((q) => q(p)) : (p) => parts.some((q) => q(p));
+      const preds = parts.map((c) => c.predicate);
+      const queries = parts.map((c) => c.query);
+      return op === 'and'
+        ? { predicate: (p) => preds.every((q) => q(p)), query: { and: queries } }
+        : { predicate: (p) => preds.some((q) => q(p)), query: { or: queries } };
     }
     if ('not' in o) {
       only(['not']);
-      const inner = walk(o.not, depth + 1, `${path}.not`);
-      return (p) => !inner(p);
+      const inner = walk(o.not, depth + 1, `${path}.not`).predicate;
+      return { predicate: (p) => !inner(p), query: null };
     }
     if (!('field' in o)) {
       checkFields(o, ['and', 'or', 'not', 'field'], `filter${path}`, 'condition');
       throw bad(path, 'needs one of and, or, not, field');
     }
     only(['field', ...FIELD_CONDITIONS]);
-    const field = o.field;
-    if (typeof field !== 'string' || field.length === 0 || field.length > 256) throw bad(`${path}.field`, 'must be a non-empty string of at most 256 characters');
+    const field = checkFieldName(o.field, `filter${path}.field`);
     const given = FIELD_CONDITIONS.filter((c) => c in o);
     if (given.length === 0) throw bad(path, `a field condition needs one of ${FIELD_CONDITIONS.join(', ')}`);
     if (given.length > 1) throw bad(path, `one condition per field filter (got ${given.join(' and ')}); combine them with and`);
     const read = fieldReader(field);
-    const anyValue = (test: (v: unknown) => boolean): Predicate => {
+    const anyValue = (test: (v: unknown) => boolean, query: IndexQuery | null = null): CompiledFilter => {
       const vals: unknown[] = [];
-      return (p) => {
+      const predicate: Predicate = (p) => {
         vals.length = 0;
         return read(p, vals) && vals.some(test);
       };
+      return { predicate, query };
     };
     const cond = given[0];
     const where = `${path}.${cond}`;
@@ -132,7 +96,7 @@ export function compileFilter(filter: unknown): Predicate {
       case 'eq': {
         const v = o.eq;
         if (!isScalar(v)) throw bad(where, 'must be a string, finite number or boolean (isNull tests for null)');
-        return anyValue((x) => x === v);
+        return anyValue((x) => x === v, { field, values: [v] });
       }
       case 'in': {
         const list = o.in;
@@ -141,14 +105,14 @@ export function compileFilter(filter: unknown): Predicate {
         if (nodes > filterNodesMax) throw bad(path, `more than ${filterNodesMax} conditions in all (filterNodesMax)`);
         for (const v of list) if (!isScalar(v)) throw bad(where, 'values must be strings, finite numbers or booleans');
         const set = new Set<unknown>(list);
-        return anyValue((x) => set.has(x));
+        return anyValue((x) => set.has(x), { field, values: [...set] as Scalar[] });
       }
       case 'range': {
-        const { gt, gte, lt, lte, dates } = rangeBounds(o.range, where);
+        const range = rangeBounds(o.range, where);
         return anyValue((x) => {
-          const v = dates ? (typeof x === 'string' ? parseIsoDate(x) : undefined) : typeof x === 'number' ? x : undefined;
-          return v !== undefined && !(v <= gt) && !(v < gte) && !(v >= lt) && !(v > lte);
-        });
+          const v = range.dates ? (typeof x === 'string' ? parseIsoDate(x) : undefined) : typeof x === 'number' ? x : undefined;
+          return v !== undefined && inRange(v, range);
+        }, { field, range });
       }
       case 'contains': {
         const text = o.contains;
@@ -167,10 +131,11 @@ export function compileFilter(filter: unknown): Predicate {
             : cond === 'isNull'
               ? (present: boolean): boolean => present && vals.length > 0 && vals.every((v) => v === null)
               : (present: boolean): boolean => !present || vals.every((v) => v === null);
-        return (p) => {
+        const predicate: Predicate = (p) => {
           vals.length = 0;
           return test(read(p, vals)) === want;
         };
+        return { predicate, query: null };
       }
     }
   };
@@ -182,7 +147,7 @@ export function compileFilter(filter: unknown): Predicate {
  * with NaN is false). Number bounds compare numbers; string bounds must be ISO-8601 dates and
  * compare dates.
  */
-function rangeBounds(r: unknown, where: string): { gt: number; gte: number; lt: number; lte: number; dates: boolean } {
+function rangeBounds(r: unknown, where: string): RangeQuery {
   if (r === null || typeof r !== 'object' || Array.isArray(r)) throw bad(where, 'must be an object');
   const rr = r as Record<string, unknown>;
   checkFields(rr, ['gt', 'gte', 'lt', 'lte'], `filter${where}`);

@@ -5,6 +5,9 @@
  */
 import type { Metric } from '../native';
 import type { ShardStatusInfo } from '../shard/shard';
+import type { FilterPlan, PayloadIndexSpec, PayloadIndexType } from '../shard/payload-index';
+
+export type { FilterPlan, PayloadIndexSpec, PayloadIndexType };
 
 export type IndexSpec =
   | { type: 'flat' }
@@ -33,9 +36,12 @@ export interface CollectionSpec {
   shards: number;
   replicationFactor: number;
   writeConcern: WriteConcern;
+  /** Payload indexes (createPayloadIndex); absent: none. */
+  payloadIndexes?: PayloadIndexSpec[];
 }
 
 export interface CollectionInfo extends CollectionSpec {
+  payloadIndexes: PayloadIndexSpec[];
   count: number;
   createdAt: string; // ISO-8601
 }
@@ -195,6 +201,8 @@ export interface DatabaseObserver {
   forwardedWrite?(collection: string, shard: number): void;
   /** A replica here answered a shard's part of a read (cluster): the level asked, the replica's role. */
   shardRead?(collection: string, shard: number, consistency: Consistency, role: string): void;
+  /** A shard searched with a filter: how it found the points the filter allows (src/shard/payload-index.ts). */
+  filterPlan?(collection: string, shard: number, plan: FilterPlan): void;
   /** A collection was dropped: its series go. */
   collectionDropped?(collection: string): void;
 }
@@ -264,6 +272,14 @@ export interface DrainOptions {
 export interface Database {
   createCollection(spec: CollectionSpecInput, opts?: ChangeOptions): Promise<CollectionInfo>;
   dropCollection(name: string, opts?: ChangeOptions): Promise<void>;
+  /**
+   * Indexes a payload field (a top-level key or dotted path) for filtered search: a field indexed
+   * already takes the new type. Every shard builds it from its payloads and keeps it in step with
+   * every write; the collection (its description, `payloadIndexes`) lists it.
+   */
+  createPayloadIndex(name: string, index: PayloadIndexSpec, opts?: ChangeOptions): Promise<CollectionInfo>;
+  /** Drops the payload index of `field` (NOT_FOUND when there is none). */
+  dropPayloadIndex(name: string, field: string, opts?: ChangeOptions): Promise<CollectionInfo>;
   listCollections(): CollectionInfo[];
   describeCollection(name: string): CollectionInfo;
   upsert(name: string, points: PointInput[], opts?: WriteOptions): Promise<{ upserted: number; token: WriteToken }>;

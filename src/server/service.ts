@@ -31,10 +31,12 @@ export type Op =
   | 'ShardGet'
   | 'ShardCount'
   | 'ReplicaStatus'
-  | 'Shards';
+  | 'Shards'
+  | 'CreatePayloadIndex'
+  | 'DropPayloadIndex';
 
 /** Operations that change state: their deadline stops them only before they reach the log (see run). */
-const CHANGES: ReadonlySet<Op> = new Set<Op>(['CreateCollection', 'DropCollection', 'Upsert', 'Delete', 'ShardUpsert', 'ShardDelete']);
+const CHANGES: ReadonlySet<Op> = new Set<Op>(['CreateCollection', 'DropCollection', 'Upsert', 'Delete', 'ShardUpsert', 'ShardDelete', 'CreatePayloadIndex', 'DropPayloadIndex']);
 
 /**
  * How long the server has no request in flight before the `whenQuiet` callbacks run: long enough
