@@ -114,9 +114,12 @@ describe('payload indexes in the database', () => {
     const changed: PointInput[] = Array.from({ length: 200 }, (_, i) => ({ id: `p${i * 3}`, vector: vec(i, DIM), payload: r() < 0.2 ? undefined : payloadOf(pr) }));
     const added: PointInput[] = Array.from({ length: 50 }, (_, i) => ({ id: `q${i}`, vector: vec(i + 1000, DIM), payload: payloadOf(pr) }));
     const gone = Array.from({ length: 100 }, (_, i) => `p${i * 5 + 1}`);
+    // Points written after the deletes take the freed labels.
+    const reusing: PointInput[] = Array.from({ length: 100 }, (_, i) => ({ id: `r${i}`, vector: vec(i + 2000, DIM), payload: { other: i } }));
     for (const name of ['plain', 'indexed']) {
       await db.upsert(name, [...changed, ...added]);
       await db.delete(name, gone);
+      await db.upsert(name, reusing);
     }
     await sameAnswers();
   });
