@@ -11,7 +11,8 @@
  * recall, and of our sync QPS to each peer's at every ef, are printed and written, with the whole
  * table, to <out>/ann-<dataset>.json and an SVG plot of recall vs QPS.
  *
- * `--index ivfpq` hands over to bench/ann-ivfpq.ts (runIvfPq).
+ * `--index ivfpq` hands over to bench/ann-ivfpq.ts (runIvfPq); `--filtered` to bench/ann-filtered.ts
+ * (filtered search with and without payload indexes).
  */
 import * as fs from 'fs';
 import * as os from 'os';
@@ -22,6 +23,7 @@ import { CommandSpec, choiceFlag, intFlag, listFlag, parseCommandLine, stringFla
 import { Dataset, fashionMnist, groundTruth, median, recallAtK, sequence, synthetic } from './datasets';
 import { lineChart, Series } from './svg';
 import { runIvfPq } from './ann-ivfpq';
+import { runFiltered } from './ann-filtered';
 
 const USAGE = `usage: quiver bench ann [options]
 
@@ -36,11 +38,16 @@ const USAGE = `usage: quiver bench ann [options]
   --out DIR                     results directory (default bench/results)
   --index hnsw|ivfpq            ivfpq: run the IVF-PQ benchmark instead, with its own flags
                                 (quiver bench ann --index ivfpq --help)
+  --filtered                    filtered search with and without payload indexes instead, with
+                                its own flags (quiver bench ann --filtered --help)
 `;
 
 export const SPEC: CommandSpec = {
   usage: USAGE,
-  flags: Object.fromEntries(['dataset', 'n', 'queries', 'ef', 'peers', 'threads', 'runs', 'm', 'efc', 'out', 'index'].map((k) => [k, { type: 'string' }])),
+  flags: {
+    filtered: { type: 'boolean' },
+    ...Object.fromEntries(['dataset', 'n', 'queries', 'ef', 'peers', 'threads', 'runs', 'm', 'efc', 'out', 'index'].map((k) => [k, { type: 'string' as const }])),
+  },
 };
 
 const K = 10;
@@ -313,8 +320,9 @@ export function qpsAtRecall(points: Point[], r: number): number | null {
 
 export async function run(argv: string[]): Promise<number> {
   // IVF-PQ has its own benchmark, flags and --help: only --index is read here before handing over.
-  const index = parseArgs({ args: argv, options: { index: { type: 'string' } }, strict: false }).values.index;
+  const { index, filtered } = parseArgs({ args: argv, options: { index: { type: 'string' }, filtered: { type: 'boolean' } }, strict: false }).values;
   if (index === 'ivfpq') return runIvfPq(argv);
+  if (filtered === true) return runFiltered(argv);
   const args = parseCommandLine(argv, SPEC);
   if (!args) return 0;
   choiceFlag(args, 'index', ['hnsw', 'ivfpq'], 'hnsw');

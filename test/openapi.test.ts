@@ -179,6 +179,16 @@ describe('every route answers as the document says', () => {
     expectError(await call('GET', '/v1/collections/{name}', { params: { name: C }, headers: { 'x-quiver-timeout-ms': 'soon' } }), 400, 'INVALID_ARGUMENT');
   });
 
+  it('PUT /v1/collections/{name}/index, DELETE /v1/collections/{name}/index/{field}', async () => {
+    const put = await call('PUT', '/v1/collections/{name}/index', { params: { name: C }, body: { field: 'meta.year', type: 'integer' } });
+    expect(put.status).toBe(200);
+    expect(put.body.payloadIndexes).toEqual([{ field: 'meta.year', type: 'integer' }]);
+    expectError(await call('PUT', '/v1/collections/{name}/index', { params: { name: C }, body: { field: 'a', type: 'text' }, schemaRefuses: true }), 400, 'INVALID_ARGUMENT');
+    expectError(await call('PUT', '/v1/collections/{name}/index', { params: { name: 'nope' }, body: { field: 'a', type: 'keyword' } }), 404, 'NOT_FOUND');
+    expect((await call('DELETE', '/v1/collections/{name}/index/{field}', { params: { name: C, field: 'meta.year' } })).body.payloadIndexes).toEqual([]);
+    expectError(await call('DELETE', '/v1/collections/{name}/index/{field}', { params: { name: C, field: 'meta.year' } }), 404, 'NOT_FOUND');
+  });
+
   it('POST /v1/collections/{name}/upsert', async () => {
     const points = [
       { id: 'a', vector: [1, 0, 0], payload: { lang: 'en', year: 2021 } },

@@ -60,6 +60,11 @@ class CoordinatorRelay extends EventEmitter implements CoordinatorPort {
     return this.target.createCollection(name, { ...record }, signal);
   }
 
+  updateCollection(name: string, change: (record: CollectionRecord) => CollectionRecord): Promise<CollectionRecord> {
+    if (!this.target) return Promise.reject(new QuiverError('UNAVAILABLE', 'the node is not connected to etcd yet'));
+    return this.target.updateCollection(name, (r) => ({ ...change(r as unknown as CollectionRecord) })) as unknown as Promise<CollectionRecord>;
+  }
+
   publishProgress(shard: ShardKey, p: Progress): void {
     this.target?.publishProgress(shard, p);
   }

@@ -41,6 +41,8 @@ import type {
   Filter,
   IndexSpec,
   PayloadUpdate,
+  PayloadIndexSpec,
+  PayloadIndexType,
   Point,
   PointInput,
   VectorInput,
@@ -81,6 +83,8 @@ export type {
   IndexSpec,
   Payload,
   PayloadUpdate,
+  PayloadIndexSpec,
+  PayloadIndexType,
   Point,
   PointInput,
   ReadOptions,
@@ -266,6 +270,16 @@ export class QuiverClient {
 
   async describeCollection(name: string, o: CallOptions = {}): Promise<CollectionInfo> {
     return infoFromWire(await this.call('describeCollection', { name }, o));
+  }
+
+  /** Indexes a payload field for filtered search (a field indexed already takes the new type); answers the collection. */
+  async createPayloadIndex(collection: string, index: PayloadIndexSpec, o: CallOptions = {}): Promise<CollectionInfo> {
+    return infoFromWire(await this.call('createPayloadIndex', { collection, index: { ...index } }, o));
+  }
+
+  /** Drops the payload index of `field` (NOT_FOUND when there is none); answers the collection. */
+  async dropPayloadIndex(collection: string, field: string, o: CallOptions = {}): Promise<CollectionInfo> {
+    return infoFromWire(await this.call('dropPayloadIndex', { collection, field }, o));
   }
 
   // ---- points ----
@@ -705,6 +719,7 @@ function infoFromWire(c: WireCollectionInfo): CollectionInfo {
     writeConcern: c.writeConcern as CollectionInfo['writeConcern'],
     count: Number(c.count),
     createdAt: c.createdAt,
+    payloadIndexes: c.payloadIndexes.map((p) => ({ field: p.field, type: p.type as PayloadIndexType })),
   };
 }
 

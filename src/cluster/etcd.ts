@@ -11,7 +11,7 @@
  * * 'lease' (deadline)        the lease machine's `deadline`: feed every shard replica (performance.now clock)
  * * 'stopLeading' ()          the deadline passed without a renewal: tick every shard replica
  * * 'nodes' (nodes)           live nodes, after the first read and on every change
- * * 'collection' (name, rec)  collections/<name> appeared
+ * * 'collection' (name, rec)  collections/<name> appeared or changed (updateCollection)
  * * 'map' (shard, map)        in revision order, first read first; never a map older than one emitted
  * * 'controller' (isController)  this node started or stopped running the controller
  * * 'placementFailed' (collection, QuiverError)  the controller (in this process) could not place it
@@ -291,6 +291,32 @@ export class EtcdCoordinator extends EventEmitter {
     });
   }
 
+  /**
+   * Changes collections/<name> as `change` makes it: read, then put guarded on the revision read
+   * (read again when another writer came first). NOT_FOUND when it does not exist; an error thrown
+   * by `change` changes nothing. Every node hears the new record as a 'collection' event.
+   */
+  async updateCollection(name: string, change: (record: CollectionRecord) => CollectionRecord): Promise<CollectionRecord> {
+    if (this.closed) throw new QuiverError('UNAVAILABLE', 'the coordinator is closed');
+    const key = etcdKeys.collection(name);
+    for (;;) {
+      let kv: IKeyValue | undefined;
+      try {
+        kv = (await this.ns.get(key).exec()).kvs[0];
+      } catch (e) {
+        throw unavailable(`read collection ${name}`, e);
+      }
+      if (!kv) throw new QuiverError('NOT_FOUND', `no collection named "${name}"`);
+      const next = change(JSON.parse(kv.value.toString()) as CollectionRecord);
+      try {
+        const res = await this.ns.if(key, 'Mod', '==', kv.mod_revision).then(this.ns.put(key).value(JSON.stringify(next))).commit();
+        if (res.succeeded) return next;
+      } catch (e) {
+        throw unavailable(`update collection ${name}`, e);
+      }
+    }
+  }
+
   /** Resigns the election, revokes the lease (the node's keys go with it) and closes the client. */
   async close(): Promise<void> {
     if (this.closed) return;
@@ -445,7 +471,7 @@ export class EtcdCoordinator extends EventEmitter {
         return;
       case 'collections':
         if (c.value === null) this.collections.delete(rest[0]);
-        else if (!this.collections.has(rest[0])) {
+        else {
           this.collections.add(rest[0]);
           this.emit('collection', rest[0], c.value as CollectionRecord);
         }

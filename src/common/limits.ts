@@ -35,6 +35,9 @@ export const shardsMax = 256;
 /** Depth of a payload filter expression and number of its nodes. */
 export const filterDepthMax = 16;
 export const filterNodesMax = 256;
+/** Payload indexes per collection, and the length of the field an index names (as a filter's field). */
+export const payloadIndexesMax = 32;
+export const fieldNameMax = 256;
 /** Default deadline of a call when the client gives none. */
 export const defaultDeadlineMs = 30_000;
 /** A longer deadline is taken as this one (a timer holds at most 2^31 - 1 ms). */

@@ -40,10 +40,13 @@ import {
   checkPayloadUpdate,
   checkWrite,
   checkedBatch,
+  copyPayloadIndexes,
   mergeHits,
   prepareSearch,
   resolveChange,
   shardOptionsOf,
+  withPayloadIndex,
+  withoutPayloadIndex,
 } from './database';
 import { compileFilter } from './filter';
 import type {
@@ -55,6 +58,7 @@ import type {
   CollectionSpecInput,
   Database,
   OpenOptions,
+  PayloadIndexSpec,
   Point,
   PointInput,
   ReplicaInfo,
@@ -72,7 +76,7 @@ import type {
   WriteToken,
   ReadOptions,
 } from './types';
-import { checkAnswerBytes, checkColumns, checkIds, checkName, checkOptBool, checkSpec, isPlainObject } from './validate';
+import { checkAnswerBytes, checkColumns, checkFieldName, checkIds, checkName, checkOptBool, checkPayloadIndex, checkSpec, isPlainObject } from './validate';
 import { defaultDeadlineMs } from '../common/limits';
 import { Log, log as rootLog } from '../common/log';
 
@@ -125,6 +129,8 @@ export interface CoordinatorPort {
   on(event: 'collection', fn: (name: string, record: CollectionRecord) => void): unknown;
   on(event: 'lease', fn: (deadline: number) => void): unknown;
   createCollection(name: string, record: CollectionRecord, signal?: AbortSignal): Promise<void>;
+  /** Changes a collection's record (a guarded read-modify-write); every node hears it as a 'collection' event. */
+  updateCollection(name: string, change: (record: CollectionRecord) => CollectionRecord): Promise<CollectionRecord>;
   publishProgress(shard: ShardKey, p: Progress): void;
   /** Sets the `draining` flag of this node's key (the controller moves its leaderships away). */
   setDraining(on: boolean): void;
@@ -259,11 +265,23 @@ export class ClusterDatabase extends PointWrites implements Database {
   }
 
   private onCollection(name: string, record: CollectionRecord): void {
-    if (this.collections.has(name)) return;
+    const known = this.collections.get(name);
+    if (known) return this.payloadIndexesChanged(known, record.payloadIndexes ?? []);
     const { createdAt, ...spec } = record;
     this.collections.set(name, { spec, createdAt, maps: new Array<ShardMap | null>(spec.shards).fill(null), replicas: new Map() });
     for (const wake of this.collectionWaiters.get(name) ?? []) wake();
     this.collectionWaiters.delete(name);
+  }
+
+  /** The collection's payload indexes are now `list` (its record changed): every replica here builds them. */
+  private payloadIndexesChanged(c: ClusterCollection, list: PayloadIndexSpec[]): void {
+    if (JSON.stringify(list) === JSON.stringify(c.spec.payloadIndexes ?? [])) return;
+    c.spec = { ...c.spec, payloadIndexes: list };
+    for (const [s, slot] of c.replicas) {
+      slot.opening
+        .then((r) => r.shard.setPayloadIndexes(list))
+        .catch((e: Error) => this.log.error('payload indexes not built', { collection: c.spec.name, shard: s, err: e.message }));
+    }
   }
 
   private onMap(key: ShardKey, map: ShardMap): void {
@@ -291,7 +309,7 @@ export class ClusterDatabase extends PointWrites implements Database {
           this.opts.openReplica({
             shard: key,
             dir,
-            shardOptions: this.shardOptions(col.spec, s),
+            shardOptions: { ...this.shardOptions(col.spec, s), payloadIndexes: () => col.spec.payloadIndexes ?? [] },
             send: (to, payload) => this.opts.sendToPeer(to, key, payload),
             publish: (p) => this.opts.coordinator.publishProgress(key, p),
           }),
@@ -397,7 +415,7 @@ export class ClusterDatabase extends PointWrites implements Database {
   private info(c: ClusterCollection): CollectionInfo {
     let count = 0;
     for (const [, r] of this.open(c)) count += r.shard.count;
-    return { ...c.spec, index: { ...c.spec.index }, count, createdAt: c.createdAt };
+    return { ...c.spec, index: { ...c.spec.index }, payloadIndexes: copyPayloadIndexes(c.spec), count, createdAt: c.createdAt };
   }
 
   /** The replicas of c open on this node, by shard. */
@@ -428,6 +446,29 @@ export class ClusterDatabase extends PointWrites implements Database {
       });
     }
     return this.info(this.coll(spec.name));
+  }
+
+  async createPayloadIndex(name: string, index: PayloadIndexSpec, opts: ChangeOptions = {}): Promise<CollectionInfo> {
+    const c = this.coll(name);
+    const spec = checkPayloadIndex(index);
+    return this.changePayloadIndexes(c, (list) => withPayloadIndex(list, spec), opts);
+  }
+
+  async dropPayloadIndex(name: string, field: string, opts: ChangeOptions = {}): Promise<CollectionInfo> {
+    const c = this.coll(name);
+    checkFieldName(field, 'field');
+    return this.changePayloadIndexes(c, (list) => withoutPayloadIndex(name, list, field), opts);
+  }
+
+  /**
+   * A collection-level setting: the record in etcd changes, and every node builds the indexes in
+   * its replicas when it hears of it (this one at once).
+   */
+  private async changePayloadIndexes(c: ClusterCollection, change: (list: PayloadIndexSpec[]) => PayloadIndexSpec[], opts: ChangeOptions): Promise<CollectionInfo> {
+    opts.signal?.throwIfAborted();
+    const record = await this.opts.coordinator.updateCollection(c.spec.name, (r) => ({ ...r, payloadIndexes: change(r.payloadIndexes ?? []) }));
+    this.payloadIndexesChanged(c, record.payloadIndexes ?? []);
+    return this.info(c);
   }
 
   dropCollection(): Promise<void> {
@@ -716,11 +757,11 @@ export class ClusterDatabase extends PointWrites implements Database {
   }
 
   async shardCount(name: string, shards: number[], opts: CountOptions): Promise<number> {
-    const { predicate, read } = prepareCount(this.coll(name).spec, opts);
+    const { compiled, read } = prepareCount(this.coll(name).spec, opts);
     let n = 0;
     for (const s of shards) {
       const shard = (await this.readReplica(name, s, read)).shard;
-      n += predicate ? shard.countWhere(predicate) : shard.count;
+      n += compiled ? shard.countWhere(compiled) : shard.count;
     }
     return n;
   }

@@ -14,13 +14,14 @@ import * as path from 'path';
 import { QuiverError } from '../errors';
 import { efMax } from '../native/limits';
 import { Shard, requestHash, requestHashOf } from '../shard';
-import type { PayloadChange, ShardHit, ShardOptions, ShardWrite, UpsertOp, WriteResult } from '../shard';
+import type { IndexQuery, PayloadChange, ShardHit, ShardOptions, ShardWrite, UpsertOp, WriteResult } from '../shard';
 import { deleteKeysMax } from '../common/limits';
 import { checkPayload } from '../common/points';
 import { CatalogEntry, readCatalog, writeCatalog } from './catalog';
 import { compileFilter } from './filter';
 import { checkMaxDistance, checkPage, mergeScroll, prepareCount, prepareScroll, recommend } from './reads';
 import { idsByShard, splitBatch, writeByShard } from '../common/placement';
+import { payloadIndexesMax } from '../common/limits';
 import { ReadLevel, checkReadLevel } from '../common/read-options';
 import type {
   ChangeOptions,
@@ -35,6 +36,7 @@ import type {
   VectorInput,
   OpenOptions,
   Payload,
+  PayloadIndexSpec,
   Point,
   PointInput,
   RecommendRequest,
@@ -56,8 +58,10 @@ import {
   checkIdempotencyKey,
   checkIds,
   checkK,
+  checkFieldName,
   checkName,
   checkOptBool,
+  checkPayloadIndex,
   checkOptInt,
   checkPoints,
   checkRequestHash,
@@ -202,7 +206,7 @@ export interface PreparedSearch {
   offset: number;
   fetch: number;
   nq: number;
-  opts: { ef?: number; nprobe?: number; predicate?: (p: Payload | undefined) => boolean; withPayload: boolean; withVectors: boolean; maxDistance?: number };
+  opts: { ef?: number; nprobe?: number; predicate?: (p: Payload | undefined) => boolean; indexQuery?: IndexQuery | null; withPayload: boolean; withVectors: boolean; maxDistance?: number };
   read: ReadLevel;
 }
 
@@ -213,11 +217,30 @@ export function prepareSearch(spec: CollectionSpec, req: SearchRequest): Prepare
   const ef = checkOptInt(req.ef, 'ef', 1, efMax);
   const nprobe = checkOptInt(req.nprobe, 'nprobe', 1, 1 << 20);
   const maxDistance = checkMaxDistance(req.maxDistance);
-  const predicate = req.filter === undefined || req.filter === null ? undefined : compileFilter(req.filter);
+  const filter = req.filter === undefined || req.filter === null ? undefined : compileFilter(req.filter);
   const read = checkReadLevel(req, spec.shards);
   const withPayload = checkOptBool(req.withPayload, 'withPayload') ?? false;
   const withVectors = checkOptBool(req.withVectors, 'withVectors') ?? false;
-  return { vectors, k, offset, fetch: k + offset, nq: vectors.length / spec.dim, opts: { ef, nprobe, predicate, withPayload, withVectors, maxDistance }, read };
+  return { vectors, k, offset, fetch: k + offset, nq: vectors.length / spec.dim, opts: { ef, nprobe, predicate: filter?.predicate, indexQuery: filter?.query, withPayload, withVectors, maxDistance }, read };
+}
+
+/** A collection's payload indexes, copied (none: []). */
+export function copyPayloadIndexes(spec: CollectionSpec): PayloadIndexSpec[] {
+  return (spec.payloadIndexes ?? []).map((p) => ({ ...p }));
+}
+
+/** `list` with `index` in it (in place of an index of the same field); at most payloadIndexesMax. */
+export function withPayloadIndex(list: readonly PayloadIndexSpec[], index: PayloadIndexSpec): PayloadIndexSpec[] {
+  const out = list.filter((p) => p.field !== index.field);
+  if (out.length >= payloadIndexesMax) throw new QuiverError('RESOURCE_EXHAUSTED', `a collection holds at most ${payloadIndexesMax} payload indexes (payloadIndexesMax)`);
+  return [...out, index];
+}
+
+/** `list` without the index of `field` (NOT_FOUND when it has none). */
+export function withoutPayloadIndex(name: string, list: readonly PayloadIndexSpec[], field: string): PayloadIndexSpec[] {
+  const out = list.filter((p) => p.field !== field);
+  if (out.length === list.length) throw new QuiverError('NOT_FOUND', `collection "${name}" has no payload index on "${field}"`);
+  return out;
 }
 
 /**
@@ -245,6 +268,7 @@ export function shardOptionsOf(dataDir: string, opts: OpenOptions & OpenInternal
     dim: spec.dim,
     metric: spec.metric,
     index: spec.index,
+    payloadIndexes: () => spec.payloadIndexes ?? [],
     segmentBytes: opts.segmentBytes,
     snapshotIntervalMs: opts.snapshotIntervalMs,
     snapshotWalBytes: opts.snapshotWalBytes,
@@ -254,6 +278,7 @@ export function shardOptionsOf(dataDir: string, opts: OpenOptions & OpenInternal
       walAppend: (bytes) => obs.walAppend?.(spec.name, shard, bytes),
       fsync: (sec) => obs.fsync?.(spec.name, shard, sec),
       snapshot: (sec) => obs.snapshot?.(spec.name, shard, sec),
+      filterPlan: (plan) => obs.filterPlan?.(spec.name, shard, plan),
     },
   };
 }
@@ -422,7 +447,7 @@ export class LocalDatabase extends PointWrites implements Database {
 
   private info(c: Collection): CollectionInfo {
     // A copy, so callers cannot change the catalog; spec is flat but for the index parameters.
-    return { ...c.spec, index: { ...c.spec.index }, count: LocalDatabase.pointCount(c), createdAt: c.createdAt };
+    return { ...c.spec, index: { ...c.spec.index }, payloadIndexes: copyPayloadIndexes(c.spec), count: LocalDatabase.pointCount(c), createdAt: c.createdAt };
   }
 
   // ---------------------------------------------------------------- collections
@@ -473,6 +498,40 @@ export class LocalDatabase extends PointWrites implements Database {
       await fsp.rm(this.walDir(name), { recursive: true, force: true });
       await fsp.rm(this.snapDir(name), { recursive: true, force: true });
       this.opts.observer?.collectionDropped?.(name);
+    });
+  }
+
+  createPayloadIndex(name: string, index: PayloadIndexSpec, opts: ChangeOptions = {}): Promise<CollectionInfo> {
+    try {
+      this.coll(name);
+      const spec = checkPayloadIndex(index);
+      return this.setPayloadIndexes(name, (list) => withPayloadIndex(list, spec), opts);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  dropPayloadIndex(name: string, field: string, opts: ChangeOptions = {}): Promise<CollectionInfo> {
+    try {
+      this.coll(name);
+      checkFieldName(field, 'field');
+      return this.setPayloadIndexes(name, (list) => withoutPayloadIndex(name, list, field), opts);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  /** Writes the collection's payload indexes as `change` makes them into the catalog, then has every shard build them. */
+  private setPayloadIndexes(name: string, change: (list: PayloadIndexSpec[]) => PayloadIndexSpec[], opts: ChangeOptions): Promise<CollectionInfo> {
+    return this.serialize(async () => {
+      const c = this.coll(name);
+      const list = change(c.spec.payloadIndexes ?? []);
+      opts.signal?.throwIfAborted();
+      const spec = { ...c.spec, payloadIndexes: list };
+      await writeCatalog(this.dataDir, this.catalogEntries().map((e) => (e.spec.name === name ? { spec, createdAt: e.createdAt } : e)));
+      c.spec = spec;
+      await Promise.all(c.shards.map((s) => s.setPayloadIndexes(list)));
+      return this.info(c);
     });
   }
 
@@ -571,10 +630,10 @@ export class LocalDatabase extends PointWrites implements Database {
 
   async count(name: string, opts: CountOptions = {}): Promise<number> {
     const c = this.coll(name);
-    const { predicate, read } = prepareCount(c.spec, opts);
+    const { compiled, read } = prepareCount(c.spec, opts);
     this.checkToken(c, read);
-    if (!predicate) return LocalDatabase.pointCount(c);
-    return c.shards.reduce((n, s) => n + s.countWhere(predicate), 0);
+    if (!compiled) return LocalDatabase.pointCount(c);
+    return c.shards.reduce((n, s) => n + s.countWhere(compiled), 0);
   }
 
   /** The dimension of a collection (front ends size their decoding by it). */

@@ -3,6 +3,6 @@ export * from './types';
 export { openDatabase, LocalDatabase } from './database';
 export type { OpenInternals } from './database';
 export { compileFilter } from './filter';
-export type { Predicate } from './filter';
+export type { CompiledFilter, Predicate } from './filter';
 export { fnv1a64, fnv1a64Big, placementHash, shardOf } from '../common/placement';
 export { idempotencyKeyBytesMax } from '../common/limits';

@@ -15,7 +15,7 @@ import { ReadLevel, checkReadLevel } from '../common/read-options';
 import { checkId, show } from '../common/points';
 import { topKMax } from '../native/limits';
 import type { StoredPoint } from '../shard';
-import { Predicate, compileFilter } from './filter';
+import { CompiledFilter, Predicate, compileFilter } from './filter';
 import type { CollectionSpec, CountOptions, Database, Filter, RecommendRequest, ScrollPage, ScrollRequest, SearchHit } from './types';
 import { checkFields, checkInt, checkK, checkOptBool, checkOptInt, isPlainObject } from './validate';
 
@@ -38,7 +38,7 @@ export function checkMaxDistance(v: unknown): number | undefined {
 }
 
 function predicateOf(filter: unknown): Predicate | undefined {
-  return filter === undefined || filter === null ? undefined : compileFilter(filter);
+  return filter === undefined || filter === null ? undefined : compileFilter(filter).predicate;
 }
 
 /** A scroll request, checked: where to start, the page size and what each point carries. */
@@ -78,12 +78,12 @@ export function mergeScroll(parts: readonly StoredPoint[][], limit: number): Scr
 }
 
 /** A count's options, checked: its filter's predicate (none: every point) and read level. */
-export function prepareCount(spec: CollectionSpec, opts: CountOptions): { predicate: Predicate | undefined; filter: Filter | undefined; read: ReadLevel } {
+export function prepareCount(spec: CollectionSpec, opts: CountOptions): { compiled: CompiledFilter | undefined; filter: Filter | undefined; read: ReadLevel } {
   const o = isPlainObject(opts) ? opts : {};
   checkFields(o, COUNT_FIELDS, '');
   checkOptBool(o.exact, 'exact');
-  const predicate = predicateOf(o.filter);
-  return { predicate, filter: predicate ? (o.filter as Filter) : undefined, read: checkReadLevel(o, spec.shards) };
+  const compiled = o.filter === undefined || o.filter === null ? undefined : compileFilter(o.filter);
+  return { compiled, filter: compiled ? (o.filter as Filter) : undefined, read: checkReadLevel(o, spec.shards) };
 }
 
 function exampleIds(v: unknown, what: string): string[] {

@@ -5,6 +5,9 @@
  */
 import type { Metric } from '../native';
 import type { ShardStatusInfo } from '../shard/shard';
+import type { FilterPlan, PayloadIndexSpec, PayloadIndexType } from '../shard/payload-index';
+
+export type { FilterPlan, PayloadIndexSpec, PayloadIndexType };
 
 export type IndexSpec =
   | { type: 'flat' }
@@ -33,14 +36,17 @@ export interface CollectionSpec {
   shards: number;
   replicationFactor: number;
   writeConcern: WriteConcern;
+  /** Payload indexes (createPayloadIndex); absent: none. */
+  payloadIndexes?: PayloadIndexSpec[];
 }
 
 export interface CollectionInfo extends CollectionSpec {
+  payloadIndexes: PayloadIndexSpec[];
   count: number;
   createdAt: string; // ISO-8601
 }
 
-/** A JSON object; top-level fields are what filters see. */
+/** A JSON object; filters see its fields, nested ones by dotted paths. */
 export type Payload = { [field: string]: unknown };
 
 export interface PointInput {
@@ -109,12 +115,14 @@ export interface ReadOptions {
 }
 
 /**
- * Payload filter on top-level fields (JSON). Values are JSON scalars (string, number, boolean).
+ * Payload filter (src/query/filter.ts has the rules). `field` is a top-level key or a dotted path
+ * into nested objects ("meta.brand"); arrays stand for their elements. Values are JSON scalars.
  *   { and: Filter[] } | { or: Filter[] } | { not: Filter }
  *   { field: "color", eq: "red" }
  *   { field: "color", in: ["red", "blue"] }
- *   { field: "price", range: { gt?, gte?, lt?, lte? } }      (numbers)
- *   { field: "color", exists: true }
+ *   { field: "price", range: { gt?, gte?, lt?, lte? } }      (numbers, or ISO-8601 date strings)
+ *   { field: "title", contains: "blue" }                      (text within a string)
+ *   { field: "color", exists: true } | { field: "color", isNull: true } | { field: "tags", isEmpty: true }
  */
 export type Filter =
   | { and: Filter[] }
@@ -122,8 +130,11 @@ export type Filter =
   | { not: Filter }
   | { field: string; eq: string | number | boolean }
   | { field: string; in: (string | number | boolean)[] }
-  | { field: string; range: { gt?: number; gte?: number; lt?: number; lte?: number } }
-  | { field: string; exists: boolean };
+  | { field: string; range: { gt?: number | string; gte?: number | string; lt?: number | string; lte?: number | string } }
+  | { field: string; contains: string }
+  | { field: string; exists: boolean }
+  | { field: string; isNull: boolean }
+  | { field: string; isEmpty: boolean };
 
 export interface SearchRequest {
   /** nq query vectors, row-major: Float32Array(nq * dim). */
@@ -247,6 +258,8 @@ export interface DatabaseObserver {
   forwardedWrite?(collection: string, shard: number): void;
   /** A replica here answered a shard's part of a read (cluster): the level asked, the replica's role. */
   shardRead?(collection: string, shard: number, consistency: Consistency, role: string): void;
+  /** A shard searched with a filter: how it found the points the filter allows (src/shard/payload-index.ts). */
+  filterPlan?(collection: string, shard: number, plan: FilterPlan): void;
   /** A collection was dropped: its series go. */
   collectionDropped?(collection: string): void;
 }
@@ -316,6 +329,14 @@ export interface DrainOptions {
 export interface Database {
   createCollection(spec: CollectionSpecInput, opts?: ChangeOptions): Promise<CollectionInfo>;
   dropCollection(name: string, opts?: ChangeOptions): Promise<void>;
+  /**
+   * Indexes a payload field (a top-level key or dotted path) for filtered search: a field indexed
+   * already takes the new type. Every shard builds it from its payloads and keeps it in step with
+   * every write; the collection (its description, `payloadIndexes`) lists it.
+   */
+  createPayloadIndex(name: string, index: PayloadIndexSpec, opts?: ChangeOptions): Promise<CollectionInfo>;
+  /** Drops the payload index of `field` (NOT_FOUND when there is none). */
+  dropPayloadIndex(name: string, field: string, opts?: ChangeOptions): Promise<CollectionInfo>;
   listCollections(): CollectionInfo[];
   describeCollection(name: string): CollectionInfo;
   upsert(name: string, points: PointInput[], opts?: WriteOptions): Promise<{ upserted: number; token: WriteToken }>;

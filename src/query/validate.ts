@@ -11,6 +11,7 @@ import {
   answerBytesMax,
   answerHitBytes,
   collectionNamePattern,
+  fieldNameMax,
   idempotencyKeyBytesMax,
   requestHashBytes,
   searchBatchMax,
@@ -18,7 +19,8 @@ import {
 } from '../common/limits';
 import { dimMax, efMax, topKMax } from '../native/limits';
 import { METRICS, type Metric } from '../native';
-import type { CollectionSpec, IndexSpec, WriteConcern } from './types';
+import type { CollectionSpec, IndexSpec, PayloadIndexSpec, PayloadIndexType, WriteConcern } from './types';
+import { payloadIndexTypes } from '../shard/payload-index';
 import {
   NO_DIRECTION,
   checkBatchBytes,
@@ -319,4 +321,21 @@ export function checkAnswerBytes(hits: number, hitBytes: number, what: string): 
     `${what} could hold ${hits} hits of up to ${answerHitBytes + hitBytes} bytes, ${bytes} bytes in all; ` +
       `the limit is ${answerBytesMax} (answerBytesMax): ask for fewer queries or ids, a smaller k, or leave out vectors or payloads`,
   );
+}
+
+/** A payload index as a request gives it: {field, type}. */
+export function checkPayloadIndex(v: unknown): PayloadIndexSpec {
+  if (!isPlainObject(v)) throw invalid('a payload index must be an object {field, type}');
+  checkFields(v, ['field', 'type'], 'index');
+  const field = checkFieldName(v.field, 'index.field');
+  if (typeof v.type !== 'string' || !(payloadIndexTypes as readonly string[]).includes(v.type)) {
+    throw invalid(`index.type must be one of ${payloadIndexTypes.join(', ')} (got ${show(v.type)})`);
+  }
+  return { field, type: v.type as PayloadIndexType };
+}
+
+/** A payload field's name: 1..fieldNameMax characters. */
+export function checkFieldName(v: unknown, what: string): string {
+  if (typeof v !== 'string' || v.length === 0 || v.length > fieldNameMax) throw invalid(`${what} must be a non-empty string of at most ${fieldNameMax} characters`);
+  return v;
 }

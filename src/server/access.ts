@@ -56,6 +56,8 @@ const ACCESS: Record<Op | 'Metrics' | 'StatusPage', 'read' | 'admin' | 'internal
   Delete: 'admin',
   UpdatePayload: 'admin',
   UpdateVectors: 'admin',
+  CreatePayloadIndex: 'admin',
+  DropPayloadIndex: 'admin',
   Drain: 'admin',
   ShardUpsert: 'internal',
   ShardDelete: 'internal',

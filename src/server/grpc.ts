@@ -10,7 +10,7 @@ import { invalidArgument } from '../errors';
 import { searchBatchMax } from '../common/limits';
 import { stringifyJson } from '../common/json';
 import { checkColumnFloats, checkPointCount, checkQueryCount } from '../query/validate';
-import type { CollectionInfo, CollectionSpecInput, Filter, IndexSpec, Payload, PayloadUpdate, Point, ScrollRequest, SearchHit, SearchRequest, VectorInput, WriteOptions, WriteToken } from '../query/types';
+import type { CollectionInfo, CollectionSpecInput, Filter, IndexSpec, Payload, PayloadIndexType, PayloadUpdate, Point, ScrollRequest, SearchHit, SearchRequest, VectorInput, WriteOptions, WriteToken } from '../query/types';
 import * as wire from '../rpc/gen/quiver_pb';
 import type { ShardScrollRequest } from '../rpc/gen/node_pb';
 import {
@@ -86,6 +86,7 @@ function infoToWire(c: CollectionInfo): MessageInitShape<typeof wire.CollectionI
     writeConcern: c.writeConcern,
     count: BigInt(c.count),
     createdAt: c.createdAt,
+    payloadIndexes: c.payloadIndexes.map((p) => ({ ...p })),
   };
 }
 
@@ -209,6 +210,10 @@ export function grpcHandlers(svc: Service): GrpcHandlers {
     }),
     listCollections: unary('ListCollections', () => ({ collections: db.listCollections().map(infoToWire) })),
     describeCollection: unary('DescribeCollection', (r) => infoToWire(db.describeCollection(r.name))),
+    createPayloadIndex: unary('CreatePayloadIndex', async (r, signal) =>
+      infoToWire(await db.createPayloadIndex(r.collection, { field: r.index?.field ?? '', type: (r.index?.type ?? '') as PayloadIndexType }, { signal })),
+    ),
+    dropPayloadIndex: unary('DropPayloadIndex', async (r, signal) => infoToWire(await db.dropPayloadIndex(r.collection, r.field, { signal }))),
     // Copies the vectors (into its batch array), ids and payloads (strings) before its first await.
     upsert: Object.assign(
       unary<'upsert'>('Upsert', async (r, signal) => {

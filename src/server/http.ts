@@ -10,7 +10,7 @@ import { defaultDeadlineMs, requestBytesMax } from '../common/limits';
 import { stringifyJson } from '../common/json';
 import { log } from '../common/log';
 import { checkFields, copyNumbers, isPlainObject } from '../query/validate';
-import type { CollectionSpecInput, Consistency, CountOptions, Filter, PayloadUpdate, Point, PointInput, ReadOptions, RecommendRequest, ScrollRequest, SearchHit, SearchRequest, VectorInput, WriteToken } from '../query/types';
+import type { CollectionSpecInput, Consistency, CountOptions, Filter, PayloadIndexSpec, PayloadUpdate, Point, PointInput, ReadOptions, RecommendRequest, ScrollRequest, SearchHit, SearchRequest, VectorInput, WriteToken } from '../query/types';
 import type { Op, Service } from './service';
 import { StatusSource, clusterJson, renderStatusPage } from './status-page';
 import { asQuiverError, gatherQueries } from './validate';
@@ -119,6 +119,21 @@ export class HttpApi {
               return {};
             },
           },
+        },
+      },
+      {
+        pattern: new RegExp(`^/v1/collections/${NAME}/index$`),
+        methods: {
+          PUT: {
+            op: 'CreatePayloadIndex',
+            handler: async (c) => db.createPayloadIndex(c.params[0], (await c.body()) as unknown as PayloadIndexSpec, { signal: c.signal }),
+          },
+        },
+      },
+      {
+        pattern: new RegExp(`^/v1/collections/${NAME}/index/([^/]+)$`),
+        methods: {
+          DELETE: { op: 'DropPayloadIndex', handler: async (c) => db.dropPayloadIndex(c.params[0], c.params[1], { signal: c.signal }) },
         },
       },
       {

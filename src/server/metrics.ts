@@ -94,6 +94,13 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  private readonly filterPlans = new client.Counter({
+    name: 'quiver_filter_plans_total',
+    help: 'Filtered shard searches by how the allowed points were found: index (payload indexes answered the whole filter), index_checked (their candidates, the filter checked on each), scan (every payload)',
+    labelNames: ['collection', 'shard', 'plan'] as const,
+    registers: [this.registry],
+  });
+
   private readonly failoverSeconds = new client.Histogram({
     name: 'quiver_failover_seconds',
     help: 'On the new leader: from the last message it had from the previous leader until it could take writes',
@@ -130,7 +137,7 @@ export class Metrics {
       labelNames: ['version', 'commit', 'simd', 'gpu'] as const,
       registers: [this.registry],
     }).set({ version: VERSION, commit: process.env.QUIVER_COMMIT || 'unknown', simd: simdLevel(), gpu: String(gpuInfo().available) }, 1);
-    this.perCollection = [this.walBytes, this.fsyncSeconds, this.snapshotSeconds, this.leaderChanges, this.forwardedWrites, this.shardReads, this.replicationBytes];
+    this.perCollection = [this.walBytes, this.fsyncSeconds, this.snapshotSeconds, this.leaderChanges, this.forwardedWrites, this.shardReads, this.filterPlans, this.replicationBytes];
     this.observer = {
       walAppend: (collection, shard, bytes) => this.walBytes.inc({ collection, shard: String(shard) }, bytes),
       fsync: (collection, shard, seconds) => this.fsyncSeconds.observe({ collection, shard: String(shard) }, seconds),
@@ -141,6 +148,7 @@ export class Metrics {
       },
       forwardedWrite: (collection, shard) => this.forwardedWrites.inc({ collection, shard: String(shard) }),
       shardRead: (collection, shard, consistency, role) => this.shardReads.inc({ collection, shard: String(shard), consistency, role }),
+      filterPlan: (collection, shard, plan) => this.filterPlans.inc({ collection, shard: String(shard), plan }),
       collectionDropped: (collection) => void this.dropped.add(collection),
     };
     // Per-shard gauges, read from db.status() at scrape time.

@@ -37,10 +37,12 @@ export type Op =
   | 'Shards'
   | 'UpdatePayload'
   | 'UpdateVectors'
-  | 'ShardChange';
+  | 'ShardChange'
+  | 'CreatePayloadIndex'
+  | 'DropPayloadIndex';
 
 /** Operations that change state: their deadline stops them only before they reach the log (see run). */
-const CHANGES: ReadonlySet<Op> = new Set<Op>(['CreateCollection', 'DropCollection', 'Upsert', 'Delete', 'ShardUpsert', 'ShardDelete', 'UpdatePayload', 'UpdateVectors', 'ShardChange']);
+const CHANGES: ReadonlySet<Op> = new Set<Op>(['CreateCollection', 'DropCollection', 'Upsert', 'Delete', 'ShardUpsert', 'ShardDelete', 'UpdatePayload', 'UpdateVectors', 'ShardChange', 'CreatePayloadIndex', 'DropPayloadIndex']);
 
 /**
  * How long the server has no request in flight before the `whenQuiet` callbacks run: long enough

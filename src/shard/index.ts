@@ -25,3 +25,4 @@ export { PointStore } from './store';
 export type { Payload } from './store';
 export * from './codec';
 export { listSnapshots, loadSnapshotPoints, readSnapshot, snapshotDirName } from './snapshot';
+export * from './payload-index';

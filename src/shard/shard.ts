@@ -41,6 +41,7 @@ import { PayloadOp, UpsertOp, changedPayload, decodeDelete, decodePayload, decod
 import { RwLock } from './lock';
 import { KeyRecord, listSnapshots, readSnapshot, writeSnapshot } from './snapshot';
 import { Payload, PointStore } from './store';
+import { FilterPlan, IndexQuery, PayloadFilter, PayloadIndexSpec, PayloadIndexes } from './payload-index';
 
 export type ShardIndexSpec =
   | { type: 'flat' }
@@ -51,6 +52,7 @@ export interface ShardObserver {
   walAppend?(bytes: number): void;
   fsync?(seconds: number): void;
   snapshot?(seconds: number): void;
+  filterPlan?(plan: FilterPlan): void;
 }
 
 export interface ShardOptions {
@@ -79,6 +81,11 @@ export interface ShardOptions {
    * entry at open. Default false (standalone: each write is applied once durable).
    */
   follower?: boolean;
+  /**
+   * The payload indexes to build, read at open (the collection's list as it is then: a replica
+   * reopened after a snapshot install gets the current one); setPayloadIndexes changes them.
+   */
+  payloadIndexes?: () => readonly PayloadIndexSpec[];
   /** The shard existed before (its collection is in the catalog): a missing WAL is DATA_LOSS. */
   existing?: boolean;
   observer?: ShardObserver;
@@ -186,6 +193,7 @@ function emptyIndex(spec: ShardIndexSpec, dim: number, metric: Metric): VectorIn
 export class Shard {
   private readonly opts: ShardOptions;
   private readonly store: PointStore;
+  private readonly payloadIndexes = new PayloadIndexes();
   private index!: VectorIndex;
   private wal!: Wal;
   private keys = new Map<string, KeyRecord>();
@@ -211,6 +219,7 @@ export class Shard {
   static async open(opts: ShardOptions): Promise<Shard> {
     const s = new Shard(opts);
     await s.recover();
+    s.payloadIndexes.set(opts.payloadIndexes?.() ?? [], () => s.livePayloads());
     if (!opts.follower) {
       s.epoch = Math.max(s.wal.lastEpoch, s.appliedEpoch) + 1;
       await s.write({ type: EntryType.EpochStart }, Buffer.alloc(0), '');
@@ -362,9 +371,9 @@ export class Shard {
     }
   }
 
-  /** Ids of the points whose payload passes `predicate` now (what a filtered write is resolved to), in label order. */
-  idsWhere(predicate: (p: Payload | undefined) => boolean): string[] {
-    return Array.from(this.store.select(predicate), (l) => this.store.idOf(l)!);
+  /** Ids of the points whose payload passes `filter` now (what a filtered write is resolved to), in label order. */
+  idsWhere(filter: PayloadFilter): string[] {
+    return Array.from(this.allowed(filter.predicate, filter.query).sort(), (l) => this.store.idOf(l)!);
   }
 
   /**
@@ -521,6 +530,7 @@ export class Shard {
         const plan = this.store.planLabels(ids);
         if (ids.length > 0) await this.index.add(plan.labels, vectors);
         this.store.assign(plan, ids, vectors, op.payloads);
+        this.indexPayloads(plan.labels, op.payloads);
         this.store.noteSizes(ids, payloadJson);
         await this.maybeTrain();
         return ids.length;
@@ -534,6 +544,7 @@ export class Shard {
           seen.add(id);
         }
         if (labels.length > 0) await this.index.remove(Uint32Array.from(labels));
+        this.indexPayloads(labels, []);
         return this.store.remove(op.ids);
       }
       case EntryType.Payload: {
@@ -543,6 +554,7 @@ export class Shard {
           if (label === undefined) continue;
           const p = changedPayload(this.store.payloadOf(label), op.payload.change);
           this.store.setPayload(label, p);
+          this.indexPayloads([label], [p]);
           this.store.noteSizes([id], [p === undefined ? '' : stringifyJson(p)]);
           n++;
         }
@@ -567,6 +579,24 @@ export class Shard {
       case EntryType.Config:
         return 0;
     }
+  }
+
+  /**
+   * The payloads of `labels` are now `payloads` (missing: the points are gone). Every change of a
+   * payload in an apply comes through here, so the payload indexes follow the store.
+   */
+  private indexPayloads(labels: ArrayLike<number>, payloads: readonly (Payload | undefined)[]): void {
+    if (this.payloadIndexes.size === 0) return;
+    for (let i = 0; i < labels.length; i++) this.payloadIndexes.update(labels[i], payloads[i]);
+  }
+
+  private *livePayloads(): Iterable<[number, Payload | undefined]> {
+    for (const l of this.store.liveLabels()) yield [l, this.store.payloadOf(l)];
+  }
+
+  /** Makes the shard's payload indexes those of `specs`, building new ones from the payloads (between applies). */
+  setPayloadIndexes(specs: readonly PayloadIndexSpec[]): Promise<void> {
+    return this.lock.write(async () => this.payloadIndexes.set(specs, () => this.livePayloads()));
   }
 
   private async maybeTrain(): Promise<void> {
@@ -644,9 +674,9 @@ export class Shard {
     return withVectors ? this.lock.read(read) : read();
   }
 
-  /** Points whose payload passes `predicate`. */
-  countWhere(predicate: (p: Payload | undefined) => boolean): number {
-    return this.store.select(predicate).length;
+  /** Points whose payload passes `filter` (through the payload indexes where they answer it). */
+  countWhere(filter: PayloadFilter): number {
+    return this.allowed(filter.predicate, filter.query).length;
   }
 
   private pointOf(label: number, withPayload: boolean): StoredPoint {
@@ -672,13 +702,34 @@ export class Shard {
   }
 
   /**
+   * The labels whose payload passes `predicate`: from the payload indexes where they answer part of
+   * `indexQuery` (the predicate checked on their candidates unless they answer all of it), else by
+   * a scan of every payload.
+   */
+  private allowed(predicate: (p: Payload | undefined) => boolean, indexQuery: IndexQuery | null | undefined): Uint32Array {
+    const c = this.payloadIndexes.answer(indexQuery ?? null);
+    this.opts.observer?.filterPlan?.(!c ? 'scan' : c.exact ? 'index' : 'index_checked');
+    if (!c) return this.store.select(predicate);
+    const out: number[] = [];
+    for (const l of c.labels) if (c.exact || predicate(this.store.payloadOf(l))) out.push(l);
+    return Uint32Array.from(out);
+  }
+
+  /**
    * k nearest for each of nq queries (row-major), nearest first, restricted to points whose payload
-   * passes `predicate` when given.
+   * passes `predicate` when given (`indexQuery`: what of it the payload indexes may answer).
    */
   async search(
     queries: Float32Array,
     k: number,
-    opts: { ef?: number; nprobe?: number; predicate?: (p: Payload | undefined) => boolean; withPayload?: boolean; withVectors?: boolean },
+    opts: {
+      ef?: number;
+      nprobe?: number;
+      predicate?: (p: Payload | undefined) => boolean;
+      indexQuery?: IndexQuery | null;
+      withPayload?: boolean;
+      withVectors?: boolean;
+    },
   ): Promise<ShardHit[][]> {
     if (this.broken) throw new QuiverError('INTERNAL', `shard failed earlier: ${this.broken.message}`);
     const nq = queries.length / this.opts.dim;
@@ -687,7 +738,7 @@ export class Shard {
       if (this.store.count === 0) return empty();
       let filter: Uint32Array | undefined;
       if (opts.predicate) {
-        filter = this.store.select(opts.predicate);
+        filter = this.allowed(opts.predicate, opts.indexQuery);
         if (filter.length === 0) return empty();
       }
       const kind = this.index.kind;
