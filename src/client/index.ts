@@ -102,6 +102,20 @@ export interface ClientOptions {
   routes?: ClusterStatus;
   /** The read level of searches, gets and counts that do not name one. Default 'session'. */
   consistency?: Consistency;
+  /** Connect over TLS (the nodes run with --tls-cert). */
+  tls?: ClientTls;
+}
+
+/**
+ * TLS to the nodes, as PEM text or bytes: the CA that signed their certificates (checked against
+ * the host dialled, or `servername`), and a client certificate and key where the nodes ask for one.
+ */
+export interface ClientTls {
+  ca: string | Buffer;
+  cert?: string | Buffer;
+  key?: string | Buffer;
+  /** The name the nodes' certificates must carry, in place of the host dialled. */
+  servername?: string;
 }
 
 export interface CallOptions {
@@ -154,9 +168,11 @@ export class QuiverClient {
   private readonly consistency: Consistency;
   /** The session: per collection, where this client's writes left each shard. */
   private readonly session = new Map<string, WriteToken>();
+  private readonly tls: ClientTls | undefined;
 
   private constructor(addresses: string[], opts: ClientOptions) {
     this.addresses = addresses;
+    this.tls = opts.tls;
     this.channels = addresses.map((a) => this.channelTo(a));
     this.deadlineMs = opts.deadlineMs ?? defaultDeadlineMs;
     this.retries = opts.retries ?? 4;
@@ -171,7 +187,7 @@ export class QuiverClient {
   private channelTo(address: string): GrpcChannel {
     if (this.closed) throw new QuiverError('UNAVAILABLE', 'the client is closed');
     let ch = this.byAddress.get(address);
-    if (!ch) this.byAddress.set(address, (ch = new GrpcChannel(address, requestBytesMax)));
+    if (!ch) this.byAddress.set(address, (ch = new GrpcChannel(address, requestBytesMax, this.tls)));
     return ch;
   }
 
