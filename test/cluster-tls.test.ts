@@ -73,6 +73,10 @@ describe.skipIf(!etcdInstalled || !opensslInstalled)('a cluster with TLS on ever
     await cluster.waitConverged(cluster.nodes[2], C, 'three replicas of each shard converged', 3);
     const r = await httpsJson(cluster.nodes[1].child.http, 'GET', `/v1/collections/${C}/count`, undefined, { ca: read(ca.caFile) });
     expect(r).toEqual({ status: 200, body: { count: 60 } });
+    // The status page asks the other nodes for their figures over https too.
+    const page = await httpsJson(cluster.nodes[0].child.http, 'GET', '/', undefined, { ca: read(ca.caFile) });
+    expect(page.status).toBe(200);
+    expect((page.body as string).match(/<td>up<\/td>/g)?.length).toBe(3);
   });
 
   it('the node service takes only nodes: no certificate, a certificate naming no node, a foreign one', async () => {

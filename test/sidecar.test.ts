@@ -516,6 +516,18 @@ describe.skipIf(!opensslInstalled)('sidecar processes over mutual TLS (skips wit
       b.sup.link.setPeers({ a: c.sup.address });
       b.sup.link.send({ shard: 'c/0', from: 'b', to: 'a', payload: Buffer.from('entries') });
       expect(await logged(b, /names c, not node 'a'/)).toMatch(/peer a at /);
+      // And c saying hello to b as 'a' is refused.
+      const files = ca.issue('c', 'c-client');
+      const creds = grpc.credentials.createSsl(fs.readFileSync(files.ca), fs.readFileSync(files.key), fs.readFileSync(files.cert), { checkServerIdentity: () => undefined });
+      const client = new grpc.Client(b.sup.address, creds);
+      try {
+        const call = client.makeBidiStreamRequest<FrameInit, Frame>(EXCHANGE_PATH, encodeFrame, decodeFrame);
+        call.write({ body: { case: 'hello', value: { cluster: 'test', nodeId: 'a', to: 'b' } } });
+        const e = await new Promise<grpc.ServiceError>((resolve) => call.once('error', resolve));
+        expect(e.metadata.get('quiver-code')[0]).toBe('PERMISSION_DENIED');
+      } finally {
+        client.close();
+      }
     } finally {
       b.sup.link.setPeers({ a: a.sup.address });
       await c.sup.close();

@@ -112,7 +112,8 @@ async function nodeAddress(server: string, node: string): Promise<string> {
   const view = await call<ClusterView>(server, 'GET', '/v1/cluster');
   const n = view.nodes.find((x) => x.id === node);
   if (!n) throw new QuiverError('NOT_FOUND', `no live node named "${node}" (live: ${view.nodes.map((x) => x.id).join(', ')})`);
-  return n.http.startsWith('http') ? n.http : `http://${n.http}`;
+  // The nodes of a cluster all serve HTTP or all HTTPS (TLS): the scheme of --server.
+  return n.http.startsWith('http') ? n.http : `${new URL(server).protocol}//${n.http}`;
 }
 
 export async function admin(argv: string[]): Promise<number> {

@@ -14,6 +14,7 @@ import type { CollectionSpecInput, Consistency, Point, PointInput, ReadOptions, 
 import type { Op, Service } from './service';
 import { StatusSource, clusterJson, renderStatusPage } from './status-page';
 import { asQuiverError, gatherQueries } from './validate';
+import type { TlsMaterial } from '../common/tls';
 
 export const HTTP_STATUS_OF: Record<ErrorCode, number> = {
   INVALID_ARGUMENT: 400,
@@ -85,13 +86,17 @@ export class HttpApi {
   private readonly routes: Route[];
   private readonly statusSource: StatusSource;
 
-  /** dataDir: where the database keeps its files (the status page shows the space free there). */
+  /**
+   * dataDir: where the database keeps its files (the status page shows the space free there);
+   * tls: the node's certificate and CA when its servers use TLS (the status page asks the other nodes with them).
+   */
   constructor(
     private readonly svc: Service,
     dataDir?: string,
+    tls?: TlsMaterial,
   ) {
     const db = svc.db;
-    const source = new StatusSource(() => db.status().nodeId, svc.metrics, dataDir);
+    const source = new StatusSource(() => db.status().nodeId, svc.metrics, dataDir, tls);
     this.statusSource = source;
     this.routes = [
       {
@@ -302,6 +307,11 @@ export class HttpApi {
   }
 
   /** The /v1 routes: each path's pattern and methods (what docs/openapi.yaml must describe). */
+  /** New certificate files (reload): the status page asks the other nodes with them. */
+  setTls(m: TlsMaterial): void {
+    this.statusSource.tls = m;
+  }
+
   routeTable(): { pattern: RegExp; methods: string[] }[] {
     return this.routes.map((r) => ({ pattern: r.pattern, methods: Object.keys(r.methods) }));
   }

@@ -145,7 +145,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     throw new QuiverError('UNAVAILABLE', `cannot listen for gRPC on ${joinHostPort(g.host, g.port)}: ${err.message}`);
   });
 
-  const api = new HttpApi(svc, opts.dataDir);
+  const api = new HttpApi(svc, opts.dataDir, opts.tls);
   const conns = new HttpConnections(
     opts.limits?.httpConnectionsMax ?? httpConnectionsMax,
     opts.limits?.httpReserveConnections ?? httpReserveConnections,
@@ -209,6 +209,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       if (!(httpServer instanceof tls.Server)) throw new QuiverError('FAILED_PRECONDITION', 'the servers do not use TLS');
       httpServer.setSecureContext(serverTlsOptions(m));
       grpcServer.reloadTls(m);
+      api.setTls(m);
     },
   };
 }
