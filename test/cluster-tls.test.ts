@@ -56,8 +56,9 @@ describe.skipIf(!etcdInstalled || !opensslInstalled)('a cluster with TLS on ever
       c1.close();
     }
     for (const [i, n] of cluster.nodes.entries()) {
-      // routing off: the node forwards each shard's part to its leader through the node service.
-      const c = await client(n.child.grpc, false);
+      // Through n1 each shard's part goes straight to its leader (the client's routes); through
+      // the others routing is off: the node forwards the parts to their leaders (the node service).
+      const c = await client(n.child.grpc, i === 0);
       try {
         const points = Array.from({ length: 20 }, (_, j) => ({ id: `${n.id}-${j}`, vector: vec(i * 100 + j, DIM) }));
         expect((await c.upsert(C, points)).upserted).toBe(20);

@@ -18,7 +18,7 @@ import { CertFiles, TestCa, httpsJson, opensslInstalled } from './tls-certs';
 
 const read = (f: string): Buffer => fs.readFileSync(f);
 
-describe.skipIf(!opensslInstalled)('TLS on the client endpoints (skipped: no /usr/bin/openssl)', () => {
+describe.skipIf(!opensslInstalled)('TLS on the client endpoints (skips without /usr/bin/openssl)', () => {
   let ca: TestCa;
   let node: CertFiles;
   let client: CertFiles;
