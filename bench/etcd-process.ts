@@ -25,6 +25,17 @@ export async function freePort(): Promise<number> {
   return port;
 }
 
+/**
+ * etcd's client port over TLS: its certificate and key, and the CA a client's certificate must be
+ * signed by (--client-cert-auth); `client` is the certificate the readiness check presents.
+ */
+export interface EtcdTls {
+  cert: string;
+  key: string;
+  ca: string;
+  client: { cert: string; key: string };
+}
+
 export class EtcdServer {
   private proc: ChildProcess | null = null;
   private exited: Promise<void> = Promise.resolve();
@@ -34,19 +45,25 @@ export class EtcdServer {
     readonly clientPort: number,
     readonly peerPort: number,
     private readonly token: string,
+    readonly tls: EtcdTls | undefined,
   ) {}
 
   get endpoint(): string {
     return `127.0.0.1:${this.clientPort}`;
   }
 
+  /** The client URL: https:// with TLS. */
+  get url(): string {
+    return `${this.tls ? 'https' : 'http'}://${this.endpoint}`;
+  }
+
   get pid(): number | undefined {
     return this.proc?.pid;
   }
 
-  static async start(): Promise<EtcdServer> {
+  static async start(opts: { tls?: EtcdTls } = {}): Promise<EtcdServer> {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'quiver-etcd-'));
-    const s = new EtcdServer(dir, await freePort(), await freePort(), `quiver-test-${randomUUID()}`);
+    const s = new EtcdServer(dir, await freePort(), await freePort(), `quiver-test-${randomUUID()}`, opts.tls);
     try {
       await s.launch();
     } catch (e) {
@@ -57,7 +74,8 @@ export class EtcdServer {
   }
 
   private async launch(): Promise<void> {
-    const client = `http://127.0.0.1:${this.clientPort}`;
+    const client = this.url;
+    const tls = this.tls ? ['--cert-file', this.tls.cert, '--key-file', this.tls.key, '--trusted-ca-file', this.tls.ca, '--client-cert-auth'] : [];
     const peer = `http://127.0.0.1:${this.peerPort}`;
     const log = fs.openSync(path.join(this.dir, 'etcd.log'), 'a');
     const proc = spawn(
@@ -72,6 +90,7 @@ export class EtcdServer {
         '--initial-cluster', `quiver-test=${peer}`,
         '--initial-cluster-token', this.token,
         '--initial-cluster-state', 'new',
+        ...tls,
       ],
       { stdio: ['ignore', log, log] },
     );
@@ -84,7 +103,8 @@ export class EtcdServer {
   /** Retries one call until it succeeds (bounded). */
   private async waitReady(): Promise<void> {
     // No circuit breaker: etcd3's default one would hold off the first call after etcd is up.
-    const c = new Etcd3({ hosts: this.endpoint, defaultCallOptions: () => ({ deadline: Date.now() + 500 }), faultHandling: { host: () => noop, global: noop } });
+    const credentials = this.tls && { rootCertificate: fs.readFileSync(this.tls.ca), certChain: fs.readFileSync(this.tls.client.cert), privateKey: fs.readFileSync(this.tls.client.key) };
+    const c = new Etcd3({ hosts: this.url, credentials, defaultCallOptions: () => ({ deadline: Date.now() + 500 }), faultHandling: { host: () => noop, global: noop } });
     try {
       const until = Date.now() + 20_000;
       for (;;) {

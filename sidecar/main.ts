@@ -7,7 +7,9 @@
  * connection closes (or when none comes within acceptTimeoutMs). Messages from the node go to the
  * peers' sidecars (peers.ts); messages from peers go to the node, and when the node does not read
  * them fast enough the peers' streams are paused (HTTP/2 flow control pushes back to the senders).
- * It reads nothing from disk: the payloads are opaque.
+ * It reads nothing from disk but its TLS files: the payloads are opaque. With --tls-*, streams
+ * between sidecars use mutual TLS: each side's certificate must be signed by the cluster's CA and
+ * name the node it speaks for (the hello's node id here; the dialled node in peers.ts).
  */
 import * as fs from 'fs';
 import * as net from 'net';
@@ -19,19 +21,23 @@ import { LocalFrameParser, batchFrame, byDestination, scanBatch, writeParts } fr
 import type { LocalFrameIn, Logger, ScannedMessage } from '../src/cluster/sidecar-link';
 import type { Frame } from '../src/rpc/gen/replication_pb';
 import { QUIVER_CODE_KEY, grpcStatusOf } from '../src/rpc/proto';
+import { TlsMaterial, certNames, readTls } from '../src/common/tls';
 import { Peers } from './peers';
 import { channelOptions, decodeFrame, replicationService } from './wire';
 import type { FrameInit } from './wire';
 
 const spec: CommandSpec = {
-  usage: `Usage: quiver-sidecar --node-id ID --listen HOST:PORT --socket PATH --cluster NAME
+  usage: `Usage: quiver-sidecar --node-id ID --listen HOST:PORT --socket PATH --cluster NAME [--tls-cert FILE --tls-key FILE --tls-ca FILE]
 
   --node-id ID        this node's id (quiver serve --node-id)
   --listen HOST:PORT  where the replication gRPC server binds (port 0: any; the bound one is printed)
   --socket PATH       the unix socket the node connects to (in its data dir)
   --cluster NAME      the cluster's name; peers of another cluster are refused
+  --tls-cert FILE     mutual TLS with the other sidecars: this node's certificate (naming the node
+  --tls-key FILE      id in its CN or a DNS subjectAltName), its key, and the cluster's CA, which
+  --tls-ca FILE       must have signed every peer's certificate; all three or none
 `,
-  flags: { 'node-id': { type: 'string' }, listen: { type: 'string' }, socket: { type: 'string' }, cluster: { type: 'string' } },
+  flags: Object.fromEntries(['node-id', 'listen', 'socket', 'cluster', 'tls-cert', 'tls-key', 'tls-ca'].map((k) => [k, { type: 'string' as const }])),
 };
 
 /** A node that does not connect within this time is gone: the sidecar exits. */
@@ -89,18 +95,23 @@ class NodeSide {
   }
 }
 
-function refuse(call: ServerCall, code: 'FAILED_PRECONDITION' | 'INVALID_ARGUMENT', details: string): void {
+type Refusal = 'FAILED_PRECONDITION' | 'INVALID_ARGUMENT' | 'PERMISSION_DENIED';
+
+function refuse(call: ServerCall, code: Refusal, details: string): void {
   const metadata = new grpc.Metadata();
   metadata.set(QUIVER_CODE_KEY, code);
   call.emit('error', { code: grpcStatusOf(code), details, metadata });
 }
 
-/** The Exchange handler: a hello of this cluster addressed to this node first, then batches from that node. */
-function exchange(self: { cluster: string; nodeId: string; log: Logger }, node: NodeSide): grpc.handleBidiStreamingCall<Buffer, FrameInit> {
+/**
+ * The Exchange handler: a hello of this cluster addressed to this node first, then batches from
+ * that node. Over TLS the hello's node must be a name of the peer's certificate.
+ */
+function exchange(self: { cluster: string; nodeId: string; log: Logger; tls: boolean }, node: NodeSide): grpc.handleBidiStreamingCall<Buffer, FrameInit> {
   return (call) => {
     let peer: string | null = null;
     let done = false;
-    const stop = (code: 'FAILED_PRECONDITION' | 'INVALID_ARGUMENT', details: string): void => {
+    const stop = (code: Refusal, details: string): void => {
       done = true;
       self.log.error(`refused a stream from ${call.getPeer()}: ${code}: ${details}`);
       refuse(call, code, details);
@@ -126,6 +137,11 @@ function exchange(self: { cluster: string; nodeId: string; log: Logger }, node: 
         if (h.cluster !== self.cluster) return stop('FAILED_PRECONDITION', `node '${h.nodeId}' is of cluster '${h.cluster}'; this is '${self.cluster}'`);
         if (h.to !== self.nodeId) return stop('FAILED_PRECONDITION', `node '${h.nodeId}' dialled '${h.to}'; this is '${self.nodeId}'`);
         if (h.nodeId === '') return stop('INVALID_ARGUMENT', 'a hello without a node id');
+        if (self.tls) {
+          const cert = call.getAuthContext().sslPeerCertificate;
+          const names = cert ? certNames(cert) : [];
+          if (!names.includes(h.nodeId)) return stop('PERMISSION_DENIED', `a hello from node '${h.nodeId}' over a certificate naming ${names.join(', ') || 'nobody'}`);
+        }
         peer = h.nodeId;
         call.write({ body: { case: 'hello', value: { cluster: self.cluster, nodeId: self.nodeId } } });
         return;
@@ -148,15 +164,20 @@ export async function main(argv: string[]): Promise<void> {
   const cluster = required(f, 'cluster');
   const socketPath = required(f, 'socket');
   const listen = splitHostPort(required(f, 'listen'), '--listen');
+  const tlsFlags = ['tls-cert', 'tls-key', 'tls-ca'].map((k) => stringFlag(f, k));
+  if (tlsFlags.some((v) => v !== undefined) && !tlsFlags.every((v) => v)) throw new UsageError('--tls-cert, --tls-key and --tls-ca go together');
+  const tls: TlsMaterial | null = tlsFlags[0] ? readTls({ cert: tlsFlags[0], key: tlsFlags[1]!, ca: tlsFlags[2]! }) : null;
   const log: Logger = { error: (m) => process.stderr.write(`${m}\n`) };
-  const self = { cluster, nodeId, log };
+  const self = { cluster, nodeId, log, tls };
 
   const node = new NodeSide();
   const peers = new Peers(self);
   const server = new grpc.Server(channelOptions);
-  server.addService(replicationService, { Exchange: exchange(self, node) });
+  server.addService(replicationService, { Exchange: exchange({ ...self, tls: tls !== null }, node) });
+  // Over TLS a peer must present a certificate the CA signed (the handshake refuses any other).
+  const credentials = tls ? grpc.ServerCredentials.createSsl(tls.ca!, [{ cert_chain: tls.cert, private_key: tls.key }], true) : grpc.ServerCredentials.createInsecure();
   const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(joinHostPort(listen.host, listen.port), grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(new QuiverError('UNAVAILABLE', `--listen ${joinHostPort(listen.host, listen.port)}: ${e.message}`)) : resolve(p))),
+    server.bindAsync(joinHostPort(listen.host, listen.port), credentials, (e, p) => (e ? reject(new QuiverError('UNAVAILABLE', `--listen ${joinHostPort(listen.host, listen.port)}: ${e.message}`)) : resolve(p))),
   );
 
   let reported = 0;

@@ -9,6 +9,7 @@ import * as grpc from '@grpc/grpc-js';
 import { MessageQueue, batchFrame, retryDelayMaxMs, retryDelayMinMs, scanBatch } from '../src/cluster/sidecar-link';
 import type { Logger } from '../src/cluster/sidecar-link';
 import type { Frame } from '../src/rpc/gen/replication_pb';
+import { TlsMaterial, checkPeerIdentity } from '../src/common/tls';
 import { EXCHANGE_PATH, channelOptions, decodeFrame, encodeFrame, frameBytes } from './wire';
 
 /** A frame of messages to one peer: its bytes (the `payload` the queue counts) and how many messages it holds. */
@@ -21,6 +22,8 @@ export interface Self {
   cluster: string;
   nodeId: string;
   log: Logger;
+  /** Mutual TLS: this node's certificate and the CA; a peer must present a certificate naming the node dialled. */
+  tls: TlsMaterial | null;
 }
 
 class PeerChannel {
@@ -32,6 +35,8 @@ class PeerChannel {
   private timer: NodeJS.Timeout | null = null;
   private delayMs = retryDelayMinMs;
   private closed = false;
+  /** Over TLS, the last failure reported (a handshake refused again and again is reported once). */
+  private lastFailure = '';
 
   constructor(
     private readonly self: Self,
@@ -54,7 +59,10 @@ class PeerChannel {
   }
 
   private connect(): void {
-    const client = new grpc.Client(this.address, grpc.credentials.createInsecure(), channelOptions);
+    const tls = this.self.tls;
+    const credentials = tls ? grpc.credentials.createSsl(tls.ca, tls.key, tls.cert, { checkServerIdentity: (_host, cert) => checkPeerIdentity(this.to, cert) }) : grpc.credentials.createInsecure();
+    // The name asked for in the handshake is the node's (the address may be an IP, which TLS's server name may not be).
+    const client = new grpc.Client(this.address, credentials, tls ? { ...channelOptions, 'grpc.ssl_target_name_override': this.to } : channelOptions);
     const call = client.makeBidiStreamRequest<Buffer, Frame>(EXCHANGE_PATH, frameBytes, decodeFrame);
     this.client = client;
     this.call = call;
@@ -74,6 +82,8 @@ class PeerChannel {
       if (this.call !== call) return;
       const code = e.metadata?.get('quiver-code')[0];
       if (code) this.self.log.error(`peer ${this.to} at ${this.address} refused the stream: ${code}: ${e.details}`);
+      else if (this.self.tls && !this.closed && e.details !== this.lastFailure) this.self.log.error(`peer ${this.to} at ${this.address}: ${e.details}`);
+      this.lastFailure = e.details;
       this.ended(call);
     });
     call.on('end', () => this.ended(call));

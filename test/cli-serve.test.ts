@@ -23,7 +23,7 @@ describe('quiver serve', () => {
   it('--help documents every flag; bad cluster flags and a bad flag are refused with a clear error', async () => {
     const help = await run(['--help']);
     expect(help.code).toBe(0);
-    for (const flag of ['--data', '--grpc', '--http', '--grpc-impl', '--config', '--snapshot-interval-ms', '--node-id', '--log-level', '--etcd', '--replication', '--zone', '--cluster', '--lease-ttl-ms', '--rereplicate-after-ms', '--help']) {
+    for (const flag of ['--data', '--grpc', '--http', '--grpc-impl', '--config', '--snapshot-interval-ms', '--node-id', '--log-level', '--etcd', '--replication', '--zone', '--cluster', '--lease-ttl-ms', '--rereplicate-after-ms', '--tls-cert', '--tls-key', '--tls-ca', '--etcd-ca', '--etcd-cert', '--etcd-key', '--etcd-user', '--etcd-password-file', '--help']) {
       expect(help.out).toContain(flag);
     }
     const cases: [string[], RegExp][] = [
@@ -36,6 +36,13 @@ describe('quiver serve', () => {
       [['--etcd', 'http://127.0.0.1:2379', '--node-id', 'a/b'], /--node-id must be/],
       [['--etcd', 'http://127.0.0.1:2379', '--replication', 'nowhere'], /--replication/],
       [['--log-level', 'verbose'], /--log-level must be one of error, warn, info, debug/],
+      [['--tls-cert', 'node.crt'], /--tls-cert and --tls-key go together/],
+      [['--tls-ca', 'ca.crt'], /--tls-ca needs --tls-cert and --tls-key/],
+      [['--etcd-ca', 'ca.crt'], /--etcd-ca is a cluster flag: it needs --etcd/],
+      [['--etcd', 'http://127.0.0.1:2379', '--tls-cert', 'node.crt', '--tls-key', 'node.key'], /needs --tls-ca/],
+      [['--etcd', 'http://127.0.0.1:2379', '--etcd-ca', 'ca.crt'], /https:\/\/ etcd endpoints \(all of them\) and --etcd-ca go together/],
+      [['--etcd', 'https://127.0.0.1:2379', '--etcd-ca', 'missing-ca.crt'], /cannot read the etcd CA missing-ca.crt/],
+      [['--etcd', 'http://127.0.0.1:2379', '--etcd-user', 'root'], /--etcd-user and --etcd-password-file go together/],
     ];
     for (const [args, message] of cases) {
       const r = await run([...args, '--data', tempDir('quiver-cli-')]);

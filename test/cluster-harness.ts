@@ -8,9 +8,12 @@
 import { execFileSync } from 'child_process';
 import { expect } from 'vitest';
 import { QuiverClient } from '../src/client';
-import { EtcdServer } from './etcd-harness';
+import { EtcdServer, EtcdTls } from './etcd-harness';
 import { ServeChild, startServe } from './serve-child';
-import { httpJson, tempDir } from './server-harness';
+import { HttpAnswer, httpJson, tempDir } from './server-harness';
+
+/** A GET of a node's HTTP API (base: its http:// or https:// URL). */
+export type HttpGet = (base: string, p: string) => Promise<HttpAnswer>;
 
 export interface TestNode {
   id: string;
@@ -38,7 +41,7 @@ export function startClusterNode(etcd: EtcdServer, id: string, dir: string, clus
   if (uid !== undefined) execFileSync('chown', ['-R', `${uid}:${uid}`, dir]);
   return startServe(
     [
-      '--etcd', `http://${etcd.endpoint}`, '--node-id', id, '--data', dir,
+      '--etcd', etcd.url, '--node-id', id, '--data', dir,
       '--grpc', '127.0.0.1:0', '--http', '127.0.0.1:0', '--replication', '127.0.0.1:0', '--cluster', cluster,
       ...extra,
     ],
@@ -73,33 +76,34 @@ export class TestCluster {
   /** The last shard report seen while waiting (printed when a wait times out). */
   lastSeen = '';
 
-  /** What the harness's own HTTP calls send: the API key, for a cluster started with --api-keys. */
-  private readonly headers: Record<string, string>;
-
   private constructor(
     readonly etcd: EtcdServer,
     private readonly name: string,
-    private readonly extra: string[],
+    private readonly extra: (id: string) => string[],
+    private readonly get: HttpGet,
     private readonly apiKey?: string,
-  ) {
-    this.headers = apiKey ? { authorization: `Bearer ${apiKey}` } : {};
-  }
+  ) {}
 
   /**
    * etcd and nodes n1..nN, ready once every node sees all N alive. `uids`: node i runs as user
    * uids[i-1] (its data dir made theirs), so that network faults can pick its connections.
-   * `apiKey`: the key the harness's clients and HTTP calls send (the nodes' --api-keys in `args`).
+   * `args`: more flags for every node, or per node id; `etcd`: etcd over TLS; `http`: how the
+   * harness GETs a node's HTTP API (default plain fetch); `apiKey`: the key the harness's clients
+   * and HTTP calls send (the nodes' --api-keys in `args`).
    */
-  static async start(opts: { nodes?: number; cluster?: string; args?: string[]; uids?: number[]; apiKey?: string } = {}): Promise<TestCluster> {
-    const c = new TestCluster(await EtcdServer.start(), opts.cluster ?? 'test', opts.args ?? [], opts.apiKey);
+  static async start(opts: { nodes?: number; cluster?: string; args?: string[] | ((id: string) => string[]); uids?: number[]; etcd?: { tls: EtcdTls }; http?: HttpGet; apiKey?: string } = {}): Promise<TestCluster> {
+    const args = opts.args ?? [];
+    const headers: Record<string, string> = opts.apiKey ? { authorization: `Bearer ${opts.apiKey}` } : {};
+    const get: HttpGet = opts.http ?? ((base, p) => httpJson(base, 'GET', p, undefined, headers));
+    const c = new TestCluster(await EtcdServer.start(opts.etcd), opts.cluster ?? 'test', typeof args === 'function' ? args : () => args, get, opts.apiKey);
     const n = opts.nodes ?? 3;
     for (let i = 1; i <= n; i++) c.nodes.push(await c.startNode(`n${i}`, tempDir(`quiver-n${i}-`), [], opts.uids?.[i - 1]));
-    await waitFor(async () => (await httpJson(c.nodes[0].child.http, 'GET', '/v1/cluster', undefined, c.headers)).body.nodes.length === n, `${n} live nodes`);
+    await waitFor(async () => (await get(c.nodes[0].child.http, '/v1/cluster')).body.nodes.length === n, `${n} live nodes`);
     return c;
   }
 
   async startNode(id: string, dir: string, args: string[] = [], uid?: number): Promise<TestNode> {
-    return { id, dir, child: await startClusterNode(this.etcd, id, dir, this.name, [...this.extra, ...args], uid), uid };
+    return { id, dir, child: await startClusterNode(this.etcd, id, dir, this.name, [...this.extra(id), ...args], uid), uid };
   }
 
   node(id: string): TestNode {
@@ -136,14 +140,14 @@ export class TestCluster {
   }
 
   async shards(via: TestNode, collection: string): Promise<ShardsReport> {
-    const r = await httpJson(via.child.http, 'GET', `/v1/collections/${collection}/shards`, undefined, this.headers);
+    const r = await this.get(via.child.http, `/v1/collections/${collection}/shards`);
     expect(r.status, JSON.stringify(r.body)).toBe(200);
     return r.body.shards;
   }
 
   /** Every replica of every shard at the leader's commit point with the leader's digest. */
   async converged(via: TestNode, collection: string, replicas?: number): Promise<boolean> {
-    const r = await httpJson(via.child.http, 'GET', `/v1/collections/${collection}/shards`, undefined, this.headers).catch((e: Error) => ({ status: 0, body: e.message }));
+    const r = await this.get(via.child.http, `/v1/collections/${collection}/shards`).catch((e: Error) => ({ status: 0, body: e.message }));
     this.lastSeen = JSON.stringify(r.body);
     if (r.status !== 200) return false;
     const shards: ShardsReport = r.body.shards;
@@ -163,7 +167,7 @@ export class TestCluster {
     const target = new Map((await this.shards(this.nodes.find((n) => n !== node && this.running(n)) ?? node, collection)).map((s) => [s.shard, s.replicas.find((r) => r.node === s.leader)?.commitLsn ?? 0]));
     await waitFor(
       async () => {
-        const r = await httpJson(node.child.http, 'GET', `/v1/collections/${collection}/shards?digest=false`, undefined, this.headers).catch((e: Error) => ({ status: 0, body: e.message }));
+        const r = await this.get(node.child.http, `/v1/collections/${collection}/shards?digest=false`).catch((e: Error) => ({ status: 0, body: e.message }));
         this.lastSeen = JSON.stringify(r.body);
         if (r.status !== 200) return false;
         return (r.body.shards as ShardsReport).every((s) => s.replicas.every((x) => x.node !== node.id || x.appliedLsn >= (target.get(s.shard) ?? 0)));

@@ -43,9 +43,9 @@ export function startServe(args: string[], opts: { uid?: number } = {}): Promise
     const onData = (b: Buffer) => {
       out += b.toString();
       const g = /grpc listening on (\S+)/.exec(out);
-      const h = /http listening on http:\/\/(\S+)/.exec(out);
+      const h = /http listening on (https?:\/\/\S+)/.exec(out);
       if (g && h && /quiver: ready/.test(out)) {
-        resolve({ child, grpc: g[1], http: `http://${h[1]}`, output: () => out, stderr: () => err, exited });
+        resolve({ child, grpc: g[1], http: h[1], output: () => out, stderr: () => err, exited });
       }
     };
     child.stdout!.on('data', onData);

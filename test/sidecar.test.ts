@@ -20,6 +20,8 @@ import { FrameSchema, LocalFrameSchema } from '../src/rpc/gen/replication_pb';
 import type { Frame, LocalFrame, PeerMessage as WireMessage } from '../src/rpc/gen/replication_pb';
 import { EXCHANGE_PATH, decodeFrame, encodeFrame } from '../sidecar/wire';
 import type { FrameInit } from '../sidecar/wire';
+import { CertFiles, TestCa, opensslInstalled } from './tls-certs';
+import { pollUntil } from './helpers';
 
 const ROOT = path.resolve(__dirname, '..');
 const SIDECAR = path.join(ROOT, 'dist', 'sidecar', 'main.js');
@@ -248,11 +250,11 @@ interface Node {
 const nodes: Node[] = [];
 const children: ChildProcess[] = [];
 
-async function startNode(id: string, cluster = 'test', listen = '127.0.0.1:0'): Promise<Node> {
+async function startNode(id: string, cluster = 'test', listen = '127.0.0.1:0', tls?: CertFiles): Promise<Node> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'quiver-sidecar-'));
   const log: string[] = [];
   try {
-    const sup = await SidecarSupervisor.start({ dataDir: dir, nodeId: id, listen, cluster, log: { error: (m) => log.push(m), warn: (m) => log.push(m) } });
+    const sup = await SidecarSupervisor.start({ dataDir: dir, nodeId: id, listen, cluster, tls, log: { error: (m) => log.push(m), warn: (m) => log.push(m) } });
     const n = { sup, dir, log, pids: new Set([sup.pid()!]) };
     sup.link.on('up', () => n.pids.add(sup.pid()!));
     nodes.push(n);
@@ -451,6 +453,84 @@ describe('sidecar processes', () => {
       expect(fs.existsSync(sock)).toBe(false);
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe.skipIf(!opensslInstalled)('sidecar processes over mutual TLS (skips without /usr/bin/openssl)', () => {
+  let ca: TestCa;
+  let a: Node;
+  let b: Node;
+  beforeAll(async () => {
+    ca = TestCa.create();
+    [a, b] = await Promise.all([startNode('a', 'test', '127.0.0.1:0', ca.issue('a')), startNode('b', 'test', '127.0.0.1:0', ca.issue('b'))]);
+    a.sup.link.setPeers({ b: b.sup.address });
+    b.sup.link.setPeers({ a: a.sup.address });
+  });
+  afterAll(async () => {
+    await Promise.all([a, b].map((n) => n?.sup.close()));
+    ca?.remove();
+  });
+
+  /** The first line of `n`'s log that matches, once there is one (the sidecar logs a failed dial). */
+  const logged = async (n: Node, re: RegExp): Promise<string> => {
+    await pollUntil(() => n.log.some((x) => re.test(x)), `a log line matching ${re}`);
+    return n.log.find((x) => re.test(x))!;
+  };
+
+  it('messages go both ways between sidecars whose certificates the CA signed', async () => {
+    const sizes = Array.from({ length: 200 }, (_, i) => 100 + i * 100);
+    await transfer(a, b, 'a', 'b', sizes);
+    await transfer(b, a, 'b', 'a', sizes);
+  });
+
+  it('a sidecar whose certificate the CA did not sign cannot replicate, either way', async () => {
+    const other = ca.foreign('other-ca');
+    // Its own CA is the cluster's, its certificate is not: b refuses its handshake.
+    const m = await startNode('m', 'test', '127.0.0.1:0', { ...other.issue('m'), ca: ca.caFile });
+    try {
+      const arrived: string[] = [];
+      const onMessage = (x: Message): void => void arrived.push(x.from);
+      b.sup.link.on('message', onMessage);
+      m.sup.link.setPeers({ b: b.sup.address });
+      m.sup.link.send({ shard: 'c/0', from: 'm', to: 'b', payload: Buffer.from('entries') });
+      // And b dialling m: m's certificate does not verify against the cluster's CA.
+      b.sup.link.setPeers({ a: a.sup.address, m: m.sup.address });
+      b.sup.link.send({ shard: 'c/0', from: 'b', to: 'm', payload: Buffer.from('entries') });
+      console.log(`sidecar: m dialling b: ${await logged(m, /peer b at /)}`);
+      console.log(`sidecar: b dialling m: ${await logged(b, /peer m at /)}`);
+      // b still takes a's messages, and none of m's came.
+      await transfer(a, b, 'a', 'b', [100]);
+      b.sup.link.off('message', onMessage);
+      expect(arrived).not.toContain('m');
+    } finally {
+      b.sup.link.setPeers({ a: a.sup.address });
+      await m.sup.close();
+    }
+  });
+
+  it('a certificate the CA signed speaks only for the node it names', async () => {
+    // c's certificate names c: dialled as 'a', it is not the node meant.
+    const c = await startNode('c', 'test', '127.0.0.1:0', ca.issue('c'));
+    try {
+      b.sup.link.setPeers({ a: c.sup.address });
+      b.sup.link.send({ shard: 'c/0', from: 'b', to: 'a', payload: Buffer.from('entries') });
+      expect(await logged(b, /names c, not node 'a'/)).toMatch(/peer a at /);
+      // And c saying hello to b as 'a' is refused.
+      const files = ca.issue('c', 'c-client');
+      const creds = grpc.credentials.createSsl(fs.readFileSync(files.ca), fs.readFileSync(files.key), fs.readFileSync(files.cert), { checkServerIdentity: () => undefined });
+      const client = new grpc.Client(b.sup.address, creds);
+      try {
+        const call = client.makeBidiStreamRequest<FrameInit, Frame>(EXCHANGE_PATH, encodeFrame, decodeFrame);
+        call.write({ body: { case: 'hello', value: { cluster: 'test', nodeId: 'a', to: 'b' } } });
+        const e = await new Promise<grpc.ServiceError>((resolve) => call.once('error', resolve));
+        expect(e.metadata.get('quiver-code')[0]).toBe('PERMISSION_DENIED');
+      } finally {
+        client.close();
+      }
+    } finally {
+      b.sup.link.setPeers({ a: a.sup.address });
+      await c.sup.close();
     }
   });
 });

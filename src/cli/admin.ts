@@ -120,7 +120,8 @@ async function nodeAddress(server: Node, node: string): Promise<Node> {
   const view = await call<ClusterView>(server, 'GET', '/v1/cluster');
   const n = view.nodes.find((x) => x.id === node);
   if (!n) throw new QuiverError('NOT_FOUND', `no live node named "${node}" (live: ${view.nodes.map((x) => x.id).join(', ')})`);
-  return { ...server, base: n.http.startsWith('http') ? n.http : `http://${n.http}` };
+  // The nodes of a cluster all serve HTTP or all HTTPS (TLS): the scheme of --server.
+  return { ...server, base: n.http.startsWith('http') ? n.http : `${new URL(server.base).protocol}//${n.http}` };
 }
 
 export async function admin(argv: string[]): Promise<number> {

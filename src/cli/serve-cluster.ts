@@ -20,6 +20,7 @@ import { ClusterDatabase, ClusterNodeRecord, CollectionRecord, CoordinatorPort }
 import { setSearchLaneDefaults } from '../native';
 import { Access, Metrics, startServer } from '../server';
 import { NodePeers, nodeMethods } from '../server/node-service';
+import type { TlsFiles, TlsMaterial } from '../common/tls';
 
 export interface ClusterConfig {
   data: string;
@@ -40,6 +41,10 @@ export interface ClusterConfig {
   version: string;
   /** API keys and rate limits; the node calls the others with its internal key. */
   access: Access;
+  /** TLS on every hop: the node's certificate and the cluster's CA, as files (the sidecar reads them) and as read. */
+  tls?: { files: Required<TlsFiles>; material: TlsMaterial };
+  /** The etcd client's TLS and user. */
+  etcdAccess: { tls?: { ca: Buffer; cert?: Buffer; key?: Buffer }; auth?: { username: string; password: string } };
 }
 
 /**
@@ -76,7 +81,7 @@ class CoordinatorRelay extends EventEmitter implements CoordinatorPort {
 }
 
 /** `say`: the start-up lines on stdout (where the node listens); the rest goes to the log, each line with the node's id. */
-export async function serveCluster(cfg: ClusterConfig, say: (m: string) => void): Promise<{ close(): Promise<void> }> {
+export async function serveCluster(cfg: ClusterConfig, say: (m: string) => void): Promise<{ close(): Promise<void>; reloadTls(m: TlsMaterial): void }> {
   const log = rootLog.child({ node: cfg.nodeId });
   // A node shares its cores with its sidecar (and, on a test or benchmark host, with other nodes):
   // the search lane neither spins for the next search nor has the event loop poll for its answer.
@@ -85,7 +90,7 @@ export async function serveCluster(cfg: ClusterConfig, say: (m: string) => void)
   cfg.access.attach(metrics);
   fs.mkdirSync(cfg.data, { recursive: true });
 
-  const sidecar = await SidecarSupervisor.start({ dataDir: cfg.data, nodeId: cfg.nodeId, listen: cfg.replication, cluster: cfg.cluster, log });
+  const sidecar = await SidecarSupervisor.start({ dataDir: cfg.data, nodeId: cfg.nodeId, listen: cfg.replication, cluster: cfg.cluster, tls: cfg.tls?.files, log });
   say(`sidecar pid ${sidecar.pid()} replicating on ${sidecar.address}`);
 
   const relay = new CoordinatorRelay();
@@ -93,7 +98,7 @@ export async function serveCluster(cfg: ClusterConfig, say: (m: string) => void)
     sidecar.link.setPeers(Object.fromEntries(Object.entries(n).filter(([id]) => id !== cfg.nodeId).map(([id, r]) => [id, r.replication])));
   });
   // Other nodes' gRPC addresses, as the database last heard of them from etcd (called after db is set).
-  const peers = new NodePeers((node): string | undefined => db.liveNodes()[node]?.grpc, () => cfg.access.internalKey);
+  const peers = new NodePeers((node): string | undefined => db.liveNodes()[node]?.grpc, () => cfg.access.internalKey, cfg.tls?.material);
   const db: ClusterDatabase = new ClusterDatabase({
     dataDir: cfg.data,
     snapshotIntervalMs: cfg.snapshotIntervalMs,
@@ -118,18 +123,27 @@ export async function serveCluster(cfg: ClusterConfig, say: (m: string) => void)
   metrics.attachReplication(() => db.replication());
   sidecar.link.on('message', (m: { shard: string; from: NodeId; payload: Buffer }) => db.onPeerMessage(m.from, m.shard, m.payload));
 
-  const server = await startServer({ db, dataDir: cfg.data, grpc: cfg.grpc, http: cfg.http, metrics, access: cfg.access, moreMethods: (svc) => nodeMethods(svc, db) });
+  const server = await startServer({ db, dataDir: cfg.data, grpc: cfg.grpc, http: cfg.http, metrics, access: cfg.access, moreMethods: (svc) => nodeMethods(svc, db, cfg.tls !== undefined), tls: cfg.tls?.material });
   say(`grpc listening on ${server.grpcAddress} (quiver)`);
-  say(`http listening on http://${server.httpAddress}`);
+  say(`http listening on ${cfg.tls ? 'https' : 'http'}://${server.httpAddress}`);
 
+  // A node that cannot reach etcd (down, or refusing its certificate or user) stops what it
+  // started, so that the process exits with the error.
   const coordinator = await EtcdCoordinator.connect({
     endpoints: cfg.etcd,
     cluster: cfg.cluster,
     node: cfg.nodeId,
     leaseTtlMs: cfg.leaseTtlMs,
     controller: { reReplicateAfterMs: cfg.reReplicateAfterMs },
+    ...cfg.etcdAccess,
     info: { zone: cfg.zone, draining: false, version: cfg.version, grpc: server.grpcAddress, http: server.httpAddress, replication: sidecar.address },
     log,
+  }).catch(async (e: unknown) => {
+    await server.close();
+    await db.close();
+    peers.close();
+    await sidecar.close();
+    throw e;
   });
   relay.attach(coordinator);
   coordinator.on('map', (shard: ShardKey, m: ShardMap) => log.info('shard map', { shard, epoch: m.epoch, leader: m.leader, phase: m.phase, replicas: m.replicas }));
@@ -140,6 +154,11 @@ export async function serveCluster(cfg: ClusterConfig, say: (m: string) => void)
   say(`joined cluster "${cfg.cluster}" through etcd ${cfg.etcd.join(',')} as node ${cfg.nodeId}`);
 
   return {
+    reloadTls(m) {
+      server.reloadTls(m);
+      peers.setTls(m);
+      sidecar.restart();
+    },
     async close() {
       // Leaderships go to followers that have the whole log first (no lease wait for the cluster),
       // while this node still serves and forwards; bounded, as the controller falls back to an

@@ -16,6 +16,7 @@ import type { ClusterConfig } from './serve-cluster';
 import { VERSION } from '../common/version';
 import { defaultSegmentBytes } from '../wal';
 import { LOG_LEVELS, LogLevel, configureLog, log } from '../common/log';
+import { TlsFiles, TlsMaterial, readTls } from '../common/tls';
 
 const USAGE = `usage: quiver serve [options]
 
@@ -58,6 +59,20 @@ options:
   --cluster NAME              cluster: its name (the etcd prefix /quiver/NAME/); default quiver
   --lease-ttl-ms N            cluster: the node's etcd lease TTL; default 2000 (etcd grants at
                               least 2000 with its default timings)
+  --tls-cert FILE             serve gRPC and HTTP over TLS with this certificate (PEM); in a
+  --tls-key FILE              cluster it is also the node's certificate to other nodes and
+                              sidecars, and must name the node id in its CN or a DNS
+                              subjectAltName
+  --tls-ca FILE               the CA (PEM) whose signature a client certificate must carry: a
+                              client presenting another is refused; in a cluster (required
+                              there with --tls-cert) every node's certificate must be signed by
+                              it, and only nodes may call the node service
+  --etcd-ca FILE              cluster: the CA of etcd's certificate (PEM); needed with, and
+                              only with, https:// etcd endpoints
+  --etcd-cert FILE            cluster: a client certificate and key for etcd (etcd
+  --etcd-key FILE             --client-cert-auth)
+  --etcd-user NAME            cluster: etcd user (etcd auth enabled), with its password in
+  --etcd-password-file FILE   this file (a trailing newline is dropped)
   --drain-timeout-ms N        cluster: how long SIGTERM waits for the node's leaderships to move
                               to followers before it stops anyway; default 15000
   --rereplicate-after-ms N    cluster: a node gone this long has its replicas rebuilt on other
@@ -67,10 +82,14 @@ options:
 Both servers bind loopback by default; give a non-loopback host explicitly to listen elsewhere.
 SIGTERM or SIGINT: stop accepting requests, finish those in flight, snapshot, exit 0 (in a
 cluster, first hand the node's leaderships over to followers, as quiver admin drain does).
-SIGHUP: re-read the --api-keys file (a file that does not load leaves the keys as they were).
+SIGHUP: re-read the --api-keys file (a file that does not load leaves the keys as they were) and
+the --tls-* files (connections made from then on use them; in a cluster the sidecar restarts to
+read them). The etcd files are read at start only.
 `;
 
-const CONFIG_KEYS = ['data', 'grpc', 'http', 'grpc-impl', 'snapshot-interval-ms', 'wal-segment-bytes', 'node-id', 'log-level', 'api-keys', 'rate-limit', 'etcd', 'replication', 'zone', 'cluster', 'lease-ttl-ms', 'drain-timeout-ms', 'rereplicate-after-ms'];
+const TLS_KEYS = ['tls-cert', 'tls-key', 'tls-ca'];
+const ETCD_TLS_KEYS = ['etcd-ca', 'etcd-cert', 'etcd-key', 'etcd-user', 'etcd-password-file'];
+const CONFIG_KEYS = ['data', 'grpc', 'http', 'grpc-impl', 'snapshot-interval-ms', 'wal-segment-bytes', 'node-id', 'log-level', 'api-keys', 'rate-limit', 'etcd', 'replication', 'zone', 'cluster', 'lease-ttl-ms', 'drain-timeout-ms', 'rereplicate-after-ms', ...TLS_KEYS, ...ETCD_TLS_KEYS];
 
 export const SERVE: CommandSpec = {
   usage: USAGE,
@@ -89,8 +108,10 @@ interface ServeConfig {
   /** The key file (--api-keys), resolved. */
   apiKeys?: string;
   rateLimits?: RateLimits;
+  /** TLS on the API servers (and between nodes): the files, read at start and on SIGHUP. */
+  tls?: TlsFiles;
   /** Cluster mode when set. */
-  cluster?: Omit<ClusterConfig, 'data' | 'grpc' | 'http' | 'snapshotIntervalMs' | 'segmentBytes' | 'nodeId' | 'access'>;
+  cluster?: Omit<ClusterConfig, 'data' | 'grpc' | 'http' | 'snapshotIntervalMs' | 'segmentBytes' | 'nodeId' | 'access' | 'tls'>;
 }
 
 function readConfig(file: string): Record<string, string> {
@@ -151,10 +172,15 @@ export function resolveConfig(argv: string[]): ServeConfig | null {
     if (!keyFile) throw new UsageError('--rate-limit needs --api-keys (a bucket is kept per key)');
     cfg.rateLimits = parseRateLimits(rate);
   }
+  const [cert, key, ca] = TLS_KEYS.map((k) => get(k, '') || undefined);
+  if ((cert === undefined) !== (key === undefined)) throw new UsageError('--tls-cert and --tls-key go together');
+  if (ca !== undefined && cert === undefined) throw new UsageError('--tls-ca needs --tls-cert and --tls-key');
+  if (cert !== undefined) cfg.tls = { cert, key: key!, ca };
   if (etcd === undefined) {
-    for (const k of ['replication', 'zone', 'cluster', 'lease-ttl-ms', 'drain-timeout-ms', 'rereplicate-after-ms']) if (stringFlag(p, k) ?? file[k]) throw new UsageError(`--${k} is a cluster flag: it needs --etcd`);
+    for (const k of ['replication', 'zone', 'cluster', 'lease-ttl-ms', 'drain-timeout-ms', 'rereplicate-after-ms', ...ETCD_TLS_KEYS]) if (stringFlag(p, k) ?? file[k]) throw new UsageError(`--${k} is a cluster flag: it needs --etcd`);
     return cfg;
   }
+  if (cfg.tls && cfg.tls.ca === undefined) throw new UsageError('a cluster node with --tls-cert needs --tls-ca: the CA that signs every node\'s certificate');
   const endpoints = etcd.split(',').map((u) => u.trim());
   for (const u of endpoints) if (!/^https?:\/\/[^/\s]+$/.test(u)) throw new UsageError(`--etcd takes URLs like http://127.0.0.1:2379 (got '${u}')`);
   if (cfg.grpcImpl !== 'quiver') throw new UsageError('a cluster node serves gRPC with --grpc-impl quiver (the node service runs on it)');
@@ -167,9 +193,30 @@ export function resolveConfig(argv: string[]): ServeConfig | null {
   if (!/^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/.test(cfg.nodeId)) throw new UsageError(`--node-id must be 1..64 of [A-Za-z0-9_-] (got '${cfg.nodeId}')`);
   const name = get('cluster', 'quiver');
   if (!/^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/.test(name)) throw new UsageError(`--cluster must be 1..64 of [A-Za-z0-9_-] (got '${name}')`);
-  cfg.cluster = { etcd: endpoints, replication: get('replication', '127.0.0.1:7402'), zone: get('zone', '') || null, cluster: name, leaseTtlMs: ttl, drainTimeoutMs, reReplicateAfterMs, version: VERSION };
+  cfg.cluster = { etcd: endpoints, replication: get('replication', '127.0.0.1:7402'), zone: get('zone', '') || null, cluster: name, leaseTtlMs: ttl, drainTimeoutMs, reReplicateAfterMs, version: VERSION, etcdAccess: etcdAccess(endpoints, get) };
   splitHostPort(cfg.cluster.replication, '--replication');
   return cfg;
+}
+
+/** The etcd client's TLS and authentication from the --etcd-* flags; files are read here (NOT_FOUND when one cannot be). */
+function etcdAccess(endpoints: string[], get: (k: string, fallback: string) => string): ClusterConfig['etcdAccess'] {
+  const [ca, cert, key, user, passwordFile] = ETCD_TLS_KEYS.map((k) => get(k, '') || undefined);
+  if ((cert === undefined) !== (key === undefined)) throw new UsageError('--etcd-cert and --etcd-key go together');
+  if ((user === undefined) !== (passwordFile === undefined)) throw new UsageError('--etcd-user and --etcd-password-file go together');
+  const secure = endpoints.every((u) => u.startsWith('https:'));
+  if (secure !== (ca !== undefined)) throw new UsageError('https:// etcd endpoints (all of them) and --etcd-ca go together');
+  if (cert !== undefined && !secure) throw new UsageError('--etcd-cert needs https:// etcd endpoints and --etcd-ca');
+  const read = (f: string, what: string): Buffer => {
+    try {
+      return fs.readFileSync(f);
+    } catch (e) {
+      throw new QuiverError('NOT_FOUND', `cannot read the ${what} ${f}: ${(e as Error).message}`);
+    }
+  };
+  return {
+    tls: ca === undefined ? undefined : { ca: read(ca, 'etcd CA'), cert: cert === undefined ? undefined : read(cert, 'etcd certificate'), key: key === undefined ? undefined : read(key, 'etcd key') },
+    auth: user ? { username: user, password: read(passwordFile!, 'etcd password file').toString('utf8').replace(/\r?\n$/, '') } : undefined,
+  };
 }
 
 export async function serve(argv: string[]): Promise<number> {
@@ -203,11 +250,14 @@ export async function serve(argv: string[]): Promise<number> {
   const say = (m: string): void => void process.stdout.write(`quiver: ${m}\n`);
   // Before the first large allocation: the server's batches should reuse heap memory, not remap it.
   tuneAllocatorForServer();
+  const tlsFiles = cfg.tls;
+  const tls = tlsFiles && readTls(tlsFiles);
   if (cfg.cluster) {
     // The cluster's code (etcd client, sidecar supervisor, replica hosts) loads only in cluster mode.
     const { serveCluster } = await import('./serve-cluster');
-    const node = await serveCluster({ ...cfg, ...cfg.cluster, access }, say);
+    const node = await serveCluster({ ...cfg, ...cfg.cluster, access, tls: tlsFiles && tls && { files: { ...tlsFiles, ca: tlsFiles.ca! }, material: tls } }, say);
     const stopped = untilSignal(() => node.close());
+    if (tlsFiles) reloads.push({ what: 'TLS certificate files', reload: () => node.reloadTls(readTls(tlsFiles)) });
     say('ready');
     return stopped;
   }
@@ -225,15 +275,16 @@ export async function serve(argv: string[]): Promise<number> {
   say(`opened ${cfg.data} in ${Date.now() - t0} ms (standalone, node ${cfg.nodeId}, ${db.listCollections().length} collections)`);
   let server;
   try {
-    server = await startServer({ db, dataDir: cfg.data, grpc: cfg.grpc, http: cfg.http, grpcImpl: cfg.grpcImpl, metrics, access });
+    server = await startServer({ db, dataDir: cfg.data, grpc: cfg.grpc, http: cfg.http, grpcImpl: cfg.grpcImpl, metrics, access, tls });
   } catch (e) {
     await db.close();
     throw e;
   }
   say(`grpc listening on ${server.grpcAddress} (${cfg.grpcImpl})`);
-  say(`http listening on http://${server.httpAddress}`);
+  say(`http listening on ${tls ? 'https' : 'http'}://${server.httpAddress}`);
 
   const running = server;
+  if (tlsFiles) reloads.push({ what: 'TLS certificate files', reload: () => running.reloadTls(readTls(tlsFiles)) });
   const stopped = untilSignal(async () => {
     await running.close();
     const t = Date.now();

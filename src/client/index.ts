@@ -121,6 +121,20 @@ export interface ClientOptions {
    * `--api-keys`. Default: the environment variable QUIVER_API_KEY, else none.
    */
   apiKey?: string;
+  /** Connect over TLS (the nodes run with --tls-cert). */
+  tls?: ClientTls;
+}
+
+/**
+ * TLS to the nodes, as PEM text or bytes: the CA that signed their certificates (checked against
+ * the host dialled, or `servername`), and a client certificate and key where the nodes ask for one.
+ */
+export interface ClientTls {
+  ca: string | Buffer;
+  cert?: string | Buffer;
+  key?: string | Buffer;
+  /** The name the nodes' certificates must carry, in place of the host dialled. */
+  servername?: string;
 }
 
 export interface CallOptions {
@@ -181,11 +195,13 @@ export class QuiverClient {
   /** The session: per collection, where this client's writes left each shard. */
   private readonly session = new Map<string, WriteToken>();
   private readonly apiKey: () => string | undefined;
+  private readonly tls: ClientTls | undefined;
 
   private constructor(addresses: string[], opts: ClientOptions) {
     const key = opts.apiKey ?? (process.env.QUIVER_API_KEY || undefined);
     this.apiKey = () => key;
     this.addresses = addresses;
+    this.tls = opts.tls;
     this.channels = addresses.map((a) => this.channelTo(a));
     this.deadlineMs = opts.deadlineMs ?? defaultDeadlineMs;
     this.retries = opts.retries ?? 4;
@@ -200,7 +216,7 @@ export class QuiverClient {
   private channelTo(address: string): GrpcChannel {
     if (this.closed) throw new QuiverError('UNAVAILABLE', 'the client is closed');
     let ch = this.byAddress.get(address);
-    if (!ch) this.byAddress.set(address, (ch = new GrpcChannel(address, requestBytesMax, this.apiKey)));
+    if (!ch) this.byAddress.set(address, (ch = new GrpcChannel(address, requestBytesMax, { apiKey: this.apiKey, tls: this.tls })));
     return ch;
   }
 

@@ -57,6 +57,10 @@ export interface EtcdCoordinatorOptions {
   callTimeoutMs?: number;
   controller?: Partial<ControllerConfig>;
   log?: Pick<Log, 'error'>;
+  /** TLS to etcd (https endpoints): the CA that signed etcd's certificate, and a client certificate when etcd asks for one. */
+  tls?: { ca: Buffer; cert?: Buffer; key?: Buffer };
+  /** etcd's user and password authentication. */
+  auth?: { username: string; password: string };
 }
 
 const now = (): number => performance.now();
@@ -194,6 +198,8 @@ export class EtcdCoordinator extends EventEmitter {
     this.log = opts.log ?? rootLog;
     this.client = new Etcd3({
       hosts: opts.endpoints,
+      credentials: opts.tls && { rootCertificate: opts.tls.ca, privateKey: opts.tls.key, certChain: opts.tls.cert },
+      auth: opts.auth,
       // Streams (watch, keepalive) carry their own deadlines; every unary call gets this one.
       defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + callTimeoutMs }),
       faultHandling: {

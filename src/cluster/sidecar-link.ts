@@ -29,6 +29,7 @@ import { LocalFrameSchema } from '../rpc/gen/replication_pb';
 import type { LocalFrame, PeerMessage as WireMessage } from '../rpc/gen/replication_pb';
 import type { NodeId } from './types';
 import { Log, log as rootLog } from '../common/log';
+import type { TlsFiles } from '../common/tls';
 
 export interface PeerMessage {
   shard: string;
@@ -434,6 +435,8 @@ export interface SidecarOptions {
   listen: string;
   /** The cluster's name: sidecars of another cluster are refused. */
   cluster: string;
+  /** Mutual TLS between sidecars: the node's certificate files and the cluster's CA (the sidecar reads them at start). */
+  tls?: Required<TlsFiles>;
   /** Default the process's log. */
   log?: Pick<Log, 'error' | 'warn'>;
 }
@@ -488,10 +491,20 @@ export class SidecarSupervisor {
     }
   }
 
+  /**
+   * Stops the sidecar; the supervisor starts a new one on the same address (after its restart
+   * delay), which reads its TLS files again. Messages lost meanwhile are retransmitted by the
+   * replica machines, as after a crash.
+   */
+  restart(): void {
+    this.child?.kill('SIGTERM');
+  }
+
   /** Spawns a sidecar and connects to it; rejects if it exits or stays silent before that. */
   private launch(listen: string): Promise<void> {
     const o = this.opts;
-    const child = spawn(process.execPath, [SIDECAR_MAIN, '--node-id', o.nodeId, '--listen', listen, '--socket', this.socketPath, '--cluster', o.cluster], {
+    const tlsArgs = o.tls ? ['--tls-cert', o.tls.cert, '--tls-key', o.tls.key, '--tls-ca', o.tls.ca] : [];
+    const child = spawn(process.execPath, [SIDECAR_MAIN, '--node-id', o.nodeId, '--listen', listen, '--socket', this.socketPath, '--cluster', o.cluster, ...tlsArgs], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     this.child = child;

@@ -20,12 +20,15 @@
  *                      details (quiver-leader, ...)  (END_STREAM)
  * No compression is asked for (no grpc-accept-encoding), so a compressed answer is INTERNAL.
  *
+ * Over TLS (the channel given tls options) the connection asks for h2 by ALPN and :scheme is https.
+ *
  * One HTTP/2 connection per address, opened on first use and again after it fails or the server
  * sends GOAWAY; calls share it as streams. The socket keeps the process alive only while calls
  * are in flight. A call on a stream the server will not take (above its GOAWAY) fails UNAVAILABLE,
  * which the client retries.
  */
 import * as net from 'net';
+import * as tls from 'tls';
 import { ErrorCode, QuiverError, isErrorCode } from '../errors';
 import { H2ConnectionError, H2InternalError, H2Session, H2Stream, H2_ERROR, NotHttp2Error } from './h2';
 import type { HeaderList } from './hpack';
@@ -118,11 +121,14 @@ export class GrpcChannel {
   private readonly host: string;
   private readonly port: number;
 
-  /** A malformed address is INVALID_ARGUMENT here, before any connection is tried. apiKey: read at each call, sent as `authorization: Bearer <key>`. */
+  /**
+   * A malformed address is INVALID_ARGUMENT here, before any connection is tried. `apiKey`: read at
+   * each call, sent as `authorization: Bearer <key>`; `tls`: connect over TLS with these options.
+   */
   constructor(
     readonly address: string,
     private readonly receiveBytesMax: number,
-    private readonly apiKey?: () => string | undefined,
+    private readonly opts: { apiKey?: () => string | undefined; tls?: tls.ConnectionOptions } = {},
   ) {
     ({ host: this.host, port: this.port } = splitHostPort(address, 'a node address'));
   }
@@ -149,7 +155,7 @@ export class GrpcChannel {
     if (this.session && this.session.canOpen()) return Promise.resolve(this.session);
     if (this.connecting) return this.connecting;
     const p = new Promise<H2Session<Pending>>((resolve, reject) => {
-      const socket = net.connect({ host: this.host, port: this.port });
+      const socket = this.opts.tls ? tls.connect({ ...this.opts.tls, host: this.host, port: this.port, ALPNProtocols: ['h2'] }) : net.connect({ host: this.host, port: this.port });
       const left = Math.max(1, deadlineAt - Date.now());
       let ready = false;
       const timer = setTimeout(() => {
@@ -303,7 +309,7 @@ export class GrpcChannel {
       prefix.writeUInt32BE(message.length, 1);
       const headers: HeaderList = [
         [':method', 'POST'],
-        [':scheme', 'http'],
+        [':scheme', this.opts.tls ? 'https' : 'http'],
         [':path', path],
         [':authority', this.address],
         ['content-type', 'application/grpc'],
@@ -311,7 +317,7 @@ export class GrpcChannel {
         ['grpc-timeout', grpcTimeout(deadlineAt - Date.now())],
         ['user-agent', 'quiver-client'],
       ];
-      const key = this.apiKey?.();
+      const key = this.opts.apiKey?.();
       if (key) headers.push(['authorization', `Bearer ${key}`]);
       session.send(
         s,

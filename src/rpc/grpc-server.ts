@@ -43,12 +43,14 @@
  *     (onEvent 'internal_error'), and the server goes on.
  */
 import * as net from 'net';
+import * as tls from 'tls';
 import * as limits from '../common/limits';
+import { refuseUnverified } from '../common/tls';
 import { H2ConnectionError, H2InternalError, H2Session, H2Stream, H2_ERROR, refusal } from './h2';
 import type { HeaderList } from './hpack';
 import { GRPC_STATUS, QUIVER_CODE_KEY, detailKey, grpcStatusOf } from './proto';
 import { asQuiverError } from '../server/validate';
-import type { QuiverError } from '../errors';
+import { QuiverError } from '../errors';
 
 /** One unary method: its wire codec and the handler (rejects with a QuiverError). */
 export interface GrpcMethod {
@@ -60,6 +62,8 @@ export interface GrpcMethod {
    * large request may be gathered in a reused buffer that goes back to the pool then.
    */
   reusesRequest?: boolean;
+  /** Refuses a caller by its connection (the node service takes only other nodes' certificates); null lets it call. */
+  authorize?(peer: net.Socket): QuiverError | null;
 }
 
 /**
@@ -221,6 +225,12 @@ export interface H2GrpcServerOptions {
    * else the error it is answered with, before its message is received.
    */
   authorize?(path: string, headers: HeaderList): QuiverError | undefined;
+  /**
+   * Serve over TLS (ALPN h2) with these options (src/common/tls.ts serverTlsOptions): a client's
+   * certificate that the CA did not sign closes its connection. The connection limits count
+   * connections once their handshake is done; the handshake itself has handshakeTimeoutMs.
+   */
+  tls?: tls.TlsOptions;
 }
 
 interface Conn {
@@ -250,7 +260,7 @@ interface Conn {
 const STALLED_WINDOW_BYTES = 64 * 1024;
 
 export class H2GrpcServer {
-  private readonly server: net.Server;
+  private readonly server: net.Server | tls.Server;
   /**
    * Open connections. A stream the client resets is gone from the connection's stream count but
    * its handler still runs (Conn.running): without that bound a client could open, finish and
@@ -277,7 +287,16 @@ export class H2GrpcServer {
   ) {
     this.maxStreams = opts.maxConcurrentStreams ?? 1000;
     this.limits = { ...GRPC_TRANSPORT_LIMITS, ...opts.limits };
-    this.server = net.createServer((socket) => this.accept(socket));
+    if (opts.tls) {
+      const server = tls.createServer({ ...opts.tls, ALPNProtocols: ['h2'], handshakeTimeout: this.limits.handshakeTimeoutMs }, (socket) => {
+        if (!refuseUnverified(socket)) this.accept(socket);
+      });
+      // A failed handshake: TLS has closed the socket already.
+      server.on('tlsClientError', () => undefined);
+      this.server = server;
+    } else {
+      this.server = net.createServer((socket) => this.accept(socket));
+    }
     this.idleMs = opts.idleTimeoutMs ?? 300_000;
     const tickMs = Math.max(10, Math.min(1000, this.limits.handshakeTimeoutMs / 2, this.idleMs > 0 ? this.idleMs / 2 : Infinity));
     this.sweeper = setInterval(() => this.sweep(), tickMs);
@@ -346,6 +365,12 @@ export class H2GrpcServer {
         resolve((this.server.address() as net.AddressInfo).port);
       });
     });
+  }
+
+  /** New TLS options (certificate files read again) for the connections accepted from now on. */
+  setSecureContext(options: tls.TlsOptions): void {
+    if (!(this.server instanceof tls.Server)) throw new QuiverError('FAILED_PRECONDITION', 'the server does not use TLS');
+    this.server.setSecureContext(options);
   }
 
   private accept(socket: net.Socket): void {
@@ -532,9 +557,10 @@ export class H2GrpcServer {
     }
     const m = this.methods.get(path);
     if (!m) return this.fail(session, s, GRPC_STATUS.UNIMPLEMENTED, `unknown method ${path}`);
-    if (encoding !== '' && encoding !== 'identity') return this.fail(session, s, GRPC_STATUS.UNIMPLEMENTED, `grpc-encoding ${encoding} is not supported`);
-    const refused = this.opts.authorize?.(path, headers);
+    // The peer's certificate (a method of the node service), then the API key.
+    const refused = m.authorize?.(session.socket) ?? this.opts.authorize?.(path, headers);
     if (refused) return this.fail(session, s, grpcStatusOf(refused.code), refused.message, refused.code, refused.details);
+    if (encoding !== '' && encoding !== 'identity') return this.fail(session, s, GRPC_STATUS.UNIMPLEMENTED, `grpc-encoding ${encoding} is not supported`);
     let ms: number | undefined = limits.defaultDeadlineMs;
     if (timeout !== undefined) {
       ms = parseGrpcTimeout(timeout);

@@ -12,6 +12,7 @@ import { GrpcHandler, GrpcHandlers, serverMethods } from './grpc';
 import { asQuiverError } from './validate';
 import type { GrpcFrontEnd } from './index';
 import type { Access } from './access';
+import type { TlsMaterial } from '../common/tls';
 
 /** The service in @grpc/grpc-js's form: each method's path and codecs (`--grpc-impl grpc-js`, tests). */
 export function grpcJsDefinition(table: MethodTable = serverMethods): grpc.ServiceDefinition {
@@ -61,8 +62,51 @@ export function grpcJsImplementation(handlers: GrpcHandlers, access?: Access): g
   return out;
 }
 
-/** @grpc/grpc-js's server answering `handlers`. */
-export function grpcJsFrontEnd(handlers: GrpcHandlers, access?: Access): GrpcFrontEnd {
+type CaListener = grpc.experimental.CaCertificateUpdateListener;
+type IdentityListener = grpc.experimental.IdentityCertificateUpdateListener;
+
+/** The node's certificate and CA as grpc-js's certificate provider: `update` hands new files to its listeners (reload). */
+class TlsProvider implements grpc.experimental.CertificateProvider {
+  private readonly ca = new Set<CaListener>();
+  private readonly identity = new Set<IdentityListener>();
+
+  constructor(private m: TlsMaterial) {}
+
+  update(m: TlsMaterial): void {
+    this.m = m;
+    for (const l of this.ca) l(m.ca ? { caCertificate: m.ca } : null);
+    for (const l of this.identity) l({ certificate: m.cert, privateKey: m.key });
+  }
+
+  // A listener hears the files in use on the next turn: grpc-js adds its server's watcher only
+  // after it has added its listeners, so what they heard at once would not reach the server.
+  addCaCertificateListener(l: CaListener): void {
+    this.ca.add(l);
+    queueMicrotask(() => l(this.m.ca ? { caCertificate: this.m.ca } : null));
+  }
+
+  removeCaCertificateListener(l: CaListener): void {
+    this.ca.delete(l);
+  }
+
+  addIdentityCertificateListener(l: IdentityListener): void {
+    this.identity.add(l);
+    queueMicrotask(() => l({ certificate: this.m.cert, privateKey: this.m.key }));
+  }
+
+  removeIdentityCertificateListener(l: IdentityListener): void {
+    this.identity.delete(l);
+  }
+}
+
+/**
+ * @grpc/grpc-js's server answering `handlers` (checking API keys with `access`); over TLS when `tls` is given. grpc-js asks for a
+ * client's certificate when there is a CA but does not refuse one the CA did not sign (its option
+ * to refuse also refuses clients without one): Quiver's own server does.
+ */
+export function grpcJsFrontEnd(handlers: GrpcHandlers, access?: Access, tls?: TlsMaterial): GrpcFrontEnd {
+  const provider = tls ? new TlsProvider(tls) : null;
+  const credentials = provider ? grpc.experimental.createCertificateProviderServerCredentials(provider, tls!.ca ? provider : null, false) : grpc.ServerCredentials.createInsecure();
   const server = new grpc.Server({
     'grpc.max_receive_message_length': requestBytesMax,
     'grpc.max_send_message_length': requestBytesMax,
@@ -71,8 +115,9 @@ export function grpcJsFrontEnd(handlers: GrpcHandlers, access?: Access): GrpcFro
   return {
     bind: (host, port) =>
       new Promise<number>((resolve, reject) =>
-        server.bindAsync(joinHostPort(host, port), grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+        server.bindAsync(joinHostPort(host, port), credentials, (err, p) => (err ? reject(err) : resolve(p))),
       ),
+    reloadTls: (m) => provider?.update(m),
     tryShutdown: () => new Promise<void>((resolve) => server.tryShutdown(() => resolve())),
     forceShutdown: () => server.forceShutdown(),
   };

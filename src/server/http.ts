@@ -15,6 +15,7 @@ import type { Op, Service } from './service';
 import { StatusSource, clusterJson, renderStatusPage } from './status-page';
 import { asQuiverError, gatherQueries } from './validate';
 import { Access, credentialOf } from './access';
+import type { TlsMaterial } from '../common/tls';
 
 export const HTTP_STATUS_OF: Record<ErrorCode, number> = {
   INVALID_ARGUMENT: 400,
@@ -88,14 +89,19 @@ export class HttpApi {
   private readonly routes: Route[];
   private readonly statusSource: StatusSource;
 
-  /** dataDir: where the database keeps its files (the status page shows the space free there); access: API keys, when requests need them. */
+  /**
+   * dataDir: where the database keeps its files (the status page shows the space free there);
+   * access: API keys, when requests need them; tls: the node's certificate and CA when its servers
+   * use TLS (the status page asks the other nodes with them).
+   */
   constructor(
     private readonly svc: Service,
     dataDir?: string,
     private readonly access?: Access,
+    tls?: TlsMaterial,
   ) {
     const db = svc.db;
-    const source = new StatusSource(() => db.status().nodeId, svc.metrics, dataDir, () => access?.internalKey);
+    const source = new StatusSource(() => db.status().nodeId, svc.metrics, dataDir, () => access?.internalKey, tls);
     this.statusSource = source;
     this.routes = [
       {
@@ -390,6 +396,11 @@ export class HttpApi {
   }
 
   /** The /v1 routes: each path's pattern and methods (what docs/openapi.yaml must describe). */
+  /** New certificate files (reload): the status page asks the other nodes with them. */
+  setTls(m: TlsMaterial): void {
+    this.statusSource.tls = m;
+  }
+
   routeTable(): { pattern: RegExp; methods: string[] }[] {
     return this.routes.map((r) => ({ pattern: r.pattern, methods: Object.keys(r.methods) }));
   }

@@ -4,6 +4,8 @@
  * finish, and closes the listeners (the caller closes the Database afterwards).
  */
 import * as http from 'http';
+import * as https from 'https';
+import * as tls from 'tls';
 import { PerformanceEntry, PerformanceObserver, constants } from 'perf_hooks';
 import { QuiverError } from '../errors';
 import { handshakeTimeoutMs, httpConnectionsMax, httpReserveConnections, requestBytesMax, requestReceiveTimeoutMs } from '../common/limits';
@@ -17,6 +19,7 @@ import { Metrics } from './metrics';
 import type { Access } from './access';
 import { Service, Logger } from './service';
 import { trimAllocator } from '../native/addon';
+import { TlsMaterial, refuseUnverified, serverTlsOptions } from '../common/tls';
 
 export { Metrics } from './metrics';
 export { HttpApi, HTTP_STATUS_OF, TIMEOUT_HEADER } from './http';
@@ -48,6 +51,8 @@ export interface ServerOptions {
   moreMethods?: (svc: Service) => Map<string, GrpcMethod>;
   /** API keys and rate limits (src/server/access.ts); none: every request is let through. */
   access?: Access;
+  /** Serve both endpoints over TLS with this certificate; with a CA, a client's certificate must be signed by it (src/common/tls.ts). */
+  tls?: TlsMaterial;
 }
 
 export interface TransportLimits extends GrpcTransportLimits {
@@ -69,27 +74,35 @@ export interface GrpcFrontEnd {
   bind(host: string, port: number): Promise<number>;
   tryShutdown(): Promise<void>;
   forceShutdown(): void;
+  /** New certificate files for the connections accepted from now on (a server over TLS). */
+  reloadTls(m: TlsMaterial): void;
 }
 
-async function grpcFrontEnd(impl: GrpcImpl, svc: Service, limits: Partial<GrpcTransportLimits> | undefined, more: Map<string, GrpcMethod> | undefined, access: Access | undefined): Promise<GrpcFrontEnd> {
+async function grpcFrontEnd(impl: GrpcImpl, svc: Service, limits: Partial<GrpcTransportLimits> | undefined, more: Map<string, GrpcMethod> | undefined, access: Access | undefined, tlsMaterial: TlsMaterial | undefined): Promise<GrpcFrontEnd> {
   const handlers = grpcHandlers(svc);
   const checked = access?.enabled ? access : undefined;
   if (impl === 'grpc-js') {
     // grpc-js (~13 MiB resident once loaded) only when asked for.
     const { grpcJsFrontEnd } = await import('./grpc-js');
-    return grpcJsFrontEnd(handlers, checked);
+    return grpcJsFrontEnd(handlers, checked, tlsMaterial);
   }
   const server = new H2GrpcServer(new Map([...grpcMethods(handlers), ...(more ?? [])]), {
     receiveBytesMax: requestBytesMax,
     limits,
     authorize: checked && ((path, headers) => checked.checkGrpc(path, (name) => headers.find(([k]) => k === name)?.[1])),
+    tls: tlsMaterial && serverTlsOptions(tlsMaterial),
     onEvent: (event, error) => {
       svc.metrics.observeTransport('grpc', event);
       if (error !== undefined) svc.log.error(`grpc ${event}`, { err: error });
     },
   });
   svc.whenQuiet(() => server.releaseBuffers());
-  return { bind: (host, port) => server.listen(host, port), tryShutdown: () => server.tryShutdown(), forceShutdown: () => server.forceShutdown() };
+  return {
+    bind: (host, port) => server.listen(host, port),
+    tryShutdown: () => server.tryShutdown(),
+    forceShutdown: () => server.forceShutdown(),
+    reloadTls: (m) => server.setSecureContext(serverTlsOptions(m)),
+  };
 }
 
 const isFullCollection = (e: PerformanceEntry): boolean => (e as { detail?: { kind?: number } }).detail?.kind === constants.NODE_PERFORMANCE_GC_MAJOR;
@@ -117,6 +130,8 @@ export interface RunningServer {
   httpAddress: string;
   metrics: Metrics;
   close(): Promise<void>;
+  /** Servers started with `tls`: new certificate files (reload) for the connections accepted from now on. */
+  reloadTls(m: TlsMaterial): void;
 }
 
 export async function startServer(opts: ServerOptions): Promise<RunningServer> {
@@ -130,30 +145,31 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
 
   const impl = checkGrpcImpl(opts.grpcImpl ?? 'quiver', 'grpcImpl');
   if (opts.moreMethods && impl !== 'quiver') throw new QuiverError('INVALID_ARGUMENT', 'a cluster node serves its node service on Quiver\'s own gRPC server (grpcImpl quiver)');
-  const grpcServer = await grpcFrontEnd(impl, svc, opts.limits, opts.moreMethods?.(svc), opts.access);
+  const grpcServer = await grpcFrontEnd(impl, svc, opts.limits, opts.moreMethods?.(svc), opts.access, opts.tls);
   const stopTrimming = trimWhenQuiet(svc);
   const grpcPort = await grpcServer.bind(g.host, g.port).catch((err: Error) => {
     throw new QuiverError('UNAVAILABLE', `cannot listen for gRPC on ${joinHostPort(g.host, g.port)}: ${err.message}`);
   });
 
-  const api = new HttpApi(svc, opts.dataDir, opts.access);
+  const api = new HttpApi(svc, opts.dataDir, opts.access, opts.tls);
   const conns = new HttpConnections(
     opts.limits?.httpConnectionsMax ?? httpConnectionsMax,
     opts.limits?.httpReserveConnections ?? httpReserveConnections,
     (event) => metrics.observeTransport('http', event),
   );
-  const httpServer = http.createServer(
-    {
-      // The headers of a request within the handshake deadline, the whole request within the
-      // receive deadline (node checks both every connectionsCheckingInterval).
-      headersTimeout: opts.limits?.handshakeTimeoutMs ?? handshakeTimeoutMs,
-      requestTimeout: opts.limits?.requestReceiveTimeoutMs ?? requestReceiveTimeoutMs,
-      connectionsCheckingInterval: 1000,
-      keepAliveTimeout: 5000,
-    },
-    conns.wrap(api.listener),
-  );
+  const httpOptions: http.ServerOptions = {
+    // The headers of a request within the handshake deadline, the whole request within the
+    // receive deadline (node checks both every connectionsCheckingInterval).
+    headersTimeout: opts.limits?.handshakeTimeoutMs ?? handshakeTimeoutMs,
+    requestTimeout: opts.limits?.requestReceiveTimeoutMs ?? requestReceiveTimeoutMs,
+    connectionsCheckingInterval: 1000,
+    keepAliveTimeout: 5000,
+  };
+  const httpServer = opts.tls
+    ? https.createServer({ ...httpOptions, ...serverTlsOptions(opts.tls), handshakeTimeout: httpOptions.headersTimeout }, conns.wrap(api.listener))
+    : http.createServer(httpOptions, conns.wrap(api.listener));
   httpServer.on('connection', conns.accept);
+  if (httpServer instanceof https.Server) httpServer.on('secureConnection', refuseUnverified);
   try {
     await new Promise<void>((resolve, reject) => {
       httpServer.once('error', (e) => reject(new QuiverError('UNAVAILABLE', `cannot listen for HTTP on ${joinHostPort(h.host, h.port)}: ${e.message}`)));
@@ -195,5 +211,11 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     httpAddress: svc.addresses.http!,
     metrics,
     close,
+    reloadTls(m) {
+      if (!(httpServer instanceof tls.Server)) throw new QuiverError('FAILED_PRECONDITION', 'the servers do not use TLS');
+      httpServer.setSecureContext(serverTlsOptions(m));
+      grpcServer.reloadTls(m);
+      api.setTls(m);
+    },
   };
 }

@@ -3,9 +3,13 @@
  * shard's leader, the per-shard parts of a search, get or count. `nodeMethods` serves it next to
  * the client API on the node's gRPC port (Quiver's own gRPC server); `NodePeers` calls it on the
  * other nodes, at the gRPC address each registered in etcd. Both ends use the generated codecs.
+ * Over TLS, a caller must present a certificate the cluster's CA signed that names a live node,
+ * and a called node must present one that names the node the caller meant (src/common/tls.ts).
  */
 import type { DescMessage, DescMethodUnary, MessageInitShape, MessageShape } from '@bufbuild/protobuf';
+import type * as net from 'net';
 import { defaultDeadlineMs, requestBytesMax } from '../common/limits';
+import { TlsMaterial, clientTlsOptions, verifiedNames } from '../common/tls';
 import { stringifyJson } from '../common/json';
 import { QuiverError } from '../errors';
 import type { NodeId } from '../cluster/types';
@@ -107,8 +111,23 @@ function pointsFromWire(r: MessageShape<typeof wire.GetResponseSchema>): Point[]
 }
 
 /** The node service's handlers, by path, for Quiver's own gRPC server. */
-export function nodeMethods(svc: Service, db: ClusterDatabase): Map<string, GrpcMethod> {
+/**
+ * Over TLS only another node may call the node service: its certificate signed by the CA (checked
+ * at the handshake) and naming a node the cluster knows as live.
+ */
+function nodeCaller(db: ClusterDatabase): (peer: net.Socket) => QuiverError | null {
+  return (peer) => {
+    const names = verifiedNames(peer);
+    if (names === null) return new QuiverError('UNAUTHENTICATED', 'the node service takes calls from other nodes only: present a node certificate the cluster CA signed');
+    const live = db.liveNodes();
+    return names.some((n) => Object.hasOwn(live, n)) ? null : new QuiverError('PERMISSION_DENIED', `the certificate names ${names.join(', ')}: no live node of the cluster`);
+  };
+}
+
+/** `tls`: the node's servers use TLS, so callers are checked (nodeCaller). */
+export function nodeMethods(svc: Service, db: ClusterDatabase, tls: boolean): Map<string, GrpcMethod> {
   const out = new Map<string, GrpcMethod>();
+  const authorize = tls ? nodeCaller(db) : undefined;
   const add = <M extends NodeMethodName, O = OutInit<M>>(m: M, fn: (req: In<M>, signal?: AbortSignal) => Promise<O>, encode = encoder(QuiverNode.method[m].output as DescMessage) as (v: O) => Buffer): void => {
     const d = QuiverNode.method[m] as DescMethodUnary;
     const op = d.name as Op;
@@ -116,6 +135,7 @@ export function nodeMethods(svc: Service, db: ClusterDatabase): Map<string, Grpc
       decode: decoder(d.input as DescMessage),
       encode: (v) => encode(v as O),
       handle: (request, deadlineAt) => svc.run(op, 'grpc', deadlineAt, (signal) => fn(request as In<M>, signal)),
+      authorize,
     });
   };
   add('shardUpsert', async (r, signal) => {
@@ -195,25 +215,35 @@ const METHODS = {
 
 /**
  * Calls the node service of other nodes; `addressOf` gives a node's gRPC address (from etcd),
- * `apiKey` the key this node calls them with (read at each call: SIGHUP may change it).
+ * `apiKey` the key this node calls them with (read at each call: SIGHUP may change it), `tls` the
+ * node's certificate and the CA, to call over TLS (setTls replaces them).
  */
 export class NodePeers implements PeerShards {
+  /** By node and address: over TLS a channel checks that the node answers. */
   private readonly channels = new Map<string, GrpcChannel>();
 
   constructor(
     private readonly addressOf: (node: NodeId) => string | undefined,
     private readonly apiKey?: () => string | undefined,
+    private tls?: TlsMaterial,
   ) {}
 
   private channel(node: NodeId): GrpcChannel {
     const address = this.addressOf(node);
     if (!address) throw new QuiverError('UNAVAILABLE', `node ${node} is not live`);
-    let ch = this.channels.get(address);
+    const key = `${node}@${address}`;
+    let ch = this.channels.get(key);
     if (!ch) {
-      ch = new GrpcChannel(address, requestBytesMax, this.apiKey);
-      this.channels.set(address, ch);
+      ch = new GrpcChannel(address, requestBytesMax, { apiKey: this.apiKey, tls: this.tls && clientTlsOptions(this.tls, node) });
+      this.channels.set(key, ch);
     }
     return ch;
+  }
+
+  /** New certificate files: the channels open from now on use them (those open finish their calls first). */
+  setTls(m: TlsMaterial): void {
+    this.tls = m;
+    this.close();
   }
 
   private static deadline(ms = defaultDeadlineMs): number {

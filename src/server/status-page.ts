@@ -5,6 +5,9 @@
  * and ClusterStatus, and one node's process figures (GET /v1/node).
  */
 import * as fs from 'fs';
+import * as https from 'https';
+import type * as tls from 'tls';
+import { TlsMaterial, clientTlsOptions } from '../common/tls';
 import type { ClusterStatus, CollectionInfo, IndexSpec, ReplicaStatus, ShardStatus } from '../query/types';
 import { VERSION } from '../common/version';
 import type { Metrics } from './metrics';
@@ -59,6 +62,25 @@ const FAILOVERS_KEPT = 20;
 /** How long the page waits for another node's GET /v1/node: a node slower than this shows as down. */
 const PEER_TIMEOUT_MS = 1000;
 
+/** A node's figures over https with these TLS options; null for an answer other than 200. */
+function getOverTls(url: string, options: tls.ConnectionOptions, key: string | undefined): Promise<NodeVitals | null> {
+  return new Promise((resolve, reject) => {
+    const req = https.get(url, { ...options, headers: key ? { authorization: `Bearer ${key}` } : {}, agent: false, signal: AbortSignal.timeout(PEER_TIMEOUT_MS) }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('error', reject);
+      res.on('end', () => {
+        try {
+          resolve(res.statusCode === 200 ? (JSON.parse(Buffer.concat(chunks).toString()) as NodeVitals) : null);
+        } catch (e) {
+          reject(e);
+        }
+      });
+    });
+    req.on('error', reject);
+  });
+}
+
 /**
  * What the status page knows beyond db.clusterStatus(): this node's process figures, the other
  * nodes' (asked over HTTP while the page renders) and the last FAILOVERS_KEPT leader changes.
@@ -71,12 +93,17 @@ export class StatusSource {
   /** Newest first. */
   readonly failovers: Failover[] = [];
 
+  /**
+   * `tls`: the node's certificate and CA when its servers use TLS; the other nodes are asked over
+   * https then (fetch takes no CA), each checked to be the node it should be.
+   */
   constructor(
     private readonly nodeId: () => string,
     private readonly metrics: Metrics,
     private readonly dataDir?: string,
     /** The API key this node calls the others with, when they need one. */
     private readonly peerKey: () => string | undefined = () => undefined,
+    public tls?: TlsMaterial,
   ) {}
 
   async vitals(): Promise<NodeVitals> {
@@ -106,9 +133,10 @@ export class StatusSource {
 
   /** Every node's figures by id: this node's own, a live node's from its GET /v1/node, null for one that did not answer. */
   async nodes(status: ClusterStatus): Promise<Map<string, NodeVitals | null>> {
-    const ask = async (http: string | undefined): Promise<NodeVitals | null> => {
+    const ask = async (node: string, http: string | undefined): Promise<NodeVitals | null> => {
       if (!http) return null;
       try {
+        if (this.tls) return await getOverTls(`https://${http}/v1/node`, clientTlsOptions(this.tls, node), this.peerKey());
         const key = this.peerKey();
         const res = await fetch(`http://${http}/v1/node`, { headers: key ? { authorization: `Bearer ${key}` } : {}, signal: AbortSignal.timeout(PEER_TIMEOUT_MS) });
         return res.ok ? ((await res.json()) as NodeVitals) : null;
@@ -116,7 +144,7 @@ export class StatusSource {
         return null; // refused, reset or too slow: the node is shown as down
       }
     };
-    const all = await Promise.all(status.nodes.map(async (n) => [n.id, n.id === status.nodeId ? await this.vitals() : n.alive ? await ask(n.http) : null] as const));
+    const all = await Promise.all(status.nodes.map(async (n) => [n.id, n.id === status.nodeId ? await this.vitals() : n.alive ? await ask(n.id, n.http) : null] as const));
     return new Map(all);
   }
 
