@@ -273,17 +273,25 @@ export class HttpApi {
         throw new HttpError('INVALID_ARGUMENT', `${method} is not allowed on ${path} (allowed: ${allow})`, 405, { allow });
       }
       const deadlineAtMs = Date.now() + timeoutOf(req);
-      const answer = await this.svc.run(entry.op, 'http', deadlineAtMs, (signal) =>
-        entry.handler({
-          req,
-          params,
-          signal,
-          body: async (fields) => {
-            const b = await readJsonBody(req, signal);
-            if (fields) checkFields(b, fields, '');
-            return b;
-          },
-        }),
+      let body: Record<string, unknown> | undefined;
+      const answer = await this.svc.run(
+        entry.op,
+        'http',
+        deadlineAtMs,
+        (signal) =>
+          entry.handler({
+            req,
+            params,
+            signal,
+            body: async (fields) => {
+              const b = await readJsonBody(req, signal);
+              body = b;
+              if (fields) checkFields(b, fields, '');
+              return b;
+            },
+          }),
+        // A read's level: in its body, or in the query string (count).
+        () => body?.consistency ?? url.searchParams.get('consistency') ?? undefined,
       );
       if (answer instanceof Pieces) await sendPieces(res, answer.parts);
       else sendJson(res, 200, answer);
