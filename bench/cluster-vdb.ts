@@ -16,8 +16,8 @@
  *              with the writer's token, so those are visible to it); the insert rate reached
  *
  * A point's id is `v<row>`, its row in the dataset, so an answer maps back to ground-truth labels.
- * The collection gets a name of its own (vdbbench_<time>) and is dropped at the end (where the
- * cluster refuses, it is named on stderr and left).
+ * The collection gets a name of its own (vdbbench_<time>); on a cluster given with --target it is
+ * dropped at the end (where the cluster refuses, it is named on stderr and left).
  */
 import { performance } from 'perf_hooks';
 import { QuiverClient } from '../src/client';
@@ -109,7 +109,8 @@ function failure(e: unknown): void {
   if (!(e instanceof QuiverError)) throw e;
 }
 
-export async function runVdb(addresses: string[], o: VdbOptions, where: string): Promise<Record<string, unknown>> {
+/** `where`: the nodes, in words; `own`: they were started for this run (and go with their data), so the collection is not dropped. */
+export async function runVdb(addresses: string[], o: VdbOptions, where: string, own: boolean): Promise<Record<string, unknown>> {
   const full = o.dataset;
   const insertN = Math.round(o.insertRate * o.streamSeconds);
   const loadN = full.nBase - insertN;
@@ -220,10 +221,12 @@ export async function runVdb(addresses: string[], o: VdbOptions, where: string):
     report(results);
     return results;
   } finally {
-    await clients[0].dropCollection(name).catch((e: unknown) => {
-      failure(e);
-      progress(`could not drop ${name}, left on the cluster: ${(e as Error).message}`);
-    });
+    if (!own) {
+      await clients[0].dropCollection(name).catch((e: unknown) => {
+        failure(e);
+        progress(`could not drop ${name}, left on the cluster: ${(e as Error).message}`);
+      });
+    }
     for (const c of clients) c.close();
   }
 }

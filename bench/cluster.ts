@@ -449,13 +449,13 @@ export async function run(argv: string[]): Promise<number> {
   const lease = { leaderChanges: 0, keepaliveP99Ms: 0 };
   try {
     if (target) {
-      await runVdb(target, vdb!, `target ${target.join(',')}`);
+      await runVdb(target, vdb!, `target ${target.join(',')}`, false);
       return 0;
     }
     etcd = await EtcdServer.start();
     if (vdb) {
       const nodes = await startNodes(all, etcd, tmp, 'bench-vdb', nodeCount);
-      await runVdb(nodes.map((n) => n.grpc), vdb, `${nodeCount} node(s) started on loopback`);
+      await runVdb(nodes.map((n) => n.grpc), vdb, `${nodeCount} node(s) started on loopback`, true);
       await stop(nodes);
     }
     if (parts.has('upsert')) await upsertPart(all, etcd, tmp, shape, warmup, lease, results.upsert);

@@ -91,7 +91,7 @@ export class HttpApi {
     dataDir?: string,
   ) {
     const db = svc.db;
-    const source = new StatusSource(() => db.status().nodeId, svc.metrics, dataDir);
+    const source = new StatusSource(() => db.status().nodeId, svc.metrics, () => db.failovers?.() ?? [], dataDir);
     this.statusSource = source;
     this.routes = [
       {
@@ -259,9 +259,8 @@ export class HttpApi {
       }
       if (path === '/' || path === '/index.html') {
         const status = await this.svc.db.clusterStatus();
-        this.statusSource.observe(status.shards);
         const nodes = await this.statusSource.nodes(status);
-        const html = renderStatusPage(status, this.svc.db.listCollections(), this.svc.addresses, { nodes, failovers: this.statusSource.failovers });
+        const html = renderStatusPage(status, this.svc.db.listCollections(), this.svc.addresses, { nodes, failovers: this.statusSource.failovers() });
         res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'content-length': Buffer.byteLength(html) });
         res.end(html);
         return;
