@@ -105,6 +105,7 @@ function asLabels(hits: { id: string; distance: number }[], k: number): Searched
   return { labels, distances };
 }
 
+/** A QuiverError is a failed request (the caller counts it); anything else is a bug here and is thrown on. */
 function failure(e: unknown): void {
   if (!(e instanceof QuiverError)) throw e;
 }
