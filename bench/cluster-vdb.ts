@@ -4,7 +4,8 @@
  *
  *   load       the dataset's first points upserted in batches (4 in flight, each to the next node;
  *              the client sends every shard's part to its leader); load duration = from the first
- *              upsert until every replica of every shard applied the last (the index is ready)
+ *              upsert until every replica of every shard applied the last (the index is ready);
+ *              then, not counted, until every replica is snapshotted (at rest, at most --rest-seconds)
  *   serial     each query once, one at a time, k 10 then k 100: p50/p99 latency, recall@10 and
  *              recall@100 against the exact top-100 (FlatIndex over the loaded points)
  *   qps        k 10 at each concurrency (searches in flight, spread over the nodes) for a set time:
@@ -43,6 +44,8 @@ export interface VdbOptions {
   insertRate: number;
   streamSeconds: number;
   streamConcurrency: number;
+  /** The most seconds the searches wait after the load for every replica to be snapshotted (0: not at all). */
+  restSeconds: number;
 }
 
 const log = (m: string): void => void process.stdout.write(`${m}\n`);
@@ -76,6 +79,21 @@ async function ready(client: QuiverClient, name: string, token: WriteToken): Pro
     const shards = (await client.status()).shards.filter((s) => s.collection === name);
     if (shards.length > 0 && shards.every((s) => s.replicas.every((r) => (r.appliedLsn ?? 0) >= (token[String(s.shard)]?.lsn ?? 0)))) return;
     await pause(50);
+  }
+}
+
+/**
+ * Resolves true once every replica of `name` has a snapshot at its applied LSN (the snapshot timer
+ * of the shards just loaded would otherwise fire during some measures and not others), false if
+ * that takes longer than waitMs. Each node reports its own replicas (0 and 0 for shards it does not hold).
+ */
+async function atRest(clients: QuiverClient[], name: string, waitMs: number): Promise<boolean> {
+  const end = performance.now() + waitMs;
+  for (;;) {
+    const all = await Promise.all(clients.map((c) => c.status()));
+    if (all.every((st) => st.shards.every((s) => s.collection !== name || s.snapshotLsn >= s.appliedLsn))) return true;
+    if (performance.now() > end) return false;
+    await pause(250);
   }
 }
 
@@ -145,7 +163,10 @@ export async function runVdb(addresses: string[], o: VdbOptions, where: string, 
     const insertSeconds = (performance.now() - t0) / 1000;
     await ready(clients[0], name, token);
     const loadSeconds = (performance.now() - t0) / 1000;
-    progress(`load: ${loadN} points in ${insertSeconds.toFixed(1)} s, ready on every replica after ${loadSeconds.toFixed(1)} s`);
+    progress(`load: ${loadN} points in ${insertSeconds.toFixed(1)} s, ready on every replica after ${loadSeconds.toFixed(1)} s; waiting for every replica to be at rest (snapshotted)`);
+    const r0 = performance.now();
+    const rested = o.restSeconds > 0 && (await atRest(clients, name, o.restSeconds * 1000));
+    const restSeconds = (performance.now() - r0) / 1000;
 
     // Serial latency and recall, k 10 and k 100.
     for (let i = 0; i < Math.min(nq, 100); i++) await pick(i).search(name, query(i), { k: 10 }).catch(failure);
@@ -214,7 +235,7 @@ export async function runVdb(addresses: string[], o: VdbOptions, where: string, 
       replicationFactor: o.replicationFactor,
       nodes: addresses.length,
       batch: o.batch,
-      load: { points: loadN, insertSeconds, loadSeconds, pointsPerSec: loadN / loadSeconds },
+      load: { points: loadN, insertSeconds, loadSeconds, pointsPerSec: loadN / loadSeconds, restSeconds, atRest: rested },
       serial,
       qps,
       streaming,
@@ -343,7 +364,7 @@ type Results = Record<string, any>;
 
 function report(r: Results): void {
   const title = `quiver bench cluster: ${r.dataset}, ${r.nodes} node(s), ${r.shards} shard(s), RF ${r.replicationFactor} (${r.where})`;
-  const loadRows = [{ points: r.load.points, 'insert s': r.load.insertSeconds, 'load duration s': r.load.loadSeconds, 'points/s': Math.round(r.load.pointsPerSec) }];
+  const loadRows = [{ points: r.load.points, 'insert s': r.load.insertSeconds, 'load duration s': r.load.loadSeconds, 'points/s': Math.round(r.load.pointsPerSec), 'then at rest after s': r.load.atRest ? r.load.restSeconds : `no (${r.load.restSeconds.toFixed(0)} s)` }];
   const serialRows = r.serial.map((s: Results) => ({ k: s.k, 'p50 ms': s.p50Ms, 'p99 ms': s.p99Ms, [`recall@k`]: s.recall, failed: s.failed }));
   const qpsRows = r.qps.map((s: Results) => ({ 'in flight': s.concurrency, QPS: Math.round(s.qps), 'p50 ms': s.p50Ms, 'p99 ms': s.p99Ms, answered: s.answered, failed: s.failed }));
   const st = r.streaming;
@@ -362,7 +383,7 @@ function report(r: Results): void {
   log(`\nwrote ${writeJson('cluster-vdb', r)}`);
   log(
     `wrote ${writeHtml('cluster-vdb', title, [
-      { title: 'Load', note: 'From the first upsert until every replica of every shard applied the last (the index ready).', rows: loadRows },
+      { title: 'Load', note: 'From the first upsert until every replica of every shard applied the last (the index ready); the searches begin once every replica is snapshotted (at rest).', rows: loadRows },
       { title: 'Serial search', note: `${r.queries} queries, one at a time; recall against the exact top-${TRUTH_K}.`, rows: serialRows },
       { title: 'QPS by concurrency', note: 'Failed searches are counted, not in QPS.', rows: qpsRows, svgs: [qpsSvg, latSvg] },
       { title: 'Insert while searching', note: 'Searches at session level with the writer\u2019s token; recall against the exact top-10 of the points acknowledged before each search.', rows: streamRows },

@@ -64,6 +64,9 @@ options of part vdb:
   --shards N        shards of the collection (default 2)
   --replication-factor N  replicas of each shard (default 2, at most --nodes)
   --batch N         points per upsert (default 100)
+  --rest-seconds N  after the load, wait at most N s for every replica to be snapshotted before
+                    searching, so that the snapshot timer does not fire during a measure
+                    (default 120; 0: do not wait)
   --queries N       queries of the dataset used; the serial pass asks each once (default 1000)
   --qps-seconds N   seconds of searches at each concurrency (default 10)
   --concurrency L   searches in flight, a list (default 1,2,4,8,16,32)
@@ -98,7 +101,7 @@ export const SPEC: CommandSpec = {
   usage: USAGE,
   flags: Object.fromEntries(
     [
-      ...['target', 'nodes', 'dataset', 'shards', 'replication-factor', 'qps-seconds', 'concurrency', 'insert-rate', 'stream-seconds', 'stream-concurrency'],
+      ...['target', 'nodes', 'dataset', 'shards', 'replication-factor', 'rest-seconds', 'qps-seconds', 'concurrency', 'insert-rate', 'stream-seconds', 'stream-concurrency'],
       ...['points', 'batch', 'dim', 'warmup', 'search-n', 'queries', 'search-rounds', 'parts', 'read-seconds', 'read-rounds', 'read-n', 'fault', 'faults', 'lease-ttl-ms'],
     ].map((k) => [k, { type: 'string' }]),
   ),
@@ -437,6 +440,7 @@ export async function run(argv: string[]): Promise<number> {
         insertRate,
         streamSeconds,
         streamConcurrency: intFlag(p, 'stream-concurrency', 4, 1),
+        restSeconds: intFlag(p, 'rest-seconds', 120, 0),
       }
     : undefined;
   const readSeconds = intFlag(p, 'read-seconds', 5, 1);
