@@ -1,7 +1,12 @@
 /**
- * `quiver bench cluster`: a cluster on loopback against a standalone node, in one run. It starts
- * etcd and the nodes itself (each node spawns its sidecar) and stops every process by pid.
+ * `quiver bench cluster`: by default VectorDBBench's measures (part `vdb`, bench/cluster-vdb.ts) on
+ * N nodes it starts on loopback with etcd, or on a running cluster (--target). The other parts
+ * (--parts) compare a 3-node cluster with a standalone node, in one run. It starts etcd and the
+ * nodes itself (each node spawns its sidecar) and stops every process by pid.
  *
+ *   vdb       load duration, serial p50/p99 with recall@10 and recall@100, QPS at each
+ *             concurrency with failed searches counted, and insert-while-search (see cluster-vdb.ts);
+ *             a table, JSON and an HTML report with the plots under bench/results/
  *   upsert    batches of --batch points into flat and HNSW collections (each after --warmup points
  *             into it, not measured): standalone, then 3 nodes (a new cluster for each load)
  *             with RF 3 and majority (fsync on every node), each batch sent whole to the next node
@@ -29,20 +34,48 @@ import * as os from 'os';
 import * as path from 'path';
 import { QuiverClient, WriteToken } from '../src/client';
 import { shardOf } from '../src/query';
-import { CommandSpec, UsageError, intFlag, parseCommandLine, stringFlag } from '../src/common/args';
+import { CommandSpec, UsageError, intFlag, listFlag, parseCommandLine, stringFlag } from '../src/common/args';
+import type { VdbOptions } from './cluster-vdb';
 import { fashionMnist, median } from './datasets';
 import { EtcdServer } from './etcd-process';
 import { machine, progress, table, writeJson } from './report';
 
 const USAGE = `usage: quiver bench cluster [options]
 
-A 3-node cluster (RF 3, majority, fsync on every node) on loopback next to a standalone node, in
-one run: upsert throughput, CPU per vector per replica (nodes and sidecars; etcd apart), ack
-latency and replication lag for flat and HNSW collections, with batches sent to any node and
-with each shard's part sent to its leader; search latency when every shard's part crosses the network (Fashion-MNIST,
-HNSW). Starts etcd (/usr/bin/etcd) and the nodes itself and stops them by pid.
+By default (part vdb), VectorDBBench's measures on --nodes nodes it starts on loopback with etcd
+(/usr/bin/etcd), or on a running cluster (--target): load duration (upserts until every replica
+applied them), serial search p50/p99 with recall@10 and recall@100, QPS at each --concurrency
+with failed searches counted, and search QPS, p99 and recall@10 while inserting at --insert-rate.
+A table on stdout; bench/results/cluster-vdb.json and cluster-vdb.html (the latency and QPS
+plots). Progress bars on stderr when it is a terminal.
 
-options:
+The other parts: a 3-node cluster (RF 3, majority, fsync on every node) on loopback next to a
+standalone node, in one run: upsert throughput, CPU per vector per replica (nodes and sidecars;
+etcd apart), ack latency and replication lag for flat and HNSW collections, with batches sent to
+any node and with each shard's part sent to its leader; search latency when every shard's part
+crosses the network (Fashion-MNIST, HNSW); reads at linearizable against eventual.
+The processes it starts are stopped by pid.
+
+options of part vdb:
+  --target LIST     gRPC addresses (host:port,...) of a running cluster's nodes: start nothing
+  --nodes N         nodes started (default 3)
+  --dataset D       fashion-mnist (60,000 x 784) or synthetic:N:dim (seeded, clustered, L2)
+                    (default fashion-mnist)
+  --shards N        shards of the collection (default 2)
+  --replication-factor N  replicas of each shard (default 2, at most --nodes)
+  --batch N         points per upsert (default 100)
+  --rest-seconds N  after the load, wait at most N s for every replica to be snapshotted before
+                    searching, so that the snapshot timer does not fire during a measure
+                    (default 120; 0: do not wait)
+  --queries N       queries of the dataset used; the serial pass asks each once (default 1000)
+  --qps-seconds N   seconds of searches at each concurrency (default 10)
+  --concurrency L   searches in flight, a list (default 1,2,4,8,16,32)
+  --insert-rate N   points per second inserted while searching (default 200); the dataset's last
+                    rate x --stream-seconds points are held back from the load for it
+  --stream-seconds N  seconds of insert-while-search (default 15)
+  --stream-concurrency N  searches in flight while inserting (default 4)
+
+options of the other parts:
   --points N        points upserted per collection and mode (default 20000)
   --batch N         points per upsert (default 100)
   --dim N           dimension of the upsert vectors (default 128)
@@ -50,9 +83,9 @@ options:
                     measured ones, so that the processes' code is compiled (default 30000; 0:
                     measure fresh processes, whose figures then include compiling their code)
   --search-n N      Fashion-MNIST points for the search part (default 60000)
-  --queries N       searches timed per mode and round (default 2000)
+  --queries N       search: searches timed per mode and round (default 2000)
   --search-rounds N rounds of those, alternating standalone and cluster; medians (default 3)
-  --parts LIST      which parts to run, of upsert, search, reads (default all three)
+  --parts LIST      which parts to run, of vdb, upsert, search, reads (default vdb)
   --read-seconds N  reads: seconds of searches per level and round (default 5)
   --read-rounds N   reads: rounds, each linearizable then eventual; medians (default 3)
   --read-n N        reads: Fashion-MNIST points in the collection (default 20000)
@@ -66,7 +99,12 @@ options:
 
 export const SPEC: CommandSpec = {
   usage: USAGE,
-  flags: Object.fromEntries(['points', 'batch', 'dim', 'warmup', 'search-n', 'queries', 'search-rounds', 'parts', 'read-seconds', 'read-rounds', 'read-n', 'fault', 'faults', 'lease-ttl-ms'].map((k) => [k, { type: 'string' }])),
+  flags: Object.fromEntries(
+    [
+      ...['target', 'nodes', 'dataset', 'shards', 'replication-factor', 'rest-seconds', 'qps-seconds', 'concurrency', 'insert-rate', 'stream-seconds', 'stream-concurrency'],
+      ...['points', 'batch', 'dim', 'warmup', 'search-n', 'queries', 'search-rounds', 'parts', 'read-seconds', 'read-rounds', 'read-n', 'fault', 'faults', 'lease-ttl-ms'],
+    ].map((k) => [k, { type: 'string' }]),
+  ),
 };
 
 const CLUSTER_ANY = 'cluster RF 3, any node';
@@ -377,10 +415,34 @@ export async function run(argv: string[]): Promise<number> {
   const shape: LoadShape = { points, batch, dim };
   const warmup = intFlag(p, 'warmup', 30_000, 0);
   const searchN = intFlag(p, 'search-n', 60_000, 1);
-  const nQueries = intFlag(p, 'queries', 2000, 1);
   const searchRounds = intFlag(p, 'search-rounds', 3, 1);
-  const parts = new Set((stringFlag(p, 'parts') ?? 'upsert,search,reads').split(',').map((x) => x.trim()));
-  for (const part of parts) if (!['upsert', 'search', 'reads'].includes(part)) throw new UsageError(`--parts takes upsert, search and reads (got "${part}")`);
+  const parts = new Set((stringFlag(p, 'parts') ?? 'vdb').split(',').map((x) => x.trim()));
+  for (const part of parts) if (!['vdb', 'upsert', 'search', 'reads'].includes(part)) throw new UsageError(`--parts takes vdb, upsert, search and reads (got "${part}")`);
+  const nodeCount = intFlag(p, 'nodes', 3, 1);
+  const target = stringFlag(p, 'target')?.split(',').map((x) => x.trim()).filter(Boolean);
+  if (target?.length === 0) throw new UsageError('--target takes host:port,... of the nodes\' gRPC servers');
+  if (target && [...parts].some((x) => x !== 'vdb')) throw new UsageError('--target runs part vdb only');
+  const nQueries = intFlag(p, 'queries', parts.has('vdb') ? 1000 : 2000, 1);
+  const concurrency = listFlag(p, 'concurrency', [1, 2, 4, 8, 16, 32]);
+  for (const c of concurrency) if (!Number.isSafeInteger(c) || c < 1) throw new UsageError(`--concurrency takes whole numbers >= 1 (got ${c})`);
+  const insertRate = intFlag(p, 'insert-rate', 200, 1);
+  const streamSeconds = intFlag(p, 'stream-seconds', 15, 1);
+  // Loaded when run (it imports this module).
+  const { runVdb, vdbDataset } = await import('./cluster-vdb');
+  const vdb: VdbOptions | undefined = parts.has('vdb')
+    ? {
+        dataset: vdbDataset(stringFlag(p, 'dataset', 'fashion-mnist'), nQueries, insertRate, streamSeconds),
+        shards: intFlag(p, 'shards', 2, 1),
+        replicationFactor: intFlag(p, 'replication-factor', Math.min(2, nodeCount), 1),
+        batch,
+        qpsSeconds: intFlag(p, 'qps-seconds', 10, 1),
+        concurrency,
+        insertRate,
+        streamSeconds,
+        streamConcurrency: intFlag(p, 'stream-concurrency', 4, 1),
+        restSeconds: intFlag(p, 'rest-seconds', 120, 0),
+      }
+    : undefined;
   const readSeconds = intFlag(p, 'read-seconds', 5, 1);
   const readRounds = intFlag(p, 'read-rounds', 3, 1);
   const readN = intFlag(p, 'read-n', 20_000, 1);
@@ -390,11 +452,20 @@ export async function run(argv: string[]): Promise<number> {
   const results: { upsert: UpsertFigures[]; search: Record<string, number>[]; reads: Record<string, unknown>[] } = { upsert: [], search: [], reads: [] };
   const lease = { leaderChanges: 0, keepaliveP99Ms: 0 };
   try {
+    if (target) {
+      await runVdb(target, vdb!, `target ${target.join(',')}`, false);
+      return 0;
+    }
     etcd = await EtcdServer.start();
+    if (vdb) {
+      const nodes = await startNodes(all, etcd, tmp, 'bench-vdb', nodeCount);
+      await runVdb(nodes.map((n) => n.grpc), vdb, `${nodeCount} node(s) started on loopback`, true);
+      await stop(nodes);
+    }
     if (parts.has('upsert')) await upsertPart(all, etcd, tmp, shape, warmup, lease, results.upsert);
     if (parts.has('search')) results.search.push(await searchPart(all, etcd, tmp, searchN, nQueries, searchRounds));
     if (parts.has('reads')) results.reads.push(await readsPart(all, etcd, tmp, readN, readSeconds, readRounds));
-    log(`wrote ${writeJson('cluster', { machine: machine(), ...shape, warmup, ...lease, ...results })}`);
+    if (parts.size > 1 || !parts.has('vdb')) log(`wrote ${writeJson('cluster', { machine: machine(), ...shape, warmup, ...lease, ...results })}`);
     return 0;
   } finally {
     await stop(all);
@@ -403,15 +474,16 @@ export async function run(argv: string[]): Promise<number> {
   }
 }
 
-/** Three new nodes of cluster `name` (data under tmp/name), once each sees all three. */
-async function threeNodes(all: Node[], etcd: EtcdServer, tmp: string, name: string): Promise<Node[]> {
+/** `count` new nodes n1.. of cluster `name` (data under tmp/name), once the first sees them all. */
+async function startNodes(all: Node[], etcd: EtcdServer, tmp: string, name: string, count = 3): Promise<Node[]> {
   const nodes: Node[] = [];
-  for (const id of ['n1', 'n2', 'n3']) {
+  for (let i = 1; i <= count; i++) {
+    const id = `n${i}`;
     const n = await serve(id, ['--etcd', `http://${etcd.endpoint}`, '--data', path.join(tmp, name, id), '--replication', '127.0.0.1:0', '--cluster', name]);
     nodes.push(n);
     all.push(n);
   }
-  while ((await httpJson(nodes[0].http, 'GET', '/v1/cluster')).body.nodes.length < 3) await new Promise((r) => setTimeout(r, 50));
+  while ((await httpJson(nodes[0].http, 'GET', '/v1/cluster')).body.nodes.length < count) await new Promise((r) => setTimeout(r, 50));
   return nodes;
 }
 
@@ -439,7 +511,7 @@ async function upsertPart(
     for (const [route, mode] of [['any', CLUSTER_ANY], ['leaders', CLUSTER_LEADERS]] as const) {
       for (const index of ['flat', 'hnsw'] as const) {
         await stop(nodes);
-        nodes = await threeNodes(all, etcd, tmp, `bench-${route}-${index}`);
+        nodes = await startNodes(all, etcd, tmp, `bench-${route}-${index}`);
         results.upsert.push(await upsertLoad(mode, nodes, index, shape, warmup, 3, route, etcd.pid));
         const l = await leaseHealthOf(nodes);
         lease.leaderChanges += l.leaderChanges;
@@ -481,7 +553,7 @@ async function searchPart(all: Node[], etcd: EtcdServer, tmp: string, searchN: n
     const alone = await serve('alone-search', ['--data', path.join(tmp, 'alone-search')]);
     all.push(alone);
     const cluster = 'bench-search';
-    const nodes = await threeNodes(all, etcd, tmp, cluster);
+    const nodes = await startNodes(all, etcd, tmp, cluster);
 
     // Search across the network: RF 1, 2 shards placed on two nodes; the query goes to a node holding neither.
     const ds = fashionMnist(searchN, nQueries);
@@ -534,7 +606,7 @@ async function searchPart(all: Node[], etcd: EtcdServer, tmp: string, searchN: n
  */
 async function readsPart(all: Node[], etcd: EtcdServer, tmp: string, n: number, seconds: number, rounds: number): Promise<Record<string, unknown>> {
   const ds = fashionMnist(n, 1000);
-  const nodes = await threeNodes(all, etcd, tmp, 'bench-reads');
+  const nodes = await startNodes(all, etcd, tmp, 'bench-reads');
   const r = await httpJson(nodes[0].http, 'POST', '/v1/collections', { name: 'reads', dim: ds.dim, shards: 1, replicationFactor: 3, index: { type: 'hnsw' } });
   if (r.status !== 200) throw new Error(`create reads: ${JSON.stringify(r.body)}`);
   const clients = await Promise.all(nodes.map((x) => QuiverClient.connect(x.grpc)));

@@ -2,13 +2,15 @@
  * The status page at `/` in a real browser (headless Chromium through playwright-core) against a
  * three-node cluster (etcd, nodes and sidecars): it names every shard's leader, and after one
  * node is killed with SIGKILL the page, refreshing by itself, marks that node down and shows the
- * shard's new leader among its recent failovers. A screenshot goes to bench/results/status-page.png.
+ * shard's new leader among its recent failovers; another node, whose page nobody loaded before,
+ * keeps that failover too (GET /v1/node, a fresh page). A screenshot goes to bench/results/status-page.png.
  */
 import * as fs from 'fs';
 import * as path from 'path';
 import { chromium, BrowserContext, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TestCluster, TestNode, waitFor } from './cluster-harness';
+import type { Failover } from '../src/query/types';
 import { httpJson, tempDir } from './server-harness';
 
 const CHROMIUM = '/usr/bin/chromium';
@@ -88,6 +90,23 @@ describe.skipIf(missing !== null)(`the status page in a browser${missing ? ` (sk
     );
     const moved = failovers.find(([, collection, shard]) => collection === 'docs' && shard === '0')!;
     expect(moved[4]).not.toBe(victim.id);
+    expect(moved[6], JSON.stringify(moved)).toMatch(/^\d+ ms$|^\d+\.\d s$/); // without leader, as the viewer saw it
+
+    // Each node keeps the failovers it saw: the node no page was loaded from answers them in its
+    // GET /v1/node and on a page loaded afresh.
+    const other = cluster.nodes.find((n) => n !== victim && n !== viewer)!;
+    let kept: Failover[] = [];
+    await waitFor(async () => (kept = (await httpJson(other.child.http, 'GET', '/v1/node')).body.failovers as Failover[]).some((f) => f.collection === 'docs' && f.shard === 0), `${other.id} to keep the failover of docs/0`, 10_000, () => JSON.stringify(kept));
+    const f = kept.find((x) => x.collection === 'docs' && x.shard === 0)!;
+    expect(f).toMatchObject({ from: victim.id, to: moved[4], epoch: Number(moved[5]) });
+    // It holds a replica of docs/0 (RF 3): from the victim's last message to the new leader, at least the part of the lease left.
+    expect(f.withoutLeaderSeconds).toBeGreaterThan(0);
+    expect(f.withoutLeaderSeconds).toBeLessThan(30);
+    const fresh = await browser.newPage();
+    await fresh.goto(`${other.child.http}/`);
+    const listed = await rows(fresh, 'failovers');
+    await fresh.close();
+    expect(listed.find(([, collection, shard]) => collection === 'docs' && shard === '0')?.slice(1, 6)).toEqual(['docs', '0', victim.id, moved[4], moved[5]]);
     let shown: Record<string, string> = {};
     await waitFor(async () => {
       const want = await leadersNow();

@@ -50,6 +50,14 @@ describe('the Grafana dashboard', () => {
     for (const p of dashboard.panels) expect(p.targets?.length, p.title).toBeGreaterThan(0);
   });
 
+  it('shows request latency by operation and read level (the labels of quiver_request_duration_seconds)', async () => {
+    const panel = dashboard.panels.find((p) => p.title === 'Request latency')!;
+    for (const t of panel.targets!) expect(t.expr).toContain('sum by (le, op, consistency) (rate(quiver_request_duration_seconds_bucket');
+    expect((await fetch(`${h.httpBase}/v1/collections`)).status).toBe(200);
+    const text = await (await fetch(`${h.httpBase}/metrics`)).text();
+    expect(text).toMatch(/^quiver_request_duration_seconds_bucket\{[^}]*op="ListCollections",transport="http",consistency="-"\}/m);
+  });
+
   it('uses only metric names a server exports', async () => {
     const text = await (await fetch(`${h.httpBase}/metrics`)).text();
     const exported = new Set([...text.matchAll(/^# TYPE (\S+) (\S+)$/gm)].flatMap(([, name, type]) => seriesNames(name, type)));

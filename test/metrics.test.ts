@@ -1,13 +1,13 @@
 /**
  * What a standalone server's /metrics exports: the build info, prom-client's process and Node.js
- * metrics under one `quiver_` prefix with no gauge named *_total, and no series left of a dropped
- * collection.
+ * metrics under one `quiver_` prefix with no gauge named *_total, request latency by read level,
+ * and no series left of a dropped collection.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QuiverClient } from '../src/client';
 import { gpuInfo, simdLevel } from '../src/native';
 import { VERSION } from '../src/common/version';
-import { Harness, startHarness, vec } from './server-harness';
+import { Harness, httpJson, startHarness, vec } from './server-harness';
 
 const DIM = 4;
 
@@ -45,6 +45,30 @@ describe('metrics of a standalone server', () => {
       expect(name).toMatch(/^quiver_/);
       if (type === 'gauge') expect(name).not.toMatch(/_total$/);
     }
+  });
+
+  it('labels request latency with the read level of reads, and - for other operations', async () => {
+    await client.createCollection({ name: 'levels', dim: DIM, index: { type: 'flat' } });
+    await client.upsert('levels', [{ id: 'a', vector: vec(1, DIM) }]);
+    for (const consistency of ['linearizable', 'session', 'bounded', 'eventual'] as const) {
+      await client.search('levels', vec(1, DIM), { k: 1, consistency });
+      expect((await httpJson(h.httpBase, 'POST', '/v1/collections/levels/search', { vector: Array.from(vec(1, DIM)), k: 1, consistency })).status).toBe(200);
+    }
+    expect((await httpJson(h.httpBase, 'POST', '/v1/collections/levels/get', { ids: ['a'] })).status).toBe(200);
+    expect((await httpJson(h.httpBase, 'GET', '/v1/collections/levels/count?consistency=eventual')).status).toBe(200);
+    expect((await httpJson(h.httpBase, 'POST', '/v1/collections/levels/search', { vector: Array.from(vec(1, DIM)), k: 1, consistency: 'strong' })).status).toBe(400);
+    const m = await scrape();
+    const count = (labels: string): number => Number(new RegExp(`^quiver_request_duration_seconds_count\\{${labels}\\} (\\d+)$`, 'm').exec(m)?.[1] ?? 0);
+    for (const level of ['linearizable', 'session', 'bounded', 'eventual']) {
+      expect(count(`op="Search",transport="grpc",consistency="${level}"`), level).toBe(1);
+      // Over HTTP, each level once, and the refused level under -.
+      expect(count(`op="Search",transport="http",consistency="${level}"`), level).toBe(1);
+    }
+    expect(count('op="Search",transport="http",consistency="-"')).toBe(1);
+    expect(count('op="Get",transport="http",consistency="linearizable"')).toBe(1);
+    expect(count('op="Count",transport="http",consistency="eventual"')).toBe(1);
+    expect(count('op="Upsert",transport="grpc",consistency="-"')).toBeGreaterThan(0);
+    expect(count('op="CreateCollection",transport="grpc",consistency="-"')).toBeGreaterThan(0);
   });
 
   it('removes the series of a dropped collection at the next scrape', async () => {

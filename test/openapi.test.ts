@@ -346,6 +346,7 @@ describe('every route answers as the document says', () => {
     expect(n.body).toMatchObject({ id: h.db.status().nodeId, version: VERSION });
     expect(n.body.rssBytes).toBeGreaterThan(0);
     expect(n.body.diskFreeBytes).toBeGreaterThan(0);
+    expect(n.body.failovers).toEqual([]); // standalone: one node leads every shard
     expectError(await call('GET', '/v1/node', { query: { node: 'n1' } }), 400, 'INVALID_ARGUMENT');
   });
 

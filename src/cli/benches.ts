@@ -9,7 +9,7 @@ export const BENCHES = [
   { name: 'server', summary: 'the standalone server: upsert throughput, gRPC search latency, restart time' },
   { name: 'rpc', summary: 'round-trip floor between two processes: raw TCP, HTTP/1.1, bare HTTP/2 and grpc-js' },
   { name: 'memory', summary: 'RSS of quiver serve holding Fashion-MNIST in HNSW against hnswlib-node in a plain Node' },
-  { name: 'cluster', summary: 'a 3-node cluster against standalone: replicated upsert CPU, lag, ack and cross-node search latency' },
+  { name: 'cluster', summary: 'VectorDBBench measures on N nodes or --target: load, serial p50/p99 + recall, QPS by concurrency, insert while searching' },
   { name: 'codec', summary: 'wire codecs in a tight loop: generated against hand-written (search, upsert)' },
   { name: 'snapshot', summary: 'write and search latency while a collection is snapshotted, against without' },
 ] as const;

@@ -75,7 +75,9 @@ import type {
   WriteOptions,
   WriteToken,
   ReadOptions,
+  Failover,
 } from './types';
+import { failoversKept } from './types';
 import { checkAnswerBytes, checkColumns, checkFieldName, checkIds, checkName, checkOptBool, checkPayloadIndex, checkSpec, isPlainObject } from './validate';
 import { defaultDeadlineMs } from '../common/limits';
 import { Log, log as rootLog } from '../common/log';
@@ -224,6 +226,10 @@ export class ClusterDatabase extends PointWrites implements Database {
   private readonly movedWatchers = new Map<ShardKey, Set<() => void>>();
   /** The last leader each shard had (maps while electing name none). */
   private readonly lastLeader = new Map<ShardKey, NodeId>();
+  /** When the maps first named no leader of a shard since its last one (performance.now). */
+  private readonly leaderlessSince = new Map<ShardKey, number>();
+  /** The last failoversKept leader changes seen in the maps, newest first. */
+  private readonly failoverLog: Failover[] = [];
   /** Replicas being closed and removed (a replica of the same shard opens only after). */
   private readonly removing = new Map<ShardKey, Promise<void>>();
   private closed = false;
@@ -288,13 +294,18 @@ export class ClusterDatabase extends PointWrites implements Database {
     const { col, s } = this.parseShardKey(key);
     if (!col || !(s >= 0 && s < col.spec.shards)) return;
     col.maps[s] = map;
+    if (map.leader === null && this.lastLeader.has(key) && !this.leaderlessSince.has(key)) this.leaderlessSince.set(key, performance.now());
     if (map.leader !== null && map.phase === 'active') {
       const before = this.lastLeader.get(key);
-      if (map.leader === this.self && before !== undefined && before !== this.self) {
-        const heard = this.heardFromLeader.get(key);
-        this.opts.observer?.leadership?.(col.spec.name, s, heard === undefined ? null : (performance.now() - heard) / 1000);
+      if (before !== undefined && before !== map.leader) {
+        const since = this.heardFromLeader.get(key) ?? this.leaderlessSince.get(key);
+        const withoutLeaderSeconds = since === undefined ? null : (performance.now() - since) / 1000;
+        if (map.leader === this.self) this.opts.observer?.leadership?.(col.spec.name, s, this.heardFromLeader.has(key) ? withoutLeaderSeconds : null);
+        this.failoverLog.unshift({ at: new Date().toISOString(), collection: col.spec.name, shard: s, epoch: map.epoch, from: before, to: map.leader, withoutLeaderSeconds });
+        this.failoverLog.length = Math.min(this.failoverLog.length, failoversKept);
       }
       this.lastLeader.set(key, map.leader);
+      this.leaderlessSince.delete(key);
     }
     const slot = col.replicas.get(s);
     const dir = path.join(this.dataDir, 'shards', col.spec.name, String(s));
@@ -966,6 +977,10 @@ export class ClusterDatabase extends PointWrites implements Database {
       return n ? { id, grpc: n.grpc, http: n.http, zone: n.zone ?? undefined, alive: true } : { id, alive: false };
     });
     return { mode: 'cluster', nodeId: this.self, nodes, shards };
+  }
+
+  failovers(): Failover[] {
+    return [...this.failoverLog];
   }
 
   /** This node and the shards it holds a replica of, as it knows them without asking the others. */

@@ -326,6 +326,25 @@ export interface DrainOptions {
   undo?: boolean;
 }
 
+/**
+ * A shard's leader changed (an election or a hand-over), as one node saw it in the shard maps.
+ * withoutLeaderSeconds: from the last message this node had from the old leader (a node holding a
+ * replica of the shard), else from the first map that named no leader, until the map named the new
+ * one; null when this node saw neither.
+ */
+export interface Failover {
+  at: string; // ISO-8601, when this node saw the new leader
+  collection: string;
+  shard: number;
+  epoch: number;
+  from: string;
+  to: string;
+  withoutLeaderSeconds: number | null;
+}
+
+/** How many failovers a node keeps (Database.failovers). */
+export const failoversKept = 20;
+
 export interface Database {
   createCollection(spec: CollectionSpecInput, opts?: ChangeOptions): Promise<CollectionInfo>;
   dropCollection(name: string, opts?: ChangeOptions): Promise<void>;
@@ -369,6 +388,8 @@ export interface Database {
   clusterStatus(opts?: { leadersOnly?: boolean }): Promise<ClusterStatus>;
   /** Every shard of a collection with each replica's log positions and (unless withDigest is false) state digest. */
   shards(name: string, opts?: { withDigest?: boolean }): Promise<ShardReplicas[]>;
+  /** The last failoversKept leader changes this node saw in the shard maps, newest first (cluster; standalone has none). */
+  failovers?(): Failover[];
   /**
    * A cluster node hands the shards it leads to followers that have its whole log and takes no
    * leadership until it restarts or is asked again with `undo` (FAILED_PRECONDITION standalone).

@@ -186,10 +186,11 @@ export function grpcHandlers(svc: Service): GrpcHandlers {
   const db = svc.db;
   const batchArrays = new BatchArrays();
   svc.whenQuiet(() => batchArrays.clear());
+  // level: a read's consistency in its request (the latency metric's label).
   const unary =
-    <M extends MethodName>(op: Op, fn: (req: RequestOf<M>, signal?: AbortSignal) => Promise<ResponseInit<M>> | ResponseInit<M>): GrpcHandler<M> =>
+    <M extends MethodName>(op: Op, fn: (req: RequestOf<M>, signal?: AbortSignal) => Promise<ResponseInit<M>> | ResponseInit<M>, level?: (req: RequestOf<M>) => unknown): GrpcHandler<M> =>
     (request, deadlineAt) =>
-      svc.run(op, 'grpc', deadlineAt, (signal) => fn(request, signal));
+      svc.run(op, 'grpc', deadlineAt, (signal) => fn(request, signal), level && (() => level(request)));
 
   return {
     createCollection: unary('CreateCollection', async (r, signal) => {
@@ -298,32 +299,52 @@ export function grpcHandlers(svc: Service): GrpcHandlers {
       const res = await db.updateVectors(r.collection, points, { idempotencyKey: r.idempotencyKey || undefined, signal });
       return writeToWire(res.updated, res.token);
     }),
-    get: unary('Get', async (r) => {
-      const pts = await db.get(r.collection, r.ids, { withVectors: r.withVectors, withPayload: r.withPayload, ...readFromWire(r) });
-      return { points: pts.map((p) => pointToWire(p, r.floatVectors)) };
-    }),
-    search: unary('Search', async (r) => {
-      const hits = await db.search(r.collection, searchRequest(wireQueries([r.vector], db.dimOf(r.collection), true), r.options));
-      const asFloats = !!r.options?.floatVectors;
-      return { hits: (hits[0] ?? []).map((h) => hitToWire(h, asFloats)) };
-    }),
-    searchBatch: unary('SearchBatch', async (r) => {
-      if (overLimit.has(r)) checkQueryCount(searchBatchMax + 1, true);
-      const hits = await db.search(r.collection, searchRequest(wireQueries(r.vectors, db.dimOf(r.collection), false), r.options));
-      const asFloats = !!r.options?.floatVectors;
-      return { batches: hits.map((list) => ({ hits: list.map((h) => hitToWire(h, asFloats)) })) };
-    }),
-    count: unary('Count', async (r) => ({ count: BigInt(await db.count(r.collection, { ...readFromWire(r), filter: filterFromWire(r.filterJson), exact: r.exact })) })),
-    scroll: unary('Scroll', async (r) => {
-      const page = await db.scroll(r.collection, scrollRequest(r));
-      return { points: page.points.map((p) => pointToWire(p, r.floatVectors)), nextCursor: page.nextCursor ?? '' };
-    }),
-    recommend: unary('Recommend', async (r) => {
-      const { vectors: _, ...opts } = searchRequest(new Float32Array(0), r.options);
-      const hits = await db.recommend(r.collection, { ...opts, positive: r.positive, negative: r.negative });
-      const asFloats = !!r.options?.floatVectors;
-      return { hits: hits.map((h) => hitToWire(h, asFloats)) };
-    }),
+    get: unary(
+      'Get',
+      async (r) => {
+        const pts = await db.get(r.collection, r.ids, { withVectors: r.withVectors, withPayload: r.withPayload, ...readFromWire(r) });
+        return { points: pts.map((p) => pointToWire(p, r.floatVectors)) };
+      },
+      (r) => r.consistency,
+    ),
+    search: unary(
+      'Search',
+      async (r) => {
+        const hits = await db.search(r.collection, searchRequest(wireQueries([r.vector], db.dimOf(r.collection), true), r.options));
+        const asFloats = !!r.options?.floatVectors;
+        return { hits: (hits[0] ?? []).map((h) => hitToWire(h, asFloats)) };
+      },
+      (r) => r.options?.consistency,
+    ),
+    searchBatch: unary(
+      'SearchBatch',
+      async (r) => {
+        if (overLimit.has(r)) checkQueryCount(searchBatchMax + 1, true);
+        const hits = await db.search(r.collection, searchRequest(wireQueries(r.vectors, db.dimOf(r.collection), false), r.options));
+        const asFloats = !!r.options?.floatVectors;
+        return { batches: hits.map((list) => ({ hits: list.map((h) => hitToWire(h, asFloats)) })) };
+      },
+      (r) => r.options?.consistency,
+    ),
+    count: unary('Count', async (r) => ({ count: BigInt(await db.count(r.collection, { ...readFromWire(r), filter: filterFromWire(r.filterJson), exact: r.exact })) }), (r) => r.consistency),
+    scroll: unary(
+      'Scroll',
+      async (r) => {
+        const page = await db.scroll(r.collection, scrollRequest(r));
+        return { points: page.points.map((p) => pointToWire(p, r.floatVectors)), nextCursor: page.nextCursor ?? '' };
+      },
+      (r) => r.consistency,
+    ),
+    recommend: unary(
+      'Recommend',
+      async (r) => {
+        const { vectors: _, ...opts } = searchRequest(new Float32Array(0), r.options);
+        const hits = await db.recommend(r.collection, { ...opts, positive: r.positive, negative: r.negative });
+        const asFloats = !!r.options?.floatVectors;
+        return { hits: hits.map((h) => hitToWire(h, asFloats)) };
+      },
+      (r) => r.options?.consistency,
+    ),
     clusterStatus: unary('ClusterStatus', async (r) => {
       const st = clusterJson(await db.clusterStatus({ leadersOnly: r.leadersOnly }), svc.addresses);
       const big = (n: number | undefined): bigint | undefined => (n === undefined ? undefined : BigInt(n));

@@ -101,7 +101,7 @@ export class HttpApi {
     tls?: TlsMaterial,
   ) {
     const db = svc.db;
-    const source = new StatusSource(() => db.status().nodeId, svc.metrics, dataDir, () => access?.internalKey, tls);
+    const source = new StatusSource(() => db.status().nodeId, svc.metrics, () => db.failovers?.() ?? [], dataDir, () => access?.internalKey, tls);
     this.statusSource = source;
     this.routes = [
       {
@@ -342,9 +342,8 @@ export class HttpApi {
       if (path === '/' || path === '/index.html') {
         this.authorize('StatusPage', req);
         const status = await this.svc.db.clusterStatus();
-        this.statusSource.observe(status.shards);
         const nodes = await this.statusSource.nodes(status);
-        const html = renderStatusPage(status, this.svc.db.listCollections(), this.svc.addresses, { nodes, failovers: this.statusSource.failovers });
+        const html = renderStatusPage(status, this.svc.db.listCollections(), this.svc.addresses, { nodes, failovers: this.statusSource.failovers() });
         res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'content-length': Buffer.byteLength(html) });
         res.end(html);
         return;
@@ -357,17 +356,25 @@ export class HttpApi {
       }
       this.authorize(entry.op, req);
       const deadlineAtMs = Date.now() + timeoutOf(req);
-      const answer = await this.svc.run(entry.op, 'http', deadlineAtMs, (signal) =>
-        entry.handler({
-          req,
-          params,
-          signal,
-          body: async (fields) => {
-            const b = await readJsonBody(req, signal);
-            if (fields) checkFields(b, fields, '');
-            return b;
-          },
-        }),
+      let body: Record<string, unknown> | undefined;
+      const answer = await this.svc.run(
+        entry.op,
+        'http',
+        deadlineAtMs,
+        (signal) =>
+          entry.handler({
+            req,
+            params,
+            signal,
+            body: async (fields) => {
+              const b = await readJsonBody(req, signal);
+              body = b;
+              if (fields) checkFields(b, fields, '');
+              return b;
+            },
+          }),
+        // A read's level: in its body, or in the query string (count).
+        () => body?.consistency ?? url.searchParams.get('consistency') ?? undefined,
       );
       if (answer instanceof Pieces) await sendPieces(res, answer.parts);
       else sendJson(res, 200, answer);

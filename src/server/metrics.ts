@@ -1,6 +1,6 @@
 /**
  * Prometheus metrics (prom-client), one registry per server so several servers can live in one
- * process (tests). Request counts and latency per operation and transport; WAL bytes, fsync and
+ * process (tests). Request counts per operation and transport, latency also per read level; WAL bytes, fsync and
  * snapshot latency through the DatabaseObserver hooks; points, LSNs and WAL size per shard read
  * from db.status() when /metrics is scraped. prom-client's process and Node.js metrics carry the
  * prefix `quiver_` (quiver_process_cpu_seconds_total, quiver_nodejs_eventloop_lag_seconds, ...).
@@ -30,8 +30,8 @@ export class Metrics {
 
   private readonly latency = new client.Histogram({
     name: 'quiver_request_duration_seconds',
-    help: 'API request latency by operation and transport',
-    labelNames: ['op', 'transport'] as const,
+    help: 'API request latency by operation, transport and read level (consistency: linearizable, session, bounded or eventual on reads; - on other operations)',
+    labelNames: ['op', 'transport', 'consistency'] as const,
     buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
     registers: [this.registry],
   });
@@ -249,9 +249,9 @@ export class Metrics {
     });
   }
 
-  observeRequest(op: string, transport: Transport, code: string, seconds: number): void {
+  observeRequest(op: string, transport: Transport, code: string, seconds: number, consistency: string): void {
     this.requests.inc({ op, transport, code });
-    this.latency.observe({ op, transport }, seconds);
+    this.latency.observe({ op, transport, consistency }, seconds);
   }
 
   observeTransport(transport: Transport, event: string): void {

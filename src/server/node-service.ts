@@ -134,7 +134,11 @@ export function nodeMethods(svc: Service, db: ClusterDatabase, tls: boolean): Ma
     out.set(pathOf(d), {
       decode: decoder(d.input as DescMessage),
       encode: (v) => encode(v as O),
-      handle: (request, deadlineAt) => svc.run(op, 'grpc', deadlineAt, (signal) => fn(request as In<M>, signal)),
+      // A shard read's level: in the request (get, count) or its search options.
+      handle: (request, deadlineAt) => {
+        const read = request as { consistency?: unknown; options?: { consistency?: unknown } };
+        return svc.run(op, 'grpc', deadlineAt, (signal) => fn(request as In<M>, signal), () => read.consistency ?? read.options?.consistency);
+      },
       authorize,
     });
   };

@@ -6,6 +6,7 @@
  */
 import { QuiverError } from '../errors';
 import { deadlineMsMax } from '../common/limits';
+import { CONSISTENCIES } from '../common/read-options';
 import type { Database } from '../query/types';
 import type { Metrics, Transport } from './metrics';
 import { asQuiverError } from './validate';
@@ -40,6 +41,19 @@ export type Op =
   | 'ShardChange'
   | 'CreatePayloadIndex'
   | 'DropPayloadIndex';
+
+/** Operations that read at a level: their latency is labelled with it (`consistency`). */
+const READS: ReadonlySet<Op> = new Set<Op>(['Search', 'SearchBatch', 'Get', 'Count', 'ShardSearch', 'ShardGet', 'ShardCount', 'Scroll', 'Recommend', 'ShardScroll']);
+
+/**
+ * The `consistency` label of a request's latency: a read's level as asked (unset: linearizable,
+ * the default; a value that is no level: `-`, as the request was refused); `-` for other operations.
+ */
+function levelLabel(op: Op, asked: unknown): string {
+  if (!READS.has(op)) return '-';
+  if (asked === undefined || asked === null || asked === '') return 'linearizable';
+  return (CONSISTENCIES as readonly unknown[]).includes(asked) ? String(asked) : '-';
+}
 
 /** Operations that change state: their deadline stops them only before they reach the log (see run). */
 const CHANGES: ReadonlySet<Op> = new Set<Op>(['CreateCollection', 'DropCollection', 'Upsert', 'Delete', 'ShardUpsert', 'ShardDelete', 'UpdatePayload', 'UpdateVectors', 'ShardChange', 'CreatePayloadIndex', 'DropPayloadIndex']);
@@ -79,9 +93,10 @@ export class Service {
    * DEADLINE_EXCEEDED. A change (CHANGES) gets `signal`, aborted when the deadline passes: what it
    * waits for before its write reaches the log (the request body, its turn) gives up then with
    * DEADLINE_EXCEEDED, and a write already in the log is awaited and answered, so no caller is told
-   * that a change failed which is then applied.
+   * that a change failed which is then applied. `level` gives a read's `consistency` as the request
+   * asked it, once it ran (the metrics label its latency with it).
    */
-  async run<T>(op: Op, transport: Transport, deadlineAtMs: number, fn: (signal?: AbortSignal) => Promise<T> | T): Promise<T> {
+  async run<T>(op: Op, transport: Transport, deadlineAtMs: number, fn: (signal?: AbortSignal) => Promise<T> | T, level?: () => unknown): Promise<T> {
     const t0 = process.hrtime.bigint();
     let code = 'OK';
     this.inFlight++;
@@ -100,7 +115,7 @@ export class Service {
       code = qe.code;
       throw qe;
     } finally {
-      this.metrics.observeRequest(op, transport, code, Number(process.hrtime.bigint() - t0) / 1e9);
+      this.metrics.observeRequest(op, transport, code, Number(process.hrtime.bigint() - t0) / 1e9, levelLabel(op, level?.()));
       if (--this.inFlight === 0) {
         const w = this.idleWaiters;
         this.idleWaiters = [];

@@ -1,14 +1,15 @@
 /**
  * Cluster status as people and programs see it: the HTML page at `/` (nodes with their process
  * figures, collections, every shard with its leader, epoch, phase and replicas' log positions and
- * lag, this node's replicas, the leader changes this node has seen), the JSON of GET /v1/cluster
+ * lag, this node's replicas, the last leader changes this node saw), the JSON of GET /v1/cluster
  * and ClusterStatus, and one node's process figures (GET /v1/node).
  */
 import * as fs from 'fs';
 import * as https from 'https';
 import type * as tls from 'tls';
 import { TlsMaterial, clientTlsOptions } from '../common/tls';
-import type { ClusterStatus, CollectionInfo, IndexSpec, ReplicaStatus, ShardStatus } from '../query/types';
+import { failoversKept } from '../query/types';
+import type { ClusterStatus, CollectionInfo, Failover, IndexSpec, ReplicaStatus, ShardStatus } from '../query/types';
 import { VERSION } from '../common/version';
 import type { Metrics } from './metrics';
 
@@ -45,20 +46,11 @@ export interface NodeVitals {
   /** API requests (and those that failed) per second, over the time since the previous answer (at least RATE_WINDOW_MS). */
   requestsPerSecond: number;
   errorsPerSecond: number;
-}
-
-/** A leader change of a shard, seen by comparing the shard maps of two status pages. */
-export interface Failover {
-  collection: string;
-  shard: number;
-  from: string;
-  to: string;
-  epoch: number;
-  at: string; // ISO-8601
+  /** The last leader changes this node saw in the shard maps, newest first. */
+  failovers: Failover[];
 }
 
 const RATE_WINDOW_MS = 1000;
-const FAILOVERS_KEPT = 20;
 /** How long the page waits for another node's GET /v1/node: a node slower than this shows as down. */
 const PEER_TIMEOUT_MS = 1000;
 
@@ -82,16 +74,12 @@ function getOverTls(url: string, options: tls.ConnectionOptions, key: string | u
 }
 
 /**
- * What the status page knows beyond db.clusterStatus(): this node's process figures, the other
- * nodes' (asked over HTTP while the page renders) and the last FAILOVERS_KEPT leader changes.
+ * What the status page knows beyond db.clusterStatus(): this node's process figures and the leader
+ * changes it saw (db.failovers), and the other nodes' figures (asked over HTTP while the page renders).
  */
 export class StatusSource {
   private sample: { atMs: number; requests: number; errors: number } | undefined;
   private rates = { requests: 0, errors: 0 };
-  /** Each shard's last leader ("collection/shard" -> leader, epoch). */
-  private leaders = new Map<string, { leader: string; epoch: number }>();
-  /** Newest first. */
-  readonly failovers: Failover[] = [];
 
   /**
    * `tls`: the node's certificate and CA when its servers use TLS; the other nodes are asked over
@@ -100,6 +88,7 @@ export class StatusSource {
   constructor(
     private readonly nodeId: () => string,
     private readonly metrics: Metrics,
+    readonly failovers: () => Failover[],
     private readonly dataDir?: string,
     /** The API key this node calls the others with, when they need one. */
     private readonly peerKey: () => string | undefined = () => undefined,
@@ -128,6 +117,7 @@ export class StatusSource {
       diskFreeBytes: disk && disk.bavail * disk.bsize,
       requestsPerSecond: this.rates.requests,
       errorsPerSecond: this.rates.errors,
+      failovers: this.failovers(),
     };
   }
 
@@ -146,25 +136,6 @@ export class StatusSource {
     };
     const all = await Promise.all(status.nodes.map(async (n) => [n.id, n.id === status.nodeId ? await this.vitals() : n.alive ? await ask(n.id, n.http) : null] as const));
     return new Map(all);
-  }
-
-  /** Notes the shards whose leader differs from the one this source last saw (a shard without a leader keeps its last one). */
-  observe(shards: ShardStatus[]): void {
-    const next = new Map<string, { leader: string; epoch: number }>();
-    for (const s of shards) {
-      const key = `${s.collection}/${s.shard}`;
-      const last = this.leaders.get(key);
-      if (!s.leader) {
-        if (last) next.set(key, last);
-        continue;
-      }
-      if (last && last.leader !== s.leader) {
-        this.failovers.unshift({ collection: s.collection, shard: s.shard, from: last.leader, to: s.leader, epoch: s.epoch, at: new Date().toISOString() });
-        this.failovers.length = Math.min(this.failovers.length, FAILOVERS_KEPT);
-      }
-      next.set(key, { leader: s.leader, epoch: s.epoch });
-    }
-    this.leaders = next;
   }
 }
 
@@ -259,8 +230,8 @@ export function renderStatusPage(
   );
   const failovers = table(
     'failovers',
-    ['time', 'collection', 'shard', 'old leader', 'new leader', 'epoch'],
-    seen.failovers.map((f) => [f.at, f.collection, f.shard, f.from, f.to, f.epoch]),
+    ['time', 'collection', 'shard', 'old leader', 'new leader', 'epoch', 'without leader'],
+    seen.failovers.map((f) => [f.at, f.collection, f.shard, f.from, f.to, f.epoch, f.withoutLeaderSeconds === null ? '?' : formatMs(f.withoutLeaderSeconds * 1000)]),
   );
   const here = table(
     'here',
@@ -303,7 +274,7 @@ ${replicas}
 <h2>Replicas on this node</h2>
 ${here}
 <h2>Recent failovers</h2>
-<p><small>the last ${FAILOVERS_KEPT} leader changes this node saw between two renderings of this page</small></p>
+<p><small>the last ${failoversKept} leader changes this node saw in the shard maps since it started; without leader: from the last message this node had from the old leader (else from the first map naming no leader) until the map named the new one</small></p>
 ${failovers}
 </body></html>
 `;
