@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QuiverClient } from '../src/client';
 import { QuiverError } from '../src/errors';
 import { payloadBytesMax } from '../src/common/limits';
+import { PayloadOp, decodePayload, encodePayload, hashInBody } from '../src/shard/codec';
 import { Harness, httpJson, rawCall, startHarness, tempDir, vec } from './server-harness';
 import { startServe } from './serve-child';
 
@@ -53,6 +54,32 @@ beforeAll(async () => {
 afterAll(async () => {
   client?.close();
   await h?.stop();
+});
+
+describe('the payload update entry (WAL type 7)', () => {
+  it('round-trips every change, with and without a request hash; a damaged body is DATA_LOSS', () => {
+    const ops: PayloadOp[] = [
+      { ids: ['a', 'é'], change: { set: { x: 1, y: [true, null] } } },
+      { ids: [], change: { overwrite: {} } },
+      { ids: ['b'], change: { deleteKeys: ['x', 'y'] } },
+    ];
+    const hash = Buffer.alloc(16, 7);
+    for (const op of ops) {
+      for (const h of [undefined, hash]) {
+        const body = Buffer.concat(encodePayload(op, h));
+        expect(decodePayload(body)).toEqual(op);
+        expect(hashInBody(body)).toEqual(h);
+      }
+    }
+    const body = Buffer.concat(encodePayload(ops[0]));
+    for (const bad of [body.subarray(0, 4), body.subarray(0, body.length - 1), Buffer.concat([body, Buffer.from([0])]), Buffer.from([9, 0, 0, 0, 0, 0, 0, 0, 0])]) {
+      expect(() => decodePayload(bad)).toThrow(expect.objectContaining({ code: 'DATA_LOSS' }));
+    }
+    const badJson = Buffer.from(body);
+    badJson[5] = 0x7b; // '{' where '{"x"' began: '{{"x"...' is no JSON
+    badJson[6] = 0x7b;
+    expect(() => decodePayload(badJson)).toThrow(expect.objectContaining({ code: 'DATA_LOSS' }));
+  });
 });
 
 describe('delete by filter', () => {

@@ -225,7 +225,12 @@ export function decodePayload(body: Uint8Array): PayloadOp {
   const len = buf.readUInt32LE(1);
   if (mode < 1 || mode > PAYLOAD_MODES.length) throw corrupt(`unknown payload update mode ${mode}`);
   if (5 + len > buf.length) throw corrupt('truncated payload update');
-  const arg = JSON.parse(buf.toString('utf8', 5, 5 + len)) as unknown;
+  let arg: unknown;
+  try {
+    arg = JSON.parse(buf.toString('utf8', 5, 5 + len));
+  } catch {
+    throw corrupt('payload update JSON');
+  }
   const change = { [PAYLOAD_MODES[mode - 1]]: arg } as PayloadChange;
   return { ids: decodeIds(buf.subarray(5 + len)), change };
 }
