@@ -5,8 +5,9 @@
  * input exactly.
  *
  * Iterations: each target runs `iterations(n)` cases, n by default (the whole fuzz set stays within
- * about a minute of `npm test` on a 2-core machine); QUIVER_FUZZ_ITERS=N runs N per target instead
- * (`npm run fuzz` runs the long mode). QUIVER_FUZZ_SEED=S runs only the case of seed S, which is
+ * about a minute of `npm test` on a 2-core machine); QUIVER_FUZZ_SCALE=F runs F times as many
+ * (`npm run fuzz` is the long mode: F = 50, and the libFuzzer targets for 10 minutes each).
+ * QUIVER_FUZZ_SEED=S runs only the case of seed S, which is
  * how a failure printed by `fuzz()` is replayed; QUIVER_FUZZ_TRACE=1 prints each seed before its case
  * runs (a case that hangs names itself last).
  */
@@ -21,13 +22,13 @@ export const CASE_MS_MAX = 2000;
 /** Growth of the resident set during one target's cases past which it counts as a leak or a runaway allocation. */
 export const RSS_GROWTH_BYTES_MAX = 768 * 1024 * 1024;
 
-/** Cases per target: `n`, or QUIVER_FUZZ_ITERS when set. */
+/** Cases per target: `n` times QUIVER_FUZZ_SCALE (default 1). */
 export function iterations(n: number): number {
-  const env = process.env.QUIVER_FUZZ_ITERS;
+  const env = process.env.QUIVER_FUZZ_SCALE;
   if (env === undefined || env === '') return n;
-  const v = Number(env);
-  if (!Number.isSafeInteger(v) || v < 1) throw new Error(`QUIVER_FUZZ_ITERS must be a positive integer, not ${env}`);
-  return v;
+  const f = Number(env);
+  if (!(f > 0) || !Number.isFinite(f)) throw new Error(`QUIVER_FUZZ_SCALE must be a positive number, not ${env}`);
+  return Math.max(1, Math.round(n * f));
 }
 
 export function randomBytes(r: Prng, n: number): Buffer {
