@@ -269,3 +269,51 @@ describe('snapshots', () => {
     }
   });
 });
+
+describe('what the fuzzing found, case by case', () => {
+  const dim = 2;
+  /** A snapshot of a store (a, b, cé, d; b removed: label 1 free) written from `edit` of its image, state.bin then edited (checksum made to match); what reading it gives. */
+  async function readEdited(edit: (image: ReturnType<PointStore['capture']>) => void, editState: (state: Buffer) => void = () => undefined): Promise<unknown> {
+    const store = new PointStore(dim, false);
+    const ids = ['a', 'b', 'cé', 'd'];
+    store.assign(store.planLabels(ids), ids, new Float32Array(8), [undefined, undefined, undefined, undefined]);
+    store.remove(['b']);
+    const image = store.capture();
+    edit(image);
+    const index = new FlatIndex({ dim, metric: 'l2' });
+    const dir = await writeSnapshot(path.join(tmp, 'snap-edited'), { lsn: 5, epoch: 1, dim, vectorsInIndex: true }, Buffer.from(await index.serialize()), await store.encode(image, 48), { ids: [], records: [] });
+    const state = fs.readFileSync(path.join(dir, 'state.bin'));
+    editState(state);
+    state.writeUInt32LE(crc32c(state, 0, 0, state.length - 4), state.length - 4);
+    fs.writeFileSync(path.join(dir, 'state.bin'), state);
+    return readSnapshot(dir, new PointStore(dim)).then(
+      () => 'read',
+      (e: QuiverError) => e.code,
+    );
+  }
+
+  it('snapshots: a nextLabel past the labels it accounts for (the load ran for ever), a live or repeated free label, an id twice: DATA_LOSS', async () => {
+    expect(await readEdited(() => undefined)).toBe('read');
+    expect(await readEdited(() => undefined, (st) => st.writeUInt32LE(0xff000004, 48))).toBe('DATA_LOSS'); // the store's nextLabel
+    expect(await readEdited((im) => void (im.free = [2]))).toBe('DATA_LOSS');
+    expect(await readEdited((im) => void (im.free = [1, 1]))).toBe('DATA_LOSS');
+    expect(await readEdited((im) => void (im.ids[3] = 'a'))).toBe('DATA_LOSS');
+  });
+
+  it('WAL entries: an LSN, epoch or commit LSN of 2^53 or more, or a key that is not UTF-8, is refused even behind a matching checksum', () => {
+    const withCrc = (b: Buffer) => {
+      b.writeUInt32LE(crc32c(b, 0, 0, b.length - 4), b.length - 4);
+      return b;
+    };
+    const good = entryBytes({ lsn: 7, epoch: 2, commitLsn: 6, type: EntryType.Delete, key: 'ok', body: Buffer.alloc(4) });
+    expect(decodeEntry(good, 0).ok).toBe(true);
+    for (const at of [12, 20, 28]) {
+      const b = Buffer.from(good);
+      b.writeUInt32LE(0x200000, at); // the high word of 2^53
+      expect(decodeEntry(withCrc(b), 0)).toMatchObject({ ok: false });
+    }
+    const badKey = Buffer.from(good);
+    badKey[ENTRY_HEADER_BYTES] = 0xff;
+    expect(decodeEntry(withCrc(badKey), 0)).toMatchObject({ ok: false, reason: 'idempotency key not UTF-8' });
+  });
+});
