@@ -54,7 +54,7 @@ describe('HPACK decoder under mutated header blocks', () => {
   it('refuses with an HpackError or decodes a list that round-trips; the dynamic table carries across blocks', async () => {
     let decoded = 0;
     let refused = 0;
-    await fuzz(
+    const runs = await fuzz(
       'hpack',
       0x4a9c0000,
       4000,
@@ -88,8 +88,8 @@ describe('HPACK decoder under mutated header blocks', () => {
         }
       },
     );
-    expect(decoded).toBeGreaterThan(100);
-    expect(refused).toBeGreaterThan(100);
+    expect(decoded).toBeGreaterThanOrEqual(Math.floor(runs * 0.025));
+    expect(refused).toBeGreaterThanOrEqual(Math.floor(runs * 0.025));
   });
 });
 

@@ -85,7 +85,7 @@ describe('HTTP JSON requests under damaged bodies', () => {
   it('each is answered, or refused with a typed 4xx error; never a 500; a refused write changes nothing', async () => {
     let refused = 0;
     let answered = 0;
-    await fuzz(
+    const runs = await fuzz(
       'http-json',
       0x7c100000,
       150,
@@ -116,8 +116,8 @@ describe('HTTP JSON requests under damaged bodies', () => {
         }
       },
     );
-    expect(refused).toBeGreaterThan(100);
-    expect(answered).toBeGreaterThan(10);
+    expect(refused).toBeGreaterThanOrEqual(Math.floor(runs * 0.5));
+    expect(answered).toBeGreaterThanOrEqual(Math.floor(runs * 0.05));
   });
 });
 
@@ -126,7 +126,7 @@ describe('the filter parser under damaged filters', () => {
 
   it('is refused with INVALID_ARGUMENT or compiles to a predicate that answers a boolean on any payload', async () => {
     let compiled = 0;
-    await fuzz(
+    const runs = await fuzz(
       'filter',
       0x7c110000,
       3000,
@@ -153,6 +153,6 @@ describe('the filter parser under damaged filters', () => {
         for (const p of payloads) expect(typeof pred(p as never)).toBe('boolean');
       },
     );
-    expect(compiled).toBeGreaterThan(100);
+    expect(compiled).toBeGreaterThanOrEqual(Math.floor(runs * 0.015));
   });
 });

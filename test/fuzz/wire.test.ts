@@ -49,7 +49,7 @@ describe('gRPC codecs under damaged messages', () => {
     it(`${side}s: refused with an error, or decoded to a value that encodes and decodes the same`, async () => {
       const methods = METHOD_NAMES.filter((m) => table[m] !== undefined);
       let decoded = 0;
-      await fuzz(
+      const runs = await fuzz(
         `grpc-${side}`,
         side === 'request' ? 0x8d100000 : 0x8d110000,
         2000,
@@ -76,7 +76,7 @@ describe('gRPC codecs under damaged messages', () => {
           roundTrip(value, ser as (v: never) => Buffer, de);
         },
       );
-      expect(decoded).toBeGreaterThan(300);
+      expect(decoded).toBeGreaterThanOrEqual(Math.floor(runs * 0.15));
     });
   }
 });
@@ -95,7 +95,7 @@ describe('replication messages under damage', () => {
 
   it('a message is refused with a typed error or decodes to one that encodes the same; each entry it carries is refused or exactly one sent', async () => {
     let decoded = 0;
-    await fuzz('replication', 0x8d120000, 2500, (r) => mutate(r, seeds, 3), (input) => {
+    const runs = await fuzz('replication', 0x8d120000, 2500, (r) => mutate(r, seeds, 3), (input) => {
       let m: ReturnType<typeof decodePeerMessage>;
       try {
         m = decodePeerMessage(input);
@@ -114,6 +114,6 @@ describe('replication messages under damage', () => {
         off += d.bytes;
       }
     });
-    expect(decoded).toBeGreaterThan(200);
+    expect(decoded).toBeGreaterThanOrEqual(Math.floor(runs * 0.05));
   });
 });
