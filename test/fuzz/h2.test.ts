@@ -180,7 +180,7 @@ function mutateFrames(r: Prng, fs: Buffer[]): Buffer[] {
       case 2: {
         // a length field set large (the payload then swallows the frames after it)
         const f = Buffer.from(out[i]);
-        f.writeUIntBE(r.pick([0xffffff, 0x4000, 0x4001, 0x10001, f.length, r.int(0, 0xffffff)]), 0, 3);
+        if (f.length >= 3) f.writeUIntBE(r.pick([0xffffff, 0x4000, 0x4001, 0x10001, f.length, r.int(0, 0xffffff)]), 0, 3);
         out[i] = f;
         break;
       }

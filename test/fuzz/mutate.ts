@@ -135,7 +135,12 @@ export async function fuzz<I extends Buffer | string>(
     // A case that hangs in synchronous code never returns here: the trace names the last one begun.
     if (trace) process.stderr.write(`${target}: seed ${seed}\n`);
     const r = new Prng(seed);
-    const input = make(r);
+    let input: I;
+    try {
+      input = make(r);
+    } catch (e) {
+      throw new FuzzFailure(`${target}: seed ${seed} (replay: QUIVER_FUZZ_SEED=${seed}): making the input failed: ${(e as Error)?.stack ?? e}`);
+    }
     const t0 = Date.now();
     try {
       await check(input, r);
