@@ -3,6 +3,7 @@
 #   ThreadSanitizer:        test/native/stress.cpp     add/remove/search at once on every index kind
 #   AddressSanitizer+UBSan: test/native/index_test.cpp round trips, truncated and corrupt files
 #                           test/native/oom_test.cpp   each allocation of a write failing in turn
+#   libFuzzer (clang):      native/fuzz/               scripts/fuzz-native.sh, QUIVER_FUZZ_SECONDS each
 # Fails (non-zero) on any sanitizer report. A sanitizer whose runtime is missing (gcc's libtsan,
 # libasan, libubsan) is skipped with a message saying so; the check compiles and runs a trivial
 # program with the flag.
@@ -47,3 +48,5 @@ else
   echo "== AddressSanitizer + UBSan: SKIPPED: $CXX cannot build and run with -fsanitize=address,undefined here (libasan/libubsan missing?) =="
 fi
 echo "sanitizers: $ran of 2 ran"
+# libFuzzer targets of the index file parsers (clang; skipped, saying so, without it).
+bash scripts/fuzz-native.sh

@@ -9,8 +9,13 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 
+// clang (the libFuzzer build, scripts/fuzz-native.sh) has its own form of the target pragma.
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
+#endif
 
 namespace qv {
 namespace {
@@ -247,7 +252,11 @@ const Kernels* avx2_kernels() { return &kTable; }
 
 }  // namespace qv
 
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 
 #else
 namespace qv {

@@ -8,12 +8,17 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 
+// clang (the libFuzzer build, scripts/fuzz-native.sh) has its own form of the target pragma.
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))), apply_to = function)
+#else
 #pragma GCC push_options
 // GCC 12 warns inside its own _mm512_reduce_* helpers (_mm256_undefined_*); not our code.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
+#endif
 
 namespace qv {
 namespace {
@@ -209,8 +214,12 @@ const Kernels* avx512_kernels() { return &kTable; }
 
 }  // namespace qv
 
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC diagnostic pop
 #pragma GCC pop_options
+#endif
 
 #else
 namespace qv {

@@ -32,8 +32,12 @@
  *   - errors: a connection error sends GOAWAY with its code and destroys the socket; a stream error
  *     sends RST_STREAM and reports it to the caller as a reset (onReset). RFC 9113's choices:
  *     HEADERS for a closed stream id we did not just reset, and any frame but HEADERS or PRIORITY
- *     on an idle stream, are connection errors (PROTOCOL_ERROR); a PRIORITY frame of other than 5
- *     bytes is a stream error (FRAME_SIZE_ERROR) on an open stream, a connection error otherwise.
+ *     on an idle stream, are connection errors (PROTOCOL_ERROR); DATA or HEADERS on a stream the
+ *     peer ended are STREAM_CLOSED (a stream error while we still answer it, a connection error
+ *     once it closed), on one the peer reset a stream error (STREAM_CLOSED); a PRIORITY frame of
+ *     other than 5 bytes, or a stream that depends on itself, is a stream error (FRAME_SIZE_ERROR,
+ *     PROTOCOL_ERROR) on an open stream, a connection error otherwise. test/h2-conformance.test.ts
+ *     checks these rules, and the error codes of malformed frames, as h2spec would.
  *     An exception that is not an HTTP/2 error (a bug) ends the connection with INTERNAL_ERROR and
  *     reaches the caller's onClose as an H2InternalError; it never leaves the socket's handlers.
  *   - floods (the HTTP/2 denial-of-service patterns of CVE-2019-9512/9515/9518): frames that cost
@@ -231,6 +235,13 @@ function goawayFrame(lastStream: number, code: number, debug: string): Buffer {
   return frame(FRAME.GOAWAY, 0, 0, p);
 }
 
+function rstFrame(stream: number, code: number): Buffer {
+  const b = Buffer.allocUnsafe(13);
+  writeHead(b, 0, 4, FRAME.RST_STREAM, 0, stream);
+  b.writeUInt32BE(code, 9);
+  return b;
+}
+
 function windowUpdate(stream: number, increment: number): Buffer {
   const b = Buffer.allocUnsafe(13);
   writeHead(b, 0, 4, FRAME.WINDOW_UPDATE, 0, stream);
@@ -258,7 +269,7 @@ export class H2Session<U> {
   private parts: Buffer[] = [];
   private partsBytes = 0;
   /** A header block under assembly (HEADERS then CONTINUATION until END_HEADERS); since when its first byte came (ms, 0: none). */
-  private block: { stream: number; flags: number; parts: Buffer[]; bytes: number } | null = null;
+  private block: { stream: number; flags: number; selfDependent: boolean; parts: Buffer[]; bytes: number } | null = null;
   blockSince = 0;
   /** The peer's first frame (SETTINGS) came. */
   private greeted = false;
@@ -274,6 +285,11 @@ export class H2Session<U> {
   private queuedBytes = 0;
   /** Streams we reset lately: the peer may still send HEADERS on them, which are dropped. */
   private readonly resetIds = new Set<number>();
+  /**
+   * Streams that closed lately on the peer's word: true where it reset them, false where it ended
+   * them (END_STREAM) and so did we. DATA or HEADERS on one is the peer's error (STREAM_CLOSED).
+   */
+  private readonly peerClosedIds = new Map<number, boolean>();
   private lastPeerStream = 0;
   private nextLocalStream: number;
   private goawaySent = false;
@@ -482,12 +498,32 @@ export class H2Session<U> {
 
   private closeLocal(s: H2Stream<U>): void {
     s.localClosed = true;
-    if (s.remoteClosed) this.streams.delete(s.id);
+    if (s.remoteClosed) this.closedByPeer(s.id, false);
   }
 
   private closeRemote(s: H2Stream<U>): void {
     s.remoteClosed = true;
-    if (s.localClosed) this.streams.delete(s.id);
+    if (s.localClosed) this.closedByPeer(s.id, false);
+  }
+
+  /** A stream gone because the peer ended it (and so did we) or reset it; remembered for a while. */
+  private closedByPeer(id: number, reset: boolean): void {
+    this.streams.delete(id);
+    this.peerClosedIds.set(id, reset);
+    if (this.peerClosedIds.size > RESET_IDS_KEPT) this.peerClosedIds.delete(this.peerClosedIds.keys().next().value as number);
+  }
+
+  /**
+   * DATA or HEADERS for a stream that is no longer open. RFC 9113 5.1: on a stream the peer
+   * ended, a connection error (STREAM_CLOSED); on one it reset, a stream error (STREAM_CLOSED);
+   * on one we reset, or one closed too long ago to tell, nothing (the peer may have sent it before
+   * it saw our reset). On an idle stream, a connection error (PROTOCOL_ERROR).
+   */
+  private onClosedStream(stream: number, what: string): void {
+    this.notIdle(stream, what);
+    const reset = this.peerClosedIds.get(stream);
+    if (reset === false) throw new H2ConnectionError(H2_ERROR.STREAM_CLOSED, `${what} on stream ${stream}, which the peer ended`);
+    if (reset === true) this.reply(rstFrame(stream, H2_ERROR.STREAM_CLOSED));
   }
 
   /** Ends both directions of a stream and forgets what it had queued (a reset, either side's). */
@@ -506,10 +542,7 @@ export class H2Session<U> {
     // Remembered for a while: HEADERS the peer sent before it saw the reset are dropped, not an error.
     this.resetIds.add(s.id);
     if (this.resetIds.size > RESET_IDS_KEPT) this.resetIds.delete(this.resetIds.values().next().value as number);
-    const b = Buffer.allocUnsafe(13);
-    writeHead(b, 0, 4, FRAME.RST_STREAM, 0, s.id);
-    b.writeUInt32BE(code, 9);
-    this.write(b);
+    this.write(rstFrame(s.id, code));
   }
 
   /** A stream error in what the peer sent: RST_STREAM, reported to the caller as a reset. */
@@ -677,12 +710,10 @@ export class H2Session<U> {
       if (len === 0 && !(flags & END_STREAM)) this.idleFrame('empty DATA');
     }
     const s = this.streams.get(stream);
-    if (!s) {
-      if (stream > this.highestStream()) throw new H2ConnectionError(H2_ERROR.PROTOCOL_ERROR, `DATA on idle stream ${stream}`);
-    } else if (!s.remoteClosed) {
-      if (len > s.recvWindow) this.streamError(s, H2_ERROR.FLOW_CONTROL_ERROR);
-      else s.recvWindow -= len;
-    }
+    if (!s) this.onClosedStream(stream, 'DATA');
+    else if (s.remoteClosed) this.streamError(s, H2_ERROR.STREAM_CLOSED);
+    else if (len > s.recvWindow) this.streamError(s, H2_ERROR.FLOW_CONTROL_ERROR);
+    else s.recvWindow -= len;
   }
 
   /** DATA payload bytes chunk[at..stop): the pad length, data passed on as it comes, padding skipped. */
@@ -765,7 +796,9 @@ export class H2Session<U> {
         }
         if (flags & PRIORITY_FLAG) start += 5;
         if (start > stop) throw new H2ConnectionError(H2_ERROR.PROTOCOL_ERROR, 'bad HEADERS padding');
-        this.block = { stream, flags, parts: [p.subarray(start, stop)], bytes: stop - start };
+        // A stream that depends on itself (RFC 9113 5.3.1): a stream error, once the block is decoded.
+        const selfDependent = (flags & PRIORITY_FLAG) !== 0 && (p.readUInt32BE(start - 5) & 0x7fffffff) === stream;
+        this.block = { stream, flags, selfDependent, parts: [p.subarray(start, stop)], bytes: stop - start };
         if (flags & END_HEADERS) this.endBlock();
         return;
       }
@@ -781,27 +814,33 @@ export class H2Session<U> {
       }
       case FRAME.PRIORITY: {
         if (stream === 0) throw new H2ConnectionError(H2_ERROR.PROTOCOL_ERROR, 'PRIORITY on stream 0');
-        if (p.length !== 5) {
-          // A stream error (RFC 9113 6.3), but RST_STREAM may not go on an idle or closed stream.
+        // Stream errors (RFC 9113 6.3, 5.3.1), but RST_STREAM may not go on an idle or closed stream.
+        const bad = p.length !== 5 ? H2_ERROR.FRAME_SIZE_ERROR : (p.readUInt32BE(0) & 0x7fffffff) === stream ? H2_ERROR.PROTOCOL_ERROR : 0;
+        if (bad !== 0) {
           const s = this.streams.get(stream);
-          if (s) return this.streamError(s, H2_ERROR.FRAME_SIZE_ERROR);
-          throw new H2ConnectionError(H2_ERROR.FRAME_SIZE_ERROR, `a ${p.length}-byte PRIORITY frame`);
+          if (s) return this.streamError(s, bad);
+          throw new H2ConnectionError(bad, p.length !== 5 ? `a ${p.length}-byte PRIORITY frame` : `PRIORITY: stream ${stream} depends on itself`);
         }
         this.idleFrame('PRIORITY');
         return;
       }
       case FRAME.RST_STREAM: {
-        if (stream === 0 || p.length !== 4) throw new H2ConnectionError(H2_ERROR.PROTOCOL_ERROR, 'bad RST_STREAM');
+        if (stream === 0) throw new H2ConnectionError(H2_ERROR.PROTOCOL_ERROR, 'RST_STREAM on stream 0');
+        if (p.length !== 4) throw new H2ConnectionError(H2_ERROR.FRAME_SIZE_ERROR, `a ${p.length}-byte RST_STREAM`);
         const s = this.streams.get(stream);
         if (!s) return this.notIdle(stream, 'RST_STREAM');
         this.drop(s);
+        this.closedByPeer(stream, true);
         this.h.onReset(s, p.readUInt32BE(0));
         return;
       }
       case FRAME.SETTINGS:
         if (stream !== 0) throw new H2ConnectionError(H2_ERROR.PROTOCOL_ERROR, 'SETTINGS on a stream');
         this.idleFrame('SETTINGS');
-        if (flags & ACK) return;
+        if (flags & ACK) {
+          if (p.length !== 0) throw new H2ConnectionError(H2_ERROR.FRAME_SIZE_ERROR, 'a SETTINGS ACK with a payload');
+          return;
+        }
         if (p.length % 6 !== 0) throw new H2ConnectionError(H2_ERROR.FRAME_SIZE_ERROR, 'bad SETTINGS length');
         for (let i = 0; i < p.length; i += 6) this.setting(p.readUInt16BE(i), p.readUInt32BE(i + 2));
         this.reply(frame(FRAME.SETTINGS, ACK, 0));
@@ -814,12 +853,14 @@ export class H2Session<U> {
       case FRAME.PUSH_PROMISE:
         throw new H2ConnectionError(H2_ERROR.PROTOCOL_ERROR, 'PUSH_PROMISE, though push is disabled');
       case FRAME.PING:
-        if (stream !== 0 || p.length !== 8) throw new H2ConnectionError(H2_ERROR.FRAME_SIZE_ERROR, 'bad PING');
+        if (stream !== 0) throw new H2ConnectionError(H2_ERROR.PROTOCOL_ERROR, 'PING on a stream');
+        if (p.length !== 8) throw new H2ConnectionError(H2_ERROR.FRAME_SIZE_ERROR, `a ${p.length}-byte PING`);
         this.idleFrame('PING');
         if (!(flags & ACK)) this.reply(frame(FRAME.PING, ACK, 0, p));
         return;
       case FRAME.GOAWAY: {
-        if (stream !== 0 || p.length < 8) throw new H2ConnectionError(H2_ERROR.PROTOCOL_ERROR, 'bad GOAWAY');
+        if (stream !== 0) throw new H2ConnectionError(H2_ERROR.PROTOCOL_ERROR, 'GOAWAY on a stream');
+        if (p.length < 8) throw new H2ConnectionError(H2_ERROR.FRAME_SIZE_ERROR, `a ${p.length}-byte GOAWAY`);
         const last = p.readUInt32BE(0) & 0x7fffffff;
         this.goawayLastStream = last;
         this.goawayCode = p.readUInt32BE(4);
@@ -862,7 +903,10 @@ export class H2Session<U> {
         if (value > WINDOW_MAX) throw new H2ConnectionError(H2_ERROR.FLOW_CONTROL_ERROR, 'SETTINGS_INITIAL_WINDOW_SIZE over 2^31-1');
         const delta = value - this.peerInitialWindow;
         this.peerInitialWindow = value;
-        for (const s of this.streams.values()) s.sendWindow += delta;
+        for (const s of this.streams.values()) {
+          s.sendWindow += delta;
+          if (s.sendWindow > WINDOW_MAX) throw new H2ConnectionError(H2_ERROR.FLOW_CONTROL_ERROR, `SETTINGS_INITIAL_WINDOW_SIZE took stream ${s.id}'s window past 2^31-1`);
+        }
         return;
       }
       case SETTING.MAX_FRAME_SIZE:
@@ -901,8 +945,10 @@ export class H2Session<U> {
         if (b.stream > this.highestStream()) throw new H2ConnectionError(H2_ERROR.PROTOCOL_ERROR, `HEADERS on stream ${b.stream}, which we never opened`);
         // Trailers on a stream we reset lately: the block was decoded, that is all.
         if (this.resetIds.has(b.stream)) return;
-        // A stream id below one already used that was never opened, or one that closed: the peer
-        // can expect no answer on it (RFC 9113 5.1.1: a connection error).
+        // A stream the peer ended or reset lately: STREAM_CLOSED (onClosedStream).
+        if (this.peerClosedIds.has(b.stream)) return this.onClosedStream(b.stream, 'HEADERS');
+        // A stream id below one already used that was never opened, or one that closed long ago:
+        // the peer can expect no answer on it (RFC 9113 5.1.1: a connection error).
         throw new H2ConnectionError(H2_ERROR.PROTOCOL_ERROR, `HEADERS on stream ${b.stream}, below stream ${this.lastPeerStream} already opened`);
       }
       this.lastPeerStream = b.stream;
@@ -913,8 +959,11 @@ export class H2Session<U> {
         this.reset(s, H2_ERROR.REFUSED_STREAM);
         return;
       }
+      if (b.selfDependent) return this.reset(s, H2_ERROR.PROTOCOL_ERROR);
     } else if (s.remoteClosed) {
       return this.streamError(s, H2_ERROR.STREAM_CLOSED);
+    } else if (b.selfDependent) {
+      return this.streamError(s, H2_ERROR.PROTOCOL_ERROR);
     }
     if (endStream) this.closeRemote(s);
     this.h.onHeaders(s, headers, endStream, opened);

@@ -117,7 +117,7 @@ class IdOrder {
 
 export class PointStore {
   readonly dim: number;
-  private readonly idToLabel = new Map<string, number>();
+  private idToLabel = new Map<string, number>();
   private labelToId: (string | undefined)[] = [];
   private payloads: (Payload | undefined)[] = [];
   /** Raw vectors in chunks of chunkLabels rows (growing never copies what is stored); see keepsVectors. */
@@ -471,7 +471,11 @@ export class PointStore {
     const count = buf.readUInt32LE(off + 4);
     const freeCount = buf.readUInt32LE(off + 8);
     off += 12;
+    // Every label below nextLabel is live or free; a record takes 10 bytes at least, a free label 4.
+    if (count + freeCount !== nextLabel) fail(`${count} points and ${freeCount} free labels, but ${nextLabel} labels`);
+    if (count * 10 + freeCount * 4 > buf.length - off) fail('short records');
     const labels = new Uint32Array(count);
+    const byId = new Map<string, number>();
     const ids: string[] = [];
     const payloads: (Payload | undefined)[] = [];
     let largestIdBytes = 0;
@@ -482,7 +486,10 @@ export class PointStore {
       const idLen = buf.readUInt16LE(off + 4);
       off += 6;
       if (off + idLen + 4 > buf.length) fail('short record');
-      ids.push(buf.toString('utf8', off, off + idLen));
+      const id = buf.toString('utf8', off, off + idLen);
+      if (byId.has(id)) fail(`id ${JSON.stringify(id)} twice`);
+      byId.set(id, labels[i]);
+      ids.push(id);
       off += idLen;
       const pLen = buf.readUInt32LE(off);
       off += 4;
@@ -495,7 +502,14 @@ export class PointStore {
     }
     if (off + freeCount * 4 > buf.length) fail('short free list');
     const free: number[] = [];
-    for (let i = 0; i < freeCount; i++) free.push(buf.readUInt32LE(off + i * 4));
+    const taken = new Uint8Array(nextLabel);
+    for (let i = 0; i < count; i++) taken[labels[i]] = 1;
+    for (let i = 0; i < freeCount; i++) {
+      const label = buf.readUInt32LE(off + i * 4);
+      if (label >= nextLabel || taken[label]) fail(`free label ${label} is live, listed twice or past ${nextLabel}`);
+      taken[label] = 1;
+      free.push(label);
+    }
     off += freeCount * 4;
     const rowBytes = this.dim * 4;
     const chunks: Float32Array[] = [];
@@ -522,10 +536,9 @@ export class PointStore {
     this.shared.clear();
     this.labelToId = [];
     this.payloads = [];
-    this.idToLabel.clear();
+    this.idToLabel = byId;
     this.order = undefined;
     for (let i = 0; i < count; i++) {
-      this.idToLabel.set(ids[i], labels[i]);
       this.labelToId[labels[i]] = ids[i];
       this.payloads[labels[i]] = payloads[i];
     }

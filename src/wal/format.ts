@@ -33,6 +33,7 @@
  * nothing valid follows it; anything else (a damaged entry below the commit point, in an older
  * segment, or followed by valid entries) is DATA_LOSS.
  */
+import { isUtf8 } from 'buffer';
 import { QuiverError } from '../errors';
 import { crc32c } from './crc32c';
 
@@ -71,6 +72,8 @@ export interface WalEntry extends EntryInput {
 }
 
 const TWO32 = 4294967296;
+/** The high word of a u64 below 2^53. */
+const HIGH_WORD_MAX = 0x1fffff;
 
 function writeU64(buf: Buffer, off: number, v: number): void {
   buf.writeUInt32LE(v % TWO32, off);
@@ -148,6 +151,9 @@ export function decodeEntry(buf: Buffer, off: number, end = buf.length): DecodeR
   if (bodyLen > entryBodyBytesMax || keyLen > keyBytesMax || buf.readUInt8(off + 5) !== 0 || !(type in EntryType)) {
     return { ok: false, reason: 'implausible entry header', length: -1 };
   }
+  if (buf.readUInt32LE(off + 12) > HIGH_WORD_MAX || buf.readUInt32LE(off + 20) > HIGH_WORD_MAX || buf.readUInt32LE(off + 28) > HIGH_WORD_MAX) {
+    return { ok: false, reason: 'an LSN or epoch of 2^53 or more', length: -1 };
+  }
   const n = ENTRY_HEADER_BYTES + keyLen + bodyLen;
   const total = n + ENTRY_TRAILER_BYTES;
   if (end - off < total) return { ok: false, reason: 'partial entry', length: total };
@@ -155,6 +161,7 @@ export function decodeEntry(buf: Buffer, off: number, end = buf.length): DecodeR
     return { ok: false, reason: 'entry checksum mismatch', length: total };
   }
   const keyStart = off + ENTRY_HEADER_BYTES;
+  if (keyLen > 0 && !isUtf8(buf.subarray(keyStart, keyStart + keyLen))) return { ok: false, reason: 'idempotency key not UTF-8', length: total };
   return {
     ok: true,
     bytes: total,
