@@ -13,11 +13,14 @@ import { promises as fsp } from 'fs';
 import * as path from 'path';
 import { QuiverError } from '../errors';
 import { efMax } from '../native/limits';
-import { Shard, requestHash } from '../shard';
+import { Shard, requestHash, txnTimeoutMsDefault } from '../shard';
+import type { TxnPart } from '../shard';
 import type { ShardHit, ShardOptions, UpsertOp } from '../shard';
 import { CatalogEntry, readCatalog, writeCatalog } from './catalog';
 import { compileFilter } from './filter';
 import { idsByShard, splitBatch, writeByShard } from '../common/placement';
+import { resolveInDoubt, runTransaction } from './transaction';
+import { log } from '../common/log';
 import { ReadLevel, checkReadLevel } from '../common/read-options';
 import type {
   ChangeOptions,
@@ -59,6 +62,8 @@ interface Collection {
   spec: CollectionSpec;
   createdAt: string;
   shards: Shard[];
+  /** Batches across shards being written, by idempotency key (a retry joins its first run). */
+  txns: Map<string, { hash: Buffer; done: Promise<{ count: number; token: WriteToken }> }>;
 }
 
 /**
@@ -128,6 +133,8 @@ export function shardOptionsOf(dataDir: string, opts: OpenOptions & OpenInternal
     segmentBytes: opts.segmentBytes,
     snapshotIntervalMs: opts.snapshotIntervalMs,
     snapshotWalBytes: opts.snapshotWalBytes,
+    shard,
+    txnTimeoutMs: opts.txnTimeoutMs,
     onFatal: opts.onFatal,
     syncFn: opts.syncFn,
     observer: obs && {
@@ -150,6 +157,7 @@ export class LocalDatabase implements Database {
   private readonly collections = new Map<string, Collection>();
   private catalogChain: Promise<unknown> = Promise.resolve();
   private closed = false;
+  private resolveTimer: NodeJS.Timeout | null = null;
 
   private constructor(opts: OpenOptions & OpenInternals) {
     this.opts = opts;
@@ -171,10 +179,14 @@ export class LocalDatabase implements Database {
           Array.from({ length: e.spec.shards }, (_, s) => Shard.open({ ...db.shardOptions(e.spec, s), existing: true })),
         );
         const shards = opened.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
-        db.collections.set(e.spec.name, { spec: e.spec, createdAt: e.createdAt, shards });
+        db.collections.set(e.spec.name, { spec: e.spec, createdAt: e.createdAt, shards, txns: new Map() });
         const failed = opened.find((r): r is PromiseRejectedResult => r.status === 'rejected');
         if (failed) throw failed.reason;
+        // Whoever drove a batch still in doubt died with the process: each gets its outcome now.
+        await resolveInDoubt(shards, Infinity);
       }
+      db.resolveTimer = setInterval(() => db.resolveDue(), db.opts.txnTimeoutMs ?? txnTimeoutMsDefault);
+      db.resolveTimer.unref();
     } catch (e) {
       for (const c of db.collections.values()) for (const s of c.shards) await s.close({ snapshot: false }).catch(() => undefined);
       await db.releaseLock();
@@ -295,7 +307,7 @@ export class LocalDatabase implements Database {
       const shards: Shard[] = [];
       try {
         for (let s = 0; s < spec.shards; s++) shards.push(await Shard.open(this.shardOptions(spec, s)));
-        const c: Collection = { spec, createdAt: new Date().toISOString(), shards };
+        const c: Collection = { spec, createdAt: new Date().toISOString(), shards, txns: new Map() };
         await writeCatalog(this.dataDir, [...this.catalogEntries(), { spec, createdAt: c.createdAt }]);
         this.collections.set(spec.name, c);
         return this.info(c);
@@ -369,7 +381,12 @@ export class LocalDatabase implements Database {
     const { ids, vectors: whole, payloadJson } = batch;
     const { key, hash } = checkWrite(opts, () => requestHash('upsert', c.spec.name, ids, payloadJson, whole));
     LocalDatabase.admit(c, key, hash, opts.signal);
-    const { count, token } = await writeByShard(splitBatch(batch, c.spec.dim, c.spec.shards), (s, part) => c.shards[s].upsert(part, key, hash));
+    const parts = splitBatch(batch, c.spec.dim, c.spec.shards);
+    if (parts.size > 1) {
+      const { count, token } = await LocalDatabase.transact(c, new Map([...parts].map(([s, op]) => [s, { type: 'upsert', op }])), key, hash, opts.signal);
+      return { upserted: count, token };
+    }
+    const { count, token } = await writeByShard(parts, (s, part) => c.shards[s].upsert(part, key, hash));
     return { upserted: count, token };
   }
 
@@ -378,8 +395,52 @@ export class LocalDatabase implements Database {
     checkIds(ids, true);
     const { key, hash } = checkWrite(opts, () => requestHash('delete', c.spec.name, ids));
     LocalDatabase.admit(c, key, hash, opts.signal);
-    const { count, token } = await writeByShard(idsByShard(ids, c.spec.shards), (s, g) => c.shards[s].delete(g, key, hash));
+    const parts = idsByShard(ids, c.spec.shards);
+    if (parts.size > 1) {
+      const { count, token } = await LocalDatabase.transact(c, new Map([...parts].map(([s, g]) => [s, { type: 'delete', ids: g }])), key, hash, opts.signal);
+      return { deleted: count, token };
+    }
+    const { count, token } = await writeByShard(parts, (s, g) => c.shards[s].delete(g, key, hash));
     return { deleted: count, token };
+  }
+
+  /**
+   * A batch across shards, all or nothing (src/query/transaction.ts). With an idempotency key, a
+   * retry of a batch being written joins it, and one written before is answered from what each
+   * shard remembers of the key (every participant remembers it once the batch is committed).
+   */
+  private static transact(c: Collection, parts: Map<number, TxnPart>, key: string, hash: Buffer | undefined, signal: AbortSignal | undefined): Promise<{ count: number; token: WriteToken }> {
+    if (!hash) return runTransaction(parts, (s) => c.shards[s], key, hash, signal);
+    const running = c.txns.get(key);
+    if (running) {
+      if (!running.hash.equals(hash)) return Promise.reject(new QuiverError('FAILED_PRECONDITION', `idempotency key "${key}" was already used for a different request; a new request needs a new key`));
+      return running.done;
+    }
+    const before = [...parts.keys()].map((s) => [s, c.shards[s].remembered(key)] as const);
+    if (before.every(([, r]) => r !== undefined)) {
+      const token: WriteToken = {};
+      let count = 0;
+      for (const [s, r] of before) {
+        token[String(s)] = { epoch: 0, lsn: r!.lsn };
+        count += r!.answer;
+      }
+      return Promise.resolve({ count, token });
+    }
+    const done = runTransaction(parts, (s) => c.shards[s], key, hash, signal);
+    c.txns.set(key, { hash, done });
+    const clear = (): void => {
+      c.txns.delete(key);
+    };
+    done.then(clear, clear);
+    return done;
+  }
+
+  /** Every collection's prepares in doubt past the timeout, resolved by their coordinators (a timer). */
+  private resolveDue(): void {
+    if (this.closed) return;
+    for (const c of this.collections.values()) {
+      resolveInDoubt(c.shards, Date.now()).catch((e: Error) => log.warn('resolving batches in doubt failed', { collection: c.spec.name, err: e.message }));
+    }
   }
 
   // ---------------------------------------------------------------- reads
@@ -504,6 +565,7 @@ export class LocalDatabase implements Database {
     if (this.closed) return;
     await this.catalogChain;
     this.closed = true;
+    if (this.resolveTimer) clearInterval(this.resolveTimer);
     await Promise.all([...this.collections.values()].flatMap((c) => c.shards.map((s) => s.close(opts))));
     this.collections.clear();
     await this.releaseLock();
