@@ -31,7 +31,7 @@ afterEach(async () => {
 });
 
 function pts(ids: string[], tag: number): PointInput[] {
-  return ids.map((id, i) => ({ id, vector: [tag, i, 1, 2], payload: { t: tag } }));
+  return ids.map((id, i) => ({ id, vector: Float32Array.from([tag, i, 1, 2]), payload: { t: tag } }));
 }
 
 /** Ids p0.. until every shard holds `perShard` of them, grouped by shard. */
@@ -77,9 +77,9 @@ describe('batches across shards', () => {
   it('a batch with one invalid point is refused whole before any shard logs anything', async () => {
     const groups = idsOnShards(2);
     const before = lastLsns();
-    const bad = [...pts([groups[0][0], groups[1][0]], 1), { id: groups[2][0], vector: [1, 2, Number.NaN, 4] }];
+    const bad = [...pts([groups[0][0], groups[1][0]], 1), { id: groups[2][0], vector: Float32Array.from([1, 2, Number.NaN, 4]) }];
     await expect(db.upsert('c', bad)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
-    await expect(db.upsert('c', [...pts([groups[0][0]], 1), { id: groups[1][0], vector: [1, 2, 3] }])).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    await expect(db.upsert('c', [...pts([groups[0][0]], 1), { id: groups[1][0], vector: Float32Array.from([1, 2, 3]) }])).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
     expect(lastLsns()).toEqual(before);
     expect(await db.count('c')).toBe(0);
   });
