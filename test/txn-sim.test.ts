@@ -128,7 +128,8 @@ function simulate(seed: number, trace?: string[]): { violations: string[]; stats
   const driverStep = (d: Driver): void => {
     const coord = shards[d.shards[0]];
     if (d.phase === 'prepare') {
-      const ready = d.shards.every((id) => shards[id].m.inDoubt.has(d.txn) || shards[id].settled.has(d.txn));
+      // Committed (durable), applied or not: as the real driver decides.
+      const ready = d.shards.every((id) => shards[id].log.slice(0, shards[id].durable).some((e) => e.kind === 'prepare' && e.txn === d.txn));
       if (!d.refused && !ready && now - d.startedAt < TIMEOUT_MS / 2) return; // a lost prepare: the driver gives up in time
       d.outcome = d.refused || !ready ? 'abort' : 'commit';
       d.phase = 'decide';
@@ -136,8 +137,12 @@ function simulate(seed: number, trace?: string[]): { violations: string[]; stats
     if (d.phase === 'decide') {
       const acts = step(coord, { type: 'decideAsked', txn: d.txn, outcome: d.outcome! });
       const answer = acts.find((a): a is Extract<TxnAction, { type: 'answer' }> => a.type === 'answer');
-      if (!answer) return; // logged or being logged: ask again once applied
-      d.outcome = answer.outcome;
+      if (!answer) {
+        // Logged or being logged: the driver goes on once it is durable (asks again otherwise).
+        const logged = coord.log.slice(0, coord.durable).find((e) => e.kind === 'decision' && e.txn === d.txn);
+        if (!logged || logged.kind !== 'decision') return;
+        d.outcome = logged.outcome;
+      } else d.outcome = answer.outcome;
       d.phase = 'resolve';
     }
     if (d.phase === 'resolve') {

@@ -400,7 +400,7 @@ export class Shard {
       const inflight = this.inflightKeys.get(key);
       if (inflight) return inflight.done;
     }
-    const done = this.logAndApply(op, body, key);
+    const done = this.logAndApply(op, body, key).applied;
     if (hash) {
       this.inflightKeys.set(key, { hash, done });
       const clear = (): void => {
@@ -411,30 +411,32 @@ export class Shard {
     return done;
   }
 
-  /** Appends one entry, then applies it once durable (standalone and transactions). */
-  private logAndApply(op: Op, body: Buffer | Buffer[], key: string): Promise<WriteResult> {
+  /** Appends one entry and applies it once durable (standalone and transactions): when it is durable, and when applied. */
+  private logAndApply(op: Op, body: Buffer | Buffer[], key: string): { durable: Promise<void>; applied: Promise<WriteResult> } {
     let appended: { lsn: number; durable: Promise<void> };
     try {
       appended = this.wal.append({ epoch: this.epoch, type: op.type, key, body });
     } catch (e) {
-      return Promise.reject(e);
+      return { durable: Promise.reject(e), applied: Promise.reject(e) };
     }
     this.opts.observer?.walAppend?.(Array.isArray(body) ? body.reduce((n, b) => n + b.length, 0) : body.length);
     const epoch = this.epoch;
-    return this.enqueue(async () => {
+    const applied = this.enqueue(async () => {
       await appended.durable;
       return this.applyOp(appended.lsn, epoch, key, op);
     });
+    return { durable: appended.durable, applied };
   }
 
   // ------------------------------------------------------------------ transactions (txn.ts)
 
   /**
    * Participant: logs this shard's part of transaction `txn` (coordinator shard `coordinator`) as a
-   * prepare entry; resolves once it is applied (in doubt: held, not visible). Refused with
-   * UNAVAILABLE and `details.heldBy` when one of its ids is held by another transaction's prepare.
+   * prepare entry; resolves once it is durable (committed: standalone, the log is the shard's only
+   * copy), to be applied in log order (in doubt: held, not visible). Refused with UNAVAILABLE and
+   * `details.heldBy` when one of its ids is held by another transaction's prepare.
    */
-  prepare(txn: string, coordinator: number, part: TxnPart, key: string, hash: Buffer | undefined): Promise<WriteResult> {
+  prepare(txn: string, coordinator: number, part: TxnPart, key: string, hash: Buffer | undefined): Promise<void> {
     try {
       this.usable();
     } catch (e) {
@@ -448,14 +450,14 @@ export class Shard {
     }
     const prepared: PreparedPart = { txn, coordinator, part, hash };
     this.prepared.set(txn, { prepared, key });
-    const done = this.logAndApply({ type: EntryType.Prepare, prepared }, this.prepareBody(prepared), key);
-    done.catch(() => {
+    const { durable, applied } = this.logAndApply({ type: EntryType.Prepare, prepared }, this.prepareBody(prepared), key);
+    applied.catch(() => {
       if (this.txn.pending.has(txn)) {
         this.prepared.delete(txn);
         this.stepTxn({ type: 'prepareFailed', txn });
       }
     });
-    return done;
+    return durable;
   }
 
   private prepareBody(p: PreparedPart): Buffer[] {
@@ -465,7 +467,8 @@ export class Shard {
 
   /**
    * Coordinator: logs the outcome of `txn` unless one is logged or being logged; resolves with the
-   * outcome logged, once applied (this shard's own part applied or dropped at that entry).
+   * outcome logged, once durable (this shard's own part is applied or dropped when that entry is
+   * applied: settled() tells).
    */
   decide(txn: string, outcome: TxnOutcome): Promise<TxnOutcome> {
     return this.outcomeFrom(this.stepTxn({ type: 'decideAsked', txn, outcome }), txn) as Promise<TxnOutcome>;
@@ -484,7 +487,9 @@ export class Shard {
     for (const a of actions) {
       if (a.type === 'answer') return Promise.resolve(a.outcome);
       if (a.type === 'logDecision') {
-        this.logAndApply({ type: EntryType.Outcome, txn, outcome: a.outcome, role: 'decision' }, encodeOutcome(txn, a.outcome, 'decision'), '').catch(() => undefined);
+        const { durable, applied } = this.logAndApply({ type: EntryType.Outcome, txn, outcome: a.outcome, role: 'decision' }, encodeOutcome(txn, a.outcome, 'decision'), '');
+        applied.catch(() => undefined);
+        return durable.then(() => a.outcome);
       }
     }
     if (!this.txn.deciding.has(txn)) return Promise.resolve(undefined);
@@ -498,7 +503,9 @@ export class Shard {
   resolve(txn: string, outcome: TxnOutcome): void {
     for (const a of this.stepTxn({ type: 'decisionHeard', txn, outcome })) {
       if (a.type === 'logResolution') {
-        this.logAndApply({ type: EntryType.Outcome, txn, outcome, role: 'resolution' }, encodeOutcome(txn, outcome, 'resolution'), '').catch(() => undefined);
+        const { durable, applied } = this.logAndApply({ type: EntryType.Outcome, txn, outcome, role: 'resolution' }, encodeOutcome(txn, outcome, 'resolution'), '');
+        durable.catch(() => undefined); // a failed log stops the process; its waiters go with it
+        applied.catch(() => undefined);
       }
     }
   }
@@ -508,7 +515,7 @@ export class Shard {
    * the part's answer) or dropped (answer 0). Undefined when it is not in doubt here.
    */
   settled(txn: string): Promise<WriteResult> | undefined {
-    return this.txn.inDoubt.has(txn) ? this.waitFor(this.settleWaiters, txn) : undefined;
+    return this.prepared.has(txn) ? this.waitFor(this.settleWaiters, txn) : undefined;
   }
 
   /** The waiters' promise for `txn`; a failure of the log shows as the shard's own failure at the next call. */

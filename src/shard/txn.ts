@@ -85,7 +85,7 @@ export type TxnEvent =
   | { type: 'decisionAsked'; txn: string; now: number }
   /** Coordinator: its decision entry applied, in log order. */
   | { type: 'decisionApplied'; txn: string; outcome: TxnOutcome }
-  /** Participant, leader: the coordinator's answer. */
+  /** Participant, leader: the coordinator's answer (its prepare committed, applied or not yet). */
   | { type: 'decisionHeard'; txn: string; outcome: TxnOutcome }
   /** Participant: its resolution entry applied, in log order. */
   | { type: 'resolutionApplied'; txn: string; outcome: TxnOutcome }
@@ -185,7 +185,8 @@ export function stepTxn(s: TxnState, e: TxnEvent): { state: TxnState; actions: T
       break;
     }
     case 'decisionHeard': {
-      if (!s.inDoubt.has(e.txn) || s.resolving.has(e.txn)) break;
+      // A prepare logged and not yet applied may be resolved too: its resolution follows it in the log.
+      if (!(s.inDoubt.has(e.txn) || s.pending.has(e.txn)) || s.resolving.has(e.txn)) break;
       s.resolving.add(e.txn);
       actions.push({ type: 'logResolution', txn: e.txn, outcome: e.outcome });
       break;
