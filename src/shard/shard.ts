@@ -471,25 +471,26 @@ export class Shard {
    * applied: settled() tells).
    */
   decide(txn: string, outcome: TxnOutcome): Promise<TxnOutcome> {
-    return this.outcomeFrom(this.stepTxn({ type: 'decideAsked', txn, outcome }), txn) as Promise<TxnOutcome>;
+    return this.outcomeFrom(this.stepTxn({ type: 'decideAsked', txn, outcome }), txn, 'durable') as Promise<TxnOutcome>;
   }
 
   /**
    * Coordinator, asked by a participant: the outcome of `txn`, or undefined while its driver may
    * still decide (its own prepare is in doubt for less than the timeout); past that, aborts it.
-   * `now` Infinity: nobody is left to decide (recovery), abort at once what is undecided.
+   * `now` Infinity: nobody is left to decide (recovery), abort at once what is undecided. An
+   * outcome logged here is answered once applied (recovery ends with every entry applied).
    */
   decisionOf(txn: string, now: number): Promise<TxnOutcome | undefined> {
-    return this.outcomeFrom(this.stepTxn({ type: 'decisionAsked', txn, now }), txn);
+    return this.outcomeFrom(this.stepTxn({ type: 'decisionAsked', txn, now }), txn, 'applied');
   }
 
-  private outcomeFrom(actions: TxnAction[], txn: string): Promise<TxnOutcome | undefined> {
+  private outcomeFrom(actions: TxnAction[], txn: string, answerWhen: 'durable' | 'applied'): Promise<TxnOutcome | undefined> {
     for (const a of actions) {
       if (a.type === 'answer') return Promise.resolve(a.outcome);
       if (a.type === 'logDecision') {
-        const { durable, applied } = this.logAndApply({ type: EntryType.Outcome, txn, outcome: a.outcome, role: 'decision' }, encodeOutcome(txn, a.outcome, 'decision'), '');
-        applied.catch(() => undefined);
-        return durable.then(() => a.outcome);
+        const logged = this.logAndApply({ type: EntryType.Outcome, txn, outcome: a.outcome, role: 'decision' }, encodeOutcome(txn, a.outcome, 'decision'), '');
+        logged.applied.catch(() => undefined);
+        return logged[answerWhen].then(() => a.outcome);
       }
     }
     if (!this.txn.deciding.has(txn)) return Promise.resolve(undefined);
