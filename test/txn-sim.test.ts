@@ -14,6 +14,7 @@
 import { describe, expect, it } from 'vitest';
 import type { TxnOutcome } from '../src/shard/codec';
 import { TxnAction, TxnEvent, TxnState, initTxn, stepTxn } from '../src/shard/txn';
+import { rng } from '../bench/datasets';
 
 type Entry = { kind: 'prepare'; txn: string; coordinator: number; ids: string[] } | { kind: 'decision' | 'resolution'; txn: string; outcome: TxnOutcome };
 
@@ -38,17 +39,6 @@ interface Driver {
 }
 
 const TIMEOUT_MS = 1000;
-
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function simulate(seed: number, trace?: string[]): { violations: string[]; stats: { commits: number; aborts: number; crashes: number; asked: number } } {
   const rand = rng(seed);
