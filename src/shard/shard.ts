@@ -355,8 +355,11 @@ export class Shard {
   // ------------------------------------------------------------------ writes
 
   private usable(): void {
-    if (this.broken) throw new QuiverError('INTERNAL', `shard failed earlier: ${this.broken.message}`);
-    if (this.closing) throw new QuiverError('UNAVAILABLE', 'shard is closing');
+    if (this.broken || this.closing) throw this.unusable();
+  }
+
+  private unusable(): QuiverError {
+    return this.broken ? new QuiverError('INTERNAL', `shard failed earlier: ${this.broken.message}`) : new QuiverError('UNAVAILABLE', 'shard is closing');
   }
 
   /**
@@ -471,6 +474,7 @@ export class Shard {
    * applied: settled() tells).
    */
   decide(txn: string, outcome: TxnOutcome): Promise<TxnOutcome> {
+    if (this.broken || this.closing) return Promise.reject(this.unusable()); // what is in doubt is resolved at the next open
     return this.outcomeFrom(this.stepTxn({ type: 'decideAsked', txn, outcome }), txn, 'durable') as Promise<TxnOutcome>;
   }
 
@@ -481,6 +485,7 @@ export class Shard {
    * outcome logged here is answered once applied (recovery ends with every entry applied).
    */
   decisionOf(txn: string, now: number): Promise<TxnOutcome | undefined> {
+    if (this.broken || this.closing) return Promise.reject(this.unusable());
     return this.outcomeFrom(this.stepTxn({ type: 'decisionAsked', txn, now }), txn, 'applied');
   }
 
