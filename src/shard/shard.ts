@@ -420,7 +420,9 @@ export class Shard {
     try {
       appended = this.wal.append({ epoch: this.epoch, type: op.type, key, body });
     } catch (e) {
-      return { durable: Promise.reject(e), applied: Promise.reject(e) };
+      const failed = Promise.reject(e);
+      failed.catch(() => undefined); // the caller awaits the one it needs
+      return { durable: failed, applied: failed };
     }
     this.opts.observer?.walAppend?.(Array.isArray(body) ? body.reduce((n, b) => n + b.length, 0) : body.length);
     const epoch = this.epoch;
