@@ -25,6 +25,7 @@ const MODULES: Record<BenchName, () => Promise<BenchModule>> = {
   memory: () => import('./memory'),
   cluster: () => import('./cluster'),
   snapshot: () => import('./snapshot'),
+  atomic: () => import('./atomic'),
 };
 
 function isBench(name: string): name is BenchName {

@@ -4,7 +4,8 @@
  * acknowledged a random number of writes (20-79; more are under way then),
  * 20 rounds. After each kill the database is opened again here (recovery) and checked:
  *   - every acknowledged write is there with its last acknowledged value (vector and payload);
- *   - a write that was in flight is, within each shard, entirely there or entirely absent;
+ *   - a write that was in flight is entirely there or entirely absent, across the 3 shards it
+ *     spans (batches across shards are transactions);
  *   - nothing else is there;
  *   - each shard's state digest equals the digest of its newest snapshot's points plus a replay
  *     of its WAL by an independent model (a Map, no index).
@@ -16,12 +17,12 @@ import * as os from 'os';
 import * as path from 'path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LocalDatabase, openDatabase, shardOf } from '../src/query';
-import { decodeDelete, decodeUpsert, listSnapshots, loadSnapshotPoints } from '../src/shard';
+import { PointStore, PreparedPart, decodeDelete, decodeOutcome, decodePrepare, decodeUpsert, listSnapshots, loadSnapshotPoints, readSnapshot } from '../src/shard';
 import { EntryType } from '../src/wal';
 
 const CHILD = path.join(__dirname, 'fixtures', 'crash-child.js');
 const DIM = 8;
-const SHARDS = 2;
+const SHARDS = 3;
 const ROUNDS = Number(process.env.CRASH_ROUNDS ?? 20);
 
 function vecFor(tag: number, id: string): Float32Array {
@@ -94,29 +95,48 @@ function modelDigest(model: Map<string, { vector: Float32Array; payloadJson: str
   return h.digest('hex');
 }
 
-/** The shard's points rebuilt from its newest snapshot file and a replay of its WAL. */
+/** The shard's points rebuilt from its newest snapshot file (points, parts in doubt) and a replay of its WAL (a part applies at its outcome). */
 async function replayDigest(db: LocalDatabase, dir: string, shard: number): Promise<string> {
   const s = db.shard('c', shard);
   const snapLsn = s.status().snapshotLsn;
   const model = new Map<string, { vector: Float32Array; payloadJson: string }>();
+  const held = new Map<string, PreparedPart['part']>();
   if (snapLsn > 0) {
     const snaps = await listSnapshots(path.join(dir, 'snapshots', 'c', String(shard)));
     const snap = snaps.find((x) => x.lsn === snapLsn);
     if (!snap) throw new Error(`snapshot ${snapLsn} not found`);
+    for (const d of (await readSnapshot(snap.dir, new PointStore(DIM))).txns.inDoubt) {
+      const p = decodePrepare(d.body, DIM);
+      held.set(p.txn, p.part);
+    }
     const { store } = await loadSnapshotPoints(snap.dir, DIM);
     for (const label of store.liveLabels()) {
       const pl = store.payloadOf(label);
       model.set(store.idOf(label)!, { vector: store.vectorOf(label), payloadJson: pl === undefined ? '' : JSON.stringify(pl) });
     }
   }
+  const upsert = (u: { ids: string[]; vectors: Float32Array; payloadJson: string[] }): void =>
+    u.ids.forEach((id, i) => model.set(id, { vector: u.vectors.slice(i * DIM, (i + 1) * DIM), payloadJson: u.payloadJson[i] }));
   for await (const e of s.log.entries(snapLsn + 1)) {
     if (e.type === EntryType.Upsert) {
-      const u = decodeUpsert(e.body, DIM);
-      u.ids.forEach((id, i) => model.set(id, { vector: u.vectors.slice(i * DIM, (i + 1) * DIM), payloadJson: u.payloadJson[i] }));
+      upsert(decodeUpsert(e.body, DIM));
     } else if (e.type === EntryType.Delete) {
       for (const id of decodeDelete(e.body)) model.delete(id);
+    } else if (e.type === EntryType.Prepare) {
+      const p = decodePrepare(e.body, DIM);
+      held.set(p.txn, p.part);
+    } else if (e.type === EntryType.Outcome) {
+      const o = decodeOutcome(e.body);
+      const part = held.get(o.txn);
+      held.delete(o.txn);
+      if (part && o.outcome === 'commit') {
+        if (part.type === 'upsert') upsert(part.op);
+        else for (const id of part.ids) model.delete(id);
+      }
     }
   }
+  // Recovery resolved every part in doubt.
+  expect(held.size, `shard ${shard}: parts left in doubt`).toBe(0);
   return modelDigest(model);
 }
 
@@ -191,19 +211,20 @@ async function crashRounds(dir: string, rounds: number, indexType: string): Prom
             expect([want, after], `round ${round}: id ${id} in flight`).toContain(have);
           }
         }
-        // An in-flight batch is, within each shard, all there or all absent.
+        // An in-flight batch is all there or all absent, whatever shards it spans.
         for (const op of run.inflight) {
-          const byShard = new Map<number, boolean[]>();
+          const applied: boolean[] = [];
+          const shards = new Set<number>();
           for (const id of op.ids) {
             const before = expected.get(id) ?? null;
             const after = op.kind === 'u' ? op.tag : null;
             if (before === after) continue; // both outcomes look the same
-            const s = shardOf(id, SHARDS);
-            if (!byShard.has(s)) byShard.set(s, []);
-            byShard.get(s)!.push(tagOf(id) === after);
+            shards.add(shardOf(id, SHARDS));
+            applied.push(tagOf(id) === after);
           }
-          for (const [s, applied] of byShard) {
-            expect(new Set(applied).size, `round ${round}: write ${op.tag} half applied in shard ${s}`).toBe(1);
+          if (applied.length === 0) continue;
+          expect(new Set(applied).size, `round ${round}: write ${op.tag} (${op.kind} ${op.ids.join(',')}) partly applied`).toBe(1);
+          if (shards.size > 1) {
             if (applied[0]) inflightApplied++;
             else inflightAbsent++;
           }
@@ -224,14 +245,15 @@ async function crashRounds(dir: string, rounds: number, indexType: string): Prom
     // The test saw real work: acknowledged writes, and kills that landed mid-write.
     expect(totalAcked).toBeGreaterThan(100);
     expect(roundsWithInflight).toBeGreaterThan(rounds / 2);
+    expect(inflightApplied + inflightAbsent, 'kills that landed in batches across shards').toBeGreaterThan(0);
     console.log(
-      `crash test (${indexType}): ${rounds} rounds, ${totalAcked} acknowledged writes, in-flight shard-batches applied ${inflightApplied}, absent ${inflightAbsent}`,
+      `crash test (${indexType}): ${rounds} rounds, ${totalAcked} acknowledged writes, in-flight batches across shards applied ${inflightApplied}, absent ${inflightAbsent}`,
     );
   }
 }
 
 describe('crash recovery', () => {
-  it(`keeps every acknowledged write and no half batch across ${ROUNDS} SIGKILLs (flat index)`, async () => {
+  it(`keeps every acknowledged write and no partial batch, across shards too, through ${ROUNDS} SIGKILLs (flat index)`, async () => {
     await crashRounds(path.join(dir, 'flat'), ROUNDS, 'flat');
   });
 

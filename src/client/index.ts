@@ -762,6 +762,8 @@ function statusFromWire(r: ResponseOf<'clusterStatus'>): ClusterStatus {
       snapshotLsn: Number(s.snapshotLsn),
       points: Number(s.points),
       walBytes: Number(s.walBytes),
+      inDoubt: s.inDoubt,
+      inDoubtOldestMs: Number(s.inDoubtOldestMs),
       replicas: s.replicas.map((x) => ({
         node: x.node,
         role: x.role,

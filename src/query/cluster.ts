@@ -967,7 +967,7 @@ export class ClusterDatabase extends PointWrites implements Database {
           const role = r?.role ?? (asked ? 'unreachable' : node === leader ? 'leader' : 'follower');
           return { node, role, durableLsn: r?.durableLsn, commitLsn: r?.commitLsn, appliedLsn: r?.appliedLsn, lagEntries: lag?.lagEntries, lagMs: lag?.lagMs };
         });
-        const own = c.replicas.get(s)?.port?.shard.status() ?? { epoch: 0, lastLsn: 0, appliedLsn: 0, snapshotLsn: 0, points: 0, walBytes: 0 };
+        const own = c.replicas.get(s)?.port?.shard.status() ?? { epoch: 0, lastLsn: 0, appliedLsn: 0, snapshotLsn: 0, points: 0, walBytes: 0, inDoubt: 0, inDoubtOldestMs: 0 };
         shards.push({ collection: c.spec.name, shard: s, ...own, leader: leader ?? '', epoch: map?.epoch ?? own.epoch, phase: map?.phase ?? '', replicas });
       });
     }

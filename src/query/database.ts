@@ -13,8 +13,8 @@ import { promises as fsp } from 'fs';
 import * as path from 'path';
 import { QuiverError } from '../errors';
 import { efMax } from '../native/limits';
-import { Shard, requestHash, requestHashOf } from '../shard';
-import type { IndexQuery, PayloadChange, ShardHit, ShardOptions, ShardWrite, UpsertOp, WriteResult } from '../shard';
+import { Shard, requestHash, requestHashOf, txnTimeoutMsDefault } from '../shard';
+import type { IndexQuery, PayloadChange, ShardHit, ShardOptions, ShardWrite, TxnPart, UpsertOp, WriteResult } from '../shard';
 import { deleteKeysMax } from '../common/limits';
 import { checkPayload } from '../common/points';
 import { CatalogEntry, readCatalog, writeCatalog } from './catalog';
@@ -22,6 +22,8 @@ import { compileFilter } from './filter';
 import { checkMaxDistance, checkPage, mergeScroll, prepareCount, prepareScroll, recommend } from './reads';
 import { idsByShard, splitBatch, writeByShard } from '../common/placement';
 import { payloadIndexesMax } from '../common/limits';
+import { resolveInDoubt, runTransaction } from './transaction';
+import { log } from '../common/log';
 import { ReadLevel, checkReadLevel } from '../common/read-options';
 import type {
   ChangeOptions,
@@ -74,6 +76,8 @@ interface Collection {
   spec: CollectionSpec;
   createdAt: string;
   shards: Shard[];
+  /** Batches across shards being written, by idempotency key (a retry joins its first run). */
+  txns: Map<string, { hash: Buffer; done: Promise<{ count: number; token: WriteToken }> }>;
 }
 
 /**
@@ -272,6 +276,8 @@ export function shardOptionsOf(dataDir: string, opts: OpenOptions & OpenInternal
     segmentBytes: opts.segmentBytes,
     snapshotIntervalMs: opts.snapshotIntervalMs,
     snapshotWalBytes: opts.snapshotWalBytes,
+    shard,
+    txnTimeoutMs: opts.txnTimeoutMs,
     onFatal: opts.onFatal,
     syncFn: opts.syncFn,
     observer: obs && {
@@ -323,6 +329,7 @@ export class LocalDatabase extends PointWrites implements Database {
   private readonly collections = new Map<string, Collection>();
   private catalogChain: Promise<unknown> = Promise.resolve();
   private closed = false;
+  private resolveTimer: NodeJS.Timeout | null = null;
 
   private constructor(opts: OpenOptions & OpenInternals) {
     super();
@@ -345,10 +352,14 @@ export class LocalDatabase extends PointWrites implements Database {
           Array.from({ length: e.spec.shards }, (_, s) => Shard.open({ ...db.shardOptions(e.spec, s), existing: true })),
         );
         const shards = opened.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
-        db.collections.set(e.spec.name, { spec: e.spec, createdAt: e.createdAt, shards });
+        db.collections.set(e.spec.name, { spec: e.spec, createdAt: e.createdAt, shards, txns: new Map() });
         const failed = opened.find((r): r is PromiseRejectedResult => r.status === 'rejected');
         if (failed) throw failed.reason;
+        // Whoever drove a batch still in doubt died with the process: each gets its outcome now.
+        await resolveInDoubt(shards, Infinity);
       }
+      db.resolveTimer = setInterval(() => db.resolveDue(), db.opts.txnTimeoutMs ?? txnTimeoutMsDefault);
+      db.resolveTimer.unref();
     } catch (e) {
       for (const c of db.collections.values()) for (const s of c.shards) await s.close({ snapshot: false }).catch(() => undefined);
       await db.releaseLock();
@@ -469,7 +480,7 @@ export class LocalDatabase extends PointWrites implements Database {
       const shards: Shard[] = [];
       try {
         for (let s = 0; s < spec.shards; s++) shards.push(await Shard.open(this.shardOptions(spec, s)));
-        const c: Collection = { spec, createdAt: new Date().toISOString(), shards };
+        const c: Collection = { spec, createdAt: new Date().toISOString(), shards, txns: new Map() };
         await writeCatalog(this.dataDir, [...this.catalogEntries(), { spec, createdAt: c.createdAt }]);
         this.collections.set(spec.name, c);
         return this.info(c);
@@ -577,7 +588,12 @@ export class LocalDatabase extends PointWrites implements Database {
     const { ids, vectors: whole, payloadJson } = batch;
     const { key, hash } = checkWrite(opts, () => requestHash('upsert', c.spec.name, ids, payloadJson, whole));
     LocalDatabase.admit(c, key, hash, opts.signal);
-    const { count, token } = await writeByShard(splitBatch(batch, c.spec.dim, c.spec.shards), (s, part) => c.shards[s].upsert(part, key, hash));
+    const parts = splitBatch(batch, c.spec.dim, c.spec.shards);
+    if (parts.size > 1) {
+      const { count, token } = await LocalDatabase.transact(c, new Map([...parts].map(([s, op]) => [s, { type: 'upsert', op }])), key, hash, opts.signal);
+      return { upserted: count, token };
+    }
+    const { count, token } = await writeByShard(parts, (s, part) => c.shards[s].upsert(part, key, hash));
     return { upserted: count, token };
   }
 
@@ -586,7 +602,12 @@ export class LocalDatabase extends PointWrites implements Database {
     checkIds(ids, true);
     const { key, hash } = checkWrite(opts, () => requestHash('delete', c.spec.name, ids));
     LocalDatabase.admit(c, key, hash, opts.signal);
-    const { count, token } = await writeByShard(idsByShard(ids, c.spec.shards), (s, g) => c.shards[s].delete(g, key, hash));
+    const parts = idsByShard(ids, c.spec.shards);
+    if (parts.size > 1) {
+      const { count, token } = await LocalDatabase.transact(c, new Map([...parts].map(([s, g]) => [s, { type: 'delete', ids: g }])), key, hash, opts.signal);
+      return { deleted: count, token };
+    }
+    const { count, token } = await writeByShard(parts, (s, g) => c.shards[s].delete(g, key, hash));
     return { deleted: count, token };
   }
 
@@ -601,6 +622,45 @@ export class LocalDatabase extends PointWrites implements Database {
     LocalDatabase.admit(c, key, hash, opts.signal);
     const writes = new Map([...changeParts(ch, c.spec)].map(([s, part]) => [s, resolveChange(c.shards[s], part, key, hash)]));
     return writeByShard(writes, (s, w): Promise<WriteResult> => c.shards[s].change(w));
+  }
+
+  /**
+   * A batch across shards, all or nothing (src/query/transaction.ts). With an idempotency key, a
+   * retry of a batch being written joins it, and one written before is answered from what each
+   * shard remembers of the key (every participant remembers it once the batch is committed).
+   */
+  private static transact(c: Collection, parts: Map<number, TxnPart>, key: string, hash: Buffer | undefined, signal: AbortSignal | undefined): Promise<{ count: number; token: WriteToken }> {
+    if (!hash) return runTransaction(parts, (s) => c.shards[s], key, hash, signal);
+    const running = c.txns.get(key);
+    if (running) {
+      if (!running.hash.equals(hash)) return Promise.reject(new QuiverError('FAILED_PRECONDITION', `idempotency key "${key}" was already used for a different request; a new request needs a new key`));
+      return running.done;
+    }
+    const before = [...parts.keys()].map((s) => [s, c.shards[s].remembered(key)] as const);
+    if (before.every(([, r]) => r !== undefined)) {
+      const token: WriteToken = {};
+      let count = 0;
+      for (const [s, r] of before) {
+        token[String(s)] = { epoch: 0, lsn: r!.lsn };
+        count += r!.answer;
+      }
+      return Promise.resolve({ count, token });
+    }
+    const done = runTransaction(parts, (s) => c.shards[s], key, hash, signal);
+    c.txns.set(key, { hash, done });
+    const clear = (): void => {
+      c.txns.delete(key);
+    };
+    done.then(clear, clear);
+    return done;
+  }
+
+  /** Every collection's prepares in doubt past the timeout, resolved by their coordinators (a timer). */
+  private resolveDue(): void {
+    if (this.closed) return;
+    for (const c of this.collections.values()) {
+      resolveInDoubt(c.shards, Date.now()).catch((e: Error) => log.warn('resolving batches in doubt failed', { collection: c.spec.name, err: e.message }));
+    }
   }
 
   // ---------------------------------------------------------------- reads
@@ -739,6 +799,7 @@ export class LocalDatabase extends PointWrites implements Database {
     if (this.closed) return;
     await this.catalogChain;
     this.closed = true;
+    if (this.resolveTimer) clearInterval(this.resolveTimer);
     await Promise.all([...this.collections.values()].flatMap((c) => c.shards.map((s) => s.close(opts))));
     this.collections.clear();
     await this.releaseLock();

@@ -410,6 +410,8 @@ export interface OpenOptions {
   snapshotWalBytes?: number;
   /** WAL segment size before rolling to a new file. Default 64 MiB. */
   segmentBytes?: number;
+  /** How long a batch across shards may stay in doubt on a shard before its coordinator is asked (and aborts it if undecided). Default 2000. */
+  txnTimeoutMs?: number;
   observer?: DatabaseObserver;
   nodeId?: string;
 }

@@ -359,6 +359,7 @@ export function grpcHandlers(svc: Service): GrpcHandlers {
           points: BigInt(sh.points),
           walBytes: BigInt(sh.walBytes),
           lag: BigInt(sh.lag),
+          inDoubtOldestMs: BigInt(sh.inDoubtOldestMs),
           replicas: sh.replicas.map((x) => ({
             node: x.node,
             role: x.role,

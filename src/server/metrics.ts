@@ -173,6 +173,8 @@ export class Metrics {
     shardGauge('quiver_shard_snapshot_lsn', 'LSN of the newest snapshot', (s) => s.snapshotLsn);
     shardGauge('quiver_shard_wal_bytes', 'Bytes of WAL kept on disk for a shard', (s) => s.walBytes);
     shardGauge('quiver_shard_epoch', 'Leader epoch of a shard', (s) => s.epoch);
+    shardGauge('quiver_shard_txn_in_doubt', 'Batches across shards prepared on this shard and awaiting their outcome', (s) => s.inDoubt);
+    shardGauge('quiver_shard_txn_in_doubt_oldest_seconds', 'Age of the oldest batch across shards in doubt on this shard (0 when none)', (s) => s.inDoubtOldestMs / 1000);
     // The search lane (process-wide, native): where single searches ran, and where their time went.
     const laneCounter = (name: string, help: string, label: string, pick: Record<string, (s: ReturnType<typeof searchLaneStats>) => number>) =>
       new client.Counter({

@@ -235,10 +235,20 @@ export function renderStatusPage(
   );
   const here = table(
     'here',
-    ['collection', 'shard', 'last LSN', 'applied LSN', 'not applied', 'snapshot LSN', 'points', 'WAL'],
+    ['collection', 'shard', 'last LSN', 'applied LSN', 'not applied', 'snapshot LSN', 'points', 'WAL', 'batches in doubt'],
     shards
       .filter((s) => s.replicas.some((r) => r.node === status.nodeId))
-      .map((s) => [s.collection, s.shard, s.lastLsn, s.appliedLsn, `${s.lag} ${s.lag === 1 ? 'entry' : 'entries'}`, s.snapshotLsn, s.points, formatBytes(s.walBytes)]),
+      .map((s) => [
+        s.collection,
+        s.shard,
+        s.lastLsn,
+        s.appliedLsn,
+        `${s.lag} ${s.lag === 1 ? 'entry' : 'entries'}`,
+        s.snapshotLsn,
+        s.points,
+        formatBytes(s.walBytes),
+        s.inDoubt === 0 ? '0' : `${s.inDoubt}, oldest ${(s.inDoubtOldestMs / 1000).toFixed(1)} s`,
+      ]),
   );
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><noscript><meta http-equiv="refresh" content="5"></noscript>

@@ -11,6 +11,12 @@
  *   u32 n | n x { u16 idLen | id (UTF-8) }
  * Epoch start (type 3): empty.
  * Config (type 4): UTF-8 JSON object.
+ * Prepare (type 5), a shard's part of a batch across shards (src/shard/txn.ts):
+ *   16 bytes transaction id | u32 coordinator shard | u8 kind (1 upsert, 2 delete)
+ *   | the part as the body of an upsert or delete batch (with its request header when keyed)
+ * Transaction outcome (type 6):
+ *   16 bytes transaction id | u8 outcome (1 commit, 2 abort) | u8 role (1 the coordinator's
+ *   decision, 2 a participant's resolution)
  * Payload update (type 7): the ids its leader resolved (a filter never reaches the log):
  *   [request header]
  *   u8 mode (1 set: merge the object's keys, 2 overwrite: the object replaces the payload,
@@ -246,4 +252,55 @@ export function changedPayload(old: Payload | undefined, change: PayloadChange):
   const out = { ...old };
   for (const k of change.deleteKeys) delete out[k];
   return out;
+}
+
+/** A transaction id: 16 random bytes, as 32 hex digits. */
+export const txnIdBytes = 16;
+
+export type TxnOutcome = 'commit' | 'abort';
+
+export interface PreparedPart {
+  txn: string;
+  coordinator: number;
+  part: { type: 'upsert'; op: UpsertOp } | { type: 'delete'; ids: string[] };
+  /** The hash the part's request header holds (undefined: no key). */
+  hash: Buffer | undefined;
+}
+
+export function encodePrepare(txn: string, coordinator: number, part: Buffer[], kind: 'upsert' | 'delete'): Buffer[] {
+  const head = Buffer.allocUnsafe(txnIdBytes + 5);
+  if (head.write(txn, 0, 'hex') !== txnIdBytes) throw new QuiverError('INTERNAL', `a transaction id is ${txnIdBytes} bytes of hex, not "${txn}"`);
+  head.writeUInt32LE(coordinator, txnIdBytes);
+  head.writeUInt8(kind === 'upsert' ? 1 : 2, txnIdBytes + 4);
+  return [head, ...part];
+}
+
+export function decodePrepare(body: Uint8Array, dim: number): PreparedPart {
+  const buf = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+  if (buf.length < txnIdBytes + 5) throw corrupt('short prepare');
+  const txn = buf.toString('hex', 0, txnIdBytes);
+  const coordinator = buf.readUInt32LE(txnIdBytes);
+  const kind = buf.readUInt8(txnIdBytes + 4);
+  const rest = buf.subarray(txnIdBytes + 5);
+  const hash = hashInBody(rest);
+  if (kind === 1) return { txn, coordinator, part: { type: 'upsert', op: decodeUpsert(rest, dim) }, hash };
+  if (kind === 2) return { txn, coordinator, part: { type: 'delete', ids: decodeDelete(rest) }, hash };
+  throw corrupt(`unknown prepared kind ${kind}`);
+}
+
+export function encodeOutcome(txn: string, outcome: TxnOutcome, role: 'decision' | 'resolution'): Buffer {
+  const b = Buffer.allocUnsafe(txnIdBytes + 2);
+  if (b.write(txn, 0, 'hex') !== txnIdBytes) throw new QuiverError('INTERNAL', `a transaction id is ${txnIdBytes} bytes of hex, not "${txn}"`);
+  b.writeUInt8(outcome === 'commit' ? 1 : 2, txnIdBytes);
+  b.writeUInt8(role === 'decision' ? 1 : 2, txnIdBytes + 1);
+  return b;
+}
+
+export function decodeOutcome(body: Uint8Array): { txn: string; outcome: TxnOutcome; role: 'decision' | 'resolution' } {
+  const buf = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+  if (buf.length !== txnIdBytes + 2) throw corrupt('outcome of the wrong size');
+  const o = buf.readUInt8(txnIdBytes);
+  const r = buf.readUInt8(txnIdBytes + 1);
+  if ((o !== 1 && o !== 2) || (r !== 1 && r !== 2)) throw corrupt('unknown outcome or role');
+  return { txn: buf.toString('hex', 0, txnIdBytes), outcome: o === 1 ? 'commit' : 'abort', role: r === 1 ? 'decision' : 'resolution' };
 }

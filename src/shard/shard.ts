@@ -36,11 +36,30 @@ import type { WalOptions } from '../wal';
 import { cloneJson, stringifyJson } from '../common/json';
 import { log } from '../common/log';
 import { payloadBytesMax } from '../common/limits';
-import { PayloadOp, UpsertOp, changedPayload, decodeDelete, decodePayload, decodeUpsert, encodeDelete, encodePayload, encodeUpsert, hashInBody, requestHash } from './codec';
+import {
+  PayloadOp,
+  PreparedPart,
+  TxnOutcome,
+  UpsertOp,
+  changedPayload,
+  decodeDelete,
+  decodeOutcome,
+  decodePayload,
+  decodePrepare,
+  decodeUpsert,
+  encodeDelete,
+  encodeOutcome,
+  encodePayload,
+  encodePrepare,
+  encodeUpsert,
+  hashInBody,
+  requestHash,
+} from './codec';
 import { RwLock } from './lock';
-import { KeyRecord, listSnapshots, readSnapshot, writeSnapshot } from './snapshot';
+import { KeyRecord, TxnSnapshot, listSnapshots, readSnapshot, writeSnapshot } from './snapshot';
 import { Payload, PointStore } from './store';
 import { FilterPlan, IndexQuery, PayloadFilter, PayloadIndexSpec, PayloadIndexes } from './payload-index';
+import { TxnAction, TxnEvent, TxnState, inDoubtOf, initTxn, stepTxn } from './txn';
 
 export type ShardIndexSpec =
   | { type: 'flat' }
@@ -67,8 +86,12 @@ export interface ShardOptions {
   snapshotIntervalMs?: number;
   /** Snapshot once the WAL grew by this many bytes since the last snapshot (0 = never for size). */
   snapshotWalBytes?: number;
-  /** Idempotency keys remembered (oldest forgotten first). Default 100,000. */
+  /** Idempotency keys remembered (oldest forgotten first), and transaction decisions. Default 100,000. */
   keysMax?: number;
+  /** The shard's number in its collection (transactions name their coordinator by it). Default 0. */
+  shard?: number;
+  /** How long a prepare stays in doubt before its coordinator is asked (txn.ts). Default txnTimeoutMsDefault. */
+  txnTimeoutMs?: number;
   /**
    * The lowest LSN the WAL must keep besides what the newest snapshot covers (replication: the
    * lowest LSN a follower still needs). Segments wholly below min(snapshot LSN + 1, this) go.
@@ -112,7 +135,16 @@ export interface ShardStatusInfo {
   snapshotLsn: number;
   points: number;
   walBytes: number;
+  /** Transactions prepared here and not yet resolved, and the age of the oldest (ms; 0 when none). */
+  inDoubt: number;
+  inDoubtOldestMs: number;
 }
+
+/** How long a prepare may stay in doubt before its shard asks the coordinator (which then aborts it if it has not decided). */
+export const txnTimeoutMsDefault = 2000;
+
+/** A participant's part of a transaction, as the shard holds it until the outcome. */
+export type TxnPart = PreparedPart['part'];
 
 /** `hash`: of the request an idempotency key stands for (absent without a key, or in entries written before hashes were kept). */
 type Op =
@@ -121,10 +153,21 @@ type Op =
   | { type: EntryType.Payload; payload: PayloadOp; hash?: Buffer }
   | { type: EntryType.Vectors; upsert: UpsertOp; hash?: Buffer }
   | { type: EntryType.EpochStart }
-  | { type: EntryType.Config; config: string };
+  | { type: EntryType.Config; config: string }
+  | { type: EntryType.Prepare; prepared: PreparedPart }
+  | { type: EntryType.Outcome; txn: string; outcome: TxnOutcome; role: 'decision' | 'resolution' };
 
 function hashOf(op: Op): Buffer | undefined {
-  return op.type === EntryType.EpochStart || op.type === EntryType.Config ? undefined : op.hash;
+  switch (op.type) {
+    case EntryType.Upsert:
+    case EntryType.Delete:
+    case EntryType.Payload:
+    case EntryType.Vectors:
+      return op.hash;
+    default:
+      // A prepared part's key is remembered when its transaction commits (the outcome's apply).
+      return undefined;
+  }
 }
 
 export interface WriteResult {
@@ -209,9 +252,18 @@ export class Shard {
   private broken: Error | null = null;
   private trainFailedAt = 0;
   private closing = false;
+  private readonly txn: TxnState;
+  /** Parts in doubt (or being prepared), by transaction, with their idempotency key. */
+  private readonly prepared = new Map<string, { prepared: PreparedPart; key: string }>();
+  /** Callers waiting for a transaction's outcome here (decide, decisionOf) and for its part to settle (resolve). */
+  private readonly outcomeWaiters = new Map<string, ((o: TxnOutcome) => void)[]>();
+  private readonly settleWaiters = new Map<string, ((r: WriteResult) => void)[]>();
+  /** What the entry being applied tells its waiters once applied. */
+  private afterApply: (() => void)[] = [];
 
   private constructor(opts: ShardOptions) {
     this.opts = opts;
+    this.txn = initTxn(opts.shard ?? 0, opts.txnTimeoutMs ?? txnTimeoutMsDefault, opts.keysMax ?? 100_000);
     this.store = new PointStore(opts.dim, false); // an empty index (flat or HNSW) keeps the vectors
   }
 
@@ -263,6 +315,7 @@ export class Shard {
         }
         this.index = index;
         this.keys = r.keys;
+        this.restoreTxns(r.txns);
         snapLsn = r.lsn;
         this.appliedEpoch = r.epoch;
         break;
@@ -270,6 +323,7 @@ export class Shard {
         if (!(e instanceof QuiverError && e.code === 'DATA_LOSS')) throw e;
         log.warn('skipping a damaged snapshot', { dir: this.opts.snapshotDir, err: e.message });
         this.keys = new Map();
+        this.forgetTxns();
       }
     }
     if (!this.index) {
@@ -326,14 +380,21 @@ export class Shard {
         return { type };
       case EntryType.Config:
         return { type, config: Buffer.from(body).toString('utf8') };
+      case EntryType.Prepare:
+        return { type, prepared: decodePrepare(body, this.opts.dim) };
+      case EntryType.Outcome:
+        return { type, ...decodeOutcome(body) };
     }
   }
 
   // ------------------------------------------------------------------ writes
 
   private usable(): void {
-    if (this.broken) throw new QuiverError('INTERNAL', `shard failed earlier: ${this.broken.message}`);
-    if (this.closing) throw new QuiverError('UNAVAILABLE', 'shard is closing');
+    if (this.broken || this.closing) throw this.unusable();
+  }
+
+  private unusable(): QuiverError {
+    return this.broken ? new QuiverError('INTERNAL', `shard failed earlier: ${this.broken.message}`) : new QuiverError('UNAVAILABLE', 'shard is closing');
   }
 
   /**
@@ -415,18 +476,7 @@ export class Shard {
       const inflight = this.inflightKeys.get(key);
       if (inflight) return inflight.done;
     }
-    let appended: { lsn: number; durable: Promise<void> };
-    try {
-      appended = this.wal.append({ epoch: this.epoch, type: op.type, key, body });
-    } catch (e) {
-      return Promise.reject(e);
-    }
-    this.opts.observer?.walAppend?.(Array.isArray(body) ? body.reduce((n, b) => n + b.length, 0) : body.length);
-    const epoch = this.epoch;
-    const done = this.enqueue(async () => {
-      await appended.durable;
-      return this.applyOp(appended.lsn, epoch, key, op);
-    });
+    const done = this.logAndApply(op, body, key).applied;
     if (hash) {
       this.inflightKeys.set(key, { hash, done });
       const clear = (): void => {
@@ -435,6 +485,212 @@ export class Shard {
       done.then(clear, clear);
     }
     return done;
+  }
+
+  /** Appends one entry and applies it once durable (standalone and transactions): when it is durable, and when applied. */
+  private logAndApply(op: Op, body: Buffer | Buffer[], key: string): { durable: Promise<void>; applied: Promise<WriteResult> } {
+    let appended: { lsn: number; durable: Promise<void> };
+    try {
+      appended = this.wal.append({ epoch: this.epoch, type: op.type, key, body });
+    } catch (e) {
+      const failed = Promise.reject(e);
+      failed.catch(() => undefined); // the caller awaits the one it needs
+      return { durable: failed, applied: failed };
+    }
+    this.opts.observer?.walAppend?.(Array.isArray(body) ? body.reduce((n, b) => n + b.length, 0) : body.length);
+    const epoch = this.epoch;
+    const applied = this.enqueue(async () => {
+      await appended.durable;
+      return this.applyOp(appended.lsn, epoch, key, op);
+    });
+    return { durable: appended.durable, applied };
+  }
+
+  // ------------------------------------------------------------------ transactions (txn.ts)
+
+  /**
+   * Participant: logs this shard's part of transaction `txn` (coordinator shard `coordinator`) as a
+   * prepare entry; resolves once it is durable (committed: standalone, the log is the shard's only
+   * copy), to be applied in log order (in doubt: held, not visible). Refused with UNAVAILABLE and
+   * `details.heldBy` when one of its ids is held by another transaction's prepare.
+   */
+  prepare(txn: string, coordinator: number, part: TxnPart, key: string, hash: Buffer | undefined): Promise<void> {
+    try {
+      this.usable();
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    const ids = part.type === 'upsert' ? part.op.ids : part.ids;
+    for (const a of this.stepTxn({ type: 'prepareAsked', txn, ids, now: Date.now() })) {
+      if (a.type === 'refuse') {
+        return Promise.reject(new QuiverError('UNAVAILABLE', `id "${a.id}" is held by another batch across shards being committed; retry`, { heldBy: a.heldBy }));
+      }
+    }
+    const prepared: PreparedPart = { txn, coordinator, part, hash };
+    this.prepared.set(txn, { prepared, key });
+    const { durable, applied } = this.logAndApply({ type: EntryType.Prepare, prepared }, this.prepareBody(prepared), key);
+    applied.catch(() => {
+      if (this.txn.pending.has(txn)) {
+        this.prepared.delete(txn);
+        this.stepTxn({ type: 'prepareFailed', txn });
+      }
+    });
+    return durable;
+  }
+
+  private prepareBody(p: PreparedPart): Buffer[] {
+    const part = p.part.type === 'upsert' ? encodeUpsert(p.part.op, this.opts.dim, p.hash) : encodeDelete(p.part.ids, p.hash);
+    return encodePrepare(p.txn, p.coordinator, part, p.part.type);
+  }
+
+  /**
+   * Coordinator: logs the outcome of `txn` unless one is logged or being logged; resolves with the
+   * outcome logged, once durable (this shard's own part is applied or dropped when that entry is
+   * applied: settled() tells).
+   */
+  decide(txn: string, outcome: TxnOutcome): Promise<TxnOutcome> {
+    if (this.broken || this.closing) return Promise.reject(this.unusable()); // what is in doubt is resolved at the next open
+    return this.outcomeFrom(this.stepTxn({ type: 'decideAsked', txn, outcome }), txn, 'durable') as Promise<TxnOutcome>;
+  }
+
+  /**
+   * Coordinator, asked by a participant: the outcome of `txn`, or undefined while its driver may
+   * still decide (its own prepare is in doubt for less than the timeout); past that, aborts it.
+   * `now` Infinity: nobody is left to decide (recovery), abort at once what is undecided. An
+   * outcome logged here is answered once applied (recovery ends with every entry applied).
+   */
+  decisionOf(txn: string, now: number): Promise<TxnOutcome | undefined> {
+    if (this.broken || this.closing) return Promise.reject(this.unusable());
+    return this.outcomeFrom(this.stepTxn({ type: 'decisionAsked', txn, now }), txn, 'applied');
+  }
+
+  private outcomeFrom(actions: TxnAction[], txn: string, answerWhen: 'durable' | 'applied'): Promise<TxnOutcome | undefined> {
+    for (const a of actions) {
+      if (a.type === 'answer') return Promise.resolve(a.outcome);
+      if (a.type === 'logDecision') {
+        const logged = this.logAndApply({ type: EntryType.Outcome, txn, outcome: a.outcome, role: 'decision' }, encodeOutcome(txn, a.outcome, 'decision'), '');
+        logged.applied.catch(() => undefined);
+        return logged[answerWhen].then(() => a.outcome);
+      }
+    }
+    if (!this.txn.deciding.has(txn)) return Promise.resolve(undefined);
+    return this.waitFor(this.outcomeWaiters, txn);
+  }
+
+  /**
+   * Participant: logs its resolution of `txn` with the coordinator's outcome (nothing when it is not
+   * in doubt here or already being resolved); settled() tells when the part is applied.
+   */
+  resolve(txn: string, outcome: TxnOutcome): void {
+    for (const a of this.stepTxn({ type: 'decisionHeard', txn, outcome })) {
+      if (a.type === 'logResolution') {
+        const { durable, applied } = this.logAndApply({ type: EntryType.Outcome, txn, outcome, role: 'resolution' }, encodeOutcome(txn, outcome, 'resolution'), '');
+        durable.catch(() => undefined); // a failed log stops the process; its waiters go with it
+        applied.catch(() => undefined);
+      }
+    }
+  }
+
+  /**
+   * The part of `txn` prepared here, settled: applied at its outcome's entry (that entry's LSN and
+   * the part's answer) or dropped (answer 0). Undefined when it is not in doubt here.
+   */
+  settled(txn: string): Promise<WriteResult> | undefined {
+    return this.prepared.has(txn) ? this.waitFor(this.settleWaiters, txn) : undefined;
+  }
+
+  /** The waiters' promise for `txn`; a failure of the log shows as the shard's own failure at the next call. */
+  private waitFor<T>(waiters: Map<string, ((v: T) => void)[]>, txn: string): Promise<T> {
+    return new Promise((resolve) => {
+      const list = waiters.get(txn);
+      if (list) list.push(resolve);
+      else waiters.set(txn, [resolve]);
+    });
+  }
+
+  private wake<T>(waiters: Map<string, ((v: T) => void)[]>, txn: string, v: T): void {
+    const list = waiters.get(txn);
+    waiters.delete(txn);
+    for (const w of list ?? []) w(v);
+  }
+
+  /** Prepares in doubt past the timeout, each to be asked of its coordinator (decisionOf, then resolve here). */
+  due(now: number): { txn: string; coordinator: number }[] {
+    return this.stepTxn({ type: 'tick', now }).flatMap((a) => (a.type === 'askCoordinator' ? [{ txn: a.txn, coordinator: a.coordinator }] : []));
+  }
+
+  /** The answer this shard remembers for an idempotency key (undefined: none). */
+  remembered(key: string): WriteResult | undefined {
+    const rec = this.keys.get(key);
+    return rec && { lsn: rec.lsn, answer: rec.answer };
+  }
+
+  private stepTxn(e: TxnEvent): TxnAction[] {
+    return stepTxn(this.txn, e).actions;
+  }
+
+  /** Applies a prepare or outcome entry through the transaction machine (caller holds the lock). */
+  private async applyTxn(lsn: number, key: string, op: Op & { type: EntryType.Prepare | EntryType.Outcome }): Promise<WriteResult> {
+    let actions: TxnAction[];
+    if (op.type === EntryType.Prepare) {
+      const { txn, coordinator, part } = op.prepared;
+      this.prepared.set(txn, { prepared: op.prepared, key });
+      actions = this.stepTxn({ type: 'prepareApplied', txn, lsn, coordinator, ids: part.type === 'upsert' ? part.op.ids : part.ids, now: Date.now() });
+    } else {
+      actions = this.stepTxn(
+        op.role === 'decision' ? { type: 'decisionApplied', txn: op.txn, outcome: op.outcome } : { type: 'resolutionApplied', txn: op.txn, outcome: op.outcome },
+      );
+    }
+    let result: WriteResult = { lsn, answer: 0 };
+    const after: (() => void)[] = [];
+    for (const a of actions) {
+      if (a.type === 'applyPart' || a.type === 'dropPart') {
+        const held = this.prepared.get(a.txn);
+        this.prepared.delete(a.txn);
+        if (held && a.type === 'applyPart') {
+          const { part, hash } = held.prepared;
+          const change: Op =
+            part.type === 'upsert' ? { type: EntryType.Upsert, upsert: part.op, payloads: part.op.payloadJson.map(parsePayload), hash } : { type: EntryType.Delete, ids: part.ids, hash };
+          result = { lsn, answer: await this.applyChange(change) };
+          if (held.key !== '') this.remember(held.key, { lsn, answer: result.answer, hash: hash ?? Buffer.alloc(0) });
+        }
+        const settled = result;
+        after.push(() => this.wake(this.settleWaiters, a.txn, settled));
+      } else if (a.type === 'answer') {
+        after.push(() => this.wake(this.outcomeWaiters, a.txn, a.outcome));
+      }
+    }
+    // Waiters hear of it once the entry counts as applied (applyOp sets the applied LSN, then runs these).
+    this.afterApply.push(...after);
+    return result;
+  }
+
+  /** The transactions a snapshot keeps: every part in doubt (as its prepare entry) and the decisions remembered. */
+  private captureTxns(): TxnSnapshot {
+    const inDoubt: TxnSnapshot['inDoubt'] = [];
+    for (const [txn, d] of this.txn.inDoubt) {
+      const held = this.prepared.get(txn)!;
+      inDoubt.push({ lsn: d.lsn, key: held.key, body: Buffer.concat(this.prepareBody(held.prepared)) });
+    }
+    return { inDoubt, decisions: [...this.txn.decisions] };
+  }
+
+  private restoreTxns(t: TxnSnapshot): void {
+    this.forgetTxns();
+    for (const [txn, outcome] of t.decisions) this.txn.decisions.set(txn, outcome);
+    for (const d of t.inDoubt) {
+      const prepared = decodePrepare(d.body, this.opts.dim);
+      this.prepared.set(prepared.txn, { prepared, key: d.key });
+      const ids = prepared.part.type === 'upsert' ? prepared.part.op.ids : prepared.part.ids;
+      this.stepTxn({ type: 'prepareApplied', txn: prepared.txn, lsn: d.lsn, coordinator: prepared.coordinator, ids, now: Date.now() });
+    }
+  }
+
+  private forgetTxns(): void {
+    this.prepared.clear();
+    this.txn.locks.clear();
+    this.txn.inDoubt.clear();
+    this.txn.decisions.clear();
   }
 
   /** Follower: appends entries shipped by the leader (byte-identical); resolves with the last LSN once durable. */
@@ -497,7 +753,9 @@ export class Shard {
       let result: WriteResult;
       const seen = key !== '' ? this.keys.get(key) : undefined;
       try {
-        if (seen) {
+        if (op.type === EntryType.Prepare || op.type === EntryType.Outcome) {
+          result = await this.applyTxn(lsn, key, op);
+        } else if (seen) {
           result = { lsn: seen.lsn, answer: seen.answer };
         } else {
           const answer = await this.applyChange(op);
@@ -509,6 +767,7 @@ export class Shard {
       }
       this.applied = lsn;
       this.appliedEpoch = epoch;
+      for (const f of this.afterApply.splice(0)) f();
       return result;
     }).then((r) => {
       this.maybeSnapshotForSize();
@@ -576,6 +835,8 @@ export class Shard {
       }
       case EntryType.EpochStart:
       case EntryType.Config:
+      case EntryType.Prepare:
+      case EntryType.Outcome:
         return 0;
     }
   }
@@ -781,6 +1042,7 @@ export class Shard {
       snapshotLsn: this.snapshotLsnValue,
       points: this.store.count,
       walBytes: this.wal.bytes,
+      ...(({ count, oldestMs }) => ({ inDoubt: count, inDoubtOldestMs: oldestMs }))(inDoubtOf(this.txn, Date.now())),
     };
   }
 
@@ -831,6 +1093,7 @@ export class Shard {
         vectorsInIndex: !this.store.keepsVectors,
         store: this.store.capture(),
         keys: { ids: [...this.keys.keys()], records: [...this.keys.values()] },
+        txns: this.captureTxns(),
       };
     });
     if (!cap) return;
@@ -843,6 +1106,7 @@ export class Shard {
         cap.indexBytes,
         await this.store.encode(cap.store, 48),
         cap.keys,
+        cap.txns,
       );
     } finally {
       this.store.release();

@@ -11,12 +11,18 @@
  *     36  4  flags: bit 0 = the vectors are not in state.bin but in the index, which keeps them as
  *              written (indexKeepsVectors in shard.ts); clear: the point store kept them;
  *              bit 1 = each key record ends with the hash of its request (always set when written
- *              now; older snapshots lack it)
+ *              now; older snapshots lack it); bit 2 = the transaction section follows the keys
+ *              (always set when written now)
  *     40  8  length of index.bin
  *     48  .. point store (PointStore.encode(48): id table, payloads, free labels, vectors by label
  *              unless flag bit 0)
  *     ..  u32 n | n x { u16 keyLen | key | u64 lsn | f64 answer | [u8 hashLen | hash] }
  *              (remembered idempotency keys, oldest first; hashLen 0: the request is not known)
+ *     ..  transactions (src/shard/txn.ts), flag bit 2:
+ *           u32 n | n x { u64 lsn | u16 keyLen | key | u32 bodyLen | body }   prepares in doubt:
+ *                 the LSN and key of their prepare entry and its body (codec.ts, type 5)
+ *           u32 m | m x { 16 bytes transaction id | u8 outcome (1 commit, 2 abort) }
+ *                 decisions this shard logged as coordinator, oldest first
  *     end 4  CRC-32C of every byte before it
  * Written to tmp-<lsn>-<pid>/ in the same parent, each file fsynced (and fdatasynced every
  * snapshotSyncBytes on the way), the directory fsynced, renamed into place, the parent fsynced: a
@@ -30,6 +36,7 @@ import { fsyncDir } from '../common/fs';
 import { deserializeIndex } from '../native';
 import { crc32c } from '../wal/crc32c';
 import { PointStore } from './store';
+import { TxnOutcome, txnIdBytes } from './codec';
 
 const MAGIC = Buffer.from('QVSHSNAP', 'latin1');
 const VERSION = 1;
@@ -44,6 +51,66 @@ export interface KeyRecord {
 
 const FLAG_VECTORS_IN_INDEX = 1;
 const FLAG_KEY_HASHES = 2;
+const FLAG_TXNS = 4;
+
+/** What a snapshot keeps of a shard's transactions (shard.ts captureTxns). */
+export interface TxnSnapshot {
+  inDoubt: { lsn: number; key: string; body: Buffer }[];
+  decisions: [string, TxnOutcome][];
+}
+
+function encodeTxns(t: TxnSnapshot): Buffer[] {
+  const parts: Buffer[] = [];
+  const n = Buffer.alloc(4);
+  n.writeUInt32LE(t.inDoubt.length, 0);
+  parts.push(n);
+  for (const d of t.inDoubt) {
+    const key = Buffer.from(d.key, 'utf8');
+    const h = Buffer.alloc(8 + 2 + key.length + 4);
+    h.writeUInt32LE(d.lsn % TWO32, 0);
+    h.writeUInt32LE(Math.floor(d.lsn / TWO32), 4);
+    h.writeUInt16LE(key.length, 8);
+    key.copy(h, 10);
+    h.writeUInt32LE(d.body.length, 10 + key.length);
+    parts.push(h, d.body);
+  }
+  const m = Buffer.alloc(4 + t.decisions.length * (txnIdBytes + 1));
+  m.writeUInt32LE(t.decisions.length, 0);
+  t.decisions.forEach(([txn, outcome], i) => {
+    const off = 4 + i * (txnIdBytes + 1);
+    m.write(txn, off, 'hex');
+    m.writeUInt8(outcome === 'commit' ? 1 : 2, off + txnIdBytes);
+  });
+  parts.push(m);
+  return parts;
+}
+
+/** The transaction section at `off` of `body` (throws on short or bad bytes); returns it and the offset after it. */
+function decodeTxns(body: Buffer, off: number): { txns: TxnSnapshot; off: number } {
+  const txns: TxnSnapshot = { inDoubt: [], decisions: [] };
+  const n = body.readUInt32LE(off);
+  off += 4;
+  for (let i = 0; i < n; i++) {
+    const lsn = body.readUInt32LE(off) + body.readUInt32LE(off + 4) * TWO32;
+    const kl = body.readUInt16LE(off + 8);
+    const key = body.toString('utf8', off + 10, off + 10 + kl);
+    off += 10 + kl;
+    const bl = body.readUInt32LE(off);
+    if (off + 4 + bl > body.length) throw new Error('short prepare record');
+    txns.inDoubt.push({ lsn, key, body: Buffer.from(body.subarray(off + 4, off + 4 + bl)) });
+    off += 4 + bl;
+  }
+  const m = body.readUInt32LE(off);
+  off += 4;
+  if (off + m * (txnIdBytes + 1) > body.length) throw new Error('short decision records');
+  for (let i = 0; i < m; i++) {
+    const o = body.readUInt8(off + txnIdBytes);
+    if (o !== 1 && o !== 2) throw new Error(`unknown outcome ${o}`);
+    txns.decisions.push([body.toString('hex', off, off + txnIdBytes), o === 1 ? 'commit' : 'abort']);
+    off += txnIdBytes + 1;
+  }
+  return { txns, off };
+}
 
 export interface SnapshotMeta {
   lsn: number;
@@ -151,6 +218,7 @@ export async function writeSnapshot(
   indexBytes: Buffer,
   storeParts: Buffer[],
   keys: KeyList,
+  txns: TxnSnapshot,
 ): Promise<string> {
   const keyParts = await encodeKeys(keys);
   await fsp.mkdir(parent, { recursive: true });
@@ -168,10 +236,10 @@ export async function writeSnapshot(
   head.writeUInt32LE(meta.epoch % TWO32, 24);
   head.writeUInt32LE(Math.floor(meta.epoch / TWO32), 28);
   head.writeUInt32LE(indexBytes.length >= 4 ? indexBytes.readUInt32LE(indexBytes.length - 4) : 0, 32);
-  head.writeUInt32LE((meta.vectorsInIndex ? FLAG_VECTORS_IN_INDEX : 0) | FLAG_KEY_HASHES, 36);
+  head.writeUInt32LE((meta.vectorsInIndex ? FLAG_VECTORS_IN_INDEX : 0) | FLAG_KEY_HASHES | FLAG_TXNS, 36);
   head.writeUInt32LE(indexBytes.length % TWO32, 40);
   head.writeUInt32LE(Math.floor(indexBytes.length / TWO32), 44);
-  const parts = [head, ...storeParts, ...keyParts];
+  const parts = [head, ...storeParts, ...keyParts, ...encodeTxns(txns)];
   let crc = 0;
   for (const p of parts) crc = crc32c(p, crc);
   const tail = Buffer.alloc(4);
@@ -210,7 +278,7 @@ export async function listSnapshots(parent: string): Promise<SnapshotMeta[]> {
 export async function readSnapshot(
   dir: string,
   store: PointStore,
-): Promise<{ lsn: number; epoch: number; indexBytes: Buffer; keys: Map<string, KeyRecord>; vectorsInIndex: boolean }> {
+): Promise<{ lsn: number; epoch: number; indexBytes: Buffer; keys: Map<string, KeyRecord>; vectorsInIndex: boolean; txns: TxnSnapshot }> {
   const bad = (why: string): never => {
     throw new QuiverError('DATA_LOSS', `snapshot ${dir}: ${why}`);
   };
@@ -230,7 +298,7 @@ export async function readSnapshot(
   const epoch = state.readUInt32LE(24) + state.readUInt32LE(28) * TWO32;
   const indexLen = state.readUInt32LE(40) + state.readUInt32LE(44) * TWO32;
   const flags = state.readUInt32LE(36);
-  if (flags & ~(FLAG_VECTORS_IN_INDEX | FLAG_KEY_HASHES)) bad(`unknown flags ${flags}`);
+  if (flags & ~(FLAG_VECTORS_IN_INDEX | FLAG_KEY_HASHES | FLAG_TXNS)) bad(`unknown flags ${flags}`);
   const vectorsInIndex = (flags & FLAG_VECTORS_IN_INDEX) !== 0;
   const keyHashes = (flags & FLAG_KEY_HASHES) !== 0;
   // The index checks its own CRC when deserialized; here only that it is the file written with this state.
@@ -241,6 +309,7 @@ export async function readSnapshot(
   const body = state.subarray(0, end);
   let off: number;
   const keys = new Map<string, KeyRecord>();
+  let txns: TxnSnapshot = { inDoubt: [], decisions: [] };
   try {
     off = store.decode(body, 48, !vectorsInIndex);
     const n = body.readUInt32LE(off);
@@ -261,11 +330,12 @@ export async function readSnapshot(
       }
       keys.set(key, { lsn: klsn, answer, hash });
     }
+    if (flags & FLAG_TXNS) ({ txns, off } = decodeTxns(body, off));
   } catch (e) {
     return bad((e as Error).message);
   }
   if (off !== end) bad('trailing bytes');
-  return { lsn, epoch, indexBytes, keys, vectorsInIndex };
+  return { lsn, epoch, indexBytes, keys, vectorsInIndex, txns };
 }
 
 /**

@@ -15,8 +15,8 @@
  * Entry (40 + K + B bytes), back to back after the header, no padding:
  *   offset   size field
  *   0        4    B: body length (<= entryBodyBytesMax)
- *   4        1    type: 1 upsert batch, 2 delete batch, 3 epoch start, 4 config, 7 payload update,
- *                  8 vector update
+ *   4        1    type: 1 upsert batch, 2 delete batch, 3 epoch start, 4 config, 5 prepare,
+ *                 6 transaction outcome, 7 payload update, 8 vector update
  *   5        1    reserved (0)
  *   6        2    K: idempotency key length (UTF-8 bytes, <= keyBytesMax; 0 = none)
  *   8        8    LSN (contiguous: each entry is the previous + 1; a segment's first is its first LSN)
@@ -52,6 +52,10 @@ export enum EntryType {
   Delete = 2,
   EpochStart = 3,
   Config = 4,
+  /** A participant's part of a batch across shards, applied only at its transaction's outcome (src/shard/txn.ts). */
+  Prepare = 5,
+  /** A transaction's outcome: the coordinator's decision, or a participant's resolution. */
+  Outcome = 6,
   Payload = 7,
   Vectors = 8,
 }

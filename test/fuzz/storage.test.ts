@@ -15,7 +15,7 @@ import * as path from 'path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { QuiverError } from '../../src/errors';
 import { FlatIndex } from '../../src/native';
-import { decodeDelete, decodeUpsert, encodeDelete, encodeUpsert, hashInBody, requestHash } from '../../src/shard/codec';
+import { decodeDelete, decodeUpsert, encodeDelete, encodePrepare, encodeUpsert, hashInBody, requestHash } from '../../src/shard/codec';
 import { readSnapshot, writeSnapshot } from '../../src/shard/snapshot';
 import { PointStore } from '../../src/shard/store';
 import { crc32c } from '../../src/wal/crc32c';
@@ -208,6 +208,10 @@ describe('snapshots', () => {
         { lsn: 40, answer: 2, hash: Buffer.alloc(16, 1) },
         { lsn: 41, answer: 1, hash: Buffer.alloc(0) },
       ],
+    }, {
+      // A part in doubt (a prepared delete) and a decision the coordinator keeps.
+      inDoubt: [{ lsn: 41, key: 'k3', body: Buffer.concat(encodePrepare('ab'.repeat(16), 1, encodeDelete(['a', 'd']), 'delete')) }],
+      decisions: [['cd'.repeat(16), 'commit']],
     });
     return { dir, state: fs.readFileSync(path.join(dir, 'state.bin')) };
   }
@@ -218,7 +222,7 @@ describe('snapshots', () => {
     const r = await readSnapshot(dir, store);
     const live = store.liveLabels();
     const points = Array.from(live, (l) => [store.idOf(l), store.payloadOf(l), r.vectorsInIndex ? null : Array.from(store.vectorOf(l))]);
-    return { lsn: r.lsn, epoch: r.epoch, count: store.count, points, keys: [...r.keys].map(([k, v]) => [k, v.lsn, v.answer, v.hash.toString('hex')]), vectorsInIndex: r.vectorsInIndex };
+    return { lsn: r.lsn, epoch: r.epoch, count: store.count, points, keys: [...r.keys].map(([k, v]) => [k, v.lsn, v.answer, v.hash.toString('hex')]), vectorsInIndex: r.vectorsInIndex, txns: { inDoubt: r.txns.inDoubt.map((d) => [d.lsn, d.key, d.body.toString('hex')]), decisions: r.txns.decisions } };
   }
 
   it('a damaged state.bin is DATA_LOSS or reads exactly as written; behind a matching checksum, DATA_LOSS or a store that is whole', async () => {
@@ -258,7 +262,7 @@ describe('snapshots', () => {
           expect(new Set(free).size).toBe(free.length);
           for (const f of free) expect(liveSet.has(f)).toBe(false);
           // Written again, it reads the same.
-          const again = await writeSnapshot(path.join(tmp, 'snap-again'), { lsn: 1, epoch: 1, dim, vectorsInIndex }, fs.readFileSync(path.join(work, 'index.bin')), await store.encode(store.capture(), 48), { ids: [], records: [] });
+          const again = await writeSnapshot(path.join(tmp, 'snap-again'), { lsn: 1, epoch: 1, dim, vectorsInIndex }, fs.readFileSync(path.join(work, 'index.bin')), await store.encode(store.capture(), 48), { ids: [], records: [] }, { inDoubt: [], decisions: [] });
           const s2 = new PointStore(dim);
           await readSnapshot(again, s2);
           const zeros = (labels: Uint32Array) => new Float32Array(labels.length * dim);
@@ -281,7 +285,7 @@ describe('what the fuzzing found, case by case', () => {
     const image = store.capture();
     edit(image);
     const index = new FlatIndex({ dim, metric: 'l2' });
-    const dir = await writeSnapshot(path.join(tmp, 'snap-edited'), { lsn: 5, epoch: 1, dim, vectorsInIndex: true }, Buffer.from(await index.serialize()), await store.encode(image, 48), { ids: [], records: [] });
+    const dir = await writeSnapshot(path.join(tmp, 'snap-edited'), { lsn: 5, epoch: 1, dim, vectorsInIndex: true }, Buffer.from(await index.serialize()), await store.encode(image, 48), { ids: [], records: [] }, { inDoubt: [], decisions: [] });
     const state = fs.readFileSync(path.join(dir, 'state.bin'));
     editState(state);
     state.writeUInt32LE(crc32c(state, 0, 0, state.length - 4), state.length - 4);

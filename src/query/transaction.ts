@@ -1,0 +1,94 @@
+/**
+ * The driver of a batch across shards (the protocol and its invariant: src/shard/txn.ts). It runs
+ * where the batch was split, against each shard's leader:
+ *
+ *   prepare every part (in parallel) --all applied--> coordinator decides commit --> every other
+ *        |                                                                           participant
+ *        +--a part refused or failed--> coordinator decides abort                    resolves
+ *   answer once every part has settled (so a read after the answer sees the whole batch)
+ *
+ * A part refused because another batch's prepare holds one of its ids aborts the attempt, which is
+ * retried as a new transaction after a random pause (locks are never waited on: two batches that
+ * each hold an id the other wants cannot deadlock). The coordinator is the shard of the batch's
+ * first id.
+ */
+import { randomBytes } from 'crypto';
+import { setTimeout as sleep } from 'timers/promises';
+import { QuiverError } from '../errors';
+import { log } from '../common/log';
+import { txnIdBytes } from '../shard/codec';
+import type { TxnOutcome } from '../shard/codec';
+import type { Shard, TxnPart } from '../shard/shard';
+import type { WriteToken } from './types';
+
+/** What the driver needs of a shard's leader (a local Shard, standalone). */
+export type TxnShard = Pick<Shard, 'prepare' | 'decide' | 'decisionOf' | 'resolve' | 'settled' | 'due'>;
+
+/** Attempts of a batch whose ids other batches held, before it is refused (UNAVAILABLE). */
+export const txnAttemptsMax = 50;
+
+function isLockRefusal(r: PromiseSettledResult<unknown>): boolean {
+  return r.status === 'rejected' && r.reason instanceof QuiverError && r.reason.details?.heldBy !== undefined;
+}
+
+/**
+ * Runs a batch split into `parts` (shard -> part, the coordinator's first) as one transaction;
+ * the answer and token are as writeByShard's. `signal` is checked before each attempt logs anything.
+ */
+export async function runTransaction(
+  parts: Map<number, TxnPart>,
+  shardOf: (s: number) => TxnShard,
+  key: string,
+  hash: Buffer | undefined,
+  signal: AbortSignal | undefined,
+): Promise<{ count: number; token: WriteToken }> {
+  const shards = [...parts.keys()];
+  const coordinator = shards[0];
+  for (let attempt = 1; ; attempt++) {
+    signal?.throwIfAborted();
+    const txn = randomBytes(txnIdBytes).toString('hex');
+    const prepared = await Promise.allSettled(shards.map((s) => shardOf(s).prepare(txn, coordinator, parts.get(s)!, key, hash)));
+    const failed = prepared.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    const settled = shards.map((s) => shardOf(s).settled(txn));
+    const outcome = await shardOf(coordinator).decide(txn, failed ? 'abort' : 'commit');
+    shards.forEach((s) => {
+      if (s !== coordinator) shardOf(s).resolve(txn, outcome);
+    });
+    const results = await Promise.all(settled);
+    if (outcome === 'commit') {
+      const token: WriteToken = {};
+      let count = 0;
+      results.forEach((r, i) => {
+        token[String(shards[i])] = { epoch: r!.epoch ?? 0, lsn: r!.lsn };
+        count += r!.answer;
+      });
+      return { count, token };
+    }
+    if (failed && !prepared.every((r) => r.status === 'fulfilled' || isLockRefusal(r))) throw failed.reason;
+    if (attempt === txnAttemptsMax) {
+      throw new QuiverError('UNAVAILABLE', `the batch's ids stayed held by other batches across shards through ${txnAttemptsMax} attempts; retry`);
+    }
+    // Held by another batch (or aborted by its coordinator's timeout): a new attempt after a random pause.
+    await sleep(Math.random() * Math.min(2 ** attempt, 64));
+  }
+}
+
+/**
+ * Resolves the prepares in doubt past their timeout on `shards` (a collection's, in order) by
+ * asking each one's coordinator; `now` Infinity resolves every one at once, the undecided aborted
+ * (standalone recovery: nobody else will decide them).
+ */
+export async function resolveInDoubt(shards: readonly TxnShard[], now: number): Promise<void> {
+  await Promise.all(
+    shards.flatMap((participant) =>
+      participant.due(now).map(async ({ txn, coordinator }) => {
+        const outcome: TxnOutcome | undefined = await shards[coordinator].decisionOf(txn, now);
+        if (outcome === undefined) return; // its driver may still decide: asked again at the next timeout
+        const settled = participant.settled(txn);
+        participant.resolve(txn, outcome);
+        await settled;
+        log.info('resolved a batch in doubt', { txn, outcome });
+      }),
+    ),
+  );
+}

@@ -1,0 +1,218 @@
+/**
+ * Batches across shards: all or nothing, by two-phase commit over the shards' own logs. One machine
+ * per shard, pure: `stepTxn(state, event) -> { state, actions }` (no I/O, no clock: time comes in
+ * events). A batch within one shard is one entry and never meets this machine.
+ *
+ *   each participant (every shard the batch touches)          the coordinator (the shard of the
+ *                                                              batch's first id, a participant too)
+ *   prepareAsked: its ids free? lock them, logPrepare
+ *                 else refuse (the batch is aborted, retried)
+ *   prepare applied (committed, in log order): IN DOUBT,
+ *     the part held, not visible
+ *                                                              every prepare committed:
+ *                                                                decideAsked(commit) -> logDecision
+ *                                                              a prepare failed or refused:
+ *                                                                decideAsked(abort) -> logDecision
+ *                                                              decision applied: DECIDED, remembered;
+ *                                                                its own part applied (commit) or
+ *                                                                dropped (abort) at this entry
+ *   the decision heard -> logResolution
+ *   resolution applied: the part applied (commit) or dropped
+ *     (abort) at this entry, the ids unlocked: RESOLVED
+ *
+ *   Recovery, a new leader, a lost driver: a prepare in doubt for timeoutMs makes `tick` ask its
+ *   coordinator (askCoordinator). The coordinator answers its decision; with none, it logs abort
+ *   once its own prepare of the transaction (if it has one) is in doubt for timeoutMs, or at once
+ *   when asked with `now: Infinity` (standalone recovery: whoever drove the batch died with the
+ *   process). A participant never decides alone.
+ *
+ * Invariant: for each transaction, the outcome every participant applies is the one decision its
+ * coordinator logged (at most one decision is ever logged: decideAsked and decisionAsked answer a
+ * decision logged or being logged); a commit is logged only after every participant's prepare is
+ * committed, so each participant holds its part when it resolves; a part is applied once, at one
+ * entry of its shard's log (the resolution, or on the coordinator the decision), so every replica
+ * of a shard applies it at the same point of the same log (I2).
+ *
+ * Locks: an id is locked from its prepare until its resolution; a prepare meeting a locked id is
+ * refused at once (no waiting, so two batches that each hold an id the other wants cannot wait on
+ * each other across shards), and the batch is retried as a new transaction. Writes within one shard
+ * take no lock: they are ordered by that shard's log, and a transaction takes effect at its
+ * resolution entry.
+ *
+ * The state is owned by the caller and updated in place (the lock table holds every id of every
+ * unresolved prepare; copying it per step would cost as much as the batch).
+ */
+import type { TxnOutcome } from './codec';
+
+export interface InDoubt {
+  /** LSN of the prepare entry. */
+  lsn: number;
+  coordinator: number;
+  ids: readonly string[];
+  /** When it was applied (ms, the driver's clock), and when this shard last asked its coordinator. */
+  since: number;
+  askedAt: number;
+}
+
+export interface TxnState {
+  readonly shard: number;
+  readonly timeoutMs: number;
+  /** Decisions remembered (oldest forgotten first). */
+  readonly decisionsMax: number;
+  /** id -> the transaction whose prepare holds it (asked or in doubt). */
+  locks: Map<string, string>;
+  /** Prepares asked and not yet applied: their ids and when they were asked. */
+  pending: Map<string, { ids: readonly string[]; since: number }>;
+  inDoubt: Map<string, InDoubt>;
+  /** Decisions this shard logged as coordinator, oldest first. */
+  decisions: Map<string, TxnOutcome>;
+  /** Decisions asked of the log and not yet applied. */
+  deciding: Map<string, TxnOutcome>;
+  /** Resolutions asked of the log and not yet applied. */
+  resolving: Set<string>;
+}
+
+export type TxnEvent =
+  /** Leader: a participant's part is to be logged. */
+  | { type: 'prepareAsked'; txn: string; ids: readonly string[]; now: number }
+  /** Leader: the prepare's append failed (the log failed; nothing was written). */
+  | { type: 'prepareFailed'; txn: string }
+  /** A prepare entry applied (committed), in log order. */
+  | { type: 'prepareApplied'; txn: string; lsn: number; coordinator: number; ids: readonly string[]; now: number }
+  /** Coordinator, leader: the batch's driver asks to log its outcome. */
+  | { type: 'decideAsked'; txn: string; outcome: TxnOutcome }
+  /** Coordinator, leader: a participant asks for the outcome. */
+  | { type: 'decisionAsked'; txn: string; now: number }
+  /** Coordinator: its decision entry applied, in log order. */
+  | { type: 'decisionApplied'; txn: string; outcome: TxnOutcome }
+  /** Participant, leader: the coordinator's answer (its prepare committed, applied or not yet). */
+  | { type: 'decisionHeard'; txn: string; outcome: TxnOutcome }
+  /** Participant: its resolution entry applied, in log order. */
+  | { type: 'resolutionApplied'; txn: string; outcome: TxnOutcome }
+  | { type: 'tick'; now: number };
+
+export type TxnAction =
+  | { type: 'logPrepare'; txn: string }
+  | { type: 'refuse'; txn: string; heldBy: string; id: string }
+  | { type: 'logDecision'; txn: string; outcome: TxnOutcome }
+  | { type: 'logResolution'; txn: string; outcome: TxnOutcome }
+  /** The outcome is known (logged and applied): tell whoever asked. */
+  | { type: 'answer'; txn: string; outcome: TxnOutcome }
+  /** Apply (commit) or drop (abort) the part prepared at `lsn`, now, at the entry being applied. */
+  | { type: 'applyPart'; txn: string; lsn: number }
+  | { type: 'dropPart'; txn: string; lsn: number }
+  | { type: 'askCoordinator'; txn: string; coordinator: number };
+
+export function initTxn(shard: number, timeoutMs: number, decisionsMax: number): TxnState {
+  return { shard, timeoutMs, decisionsMax, locks: new Map(), pending: new Map(), inDoubt: new Map(), decisions: new Map(), deciding: new Map(), resolving: new Set() };
+}
+
+function unlock(s: TxnState, txn: string, ids: readonly string[]): void {
+  for (const id of ids) if (s.locks.get(id) === txn) s.locks.delete(id);
+}
+
+/** The part in doubt settles at this entry: applied or dropped, its ids unlocked. */
+function settle(s: TxnState, txn: string, outcome: TxnOutcome): TxnAction[] {
+  const d = s.inDoubt.get(txn);
+  s.resolving.delete(txn);
+  if (!d) return [];
+  s.inDoubt.delete(txn);
+  unlock(s, txn, d.ids);
+  return [{ type: outcome === 'commit' ? 'applyPart' : 'dropPart', txn, lsn: d.lsn }];
+}
+
+/** The outcome logged or being logged for `txn` by this coordinator. */
+function known(s: TxnState, txn: string): TxnOutcome | undefined {
+  return s.decisions.get(txn) ?? s.deciding.get(txn);
+}
+
+function decide(s: TxnState, txn: string, outcome: TxnOutcome): TxnAction[] {
+  const done = s.decisions.get(txn);
+  if (done) return [{ type: 'answer', txn, outcome: done }];
+  if (s.deciding.has(txn)) return []; // answered when it applies
+  s.deciding.set(txn, outcome);
+  return [{ type: 'logDecision', txn, outcome }];
+}
+
+export function stepTxn(s: TxnState, e: TxnEvent): { state: TxnState; actions: TxnAction[] } {
+  const actions: TxnAction[] = [];
+  switch (e.type) {
+    case 'prepareAsked': {
+      for (const id of e.ids) {
+        const holder = s.locks.get(id);
+        if (holder !== undefined && holder !== e.txn) return { state: s, actions: [{ type: 'refuse', txn: e.txn, heldBy: holder, id }] };
+      }
+      for (const id of e.ids) s.locks.set(id, e.txn);
+      s.pending.set(e.txn, { ids: e.ids, since: e.now });
+      actions.push({ type: 'logPrepare', txn: e.txn });
+      break;
+    }
+    case 'prepareFailed': {
+      const p = s.pending.get(e.txn);
+      if (p) unlock(s, e.txn, p.ids);
+      s.pending.delete(e.txn);
+      break;
+    }
+    case 'prepareApplied': {
+      s.pending.delete(e.txn);
+      for (const id of e.ids) s.locks.set(id, e.txn);
+      s.inDoubt.set(e.txn, { lsn: e.lsn, coordinator: e.coordinator, ids: e.ids, since: e.now, askedAt: e.now });
+      // A coordinator that aborted before its own prepare applied (asked after a timeout) drops it here.
+      const decided = e.coordinator === s.shard ? s.decisions.get(e.txn) : undefined;
+      if (decided) actions.push(...settle(s, e.txn, decided));
+      break;
+    }
+    case 'decideAsked':
+      actions.push(...decide(s, e.txn, e.outcome));
+      break;
+    case 'decisionAsked': {
+      const k = known(s, e.txn);
+      if (k) {
+        if (s.decisions.has(e.txn)) actions.push({ type: 'answer', txn: e.txn, outcome: k });
+        break;
+      }
+      const own = s.inDoubt.get(e.txn) ?? s.pending.get(e.txn);
+      // Still within its time: the driver may yet decide. Asked again at the next timeout.
+      if (own && e.now - own.since < s.timeoutMs) break;
+      actions.push(...decide(s, e.txn, 'abort'));
+      break;
+    }
+    case 'decisionApplied': {
+      s.deciding.delete(e.txn);
+      s.decisions.set(e.txn, e.outcome);
+      while (s.decisions.size > s.decisionsMax) s.decisions.delete(s.decisions.keys().next().value as string);
+      actions.push(...settle(s, e.txn, e.outcome), { type: 'answer', txn: e.txn, outcome: e.outcome });
+      break;
+    }
+    case 'decisionHeard': {
+      // A prepare logged and not yet applied may be resolved too: its resolution follows it in the log.
+      if (!(s.inDoubt.has(e.txn) || s.pending.has(e.txn)) || s.resolving.has(e.txn)) break;
+      s.resolving.add(e.txn);
+      actions.push({ type: 'logResolution', txn: e.txn, outcome: e.outcome });
+      break;
+    }
+    case 'resolutionApplied':
+      actions.push(...settle(s, e.txn, e.outcome));
+      break;
+    case 'tick': {
+      for (const [txn, d] of s.inDoubt) {
+        if (s.resolving.has(txn) || e.now - d.askedAt < s.timeoutMs) continue;
+        d.askedAt = e.now;
+        actions.push({ type: 'askCoordinator', txn, coordinator: d.coordinator });
+      }
+      break;
+    }
+    default: {
+      const never: never = e;
+      throw new Error(`unknown transaction event ${JSON.stringify(never)}`);
+    }
+  }
+  return { state: s, actions };
+}
+
+/** The in-doubt transactions (status page, metrics): how many, and the oldest one's age in ms. */
+export function inDoubtOf(s: TxnState, now: number): { count: number; oldestMs: number } {
+  let oldest = now;
+  for (const d of s.inDoubt.values()) oldest = Math.min(oldest, d.since);
+  return { count: s.inDoubt.size, oldestMs: now - oldest };
+}
