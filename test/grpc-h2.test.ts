@@ -365,6 +365,26 @@ describe('floods and idle connections', () => {
     }
   });
 
+  it('a flood that comes long after the connection opened is cut off at the same budget', async () => {
+    const server = new H2GrpcServer(methods(), { receiveBytesMax: 1 << 20 });
+    const port = await server.listen('127.0.0.1', 0);
+    const c = await rawConn(port);
+    try {
+      c.sock.write(Buffer.concat([PREFACE, frameHead(0, 4, 0, 0)]));
+      await c.until(() => c.frames.some((f) => f.type === 4));
+      // The connection has been open a minute by the server's clock: its budget is still FLOOD_BURST.
+      vi.useFakeTimers({ toFake: ['Date'] });
+      vi.setSystemTime(Date.now() + 60_000);
+      c.sock.write(Buffer.concat(Array.from({ length: FLOOD_BURST + 500 }, (_, i) => ping(i))));
+      await c.closed;
+      expect(goawayCode(c.frames)).toBe(11); // ENHANCE_YOUR_CALM
+    } finally {
+      vi.useRealTimers();
+      c.sock.destroy();
+      server.forceShutdown();
+    }
+  });
+
   it('a peer that does not read our answers and keeps pinging is cut off', async () => {
     // A 48 MB answer the peer does not read backs up in the socket buffers and then in the
     // server's socket; the peer's next PING finds our replies backed up past 1 MiB and ends the

@@ -768,11 +768,12 @@ export class H2Session<U> {
 
   /** One frame that costs work but carries no request: draws on the flood budget. */
   private idleFrame(what: string): void {
-    if (--this.floodBudget >= 0) return;
+    // Refilled before each draw, so the budget is never more than FLOOD_BURST: a peer that waits
+    // before its flood gets no more than one that floods at once.
     const now = Date.now();
-    this.floodBudget = Math.min(FLOOD_BURST, this.floodBudget + Math.floor(((now - this.floodAt) * FLOOD_PER_SECOND) / 1000));
+    this.floodBudget = Math.min(FLOOD_BURST, this.floodBudget + ((now - this.floodAt) * FLOOD_PER_SECOND) / 1000);
     this.floodAt = now;
-    if (this.floodBudget < 0) throw new H2ConnectionError(H2_ERROR.ENHANCE_YOUR_CALM, `too many ${what} frames`);
+    if (--this.floodBudget < 0) throw new H2ConnectionError(H2_ERROR.ENHANCE_YOUR_CALM, `too many ${what} frames`);
   }
 
   /** A reply the peer's frame asks for (PING and SETTINGS ACKs); refused when the peer does not read. */
