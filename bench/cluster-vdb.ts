@@ -21,7 +21,7 @@
  * dropped at the end (where the cluster refuses, it is named on stderr and left).
  */
 import { performance } from 'perf_hooks';
-import { QuiverClient } from '../src/client';
+import { ClientOptions, QuiverClient } from '../src/client';
 import { UsageError } from '../src/common/args';
 import { mergeToken } from '../src/common/read-options';
 import { QuiverError } from '../src/errors';
@@ -46,6 +46,8 @@ export interface VdbOptions {
   streamConcurrency: number;
   /** The most seconds the searches wait after the load for every replica to be snapshotted (0: not at all). */
   restSeconds: number;
+  /** How the clients reach a cluster given with --target: its API key and the CA of its TLS certificates. */
+  client?: Pick<ClientOptions, 'apiKey' | 'tls'>;
 }
 
 const log = (m: string): void => void process.stdout.write(`${m}\n`);
@@ -139,7 +141,7 @@ export async function runVdb(addresses: string[], o: VdbOptions, where: string, 
   progress(`${full.name}: ${loadN} points loaded, up to ${insertN} inserted while searching, ${nq} queries, dim ${ds.dim}; exact top-${TRUTH_K}`);
   const truth = await groundTruth(ds, TRUTH_K);
 
-  const clients = await Promise.all(addresses.map((a) => QuiverClient.connect(a)));
+  const clients = await Promise.all(addresses.map((a) => QuiverClient.connect(a, o.client)));
   const name = `vdbbench_${Date.now().toString(36)}`;
   const pick = (i: number): QuiverClient => clients[i % clients.length];
   try {

@@ -32,9 +32,9 @@ import { ChildProcess, spawn } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { QuiverClient, WriteToken } from '../src/client';
+import { ClientOptions, QuiverClient, WriteToken } from '../src/client';
 import { shardOf } from '../src/query';
-import { CommandSpec, UsageError, intFlag, listFlag, parseCommandLine, stringFlag } from '../src/common/args';
+import { CommandSpec, Flags, UsageError, intFlag, listFlag, parseCommandLine, stringFlag } from '../src/common/args';
 import type { VdbOptions } from './cluster-vdb';
 import { fashionMnist, median } from './datasets';
 import { EtcdServer } from './etcd-process';
@@ -58,6 +58,9 @@ The processes it starts are stopped by pid.
 
 options of part vdb:
   --target LIST     gRPC addresses (host:port,...) of a running cluster's nodes: start nothing
+  --api-key KEY     with --target: the API key the clients send (an admin key: the run creates
+                    a collection); default the environment variable QUIVER_API_KEY
+  --tls-ca FILE     with --target: the nodes serve TLS; FILE is the CA of their certificates
   --nodes N         nodes started (default 3)
   --dataset D       fashion-mnist (60,000 x 784) or synthetic:N:dim (seeded, clustered, L2)
                     (default fashion-mnist)
@@ -101,7 +104,7 @@ export const SPEC: CommandSpec = {
   usage: USAGE,
   flags: Object.fromEntries(
     [
-      ...['target', 'nodes', 'dataset', 'shards', 'replication-factor', 'rest-seconds', 'qps-seconds', 'concurrency', 'insert-rate', 'stream-seconds', 'stream-concurrency'],
+      ...['target', 'api-key', 'tls-ca', 'nodes', 'dataset', 'shards', 'replication-factor', 'rest-seconds', 'qps-seconds', 'concurrency', 'insert-rate', 'stream-seconds', 'stream-concurrency'],
       ...['points', 'batch', 'dim', 'warmup', 'search-n', 'queries', 'search-rounds', 'parts', 'read-seconds', 'read-rounds', 'read-n', 'fault', 'faults', 'lease-ttl-ms'],
     ].map((k) => [k, { type: 'string' }]),
   ),
@@ -146,6 +149,18 @@ export function serve(id: string, args: string[], uid?: number): Promise<Node> {
 }
 
 /** utime + stime of a process, in seconds (/proc/<pid>/stat). */
+/** --api-key and --tls-ca, which only a run against --target takes (the nodes it starts have neither). */
+function targetClient(p: Flags, target: string[] | undefined): Pick<ClientOptions, 'apiKey' | 'tls'> | undefined {
+  const apiKey = stringFlag(p, 'api-key');
+  const ca = stringFlag(p, 'tls-ca');
+  if (!target) {
+    if (apiKey !== undefined || ca !== undefined) throw new UsageError('--api-key and --tls-ca go with --target');
+    return undefined;
+  }
+  if (ca !== undefined && !fs.existsSync(ca)) throw new UsageError(`--tls-ca: no file ${ca}`);
+  return { apiKey, tls: ca === undefined ? undefined : { ca: fs.readFileSync(ca) } };
+}
+
 function cpuSeconds(pid: number): number {
   try {
     const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
@@ -441,6 +456,7 @@ export async function run(argv: string[]): Promise<number> {
         streamSeconds,
         streamConcurrency: intFlag(p, 'stream-concurrency', 4, 1),
         restSeconds: intFlag(p, 'rest-seconds', 120, 0),
+        client: targetClient(p, target),
       }
     : undefined;
   const readSeconds = intFlag(p, 'read-seconds', 5, 1);

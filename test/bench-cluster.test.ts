@@ -71,17 +71,20 @@ describe.skipIf(!etcdInstalled)(`quiver bench cluster${etcdInstalled ? '' : ' (s
     expect(r.json.replicationFactor).toBe(2);
   });
 
-  describe('on a running cluster (--target)', () => {
+  describe('on a running cluster (--target) that asks for API keys', () => {
+    const KEY = 'bench-admin-key-0123456789';
     let cluster: TestCluster;
     beforeAll(async () => {
-      cluster = await TestCluster.start({ nodes: 2, cluster: 'bench' });
+      const file = path.join(tempDir('quiver-bench-keys-'), 'keys.json');
+      fs.writeFileSync(file, JSON.stringify({ keys: [{ name: 'bench', role: 'admin', key: KEY }] }));
+      cluster = await TestCluster.start({ nodes: 2, cluster: 'bench', args: ['--api-keys', file], apiKey: KEY });
     });
     afterAll(async () => {
       await cluster?.close();
     });
 
     it('every measure; the collection it made is dropped or named as left', async () => {
-      const r = await bench(['--target', cluster.nodes.map((n) => n.child.grpc).join(','), '--replication-factor', '1']);
+      const r = await bench(['--target', cluster.nodes.map((n) => n.child.grpc).join(','), '--replication-factor', '1', '--api-key', KEY]);
       expectEveryMeasure(r);
       expect(r.json.nodes).toBe(2);
       const left = (await (await cluster.client(cluster.nodes[0])).listCollections()).map((c) => c.name);
@@ -90,7 +93,7 @@ describe.skipIf(!etcdInstalled)(`quiver bench cluster${etcdInstalled ? '' : ' (s
   });
 
   it('refuses bad flags with exit code 2', async () => {
-    for (const args of [['--dataset', 'synthetic:50:4'], ['--dataset', 'mnist'], ['--concurrency', '0'], ['--parts', 'vdb,upsert', '--target', '127.0.0.1:1'], ['--dataset', 'synthetic:2000:16', '--insert-rate', '1000', '--stream-seconds', '10']]) {
+    for (const args of [['--dataset', 'synthetic:50:4'], ['--dataset', 'mnist'], ['--concurrency', '0'], ['--parts', 'vdb,upsert', '--target', '127.0.0.1:1'], ['--api-key', 'k'.repeat(20)], ['--target', '127.0.0.1:1', '--tls-ca', '/nonexistent/ca.pem'], ['--dataset', 'synthetic:2000:16', '--insert-rate', '1000', '--stream-seconds', '10']]) {
       const r = await runQuiver(['bench', 'cluster', ...args]);
       expect(r.code, args.join(' ')).toBe(2);
       expect(r.stderr).toMatch(/quiver bench cluster: --/);
