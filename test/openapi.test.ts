@@ -189,6 +189,19 @@ describe('every route answers as the document says', () => {
     expectError(await call('DELETE', '/v1/collections/{name}/index/{field}', { params: { name: C, field: 'meta.year' } }), 404, 'NOT_FOUND');
   });
 
+  it('GET and POST /v1/aliases', async () => {
+    expect((await call('GET', '/v1/aliases')).body).toEqual({ aliases: [] });
+    const made = await call('POST', '/v1/aliases', { body: { actions: [{ action: 'create', alias: 'shelf', collection: C }] } });
+    expect(made.body).toEqual({ aliases: [{ alias: 'shelf', collection: C }] });
+    expect((await call('GET', '/v1/collections/{name}', { params: { name: 'shelf' } })).body.name).toBe(C);
+    expect((await call('POST', '/v1/aliases', { body: { actions: [{ action: 'switch', alias: 'shelf', collection: 'h1' }] } })).body.aliases).toEqual([{ alias: 'shelf', collection: 'h1' }]);
+    expectError(await call('POST', '/v1/aliases', { body: { actions: [{ action: 'create', alias: 'shelf', collection: C }] } }), 409, 'ALREADY_EXISTS');
+    expectError(await call('POST', '/v1/aliases', { body: { actions: [{ action: 'create', alias: 'x', collection: 'nope' }] } }), 404, 'NOT_FOUND');
+    expectError(await call('POST', '/v1/aliases', { body: { actions: [{ action: 'rename', alias: 'x' }] }, schemaRefuses: true }), 400, 'INVALID_ARGUMENT');
+    expectError(await call('POST', '/v1/aliases', { body: { actions: [] }, schemaRefuses: true }), 400, 'INVALID_ARGUMENT');
+    expect((await call('POST', '/v1/aliases', { body: { actions: [{ action: 'delete', alias: 'shelf' }] } })).body).toEqual({ aliases: [] });
+  });
+
   it('POST /v1/collections/{name}/upsert', async () => {
     const points = [
       { id: 'a', vector: [1, 0, 0], payload: { lang: 'en', year: 2021 } },

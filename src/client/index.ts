@@ -35,6 +35,8 @@ import { randomUUID } from 'crypto';
 import { ErrorCode, QuiverError } from '../errors';
 import { defaultDeadlineMs, requestBytesMax } from '../common/limits';
 import type {
+  AliasAction,
+  AliasInfo,
   ClusterStatus,
   CollectionInfo,
   CollectionSpecInput,
@@ -72,6 +74,8 @@ import { Routes, splitRequestHash } from './routes';
 export { QuiverError } from '../errors';
 export type { ErrorCode } from '../errors';
 export type {
+  AliasAction,
+  AliasInfo,
   ClusterStatus,
   NodeStatus,
   ReplicaStatus,
@@ -280,6 +284,25 @@ export class QuiverClient {
   /** Drops the payload index of `field` (NOT_FOUND when there is none); answers the collection. */
   async dropPayloadIndex(collection: string, field: string, o: CallOptions = {}): Promise<CollectionInfo> {
     return infoFromWire(await this.call('dropPayloadIndex', { collection, field }, o));
+  }
+
+  /** Every alias and its collection, by alias. */
+  async listAliases(o: CallOptions = {}): Promise<AliasInfo[]> {
+    return (await this.call('listAliases', {}, o)).aliases.map((a) => ({ alias: a.alias, collection: a.collection }));
+  }
+
+  /**
+   * Creates, switches and deletes aliases, all or none; answers every alias after. This client
+   * forgets what it kept under each alias named (its spec and session token: they were the old
+   * collection's).
+   */
+  async updateAliases(actions: AliasAction[], o: CallOptions = {}): Promise<AliasInfo[]> {
+    const wire = actions.map((a) => ({ action: a.action, alias: a.alias, collection: a.action === 'delete' ? '' : a.collection }));
+    for (const a of actions) {
+      this.specs.delete(a.alias);
+      this.session.delete(a.alias);
+    }
+    return (await this.call('updateAliases', { actions: wire }, o)).aliases.map((a) => ({ alias: a.alias, collection: a.collection }));
   }
 
   // ---- points ----

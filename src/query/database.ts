@@ -4,7 +4,7 @@
  * every shard in parallel and merged (nearest first, ties by id).
  *
  * Files under dataDir:
- *   catalog.json                               collections (catalog.ts)
+ *   catalog.json                               collections and aliases (catalog.ts)
  *   LOCK                                       pid of the process that has the directory open
  *   wal/<collection>/<shard>/<first-lsn>.seg   WAL segments (src/wal/format.ts)
  *   snapshots/<collection>/<shard>/<lsn>/      snapshots (src/shard/snapshot.ts)
@@ -18,12 +18,15 @@ import type { IndexQuery, PayloadChange, ShardHit, ShardOptions, ShardWrite, Ups
 import { deleteKeysMax } from '../common/limits';
 import { checkPayload } from '../common/points';
 import { CatalogEntry, readCatalog, writeCatalog } from './catalog';
+import { aliasList, applyAliasActions, checkNotAliased, resolveName } from './aliases';
 import { compileFilter } from './filter';
 import { checkMaxDistance, checkPage, mergeScroll, prepareCount, prepareScroll, recommend } from './reads';
 import { idsByShard, splitBatch, writeByShard } from '../common/placement';
 import { payloadIndexesMax } from '../common/limits';
 import { ReadLevel, checkReadLevel } from '../common/read-options';
 import type {
+  AliasAction,
+  AliasInfo,
   ChangeOptions,
   ClusterStatus,
   CountOptions,
@@ -299,20 +302,21 @@ export abstract class PointWrites {
   protected abstract changeChecked(name: string, ch: ShardChange, opts: WriteOptions): Promise<{ count: number; token: WriteToken }>;
 
   async deleteWhere(name: string, filter: Filter, opts: WriteOptions = {}): Promise<{ deleted: number; token: WriteToken }> {
-    this.specOf(name);
+    const spec = this.specOf(name);
     compileFilter(filter);
-    const { count, token } = await this.changeChecked(name, { type: 'deleteWhere', filter }, opts);
+    const { count, token } = await this.changeChecked(spec.name, { type: 'deleteWhere', filter }, opts);
     return { deleted: count, token };
   }
 
   async updatePayload(name: string, update: PayloadUpdate, opts: WriteOptions = {}): Promise<{ updated: number; token: WriteToken }> {
-    this.specOf(name);
-    const { count, token } = await this.changeChecked(name, checkPayloadUpdate(update), opts);
+    const spec = this.specOf(name);
+    const { count, token } = await this.changeChecked(spec.name, checkPayloadUpdate(update), opts);
     return { updated: count, token };
   }
 
   async updateVectors(name: string, points: VectorInput[], opts: WriteOptions = {}): Promise<{ updated: number; token: WriteToken }> {
-    const { count, token } = await this.changeChecked(name, { type: 'vectors', op: checkVectorUpdate(points, this.specOf(name)) }, opts);
+    const spec = this.specOf(name);
+    const { count, token } = await this.changeChecked(spec.name, { type: 'vectors', op: checkVectorUpdate(points, spec) }, opts);
     return { updated: count, token };
   }
 }
@@ -321,6 +325,8 @@ export class LocalDatabase extends PointWrites implements Database {
   private readonly dataDir: string;
   private readonly opts: OpenOptions & OpenInternals;
   private readonly collections = new Map<string, Collection>();
+  /** alias -> collection (aliases.ts). */
+  private aliases = new Map<string, string>();
   private catalogChain: Promise<unknown> = Promise.resolve();
   private closed = false;
 
@@ -338,7 +344,8 @@ export class LocalDatabase extends PointWrites implements Database {
     await fsp.mkdir(db.dataDir, { recursive: true });
     await db.takeLock();
     try {
-      const entries = await readCatalog(db.dataDir);
+      const { collections: entries, aliases } = await readCatalog(db.dataDir);
+      db.aliases = new Map(Object.entries(aliases));
       await db.removeOrphans(new Set(entries.map((e) => e.spec.name)));
       for (const e of entries) {
         const opened = await Promise.allSettled(
@@ -417,14 +424,19 @@ export class LocalDatabase extends PointWrites implements Database {
     return [...this.collections.values()].map((c) => ({ spec: c.spec, createdAt: c.createdAt }));
   }
 
+  private saveCatalog(collections: CatalogEntry[], aliases: ReadonlyMap<string, string> = this.aliases): Promise<void> {
+    return writeCatalog(this.dataDir, { collections, aliases: Object.fromEntries(aliases) });
+  }
+
   private usable(): void {
     if (this.closed) throw new QuiverError('UNAVAILABLE', 'the database is closed');
   }
 
+  /** The collection a call names (by its name or an alias): the one place a name is resolved. */
   private coll(name: unknown): Collection {
     this.usable();
-    const c = this.collections.get(checkName(name));
-    if (!c) throw new QuiverError('NOT_FOUND', `no collection named "${String(name)}"`);
+    const c = this.collections.get(resolveName(this.aliases, name));
+    if (!c) throw new QuiverError('NOT_FOUND', `no collection or alias named "${String(name)}"`);
     return c;
   }
 
@@ -463,6 +475,7 @@ export class LocalDatabase extends PointWrites implements Database {
     return this.serialize(async () => {
       this.usable();
       if (this.collections.has(spec.name)) throw new QuiverError('ALREADY_EXISTS', `collection "${spec.name}" exists`);
+      if (this.aliases.has(spec.name)) throw new QuiverError('ALREADY_EXISTS', `"${spec.name}" is an alias`);
       opts.signal?.throwIfAborted();
       await fsp.rm(this.walDir(spec.name), { recursive: true, force: true });
       await fsp.rm(this.snapDir(spec.name), { recursive: true, force: true });
@@ -470,7 +483,7 @@ export class LocalDatabase extends PointWrites implements Database {
       try {
         for (let s = 0; s < spec.shards; s++) shards.push(await Shard.open(this.shardOptions(spec, s)));
         const c: Collection = { spec, createdAt: new Date().toISOString(), shards };
-        await writeCatalog(this.dataDir, [...this.catalogEntries(), { spec, createdAt: c.createdAt }]);
+        await this.saveCatalog([...this.catalogEntries(), { spec, createdAt: c.createdAt }]);
         this.collections.set(spec.name, c);
         return this.info(c);
       } catch (e) {
@@ -484,15 +497,17 @@ export class LocalDatabase extends PointWrites implements Database {
 
   dropCollection(name: string, opts: ChangeOptions = {}): Promise<void> {
     try {
-      this.coll(name);
+      checkNotAliased(this.aliases, this.coll(name).spec.name);
     } catch (e) {
       return Promise.reject(e);
     }
     return this.serialize(async () => {
       const c = this.coll(name);
+      name = c.spec.name;
+      checkNotAliased(this.aliases, name);
       opts.signal?.throwIfAborted();
       const rest = this.catalogEntries().filter((e) => e.spec.name !== name);
-      await writeCatalog(this.dataDir, rest);
+      await this.saveCatalog(rest);
       this.collections.delete(name);
       await Promise.all(c.shards.map((s) => s.close({ snapshot: false })));
       await fsp.rm(this.walDir(name), { recursive: true, force: true });
@@ -528,7 +543,7 @@ export class LocalDatabase extends PointWrites implements Database {
       const list = change(c.spec.payloadIndexes ?? []);
       opts.signal?.throwIfAborted();
       const spec = { ...c.spec, payloadIndexes: list };
-      await writeCatalog(this.dataDir, this.catalogEntries().map((e) => (e.spec.name === name ? { spec, createdAt: e.createdAt } : e)));
+      await this.saveCatalog(this.catalogEntries().map((e) => (e.spec.name === c.spec.name ? { spec, createdAt: e.createdAt } : e)));
       c.spec = spec;
       await Promise.all(c.shards.map((s) => s.setPayloadIndexes(list)));
       return this.info(c);
@@ -542,6 +557,22 @@ export class LocalDatabase extends PointWrites implements Database {
 
   describeCollection(name: string): CollectionInfo {
     return this.info(this.coll(name));
+  }
+
+  listAliases(): AliasInfo[] {
+    this.usable();
+    return aliasList(this.aliases);
+  }
+
+  updateAliases(actions: AliasAction[], opts: ChangeOptions = {}): Promise<AliasInfo[]> {
+    return this.serialize(async () => {
+      this.usable();
+      const next = applyAliasActions(this.aliases, (n) => this.collections.has(n), actions);
+      opts.signal?.throwIfAborted();
+      await this.saveCatalog(this.catalogEntries(), next);
+      this.aliases = next;
+      return aliasList(next);
+    });
   }
 
   // ---------------------------------------------------------------- writes

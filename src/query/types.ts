@@ -326,6 +326,15 @@ export interface DrainOptions {
   undo?: boolean;
 }
 
+/** An alias and the collection it stands for. */
+export interface AliasInfo {
+  alias: string;
+  collection: string;
+}
+
+/** One change of an alias: create or switch it to a collection, or delete it. */
+export type AliasAction = { action: 'create' | 'switch'; alias: string; collection: string } | { action: 'delete'; alias: string };
+
 export interface Database {
   createCollection(spec: CollectionSpecInput, opts?: ChangeOptions): Promise<CollectionInfo>;
   dropCollection(name: string, opts?: ChangeOptions): Promise<void>;
@@ -339,6 +348,10 @@ export interface Database {
   dropPayloadIndex(name: string, field: string, opts?: ChangeOptions): Promise<CollectionInfo>;
   listCollections(): CollectionInfo[];
   describeCollection(name: string): CollectionInfo;
+  /** Every alias and its collection, by alias. */
+  listAliases(): AliasInfo[];
+  /** Creates, switches and deletes aliases, all or none (src/query/aliases.ts); answers every alias after. */
+  updateAliases(actions: AliasAction[], opts?: ChangeOptions): Promise<AliasInfo[]>;
   upsert(name: string, points: PointInput[], opts?: WriteOptions): Promise<{ upserted: number; token: WriteToken }>;
   /** upsert() of a batch in columns; the database keeps `vectors`: the caller must not change it afterwards. */
   upsertColumns(name: string, batch: UpsertColumns, opts?: WriteOptions): Promise<{ upserted: number; token: WriteToken }>;

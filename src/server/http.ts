@@ -10,7 +10,7 @@ import { defaultDeadlineMs, requestBytesMax } from '../common/limits';
 import { stringifyJson } from '../common/json';
 import { log } from '../common/log';
 import { checkFields, copyNumbers, isPlainObject } from '../query/validate';
-import type { CollectionSpecInput, Consistency, CountOptions, Filter, PayloadIndexSpec, PayloadUpdate, Point, PointInput, ReadOptions, RecommendRequest, ScrollRequest, SearchHit, SearchRequest, VectorInput, WriteToken } from '../query/types';
+import type { AliasAction, CollectionSpecInput, Consistency, CountOptions, Filter, PayloadIndexSpec, PayloadUpdate, Point, PointInput, ReadOptions, RecommendRequest, ScrollRequest, SearchHit, SearchRequest, VectorInput, WriteToken } from '../query/types';
 import type { Op, Service } from './service';
 import { StatusSource, clusterJson, renderStatusPage } from './status-page';
 import { asQuiverError, gatherQueries } from './validate';
@@ -118,6 +118,16 @@ export class HttpApi {
               await db.dropCollection(c.params[0], { signal: c.signal });
               return {};
             },
+          },
+        },
+      },
+      {
+        pattern: /^\/v1\/aliases$/,
+        methods: {
+          GET: { op: 'ListAliases', handler: async () => ({ aliases: db.listAliases() }) },
+          POST: {
+            op: 'UpdateAliases',
+            handler: async (c) => ({ aliases: await db.updateAliases((await c.body(['actions'])).actions as AliasAction[], { signal: c.signal }) }),
           },
         },
       },

@@ -39,10 +39,12 @@ export type Op =
   | 'UpdateVectors'
   | 'ShardChange'
   | 'CreatePayloadIndex'
-  | 'DropPayloadIndex';
+  | 'DropPayloadIndex'
+  | 'ListAliases'
+  | 'UpdateAliases';
 
 /** Operations that change state: their deadline stops them only before they reach the log (see run). */
-const CHANGES: ReadonlySet<Op> = new Set<Op>(['CreateCollection', 'DropCollection', 'Upsert', 'Delete', 'ShardUpsert', 'ShardDelete', 'UpdatePayload', 'UpdateVectors', 'ShardChange', 'CreatePayloadIndex', 'DropPayloadIndex']);
+const CHANGES: ReadonlySet<Op> = new Set<Op>(['CreateCollection', 'DropCollection', 'Upsert', 'Delete', 'ShardUpsert', 'ShardDelete', 'UpdatePayload', 'UpdateVectors', 'ShardChange', 'CreatePayloadIndex', 'DropPayloadIndex', 'UpdateAliases']);
 
 /**
  * How long the server has no request in flight before the `whenQuiet` callbacks run: long enough

@@ -1,0 +1,168 @@
+/**
+ * Collection administration on a standalone node: aliases (create, switch, delete; every call
+ * taking a collection's name takes an alias; kept across a restart; a collection with aliases is
+ * not dropped) in the database, over HTTP and over gRPC through the SDK, with the typed refusals
+ * of bad input, each of which changes nothing.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { QuiverClient } from '../src/client';
+import { openDatabase } from '../src/query';
+import type { AliasAction, Database } from '../src/query';
+import { Harness, httpJson, startHarness, tempDir, vec } from './server-harness';
+import { expectCode } from './helpers';
+
+const DIM = 3;
+
+async function twoCollections(db: Database): Promise<void> {
+  await db.createCollection({ name: 'books_v1', dim: DIM, index: { type: 'flat' }, shards: 2 });
+  await db.createCollection({ name: 'books_v2', dim: DIM, index: { type: 'flat' } });
+  await db.upsert('books_v1', [{ id: 'old', vector: new Float32Array([1, 0, 0]) }]);
+  await db.upsert('books_v2', [{ id: 'new', vector: new Float32Array([1, 0, 0]) }]);
+}
+
+describe('aliases in the database', () => {
+  const dir = tempDir('quiver-aliases-');
+  let db: Database;
+
+  beforeAll(async () => {
+    db = await openDatabase({ dataDir: dir, snapshotIntervalMs: 0 });
+    await twoCollections(db);
+  });
+  afterAll(async () => {
+    await db?.close();
+  });
+
+  it('an alias stands for its collection in every call, and a switch moves it at once', async () => {
+    expect(await db.updateAliases([{ action: 'create', alias: 'books', collection: 'books_v1' }])).toEqual([{ alias: 'books', collection: 'books_v1' }]);
+    expect(db.describeCollection('books').name).toBe('books_v1');
+    expect((await db.search('books', { vectors: new Float32Array([1, 0, 0]), k: 5 }))[0].map((h) => h.id)).toEqual(['old']);
+    await db.upsert('books', [{ id: 'via-alias', vector: new Float32Array([0, 1, 0]), payload: { a: 1 } }]);
+    expect(await db.count('books_v1')).toBe(2);
+    expect((await db.get('books', ['via-alias']))[0].payload).toEqual({ a: 1 });
+    await db.updatePayload('books', { ids: ['via-alias'], set: { b: 2 } });
+    expect((await db.scroll('books', { limit: 10 })).points.map((p) => p.id)).toEqual(['old', 'via-alias']);
+    await db.deleteWhere('books', { field: 'b', eq: 2 });
+    await db.delete('books', ['old']);
+    expect(await db.count('books')).toBe(0);
+    await db.upsert('books_v1', [{ id: 'old', vector: new Float32Array([1, 0, 0]) }]);
+
+    expect(await db.updateAliases([{ action: 'switch', alias: 'books', collection: 'books_v2' }])).toEqual([{ alias: 'books', collection: 'books_v2' }]);
+    expect((await db.search('books', { vectors: new Float32Array([1, 0, 0]), k: 5 }))[0].map((h) => h.id)).toEqual(['new']);
+    expect(db.listAliases()).toEqual([{ alias: 'books', collection: 'books_v2' }]);
+  });
+
+  it('bad actions are refused with a typed error and change nothing, all or none', async () => {
+    const before = db.listAliases();
+    const refused: [unknown, string][] = [
+      [[{ action: 'create', alias: 'x', collection: 'missing' }], 'NOT_FOUND'],
+      [[{ action: 'create', alias: 'books', collection: 'books_v1' }], 'ALREADY_EXISTS'],
+      [[{ action: 'create', alias: 'books_v1', collection: 'books_v2' }], 'ALREADY_EXISTS'],
+      [[{ action: 'create', alias: 'x', collection: 'books' }], 'NOT_FOUND'], // an alias points to a collection, not to an alias
+      [[{ action: 'switch', alias: 'missing', collection: 'books_v1' }], 'NOT_FOUND'],
+      [[{ action: 'delete', alias: 'missing' }], 'NOT_FOUND'],
+      [[{ action: 'delete', alias: 'books', collection: 'books_v1' }], 'INVALID_ARGUMENT'],
+      [[{ action: 'rename', alias: 'books' }], 'INVALID_ARGUMENT'],
+      [[{ action: 'create', alias: 'bad name', collection: 'books_v1' }], 'INVALID_ARGUMENT'],
+      [[], 'INVALID_ARGUMENT'],
+      ['books', 'INVALID_ARGUMENT'],
+      [Array.from({ length: 101 }, (_, i) => ({ action: 'create', alias: `a${i}`, collection: 'books_v1' })), 'INVALID_ARGUMENT'],
+      // The first action is good, the second is not: neither is applied.
+      [
+        [
+          { action: 'create', alias: 'fresh', collection: 'books_v1' },
+          { action: 'switch', alias: 'missing', collection: 'books_v1' },
+        ],
+        'NOT_FOUND',
+      ],
+    ];
+    for (const [actions, code] of refused) await expectCode(db.updateAliases(actions as AliasAction[]), code);
+    expect(db.listAliases()).toEqual(before);
+    await expectCode(db.createCollection({ name: 'books', dim: DIM }), 'ALREADY_EXISTS');
+    await expectCode(async () => db.describeCollection('fresh'), 'NOT_FOUND');
+  });
+
+  it('actions apply in order: delete and create the same alias in one call', async () => {
+    const after = await db.updateAliases([
+      { action: 'delete', alias: 'books' },
+      { action: 'create', alias: 'books', collection: 'books_v1' },
+      { action: 'create', alias: 'latest', collection: 'books_v2' },
+    ]);
+    expect(after).toEqual([
+      { alias: 'books', collection: 'books_v1' },
+      { alias: 'latest', collection: 'books_v2' },
+    ]);
+  });
+
+  it('a collection with aliases is not dropped (FAILED_PRECONDITION), one without is', async () => {
+    await expectCode(db.dropCollection('books_v2'), 'FAILED_PRECONDITION');
+    await expectCode(db.dropCollection('latest'), 'FAILED_PRECONDITION');
+    expect(await db.count('books_v2')).toBe(1);
+    await db.updateAliases([{ action: 'delete', alias: 'latest' }]);
+    await db.dropCollection('books_v2');
+    expect(db.listCollections().map((c) => c.name)).toEqual(['books_v1']);
+  });
+
+  it('aliases are kept across a restart', async () => {
+    await db.close();
+    db = await openDatabase({ dataDir: dir, snapshotIntervalMs: 0 });
+    expect(db.listAliases()).toEqual([{ alias: 'books', collection: 'books_v1' }]);
+    expect(await db.count('books')).toBe(1);
+  });
+});
+
+describe('aliases over HTTP and gRPC (the SDK)', () => {
+  let h: Harness;
+  let client: QuiverClient;
+
+  beforeAll(async () => {
+    h = await startHarness();
+    await twoCollections(h.db);
+    client = await QuiverClient.connect(h.server.grpcAddress);
+  });
+  afterAll(async () => {
+    client?.close();
+    await h?.stop();
+  });
+
+  it('HTTP: POST and GET /v1/aliases, then the alias in a collection path', async () => {
+    const made = await httpJson(h.httpBase, 'POST', '/v1/aliases', { actions: [{ action: 'create', alias: 'books', collection: 'books_v1' }] });
+    expect(made).toEqual({ status: 200, body: { aliases: [{ alias: 'books', collection: 'books_v1' }] } });
+    expect((await httpJson(h.httpBase, 'GET', '/v1/aliases')).body).toEqual({ aliases: [{ alias: 'books', collection: 'books_v1' }] });
+    const hits = await httpJson(h.httpBase, 'POST', '/v1/collections/books/search', { vector: [1, 0, 0], k: 3 });
+    expect(hits.body.results.map((r: { id: string }) => r.id)).toEqual(['old']);
+    await httpJson(h.httpBase, 'POST', '/v1/aliases', { actions: [{ action: 'switch', alias: 'books', collection: 'books_v2' }] });
+    expect((await httpJson(h.httpBase, 'GET', '/v1/collections/books')).body.name).toBe('books_v2');
+
+    const bad = await httpJson(h.httpBase, 'POST', '/v1/aliases', { actions: [{ action: 'create', alias: 'books', collection: 'books_v1' }] });
+    expect([bad.status, bad.body.error.code]).toEqual([409, 'ALREADY_EXISTS']);
+    const missing = await httpJson(h.httpBase, 'POST', '/v1/aliases', { actions: [{ action: 'switch', alias: 'books', collection: 'nope' }] });
+    expect([missing.status, missing.body.error.code]).toEqual([404, 'NOT_FOUND']);
+    const unknown = await httpJson(h.httpBase, 'POST', '/v1/aliases', { actions: [], extra: 1 });
+    expect([unknown.status, unknown.body.error.code]).toEqual([400, 'INVALID_ARGUMENT']);
+    const drop = await httpJson(h.httpBase, 'DELETE', '/v1/collections/books_v2');
+    expect([drop.status, drop.body.error.code]).toEqual([400, 'FAILED_PRECONDITION']);
+    expect(h.db.listAliases()).toEqual([{ alias: 'books', collection: 'books_v2' }]);
+  });
+
+  it('gRPC (SDK): listAliases, updateAliases; writes and reads through an alias follow a switch', async () => {
+    expect(await client.updateAliases([{ action: 'switch', alias: 'books', collection: 'books_v1' }])).toEqual([{ alias: 'books', collection: 'books_v1' }]);
+    expect(await client.listAliases()).toEqual([{ alias: 'books', collection: 'books_v1' }]);
+    await client.upsert('books', [{ id: 'sdk', vector: vec(1, DIM) }]);
+    expect((await client.describeCollection('books')).name).toBe('books_v1');
+    expect(await client.count('books')).toBe(2);
+    // The session token of books_v1 is not sent to books_v2 after the switch.
+    await client.updateAliases([{ action: 'switch', alias: 'books', collection: 'books_v2' }]);
+    expect((await client.search('books', new Float32Array([1, 0, 0]), { k: 3 })).map((x) => x.id)).toEqual(['new']);
+    expect(await client.count('books')).toBe(1);
+
+    await expectCode(client.updateAliases([{ action: 'create', alias: 'books_v1', collection: 'books_v2' }]), 'ALREADY_EXISTS');
+    await expectCode(client.updateAliases([{ action: 'create', alias: 'x', collection: 'nope' }]), 'NOT_FOUND');
+    await expectCode(client.updateAliases([{ action: 'delete', alias: 'nope' }]), 'NOT_FOUND');
+    await expectCode(client.updateAliases([{ action: 'drop' as 'delete', alias: 'books' }]), 'INVALID_ARGUMENT');
+    await expectCode(client.updateAliases([]), 'INVALID_ARGUMENT');
+    await expectCode(client.createCollection({ name: 'books', dim: DIM }), 'ALREADY_EXISTS');
+    await expectCode(client.describeCollection('nope'), 'NOT_FOUND');
+    expect(await client.updateAliases([{ action: 'delete', alias: 'books' }])).toEqual([]);
+    await expectCode(client.count('books'), 'NOT_FOUND');
+  });
+});
