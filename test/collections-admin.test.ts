@@ -1,13 +1,14 @@
 /**
  * Collection administration on a standalone node: aliases (create, switch, delete; every call
  * taking a collection's name takes an alias; kept across a restart; a collection with aliases is
- * not dropped) in the database, over HTTP and over gRPC through the SDK, with the typed refusals
- * of bad input, each of which changes nothing.
+ * not dropped) and updates of a collection's settings (search defaults, write concern; not the
+ * replication factor), in the database, over HTTP and over gRPC through the SDK, with the typed
+ * refusals of bad input, each of which changes nothing.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QuiverClient } from '../src/client';
 import { openDatabase } from '../src/query';
-import type { AliasAction, Database } from '../src/query';
+import type { AliasAction, CollectionUpdate, Database } from '../src/query';
 import { Harness, httpJson, startHarness, tempDir, vec } from './server-harness';
 import { expectCode } from './helpers';
 
@@ -110,6 +111,70 @@ describe('aliases in the database', () => {
   });
 });
 
+describe('updating a collection', () => {
+  const dir = tempDir('quiver-update-');
+  let db: Database;
+  const N = 400;
+  const D = 16;
+  const query = vec(N + 1, D);
+
+  beforeAll(async () => {
+    db = await openDatabase({ dataDir: dir, snapshotIntervalMs: 0 });
+    await db.createCollection({ name: 'h', dim: D, index: { type: 'hnsw', m: 4, efConstruction: 8 } });
+    await db.createCollection({ name: 'ivf', dim: D, index: { type: 'ivfpq', nlist: 16, m: 4 } });
+    await db.createCollection({ name: 'f', dim: D, index: { type: 'flat' } });
+    const points = Array.from({ length: N }, (_, i) => ({ id: `p${i}`, vector: vec(i, D) }));
+    for (const c of ['h', 'ivf', 'f']) await db.upsert(c, points);
+  });
+  afterAll(async () => {
+    await db?.close();
+  });
+
+  it('a new default ef or nprobe is what a search without one uses; kept across a restart', async () => {
+    const ids = async (c: string, more: { ef?: number; nprobe?: number } = {}): Promise<string[]> => (await db.search(c, { vectors: query, k: 10, ...more }))[0].map((h) => h.id);
+    const exact = await ids('f');
+    expect((await db.updateCollection('h', { efSearch: 400 })).index).toEqual({ type: 'hnsw', m: 4, efConstruction: 8, efSearch: 400 });
+    expect(await ids('h')).toEqual(await ids('h', { ef: 400 }));
+    expect(await ids('h')).toEqual(exact);
+    expect((await db.updateCollection('ivf', { nprobe: 16 })).index).toEqual({ type: 'ivfpq', nlist: 16, m: 4, nprobe: 16 });
+    expect(await ids('ivf')).toEqual(await ids('ivf', { nprobe: 16 }));
+    expect((await db.updateCollection('f', { writeConcern: 'all', replicationFactor: 1 })).writeConcern).toBe('all');
+
+    await db.close();
+    db = await openDatabase({ dataDir: dir, snapshotIntervalMs: 0 });
+    expect(db.describeCollection('h').index).toEqual({ type: 'hnsw', m: 4, efConstruction: 8, efSearch: 400 });
+    expect(db.describeCollection('ivf').index).toEqual({ type: 'ivfpq', nlist: 16, m: 4, nprobe: 16 });
+    expect(db.describeCollection('f').writeConcern).toBe('all');
+    expect(await ids('h')).toEqual(await ids('h', { ef: 400 }));
+  });
+
+  it('what is unsafe or malformed is refused with a typed error and changes nothing', async () => {
+    const before = db.listCollections();
+    const refused: [string, unknown, string][] = [
+      ['h', { replicationFactor: 3 }, 'FAILED_PRECONDITION'],
+      ['h', { nprobe: 4 }, 'INVALID_ARGUMENT'],
+      ['ivf', { efSearch: 4 }, 'INVALID_ARGUMENT'],
+      ['ivf', { nprobe: 17 }, 'INVALID_ARGUMENT'],
+      ['h', { efSearch: 0 }, 'INVALID_ARGUMENT'],
+      ['h', { efSearch: 1.5 }, 'INVALID_ARGUMENT'],
+      ['h', { writeConcern: 'some' }, 'INVALID_ARGUMENT'],
+      ['h', { m: 8 }, 'INVALID_ARGUMENT'],
+      ['h', {}, 'INVALID_ARGUMENT'],
+      ['h', null, 'INVALID_ARGUMENT'],
+      ['missing', { efSearch: 10 }, 'NOT_FOUND'],
+      ['h', { efSearch: 10, replicationFactor: 2 }, 'FAILED_PRECONDITION'],
+    ];
+    for (const [name, update, code] of refused) await expectCode(db.updateCollection(name, update as CollectionUpdate), code);
+    expect(db.listCollections()).toEqual(before);
+  });
+
+  it('by an alias', async () => {
+    await db.updateAliases([{ action: 'create', alias: 'current', collection: 'h' }]);
+    expect((await db.updateCollection('current', { efSearch: 50 })).name).toBe('h');
+    expect(db.describeCollection('h').index).toMatchObject({ efSearch: 50 });
+  });
+});
+
 describe('aliases over HTTP and gRPC (the SDK)', () => {
   let h: Harness;
   let client: QuiverClient;
@@ -164,5 +229,22 @@ describe('aliases over HTTP and gRPC (the SDK)', () => {
     await expectCode(client.describeCollection('nope'), 'NOT_FOUND');
     expect(await client.updateAliases([{ action: 'delete', alias: 'books' }])).toEqual([]);
     await expectCode(client.count('books'), 'NOT_FOUND');
+  });
+
+  it('updating a collection over HTTP (PATCH) and gRPC (SDK)', async () => {
+    const patched = await httpJson(h.httpBase, 'PATCH', '/v1/collections/books_v1', { writeConcern: 'leader' });
+    expect([patched.status, patched.body.writeConcern]).toEqual([200, 'leader']);
+    const bad = await httpJson(h.httpBase, 'PATCH', '/v1/collections/books_v1', { replicationFactor: 2 });
+    expect([bad.status, bad.body.error.code]).toEqual([400, 'FAILED_PRECONDITION']);
+    const unknown = await httpJson(h.httpBase, 'PATCH', '/v1/collections/books_v1', { dim: 4 });
+    expect([unknown.status, unknown.body.error.code]).toEqual([400, 'INVALID_ARGUMENT']);
+
+    expect((await client.updateCollection('books_v2', { writeConcern: 'all' })).writeConcern).toBe('all');
+    await expectCode(client.updateCollection('books_v2', { efSearch: 10 }), 'INVALID_ARGUMENT'); // a flat index has no ef
+    await expectCode(client.updateCollection('books_v2', { replicationFactor: 3 }), 'FAILED_PRECONDITION');
+    await expectCode(client.updateCollection('books_v2', {}), 'INVALID_ARGUMENT');
+    await expectCode(client.updateCollection('nope', { writeConcern: 'all' }), 'NOT_FOUND');
+    expect(h.db.describeCollection('books_v2').writeConcern).toBe('all');
+    expect(h.db.describeCollection('books_v1').writeConcern).toBe('leader');
   });
 });

@@ -189,6 +189,14 @@ describe('every route answers as the document says', () => {
     expectError(await call('DELETE', '/v1/collections/{name}/index/{field}', { params: { name: C, field: 'meta.year' } }), 404, 'NOT_FOUND');
   });
 
+  it('PATCH /v1/collections/{name}', async () => {
+    const patched = await call('PATCH', '/v1/collections/{name}', { params: { name: 'h1' }, body: { efSearch: 80, writeConcern: 'all' } });
+    expect([patched.body.index.efSearch, patched.body.writeConcern]).toEqual([80, 'all']);
+    expectError(await call('PATCH', '/v1/collections/{name}', { params: { name: 'h1' }, body: { efSearch: 0 }, schemaRefuses: true }), 400, 'INVALID_ARGUMENT');
+    expectError(await call('PATCH', '/v1/collections/{name}', { params: { name: 'h1' }, body: { replicationFactor: 2 } }), 400, 'FAILED_PRECONDITION');
+    expectError(await call('PATCH', '/v1/collections/{name}', { params: { name: 'nope' }, body: { efSearch: 10 } }), 404, 'NOT_FOUND');
+  });
+
   it('GET and POST /v1/aliases', async () => {
     expect((await call('GET', '/v1/aliases')).body).toEqual({ aliases: [] });
     const made = await call('POST', '/v1/aliases', { body: { actions: [{ action: 'create', alias: 'shelf', collection: C }] } });
@@ -383,7 +391,8 @@ describe('every route answers as the document says', () => {
   it('a method a path does not serve answers 405 with the methods the document lists', async () => {
     for (const [template, item] of Object.entries<Record<string, unknown>>(doc.paths)) {
       if (FIXED_PATHS.includes(template)) continue;
-      const res = await fetch(h.httpBase + template.replace(/\{\w+\}/g, C), { method: 'PATCH' });
+      const method = ['PATCH', 'PUT', 'DELETE', 'POST'].find((m) => !item[m.toLowerCase()]);
+      const res = await fetch(h.httpBase + template.replace(/\{\w+\}/g, C), { method });
       expect(res.status, template).toBe(405);
       const listed = METHODS.filter((m) => item[m]).map((m) => m.toUpperCase());
       expect(res.headers.get('allow')?.split(', ').sort(), template).toEqual(listed.sort());

@@ -40,6 +40,7 @@ import type {
   ClusterStatus,
   CollectionInfo,
   CollectionSpecInput,
+  CollectionUpdate,
   Filter,
   IndexSpec,
   PayloadUpdate,
@@ -74,6 +75,7 @@ import { Routes, splitRequestHash } from './routes';
 export { QuiverError } from '../errors';
 export type { ErrorCode } from '../errors';
 export type {
+  CollectionUpdate,
   AliasAction,
   AliasInfo,
   ClusterStatus,
@@ -284,6 +286,13 @@ export class QuiverClient {
   /** Drops the payload index of `field` (NOT_FOUND when there is none); answers the collection. */
   async dropPayloadIndex(collection: string, field: string, o: CallOptions = {}): Promise<CollectionInfo> {
     return infoFromWire(await this.call('dropPayloadIndex', { collection, field }, o));
+  }
+
+  /** Changes the settings of a collection that are safe to change (search defaults, write concern); answers the collection. */
+  async updateCollection(name: string, update: CollectionUpdate, o: CallOptions = {}): Promise<CollectionInfo> {
+    return infoFromWire(
+      await this.call('updateCollection', { name, efSearch: update.efSearch ?? 0, nprobe: update.nprobe ?? 0, writeConcern: update.writeConcern ?? '', replicationFactor: update.replicationFactor ?? 0 }, o),
+    );
   }
 
   /** Every alias and its collection, by alias. */

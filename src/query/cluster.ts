@@ -61,6 +61,7 @@ import type {
   CollectionInfo,
   CollectionSpec,
   CollectionSpecInput,
+  CollectionUpdate,
   Database,
   OpenOptions,
   PayloadIndexSpec,
@@ -81,7 +82,7 @@ import type {
   WriteToken,
   ReadOptions,
 } from './types';
-import { checkAnswerBytes, checkColumns, checkFieldName, checkIds, checkName, checkOptBool, checkPayloadIndex, checkSpec, isPlainObject } from './validate';
+import { checkAnswerBytes, checkColumns, checkFieldName, checkIds, checkOptBool, checkPayloadIndex, checkSpec, checkUpdate, isPlainObject } from './validate';
 import { defaultDeadlineMs } from '../common/limits';
 import { Log, log as rootLog } from '../common/log';
 
@@ -282,8 +283,12 @@ export class ClusterDatabase extends PointWrites implements Database {
 
   private onCollection(name: string, record: CollectionRecord): void {
     const known = this.collections.get(name);
-    if (known) return this.payloadIndexesChanged(known, record.payloadIndexes ?? []);
     const { createdAt, ...spec } = record;
+    if (known) {
+      // Settings (updateCollection) at once; payload indexes once the replicas build them.
+      known.spec = { ...spec, payloadIndexes: known.spec.payloadIndexes };
+      return this.payloadIndexesChanged(known, record.payloadIndexes ?? []);
+    }
     this.collections.set(name, { spec, createdAt, maps: new Array<ShardMap | null>(spec.shards).fill(null), replicas: new Map() });
     for (const wake of this.collectionWaiters.get(name) ?? []) wake();
     this.collectionWaiters.delete(name);
@@ -491,6 +496,16 @@ export class ClusterDatabase extends PointWrites implements Database {
 
   dropCollection(): Promise<void> {
     return Promise.reject(new QuiverError('FAILED_PRECONDITION', 'dropping a collection is not supported in a cluster yet'));
+  }
+
+  /** The record in etcd changes (guarded on its revision); every node takes the new settings when it hears of it (this one at once). */
+  async updateCollection(name: string, update: CollectionUpdate, opts: ChangeOptions = {}): Promise<CollectionInfo> {
+    const c = this.coll(name);
+    checkUpdate(c.spec, update);
+    opts.signal?.throwIfAborted();
+    const record = await this.opts.coordinator.updateCollection(c.spec.name, (r) => ({ ...r, ...checkUpdate(r, update) }));
+    this.onCollection(c.spec.name, record);
+    return this.info(c);
   }
 
   listCollections(): CollectionInfo[] {

@@ -33,6 +33,7 @@ import type {
   CollectionInfo,
   CollectionSpec,
   CollectionSpecInput,
+  CollectionUpdate,
   Database,
   Filter,
   PayloadUpdate,
@@ -70,6 +71,7 @@ import {
   checkRequestHash,
   checkSearchShape,
   checkSpec,
+  checkUpdate,
   isPlainObject,
 } from './validate';
 
@@ -217,8 +219,9 @@ export function prepareSearch(spec: CollectionSpec, req: SearchRequest): Prepare
   if (!isPlainObject(req)) throw new QuiverError('INVALID_ARGUMENT', 'search request must be an object');
   const vectors = checkSearchShape(req.vectors, spec.dim, spec.metric);
   const { k, offset } = checkPage(req.k, req.offset);
-  const ef = checkOptInt(req.ef, 'ef', 1, efMax);
-  const nprobe = checkOptInt(req.nprobe, 'nprobe', 1, 1 << 20);
+  // The collection's search defaults (updateCollection may have changed them since its index was built).
+  const ef = checkOptInt(req.ef, 'ef', 1, efMax) ?? (spec.index.type === 'hnsw' ? spec.index.efSearch : undefined);
+  const nprobe = checkOptInt(req.nprobe, 'nprobe', 1, 1 << 20) ?? (spec.index.type === 'ivfpq' ? spec.index.nprobe : undefined);
   const maxDistance = checkMaxDistance(req.maxDistance);
   const filter = req.filter === undefined || req.filter === null ? undefined : compileFilter(req.filter);
   const read = checkReadLevel(req, spec.shards);
@@ -546,6 +549,17 @@ export class LocalDatabase extends PointWrites implements Database {
       await this.saveCatalog(this.catalogEntries().map((e) => (e.spec.name === c.spec.name ? { spec, createdAt: e.createdAt } : e)));
       c.spec = spec;
       await Promise.all(c.shards.map((s) => s.setPayloadIndexes(list)));
+      return this.info(c);
+    });
+  }
+
+  updateCollection(name: string, update: CollectionUpdate, opts: ChangeOptions = {}): Promise<CollectionInfo> {
+    return this.serialize(async () => {
+      const c = this.coll(name);
+      const spec = checkUpdate(c.spec, update);
+      opts.signal?.throwIfAborted();
+      await this.saveCatalog(this.catalogEntries().map((e) => (e.spec.name === c.spec.name ? { spec, createdAt: e.createdAt } : e)));
+      c.spec = spec;
       return this.info(c);
     });
   }

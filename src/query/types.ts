@@ -40,6 +40,18 @@ export interface CollectionSpec {
   payloadIndexes?: PayloadIndexSpec[];
 }
 
+/**
+ * What can change in an existing collection: search defaults (`efSearch` of HNSW, `nprobe` of
+ * IVF-PQ: what a search that gives none uses) and the write concern. `replicationFactor` only as
+ * it is (another is FAILED_PRECONDITION).
+ */
+export interface CollectionUpdate {
+  efSearch?: number;
+  nprobe?: number;
+  writeConcern?: WriteConcern;
+  replicationFactor?: number;
+}
+
 export interface CollectionInfo extends CollectionSpec {
   payloadIndexes: PayloadIndexSpec[];
   count: number;
@@ -346,6 +358,8 @@ export interface Database {
   createPayloadIndex(name: string, index: PayloadIndexSpec, opts?: ChangeOptions): Promise<CollectionInfo>;
   /** Drops the payload index of `field` (NOT_FOUND when there is none). */
   dropPayloadIndex(name: string, field: string, opts?: ChangeOptions): Promise<CollectionInfo>;
+  /** Changes the settings of a collection that are safe to change (CollectionUpdate); answers the collection. */
+  updateCollection(name: string, update: CollectionUpdate, opts?: ChangeOptions): Promise<CollectionInfo>;
   listCollections(): CollectionInfo[];
   describeCollection(name: string): CollectionInfo;
   /** Every alias and its collection, by alias. */

@@ -60,6 +60,7 @@ const ACCESS: Record<Op | 'Metrics' | 'StatusPage', 'read' | 'admin' | 'internal
   CreatePayloadIndex: 'admin',
   DropPayloadIndex: 'admin',
   UpdateAliases: 'admin',
+  UpdateCollection: 'admin',
   Drain: 'admin',
   ShardUpsert: 'internal',
   ShardDelete: 'internal',

@@ -10,7 +10,7 @@ import { defaultDeadlineMs, requestBytesMax } from '../common/limits';
 import { stringifyJson } from '../common/json';
 import { log } from '../common/log';
 import { checkFields, copyNumbers, isPlainObject } from '../query/validate';
-import type { AliasAction, CollectionSpecInput, Consistency, CountOptions, Filter, PayloadIndexSpec, PayloadUpdate, Point, PointInput, ReadOptions, RecommendRequest, ScrollRequest, SearchHit, SearchRequest, VectorInput, WriteToken } from '../query/types';
+import type { AliasAction, CollectionSpecInput, CollectionUpdate, Consistency, CountOptions, Filter, PayloadIndexSpec, PayloadUpdate, Point, PointInput, ReadOptions, RecommendRequest, ScrollRequest, SearchHit, SearchRequest, VectorInput, WriteToken } from '../query/types';
 import type { Op, Service } from './service';
 import { StatusSource, clusterJson, renderStatusPage } from './status-page';
 import { asQuiverError, gatherQueries } from './validate';
@@ -112,6 +112,7 @@ export class HttpApi {
         pattern: new RegExp(`^/v1/collections/${NAME}$`),
         methods: {
           GET: { op: 'DescribeCollection', handler: async (c) => db.describeCollection(c.params[0]) },
+          PATCH: { op: 'UpdateCollection', handler: async (c) => db.updateCollection(c.params[0], (await c.body()) as CollectionUpdate, { signal: c.signal }) },
           DELETE: {
             op: 'DropCollection',
             handler: async (c) => {

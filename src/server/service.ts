@@ -41,10 +41,11 @@ export type Op =
   | 'CreatePayloadIndex'
   | 'DropPayloadIndex'
   | 'ListAliases'
-  | 'UpdateAliases';
+  | 'UpdateAliases'
+  | 'UpdateCollection';
 
 /** Operations that change state: their deadline stops them only before they reach the log (see run). */
-const CHANGES: ReadonlySet<Op> = new Set<Op>(['CreateCollection', 'DropCollection', 'Upsert', 'Delete', 'ShardUpsert', 'ShardDelete', 'UpdatePayload', 'UpdateVectors', 'ShardChange', 'CreatePayloadIndex', 'DropPayloadIndex', 'UpdateAliases']);
+const CHANGES: ReadonlySet<Op> = new Set<Op>(['CreateCollection', 'DropCollection', 'Upsert', 'Delete', 'ShardUpsert', 'ShardDelete', 'UpdatePayload', 'UpdateVectors', 'ShardChange', 'CreatePayloadIndex', 'DropPayloadIndex', 'UpdateAliases', 'UpdateCollection']);
 
 /**
  * How long the server has no request in flight before the `whenQuiet` callbacks run: long enough

@@ -1,8 +1,9 @@
 /**
- * Aliases in a cluster (real etcd, three nodes and their sidecars): an alias created through one
- * node and switched through another is seen by every node (its calls by the alias reach the
- * collection it points to), and the refusals hold across nodes (an alias may not take a
- * collection's name, nor a collection an alias's name).
+ * Collection administration in a cluster (real etcd, three nodes and their sidecars): an alias
+ * created through one node and switched through another is seen by every node (its calls by the
+ * alias reach the collection it points to), and the refusals hold across nodes (an alias may not
+ * take a collection's name, nor a collection an alias's name); a collection's settings changed
+ * through one node are every node's.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TestCluster, waitFor } from './cluster-harness';
@@ -11,11 +12,11 @@ import { expectCode } from './helpers';
 
 const DIM = 4;
 
-describe('aliases in a cluster', () => {
+describe('collection administration in a cluster', () => {
   let cluster: TestCluster;
 
   beforeAll(async () => {
-    cluster = await TestCluster.start({ cluster: 'aliases', args: ['--lease-ttl-ms', '2000'] });
+    cluster = await TestCluster.start({ cluster: 'coladmin', args: ['--lease-ttl-ms', '2000'] });
   });
 
   afterAll(async () => {
@@ -62,5 +63,20 @@ describe('aliases in a cluster', () => {
     await expectCode(third.updateAliases([{ action: 'switch', alias: 'docs', collection: 'missing' }]), 'NOT_FOUND');
     await expectCode(third.createCollection({ name: 'docs', dim: DIM, shards: 1, replicationFactor: 1, index: { type: 'flat' } }), 'ALREADY_EXISTS');
     expect(await third.listAliases()).toEqual([{ alias: 'docs', collection: 'docs_v2' }]);
+  });
+
+  it('a collection updated through one node has its new settings on every node', async () => {
+    const [n1, , n3] = cluster.nodes;
+    const made = await httpJson(n1.child.http, 'POST', '/v1/collections', { name: 'tuned', dim: DIM, shards: 2, replicationFactor: 3, index: { type: 'hnsw' } });
+    expect(made.status, JSON.stringify(made.body)).toBe(200);
+    const patched = await httpJson(n3.child.http, 'PATCH', '/v1/collections/tuned', { efSearch: 96, writeConcern: 'all' });
+    expect([patched.body.index.efSearch, patched.body.writeConcern]).toEqual([96, 'all']);
+    for (const n of cluster.nodes) {
+      await waitFor(async () => (await httpJson(n.child.http, 'GET', '/v1/collections/tuned')).body.index?.efSearch === 96, `${n.id} to have the new efSearch`);
+    }
+    const sdk = await cluster.client(n1);
+    await expectCode(sdk.updateCollection('tuned', { replicationFactor: 2 }), 'FAILED_PRECONDITION');
+    await expectCode(sdk.updateCollection('tuned', { nprobe: 2 }), 'INVALID_ARGUMENT');
+    expect((await sdk.describeCollection('tuned')).replicationFactor).toBe(3);
   });
 });
