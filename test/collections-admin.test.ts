@@ -1,10 +1,13 @@
 /**
  * Collection administration on a standalone node: aliases (create, switch, delete; every call
  * taking a collection's name takes an alias; kept across a restart; a collection with aliases is
- * not dropped) and updates of a collection's settings (search defaults, write concern; not the
- * replication factor), in the database, over HTTP and over gRPC through the SDK, with the typed
- * refusals of bad input, each of which changes nothing.
+ * not dropped), updates of a collection's settings (search defaults, write concern; not the
+ * replication factor) and backups (a snapshot of every shard to a directory, restored into a new
+ * collection), in the database, over HTTP and over gRPC through the SDK, with the typed refusals
+ * of bad input, each of which changes nothing.
  */
+import * as fs from 'fs';
+import * as path from 'path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QuiverClient } from '../src/client';
 import { openDatabase } from '../src/query';
@@ -175,6 +178,74 @@ describe('updating a collection', () => {
   });
 });
 
+describe('collection backups', () => {
+  const dir = tempDir('quiver-backup-db-');
+  const out = tempDir('quiver-backups-');
+  let db: Database;
+  const D = 8;
+  const points = (from: number, n: number): { id: string; vector: Float32Array; payload: { n: number } }[] =>
+    Array.from({ length: n }, (_, i) => ({ id: `p${from + i}`, vector: vec(from + i, D), payload: { n: from + i } }));
+  const all = (c: string): Promise<unknown> => db.scroll(c, { limit: 1000, withVectors: true, withPayload: true });
+
+  beforeAll(async () => {
+    db = await openDatabase({ dataDir: dir, snapshotIntervalMs: 0 });
+    await db.createCollection({ name: 'src', dim: D, index: { type: 'hnsw', efSearch: 40 }, shards: 3 });
+    await db.createPayloadIndex('src', { field: 'n', type: 'integer' });
+    await db.upsert('src', points(0, 200));
+    await db.delete('src', ['p7']);
+  });
+  afterAll(async () => {
+    await db?.close();
+  });
+
+  it('a backup restored into a new collection holds the points of the moment it was taken, and the spec', async () => {
+    const want = await all('src');
+    const b = await db.snapshotCollection('src', path.join(out, 'b1'));
+    expect(b.collection).toBe('src');
+    expect(b.shards.map((s) => s.shard)).toEqual([0, 1, 2]);
+    expect(b.shards.every((s) => s.lsn > 0)).toBe(true);
+    await db.upsert('src', points(200, 10)); // after the backup: not in it
+    const info = await db.restoreCollection('copy', path.join(out, 'b1'));
+    expect([info.name, info.shards, info.index, info.payloadIndexes, info.count]).toEqual(['copy', 3, { type: 'hnsw', efSearch: 40 }, [{ field: 'n', type: 'integer' }], 199]);
+    expect(await all('copy')).toEqual(want);
+    expect((await db.search('copy', { vectors: vec(3, D), k: 3, filter: { field: 'n', range: { lt: 5 } } }))[0][0].id).toBe('p3');
+    // The copy takes writes of its own and is kept across a restart.
+    await db.upsert('copy', points(500, 1));
+    await db.close();
+    db = await openDatabase({ dataDir: dir, snapshotIntervalMs: 0 });
+    expect(await db.count('copy')).toBe(200);
+    expect(await db.count('src')).toBe(209);
+  });
+
+  it('shards without points are restored empty', async () => {
+    await db.createCollection({ name: 'sparse', dim: D, index: { type: 'flat' }, shards: 4 });
+    await db.upsert('sparse', points(0, 1));
+    const b = await db.snapshotCollection('sparse', path.join(out, 'sparse'));
+    expect(b.shards).toHaveLength(4);
+    expect((await db.restoreCollection('sparse2', path.join(out, 'sparse'))).count).toBe(1);
+  });
+
+  it('bad paths, names and damaged backups are refused with a typed error and change nothing', async () => {
+    const before = db.listCollections().map((c) => c.name);
+    await expectCode(db.snapshotCollection('src', path.join(out, 'b1')), 'ALREADY_EXISTS');
+    await expectCode(db.snapshotCollection('src', 'relative/dir'), 'INVALID_ARGUMENT');
+    await expectCode(db.snapshotCollection('src', path.join(dir, 'inside')), 'INVALID_ARGUMENT');
+    await expectCode(db.snapshotCollection('missing', path.join(out, 'b2')), 'NOT_FOUND');
+    await expectCode(db.restoreCollection('copy', path.join(out, 'b1')), 'ALREADY_EXISTS');
+    await expectCode(db.restoreCollection('bad name', path.join(out, 'b1')), 'INVALID_ARGUMENT');
+    await expectCode(db.restoreCollection('other', out), 'NOT_FOUND');
+    // A snapshot file cut short: the shard cannot be read back, and no collection is made.
+    fs.cpSync(path.join(out, 'b1'), path.join(out, 'damaged'), { recursive: true });
+    const shardDir = path.join(out, 'damaged', '1');
+    const state = path.join(shardDir, fs.readdirSync(shardDir)[0], 'state.bin');
+    fs.truncateSync(state, fs.statSync(state).size - 8);
+    await expectCode(db.restoreCollection('other', path.join(out, 'damaged')), 'DATA_LOSS');
+    expect(db.listCollections().map((c) => c.name)).toEqual(before);
+    expect(fs.existsSync(path.join(out, 'b2'))).toBe(false);
+    expect(fs.readdirSync(path.join(dir, 'snapshots')).sort()).toEqual([...before].sort());
+  });
+});
+
 describe('aliases over HTTP and gRPC (the SDK)', () => {
   let h: Harness;
   let client: QuiverClient;
@@ -246,5 +317,24 @@ describe('aliases over HTTP and gRPC (the SDK)', () => {
     await expectCode(client.updateCollection('nope', { writeConcern: 'all' }), 'NOT_FOUND');
     expect(h.db.describeCollection('books_v2').writeConcern).toBe('all');
     expect(h.db.describeCollection('books_v1').writeConcern).toBe('leader');
+  });
+
+  it('backups over HTTP and gRPC (SDK)', async () => {
+    const out = tempDir('quiver-backups-');
+    const made = await httpJson(h.httpBase, 'POST', '/v1/collections/books_v1/snapshot', { path: path.join(out, 'h') });
+    expect([made.status, made.body.collection, made.body.shards.length]).toEqual([200, 'books_v1', 2]);
+    const restored = await httpJson(h.httpBase, 'POST', '/v1/collections/books_h/restore', { path: path.join(out, 'h') });
+    expect([restored.status, restored.body.name, restored.body.count]).toEqual([200, 'books_h', 2]);
+    const again = await httpJson(h.httpBase, 'POST', '/v1/collections/books_v1/snapshot', { path: path.join(out, 'h') });
+    expect([again.status, again.body.error.code]).toEqual([409, 'ALREADY_EXISTS']);
+    const noPath = await httpJson(h.httpBase, 'POST', '/v1/collections/books_v1/snapshot', {});
+    expect([noPath.status, noPath.body.error.code]).toEqual([400, 'INVALID_ARGUMENT']);
+
+    const b = await client.snapshotCollection('books_v2', path.join(out, 'g'));
+    expect(b).toEqual({ collection: 'books_v2', path: path.join(out, 'g'), shards: [{ shard: 0, lsn: expect.any(Number) }] });
+    expect((await client.restoreCollection('books_g', path.join(out, 'g'))).count).toBe(await client.count('books_v2'));
+    await expectCode(client.restoreCollection('books_g', path.join(out, 'g')), 'ALREADY_EXISTS');
+    await expectCode(client.restoreCollection('books_x', path.join(out, 'none')), 'NOT_FOUND');
+    await expectCode(client.snapshotCollection('books_v2', 'not/absolute'), 'INVALID_ARGUMENT');
   });
 });

@@ -197,6 +197,21 @@ describe('every route answers as the document says', () => {
     expectError(await call('PATCH', '/v1/collections/{name}', { params: { name: 'nope' }, body: { efSearch: 10 } }), 404, 'NOT_FOUND');
   });
 
+  it('POST /v1/collections/{name}/snapshot and .../restore', async () => {
+    const out = path.join(h.dir, '..', `${path.basename(h.dir)}-backup`);
+    try {
+      const b = await call('POST', '/v1/collections/{name}/snapshot', { params: { name: 'h1' }, body: { path: out } });
+      expect(b.body.collection).toBe('h1');
+      expectError(await call('POST', '/v1/collections/{name}/snapshot', { params: { name: 'h1' }, body: { path: out } }), 409, 'ALREADY_EXISTS');
+      expectError(await call('POST', '/v1/collections/{name}/snapshot', { params: { name: 'h1' }, body: {}, schemaRefuses: true }), 400, 'INVALID_ARGUMENT');
+      expect((await call('POST', '/v1/collections/{name}/restore', { params: { name: 'h2' }, body: { path: out } })).body.name).toBe('h2');
+      expectError(await call('POST', '/v1/collections/{name}/restore', { params: { name: 'h2' }, body: { path: out } }), 409, 'ALREADY_EXISTS');
+      expectError(await call('POST', '/v1/collections/{name}/restore', { params: { name: 'h3' }, body: { path: h.dir + '-none' } }), 404, 'NOT_FOUND');
+    } finally {
+      fs.rmSync(out, { recursive: true, force: true });
+    }
+  });
+
   it('GET and POST /v1/aliases', async () => {
     expect((await call('GET', '/v1/aliases')).body).toEqual({ aliases: [] });
     const made = await call('POST', '/v1/aliases', { body: { actions: [{ action: 'create', alias: 'shelf', collection: C }] } });

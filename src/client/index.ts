@@ -39,6 +39,7 @@ import type {
   AliasInfo,
   ClusterStatus,
   CollectionInfo,
+  CollectionBackup,
   CollectionSpecInput,
   CollectionUpdate,
   Filter,
@@ -75,6 +76,7 @@ import { Routes, splitRequestHash } from './routes';
 export { QuiverError } from '../errors';
 export type { ErrorCode } from '../errors';
 export type {
+  CollectionBackup,
   CollectionUpdate,
   AliasAction,
   AliasInfo,
@@ -293,6 +295,17 @@ export class QuiverClient {
     return infoFromWire(
       await this.call('updateCollection', { name, efSearch: update.efSearch ?? 0, nprobe: update.nprobe ?? 0, writeConcern: update.writeConcern ?? '', replicationFactor: update.replicationFactor ?? 0 }, o),
     );
+  }
+
+  /** Writes a snapshot of every shard of a collection to `path`, a new directory on the node (absolute, outside its data directory). */
+  async snapshotCollection(name: string, path: string, o: CallOptions = {}): Promise<CollectionBackup> {
+    const r = await this.call('snapshotCollection', { name, path }, o);
+    return { collection: r.collection, path: r.path, shards: r.shards.map((s) => ({ shard: s.shard, lsn: Number(s.lsn) })) };
+  }
+
+  /** Makes collection `name` from the backup in `path` on the node; answers the collection. */
+  async restoreCollection(name: string, path: string, o: CallOptions = {}): Promise<CollectionInfo> {
+    return infoFromWire(await this.call('restoreCollection', { name, path }, o));
   }
 
   /** Every alias and its collection, by alias. */

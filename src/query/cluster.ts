@@ -58,6 +58,7 @@ import type {
   ChangeOptions,
   ClusterStatus,
   CountOptions,
+  CollectionBackup,
   CollectionInfo,
   CollectionSpec,
   CollectionSpecInput,
@@ -506,6 +507,14 @@ export class ClusterDatabase extends PointWrites implements Database {
     const record = await this.opts.coordinator.updateCollection(c.spec.name, (r) => ({ ...r, ...checkUpdate(r, update) }));
     this.onCollection(c.spec.name, record);
     return this.info(c);
+  }
+
+  snapshotCollection(): Promise<CollectionBackup> {
+    return Promise.reject(new QuiverError('FAILED_PRECONDITION', "collection snapshots are not supported in a cluster yet: each shard's snapshot is on the node of its replica"));
+  }
+
+  restoreCollection(): Promise<CollectionInfo> {
+    return Promise.reject(new QuiverError('FAILED_PRECONDITION', 'restoring a collection is not supported in a cluster yet'));
   }
 
   listCollections(): CollectionInfo[] {

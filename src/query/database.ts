@@ -18,6 +18,7 @@ import type { IndexQuery, PayloadChange, ShardHit, ShardOptions, ShardWrite, Ups
 import { deleteKeysMax } from '../common/limits';
 import { checkPayload } from '../common/points';
 import { CatalogEntry, readCatalog, writeCatalog } from './catalog';
+import { checkBackupPath, placeBackupShard, readBackup, writeBackup } from './backup';
 import { aliasList, applyAliasActions, checkNotAliased, resolveName } from './aliases';
 import { compileFilter } from './filter';
 import { checkMaxDistance, checkPage, mergeScroll, prepareCount, prepareScroll, recommend } from './reads';
@@ -30,6 +31,7 @@ import type {
   ChangeOptions,
   ClusterStatus,
   CountOptions,
+  CollectionBackup,
   CollectionInfo,
   CollectionSpec,
   CollectionSpecInput,
@@ -475,26 +477,67 @@ export class LocalDatabase extends PointWrites implements Database {
     } catch (e) {
       return Promise.reject(e);
     }
-    return this.serialize(async () => {
-      this.usable();
-      if (this.collections.has(spec.name)) throw new QuiverError('ALREADY_EXISTS', `collection "${spec.name}" exists`);
-      if (this.aliases.has(spec.name)) throw new QuiverError('ALREADY_EXISTS', `"${spec.name}" is an alias`);
-      opts.signal?.throwIfAborted();
+    return this.serialize(() => this.addCollection(spec, opts));
+  }
+
+  /**
+   * Opens the shards of a new collection (each after `seed` placed files in its directories) and
+   * adds it to the catalog; on failure removes what it made.
+   */
+  private async addCollection(spec: CollectionSpec, opts: ChangeOptions, seed?: (s: number) => Promise<void>, check?: (s: number, shard: Shard) => void): Promise<CollectionInfo> {
+    this.usable();
+    if (this.collections.has(spec.name)) throw new QuiverError('ALREADY_EXISTS', `collection "${spec.name}" exists`);
+    if (this.aliases.has(spec.name)) throw new QuiverError('ALREADY_EXISTS', `"${spec.name}" is an alias`);
+    opts.signal?.throwIfAborted();
+    await fsp.rm(this.walDir(spec.name), { recursive: true, force: true });
+    await fsp.rm(this.snapDir(spec.name), { recursive: true, force: true });
+    const shards: Shard[] = [];
+    try {
+      for (let s = 0; s < spec.shards; s++) {
+        await seed?.(s);
+        shards.push(await Shard.open(this.shardOptions(spec, s)));
+        check?.(s, shards[s]);
+      }
+      const c: Collection = { spec, createdAt: new Date().toISOString(), shards };
+      await this.saveCatalog([...this.catalogEntries(), { spec, createdAt: c.createdAt }]);
+      this.collections.set(spec.name, c);
+      return this.info(c);
+    } catch (e) {
+      for (const s of shards) await s.close({ snapshot: false }).catch(() => undefined);
       await fsp.rm(this.walDir(spec.name), { recursive: true, force: true });
       await fsp.rm(this.snapDir(spec.name), { recursive: true, force: true });
-      const shards: Shard[] = [];
-      try {
-        for (let s = 0; s < spec.shards; s++) shards.push(await Shard.open(this.shardOptions(spec, s)));
-        const c: Collection = { spec, createdAt: new Date().toISOString(), shards };
-        await this.saveCatalog([...this.catalogEntries(), { spec, createdAt: c.createdAt }]);
-        this.collections.set(spec.name, c);
-        return this.info(c);
-      } catch (e) {
-        for (const s of shards) await s.close({ snapshot: false }).catch(() => undefined);
-        await fsp.rm(this.walDir(spec.name), { recursive: true, force: true });
-        await fsp.rm(this.snapDir(spec.name), { recursive: true, force: true });
-        throw e;
-      }
+      throw e;
+    }
+  }
+
+  snapshotCollection(name: string, dest: string, opts: ChangeOptions = {}): Promise<CollectionBackup> {
+    return this.serialize(async () => {
+      const c = this.coll(name);
+      const to = checkBackupPath(dest, this.dataDir);
+      opts.signal?.throwIfAborted();
+      return writeBackup(to, c.spec, c.shards, (s) => this.snapDir(c.spec.name, s));
+    });
+  }
+
+  restoreCollection(name: string, src: string, opts: ChangeOptions = {}): Promise<CollectionInfo> {
+    return this.serialize(async () => {
+      this.usable();
+      const from = checkBackupPath(src, this.dataDir);
+      const m = await readBackup(from);
+      const b = m.spec;
+      const spec: CollectionSpec = {
+        ...checkSpec({ name, dim: b.dim, metric: b.metric, index: b.index, shards: b.shards, replicationFactor: 1, writeConcern: b.writeConcern }),
+        payloadIndexes: b.payloadIndexes ?? [],
+      };
+      return this.addCollection(
+        spec,
+        opts,
+        (s) => placeBackupShard(from, m, s, this.snapDir(spec.name, s)),
+        (s, shard) => {
+          const at = shard.status().snapshotLsn;
+          if (at !== m.shards[s].lsn) throw new QuiverError('DATA_LOSS', `${from}: shard ${s}'s snapshot (LSN ${m.shards[s].lsn}) could not be read (the shard opened from LSN ${at})`);
+        },
+      );
     });
   }
 

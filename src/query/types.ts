@@ -338,6 +338,13 @@ export interface DrainOptions {
   undo?: boolean;
 }
 
+/** A backup of a collection (snapshotCollection): where it is and each shard's LSN in it. */
+export interface CollectionBackup {
+  collection: string;
+  path: string;
+  shards: { shard: number; lsn: number }[];
+}
+
 /** An alias and the collection it stands for. */
 export interface AliasInfo {
   alias: string;
@@ -361,6 +368,10 @@ export interface Database {
   /** Changes the settings of a collection that are safe to change (CollectionUpdate); answers the collection. */
   updateCollection(name: string, update: CollectionUpdate, opts?: ChangeOptions): Promise<CollectionInfo>;
   listCollections(): CollectionInfo[];
+  /** Writes a snapshot of every shard of a collection to `path`, a new directory on the node (src/query/backup.ts). */
+  snapshotCollection(name: string, path: string, opts?: ChangeOptions): Promise<CollectionBackup>;
+  /** Makes collection `name` from the backup in `path` (the spec and points it holds). */
+  restoreCollection(name: string, path: string, opts?: ChangeOptions): Promise<CollectionInfo>;
   describeCollection(name: string): CollectionInfo;
   /** Every alias and its collection, by alias. */
   listAliases(): AliasInfo[];

@@ -61,6 +61,8 @@ const ACCESS: Record<Op | 'Metrics' | 'StatusPage', 'read' | 'admin' | 'internal
   DropPayloadIndex: 'admin',
   UpdateAliases: 'admin',
   UpdateCollection: 'admin',
+  SnapshotCollection: 'admin',
+  RestoreCollection: 'admin',
   Drain: 'admin',
   ShardUpsert: 'internal',
   ShardDelete: 'internal',

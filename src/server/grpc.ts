@@ -222,6 +222,11 @@ export function grpcHandlers(svc: Service): GrpcHandlers {
       if (r.replicationFactor !== 0) update.replicationFactor = r.replicationFactor;
       return infoToWire(await db.updateCollection(r.name, update, { signal }));
     }),
+    snapshotCollection: unary('SnapshotCollection', async (r, signal) => {
+      const b = await db.snapshotCollection(r.name, r.path, { signal });
+      return { collection: b.collection, path: b.path, shards: b.shards.map((s) => ({ shard: s.shard, lsn: BigInt(s.lsn) })) };
+    }),
+    restoreCollection: unary('RestoreCollection', async (r, signal) => infoToWire(await db.restoreCollection(r.name, r.path, { signal }))),
     listAliases: unary('ListAliases', () => ({ aliases: db.listAliases() })),
     updateAliases: unary('UpdateAliases', async (r, signal) => ({
       // An empty collection is none (a delete names no collection).

@@ -123,6 +123,18 @@ export class HttpApi {
         },
       },
       {
+        pattern: new RegExp(`^/v1/collections/${NAME}/snapshot$`),
+        methods: {
+          POST: { op: 'SnapshotCollection', handler: async (c) => db.snapshotCollection(c.params[0], (await c.body(['path'])).path as string, { signal: c.signal }) },
+        },
+      },
+      {
+        pattern: new RegExp(`^/v1/collections/${NAME}/restore$`),
+        methods: {
+          POST: { op: 'RestoreCollection', handler: async (c) => db.restoreCollection(c.params[0], (await c.body(['path'])).path as string, { signal: c.signal }) },
+        },
+      },
+      {
         pattern: /^\/v1\/aliases$/,
         methods: {
           GET: { op: 'ListAliases', handler: async () => ({ aliases: db.listAliases() }) },

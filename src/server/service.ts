@@ -42,10 +42,12 @@ export type Op =
   | 'DropPayloadIndex'
   | 'ListAliases'
   | 'UpdateAliases'
-  | 'UpdateCollection';
+  | 'UpdateCollection'
+  | 'SnapshotCollection'
+  | 'RestoreCollection';
 
 /** Operations that change state: their deadline stops them only before they reach the log (see run). */
-const CHANGES: ReadonlySet<Op> = new Set<Op>(['CreateCollection', 'DropCollection', 'Upsert', 'Delete', 'ShardUpsert', 'ShardDelete', 'UpdatePayload', 'UpdateVectors', 'ShardChange', 'CreatePayloadIndex', 'DropPayloadIndex', 'UpdateAliases', 'UpdateCollection']);
+const CHANGES: ReadonlySet<Op> = new Set<Op>(['CreateCollection', 'DropCollection', 'Upsert', 'Delete', 'ShardUpsert', 'ShardDelete', 'UpdatePayload', 'UpdateVectors', 'ShardChange', 'CreatePayloadIndex', 'DropPayloadIndex', 'UpdateAliases', 'UpdateCollection', 'SnapshotCollection', 'RestoreCollection']);
 
 /**
  * How long the server has no request in flight before the `whenQuiet` callbacks run: long enough
