@@ -25,7 +25,7 @@ import { EventEmitter } from 'events';
 import { performance } from 'perf_hooks';
 import { setTimeout as sleep } from 'timers/promises';
 import { ConsecutiveBreaker, ExponentialBackoff, circuitBreaker, handleWhen, retry } from 'cockatiel';
-import { Campaign, Election, Etcd3, GRPCDeadlineExceededError, IKeyValue, Namespace, Watcher, isRecoverableError } from 'etcd3';
+import { Campaign, Election, Etcd3, GRPCDeadlineExceededError, IKeyValue, IOperation, Namespace, Watcher, isRecoverableError } from 'etcd3';
 import { QuiverError } from '../errors';
 import { CollectionPlacement, ControllerConfig, ControllerEffect, ControllerEvent, ControllerState, NodeInfo, defaultControllerConfig, initController, placeShards, stepController } from './controller';
 import { KeyChange, controllerEventOf, etcdKeys, startedEventOf } from './keys';
@@ -356,7 +356,7 @@ export class EtcdCoordinator extends EventEmitter {
       const changed = [...new Set([...aliases.keys(), ...next.keys()])].filter((a) => aliases.get(a)?.collection !== next.get(a));
       if (changed.length === 0) return;
       const txn = this.ns.if(etcdKeys.alias(changed[0]), 'Mod', '==', aliases.get(changed[0])?.modRevision ?? 0);
-      const ops = [];
+      const ops: IOperation[] = [];
       for (const a of changed) {
         txn.and(etcdKeys.alias(a), 'Mod', '==', aliases.get(a)?.modRevision ?? 0);
         const to = next.get(a);
