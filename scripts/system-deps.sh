@@ -6,7 +6,8 @@
 # Installs what is missing when run as root; otherwise says what to install.
 set -euo pipefail
 need=()
-command -v etcd >/dev/null 2>&1 || need+=(etcd-server etcd-client)
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 [ -x /usr/sbin/iptables ] || need+=(iptables)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -x /usr/bin/prometheus ] || need+=(prometheus)

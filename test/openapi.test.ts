@@ -189,6 +189,42 @@ describe('every route answers as the document says', () => {
     expectError(await call('DELETE', '/v1/collections/{name}/index/{field}', { params: { name: C, field: 'meta.year' } }), 404, 'NOT_FOUND');
   });
 
+  it('PATCH /v1/collections/{name}', async () => {
+    const patched = await call('PATCH', '/v1/collections/{name}', { params: { name: 'h1' }, body: { efSearch: 80, writeConcern: 'all' } });
+    expect([patched.body.index.efSearch, patched.body.writeConcern]).toEqual([80, 'all']);
+    expectError(await call('PATCH', '/v1/collections/{name}', { params: { name: 'h1' }, body: { efSearch: 0 }, schemaRefuses: true }), 400, 'INVALID_ARGUMENT');
+    expectError(await call('PATCH', '/v1/collections/{name}', { params: { name: 'h1' }, body: { replicationFactor: 2 } }), 400, 'FAILED_PRECONDITION');
+    expectError(await call('PATCH', '/v1/collections/{name}', { params: { name: 'nope' }, body: { efSearch: 10 } }), 404, 'NOT_FOUND');
+  });
+
+  it('POST /v1/collections/{name}/snapshot and .../restore', async () => {
+    const out = path.join(h.dir, '..', `${path.basename(h.dir)}-backup`);
+    try {
+      const b = await call('POST', '/v1/collections/{name}/snapshot', { params: { name: 'h1' }, body: { path: out } });
+      expect(b.body.collection).toBe('h1');
+      expectError(await call('POST', '/v1/collections/{name}/snapshot', { params: { name: 'h1' }, body: { path: out } }), 409, 'ALREADY_EXISTS');
+      expectError(await call('POST', '/v1/collections/{name}/snapshot', { params: { name: 'h1' }, body: {}, schemaRefuses: true }), 400, 'INVALID_ARGUMENT');
+      expect((await call('POST', '/v1/collections/{name}/restore', { params: { name: 'h2' }, body: { path: out } })).body.name).toBe('h2');
+      expectError(await call('POST', '/v1/collections/{name}/restore', { params: { name: 'h2' }, body: { path: out } }), 409, 'ALREADY_EXISTS');
+      expectError(await call('POST', '/v1/collections/{name}/restore', { params: { name: 'h3' }, body: { path: h.dir + '-none' } }), 404, 'NOT_FOUND');
+    } finally {
+      fs.rmSync(out, { recursive: true, force: true });
+    }
+  });
+
+  it('GET and POST /v1/aliases', async () => {
+    expect((await call('GET', '/v1/aliases')).body).toEqual({ aliases: [] });
+    const made = await call('POST', '/v1/aliases', { body: { actions: [{ action: 'create', alias: 'shelf', collection: C }] } });
+    expect(made.body).toEqual({ aliases: [{ alias: 'shelf', collection: C }] });
+    expect((await call('GET', '/v1/collections/{name}', { params: { name: 'shelf' } })).body.name).toBe(C);
+    expect((await call('POST', '/v1/aliases', { body: { actions: [{ action: 'switch', alias: 'shelf', collection: 'h1' }] } })).body.aliases).toEqual([{ alias: 'shelf', collection: 'h1' }]);
+    expectError(await call('POST', '/v1/aliases', { body: { actions: [{ action: 'create', alias: 'shelf', collection: C }] } }), 409, 'ALREADY_EXISTS');
+    expectError(await call('POST', '/v1/aliases', { body: { actions: [{ action: 'create', alias: 'x', collection: 'nope' }] } }), 404, 'NOT_FOUND');
+    expectError(await call('POST', '/v1/aliases', { body: { actions: [{ action: 'rename', alias: 'x' }] }, schemaRefuses: true }), 400, 'INVALID_ARGUMENT');
+    expectError(await call('POST', '/v1/aliases', { body: { actions: [] }, schemaRefuses: true }), 400, 'INVALID_ARGUMENT');
+    expect((await call('POST', '/v1/aliases', { body: { actions: [{ action: 'delete', alias: 'shelf' }] } })).body).toEqual({ aliases: [] });
+  });
+
   it('POST /v1/collections/{name}/upsert', async () => {
     const points = [
       { id: 'a', vector: [1, 0, 0], payload: { lang: 'en', year: 2021 } },
@@ -371,7 +407,8 @@ describe('every route answers as the document says', () => {
   it('a method a path does not serve answers 405 with the methods the document lists', async () => {
     for (const [template, item] of Object.entries<Record<string, unknown>>(doc.paths)) {
       if (FIXED_PATHS.includes(template)) continue;
-      const res = await fetch(h.httpBase + template.replace(/\{\w+\}/g, C), { method: 'PATCH' });
+      const method = ['PATCH', 'PUT', 'DELETE', 'POST'].find((m) => !item[m.toLowerCase()]);
+      const res = await fetch(h.httpBase + template.replace(/\{\w+\}/g, C), { method });
       expect(res.status, template).toBe(405);
       const listed = METHODS.filter((m) => item[m]).map((m) => m.toUpperCase());
       expect(res.headers.get('allow')?.split(', ').sort(), template).toEqual(listed.sort());

@@ -35,9 +35,13 @@ import { randomUUID } from 'crypto';
 import { ErrorCode, QuiverError } from '../errors';
 import { defaultDeadlineMs, requestBytesMax } from '../common/limits';
 import type {
+  AliasAction,
+  AliasInfo,
   ClusterStatus,
   CollectionInfo,
+  CollectionBackup,
   CollectionSpecInput,
+  CollectionUpdate,
   Filter,
   IndexSpec,
   PayloadUpdate,
@@ -72,6 +76,10 @@ import { Routes, splitRequestHash } from './routes';
 export { QuiverError } from '../errors';
 export type { ErrorCode } from '../errors';
 export type {
+  CollectionBackup,
+  CollectionUpdate,
+  AliasAction,
+  AliasInfo,
   ClusterStatus,
   NodeStatus,
   ReplicaStatus,
@@ -296,6 +304,43 @@ export class QuiverClient {
   /** Drops the payload index of `field` (NOT_FOUND when there is none); answers the collection. */
   async dropPayloadIndex(collection: string, field: string, o: CallOptions = {}): Promise<CollectionInfo> {
     return infoFromWire(await this.call('dropPayloadIndex', { collection, field }, o));
+  }
+
+  /** Changes the settings of a collection that are safe to change (search defaults, write concern); answers the collection. */
+  async updateCollection(name: string, update: CollectionUpdate, o: CallOptions = {}): Promise<CollectionInfo> {
+    return infoFromWire(
+      await this.call('updateCollection', { name, efSearch: update.efSearch ?? 0, nprobe: update.nprobe ?? 0, writeConcern: update.writeConcern ?? '', replicationFactor: update.replicationFactor ?? 0 }, o),
+    );
+  }
+
+  /** Writes a snapshot of every shard of a collection to `path`, a new directory on the node (absolute, outside its data directory). */
+  async snapshotCollection(name: string, path: string, o: CallOptions = {}): Promise<CollectionBackup> {
+    const r = await this.call('snapshotCollection', { name, path }, o);
+    return { collection: r.collection, path: r.path, shards: r.shards.map((s) => ({ shard: s.shard, lsn: Number(s.lsn) })) };
+  }
+
+  /** Makes collection `name` from the backup in `path` on the node; answers the collection. */
+  async restoreCollection(name: string, path: string, o: CallOptions = {}): Promise<CollectionInfo> {
+    return infoFromWire(await this.call('restoreCollection', { name, path }, o));
+  }
+
+  /** Every alias and its collection, by alias. */
+  async listAliases(o: CallOptions = {}): Promise<AliasInfo[]> {
+    return (await this.call('listAliases', {}, o)).aliases.map((a) => ({ alias: a.alias, collection: a.collection }));
+  }
+
+  /**
+   * Creates, switches and deletes aliases, all or none; answers every alias after. This client
+   * forgets what it kept under each alias named (its spec and session token: they were the old
+   * collection's).
+   */
+  async updateAliases(actions: AliasAction[], o: CallOptions = {}): Promise<AliasInfo[]> {
+    const wire = actions.map((a) => ({ action: a.action, alias: a.alias, collection: a.action === 'delete' ? '' : a.collection }));
+    for (const a of actions) {
+      this.specs.delete(a.alias);
+      this.session.delete(a.alias);
+    }
+    return (await this.call('updateAliases', { actions: wire }, o)).aliases.map((a) => ({ alias: a.alias, collection: a.collection }));
   }
 
   // ---- points ----

@@ -12,6 +12,7 @@
  * * 'stopLeading' ()          the deadline passed without a renewal: tick every shard replica
  * * 'nodes' (nodes)           live nodes, after the first read and on every change
  * * 'collection' (name, rec)  collections/<name> appeared or changed (updateCollection)
+ * * 'aliases' (map)           every alias (alias -> collection): after the first read and on every change
  * * 'map' (shard, map)        in revision order, first read first; never a map older than one emitted
  * * 'controller' (isController)  this node started or stopped running the controller
  * * 'placementFailed' (collection, QuiverError)  the controller (in this process) could not place it
@@ -24,7 +25,7 @@ import { EventEmitter } from 'events';
 import { performance } from 'perf_hooks';
 import { setTimeout as sleep } from 'timers/promises';
 import { ConsecutiveBreaker, ExponentialBackoff, circuitBreaker, handleWhen, retry } from 'cockatiel';
-import { Campaign, Election, Etcd3, GRPCDeadlineExceededError, IKeyValue, Namespace, Watcher, isRecoverableError } from 'etcd3';
+import { Campaign, Election, Etcd3, GRPCDeadlineExceededError, IKeyValue, IOperation, Namespace, Watcher, isRecoverableError } from 'etcd3';
 import { QuiverError } from '../errors';
 import { CollectionPlacement, ControllerConfig, ControllerEffect, ControllerEvent, ControllerState, NodeInfo, defaultControllerConfig, initController, placeShards, stepController } from './controller';
 import { KeyChange, controllerEventOf, etcdKeys, startedEventOf } from './keys';
@@ -39,6 +40,11 @@ export interface NodeRecord extends NodeInfo {
   grpc: string;
   http: string;
   replication: string;
+}
+
+/** What `aliases/<alias>` holds. */
+interface AliasRecord {
+  collection: string;
 }
 
 /** What `collections/<name>` holds: the placement plus the rest of the collection's spec. */
@@ -97,7 +103,7 @@ class PrefixFollower {
     private readonly ns: Namespace,
     private readonly signal: AbortSignal,
     private readonly retryMs: number,
-    private readonly onRead: (kvs: KeyChange[]) => void,
+    private readonly onRead: (kvs: KeyChange[], revision: number) => void,
     private readonly onChange: (c: KeyChange) => void,
     private readonly warn: (what: string, e: unknown) => void,
   ) {
@@ -119,7 +125,7 @@ class PrefixFollower {
       }
     }
     if (this.stopped) return;
-    this.onRead(kvs);
+    this.onRead(kvs, revision);
     const w = this.ns.watch().prefix('').startRevision(String(revision + 1)).watcher();
     this.watcher = w;
     w.on('data', (res) => {
@@ -184,6 +190,10 @@ export class EtcdCoordinator extends EventEmitter {
   /** The node's view: live nodes, collections seen, the newest map emitted per shard. */
   private nodes: Record<NodeId, NodeRecord> = {};
   private readonly collections = new Set<string>();
+  private aliases = new Map<string, string>();
+  /** The revision of the aliases last emitted, and the updates waiting for their change to be in the view. */
+  private aliasRevision = 0;
+  private aliasWaiters: { revision: number; resolve: () => void; reject: (e: Error) => void }[] = [];
   private readonly maps = new Map<ShardKey, { map: ShardMap; revision: number }>();
   private readonly waiters = new Set<CreateWaiter>();
 
@@ -230,7 +240,7 @@ export class EtcdCoordinator extends EventEmitter {
     c.putLeased(etcdKeys.node(opts.node), opts.info);
     c.ticker = setInterval(() => c.tick(), c.tickMs);
     c.tick();
-    c.view = new PrefixFollower(c.ns, c.abort.signal, c.tickMs, (kvs) => c.viewRead(kvs), (ch) => c.viewChange(ch), (w, e) => c.warn(w, e));
+    c.view = new PrefixFollower(c.ns, c.abort.signal, c.tickMs, (kvs, revision) => c.viewRead(kvs, revision), (ch) => c.viewChange(ch), (w, e) => c.warn(w, e));
     return c;
   }
 
@@ -272,8 +282,12 @@ export class EtcdCoordinator extends EventEmitter {
         if (c) nodes[c.key.slice(etcdKeys.node('').length)] = c.value as NodeInfo;
       }
       placeShards(nodes, [], record.shards, record.replicationFactor);
-      const res = await this.ns.if(key, 'Create', '==', 0).then(this.ns.put(key).value(JSON.stringify(record))).commit();
-      if (!res.succeeded) throw new QuiverError('ALREADY_EXISTS', `collection ${name} exists`);
+      const res = await this.ns
+        .if(key, 'Create', '==', 0)
+        .and(etcdKeys.alias(name), 'Create', '==', 0)
+        .then(this.ns.put(key).value(JSON.stringify(record)))
+        .commit();
+      if (!res.succeeded) throw new QuiverError('ALREADY_EXISTS', `collection or alias ${name} exists`);
     } catch (e) {
       throw unavailable(`create collection ${name}`, e);
     }
@@ -323,13 +337,66 @@ export class EtcdCoordinator extends EventEmitter {
     }
   }
 
+  /**
+   * Changes aliases/... as `change` makes them from the aliases and collections read: one Txn
+   * guarded on what `change` relied on (the mod revision of every alias key it writes or deletes,
+   * the create revision of every collection an alias then points to, the absence of a collection
+   * named as each alias), read again when another writer came first. Resolves once this node's
+   * view (the 'aliases' event) holds the change.
+   */
+  async updateAliases(change: (aliases: ReadonlyMap<string, string>, collections: ReadonlySet<string>) => Map<string, string>): Promise<void> {
+    if (this.closed) throw new QuiverError('UNAVAILABLE', 'the coordinator is closed');
+    for (;;) {
+      const aliases = new Map<string, { collection: string; modRevision: number }>();
+      const collections = new Map<string, number>();
+      try {
+        for (const kv of (await this.ns.getAll().prefix(etcdKeys.aliases).exec()).kvs) {
+          const c = changeOf(kv, false);
+          if (c) aliases.set(c.key.slice(etcdKeys.aliases.length), { collection: (c.value as AliasRecord).collection, modRevision: c.modRevision });
+        }
+        for (const kv of (await this.ns.getAll().prefix(etcdKeys.collections).exec()).kvs) collections.set(kv.key.toString().slice(etcdKeys.collections.length), Number(kv.create_revision));
+      } catch (e) {
+        throw unavailable('read aliases', e);
+      }
+      const next = change(new Map([...aliases].map(([a, v]) => [a, v.collection])), new Set(collections.keys()));
+      const changed = [...new Set([...aliases.keys(), ...next.keys()])].filter((a) => aliases.get(a)?.collection !== next.get(a));
+      if (changed.length === 0) return;
+      const txn = this.ns.if(etcdKeys.alias(changed[0]), 'Mod', '==', aliases.get(changed[0])?.modRevision ?? 0);
+      const ops: IOperation[] = [];
+      for (const a of changed) {
+        txn.and(etcdKeys.alias(a), 'Mod', '==', aliases.get(a)?.modRevision ?? 0);
+        const to = next.get(a);
+        if (to === undefined) ops.push(this.ns.delete().key(etcdKeys.alias(a)));
+        else {
+          const record: AliasRecord = { collection: to };
+          ops.push(this.ns.put(etcdKeys.alias(a)).value(JSON.stringify(record)));
+          txn.and(etcdKeys.collection(to), 'Create', '==', collections.get(to)!);
+          txn.and(etcdKeys.collection(a), 'Create', '==', 0);
+        }
+      }
+      let revision: number;
+      try {
+        const res = await txn.then(...ops).commit();
+        if (!res.succeeded) continue;
+        revision = Number(res.header.revision);
+      } catch (e) {
+        throw unavailable('update aliases', e);
+      }
+      await new Promise<void>((resolve, reject) => {
+        if (this.aliasRevision >= revision) return resolve();
+        this.aliasWaiters.push({ revision, resolve, reject });
+      });
+      return;
+    }
+  }
+
   /** Resigns the election, revokes the lease (the node's keys go with it) and closes the client. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     this.abort.abort();
     if (this.ticker) clearInterval(this.ticker);
-    for (const w of this.waiters) w.reject(new QuiverError('UNAVAILABLE', 'the coordinator closed'));
+    for (const w of [...this.waiters, ...this.aliasWaiters]) w.reject(new QuiverError('UNAVAILABLE', 'the coordinator closed'));
     const bounded = (p: Promise<unknown> | undefined): Promise<unknown> =>
       p ? Promise.race([p.catch(() => undefined), sleep(this.leaseConfig.ttlMs, undefined, { ref: false })]) : Promise.resolve();
     const stopController = this.stopController();
@@ -453,15 +520,18 @@ export class EtcdCoordinator extends EventEmitter {
 
   // ---------------------------------------------------------------------------------- the node's view
 
-  private viewRead(kvs: KeyChange[]): void {
+  private viewRead(kvs: KeyChange[], revision: number): void {
     this.nodes = {};
+    this.aliases = new Map();
     const seen = new Set<string>();
     for (const c of kvs) {
       const [kind, ...rest] = c.key.split('/');
       if (kind === 'nodes') this.nodes[rest[0]] = c.value as NodeRecord;
       else if (kind === 'collections') seen.add(rest[0]);
+      else if (kind === 'aliases') this.aliases.set(rest[0], (c.value as AliasRecord).collection);
     }
     this.emit('nodes', { ...this.nodes });
+    this.aliasesChanged(revision);
     for (const name of [...this.collections]) if (!seen.has(name)) this.collections.delete(name);
     for (const c of kvs) this.viewChange(c, true);
   }
@@ -482,6 +552,11 @@ export class EtcdCoordinator extends EventEmitter {
           this.emit('collection', rest[0], c.value as CollectionRecord);
         }
         return;
+      case 'aliases':
+        if (c.value === null) this.aliases.delete(rest[0]);
+        else this.aliases.set(rest[0], (c.value as AliasRecord).collection);
+        this.aliasesChanged(c.modRevision);
+        return;
       case 'shards': {
         const shard = rest.join('/');
         if (c.value === null || (this.maps.get(shard)?.revision ?? 0) >= c.modRevision) return;
@@ -491,6 +566,14 @@ export class EtcdCoordinator extends EventEmitter {
         return;
       }
     }
+  }
+
+  private aliasesChanged(revision: number): void {
+    this.aliasRevision = revision;
+    this.emit('aliases', new Map(this.aliases));
+    const done = this.aliasWaiters.filter((w) => w.revision <= revision);
+    this.aliasWaiters = this.aliasWaiters.filter((w) => w.revision > revision);
+    for (const w of done) w.resolve();
   }
 
   private checkWaiters(): void {

@@ -4,6 +4,7 @@
  *
  *   nodes/<node>                      NodeInfo, under the node's lease
  *   collections/<name>                CollectionPlacement (with the rest of the spec)
+ *   aliases/<alias>                   {collection}: the collection the alias stands for
  *   shards/<collection>/<shard>       ShardMap, written only by the controller (guarded Txn)
  *   progress/<collection>/<shard>/<node>  Progress, under the node's lease
  */
@@ -13,6 +14,9 @@ import { NodeId, Progress, ShardKey, ShardMap } from './types';
 export const etcdKeys = {
   node: (node: NodeId): string => `nodes/${node}`,
   collection: (name: string): string => `collections/${name}`,
+  collections: 'collections/',
+  alias: (alias: string): string => `aliases/${alias}`,
+  aliases: 'aliases/',
   shards: 'shards/',
   shard: (shard: ShardKey): string => `shards/${shard}`,
   progress: (shard: ShardKey, node: NodeId): string => `progress/${shard}/${node}`,

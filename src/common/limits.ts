@@ -68,3 +68,5 @@ export const connectionUnsentBytesHigh = 4 * 1024 * 1024;
 /** ... past which it is closed (room for one answer of the largest size), and the same for all connections together (the one with the most goes). */
 export const connectionUnsentBytesMax = requestBytesMax + connectionUnsentBytesHigh;
 export const unsentBytesMax = 2 * requestBytesMax;
+/** Actions in one alias change (create, switch, delete), applied all or none. */
+export const aliasActionsMax = 100;

@@ -5,7 +5,10 @@
  * name (a drop or create cut short by a crash) are deleted at open.
  *
  *   { "format": "quiver-catalog", "version": 1,
- *     "collections": [ { "spec": CollectionSpec, "createdAt": ISO-8601 }, ... ] }
+ *     "collections": [ { "spec": CollectionSpec, "createdAt": ISO-8601 }, ... ],
+ *     "aliases": { "<alias>": "<collection>", ... } }
+ *
+ * `aliases` is optional (a catalog without it has none).
  */
 import { promises as fsp } from 'fs';
 import * as path from 'path';
@@ -21,33 +24,40 @@ export interface CatalogEntry {
 const FORMAT = 'quiver-catalog';
 const VERSION = 1;
 
-export async function readCatalog(dataDir: string): Promise<CatalogEntry[]> {
+export interface Catalog {
+  collections: CatalogEntry[];
+  /** alias -> collection */
+  aliases: Record<string, string>;
+}
+
+export async function readCatalog(dataDir: string): Promise<Catalog> {
   const file = path.join(dataDir, 'catalog.json');
   let text: string;
   try {
     text = await fsp.readFile(file, 'utf8');
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { collections: [], aliases: {} };
     throw e;
   }
-  let doc: { format?: unknown; version?: unknown; collections?: unknown };
+  let doc: { format?: unknown; version?: unknown; collections?: unknown; aliases?: unknown };
   try {
     doc = JSON.parse(text);
   } catch {
     throw new QuiverError('DATA_LOSS', `${file} is not JSON`);
   }
-  if (doc.format !== FORMAT || doc.version !== VERSION || !Array.isArray(doc.collections)) {
+  const aliases = doc.aliases ?? {};
+  if (doc.format !== FORMAT || doc.version !== VERSION || !Array.isArray(doc.collections) || typeof aliases !== 'object' || aliases === null || Array.isArray(aliases)) {
     throw new QuiverError('DATA_LOSS', `${file}: not a version ${VERSION} catalog`);
   }
-  return doc.collections as CatalogEntry[];
+  return { collections: doc.collections as CatalogEntry[], aliases: aliases as Record<string, string> };
 }
 
-export async function writeCatalog(dataDir: string, entries: CatalogEntry[]): Promise<void> {
+export async function writeCatalog(dataDir: string, catalog: Catalog): Promise<void> {
   const file = path.join(dataDir, 'catalog.json');
   const tmp = `${file}.tmp-${process.pid}`;
   const fh = await fsp.open(tmp, 'w');
   try {
-    await fh.writeFile(JSON.stringify({ format: FORMAT, version: VERSION, collections: entries }, null, 2) + '\n');
+    await fh.writeFile(JSON.stringify({ format: FORMAT, version: VERSION, ...catalog }, null, 2) + '\n');
     await fh.sync();
   } finally {
     await fh.close();

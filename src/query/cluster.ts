@@ -4,6 +4,8 @@
  *
  *   collections   from etcd (collections/<name>, written once by createCollection); the
  *                 controller places each shard's replicas and writes its map
+ *   aliases       from etcd (aliases/<alias>, changed all together in one Txn by updateAliases);
+ *                 a call's name is resolved once, at its entry (coll), and the real name goes on
  *   replicas      this node opens a ReplicaHost for every shard whose map names it (a replica or
  *                 the learner), feeds it the maps, the lease deadline and the peer messages, and
  *                 closes it with the node; once a map no longer names it (the controller moved the
@@ -30,6 +32,7 @@ import type { NodeId, Progress, ShardKey, ShardMap } from '../cluster/types';
 import { members, shardKey } from '../cluster/types';
 import { idsByShard, splitBatch, writeByShard } from '../common/placement';
 import { mergeScroll, prepareCount, prepareScroll, recommend } from './reads';
+import { aliasList, applyAliasActions, resolveName } from './aliases';
 import {
   OpenInternals,
   PointWrites,
@@ -50,12 +53,16 @@ import {
 } from './database';
 import { compileFilter } from './filter';
 import type {
+  AliasAction,
+  AliasInfo,
   ChangeOptions,
   ClusterStatus,
   CountOptions,
+  CollectionBackup,
   CollectionInfo,
   CollectionSpec,
   CollectionSpecInput,
+  CollectionUpdate,
   Database,
   OpenOptions,
   PayloadIndexSpec,
@@ -78,7 +85,7 @@ import type {
   Failover,
 } from './types';
 import { failoversKept } from './types';
-import { checkAnswerBytes, checkColumns, checkFieldName, checkIds, checkName, checkOptBool, checkPayloadIndex, checkSpec, isPlainObject } from './validate';
+import { checkAnswerBytes, checkColumns, checkFieldName, checkIds, checkOptBool, checkPayloadIndex, checkSpec, checkUpdate, isPlainObject } from './validate';
 import { defaultDeadlineMs } from '../common/limits';
 import { Log, log as rootLog } from '../common/log';
 
@@ -130,9 +137,17 @@ export interface CoordinatorPort {
   on(event: 'nodes', fn: (nodes: Record<NodeId, ClusterNodeRecord>) => void): unknown;
   on(event: 'collection', fn: (name: string, record: CollectionRecord) => void): unknown;
   on(event: 'lease', fn: (deadline: number) => void): unknown;
+  /** Every alias (alias -> collection), after the first read and on every change. */
+  on(event: 'aliases', fn: (aliases: ReadonlyMap<string, string>) => void): unknown;
   createCollection(name: string, record: CollectionRecord, signal?: AbortSignal): Promise<void>;
   /** Changes a collection's record (a guarded read-modify-write); every node hears it as a 'collection' event. */
   updateCollection(name: string, change: (record: CollectionRecord) => CollectionRecord): Promise<CollectionRecord>;
+  /**
+   * Changes the aliases as `change` makes them from the aliases and collections read, in one Txn
+   * guarded on what was read (read again when another writer came first); an error thrown by
+   * `change` changes nothing. Resolves once this node has heard the change (an 'aliases' event).
+   */
+  updateAliases(change: (aliases: ReadonlyMap<string, string>, collections: ReadonlySet<string>) => Map<string, string>): Promise<void>;
   publishProgress(shard: ShardKey, p: Progress): void;
   /** Sets the `draining` flag of this node's key (the controller moves its leaderships away). */
   setDraining(on: boolean): void;
@@ -215,6 +230,8 @@ export class ClusterDatabase extends PointWrites implements Database {
   private readonly self: NodeId;
   private readonly dataDir: string;
   private readonly collections = new Map<string, ClusterCollection>();
+  /** alias -> collection, as etcd's last 'aliases' event has it. */
+  private aliases: ReadonlyMap<string, string> = new Map();
   private nodes: Record<NodeId, ClusterNodeRecord> = {};
   private lease = 0;
   /** Woken at every map change of a shard (and at close). */
@@ -244,6 +261,7 @@ export class ClusterDatabase extends PointWrites implements Database {
     c.on('nodes', (nodes) => (this.nodes = nodes));
     c.on('collection', (name, record) => this.onCollection(name, record));
     c.on('map', (shard, map) => this.onMap(shard, map));
+    c.on('aliases', (aliases) => (this.aliases = aliases));
     c.on('lease', (deadline) => {
       this.lease = deadline;
       for (const col of this.collections.values()) for (const r of col.replicas.values()) r.port?.onLease(deadline);
@@ -272,8 +290,12 @@ export class ClusterDatabase extends PointWrites implements Database {
 
   private onCollection(name: string, record: CollectionRecord): void {
     const known = this.collections.get(name);
-    if (known) return this.payloadIndexesChanged(known, record.payloadIndexes ?? []);
     const { createdAt, ...spec } = record;
+    if (known) {
+      // Settings (updateCollection) at once; payload indexes once the replicas build them.
+      known.spec = { ...spec, payloadIndexes: known.spec.payloadIndexes };
+      return this.payloadIndexesChanged(known, record.payloadIndexes ?? []);
+    }
     this.collections.set(name, { spec, createdAt, maps: new Array<ShardMap | null>(spec.shards).fill(null), replicas: new Map() });
     for (const wake of this.collectionWaiters.get(name) ?? []) wake();
     this.collectionWaiters.delete(name);
@@ -415,10 +437,11 @@ export class ClusterDatabase extends PointWrites implements Database {
     if (this.closed) throw new QuiverError('UNAVAILABLE', 'the node is shutting down');
   }
 
+  /** The collection a call names (by its name or an alias): the one place a name is resolved. */
   private coll(name: unknown): ClusterCollection {
     this.usable();
-    const c = this.collections.get(checkName(name));
-    if (!c) throw new QuiverError('NOT_FOUND', `no collection named "${String(name)}"`);
+    const c = this.collections.get(resolveName(this.aliases, name));
+    if (!c) throw new QuiverError('NOT_FOUND', `no collection or alias named "${String(name)}"`);
     return c;
   }
 
@@ -439,6 +462,7 @@ export class ClusterDatabase extends PointWrites implements Database {
   async createCollection(input: CollectionSpecInput, opts: ChangeOptions = {}): Promise<CollectionInfo> {
     this.usable();
     const spec = checkSpec(input, { liveNodes: Object.values(this.nodes).filter((n) => !n.draining).length });
+    if (this.aliases.has(spec.name)) throw new QuiverError('ALREADY_EXISTS', `"${spec.name}" is an alias`);
     opts.signal?.throwIfAborted();
     const createdAt = new Date().toISOString();
     await this.opts.coordinator.createCollection(spec.name, { ...spec, createdAt }, opts.signal);
@@ -468,7 +492,7 @@ export class ClusterDatabase extends PointWrites implements Database {
   async dropPayloadIndex(name: string, field: string, opts: ChangeOptions = {}): Promise<CollectionInfo> {
     const c = this.coll(name);
     checkFieldName(field, 'field');
-    return this.changePayloadIndexes(c, (list) => withoutPayloadIndex(name, list, field), opts);
+    return this.changePayloadIndexes(c, (list) => withoutPayloadIndex(c.spec.name, list, field), opts);
   }
 
   /**
@@ -486,6 +510,24 @@ export class ClusterDatabase extends PointWrites implements Database {
     return Promise.reject(new QuiverError('FAILED_PRECONDITION', 'dropping a collection is not supported in a cluster yet'));
   }
 
+  /** The record in etcd changes (guarded on its revision); every node takes the new settings when it hears of it (this one at once). */
+  async updateCollection(name: string, update: CollectionUpdate, opts: ChangeOptions = {}): Promise<CollectionInfo> {
+    const c = this.coll(name);
+    checkUpdate(c.spec, update);
+    opts.signal?.throwIfAborted();
+    const record = await this.opts.coordinator.updateCollection(c.spec.name, (r) => ({ ...r, ...checkUpdate(r, update) }));
+    this.onCollection(c.spec.name, record);
+    return this.info(c);
+  }
+
+  snapshotCollection(): Promise<CollectionBackup> {
+    return Promise.reject(new QuiverError('FAILED_PRECONDITION', "collection snapshots are not supported in a cluster yet: each shard's snapshot is on the node of its replica"));
+  }
+
+  restoreCollection(): Promise<CollectionInfo> {
+    return Promise.reject(new QuiverError('FAILED_PRECONDITION', 'restoring a collection is not supported in a cluster yet'));
+  }
+
   listCollections(): CollectionInfo[] {
     this.usable();
     return [...this.collections.values()].sort((a, b) => (a.spec.name < b.spec.name ? -1 : 1)).map((c) => this.info(c));
@@ -493,6 +535,19 @@ export class ClusterDatabase extends PointWrites implements Database {
 
   describeCollection(name: string): CollectionInfo {
     return this.info(this.coll(name));
+  }
+
+  listAliases(): AliasInfo[] {
+    this.usable();
+    return aliasList(this.aliases);
+  }
+
+  async updateAliases(actions: AliasAction[], opts: ChangeOptions = {}): Promise<AliasInfo[]> {
+    this.usable();
+    applyAliasActions(this.aliases, (n) => this.collections.has(n), actions);
+    opts.signal?.throwIfAborted();
+    await this.opts.coordinator.updateAliases((now, collections) => applyAliasActions(now, (n) => collections.has(n), actions));
+    return aliasList(this.aliases);
   }
 
   dimOf(name: string): number {
@@ -874,7 +929,9 @@ export class ClusterDatabase extends PointWrites implements Database {
     const found = new Map<string, Point>();
     const parts = await this.readParts(c, [...groups.keys()], read, (node, shards, deadlineMs) => {
       const asked = shards.flatMap((s) => groups.get(s)!);
-      return node === this.self ? this.shardGet(name, shards, asked, withVectors, withPayload, wireRead) : this.opts.peers.get(node, name, shards, asked, withVectors, withPayload, wireRead, deadlineMs);
+      return node === this.self
+        ? this.shardGet(c.spec.name, shards, asked, withVectors, withPayload, wireRead)
+        : this.opts.peers.get(node, c.spec.name, shards, asked, withVectors, withPayload, wireRead, deadlineMs);
     });
     for (const got of parts) for (const p of got) found.set(p.id, p);
     const out: Point[] = [];
@@ -890,7 +947,7 @@ export class ClusterDatabase extends PointWrites implements Database {
     const { filter, read } = prepareCount(c.spec, opts);
     const part: CountOptions = { ...readOptionsOf(read), filter };
     const parts = await this.readParts(c, this.allShards(c), read, (node, shards, deadlineMs) =>
-      node === this.self ? this.shardCount(name, shards, part) : this.opts.peers.count(node, name, shards, part, deadlineMs),
+      node === this.self ? this.shardCount(c.spec.name, shards, part) : this.opts.peers.count(node, c.spec.name, shards, part, deadlineMs),
     );
     return parts.reduce((a, b) => a + b, 0);
   }
@@ -901,7 +958,7 @@ export class ClusterDatabase extends PointWrites implements Database {
     const p = prepareScroll(c.spec, req);
     const part: ScrollRequest = { ...req, ...readOptionsOf(p.read) };
     const parts = await this.readParts(c, this.allShards(c), p.read, (node, shards, deadlineMs) =>
-      node === this.self ? this.shardScroll(name, shards, part) : this.opts.peers.scroll(node, name, shards, part, deadlineMs),
+      node === this.self ? this.shardScroll(c.spec.name, shards, part) : this.opts.peers.scroll(node, c.spec.name, shards, part, deadlineMs),
     );
     return mergeScroll(parts, p.limit);
   }
@@ -918,7 +975,7 @@ export class ClusterDatabase extends PointWrites implements Database {
     const c = this.coll(name);
     const { vectors, k, offset, nq, opts, read } = prepareSearch(c.spec, req);
     const parts = await this.readParts(c, this.allShards(c), read, (node, shards, deadlineMs) =>
-      node === this.self ? this.shardSearch(name, shards, req) : this.opts.peers.search(node, name, shards, { ...req, vectors, ...readOptionsOf(read) }, deadlineMs),
+      node === this.self ? this.shardSearch(c.spec.name, shards, req) : this.opts.peers.search(node, c.spec.name, shards, { ...req, vectors, ...readOptionsOf(read) }, deadlineMs),
     );
     return mergeHits(parts, nq, k, offset, opts.maxDistance);
   }
@@ -1015,7 +1072,7 @@ export class ClusterDatabase extends PointWrites implements Database {
 
   async shards(name: string, opts: { withDigest?: boolean } = {}): Promise<ShardReplicas[]> {
     const c = this.coll(name);
-    const all = await this.gather(name, opts.withDigest !== false);
+    const all = await this.gather(c.spec.name, opts.withDigest !== false);
     return c.maps.map((map, s) => {
       const here = all.filter((r) => r.shard === s);
       const leaderDurable = here.find((r) => r.node === map?.leader)?.durableLsn ?? 0;

@@ -4,7 +4,7 @@
  * every shard in parallel and merged (nearest first, ties by id).
  *
  * Files under dataDir:
- *   catalog.json                               collections (catalog.ts)
+ *   catalog.json                               collections and aliases (catalog.ts)
  *   LOCK                                       pid of the process that has the directory open
  *   wal/<collection>/<shard>/<first-lsn>.seg   WAL segments (src/wal/format.ts)
  *   snapshots/<collection>/<shard>/<lsn>/      snapshots (src/shard/snapshot.ts)
@@ -18,6 +18,8 @@ import type { IndexQuery, PayloadChange, ShardHit, ShardOptions, ShardWrite, Txn
 import { deleteKeysMax } from '../common/limits';
 import { checkPayload } from '../common/points';
 import { CatalogEntry, readCatalog, writeCatalog } from './catalog';
+import { checkBackupPath, placeBackupShard, readBackup, writeBackup } from './backup';
+import { aliasList, applyAliasActions, checkNotAliased, resolveName } from './aliases';
 import { compileFilter } from './filter';
 import { checkMaxDistance, checkPage, mergeScroll, prepareCount, prepareScroll, recommend } from './reads';
 import { idsByShard, splitBatch, writeByShard } from '../common/placement';
@@ -26,12 +28,16 @@ import { resolveInDoubt, runTransaction } from './transaction';
 import { log } from '../common/log';
 import { ReadLevel, checkReadLevel } from '../common/read-options';
 import type {
+  AliasAction,
+  AliasInfo,
   ChangeOptions,
   ClusterStatus,
   CountOptions,
+  CollectionBackup,
   CollectionInfo,
   CollectionSpec,
   CollectionSpecInput,
+  CollectionUpdate,
   Database,
   Filter,
   PayloadUpdate,
@@ -69,6 +75,7 @@ import {
   checkRequestHash,
   checkSearchShape,
   checkSpec,
+  checkUpdate,
   isPlainObject,
 } from './validate';
 
@@ -218,8 +225,9 @@ export function prepareSearch(spec: CollectionSpec, req: SearchRequest): Prepare
   if (!isPlainObject(req)) throw new QuiverError('INVALID_ARGUMENT', 'search request must be an object');
   const vectors = checkSearchShape(req.vectors, spec.dim, spec.metric);
   const { k, offset } = checkPage(req.k, req.offset);
-  const ef = checkOptInt(req.ef, 'ef', 1, efMax);
-  const nprobe = checkOptInt(req.nprobe, 'nprobe', 1, 1 << 20);
+  // The collection's search defaults (updateCollection may have changed them since its index was built).
+  const ef = checkOptInt(req.ef, 'ef', 1, efMax) ?? (spec.index.type === 'hnsw' ? spec.index.efSearch : undefined);
+  const nprobe = checkOptInt(req.nprobe, 'nprobe', 1, 1 << 20) ?? (spec.index.type === 'ivfpq' ? spec.index.nprobe : undefined);
   const maxDistance = checkMaxDistance(req.maxDistance);
   const filter = req.filter === undefined || req.filter === null ? undefined : compileFilter(req.filter);
   const read = checkReadLevel(req, spec.shards);
@@ -305,20 +313,21 @@ export abstract class PointWrites {
   protected abstract changeChecked(name: string, ch: ShardChange, opts: WriteOptions): Promise<{ count: number; token: WriteToken }>;
 
   async deleteWhere(name: string, filter: Filter, opts: WriteOptions = {}): Promise<{ deleted: number; token: WriteToken }> {
-    this.specOf(name);
+    const spec = this.specOf(name);
     compileFilter(filter);
-    const { count, token } = await this.changeChecked(name, { type: 'deleteWhere', filter }, opts);
+    const { count, token } = await this.changeChecked(spec.name, { type: 'deleteWhere', filter }, opts);
     return { deleted: count, token };
   }
 
   async updatePayload(name: string, update: PayloadUpdate, opts: WriteOptions = {}): Promise<{ updated: number; token: WriteToken }> {
-    this.specOf(name);
-    const { count, token } = await this.changeChecked(name, checkPayloadUpdate(update), opts);
+    const spec = this.specOf(name);
+    const { count, token } = await this.changeChecked(spec.name, checkPayloadUpdate(update), opts);
     return { updated: count, token };
   }
 
   async updateVectors(name: string, points: VectorInput[], opts: WriteOptions = {}): Promise<{ updated: number; token: WriteToken }> {
-    const { count, token } = await this.changeChecked(name, { type: 'vectors', op: checkVectorUpdate(points, this.specOf(name)) }, opts);
+    const spec = this.specOf(name);
+    const { count, token } = await this.changeChecked(spec.name, { type: 'vectors', op: checkVectorUpdate(points, spec) }, opts);
     return { updated: count, token };
   }
 }
@@ -327,6 +336,8 @@ export class LocalDatabase extends PointWrites implements Database {
   private readonly dataDir: string;
   private readonly opts: OpenOptions & OpenInternals;
   private readonly collections = new Map<string, Collection>();
+  /** alias -> collection (aliases.ts). */
+  private aliases = new Map<string, string>();
   private catalogChain: Promise<unknown> = Promise.resolve();
   private closed = false;
   private resolveTimer: NodeJS.Timeout | null = null;
@@ -345,7 +356,8 @@ export class LocalDatabase extends PointWrites implements Database {
     await fsp.mkdir(db.dataDir, { recursive: true });
     await db.takeLock();
     try {
-      const entries = await readCatalog(db.dataDir);
+      const { collections: entries, aliases } = await readCatalog(db.dataDir);
+      db.aliases = new Map(Object.entries(aliases));
       await db.removeOrphans(new Set(entries.map((e) => e.spec.name)));
       for (const e of entries) {
         const opened = await Promise.allSettled(
@@ -428,14 +440,19 @@ export class LocalDatabase extends PointWrites implements Database {
     return [...this.collections.values()].map((c) => ({ spec: c.spec, createdAt: c.createdAt }));
   }
 
+  private saveCatalog(collections: CatalogEntry[], aliases: ReadonlyMap<string, string> = this.aliases): Promise<void> {
+    return writeCatalog(this.dataDir, { collections, aliases: Object.fromEntries(aliases) });
+  }
+
   private usable(): void {
     if (this.closed) throw new QuiverError('UNAVAILABLE', 'the database is closed');
   }
 
+  /** The collection a call names (by its name or an alias): the one place a name is resolved. */
   private coll(name: unknown): Collection {
     this.usable();
-    const c = this.collections.get(checkName(name));
-    if (!c) throw new QuiverError('NOT_FOUND', `no collection named "${String(name)}"`);
+    const c = this.collections.get(resolveName(this.aliases, name));
+    if (!c) throw new QuiverError('NOT_FOUND', `no collection or alias named "${String(name)}"`);
     return c;
   }
 
@@ -471,39 +488,83 @@ export class LocalDatabase extends PointWrites implements Database {
     } catch (e) {
       return Promise.reject(e);
     }
-    return this.serialize(async () => {
-      this.usable();
-      if (this.collections.has(spec.name)) throw new QuiverError('ALREADY_EXISTS', `collection "${spec.name}" exists`);
-      opts.signal?.throwIfAborted();
+    return this.serialize(() => this.addCollection(spec, opts));
+  }
+
+  /**
+   * Opens the shards of a new collection (each after `seed` placed files in its directories) and
+   * adds it to the catalog; on failure removes what it made.
+   */
+  private async addCollection(spec: CollectionSpec, opts: ChangeOptions, seed?: (s: number) => Promise<void>, check?: (s: number, shard: Shard) => void): Promise<CollectionInfo> {
+    this.usable();
+    if (this.collections.has(spec.name)) throw new QuiverError('ALREADY_EXISTS', `collection "${spec.name}" exists`);
+    if (this.aliases.has(spec.name)) throw new QuiverError('ALREADY_EXISTS', `"${spec.name}" is an alias`);
+    opts.signal?.throwIfAborted();
+    await fsp.rm(this.walDir(spec.name), { recursive: true, force: true });
+    await fsp.rm(this.snapDir(spec.name), { recursive: true, force: true });
+    const shards: Shard[] = [];
+    try {
+      for (let s = 0; s < spec.shards; s++) {
+        await seed?.(s);
+        shards.push(await Shard.open(this.shardOptions(spec, s)));
+        check?.(s, shards[s]);
+      }
+      const c: Collection = { spec, createdAt: new Date().toISOString(), shards, txns: new Map() };
+      await this.saveCatalog([...this.catalogEntries(), { spec, createdAt: c.createdAt }]);
+      this.collections.set(spec.name, c);
+      return this.info(c);
+    } catch (e) {
+      for (const s of shards) await s.close({ snapshot: false }).catch(() => undefined);
       await fsp.rm(this.walDir(spec.name), { recursive: true, force: true });
       await fsp.rm(this.snapDir(spec.name), { recursive: true, force: true });
-      const shards: Shard[] = [];
-      try {
-        for (let s = 0; s < spec.shards; s++) shards.push(await Shard.open(this.shardOptions(spec, s)));
-        const c: Collection = { spec, createdAt: new Date().toISOString(), shards, txns: new Map() };
-        await writeCatalog(this.dataDir, [...this.catalogEntries(), { spec, createdAt: c.createdAt }]);
-        this.collections.set(spec.name, c);
-        return this.info(c);
-      } catch (e) {
-        for (const s of shards) await s.close({ snapshot: false }).catch(() => undefined);
-        await fsp.rm(this.walDir(spec.name), { recursive: true, force: true });
-        await fsp.rm(this.snapDir(spec.name), { recursive: true, force: true });
-        throw e;
-      }
+      throw e;
+    }
+  }
+
+  snapshotCollection(name: string, dest: string, opts: ChangeOptions = {}): Promise<CollectionBackup> {
+    return this.serialize(async () => {
+      const c = this.coll(name);
+      const to = checkBackupPath(dest, this.dataDir);
+      opts.signal?.throwIfAborted();
+      return writeBackup(to, c.spec, c.shards, (s) => this.snapDir(c.spec.name, s));
+    });
+  }
+
+  restoreCollection(name: string, src: string, opts: ChangeOptions = {}): Promise<CollectionInfo> {
+    return this.serialize(async () => {
+      this.usable();
+      const from = checkBackupPath(src, this.dataDir);
+      const m = await readBackup(from);
+      const b = m.spec;
+      const spec: CollectionSpec = {
+        ...checkSpec({ name, dim: b.dim, metric: b.metric, index: b.index, shards: b.shards, replicationFactor: 1, writeConcern: b.writeConcern }),
+        payloadIndexes: b.payloadIndexes ?? [],
+      };
+      return this.addCollection(
+        spec,
+        opts,
+        (s) => placeBackupShard(from, m, s, this.snapDir(spec.name, s)),
+        (s, shard) => {
+          const at = shard.status().snapshotLsn;
+          if (at !== m.shards[s].lsn) throw new QuiverError('DATA_LOSS', `${from}: shard ${s}'s snapshot (LSN ${m.shards[s].lsn}) could not be read (the shard opened from LSN ${at})`);
+        },
+      );
     });
   }
 
   dropCollection(name: string, opts: ChangeOptions = {}): Promise<void> {
     try {
-      this.coll(name);
+      checkNotAliased(this.aliases, this.coll(name).spec.name);
     } catch (e) {
       return Promise.reject(e);
     }
     return this.serialize(async () => {
       const c = this.coll(name);
+      name = c.spec.name;
+      checkNotAliased(this.aliases, name);
       opts.signal?.throwIfAborted();
       const rest = this.catalogEntries().filter((e) => e.spec.name !== name);
-      await writeCatalog(this.dataDir, rest);
+      await this.saveCatalog(rest);
       this.collections.delete(name);
       await Promise.all(c.shards.map((s) => s.close({ snapshot: false })));
       await fsp.rm(this.walDir(name), { recursive: true, force: true });
@@ -539,9 +600,20 @@ export class LocalDatabase extends PointWrites implements Database {
       const list = change(c.spec.payloadIndexes ?? []);
       opts.signal?.throwIfAborted();
       const spec = { ...c.spec, payloadIndexes: list };
-      await writeCatalog(this.dataDir, this.catalogEntries().map((e) => (e.spec.name === name ? { spec, createdAt: e.createdAt } : e)));
+      await this.saveCatalog(this.catalogEntries().map((e) => (e.spec.name === c.spec.name ? { spec, createdAt: e.createdAt } : e)));
       c.spec = spec;
       await Promise.all(c.shards.map((s) => s.setPayloadIndexes(list)));
+      return this.info(c);
+    });
+  }
+
+  updateCollection(name: string, update: CollectionUpdate, opts: ChangeOptions = {}): Promise<CollectionInfo> {
+    return this.serialize(async () => {
+      const c = this.coll(name);
+      const spec = checkUpdate(c.spec, update);
+      opts.signal?.throwIfAborted();
+      await this.saveCatalog(this.catalogEntries().map((e) => (e.spec.name === c.spec.name ? { spec, createdAt: e.createdAt } : e)));
+      c.spec = spec;
       return this.info(c);
     });
   }
@@ -553,6 +625,22 @@ export class LocalDatabase extends PointWrites implements Database {
 
   describeCollection(name: string): CollectionInfo {
     return this.info(this.coll(name));
+  }
+
+  listAliases(): AliasInfo[] {
+    this.usable();
+    return aliasList(this.aliases);
+  }
+
+  updateAliases(actions: AliasAction[], opts: ChangeOptions = {}): Promise<AliasInfo[]> {
+    return this.serialize(async () => {
+      this.usable();
+      const next = applyAliasActions(this.aliases, (n) => this.collections.has(n), actions);
+      opts.signal?.throwIfAborted();
+      await this.saveCatalog(this.catalogEntries(), next);
+      this.aliases = next;
+      return aliasList(next);
+    });
   }
 
   // ---------------------------------------------------------------- writes

@@ -40,6 +40,18 @@ export interface CollectionSpec {
   payloadIndexes?: PayloadIndexSpec[];
 }
 
+/**
+ * What can change in an existing collection: search defaults (`efSearch` of HNSW, `nprobe` of
+ * IVF-PQ: what a search that gives none uses) and the write concern. `replicationFactor` only as
+ * it is (another is FAILED_PRECONDITION).
+ */
+export interface CollectionUpdate {
+  efSearch?: number;
+  nprobe?: number;
+  writeConcern?: WriteConcern;
+  replicationFactor?: number;
+}
+
 export interface CollectionInfo extends CollectionSpec {
   payloadIndexes: PayloadIndexSpec[];
   count: number;
@@ -345,6 +357,22 @@ export interface Failover {
 /** How many failovers a node keeps (Database.failovers). */
 export const failoversKept = 20;
 
+/** A backup of a collection (snapshotCollection): where it is and each shard's LSN in it. */
+export interface CollectionBackup {
+  collection: string;
+  path: string;
+  shards: { shard: number; lsn: number }[];
+}
+
+/** An alias and the collection it stands for. */
+export interface AliasInfo {
+  alias: string;
+  collection: string;
+}
+
+/** One change of an alias: create or switch it to a collection, or delete it. */
+export type AliasAction = { action: 'create' | 'switch'; alias: string; collection: string } | { action: 'delete'; alias: string };
+
 export interface Database {
   createCollection(spec: CollectionSpecInput, opts?: ChangeOptions): Promise<CollectionInfo>;
   dropCollection(name: string, opts?: ChangeOptions): Promise<void>;
@@ -356,8 +384,18 @@ export interface Database {
   createPayloadIndex(name: string, index: PayloadIndexSpec, opts?: ChangeOptions): Promise<CollectionInfo>;
   /** Drops the payload index of `field` (NOT_FOUND when there is none). */
   dropPayloadIndex(name: string, field: string, opts?: ChangeOptions): Promise<CollectionInfo>;
+  /** Changes the settings of a collection that are safe to change (CollectionUpdate); answers the collection. */
+  updateCollection(name: string, update: CollectionUpdate, opts?: ChangeOptions): Promise<CollectionInfo>;
   listCollections(): CollectionInfo[];
+  /** Writes a snapshot of every shard of a collection to `path`, a new directory on the node (src/query/backup.ts). */
+  snapshotCollection(name: string, path: string, opts?: ChangeOptions): Promise<CollectionBackup>;
+  /** Makes collection `name` from the backup in `path` (the spec and points it holds). */
+  restoreCollection(name: string, path: string, opts?: ChangeOptions): Promise<CollectionInfo>;
   describeCollection(name: string): CollectionInfo;
+  /** Every alias and its collection, by alias. */
+  listAliases(): AliasInfo[];
+  /** Creates, switches and deletes aliases, all or none (src/query/aliases.ts); answers every alias after. */
+  updateAliases(actions: AliasAction[], opts?: ChangeOptions): Promise<AliasInfo[]>;
   upsert(name: string, points: PointInput[], opts?: WriteOptions): Promise<{ upserted: number; token: WriteToken }>;
   /** upsert() of a batch in columns; the database keeps `vectors`: the caller must not change it afterwards. */
   upsertColumns(name: string, batch: UpsertColumns, opts?: WriteOptions): Promise<{ upserted: number; token: WriteToken }>;

@@ -203,6 +203,39 @@ export function checkSpec(input: unknown, cluster?: { liveNodes: number }): Coll
   return { name, dim, metric, index, shards, replicationFactor, writeConcern };
 }
 
+const UPDATE_FIELDS = ['efSearch', 'nprobe', 'writeConcern', 'replicationFactor'];
+
+/**
+ * A collection's spec after an update of the settings that can change without touching its data:
+ * the search defaults (`efSearch` of HNSW, `nprobe` of IVF-PQ, used by searches that give none)
+ * and the write concern. The replication factor cannot change (FAILED_PRECONDITION unless it is
+ * the current one): the controller places replicas when a collection is made and does not add
+ * or remove them for a new factor.
+ */
+export function checkUpdate(spec: CollectionSpec, update: unknown): CollectionSpec {
+  if (!isPlainObject(update)) throw invalid('the update must be an object {efSearch?, nprobe?, writeConcern?, replicationFactor?}');
+  checkFields(update, UPDATE_FIELDS, '');
+  if (UPDATE_FIELDS.every((f) => update[f] === undefined)) throw invalid(`the update changes nothing: give one or more of ${UPDATE_FIELDS.join(', ')}`);
+  const index = { ...spec.index };
+  if (update.efSearch !== undefined) {
+    if (index.type !== 'hnsw') throw invalid(`efSearch is a setting of hnsw indexes; this collection's index is ${index.type}`);
+    index.efSearch = checkInt(update.efSearch, 'efSearch', 1, efMax);
+  }
+  if (update.nprobe !== undefined) {
+    if (index.type !== 'ivfpq') throw invalid(`nprobe is a setting of ivfpq indexes; this collection's index is ${index.type}`);
+    index.nprobe = checkInt(update.nprobe, 'nprobe', 1, index.nlist);
+  }
+  const replicationFactor = checkOptInt(update.replicationFactor, 'replicationFactor', 1, 7) ?? spec.replicationFactor;
+  if (replicationFactor !== spec.replicationFactor) {
+    throw new QuiverError(
+      'FAILED_PRECONDITION',
+      `the replication factor of a collection is fixed when it is made (${spec.replicationFactor}): replicas are placed then, and not added or removed for a new factor`,
+    );
+  }
+  const writeConcern = checkOneOf(update.writeConcern, 'writeConcern', WRITE_CONCERNS, spec.writeConcern);
+  return { ...spec, index, writeConcern };
+}
+
 /**
  * Copies an array of numbers (JSON) of the collection's dimension into `out` from `at`; the length
  * is checked before anything is copied. Finiteness is for the caller to check, once over `out`.

@@ -39,6 +39,7 @@ export type Role = (typeof ROLES)[number];
 const ACCESS: Record<Op | 'Metrics' | 'StatusPage', 'read' | 'admin' | 'internal'> = {
   ListCollections: 'read',
   DescribeCollection: 'read',
+  ListAliases: 'read',
   Get: 'read',
   Search: 'read',
   SearchBatch: 'read',
@@ -58,6 +59,10 @@ const ACCESS: Record<Op | 'Metrics' | 'StatusPage', 'read' | 'admin' | 'internal
   UpdateVectors: 'admin',
   CreatePayloadIndex: 'admin',
   DropPayloadIndex: 'admin',
+  UpdateAliases: 'admin',
+  UpdateCollection: 'admin',
+  SnapshotCollection: 'admin',
+  RestoreCollection: 'admin',
   Drain: 'admin',
   ShardUpsert: 'internal',
   ShardDelete: 'internal',

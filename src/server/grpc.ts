@@ -10,7 +10,7 @@ import { invalidArgument } from '../errors';
 import { searchBatchMax } from '../common/limits';
 import { stringifyJson } from '../common/json';
 import { checkColumnFloats, checkPointCount, checkQueryCount } from '../query/validate';
-import type { CollectionInfo, CollectionSpecInput, Filter, IndexSpec, Payload, PayloadIndexType, PayloadUpdate, Point, ScrollRequest, SearchHit, SearchRequest, VectorInput, WriteOptions, WriteToken } from '../query/types';
+import type { AliasAction, CollectionInfo, CollectionUpdate, CollectionSpecInput, Filter, IndexSpec, Payload, PayloadIndexType, PayloadUpdate, Point, ScrollRequest, SearchHit, SearchRequest, VectorInput, WriteOptions, WriteToken } from '../query/types';
 import * as wire from '../rpc/gen/quiver_pb';
 import type { ShardScrollRequest } from '../rpc/gen/node_pb';
 import {
@@ -215,6 +215,24 @@ export function grpcHandlers(svc: Service): GrpcHandlers {
       infoToWire(await db.createPayloadIndex(r.collection, { field: r.index?.field ?? '', type: (r.index?.type ?? '') as PayloadIndexType }, { signal })),
     ),
     dropPayloadIndex: unary('DropPayloadIndex', async (r, signal) => infoToWire(await db.dropPayloadIndex(r.collection, r.field, { signal }))),
+    updateCollection: unary('UpdateCollection', async (r, signal) => {
+      const update: CollectionUpdate = {};
+      if (r.efSearch !== 0) update.efSearch = r.efSearch;
+      if (r.nprobe !== 0) update.nprobe = r.nprobe;
+      if (r.writeConcern !== '') update.writeConcern = r.writeConcern as CollectionUpdate['writeConcern'];
+      if (r.replicationFactor !== 0) update.replicationFactor = r.replicationFactor;
+      return infoToWire(await db.updateCollection(r.name, update, { signal }));
+    }),
+    snapshotCollection: unary('SnapshotCollection', async (r, signal) => {
+      const b = await db.snapshotCollection(r.name, r.path, { signal });
+      return { collection: b.collection, path: b.path, shards: b.shards.map((s) => ({ shard: s.shard, lsn: BigInt(s.lsn) })) };
+    }),
+    restoreCollection: unary('RestoreCollection', async (r, signal) => infoToWire(await db.restoreCollection(r.name, r.path, { signal }))),
+    listAliases: unary('ListAliases', () => ({ aliases: db.listAliases() })),
+    updateAliases: unary('UpdateAliases', async (r, signal) => ({
+      // An empty collection is none (a delete names no collection).
+      aliases: await db.updateAliases(r.actions.map((a) => ({ action: a.action, alias: a.alias, ...(a.collection === '' ? {} : { collection: a.collection }) }) as AliasAction), { signal }),
+    })),
     // Copies the vectors (into its batch array), ids and payloads (strings) before its first await.
     upsert: Object.assign(
       unary<'upsert'>('Upsert', async (r, signal) => {

@@ -10,7 +10,7 @@ import { defaultDeadlineMs, requestBytesMax } from '../common/limits';
 import { stringifyJson } from '../common/json';
 import { log } from '../common/log';
 import { checkFields, copyNumbers, isPlainObject } from '../query/validate';
-import type { CollectionSpecInput, Consistency, CountOptions, Filter, PayloadIndexSpec, PayloadUpdate, Point, PointInput, ReadOptions, RecommendRequest, ScrollRequest, SearchHit, SearchRequest, VectorInput, WriteToken } from '../query/types';
+import type { AliasAction, CollectionSpecInput, CollectionUpdate, Consistency, CountOptions, Filter, PayloadIndexSpec, PayloadUpdate, Point, PointInput, ReadOptions, RecommendRequest, ScrollRequest, SearchHit, SearchRequest, VectorInput, WriteToken } from '../query/types';
 import type { Op, Service } from './service';
 import { StatusSource, clusterJson, renderStatusPage } from './status-page';
 import { asQuiverError, gatherQueries } from './validate';
@@ -118,12 +118,35 @@ export class HttpApi {
         pattern: new RegExp(`^/v1/collections/${NAME}$`),
         methods: {
           GET: { op: 'DescribeCollection', handler: async (c) => db.describeCollection(c.params[0]) },
+          PATCH: { op: 'UpdateCollection', handler: async (c) => db.updateCollection(c.params[0], (await c.body()) as CollectionUpdate, { signal: c.signal }) },
           DELETE: {
             op: 'DropCollection',
             handler: async (c) => {
               await db.dropCollection(c.params[0], { signal: c.signal });
               return {};
             },
+          },
+        },
+      },
+      {
+        pattern: new RegExp(`^/v1/collections/${NAME}/snapshot$`),
+        methods: {
+          POST: { op: 'SnapshotCollection', handler: async (c) => db.snapshotCollection(c.params[0], (await c.body(['path'])).path as string, { signal: c.signal }) },
+        },
+      },
+      {
+        pattern: new RegExp(`^/v1/collections/${NAME}/restore$`),
+        methods: {
+          POST: { op: 'RestoreCollection', handler: async (c) => db.restoreCollection(c.params[0], (await c.body(['path'])).path as string, { signal: c.signal }) },
+        },
+      },
+      {
+        pattern: /^\/v1\/aliases$/,
+        methods: {
+          GET: { op: 'ListAliases', handler: async () => ({ aliases: db.listAliases() }) },
+          POST: {
+            op: 'UpdateAliases',
+            handler: async (c) => ({ aliases: await db.updateAliases((await c.body(['actions'])).actions as AliasAction[], { signal: c.signal }) }),
           },
         },
       },
