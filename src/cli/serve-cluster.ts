@@ -112,9 +112,9 @@ export async function serveCluster(cfg: ClusterConfig, say: (m: string) => void)
     nodeId: cfg.nodeId,
     coordinator: relay,
     peers,
-    openReplica: async ({ shard, dir, shardOptions, send, publish }) => {
+    openReplica: async ({ shard, dir, shardOptions, writeConcern, send, publish }) => {
       // Lease deadlines come from the coordinator on the performance.now() clock.
-      const host = await ReplicaHost.open({ dir, self: cfg.nodeId, shard, shardOptions, transport: { send }, coordination: { publishProgress: publish }, now: () => performance.now(), log });
+      const host = await ReplicaHost.open({ dir, self: cfg.nodeId, shard, shardOptions, config: { writeConcern }, transport: { send }, coordination: { publishProgress: publish }, now: () => performance.now(), log });
       host.on('rejected', (e: Error, from: NodeId) => log.warn('replica refused a message', { shard, epoch: host.status().epoch, from, err: e.message }));
       return host;
     },

@@ -42,7 +42,7 @@ import {
   retainFromLsn,
   stepReplica,
 } from './replica';
-import { NodeId, Progress, ShardKey, ShardMap } from './types';
+import { NodeId, Progress, ShardKey, ShardMap, WriteConcern } from './types';
 import { Log, log as rootLog } from '../common/log';
 
 export interface ReplicaTransport {
@@ -501,6 +501,13 @@ export class ReplicaHost extends EventEmitter {
       epochStartLsn: isLeading(r) ? r.epochStartLsn : 0,
       peers,
     };
+  }
+
+  /** Writes from now on are answered by `w` (the collection was updated); between steps, as every change of the state. */
+  setWriteConcern(w: WriteConcern): void {
+    this.enqueue(() => {
+      this.state = { ...this.state, config: { ...this.state.config, writeConcern: w } };
+    });
   }
 
   /** What a read's level is judged by (./read-level.ts); `leaseDeadline` is the node's, on performance.now()'s clock. */

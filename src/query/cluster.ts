@@ -28,7 +28,7 @@ import { ReadLevel, checkReadLevel, readOptionsOf } from '../common/read-options
 import { ReplicaReadState, linearizableTarget, readVerdict } from '../cluster/read-level';
 import { requestHash } from '../shard';
 import type { Shard, ShardOptions, ShardWrite, StoredPoint, UpsertOp, WriteResult } from '../shard';
-import type { NodeId, Progress, ShardKey, ShardMap } from '../cluster/types';
+import type { NodeId, Progress, ShardKey, ShardMap, WriteConcern } from '../cluster/types';
 import { members, shardKey } from '../cluster/types';
 import { idsByShard, splitBatch, writeByShard } from '../common/placement';
 import { mergeScroll, prepareCount, prepareScroll, recommend } from './reads';
@@ -117,6 +117,8 @@ export interface ReplicaPort {
   status(): { role: string; epoch: number; leader: NodeId | null; durableLsn: number; commitLsn: number; appliedLsn: number; epochStartLsn: number; peers: Record<NodeId, { match: number; sinceAckMs: number }> };
   /** What a read's level is judged by; `leaseDeadline` on performance.now()'s clock. */
   readState(leaseDeadline: number): ReplicaReadState;
+  /** The collection's write concern changed (updateCollection): writes from now on are answered by it. */
+  setWriteConcern(w: WriteConcern): void;
   digest(): Promise<string>;
   close(): Promise<void>;
 }
@@ -127,6 +129,8 @@ export type OpenReplica = (a: {
   dir: string;
   /** The shard's settings (its files are the replica's to place under dir). */
   shardOptions: Omit<ShardOptions, 'walDir' | 'snapshotDir'>;
+  /** The collection's write concern when the replica opens. */
+  writeConcern: WriteConcern;
   send: (to: NodeId, payload: Buffer) => void;
   publish: (p: Progress) => void;
 }) => Promise<ReplicaPort>;
@@ -293,6 +297,9 @@ export class ClusterDatabase extends PointWrites implements Database {
     const { createdAt, ...spec } = record;
     if (known) {
       // Settings (updateCollection) at once; payload indexes once the replicas build them.
+      if (spec.writeConcern !== known.spec.writeConcern) {
+        for (const slot of known.replicas.values()) void slot.opening.then((r) => r.setWriteConcern(spec.writeConcern), () => undefined);
+      }
       known.spec = { ...spec, payloadIndexes: known.spec.payloadIndexes };
       return this.payloadIndexesChanged(known, record.payloadIndexes ?? []);
     }
@@ -343,6 +350,7 @@ export class ClusterDatabase extends PointWrites implements Database {
             shard: key,
             dir,
             shardOptions: { ...this.shardOptions(col.spec, s), payloadIndexes: () => col.spec.payloadIndexes ?? [] },
+            writeConcern: col.spec.writeConcern,
             send: (to, payload) => this.opts.sendToPeer(to, key, payload),
             publish: (p) => this.opts.coordinator.publishProgress(key, p),
           }),
