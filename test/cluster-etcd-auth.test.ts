@@ -9,6 +9,7 @@ import * as path from 'path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QuiverClient } from '../src/client';
 import { EtcdServer } from '../bench/etcd-process';
+import { waitFor } from './cluster-harness';
 import { etcdInstalled } from './etcd-harness';
 import { ServeChild, startServe } from './serve-child';
 import { tempDir, vec } from './server-harness';
@@ -48,6 +49,8 @@ describe.skipIf(!etcdInstalled || !etcdctlInstalled)('a node against etcd with a
 
   it('with the password it joins and serves a write and a read', async () => {
     node = await startServe(args('n1', password('good', 's3cret-pw')));
+    const http = node.http;
+    await waitFor(async () => ((await (await fetch(`${http}/v1/cluster`)).json()) as { nodes: unknown[] }).nodes.length === 1, 'n1 to see itself registered');
     const client = await QuiverClient.connect(node.grpc, { consistency: 'linearizable' });
     try {
       await client.createCollection({ name: 'c', dim: DIM, replicationFactor: 1 });

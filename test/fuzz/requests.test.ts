@@ -69,6 +69,12 @@ const REQUESTS: Array<[string, unknown]> = [
   ['/v1/collections/c/get', { ids: ['p1', 'seed-0'], withVectors: true, withPayload: true }],
   ['/v1/collections/c/delete', { ids: ['p2'] }],
   ['/v1/collections', { name: 'd', dim: 3, metric: 'cosine', index: { type: 'hnsw', m: 8, efConstruction: 32 }, shards: 2 }],
+  ['/v1/collections/c/scroll', { limit: 5, cursor: 'seed-1', filter: FILTERS[1], withPayload: true }],
+  ['/v1/collections/c/count', { filter: FILTERS[2] }],
+  ['/v1/collections/c/recommend', { positive: ['seed-1', 'seed-2'], negative: ['seed-3'], k: 3, offset: 1 }],
+  ['/v1/collections/c/payload', { ids: ['seed-4'], set: { n: 40 } }],
+  ['/v1/collections/c/vectors', { points: [{ id: 'seed-5', vector: [5, 1, 0, 1] }] }],
+  ['/v1/aliases', { actions: [{ action: 'create', alias: 'cur', collection: 'c' }] }],
 ];
 const TYPED_4XX = new Set([400, 404, 409, 412, 413, 429]);
 

@@ -25,13 +25,27 @@ const REQUESTS: Partial<Record<MethodName, unknown>> = {
   get: { collection: 'c', ids: ['a', 'b'], withVectors: true, withPayload: true, read: { consistency: 'session', token, maxLagMs: 10 } },
   search: { collection: 'c', vector: { data: vec(1, 0, 0, 0) }, options: { k: 10, ef: 64, filterJson: '{"field":"x","eq":1}', consistency: 'session', token, withPayload: true } },
   searchBatch: { collection: 'c', vectors: [{ data: vec(1, 0, 0, 0) }, { data: vec(0, 1, 0, 0) }], options: { k: 5, nprobe: 4 } },
-  count: { collection: 'c' },
+  count: { collection: 'c', filterJson: '{"field":"x","range":{"gte":1}}', exact: true },
+  scroll: { collection: 'c', limit: 100, cursor: 'a', filterJson: '{"field":"tags","eq":"a"}', withPayload: true, withVectors: true, consistency: 'eventual', token, maxLagMs: 5 },
+  recommend: { collection: 'c', positive: ['a', 'b'], negative: ['c'], options: { k: 5, offset: 2, maxDistance: 1.5 } },
+  updatePayload: { collection: 'c', ids: ['a'], setJson: '{"x":2}', deleteKeys: ['y'], idempotencyKey: 'k3' },
+  updateVectors: { collection: 'c', points: [{ id: 'a', vector: { data: vec(1, 2, 3, 4) } }], idempotencyKey: 'k4' },
+  createPayloadIndex: { collection: 'c', index: { field: 'meta.brand', type: 'keyword' } },
+  dropPayloadIndex: { collection: 'c', field: 'meta.brand' },
+  updateAliases: { actions: [{ action: 'create', alias: 'cur', collection: 'c' }, { action: 'delete', alias: 'old' }] },
+  updateCollection: { name: 'c', efSearch: 64, writeConcern: 'all' },
+  snapshotCollection: { name: 'c', path: '/backups/c' },
+  restoreCollection: { name: 'd', path: '/backups/c' },
 };
 const ANSWERS: Partial<Record<MethodName, unknown>> = {
   search: { hits: [{ id: 'a', distance: 0.5, payloadJson: '{"x":1}', vector: { values: [1, 2, 3, 4] } }, { id: 'b', distance: 1 }] },
   searchBatch: { batches: [{ hits: [{ id: 'a', distance: 0.25 }] }, { hits: [] }] },
   upsert: { upserted: 2, token },
   count: { count: 7n },
+  scroll: { points: [{ id: 'a', payloadJson: '{"x":1}', vector: { data: vec(1, 2, 3, 4) } }], nextCursor: 'a' },
+  recommend: { hits: [{ id: 'b', distance: 0.75 }] },
+  updatePayload: { upserted: 1, token },
+  listAliases: { aliases: [{ alias: 'cur', collection: 'c' }] },
 };
 
 /** Encodes with `ser`, refusing nothing the decoder took; the value decoded again must encode to the same bytes. */
@@ -80,7 +94,8 @@ describe('gRPC codecs under damaged messages', () => {
           roundTrip(value, ser as (v: never) => Buffer, de);
         },
       );
-      expect(decoded).toBeGreaterThanOrEqual(Math.floor(runs * 0.15));
+      // Enough of the damaged messages still decode for the round trip to be tried on them.
+      expect(decoded).toBeGreaterThanOrEqual(Math.floor(runs * 0.1));
     });
   }
 });
