@@ -78,9 +78,11 @@ describe.skipIf(!opensslInstalled)('TLS on the client endpoints (skips without /
       await expect(httpsJson(https, 'GET', '/v1/collections', undefined, { ca: read(other.caFile) })).rejects.toMatchObject({ code: 'SELF_SIGNED_CERT_IN_CHAIN' });
     });
 
-    it.runIf(impl === 'quiver')('a client certificate the CA did not sign is refused', async () => {
+    // grpc-js asks for a client certificate but does not refuse one the CA did not sign (docs/API.md):
+    // its gRPC side is checked on Quiver's own server only.
+    it(`a client certificate the CA did not sign is refused over HTTPS${impl === 'quiver' ? ' and gRPC' : ''}`, async () => {
       const wrong = { ca: read(ca.caFile), cert: read(intruder.cert), key: read(intruder.key) };
-      expect(await codeOf(sdk(server.grpcAddress, wrong))).toBe('UNAVAILABLE');
+      if (impl === 'quiver') expect(await codeOf(sdk(server.grpcAddress, wrong))).toBe('UNAVAILABLE');
       await expect(httpsJson(https, 'GET', '/v1/collections', undefined, wrong)).rejects.toMatchObject({ code: 'ECONNRESET' });
     });
   });
