@@ -591,8 +591,8 @@ export class QuiverClient {
    * connected node while no leader is known (it names the leader, or waits for one). NOT_LEADER:
    * the leader it names (with none named, fresh routes) gets the part at once, at most
    * leaderRedirectsMax times; UNAVAILABLE and DEADLINE_EXCEEDED: fresh routes and a backoff, as
-   * many times as `retries` says. A leader that failed a call that way is suspect for suspectMs:
-   * while it is, the part goes without expect_leader to a connected node that is not suspect,
+   * many times as `retries` says. A node that failed a call that way is suspect for suspectMs:
+   * while the leader is, the part goes without expect_leader to a connected node that is not suspect,
    * which forwards it to the leader its map names and follows the map to a new leader as soon as
    * one is elected (the client's routes may name the old one until then, and a paused leader
    * would hold the part to its deadline).
@@ -621,8 +621,9 @@ export class QuiverClient {
           continue;
         }
         if (!RETRYABLE.includes(qe.code)) throw qe;
-        // The leader failed it, or the node that forwarded it there could not get it committed.
-        if (leader) this.suspects.set(leader.address, Date.now() + suspectMs);
+        // The node called failed it: the leader, or the connected node (down, or it could not get
+        // the part committed); the next attempt goes around it.
+        this.suspects.set(channel.address, Date.now() + suspectMs);
         if (attempt >= this.retries) {
           // The leader may have failed: the next call goes by fresh routes.
           void this.refreshRoutes(o).catch(() => undefined);
