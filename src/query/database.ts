@@ -20,7 +20,7 @@ import { checkPayload } from '../common/points';
 import { CatalogEntry, readCatalog, writeCatalog } from './catalog';
 import { checkBackupPath, placeBackupShard, readBackup, writeBackup } from './backup';
 import { aliasList, applyAliasActions, checkNotAliased, resolveName } from './aliases';
-import { compileFilter } from './filter';
+import { compileFilter, compileOptionalFilter } from './filter';
 import { checkMaxDistance, checkPage, mergeScroll, prepareCount, prepareScroll, recommend } from './reads';
 import { idsByShard, splitBatch, writeByShard } from '../common/placement';
 import { payloadIndexesMax } from '../common/limits';
@@ -229,7 +229,7 @@ export function prepareSearch(spec: CollectionSpec, req: SearchRequest): Prepare
   const ef = checkOptInt(req.ef, 'ef', 1, efMax) ?? (spec.index.type === 'hnsw' ? spec.index.efSearch : undefined);
   const nprobe = checkOptInt(req.nprobe, 'nprobe', 1, 1 << 20) ?? (spec.index.type === 'ivfpq' ? spec.index.nprobe : undefined);
   const maxDistance = checkMaxDistance(req.maxDistance);
-  const filter = req.filter === undefined || req.filter === null ? undefined : compileFilter(req.filter);
+  const filter = compileOptionalFilter(req.filter);
   const read = checkReadLevel(req, spec.shards);
   const withPayload = checkOptBool(req.withPayload, 'withPayload') ?? false;
   const withVectors = checkOptBool(req.withVectors, 'withVectors') ?? false;

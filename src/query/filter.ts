@@ -43,6 +43,11 @@ function isScalar(v: unknown): v is Scalar {
   return typeof v === 'string' || typeof v === 'boolean' || (typeof v === 'number' && Number.isFinite(v));
 }
 
+/** A request's optional filter compiled (undefined or null: none). */
+export function compileOptionalFilter(filter: unknown): CompiledFilter | undefined {
+  return filter === undefined || filter === null ? undefined : compileFilter(filter);
+}
+
 /** Validates `filter` (throws INVALID_ARGUMENT) and compiles it. */
 export function compileFilter(filter: unknown): CompiledFilter {
   let nodes = 0;

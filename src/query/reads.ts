@@ -15,7 +15,7 @@ import { ReadLevel, checkReadLevel } from '../common/read-options';
 import { checkId, show } from '../common/points';
 import { topKMax } from '../native/limits';
 import type { StoredPoint } from '../shard';
-import { CompiledFilter, Predicate, compileFilter } from './filter';
+import { CompiledFilter, Predicate, compileOptionalFilter } from './filter';
 import type { CollectionSpec, CountOptions, Database, Filter, RecommendRequest, ScrollPage, ScrollRequest, SearchHit } from './types';
 import { checkFields, checkInt, checkK, checkOptBool, checkOptInt, isPlainObject } from './validate';
 
@@ -38,7 +38,7 @@ export function checkMaxDistance(v: unknown): number | undefined {
 }
 
 function predicateOf(filter: unknown): Predicate | undefined {
-  return filter === undefined || filter === null ? undefined : compileFilter(filter).predicate;
+  return compileOptionalFilter(filter)?.predicate;
 }
 
 /** A scroll request, checked: where to start, the page size and what each point carries. */
@@ -82,7 +82,7 @@ export function prepareCount(spec: CollectionSpec, opts: CountOptions): { compil
   const o = isPlainObject(opts) ? opts : {};
   checkFields(o, COUNT_FIELDS, '');
   checkOptBool(o.exact, 'exact');
-  const compiled = o.filter === undefined || o.filter === null ? undefined : compileFilter(o.filter);
+  const compiled = compileOptionalFilter(o.filter);
   return { compiled, filter: compiled ? (o.filter as Filter) : undefined, read: checkReadLevel(o, spec.shards) };
 }
 
