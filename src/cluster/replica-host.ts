@@ -20,8 +20,8 @@ import { MessageInitShape, create, fromBinary, toBinary } from '@bufbuild/protob
 import { BinaryWriter, WireType } from '@bufbuild/protobuf/wire';
 import { QuiverError } from '../errors';
 import { fsyncDir } from '../common/fs';
-import { Shard, ShardOptions, ShardWrite, WriteResult } from '../shard/shard';
-import { UpsertOp, requestHash } from '../shard/codec';
+import { Shard, ShardOptions, ShardWrite, TxnPart, WriteResult, lockRefusal } from '../shard/shard';
+import { TxnOutcome, UpsertOp, requestHash } from '../shard/codec';
 import { listSnapshots, snapshotDirName, writeFileSynced } from '../shard/snapshot';
 import { decodeEntry } from '../wal/format';
 import { crc32c } from '../wal/crc32c';
@@ -348,6 +348,14 @@ export class ReplicaHost extends EventEmitter {
   private leaderHeardAt: { epoch: number; at: number } | null = null;
   private readonly config: ReplicaConfig;
   private readonly log: Log;
+  /** Counts the times this replica stopped leading: a transaction call made while it led checks it is still that leadership. */
+  private leadership = 0;
+  /** Settles once this replica leads and knows the transaction entries of its log (Shard.leadTxns). */
+  private txnReady: Promise<void> = Promise.resolve();
+  /** Rejects when this replica stops leading: the transaction calls waiting on it fail with it (the driver retries on the new leader). */
+  private deposed = ReplicaHost.deposition();
+  /** Prepares answered from an idempotency key this shard remembers (the request committed before): txn -> its answer here. */
+  private readonly rememberedTxns = new Map<string, WriteResult>();
 
   private constructor(private readonly opts: ReplicaHostOptions) {
     super();
@@ -536,11 +544,133 @@ export class ReplicaHost extends EventEmitter {
     return this.shardValue.digest();
   }
 
+  // ---------------------------------------------------------------- transactions (src/shard/txn.ts), as a leader
+
+  private static deposition(): { promise: Promise<never>; reject: (e: Error) => void } {
+    let reject!: (e: Error) => void;
+    const promise = new Promise<never>((_, r) => (reject = r));
+    promise.catch(() => undefined); // each call that waits on it handles it
+    return { promise, reject };
+  }
+
+  /** Leaving leading: what was being logged may be cut from this log; calls waiting here fail (UNAVAILABLE: the driver asks the new leader). */
+  private stopLeadingTxns(): void {
+    this.leadership++;
+    this.shardValue.txnStep({ type: 'leadershipLost' });
+    this.rememberedTxns.clear();
+    this.deposed.reject(new QuiverError('UNAVAILABLE', `the replica of ${this.opts.shard} here stopped leading; retry`));
+    this.deposed = ReplicaHost.deposition();
+  }
+
+  /**
+   * Runs a transaction call while this replica leads (NOT_LEADER or UNAVAILABLE otherwise), once
+   * it knows its log's transaction entries; it fails when the replica stops leading first.
+   * `still()`: whether the leadership it began in goes on.
+   */
+  private whileLeading<T>(fn: (shard: Shard, still: () => boolean) => Promise<T>): Promise<T> {
+    if (this.failure) return Promise.reject(new QuiverError('INTERNAL', `replica of ${this.opts.shard} failed: ${this.failure.message}`));
+    const r = this.state.role;
+    if (this.closed || !isLeading(r)) {
+      return Promise.reject(r.kind === 'follower' && r.leader !== null && !this.closed ? refusalError({ code: 'NOT_LEADER', leader: r.leader }, this.opts.shard) : refusalError({ code: 'UNAVAILABLE' }, this.opts.shard));
+    }
+    const gen = this.leadership;
+    const still = (): boolean => gen === this.leadership && !this.closed;
+    const run = this.txnReady.then(() => {
+      if (!still()) throw refusalError({ code: 'UNAVAILABLE' }, this.opts.shard);
+      return fn(this.shardValue, still);
+    });
+    return Promise.race([run, this.deposed.promise]);
+  }
+
+  /** Participant: logs this shard's part as a prepare entry; resolves once committed (txn.ts). A key this shard remembers answers from it, logging nothing. */
+  prepare(txn: string, coordinator: number, part: TxnPart, key: string, hash: Buffer | undefined): Promise<void> {
+    return this.whileLeading(async (shard, still) => {
+      if (key !== '' && hash) {
+        shard.checkKey(key, hash);
+        const rec = shard.remembered(key);
+        if (rec) {
+          // The request committed before (a retry): each participant answers what it applied then.
+          this.rememberedTxns.set(txn, rec);
+          return;
+        }
+      }
+      for (const a of shard.txnStep({ type: 'prepareAsked', txn, ids: part.type === 'upsert' ? part.op.ids : part.ids, now: Date.now() })) {
+        if (a.type === 'refuse') throw lockRefusal(a);
+      }
+      try {
+        await this.write({ type: 'prepare', prepared: { txn, coordinator, part, hash }, key, hash });
+      } catch (e) {
+        if (still()) shard.txnStep({ type: 'prepareFailed', txn });
+        throw e;
+      }
+    });
+  }
+
+  /** Coordinator: logs the outcome of `txn` unless one is logged or being logged; resolves with the outcome logged, once applied. */
+  decide(txn: string, outcome: TxnOutcome): Promise<TxnOutcome> {
+    return this.whileLeading((shard, still) => this.outcomeFrom(shard, still, txn, { type: 'decideAsked', txn, outcome })) as Promise<TxnOutcome>;
+  }
+
+  /** Coordinator, asked by a participant: the outcome, or undefined while the batch's driver may still decide (past the timeout it aborts). */
+  decisionOf(txn: string, now: number): Promise<TxnOutcome | undefined> {
+    return this.whileLeading((shard, still) => this.outcomeFrom(shard, still, txn, { type: 'decisionAsked', txn, now }));
+  }
+
+  private async outcomeFrom(shard: Shard, still: () => boolean, txn: string, e: { type: 'decideAsked'; txn: string; outcome: TxnOutcome } | { type: 'decisionAsked'; txn: string; now: number }): Promise<TxnOutcome | undefined> {
+    for (const a of shard.txnStep(e)) {
+      if (a.type === 'answer') return a.outcome;
+      if (a.type === 'logDecision') {
+        try {
+          await this.write({ type: 'outcome', txn, outcome: a.outcome, role: 'decision', key: '' });
+        } catch (err) {
+          if (still()) shard.txnStep({ type: 'logFailed', txn, role: 'decision' });
+          throw err;
+        }
+        return a.outcome;
+      }
+    }
+    return shard.deciding(txn) ? shard.outcomeApplied(txn) : undefined;
+  }
+
+  /** Participant: logs its resolution with the coordinator's outcome (settled() tells when the part is applied). */
+  resolve(txn: string, outcome: TxnOutcome): void {
+    this.whileLeading(async (shard, still) => {
+      for (const a of shard.txnStep({ type: 'decisionHeard', txn, outcome })) {
+        if (a.type !== 'logResolution') continue;
+        try {
+          await this.write({ type: 'outcome', txn, outcome, role: 'resolution', key: '' });
+        } catch {
+          // Resolved again by the in-doubt timer (or the next leader's).
+          if (still()) shard.txnStep({ type: 'logFailed', txn, role: 'resolution' });
+        }
+      }
+    }).catch(() => undefined);
+  }
+
+  /**
+   * This shard's part of `txn`, settled (applied at its outcome's entry, or dropped: answer 0), with
+   * the entry's epoch for the write token; undefined when no part of it is held here. Fails when
+   * this replica stops leading first.
+   */
+  settled(txn: string): Promise<WriteResult> | undefined {
+    const rec = this.rememberedTxns.get(txn);
+    this.rememberedTxns.delete(txn);
+    const part = rec ? Promise.resolve(rec) : this.shardValue.settled(txn);
+    if (!part) return undefined;
+    return Promise.race([part.then((r) => ({ ...r, epoch: epochAt(this.state.log.history, r.lsn) })), this.deposed.promise]);
+  }
+
+  /** The prepares in doubt here past the timeout, to ask their coordinators about (a leader's; none on a follower). */
+  due(now: number): { txn: string; coordinator: number }[] {
+    return isLeading(this.state.role) && !this.closed ? this.shardValue.due(now) : [];
+  }
+
   /** Stops: writes not answered get UNAVAILABLE (their outcome is unknown); the shard closes. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     if (this.timer) clearInterval(this.timer);
+    this.deposed.reject(new QuiverError('UNAVAILABLE', `replica of ${this.opts.shard} closed; retry`));
     await this.queue;
     await this.shardValue.log.flush();
     const err = new QuiverError('UNAVAILABLE', `replica of ${this.opts.shard} closed; the write's outcome is unknown`);
@@ -582,6 +712,8 @@ export class ReplicaHost extends EventEmitter {
     const was = this.state.role;
     this.state = state;
     const r = state.role;
+    if (isLeading(was) && !isLeading(r)) this.stopLeadingTxns();
+    else if (!isLeading(was) && isLeading(r)) this.txnReady = this.shardValue.leadTxns(r.epochStartLsn - 1);
     if (r.kind !== was.kind || r.epoch !== was.epoch) this.log.info(`replica ${was.kind} -> ${r.kind}`, { epoch: r.epoch, leader: r.kind === 'follower' ? r.leader : isLeading(r) ? this.opts.self : null, commitLsn: state.log.commitLsn });
     for (const e of effects) await this.perform(e);
   }

@@ -11,7 +11,9 @@
  *                 closes it with the node; once a map no longer names it (the controller moved the
  *                 replica elsewhere), it closes the replica and removes its files
  *   writes        split by shard (as standalone); each part goes to its shard's leader: this node's
- *                 replica when it leads, else the leader node over the node service (PeerShards)
+ *                 replica when it leads, else the leader node over the node service (PeerShards);
+ *                 an upsert or delete across shards is one transaction (./transaction.ts) driven
+ *                 here over the same routes, each shard's leader logging its entries
  *   reads         each shard's part from its leader (local or remote), merged as standalone
  *
  * A write whose leader is unknown, moving or unreachable waits for the next map of its shard and
@@ -26,8 +28,8 @@ import { performance } from 'perf_hooks';
 import { QuiverError } from '../errors';
 import { ReadLevel, checkReadLevel, readOptionsOf } from '../common/read-options';
 import { ReplicaReadState, linearizableTarget, readVerdict } from '../cluster/read-level';
-import { requestHash } from '../shard';
-import type { Shard, ShardOptions, ShardWrite, StoredPoint, UpsertOp, WriteResult } from '../shard';
+import { decodePrepare, encodePrepared, requestHash, txnIdBytes, txnTimeoutMsDefault } from '../shard';
+import type { PreparedPart, Shard, ShardOptions, ShardWrite, StoredPoint, TxnOutcome, TxnPart, UpsertOp, WriteResult } from '../shard';
 import type { NodeId, Progress, ShardKey, ShardMap, WriteConcern } from '../cluster/types';
 import { members, shardKey } from '../cluster/types';
 import { idsByShard, splitBatch, writeByShard } from '../common/placement';
@@ -52,6 +54,7 @@ import {
   withoutPayloadIndex,
 } from './database';
 import { compileFilter } from './filter';
+import { TxnShard, resolveInDoubt, runTransaction } from './transaction';
 import type {
   AliasAction,
   AliasInfo,
@@ -104,8 +107,8 @@ export interface ClusterNodeRecord {
   version: string;
 }
 
-/** One shard's replica on this node (src/cluster/replica-host.ts). */
-export interface ReplicaPort {
+/** One shard's replica on this node (src/cluster/replica-host.ts); its transaction calls answer while it leads. */
+export interface ReplicaPort extends TxnShard {
   onMap(map: ShardMap): void;
   onLease(deadline: number): void;
   onPeerMessage(from: NodeId, payload: Buffer): void;
@@ -188,6 +191,27 @@ export interface PeerShards {
   scroll(node: NodeId, collection: string, shards: number[], req: ScrollRequest, deadlineMs?: number): Promise<Point[]>;
   /** The replicas `node` holds of a collection's shards ('' = of every collection). */
   replicaStatus(node: NodeId, collection: string, withDigest: boolean): Promise<ReplicaReport[]>;
+  /** A batch across shards (./transaction.ts), each call to the shard's leader: see ClusterDatabase.txnPrepare and the next ones. */
+  /** `body`: the prepare entry's body (encodePrepared). */
+  txnPrepare(node: NodeId, collection: string, shard: number, body: Buffer, key: string): Promise<void>;
+  txnDecide(node: NodeId, collection: string, shard: number, txn: string, outcome: TxnOutcome): Promise<{ outcome: TxnOutcome; part: WriteResult | undefined }>;
+  txnDecisionOf(node: NodeId, collection: string, shard: number, txn: string): Promise<TxnOutcome | undefined>;
+  txnResolve(node: NodeId, collection: string, shard: number, txn: string, outcome: TxnOutcome): Promise<WriteResult | undefined>;
+}
+
+/** Coordinator: logs the outcome and answers it with its own part settled at that entry (undefined: none here). */
+async function decideSettled(t: TxnShard, txn: string, outcome: TxnOutcome): Promise<{ outcome: TxnOutcome; part: WriteResult | undefined }> {
+  const part = t.settled(txn);
+  part?.catch(() => undefined); // awaited below once the decision is in
+  const decided = await t.decide(txn, outcome);
+  return { outcome: decided, part: await part };
+}
+
+/** Participant: logs its resolution and answers once its part is settled (undefined: none here). */
+function resolveSettled(t: TxnShard, txn: string, outcome: TxnOutcome): Promise<WriteResult | undefined> {
+  const part = t.settled(txn);
+  t.resolve(txn, outcome);
+  return part ?? Promise.resolve(undefined);
 }
 
 export interface ClusterOptions extends OpenOptions, OpenInternals {
@@ -206,6 +230,8 @@ interface ClusterCollection {
   createdAt: string;
   maps: (ShardMap | null)[];
   replicas: Map<number, ReplicaSlot>;
+  /** Batches across shards this node drives, by idempotency key (a retry joins the one running). */
+  txns: Map<string, { hash: Buffer; done: Promise<{ count: number; token: WriteToken }> }>;
 }
 
 /** A replica being opened, and once open, the replica. */
@@ -255,12 +281,16 @@ export class ClusterDatabase extends PointWrites implements Database {
   private readonly removing = new Map<ShardKey, Promise<void>>();
   private closed = false;
   private readonly log: Log;
+  /** Resolves the prepares in doubt on the shards this node leads (every txnTimeoutMs). */
+  private readonly resolveTimer: NodeJS.Timeout;
 
   constructor(private readonly opts: ClusterOptions) {
     super();
     this.self = opts.nodeId;
     this.log = opts.log ?? rootLog.child({ node: opts.nodeId });
     this.dataDir = path.resolve(opts.dataDir);
+    this.resolveTimer = setInterval(() => this.resolveDue(), opts.txnTimeoutMs ?? txnTimeoutMsDefault);
+    this.resolveTimer.unref();
     const c = opts.coordinator;
     c.on('nodes', (nodes) => (this.nodes = nodes));
     c.on('collection', (name, record) => this.onCollection(name, record));
@@ -303,7 +333,7 @@ export class ClusterDatabase extends PointWrites implements Database {
       known.spec = { ...spec, payloadIndexes: known.spec.payloadIndexes };
       return this.payloadIndexesChanged(known, record.payloadIndexes ?? []);
     }
-    this.collections.set(name, { spec, createdAt, maps: new Array<ShardMap | null>(spec.shards).fill(null), replicas: new Map() });
+    this.collections.set(name, { spec, createdAt, maps: new Array<ShardMap | null>(spec.shards).fill(null), replicas: new Map(), txns: new Map() });
     for (const wake of this.collectionWaiters.get(name) ?? []) wake();
     this.collectionWaiters.delete(name);
   }
@@ -666,6 +696,10 @@ export class ClusterDatabase extends PointWrites implements Database {
   private async upsertChecked(c: ClusterCollection, batch: UpsertOp, opts: WriteOptions): Promise<{ upserted: number; token: WriteToken }> {
     const { key, hash, expectLeader } = checkWrite(opts, () => requestHash('upsert', c.spec.name, batch.ids, batch.payloadJson, batch.vectors));
     const parts = splitBatch(batch, c.spec.dim, c.spec.shards);
+    if (parts.size > 1) {
+      const { count, token } = await this.transact(c, new Map([...parts].map(([s, op]) => [s, { type: 'upsert', op }])), key, hash, opts.signal);
+      return { upserted: count, token };
+    }
     if (expectLeader) this.checkLeads(c, parts.keys());
     const { count, token } = await writeByShard(parts, (s, part) =>
       this.onLeader(
@@ -684,6 +718,10 @@ export class ClusterDatabase extends PointWrites implements Database {
     checkIds(ids, true);
     const { key, hash, expectLeader } = checkWrite(opts, () => requestHash('delete', c.spec.name, ids));
     const parts = idsByShard(ids, c.spec.shards);
+    if (parts.size > 1) {
+      const { count, token } = await this.transact(c, new Map([...parts].map(([s, g]) => [s, { type: 'delete', ids: g }])), key, hash, opts.signal);
+      return { deleted: count, token };
+    }
     if (expectLeader) this.checkLeads(c, parts.keys());
     const { count, token } = await writeByShard(parts, (s, g) =>
       this.onLeader(
@@ -699,6 +737,96 @@ export class ClusterDatabase extends PointWrites implements Database {
 
   protected specOf(name: string): CollectionSpec {
     return this.coll(name).spec;
+  }
+
+  /**
+   * A batch across shards, all or nothing (./transaction.ts), driven here: each call goes to its
+   * shard's leader as a write does (this node's replica, else the node service, following leader
+   * changes). With an idempotency key a retry of a batch running here joins it; one committed
+   * before is answered by each participant from the key it remembers (its prepare logs nothing),
+   * and one in doubt holds its ids, so a new attempt waits for its outcome: applied once.
+   */
+  private transact(c: ClusterCollection, parts: Map<number, TxnPart>, key: string, hash: Buffer | undefined, signal: AbortSignal | undefined): Promise<{ count: number; token: WriteToken }> {
+    const ports = new Map([...parts.keys()].map((s) => [s, this.txnPort(c, s, signal)]));
+    const run = (): Promise<{ count: number; token: WriteToken }> => runTransaction(parts, (s) => ports.get(s)!, key, hash, signal);
+    if (!hash) return run();
+    const running = c.txns.get(key);
+    if (running) {
+      if (!running.hash.equals(hash)) return Promise.reject(new QuiverError('FAILED_PRECONDITION', `idempotency key "${key}" was already used for a different request; a new request needs a new key`));
+      return running.done;
+    }
+    const done = run();
+    c.txns.set(key, { hash, done });
+    const clear = (): void => {
+      c.txns.delete(key);
+    };
+    done.then(clear, clear);
+    return done;
+  }
+
+  /**
+   * Shard s of c as the transaction driver sees it: each call on the shard's leader (onLeader),
+   * bounded by the caller's deadline; the part's settled answer comes with the decision (the
+   * coordinator) or the resolution (the others). `due`: this node's replica's, when it leads.
+   */
+  private txnPort(c: ClusterCollection, s: number, signal: AbortSignal | undefined): TxnShard {
+    const name = c.spec.name;
+    const peers = this.opts.peers;
+    const on = <T>(local: (r: ReplicaPort) => Promise<T>, remote: (node: NodeId) => Promise<T>): Promise<T> => ClusterDatabase.bounded(this.onLeader(c, s, signal, local, remote), signal);
+    const parts = new Map<string, { promise: Promise<WriteResult | undefined>; settle: (p: Promise<WriteResult | undefined>) => void }>();
+    const partOf = (txn: string): { promise: Promise<WriteResult | undefined>; settle: (p: Promise<WriteResult | undefined>) => void } => {
+      let p = parts.get(txn);
+      if (!p) {
+        let settle!: (v: Promise<WriteResult | undefined>) => void;
+        const promise = new Promise<WriteResult | undefined>((resolve) => (settle = resolve));
+        parts.set(txn, (p = { promise, settle }));
+      }
+      return p;
+    };
+    return {
+      prepare: (txn, coordinator, part, key, hash) =>
+        on(
+          (r) => r.prepare(txn, coordinator, part, key, hash),
+          (node) => peers.txnPrepare(node, name, s, Buffer.concat(encodePrepared({ txn, coordinator, part, hash }, c.spec.dim)), key),
+        ),
+      decide: async (txn, outcome) => {
+        const r = await on(
+          (rep) => decideSettled(rep, txn, outcome),
+          (node) => peers.txnDecide(node, name, s, txn, outcome),
+        );
+        partOf(txn).settle(Promise.resolve(r.part));
+        return r.outcome;
+      },
+      decisionOf: (txn, now) =>
+        on(
+          (r) => r.decisionOf(txn, now),
+          (node) => peers.txnDecisionOf(node, name, s, txn),
+        ),
+      resolve: (txn, outcome) => {
+        const settled = on(
+          (r) => resolveSettled(r, txn, outcome),
+          (node) => peers.txnResolve(node, name, s, txn, outcome),
+        );
+        settled.catch(() => undefined); // the driver awaits it through settled()
+        partOf(txn).settle(settled);
+      },
+      settled: (txn) => partOf(txn).promise as Promise<WriteResult>,
+      due: (now) => {
+        const r = c.replicas.get(s)?.port;
+        return r ? r.due(now) : [];
+      },
+    };
+  }
+
+  /** The prepares in doubt past the timeout on the shards this node leads, resolved by asking their coordinators (a timer). */
+  private resolveDue(): void {
+    if (this.closed) return;
+    const now = Date.now();
+    for (const c of this.collections.values()) {
+      if (c.replicas.size === 0) continue;
+      const ports = c.maps.map((_, s) => this.txnPort(c, s, AbortSignal.timeout(leaderWaitMs)));
+      resolveInDoubt(ports, now).catch((e: Error) => this.log.warn('resolving batches in doubt failed', { collection: c.spec.name, err: e.message }));
+    }
   }
 
   /**
@@ -785,6 +913,44 @@ export class ClusterDatabase extends PointWrites implements Database {
   async shardDelete(name: string, s: number, ids: string[], key: string, hash: Buffer | undefined, signal?: AbortSignal): Promise<WriteResult> {
     checkIds(ids, true);
     return ClusterDatabase.bounded((await this.ledReplica(name, s)).delete(ids, key, hash), signal);
+  }
+
+  /** A participant's part of a batch across shards, from the node driving it: checked as a forwarded write, logged by the replica here as a prepare (it must lead). */
+  async txnPrepare(name: string, s: number, body: Uint8Array, key: string, signal?: AbortSignal): Promise<void> {
+    const c = this.coll(name);
+    let p: PreparedPart;
+    try {
+      p = decodePrepare(body, c.spec.dim);
+    } catch (e) {
+      throw new QuiverError('INVALID_ARGUMENT', `prepare body: ${(e as Error).message}`);
+    }
+    const part: TxnPart =
+      p.part.type === 'upsert'
+        ? { type: 'upsert', op: checkColumns({ ids: p.part.op.ids, vectors: p.part.op.vectors, payloads: p.part.op.payloadJson.map((j) => (j === '' ? undefined : JSON.parse(j))) }, c.spec.dim, c.spec.metric) }
+        : (checkIds(p.part.ids, true), p.part);
+    await ClusterDatabase.bounded((await this.ledReplica(name, s)).prepare(p.txn, p.coordinator, part, key, p.hash), signal);
+  }
+
+  /** Coordinator (the replica here must lead): logs the outcome of `txn` unless one is; answers it with this shard's part settled. */
+  async txnDecide(name: string, s: number, txn: string, outcome: TxnOutcome, signal?: AbortSignal): Promise<{ outcome: TxnOutcome; part: WriteResult | undefined }> {
+    ClusterDatabase.checkTxn(txn);
+    return ClusterDatabase.bounded(decideSettled(await this.ledReplica(name, s), txn, outcome), signal);
+  }
+
+  /** Coordinator, asked by a participant's leader: the outcome of `txn` (undefined while its driver may still decide). */
+  async txnDecisionOf(name: string, s: number, txn: string, signal?: AbortSignal): Promise<TxnOutcome | undefined> {
+    ClusterDatabase.checkTxn(txn);
+    return ClusterDatabase.bounded((await this.ledReplica(name, s)).decisionOf(txn, Date.now()), signal);
+  }
+
+  /** Participant: logs its resolution of `txn` and answers once its part is settled (undefined: no part of it here). */
+  async txnResolve(name: string, s: number, txn: string, outcome: TxnOutcome, signal?: AbortSignal): Promise<WriteResult | undefined> {
+    ClusterDatabase.checkTxn(txn);
+    return ClusterDatabase.bounded(resolveSettled(await this.ledReplica(name, s), txn, outcome), signal);
+  }
+
+  private static checkTxn(txn: string): void {
+    if (!new RegExp(`^[0-9a-f]{${2 * txnIdBytes}}$`).test(txn)) throw new QuiverError('INVALID_ARGUMENT', `a transaction id is ${2 * txnIdBytes} lowercase hex digits`);
   }
 
   /** A forwarded part of a write of the point API, checked as it was where the client sent it. */
@@ -1153,6 +1319,7 @@ export class ClusterDatabase extends PointWrites implements Database {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    clearInterval(this.resolveTimer);
     for (const list of this.mapWaiters.values()) for (const wake of list) wake();
     this.mapWaiters.clear();
     const all = [...this.collections.values()].flatMap((c) => [...c.replicas.values()]);

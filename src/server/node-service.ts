@@ -16,7 +16,7 @@ import type { NodeId } from '../cluster/types';
 import type { ClusterDatabase, PeerShards } from '../query/cluster';
 import type { ShardChange } from '../query/database';
 import type { CountOptions, Filter, Point, ReadOptions, ScrollRequest, SearchHit, SearchRequest } from '../query/types';
-import type { UpsertOp, WriteResult } from '../shard';
+import type { TxnOutcome, UpsertOp, WriteResult } from '../shard';
 import { QuiverNode } from '../rpc/gen/node_pb';
 import type * as wire from '../rpc/gen/quiver_pb';
 import { GrpcChannel, UnaryMethod } from '../rpc/grpc-client';
@@ -97,6 +97,16 @@ function writeResultFromWire(shard: number, r: MessageShape<typeof wire.WriteRes
   return { answer: Number(r.count), lsn: Number(p?.lsn ?? 0n), epoch: Number(p?.epoch ?? 0n) };
 }
 
+function outcomeFromWire(o: string, what: string): TxnOutcome {
+  if (o !== 'commit' && o !== 'abort') throw new QuiverError('INVALID_ARGUMENT', `${what} is "${o}", not "commit" or "abort"`);
+  return o;
+}
+
+/** A part settled (absent: none there) as a WriteResponse, and back. */
+function partToWire(shard: number, w: WriteResult | undefined): MessageInitShape<typeof wire.WriteResponseSchema> | undefined {
+  return w && { count: BigInt(w.answer), token: positionToWire(shard, w) };
+}
+
 function pointToWire(p: Point): MessageInitShape<typeof wire.PointSchema> {
   return { id: p.id, vector: p.vector ? { data: vectorToBytes(p.vector) } : undefined, payloadJson: p.payload ? stringifyJson(p.payload) : '' };
 }
@@ -162,6 +172,16 @@ export function nodeMethods(svc: Service, db: ClusterDatabase, tls: boolean): Ma
   });
   add('shardCount', async (r) => ({ count: BigInt(await db.shardCount(r.collection, r.shards, { ...readFromWire(r), filter: filterFromWire(r.filterJson) })) }));
   add('shardScroll', async (r) => ({ points: (await db.shardScroll(r.collection, r.shards, scrollRequest(r))).map(pointToWire) }));
+  add('txnPrepare', async (r, signal) => {
+    await db.txnPrepare(r.collection, r.shard, r.body, r.idempotencyKey, signal);
+    return {};
+  });
+  add('txnDecide', async (r, signal) => {
+    const d = await db.txnDecide(r.collection, r.shard, r.txn, outcomeFromWire(r.outcome, 'outcome'), signal);
+    return { outcome: d.outcome, part: partToWire(r.shard, d.part) };
+  });
+  add('txnDecisionOf', async (r, signal) => ({ outcome: (await db.txnDecisionOf(r.collection, r.shard, r.txn, signal)) ?? '' }));
+  add('txnResolve', async (r, signal) => ({ part: partToWire(r.shard, await db.txnResolve(r.collection, r.shard, r.txn, outcomeFromWire(r.outcome, 'outcome'), signal)) }));
   add('replicaStatus', async (r) => ({
     replicas: (await db.localReplicas(r.collection, r.withDigest)).map((x) => ({
       ...x,
@@ -215,6 +235,10 @@ const METHODS = {
   shardCount: client('shardCount'),
   shardScroll: client('shardScroll'),
   replicaStatus: client('replicaStatus'),
+  txnPrepare: client('txnPrepare'),
+  txnDecide: client('txnDecide'),
+  txnDecisionOf: client('txnDecisionOf'),
+  txnResolve: client('txnResolve'),
 };
 
 /**
@@ -309,6 +333,25 @@ export class NodePeers implements PeerShards {
       collection: x.collection,
       followers: x.followers.map((f) => ({ node: f.node, lagEntries: Number(f.lagEntries), lagMs: Number(f.lagMs) })),
     }));
+  }
+
+  async txnPrepare(node: NodeId, collection: string, shard: number, body: Buffer, key: string): Promise<void> {
+    await this.channel(node).unary(METHODS.txnPrepare, { collection, shard, body, idempotencyKey: key }, NodePeers.deadline());
+  }
+
+  async txnDecide(node: NodeId, collection: string, shard: number, txn: string, outcome: TxnOutcome): Promise<{ outcome: TxnOutcome; part: WriteResult | undefined }> {
+    const r = await this.channel(node).unary(METHODS.txnDecide, { collection, shard, txn, outcome }, NodePeers.deadline());
+    return { outcome: outcomeFromWire(r.outcome, 'the decision'), part: r.part && writeResultFromWire(shard, r.part) };
+  }
+
+  async txnDecisionOf(node: NodeId, collection: string, shard: number, txn: string): Promise<TxnOutcome | undefined> {
+    const r = await this.channel(node).unary(METHODS.txnDecisionOf, { collection, shard, txn }, NodePeers.deadline());
+    return r.outcome === '' ? undefined : outcomeFromWire(r.outcome, 'the decision');
+  }
+
+  async txnResolve(node: NodeId, collection: string, shard: number, txn: string, outcome: TxnOutcome): Promise<WriteResult | undefined> {
+    const r = await this.channel(node).unary(METHODS.txnResolve, { collection, shard, txn, outcome }, NodePeers.deadline());
+    return r.part && writeResultFromWire(shard, r.part);
   }
 
   close(): void {

@@ -45,7 +45,11 @@ export type Op =
   | 'UpdateAliases'
   | 'UpdateCollection'
   | 'SnapshotCollection'
-  | 'RestoreCollection';
+  | 'RestoreCollection'
+  | 'TxnPrepare'
+  | 'TxnDecide'
+  | 'TxnDecisionOf'
+  | 'TxnResolve';
 
 /** Operations that read at a level: their latency is labelled with it (`consistency`). */
 const READS: ReadonlySet<Op> = new Set<Op>(['Search', 'SearchBatch', 'Get', 'Count', 'ShardSearch', 'ShardGet', 'ShardCount', 'Scroll', 'Recommend', 'ShardScroll']);
@@ -61,7 +65,7 @@ function levelLabel(op: Op, asked: unknown): string {
 }
 
 /** Operations that change state: their deadline stops them only before they reach the log (see run). */
-const CHANGES: ReadonlySet<Op> = new Set<Op>(['CreateCollection', 'DropCollection', 'Upsert', 'Delete', 'ShardUpsert', 'ShardDelete', 'UpdatePayload', 'UpdateVectors', 'ShardChange', 'CreatePayloadIndex', 'DropPayloadIndex', 'UpdateAliases', 'UpdateCollection', 'SnapshotCollection', 'RestoreCollection']);
+const CHANGES: ReadonlySet<Op> = new Set<Op>(['CreateCollection', 'DropCollection', 'Upsert', 'Delete', 'ShardUpsert', 'ShardDelete', 'UpdatePayload', 'UpdateVectors', 'ShardChange', 'CreatePayloadIndex', 'DropPayloadIndex', 'UpdateAliases', 'UpdateCollection', 'SnapshotCollection', 'RestoreCollection', 'TxnPrepare', 'TxnDecide', 'TxnResolve']);
 
 /**
  * How long the server has no request in flight before the `whenQuiet` callbacks run: long enough

@@ -275,6 +275,12 @@ export function encodePrepare(txn: string, coordinator: number, part: Buffer[], 
   return [head, ...part];
 }
 
+/** A prepare entry's body for `p` (the part's upsert or delete body, with its request header when keyed). */
+export function encodePrepared(p: PreparedPart, dim: number): Buffer[] {
+  const part = p.part.type === 'upsert' ? encodeUpsert(p.part.op, dim, p.hash) : encodeDelete(p.part.ids, p.hash);
+  return encodePrepare(p.txn, p.coordinator, part, p.part.type);
+}
+
 export function decodePrepare(body: Uint8Array, dim: number): PreparedPart {
   const buf = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
   if (buf.length < txnIdBytes + 5) throw corrupt('short prepare');

@@ -50,7 +50,7 @@ import {
   encodeDelete,
   encodeOutcome,
   encodePayload,
-  encodePrepare,
+  encodePrepared,
   encodeUpsert,
   hashInBody,
   requestHash,
@@ -143,6 +143,11 @@ export interface ShardStatusInfo {
 /** How long a prepare may stay in doubt before its shard asks the coordinator (which then aborts it if it has not decided). */
 export const txnTimeoutMsDefault = 2000;
 
+/** A prepare refused because one of its ids is held by transaction `heldBy` (the driver retries the batch as a new one). */
+export function lockRefusal(a: { id: string; heldBy: string }): QuiverError {
+  return new QuiverError('UNAVAILABLE', `id "${a.id}" is held by another batch across shards being committed; retry`, { heldBy: a.heldBy });
+}
+
 /** A participant's part of a transaction, as the shard holds it until the outcome. */
 export type TxnPart = PreparedPart['part'];
 
@@ -186,7 +191,10 @@ export type ShardWrite =
   | { type: 'upsert'; op: UpsertOp; key: string; hash?: Buffer }
   | { type: 'delete'; ids: string[]; key: string; hash?: Buffer }
   | { type: 'payload'; op: PayloadOp; key: string; hash?: Buffer }
-  | { type: 'vectors'; op: UpsertOp; key: string; hash?: Buffer };
+  | { type: 'vectors'; op: UpsertOp; key: string; hash?: Buffer }
+  /** A cluster leader's entries of a transaction (txn.ts), logged through its replica. */
+  | { type: 'prepare'; prepared: PreparedPart; key: string; hash?: Buffer }
+  | { type: 'outcome'; txn: string; outcome: TxnOutcome; role: 'decision' | 'resolution'; key: string; hash?: undefined };
 
 /**
  * IVF-PQ training rule: a shard of an ivfpq collection searches exactly (a flat index over its
@@ -428,6 +436,10 @@ export class Shard {
         return { op: { type: EntryType.Payload, payload: w.op, hash: w.hash }, body: encodePayload(w.op, w.hash) };
       case 'vectors':
         return { op: { type: EntryType.Vectors, upsert: w.op, hash: w.hash }, body: encodeUpsert(w.op, this.opts.dim, w.hash) };
+      case 'prepare':
+        return { op: { type: EntryType.Prepare, prepared: w.prepared }, body: this.prepareBody(w.prepared) };
+      case 'outcome':
+        return { op: { type: EntryType.Outcome, txn: w.txn, outcome: w.outcome, role: w.role }, body: [encodeOutcome(w.txn, w.outcome, w.role)] };
     }
   }
 
@@ -522,9 +534,7 @@ export class Shard {
     }
     const ids = part.type === 'upsert' ? part.op.ids : part.ids;
     for (const a of this.stepTxn({ type: 'prepareAsked', txn, ids, now: Date.now() })) {
-      if (a.type === 'refuse') {
-        return Promise.reject(new QuiverError('UNAVAILABLE', `id "${a.id}" is held by another batch across shards being committed; retry`, { heldBy: a.heldBy }));
-      }
+      if (a.type === 'refuse') return Promise.reject(lockRefusal(a));
     }
     const prepared: PreparedPart = { txn, coordinator, part, hash };
     this.prepared.set(txn, { prepared, key });
@@ -539,8 +549,7 @@ export class Shard {
   }
 
   private prepareBody(p: PreparedPart): Buffer[] {
-    const part = p.part.type === 'upsert' ? encodeUpsert(p.part.op, this.opts.dim, p.hash) : encodeDelete(p.part.ids, p.hash);
-    return encodePrepare(p.txn, p.coordinator, part, p.part.type);
+    return encodePrepared(p, this.opts.dim);
   }
 
   /**
@@ -627,6 +636,48 @@ export class Shard {
 
   private stepTxn(e: TxnEvent): TxnAction[] {
     return stepTxn(this.txn, e).actions;
+  }
+
+  // ------------------------------------------------------------------ transactions, cluster leader
+  // A cluster replica's host steps the machine itself and logs what it says through its replica
+  // (src/cluster/replica-host.ts); applies go through applyTxn on every replica alike.
+
+  /** The transaction machine, stepped by a leading replica's host (it logs the entries the actions ask for). */
+  txnStep(e: TxnEvent): TxnAction[] {
+    return this.stepTxn(e);
+  }
+
+  /** Whether the outcome of `txn` is being logged here (a decision asked of the log, not yet applied). */
+  deciding(txn: string): boolean {
+    return this.txn.deciding.has(txn);
+  }
+
+  /** Resolves with the outcome of `txn` once its decision entry is applied here. */
+  outcomeApplied(txn: string): Promise<TxnOutcome> {
+    return this.waitFor(this.outcomeWaiters, txn);
+  }
+
+  /**
+   * A replica starting to lead: the transaction entries of its log up to `toLsn` not yet applied
+   * are being logged (prepares hold their ids, a decision is known). In the apply order, so that an
+   * entry applied meanwhile is counted once.
+   */
+  leadTxns(toLsn: number): Promise<void> {
+    return this.enqueue(async () => {
+      await this.wal.flush();
+      const to = Math.min(toLsn, this.wal.durableLsn);
+      if (to <= this.applied) return;
+      const now = Date.now();
+      for await (const e of this.wal.entries(this.applied + 1, to)) {
+        if (e.type === EntryType.Prepare) {
+          const { txn, part } = decodePrepare(e.body, this.opts.dim);
+          this.stepTxn({ type: 'logFound', txn, entry: { kind: 'prepare', ids: part.type === 'upsert' ? part.op.ids : part.ids }, now });
+        } else if (e.type === EntryType.Outcome) {
+          const o = decodeOutcome(e.body);
+          this.stepTxn({ type: 'logFound', txn: o.txn, entry: o.role === 'decision' ? { kind: 'decision', outcome: o.outcome } : { kind: 'resolution' }, now });
+        }
+      }
+    });
   }
 
   /** Applies a prepare or outcome entry through the transaction machine (caller holds the lock). */

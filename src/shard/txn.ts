@@ -26,6 +26,11 @@
  *   when asked with `now: Infinity` (standalone recovery: whoever drove the batch died with the
  *   process). A participant never decides alone.
  *
+ *   In a cluster the "being logged" state (pending, deciding, resolving) is the leader's: a replica
+ *   that stops leading forgets it (leadershipLost: its tail may be cut), and one that starts
+ *   leading rebuilds it from the entries of its log not yet applied (logFound), so a decision in
+ *   its log, committed or not, is known before it answers anyone.
+ *
  * Invariant: for each transaction, the outcome every participant applies is the one decision its
  * coordinator logged (at most one decision is ever logged: decideAsked and decisionAsked answer a
  * decision logged or being logged); a commit is logged only after every participant's prepare is
@@ -89,7 +94,13 @@ export type TxnEvent =
   | { type: 'decisionHeard'; txn: string; outcome: TxnOutcome }
   /** Participant: its resolution entry applied, in log order. */
   | { type: 'resolutionApplied'; txn: string; outcome: TxnOutcome }
-  | { type: 'tick'; now: number };
+  | { type: 'tick'; now: number }
+  /** Leader: a decision or resolution asked of the log was refused before it was appended. */
+  | { type: 'logFailed'; txn: string; role: 'decision' | 'resolution' }
+  /** A cluster replica stops leading: what it was logging may be cut from its log. */
+  | { type: 'leadershipLost' }
+  /** A cluster replica starts leading: an entry of its log not yet applied, in log order. */
+  | { type: 'logFound'; txn: string; entry: { kind: 'prepare'; ids: readonly string[] } | { kind: 'decision'; outcome: TxnOutcome } | { kind: 'resolution' }; now: number };
 
 export type TxnAction =
   | { type: 'logPrepare'; txn: string }
@@ -138,6 +149,8 @@ export function stepTxn(s: TxnState, e: TxnEvent): { state: TxnState; actions: T
   const actions: TxnAction[] = [];
   switch (e.type) {
     case 'prepareAsked': {
+      // Asked again (a forward that followed a new leader): refused like a lock, the batch retried.
+      if (s.pending.has(e.txn) || s.inDoubt.has(e.txn)) return { state: s, actions: [{ type: 'refuse', txn: e.txn, heldBy: e.txn, id: e.ids[0] ?? '' }] };
       for (const id of e.ids) {
         const holder = s.locks.get(id);
         if (holder !== undefined && holder !== e.txn) return { state: s, actions: [{ type: 'refuse', txn: e.txn, heldBy: holder, id }] };
@@ -199,6 +212,28 @@ export function stepTxn(s: TxnState, e: TxnEvent): { state: TxnState; actions: T
         if (s.resolving.has(txn) || e.now - d.askedAt < s.timeoutMs) continue;
         d.askedAt = e.now;
         actions.push({ type: 'askCoordinator', txn, coordinator: d.coordinator });
+      }
+      break;
+    }
+    case 'logFailed':
+      if (e.role === 'decision') s.deciding.delete(e.txn);
+      else s.resolving.delete(e.txn);
+      break;
+    case 'leadershipLost':
+      for (const [txn, p] of s.pending) unlock(s, txn, p.ids);
+      s.pending.clear();
+      s.deciding.clear();
+      s.resolving.clear();
+      break;
+    case 'logFound': {
+      const x = e.entry;
+      if (x.kind === 'prepare') {
+        for (const id of x.ids) s.locks.set(id, e.txn);
+        s.pending.set(e.txn, { ids: x.ids, since: e.now });
+      } else if (x.kind === 'decision') {
+        if (!s.decisions.has(e.txn)) s.deciding.set(e.txn, x.outcome);
+      } else if (s.inDoubt.has(e.txn) || s.pending.has(e.txn)) {
+        s.resolving.add(e.txn);
       }
       break;
     }
