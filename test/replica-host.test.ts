@@ -252,6 +252,35 @@ describe('failover', () => {
     expect(a.shard.count).toBe(20);
     expect(await a.shard.get(['p10'], false, false)).toEqual([]);
   });
+
+  it("a batch's decision in the new leader's log, committed nowhere yet, is the one it answers; the old leader's waiting call fails UNAVAILABLE", async () => {
+    const a = await cluster();
+    const txn = 'e'.repeat(32);
+    await a.prepare(txn, 0, { type: 'upsert', op: batch(0, 3) }, '', undefined);
+    expect(a.shard.status().inDoubt).toBe(1);
+    const prepared = a.status().commitLsn;
+    // Acks lost: the decision is durable on every replica and committed nowhere.
+    net.filter = (_from, _to, m) => m.kind === 'ack';
+    const decided = a.decide(txn, 'commit').catch((e: QuiverError) => e.code);
+    await pollUntil(() => ['b', 'c'].every((n) => hosts.get(n)!.status().durableLsn > prepared), 'b and c hold the decision');
+    expect(a.status().commitLsn).toBe(prepared);
+    net.filter = null;
+    net.cut.add('a');
+    for (const n of ['b', 'c']) hosts.get(n)!.onMap({ epoch: 2, leader: null, replicas: NODES, phase: 'electing' });
+    for (const n of ['b', 'c']) hosts.get(n)!.onMap({ epoch: 2, leader: 'b', replicas: NODES, phase: 'active' });
+    const b = hosts.get('b')!;
+    await pollUntil(() => b.status().role === 'leader', 'b to lead epoch 2');
+    // Asked far past the timeout: without the decision found in its log it would abort.
+    expect(await b.decisionOf(txn, Date.now() + 600_000)).toBe('commit');
+    expect(await b.decide(txn, 'abort')).toBe('commit');
+    expect((await b.shard.get(['p0', 'p1', 'p2'], false, false)).length).toBe(3);
+    expect(b.shard.status().inDoubt).toBe(0);
+    a.onMap({ epoch: 2, leader: 'b', replicas: NODES, phase: 'active' });
+    expect(await decided).toBe('UNAVAILABLE');
+    net.cut.delete('a');
+    await allApplied(b.status().commitLsn);
+    await expectSame(b.status().commitLsn, ['b', 'a', 'c']);
+  });
 });
 
 describe('restart', () => {

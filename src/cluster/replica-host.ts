@@ -713,7 +713,11 @@ export class ReplicaHost extends EventEmitter {
     this.state = state;
     const r = state.role;
     if (isLeading(was) && !isLeading(r)) this.stopLeadingTxns();
-    else if (!isLeading(was) && isLeading(r)) this.txnReady = this.shardValue.leadTxns(r.epochStartLsn - 1);
+    else if (!isLeading(was) && isLeading(r)) {
+      const gen = this.leadership;
+      this.txnReady = this.shardValue.leadTxns(r.epochStartLsn - 1, () => gen === this.leadership);
+      this.txnReady.catch(() => undefined); // the transaction calls of this leadership fail with it
+    }
     if (r.kind !== was.kind || r.epoch !== was.epoch) this.log.info(`replica ${was.kind} -> ${r.kind}`, { epoch: r.epoch, leader: r.kind === 'follower' ? r.leader : isLeading(r) ? this.opts.self : null, commitLsn: state.log.commitLsn });
     for (const e of effects) await this.perform(e);
   }

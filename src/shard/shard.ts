@@ -660,15 +660,16 @@ export class Shard {
   /**
    * A replica starting to lead: the transaction entries of its log up to `toLsn` not yet applied
    * are being logged (prepares hold their ids, a decision is known). In the apply order, so that an
-   * entry applied meanwhile is counted once.
+   * entry applied meanwhile is counted once; `leading()` false (it stopped leading since) ends it.
    */
-  leadTxns(toLsn: number): Promise<void> {
+  leadTxns(toLsn: number, leading: () => boolean): Promise<void> {
     return this.enqueue(async () => {
       await this.wal.flush();
       const to = Math.min(toLsn, this.wal.durableLsn);
       if (to <= this.applied) return;
       const now = Date.now();
       for await (const e of this.wal.entries(this.applied + 1, to)) {
+        if (!leading()) return;
         if (e.type === EntryType.Prepare) {
           const { txn, part } = decodePrepare(e.body, this.opts.dim);
           this.stepTxn({ type: 'logFound', txn, entry: { kind: 'prepare', ids: part.type === 'upsert' ? part.op.ids : part.ids }, now });

@@ -1,0 +1,86 @@
+/**
+ * The transaction machine (src/shard/txn.ts) across a cluster replica's changes of leadership,
+ * scripted: a new leader knows the decision in its log before it is applied (so it never logs a
+ * second, different one), a deposed leader forgets what it was logging (its tail may be cut), a
+ * prepare asked again of a shard that holds it is refused like a lock, and a decision refused
+ * before it was appended can be asked again.
+ */
+import { describe, expect, it } from 'vitest';
+import { TxnAction, TxnEvent, TxnState, initTxn, stepTxn } from '../src/shard/txn';
+
+const T = 'a'.repeat(32);
+const U = 'b'.repeat(32);
+const timeoutMs = 2000;
+
+function machine(shard = 0): { s: TxnState; step: (e: TxnEvent) => TxnAction[] } {
+  const s = initTxn(shard, timeoutMs, 100);
+  return { s, step: (e) => stepTxn(s, e).actions };
+}
+
+describe('transaction machine across leadership changes', () => {
+  it('a new leader that finds a decision in its log answers it, applied or not, and logs no other', () => {
+    // Without the entry found, a participant asking past the timeout gets an abort logged.
+    const bare = machine();
+    expect(bare.step({ type: 'decisionAsked', txn: T, now: 10_000 })).toEqual([{ type: 'logDecision', txn: T, outcome: 'abort' }]);
+
+    const { step } = machine();
+    step({ type: 'logFound', txn: T, entry: { kind: 'prepare', ids: ['x'] }, now: 0 });
+    step({ type: 'logFound', txn: T, entry: { kind: 'decision', outcome: 'commit' }, now: 0 });
+    expect(step({ type: 'decisionAsked', txn: T, now: 10_000 })).toEqual([]);
+    expect(step({ type: 'decideAsked', txn: T, outcome: 'abort' })).toEqual([]);
+    step({ type: 'prepareApplied', txn: T, lsn: 5, coordinator: 0, ids: ['x'], now: 1 });
+    expect(step({ type: 'decisionApplied', txn: T, outcome: 'commit' })).toEqual([
+      { type: 'applyPart', txn: T, lsn: 5 },
+      { type: 'answer', txn: T, outcome: 'commit' },
+    ]);
+    expect(step({ type: 'decideAsked', txn: T, outcome: 'abort' })).toEqual([{ type: 'answer', txn: T, outcome: 'commit' }]);
+  });
+
+  it("a prepare found in the log holds its ids until it is applied and resolved; a resolution found is not logged twice", () => {
+    const { s, step } = machine(1);
+    step({ type: 'logFound', txn: T, entry: { kind: 'prepare', ids: ['x', 'y'] }, now: 0 });
+    expect(step({ type: 'prepareAsked', txn: U, ids: ['y'], now: 1 })).toEqual([{ type: 'refuse', txn: U, heldBy: T, id: 'y' }]);
+    step({ type: 'logFound', txn: T, entry: { kind: 'resolution' }, now: 0 });
+    expect(step({ type: 'decisionHeard', txn: T, outcome: 'commit' })).toEqual([]);
+    step({ type: 'prepareApplied', txn: T, lsn: 3, coordinator: 0, ids: ['x', 'y'], now: 1 });
+    expect(step({ type: 'resolutionApplied', txn: T, outcome: 'commit' })).toEqual([{ type: 'applyPart', txn: T, lsn: 3 }]);
+    expect(s.locks.size).toBe(0);
+    expect(step({ type: 'prepareAsked', txn: U, ids: ['y'], now: 2 })).toEqual([{ type: 'logPrepare', txn: U }]);
+  });
+
+  it('a deposed leader forgets what it was logging: ids of its unapplied prepares free, decisions and resolutions asked again', () => {
+    const { s, step } = machine();
+    step({ type: 'prepareAsked', txn: T, ids: ['x'], now: 0 });
+    step({ type: 'prepareApplied', txn: U, lsn: 2, coordinator: 0, ids: ['z'], now: 0 });
+    expect(step({ type: 'decideAsked', txn: U, outcome: 'commit' })).toEqual([{ type: 'logDecision', txn: U, outcome: 'commit' }]);
+    step({ type: 'leadershipLost' });
+    expect([...s.locks]).toEqual([['z', U]]); // in doubt (applied): held on every replica
+    expect(s.pending.size + s.deciding.size + s.resolving.size).toBe(0);
+    expect(step({ type: 'prepareAsked', txn: 'c'.repeat(32), ids: ['x'], now: 1 })).toEqual([{ type: 'logPrepare', txn: 'c'.repeat(32) }]);
+    // Leading again, it learns from its log whether the decision it was logging is there.
+    step({ type: 'logFound', txn: U, entry: { kind: 'decision', outcome: 'commit' }, now: 2 });
+    expect(step({ type: 'decideAsked', txn: U, outcome: 'abort' })).toEqual([]);
+  });
+
+  it('a prepare asked again of a shard holding it is refused like a lock (the batch retries as a new one)', () => {
+    const { step } = machine();
+    expect(step({ type: 'prepareAsked', txn: T, ids: ['x'], now: 0 })).toEqual([{ type: 'logPrepare', txn: T }]);
+    expect(step({ type: 'prepareAsked', txn: T, ids: ['x'], now: 1 })).toEqual([{ type: 'refuse', txn: T, heldBy: T, id: 'x' }]);
+    step({ type: 'prepareApplied', txn: T, lsn: 1, coordinator: 0, ids: ['x'], now: 1 });
+    expect(step({ type: 'prepareAsked', txn: T, ids: ['x'], now: 2 })).toEqual([{ type: 'refuse', txn: T, heldBy: T, id: 'x' }]);
+  });
+
+  it('a decision or resolution refused before it was appended is asked again', () => {
+    const { step } = machine();
+    step({ type: 'prepareApplied', txn: T, lsn: 1, coordinator: 2, ids: ['x'], now: 0 });
+    expect(step({ type: 'decisionHeard', txn: T, outcome: 'abort' })).toEqual([{ type: 'logResolution', txn: T, outcome: 'abort' }]);
+    expect(step({ type: 'decisionHeard', txn: T, outcome: 'abort' })).toEqual([]);
+    step({ type: 'logFailed', txn: T, role: 'resolution' });
+    expect(step({ type: 'decisionHeard', txn: T, outcome: 'abort' })).toEqual([{ type: 'logResolution', txn: T, outcome: 'abort' }]);
+
+    expect(step({ type: 'decideAsked', txn: U, outcome: 'commit' })).toEqual([{ type: 'logDecision', txn: U, outcome: 'commit' }]);
+    expect(step({ type: 'decideAsked', txn: U, outcome: 'commit' })).toEqual([]);
+    step({ type: 'logFailed', txn: U, role: 'decision' });
+    expect(step({ type: 'decideAsked', txn: U, outcome: 'commit' })).toEqual([{ type: 'logDecision', txn: U, outcome: 'commit' }]);
+  });
+});
