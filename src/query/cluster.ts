@@ -696,11 +696,11 @@ export class ClusterDatabase extends PointWrites implements Database {
   private async upsertChecked(c: ClusterCollection, batch: UpsertOp, opts: WriteOptions): Promise<{ upserted: number; token: WriteToken }> {
     const { key, hash, expectLeader } = checkWrite(opts, () => requestHash('upsert', c.spec.name, batch.ids, batch.payloadJson, batch.vectors));
     const parts = splitBatch(batch, c.spec.dim, c.spec.shards);
+    if (expectLeader) this.checkLeads(c, parts.keys());
     if (parts.size > 1) {
       const { count, token } = await this.transact(c, new Map([...parts].map(([s, op]) => [s, { type: 'upsert', op }])), key, hash, opts.signal);
       return { upserted: count, token };
     }
-    if (expectLeader) this.checkLeads(c, parts.keys());
     const { count, token } = await writeByShard(parts, (s, part) =>
       this.onLeader(
         c,
@@ -718,11 +718,11 @@ export class ClusterDatabase extends PointWrites implements Database {
     checkIds(ids, true);
     const { key, hash, expectLeader } = checkWrite(opts, () => requestHash('delete', c.spec.name, ids));
     const parts = idsByShard(ids, c.spec.shards);
+    if (expectLeader) this.checkLeads(c, parts.keys());
     if (parts.size > 1) {
       const { count, token } = await this.transact(c, new Map([...parts].map(([s, g]) => [s, { type: 'delete', ids: g }])), key, hash, opts.signal);
       return { deleted: count, token };
     }
-    if (expectLeader) this.checkLeads(c, parts.keys());
     const { count, token } = await writeByShard(parts, (s, g) =>
       this.onLeader(
         c,
