@@ -773,6 +773,13 @@ export class ClusterDatabase extends PointWrites implements Database {
     const name = c.spec.name;
     const peers = this.opts.peers;
     const on = <T>(local: (r: ReplicaPort) => Promise<T>, remote: (node: NodeId) => Promise<T>): Promise<T> => ClusterDatabase.bounded(this.onLeader(c, s, signal, local, remote), signal);
+    // A committed part's answer is missing when the call was asked again of a new leader after the part settled.
+    const answer = (outcome: TxnOutcome, r: WriteResult | undefined): WriteResult | undefined => {
+      if (r === undefined && outcome === 'commit') {
+        throw new QuiverError('UNAVAILABLE', `the batch committed; shard ${shardKey(name, s)}'s answer was lost to a change of leader: retry it with the same idempotency key`);
+      }
+      return r;
+    };
     const parts = new Map<string, { promise: Promise<WriteResult | undefined>; settle: (p: Promise<WriteResult | undefined>) => void }>();
     const partOf = (txn: string): { promise: Promise<WriteResult | undefined>; settle: (p: Promise<WriteResult | undefined>) => void } => {
       let p = parts.get(txn);
@@ -794,7 +801,7 @@ export class ClusterDatabase extends PointWrites implements Database {
           (rep) => decideSettled(rep, txn, outcome),
           (node) => peers.txnDecide(node, name, s, txn, outcome),
         );
-        partOf(txn).settle(Promise.resolve(r.part));
+        partOf(txn).settle(Promise.resolve(r.part).then((p) => answer(r.outcome, p)));
         return r.outcome;
       },
       decisionOf: (txn, now) =>
@@ -807,8 +814,9 @@ export class ClusterDatabase extends PointWrites implements Database {
           (r) => resolveSettled(r, txn, outcome),
           (node) => peers.txnResolve(node, name, s, txn, outcome),
         );
-        settled.catch(() => undefined); // the driver awaits it through settled()
-        partOf(txn).settle(settled);
+        const part = settled.then((p) => answer(outcome, p));
+        part.catch(() => undefined); // the driver awaits it through settled()
+        partOf(txn).settle(part);
       },
       settled: (txn) => partOf(txn).promise as Promise<WriteResult>,
       due: (now) => {
