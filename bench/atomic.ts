@@ -1,24 +1,32 @@
 /**
  * `quiver bench atomic`: what all-or-nothing batches across shards cost (src/query/transaction.ts).
  *
- * An in-process standalone Database holds one collection of --shards shards. --writers writers
- * upsert batches of --batch points (synthetic, spread over every shard) back to back, in rounds
- * that alternate two ways of writing the same batches:
+ * One collection of --shards shards; --writers writers upsert batches of --batch points
+ * (synthetic, spread over every shard) back to back, in rounds that alternate two ways of writing
+ * the same batches:
  *   atomic     the batch as one request: a transaction (a prepare on each shard, the coordinator's
  *              decision, each other shard's resolution; answered once every part is applied);
  *   per-shard  the batch split by shard, each part its own request, in parallel (one entry per
  *              shard, no transaction: what a batch across shards was before).
- * Printed per way: points/s and ack latency p50/p99 over every round, and atomic / per-shard.
- * Writes JSON to bench/results/atomic.json.
+ * By default against an in-process standalone Database. With --nodes N, through the SDK
+ * (src/client) instead, against a standalone `quiver serve` and then against N nodes on loopback
+ * with etcd (RF 3, majority), in the same run: the SDK sends an atomic batch whole to its
+ * coordinator shard's leader, and each per-shard part to its shard's leader. The processes it
+ * starts are stopped by pid.
+ * Printed per target and way: points/s and ack latency p50/p99 over every round, and atomic /
+ * per-shard. Writes JSON to bench/results/atomic.json (with --nodes, atomic-cluster.json).
  */
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { openDatabase } from '../src/query';
+import { QuiverClient } from '../src/client';
 import { byShard } from '../src/common/placement';
-import type { IndexSpec } from '../src/query/types';
-import { CommandSpec, intFlag, parseCommandLine, stringFlag } from '../src/common/args';
+import type { IndexSpec, UpsertColumns } from '../src/query/types';
+import { CommandSpec, UsageError, intFlag, parseCommandLine, stringFlag } from '../src/common/args';
+import { Node, httpJson, serve, startNodes, stop } from './cluster';
 import { pct, synthetic } from './datasets';
+import { EtcdServer } from './etcd-process';
 import { machine, progress, table, writeJson } from './report';
 
 const USAGE = `usage: quiver bench atomic [options]
@@ -34,40 +42,43 @@ options:
   --writers N        concurrent writers (default 4)
   --batches N        batches per writer per round (default 10)
   --rounds N         rounds of each way, alternating (default 4)
+  --nodes N          through the SDK: a standalone quiver serve, then N >= 3 nodes started on
+                     loopback with etcd (/usr/bin/etcd), RF 3, majority (default 0: an in-process
+                     standalone database only)
   --help             this text
 `;
 
 export const SPEC: CommandSpec = {
   usage: USAGE,
-  flags: Object.fromEntries(['index', 'shards', 'dim', 'batch', 'writers', 'batches', 'rounds'].map((k) => [k, { type: 'string' }])),
+  flags: Object.fromEntries(['index', 'shards', 'dim', 'batch', 'writers', 'batches', 'rounds', 'nodes'].map((k) => [k, { type: 'string' }])),
 };
 
 const now = (): number => Number(process.hrtime.bigint()) / 1e6;
 const WAYS = ['atomic', 'per-shard'] as const;
+type Way = (typeof WAYS)[number];
 
-export async function run(argv: string[]): Promise<number> {
-  const p = parseCommandLine(argv, SPEC);
-  if (!p) return 0;
-  const t = stringFlag(p, 'index', 'flat');
-  if (t !== 'hnsw' && t !== 'flat') throw new Error(`--index: unknown index type '${t}' (hnsw, flat)`);
-  const o = {
-    index: t,
-    shards: intFlag(p, 'shards', 3, 2),
-    dim: intFlag(p, 'dim', 128, 1),
-    batch: intFlag(p, 'batch', 1000, 1),
-    writers: intFlag(p, 'writers', 4, 1),
-    batches: intFlag(p, 'batches', 10, 1),
-    rounds: intFlag(p, 'rounds', 4, 1),
-  };
-  const spec: IndexSpec = t === 'hnsw' ? { type: 'hnsw', m: 16, efConstruction: 100 } : { type: 'flat' };
+interface Options {
+  index: 'flat' | 'hnsw';
+  shards: number;
+  dim: number;
+  batch: number;
+  writers: number;
+  batches: number;
+  rounds: number;
+}
+
+type Row = { way: Way; batches: number; 'points/s': number; 'ack p50 ms': number; 'ack p99 ms': number };
+type Ratio = { throughput: number; p50: number; p99: number };
+
+/**
+ * The alternating rounds against one target: `write(way, batch)` writes a batch one way. Batch ids
+ * cycle through 50,000 (so the collection stops growing), rows through a synthetic dataset.
+ */
+async function measure(o: Options, target: string, write: (way: Way, cols: UpsertColumns & { ids: string[]; vectors: Float32Array }) => Promise<unknown>): Promise<{ rows: Row[]; ratio: Ratio }> {
   const ds = synthetic({ nBase: 20_000, nQueries: 1, dim: o.dim, metric: 'l2' });
-  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'quiver-bench-atomic-'));
-  const db = await openDatabase({ dataDir, snapshotIntervalMs: 0 });
-  const name = 'atomic';
-  const ack: Record<(typeof WAYS)[number], number[]> = { atomic: [], 'per-shard': [] };
-  const busyMs: Record<(typeof WAYS)[number], number> = { atomic: 0, 'per-shard': 0 };
+  const ack: Record<Way, number[]> = { atomic: [], 'per-shard': [] };
+  const busyMs: Record<Way, number> = { atomic: 0, 'per-shard': 0 };
   let next = 0;
-  /** The next batch: ids cycle through 50,000 (so the collection stops growing), rows through the dataset. */
   const batch = () => {
     const ids: string[] = [];
     const vectors = new Float32Array(o.batch * o.dim);
@@ -78,52 +89,134 @@ export async function run(argv: string[]): Promise<number> {
     }
     return { ids, vectors, payloads: ids.map((id) => ({ id })) };
   };
+  for (let r = 0; r < 2 * o.rounds; r++) {
+    const way = WAYS[r % 2];
+    progress(`${target}, round ${Math.floor(r / 2) + 1}/${o.rounds}: ${way}, ${o.writers} writers x ${o.batches} batches of ${o.batch}`);
+    const start = now();
+    await Promise.all(
+      Array.from({ length: o.writers }, async () => {
+        for (let b = 0; b < o.batches; b++) {
+          const cols = batch();
+          const t0 = now();
+          await write(way, cols);
+          ack[way].push(now() - t0);
+        }
+      }),
+    );
+    busyMs[way] += now() - start;
+  }
+  const rows = WAYS.map((way) => {
+    const ms = [...ack[way]].sort((a, b) => a - b);
+    return { way, batches: ms.length, 'points/s': (ms.length * o.batch) / (busyMs[way] / 1000), 'ack p50 ms': pct(ms, 0.5), 'ack p99 ms': pct(ms, 0.99) };
+  });
+  const ratio = {
+    throughput: rows[0]['points/s'] / rows[1]['points/s'],
+    p50: rows[0]['ack p50 ms'] / rows[1]['ack p50 ms'],
+    p99: rows[0]['ack p99 ms'] / rows[1]['ack p99 ms'],
+  };
+  return { rows, ratio };
+}
+
+/** A batch's rows by shard, each part as its own columns. */
+function parts(o: Options, cols: { ids: string[]; vectors: Float32Array; payloads: unknown[] }): { ids: string[]; vectors: Float32Array; payloads: unknown[] }[] {
+  return [...byShard(cols.ids.map((_, i) => i), o.shards, (i) => cols.ids[i]).values()].map((rows) => {
+    const vectors = new Float32Array(rows.length * o.dim);
+    rows.forEach((i, j) => vectors.set(cols.vectors.subarray(i * o.dim, (i + 1) * o.dim), j * o.dim));
+    return { ids: rows.map((i) => cols.ids[i]), vectors, payloads: rows.map((i) => cols.payloads[i]) };
+  });
+}
+
+function print(title: string, rows: Row[], ratio: Ratio): void {
+  console.log(`\n${title}\n`);
+  console.log(table(rows));
+  console.log(`\natomic / per-shard: throughput ${ratio.throughput.toFixed(3)}, ack p50 ${ratio.p50.toFixed(3)}, p99 ${ratio.p99.toFixed(3)}`);
+}
+
+export async function run(argv: string[]): Promise<number> {
+  const p = parseCommandLine(argv, SPEC);
+  if (!p) return 0;
+  const t = stringFlag(p, 'index', 'flat');
+  if (t !== 'hnsw' && t !== 'flat') throw new Error(`--index: unknown index type '${t}' (hnsw, flat)`);
+  const o: Options = {
+    index: t,
+    shards: intFlag(p, 'shards', 3, 2),
+    dim: intFlag(p, 'dim', 128, 1),
+    batch: intFlag(p, 'batch', 1000, 1),
+    writers: intFlag(p, 'writers', 4, 1),
+    batches: intFlag(p, 'batches', 10, 1),
+    rounds: intFlag(p, 'rounds', 4, 1),
+  };
+  const nodes = intFlag(p, 'nodes', 0, 0);
+  if (nodes > 0 && nodes < 3) throw new UsageError('--nodes takes 3 or more (the collection has RF 3)');
+  const spec: IndexSpec = t === 'hnsw' ? { type: 'hnsw', m: 16, efConstruction: 100 } : { type: 'flat' };
+  const shape = `${o.shards} shards, ${o.index} ${o.dim}-d, batches of ${o.batch}, ${o.writers} writers`;
+  if (nodes > 0) return throughSdk(o, spec, nodes, shape);
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'quiver-bench-atomic-'));
+  const db = await openDatabase({ dataDir, snapshotIntervalMs: 0 });
+  const name = 'atomic';
   try {
     await db.createCollection({ name, dim: o.dim, metric: 'l2', index: spec, shards: o.shards });
-    for (let r = 0; r < 2 * o.rounds; r++) {
-      const way = WAYS[r % 2];
-      progress(`round ${Math.floor(r / 2) + 1}/${o.rounds}: ${way}, ${o.writers} writers x ${o.batches} batches of ${o.batch}`);
-      const start = now();
-      await Promise.all(
-        Array.from({ length: o.writers }, async () => {
-          for (let b = 0; b < o.batches; b++) {
-            const cols = batch();
-            const t0 = now();
-            if (way === 'atomic') {
-              await db.upsertColumns(name, cols);
-            } else {
-              const parts = byShard(cols.ids.map((_, i) => i), o.shards, (i) => cols.ids[i]);
-              await Promise.all(
-                [...parts.values()].map((rows) => {
-                  const vectors = new Float32Array(rows.length * o.dim);
-                  rows.forEach((i, j) => vectors.set(cols.vectors.subarray(i * o.dim, (i + 1) * o.dim), j * o.dim));
-                  return db.upsertColumns(name, { ids: rows.map((i) => cols.ids[i]), vectors, payloads: rows.map((i) => cols.payloads[i]) });
-                }),
-              );
-            }
-            ack[way].push(now() - t0);
-          }
-        }),
-      );
-      busyMs[way] += now() - start;
-    }
-    const rows = WAYS.map((way) => {
-      const ms = [...ack[way]].sort((a, b) => a - b);
-      return { way, batches: ms.length, 'points/s': (ms.length * o.batch) / (busyMs[way] / 1000), 'ack p50 ms': pct(ms, 0.5), 'ack p99 ms': pct(ms, 0.99) };
+    const { rows, ratio } = await measure(o, 'standalone', async (way, cols) => {
+      if (way === 'atomic') await db.upsertColumns(name, cols);
+      else await Promise.all(parts(o, cols).map((part) => db.upsertColumns(name, part)));
     });
-    const ratio = {
-      throughput: rows[0]['points/s'] / rows[1]['points/s'],
-      p50: rows[0]['ack p50 ms'] / rows[1]['ack p50 ms'],
-      p99: rows[0]['ack p99 ms'] / rows[1]['ack p99 ms'],
-    };
     const file = writeJson('atomic', { machine: machine(), options: o, standalone: rows, atomicOverPerShard: ratio });
-    console.log(`\nstandalone, ${o.shards} shards, ${o.index} ${o.dim}-d, batches of ${o.batch}, ${o.writers} writers\n`);
-    console.log(table(rows));
-    console.log(`\natomic / per-shard: throughput ${ratio.throughput.toFixed(3)}, ack p50 ${ratio.p50.toFixed(3)}, p99 ${ratio.p99.toFixed(3)}`);
+    print(`standalone, ${shape}`, rows, ratio);
     console.log(`written ${file}`);
   } finally {
     await db.close({ snapshot: false });
     fs.rmSync(dataDir, { recursive: true, force: true });
+  }
+  return 0;
+}
+
+/** The two ways through the SDK, against a standalone node and then a cluster of `count` nodes (RF 3, majority). */
+async function throughSdk(o: Options, spec: IndexSpec, count: number, shape: string): Promise<number> {
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'quiver-bench-atomic-'));
+  const all: Node[] = [];
+  let etcd: EtcdServer | undefined;
+  const name = 'atomic';
+  /** The rounds through an SDK client of `targets`, once the collection made through it has a leader for every shard. */
+  const sdkRounds = async (target: string, targets: Node[], replicationFactor: number) => {
+    const setup = await QuiverClient.connect(targets[0].grpc);
+    await setup.createCollection({ name, dim: o.dim, metric: 'l2', index: spec, shards: o.shards, replicationFactor, writeConcern: 'majority' });
+    setup.close();
+    while (!(await httpJson(targets[0].http, 'GET', `/v1/collections/${name}/shards?digest=false`)).body.shards.every((s: { leader: string | null }) => s.leader)) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const client = await QuiverClient.connect(targets.map((n) => n.grpc));
+    const points = (c: { ids: string[]; vectors: Float32Array; payloads: unknown[] }) =>
+      c.ids.map((id, i) => ({ id, vector: c.vectors.subarray(i * o.dim, (i + 1) * o.dim), payload: c.payloads[i] as Record<string, unknown> }));
+    try {
+      return await measure(o, target, async (way, cols) => {
+        if (way === 'atomic') await client.upsert(name, points(cols));
+        else await Promise.all(parts(o, cols).map((part) => client.upsert(name, points(part))));
+      });
+    } finally {
+      client.close();
+    }
+  };
+  try {
+    const alone = await serve('alone', ['--data', path.join(tmp, 'alone')]);
+    all.push(alone);
+    const standalone = await sdkRounds('standalone (SDK)', [alone], 1);
+    await stop([alone]);
+    etcd = await EtcdServer.start();
+    const cluster = await sdkRounds(`cluster of ${count} (SDK)`, await startNodes(all, etcd, tmp, 'bench-atomic', count), 3);
+    const file = writeJson('atomic-cluster', {
+      machine: machine(),
+      options: { ...o, nodes: count, replicationFactor: 3, writeConcern: 'majority' },
+      standalone: standalone.rows,
+      cluster: cluster.rows,
+      atomicOverPerShard: { standalone: standalone.ratio, cluster: cluster.ratio },
+    });
+    print(`standalone through the SDK, ${shape}`, standalone.rows, standalone.ratio);
+    print(`${count} nodes, RF 3, majority, through the SDK, ${shape}`, cluster.rows, cluster.ratio);
+    console.log(`written ${file}`);
+  } finally {
+    await stop(all);
+    await etcd?.stop();
+    fs.rmSync(tmp, { recursive: true, force: true });
   }
   return 0;
 }

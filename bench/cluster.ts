@@ -491,7 +491,7 @@ export async function run(argv: string[]): Promise<number> {
 }
 
 /** `count` new nodes n1.. of cluster `name` (data under tmp/name), once the first sees them all. */
-async function startNodes(all: Node[], etcd: EtcdServer, tmp: string, name: string, count = 3): Promise<Node[]> {
+export async function startNodes(all: Node[], etcd: EtcdServer, tmp: string, name: string, count = 3): Promise<Node[]> {
   const nodes: Node[] = [];
   for (let i = 1; i <= count; i++) {
     const id = `n${i}`;

@@ -1,8 +1,9 @@
 /**
  * Seeing a cluster and routing writes to it, on one cluster of real processes shared by the tests
  * (etcd, three `quiver serve --etcd` nodes with their sidecars): ClusterStatus and GET /v1/cluster
- * from every node, the client's shard-aware writes (no forward hop), a client whose routes are
- * stale, NOT_LEADER's details over HTTP and gRPC. NOT_LEADER's encoding by both gRPC servers is
+ * from every node, the client's shard-aware writes (a one-shard write to its leader with no forward
+ * hop, a batch across shards whole to its coordinator's leader), a client whose routes are stale,
+ * NOT_LEADER's details over HTTP and gRPC. NOT_LEADER's encoding by both gRPC servers is
  * also checked on a standalone node whose database refuses writes with it.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -175,30 +176,45 @@ describe('a cluster of three nodes: status and routing', () => {
     expect(s1.replicas.filter((r) => r.node !== nodes[0].id).every((r) => r.durableLsn === undefined)).toBe(true);
   }, 180_000);
 
-  it("the client's writes reach each shard's leader with no forward hop; writes the client does not route are forwarded", async () => {
+  it("the client sends a write within one shard to its leader with no forward hop, and a batch across shards whole to its first id's shard's leader; writes the client does not route are forwarded", async () => {
     const routed = await connect(nodes[0]);
-    const before = await forwarded();
-    const upsertsBefore = await upserts('OK');
-    const pts = batchOf(2000, 2300);
-    const parts = new Set(pts.map((p) => shardOf(p.id, SHARDS)));
-    expect(parts.size).toBe(SHARDS);
-    expect((await routed.upsert(C, pts)).upserted).toBe(300);
-    expect((await routed.delete(C, pts.slice(0, 30).map((p) => p.id))).deleted).toBe(30);
-    expect(await forwarded()).toBe(before);
-    // One Upsert per shard, each on the node leading it.
     const lead = await leaders(nodes[0]);
-    const upsertsAfter = await upserts('OK');
-    nodes.forEach((n, i) => expect(upsertsAfter[i] - upsertsBefore[i], n.id).toBe(lead.filter((l) => l === n.id).length));
+    const fwdBefore = await forwarded();
+    let before = await upserts('OK');
+    const deltas = async (): Promise<number[]> => {
+      const after = await upserts('OK');
+      const d = after.map((x, i) => x - before[i]);
+      before = after;
+      return d;
+    };
+    // One shard's batch: one Upsert, on that shard's leader; nothing forwarded.
+    for (let s = 0; s < SHARDS; s++) {
+      expect((await routed.upsert(C, inShard(s, 20, 2000))).upserted).toBe(20);
+      expect(await deltas()).toEqual(nodes.map((n) => (n.id === lead[s] ? 1 : 0)));
+    }
+    expect((await routed.delete(C, inShard(1, 5, 2000).map((p) => p.id))).deleted).toBe(5);
+    expect(await forwarded()).toBe(fwdBefore);
+    // A batch across shards: one Upsert, whole, on the leader of its first id's shard (the coordinator).
+    const pts = batchOf(2500, 2800);
+    expect(new Set(pts.map((p) => shardOf(p.id, SHARDS))).size).toBe(SHARDS);
+    const first = shardOf(pts[0].id, SHARDS);
+    const wrote = await routed.upsert(C, pts);
+    expect(wrote.upserted).toBe(300);
+    expect(Object.keys(wrote.token).sort()).toEqual(['0', '1', '2']);
+    expect(await deltas()).toEqual(nodes.map((n) => (n.id === lead[first] ? 1 : 0)));
+    const got = await routed.get(C, pts.map((p) => p.id), { withPayload: true });
+    expect(got.map((p) => p.payload)).toEqual(pts.map((p) => p.payload));
 
     // Without routing, the node the client talks to forwards the parts of the shards it does not lead.
     const plain = await connect(nodes[0], { routing: false });
     const notLed = lead.filter((l) => l !== nodes[0].id).length;
+    const fwd0 = await metric(nodes[0], 'quiver_forwarded_writes_total', { collection: C });
     expect((await plain.upsert(C, batchOf(3000, 3300))).upserted).toBe(300);
-    expect(await metric(nodes[0], 'quiver_forwarded_writes_total', { collection: C })).toBe(notLed);
-    expect(await routed.count(C)).toBe(60 + 5 + 270 + 300);
+    expect((await metric(nodes[0], 'quiver_forwarded_writes_total', { collection: C })) - fwd0).toBe(notLed);
+    expect(await routed.count(C)).toBe(60 + 5 + 3 * 20 - 5 + 300 + 300);
   }, 120_000);
 
-  it('a client whose routes name the wrong leaders gets NOT_LEADER with the leader, follows it, and its write succeeds', async () => {
+  it('a client whose routes name the wrong leaders gets NOT_LEADER with the leader for a write within one shard, follows it, and its write succeeds; a batch across shards is taken where it lands', async () => {
     const st = await (await connect(nodes[0])).status({ leadersOnly: true });
     // Every shard's leader swapped for one of its followers.
     const stale: ClusterStatus = {
@@ -208,16 +224,21 @@ describe('a cluster of three nodes: status and routing', () => {
     const client = await connect(nodes[1], { routes: stale });
     const refusedBefore = (await upserts('NOT_LEADER')).reduce((a, b) => a + b, 0);
     const fwdBefore = await forwarded();
-    const pts = batchOf(4000, 4090);
-    expect((await client.upsert(C, pts)).upserted).toBe(90);
-    // Each shard's part was refused once by the node the stale routes named, then went to its leader.
+    const pts = [0, 1, 2].flatMap((s) => inShard(s, 30, 4000));
+    for (let s = 0; s < SHARDS; s++) expect((await client.upsert(C, pts.slice(30 * s, 30 * (s + 1)))).upserted).toBe(30);
+    // Each write was refused once by the node the stale routes named, then went to its leader.
     expect((await upserts('NOT_LEADER')).reduce((a, b) => a + b, 0) - refusedBefore).toBe(SHARDS);
     expect(await forwarded()).toBe(fwdBefore);
     const got = await client.get(C, pts.map((p) => p.id), { withPayload: true });
     expect(got.map((p) => p.payload)).toEqual(pts.map((p) => p.payload));
+    // A batch across shards goes without expect_leader: the node the stale routes name takes it.
+    const across = batchOf(4500, 4590);
+    expect((await (await connect(nodes[1], { routes: stale })).upsert(C, across)).upserted).toBe(90);
+    expect((await upserts('NOT_LEADER')).reduce((a, b) => a + b, 0) - refusedBefore).toBe(SHARDS);
+    expect((await client.get(C, across.map((p) => p.id))).length).toBe(90);
   }, 60_000);
 
-  it('a batch the client splits keeps the semantics of its idempotency key and of bad input as when a node splits it', async () => {
+  it('a batch across shards keeps the semantics of its idempotency key and of bad input (the node it goes to checks it whole)', async () => {
     const client = await connect(nodes[2]);
     const b1 = batchOf(5000, 5060);
     const first = await client.upsert(C, b1, { idempotencyKey: 'split-key' });
@@ -228,7 +249,9 @@ describe('a cluster of three nodes: status and routing', () => {
     const b2 = b1.map((p, i) => (i === 7 ? { ...p, payload: { i: -1 } } : p));
     await expectCode(client.upsert(C, b2, { idempotencyKey: 'split-key' }), 'FAILED_PRECONDITION');
     expect((await client.get(C, [b1[7].id], { withPayload: true }))[0].payload).toEqual({ i: 5007 });
-    // A bad point refuses the whole batch before any part is sent (as a node refuses it).
+    // The same key sent without routing (to a node that splits it) is the same request.
+    expect(await (await connect(nodes[0], { routing: false })).upsert(C, b1, { idempotencyKey: 'split-key' })).toEqual(first);
+    // A bad point refuses the whole batch: nothing is written on any shard.
     const countBefore = await client.count(C);
     const sentBefore = await upserts('OK');
     const bad = batchOf(6000, 6060);

@@ -15,15 +15,15 @@
  *
  * Shard-aware writes (option `routing`, on by default): in a cluster, the client learns from
  * ClusterStatus which node leads each shard, computes each id's shard as the nodes do
- * (src/common/placement.ts), and sends each shard's part of an upsert or delete straight to its
- * leader (one connection per node, reused), marked `expect_leader`, so that no node forwards it.
- * A batch that spans shards is checked first as a node checks it (src/common/points.ts): a bad
- * point refuses it whole and nothing is sent. Its parts carry the same idempotency key and the
- * hash of the whole batch, so the key stands for the whole batch on every shard, as when a node
- * splits it. A node that does not lead the part's shard answers NOT_LEADER naming the leader: the
- * client takes that leader (or, with none named, a fresh ClusterStatus) and sends the part again.
- * Against a standalone node, and for searches, gets and counts (which any node fans out), the
- * client calls the node it is connected to.
+ * (src/common/placement.ts), and sends an upsert or delete whose ids all fall in one shard
+ * straight to its leader (one connection per node, reused), marked `expect_leader`, so that no
+ * node forwards it. A node that does not lead that shard answers NOT_LEADER naming the leader: the
+ * client takes that leader (or, with none named, a fresh ClusterStatus) and sends it again. A batch
+ * that spans shards goes whole to the leader of its first id's shard, the coordinator of the
+ * transaction that node then drives (src/query/transaction.ts), which saves the hop to the
+ * coordinator's leader; that node checks the whole batch and keeps the key for it, as any node
+ * does. Against a standalone node, and for searches, gets and counts (which any node fans out),
+ * the client calls the node it is connected to.
  *
  * Reads are `session` by default (option `consistency`): the client keeps, per collection, the
  * token of every write it made (the latest position of each shard) and sends it with each search,
@@ -67,11 +67,8 @@ import { MethodCodec, MethodName, RequestInit, ResponseOf, bytesToVector, quiver
 import { CONSISTENCIES, checkPosition, maxLagMsMax, mergeToken } from '../common/read-options';
 import { GrpcChannel } from '../rpc/grpc-client';
 import { encodeUpsertColumns } from '../rpc/upsert-codec';
-import { byShard, idsByShard, splitBatch, writeByShard } from '../common/placement';
-import { checkColumns, checkIds } from '../common/points';
-import type { Metric } from '../native';
-import type { WriteResult } from '../shard/shard';
-import { Routes, splitRequestHash } from './routes';
+import { shardOf } from '../common/placement';
+import { Routes } from './routes';
 
 export { QuiverError } from '../errors';
 export type { ErrorCode } from '../errors';
@@ -196,8 +193,6 @@ export class QuiverClient {
   private readonly routing: boolean;
   private routes: Routes | undefined;
   private refreshing: Promise<Routes> | undefined;
-  /** Dimension and metric of the collections whose batches the client has split (the checks need them). */
-  private readonly specs = new Map<string, { dim: number; metric: Metric }>();
   private closed = false;
   private readonly consistency: Consistency;
   /** The session: per collection, where this client's writes left each shard. */
@@ -277,7 +272,6 @@ export class QuiverClient {
   }
 
   async dropCollection(name: string, o: CallOptions = {}): Promise<void> {
-    this.specs.delete(name);
     this.session.delete(name);
     try {
       await this.call('dropCollection', { name }, o);
@@ -331,13 +325,11 @@ export class QuiverClient {
 
   /**
    * Creates, switches and deletes aliases, all or none; answers every alias after. This client
-   * forgets what it kept under each alias named (its spec and session token: they were the old
-   * collection's).
+   * forgets the session token it kept under each alias named (it was the old collection's).
    */
   async updateAliases(actions: AliasAction[], o: CallOptions = {}): Promise<AliasInfo[]> {
     const wire = actions.map((a) => ({ action: a.action, alias: a.alias, collection: a.action === 'delete' ? '' : a.collection }));
     for (const a of actions) {
-      this.specs.delete(a.alias);
       this.session.delete(a.alias);
     }
     return (await this.call('updateAliases', { actions: wire }, o)).aliases.map((a) => ({ alias: a.alias, collection: a.collection }));
@@ -425,13 +417,9 @@ export class QuiverClient {
     // connected node as points, which names the point that is wrong.
     const routes = uniform ? await this.routesFor(collection, o) : null;
     if (routes) {
-      const groups = byShard(points, routes.shards(collection)!, (p) => p.id);
-      if (groups.size > 1) return this.upsertSplit(routes, collection, points, idempotencyKey, o);
-      // One shard's batch: its leader checks it whole, as any node would.
-      const [s] = groups.keys();
       const columns = upsertColumns(collection, idempotencyKey, points);
-      const r = await this.sendPart(collection, s, 'upsert', (expectLeader) => encodeUpsertColumns({ ...columns, expectLeader }), o);
-      return { upserted: r.answer, token: { [String(s)]: { epoch: r.epoch ?? 0, lsn: r.lsn } } };
+      const r = await this.sendRouted(routes, collection, columns.ids, 'upsert', (expectLeader) => encodeUpsertColumns({ ...columns, expectLeader }), o);
+      return { upserted: r.count, token: r.token };
     }
     // Columns (ids, one vectors blob, payloads) spare a message per point on both sides, and are
     // encoded here with one copy of the vectors.
@@ -452,29 +440,6 @@ export class QuiverClient {
     return { upserted: Number(r.count), token: tokenFromWire(r.token) };
   }
 
-  /**
-   * A batch across shards: checked as a node checks a batch (nothing is sent if a point is bad),
-   * then each shard's part to its leader, with the key and the hash of the whole batch.
-   */
-  private async upsertSplit(routes: Routes, collection: string, points: PointInput[], idempotencyKey: string, o: WriteOptions): Promise<{ upserted: number; token: WriteToken }> {
-    const { dim, metric } = await this.specOf(collection, o);
-    const vectors = new Float32Array(points.length * points[0].vector.length);
-    points.forEach((p, i) => vectors.set(p.vector, i * p.vector.length));
-    const batch = checkColumns({ ids: points.map((p) => p.id), vectors, payloads: points.map((p) => p.payload) }, dim, metric);
-    const requestHash = splitRequestHash('upsert', collection, batch.ids, batch.payloadJson, batch.vectors);
-    const payloadsGiven = batch.payloadJson.some((j) => j !== '');
-    const { count, token } = await writeByShard(splitBatch(batch, dim, routes.shards(collection)!), (s, part) =>
-      this.sendPart(
-        collection,
-        s,
-        'upsert',
-        (expectLeader) => encodeUpsertColumns({ collection, idempotencyKey, ids: part.ids, vectors: [part.vectors], payloadJsons: payloadsGiven ? part.payloadJson : [], expectLeader, requestHash }),
-        o,
-      ),
-    );
-    return { upserted: count, token };
-  }
-
   private async deleteOnce(collection: string, ids: string[], o: WriteOptions): Promise<{ deleted: number; token: WriteToken }> {
     const idempotencyKey = o.idempotencyKey ?? randomUUID();
     const routes = Array.isArray(ids) && ids.length > 0 && ids.every((id) => typeof id === 'string') ? await this.routesFor(collection, o) : null;
@@ -482,13 +447,8 @@ export class QuiverClient {
       const r = await this.call('delete', { collection, ids, idempotencyKey }, o);
       return { deleted: Number(r.count), token: tokenFromWire(r.token) };
     }
-    const groups = idsByShard(ids, routes.shards(collection)!);
-    // Checked as a node checks a delete before its parts go (one shard's: its leader checks it).
-    const requestHash = groups.size > 1 ? splitRequestHash('delete', collection, checkIds(ids, true)) : undefined;
-    const { count, token } = await writeByShard(groups, (s, part) =>
-      this.sendPart(collection, s, 'delete', (expectLeader) => quiverMethods.delete.requestSerialize({ collection, ids: part, idempotencyKey, expectLeader, requestHash }), o),
-    );
-    return { deleted: count, token };
+    const r = await this.sendRouted(routes, collection, ids, 'delete', (expectLeader) => quiverMethods.delete.requestSerialize({ collection, ids, idempotencyKey, expectLeader }), o);
+    return { deleted: r.count, token: r.token };
   }
 
   async get(collection: string, ids: string[], o: GetOptions = {}): Promise<Point[]> {
@@ -577,27 +537,23 @@ export class QuiverClient {
     return this.refreshing;
   }
 
-  private async specOf(collection: string, o: CallOptions): Promise<{ dim: number; metric: Metric }> {
-    let spec = this.specs.get(collection);
-    if (!spec) {
-      const info = await this.describeCollection(collection, o);
-      this.specs.set(collection, (spec = { dim: info.dim, metric: info.metric }));
-    }
-    return spec;
-  }
-
   /**
-   * One shard's part of a write (encoded with expect_leader) to the shard's leader, or to the
-   * connected node while no leader is known (it names the leader, or waits for one). NOT_LEADER:
-   * the leader it names (with none named, fresh routes) gets the part at once, at most
-   * leaderRedirectsMax times; UNAVAILABLE and DEADLINE_EXCEEDED: fresh routes and a backoff, as
-   * many times as `retries` says. A node that failed a call that way is suspect for suspectMs:
-   * while the leader is, the part goes without expect_leader to a connected node that is not suspect,
+   * An upsert or delete of `ids` (encoded with or without expect_leader) to the leader of the
+   * first id's shard, or to the connected node while no leader is known. Ids all in that shard:
+   * marked expect_leader, so its leader takes it or names the leader (NOT_LEADER: the leader it
+   * names, with none named fresh routes, gets it at once, at most leaderRedirectsMax times). Ids
+   * across shards: unmarked, so the node drives the batch whatever it leads (stale routes cost a
+   * hop, not a refusal). UNAVAILABLE and DEADLINE_EXCEEDED: fresh routes and a backoff, as many
+   * times as `retries` says. A node that failed a call that way is suspect for suspectMs: while
+   * the leader is, the write goes without expect_leader to a connected node that is not suspect,
    * which forwards it to the leader its map names and follows the map to a new leader as soon as
    * one is elected (the client's routes may name the old one until then, and a paused leader
-   * would hold the part to its deadline).
+   * would hold the write to its deadline).
    */
-  private async sendPart(collection: string, shard: number, method: 'upsert' | 'delete', encode: (expectLeader: boolean) => Buffer, o: CallOptions): Promise<WriteResult> {
+  private async sendRouted(routes: Routes, collection: string, ids: string[], method: 'upsert' | 'delete', encode: (expectLeader: boolean) => Buffer, o: CallOptions): Promise<{ count: number; token: WriteToken }> {
+    const shards = routes.shards(collection)!;
+    const shard = shardOf(ids[0], shards);
+    const oneShard = ids.every((id) => shardOf(id, shards) === shard);
     // Upsert and Delete both answer a WriteResponse; the request goes as encoded.
     const codec = quiverMethods[method] as MethodCodec<'upsert'>;
     const bodies = new Map<boolean, Buffer>();
@@ -608,12 +564,11 @@ export class QuiverClient {
       const direct = leader && !this.isSuspect(leader.address) ? leader : null;
       const channel = direct ? this.channelTo(direct.address) : this.entryChannel();
       try {
-        const r = await channel.unary(codec, undefined as never, Date.now() + (o.deadlineMs ?? this.deadlineMs), body(direct !== null || !leader));
+        const r = await channel.unary(codec, undefined as never, Date.now() + (o.deadlineMs ?? this.deadlineMs), body(oneShard && (direct !== null || !leader)));
         if (direct) this.suspects.delete(direct.address);
         // Taken by way of a connected node around a suspect leader: the routes name the old one.
         else if (leader) void this.refreshRoutes(o).catch(() => undefined);
-        const p = r.token[String(shard)];
-        return { answer: Number(r.count), lsn: Number(p?.lsn ?? 0n), epoch: Number(p?.epoch ?? 0n) };
+        return { count: Number(r.count), token: tokenFromWire(r.token) };
       } catch (e) {
         const qe = e as QuiverError;
         if (qe.code === 'NOT_LEADER' && redirects++ < leaderRedirectsMax) {

@@ -3,7 +3,6 @@
  * one, with its gRPC address, as a ClusterStatus lists them; a NOT_LEADER error's details correct
  * one shard's leader, a fresh ClusterStatus all of them.
  */
-import { hashRequest } from '../common/request-hash';
 import type { ClusterStatus } from '../query/types';
 
 /** A shard's leader: its node id and gRPC address. */
@@ -50,11 +49,3 @@ export class Routes {
   }
 }
 
-/**
- * What the idempotency key of a write the client splits by shard stands for, sent with every part,
- * so that each shard keeps the key for the whole request, as when a node splits it (hashRequest,
- * the vectors' bytes standing for them).
- */
-export function splitRequestHash(kind: 'upsert' | 'delete', collection: string, ids: string[], payloadJson?: string[], vectors?: Float32Array): Buffer {
-  return hashRequest(kind, collection, ids, payloadJson, vectors && new Uint8Array(vectors.buffer, vectors.byteOffset, vectors.byteLength));
-}

@@ -3,9 +3,8 @@
  * whose range of the 64-bit hash space holds it. Shard s of S owns [s * 2^64 / S, (s + 1) * 2^64 / S), so a shard can
  * later be split in two without moving points between other shards.
  *
- * A write is split by shard here too, and its parts' answers joined (writeByShard), the same way
- * wherever it is split: by the node that took it, or by the client that sends each part straight
- * to its shard's leader (so the client loads this file, and nothing of the server).
+ * A write is split by shard here too, and its parts' answers joined (writeByShard). The client
+ * loads this file to send a write to the leader of its first id's shard (and nothing of the server).
  */
 import type { UpsertOp } from '../shard/codec';
 import type { WriteResult } from '../shard/shard';

@@ -1,9 +1,7 @@
 /**
  * The checks of a batch of points (or of ids) against a collection's dimension and metric: ids,
  * vectors, payloads, and the limits of ./limits.ts. The database runs them at its edge (see
- * src/query/validate.ts, which holds the other checks of a request); the client runs the same ones
- * before it splits a batch by shard to send each part to its shard's leader, so that a batch it
- * splits is refused whole, as a node refuses it, and no part is written. Every function throws a
+ * src/query/validate.ts, which holds the other checks of a request). Every function throws a
  * QuiverError (INVALID_ARGUMENT) naming the point as the request numbered it.
  */
 import { invalidArgument as invalid } from '../errors';

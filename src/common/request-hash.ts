@@ -2,9 +2,8 @@
  * The hash of a write request that its idempotency key stands for: the first requestHashBytes
  * bytes of SHA-256 over its kind, its scope (the collection), each id (with its payload JSON text,
  * for an upsert), each string as u32 little-endian byte length | UTF-8 bytes, then `tail`, what
- * stands for its vectors. A node appends the count and CRC-32C of the vectors
- * (src/shard/codec.ts requestHash); the client, which loads no addon to compute a CRC-32C quickly,
- * the vectors' bytes (src/client/routes.ts).
+ * stands for its vectors (a node appends the count and CRC-32C of the vectors: src/shard/codec.ts
+ * requestHash).
  */
 import { createHash } from 'crypto';
 import { requestHashBytes } from './limits';
