@@ -75,7 +75,7 @@ describe('collection administration in a cluster', () => {
       await waitFor(async () => (await httpJson(n.child.http, 'GET', '/v1/collections/tuned')).body.index?.efSearch === 96, `${n.id} to have the new efSearch`);
     }
     const sdk = await cluster.client(n1);
-    await expectCode(sdk.updateCollection('tuned', { replicationFactor: 2 }), 'FAILED_PRECONDITION');
+    await expectCode(sdk.updateCollection('tuned', { replicationFactor: 4 }), 'FAILED_PRECONDITION');
     await expectCode(sdk.updateCollection('tuned', { nprobe: 2 }), 'INVALID_ARGUMENT');
     expect((await sdk.describeCollection('tuned')).replicationFactor).toBe(3);
     // Backups are a standalone node's for now: refused, naming why.

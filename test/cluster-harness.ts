@@ -8,6 +8,7 @@
 import { execFileSync } from 'child_process';
 import { expect } from 'vitest';
 import { QuiverClient } from '../src/client';
+import { QuiverError } from '../src/errors';
 import { EtcdServer, EtcdTls } from './etcd-harness';
 import { ServeChild, startServe } from './serve-child';
 import { HttpAnswer, httpJson, tempDir } from './server-harness';
@@ -195,5 +196,47 @@ export class TestCluster {
     for (const n of this.nodes) if (this.running(n)) process.kill(n.child.child.pid!, 'SIGKILL');
     await Promise.all(this.nodes.map((n) => n.child.exited));
     await this.etcd.stop();
+  }
+}
+
+/** Upserts 10-point batches of collection `collection` (dimension `dim`) one after another until stopped; keeps the ids acknowledged. */
+export class Load {
+  readonly acked: string[] = [];
+  readonly refused: string[] = [];
+  private stopped = false;
+  private readonly done: Promise<void>;
+
+  constructor(
+    private readonly client: QuiverClient,
+    private readonly collection: string,
+    private readonly dim: number,
+    private readonly prefix: string,
+  ) {
+    this.done = this.run();
+  }
+
+  private async run(): Promise<void> {
+    for (let b = 0; !this.stopped; b++) {
+      const pts = Array.from({ length: 10 }, (_, j) => ({ id: `${this.prefix}${b * 10 + j}`, vector: Float32Array.from({ length: this.dim }, (_, d) => Math.cos(b + j * 0.3 + d)), payload: { b } }));
+      try {
+        await this.client.upsert(this.collection, pts, { deadlineMs: 10_000 });
+        this.acked.push(...pts.map((p) => p.id));
+      } catch (e) {
+        if (!(e instanceof QuiverError)) throw e;
+        this.refused.push(`${e.code}: ${e.message}`);
+      }
+    }
+  }
+
+  /** Resolves once `n` more batches were acknowledged. */
+  more(n: number): Promise<void> {
+    const want = this.acked.length + 10 * n;
+    return waitFor(async () => this.acked.length >= want, `${n} more acknowledged batches`, 60_000, () => this.refused.slice(-3).join(' | '));
+  }
+
+  async stop(): Promise<string[]> {
+    this.stopped = true;
+    await this.done;
+    return this.acked;
   }
 }

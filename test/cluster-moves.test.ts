@@ -8,53 +8,12 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QuiverClient } from '../src/client';
-import { QuiverError } from '../src/errors';
-import { ShardsReport, TestCluster, TestNode, waitFor } from './cluster-harness';
+import { Load, ShardsReport, TestCluster, TestNode, waitFor } from './cluster-harness';
 import { httpJson, tempDir } from './server-harness';
 
 const DIM = 8;
 const SHARDS = 4;
 const GRACE_MS = 3000;
-
-/** Upserts 10-point batches one after another until stopped; keeps the ids acknowledged. */
-class Load {
-  readonly acked: string[] = [];
-  readonly refused: string[] = [];
-  private stopped = false;
-  private readonly done: Promise<void>;
-
-  constructor(
-    private readonly client: QuiverClient,
-    private readonly prefix: string,
-  ) {
-    this.done = this.run();
-  }
-
-  private async run(): Promise<void> {
-    for (let b = 0; !this.stopped; b++) {
-      const pts = Array.from({ length: 10 }, (_, j) => ({ id: `${this.prefix}${b * 10 + j}`, vector: Float32Array.from({ length: DIM }, (_, d) => Math.cos(b + j * 0.3 + d)), payload: { b } }));
-      try {
-        await this.client.upsert('m', pts, { deadlineMs: 10_000 });
-        this.acked.push(...pts.map((p) => p.id));
-      } catch (e) {
-        if (!(e instanceof QuiverError)) throw e;
-        this.refused.push(`${e.code}: ${e.message}`);
-      }
-    }
-  }
-
-  /** Resolves once `n` more batches were acknowledged. */
-  more(n: number): Promise<void> {
-    const want = this.acked.length + 10 * n;
-    return waitFor(async () => this.acked.length >= want, `${n} more acknowledged batches`, 60_000, () => this.refused.slice(-3).join(' | '));
-  }
-
-  async stop(): Promise<string[]> {
-    this.stopped = true;
-    await this.done;
-    return this.acked;
-  }
-}
 
 function holders(shards: ShardsReport): Map<string, { replicas: number; leads: number }> {
   const out = new Map<string, { replicas: number; leads: number }>();
@@ -85,7 +44,7 @@ describe('replica sets that change (real etcd, nodes and sidecars)', () => {
     const created = await httpJson(n1.child.http, 'POST', '/v1/collections', { name: 'm', dim: DIM, shards: SHARDS, replicationFactor: 3, index: { type: 'flat' } });
     expect(created.status, JSON.stringify(created.body)).toBe(200);
     const sdk = await QuiverClient.connect(cluster.nodes.map((n) => n.child.grpc));
-    let load = new Load(sdk, 'a');
+    let load = new Load(sdk, 'm', DIM, 'a');
     const acked: string[] = [];
     try {
       await load.more(5);
@@ -108,7 +67,7 @@ describe('replica sets that change (real etcd, nodes and sidecars)', () => {
       expect(await cluster.present(via, 'm', acked)).toBe(acked.length);
 
       // A fifth node joins: replicas move to it (3 of the 12 each), then a leadership.
-      load = new Load(sdk, 'b');
+      load = new Load(sdk, 'm', DIM, 'b');
       const n5 = await cluster.startNode('n5', tempDir('quiver-n5-'));
       cluster.nodes.push(n5);
       await settled((shards) => {

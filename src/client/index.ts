@@ -737,6 +737,7 @@ function infoFromWire(c: WireCollectionInfo): CollectionInfo {
     count: Number(c.count),
     createdAt: c.createdAt,
     payloadIndexes: c.payloadIndexes.map((p) => ({ field: p.field, type: p.type as PayloadIndexType })),
+    replicationChanging: c.replicationChanging,
   };
 }
 

@@ -31,7 +31,11 @@
  *   | moving(shard, E',    |
  *   |   learner L for R)   |   entered when a replica's node R has been gone reReplicateAfterMs,
  *   +----------------------+   or to even out the collection's replicas (R the fullest node, L one
- *                              holding 2+ fewer): write {E+1, same leader, learner {L, replaces R}}
+ *                              holding 2+ fewer): write {E+1, same leader, learner {L, replaces R}};
+ *                              or when the replication factor grew: {E+1, learner {L}} (L joins)
+ *
+ *   A lower replication factor drops one follower per write: {E, replicas without it}, no state.
+ *   A collection dropped (its key and maps deleted together) is forgotten with its shards.
  *
  * Every step is one guarded write of a shard map, so the controller's whole state lives in etcd:
  * a new controller (after a crash, or another node winning the election) reads nodes, shard maps
@@ -66,15 +70,16 @@
  *   in the node's key, so a new controller knows of it too. Feed `tick` regularly (moves wait for
  *   time to pass: the grace period, the drain timeout).
  * * writeMap       etcd Txn: if mod_revision(shards/<shard>) == expectRevision (0: the key must not
- *                  exist) then put `map`, else get it; feed `txnDone` with the map and mod revision
- *                  the key has after the Txn. At most one is in flight per shard.
+ *                  exist) and the shard's collections/<name> exists, then put `map`, else get it;
+ *                  feed `txnDone` with the map and mod revision the key has after the Txn. At most
+ *                  one is in flight per shard.
  * * placementFailed Record on the collection that its shards cannot be placed (e.g. a status field).
  * * drained        Every shard the node led has a new leader (`quiver admin drain` returns).
  * * Nodes open a replica for every map that names them (replicas or learner) and close it, removing
  *   its files, once the map no longer does.
  */
 import { QuiverError } from '../errors';
-import { NodeId, Progress, ShardKey, ShardMap, assertNever, majority, members, shardKey, swapped } from './types';
+import { NodeId, Progress, ShardKey, ShardMap, assertNever, collectionOfShard, majority, members, shardKey, swapped } from './types';
 
 export interface ControllerConfig {
   /** A drain whose leader has not handed over within this long falls back to an election. */
@@ -143,7 +148,7 @@ export type ShardStatus =
   | { kind: 'idle'; epoch: number }
   | { kind: 'electing'; epoch: number }
   | { kind: 'draining'; epoch: number }
-  | { kind: 'moving'; epoch: number; learner: NodeId; replaces: NodeId };
+  | { kind: 'moving'; epoch: number; learner: NodeId; replaces?: NodeId };
 
 export type ControllerEvent =
   | {
@@ -155,7 +160,10 @@ export type ControllerEvent =
     }
   | { type: 'nodeJoined'; node: NodeId; info: NodeInfo }
   | { type: 'nodeExpired'; node: NodeId }
+  /** collections/<name> appeared, or changed (a new replication factor). */
   | { type: 'collectionAdded'; name: string; placement: CollectionPlacement }
+  /** collections/<name> was deleted (the collection dropped, its shard maps with it). */
+  | { type: 'collectionRemoved'; name: string }
   | { type: 'mapChanged'; shard: ShardKey; map: ShardMap; revision: number }
   | { type: 'progressChanged'; shard: ShardKey; node: NodeId; progress: Progress | null; revision: number }
   | { type: 'txnDone'; shard: ShardKey; map: ShardMap | null; revision: number }
@@ -319,6 +327,14 @@ export function stepController(state: ControllerState, event: ControllerEvent, n
     case 'collectionAdded':
       c.s.collections = { ...c.s.collections, [event.name]: event.placement };
       break;
+    case 'collectionRemoved': {
+      const collections = { ...c.s.collections };
+      delete collections[event.name];
+      const shards: Record<ShardKey, ShardView> = {};
+      for (const [k, v] of Object.entries(c.s.shards)) if (collectionOfShard(k) !== event.name) shards[k] = v;
+      c.s = { ...c.s, collections, shards, unplaced: c.s.unplaced.filter((n) => n !== event.name) };
+      break;
+    }
     case 'mapChanged':
       adoptMap(c, event.shard, event.map, event.revision, false);
       break;
@@ -351,6 +367,8 @@ function setView(c: Ctx, k: ShardKey, v: ShardView): void {
 }
 
 function adoptMap(c: Ctx, k: ShardKey, map: ShardMap | null, revision: number, txnDone: boolean): void {
+  // A write in flight when its collection was dropped (a map lands only under its collection's key).
+  if (!(collectionOfShard(k) in c.s.collections)) return;
   const v = c.s.shards[k] ?? { map: null, revision: 0, progress: {}, writing: false, since: c.now, balanceAfter: 0 };
   let next = { ...v, writing: txnDone ? false : v.writing };
   if (revision > v.revision) {
@@ -426,8 +444,11 @@ function evaluate(c: Ctx, k: ShardKey): void {
       }
       const l = m.learner;
       if (!l) return;
-      // The learner cannot be swapped in: its node is gone, or the replica it replaces now leads.
-      if (!alive(l.node) || l.replaces === m.leader || !m.replicas.includes(l.replaces)) return write(c, k, withoutLearner(m));
+      // The learner cannot be swapped in: its node is gone, or the replica it replaces now leads;
+      // or it is not wanted: added for a replication factor the replicas now reach.
+      const rf = c.s.collections[collectionOfShard(k)]?.replicationFactor ?? m.replicas.length;
+      const unwanted = l.replaces === undefined ? m.replicas.length >= rf : l.replaces === m.leader || !m.replicas.includes(l.replaces);
+      if (!alive(l.node) || unwanted) return write(c, k, withoutLearner(m));
       // It holds a commit point of this epoch (replica.ts learnerCaughtUp): it takes its place.
       if (fresh(l.node, E)?.lastEntryEpoch === E) return write(c, k, { ...withoutLearner(m), replicas: swapped(m) });
       return;
@@ -446,7 +467,7 @@ function evaluate(c: Ctx, k: ShardKey): void {
     case 'draining': {
       if (!alive(m.leader) || asksNewEpoch(m.leader)) return elect();
       // Drained for balance (its node is not draining): only to a node that then leads clearly fewer.
-      const counts = c.s.nodes[m.leader].draining ? null : leaderCountsOf(c, collectionOf(k));
+      const counts = c.s.nodes[m.leader].draining ? null : leaderCountsOf(c, collectionOfShard(k));
       // The leader's final log ends in its own epoch (its epoch start at least); a progress of E
       // whose last entry is older is one it published while fenced, before it led E.
       const final = fresh(m.leader, E);
@@ -475,10 +496,6 @@ function withoutLearner(m: ShardMap): ShardMap {
   return rest;
 }
 
-function collectionOf(k: ShardKey): string {
-  return k.slice(0, k.lastIndexOf('/'));
-}
-
 function shardsOf(c: Ctx, name: string): ShardKey[] {
   return Array.from({ length: c.s.collections[name].shards }, (_, i) => shardKey(name, i));
 }
@@ -501,15 +518,18 @@ function evens(counts: ReadonlyMap<NodeId, number>, from: NodeId, to: NodeId): b
 /**
  * At most one move per collection at a time: when none is under way (no learner, no map write in
  * flight, no drain), the first of
- *   1. re-replication: a replica whose node has been gone reReplicateAfterMs gets a learner on a
+ *   1. a lower replication factor: a shard with more replicas loses one follower;
+ *   2. re-replication: a replica whose node has been gone reReplicateAfterMs gets a learner on a
  *      live node (placement's rules: distinct nodes, then zones, then load);
- *   2. replica balance: a replica (not the leader's) moves to a node holding at least two fewer
+ *   3. a higher replication factor: a shard with fewer replicas gets a learner that joins them (on
+ *      a node chosen as in 2);
+ *   4. replica balance: a replica (not the leader's) moves to a node holding at least two fewer
  *      of the collection's replicas, the largest gap first, where the zones stay as spread;
- *   3. leader balance: a leadership moves (drain) to a follower leading at least two fewer of the
+ *   5. leader balance: a leadership moves (drain) to a follower leading at least two fewer of the
  *      collection's shards.
  * A move is made only when it lowers the spread by a whole step, so moves end and never undo each
  * other. Learners come in a map of a new epoch with the same leader (replica.ts learnerCaughtUp
- * says why); 2 and 3 wait until every replica of the collection is on a live node.
+ * says why); 4 and 5 wait until every replica of the collection is on a live node.
  */
 function planMove(c: Ctx, name: string): void {
   const keys = shardsOf(c, name);
@@ -520,10 +540,28 @@ function planMove(c: Ctx, name: string): void {
   const eligible = Object.keys(c.s.nodes)
     .filter((n) => !c.s.nodes[n].draining)
     .sort();
-  const learn = (i: number, node: NodeId, replaces: NodeId): void => write(c, keys[i], { ...maps[i], epoch: maps[i].epoch + 1, learner: { node, replaces } });
+  const learn = (i: number, node: NodeId, replaces?: NodeId): void =>
+    write(c, keys[i], { ...maps[i], epoch: maps[i].epoch + 1, learner: replaces === undefined ? { node } : { node, replaces } });
 
-  // 1. Re-replication.
   const load = loads(Object.values(c.s.shards).map((v) => v.map)).replicas;
+  // 1. A replication factor lowered: a shard with more replicas loses a follower in one write (a
+  // gone one first, then where zones pile up most, then the most loaded node), one at a time: a
+  // majority of the smaller set meets every majority of the larger, so what was committed stays
+  // on a majority.
+  const rf = c.s.collections[name].replicationFactor;
+  for (let i = 0; i < maps.length; i++) {
+    const m = maps[i];
+    if (m.phase !== 'active' || !alive(m.leader) || m.replicas.length <= rf) continue;
+    const rank = (n: NodeId): [number, number, number] => [alive(n) ? 1 : 0, zonePile(c.s.nodes, m.replicas.filter((r) => r !== n)), -(load.get(n) ?? 0)];
+    const cmp = (a: NodeId, b: NodeId): number => {
+      const [x, y] = [rank(a), rank(b)];
+      return x[0] - y[0] || x[1] - y[1] || x[2] - y[2] || (a < b ? 1 : -1);
+    };
+    const drop = m.replicas.filter((n) => n !== m.leader).sort(cmp)[0];
+    return write(c, keys[i], { ...m, replicas: m.replicas.filter((n) => n !== drop) });
+  }
+
+  // 2. Re-replication.
   for (let i = 0; i < maps.length; i++) {
     const m = maps[i];
     if (m.phase !== 'active' || !alive(m.leader)) continue;
@@ -534,9 +572,18 @@ function planMove(c: Ctx, name: string): void {
       if (to !== null) return learn(i, to, gone);
     }
   }
+  // 3. A replication factor raised: a shard with fewer replicas, all on live nodes, gets a learner
+  // that joins them (a learner added beside a gone replica would need every live replica and
+  // itself for a majority of the set after it; re-replication replaces the gone one first).
+  for (let i = 0; i < maps.length; i++) {
+    const m = maps[i];
+    if (m.phase !== 'active' || m.replicas.length >= rf || !m.replicas.every(alive)) continue;
+    const to = pickNode(c.s.nodes, eligible, load, m.replicas, m.replicas);
+    if (to !== null) return learn(i, to);
+  }
   if (maps.some((m) => m.phase !== 'active' || !m.replicas.every(alive))) return;
 
-  // 2. Replica balance.
+  // 4. Replica balance.
   const held = new Map<NodeId, number>(eligible.map((n) => [n, 0]));
   for (const m of maps) for (const n of m.replicas) if (held.has(n)) held.set(n, held.get(n)! + 1);
   let best: { i: number; from: NodeId; to: NodeId; gain: number } | null = null;
@@ -554,7 +601,7 @@ function planMove(c: Ctx, name: string): void {
   }
   if (best) return learn(best.i, best.to, best.from);
 
-  // 3. Leader balance.
+  // 5. Leader balance.
   const led = leaderCountsOf(c, name);
   let drain: { i: number; gain: number } | null = null;
   for (let i = 0; i < maps.length; i++) {

@@ -30,7 +30,7 @@ import { QuiverError } from '../errors';
 import { CollectionPlacement, ControllerConfig, ControllerEffect, ControllerEvent, ControllerState, NodeInfo, defaultControllerConfig, initController, placeShards, stepController } from './controller';
 import { KeyChange, controllerEventOf, etcdKeys, startedEventOf } from './keys';
 import { LeaseConfig, LeaseEvent, LeaseState, initLease, stepLease } from './lease';
-import { NodeId, Progress, ShardKey, ShardMap, shardKey } from './types';
+import { NodeId, Progress, ShardKey, ShardMap, collectionOfShard, shardKey } from './types';
 import { Log, log as rootLog } from '../common/log';
 
 /** What `nodes/<node>` holds: the controller's NodeInfo plus where the node answers. */
@@ -657,7 +657,12 @@ export class EtcdCoordinator extends EventEmitter {
   /** The guarded write; whatever its outcome, `txnDone` gets the key as it is after it. */
   private async writeMap(run: ControllerRun, shard: ShardKey, map: ShardMap, expectRevision: number): Promise<void> {
     const key = etcdKeys.shard(shard);
-    const guard = expectRevision === 0 ? this.ns.if(key, 'Create', '==', 0) : this.ns.if(key, 'Mod', '==', expectRevision);
+    const guard = (expectRevision === 0 ? this.ns.if(key, 'Create', '==', 0) : this.ns.if(key, 'Mod', '==', expectRevision)).and(
+      etcdKeys.collection(collectionOfShard(shard)),
+      'Create',
+      '>',
+      0,
+    );
     try {
       const res = await guard.then(this.ns.put(key).value(JSON.stringify(map))).commit();
       if (res.succeeded) return this.stepController(run, { type: 'txnDone', shard, map, revision: Number(res.header.revision) });

@@ -29,7 +29,7 @@ export function formatReplica(s: ReplicaState): string {
 }
 
 export function formatMap(m: ShardMap): string {
-  const learner = m.learner ? `, learner ${m.learner.node} for ${m.learner.replaces}` : '';
+  const learner = m.learner ? `, learner ${m.learner.node} ${m.learner.replaces === undefined ? 'added' : `for ${m.learner.replaces}`}` : '';
   return `{epoch ${m.epoch}, leader ${m.leader ?? '-'}, replicas ${m.replicas.join(',')}${learner}, ${m.phase}}`;
 }
 
@@ -135,7 +135,7 @@ export function formatShardStatus(s: ShardStatus): string {
     case 'unplaced':
       return 'unplaced';
     case 'moving':
-      return `moving(${s.epoch}, ${s.replaces} to ${s.learner})`;
+      return s.replaces === undefined ? `moving(${s.epoch}, add ${s.learner})` : `moving(${s.epoch}, ${s.replaces} to ${s.learner})`;
     default:
       return `${s.kind}(${s.epoch})`;
   }
@@ -151,6 +151,8 @@ export function formatControllerEvent(e: ControllerEvent): string {
       return `node expired ${e.node}`;
     case 'collectionAdded':
       return `collection ${e.name} shards ${e.placement.shards} replication ${e.placement.replicationFactor}`;
+    case 'collectionRemoved':
+      return `collection ${e.name} removed`;
     case 'mapChanged':
       return `map ${e.shard} ${formatMap(e.map)} revision ${e.revision}`;
     case 'progressChanged':

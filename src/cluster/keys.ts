@@ -41,7 +41,7 @@ export function controllerEventOf(e: KeyChange): ControllerEvent | null {
     case 'nodes':
       return e.value === null ? { type: 'nodeExpired', node: rest[0] } : { type: 'nodeJoined', node: rest[0], info: e.value as NodeInfo };
     case 'collections':
-      return e.value === null ? null : { type: 'collectionAdded', name: rest[0], placement: e.value as CollectionPlacement };
+      return e.value === null ? { type: 'collectionRemoved', name: rest[0] } : { type: 'collectionAdded', name: rest[0], placement: e.value as CollectionPlacement };
     case 'shards':
       return e.value === null ? null : { type: 'mapChanged', shard: rest.join('/'), map: e.value as ShardMap, revision: e.modRevision };
     case 'progress':

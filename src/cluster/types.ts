@@ -17,6 +17,11 @@ export function shardKey(collection: string, shard: number): ShardKey {
   return `${collection}/${shard}`;
 }
 
+/** The collection of a shard. */
+export function collectionOfShard(shard: ShardKey): string {
+  return shard.slice(0, shard.lastIndexOf('/'));
+}
+
 /** When a write is answered: durable on the leader, on a majority of replicas, or on all. */
 export type WriteConcern = 'leader' | 'majority' | 'all';
 
@@ -36,16 +41,18 @@ export interface ShardMap {
   phase: ShardPhase;
   /**
    * A replica being built on `node` (on no node of `replicas`) to take the place of `replaces` (one
-   * of `replicas`, never the leader). The leader ships to it; it does not vote, but while it is
-   * listed the leader commits only what a majority of `replicas` and a majority of the set after
-   * the swap hold. Absent when no replica moves.
+   * of `replicas`, never the leader), or, without `replaces`, to be added to them (the replication
+   * factor grew). The leader ships to it; it does not vote, but while it is listed the leader
+   * commits only what a majority of `replicas` and a majority of the set after the swap hold.
+   * Absent when no replica moves.
    */
   learner?: Learner;
 }
 
 export interface Learner {
   node: NodeId;
-  replaces: NodeId;
+  /** Absent: the learner is added to the replicas, replacing none. */
+  replaces?: NodeId;
 }
 
 /** Every node that holds a replica of the shard: the voters and the learner. */
@@ -53,10 +60,11 @@ export function members(m: ShardMap): NodeId[] {
   return m.learner ? [...m.replicas, m.learner.node] : [...m.replicas];
 }
 
-/** The replicas once the learner has taken its place. */
+/** The replicas once the learner has taken its place (or joined them, when it replaces none). */
 export function swapped(m: ShardMap): NodeId[] {
   const l = m.learner;
-  return l ? m.replicas.map((n) => (n === l.replaces ? l.node : n)) : [...m.replicas];
+  if (!l) return [...m.replicas];
+  return l.replaces === undefined ? [...m.replicas, l.node] : m.replicas.map((n) => (n === l.replaces ? l.node : n));
 }
 
 /** What a replica publishes while an election or a drain needs it. */

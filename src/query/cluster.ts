@@ -483,11 +483,21 @@ export class ClusterDatabase extends PointWrites implements Database {
     return c;
   }
 
-  /** This node's view of the count: the shards it holds a replica of (count() asks every leader). */
+  /**
+   * This node's view of the count: the shards it holds a replica of (count() asks every leader).
+   * `replicationChanging` while a shard's map (as this node has it) holds a learner or another
+   * number of voting replicas than the replication factor.
+   */
   private info(c: ClusterCollection): CollectionInfo {
     let count = 0;
     for (const [, r] of this.open(c)) count += r.shard.count;
-    return { ...c.spec, index: { ...c.spec.index }, payloadIndexes: copyPayloadIndexes(c.spec), count, createdAt: c.createdAt };
+    const replicationChanging = c.maps.some((m) => !m || m.learner !== undefined || m.replicas.length !== c.spec.replicationFactor);
+    return { ...c.spec, index: { ...c.spec.index }, payloadIndexes: copyPayloadIndexes(c.spec), count, createdAt: c.createdAt, replicationChanging };
+  }
+
+  /** Live nodes that take replicas (not draining): the most a replication factor may be. */
+  private replicaNodes(): { liveNodes: number } {
+    return { liveNodes: Object.values(this.nodes).filter((n) => !n.draining).length };
   }
 
   /** The replicas of c open on this node, by shard. */
@@ -499,7 +509,7 @@ export class ClusterDatabase extends PointWrites implements Database {
 
   async createCollection(input: CollectionSpecInput, opts: ChangeOptions = {}): Promise<CollectionInfo> {
     this.usable();
-    const spec = checkSpec(input, { liveNodes: Object.values(this.nodes).filter((n) => !n.draining).length });
+    const spec = checkSpec(input, this.replicaNodes());
     if (this.aliases.has(spec.name)) throw new QuiverError('ALREADY_EXISTS', `"${spec.name}" is an alias`);
     opts.signal?.throwIfAborted();
     const createdAt = new Date().toISOString();
@@ -548,12 +558,17 @@ export class ClusterDatabase extends PointWrites implements Database {
     return Promise.reject(new QuiverError('FAILED_PRECONDITION', 'dropping a collection is not supported in a cluster yet'));
   }
 
-  /** The record in etcd changes (guarded on its revision); every node takes the new settings when it hears of it (this one at once). */
+  /**
+   * The record in etcd changes (guarded on its revision); every node takes the new settings when it
+   * hears of it (this one at once). A new replication factor is the controller's to reach: the
+   * answer comes once the record holds it, with `replicationChanging` until every shard has it.
+   */
   async updateCollection(name: string, update: CollectionUpdate, opts: ChangeOptions = {}): Promise<CollectionInfo> {
     const c = this.coll(name);
-    checkUpdate(c.spec, update);
+    const nodes = this.replicaNodes();
+    checkUpdate(c.spec, update, nodes);
     opts.signal?.throwIfAborted();
-    const record = await this.opts.coordinator.updateCollection(c.spec.name, (r) => ({ ...r, ...checkUpdate(r, update) }));
+    const record = await this.opts.coordinator.updateCollection(c.spec.name, (r) => ({ ...r, ...checkUpdate(r, update, nodes) }));
     this.onCollection(c.spec.name, record);
     return this.info(c);
   }
@@ -1262,10 +1277,11 @@ export class ClusterDatabase extends PointWrites implements Database {
         shard: s,
         epoch: map?.epoch ?? 0,
         leader: map?.leader ?? null,
-        replicas: (map?.replicas ?? []).map((node) => {
+        // The learner (a replica being built, not yet voting) after the voters.
+        replicas: (map ? members(map) : []).map((node) => {
           const r = here.find((x) => x.node === node);
           if (!r) return { node, role: 'unreachable', epoch: 0, durableLsn: 0, commitLsn: 0, appliedLsn: 0, lagEntries: leaderDurable, digest: '' };
-          return { node, role: r.role, epoch: r.epoch, durableLsn: r.durableLsn, commitLsn: r.commitLsn, appliedLsn: r.appliedLsn, lagEntries: Math.max(0, leaderDurable - r.durableLsn), digest: r.digest };
+          return { node, role: node === map?.learner?.node ? 'learner' : r.role, epoch: r.epoch, durableLsn: r.durableLsn, commitLsn: r.commitLsn, appliedLsn: r.appliedLsn, lagEntries: Math.max(0, leaderDurable - r.durableLsn), digest: r.digest };
         }),
       };
     });

@@ -475,7 +475,7 @@ export class LocalDatabase extends PointWrites implements Database {
 
   private info(c: Collection): CollectionInfo {
     // A copy, so callers cannot change the catalog; spec is flat but for the index parameters.
-    return { ...c.spec, index: { ...c.spec.index }, payloadIndexes: copyPayloadIndexes(c.spec), count: LocalDatabase.pointCount(c), createdAt: c.createdAt };
+    return { ...c.spec, index: { ...c.spec.index }, payloadIndexes: copyPayloadIndexes(c.spec), count: LocalDatabase.pointCount(c), createdAt: c.createdAt, replicationChanging: false };
   }
 
   // ---------------------------------------------------------------- collections

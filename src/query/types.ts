@@ -56,6 +56,8 @@ export interface CollectionInfo extends CollectionSpec {
   payloadIndexes: PayloadIndexSpec[];
   count: number;
   createdAt: string; // ISO-8601
+  /** A cluster's replicas are being added or removed (a new replication factor, or a replica moving); false standalone. */
+  replicationChanging: boolean;
 }
 
 /** A JSON object; filters see its fields, nested ones by dotted paths. */

@@ -207,12 +207,12 @@ const UPDATE_FIELDS = ['efSearch', 'nprobe', 'writeConcern', 'replicationFactor'
 
 /**
  * A collection's spec after an update of the settings that can change without touching its data:
- * the search defaults (`efSearch` of HNSW, `nprobe` of IVF-PQ, used by searches that give none)
- * and the write concern. The replication factor cannot change (FAILED_PRECONDITION unless it is
- * the current one): the controller places replicas when a collection is made and does not add
- * or remove them for a new factor.
+ * the search defaults (`efSearch` of HNSW, `nprobe` of IVF-PQ, used by searches that give none),
+ * the write concern and, in a cluster (`liveNodes` given), the replication factor, up to the live
+ * nodes (FAILED_PRECONDITION above: the controller adds and removes replicas for it). Standalone,
+ * a factor other than 1 is FAILED_PRECONDITION.
  */
-export function checkUpdate(spec: CollectionSpec, update: unknown): CollectionSpec {
+export function checkUpdate(spec: CollectionSpec, update: unknown, cluster?: { liveNodes: number }): CollectionSpec {
   if (!isPlainObject(update)) throw invalid('the update must be an object {efSearch?, nprobe?, writeConcern?, replicationFactor?}');
   checkFields(update, UPDATE_FIELDS, '');
   if (UPDATE_FIELDS.every((f) => update[f] === undefined)) throw invalid(`the update changes nothing: give one or more of ${UPDATE_FIELDS.join(', ')}`);
@@ -227,13 +227,13 @@ export function checkUpdate(spec: CollectionSpec, update: unknown): CollectionSp
   }
   const replicationFactor = checkOptInt(update.replicationFactor, 'replicationFactor', 1, 7) ?? spec.replicationFactor;
   if (replicationFactor !== spec.replicationFactor) {
-    throw new QuiverError(
-      'FAILED_PRECONDITION',
-      `the replication factor of a collection is fixed when it is made (${spec.replicationFactor}): replicas are placed then, and not added or removed for a new factor`,
-    );
+    if (!cluster) throw new QuiverError('FAILED_PRECONDITION', 'a standalone node holds one replica of each shard (replicationFactor 1)');
+    if (replicationFactor > cluster.liveNodes) {
+      throw new QuiverError('FAILED_PRECONDITION', `replicationFactor ${replicationFactor} needs as many live nodes; the cluster has ${cluster.liveNodes}`);
+    }
   }
   const writeConcern = checkOneOf(update.writeConcern, 'writeConcern', WRITE_CONCERNS, spec.writeConcern);
-  return { ...spec, index, writeConcern };
+  return { ...spec, index, replicationFactor, writeConcern };
 }
 
 /**

@@ -87,6 +87,7 @@ function infoToWire(c: CollectionInfo): MessageInitShape<typeof wire.CollectionI
     count: BigInt(c.count),
     createdAt: c.createdAt,
     payloadIndexes: c.payloadIndexes.map((p) => ({ ...p })),
+    replicationChanging: c.replicationChanging,
   };
 }
 

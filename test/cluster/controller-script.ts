@@ -9,7 +9,8 @@
  *
  * Commands:
  *   nodes n1 n2 [zones=a,b]             nodes register (their keys appear)
- *   collection c shards=N rf=N          a collection spec appears
+ *   collection c shards=N rf=N          a collection spec appears (or changes)
+ *   drop c                              the collection's spec and shard maps go (one Txn)
  *   start                               the controller (re)starts: its memory is gone, it reads etcd
  *   commit                              perform the queued guarded writes, in order
  *   progress c/0 n2 epoch=E last=L/E applied=A   a replica publishes progress
@@ -22,7 +23,7 @@ import { ControllerEffect, ControllerEvent, ControllerState, NodeInfo, defaultCo
 import { controllerEventOf, etcdKeys, shardOfKey, startedEventOf } from '../../src/cluster/keys';
 import { formatControllerEffect, formatControllerEvent, formatMap, formatShardStatus } from '../../src/cluster/format';
 import { SimEtcd } from '../../src/cluster/sim/etcd';
-import { Progress, ShardMap, ShardPhase } from '../../src/cluster/types';
+import { Progress, ShardMap, ShardPhase, collectionOfShard } from '../../src/cluster/types';
 import { parseCommand } from './datadriven';
 
 export class ControllerScript {
@@ -80,14 +81,18 @@ export class ControllerScript {
       case 'collection':
         this.etcd.put(this.t, etcdKeys.collection(args[0]), { shards: Number(kv.shards), replicationFactor: Number(kv.rf) });
         break;
+      case 'drop':
+        this.etcd.delete(this.t, etcdKeys.collection(args[0]));
+        for (const m of this.etcd.range(this.t, etcdKeys.shard(`${args[0]}/`))) this.etcd.delete(this.t, m.key);
+        break;
       case 'start':
         this.start();
         break;
       case 'commit':
         for (const w of this.writes.splice(0)) {
           this.held = [];
-          const r = this.etcd.putIfRevision(this.t, etcdKeys.shard(w.shard), w.expectRevision, w.map);
-          this.out.push(`etcd: ${w.shard} ${r.ok ? `written, revision ${r.modRevision}` : `not written: revision is ${r.modRevision}, not ${w.expectRevision}`}`);
+          const r = this.etcd.putIfRevision(this.t, etcdKeys.shard(w.shard), w.expectRevision, w.map, etcdKeys.collection(collectionOfShard(w.shard)));
+          this.out.push(`etcd: ${w.shard} ${r.ok ? `written, revision ${r.modRevision}` : r.modRevision !== w.expectRevision ? `not written: revision is ${r.modRevision}, not ${w.expectRevision}` : "not written: its collection is gone"}`);
           this.step({ type: 'txnDone', shard: w.shard, map: r.value as ShardMap | null, revision: r.modRevision });
           const echo = this.held;
           this.held = null;

@@ -53,11 +53,11 @@ export class SimEtcd {
     return true;
   }
 
-  /** Txn: if mod_revision(key) == expect (0: absent) then put, else nothing; the key after it. */
-  putIfRevision(now: number, key: string, expect: number, value: unknown): { ok: boolean; value: unknown; modRevision: number } {
+  /** Txn: if mod_revision(key) == expect (0: absent) and `requires` exists then put, else nothing; the key after it. */
+  putIfRevision(now: number, key: string, expect: number, value: unknown, requires?: string): { ok: boolean; value: unknown; modRevision: number } {
     this.expire(now);
     const cur = this.kv.get(key);
-    if ((cur?.modRevision ?? 0) !== expect) return { ok: false, value: cur?.value ?? null, modRevision: cur?.modRevision ?? 0 };
+    if ((cur?.modRevision ?? 0) !== expect || (requires !== undefined && !this.kv.has(requires))) return { ok: false, value: cur?.value ?? null, modRevision: cur?.modRevision ?? 0 };
     this.set(key, value, 0);
     return { ok: true, value, modRevision: this.revision };
   }

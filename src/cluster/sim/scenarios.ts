@@ -53,6 +53,7 @@ function swarm(seed: number): SimOptions {
       tornTails: r.chance(0.7),
       compactEveryMs: r.chance(0.5) ? r.pick([100, 300, 1000]) : 0,
       compactPastFollowers: r.chance(0.5),
+      resizeEveryMs: 0,
     },
   };
   // Membership: a node lost for good (if the rest can hold the replication factor), one joining late,
@@ -77,6 +78,7 @@ export const scenarios: readonly Scenario[] = [
   scenario('compaction', 'logs compacted past lagging followers (snapshot transfer), crashes, losses', { compactEveryMs: 200, compactPastFollowers: true, crashEveryMs: 700, drop: 0.05, tornTails: true }),
   scenario('lost', 'a node lost for good: its replicas rebuilt on the others (learner, snapshot, swap), losses, crashes', { lostNodes: 1, drop: 0.02, crashEveryMs: 1500, compactEveryMs: 300, tornTails: true }, { nodes: 4, controller: quickMoves }),
   scenario('join', 'a node joins a placed cluster: replicas and leaderships move to it, losses, crashes', { drop: 0.02, crashEveryMs: 1500, tornTails: true }, { nodes: 4, lateNodes: 1, collections: [{ name: 'c', shards: 3, replicationFactor: 3, writeConcern: 'majority' }], controller: quickMoves }),
+  scenario('resize', 'the replication factor set anew (1 to 5) under writes: learners added, followers removed; crashes, losses', { resizeEveryMs: 500, crashEveryMs: 1000, crashNewLeader: 0.2, drop: 0.02, tornTails: true, compactEveryMs: 300 }, { nodes: 5, controller: quickMoves }),
   scenario('membership', 'a node lost, one joining, controllers crashing mid-move, two at once', { lostNodes: 1, controllerCrashEveryMs: 300, crashEveryMs: 1000, drop: 0.02 }, { nodes: 5, lateNodes: 1, controllers: 2, controller: quickMoves }),
   { name: 'swarm', about: 'all faults, rates and cluster shape drawn from the seed', options: swarm },
 ];

@@ -23,7 +23,7 @@ import { controllerEventOf, etcdKeys, shardOfKey, startedEventOf } from '../keys
 import { formatControllerEffect, formatLease, formatLeaseEffect, formatMap } from '../format';
 import { LeaseConfig, LeaseEffect, LeaseEvent, LeaseState, initLease, stepLease } from '../lease';
 import { ReplicaConfig, defaultReplicaConfig, isLeading, retainFromLsn } from '../replica';
-import { NodeId, Progress, ShardKey, ShardMap, WriteConcern, members, shardKey } from '../types';
+import { NodeId, Progress, ShardKey, ShardMap, WriteConcern, collectionOfShard, members, shardKey } from '../types';
 import { Checker } from './check';
 import { KvEvent, SimEtcd } from './etcd';
 import { Prng } from './prng';
@@ -51,6 +51,8 @@ export interface Faults {
   compactEveryMs: number;
   /** Compaction sometimes ignores what followers need (they then get a snapshot). */
   compactPastFollowers: boolean;
+  /** A collection's replication factor is set anew (1 to the nodes not lost) this often (0: never). */
+  resizeEveryMs: number;
 }
 
 export const noFaults: Faults = {
@@ -67,6 +69,7 @@ export const noFaults: Faults = {
   tornTails: false,
   compactEveryMs: 0,
   compactPastFollowers: false,
+  resizeEveryMs: 0,
 };
 
 export interface CollectionSpec {
@@ -647,7 +650,7 @@ class World implements Env {
       if (e.type !== 'writeMap') continue;
       this.at(this.delay(), () => {
         const before = this.etcd.get(etcdKeys.shard(e.shard))?.value as ShardMap | undefined;
-        const r = this.etcd.putIfRevision(this.t, etcdKeys.shard(e.shard), e.expectRevision, e.map);
+        const r = this.etcd.putIfRevision(this.t, etcdKeys.shard(e.shard), e.expectRevision, e.map, etcdKeys.collection(collectionOfShard(e.shard)));
         if (r.ok && e.map.phase === 'active') this.stats.epochs++;
         if (r.ok && before?.learner && e.map.replicas.includes(before.learner.node)) this.stats.swaps++;
         this.at(this.delay(), () => {
@@ -763,6 +766,13 @@ class World implements Env {
         this.crash(n);
       });
     }
+    this.every(f.resizeEveryMs, () => {
+      const spec = this.rng.pick([...this.specs.values()]);
+      const replicationFactor = this.rng.int(1, ids.length - f.lostNodes);
+      this.specs.set(spec.name, { ...spec, replicationFactor });
+      this.log(() => `${spec.name}: replication factor ${replicationFactor}`);
+      this.etcd.put(this.t, etcdKeys.collection(spec.name), { shards: spec.shards, replicationFactor });
+    });
     this.every(f.drainEveryMs, () => {
       const n = this.nodes.get(this.rng.pick(ids))!;
       if (!n.up || n.draining) return;
@@ -823,7 +833,7 @@ class World implements Env {
    */
   private unsettled(): string[] {
     const out: string[] = [];
-    for (const c of this.opts.collections) {
+    for (const c of this.specs.values()) {
       for (let i = 0; i < c.shards; i++) {
         const shard = shardKey(c.name, i);
         const map = this.etcd.get(etcdKeys.shard(shard))?.value as ShardMap | undefined;
@@ -832,6 +842,7 @@ class World implements Env {
         const lost = map.replicas.filter((r) => this.nodes.get(r)!.lost);
         if (lost.length > 0) out.push(`replicas: ${shard} keeps replicas on lost nodes ${lost.join(',')} (map ${formatMap(map)})`);
         if (map.learner) out.push(`replicas: ${shard} is still moving (map ${formatMap(map)})`);
+        if (map.replicas.length !== c.replicationFactor) out.push(`replicas: ${shard} has ${map.replicas.length}, its replication factor is ${c.replicationFactor} (map ${formatMap(map)})`);
         const leader = this.nodes.get(map.leader)!.hosts.get(shard);
         if (!leader || !isLeading(leader.state.role)) {
           out.push(`availability: ${map.leader} does not lead ${shard}`);
@@ -846,7 +857,7 @@ class World implements Env {
     }
     // A node that joined gets replicas: with no zones and at least one replica per live node, each holds one.
     const live = [...this.nodes.values()].filter((n) => !n.lost).map((n) => n.id);
-    const slots = this.opts.collections.reduce((k, c) => k + c.shards * c.replicationFactor, 0);
+    const slots = [...this.specs.values()].reduce((k, c) => k + c.shards * c.replicationFactor, 0);
     if (this.opts.zones === 0 && slots >= live.length) {
       const held = new Set(this.etcd.range(this.t, etcdKeys.shards).flatMap((m) => (m.value as ShardMap).replicas));
       for (const id of live) if (!held.has(id)) out.push(`balance: ${id} holds no replica`);
