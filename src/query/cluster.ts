@@ -836,7 +836,7 @@ export class ClusterDatabase extends PointWrites implements Database {
     if (this.closed) return;
     const now = Date.now();
     for (const c of this.collections.values()) {
-      if (c.replicas.size === 0) continue;
+      if (!this.open(c).some(([, r]) => r.shard.status().inDoubt > 0)) continue;
       const ports = c.maps.map((_, s) => this.txnPort(c, s, AbortSignal.timeout(leaderWaitMs)));
       resolveInDoubt(ports, now).catch((e: Error) => this.log.warn('resolving batches in doubt failed', { collection: c.spec.name, err: e.message }));
     }
