@@ -165,6 +165,8 @@ describe.skipIf(!etcdInstalled)(`batches across shards in a cluster${etcdInstall
       'nothing in doubt on any replica',
     );
     await cluster.waitConverged(driver, C, 'every replica once resolved', 3);
+    const resolved = cluster.nodes.map((n) => n.child.stderr().split('\n').filter((l) => l.includes('resolved a batch in doubt')).length);
+    console.log(`batches: ${attempts.length} asked, ${acked()} acknowledged; parts resolved by the in-doubt timer, per node: ${resolved.join(', ')}`);
     for (const n of cluster.nodes) {
       for (const a of attempts) {
         const have = (await found(n, a.ids)).size;
