@@ -614,6 +614,8 @@ export class ClusterDatabase extends PointWrites implements Database {
    * while the shard has no reachable leader, waits for its next map and tries again until the
    * deadline (the caller's signal, else leaderWaitMs). Without `remote` (the caller routed the
    * write here, expecting this node to lead), a shard led by another node is NOT_LEADER naming it.
+   * `forward`: a call to another node counts as a forwarded write (a batch's prepare does; its
+   * decision and resolutions do not).
    */
   private async onLeader<T>(
     c: ClusterCollection,
@@ -621,6 +623,7 @@ export class ClusterDatabase extends PointWrites implements Database {
     signal: AbortSignal | undefined,
     local: (r: ReplicaPort) => Promise<T>,
     remote: ((node: NodeId) => Promise<T>) | null,
+    forward = true,
   ): Promise<T> {
     const key = shardKey(c.spec.name, s);
     const deadline = Date.now() + leaderWaitMs;
@@ -637,7 +640,7 @@ export class ClusterDatabase extends PointWrites implements Database {
           if (r) return await local(r);
           last = 'its replica here is not open';
         } else if (leader && remote) {
-          this.opts.observer?.forwardedWrite?.(c.spec.name, s);
+          if (forward) this.opts.observer?.forwardedWrite?.(c.spec.name, s);
           // A leader that stops leading while the write is in flight (paused, cut off, handing
           // over) may never answer: on a newer map the write goes to the new leader, which holds
           // every entry the old one committed (the idempotency key then answers a repeat once;
@@ -787,7 +790,8 @@ export class ClusterDatabase extends PointWrites implements Database {
   private txnPort(c: ClusterCollection, s: number, signal: AbortSignal | undefined): TxnShard {
     const name = c.spec.name;
     const peers = this.opts.peers;
-    const on = <T>(local: (r: ReplicaPort) => Promise<T>, remote: (node: NodeId) => Promise<T>): Promise<T> => ClusterDatabase.bounded(this.onLeader(c, s, signal, local, remote), signal);
+    const on = <T>(local: (r: ReplicaPort) => Promise<T>, remote: (node: NodeId) => Promise<T>, forward = false): Promise<T> =>
+      ClusterDatabase.bounded(this.onLeader(c, s, signal, local, remote, forward), signal);
     // A committed part's answer is missing when the call was asked again of a new leader after the part settled.
     const answer = (outcome: TxnOutcome, r: WriteResult | undefined): WriteResult | undefined => {
       if (r === undefined && outcome === 'commit') {
@@ -810,6 +814,7 @@ export class ClusterDatabase extends PointWrites implements Database {
         on(
           (r) => r.prepare(txn, coordinator, part, key, hash),
           (node) => peers.txnPrepare(node, name, s, Buffer.concat(encodePrepared({ txn, coordinator, part, hash }, c.spec.dim)), key),
+          true,
         ),
       decide: async (txn, outcome) => {
         const r = await on(
@@ -846,7 +851,7 @@ export class ClusterDatabase extends PointWrites implements Database {
     if (this.closed) return;
     const now = Date.now();
     for (const c of this.collections.values()) {
-      if (c.replicas.size === 0) continue;
+      if (!this.open(c).some(([, r]) => r.shard.status().inDoubt > 0)) continue;
       const ports = c.maps.map((_, s) => this.txnPort(c, s, AbortSignal.timeout(leaderWaitMs)));
       resolveInDoubt(ports, now).catch((e: Error) => this.log.warn('resolving batches in doubt failed', { collection: c.spec.name, err: e.message }));
     }
