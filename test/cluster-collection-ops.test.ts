@@ -2,7 +2,8 @@
  * Collection operations that move a collection's replicas in a cluster (real etcd, three nodes and
  * their sidecars): its replication factor raised and lowered under writes (the controller adds a
  * learner that joins the replicas, or removes a follower), every replica's digest equal after and
- * no acknowledged write lost.
+ * no acknowledged write lost; a collection dropped (every node removes its files; refused while an
+ * alias points to it) and made again under the same name.
  */
 import * as fs from 'fs';
 import * as path from 'path';
@@ -80,4 +81,61 @@ describe('collection operations in a cluster (real etcd, nodes and sidecars)', (
       sdk.close();
     }
   }, 400_000);
+
+  it('drop: refused while an alias points to it; then every node forgets it and removes its files; the name can be made again', async () => {
+    const [n1, n2, n3] = cluster.nodes;
+    const made = await httpJson(n1.child.http, 'POST', '/v1/collections', { name: 'gone', dim: DIM, shards: 2, replicationFactor: 3, index: { type: 'flat' } });
+    expect(made.status, JSON.stringify(made.body)).toBe(200);
+    const sdk = await cluster.client(n3);
+    await sdk.upsert('gone', Array.from({ length: 50 }, (_, i) => ({ id: `g${i}`, vector: Float32Array.from({ length: DIM }, (_, d) => i + d) })));
+    const dirs = cluster.nodes.map((n) => path.join(n.dir, 'shards', 'gone'));
+    expect(dirs.every((d) => fs.existsSync(d))).toBe(true);
+
+    await sdk.updateAliases([{ action: 'create', alias: 'current', collection: 'gone' }]);
+    const refused = await httpJson(n2.child.http, 'DELETE', '/v1/collections/current');
+    expect([refused.status, refused.body.error?.code]).toEqual([400, 'FAILED_PRECONDITION']);
+    expect(await sdk.count('gone')).toBe(50);
+    await sdk.updateAliases([{ action: 'delete', alias: 'current' }]);
+
+    const dropped = await httpJson(n2.child.http, 'DELETE', '/v1/collections/gone');
+    expect(dropped.status, JSON.stringify(dropped.body)).toBe(200);
+    // The node that dropped it answers by it at once; the others once their watch delivers it.
+    expect((await httpJson(n2.child.http, 'GET', '/v1/collections/gone')).status).toBe(404);
+    for (const n of cluster.nodes) await waitFor(async () => (await httpJson(n.child.http, 'GET', '/v1/collections/gone')).status === 404, `${n.id} to forget gone`);
+    for (const d of dirs) await waitFor(async () => !fs.existsSync(d), `${d} removed`);
+    await expectCode(sdk.dropCollection('gone'), 'NOT_FOUND');
+
+    // Made again under the name (another shape): new replicas, none of the old points.
+    await sdk.createCollection({ name: 'gone', dim: DIM, shards: 3, replicationFactor: 2, index: { type: 'flat' } });
+    await sdk.upsert('gone', [{ id: 'new', vector: new Float32Array(DIM).fill(1) }]);
+    expect(await sdk.count('gone')).toBe(1);
+    await cluster.waitConverged(n1, 'gone', 'the new collection converged', 2);
+    // Dropped again, through gRPC.
+    await sdk.dropCollection('gone');
+    for (const n of cluster.nodes) await waitFor(async () => !fs.existsSync(path.join(n.dir, 'shards', 'gone')), `${n.id} to remove gone again`);
+  }, 200_000);
+
+  it('a node away while collections are dropped: back, it removes the files of one dropped for good, and those of one made again at once (its map names the node) before it opens its replica of the new one', async () => {
+    const [n1, , n3] = cluster.nodes;
+    const sdk = await cluster.client(n1);
+    for (const name of ['again', 'orphan']) {
+      await sdk.createCollection({ name, dim: DIM, shards: 1, replicationFactor: 3, index: { type: 'flat' } });
+      await sdk.upsert(name, Array.from({ length: 20 }, (_, i) => ({ id: `old${i}`, vector: Float32Array.from({ length: DIM }, (_, d) => i * d) })));
+    }
+    await cluster.waitConverged(n1, 'again', 'again on every node', 3);
+    await cluster.waitConverged(n1, 'orphan', 'orphan on every node', 3);
+    // n3 stops; within its lease (2 s) it still counts as live, so the new collection is placed on it too.
+    process.kill(n3.child.child.pid!, 'SIGSTOP');
+    await sdk.dropCollection('again');
+    await sdk.dropCollection('orphan');
+    await sdk.createCollection({ name: 'again', dim: DIM, shards: 1, replicationFactor: 3, index: { type: 'flat' } });
+    await sdk.upsert('again', [{ id: 'new', vector: new Float32Array(DIM).fill(1) }]);
+    await cluster.kill(n3);
+
+    await cluster.restart(n3);
+    expect((await cluster.shards(n1, 'again'))[0].replicas.map((r) => r.node)).toContain(n3.id);
+    await waitFor(async () => !fs.existsSync(path.join(n3.dir, 'shards', 'orphan')), `${n3.id} to remove orphan`);
+    await cluster.waitConverged(n1, 'again', 'again converged on 3 replicas, n3 among them', 3);
+    expect(await sdk.count('again')).toBe(1);
+  }, 200_000);
 });

@@ -32,7 +32,7 @@ import type { NodeId, Progress, ShardKey, ShardMap, WriteConcern } from '../clus
 import { members, shardKey } from '../cluster/types';
 import { idsByShard, splitBatch, writeByShard } from '../common/placement';
 import { mergeScroll, prepareCount, prepareScroll, recommend } from './reads';
-import { aliasList, applyAliasActions, resolveName } from './aliases';
+import { aliasList, applyAliasActions, checkNotAliased, resolveName } from './aliases';
 import {
   OpenInternals,
   PointWrites,
@@ -140,10 +140,20 @@ export interface CoordinatorPort {
   on(event: 'map', fn: (shard: ShardKey, map: ShardMap) => void): unknown;
   on(event: 'nodes', fn: (nodes: Record<NodeId, ClusterNodeRecord>) => void): unknown;
   on(event: 'collection', fn: (name: string, record: CollectionRecord) => void): unknown;
+  /** The collection's record was deleted (dropped), with its shard maps. */
+  on(event: 'collectionDropped', fn: (name: string) => void): unknown;
+  /** Every collection, after each whole read of etcd (its 'collection' events first). */
+  on(event: 'collections', fn: (names: ReadonlySet<string>) => void): unknown;
   on(event: 'lease', fn: (deadline: number) => void): unknown;
   /** Every alias (alias -> collection), after the first read and on every change. */
   on(event: 'aliases', fn: (aliases: ReadonlyMap<string, string>) => void): unknown;
   createCollection(name: string, record: CollectionRecord, signal?: AbortSignal): Promise<void>;
+  /**
+   * Deletes a collection's record and shard maps in one guarded Txn (NOT_FOUND when absent; an
+   * error thrown by `check`, given every alias, changes nothing). Resolves once this node has heard
+   * it (a 'collectionDropped' event).
+   */
+  dropCollection(name: string, check: (aliases: ReadonlyMap<string, string>) => void): Promise<void>;
   /** Changes a collection's record (a guarded read-modify-write); every node hears it as a 'collection' event. */
   updateCollection(name: string, change: (record: CollectionRecord) => CollectionRecord): Promise<CollectionRecord>;
   /**
@@ -206,6 +216,8 @@ interface ClusterCollection {
   createdAt: string;
   maps: (ShardMap | null)[];
   replicas: Map<number, ReplicaSlot>;
+  /** Its directory is this collection's (claimDir), once resolved. */
+  claimed?: Promise<void>;
 }
 
 /** A replica being opened, and once open, the replica. */
@@ -253,6 +265,8 @@ export class ClusterDatabase extends PointWrites implements Database {
   private readonly failoverLog: Failover[] = [];
   /** Replicas being closed and removed (a replica of the same shard opens only after). */
   private readonly removing = new Map<ShardKey, Promise<void>>();
+  /** Dropped collections being closed and removed (a replica of a collection of the same name opens only after). */
+  private readonly removingCollection = new Map<string, Promise<void>>();
   private closed = false;
   private readonly log: Log;
 
@@ -264,6 +278,8 @@ export class ClusterDatabase extends PointWrites implements Database {
     const c = opts.coordinator;
     c.on('nodes', (nodes) => (this.nodes = nodes));
     c.on('collection', (name, record) => this.onCollection(name, record));
+    c.on('collectionDropped', (name) => this.onDropped(name));
+    c.on('collections', (names) => this.removeOrphans(names));
     c.on('map', (shard, map) => this.onMap(shard, map));
     c.on('aliases', (aliases) => (this.aliases = aliases));
     c.on('lease', (deadline) => {
@@ -337,24 +353,25 @@ export class ClusterDatabase extends PointWrites implements Database {
       this.leaderlessSince.delete(key);
     }
     const slot = col.replicas.get(s);
-    const dir = path.join(this.dataDir, 'shards', col.spec.name, String(s));
+    const dir = path.join(this.collectionDir(col.spec.name), String(s));
     if (!members(map).includes(this.self)) {
       if (!this.closed && (slot || fs.existsSync(dir))) this.remove(key, dir, slot);
       if (slot) col.replicas.delete(s);
     } else if (slot?.port) slot.port.onMap(map);
     else if (!slot && !this.closed) {
-      const removed = this.removing.get(key) ?? Promise.resolve();
+      const removed = Promise.all([this.removing.get(key), this.removingCollection.get(col.spec.name)]);
       const opening: ReplicaSlot = {
-        opening: removed.then(() =>
-          this.opts.openReplica({
+        opening: removed.then(async () => {
+          await this.claimDir(col);
+          return this.opts.openReplica({
             shard: key,
             dir,
             shardOptions: { ...this.shardOptions(col.spec, s), payloadIndexes: () => col.spec.payloadIndexes ?? [] },
             writeConcern: col.spec.writeConcern,
             send: (to, payload) => this.opts.sendToPeer(to, key, payload),
             publish: (p) => this.opts.coordinator.publishProgress(key, p),
-          }),
-        ),
+          });
+        }),
       };
       col.replicas.set(s, opening);
       // Once open it gets the newest map and lease (a map that came while it opened included).
@@ -394,6 +411,85 @@ export class ClusterDatabase extends PointWrites implements Database {
         if (this.removing.get(key) === done) this.removing.delete(key);
       });
     this.removing.set(key, done);
+  }
+
+  private collectionDir(name: string): string {
+    return path.join(this.dataDir, 'shards', name);
+  }
+
+  /**
+   * Makes the collection's directory this collection's before a replica of it opens: files of an
+   * earlier collection of the same name (dropped and made again while this node was away) are
+   * removed first. `collection.json` there names the collection's createdAt; a directory without
+   * one is taken as this collection's (files from before it was written).
+   */
+  private claimDir(c: ClusterCollection): Promise<void> {
+    c.claimed ??= (async () => {
+      const dir = this.collectionDir(c.spec.name);
+      const file = path.join(dir, 'collection.json');
+      const held = await fsp.readFile(file, 'utf8').then(
+        (t) => (JSON.parse(t) as { createdAt?: string }).createdAt ?? null,
+        () => null,
+      );
+      if (held === c.createdAt) return;
+      if (held !== null) {
+        await fsp.rm(dir, { recursive: true, force: true });
+        this.log.info('removed the replicas of an earlier collection of the same name', { collection: c.spec.name, createdAt: held });
+      }
+      await fsp.mkdir(dir, { recursive: true });
+      await fsp.writeFile(file, JSON.stringify({ createdAt: c.createdAt }));
+    })();
+    return c.claimed;
+  }
+
+  /**
+   * Removes the directories of collections etcd does not hold (dropped while this node was away),
+   * skipping those being removed already.
+   */
+  private removeOrphans(names: ReadonlySet<string>): void {
+    const root = path.join(this.dataDir, 'shards');
+    fsp
+      .readdir(root)
+      .catch(() => [] as string[])
+      .then(async (dirs) => {
+        for (const name of dirs) {
+          if (names.has(name) || this.collections.has(name) || this.removingCollection.has(name)) continue;
+          await fsp.rm(path.join(root, name), { recursive: true, force: true });
+          this.log.info('removed the files of a collection that no longer exists', { collection: name });
+        }
+      })
+      .catch((e: Error) => this.log.error('cannot remove the files of dropped collections', { err: e.message }));
+  }
+
+  /**
+   * A collection dropped (its record gone from etcd): it is forgotten at once (calls naming it are
+   * NOT_FOUND), its replicas here are closed and its directory removed.
+   */
+  private onDropped(name: string): void {
+    const c = this.collections.get(name);
+    if (!c) return;
+    this.collections.delete(name);
+    const slots = [...c.replicas.values()];
+    c.replicas.clear();
+    const keys = this.allShards(c).map((s) => shardKey(name, s));
+    const done = (this.removingCollection.get(name) ?? Promise.resolve())
+      .then(async () => {
+        await Promise.all([...slots.map(async (slot) => (await slot.opening.catch(() => null))?.close()), ...keys.map((k) => this.removing.get(k))]);
+        await fsp.rm(this.collectionDir(name), { recursive: true, force: true });
+        this.log.info('removed the collection: it was dropped', { collection: name });
+      })
+      .catch((e: Error) => this.log.error('cannot remove the dropped collection', { collection: name, err: e.message }))
+      .finally(() => {
+        if (this.removingCollection.get(name) === done) this.removingCollection.delete(name);
+      });
+    this.removingCollection.set(name, done);
+    this.opts.observer?.collectionDropped?.(name);
+    // Writes and reads waiting for one of its maps look again (and find it gone).
+    for (const key of keys) {
+      for (const wake of this.mapWaiters.get(key) ?? []) wake();
+      this.mapWaiters.delete(key);
+      for (const check of this.movedWatchers.get(key) ?? []) check();
+    }
   }
 
   /** A replica's shard settings; `existing` once its WAL is there (a restart: a missing WAL is then DATA_LOSS). */
@@ -524,8 +620,15 @@ export class ClusterDatabase extends PointWrites implements Database {
     return this.info(c);
   }
 
-  dropCollection(): Promise<void> {
-    return Promise.reject(new QuiverError('FAILED_PRECONDITION', 'dropping a collection is not supported in a cluster yet'));
+  /**
+   * Deletes the record and shard maps in etcd (one guarded Txn, refused while aliases point to
+   * it); every node, this one first, then closes its replicas of it and removes their files.
+   */
+  async dropCollection(name: string, opts: ChangeOptions = {}): Promise<void> {
+    const c = this.coll(name);
+    checkNotAliased(this.aliases, c.spec.name);
+    opts.signal?.throwIfAborted();
+    await this.opts.coordinator.dropCollection(c.spec.name, (aliases) => checkNotAliased(aliases, c.spec.name));
   }
 
   /**
@@ -596,6 +699,7 @@ export class ClusterDatabase extends PointWrites implements Database {
     const deadline = Date.now() + leaderWaitMs;
     let last = 'no leader is known';
     for (;;) {
+      if (this.collections.get(c.spec.name) !== c) throw new QuiverError('NOT_FOUND', `collection "${c.spec.name}" was dropped`);
       // Past the caller's deadline with no leader that took the write: nothing was written.
       if (signal?.aborted || Date.now() >= deadline) throw new QuiverError('UNAVAILABLE', `shard ${key} has no leader that answers (${last}); nothing was written`);
       const map = c.maps[s];
