@@ -3,14 +3,18 @@
  * their sidecars): its replication factor raised and lowered under writes (the controller adds a
  * learner that joins the replicas, or removes a follower), every replica's digest equal after and
  * no acknowledged write lost; a collection dropped (every node removes its files; refused while an
- * alias points to it) and made again under the same name.
+ * alias points to it) and made again under the same name; a backup written on the node asked
+ * (each shard's snapshot from its leader) restored into the cluster and into a standalone node,
+ * and a standalone backup restored into the cluster.
  */
 import * as fs from 'fs';
 import * as path from 'path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QuiverClient } from '../src/client';
+import { openDatabase } from '../src/query';
+import type { Database, Point } from '../src/query';
 import { Load, ShardsReport, TestCluster, waitFor } from './cluster-harness';
-import { httpJson } from './server-harness';
+import { httpJson, tempDir } from './server-harness';
 import { expectCode } from './helpers';
 
 const DIM = 8;
@@ -137,5 +141,65 @@ describe('collection operations in a cluster (real etcd, nodes and sidecars)', (
     await waitFor(async () => !fs.existsSync(path.join(n3.dir, 'shards', 'orphan')), `${n3.id} to remove orphan`);
     await cluster.waitConverged(n1, 'again', 'again converged on 3 replicas, n3 among them', 3);
     expect(await sdk.count('again')).toBe(1);
+  }, 200_000);
+
+  it('backup through one node, restored in the cluster and on a standalone node, and back; a damaged backup makes nothing', async () => {
+    const [n1, n2, n3] = cluster.nodes;
+    const out = tempDir('quiver-cluster-backups-');
+    const sdk = await cluster.client(n2);
+    await sdk.createCollection({ name: 'bk', dim: DIM, shards: 3, replicationFactor: 2, index: { type: 'hnsw', efSearch: 40 } });
+    await sdk.createPayloadIndex('bk', { field: 'n', type: 'integer' });
+    await sdk.upsert('bk', Array.from({ length: 300 }, (_, i) => ({ id: `p${i}`, vector: Float32Array.from({ length: DIM }, (_, d) => Math.sin(i + d)), payload: { n: i } })));
+    await sdk.delete('bk', ['p7']);
+    /** Every point, with vector and payload, in id order (vectors as arrays: the SDK's and the database's Float32Arrays compare alike). */
+    const all = async (read: (cursor: string | undefined) => Promise<{ points: Point[]; nextCursor: string | null }>): Promise<unknown[]> => {
+      const out: unknown[] = [];
+      for (let cursor: string | undefined; ; ) {
+        const page = await read(cursor);
+        out.push(...page.points.map((p) => ({ id: p.id, vector: Array.from(p.vector!), payload: p.payload })));
+        if (!page.nextCursor) return out;
+        cursor = page.nextCursor;
+      }
+    };
+    const ofCluster = (name: string): Promise<unknown[]> => all((cursor) => sdk.scroll(name, { limit: 100, cursor, withVectors: true, withPayload: true }));
+    const want = await ofCluster('bk');
+    expect(want).toHaveLength(299);
+
+    // Written on n1, whatever leads the shards; writes after it are not in it.
+    const taken = await httpJson(n1.child.http, 'POST', '/v1/collections/bk/snapshot', { path: path.join(out, 'b1') });
+    expect(taken.status, JSON.stringify(taken.body)).toBe(200);
+    expect(taken.body.shards.map((s: { shard: number; lsn: number }) => s.lsn > 0)).toEqual([true, true, true]);
+    expect((await cluster.shards(n1, 'bk')).some((s) => s.leader !== n1.id)).toBe(true);
+    await sdk.upsert('bk', [{ id: 'later', vector: new Float32Array(DIM).fill(2) }]);
+    await expectCode(sdk.snapshotCollection('bk', path.join(out, 'b1')), 'ALREADY_EXISTS');
+
+    // Restored in the cluster through n3 (gRPC: the path is on n3's disk, the same machine here).
+    const restored = await (await cluster.client(n3)).restoreCollection('bk_copy', path.join(out, 'b1'));
+    expect([restored.shards, restored.replicationFactor, restored.index, restored.payloadIndexes]).toEqual([3, 2, { type: 'hnsw', efSearch: 40 }, [{ field: 'n', type: 'integer' }]]);
+    expect(await ofCluster('bk_copy')).toEqual(want);
+    await cluster.waitConverged(n1, 'bk_copy', 'the restored collection converged', 2);
+
+    // The same backup on a standalone node, and a standalone backup into the cluster.
+    const db: Database = await openDatabase({ dataDir: tempDir('quiver-standalone-'), snapshotIntervalMs: 0 });
+    try {
+      await db.restoreCollection('bk_here', path.join(out, 'b1'));
+      expect(await all((cursor) => db.scroll('bk_here', { limit: 100, cursor, withVectors: true, withPayload: true }))).toEqual(want);
+      await db.snapshotCollection('bk_here', path.join(out, 'b2'));
+    } finally {
+      await db.close();
+    }
+    const back = await httpJson(n2.child.http, 'POST', '/v1/collections/bk_back/restore', { path: path.join(out, 'b2') });
+    expect(back.status, JSON.stringify(back.body)).toBe(200);
+    expect(back.body.replicationFactor).toBe(3); // a standalone backup's 1 becomes the cluster's default
+    expect(await ofCluster('bk_back')).toEqual(want);
+
+    // A damaged shard snapshot: DATA_LOSS, and no collection is left made.
+    fs.cpSync(path.join(out, 'b1'), path.join(out, 'bad'), { recursive: true });
+    const state = fs.readdirSync(path.join(out, 'bad', '1')).map((d) => path.join(out, 'bad', '1', d, 'state.bin'))[0];
+    const bytes = fs.readFileSync(state);
+    bytes[bytes.length - 5] ^= 0xff;
+    fs.writeFileSync(state, bytes);
+    await expectCode(sdk.restoreCollection('bk_bad', path.join(out, 'bad')), 'DATA_LOSS');
+    for (const n of cluster.nodes) await waitFor(async () => (await httpJson(n.child.http, 'GET', '/v1/collections/bk_bad')).status === 404, `${n.id} without bk_bad`);
   }, 200_000);
 });

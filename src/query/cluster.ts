@@ -52,6 +52,9 @@ import {
   withoutPayloadIndex,
 } from './database';
 import { compileFilter } from './filter';
+import { SnapshotPiece, checkBackupPath, readBackup, receiveSnapshot, writeBackup } from './backup';
+import { readRange, snapshotFiles } from '../cluster/replica-host';
+import { loadSnapshotPoints, snapshotDirName } from '../shard/snapshot';
 import type {
   AliasAction,
   AliasInfo,
@@ -198,6 +201,8 @@ export interface PeerShards {
   scroll(node: NodeId, collection: string, shards: number[], req: ScrollRequest, deadlineMs?: number): Promise<Point[]>;
   /** The replicas `node` holds of a collection's shards ('' = of every collection). */
   replicaStatus(node: NodeId, collection: string, withDigest: boolean): Promise<ReplicaReport[]>;
+  /** A piece of a shard's snapshot on `node` (lsn 0: its leader snapshots it now), checksum checked. */
+  snapshotPiece(node: NodeId, collection: string, shard: number, lsn: number, offset: number): Promise<SnapshotPiece>;
 }
 
 export interface ClusterOptions extends OpenOptions, OpenInternals {
@@ -225,6 +230,12 @@ interface ReplicaSlot {
   opening: Promise<ReplicaPort>;
   port?: ReplicaPort;
 }
+
+/** Bytes of a shard's snapshot in one piece sent to a node writing a backup. */
+const snapshotPieceBytes = 1024 * 1024;
+/** A restore writes the backed-up points in upserts of at most this many points and bytes of vectors. */
+const restoreBatchPoints = 1000;
+const restoreBatchBytes = 8 * 1024 * 1024;
 
 /** How long a write waits for its shard to have a leader when the caller gave no deadline. */
 const leaderWaitMs = defaultDeadlineMs;
@@ -575,7 +586,11 @@ export class ClusterDatabase extends PointWrites implements Database {
 
   async createCollection(input: CollectionSpecInput, opts: ChangeOptions = {}): Promise<CollectionInfo> {
     this.usable();
-    const spec = checkSpec(input, this.replicaNodes());
+    return this.create(checkSpec(input, this.replicaNodes()), opts);
+  }
+
+  /** Writes the collection's record (the controller places its shards) and answers once this node has heard of it. */
+  private async create(spec: CollectionSpec, opts: ChangeOptions): Promise<CollectionInfo> {
     if (this.aliases.has(spec.name)) throw new QuiverError('ALREADY_EXISTS', `"${spec.name}" is an alias`);
     opts.signal?.throwIfAborted();
     const createdAt = new Date().toISOString();
@@ -646,12 +661,97 @@ export class ClusterDatabase extends PointWrites implements Database {
     return this.info(c);
   }
 
-  snapshotCollection(): Promise<CollectionBackup> {
-    return Promise.reject(new QuiverError('FAILED_PRECONDITION', "collection snapshots are not supported in a cluster yet: each shard's snapshot is on the node of its replica"));
+  /**
+   * A backup in `dest` on this node, in the standalone format (src/query/backup.ts): each shard's
+   * leader takes a snapshot at its applied LSN, and this node copies it piece by piece (the node
+   * service's ShardSnapshotPiece, each piece checksummed) from that node.
+   */
+  async snapshotCollection(name: string, dest: string, opts: ChangeOptions = {}): Promise<CollectionBackup> {
+    const c = this.coll(name);
+    const to = checkBackupPath(dest, this.dataDir);
+    opts.signal?.throwIfAborted();
+    return writeBackup(to, c.spec, (s, dir) => {
+      let from = this.self;
+      const piece = (node: NodeId, lsn: number, offset: number): Promise<SnapshotPiece> =>
+        node === this.self ? this.shardSnapshotPiece(c.spec.name, s, lsn, offset) : this.opts.peers.snapshotPiece(node, c.spec.name, s, lsn, offset);
+      return receiveSnapshot(dir, async (lsn, offset) => {
+        if (lsn > 0) return piece(from, lsn, offset);
+        // The first piece from the shard's leader (it takes the snapshot); the rest from the same node.
+        for (let attempt = 0; ; attempt++) {
+          from = [...(await this.byLeader(c, [s])).keys()][0];
+          try {
+            return await piece(from, 0, 0);
+          } catch (e) {
+            if (!isRouting(e) || attempt >= 3) throw e;
+            await this.nextMap(shardKey(c.spec.name, s), 250, opts.signal);
+          }
+        }
+      });
+    });
   }
 
-  restoreCollection(): Promise<CollectionInfo> {
-    return Promise.reject(new QuiverError('FAILED_PRECONDITION', 'restoring a collection is not supported in a cluster yet'));
+  /**
+   * A piece of this node's snapshot of shard s (the node service's ShardSnapshotPiece): with lsn 0
+   * the replica, which must lead, takes a snapshot now and the first piece of it answers; then the
+   * piece of the snapshot at `lsn` from `offset` (NOT_FOUND once a newer snapshot replaced it).
+   */
+  async shardSnapshotPiece(name: string, s: number, lsn: number, offset: number): Promise<SnapshotPiece> {
+    const c = this.coll(name);
+    const r = await this.ledReplica(name, s);
+    if (lsn === 0) {
+      const leader = c.maps[s]?.leader;
+      if (leader !== this.self) throw leader ? this.notLeader(c.spec.name, s, leader) : new QuiverError('UNAVAILABLE', `shard ${c.spec.name}/${s} has no leader`);
+      await r.shard.snapshot();
+      lsn = r.shard.status().snapshotLsn;
+      if (lsn === 0) return { lsn, files: [], data: Buffer.alloc(0) };
+    }
+    const replaced = (): QuiverError => new QuiverError('NOT_FOUND', `shard ${c.spec.name}/${s}: its snapshot at LSN ${lsn} is gone (a newer one replaced it)`);
+    try {
+      const src = await snapshotFiles(path.join(this.collectionDir(c.spec.name), String(s), 'snapshots', snapshotDirName(lsn)));
+      if (!Number.isSafeInteger(offset) || offset < 0 || offset > src.total) throw new QuiverError('INVALID_ARGUMENT', `offset ${offset} is outside the snapshot (${src.total} bytes)`);
+      return { lsn, files: src.files, data: await readRange(src, offset, Math.min(snapshotPieceBytes, src.total - offset)) };
+    } catch (e) {
+      throw (e as NodeJS.ErrnoException).code === 'ENOENT' ? replaced() : e;
+    }
+  }
+
+  /**
+   * Makes collection `name` from the backup in `src` on this node (a standalone node's or a
+   * cluster's): the backup's spec, with its replication factor (a standalone backup's 1 becomes the
+   * cluster default, 3), at most the live nodes; then each backed-up shard's points, read from its
+   * snapshot here, go through the replicated write path in upserts. A snapshot that cannot be read
+   * (DATA_LOSS) or a write that fails drops the collection again: nothing is left made.
+   */
+  async restoreCollection(name: string, src: string, opts: ChangeOptions = {}): Promise<CollectionInfo> {
+    this.usable();
+    const from = checkBackupPath(src, this.dataDir);
+    const m = await readBackup(from);
+    const b = m.spec;
+    const nodes = this.replicaNodes();
+    const replicationFactor = Math.max(1, Math.min(b.replicationFactor > 1 ? b.replicationFactor : 3, nodes.liveNodes));
+    const spec: CollectionSpec = {
+      ...checkSpec({ name, dim: b.dim, metric: b.metric, index: b.index, shards: b.shards, replicationFactor, writeConcern: b.writeConcern }, nodes),
+      payloadIndexes: b.payloadIndexes ?? [],
+    };
+    await this.create(spec, opts);
+    try {
+      const perBatch = Math.max(1, Math.min(restoreBatchPoints, Math.floor(restoreBatchBytes / (spec.dim * 4))));
+      for (const { shard: s, lsn } of m.shards) {
+        if (lsn === 0) continue;
+        const { store } = await loadSnapshotPoints(path.join(from, String(s), snapshotDirName(lsn)), spec.dim);
+        const labels = store.liveLabels();
+        for (let i = 0; i < labels.length; i += perBatch) {
+          const part = labels.subarray(i, i + perBatch);
+          const ids = Array.from(part, (l) => store.idOf(l)!);
+          await this.upsertColumns(spec.name, { ids, vectors: store.gather(part), payloads: Array.from(part, (l) => store.payloadOf(l)) }, { signal: opts.signal });
+        }
+        this.log.info('restored a shard of a backup', { collection: spec.name, shard: s, of: m.shards.length, points: labels.length, from });
+      }
+    } catch (e) {
+      await this.dropCollection(spec.name).catch((d: Error) => this.log.error('cannot drop a collection whose restore failed', { collection: spec.name, err: d.message }));
+      throw e;
+    }
+    return this.info(this.coll(spec.name));
   }
 
   listCollections(): CollectionInfo[] {

@@ -72,6 +72,7 @@ const ACCESS: Record<Op | 'Metrics' | 'StatusPage', 'read' | 'admin' | 'internal
   ShardScroll: 'internal',
   ShardChange: 'internal',
   ReplicaStatus: 'internal',
+  ShardSnapshotPiece: 'internal',
 };
 
 /** An op's access class; a name that is no op (a gRPC method path) is internal. */

@@ -15,6 +15,9 @@ import { QuiverError } from '../errors';
 import type { NodeId } from '../cluster/types';
 import type { ClusterDatabase, PeerShards } from '../query/cluster';
 import type { ShardChange } from '../query/database';
+import type { SnapshotPiece } from '../query/backup';
+import { checkSnapshotFileName } from '../cluster/replica-host';
+import { crc32c } from '../wal/crc32c';
 import type { CountOptions, Filter, Point, ReadOptions, ScrollRequest, SearchHit, SearchRequest } from '../query/types';
 import type { UpsertOp, WriteResult } from '../shard';
 import { QuiverNode } from '../rpc/gen/node_pb';
@@ -162,6 +165,10 @@ export function nodeMethods(svc: Service, db: ClusterDatabase, tls: boolean): Ma
   });
   add('shardCount', async (r) => ({ count: BigInt(await db.shardCount(r.collection, r.shards, { ...readFromWire(r), filter: filterFromWire(r.filterJson) })) }));
   add('shardScroll', async (r) => ({ points: (await db.shardScroll(r.collection, r.shards, scrollRequest(r))).map(pointToWire) }));
+  add('shardSnapshotPiece', async (r) => {
+    const p = await db.shardSnapshotPiece(r.collection, r.shard, Number(r.lsn), Number(r.offset));
+    return { lsn: BigInt(p.lsn), files: p.files.map((f) => ({ name: f.name, size: BigInt(f.size) })), data: p.data, crc32c: crc32c(p.data) };
+  });
   add('replicaStatus', async (r) => ({
     replicas: (await db.localReplicas(r.collection, r.withDigest)).map((x) => ({
       ...x,
@@ -215,6 +222,7 @@ const METHODS = {
   shardCount: client('shardCount'),
   shardScroll: client('shardScroll'),
   replicaStatus: client('replicaStatus'),
+  shardSnapshotPiece: client('shardSnapshotPiece'),
 };
 
 /**
@@ -309,6 +317,13 @@ export class NodePeers implements PeerShards {
       collection: x.collection,
       followers: x.followers.map((f) => ({ node: f.node, lagEntries: Number(f.lagEntries), lagMs: Number(f.lagMs) })),
     }));
+  }
+
+  async snapshotPiece(node: NodeId, collection: string, shard: number, lsn: number, offset: number): Promise<SnapshotPiece> {
+    const r = await this.channel(node).unary(METHODS.shardSnapshotPiece, { collection, shard, lsn: BigInt(lsn), offset: BigInt(offset) }, NodePeers.deadline());
+    const data = Buffer.from(r.data);
+    if (crc32c(data) !== r.crc32c) throw new QuiverError('DATA_LOSS', `a piece of shard ${collection}/${shard}'s snapshot from ${node}: checksum mismatch`);
+    return { lsn: Number(r.lsn), files: r.files.map((f) => ({ name: checkSnapshotFileName(f.name, `a snapshot piece from ${node}`), size: Number(f.size) })), data };
   }
 
   close(): void {

@@ -45,7 +45,8 @@ export type Op =
   | 'UpdateAliases'
   | 'UpdateCollection'
   | 'SnapshotCollection'
-  | 'RestoreCollection';
+  | 'RestoreCollection'
+  | 'ShardSnapshotPiece';
 
 /** Operations that read at a level: their latency is labelled with it (`consistency`). */
 const READS: ReadonlySet<Op> = new Set<Op>(['Search', 'SearchBatch', 'Get', 'Count', 'ShardSearch', 'ShardGet', 'ShardCount', 'Scroll', 'Recommend', 'ShardScroll']);
