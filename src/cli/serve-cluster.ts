@@ -57,7 +57,7 @@ class CoordinatorRelay extends EventEmitter implements CoordinatorPort {
 
   attach(c: EtcdCoordinator): void {
     this.target = c;
-    for (const event of ['map', 'nodes', 'collection', 'lease', 'aliases']) c.on(event, (...args: unknown[]) => this.emit(event, ...args));
+    for (const event of ['map', 'nodes', 'collection', 'collectionDropped', 'collections', 'lease', 'aliases']) c.on(event, (...args: unknown[]) => this.emit(event, ...args));
   }
 
   createCollection(name: string, record: CollectionRecord, signal?: AbortSignal): Promise<void> {
@@ -68,6 +68,11 @@ class CoordinatorRelay extends EventEmitter implements CoordinatorPort {
   updateCollection(name: string, change: (record: CollectionRecord) => CollectionRecord): Promise<CollectionRecord> {
     if (!this.target) return Promise.reject(new QuiverError('UNAVAILABLE', 'the node is not connected to etcd yet'));
     return this.target.updateCollection(name, (r) => ({ ...change(r as unknown as CollectionRecord) })) as unknown as Promise<CollectionRecord>;
+  }
+
+  dropCollection(name: string, check: (aliases: ReadonlyMap<string, string>) => void): Promise<void> {
+    if (!this.target) return Promise.reject(new QuiverError('UNAVAILABLE', 'the node is not connected to etcd yet'));
+    return this.target.dropCollection(name, check);
   }
 
   updateAliases(change: (aliases: ReadonlyMap<string, string>, collections: ReadonlySet<string>) => Map<string, string>): Promise<void> {

@@ -12,6 +12,8 @@
  * * 'stopLeading' ()          the deadline passed without a renewal: tick every shard replica
  * * 'nodes' (nodes)           live nodes, after the first read and on every change
  * * 'collection' (name, rec)  collections/<name> appeared or changed (updateCollection)
+ * 'collectionDropped' (name) collections/<name> was deleted (dropCollection): its replicas go
+ * 'collections' (names)      every collection, after each whole read (after its 'collection' events)
  * * 'aliases' (map)           every alias (alias -> collection): after the first read and on every change
  * * 'map' (shard, map)        in revision order, first read first; never a map older than one emitted
  * * 'controller' (isController)  this node started or stopped running the controller
@@ -191,9 +193,9 @@ export class EtcdCoordinator extends EventEmitter {
   private nodes: Record<NodeId, NodeRecord> = {};
   private readonly collections = new Set<string>();
   private aliases = new Map<string, string>();
-  /** The revision of the aliases last emitted, and the updates waiting for their change to be in the view. */
-  private aliasRevision = 0;
-  private aliasWaiters: { revision: number; resolve: () => void; reject: (e: Error) => void }[] = [];
+  /** The revision the view has reached, and the changes made here waiting for their revision to be in the view. */
+  private viewRevision = 0;
+  private viewWaiters: { revision: number; resolve: () => void; reject: (e: Error) => void }[] = [];
   private readonly maps = new Map<ShardKey, { map: ShardMap; revision: number }>();
   private readonly waiters = new Set<CreateWaiter>();
 
@@ -382,11 +384,64 @@ export class EtcdCoordinator extends EventEmitter {
       } catch (e) {
         throw unavailable('update aliases', e);
       }
-      await new Promise<void>((resolve, reject) => {
-        if (this.aliasRevision >= revision) return resolve();
-        this.aliasWaiters.push({ revision, resolve, reject });
-      });
-      return;
+      return this.heard(revision);
+    }
+  }
+
+  /** Resolves once the view (the events emitted) has reached `revision`. */
+  private heard(revision: number): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      if (this.viewRevision >= revision) return resolve();
+      this.viewWaiters.push({ revision, resolve, reject });
+    });
+  }
+
+  /** The view has reached `revision`: the changes waiting for it are heard. */
+  private reached(revision: number): void {
+    this.viewRevision = Math.max(this.viewRevision, revision);
+    const done = this.viewWaiters.filter((w) => w.revision <= this.viewRevision);
+    this.viewWaiters = this.viewWaiters.filter((w) => w.revision > this.viewRevision);
+    for (const w of done) w.resolve();
+  }
+
+  /**
+   * Deletes collections/<name>, its shard maps and its replicas' progress in one Txn guarded on the
+   * record's mod revision and on every alias key read: NOT_FOUND when there is no such collection;
+   * an error thrown by `check` (given every alias read) changes nothing. Resolves once this node's
+   * view has the deletion (its 'collectionDropped' event). An alias created to point to it by a Txn that
+   * commits between the read and the delete is not seen (etcd3's Txn compares one key, not a
+   * prefix): it is left pointing at nothing.
+   */
+  async dropCollection(name: string, check: (aliases: ReadonlyMap<string, string>) => void): Promise<void> {
+    if (this.closed) throw new QuiverError('UNAVAILABLE', 'the coordinator is closed');
+    const key = etcdKeys.collection(name);
+    for (;;) {
+      let kv: IKeyValue | undefined;
+      const aliases: { alias: string; collection: string; modRevision: string }[] = [];
+      try {
+        kv = (await this.ns.get(key).exec()).kvs[0];
+        for (const a of (await this.ns.getAll().prefix(etcdKeys.aliases).exec()).kvs) {
+          const c = changeOf(a, false);
+          if (c) aliases.push({ alias: c.key.slice(etcdKeys.aliases.length), collection: (c.value as AliasRecord).collection, modRevision: a.mod_revision });
+        }
+      } catch (e) {
+        throw unavailable(`read collection ${name}`, e);
+      }
+      if (!kv) throw new QuiverError('NOT_FOUND', `no collection named "${name}"`);
+      check(new Map(aliases.map((a) => [a.alias, a.collection])));
+      const txn = this.ns.if(key, 'Mod', '==', kv.mod_revision);
+      for (const a of aliases) txn.and(etcdKeys.alias(a.alias), 'Mod', '==', a.modRevision);
+      let revision: number;
+      try {
+        const res = await txn
+          .then(this.ns.delete().key(key), this.ns.delete().prefix(etcdKeys.shardsOf(name)), this.ns.delete().prefix(etcdKeys.progressOf(name)))
+          .commit();
+        if (!res.succeeded) continue;
+        revision = Number(res.header.revision);
+      } catch (e) {
+        throw unavailable(`drop collection ${name}`, e);
+      }
+      return this.heard(revision);
     }
   }
 
@@ -396,7 +451,7 @@ export class EtcdCoordinator extends EventEmitter {
     this.closed = true;
     this.abort.abort();
     if (this.ticker) clearInterval(this.ticker);
-    for (const w of [...this.waiters, ...this.aliasWaiters]) w.reject(new QuiverError('UNAVAILABLE', 'the coordinator closed'));
+    for (const w of [...this.waiters, ...this.viewWaiters]) w.reject(new QuiverError('UNAVAILABLE', 'the coordinator closed'));
     const bounded = (p: Promise<unknown> | undefined): Promise<unknown> =>
       p ? Promise.race([p.catch(() => undefined), sleep(this.leaseConfig.ttlMs, undefined, { ref: false })]) : Promise.resolve();
     const stopController = this.stopController();
@@ -531,9 +586,11 @@ export class EtcdCoordinator extends EventEmitter {
       else if (kind === 'aliases') this.aliases.set(rest[0], (c.value as AliasRecord).collection);
     }
     this.emit('nodes', { ...this.nodes });
-    this.aliasesChanged(revision);
-    for (const name of [...this.collections]) if (!seen.has(name)) this.collections.delete(name);
+    this.emit('aliases', new Map(this.aliases));
+    for (const name of [...this.collections]) if (!seen.has(name)) this.dropped(name);
     for (const c of kvs) this.viewChange(c, true);
+    this.emit('collections', seen);
+    this.reached(revision);
   }
 
   private viewChange(c: KeyChange, initial = false): void {
@@ -544,36 +601,46 @@ export class EtcdCoordinator extends EventEmitter {
         if (c.value === null) delete this.nodes[rest[0]];
         else this.nodes[rest[0]] = c.value as NodeRecord;
         this.emit('nodes', { ...this.nodes });
-        return;
+        break;
       case 'collections':
-        if (c.value === null) this.collections.delete(rest[0]);
+        if (c.value === null) this.dropped(rest[0]);
         else {
           this.collections.add(rest[0]);
           this.emit('collection', rest[0], c.value as CollectionRecord);
         }
-        return;
+        break;
       case 'aliases':
         if (c.value === null) this.aliases.delete(rest[0]);
         else this.aliases.set(rest[0], (c.value as AliasRecord).collection);
-        this.aliasesChanged(c.modRevision);
-        return;
+        this.emit('aliases', new Map(this.aliases));
+        break;
       case 'shards': {
         const shard = rest.join('/');
-        if (c.value === null || (this.maps.get(shard)?.revision ?? 0) >= c.modRevision) return;
+        if (c.value === null) this.maps.delete(shard);
+        if (c.value === null || (this.maps.get(shard)?.revision ?? 0) >= c.modRevision) break;
         this.maps.set(shard, { map: c.value as ShardMap, revision: c.modRevision });
         this.emit('map', shard, c.value as ShardMap);
         this.checkWaiters();
-        return;
+        break;
       }
     }
+    if (!initial) this.reached(c.modRevision);
   }
 
-  private aliasesChanged(revision: number): void {
-    this.aliasRevision = revision;
-    this.emit('aliases', new Map(this.aliases));
-    const done = this.aliasWaiters.filter((w) => w.revision <= revision);
-    this.aliasWaiters = this.aliasWaiters.filter((w) => w.revision > revision);
-    for (const w of done) w.resolve();
+  /**
+   * The collection's record is gone (dropped): its maps are forgotten, and this node's progress
+   * keys of its replicas are no longer put (they are deleted, in case one was put after the drop).
+   */
+  private dropped(name: string): void {
+    this.collections.delete(name);
+    for (const shard of [...this.maps.keys()]) if (collectionOfShard(shard) === name) this.maps.delete(shard);
+    const progress = etcdKeys.progressOf(name);
+    for (const key of [...this.leased.keys()]) {
+      if (!key.startsWith(progress)) continue;
+      this.leased.delete(key);
+      this.ns.delete().key(key).exec().catch((e: unknown) => this.warn(`delete ${key}`, e));
+    }
+    this.emit('collectionDropped', name);
   }
 
   private checkWaiters(): void {

@@ -19,7 +19,11 @@ export const etcdKeys = {
   aliases: 'aliases/',
   shards: 'shards/',
   shard: (shard: ShardKey): string => `shards/${shard}`,
+  /** Every shard map of a collection. */
+  shardsOf: (collection: string): string => `shards/${collection}/`,
   progress: (shard: ShardKey, node: NodeId): string => `progress/${shard}/${node}`,
+  /** Every progress key of a collection's replicas. */
+  progressOf: (collection: string): string => `progress/${collection}/`,
 };
 
 /** A key as read or watched: `value` null when it was deleted. */

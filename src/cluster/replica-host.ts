@@ -216,10 +216,7 @@ export function decodePeerMessage(payload: Uint8Array): PeerMessage {
     }
     case 'snapshotChunk': {
       const v = k.value;
-      const files = v.files.map((f) => {
-        if (!/^[a-z0-9._-]{1,64}$/.test(f.name) || f.name.startsWith('.')) throw new QuiverError('INVALID_ARGUMENT', `replica message: snapshot file name ${JSON.stringify(f.name)}`);
-        return { name: f.name, size: u64(f.size, 'file size') };
-      });
+      const files = v.files.map((f) => ({ name: checkSnapshotFileName(f.name, 'replica message'), size: u64(f.size, 'file size') }));
       const data = Buffer.from(v.data);
       if (crc32c(data) !== v.crc32c) throw new QuiverError('DATA_LOSS', 'replica message: snapshot chunk checksum mismatch');
       const total = files.reduce((n, f) => n + f.size, 0);
@@ -257,12 +254,28 @@ export function checkEntries(m: Extract<PeerMessage, { kind: 'entries' }>): Rece
 
 // ------------------------------------------------------------------------------ snapshots
 
-interface SnapshotSource {
-  lsn: number;
-  lsnEpoch: number;
+/** A snapshot file's name as another node sent it: a plain name of the snapshot's directory (INVALID_ARGUMENT otherwise). */
+export function checkSnapshotFileName(name: string, where: string): string {
+  if (!/^[a-z0-9._-]{1,64}$/.test(name) || name.startsWith('.')) throw new QuiverError('INVALID_ARGUMENT', `${where}: snapshot file name ${JSON.stringify(name)}`);
+  return name;
+}
+
+/** A snapshot directory's files, in name order with their sizes: what is shipped is their concatenation. */
+export interface SnapshotFiles {
   dir: string;
   files: { name: string; size: number }[];
   total: number;
+}
+
+export async function snapshotFiles(dir: string): Promise<SnapshotFiles> {
+  const files: { name: string; size: number }[] = [];
+  for (const name of (await fsp.readdir(dir)).sort()) files.push({ name, size: (await fsp.stat(path.join(dir, name))).size });
+  return { dir, files, total: files.reduce((n, f) => n + f.size, 0) };
+}
+
+interface SnapshotSource extends SnapshotFiles {
+  lsn: number;
+  lsnEpoch: number;
 }
 
 /** Outgoing transfer to one follower: chunks from `acked` on, at most SNAPSHOT_WINDOW ahead. */
@@ -282,7 +295,8 @@ interface Receiving {
   held: number;
 }
 
-async function readRange(src: SnapshotSource, offset: number, length: number): Promise<Buffer> {
+/** Bytes [offset, offset + length) of the concatenation of the snapshot's files. */
+export async function readRange(src: SnapshotFiles, offset: number, length: number): Promise<Buffer> {
   const out = Buffer.alloc(length);
   let base = 0;
   let done = 0;
@@ -876,11 +890,7 @@ export class ReplicaHost extends EventEmitter {
       snaps = await listSnapshots(path.join(this.opts.dir, 'snapshots'));
     }
     if (snaps.length === 0) return;
-    const dir = snaps[0].dir;
-    const names = (await fsp.readdir(dir)).sort();
-    const files: { name: string; size: number }[] = [];
-    for (const name of names) files.push({ name, size: (await fsp.stat(path.join(dir, name))).size });
-    const src: SnapshotSource = { lsn: snaps[0].lsn, lsnEpoch: epochAt(this.state.log.history, snaps[0].lsn), dir, files, total: files.reduce((n, f) => n + f.size, 0) };
+    const src: SnapshotSource = { ...(await snapshotFiles(snaps[0].dir)), lsn: snaps[0].lsn, lsnEpoch: epochAt(this.state.log.history, snaps[0].lsn) };
     const old = this.transfers.get(to);
     const acked = old && old.src.lsn === src.lsn ? old.acked : 0;
     this.log.info('sending a snapshot', { epoch, to, lsn: src.lsn, bytes: src.total, fromByte: acked });

@@ -34,7 +34,7 @@ import type { NodeId, Progress, ShardKey, ShardMap, WriteConcern } from '../clus
 import { members, shardKey } from '../cluster/types';
 import { idsByShard, splitBatch, writeByShard } from '../common/placement';
 import { mergeScroll, prepareCount, prepareScroll, recommend } from './reads';
-import { aliasList, applyAliasActions, resolveName } from './aliases';
+import { aliasList, applyAliasActions, checkNotAliased, resolveName } from './aliases';
 import {
   OpenInternals,
   PointWrites,
@@ -55,6 +55,9 @@ import {
 } from './database';
 import { compileFilter } from './filter';
 import { TxnShard, resolveInDoubt, runTransaction } from './transaction';
+import { SnapshotPiece, checkBackupPath, readBackup, receiveSnapshot, writeBackup } from './backup';
+import { readRange, snapshotFiles } from '../cluster/replica-host';
+import { loadSnapshotPoints, snapshotDirName } from '../shard/snapshot';
 import type {
   AliasAction,
   AliasInfo,
@@ -143,10 +146,20 @@ export interface CoordinatorPort {
   on(event: 'map', fn: (shard: ShardKey, map: ShardMap) => void): unknown;
   on(event: 'nodes', fn: (nodes: Record<NodeId, ClusterNodeRecord>) => void): unknown;
   on(event: 'collection', fn: (name: string, record: CollectionRecord) => void): unknown;
+  /** The collection's record was deleted (dropped), with its shard maps. */
+  on(event: 'collectionDropped', fn: (name: string) => void): unknown;
+  /** Every collection, after each whole read of etcd (its 'collection' events first). */
+  on(event: 'collections', fn: (names: ReadonlySet<string>) => void): unknown;
   on(event: 'lease', fn: (deadline: number) => void): unknown;
   /** Every alias (alias -> collection), after the first read and on every change. */
   on(event: 'aliases', fn: (aliases: ReadonlyMap<string, string>) => void): unknown;
   createCollection(name: string, record: CollectionRecord, signal?: AbortSignal): Promise<void>;
+  /**
+   * Deletes a collection's record and shard maps in one guarded Txn (NOT_FOUND when absent; an
+   * error thrown by `check`, given every alias, changes nothing). Resolves once this node has heard
+   * it (a 'collectionDropped' event).
+   */
+  dropCollection(name: string, check: (aliases: ReadonlyMap<string, string>) => void): Promise<void>;
   /** Changes a collection's record (a guarded read-modify-write); every node hears it as a 'collection' event. */
   updateCollection(name: string, change: (record: CollectionRecord) => CollectionRecord): Promise<CollectionRecord>;
   /**
@@ -197,6 +210,8 @@ export interface PeerShards {
   txnDecide(node: NodeId, collection: string, shard: number, txn: string, outcome: TxnOutcome): Promise<{ outcome: TxnOutcome; part: WriteResult | undefined }>;
   txnDecisionOf(node: NodeId, collection: string, shard: number, txn: string): Promise<TxnOutcome | undefined>;
   txnResolve(node: NodeId, collection: string, shard: number, txn: string, outcome: TxnOutcome): Promise<WriteResult | undefined>;
+  /** A piece of a shard's snapshot on `node` (lsn 0: its leader snapshots it now), checksum checked. */
+  snapshotPiece(node: NodeId, collection: string, shard: number, lsn: number, offset: number): Promise<SnapshotPiece>;
 }
 
 /** Coordinator: logs the outcome and answers it with its own part settled at that entry (undefined: none here). */
@@ -232,6 +247,8 @@ interface ClusterCollection {
   replicas: Map<number, ReplicaSlot>;
   /** Batches across shards this node drives, by idempotency key (a retry joins the one running). */
   txns: Map<string, { hash: Buffer; done: Promise<{ count: number; token: WriteToken }> }>;
+  /** Its directory is this collection's (claimDir), once resolved. */
+  claimed?: Promise<void>;
 }
 
 /** A replica being opened, and once open, the replica. */
@@ -239,6 +256,12 @@ interface ReplicaSlot {
   opening: Promise<ReplicaPort>;
   port?: ReplicaPort;
 }
+
+/** Bytes of a shard's snapshot in one piece sent to a node writing a backup. */
+const snapshotPieceBytes = 1024 * 1024;
+/** A restore writes the backed-up points in upserts of at most this many points and bytes of vectors. */
+const restoreBatchPoints = 1000;
+const restoreBatchBytes = 8 * 1024 * 1024;
 
 /** How long a write waits for its shard to have a leader when the caller gave no deadline. */
 const leaderWaitMs = defaultDeadlineMs;
@@ -279,6 +302,8 @@ export class ClusterDatabase extends PointWrites implements Database {
   private readonly failoverLog: Failover[] = [];
   /** Replicas being closed and removed (a replica of the same shard opens only after). */
   private readonly removing = new Map<ShardKey, Promise<void>>();
+  /** Dropped collections being closed and removed (a replica of a collection of the same name opens only after). */
+  private readonly removingCollection = new Map<string, Promise<void>>();
   private closed = false;
   private readonly log: Log;
   /** Resolves the prepares in doubt on the shards this node leads (every txnTimeoutMs). */
@@ -294,6 +319,8 @@ export class ClusterDatabase extends PointWrites implements Database {
     const c = opts.coordinator;
     c.on('nodes', (nodes) => (this.nodes = nodes));
     c.on('collection', (name, record) => this.onCollection(name, record));
+    c.on('collectionDropped', (name) => this.onDropped(name));
+    c.on('collections', (names) => this.removeOrphans(names));
     c.on('map', (shard, map) => this.onMap(shard, map));
     c.on('aliases', (aliases) => (this.aliases = aliases));
     c.on('lease', (deadline) => {
@@ -367,24 +394,25 @@ export class ClusterDatabase extends PointWrites implements Database {
       this.leaderlessSince.delete(key);
     }
     const slot = col.replicas.get(s);
-    const dir = path.join(this.dataDir, 'shards', col.spec.name, String(s));
+    const dir = path.join(this.collectionDir(col.spec.name), String(s));
     if (!members(map).includes(this.self)) {
       if (!this.closed && (slot || fs.existsSync(dir))) this.remove(key, dir, slot);
       if (slot) col.replicas.delete(s);
     } else if (slot?.port) slot.port.onMap(map);
     else if (!slot && !this.closed) {
-      const removed = this.removing.get(key) ?? Promise.resolve();
+      const removed = Promise.all([this.removing.get(key), this.removingCollection.get(col.spec.name)]);
       const opening: ReplicaSlot = {
-        opening: removed.then(() =>
-          this.opts.openReplica({
+        opening: removed.then(async () => {
+          await this.claimDir(col);
+          return this.opts.openReplica({
             shard: key,
             dir,
             shardOptions: { ...this.shardOptions(col.spec, s), payloadIndexes: () => col.spec.payloadIndexes ?? [] },
             writeConcern: col.spec.writeConcern,
             send: (to, payload) => this.opts.sendToPeer(to, key, payload),
             publish: (p) => this.opts.coordinator.publishProgress(key, p),
-          }),
-        ),
+          });
+        }),
       };
       col.replicas.set(s, opening);
       // Once open it gets the newest map and lease (a map that came while it opened included).
@@ -424,6 +452,85 @@ export class ClusterDatabase extends PointWrites implements Database {
         if (this.removing.get(key) === done) this.removing.delete(key);
       });
     this.removing.set(key, done);
+  }
+
+  private collectionDir(name: string): string {
+    return path.join(this.dataDir, 'shards', name);
+  }
+
+  /**
+   * Makes the collection's directory this collection's before a replica of it opens: files of an
+   * earlier collection of the same name (dropped and made again while this node was away) are
+   * removed first. `collection.json` there names the collection's createdAt; a directory without
+   * one is taken as this collection's (files from before it was written).
+   */
+  private claimDir(c: ClusterCollection): Promise<void> {
+    c.claimed ??= (async () => {
+      const dir = this.collectionDir(c.spec.name);
+      const file = path.join(dir, 'collection.json');
+      const held = await fsp.readFile(file, 'utf8').then(
+        (t) => (JSON.parse(t) as { createdAt?: string }).createdAt ?? null,
+        () => null,
+      );
+      if (held === c.createdAt) return;
+      if (held !== null) {
+        await fsp.rm(dir, { recursive: true, force: true });
+        this.log.info('removed the replicas of an earlier collection of the same name', { collection: c.spec.name, createdAt: held });
+      }
+      await fsp.mkdir(dir, { recursive: true });
+      await fsp.writeFile(file, JSON.stringify({ createdAt: c.createdAt }));
+    })();
+    return c.claimed;
+  }
+
+  /**
+   * Removes the directories of collections etcd does not hold (dropped while this node was away),
+   * skipping those being removed already.
+   */
+  private removeOrphans(names: ReadonlySet<string>): void {
+    const root = path.join(this.dataDir, 'shards');
+    fsp
+      .readdir(root)
+      .catch(() => [] as string[])
+      .then(async (dirs) => {
+        for (const name of dirs) {
+          if (names.has(name) || this.collections.has(name) || this.removingCollection.has(name)) continue;
+          await fsp.rm(path.join(root, name), { recursive: true, force: true });
+          this.log.info('removed the files of a collection that no longer exists', { collection: name });
+        }
+      })
+      .catch((e: Error) => this.log.error('cannot remove the files of dropped collections', { err: e.message }));
+  }
+
+  /**
+   * A collection dropped (its record gone from etcd): it is forgotten at once (calls naming it are
+   * NOT_FOUND), its replicas here are closed and its directory removed.
+   */
+  private onDropped(name: string): void {
+    const c = this.collections.get(name);
+    if (!c) return;
+    this.collections.delete(name);
+    const slots = [...c.replicas.values()];
+    c.replicas.clear();
+    const keys = this.allShards(c).map((s) => shardKey(name, s));
+    const done = (this.removingCollection.get(name) ?? Promise.resolve())
+      .then(async () => {
+        await Promise.all([...slots.map(async (slot) => (await slot.opening.catch(() => null))?.close()), ...keys.map((k) => this.removing.get(k))]);
+        await fsp.rm(this.collectionDir(name), { recursive: true, force: true });
+        this.log.info('removed the collection: it was dropped', { collection: name });
+      })
+      .catch((e: Error) => this.log.error('cannot remove the dropped collection', { collection: name, err: e.message }))
+      .finally(() => {
+        if (this.removingCollection.get(name) === done) this.removingCollection.delete(name);
+      });
+    this.removingCollection.set(name, done);
+    this.opts.observer?.collectionDropped?.(name);
+    // Writes and reads waiting for one of its maps look again (and find it gone).
+    for (const key of keys) {
+      for (const wake of this.mapWaiters.get(key) ?? []) wake();
+      this.mapWaiters.delete(key);
+      for (const check of this.movedWatchers.get(key) ?? []) check();
+    }
   }
 
   /** A replica's shard settings; `existing` once its WAL is there (a restart: a missing WAL is then DATA_LOSS). */
@@ -509,7 +616,11 @@ export class ClusterDatabase extends PointWrites implements Database {
 
   async createCollection(input: CollectionSpecInput, opts: ChangeOptions = {}): Promise<CollectionInfo> {
     this.usable();
-    const spec = checkSpec(input, this.replicaNodes());
+    return this.create(checkSpec(input, this.replicaNodes()), opts);
+  }
+
+  /** Writes the collection's record (the controller places its shards) and answers once this node has heard of it. */
+  private async create(spec: CollectionSpec, opts: ChangeOptions): Promise<CollectionInfo> {
     if (this.aliases.has(spec.name)) throw new QuiverError('ALREADY_EXISTS', `"${spec.name}" is an alias`);
     opts.signal?.throwIfAborted();
     const createdAt = new Date().toISOString();
@@ -554,8 +665,15 @@ export class ClusterDatabase extends PointWrites implements Database {
     return this.info(c);
   }
 
-  dropCollection(): Promise<void> {
-    return Promise.reject(new QuiverError('FAILED_PRECONDITION', 'dropping a collection is not supported in a cluster yet'));
+  /**
+   * Deletes the record and shard maps in etcd (one guarded Txn, refused while aliases point to
+   * it); every node, this one first, then closes its replicas of it and removes their files.
+   */
+  async dropCollection(name: string, opts: ChangeOptions = {}): Promise<void> {
+    const c = this.coll(name);
+    checkNotAliased(this.aliases, c.spec.name);
+    opts.signal?.throwIfAborted();
+    await this.opts.coordinator.dropCollection(c.spec.name, (aliases) => checkNotAliased(aliases, c.spec.name));
   }
 
   /**
@@ -573,12 +691,97 @@ export class ClusterDatabase extends PointWrites implements Database {
     return this.info(c);
   }
 
-  snapshotCollection(): Promise<CollectionBackup> {
-    return Promise.reject(new QuiverError('FAILED_PRECONDITION', "collection snapshots are not supported in a cluster yet: each shard's snapshot is on the node of its replica"));
+  /**
+   * A backup in `dest` on this node, in the standalone format (src/query/backup.ts): each shard's
+   * leader takes a snapshot at its applied LSN, and this node copies it piece by piece (the node
+   * service's ShardSnapshotPiece, each piece checksummed) from that node.
+   */
+  async snapshotCollection(name: string, dest: string, opts: ChangeOptions = {}): Promise<CollectionBackup> {
+    const c = this.coll(name);
+    const to = checkBackupPath(dest, this.dataDir);
+    opts.signal?.throwIfAborted();
+    return writeBackup(to, c.spec, (s, dir) => {
+      let from = this.self;
+      const piece = (node: NodeId, lsn: number, offset: number): Promise<SnapshotPiece> =>
+        node === this.self ? this.shardSnapshotPiece(c.spec.name, s, lsn, offset) : this.opts.peers.snapshotPiece(node, c.spec.name, s, lsn, offset);
+      return receiveSnapshot(dir, async (lsn, offset) => {
+        if (lsn > 0) return piece(from, lsn, offset);
+        // The first piece from the shard's leader (it takes the snapshot); the rest from the same node.
+        for (let attempt = 0; ; attempt++) {
+          from = [...(await this.byLeader(c, [s])).keys()][0];
+          try {
+            return await piece(from, 0, 0);
+          } catch (e) {
+            if (!isRouting(e) || attempt >= 3) throw e;
+            await this.nextMap(shardKey(c.spec.name, s), 250, opts.signal);
+          }
+        }
+      });
+    });
   }
 
-  restoreCollection(): Promise<CollectionInfo> {
-    return Promise.reject(new QuiverError('FAILED_PRECONDITION', 'restoring a collection is not supported in a cluster yet'));
+  /**
+   * A piece of this node's snapshot of shard s (the node service's ShardSnapshotPiece): with lsn 0
+   * the replica, which must lead, takes a snapshot now and the first piece of it answers; then the
+   * piece of the snapshot at `lsn` from `offset` (NOT_FOUND once a newer snapshot replaced it).
+   */
+  async shardSnapshotPiece(name: string, s: number, lsn: number, offset: number): Promise<SnapshotPiece> {
+    const c = this.coll(name);
+    const r = await this.ledReplica(name, s);
+    if (lsn === 0) {
+      const leader = c.maps[s]?.leader;
+      if (leader !== this.self) throw leader ? this.notLeader(c.spec.name, s, leader) : new QuiverError('UNAVAILABLE', `shard ${c.spec.name}/${s} has no leader`);
+      await r.shard.snapshot();
+      lsn = r.shard.status().snapshotLsn;
+      if (lsn === 0) return { lsn, files: [], data: Buffer.alloc(0) };
+    }
+    const replaced = (): QuiverError => new QuiverError('NOT_FOUND', `shard ${c.spec.name}/${s}: its snapshot at LSN ${lsn} is gone (a newer one replaced it)`);
+    try {
+      const src = await snapshotFiles(path.join(this.collectionDir(c.spec.name), String(s), 'snapshots', snapshotDirName(lsn)));
+      if (!Number.isSafeInteger(offset) || offset < 0 || offset > src.total) throw new QuiverError('INVALID_ARGUMENT', `offset ${offset} is outside the snapshot (${src.total} bytes)`);
+      return { lsn, files: src.files, data: await readRange(src, offset, Math.min(snapshotPieceBytes, src.total - offset)) };
+    } catch (e) {
+      throw (e as NodeJS.ErrnoException).code === 'ENOENT' ? replaced() : e;
+    }
+  }
+
+  /**
+   * Makes collection `name` from the backup in `src` on this node (a standalone node's or a
+   * cluster's): the backup's spec, with its replication factor (a standalone backup's 1 becomes the
+   * cluster default, 3), at most the live nodes; then each backed-up shard's points, read from its
+   * snapshot here, go through the replicated write path in upserts. A snapshot that cannot be read
+   * (DATA_LOSS) or a write that fails drops the collection again: nothing is left made.
+   */
+  async restoreCollection(name: string, src: string, opts: ChangeOptions = {}): Promise<CollectionInfo> {
+    this.usable();
+    const from = checkBackupPath(src, this.dataDir);
+    const m = await readBackup(from);
+    const b = m.spec;
+    const nodes = this.replicaNodes();
+    const replicationFactor = Math.max(1, Math.min(b.replicationFactor > 1 ? b.replicationFactor : 3, nodes.liveNodes));
+    const spec: CollectionSpec = {
+      ...checkSpec({ name, dim: b.dim, metric: b.metric, index: b.index, shards: b.shards, replicationFactor, writeConcern: b.writeConcern }, nodes),
+      payloadIndexes: b.payloadIndexes ?? [],
+    };
+    await this.create(spec, opts);
+    try {
+      const perBatch = Math.max(1, Math.min(restoreBatchPoints, Math.floor(restoreBatchBytes / (spec.dim * 4))));
+      for (const { shard: s, lsn } of m.shards) {
+        if (lsn === 0) continue;
+        const { store } = await loadSnapshotPoints(path.join(from, String(s), snapshotDirName(lsn)), spec.dim);
+        const labels = store.liveLabels();
+        for (let i = 0; i < labels.length; i += perBatch) {
+          const part = labels.subarray(i, i + perBatch);
+          const ids = Array.from(part, (l) => store.idOf(l)!);
+          await this.upsertColumns(spec.name, { ids, vectors: store.gather(part), payloads: Array.from(part, (l) => store.payloadOf(l)) }, { signal: opts.signal });
+        }
+        this.log.info('restored a shard of a backup', { collection: spec.name, shard: s, of: m.shards.length, points: labels.length, from });
+      }
+    } catch (e) {
+      await this.dropCollection(spec.name).catch((d: Error) => this.log.error('cannot drop a collection whose restore failed', { collection: spec.name, err: d.message }));
+      throw e;
+    }
+    return this.info(this.coll(spec.name));
   }
 
   listCollections(): CollectionInfo[] {
@@ -629,6 +832,7 @@ export class ClusterDatabase extends PointWrites implements Database {
     const deadline = Date.now() + leaderWaitMs;
     let last = 'no leader is known';
     for (;;) {
+      if (this.collections.get(c.spec.name) !== c) throw new QuiverError('NOT_FOUND', `collection "${c.spec.name}" was dropped`);
       // Past the caller's deadline with no leader that took the write: nothing was written.
       if (signal?.aborted || Date.now() >= deadline) throw new QuiverError('UNAVAILABLE', `shard ${key} has no leader that answers (${last}); nothing was written`);
       const map = c.maps[s];

@@ -18,7 +18,7 @@ import type { IndexQuery, PayloadChange, ShardHit, ShardOptions, ShardWrite, Txn
 import { deleteKeysMax } from '../common/limits';
 import { checkPayload } from '../common/points';
 import { CatalogEntry, readCatalog, writeCatalog } from './catalog';
-import { checkBackupPath, placeBackupShard, readBackup, writeBackup } from './backup';
+import { checkBackupPath, copyOwnSnapshot, placeBackupShard, readBackup, writeBackup } from './backup';
 import { aliasList, applyAliasActions, checkNotAliased, resolveName } from './aliases';
 import { compileFilter, compileOptionalFilter } from './filter';
 import { checkMaxDistance, checkPage, mergeScroll, prepareCount, prepareScroll, recommend } from './reads';
@@ -526,7 +526,7 @@ export class LocalDatabase extends PointWrites implements Database {
       const c = this.coll(name);
       const to = checkBackupPath(dest, this.dataDir);
       opts.signal?.throwIfAborted();
-      return writeBackup(to, c.spec, c.shards, (s) => this.snapDir(c.spec.name, s));
+      return writeBackup(to, c.spec, (s, dir) => copyOwnSnapshot(c.shards[s], this.snapDir(c.spec.name, s), dir));
     });
   }
 

@@ -76,6 +76,7 @@ const ACCESS: Record<Op | 'Metrics' | 'StatusPage', 'read' | 'admin' | 'internal
   TxnDecide: 'internal',
   TxnDecisionOf: 'internal',
   TxnResolve: 'internal',
+  ShardSnapshotPiece: 'internal',
 };
 
 /** An op's access class; a name that is no op (a gRPC method path) is internal. */

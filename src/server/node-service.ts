@@ -15,6 +15,9 @@ import { QuiverError } from '../errors';
 import type { NodeId } from '../cluster/types';
 import type { ClusterDatabase, PeerShards } from '../query/cluster';
 import type { ShardChange } from '../query/database';
+import type { SnapshotPiece } from '../query/backup';
+import { checkSnapshotFileName } from '../cluster/replica-host';
+import { crc32c } from '../wal/crc32c';
 import type { CountOptions, Filter, Point, ReadOptions, ScrollRequest, SearchHit, SearchRequest } from '../query/types';
 import type { TxnOutcome, UpsertOp, WriteResult } from '../shard';
 import { QuiverNode } from '../rpc/gen/node_pb';
@@ -182,6 +185,10 @@ export function nodeMethods(svc: Service, db: ClusterDatabase, tls: boolean): Ma
   });
   add('txnDecisionOf', async (r, signal) => ({ outcome: (await db.txnDecisionOf(r.collection, r.shard, r.txn, signal)) ?? '' }));
   add('txnResolve', async (r, signal) => ({ part: partToWire(r.shard, await db.txnResolve(r.collection, r.shard, r.txn, outcomeFromWire(r.outcome, 'outcome'), signal)) }));
+  add('shardSnapshotPiece', async (r) => {
+    const p = await db.shardSnapshotPiece(r.collection, r.shard, Number(r.lsn), Number(r.offset));
+    return { lsn: BigInt(p.lsn), files: p.files.map((f) => ({ name: f.name, size: BigInt(f.size) })), data: p.data, crc32c: crc32c(p.data) };
+  });
   add('replicaStatus', async (r) => ({
     replicas: (await db.localReplicas(r.collection, r.withDigest)).map((x) => ({
       ...x,
@@ -239,6 +246,7 @@ const METHODS = {
   txnDecide: client('txnDecide'),
   txnDecisionOf: client('txnDecisionOf'),
   txnResolve: client('txnResolve'),
+  shardSnapshotPiece: client('shardSnapshotPiece'),
 };
 
 /**
@@ -352,6 +360,13 @@ export class NodePeers implements PeerShards {
   async txnResolve(node: NodeId, collection: string, shard: number, txn: string, outcome: TxnOutcome): Promise<WriteResult | undefined> {
     const r = await this.channel(node).unary(METHODS.txnResolve, { collection, shard, txn, outcome }, NodePeers.deadline());
     return r.part && writeResultFromWire(shard, r.part);
+  }
+
+  async snapshotPiece(node: NodeId, collection: string, shard: number, lsn: number, offset: number): Promise<SnapshotPiece> {
+    const r = await this.channel(node).unary(METHODS.shardSnapshotPiece, { collection, shard, lsn: BigInt(lsn), offset: BigInt(offset) }, NodePeers.deadline());
+    const data = Buffer.from(r.data);
+    if (crc32c(data) !== r.crc32c) throw new QuiverError('DATA_LOSS', `a piece of shard ${collection}/${shard}'s snapshot from ${node}: checksum mismatch`);
+    return { lsn: Number(r.lsn), files: r.files.map((f) => ({ name: checkSnapshotFileName(f.name, `a snapshot piece from ${node}`), size: Number(f.size) })), data };
   }
 
   close(): void {

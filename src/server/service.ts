@@ -49,7 +49,8 @@ export type Op =
   | 'TxnPrepare'
   | 'TxnDecide'
   | 'TxnDecisionOf'
-  | 'TxnResolve';
+  | 'TxnResolve'
+  | 'ShardSnapshotPiece';
 
 /** Operations that read at a level: their latency is labelled with it (`consistency`). */
 const READS: ReadonlySet<Op> = new Set<Op>(['Search', 'SearchBatch', 'Get', 'Count', 'ShardSearch', 'ShardGet', 'ShardCount', 'Scroll', 'Recommend', 'ShardScroll']);
