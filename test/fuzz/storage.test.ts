@@ -15,7 +15,7 @@ import * as path from 'path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { QuiverError } from '../../src/errors';
 import { FlatIndex } from '../../src/native';
-import { decodeDelete, decodeUpsert, encodeDelete, encodePrepare, encodeUpsert, hashInBody, requestHash } from '../../src/shard/codec';
+import { decodeDelete, decodeOutcome, decodePrepare, decodeUpsert, encodeDelete, encodeOutcome, encodePrepare, encodePrepared, encodeUpsert, hashInBody, requestHash } from '../../src/shard/codec';
 import { readSnapshot, writeSnapshot } from '../../src/shard/snapshot';
 import { PointStore } from '../../src/shard/store';
 import { crc32c } from '../../src/wal/crc32c';
@@ -185,6 +185,33 @@ describe('entry bodies (no checksum of their own)', () => {
         return expectTyped(e);
       }
       expect(decodeDelete(Buffer.concat(encodeDelete(ids, hashInBody(input))))).toEqual(ids);
+    });
+  });
+
+  // Prepare bodies also arrive from other nodes (TxnPrepare), and are decoded before anything is logged.
+  it('a prepare or outcome body is refused with DATA_LOSS or decodes to one that encodes and decodes the same', async () => {
+    const txn = 'ab'.repeat(16);
+    const bodies = [
+      ...upserts.map((u) => Buffer.concat(encodePrepare(txn, 2, [u], 'upsert'))),
+      ...deletes.map((d) => Buffer.concat(encodePrepare(txn, 0, [d], 'delete'))),
+      encodeOutcome(txn, 'commit', 'decision'),
+      encodeOutcome(txn, 'abort', 'resolution'),
+    ];
+    await fuzz('body-txn', 0x5a150000, 3000, (r) => mutate(r, bodies), (input) => {
+      let prepared;
+      try {
+        prepared = decodePrepare(input, dim);
+      } catch (e) {
+        expectTyped(e);
+        try {
+          const o = decodeOutcome(input);
+          expect(decodeOutcome(encodeOutcome(o.txn, o.outcome, o.role))).toEqual(o);
+        } catch (e2) {
+          expectTyped(e2);
+        }
+        return;
+      }
+      expect(decodePrepare(Buffer.concat(encodePrepared(prepared, dim)), dim)).toEqual(prepared);
     });
   });
 });
