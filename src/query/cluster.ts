@@ -506,7 +506,7 @@ export class ClusterDatabase extends PointWrites implements Database {
   /** A replica's shard settings; `existing` once its WAL is there (a restart: a missing WAL is then DATA_LOSS). */
   private shardOptions(spec: CollectionSpec, s: number): Omit<ShardOptions, 'walDir' | 'snapshotDir'> {
     const { walDir: _w, snapshotDir: _s, ...rest } = shardOptionsOf(this.dataDir, this.opts, spec, s);
-    return { ...rest, existing: fs.existsSync(path.join(this.dataDir, 'shards', spec.name, String(s), 'wal')) };
+    return { ...rest, existing: fs.existsSync(path.join(this.collectionDir(spec.name), String(s), 'wal')) };
   }
 
   /** Resolves (with null) once the map of `key` has an epoch above `epoch`; cancel() forgets it. */
