@@ -751,7 +751,8 @@ export class ClusterDatabase extends PointWrites implements Database {
       await this.dropCollection(spec.name).catch((d: Error) => this.log.error('cannot drop a collection whose restore failed', { collection: spec.name, err: d.message }));
       throw e;
     }
-    return this.info(this.coll(spec.name));
+    // The count as the leaders have it (info() counts this node's replicas, followers may lag).
+    return { ...this.info(this.coll(spec.name)), count: await this.count(spec.name) };
   }
 
   listCollections(): CollectionInfo[] {
