@@ -2,8 +2,12 @@
  * The database of a node in a cluster: the same API as the standalone node (Database), over shards
  * whose replicas live on several nodes.
  *
- *   collections   from etcd (collections/<name>, written once by createCollection); the
- *                 controller places each shard's replicas and writes its map
+ *   collections   from etcd (collections/<name>, written by createCollection, changed by
+ *                 updateCollection, deleted with its maps by dropCollection); the controller
+ *                 places each shard's replicas and writes its map (a new replication factor:
+ *                 a learner added, or a follower removed)
+ *   backups       written on this node from each shard leader's snapshot (ShardSnapshotPiece);
+ *                 a restore writes the backed-up points through the write path below
  *   aliases       from etcd (aliases/<alias>, changed all together in one Txn by updateAliases);
  *                 a call's name is resolved once, at its entry (coll), and the real name goes on
  *   replicas      this node opens a ReplicaHost for every shard whose map names it (a replica or
