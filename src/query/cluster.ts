@@ -384,7 +384,10 @@ export class ClusterDatabase extends PointWrites implements Database {
             shardOptions: { ...this.shardOptions(col.spec, s), payloadIndexes: () => col.spec.payloadIndexes ?? [] },
             writeConcern: col.spec.writeConcern,
             send: (to, payload) => this.opts.sendToPeer(to, key, payload),
-            publish: (p) => this.opts.coordinator.publishProgress(key, p),
+            // Not once the collection is dropped (its replica may publish while it closes).
+            publish: (p) => {
+              if (this.collections.get(col.spec.name) === col) this.opts.coordinator.publishProgress(key, p);
+            },
           });
         }),
       };
