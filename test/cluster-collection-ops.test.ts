@@ -175,7 +175,7 @@ describe('collection operations in a cluster (real etcd, nodes and sidecars)', (
 
     // Restored in the cluster through n3 (gRPC: the path is on n3's disk, the same machine here).
     const restored = await (await cluster.client(n3)).restoreCollection('bk_copy', path.join(out, 'b1'));
-    expect([restored.shards, restored.replicationFactor, restored.index, restored.payloadIndexes]).toEqual([3, 2, { type: 'hnsw', efSearch: 40 }, [{ field: 'n', type: 'integer' }]]);
+    expect([restored.shards, restored.replicationFactor, restored.index, restored.payloadIndexes, restored.count]).toEqual([3, 2, { type: 'hnsw', efSearch: 40 }, [{ field: 'n', type: 'integer' }], 299]);
     expect(await ofCluster('bk_copy')).toEqual(want);
     await cluster.waitConverged(n1, 'bk_copy', 'the restored collection converged', 2);
 

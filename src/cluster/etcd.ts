@@ -12,8 +12,8 @@
  * * 'stopLeading' ()          the deadline passed without a renewal: tick every shard replica
  * * 'nodes' (nodes)           live nodes, after the first read and on every change
  * * 'collection' (name, rec)  collections/<name> appeared or changed (updateCollection)
- * 'collectionDropped' (name) collections/<name> was deleted (dropCollection): its replicas go
- * 'collections' (names)      every collection, after each whole read (after its 'collection' events)
+ * * 'collectionDropped' (name)  collections/<name> was deleted (dropCollection): its replicas go
+ * * 'collections' (names)   every collection, after each whole read (after its 'collection' events)
  * * 'aliases' (map)           every alias (alias -> collection): after the first read and on every change
  * * 'map' (shard, map)        in revision order, first read first; never a map older than one emitted
  * * 'controller' (isController)  this node started or stopped running the controller
@@ -408,9 +408,9 @@ export class EtcdCoordinator extends EventEmitter {
    * Deletes collections/<name>, its shard maps and its replicas' progress in one Txn guarded on the
    * record's mod revision and on every alias key read: NOT_FOUND when there is no such collection;
    * an error thrown by `check` (given every alias read) changes nothing. Resolves once this node's
-   * view has the deletion (its 'collectionDropped' event). An alias created to point to it by a Txn that
-   * commits between the read and the delete is not seen (etcd3's Txn compares one key, not a
-   * prefix): it is left pointing at nothing.
+   * view has the deletion (its 'collectionDropped' event). An alias created to point to it by a
+   * Txn that commits between the read and the delete is not seen (etcd3's Txn compares one key,
+   * not a prefix): it is left pointing at nothing.
    */
   async dropCollection(name: string, check: (aliases: ReadonlyMap<string, string>) => void): Promise<void> {
     if (this.closed) throw new QuiverError('UNAVAILABLE', 'the coordinator is closed');

@@ -2,8 +2,12 @@
  * The database of a node in a cluster: the same API as the standalone node (Database), over shards
  * whose replicas live on several nodes.
  *
- *   collections   from etcd (collections/<name>, written once by createCollection); the
- *                 controller places each shard's replicas and writes its map
+ *   collections   from etcd (collections/<name>, written by createCollection, changed by
+ *                 updateCollection, deleted with its maps by dropCollection); the controller
+ *                 places each shard's replicas and writes its map (a new replication factor:
+ *                 a learner added, or a follower removed)
+ *   backups       written on this node from each shard leader's snapshot (ShardSnapshotPiece);
+ *                 a restore writes the backed-up points through the write path below
  *   aliases       from etcd (aliases/<alias>, changed all together in one Txn by updateAliases);
  *                 a call's name is resolved once, at its entry (coll), and the real name goes on
  *   replicas      this node opens a ReplicaHost for every shard whose map names it (a replica or
@@ -410,7 +414,10 @@ export class ClusterDatabase extends PointWrites implements Database {
             shardOptions: { ...this.shardOptions(col.spec, s), payloadIndexes: () => col.spec.payloadIndexes ?? [] },
             writeConcern: col.spec.writeConcern,
             send: (to, payload) => this.opts.sendToPeer(to, key, payload),
-            publish: (p) => this.opts.coordinator.publishProgress(key, p),
+            // Not once the collection is dropped (its replica may publish while it closes).
+            publish: (p) => {
+              if (this.collections.get(col.spec.name) === col) this.opts.coordinator.publishProgress(key, p);
+            },
           });
         }),
       };
@@ -536,7 +543,7 @@ export class ClusterDatabase extends PointWrites implements Database {
   /** A replica's shard settings; `existing` once its WAL is there (a restart: a missing WAL is then DATA_LOSS). */
   private shardOptions(spec: CollectionSpec, s: number): Omit<ShardOptions, 'walDir' | 'snapshotDir'> {
     const { walDir: _w, snapshotDir: _s, ...rest } = shardOptionsOf(this.dataDir, this.opts, spec, s);
-    return { ...rest, existing: fs.existsSync(path.join(this.dataDir, 'shards', spec.name, String(s), 'wal')) };
+    return { ...rest, existing: fs.existsSync(path.join(this.collectionDir(spec.name), String(s), 'wal')) };
   }
 
   /** Resolves (with null) once the map of `key` has an epoch above `epoch`; cancel() forgets it. */
@@ -781,7 +788,8 @@ export class ClusterDatabase extends PointWrites implements Database {
       await this.dropCollection(spec.name).catch((d: Error) => this.log.error('cannot drop a collection whose restore failed', { collection: spec.name, err: d.message }));
       throw e;
     }
-    return this.info(this.coll(spec.name));
+    // The count as the leaders have it (info() counts this node's replicas, followers may lag).
+    return { ...this.info(this.coll(spec.name)), count: await this.count(spec.name) };
   }
 
   listCollections(): CollectionInfo[] {
