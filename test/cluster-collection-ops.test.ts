@@ -23,7 +23,8 @@ describe('collection operations in a cluster (real etcd, nodes and sidecars)', (
   let cluster: TestCluster;
 
   beforeAll(async () => {
-    cluster = await TestCluster.start({ cluster: 'colops' });
+    // n3's lease is long, so that while it is stopped (the "away" case) it still counts as live for the calls made meanwhile.
+    cluster = await TestCluster.start({ cluster: 'colops', args: (id) => (id === 'n3' ? ['--lease-ttl-ms', '10000'] : []) });
   }, 120_000);
 
   afterAll(async () => {
@@ -128,7 +129,7 @@ describe('collection operations in a cluster (real etcd, nodes and sidecars)', (
     }
     await cluster.waitConverged(n1, 'again', 'again on every node', 3);
     await cluster.waitConverged(n1, 'orphan', 'orphan on every node', 3);
-    // n3 stops; within its lease (2 s) it still counts as live, so the new collection is placed on it too.
+    // n3 stops; within its lease (10 s) it still counts as live, so the new collection is placed on it too.
     process.kill(n3.child.child.pid!, 'SIGSTOP');
     await sdk.dropCollection('again');
     await sdk.dropCollection('orphan');
