@@ -1431,11 +1431,12 @@ export class ClusterDatabase extends PointWrites implements Database {
         const here = reported.get(shardKey(c.spec.name, s));
         const leader = map?.leader ?? null;
         const lags = new Map((leader !== null ? here?.get(leader)?.followers ?? [] : []).map((f) => [f.node, f]));
-        const replicas = (map?.replicas ?? []).map((node): ReplicaStatus => {
+        // The learner (a replica being built, not yet voting) after the voters, as in shards().
+        const replicas = (map ? members(map) : []).map((node): ReplicaStatus => {
           named.add(node);
           const r = here?.get(node);
           const lag = node === leader && r ? { lagEntries: 0, lagMs: 0 } : lags.get(node);
-          const role = r?.role ?? (asked ? 'unreachable' : node === leader ? 'leader' : 'follower');
+          const role = node === map?.learner?.node ? 'learner' : r?.role ?? (asked ? 'unreachable' : node === leader ? 'leader' : 'follower');
           return { node, role, durableLsn: r?.durableLsn, commitLsn: r?.commitLsn, appliedLsn: r?.appliedLsn, lagEntries: lag?.lagEntries, lagMs: lag?.lagMs };
         });
         const own = c.replicas.get(s)?.port?.shard.status() ?? { epoch: 0, lastLsn: 0, appliedLsn: 0, snapshotLsn: 0, points: 0, walBytes: 0, inDoubt: 0, inDoubtOldestMs: 0 };
@@ -1477,7 +1478,7 @@ export class ClusterDatabase extends PointWrites implements Database {
   /** The reports of the replicas of a collection's shards (undefined: of every collection), from every node holding one; a node that does not answer sends none. */
   private async gather(name: string | undefined, withDigest: boolean): Promise<ReplicaReport[]> {
     const holders = new Set<NodeId>();
-    for (const c of name === undefined ? this.collections.values() : [this.coll(name)]) for (const m of c.maps) for (const n of m?.replicas ?? []) holders.add(n);
+    for (const c of name === undefined ? this.collections.values() : [this.coll(name)]) for (const m of c.maps) for (const n of m ? members(m) : []) holders.add(n);
     const reports = await Promise.all(
       [...holders].map((node) => (node === this.self ? this.localReplicas(name, withDigest) : this.opts.peers.replicaStatus(node, name ?? '', withDigest)).catch(() => [])),
     );
