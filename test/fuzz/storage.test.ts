@@ -15,7 +15,7 @@ import * as path from 'path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { QuiverError } from '../../src/errors';
 import { FlatIndex } from '../../src/native';
-import { decodeDelete, decodeUpsert, encodeDelete, encodePrepare, encodeUpsert, hashInBody, requestHash } from '../../src/shard/codec';
+import { decodeDelete, decodePrepare, decodeUpsert, encodeDelete, encodePrepare, encodePrepared, encodeUpsert, hashInBody, requestHash } from '../../src/shard/codec';
 import { readSnapshot, writeSnapshot } from '../../src/shard/snapshot';
 import { PointStore } from '../../src/shard/store';
 import { crc32c } from '../../src/wal/crc32c';
@@ -185,6 +185,24 @@ describe('entry bodies (no checksum of their own)', () => {
         return expectTyped(e);
       }
       expect(decodeDelete(Buffer.concat(encodeDelete(ids, hashInBody(input))))).toEqual(ids);
+    });
+  });
+
+  it('a prepare body (also what TxnPrepare carries between nodes) is refused with DATA_LOSS or decodes to a part that encodes and decodes the same', async () => {
+    const txn = 'c4'.repeat(16);
+    const prepares = [
+      Buffer.concat(encodePrepared({ txn, coordinator: 2, part: { type: 'upsert', op: decodeUpsert(upserts[0], dim) }, hash }, dim)),
+      Buffer.concat(encodePrepared({ txn, coordinator: 0, part: { type: 'delete', ids: ['a', 'é'] }, hash: undefined }, dim)),
+    ];
+    await fuzz('body-prepare', 0x5a150000, 3000, (r) => mutate(r, prepares), (input) => {
+      let p;
+      try {
+        p = decodePrepare(input, dim);
+      } catch (e) {
+        return expectTyped(e);
+      }
+      expect(p.txn).toMatch(/^[0-9a-f]{32}$/);
+      expect(decodePrepare(Buffer.concat(encodePrepared(p, dim)), dim)).toEqual(p);
     });
   });
 });
