@@ -268,7 +268,7 @@ async function loadTarget(nodes: Node[], name: string, index: 'flat' | 'hnsw', d
   const shards = 2;
   const created = await httpJson(nodes[0].http, 'POST', '/v1/collections', { name, dim, shards, replicationFactor: replicas, index: { type: index } });
   if (created.status !== 200) throw new Error(`create ${name}: ${JSON.stringify(created.body)}`);
-  // routing off: 'any' measures the node's forwarding, 'leaders' splits by shard here.
+  // routing off: 'any' measures the node's forwarding (a batch across shards is one transaction there), 'leaders' splits by shard here.
   const clients = await Promise.all(nodes.map((n) => QuiverClient.connect(n.grpc, { routing: false })));
   // The leaders' clients by shard (leadership stays put in this benchmark).
   const leaderOf: QuiverClient[] = [];

@@ -582,11 +582,8 @@ export class ReplicaHost extends EventEmitter {
    * `still()`: whether the leadership it began in goes on.
    */
   private whileLeading<T>(fn: (shard: Shard, still: () => boolean) => Promise<T>): Promise<T> {
-    if (this.failure) return Promise.reject(new QuiverError('INTERNAL', `replica of ${this.opts.shard} failed: ${this.failure.message}`));
-    const r = this.state.role;
-    if (this.closed || !isLeading(r)) {
-      return Promise.reject(r.kind === 'follower' && r.leader !== null && !this.closed ? refusalError({ code: 'NOT_LEADER', leader: r.leader }, this.opts.shard) : refusalError({ code: 'UNAVAILABLE' }, this.opts.shard));
-    }
+    const refused = this.notLeading();
+    if (refused) return Promise.reject(refused);
     const gen = this.leadership;
     const still = (): boolean => gen === this.leadership && !this.closed;
     const run = this.txnReady.then(() => {
@@ -594,6 +591,14 @@ export class ReplicaHost extends EventEmitter {
       return fn(this.shardValue, still);
     });
     return Promise.race([run, this.deposed.promise]);
+  }
+
+  /** Why this replica cannot take a transaction call now (null: it leads). */
+  private notLeading(): QuiverError | null {
+    if (this.failure) return new QuiverError('INTERNAL', `replica of ${this.opts.shard} failed: ${this.failure.message}`);
+    const r = this.state.role;
+    if (!this.closed && isLeading(r)) return null;
+    return r.kind === 'follower' && r.leader !== null && !this.closed ? refusalError({ code: 'NOT_LEADER', leader: r.leader }, this.opts.shard) : refusalError({ code: 'UNAVAILABLE' }, this.opts.shard);
   }
 
   /** Participant: logs this shard's part as a prepare entry; resolves once committed (txn.ts). A key this shard remembers answers from it, logging nothing. */
@@ -664,9 +669,11 @@ export class ReplicaHost extends EventEmitter {
   /**
    * This shard's part of `txn`, settled (applied at its outcome's entry, or dropped: answer 0), with
    * the entry's epoch for the write token; undefined when no part of it is held here. Fails when
-   * this replica stops leading first.
+   * this replica does not lead, or stops leading first.
    */
   settled(txn: string): Promise<WriteResult> | undefined {
+    const refused = this.notLeading();
+    if (refused) return Promise.reject(refused);
     const rec = this.rememberedTxns.get(txn);
     this.rememberedTxns.delete(txn);
     const part = rec ? Promise.resolve(rec) : this.shardValue.settled(txn);

@@ -1164,6 +1164,7 @@ export class ClusterDatabase extends PointWrites implements Database {
     } catch (e) {
       throw new QuiverError('INVALID_ARGUMENT', `prepare body: ${(e as Error).message}`);
     }
+    if (p.coordinator >= c.spec.shards) throw new QuiverError('INVALID_ARGUMENT', `prepare body: coordinator shard ${p.coordinator} of ${c.spec.shards}`);
     const part: TxnPart =
       p.part.type === 'upsert'
         ? { type: 'upsert', op: checkColumns({ ids: p.part.op.ids, vectors: p.part.op.vectors, payloads: p.part.op.payloadJson.map((j) => (j === '' ? undefined : JSON.parse(j))) }, c.spec.dim, c.spec.metric) }
