@@ -258,6 +258,12 @@ describe('batches across shards under kill -9 in a cluster (3 nodes, RF 3, major
     return l;
   }
 
+  /** Fails naming every node that exited on its own (a crash), with the end of its log. */
+  function expectRunning(what: string): void {
+    const dead = cluster.nodes.filter((n) => !cluster.running(n));
+    if (dead.length > 0) throw new Error(`${what}: ${dead.map((n) => `${n.id} exited (${n.child.child.exitCode ?? n.child.child.signalCode}): ${n.child.stderr().slice(-1500)}`).join('\n')}`);
+  }
+
   function portsOf(n: TestNode): string[] {
     return ['--grpc', n.child.grpc, '--http', n.child.http.replace('http://', '')];
   }
@@ -278,6 +284,7 @@ describe('batches across shards under kill -9 in a cluster (3 nodes, RF 3, major
     let healthySince: number | undefined;
     await waitFor(
       async () => {
+        expectRunning(round);
         const views = await Promise.all(cluster.nodes.map((n) => httpJson(n.child.http, 'GET', '/v1/cluster').catch(() => undefined)));
         if (views.some((v) => v?.status !== 200)) {
           healthySince = undefined;
@@ -372,7 +379,10 @@ describe('batches across shards under kill -9 in a cluster (3 nodes, RF 3, major
     try {
       await model.acks(2 + Math.floor(rand() * 18), `${name} round ${round}: writes before the kill`);
       await killAndRestart(node);
-      await model.acks(5, `${name} round ${round}: writes after ${node.id}'s restart`);
+      await model.acks(5, `${name} round ${round}: writes after ${node.id}'s restart`).catch((e: Error) => {
+        expectRunning(`${name} round ${round}`);
+        throw e;
+      });
     } finally {
       await w.stop();
     }
@@ -413,6 +423,7 @@ describe('batches across shards under kill -9 in a cluster (3 nodes, RF 3, major
     const addresses = cluster.nodes.map((n) => n.child.grpc);
     for (let round = 0; round < ROUNDS; round++) {
       const name = `client round ${round}`;
+      expectRunning(name);
       // (1) A client process killed at a random moment.
       const firstTag = model.tag();
       const run = await runClientChild(addresses, firstTag, round + 1, 3 + Math.floor(rand() * 30));
