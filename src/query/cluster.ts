@@ -905,7 +905,10 @@ export class ClusterDatabase extends PointWrites implements Database {
             outcomeUnknown: true,
           }),
         );
-      if (signal.aborted) return onAbort();
+      if (signal.aborted) {
+        p.catch(() => undefined); // not awaited by anyone now: its failure must not end the process
+        return onAbort();
+      }
       signal.addEventListener('abort', onAbort, { once: true });
       p.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
     });
