@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QuiverClient } from '../src/client';
 import { QuiverError } from '../src/errors';
 import { shardOf } from '../src/common/placement';
-import { TestCluster, TestNode, waitFor } from './cluster-harness';
+import { Load, TestCluster, TestNode, waitFor } from './cluster-harness';
 import { httpJson, tempDir } from './server-harness';
 
 const DIM = 8;
@@ -29,50 +29,6 @@ function admin(args: string[]): Promise<{ code: number; out: string }> {
   });
 }
 
-/**
- * An SDK client (every node's address, the SDK's default retries) upserting 10-point batches one
- * after another until stopped: what was acknowledged, and every call that failed.
- */
-class Writer {
-  readonly acked: string[] = [];
-  readonly failed: string[] = [];
-  private stopped = false;
-  readonly done: Promise<void>;
-  private next = 0;
-
-  constructor(
-    private readonly client: QuiverClient,
-    private readonly collection: string,
-    private readonly base: number,
-  ) {
-    this.done = this.run();
-  }
-
-  private async run(): Promise<void> {
-    while (!this.stopped) {
-      const pts = Array.from({ length: 10 }, () => point(this.base + this.next++));
-      try {
-        await this.client.upsert(this.collection, pts, { deadlineMs: 10_000 });
-        this.acked.push(...pts.map((p) => p.id));
-      } catch (e) {
-        if (!(e instanceof QuiverError)) throw e;
-        this.failed.push(`${e.code}: ${e.message}`);
-      }
-    }
-  }
-
-  /** Resolves once at least n more batches were acknowledged. */
-  async more(n: number): Promise<void> {
-    const want = this.acked.length + 10 * n;
-    await waitFor(async () => this.acked.length >= want, `${n} more acknowledged batches`, 30_000);
-  }
-
-  async stop(): Promise<void> {
-    this.stopped = true;
-    await this.done;
-  }
-}
-
 describe('failover (real etcd, nodes and sidecars)', () => {
   let cluster: TestCluster;
 
@@ -89,7 +45,7 @@ describe('failover (real etcd, nodes and sidecars)', () => {
     const created = await httpJson(n1.child.http, 'POST', '/v1/collections', { name: 'f', dim: DIM, shards: 1, replicationFactor: 3, index: { type: 'flat' } });
     expect(created.status, JSON.stringify(created.body)).toBe(200);
     const sdk = await QuiverClient.connect(cluster.nodes.map((n) => n.child.grpc));
-    const w = new Writer(sdk, 'f', 0);
+    const w = new Load(sdk, 'f', DIM, 'f');
     try {
       for (let round = 0; round < 10; round++) {
         const before = (await cluster.shards(cluster.nodes[round % 3], 'f'))[0];
@@ -137,7 +93,7 @@ describe('failover (real etcd, nodes and sidecars)', () => {
     const before = await cluster.shards(n1, 'd');
     const victim = cluster.node(before[0].leader);
     const sdk = await QuiverClient.connect(cluster.nodes.map((n) => n.child.grpc));
-    const w = new Writer(sdk, 'd', 0);
+    const w = new Load(sdk, 'd', DIM, 'd');
     try {
       await w.more(5);
       const healthy = await admin(['health', '--server', n2.child.http]);
@@ -156,7 +112,7 @@ describe('failover (real etcd, nodes and sidecars)', () => {
       await w.stop();
       sdk.close();
     }
-    expect(w.failed).toEqual([]);
+    expect(w.refused).toEqual([]);
     const undrained = await admin(['undrain', victim.id, '--server', n2.child.http]);
     expect(undrained.code, undrained.out).toBe(0);
     await cluster.waitConverged(n2, 'd', 'every replica of d to apply the commit point', 3);
@@ -165,7 +121,7 @@ describe('failover (real etcd, nodes and sidecars)', () => {
 
   it('a rolling restart (SIGTERM, then the same ports again, one node at a time) under SDK writes fails no request', async () => {
     const sdk = await QuiverClient.connect(cluster.nodes.map((n) => n.child.grpc));
-    const w = new Writer(sdk, 'd', 1_000_000);
+    const w = new Load(sdk, 'd', DIM, 'r');
     try {
       await w.more(3);
       for (const n of cluster.nodes) {
@@ -180,7 +136,7 @@ describe('failover (real etcd, nodes and sidecars)', () => {
       await w.stop();
       sdk.close();
     }
-    expect(w.failed).toEqual([]);
+    expect(w.refused).toEqual([]);
     cluster.dropClients();
     await cluster.waitConverged(cluster.nodes[0], 'd', 'every replica of d to apply the commit point', 3);
     expect(await cluster.present(cluster.nodes[0], 'd', w.acked)).toBe(w.acked.length);
