@@ -58,7 +58,7 @@ import {
   withoutPayloadIndex,
 } from './database';
 import { compileFilter } from './filter';
-import { TxnShard, resolveInDoubt, runTransaction } from './transaction';
+import { KeyedTxns, TxnAnswer, TxnShard, resolveInDoubt, runKeyed, runTransaction } from './transaction';
 import { SnapshotPiece, checkBackupPath, readBackup, receiveSnapshot, writeBackup } from './backup';
 import { readRange, snapshotFiles } from '../cluster/replica-host';
 import { loadSnapshotPoints, snapshotDirName } from '../shard/snapshot';
@@ -250,7 +250,7 @@ interface ClusterCollection {
   maps: (ShardMap | null)[];
   replicas: Map<number, ReplicaSlot>;
   /** Batches across shards this node drives, by idempotency key (a retry joins the one running). */
-  txns: Map<string, { hash: Buffer; done: Promise<{ count: number; token: WriteToken }> }>;
+  txns: KeyedTxns;
   /** Its directory is this collection's (claimDir), once resolved. */
   claimed?: Promise<void>;
 }
@@ -979,22 +979,9 @@ export class ClusterDatabase extends PointWrites implements Database {
    * before is answered by each participant from the key it remembers (its prepare logs nothing),
    * and one in doubt holds its ids, so a new attempt waits for its outcome: applied once.
    */
-  private transact(c: ClusterCollection, parts: Map<number, TxnPart>, key: string, hash: Buffer | undefined, signal: AbortSignal | undefined): Promise<{ count: number; token: WriteToken }> {
+  private transact(c: ClusterCollection, parts: Map<number, TxnPart>, key: string, hash: Buffer | undefined, signal: AbortSignal | undefined): Promise<TxnAnswer> {
     const ports = new Map([...parts.keys()].map((s) => [s, this.txnPort(c, s, signal)]));
-    const run = (): Promise<{ count: number; token: WriteToken }> => runTransaction(parts, (s) => ports.get(s)!, key, hash, signal);
-    if (!hash) return run();
-    const running = c.txns.get(key);
-    if (running) {
-      if (!running.hash.equals(hash)) return Promise.reject(new QuiverError('FAILED_PRECONDITION', `idempotency key "${key}" was already used for a different request; a new request needs a new key`));
-      return running.done;
-    }
-    const done = run();
-    c.txns.set(key, { hash, done });
-    const clear = (): void => {
-      c.txns.delete(key);
-    };
-    done.then(clear, clear);
-    return done;
+    return runKeyed(c.txns, key, hash, () => runTransaction(parts, (s) => ports.get(s)!, key, hash, signal));
   }
 
   /**
@@ -1147,10 +1134,14 @@ export class ClusterDatabase extends PointWrites implements Database {
   }
 
   /** A forwarded write: the replica here takes it if it leads (it refuses with NOT_LEADER if not). */
+  /** An upsert part another node sent here, checked as the node it was sent to checked it. */
+  private static forwardedColumns(c: ClusterCollection, op: UpsertOp): UpsertOp {
+    return checkColumns({ ids: op.ids, vectors: op.vectors, payloads: op.payloadJson.map((p) => (p === '' ? undefined : JSON.parse(p))) }, c.spec.dim, c.spec.metric);
+  }
+
   async shardUpsert(name: string, s: number, op: UpsertOp, key: string, hash: Buffer | undefined, signal?: AbortSignal): Promise<WriteResult> {
     const c = this.coll(name);
-    const part = checkColumns({ ids: op.ids, vectors: op.vectors, payloads: op.payloadJson.map((p) => (p === '' ? undefined : JSON.parse(p))) }, c.spec.dim, c.spec.metric);
-    return ClusterDatabase.bounded((await this.ledReplica(name, s)).upsert(part, key, hash), signal);
+    return ClusterDatabase.bounded((await this.ledReplica(name, s)).upsert(ClusterDatabase.forwardedColumns(c, op), key, hash), signal);
   }
 
   async shardDelete(name: string, s: number, ids: string[], key: string, hash: Buffer | undefined, signal?: AbortSignal): Promise<WriteResult> {
@@ -1170,7 +1161,7 @@ export class ClusterDatabase extends PointWrites implements Database {
     if (p.coordinator >= c.spec.shards) throw new QuiverError('INVALID_ARGUMENT', `prepare body: coordinator shard ${p.coordinator} of ${c.spec.shards}`);
     const part: TxnPart =
       p.part.type === 'upsert'
-        ? { type: 'upsert', op: checkColumns({ ids: p.part.op.ids, vectors: p.part.op.vectors, payloads: p.part.op.payloadJson.map((j) => (j === '' ? undefined : JSON.parse(j))) }, c.spec.dim, c.spec.metric) }
+        ? { type: 'upsert', op: ClusterDatabase.forwardedColumns(c, p.part.op) }
         : (checkIds(p.part.ids, true), p.part);
     await ClusterDatabase.bounded((await this.ledReplica(name, s)).prepare(p.txn, p.coordinator, part, key, p.hash), signal);
   }

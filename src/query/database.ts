@@ -24,7 +24,7 @@ import { compileFilter, compileOptionalFilter } from './filter';
 import { checkMaxDistance, checkPage, mergeScroll, prepareCount, prepareScroll, recommend } from './reads';
 import { idsByShard, splitBatch, writeByShard } from '../common/placement';
 import { payloadIndexesMax } from '../common/limits';
-import { resolveInDoubt, runTransaction } from './transaction';
+import { KeyedTxns, TxnAnswer, resolveInDoubt, runKeyed, runTransaction } from './transaction';
 import { log } from '../common/log';
 import { ReadLevel, checkReadLevel } from '../common/read-options';
 import type {
@@ -84,7 +84,7 @@ interface Collection {
   createdAt: string;
   shards: Shard[];
   /** Batches across shards being written, by idempotency key (a retry joins its first run). */
-  txns: Map<string, { hash: Buffer; done: Promise<{ count: number; token: WriteToken }> }>;
+  txns: KeyedTxns;
 }
 
 /**
@@ -717,30 +717,21 @@ export class LocalDatabase extends PointWrites implements Database {
    * retry of a batch being written joins it, and one written before is answered from what each
    * shard remembers of the key (every participant remembers it once the batch is committed).
    */
-  private static transact(c: Collection, parts: Map<number, TxnPart>, key: string, hash: Buffer | undefined, signal: AbortSignal | undefined): Promise<{ count: number; token: WriteToken }> {
-    if (!hash) return runTransaction(parts, (s) => c.shards[s], key, hash, signal);
-    const running = c.txns.get(key);
-    if (running) {
-      if (!running.hash.equals(hash)) return Promise.reject(new QuiverError('FAILED_PRECONDITION', `idempotency key "${key}" was already used for a different request; a new request needs a new key`));
-      return running.done;
-    }
-    const before = [...parts.keys()].map((s) => [s, c.shards[s].remembered(key)] as const);
-    if (before.every(([, r]) => r !== undefined)) {
-      const token: WriteToken = {};
-      let count = 0;
-      for (const [s, r] of before) {
-        token[String(s)] = { epoch: 0, lsn: r!.lsn };
-        count += r!.answer;
+  private static transact(c: Collection, parts: Map<number, TxnPart>, key: string, hash: Buffer | undefined, signal: AbortSignal | undefined): Promise<TxnAnswer> {
+    return runKeyed(c.txns, key, hash, () => {
+      // Committed before (every participant remembers the key): its first answer.
+      const before = [...parts.keys()].map((s) => [s, hash ? c.shards[s].remembered(key) : undefined] as const);
+      if (hash && before.every(([, r]) => r !== undefined)) {
+        const token: WriteToken = {};
+        let count = 0;
+        for (const [s, r] of before) {
+          token[String(s)] = { epoch: 0, lsn: r!.lsn };
+          count += r!.answer;
+        }
+        return Promise.resolve({ count, token });
       }
-      return Promise.resolve({ count, token });
-    }
-    const done = runTransaction(parts, (s) => c.shards[s], key, hash, signal);
-    c.txns.set(key, { hash, done });
-    const clear = (): void => {
-      c.txns.delete(key);
-    };
-    done.then(clear, clear);
-    return done;
+      return runTransaction(parts, (s) => c.shards[s], key, hash, signal);
+    });
   }
 
   /** Every collection's prepares in doubt past the timeout, resolved by their coordinators (a timer). */

@@ -41,7 +41,7 @@ export async function runTransaction(
   key: string,
   hash: Buffer | undefined,
   signal: AbortSignal | undefined,
-): Promise<{ count: number; token: WriteToken }> {
+): Promise<TxnAnswer> {
   const shards = [...parts.keys()];
   const coordinator = shards[0];
   for (let attempt = 1; ; attempt++) {
@@ -71,6 +71,32 @@ export async function runTransaction(
     // Held by another batch (or aborted by its coordinator's timeout): a new attempt after a random pause.
     await sleep(Math.random() * Math.min(2 ** attempt, 64));
   }
+}
+
+/** What a batch across shards answers: the points written or deleted, and the write token. */
+export type TxnAnswer = { count: number; token: WriteToken };
+
+/** The batches across shards a node drives, by idempotency key. */
+export type KeyedTxns = Map<string, { hash: Buffer; done: Promise<TxnAnswer> }>;
+
+/**
+ * Runs a keyed batch once at a time: a retry of one still running under `key` joins it; another
+ * request under the key is FAILED_PRECONDITION. Without a hash (no key) it just runs.
+ */
+export function runKeyed(running: KeyedTxns, key: string, hash: Buffer | undefined, run: () => Promise<TxnAnswer>): Promise<TxnAnswer> {
+  if (!hash) return run();
+  const joined = running.get(key);
+  if (joined) {
+    if (!joined.hash.equals(hash)) return Promise.reject(new QuiverError('FAILED_PRECONDITION', `idempotency key "${key}" was already used for a different request; a new request needs a new key`));
+    return joined.done;
+  }
+  const done = run();
+  running.set(key, { hash, done });
+  const clear = (): void => {
+    running.delete(key);
+  };
+  done.then(clear, clear);
+  return done;
 }
 
 /**
