@@ -11,7 +11,7 @@ import * as path from 'path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { shardOf } from '../src/common/placement';
 import { EntryType, SEGMENT_HEADER_BYTES, decodeEntry } from '../src/wal';
-import { TestCluster, TestNode, metricSum, waitFor } from './cluster-harness';
+import { ShardsReport, TestCluster, TestNode, metricSum, waitFor } from './cluster-harness';
 import { etcdInstalled } from './etcd-harness';
 import { HttpAnswer, httpJson, vec } from './server-harness';
 
@@ -155,6 +155,11 @@ describe.skipIf(!etcdInstalled)(`batches across shards in a cluster${etcdInstall
     await waitFor(async () => acked() >= 10, 'batches before the fault');
 
     process.kill(leader.child.child.pid!, 'SIGSTOP');
+    // A paused node answers no report: the shard report still comes within a 20 s deadline, showing its replicas unreachable.
+    const report = await fetch(`${driver.child.http}/v1/collections/${C}/shards?digest=false`, { headers: { 'x-quiver-timeout-ms': '20000' } });
+    const paused = (await report.json()) as { shards: ShardsReport };
+    expect(report.status, JSON.stringify(paused)).toBe(200);
+    for (const s of paused.shards) expect(s.replicas.find((r) => r.node === leader.id)?.role, `shard ${s.shard}`).toBe('unreachable');
     await waitFor(async () => (await cluster.shards(driver, C))[0].leader !== leader.id, 'a new leader of the coordinator shard');
     await cluster.kill(leader);
     const atKill = acked();

@@ -40,6 +40,8 @@ export const payloadIndexesMax = 32;
 export const fieldNameMax = 256;
 /** Default deadline of a call when the client gives none. */
 export const defaultDeadlineMs = 30_000;
+/** How long a node waits for another's replica report (GET .../shards, /v1/cluster); one that has not answered by then, e.g. a paused process whose lease has not yet lapsed, is shown unreachable. */
+export const replicaReportDeadlineMs = 10_000;
 /** A longer deadline is taken as this one (a timer holds at most 2^31 - 1 ms). */
 export const deadlineMsMax = 60 * 60 * 1000;
 /** Bytes of an idempotency key. */

@@ -8,7 +8,7 @@
  */
 import type { DescMessage, DescMethodUnary, MessageInitShape, MessageShape } from '@bufbuild/protobuf';
 import type * as net from 'net';
-import { defaultDeadlineMs, requestBytesMax } from '../common/limits';
+import { defaultDeadlineMs, replicaReportDeadlineMs, requestBytesMax } from '../common/limits';
 import { TlsMaterial, clientTlsOptions, verifiedNames } from '../common/tls';
 import { stringifyJson } from '../common/json';
 import { QuiverError } from '../errors';
@@ -328,7 +328,7 @@ export class NodePeers implements PeerShards {
   }
 
   async replicaStatus(node: NodeId, collection: string, withDigest: boolean): ReturnType<PeerShards['replicaStatus']> {
-    const r = await this.channel(node).unary(METHODS.replicaStatus, { collection, withDigest }, NodePeers.deadline());
+    const r = await this.channel(node).unary(METHODS.replicaStatus, { collection, withDigest }, NodePeers.deadline(replicaReportDeadlineMs));
     return r.replicas.map((x) => ({
       shard: x.shard,
       node: x.node,
