@@ -10,8 +10,9 @@
  *   the main   loop waits --gap-ms, snapshots the collection (Database.snapshot, awaited), and
  *              again, --snapshots times.
  * A write or a search counts as "during" when its interval overlaps a snapshot's, else "outside".
- * Printed: p50/p99/max latency of each side and the ratios during/outside; the goal is a write
- * p99 ratio of at most 2. Writes JSON to bench/results/snapshot-<index>.json.
+ * The measured phase runs --rounds times on the same collection. Printed: each round's p50/p99/max
+ * latency of each side and the ratios during/outside, then the median of the rounds' ratios; the
+ * goal is a write p99 ratio of at most 2. Writes JSON to bench/results/snapshot-<index>.json.
  */
 import * as fs from 'fs';
 import * as os from 'os';
@@ -33,6 +34,7 @@ options:
   --dim N                dimension (default 128)
   --batch N              points per measured upsert (default 100)
   --snapshots N          snapshots taken in the measured phase (default 6)
+  --rounds N             measured phases, one after another (default 3); the medians of their ratios are the figures
   --gap-ms N             time between snapshots, and before the first (default 1500)
   --search-gap-ms N      pause between searches (default 5)
   --m N                  hnsw links per node (default 16)
@@ -42,7 +44,7 @@ options:
 
 export const SPEC: CommandSpec = {
   usage: USAGE,
-  flags: Object.fromEntries(['index', 'n', 'dim', 'batch', 'snapshots', 'gap-ms', 'search-gap-ms', 'm', 'ef-construction'].map((k) => [k, { type: 'string' }])),
+  flags: Object.fromEntries(['index', 'n', 'dim', 'batch', 'snapshots', 'rounds', 'gap-ms', 'search-gap-ms', 'm', 'ef-construction'].map((k) => [k, { type: 'string' }])),
 };
 
 interface Span {
@@ -74,7 +76,17 @@ function split(spans: Span[], snaps: Span[]): { during: Span[]; outside: Span[] 
   return { during, outside };
 }
 
-async function measure(spec: IndexSpec, o: { n: number; dim: number; batch: number; snapshots: number; gapMs: number; searchGapMs: number }) {
+interface Options {
+  n: number;
+  dim: number;
+  batch: number;
+  snapshots: number;
+  rounds: number;
+  gapMs: number;
+  searchGapMs: number;
+}
+
+async function measure(spec: IndexSpec, o: Options) {
   const ds = synthetic({ nBase: 2 * o.n, nQueries: 1000, dim: o.dim, metric: 'l2' });
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'quiver-bench-snapshot-'));
   const db = await openDatabase({ dataDir, snapshotIntervalMs: 0, snapshotWalBytes: 0 });
@@ -99,7 +111,18 @@ async function measure(spec: IndexSpec, o: { n: number; dim: number; batch: numb
     for (let i = 0; i < o.n; i += 1000) await db.upsertColumns(name, columns(i, Math.min(1000, o.n - i)));
     await db.snapshot(); // the first snapshot's one-time costs stay out of the figures
 
-    progress(`${spec.type}: ${o.snapshots} snapshots, ${o.gapMs} ms apart, under writes of ${o.batch} and searches`);
+    const rounds = [];
+    for (let round = 0; round < o.rounds; round++) {
+      progress(`${spec.type}: round ${round + 1} of ${o.rounds}: ${o.snapshots} snapshots, ${o.gapMs} ms apart, under writes of ${o.batch} and searches`);
+      rounds.push(await phase(round));
+    }
+    return { index: spec, points: await db.count(name), rounds };
+  } finally {
+    await db.close({ snapshot: false });
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  }
+
+  async function phase(round: number) {
     let stop = false;
     const writes: Span[] = [];
     const searches: Span[] = [];
@@ -108,7 +131,7 @@ async function measure(spec: IndexSpec, o: { n: number; dim: number; batch: numb
       for (let next = o.n; !stop; next += o.batch) {
         const cols = columns(next, o.batch);
         const start = now();
-        await db.upsertColumns(name, cols, { idempotencyKey: `w${next}` });
+        await db.upsertColumns(name, cols, { idempotencyKey: `r${round}w${next}` });
         writes.push({ start, end: now() });
       }
     })();
@@ -130,19 +153,13 @@ async function measure(spec: IndexSpec, o: { n: number; dim: number; batch: numb
     await sleep(o.gapMs);
     stop = true;
     await Promise.all([writer, searcher]);
-    const points = await db.count(name);
     const w = split(writes, snaps);
     const q = split(searches, snaps);
     return {
-      index: spec,
-      points,
       snapshotMs: latency(snaps),
       writes: { outside: latency(w.outside), during: latency(w.during) },
       searches: { outside: latency(q.outside), during: latency(q.during) },
     };
-  } finally {
-    await db.close({ snapshot: false });
-    fs.rmSync(dataDir, { recursive: true, force: true });
   }
 }
 
@@ -156,34 +173,56 @@ export async function run(argv: string[]): Promise<number> {
     dim: intFlag(p, 'dim', 128, 1),
     batch: intFlag(p, 'batch', 100, 1),
     snapshots: intFlag(p, 'snapshots', 6, 1),
+    rounds: intFlag(p, 'rounds', 3, 1),
     gapMs: intFlag(p, 'gap-ms', 1500, 1),
     searchGapMs: intFlag(p, 'search-gap-ms', 5, 0),
   };
   const rows: Record<string, string | number>[] = [];
+  const medians: Record<string, string | number>[] = [];
   for (const t of types) {
     const spec: IndexSpec = t === 'hnsw' ? { type: 'hnsw', m: intFlag(p, 'm', 16, 2), efConstruction: intFlag(p, 'ef-construction', 200, 1) } : { type: 'flat' };
     const r = await measure(spec, o);
-    for (const [what, side] of [['write', r.writes], ['search', r.searches]] as const) {
-      rows.push({
-        index: t,
-        op: what,
-        'n out/in': `${side.outside.n}/${side.during.n}`,
-        'p50 out': side.outside.p50Ms,
-        'p50 in': side.during.p50Ms,
-        'p99 out': side.outside.p99Ms,
-        'p99 in': side.during.p99Ms,
-        'max out': side.outside.maxMs,
-        'max in': side.during.maxMs,
-        'p50 x': side.during.p50Ms / side.outside.p50Ms,
-        'p99 x': side.during.p99Ms / side.outside.p99Ms,
-        'max x': side.during.maxMs / side.outside.maxMs,
-      });
+    const ratios = { write: [] as number[], search: [] as number[] };
+    r.rounds.forEach((round, i) => {
+      for (const [what, side] of [['write', round.writes], ['search', round.searches]] as const) {
+        ratios[what].push(side.during.p99Ms / side.outside.p99Ms);
+        rows.push(row(t, i + 1, what, side));
+      }
+    });
+    for (const what of ['write', 'search'] as const) {
+      medians.push({ index: t, op: what, 'p99 x per round': ratios[what].map((x) => x.toFixed(2)).join(' '), 'p99 x median': median(ratios[what]) });
     }
-    console.log(`${t}: ${r.points} points at the end; snapshot p50 ${r.snapshotMs.p50Ms.toFixed(0)} ms, max ${r.snapshotMs.maxMs.toFixed(0)} ms`);
+    const snapMs = r.rounds.map((x) => x.snapshotMs.p50Ms.toFixed(0)).join(', ');
+    console.log(`${t}: ${r.points} points at the end; snapshot p50 per round ${snapMs} ms`);
     const file = writeJson(`snapshot-${t}`, { machine: machine(), options: o, ...r });
     console.log(`written ${file}`);
   }
-  console.log(`\nlatency in ms, outside snapshots (out) and during them (in); x = in / out (goal: write p99 x <= 2)\n`);
+  console.log(`\nlatency in ms, outside snapshots (out) and during them (in); x = in / out\n`);
   console.log(table(rows));
+  console.log(`\nmedians of the rounds (goal: write p99 x <= 2)\n`);
+  console.log(table(medians));
   return 0;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+function row(index: string, round: number, op: string, side: { outside: Latency; during: Latency }): Record<string, string | number> {
+  return {
+    index,
+    round,
+    op,
+    'n out/in': `${side.outside.n}/${side.during.n}`,
+    'p50 out': side.outside.p50Ms,
+    'p50 in': side.during.p50Ms,
+    'p99 out': side.outside.p99Ms,
+    'p99 in': side.during.p99Ms,
+    'max out': side.outside.maxMs,
+    'max in': side.during.maxMs,
+    'p50 x': side.during.p50Ms / side.outside.p50Ms,
+    'p99 x': side.during.p99Ms / side.outside.p99Ms,
+    'max x': side.during.maxMs / side.outside.maxMs,
+  };
 }

@@ -22,6 +22,7 @@ import { SPEC as KERNELS } from '../bench/kernels';
 import { SPEC as MEMORY } from '../bench/memory';
 import { SPEC as RPC } from '../bench/rpc';
 import { SPEC as SERVER } from '../bench/server';
+import { SPEC as SNAPSHOT } from '../bench/snapshot';
 import { startHarness, tempDir } from './server-harness';
 import { ROOT, runChild, runQuiver } from './cli-helpers';
 
@@ -38,6 +39,7 @@ const COMMANDS: [string[], CommandSpec][] = [
   [['bench', 'codec'], CODEC],
   [['bench', 'memory'], MEMORY],
   [['bench', 'cluster'], CLUSTER],
+  [['bench', 'snapshot'], SNAPSHOT],
 ];
 
 describe('quiver', () => {
@@ -128,6 +130,16 @@ describe('quiver', () => {
     expect(r.stdout).toMatch(/search: 4 steps/);
     const json = JSON.parse(fs.readFileSync(path.join(out, 'codec.json'), 'utf8'));
     expect(json.results.map((x: { codec: string }) => x.codec)).toContain('search: 4 steps');
+  });
+
+  it('bench snapshot runs its rounds and prints the median of their ratios', async () => {
+    const out = tempDir('quiver-cli-bench-');
+    const r = await runQuiver(['bench', 'snapshot', '--index', 'flat', '--n', '300', '--dim', '8', '--snapshots', '1', '--rounds', '2', '--gap-ms', '30'], { env: { QUIVER_BENCH_OUT: out } });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/medians of the rounds/);
+    const json = JSON.parse(fs.readFileSync(path.join(out, 'snapshot-flat.json'), 'utf8'));
+    expect(json.rounds).toHaveLength(2);
+    expect(json.points).toBe(300);
   });
 
   it('bench where the benchmarks are not installed: a clear error, not a stack trace', async () => {

@@ -69,6 +69,19 @@ describe('HnswIndex determinism', () => {
 });
 
 describe('HnswIndex persistence', () => {
+  it('serialize into memory reserved before it (reserveSerialize), more or less than needed, gives the same bytes; a bad size is INVALID_ARGUMENT', async () => {
+    const index = await script('l2', 2);
+    const bytes = await index.serialize();
+    for (const reserve of [0, 100, bytes.length, 3 * bytes.length]) {
+      await index.reserveSerialize(reserve);
+      expect(Buffer.compare(await index.serialize(), bytes), `reserved ${reserve}`).toBe(0);
+    }
+    for (const bad of [-1, NaN, 2 ** 41, '5' as unknown as number]) {
+      await expect(index.reserveSerialize(bad)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    }
+    expect(Buffer.compare(await index.serialize(), bytes)).toBe(0);
+  });
+
   it('round trips through a buffer and a file with the same answers and the same bytes', async () => {
     const index = await script('l2', 2);
     const bytes = await index.serialize();

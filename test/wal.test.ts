@@ -6,6 +6,7 @@ import { QuiverError } from '../src/errors';
 import { EntryType, SEGMENT_HEADER_BYTES, Wal, WalEntry, crc32c, decodeEntry, encodeEntryParts, entryBodyBytesMax, keyBytesMax } from '../src/wal';
 import { crc32cJs, crc32cNativeMinBytes } from '../src/wal/crc32c';
 import { loadAddon } from '../src/native/addon';
+import { removeDirGradually, removeGradually } from '../src/common/fs';
 
 let dir: string;
 beforeEach(async () => {
@@ -111,6 +112,21 @@ describe('entry format', () => {
   });
 });
 
+describe('removeGradually', () => {
+  it('removes a file a step at a time, a directory of them, and is a no-op on what is not there', async () => {
+    const file = path.join(dir, 'big.bin');
+    await fsp.writeFile(file, Buffer.alloc(5 * 1024 * 1024 + 7, 1));
+    await removeGradually(file, 1024 * 1024);
+    await removeGradually(file, 1024 * 1024);
+    const sub = path.join(dir, 'snap');
+    await fsp.mkdir(sub);
+    for (const n of ['index.bin', 'state.bin']) await fsp.writeFile(path.join(sub, n), Buffer.alloc(3 * 1024 * 1024, 2));
+    await removeDirGradually(sub, 1024 * 1024);
+    await removeDirGradually(sub);
+    expect(await fsp.readdir(dir)).toEqual([]);
+  });
+});
+
 describe('Wal', () => {
   it('round-trips entries of every type across a reopen, and reads raw bytes exactly', async () => {
     let wal = await Wal.open({ dir });
@@ -197,6 +213,23 @@ describe('Wal', () => {
     wal = await Wal.open({ dir, segmentBytes: 4096 });
     expect(wal.firstLsn).toBe(rest[0].lsn);
     expect(wal.lastLsn).toBe(30);
+    await wal.close();
+  });
+
+  it('truncateBelow frees a segment under another name first; a crash midway leaves a file that the next open removes, and the log opens whole', async () => {
+    let wal = await Wal.open({ dir, segmentBytes: 4096 });
+    for (let i = 0; i < 30; i++) await wal.append({ epoch: 1, type: EntryType.Upsert, key: '', body: body(i, 900) }).durable;
+    const [first] = await segFiles();
+    await wal.truncateBelow(12);
+    expect((await fsp.readdir(dir)).filter((n) => !n.endsWith('.seg'))).toEqual([]);
+    const firstLsn = wal.firstLsn;
+    await wal.close();
+    // What a crash while the first segment was being freed leaves: part of it, under its new name.
+    await fsp.writeFile(path.join(dir, `${first}.gone`), body(7, 1000));
+    wal = await Wal.open({ dir, segmentBytes: 4096 });
+    expect(await fsp.readdir(dir)).not.toContain(`${first}.gone`);
+    expect(wal.firstLsn).toBe(firstLsn);
+    expect((await all(wal)).map((e) => e.lsn)).toEqual(Array.from({ length: 31 - firstLsn }, (_, i) => firstLsn + i));
     await wal.close();
   });
 

@@ -24,5 +24,7 @@ constexpr size_t kBatchVectorsMax = 1u << 24;  // vectors in one add or search c
 //          filter allowing a share s scans until refine x k / s entries are found)
 // The budget is about 1 to 2 ms of one core of the machines measured (docs/API.md).
 constexpr uint64_t kSearchSyncTermsMax = uint64_t{1} << 23;
+// Bytes one reserveSerialize call may map (a hint; serialize grows past it when needed).
+constexpr uint64_t kSerializeReserveMax = uint64_t{1} << 40;
 
 }  // namespace qv

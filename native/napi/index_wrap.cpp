@@ -127,9 +127,11 @@ class GetVectorsWorker : public PromiseWorker {
 
 class SerializeWorker : public PromiseWorker {
  public:
-  SerializeWorker(Napi::Env env, std::shared_ptr<Index> index) : PromiseWorker(env), index_(std::move(index)) {}
+  // `spare`: a buffer from reserveSerialize (or null), written into when large enough.
+  SerializeWorker(Napi::Env env, std::shared_ptr<Index> index, std::unique_ptr<Bytes> spare)
+      : PromiseWorker(env), index_(std::move(index)), bytes_(spare.release()) {}
   Status Run() override {
-    bytes_ = new Bytes();
+    if (bytes_ == nullptr) bytes_ = new Bytes();
     return index_->serialize(bytes_);
   }
   Napi::Value Resolve(Napi::Env env) override {
@@ -142,6 +144,28 @@ class SerializeWorker : public PromiseWorker {
  private:
   std::shared_ptr<Index> index_;
   Bytes* bytes_ = nullptr;
+};
+
+// Maps and touches a buffer of `bytes` for the next serialize, so that its page faults (and any
+// compaction for huge pages) come before the caller takes its lock, not under it.
+class ReserveSerializeWorker : public PromiseWorker {
+ public:
+  ReserveSerializeWorker(Napi::Env env, Napi::Object self, size_t bytes) : PromiseWorker(env), self_(Napi::Persistent(self)), bytes_(bytes) {}
+  Status Run() override {
+    spare_ = std::make_unique<Bytes>();
+    spare_->resize(bytes_);
+    spare_->clear();
+    return Status::ok();
+  }
+  Napi::Value Resolve(Napi::Env env) override {
+    NativeIndex::Unwrap(self_.Value())->set_spare(std::move(spare_));
+    return env.Undefined();
+  }
+
+ private:
+  Napi::ObjectReference self_;
+  size_t bytes_;
+  std::unique_ptr<Bytes> spare_;
 };
 
 class DeserializeWorker : public PromiseWorker {
@@ -227,6 +251,7 @@ Napi::Function NativeIndex::Init(Napi::Env env) {
        InstanceMethod("searchSync", &NativeIndex::Guarded<&NativeIndex::SearchSync>),
        InstanceMethod("train", &NativeIndex::Guarded<&NativeIndex::Train>),
        InstanceMethod("serialize", &NativeIndex::Guarded<&NativeIndex::Serialize>),
+       InstanceMethod("reserveSerialize", &NativeIndex::Guarded<&NativeIndex::ReserveSerialize>),
        InstanceMethod("getVectors", &NativeIndex::Guarded<&NativeIndex::GetVectors>),
        StaticMethod("deserialize", &guarded<&NativeIndex::Deserialize>), InstanceAccessor("size", &NativeIndex::GetSize, nullptr),
        InstanceAccessor("dim", &NativeIndex::GetDim, nullptr), InstanceAccessor("metric", &NativeIndex::GetMetric, nullptr),
@@ -352,7 +377,15 @@ Napi::Value NativeIndex::Train(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value NativeIndex::Serialize(const Napi::CallbackInfo& info) {
-  return queue(new SerializeWorker(info.Env(), index_));
+  return queue(new SerializeWorker(info.Env(), index_, std::move(spare_)));
+}
+
+// reserveSerialize(bytes): see ReserveSerializeWorker. The buffer is held until the next serialize.
+Napi::Value NativeIndex::ReserveSerialize(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const double bytes = info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1;
+  if (!(bytes >= 0 && bytes <= double(kSerializeReserveMax))) throw_invalid(env, "reserveSerialize(bytes): bytes must be a number from 0 to 2^40");
+  return queue(new ReserveSerializeWorker(env, info.This().As<Napi::Object>(), size_t(bytes)));
 }
 
 Napi::Value NativeIndex::GetVectors(const Napi::CallbackInfo& info) {

@@ -5,6 +5,7 @@
 
 #include <memory>
 
+#include "common/format.h"
 #include "common/index.h"
 #include "napi/errors.h"
 
@@ -19,6 +20,8 @@ class NativeIndex : public Napi::ObjectWrap<NativeIndex> {
 
   // Wraps an index built in C++ (deserialize) in a new JS object.
   static Napi::Object Wrap(Napi::Env env, std::shared_ptr<Index> index);
+  // The buffer the next serialize writes into (reserveSerialize); on the JS thread only.
+  void set_spare(std::unique_ptr<Bytes> spare) { spare_ = std::move(spare); }
 
  private:
   // Method M with a std::bad_alloc on the loop (copying a large input) thrown as RESOURCE_EXHAUSTED.
@@ -32,6 +35,7 @@ class NativeIndex : public Napi::ObjectWrap<NativeIndex> {
   Napi::Value SearchSync(const Napi::CallbackInfo& info);
   Napi::Value Train(const Napi::CallbackInfo& info);
   Napi::Value Serialize(const Napi::CallbackInfo& info);
+  Napi::Value ReserveSerialize(const Napi::CallbackInfo& info);
   Napi::Value GetVectors(const Napi::CallbackInfo& info);
   static Napi::Value Deserialize(const Napi::CallbackInfo& info);
   Napi::Value GetSize(const Napi::CallbackInfo& info);
@@ -42,6 +46,7 @@ class NativeIndex : public Napi::ObjectWrap<NativeIndex> {
   Napi::Value GetMemoryBytes(const Napi::CallbackInfo& info);
 
   std::shared_ptr<Index> index_;
+  std::unique_ptr<Bytes> spare_;
 };
 
 // The index behind a NativeIndex JS object, or nullptr (with a JS error thrown) if it is not one.

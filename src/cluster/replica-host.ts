@@ -307,7 +307,10 @@ export async function readRange(src: SnapshotFiles, offset: number, length: numb
       const fh = await fsp.open(path.join(src.dir, f.name), 'r');
       try {
         const { bytesRead } = await fh.read(out, a - offset, b - a, a - base);
-        if (bytesRead !== b - a) throw new QuiverError('DATA_LOSS', `short read of snapshot file ${f.name}`);
+        if (bytesRead !== b - a) {
+          await fsp.access(src.dir); // ENOENT, as if gone before the read, when a newer snapshot replaced this one meanwhile (removeSnapshot)
+          throw new QuiverError('DATA_LOSS', `short read of snapshot file ${f.name}`);
+        }
       } finally {
         await fh.close();
       }

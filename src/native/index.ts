@@ -182,6 +182,14 @@ export abstract class VectorIndex {
     return (await this.native.serialize()) as Buffer;
   }
 
+  /**
+   * Maps and touches `bytes` of memory, off the loop, for the next serialize() to write into (it
+   * grows past them when the index needs more): its page faults come before the caller's lock.
+   */
+  async reserveSerialize(bytes: number): Promise<void> {
+    await this.native.reserveSerialize(bytes);
+  }
+
   /** Writes serialize() to a file (write to temp + fsync + rename, so a crash leaves old or new). */
   async save(file: string): Promise<void> {
     const bytes = await this.serialize();

@@ -32,7 +32,7 @@ import { promises as fsp } from 'fs';
 import * as path from 'path';
 import { setImmediate as nextTurn } from 'timers/promises';
 import { QuiverError } from '../errors';
-import { fsyncDir } from '../common/fs';
+import { fsyncDir, removeDirGradually } from '../common/fs';
 import { deserializeIndex } from '../native';
 import { crc32c } from '../wal/crc32c';
 import { PointStore } from './store';
@@ -254,24 +254,35 @@ export async function writeSnapshot(
   return final;
 }
 
-/** Snapshots under `parent`, newest first; leftover tmp-* directories are deleted. */
-export async function listSnapshots(parent: string): Promise<SnapshotMeta[]> {
-  let names: string[];
+async function names(parent: string): Promise<string[]> {
   try {
-    names = await fsp.readdir(parent);
+    return await fsp.readdir(parent);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
     throw e;
   }
+}
+
+/** Snapshots under `parent`, newest first. */
+export async function listSnapshots(parent: string): Promise<SnapshotMeta[]> {
   const out: SnapshotMeta[] = [];
-  for (const name of names) {
-    if (name.startsWith('tmp-')) {
-      await fsp.rm(path.join(parent, name), { recursive: true, force: true });
-      continue;
-    }
-    if (/^\d{20}$/.test(name)) out.push({ lsn: Number(name), epoch: 0, dir: path.join(parent, name) });
-  }
+  for (const name of await names(parent)) if (/^\d{20}$/.test(name)) out.push({ lsn: Number(name), epoch: 0, dir: path.join(parent, name) });
   return out.sort((a, b) => b.lsn - a.lsn);
+}
+
+/** Deletes what a crash left under `parent`: snapshots half written (tmp-*) and half removed (gone-*). Only while no snapshot is being written or removed there. */
+export async function removeSnapshotLeftovers(parent: string): Promise<void> {
+  for (const name of await names(parent)) {
+    if (name.startsWith('tmp-') || name.startsWith('gone-')) await fsp.rm(path.join(parent, name), { recursive: true, force: true });
+  }
+}
+
+/** Deletes snapshot `meta` under `parent`: renamed out of the list at once, its files freed gradually (removeGradually). */
+export async function removeSnapshot(parent: string, meta: SnapshotMeta): Promise<void> {
+  const gone = path.join(parent, `gone-${path.basename(meta.dir)}`);
+  await fsp.rename(meta.dir, gone);
+  await fsyncDir(parent);
+  await removeDirGradually(gone);
 }
 
 /** Reads a snapshot into `store`; returns its LSN, epoch, index bytes and keys. DATA_LOSS if damaged. */

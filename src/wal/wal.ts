@@ -20,7 +20,7 @@ import { promises as fsp } from 'fs';
 import type { FileHandle } from 'fs/promises';
 import * as path from 'path';
 import { QuiverError } from '../errors';
-import { fsyncDir } from '../common/fs';
+import { fsyncDir, removeGradually } from '../common/fs';
 import { log } from '../common/log';
 import {
   ENTRY_HEADER_BYTES,
@@ -34,6 +34,9 @@ import {
   parseSegmentFileName,
   segmentFileName,
 } from './format';
+
+/** Appended to a segment's name while truncateBelow frees it; recovery removes such files. */
+const GONE_SUFFIX = '.gone';
 
 export interface WalOptions {
   /** The directory of this log's segments (created if missing). */
@@ -185,7 +188,9 @@ export class Wal {
   // ---------------------------------------------------------------- recovery
 
   private async recover(commitHint: number, startLsn: number, mustExist: boolean): Promise<void> {
-    const names = (await fsp.readdir(this.dir))
+    const all = await fsp.readdir(this.dir);
+    for (const name of all) if (name.endsWith(GONE_SUFFIX)) await fsp.rm(path.join(this.dir, name), { force: true });
+    const names = all
       .map((name) => ({ name, lsn: parseSegmentFileName(name) }))
       .filter((x): x is { name: string; lsn: number } => x.lsn !== undefined)
       .sort((a, b) => a.lsn - b.lsn);
@@ -522,7 +527,10 @@ export class Wal {
       try {
         const buf = Buffer.allocUnsafe(end - start);
         const { bytesRead } = await fh.read(buf, 0, buf.length, start);
-        if (bytesRead !== buf.length) throw new QuiverError('DATA_LOSS', `short read of ${s.file}`);
+        if (bytesRead !== buf.length) {
+          if (!this.segments.includes(s)) throw new QuiverError('OUT_OF_RANGE', `LSN ${a} is no longer in the log (first LSN ${this.firstLsn})`);
+          throw new QuiverError('DATA_LOSS', `short read of ${s.file}`);
+        }
         parts.push(buf);
       } finally {
         await fh.close();
@@ -558,14 +566,17 @@ export class Wal {
 
   /** Deletes segments wholly below `lsn` (never the last one). Returns how many went. */
   async truncateBelow(lsn: number): Promise<number> {
-    let n = 0;
+    const gone: string[] = [];
     while (this.segments.length > 1 && this.segments[0].lastLsn < lsn) {
       const s = this.segments.shift()!;
-      await fsp.unlink(s.file);
-      n++;
+      // Renamed out of the log at once (recovery removes such a file), its bytes freed gradually.
+      gone.push(`${s.file}${GONE_SUFFIX}`);
+      await fsp.rename(s.file, gone[gone.length - 1]);
     }
-    if (n > 0) await fsyncDir(this.dir);
-    return n;
+    if (gone.length === 0) return 0;
+    await fsyncDir(this.dir);
+    for (const file of gone) await removeGradually(file);
+    return gone.length;
   }
 
   /**
