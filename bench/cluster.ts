@@ -13,7 +13,8 @@
  *             (which forwards the parts it does not lead), then each shard's part sent to its
  *             leader; points/s, ack latency p50/p99, and the CPU seconds of every process of the
  *             cluster (nodes and sidecars; etcd apart) from the first write until every replica
- *             applied the last, per acknowledged vector, per replica
+ *             applied the last, per acknowledged vector, per replica; --upsert-rounds rounds of
+ *             every load, each round's cluster figures against that round's standalone, medians
  *   lag       then, in a pass of --points / 5 more (its poller's requests are not in the CPU
  *             figure): for sampled writes, the time from the ack until each follower applied it
  *             (sampled every 10 ms, so +-10 ms)
@@ -88,6 +89,9 @@ options of the other parts:
   --search-n N      Fashion-MNIST points for the search part (default 60000)
   --queries N       search: searches timed per mode and round (default 2000)
   --search-rounds N rounds of those, alternating standalone and cluster; medians (default 3)
+  --upsert-rounds N upsert: rounds of every load (standalone, then each cluster mode); the CPU
+                    ratios are each round's cluster against that round's standalone; medians
+                    (default 3)
   --parts LIST      which parts to run, of vdb, upsert, search, reads (default vdb)
   --read-seconds N  reads: seconds of searches per level and round (default 5)
   --read-rounds N   reads: rounds, each linearizable then eventual; medians (default 3)
@@ -105,7 +109,7 @@ export const SPEC: CommandSpec = {
   flags: Object.fromEntries(
     [
       ...['target', 'api-key', 'tls-ca', 'nodes', 'dataset', 'shards', 'replication-factor', 'rest-seconds', 'qps-seconds', 'concurrency', 'insert-rate', 'stream-seconds', 'stream-concurrency'],
-      ...['points', 'batch', 'dim', 'warmup', 'search-n', 'queries', 'search-rounds', 'parts', 'read-seconds', 'read-rounds', 'read-n', 'fault', 'faults', 'lease-ttl-ms'],
+      ...['points', 'batch', 'dim', 'warmup', 'search-n', 'queries', 'search-rounds', 'upsert-rounds', 'parts', 'read-seconds', 'read-rounds', 'read-n', 'fault', 'faults', 'lease-ttl-ms'],
     ].map((k) => [k, { type: 'string' }]),
   ),
 };
@@ -219,6 +223,7 @@ async function leaseHealthOf(nodes: Node[]): Promise<{ leaderChanges: number; ke
 }
 
 interface UpsertFigures {
+  round: number;
   mode: string;
   index: string;
   pointsPerSec: number;
@@ -312,9 +317,9 @@ const WARMUP_BATCH = 100;
  * One load into a new collection: `warmup` points first (in batches of WARMUP_BATCH, not measured:
  * the processes' code is compiled by then), then `points` measured, then the lag pass.
  */
-async function upsertLoad(mode: string, nodes: Node[], index: 'flat' | 'hnsw', shape: LoadShape, warmup: number, replicas: number, route: Route, etcdPid?: number): Promise<UpsertFigures> {
+async function upsertLoad(round: number, mode: string, nodes: Node[], index: 'flat' | 'hnsw', shape: LoadShape, warmup: number, replicas: number, route: Route, etcdPid?: number): Promise<UpsertFigures> {
   const { points, batch } = shape;
-  const name = `load_${index}_${route}`;
+  const name = `load_${index}_${route}_${round}`;
   const { upsert, close } = await loadTarget(nodes, name, index, shape.dim, replicas, route);
   const warm = { ...shape, batch: WARMUP_BATCH };
   for (let b = 0; b * warm.batch < warmup; b++) {
@@ -377,6 +382,7 @@ async function upsertLoad(mode: string, nodes: Node[], index: 'flat' | 'hnsw', s
   close();
   const perVector = (cpu / points) * 1e6;
   return {
+    round,
     mode,
     index,
     pointsPerSec: Math.round(points / secs),
@@ -431,6 +437,7 @@ export async function run(argv: string[]): Promise<number> {
   const warmup = intFlag(p, 'warmup', 30_000, 0);
   const searchN = intFlag(p, 'search-n', 60_000, 1);
   const searchRounds = intFlag(p, 'search-rounds', 3, 1);
+  const upsertRounds = intFlag(p, 'upsert-rounds', 3, 1);
   const parts = new Set((stringFlag(p, 'parts') ?? 'vdb').split(',').map((x) => x.trim()));
   for (const part of parts) if (!['vdb', 'upsert', 'search', 'reads'].includes(part)) throw new UsageError(`--parts takes vdb, upsert, search and reads (got "${part}")`);
   const nodeCount = intFlag(p, 'nodes', 3, 1);
@@ -478,7 +485,7 @@ export async function run(argv: string[]): Promise<number> {
       await runVdb(nodes.map((n) => n.grpc), vdb, `${nodeCount} node(s) started on loopback`, true);
       await stop(nodes);
     }
-    if (parts.has('upsert')) await upsertPart(all, etcd, tmp, shape, warmup, lease, results.upsert);
+    if (parts.has('upsert')) await upsertPart(all, etcd, tmp, shape, warmup, upsertRounds, lease, results.upsert);
     if (parts.has('search')) results.search.push(await searchPart(all, etcd, tmp, searchN, nQueries, searchRounds));
     if (parts.has('reads')) results.reads.push(await readsPart(all, etcd, tmp, readN, readSeconds, readRounds));
     if (parts.size > 1 || !parts.has('vdb')) log(`wrote ${writeJson('cluster', { machine: machine(), ...shape, warmup, ...lease, ...results })}`);
@@ -509,58 +516,61 @@ async function upsertPart(
   tmp: string,
   shape: LoadShape,
   warmup: number,
+  rounds: number,
   lease: { leaderChanges: number; keepaliveP99Ms: number },
   out: UpsertFigures[],
 ): Promise<void> {
   const { points, batch, dim } = shape;
-  const results = { upsert: out };
-  {
-    // Standalone.
-    const alone = await serve('alone', ['--data', path.join(tmp, 'alone')]);
-    all.push(alone);
-    for (const index of ['flat', 'hnsw'] as const) results.upsert.push(await upsertLoad('standalone', [alone], index, shape, warmup, 1, 'any'));
-
-    // Three nodes, RF 3, majority, a cluster of their own for each load (an idle collection's
-    // replicas tick and heartbeat: that is no cost of the load measured); a fourth node joins the
-    // last one for the search part and holds no replica of its collection.
-    let nodes: Node[] = [];
+  const alone = await serve('alone', ['--data', path.join(tmp, 'alone')]);
+  all.push(alone);
+  let nodes: Node[] = [];
+  for (let round = 1; round <= rounds; round++) {
+    // Standalone, then three nodes, RF 3, majority, a cluster of their own for each load (an idle
+    // collection's replicas tick and heartbeat: that is no cost of the load measured).
+    for (const index of ['flat', 'hnsw'] as const) out.push(await upsertLoad(round, 'standalone', [alone], index, shape, warmup, 1, 'any'));
     for (const [route, mode] of [['any', CLUSTER_ANY], ['leaders', CLUSTER_LEADERS]] as const) {
       for (const index of ['flat', 'hnsw'] as const) {
         await stop(nodes);
-        nodes = await startNodes(all, etcd, tmp, `bench-${route}-${index}`);
-        results.upsert.push(await upsertLoad(mode, nodes, index, shape, warmup, 3, route, etcd.pid));
+        nodes = await startNodes(all, etcd, tmp, `bench-${route}-${index}-${round}`);
+        out.push(await upsertLoad(round, mode, nodes, index, shape, warmup, 3, route, etcd.pid));
         const l = await leaseHealthOf(nodes);
         lease.leaderChanges += l.leaderChanges;
         lease.keepaliveP99Ms = Math.max(lease.keepaliveP99Ms, l.keepaliveP99Ms);
       }
     }
-    log('');
-    log(`leases under those loads, no fault injected: leader changes ${lease.leaderChanges} (goal 0); 99% of etcd keepalives answered within ${lease.keepaliveP99Ms} ms`);
-    log(`upserts of ${points} points in batches of ${batch}, dim ${dim}, each into a new collection after ${warmup} points not measured:`);
-    log(
-      table(
-        results.upsert.map((r) => ({
-          mode: r.mode,
-          index: r.index,
-          'points/s': r.pointsPerSec,
-          'ack p50 ms': r.ackP50Ms.toFixed(2),
-          'ack p99 ms': r.ackP99Ms.toFixed(2),
-          'CPU us/vector': r.cpuUsPerVector.toFixed(1),
-          'CPU us/vector/replica': r.cpuUsPerVectorPerReplica.toFixed(1),
-          'etcd us/vector': r.etcdUsPerVector?.toFixed(1) ?? '-',
-          'lag p50 ms': r.lagP50Ms?.toFixed(1) ?? '-',
-          'lag p99 ms': r.lagP99Ms?.toFixed(1) ?? '-',
-        })),
-      ),
-    );
-    for (const mode of [CLUSTER_ANY, CLUSTER_LEADERS]) {
-      for (const index of ['flat', 'hnsw']) {
-        const a = results.upsert.find((r) => r.mode === 'standalone' && r.index === index)!;
-        const c = results.upsert.find((r) => r.mode === mode && r.index === index)!;
-        log(`${index}, ${mode}: CPU per vector per replica, cluster / standalone = ${(c.cpuUsPerVectorPerReplica / a.cpuUsPerVector).toFixed(2)} (goal <= 1.25)`);
+  }
+  await stop(nodes);
+  log('');
+  log(`leases under those loads, no fault injected: leader changes ${lease.leaderChanges} (goal 0); 99% of etcd keepalives answered within ${lease.keepaliveP99Ms} ms`);
+  log(`upserts of ${points} points in batches of ${batch}, dim ${dim}, each into a new collection after ${warmup} points not measured, ${rounds} round(s):`);
+  log(
+    table(
+      out.map((r) => ({
+        round: r.round,
+        mode: r.mode,
+        index: r.index,
+        'points/s': r.pointsPerSec,
+        'ack p50 ms': r.ackP50Ms.toFixed(2),
+        'ack p99 ms': r.ackP99Ms.toFixed(2),
+        'CPU us/vector': r.cpuUsPerVector.toFixed(1),
+        'CPU us/vector/replica': r.cpuUsPerVectorPerReplica.toFixed(1),
+        'etcd us/vector': r.etcdUsPerVector?.toFixed(1) ?? '-',
+        'lag p50 ms': r.lagP50Ms?.toFixed(1) ?? '-',
+        'lag p99 ms': r.lagP99Ms?.toFixed(1) ?? '-',
+      })),
+    ),
+  );
+  for (const mode of [CLUSTER_ANY, CLUSTER_LEADERS]) {
+    for (const index of ['flat', 'hnsw']) {
+      const ratios: number[] = [];
+      for (let round = 1; round <= rounds; round++) {
+        const a = out.find((r) => r.round === round && r.mode === 'standalone' && r.index === index)!;
+        const c = out.find((r) => r.round === round && r.mode === mode && r.index === index)!;
+        ratios.push(c.cpuUsPerVectorPerReplica / a.cpuUsPerVector);
       }
+      const each = rounds > 1 ? ` (rounds: ${ratios.map((x) => x.toFixed(2)).join(', ')})` : '';
+      log(`${index}, ${mode}: CPU per vector per replica, cluster / standalone = ${median(ratios).toFixed(2)}${rounds > 1 ? ', median' : ''}${each} (goal <= 1.25)`);
     }
-    await stop(nodes);
   }
 }
 

@@ -20,7 +20,7 @@ import * as path from 'path';
 import { openDatabase } from '../src/query';
 import type { IndexSpec } from '../src/query/types';
 import { CommandSpec, intFlag, parseCommandLine, stringFlag } from '../src/common/args';
-import { pct, synthetic } from './datasets';
+import { median, pct, synthetic } from './datasets';
 import { machine, progress, table, writeJson } from './report';
 
 const USAGE = `usage: quiver bench snapshot [options]
@@ -202,11 +202,6 @@ export async function run(argv: string[]): Promise<number> {
   console.log(`\nmedians of the rounds (goal: write p99 x <= 2)\n`);
   console.log(table(medians));
   return 0;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 }
 
 function row(index: string, round: number, op: string, side: { outside: Latency; during: Latency }): Record<string, string | number> {
