@@ -113,6 +113,22 @@ describe('batches across shards', () => {
     expect(db.status().shards.map((s) => s.inDoubt)).toEqual([0, 0, 0]);
   });
 
+  it('a batch meeting ids held by parts in doubt (their driver gone) is tried again until the in-doubt timer aborts them, then applied', async () => {
+    const groups = idsOnShards(1);
+    const ids = [groups[0][0], groups[1][0]];
+    const part = (id: string) => ({ type: 'upsert' as const, op: { ids: [id], vectors: Float32Array.from([9, 9, 9, 9]), payloadJson: [JSON.stringify({ t: 9 })] } });
+    const gone = randomBytes(16).toString('hex');
+    await db.shard('c', 0).prepare(gone, 0, part(ids[0]), '', undefined);
+    await db.shard('c', 1).prepare(gone, 0, part(ids[1]), '', undefined);
+    await Promise.all([0, 1].map((s) => db.shard('c', s).delete(['absent']))); // applied after the prepares
+    expect(db.status().shards.map((s) => s.inDoubt)).toEqual([1, 1, 0]);
+    // Held past the default txnTimeoutMs (2 s), until the timer asks the coordinator, which aborts.
+    const r = await db.upsert('c', pts(ids, 5));
+    expect(r.upserted).toBe(2);
+    expect((await db.get('c', ids)).map((p) => p.payload)).toEqual([{ t: 5 }, { t: 5 }]);
+    expect(db.status().shards.map((s) => s.inDoubt)).toEqual([0, 0, 0]);
+  });
+
   it('a part in doubt is kept by a snapshot; at open it is applied if its coordinator committed, dropped if it decided nothing', async () => {
     const groups = idsOnShards(2);
     const s0 = db.shard('c', 0);

@@ -981,7 +981,7 @@ export class ClusterDatabase extends PointWrites implements Database {
    */
   private transact(c: ClusterCollection, parts: Map<number, TxnPart>, key: string, hash: Buffer | undefined, signal: AbortSignal | undefined): Promise<TxnAnswer> {
     const ports = new Map([...parts.keys()].map((s) => [s, this.txnPort(c, s, signal)]));
-    return runKeyed(c.txns, key, hash, () => runTransaction(parts, (s) => ports.get(s)!, key, hash, signal));
+    return runKeyed(c.txns, key, hash, () => runTransaction(parts, (s) => ports.get(s)!, key, hash, signal, this.opts.txnTimeoutMs ?? txnTimeoutMsDefault));
   }
 
   /**

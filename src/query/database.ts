@@ -678,7 +678,7 @@ export class LocalDatabase extends PointWrites implements Database {
     LocalDatabase.admit(c, key, hash, opts.signal);
     const parts = splitBatch(batch, c.spec.dim, c.spec.shards);
     if (parts.size > 1) {
-      const { count, token } = await LocalDatabase.transact(c, new Map([...parts].map(([s, op]) => [s, { type: 'upsert', op }])), key, hash, opts.signal);
+      const { count, token } = await this.transact(c, new Map([...parts].map(([s, op]) => [s, { type: 'upsert', op }])), key, hash, opts.signal);
       return { upserted: count, token };
     }
     const { count, token } = await writeByShard(parts, (s, part) => c.shards[s].upsert(part, key, hash));
@@ -692,7 +692,7 @@ export class LocalDatabase extends PointWrites implements Database {
     LocalDatabase.admit(c, key, hash, opts.signal);
     const parts = idsByShard(ids, c.spec.shards);
     if (parts.size > 1) {
-      const { count, token } = await LocalDatabase.transact(c, new Map([...parts].map(([s, g]) => [s, { type: 'delete', ids: g }])), key, hash, opts.signal);
+      const { count, token } = await this.transact(c, new Map([...parts].map(([s, g]) => [s, { type: 'delete', ids: g }])), key, hash, opts.signal);
       return { deleted: count, token };
     }
     const { count, token } = await writeByShard(parts, (s, g) => c.shards[s].delete(g, key, hash));
@@ -717,7 +717,7 @@ export class LocalDatabase extends PointWrites implements Database {
    * retry of a batch being written joins it, and one written before is answered from what each
    * shard remembers of the key (every participant remembers it once the batch is committed).
    */
-  private static transact(c: Collection, parts: Map<number, TxnPart>, key: string, hash: Buffer | undefined, signal: AbortSignal | undefined): Promise<TxnAnswer> {
+  private transact(c: Collection, parts: Map<number, TxnPart>, key: string, hash: Buffer | undefined, signal: AbortSignal | undefined): Promise<TxnAnswer> {
     return runKeyed(c.txns, key, hash, () => {
       // Committed before (every participant remembers the key): its first answer.
       const before = [...parts.keys()].map((s) => [s, hash ? c.shards[s].remembered(key) : undefined] as const);
@@ -730,7 +730,7 @@ export class LocalDatabase extends PointWrites implements Database {
         }
         return Promise.resolve({ count, token });
       }
-      return runTransaction(parts, (s) => c.shards[s], key, hash, signal);
+      return runTransaction(parts, (s) => c.shards[s], key, hash, signal, this.opts.txnTimeoutMs ?? txnTimeoutMsDefault);
     });
   }
 

@@ -24,8 +24,14 @@ import type { WriteToken } from './types';
 /** What the driver needs of a shard's leader (a local Shard, standalone). */
 export type TxnShard = Pick<Shard, 'prepare' | 'decide' | 'decisionOf' | 'resolve' | 'settled' | 'due'>;
 
-/** Attempts of a batch whose ids other batches held, before it is refused (UNAVAILABLE). */
-export const txnAttemptsMax = 50;
+/**
+ * How long a batch whose ids other batches hold is tried again, in txnTimeoutMs: a batch in doubt
+ * holds its ids until its shards' in-doubt timer (every txnTimeoutMs, for parts older than that)
+ * has its coordinator decide, so within about two of them; then UNAVAILABLE.
+ */
+const retryTimeouts = 3;
+/** The longest pause between two attempts, in ms (the pause doubles from 2 ms, at random below it). */
+const retryPauseMaxMs = 256;
 
 function isLockRefusal(r: PromiseSettledResult<unknown>): boolean {
   return r.status === 'rejected' && r.reason instanceof QuiverError && r.reason.details?.heldBy !== undefined;
@@ -41,9 +47,11 @@ export async function runTransaction(
   key: string,
   hash: Buffer | undefined,
   signal: AbortSignal | undefined,
+  txnTimeoutMs: number,
 ): Promise<TxnAnswer> {
   const shards = [...parts.keys()];
   const coordinator = shards[0];
+  const giveUpAt = performance.now() + retryTimeouts * txnTimeoutMs;
   for (let attempt = 1; ; attempt++) {
     signal?.throwIfAborted();
     const txn = randomBytes(txnIdBytes).toString('hex');
@@ -65,11 +73,11 @@ export async function runTransaction(
       return { count, token };
     }
     if (failed && !prepared.every((r) => r.status === 'fulfilled' || isLockRefusal(r))) throw failed.reason;
-    if (attempt === txnAttemptsMax) {
-      throw new QuiverError('UNAVAILABLE', `the batch's ids stayed held by other batches across shards through ${txnAttemptsMax} attempts; retry`);
+    if (performance.now() > giveUpAt) {
+      throw new QuiverError('UNAVAILABLE', `the batch's ids stayed held by other batches across shards through ${attempt} attempts in ${retryTimeouts * txnTimeoutMs} ms; retry`);
     }
     // Held by another batch (or aborted by its coordinator's timeout): a new attempt after a random pause.
-    await sleep(Math.random() * Math.min(2 ** attempt, 64));
+    await sleep(Math.random() * Math.min(2 ** attempt, retryPauseMaxMs));
   }
 }
 
