@@ -140,6 +140,19 @@ export class TestCluster {
     n.child = (await this.startNode(n.id, n.dir, args, n.uid)).child;
   }
 
+  /** Resolves once `via` sees every one of this cluster's nodes alive (registered under a live lease), e.g. after one was paused past its lease. */
+  async waitAlive(via: TestNode = this.nodes.find((n) => this.running(n))!): Promise<void> {
+    const want = this.nodes.map((n) => n.id).sort();
+    await waitFor(
+      async () => {
+        const r = await this.get(via.child.http, '/v1/cluster');
+        const alive = ((r.body?.nodes ?? []) as { id: string; alive: boolean }[]).filter((n) => n.alive).map((n) => n.id);
+        return want.every((id) => alive.includes(id));
+      },
+      `${want.join(', ')} alive`,
+    );
+  }
+
   async shards(via: TestNode, collection: string): Promise<ShardsReport> {
     const r = await this.get(via.child.http, `/v1/collections/${collection}/shards`);
     expect(r.status, JSON.stringify(r.body)).toBe(200);
