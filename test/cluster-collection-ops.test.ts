@@ -147,6 +147,7 @@ describe('collection operations in a cluster (real etcd, nodes and sidecars)', (
   it('backup through one node, restored in the cluster and on a standalone node, and back; a damaged backup makes nothing', async () => {
     const [n1, n2, n3] = cluster.nodes;
     const out = tempDir('quiver-cluster-backups-');
+    await cluster.waitAlive(n2); // the cluster restore's default factor, 3, needs all three (n3 was away above)
     const sdk = await cluster.client(n2);
     await sdk.createCollection({ name: 'bk', dim: DIM, shards: 3, replicationFactor: 2, index: { type: 'hnsw', efSearch: 40 } });
     await sdk.createPayloadIndex('bk', { field: 'n', type: 'integer' });
