@@ -13,7 +13,7 @@
  *             (which forwards the parts it does not lead), then each shard's part sent to its
  *             leader; points/s, ack latency p50/p99, and the CPU seconds of every process of the
  *             cluster (nodes and sidecars; etcd apart) from the first write until every replica
- *             applied the last, per acknowledged vector, per replica; --upsert-rounds rounds of
+ *             applied the last, per acknowledged vector, per replica (and the sidecars' part of it); --upsert-rounds rounds of
  *             every load, each round's cluster figures against that round's standalone, medians
  *   lag       then, in a pass of --points / 5 more (its poller's requests are not in the CPU
  *             figure): for sampled writes, the time from the ack until each follower applied it
@@ -179,6 +179,11 @@ function cpuOf(nodes: Node[]): number {
   return nodes.reduce((s, n) => s + cpuSeconds(n.proc.pid!) + (n.sidecar ? cpuSeconds(n.sidecar) : 0), 0);
 }
 
+/** CPU seconds of the sidecars alone. */
+function sidecarCpuOf(nodes: Node[]): number {
+  return nodes.reduce((s, n) => s + (n.sidecar ? cpuSeconds(n.sidecar) : 0), 0);
+}
+
 export function quantile(xs: number[], q: number): number {
   const s = [...xs].sort((a, b) => a - b);
   return s.length === 0 ? NaN : s[Math.min(s.length - 1, Math.floor(q * s.length))];
@@ -231,6 +236,8 @@ interface UpsertFigures {
   ackP99Ms: number;
   cpuUsPerVector: number;
   cpuUsPerVectorPerReplica: number;
+  /** The sidecars' part of cpuUsPerVectorPerReplica. */
+  sidecarUsPerVectorPerReplica: number;
   /** etcd's CPU over the same load, apart (not in cpuUsPerVector). */
   etcdUsPerVector?: number;
   lagP50Ms?: number;
@@ -331,6 +338,7 @@ async function upsertLoad(round: number, mode: string, nodes: Node[], index: 'fl
   const acks: number[] = [];
   const last: Record<string, number> = {};
   const cpu0 = cpuOf(nodes);
+  const sidecar0 = sidecarCpuOf(nodes);
   const etcd0 = etcdPid ? cpuSeconds(etcdPid) : 0;
   const t0 = performance.now();
   for (let b = 0; b * batch < points; b++) {
@@ -343,6 +351,7 @@ async function upsertLoad(round: number, mode: string, nodes: Node[], index: 'fl
   const secs = (performance.now() - t0) / 1000;
   if (replicas > 1) await allApplied(nodes[0], name, last);
   const cpu = cpuOf(nodes) - cpu0;
+  const sidecarCpu = sidecarCpuOf(nodes) - sidecar0;
   const etcdCpu = etcdPid ? cpuSeconds(etcdPid) - etcd0 : 0;
 
   // Lag, in a pass of its own (its poller's requests would count as the cluster's CPU): for a sample
@@ -390,6 +399,7 @@ async function upsertLoad(round: number, mode: string, nodes: Node[], index: 'fl
     ackP99Ms: quantile(acks, 0.99),
     cpuUsPerVector: perVector,
     cpuUsPerVectorPerReplica: perVector / replicas,
+    sidecarUsPerVectorPerReplica: (sidecarCpu / points / replicas) * 1e6,
     etcdUsPerVector: etcdPid ? (etcdCpu / points) * 1e6 : undefined,
     lagP50Ms: replicas > 1 ? quantile(lags, 0.5) : undefined,
     lagP99Ms: replicas > 1 ? quantile(lags, 0.99) : undefined,
@@ -554,6 +564,7 @@ async function upsertPart(
         'ack p99 ms': r.ackP99Ms.toFixed(2),
         'CPU us/vector': r.cpuUsPerVector.toFixed(1),
         'CPU us/vector/replica': r.cpuUsPerVectorPerReplica.toFixed(1),
+        'of it sidecars': r.mode === 'standalone' ? '-' : r.sidecarUsPerVectorPerReplica.toFixed(1),
         'etcd us/vector': r.etcdUsPerVector?.toFixed(1) ?? '-',
         'lag p50 ms': r.lagP50Ms?.toFixed(1) ?? '-',
         'lag p99 ms': r.lagP99Ms?.toFixed(1) ?? '-',
