@@ -118,6 +118,8 @@ describe('collection operations in a cluster (real etcd, nodes and sidecars)', (
     // Dropped again, through gRPC.
     await sdk.dropCollection('gone');
     for (const n of cluster.nodes) await waitFor(async () => !fs.existsSync(path.join(n.dir, 'shards', 'gone')), `${n.id} to remove gone again`);
+    // Renamed out of the way at once, then freed: nothing of it stays under shards/.
+    for (const n of cluster.nodes) await waitFor(async () => !fs.readdirSync(path.join(n.dir, 'shards')).some((d) => d.startsWith('.gone-')), `${n.id} to free what it renamed`);
   }, 200_000);
 
   it('a node away while collections are dropped: back, it removes the files of one dropped for good, and those of one made again at once (its map names the node) before it opens its replica of the new one', async () => {

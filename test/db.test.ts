@@ -85,6 +85,12 @@ describe('Database', () => {
     expect(await codeOf(() => db.describeCollection('a'))).toBe('NOT_FOUND');
     expect(await codeOf(db.dropCollection('a'))).toBe('NOT_FOUND');
     expect(await fsp.readdir(path.join(dir, 'wal'))).toEqual(['b']);
+    // What a crash in the middle of a drop leaves (its directory renamed, part freed) goes at the next open.
+    await fsp.mkdir(path.join(dir, 'wal', '.gone-a-0011aabb', '0'), { recursive: true });
+    await fsp.writeFile(path.join(dir, 'wal', '.gone-a-0011aabb', '0', '00000000000000000001.seg'), Buffer.alloc(64, 1));
+    await db.close();
+    db = await openDatabase({ dataDir: dir, snapshotIntervalMs: 0 });
+    expect(await fsp.readdir(path.join(dir, 'wal'))).toEqual(['b']);
     // Re-created under the same name: empty.
     await db.createCollection({ name: 'a', dim: DIM, index: { type: 'flat' } });
     expect(await db.count('a')).toBe(0);

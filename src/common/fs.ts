@@ -2,6 +2,7 @@
 import { promises as fsp } from 'fs';
 import type { FileHandle } from 'fs/promises';
 import * as path from 'path';
+import { randomBytes } from 'crypto';
 
 /**
  * fsyncs a directory, so that the names created, renamed or deleted in it survive a crash (a file's
@@ -46,15 +47,43 @@ export async function removeGradually(file: string, step = removeStepBytes): Pro
   await fsp.rm(file, { force: true });
 }
 
-/** Deletes directory `dir` and the files in it, each with removeGradually. */
+/** Deletes directory `dir` and everything under it, each file with removeGradually. What is gone meanwhile is no error. */
 export async function removeDirGradually(dir: string, step = removeStepBytes): Promise<void> {
-  let names: string[];
+  let entries: import('fs').Dirent[];
   try {
-    names = await fsp.readdir(dir);
+    entries = await fsp.readdir(dir, { withFileTypes: true });
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
     throw e;
   }
-  for (const name of names) if ((await fsp.lstat(path.join(dir, name))).isFile()) await removeGradually(path.join(dir, name), step);
+  for (const e of entries) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) await removeDirGradually(p, step);
+    else if (e.isFile()) await removeGradually(p, step);
+  }
   await fsp.rm(dir, { recursive: true, force: true });
 }
+
+/**
+ * Deletes directory `dir` by renaming it to `trash` first (in the same file system, a name its
+ * owner's recovery removes, e.g. one no collection can have), both parents fsynced, then freeing it
+ * with removeDirGradually: a crash midway leaves no half-freed file under the old name. Nothing
+ * there is no error.
+ */
+export async function removeDirRenamed(dir: string, trash: string): Promise<void> {
+  try {
+    await fsp.rename(dir, trash);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw e;
+  }
+  await fsyncDir(path.dirname(dir));
+  if (path.dirname(trash) !== path.dirname(dir)) await fsyncDir(path.dirname(trash));
+  await removeDirGradually(trash);
+}
+
+/** A name for a directory being removed (removeDirRenamed) that no collection can have: `.gone-<what>-<random>`. */
+export function trashName(what: string): string {
+  return `${TRASH_PREFIX}${what}-${randomBytes(4).toString('hex')}`;
+}
+export const TRASH_PREFIX = '.gone-';

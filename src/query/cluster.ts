@@ -28,6 +28,7 @@
 import * as fs from 'fs';
 import { promises as fsp } from 'fs';
 import * as path from 'path';
+import { removeDirRenamed, trashName } from '../common/fs';
 import { performance } from 'perf_hooks';
 import { QuiverError } from '../errors';
 import { ReadLevel, checkReadLevel, readOptionsOf } from '../common/read-options';
@@ -308,6 +309,8 @@ export class ClusterDatabase extends PointWrites implements Database {
   private readonly removing = new Map<ShardKey, Promise<void>>();
   /** Dropped collections being closed and removed (a replica of a collection of the same name opens only after). */
   private readonly removingCollection = new Map<string, Promise<void>>();
+  /** Names under shards/ of the directories being freed now (discard). */
+  private readonly discarding = new Set<string>();
   private closed = false;
   private readonly log: Log;
   /** Resolves the prepares in doubt on the shards this node leads (every txnTimeoutMs). */
@@ -451,7 +454,7 @@ export class ClusterDatabase extends PointWrites implements Database {
     const done = before
       .then(async () => {
         await (await slot?.opening.catch(() => null))?.close();
-        await fsp.rm(dir, { recursive: true, force: true });
+        await this.discard(dir, `${path.basename(path.dirname(dir))}-${path.basename(dir)}`);
         this.log.info('removed the replica: its map no longer names this node', { shard: key });
       })
       .catch((e: Error) => this.log.error('cannot remove the replica', { shard: key, err: e.message }))
@@ -463,6 +466,20 @@ export class ClusterDatabase extends PointWrites implements Database {
 
   private collectionDir(name: string): string {
     return path.join(this.dataDir, 'shards', name);
+  }
+
+  /**
+   * Removes `dir` under shards/: renamed at once to shards/.gone-<what>-<random> (a name no
+   * collection has: removeOrphans deletes one a crash left), then freed gradually (G10).
+   */
+  private async discard(dir: string, what: string): Promise<void> {
+    const trash = trashName(what);
+    this.discarding.add(trash);
+    try {
+      await removeDirRenamed(dir, path.join(this.dataDir, 'shards', trash));
+    } finally {
+      this.discarding.delete(trash);
+    }
   }
 
   /**
@@ -481,7 +498,7 @@ export class ClusterDatabase extends PointWrites implements Database {
       );
       if (held === c.createdAt) return;
       if (held !== null) {
-        await fsp.rm(dir, { recursive: true, force: true });
+        await this.discard(dir, c.spec.name);
         this.log.info('removed the replicas of an earlier collection of the same name', { collection: c.spec.name, createdAt: held });
       }
       await fsp.mkdir(dir, { recursive: true });
@@ -501,7 +518,7 @@ export class ClusterDatabase extends PointWrites implements Database {
       .catch(() => [] as string[])
       .then(async (dirs) => {
         for (const name of dirs) {
-          if (names.has(name) || this.collections.has(name) || this.removingCollection.has(name)) continue;
+          if (names.has(name) || this.collections.has(name) || this.removingCollection.has(name) || this.discarding.has(name)) continue;
           await fsp.rm(path.join(root, name), { recursive: true, force: true });
           this.log.info('removed the files of a collection that no longer exists', { collection: name });
         }
@@ -523,7 +540,7 @@ export class ClusterDatabase extends PointWrites implements Database {
     const done = (this.removingCollection.get(name) ?? Promise.resolve())
       .then(async () => {
         await Promise.all([...slots.map(async (slot) => (await slot.opening.catch(() => null))?.close()), ...keys.map((k) => this.removing.get(k))]);
-        await fsp.rm(this.collectionDir(name), { recursive: true, force: true });
+        await this.discard(this.collectionDir(name), name);
         this.log.info('removed the collection: it was dropped', { collection: name });
       })
       .catch((e: Error) => this.log.error('cannot remove the dropped collection', { collection: name, err: e.message }))

@@ -16,6 +16,7 @@ import { efMax } from '../native/limits';
 import { Shard, requestHash, requestHashOf, txnTimeoutMsDefault } from '../shard';
 import type { IndexQuery, PayloadChange, ShardHit, ShardOptions, ShardWrite, TxnPart, UpsertOp, WriteResult } from '../shard';
 import { deleteKeysMax } from '../common/limits';
+import { removeDirRenamed, trashName } from '../common/fs';
 import { checkPayload } from '../common/points';
 import { CatalogEntry, readCatalog, writeCatalog } from './catalog';
 import { checkBackupPath, copyOwnSnapshot, placeBackupShard, readBackup, writeBackup } from './backup';
@@ -567,8 +568,8 @@ export class LocalDatabase extends PointWrites implements Database {
       await this.saveCatalog(rest);
       this.collections.delete(name);
       await Promise.all(c.shards.map((s) => s.close({ snapshot: false })));
-      await fsp.rm(this.walDir(name), { recursive: true, force: true });
-      await fsp.rm(this.snapDir(name), { recursive: true, force: true });
+      // Renamed, then freed gradually (G10); what a crash leaves is an orphan the next open removes.
+      for (const root of ['wal', 'snapshots']) await removeDirRenamed(path.join(this.dataDir, root, name), path.join(this.dataDir, root, trashName(name)));
       this.opts.observer?.collectionDropped?.(name);
     });
   }
