@@ -71,15 +71,20 @@ export async function removeDirGradually(dir: string, step = removeStepBytes): P
  * there is no error.
  */
 export async function removeDirRenamed(dir: string, trash: string): Promise<void> {
+  if (await moveAside(dir, trash)) await removeDirGradually(trash);
+}
+
+/** The first step of removeDirRenamed: `dir` renamed to `trash`, both parents fsynced; false when there is no `dir`. */
+export async function moveAside(dir: string, trash: string): Promise<boolean> {
   try {
     await fsp.rename(dir, trash);
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
     throw e;
   }
   await fsyncDir(path.dirname(dir));
   if (path.dirname(trash) !== path.dirname(dir)) await fsyncDir(path.dirname(trash));
-  await removeDirGradually(trash);
+  return true;
 }
 
 /** A name for a directory being removed (removeDirRenamed) that no collection can have: `.gone-<what>-<random>`. */

@@ -16,7 +16,7 @@ import { efMax } from '../native/limits';
 import { Shard, requestHash, requestHashOf, txnTimeoutMsDefault } from '../shard';
 import type { IndexQuery, PayloadChange, ShardHit, ShardOptions, ShardWrite, TxnPart, UpsertOp, WriteResult } from '../shard';
 import { deleteKeysMax } from '../common/limits';
-import { removeDirRenamed, trashName } from '../common/fs';
+import { moveAside, removeDirGradually, trashName } from '../common/fs';
 import { checkPayload } from '../common/points';
 import { CatalogEntry, readCatalog, writeCatalog } from './catalog';
 import { checkBackupPath, copyOwnSnapshot, placeBackupShard, readBackup, writeBackup } from './backup';
@@ -553,13 +553,10 @@ export class LocalDatabase extends PointWrites implements Database {
     });
   }
 
-  dropCollection(name: string, opts: ChangeOptions = {}): Promise<void> {
-    try {
-      checkNotAliased(this.aliases, this.coll(name).spec.name);
-    } catch (e) {
-      return Promise.reject(e);
-    }
-    return this.serialize(async () => {
+  async dropCollection(name: string, opts: ChangeOptions = {}): Promise<void> {
+    checkNotAliased(this.aliases, this.coll(name).spec.name);
+    const trash: string[] = [];
+    await this.serialize(async () => {
       const c = this.coll(name);
       name = c.spec.name;
       checkNotAliased(this.aliases, name);
@@ -568,10 +565,14 @@ export class LocalDatabase extends PointWrites implements Database {
       await this.saveCatalog(rest);
       this.collections.delete(name);
       await Promise.all(c.shards.map((s) => s.close({ snapshot: false })));
-      // Renamed, then freed gradually (G10); what a crash leaves is an orphan the next open removes.
-      for (const root of ['wal', 'snapshots']) await removeDirRenamed(path.join(this.dataDir, root, name), path.join(this.dataDir, root, trashName(name)));
+      // Renamed here, freed gradually after the catalog's turn (G10); what a crash leaves is an orphan the next open removes.
+      for (const root of ['wal', 'snapshots']) {
+        const to = path.join(this.dataDir, root, trashName(name));
+        if (await moveAside(path.join(this.dataDir, root, name), to)) trash.push(to);
+      }
       this.opts.observer?.collectionDropped?.(name);
     });
+    for (const t of trash) await removeDirGradually(t);
   }
 
   createPayloadIndex(name: string, index: PayloadIndexSpec, opts: ChangeOptions = {}): Promise<CollectionInfo> {
