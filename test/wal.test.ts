@@ -6,7 +6,7 @@ import { QuiverError } from '../src/errors';
 import { EntryType, SEGMENT_HEADER_BYTES, Wal, WalEntry, crc32c, decodeEntry, encodeEntryParts, entryBodyBytesMax, keyBytesMax } from '../src/wal';
 import { crc32cJs, crc32cNativeMinBytes } from '../src/wal/crc32c';
 import { loadAddon } from '../src/native/addon';
-import { removeDirGradually, removeDirRenamed, removeGradually, trashName } from '../src/common/fs';
+import { moveAside, removeDirGradually, removeGradually, trashName } from '../src/common/fs';
 
 let dir: string;
 beforeEach(async () => {
@@ -126,15 +126,17 @@ describe('removeGradually', () => {
     expect(await fsp.readdir(dir)).toEqual([]);
   });
 
-  it('removeDirRenamed: a tree renamed at once, then freed; nothing there is no error', async () => {
+  it('moveAside, then removeDirGradually: a tree renamed at once, then freed; nothing there is no error', async () => {
     const tree = path.join(dir, 'c');
     await fsp.mkdir(path.join(tree, '0', 'wal'), { recursive: true });
     await fsp.writeFile(path.join(tree, '0', 'wal', '1.seg'), Buffer.alloc(3 * 1024 * 1024, 3));
     await fsp.writeFile(path.join(tree, 'collection.json'), '{}');
     const trash = path.join(dir, trashName('c'));
     expect(path.basename(trash)).toMatch(/^\.gone-c-[0-9a-f]{8}$/);
-    await removeDirRenamed(tree, trash);
-    await removeDirRenamed(tree, trash);
+    expect(await moveAside(tree, trash)).toBe(true);
+    expect(await fsp.readdir(dir)).toEqual([path.basename(trash)]);
+    await removeDirGradually(trash, 1024 * 1024);
+    expect(await moveAside(tree, trash)).toBe(false);
     expect(await fsp.readdir(dir)).toEqual([]);
   });
 });

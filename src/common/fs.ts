@@ -65,16 +65,10 @@ export async function removeDirGradually(dir: string, step = removeStepBytes): P
 }
 
 /**
- * Deletes directory `dir` by renaming it to `trash` first (in the same file system, a name its
- * owner's recovery removes, e.g. one no collection can have), both parents fsynced, then freeing it
- * with removeDirGradually: a crash midway leaves no half-freed file under the old name. Nothing
- * there is no error.
+ * Renames directory `dir` to `trash` (in the same file system, a name its owner's recovery removes,
+ * e.g. one no collection can have), both parents fsynced; false when there is no `dir`. Then
+ * removeDirGradually(trash) frees it: a crash midway leaves no half-freed file under the old name.
  */
-export async function removeDirRenamed(dir: string, trash: string): Promise<void> {
-  if (await moveAside(dir, trash)) await removeDirGradually(trash);
-}
-
-/** The first step of removeDirRenamed: `dir` renamed to `trash`, both parents fsynced; false when there is no `dir`. */
 export async function moveAside(dir: string, trash: string): Promise<boolean> {
   try {
     await fsp.rename(dir, trash);
@@ -87,7 +81,7 @@ export async function moveAside(dir: string, trash: string): Promise<boolean> {
   return true;
 }
 
-/** A name for a directory being removed (removeDirRenamed) that no collection can have: `.gone-<what>-<random>`. */
+/** A name for a directory moved aside to be removed that no collection can have: `.gone-<what>-<random>`. */
 export function trashName(what: string): string {
   return `${TRASH_PREFIX}${what}-${randomBytes(4).toString('hex')}`;
 }

@@ -28,7 +28,7 @@
 import * as fs from 'fs';
 import { promises as fsp } from 'fs';
 import * as path from 'path';
-import { removeDirRenamed, trashName } from '../common/fs';
+import { moveAside, removeDirGradually, trashName } from '../common/fs';
 import { performance } from 'perf_hooks';
 import { QuiverError } from '../errors';
 import { ReadLevel, checkReadLevel, readOptionsOf } from '../common/read-options';
@@ -469,17 +469,24 @@ export class ClusterDatabase extends PointWrites implements Database {
   }
 
   /**
-   * Removes `dir` under shards/: renamed at once to shards/.gone-<what>-<random> (a name no
-   * collection has: removeOrphans deletes one a crash left), then freed gradually (G10).
+   * Removes `dir` under shards/: renamed to shards/.gone-<what>-<random> (a name no collection has:
+   * removeOrphans deletes one a crash left), resolving then, and freed gradually after (G10), so a
+   * replica opening in its place does not wait for the freeing.
    */
   private async discard(dir: string, what: string): Promise<void> {
     const trash = trashName(what);
+    const to = path.join(this.dataDir, 'shards', trash);
     this.discarding.add(trash);
+    let moved = false;
     try {
-      await removeDirRenamed(dir, path.join(this.dataDir, 'shards', trash));
+      moved = await moveAside(dir, to);
     } finally {
-      this.discarding.delete(trash);
+      if (!moved) this.discarding.delete(trash);
     }
+    if (!moved) return;
+    removeDirGradually(to)
+      .catch((e: Error) => this.log.error('cannot free a removed directory', { dir: to, err: e.message }))
+      .finally(() => this.discarding.delete(trash));
   }
 
   /**
