@@ -216,7 +216,7 @@ describe('Shard', () => {
     const digest = await s.digest();
     await s.close({ snapshot: false });
     // A crash while the older was being removed, and one while a newer one was being written.
-    for (const left of [`gone-${'0'.repeat(19)}1`, `tmp-${meta.lsn + 5}-1`]) {
+    for (const left of [`.gone-${'0'.repeat(19)}1-0011aabb`, `tmp-${meta.lsn + 5}-1`]) {
       await fsp.mkdir(path.join(snapDir, left));
       await fsp.writeFile(path.join(snapDir, left, 'state.bin'), Buffer.alloc(100, 1));
     }

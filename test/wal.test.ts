@@ -239,9 +239,9 @@ describe('Wal', () => {
     const firstLsn = wal.firstLsn;
     await wal.close();
     // What a crash while the first segment was being freed leaves: part of it, under its new name.
-    await fsp.writeFile(path.join(dir, `${first}.gone`), body(7, 1000));
+    await fsp.writeFile(path.join(dir, `.gone-${first}-0011aabb`), body(7, 1000));
     wal = await Wal.open({ dir, segmentBytes: 4096 });
-    expect(await fsp.readdir(dir)).not.toContain(`${first}.gone`);
+    expect(await fsp.readdir(dir)).not.toContain(`.gone-${first}-0011aabb`);
     expect(wal.firstLsn).toBe(firstLsn);
     expect((await all(wal)).map((e) => e.lsn)).toEqual(Array.from({ length: 31 - firstLsn }, (_, i) => firstLsn + i));
     await wal.close();

@@ -81,7 +81,7 @@ export async function moveAside(dir: string, trash: string): Promise<boolean> {
   return true;
 }
 
-/** A name for a directory moved aside to be removed that no collection can have: `.gone-<what>-<random>`. */
+/** A name for a file or directory moved aside to be removed, that no collection, segment or snapshot has: `.gone-<what>-<random>`. */
 export function trashName(what: string): string {
   return `${TRASH_PREFIX}${what}-${randomBytes(4).toString('hex')}`;
 }

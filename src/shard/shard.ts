@@ -20,8 +20,9 @@
  *   snapshot: shared lock (searches go on, applies wait) -> capture at appliedLsn: the index's
  *             bytes (serialize: a copy at memory speed), the store's tables (vector chunks copy
  *             on write), the keys -> unlock -> encode in slices, tmp dir, fsync, rename -> drop
- *             older snapshots and WAL segments wholly below it (renamed, then freed gradually). Applies and searches wait only
- *             for the capture (a few ms for 20,000 x 128 HNSW points; `quiver bench snapshot`).
+ *             older snapshots and WAL segments wholly below it (renamed, then freed gradually).
+ *             Applies and searches wait only for the capture (a few ms for 20,000 x 128 HNSW
+ *             points; `quiver bench snapshot`).
  *   recovery: newest valid snapshot (older ones if it is damaged) -> WAL replay from its LSN + 1
  *             through the same apply code -> epoch-start entry (leader)
  *

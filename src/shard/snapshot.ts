@@ -32,7 +32,7 @@ import { promises as fsp } from 'fs';
 import * as path from 'path';
 import { setImmediate as nextTurn } from 'timers/promises';
 import { QuiverError } from '../errors';
-import { fsyncDir, removeDirGradually } from '../common/fs';
+import { TRASH_PREFIX, fsyncDir, moveAside, removeDirGradually, trashName } from '../common/fs';
 import { deserializeIndex } from '../native';
 import { crc32c } from '../wal/crc32c';
 import { PointStore } from './store';
@@ -270,19 +270,17 @@ export async function listSnapshots(parent: string): Promise<SnapshotMeta[]> {
   return out.sort((a, b) => b.lsn - a.lsn);
 }
 
-/** Deletes what a crash left under `parent`: snapshots half written (tmp-*) and half removed (gone-*). Only while no snapshot is being written or removed there. */
+/** Deletes what a crash left under `parent`: snapshots half written (tmp-*) and half removed (trashName). Only while no snapshot is being written or removed there. */
 export async function removeSnapshotLeftovers(parent: string): Promise<void> {
   for (const name of await names(parent)) {
-    if (name.startsWith('tmp-') || name.startsWith('gone-')) await fsp.rm(path.join(parent, name), { recursive: true, force: true });
+    if (name.startsWith('tmp-') || name.startsWith(TRASH_PREFIX)) await fsp.rm(path.join(parent, name), { recursive: true, force: true });
   }
 }
 
-/** Deletes snapshot `meta` under `parent`: renamed out of the list at once, its files freed gradually (removeGradually). */
+/** Deletes snapshot `meta` under `parent`: renamed out of the list at once, its files freed gradually. */
 export async function removeSnapshot(parent: string, meta: SnapshotMeta): Promise<void> {
-  const gone = path.join(parent, `gone-${path.basename(meta.dir)}`);
-  await fsp.rename(meta.dir, gone);
-  await fsyncDir(parent);
-  await removeDirGradually(gone);
+  const trash = path.join(parent, trashName(path.basename(meta.dir)));
+  if (await moveAside(meta.dir, trash)) await removeDirGradually(trash);
 }
 
 /** Reads a snapshot into `store`; returns its LSN, epoch, index bytes and keys. DATA_LOSS if damaged. */

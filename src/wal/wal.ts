@@ -20,7 +20,7 @@ import { promises as fsp } from 'fs';
 import type { FileHandle } from 'fs/promises';
 import * as path from 'path';
 import { QuiverError } from '../errors';
-import { fsyncDir, removeGradually } from '../common/fs';
+import { TRASH_PREFIX, fsyncDir, removeGradually, trashName } from '../common/fs';
 import { log } from '../common/log';
 import {
   ENTRY_HEADER_BYTES,
@@ -34,9 +34,6 @@ import {
   parseSegmentFileName,
   segmentFileName,
 } from './format';
-
-/** Appended to a segment's name while truncateBelow frees it; recovery removes such files. */
-const GONE_SUFFIX = '.gone';
 
 export interface WalOptions {
   /** The directory of this log's segments (created if missing). */
@@ -189,7 +186,8 @@ export class Wal {
 
   private async recover(commitHint: number, startLsn: number, mustExist: boolean): Promise<void> {
     const all = await fsp.readdir(this.dir);
-    for (const name of all) if (name.endsWith(GONE_SUFFIX)) await fsp.rm(path.join(this.dir, name), { force: true });
+    // Segments truncateBelow had renamed and not yet freed.
+    for (const name of all) if (name.startsWith(TRASH_PREFIX)) await fsp.rm(path.join(this.dir, name), { force: true });
     const names = all
       .map((name) => ({ name, lsn: parseSegmentFileName(name) }))
       .filter((x): x is { name: string; lsn: number } => x.lsn !== undefined)
@@ -570,7 +568,7 @@ export class Wal {
     while (this.segments.length > 1 && this.segments[0].lastLsn < lsn) {
       const s = this.segments.shift()!;
       // Renamed out of the log at once (recovery removes such a file), its bytes freed gradually.
-      gone.push(`${s.file}${GONE_SUFFIX}`);
+      gone.push(path.join(this.dir, trashName(path.basename(s.file))));
       await fsp.rename(s.file, gone[gone.length - 1]);
     }
     if (gone.length === 0) return 0;
