@@ -73,6 +73,8 @@ export interface EtcdCoordinatorOptions {
 
 const now = (): number => performance.now();
 const warnEveryMs = 10_000;
+/** The deadline of a node's first call to etcd, which connects (later unary calls get callTimeoutMs). */
+export const connectTimeoutMs = 10_000;
 
 /** The coordinator's view of a watched value; null for a value that is not JSON. */
 function changeOf(kv: IKeyValue, deleted: boolean): KeyChange | null {
@@ -234,7 +236,9 @@ export class EtcdCoordinator extends EventEmitter {
     }
     const c = new EtcdCoordinator(opts);
     try {
-      await c.client.maintenance.status({});
+      // The first call sets up the channel too (a loaded machine took 1.5 s to resolve 127.0.0.1):
+      // it gets connectTimeoutMs, not the per-call deadline. A refused connection still fails at once.
+      await c.client.maintenance.status({ deadline: Date.now() + connectTimeoutMs });
     } catch (e) {
       c.client.close();
       throw unavailable(`connect to ${opts.endpoints.join(',')}`, e);
