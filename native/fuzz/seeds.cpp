@@ -51,6 +51,24 @@ int main(int argc, char** argv) {
       ++written;
     }
   }
+  {
+    // An IVF-PQ index saved before training: a valid file whose index refuses searches.
+    qv::IndexOptions o;
+    o.dim = dim;
+    o.metric = qv::Metric::L2;
+    o.num = kinds.at("ivfpq");
+    std::unique_ptr<qv::Index> ix;
+    qv::Bytes b;
+    qv::Status st = qv::create_index("ivfpq", o, &ix);
+    if (st.is_ok()) st = ix->serialize(&b);
+    const std::string file = std::string(argv[1]) + "/ivfpq-untrained.qvi";
+    FILE* f = st.is_ok() ? std::fopen(file.c_str(), "wb") : nullptr;
+    if (!f || std::fwrite(b.data(), 1, b.size(), f) != b.size() || std::fclose(f) != 0) {
+      std::fprintf(stderr, "seeds: ivfpq untrained: %s\n", st.is_ok() ? file.c_str() : st.message().c_str());
+      return 1;
+    }
+    ++written;
+  }
   std::printf("seeds: %d files in %s\n", written, argv[1]);
   return 0;
 }
