@@ -176,7 +176,7 @@ function cpuSeconds(pid: number): number {
 }
 
 function cpuOf(nodes: Node[]): number {
-  return nodes.reduce((s, n) => s + cpuSeconds(n.proc.pid!) + (n.sidecar ? cpuSeconds(n.sidecar) : 0), 0);
+  return nodes.reduce((s, n) => s + cpuSeconds(n.proc.pid!), 0) + sidecarCpuOf(nodes);
 }
 
 /** CPU seconds of the sidecars alone. */

@@ -1,5 +1,6 @@
 /** File-system helpers shared by the WAL, snapshots and the catalog. */
 import { promises as fsp } from 'fs';
+import type { Dirent } from 'fs';
 import type { FileHandle } from 'fs/promises';
 import * as path from 'path';
 import { randomBytes } from 'crypto';
@@ -49,7 +50,7 @@ export async function removeGradually(file: string, step = removeStepBytes): Pro
 
 /** Deletes directory `dir` and everything under it, each file with removeGradually. What is gone meanwhile is no error. */
 export async function removeDirGradually(dir: string, step = removeStepBytes): Promise<void> {
-  let entries: import('fs').Dirent[];
+  let entries: Dirent[];
   try {
     entries = await fsp.readdir(dir, { withFileTypes: true });
   } catch (e) {
@@ -81,8 +82,10 @@ export async function moveAside(dir: string, trash: string): Promise<boolean> {
   return true;
 }
 
-/** A name for a file or directory moved aside to be removed, that no collection, segment or snapshot has: `.gone-<what>-<random>`. */
+/** How the name of something moved aside to be removed starts: no collection, segment or snapshot name does. */
+export const TRASH_PREFIX = '.gone-';
+
+/** A name for a file or directory moved aside to be removed: `.gone-<what>-<random>`. */
 export function trashName(what: string): string {
   return `${TRASH_PREFIX}${what}-${randomBytes(4).toString('hex')}`;
 }
-export const TRASH_PREFIX = '.gone-';

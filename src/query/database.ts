@@ -566,9 +566,9 @@ export class LocalDatabase extends PointWrites implements Database {
       this.collections.delete(name);
       await Promise.all(c.shards.map((s) => s.close({ snapshot: false })));
       // Renamed here, freed gradually after the catalog's turn (G10); what a crash leaves is an orphan the next open removes.
-      for (const root of ['wal', 'snapshots']) {
-        const to = path.join(this.dataDir, root, trashName(name));
-        if (await moveAside(path.join(this.dataDir, root, name), to)) trash.push(to);
+      for (const dir of [this.walDir(name), this.snapDir(name)]) {
+        const to = path.join(path.dirname(dir), trashName(name));
+        if (await moveAside(dir, to)) trash.push(to);
       }
       this.opts.observer?.collectionDropped?.(name);
     });

@@ -1140,7 +1140,7 @@ export class Shard {
 
   private async doSnapshot(): Promise<void> {
     const t0 = process.hrtime.bigint();
-    // The index is serialized under the lock into memory mapped and touched before it (G9).
+    // The index is serialized under the lock into memory mapped and touched before it (G10).
     if (this.indexBytesAtSnapshot > 0 && this.applied !== this.snapshotLsnValue) {
       await this.index.reserveSerialize(Math.ceil(this.indexBytesAtSnapshot * 1.1) + 1024 * 1024);
     }
