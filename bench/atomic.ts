@@ -13,8 +13,8 @@
  * with etcd (RF 3, majority), in the same run: the SDK sends an atomic batch whole to its
  * coordinator shard's leader, and each per-shard part to its shard's leader. The processes it
  * starts are stopped by pid.
- * Printed per target and way: points/s and ack latency p50/p99 over every round, and atomic /
- * per-shard. Writes JSON to bench/results/atomic.json (with --nodes, atomic-cluster.json).
+ * Printed per target and way: points/s, ack latency p50/p99 over every round, CPU per batch (every
+ * process of the target, etcd and this one) and the cores that kept busy, and atomic / per-shard. Writes JSON to bench/results/atomic.json (with --nodes, atomic-cluster.json).
  */
 import * as fs from 'fs';
 import * as os from 'os';
@@ -24,7 +24,7 @@ import { QuiverClient } from '../src/client';
 import { byShard } from '../src/common/placement';
 import type { IndexSpec, UpsertColumns } from '../src/query/types';
 import { CommandSpec, UsageError, intFlag, parseCommandLine, stringFlag } from '../src/common/args';
-import { Node, httpJson, serve, startNodes, stop } from './cluster';
+import { Node, cpuOf, cpuSeconds, httpJson, serve, startNodes, stop } from './cluster';
 import { pct, synthetic } from './datasets';
 import { EtcdServer } from './etcd-process';
 import { machine, progress, table, writeJson } from './report';
@@ -67,17 +67,25 @@ interface Options {
   rounds: number;
 }
 
-type Row = { way: Way; batches: number; 'points/s': number; 'ack p50 ms': number; 'ack p99 ms': number };
-type Ratio = { throughput: number; p50: number; p99: number };
+type Row = { way: Way; batches: number; 'points/s': number; 'ack p50 ms': number; 'ack p99 ms': number; 'CPU ms/batch': number; 'cores busy': number };
+type Ratio = { throughput: number; p50: number; p99: number; cpu: number };
+
+/** CPU seconds this process has used. */
+const ownCpu = (): number => {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1e6;
+};
 
 /**
- * The alternating rounds against one target: `write(way, batch)` writes a batch one way. Batch ids
- * cycle through 50,000 (so the collection stops growing), rows through a synthetic dataset.
+ * The alternating rounds against one target: `write(way, batch)` writes a batch one way; `cpu()`
+ * the CPU seconds every process of the target (and this one) has used so far. Batch ids cycle
+ * through 50,000 (so the collection stops growing), rows through a synthetic dataset.
  */
-async function measure(o: Options, target: string, write: (way: Way, cols: UpsertColumns & { ids: string[]; vectors: Float32Array }) => Promise<unknown>): Promise<{ rows: Row[]; ratio: Ratio }> {
+async function measure(o: Options, target: string, cpu: () => number, write: (way: Way, cols: UpsertColumns & { ids: string[]; vectors: Float32Array }) => Promise<unknown>): Promise<{ rows: Row[]; ratio: Ratio }> {
   const ds = synthetic({ nBase: 20_000, nQueries: 1, dim: o.dim, metric: 'l2' });
   const ack: Record<Way, number[]> = { atomic: [], 'per-shard': [] };
   const busyMs: Record<Way, number> = { atomic: 0, 'per-shard': 0 };
+  const cpuS: Record<Way, number> = { atomic: 0, 'per-shard': 0 };
   let next = 0;
   const batch = () => {
     const ids: string[] = [];
@@ -93,6 +101,7 @@ async function measure(o: Options, target: string, write: (way: Way, cols: Upser
     const way = WAYS[r % 2];
     progress(`${target}, round ${Math.floor(r / 2) + 1}/${o.rounds}: ${way}, ${o.writers} writers x ${o.batches} batches of ${o.batch}`);
     const start = now();
+    const cpu0 = cpu();
     await Promise.all(
       Array.from({ length: o.writers }, async () => {
         for (let b = 0; b < o.batches; b++) {
@@ -104,15 +113,17 @@ async function measure(o: Options, target: string, write: (way: Way, cols: Upser
       }),
     );
     busyMs[way] += now() - start;
+    cpuS[way] += cpu() - cpu0;
   }
   const rows = WAYS.map((way) => {
     const ms = [...ack[way]].sort((a, b) => a - b);
-    return { way, batches: ms.length, 'points/s': (ms.length * o.batch) / (busyMs[way] / 1000), 'ack p50 ms': pct(ms, 0.5), 'ack p99 ms': pct(ms, 0.99) };
+    return { way, batches: ms.length, 'points/s': (ms.length * o.batch) / (busyMs[way] / 1000), 'ack p50 ms': pct(ms, 0.5), 'ack p99 ms': pct(ms, 0.99), 'CPU ms/batch': (cpuS[way] * 1000) / ms.length, 'cores busy': cpuS[way] / (busyMs[way] / 1000) };
   });
   const ratio = {
     throughput: rows[0]['points/s'] / rows[1]['points/s'],
     p50: rows[0]['ack p50 ms'] / rows[1]['ack p50 ms'],
     p99: rows[0]['ack p99 ms'] / rows[1]['ack p99 ms'],
+    cpu: rows[0]['CPU ms/batch'] / rows[1]['CPU ms/batch'],
   };
   return { rows, ratio };
 }
@@ -129,7 +140,7 @@ function parts(o: Options, cols: { ids: string[]; vectors: Float32Array; payload
 function print(title: string, rows: Row[], ratio: Ratio): void {
   console.log(`\n${title}\n`);
   console.log(table(rows));
-  console.log(`\natomic / per-shard: throughput ${ratio.throughput.toFixed(3)}, ack p50 ${ratio.p50.toFixed(3)}, p99 ${ratio.p99.toFixed(3)}`);
+  console.log(`\natomic / per-shard: throughput ${ratio.throughput.toFixed(3)}, ack p50 ${ratio.p50.toFixed(3)}, p99 ${ratio.p99.toFixed(3)}, CPU per batch ${ratio.cpu.toFixed(3)}`);
 }
 
 export async function run(argv: string[]): Promise<number> {
@@ -156,7 +167,7 @@ export async function run(argv: string[]): Promise<number> {
   const name = 'atomic';
   try {
     await db.createCollection({ name, dim: o.dim, metric: 'l2', index: spec, shards: o.shards });
-    const { rows, ratio } = await measure(o, 'standalone', async (way, cols) => {
+    const { rows, ratio } = await measure(o, 'standalone', ownCpu, async (way, cols) => {
       if (way === 'atomic') await db.upsertColumns(name, cols);
       else await Promise.all(parts(o, cols).map((part) => db.upsertColumns(name, part)));
     });
@@ -188,7 +199,7 @@ async function throughSdk(o: Options, spec: IndexSpec, count: number, shape: str
     const points = (c: { ids: string[]; vectors: Float32Array; payloads: unknown[] }) =>
       c.ids.map((id, i) => ({ id, vector: c.vectors.subarray(i * o.dim, (i + 1) * o.dim), payload: c.payloads[i] as Record<string, unknown> }));
     try {
-      return await measure(o, target, async (way, cols) => {
+      return await measure(o, target, () => ownCpu() + cpuOf(targets) + (etcd?.pid === undefined ? 0 : cpuSeconds(etcd.pid)), async (way, cols) => {
         if (way === 'atomic') await client.upsert(name, points(cols));
         else await Promise.all(parts(o, cols).map((part) => client.upsert(name, points(part))));
       });

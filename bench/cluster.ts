@@ -165,7 +165,8 @@ function targetClient(p: Flags, target: string[] | undefined): Pick<ClientOption
   return { apiKey, tls: ca === undefined ? undefined : { ca: fs.readFileSync(ca) } };
 }
 
-function cpuSeconds(pid: number): number {
+/** CPU seconds (user + system) a process has used so far; 0 once it is gone. */
+export function cpuSeconds(pid: number): number {
   try {
     const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
@@ -175,7 +176,8 @@ function cpuSeconds(pid: number): number {
   }
 }
 
-function cpuOf(nodes: Node[]): number {
+/** CPU seconds of the nodes and their sidecars. */
+export function cpuOf(nodes: Node[]): number {
   return nodes.reduce((s, n) => s + cpuSeconds(n.proc.pid!), 0) + sidecarCpuOf(nodes);
 }
 

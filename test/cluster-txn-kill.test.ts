@@ -295,7 +295,10 @@ describe('batches across shards under kill -9 in a cluster (3 nodes, RF 3, major
         oldest = Math.max(oldest, ...shards.map((s) => s.inDoubtOldestMs));
         if (shards.every((s) => s.phase === 'active' && s.leader)) healthySince ??= Date.now();
         else healthySince = undefined;
-        cluster.lastSeen = JSON.stringify(shards.map(({ shard, leader, phase, inDoubt, inDoubtOldestMs }) => ({ shard, leader, phase, inDoubt, inDoubtOldestMs })));
+        // Each node reports its own replica's parts in doubt: name the node, so a failure says which replica held them.
+        cluster.lastSeen = JSON.stringify(
+          views.flatMap((v) => (v!.body.shards as ShardJson[]).filter((s) => s.collection === C).map(({ shard, leader, phase, inDoubt, inDoubtOldestMs }) => ({ node: v!.body.nodeId, shard, leader, phase, inDoubt, inDoubtOldestMs }))),
+        );
         if (inDoubt > 0 && healthySince !== undefined && Date.now() - healthySince > IN_DOUBT_MAX_MS) {
           throw new Error(`${round}: batches in doubt ${IN_DOUBT_MAX_MS} ms after every shard had a leader: ${cluster.lastSeen}`);
         }

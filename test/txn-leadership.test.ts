@@ -54,12 +54,33 @@ describe('transaction machine across leadership changes', () => {
     step({ type: 'prepareApplied', txn: U, lsn: 2, coordinator: 0, ids: ['z'], now: 0 });
     expect(step({ type: 'decideAsked', txn: U, outcome: 'commit' })).toEqual([{ type: 'logDecision', txn: U, outcome: 'commit' }]);
     step({ type: 'leadershipLost' });
-    expect([...s.locks]).toEqual([['z', U]]); // in doubt (applied): held on every replica
+    expect(s.locks.size).toBe(0); // a follower is never asked to prepare: it keeps no lock
+    expect([...s.inDoubt.keys()]).toEqual([U]); // the part in doubt (applied) stays
     expect(s.pending.size + s.deciding.size + s.resolving.size).toBe(0);
+    // Leading again, its part in doubt holds its ids, and it learns from its log whether the decision it was logging is there.
+    step({ type: 'leadershipGained' });
+    expect([...s.locks]).toEqual([['z', U]]);
     expect(step({ type: 'prepareAsked', txn: 'c'.repeat(32), ids: ['x'], now: 1 })).toEqual([{ type: 'logPrepare', txn: 'c'.repeat(32) }]);
-    // Leading again, it learns from its log whether the decision it was logging is there.
+    expect(step({ type: 'prepareAsked', txn: 'd'.repeat(32), ids: ['z'], now: 1 })).toEqual([{ type: 'refuse', txn: 'd'.repeat(32), heldBy: U, id: 'z' }]);
     step({ type: 'logFound', txn: U, entry: { kind: 'decision', outcome: 'commit' }, now: 2 });
     expect(step({ type: 'decideAsked', txn: U, outcome: 'abort' })).toEqual([]);
+  });
+
+  it('a follower keeps no lock; once it leads, its parts in doubt and the prepares found in its tail hold their ids until resolved', () => {
+    const s = initTxn(1, timeoutMs, 100, false);
+    const step = (e: TxnEvent): TxnAction[] => stepTxn(s, e).actions;
+    step({ type: 'prepareApplied', txn: T, lsn: 1, coordinator: 0, ids: ['x', 'y'], now: 0 });
+    expect(s.locks.size).toBe(0);
+    step({ type: 'leadershipGained' });
+    step({ type: 'logFound', txn: U, entry: { kind: 'prepare', ids: ['z'] }, now: 1 });
+    expect(step({ type: 'prepareAsked', txn: 'c'.repeat(32), ids: ['w', 'y'], now: 2 })).toEqual([{ type: 'refuse', txn: 'c'.repeat(32), heldBy: T, id: 'y' }]);
+    expect(step({ type: 'prepareAsked', txn: 'c'.repeat(32), ids: ['z'], now: 2 })).toEqual([{ type: 'refuse', txn: 'c'.repeat(32), heldBy: U, id: 'z' }]);
+    // The found prepare applies (its ids stay held), then both resolve: every id free.
+    step({ type: 'prepareApplied', txn: U, lsn: 2, coordinator: 0, ids: ['z'], now: 3 });
+    expect(s.locks.get('z')).toBe(U);
+    expect(step({ type: 'resolutionApplied', txn: T, outcome: 'commit' })).toEqual([{ type: 'applyPart', txn: T, lsn: 1 }]);
+    expect(step({ type: 'resolutionApplied', txn: U, outcome: 'abort' })).toEqual([{ type: 'dropPart', txn: U, lsn: 2 }]);
+    expect(s.locks.size).toBe(0);
   });
 
   it('a prepare asked again of a shard holding it is refused like a lock (the batch retries as a new one)', () => {

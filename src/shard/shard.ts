@@ -274,7 +274,8 @@ export class Shard {
 
   private constructor(opts: ShardOptions) {
     this.opts = opts;
-    this.txn = initTxn(opts.shard ?? 0, opts.txnTimeoutMs ?? txnTimeoutMsDefault, opts.keysMax ?? 100_000);
+    // A cluster replica (follower: true) keeps locks only while it leads (leadTxns).
+    this.txn = initTxn(opts.shard ?? 0, opts.txnTimeoutMs ?? txnTimeoutMsDefault, opts.keysMax ?? 100_000, !opts.follower);
     this.store = new PointStore(opts.dim, false); // an empty index (flat or HNSW) keeps the vectors
   }
 
@@ -663,12 +664,15 @@ export class Shard {
   }
 
   /**
-   * A replica starting to lead: the transaction entries of its log up to `toLsn` not yet applied
-   * are being logged (prepares hold their ids, a decision is known). In the apply order, so that an
-   * entry applied meanwhile is counted once; `leading()` false (it stopped leading since) ends it.
+   * A replica starting to lead: its parts in doubt hold their ids, and the transaction entries of
+   * its log up to `toLsn` not yet applied are being logged (prepares hold their ids, a decision is
+   * known). In the apply order, so that an entry applied meanwhile is counted once; `leading()`
+   * false (it stopped leading since) ends it.
    */
   leadTxns(toLsn: number, leading: () => boolean): Promise<void> {
     return this.enqueue(async () => {
+      if (!leading()) return;
+      this.stepTxn({ type: 'leadershipGained' });
       await this.wal.flush();
       const to = Math.min(toLsn, this.wal.durableLsn);
       if (to <= this.applied) return;

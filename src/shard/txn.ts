@@ -26,10 +26,12 @@
  *   when asked with `now: Infinity` (standalone recovery: whoever drove the batch died with the
  *   process). A participant never decides alone.
  *
- *   In a cluster the "being logged" state (pending, deciding, resolving) is the leader's: a replica
- *   that stops leading forgets it (leadershipLost: its tail may be cut), and one that starts
- *   leading rebuilds it from the entries of its log not yet applied (logFound), so a decision in
- *   its log, committed or not, is known before it answers anyone.
+ *   In a cluster the "being logged" state (pending, deciding, resolving) and the locks are the
+ *   leader's: a replica that stops leading forgets them (leadershipLost: its tail may be cut; only
+ *   a leader is asked to prepare, so a follower keeps no lock), and one that starts leading locks
+ *   the ids of its parts in doubt (leadershipGained) and rebuilds the rest from the entries of its
+ *   log not yet applied (logFound), so a decision in its log, committed or not, is known before it
+ *   answers anyone.
  *
  * Invariant: for each transaction, the outcome every participant applies is the one decision its
  * coordinator logged (at most one decision is ever logged: decideAsked and decisionAsked answer a
@@ -64,7 +66,9 @@ export interface TxnState {
   readonly timeoutMs: number;
   /** Decisions remembered (oldest forgotten first). */
   readonly decisionsMax: number;
-  /** id -> the transaction whose prepare holds it (asked or in doubt). */
+  /** Whether this replica leads (standalone: always): only a leader keeps locks. */
+  leading: boolean;
+  /** id -> the transaction whose prepare holds it (asked or in doubt); empty while not leading. */
   locks: Map<string, string>;
   /** Prepares asked and not yet applied: their ids and when they were asked. */
   pending: Map<string, { ids: readonly string[]; since: number }>;
@@ -97,8 +101,10 @@ export type TxnEvent =
   | { type: 'tick'; now: number }
   /** Leader: a decision or resolution asked of the log was refused before it was appended. */
   | { type: 'logFailed'; txn: string; role: 'decision' | 'resolution' }
-  /** A cluster replica stops leading: what it was logging may be cut from its log. */
+  /** A cluster replica stops leading: what it was logging may be cut from its log; it keeps no lock. */
   | { type: 'leadershipLost' }
+  /** A cluster replica starts leading (before the logFound of its log's tail): its parts in doubt hold their ids. */
+  | { type: 'leadershipGained' }
   /** A cluster replica starts leading: an entry of its log not yet applied, in log order. */
   | { type: 'logFound'; txn: string; entry: { kind: 'prepare'; ids: readonly string[] } | { kind: 'decision'; outcome: TxnOutcome } | { kind: 'resolution' }; now: number };
 
@@ -114,11 +120,17 @@ export type TxnAction =
   | { type: 'dropPart'; txn: string; lsn: number }
   | { type: 'askCoordinator'; txn: string; coordinator: number };
 
-export function initTxn(shard: number, timeoutMs: number, decisionsMax: number): TxnState {
-  return { shard, timeoutMs, decisionsMax, locks: new Map(), pending: new Map(), inDoubt: new Map(), decisions: new Map(), deciding: new Map(), resolving: new Set() };
+/** `leading` false for a cluster replica, which leads only once leadershipGained. */
+export function initTxn(shard: number, timeoutMs: number, decisionsMax: number, leading = true): TxnState {
+  return { shard, timeoutMs, decisionsMax, leading, locks: new Map(), pending: new Map(), inDoubt: new Map(), decisions: new Map(), deciding: new Map(), resolving: new Set() };
+}
+
+function lock(s: TxnState, txn: string, ids: readonly string[]): void {
+  for (const id of ids) s.locks.set(id, txn);
 }
 
 function unlock(s: TxnState, txn: string, ids: readonly string[]): void {
+  if (s.locks.size === 0) return;
   for (const id of ids) if (s.locks.get(id) === txn) s.locks.delete(id);
 }
 
@@ -155,7 +167,7 @@ export function stepTxn(s: TxnState, e: TxnEvent): { state: TxnState; actions: T
         const holder = s.locks.get(id);
         if (holder !== undefined && holder !== e.txn) return { state: s, actions: [{ type: 'refuse', txn: e.txn, heldBy: holder, id }] };
       }
-      for (const id of e.ids) s.locks.set(id, e.txn);
+      lock(s, e.txn, e.ids);
       s.pending.set(e.txn, { ids: e.ids, since: e.now });
       actions.push({ type: 'logPrepare', txn: e.txn });
       break;
@@ -167,8 +179,8 @@ export function stepTxn(s: TxnState, e: TxnEvent): { state: TxnState; actions: T
       break;
     }
     case 'prepareApplied': {
-      s.pending.delete(e.txn);
-      for (const id of e.ids) s.locks.set(id, e.txn);
+      // A leader's pending prepare locked these ids when it was asked (or found); a follower keeps no lock.
+      if (!s.pending.delete(e.txn) && s.leading) lock(s, e.txn, e.ids);
       s.inDoubt.set(e.txn, { lsn: e.lsn, coordinator: e.coordinator, ids: e.ids, since: e.now, askedAt: e.now });
       // A coordinator that aborted before its own prepare applied (asked after a timeout) drops it here.
       const decided = e.coordinator === s.shard ? s.decisions.get(e.txn) : undefined;
@@ -220,15 +232,20 @@ export function stepTxn(s: TxnState, e: TxnEvent): { state: TxnState; actions: T
       else s.resolving.delete(e.txn);
       break;
     case 'leadershipLost':
-      for (const [txn, p] of s.pending) unlock(s, txn, p.ids);
+      s.leading = false;
+      s.locks.clear();
       s.pending.clear();
       s.deciding.clear();
       s.resolving.clear();
       break;
+    case 'leadershipGained':
+      s.leading = true;
+      for (const [txn, d] of s.inDoubt) lock(s, txn, d.ids);
+      break;
     case 'logFound': {
       const x = e.entry;
       if (x.kind === 'prepare') {
-        for (const id of x.ids) s.locks.set(id, e.txn);
+        lock(s, e.txn, x.ids);
         s.pending.set(e.txn, { ids: x.ids, since: e.now });
       } else if (x.kind === 'decision') {
         if (!s.decisions.has(e.txn)) s.deciding.set(e.txn, x.outcome);
