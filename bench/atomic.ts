@@ -14,7 +14,8 @@
  * coordinator shard's leader, and each per-shard part to its shard's leader. The processes it
  * starts are stopped by pid.
  * Printed per target and way: points/s, ack latency p50/p99 over every round, CPU per batch (every
- * process of the target, etcd and this one) and the cores that kept busy, and atomic / per-shard. Writes JSON to bench/results/atomic.json (with --nodes, atomic-cluster.json).
+ * process of the target, etcd and this one; through the SDK also split into nodes, sidecars, and
+ * etcd with this client) and the cores that kept busy, and atomic / per-shard. Writes JSON to bench/results/atomic.json (with --nodes, atomic-cluster.json).
  */
 import * as fs from 'fs';
 import * as os from 'os';
@@ -24,7 +25,7 @@ import { QuiverClient } from '../src/client';
 import { byShard } from '../src/common/placement';
 import type { IndexSpec, UpsertColumns } from '../src/query/types';
 import { CommandSpec, UsageError, intFlag, parseCommandLine, stringFlag } from '../src/common/args';
-import { Node, cpuOf, cpuSeconds, httpJson, serve, startNodes, stop } from './cluster';
+import { Node, cpuOf, cpuSeconds, httpJson, serve, sidecarCpuOf, startNodes, stop } from './cluster';
 import { pct, synthetic } from './datasets';
 import { EtcdServer } from './etcd-process';
 import { machine, progress, table, writeJson } from './report';
@@ -67,7 +68,9 @@ interface Options {
   rounds: number;
 }
 
-type Row = { way: Way; batches: number; 'points/s': number; 'ack p50 ms': number; 'ack p99 ms': number; 'CPU ms/batch': number; 'cores busy': number };
+type Row = { way: Way; batches: number; 'points/s': number; 'ack p50 ms': number; 'ack p99 ms': number; 'CPU ms/batch': number; 'cores busy': number } & Record<string, number | string>;
+/** CPU seconds used so far, by part of the target (e.g. nodes, sidecars, the rest). */
+type CpuParts = () => Record<string, number>;
 type Ratio = { throughput: number; p50: number; p99: number; cpu: number };
 
 /** CPU seconds this process has used. */
@@ -78,14 +81,15 @@ const ownCpu = (): number => {
 
 /**
  * The alternating rounds against one target: `write(way, batch)` writes a batch one way; `cpu()`
- * the CPU seconds every process of the target (and this one) has used so far. Batch ids cycle
+ * the CPU seconds every process of the target (and this one) has used so far, by part (each part
+ * gets a column of its CPU ms per batch when there are several). Batch ids cycle
  * through 50,000 (so the collection stops growing), rows through a synthetic dataset.
  */
-async function measure(o: Options, target: string, cpu: () => number, write: (way: Way, cols: UpsertColumns & { ids: string[]; vectors: Float32Array }) => Promise<unknown>): Promise<{ rows: Row[]; ratio: Ratio }> {
+async function measure(o: Options, target: string, cpu: CpuParts, write: (way: Way, cols: UpsertColumns & { ids: string[]; vectors: Float32Array }) => Promise<unknown>): Promise<{ rows: Row[]; ratio: Ratio }> {
   const ds = synthetic({ nBase: 20_000, nQueries: 1, dim: o.dim, metric: 'l2' });
   const ack: Record<Way, number[]> = { atomic: [], 'per-shard': [] };
   const busyMs: Record<Way, number> = { atomic: 0, 'per-shard': 0 };
-  const cpuS: Record<Way, number> = { atomic: 0, 'per-shard': 0 };
+  const cpuS: Record<Way, Record<string, number>> = { atomic: {}, 'per-shard': {} };
   let next = 0;
   const batch = () => {
     const ids: string[] = [];
@@ -113,11 +117,15 @@ async function measure(o: Options, target: string, cpu: () => number, write: (wa
       }),
     );
     busyMs[way] += now() - start;
-    cpuS[way] += cpu() - cpu0;
+    for (const [k, v] of Object.entries(cpu())) cpuS[way][k] = (cpuS[way][k] ?? 0) + v - cpu0[k];
   }
   const rows = WAYS.map((way) => {
     const ms = [...ack[way]].sort((a, b) => a - b);
-    return { way, batches: ms.length, 'points/s': (ms.length * o.batch) / (busyMs[way] / 1000), 'ack p50 ms': pct(ms, 0.5), 'ack p99 ms': pct(ms, 0.99), 'CPU ms/batch': (cpuS[way] * 1000) / ms.length, 'cores busy': cpuS[way] / (busyMs[way] / 1000) };
+    const parts = Object.entries(cpuS[way]);
+    const total = parts.reduce((a, [, v]) => a + v, 0);
+    const row: Row = { way, batches: ms.length, 'points/s': (ms.length * o.batch) / (busyMs[way] / 1000), 'ack p50 ms': pct(ms, 0.5), 'ack p99 ms': pct(ms, 0.99), 'CPU ms/batch': (total * 1000) / ms.length, 'cores busy': total / (busyMs[way] / 1000) };
+    if (parts.length > 1) for (const [k, v] of parts) row[`${k} ms`] = (v * 1000) / ms.length;
+    return row;
   });
   const ratio = {
     throughput: rows[0]['points/s'] / rows[1]['points/s'],
@@ -167,7 +175,7 @@ export async function run(argv: string[]): Promise<number> {
   const name = 'atomic';
   try {
     await db.createCollection({ name, dim: o.dim, metric: 'l2', index: spec, shards: o.shards });
-    const { rows, ratio } = await measure(o, 'standalone', ownCpu, async (way, cols) => {
+    const { rows, ratio } = await measure(o, 'standalone', () => ({ process: ownCpu() }), async (way, cols) => {
       if (way === 'atomic') await db.upsertColumns(name, cols);
       else await Promise.all(parts(o, cols).map((part) => db.upsertColumns(name, part)));
     });
@@ -199,7 +207,11 @@ async function throughSdk(o: Options, spec: IndexSpec, count: number, shape: str
     const points = (c: { ids: string[]; vectors: Float32Array; payloads: unknown[] }) =>
       c.ids.map((id, i) => ({ id, vector: c.vectors.subarray(i * o.dim, (i + 1) * o.dim), payload: c.payloads[i] as Record<string, unknown> }));
     try {
-      return await measure(o, target, () => ownCpu() + cpuOf(targets) + (etcd?.pid === undefined ? 0 : cpuSeconds(etcd.pid)), async (way, cols) => {
+      const cpu = () => {
+      const sidecars = sidecarCpuOf(targets);
+      return { nodes: cpuOf(targets) - sidecars, sidecars, 'etcd+client': ownCpu() + (etcd?.pid === undefined ? 0 : cpuSeconds(etcd.pid)) };
+    };
+    return await measure(o, target, cpu, async (way, cols) => {
         if (way === 'atomic') await client.upsert(name, points(cols));
         else await Promise.all(parts(o, cols).map((part) => client.upsert(name, points(part))));
       });

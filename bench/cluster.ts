@@ -182,7 +182,7 @@ export function cpuOf(nodes: Node[]): number {
 }
 
 /** CPU seconds of the sidecars alone. */
-function sidecarCpuOf(nodes: Node[]): number {
+export function sidecarCpuOf(nodes: Node[]): number {
   return nodes.reduce((s, n) => s + (n.sidecar ? cpuSeconds(n.sidecar) : 0), 0);
 }
 
