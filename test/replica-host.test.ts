@@ -343,6 +343,47 @@ describe('snapshot transfer', () => {
   });
 });
 
+describe('snapshot install over an old log', () => {
+  it("a follower far behind installs a snapshot: its old log and snapshots are moved aside, then freed while it runs; what a crash left aside is freed at open", async () => {
+    const small = { retainBytesMax: 1, segmentBytes: 4096, snapshotChunkBytes: 1 << 20 };
+    const a = await cluster(small);
+    let r = await a.upsert(batch(0, 100));
+    await allApplied(r.lsn);
+    const dir = path.join(root, 'c');
+    await hosts.get('c')!.shard.snapshot(); // c holds a snapshot and segments after it
+    const lastBefore = hosts.get('c')!.shard.log.lastLsn;
+    await hosts.get('c')!.close();
+    hosts.delete('c');
+    const oldSnapshots = await fsp.readdir(path.join(dir, 'snapshots'));
+    const oldSegments = (await fsp.readdir(path.join(dir, 'wal'))).filter((n) => n.endsWith('.seg'));
+    expect(oldSnapshots.length).toBe(1);
+    expect(oldSegments.length).toBeGreaterThan(0);
+    for (let i = 100; i < 400; i += 20) r = await a.upsert(batch(i, 20));
+    await a.shard.snapshot(); // drops the segments c lacks: c can only catch up by snapshot
+    // What an install cut short by a crash would have left aside.
+    await fsp.mkdir(path.join(dir, '.gone-wal-0badc0de'));
+    await fsp.writeFile(path.join(dir, '.gone-wal-0badc0de', '00000000000000000001.seg'), Buffer.alloc(3 << 20, 7));
+    const c = await open('c', small);
+    c.onLease(Date.now() + 600_000);
+    c.onMap(MAP);
+    await allApplied(r.lsn);
+    expect(c.shard.log.firstLsn).toBeGreaterThan(lastBefore + 1); // its log starts after the installed snapshot
+    expect(c.shard.count).toBe(400);
+    expect(await c.digest()).toBe(await a.digest());
+    const names = async (d: string) => fsp.readdir(d).catch(() => [] as string[]);
+    const end = Date.now() + 10_000;
+    while ((await names(dir)).some((n) => n.startsWith('.gone-'))) {
+      if (Date.now() > end) throw new Error(`still aside after 10 s: ${(await names(dir)).join(', ')}`);
+      await new Promise((res) => setTimeout(res, 5));
+    }
+    expect((await names(path.join(dir, 'snapshots'))).filter((n) => oldSnapshots.includes(n))).toEqual([]);
+    expect((await names(path.join(dir, 'wal'))).filter((n) => oldSegments.includes(n))).toEqual([]);
+    const r2 = await a.upsert(batch(400, 10));
+    await allApplied(r2.lsn);
+    await expectSame(r2.lsn);
+  });
+});
+
 describe('learners', () => {
   it('a learner gets a snapshot and the WAL without voting, says when it has caught up, and votes once swapped in; a transfer to a learner dropped from the map ends', async () => {
     const small = { retainBytesMax: 1, segmentBytes: 4096, snapshotChunkBytes: 1024 };

@@ -19,7 +19,7 @@ import * as path from 'path';
 import { MessageInitShape, create, fromBinary, toBinary } from '@bufbuild/protobuf';
 import { BinaryWriter, WireType } from '@bufbuild/protobuf/wire';
 import { QuiverError } from '../errors';
-import { fsyncDir } from '../common/fs';
+import { TRASH_PREFIX, fsyncDir, moveAside, removeDirGradually, trashName } from '../common/fs';
 import { Shard, ShardOptions, ShardWrite, TxnPart, WriteResult, lockRefusal } from '../shard/shard';
 import { TxnOutcome, UpsertOp, requestHash } from '../shard/codec';
 import { listSnapshots, snapshotDirName, writeFileSynced } from '../shard/snapshot';
@@ -388,6 +388,8 @@ export class ReplicaHost extends EventEmitter {
     const installing = await fsp.readFile(path.join(opts.dir, INSTALL_FILE), 'utf8').catch(() => null);
     if (installing !== null) await finishInstall(opts.dir, Number(installing));
     h.shardValue = await h.openShard(installing === null && (opts.shardOptions.existing ?? false));
+    // What an install moved aside and a crash left unfreed (and what the install above moved).
+    h.freeTrash((await fsp.readdir(opts.dir)).filter((n) => n.startsWith(TRASH_PREFIX)).map((n) => path.join(opts.dir, n)));
     const wal = h.shardValue.log;
     const st = h.shardValue.status();
     h.state = initReplica(opts.self, h.config, {
@@ -1012,13 +1014,27 @@ export class ReplicaHost extends EventEmitter {
     await this.shardValue.close({ snapshot: false });
     await writeFileSynced(path.join(this.opts.dir, INSTALL_FILE), [Buffer.from(String(lsn))]);
     await fsyncDir(this.opts.dir);
-    await finishInstall(this.opts.dir, lsn);
+    const trash = await finishInstall(this.opts.dir, lsn);
     this.shardValue = await this.openShard(false);
+    this.freeTrash(trash);
+  }
+
+  /** Frees what an install moved aside, gradually and in the background (G10): the shard is open meanwhile. */
+  private freeTrash(dirs: string[]): void {
+    (async () => {
+      for (const d of dirs) await removeDirGradually(d);
+    })().catch((e: Error) => this.log.error('cannot free what a snapshot install replaced', { err: e.message }));
   }
 }
 
-/** Moves received/<lsn> into snapshots/ (unless done), drops the other snapshots and every WAL segment, then the marker. */
-async function finishInstall(dir: string, lsn: number): Promise<void> {
+/**
+ * Moves received/<lsn> into snapshots/ (unless done), moves the other snapshots and the WAL
+ * directory aside (to `<dir>/.gone-*`, replaced by an empty one), then removes the marker. Answers
+ * what it moved aside, for the caller to free gradually once the shard is open again (G10: freeing
+ * a large log at once stalls every fsync on the disk, the other shards' too); a crash leaves
+ * `.gone-*` directories that the next open frees.
+ */
+async function finishInstall(dir: string, lsn: number): Promise<string[]> {
   const received = path.join(dir, 'received', snapshotDirName(lsn));
   const snapDir = path.join(dir, 'snapshots');
   const walDir = path.join(dir, 'wal');
@@ -1030,11 +1046,16 @@ async function finishInstall(dir: string, lsn: number): Promise<void> {
     await fsp.rename(received, final);
     await fsyncDir(snapDir);
   }
-  for (const s of await listSnapshots(snapDir)) if (s.lsn !== lsn) await fsp.rm(s.dir, { recursive: true, force: true });
+  const trash: string[] = [];
+  const aside = async (from: string, what: string): Promise<void> => {
+    const to = path.join(dir, trashName(what));
+    if (await moveAside(from, to)) trash.push(to);
+  };
+  for (const s of await listSnapshots(snapDir)) if (s.lsn !== lsn) await aside(s.dir, `snapshot-${path.basename(s.dir)}`);
+  await aside(walDir, 'wal');
   await fsp.mkdir(walDir, { recursive: true });
-  for (const n of await fsp.readdir(walDir)) if (n.endsWith('.seg')) await fsp.unlink(path.join(walDir, n));
-  await fsyncDir(walDir);
   await fsp.rm(path.join(dir, 'received'), { recursive: true, force: true });
   await fsp.rm(path.join(dir, INSTALL_FILE), { force: true });
   await fsyncDir(dir);
+  return trash;
 }
