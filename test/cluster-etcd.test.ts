@@ -7,6 +7,7 @@ import { EventEmitter } from 'events';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Etcd3, IKeyValue } from 'etcd3';
 import { EtcdCoordinator, NodeRecord, ShardMap } from '../src/cluster';
+import { QuiverError } from '../src/errors';
 import { EtcdServer, etcdInstalled, freePort } from './etcd-harness';
 
 let etcd: EtcdServer;
@@ -153,6 +154,28 @@ describe.skipIf(!etcdInstalled)('etcd coordinator against a real etcd (skipped w
     const lateMaps = mapsOf(late);
     await next(late, 'map', () => lateMaps.size === 2);
     expect(lateMaps).toEqual(maps[0]);
+  });
+
+  it('a drop whose read missed an alias made just after it is tried again and refused: no alias is left pointing at nothing', { timeout: 60_000 }, async () => {
+    const name = cluster();
+    const a = await connect(name, 'a');
+    const two = next(a, 'nodes', (n: Record<string, NodeRecord>) => Object.keys(n).length === 2);
+    const b = await connect(name, 'b');
+    await two;
+    await a.createCollection('docs', { shards: 1, replicationFactor: 1, dim: 4 });
+    const checks: number[] = [];
+    const drop = a.dropCollection('docs', async (aliases) => {
+      checks.push(aliases.size);
+      if (aliases.has('latest')) throw new QuiverError('FAILED_PRECONDITION', 'docs has an alias');
+      // Between the drop's read and its delete, another node points an alias at the collection.
+      if (checks.length === 1) await b.updateAliases((now) => new Map([...now, ['latest', 'docs']]));
+    });
+    await expect(drop).rejects.toMatchObject({ code: 'FAILED_PRECONDITION' });
+    expect(checks).toEqual([0, 1]); // read again after the delete's guard failed
+    // With the alias gone, the drop goes through.
+    await b.updateAliases((now) => new Map([...now].filter(([k]) => k !== 'latest')));
+    await a.dropCollection('docs', () => undefined);
+    await expect(a.dropCollection('docs', () => undefined)).rejects.toMatchObject({ code: 'NOT_FOUND' });
   });
 
   it('survives etcd paused and restarted under the controller: no unhandled error, and work goes on after', { timeout: 90_000 }, async () => {

@@ -70,7 +70,7 @@ class CoordinatorRelay extends EventEmitter implements CoordinatorPort {
     return this.target.updateCollection(name, (r) => ({ ...change(r as unknown as CollectionRecord) })) as unknown as Promise<CollectionRecord>;
   }
 
-  dropCollection(name: string, check: (aliases: ReadonlyMap<string, string>) => void): Promise<void> {
+  dropCollection(name: string, check: (aliases: ReadonlyMap<string, string>) => void | Promise<void>): Promise<void> {
     if (!this.target) return Promise.reject(new QuiverError('UNAVAILABLE', 'the node is not connected to etcd yet'));
     return this.target.dropCollection(name, check);
   }

@@ -347,8 +347,8 @@ export class EtcdCoordinator extends EventEmitter {
    * Changes aliases/... as `change` makes them from the aliases and collections read: one Txn
    * guarded on what `change` relied on (the mod revision of every alias key it writes or deletes,
    * the create revision of every collection an alias then points to, the absence of a collection
-   * named as each alias), read again when another writer came first. Resolves once this node's
-   * view (the 'aliases' event) holds the change.
+   * named as each alias), read again when another writer came first; it rewrites aliases-version,
+   * which a drop guards. Resolves once this node's view (the 'aliases' event) holds the change.
    */
   async updateAliases(change: (aliases: ReadonlyMap<string, string>, collections: ReadonlySet<string>) => Map<string, string>): Promise<void> {
     if (this.closed) throw new QuiverError('UNAVAILABLE', 'the coordinator is closed');
@@ -368,7 +368,7 @@ export class EtcdCoordinator extends EventEmitter {
       const changed = [...new Set([...aliases.keys(), ...next.keys()])].filter((a) => aliases.get(a)?.collection !== next.get(a));
       if (changed.length === 0) return;
       const txn = this.ns.if(etcdKeys.alias(changed[0]), 'Mod', '==', aliases.get(changed[0])?.modRevision ?? 0);
-      const ops: IOperation[] = [];
+      const ops: IOperation[] = [this.ns.put(etcdKeys.aliasesVersion).value('{}')];
       for (const a of changed) {
         txn.and(etcdKeys.alias(a), 'Mod', '==', aliases.get(a)?.modRevision ?? 0);
         const to = next.get(a);
@@ -410,19 +410,21 @@ export class EtcdCoordinator extends EventEmitter {
 
   /**
    * Deletes collections/<name>, its shard maps and its replicas' progress in one Txn guarded on the
-   * record's mod revision and on every alias key read: NOT_FOUND when there is no such collection;
-   * an error thrown by `check` (given every alias read) changes nothing. Resolves once this node's
-   * view has the deletion (its 'collectionDropped' event). An alias created to point to it by a
-   * Txn that commits between the read and the delete is not seen (etcd3's Txn compares one key,
-   * not a prefix): it is left pointing at nothing.
+   * record's mod revision, on every alias key read and on aliases-version (read first): NOT_FOUND
+   * when there is no such collection; an error thrown by `check` (given every alias read) changes
+   * nothing. An alias made after the read (etcd's Txn compares keys, not a prefix) has rewritten
+   * aliases-version, so the delete fails and is tried again from a fresh read, whose check sees
+   * it. Resolves once this node's view has the deletion (its 'collectionDropped' event).
    */
-  async dropCollection(name: string, check: (aliases: ReadonlyMap<string, string>) => void): Promise<void> {
+  async dropCollection(name: string, check: (aliases: ReadonlyMap<string, string>) => void | Promise<void>): Promise<void> {
     if (this.closed) throw new QuiverError('UNAVAILABLE', 'the coordinator is closed');
     const key = etcdKeys.collection(name);
     for (;;) {
       let kv: IKeyValue | undefined;
       const aliases: { alias: string; collection: string; modRevision: string }[] = [];
+      let aliasesVersion: string;
       try {
+        aliasesVersion = (await this.ns.get(etcdKeys.aliasesVersion).exec()).kvs[0]?.mod_revision ?? '0';
         kv = (await this.ns.get(key).exec()).kvs[0];
         for (const a of (await this.ns.getAll().prefix(etcdKeys.aliases).exec()).kvs) {
           const c = changeOf(a, false);
@@ -432,8 +434,8 @@ export class EtcdCoordinator extends EventEmitter {
         throw unavailable(`read collection ${name}`, e);
       }
       if (!kv) throw new QuiverError('NOT_FOUND', `no collection named "${name}"`);
-      check(new Map(aliases.map((a) => [a.alias, a.collection])));
-      const txn = this.ns.if(key, 'Mod', '==', kv.mod_revision);
+      await check(new Map(aliases.map((a) => [a.alias, a.collection])));
+      const txn = this.ns.if(key, 'Mod', '==', kv.mod_revision).and(etcdKeys.aliasesVersion, 'Mod', '==', aliasesVersion);
       for (const a of aliases) txn.and(etcdKeys.alias(a.alias), 'Mod', '==', a.modRevision);
       let revision: number;
       try {

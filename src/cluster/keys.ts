@@ -5,6 +5,8 @@
  *   nodes/<node>                      NodeInfo, under the node's lease
  *   collections/<name>                CollectionPlacement (with the rest of the spec)
  *   aliases/<alias>                   {collection}: the collection the alias stands for
+ *   aliases-version                   {}: rewritten by every change of the aliases, so that a drop
+ *                                     can guard against an alias made after its read
  *   shards/<collection>/<shard>       ShardMap, written only by the controller (guarded Txn)
  *   progress/<collection>/<shard>/<node>  Progress, under the node's lease
  */
@@ -17,6 +19,7 @@ export const etcdKeys = {
   collections: 'collections/',
   alias: (alias: string): string => `aliases/${alias}`,
   aliases: 'aliases/',
+  aliasesVersion: 'aliases-version',
   shards: 'shards/',
   shard: (shard: ShardKey): string => `shards/${shard}`,
   /** Every shard map of a collection. */

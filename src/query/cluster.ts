@@ -164,7 +164,7 @@ export interface CoordinatorPort {
    * error thrown by `check`, given every alias, changes nothing). Resolves once this node has heard
    * it (a 'collectionDropped' event).
    */
-  dropCollection(name: string, check: (aliases: ReadonlyMap<string, string>) => void): Promise<void>;
+  dropCollection(name: string, check: (aliases: ReadonlyMap<string, string>) => void | Promise<void>): Promise<void>;
   /** Changes a collection's record (a guarded read-modify-write); every node hears it as a 'collection' event. */
   updateCollection(name: string, change: (record: CollectionRecord) => CollectionRecord): Promise<CollectionRecord>;
   /**
