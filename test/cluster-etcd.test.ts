@@ -156,7 +156,7 @@ describe.skipIf(!etcdInstalled)('etcd coordinator against a real etcd (skipped w
     expect(lateMaps).toEqual(maps[0]);
   });
 
-  it('a drop whose read missed an alias made just after it is tried again and refused: no alias is left pointing at nothing', { timeout: 60_000 }, async () => {
+  it('a drop whose read missed an alias made just after it is tried again and refused: no alias is left pointing at nothing; hearName waits until the view has what etcd holds', { timeout: 60_000 }, async () => {
     const name = cluster();
     const a = await connect(name, 'a');
     const two = next(a, 'nodes', (n: Record<string, NodeRecord>) => Object.keys(n).length === 2);
@@ -176,6 +176,18 @@ describe.skipIf(!etcdInstalled)('etcd coordinator against a real etcd (skipped w
     await b.updateAliases((now) => new Map([...now].filter(([k]) => k !== 'latest')));
     await a.dropCollection('docs', () => undefined);
     await expect(a.dropCollection('docs', () => undefined)).rejects.toMatchObject({ code: 'NOT_FOUND' });
+    // hearName: true only once this coordinator's view has the collection (or alias) etcd holds.
+    let heard = false;
+    b.on('collection', (n: string) => {
+      if (n === 'fresh') heard = true;
+    });
+    await a.createCollection('fresh', { shards: 1, replicationFactor: 1, dim: 4 });
+    expect(await b.hearName('fresh')).toBe(true);
+    expect(heard).toBe(true);
+    await a.updateAliases((now) => new Map([...now, ['newest', 'fresh']]));
+    expect(await b.hearName('newest')).toBe(true);
+    expect(await b.hearName('docs')).toBe(false); // dropped
+    expect(await b.hearName('never')).toBe(false);
   });
 
   it('survives etcd paused and restarted under the controller: no unhandled error, and work goes on after', { timeout: 90_000 }, async () => {

@@ -16,6 +16,8 @@ import { QUIET_MS } from '../src/server/service';
 import { Harness, httpJson, rawCall, startHarness, vec } from './server-harness';
 import { VERSION } from '../src/common/version';
 import { expectCode } from './helpers';
+import { QuiverError } from '../src/errors';
+import type { Database } from '../src/query/types';
 
 const DIM = 4;
 
@@ -134,6 +136,45 @@ describe('gRPC: every operation', () => {
     finish?.(); // the operation ends only after its deadline was answered
     await expectCode(svc.run('Count', 'grpc', Date.now() - 1, async () => (ran = true)), 'DEADLINE_EXCEEDED');
     expect(ran).toBe(false);
+  });
+});
+
+describe('a collection or alias this node had not heard of yet (a cluster node behind its watch)', () => {
+  it('runs the call again once heardOf finds it in the cluster; a name nobody holds, or another NOT_FOUND, answers as it was', async () => {
+    const asked: string[] = [];
+    let known = false;
+    const db = {
+      heardOf: async (name: string) => {
+        asked.push(name);
+        known = name === 'fresh';
+        return known;
+      },
+    } as unknown as Database;
+    const svc = new Service(db, new Metrics());
+    let runs = 0;
+    const count = (name: string) =>
+      svc.run('Count', 'grpc', Date.now() + 10_000, () => {
+        runs++;
+        if (!known) throw new QuiverError('NOT_FOUND', `no collection or alias named "${name}"`, { collection: name });
+        return 3;
+      });
+    expect(await count('fresh')).toBe(3);
+    expect(runs).toBe(2);
+    known = false;
+    await expectCode(count('missing'), 'NOT_FOUND');
+    expect(runs).toBe(3); // not run again
+    expect(asked).toEqual(['fresh', 'missing']);
+    // A change is run again too (nothing was done: the name is resolved first); a NOT_FOUND without the name is not.
+    await expect(svc.run('Upsert', 'grpc', Date.now() + 10_000, async () => {
+      runs++;
+      if (!known) throw new QuiverError('NOT_FOUND', 'no collection or alias named "fresh"', { collection: 'fresh' });
+      return 'written';
+    })).resolves.toBe('written');
+    await expectCode(svc.run('Get', 'grpc', Date.now() + 10_000, () => { throw new QuiverError('NOT_FOUND', 'no such route'); }), 'NOT_FOUND');
+    expect(asked).toEqual(['fresh', 'missing', 'fresh']);
+    // Standalone (no heardOf): the NOT_FOUND names the collection and is answered at once.
+    const err = await h.db.count('nowhere').catch((e: QuiverError) => e);
+    expect(err).toMatchObject({ code: 'NOT_FOUND', details: { collection: 'nowhere' } });
   });
 });
 

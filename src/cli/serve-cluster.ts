@@ -75,6 +75,11 @@ class CoordinatorRelay extends EventEmitter implements CoordinatorPort {
     return this.target.dropCollection(name, check);
   }
 
+  hearName(name: string): Promise<boolean> {
+    if (!this.target) return Promise.resolve(false);
+    return this.target.hearName(name);
+  }
+
   updateAliases(change: (aliases: ReadonlyMap<string, string>, collections: ReadonlySet<string>) => Map<string, string>): Promise<void> {
     if (!this.target) return Promise.reject(new QuiverError('UNAVAILABLE', 'the node is not connected to etcd yet'));
     return this.target.updateAliases(change);

@@ -392,6 +392,28 @@ export class EtcdCoordinator extends EventEmitter {
     }
   }
 
+  /**
+   * Whether etcd holds collections/<name> or aliases/<name>; true once the view has reached that
+   * key's revision (a collection made through another node is known here then). Reads the two
+   * keys, not etcd's revision: the watch sees only this cluster's keys, so a later revision of
+   * another namespace would never be reached.
+   */
+  async hearName(name: string): Promise<boolean> {
+    if (this.closed) return false;
+    let revision = 0;
+    try {
+      for (const key of [etcdKeys.collection(name), etcdKeys.alias(name)]) {
+        const kv = (await this.ns.get(key).exec()).kvs[0];
+        if (kv) revision = Math.max(revision, Number(kv.mod_revision));
+      }
+    } catch (e) {
+      throw unavailable(`read ${name}`, e);
+    }
+    if (revision === 0) return false;
+    await this.heard(revision);
+    return true;
+  }
+
   /** Resolves once the view (the events emitted) has reached `revision`. */
   private heard(revision: number): Promise<void> {
     return new Promise<void>((resolve, reject) => {

@@ -165,6 +165,8 @@ export interface CoordinatorPort {
    * it (a 'collectionDropped' event).
    */
   dropCollection(name: string, check: (aliases: ReadonlyMap<string, string>) => void | Promise<void>): Promise<void>;
+  /** Whether etcd holds a collection or an alias named `name`; true once this node's view has heard it. */
+  hearName(name: string): Promise<boolean>;
   /** Changes a collection's record (a guarded read-modify-write); every node hears it as a 'collection' event. */
   updateCollection(name: string, change: (record: CollectionRecord) => CollectionRecord): Promise<CollectionRecord>;
   /**
@@ -617,8 +619,13 @@ export class ClusterDatabase extends PointWrites implements Database {
   private coll(name: unknown): ClusterCollection {
     this.usable();
     const c = this.collections.get(resolveName(this.aliases, name));
-    if (!c) throw new QuiverError('NOT_FOUND', `no collection or alias named "${String(name)}"`);
+    if (!c) throw new QuiverError('NOT_FOUND', `no collection or alias named "${String(name)}"`, { collection: String(name) });
     return c;
+  }
+
+  async heardOf(name: string): Promise<boolean> {
+    if (this.closed || this.collections.has(resolveName(this.aliases, name))) return false;
+    return (await this.opts.coordinator.hearName(name)) && this.collections.has(resolveName(this.aliases, name));
   }
 
   /**

@@ -453,7 +453,7 @@ export class LocalDatabase extends PointWrites implements Database {
   private coll(name: unknown): Collection {
     this.usable();
     const c = this.collections.get(resolveName(this.aliases, name));
-    if (!c) throw new QuiverError('NOT_FOUND', `no collection or alias named "${String(name)}"`);
+    if (!c) throw new QuiverError('NOT_FOUND', `no collection or alias named "${String(name)}"`, { collection: String(name) });
     return c;
   }
 

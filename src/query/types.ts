@@ -440,6 +440,13 @@ export interface Database {
   snapshot(): Promise<void>;
   /** Finish in-flight writes, snapshot, close files. */
   close(): Promise<void>;
+  /**
+   * Cluster: for a collection or alias `name` this node did not know when a call named it (a
+   * NOT_FOUND with `details.collection`), whether the cluster's record holds it, once this node has
+   * heard it (false: there is none, or this node knew it already). A collection made through
+   * another node is usable here at once: the call is run again. Standalone has no such method.
+   */
+  heardOf?(name: string): Promise<boolean>;
 }
 
 export interface OpenOptions {

@@ -116,9 +116,10 @@ export class Service {
       if (this.draining) throw new QuiverError('UNAVAILABLE', 'the server is shutting down');
       const left = Math.min(deadlineAtMs - Date.now(), deadlineMsMax);
       if (!(left > 0)) throw new QuiverError('DEADLINE_EXCEEDED', 'the deadline passed before the request started');
-      if (CHANGES.has(op)) return await withSignal(fn, left);
+      const call = this.db.heardOf ? this.heardThenAgain(fn, this.db.heardOf.bind(this.db)) : fn;
+      if (CHANGES.has(op)) return await withSignal(call, left);
       // fn runs now (a synchronous throw is caught below), not a promise turn later.
-      return await withDeadline(Promise.resolve(fn()), left);
+      return await withDeadline(Promise.resolve(call()), left);
     } catch (e) {
       const qe = asQuiverError(e);
       if (qe.code === 'INTERNAL') this.log.error(`${op} failed`, { code: 'INTERNAL', err: e });
@@ -133,6 +134,24 @@ export class Service {
         if (!this.draining && this.quietCallbacks.length > 0) this.quietTimer = setTimeout(() => this.quiet(), QUIET_MS).unref();
       }
     }
+  }
+
+  /**
+   * `fn`, run once more when it named a collection or alias this node had not heard of yet
+   * (NOT_FOUND with `details.collection`) that the cluster holds (`heardOf`: a collection made
+   * through another node a moment ago). Nothing was done the first time: the name is resolved
+   * before anything else.
+   */
+  private heardThenAgain<T>(fn: (signal?: AbortSignal) => Promise<T> | T, heardOf: (name: string) => Promise<boolean>): (signal?: AbortSignal) => Promise<T> {
+    return async (signal) => {
+      try {
+        return await fn(signal);
+      } catch (e) {
+        const name = e instanceof QuiverError && e.code === 'NOT_FOUND' ? e.details?.collection : undefined;
+        if (name === undefined || signal?.aborted || !(await heardOf(name).catch(() => false))) throw e;
+        return await fn(signal);
+      }
+    };
   }
 
   /**
