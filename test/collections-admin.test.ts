@@ -81,6 +81,9 @@ describe('aliases in the database', () => {
     ];
     for (const [actions, code] of refused) await expectCode(db.updateAliases(actions as AliasAction[]), code);
     expect(db.listAliases()).toEqual(before);
+    // A NOT_FOUND names what was not found (a cluster node looks it up in etcd before answering it).
+    await expect(db.updateAliases([{ action: 'create', alias: 'x', collection: 'missing' }])).rejects.toMatchObject({ details: { collection: 'missing' } });
+    await expect(db.updateAliases([{ action: 'delete', alias: 'gone' }])).rejects.toMatchObject({ details: { collection: 'gone' } });
     await expectCode(db.createCollection({ name: 'books', dim: DIM }), 'ALREADY_EXISTS');
     await expectCode(async () => db.describeCollection('fresh'), 'NOT_FOUND');
   });

@@ -60,14 +60,16 @@ export function applyAliasActions(aliases: ReadonlyMap<string, string>, isCollec
       if (out.has(alias)) throw new QuiverError('ALREADY_EXISTS', `alias "${alias}" exists`);
       if (isCollection(alias)) throw new QuiverError('ALREADY_EXISTS', `"${alias}" is a collection's name`);
     } else if (!out.has(alias)) {
-      throw new QuiverError('NOT_FOUND', `no alias named "${alias}"`);
+      throw new QuiverError('NOT_FOUND', `no alias named "${alias}"`, { collection: alias });
     }
     if (kind === 'delete') {
       out.delete(alias);
       return;
     }
     const collection = checkName(a.collection);
-    if (!isCollection(collection)) throw new QuiverError('NOT_FOUND', `no collection named "${collection}"${out.has(collection) ? ' (an alias points to a collection, not to an alias)' : ''}`);
+    if (!isCollection(collection)) {
+      throw new QuiverError('NOT_FOUND', `no collection named "${collection}"${out.has(collection) ? ' (an alias points to a collection, not to an alias)' : ''}`, { collection });
+    }
     out.set(alias, collection);
   });
   return out;
