@@ -18,6 +18,10 @@ import { VERSION } from '../src/common/version';
 import { expectCode } from './helpers';
 import { QuiverError } from '../src/errors';
 import type { Database } from '../src/query/types';
+import { ClusterDatabase } from '../src/query/cluster';
+import type { CoordinatorPort, PeerShards } from '../src/query/cluster';
+import { EventEmitter } from 'events';
+import * as os from 'os';
 
 const DIM = 4;
 
@@ -175,6 +179,36 @@ describe('a collection or alias this node had not heard of yet (a cluster node b
     // Standalone (no heardOf): the NOT_FOUND names the collection and is answered at once.
     const err = await h.db.count('nowhere').catch((e: QuiverError) => e);
     expect(err).toMatchObject({ code: 'NOT_FOUND', details: { collection: 'nowhere' } });
+  });
+});
+
+describe('a cluster node looking up names it has not heard of', () => {
+  it('asks etcd once for a name that calls name at once, and not for a name it knows', async () => {
+    const asked: string[] = [];
+    const coordinator = Object.assign(new EventEmitter(), {
+      hearName(name: string): Promise<boolean> {
+        asked.push(name);
+        return new Promise((resolve) =>
+          setTimeout(() => {
+            // As etcd's watch would: the collection is heard before the look-up answers.
+            if (name === 'fresh') coordinator.emit('collection', 'fresh', { name: 'fresh', dim: 4, metric: 'l2', index: { type: 'flat' }, shards: 1, replicationFactor: 1, createdAt: new Date(0).toISOString() });
+            resolve(name === 'fresh');
+          }, 5),
+        );
+      },
+    });
+    const db = new ClusterDatabase({
+      nodeId: 'n1',
+      dataDir: os.tmpdir(),
+      coordinator: coordinator as unknown as CoordinatorPort,
+      peers: {} as PeerShards,
+      openReplica: () => Promise.reject(new Error('no replica opens here')),
+      sendToPeer: () => undefined,
+    });
+    expect(await Promise.all([1, 2, 3, 4, 5].map(() => db.heardOf('fresh')))).toEqual([true, true, true, true, true]);
+    expect(await db.heardOf('fresh')).toBe(false); // known now: a NOT_FOUND naming it came from elsewhere
+    expect(await Promise.all([db.heardOf('nope'), db.heardOf('nope')])).toEqual([false, false]);
+    expect(asked).toEqual(['fresh', 'nope']);
   });
 });
 

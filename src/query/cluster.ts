@@ -290,6 +290,8 @@ export class ClusterDatabase extends PointWrites implements Database {
   private readonly self: NodeId;
   private readonly dataDir: string;
   private readonly collections = new Map<string, ClusterCollection>();
+  /** Names not known here being looked up in etcd (heardOf), each once at a time. */
+  private readonly namesAsked = new Map<string, Promise<boolean>>();
   /** alias -> collection, as etcd's last 'aliases' event has it. */
   private aliases: ReadonlyMap<string, string> = new Map();
   private nodes: Record<NodeId, ClusterNodeRecord> = {};
@@ -625,7 +627,13 @@ export class ClusterDatabase extends PointWrites implements Database {
 
   async heardOf(name: string): Promise<boolean> {
     if (this.closed || this.collections.has(resolveName(this.aliases, name))) return false;
-    return (await this.opts.coordinator.hearName(name)) && this.collections.has(resolveName(this.aliases, name));
+    // Calls naming the same unknown name at once share one look-up (etcd is read once, not per call).
+    let asked = this.namesAsked.get(name);
+    if (!asked) {
+      asked = this.opts.coordinator.hearName(name).finally(() => this.namesAsked.delete(name));
+      this.namesAsked.set(name, asked);
+    }
+    return (await asked) && this.collections.has(resolveName(this.aliases, name));
   }
 
   /**
