@@ -15,7 +15,8 @@
  * starts are stopped by pid.
  * Printed per target and way: points/s, ack latency p50/p99 over every round, CPU per batch (every
  * process of the target, etcd and this one; through the SDK also split into nodes, sidecars, and
- * etcd with this client) and the cores that kept busy, and atomic / per-shard. Writes JSON to bench/results/atomic.json (with --nodes, atomic-cluster.json).
+ * etcd with this client) and the cores that kept busy, and atomic / per-shard: over every round, and
+ * the throughput ratio of each pair of rounds with their median (rule 5: the machine drifts). Writes JSON to bench/results/atomic.json (with --nodes, atomic-cluster.json).
  */
 import * as fs from 'fs';
 import * as os from 'os';
@@ -26,7 +27,7 @@ import { byShard } from '../src/common/placement';
 import type { IndexSpec, UpsertColumns } from '../src/query/types';
 import { CommandSpec, UsageError, intFlag, parseCommandLine, stringFlag } from '../src/common/args';
 import { Node, cpuOf, cpuSeconds, httpJson, serve, sidecarCpuOf, startNodes, stop } from './cluster';
-import { pct, synthetic } from './datasets';
+import { median, pct, synthetic } from './datasets';
 import { EtcdServer } from './etcd-process';
 import { machine, progress, table, writeJson } from './report';
 
@@ -71,7 +72,8 @@ interface Options {
 type Row = { way: Way; batches: number; 'points/s': number; 'ack p50 ms': number; 'ack p99 ms': number; 'CPU ms/batch': number; 'cores busy': number } & Record<string, number | string>;
 /** CPU seconds used so far, by part of the target (e.g. nodes, sidecars, the rest). */
 type CpuParts = () => Record<string, number>;
-type Ratio = { throughput: number; p50: number; p99: number; cpu: number };
+/** atomic / per-shard over every round; `perRound` the throughput ratio of each pair of rounds, `median` theirs. */
+type Ratio = { throughput: number; p50: number; p99: number; cpu: number; perRound: number[]; median: number };
 
 /** CPU seconds this process has used. */
 const ownCpu = (): number => {
@@ -90,6 +92,7 @@ async function measure(o: Options, target: string, cpu: CpuParts, write: (way: W
   const ack: Record<Way, number[]> = { atomic: [], 'per-shard': [] };
   const busyMs: Record<Way, number> = { atomic: 0, 'per-shard': 0 };
   const cpuS: Record<Way, Record<string, number>> = { atomic: {}, 'per-shard': {} };
+  const roundMs: Record<Way, number[]> = { atomic: [], 'per-shard': [] };
   let next = 0;
   const batch = () => {
     const ids: string[] = [];
@@ -117,6 +120,7 @@ async function measure(o: Options, target: string, cpu: CpuParts, write: (way: W
       }),
     );
     busyMs[way] += now() - start;
+    roundMs[way].push(now() - start);
     for (const [k, v] of Object.entries(cpu())) cpuS[way][k] = (cpuS[way][k] ?? 0) + v - cpu0[k];
   }
   const rows = WAYS.map((way) => {
@@ -132,7 +136,11 @@ async function measure(o: Options, target: string, cpu: CpuParts, write: (way: W
     p50: rows[0]['ack p50 ms'] / rows[1]['ack p50 ms'],
     p99: rows[0]['ack p99 ms'] / rows[1]['ack p99 ms'],
     cpu: rows[0]['CPU ms/batch'] / rows[1]['CPU ms/batch'],
+    // Each round writes as many batches either way, so a pair's throughput ratio is the inverse of its times'.
+    perRound: roundMs.atomic.map((t, i) => roundMs['per-shard'][i] / t),
+    median: 0,
   };
+  ratio.median = median(ratio.perRound);
   return { rows, ratio };
 }
 
@@ -149,6 +157,7 @@ function print(title: string, rows: Row[], ratio: Ratio): void {
   console.log(`\n${title}\n`);
   console.log(table(rows));
   console.log(`\natomic / per-shard: throughput ${ratio.throughput.toFixed(3)}, ack p50 ${ratio.p50.toFixed(3)}, p99 ${ratio.p99.toFixed(3)}, CPU per batch ${ratio.cpu.toFixed(3)}`);
+  console.log(`throughput per pair of rounds: ${ratio.perRound.map((x) => x.toFixed(3)).join(' ')}; median ${ratio.median.toFixed(3)} (goal: at least 0.85)`);
 }
 
 export async function run(argv: string[]): Promise<number> {

@@ -23,6 +23,7 @@ import { SPEC as MEMORY } from '../bench/memory';
 import { SPEC as RPC } from '../bench/rpc';
 import { SPEC as SERVER } from '../bench/server';
 import { SPEC as SNAPSHOT } from '../bench/snapshot';
+import { SPEC as ATOMIC } from '../bench/atomic';
 import { startHarness, tempDir } from './server-harness';
 import { ROOT, runChild, runQuiver } from './cli-helpers';
 
@@ -40,6 +41,7 @@ const COMMANDS: [string[], CommandSpec][] = [
   [['bench', 'memory'], MEMORY],
   [['bench', 'cluster'], CLUSTER],
   [['bench', 'snapshot'], SNAPSHOT],
+  [['bench', 'atomic'], ATOMIC],
 ];
 
 describe('quiver', () => {
@@ -111,6 +113,22 @@ describe('quiver', () => {
     } finally {
       await h.stop();
     }
+  });
+
+  it('bench atomic (in process, tiny): both ways, CPU per batch, the ratio of each pair of rounds and their median, in the table and the JSON', async () => {
+    const out = tempDir('quiver-bench-atomic-');
+    const r = await runQuiver(['bench', 'atomic', '--batch', '60', '--batches', '2', '--writers', '2', '--rounds', '3', '--dim', '8'], { env: { QUIVER_BENCH_OUT: out } });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/CPU ms\/batch/);
+    expect(r.stdout).toMatch(/throughput per pair of rounds: [\d.]+ [\d.]+ [\d.]+; median [\d.]+/);
+    const json = JSON.parse(fs.readFileSync(path.join(out, 'atomic.json'), 'utf8'));
+    expect(json.standalone.map((row: { way: string; batches: number }) => [row.way, row.batches])).toEqual([
+      ['atomic', 12],
+      ['per-shard', 12],
+    ]);
+    expect(json.atomicOverPerShard.perRound).toHaveLength(3);
+    expect(json.atomicOverPerShard.median).toBeGreaterThan(0);
+    expect(json.standalone[0]['CPU ms/batch']).toBeGreaterThan(0);
   });
 
   it('bench: an unknown name exits 2 and lists the known ones; no name prints the list', async () => {
