@@ -16,7 +16,8 @@
  * Printed per target and way: points/s, ack latency p50/p99 over every round, CPU per batch (every
  * process of the target, etcd and this one; through the SDK also split into nodes, sidecars, and
  * etcd with this client) and the cores that kept busy, and atomic / per-shard: over every round, and
- * the throughput ratio of each pair of rounds with their median (rule 5: the machine drifts). Writes JSON to bench/results/atomic.json (with --nodes, atomic-cluster.json).
+ * the throughput ratio of each pair of rounds with their median (rule 5: the machine drifts).
+ * Writes JSON to bench/results/atomic.json (with --nodes, atomic-cluster.json).
  */
 import * as fs from 'fs';
 import * as os from 'os';
@@ -84,8 +85,8 @@ const ownCpu = (): number => {
 /**
  * The alternating rounds against one target: `write(way, batch)` writes a batch one way; `cpu()`
  * the CPU seconds every process of the target (and this one) has used so far, by part (each part
- * gets a column of its CPU ms per batch when there are several). Batch ids cycle
- * through 50,000 (so the collection stops growing), rows through a synthetic dataset.
+ * gets a column of its CPU ms per batch when there are several). Batch ids cycle through 50,000
+ * (so the collection stops growing), rows through a synthetic dataset.
  */
 async function measure(o: Options, target: string, cpu: CpuParts, write: (way: Way, cols: UpsertColumns & { ids: string[]; vectors: Float32Array }) => Promise<unknown>): Promise<{ rows: Row[]; ratio: Ratio }> {
   const ds = synthetic({ nBase: 20_000, nQueries: 1, dim: o.dim, metric: 'l2' });
@@ -217,10 +218,10 @@ async function throughSdk(o: Options, spec: IndexSpec, count: number, shape: str
       c.ids.map((id, i) => ({ id, vector: c.vectors.subarray(i * o.dim, (i + 1) * o.dim), payload: c.payloads[i] as Record<string, unknown> }));
     try {
       const cpu = () => {
-      const sidecars = sidecarCpuOf(targets);
-      return { nodes: cpuOf(targets) - sidecars, sidecars, 'etcd+client': ownCpu() + (etcd?.pid === undefined ? 0 : cpuSeconds(etcd.pid)) };
-    };
-    return await measure(o, target, cpu, async (way, cols) => {
+        const sidecars = sidecarCpuOf(targets);
+        return { nodes: cpuOf(targets) - sidecars, sidecars, 'etcd+client': ownCpu() + (etcd?.pid === undefined ? 0 : cpuSeconds(etcd.pid)) };
+      };
+      return await measure(o, target, cpu, async (way, cols) => {
         if (way === 'atomic') await client.upsert(name, points(cols));
         else await Promise.all(parts(o, cols).map((part) => client.upsert(name, points(part))));
       });
