@@ -180,6 +180,24 @@ describe('a collection or alias this node had not heard of yet (a cluster node b
     const err = await h.db.count('nowhere').catch((e: QuiverError) => e);
     expect(err).toMatchObject({ code: 'NOT_FOUND', details: { collection: 'nowhere' } });
   });
+
+  it('an HTTP write run again reads its body once: the second run gets the same body', async () => {
+    // As a cluster node hearing of the collection only when asked: heardOf makes it, then the upsert runs again.
+    const db = h.db as Database;
+    db.heardOf = async (name: string) => {
+      if (name !== 'late') return false;
+      await db.createCollection({ name: 'late', dim: 4, index: { type: 'flat' } });
+      return true;
+    };
+    try {
+      const a = await httpJson(h.httpBase, 'POST', '/v1/collections/late/upsert', { points: [{ id: 'p', vector: [1, 2, 3, 4], payload: { n: 1 } }] }, { 'x-quiver-timeout-ms': '10000' });
+      expect(a.status, JSON.stringify(a.body)).toBe(200);
+      expect(await h.db.get('late', ['p'])).toMatchObject([{ id: 'p', payload: { n: 1 } }]);
+    } finally {
+      delete db.heardOf;
+      await h.db.dropCollection('late').catch(() => undefined);
+    }
+  });
 });
 
 describe('a cluster node looking up names it has not heard of', () => {

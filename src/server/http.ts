@@ -380,6 +380,8 @@ export class HttpApi {
       this.authorize(entry.op, req);
       const deadlineAtMs = Date.now() + timeoutOf(req);
       let body: Record<string, unknown> | undefined;
+      // Read once: a call run again (Service.run, a collection this node had not heard of) reads the same body.
+      let bodyRead: Promise<Record<string, unknown>> | undefined;
       const answer = await this.svc.run(
         entry.op,
         'http',
@@ -390,7 +392,8 @@ export class HttpApi {
             params,
             signal,
             body: async (fields) => {
-              const b = await readJsonBody(req, signal);
+              bodyRead ??= readJsonBody(req, signal);
+              const b = await bodyRead;
               body = b;
               if (fields) checkFields(b, fields, '');
               return b;
