@@ -116,7 +116,7 @@ export class Service {
       if (this.draining) throw new QuiverError('UNAVAILABLE', 'the server is shutting down');
       const left = Math.min(deadlineAtMs - Date.now(), deadlineMsMax);
       if (!(left > 0)) throw new QuiverError('DEADLINE_EXCEEDED', 'the deadline passed before the request started');
-      const call = this.db.heardOf ? this.heardThenAgain(fn, this.db.heardOf.bind(this.db)) : fn;
+      const call = this.db.heardOf ? this.heardThenAgain(fn) : fn;
       if (CHANGES.has(op)) return await withSignal(call, left);
       // fn runs now (a synchronous throw is caught below), not a promise turn later.
       return await withDeadline(Promise.resolve(call()), left);
@@ -142,13 +142,13 @@ export class Service {
    * through another node a moment ago). Nothing was done the first time: the name is resolved
    * before anything else.
    */
-  private heardThenAgain<T>(fn: (signal?: AbortSignal) => Promise<T> | T, heardOf: (name: string) => Promise<boolean>): (signal?: AbortSignal) => Promise<T> {
+  private heardThenAgain<T>(fn: (signal?: AbortSignal) => Promise<T> | T): (signal?: AbortSignal) => Promise<T> {
     return async (signal) => {
       try {
         return await fn(signal);
       } catch (e) {
         const name = e instanceof QuiverError && e.code === 'NOT_FOUND' ? e.details?.collection : undefined;
-        if (name === undefined || signal?.aborted || !(await heardOf(name).catch(() => false))) throw e;
+        if (name === undefined || signal?.aborted || !(await this.db.heardOf?.(name).catch(() => false))) throw e;
         return await fn(signal);
       }
     };
