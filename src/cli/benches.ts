@@ -12,7 +12,7 @@ export const BENCHES = [
   { name: 'cluster', summary: 'VectorDBBench measures on N nodes or --target: load, serial p50/p99 + recall, QPS by concurrency, insert while searching' },
   { name: 'codec', summary: 'wire codecs in a tight loop: generated against hand-written (search, upsert)' },
   { name: 'snapshot', summary: 'write and search latency while a collection is snapshotted, against without' },
-  { name: 'atomic', summary: 'batches across shards as one transaction against one request per shard: points/s, ack p50/p99' },
+  { name: 'atomic', summary: 'batches across shards as one transaction against one request per shard: points/s, ack p50/p99, CPU per batch' },
 ] as const;
 
 export type BenchName = (typeof BENCHES)[number]['name'];
