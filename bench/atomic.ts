@@ -91,7 +91,6 @@ const ownCpu = (): number => {
 async function measure(o: Options, target: string, cpu: CpuParts, write: (way: Way, cols: UpsertColumns & { ids: string[]; vectors: Float32Array }) => Promise<unknown>): Promise<{ rows: Row[]; ratio: Ratio }> {
   const ds = synthetic({ nBase: 20_000, nQueries: 1, dim: o.dim, metric: 'l2' });
   const ack: Record<Way, number[]> = { atomic: [], 'per-shard': [] };
-  const busyMs: Record<Way, number> = { atomic: 0, 'per-shard': 0 };
   const cpuS: Record<Way, Record<string, number>> = { atomic: {}, 'per-shard': {} };
   const roundMs: Record<Way, number[]> = { atomic: [], 'per-shard': [] };
   let next = 0;
@@ -120,15 +119,15 @@ async function measure(o: Options, target: string, cpu: CpuParts, write: (way: W
         }
       }),
     );
-    busyMs[way] += now() - start;
     roundMs[way].push(now() - start);
     for (const [k, v] of Object.entries(cpu())) cpuS[way][k] = (cpuS[way][k] ?? 0) + v - cpu0[k];
   }
   const rows = WAYS.map((way) => {
     const ms = [...ack[way]].sort((a, b) => a - b);
+    const busyMs = roundMs[way].reduce((a, t) => a + t, 0);
     const parts = Object.entries(cpuS[way]);
     const total = parts.reduce((a, [, v]) => a + v, 0);
-    const row: Row = { way, batches: ms.length, 'points/s': (ms.length * o.batch) / (busyMs[way] / 1000), 'ack p50 ms': pct(ms, 0.5), 'ack p99 ms': pct(ms, 0.99), 'CPU ms/batch': (total * 1000) / ms.length, 'cores busy': total / (busyMs[way] / 1000) };
+    const row: Row = { way, batches: ms.length, 'points/s': (ms.length * o.batch) / (busyMs / 1000), 'ack p50 ms': pct(ms, 0.5), 'ack p99 ms': pct(ms, 0.99), 'CPU ms/batch': (total * 1000) / ms.length, 'cores busy': total / (busyMs / 1000) };
     if (parts.length > 1) for (const [k, v] of parts) row[`${k} ms`] = (v * 1000) / ms.length;
     return row;
   });

@@ -16,6 +16,16 @@ export function resolveName(aliases: ReadonlyMap<string, string>, name: unknown)
   return aliases.get(n) ?? n;
 }
 
+/**
+ * The collection of `collections` that `name` stands for (its own name or an alias's); NOT_FOUND
+ * names it in `details.collection` (a cluster node looks such a name up in etcd: Service.run).
+ */
+export function collectionNamed<C>(collections: ReadonlyMap<string, C>, aliases: ReadonlyMap<string, string>, name: unknown): C {
+  const c = collections.get(resolveName(aliases, name));
+  if (!c) throw new QuiverError('NOT_FOUND', `no collection or alias named "${String(name)}"`, { collection: String(name) });
+  return c;
+}
+
 /** The aliases as the API lists them, by alias. */
 export function aliasList(aliases: ReadonlyMap<string, string>): AliasInfo[] {
   return [...aliases].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([alias, collection]) => ({ alias, collection }));

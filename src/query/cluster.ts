@@ -39,7 +39,7 @@ import type { NodeId, Progress, ShardKey, ShardMap, WriteConcern } from '../clus
 import { members, shardKey } from '../cluster/types';
 import { idsByShard, splitBatch, writeByShard } from '../common/placement';
 import { mergeScroll, prepareCount, prepareScroll, recommend } from './reads';
-import { aliasList, applyAliasActions, checkNotAliased, resolveName } from './aliases';
+import { aliasList, applyAliasActions, checkNotAliased, collectionNamed, resolveName } from './aliases';
 import {
   OpenInternals,
   PointWrites,
@@ -620,20 +620,19 @@ export class ClusterDatabase extends PointWrites implements Database {
   /** The collection a call names (by its name or an alias): the one place a name is resolved. */
   private coll(name: unknown): ClusterCollection {
     this.usable();
-    const c = this.collections.get(resolveName(this.aliases, name));
-    if (!c) throw new QuiverError('NOT_FOUND', `no collection or alias named "${String(name)}"`, { collection: String(name) });
-    return c;
+    return collectionNamed(this.collections, this.aliases, name);
   }
 
   async heardOf(name: string): Promise<boolean> {
-    if (this.closed || this.collections.has(resolveName(this.aliases, name))) return false;
+    const known = (): boolean => this.collections.has(resolveName(this.aliases, name));
+    if (this.closed || known()) return false;
     // Calls naming the same unknown name at once share one look-up (etcd is read once, not per call).
     let asked = this.namesAsked.get(name);
     if (!asked) {
       asked = this.opts.coordinator.hearName(name).finally(() => this.namesAsked.delete(name));
       this.namesAsked.set(name, asked);
     }
-    return (await asked) && this.collections.has(resolveName(this.aliases, name));
+    return (await asked) && known();
   }
 
   /**

@@ -20,7 +20,7 @@ import { moveAside, removeDirGradually, trashName } from '../common/fs';
 import { checkPayload } from '../common/points';
 import { CatalogEntry, readCatalog, writeCatalog } from './catalog';
 import { checkBackupPath, copyOwnSnapshot, placeBackupShard, readBackup, writeBackup } from './backup';
-import { aliasList, applyAliasActions, checkNotAliased, resolveName } from './aliases';
+import { aliasList, applyAliasActions, checkNotAliased, collectionNamed } from './aliases';
 import { compileFilter, compileOptionalFilter } from './filter';
 import { checkMaxDistance, checkPage, mergeScroll, prepareCount, prepareScroll, recommend } from './reads';
 import { idsByShard, splitBatch, writeByShard } from '../common/placement';
@@ -452,9 +452,7 @@ export class LocalDatabase extends PointWrites implements Database {
   /** The collection a call names (by its name or an alias): the one place a name is resolved. */
   private coll(name: unknown): Collection {
     this.usable();
-    const c = this.collections.get(resolveName(this.aliases, name));
-    if (!c) throw new QuiverError('NOT_FOUND', `no collection or alias named "${String(name)}"`, { collection: String(name) });
-    return c;
+    return collectionNamed(this.collections, this.aliases, name);
   }
 
   private static pointCount(c: Collection): number {
