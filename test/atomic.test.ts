@@ -53,7 +53,7 @@ async function typesLogged(shard: number, fromLsn: number): Promise<EntryType[]>
 const lastLsns = (): number[] => db.status().shards.map((s) => s.lastLsn);
 
 describe('batches across shards', () => {
-  it('a batch within one shard is one entry; across shards, a prepare on each and the outcome, visible whole once answered', async () => {
+  it("a batch within one shard is one entry; across shards, a prepare and a resolution on each other shard and the coordinator's commit carrying its part, visible whole once answered", async () => {
     const groups = idsOnShards(3);
     const before = lastLsns();
     await db.upsert('c', pts(groups[1], 1));
@@ -64,8 +64,9 @@ describe('batches across shards', () => {
     const r = await db.upsert('c', pts(ids, 2));
     expect(r.upserted).toBe(4);
     expect(Object.keys(r.token).sort()).toEqual(['0', '1', '2']);
-    expect(await typesLogged(2, mid[2] + 1)).toEqual([EntryType.Prepare, EntryType.Outcome]);
+    expect(await typesLogged(2, mid[2] + 1)).toEqual([EntryType.Commit]);
     expect(await typesLogged(0, mid[0] + 1)).toEqual([EntryType.Prepare, EntryType.Outcome]);
+    expect(await typesLogged(1, mid[1] + 1)).toEqual([EntryType.Prepare, EntryType.Outcome]);
     expect((await db.get('c', ids)).map((p) => p.payload)).toEqual(ids.map(() => ({ t: 2 })));
     expect(db.status().shards.map((s) => s.inDoubt)).toEqual([0, 0, 0]);
 
@@ -134,11 +135,11 @@ describe('batches across shards', () => {
     const s0 = db.shard('c', 0);
     const s1 = db.shard('c', 1);
     const part = (ids: string[], tag: number) => ({ type: 'upsert' as const, op: { ids, vectors: new Float32Array(pts(ids, tag).flatMap((p) => [...p.vector])), payloadJson: ids.map(() => JSON.stringify({ t: tag })) } });
-    // Committed by its coordinator (shard 0); shard 1 has not heard.
+    // Committed by its coordinator (shard 0), which prepared its own part as logs written before commits carried it did; shard 1 has not heard.
     const committed = randomBytes(16).toString('hex');
     await s0.prepare(committed, 0, part([groups[0][0]], 7), '', undefined);
     await s1.prepare(committed, 0, part([groups[1][0]], 7), '', undefined);
-    expect(await s0.decide(committed, 'commit')).toBe('commit');
+    expect((await s0.decide(committed, 'commit')).outcome).toBe('commit');
     // Undecided: both in doubt.
     const undecided = randomBytes(16).toString('hex');
     await s0.prepare(undecided, 0, part([groups[0][1]], 8), '', undefined);

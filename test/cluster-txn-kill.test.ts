@@ -12,10 +12,11 @@
  *   client       (1) a client process writing through the SDK (test/fixtures/txn-client-child.js)
  *                is killed at a random moment; (2) the node driving a batch, one that leads none
  *                of its shards (a client with routing off sends the batch to it), is killed
- *                between prepare and decision: the participant's leader is stopped (SIGSTOP), so
- *                the prepare phase hangs while the coordinator's own prepare is committed and in
- *                doubt (seen on its leader's status); then the driver is killed, the participant
- *                resumed and the driver restarted. The rounds that saw a batch in doubt are counted.
+ *                between prepare and decision: the coordinator's leader is stopped (SIGSTOP), so
+ *                the decision (which carries the coordinator's own part) hangs while the
+ *                participant's prepare is committed and in doubt (seen on its leader's status);
+ *                then the driver is killed, the coordinator's leader resumed and the driver
+ *                restarted. The rounds that saw a batch in doubt are counted.
  * After each round, once the cluster has settled (every replica at its leader's commit point with
  * the leader's digest, nothing in doubt on any node), every replica of every shard is read by the
  * node that holds it (ShardGet at `eventual`, which that replica answers), and each node is read
@@ -441,8 +442,8 @@ describe('batches across shards under kill -9 in a cluster (3 nodes, RF 3, major
       const pairs = [0, 1, 2].flatMap((x) => [0, 1, 2].filter((y) => lead[y] !== lead[x]).map((y) => [x, y]));
       const [first, participant] = pairs[Math.floor(rand() * pairs.length)];
       const driver = cluster.nodes.find((n) => n.id !== lead[first] && n.id !== lead[participant])!;
-      const stopped = cluster.node(lead[participant]);
-      const coordinatorLeader = cluster.node(lead[first]);
+      const stopped = cluster.node(lead[first]);
+      const participantLeader = cluster.node(lead[participant]);
       const op: Op = { tag: model.tag(), kind: 'u', ids: [...model.take(first, 3, rand), ...model.take(participant, 3, rand)] };
       const viaDriver = await QuiverClient.connect(driver.child.grpc, { routing: false, retries: 0, deadlineMs: 15_000 });
       const ports = portsOf(driver);
@@ -454,12 +455,12 @@ describe('batches across shards under kill -9 in a cluster (3 nodes, RF 3, major
           () => true,
           () => false,
         );
-        // The coordinator's prepare committed and held (in doubt) while the participant's hangs.
+        // The participant's prepare committed and held (in doubt) while the coordinator's decision hangs.
         const end = Date.now() + 3000;
-        while (!inDoubt && Date.now() < end) inDoubt = (await metricSum(coordinatorLeader.child.http, 'quiver_shard_txn_in_doubt', { collection: C, shard: String(first) })) > 0;
+        while (!inDoubt && Date.now() < end) inDoubt = (await metricSum(participantLeader.child.http, 'quiver_shard_txn_in_doubt', { collection: C, shard: String(participant) })) > 0;
         await cluster.kill(driver);
         process.kill(stopped.child.child.pid!, 'SIGCONT');
-        acked = await sent; // (possible only if the participant's shard failed over before the kill)
+        acked = await sent; // (possible only if the coordinator's shard failed over before the kill)
       } finally {
         process.kill(stopped.child.child.pid!, 'SIGCONT');
         viaDriver.close();

@@ -125,6 +125,11 @@ async function replayDigest(db: LocalDatabase, dir: string, shard: number): Prom
     } else if (e.type === EntryType.Prepare) {
       const p = decodePrepare(e.body, DIM);
       held.set(p.txn, p.part);
+    } else if (e.type === EntryType.Commit) {
+      // The coordinator's commit, carrying its own part.
+      const p = decodePrepare(e.body, DIM);
+      if (p.part.type === 'upsert') upsert(p.part.op);
+      else for (const id of p.part.ids) model.delete(id);
     } else if (e.type === EntryType.Outcome) {
       const o = decodeOutcome(e.body);
       const part = held.get(o.txn);

@@ -256,14 +256,12 @@ describe('failover', () => {
   it("a batch's decision in the new leader's log, committed nowhere yet, is the one it answers; the old leader's waiting call fails UNAVAILABLE", async () => {
     const a = await cluster();
     const txn = 'e'.repeat(32);
-    await a.prepare(txn, 0, { type: 'upsert', op: batch(0, 3) }, '', undefined);
-    expect(a.shard.status().inDoubt).toBe(1);
-    const prepared = a.status().commitLsn;
-    // Acks lost: the decision is durable on every replica and committed nowhere.
+    const before = a.status().commitLsn;
+    // Acks lost: the commit, carrying this coordinator's own part, is durable on every replica and committed nowhere.
     net.filter = (_from, _to, m) => m.kind === 'ack';
-    const decided = a.decide(txn, 'commit').catch((e: QuiverError) => e.code);
-    await pollUntil(() => ['b', 'c'].every((n) => hosts.get(n)!.status().durableLsn > prepared), 'b and c hold the decision');
-    expect(a.status().commitLsn).toBe(prepared);
+    const decided = a.decide(txn, 'commit', { part: { type: 'upsert', op: batch(0, 3) }, key: '', hash: undefined }).catch((e: QuiverError) => e.code);
+    await pollUntil(() => ['b', 'c'].every((n) => hosts.get(n)!.status().durableLsn > before), 'b and c hold the decision');
+    expect(a.status().commitLsn).toBe(before);
     net.filter = null;
     net.cut.add('a');
     for (const n of ['b', 'c']) hosts.get(n)!.onMap({ epoch: 2, leader: null, replicas: NODES, phase: 'electing' });
@@ -272,7 +270,9 @@ describe('failover', () => {
     await pollUntil(() => b.status().role === 'leader', 'b to lead epoch 2');
     // Asked far past the timeout: without the decision found in its log it would abort.
     expect(await b.decisionOf(txn, Date.now() + 600_000)).toBe('commit');
-    expect(await b.decide(txn, 'abort')).toBe('commit');
+    const again = await b.decide(txn, 'abort');
+    expect(again.outcome).toBe('commit');
+    expect(again.part, 'the part was settled before this call').toBeUndefined();
     expect((await b.shard.get(['p0', 'p1', 'p2'], false, false)).length).toBe(3);
     expect(b.shard.status().inDoubt).toBe(0);
     a.onMap({ epoch: 2, leader: 'b', replicas: NODES, phase: 'active' });

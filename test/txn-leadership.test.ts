@@ -1,6 +1,7 @@
 /**
- * The transaction machine (src/shard/txn.ts) across a cluster replica's changes of leadership,
- * scripted: a new leader knows the decision in its log before it is applied (so it never logs a
+ * The transaction machine (src/shard/txn.ts), scripted: the coordinator's commit carries its own
+ * part (checked against the locks, taking none); and across a cluster replica's changes of
+ * leadership: a new leader knows the decision in its log before it is applied (so it never logs a
  * second, different one), a deposed leader forgets what it was logging (its tail may be cut), a
  * prepare asked again of a shard that holds it is refused like a lock, and a decision refused
  * before it was appended can be asked again.
@@ -21,7 +22,7 @@ describe('transaction machine across leadership changes', () => {
   it('a new leader that finds a decision in its log answers it, applied or not, and logs no other', () => {
     // Without the entry found, a participant asking past the timeout gets an abort logged.
     const bare = machine();
-    expect(bare.step({ type: 'decisionAsked', txn: T, now: 10_000 })).toEqual([{ type: 'logDecision', txn: T, outcome: 'abort' }]);
+    expect(bare.step({ type: 'decisionAsked', txn: T, now: 10_000 })).toEqual([{ type: 'logDecision', txn: T, outcome: 'abort', withPart: false }]);
 
     const { step } = machine();
     step({ type: 'logFound', txn: T, entry: { kind: 'prepare', ids: ['x'] }, now: 0 });
@@ -52,7 +53,7 @@ describe('transaction machine across leadership changes', () => {
     const { s, step } = machine();
     step({ type: 'prepareAsked', txn: T, ids: ['x'], now: 0 });
     step({ type: 'prepareApplied', txn: U, lsn: 2, coordinator: 0, ids: ['z'], now: 0 });
-    expect(step({ type: 'decideAsked', txn: U, outcome: 'commit' })).toEqual([{ type: 'logDecision', txn: U, outcome: 'commit' }]);
+    expect(step({ type: 'decideAsked', txn: U, outcome: 'commit' })).toEqual([{ type: 'logDecision', txn: U, outcome: 'commit', withPart: false }]);
     step({ type: 'leadershipLost' });
     expect(s.locks.size).toBe(0); // a follower is never asked to prepare: it keeps no lock
     expect([...s.inDoubt.keys()]).toEqual([U]); // the part in doubt (applied) stays
@@ -99,9 +100,36 @@ describe('transaction machine across leadership changes', () => {
     step({ type: 'logFailed', txn: T, role: 'resolution' });
     expect(step({ type: 'decisionHeard', txn: T, outcome: 'abort' })).toEqual([{ type: 'logResolution', txn: T, outcome: 'abort' }]);
 
-    expect(step({ type: 'decideAsked', txn: U, outcome: 'commit' })).toEqual([{ type: 'logDecision', txn: U, outcome: 'commit' }]);
+    expect(step({ type: 'decideAsked', txn: U, outcome: 'commit' })).toEqual([{ type: 'logDecision', txn: U, outcome: 'commit', withPart: false }]);
     expect(step({ type: 'decideAsked', txn: U, outcome: 'commit' })).toEqual([]);
     step({ type: 'logFailed', txn: U, role: 'decision' });
-    expect(step({ type: 'decideAsked', txn: U, outcome: 'commit' })).toEqual([{ type: 'logDecision', txn: U, outcome: 'commit' }]);
+    expect(step({ type: 'decideAsked', txn: U, outcome: 'commit' })).toEqual([{ type: 'logDecision', txn: U, outcome: 'commit', withPart: false }]);
+  });
+});
+
+describe("the coordinator's commit carries its own part", () => {
+  it('logged with the part when its ids are free, applied at that entry; an abort when another prepare holds one', () => {
+    const { s, step } = machine(0);
+    expect(step({ type: 'decideAsked', txn: T, outcome: 'commit', ids: ['x', 'y'] })).toEqual([{ type: 'logDecision', txn: T, outcome: 'commit', withPart: true }]);
+    expect(s.locks.size, 'the part takes no lock').toBe(0);
+    // Asked again while it is being logged: answered when it applies.
+    expect(step({ type: 'decideAsked', txn: T, outcome: 'commit', ids: ['x', 'y'] })).toEqual([]);
+    // A prepare of the same ids asked now is logged after the commit, so it resolves after it.
+    expect(step({ type: 'prepareAsked', txn: U, ids: ['y'], now: 0 })).toEqual([{ type: 'logPrepare', txn: U }]);
+    expect(step({ type: 'decisionApplied', txn: T, outcome: 'commit', lsn: 7 })).toEqual([
+      { type: 'applyPart', txn: T, lsn: 7 },
+      { type: 'answer', txn: T, outcome: 'commit' },
+    ]);
+    expect(s.inDoubt.size).toBe(0);
+
+    // U's prepare holds y: a commit whose part has y is logged as an abort (the batch is retried), without the part.
+    const V = 'c'.repeat(32);
+    expect(step({ type: 'decideAsked', txn: V, outcome: 'commit', ids: ['z', 'y'] })).toEqual([{ type: 'logDecision', txn: V, outcome: 'abort', withPart: false }]);
+    expect(step({ type: 'decisionApplied', txn: V, outcome: 'abort' })).toEqual([{ type: 'answer', txn: V, outcome: 'abort' }]);
+    // Decided: asked again, the answer is the decision logged, whatever the ids.
+    expect(step({ type: 'decideAsked', txn: V, outcome: 'commit', ids: ['z'] })).toEqual([{ type: 'answer', txn: V, outcome: 'abort' }]);
+    // A participant asking about a transaction the coordinator never heard of gets an abort at once (it has no part in doubt to wait on).
+    const W = 'd'.repeat(32);
+    expect(step({ type: 'decisionAsked', txn: W, now: 0 })).toEqual([{ type: 'logDecision', txn: W, outcome: 'abort', withPart: false }]);
   });
 });

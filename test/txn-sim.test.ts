@@ -4,8 +4,10 @@
  * replaying its log), drivers that run batches across random shards over a small pool of ids (so
  * their prepares collide) and that die at random, asks of coordinators answered late, reordered or
  * lost, and a clock that jumps. Then the faults stop and the ticks go on until nothing is in doubt.
- * Checked: each transaction's part is applied on every participant or on none, as the one decision
- * its coordinator logged; a commit only where every participant prepared; each part at most once
+ * The coordinator's own part rides in its commit entry; one batch in five is driven as logs written
+ * before that were (the coordinator prepares its part too, and logs a plain decision). Checked: each
+ * transaction's part is applied on every participant or on none, as the one decision its
+ * coordinator logged; a commit only where every other participant prepared; each part at most once
  * per life of a shard; no prepare left in doubt and no id left locked.
  *
  *   QUIVER_TXN_SEEDS=2000 npx vitest run test/txn-sim.test.ts    more seeds
@@ -16,7 +18,11 @@ import type { TxnOutcome } from '../src/shard/codec';
 import { TxnAction, TxnEvent, TxnState, initTxn, stepTxn } from '../src/shard/txn';
 import { rng } from '../bench/datasets';
 
-type Entry = { kind: 'prepare'; txn: string; coordinator: number; ids: string[] } | { kind: 'decision' | 'resolution'; txn: string; outcome: TxnOutcome };
+type Entry =
+  | { kind: 'prepare'; txn: string; coordinator: number; ids: string[] }
+  | { kind: 'decision' | 'resolution'; txn: string; outcome: TxnOutcome }
+  /** The coordinator's commit carrying its own part. */
+  | { kind: 'commit'; txn: string; ids: string[] };
 
 interface SimShard {
   id: number;
@@ -33,6 +39,8 @@ interface Driver {
   shards: number[];
   ids: Map<number, string[]>;
   phase: 'prepare' | 'decide' | 'resolve' | 'done';
+  /** Driven as before commits carried the coordinator's part: the coordinator prepares it. */
+  legacy: boolean;
   refused: boolean;
   startedAt: number;
   outcome?: TxnOutcome;
@@ -56,13 +64,15 @@ function simulate(seed: number, trace?: string[]): { violations: string[]; stats
   const everSettled = new Map<string, Map<number, TxnOutcome>>();
   const participants = new Map<string, number[]>();
   const messages: { at: number; deliver: () => void }[] = [];
+  /** The coordinator's own part of each transaction, by id (what its commit entry carries). */
+  const ownIds = new Map<string, string[]>();
   let txnNo = 0;
 
   const step = (s: SimShard, e: TxnEvent): TxnAction[] => {
     const { actions } = stepTxn(s.m, e);
     for (const a of actions) {
       if (a.type === 'logPrepare') continue; // the caller appends the entry it asked for
-      if (a.type === 'logDecision') s.log.push({ kind: 'decision', txn: a.txn, outcome: a.outcome });
+      if (a.type === 'logDecision') s.log.push(a.withPart ? { kind: 'commit', txn: a.txn, ids: ownIds.get(a.txn)! } : { kind: 'decision', txn: a.txn, outcome: a.outcome });
       if (a.type === 'logResolution') s.log.push({ kind: 'resolution', txn: a.txn, outcome: a.outcome });
       if (a.type === 'applyPart' || a.type === 'dropPart') {
         const o: TxnOutcome = a.type === 'applyPart' ? 'commit' : 'abort';
@@ -101,6 +111,7 @@ function simulate(seed: number, trace?: string[]): { violations: string[]; stats
     while (s.applied < s.durable) {
       const e = s.log[s.applied++];
       if (e.kind === 'prepare') step(s, { type: 'prepareApplied', txn: e.txn, lsn: s.applied, coordinator: e.coordinator, ids: e.ids, now });
+      else if (e.kind === 'commit') step(s, { type: 'decisionApplied', txn: e.txn, outcome: 'commit', lsn: s.applied });
       else step(s, { type: e.kind === 'decision' ? 'decisionApplied' : 'resolutionApplied', txn: e.txn, outcome: e.outcome });
     }
   };
@@ -119,19 +130,20 @@ function simulate(seed: number, trace?: string[]): { violations: string[]; stats
     const coord = shards[d.shards[0]];
     if (d.phase === 'prepare') {
       // Committed (durable), applied or not: as the real driver decides.
-      const ready = d.shards.every((id) => shards[id].log.slice(0, shards[id].durable).some((e) => e.kind === 'prepare' && e.txn === d.txn));
+      const ready = d.shards.slice(d.legacy ? 0 : 1).every((id) => shards[id].log.slice(0, shards[id].durable).some((e) => e.kind === 'prepare' && e.txn === d.txn));
       if (!d.refused && !ready && now - d.startedAt < TIMEOUT_MS / 2) return; // a lost prepare: the driver gives up in time
       d.outcome = d.refused || !ready ? 'abort' : 'commit';
       d.phase = 'decide';
     }
     if (d.phase === 'decide') {
-      const acts = step(coord, { type: 'decideAsked', txn: d.txn, outcome: d.outcome! });
+      const own = d.legacy || d.outcome === 'abort' ? undefined : d.ids.get(d.shards[0]);
+      const acts = step(coord, { type: 'decideAsked', txn: d.txn, outcome: d.outcome!, ids: own });
       const answer = acts.find((a): a is Extract<TxnAction, { type: 'answer' }> => a.type === 'answer');
       if (!answer) {
         // Logged or being logged: the driver goes on once it is durable (asks again otherwise).
-        const logged = coord.log.slice(0, coord.durable).find((e) => e.kind === 'decision' && e.txn === d.txn);
-        if (!logged || logged.kind !== 'decision') return;
-        d.outcome = logged.outcome;
+        const logged = coord.log.slice(0, coord.durable).find((e) => (e.kind === 'decision' || e.kind === 'commit') && e.txn === d.txn);
+        if (!logged) return;
+        d.outcome = logged.kind === 'decision' ? logged.outcome : 'commit';
       } else d.outcome = answer.outcome;
       d.phase = 'resolve';
     }
@@ -146,17 +158,19 @@ function simulate(seed: number, trace?: string[]): { violations: string[]; stats
     const n = 2 + Math.floor(rand() * (nShards - 1));
     const ids = [...shards.keys()].sort(() => rand() - 0.5).slice(0, n);
     const txn = `t${++txnNo}`;
-    const d: Driver = { txn, shards: ids, ids: new Map(), phase: 'prepare', refused: false, startedAt: now };
+    const d: Driver = { txn, shards: ids, ids: new Map(), phase: 'prepare', legacy: rand() < 0.2, refused: false, startedAt: now };
     participants.set(txn, ids);
     for (const s of ids) {
       const pts = Array.from({ length: 1 + Math.floor(rand() * 3) }, () => `s${s}p${Math.floor(rand() * 12)}`);
       const unique = [...new Set(pts)];
       d.ids.set(s, unique);
+      if (s === ids[0]) ownIds.set(txn, unique);
+      if (s === ids[0] && !d.legacy) continue; // the coordinator's part rides in its commit
       const acts = step(shards[s], { type: 'prepareAsked', txn, ids: unique, now });
       if (acts.some((a) => a.type === 'refuse')) d.refused = true;
       else shards[s].log.push({ kind: 'prepare', txn, coordinator: ids[0], ids: unique });
     }
-    say(`t=${now} driver ${txn}: prepare on ${ids.join(',')}${d.refused ? ' (refused somewhere)' : ''}`);
+    say(`t=${now} driver ${txn}: prepare on ${ids.slice(d.legacy ? 0 : 1).join(',')}${d.legacy ? ' (coordinator too)' : ''}${d.refused ? ' (refused somewhere)' : ''}`);
     drivers.push(d);
   };
 
@@ -207,15 +221,17 @@ function simulate(seed: number, trace?: string[]): { violations: string[]; stats
     if (s.m.locks.size > 0) violations.push(`shard ${s.id}: ${s.m.locks.size} ids still locked`);
   }
   for (const [txn, ps] of participants) {
-    const decisions = shards[ps[0]].log.filter((e) => e.kind === 'decision' && e.txn === txn);
+    const decisions = shards[ps[0]].log.filter((e) => (e.kind === 'decision' || e.kind === 'commit') && e.txn === txn);
     if (decisions.length > 1) violations.push(`${txn}: ${decisions.length} decisions logged`);
-    const decided = decisions[0]?.kind === 'decision' ? decisions[0].outcome : undefined;
-    const prepared = ps.filter((s) => shards[s].log.some((e) => e.kind === 'prepare' && e.txn === txn));
+    const first = decisions[0];
+    const decided = first === undefined ? undefined : first.kind === 'decision' ? first.outcome : 'commit';
+    const others = ps.slice(1);
+    const prepared = others.filter((s) => shards[s].log.some((e) => e.kind === 'prepare' && e.txn === txn));
     const settled = everSettled.get(txn) ?? new Map<number, TxnOutcome>();
     for (const [s, o] of settled) if (o !== decided) violations.push(`${txn}: shard ${s} ${o}, the coordinator decided ${decided ?? 'nothing'}`);
     if (decided === 'commit') {
       stats.commits++;
-      if (prepared.length !== ps.length) violations.push(`${txn}: committed with prepares on ${prepared.join(',')} of ${ps.join(',')}`);
+      if (prepared.length !== others.length) violations.push(`${txn}: committed with prepares on ${prepared.join(',')} of ${others.join(',')}`);
       for (const s of ps) if (shards[s].settled.get(txn) !== 'commit') violations.push(`${txn}: committed, not applied on shard ${s}`);
     } else {
       if (decided === 'abort') stats.aborts++;

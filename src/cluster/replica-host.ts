@@ -20,9 +20,10 @@ import { MessageInitShape, create, fromBinary, toBinary } from '@bufbuild/protob
 import { BinaryWriter, WireType } from '@bufbuild/protobuf/wire';
 import { QuiverError } from '../errors';
 import { TRASH_PREFIX, fsyncDir, moveAside, removeDirGradually, trashName } from '../common/fs';
-import { Shard, ShardOptions, ShardWrite, TxnPart, WriteResult, lockRefusal } from '../shard/shard';
+import { OwnPart, Shard, ShardOptions, ShardWrite, TxnDecided, TxnPart, WriteResult, decisionWrite, lockRefusal } from '../shard/shard';
 import { TxnOutcome, UpsertOp, requestHash } from '../shard/codec';
 import { listSnapshots, snapshotDirName, writeFileSynced } from '../shard/snapshot';
+import type { TxnAction } from '../shard/txn';
 import { decodeEntry } from '../wal/format';
 import { crc32c } from '../wal/crc32c';
 import { EntriesSchema, ReplicaMessage, ReplicaMessageSchema } from '../rpc/gen/replica_pb';
@@ -630,24 +631,42 @@ export class ReplicaHost extends EventEmitter {
     });
   }
 
-  /** Coordinator: logs the outcome of `txn` unless one is logged or being logged; resolves with the outcome logged, once applied. */
-  decide(txn: string, outcome: TxnOutcome): Promise<TxnOutcome> {
-    return this.whileLeading((shard, still) => this.outcomeFrom(shard, still, txn, { type: 'decideAsked', txn, outcome })) as Promise<TxnOutcome>;
+  /**
+   * Coordinator: logs the outcome of `txn` unless one is logged or being logged (a commit carries
+   * `own`, this shard's part); resolves with the outcome logged, once applied, and this shard's part
+   * settled at it. A key this shard remembers (the request committed before) makes the commit a
+   * plain one, answered for this shard from the key.
+   */
+  decide(txn: string, outcome: TxnOutcome, own?: OwnPart): Promise<TxnDecided> {
+    return this.whileLeading(async (shard, still) => {
+      let rec: WriteResult | undefined;
+      if (own && own.key !== '' && own.hash) {
+        shard.checkKey(own.key, own.hash);
+        rec = shard.remembered(own.key);
+        if (rec) own = undefined;
+      }
+      const actions = shard.txnStep({ type: 'decideAsked', txn, outcome, ids: own && (own.part.type === 'upsert' ? own.part.op.ids : own.part.ids) });
+      const part = shard.partOfDecision(txn, actions, own);
+      const decided = await this.outcomeFrom(shard, still, txn, actions);
+      const mine = rec && decided === 'commit' ? Promise.resolve(rec) : part;
+      return { outcome: decided!, part: mine && this.withEpoch(mine) };
+    });
   }
 
   /** Coordinator, asked by a participant: the outcome, or undefined while the batch's driver may still decide (past the timeout it aborts). */
   decisionOf(txn: string, now: number): Promise<TxnOutcome | undefined> {
-    return this.whileLeading((shard, still) => this.outcomeFrom(shard, still, txn, { type: 'decisionAsked', txn, now }));
+    return this.whileLeading((shard, still) => this.outcomeFrom(shard, still, txn, shard.txnStep({ type: 'decisionAsked', txn, now })));
   }
 
-  private async outcomeFrom(shard: Shard, still: () => boolean, txn: string, e: { type: 'decideAsked'; txn: string; outcome: TxnOutcome } | { type: 'decisionAsked'; txn: string; now: number }): Promise<TxnOutcome | undefined> {
-    for (const a of shard.txnStep(e)) {
+  private async outcomeFrom(shard: Shard, still: () => boolean, txn: string, actions: TxnAction[]): Promise<TxnOutcome | undefined> {
+    for (const a of actions) {
       if (a.type === 'answer') return a.outcome;
       if (a.type === 'logDecision') {
         try {
-          await this.write({ type: 'outcome', txn, outcome: a.outcome, role: 'decision', key: '' });
+          await this.write(decisionWrite(shard, txn, a.outcome, a.withPart));
         } catch (err) {
           if (still()) shard.txnStep({ type: 'logFailed', txn, role: 'decision' });
+          shard.dropOwnPart(txn);
           throw err;
         }
         return a.outcome;
@@ -682,7 +701,11 @@ export class ReplicaHost extends EventEmitter {
     const rec = this.rememberedTxns.get(txn);
     this.rememberedTxns.delete(txn);
     const part = rec ? Promise.resolve(rec) : this.shardValue.settled(txn);
-    if (!part) return undefined;
+    return part && this.withEpoch(part);
+  }
+
+  /** A part's answer with its entry's epoch (for the write token), or the refusal when this replica stops leading first. */
+  private withEpoch(part: Promise<WriteResult>): Promise<WriteResult> {
     return Promise.race([part.then((r) => ({ ...r, epoch: epochAt(this.state.log.history, r.lsn) })), this.deposed.promise]);
   }
 

@@ -34,7 +34,7 @@ import { QuiverError } from '../errors';
 import { ReadLevel, checkReadLevel, readOptionsOf } from '../common/read-options';
 import { ReplicaReadState, linearizableTarget, readVerdict } from '../cluster/read-level';
 import { decodePrepare, encodePrepared, requestHash, txnIdBytes, txnTimeoutMsDefault } from '../shard';
-import type { PreparedPart, Shard, ShardOptions, ShardWrite, StoredPoint, TxnOutcome, TxnPart, UpsertOp, WriteResult } from '../shard';
+import type { OwnPart, PreparedPart, Shard, ShardOptions, ShardWrite, StoredPoint, TxnOutcome, TxnPart, UpsertOp, WriteResult } from '../shard';
 import type { NodeId, Progress, ShardKey, ShardMap, WriteConcern } from '../cluster/types';
 import { members, shardKey } from '../cluster/types';
 import { idsByShard, splitBatch, writeByShard } from '../common/placement';
@@ -214,19 +214,18 @@ export interface PeerShards {
   /** A batch across shards (./transaction.ts), each call to the shard's leader: see ClusterDatabase.txnPrepare and the next ones. */
   /** `body`: the prepare entry's body (encodePrepared). */
   txnPrepare(node: NodeId, collection: string, shard: number, body: Buffer, key: string): Promise<void>;
-  txnDecide(node: NodeId, collection: string, shard: number, txn: string, outcome: TxnOutcome): Promise<{ outcome: TxnOutcome; part: WriteResult | undefined }>;
+  /** `body`: with a commit, the coordinator's own part as a prepare entry's body (encodePrepared), which its commit entry carries; empty with none. */
+  txnDecide(node: NodeId, collection: string, shard: number, txn: string, outcome: TxnOutcome, body: Buffer, key: string): Promise<{ outcome: TxnOutcome; part: WriteResult | undefined }>;
   txnDecisionOf(node: NodeId, collection: string, shard: number, txn: string): Promise<TxnOutcome | undefined>;
   txnResolve(node: NodeId, collection: string, shard: number, txn: string, outcome: TxnOutcome): Promise<WriteResult | undefined>;
   /** A piece of a shard's snapshot on `node` (lsn 0: its leader snapshots it now), checksum checked. */
   snapshotPiece(node: NodeId, collection: string, shard: number, lsn: number, offset: number): Promise<SnapshotPiece>;
 }
 
-/** Coordinator: logs the outcome and answers it with its own part settled at that entry (undefined: none here). */
-async function decideSettled(t: TxnShard, txn: string, outcome: TxnOutcome): Promise<{ outcome: TxnOutcome; part: WriteResult | undefined }> {
-  const part = t.settled(txn);
-  part?.catch(() => undefined); // awaited below once the decision is in
-  const decided = await t.decide(txn, outcome);
-  return { outcome: decided, part: await part };
+/** Coordinator: logs the outcome (a commit carrying `own`) and answers it with its own part settled at that entry (undefined: none here). */
+async function decideSettled(t: TxnShard, txn: string, outcome: TxnOutcome, own: OwnPart | undefined): Promise<{ outcome: TxnOutcome; part: WriteResult | undefined }> {
+  const decided = await t.decide(txn, outcome, own);
+  return { outcome: decided.outcome, part: await decided.part };
 }
 
 /** Participant: logs its resolution and answers once its part is settled (undefined: none here). */
@@ -1056,13 +1055,14 @@ export class ClusterDatabase extends PointWrites implements Database {
           (node) => peers.txnPrepare(node, name, s, Buffer.concat(encodePrepared({ txn, coordinator, part, hash }, c.spec.dim)), key),
           true,
         ),
-      decide: async (txn, outcome) => {
+      decide: async (txn, outcome, own) => {
         const r = await on(
-          (rep) => decideSettled(rep, txn, outcome),
-          (node) => peers.txnDecide(node, name, s, txn, outcome),
+          (rep) => decideSettled(rep, txn, outcome, own),
+          (node) => peers.txnDecide(node, name, s, txn, outcome, own ? Buffer.concat(encodePrepared({ txn, coordinator: s, part: own.part, hash: own.hash }, c.spec.dim)) : Buffer.alloc(0), own?.key ?? ''),
         );
-        partOf(txn).settle(Promise.resolve(r.part).then((p) => answer(r.outcome, p)));
-        return r.outcome;
+        const part = Promise.resolve(r.part).then((p) => answer(r.outcome, p));
+        part.catch(() => undefined); // the driver awaits it
+        return { outcome: r.outcome, part };
       },
       decisionOf: (txn, now) =>
         on(
@@ -1189,6 +1189,12 @@ export class ClusterDatabase extends PointWrites implements Database {
 
   /** A participant's part of a batch across shards, from the node driving it: checked as a forwarded write, logged by the replica here as a prepare (it must lead). */
   async txnPrepare(name: string, s: number, body: Uint8Array, key: string, signal?: AbortSignal): Promise<void> {
+    const { prepared: p, part } = this.preparedPart(name, body);
+    await ClusterDatabase.bounded((await this.ledReplica(name, s)).prepare(p.txn, p.coordinator, part, key, p.hash), signal);
+  }
+
+  /** A part of a batch across shards sent by the node driving it (a prepare entry's body), checked as a forwarded write. */
+  private preparedPart(name: string, body: Uint8Array): { prepared: PreparedPart; part: TxnPart } {
     const c = this.coll(name);
     let p: PreparedPart;
     try {
@@ -1201,13 +1207,24 @@ export class ClusterDatabase extends PointWrites implements Database {
       p.part.type === 'upsert'
         ? { type: 'upsert', op: ClusterDatabase.forwardedColumns(c, p.part.op) }
         : (checkIds(p.part.ids, true), p.part);
-    await ClusterDatabase.bounded((await this.ledReplica(name, s)).prepare(p.txn, p.coordinator, part, key, p.hash), signal);
+    return { prepared: p, part };
   }
 
-  /** Coordinator (the replica here must lead): logs the outcome of `txn` unless one is; answers it with this shard's part settled. */
-  async txnDecide(name: string, s: number, txn: string, outcome: TxnOutcome, signal?: AbortSignal): Promise<{ outcome: TxnOutcome; part: WriteResult | undefined }> {
+  /**
+   * Coordinator (the replica here must lead): logs the outcome of `txn` unless one is (a commit
+   * carrying `body`, this shard's part as a prepare entry's body, checked as a forwarded write);
+   * answers it with this shard's part settled.
+   */
+  async txnDecide(name: string, s: number, txn: string, outcome: TxnOutcome, body: Uint8Array, key: string, signal?: AbortSignal): Promise<{ outcome: TxnOutcome; part: WriteResult | undefined }> {
     ClusterDatabase.checkTxn(txn);
-    return ClusterDatabase.bounded(decideSettled(await this.ledReplica(name, s), txn, outcome), signal);
+    let own: OwnPart | undefined;
+    if (body.byteLength > 0) {
+      const p = this.preparedPart(name, body);
+      if (p.prepared.txn !== txn || p.prepared.coordinator !== s) throw new QuiverError('INVALID_ARGUMENT', `the coordinator's part names transaction ${p.prepared.txn} of coordinator ${p.prepared.coordinator}, not ${txn} of ${s}`);
+      if (outcome !== 'commit') throw new QuiverError('INVALID_ARGUMENT', 'only a commit carries the coordinator\'s part');
+      own = { part: p.part, key, hash: p.prepared.hash };
+    }
+    return ClusterDatabase.bounded(decideSettled(await this.ledReplica(name, s), txn, outcome, own), signal);
   }
 
   /** Coordinator, asked by a participant's leader: the outcome of `txn` (undefined while its driver may still decide). */

@@ -2,9 +2,9 @@
  * The driver of a batch across shards (the protocol and its invariant: src/shard/txn.ts). It runs
  * where the batch was split, against each shard's leader:
  *
- *   prepare every part (in parallel) --all applied--> coordinator decides commit --> every other
- *        |                                                                           participant
- *        +--a part refused or failed--> coordinator decides abort                    resolves
+ *   prepare every other part --all committed--> the coordinator decides commit, --> every other
+ *   (in parallel)    |                          its own part in that entry          participant
+ *                    +--a part refused or failed--> the coordinator decides abort   resolves
  *   answer once every part has settled (so a read after the answer sees the whole batch)
  *
  * A part refused because another batch's prepare holds one of its ids aborts the attempt, which is
@@ -50,19 +50,18 @@ export async function runTransaction(
   txnTimeoutMs: number,
 ): Promise<TxnAnswer> {
   const shards = [...parts.keys()];
-  const coordinator = shards[0];
+  const [coordinator, ...others] = shards;
   const giveUpAt = performance.now() + retryTimeouts * txnTimeoutMs;
   for (let attempt = 1; ; attempt++) {
     signal?.throwIfAborted();
     const txn = randomBytes(txnIdBytes).toString('hex');
-    const prepared = await Promise.allSettled(shards.map((s) => shardOf(s).prepare(txn, coordinator, parts.get(s)!, key, hash)));
+    const prepared = await Promise.allSettled(others.map((s) => shardOf(s).prepare(txn, coordinator, parts.get(s)!, key, hash)));
     const failed = prepared.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    const settled = shards.map((s) => shardOf(s).settled(txn));
-    const outcome = await shardOf(coordinator).decide(txn, failed ? 'abort' : 'commit');
-    shards.forEach((s) => {
-      if (s !== coordinator) shardOf(s).resolve(txn, outcome);
-    });
-    const results = await Promise.all(settled);
+    const settled = others.map((s) => shardOf(s).settled(txn));
+    const decided = await shardOf(coordinator).decide(txn, failed ? 'abort' : 'commit', failed ? undefined : { part: parts.get(coordinator)!, key, hash });
+    const outcome = decided.outcome;
+    for (const s of others) shardOf(s).resolve(txn, outcome);
+    const results = await Promise.all([decided.part, ...settled]);
     if (outcome === 'commit') {
       const token: WriteToken = {};
       let count = 0;

@@ -180,7 +180,7 @@ export function nodeMethods(svc: Service, db: ClusterDatabase, tls: boolean): Ma
     return {};
   });
   add('txnDecide', async (r, signal) => {
-    const d = await db.txnDecide(r.collection, r.shard, r.txn, outcomeFromWire(r.outcome, 'outcome'), signal);
+    const d = await db.txnDecide(r.collection, r.shard, r.txn, outcomeFromWire(r.outcome, 'outcome'), r.body, r.idempotencyKey, signal);
     return { outcome: d.outcome, part: partToWire(r.shard, d.part) };
   });
   add('txnDecisionOf', async (r, signal) => ({ outcome: (await db.txnDecisionOf(r.collection, r.shard, r.txn, signal)) ?? '' }));
@@ -347,8 +347,8 @@ export class NodePeers implements PeerShards {
     await this.channel(node).unary(METHODS.txnPrepare, { collection, shard, body, idempotencyKey: key }, NodePeers.deadline());
   }
 
-  async txnDecide(node: NodeId, collection: string, shard: number, txn: string, outcome: TxnOutcome): Promise<{ outcome: TxnOutcome; part: WriteResult | undefined }> {
-    const r = await this.channel(node).unary(METHODS.txnDecide, { collection, shard, txn, outcome }, NodePeers.deadline());
+  async txnDecide(node: NodeId, collection: string, shard: number, txn: string, outcome: TxnOutcome, body: Buffer, key: string): Promise<{ outcome: TxnOutcome; part: WriteResult | undefined }> {
+    const r = await this.channel(node).unary(METHODS.txnDecide, { collection, shard, txn, outcome, body, idempotencyKey: key }, NodePeers.deadline());
     return { outcome: outcomeFromWire(r.outcome, 'the decision'), part: r.part && writeResultFromWire(shard, r.part) };
   }
 

@@ -23,6 +23,9 @@
  *            3 deleteKeys: remove the keys of the array) | u32 len | UTF-8 JSON (object or array)
  *   u32 n | n x { u16 idLen | id (UTF-8) }
  * Vector update (type 8): the layout of an upsert batch, every payload length 0 (payloads are kept).
+ * Commit (type 9), the coordinator's decision to commit, carrying its own part of the batch (which
+ *   it never prepares): the layout of a Prepare; the part is applied at this entry. An abort is a
+ *   type 6 decision.
  *
  * Request header, present in the bodies of entries with an idempotency key (layout 1; bodies
  * written before it have none, and an entry without a key never has one):

@@ -152,6 +152,29 @@ export function lockRefusal(a: { id: string; heldBy: string }): QuiverError {
 /** A participant's part of a transaction, as the shard holds it until the outcome. */
 export type TxnPart = PreparedPart['part'];
 
+/** The coordinator's own part of a batch across shards, carried by its commit entry (txn.ts). */
+export interface OwnPart {
+  part: TxnPart;
+  key: string;
+  hash: Buffer | undefined;
+}
+
+/** A decision, with the coordinator's own part settled at it (undefined: no part of it here). */
+export interface TxnDecided {
+  outcome: TxnOutcome;
+  part: Promise<WriteResult | undefined> | undefined;
+}
+
+const idsOfPart = (part: TxnPart): readonly string[] => (part.type === 'upsert' ? part.op.ids : part.ids);
+
+/** The decision entry to log for `txn`: with `withPart`, the commit carrying the part `shard` holds for it (never a commit without it). */
+export function decisionWrite(shard: Shard, txn: string, outcome: TxnOutcome, withPart: boolean): ShardWrite {
+  if (!withPart) return { type: 'outcome', txn, outcome, role: 'decision', key: '' };
+  const commit = shard.commitOf(txn);
+  if (!commit) throw new QuiverError('UNAVAILABLE', `the coordinator's part of batch ${txn} is no longer held here; retry`);
+  return commit;
+}
+
 /** `hash`: of the request an idempotency key stands for (absent without a key, or in entries written before hashes were kept). */
 type Op =
   | { type: EntryType.Upsert; upsert: UpsertOp; payloads: (Payload | undefined)[]; hash?: Buffer }
@@ -161,7 +184,8 @@ type Op =
   | { type: EntryType.EpochStart }
   | { type: EntryType.Config; config: string }
   | { type: EntryType.Prepare; prepared: PreparedPart }
-  | { type: EntryType.Outcome; txn: string; outcome: TxnOutcome; role: 'decision' | 'resolution' };
+  | { type: EntryType.Outcome; txn: string; outcome: TxnOutcome; role: 'decision' | 'resolution' }
+  | { type: EntryType.Commit; prepared: PreparedPart };
 
 function hashOf(op: Op): Buffer | undefined {
   switch (op.type) {
@@ -195,7 +219,9 @@ export type ShardWrite =
   | { type: 'vectors'; op: UpsertOp; key: string; hash?: Buffer }
   /** A cluster leader's entries of a transaction (txn.ts), logged through its replica. */
   | { type: 'prepare'; prepared: PreparedPart; key: string; hash?: Buffer }
-  | { type: 'outcome'; txn: string; outcome: TxnOutcome; role: 'decision' | 'resolution'; key: string; hash?: undefined };
+  | { type: 'outcome'; txn: string; outcome: TxnOutcome; role: 'decision' | 'resolution'; key: string; hash?: undefined }
+  /** The coordinator's commit carrying its own part (`prepared.coordinator` is this shard). */
+  | { type: 'commit'; prepared: PreparedPart; key: string; hash?: Buffer };
 
 /**
  * IVF-PQ training rule: a shard of an ivfpq collection searches exactly (a flat index over its
@@ -398,6 +424,8 @@ export class Shard {
         return { type, prepared: decodePrepare(body, this.opts.dim) };
       case EntryType.Outcome:
         return { type, ...decodeOutcome(body) };
+      case EntryType.Commit:
+        return { type, prepared: decodePrepare(body, this.opts.dim) };
     }
   }
 
@@ -446,6 +474,8 @@ export class Shard {
         return { op: { type: EntryType.Prepare, prepared: w.prepared }, body: this.prepareBody(w.prepared) };
       case 'outcome':
         return { op: { type: EntryType.Outcome, txn: w.txn, outcome: w.outcome, role: w.role }, body: [encodeOutcome(w.txn, w.outcome, w.role)] };
+      case 'commit':
+        return { op: { type: EntryType.Commit, prepared: w.prepared }, body: this.prepareBody(w.prepared) };
     }
   }
 
@@ -559,13 +589,40 @@ export class Shard {
   }
 
   /**
-   * Coordinator: logs the outcome of `txn` unless one is logged or being logged; resolves with the
-   * outcome logged, once durable (this shard's own part is applied or dropped when that entry is
-   * applied: settled() tells).
+   * Coordinator: logs the outcome of `txn` unless one is logged or being logged (a commit carries
+   * `own`, this shard's part; ids another transaction holds make it an abort); resolves with the
+   * outcome logged, once durable, and this shard's own part settled at that entry (`part`).
    */
-  decide(txn: string, outcome: TxnOutcome): Promise<TxnOutcome> {
+  decide(txn: string, outcome: TxnOutcome, own?: OwnPart): Promise<TxnDecided> {
     if (this.broken || this.closing) return Promise.reject(this.unusable()); // what is in doubt is resolved at the next open
-    return this.outcomeFrom(this.stepTxn({ type: 'decideAsked', txn, outcome }), txn, 'durable') as Promise<TxnOutcome>;
+    const actions = this.stepTxn({ type: 'decideAsked', txn, outcome, ids: own && idsOfPart(own.part) });
+    const part = this.partOfDecision(txn, actions, own);
+    return (this.outcomeFrom(actions, txn, 'durable') as Promise<TxnOutcome>).then((o) => ({ outcome: o, part }));
+  }
+
+  /**
+   * This shard's own part of `txn`, settled at the decision `actions` ask to log (held from now when
+   * the decision carries it; a part this shard prepared, in a log written before commits carried
+   * parts); undefined when none of it is here. Called before the entry can apply.
+   */
+  partOfDecision(txn: string, actions: TxnAction[], own: OwnPart | undefined): Promise<WriteResult> | undefined {
+    if (own && actions.some((a) => a.type === 'logDecision' && a.withPart)) {
+      this.prepared.set(txn, { prepared: { txn, coordinator: this.txn.shard, part: own.part, hash: own.hash }, key: own.key });
+    }
+    return this.settled(txn);
+  }
+
+  /** The commit entry carrying this shard's own part of `txn`, held since partOfDecision (undefined: none held). */
+  commitOf(txn: string): ShardWrite | undefined {
+    const held = this.prepared.get(txn);
+    return held && { type: 'commit', prepared: held.prepared, key: held.key, hash: held.prepared.hash };
+  }
+
+  /** A commit carrying this shard's part was not logged (the log refused it): the part is let go. */
+  dropOwnPart(txn: string): void {
+    if (this.txn.inDoubt.has(txn)) return;
+    this.prepared.delete(txn);
+    this.settleWaiters.delete(txn);
   }
 
   /**
@@ -583,7 +640,15 @@ export class Shard {
     for (const a of actions) {
       if (a.type === 'answer') return Promise.resolve(a.outcome);
       if (a.type === 'logDecision') {
-        const logged = this.logAndApply({ type: EntryType.Outcome, txn, outcome: a.outcome, role: 'decision' }, encodeOutcome(txn, a.outcome, 'decision'), '');
+        let w: ShardWrite;
+        try {
+          w = decisionWrite(this, txn, a.outcome, a.withPart);
+        } catch (e) {
+          this.stepTxn({ type: 'logFailed', txn, role: 'decision' });
+          return Promise.reject(e);
+        }
+        const { op, body } = this.entryOf(w);
+        const logged = this.logAndApply(op, body, w.key);
         logged.applied.catch(() => undefined);
         return logged[answerWhen].then(() => a.outcome);
       }
@@ -681,7 +746,9 @@ export class Shard {
         if (!leading()) return;
         if (e.type === EntryType.Prepare) {
           const { txn, part } = decodePrepare(e.body, this.opts.dim);
-          this.stepTxn({ type: 'logFound', txn, entry: { kind: 'prepare', ids: part.type === 'upsert' ? part.op.ids : part.ids }, now });
+          this.stepTxn({ type: 'logFound', txn, entry: { kind: 'prepare', ids: idsOfPart(part) }, now });
+        } else if (e.type === EntryType.Commit) {
+          this.stepTxn({ type: 'logFound', txn: decodePrepare(e.body, this.opts.dim).txn, entry: { kind: 'decision', outcome: 'commit' }, now });
         } else if (e.type === EntryType.Outcome) {
           const o = decodeOutcome(e.body);
           this.stepTxn({ type: 'logFound', txn: o.txn, entry: o.role === 'decision' ? { kind: 'decision', outcome: o.outcome } : { kind: 'resolution' }, now });
@@ -691,12 +758,16 @@ export class Shard {
   }
 
   /** Applies a prepare or outcome entry through the transaction machine (caller holds the lock). */
-  private async applyTxn(lsn: number, key: string, op: Op & { type: EntryType.Prepare | EntryType.Outcome }): Promise<WriteResult> {
+  private async applyTxn(lsn: number, key: string, op: Op & { type: EntryType.Prepare | EntryType.Outcome | EntryType.Commit }): Promise<WriteResult> {
     let actions: TxnAction[];
     if (op.type === EntryType.Prepare) {
       const { txn, coordinator, part } = op.prepared;
       this.prepared.set(txn, { prepared: op.prepared, key });
-      actions = this.stepTxn({ type: 'prepareApplied', txn, lsn, coordinator, ids: part.type === 'upsert' ? part.op.ids : part.ids, now: Date.now() });
+      actions = this.stepTxn({ type: 'prepareApplied', txn, lsn, coordinator, ids: idsOfPart(part), now: Date.now() });
+    } else if (op.type === EntryType.Commit) {
+      // The coordinator's own part, applied at its commit (held here by the leader since decide, or now on a follower).
+      this.prepared.set(op.prepared.txn, { prepared: op.prepared, key });
+      actions = this.stepTxn({ type: 'decisionApplied', txn: op.prepared.txn, outcome: 'commit', lsn });
     } else {
       actions = this.stepTxn(
         op.role === 'decision' ? { type: 'decisionApplied', txn: op.txn, outcome: op.outcome } : { type: 'resolutionApplied', txn: op.txn, outcome: op.outcome },
@@ -814,7 +885,7 @@ export class Shard {
       let result: WriteResult;
       const seen = key !== '' ? this.keys.get(key) : undefined;
       try {
-        if (op.type === EntryType.Prepare || op.type === EntryType.Outcome) {
+        if (op.type === EntryType.Prepare || op.type === EntryType.Outcome || op.type === EntryType.Commit) {
           result = await this.applyTxn(lsn, key, op);
         } else if (seen) {
           result = { lsn: seen.lsn, answer: seen.answer };
@@ -898,6 +969,7 @@ export class Shard {
       case EntryType.Config:
       case EntryType.Prepare:
       case EntryType.Outcome:
+      case EntryType.Commit:
         return 0;
     }
   }

@@ -3,27 +3,34 @@
  * per shard, pure: `stepTxn(state, event) -> { state, actions }` (no I/O, no clock: time comes in
  * events). A batch within one shard is one entry and never meets this machine.
  *
- *   each participant (every shard the batch touches)          the coordinator (the shard of the
- *                                                              batch's first id, a participant too)
+ *   each other participant (every shard the batch touches    the coordinator (the shard of the
+ *   but the coordinator)                                      batch's first id)
  *   prepareAsked: its ids free? lock them, logPrepare
  *                 else refuse (the batch is aborted, retried)
  *   prepare applied (committed, in log order): IN DOUBT,
  *     the part held, not visible
  *                                                              every prepare committed:
- *                                                                decideAsked(commit) -> logDecision
+ *                                                                decideAsked(commit, its own part's
+ *                                                                ids): free? logDecision carrying
+ *                                                                the part; else as abort
  *                                                              a prepare failed or refused:
  *                                                                decideAsked(abort) -> logDecision
  *                                                              decision applied: DECIDED, remembered;
- *                                                                its own part applied (commit) or
- *                                                                dropped (abort) at this entry
+ *                                                                its own part applied (commit) at
+ *                                                                this entry
  *   the decision heard -> logResolution
  *   resolution applied: the part applied (commit) or dropped
  *     (abort) at this entry, the ids unlocked: RESOLVED
  *
+ *   The coordinator's part rides in its commit entry, so it is never in doubt and costs no entry of
+ *   its own. (A log written when the coordinator prepared its part too still applies: a plain
+ *   decision settles the coordinator's own part in doubt.)
+ *
  *   Recovery, a new leader, a lost driver: a prepare in doubt for timeoutMs makes `tick` ask its
  *   coordinator (askCoordinator). The coordinator answers its decision; with none, it logs abort
- *   once its own prepare of the transaction (if it has one) is in doubt for timeoutMs, or at once
- *   when asked with `now: Infinity` (standalone recovery: whoever drove the batch died with the
+ *   (at once, or once its own prepare of the transaction, if a log has one, is in doubt for
+ *   timeoutMs; a participant asks only after timeoutMs in doubt, so the driver had that long), or at
+ *   once when asked with `now: Infinity` (standalone recovery: whoever drove the batch died with the
  *   process). A participant never decides alone.
  *
  *   In a cluster the "being logged" state (pending, deciding, resolving) and the locks are the
@@ -37,8 +44,11 @@
  * coordinator logged (at most one decision is ever logged: decideAsked and decisionAsked answer a
  * decision logged or being logged); a commit is logged only after every participant's prepare is
  * committed, so each participant holds its part when it resolves; a part is applied once, at one
- * entry of its shard's log (the resolution, or on the coordinator the decision), so every replica
- * of a shard applies it at the same point of the same log (I2).
+ * entry of its shard's log (the resolution, or on the coordinator the decision that carries it), so
+ * every replica of a shard applies it at the same point of the same log (I2). The coordinator's part
+ * takes no lock: it is checked against the locks when its commit is asked (held: abort), and a
+ * prepare of the same ids asked after that resolves after the commit entry, so two batches apply in
+ * one order on every shard they share.
  *
  * Locks: an id is locked from its prepare until its resolution; a prepare meeting a locked id is
  * refused at once (no waiting, so two batches that each hold an id the other wants cannot wait on
@@ -88,12 +98,12 @@ export type TxnEvent =
   | { type: 'prepareFailed'; txn: string }
   /** A prepare entry applied (committed), in log order. */
   | { type: 'prepareApplied'; txn: string; lsn: number; coordinator: number; ids: readonly string[]; now: number }
-  /** Coordinator, leader: the batch's driver asks to log its outcome. */
-  | { type: 'decideAsked'; txn: string; outcome: TxnOutcome }
+  /** Coordinator, leader: the batch's driver asks to log its outcome; `ids`, of its own part, when a commit is to carry that part. */
+  | { type: 'decideAsked'; txn: string; outcome: TxnOutcome; ids?: readonly string[] }
   /** Coordinator, leader: a participant asks for the outcome. */
   | { type: 'decisionAsked'; txn: string; now: number }
-  /** Coordinator: its decision entry applied, in log order. */
-  | { type: 'decisionApplied'; txn: string; outcome: TxnOutcome }
+  /** Coordinator: its decision entry applied, in log order; `lsn` when the entry carries its own part (a commit). */
+  | { type: 'decisionApplied'; txn: string; outcome: TxnOutcome; lsn?: number }
   /** Participant, leader: the coordinator's answer (its prepare committed, applied or not yet). */
   | { type: 'decisionHeard'; txn: string; outcome: TxnOutcome }
   /** Participant: its resolution entry applied, in log order. */
@@ -111,11 +121,12 @@ export type TxnEvent =
 export type TxnAction =
   | { type: 'logPrepare'; txn: string }
   | { type: 'refuse'; txn: string; heldBy: string; id: string }
-  | { type: 'logDecision'; txn: string; outcome: TxnOutcome }
+  /** `withPart`: a commit carrying the coordinator's own part (the one decideAsked named). */
+  | { type: 'logDecision'; txn: string; outcome: TxnOutcome; withPart: boolean }
   | { type: 'logResolution'; txn: string; outcome: TxnOutcome }
   /** The outcome is known (logged and applied): tell whoever asked. */
   | { type: 'answer'; txn: string; outcome: TxnOutcome }
-  /** Apply (commit) or drop (abort) the part prepared at `lsn`, now, at the entry being applied. */
+  /** Apply (commit) or drop (abort) the part prepared (or carried by the decision) at `lsn`, now, at the entry being applied. */
   | { type: 'applyPart'; txn: string; lsn: number }
   | { type: 'dropPart'; txn: string; lsn: number }
   | { type: 'askCoordinator'; txn: string; coordinator: number };
@@ -149,12 +160,21 @@ function known(s: TxnState, txn: string): TxnOutcome | undefined {
   return s.decisions.get(txn) ?? s.deciding.get(txn);
 }
 
-function decide(s: TxnState, txn: string, outcome: TxnOutcome): TxnAction[] {
+function decide(s: TxnState, txn: string, outcome: TxnOutcome, withPart = false): TxnAction[] {
   const done = s.decisions.get(txn);
   if (done) return [{ type: 'answer', txn, outcome: done }];
   if (s.deciding.has(txn)) return []; // answered when it applies
   s.deciding.set(txn, outcome);
-  return [{ type: 'logDecision', txn, outcome }];
+  return [{ type: 'logDecision', txn, outcome, withPart }];
+}
+
+/** The first of `ids` another transaction holds, with its holder. */
+function heldBy(s: TxnState, txn: string, ids: readonly string[]): { id: string; holder: string } | undefined {
+  for (const id of ids) {
+    const holder = s.locks.get(id);
+    if (holder !== undefined && holder !== txn) return { id, holder };
+  }
+  return undefined;
 }
 
 export function stepTxn(s: TxnState, e: TxnEvent): { state: TxnState; actions: TxnAction[] } {
@@ -163,10 +183,8 @@ export function stepTxn(s: TxnState, e: TxnEvent): { state: TxnState; actions: T
     case 'prepareAsked': {
       // Asked again (a forward that followed a new leader): refused like a lock, the batch retried.
       if (s.pending.has(e.txn) || s.inDoubt.has(e.txn)) return { state: s, actions: [{ type: 'refuse', txn: e.txn, heldBy: e.txn, id: e.ids[0] ?? '' }] };
-      for (const id of e.ids) {
-        const holder = s.locks.get(id);
-        if (holder !== undefined && holder !== e.txn) return { state: s, actions: [{ type: 'refuse', txn: e.txn, heldBy: holder, id }] };
-      }
+      const held = heldBy(s, e.txn, e.ids);
+      if (held) return { state: s, actions: [{ type: 'refuse', txn: e.txn, heldBy: held.holder, id: held.id }] };
       lock(s, e.txn, e.ids);
       s.pending.set(e.txn, { ids: e.ids, since: e.now });
       actions.push({ type: 'logPrepare', txn: e.txn });
@@ -187,9 +205,13 @@ export function stepTxn(s: TxnState, e: TxnEvent): { state: TxnState; actions: T
       if (decided) actions.push(...settle(s, e.txn, decided));
       break;
     }
-    case 'decideAsked':
-      actions.push(...decide(s, e.txn, e.outcome));
+    case 'decideAsked': {
+      // The coordinator's own part rides in its commit; ids another prepare holds make it an abort (the batch is retried).
+      const withPart = e.outcome === 'commit' && e.ids !== undefined;
+      const held = withPart && !known(s, e.txn) && heldBy(s, e.txn, e.ids!) !== undefined;
+      actions.push(...decide(s, e.txn, held ? 'abort' : e.outcome, withPart && !held));
       break;
+    }
     case 'decisionAsked': {
       const k = known(s, e.txn);
       if (k) {
@@ -206,7 +228,9 @@ export function stepTxn(s: TxnState, e: TxnEvent): { state: TxnState; actions: T
       s.deciding.delete(e.txn);
       s.decisions.set(e.txn, e.outcome);
       while (s.decisions.size > s.decisionsMax) s.decisions.delete(s.decisions.keys().next().value as string);
-      actions.push(...settle(s, e.txn, e.outcome), { type: 'answer', txn: e.txn, outcome: e.outcome });
+      actions.push(...settle(s, e.txn, e.outcome));
+      if (e.lsn !== undefined) actions.push({ type: 'applyPart', txn: e.txn, lsn: e.lsn });
+      actions.push({ type: 'answer', txn: e.txn, outcome: e.outcome });
       break;
     }
     case 'decisionHeard': {

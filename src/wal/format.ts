@@ -58,6 +58,8 @@ export enum EntryType {
   Outcome = 6,
   Payload = 7,
   Vectors = 8,
+  /** The coordinator's decision to commit a batch across shards, carrying its own part (laid out as a Prepare), applied at this entry. */
+  Commit = 9,
 }
 
 export interface EntryInput {
