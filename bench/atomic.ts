@@ -4,10 +4,15 @@
  * One collection of --shards shards; --writers writers upsert batches of --batch points
  * (synthetic, spread over every shard) back to back, in rounds that alternate two ways of writing
  * the same batches:
- *   atomic     the batch as one request: a transaction (a prepare on each shard, the coordinator's
- *              decision, each other shard's resolution; answered once every part is applied);
+ *   atomic     the batch as one request: a transaction (a prepare on each other shard, the
+ *              coordinator's commit carrying its own part, each other shard's resolution; answered
+ *              once every part is applied);
  *   per-shard  the batch split by shard, each part its own request, in parallel (one entry per
- *              shard, no transaction: what a batch across shards was before).
+ *              shard, no transaction: what a batch across shards was before);
+ *   phased     (with --phased) plain per-shard requests in the transaction's order and entries: the
+ *              other shards' parts in parallel, then the first id's shard's part, then a one-entry
+ *              write on each other shard (a delete of an id it does not hold). No transaction: what
+ *              the three commit rounds in sequence cost by themselves.
  * By default against an in-process standalone Database. With --nodes N, through the SDK
  * (src/client) instead, against a standalone `quiver serve` and then against N nodes on loopback
  * with etcd (RF 3, majority), in the same run: the SDK sends an atomic batch whole to its
@@ -48,17 +53,20 @@ options:
   --nodes N          through the SDK: a standalone quiver serve, then N >= 3 nodes started on
                      loopback with etcd (/usr/bin/etcd), RF 3, majority (default 0: an in-process
                      standalone database only)
+  --phased           a third way in the rounds: plain per-shard requests in the transaction's three
+                     phases (the other shards' parts, then the first id's shard's part, then a
+                     one-entry write on each other shard), with no transaction; prints phased /
+                     per-shard too
   --help             this text
 `;
 
 export const SPEC: CommandSpec = {
   usage: USAGE,
-  flags: Object.fromEntries(['index', 'shards', 'dim', 'batch', 'writers', 'batches', 'rounds', 'nodes'].map((k) => [k, { type: 'string' }])),
+  flags: { ...Object.fromEntries(['index', 'shards', 'dim', 'batch', 'writers', 'batches', 'rounds', 'nodes'].map((k) => [k, { type: 'string' as const }])), phased: { type: 'boolean' } },
 };
 
 const now = (): number => Number(process.hrtime.bigint()) / 1e6;
-const WAYS = ['atomic', 'per-shard'] as const;
-type Way = (typeof WAYS)[number];
+type Way = 'atomic' | 'per-shard' | 'phased';
 
 interface Options {
   index: 'flat' | 'hnsw';
@@ -68,12 +76,14 @@ interface Options {
   writers: number;
   batches: number;
   rounds: number;
+  /** The ways the rounds alternate (atomic and per-shard first). */
+  ways: Way[];
 }
 
 type Row = { way: Way; batches: number; 'points/s': number; 'ack p50 ms': number; 'ack p99 ms': number; 'CPU ms/batch': number; 'cores busy': number } & Record<string, number | string>;
 /** CPU seconds used so far, by part of the target (e.g. nodes, sidecars, the rest). */
 type CpuParts = () => Record<string, number>;
-/** atomic / per-shard over every round; `perRound` the throughput ratio of each pair of rounds, `median` theirs. */
+/** A way / per-shard over every round; `perRound` the throughput ratio of each pair of rounds, `median` theirs. */
 type Ratio = { throughput: number; p50: number; p99: number; cpu: number; perRound: number[]; median: number };
 
 /** CPU seconds this process has used. */
@@ -86,13 +96,14 @@ const ownCpu = (): number => {
  * The alternating rounds against one target: `write(way, batch)` writes a batch one way; `cpu()`
  * the CPU seconds every process of the target (and this one) has used so far, by part (each part
  * gets a column of its CPU ms per batch when there are several). Batch ids cycle through 50,000
- * (so the collection stops growing), rows through a synthetic dataset.
+ * (so the collection stops growing), rows through a synthetic dataset. `ratio` is atomic /
+ * per-shard, `phased` phased / per-shard (with --phased).
  */
-async function measure(o: Options, target: string, cpu: CpuParts, write: (way: Way, cols: UpsertColumns & { ids: string[]; vectors: Float32Array }) => Promise<unknown>): Promise<{ rows: Row[]; ratio: Ratio }> {
+async function measure(o: Options, target: string, cpu: CpuParts, write: (way: Way, cols: UpsertColumns & { ids: string[]; vectors: Float32Array }) => Promise<unknown>): Promise<Measured> {
   const ds = synthetic({ nBase: 20_000, nQueries: 1, dim: o.dim, metric: 'l2' });
-  const ack: Record<Way, number[]> = { atomic: [], 'per-shard': [] };
-  const cpuS: Record<Way, Record<string, number>> = { atomic: {}, 'per-shard': {} };
-  const roundMs: Record<Way, number[]> = { atomic: [], 'per-shard': [] };
+  const ack = new Map<Way, number[]>(o.ways.map((w) => [w, []]));
+  const cpuS = new Map<Way, Record<string, number>>(o.ways.map((w) => [w, {}]));
+  const roundMs = new Map<Way, number[]>(o.ways.map((w) => [w, []]));
   let next = 0;
   const batch = () => {
     const ids: string[] = [];
@@ -104,9 +115,9 @@ async function measure(o: Options, target: string, cpu: CpuParts, write: (way: W
     }
     return { ids, vectors, payloads: ids.map((id) => ({ id })) };
   };
-  for (let r = 0; r < 2 * o.rounds; r++) {
-    const way = WAYS[r % 2];
-    progress(`${target}, round ${Math.floor(r / 2) + 1}/${o.rounds}: ${way}, ${o.writers} writers x ${o.batches} batches of ${o.batch}`);
+  for (let r = 0; r < o.ways.length * o.rounds; r++) {
+    const way = o.ways[r % o.ways.length];
+    progress(`${target}, round ${Math.floor(r / o.ways.length) + 1}/${o.rounds}: ${way}, ${o.writers} writers x ${o.batches} batches of ${o.batch}`);
     const start = now();
     const cpu0 = cpu();
     await Promise.all(
@@ -115,50 +126,87 @@ async function measure(o: Options, target: string, cpu: CpuParts, write: (way: W
           const cols = batch();
           const t0 = now();
           await write(way, cols);
-          ack[way].push(now() - t0);
+          ack.get(way)!.push(now() - t0);
         }
       }),
     );
-    roundMs[way].push(now() - start);
-    for (const [k, v] of Object.entries(cpu())) cpuS[way][k] = (cpuS[way][k] ?? 0) + v - cpu0[k];
+    roundMs.get(way)!.push(now() - start);
+    const spent = cpuS.get(way)!;
+    for (const [k, v] of Object.entries(cpu())) spent[k] = (spent[k] ?? 0) + v - cpu0[k];
   }
-  const rows = WAYS.map((way) => {
-    const ms = [...ack[way]].sort((a, b) => a - b);
-    const busyMs = roundMs[way].reduce((a, t) => a + t, 0);
-    const parts = Object.entries(cpuS[way]);
+  const rows = o.ways.map((way) => {
+    const ms = [...ack.get(way)!].sort((a, b) => a - b);
+    const busyMs = roundMs.get(way)!.reduce((a, t) => a + t, 0);
+    const parts = Object.entries(cpuS.get(way)!);
     const total = parts.reduce((a, [, v]) => a + v, 0);
     const row: Row = { way, batches: ms.length, 'points/s': (ms.length * o.batch) / (busyMs / 1000), 'ack p50 ms': pct(ms, 0.5), 'ack p99 ms': pct(ms, 0.99), 'CPU ms/batch': (total * 1000) / ms.length, 'cores busy': total / (busyMs / 1000) };
     if (parts.length > 1) for (const [k, v] of parts) row[`${k} ms`] = (v * 1000) / ms.length;
     return row;
   });
-  const ratio = {
-    throughput: rows[0]['points/s'] / rows[1]['points/s'],
-    p50: rows[0]['ack p50 ms'] / rows[1]['ack p50 ms'],
-    p99: rows[0]['ack p99 ms'] / rows[1]['ack p99 ms'],
-    cpu: rows[0]['CPU ms/batch'] / rows[1]['CPU ms/batch'],
+  const base = rows[o.ways.indexOf('per-shard')];
+  const against = (way: Way): Ratio => {
+    const row = rows[o.ways.indexOf(way)];
     // Each round writes as many batches either way, so a pair's throughput ratio is the inverse of its times'.
-    perRound: roundMs.atomic.map((t, i) => roundMs['per-shard'][i] / t),
-    median: 0,
+    const perRound = roundMs.get(way)!.map((t, i) => roundMs.get('per-shard')![i] / t);
+    return {
+      throughput: row['points/s'] / base['points/s'],
+      p50: row['ack p50 ms'] / base['ack p50 ms'],
+      p99: row['ack p99 ms'] / base['ack p99 ms'],
+      cpu: row['CPU ms/batch'] / base['CPU ms/batch'],
+      perRound,
+      median: median(perRound),
+    };
   };
-  ratio.median = median(ratio.perRound);
-  return { rows, ratio };
+  return { rows, ratio: against('atomic'), phased: o.ways.includes('phased') ? against('phased') : undefined };
 }
 
-/** A batch's rows by shard, each part as its own columns. */
-function parts(o: Options, cols: { ids: string[]; vectors: Float32Array; payloads: unknown[] }): { ids: string[]; vectors: Float32Array; payloads: unknown[] }[] {
-  return [...byShard(cols.ids.map((_, i) => i), o.shards, (i) => cols.ids[i]).values()].map((rows) => {
+type Measured = { rows: Row[]; ratio: Ratio; phased?: Ratio };
+
+/** A batch's rows by shard, each part as its own columns, with its shard (the first id's shard first). */
+function parts(o: Options, cols: { ids: string[]; vectors: Float32Array; payloads: unknown[] }): ({ ids: string[]; vectors: Float32Array; payloads: unknown[] } & { shard: number })[] {
+  return [...byShard(cols.ids.map((_, i) => i), o.shards, (i) => cols.ids[i])].map(([shard, rows]) => {
     const vectors = new Float32Array(rows.length * o.dim);
     rows.forEach((i, j) => vectors.set(cols.vectors.subarray(i * o.dim, (i + 1) * o.dim), j * o.dim));
-    return { ids: rows.map((i) => cols.ids[i]), vectors, payloads: rows.map((i) => cols.payloads[i]) };
+    return { shard, ids: rows.map((i) => cols.ids[i]), vectors, payloads: rows.map((i) => cols.payloads[i]) };
   });
 }
 
-function print(title: string, rows: Row[], ratio: Ratio): void {
-  console.log(`\n${title}\n`);
-  console.log(table(rows));
-  console.log(`\natomic / per-shard: throughput ${ratio.throughput.toFixed(3)}, ack p50 ${ratio.p50.toFixed(3)}, p99 ${ratio.p99.toFixed(3)}, CPU per batch ${ratio.cpu.toFixed(3)}`);
-  console.log(`throughput per pair of rounds: ${ratio.perRound.map((x) => x.toFixed(3)).join(' ')}; median ${ratio.median.toFixed(3)} (goal: at least 0.85)`);
+/** An id of each shard that no batch writes (`absent[s]` falls in shard s). */
+function absentIds(shards: number): string[] {
+  const out: string[] = [];
+  for (let i = 0; out.filter((x) => x !== undefined).length < shards; i++) {
+    const id = `absent${i}`;
+    const s = [...byShard([id], shards, (x) => x).keys()][0];
+    out[s] ??= id;
+  }
+  return out;
 }
+
+/**
+ * The phased way: plain writes in the transaction's phases and entries (no transaction): the
+ * other shards' parts in parallel, then the first id's shard's part, then a one-entry write on
+ * each other shard.
+ */
+async function phased<P>(o: Options, cols: { ids: string[]; vectors: Float32Array; payloads: unknown[] }, absent: string[], upsert: (part: P) => Promise<unknown>, asPart: (c: { ids: string[]; vectors: Float32Array; payloads: unknown[] }) => P, del: (ids: string[]) => Promise<unknown>): Promise<void> {
+  const [first, ...others] = parts(o, cols);
+  await Promise.all(others.map((p) => upsert(asPart(p))));
+  await upsert(asPart(first));
+  await Promise.all(others.map((p) => del([absent[p.shard]])));
+}
+
+function print(title: string, m: Measured): void {
+  console.log(`\n${title}\n`);
+  console.log(table(m.rows));
+  const line = (name: string, r: Ratio, goal: string): void => {
+    console.log(`\n${name} / per-shard: throughput ${r.throughput.toFixed(3)}, ack p50 ${r.p50.toFixed(3)}, p99 ${r.p99.toFixed(3)}, CPU per batch ${r.cpu.toFixed(3)}`);
+    console.log(`throughput per pair of rounds: ${r.perRound.map((x) => x.toFixed(3)).join(' ')}; median ${r.median.toFixed(3)}${goal}`);
+  };
+  line('atomic', m.ratio, ' (goal: at least 0.85)');
+  if (m.phased) line('phased', m.phased, '');
+}
+
+/** Columns of a part without its shard. */
+const columnsOf = (p: { ids: string[]; vectors: Float32Array; payloads: unknown[] }): UpsertColumns => ({ ids: p.ids, vectors: p.vectors, payloads: p.payloads as UpsertColumns['payloads'] });
 
 export async function run(argv: string[]): Promise<number> {
   const p = parseCommandLine(argv, SPEC);
@@ -173,6 +221,7 @@ export async function run(argv: string[]): Promise<number> {
     writers: intFlag(p, 'writers', 4, 1),
     batches: intFlag(p, 'batches', 10, 1),
     rounds: intFlag(p, 'rounds', 4, 1),
+    ways: p.values.phased ? ['atomic', 'per-shard', 'phased'] : ['atomic', 'per-shard'],
   };
   const nodes = intFlag(p, 'nodes', 0, 0);
   if (nodes > 0 && nodes < 3) throw new UsageError('--nodes takes 3 or more (the collection has RF 3)');
@@ -184,12 +233,14 @@ export async function run(argv: string[]): Promise<number> {
   const name = 'atomic';
   try {
     await db.createCollection({ name, dim: o.dim, metric: 'l2', index: spec, shards: o.shards });
-    const { rows, ratio } = await measure(o, 'standalone', () => ({ process: ownCpu() }), async (way, cols) => {
+    const absent = absentIds(o.shards);
+    const m = await measure(o, 'standalone', () => ({ process: ownCpu() }), async (way, cols) => {
       if (way === 'atomic') await db.upsertColumns(name, cols);
-      else await Promise.all(parts(o, cols).map((part) => db.upsertColumns(name, part)));
+      else if (way === 'phased') await phased(o, cols, absent, (part) => db.upsertColumns(name, part), columnsOf, (ids) => db.delete(name, ids));
+      else await Promise.all(parts(o, cols).map((part) => db.upsertColumns(name, columnsOf(part))));
     });
-    const file = writeJson('atomic', { machine: machine(), options: o, standalone: rows, atomicOverPerShard: ratio });
-    print(`standalone, ${shape}`, rows, ratio);
+    const file = writeJson('atomic', { machine: machine(), options: o, standalone: m.rows, atomicOverPerShard: m.ratio, phasedOverPerShard: m.phased });
+    print(`standalone, ${shape}`, m);
     console.log(`written ${file}`);
   } finally {
     await db.close({ snapshot: false });
@@ -220,8 +271,10 @@ async function throughSdk(o: Options, spec: IndexSpec, count: number, shape: str
         const sidecars = sidecarCpuOf(targets);
         return { nodes: cpuOf(targets) - sidecars, sidecars, 'etcd+client': ownCpu() + (etcd?.pid === undefined ? 0 : cpuSeconds(etcd.pid)) };
       };
+      const absent = absentIds(o.shards);
       return await measure(o, target, cpu, async (way, cols) => {
         if (way === 'atomic') await client.upsert(name, points(cols));
+        else if (way === 'phased') await phased(o, cols, absent, (part) => client.upsert(name, part), points, (ids) => client.delete(name, ids));
         else await Promise.all(parts(o, cols).map((part) => client.upsert(name, points(part))));
       });
     } finally {
@@ -241,9 +294,10 @@ async function throughSdk(o: Options, spec: IndexSpec, count: number, shape: str
       standalone: standalone.rows,
       cluster: cluster.rows,
       atomicOverPerShard: { standalone: standalone.ratio, cluster: cluster.ratio },
+      phasedOverPerShard: o.ways.includes('phased') ? { standalone: standalone.phased, cluster: cluster.phased } : undefined,
     });
-    print(`standalone through the SDK, ${shape}`, standalone.rows, standalone.ratio);
-    print(`${count} nodes, RF 3, majority, through the SDK, ${shape}`, cluster.rows, cluster.ratio);
+    print(`standalone through the SDK, ${shape}`, standalone);
+    print(`${count} nodes, RF 3, majority, through the SDK, ${shape}`, cluster);
     console.log(`written ${file}`);
   } finally {
     await stop(all);

@@ -131,6 +131,21 @@ describe('quiver', () => {
     expect(json.standalone[0]['CPU ms/batch']).toBeGreaterThan(0);
   });
 
+  it('bench atomic --phased (in process, tiny): a third way, plain writes in the transaction\'s phases, with its ratio to per-shard', async () => {
+    const out = tempDir('quiver-bench-atomic-');
+    const r = await runQuiver(['bench', 'atomic', '--phased', '--batch', '60', '--batches', '2', '--writers', '2', '--rounds', '2', '--dim', '8'], { env: { QUIVER_BENCH_OUT: out } });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/phased \/ per-shard: throughput [\d.]+/);
+    const json = JSON.parse(fs.readFileSync(path.join(out, 'atomic.json'), 'utf8'));
+    expect(json.standalone.map((row: { way: string; batches: number }) => [row.way, row.batches])).toEqual([
+      ['atomic', 8],
+      ['per-shard', 8],
+      ['phased', 8],
+    ]);
+    expect(json.phasedOverPerShard.perRound).toHaveLength(2);
+    expect(json.atomicOverPerShard.perRound).toHaveLength(2);
+  });
+
   it('bench: an unknown name exits 2 and lists the known ones; no name prints the list', async () => {
     const r = await runQuiver(['bench', 'nope']);
     expect(r.code).toBe(2);
