@@ -214,8 +214,9 @@ export interface PeerShards {
   /** A batch across shards (./transaction.ts), each call to the shard's leader: see ClusterDatabase.txnPrepare and the next ones. */
   /** `body`: the prepare entry's body (encodePrepared). */
   txnPrepare(node: NodeId, collection: string, shard: number, body: Buffer, key: string): Promise<void>;
-  /** `body`: with a commit, the coordinator's own part as a prepare entry's body (encodePrepared), which its commit entry carries; empty with none. */
-  txnDecide(node: NodeId, collection: string, shard: number, txn: string, outcome: TxnOutcome, body: Buffer, key: string): Promise<{ outcome: TxnOutcome; part: WriteResult | undefined }>;
+  txnDecide(node: NodeId, collection: string, shard: number, txn: string, outcome: TxnOutcome): Promise<{ outcome: TxnOutcome; part: WriteResult | undefined }>;
+  /** `body`: the coordinator's own part as a prepare entry's body (encodePrepared), which its commit entry carries. */
+  txnCommit(node: NodeId, collection: string, shard: number, body: Buffer, key: string): Promise<{ outcome: TxnOutcome; part: WriteResult | undefined }>;
   txnDecisionOf(node: NodeId, collection: string, shard: number, txn: string): Promise<TxnOutcome | undefined>;
   txnResolve(node: NodeId, collection: string, shard: number, txn: string, outcome: TxnOutcome): Promise<WriteResult | undefined>;
   /** A piece of a shard's snapshot on `node` (lsn 0: its leader snapshots it now), checksum checked. */
@@ -1058,7 +1059,7 @@ export class ClusterDatabase extends PointWrites implements Database {
       decide: async (txn, outcome, own) => {
         const r = await on(
           (rep) => decideSettled(rep, txn, outcome, own),
-          (node) => peers.txnDecide(node, name, s, txn, outcome, own ? Buffer.concat(encodePrepared({ txn, coordinator: s, part: own.part, hash: own.hash }, c.spec.dim)) : Buffer.alloc(0), own?.key ?? ''),
+          (node) => (own ? peers.txnCommit(node, name, s, Buffer.concat(encodePrepared({ txn, coordinator: s, part: own.part, hash: own.hash }, c.spec.dim)), own.key) : peers.txnDecide(node, name, s, txn, outcome)),
         );
         const part = Promise.resolve(r.part).then((p) => answer(r.outcome, p));
         part.catch(() => undefined); // the driver awaits it
@@ -1210,21 +1211,21 @@ export class ClusterDatabase extends PointWrites implements Database {
     return { prepared: p, part };
   }
 
-  /**
-   * Coordinator (the replica here must lead): logs the outcome of `txn` unless one is (a commit
-   * carrying `body`, this shard's part as a prepare entry's body, checked as a forwarded write);
-   * answers it with this shard's part settled.
-   */
-  async txnDecide(name: string, s: number, txn: string, outcome: TxnOutcome, body: Uint8Array, key: string, signal?: AbortSignal): Promise<{ outcome: TxnOutcome; part: WriteResult | undefined }> {
+  /** Coordinator (the replica here must lead): logs the outcome of `txn` unless one is; answers it with this shard's part settled (a part it prepared, in a log written before TxnCommit). */
+  async txnDecide(name: string, s: number, txn: string, outcome: TxnOutcome, signal?: AbortSignal): Promise<{ outcome: TxnOutcome; part: WriteResult | undefined }> {
     ClusterDatabase.checkTxn(txn);
-    let own: OwnPart | undefined;
-    if (body.byteLength > 0) {
-      const p = this.preparedPart(name, body);
-      if (p.prepared.txn !== txn || p.prepared.coordinator !== s) throw new QuiverError('INVALID_ARGUMENT', `the coordinator's part names transaction ${p.prepared.txn} of coordinator ${p.prepared.coordinator}, not ${txn} of ${s}`);
-      if (outcome !== 'commit') throw new QuiverError('INVALID_ARGUMENT', 'only a commit carries the coordinator\'s part');
-      own = { part: p.part, key, hash: p.prepared.hash };
-    }
-    return ClusterDatabase.bounded(decideSettled(await this.ledReplica(name, s), txn, outcome, own), signal);
+    return ClusterDatabase.bounded(decideSettled(await this.ledReplica(name, s), txn, outcome, undefined), signal);
+  }
+
+  /**
+   * Coordinator (the replica here must lead): logs the commit carrying `body`, this shard's part as a
+   * prepare entry's body (checked as a forwarded write), unless an outcome is logged; answers the
+   * outcome logged with this shard's part settled.
+   */
+  async txnCommit(name: string, s: number, body: Uint8Array, key: string, signal?: AbortSignal): Promise<{ outcome: TxnOutcome; part: WriteResult | undefined }> {
+    const { prepared: p, part } = this.preparedPart(name, body);
+    if (p.coordinator !== s) throw new QuiverError('INVALID_ARGUMENT', `the coordinator's part names coordinator shard ${p.coordinator}, not ${s}`);
+    return ClusterDatabase.bounded(decideSettled(await this.ledReplica(name, s), p.txn, 'commit', { part, key, hash: p.hash }), signal);
   }
 
   /** Coordinator, asked by a participant's leader: the outcome of `txn` (undefined while its driver may still decide). */

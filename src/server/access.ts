@@ -74,6 +74,7 @@ const ACCESS: Record<Op | 'Metrics' | 'StatusPage', 'read' | 'admin' | 'internal
   ReplicaStatus: 'internal',
   TxnPrepare: 'internal',
   TxnDecide: 'internal',
+  TxnCommit: 'internal',
   TxnDecisionOf: 'internal',
   TxnResolve: 'internal',
   ShardSnapshotPiece: 'internal',

@@ -180,7 +180,11 @@ export function nodeMethods(svc: Service, db: ClusterDatabase, tls: boolean): Ma
     return {};
   });
   add('txnDecide', async (r, signal) => {
-    const d = await db.txnDecide(r.collection, r.shard, r.txn, outcomeFromWire(r.outcome, 'outcome'), r.body, r.idempotencyKey, signal);
+    const d = await db.txnDecide(r.collection, r.shard, r.txn, outcomeFromWire(r.outcome, 'outcome'), signal);
+    return { outcome: d.outcome, part: partToWire(r.shard, d.part) };
+  });
+  add('txnCommit', async (r, signal) => {
+    const d = await db.txnCommit(r.collection, r.shard, r.body, r.idempotencyKey, signal);
     return { outcome: d.outcome, part: partToWire(r.shard, d.part) };
   });
   add('txnDecisionOf', async (r, signal) => ({ outcome: (await db.txnDecisionOf(r.collection, r.shard, r.txn, signal)) ?? '' }));
@@ -244,6 +248,7 @@ const METHODS = {
   replicaStatus: client('replicaStatus'),
   txnPrepare: client('txnPrepare'),
   txnDecide: client('txnDecide'),
+  txnCommit: client('txnCommit'),
   txnDecisionOf: client('txnDecisionOf'),
   txnResolve: client('txnResolve'),
   shardSnapshotPiece: client('shardSnapshotPiece'),
@@ -347,8 +352,13 @@ export class NodePeers implements PeerShards {
     await this.channel(node).unary(METHODS.txnPrepare, { collection, shard, body, idempotencyKey: key }, NodePeers.deadline());
   }
 
-  async txnDecide(node: NodeId, collection: string, shard: number, txn: string, outcome: TxnOutcome, body: Buffer, key: string): Promise<{ outcome: TxnOutcome; part: WriteResult | undefined }> {
-    const r = await this.channel(node).unary(METHODS.txnDecide, { collection, shard, txn, outcome, body, idempotencyKey: key }, NodePeers.deadline());
+  async txnDecide(node: NodeId, collection: string, shard: number, txn: string, outcome: TxnOutcome): Promise<{ outcome: TxnOutcome; part: WriteResult | undefined }> {
+    const r = await this.channel(node).unary(METHODS.txnDecide, { collection, shard, txn, outcome }, NodePeers.deadline());
+    return { outcome: outcomeFromWire(r.outcome, 'the decision'), part: r.part && writeResultFromWire(shard, r.part) };
+  }
+
+  async txnCommit(node: NodeId, collection: string, shard: number, body: Buffer, key: string): Promise<{ outcome: TxnOutcome; part: WriteResult | undefined }> {
+    const r = await this.channel(node).unary(METHODS.txnCommit, { collection, shard, body, idempotencyKey: key }, NodePeers.deadline());
     return { outcome: outcomeFromWire(r.outcome, 'the decision'), part: r.part && writeResultFromWire(shard, r.part) };
   }
 

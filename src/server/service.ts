@@ -48,6 +48,7 @@ export type Op =
   | 'RestoreCollection'
   | 'TxnPrepare'
   | 'TxnDecide'
+  | 'TxnCommit'
   | 'TxnDecisionOf'
   | 'TxnResolve'
   | 'ShardSnapshotPiece';
@@ -66,7 +67,7 @@ function levelLabel(op: Op, asked: unknown): string {
 }
 
 /** Operations that change state: their deadline stops them only before they reach the log (see run). */
-const CHANGES: ReadonlySet<Op> = new Set<Op>(['CreateCollection', 'DropCollection', 'Upsert', 'Delete', 'ShardUpsert', 'ShardDelete', 'UpdatePayload', 'UpdateVectors', 'ShardChange', 'CreatePayloadIndex', 'DropPayloadIndex', 'UpdateAliases', 'UpdateCollection', 'SnapshotCollection', 'RestoreCollection', 'TxnPrepare', 'TxnDecide', 'TxnResolve']);
+const CHANGES: ReadonlySet<Op> = new Set<Op>(['CreateCollection', 'DropCollection', 'Upsert', 'Delete', 'ShardUpsert', 'ShardDelete', 'UpdatePayload', 'UpdateVectors', 'ShardChange', 'CreatePayloadIndex', 'DropPayloadIndex', 'UpdateAliases', 'UpdateCollection', 'SnapshotCollection', 'RestoreCollection', 'TxnPrepare', 'TxnDecide', 'TxnCommit', 'TxnResolve']);
 
 /**
  * How long the server has no request in flight before the `whenQuiet` callbacks run: long enough
