@@ -6,11 +6,15 @@
  * anything; the coordinator's leader paused, then killed, mid-traffic leaves every batch whole or
  * absent on every replica, and nothing in doubt once the timeout has passed.
  */
+import { randomBytes } from 'crypto';
 import { promises as fsp } from 'fs';
 import * as path from 'path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { shardOf } from '../src/common/placement';
 import { EntryType, SEGMENT_HEADER_BYTES, decodeEntry } from '../src/wal';
+import { QuiverError } from '../src/errors';
+import { NodePeers } from '../src/server/node-service';
+import { encodePrepared } from '../src/shard/codec';
 import { ShardsReport, TestCluster, TestNode, metricSum, waitFor } from './cluster-harness';
 import { etcdInstalled } from './etcd-harness';
 import { HttpAnswer, httpJson, vec } from './server-harness';
@@ -132,6 +136,28 @@ describe.skipIf(!etcdInstalled)(`batches across shards in a cluster${etcdInstall
     expect(r.body.error.code).toBe('INVALID_ARGUMENT');
     expect((await cluster.shards(n1, C)).map((s) => s.replicas.map((x) => x.durableLsn))).toEqual(before);
     expect((await found(n1, ids)).size).toBe(0);
+  });
+
+  it("TxnCommit from a peer: a body that is no prepare, a part of another coordinator or dimension, a node that does not lead the shard: each a typed error, nothing logged", async () => {
+    const shards = await cluster.shards(cluster.nodes[0], C);
+    const leader = cluster.node(shards[0].leader);
+    const other = cluster.nodes.find((n) => n !== leader)!;
+    const ids = batchIds('tc', 0, 2).slice(0, 2); // both in shard 0
+    const op = (dim: number) => ({ ids, vectors: new Float32Array(ids.length * dim).fill(1), payloadJson: ids.map(() => '') });
+    const body = (coordinator: number, dim = DIM) => Buffer.concat(encodePrepared({ txn: randomBytes(16).toString('hex'), coordinator, part: { type: 'upsert', op: op(dim) }, hash: undefined }, dim));
+    const before = (await cluster.shards(leader, C)).map((x) => x.replicas.map((r) => r.durableLsn));
+    const peers = new NodePeers((id) => cluster.node(id)?.child.grpc);
+    try {
+      const code = (p: Promise<unknown>) => p.then(() => 'OK', (e: QuiverError) => e.code);
+      expect(await code(peers.txnCommit(leader.id, C, 0, Buffer.from('nope'), ''))).toBe('INVALID_ARGUMENT');
+      expect(await code(peers.txnCommit(leader.id, C, 0, body(1), ''))).toBe('INVALID_ARGUMENT');
+      expect(await code(peers.txnCommit(leader.id, C, 0, body(0, DIM + 1), ''))).toBe('INVALID_ARGUMENT');
+      expect(await code(peers.txnCommit(other.id, C, 0, body(0), ''))).toBe('NOT_LEADER');
+    } finally {
+      peers.close();
+    }
+    expect((await cluster.shards(leader, C)).map((x) => x.replicas.map((r) => r.durableLsn))).toEqual(before);
+    expect((await found(leader, ids)).size).toBe(0);
   });
 
   it("the coordinator's leader paused, then killed, mid-traffic: every batch whole or absent on every replica, nothing left in doubt", async () => {
