@@ -1,10 +1,12 @@
 /**
  * Batches across shards in a cluster (3 nodes, RF 3, 3 shards): one transaction, whole or not at
- * all on every replica. Each shard's log holds a prepare (type 5) and an outcome (type 6) of the
- * batch, every replica the same; a read after the ack sees the whole batch through every node; a
- * keyed retry applies nothing again; an invalid point refuses the batch before any shard logs
- * anything; the coordinator's leader paused, then killed, mid-traffic leaves every batch whole or
- * absent on every replica, and nothing in doubt once the timeout has passed.
+ * all on every replica. The coordinator's log holds the commit carrying its part (type 9), each
+ * other shard's a prepare (type 5) and a resolution (type 6) of the batch, every replica the same;
+ * a read after the ack sees the whole batch through every node; a keyed retry applies nothing
+ * again; an invalid point refuses the batch before any shard logs anything; a TxnCommit a peer
+ * gets wrong is refused with a typed error; the coordinator's leader paused, then killed,
+ * mid-traffic leaves every batch whole or absent on every replica, and nothing in doubt once the
+ * timeout has passed.
  */
 import { randomBytes } from 'crypto';
 import { promises as fsp } from 'fs';
