@@ -29,7 +29,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { openDatabase } from '../src/query';
 import { QuiverClient } from '../src/client';
-import { byShard } from '../src/common/placement';
+import { byShard, shardOf } from '../src/common/placement';
 import type { IndexSpec, UpsertColumns } from '../src/query/types';
 import { CommandSpec, UsageError, intFlag, parseCommandLine, stringFlag } from '../src/common/args';
 import { Node, cpuOf, cpuSeconds, httpJson, serve, sidecarCpuOf, startNodes, stop } from './cluster';
@@ -174,11 +174,7 @@ function parts(o: Options, cols: { ids: string[]; vectors: Float32Array; payload
 /** An id of each shard that no batch writes (`absent[s]` falls in shard s). */
 function absentIds(shards: number): string[] {
   const out: string[] = [];
-  for (let i = 0; out.filter((x) => x !== undefined).length < shards; i++) {
-    const id = `absent${i}`;
-    const s = [...byShard([id], shards, (x) => x).keys()][0];
-    out[s] ??= id;
-  }
+  for (let i = 0; out.filter((x) => x !== undefined).length < shards; i++) out[shardOf(`absent${i}`, shards)] ??= `absent${i}`;
   return out;
 }
 

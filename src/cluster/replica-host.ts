@@ -20,7 +20,7 @@ import { MessageInitShape, create, fromBinary, toBinary } from '@bufbuild/protob
 import { BinaryWriter, WireType } from '@bufbuild/protobuf/wire';
 import { QuiverError } from '../errors';
 import { TRASH_PREFIX, fsyncDir, moveAside, removeDirGradually, trashName } from '../common/fs';
-import { OwnPart, Shard, ShardOptions, ShardWrite, TxnDecided, TxnPart, WriteResult, decisionWrite, lockRefusal } from '../shard/shard';
+import { OwnPart, Shard, ShardOptions, ShardWrite, TxnDecided, TxnPart, WriteResult, decisionWrite, idsOfPart, lockRefusal } from '../shard/shard';
 import { TxnOutcome, UpsertOp, requestHash } from '../shard/codec';
 import { listSnapshots, snapshotDirName, writeFileSynced } from '../shard/snapshot';
 import type { TxnAction } from '../shard/txn';
@@ -619,7 +619,7 @@ export class ReplicaHost extends EventEmitter {
           return;
         }
       }
-      for (const a of shard.txnStep({ type: 'prepareAsked', txn, ids: part.type === 'upsert' ? part.op.ids : part.ids, now: Date.now() })) {
+      for (const a of shard.txnStep({ type: 'prepareAsked', txn, ids: idsOfPart(part), now: Date.now() })) {
         if (a.type === 'refuse') throw lockRefusal(a);
       }
       try {
@@ -645,7 +645,7 @@ export class ReplicaHost extends EventEmitter {
         rec = shard.remembered(own.key);
         if (rec) own = undefined;
       }
-      const actions = shard.txnStep({ type: 'decideAsked', txn, outcome, ids: own && (own.part.type === 'upsert' ? own.part.op.ids : own.part.ids) });
+      const actions = shard.txnStep({ type: 'decideAsked', txn, outcome, ids: own && idsOfPart(own.part) });
       const part = shard.partOfDecision(txn, actions, own);
       const decided = await this.outcomeFrom(shard, still, txn, actions);
       const mine = rec && decided === 'commit' ? Promise.resolve(rec) : part;

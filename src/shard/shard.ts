@@ -165,7 +165,8 @@ export interface TxnDecided {
   part: Promise<WriteResult | undefined> | undefined;
 }
 
-const idsOfPart = (part: TxnPart): readonly string[] => (part.type === 'upsert' ? part.op.ids : part.ids);
+/** The ids a part of a batch across shards writes. */
+export const idsOfPart = (part: TxnPart): readonly string[] => (part.type === 'upsert' ? part.op.ids : part.ids);
 
 /** The decision entry to log for `txn`: with `withPart`, the commit carrying the part `shard` holds for it (never a commit without it). */
 export function decisionWrite(shard: Shard, txn: string, outcome: TxnOutcome, withPart: boolean): ShardWrite {
@@ -568,7 +569,7 @@ export class Shard {
     } catch (e) {
       return Promise.reject(e);
     }
-    const ids = part.type === 'upsert' ? part.op.ids : part.ids;
+    const ids = idsOfPart(part);
     for (const a of this.stepTxn({ type: 'prepareAsked', txn, ids, now: Date.now() })) {
       if (a.type === 'refuse') return Promise.reject(lockRefusal(a));
     }
@@ -813,7 +814,7 @@ export class Shard {
     for (const d of t.inDoubt) {
       const prepared = decodePrepare(d.body, this.opts.dim);
       this.prepared.set(prepared.txn, { prepared, key: d.key });
-      const ids = prepared.part.type === 'upsert' ? prepared.part.op.ids : prepared.part.ids;
+      const ids = idsOfPart(prepared.part);
       this.stepTxn({ type: 'prepareApplied', txn: prepared.txn, lsn: d.lsn, coordinator: prepared.coordinator, ids, now: Date.now() });
     }
   }
