@@ -20,7 +20,7 @@ import { MessageInitShape, create, fromBinary, toBinary } from '@bufbuild/protob
 import { BinaryWriter, WireType } from '@bufbuild/protobuf/wire';
 import { QuiverError } from '../errors';
 import { TRASH_PREFIX, fsyncDir, moveAside, removeDirGradually, trashName } from '../common/fs';
-import { OwnPart, Shard, ShardOptions, ShardWrite, TxnDecided, TxnPart, WriteResult, decisionWrite, idsOfPart, lockRefusal } from '../shard/shard';
+import { OwnPart, Shard, ShardOptions, ShardWrite, TxnDecided, TxnPart, WriteResult, idsOfPart, lockRefusal } from '../shard/shard';
 import { TxnOutcome, UpsertOp, requestHash } from '../shard/codec';
 import { listSnapshots, snapshotDirName, writeFileSynced } from '../shard/snapshot';
 import type { TxnAction } from '../shard/txn';
@@ -663,7 +663,7 @@ export class ReplicaHost extends EventEmitter {
       if (a.type === 'answer') return a.outcome;
       if (a.type === 'logDecision') {
         try {
-          await this.write(decisionWrite(shard, txn, a.outcome, a.withPart));
+          await this.write(shard.decisionWrite(txn, a.outcome, a.withPart));
         } catch (err) {
           if (still()) shard.txnStep({ type: 'logFailed', txn, role: 'decision' });
           shard.dropOwnPart(txn);

@@ -1039,6 +1039,8 @@ export class ClusterDatabase extends PointWrites implements Database {
       }
       return r;
     };
+    /** A part as a prepare entry's body, as TxnPrepare and TxnCommit carry it. */
+    const bodyOf = (p: PreparedPart): Buffer => Buffer.concat(encodePrepared(p, c.spec.dim));
     const parts = new Map<string, { promise: Promise<WriteResult | undefined>; settle: (p: Promise<WriteResult | undefined>) => void }>();
     const partOf = (txn: string): { promise: Promise<WriteResult | undefined>; settle: (p: Promise<WriteResult | undefined>) => void } => {
       let p = parts.get(txn);
@@ -1053,13 +1055,13 @@ export class ClusterDatabase extends PointWrites implements Database {
       prepare: (txn, coordinator, part, key, hash) =>
         on(
           (r) => r.prepare(txn, coordinator, part, key, hash),
-          (node) => peers.txnPrepare(node, name, s, Buffer.concat(encodePrepared({ txn, coordinator, part, hash }, c.spec.dim)), key),
+          (node) => peers.txnPrepare(node, name, s, bodyOf({ txn, coordinator, part, hash }), key),
           true,
         ),
       decide: async (txn, outcome, own) => {
         const r = await on(
           (rep) => decideSettled(rep, txn, outcome, own),
-          (node) => (own ? peers.txnCommit(node, name, s, Buffer.concat(encodePrepared({ txn, coordinator: s, part: own.part, hash: own.hash }, c.spec.dim)), own.key) : peers.txnDecide(node, name, s, txn, outcome)),
+          (node) => (own ? peers.txnCommit(node, name, s, bodyOf({ txn, coordinator: s, part: own.part, hash: own.hash }), own.key) : peers.txnDecide(node, name, s, txn, outcome)),
         );
         const part = Promise.resolve(r.part).then((p) => answer(r.outcome, p));
         part.catch(() => undefined); // the driver awaits it

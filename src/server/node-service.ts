@@ -20,7 +20,7 @@ import { checkSnapshotFileName } from '../cluster/replica-host';
 import { crc32c } from '../wal/crc32c';
 import type { CountOptions, Filter, Point, ReadOptions, ScrollRequest, SearchHit, SearchRequest } from '../query/types';
 import type { TxnOutcome, UpsertOp, WriteResult } from '../shard';
-import { QuiverNode } from '../rpc/gen/node_pb';
+import { QuiverNode, type TxnDecideResponse } from '../rpc/gen/node_pb';
 import type * as wire from '../rpc/gen/quiver_pb';
 import { GrpcChannel, UnaryMethod } from '../rpc/grpc-client';
 import type { GrpcMethod } from '../rpc/grpc-server';
@@ -103,6 +103,11 @@ function writeResultFromWire(shard: number, r: MessageShape<typeof wire.WriteRes
 function outcomeFromWire(o: string, what: string): TxnOutcome {
   if (o !== 'commit' && o !== 'abort') throw new QuiverError('INVALID_ARGUMENT', `${what} is "${o}", not "commit" or "abort"`);
   return o;
+}
+
+/** A TxnDecide or TxnCommit answer: the outcome logged and the coordinator's part settled (absent: none there). */
+function decidedFromWire(shard: number, r: TxnDecideResponse): { outcome: TxnOutcome; part: WriteResult | undefined } {
+  return { outcome: outcomeFromWire(r.outcome, 'the decision'), part: r.part && writeResultFromWire(shard, r.part) };
 }
 
 /** A part settled (absent: none there) as a WriteResponse, and back. */
@@ -353,13 +358,11 @@ export class NodePeers implements PeerShards {
   }
 
   async txnDecide(node: NodeId, collection: string, shard: number, txn: string, outcome: TxnOutcome): Promise<{ outcome: TxnOutcome; part: WriteResult | undefined }> {
-    const r = await this.channel(node).unary(METHODS.txnDecide, { collection, shard, txn, outcome }, NodePeers.deadline());
-    return { outcome: outcomeFromWire(r.outcome, 'the decision'), part: r.part && writeResultFromWire(shard, r.part) };
+    return decidedFromWire(shard, await this.channel(node).unary(METHODS.txnDecide, { collection, shard, txn, outcome }, NodePeers.deadline()));
   }
 
   async txnCommit(node: NodeId, collection: string, shard: number, body: Buffer, key: string): Promise<{ outcome: TxnOutcome; part: WriteResult | undefined }> {
-    const r = await this.channel(node).unary(METHODS.txnCommit, { collection, shard, body, idempotencyKey: key }, NodePeers.deadline());
-    return { outcome: outcomeFromWire(r.outcome, 'the decision'), part: r.part && writeResultFromWire(shard, r.part) };
+    return decidedFromWire(shard, await this.channel(node).unary(METHODS.txnCommit, { collection, shard, body, idempotencyKey: key }, NodePeers.deadline()));
   }
 
   async txnDecisionOf(node: NodeId, collection: string, shard: number, txn: string): Promise<TxnOutcome | undefined> {

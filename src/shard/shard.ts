@@ -168,14 +168,6 @@ export interface TxnDecided {
 /** The ids a part of a batch across shards writes. */
 export const idsOfPart = (part: TxnPart): readonly string[] => (part.type === 'upsert' ? part.op.ids : part.ids);
 
-/** The decision entry to log for `txn`: with `withPart`, the commit carrying the part `shard` holds for it (never a commit without it). */
-export function decisionWrite(shard: Shard, txn: string, outcome: TxnOutcome, withPart: boolean): ShardWrite {
-  if (!withPart) return { type: 'outcome', txn, outcome, role: 'decision', key: '' };
-  const commit = shard.commitOf(txn);
-  if (!commit) throw new QuiverError('UNAVAILABLE', `the coordinator's part of batch ${txn} is no longer held here; retry`);
-  return commit;
-}
-
 /** `hash`: of the request an idempotency key stands for (absent without a key, or in entries written before hashes were kept). */
 type Op =
   | { type: EntryType.Upsert; upsert: UpsertOp; payloads: (Payload | undefined)[]; hash?: Buffer }
@@ -613,10 +605,12 @@ export class Shard {
     return this.settled(txn);
   }
 
-  /** The commit entry carrying this shard's own part of `txn`, held since partOfDecision (undefined: none held). */
-  commitOf(txn: string): ShardWrite | undefined {
+  /** The decision entry to log for `txn`: with `withPart`, the commit carrying the part held since partOfDecision (never a commit without it). */
+  decisionWrite(txn: string, outcome: TxnOutcome, withPart: boolean): ShardWrite {
+    if (!withPart) return { type: 'outcome', txn, outcome, role: 'decision', key: '' };
     const held = this.prepared.get(txn);
-    return held && { type: 'commit', prepared: held.prepared, key: held.key, hash: held.prepared.hash };
+    if (!held) throw new QuiverError('UNAVAILABLE', `the coordinator's part of batch ${txn} is no longer held here; retry`);
+    return { type: 'commit', prepared: held.prepared, key: held.key, hash: held.prepared.hash };
   }
 
   /** A commit carrying this shard's part was not logged (the log refused it): the part is let go. */
@@ -643,7 +637,7 @@ export class Shard {
       if (a.type === 'logDecision') {
         let w: ShardWrite;
         try {
-          w = decisionWrite(this, txn, a.outcome, a.withPart);
+          w = this.decisionWrite(txn, a.outcome, a.withPart);
         } catch (e) {
           this.stepTxn({ type: 'logFailed', txn, role: 'decision' });
           return Promise.reject(e);
