@@ -8,8 +8,9 @@ import * as os from 'os';
 import * as path from 'path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { QuiverError } from '../src/errors';
-import { ReplicaHost, checkEntries, decodePeerMessage, encodePeerMessage, readHardState } from '../src/cluster/replica-host';
+import { ReplicaHost, checkEntries, decodePeerMessage, encodePeerMessage, entriesMessageParts, readHardState } from '../src/cluster/replica-host';
 import type { PeerMessage } from '../src/cluster/replica-host';
+import type { Payload } from '../src/cluster/sidecar-link';
 import type { NodeId, Progress, ShardMap } from '../src/cluster/types';
 import type { WriteResult } from '../src/shard';
 import { EntryType, encodeEntryParts } from '../src/wal/format';
@@ -50,9 +51,11 @@ class Net {
   filter: ((from: NodeId, to: NodeId, m: PeerMessage) => boolean) | null = null;
   private readonly rand = rng(7);
 
-  transport(from: NodeId): { send(to: NodeId, payload: Buffer): void } {
+  transport(from: NodeId): { send(to: NodeId, payload: Payload): void } {
     return {
-      send: (to, payload) => {
+      send: (to, parts) => {
+        // A sender's parts arrive as one buffer, as through the sidecars.
+        const payload = parts instanceof Uint8Array ? Buffer.from(parts) : Buffer.concat(parts);
         this.sent++;
         if (this.cut.has(from) || this.cut.has(to)) return;
         const deliver = (): void => {
@@ -504,6 +507,24 @@ describe('the stream refuses', () => {
     await b.shard.log.flush();
     expect(b.shard.log.lastLsn).toBe(3);
     expect(b.status().durableLsn).toBe(3);
+  });
+});
+
+describe('entries sent in parts', () => {
+  it('joined, the parts are the bytes encodePeerMessage writes, whatever the split of the entries', () => {
+    const raw = rawEntries(4, 3, 2);
+    const fields = { kind: 'entries' as const, epoch: 2, prevLsn: 3, prevEpoch: 2, commitLsn: 3 };
+    const one = encodePeerMessage({ ...fields, raw });
+    const cut = [raw.subarray(0, 7), raw.subarray(7, 40), raw.subarray(40)];
+    for (const split of [[raw], cut]) {
+      const parts = entriesMessageParts(fields, split);
+      // The entries' bytes are the caller's buffers, not copies.
+      expect(parts.slice(-split.length)).toEqual(split);
+      expect(Buffer.concat(parts).equals(one)).toBe(true);
+    }
+    expect(decodePeerMessage(one)).toEqual({ ...fields, raw });
+    // No entries: the same bytes as a message with an empty raw.
+    expect(Buffer.concat(entriesMessageParts(fields, [])).equals(encodePeerMessage({ ...fields, raw: Buffer.alloc(0) }))).toBe(true);
   });
 });
 

@@ -28,7 +28,7 @@ const SIDECAR = path.join(ROOT, 'dist', 'sidecar', 'main.js');
 // The supervisor as installed: it finds dist/sidecar/main.js beside its own compiled module.
 const { SidecarSupervisor } = createRequire(__filename)(path.join(ROOT, 'dist', 'src', 'cluster', 'sidecar-link.js')) as typeof LinkModule;
 type Supervisor = LinkModule.SidecarSupervisor;
-type Message = LinkModule.PeerMessage;
+type Message = LinkModule.ReceivedMessage;
 
 function randomBytes(r: Prng, n: number): Buffer {
   const b = Buffer.allocUnsafe(n);
@@ -202,7 +202,9 @@ describe('sidecar frames under random and mutated input', () => {
     const r = new Prng(77);
     for (let round = 0; round < 500; round++) {
       const messages = Array.from({ length: r.int(1, 6) }, () => ({ shard: randomName(r), from: randomName(r), to: randomName(r), payload: randomBytes(r, r.int(0, 3000)) }));
-      const local = Buffer.concat(batchFrame(messages.flatMap(messageRecord), true));
+      // Some payloads are written as parts (a shipped WAL range): they arrive joined.
+      const sent = messages.map((m) => (r.int(0, 1) === 0 ? m : { ...m, payload: splitBytes(r, m.payload) }));
+      const local = Buffer.concat(batchFrame(sent.flatMap(messageRecord), true));
       expect(local.readUInt32BE(0)).toBe(local.length - 4);
       const f = fromBinary(LocalFrameSchema, local.subarray(4));
       expect(f.body.case).toBe('batch');
@@ -267,6 +269,12 @@ async function startNode(id: string, cluster = 'test', listen = '127.0.0.1:0', t
 
 /** Message i's payload: its number, then bytes of a seeded pool at a place that depends on i. */
 const pool = randomBytes(new Prng(99), 2 * 1024 * 1024);
+/** b cut at up to three random places (empty parts included). */
+function splitBytes(r: Prng, b: Uint8Array): Uint8Array[] {
+  const cuts = Array.from({ length: r.int(0, 3) }, () => r.int(0, b.length)).sort((x, y) => x - y);
+  return [0, ...cuts].map((at, i, all) => b.subarray(at, i + 1 < all.length ? all[i + 1] : b.length));
+}
+
 function payloadOf(i: number, size: number): Buffer {
   const b = Buffer.allocUnsafe(size);
   b.writeUInt32BE(i, 0);
@@ -294,7 +302,10 @@ function transfer(a: Node, b: Node, from: string, to: string, sizes: number[], w
     const pump = (): void => {
       while (sent < sizes.length && (inFlight === 0 || inFlight + sizes[sent] <= windowBytes)) {
         inFlight += sizes[sent];
-        a.sup.link.send({ shard: 'c/0', from, to, payload: payloadOf(sent, sizes[sent]) });
+        const payload = payloadOf(sent, sizes[sent]);
+        // Every third as parts, as a shipped WAL range is sent.
+        const half = Math.max(3, sizes[sent] >> 1);
+        a.sup.link.send({ shard: 'c/0', from, to, payload: sent % 3 === 2 ? [payload.subarray(0, 3), payload.subarray(3, half), payload.subarray(half)] : payload });
         sent++;
       }
     };

@@ -13,7 +13,7 @@ import { performance } from 'perf_hooks';
 import { QuiverError } from '../errors';
 import { EtcdCoordinator } from '../cluster/etcd';
 import { ReplicaHost } from '../cluster/replica-host';
-import { SidecarSupervisor } from '../cluster/sidecar-link';
+import { SidecarSupervisor, payloadBytes } from '../cluster/sidecar-link';
 import type { NodeId, Progress, ShardKey, ShardMap } from '../cluster/types';
 import { log as rootLog } from '../common/log';
 import { ClusterDatabase, ClusterNodeRecord, CollectionRecord, CoordinatorPort } from '../query/cluster';
@@ -130,7 +130,7 @@ export async function serveCluster(cfg: ClusterConfig, say: (m: string) => void)
     },
     sendToPeer: (to, shard, payload) => {
       const i = shard.lastIndexOf('/');
-      metrics.replicationBytes.inc({ collection: shard.slice(0, i), shard: shard.slice(i + 1) }, payload.length);
+      metrics.replicationBytes.inc({ collection: shard.slice(0, i), shard: shard.slice(i + 1) }, payloadBytes(payload));
       sidecar.link.send({ shard, from: cfg.nodeId, to, payload });
     },
     log,

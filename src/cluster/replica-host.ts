@@ -44,11 +44,12 @@ import {
   stepReplica,
 } from './replica';
 import { NodeId, Progress, ShardKey, ShardMap, WriteConcern } from './types';
+import type { Payload } from './sidecar-link';
 import { Log, log as rootLog } from '../common/log';
 
 export interface ReplicaTransport {
-  /** Fire and forget: a message may be lost, delayed or reordered. */
-  send(to: NodeId, payload: Buffer): void;
+  /** Fire and forget: a message may be lost, delayed or reordered. Parts are sent as one payload, in order. */
+  send(to: NodeId, payload: Payload): void;
 }
 
 export interface ReplicaCoordination {
@@ -158,17 +159,25 @@ const ENTRIES_FIELD = 1;
 const RAW_FIELD = 5;
 
 export function encodePeerMessage(m: PeerMessage): Buffer {
-  if (m.kind === 'entries' && m.raw.length > 0) {
-    // The entries' bytes are copied once, behind the other fields, not through the encoder's growing buffer.
-    const LEN = WireType.LengthDelimited;
-    const b = BigInt;
-    const fields = toBinary(EntriesSchema, create(EntriesSchema, { epoch: b(m.epoch), prevLsn: b(m.prevLsn), prevEpoch: b(m.prevEpoch), commitLsn: b(m.commitLsn) }));
-    const rawHead = new BinaryWriter().tag(RAW_FIELD, LEN).uint32(m.raw.length).finish();
-    const head = new BinaryWriter().tag(ENTRIES_FIELD, LEN).uint32(fields.length + rawHead.length + m.raw.length).finish();
-    return Buffer.concat([head, fields, rawHead, m.raw]);
-  }
+  if (m.kind === 'entries' && m.raw.length > 0) return Buffer.concat(entriesMessageParts(m, [m.raw]));
   const out = toBinary(ReplicaMessageSchema, create(ReplicaMessageSchema, { kind: initOf(m) }));
   return Buffer.from(out.buffer, out.byteOffset, out.byteLength);
+}
+
+/**
+ * An entries message as parts to send in order: its fields, then the entries' bytes as given (views
+ * of the log's memory tail, not copied); encodePeerMessage's bytes once joined.
+ */
+export function entriesMessageParts(m: Omit<Extract<PeerMessage, { kind: 'entries' }>, 'raw'>, raw: readonly Uint8Array[]): Uint8Array[] {
+  let rawBytes = 0;
+  for (const p of raw) rawBytes += p.byteLength;
+  if (rawBytes === 0) return [encodePeerMessage({ ...m, raw: Buffer.alloc(0) })];
+  const LEN = WireType.LengthDelimited;
+  const b = BigInt;
+  const fields = toBinary(EntriesSchema, create(EntriesSchema, { epoch: b(m.epoch), prevLsn: b(m.prevLsn), prevEpoch: b(m.prevEpoch), commitLsn: b(m.commitLsn) }));
+  const rawHead = new BinaryWriter().tag(RAW_FIELD, LEN).uint32(rawBytes).finish();
+  const head = new BinaryWriter().tag(ENTRIES_FIELD, LEN).uint32(fields.length + rawHead.length + rawBytes).finish();
+  return [head, fields, rawHead, ...raw];
 }
 
 /** The oneof of `m`, as create() takes it. */
@@ -804,15 +813,15 @@ export class ReplicaHost extends EventEmitter {
       case 'send': {
         // Read here, in the queue: no append or truncation changes the log under the read. A
         // snapshot may have dropped the segments meanwhile: the machine learns it and sends a snapshot.
-        let raw: Buffer;
+        let raw: Buffer[];
         try {
-          raw = await wal.readBytes(e.fromLsn, e.toLsn);
+          raw = await wal.readParts(e.fromLsn, e.toLsn);
         } catch (err) {
           if (!(err instanceof QuiverError && err.code === 'OUT_OF_RANGE')) throw err;
           this.feed({ type: 'logCompacted', firstLsn: wal.firstLsn });
           break;
         }
-        this.sendTo(e.to, { kind: 'entries', epoch: e.epoch, prevLsn: e.prevLsn, prevEpoch: e.prevEpoch, commitLsn: e.commitLsn, raw });
+        this.opts.transport.send(e.to, entriesMessageParts({ kind: 'entries', epoch: e.epoch, prevLsn: e.prevLsn, prevEpoch: e.prevEpoch, commitLsn: e.commitLsn }, raw));
         break;
       }
       case 'sendSnapshot':

@@ -31,12 +31,29 @@ import type { NodeId } from './types';
 import { Log, log as rootLog } from '../common/log';
 import type { TlsFiles } from '../common/tls';
 
+/**
+ * A message's payload: one buffer, or parts sent one after the other and never copied together
+ * (a shipped WAL range stays the views of the log's memory tail it was read as). What arrives is
+ * always one buffer.
+ */
+export type Payload = Uint8Array | readonly Uint8Array[];
+
+export function payloadBytes(p: Payload): number {
+  if (p instanceof Uint8Array) return p.byteLength;
+  let n = 0;
+  for (const x of p) n += x.byteLength;
+  return n;
+}
+
 export interface PeerMessage {
   shard: string;
   from: NodeId;
   to: NodeId;
-  payload: Buffer;
+  payload: Payload;
 }
+
+/** A message as it arrives: its payload is one buffer. */
+export type ReceivedMessage = PeerMessage & { payload: Buffer };
 
 /** Bytes of one message's payload: a WAL entry of the largest size (80 MiB) and its framing fit. */
 export const payloadBytesMax = 96 * 1024 * 1024;
@@ -54,20 +71,21 @@ const messageOverheadBytes = 64;
 if (queueBytesMax < payloadBytesMax + messageOverheadBytes) throw new Error('queueBytesMax must hold a message of the largest size');
 
 /** The reason a message cannot travel, or null when it can. */
-export function messageProblem(m: { shard: string; from: string; to: string; payload: Uint8Array }): string | null {
+export function messageProblem(m: { shard: string; from: string; to: string; payload: Payload }): string | null {
   for (const [k, v] of [['shard', m.shard], ['from', m.from], ['to', m.to]] as const) {
     if (v.length === 0 || v.length > nameLengthMax) return `message ${k} must be 1..${nameLengthMax} characters`;
   }
-  if (m.payload.byteLength > payloadBytesMax) return `message payload of ${m.payload.byteLength} bytes is over ${payloadBytesMax}`;
+  const bytes = payloadBytes(m.payload);
+  if (bytes > payloadBytesMax) return `message payload of ${bytes} bytes is over ${payloadBytesMax}`;
   return null;
 }
 
-function messageBytes(m: { payload: Uint8Array }): number {
-  return m.payload.byteLength + messageOverheadBytes;
+function messageBytes(m: { payload: Payload }): number {
+  return payloadBytes(m.payload) + messageOverheadBytes;
 }
 
 /** A FIFO of messages bounded in bytes: a push past the bound drops the oldest. */
-export class MessageQueue<M extends { payload: Uint8Array }> {
+export class MessageQueue<M extends { payload: Payload }> {
   private items: M[] = [];
   private head = 0;
   bytes = 0;
@@ -156,6 +174,7 @@ const MESSAGES_FIELD = 1;
 
 /** A message of a batch as read from a frame's bytes: its payload is a view, `record` the message's tag, length and fields as they lie in the frame. */
 export interface ScannedMessage extends PeerMessage {
+  payload: Buffer;
   record: Buffer;
 }
 
@@ -229,10 +248,12 @@ export function scanBatch(bytes: Buffer, what: string): ScannedMessage[] | null 
   return out;
 }
 
-/** A message's record in a batch: tag and length, then its fields; the payload is the last part, not copied. */
+/** A message's record in a batch: tag and length, then its fields; the payload's parts come last, not copied. */
 export function messageRecord(m: PeerMessage): Uint8Array[] {
-  const fields = new BinaryWriter().tag(1, LEN).string(m.shard).tag(2, LEN).string(m.from).tag(3, LEN).string(m.to).tag(4, LEN).uint32(m.payload.byteLength).finish();
-  return [new BinaryWriter().tag(MESSAGES_FIELD, LEN).uint32(fields.byteLength + m.payload.byteLength).finish(), fields, m.payload];
+  const bytes = payloadBytes(m.payload);
+  const fields = new BinaryWriter().tag(1, LEN).string(m.shard).tag(2, LEN).string(m.from).tag(3, LEN).string(m.to).tag(4, LEN).uint32(bytes).finish();
+  const head = new BinaryWriter().tag(MESSAGES_FIELD, LEN).uint32(fields.byteLength + bytes).finish();
+  return m.payload instanceof Uint8Array ? [head, fields, m.payload] : [head, fields, ...m.payload];
 }
 
 /**
@@ -387,7 +408,7 @@ export class SidecarLink extends EventEmitter {
         return;
       }
       for (const f of frames) {
-        for (const m of f.batch ?? []) this.emit('message', { shard: m.shard, from: m.from, to: m.to, payload: m.payload } satisfies PeerMessage);
+        for (const m of f.batch ?? []) this.emit('message', { shard: m.shard, from: m.from, to: m.to, payload: m.payload } satisfies ReceivedMessage);
       }
     });
     socket.on('close', () => {

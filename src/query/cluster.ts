@@ -99,6 +99,7 @@ import { failoversKept } from './types';
 import { checkAnswerBytes, checkColumns, checkFieldName, checkIds, checkOptBool, checkPayloadIndex, checkSpec, checkUpdate, isPlainObject } from './validate';
 import { defaultDeadlineMs } from '../common/limits';
 import { Log, log as rootLog } from '../common/log';
+import type { Payload } from '../cluster/sidecar-link';
 
 /** What collections/<name> holds: the spec and when it was made. */
 export interface CollectionRecord extends CollectionSpec {
@@ -142,7 +143,7 @@ export type OpenReplica = (a: {
   shardOptions: Omit<ShardOptions, 'walDir' | 'snapshotDir'>;
   /** The collection's write concern when the replica opens. */
   writeConcern: WriteConcern;
-  send: (to: NodeId, payload: Buffer) => void;
+  send: (to: NodeId, payload: Payload) => void;
   publish: (p: Progress) => void;
 }) => Promise<ReplicaPort>;
 
@@ -242,7 +243,7 @@ export interface ClusterOptions extends OpenOptions, OpenInternals {
   peers: PeerShards;
   openReplica: OpenReplica;
   /** Sends a replica's message to its peer on another node (the sidecar link). */
-  sendToPeer: (to: NodeId, shard: ShardKey, payload: Buffer) => void;
+  sendToPeer: (to: NodeId, shard: ShardKey, payload: Payload) => void;
   /** Where replicas opened and removed are logged. Default the process's log. */
   log?: Log;
 }

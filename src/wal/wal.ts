@@ -498,12 +498,21 @@ export class Wal {
 
   /** Raw bytes of entries fromLsn..toLsn (inclusive, durable), as they lie in the segments. */
   async readBytes(fromLsn: number, toLsn: number): Promise<Buffer> {
-    if (toLsn < fromLsn) return Buffer.alloc(0);
+    const parts = await this.readParts(fromLsn, toLsn);
+    return parts.length === 1 ? parts[0] : Buffer.concat(parts);
+  }
+
+  /**
+   * readBytes' bytes in parts, in order, not copied together: from the memory tail one per entry
+   * (the caller must not change them), from the segments one per segment read.
+   */
+  async readParts(fromLsn: number, toLsn: number): Promise<Buffer[]> {
+    if (toLsn < fromLsn) return [];
     this.checkRange(fromLsn, toLsn);
     if (fromLsn >= this.tailFirstLsn && this.tailLength() > 0) {
-      // In memory (every durable entry from tailFirstLsn on is in the tail). The caller must not change the bytes.
+      // In memory (every durable entry from tailFirstLsn on is in the tail).
       const a = this.tailHead + fromLsn - this.tailFirstLsn;
-      return fromLsn === toLsn ? this.tail[a] : Buffer.concat(this.tail.slice(a, a + toLsn - fromLsn + 1));
+      return this.tail.slice(a, a + toLsn - fromLsn + 1);
     }
     const parts: Buffer[] = [];
     for (let i = this.segmentOf(fromLsn); i < this.segments.length; i++) {
@@ -534,7 +543,7 @@ export class Wal {
         await fh.close();
       }
     }
-    return parts.length === 1 ? parts[0] : Buffer.concat(parts);
+    return parts;
   }
 
   /** Entries fromLsn..toLsn (default: to the durable end), checked and decoded, one segment read at a time. */
