@@ -152,7 +152,6 @@ export function serve(id: string, args: string[], uid?: number): Promise<Node> {
   });
 }
 
-/** utime + stime of a process, in seconds (/proc/<pid>/stat). */
 /** --api-key and --tls-ca, which only a run against --target takes (the nodes it starts have neither). */
 function targetClient(p: Flags, target: string[] | undefined): Pick<ClientOptions, 'apiKey' | 'tls'> | undefined {
   const apiKey = stringFlag(p, 'api-key');
