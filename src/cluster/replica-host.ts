@@ -101,6 +101,12 @@ const WAL_TAIL_BYTES = 4 * 1024 * 1024;
 const hostReplicaConfig: ReplicaConfig = { ...defaultReplicaConfig, heartbeatMs: 500 };
 /** Ticks come at least this often whatever heartbeatMs is: a lapsed lease or a stalled send is noticed within it. */
 const TICK_MS_MAX = 50;
+/**
+ * A replica that neither leads nor sends a snapshot has nothing timed but releasing its memory
+ * tail: it ticks this often. Every event it acts on (an entry, a commit LSN, a new map) comes as a
+ * message, and a replica that starts leading ticks at once at the leader's pace.
+ */
+const IDLE_TICK_MS = 250;
 
 // ------------------------------------------------------------------------------ state file
 
@@ -360,6 +366,8 @@ export class ReplicaHost extends EventEmitter {
   private failure: Error | null = null;
   private closed = false;
   private timer: NodeJS.Timeout | null = null;
+  /** The delay the armed tick was given. */
+  private tickEvery = 0;
   private fsyncRunning = false;
   private fsyncAgain = false;
   private writeSeq = 0;
@@ -409,15 +417,31 @@ export class ReplicaHost extends EventEmitter {
       commitLsn: Math.max(wal.commitLsn, st.appliedLsn),
       appliedLsn: st.appliedLsn,
     });
-    h.timer = setInterval(() => {
-      h.feed({ type: 'tick' });
-      h.enqueue(() => {
-        h.shardValue.log.releaseTailBelow(retainFromLsn(h.state));
-        return h.resumeStalled();
-      });
-    }, Math.max(1, Math.min(h.config.heartbeatMs / 2, TICK_MS_MAX)));
-    h.timer.unref();
+    h.armTick();
     return h;
+  }
+
+  /** How often this replica ticks now: at the leader's pace while it leads or sends a snapshot. */
+  private tickMs(): number {
+    const pace = Math.max(1, Math.min(this.config.heartbeatMs / 2, TICK_MS_MAX));
+    return isLeading(this.state.role) || this.transfers.size > 0 ? pace : Math.max(pace, IDLE_TICK_MS);
+  }
+
+  /** Arms the next tick, tickMs() from now (one timer at a time). */
+  private armTick(): void {
+    if (this.timer) clearTimeout(this.timer);
+    if (this.closed) return;
+    this.tickEvery = this.tickMs();
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      this.feed({ type: 'tick' });
+      this.enqueue(() => {
+        this.shardValue.log.releaseTailBelow(retainFromLsn(this.state));
+        return this.resumeStalled();
+      });
+      this.armTick();
+    }, this.tickEvery);
+    this.timer.unref();
   }
 
   /** `existing`: a missing WAL is DATA_LOSS (not after a snapshot install, which empties it). */
@@ -727,7 +751,7 @@ export class ReplicaHost extends EventEmitter {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    if (this.timer) clearInterval(this.timer);
+    if (this.timer) clearTimeout(this.timer);
     this.deposed.reject(new QuiverError('UNAVAILABLE', `replica of ${this.opts.shard} closed; retry`));
     await this.queue;
     await this.shardValue.log.flush();
@@ -778,6 +802,8 @@ export class ReplicaHost extends EventEmitter {
     }
     if (r.kind !== was.kind || r.epoch !== was.epoch) this.log.info(`replica ${was.kind} -> ${r.kind}`, { epoch: r.epoch, leader: r.kind === 'follower' ? r.leader : isLeading(r) ? this.opts.self : null, commitLsn: state.log.commitLsn });
     for (const e of effects) await this.perform(e);
+    // Leading, or a snapshot to send, since the tick was armed: tick at the leader's pace from now.
+    if (this.tickMs() < this.tickEvery) this.armTick();
   }
 
   private async perform(e: Effect): Promise<void> {
