@@ -40,6 +40,7 @@ import {
   defaultReplicaConfig,
   initReplica,
   isLeading,
+  nextDue,
   retainFromLsn,
   stepReplica,
 } from './replica';
@@ -99,14 +100,13 @@ const WAL_TAIL_BYTES = 4 * 1024 * 1024;
  * a follower that restarted without its log's tail is found by the next one.
  */
 const hostReplicaConfig: ReplicaConfig = { ...defaultReplicaConfig, heartbeatMs: 500 };
-/** Ticks come at least this often whatever heartbeatMs is: a lapsed lease or a stalled send is noticed within it. */
-const TICK_MS_MAX = 50;
 /**
- * A replica that neither leads nor sends a snapshot has nothing timed but releasing its memory
- * tail: it ticks this often. Every event it acts on (an entry, a commit LSN, a new map) comes as a
- * message, and a replica that starts leading ticks at once at the leader's pace.
+ * A replica ticks when its machine next has something timed to do (`nextDue`: a leader's lease
+ * deadline, a follower's heartbeat or retransmission) or a snapshot transfer is due to be resumed,
+ * and at least this often (to release its memory tail). A follower has nothing timed: every event
+ * it acts on comes as a message. A step that brings a due forward re-arms the tick.
  */
-const IDLE_TICK_MS = 250;
+const TICK_MS_MAX = 250;
 
 // ------------------------------------------------------------------------------ state file
 
@@ -366,8 +366,8 @@ export class ReplicaHost extends EventEmitter {
   private failure: Error | null = null;
   private closed = false;
   private timer: NodeJS.Timeout | null = null;
-  /** The delay the armed tick was given. */
-  private tickEvery = 0;
+  /** When the armed tick fires (the now() clock). */
+  private tickAt = Infinity;
   private fsyncRunning = false;
   private fsyncAgain = false;
   private writeSeq = 0;
@@ -421,17 +421,18 @@ export class ReplicaHost extends EventEmitter {
     return h;
   }
 
-  /** How often this replica ticks now: at the leader's pace while it leads or sends a snapshot. */
-  private tickMs(): number {
-    const pace = Math.max(1, Math.min(this.config.heartbeatMs / 2, TICK_MS_MAX));
-    return isLeading(this.state.role) || this.transfers.size > 0 ? pace : Math.max(pace, IDLE_TICK_MS);
+  /** When this replica next ticks: its machine's next due, a transfer's, or TICK_MS_MAX from now. */
+  private nextTickAt(): number {
+    let at = Math.min(nextDue(this.state), this.now() + TICK_MS_MAX);
+    for (const t of this.transfers.values()) at = Math.min(at, t.progressAt + this.config.retransmitMs);
+    return at;
   }
 
-  /** Arms the next tick, tickMs() from now (one timer at a time). */
+  /** Arms the next tick at nextTickAt() (one timer at a time). */
   private armTick(): void {
     if (this.timer) clearTimeout(this.timer);
     if (this.closed) return;
-    this.tickEvery = this.tickMs();
+    this.tickAt = this.nextTickAt();
     this.timer = setTimeout(() => {
       this.timer = null;
       this.feed({ type: 'tick' });
@@ -439,8 +440,9 @@ export class ReplicaHost extends EventEmitter {
         this.shardValue.log.releaseTailBelow(retainFromLsn(this.state));
         return this.resumeStalled();
       });
-      this.armTick();
-    }, this.tickEvery);
+      // Armed once the tick's step ran: its sends moved the dues on.
+      this.enqueue(() => this.armTick());
+    }, Math.max(1, Math.ceil(this.tickAt - this.now())));
     this.timer.unref();
   }
 
@@ -802,8 +804,8 @@ export class ReplicaHost extends EventEmitter {
     }
     if (r.kind !== was.kind || r.epoch !== was.epoch) this.log.info(`replica ${was.kind} -> ${r.kind}`, { epoch: r.epoch, leader: r.kind === 'follower' ? r.leader : isLeading(r) ? this.opts.self : null, commitLsn: state.log.commitLsn });
     for (const e of effects) await this.perform(e);
-    // Leading, or a snapshot to send, since the tick was armed: tick at the leader's pace from now.
-    if (this.tickMs() < this.tickEvery) this.armTick();
+    // A due brought forward (leading now, a new follower, a snapshot to send): tick for it.
+    if (this.timer !== null && this.nextTickAt() < this.tickAt - 1) this.armTick();
   }
 
   private async perform(e: Effect): Promise<void> {

@@ -326,6 +326,25 @@ export function retainFromLsn(s: ReplicaState): number {
   return Math.max(lsn, s.log.firstLsn);
 }
 
+/**
+ * When a `tick` next has something to do here: a leader's lease deadline, and for each follower
+ * its heartbeat, retransmission or snapshot retry as `pump` times them; Infinity for a replica that
+ * does not lead. A driver may tick more often; ticking no later than this keeps every timer.
+ */
+export function nextDue(s: ReplicaState): number {
+  const r = s.role;
+  if (!isLeading(r)) return Infinity;
+  const cfg = s.config;
+  let due = s.leaseDeadline;
+  for (const p of Object.values(r.peers)) {
+    if (p.mode === 'snapshot') due = Math.min(due, p.sentAt + cfg.snapshotRetryMs);
+    else if (p.mode === 'probe') due = Math.min(due, p.sentAt + cfg.retransmitMs);
+    // Entries in flight go again retransmitMs after the last ack (a resend starts that count again).
+    else due = Math.min(due, p.next - 1 > p.match ? p.ackAt + cfg.retransmitMs : p.sentAt + cfg.heartbeatMs);
+  }
+  return due;
+}
+
 // ---------------------------------------------------------------------------------------------
 
 /** A step in progress: a mutable copy of the state and the effects so far. */
