@@ -94,7 +94,8 @@
  *                 the same idempotency key.
  * * Feed shard maps in etcd revision order (the initial read, then the watch); a map older than
  *   one already fed (lower epoch, or an earlier phase of the same epoch) is ignored. Feed `tick`
- *   at least every heartbeatMs / 2, and `lease` whenever the node's lease machine says `deadline`.
+ *   no later than nextDue(state) (more often does no harm: the simulation ticks every 40-60 ms),
+ *   and `lease` whenever the node's lease machine says `deadline`.
  * * Restart: build the state with initReplica from the state file and the recovered log, then feed
  *   `lease` and the shard map read from etcd. The log's unsynced tail may be gone; the history is
  *   clipped to what the log holds.
