@@ -192,6 +192,13 @@ export class QuiverClient {
   private readonly backoffMs: number;
   private readonly routing: boolean;
   private routes: Routes | undefined;
+  /**
+   * Routes known to be stale: a connected node took a write around the suspect leader they name.
+   * Their leaders are not called directly until new routes come, even once no longer suspect: a
+   * suspicion running out just then sent the next write straight to a paused leader, to wait out
+   * its deadline.
+   */
+  private staleRoutes: Routes | undefined;
   private refreshing: Promise<Routes> | undefined;
   private closed = false;
   private readonly consistency: Consistency;
@@ -561,13 +568,16 @@ export class QuiverClient {
     let redirects = 0;
     for (let attempt = 0; ; ) {
       const leader = this.routes?.leader(collection, shard);
-      const direct = leader && !this.isSuspect(leader.address) ? leader : null;
+      const direct = leader && !this.isSuspect(leader.address) && this.routes !== this.staleRoutes ? leader : null;
       const channel = direct ? this.channelTo(direct.address) : this.entryChannel();
       try {
         const r = await channel.unary(codec, undefined as never, Date.now() + (o.deadlineMs ?? this.deadlineMs), body(oneShard && (direct !== null || !leader)));
         if (direct) this.suspects.delete(direct.address);
         // Taken by way of a connected node around a suspect leader: the routes name the old one.
-        else if (leader) void this.refreshRoutes(o).catch(() => undefined);
+        else if (leader) {
+          this.staleRoutes = this.routes;
+          void this.refreshRoutes(o).catch(() => undefined);
+        }
         return { count: Number(r.count), token: tokenFromWire(r.token) };
       } catch (e) {
         const qe = e as QuiverError;
@@ -579,6 +589,9 @@ export class QuiverClient {
         // The node called failed it: the leader, or the connected node (down, or it could not get
         // the part committed); the next attempt goes around it.
         this.suspects.set(channel.address, Date.now() + suspectMs);
+        // Sent around the suspect leader the routes name, and the connected node could not get it
+        // committed either (its forward waited on that leader): the leader stays suspect.
+        if (!direct && leader) this.suspects.set(leader.address, Date.now() + suspectMs);
         if (attempt >= this.retries) {
           // The leader may have failed: the next call goes by fresh routes.
           void this.refreshRoutes(o).catch(() => undefined);
