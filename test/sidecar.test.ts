@@ -252,6 +252,20 @@ interface Node {
 const nodes: Node[] = [];
 const children: ChildProcess[] = [];
 
+/** Stops every node started so far and the children spawned (by pid), and removes their directories. */
+async function stopNodes(): Promise<void> {
+  const stopping = nodes.splice(0);
+  await Promise.all(stopping.map((n) => n.sup.close()));
+  for (const pid of [...stopping.flatMap((n) => [...n.pids]), ...children.splice(0).map((c) => c.pid!)]) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ESRCH') throw e;
+    }
+  }
+  for (const n of stopping) fs.rmSync(n.dir, { recursive: true, force: true });
+}
+
 async function startNode(id: string, cluster = 'test', listen = '127.0.0.1:0', tls?: CertFiles): Promise<Node> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'quiver-sidecar-'));
   const log: string[] = [];
@@ -342,17 +356,7 @@ describe('sidecar processes', () => {
     b.sup.link.setPeers({ a: a.sup.address });
   });
 
-  afterAll(async () => {
-    await Promise.all(nodes.map((n) => n.sup.close()));
-    for (const pid of [...nodes.flatMap((n) => [...n.pids]), ...children.map((c) => c.pid!)]) {
-      try {
-        process.kill(pid, 'SIGKILL');
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'ESRCH') throw e;
-      }
-    }
-    for (const n of nodes) fs.rmSync(n.dir, { recursive: true, force: true });
-  });
+  afterAll(stopNodes);
 
   it('10,000 messages of mixed sizes go A to B, then B to A, in order and intact', async () => {
     const r = new Prng(1);
@@ -479,7 +483,7 @@ describe.skipIf(!opensslInstalled)('sidecar processes over mutual TLS (skips wit
     b.sup.link.setPeers({ a: a.sup.address });
   });
   afterAll(async () => {
-    await Promise.all([a, b].map((n) => n?.sup.close()));
+    await stopNodes();
     ca?.remove();
   });
 
