@@ -45,7 +45,7 @@ import {
   stepReplica,
 } from './replica';
 import { NodeId, Progress, ShardKey, ShardMap, WriteConcern } from './types';
-import type { Payload } from './sidecar-link';
+import { Payload, payloadBytes } from './sidecar-link';
 import { Log, log as rootLog } from '../common/log';
 
 export interface ReplicaTransport {
@@ -175,8 +175,7 @@ export function encodePeerMessage(m: PeerMessage): Buffer {
  * of the log's memory tail, not copied); encodePeerMessage's bytes once joined.
  */
 export function entriesMessageParts(m: Omit<Extract<PeerMessage, { kind: 'entries' }>, 'raw'>, raw: readonly Uint8Array[]): Uint8Array[] {
-  let rawBytes = 0;
-  for (const p of raw) rawBytes += p.byteLength;
+  const rawBytes = payloadBytes(raw);
   if (rawBytes === 0) return [encodePeerMessage({ ...m, raw: Buffer.alloc(0) })];
   const LEN = WireType.LengthDelimited;
   const b = BigInt;
