@@ -465,7 +465,7 @@ describe('the stream refuses', () => {
     hosts.set('a', { onPeerMessage: (_from: NodeId, p: Buffer) => got.push(decodePeerMessage(p)), close: async () => undefined } as unknown as ReplicaHost);
     b.onLease(Date.now() + 600_000);
     b.onMap({ epoch: 2, leader: 'a', replicas: NODES, phase: 'active' });
-    b.onPeerMessage('a', encodePeerMessage({ kind: 'entries', epoch: 2, prevLsn: 0, prevEpoch: 0, commitLsn: 0, raw: rawEntries(1, 3, 2) }));
+    b.onPeerMessage('a', encodePeerMessage({ kind: 'entries', epoch: 2, prevLsn: 0, prevEpoch: 0, commitLsn: 0, quiet: false, raw: rawEntries(1, 3, 2) }));
     await pollUntil(() => got.some((m) => m.kind === 'ack' && m.lsn === 3), 'b acks 3');
     return { b, got };
   }
@@ -473,7 +473,7 @@ describe('the stream refuses', () => {
   it('an older epoch', async () => {
     const { b, got } = await follower();
     got.length = 0;
-    b.onPeerMessage('a', encodePeerMessage({ kind: 'entries', epoch: 1, prevLsn: 3, prevEpoch: 1, commitLsn: 0, raw: rawEntries(4, 1, 1) }));
+    b.onPeerMessage('a', encodePeerMessage({ kind: 'entries', epoch: 1, prevLsn: 3, prevEpoch: 1, commitLsn: 0, quiet: false, raw: rawEntries(4, 1, 1) }));
     await pollUntil(() => got.length > 0, 'an answer');
     expect(got[0]).toMatchObject({ kind: 'refused', epoch: 2 });
     expect(b.shard.log.lastLsn).toBe(3);
@@ -482,7 +482,7 @@ describe('the stream refuses', () => {
   it('a gap', async () => {
     const { b, got } = await follower();
     got.length = 0;
-    b.onPeerMessage('a', encodePeerMessage({ kind: 'entries', epoch: 2, prevLsn: 5, prevEpoch: 2, commitLsn: 0, raw: rawEntries(6, 1, 2) }));
+    b.onPeerMessage('a', encodePeerMessage({ kind: 'entries', epoch: 2, prevLsn: 5, prevEpoch: 2, commitLsn: 0, quiet: false, raw: rawEntries(6, 1, 2) }));
     await pollUntil(() => got.length > 0, 'an answer');
     expect(got[0]).toMatchObject({ kind: 'refused', epoch: 2, lsn: 3, lsnEpoch: 2 });
     expect(b.shard.log.lastLsn).toBe(3);
@@ -491,7 +491,7 @@ describe('the stream refuses', () => {
   it('a wrong (prevLsn, prevEpoch)', async () => {
     const { b, got } = await follower();
     got.length = 0;
-    b.onPeerMessage('a', encodePeerMessage({ kind: 'entries', epoch: 2, prevLsn: 3, prevEpoch: 1, commitLsn: 0, raw: rawEntries(4, 1, 2) }));
+    b.onPeerMessage('a', encodePeerMessage({ kind: 'entries', epoch: 2, prevLsn: 3, prevEpoch: 1, commitLsn: 0, quiet: false, raw: rawEntries(4, 1, 2) }));
     await pollUntil(() => got.length > 0, 'an answer');
     expect(got[0]).toMatchObject({ kind: 'refused', epoch: 2 });
     expect(b.shard.log.lastLsn).toBe(3);
@@ -502,7 +502,7 @@ describe('the stream refuses', () => {
     const raw = rawEntries(4, 2, 2);
     raw[raw.length - 1] ^= 0xff;
     const rejected = new Promise<QuiverError>((r) => b.once('rejected', r));
-    b.onPeerMessage('a', encodePeerMessage({ kind: 'entries', epoch: 2, prevLsn: 3, prevEpoch: 2, commitLsn: 0, raw }));
+    b.onPeerMessage('a', encodePeerMessage({ kind: 'entries', epoch: 2, prevLsn: 3, prevEpoch: 2, commitLsn: 0, quiet: false, raw }));
     expect((await rejected).code).toBe('DATA_LOSS');
     await b.shard.log.flush();
     expect(b.shard.log.lastLsn).toBe(3);
@@ -513,18 +513,22 @@ describe('the stream refuses', () => {
 describe('entries sent in parts', () => {
   it('joined, the parts are the bytes encodePeerMessage writes, whatever the split of the entries', () => {
     const raw = rawEntries(4, 3, 2);
-    const fields = { kind: 'entries' as const, epoch: 2, prevLsn: 3, prevEpoch: 2, commitLsn: 3 };
-    const one = encodePeerMessage({ ...fields, raw });
-    const cut = [raw.subarray(0, 7), raw.subarray(7, 40), raw.subarray(40)];
-    for (const split of [[raw], cut]) {
-      const parts = entriesMessageParts(fields, split);
-      // The entries' bytes are the caller's buffers, not copies.
-      expect(parts.slice(-split.length)).toEqual(split);
-      expect(Buffer.concat(parts).equals(one)).toBe(true);
+    for (const quiet of [false, true]) {
+      const fields = { kind: 'entries' as const, epoch: 2, prevLsn: 3, prevEpoch: 2, commitLsn: 3, quiet };
+      const one = encodePeerMessage({ ...fields, raw });
+      const cut = [raw.subarray(0, 7), raw.subarray(7, 40), raw.subarray(40)];
+      for (const split of [[raw], cut]) {
+        const parts = entriesMessageParts(fields, split);
+        // The entries' bytes are the caller's buffers, not copies.
+        expect(parts.slice(-split.length)).toEqual(split);
+        expect(Buffer.concat(parts).equals(one)).toBe(true);
+      }
+      expect(decodePeerMessage(one)).toEqual({ ...fields, raw });
+      // No entries: the same bytes as a message with an empty raw.
+      const empty = Buffer.concat(entriesMessageParts(fields, []));
+      expect(empty.equals(encodePeerMessage({ ...fields, raw: Buffer.alloc(0) }))).toBe(true);
+      expect(decodePeerMessage(empty)).toEqual({ ...fields, raw: Buffer.alloc(0) });
     }
-    expect(decodePeerMessage(one)).toEqual({ ...fields, raw });
-    // No entries: the same bytes as a message with an empty raw.
-    expect(Buffer.concat(entriesMessageParts(fields, [])).equals(encodePeerMessage({ ...fields, raw: Buffer.alloc(0) }))).toBe(true);
   });
 });
 
@@ -532,7 +536,8 @@ describe('peer message decoding (fuzz)', () => {
   it('random and mutated payloads: a typed error or a correct decode, never a crash', () => {
     const rand = rng(20261204);
     const seeds: Buffer[] = [
-      encodePeerMessage({ kind: 'entries', epoch: 3, prevLsn: 7, prevEpoch: 2, commitLsn: 5, raw: rawEntries(8, 3, 3) }),
+      encodePeerMessage({ kind: 'entries', epoch: 3, prevLsn: 7, prevEpoch: 2, commitLsn: 5, quiet: false, raw: rawEntries(8, 3, 3) }),
+      encodePeerMessage({ kind: 'entries', epoch: 3, prevLsn: 10, prevEpoch: 3, commitLsn: 10, quiet: true, raw: Buffer.alloc(0) }),
       encodePeerMessage({ kind: 'ack', epoch: 3, lsn: 9 }),
       encodePeerMessage({ kind: 'refused', epoch: 3, lsn: 9, lsnEpoch: 2, epochStartLsn: 4 }),
       encodePeerMessage({ kind: 'snapshotChunk', epoch: 3, lsn: 9, lsnEpoch: 2, files: [{ name: 'index.bin', size: 10 }], offset: 0, data: Buffer.from('0123456789'), crc32c: crc32c(Buffer.from('0123456789')) }),

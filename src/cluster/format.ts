@@ -50,7 +50,7 @@ export function formatReplicaEvent<W, R>(e: ReplicaEvent<W, R>): string {
     case 'mapChanged':
       return `map ${formatMap(e.map)}`;
     case 'entries':
-      return `entries from ${e.from} e${e.epoch} prev ${e.prevLsn}/e${e.prevEpoch} ${range(e.entries)} commit ${e.commitLsn}`;
+      return `entries from ${e.from} e${e.epoch} prev ${e.prevLsn}/e${e.prevEpoch} ${range(e.entries)} commit ${e.commitLsn}${e.quiet ? ' quiet' : ''}`;
     case 'ack':
       return `ack from ${e.from} e${e.epoch} lsn ${e.lsn}`;
     case 'refused':
@@ -88,7 +88,7 @@ export function formatReplicaEffect<W, R>(e: ReplicaEffect<W, R>, fmt: (w: W) =>
       return 'fsync';
     case 'send':
       return e.toLsn < e.fromLsn
-        ? `send ${e.to} e${e.epoch} prev ${e.prevLsn}/e${e.prevEpoch} none commit ${e.commitLsn}`
+        ? `send ${e.to} e${e.epoch} prev ${e.prevLsn}/e${e.prevEpoch} none commit ${e.commitLsn}${e.quiet ? ' quiet' : ''}`
         : `send ${e.to} e${e.epoch} prev ${e.prevLsn}/e${e.prevEpoch} ${e.fromLsn}..${e.toLsn} commit ${e.commitLsn}`;
     case 'sendSnapshot':
       return `send snapshot ${e.to} e${e.epoch}`;

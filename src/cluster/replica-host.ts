@@ -149,7 +149,7 @@ export async function writeHardState(dir: string, hard: HardState): Promise<void
 
 /** A peer message as the host uses it (numbers for LSNs and epochs). */
 export type PeerMessage =
-  | { kind: 'entries'; epoch: number; prevLsn: number; prevEpoch: number; commitLsn: number; raw: Buffer }
+  | { kind: 'entries'; epoch: number; prevLsn: number; prevEpoch: number; commitLsn: number; quiet: boolean; raw: Buffer }
   | { kind: 'ack'; epoch: number; lsn: number }
   | { kind: 'refused'; epoch: number; lsn: number; lsnEpoch: number; epochStartLsn: number }
   | { kind: 'snapshotChunk'; epoch: number; lsn: number; lsnEpoch: number; files: { name: string; size: number }[]; offset: number; data: Buffer; crc32c: number }
@@ -179,7 +179,7 @@ export function entriesMessageParts(m: Omit<Extract<PeerMessage, { kind: 'entrie
   if (rawBytes === 0) return [encodePeerMessage({ ...m, raw: Buffer.alloc(0) })];
   const LEN = WireType.LengthDelimited;
   const b = BigInt;
-  const fields = toBinary(EntriesSchema, create(EntriesSchema, { epoch: b(m.epoch), prevLsn: b(m.prevLsn), prevEpoch: b(m.prevEpoch), commitLsn: b(m.commitLsn) }));
+  const fields = toBinary(EntriesSchema, create(EntriesSchema, { epoch: b(m.epoch), prevLsn: b(m.prevLsn), prevEpoch: b(m.prevEpoch), commitLsn: b(m.commitLsn), quiet: m.quiet }));
   const rawHead = new BinaryWriter().tag(RAW_FIELD, LEN).uint32(rawBytes).finish();
   const head = new BinaryWriter().tag(ENTRIES_FIELD, LEN).uint32(fields.length + rawHead.length + rawBytes).finish();
   return [head, fields, rawHead, ...raw];
@@ -190,7 +190,7 @@ function initOf(m: PeerMessage): MessageInitShape<typeof ReplicaMessageSchema>['
   const b = BigInt;
   switch (m.kind) {
     case 'entries':
-      return { case: 'entries', value: { epoch: b(m.epoch), prevLsn: b(m.prevLsn), prevEpoch: b(m.prevEpoch), commitLsn: b(m.commitLsn), raw: m.raw } };
+      return { case: 'entries', value: { epoch: b(m.epoch), prevLsn: b(m.prevLsn), prevEpoch: b(m.prevEpoch), commitLsn: b(m.commitLsn), quiet: m.quiet, raw: m.raw } };
     case 'ack':
       return { case: 'ack', value: { epoch: b(m.epoch), lsn: b(m.lsn) } };
     case 'refused':
@@ -221,7 +221,7 @@ export function decodePeerMessage(payload: Uint8Array): PeerMessage {
     case 'entries': {
       const v = k.value;
       const raw = Buffer.from(v.raw.buffer, v.raw.byteOffset, v.raw.byteLength); // a view: appendRaw copies what it keeps
-      return { kind: 'entries', epoch: u64(v.epoch, 'epoch'), prevLsn: u64(v.prevLsn, 'prevLsn'), prevEpoch: u64(v.prevEpoch, 'prevEpoch'), commitLsn: u64(v.commitLsn, 'commitLsn'), raw };
+      return { kind: 'entries', epoch: u64(v.epoch, 'epoch'), prevLsn: u64(v.prevLsn, 'prevLsn'), prevEpoch: u64(v.prevEpoch, 'prevEpoch'), commitLsn: u64(v.commitLsn, 'commitLsn'), quiet: v.quiet, raw };
     }
     case 'ack':
       return { kind: 'ack', epoch: u64(k.value.epoch, 'epoch'), lsn: u64(k.value.lsn, 'lsn') };
@@ -495,7 +495,7 @@ export class ReplicaHost extends EventEmitter {
     switch (m.kind) {
       case 'entries': {
         const at = this.now();
-        const ev: Event = { type: 'entries', from, epoch: m.epoch, prevLsn: m.prevLsn, prevEpoch: m.prevEpoch, entries, commitLsn: m.commitLsn };
+        const ev: Event = { type: 'entries', from, epoch: m.epoch, prevLsn: m.prevLsn, prevEpoch: m.prevEpoch, entries, commitLsn: m.commitLsn, quiet: m.quiet };
         this.enqueue(async () => {
           await this.step(ev);
           // Heard from the leader it follows (bounded reads: how stale it may be).
@@ -848,7 +848,7 @@ export class ReplicaHost extends EventEmitter {
           this.feed({ type: 'logCompacted', firstLsn: wal.firstLsn });
           break;
         }
-        this.opts.transport.send(e.to, entriesMessageParts({ kind: 'entries', epoch: e.epoch, prevLsn: e.prevLsn, prevEpoch: e.prevEpoch, commitLsn: e.commitLsn }, raw));
+        this.opts.transport.send(e.to, entriesMessageParts({ kind: 'entries', epoch: e.epoch, prevLsn: e.prevLsn, prevEpoch: e.prevEpoch, commitLsn: e.commitLsn, quiet: e.quiet }, raw));
         break;
       }
       case 'sendSnapshot':

@@ -76,9 +76,11 @@
  * * appendReceived Follower: Wal.appendRaw of the entries' bytes as shipped (byte-identical logs).
  * * fsync         Make everything appended durable (Wal.flush), then feed `durable {lsn, epoch}` of
  *                 the log's last durable entry.
- * * send          Read entries fromLsn..toLsn (all durable; none when toLsn < fromLsn: a heartbeat
- *                 or probe) and ship {epoch, prevLsn, prevEpoch, entries, commitLsn} to `to`, whose
- *                 node feeds them as `entries`.
+ * * send          Read entries fromLsn..toLsn (all durable; none when toLsn < fromLsn: a heartbeat,
+ *                 commit notice or probe) and ship {epoch, prevLsn, prevEpoch, entries, commitLsn,
+ *                 quiet} to `to`, whose node feeds them as `entries`. `quiet`: a heartbeat or commit
+ *                 notice to a follower that acknowledged all it was sent; it is not acked (an ack
+ *                 would tell the leader nothing), unless the follower has more to acknowledge.
  * * sendSnapshot  Ship this node's newest snapshot to `to`, whose node feeds `snapshotReceived`.
  * * installSnapshot Replace the shard's store and index by the received snapshot and restart the
  *                 log empty after `lsn`, durably.
@@ -232,7 +234,8 @@ export type WriteRefusal =
 
 export type ReplicaEvent<W, R> =
   | { type: 'mapChanged'; map: ShardMap }
-  | { type: 'entries'; from: NodeId; epoch: number; prevLsn: number; prevEpoch: number; entries: readonly ReceivedEntry<R>[]; commitLsn: number }
+  /** `quiet`: the sender asks no ack (see the `send` effect). */
+  | { type: 'entries'; from: NodeId; epoch: number; prevLsn: number; prevEpoch: number; entries: readonly ReceivedEntry<R>[]; commitLsn: number; quiet: boolean }
   | { type: 'ack'; from: NodeId; epoch: number; lsn: number }
   /** A follower refused a send: its epoch, and (lsn, its epoch, first LSN of that epoch) at the probe. */
   | { type: 'refused'; from: NodeId; epoch: number; lsn: number; lsnEpoch: number; epochStartLsn: number }
@@ -250,7 +253,7 @@ export type ReplicaEffect<W, R> =
   | { type: 'append'; entries: readonly { lsn: number; epoch: number; write: W | null }[] }
   | { type: 'appendReceived'; entries: readonly ReceivedEntry<R>[] }
   | { type: 'fsync' }
-  | { type: 'send'; to: NodeId; epoch: number; prevLsn: number; prevEpoch: number; fromLsn: number; toLsn: number; commitLsn: number }
+  | { type: 'send'; to: NodeId; epoch: number; prevLsn: number; prevEpoch: number; fromLsn: number; toLsn: number; commitLsn: number; quiet: boolean }
   | { type: 'sendSnapshot'; to: NodeId; epoch: number }
   | { type: 'installSnapshot'; lsn: number; lsnEpoch: number }
   | { type: 'ack'; to: NodeId; epoch: number; lsn: number }
@@ -614,8 +617,9 @@ function onEntries<W, R>(c: Ctx<W, R>, m: Extract<ReplicaEvent<W, R>, { type: 'e
   const commit = Math.min(m.commitLsn, matched);
   if (commit > log.commitLsn) log.commitLsn = commit;
   applyCommitted(c);
-  // Fresh entries are acked once durable; anything else (probe, heartbeat, resend) at once.
-  ackLeader(c, fresh.length === 0);
+  // Fresh entries are acked once durable; a probe or resend at once; a quiet message only when
+  // there is something new to acknowledge.
+  ackLeader(c, fresh.length === 0 && !m.quiet);
 }
 
 /** Acks the leader the durable LSN its log is known to share with this one. */
@@ -754,9 +758,9 @@ function pump<W, R>(c: Ctx<W, R>, id: NodeId, timers: boolean): void {
   const log = c.s.log;
   const cfg = c.s.config;
   let p = { ...r.peers[id] };
-  const send = (from: number, to: number): void => {
+  const send = (from: number, to: number, quiet = false): void => {
     const prev = from - 1;
-    c.fx.push({ type: 'send', to: id, epoch: r.epoch, prevLsn: prev, prevEpoch: epochAt(log.history, prev), fromLsn: from, toLsn: to, commitLsn: log.commitLsn });
+    c.fx.push({ type: 'send', to: id, epoch: r.epoch, prevLsn: prev, prevEpoch: epochAt(log.history, prev), fromLsn: from, toLsn: to, commitLsn: log.commitLsn, quiet });
     p.sentAt = c.now;
     p.commitSent = log.commitLsn;
   };
@@ -789,8 +793,10 @@ function pump<W, R>(c: Ctx<W, R>, id: NodeId, timers: boolean): void {
         p.next = to + 1;
         sent = true;
       }
-      if (!sent && p.next - 1 === p.match && (log.commitLsn > p.commitSent || (timers && c.now - p.sentAt >= cfg.heartbeatMs))) {
-        send(p.next, p.next - 1);
+      // A new commit LSN goes at once, unless entries wait for their fsync: their send carries it.
+      const notice = log.commitLsn > p.commitSent && log.durableLsn === log.lastLsn;
+      if (!sent && p.next - 1 === p.match && (notice || (timers && c.now - p.sentAt >= cfg.heartbeatMs))) {
+        send(p.next, p.next - 1, true);
       }
       break;
     }

@@ -23,7 +23,7 @@
  *   cut n1 [...] / heal n1 [...]        lose every message to or from those nodes / stop that
  *   tick [n1 ...]
  *   stabilize                           sync, apply, deliver until nothing is queued
- *   entries n2 from=n1 epoch=E prev=L/E [lsns=L/E,...] commit=C   inject a send (writes x<lsn>)
+ *   entries n2 from=n1 epoch=E prev=L/E [lsns=L/E,...] commit=C [quiet=yes]   inject a send (writes x<lsn>)
  *   ack n1 from=n2 epoch=E lsn=L        inject an ack
  *   crash n1 [keep=K]                   lose the unsynced tail but K entries, restart from disk
  *   compact n1 [retain=L]               snapshot at applied, drop the log below it
@@ -179,7 +179,7 @@ export class ReplicaScript implements Env {
           const [lsn, epoch] = x.split('/').map(Number);
           return { lsn, epoch, write: `x${lsn}`, commitLsn: 0 };
         });
-        const msg: ReplicaMessage = { kind: 'entries', shard: SHARD, from: kv.from, epoch: Number(kv.epoch), prevLsn, prevEpoch, entries, commitLsn: Number(kv.commit ?? 0) };
+        const msg: ReplicaMessage = { kind: 'entries', shard: SHARD, from: kv.from, epoch: Number(kv.epoch), prevLsn, prevEpoch, entries, commitLsn: Number(kv.commit ?? 0), quiet: kv.quiet === 'yes' };
         this.host(args[0]).receive(msg);
         break;
       }

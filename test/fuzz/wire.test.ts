@@ -104,7 +104,7 @@ describe('replication messages under damage', () => {
   const entries = [1, 2, 3].map((i) => Buffer.concat(encodeEntryParts({ lsn: 10 + i, epoch: 3, commitLsn: 9 + i, type: i === 2 ? EntryType.Delete : EntryType.Upsert, key: i === 1 ? 'key' : '', body: Buffer.alloc(20 * i, i) }).parts));
   const chunk = Buffer.from('0123456789abcdef');
   const seeds = [
-    encodePeerMessage({ kind: 'entries', epoch: 3, prevLsn: 10, prevEpoch: 3, commitLsn: 11, raw: Buffer.concat(entries) }),
+    encodePeerMessage({ kind: 'entries', epoch: 3, prevLsn: 10, prevEpoch: 3, commitLsn: 11, quiet: false, raw: Buffer.concat(entries) }),
     encodePeerMessage({ kind: 'ack', epoch: 3, lsn: 12 }),
     encodePeerMessage({ kind: 'refused', epoch: 3, lsn: 12, lsnEpoch: 2, epochStartLsn: 5 }),
     encodePeerMessage({ kind: 'snapshotChunk', epoch: 3, lsn: 12, lsnEpoch: 3, files: [{ name: 'index.bin', size: 16 }, { name: 'state.bin', size: 0 }], offset: 0, data: chunk, crc32c: crc32c(chunk) }),

@@ -64,7 +64,7 @@ export class SimDisk {
 }
 
 export type ReplicaMessage =
-  | { kind: 'entries'; shard: ShardKey; from: NodeId; epoch: number; prevLsn: number; prevEpoch: number; entries: SimEntry[]; commitLsn: number }
+  | { kind: 'entries'; shard: ShardKey; from: NodeId; epoch: number; prevLsn: number; prevEpoch: number; entries: SimEntry[]; commitLsn: number; quiet: boolean }
   | { kind: 'ack'; shard: ShardKey; from: NodeId; epoch: number; lsn: number }
   | { kind: 'refused'; shard: ShardKey; from: NodeId; epoch: number; lsn: number; lsnEpoch: number; epochStartLsn: number }
   | { kind: 'snapshot'; shard: ShardKey; from: NodeId; epoch: number; snapshot: SimSnapshot };
@@ -218,7 +218,7 @@ export class ReplicaHost {
         const entries: SimEntry[] = [];
         invariant(e.toLsn < e.fromLsn || (e.fromLsn >= d.firstLsn && e.toLsn <= d.durableLsn), `send ${e.fromLsn}..${e.toLsn} of durable entries`);
         for (let l = e.fromLsn; l <= e.toLsn; l++) entries.push({ ...d.entry(l) });
-        this.env.send(this.node, e.to, { kind: 'entries', shard: this.shard, from: this.node, epoch: e.epoch, prevLsn: e.prevLsn, prevEpoch: e.prevEpoch, entries, commitLsn: e.commitLsn });
+        this.env.send(this.node, e.to, { kind: 'entries', shard: this.shard, from: this.node, epoch: e.epoch, prevLsn: e.prevLsn, prevEpoch: e.prevEpoch, entries, commitLsn: e.commitLsn, quiet: e.quiet });
         break;
       }
       case 'sendSnapshot': {
@@ -297,7 +297,7 @@ export class ReplicaHost {
   receive(m: ReplicaMessage): void {
     switch (m.kind) {
       case 'entries':
-        this.step({ type: 'entries', from: m.from, epoch: m.epoch, prevLsn: m.prevLsn, prevEpoch: m.prevEpoch, commitLsn: m.commitLsn, entries: m.entries.map((e) => ({ lsn: e.lsn, epoch: e.epoch, raw: e })) });
+        this.step({ type: 'entries', from: m.from, epoch: m.epoch, prevLsn: m.prevLsn, prevEpoch: m.prevEpoch, commitLsn: m.commitLsn, quiet: m.quiet, entries: m.entries.map((e) => ({ lsn: e.lsn, epoch: e.epoch, raw: e })) });
         break;
       case 'ack':
         this.step({ type: 'ack', from: m.from, epoch: m.epoch, lsn: m.lsn });
