@@ -8,6 +8,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { describe, expect, it } from 'vitest';
 import { HnswIndex, Metric, deserializeIndex } from '../src/native';
+import { releaseBuffer } from '../src/native/addon';
 import { QuiverError } from '../src/errors';
 import { clustered, labelsFrom } from './hnsw-helpers';
 import { rng } from './helpers';
@@ -80,6 +81,36 @@ describe('HnswIndex persistence', () => {
       await expect(index.reserveSerialize(bad)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
     }
     expect(Buffer.compare(await index.serialize(), bytes)).toBe(0);
+  });
+
+  it('releaseBuffer frees a serialized index at once (every view then reads as empty); a view of part of a buffer is INVALID_ARGUMENT and stays whole', async () => {
+    const index = new HnswIndex({ dim: 256, metric: 'l2', m: 4, efConstruction: 8 });
+    await index.add(labelsFrom(0, 60_000), clustered(60_000, 256, 65), { threads: 2 });
+    const copy = Buffer.from(await index.serialize());
+    expect(copy.length).toBeGreaterThan(60_000 * 256 * 4);
+    const rssMb = async (): Promise<number> => {
+      await new Promise((r) => setImmediate(r)); // the buffer's memory goes back in an immediate
+      return process.memoryUsage().rss / 2 ** 20;
+    };
+    const bytes = await index.serialize();
+    const view = bytes.subarray(0, 100);
+    const held = await rssMb();
+    releaseBuffer(bytes);
+    // 60 MB went back to the system before any collection (the copy and the index stay).
+    expect(held - (await rssMb())).toBeGreaterThan(40);
+    expect(bytes.length).toBe(0);
+    expect(view.length).toBe(0);
+    releaseBuffer(bytes); // already released: nothing to do
+    // Node's small Buffers share one pool: only a view of a whole ArrayBuffer may be released.
+    const pooled = Buffer.from('abc');
+    const part = copy.subarray(8);
+    for (const b of [pooled, part]) {
+      const before = Buffer.from(b);
+      expect(() => releaseBuffer(b)).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
+      expect(b.equals(before)).toBe(true);
+    }
+    // The index serializes to the same bytes again.
+    expect(Buffer.compare(await index.serialize(), copy)).toBe(0);
   });
 
   it('round trips through a buffer and a file with the same answers and the same bytes', async () => {

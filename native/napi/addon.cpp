@@ -80,6 +80,21 @@ Napi::Value TrimAllocator(const Napi::CallbackInfo& info) {
 #endif
 }
 
+// releaseBuffer(bytes): detaches the ArrayBuffer that `bytes` views whole, so that the memory
+// behind it goes now rather than at a garbage collection (which may come much later: V8 does not
+// count an addon's memory). Every view of it then reads as empty. Refused for a view of part of an
+// ArrayBuffer (a Buffer from Node's pool shares one with others).
+Napi::Value ReleaseBuffer(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) throw_invalid(env, "releaseBuffer(bytes: Uint8Array)");
+  auto bytes = info[0].As<Napi::Uint8Array>();
+  Napi::ArrayBuffer buffer = bytes.ArrayBuffer();
+  if (buffer.IsDetached()) return env.Undefined();
+  if (bytes.ByteOffset() != 0 || bytes.ByteLength() != buffer.ByteLength()) throw_invalid(env, "releaseBuffer: bytes must view the whole of its ArrayBuffer");
+  buffer.Detach();
+  return env.Undefined();
+}
+
 Napi::Value AllocRows(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!info[0].IsNumber()) throw_invalid(env, "allocRows(floats: number)");
@@ -290,6 +305,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("failNextAllocations", Napi::Function::New(env, FailNextAllocations));
   exports.Set("tuneAllocator", Napi::Function::New(env, TuneAllocator));
   exports.Set("trimAllocator", Napi::Function::New(env, TrimAllocator));
+  exports.Set("releaseBuffer", Napi::Function::New(env, ReleaseBuffer));
   exports.Set("kernel", Napi::Function::New(env, KernelFn));
   exports.Set("kernelMatrix", Napi::Function::New(env, KernelMatrix));
   exports.Set("scanBench", Napi::Function::New(env, ScanBench));

@@ -64,6 +64,8 @@ export interface NativeAddon {
   tuneAllocator(trimBytes: number, mmapBytes: number): boolean;
   /** glibc malloc_trim(0): return the free memory of every arena to the system. */
   trimAllocator(): boolean;
+  /** Detaches the ArrayBuffer `bytes` views whole (INVALID_ARGUMENT for a part of one). */
+  releaseBuffer(bytes: Uint8Array): void;
   kernel(name: string, level: string, a: ArrayBufferView, b: ArrayBufferView): number;
   scanBench(level: string, base: Float32Array, dim: number, query: Float32Array, repeats: number): number;
   sumBench(level: string, base: Float32Array, repeats: number): number;
@@ -144,6 +146,16 @@ export function tuneAllocatorForServer(): boolean {
  */
 export function trimAllocator(): boolean {
   return addon().trimAllocator();
+}
+
+/**
+ * Frees the memory behind `bytes` now, not at a garbage collection, by detaching its ArrayBuffer:
+ * every view of it then reads as empty. For a buffer the caller alone holds and views whole (a
+ * serialized index once written: V8 does not count the addon's memory, so a collection may come
+ * much later); INVALID_ARGUMENT for a view of part of an ArrayBuffer.
+ */
+export function releaseBuffer(bytes: Uint8Array): void {
+  addon().releaseBuffer(bytes);
 }
 
 /**

@@ -5,7 +5,7 @@
  */
 import { promises as fsp } from 'fs';
 import { QuiverError } from '../errors';
-import { addon, loadAddon, SearchLaneStats } from './addon';
+import { addon, loadAddon, releaseBuffer, SearchLaneStats } from './addon';
 import { dimMax, efMax, labelNone, topKMax } from './limits';
 
 export * from './limits';
@@ -197,6 +197,7 @@ export abstract class VectorIndex {
     const fh = await fsp.open(tmp, 'w');
     try {
       await fh.writeFile(bytes);
+      releaseBuffer(bytes);
       await fh.sync();
     } finally {
       await fh.close();

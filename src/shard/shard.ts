@@ -32,6 +32,7 @@
 import { promises as fsp } from 'fs';
 import { QuiverError } from '../errors';
 import { FlatIndex, HnswIndex, IndexKind, IvfPqIndex, LABEL_NONE, Metric, VectorIndex, deserializeIndex } from '../native';
+import { releaseBuffer } from '../native/addon';
 import { EntryType, Wal } from '../wal';
 import type { WalOptions } from '../wal';
 import { cloneJson, stringifyJson } from '../common/json';
@@ -1230,6 +1231,7 @@ export class Shard {
     });
     if (!cap) return;
     const bytesBefore = this.wal.bytes;
+    const indexBytes = cap.indexBytes.length;
     try {
       await this.opts.snapshotHold?.();
       await writeSnapshot(
@@ -1242,9 +1244,11 @@ export class Shard {
       );
     } finally {
       this.store.release();
+      // Freed now, not at a collection: the next snapshot's reserveSerialize maps this memory again (G10).
+      releaseBuffer(cap.indexBytes);
     }
     this.snapshotLsnValue = cap.lsn;
-    this.indexBytesAtSnapshot = cap.indexBytes.length;
+    this.indexBytesAtSnapshot = indexBytes;
     for (const old of await listSnapshots(this.opts.snapshotDir)) {
       if (old.lsn < cap.lsn) await removeSnapshot(this.opts.snapshotDir, old);
     }
