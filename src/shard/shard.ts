@@ -1231,7 +1231,7 @@ export class Shard {
     });
     if (!cap) return;
     const bytesBefore = this.wal.bytes;
-    const indexBytes = cap.indexBytes.length;
+    const indexLength = cap.indexBytes.length;
     try {
       await this.opts.snapshotHold?.();
       await writeSnapshot(
@@ -1248,7 +1248,7 @@ export class Shard {
       releaseBuffer(cap.indexBytes);
     }
     this.snapshotLsnValue = cap.lsn;
-    this.indexBytesAtSnapshot = indexBytes;
+    this.indexBytesAtSnapshot = indexLength;
     for (const old of await listSnapshots(this.opts.snapshotDir)) {
       if (old.lsn < cap.lsn) await removeSnapshot(this.opts.snapshotDir, old);
     }
