@@ -153,6 +153,30 @@ export class TestCluster {
     );
   }
 
+  /**
+   * POST /v1/collections through `via` (plain HTTP), again while that node counts fewer live nodes
+   * than the factor asks (FAILED_PRECONDITION, which creates nothing): a node paused or cut off
+   * from etcd past its lease by an earlier test can still be listed as alive until etcd revokes the
+   * lease, then drops out until it registers again. Any other answer than 200 fails the test.
+   */
+  async createCollection(via: TestNode, spec: Record<string, unknown>): Promise<void> {
+    const headers: Record<string, string> = this.apiKey ? { authorization: `Bearer ${this.apiKey}` } : {};
+    let last = '';
+    await waitFor(
+      async () => {
+        const r = await httpJson(via.child.http, 'POST', '/v1/collections', spec, headers);
+        last = JSON.stringify(r.body);
+        if (r.status === 200) return true;
+        const e = r.body?.error;
+        if (r.status === 400 && e?.code === 'FAILED_PRECONDITION' && /needs as many live nodes/.test(e.message)) return false;
+        throw new Error(`creating ${String(spec.name)} through ${via.id}: ${r.status} ${last}`);
+      },
+      `${String(spec.name)} to be created through ${via.id} (every node registered)`,
+      60_000,
+      () => last,
+    );
+  }
+
   async shards(via: TestNode, collection: string): Promise<ShardsReport> {
     const r = await this.get(via.child.http, `/v1/collections/${collection}/shards`);
     expect(r.status, JSON.stringify(r.body)).toBe(200);

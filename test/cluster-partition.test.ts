@@ -69,9 +69,7 @@ describe.skipIf(why !== null)(`a leader cut off by the network${why ? ` (skipped
 
   const setup = async (name: string): Promise<{ leader: TestNode; others: TestNode[]; epoch: number }> => {
     // A node cut off from etcd by an earlier test may have caught up (converged) before it registered again.
-    await cluster.waitAlive(cluster.nodes[0]);
-    const created = await httpJson(cluster.nodes[0].child.http, 'POST', '/v1/collections', { name, dim: DIM, shards: 1, replicationFactor: 3, index: { type: 'flat' } });
-    expect(created.status, JSON.stringify(created.body)).toBe(200);
+    await cluster.createCollection(cluster.nodes[0], { name, dim: DIM, shards: 1, replicationFactor: 3, index: { type: 'flat' } });
     const s = (await cluster.shards(cluster.nodes[0], name))[0];
     const leader = cluster.node(s.leader);
     return { leader, others: cluster.nodes.filter((n) => n !== leader), epoch: s.epoch };

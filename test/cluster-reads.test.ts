@@ -43,9 +43,7 @@ describe('read levels (real etcd, nodes and sidecars)', () => {
 
   async function create(name: string, extra: Record<string, unknown> = {}): Promise<void> {
     // RF 3 needs every node registered: one paused past its lease by an earlier test registers again.
-    await cluster.waitAlive();
-    const r = await httpJson(cluster.nodes[0].child.http, 'POST', '/v1/collections', { name, dim: DIM, shards: 1, replicationFactor: 3, index: { type: 'flat' }, ...extra });
-    expect(r.status, JSON.stringify(r.body)).toBe(200);
+    await cluster.createCollection(cluster.nodes[0], { name, dim: DIM, shards: 1, replicationFactor: 3, index: { type: 'flat' }, ...extra });
   }
 
   /** Shard parts of `name` each node answered at `level`, in node order. */
