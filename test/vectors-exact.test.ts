@@ -175,7 +175,7 @@ describe('snapshots written while the point store kept the vectors', () => {
       for (let d = 0; d < DIM; d++) r[d] = r[d] / n;
     }
     await normalized.add(live, v);
-    await writeSnapshot(o.snapshotDir, { lsn, epoch, dim: DIM, vectorsInIndex: false }, await normalized.serialize(), await store.encode(store.capture(), 48), { ids: [], records: [] }, { inDoubt: [], decisions: [] });
+    await writeSnapshot(o.snapshotDir, { lsn, epoch, dim: DIM, vectorsInIndex: false }, await normalized.serialize(), await store.encode(store.capture(), 48), { count: 0, parts: [] }, { inDoubt: [], decisions: [] });
     s = await Shard.open(o);
     await expectExact(s, m, 'from the older snapshot');
     expect(await s.digest()).toBe(digest);

@@ -19,7 +19,8 @@
  *
  *   snapshot: shared lock (searches go on, applies wait) -> capture at appliedLsn: the index's
  *             bytes (serialize: a copy at memory speed), the store's tables (vector chunks copy
- *             on write), the keys -> unlock -> encode in slices, tmp dir, fsync, rename -> drop
+ *             on write), the keys (views of their records, encoded once when remembered:
+ *             key-memory.ts) -> unlock -> encode the store in slices, tmp dir, fsync, rename -> drop
  *             older snapshots and WAL segments wholly below it (renamed, then freed gradually).
  *             Applies and searches wait only for the capture (a few ms for 20,000 x 128 HNSW
  *             points; `quiver bench snapshot`).
@@ -58,7 +59,8 @@ import {
   requestHash,
 } from './codec';
 import { RwLock } from './lock';
-import { KeyRecord, TxnSnapshot, listSnapshots, readSnapshot, removeSnapshot, removeSnapshotLeftovers, writeSnapshot } from './snapshot';
+import { KeyMemory } from './key-memory';
+import { TxnSnapshot, listSnapshots, readSnapshot, removeSnapshot, removeSnapshotLeftovers, writeSnapshot } from './snapshot';
 import { Payload, PointStore } from './store';
 import { FilterPlan, IndexQuery, PayloadFilter, PayloadIndexSpec, PayloadIndexes } from './payload-index';
 import { TxnAction, TxnEvent, TxnState, inDoubtOf, initTxn, stepTxn } from './txn';
@@ -267,7 +269,7 @@ export class Shard {
   private readonly payloadIndexes = new PayloadIndexes();
   private index!: VectorIndex;
   private wal!: Wal;
-  private keys = new Map<string, KeyRecord>();
+  private keys: KeyMemory;
   private readonly inflightKeys = new Map<string, { hash: Buffer; done: Promise<WriteResult> }>();
   private readonly lock = new RwLock();
   private applyChain: Promise<unknown> = Promise.resolve();
@@ -296,6 +298,7 @@ export class Shard {
     this.opts = opts;
     // A cluster replica (follower: true) keeps locks only while it leads (leadTxns).
     this.txn = initTxn(opts.shard ?? 0, opts.txnTimeoutMs ?? txnTimeoutMsDefault, opts.keysMax ?? 100_000, !opts.follower);
+    this.keys = new KeyMemory(opts.keysMax ?? 100_000);
     this.store = new PointStore(opts.dim, false); // an empty index (flat or HNSW) keeps the vectors
   }
 
@@ -348,7 +351,7 @@ export class Shard {
         }
         this.index = index;
         this.indexBytesAtSnapshot = r.indexBytes.length;
-        this.keys = r.keys;
+        this.keys = KeyMemory.of(r.keys, this.keys.max);
         this.restoreTxns(r.txns);
         snapLsn = r.lsn;
         this.appliedEpoch = r.epoch;
@@ -356,7 +359,7 @@ export class Shard {
       } catch (e) {
         if (!(e instanceof QuiverError && e.code === 'DATA_LOSS')) throw e;
         log.warn('skipping a damaged snapshot', { dir: this.opts.snapshotDir, err: e.message });
-        this.keys = new Map();
+        this.keys = new KeyMemory(this.keys.max);
         this.forgetTxns();
       }
     }
@@ -780,7 +783,7 @@ export class Shard {
           const change: Op =
             part.type === 'upsert' ? { type: EntryType.Upsert, upsert: part.op, payloads: part.op.payloadJson.map(parsePayload), hash } : { type: EntryType.Delete, ids: part.ids, hash };
           result = { lsn, answer: await this.applyChange(change) };
-          if (held.key !== '') this.remember(held.key, { lsn, answer: result.answer, hash: hash ?? Buffer.alloc(0) });
+          if (held.key !== '') this.keys.remember(held.key, { lsn, answer: result.answer, hash: hash ?? Buffer.alloc(0) });
         }
         const settled = result;
         after.push(() => this.wake(this.settleWaiters, a.txn, settled));
@@ -888,7 +891,7 @@ export class Shard {
         } else {
           const answer = await this.applyChange(op);
           result = { lsn, answer };
-          if (key !== '') this.remember(key, { lsn, answer, hash: hashOf(op) ?? Buffer.alloc(0) });
+          if (key !== '') this.keys.remember(key, { lsn, answer, hash: hashOf(op) ?? Buffer.alloc(0) });
         }
       } catch (e) {
         throw this.breakWith(e as Error);
@@ -1006,12 +1009,6 @@ export class Shard {
     }
     this.index = ivf;
     if (!indexKeepsVectors(ivf.kind, this.opts.metric, spec)) this.store.keepVectors(live, vectors);
-  }
-
-  private remember(key: string, rec: KeyRecord): void {
-    this.keys.set(key, rec);
-    const max = this.opts.keysMax ?? 100_000;
-    while (this.keys.size > max) this.keys.delete(this.keys.keys().next().value as string);
   }
 
   // ------------------------------------------------------------------ reads
@@ -1225,7 +1222,7 @@ export class Shard {
         indexBytes: await this.index.serialize(),
         vectorsInIndex: !this.store.keepsVectors,
         store: this.store.capture(),
-        keys: { ids: [...this.keys.keys()], records: [...this.keys.values()] },
+        keys: this.keys.capture(),
         txns: this.captureTxns(),
       };
     });

@@ -171,45 +171,64 @@ export function snapshotDirName(lsn: number): string {
 }
 
 /**
- * The remembered idempotency keys a snapshot holds, oldest first: ids[i] with records[i]. Two
- * arrays, as a shard takes them from its map while it holds its lock: for 100,000 keys that took
- * 7-15 ms on the 2-core VMs measured, a copy of the map 180-420 ms.
+ * The remembered idempotency keys a snapshot holds, oldest first: `count` records as state.bin
+ * lays them out (keyRecordWrite), in `parts`. KeyMemory (key-memory.ts) encodes each record once,
+ * when its key is remembered, and a capture is views of those bytes: taking the keys as two
+ * arrays under the shard's lock took 7-15 ms for 100,000 keys on the 2-core VMs measured, and
+ * encoding them again at every snapshot was the largest part of its cost to the writes beside it.
  */
-export interface KeyList {
-  ids: string[];
-  records: KeyRecord[];
+export interface KeyImage {
+  count: number;
+  parts: Buffer[];
 }
 
-/** Keys per slice of their encoding, between which the event loop takes a turn. */
-const encodeSliceKeys = 8192;
+/** The bytes of a key record in state.bin. */
+export function keyRecordBytes(key: string, rec: KeyRecord): number {
+  return 2 + Buffer.byteLength(key) + 17 + rec.hash.length;
+}
 
-/** The key records of state.bin (see the top of this file), in slices with a turn of the event loop between them. */
-async function encodeKeys(keys: KeyList): Promise<Buffer[]> {
-  const n = Buffer.alloc(4);
-  n.writeUInt32LE(keys.ids.length, 0);
-  const parts = [n];
-  for (let from = 0; from < keys.ids.length; from += encodeSliceKeys) {
-    if (from > 0) await nextTurn();
-    const to = Math.min(keys.ids.length, from + encodeSliceKeys);
-    let bytes = 0;
-    for (let i = from; i < to; i++) bytes += 2 + Buffer.byteLength(keys.ids[i]) + 17 + keys.records[i].hash.length;
-    const r = Buffer.allocUnsafe(bytes);
-    let off = 0;
-    for (let i = from; i < to; i++) {
-      const rec = keys.records[i];
-      const kl = r.write(keys.ids[i], off + 2);
-      r.writeUInt16LE(kl, off);
-      off += 2 + kl;
-      r.writeUInt32LE(rec.lsn % TWO32, off);
-      r.writeUInt32LE(Math.floor(rec.lsn / TWO32), off + 4);
-      r.writeDoubleLE(rec.answer, off + 8);
-      r.writeUInt8(rec.hash.length, off + 16);
-      rec.hash.copy(r, off + 17);
-      off += 17 + rec.hash.length;
+/** Writes a key record at `off` of `into` (keyRecordBytes of room); returns the offset after it. */
+export function keyRecordWrite(into: Buffer, off: number, key: string, rec: KeyRecord): number {
+  const kl = into.write(key, off + 2);
+  into.writeUInt16LE(kl, off);
+  off += 2 + kl;
+  into.writeUInt32LE(rec.lsn % TWO32, off);
+  into.writeUInt32LE(Math.floor(rec.lsn / TWO32), off + 4);
+  into.writeDoubleLE(rec.answer, off + 8);
+  into.writeUInt8(rec.hash.length, off + 16);
+  rec.hash.copy(into, off + 17);
+  return off + 17 + rec.hash.length;
+}
+
+/**
+ * Reads `n` key records from `off` of `buf` into `into` (records without a hash where `hashes` is
+ * false: snapshots written before hashes were kept); returns the offset after them. Throws on a
+ * record that runs past the end.
+ */
+export function readKeyRecords(buf: Buffer, off: number, n: number, hashes: boolean, into: Map<string, KeyRecord>): number {
+  for (let i = 0; i < n; i++) {
+    const kl = buf.readUInt16LE(off);
+    const key = buf.toString('utf8', off + 2, off + 2 + kl);
+    off += 2 + kl;
+    const lsn = buf.readUInt32LE(off) + buf.readUInt32LE(off + 4) * TWO32;
+    const answer = buf.readDoubleLE(off + 8);
+    off += 16;
+    let hash = Buffer.alloc(0);
+    if (hashes) {
+      const hl = buf.readUInt8(off);
+      if (off + 1 + hl > buf.length) throw new Error('short key record');
+      hash = Buffer.from(buf.subarray(off + 1, off + 1 + hl));
+      off += 1 + hl;
     }
-    parts.push(r);
+    into.set(key, { lsn, answer, hash });
   }
-  return parts;
+  return off;
+}
+
+/** The bytes of the key record written at `off` of `buf`. */
+export function keyRecordLength(buf: Buffer, off: number): number {
+  const kl = buf.readUInt16LE(off);
+  return 2 + kl + 17 + buf.readUInt8(off + 2 + kl + 16);
 }
 
 export async function writeSnapshot(
@@ -217,10 +236,11 @@ export async function writeSnapshot(
   meta: { lsn: number; epoch: number; dim: number; vectorsInIndex: boolean },
   indexBytes: Buffer,
   storeParts: Buffer[],
-  keys: KeyList,
+  keys: KeyImage,
   txns: TxnSnapshot,
 ): Promise<string> {
-  const keyParts = await encodeKeys(keys);
+  const keyCount = Buffer.alloc(4);
+  keyCount.writeUInt32LE(keys.count, 0);
   await fsp.mkdir(parent, { recursive: true });
   const tmp = path.join(parent, `tmp-${meta.lsn}-${process.pid}`);
   await fsp.rm(tmp, { recursive: true, force: true });
@@ -239,7 +259,7 @@ export async function writeSnapshot(
   head.writeUInt32LE((meta.vectorsInIndex ? FLAG_VECTORS_IN_INDEX : 0) | FLAG_KEY_HASHES | FLAG_TXNS, 36);
   head.writeUInt32LE(indexBytes.length % TWO32, 40);
   head.writeUInt32LE(Math.floor(indexBytes.length / TWO32), 44);
-  const parts = [head, ...storeParts, ...keyParts, ...encodeTxns(txns)];
+  const parts = [head, ...storeParts, keyCount, ...keys.parts, ...encodeTxns(txns)];
   let crc = 0;
   for (const p of parts) crc = crc32c(p, crc);
   const tail = Buffer.alloc(4);
@@ -322,23 +342,7 @@ export async function readSnapshot(
   try {
     off = store.decode(body, 48, !vectorsInIndex);
     const n = body.readUInt32LE(off);
-    off += 4;
-    for (let i = 0; i < n; i++) {
-      const kl = body.readUInt16LE(off);
-      const key = body.toString('utf8', off + 2, off + 2 + kl);
-      off += 2 + kl;
-      const klsn = body.readUInt32LE(off) + body.readUInt32LE(off + 4) * TWO32;
-      const answer = body.readDoubleLE(off + 8);
-      off += 16;
-      let hash = Buffer.alloc(0);
-      if (keyHashes) {
-        const hl = body.readUInt8(off);
-        if (off + 1 + hl > end) throw new Error('short key record');
-        hash = Buffer.from(body.subarray(off + 1, off + 1 + hl));
-        off += 1 + hl;
-      }
-      keys.set(key, { lsn: klsn, answer, hash });
-    }
+    off = readKeyRecords(body, off + 4, n, keyHashes, keys);
     if (flags & FLAG_TXNS) ({ txns, off } = decodeTxns(body, off));
   } catch (e) {
     return bad((e as Error).message);
