@@ -41,7 +41,7 @@ describe('KeyMemory', () => {
     const image = m.capture();
     const bytes = Buffer.concat(image.parts);
     for (let i = 500; i < 3000; i++) m.remember(key(i), rec(i));
-    m.remember(key(2900), rec(1)); // encoded again, whole, at the next capture
+    m.remember(key(2900), rec(1)); // every live record copied into new chunks
     expect(m.capture().count).toBe(300);
     expect(Buffer.concat(image.parts).equals(bytes)).toBe(true);
     expect(read(image).map(([k]) => k)).toEqual(Array.from({ length: 300 }, (_, i) => key(200 + i)));
@@ -51,6 +51,7 @@ describe('KeyMemory', () => {
     const m = new KeyMemory(4);
     for (let i = 0; i < 4; i++) m.remember(key(i), rec(i));
     m.remember(key(1), rec(99));
+    expect(m.get(key(1))).toEqual(rec(99));
     expect(read(m.capture())).toEqual([
       [key(0), rec(0)],
       [key(1), rec(99)],

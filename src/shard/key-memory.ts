@@ -1,31 +1,37 @@
 /**
  * The idempotency keys a shard remembers, each with the answer it stands for: at most `max`, the
- * oldest forgotten first. Beside the map, the same records as a snapshot's state.bin lays them out
- * (snapshot.ts, keyRecordWrite), encoded once when the key is remembered into chunks that are only
- * ever appended to. A snapshot's capture() is views of those chunks, taken in time proportional to
- * their number, and stays valid while keys are remembered and forgotten after it.
+ * oldest forgotten first. Each key's record is kept once, as a snapshot's state.bin lays it out
+ * (snapshot.ts, keyRecordWrite), written when the key is remembered into chunks that are only ever
+ * appended to; the map holds where it is. A snapshot's capture() is views of those chunks, taken
+ * in time proportional to their number, and stays valid while keys are remembered and forgotten
+ * after it.
  *
  *   chunks[0]                 chunks[1]                   chunks[last]
  *   [forgotten |  oldest ...] [.........................] [... newest | room]
  *               ^ head                                                ^ used[last]
  *
- * Remembering a key the map already holds changes its record where it stands (a Map keeps its
- * order); the chunks then no longer match and are encoded again, whole, at the next capture.
+ * Remembering a key the map already holds (rare: a retry is answered from its key, not applied
+ * again) keeps the key's place in the map's order, as a Map's set does; its new record is written
+ * at the end, so every live record is then copied, in the map's order, into new chunks.
  */
-import { KeyImage, KeyRecord, keyRecordBytes, keyRecordLength, keyRecordWrite } from './snapshot';
+import { KeyImage, KeyRecord, keyRecordAt, keyRecordBytes, keyRecordLength, keyRecordWrite } from './snapshot';
 
 /** Bytes of a chunk of records (a longer record gets a chunk of its own size). */
 const chunkBytes = 64 * 1024;
 
+/** Where a key's record is. */
+interface At {
+  chunk: Buffer;
+  off: number;
+}
+
 export class KeyMemory {
-  private readonly map = new Map<string, KeyRecord>();
+  private readonly map = new Map<string, At>();
   private chunks: Buffer[] = [];
   /** Bytes written in each chunk. */
   private used: number[] = [];
-  /** Where the oldest remembered record starts in chunks[0]. */
+  /** Where the oldest record starts in chunks[0]. */
   private head = 0;
-  /** The chunks no longer match the map: capture() encodes them again. */
-  private stale = false;
 
   constructor(readonly max: number) {}
 
@@ -40,24 +46,27 @@ export class KeyMemory {
     return this.map.size;
   }
 
+  /** The key's record (its hash a view of the memory's bytes), or undefined if it is not remembered. */
   get(key: string): KeyRecord | undefined {
-    return this.map.get(key);
+    const at = this.map.get(key);
+    return at && keyRecordAt(at.chunk, at.off);
   }
 
   remember(key: string, rec: KeyRecord): void {
+    const bytes = keyRecordBytes(key, rec);
+    const at = this.room(bytes);
+    this.used[this.used.length - 1] = keyRecordWrite(at.chunk, at.off, key, rec);
     const again = this.map.has(key);
-    this.map.set(key, rec);
-    if (again) this.stale = true;
-    else if (!this.stale) this.append(key, rec);
+    this.map.set(key, at);
+    if (again) this.copyLive();
     while (this.map.size > this.max) {
       this.map.delete(this.map.keys().next().value as string);
-      if (!this.stale) this.dropOldest();
+      this.dropOldest();
     }
   }
 
   /** The remembered keys' records, oldest first, for a snapshot: views of bytes never written again. */
   capture(): KeyImage {
-    if (this.stale) this.encodeAgain();
     const parts: Buffer[] = [];
     this.chunks.forEach((c, i) => {
       const from = i === 0 ? this.head : 0;
@@ -66,15 +75,14 @@ export class KeyMemory {
     return { count: this.map.size, parts };
   }
 
-  private append(key: string, rec: KeyRecord): void {
-    const bytes = keyRecordBytes(key, rec);
-    let last = this.chunks.length - 1;
-    if (last < 0 || this.used[last] + bytes > this.chunks[last].length) {
-      this.chunks.push(Buffer.allocUnsafe(Math.max(chunkBytes, bytes)));
-      this.used.push(0);
-      last++;
-    }
-    this.used[last] = keyRecordWrite(this.chunks[last], this.used[last], key, rec);
+  /** Where the next record of `bytes` goes: the end of the last chunk, or a new one. */
+  private room(bytes: number): At {
+    const last = this.chunks.length - 1;
+    if (last >= 0 && this.used[last] + bytes <= this.chunks[last].length) return { chunk: this.chunks[last], off: this.used[last] };
+    const chunk = Buffer.allocUnsafe(Math.max(chunkBytes, bytes));
+    this.chunks.push(chunk);
+    this.used.push(0);
+    return { chunk, off: 0 };
   }
 
   private dropOldest(): void {
@@ -86,12 +94,18 @@ export class KeyMemory {
     }
   }
 
-  /** New chunks (a capture may still hold views of the old ones). */
-  private encodeAgain(): void {
+  /** Each remembered key's record, in the map's order, into new chunks (a capture may still view the old ones). */
+  private copyLive(): void {
+    const live = [...this.map];
     this.chunks = [];
     this.used = [];
     this.head = 0;
-    this.stale = false;
-    for (const [key, rec] of this.map) this.append(key, rec);
+    for (const [key, from] of live) {
+      const bytes = keyRecordLength(from.chunk, from.off);
+      const at = this.room(bytes);
+      from.chunk.copy(at.chunk, at.off, from.off, from.off + bytes);
+      this.used[this.used.length - 1] = at.off + bytes;
+      this.map.set(key, at);
+    }
   }
 }

@@ -231,6 +231,13 @@ export function keyRecordLength(buf: Buffer, off: number): number {
   return 2 + kl + 17 + buf.readUInt8(off + 2 + kl + 16);
 }
 
+/** The record of the key record written at `off` of `buf` (its hash a view of `buf`). */
+export function keyRecordAt(buf: Buffer, off: number): KeyRecord {
+  off += 2 + buf.readUInt16LE(off);
+  const hl = buf.readUInt8(off + 16);
+  return { lsn: buf.readUInt32LE(off) + buf.readUInt32LE(off + 4) * TWO32, answer: buf.readDoubleLE(off + 8), hash: buf.subarray(off + 17, off + 17 + hl) };
+}
+
 export async function writeSnapshot(
   parent: string,
   meta: { lsn: number; epoch: number; dim: number; vectorsInIndex: boolean },
