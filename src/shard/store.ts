@@ -8,7 +8,7 @@
  * same entries applied in the same order give the same labels on every replica.
  */
 import { createHash } from 'crypto';
-import { setImmediate as nextTurn } from 'timers/promises';
+import { setImmediate as nextTurn, setTimeout as pause } from 'timers/promises';
 import { stringifyJson } from '../common/json';
 import { allocRows } from '../native/addon';
 
@@ -27,8 +27,12 @@ export interface StoreImage {
   chunks: Float32Array[] | null;
 }
 
-/** Labels per slice of a snapshot's encoding (encode), between which the event loop takes a turn. */
-const encodeSliceLabels = 2048;
+/**
+ * Labels per slice of a snapshot's encoding (encode). Between two slices the event loop takes a
+ * turn; a paced encoding also pauses as long as the slice took, at least 1 ms, so that it takes at
+ * most about half of the loop while writes and searches go on beside it.
+ */
+const encodeSliceLabels = 512;
 
 /** Rows per chunk of the vector store, at least; see rowsPerChunk. */
 const chunkLabelsMin = 1024;
@@ -401,18 +405,22 @@ export class PointStore {
    *   0..3 zero bytes, so that the vectors start at a file offset that is a multiple of 4
    *   nextLabel x dim f32: the vector of every label in order (rows of free labels are zero)
    * The records are encoded encodeSliceLabels labels at a time, with a turn of the event loop
-   * between slices (a snapshot of 20,000 points is tens of milliseconds of JSON); the vector rows
-   * are views of the captured chunks, not copies.
+   * between slices (a snapshot of 20,000 points is tens of milliseconds of JSON), and with `paced`
+   * a pause as long as the slice took; the vector rows are views of the captured chunks, not copies.
    */
-  async encode(image: StoreImage, base: number): Promise<Buffer[]> {
+  async encode(image: StoreImage, base: number, paced = false): Promise<Buffer[]> {
     const head = Buffer.alloc(12);
     head.writeUInt32LE(image.nextLabel, 0);
     head.writeUInt32LE(image.count, 4);
     head.writeUInt32LE(image.free.length, 8);
     const parts: Buffer[] = [head];
     let size = head.length;
+    let sliceStart = performance.now();
     for (let from = 0; from < image.nextLabel; from += encodeSliceLabels) {
-      if (from > 0) await nextTurn();
+      if (from > 0) {
+        await (paced ? pause(Math.max(1, Math.ceil(performance.now() - sliceStart))) : nextTurn());
+        sliceStart = performance.now();
+      }
       const to = Math.min(image.nextLabel, from + encodeSliceLabels);
       const labels: number[] = [];
       const texts: string[] = [];
