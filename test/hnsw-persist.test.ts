@@ -113,6 +113,30 @@ describe('HnswIndex persistence', () => {
     expect(Buffer.compare(await index.serialize(), copy)).toBe(0);
   });
 
+  it('serializeHeld keeps serialize()\'s bytes in the addon: read back in steps they are the same; reading past them, or after releaseHeld, is INVALID_ARGUMENT', async () => {
+    const index = await script('l2', 1);
+    const bytes = await index.serialize();
+    expect(() => index.readHeld(0, Buffer.alloc(4))).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
+    await index.reserveSerialize(bytes.length); // the spare a snapshot reserves is written into, as serialize() does
+    expect(await index.serializeHeld()).toBe(bytes.length);
+    const back = Buffer.alloc(bytes.length);
+    const step = Buffer.alloc(4093); // not a divisor: the last step is short
+    for (let at = 0; at < bytes.length; ) {
+      const n = index.readHeld(at, step);
+      expect(n).toBe(Math.min(step.length, bytes.length - at));
+      step.copy(back, at, 0, n);
+      at += n;
+    }
+    expect(back.equals(bytes)).toBe(true);
+    expect(index.readHeld(bytes.length, step)).toBe(0);
+    for (const offset of [bytes.length + 1, -1, 0.5]) {
+      expect(() => index.readHeld(offset, step)).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
+    }
+    index.releaseHeld();
+    expect(() => index.readHeld(0, step)).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
+    index.releaseHeld(); // nothing held: nothing to do
+  });
+
   it('round trips through a buffer and a file with the same answers and the same bytes', async () => {
     const index = await script('l2', 2);
     const bytes = await index.serialize();

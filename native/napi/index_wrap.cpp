@@ -146,6 +146,30 @@ class SerializeWorker : public PromiseWorker {
   Bytes* bytes_ = nullptr;
 };
 
+// serializeHeld(): serializes as SerializeWorker does, but keeps the bytes in the NativeIndex (held_)
+// instead of handing them to JS as a Buffer, and resolves with their length. V8 counts a Buffer's
+// memory against its old generation's limit, so a serialized index handed over at every snapshot
+// started a full collection beside the writes; readHeld copies the bytes out a step at a time.
+class SerializeHeldWorker : public PromiseWorker {
+ public:
+  SerializeHeldWorker(Napi::Env env, Napi::Object self, std::shared_ptr<Index> index, std::unique_ptr<Bytes> spare)
+      : PromiseWorker(env), self_(Napi::Persistent(self)), index_(std::move(index)), bytes_(std::move(spare)) {}
+  Status Run() override {
+    if (bytes_ == nullptr) bytes_ = std::make_unique<Bytes>();
+    return index_->serialize(bytes_.get());
+  }
+  Napi::Value Resolve(Napi::Env env) override {
+    const double length = double(bytes_->size());
+    NativeIndex::Unwrap(self_.Value())->set_held(std::move(bytes_));
+    return Napi::Number::New(env, length);
+  }
+
+ private:
+  Napi::ObjectReference self_;
+  std::shared_ptr<Index> index_;
+  std::unique_ptr<Bytes> bytes_;
+};
+
 // Maps and touches a buffer of `bytes` for the next serialize, so that its page faults (and any
 // compaction for huge pages) come before the caller takes its lock, not under it.
 class ReserveSerializeWorker : public PromiseWorker {
@@ -252,6 +276,9 @@ Napi::Function NativeIndex::Init(Napi::Env env) {
        InstanceMethod("train", &NativeIndex::Guarded<&NativeIndex::Train>),
        InstanceMethod("serialize", &NativeIndex::Guarded<&NativeIndex::Serialize>),
        InstanceMethod("reserveSerialize", &NativeIndex::Guarded<&NativeIndex::ReserveSerialize>),
+       InstanceMethod("serializeHeld", &NativeIndex::Guarded<&NativeIndex::SerializeHeld>),
+       InstanceMethod("readHeld", &NativeIndex::Guarded<&NativeIndex::ReadHeld>),
+       InstanceMethod("releaseHeld", &NativeIndex::Guarded<&NativeIndex::ReleaseHeld>),
        InstanceMethod("getVectors", &NativeIndex::Guarded<&NativeIndex::GetVectors>),
        StaticMethod("deserialize", &guarded<&NativeIndex::Deserialize>), InstanceAccessor("size", &NativeIndex::GetSize, nullptr),
        InstanceAccessor("dim", &NativeIndex::GetDim, nullptr), InstanceAccessor("metric", &NativeIndex::GetMetric, nullptr),
@@ -378,6 +405,31 @@ Napi::Value NativeIndex::Train(const Napi::CallbackInfo& info) {
 
 Napi::Value NativeIndex::Serialize(const Napi::CallbackInfo& info) {
   return queue(new SerializeWorker(info.Env(), index_, std::move(spare_)));
+}
+
+Napi::Value NativeIndex::SerializeHeld(const Napi::CallbackInfo& info) {
+  held_.reset();
+  return queue(new SerializeHeldWorker(info.Env(), info.This().As<Napi::Object>(), index_, std::move(spare_)));
+}
+
+// readHeld(offset, into: Uint8Array): copies the held bytes from `offset` into `into`, as many as
+// fit or are left; returns how many. INVALID_ARGUMENT without held bytes or past their end.
+Napi::Value NativeIndex::ReadHeld(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (held_ == nullptr) throw_invalid(env, "readHeld: nothing is held (serializeHeld first)");
+  const double offset = info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1;
+  if (!(offset >= 0 && offset <= double(held_->size())) || offset != double(size_t(offset))) throw_invalid(env, "readHeld(offset, into): offset must be a whole number within the held bytes");
+  if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) throw_invalid(env, "readHeld(offset, into: Uint8Array)");
+  auto into = info[1].As<Napi::Uint8Array>();
+  const size_t n = std::min(into.ByteLength(), held_->size() - size_t(offset));
+  if (n > 0) std::memcpy(into.Data(), held_->data() + size_t(offset), n);
+  return Napi::Number::New(env, double(n));
+}
+
+// releaseHeld(): frees the held bytes (nothing if none).
+Napi::Value NativeIndex::ReleaseHeld(const Napi::CallbackInfo& info) {
+  held_.reset();
+  return info.Env().Undefined();
 }
 
 // reserveSerialize(bytes): see ReserveSerializeWorker. The buffer is held until the next serialize.

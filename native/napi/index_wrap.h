@@ -22,6 +22,8 @@ class NativeIndex : public Napi::ObjectWrap<NativeIndex> {
   static Napi::Object Wrap(Napi::Env env, std::shared_ptr<Index> index);
   // The buffer the next serialize writes into (reserveSerialize); on the JS thread only.
   void set_spare(std::unique_ptr<Bytes> spare) { spare_ = std::move(spare); }
+  // The bytes of the last serializeHeld, read by readHeld until releaseHeld; on the JS thread only.
+  void set_held(std::unique_ptr<Bytes> held) { held_ = std::move(held); }
 
  private:
   // Method M with a std::bad_alloc on the loop (copying a large input) thrown as RESOURCE_EXHAUSTED.
@@ -36,6 +38,9 @@ class NativeIndex : public Napi::ObjectWrap<NativeIndex> {
   Napi::Value Train(const Napi::CallbackInfo& info);
   Napi::Value Serialize(const Napi::CallbackInfo& info);
   Napi::Value ReserveSerialize(const Napi::CallbackInfo& info);
+  Napi::Value SerializeHeld(const Napi::CallbackInfo& info);
+  Napi::Value ReadHeld(const Napi::CallbackInfo& info);
+  Napi::Value ReleaseHeld(const Napi::CallbackInfo& info);
   Napi::Value GetVectors(const Napi::CallbackInfo& info);
   static Napi::Value Deserialize(const Napi::CallbackInfo& info);
   Napi::Value GetSize(const Napi::CallbackInfo& info);
@@ -47,6 +52,7 @@ class NativeIndex : public Napi::ObjectWrap<NativeIndex> {
 
   std::shared_ptr<Index> index_;
   std::unique_ptr<Bytes> spare_;
+  std::unique_ptr<Bytes> held_;
 };
 
 // The index behind a NativeIndex JS object, or nullptr (with a JS error thrown) if it is not one.

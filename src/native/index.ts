@@ -183,6 +183,25 @@ export abstract class VectorIndex {
   }
 
   /**
+   * serialize()'s bytes kept in the addon, not handed over as a Buffer: resolves with their length;
+   * readHeld copies them out a step at a time, releaseHeld frees them (so does the next
+   * serializeHeld). V8 counts a Buffer's memory against its old generation's limit, and the
+   * snapshot of a flat shard handed it ~11 MB at once: a full collection beside the writes.
+   */
+  async serializeHeld(): Promise<number> {
+    return (await this.native.serializeHeld()) as number;
+  }
+
+  /** Copies the held bytes from `offset` into `into` (as many as fit or are left); returns how many. */
+  readHeld(offset: number, into: Uint8Array): number {
+    return this.native.readHeld(offset, into) as number;
+  }
+
+  releaseHeld(): void {
+    this.native.releaseHeld();
+  }
+
+  /**
    * Maps and touches `bytes` of memory, off the loop, for the next serialize() to write into (it
    * grows past them when the index needs more): its page faults come before the caller's lock.
    */

@@ -33,7 +33,6 @@
 import { promises as fsp } from 'fs';
 import { QuiverError } from '../errors';
 import { FlatIndex, HnswIndex, IndexKind, IvfPqIndex, LABEL_NONE, Metric, VectorIndex, deserializeIndex } from '../native';
-import { releaseBuffer } from '../native/addon';
 import { EntryType, Wal } from '../wal';
 import type { WalOptions } from '../wal';
 import { cloneJson, stringifyJson } from '../common/json';
@@ -1216,10 +1215,12 @@ export class Shard {
     // Shared with searches, exclusive of applies: the capture is the state at exactly `applied`.
     const cap = await this.lock.read(async () => {
       if (this.applied === this.snapshotLsnValue || this.broken) return null;
+      const index = this.index;
       return {
         lsn: this.applied,
         epoch: this.appliedEpoch,
-        indexBytes: await this.index.serialize(),
+        index,
+        indexLength: await index.serializeHeld(),
         vectorsInIndex: !this.store.keepsVectors,
         store: this.store.capture(),
         keys: this.keys.capture(),
@@ -1228,13 +1229,12 @@ export class Shard {
     });
     if (!cap) return;
     const bytesBefore = this.wal.bytes;
-    const indexLength = cap.indexBytes.length;
     try {
       await this.opts.snapshotHold?.();
       await writeSnapshot(
         this.opts.snapshotDir,
         { lsn: cap.lsn, epoch: cap.epoch, dim: this.opts.dim, vectorsInIndex: cap.vectorsInIndex },
-        cap.indexBytes,
+        { length: cap.indexLength, read: (offset, into) => cap.index.readHeld(offset, into) },
         // Paced beside traffic (the store's encoding is most of what a snapshot asks of the event loop), not at close.
         await this.store.encode(cap.store, 48, !this.closing),
         cap.keys,
@@ -1242,11 +1242,10 @@ export class Shard {
       );
     } finally {
       this.store.release();
-      // Freed now, not at a collection: the next snapshot's reserveSerialize maps this memory again (G10).
-      releaseBuffer(cap.indexBytes);
+      cap.index.releaseHeld();
     }
     this.snapshotLsnValue = cap.lsn;
-    this.indexBytesAtSnapshot = indexLength;
+    this.indexBytesAtSnapshot = cap.indexLength;
     for (const old of await listSnapshots(this.opts.snapshotDir)) {
       if (old.lsn < cap.lsn) await removeSnapshot(this.opts.snapshotDir, old);
     }

@@ -166,6 +166,31 @@ export async function writeFileSynced(file: string, parts: Buffer[], syncBytes =
   }
 }
 
+/** An index's serialized bytes, read a step at a time (VectorIndex.serializeHeld), not held in a Buffer. */
+export interface HeldBytes {
+  length: number;
+  /** Copies the bytes from `offset` into `into`, as many as fit or are left; returns how many. */
+  read(offset: number, into: Uint8Array): number;
+}
+
+/** Writes `src` to a new `file` a syncBytes step at a time through one Buffer, each step fdatasynced, then fsyncs it. */
+async function writeHeldSynced(file: string, src: HeldBytes, syncBytes: number): Promise<void> {
+  const fh = await fsp.open(file, 'w');
+  try {
+    const step = Buffer.allocUnsafeSlow(Math.max(1, Math.min(syncBytes, src.length)));
+    for (let pos = 0; pos < src.length; ) {
+      const n = src.read(pos, step);
+      const { bytesWritten } = await fh.write(step, 0, n, pos);
+      if (n === 0 || bytesWritten !== n) throw new Error(`short write to ${file}`);
+      pos += n;
+      if (pos < src.length) await fh.datasync();
+    }
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
 export function snapshotDirName(lsn: number): string {
   return String(lsn).padStart(20, '0');
 }
@@ -241,7 +266,7 @@ export function keyRecordAt(buf: Buffer, off: number): KeyRecord {
 export async function writeSnapshot(
   parent: string,
   meta: { lsn: number; epoch: number; dim: number; vectorsInIndex: boolean },
-  indexBytes: Buffer,
+  indexBytes: Buffer | HeldBytes,
   storeParts: Buffer[],
   keys: KeyImage,
   txns: TxnSnapshot,
@@ -252,7 +277,15 @@ export async function writeSnapshot(
   const tmp = path.join(parent, `tmp-${meta.lsn}-${process.pid}`);
   await fsp.rm(tmp, { recursive: true, force: true });
   await fsp.mkdir(tmp);
-  await writeFileSynced(path.join(tmp, 'index.bin'), [indexBytes], snapshotSyncBytes);
+  let indexCrc = 0;
+  if (Buffer.isBuffer(indexBytes)) {
+    await writeFileSynced(path.join(tmp, 'index.bin'), [indexBytes], snapshotSyncBytes);
+    if (indexBytes.length >= 4) indexCrc = indexBytes.readUInt32LE(indexBytes.length - 4);
+  } else {
+    await writeHeldSynced(path.join(tmp, 'index.bin'), indexBytes, snapshotSyncBytes);
+    const end = Buffer.alloc(4);
+    if (indexBytes.length >= 4 && indexBytes.read(indexBytes.length - 4, end) === 4) indexCrc = end.readUInt32LE(0);
+  }
 
   const head = Buffer.alloc(48);
   MAGIC.copy(head, 0);
@@ -262,7 +295,7 @@ export async function writeSnapshot(
   head.writeUInt32LE(Math.floor(meta.lsn / TWO32), 20);
   head.writeUInt32LE(meta.epoch % TWO32, 24);
   head.writeUInt32LE(Math.floor(meta.epoch / TWO32), 28);
-  head.writeUInt32LE(indexBytes.length >= 4 ? indexBytes.readUInt32LE(indexBytes.length - 4) : 0, 32);
+  head.writeUInt32LE(indexCrc, 32);
   head.writeUInt32LE((meta.vectorsInIndex ? FLAG_VECTORS_IN_INDEX : 0) | FLAG_KEY_HASHES | FLAG_TXNS, 36);
   head.writeUInt32LE(indexBytes.length % TWO32, 40);
   head.writeUInt32LE(Math.floor(indexBytes.length / TWO32), 44);
