@@ -11,7 +11,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { FlatIndex, HnswIndex, Metric, deserializeIndex } from '../src/native';
 import { Shard, ShardIndexSpec, ShardOptions, indexKeepsVectors, ivfTrainThreshold, listSnapshots, loadSnapshotPoints, readSnapshot } from '../src/shard';
 import { PointStore } from '../src/shard/store';
-import { writeSnapshot } from '../src/shard/snapshot';
+import { heldBytesOf, writeSnapshot } from '../src/shard/snapshot';
 import { crc32c } from '../src/wal/crc32c';
 import { codeOf, randomVectors, seq } from './helpers';
 
@@ -175,7 +175,7 @@ describe('snapshots written while the point store kept the vectors', () => {
       for (let d = 0; d < DIM; d++) r[d] = r[d] / n;
     }
     await normalized.add(live, v);
-    await writeSnapshot(o.snapshotDir, { lsn, epoch, dim: DIM, vectorsInIndex: false }, await normalized.serialize(), await store.encode(store.capture(), 48), { count: 0, parts: [] }, { inDoubt: [], decisions: [] });
+    await writeSnapshot(o.snapshotDir, { lsn, epoch, dim: DIM, vectorsInIndex: false }, heldBytesOf(await normalized.serialize()), await store.encode(store.capture(), 48), { count: 0, parts: [] }, { inDoubt: [], decisions: [] });
     s = await Shard.open(o);
     await expectExact(s, m, 'from the older snapshot');
     expect(await s.digest()).toBe(digest);

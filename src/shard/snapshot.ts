@@ -173,6 +173,11 @@ export interface HeldBytes {
   read(offset: number, into: Uint8Array): number;
 }
 
+/** Bytes already in a Buffer, read as HeldBytes. */
+export function heldBytesOf(buf: Buffer): HeldBytes {
+  return { length: buf.length, read: (offset, into) => buf.copy(into, 0, offset) };
+}
+
 /** Writes `src` to a new `file` a syncBytes step at a time through one Buffer, each step fdatasynced, then fsyncs it. */
 async function writeHeldSynced(file: string, src: HeldBytes, syncBytes: number): Promise<void> {
   const fh = await fsp.open(file, 'w');
@@ -266,7 +271,7 @@ export function keyRecordAt(buf: Buffer, off: number): KeyRecord {
 export async function writeSnapshot(
   parent: string,
   meta: { lsn: number; epoch: number; dim: number; vectorsInIndex: boolean },
-  indexBytes: Buffer | HeldBytes,
+  indexBytes: HeldBytes,
   storeParts: Buffer[],
   keys: KeyImage,
   txns: TxnSnapshot,
@@ -277,15 +282,10 @@ export async function writeSnapshot(
   const tmp = path.join(parent, `tmp-${meta.lsn}-${process.pid}`);
   await fsp.rm(tmp, { recursive: true, force: true });
   await fsp.mkdir(tmp);
-  let indexCrc = 0;
-  if (Buffer.isBuffer(indexBytes)) {
-    await writeFileSynced(path.join(tmp, 'index.bin'), [indexBytes], snapshotSyncBytes);
-    if (indexBytes.length >= 4) indexCrc = indexBytes.readUInt32LE(indexBytes.length - 4);
-  } else {
-    await writeHeldSynced(path.join(tmp, 'index.bin'), indexBytes, snapshotSyncBytes);
-    const end = Buffer.alloc(4);
-    if (indexBytes.length >= 4 && indexBytes.read(indexBytes.length - 4, end) === 4) indexCrc = end.readUInt32LE(0);
-  }
+  await writeHeldSynced(path.join(tmp, 'index.bin'), indexBytes, snapshotSyncBytes);
+  // The index's own checksum ends it: state.bin names it, so that the two files are known to match.
+  const indexCrc = Buffer.alloc(4);
+  if (indexBytes.length >= 4) indexBytes.read(indexBytes.length - 4, indexCrc);
 
   const head = Buffer.alloc(48);
   MAGIC.copy(head, 0);
@@ -295,7 +295,7 @@ export async function writeSnapshot(
   head.writeUInt32LE(Math.floor(meta.lsn / TWO32), 20);
   head.writeUInt32LE(meta.epoch % TWO32, 24);
   head.writeUInt32LE(Math.floor(meta.epoch / TWO32), 28);
-  head.writeUInt32LE(indexCrc, 32);
+  indexCrc.copy(head, 32);
   head.writeUInt32LE((meta.vectorsInIndex ? FLAG_VECTORS_IN_INDEX : 0) | FLAG_KEY_HASHES | FLAG_TXNS, 36);
   head.writeUInt32LE(indexBytes.length % TWO32, 40);
   head.writeUInt32LE(Math.floor(indexBytes.length / TWO32), 44);

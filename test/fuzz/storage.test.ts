@@ -17,7 +17,7 @@ import { QuiverError } from '../../src/errors';
 import { FlatIndex } from '../../src/native';
 import { decodeDelete, decodeOutcome, decodePrepare, decodeUpsert, encodeDelete, encodeOutcome, encodePrepare, encodePrepared, encodeUpsert, hashInBody, requestHash } from '../../src/shard/codec';
 import { KeyMemory } from '../../src/shard/key-memory';
-import { readSnapshot, writeSnapshot } from '../../src/shard/snapshot';
+import { heldBytesOf, readSnapshot, writeSnapshot } from '../../src/shard/snapshot';
 import { PointStore } from '../../src/shard/store';
 import { crc32c } from '../../src/wal/crc32c';
 import { ENTRY_HEADER_BYTES, EntryType, WalEntry, decodeEntry, encodeEntryParts } from '../../src/wal/format';
@@ -230,7 +230,7 @@ describe('snapshots', () => {
     await index.add(new Uint32Array([0, 2, 3]), new Float32Array([1, 2, 5, 6, 7, 8]));
     const indexBytes = await index.serialize();
     const image = store.capture();
-    const dir = await writeSnapshot(path.join(tmp, `snap-${vectorsInIndex}`), { lsn: 42, epoch: 3, dim, vectorsInIndex }, indexBytes, await store.encode(image, 48), KeyMemory.of(
+    const dir = await writeSnapshot(path.join(tmp, `snap-${vectorsInIndex}`), { lsn: 42, epoch: 3, dim, vectorsInIndex }, heldBytesOf(indexBytes), await store.encode(image, 48), KeyMemory.of(
       new Map([
         ['k1', { lsn: 40, answer: 2, hash: Buffer.alloc(16, 1) }],
         ['k2', { lsn: 41, answer: 1, hash: Buffer.alloc(0) }],
@@ -290,7 +290,7 @@ describe('snapshots', () => {
           expect(new Set(free).size).toBe(free.length);
           for (const f of free) expect(liveSet.has(f)).toBe(false);
           // Written again, it reads the same.
-          const again = await writeSnapshot(path.join(tmp, 'snap-again'), { lsn: 1, epoch: 1, dim, vectorsInIndex }, fs.readFileSync(path.join(work, 'index.bin')), await store.encode(store.capture(), 48), { count: 0, parts: [] }, { inDoubt: [], decisions: [] });
+          const again = await writeSnapshot(path.join(tmp, 'snap-again'), { lsn: 1, epoch: 1, dim, vectorsInIndex }, heldBytesOf(fs.readFileSync(path.join(work, 'index.bin'))), await store.encode(store.capture(), 48), { count: 0, parts: [] }, { inDoubt: [], decisions: [] });
           const s2 = new PointStore(dim);
           await readSnapshot(again, s2);
           const zeros = (labels: Uint32Array) => new Float32Array(labels.length * dim);
@@ -313,7 +313,7 @@ describe('what the fuzzing found, case by case', () => {
     const image = store.capture();
     edit(image);
     const index = new FlatIndex({ dim, metric: 'l2' });
-    const dir = await writeSnapshot(path.join(tmp, 'snap-edited'), { lsn: 5, epoch: 1, dim, vectorsInIndex: true }, Buffer.from(await index.serialize()), await store.encode(image, 48), { count: 0, parts: [] }, { inDoubt: [], decisions: [] });
+    const dir = await writeSnapshot(path.join(tmp, 'snap-edited'), { lsn: 5, epoch: 1, dim, vectorsInIndex: true }, heldBytesOf(Buffer.from(await index.serialize())), await store.encode(image, 48), { count: 0, parts: [] }, { inDoubt: [], decisions: [] });
     const state = fs.readFileSync(path.join(dir, 'state.bin'));
     editState(state);
     state.writeUInt32LE(crc32c(state, 0, 0, state.length - 4), state.length - 4);
