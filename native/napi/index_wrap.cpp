@@ -125,49 +125,35 @@ class GetVectorsWorker : public PromiseWorker {
   std::vector<float> out_;
 };
 
+// Serializes the index into `spare` (a buffer from reserveSerialize, or null: a new one) and resolves
+// with the bytes as a Buffer; given `holder` (serializeHeld), keeps them in that NativeIndex (held_)
+// instead and resolves with their length. V8 counts a Buffer's memory against its old generation's
+// limit, so a serialized index handed over at every snapshot started a full collection beside the
+// writes; readHeld copies held bytes out a step at a time.
 class SerializeWorker : public PromiseWorker {
  public:
-  // `spare`: a buffer from reserveSerialize (or null), written into when large enough.
-  SerializeWorker(Napi::Env env, std::shared_ptr<Index> index, std::unique_ptr<Bytes> spare)
-      : PromiseWorker(env), index_(std::move(index)), bytes_(spare.release()) {}
-  Status Run() override {
-    if (bytes_ == nullptr) bytes_ = new Bytes();
-    return index_->serialize(bytes_);
+  SerializeWorker(Napi::Env env, std::shared_ptr<Index> index, std::unique_ptr<Bytes> spare, Napi::Object holder = Napi::Object())
+      : PromiseWorker(env), index_(std::move(index)), bytes_(std::move(spare)) {
+    if (!holder.IsEmpty()) holder_ = Napi::Persistent(holder);
   }
-  Napi::Value Resolve(Napi::Env env) override {
-    Bytes* v = bytes_;
-    bytes_ = nullptr;
-    return Napi::Buffer<uint8_t>::New(env, v->data(), v->size(), [](Napi::Env, uint8_t*, Bytes* p) { delete p; }, v);
-  }
-  ~SerializeWorker() override { delete bytes_; }
-
- private:
-  std::shared_ptr<Index> index_;
-  Bytes* bytes_ = nullptr;
-};
-
-// serializeHeld(): serializes as SerializeWorker does, but keeps the bytes in the NativeIndex (held_)
-// instead of handing them to JS as a Buffer, and resolves with their length. V8 counts a Buffer's
-// memory against its old generation's limit, so a serialized index handed over at every snapshot
-// started a full collection beside the writes; readHeld copies the bytes out a step at a time.
-class SerializeHeldWorker : public PromiseWorker {
- public:
-  SerializeHeldWorker(Napi::Env env, Napi::Object self, std::shared_ptr<Index> index, std::unique_ptr<Bytes> spare)
-      : PromiseWorker(env), self_(Napi::Persistent(self)), index_(std::move(index)), bytes_(std::move(spare)) {}
   Status Run() override {
     if (bytes_ == nullptr) bytes_ = std::make_unique<Bytes>();
     return index_->serialize(bytes_.get());
   }
   Napi::Value Resolve(Napi::Env env) override {
-    const double length = double(bytes_->size());
-    NativeIndex::Unwrap(self_.Value())->set_held(std::move(bytes_));
-    return Napi::Number::New(env, length);
+    if (!holder_.IsEmpty()) {
+      const double length = double(bytes_->size());
+      NativeIndex::Unwrap(holder_.Value())->set_held(std::move(bytes_));
+      return Napi::Number::New(env, length);
+    }
+    Bytes* v = bytes_.release();
+    return Napi::Buffer<uint8_t>::New(env, v->data(), v->size(), [](Napi::Env, uint8_t*, Bytes* p) { delete p; }, v);
   }
 
  private:
-  Napi::ObjectReference self_;
   std::shared_ptr<Index> index_;
   std::unique_ptr<Bytes> bytes_;
+  Napi::ObjectReference holder_;
 };
 
 // Maps and touches a buffer of `bytes` for the next serialize, so that its page faults (and any
@@ -409,7 +395,7 @@ Napi::Value NativeIndex::Serialize(const Napi::CallbackInfo& info) {
 
 Napi::Value NativeIndex::SerializeHeld(const Napi::CallbackInfo& info) {
   held_.reset();
-  return queue(new SerializeHeldWorker(info.Env(), info.This().As<Napi::Object>(), index_, std::move(spare_)));
+  return queue(new SerializeWorker(info.Env(), index_, std::move(spare_), info.This().As<Napi::Object>()));
 }
 
 // readHeld(offset, into: Uint8Array): copies the held bytes from `offset` into `into`, as many as
