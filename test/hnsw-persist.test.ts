@@ -137,6 +137,46 @@ describe('HnswIndex persistence', () => {
     index.releaseHeld(); // nothing held: nothing to do
   });
 
+  it('releaseHeld(true) keeps large bytes as the next serialize\'s buffer: reserved again within it, the same buffer serves and serializes the same bytes; releaseSpare and a plain releaseHeld free it; small bytes are not kept', async () => {
+    const index = new HnswIndex({ dim: 128, metric: 'l2', m: 4, efConstruction: 8 });
+    await index.add(labelsFrom(0, 4000), clustered(4000, 128, 66), { threads: 2 });
+    const bytes = await index.serialize();
+    expect(bytes.length).toBeGreaterThan(2 ** 21); // over a huge page: LargeAllocator maps it
+    expect(index.spareBytes).toBe(0);
+    const heldOnce = async (): Promise<Buffer> => {
+      const length = await index.serializeHeld();
+      const back = Buffer.alloc(length);
+      expect(index.readHeld(0, back)).toBe(length);
+      return back;
+    };
+    expect((await heldOnce()).equals(bytes)).toBe(true);
+    index.releaseHeld(true);
+    const kept = index.spareBytes;
+    expect(kept).toBeGreaterThanOrEqual(bytes.length);
+    await index.reserveSerialize(bytes.length - 1000); // within the kept buffer: used again, not mapped anew
+    expect(index.spareBytes).toBe(kept);
+    expect((await heldOnce()).equals(bytes)).toBe(true);
+    expect(index.spareBytes).toBe(0); // the serialize took it
+    index.releaseHeld(true);
+    expect(index.spareBytes).toBe(kept);
+    await index.reserveSerialize(kept + 2 ** 22); // more than it holds: a new one
+    expect(index.spareBytes).toBeGreaterThanOrEqual(kept + 2 ** 22);
+    expect((await heldOnce()).equals(bytes)).toBe(true);
+    index.releaseHeld(true);
+    index.releaseSpare();
+    expect(index.spareBytes).toBe(0);
+    await heldOnce();
+    index.releaseHeld(); // not kept
+    expect(index.spareBytes).toBe(0);
+    index.releaseSpare(); // nothing kept: nothing to do
+    const small = await script('l2', 1);
+    const smallBytes = await small.serialize();
+    expect(smallBytes.length).toBeLessThan(2 ** 20);
+    await small.serializeHeld();
+    small.releaseHeld(true);
+    expect(small.spareBytes).toBe(0);
+  });
+
   it('round trips through a buffer and a file with the same answers and the same bytes', async () => {
     const index = await script('l2', 2);
     const bytes = await index.serialize();

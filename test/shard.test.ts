@@ -1,7 +1,7 @@
 import { promises as fsp } from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { QuiverError } from '../src/errors';
 import { HnswIndex } from '../src/native';
 import { PointStore, Shard, ShardIndexSpec, ShardOptions, WriteResult, encodeUpsert, listSnapshots, loadSnapshotPoints } from '../src/shard';
@@ -395,6 +395,46 @@ describe('Shard', () => {
     expect(s.status().snapshotLsn).toBe(s.status().appliedLsn);
     expect((await listSnapshots(path.join(dir, 'snap')))[0].lsn).toBe(s.status().appliedLsn);
     await s.close({ snapshot: false });
+  });
+
+  it('keeps a large index\'s serialize buffer from one snapshot to the next; an interval with nothing new, or closing, gives it back', async () => {
+    const dim = 128;
+    const n = 3000; // 1.5 MB of vectors: the index's bytes are kept from 1 MiB
+    const points = (tag: number) => {
+      const vectors = new Float32Array(n * dim);
+      for (let i = 0; i < vectors.length; i++) vectors[i] = Math.fround(Math.sin(tag * 7.1 + i * 0.37));
+      const ids = Array.from({ length: n }, (_, i) => `k${i}`);
+      return { ids, vectors, payloadJson: ids.map(() => '') };
+    };
+    let kept = -1;
+    let snapped!: () => void;
+    const snapshotOfUpsert = new Promise<void>((r) => (snapped = r));
+    const s: Shard = await Shard.open({
+      ...opts({ snapshotIntervalMs: 30 }),
+      dim,
+      observer: {
+        snapshot: () => {
+          if (kept < 0 && s.count === n && s.status().snapshotLsn === s.status().appliedLsn) {
+            kept = s.snapshotBufferBytes; // at the end of the snapshot, before the timer's next tick
+            snapped();
+          }
+        },
+      },
+    });
+    await s.upsert(points(1));
+    await snapshotOfUpsert;
+    expect(kept).toBeGreaterThan(n * dim * 4);
+    // The timer's next tick finds nothing new to snapshot and gives the buffer back.
+    await vi.waitFor(() => expect(s.snapshotBufferBytes).toBe(0), { timeout: 10_000, interval: 10 });
+    await s.close({ snapshot: false });
+
+    const t = await Shard.open({ ...opts(), dim });
+    await t.upsert(points(2));
+    await t.snapshot();
+    expect(t.snapshotBufferBytes).toBeGreaterThan(n * dim * 4);
+    await t.upsert(points(3));
+    await t.close(); // its last snapshot keeps nothing
+    expect(t.snapshotBufferBytes).toBe(0);
   });
 
   it('works the same over an HNSW index', async () => {

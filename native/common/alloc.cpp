@@ -38,4 +38,13 @@ void* map_huge_pages(size_t bytes) {
 
 void unmap_huge_pages(void* p, size_t bytes) noexcept { munmap(p, huge_pages_bytes(bytes)); }
 
+void lazy_free_huge_pages(void* p, size_t bytes) noexcept {
+#ifdef MADV_FREE
+  madvise(p, huge_pages_bytes(bytes), MADV_FREE);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+
 }  // namespace qv

@@ -35,6 +35,11 @@ inline size_t huge_pages_bytes(size_t bytes) { return (bytes + kHugePage - 1) / 
 // Maps huge_pages_bytes(bytes); throws std::bad_alloc. Give it back with unmap_huge_pages(p, bytes).
 void* map_huge_pages(size_t bytes);
 void unmap_huge_pages(void* p, size_t bytes) noexcept;
+// Keeps the mapping of huge_pages_bytes(bytes) at p (from map_huge_pages) but not its contents
+// (MADV_FREE): the kernel takes the pages back only under memory pressure, and until then the next
+// write reuses them without a fault. Memory freed to the kernel may go back to the host on the VMs
+// measured, and mapping it again cost tens of ms of faults beside the writes.
+void lazy_free_huge_pages(void* p, size_t bytes) noexcept;
 
 // A std::allocator for large buffers: from half a huge page up, map_huge_pages; below, operator new.
 template <typename T>

@@ -156,14 +156,22 @@ class SerializeWorker : public PromiseWorker {
   Napi::ObjectReference holder_;
 };
 
-// Maps and touches a buffer of `bytes` for the next serialize, so that its page faults (and any
-// compaction for huge pages) come before the caller takes its lock, not under it.
+// Makes room of `bytes` for the next serialize, touched, so that its page faults (and any compaction
+// for huge pages) come before the caller takes its lock, not under it: the buffer kept by
+// releaseHeld(true) when it is large enough (written over, which takes back any page the kernel
+// reclaimed), else a new one mapped.
 class ReserveSerializeWorker : public PromiseWorker {
  public:
-  ReserveSerializeWorker(Napi::Env env, Napi::Object self, size_t bytes) : PromiseWorker(env), self_(Napi::Persistent(self)), bytes_(bytes) {}
+  ReserveSerializeWorker(Napi::Env env, Napi::Object self, size_t bytes, std::unique_ptr<Bytes> kept)
+      : PromiseWorker(env), self_(Napi::Persistent(self)), bytes_(bytes), spare_(std::move(kept)) {}
   Status Run() override {
-    spare_ = std::make_unique<Bytes>();
-    spare_->resize(bytes_);
+    if (spare_ != nullptr && spare_->capacity() >= bytes_) {
+      spare_->resize(spare_->capacity());
+    } else {
+      spare_.reset();
+      spare_ = std::make_unique<Bytes>();
+      spare_->resize(bytes_);
+    }
     spare_->clear();
     return Status::ok();
   }
@@ -265,11 +273,13 @@ Napi::Function NativeIndex::Init(Napi::Env env) {
        InstanceMethod("serializeHeld", &NativeIndex::Guarded<&NativeIndex::SerializeHeld>),
        InstanceMethod("readHeld", &NativeIndex::Guarded<&NativeIndex::ReadHeld>),
        InstanceMethod("releaseHeld", &NativeIndex::Guarded<&NativeIndex::ReleaseHeld>),
+       InstanceMethod("releaseSpare", &NativeIndex::Guarded<&NativeIndex::ReleaseSpare>),
        InstanceMethod("getVectors", &NativeIndex::Guarded<&NativeIndex::GetVectors>),
        StaticMethod("deserialize", &guarded<&NativeIndex::Deserialize>), InstanceAccessor("size", &NativeIndex::GetSize, nullptr),
        InstanceAccessor("dim", &NativeIndex::GetDim, nullptr), InstanceAccessor("metric", &NativeIndex::GetMetric, nullptr),
        InstanceAccessor("kind", &NativeIndex::GetKind, nullptr), InstanceAccessor("trained", &NativeIndex::GetTrained, nullptr),
-       InstanceAccessor("memoryBytes", &NativeIndex::GetMemoryBytes, nullptr)});
+       InstanceAccessor("memoryBytes", &NativeIndex::GetMemoryBytes, nullptr),
+       InstanceAccessor("spareBytes", &NativeIndex::GetSpareBytes, nullptr)});
   constructor_persist = new Napi::FunctionReference(Napi::Persistent(cls));
   return cls;
 }
@@ -412,10 +422,29 @@ Napi::Value NativeIndex::ReadHeld(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, double(n));
 }
 
-// releaseHeld(): frees the held bytes (nothing if none).
+// releaseHeld(keep = false): frees the held bytes (nothing if none). With `keep`, bytes of huge pages
+// (half a huge page or more: LargeAllocator) stay mapped as the next serialize's buffer, their
+// contents given up (lazy_free_huge_pages): the next snapshot neither maps them again nor faults.
 Napi::Value NativeIndex::ReleaseHeld(const Napi::CallbackInfo& info) {
+  const bool keep = info.Length() > 0 && info[0].IsBoolean() && info[0].As<Napi::Boolean>().Value();
+  if (keep && held_ != nullptr && held_->capacity() >= kHugePage / 2) {
+    held_->clear();
+    lazy_free_huge_pages(held_->data(), held_->capacity());
+    spare_ = std::move(held_);
+  }
   held_.reset();
   return info.Env().Undefined();
+}
+
+// releaseSpare(): frees the buffer kept for the next serialize (nothing if none).
+Napi::Value NativeIndex::ReleaseSpare(const Napi::CallbackInfo& info) {
+  spare_.reset();
+  return info.Env().Undefined();
+}
+
+// spareBytes: the room of the buffer kept for the next serialize (0 if none).
+Napi::Value NativeIndex::GetSpareBytes(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), spare_ == nullptr ? 0.0 : double(spare_->capacity()));
 }
 
 // reserveSerialize(bytes): see ReserveSerializeWorker. The buffer is held until the next serialize.
@@ -423,7 +452,7 @@ Napi::Value NativeIndex::ReserveSerialize(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const double bytes = info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1;
   if (!(bytes >= 0 && bytes <= double(kSerializeReserveMax))) throw_invalid(env, "reserveSerialize(bytes): bytes must be a number from 0 to 2^40");
-  return queue(new ReserveSerializeWorker(env, info.This().As<Napi::Object>(), size_t(bytes)));
+  return queue(new ReserveSerializeWorker(env, info.This().As<Napi::Object>(), size_t(bytes), std::move(spare_)));
 }
 
 Napi::Value NativeIndex::GetVectors(const Napi::CallbackInfo& info) {

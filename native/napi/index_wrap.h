@@ -41,6 +41,8 @@ class NativeIndex : public Napi::ObjectWrap<NativeIndex> {
   Napi::Value SerializeHeld(const Napi::CallbackInfo& info);
   Napi::Value ReadHeld(const Napi::CallbackInfo& info);
   Napi::Value ReleaseHeld(const Napi::CallbackInfo& info);
+  Napi::Value ReleaseSpare(const Napi::CallbackInfo& info);
+  Napi::Value GetSpareBytes(const Napi::CallbackInfo& info);
   Napi::Value GetVectors(const Napi::CallbackInfo& info);
   static Napi::Value Deserialize(const Napi::CallbackInfo& info);
   Napi::Value GetSize(const Napi::CallbackInfo& info);

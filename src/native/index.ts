@@ -197,13 +197,29 @@ export abstract class VectorIndex {
     return this.native.readHeld(offset, into) as number;
   }
 
-  releaseHeld(): void {
-    this.native.releaseHeld();
+  /**
+   * Frees the held bytes; with `keep`, large ones (from 1 MiB) stay mapped as the next serialize's
+   * buffer, their pages given up lazily (MADV_FREE: the kernel takes them back only under memory
+   * pressure), so the next snapshot's reserve neither maps them again nor faults them in.
+   */
+  releaseHeld(keep = false): void {
+    this.native.releaseHeld(keep);
+  }
+
+  /** Frees the buffer kept for the next serialize (releaseHeld(true), reserveSerialize), if any. */
+  releaseSpare(): void {
+    this.native.releaseSpare();
+  }
+
+  /** Bytes of the buffer kept for the next serialize (0 if none). */
+  get spareBytes(): number {
+    return this.native.spareBytes as number;
   }
 
   /**
    * Maps and touches `bytes` of memory, off the loop, for the next serialize() to write into (it
-   * grows past them when the index needs more): its page faults come before the caller's lock.
+   * grows past them when the index needs more): its page faults come before the caller's lock. A
+   * buffer kept by releaseHeld(true) is used again when it holds `bytes`, its pages written over.
    */
   async reserveSerialize(bytes: number): Promise<void> {
     await this.native.reserveSerialize(bytes);

@@ -315,6 +315,8 @@ export class Shard {
     if (interval > 0) {
       s.timer = setInterval(() => {
         if (s.applied > s.snapshotLsnValue && !s.closing) s.snapshotInBackground();
+        // A whole interval without a write: the serialize buffer kept for the next snapshot goes back (G11).
+        else if (!s.snapshotting) s.index.releaseSpare();
       }, interval);
       s.timer.unref();
     }
@@ -1012,6 +1014,11 @@ export class Shard {
 
   // ------------------------------------------------------------------ reads
 
+  /** Memory kept for the next snapshot's index bytes (G11): the last snapshot's buffer, until an idle interval or close. */
+  get snapshotBufferBytes(): number {
+    return this.index.spareBytes;
+  }
+
   get count(): number {
     return this.store.count;
   }
@@ -1242,7 +1249,8 @@ export class Shard {
       );
     } finally {
       this.store.release();
-      cap.index.releaseHeld();
+      // Kept for the next snapshot (G11), unless this is the last.
+      cap.index.releaseHeld(!this.closing);
     }
     this.snapshotLsnValue = cap.lsn;
     this.indexBytesAtSnapshot = cap.indexLength;
