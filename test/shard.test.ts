@@ -435,6 +435,11 @@ describe('Shard', () => {
     await t.upsert(points(3));
     await t.close(); // its last snapshot keeps nothing
     expect(t.snapshotBufferBytes).toBe(0);
+    const u = await Shard.open({ ...opts(), dim });
+    await u.snapshot(); // the reopened state: the buffer of this snapshot is kept
+    expect(u.snapshotBufferBytes).toBeGreaterThan(n * dim * 4);
+    await u.close(); // nothing new to snapshot: the kept buffer goes all the same
+    expect(u.snapshotBufferBytes).toBe(0);
   });
 
   it('works the same over an HNSW index', async () => {

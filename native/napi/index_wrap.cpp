@@ -168,7 +168,6 @@ class ReserveSerializeWorker : public PromiseWorker {
     if (spare_ != nullptr && spare_->capacity() >= bytes_) {
       spare_->resize(spare_->capacity());
     } else {
-      spare_.reset();
       spare_ = std::make_unique<Bytes>();
       spare_->resize(bytes_);
     }

@@ -1273,6 +1273,7 @@ export class Shard {
     await this.applyChain;
     if (this.snapshotting) await this.snapshotting.catch(() => undefined);
     if ((opts.snapshot ?? true) && !this.broken && !this.wal.failed) await this.doSnapshot();
+    this.index.releaseSpare(); // kept by an earlier snapshot when this one had nothing new (G11)
     await this.wal.close();
   }
 }
