@@ -137,7 +137,7 @@ describe('HnswIndex persistence', () => {
     index.releaseHeld(); // nothing held: nothing to do
   });
 
-  it('releaseHeld(true) keeps large bytes as the next serialize\'s buffer: reserved again within it, the same buffer serves and serializes the same bytes; releaseSpare and a plain releaseHeld free it; small bytes are not kept', async () => {
+  it('releaseHeld(true) keeps large bytes as the next serialize\'s buffer: reserved again within it, the same buffer serves and serializes the same bytes; a reserve above it or under half of it maps anew; releaseSpare and a plain releaseHeld free it; small bytes are not kept', async () => {
     const index = new HnswIndex({ dim: 128, metric: 'l2', m: 4, efConstruction: 8 });
     await index.add(labelsFrom(0, 4000), clustered(4000, 128, 66), { threads: 2 });
     const bytes = await index.serialize();
@@ -161,6 +161,11 @@ describe('HnswIndex persistence', () => {
     expect(index.spareBytes).toBe(kept);
     await index.reserveSerialize(kept + 2 ** 22); // more than it holds: a new one
     expect(index.spareBytes).toBeGreaterThanOrEqual(kept + 2 ** 22);
+    expect((await heldOnce()).equals(bytes)).toBe(true);
+    index.releaseHeld(true);
+    const larger = index.spareBytes;
+    await index.reserveSerialize(Math.floor(larger / 2) - 1); // under half of what is kept: a smaller one
+    expect(index.spareBytes).toBe(Math.floor(larger / 2) - 1);
     expect((await heldOnce()).equals(bytes)).toBe(true);
     index.releaseHeld(true);
     index.releaseSpare();

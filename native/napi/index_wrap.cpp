@@ -158,14 +158,15 @@ class SerializeWorker : public PromiseWorker {
 
 // Makes room of `bytes` for the next serialize, touched, so that its page faults (and any compaction
 // for huge pages) come before the caller takes its lock, not under it: the buffer kept by
-// releaseHeld(true) when it is large enough (written over, which takes back any page the kernel
-// reclaimed), else a new one mapped.
+// releaseHeld(true) when it holds `bytes` and not twice as many (written over, which takes back any
+// page the kernel reclaimed), else a new one mapped.
 class ReserveSerializeWorker : public PromiseWorker {
  public:
   ReserveSerializeWorker(Napi::Env env, Napi::Object self, size_t bytes, std::unique_ptr<Bytes> kept)
       : PromiseWorker(env), self_(Napi::Persistent(self)), bytes_(bytes), spare_(std::move(kept)) {}
   Status Run() override {
-    if (spare_ != nullptr && spare_->capacity() >= bytes_) {
+    // Kept memory is used again only while it is at most twice what is asked: an index that shrank gets a smaller buffer.
+    if (spare_ != nullptr && spare_->capacity() >= bytes_ && spare_->capacity() / 2 <= bytes_) {
       spare_->resize(spare_->capacity());
     } else {
       spare_ = std::make_unique<Bytes>();

@@ -219,7 +219,8 @@ export abstract class VectorIndex {
   /**
    * Maps and touches `bytes` of memory, off the loop, for the next serialize() to write into (it
    * grows past them when the index needs more): its page faults come before the caller's lock. A
-   * buffer kept by releaseHeld(true) is used again when it holds `bytes`, its pages written over.
+   * buffer kept by releaseHeld(true) is used again when it holds `bytes` but not twice as many, its
+   * pages written over.
    */
   async reserveSerialize(bytes: number): Promise<void> {
     await this.native.reserveSerialize(bytes);
