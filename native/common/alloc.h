@@ -41,6 +41,9 @@ void unmap_huge_pages(void* p, size_t bytes) noexcept;
 // measured, and mapping it again cost tens of ms of faults beside the writes.
 void lazy_free_huge_pages(void* p, size_t bytes) noexcept;
 
+// Whether LargeAllocator maps an allocation of `bytes` in huge pages (from half a huge page up).
+inline bool large_allocation(size_t bytes) { return bytes >= kHugePage / 2; }
+
 // A std::allocator for large buffers: from half a huge page up, map_huge_pages; below, operator new.
 template <typename T>
 struct LargeAllocator {
@@ -51,12 +54,12 @@ struct LargeAllocator {
   T* allocate(size_t n) {
     if (n > (SIZE_MAX - kHugePage) / sizeof(T)) throw std::bad_alloc();
     const size_t bytes = n * sizeof(T);
-    return static_cast<T*>(bytes < kHugePage / 2 ? ::operator new(bytes) : map_huge_pages(bytes));
+    return static_cast<T*>(large_allocation(bytes) ? map_huge_pages(bytes) : ::operator new(bytes));
   }
   void deallocate(T* p, size_t n) noexcept {
     const size_t bytes = n * sizeof(T);
-    if (bytes < kHugePage / 2) ::operator delete(p);
-    else unmap_huge_pages(p, bytes);
+    if (large_allocation(bytes)) unmap_huge_pages(p, bytes);
+    else ::operator delete(p);
   }
   template <typename U>
   bool operator==(const LargeAllocator<U>&) const noexcept { return true; }

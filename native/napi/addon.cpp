@@ -103,7 +103,7 @@ Napi::Value AllocRows(const Napi::CallbackInfo& info) {
   const size_t floats = static_cast<size_t>(f);
   const size_t bytes = floats * sizeof(float);
   allocation_point();
-  if (bytes < kHugePage / 2) return Napi::Float32Array::New(env, floats);
+  if (!large_allocation(bytes)) return Napi::Float32Array::New(env, floats);
   void* p = map_huge_pages(bytes);  // std::bad_alloc: RESOURCE_EXHAUSTED through guarded
   const size_t size = huge_pages_bytes(bytes);
   Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(size));

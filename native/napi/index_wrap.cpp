@@ -427,7 +427,7 @@ Napi::Value NativeIndex::ReadHeld(const Napi::CallbackInfo& info) {
 // contents given up (lazy_free_huge_pages): the next snapshot neither maps them again nor faults.
 Napi::Value NativeIndex::ReleaseHeld(const Napi::CallbackInfo& info) {
   const bool keep = info.Length() > 0 && info[0].IsBoolean() && info[0].As<Napi::Boolean>().Value();
-  if (keep && held_ != nullptr && held_->capacity() >= kHugePage / 2) {
+  if (keep && held_ != nullptr && large_allocation(held_->capacity())) {
     held_->clear();
     lazy_free_huge_pages(held_->data(), held_->capacity());
     spare_ = std::move(held_);
