@@ -1008,7 +1008,9 @@ export class Shard {
       log.warn('IVF-PQ training failed, searching exactly', { dir: this.opts.walDir, points: this.store.count, err: (e as Error).message });
       return;
     }
+    const flat = this.index;
     this.index = ivf;
+    flat.releaseSpare(); // its snapshot buffer (G11) is no use to the new index
     if (!indexKeepsVectors(ivf.kind, this.opts.metric, spec)) this.store.keepVectors(live, vectors);
   }
 
@@ -1249,8 +1251,8 @@ export class Shard {
       );
     } finally {
       this.store.release();
-      // Kept for the next snapshot (G11), unless this is the last.
-      cap.index.releaseHeld(!this.closing);
+      // Kept for the next snapshot (G11), unless this is the last or the shard's index was replaced meanwhile.
+      cap.index.releaseHeld(!this.closing && cap.index === this.index);
     }
     this.snapshotLsnValue = cap.lsn;
     this.indexBytesAtSnapshot = cap.indexLength;
