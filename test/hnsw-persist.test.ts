@@ -7,7 +7,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { describe, expect, it } from 'vitest';
-import { HnswIndex, Metric, deserializeIndex } from '../src/native';
+import { HnswIndex, Metric, deserializeIndex, snapshotBufferBytes } from '../src/native';
 import { releaseBuffer } from '../src/native/addon';
 import { QuiverError } from '../src/errors';
 import { clustered, labelsFrom } from './hnsw-helpers';
@@ -150,9 +150,11 @@ describe('HnswIndex persistence', () => {
       return back;
     };
     expect((await heldOnce()).equals(bytes)).toBe(true);
+    const before = snapshotBufferBytes(); // every index of this process (earlier tests' may hold some)
     index.releaseHeld(true);
     const kept = index.spareBytes;
     expect(kept).toBeGreaterThanOrEqual(bytes.length);
+    expect(snapshotBufferBytes()).toBe(before + kept);
     await index.reserveSerialize(bytes.length - 1000); // within the kept buffer: used again, not mapped anew
     expect(index.spareBytes).toBe(kept);
     expect((await heldOnce()).equals(bytes)).toBe(true);
@@ -170,6 +172,7 @@ describe('HnswIndex persistence', () => {
     index.releaseHeld(true);
     index.releaseSpare();
     expect(index.spareBytes).toBe(0);
+    expect(snapshotBufferBytes()).toBe(before);
     await heldOnce();
     index.releaseHeld(); // not kept
     expect(index.spareBytes).toBe(0);

@@ -38,6 +38,7 @@ describe('metrics of a standalone server', () => {
     expect(m).toMatch(/^quiver_process_resident_memory_bytes \d/m);
     expect(m).toMatch(/^quiver_nodejs_eventloop_lag_seconds \d/m);
     expect(m).toMatch(/^quiver_nodejs_eventloop_lag_p99_seconds \d/m);
+    expect(m).toMatch(/^quiver_snapshot_buffer_bytes \d+$/m);
     expect(m).not.toMatch(/quiver_process_process_|quiver_process_nodejs_/);
     const types = [...m.matchAll(/^# TYPE (\S+) (\S+)$/gm)];
     expect(types.length).toBeGreaterThan(30);

@@ -296,6 +296,9 @@ Napi::Object LimitsObject(Napi::Env env) {
   return o;
 }
 
+// snapshotBufferBytes(): what every NativeIndex holds for its next serialize (SpareSlot::total).
+Napi::Value SnapshotBufferBytes(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), double(SpareSlot::total())); }
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setErrorClass", Napi::Function::New(env, SetErrorClass));
   exports.Set("simdLevel", Napi::Function::New(env, SimdLevelFn));
@@ -311,6 +314,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("scanBench", Napi::Function::New(env, ScanBench));
   exports.Set("sumBench", Napi::Function::New(env, SumBench));
   exports.Set("searchLaneStats", Napi::Function::New(env, lane_stats));
+  exports.Set("snapshotBufferBytes", Napi::Function::New(env, SnapshotBufferBytes));
   exports.Set("searchLaneHold", Napi::Function::New(env, lane_hold));
   exports.Set("setSearchLaneDefaults", Napi::Function::New(env, lane_defaults));
   exports.Set("limits", LimitsObject(env));

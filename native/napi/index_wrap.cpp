@@ -400,12 +400,12 @@ Napi::Value NativeIndex::Train(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value NativeIndex::Serialize(const Napi::CallbackInfo& info) {
-  return queue(new SerializeWorker(info.Env(), index_, std::move(spare_)));
+  return queue(new SerializeWorker(info.Env(), index_, spare_.take()));
 }
 
 Napi::Value NativeIndex::SerializeHeld(const Napi::CallbackInfo& info) {
   held_.reset();
-  return queue(new SerializeWorker(info.Env(), index_, std::move(spare_), info.This().As<Napi::Object>()));
+  return queue(new SerializeWorker(info.Env(), index_, spare_.take(), info.This().As<Napi::Object>()));
 }
 
 // readHeld(offset, into: Uint8Array): copies the held bytes from `offset` into `into`, as many as
@@ -430,7 +430,7 @@ Napi::Value NativeIndex::ReleaseHeld(const Napi::CallbackInfo& info) {
   if (keep && held_ != nullptr && large_allocation(held_->capacity())) {
     held_->clear();
     lazy_free_huge_pages(held_->data(), held_->capacity());
-    spare_ = std::move(held_);
+    spare_.set(std::move(held_));
   }
   held_.reset();
   return info.Env().Undefined();
@@ -444,7 +444,7 @@ Napi::Value NativeIndex::ReleaseSpare(const Napi::CallbackInfo& info) {
 
 // spareBytes: the room of the buffer kept for the next serialize (0 if none).
 Napi::Value NativeIndex::GetSpareBytes(const Napi::CallbackInfo& info) {
-  return Napi::Number::New(info.Env(), spare_ == nullptr ? 0.0 : double(spare_->capacity()));
+  return Napi::Number::New(info.Env(), double(spare_.bytes()));
 }
 
 // reserveSerialize(bytes): see ReserveSerializeWorker. The buffer is held until the next serialize.
@@ -452,7 +452,7 @@ Napi::Value NativeIndex::ReserveSerialize(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const double bytes = info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1;
   if (!(bytes >= 0 && bytes <= double(kSerializeReserveMax))) throw_invalid(env, "reserveSerialize(bytes): bytes must be a number from 0 to 2^40");
-  return queue(new ReserveSerializeWorker(env, info.This().As<Napi::Object>(), size_t(bytes), std::move(spare_)));
+  return queue(new ReserveSerializeWorker(env, info.This().As<Napi::Object>(), size_t(bytes), spare_.take()));
 }
 
 Napi::Value NativeIndex::GetVectors(const Napi::CallbackInfo& info) {

@@ -3,6 +3,7 @@
 #pragma once
 #include <napi.h>
 
+#include <atomic>
 #include <memory>
 
 #include "common/format.h"
@@ -11,6 +12,36 @@
 
 namespace qv {
 namespace napi {
+
+// The buffer a NativeIndex holds for its next serialize (reserved, or kept by releaseHeld(true));
+// on the JS thread only. The bytes every slot holds are counted process-wide (total(): the
+// quiver_snapshot_buffer_bytes metric), each buffer's capacity as it comes in.
+class SpareSlot {
+ public:
+  SpareSlot() = default;
+  SpareSlot(const SpareSlot&) = delete;
+  SpareSlot& operator=(const SpareSlot&) = delete;
+  ~SpareSlot() { reset(); }
+  void set(std::unique_ptr<Bytes> b) {
+    reset();
+    counted_ = b == nullptr ? 0 : b->capacity();
+    total_ += counted_;
+    b_ = std::move(b);
+  }
+  std::unique_ptr<Bytes> take() {
+    total_ -= counted_;
+    counted_ = 0;
+    return std::move(b_);
+  }
+  void reset() { take(); }
+  size_t bytes() const { return counted_; }
+  static size_t total() { return total_.load(std::memory_order_relaxed); }
+
+ private:
+  std::unique_ptr<Bytes> b_;
+  size_t counted_ = 0;
+  static inline std::atomic<size_t> total_{0};
+};
 
 class NativeIndex : public Napi::ObjectWrap<NativeIndex> {
  public:
@@ -21,7 +52,7 @@ class NativeIndex : public Napi::ObjectWrap<NativeIndex> {
   // Wraps an index built in C++ (deserialize) in a new JS object.
   static Napi::Object Wrap(Napi::Env env, std::shared_ptr<Index> index);
   // The buffer the next serialize writes into (reserveSerialize); on the JS thread only.
-  void set_spare(std::unique_ptr<Bytes> spare) { spare_ = std::move(spare); }
+  void set_spare(std::unique_ptr<Bytes> spare) { spare_.set(std::move(spare)); }
   // The bytes of the last serializeHeld, read by readHeld until releaseHeld; on the JS thread only.
   void set_held(std::unique_ptr<Bytes> held) { held_ = std::move(held); }
 
@@ -53,7 +84,7 @@ class NativeIndex : public Napi::ObjectWrap<NativeIndex> {
   Napi::Value GetMemoryBytes(const Napi::CallbackInfo& info);
 
   std::shared_ptr<Index> index_;
-  std::unique_ptr<Bytes> spare_;
+  SpareSlot spare_;
   std::unique_ptr<Bytes> held_;
 };
 

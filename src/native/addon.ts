@@ -47,6 +47,8 @@ export interface NativeAddon {
   simdLevel(): string;
   simdLevels(): string[];
   searchLaneStats(): SearchLaneStats;
+  /** Bytes every index holds for its next serialize: reserved, or kept from the last snapshot (ARCHITECTURE G11). */
+  snapshotBufferBytes(): number;
   /**
    * Test hook: while on, the search lane holds the task it takes without running it, so a test can
    * keep a lane search in flight as long as it needs; off lets it run (native/napi/search_lane.h).

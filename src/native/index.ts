@@ -386,6 +386,11 @@ export function searchLaneStats(): SearchLaneStats {
   return addon().searchLaneStats();
 }
 
+/** Bytes held by every index of the process for its next snapshot's serialize (VectorIndex.spareBytes summed). */
+export function snapshotBufferBytes(): number {
+  return addon().snapshotBufferBytes();
+}
+
 /**
  * The search lane's defaults where QUIVER_SEARCH_POLL and QUIVER_SEARCH_SPIN_US do not say: whether
  * the event loop polls for lane answers, and the most the lane spins after a task (0 to 1,000,000

@@ -9,7 +9,7 @@ import * as client from 'prom-client';
 import { VERSION } from '../common/version';
 import type { ClusterDatabase } from '../query/cluster';
 import type { Database, DatabaseObserver } from '../query/types';
-import { gpuInfo, searchLaneStats, simdLevel } from '../native';
+import { gpuInfo, searchLaneStats, simdLevel, snapshotBufferBytes } from '../native';
 
 export type Transport = 'grpc' | 'http';
 
@@ -180,6 +180,14 @@ export class Metrics {
     shardGauge('quiver_shard_epoch', 'Leader epoch of a shard', (s) => s.epoch);
     shardGauge('quiver_shard_txn_in_doubt', 'Batches across shards prepared on this shard and awaiting their outcome', (s) => s.inDoubt);
     shardGauge('quiver_shard_txn_in_doubt_oldest_seconds', 'Age of the oldest batch across shards in doubt on this shard (0 when none)', (s) => s.inDoubtOldestMs / 1000);
+    new client.Gauge({
+      name: 'quiver_snapshot_buffer_bytes',
+      help: 'Memory the indexes hold for their next snapshot: each recently written shard keeps the buffer its index was last serialized into (released lazily, so the kernel may reclaim it)',
+      registers: [this.registry],
+      collect() {
+        this.set(snapshotBufferBytes());
+      },
+    });
     // The search lane (process-wide, native): where single searches ran, and where their time went.
     const laneCounter = (name: string, help: string, label: string, pick: Record<string, (s: ReturnType<typeof searchLaneStats>) => number>) =>
       new client.Counter({
