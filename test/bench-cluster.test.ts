@@ -92,8 +92,26 @@ describe.skipIf(!etcdInstalled)(`quiver bench cluster${etcdInstalled ? '' : ' (s
     });
   });
 
+  it('part upsert: every cluster mode beside a standalone node sent the same way, from --writers writers at once', async () => {
+    const out = tempDir('quiver-bench-cluster-');
+    const r = await runQuiver(['bench', 'cluster', '--parts', 'upsert', '--points', '300', '--warmup', '0', '--upsert-rounds', '1', '--writers', '3', '--dim', '8'], { env: { QUIVER_BENCH_OUT: out } });
+    expect(r.code, r.stderr).toBe(0);
+    const json = JSON.parse(fs.readFileSync(path.join(out, 'cluster.json'), 'utf8'));
+    expect(json.writers).toBe(3);
+    const rows = json.upsert as { mode: string; index: string; pointsPerSec: number; cpuUsPerVectorPerReplica: number }[];
+    const modes = ['standalone, whole', 'standalone, by shard', 'cluster RF 3, any node', 'cluster RF 3, to leaders'];
+    expect(rows.map((x) => `${x.mode}/${x.index}`).sort()).toEqual(modes.flatMap((m) => [`${m}/flat`, `${m}/hnsw`]).sort());
+    for (const x of rows) expect(x.pointsPerSec).toBeGreaterThan(0);
+    expect(r.stdout).toContain('in batches of 100 by 3 writer(s)');
+    // A batch across shards is a transaction, standalone too: each cluster mode is set against the standalone sent as it is.
+    for (const index of ['flat', 'hnsw']) {
+      expect(r.stdout).toMatch(new RegExp(`${index}, cluster RF 3, any node: CPU per vector per replica, cluster / standalone, whole = \\d`));
+      expect(r.stdout).toMatch(new RegExp(`${index}, cluster RF 3, to leaders: CPU per vector per replica, cluster / standalone, by shard = \\d`));
+    }
+  });
+
   it('refuses bad flags with exit code 2', async () => {
-    for (const args of [['--dataset', 'synthetic:50:4'], ['--dataset', 'mnist'], ['--concurrency', '0'], ['--parts', 'vdb,upsert', '--target', '127.0.0.1:1'], ['--api-key', 'k'.repeat(20)], ['--target', '127.0.0.1:1', '--tls-ca', '/nonexistent/ca.pem'], ['--dataset', 'synthetic:2000:16', '--insert-rate', '1000', '--stream-seconds', '10']]) {
+    for (const args of [['--writers', '0'], ['--dataset', 'synthetic:50:4'], ['--dataset', 'mnist'], ['--concurrency', '0'], ['--parts', 'vdb,upsert', '--target', '127.0.0.1:1'], ['--api-key', 'k'.repeat(20)], ['--target', '127.0.0.1:1', '--tls-ca', '/nonexistent/ca.pem'], ['--dataset', 'synthetic:2000:16', '--insert-rate', '1000', '--stream-seconds', '10']]) {
       const r = await runQuiver(['bench', 'cluster', ...args]);
       expect(r.code, args.join(' ')).toBe(2);
       expect(r.stderr).toMatch(/quiver bench cluster: --/);
