@@ -5,7 +5,7 @@
  * clustered, with small payloads). Then, concurrently,
  *   a writer   upserts --batch points at a time, back to back, each with an idempotency key (as
  *              the client SDK sends them): new vectors for the loaded ids in turn, so the
- *              collection keeps its --n points;
+ *              collection keeps its --n points (with --grow: new ids, so it grows);
  *   a searcher runs one k=10 query at a time, --search-gap-ms apart;
  *   the main   loop waits --gap-ms, snapshots the collection (Database.snapshot, awaited), and
  *              again, --snapshots times.
@@ -28,13 +28,15 @@ import { machine, progress, table, writeJson } from './report';
 const USAGE = `usage: quiver bench snapshot [options]
 
 Write and search latency while a collection is snapshotted, against the same without a snapshot.
-The writer replaces the loaded points in turn with new vectors (the collection keeps --n points).
+The writer replaces the loaded points in turn with new vectors (the collection keeps --n points),
+or with --grow adds new points (the collection grows by what is written between snapshots).
 
 options:
   --index LIST           index types, comma-separated: hnsw, flat (default hnsw,flat)
   --n N                  points loaded before the measured phase (default 20000)
   --dim N                dimension (default 128)
   --batch N              points per measured upsert (default 100)
+  --grow                 the writer adds new points instead of replacing the loaded ones
   --snapshots N          snapshots taken in the measured phase (default 6)
   --rounds N             measured phases, one after another (default 3); the medians of their ratios are the figures
   --gap-ms N             time between snapshots, and before the first (default 1500)
@@ -46,7 +48,7 @@ options:
 
 export const SPEC: CommandSpec = {
   usage: USAGE,
-  flags: Object.fromEntries(['index', 'n', 'dim', 'batch', 'snapshots', 'rounds', 'gap-ms', 'search-gap-ms', 'm', 'ef-construction'].map((k) => [k, { type: 'string' }])),
+  flags: { ...Object.fromEntries(['index', 'n', 'dim', 'batch', 'snapshots', 'rounds', 'gap-ms', 'search-gap-ms', 'm', 'ef-construction'].map((k) => [k, { type: 'string' }])), grow: { type: 'boolean' } },
 };
 
 interface Span {
@@ -93,6 +95,7 @@ interface Options {
   rounds: number;
   gapMs: number;
   searchGapMs: number;
+  grow: boolean;
 }
 
 async function measure(spec: IndexSpec, o: Options) {
@@ -100,13 +103,15 @@ async function measure(spec: IndexSpec, o: Options) {
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'quiver-bench-snapshot-'));
   const db = await openDatabase({ dataDir, snapshotIntervalMs: 0, snapshotWalBytes: 0 });
   const name = 'snap';
-  // Points first..first+count-1 (ids modulo n) with the vectors of rows first+n.. of the base.
+  // The writer's next point: each round goes on from the last (with --grow, adding points).
+  let written = o.n;
+  // Points first..first+count-1 (ids modulo n, unless the collection grows) with the vectors of rows first.. of the base.
   const columns = (first: number, count: number) => {
     const vectors = new Float32Array(count * o.dim);
     const ids: string[] = [];
     const payloads: { i: number; tag: string }[] = [];
     for (let j = 0; j < count; j++) {
-      const i = (first + j) % o.n;
+      const i = o.grow ? first + j : (first + j) % o.n;
       const row = (first + j) % ds.nBase;
       vectors.set(ds.base.subarray(row * o.dim, (row + 1) * o.dim), j * o.dim);
       ids.push(`p${i}`);
@@ -137,7 +142,8 @@ async function measure(spec: IndexSpec, o: Options) {
     const searches: Span[] = [];
     const snaps: Span[] = [];
     const writer = (async () => {
-      for (let next = o.n; !stop; next += o.batch) {
+      for (; !stop; written += o.batch) {
+        const next = written;
         const cols = columns(next, o.batch);
         const start = now();
         await db.upsertColumns(name, cols, { idempotencyKey: `r${round}w${next}` });
@@ -186,6 +192,7 @@ export async function run(argv: string[]): Promise<number> {
     rounds: intFlag(p, 'rounds', 3, 1),
     gapMs: intFlag(p, 'gap-ms', 1500, 1),
     searchGapMs: intFlag(p, 'search-gap-ms', 5, 0),
+    grow: p.values.grow === true,
   };
   const rows: Record<string, string | number>[] = [];
   const medians: Record<string, string | number>[] = [];
