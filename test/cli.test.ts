@@ -173,6 +173,10 @@ describe('quiver', () => {
     const json = JSON.parse(fs.readFileSync(path.join(out, 'snapshot-flat.json'), 'utf8'));
     expect(json.rounds).toHaveLength(2);
     expect(json.points).toBe(300);
+    // --grow: the writer adds points instead of replacing them.
+    const g = await runQuiver(['bench', 'snapshot', '--index', 'flat', '--n', '300', '--dim', '8', '--snapshots', '1', '--rounds', '1', '--gap-ms', '30', '--grow'], { env: { QUIVER_BENCH_OUT: out } });
+    expect(g.code, g.stderr).toBe(0);
+    expect(JSON.parse(fs.readFileSync(path.join(out, 'snapshot-flat.json'), 'utf8')).points).toBeGreaterThan(300);
   });
 
   it('bench where the benchmarks are not installed: a clear error, not a stack trace', async () => {
