@@ -98,7 +98,7 @@ describe.skipIf(!etcdInstalled)(`quiver bench cluster${etcdInstalled ? '' : ' (s
     expect(r.code, r.stderr).toBe(0);
     const json = JSON.parse(fs.readFileSync(path.join(out, 'cluster.json'), 'utf8'));
     expect(json.writers).toBe(3);
-    const rows = json.upsert as { mode: string; index: string; pointsPerSec: number; cpuUsPerVectorPerReplica: number }[];
+    const rows = json.upsert as { mode: string; index: string; pointsPerSec: number }[];
     const modes = ['standalone, whole', 'standalone, by shard', 'cluster RF 3, any node', 'cluster RF 3, to leaders'];
     expect(rows.map((x) => `${x.mode}/${x.index}`).sort()).toEqual(modes.flatMap((m) => [`${m}/flat`, `${m}/hnsw`]).sort());
     for (const x of rows) expect(x.pointsPerSec).toBeGreaterThan(0);
